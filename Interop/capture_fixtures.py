@@ -1,0 +1,173 @@
+"""Capture golden messages and result documents from real Python Celery into Tests/Fixtures.
+
+Run: python Interop/capture_fixtures.py   (starts its own redis-server)
+
+For every message it writes `<name>.message.json` (the exact bytes kombu pushed into the Redis list) and
+`<name>.expected.json` (what a Python worker reads from it: id, name, args, kwargs and embed in the lossless typed
+form of typed.py, plus headers and delivery fields). For results it writes `<name>.result.<json|msgpack>` (the exact
+bytes Celery's Redis backend stored) and `<name>.result-expected.json`.
+"""
+import base64
+import uuid
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import celery  # noqa: E402
+import kombu  # noqa: E402
+import redis  # noqa: E402
+from celery import Celery, chain  # noqa: E402
+from kombu.serialization import loads  # noqa: E402
+
+from redisproc import RedisProcess  # noqa: E402
+from typed import typed  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "Tests" / "Fixtures"
+
+EDGE_ARGS = [
+    2**63 - 1, -(2**63), 2**64 - 1, 0, -1, 1.0, 0.1, -2.5, 1e300, 1795566030.7772858,
+    "我将发送邮件", "emoji 😀 and \"quotes\" \\ and \n newline", "", [], {}, [1, [2, [3, {}]]],
+    True, False, None, b"plain bytes", b"\x00\xff\x10binary",
+]
+EDGE_KWARGS = {"zeta": 1, "alpha": {"nested": [1, 2.0, "three"], "empty_list": [], "empty_dict": {}},
+               "unicode_ключ": "значение", "middle": None}
+
+
+def make_app(url, serializer="json", protocol=2):
+    app = Celery("fixtures", broker=url, backend=url.rsplit("/", 1)[0] + "/0")
+    app.conf.update(task_serializer=serializer, result_serializer="json",
+                    accept_content=["json", "msgpack"], task_protocol=protocol)
+
+    @app.task(name="tasks.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="tasks.echo")
+    def echo(*args, **kwargs):
+        return {"args": list(args), "kwargs": kwargs}
+
+    @app.task(name="seed_email")
+    def seed_email():
+        return "我将发送邮件"
+
+    return app
+
+
+def pop_one(r, queue="celery"):
+    for suffix in ["", "\x06\x163", "\x06\x166", "\x06\x169"]:
+        raw = r.rpop(queue + suffix)
+        if raw is not None:
+            return raw
+    raise RuntimeError(f"no message in {queue}")
+
+
+def expected_for(raw):
+    env = json.loads(raw)
+    body = env["body"]
+    if env["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    decoded = loads(body, env["content-type"], env["content-encoding"], accept={"application/json",
+                                                                                 "application/x-msgpack"})
+    headers = env["headers"]
+    if "task" in headers:
+        args, kwargs, embed = decoded
+        protocol, tid, name = 2, headers["id"], headers["task"]
+    else:
+        args, kwargs = decoded["args"], decoded["kwargs"]
+        embed = {"callbacks": decoded.get("callbacks"), "errbacks": decoded.get("errbacks"), "chain": None,
+                 "chord": decoded.get("chord")}
+        protocol, tid, name = 1, decoded["id"], decoded["task"]
+    props = env["properties"]
+    return {
+        "protocol": protocol, "id": tid, "name": name,
+        "args": typed(list(args)), "kwargs": typed(kwargs), "embed": typed(embed),
+        "headers": headers, "content_type": env["content-type"],
+        "delivery_tag": props["delivery_tag"], "exchange": props["delivery_info"]["exchange"],
+        "routing_key": props["delivery_info"]["routing_key"], "priority": props.get("priority", 0),
+        "celery_version": celery.__version__, "kombu_version": kombu.__version__,
+    }
+
+
+def save_message(name, raw):
+    (OUT / f"{name}.message.json").write_bytes(raw)
+    (OUT / f"{name}.expected.json").write_text(json.dumps(expected_for(raw), indent=1, ensure_ascii=False) + "\n")
+    print("captured", name)
+
+
+def capture_messages(redis_proc):
+    url = redis_proc.url(1)
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    for serializer in ["json", "msgpack"]:
+        app = make_app(url, serializer)
+        add, echo = app.tasks["tasks.add"], app.tasks["tasks.echo"]
+        add.delay(2, 3)
+        save_message(f"v2-{serializer}-add", pop_one(r))
+        echo.delay(*EDGE_ARGS, **EDGE_KWARGS)
+        save_message(f"v2-{serializer}-edge-values", pop_one(r))
+        app.tasks["seed_email"].delay()
+        save_message(f"v2-{serializer}-seed-email", pop_one(r))
+        echo.apply_async(
+            args=["options"], kwargs={"k": 1}, countdown=30, expires=600, priority=5, retries=2,
+            headers={"x-custom": "v"}, shadow="shadow-name", time_limit=10, soft_time_limit=5,
+            link=add.s(10), link_error=echo.si("failed"), queue="celery")
+        save_message(f"v2-{serializer}-options", pop_one(r))
+        app.send_task("tasks.add", args=[1, 2], eta=datetime.datetime(2030, 1, 1, 12, 0, 0))
+        save_message(f"v2-{serializer}-send-task-naive-eta", pop_one(r))
+        chain(add.s(1, 2), add.s(10), echo.s()).apply_async()
+        save_message(f"v2-{serializer}-chain", pop_one(r))
+        v1 = make_app(url, serializer, protocol=1)
+        v1.tasks["tasks.add"].apply_async((5, 6), countdown=5)
+        save_message(f"v1-{serializer}-add", pop_one(r))
+        v1.tasks["tasks.echo"].delay(*EDGE_ARGS, **EDGE_KWARGS)
+        save_message(f"v1-{serializer}-edge-values", pop_one(r))
+
+
+def capture_results(redis_proc):
+    url = redis_proc.url(1)
+    r0 = redis.Redis.from_url(redis_proc.url(0))
+    r0.flushdb()
+    for serializer in ["json", "msgpack"]:
+        app = make_app(url)
+        app.conf.result_serializer = serializer
+        backend = app.backend
+        cases = {
+            "success-int": ("SUCCESS", 5, None),
+            "success-unicode": ("SUCCESS", "我将发送邮件", None),
+            "success-nested": ("SUCCESS", {"args": [1, 2.0, None, b"\x00\xff"], "kwargs": {"k": "v"}}, None),
+            "success-null": ("SUCCESS", None, None),
+            "failure-valueerror": ("FAILURE", ValueError("bad input"), "Traceback (most recent call last):\n"
+                                   "  File \"tasks.py\", line 1, in fail\nValueError: bad input\n"),
+            "progress": ("PROGRESS", {"current": 1, "total": 2}, None),
+        }
+        for case, (state, result, tb) in cases.items():
+            tid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{serializer}/{case}"))
+            backend.store_result(tid, result, state, traceback=tb)
+            raw = r0.get(f"celery-task-meta-{tid}")
+            name = f"result-{serializer}-{case}"
+            ext = "json" if serializer == "json" else "msgpack"
+            (OUT / f"{name}.result.{ext}").write_bytes(raw)
+            doc = backend.decode(raw)
+            (OUT / f"{name}.result-expected.json").write_text(json.dumps({
+                "task_id": tid, "status": state, "date_done": doc["date_done"], "traceback": tb,
+                "result": typed(doc["result"]), "serializer": serializer,
+                "celery_version": celery.__version__}, indent=1, ensure_ascii=False) + "\n")
+            print("captured", name)
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    proc = RedisProcess().start()
+    try:
+        capture_messages(proc)
+        capture_results(proc)
+    finally:
+        proc.stop()
+
+
+if __name__ == "__main__":
+    main()

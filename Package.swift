@@ -1,0 +1,74 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "swift-celery-worker",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "CeleryProtocol", targets: ["CeleryProtocol"]),
+        .library(name: "CeleryWorker", targets: ["CeleryWorker"]),
+        .executable(name: "swift-celery-worker", targets: ["swift-celery-worker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMsgpack",
+            pkgConfig: "msgpack",
+            providers: [.apt(["libmsgpack-dev"])]
+        ),
+        .target(
+            name: "CeleryProtocol",
+            dependencies: [
+                "CMsgpack",
+                .product(name: "OrderedCollections", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CeleryWorker",
+            dependencies: [
+                "CeleryProtocol",
+                "CHiredis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "swift-celery-worker",
+            dependencies: [
+                "CeleryWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CeleryProtocolTests",
+            dependencies: ["CeleryProtocol"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CeleryWorkerTests",
+            dependencies: ["CeleryWorker", "CeleryProtocol"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

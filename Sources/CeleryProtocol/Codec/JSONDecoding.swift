@@ -1,0 +1,329 @@
+import OrderedCollections
+
+/// Parses JSON text into ``CeleryValue`` the way Python's `json.loads` with kombu's object hook reads it.
+///
+/// Numbers without a fraction or exponent stay integers (signed 64-bit, then unsigned 64-bit); anything else is a
+/// float. `NaN`, `Infinity` and `-Infinity` are accepted as Python writes them. Objects keep their key order; a
+/// repeated key keeps its first position and its last value, as a Python `dict` does. kombu's tagged objects
+/// `{"__type__": "bytes" | "base64", "__value__": …}` become ``CeleryValue/bytes(_:)``; other tagged types
+/// (datetime, decimal, uuid, …) are kept as the dictionary they are, so they round-trip unchanged.
+public enum CeleryJSON {
+    /// Decodes one JSON document; trailing white space is allowed, anything else after the value is an error.
+    public static func decode(_ bytes: some Collection<UInt8>) throws(CeleryProtocolError) -> CeleryValue {
+        let contiguous = Array(bytes)
+        return try contiguous.withUnsafeBufferPointer { buffer throws(CeleryProtocolError) in
+            var parser = JSONParser(buffer: buffer)
+            return try parser.parseDocument()
+        }
+    }
+
+    /// Decodes one JSON document held in a string.
+    public static func decode(_ text: String) throws(CeleryProtocolError) -> CeleryValue {
+        try decode(Array(text.utf8))
+    }
+}
+
+struct JSONParser {
+    let buffer: UnsafeBufferPointer<UInt8>
+    var index = 0
+    var depth = 0
+    static let maximumDepth = 512
+
+    init(buffer: UnsafeBufferPointer<UInt8>) {
+        self.buffer = buffer
+    }
+
+    mutating func parseDocument() throws(CeleryProtocolError) -> CeleryValue {
+        skipWhitespace()
+        let value = try parseValue()
+        skipWhitespace()
+        guard index == buffer.count else {
+            throw error("unexpected data after the JSON value")
+        }
+        return value
+    }
+
+    private func error(_ message: String) -> CeleryProtocolError {
+        CeleryProtocolError(code: .invalidJSON, message: "\(message) at byte \(index)")
+    }
+
+    private mutating func skipWhitespace() {
+        while index < buffer.count {
+            switch buffer[index] {
+            case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"): index += 1
+            default: return
+            }
+        }
+    }
+
+    private mutating func expectLiteral(_ literal: StaticString) throws(CeleryProtocolError) {
+        let count = literal.utf8CodeUnitCount
+        guard index + count <= buffer.count else { throw error("truncated literal") }
+        let start = literal.utf8Start
+        for offset in 0..<count where buffer[index + offset] != start[offset] {
+            throw error("invalid literal")
+        }
+        index += count
+    }
+
+    private mutating func parseValue() throws(CeleryProtocolError) -> CeleryValue {
+        guard index < buffer.count else { throw error("unexpected end of JSON") }
+        switch buffer[index] {
+        case UInt8(ascii: "{"): return try parseObject()
+        case UInt8(ascii: "["): return try parseArray()
+        case UInt8(ascii: "\""): return .string(try parseString())
+        case UInt8(ascii: "t"):
+            try expectLiteral("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try expectLiteral("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try expectLiteral("null")
+            return .null
+        case UInt8(ascii: "N"):
+            try expectLiteral("NaN")
+            return .double(.nan)
+        case UInt8(ascii: "I"):
+            try expectLiteral("Infinity")
+            return .double(.infinity)
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return try parseNumber()
+        default:
+            throw error("unexpected character")
+        }
+    }
+
+    private mutating func enter() throws(CeleryProtocolError) {
+        depth += 1
+        if depth > Self.maximumDepth { throw error("JSON nested too deeply") }
+    }
+
+    private mutating func parseArray() throws(CeleryProtocolError) -> CeleryValue {
+        try enter()
+        defer { depth -= 1 }
+        index += 1
+        var elements: [CeleryValue] = []
+        skipWhitespace()
+        if index < buffer.count, buffer[index] == UInt8(ascii: "]") {
+            index += 1
+            return .array(elements)
+        }
+        while true {
+            skipWhitespace()
+            elements.append(try parseValue())
+            skipWhitespace()
+            guard index < buffer.count else { throw error("unterminated array") }
+            switch buffer[index] {
+            case UInt8(ascii: ","): index += 1
+            case UInt8(ascii: "]"):
+                index += 1
+                return .array(elements)
+            default: throw error("expected ',' or ']'")
+            }
+        }
+    }
+
+    private mutating func parseObject() throws(CeleryProtocolError) -> CeleryValue {
+        try enter()
+        defer { depth -= 1 }
+        index += 1
+        var entries = OrderedDictionary<String, CeleryValue>()
+        skipWhitespace()
+        if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
+            index += 1
+            return .object(entries)
+        }
+        while true {
+            skipWhitespace()
+            guard index < buffer.count, buffer[index] == UInt8(ascii: "\"") else {
+                throw error("expected a string key")
+            }
+            let key = try parseString()
+            skipWhitespace()
+            guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+            index += 1
+            skipWhitespace()
+            entries[key] = try parseValue()
+            skipWhitespace()
+            guard index < buffer.count else { throw error("unterminated object") }
+            switch buffer[index] {
+            case UInt8(ascii: ","): index += 1
+            case UInt8(ascii: "}"):
+                index += 1
+                return try Self.untag(entries)
+            default: throw error("expected ',' or '}'")
+            }
+        }
+    }
+
+    /// kombu's object hook: `{"__type__": t, "__value__": v}` is a tagged value.
+    static func untag(_ entries: OrderedDictionary<String, CeleryValue>) throws(CeleryProtocolError) -> CeleryValue {
+        guard entries.count == 2, case .string(let type)? = entries["__type__"], let value = entries["__value__"] else {
+            return .object(entries)
+        }
+        switch (type, value) {
+        case ("bytes", .string(let text)):
+            return .bytes(Array(text.utf8))
+        case ("base64", .string(let text)):
+            guard let bytes = Base64.decode(Array(text.utf8)) else {
+                throw CeleryProtocolError(code: .invalidJSON, message: "tagged base64 value is not valid base64")
+            }
+            return .bytes(bytes)
+        default:
+            return .object(entries)
+        }
+    }
+
+    private mutating func parseString() throws(CeleryProtocolError) -> String {
+        index += 1
+        let start = index
+        // Fast path: no escapes.
+        while index < buffer.count {
+            let byte = buffer[index]
+            if byte == UInt8(ascii: "\"") {
+                let slice = UnsafeBufferPointer(rebasing: buffer[start..<index])
+                index += 1
+                guard let text = String(validating: slice, as: UTF8.self) else {
+                    throw error("string is not valid UTF-8")
+                }
+                return text
+            }
+            if byte == UInt8(ascii: "\\") { break }
+            if byte < 0x20 { throw error("control character in string") }
+            index += 1
+        }
+        var scalars: [UInt8] = Array(buffer[start..<index])
+        while index < buffer.count {
+            let byte = buffer[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                index += 1
+                guard let text = String(validating: scalars, as: UTF8.self) else {
+                    throw error("string is not valid UTF-8")
+                }
+                return text
+            case UInt8(ascii: "\\"):
+                index += 1
+                guard index < buffer.count else { throw error("unterminated escape") }
+                let escape = buffer[index]
+                index += 1
+                switch escape {
+                case UInt8(ascii: "\""): scalars.append(UInt8(ascii: "\""))
+                case UInt8(ascii: "\\"): scalars.append(UInt8(ascii: "\\"))
+                case UInt8(ascii: "/"): scalars.append(UInt8(ascii: "/"))
+                case UInt8(ascii: "b"): scalars.append(0x08)
+                case UInt8(ascii: "f"): scalars.append(0x0C)
+                case UInt8(ascii: "n"): scalars.append(0x0A)
+                case UInt8(ascii: "r"): scalars.append(0x0D)
+                case UInt8(ascii: "t"): scalars.append(0x09)
+                case UInt8(ascii: "u"):
+                    var code = UInt32(try parseHex4())
+                    if (0xD800..<0xDC00).contains(code), index + 6 <= buffer.count,
+                        buffer[index] == UInt8(ascii: "\\"), buffer[index + 1] == UInt8(ascii: "u")
+                    {
+                        let saved = index
+                        index += 2
+                        let low = UInt32(try parseHex4())
+                        if (0xDC00..<0xE000).contains(low) {
+                            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                        } else {
+                            index = saved
+                        }
+                    }
+                    // A lone surrogate cannot be held in a Swift string; Python would keep it, we substitute.
+                    let scalar = Unicode.Scalar(code) ?? "\u{FFFD}"
+                    scalars.append(contentsOf: Array(String(Character(scalar)).utf8))
+                default:
+                    throw error("invalid escape")
+                }
+            default:
+                if byte < 0x20 { throw error("control character in string") }
+                scalars.append(byte)
+                index += 1
+            }
+        }
+        throw error("unterminated string")
+    }
+
+    private mutating func parseHex4() throws(CeleryProtocolError) -> UInt16 {
+        guard index + 4 <= buffer.count else { throw error("truncated \\u escape") }
+        var value: UInt16 = 0
+        for _ in 0..<4 {
+            let byte = buffer[index]
+            let digit: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+            default: throw error("invalid \\u escape")
+            }
+            value = value << 4 | UInt16(digit)
+            index += 1
+        }
+        return value
+    }
+
+    private mutating func parseNumber() throws(CeleryProtocolError) -> CeleryValue {
+        let start = index
+        var negative = false
+        if buffer[index] == UInt8(ascii: "-") {
+            negative = true
+            index += 1
+            if index < buffer.count, buffer[index] == UInt8(ascii: "I") {
+                try expectLiteral("Infinity")
+                return .double(-.infinity)
+            }
+        }
+        var isInteger = true
+        var magnitude: UInt64 = 0
+        var overflow = false
+        var digits = 0
+        while index < buffer.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(buffer[index]) {
+            let (times10, o1) = magnitude.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(UInt64(buffer[index] - UInt8(ascii: "0")))
+            overflow = overflow || o1 || o2
+            magnitude = sum
+            digits += 1
+            index += 1
+        }
+        guard digits > 0 else { throw error("invalid number") }
+        if index < buffer.count, buffer[index] == UInt8(ascii: ".") {
+            isInteger = false
+            index += 1
+            let fractionStart = index
+            while index < buffer.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(buffer[index]) { index += 1 }
+            guard index > fractionStart else { throw error("invalid number") }
+        }
+        if index < buffer.count, buffer[index] == UInt8(ascii: "e") || buffer[index] == UInt8(ascii: "E") {
+            isInteger = false
+            index += 1
+            if index < buffer.count, buffer[index] == UInt8(ascii: "+") || buffer[index] == UInt8(ascii: "-") {
+                index += 1
+            }
+            let exponentStart = index
+            while index < buffer.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(buffer[index]) { index += 1 }
+            guard index > exponentStart else { throw error("invalid number") }
+        }
+        if isInteger {
+            if overflow {
+                throw CeleryProtocolError(
+                    code: .unsupportedValue,
+                    message: "integer \(String(decoding: buffer[start..<index], as: UTF8.self)) is outside the 64-bit range"
+                )
+            }
+            if negative {
+                if magnitude <= UInt64(Int64.max) { return .int(-Int64(magnitude)) }
+                if magnitude == UInt64(Int64.max) + 1 { return .int(Int64.min) }
+                throw CeleryProtocolError(
+                    code: .unsupportedValue,
+                    message: "integer -\(magnitude) is outside the 64-bit range"
+                )
+            }
+            return magnitude <= UInt64(Int64.max) ? .int(Int64(magnitude)) : .uint(magnitude)
+        }
+        let text = String(decoding: buffer[start..<index], as: UTF8.self)
+        guard let value = Double(text) else { throw error("invalid number") }
+        return .double(value)
+    }
+}

@@ -1,0 +1,106 @@
+extension CeleryJSON {
+    /// Encodes a value byte-for-byte as Python's `json.dumps` with kombu's encoder writes it: separators `", "` and
+    /// `": "`, keys in their order, every non-ASCII character escaped as `\uXXXX`, floats as Python's `repr`.
+    /// Byte strings become kombu's tagged `{"__type__": "bytes", …}` object (valid UTF-8) or `"base64"` (other).
+    public static func encode(_ value: CeleryValue) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(128)
+        encode(value, into: &output)
+        return output
+    }
+
+    /// Appends the JSON form of `value` to `output`.
+    public static func encode(_ value: CeleryValue, into output: inout [UInt8]) {
+        switch value {
+        case .null:
+            output.append(contentsOf: "null".utf8)
+        case .bool(let flag):
+            output.append(contentsOf: (flag ? "true" : "false").utf8)
+        case .int(let number):
+            output.append(contentsOf: String(number).utf8)
+        case .uint(let number):
+            output.append(contentsOf: String(number).utf8)
+        case .double(let number):
+            appendDouble(number, into: &output)
+        case .string(let text):
+            appendString(text, into: &output)
+        case .bytes(let bytes):
+            if let text = String(validating: bytes, as: UTF8.self) {
+                appendTagged("bytes", text, into: &output)
+            } else {
+                appendTagged("base64", String(decoding: Base64.encode(bytes), as: UTF8.self), into: &output)
+            }
+        case .array(let elements):
+            output.append(UInt8(ascii: "["))
+            for (position, element) in elements.enumerated() {
+                if position > 0 { output.append(contentsOf: ", ".utf8) }
+                encode(element, into: &output)
+            }
+            output.append(UInt8(ascii: "]"))
+        case .object(let entries):
+            output.append(UInt8(ascii: "{"))
+            var first = true
+            for (key, element) in entries {
+                if !first { output.append(contentsOf: ", ".utf8) }
+                first = false
+                appendString(key, into: &output)
+                output.append(contentsOf: ": ".utf8)
+                encode(element, into: &output)
+            }
+            output.append(UInt8(ascii: "}"))
+        }
+    }
+
+    private static func appendTagged(_ type: String, _ text: String, into output: inout [UInt8]) {
+        output.append(contentsOf: "{\"__type__\": ".utf8)
+        appendString(type, into: &output)
+        output.append(contentsOf: ", \"__value__\": ".utf8)
+        appendString(text, into: &output)
+        output.append(UInt8(ascii: "}"))
+    }
+
+    static func appendDouble(_ number: Double, into output: inout [UInt8]) {
+        if number.isNaN {
+            output.append(contentsOf: "NaN".utf8)
+        } else if number.isInfinite {
+            output.append(contentsOf: (number < 0 ? "-Infinity" : "Infinity").utf8)
+        } else {
+            // Swift's description is the shortest round-trip form, the same text as Python's repr.
+            output.append(contentsOf: number.description.utf8)
+        }
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    static func appendString(_ text: String, into output: inout [UInt8]) {
+        output.append(UInt8(ascii: "\""))
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0x22: output.append(contentsOf: "\\\"".utf8)
+            case 0x5C: output.append(contentsOf: "\\\\".utf8)
+            case 0x0A: output.append(contentsOf: "\\n".utf8)
+            case 0x0D: output.append(contentsOf: "\\r".utf8)
+            case 0x09: output.append(contentsOf: "\\t".utf8)
+            case 0x08: output.append(contentsOf: "\\b".utf8)
+            case 0x0C: output.append(contentsOf: "\\f".utf8)
+            case 0x20..<0x7F: output.append(UInt8(scalar.value))
+            case 0x10000...:
+                let offset = scalar.value - 0x10000
+                appendUnicodeEscape(UInt16(0xD800 + (offset >> 10)), into: &output)
+                appendUnicodeEscape(UInt16(0xDC00 + (offset & 0x3FF)), into: &output)
+            default:
+                appendUnicodeEscape(UInt16(scalar.value), into: &output)
+            }
+        }
+        output.append(UInt8(ascii: "\""))
+    }
+
+    private static func appendUnicodeEscape(_ unit: UInt16, into output: inout [UInt8]) {
+        output.append(UInt8(ascii: "\\"))
+        output.append(UInt8(ascii: "u"))
+        output.append(hexDigits[Int(unit >> 12 & 0xF)])
+        output.append(hexDigits[Int(unit >> 8 & 0xF)])
+        output.append(hexDigits[Int(unit >> 4 & 0xF)])
+        output.append(hexDigits[Int(unit & 0xF)])
+    }
+}

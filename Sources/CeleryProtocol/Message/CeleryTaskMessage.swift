@@ -1,0 +1,206 @@
+import OrderedCollections
+
+/// A task request decoded from protocol v2 or v1, with v1 mapped onto v2's headers the way Celery's worker maps it.
+public struct CeleryTaskMessage: Sendable {
+    /// 2 for headers-based messages (including the "hybrid" form), 1 for the legacy body-dict form.
+    public var protocolVersion: Int
+    /// The task id (`headers.id`).
+    public var id: String
+    /// The registered task name (`headers.task`).
+    public var name: String
+    /// Positional arguments.
+    public var args: [CeleryValue]
+    /// Keyword arguments, in the order sent.
+    public var kwargs: OrderedDictionary<String, CeleryValue>
+    /// Callbacks, errbacks, chain and chord from the body's third element.
+    public var embed: Embed
+    /// Every header as v2 carries it (for v1, the headers Celery builds from the body).
+    public var headers: OrderedDictionary<String, CeleryValue>
+    /// The serializer the body used.
+    public var contentType: CeleryContentType
+
+    /// The fourth part of a v2 body: what to run after this task.
+    public struct Embed: Sendable {
+        public var callbacks: CeleryValue
+        public var errbacks: CeleryValue
+        public var chain: CeleryValue
+        public var chord: CeleryValue
+
+        public init(callbacks: CeleryValue = .null, errbacks: CeleryValue = .null, chain: CeleryValue = .null,
+                    chord: CeleryValue = .null) {
+            self.callbacks = callbacks
+            self.errbacks = errbacks
+            self.chain = chain
+            self.chord = chord
+        }
+
+        init(_ value: CeleryValue?) {
+            self.init(
+                callbacks: value?["callbacks"] ?? .null,
+                errbacks: value?["errbacks"] ?? .null,
+                chain: value?["chain"] ?? .null,
+                chord: value?["chord"] ?? .null
+            )
+        }
+
+        /// The embed as a dictionary in Celery's key order.
+        public var value: CeleryValue {
+            ["callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord]
+        }
+    }
+
+    public init(
+        protocolVersion: Int = 2, id: String, name: String, args: [CeleryValue] = [],
+        kwargs: OrderedDictionary<String, CeleryValue> = [:], embed: Embed = Embed(),
+        headers: OrderedDictionary<String, CeleryValue> = [:], contentType: CeleryContentType = .json
+    ) {
+        self.protocolVersion = protocolVersion
+        self.id = id
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.embed = embed
+        self.headers = headers
+        self.contentType = contentType
+    }
+
+    /// Decodes the task request carried by `envelope`.
+    ///
+    /// - Parameter accept: the content types this worker accepts (`accept_content`). A body of any other type is
+    ///   never decoded: the error has code ``CeleryProtocolError/Code/unsupportedContentType``.
+    public init(envelope: KombuEnvelope, accept: Set<CeleryContentType>) throws(CeleryProtocolError) {
+        let headerID = envelope.headers["id"]?.stringValue
+        let headerName = envelope.headers["task"]?.stringValue
+        func failure(_ code: CeleryProtocolError.Code, _ message: String, id: String? = headerID,
+                     name: String? = headerName) -> CeleryProtocolError {
+            CeleryProtocolError(code: code, message: message, taskID: id, taskName: name)
+        }
+        guard let contentType = CeleryContentType(rawValue: envelope.contentType), accept.contains(contentType)
+        else {
+            throw failure(.unsupportedContentType, "content type '\(envelope.contentType)' is not accepted")
+        }
+        let body: CeleryValue
+        do {
+            body = try contentType.decode(envelope.body)
+        } catch {
+            throw failure(error.code, "body does not decode as \(contentType.serializerName): \(error.message)")
+        }
+        self.contentType = contentType
+
+        if let headerName {
+            guard let headerID else { throw failure(.invalidTaskMessage, "header 'id' is missing") }
+            self.protocolVersion = 2
+            self.id = headerID
+            self.name = headerName
+            self.headers = envelope.headers
+            switch body {
+            case .array(let parts) where parts.count == 3:
+                guard case .array(let args) = parts[0] else {
+                    throw failure(.invalidTaskMessage, "args (body[0]) is not a list")
+                }
+                guard case .object(let kwargs) = parts[1] else {
+                    throw failure(.invalidTaskMessage, "kwargs (body[1]) is not a dict")
+                }
+                switch parts[2] {
+                case .object, .null: break
+                default: throw failure(.invalidTaskMessage, "embed (body[2]) is not a dict")
+                }
+                self.args = args
+                self.kwargs = kwargs
+                self.embed = Embed(parts[2])
+            case .array(let parts):
+                throw failure(.invalidTaskMessage, "v2 body has \(parts.count) elements, expected [args, kwargs, embed]")
+            case .object(let fields) where fields["args"] != nil:
+                // Celery's "hybrid" form: v2 headers with a v1-style body.
+                (self.args, self.kwargs) = try Self.argsAndKwargs(fields, failure: { failure(.invalidTaskMessage, $0) })
+                self.embed = Embed(body)
+            default:
+                throw failure(.invalidTaskMessage, "v2 body is not a list [args, kwargs, embed]")
+            }
+        } else if case .object(let fields) = body, case .string(let name)? = fields["task"] {
+            guard case .string(let id)? = fields["id"] else {
+                throw failure(.invalidTaskMessage, "v1 body has no 'id'", id: nil, name: name)
+            }
+            self.protocolVersion = 1
+            self.id = id
+            self.name = name
+            (self.args, self.kwargs) = try Self.argsAndKwargs(
+                fields, failure: { failure(.invalidTaskMessage, $0, id: id, name: name) })
+            self.embed = Embed(callbacks: fields["callbacks"] ?? .null, errbacks: fields["errbacks"] ?? .null,
+                               chain: .null, chord: fields["chord"] ?? .null)
+            self.headers = Self.headers(fromV1Body: fields)
+        } else {
+            throw failure(.invalidTaskMessage, "neither headers nor body name a task (unknown message)")
+        }
+    }
+
+    private static func argsAndKwargs(
+        _ fields: OrderedDictionary<String, CeleryValue>, failure: (String) -> CeleryProtocolError
+    ) throws(CeleryProtocolError) -> ([CeleryValue], OrderedDictionary<String, CeleryValue>) {
+        let args: [CeleryValue]
+        switch fields["args"] {
+        case .array(let value)?: args = value
+        case .null?, nil: args = []
+        default: throw failure("'args' is not a list")
+        }
+        let kwargs: OrderedDictionary<String, CeleryValue>
+        switch fields["kwargs"] {
+        case .object(let value)?: kwargs = value
+        case .null?, nil: kwargs = [:]
+        default: throw failure("'kwargs' is not a dict")
+        }
+        return (args, kwargs)
+    }
+
+    /// The v2 headers Celery's `proto1_to_proto2` builds from a v1 body.
+    static func headers(fromV1Body body: OrderedDictionary<String, CeleryValue>) -> OrderedDictionary<String, CeleryValue> {
+        var headers = OrderedDictionary<String, CeleryValue>()
+        for key in ["lang", "task", "id", "root_id", "parent_id", "group", "meth", "shadow", "eta", "expires",
+                    "retries", "timelimit", "argsrepr", "kwargsrepr", "origin"] {
+            headers[key] = body[key] ?? .null
+        }
+        if headers["retries"]?.isNull ?? true { headers["retries"] = 0 }
+        if headers["timelimit"]?.isNull ?? true { headers["timelimit"] = [.null, .null] }
+        headers["utc"] = body["utc"] ?? true
+        return headers
+    }
+}
+
+extension CeleryTaskMessage {
+    private func header(_ key: String) -> CeleryValue? {
+        guard let value = headers[key], !value.isNull else { return nil }
+        return value
+    }
+
+    /// How many times this task has been retried.
+    public var retries: Int { header("retries")?.intValue ?? 0 }
+    /// The id of the first task in the workflow.
+    public var rootID: String? { header("root_id")?.stringValue }
+    /// The id of the task that sent this one.
+    public var parentID: String? { header("parent_id")?.stringValue }
+    /// The group this task belongs to.
+    public var groupID: String? { header("group")?.stringValue }
+    /// The position in the group.
+    public var groupIndex: Int? { header("group_index")?.intValue }
+    /// The ETA as sent (ISO 8601).
+    public var eta: String? { header("eta")?.stringValue }
+    /// The expiry as sent (ISO 8601).
+    public var expires: String? { header("expires")?.stringValue }
+    /// `ignore_result`: `nil` means "use the task's own default".
+    public var ignoreResult: Bool? { header("ignore_result")?.boolValue }
+    /// The display name to use in logs and events instead of ``name``.
+    public var shadow: String? { header("shadow")?.stringValue }
+    /// `timelimit` as `(hard, soft)` seconds.
+    public var timeLimit: (hard: Double?, soft: Double?) {
+        guard case .array(let limits)? = header("timelimit"), limits.count == 2 else { return (nil, nil) }
+        return (limits[0].doubleValue, limits[1].doubleValue)
+    }
+    /// `argsrepr`, or a repr of the args when the producer did not send one.
+    public var argsRepr: String {
+        header("argsrepr")?.stringValue ?? PythonRepr.tuple(args)
+    }
+    /// `kwargsrepr`, or a repr of the kwargs when the producer did not send one.
+    public var kwargsRepr: String {
+        header("kwargsrepr")?.stringValue ?? PythonRepr.repr(.object(kwargs))
+    }
+}

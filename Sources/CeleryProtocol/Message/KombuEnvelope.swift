@@ -1,0 +1,123 @@
+import OrderedCollections
+
+/// One message as kombu's Redis transport keeps it in a list: a JSON document holding the serialized body (base64
+/// when `properties.body_encoding` is `"base64"`), its content type and encoding, headers and properties.
+public struct KombuEnvelope: Sendable {
+    /// The body bytes after base64 decoding: still serialized with ``contentType``.
+    public var body: [UInt8]
+    /// `application/json`, `application/x-msgpack`, …
+    public var contentType: String
+    /// `utf-8` for JSON, `binary` for msgpack.
+    public var contentEncoding: String
+    /// Task protocol v2 headers; `{}` for protocol v1.
+    public var headers: OrderedDictionary<String, CeleryValue>
+    /// kombu's message properties (`delivery_tag`, `delivery_info`, `priority`, …).
+    public var properties: OrderedDictionary<String, CeleryValue>
+
+    public init(
+        body: [UInt8],
+        contentType: String,
+        contentEncoding: String,
+        headers: OrderedDictionary<String, CeleryValue>,
+        properties: OrderedDictionary<String, CeleryValue>
+    ) {
+        self.body = body
+        self.contentType = contentType
+        self.contentEncoding = contentEncoding
+        self.headers = headers
+        self.properties = properties
+    }
+
+    /// Parses the JSON text of a message popped from a Redis list.
+    public init(decoding raw: some Collection<UInt8>) throws(CeleryProtocolError) {
+        let document: CeleryValue
+        do {
+            document = try CeleryJSON.decode(raw)
+        } catch {
+            throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not JSON: \(error.message)")
+        }
+        guard case .object(let fields) = document else {
+            throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not a JSON object")
+        }
+        var headers: OrderedDictionary<String, CeleryValue> = [:]
+        switch fields["headers"] {
+        case .object(let value)?: headers = value
+        case .null?, nil: headers = [:]
+        default: throw CeleryProtocolError(code: .invalidEnvelope, message: "'headers' is not an object")
+        }
+        let taskID = headers["id"]?.stringValue
+        let taskName = headers["task"]?.stringValue
+        func failure(_ message: String, _ code: CeleryProtocolError.Code = .invalidEnvelope) -> CeleryProtocolError {
+            CeleryProtocolError(code: code, message: message, taskID: taskID, taskName: taskName)
+        }
+        var properties: OrderedDictionary<String, CeleryValue> = [:]
+        switch fields["properties"] {
+        case .object(let value)?: properties = value
+        case .null?, nil: properties = [:]
+        default: throw failure("'properties' is not an object")
+        }
+        guard case .string(let bodyText)? = fields["body"] else {
+            throw failure("'body' is missing or not a string")
+        }
+        self.headers = headers
+        self.properties = properties
+        self.contentType = fields["content-type"]?.stringValue ?? "application/json"
+        self.contentEncoding = fields["content-encoding"]?.stringValue ?? "utf-8"
+        if properties["body_encoding"]?.stringValue == "base64" {
+            guard let decoded = Base64.decode(bodyText.utf8) else {
+                throw failure("body is declared base64 but does not decode", .invalidBase64)
+            }
+            self.body = decoded
+        } else {
+            self.body = Array(bodyText.utf8)
+        }
+    }
+
+    /// The JSON document kombu stores for this envelope, with the body base64-encoded.
+    public func encoded() -> [UInt8] {
+        var fields = OrderedDictionary<String, CeleryValue>()
+        fields["body"] = .string(String(decoding: Base64.encode(body), as: UTF8.self))
+        fields["content-encoding"] = .string(contentEncoding)
+        fields["content-type"] = .string(contentType)
+        fields["headers"] = .object(headers)
+        var properties = self.properties
+        properties["body_encoding"] = "base64"
+        fields["properties"] = .object(properties)
+        return CeleryJSON.encode(.object(fields))
+    }
+
+    /// `properties.delivery_tag`.
+    public var deliveryTag: String? { properties["delivery_tag"]?.stringValue }
+
+    /// Where the message was published: `properties.delivery_info`, with the priority and redelivery flag.
+    public var deliveryInfo: DeliveryInfo {
+        let info = properties["delivery_info"]
+        let redelivered =
+            info?["redelivered"]?.boolValue ?? headers["redelivered"]?.boolValue ?? false
+        return DeliveryInfo(
+            exchange: info?["exchange"]?.stringValue ?? "",
+            routingKey: info?["routing_key"]?.stringValue ?? "",
+            priority: properties["priority"]?.intValue ?? 0,
+            redelivered: redelivered
+        )
+    }
+}
+
+/// Where a message came from, as kombu reports it in `delivery_info`.
+public struct DeliveryInfo: Sendable, Hashable {
+    /// The exchange it was published to; `""` for task messages sent straight to a queue.
+    public var exchange: String
+    /// The routing key; for task messages, the queue name.
+    public var routingKey: String
+    /// `properties.priority` as given by the producer (not clamped).
+    public var priority: Int
+    /// Whether the message was given back to the queue and delivered again.
+    public var redelivered: Bool
+
+    public init(exchange: String, routingKey: String, priority: Int, redelivered: Bool) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.priority = priority
+        self.redelivered = redelivered
+    }
+}

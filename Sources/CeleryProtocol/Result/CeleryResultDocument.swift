@@ -1,0 +1,68 @@
+import OrderedCollections
+
+/// A task's result as Celery's key-value backends store it under `celery-task-meta-<id>`.
+///
+/// Fields are written in Python's order: `status, result, traceback, children, date_done, [group_id],
+/// [parent_id], [extended fields], task_id`.
+public struct CeleryResultDocument: Sendable {
+    public var status: TaskState
+    /// The return value, the custom-state meta, or an encoded exception.
+    public var result: CeleryValue
+    /// A Python-formatted traceback for exceptions raised in the task; `nil` otherwise.
+    public var traceback: String?
+    /// Results of tasks this task published, each `[["<id>", null], null]`; `null` only in documents written by
+    /// the `revoke` command.
+    public var children: CeleryValue
+    /// `isoformat()` of the completion time, for ready states only.
+    public var dateDone: String?
+    public var groupID: String?
+    public var parentID: String?
+    /// `result_extended` fields (`name`, `args`, `kwargs`, `worker`, `retries`, `queue`), in order.
+    public var extended: OrderedDictionary<String, CeleryValue>
+    public var taskID: String
+
+    public init(
+        taskID: String, status: TaskState, result: CeleryValue, traceback: String? = nil,
+        children: CeleryValue = [], dateDone: String? = nil, groupID: String? = nil, parentID: String? = nil,
+        extended: OrderedDictionary<String, CeleryValue> = [:]
+    ) {
+        self.taskID = taskID
+        self.status = status
+        self.result = result
+        self.traceback = traceback
+        self.children = children
+        self.dateDone = dateDone
+        self.groupID = groupID
+        self.parentID = parentID
+        self.extended = extended
+    }
+
+    /// The document as an ordered dictionary.
+    public var value: CeleryValue {
+        var fields = OrderedDictionary<String, CeleryValue>(minimumCapacity: 8 + extended.count)
+        fields["status"] = .string(status.rawValue)
+        fields["result"] = result
+        fields["traceback"] = traceback.map(CeleryValue.string) ?? .null
+        fields["children"] = children
+        fields["date_done"] = dateDone.map(CeleryValue.string) ?? .null
+        if let groupID { fields["group_id"] = .string(groupID) }
+        if let parentID { fields["parent_id"] = .string(parentID) }
+        for (key, value) in extended { fields[key] = value }
+        fields["task_id"] = .string(taskID)
+        return .object(fields)
+    }
+
+    /// The bytes stored and published: JSON text, or raw msgpack.
+    public func encoded(as serializer: CeleryContentType) -> [UInt8] {
+        serializer.encode(value)
+    }
+
+    /// Reads only the `status` of a stored document, for the "never overwrite SUCCESS" rule.
+    /// Returns `nil` when the bytes do not decode or carry no status.
+    public static func storedStatus(_ bytes: [UInt8], serializer: CeleryContentType) -> TaskState? {
+        guard let document = try? serializer.decode(bytes), case .string(let status)? = document["status"] else {
+            return nil
+        }
+        return TaskState(status)
+    }
+}

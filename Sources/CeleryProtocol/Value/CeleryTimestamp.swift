@@ -1,0 +1,114 @@
+/// ISO 8601 times as Celery writes and reads them (`eta`, `expires`, `date_done`), with no Foundation calendar.
+public enum CeleryTimestamp {
+    /// Formats Unix seconds as Python's `datetime.isoformat()` of an aware UTC datetime:
+    /// `2026-11-25T00:20:32.092184+00:00`, without a fraction when the microseconds are 0.
+    public static func isoformat(unixSeconds: Double) -> String {
+        var totalMicros = Int64((unixSeconds * 1_000_000).rounded())
+        var days = totalMicros >= 0 ? totalMicros / 86_400_000_000 : (totalMicros - 86_399_999_999) / 86_400_000_000
+        totalMicros -= days * 86_400_000_000
+        let micros = Int(totalMicros % 1_000_000)
+        let secondsOfDay = Int(totalMicros / 1_000_000)
+        let (year, month, day) = civil(fromDays: days)
+        days = 0
+        var text = pad(year, 4) + "-" + pad(month, 2) + "-" + pad(day, 2)
+        text += "T" + pad(secondsOfDay / 3600, 2) + ":" + pad(secondsOfDay / 60 % 60, 2) + ":" + pad(secondsOfDay % 60, 2)
+        if micros != 0 { text += "." + pad(micros, 6) }
+        return text + "+00:00"
+    }
+
+    /// Parses the forms `dateutil.isoparse` accepts from Celery producers: `YYYY-MM-DD[THH:MM[:SS[.ffffff]]]`
+    /// followed by `Z`, `±HH:MM`, `±HHMM`, `±HH` or nothing (naive, taken as UTC). Returns Unix seconds.
+    public static func parse(_ text: String) -> Double? {
+        let bytes = Array(text.utf8)
+        var index = 0
+        func number(_ width: Int) -> Int? {
+            guard index + width <= bytes.count else { return nil }
+            var value = 0
+            for offset in 0..<width {
+                let byte = bytes[index + offset]
+                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
+                value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            index += width
+            return value
+        }
+        func consume(_ character: Character) -> Bool {
+            guard index < bytes.count, bytes[index] == character.asciiValue else { return false }
+            index += 1
+            return true
+        }
+        guard let year = number(4), consume("-"), let month = number(2), consume("-"), let day = number(2),
+            (1...12).contains(month), (1...31).contains(day)
+        else { return nil }
+        var hour = 0, minute = 0, second = 0
+        var fraction = 0.0
+        if consume("T") || consume(" ") {
+            guard let parsedHour = number(2), consume(":"), let parsedMinute = number(2) else { return nil }
+            hour = parsedHour
+            minute = parsedMinute
+            if consume(":") {
+                guard let parsedSecond = number(2) else { return nil }
+                second = parsedSecond
+                if consume(".") || consume(",") {
+                    var scale = 0.1
+                    var digits = 0
+                    while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) {
+                        fraction += Double(bytes[index] - UInt8(ascii: "0")) * scale
+                        scale /= 10
+                        digits += 1
+                        index += 1
+                    }
+                    guard digits > 0 else { return nil }
+                }
+            }
+            guard hour <= 24, minute <= 59, second <= 60 else { return nil }
+        }
+        var offsetSeconds = 0
+        if consume("Z") || consume("z") {
+            offsetSeconds = 0
+        } else if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+            let sign = bytes[index] == UInt8(ascii: "-") ? -1 : 1
+            index += 1
+            guard let offsetHours = number(2) else { return nil }
+            var offsetMinutes = 0
+            if consume(":") {
+                guard let parsed = number(2) else { return nil }
+                offsetMinutes = parsed
+            } else if let parsed = number(2) {
+                offsetMinutes = parsed
+            }
+            offsetSeconds = sign * (offsetHours * 3600 + offsetMinutes * 60)
+        }
+        guard index == bytes.count else { return nil }
+        let days = daysFromCivil(year: year, month: month, day: day)
+        let seconds = Double(days * 86_400 + hour * 3600 + minute * 60 + second - offsetSeconds)
+        return seconds + fraction
+    }
+
+    private static func pad(_ value: Int, _ width: Int) -> String {
+        let digits = String(value)
+        return String(repeating: "0", count: max(0, width - digits.count)) + digits
+    }
+
+    // Howard Hinnant's days-from-civil algorithms.
+    static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146_097 + doe - 719_468
+    }
+
+    static func civil(fromDays days: Int64) -> (Int, Int, Int) {
+        let z = Int(days) + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
+    }
+}

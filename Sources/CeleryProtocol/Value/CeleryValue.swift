@@ -1,0 +1,111 @@
+import OrderedCollections
+
+/// A dynamic value as Celery carries it in task arguments, keyword arguments and results.
+///
+/// It round-trips everything Python's JSON and msgpack serializers send: `None`, booleans, integers over the whole
+/// signed and unsigned 64-bit range, floats (`1.0` stays a float), Unicode strings, byte strings (msgpack `bin`, or
+/// kombu's tagged `bytes`/`base64` objects in JSON), lists and dicts. Dictionaries keep their key order, and an empty
+/// list stays a list while an empty dict stays a dict.
+public enum CeleryValue: Sendable, Hashable {
+    case null
+    case bool(Bool)
+    /// A signed integer; every integer in `Int64`'s range is held here.
+    case int(Int64)
+    /// An unsigned integer above `Int64.max`.
+    case uint(UInt64)
+    case double(Double)
+    case string(String)
+    case bytes([UInt8])
+    case array([CeleryValue])
+    case object(OrderedDictionary<String, CeleryValue>)
+}
+
+extension CeleryValue {
+    /// An empty dictionary value.
+    public static let emptyObject = CeleryValue.object([:])
+
+    /// The string, if this is a string.
+    public var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    /// The integer, if this is an integer that fits `Int`.
+    public var intValue: Int? {
+        switch self {
+        case .int(let value): return Int(exactly: value)
+        case .uint(let value): return Int(exactly: value)
+        default: return nil
+        }
+    }
+
+    /// The number as a `Double`, for integers and floats.
+    public var doubleValue: Double? {
+        switch self {
+        case .int(let value): return Double(value)
+        case .uint(let value): return Double(value)
+        case .double(let value): return value
+        default: return nil
+        }
+    }
+
+    /// The boolean, if this is a boolean.
+    public var boolValue: Bool? {
+        if case .bool(let value) = self { return value }
+        return nil
+    }
+
+    /// The elements, if this is a list.
+    public var arrayValue: [CeleryValue]? {
+        if case .array(let value) = self { return value }
+        return nil
+    }
+
+    /// The entries, if this is a dictionary.
+    public var objectValue: OrderedDictionary<String, CeleryValue>? {
+        if case .object(let value) = self { return value }
+        return nil
+    }
+
+    /// Whether this is `null`.
+    public var isNull: Bool {
+        if case .null = self { return true }
+        return false
+    }
+
+    /// The value under `key` when this is a dictionary, else `nil`.
+    public subscript(key: String) -> CeleryValue? {
+        if case .object(let entries) = self { return entries[key] }
+        return nil
+    }
+}
+
+extension CeleryValue: ExpressibleByNilLiteral {
+    public init(nilLiteral: ()) { self = .null }
+}
+
+extension CeleryValue: ExpressibleByBooleanLiteral {
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+}
+
+extension CeleryValue: ExpressibleByIntegerLiteral {
+    public init(integerLiteral value: Int64) { self = .int(value) }
+}
+
+extension CeleryValue: ExpressibleByFloatLiteral {
+    public init(floatLiteral value: Double) { self = .double(value) }
+}
+
+extension CeleryValue: ExpressibleByStringLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+}
+
+extension CeleryValue: ExpressibleByArrayLiteral {
+    public init(arrayLiteral elements: CeleryValue...) { self = .array(elements) }
+}
+
+extension CeleryValue: ExpressibleByDictionaryLiteral {
+    public init(dictionaryLiteral elements: (String, CeleryValue)...) {
+        self = .object(OrderedDictionary(elements, uniquingKeysWith: { _, last in last }))
+    }
+}

@@ -1,0 +1,56 @@
+import CeleryProtocol
+import Testing
+
+@Suite("Result documents captured from Python's Redis backend")
+struct ResultDocumentFixtureTests {
+    static var cases: [String] {
+        Fixtures.names(suffix: ".result-expected.json")
+    }
+
+    @Test("our encoder writes Python's bytes exactly", arguments: cases)
+    func byteIdentical(name: String) throws {
+        let expected = try Fixtures.json("\(name).result-expected.json")
+        let serializer = try #require(CeleryContentType(name: expected["serializer"]?.stringValue ?? ""))
+        let file = "\(name).result.\(serializer == .json ? "json" : "msgpack")"
+        let stored = try Fixtures.bytes(file)
+        let decoded = try serializer.decode(stored)
+        #expect(typed(decoded["result"] ?? .null) == expected["result"])
+
+        let status = TaskState(try #require(expected["status"]?.stringValue))
+        let result: CeleryValue
+        if status == .failure {
+            result = CeleryExceptionInfo(type: "ValueError", arguments: ["bad input"], module: "builtins").value
+        } else {
+            result = try #require(decoded["result"])
+        }
+        let document = CeleryResultDocument(
+            taskID: try #require(expected["task_id"]?.stringValue),
+            status: status,
+            result: result,
+            traceback: expected["traceback"]?.stringValue,
+            children: .null,
+            dateDone: expected["date_done"]?.stringValue
+        )
+        #expect(document.encoded(as: serializer) == stored)
+        #expect(CeleryResultDocument.storedStatus(stored, serializer: serializer) == status)
+    }
+
+    @Test("date_done is formatted like datetime.isoformat()")
+    func dateDone() {
+        #expect(CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.092184) == "2026-11-25T00:20:32.092184+00:00")
+        #expect(CeleryTimestamp.isoformat(unixSeconds: 1_893_499_200) == "2030-01-01T12:00:00+00:00")
+        #expect(CeleryTimestamp.parse("2026-11-25T00:20:32.092184+00:00") == 1_795_566_032.092184)
+        #expect(CeleryTimestamp.parse("2026-11-25T01:20:34+01:00") == CeleryTimestamp.parse("2026-11-25T00:20:34Z"))
+        #expect(CeleryTimestamp.parse("not a date") == nil)
+    }
+
+    @Test("an exception renders as Python would show it")
+    func exceptionText() {
+        let error = CeleryExceptionInfo(type: "ValueError", arguments: ["bad input"], module: "builtins")
+        #expect(error.repr == "ValueError('bad input')")
+        #expect(error.tracebackLine == "ValueError: bad input")
+        let custom = CeleryExceptionInfo(type: "NotRegistered", arguments: ["tasks.nope"], module: "celery.exceptions")
+        #expect(custom.tracebackLine == "celery.exceptions.NotRegistered: tasks.nope")
+        #expect(CeleryExceptionInfo(type: "E", arguments: [1, 2], module: "m").repr == "E(1, 2)")
+    }
+}
