@@ -1,0 +1,42 @@
+import CeleryProtocol
+
+/// One message taken from a queue and recorded as unacknowledged.
+public struct BrokerDelivery: Sendable {
+    /// The JSON text exactly as popped from the list.
+    public var raw: [UInt8]
+    /// The queue it came from (without the priority suffix).
+    public var queue: String
+    /// The parsed envelope, or the reason it could not be parsed.
+    public var envelope: Result<KombuEnvelope, CeleryProtocolError>
+    /// Unix time of receipt, the score kombu gives it in `unacked_index`.
+    public var receivedAt: Double
+
+    public init(raw: [UInt8], queue: String, envelope: Result<KombuEnvelope, CeleryProtocolError>, receivedAt: Double) {
+        self.raw = raw
+        self.queue = queue
+        self.envelope = envelope
+        self.receivedAt = receivedAt
+    }
+
+    /// `properties.delivery_tag`, when the envelope has one; only such deliveries are tracked in `unacked`.
+    public var deliveryTag: String? {
+        if case .success(let envelope) = envelope { return envelope.deliveryTag }
+        return nil
+    }
+}
+
+/// Where task messages come from and how their delivery is settled, as kombu's virtual transport defines it.
+///
+/// The runtime only talks to this protocol, so it can be tested without Redis; ``RedisBroker`` is the real one.
+public protocol Broker: Sendable {
+    /// Prepares the queues (declares them as kombu does).
+    func declare(queues: [String]) async throws(CeleryWorkerError)
+    /// Waits briefly (about a second) for messages on `queues` and returns at most `limit` of them, each already
+    /// recorded as unacknowledged. An empty result means nothing arrived in time.
+    func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery]
+    /// Acknowledges (or rejects without requeue, which is the same on Redis): forgets the deliveries.
+    func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError)
+    /// Gives deliveries back to their queues. `atFront` puts them where they are taken next (kombu's restore,
+    /// `RPUSH`); otherwise at the back (`reject(requeue=True)`, `LPUSH`). Both mark them redelivered.
+    func restore(_ deliveries: [BrokerDelivery], atFront: Bool) async throws(CeleryWorkerError)
+}

@@ -1,0 +1,56 @@
+/// An error from the worker runtime or its Redis transport.
+public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        enum Base: Sendable, Hashable {
+            case invalidConfiguration, connectionFailed, connectionLost, timeout, redisError, unexpectedReply
+            case shutdown
+        }
+
+        let base: Base
+
+        /// A flag, URL or setting is not valid.
+        public static let invalidConfiguration = Code(base: .invalidConfiguration)
+        /// The Redis server could not be reached.
+        public static let connectionFailed = Code(base: .connectionFailed)
+        /// The connection broke during a command; it is re-established on the next use.
+        public static let connectionLost = Code(base: .connectionLost)
+        /// Redis did not answer in time.
+        public static let timeout = Code(base: .timeout)
+        /// Redis answered with an error reply.
+        public static let redisError = Code(base: .redisError)
+        /// Redis answered with a reply of a shape the command does not produce.
+        public static let unexpectedReply = Code(base: .unexpectedReply)
+        /// The worker is shutting down.
+        public static let shutdown = Code(base: .shutdown)
+
+        public var description: String {
+            switch base {
+            case .invalidConfiguration: "invalid configuration"
+            case .connectionFailed: "cannot connect to Redis"
+            case .connectionLost: "Redis connection lost"
+            case .timeout: "Redis timed out"
+            case .redisError: "Redis error"
+            case .unexpectedReply: "unexpected Redis reply"
+            case .shutdown: "worker shutting down"
+            }
+        }
+    }
+
+    public var code: Code
+    public var message: String
+    public var underlyingError: (any Error)?
+
+    public init(code: Code, message: String, underlyingError: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.underlyingError = underlyingError
+    }
+
+    /// Whether the operation may succeed when tried again on a fresh connection.
+    public var isConnectionProblem: Bool {
+        code == .connectionFailed || code == .connectionLost || code == .timeout
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

@@ -1,0 +1,66 @@
+import NIOPosix
+
+/// Async access to one Redis connection; each call runs its blocking hiredis I/O on `threadPool`.
+///
+/// Calls on one client are serialized (one connection, one command stream). Use separate clients for a blocking
+/// pop and for everything else, as kombu does.
+public final class RedisClient: Sendable {
+    let connection: RedisConnection
+    let threadPool: NIOThreadPool
+
+    /// - Parameters:
+    ///   - commandTimeout: how long to wait for a reply before the connection is treated as broken.
+    public init(url: RedisURL, threadPool: NIOThreadPool, commandTimeout: Duration = .seconds(30)) {
+        self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
+        self.threadPool = threadPool
+    }
+
+    /// The server this client talks to.
+    public var url: RedisURL { connection.url }
+
+    /// Sends the commands in one round trip and returns one reply per command (error replies included).
+    public func pipeline(_ commands: [RedisCommand]) async throws(CeleryWorkerError) -> [RedisReply] {
+        let connection = self.connection
+        do {
+            return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> [RedisReply] in
+                try connection.execute(commands)
+            }
+        } catch let error as CeleryWorkerError {
+            throw error
+        } catch {
+            throw CeleryWorkerError(code: .shutdown, message: "the Redis thread pool is shut down", underlyingError: error)
+        }
+    }
+
+    /// Sends one command; an error reply is thrown.
+    @discardableResult
+    public func send(_ command: RedisCommand) async throws(CeleryWorkerError) -> RedisReply {
+        let replies = try await pipeline([command])
+        guard let reply = replies.first else {
+            throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to \(command.name)")
+        }
+        return try reply.check(command.name)
+    }
+
+    /// Runs the commands inside `MULTI … EXEC` in one round trip and returns the replies of the commands.
+    @discardableResult
+    public func transaction(_ commands: [RedisCommand]) async throws(CeleryWorkerError) -> [RedisReply] {
+        let replies = try await pipeline([RedisCommand("MULTI")] + commands + [RedisCommand("EXEC")])
+        for (reply, command) in zip(replies.dropLast(), [RedisCommand("MULTI")] + commands) {
+            try reply.check("queueing \(command.name) in MULTI")
+        }
+        guard let exec = replies.last else {
+            throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EXEC")
+        }
+        try exec.check("EXEC")
+        guard let results = exec.array else {
+            throw CeleryWorkerError(code: .unexpectedReply, message: "EXEC aborted (a watched key changed)")
+        }
+        return results
+    }
+
+    /// Closes the connection; the next call opens a new one.
+    public func close() {
+        connection.close()
+    }
+}

@@ -1,0 +1,200 @@
+import CHiredis
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One blocking hiredis connection, opened lazily and re-opened after a failure.
+///
+/// Every call blocks its thread: callers run them on a thread pool (see ``RedisClient``), never on the cooperative
+/// pool. `@unchecked Sendable` is sound because the only mutable state, the hiredis context, is touched only inside
+/// `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
+final class RedisConnection: @unchecked Sendable {
+    private struct State {
+        var context: UnsafeMutablePointer<redisContext>?
+    }
+
+    let url: RedisURL
+    /// Socket read/write timeout for replies; a blocking pop's own timeout must be shorter.
+    let commandTimeout: Duration
+    let connectTimeout: Duration
+    private let state = Mutex(State())
+
+    init(url: RedisURL, commandTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(5)) {
+        self.url = url
+        self.commandTimeout = commandTimeout
+        self.connectTimeout = connectTimeout
+    }
+
+    deinit {
+        state.withLock { state in
+            if let context = state.context { redisFree(context) }
+            state.context = nil
+        }
+    }
+
+    /// Sends the commands in one write and reads one reply for each (pipelining). Error replies are returned as
+    /// ``RedisReply/error(_:)``; only connection problems throw, after which the connection is closed and the next
+    /// call opens a new one.
+    func execute(_ commands: [RedisCommand]) throws(CeleryWorkerError) -> [RedisReply] {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> [RedisReply] in
+            let context = try connectedContext(&state)
+            for command in commands {
+                let status = Self.append(command, to: context)
+                if status != REDIS_OK {
+                    let error = Self.error(from: context, code: .connectionLost, doing: command.name)
+                    Self.close(&state)
+                    throw error
+                }
+            }
+            var replies: [RedisReply] = []
+            replies.reserveCapacity(commands.count)
+            for command in commands {
+                var raw: UnsafeMutableRawPointer?
+                guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: command.name)
+                    Self.close(&state)
+                    throw error
+                }
+                let reply = raw.assumingMemoryBound(to: redisReply.self)
+                replies.append(Self.convert(reply))
+                freeReplyObject(raw)
+            }
+            return replies
+        }
+    }
+
+    /// Closes the connection; the next call re-opens it.
+    func close() {
+        state.withLock { Self.close(&$0) }
+    }
+
+    /// Whether a context is open (it may still turn out broken on use).
+    var isOpen: Bool { state.withLock { $0.context != nil } }
+
+    private static func close(_ state: inout State) {
+        if let context = state.context { redisFree(context) }
+        state.context = nil
+    }
+
+    private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> UnsafeMutablePointer<redisContext> {
+        if let context = state.context { return context }
+        let timeout = Self.timeval(connectTimeout)
+        let opened: UnsafeMutablePointer<redisContext>?
+        switch url.endpoint {
+        case .tcp(let host, let port):
+            opened = redisConnectWithTimeout(host, Int32(port), timeout)
+        case .unixSocket(let path):
+            opened = redisConnectUnixWithTimeout(path, timeout)
+        }
+        guard let context = opened else {
+            throw CeleryWorkerError(code: .connectionFailed, message: "cannot allocate a Redis context for \(url)")
+        }
+        if context.pointee.err != 0 {
+            let error = Self.error(from: context, code: .connectionFailed, doing: "connect to \(url)")
+            redisFree(context)
+            throw error
+        }
+        redisSetTimeout(context, Self.timeval(commandTimeout))
+        state.context = context
+        var setup: [RedisCommand] = []
+        if let password = url.password {
+            if let username = url.username {
+                setup.append(RedisCommand("AUTH", RedisArgument(username), RedisArgument(password)))
+            } else {
+                setup.append(RedisCommand("AUTH", RedisArgument(password)))
+            }
+        }
+        if url.database != 0 { setup.append(RedisCommand("SELECT", RedisArgument(url.database))) }
+        for command in setup {
+            var raw: UnsafeMutableRawPointer?
+            guard Self.append(command, to: context) == REDIS_OK, redisGetReply(context, &raw) == REDIS_OK, let raw
+            else {
+                let error = Self.error(from: context, code: .connectionFailed, doing: "set up the connection to \(url)")
+                Self.close(&state)
+                throw error
+            }
+            let reply = Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            if case .error(let message) = reply {
+                Self.close(&state)
+                throw CeleryWorkerError(code: .connectionFailed, message: "\(command.name) on \(url) failed: \(message)")
+            }
+        }
+        return context
+    }
+
+    private static func append(_ command: RedisCommand, to context: UnsafeMutablePointer<redisContext>) -> Int32 {
+        // One flat buffer holds every argument; the argv pointers point into it. A trailing byte keeps the
+        // buffer non-empty so its base address exists even when every argument is empty.
+        var flat: [UInt8] = []
+        flat.reserveCapacity(command.arguments.reduce(1) { $0 + $1.count })
+        var offsets: [Int] = []
+        var lengths: [Int] = []
+        for argument in command.arguments {
+            offsets.append(flat.count)
+            lengths.append(argument.count)
+            flat.append(contentsOf: argument)
+        }
+        flat.append(0)
+        return flat.withUnsafeBytes { raw -> Int32 in
+            let base = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
+            var argv: [UnsafePointer<CChar>?] = offsets.map { UnsafePointer(base + $0) }
+            return argv.withUnsafeMutableBufferPointer { argvBuffer in
+                lengths.withUnsafeBufferPointer { lengthBuffer in
+                    redisAppendCommandArgv(
+                        context, Int32(command.arguments.count), argvBuffer.baseAddress, lengthBuffer.baseAddress)
+                }
+            }
+        }
+    }
+
+    private static func convert(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
+        let value = reply.pointee
+        switch value.type {
+        case REDIS_REPLY_STRING:
+            guard let pointer = value.str else { return .string([]) }
+            return .string(Array(UnsafeRawBufferPointer(start: pointer, count: Int(value.len))))
+        case REDIS_REPLY_STATUS:
+            guard let pointer = value.str else { return .status("") }
+            return .status(String(decoding: UnsafeRawBufferPointer(start: pointer, count: Int(value.len)), as: UTF8.self))
+        case REDIS_REPLY_ERROR:
+            guard let pointer = value.str else { return .error("") }
+            return .error(String(decoding: UnsafeRawBufferPointer(start: pointer, count: Int(value.len)), as: UTF8.self))
+        case REDIS_REPLY_INTEGER:
+            return .integer(Int64(value.integer))
+        case REDIS_REPLY_ARRAY:
+            var elements: [RedisReply] = []
+            elements.reserveCapacity(Int(value.elements))
+            if let children = value.element {
+                for index in 0..<Int(value.elements) {
+                    if let child = children[index] { elements.append(convert(child)) } else { elements.append(.null) }
+                }
+            }
+            return .array(elements)
+        default:
+            return .null
+        }
+    }
+
+    private static func error(
+        from context: UnsafeMutablePointer<redisContext>, code: CeleryWorkerError.Code, doing action: String
+    ) -> CeleryWorkerError {
+        let text = withUnsafeBytes(of: context.pointee.errstr) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        let isTimeout = context.pointee.err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)
+        return CeleryWorkerError(
+            code: isTimeout ? .timeout : code,
+            message: "\(action): \(text.isEmpty ? "connection closed" : text)"
+        )
+    }
+
+    private static func timeval(_ duration: Duration) -> timeval {
+        let (seconds, attoseconds) = duration.components
+        return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+    }
+}

@@ -1,0 +1,147 @@
+import Foundation
+
+/// A Redis address as kombu and Celery take it: `redis://[[user]:password@]host[:port][/db]`,
+/// `rediss://` is refused (no TLS here), and `unix://` / `redis+socket://` socket paths (`?virtual_host=N` or
+/// `?db=N` select the database).
+public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
+    /// Where the server listens.
+    public enum Endpoint: Sendable, Hashable {
+        case tcp(host: String, port: Int)
+        case unixSocket(path: String)
+    }
+
+    public var endpoint: Endpoint
+    /// The ACL user name (Redis 6+), if any.
+    public var username: String?
+    public var password: String?
+    /// The database number; 0 when the URL names none.
+    public var database: Int
+
+    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
+        self.endpoint = endpoint
+        self.username = username
+        self.password = password
+        self.database = database
+    }
+
+    /// Parses a URL, with an error that says what is wrong.
+    public init(parsing text: String) throws(CeleryWorkerError) {
+        func invalid(_ why: String) -> CeleryWorkerError {
+            CeleryWorkerError(code: .invalidConfiguration, message: "invalid Redis URL '\(RedisURL.masked(text))': \(why)")
+        }
+        guard let schemeEnd = text.range(of: "://") else { throw invalid("expected redis://host[:port][/db]") }
+        let scheme = text[..<schemeEnd.lowerBound].lowercased()
+        var rest = String(text[schemeEnd.upperBound...])
+        var query: [String: String] = [:]
+        if let mark = rest.firstIndex(of: "?") {
+            for pair in rest[rest.index(after: mark)...].split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                query[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+            }
+            rest = String(rest[..<mark])
+        }
+        var username: String?
+        var password: String?
+        if let at = rest.lastIndex(of: "@") {
+            let credentials = rest[..<at]
+            rest = String(rest[rest.index(after: at)...])
+            if let colon = credentials.firstIndex(of: ":") {
+                let user = String(credentials[..<colon])
+                username = user.isEmpty ? nil : Self.percentDecoded(user)
+                password = Self.percentDecoded(String(credentials[credentials.index(after: colon)...]))
+            } else if !credentials.isEmpty {
+                password = Self.percentDecoded(String(credentials))
+            }
+        }
+        func database(_ text: String?) throws(CeleryWorkerError) -> Int {
+            guard let text, !text.isEmpty else { return 0 }
+            guard let number = Int(text), number >= 0 else { throw invalid("database '\(text)' is not a number") }
+            return number
+        }
+        switch scheme {
+        case "redis":
+            var hostPort = rest
+            var db: Int
+            if let slash = rest.firstIndex(of: "/") {
+                hostPort = String(rest[..<slash])
+                db = try database(String(rest[rest.index(after: slash)...]))
+            } else {
+                db = 0
+            }
+            if let virtualHost = query["virtual_host"] ?? query["db"] { db = try database(virtualHost) }
+            var host = hostPort
+            var port = 6379
+            if hostPort.hasPrefix("["), let close = hostPort.firstIndex(of: "]") {
+                host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
+                let after = hostPort[hostPort.index(after: close)...]
+                if after.hasPrefix(":") {
+                    guard let parsed = Int(after.dropFirst()), (1...65535).contains(parsed) else {
+                        throw invalid("port is not a number from 1 to 65535")
+                    }
+                    port = parsed
+                }
+            } else if let colon = hostPort.lastIndex(of: ":") {
+                host = String(hostPort[..<colon])
+                guard let parsed = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(parsed) else {
+                    throw invalid("port is not a number from 1 to 65535")
+                }
+                port = parsed
+            }
+            if host.isEmpty { host = "localhost" }
+            self.init(endpoint: .tcp(host: host, port: port), username: username, password: password, database: db)
+        case "unix", "redis+socket", "socket":
+            var path = rest
+            if !path.hasPrefix("/") { path = "/" + path }
+            guard path.count > 1 else { throw invalid("no socket path") }
+            let db = try database(query["virtual_host"] ?? query["db"])
+            self.init(endpoint: .unixSocket(path: path), username: username, password: password, database: db)
+        case "rediss":
+            throw invalid("TLS (rediss://) is not supported yet")
+        default:
+            throw invalid("scheme '\(scheme)' is not redis://, unix:// or redis+socket://")
+        }
+    }
+
+    private static func percentDecoded(_ text: String) -> String {
+        guard text.contains("%") else { return text }
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%"), let high = iterator.next(), let low = iterator.next(),
+                let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
+            {
+                bytes.append(value)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The URL with any password replaced by `**`, as Celery's banner shows it.
+    public var description: String {
+        let credentials: String
+        switch (username, password) {
+        case (let user?, _?): credentials = "\(user):**@"
+        case (nil, _?): credentials = ":**@"
+        case (let user?, nil): credentials = "\(user)@"
+        case (nil, nil): credentials = ""
+        }
+        switch endpoint {
+        case .tcp(let host, let port):
+            let shownHost = host.contains(":") ? "[\(host)]" : host
+            return "redis://\(credentials)\(shownHost):\(port)/\(database)"
+        case .unixSocket(let path):
+            return "redis+socket://\(credentials)\(path)?virtual_host=\(database)"
+        }
+    }
+
+    /// Masks the password in a URL that may not even parse, for error messages.
+    public static func masked(_ text: String) -> String {
+        guard let schemeEnd = text.range(of: "://"), let at = text.lastIndex(of: "@"), at > schemeEnd.upperBound
+        else { return text }
+        let credentials = text[schemeEnd.upperBound..<at]
+        guard let colon = credentials.firstIndex(of: ":") else { return text }
+        return String(text[..<colon]) + ":**" + String(text[at...])
+    }
+}

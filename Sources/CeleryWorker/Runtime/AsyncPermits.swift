@@ -1,0 +1,78 @@
+import Synchronization
+
+/// A counting semaphore for async code: `acquire` waits for a permit, `release` hands one back, `close` wakes every
+/// waiter with `false` (used at shutdown). Waiters are served first come, first served.
+final class AsyncPermits: Sendable {
+    private struct Waiter {
+        let id: UInt64
+        let continuation: CheckedContinuation<Bool, Never>
+    }
+
+    private struct State {
+        var available: Int
+        var closed = false
+        var waiters: [Waiter] = []
+        var nextID: UInt64 = 0
+    }
+
+    private let state: Mutex<State>
+
+    init(_ count: Int) {
+        state = Mutex(State(available: count))
+    }
+
+    /// Waits for a permit. Returns `false` without one when closed or when the waiting task is cancelled.
+    func acquire() async -> Bool {
+        let id = state.withLock { state -> UInt64 in
+            state.nextID += 1
+            return state.nextID
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let immediate: Bool? = state.withLock { state in
+                    if state.closed || Task.isCancelled { return false }
+                    if state.available > 0, state.waiters.isEmpty {
+                        state.available -= 1
+                        return true
+                    }
+                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(returning: false)
+        }
+    }
+
+    /// Returns `count` permits, waking waiters in order.
+    func release(_ count: Int = 1) {
+        let woken = state.withLock { state -> [Waiter] in
+            state.available += count
+            var woken: [Waiter] = []
+            while state.available > 0, !state.waiters.isEmpty {
+                state.available -= 1
+                woken.append(state.waiters.removeFirst())
+            }
+            return woken
+        }
+        for waiter in woken { waiter.continuation.resume(returning: true) }
+    }
+
+    /// Refuses every current and future `acquire`.
+    func close() {
+        let woken = state.withLock { state -> [Waiter] in
+            state.closed = true
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in woken { waiter.continuation.resume(returning: false) }
+    }
+
+    /// Permits not handed out now.
+    var available: Int { state.withLock { $0.available } }
+}

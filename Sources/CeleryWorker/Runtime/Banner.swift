@@ -1,0 +1,47 @@
+import CeleryProtocol
+import Foundation
+
+/// Celery's start-up banner, with this worker's facts. Passwords in URLs are masked.
+public enum Banner {
+    private static let art = [
+        " --------------", "--- ***** -----", "-- ******* ----", "- *** --- * ---", "- ** ----------",
+        "- ** ----------", "- ** ----------", "- ** ----------", "- *** --- * ---", "-- ******* ----",
+        "--- ***** -----", " --------------",
+    ]
+
+    /// The banner text for `configuration` and the registered task names.
+    public static func text(configuration: WorkerConfiguration, taskNames: [String], version: String) -> String {
+        let events = configuration.sendTaskEvents ? "ON (not implemented yet: no events are sent)" : "OFF (enable -E to monitor tasks in this worker)"
+        let queues = configuration.queues.map { name in
+            ".> \(name.padding(toLength: max(16, name.count), withPad: " ", startingAt: 0)) exchange=\(name)(direct) key=\(name)"
+        }
+        var system = utsname()
+        uname(&system)
+        let platform = withUnsafeBytes(of: &system.sysname) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            + "-" + withUnsafeBytes(of: &system.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let info = [
+            "\(configuration.nodeName) v\(version) (swift-celery-worker)",
+            "",
+            "\(platform) \(CeleryTimestamp.isoformat(unixSeconds: WallClock.now()).prefix(19).replacingOccurrences(of: "T", with: " "))",
+            "",
+            "[config]",
+            ".> app:         swift-celery-worker",
+            ".> transport:   \(configuration.brokerURL)",
+            ".> results:     \(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")",
+            ".> concurrency: \(configuration.concurrency) (swift threads)",
+            ".> task events: \(events)",
+            "",
+            "[queues]",
+        ] + queues
+        var lines: [String] = []
+        for (index, line) in info.enumerated() {
+            let prefix = index < art.count ? art[index] : String(repeating: " ", count: 15)
+            lines.append("\(prefix) \(line)")
+        }
+        for index in info.count..<max(info.count, art.count) { lines.append(art[index]) }
+        lines.append("")
+        lines.append("[tasks]")
+        lines.append(contentsOf: taskNames.map { "  . \($0)" })
+        return "\n" + lines.joined(separator: "\n") + "\n"
+    }
+}

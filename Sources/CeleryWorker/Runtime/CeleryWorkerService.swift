@@ -1,0 +1,254 @@
+import CeleryProtocol
+import Logging
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// A Celery worker: takes task messages from Redis, runs the registered Swift tasks and stores their results where
+/// Python's `AsyncResult` reads them.
+///
+/// Run it in a `ServiceGroup`. Graceful shutdown is Celery's warm shutdown: fetching stops, running tasks finish
+/// and store their results, and reserved messages that did not start are given back to their queues. Cancellation
+/// is cold shutdown: running tasks are cancelled; reserved messages are still given back when Redis allows.
+public final class CeleryWorkerService: Service {
+    public let configuration: WorkerConfiguration
+    public let registry: TaskRegistry
+    let logger: Logger
+    let broker: any Broker
+    let backend: (any ResultBackend)?
+    private let ioPool: NIOThreadPool?
+    let retryDelays = RetryDelays()
+
+    /// A worker on Redis, as configured.
+    public convenience init(configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger) {
+        let ioPool = NIOThreadPool(numberOfThreads: 3)
+        ioPool.start()
+        let broker = RedisBroker(
+            blocking: RedisClient(url: configuration.brokerURL, threadPool: ioPool, commandTimeout: .seconds(10)),
+            commands: RedisClient(url: configuration.brokerURL, threadPool: ioPool)
+        )
+        let backend = configuration.resultBackendURL.map { url in
+            RedisResultBackend(
+                client: RedisClient(url: url, threadPool: ioPool),
+                serializer: configuration.resultSerializer,
+                expires: configuration.resultExpires
+            )
+        }
+        self.init(configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
+                  ioPool: ioPool)
+    }
+
+    /// A worker on any broker and backend (tests use in-memory ones).
+    public convenience init(
+        configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
+        backend: (any ResultBackend)?
+    ) {
+        self.init(configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
+                  ioPool: nil)
+    }
+
+    private init(
+        configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
+        backend: (any ResultBackend)?, ioPool: NIOThreadPool?
+    ) {
+        self.configuration = configuration
+        self.registry = registry
+        self.logger = logger
+        self.broker = broker
+        self.backend = backend
+        self.ioPool = ioPool
+    }
+
+    /// Runs until graceful shutdown (warm) or cancellation (cold).
+    public func run() async throws {
+        let shutdown = ShutdownSignal()
+        let executor = ThreadPoolTaskExecutor(threads: configuration.concurrency)
+        let run = WorkerRun(service: self, shutdown: shutdown, executor: executor)
+        await withGracefulShutdownHandler {
+            await run.start()
+        } onGracefulShutdown: {
+            shutdown.trigger()
+            run.closePermits()
+        }
+        await executor.shutdown()
+        try? await ioPool?.shutdownGracefully()
+    }
+
+    /// Waits until Redis answers, logging each failed attempt the way Celery's consumer does.
+    func declareQueues(shutdown: ShutdownSignal) async -> Bool {
+        var attempt = 0
+        while !shutdown.isTriggered {
+            do {
+                try await broker.declare(queues: configuration.queues)
+                logger.info("Connected to \(configuration.brokerURL)")
+                return true
+            } catch {
+                attempt += 1
+                let delay = retryDelays.delay(attempt: attempt)
+                logger.error(
+                    "consumer: Cannot connect to \(configuration.brokerURL): \(error.message).\nTrying again in \(Self.format(seconds: delay)) seconds... (\(attempt))"
+                )
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+            }
+        }
+        return false
+    }
+
+    static func format(seconds: Double) -> String {
+        let hundredths = Int((seconds * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+}
+
+/// Back-off for reconnects: 1, 2, 4, 8, 16, then 32 s between attempts (Celery uses 2 s steps up to 32 s).
+struct RetryDelays: Sendable {
+    var maximum: Double = 32
+
+    func delay(attempt: Int) -> Double {
+        min(maximum, Double(1 << min(max(attempt - 1, 0), 10)))
+    }
+}
+
+/// The state of one `run()`: the fetch loop, the dispatch loop and the deliveries in flight.
+final class WorkerRun: Sendable {
+    let service: CeleryWorkerService
+    let shutdown: ShutdownSignal
+    let executor: ThreadPoolTaskExecutor
+    /// Reserved (received, unacknowledged) messages that count against the prefetch limit.
+    let prefetch: AsyncPermits
+    /// Free task slots (`-c`).
+    let slots: AsyncPermits
+    /// Deliveries not started when shutdown began; given back at the end.
+    let leftovers = Mutex<[BrokerDelivery]>([])
+
+    init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
+        self.service = service
+        self.shutdown = shutdown
+        self.executor = executor
+        let limit = service.configuration.prefetchCount
+        self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2)
+        self.slots = AsyncPermits(service.configuration.concurrency)
+    }
+
+    var logger: Logger { service.logger }
+    var configuration: WorkerConfiguration { service.configuration }
+
+    func closePermits() {
+        prefetch.close()
+        slots.close()
+    }
+
+    func start() async {
+        guard await service.declareQueues(shutdown: shutdown) else { return }
+        logger.info("\(configuration.nodeName) ready.")
+        let (stream, continuation) = AsyncStream.makeStream(of: BrokerDelivery.self)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                await self.fetchLoop(into: continuation)
+            }
+            group.addTask {
+                await self.dispatchLoop(stream)
+            }
+        }
+        let remaining = leftovers.withLock { list -> [BrokerDelivery] in
+            defer { list.removeAll() }
+            return list
+        }
+        await giveBack(remaining)
+    }
+
+    // MARK: Fetching
+
+    private func fetchLoop(into continuation: AsyncStream<BrokerDelivery>.Continuation) async {
+        defer { continuation.finish() }
+        var failures = 0
+        while !shutdown.isTriggered, !Task.isCancelled {
+            guard await prefetch.acquire() else { break }
+            do {
+                let deliveries = try await service.broker.fetch(queues: configuration.queues, limit: 1)
+                if failures > 0 {
+                    logger.info("Connected to \(configuration.brokerURL)")
+                    failures = 0
+                }
+                if deliveries.isEmpty {
+                    prefetch.release()
+                    continue
+                }
+                for delivery in deliveries { continuation.yield(delivery) }
+            } catch {
+                prefetch.release()
+                failures += 1
+                let delay = service.retryDelays.delay(attempt: failures)
+                logger.error(
+                    "consumer: Connection to broker lost (\(error.message)). Trying to re-establish the connection in \(CeleryWorkerService.format(seconds: delay)) seconds..."
+                )
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+            }
+        }
+    }
+
+    // MARK: Dispatching
+
+    private func dispatchLoop(_ stream: AsyncStream<BrokerDelivery>) async {
+        await withDiscardingTaskGroup { group in
+            for await delivery in stream {
+                guard let job = await prepare(delivery) else { continue }
+                if let eta = job.etaTime, eta > WallClock.now() {
+                    // Like Celery, an ETA task does not hold a prefetch slot while it waits.
+                    prefetch.release()
+                    group.addTask {
+                        guard await self.shutdown.sleep(untilUnixTime: eta), await self.slots.acquire() else {
+                            self.leftovers.withLock { $0.append(job.delivery) }
+                            return
+                        }
+                        await self.execute(job, holdsPrefetch: false)
+                        self.slots.release()
+                    }
+                    continue
+                }
+                guard !shutdown.isTriggered, await slots.acquire() else {
+                    leftovers.withLock { $0.append(job.delivery) }
+                    prefetch.release()
+                    continue
+                }
+                group.addTask {
+                    await self.execute(job, holdsPrefetch: true)
+                    self.slots.release()
+                }
+            }
+        }
+    }
+
+    private func giveBack(_ deliveries: [BrokerDelivery]) async {
+        guard !deliveries.isEmpty else { return }
+        logger.info("Restoring \(deliveries.count) unacknowledged message(s)")
+        for delivery in deliveries {
+            var machine = DeliveryStateMachine(acksLate: true)
+            await carryOut(machine.giveBack(), for: delivery)
+        }
+    }
+
+    /// Carries out a delivery action, retrying while Redis is unreachable (a lost ack would run the task twice).
+    func carryOut(_ action: DeliveryStateMachine.Action, for delivery: BrokerDelivery) async {
+        guard action != .none, delivery.deliveryTag != nil else { return }
+        var attempt = 0
+        while true {
+            do {
+                switch action {
+                case .none: return
+                case .ack: try await service.broker.ack([delivery])
+                case .restore(let atFront): try await service.broker.restore([delivery], atFront: atFront)
+                }
+                return
+            } catch {
+                attempt += 1
+                guard error.isConnectionProblem, attempt < 20, !Task.isCancelled else {
+                    logger.error("Cannot settle message \(delivery.deliveryTag ?? "?"): \(error.message)")
+                    return
+                }
+                try? await Task.sleep(for: .seconds(service.retryDelays.delay(attempt: attempt)))
+            }
+        }
+    }
+}

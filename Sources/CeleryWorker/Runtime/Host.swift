@@ -1,0 +1,15 @@
+import Foundation
+import NIOPosix
+
+/// Facts about the machine the worker runs on.
+enum Host {
+    /// The host name, as Python's `socket.gethostname()`.
+    static var name: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+        return String(decoding: buffer.prefix(while: { $0 != 0 }).map(UInt8.init(bitPattern:)), as: UTF8.self)
+    }
+
+    /// This process id.
+    static var pid: Int32 { getpid() }
+}

@@ -1,0 +1,110 @@
+import CeleryProtocol
+
+/// Per-task settings, each defaulting to the worker's (Celery's task attributes of the same names).
+public struct TaskOptions: Sendable {
+    /// Never store this task's result (`ignore_result`); a message's own `ignore_result` header wins when set.
+    public var ignoreResult: Bool
+    /// Acknowledge after the task finished and its result is stored (`acks_late`); `nil` uses the worker's
+    /// `--acks-late`.
+    public var acksLate: Bool?
+
+    public init(ignoreResult: Bool = false, acksLate: Bool? = nil) {
+        self.ignoreResult = ignoreResult
+        self.acksLate = acksLate
+    }
+}
+
+/// A task the worker can run.
+public struct RegisteredTask: Sendable {
+    /// The name producers send (`headers.task`).
+    public let name: String
+    public let options: TaskOptions
+    let handler: @Sendable (TaskContext) async throws -> CeleryValue
+}
+
+/// The tasks a worker runs, by name. Register typed closures: positional arguments (and keyword arguments named in
+/// `parameters`) are converted to the closure's parameter types, and the return value becomes the result.
+///
+/// ```swift
+/// var tasks = TaskRegistry()
+/// tasks.register("tasks.add", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x + y }
+/// tasks.register("seed_email") { _ in
+///     try await Task.sleep(for: .seconds(1))
+///     return "我将发送邮件"
+/// }
+/// ```
+public struct TaskRegistry: Sendable {
+    private var tasks: [String: RegisteredTask] = [:]
+
+    public init() {}
+
+    /// The registered names, sorted as `inspect registered` lists them.
+    public var names: [String] { tasks.keys.sorted() }
+
+    /// The task registered under `name`.
+    public subscript(name: String) -> RegisteredTask? { tasks[name] }
+
+    /// Registers a task that reads its arguments from the context itself (`context.request.args`,
+    /// `context.argument(_:name:)`).
+    public mutating func register<Result: CeleryValueEncodable>(
+        _ name: String, options: TaskOptions = TaskOptions(),
+        _ body: @escaping @Sendable (TaskContext) async throws -> Result
+    ) {
+        tasks[name] = RegisteredTask(name: name, options: options) { context in
+            try await body(context).celeryValue
+        }
+    }
+
+    /// Registers a task of one argument.
+    public mutating func register<A: CeleryValueDecodable, Result: CeleryValueEncodable>(
+        _ name: String, parameters: [String] = [], options: TaskOptions = TaskOptions(),
+        _ body: @escaping @Sendable (TaskContext, A) async throws -> Result
+    ) {
+        tasks[name] = RegisteredTask(name: name, options: options) { context in
+            try Self.checkArity(context, count: 1, parameters: parameters)
+            let a: A = try context.argument(0, name: parameters.first)
+            return try await body(context, a).celeryValue
+        }
+    }
+
+    /// Registers a task of two arguments.
+    public mutating func register<A: CeleryValueDecodable, B: CeleryValueDecodable, Result: CeleryValueEncodable>(
+        _ name: String, parameters: [String] = [], options: TaskOptions = TaskOptions(),
+        _ body: @escaping @Sendable (TaskContext, A, B) async throws -> Result
+    ) {
+        tasks[name] = RegisteredTask(name: name, options: options) { context in
+            try Self.checkArity(context, count: 2, parameters: parameters)
+            let a: A = try context.argument(0, name: parameters.first)
+            let b: B = try context.argument(1, name: parameters.dropFirst().first)
+            return try await body(context, a, b).celeryValue
+        }
+    }
+
+    /// Registers a task of three arguments.
+    public mutating func register<
+        A: CeleryValueDecodable, B: CeleryValueDecodable, C: CeleryValueDecodable, Result: CeleryValueEncodable
+    >(
+        _ name: String, parameters: [String] = [], options: TaskOptions = TaskOptions(),
+        _ body: @escaping @Sendable (TaskContext, A, B, C) async throws -> Result
+    ) {
+        tasks[name] = RegisteredTask(name: name, options: options) { context in
+            try Self.checkArity(context, count: 3, parameters: parameters)
+            let a: A = try context.argument(0, name: parameters.first)
+            let b: B = try context.argument(1, name: parameters.dropFirst().first)
+            let c: C = try context.argument(2, name: parameters.dropFirst(2).first)
+            return try await body(context, a, b, c).celeryValue
+        }
+    }
+
+    /// Python's `TypeError` for too many positional arguments or unknown keyword arguments.
+    private static func checkArity(_ context: TaskContext, count: Int, parameters: [String]) throws {
+        let request = context.request
+        if request.args.count > count {
+            throw PythonException.typeError(
+                "\(request.name)() takes \(count) positional argument\(count == 1 ? "" : "s") but \(request.args.count) were given")
+        }
+        for key in request.kwargs.keys where !parameters.prefix(count).contains(key) {
+            throw PythonException.typeError("\(request.name)() got an unexpected keyword argument '\(key)'")
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import CeleryProtocol
+import Foundation
+import NIOCore
+
+/// How a worker runs. Every default is Celery's own.
+public struct WorkerConfiguration: Sendable {
+    /// The broker (`broker_url`). Default `redis://localhost:6379/0`.
+    public var brokerURL: RedisURL
+    /// The result backend (`result_backend`). Default: none, results are not stored.
+    public var resultBackendURL: RedisURL?
+    /// Queues to consume, in order (`-Q`). Default `["celery"]`.
+    public var queues: [String]
+    /// Tasks run at once (`-c`). Default: the number of CPU cores.
+    public var concurrency: Int
+    /// Messages reserved per unit of concurrency (`worker_prefetch_multiplier`). Default 4; 0 means no limit.
+    public var prefetchMultiplier: Int
+    /// Acknowledge after the task finished (`task_acks_late`). Default `false`.
+    public var acksLate: Bool
+    /// How results are serialized (`result_serializer`). Default JSON.
+    public var resultSerializer: CeleryContentType
+    /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
+    public var acceptContent: Set<CeleryContentType>
+    /// Seconds results are kept (`result_expires`). Default 86 400 (1 day); `nil` or 0 keeps them forever.
+    public var resultExpires: Int?
+    /// Seconds after which an unacknowledged message is given to another worker (`visibility_timeout`).
+    /// Default 3 600.
+    public var visibilityTimeout: Double
+    /// Send task events (`-E`, `worker_send_task_events`). Default `false`.
+    public var sendTaskEvents: Bool
+    /// The node name (`-n`), `celery@<hostname>` by default.
+    public var nodeName: String
+
+    public init(
+        brokerURL: RedisURL = RedisURL(endpoint: .tcp(host: "localhost", port: 6379)),
+        resultBackendURL: RedisURL? = nil,
+        queues: [String] = ["celery"],
+        concurrency: Int = WorkerConfiguration.defaultConcurrency,
+        prefetchMultiplier: Int = 4,
+        acksLate: Bool = false,
+        resultSerializer: CeleryContentType = .json,
+        acceptContent: Set<CeleryContentType> = [.json, .msgpack],
+        resultExpires: Int? = 86_400,
+        visibilityTimeout: Double = 3_600,
+        sendTaskEvents: Bool = false,
+        nodeName: String = WorkerConfiguration.defaultNodeName
+    ) {
+        self.brokerURL = brokerURL
+        self.resultBackendURL = resultBackendURL
+        self.queues = queues
+        self.concurrency = concurrency
+        self.prefetchMultiplier = prefetchMultiplier
+        self.acksLate = acksLate
+        self.resultSerializer = resultSerializer
+        self.acceptContent = acceptContent
+        self.resultExpires = resultExpires
+        self.visibilityTimeout = visibilityTimeout
+        self.sendTaskEvents = sendTaskEvents
+        self.nodeName = nodeName
+    }
+
+    /// How many messages may be reserved (received and not yet acknowledged) at once; 0 means unlimited.
+    public var prefetchCount: Int { concurrency * prefetchMultiplier }
+
+    /// The number of CPU cores.
+    public static var defaultConcurrency: Int { max(1, System.coreCount) }
+
+    /// `celery@<hostname>`.
+    public static var defaultNodeName: String { "celery@" + Host.name }
+
+    /// Expands `-n` the way Celery does: `%h` is the host name, `%n` the short host name, `%d` the domain, and a
+    /// name without `@` gets `@<hostname>` appended.
+    public static func nodeName(expanding pattern: String) -> String {
+        let host = Host.name
+        let short = host.split(separator: ".").first.map(String.init) ?? host
+        let domain = host.split(separator: ".").dropFirst().joined(separator: ".")
+        var name = pattern.replacingOccurrences(of: "%h", with: host)
+            .replacingOccurrences(of: "%n", with: short)
+            .replacingOccurrences(of: "%d", with: domain)
+        if !name.contains("@") { name += "@" + host }
+        return name
+    }
+}

@@ -1,0 +1,272 @@
+import CeleryProtocol
+import Logging
+
+/// A task message that is valid, registered and ready to run.
+struct PreparedJob: Sendable {
+    let delivery: BrokerDelivery
+    let message: CeleryTaskMessage
+    let task: RegisteredTask
+    let etaTime: Double?
+    let expiresTime: Double?
+
+    /// The name shown in logs: the `shadow` header when set, as in Celery.
+    var displayName: String { message.shadow ?? message.name }
+}
+
+extension WorkerRun {
+    // MARK: Receiving
+
+    /// Validates a delivery. Messages that cannot run are logged, answered as Celery answers them, and settled
+    /// here; only runnable jobs are returned.
+    func prepare(_ delivery: BrokerDelivery) async -> PreparedJob? {
+        let envelope: KombuEnvelope
+        switch delivery.envelope {
+        case .failure(let error):
+            logger.error("Received and deleted invalid message: \(error.message)\nThe message was: \(Self.preview(delivery.raw))")
+            await storeFailure(for: error, exception: Self.exception(for: error))
+            prefetch.release()
+            return nil
+        case .success(let parsed):
+            envelope = parsed
+        }
+        let message: CeleryTaskMessage
+        do {
+            message = try CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
+        } catch {
+            if error.code == .invalidTaskMessage, error.taskID == nil {
+                logger.warning("Received and deleted unknown message. Wrong destination?!?\n\(error.message)\nThe message was: \(Self.preview(delivery.raw))")
+            } else {
+                logger.error("Received invalid task message\(Self.label(error)): \(error)")
+            }
+            await storeFailure(for: error, exception: Self.exception(for: error))
+            await discard(delivery)
+            return nil
+        }
+        guard let task = service.registry[message.name] else {
+            logger.error(
+                """
+                Received unregistered task of type '\(message.name)'.
+                The message has been ignored and discarded.
+
+                Did you remember to register the task with the Swift worker's TaskRegistry?
+                The task id was \(message.id); its headers: \(PythonRepr.truncated(PythonRepr.repr(.object(message.headers))))
+                """
+            )
+            let failure = CeleryExceptionInfo(type: "NotRegistered", arguments: [.string(message.name)],
+                                              module: "celery.exceptions")
+            await store(failureDocument(message: message, exception: failure, traceback: nil))
+            await discard(delivery)
+            return nil
+        }
+        var etaTime: Double?
+        var expiresTime: Double?
+        do {
+            etaTime = try Self.time(message.eta, field: "eta", message: message)
+            expiresTime = try Self.time(message.expires, field: "expires", message: message)
+        } catch {
+            logger.error("Received invalid task message\(Self.label(error)): \(error)")
+            await storeFailure(for: error, exception: Self.exception(for: error))
+            await discard(delivery)
+            return nil
+        }
+        let job = PreparedJob(delivery: delivery, message: message, task: task, etaTime: etaTime, expiresTime: expiresTime)
+        if await revokeIfExpired(job) { return nil }
+        logger.info("Task \(job.displayName)[\(message.id)] received")
+        return job
+    }
+
+    private static func time(_ text: String?, field: String, message: CeleryTaskMessage) throws(CeleryProtocolError) -> Double? {
+        guard let text else { return nil }
+        guard let time = CeleryTimestamp.parse(text) else {
+            throw CeleryProtocolError(code: .invalidTaskMessage, message: "\(field) '\(text)' is not an ISO 8601 time",
+                                      taskID: message.id, taskName: message.name)
+        }
+        return time
+    }
+
+    private static func label(_ error: CeleryProtocolError) -> String {
+        switch (error.taskName, error.taskID) {
+        case (let name?, let id?): " \(name)[\(id)]"
+        case (nil, let id?): " [\(id)]"
+        default: ""
+        }
+    }
+
+    /// The first 1 KiB of a raw message, for a log line.
+    static func preview(_ raw: [UInt8]) -> String {
+        let text = String(decoding: raw.prefix(1024), as: UTF8.self)
+        return raw.count > 1024 ? text + "… (\(raw.count) bytes)" : text
+    }
+
+    /// The Python exception stored for a message that cannot be decoded, so a waiting `.get()` raises instead of
+    /// hanging (Python Celery stores nothing here).
+    static func exception(for error: CeleryProtocolError) -> CeleryExceptionInfo {
+        switch error.code {
+        case .unsupportedContentType:
+            CeleryExceptionInfo(type: "ContentDisallowed", arguments: [.string(error.message)], module: "kombu.exceptions")
+        case .invalidTaskMessage:
+            CeleryExceptionInfo(type: "InvalidTaskError", arguments: [.string(error.message)], module: "celery.exceptions")
+        default:
+            CeleryExceptionInfo(type: "DecodeError", arguments: [.string(error.message)], module: "kombu.exceptions")
+        }
+    }
+
+    /// Forgets a message that will not run (Celery's reject without requeue).
+    func discard(_ delivery: BrokerDelivery) async {
+        var machine = DeliveryStateMachine(acksLate: true)
+        await carryOut(machine.discard(), for: delivery)
+        prefetch.release()
+    }
+
+    /// Stores REVOKED `expired` for a job whose `expires` has passed, as Celery does; returns whether it did.
+    private func revokeIfExpired(_ job: PreparedJob) async -> Bool {
+        guard let expires = job.expiresTime, expires <= WallClock.now() else { return false }
+        logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)] (expired)")
+        var document = failureDocument(
+            message: job.message,
+            exception: CeleryExceptionInfo(type: "TaskRevokedError", arguments: ["expired"], module: "celery.exceptions"),
+            traceback: nil)
+        document.status = .revoked
+        await store(document)
+        return true
+    }
+
+    // MARK: Running
+
+    /// Runs a job in the slot it was given: ack policy, the task body on the task threads, result, log line.
+    func execute(_ job: PreparedJob, holdsPrefetch: Bool) async {
+        let message = job.message
+        var holdsPrefetch = holdsPrefetch
+        defer { if holdsPrefetch { prefetch.release() } }
+        if await revokeIfExpired(job) {
+            await carryOut(.ack, for: job.delivery)
+            return
+        }
+        var machine = DeliveryStateMachine(acksLate: job.task.options.acksLate ?? configuration.acksLate)
+        let startAction = machine.start()
+        await carryOut(startAction, for: job.delivery)
+        if startAction == .ack, holdsPrefetch {
+            prefetch.release()
+            holdsPrefetch = false
+        }
+
+        var taskLogger = logger
+        taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
+        taskLogger[metadataKey: LogKeys.taskName] = .string(message.name)
+        let request = TaskRequest(message: message, deliveryInfo: job.delivery.envelope.deliveryInfo,
+                                  hostname: configuration.nodeName)
+        let context = TaskContext(request: request, logger: taskLogger) { [self] state, meta in
+            guard !self.ignoresResult(job) else { return }
+            await self.store(self.document(message: message, status: state, result: meta, ready: false))
+        }
+        let started = ContinuousClock.now
+        let outcome: Result<CeleryValue, any Error>
+        do {
+            let handler = job.task.handler
+            outcome = .success(try await withTaskExecutorPreference(executor) { try await handler(context) })
+        } catch {
+            outcome = .failure(error)
+        }
+        let runtime = Self.seconds(ContinuousClock.now - started)
+
+        if Task.isCancelled {
+            logger.warning("Task \(job.displayName)[\(message.id)] interrupted by cold shutdown")
+            await carryOut(machine.abandon(), for: job.delivery)
+            return
+        }
+        switch outcome {
+        case .success(let value):
+            if !ignoresResult(job) {
+                await store(document(message: message, status: .success, result: value, ready: true))
+            }
+            logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
+        case .failure(let error):
+            let exception = CeleryExceptionInfo(error: error)
+            let traceback = Self.traceback(task: message.name, exception: exception, error: error)
+            if !ignoresResult(job) {
+                await store(failureDocument(message: message, exception: exception, traceback: traceback))
+            }
+            logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
+        }
+        await carryOut(machine.finish(), for: job.delivery)
+    }
+
+    private func ignoresResult(_ job: PreparedJob) -> Bool {
+        job.message.ignoreResult ?? job.task.options.ignoreResult
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+
+    /// A traceback in Python's shape, naming the Swift task where Python names the file and function.
+    static func traceback(task: String, exception: CeleryExceptionInfo, error: any Error) -> String {
+        var text = "Traceback (most recent call last):\n  File \"<swift>\", line 0, in \(task)\n"
+        if !(error is any PythonConvertibleError) {
+            text += "    Swift error: \(String(reflecting: error))\n"
+        }
+        return text + exception.tracebackLine + "\n"
+    }
+
+    // MARK: Results
+
+    func document(message: CeleryTaskMessage, status: TaskState, result: CeleryValue, ready: Bool) -> CeleryResultDocument {
+        CeleryResultDocument(
+            taskID: message.id, status: status, result: result, traceback: nil, children: [],
+            dateDone: ready ? CeleryTimestamp.isoformat(unixSeconds: WallClock.now()) : nil,
+            groupID: message.groupID, parentID: message.parentID)
+    }
+
+    func failureDocument(message: CeleryTaskMessage, exception: CeleryExceptionInfo, traceback: String?) -> CeleryResultDocument {
+        var document = document(message: message, status: .failure, result: exception.value, ready: true)
+        document.traceback = traceback
+        return document
+    }
+
+    private func storeFailure(for error: CeleryProtocolError, exception: CeleryExceptionInfo) async {
+        guard let id = error.taskID else { return }
+        await store(CeleryResultDocument(
+            taskID: id, status: .failure, result: exception.value, traceback: nil, children: [],
+            dateDone: CeleryTimestamp.isoformat(unixSeconds: WallClock.now())))
+    }
+
+    /// Stores a document, retrying while the backend is unreachable so that no result is dropped by a Redis
+    /// restart.
+    func store(_ document: CeleryResultDocument) async {
+        guard let backend = service.backend else { return }
+        var attempt = 0
+        while true {
+            do {
+                try await backend.store([document])
+                if attempt > 0 { logger.info("Stored the result of \(document.taskID) after \(attempt) retries") }
+                return
+            } catch {
+                attempt += 1
+                guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else {
+                    logger.error("Cannot store the \(document.status) result of \(document.taskID): \(error.message)")
+                    return
+                }
+                let delay = service.retryDelays.delay(attempt: attempt)
+                logger.warning("Result backend unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
+                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
+            }
+        }
+    }
+}
+
+/// Logger metadata keys, in one place.
+public enum LogKeys {
+    public static let taskID = "celery.task.id"
+    public static let taskName = "celery.task.name"
+    public static let queue = "celery.queue"
+}
+
+extension Result where Success == KombuEnvelope, Failure == CeleryProtocolError {
+    var deliveryInfo: DeliveryInfo {
+        switch self {
+        case .success(let envelope): envelope.deliveryInfo
+        case .failure: DeliveryInfo(exchange: "", routingKey: "", priority: 0, redelivered: false)
+        }
+    }
+}

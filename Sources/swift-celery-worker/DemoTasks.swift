@@ -1,0 +1,64 @@
+import CeleryProtocol
+import CeleryWorker
+import Foundation
+
+/// The built-in demo tasks, registered through the public API exactly as a user's own tasks would be.
+enum DemoTasks {
+    static func register(in registry: inout TaskRegistry) {
+        registry.register("seed_email") { _ in
+            try await Task.sleep(for: .seconds(1))
+            return "我将发送邮件"
+        }
+        registry.register("tasks.add", parameters: ["x", "y"]) { (_, x: CeleryValue, y: CeleryValue) in
+            try add(x, y)
+        }
+        registry.register("tasks.echo") { context in
+            ["args": .array(context.request.args), "kwargs": .object(context.request.kwargs)] as CeleryValue
+        }
+        registry.register("tasks.fail", parameters: ["message"]) { (_, message: String) -> CeleryValue in
+            throw PythonException.valueError(message)
+        }
+        registry.register("tasks.sleep", parameters: ["seconds"]) { (_, seconds: Double) in
+            try await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+            return seconds
+        }
+        registry.register("tasks.noop") { _ in CeleryValue.null }
+        registry.register("tasks.flaky", parameters: ["n"]) { (_, n: Int) -> Int in
+            throw PythonException.runtimeError(
+                "tasks.flaky needs retries, which this worker does not implement yet (asked for \(n) retries)")
+        }
+        registry.register("tasks.progress", parameters: ["steps"]) { (context, steps: Int) in
+            for step in 0..<steps {
+                try await context.updateState(TaskState("PROGRESS"), meta: ["current": .int(Int64(step)), "total": .int(Int64(steps))])
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            return steps
+        }
+        registry.register("tasks.spin", parameters: ["seconds"]) { (_, seconds: Double) in
+            let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+            var counter: UInt64 = 0
+            while ContinuousClock.now < deadline { counter &+= 1 }
+            return seconds
+        }
+        registry.register("tasks.whoami") { _ in "swift" }
+    }
+
+    /// Python's `x + y` for the types JSON and msgpack carry: numbers, strings and lists.
+    static func add(_ x: CeleryValue, _ y: CeleryValue) throws -> CeleryValue {
+        switch (x, y) {
+        case (.int(let a), .int(let b)):
+            let (sum, overflow) = a.addingReportingOverflow(b)
+            if !overflow { return .int(sum) }
+            if a > 0, b > 0 { return UInt64(a).addingReportingOverflow(UInt64(b)).overflow ? .double(Double(a) + Double(b)) : .uint(UInt64(a) + UInt64(b)) }
+            return .double(Double(a) + Double(b))
+        case (.string(let a), .string(let b)): return .string(a + b)
+        case (.array(let a), .array(let b)): return .array(a + b)
+        default:
+            if let a = x.doubleValue, let b = y.doubleValue, !(x.boolValue != nil || y.boolValue != nil) {
+                return .double(a + b)
+            }
+            throw PythonException.typeError(
+                "unsupported operand type(s) for +: \(PythonRepr.repr(x)) and \(PythonRepr.repr(y))")
+        }
+    }
+}
