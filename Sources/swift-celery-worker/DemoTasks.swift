@@ -49,7 +49,9 @@ enum DemoTasks {
         case (.int(let a), .int(let b)):
             let (sum, overflow) = a.addingReportingOverflow(b)
             if !overflow { return .int(sum) }
-            if a > 0, b > 0 { return UInt64(a).addingReportingOverflow(UInt64(b)).overflow ? .double(Double(a) + Double(b)) : .uint(UInt64(a) + UInt64(b)) }
+            if a > 0, b > 0 {
+                return UInt64(a).addingReportingOverflow(UInt64(b)).overflow ? .double(Double(a) + Double(b)) : .uint(UInt64(a) + UInt64(b))
+            }
             return .double(Double(a) + Double(b))
         case (.string(let a), .string(let b)): return .string(a + b)
         case (.array(let a), .array(let b)): return .array(a + b)

@@ -25,12 +25,14 @@ struct WorkerCommand: AsyncParsableCommand {
         abstract: "Start a worker (the default command)."
     )
 
-    @Option(name: [.customShort("b"), .customLong("broker")],
-            help: "Broker URL, redis://[[user]:password@]host[:port][/db] or unix:///path (default: $CELERY_BROKER_URL, else redis://localhost:6379/0).")
+    @Option(
+        name: [.customShort("b"), .customLong("broker")],
+        help: "Broker URL, redis://[[user]:password@]host[:port][/db] or unix:///path (default: $CELERY_BROKER_URL, else redis://localhost:6379/0).")
     var broker: String?
 
-    @Option(name: .customLong("result-backend"),
-            help: "Result backend URL (default: $CELERY_RESULT_BACKEND; without one, results are not stored).")
+    @Option(
+        name: .customLong("result-backend"),
+        help: "Result backend URL (default: $CELERY_RESULT_BACKEND; without one, results are not stored).")
     var resultBackend: String?
 
     @Option(name: [.customShort("Q"), .customLong("queues")], help: "Comma-separated queues to consume.")
@@ -126,8 +128,9 @@ struct WorkerCommand: AsyncParsableCommand {
         var registry = TaskRegistry()
         DemoTasks.register(in: &registry)
 
-        FileHandle.standardOutput.write(Data(
-            Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
+        FileHandle.standardOutput.write(
+            Data(
+                Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
         if taskEvents {
             logger.warning("-E/--task-events is accepted but does nothing yet: this worker sends no events.")
         }
@@ -137,15 +140,18 @@ struct WorkerCommand: AsyncParsableCommand {
 
         let worker = CeleryWorkerService(configuration: configuration, registry: registry, logger: logger)
         let signals = SignalWatcher(logger: logger)
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [
-                .init(service: signals, successTerminationBehavior: .gracefullyShutdownGroup,
-                      failureTerminationBehavior: .cancelGroup),
-                .init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup,
-                      failureTerminationBehavior: .cancelGroup),
-            ],
-            logger: Logger(label: "celery.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
-        ))
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(
+                        service: signals, successTerminationBehavior: .gracefullyShutdownGroup,
+                        failureTerminationBehavior: .cancelGroup),
+                    .init(
+                        service: worker, successTerminationBehavior: .gracefullyShutdownGroup,
+                        failureTerminationBehavior: .cancelGroup),
+                ],
+                logger: Logger(label: "celery.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
+            ))
         signals.attach(group)
         do {
             try await group.run()

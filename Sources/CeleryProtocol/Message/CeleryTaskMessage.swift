@@ -26,8 +26,10 @@ public struct CeleryTaskMessage: Sendable {
         public var chain: CeleryValue
         public var chord: CeleryValue
 
-        public init(callbacks: CeleryValue = .null, errbacks: CeleryValue = .null, chain: CeleryValue = .null,
-                    chord: CeleryValue = .null) {
+        public init(
+            callbacks: CeleryValue = .null, errbacks: CeleryValue = .null, chain: CeleryValue = .null,
+            chord: CeleryValue = .null
+        ) {
             self.callbacks = callbacks
             self.errbacks = errbacks
             self.chain = chain
@@ -71,8 +73,10 @@ public struct CeleryTaskMessage: Sendable {
     public init(envelope: KombuEnvelope, accept: Set<CeleryContentType>) throws(CeleryProtocolError) {
         let headerID = envelope.headers["id"]?.stringValue
         let headerName = envelope.headers["task"]?.stringValue
-        func failure(_ code: CeleryProtocolError.Code, _ message: String, id: String? = headerID,
-                     name: String? = headerName) -> CeleryProtocolError {
+        func failure(
+            _ code: CeleryProtocolError.Code, _ message: String, id: String? = headerID,
+            name: String? = headerName
+        ) -> CeleryProtocolError {
             CeleryProtocolError(code: code, message: message, taskID: id, taskName: name)
         }
         guard let contentType = CeleryContentType(rawValue: envelope.contentType), accept.contains(contentType)
@@ -126,8 +130,9 @@ public struct CeleryTaskMessage: Sendable {
             self.name = name
             (self.args, self.kwargs) = try Self.argsAndKwargs(
                 fields, failure: { failure(.invalidTaskMessage, $0, id: id, name: name) })
-            self.embed = Embed(callbacks: fields["callbacks"] ?? .null, errbacks: fields["errbacks"] ?? .null,
-                               chain: .null, chord: fields["chord"] ?? .null)
+            self.embed = Embed(
+                callbacks: fields["callbacks"] ?? .null, errbacks: fields["errbacks"] ?? .null,
+                chain: .null, chord: fields["chord"] ?? .null)
             self.headers = Self.headers(fromV1Body: fields)
         } else {
             throw failure(.invalidTaskMessage, "neither headers nor body name a task (unknown message)")
@@ -155,8 +160,10 @@ public struct CeleryTaskMessage: Sendable {
     /// The v2 headers Celery's `proto1_to_proto2` builds from a v1 body.
     static func headers(fromV1Body body: OrderedDictionary<String, CeleryValue>) -> OrderedDictionary<String, CeleryValue> {
         var headers = OrderedDictionary<String, CeleryValue>()
-        for key in ["lang", "task", "id", "root_id", "parent_id", "group", "meth", "shadow", "eta", "expires",
-                    "retries", "timelimit", "argsrepr", "kwargsrepr", "origin"] {
+        for key in [
+            "lang", "task", "id", "root_id", "parent_id", "group", "meth", "shadow", "eta", "expires",
+            "retries", "timelimit", "argsrepr", "kwargsrepr", "origin",
+        ] {
             headers[key] = body[key] ?? .null
         }
         if headers["retries"]?.isNull ?? true { headers["retries"] = 0 }

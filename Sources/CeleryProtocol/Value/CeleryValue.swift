@@ -20,6 +20,9 @@ public enum CeleryValue: Sendable, Hashable {
     case object(OrderedDictionary<String, CeleryValue>)
 }
 
+/// The dictionary type of ``CeleryValue/object(_:)``: string keys in the order they were sent.
+public typealias CeleryObject = OrderedDictionary<String, CeleryValue>
+
 extension CeleryValue {
     /// An empty dictionary value.
     public static let emptyObject = CeleryValue.object([:])

@@ -77,10 +77,15 @@ public final class RedisBroker: Broker {
             record.append(contentsOf: ", ".utf8)
             CeleryJSON.encode(.string(info.routingKey), into: &record)
             record.append(UInt8(ascii: "]"))
-            try await commands.transaction([
-                RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(delivery.receivedAt), RedisArgument(tag)),
-                RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(tag), RedisArgument(record)),
-            ])
+            do {
+                try await commands.transaction([
+                    RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(delivery.receivedAt), RedisArgument(tag)),
+                    RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(tag), RedisArgument(record)),
+                ])
+            } catch {
+                // The message is already off the list: running it unrecorded beats losing it. Its ack then
+                // removes nothing, which is harmless.
+            }
         }
         _ = limit
         return [delivery]

@@ -19,11 +19,21 @@ public final class RedisClient: Sendable {
     public var url: RedisURL { connection.url }
 
     /// Sends the commands in one round trip and returns one reply per command (error replies included).
+    ///
+    /// A connection that was open but turns out dead (the server restarted since its last use) is replaced and
+    /// the commands are sent once more on the new one. Every command this package sends is safe to repeat that way
+    /// (idempotent writes, or transactions guarded by `WATCH`), and a dead socket cannot have run them.
     public func pipeline(_ commands: [RedisCommand]) async throws(CeleryWorkerError) -> [RedisReply] {
         let connection = self.connection
         do {
             return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> [RedisReply] in
-                try connection.execute(commands)
+                let wasOpen = connection.isOpen
+                do throws(CeleryWorkerError) {
+                    return try connection.execute(commands)
+                } catch {
+                    guard wasOpen, error.code == .connectionLost else { throw error }
+                    return try connection.execute(commands)
+                }
             }
         } catch let error as CeleryWorkerError {
             throw error

@@ -2,9 +2,9 @@ import CHiredis
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// One blocking hiredis connection, opened lazily and re-opened after a failure.

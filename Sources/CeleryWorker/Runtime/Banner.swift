@@ -17,22 +17,24 @@ public enum Banner {
         }
         var system = utsname()
         uname(&system)
-        let platform = withUnsafeBytes(of: &system.sysname) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let platform =
+            withUnsafeBytes(of: &system.sysname) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
             + "-" + withUnsafeBytes(of: &system.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        let info = [
-            "\(configuration.nodeName) v\(version) (swift-celery-worker)",
-            "",
-            "\(platform) \(CeleryTimestamp.isoformat(unixSeconds: WallClock.now()).prefix(19).replacingOccurrences(of: "T", with: " "))",
-            "",
-            "[config]",
-            ".> app:         swift-celery-worker",
-            ".> transport:   \(configuration.brokerURL)",
-            ".> results:     \(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")",
-            ".> concurrency: \(configuration.concurrency) (swift threads)",
-            ".> task events: \(events)",
-            "",
-            "[queues]",
-        ] + queues
+        let info =
+            [
+                "\(configuration.nodeName) v\(version) (swift-celery-worker)",
+                "",
+                "\(platform) \(CeleryTimestamp.isoformat(unixSeconds: WallClock.now()).prefix(19).replacingOccurrences(of: "T", with: " "))",
+                "",
+                "[config]",
+                ".> app:         swift-celery-worker",
+                ".> transport:   \(configuration.brokerURL)",
+                ".> results:     \(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")",
+                ".> concurrency: \(configuration.concurrency) (swift threads)",
+                ".> task events: \(events)",
+                "",
+                "[queues]",
+            ] + queues
         var lines: [String] = []
         for (index, line) in info.enumerated() {
             let prefix = index < art.count ? art[index] : String(repeating: " ", count: 15)

@@ -34,8 +34,9 @@ public final class CeleryWorkerService: Service {
                 expires: configuration.resultExpires
             )
         }
-        self.init(configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-                  ioPool: ioPool)
+        self.init(
+            configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
+            ioPool: ioPool)
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
@@ -43,8 +44,9 @@ public final class CeleryWorkerService: Service {
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?
     ) {
-        self.init(configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-                  ioPool: nil)
+        self.init(
+            configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
+            ioPool: nil)
     }
 
     private init(
@@ -142,7 +144,7 @@ final class WorkerRun: Sendable {
     func start() async {
         guard await service.declareQueues(shutdown: shutdown) else { return }
         logger.info("\(configuration.nodeName) ready.")
-        let (stream, continuation) = AsyncStream.makeStream(of: BrokerDelivery.self)
+        let (stream, continuation) = AsyncStream.makeStream(of: PreparedJob.self)
         await withDiscardingTaskGroup { group in
             group.addTask {
                 await self.fetchLoop(into: continuation)
@@ -160,7 +162,7 @@ final class WorkerRun: Sendable {
 
     // MARK: Fetching
 
-    private func fetchLoop(into continuation: AsyncStream<BrokerDelivery>.Continuation) async {
+    private func fetchLoop(into continuation: AsyncStream<PreparedJob>.Continuation) async {
         defer { continuation.finish() }
         var failures = 0
         while !shutdown.isTriggered, !Task.isCancelled {
@@ -175,7 +177,10 @@ final class WorkerRun: Sendable {
                     prefetch.release()
                     continue
                 }
-                for delivery in deliveries { continuation.yield(delivery) }
+                for delivery in deliveries {
+                    // Validated and logged as received right away; invalid ones are settled here.
+                    if let job = await prepare(delivery) { continuation.yield(job) }
+                }
             } catch {
                 prefetch.release()
                 failures += 1
@@ -190,10 +195,9 @@ final class WorkerRun: Sendable {
 
     // MARK: Dispatching
 
-    private func dispatchLoop(_ stream: AsyncStream<BrokerDelivery>) async {
+    private func dispatchLoop(_ stream: AsyncStream<PreparedJob>) async {
         await withDiscardingTaskGroup { group in
-            for await delivery in stream {
-                guard let job = await prepare(delivery) else { continue }
+            for await job in stream {
                 if let eta = job.etaTime, eta > WallClock.now() {
                     // Like Celery, an ETA task does not hold a prefetch slot while it waits.
                     prefetch.release()

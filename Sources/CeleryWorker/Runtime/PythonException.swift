@@ -61,8 +61,9 @@ extension CeleryExceptionInfo {
         case let conversion as CeleryValueConversionError:
             self.init(type: "TypeError", arguments: [.string(conversion.description)], module: "builtins")
         default:
-            self.init(type: String(describing: Swift.type(of: error)), arguments: [.string(String(describing: error))],
-                      module: "swift")
+            self.init(
+                type: String(describing: Swift.type(of: error)), arguments: [.string(String(describing: error))],
+                module: "swift")
         }
     }
 }

@@ -9,8 +9,10 @@ public struct TaskContext: Sendable {
     public let logger: Logger
     let stateReporter: @Sendable (TaskState, CeleryValue) async throws -> Void
 
-    init(request: TaskRequest, logger: Logger,
-         stateReporter: @escaping @Sendable (TaskState, CeleryValue) async throws -> Void) {
+    init(
+        request: TaskRequest, logger: Logger,
+        stateReporter: @escaping @Sendable (TaskState, CeleryValue) async throws -> Void
+    ) {
         self.request = request
         self.logger = logger
         self.stateReporter = stateReporter

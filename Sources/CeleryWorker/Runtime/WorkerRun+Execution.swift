@@ -22,7 +22,7 @@ extension WorkerRun {
         let envelope: KombuEnvelope
         switch delivery.envelope {
         case .failure(let error):
-            logger.error("Received and deleted invalid message: \(error.message)\nThe message was: \(Self.preview(delivery.raw))")
+            logger.error("Received and deleted invalid message\(Self.label(error)): \(error.message)\nThe message was: \(Self.preview(delivery.raw))")
             await storeFailure(for: error, exception: Self.exception(for: error))
             prefetch.release()
             return nil
@@ -34,7 +34,8 @@ extension WorkerRun {
             message = try CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
         } catch {
             if error.code == .invalidTaskMessage, error.taskID == nil {
-                logger.warning("Received and deleted unknown message. Wrong destination?!?\n\(error.message)\nThe message was: \(Self.preview(delivery.raw))")
+                logger.warning(
+                    "Received and deleted unknown message. Wrong destination?!?\n\(error.message)\nThe message was: \(Self.preview(delivery.raw))")
             } else {
                 logger.error("Received invalid task message\(Self.label(error)): \(error)")
             }
@@ -52,8 +53,9 @@ extension WorkerRun {
                 The task id was \(message.id); its headers: \(PythonRepr.truncated(PythonRepr.repr(.object(message.headers))))
                 """
             )
-            let failure = CeleryExceptionInfo(type: "NotRegistered", arguments: [.string(message.name)],
-                                              module: "celery.exceptions")
+            let failure = CeleryExceptionInfo(
+                type: "NotRegistered", arguments: [.string(message.name)],
+                module: "celery.exceptions")
             await store(failureDocument(message: message, exception: failure, traceback: nil))
             await discard(delivery)
             return nil
@@ -78,8 +80,9 @@ extension WorkerRun {
     private static func time(_ text: String?, field: String, message: CeleryTaskMessage) throws(CeleryProtocolError) -> Double? {
         guard let text else { return nil }
         guard let time = CeleryTimestamp.parse(text) else {
-            throw CeleryProtocolError(code: .invalidTaskMessage, message: "\(field) '\(text)' is not an ISO 8601 time",
-                                      taskID: message.id, taskName: message.name)
+            throw CeleryProtocolError(
+                code: .invalidTaskMessage, message: "\(field) '\(text)' is not an ISO 8601 time",
+                taskID: message.id, taskName: message.name)
         }
         return time
     }
@@ -153,8 +156,9 @@ extension WorkerRun {
         var taskLogger = logger
         taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
         taskLogger[metadataKey: LogKeys.taskName] = .string(message.name)
-        let request = TaskRequest(message: message, deliveryInfo: job.delivery.envelope.deliveryInfo,
-                                  hostname: configuration.nodeName)
+        let request = TaskRequest(
+            message: message, deliveryInfo: job.delivery.envelope.deliveryInfo,
+            hostname: configuration.nodeName)
         let context = TaskContext(request: request, logger: taskLogger) { [self] state, meta in
             guard !self.ignoresResult(job) else { return }
             await self.store(self.document(message: message, status: state, result: meta, ready: false))
@@ -226,9 +230,10 @@ extension WorkerRun {
 
     private func storeFailure(for error: CeleryProtocolError, exception: CeleryExceptionInfo) async {
         guard let id = error.taskID else { return }
-        await store(CeleryResultDocument(
-            taskID: id, status: .failure, result: exception.value, traceback: nil, children: [],
-            dateDone: CeleryTimestamp.isoformat(unixSeconds: WallClock.now())))
+        await store(
+            CeleryResultDocument(
+                taskID: id, status: .failure, result: exception.value, traceback: nil, children: [],
+                dateDone: CeleryTimestamp.isoformat(unixSeconds: WallClock.now())))
     }
 
     /// Stores a document, retrying while the backend is unreachable so that no result is dropped by a Redis

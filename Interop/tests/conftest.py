@@ -1,0 +1,125 @@
+"""Fixtures: a real redis-server, the Swift worker as a subprocess, and real Python Celery clients."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+INTEROP = Path(__file__).resolve().parents[1]
+ROOT = INTEROP.parent
+sys.path.insert(0, str(INTEROP))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from redisproc import RedisProcess  # noqa: E402
+
+WORKER_BINARY = Path(os.environ.get("SWIFT_CELERY_WORKER", ROOT / ".build" / "debug" / "swift-celery-worker"))
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def redis_urls(redis_server):
+    for db in (0, 1):
+        redis_lib.Redis.from_url(redis_server.url(db)).flushdb()
+    return {"broker": redis_server.url(1), "backend": redis_server.url(0), "server": redis_server}
+
+
+@pytest.fixture
+def broker_redis(redis_urls):
+    return redis_lib.Redis.from_url(redis_urls["broker"])
+
+
+@pytest.fixture
+def backend_redis(redis_urls):
+    return redis_lib.Redis.from_url(redis_urls["backend"])
+
+
+class WorkerProcess:
+    def __init__(self, args, logfile: Path, env=None):
+        if not WORKER_BINARY.exists():
+            raise RuntimeError(f"{WORKER_BINARY} is missing: run `swift build` first")
+        self.logfile = logfile
+        self.args = [str(WORKER_BINARY), *args, "--logfile", str(logfile)]
+        self.stdout_path = logfile.with_suffix(".stdout")
+        self.proc = subprocess.Popen(self.args, stdout=open(self.stdout_path, "wb"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    @property
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode} before logging {text!r}:\n{self.log}\n{self.stdout}")
+            time.sleep(0.02)
+        raise AssertionError(f"worker did not log {text!r} within {timeout}s:\n{self.log}")
+
+    def wait_ready(self, timeout: float = 15.0) -> "WorkerProcess":
+        self.wait_for_log(" ready.", timeout)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"worker did not exit within {timeout}s after {sig!r}:\n{self.log}")
+
+
+@pytest.fixture
+def start_worker(redis_urls, tmp_path):
+    workers = []
+
+    def start(*extra, broker=None, backend=None, ready=True, env=None):
+        args = ["--broker", broker or redis_urls["broker"], "--result-backend", backend or redis_urls["backend"],
+                *extra]
+        worker = WorkerProcess(args, tmp_path / f"worker{len(workers)}.log", env=env)
+        workers.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    yield start
+    for worker in workers:
+        if worker.alive():
+            worker.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_app(redis_urls):
+    from clientapp import make_app as build
+
+    apps = []
+
+    def make(**options):
+        app = build(redis_urls["broker"], redis_urls["backend"], **options)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        try:
+            app.close()
+        except Exception:
+            pass

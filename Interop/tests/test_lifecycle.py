@@ -1,0 +1,163 @@
+"""Signals, shutdown, concurrency and Redis outages, with real Python clients."""
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from conftest import INTEROP, WORKER_BINARY
+from redisproc import RedisProcess
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 1), (signal.SIGQUIT, 1)])
+def test_exit_status_per_signal(start_worker, sig, code):
+    worker = start_worker()
+    assert worker.stop(sig) == code
+    expected = "Cold shutdown" if sig == signal.SIGQUIT else "Warm shutdown"
+    assert expected in worker.log
+
+
+def test_warm_shutdown_finishes_running_tasks_and_gives_back_reserved_ones(start_worker, make_app, broker_redis):
+    worker = start_worker("-c", "1", "--prefetch-multiplier", "4")
+    app = make_app()
+    sleep = app.tasks["tasks.sleep"]
+    results = [sleep.delay(1.5) for _ in range(3)]
+    worker.wait_for_log("received", count=3)
+    assert worker.stop(signal.SIGTERM) == 0
+    assert results[0].get(timeout=5) == 1.5  # the running task finished and stored its result
+    assert "Restoring 2 unacknowledged message(s)" in worker.log
+    assert broker_redis.llen("celery") == 2
+    assert broker_redis.hlen("unacked") == 0 and broker_redis.zcard("unacked_index") == 0
+    restored = broker_redis.lrange("celery", 0, -1)
+    assert all(b'"redelivered": true' in raw for raw in restored)
+    # a new worker picks the restored messages up
+    start_worker("-c", "2")
+    assert [r.get(timeout=10) for r in results[1:]] == [1.5, 1.5]
+
+
+def test_concurrency_runs_tasks_at_once(start_worker, make_app):
+    start_worker("-c", "4")
+    app = make_app()
+    started = time.monotonic()
+    results = [app.tasks["tasks.sleep"].delay(1) for _ in range(4)]
+    assert [r.get(timeout=10) for r in results] == [1, 1, 1, 1]
+    assert time.monotonic() - started < 3.5  # one after the other would take 4 s
+
+
+def test_cpu_bound_tasks_do_not_stall_other_work(start_worker, make_app):
+    worker = start_worker("-c", "3")
+    app = make_app()
+    spinning = [app.tasks["tasks.spin"].delay(3) for _ in range(2)]
+    worker.wait_for_log("received", count=2)
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
+    assert time.monotonic() - started < 2.0  # the spinners still have over 2 s to go
+    assert all(r.state != "SUCCESS" for r in spinning)
+    assert [r.get(timeout=15) for r in spinning] == [3, 3]
+
+
+def test_redis_down_at_start_up_is_retried(tmp_path, make_app):
+    from conftest import WorkerProcess
+
+    server = RedisProcess()
+    worker = WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0)], tmp_path / "w.log")
+    try:
+        worker.wait_for_log("Cannot connect to", timeout=10)
+        assert worker.alive()
+        server.start()
+        worker.wait_ready(timeout=20)
+        from clientapp import make_app as build
+        app = build(server.url(1), server.url(0))
+        assert app.tasks["tasks.add"].delay(2, 2).get(timeout=10) == 4
+        assert worker.stop() == 0
+    finally:
+        if worker.alive():
+            worker.stop(signal.SIGKILL)
+        server.stop()
+
+
+def test_redis_restart_mid_run(tmp_path):
+    from conftest import WorkerProcess
+    from clientapp import make_app as build
+
+    server = RedisProcess().start()
+    worker = WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0)], tmp_path / "w.log")
+    try:
+        worker.wait_ready()
+        app = build(server.url(1), server.url(0))
+        assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
+        server.proc.terminate()
+        server.proc.wait(5)
+        worker.wait_for_log("Connection to broker lost", timeout=10)
+        assert worker.alive()
+        server.start()
+        app2 = build(server.url(1), server.url(0))
+        assert app2.tasks["tasks.add"].delay(3, 4).get(timeout=30) == 7
+        assert worker.stop() == 0
+    finally:
+        if worker.alive():
+            worker.stop(signal.SIGKILL)
+        server.stop()
+
+
+def test_bad_flags_fail_with_a_clear_message():
+    for args, text in [(["-c", "0"], "--concurrency must be at least 1"),
+                       (["--broker", "http://x"], "invalid Redis URL"),
+                       (["-l", "LOUD"], "Invalid log level"),
+                       (["--result-serializer", "pickle"], "json or msgpack"),
+                       (["--no-such-flag"], "Unknown option")]:
+        proc = subprocess.run([str(WORKER_BINARY), *args], capture_output=True, text=True, timeout=10)
+        assert proc.returncode != 0
+        assert text in proc.stderr, (args, proc.stderr)
+
+
+def test_banner_masks_the_password(tmp_path, redis_urls):
+    from conftest import WorkerProcess
+
+    port = redis_urls["server"].port
+    worker = WorkerProcess(["--broker", f"redis://:s3cret@127.0.0.1:{port}/1", "--result-backend", redis_urls["backend"]],
+                           tmp_path / "w.log")
+    try:
+        # the server has no password, so AUTH fails and the worker keeps retrying; the banner is out already
+        worker.wait_for_log("Cannot connect to", timeout=10)
+        assert "redis://:**@127.0.0.1" in worker.stdout
+        assert "s3cret" not in worker.stdout and "s3cret" not in worker.log
+    finally:
+        worker.stop(signal.SIGKILL)
+
+
+def test_environment_supplies_broker_and_backend(redis_urls, tmp_path, make_app):
+    from conftest import WorkerProcess
+
+    worker = WorkerProcess([], tmp_path / "w.log", env={"CELERY_BROKER_URL": redis_urls["broker"],
+                                                         "CELERY_RESULT_BACKEND": redis_urls["backend"]})
+    try:
+        worker.wait_ready()
+        assert make_app().tasks["tasks.add"].delay(5, 5).get(timeout=10) == 10
+    finally:
+        worker.stop()
+
+
+def test_named_queues(start_worker, make_app):
+    start_worker("-Q", "alpha,beta")
+    app = make_app()
+    assert app.tasks["tasks.add"].apply_async((1, 1), queue="beta").get(timeout=10) == 2
+    assert app.tasks["tasks.add"].apply_async((2, 2), queue="alpha").get(timeout=10) == 4
+
+
+def test_seed_scenario(redis_urls, start_worker):
+    start_worker("-c", "5")
+    base = redis_urls["broker"].rsplit("/", 1)[0]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(INTEROP / "seed" / "producer.py")], capture_output=True, text=True,
+                          timeout=60, env={"SEED_REDIS": base, "PATH": "/usr/bin:/bin"}, cwd=INTEROP / "seed")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("result ")]
+    assert len(lines) == 5 and all("我将发送邮件" in line and "SUCCESS" in line for line in lines)
+    # five one-second tasks with -c 5 run side by side (one after the other would need 5 s)
+    assert elapsed < 4.5, proc.stdout

@@ -1,0 +1,140 @@
+import CeleryProtocol
+import Testing
+
+@Suite("JSON, msgpack and repr codecs")
+struct CodecTests {
+    @Test("integers keep their type and range; floats stay floats")
+    func numbers() throws {
+        #expect(try CeleryJSON.decode("9223372036854775807") == .int(.max))
+        #expect(try CeleryJSON.decode("-9223372036854775808") == .int(.min))
+        #expect(try CeleryJSON.decode("18446744073709551615") == .uint(.max))
+        #expect(try CeleryJSON.decode("1.0") == .double(1.0))
+        #expect(try CeleryJSON.decode("1e3") == .double(1000))
+        #expect(CeleryJSON.encode(.double(1.0)) == Array("1.0".utf8))
+        #expect(CeleryJSON.encode(.double(1e16)) == Array("1e+16".utf8))
+        #expect(CeleryJSON.encode(.double(.nan)) == Array("NaN".utf8))
+        #expect(try CeleryJSON.decode("-Infinity") == .double(-.infinity))
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("18446744073709551616") }
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("-9223372036854775809") }
+    }
+
+    @Test("strings: escapes, surrogate pairs and ensure_ascii output")
+    func strings() throws {
+        #expect(try CeleryJSON.decode(#""\ud83d\ude00 \u6211 \n\t\"\\/""#) == .string("😀 我 \n\t\"\\/"))
+        #expect(String(decoding: CeleryJSON.encode("😀我\u{7f}\u{1}"), as: UTF8.self) == #""\ud83d\ude00\u6211\u007f\u0001""#)
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("\"unterminated") }
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("\"bad \\x escape\"") }
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode([0x22, 0xFF, 0x22]) }
+    }
+
+    @Test("containers keep order, empties keep their kind, duplicates behave like a Python dict")
+    func containers() throws {
+        let value = try CeleryJSON.decode(#"{"b": [], "a": {}, "b": 2}"#)
+        #expect(value.objectValue?.keys.elements == ["b", "a"])
+        #expect(value["b"] == 2)
+        #expect(value["a"] == .object([:]))
+        #expect(String(decoding: CeleryJSON.encode(value), as: UTF8.self) == #"{"b": 2, "a": {}}"#)
+    }
+
+    @Test(
+        "malformed JSON is an error, never a crash",
+        arguments: [
+            "", "{", "[1,", "[1 2]", "{\"a\" 1}", "{1: 2}", "tru", "nul", "01x", "-", "1.", "1e", "[1]]", "\u{0}",
+            String(repeating: "[", count: 100_000),
+        ])
+    func malformedJSON(text: String) {
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode(text) }
+    }
+
+    @Test("kombu's tagged bytes decode to bytes and encode back")
+    func taggedBytes() throws {
+        let text = try CeleryJSON.decode(#"{"__type__": "bytes", "__value__": "abc"}"#)
+        #expect(text == .bytes(Array("abc".utf8)))
+        let binary = try CeleryJSON.decode(#"{"__type__": "base64", "__value__": "AP9hYg=="}"#)
+        #expect(binary == .bytes([0x00, 0xFF, 0x61, 0x62]))
+        #expect(String(decoding: CeleryJSON.encode(binary), as: UTF8.self) == #"{"__type__": "base64", "__value__": "AP9hYg=="}"#)
+        let decimal = try CeleryJSON.decode(#"{"__type__": "decimal", "__value__": "1.5"}"#)
+        #expect(decimal["__type__"] == "decimal")
+    }
+
+    @Test("msgpack round trip of every kind of value")
+    func msgpackRoundTrip() throws {
+        let value: CeleryValue = [
+            .int(.min), .int(.max), .uint(.max), -1, 0, 127, 128, 65_536, 1.0, 0.1, "", "我将发送邮件",
+            .bytes([0, 255]), [], .object([:]), ["z": 1, "a": [nil, true, false]],
+        ]
+        let packed = CeleryMsgpack.encode(value)
+        #expect(try CeleryMsgpack.decode(packed) == value)
+    }
+
+    @Test("msgpack errors: truncated, trailing bytes, extension types, invalid UTF-8")
+    func msgpackErrors() throws {
+        let packed = CeleryMsgpack.encode(["a": [1, 2, 3]])
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode(packed.dropLast()) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode(packed + [0x01]) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode([0xD4, 0x01, 0x02]) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode([0xA2, 0xFF, 0xFE]) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode([]) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode([0xC1]) }
+        // a map with an integer key, as Python can send it, keeps the entry under the key's JSON text
+        #expect(try CeleryMsgpack.decode([0x81, 0x01, 0x02]) == ["1": 2])
+    }
+
+    @Test("Python repr of values and tuples")
+    func repr() {
+        #expect(PythonRepr.repr("我将发送邮件") == "'我将发送邮件'")
+        #expect(PythonRepr.repr("it's") == "\"it's\"")
+        #expect(PythonRepr.repr("a\nb\u{1}") == "'a\\nb\\x01'")
+        #expect(PythonRepr.repr([nil, true, 1.0, ["k": 2]]) == "[None, True, 1.0, {'k': 2}]")
+        #expect(PythonRepr.repr(.bytes([0, 0x41, 0x27])) == "b\"\\x00A'\"")
+        #expect(PythonRepr.tuple(["a"]) == "('a',)")
+        #expect(PythonRepr.tuple([2, 3]) == "(2, 3)")
+        #expect(PythonRepr.tuple([]) == "()")
+        #expect(PythonRepr.truncated(String(repeating: "x", count: 2000)).count == 1027)
+    }
+
+    @Test("envelope errors keep the task id they could read")
+    func envelopeErrors() throws {
+        let badBase64 = #"{"body": "%%%", "headers": {"id": "abc", "task": "t"}, "properties": {"body_encoding": "base64"}}"#
+        do {
+            _ = try KombuEnvelope(decoding: Array(badBase64.utf8))
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.code == .invalidBase64)
+            #expect(error.taskID == "abc")
+        }
+        #expect(throws: CeleryProtocolError.self) { try KombuEnvelope(decoding: Array("[]".utf8)) }
+        #expect(throws: CeleryProtocolError.self) { try KombuEnvelope(decoding: Array(#"{"headers": 5, "body": ""}"#.utf8)) }
+    }
+
+    @Test("task message shape errors and content types")
+    func taskMessageErrors() throws {
+        func message(body: String, contentType: String = "application/json", headers: CeleryValue = ["id": "i", "task": "t"])
+            throws(CeleryProtocolError) -> CeleryTaskMessage
+        {
+            let envelope = KombuEnvelope(
+                body: Array(body.utf8), contentType: contentType, contentEncoding: "utf-8",
+                headers: headers.objectValue ?? [:], properties: [:])
+            return try CeleryTaskMessage(envelope: envelope, accept: [.json, .msgpack])
+        }
+        #expect(try message(body: #"[[1], {"a": 1}, null]"#).args == [1])
+        #expect(try message(body: #"{"args": [1], "kwargs": {}}"#).protocolVersion == 2)  // hybrid
+        for bad in [#"[[1], {}]"#, #"[1, {}, {}]"#, #"[[], [], {}]"#, #"[[], {}, 5]"#, #""text""#] {
+            #expect(throws: CeleryProtocolError.self) { try message(body: bad) }
+        }
+        do {
+            _ = try message(body: "anything", contentType: "application/x-python-serialize")
+            Issue.record("pickle must not be accepted")
+        } catch {
+            #expect(error.code == .unsupportedContentType)
+            #expect(error.taskID == "i")
+        }
+        do {
+            _ = try message(body: #"{"hello": 1}"#, headers: [:])
+            Issue.record("a message without a task name must fail")
+        } catch {
+            #expect(error.code == .invalidTaskMessage)
+            #expect(error.taskID == nil)
+        }
+    }
+}

@@ -1,0 +1,47 @@
+import Testing
+
+@testable import CeleryWorker
+
+@Suite("Delivery state machine")
+struct DeliveryStateMachineTests {
+    @Test("early ack: acked when the task starts, nothing after")
+    func earlyAck() {
+        var machine = DeliveryStateMachine(acksLate: false)
+        #expect(machine.start() == .ack)
+        #expect(machine.finish() == .none)
+        #expect(machine.giveBack() == .none)
+    }
+
+    @Test("late ack: acked only after the result")
+    func lateAck() {
+        var machine = DeliveryStateMachine(acksLate: true)
+        #expect(machine.start() == .none)
+        #expect(machine.finish() == .ack)
+        #expect(machine.finish() == .none)
+    }
+
+    @Test("shutdown before start gives the message back at the front")
+    func giveBack() {
+        var machine = DeliveryStateMachine(acksLate: false)
+        #expect(machine.giveBack() == .restore(atFront: true))
+        #expect(machine.start() == .none)
+    }
+
+    @Test("discarding forgets a message once")
+    func discard() {
+        var machine = DeliveryStateMachine(acksLate: true)
+        #expect(machine.discard() == .ack)
+        #expect(machine.discard() == .none)
+        var running = DeliveryStateMachine(acksLate: false)
+        _ = running.start()
+        #expect(running.discard() == .none)
+    }
+
+    @Test("cold shutdown abandons a running acks-late message to the visibility timeout")
+    func abandon() {
+        var machine = DeliveryStateMachine(acksLate: true)
+        _ = machine.start()
+        #expect(machine.abandon() == .none)
+        #expect(machine.finish() == .none)
+    }
+}

@@ -1,0 +1,88 @@
+import CeleryProtocol
+import Synchronization
+
+@testable import CeleryWorker
+
+/// A broker in memory with kombu's bookkeeping reduced to a dictionary, for runtime tests without Redis.
+final class InMemoryBroker: Broker {
+    struct State {
+        var queue: [[UInt8]] = []
+        var unacked: [String: BrokerDelivery] = [:]
+        var restored: [[UInt8]] = []
+        var acked: [String] = []
+    }
+
+    let state = Mutex(State())
+
+    func push(_ raw: [UInt8]) { state.withLock { $0.queue.append(raw) } }
+
+    func declare(queues: [String]) async throws(CeleryWorkerError) {}
+
+    func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
+        let raw = state.withLock { $0.queue.isEmpty ? nil : $0.queue.removeFirst() }
+        guard let raw else {
+            try? await Task.sleep(for: .milliseconds(5))
+            return []
+        }
+        let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
+        let delivery = BrokerDelivery(raw: raw, queue: queues[0], envelope: envelope, receivedAt: 0)
+        if let tag = delivery.deliveryTag { state.withLock { $0.unacked[tag] = delivery } }
+        return [delivery]
+    }
+
+    func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
+        state.withLock { state in
+            for tag in deliveries.compactMap(\.deliveryTag) {
+                state.unacked[tag] = nil
+                state.acked.append(tag)
+            }
+        }
+    }
+
+    func restore(_ deliveries: [BrokerDelivery], atFront: Bool) async throws(CeleryWorkerError) {
+        state.withLock { state in
+            for delivery in deliveries {
+                if let tag = delivery.deliveryTag { state.unacked[tag] = nil }
+                state.restored.append(delivery.raw)
+            }
+        }
+    }
+}
+
+final class InMemoryBackend: ResultBackend {
+    let documents = Mutex<[CeleryResultDocument]>([])
+
+    func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
+        self.documents.withLock { stored in
+            for document in documents {
+                if stored.last(where: { $0.taskID == document.taskID })?.status == .success { continue }
+                stored.append(document)
+            }
+        }
+    }
+
+    func final(_ id: String) -> CeleryResultDocument? {
+        documents.withLock { $0.last(where: { $0.taskID == id && $0.status.isReady }) }
+    }
+}
+
+/// A protocol v2 task message as Python's `.delay()` would send it.
+func taskMessage(
+    _ name: String, id: String, args: [CeleryValue] = [], kwargs: CeleryValue = [:],
+    extraHeaders: [String: CeleryValue] = [:]
+) -> [UInt8] {
+    var headers: CeleryObject = [
+        "lang": "py", "task": .string(name), "id": .string(id), "retries": 0,
+        "root_id": .string(id), "parent_id": nil, "group": nil,
+    ]
+    for (key, value) in extraHeaders { headers[key] = value }
+    let body: CeleryValue = [.array(args), kwargs, ["callbacks": nil, "errbacks": nil, "chain": nil, "chord": nil]]
+    let envelope = KombuEnvelope(
+        body: CeleryJSON.encode(body), contentType: "application/json", contentEncoding: "utf-8", headers: headers,
+        properties: [
+            "correlation_id": .string(id), "delivery_mode": 2,
+            "delivery_info": ["exchange": "", "routing_key": "celery"], "priority": 0,
+            "body_encoding": "base64", "delivery_tag": .string("tag-" + id),
+        ])
+    return envelope.encoded()
+}

@@ -1,0 +1,195 @@
+import CeleryProtocol
+import Foundation
+import NIOPosix
+import Testing
+
+@testable import CeleryWorker
+
+/// The Redis server the test script started (`CELERY_TEST_REDIS_URL`, e.g. `redis://127.0.0.1:6390`).
+/// Run by hand without it, these suites are skipped; in CI (`CI` set) a missing server fails them.
+enum TestRedis {
+    static let base = ProcessInfo.processInfo.environment["CELERY_TEST_REDIS_URL"]
+    static let isCI = ProcessInfo.processInfo.environment["CI"] != nil
+    static let enabled = base != nil || isCI
+    static let pool: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 2)
+        pool.start()
+        return pool
+    }()
+
+    static func client(database: Int) async throws -> RedisClient {
+        let base = try #require(base, "CELERY_TEST_REDIS_URL is not set: scripts/test.sh starts a redis-server for these tests")
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/\(database)"), threadPool: pool)
+        try await client.send(RedisCommand("FLUSHDB"))
+        return client
+    }
+}
+
+@Suite("hiredis client against a real redis-server", .serialized, .enabled(if: TestRedis.enabled))
+struct RedisClientTests {
+    @Test("binary-safe arguments and replies")
+    func binarySafe() async throws {
+        let client = try await TestRedis.client(database: 2)
+        let value: [UInt8] = [0, 13, 10, 255, 0x24, 0x2A] + Array("我".utf8)
+        try await client.send(RedisCommand("SET", "k", RedisArgument(value)))
+        #expect(try await client.send(RedisCommand("GET", "k")).bytes == value)
+        #expect(try await client.send(RedisCommand("GET", "missing")) == .null)
+        try await client.send(RedisCommand("SET", RedisArgument([UInt8]()), "empty-key"))
+        #expect(try await client.send(RedisCommand("GET", RedisArgument([UInt8]()))).text == "empty-key")
+    }
+
+    @Test("pipelining sends many commands in one round trip, replies in order")
+    func pipeline() async throws {
+        let client = try await TestRedis.client(database: 2)
+        let replies = try await client.pipeline((0..<100).map { _ in RedisCommand("INCR", "counter") })
+        #expect(replies.map(\.integer) == (1...100).map { Int64($0) })
+    }
+
+    @Test("MULTI/EXEC returns the inner replies; error replies are typed")
+    func transactionAndErrors() async throws {
+        let client = try await TestRedis.client(database: 2)
+        let results = try await client.transaction([RedisCommand("SET", "a", "1"), RedisCommand("INCRBY", "a", "4")])
+        #expect(results == [.status("OK"), .integer(5)])
+        await #expect(throws: CeleryWorkerError.self) { try await client.send(RedisCommand("NOSUCHCOMMAND")) }
+        do {
+            try await client.send(RedisCommand("LPUSH", "a", "x"))
+            Issue.record("LPUSH on a string must fail")
+        } catch {
+            #expect(error.code == .redisError)
+            #expect(error.message.contains("WRONGTYPE"))
+        }
+        // the connection is still usable after an error reply
+        #expect(try await client.send(RedisCommand("GET", "a")).text == "5")
+    }
+
+    @Test("an unreachable server is a connection error that names the address")
+    func unreachable() async throws {
+        let client = RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0"), threadPool: TestRedis.pool)
+        do {
+            try await client.send(RedisCommand("PING"))
+            Issue.record("port 1 must refuse")
+        } catch {
+            #expect(error.code == .connectionFailed)
+            #expect(error.message.contains("127.0.0.1:1"))
+        }
+    }
+}
+
+@Suite("kombu's Redis bookkeeping, byte for byte", .serialized, .enabled(if: TestRedis.enabled))
+struct RedisBrokerTests {
+    static let separator = "\u{06}\u{16}"
+
+    func broker() async throws -> (RedisBroker, RedisClient) {
+        let client = try await TestRedis.client(database: 3)
+        let blocking = RedisClient(url: client.url, threadPool: TestRedis.pool)
+        return (RedisBroker(blocking: blocking, commands: client), client)
+    }
+
+    @Test("declare binds the queue as kombu does")
+    func declare() async throws {
+        let (broker, client) = try await broker()
+        try await broker.declare(queues: ["celery"])
+        let member = "celery" + Self.separator + Self.separator + "celery"
+        #expect(try await client.send(RedisCommand("SMEMBERS", "_kombu.binding.celery")).array == [.string(Array(member.utf8))])
+        #expect(try await client.send(RedisCommand("SISMEMBER", "_kombu.binding_permanent.celery", RedisArgument(member))) == .integer(1))
+    }
+
+    @Test("a fetched message is recorded in unacked and unacked_index; ack removes both")
+    func fetchAndAck() async throws {
+        let (broker, client) = try await broker()
+        let raw = try fixture("v2-json-add.message.json")
+        try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+        let deliveries = try await broker.fetch(queues: ["celery"], limit: 1)
+        let delivery = try #require(deliveries.first)
+        let tag = try #require(delivery.deliveryTag)
+        let record = try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag)))
+        #expect(record.bytes == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+        let score = try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag)))
+        #expect(abs((Double(score.text ?? "") ?? 0) - delivery.receivedAt) < 0.001)
+        try await broker.ack([delivery])
+        #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
+        #expect(try await client.send(RedisCommand("ZCARD", "unacked_index")) == .integer(0))
+    }
+
+    @Test("restore pushes back to the consuming end, marked redelivered; requeue to the back")
+    func restore() async throws {
+        let (broker, client) = try await broker()
+        let raw = try fixture("v2-json-add.message.json")
+        try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+        let delivery = try #require(try await broker.fetch(queues: ["celery"], limit: 1).first)
+        try await client.send(RedisCommand("LPUSH", "celery", "other"))
+        try await broker.restore([delivery], atFront: true)
+        let restored = try #require(try await client.send(RedisCommand("RPOP", "celery")).bytes)
+        let envelope = try KombuEnvelope(decoding: restored)
+        #expect(envelope.headers["redelivered"] == true)
+        #expect(envelope.properties["delivery_info"]?["redelivered"] == true)
+        #expect(envelope.deliveryTag == delivery.deliveryTag)
+        #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
+
+        try await client.send(RedisCommand("RPUSH", "celery", RedisArgument(raw)))
+        let again = try #require(try await broker.fetch(queues: ["celery"], limit: 1).first)
+        #expect(again.raw == raw)
+        try await broker.restore([again], atFront: false)
+        #expect(
+            try await client.send(RedisCommand("LINDEX", "celery", "0")).bytes.map { try KombuEnvelope(decoding: $0).deliveryTag }
+                == delivery.deliveryTag)
+    }
+
+    @Test("priority sub-queues are taken in Python's order: lower numbers first")
+    func priorities() async throws {
+        let (broker, client) = try await broker()
+        #expect(RedisBroker.list(for: "celery", priority: 0) == "celery")
+        #expect(RedisBroker.list(for: "celery", priority: 5) == "celery" + Self.separator + "3")
+        #expect(RedisBroker.list(for: "celery", priority: 10) == "celery" + Self.separator + "9")
+        #expect(RedisBroker.list(for: "celery", priority: -3) == "celery")
+        for (priority, name) in [(9, "p9"), (0, "p0"), (5, "p5"), (3, "p3"), (8, "p8"), (1, "p1")] {
+            let list = RedisBroker.list(for: "celery", priority: priority)
+            try await client.send(RedisCommand("LPUSH", RedisArgument(list), RedisArgument(name)))
+        }
+        var order: [String] = []
+        for _ in 0..<6 {
+            let delivery = try #require(try await broker.fetch(queues: ["celery"], limit: 1).first)
+            order.append(String(decoding: delivery.raw, as: UTF8.self))
+        }
+        #expect(order == ["p0", "p1", "p5", "p3", "p8", "p9"])
+    }
+}
+
+@Suite("Results as Python's Redis backend writes them", .serialized, .enabled(if: TestRedis.enabled))
+struct RedisResultBackendTests {
+    @Test("SETEX with the expiry; a stored SUCCESS is never overwritten")
+    func successGuard() async throws {
+        let client = try await TestRedis.client(database: 4)
+        let backend = RedisResultBackend(client: client, serializer: .json, expires: 600)
+        let success = CeleryResultDocument(taskID: "t1", status: .success, result: 5, dateDone: "2026-11-25T00:00:00+00:00")
+        try await backend.store([success])
+        let key = RedisArgument("celery-task-meta-t1")
+        #expect(try await client.send(RedisCommand("GET", key)).bytes == success.encoded(as: .json))
+        let ttl = try await client.send(RedisCommand("TTL", key)).integer ?? 0
+        #expect(ttl > 590 && ttl <= 600)
+        try await backend.store([CeleryResultDocument(taskID: "t1", status: .failure, result: nil)])
+        #expect(try await client.send(RedisCommand("GET", key)).bytes == success.encoded(as: .json))
+        // other states are overwritten freely
+        try await backend.store([CeleryResultDocument(taskID: "t2", status: .retry, result: nil)])
+        try await backend.store([CeleryResultDocument(taskID: "t2", status: .failure, result: nil)])
+        let stored = try #require(try await client.send(RedisCommand("GET", "celery-task-meta-t2")).bytes)
+        #expect(CeleryResultDocument.storedStatus(stored, serializer: .json) == .failure)
+    }
+
+    @Test("no expiry stores without a TTL; msgpack results are raw msgpack")
+    func noExpiryMsgpack() async throws {
+        let client = try await TestRedis.client(database: 4)
+        let backend = RedisResultBackend(client: client, serializer: .msgpack, expires: nil)
+        let document = CeleryResultDocument(taskID: "m", status: .success, result: .bytes([0, 1]))
+        try await backend.store([document])
+        #expect(try await client.send(RedisCommand("TTL", "celery-task-meta-m")) == .integer(-1))
+        let stored = try #require(try await client.send(RedisCommand("GET", "celery-task-meta-m")).bytes)
+        #expect(try CeleryMsgpack.decode(stored)["result"] == .bytes([0, 1]))
+    }
+}
+
+func fixture(_ name: String) throws -> [UInt8] {
+    let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").appendingPathComponent(name)
+    return Array(try Data(contentsOf: url))
+}

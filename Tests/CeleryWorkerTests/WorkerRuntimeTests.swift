@@ -1,0 +1,161 @@
+import CeleryProtocol
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+@testable import CeleryWorker
+
+/// Counts tasks running at once.
+final class RunningCounter: Sendable {
+    let value = Mutex((now: 0, peak: 0))
+}
+
+@Suite("Worker runtime on an in-memory broker")
+struct WorkerRuntimeTests {
+    static func registry(running: RunningCounter? = nil) -> TaskRegistry {
+        var registry = TaskRegistry()
+        registry.register("add", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x + y }
+        registry.register("fail") { _ -> Int in throw PythonException.valueError("nope") }
+        registry.register("slow", parameters: ["seconds"]) { (_, seconds: Double) in
+            running?.value.withLock {
+                $0.now += 1; $0.peak = max($0.peak, $0.now)
+            }
+            try await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+            running?.value.withLock { $0.now -= 1 }
+            return seconds
+        }
+        registry.register("context") { context in
+            [
+                .string(context.request.id), .string(context.request.name), .int(Int64(context.request.retries)),
+                context.request.headers["x-custom"] ?? nil, .string(context.request.deliveryInfo.routingKey),
+            ] as CeleryValue
+        }
+        return registry
+    }
+
+    /// Runs a worker until `body` returns, then shuts it down warmly.
+    static func withWorker(
+        concurrency: Int = 2, acksLate: Bool = false, registry: TaskRegistry = registry(),
+        _ body: (InMemoryBroker, InMemoryBackend) async throws -> Void
+    ) async throws -> (InMemoryBroker, InMemoryBackend) {
+        let broker = InMemoryBroker()
+        let backend = InMemoryBackend()
+        let worker = CeleryWorkerService(
+            configuration: WorkerConfiguration(concurrency: concurrency, acksLate: acksLate, nodeName: "test@host"),
+            registry: registry, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            broker: broker, backend: backend)
+        let group = ServiceGroup(services: [worker], logger: Logger(label: "group", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            try await body(broker, backend)
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+        return (broker, backend)
+    }
+
+    static func waitFor(_ condition: () -> Bool) async throws {
+        for _ in 0..<500 where !condition() {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(condition())
+    }
+
+    @Test("success, failure and unknown tasks give Python's documents and settle every message")
+    func outcomes() async throws {
+        let (broker, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("add", id: "a", args: [2, 3]))
+            broker.push(taskMessage("fail", id: "f"))
+            broker.push(taskMessage("nope", id: "n"))
+            broker.push(taskMessage("add", id: "k", kwargs: ["x": 1, "y": 2]))
+            broker.push(taskMessage("add", id: "t", args: ["x", 1]))
+            try await Self.waitFor { ["a", "f", "n", "k", "t"].allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(backend.final("a")?.result == 5)
+        #expect(backend.final("a")?.status == .success)
+        #expect(backend.final("a")?.dateDone != nil)
+        #expect(backend.final("k")?.result == 3)
+        let failure = try #require(backend.final("f"))
+        #expect(failure.status == .failure)
+        #expect(failure.result == CeleryExceptionInfo(type: "ValueError", arguments: ["nope"], module: "builtins").value)
+        #expect(failure.traceback?.hasSuffix("ValueError: nope\n") == true)
+        let unknown = try #require(backend.final("n"))
+        #expect(unknown.result["exc_type"] == "NotRegistered")
+        #expect(unknown.traceback == nil)
+        #expect(backend.final("t")?.result["exc_type"] == "TypeError")
+        broker.state.withLock { state in
+            #expect(state.unacked.isEmpty)
+            #expect(Set(state.acked) == ["tag-a", "tag-f", "tag-n", "tag-k", "tag-t"])
+        }
+    }
+
+    @Test("the task context carries the request")
+    func context() async throws {
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("context", id: "c", extraHeaders: ["x-custom": "v", "retries": 2]))
+            try await Self.waitFor { backend.final("c") != nil }
+        }
+        #expect(backend.final("c")?.result == ["c", "context", 2, "v", "celery"])
+    }
+
+    @Test("-c limits how many tasks run at once")
+    func concurrencyLimit() async throws {
+        let running = RunningCounter()
+        let ids = (0..<6).map { "s\($0)" }
+        _ = try await Self.withWorker(concurrency: 3, registry: Self.registry(running: running)) { broker, backend in
+            for id in ids { broker.push(taskMessage("slow", id: id, args: [0.2])) }
+            try await Self.waitFor { ids.allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(running.value.withLock { $0.peak } == 3)
+    }
+
+    @Test("warm shutdown finishes the running task and gives back the reserved ones")
+    func warmShutdown() async throws {
+        let (broker, backend) = try await Self.withWorker(concurrency: 1) { broker, _ in
+            broker.push(taskMessage("slow", id: "run", args: [0.3]))
+            broker.push(taskMessage("slow", id: "wait1", args: [0.3]))
+            broker.push(taskMessage("slow", id: "wait2", args: [0.3]))
+            try await Self.waitFor { broker.state.withLock { $0.queue.isEmpty && $0.unacked.count == 2 } }
+        }
+        #expect(backend.final("run")?.result == 0.3)
+        #expect(backend.final("wait1") == nil)
+        broker.state.withLock { state in
+            #expect(state.restored.count == 2)
+            #expect(state.unacked.isEmpty)
+        }
+    }
+
+    @Test("acks late: the message stays unacknowledged until its result is stored")
+    func acksLate() async throws {
+        _ = try await Self.withWorker(acksLate: true) { broker, backend in
+            broker.push(taskMessage("slow", id: "late", args: [0.3]))
+            try await Self.waitFor { backend.documents.withLock { _ in true } && broker.state.withLock { !$0.unacked.isEmpty } }
+            #expect(backend.final("late") == nil)
+            try await Self.waitFor { backend.final("late") != nil && broker.state.withLock { $0.unacked.isEmpty } }
+        }
+    }
+
+    @Test("a countdown task does not run before its ETA")
+    func eta() async throws {
+        let eta = CeleryTimestamp.isoformat(unixSeconds: WallClock.now() + 0.5)
+        let pushed = ContinuousClock.now
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("add", id: "e", args: [1, 1], extraHeaders: ["eta": .string(eta)]))
+            try await Self.waitFor { backend.final("e") != nil }
+        }
+        #expect(ContinuousClock.now - pushed >= .milliseconds(450))
+        #expect(backend.final("e")?.result == 2)
+    }
+
+    @Test("an expired task is stored REVOKED and not run")
+    func expired() async throws {
+        let expires = CeleryTimestamp.isoformat(unixSeconds: WallClock.now() - 10)
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("add", id: "x", args: [1, 1], extraHeaders: ["expires": .string(expires)]))
+            try await Self.waitFor { backend.final("x") != nil }
+        }
+        #expect(backend.final("x")?.status == .revoked)
+        #expect(backend.final("x")?.result["exc_message"] == ["expired"])
+    }
+}
