@@ -14,9 +14,10 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, unix_socket: bool = False):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="celery-redis-")
+        self.socket = os.path.join(self.dir, "redis.sock") if unix_socket else None
         self.proc = None
 
     def start(self) -> "RedisProcess":
@@ -25,7 +26,8 @@ class RedisProcess:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
+             *(["--unixsocket", self.socket, "--unixsocketperm", "700"] if self.socket else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:

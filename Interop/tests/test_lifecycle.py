@@ -161,3 +161,32 @@ def test_seed_scenario(redis_urls, start_worker):
     assert len(lines) == 5 and all("我将发送邮件" in line and "SUCCESS" in line for line in lines)
     # five one-second tasks with -c 5 run side by side (one after the other would need 5 s)
     assert elapsed < 4.5, proc.stdout
+
+
+def test_unix_socket_urls(tmp_path):
+    from conftest import WorkerProcess
+    from clientapp import make_app as build
+
+    server = RedisProcess(unix_socket=True).start()
+    worker = WorkerProcess(["--broker", f"unix://{server.socket}?virtual_host=1",
+                            "--result-backend", f"redis+socket://{server.socket}?virtual_host=0"], tmp_path / "w.log")
+    try:
+        worker.wait_ready()
+        app = build(f"redis+socket://{server.socket}?virtual_host=1", f"redis+socket://{server.socket}?virtual_host=0")
+        result = app.tasks["tasks.add"].delay(20, 1)
+        assert result.get(timeout=10) == 21
+        assert redis_lib.Redis(unix_socket_path=server.socket, db=0).exists(f"celery-task-meta-{result.id}") == 1
+        assert worker.stop() == 0
+    finally:
+        if worker.alive():
+            worker.stop(signal.SIGKILL)
+        server.stop()
+
+
+def test_log_level_filters_lines(start_worker, make_app):
+    worker = start_worker("-l", "WARNING", ready=False)
+    app = make_app()
+    assert app.tasks["tasks.add"].delay(1, 2).get(timeout=15) == 3
+    app.send_task("tasks.nope")
+    worker.wait_for_log("Received unregistered task")
+    assert "received" not in worker.log and "succeeded" not in worker.log
