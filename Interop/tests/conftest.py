@@ -106,6 +106,65 @@ def start_worker(redis_urls, tmp_path):
             worker.stop(signal.SIGKILL)
 
 
+class PythonWorker:
+    """A real `celery worker` process running Interop/pyworker/pytasks.py."""
+
+    def __init__(self, broker, backend, logfile: Path, *args, env=None):
+        self.logfile = logfile
+        environment = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend, **(env or {})}
+        celery = Path(sys.executable).with_name("celery")
+        self.proc = subprocess.Popen(
+            [str(celery), "-A", "pytasks", "worker", "-l", "INFO", "--without-mingle", "--without-gossip",
+             "--logfile", str(logfile), *args],
+            cwd=INTEROP / "pyworker", env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    @property
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def wait_for_log(self, text, timeout=30.0, count=1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"python worker exited with {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.05)
+        raise AssertionError(f"python worker did not log {text!r} within {timeout}s:\n{self.log}")
+
+    def wait_ready(self, timeout=30.0):
+        self.wait_for_log(" ready.", timeout)
+        return self
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture
+def start_python_worker(redis_urls, tmp_path):
+    workers = []
+
+    def start(*args, env=None, ready=True):
+        worker = PythonWorker(redis_urls["broker"], redis_urls["backend"], tmp_path / f"pyworker{len(workers)}.log",
+                              *args, env=env)
+        workers.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    yield start
+    for worker in workers:
+        if worker.alive():
+            worker.stop(signal.SIGKILL)
+
+
 @pytest.fixture
 def make_app(redis_urls):
     from clientapp import make_app as build

@@ -134,9 +134,6 @@ struct WorkerCommand: AsyncParsableCommand {
         if taskEvents {
             logger.warning("-E/--task-events is accepted but does nothing yet: this worker sends no events.")
         }
-        if visibilityTimeout != 3_600 {
-            logger.warning("--visibility-timeout is accepted but does nothing yet: this worker does not restore timed-out messages.")
-        }
 
         let worker = CeleryWorkerService(configuration: configuration, registry: registry, logger: logger)
         let signals = SignalWatcher(logger: logger)

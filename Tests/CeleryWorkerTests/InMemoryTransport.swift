@@ -25,7 +25,8 @@ final class InMemoryBroker: Broker {
             return []
         }
         let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
-        let delivery = BrokerDelivery(raw: raw, queue: queues[0], envelope: envelope, receivedAt: 0)
+        let tag = (try? CeleryJSON.decode(raw))?["properties"]?["delivery_tag"]?.stringValue
+        let delivery = BrokerDelivery(raw: raw, queue: queues[0], envelope: envelope, receivedAt: 0, deliveryTag: tag)
         if let tag = delivery.deliveryTag { state.withLock { $0.unacked[tag] = delivery } }
         return [delivery]
     }

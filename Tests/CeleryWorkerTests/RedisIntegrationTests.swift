@@ -155,6 +155,79 @@ struct RedisBrokerTests {
     }
 }
 
+extension RedisBrokerTests {
+    @Test("a message that arrives while the worker waits is recorded too (blocking path)")
+    func blockingPathRecords() async throws {
+        let (broker, client) = try await broker()
+        let raw = try fixture("v2-msgpack-add.message.json")
+        async let fetched = broker.fetch(queues: ["celery"], limit: 4)
+        try await Task.sleep(for: .milliseconds(200))
+        let pusher = RedisClient(url: client.url, threadPool: TestRedis.pool)
+        try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+        let delivery = try #require(try await fetched.first)
+        let tag = try #require(delivery.deliveryTag)
+        #expect(try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
+            == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+    }
+
+    @Test("one round trip takes a batch, no more than asked, in priority order")
+    func batch() async throws {
+        let (broker, client) = try await broker()
+        for index in 0..<10 {
+            let priority = index % 2 == 0 ? 0 : 6
+            try await client.send(RedisCommand("LPUSH", RedisArgument(RedisBroker.list(for: "celery", priority: priority)),
+                                               RedisArgument("m\(index)")))
+        }
+        let first = try await broker.fetch(queues: ["celery"], limit: 7)
+        #expect(first.map { String(decoding: $0.raw, as: UTF8.self) } == ["m0", "m2", "m4", "m6", "m8", "m1", "m3"])
+        #expect(first.allSatisfy { $0.deliveryTag == nil })  // not kombu messages: nothing to record
+        #expect(try await broker.fetch(queues: ["celery"], limit: 7).count == 3)
+    }
+
+    @Test("the visibility sweep restores old entries only, under the shared lock; keepAlive protects live ones")
+    func visibilitySweep() async throws {
+        let (broker, client) = try await broker()
+        let raw = try fixture("v2-json-add.message.json")
+        try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+        let delivery = try #require(try await broker.fetch(queues: ["celery"], limit: 1).first)
+        let tag = try #require(delivery.deliveryTag)
+        #expect(try await broker.restoreVisible(visibilityTimeout: 60) == 0)
+        try await Task.sleep(for: .milliseconds(1100))
+        try await broker.keepAlive([delivery])
+        #expect(try await broker.restoreVisible(visibilityTimeout: 1) == 0)  // refreshed just now
+        try await Task.sleep(for: .milliseconds(1100))
+        try await client.send(RedisCommand("SET", "unacked_mutex", "someone-else"))
+        #expect(try await broker.restoreVisible(visibilityTimeout: 1) == 0)  // another sweep holds the lock
+        try await client.send(RedisCommand("DEL", "unacked_mutex"))
+        #expect(try await broker.restoreVisible(visibilityTimeout: 1) == 1)
+        #expect(try await client.send(RedisCommand("HEXISTS", "unacked", RedisArgument(tag))) == .integer(0))
+        #expect(try await client.send(RedisCommand("EXISTS", "unacked_mutex")) == .integer(0))
+        let restored = try #require(try await client.send(RedisCommand("RPOP", "celery")).bytes)
+        #expect(try KombuEnvelope(decoding: restored).headers["redelivered"] == true)
+        // keepAlive never brings back an entry that is gone
+        try await broker.keepAlive([delivery])
+        #expect(try await client.send(RedisCommand("ZCARD", "unacked_index")) == .integer(0))
+    }
+
+    @Test("restore of a message published to a named exchange follows the binding table")
+    func namedExchange() async throws {
+        let (broker, client) = try await broker()
+        let sep = Self.separator
+        try await client.send(RedisCommand("SADD", "_kombu.binding.ex1", RedisArgument("rk1" + sep + sep + "named")))
+        #expect(try await broker.lookup(exchange: "ex1", routingKey: "rk1") == ["named"])
+        #expect(try await broker.lookup(exchange: "ex1", routingKey: "other") == [RedisBroker.deadLetterQueue])
+        #expect(try await broker.lookup(exchange: "", routingKey: "celery") == ["celery"])
+    }
+
+    @Test("the script digest is Redis's SHA-1")
+    func digest() async throws {
+        let client = try await TestRedis.client(database: 3)
+        let loaded = try await client.send(RedisCommand("SCRIPT", "LOAD", RedisArgument(RedisBroker.popAndRecordScript)))
+        #expect(loaded.text == ScriptDigest.sha1Hex(RedisBroker.popAndRecordScript))
+        #expect(ScriptDigest.sha1Hex("") == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+    }
+}
+
 @Suite("Results as Python's Redis backend writes them", .serialized, .enabled(if: TestRedis.enabled))
 struct RedisResultBackendTests {
     @Test("SETEX with the expiry; a stored SUCCESS is never overwritten")

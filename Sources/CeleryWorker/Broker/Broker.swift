@@ -10,18 +10,19 @@ public struct BrokerDelivery: Sendable {
     public var envelope: Result<KombuEnvelope, CeleryProtocolError>
     /// Unix time of receipt, the score kombu gives it in `unacked_index`.
     public var receivedAt: Double
+    /// The `properties.delivery_tag` under which the message is recorded in `unacked`; `nil` when the message
+    /// carries none (it is then not tracked, and acking it does nothing).
+    public var deliveryTag: String?
 
-    public init(raw: [UInt8], queue: String, envelope: Result<KombuEnvelope, CeleryProtocolError>, receivedAt: Double) {
+    public init(
+        raw: [UInt8], queue: String, envelope: Result<KombuEnvelope, CeleryProtocolError>, receivedAt: Double,
+        deliveryTag: String?
+    ) {
         self.raw = raw
         self.queue = queue
         self.envelope = envelope
         self.receivedAt = receivedAt
-    }
-
-    /// `properties.delivery_tag`, when the envelope has one; only such deliveries are tracked in `unacked`.
-    public var deliveryTag: String? {
-        if case .success(let envelope) = envelope { return envelope.deliveryTag }
-        return nil
+        self.deliveryTag = deliveryTag
     }
 }
 
@@ -39,4 +40,14 @@ public protocol Broker: Sendable {
     /// Gives deliveries back to their queues. `atFront` puts them where they are taken next (kombu's restore,
     /// `RPUSH`); otherwise at the back (`reject(requeue=True)`, `LPUSH`). Both mark them redelivered.
     func restore(_ deliveries: [BrokerDelivery], atFront: Bool) async throws(CeleryWorkerError)
+    /// kombu's `restore_visible`: gives back every unacknowledged message (anyone's) received longer than
+    /// `visibilityTimeout` seconds ago, under the shared sweep lock. Returns how many it restored.
+    func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int
+    /// Marks deliveries this worker still holds as recently received, so no sweep restores live work.
+    func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError)
+}
+
+extension Broker {
+    public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int { 0 }
+    public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {}
 }

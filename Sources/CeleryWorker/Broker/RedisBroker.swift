@@ -51,45 +51,139 @@ public final class RedisBroker: Broker {
             if Set(order) != Set(queues) { order = queues }
             return order
         }
-        var keys: [RedisArgument] = []
+        var lists: [String] = []
         for bucket in Self.priorityBuckets {
-            for queue in ordered { keys.append(RedisArgument(Self.list(for: queue, priority: bucket))) }
+            for queue in ordered { lists.append(Self.list(for: queue, priority: bucket)) }
         }
-        let reply = try await blocking.send(RedisCommand("BRPOP", arguments: keys + ["1"]))
-        guard case .array(let pair) = reply, pair.count == 2, let key = pair[0].text, let raw = pair[1].bytes else {
-            return []
+        // Whatever is waiting is popped and recorded in `unacked` by one script: no moment exists in which a
+        // message is off its list but not yet recorded, so a worker killed at any point loses nothing.
+        var popped = try await popAndRecord(lists: lists, limit: max(1, limit))
+        if popped.isEmpty {
+            // Nothing waiting: block for the next message, recording it straight after on the same connection.
+            popped = try await blockingPop(lists: lists)
         }
-        let queue = key.components(separatedBy: Self.separator).first ?? key
-        rotation.withLock { order in
-            if let position = order.firstIndex(of: queue) {
-                order.remove(at: position)
-                order.append(queue)
+        var deliveries: [BrokerDelivery] = []
+        deliveries.reserveCapacity(popped.count)
+        for (list, raw, receivedAt) in popped {
+            let queue = list.components(separatedBy: Self.separator).first ?? list
+            let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
+            deliveries.append(BrokerDelivery(
+                raw: raw, queue: queue, envelope: envelope, receivedAt: receivedAt,
+                deliveryTag: Self.recordFields(raw)?.tag))
+        }
+        if let last = deliveries.last {
+            rotation.withLock { order in
+                if let position = order.firstIndex(of: last.queue) {
+                    order.remove(at: position)
+                    order.append(last.queue)
+                }
             }
         }
-        let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
-        let delivery = BrokerDelivery(raw: raw, queue: queue, envelope: envelope, receivedAt: WallClock.now())
-        if case .success(let parsed) = envelope, let tag = parsed.deliveryTag {
-            let info = parsed.deliveryInfo
-            var record: [UInt8] = [UInt8(ascii: "[")]
-            record.append(contentsOf: raw)
-            record.append(contentsOf: ", ".utf8)
-            CeleryJSON.encode(.string(info.exchange), into: &record)
-            record.append(contentsOf: ", ".utf8)
-            CeleryJSON.encode(.string(info.routingKey), into: &record)
-            record.append(UInt8(ascii: "]"))
-            do {
-                try await commands.transaction([
-                    RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(delivery.receivedAt), RedisArgument(tag)),
-                    RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(tag), RedisArgument(record)),
-                ])
-            } catch {
-                // The message is already off the list: running it unrecorded beats losing it. Its ack then
-                // removes nothing, which is harmless.
-            }
-        }
-        _ = limit
-        return [delivery]
+        return deliveries
     }
+
+    /// The delivery tag, exchange and routing key kombu records for a popped message, when it has a tag.
+    static func recordFields(_ raw: [UInt8]) -> (tag: String, exchange: String, routingKey: String)? {
+        guard let document = try? CeleryJSON.decode(raw), case .string(let tag)? = document["properties"]?["delivery_tag"]
+        else { return nil }
+        let info = document["properties"]?["delivery_info"]
+        return (tag, info?["exchange"]?.stringValue ?? "", info?["routing_key"]?.stringValue ?? "")
+    }
+
+    /// `[<envelope>, "<exchange>", "<routing_key>"]`, the value kombu stores in `unacked`.
+    static func unackedRecord(raw: [UInt8], exchange: String, routingKey: String) -> [UInt8] {
+        var record: [UInt8] = [UInt8(ascii: "[")]
+        record.append(contentsOf: raw)
+        record.append(contentsOf: ", ".utf8)
+        CeleryJSON.encode(.string(exchange), into: &record)
+        record.append(contentsOf: ", ".utf8)
+        CeleryJSON.encode(.string(routingKey), into: &record)
+        record.append(UInt8(ascii: "]"))
+        return record
+    }
+
+    private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [(String, [UInt8], Double)] {
+        let unackedKey = self.unackedKey
+        let unackedIndexKey = self.unackedIndexKey
+        return try await blocking.withConnection { connection throws(CeleryWorkerError) -> [(String, [UInt8], Double)] in
+            let reply = try connection.execute([RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])])
+            guard case .array(let pair)? = reply.first, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes
+            else { return [] }
+            let receivedAt = WallClock.now()
+            if let fields = Self.recordFields(raw) {
+                let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
+                // Already off the list: if this fails the message still runs (unrecorded) rather than being lost.
+                _ = try? connection.execute([
+                    RedisCommand("MULTI"),
+                    RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
+                    RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(fields.tag), RedisArgument(record)),
+                    RedisCommand("EXEC"),
+                ])
+            }
+            return [(list, raw, receivedAt)]
+        }
+    }
+
+    private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [(String, [UInt8], Double)] {
+        let receivedAt = WallClock.now()
+        let keys = [unackedKey, unackedIndexKey] + lists
+        let reply = try await commands.evaluate(
+            Self.popAndRecordScript, keys: keys.map { RedisArgument($0) },
+            arguments: [RedisArgument(limit), RedisArgument(receivedAt)])
+        let items = reply.array ?? []
+        var popped: [(String, [UInt8], Double)] = []
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            guard let list = items[index].text, let raw = items[index + 1].bytes else { continue }
+            popped.append((list, raw, receivedAt))
+        }
+        return popped
+    }
+
+    /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from
+    /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
+    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, …]`.
+    static let popAndRecordScript = #"""
+        local function jsonstring(s)
+            s = string.gsub(s, '[%c"\\]', function(c)
+                if c == '"' then return '\\"' end
+                if c == '\\' then return '\\\\' end
+                if c == '\n' then return '\\n' end
+                if c == '\r' then return '\\r' end
+                if c == '\t' then return '\\t' end
+                return string.format('\\u%04x', string.byte(c))
+            end)
+            return '"' .. s .. '"'
+        end
+        local out = {}
+        for n = 1, tonumber(ARGV[1]) do
+            local found = false
+            for i = 3, #KEYS do
+                local message = redis.call('RPOP', KEYS[i])
+                if message then
+                    found = true
+                    local ok, decoded = pcall(cjson.decode, message)
+                    if ok and type(decoded) == 'table' and type(decoded.properties) == 'table'
+                        and type(decoded.properties.delivery_tag) == 'string' then
+                        local tag = decoded.properties.delivery_tag
+                        local info = decoded.properties.delivery_info
+                        local exchange, routing_key = '', ''
+                        if type(info) == 'table' then
+                            if type(info.exchange) == 'string' then exchange = info.exchange end
+                            if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+                        end
+                        redis.call('ZADD', KEYS[2], ARGV[2], tag)
+                        redis.call('HSET', KEYS[1], tag,
+                            '[' .. message .. ', ' .. jsonstring(exchange) .. ', ' .. jsonstring(routing_key) .. ']')
+                    end
+                    table.insert(out, KEYS[i])
+                    table.insert(out, message)
+                    break
+                end
+            end
+            if not found then break end
+        end
+        return out
+        """#
 
     public func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
         let tags = deliveries.compactMap(\.deliveryTag)
@@ -110,24 +204,61 @@ public final class RedisBroker: Broker {
     }
 
     /// kombu's `restore_by_tag`: `WATCH unacked`, `HGET`, then in one transaction forget the tag and push the
-    /// stored message back, marked redelivered, to the list for its queue and priority.
+    /// stored message back, marked redelivered, to the list for its queue and priority. Tried again when another
+    /// client changed `unacked` in between (redis-py's `transaction` does the same).
     func restore(tag: String, atFront: Bool) async throws(CeleryWorkerError) {
-        let watched = try await commands.pipeline([
-            RedisCommand("WATCH", RedisArgument(unackedKey)),
-            RedisCommand("HGET", RedisArgument(unackedKey), RedisArgument(tag)),
-        ])
-        var batch = [
-            RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag)),
-            RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)),
-        ]
-        if watched.count == 2, let stored = watched[1].bytes, let push = Self.restoreCommand(stored, atFront: atFront) {
-            batch.append(push)
+        for _ in 0..<10 {
+            let watched = try await commands.pipeline([
+                RedisCommand("WATCH", RedisArgument(unackedKey)),
+                RedisCommand("HGET", RedisArgument(unackedKey), RedisArgument(tag)),
+            ])
+            var batch = [
+                RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag)),
+                RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)),
+            ]
+            if watched.count == 2, let stored = watched[1].bytes, let record = Self.restoreRecord(stored) {
+                let queues = try await lookup(exchange: record.exchange, routingKey: record.routingKey)
+                for queue in queues {
+                    let list = Self.list(for: queue, priority: record.priority)
+                    batch.append(RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(record.envelope)))
+                }
+            }
+            do {
+                try await commands.transaction(batch)
+                return
+            } catch where error.code == .unexpectedReply {
+                continue  // EXEC aborted: unacked changed under WATCH
+            }
         }
-        try await commands.transaction(batch)
+        throw CeleryWorkerError(code: .unexpectedReply, message: "could not restore \(tag): unacked kept changing")
     }
 
-    /// The `LPUSH`/`RPUSH` that gives a stored `[envelope, exchange, routing_key]` record back to its queue.
-    static func restoreCommand(_ stored: [UInt8], atFront: Bool) -> RedisCommand? {
+    /// kombu's dead-letter queue for messages whose exchange routes nowhere.
+    static let deadLetterQueue = "ae.undeliver"
+
+    /// The queues a message published to `exchange` with `routingKey` goes to: the routing key itself for the
+    /// anonymous exchange (every task message), else the direct bindings in `_kombu.binding.<exchange>`.
+    func lookup(exchange: String, routingKey: String) async throws(CeleryWorkerError) -> [String] {
+        guard !exchange.isEmpty else { return [routingKey] }
+        let members = try await commands.send(RedisCommand("SMEMBERS", RedisArgument("_kombu.binding.\(exchange)")))
+        var queues: [String] = []
+        for member in members.array ?? [] {
+            guard let text = member.text else { continue }
+            let parts = text.components(separatedBy: Self.separator)
+            if parts.count == 3, parts[0] == routingKey, !queues.contains(parts[2]) { queues.append(parts[2]) }
+        }
+        return queues.isEmpty ? [Self.deadLetterQueue] : queues
+    }
+
+    /// A stored `[envelope, exchange, routing_key]` record, with the envelope marked redelivered.
+    struct RestoreRecord {
+        var envelope: [UInt8]
+        var exchange: String
+        var routingKey: String
+        var priority: Int
+    }
+
+    static func restoreRecord(_ stored: [UInt8]) -> RestoreRecord? {
         guard case .array(let parts)? = try? CeleryJSON.decode(stored), parts.count == 3,
             case .object(var envelope) = parts[0], let exchange = parts[1].stringValue,
             let routingKey = parts[2].stringValue
@@ -145,10 +276,62 @@ public final class RedisBroker: Broker {
             }
             envelope["properties"] = .object(properties)
         }
-        // Task messages are published to the anonymous exchange, so the routing key is the queue. A named
-        // exchange would need kombu's binding-table lookup, which task messages on Redis do not use.
-        _ = exchange
-        let list = Self.list(for: routingKey, priority: priority)
-        return RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(CeleryJSON.encode(.object(envelope))))
+        return RestoreRecord(envelope: CeleryJSON.encode(.object(envelope)), exchange: exchange, routingKey: routingKey,
+                             priority: priority)
+    }
+
+    // MARK: Visibility timeout
+
+    /// kombu's `unacked_mutex`: held while one client sweeps, so two workers never restore the same message.
+    let mutexKey = "unacked_mutex"
+    /// How long the sweep lock lives if its holder dies (kombu's `unacked_mutex_expire`, 300 s).
+    let mutexExpireMilliseconds = 300_000
+
+    /// redis-py's `Lock.release` script: delete the lock only if it still holds our token.
+    static let releaseScript = """
+        local token = redis.call('get', KEYS[1])
+        if not token or token ~= ARGV[1] then
+            return 0
+        end
+        redis.call('del', KEYS[1])
+        return 1
+        """
+
+    public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int {
+        let token = Self.randomToken()
+        let locked = try await commands.send(RedisCommand(
+            "SET", RedisArgument(mutexKey), RedisArgument(token), "NX", "PX", RedisArgument(mutexExpireMilliseconds)))
+        guard locked == .status("OK") else { return 0 }  // another worker is sweeping
+        var restored = 0
+        do {
+            let ceiling = WallClock.now() - visibilityTimeout
+            let visible = try await commands.send(RedisCommand(
+                "ZRANGE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "BYSCORE", "REV", "WITHSCORES"))
+            let entries = visible.array ?? []
+            for index in stride(from: 0, to: entries.count - 1, by: 2) {
+                guard let tag = entries[index].text else { continue }
+                try await restore(tag: tag, atFront: true)
+                restored += 1
+            }
+        } catch {
+            _ = try? await commands.send(RedisCommand("EVAL", RedisArgument(Self.releaseScript), "1", RedisArgument(mutexKey), RedisArgument(token)))
+            throw error
+        }
+        try await commands.send(RedisCommand("EVAL", RedisArgument(Self.releaseScript), "1", RedisArgument(mutexKey), RedisArgument(token)))
+        return restored
+    }
+
+    public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
+        let tags = deliveries.compactMap(\.deliveryTag)
+        guard !tags.isEmpty else { return }
+        let now = RedisArgument(WallClock.now())
+        // XX: only entries still present; a message restored meanwhile is not brought back.
+        let commands = tags.map { RedisCommand("ZADD", RedisArgument(unackedIndexKey), "XX", now, RedisArgument($0)) }
+        _ = try await self.commands.pipeline(commands)
+    }
+
+    static func randomToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<16).map { _ in String(UInt8.random(in: 0...255, using: &generator), radix: 16) }.joined()
     }
 }

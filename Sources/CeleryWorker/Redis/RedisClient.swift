@@ -69,6 +69,35 @@ public final class RedisClient: Sendable {
         return results
     }
 
+    /// Runs `body` with the connection on a pool thread, for a sequence of commands that must follow each other
+    /// with nothing in between (no thread hop, no other caller).
+    func withConnection<Result: Sendable>(
+        _ body: @escaping @Sendable (RedisConnection) throws(CeleryWorkerError) -> Result
+    ) async throws(CeleryWorkerError) -> Result {
+        let connection = self.connection
+        do {
+            return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> Result in try body(connection) }
+        } catch let error as CeleryWorkerError {
+            throw error
+        } catch {
+            throw CeleryWorkerError(code: .shutdown, message: "the Redis thread pool is shut down", underlyingError: error)
+        }
+    }
+
+    /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
+    public func evaluate(_ script: String, keys: [RedisArgument], arguments: [RedisArgument]) async throws(CeleryWorkerError) -> RedisReply {
+        let digest = RedisArgument(ScriptDigest.sha1Hex(script))
+        let tail = [RedisArgument(keys.count)] + keys + arguments
+        let reply = try await pipeline([RedisCommand("EVALSHA", arguments: [digest] + tail)])
+        if case .error(let message)? = reply.first, message.hasPrefix("NOSCRIPT") {
+            return try await send(RedisCommand("EVAL", arguments: [RedisArgument(script)] + tail))
+        }
+        guard let first = reply.first else {
+            throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA")
+        }
+        return try first.check("EVALSHA")
+    }
+
     /// Closes the connection; the next call opens a new one.
     public func close() {
         connection.close()

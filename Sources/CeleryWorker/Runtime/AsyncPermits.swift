@@ -49,6 +49,16 @@ final class AsyncPermits: Sendable {
         }
     }
 
+    /// Takes up to `limit` permits that are free right now, without waiting; returns how many it took.
+    func tryAcquire(upTo limit: Int) -> Int {
+        state.withLock { state in
+            guard !state.closed, state.waiters.isEmpty else { return 0 }
+            let taken = min(limit, state.available)
+            state.available -= taken
+            return taken
+        }
+    }
+
     /// Returns `count` permits, waking waiters in order.
     func release(_ count: Int = 1) {
         let woken = state.withLock { state -> [Waiter] in

@@ -123,6 +123,8 @@ final class WorkerRun: Sendable {
     let slots: AsyncPermits
     /// Deliveries not started when shutdown began; given back at the end.
     let leftovers = Mutex<[BrokerDelivery]>([])
+    /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps.
+    let held = Mutex<[String: BrokerDelivery]>([:])
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
         self.service = service
@@ -143,6 +145,7 @@ final class WorkerRun: Sendable {
 
     func start() async {
         guard await service.declareQueues(shutdown: shutdown) else { return }
+        await sweep()
         logger.info("\(configuration.nodeName) ready.")
         let (stream, continuation) = AsyncStream.makeStream(of: PreparedJob.self)
         await withDiscardingTaskGroup { group in
@@ -151,6 +154,9 @@ final class WorkerRun: Sendable {
             }
             group.addTask {
                 await self.dispatchLoop(stream)
+            }
+            group.addTask {
+                await self.maintenanceLoop()
             }
         }
         let remaining = leftovers.withLock { list -> [BrokerDelivery] in
@@ -162,27 +168,33 @@ final class WorkerRun: Sendable {
 
     // MARK: Fetching
 
+    /// The most messages taken in one round trip.
+    static let fetchBatch = 64
+
     private func fetchLoop(into continuation: AsyncStream<PreparedJob>.Continuation) async {
         defer { continuation.finish() }
         var failures = 0
         while !shutdown.isTriggered, !Task.isCancelled {
             guard await prefetch.acquire() else { break }
+            // One permit is needed to fetch at all; any others free now let one round trip take a batch.
+            let permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
             do {
-                let deliveries = try await service.broker.fetch(queues: configuration.queues, limit: 1)
+                let deliveries = try await service.broker.fetch(queues: configuration.queues, limit: permits)
                 if failures > 0 {
                     logger.info("Connected to \(configuration.brokerURL)")
                     failures = 0
                 }
-                if deliveries.isEmpty {
-                    prefetch.release()
-                    continue
+                if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
+                if deliveries.isEmpty { continue }
+                held.withLock { held in
+                    for delivery in deliveries { if let tag = delivery.deliveryTag { held[tag] = delivery } }
                 }
                 for delivery in deliveries {
                     // Validated and logged as received right away; invalid ones are settled here.
                     if let job = await prepare(delivery) { continuation.yield(job) }
                 }
             } catch {
-                prefetch.release()
+                prefetch.release(permits)
                 failures += 1
                 let delay = service.retryDelays.delay(attempt: failures)
                 logger.error(
@@ -190,6 +202,37 @@ final class WorkerRun: Sendable {
                 )
                 _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
             }
+        }
+    }
+
+    // MARK: Visibility timeout
+
+    /// How often held messages are refreshed and the visibility sweep runs: 10 s, or a third of the visibility
+    /// timeout when that is shorter, so a live message is always refreshed before it could look abandoned.
+    var maintenanceInterval: Double { min(10, configuration.visibilityTimeout / 3) }
+
+    private func maintenanceLoop() async {
+        while await shutdown.sleep(untilUnixTime: WallClock.now() + maintenanceInterval) {
+            let live = held.withLock { Array($0.values) }
+            do {
+                try await service.broker.keepAlive(live)
+            } catch {
+                logger.warning("Cannot refresh \(live.count) held message(s) in unacked_index: \(error.message)")
+            }
+            await sweep()
+        }
+    }
+
+    /// kombu's `restore_visible`: messages unacknowledged for longer than the visibility timeout (their worker
+    /// died) go back to their queues.
+    func sweep() async {
+        do {
+            let restored = try await service.broker.restoreVisible(visibilityTimeout: configuration.visibilityTimeout)
+            if restored > 0 {
+                logger.warning("Restored \(restored) message(s) left unacknowledged for longer than the visibility timeout (\(configuration.visibilityTimeout)s)")
+            }
+        } catch {
+            logger.warning("Visibility sweep failed: \(error.message)")
         }
     }
 
@@ -244,6 +287,7 @@ final class WorkerRun: Sendable {
                 case .ack: try await service.broker.ack([delivery])
                 case .restore(let atFront): try await service.broker.restore([delivery], atFront: atFront)
                 }
+                if let tag = delivery.deliveryTag { _ = held.withLock { $0.removeValue(forKey: tag) } }
                 return
             } catch {
                 attempt += 1

@@ -56,6 +56,15 @@ struct DeliveryStateMachine: Sendable {
         }
     }
 
+    /// The task rejected its message (`Reject`). Only a message not yet acknowledged can still be requeued; it goes
+    /// to the back of its queue (`LPUSH`).
+    mutating func reject(requeue: Bool) -> Action {
+        guard case .running(let acknowledged) = state else { return .none }
+        state = .settled
+        if acknowledged { return .none }
+        return requeue ? .restore(atFront: false) : .ack
+    }
+
     /// Shutdown came before the task started: give it back where the next worker takes it first.
     mutating func giveBack() -> Action {
         guard state == .reserved else { return .none }

@@ -24,7 +24,7 @@ extension WorkerRun {
         case .failure(let error):
             logger.error("Received and deleted invalid message\(Self.label(error)): \(error.message)\nThe message was: \(Self.preview(delivery.raw))")
             await storeFailure(for: error, exception: Self.exception(for: error))
-            prefetch.release()
+            await discard(delivery)
             return nil
         case .success(let parsed):
             envelope = parsed
@@ -179,6 +179,15 @@ extension WorkerRun {
             return
         }
         switch outcome {
+        case .failure(let rejection as RejectTask):
+            logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
+            if !rejection.requeue, !ignoresResult(job) {
+                await store(failureDocument(message: message, exception: rejection.pythonException, traceback: nil))
+            }
+            await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
+            return
+        case .failure(is IgnoreTask):
+            logger.info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
             if !ignoresResult(job) {
                 await store(document(message: message, status: .success, result: value, ready: true))

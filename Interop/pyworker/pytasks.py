@@ -1,0 +1,50 @@
+"""A Python Celery worker app with the same demo tasks as the Swift worker, for tests where both share a queue.
+
+Run: celery -A pytasks worker   (settings from the environment, see below)
+"""
+import os
+import time
+
+from celery import Celery
+
+app = Celery("pytasks", broker=os.environ["CELERY_BROKER_URL"], backend=os.environ["CELERY_RESULT_BACKEND"])
+app.conf.update(
+    task_serializer=os.environ.get("TASK_SERIALIZER", "json"),
+    result_serializer=os.environ.get("RESULT_SERIALIZER", "json"),
+    accept_content=["json", "msgpack"],
+    task_acks_late=os.environ.get("ACKS_LATE", "0") == "1",
+    worker_prefetch_multiplier=int(os.environ.get("PREFETCH_MULTIPLIER", "4")),
+    broker_transport_options={"visibility_timeout": float(os.environ.get("VISIBILITY_TIMEOUT", "3600"))},
+    worker_hijack_root_logger=True,
+)
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="tasks.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="tasks.noop")
+def noop():
+    return None
+
+
+@app.task(name="tasks.whoami")
+def whoami():
+    return "python"
+
+
+@app.task(name="tasks.fail")
+def fail(message):
+    raise ValueError(message)

@@ -1,0 +1,27 @@
+import CeleryProtocol
+
+/// Thrown by a task to reject its message, as Python's `celery.exceptions.Reject`.
+///
+/// `requeue: false` stores FAILURE `Reject` and forgets the message. `requeue: true` puts the message back at the
+/// end of its queue (`LPUSH`) with no result; that needs acks-late, since an early-acked message is already gone
+/// (Python behaves the same way).
+public struct RejectTask: Error, Sendable {
+    public var reason: String?
+    public var requeue: Bool
+
+    public init(reason: String? = nil, requeue: Bool = false) {
+        self.reason = reason
+        self.requeue = requeue
+    }
+
+    var pythonException: CeleryExceptionInfo {
+        CeleryExceptionInfo(type: "Reject", arguments: [reason.map(CeleryValue.string) ?? .null, .bool(requeue)],
+                            module: "celery.exceptions")
+    }
+}
+
+/// Thrown by a task to stop without storing anything, as Python's `celery.exceptions.Ignore`: the message is
+/// acknowledged and the state stays as it was.
+public struct IgnoreTask: Error, Sendable {
+    public init() {}
+}
