@@ -40,6 +40,17 @@ class RedisProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
+    def restart(self) -> "RedisProcess":
+        """Stop with SHUTDOWN SAVE (keeping every key on disk) and start again on the same port and directory."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"SHUTDOWN SAVE\r\n")
+            try:
+                s.recv(64)
+            except OSError:
+                pass
+        self.proc.wait(10)
+        return self.start()
+
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 

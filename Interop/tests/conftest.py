@@ -116,7 +116,8 @@ class PythonWorker:
         self.proc = subprocess.Popen(
             [str(celery), "-A", "pytasks", "worker", "-l", "INFO", "--without-mingle", "--without-gossip",
              "--logfile", str(logfile), *args],
-            cwd=INTEROP / "pyworker", env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            cwd=INTEROP / "pyworker", env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True)
 
     @property
     def log(self) -> str:
@@ -138,6 +139,14 @@ class PythonWorker:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def kill_all(self):
+        """SIGKILL the main process and its pool children, as a machine crash would."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
         if self.proc.poll() is None:
@@ -161,8 +170,7 @@ def start_python_worker(redis_urls, tmp_path):
 
     yield start
     for worker in workers:
-        if worker.alive():
-            worker.stop(signal.SIGKILL)
+        worker.kill_all()
 
 
 @pytest.fixture

@@ -166,8 +166,9 @@ extension RedisBrokerTests {
         try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
         let delivery = try #require(try await fetched.first)
         let tag = try #require(delivery.deliveryTag)
-        #expect(try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
-            == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+        #expect(
+            try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
+                == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
     }
 
     @Test("one round trip takes a batch, no more than asked, in priority order")
@@ -175,8 +176,10 @@ extension RedisBrokerTests {
         let (broker, client) = try await broker()
         for index in 0..<10 {
             let priority = index % 2 == 0 ? 0 : 6
-            try await client.send(RedisCommand("LPUSH", RedisArgument(RedisBroker.list(for: "celery", priority: priority)),
-                                               RedisArgument("m\(index)")))
+            try await client.send(
+                RedisCommand(
+                    "LPUSH", RedisArgument(RedisBroker.list(for: "celery", priority: priority)),
+                    RedisArgument("m\(index)")))
         }
         let first = try await broker.fetch(queues: ["celery"], limit: 7)
         #expect(first.map { String(decoding: $0.raw, as: UTF8.self) } == ["m0", "m2", "m4", "m6", "m8", "m1", "m3"])

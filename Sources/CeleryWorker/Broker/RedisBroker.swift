@@ -67,9 +67,10 @@ public final class RedisBroker: Broker {
         for (list, raw, receivedAt) in popped {
             let queue = list.components(separatedBy: Self.separator).first ?? list
             let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
-            deliveries.append(BrokerDelivery(
-                raw: raw, queue: queue, envelope: envelope, receivedAt: receivedAt,
-                deliveryTag: Self.recordFields(raw)?.tag))
+            deliveries.append(
+                BrokerDelivery(
+                    raw: raw, queue: queue, envelope: envelope, receivedAt: receivedAt,
+                    deliveryTag: Self.recordFields(raw)?.tag))
         }
         if let last = deliveries.last {
             rotation.withLock { order in
@@ -207,28 +208,34 @@ public final class RedisBroker: Broker {
     /// stored message back, marked redelivered, to the list for its queue and priority. Tried again when another
     /// client changed `unacked` in between (redis-py's `transaction` does the same).
     func restore(tag: String, atFront: Bool) async throws(CeleryWorkerError) {
+        let unackedKey = self.unackedKey
+        let unackedIndexKey = self.unackedIndexKey
         for _ in 0..<10 {
-            let watched = try await commands.pipeline([
-                RedisCommand("WATCH", RedisArgument(unackedKey)),
-                RedisCommand("HGET", RedisArgument(unackedKey), RedisArgument(tag)),
-            ])
-            var batch = [
-                RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag)),
-                RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)),
-            ]
-            if watched.count == 2, let stored = watched[1].bytes, let record = Self.restoreRecord(stored) {
-                let queues = try await lookup(exchange: record.exchange, routingKey: record.routingKey)
-                for queue in queues {
-                    let list = Self.list(for: queue, priority: record.priority)
-                    batch.append(RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(record.envelope)))
+            // WATCH … EXEC holds the connection throughout, so no other command can slip in and clear the WATCH.
+            let done = try await commands.withConnection { connection throws(CeleryWorkerError) -> Bool in
+                let watched = try connection.execute([
+                    RedisCommand("WATCH", RedisArgument(unackedKey)),
+                    RedisCommand("HGET", RedisArgument(unackedKey), RedisArgument(tag)),
+                ])
+                var batch = [
+                    RedisCommand("MULTI"),
+                    RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag)),
+                    RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)),
+                ]
+                if watched.count == 2, let stored = watched[1].bytes, let record = Self.restoreRecord(stored) {
+                    let queues = try Self.lookup(exchange: record.exchange, routingKey: record.routingKey, on: connection)
+                    for queue in queues {
+                        let list = Self.list(for: queue, priority: record.priority)
+                        batch.append(RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(record.envelope)))
+                    }
                 }
+                batch.append(RedisCommand("EXEC"))
+                let replies = try connection.execute(batch)
+                for reply in replies { try reply.check("restoring \(tag)") }
+                // A nil EXEC reply means `unacked` changed under WATCH: read again and retry, as redis-py does.
+                return replies.last?.array != nil
             }
-            do {
-                try await commands.transaction(batch)
-                return
-            } catch where error.code == .unexpectedReply {
-                continue  // EXEC aborted: unacked changed under WATCH
-            }
+            if done { return }
         }
         throw CeleryWorkerError(code: .unexpectedReply, message: "could not restore \(tag): unacked kept changing")
     }
@@ -240,14 +247,21 @@ public final class RedisBroker: Broker {
     /// anonymous exchange (every task message), else the direct bindings in `_kombu.binding.<exchange>`.
     func lookup(exchange: String, routingKey: String) async throws(CeleryWorkerError) -> [String] {
         guard !exchange.isEmpty else { return [routingKey] }
-        let members = try await commands.send(RedisCommand("SMEMBERS", RedisArgument("_kombu.binding.\(exchange)")))
+        return try await commands.withConnection { connection throws(CeleryWorkerError) in
+            try Self.lookup(exchange: exchange, routingKey: routingKey, on: connection)
+        }
+    }
+
+    static func lookup(exchange: String, routingKey: String, on connection: RedisConnection) throws(CeleryWorkerError) -> [String] {
+        guard !exchange.isEmpty else { return [routingKey] }
+        let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("_kombu.binding.\(exchange)"))])
         var queues: [String] = []
-        for member in members.array ?? [] {
+        for member in reply.first?.array ?? [] {
             guard let text = member.text else { continue }
-            let parts = text.components(separatedBy: Self.separator)
+            let parts = text.components(separatedBy: separator)
             if parts.count == 3, parts[0] == routingKey, !queues.contains(parts[2]) { queues.append(parts[2]) }
         }
-        return queues.isEmpty ? [Self.deadLetterQueue] : queues
+        return queues.isEmpty ? [deadLetterQueue] : queues
     }
 
     /// A stored `[envelope, exchange, routing_key]` record, with the envelope marked redelivered.
@@ -276,16 +290,21 @@ public final class RedisBroker: Broker {
             }
             envelope["properties"] = .object(properties)
         }
-        return RestoreRecord(envelope: CeleryJSON.encode(.object(envelope)), exchange: exchange, routingKey: routingKey,
-                             priority: priority)
+        return RestoreRecord(
+            envelope: CeleryJSON.encode(.object(envelope)), exchange: exchange, routingKey: routingKey,
+            priority: priority)
     }
 
     // MARK: Visibility timeout
 
     /// kombu's `unacked_mutex`: held while one client sweeps, so two workers never restore the same message.
     let mutexKey = "unacked_mutex"
-    /// How long the sweep lock lives if its holder dies (kombu's `unacked_mutex_expire`, 300 s).
-    let mutexExpireMilliseconds = 300_000
+
+    /// How long our sweep lock lives if we die holding it. kombu always uses 300 s, so a worker killed mid-sweep
+    /// stops every sweep for five minutes; we use five visibility timeouts, between 10 s and kombu's 300 s.
+    static func mutexExpireMilliseconds(visibilityTimeout: Double) -> Int {
+        Int(min(300, max(10, visibilityTimeout * 5)) * 1000)
+    }
 
     /// redis-py's `Lock.release` script: delete the lock only if it still holds our token.
     static let releaseScript = """
@@ -299,14 +318,17 @@ public final class RedisBroker: Broker {
 
     public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int {
         let token = Self.randomToken()
-        let locked = try await commands.send(RedisCommand(
-            "SET", RedisArgument(mutexKey), RedisArgument(token), "NX", "PX", RedisArgument(mutexExpireMilliseconds)))
+        let locked = try await commands.send(
+            RedisCommand(
+                "SET", RedisArgument(mutexKey), RedisArgument(token), "NX", "PX",
+                RedisArgument(Self.mutexExpireMilliseconds(visibilityTimeout: visibilityTimeout))))
         guard locked == .status("OK") else { return 0 }  // another worker is sweeping
         var restored = 0
         do {
             let ceiling = WallClock.now() - visibilityTimeout
-            let visible = try await commands.send(RedisCommand(
-                "ZRANGE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "BYSCORE", "REV", "WITHSCORES"))
+            let visible = try await commands.send(
+                RedisCommand(
+                    "ZRANGE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "BYSCORE", "REV", "WITHSCORES"))
             let entries = visible.array ?? []
             for index in stride(from: 0, to: entries.count - 1, by: 2) {
                 guard let tag = entries[index].text else { continue }

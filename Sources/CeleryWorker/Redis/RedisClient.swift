@@ -24,22 +24,7 @@ public final class RedisClient: Sendable {
     /// the commands are sent once more on the new one. Every command this package sends is safe to repeat that way
     /// (idempotent writes, or transactions guarded by `WATCH`), and a dead socket cannot have run them.
     public func pipeline(_ commands: [RedisCommand]) async throws(CeleryWorkerError) -> [RedisReply] {
-        let connection = self.connection
-        do {
-            return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> [RedisReply] in
-                let wasOpen = connection.isOpen
-                do throws(CeleryWorkerError) {
-                    return try connection.execute(commands)
-                } catch {
-                    guard wasOpen, error.code == .connectionLost else { throw error }
-                    return try connection.execute(commands)
-                }
-            }
-        } catch let error as CeleryWorkerError {
-            throw error
-        } catch {
-            throw CeleryWorkerError(code: .shutdown, message: "the Redis thread pool is shut down", underlyingError: error)
-        }
+        try await withConnection { connection throws(CeleryWorkerError) in try connection.execute(commands) }
     }
 
     /// Sends one command; an error reply is thrown.
@@ -70,13 +55,24 @@ public final class RedisClient: Sendable {
     }
 
     /// Runs `body` with the connection on a pool thread, for a sequence of commands that must follow each other
-    /// with nothing in between (no thread hop, no other caller).
+    /// with nothing in between (no thread hop, no other caller). Like ``pipeline(_:)``, a connection found dead on
+    /// first use is replaced and `body` runs again, so `body` must be safe to repeat.
     func withConnection<Result: Sendable>(
         _ body: @escaping @Sendable (RedisConnection) throws(CeleryWorkerError) -> Result
     ) async throws(CeleryWorkerError) -> Result {
         let connection = self.connection
         do {
-            return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> Result in try body(connection) }
+            return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> Result in
+                try connection.exclusively { () throws(CeleryWorkerError) -> Result in
+                    let wasOpen = connection.isOpen
+                    do throws(CeleryWorkerError) {
+                        return try body(connection)
+                    } catch {
+                        guard wasOpen, error.code == .connectionLost else { throw error }
+                        return try body(connection)
+                    }
+                }
+            }
         } catch let error as CeleryWorkerError {
             throw error
         } catch {

@@ -1,4 +1,5 @@
 import CHiredis
+import NIOConcurrencyHelpers
 import Synchronization
 
 #if canImport(Glibc)
@@ -22,6 +23,9 @@ final class RedisConnection: @unchecked Sendable {
     let commandTimeout: Duration
     let connectTimeout: Duration
     private let state = Mutex(State())
+    /// Held across a whole sequence of commands (``exclusively(_:)``) so that no other caller's commands land in
+    /// the middle, for example between `WATCH` and `EXEC`.
+    private let sequence = NIOLock()
 
     init(url: RedisURL, commandTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(5)) {
         self.url = url
@@ -65,6 +69,13 @@ final class RedisConnection: @unchecked Sendable {
             }
             return replies
         }
+    }
+
+    /// Runs `body` while no other caller can use the connection.
+    func exclusively<Result>(_ body: () throws(CeleryWorkerError) -> Result) throws(CeleryWorkerError) -> Result {
+        sequence.lock()
+        defer { sequence.unlock() }
+        return try body()
     }
 
     /// Closes the connection; the next call re-opens it.

@@ -229,7 +229,9 @@ final class WorkerRun: Sendable {
         do {
             let restored = try await service.broker.restoreVisible(visibilityTimeout: configuration.visibilityTimeout)
             if restored > 0 {
-                logger.warning("Restored \(restored) message(s) left unacknowledged for longer than the visibility timeout (\(configuration.visibilityTimeout)s)")
+                logger.warning(
+                    "Restored \(restored) message(s) left unacknowledged for longer than the visibility timeout (\(configuration.visibilityTimeout)s)"
+                )
             }
         } catch {
             logger.warning("Visibility sweep failed: \(error.message)")

@@ -15,8 +15,9 @@ public struct RejectTask: Error, Sendable {
     }
 
     var pythonException: CeleryExceptionInfo {
-        CeleryExceptionInfo(type: "Reject", arguments: [reason.map(CeleryValue.string) ?? .null, .bool(requeue)],
-                            module: "celery.exceptions")
+        CeleryExceptionInfo(
+            type: "Reject", arguments: [reason.map(CeleryValue.string) ?? .null, .bool(requeue)],
+            module: "celery.exceptions")
     }
 }
 

@@ -1,0 +1,167 @@
+"""kombu's delivery contract with Swift and Python workers on the same Redis: nothing lost, bookkeeping shared."""
+import json
+import signal
+import time
+
+import pytest
+
+
+def eventually(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def results(backend_redis, app, ids):
+    out = {}
+    for task_id in ids:
+        raw = backend_redis.get(f"celery-task-meta-{task_id}")
+        if raw is not None:
+            out[task_id] = app.backend.decode(raw)
+    return out
+
+
+def wait_for_results(backend_redis, app, ids, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = results(backend_redis, app, ids)
+        if len(found) == len(ids) and all(doc["status"] == "SUCCESS" for doc in found.values()):
+            return found
+        time.sleep(0.2)
+    found = results(backend_redis, app, ids)
+    missing = [task_id for task_id in ids if task_id not in found]
+    raise AssertionError(f"{len(missing)} of {len(ids)} tasks have no result, e.g. {missing[:5]}")
+
+
+def test_swift_and_python_workers_share_a_queue(start_worker, start_python_worker, make_app, broker_redis):
+    start_python_worker("-c", "2")
+    start_worker("-c", "2")
+    app = make_app()
+    pending = [app.tasks["tasks.whoami"].delay() for _ in range(200)]
+    answers = [r.get(timeout=30) for r in pending]
+    assert set(answers) == {"swift", "python"}, answers
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0 and broker_redis.zcard("unacked_index") == 0)
+
+
+def test_swift_dies_and_a_python_worker_restores_its_message(start_worker, start_python_worker, make_app,
+                                                            broker_redis):
+    swift = start_worker("--acks-late", "-c", "1")
+    app = make_app()
+    result = app.tasks["tasks.sleep"].delay(1)
+    swift.wait_for_log("received")
+    time.sleep(0.2)
+    swift.stop(signal.SIGKILL)
+    assert broker_redis.hlen("unacked") == 1
+    time.sleep(1.2)
+    python = start_python_worker("-c", "1", env={"VISIBILITY_TIMEOUT": "1", "ACKS_LATE": "1"})
+    assert result.get(timeout=30) == 1
+    python.wait_for_log(f"Task tasks.sleep[{result.id}] succeeded")
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0)
+
+
+def test_python_dies_and_the_swift_worker_restores_its_message(start_worker, start_python_worker, make_app,
+                                                               broker_redis):
+    python = start_python_worker("-c", "1", env={"ACKS_LATE": "1"})
+    app = make_app()
+    result = app.tasks["tasks.sleep"].delay(2)
+    python.wait_for_log(f"Task tasks.sleep[{result.id}] received")
+    time.sleep(0.3)
+    python.kill_all()
+    assert broker_redis.hlen("unacked") == 1
+    time.sleep(1.2)
+    swift = start_worker("--visibility-timeout", "1")
+    assert result.get(timeout=30) == 2
+    swift.wait_for_log(f"Task tasks.sleep[{result.id}] succeeded")
+    assert "Restored 1 message(s)" in swift.log
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0)
+
+
+def test_long_acks_late_task_is_not_stolen_by_another_workers_sweep(start_worker, make_app, broker_redis):
+    """Python would redeliver a task running longer than the visibility timeout; the Swift worker keeps it alive."""
+    first = start_worker("--acks-late", "--visibility-timeout", "2", "-c", "1")
+    app = make_app()
+    result = app.tasks["tasks.sleep"].delay(5)
+    first.wait_for_log("received")
+    time.sleep(3)
+    second = start_worker("--acks-late", "--visibility-timeout", "2", "-c", "1")  # sweeps at start
+    assert result.get(timeout=15) == 5
+    time.sleep(0.5)
+    assert "Restored" not in second.log and "received" not in second.log
+    assert first.log.count(f"[{result.id}] succeeded") == 1
+
+
+def test_warm_shutdown_under_load_loses_nothing(start_worker, make_app, backend_redis, broker_redis):
+    app = make_app()
+    ids = [app.tasks["tasks.sleep"].delay(0.05).id for _ in range(300)]
+    worker = start_worker("-c", "4")
+    deadline = time.monotonic() + 30
+    while len(results(backend_redis, app, ids)) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.stop(signal.SIGTERM) == 0
+    done = results(backend_redis, app, ids)
+    assert 60 <= len(done) < 300
+    assert broker_redis.hlen("unacked") == 0
+    assert len(done) + broker_redis.llen("celery") == 300  # each task either ran or is back in the queue
+    start_worker("-c", "4")
+    wait_for_results(backend_redis, app, ids, timeout=60)
+
+
+def test_priorities_run_in_python_order(start_worker, make_app):
+    app = make_app()
+    sent = {}
+    for priority in [9, 0, 5, 3, 8, 1]:
+        sent[app.tasks["tasks.echo"].apply_async((priority,), priority=priority).id] = priority
+    worker = start_worker("-c", "1", "--prefetch-multiplier", "1")
+    worker.wait_for_log("succeeded", count=6)
+    order = []
+    for line in worker.log.splitlines():
+        if line.endswith("received"):
+            task_id = line.split("[")[-1].split("]")[0]
+            order.append(sent[task_id])
+    assert order == [0, 1, 5, 3, 8, 9]
+
+
+def test_several_queues_are_all_consumed(start_worker, make_app):
+    app = make_app()
+    ids = [app.tasks["tasks.add"].apply_async((i, i), queue=q) for i, q in enumerate(["qa", "qb", "qa", "qb"])]
+    start_worker("-Q", "qa,qb")
+    assert [r.get(timeout=10) for r in ids] == [0, 2, 4, 6]
+
+
+def test_early_ack_removes_the_message_before_the_task_runs(start_worker, make_app, broker_redis):
+    worker = start_worker("-c", "1")
+    app = make_app()
+    result = app.tasks["tasks.sleep"].delay(1)
+    worker.wait_for_log("received")
+    time.sleep(0.3)
+    assert broker_redis.hlen("unacked") == 0  # acked at start: a crash now loses it, as in Python
+    assert result.get(timeout=10) == 1
+
+
+def test_acks_late_keeps_the_message_until_the_result_is_stored(start_worker, make_app, broker_redis,
+                                                               backend_redis):
+    worker = start_worker("-c", "1", "--acks-late")
+    app = make_app()
+    result = app.tasks["tasks.sleep"].delay(1)
+    worker.wait_for_log("received")
+    time.sleep(0.3)
+    assert broker_redis.hlen("unacked") == 1
+    stored = json.loads(list(broker_redis.hgetall("unacked").values())[0])
+    assert stored[1:] == ["", "celery"] and stored[0]["headers"]["id"] == result.id
+    assert result.get(timeout=10) == 1
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0)
+
+
+def test_cold_shutdown_leaves_acks_late_work_for_redelivery(start_worker, make_app, broker_redis):
+    worker = start_worker("-c", "1", "--acks-late")
+    app = make_app()
+    result = app.tasks["tasks.sleep"].delay(3)
+    worker.wait_for_log("received")
+    assert worker.stop(signal.SIGQUIT) == 1
+    assert broker_redis.hlen("unacked") == 1
+    time.sleep(1.1)
+    start_worker("--visibility-timeout", "1")
+    assert result.get(timeout=15) == 3
