@@ -45,3 +45,24 @@ struct DeliveryStateMachineTests {
         #expect(machine.finish() == .none)
     }
 }
+
+@Suite("Delivery state machine: Reject")
+struct DeliveryRejectTests {
+    @Test("Reject(requeue) puts an unacknowledged message at the back of its queue")
+    func requeue() {
+        var machine = DeliveryStateMachine(acksLate: true)
+        _ = machine.start()
+        #expect(machine.reject(requeue: true) == .restore(atFront: false))
+        #expect(machine.finish() == .none)
+    }
+
+    @Test("Reject without requeue forgets it; an early-acked message cannot be requeued")
+    func noRequeue() {
+        var late = DeliveryStateMachine(acksLate: true)
+        _ = late.start()
+        #expect(late.reject(requeue: false) == .ack)
+        var early = DeliveryStateMachine(acksLate: false)
+        _ = early.start()
+        #expect(early.reject(requeue: true) == .none)
+    }
+}

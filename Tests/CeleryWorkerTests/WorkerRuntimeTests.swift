@@ -25,6 +25,10 @@ struct WorkerRuntimeTests {
             running?.value.withLock { $0.now -= 1 }
             return seconds
         }
+        registry.register("reject", parameters: ["requeue"]) { (_, requeue: Bool) -> Int in
+            throw RejectTask(reason: "nope", requeue: requeue)
+        }
+        registry.register("ignore") { _ -> Int in throw IgnoreTask() }
         registry.register("context") { context in
             [
                 .string(context.request.id), .string(context.request.name), .int(Int64(context.request.retries)),
@@ -157,5 +161,26 @@ struct WorkerRuntimeTests {
         }
         #expect(backend.final("x")?.status == .revoked)
         #expect(backend.final("x")?.result["exc_message"] == ["expired"])
+    }
+
+    @Test("Reject and Ignore settle the message as Python does")
+    func rejectAndIgnore() async throws {
+        let (broker, backend) = try await Self.withWorker(acksLate: true) { broker, backend in
+            broker.push(taskMessage("reject", id: "r1", args: [false]))
+            broker.push(taskMessage("reject", id: "r2", args: [true]))
+            broker.push(taskMessage("ignore", id: "i"))
+            broker.push(taskMessage("add", id: "after", args: [1, 1]))
+            try await Self.waitFor {
+                backend.final("after") != nil && broker.state.withLock { $0.restored.count == 1 && $0.unacked.isEmpty }
+            }
+        }
+        #expect(backend.final("r1")?.result == ["exc_type": "Reject", "exc_message": ["nope", false], "exc_module": "celery.exceptions"])
+        #expect(backend.final("r1")?.traceback == nil)
+        #expect(backend.final("r2") == nil)
+        #expect(backend.final("i") == nil)
+        broker.state.withLock { state in
+            #expect(state.acked.contains("tag-r1") && state.acked.contains("tag-i"))
+            #expect(!state.acked.contains("tag-r2"))
+        }
     }
 }
