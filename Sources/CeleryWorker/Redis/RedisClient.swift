@@ -61,23 +61,31 @@ public final class RedisClient: Sendable {
         _ body: @escaping @Sendable (RedisConnection) throws(CeleryWorkerError) -> Result
     ) async throws(CeleryWorkerError) -> Result {
         let connection = self.connection
-        do {
-            return try await threadPool.runIfActive { () throws(CeleryWorkerError) -> Result in
-                try connection.exclusively { () throws(CeleryWorkerError) -> Result in
-                    let wasOpen = connection.isOpen
-                    do throws(CeleryWorkerError) {
-                        return try body(connection)
-                    } catch {
-                        guard wasOpen, error.code == .connectionLost else { throw error }
-                        return try body(connection)
-                    }
+        // Not `runIfActive`: that refuses to start once the calling task is cancelled, and a cold shutdown still
+        // needs Redis to give reserved messages back. Every call is bounded by the socket timeouts.
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Swift.Result<Result, CeleryWorkerError>, Never>) in
+            threadPool.submit { state in
+                guard case .active = state else {
+                    continuation.resume(
+                        returning: .failure(
+                            CeleryWorkerError(code: .shutdown, message: "the Redis thread pool is shut down")))
+                    return
                 }
+                continuation.resume(
+                    returning: Swift.Result { () throws(CeleryWorkerError) -> Result in
+                        try connection.exclusively { () throws(CeleryWorkerError) -> Result in
+                            let wasOpen = connection.isOpen
+                            do throws(CeleryWorkerError) {
+                                return try body(connection)
+                            } catch {
+                                guard wasOpen, error.code == .connectionLost else { throw error }
+                                return try body(connection)
+                            }
+                        }
+                    })
             }
-        } catch let error as CeleryWorkerError {
-            throw error
-        } catch {
-            throw CeleryWorkerError(code: .shutdown, message: "the Redis thread pool is shut down", underlyingError: error)
         }
+        return try outcome.get()
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

@@ -121,10 +121,9 @@ final class WorkerRun: Sendable {
     let prefetch: AsyncPermits
     /// Free task slots (`-c`).
     let slots: AsyncPermits
-    /// Deliveries not started when shutdown began; given back at the end.
-    let leftovers = Mutex<[BrokerDelivery]>([])
-    /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps.
-    let held = Mutex<[String: BrokerDelivery]>([:])
+    /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
+    /// those that never started are given back at shutdown.
+    let held = Mutex(HeldDeliveries())
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
         self.service = service
@@ -159,11 +158,9 @@ final class WorkerRun: Sendable {
                 await self.maintenanceLoop()
             }
         }
-        let remaining = leftovers.withLock { list -> [BrokerDelivery] in
-            defer { list.removeAll() }
-            return list
-        }
-        await giveBack(remaining)
+        // Whatever was received but never started (queued for a slot, waiting for its ETA, still in the stream when
+        // a cold shutdown cancelled the loops) goes back to its queue.
+        await giveBack(held.withLock { $0.unstarted })
     }
 
     // MARK: Fetching
@@ -187,7 +184,7 @@ final class WorkerRun: Sendable {
                 if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
                 if deliveries.isEmpty { continue }
                 held.withLock { held in
-                    for delivery in deliveries { if let tag = delivery.deliveryTag { held[tag] = delivery } }
+                    for delivery in deliveries { held.add(delivery) }
                 }
                 for delivery in deliveries {
                     // Validated and logged as received right away; invalid ones are settled here.
@@ -213,7 +210,7 @@ final class WorkerRun: Sendable {
 
     private func maintenanceLoop() async {
         while await shutdown.sleep(untilUnixTime: WallClock.now() + maintenanceInterval) {
-            let live = held.withLock { Array($0.values) }
+            let live = held.withLock { $0.all }
             do {
                 try await service.broker.keepAlive(live)
             } catch {
@@ -248,8 +245,7 @@ final class WorkerRun: Sendable {
                     prefetch.release()
                     group.addTask {
                         guard await self.shutdown.sleep(untilUnixTime: eta), await self.slots.acquire() else {
-                            self.leftovers.withLock { $0.append(job.delivery) }
-                            return
+                            return  // given back at the end, as never started
                         }
                         await self.execute(job, holdsPrefetch: false)
                         self.slots.release()
@@ -257,9 +253,8 @@ final class WorkerRun: Sendable {
                     continue
                 }
                 guard !shutdown.isTriggered, await slots.acquire() else {
-                    leftovers.withLock { $0.append(job.delivery) }
                     prefetch.release()
-                    continue
+                    continue  // given back at the end, as never started
                 }
                 group.addTask {
                     await self.execute(job, holdsPrefetch: true)
@@ -289,7 +284,7 @@ final class WorkerRun: Sendable {
                 case .ack: try await service.broker.ack([delivery])
                 case .restore(let atFront): try await service.broker.restore([delivery], atFront: atFront)
                 }
-                if let tag = delivery.deliveryTag { _ = held.withLock { $0.removeValue(forKey: tag) } }
+                held.withLock { $0.remove(delivery) }
                 return
             } catch {
                 attempt += 1
@@ -300,5 +295,40 @@ final class WorkerRun: Sendable {
                 try? await Task.sleep(for: .seconds(service.retryDelays.delay(attempt: attempt)))
             }
         }
+    }
+}
+
+/// The deliveries a worker holds unacknowledged, in the order received.
+struct HeldDeliveries: Sendable {
+    private struct Entry: Sendable {
+        let delivery: BrokerDelivery
+        let order: Int
+        var started = false
+    }
+
+    private var entries: [String: Entry] = [:]
+    private var counter = 0
+
+    mutating func add(_ delivery: BrokerDelivery) {
+        guard let tag = delivery.deliveryTag else { return }
+        counter += 1
+        entries[tag] = Entry(delivery: delivery, order: counter)
+    }
+
+    mutating func markStarted(_ delivery: BrokerDelivery) {
+        guard let tag = delivery.deliveryTag else { return }
+        entries[tag]?.started = true
+    }
+
+    mutating func remove(_ delivery: BrokerDelivery) {
+        guard let tag = delivery.deliveryTag else { return }
+        entries[tag] = nil
+    }
+
+    var all: [BrokerDelivery] { entries.values.map(\.delivery) }
+
+    /// Held deliveries whose task never started, oldest first (the order kombu restores them in).
+    var unstarted: [BrokerDelivery] {
+        entries.values.filter { !$0.started }.sorted { $0.order < $1.order }.map(\.delivery)
     }
 }

@@ -146,6 +146,7 @@ extension WorkerRun {
             return
         }
         var machine = DeliveryStateMachine(acksLate: job.task.options.acksLate ?? configuration.acksLate)
+        held.withLock { $0.markStarted(job.delivery) }
         let startAction = machine.start()
         await carryOut(startAction, for: job.delivery)
         if startAction == .ack, holdsPrefetch {
