@@ -167,3 +167,14 @@ def test_cold_shutdown_leaves_acks_late_work_for_redelivery(start_worker, make_a
     time.sleep(1.1)
     start_worker("--visibility-timeout", "1", "-c", "3")
     assert [r.get(timeout=15) for r in results] == [3, 3, 3]
+
+
+def test_prefetch_limit_is_concurrency_times_multiplier(start_worker, make_app, broker_redis):
+    worker = start_worker("-c", "1", "--prefetch-multiplier", "2", "--acks-late")
+    app = make_app()
+    results = [app.tasks["tasks.sleep"].delay(0.5) for _ in range(6)]
+    worker.wait_for_log("received", count=2)
+    time.sleep(0.3)
+    assert broker_redis.hlen("unacked") == 2  # one running, one reserved: prefetch_count = 1 x 2
+    assert broker_redis.llen("celery") == 4
+    assert [r.get(timeout=15) for r in results] == [0.5] * 6
