@@ -23,9 +23,9 @@ enum DemoTasks {
             return seconds
         }
         registry.register("tasks.noop") { _ in CeleryValue.null }
-        registry.register("tasks.flaky", parameters: ["n"]) { (_, n: Int) -> Int in
-            throw PythonException.runtimeError(
-                "tasks.flaky needs retries, which this worker does not implement yet (asked for \(n) retries)")
+        registry.register("tasks.flaky", parameters: ["n"]) { (context, n: Int) -> Int in
+            if context.request.retries < n { throw context.retry(countdown: 0.1, maxRetries: n) }
+            return context.request.retries
         }
         registry.register("tasks.progress", parameters: ["steps"]) { (context, steps: Int) in
             for step in 0..<steps {

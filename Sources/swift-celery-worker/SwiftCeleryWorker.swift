@@ -35,8 +35,8 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Result backend URL (default: $CELERY_RESULT_BACKEND; without one, results are not stored).")
     var resultBackend: String?
 
-    @Option(name: [.customShort("Q"), .customLong("queues")], help: "Comma-separated queues to consume.")
-    var queues: String = "celery"
+    @Option(name: [.customShort("Q"), .customLong("queues")], help: "Comma-separated queues to consume (default: celery).")
+    var queues: String?
 
     @Option(name: [.customShort("c"), .customLong("concurrency")], help: "Tasks run at once (default: the number of cores).")
     var concurrency: Int?
@@ -47,26 +47,35 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("n"), .customLong("hostname")], help: "Node name; %h expands to the host name (default celery@%h).")
     var hostname: String?
 
-    @Option(name: .customLong("prefetch-multiplier"), help: "Messages reserved per unit of concurrency (0: no limit).")
-    var prefetchMultiplier: Int = 4
+    @Option(name: .customLong("prefetch-multiplier"), help: "Messages reserved per unit of concurrency, 0 for no limit (default: 4).")
+    var prefetchMultiplier: Int?
 
     @Flag(name: .customLong("acks-late"), help: "Acknowledge after the task has finished and its result is stored.")
     var acksLate = false
 
-    @Option(name: .customLong("result-serializer"), help: "json or msgpack; must match the Python clients' result_serializer.")
-    var resultSerializer: String = "json"
+    @Option(name: .customLong("result-serializer"), help: "json or msgpack; must match the Python clients' result_serializer (default: json).")
+    var resultSerializer: String?
 
-    @Option(name: .customLong("result-expires"), help: "Seconds results are kept; 0 keeps them forever.")
-    var resultExpires: Int = 86_400
+    @Option(name: .customLong("result-expires"), help: "Seconds results are kept; 0 keeps them forever (default: 86400).")
+    var resultExpires: Int?
 
-    @Option(name: .customLong("visibility-timeout"), help: "Seconds before an unacknowledged message is redelivered.")
-    var visibilityTimeout: Double = 3_600
+    @Option(name: .customLong("visibility-timeout"), help: "Seconds before an unacknowledged message is redelivered (default: 3600).")
+    var visibilityTimeout: Double?
+
+    @Option(name: .customLong("soft-time-limit"), help: "Seconds after which a running task is cancelled (SoftTimeLimitExceeded).")
+    var softTimeLimit: Double?
+
+    @Option(name: .customLong("time-limit"), help: "Hard time limit: accepted but not enforced yet (needs a process pool).")
+    var timeLimit: Double?
 
     @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (not implemented yet).")
     var taskEvents = false
 
     @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
     var logfile: String?
+
+    @Option(name: .customLong("config"), help: "A YAML or JSON file of Celery settings (broker_url, result_backend, task_acks_late, …).")
+    var config: String?
 
     static let levels: [String: Logger.Level] = [
         "DEBUG": .debug, "INFO": .info, "WARNING": .warning, "WARN": .warning, "ERROR": .error,
@@ -75,65 +84,111 @@ struct WorkerCommand: AsyncParsableCommand {
 
     var environment: [String: String] { ProcessInfo.processInfo.environment }
 
-    func validate() throws {
-        guard Self.levels[loglevel.uppercased()] != nil else {
-            throw ValidationError("Invalid log level '\(loglevel)': choose one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+    /// Everything the worker runs with: flags, then the environment, then the config file, then Celery's defaults.
+    struct Resolved {
+        var configuration: WorkerConfiguration
+        var logfile: String?
+        var warnings: [String]
+    }
+
+    func resolve() throws -> Resolved {
+        let file = try config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
+        func check(_ condition: Bool, _ message: String) throws {
+            if !condition { throw ValidationError(message) }
         }
-        if let concurrency, concurrency < 1 {
-            throw ValidationError("--concurrency must be at least 1, got \(concurrency).")
+        try check(
+            Self.levels[loglevel.uppercased()] != nil,
+            "Invalid log level '\(loglevel)': choose one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+        let concurrency = self.concurrency ?? file.concurrency ?? WorkerConfiguration.defaultConcurrency
+        try check(concurrency >= 1, "--concurrency must be at least 1, got \(concurrency).")
+        let prefetchMultiplier = self.prefetchMultiplier ?? file.prefetchMultiplier ?? 4
+        try check(prefetchMultiplier >= 0, "--prefetch-multiplier must be 0 or more.")
+        let resultExpires = self.resultExpires ?? file.resultExpires ?? 86_400
+        try check(resultExpires >= 0, "--result-expires must be 0 or more seconds.")
+        let visibilityTimeout = self.visibilityTimeout ?? file.visibilityTimeout ?? 3_600
+        try check(visibilityTimeout > 0, "--visibility-timeout must be more than 0 seconds.")
+        let softTimeLimit = self.softTimeLimit ?? file.softTimeLimit
+        try check((softTimeLimit ?? 1) > 0, "--soft-time-limit must be more than 0 seconds.")
+        let timeLimit = self.timeLimit ?? file.timeLimit
+        try check((timeLimit ?? 1) > 0, "--time-limit must be more than 0 seconds.")
+        var serializer = file.resultSerializer ?? .json
+        if let resultSerializer {
+            guard let parsed = CeleryContentType(name: resultSerializer) else {
+                throw ValidationError("--result-serializer must be json or msgpack, got '\(resultSerializer)'.")
+            }
+            serializer = parsed
         }
-        guard prefetchMultiplier >= 0 else { throw ValidationError("--prefetch-multiplier must be 0 or more.") }
-        guard resultExpires >= 0 else { throw ValidationError("--result-expires must be 0 or more seconds.") }
-        guard visibilityTimeout > 0 else { throw ValidationError("--visibility-timeout must be more than 0 seconds.") }
-        guard CeleryContentType(name: resultSerializer) != nil else {
-            throw ValidationError("--result-serializer must be json or msgpack, got '\(resultSerializer)'.")
-        }
-        guard !parsedQueues.isEmpty else { throw ValidationError("-Q needs at least one queue name.") }
+        let queueText = queues ?? file.defaultQueue ?? "celery"
+        let queueList = queueText.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        try check(!queueList.isEmpty, "-Q needs at least one queue name.")
+        let brokerText = broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0"
+        let backendText = [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend]
+            .compactMap { $0 }.first { !$0.isEmpty }
+        let brokerURL: RedisURL
+        let backendURL: RedisURL?
         do {
-            _ = try RedisURL(parsing: brokerText)
-            if let backend = backendText { _ = try RedisURL(parsing: backend) }
+            brokerURL = try RedisURL(parsing: brokerText)
+            backendURL = try backendText.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
         } catch {
+            throw ValidationError(error.message)
+        }
+        let timezoneName = file.timezone ?? "UTC"
+        guard let timezone = TimeZone(identifier: timezoneName) else {
+            throw ValidationError("Unknown time zone '\(timezoneName)'.")
+        }
+        var warnings = file.warnings
+        if taskEvents || file.sendTaskEvents == true {
+            warnings.append("-E/--task-events is accepted but does nothing yet: this worker sends no events.")
+        }
+        if timeLimit != nil {
+            warnings.append("--time-limit/task_time_limit is accepted but not enforced yet: hard limits need a process pool.")
+        }
+        let configuration = WorkerConfiguration(
+            brokerURL: brokerURL,
+            resultBackendURL: backendURL,
+            queues: queueList,
+            concurrency: concurrency,
+            prefetchMultiplier: prefetchMultiplier,
+            acksLate: acksLate || (file.acksLate ?? false),
+            resultSerializer: serializer,
+            acceptContent: file.acceptContent ?? [.json, .msgpack],
+            resultExpires: resultExpires,
+            visibilityTimeout: visibilityTimeout,
+            sendTaskEvents: taskEvents || (file.sendTaskEvents ?? false),
+            nodeName: hostname.map(WorkerConfiguration.nodeName(expanding:)) ?? WorkerConfiguration.defaultNodeName,
+            trackStarted: file.trackStarted ?? false,
+            resultExtended: file.resultExtended ?? false,
+            timezone: timezone,
+            enableUTC: file.enableUTC ?? true,
+            softTimeLimit: softTimeLimit,
+            timeLimit: timeLimit
+        )
+        return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
+    }
+
+    func validate() throws {
+        do {
+            _ = try resolve()
+        } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)
         }
     }
 
-    var brokerText: String { broker ?? environment["CELERY_BROKER_URL"] ?? "redis://localhost:6379/0" }
-    var backendText: String? {
-        let text = resultBackend ?? environment["CELERY_RESULT_BACKEND"]
-        return (text?.isEmpty ?? true) ? nil : text
-    }
-    var parsedQueues: [String] {
-        queues.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-    }
-
     func run() async throws {
         let level = Self.levels[loglevel.uppercased()] ?? .info
-        let sink = try logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
+        let resolved = try resolve()
+        let sink = try resolved.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
         LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level) }
         let logger = Logger(label: "celery.worker")
+        let configuration = resolved.configuration
 
-        let configuration = WorkerConfiguration(
-            brokerURL: try RedisURL(parsing: brokerText),
-            resultBackendURL: try backendText.map { try RedisURL(parsing: $0) },
-            queues: parsedQueues,
-            concurrency: concurrency ?? WorkerConfiguration.defaultConcurrency,
-            prefetchMultiplier: prefetchMultiplier,
-            acksLate: acksLate,
-            resultSerializer: CeleryContentType(name: resultSerializer) ?? .json,
-            resultExpires: resultExpires,
-            visibilityTimeout: visibilityTimeout,
-            sendTaskEvents: taskEvents,
-            nodeName: hostname.map(WorkerConfiguration.nodeName(expanding:)) ?? WorkerConfiguration.defaultNodeName
-        )
         var registry = TaskRegistry()
         DemoTasks.register(in: &registry)
 
         FileHandle.standardOutput.write(
             Data(
                 Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
-        if taskEvents {
-            logger.warning("-E/--task-events is accepted but does nothing yet: this worker sends no events.")
-        }
+        for warning in resolved.warnings { logger.warning("\(warning)") }
 
         let worker = CeleryWorkerService(configuration: configuration, registry: registry, logger: logger)
         let signals = SignalWatcher(logger: logger)

@@ -31,6 +31,10 @@ final class InMemoryBroker: Broker {
         return [delivery]
     }
 
+    func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
+        state.withLock { $0.queue.append(envelope) }
+    }
+
     func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
         state.withLock { state in
             for tag in deliveries.compactMap(\.deliveryTag) {

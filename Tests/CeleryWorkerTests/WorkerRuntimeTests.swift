@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -29,6 +30,29 @@ struct WorkerRuntimeTests {
             throw RejectTask(reason: "nope", requeue: requeue)
         }
         registry.register("ignore") { _ -> Int in throw IgnoreTask() }
+        registry.register("flaky", parameters: ["n"]) { (context, n: Int) -> Int in
+            if context.request.retries < n { throw context.retry(countdown: 0.05, maxRetries: 2) }
+            return context.request.retries
+        }
+        registry.register("keyerror", options: TaskOptions(maxRetries: 1)) { context -> Int in
+            throw context.retry(countdown: 0.05, cause: PythonException.keyError("missing"))
+        }
+        registry.register(
+            "autoretry",
+            options: TaskOptions(maxRetries: 2, retryPolicy: RetryPolicy(autoretry: { $0 is PythonException }, backoff: 0))
+        ) { _ -> Int in throw PythonException.valueError("again") }
+        registry.register("sleepy", options: TaskOptions(softTimeLimit: 0.2)) { _ -> String in
+            try await Task.sleep(for: .seconds(5))
+            return "too late"
+        }
+        registry.register("stubborn", options: TaskOptions(softTimeLimit: 0.2)) { _ -> String in
+            do {
+                try await Task.sleep(for: .seconds(5))
+            } catch {
+                return "caught"
+            }
+            return "too late"
+        }
         registry.register("context") { context in
             [
                 .string(context.request.id), .string(context.request.name), .int(Int64(context.request.retries)),
@@ -40,13 +64,16 @@ struct WorkerRuntimeTests {
 
     /// Runs a worker until `body` returns, then shuts it down warmly.
     static func withWorker(
-        concurrency: Int = 2, acksLate: Bool = false, registry: TaskRegistry = registry(),
+        concurrency: Int = 2, acksLate: Bool = false, trackStarted: Bool = false, resultExtended: Bool = false,
+        registry: TaskRegistry = registry(),
         _ body: (InMemoryBroker, InMemoryBackend) async throws -> Void
     ) async throws -> (InMemoryBroker, InMemoryBackend) {
         let broker = InMemoryBroker()
         let backend = InMemoryBackend()
         let worker = CeleryWorkerService(
-            configuration: WorkerConfiguration(concurrency: concurrency, acksLate: acksLate, nodeName: "test@host"),
+            configuration: WorkerConfiguration(
+                concurrency: concurrency, acksLate: acksLate, nodeName: "test@host", trackStarted: trackStarted,
+                resultExtended: resultExtended),
             registry: registry, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             broker: broker, backend: backend)
         let group = ServiceGroup(services: [worker], logger: Logger(label: "group", factory: { _ in SwiftLogNoOpLogHandler() }))
@@ -182,5 +209,65 @@ struct WorkerRuntimeTests {
             #expect(state.acked.contains("tag-r1") && state.acked.contains("tag-i"))
             #expect(!state.acked.contains("tag-r2"))
         }
+    }
+
+    @Test("retries republish the same id until the task succeeds, storing RETRY in between")
+    func retries() async throws {
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("flaky", id: "fl", args: [2]))
+            try await Self.waitFor { backend.final("fl") != nil }
+        }
+        #expect(backend.final("fl")?.result == 2)
+        let retries = backend.documents.withLock { $0.filter { $0.taskID == "fl" && $0.status == .retry } }
+        #expect(retries.count == 2)
+        #expect(retries.first?.children == [[["fl", nil], nil]])
+        #expect(retries.first?.traceback?.contains("celery.exceptions.Retry: Retry in 0.05s") == true)
+        #expect(retries.first?.dateDone == nil)
+    }
+
+    @Test("exhausted retries fail with the cause, or MaxRetriesExceededError; autoretry uses the policy")
+    func exhausted() async throws {
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("keyerror", id: "ke"))
+            broker.push(taskMessage("flaky", id: "fl5", args: [5]))
+            broker.push(taskMessage("autoretry", id: "ar"))
+            try await Self.waitFor { ["ke", "fl5", "ar"].allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(backend.final("ke")?.result == CeleryExceptionInfo(type: "KeyError", arguments: ["missing"], module: "builtins").value)
+        #expect(backend.documents.withLock { $0.filter { $0.taskID == "ke" && $0.status == .retry }.count } == 1)
+        #expect(backend.final("fl5")?.result["exc_type"] == "MaxRetriesExceededError")
+        #expect(backend.final("fl5")?.result["exc_module"] == "celery.exceptions")
+        #expect(backend.final("ar")?.result["exc_type"] == "ValueError")
+        #expect(backend.documents.withLock { $0.filter { $0.taskID == "ar" && $0.status == .retry }.count } == 2)
+    }
+
+    @Test("soft time limit: the task is cancelled and fails with SoftTimeLimitExceeded, unless it handles it")
+    func softTimeLimit() async throws {
+        let started = ContinuousClock.now
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("sleepy", id: "sl"))
+            broker.push(taskMessage("stubborn", id: "st"))
+            broker.push(taskMessage("slow", id: "hdr", args: [5], extraHeaders: ["timelimit": [nil, 0.2]]))
+            try await Self.waitFor { ["sl", "st", "hdr"].allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(ContinuousClock.now - started < .seconds(3))
+        #expect(backend.final("sl")?.result == ["exc_type": "SoftTimeLimitExceeded", "exc_message": [], "exc_module": "billiard.exceptions"])
+        #expect(backend.final("st")?.result == "caught")
+        #expect(backend.final("hdr")?.result["exc_type"] == "SoftTimeLimitExceeded")
+    }
+
+    @Test("track_started stores STARTED first; result_extended adds the request fields")
+    func startedAndExtended() async throws {
+        let (_, backend) = try await Self.withWorker(trackStarted: true, resultExtended: true) { broker, backend in
+            broker.push(taskMessage("add", id: "ex", args: [1, 2]))
+            try await Self.waitFor { backend.final("ex") != nil }
+        }
+        let documents = backend.documents.withLock { $0.filter { $0.taskID == "ex" } }
+        #expect(documents.map(\.status) == [.started, .success])
+        #expect(documents.first?.result["hostname"] == "test@host")
+        #expect(documents.first?.result["pid"]?.intValue == Int(ProcessInfo.processInfo.processIdentifier))
+        let final = try #require(documents.last)
+        #expect(final.extended.keys.elements == ["name", "args", "kwargs", "worker", "retries", "queue"])
+        #expect(final.extended["args"] == [1, 2] && final.extended["queue"] == "celery" && final.extended["worker"] == "test@host")
     }
 }

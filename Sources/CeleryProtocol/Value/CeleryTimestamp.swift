@@ -2,23 +2,30 @@
 public enum CeleryTimestamp {
     /// Formats Unix seconds as Python's `datetime.isoformat()` of an aware UTC datetime:
     /// `2026-11-25T00:20:32.092184+00:00`, without a fraction when the microseconds are 0.
-    public static func isoformat(unixSeconds: Double) -> String {
-        var totalMicros = Int64((unixSeconds * 1_000_000).rounded())
-        var days = totalMicros >= 0 ? totalMicros / 86_400_000_000 : (totalMicros - 86_399_999_999) / 86_400_000_000
+    public static func isoformat(unixSeconds: Double, offsetSeconds: Int = 0) -> String {
+        var totalMicros = Int64(((unixSeconds + Double(offsetSeconds)) * 1_000_000).rounded())
+        let days = totalMicros >= 0 ? totalMicros / 86_400_000_000 : (totalMicros - 86_399_999_999) / 86_400_000_000
         totalMicros -= days * 86_400_000_000
         let micros = Int(totalMicros % 1_000_000)
         let secondsOfDay = Int(totalMicros / 1_000_000)
         let (year, month, day) = civil(fromDays: days)
-        days = 0
         var text = pad(year, 4) + "-" + pad(month, 2) + "-" + pad(day, 2)
         text += "T" + pad(secondsOfDay / 3600, 2) + ":" + pad(secondsOfDay / 60 % 60, 2) + ":" + pad(secondsOfDay % 60, 2)
         if micros != 0 { text += "." + pad(micros, 6) }
-        return text + "+00:00"
+        let sign = offsetSeconds < 0 ? "-" : "+"
+        let offset = abs(offsetSeconds)
+        return text + sign + pad(offset / 3600, 2) + ":" + pad(offset / 60 % 60, 2)
     }
 
     /// Parses the forms `dateutil.isoparse` accepts from Celery producers: `YYYY-MM-DD[THH:MM[:SS[.ffffff]]]`
     /// followed by `Z`, `±HH:MM`, `±HHMM`, `±HH` or nothing (naive, taken as UTC). Returns Unix seconds.
     public static func parse(_ text: String) -> Double? {
+        parse(text, naiveOffset: { _ in 0 })
+    }
+
+    /// Parses like ``parse(_:)``; a naive time (no offset) is read in the zone whose UTC offset, in seconds, for a
+    /// given Unix time `naiveOffset` returns (Celery with `enable_utc = False` reads naive times in `timezone`).
+    public static func parse(_ text: String, naiveOffset: (Double) -> Int) -> Double? {
         let bytes = Array(text.utf8)
         var index = 0
         func number(_ width: Int) -> Int? {
@@ -63,7 +70,7 @@ public enum CeleryTimestamp {
             }
             guard hour <= 24, minute <= 59, second <= 60 else { return nil }
         }
-        var offsetSeconds = 0
+        var offsetSeconds: Int?
         if consume("Z") || consume("z") {
             offsetSeconds = 0
         } else if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
@@ -81,8 +88,8 @@ public enum CeleryTimestamp {
         }
         guard index == bytes.count else { return nil }
         let days = daysFromCivil(year: year, month: month, day: day)
-        let seconds = Double(days * 86_400 + hour * 3600 + minute * 60 + second - offsetSeconds)
-        return seconds + fraction
+        let wallClock = Double(days * 86_400 + hour * 3600 + minute * 60 + second) + fraction
+        return wallClock - Double(offsetSeconds ?? naiveOffset(wallClock))
     }
 
     private static func pad(_ value: Int, _ width: Int) -> String {

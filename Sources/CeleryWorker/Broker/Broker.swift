@@ -40,6 +40,8 @@ public protocol Broker: Sendable {
     /// Gives deliveries back to their queues. `atFront` puts them where they are taken next (kombu's restore,
     /// `RPUSH`); otherwise at the back (`reject(requeue=True)`, `LPUSH`). Both mark them redelivered.
     func restore(_ deliveries: [BrokerDelivery], atFront: Bool) async throws(CeleryWorkerError)
+    /// Publishes a message to `queue` at its priority (`LPUSH`, as a Python producer does).
+    func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError)
     /// kombu's `restore_visible`: gives back every unacknowledged message (anyone's) received longer than
     /// `visibilityTimeout` seconds ago, under the shared sweep lock. Returns how many it restored.
     func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int

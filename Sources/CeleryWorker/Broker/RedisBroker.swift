@@ -186,6 +186,10 @@ public final class RedisBroker: Broker {
         return out
         """#
 
+    public func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
+        try await commands.send(RedisCommand("LPUSH", RedisArgument(Self.list(for: queue, priority: priority)), RedisArgument(envelope)))
+    }
+
     public func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
         let tags = deliveries.compactMap(\.deliveryTag)
         guard !tags.isEmpty else { return }

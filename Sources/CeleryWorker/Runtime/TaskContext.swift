@@ -40,6 +40,14 @@ public struct TaskContext: Sendable {
         }
     }
 
+    /// The error to throw to run this task again later, as Python's `raise self.retry(...)`:
+    /// `throw context.retry(countdown: 0.1)`. See ``RetryTask``.
+    public func retry(
+        countdown: Double? = nil, eta: Double? = nil, maxRetries: Int? = nil, cause: (any Error)? = nil
+    ) -> RetryTask {
+        RetryTask(countdown: countdown, eta: eta, maxRetries: maxRetries, cause: cause)
+    }
+
     /// Stores a custom state with its meta while the task runs, as Python's `self.update_state(state=…, meta=…)`
     /// (for example `PROGRESS` with `{"current": 1, "total": 5}`). A stored `SUCCESS` is never overwritten.
     public func updateState(_ state: TaskState, meta: CeleryValue = .null) async throws {

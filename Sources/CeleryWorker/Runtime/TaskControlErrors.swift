@@ -5,7 +5,7 @@ import CeleryProtocol
 /// `requeue: false` stores FAILURE `Reject` and forgets the message. `requeue: true` puts the message back at the
 /// end of its queue (`LPUSH`) with no result; that needs acks-late, since an early-acked message is already gone
 /// (Python behaves the same way).
-public struct RejectTask: Error, Sendable {
+public struct RejectTask: PythonConvertibleError, Sendable {
     public var reason: String?
     public var requeue: Bool
 
@@ -14,7 +14,8 @@ public struct RejectTask: Error, Sendable {
         self.requeue = requeue
     }
 
-    var pythonException: CeleryExceptionInfo {
+    /// Celery's `Reject(reason, requeue)`, as stored with FAILURE.
+    public var pythonException: CeleryExceptionInfo {
         CeleryExceptionInfo(
             type: "Reject", arguments: [reason.map(CeleryValue.string) ?? .null, .bool(requeue)],
             module: "celery.exceptions")

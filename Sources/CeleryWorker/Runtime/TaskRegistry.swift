@@ -7,10 +7,29 @@ public struct TaskOptions: Sendable {
     /// Acknowledge after the task finished and its result is stored (`acks_late`); `nil` uses the worker's
     /// `--acks-late`.
     public var acksLate: Bool?
+    /// Retries allowed before the task fails (`max_retries`, default 3); `nil` retries forever.
+    public var maxRetries: Int?
+    /// Seconds before a retry that names no countdown or ETA (`default_retry_delay`, default 180).
+    public var defaultRetryDelay: Double
+    /// Automatic retries on chosen errors, with back-off.
+    public var retryPolicy: RetryPolicy
+    /// Store STARTED before the body runs (`track_started`); `nil` uses the worker's setting.
+    public var trackStarted: Bool?
+    /// Seconds after which the task is cancelled (`soft_time_limit`); `nil` uses the worker's. A task that stops
+    /// because of it fails with `SoftTimeLimitExceeded`; one that handles the cancellation may still return.
+    public var softTimeLimit: Double?
 
-    public init(ignoreResult: Bool = false, acksLate: Bool? = nil) {
+    public init(
+        ignoreResult: Bool = false, acksLate: Bool? = nil, maxRetries: Int? = 3, defaultRetryDelay: Double = 180,
+        retryPolicy: RetryPolicy = RetryPolicy(), trackStarted: Bool? = nil, softTimeLimit: Double? = nil
+    ) {
         self.ignoreResult = ignoreResult
         self.acksLate = acksLate
+        self.maxRetries = maxRetries
+        self.defaultRetryDelay = defaultRetryDelay
+        self.retryPolicy = retryPolicy
+        self.trackStarted = trackStarted
+        self.softTimeLimit = softTimeLimit
     }
 }
 

@@ -29,6 +29,19 @@ public struct WorkerConfiguration: Sendable {
     public var sendTaskEvents: Bool
     /// The node name (`-n`), `celery@<hostname>` by default.
     public var nodeName: String
+    /// Store STARTED before a task runs (`task_track_started`). Default `false`.
+    public var trackStarted: Bool
+    /// Add `name`, `args`, `kwargs`, `worker`, `retries` and `queue` to stored results (`result_extended`).
+    /// Default `false`.
+    public var resultExtended: Bool
+    /// The app's time zone (`timezone`): `date_done` is written in it, as Python's `app.now()`. Default UTC.
+    public var timezone: TimeZone
+    /// `enable_utc`: naive `eta`/`expires` times are UTC when on (the default), else in ``timezone``.
+    public var enableUTC: Bool
+    /// Seconds after which a running task is asked to stop (`task_soft_time_limit`); `nil`: none.
+    public var softTimeLimit: Double?
+    /// `task_time_limit`. Accepted but not enforced yet: stopping a task that never yields needs a process pool.
+    public var timeLimit: Double?
 
     public init(
         brokerURL: RedisURL = RedisURL(endpoint: .tcp(host: "localhost", port: 6379)),
@@ -42,7 +55,13 @@ public struct WorkerConfiguration: Sendable {
         resultExpires: Int? = 86_400,
         visibilityTimeout: Double = 3_600,
         sendTaskEvents: Bool = false,
-        nodeName: String = WorkerConfiguration.defaultNodeName
+        nodeName: String = WorkerConfiguration.defaultNodeName,
+        trackStarted: Bool = false,
+        resultExtended: Bool = false,
+        timezone: TimeZone = TimeZone(identifier: "UTC") ?? .current,
+        enableUTC: Bool = true,
+        softTimeLimit: Double? = nil,
+        timeLimit: Double? = nil
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -56,6 +75,25 @@ public struct WorkerConfiguration: Sendable {
         self.visibilityTimeout = visibilityTimeout
         self.sendTaskEvents = sendTaskEvents
         self.nodeName = nodeName
+        self.trackStarted = trackStarted
+        self.resultExtended = resultExtended
+        self.timezone = timezone
+        self.enableUTC = enableUTC
+        self.softTimeLimit = softTimeLimit
+        self.timeLimit = timeLimit
+    }
+
+    /// Formats a time as `app.now().isoformat()` would, in ``timezone``.
+    public func isoformat(unixSeconds: Double) -> String {
+        CeleryTimestamp.isoformat(
+            unixSeconds: unixSeconds, offsetSeconds: timezone.secondsFromGMT(for: Date(timeIntervalSince1970: unixSeconds)))
+    }
+
+    /// Parses an `eta`/`expires` header, reading naive times as Celery does under ``enableUTC``.
+    public func parseTime(_ text: String) -> Double? {
+        if enableUTC { return CeleryTimestamp.parse(text) }
+        let zone = timezone
+        return CeleryTimestamp.parse(text) { wallClock in zone.secondsFromGMT(for: Date(timeIntervalSince1970: wallClock)) }
     }
 
     /// How many messages may be reserved (received and not yet acknowledged) at once; 0 means unlimited.

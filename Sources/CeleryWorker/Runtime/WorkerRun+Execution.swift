@@ -1,5 +1,12 @@
 import CeleryProtocol
+import Foundation
 import Logging
+
+/// Which child of the soft-time-limit race finished.
+enum SoftLimitRace: Sendable {
+    case body(Result<CeleryValue, any Error>)
+    case timer(fired: Bool)
+}
 
 /// A task message that is valid, registered and ready to run.
 struct PreparedJob: Sendable {
@@ -56,15 +63,15 @@ extension WorkerRun {
             let failure = CeleryExceptionInfo(
                 type: "NotRegistered", arguments: [.string(message.name)],
                 module: "celery.exceptions")
-            await store(failureDocument(message: message, exception: failure, traceback: nil))
+            await store(failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil))
             await discard(delivery)
             return nil
         }
         var etaTime: Double?
         var expiresTime: Double?
         do {
-            etaTime = try Self.time(message.eta, field: "eta", message: message)
-            expiresTime = try Self.time(message.expires, field: "expires", message: message)
+            etaTime = try time(message.eta, field: "eta", message: message)
+            expiresTime = try time(message.expires, field: "expires", message: message)
         } catch {
             logger.error("Received invalid task message\(Self.label(error)): \(error)")
             await storeFailure(for: error, exception: Self.exception(for: error))
@@ -77,9 +84,9 @@ extension WorkerRun {
         return job
     }
 
-    private static func time(_ text: String?, field: String, message: CeleryTaskMessage) throws(CeleryProtocolError) -> Double? {
+    private func time(_ text: String?, field: String, message: CeleryTaskMessage) throws(CeleryProtocolError) -> Double? {
         guard let text else { return nil }
-        guard let time = CeleryTimestamp.parse(text) else {
+        guard let time = configuration.parseTime(text) else {
             throw CeleryProtocolError(
                 code: .invalidTaskMessage, message: "\(field) '\(text)' is not an ISO 8601 time",
                 taskID: message.id, taskName: message.name)
@@ -126,7 +133,7 @@ extension WorkerRun {
         guard let expires = job.expiresTime, expires <= WallClock.now() else { return false }
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)] (expired)")
         var document = failureDocument(
-            message: job.message,
+            job.message, queue: job.delivery.envelope.deliveryInfo.routingKey,
             exception: CeleryExceptionInfo(type: "TaskRevokedError", arguments: ["expired"], module: "celery.exceptions"),
             traceback: nil)
         document.status = .revoked
@@ -139,6 +146,7 @@ extension WorkerRun {
     /// Runs a job in the slot it was given: ack policy, the task body on the task threads, result, log line.
     func execute(_ job: PreparedJob, holdsPrefetch: Bool) async {
         let message = job.message
+        let queue = job.delivery.envelope.deliveryInfo.routingKey
         var holdsPrefetch = holdsPrefetch
         defer { if holdsPrefetch { prefetch.release() } }
         if await revokeIfExpired(job) {
@@ -153,6 +161,11 @@ extension WorkerRun {
             prefetch.release()
             holdsPrefetch = false
         }
+        let storesResults = !ignoresResult(job)
+        if storesResults, job.task.options.trackStarted ?? configuration.trackStarted {
+            let started: CeleryValue = ["pid": .int(Int64(Host.pid)), "hostname": .string(configuration.nodeName)]
+            await store(document(message, queue: queue, status: .started, result: started, ready: false))
+        }
 
         var taskLogger = logger
         taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
@@ -161,16 +174,14 @@ extension WorkerRun {
             message: message, deliveryInfo: job.delivery.envelope.deliveryInfo,
             hostname: configuration.nodeName)
         let context = TaskContext(request: request, logger: taskLogger) { [self] state, meta in
-            guard !self.ignoresResult(job) else { return }
-            await self.store(self.document(message: message, status: state, result: meta, ready: false))
+            guard storesResults else { return }
+            await self.store(self.document(message, queue: queue, status: state, result: meta, ready: false))
         }
         let started = ContinuousClock.now
-        let outcome: Result<CeleryValue, any Error>
-        do {
-            let handler = job.task.handler
-            outcome = .success(try await withTaskExecutorPreference(executor) { try await handler(context) })
-        } catch {
-            outcome = .failure(error)
+        let softLimit = message.timeLimit.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
+        var (outcome, softLimitFired) = await run(job.task.handler, context, softLimit: softLimit)
+        if softLimitFired, case .failure = outcome {
+            outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
         let runtime = Self.seconds(ContinuousClock.now - started)
 
@@ -182,31 +193,150 @@ extension WorkerRun {
         switch outcome {
         case .failure(let rejection as RejectTask):
             logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
-            if !rejection.requeue, !ignoresResult(job) {
-                await store(failureDocument(message: message, exception: rejection.pythonException, traceback: nil))
+            if !rejection.requeue, storesResults {
+                await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
             }
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return
         case .failure(is IgnoreTask):
             logger.info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
-            if !ignoresResult(job) {
-                await store(document(message: message, status: .success, result: value, ready: true))
+            if storesResults {
+                await store(document(message, queue: queue, status: .success, result: value, ready: true))
             }
             logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
         case .failure(let error):
-            let exception = CeleryExceptionInfo(error: error)
-            let traceback = Self.traceback(task: message.name, exception: exception, error: error)
-            if !ignoresResult(job) {
-                await store(failureDocument(message: message, exception: exception, traceback: traceback))
+            var failure = error
+            if let request = retryRequest(for: error, job: job) {
+                guard let exhausted = await retry(job, request) else {
+                    await carryOut(machine.finish(), for: job.delivery)
+                    return
+                }
+                failure = exhausted
+            }
+            let exception = CeleryExceptionInfo(error: failure)
+            let traceback = Self.traceback(task: message.name, exception: exception, error: failure)
+            if storesResults {
+                await store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
             }
             logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
         }
         await carryOut(machine.finish(), for: job.delivery)
     }
 
+    /// Runs the task body on the task threads. With a soft limit, the body is cancelled when it passes; the
+    /// second value tells whether that happened.
+    private func run(
+        _ handler: @escaping @Sendable (TaskContext) async throws -> CeleryValue, _ context: TaskContext,
+        softLimit: Double?
+    ) async -> (Result<CeleryValue, any Error>, Bool) {
+        let executor = self.executor
+        guard let softLimit, softLimit > 0 else {
+            do {
+                return (.success(try await withTaskExecutorPreference(executor) { try await handler(context) }), false)
+            } catch {
+                return (.failure(error), false)
+            }
+        }
+        return await withTaskGroup(of: SoftLimitRace.self) { group in
+            group.addTask {
+                do {
+                    return .body(.success(try await withTaskExecutorPreference(executor) { try await handler(context) }))
+                } catch {
+                    return .body(.failure(error))
+                }
+            }
+            group.addTask {
+                do {
+                    try await Task.sleep(for: .milliseconds(Int64(softLimit * 1000)))
+                    return .timer(fired: true)
+                } catch {
+                    return .timer(fired: false)
+                }
+            }
+            var fired = false
+            for await finished in group {
+                switch finished {
+                case .body(let result):
+                    group.cancelAll()
+                    return (result, fired)
+                case .timer(let didFire):
+                    if didFire {
+                        fired = true
+                        group.cancelAll()  // cancels the body: it is told to stop
+                    }
+                }
+            }
+            return (.failure(CancellationError()), fired)
+        }
+    }
+
     private func ignoresResult(_ job: PreparedJob) -> Bool {
         job.message.ignoreResult ?? job.task.options.ignoreResult
+    }
+
+    // MARK: Retries
+
+    /// The retry a failure asks for: an explicit ``RetryTask``, or an error the task's `autoretry` accepts.
+    private func retryRequest(for error: any Error, job: PreparedJob) -> RetryTask? {
+        if let retry = error as? RetryTask { return retry }
+        let policy = job.task.options.retryPolicy
+        guard let autoretry = policy.autoretry, autoretry(error) else { return nil }
+        var countdown: Double?
+        if let factor = policy.backoff {
+            var generator = SystemRandomNumberGenerator()
+            countdown = Double(
+                RetryPolicy.backoffInterval(
+                    factor: factor, retries: job.message.retries, maximum: policy.backoffMax, jitter: policy.jitter,
+                    using: &generator))
+        }
+        return RetryTask(countdown: countdown, cause: error)
+    }
+
+    /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY. Returns the
+    /// error to fail with instead when retries are exhausted or the message cannot be republished.
+    private func retry(_ job: PreparedJob, _ retry: RetryTask) async -> (any Error)? {
+        let message = job.message
+        let queue = job.delivery.envelope.deliveryInfo.routingKey
+        let maxRetries = retry.maxRetries ?? job.task.options.maxRetries
+        if let maxRetries, message.retries + 1 > maxRetries {
+            if let cause = retry.cause { return cause }
+            return PythonException(
+                type: "MaxRetriesExceededError", module: "celery.exceptions",
+                message:
+                    "Can't retry \(message.name)[\(message.id)] args:\(PythonRepr.tuple(message.args)) kwargs:\(PythonRepr.repr(.object(message.kwargs)))"
+            )
+        }
+        guard case .success(let original) = job.delivery.envelope else { return retry.cause ?? retry }
+        let delay = retry.countdown ?? (retry.eta == nil ? job.task.options.defaultRetryDelay : nil)
+        let eta = retry.eta ?? WallClock.now() + (delay ?? 0)
+        let envelope = message.retryEnvelope(
+            original: original, eta: CeleryTimestamp.isoformat(unixSeconds: eta),
+            origin: "gen\(Host.pid)@\(Host.name)", ignoreResult: ignoresResult(job),
+            deliveryTag: UUID().uuidString.lowercased())
+        do {
+            try await service.broker.publish(envelope.encoded(), queue: queue, priority: original.deliveryInfo.priority)
+        } catch {
+            logger.error("Task \(job.displayName)[\(message.id)] could not be republished for a retry: \(error.message)")
+            return RejectTask(reason: "retry could not be published: \(error.message)", requeue: false)
+        }
+        let when = delay.map { "Retry in \(Self.seconds(text: $0))s" } ?? "Retry at \(CeleryTimestamp.isoformat(unixSeconds: eta))"
+        let cause = retry.cause.map { CeleryExceptionInfo(error: $0) }
+        let reason = cause.map { "\(when): \($0.repr)" } ?? when
+        if !ignoresResult(job) {
+            var document = document(message, queue: queue, status: .retry, result: cause?.value ?? .null, ready: false)
+            document.traceback =
+                "Traceback (most recent call last):\n  File \"<swift>\", line 0, in \(message.name)\ncelery.exceptions.Retry: \(reason)\n"
+            document.children = [[[.string(message.id), .null], .null]]
+            await store(document)
+        }
+        logger.info("Task \(job.displayName)[\(message.id)] retry: \(reason)")
+        return nil
+    }
+
+    /// Seconds as Python prints a countdown: `180`, `0.1`.
+    static func seconds(text value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : value.description
     }
 
     static func seconds(_ duration: Duration) -> Double {
@@ -225,15 +355,28 @@ extension WorkerRun {
 
     // MARK: Results
 
-    func document(message: CeleryTaskMessage, status: TaskState, result: CeleryValue, ready: Bool) -> CeleryResultDocument {
-        CeleryResultDocument(
+    func document(
+        _ message: CeleryTaskMessage, queue: String, status: TaskState, result: CeleryValue, ready: Bool
+    ) -> CeleryResultDocument {
+        var extended = CeleryObject()
+        if configuration.resultExtended {
+            extended["name"] = .string(message.name)
+            extended["args"] = .array(message.args)
+            extended["kwargs"] = .object(message.kwargs)
+            extended["worker"] = .string(configuration.nodeName)
+            extended["retries"] = .int(Int64(message.retries))
+            extended["queue"] = .string(queue)
+        }
+        return CeleryResultDocument(
             taskID: message.id, status: status, result: result, traceback: nil, children: [],
-            dateDone: ready ? CeleryTimestamp.isoformat(unixSeconds: WallClock.now()) : nil,
-            groupID: message.groupID, parentID: message.parentID)
+            dateDone: ready ? configuration.isoformat(unixSeconds: WallClock.now()) : nil,
+            groupID: message.groupID, parentID: message.parentID, extended: extended)
     }
 
-    func failureDocument(message: CeleryTaskMessage, exception: CeleryExceptionInfo, traceback: String?) -> CeleryResultDocument {
-        var document = document(message: message, status: .failure, result: exception.value, ready: true)
+    func failureDocument(
+        _ message: CeleryTaskMessage, queue: String, exception: CeleryExceptionInfo, traceback: String?
+    ) -> CeleryResultDocument {
+        var document = document(message, queue: queue, status: .failure, result: exception.value, ready: true)
         document.traceback = traceback
         return document
     }
@@ -243,7 +386,7 @@ extension WorkerRun {
         await store(
             CeleryResultDocument(
                 taskID: id, status: .failure, result: exception.value, traceback: nil, children: [],
-                dateDone: CeleryTimestamp.isoformat(unixSeconds: WallClock.now())))
+                dateDone: configuration.isoformat(unixSeconds: WallClock.now())))
     }
 
     /// Stores a document, retrying while the backend is unreachable so that no result is dropped by a Redis

@@ -1,0 +1,180 @@
+import CeleryProtocol
+import Foundation
+import Yams
+
+/// Settings from a Celery-style configuration file (YAML, which also reads JSON), by Celery's own setting names:
+/// the lower-case ones of Celery 4+ (`broker_url`, `result_backend`, …) and the old upper-case ones (`BROKER_URL`,
+/// `CELERY_RESULT_BACKEND`, …). Every field is `nil` when the file does not set it.
+///
+/// Precedence, lowest first: Celery's defaults, this file, the environment (`CELERY_BROKER_URL`,
+/// `CELERY_RESULT_BACKEND`), command-line flags.
+public struct CelerySettings: Sendable, Equatable {
+    public var brokerURL: String?
+    public var resultBackend: String?
+    public var taskSerializer: CeleryContentType?
+    public var resultSerializer: CeleryContentType?
+    public var resultExpires: Int?
+    public var acceptContent: Set<CeleryContentType>?
+    public var timezone: String?
+    public var enableUTC: Bool?
+    public var logFile: String?
+    public var acksLate: Bool?
+    public var timeLimit: Double?
+    public var softTimeLimit: Double?
+    public var concurrency: Int?
+    public var prefetchMultiplier: Int?
+    public var trackStarted: Bool?
+    public var resultExtended: Bool?
+    public var defaultQueue: String?
+    public var sendTaskEvents: Bool?
+    public var visibilityTimeout: Double?
+    /// Keys the worker does not know, each with a sentence for a warning.
+    public var warnings: [String] = []
+
+    public init() {}
+
+    /// Reads a YAML (or JSON) file.
+    public static func load(path: String) throws(CeleryWorkerError) -> CelerySettings {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot read config file \(path): \(error.localizedDescription)")
+        }
+        return try parse(text, source: path)
+    }
+
+    /// Parses configuration text; `source` names it in error messages.
+    public static func parse(_ text: String, source: String) throws(CeleryWorkerError) -> CelerySettings {
+        let document: Any?
+        do {
+            document = try Yams.load(yaml: text)
+        } catch {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source) is not valid YAML: \(error)")
+        }
+        var settings = CelerySettings()
+        guard let document else { return settings }
+        guard let entries = document as? [String: Any] else {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source) must be a mapping of setting names to values")
+        }
+        for key in entries.keys.sorted() {
+            guard let value = entries[key] else { continue }
+            guard let setting = Self.settings[key] else {
+                settings.warnings.append("\(source): unknown setting '\(key)' is ignored")
+                continue
+            }
+            do {
+                try setting(&settings, Field(source: source, key: key, value: value))
+            } catch let error as CeleryWorkerError {
+                throw error
+            } catch {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': \(error)")
+            }
+        }
+        return settings
+    }
+
+    /// A value being read, with what an error message needs.
+    struct Field {
+        let source: String
+        let key: String
+        let value: Any
+
+        func fail(_ expected: String) -> CeleryWorkerError {
+            CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "\(source): setting '\(key)' must be \(expected), got '\(value)'")
+        }
+
+        func string() throws(CeleryWorkerError) -> String {
+            guard let text = value as? String else { throw fail("a string") }
+            return text
+        }
+
+        func bool() throws(CeleryWorkerError) -> Bool {
+            guard let flag = value as? Bool else { throw fail("true or false") }
+            return flag
+        }
+
+        func int() throws(CeleryWorkerError) -> Int {
+            guard !(value is Bool), let number = value as? Int else { throw fail("a whole number") }
+            return number
+        }
+
+        func seconds() throws(CeleryWorkerError) -> Double {
+            if value is Bool { throw fail("a number of seconds") }
+            if let number = value as? Int { return Double(number) }
+            guard let number = value as? Double else { throw fail("a number of seconds") }
+            return number
+        }
+
+        func serializer() throws(CeleryWorkerError) -> CeleryContentType {
+            guard let type = CeleryContentType(name: try string()) else { throw fail("json or msgpack") }
+            return type
+        }
+
+        func serializers() throws(CeleryWorkerError) -> Set<CeleryContentType> {
+            let names: [String]
+            if let list = value as? [String] {
+                names = list
+            } else if let single = value as? String {
+                names = [single]
+            } else {
+                throw fail("a list of content types")
+            }
+            var types = Set<CeleryContentType>()
+            for name in names {
+                guard let type = CeleryContentType(name: name) else {
+                    throw fail("a list of json and msgpack (other content types are never accepted)")
+                }
+                types.insert(type)
+            }
+            return types
+        }
+    }
+
+    typealias Setter = @Sendable (inout CelerySettings, Field) throws -> Void
+
+    /// Every known name, new and old, with how to read it.
+    static let settings: [String: Setter] = {
+        var table: [String: Setter] = [:]
+        func add(_ names: [String], _ setter: @escaping Setter) {
+            for name in names { table[name] = setter }
+        }
+        add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { $0.brokerURL = try $1.string() }
+        add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }
+        add(["task_serializer", "CELERY_TASK_SERIALIZER"]) { $0.taskSerializer = try $1.serializer() }
+        add(["result_serializer", "CELERY_RESULT_SERIALIZER"]) { $0.resultSerializer = try $1.serializer() }
+        add(["result_expires", "CELERY_TASK_RESULT_EXPIRES", "CELERY_RESULT_EXPIRES"]) {
+            $0.resultExpires = $1.value is NSNull ? 0 : Int(try $1.seconds())
+        }
+        add(["accept_content", "CELERY_ACCEPT_CONTENT"]) { $0.acceptContent = try $1.serializers() }
+        add(["timezone", "CELERY_TIMEZONE"]) { settings, field in
+            let name = try field.string()
+            guard TimeZone(identifier: name) != nil else { throw field.fail("a time zone name such as UTC or Europe/Paris") }
+            settings.timezone = name
+        }
+        add(["enable_utc", "CELERY_ENABLE_UTC"]) { $0.enableUTC = try $1.bool() }
+        add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
+        add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
+        add(["task_time_limit", "CELERYD_TASK_TIME_LIMIT"]) { $0.timeLimit = try $1.seconds() }
+        add(["task_soft_time_limit", "CELERYD_TASK_SOFT_TIME_LIMIT"]) { $0.softTimeLimit = try $1.seconds() }
+        add(["worker_concurrency", "CELERYD_CONCURRENCY"]) { $0.concurrency = try $1.int() }
+        add(["worker_prefetch_multiplier", "CELERYD_PREFETCH_MULTIPLIER"]) { $0.prefetchMultiplier = try $1.int() }
+        add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
+        add(["result_extended", "CELERY_RESULT_EXTENDED"]) { $0.resultExtended = try $1.bool() }
+        add(["task_default_queue", "CELERY_DEFAULT_QUEUE"]) { $0.defaultQueue = try $1.string() }
+        add(["worker_send_task_events", "CELERY_SEND_EVENTS", "CELERYD_SEND_EVENTS"]) { $0.sendTaskEvents = try $1.bool() }
+        add(["broker_transport_options", "BROKER_TRANSPORT_OPTIONS"]) { settings, field in
+            guard let options = field.value as? [String: Any] else { throw field.fail("a mapping") }
+            for (name, value) in options {
+                if name == "visibility_timeout" {
+                    settings.visibilityTimeout = try Field(source: field.source, key: "\(field.key).\(name)", value: value).seconds()
+                } else {
+                    settings.warnings.append("\(field.source): broker transport option '\(name)' is ignored")
+                }
+            }
+        }
+        return table
+    }()
+}

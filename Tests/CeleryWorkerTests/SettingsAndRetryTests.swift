@@ -1,0 +1,127 @@
+import CeleryProtocol
+import Foundation
+import Testing
+
+@testable import CeleryWorker
+
+@Suite("Configuration files with Celery's setting names")
+struct CelerySettingsTests {
+    @Test("the seed's config.py settings, in YAML")
+    func seed() throws {
+        let settings = try CelerySettings.parse(
+            """
+            broker_url: redis://127.0.0.1:6379/1
+            result_backend: redis://127.0.0.1:6379/0
+            task_serializer: msgpack
+            result_serializer: json
+            accept_content: [json, msgpack]
+            timezone: UTC
+            enable_utc: true
+            """, source: "seed.yaml")
+        #expect(settings.brokerURL == "redis://127.0.0.1:6379/1")
+        #expect(settings.resultBackend == "redis://127.0.0.1:6379/0")
+        #expect(settings.taskSerializer == .msgpack)
+        #expect(settings.resultSerializer == .json)
+        #expect(settings.acceptContent == [.json, .msgpack])
+        #expect(settings.timezone == "UTC" && settings.enableUTC == true)
+        #expect(settings.warnings.isEmpty)
+    }
+
+    @Test("old upper-case names, nested transport options, unknown keys warn")
+    func oldNames() throws {
+        let settings = try CelerySettings.parse(
+            """
+            BROKER_URL: redis://h/2
+            CELERY_RESULT_BACKEND: redis://h/3
+            CELERY_ACKS_LATE: true
+            CELERYD_TASK_SOFT_TIME_LIMIT: 2.5
+            CELERY_TASK_RESULT_EXPIRES: 60
+            CELERY_TRACK_STARTED: true
+            broker_transport_options: {visibility_timeout: 120, fanout_prefix: true}
+            worker_hijack_root_logger: false
+            """, source: "old.yaml")
+        #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
+        #expect(settings.acksLate == true && settings.trackStarted == true)
+        #expect(settings.softTimeLimit == 2.5 && settings.resultExpires == 60 && settings.visibilityTimeout == 120)
+        #expect(settings.warnings.count == 2)
+        #expect(settings.warnings.contains { $0.contains("worker_hijack_root_logger") })
+    }
+
+    @Test(
+        "a wrong type names the key",
+        arguments: [
+            ("result_expires: soon", "result_expires"), ("task_acks_late: 3", "task_acks_late"),
+            ("accept_content: [json, pickle]", "accept_content"), ("worker_concurrency: 2.5", "worker_concurrency"),
+            ("timezone: Mars/Olympus", "timezone"), ("- just a list", "mapping"), ("broker_url: [1]", "broker_url"),
+        ])
+    func wrongTypes(text: String, key: String) {
+        do {
+            _ = try CelerySettings.parse(text, source: "bad.yaml")
+            Issue.record("\(text) should not load")
+        } catch {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.message.contains(key))
+        }
+    }
+
+    @Test("time zones: date_done in the app's zone; naive times read as UTC unless enable_utc is off")
+    func timezones() throws {
+        let paris = try #require(TimeZone(identifier: "Europe/Paris"))
+        let utc = WorkerConfiguration()
+        #expect(utc.isoformat(unixSeconds: 1_795_566_032.5) == "2026-11-25T00:20:32.500000+00:00")
+        let local = WorkerConfiguration(timezone: paris, enableUTC: false)
+        #expect(local.isoformat(unixSeconds: 1_795_566_032) == "2026-11-25T01:20:32+01:00")
+        #expect(utc.parseTime("2026-11-25T01:20:32") == 1_795_569_632)
+        #expect(local.parseTime("2026-11-25T01:20:32") == 1_795_566_032)
+        #expect(local.parseTime("2026-11-25T01:20:32+00:00") == 1_795_569_632)
+        #expect(local.parseTime("2026-07-01T12:00:00") == CeleryTimestamp.parse("2026-07-01T10:00:00Z"))
+    }
+}
+
+@Suite("Retry arithmetic")
+struct RetryArithmeticTests {
+    @Test("exponential back-off without jitter: factor × 2^retries, capped")
+    func backoff() {
+        var generator = SystemRandomNumberGenerator()
+        let intervals = (0..<12).map {
+            RetryPolicy.backoffInterval(factor: 1, retries: $0, maximum: 600, jitter: false, using: &generator)
+        }
+        #expect(intervals == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600])
+        #expect(RetryPolicy.backoffInterval(factor: 3, retries: 2, maximum: 600, jitter: false, using: &generator) == 12)
+        #expect(RetryPolicy.backoffInterval(factor: 0, retries: 5, maximum: 600, jitter: false, using: &generator) == 0)
+        #expect(RetryPolicy.backoffInterval(factor: 1, retries: 200, maximum: 600, jitter: false, using: &generator) == 600)
+    }
+
+    @Test("full jitter stays between 0 and the back-off")
+    func jitter() {
+        var generator = SystemRandomNumberGenerator()
+        for retries in 0..<8 {
+            let value = RetryPolicy.backoffInterval(factor: 2, retries: retries, maximum: 100, jitter: true, using: &generator)
+            #expect((0...min(100, 2 << retries)).contains(value))
+        }
+        #expect(RetryPolicy.backoffInterval(factor: 0, retries: 3, maximum: 600, jitter: true, using: &generator) == 0)
+    }
+
+    @Test("the retry message keeps the id and args, bumps retries, points parent_id at itself")
+    func retryEnvelope() throws {
+        let raw = try fixture("v2-json-options.message.json")
+        let original = try KombuEnvelope(decoding: raw)
+        let message = try CeleryTaskMessage(envelope: original, accept: [.json])
+        let retried = message.retryEnvelope(
+            original: original, eta: "2030-01-01T00:00:00+00:00", origin: "gen1@host",
+            ignoreResult: false, deliveryTag: "new-tag")
+        let again = try CeleryTaskMessage(envelope: try KombuEnvelope(decoding: retried.encoded()), accept: [.json])
+        #expect(again.id == message.id && again.args == message.args && again.kwargs == message.kwargs)
+        #expect(again.retries == message.retries + 1)
+        #expect(again.parentID == message.id && again.rootID == message.rootID)
+        #expect(again.eta == "2030-01-01T00:00:00+00:00" && again.expires == message.expires)
+        #expect(again.headers["x-custom"] == "v" && again.timeLimit.hard == 10)
+        #expect(
+            retried.properties.keys.elements == [
+                "correlation_id", "reply_to", "origin", "delivery_mode", "expiration", "delivery_info", "priority",
+                "body_encoding", "delivery_tag",
+            ])
+        #expect(retried.deliveryTag == "new-tag" && retried.deliveryInfo.priority == 5)
+        #expect(retried.body == original.body)
+    }
+}
