@@ -48,3 +48,10 @@ def whoami():
 @app.task(name="tasks.fail")
 def fail(message):
     raise ValueError(message)
+
+
+@app.task(name="tasks.flaky", bind=True, max_retries=None)
+def flaky(self, n):
+    if self.request.retries < n:
+        raise self.retry(countdown=0.1)
+    return self.request.retries
