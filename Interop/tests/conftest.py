@@ -43,7 +43,38 @@ def backend_redis(redis_urls):
     return redis_lib.Redis.from_url(redis_urls["backend"])
 
 
-class WorkerProcess:
+class LoggedProcess:
+    """A worker process whose log file the tests read."""
+
+    name = "worker"
+    proc: subprocess.Popen
+    logfile: Path
+
+    @property
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode} before logging {text!r}:\n{self.log}")
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log}")
+
+    def wait_ready(self, timeout: float = 15.0):
+        self.wait_for_log(" ready.", timeout)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class WorkerProcess(LoggedProcess):
+    """The Swift worker."""
+
     def __init__(self, args, logfile: Path, env=None):
         if not WORKER_BINARY.exists():
             raise RuntimeError(f"{WORKER_BINARY} is missing: run `swift build` first")
@@ -54,29 +85,8 @@ class WorkerProcess:
                                      env={**os.environ, **(env or {})})
 
     @property
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    @property
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
-
-    def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log.count(text) >= count:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode} before logging {text!r}:\n{self.log}\n{self.stdout}")
-            time.sleep(0.02)
-        raise AssertionError(f"worker did not log {text!r} within {timeout}s:\n{self.log}")
-
-    def wait_ready(self, timeout: float = 15.0) -> "WorkerProcess":
-        self.wait_for_log(" ready.", timeout)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
@@ -106,8 +116,10 @@ def start_worker(redis_urls, tmp_path):
             worker.stop(signal.SIGKILL)
 
 
-class PythonWorker:
+class PythonWorker(LoggedProcess):
     """A real `celery worker` process running Interop/pyworker/pytasks.py."""
+
+    name = "python worker"
 
     def __init__(self, broker, backend, logfile: Path, *args, env=None):
         self.logfile = logfile
@@ -118,27 +130,6 @@ class PythonWorker:
              "--logfile", str(logfile), *args],
             cwd=INTEROP / "pyworker", env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True)
-
-    @property
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def wait_for_log(self, text, timeout=30.0, count=1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log.count(text) >= count:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"python worker exited with {self.proc.returncode}:\n{self.log}")
-            time.sleep(0.05)
-        raise AssertionError(f"python worker did not log {text!r} within {timeout}s:\n{self.log}")
-
-    def wait_ready(self, timeout=30.0):
-        self.wait_for_log(" ready.", timeout)
-        return self
-
-    def alive(self):
-        return self.proc.poll() is None
 
     def kill_all(self):
         """SIGKILL the main process and its pool children, as a machine crash would."""

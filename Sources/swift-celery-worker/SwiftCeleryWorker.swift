@@ -19,7 +19,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
 }
 
 struct WorkerCommand: AsyncParsableCommand {
-    static let version = "0.1.0"
+    static let version = CeleryWorkerService.version
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Start a worker (the default command)."
@@ -68,7 +68,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("time-limit"), help: "Hard time limit: accepted but not enforced yet (needs a process pool).")
     var timeLimit: Double?
 
-    @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (not implemented yet).")
+    @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are always sent).")
     var taskEvents = false
 
     @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
@@ -137,9 +137,6 @@ struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError("Unknown time zone '\(timezoneName)'.")
         }
         var warnings = file.warnings
-        if taskEvents || file.sendTaskEvents == true {
-            warnings.append("-E/--task-events is accepted but does nothing yet: this worker sends no events.")
-        }
         if timeLimit != nil {
             warnings.append("--time-limit/task_time_limit is accepted but not enforced yet: hard limits need a process pool.")
         }

@@ -11,7 +11,7 @@ public enum Banner {
 
     /// The banner text for `configuration` and the registered task names.
     public static func text(configuration: WorkerConfiguration, taskNames: [String], version: String) -> String {
-        let events = configuration.sendTaskEvents ? "ON (not implemented yet: no events are sent)" : "OFF (enable -E to monitor tasks in this worker)"
+        let events = configuration.sendTaskEvents ? "ON" : "OFF (enable -E to monitor tasks in this worker)"
         let queues = configuration.queues.map { name in
             ".> \(name.padding(toLength: max(16, name.count), withPad: " ", startingAt: 0)) exchange=\(name)(direct) key=\(name)"
         }

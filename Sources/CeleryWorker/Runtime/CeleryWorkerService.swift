@@ -16,12 +16,16 @@ public final class CeleryWorkerService: Service {
     let logger: Logger
     let broker: any Broker
     let backend: (any ResultBackend)?
+    let events: EventDispatcher?
     private let ioPool: NIOThreadPool?
+
+    /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
+    public static let version = "0.1.0"
     let retryDelays = RetryDelays()
 
     /// A worker on Redis, as configured.
     public convenience init(configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger) {
-        let ioPool = NIOThreadPool(numberOfThreads: 3)
+        let ioPool = NIOThreadPool(numberOfThreads: 4)
         ioPool.start()
         let broker = RedisBroker(
             blocking: RedisClient(url: configuration.brokerURL, threadPool: ioPool, commandTimeout: .seconds(10)),
@@ -34,9 +38,13 @@ public final class CeleryWorkerService: Service {
                 expires: configuration.resultExpires
             )
         }
+        let events = EventDispatcher(
+            client: RedisClient(url: configuration.brokerURL, threadPool: ioPool), hostname: configuration.nodeName,
+            database: configuration.brokerURL.database, version: Self.version,
+            sendsTaskEvents: configuration.sendTaskEvents)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            ioPool: ioPool)
+            events: events, ioPool: ioPool)
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
@@ -46,18 +54,19 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            ioPool: nil)
+            events: nil, ioPool: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
-        backend: (any ResultBackend)?, ioPool: NIOThreadPool?
+        backend: (any ResultBackend)?, events: EventDispatcher?, ioPool: NIOThreadPool?
     ) {
         self.configuration = configuration
         self.registry = registry
         self.logger = logger
         self.broker = broker
         self.backend = backend
+        self.events = events
         self.ioPool = ioPool
     }
 
@@ -124,6 +133,8 @@ final class WorkerRun: Sendable {
     /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
     /// those that never started are given back at shutdown.
     let held = Mutex(HeldDeliveries())
+    /// Tasks running now and tasks started so far (`active`, `processed` in worker events).
+    let counters = Mutex((active: 0, processed: 0))
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
         self.service = service
@@ -145,6 +156,7 @@ final class WorkerRun: Sendable {
     func start() async {
         guard await service.declareQueues(shutdown: shutdown) else { return }
         await sweep()
+        await sendWorkerEvent("worker-online")
         logger.info("\(configuration.nodeName) ready.")
         let (stream, continuation) = AsyncStream.makeStream(of: PreparedJob.self)
         await withDiscardingTaskGroup { group in
@@ -156,6 +168,9 @@ final class WorkerRun: Sendable {
             }
             group.addTask {
                 await self.maintenanceLoop()
+            }
+            group.addTask {
+                await self.heartbeatLoop()
             }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in the stream when
@@ -200,6 +215,31 @@ final class WorkerRun: Sendable {
                 _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
             }
         }
+    }
+
+    // MARK: Events
+
+    /// `worker-heartbeat` every 2 s, Python's interval, even without `-E`; `worker-offline` as soon as shutdown
+    /// begins (before running tasks finish, as in Python).
+    private func heartbeatLoop() async {
+        guard service.events != nil else { return }
+        while await shutdown.sleep(untilUnixTime: WallClock.now() + 2) {
+            await sendWorkerEvent("worker-heartbeat")
+        }
+        await sendWorkerEvent("worker-offline")
+    }
+
+    func sendWorkerEvent(_ type: String) async {
+        guard let events = service.events else { return }
+        let (active, processed) = counters.withLock { ($0.active, $0.processed) }
+        await events.sendWorkerEvent(type, active: active, processed: processed)
+    }
+
+    func sendTaskEvent(_ type: String, _ id: String, _ fields: CeleryObject = [:]) async {
+        guard let events = service.events, events.sendsTaskEvents else { return }
+        var all: CeleryObject = ["uuid": .string(id)]
+        for (key, value) in fields { all[key] = value }
+        await events.sendTaskEvent(type, all)
     }
 
     // MARK: Visibility timeout

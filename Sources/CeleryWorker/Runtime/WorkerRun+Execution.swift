@@ -64,6 +64,7 @@ extension WorkerRun {
                 type: "NotRegistered", arguments: [.string(message.name)],
                 module: "celery.exceptions")
             await store(failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil))
+            await sendTaskEvent("task-failed", message.id, ["exception": .string(failure.repr)])
             await discard(delivery)
             return nil
         }
@@ -81,6 +82,14 @@ extension WorkerRun {
         let job = PreparedJob(delivery: delivery, message: message, task: task, etaTime: etaTime, expiresTime: expiresTime)
         if await revokeIfExpired(job) { return nil }
         logger.info("Task \(job.displayName)[\(message.id)] received")
+        await sendTaskEvent(
+            "task-received", message.id,
+            [
+                "name": .string(message.name), "args": message.headers["argsrepr"] ?? .null,
+                "kwargs": message.headers["kwargsrepr"] ?? .null, "root_id": message.headers["root_id"] ?? .null,
+                "parent_id": message.headers["parent_id"] ?? .null, "retries": .int(Int64(message.retries)),
+                "eta": message.eta.map(CeleryValue.string) ?? .null, "expires": message.expires.map(CeleryValue.string) ?? .null,
+            ])
         return job
     }
 
@@ -138,6 +147,7 @@ extension WorkerRun {
             traceback: nil)
         document.status = .revoked
         await store(document)
+        await sendTaskEvent("task-revoked", job.message.id, ["terminated": false, "signum": nil, "expired": true])
         return true
     }
 
@@ -155,6 +165,11 @@ extension WorkerRun {
         }
         var machine = DeliveryStateMachine(acksLate: job.task.options.acksLate ?? configuration.acksLate)
         held.withLock { $0.markStarted(job.delivery) }
+        counters.withLock {
+            $0.active += 1; $0.processed += 1
+        }
+        defer { counters.withLock { $0.active -= 1 } }
+        await sendTaskEvent("task-started", message.id)
         let startAction = machine.start()
         await carryOut(startAction, for: job.delivery)
         if startAction == .ack, holdsPrefetch {
@@ -193,9 +208,13 @@ extension WorkerRun {
         switch outcome {
         case .failure(let rejection as RejectTask):
             logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
-            if !rejection.requeue, storesResults {
-                await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
+            if !rejection.requeue {
+                if storesResults {
+                    await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
+                }
+                await sendTaskEvent("task-failed", message.id, ["exception": .string(rejection.pythonException.repr)])
             }
+            await sendTaskEvent("task-rejected", message.id, ["requeue": .bool(rejection.requeue)])
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return
         case .failure(is IgnoreTask):
@@ -205,6 +224,11 @@ extension WorkerRun {
                 await store(document(message, queue: queue, status: .success, result: value, ready: true))
             }
             logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
+            await sendTaskEvent(
+                "task-succeeded", message.id,
+                [
+                    "result": .string(PythonRepr.truncated(PythonRepr.repr(value))), "runtime": .double(runtime),
+                ])
         case .failure(let error):
             var failure = error
             if let request = retryRequest(for: error, job: job) {
@@ -220,6 +244,7 @@ extension WorkerRun {
                 await store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
             }
             logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
+            await sendTaskEvent("task-failed", message.id, ["exception": .string(exception.repr), "traceback": .string(traceback)])
         }
         await carryOut(machine.finish(), for: job.delivery)
     }
@@ -331,6 +356,13 @@ extension WorkerRun {
             await store(document)
         }
         logger.info("Task \(job.displayName)[\(message.id)] retry: \(reason)")
+        await sendTaskEvent(
+            "task-retried", message.id,
+            [
+                "exception": .string(cause?.repr ?? "None"),
+                "traceback": .string(
+                    "Traceback (most recent call last):\n  File \"<swift>\", line 0, in \(message.name)\ncelery.exceptions.Retry: \(reason)\n"),
+            ])
         return nil
     }
 

@@ -1,0 +1,82 @@
+import CeleryProtocol
+import Foundation
+import Synchronization
+
+/// Celery events over Redis: each event is `PUBLISH`ed on `/<db>.celeryev/<routing key>` inside kombu's envelope,
+/// as Python's `EventDispatcher` sends them. Worker events (`worker-online`, `-heartbeat`, `-offline`) are single
+/// dictionaries; task events go out as a one-element list on `task.multi`, the batched form a Python worker uses.
+final class EventDispatcher: Sendable {
+    /// What the worker reports about itself in `sw_ident`, `sw_ver`, `sw_sys`.
+    static let softwareIdentity = "swift-celery"
+
+    let client: RedisClient
+    let hostname: String
+    let database: Int
+    let version: String
+    /// Lamport clock, advanced for every event sent.
+    private let clock = Mutex(0)
+    /// Whether `task-*` events are sent (`-E`).
+    let sendsTaskEvents: Bool
+
+    init(client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool) {
+        self.client = client
+        self.hostname = hostname
+        self.database = database
+        self.version = version
+        self.sendsTaskEvents = sendsTaskEvents
+    }
+
+    /// `worker-online`, `worker-heartbeat` or `worker-offline` with the worker's counters.
+    func sendWorkerEvent(_ type: String, active: Int, processed: Int) async {
+        let fields: CeleryObject = [
+            "freq": 2.0, "active": .int(Int64(active)), "processed": .int(Int64(processed)),
+            "loadavg": .array(Self.loadAverage().map(CeleryValue.double)),
+            "sw_ident": .string(Self.softwareIdentity), "sw_ver": .string(version), "sw_sys": "Linux",
+        ]
+        await publish(event(type, fields), routingKey: type.replacingOccurrences(of: "-", with: "."))
+    }
+
+    /// A `task-*` event, when task events are on.
+    func sendTaskEvent(_ type: String, _ fields: CeleryObject) async {
+        guard sendsTaskEvents else { return }
+        await publish(.array([event(type, fields)]), routingKey: "task.multi")
+    }
+
+    /// The event body in Python's field order: `hostname`, `utcoffset`, `pid`, `clock`, the fields, `timestamp`, `type`.
+    func event(_ type: String, _ fields: CeleryObject) -> CeleryValue {
+        let tick = clock.withLock { value -> Int in
+            value += 1
+            return value
+        }
+        var body: CeleryObject = [
+            "hostname": .string(hostname),
+            "utcoffset": .double(Double(-TimeZone.current.secondsFromGMT()) / 3600),
+            "pid": .int(Int64(Host.pid)),
+            "clock": .int(Int64(tick)),
+        ]
+        for (key, value) in fields { body[key] = value }
+        body["timestamp"] = .double(WallClock.now())
+        body["type"] = .string(type)
+        return .object(body)
+    }
+
+    private func publish(_ body: CeleryValue, routingKey: String) async {
+        let envelope = KombuEnvelope(
+            body: CeleryJSON.encode(body), contentType: CeleryContentType.json.rawValue, contentEncoding: "utf-8",
+            headers: ["hostname": .string(hostname)],
+            properties: [
+                "delivery_mode": 1, "delivery_info": ["exchange": "celeryev", "routing_key": .string(routingKey)],
+                "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
+            ])
+        let channel = "/\(database).celeryev/\(routingKey)"
+        // Events are best effort, as in Python: a lost event is not retried.
+        _ = try? await client.send(RedisCommand("PUBLISH", RedisArgument(channel), RedisArgument(envelope.encoded())))
+    }
+
+    /// The 1, 5 and 15 minute load averages, rounded up to 2 decimals as Celery reports them.
+    static func loadAverage() -> [Double] {
+        var values = [Double](repeating: 0, count: 3)
+        guard getloadavg(&values, 3) == 3 else { return [0, 0, 0] }
+        return values.map { ($0 * 100).rounded(.up) / 100 }
+    }
+}
