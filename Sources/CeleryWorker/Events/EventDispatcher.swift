@@ -26,6 +26,9 @@ final class EventDispatcher: Sendable {
         self.sendsTaskEvents = sendsTaskEvents
     }
 
+    /// The Lamport clock now.
+    var currentClock: Int { clock.withLock { $0 } }
+
     /// `worker-online`, `worker-heartbeat` or `worker-offline` with the worker's counters.
     func sendWorkerEvent(_ type: String, active: Int, processed: Int) async {
         let fields: CeleryObject = [

@@ -78,6 +78,68 @@ final class RedisConnection: @unchecked Sendable {
         return try body()
     }
 
+    /// Pattern-subscribes (`PSUBSCRIBE`) and hands every message's data to `onMessage` until `shouldStop` returns
+    /// true (checked at least every `pollInterval`). Returns normally when stopped; throws when the connection
+    /// breaks (the caller reconnects). Use a connection dedicated to this.
+    func subscribe(
+        pattern: String, pollInterval: Duration = .milliseconds(500), shouldStop: () -> Bool,
+        onMessage: ([UInt8]) -> Void
+    ) throws(CeleryWorkerError) {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
+            let context = try connectedContext(&state)
+            var failure: CeleryWorkerError?
+            func fail(_ action: String) {
+                failure = Self.error(from: context, code: .connectionLost, doing: action)
+                Self.close(&state)
+            }
+            guard Self.append(RedisCommand("PSUBSCRIBE", RedisArgument(pattern)), to: context) == REDIS_OK else {
+                fail("PSUBSCRIBE")
+                if let failure { throw failure }
+                return
+            }
+            // Flush the command: with nothing buffered to read, redisGetReply writes and then blocks for the reply.
+            var confirmation: UnsafeMutableRawPointer?
+            guard redisGetReply(context, &confirmation) == REDIS_OK, let confirmation else {
+                fail("PSUBSCRIBE")
+                if let failure { throw failure }
+                return
+            }
+            freeReplyObject(confirmation)
+            let (seconds, attoseconds) = pollInterval.components
+            let timeoutMilliseconds = Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+            while !shouldStop() {
+                var raw: UnsafeMutableRawPointer?
+                guard redisGetReplyFromReader(context, &raw) == REDIS_OK else {
+                    fail("reading a pub/sub message")
+                    break
+                }
+                if let raw {
+                    let reply = Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+                    freeReplyObject(raw)
+                    if case .array(let parts) = reply, parts.count == 4, parts[0].text == "pmessage", let data = parts[3].bytes {
+                        onMessage(data)
+                    }
+                    continue
+                }
+                var descriptor = pollfd(fd: context.pointee.fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, timeoutMilliseconds)
+                if ready < 0, errno != EINTR {
+                    fail("waiting for pub/sub messages")
+                    break
+                }
+                if ready > 0, redisBufferRead(context) != REDIS_OK {
+                    fail("reading pub/sub messages")
+                    break
+                }
+            }
+            if failure == nil {
+                // Leave the connection clean for the next subscriber: it is in subscribe mode now.
+                Self.close(&state)
+            }
+            if let failure { throw failure }
+        }
+    }
+
     /// Closes the connection; the next call re-opens it.
     func close() {
         state.withLock { Self.close(&$0) }

@@ -17,6 +17,8 @@ public final class CeleryWorkerService: Service {
     let broker: any Broker
     let backend: (any ResultBackend)?
     let events: EventDispatcher?
+    /// Connections for remote control: one subscribed to the pidbox, one for replies.
+    let control: (subscriber: RedisClient, replies: RedisClient)?
     private let ioPool: NIOThreadPool?
 
     /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
@@ -25,7 +27,7 @@ public final class CeleryWorkerService: Service {
 
     /// A worker on Redis, as configured.
     public convenience init(configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger) {
-        let ioPool = NIOThreadPool(numberOfThreads: 4)
+        let ioPool = NIOThreadPool(numberOfThreads: 5)
         ioPool.start()
         let broker = RedisBroker(
             blocking: RedisClient(url: configuration.brokerURL, threadPool: ioPool, commandTimeout: .seconds(10)),
@@ -44,7 +46,9 @@ public final class CeleryWorkerService: Service {
             sendsTaskEvents: configuration.sendTaskEvents)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: events, ioPool: ioPool)
+            events: events,
+            control: (RedisClient(url: configuration.brokerURL, threadPool: ioPool), RedisClient(url: configuration.brokerURL, threadPool: ioPool)),
+            ioPool: ioPool)
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
@@ -54,12 +58,13 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, ioPool: nil)
+            events: nil, control: nil, ioPool: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
-        backend: (any ResultBackend)?, events: EventDispatcher?, ioPool: NIOThreadPool?
+        backend: (any ResultBackend)?, events: EventDispatcher?,
+        control: (subscriber: RedisClient, replies: RedisClient)?, ioPool: NIOThreadPool?
     ) {
         self.configuration = configuration
         self.registry = registry
@@ -67,6 +72,7 @@ public final class CeleryWorkerService: Service {
         self.broker = broker
         self.backend = backend
         self.events = events
+        self.control = control
         self.ioPool = ioPool
     }
 
@@ -133,8 +139,12 @@ final class WorkerRun: Sendable {
     /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
     /// those that never started are given back at shutdown.
     let held = Mutex(HeldDeliveries())
-    /// Tasks running now and tasks started so far (`active`, `processed` in worker events).
-    let counters = Mutex((active: 0, processed: 0))
+    /// Tasks running now and tasks started so far (`active`, `processed` in worker events; `total` in stats).
+    let counters = Mutex((active: 0, processed: 0, totals: [String: Int]()))
+    /// Tasks running now, by id (`inspect active`).
+    let running = Mutex<[String: RunningTask]>([:])
+    /// When this run started (`uptime` in stats).
+    let startedAt = WallClock.now()
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
         self.service = service
@@ -171,6 +181,9 @@ final class WorkerRun: Sendable {
             }
             group.addTask {
                 await self.heartbeatLoop()
+            }
+            group.addTask {
+                await self.controlLoop()
             }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in the stream when

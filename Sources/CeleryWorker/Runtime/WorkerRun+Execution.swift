@@ -166,9 +166,15 @@ extension WorkerRun {
         var machine = DeliveryStateMachine(acksLate: job.task.options.acksLate ?? configuration.acksLate)
         held.withLock { $0.markStarted(job.delivery) }
         counters.withLock {
-            $0.active += 1; $0.processed += 1
+            $0.active += 1
+            $0.processed += 1
+            $0.totals[message.name, default: 0] += 1
         }
-        defer { counters.withLock { $0.active -= 1 } }
+        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: WallClock.now()) }
+        defer {
+            counters.withLock { $0.active -= 1 }
+            running.withLock { $0[message.id] = nil }
+        }
         await sendTaskEvent("task-started", message.id)
         let startAction = machine.start()
         await carryOut(startAction, for: job.delivery)

@@ -1,0 +1,73 @@
+"""Remote control from Python's `app.control` and the `celery` CLI, answered by the Swift worker."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def test_ping_registered_stats_queues(start_worker, make_app):
+    start_worker("-n", "ctl@%h", "-Q", "celery,extra", "-c", "3")
+    app = make_app()
+    inspect = app.control.inspect(timeout=1)
+    replies = inspect.ping()
+    node = next(iter(replies))
+    assert node.startswith("ctl@") and replies[node] == {"ok": "pong"}
+    assert "seed_email" in inspect.registered()[node] and "tasks.add" in inspect.registered()[node]
+    stats = inspect.stats()[node]
+    assert stats["pool"]["max-concurrency"] == 3 and stats["prefetch_count"] == 12
+    assert [q["name"] for q in inspect.active_queues()[node]] == ["celery", "extra"]
+    assert inspect.revoked()[node] == []
+    assert "error" in app.control.broadcast("no_such_command", reply=True, timeout=1)[0][node]
+
+
+def test_active_reserved_scheduled_and_query_task(start_worker, make_app):
+    start_worker("-n", "busy@%h", "-c", "1")
+    app = make_app()
+    running = app.tasks["tasks.sleep"].delay(8)
+    waiting = app.tasks["tasks.sleep"].delay(0.1)
+    later = app.tasks["tasks.add"].apply_async((1, 2), countdown=30)
+    time.sleep(1)
+    inspect = app.control.inspect(timeout=1)
+    node = next(iter(inspect.ping()))
+    active = inspect.active()[node]
+    assert [t["id"] for t in active] == [running.id] and active[0]["name"] == "tasks.sleep" and active[0]["args"] == [8]
+    assert [t["id"] for t in inspect.reserved()[node]] == [waiting.id]
+    scheduled = inspect.scheduled()[node]
+    assert [s["request"]["id"] for s in scheduled] == [later.id] and scheduled[0]["eta"]
+    states = inspect.query_task([running.id, waiting.id, later.id])[node]
+    assert states[running.id][0] == "active" and states[waiting.id][0] == "reserved"
+    assert states[later.id][0] == "scheduled"
+    assert running.get(timeout=15) == 8
+
+
+def test_destination_and_pattern(start_worker, start_python_worker, make_app):
+    start_worker("-n", "swiftnode@%h")
+    start_python_worker("-n", "pynode@%h")
+    app = make_app()
+    everyone = app.control.inspect(timeout=1).ping()
+    assert {name.split("@")[0] for name in everyone} == {"swiftnode", "pynode"}
+    swift = next(name for name in everyone if name.startswith("swiftnode@"))
+    only = app.control.inspect(destination=[swift], timeout=1).ping()
+    assert list(only) == [swift]
+    assert app.control.inspect(destination=["nobody@x"], timeout=1).ping() is None
+    matched = app.control.inspect(pattern="swift*", matcher="glob", timeout=1).ping()
+    assert list(matched) == [swift]
+
+
+def test_celery_status_cli_lists_both_workers(start_worker, start_python_worker, redis_urls):
+    start_worker("-n", "swiftcli@%h")
+    start_python_worker("-n", "pycli@%h")
+    celery = Path(sys.executable).with_name("celery")
+    proc = subprocess.run([str(celery), "-b", redis_urls["broker"], "status"], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "swiftcli@" in proc.stdout and "pycli@" in proc.stdout and "2 nodes online." in proc.stdout
+
+
+def test_control_with_msgpack_serializer(start_worker, make_app):
+    start_worker("-n", "mp@%h")
+    app = make_app(task_serializer="msgpack")
+    replies = app.control.inspect(timeout=1).ping()
+    assert list(replies.values()) == [{"ok": "pong"}]

@@ -1,0 +1,237 @@
+import CeleryProtocol
+import Foundation
+import Synchronization
+
+/// A task running now, for `inspect active`.
+struct RunningTask: Sendable {
+    let job: PreparedJob
+    let timeStart: Double
+}
+
+extension WorkerRun {
+    /// Celery's remote control over Redis: requests arrive by `PSUBSCRIBE /<db>.celery.pidbox` (a fanout exchange),
+    /// replies are `LPUSH`ed to the client's reply queue found through `_kombu.binding.reply.celery.pidbox`.
+    func controlLoop() async {
+        guard let control = service.control else { return }
+        let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
+        let pattern = "/\(configuration.brokerURL.database).celery.pidbox"
+        let shutdown = self.shutdown
+        let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                defer { continuation.finish() }
+                var failures = 0
+                while !shutdown.isTriggered, !Task.isCancelled {
+                    do {
+                        try await withTaskCancellationHandler {
+                            try await control.subscriber.withConnection { connection throws(CeleryWorkerError) in
+                                try connection.subscribe(
+                                    pattern: pattern, shouldStop: { shutdown.isTriggered || stop.isTriggered },
+                                    onMessage: { continuation.yield($0) })
+                            }
+                        } onCancel: {
+                            stop.trigger()
+                        }
+                        failures = 0
+                    } catch let error as CeleryWorkerError {
+                        failures += 1
+                        let delay = self.service.retryDelays.delay(attempt: failures)
+                        self.logger.warning(
+                            "Remote control connection lost (\(error.message)); resubscribing in \(CeleryWorkerService.format(seconds: delay)) seconds"
+                        )
+                        _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+                    } catch {
+                        break
+                    }
+                }
+            }
+            group.addTask {
+                for await raw in stream { await self.handleControl(raw, replies: control.replies) }
+            }
+        }
+    }
+
+    private func handleControl(_ raw: [UInt8], replies: RedisClient) async {
+        guard let envelope = try? KombuEnvelope(decoding: raw),
+            let serializer = CeleryContentType(rawValue: envelope.contentType),
+            case .object(let request)? = try? serializer.decode(envelope.body),
+            let method = request["method"]?.stringValue
+        else {
+            logger.warning("Ignoring a remote control message that is not a pidbox request: \(Self.preview(raw))")
+            return
+        }
+        guard Self.isAddressed(request, to: configuration.nodeName) else { return }
+        logger.debug("pidbox received method \(method)")
+        let arguments = request["arguments"]?.objectValue ?? [:]
+        guard let reply = await controlReply(method, arguments) else { return }
+        guard let ticket = request["ticket"]?.stringValue, let exchange = request["reply_to"]?["exchange"]?.stringValue,
+            let routingKey = request["reply_to"]?["routing_key"]?.stringValue
+        else { return }
+        let body = serializer.encode([configuration.nodeName: reply] as CeleryValue)
+        let answer = KombuEnvelope(
+            body: body, contentType: serializer.rawValue, contentEncoding: serializer.contentEncoding,
+            headers: ["ticket": .string(ticket), "clock": .int(Int64(service.events?.currentClock ?? 0))],
+            properties: [
+                "delivery_mode": 1, "delivery_info": ["exchange": .string(exchange), "routing_key": .string(routingKey)],
+                "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
+            ])
+        do {
+            // kombu's direct exchange: every queue bound with this routing key gets the reply.
+            let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("_kombu.binding.\(exchange)")))
+            for member in members.array ?? [] {
+                guard let text = member.text else { continue }
+                let parts = text.components(separatedBy: RedisBroker.separator)
+                guard parts.count == 3, parts[0] == routingKey else { continue }
+                try await replies.send(RedisCommand("LPUSH", RedisArgument(parts[2]), RedisArgument(answer.encoded())))
+            }
+        } catch {
+            logger.warning("Cannot reply to remote control \(method): \(error.message)")
+        }
+    }
+
+    /// Whether a request is for this node: its name is in `destination`, it matches `pattern`, or neither is given.
+    static func isAddressed(_ request: CeleryObject, to node: String) -> Bool {
+        if case .array(let names)? = request["destination"] {
+            return names.contains(.string(node))
+        }
+        if let pattern = request["pattern"]?.stringValue {
+            if request["matcher"]?.stringValue == "pcre" {
+                return (try? NSRegularExpression(pattern: pattern))
+                    .map { $0.firstMatch(in: node, range: NSRange(node.startIndex..., in: node)) != nil } ?? false
+            }
+            return fnmatch(pattern, node, 0) == 0
+        }
+        return true
+    }
+
+    /// The reply to one command; `nil` sends none.
+    private func controlReply(_ method: String, _ arguments: CeleryObject) async -> CeleryValue? {
+        switch method {
+        case "ping":
+            return ["ok": "pong"]
+        case "registered":
+            return .array(service.registry.names.map(CeleryValue.string))
+        case "active":
+            return .array(
+                running.withLock { Array($0.values) }.sorted { $0.timeStart < $1.timeStart }.map {
+                    requestInfo($0.job.message, $0.job.delivery, timeStart: $0.timeStart)
+                })
+        case "reserved":
+            return .array(reservedJobs().filter { $0.etaTime == nil }.map { requestInfo($0.message, $0.delivery, timeStart: nil) })
+        case "scheduled":
+            return .array(
+                reservedJobs().filter { $0.etaTime != nil }.map { job in
+                    [
+                        "eta": .string(configuration.isoformat(unixSeconds: job.etaTime ?? 0)),
+                        "priority": .int(Int64(job.delivery.envelope.deliveryInfo.priority)),
+                        "request": requestInfo(job.message, job.delivery, timeStart: nil),
+                    ] as CeleryValue
+                })
+        case "stats":
+            return stats()
+        case "active_queues":
+            return .array(configuration.queues.map(Self.queueInfo))
+        case "revoked":
+            return []
+        case "query_task":
+            return queryTask(arguments["ids"])
+        case "hello":
+            if arguments["from_node"]?.stringValue == configuration.nodeName { return .null }
+            return ["revoked": [], "clock": .int(Int64(service.events?.currentClock ?? 0))]
+        case "heartbeat":
+            await sendWorkerEvent("worker-heartbeat")
+            return nil
+        case "clock":
+            return ["clock": .int(Int64(service.events?.currentClock ?? 0))]
+        default:
+            return ["error": .string("KeyError('\(method)') (not implemented by swift-celery-worker)")]
+        }
+    }
+
+    private func reservedJobs() -> [PreparedJob] {
+        held.withLock { $0.unstarted }.compactMap { delivery in
+            guard case .success(let envelope) = delivery.envelope,
+                let message = try? CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
+            else { return nil }
+            let eta = message.eta.flatMap(configuration.parseTime)
+            guard let task = service.registry[message.name] else { return nil }
+            return PreparedJob(
+                delivery: delivery, message: message, task: task,
+                etaTime: eta.flatMap { $0 > WallClock.now() ? $0 : nil }, expiresTime: nil)
+        }
+    }
+
+    /// A request as `inspect active` / `reserved` describe it.
+    private func requestInfo(_ message: CeleryTaskMessage, _ delivery: BrokerDelivery, timeStart: Double?) -> CeleryValue {
+        let info = delivery.envelope.deliveryInfo
+        return [
+            "id": .string(message.id), "name": .string(message.name), "args": .array(message.args),
+            "kwargs": .object(message.kwargs), "type": .string(message.name), "hostname": .string(configuration.nodeName),
+            "time_start": timeStart.map(CeleryValue.double) ?? .null,
+            "acknowledged": .bool(timeStart != nil && !(configuration.acksLate)),
+            "delivery_info": [
+                "exchange": .string(info.exchange), "routing_key": .string(info.routingKey),
+                "priority": .int(Int64(info.priority)), "redelivered": .bool(info.redelivered),
+            ],
+            "worker_pid": timeStart == nil ? .null : .int(Int64(Host.pid)),
+        ]
+    }
+
+    private func stats() -> CeleryValue {
+        let totals = counters.withLock { $0.totals }
+        var total = CeleryObject()
+        for name in totals.keys.sorted() { total[name] = .int(Int64(totals[name] ?? 0)) }
+        var broker: CeleryObject = ["transport": "redis", "virtual_host": .string(String(configuration.brokerURL.database))]
+        if case .tcp(let host, let port) = configuration.brokerURL.endpoint {
+            broker["hostname"] = .string(host)
+            broker["port"] = .int(Int64(port))
+        }
+        return [
+            "total": .object(total), "pid": .int(Int64(Host.pid)),
+            "clock": .string(String(service.events?.currentClock ?? 0)),
+            "uptime": .int(Int64(WallClock.now() - startedAt)),
+            "pool": [
+                "implementation": "swift-celery-worker:threads", "max-concurrency": .int(Int64(configuration.concurrency)),
+                "processes": [.int(Int64(Host.pid))],
+            ],
+            "broker": .object(broker),
+            "prefetch_count": .int(Int64(configuration.prefetchCount)),
+            "sw_ident": .string(EventDispatcher.softwareIdentity), "sw_ver": .string(CeleryWorkerService.version),
+        ]
+    }
+
+    private func queryTask(_ ids: CeleryValue?) -> CeleryValue {
+        var wanted: [String] = []
+        switch ids {
+        case .string(let id)?: wanted = [id]
+        case .array(let list)?: wanted = list.compactMap(\.stringValue)
+        default: break
+        }
+        var answer = CeleryObject()
+        let active = running.withLock { $0 }
+        let reserved = reservedJobs()
+        for id in wanted {
+            if let task = active[id] {
+                answer[id] = ["active", requestInfo(task.job.message, task.job.delivery, timeStart: task.timeStart)]
+            } else if let job = reserved.first(where: { $0.message.id == id }) {
+                answer[id] = [.string(job.etaTime == nil ? "reserved" : "scheduled"), requestInfo(job.message, job.delivery, timeStart: nil)]
+            }
+        }
+        return .object(answer)
+    }
+
+    /// A queue as kombu's `Queue.as_dict()` describes it for `inspect active_queues`.
+    static func queueInfo(_ name: String) -> CeleryValue {
+        [
+            "name": .string(name),
+            "exchange": [
+                "name": .string(name), "type": "direct", "arguments": nil, "durable": true, "passive": false,
+                "auto_delete": false, "delivery_mode": nil, "no_declare": false,
+            ],
+            "routing_key": .string(name), "queue_arguments": nil, "binding_arguments": nil, "consumer_arguments": nil,
+            "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false, "alias": nil, "bindings": [],
+            "no_declare": nil, "expires": nil, "message_ttl": nil, "max_length": nil, "max_length_bytes": nil,
+            "max_priority": nil,
+        ]
+    }
+}
