@@ -71,3 +71,44 @@ def test_control_with_msgpack_serializer(start_worker, make_app):
     app = make_app(task_serializer="msgpack")
     replies = app.control.inspect(timeout=1).ping()
     assert list(replies.values()) == [{"ok": "pong"}]
+
+
+def test_revoke_reserved_unknown_and_terminate(start_worker, make_app, backend_redis):
+    import json
+
+    from celery.exceptions import TaskRevokedError
+
+    worker = start_worker("-n", "rev@%h", "-c", "1")
+    app = make_app()
+    running = app.tasks["tasks.sleep"].delay(10)
+    queued = app.tasks["tasks.add"].delay(1, 1)
+    worker.wait_for_log(f"[{queued.id}] received")
+    reply = app.control.revoke(queued.id, reply=True, timeout=1)
+    assert list(reply[0].values()) == [{"ok": f"tasks {{'{queued.id}'}} flagged as revoked"}]
+    with pytest.raises(TaskRevokedError):
+        queued.get(timeout=5)
+    app.control.revoke("never-sent-id", reply=True, timeout=1)
+    assert json.loads(backend_redis.get("celery-task-meta-never-sent-id"))["status"] == "REVOKED"
+    node = next(iter(app.control.inspect(timeout=1).ping()))
+    assert set(app.control.inspect(timeout=1).revoked()[node]) == {queued.id, "never-sent-id"}
+    reply = app.control.revoke(running.id, terminate=True, reply=True, timeout=1)
+    assert list(reply[0].values()) == [{"ok": f"terminate: {running.id}"}]
+    with pytest.raises(TaskRevokedError):
+        running.get(timeout=5)
+    stored = json.loads(backend_redis.get(f"celery-task-meta-{running.id}"))
+    assert stored["result"]["exc_message"] == ["terminated"]
+    worker.wait_for_log(f"Discarding revoked task: tasks.add[{queued.id}]")
+    assert f"Task tasks.add[{queued.id}] succeeded" not in worker.log
+    assert app.tasks["tasks.add"].delay(2, 2).get(timeout=10) == 4  # still serving
+
+
+def test_enable_disable_events_and_remote_shutdown(start_worker, make_app):
+    worker = start_worker("-n", "sd@%h")
+    app = make_app()
+    replies = app.control.enable_events(reply=True, timeout=1)
+    assert list(replies[0].values()) == [{"ok": "task events enabled"}]
+    replies = app.control.disable_events(reply=True, timeout=1)
+    assert list(replies[0].values()) == [{"ok": "task events disabled"}]
+    app.control.shutdown(destination=[next(iter(app.control.inspect(timeout=1).ping()))])
+    assert worker.proc.wait(15) == 0
+    assert "Got shutdown from remote" in worker.log

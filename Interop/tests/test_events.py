@@ -91,3 +91,15 @@ def test_heartbeats_without_E_but_no_task_events(start_worker, make_app):
     assert not any(t.startswith("task-") for t in types)
     assert any(w.alive for w in state.workers.values())
     worker.stop()
+
+
+def test_enable_events_at_run_time(start_worker, make_app):
+    app = make_app()
+    capture = Capture(app, 5).start()
+    start_worker("-n", "toggle@%h")
+    app.control.enable_events(reply=True, timeout=1)
+    result = app.tasks["tasks.add"].delay(3, 4)
+    assert result.get(timeout=10) == 7
+    time.sleep(0.5)
+    events = capture.join()
+    assert any(e["type"] == "task-succeeded" and e["uuid"] == result.id for e in events)

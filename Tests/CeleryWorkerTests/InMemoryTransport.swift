@@ -66,6 +66,10 @@ final class InMemoryBackend: ResultBackend {
         }
     }
 
+    func status(of taskID: String) async throws(CeleryWorkerError) -> TaskState? {
+        documents.withLock { $0.last(where: { $0.taskID == taskID })?.status }
+    }
+
     func final(_ id: String) -> CeleryResultDocument? {
         documents.withLock { $0.last(where: { $0.taskID == id && $0.status.isReady }) }
     }

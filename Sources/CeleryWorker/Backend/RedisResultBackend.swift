@@ -23,6 +23,11 @@ public final class RedisResultBackend: ResultBackend {
         keyPrefix + "celery-task-meta-" + taskID
     }
 
+    public func status(of taskID: String) async throws(CeleryWorkerError) -> TaskState? {
+        guard let stored = try await client.send(RedisCommand("GET", RedisArgument(key(for: taskID)))).bytes else { return nil }
+        return CeleryResultDocument.storedStatus(stored, serializer: serializer)
+    }
+
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
         let keys = documents.map { key(for: $0.taskID) }

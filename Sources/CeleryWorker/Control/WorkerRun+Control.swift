@@ -6,6 +6,29 @@ import Synchronization
 struct RunningTask: Sendable {
     let job: PreparedJob
     let timeStart: Double
+    /// Triggered by `revoke(terminate=True)`.
+    let terminate: ShutdownSignal
+}
+
+/// Ids revoked by `revoke`, remembered as Python remembers them: at most 50 000, each for 3 hours.
+struct RevokedTasks: Sendable {
+    static let limit = 50_000
+    static let lifetime: Double = 10_800
+    private var added: [String: Double] = [:]
+    private var order: [String] = []
+
+    mutating func insert(_ id: String, at now: Double = WallClock.now()) {
+        if added[id] == nil { order.append(id) }
+        added[id] = now
+        while order.count > Self.limit { added[order.removeFirst()] = nil }
+    }
+
+    func contains(_ id: String, at now: Double = WallClock.now()) -> Bool {
+        guard let time = added[id] else { return false }
+        return now - time < Self.lifetime
+    }
+
+    func all(at now: Double = WallClock.now()) -> [String] { order.filter { contains($0, at: now) } }
 }
 
 extension WorkerRun {
@@ -132,12 +155,28 @@ extension WorkerRun {
         case "active_queues":
             return .array(configuration.queues.map(Self.queueInfo))
         case "revoked":
-            return []
+            return .array(revoked.withLock { $0.all() }.map(CeleryValue.string))
+        case "revoke":
+            return await revoke(arguments)
+        case "enable_events":
+            service.events?.setTaskEvents(true)
+            return ["ok": "task events enabled"]
+        case "disable_events":
+            service.events?.setTaskEvents(false)
+            return ["ok": "task events disabled"]
+        case "shutdown":
+            logger.warning("Got shutdown from remote")
+            shutdown.trigger()
+            closePermits()
+            return ["ok": "shutdown"]
         case "query_task":
             return queryTask(arguments["ids"])
         case "hello":
             if arguments["from_node"]?.stringValue == configuration.nodeName { return .null }
-            return ["revoked": [], "clock": .int(Int64(service.events?.currentClock ?? 0))]
+            return [
+                "revoked": .array(revoked.withLock { $0.all() }.map(CeleryValue.string)),
+                "clock": .int(Int64(service.events?.currentClock ?? 0)),
+            ]
         case "heartbeat":
             await sendWorkerEvent("worker-heartbeat")
             return nil
@@ -146,6 +185,36 @@ extension WorkerRun {
         default:
             return ["error": .string("KeyError('\(method)') (not implemented by swift-celery-worker)")]
         }
+    }
+
+    /// Python's `revoke`: remember the ids, store REVOKED for those not running (unless another state is already
+    /// there), and with `terminate` cancel the running ones.
+    private func revoke(_ arguments: CeleryObject) async -> CeleryValue {
+        var ids: [String] = []
+        switch arguments["task_id"] {
+        case .string(let id)?: ids = [id]
+        case .array(let list)?: ids = list.compactMap(\.stringValue)
+        default: break
+        }
+        revoked.withLock { set in for id in ids { set.insert(id) } }
+        let active = running.withLock { $0 }
+        for id in ids where active[id] == nil {
+            guard let backend = service.backend else { break }
+            let current = try? await backend.status(of: id)
+            guard current == nil || [.pending, .received, .retry, .rejected].contains(current) else { continue }
+            await store(
+                CeleryResultDocument(
+                    taskID: id, status: .revoked,
+                    result: CeleryExceptionInfo(type: "TaskRevokedError", arguments: ["revoked"], module: "celery.exceptions").value,
+                    traceback: nil, children: .null, dateDone: configuration.isoformat(unixSeconds: WallClock.now())))
+        }
+        if arguments["terminate"]?.boolValue == true {
+            let terminated = ids.filter { active[$0] != nil }
+            for id in terminated { active[id]?.terminate.trigger() }
+            return ["ok": .string(terminated.isEmpty ? "terminate: tasks unknown" : "terminate: " + terminated.joined(separator: ", "))]
+        }
+        logger.info("Tasks flagged as revoked: \(ids.joined(separator: ", "))")
+        return ["ok": .string("tasks {" + ids.map { "'\($0)'" }.joined(separator: ", ") + "} flagged as revoked")]
     }
 
     private func reservedJobs() -> [PreparedJob] {

@@ -15,15 +15,17 @@ final class EventDispatcher: Sendable {
     let version: String
     /// Lamport clock, advanced for every event sent.
     private let clock = Mutex(0)
-    /// Whether `task-*` events are sent (`-E`).
-    let sendsTaskEvents: Bool
+    /// Whether `task-*` events are sent (`-E`, or `enable_events` / `disable_events` at run time).
+    private let taskEvents: Mutex<Bool>
+    var sendsTaskEvents: Bool { taskEvents.withLock { $0 } }
+    func setTaskEvents(_ enabled: Bool) { taskEvents.withLock { $0 = enabled } }
 
     init(client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool) {
         self.client = client
         self.hostname = hostname
         self.database = database
         self.version = version
-        self.sendsTaskEvents = sendsTaskEvents
+        self.taskEvents = Mutex(sendsTaskEvents)
     }
 
     /// The Lamport clock now.

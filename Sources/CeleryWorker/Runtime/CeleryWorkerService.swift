@@ -141,6 +141,8 @@ final class WorkerRun: Sendable {
     let held = Mutex(HeldDeliveries())
     /// Tasks running now and tasks started so far (`active`, `processed` in worker events; `total` in stats).
     let counters = Mutex((active: 0, processed: 0, totals: [String: Int]()))
+    /// Ids revoked by remote control.
+    let revoked = Mutex(RevokedTasks())
     /// Tasks running now, by id (`inspect active`).
     let running = Mutex<[String: RunningTask]>([:])
     /// When this run started (`uptime` in stats).

@@ -2,10 +2,15 @@ import CeleryProtocol
 import Foundation
 import Logging
 
-/// Which child of the soft-time-limit race finished.
-enum SoftLimitRace: Sendable {
+/// Why a running task was told to stop.
+enum StopReason: Sendable {
+    case softTimeLimit, terminated
+}
+
+/// Which child of the race between a task body and what may stop it finished.
+enum TaskRace: Sendable {
     case body(Result<CeleryValue, any Error>)
-    case timer(fired: Bool)
+    case stop(StopReason?)
 }
 
 /// A task message that is valid, registered and ready to run.
@@ -81,6 +86,7 @@ extension WorkerRun {
         }
         let job = PreparedJob(delivery: delivery, message: message, task: task, etaTime: etaTime, expiresTime: expiresTime)
         if await revokeIfExpired(job) { return nil }
+        if await discardIfRevoked(job) { return nil }
         logger.info("Task \(job.displayName)[\(message.id)] received")
         await sendTaskEvent(
             "task-received", message.id,
@@ -141,14 +147,29 @@ extension WorkerRun {
     private func revokeIfExpired(_ job: PreparedJob) async -> Bool {
         guard let expires = job.expiresTime, expires <= WallClock.now() else { return false }
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)] (expired)")
-        var document = failureDocument(
-            job.message, queue: job.delivery.envelope.deliveryInfo.routingKey,
-            exception: CeleryExceptionInfo(type: "TaskRevokedError", arguments: ["expired"], module: "celery.exceptions"),
-            traceback: nil)
-        document.status = .revoked
-        await store(document)
+        await storeRevoked(job, reason: "expired", children: [])
         await sendTaskEvent("task-revoked", job.message.id, ["terminated": false, "signum": nil, "expired": true])
         return true
+    }
+
+    /// A task revoked by id is not run: REVOKED is stored, the message acknowledged, as in Python.
+    private func discardIfRevoked(_ job: PreparedJob) async -> Bool {
+        guard revoked.withLock({ $0.contains(job.message.id) }) else { return false }
+        logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)]")
+        await storeRevoked(job, reason: "revoked", children: [])
+        await sendTaskEvent("task-revoked", job.message.id, ["terminated": false, "signum": nil, "expired": false])
+        await discard(job.delivery)
+        return true
+    }
+
+    func storeRevoked(_ job: PreparedJob, reason: String, children: CeleryValue) async {
+        var document = failureDocument(
+            job.message, queue: job.delivery.envelope.deliveryInfo.routingKey,
+            exception: CeleryExceptionInfo(type: "TaskRevokedError", arguments: [.string(reason)], module: "celery.exceptions"),
+            traceback: nil)
+        document.status = .revoked
+        document.children = children
+        await store(document)
     }
 
     // MARK: Running
@@ -163,6 +184,7 @@ extension WorkerRun {
             await carryOut(.ack, for: job.delivery)
             return
         }
+        if await discardIfRevoked(job) { return }
         var machine = DeliveryStateMachine(acksLate: job.task.options.acksLate ?? configuration.acksLate)
         held.withLock { $0.markStarted(job.delivery) }
         counters.withLock {
@@ -170,7 +192,8 @@ extension WorkerRun {
             $0.processed += 1
             $0.totals[message.name, default: 0] += 1
         }
-        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: WallClock.now()) }
+        let terminate = ShutdownSignal()
+        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: WallClock.now(), terminate: terminate) }
         defer {
             counters.withLock { $0.active -= 1 }
             running.withLock { $0[message.id] = nil }
@@ -200,11 +223,18 @@ extension WorkerRun {
         }
         let started = ContinuousClock.now
         let softLimit = message.timeLimit.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
-        var (outcome, softLimitFired) = await run(job.task.handler, context, softLimit: softLimit)
-        if softLimitFired, case .failure = outcome {
+        var (outcome, stopReason) = await run(job.task.handler, context, softLimit: softLimit, terminate: terminate)
+        if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
         let runtime = Self.seconds(ContinuousClock.now - started)
+        if stopReason == .terminated, !Task.isCancelled {
+            logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
+            await storeRevoked(job, reason: "terminated", children: [])
+            await sendTaskEvent("task-revoked", message.id, ["terminated": true, "signum": 15, "expired": false])
+            await carryOut(machine.finish(), for: job.delivery)
+            return
+        }
 
         if Task.isCancelled {
             logger.warning("Task \(job.displayName)[\(message.id)] interrupted by cold shutdown")
@@ -257,19 +287,14 @@ extension WorkerRun {
 
     /// Runs the task body on the task threads. With a soft limit, the body is cancelled when it passes; the
     /// second value tells whether that happened.
+    /// Runs the task body on the task threads. The body is cancelled when its soft time limit passes or when a
+    /// `revoke(terminate=True)` arrives; the second value says which stopped it, if any.
     private func run(
         _ handler: @escaping @Sendable (TaskContext) async throws -> CeleryValue, _ context: TaskContext,
-        softLimit: Double?
-    ) async -> (Result<CeleryValue, any Error>, Bool) {
+        softLimit: Double?, terminate: ShutdownSignal
+    ) async -> (Result<CeleryValue, any Error>, StopReason?) {
         let executor = self.executor
-        guard let softLimit, softLimit > 0 else {
-            do {
-                return (.success(try await withTaskExecutorPreference(executor) { try await handler(context) }), false)
-            } catch {
-                return (.failure(error), false)
-            }
-        }
-        return await withTaskGroup(of: SoftLimitRace.self) { group in
+        return await withTaskGroup(of: TaskRace.self) { group in
             group.addTask {
                 do {
                     return .body(.success(try await withTaskExecutorPreference(executor) { try await handler(context) }))
@@ -277,28 +302,34 @@ extension WorkerRun {
                     return .body(.failure(error))
                 }
             }
-            group.addTask {
-                do {
-                    try await Task.sleep(for: .milliseconds(Int64(softLimit * 1000)))
-                    return .timer(fired: true)
-                } catch {
-                    return .timer(fired: false)
+            if let softLimit, softLimit > 0 {
+                group.addTask {
+                    do {
+                        try await Task.sleep(for: .milliseconds(Int64(softLimit * 1000)))
+                        return .stop(.softTimeLimit)
+                    } catch {
+                        return .stop(nil)
+                    }
                 }
             }
-            var fired = false
+            group.addTask {
+                await terminate.wait()
+                return .stop(terminate.isTriggered && !Task.isCancelled ? .terminated : nil)
+            }
+            var reason: StopReason?
             for await finished in group {
                 switch finished {
                 case .body(let result):
                     group.cancelAll()
-                    return (result, fired)
-                case .timer(let didFire):
-                    if didFire {
-                        fired = true
+                    return (result, reason)
+                case .stop(let why):
+                    if let why, reason == nil {
+                        reason = why
                         group.cancelAll()  // cancels the body: it is told to stop
                     }
                 }
             }
-            return (.failure(CancellationError()), fired)
+            return (.failure(CancellationError()), reason)
         }
     }
 
