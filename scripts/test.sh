@@ -20,6 +20,9 @@ swift build --build-tests 2>&1 | grep -v "prohibited flag"
 swift test --skip-build 2>&1 | grep -v "prohibited flag"
 
 export SWIFT_CELERY_WORKER="$PWD/.build/debug/swift-celery-worker"
+echo "==> benchmark, small form (checks that it runs; figures from a debug build mean nothing)"
+.venv/bin/python Benchmarks/drain.py --quick --tasks 200 --worker "$SWIFT_CELERY_WORKER"
+
 status=0
 echo "==> Interop tests against Celery 5.3 (oldest supported)"
 (cd Interop && ../.venv-celery53/bin/python -m pytest -q -p no:cacheprovider) || status=1

@@ -1,0 +1,247 @@
+"""Side-by-side drain benchmark: the Swift worker against Python Celery (prefork and threads pools) on one Redis.
+
+    .venv/bin/python Benchmarks/drain.py --tasks 5000            # the README table
+    .venv/bin/python Benchmarks/drain.py --tasks 200 --quick     # CI: checks that it still works
+
+For each worker and variant it pre-fills N real Celery messages (made by Celery itself), starts the worker, and
+measures the time to drain them with every result written (tasks/s), the worker process tree's CPU time per task
+and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worker (raw push -> result published,
+p50/p99) and a floor: a bare batched Python loop (pop many, pipeline the result writes, no Celery).
+"""
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "Interop"))
+
+import redis  # noqa: E402
+from celery import Celery  # noqa: E402
+
+from redisproc import RedisProcess  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WORKER = str(ROOT / ".build" / "release" / "swift-celery-worker")
+
+
+def tree_pids(pid):
+    pids = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for text in child.read_text().split():
+            pids.extend(tree_pids(int(text)))
+    return pids
+
+
+def tree_stats(pid):
+    cpu, rss = 0.0, 0
+    for p in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) * 1024
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return cpu, rss
+
+
+def make_messages(broker, count, task, serializer):
+    """Messages exactly as Celery's producer writes them, captured off the list."""
+    app = Celery("bench", broker=broker)
+    app.conf.task_serializer = serializer
+    r = redis.Redis.from_url(broker)
+    r.delete("celery")
+    args = (2, 3) if task == "tasks.add" else ()
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            app.send_task(task, args, producer=producer, ignore_result=False)
+    raw = r.lrange("celery", 0, -1)
+    r.delete("celery")
+    return raw
+
+
+def start_worker(kind, broker, backend, acks_late, serializer, logdir):
+    env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
+    log = open(logdir / f"{kind}.log", "ab")
+    if kind == "swift":
+        args = [WORKER, "--broker", broker, "--result-backend",
+                backend, "-c", "2", "-l", "WARNING"]
+        if acks_late:
+            args.append("--acks-late")
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        time.sleep(0.3)
+        return proc
+    env.update({"ACKS_LATE": "1" if acks_late else "0", "RESULT_SERIALIZER": "json"})
+    pool = "prefork" if kind == "python-prefork" else "threads"
+    celery = Path(sys.executable).with_name("celery")
+    proc = subprocess.Popen([str(celery), "-A", "pytasks", "worker", "-P", pool, "-c", "2", "-l", "WARNING",
+                             "--without-mingle", "--without-gossip", "--without-heartbeat"],
+                            cwd=ROOT / "Interop" / "pyworker", stdout=subprocess.DEVNULL, stderr=log, env=env,
+                            start_new_session=True)
+    time.sleep(3.0)
+    return proc
+
+
+def wait_idle(r_results, expected, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if r_results.dbsize() >= expected:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def drain(kind, server, messages, acks_late, serializer, logdir):
+    broker, backend = server.url(1), server.url(0)
+    rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+    rb.flushdb()
+    rr.flushdb()
+    proc = start_worker(kind, broker, backend, acks_late, serializer, logdir)
+    try:
+        cpu0, _ = tree_stats(proc.pid)
+        started = time.monotonic()
+        pipe = rb.pipeline(transaction=False)
+        for raw in messages:
+            pipe.lpush("celery", raw)
+        pipe.execute()
+        peak = 0
+        deadline = started + 600
+        while rr.dbsize() < len(messages) and time.monotonic() < deadline:
+            peak = max(peak, tree_stats(proc.pid)[1])
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        cpu1, rss = tree_stats(proc.pid)
+        done = rr.dbsize()
+    finally:
+        if kind == "swift":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"tasks": done, "seconds": elapsed, "rate": done / elapsed, "cpu_us": (cpu1 - cpu0) / max(done, 1) * 1e6,
+            "rss_mb": max(peak, rss) / 1e6, "lost": len(messages) - done}
+
+
+def latency(kind, server, samples, logdir):
+    broker, backend = server.url(1), server.url(0)
+    rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+    rb.flushdb()
+    rr.flushdb()
+    messages = make_messages(broker, samples, "tasks.noop", "json")
+    proc = start_worker(kind, broker, backend, False, "json", logdir)
+    pubsub = rr.pubsub()
+    times = []
+    try:
+        for raw in messages:
+            task_id = json.loads(raw)["headers"]["id"]
+            pubsub.subscribe(f"celery-task-meta-{task_id}")
+            pubsub.get_message(timeout=1)  # subscribe confirmation
+            sent = time.perf_counter()
+            rb.lpush("celery", raw)
+            while True:
+                message = pubsub.get_message(timeout=5)
+                if message is None:
+                    raise RuntimeError(f"{kind}: no result for {task_id}")
+                if message["type"] == "message":
+                    times.append((time.perf_counter() - sent) * 1000)
+                    break
+            pubsub.unsubscribe()
+            pubsub.get_message(timeout=1)
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGTERM) if kind == "swift" else os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
+
+
+def bare_loop(server, messages):
+    """The floor: pop many messages per round trip and pipeline SETEX + PUBLISH for each, no Celery at all."""
+    broker, backend = server.url(1), server.url(0)
+    rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+    rb.flushdb()
+    rr.flushdb()
+    pipe = rb.pipeline(transaction=False)
+    for raw in messages:
+        pipe.lpush("celery", raw)
+    pipe.execute()
+    started = time.monotonic()
+    done = 0
+    while True:
+        batch = rb.rpop("celery", 200)
+        if not batch:
+            break
+        pipe = rr.pipeline(transaction=False)
+        for raw in batch:
+            task_id = json.loads(raw)["headers"]["id"]
+            document = json.dumps({"status": "SUCCESS", "result": None, "traceback": None, "children": [],
+                                   "date_done": "2026-01-01T00:00:00+00:00", "task_id": task_id})
+            pipe.set(f"celery-task-meta-{task_id}", document, ex=86400)
+            pipe.publish(f"celery-task-meta-{task_id}", document)
+        pipe.execute()
+        done += len(batch)
+    elapsed = time.monotonic() - started
+    return {"tasks": done, "seconds": elapsed, "rate": done / elapsed}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="one variant per worker: checks the benchmark runs")
+    parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    options = parser.parse_args()
+    globals()["WORKER"] = options.worker
+    logdir = Path("/tmp/swift-celery-bench")
+    logdir.mkdir(exist_ok=True)
+    server = RedisProcess().start()
+    rows = []
+    try:
+        kinds = ["swift", "python-prefork", "python-threads"]
+        variants = [("tasks.noop", "json", False)] if options.quick else [
+            (task, serializer, acks) for task in ["tasks.noop", "tasks.add"] for serializer in ["json", "msgpack"]
+            for acks in [False, True]]
+        for task, serializer, acks in variants:
+            messages = make_messages(server.url(1), options.tasks, task, serializer)
+            for kind in kinds:
+                result = drain(kind, server, messages, acks, serializer, logdir)
+                rows.append((kind, task, serializer, acks, result))
+                print(f"{kind:15} {task:11} {serializer:8} acks_late={str(acks):5} "
+                      f"{result['rate']:9.0f} tasks/s  {result['cpu_us']:7.0f} us CPU/task  "
+                      f"{result['rss_mb']:6.1f} MB RSS  lost={result['lost']}", flush=True)
+            floor = bare_loop(server, messages)
+            print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s", flush=True)
+            rows.append(("bare-python", task, serializer, acks, floor))
+        print()
+        for kind in ["swift", "python-prefork"]:
+            lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir)
+            print(f"idle pick-up latency {kind:15} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
+        print()
+        print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for task, serializer, acks in variants:
+            got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
+            sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
+            print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {pf['rate']:.0f} | "
+                  f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | {sw['cpu_us']:.0f} | "
+                  f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
+        lost = sum(res.get("lost", 0) for *_, res in rows)
+        print(f"\nbenchmark: {len(rows)} runs, {lost} tasks lost")
+        return 1 if lost else 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
