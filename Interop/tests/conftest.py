@@ -71,6 +71,17 @@ class LoggedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Sends `sig` and returns the exit status; a process still running after `timeout` is killed and fails."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.name} did not exit within {timeout}s after {sig!r}:\n{self.log}")
+
 
 class WorkerProcess(LoggedProcess):
     """The Swift worker."""
@@ -87,16 +98,6 @@ class WorkerProcess(LoggedProcess):
     @property
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"worker did not exit within {timeout}s after {sig!r}:\n{self.log}")
 
 
 @pytest.fixture
@@ -138,15 +139,6 @@ class PythonWorker(LoggedProcess):
         except ProcessLookupError:
             pass
         self.proc.wait()
-
-    def stop(self, sig=signal.SIGTERM, timeout=30.0):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
 
 
 @pytest.fixture
