@@ -38,13 +38,13 @@ final class EventDispatcher: Sendable {
             "loadavg": .array(Self.loadAverage().map(CeleryValue.double)),
             "sw_ident": .string(Self.softwareIdentity), "sw_ver": .string(version), "sw_sys": "Linux",
         ]
-        await publish(event(type, fields), routingKey: type.replacingOccurrences(of: "-", with: "."))
+        await publish(routingKey: type.replacingOccurrences(of: "-", with: ".")) { self.event(type, fields) }
     }
 
     /// A `task-*` event, when task events are on.
     func sendTaskEvent(_ type: String, _ fields: CeleryObject) async {
         guard sendsTaskEvents else { return }
-        await publish(.array([event(type, fields)]), routingKey: "task.multi")
+        await publish(routingKey: "task.multi") { .array([self.event(type, fields)]) }
     }
 
     /// The event body in Python's field order: `hostname`, `utcoffset`, `pid`, `clock`, the fields, `timestamp`, `type`.
@@ -65,17 +65,22 @@ final class EventDispatcher: Sendable {
         return .object(body)
     }
 
-    private func publish(_ body: CeleryValue, routingKey: String) async {
-        let envelope = KombuEnvelope(
-            body: CeleryJSON.encode(body), contentType: CeleryContentType.json.rawValue, contentEncoding: "utf-8",
-            headers: ["hostname": .string(hostname)],
-            properties: [
-                "delivery_mode": 1, "delivery_info": ["exchange": "celeryev", "routing_key": .string(routingKey)],
-                "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
-            ])
-        let channel = "/\(database).celeryev/\(routingKey)"
+    /// Publishes the event that `makeBody` builds. The body (and so its clock tick) is made while the events
+    /// connection is held, so receivers get this worker's events in clock order even when tasks send them at once.
+    private func publish(routingKey: String, _ makeBody: @escaping @Sendable () -> CeleryValue) async {
+        let channel = RedisArgument("/\(database).celeryev/\(routingKey)")
+        let hostname = self.hostname
         // Events are best effort, as in Python: a lost event is not retried.
-        _ = try? await client.send(RedisCommand("PUBLISH", RedisArgument(channel), RedisArgument(envelope.encoded())))
+        _ = try? await client.withConnection { connection throws(CeleryWorkerError) in
+            let envelope = KombuEnvelope(
+                body: CeleryJSON.encode(makeBody()), contentType: CeleryContentType.json.rawValue, contentEncoding: "utf-8",
+                headers: ["hostname": .string(hostname)],
+                properties: [
+                    "delivery_mode": 1, "delivery_info": ["exchange": "celeryev", "routing_key": .string(routingKey)],
+                    "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
+                ])
+            _ = try connection.execute([RedisCommand("PUBLISH", channel, RedisArgument(envelope.encoded()))])
+        }
     }
 
     /// The 1, 5 and 15 minute load averages, rounded up to 2 decimals as Celery reports them.
