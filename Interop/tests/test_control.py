@@ -112,3 +112,84 @@ def test_enable_disable_events_and_remote_shutdown(start_worker, make_app):
     app.control.shutdown(destination=[next(iter(app.control.inspect(timeout=1).ping()))])
     assert worker.proc.wait(15) == 0
     assert "Got shutdown from remote" in worker.log
+
+
+def test_add_and_cancel_consumer(start_worker, make_app, broker_redis):
+    worker = start_worker("-n", "cons@%h")
+    app = make_app()
+    node = next(iter(app.control.inspect(timeout=1).ping()))
+    early = app.tasks["tasks.add"].apply_async((1, 2), queue="late")
+    time.sleep(1)
+    assert broker_redis.llen("late") == 1  # nobody consumes "late" yet
+    reply = app.control.add_consumer("late", reply=True, destination=[node])
+    assert reply == [{node: {"ok": "add consumer late"}}]
+    assert early.get(timeout=10) == 3
+    assert [q["name"] for q in app.control.inspect(timeout=1).active_queues()[node]] == ["celery", "late"]
+    reply = app.control.cancel_consumer("late", reply=True, destination=[node])
+    assert reply == [{node: {"ok": "no longer consuming from late"}}]
+    assert [q["name"] for q in app.control.inspect(timeout=1).active_queues()[node]] == ["celery"]
+    app.tasks["tasks.add"].apply_async((2, 2), queue="late")
+    assert app.tasks["tasks.add"].delay(3, 3).get(timeout=10) == 6  # still serving "celery"
+    time.sleep(1)
+    assert broker_redis.llen("late") == 1
+    assert "Cancelled consuming from queue late" in worker.log
+
+
+def test_rate_limit(start_worker, make_app, backend_redis):
+    import json
+
+    from celery.utils.time import maybe_iso8601
+
+    start_worker("-n", "rate@%h", "-c", "4")
+    app = make_app()
+    node = next(iter(app.control.inspect(timeout=1).ping()))
+    reply = app.control.rate_limit("tasks.add", "2/s", reply=True, destination=[node])
+    assert reply == [{node: {"ok": "new rate limit set successfully"}}]
+    results = [app.tasks["tasks.add"].delay(i, i) for i in range(5)]
+    assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6, 8]
+    done = sorted(maybe_iso8601(json.loads(backend_redis.get(f"celery-task-meta-{r.id}"))["date_done"])
+                  for r in results)
+    assert (done[-1] - done[0]).total_seconds() >= 1.8  # 4 gaps of 0.5 s at least
+
+    bad = app.control.rate_limit("tasks.add", "ten/s", reply=True, destination=[node])
+    assert bad[0][node]["error"].startswith("Invalid rate limit string")
+    unknown = app.control.rate_limit("tasks.nope", "1/s", reply=True, destination=[node])
+    assert unknown == [{node: {"error": "unknown task"}}]
+    off = app.control.rate_limit("tasks.add", 0, reply=True, destination=[node])
+    assert off == [{node: {"ok": "rate limit disabled successfully"}}]
+    results = [app.tasks["tasks.add"].delay(i, 1) for i in range(5)]
+    assert [r.get(timeout=15) for r in results] == [1, 2, 3, 4, 5]
+    done = sorted(maybe_iso8601(json.loads(backend_redis.get(f"celery-task-meta-{r.id}"))["date_done"])
+                  for r in results)
+    assert (done[-1] - done[0]).total_seconds() < 1.5
+
+
+def test_time_limit_command(start_worker, make_app):
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    start_worker("-n", "tl@%h")
+    app = make_app()
+    node = next(iter(app.control.inspect(timeout=1).ping()))
+    reply = app.control.time_limit("tasks.sleep", soft=0.5, reply=True, destination=[node])
+    assert reply == [{node: {"ok": "time limits set successfully"}}]
+    with pytest.raises(SoftTimeLimitExceeded):
+        app.tasks["tasks.sleep"].delay(5).get(timeout=10)
+    unknown = app.control.time_limit("tasks.nope", soft=1, reply=True, destination=[node])
+    assert unknown == [{node: {"error": "unknown task"}}]
+
+
+def test_inspect_conf(start_worker, make_app, redis_urls):
+    start_worker("-n", "conf@%h", "--acks-late", "--visibility-timeout", "120")
+    app = make_app()
+    conf = app.control.inspect(timeout=1).conf()
+    node = next(iter(conf))
+    assert conf[node]["broker_url"] == redis_urls["broker"]
+    assert conf[node]["result_backend"] == redis_urls["backend"]
+    assert conf[node]["task_acks_late"] is True
+    assert conf[node]["broker_transport_options"] == {"visibility_timeout": 120}
+    assert conf[node]["accept_content"] == ["json", "msgpack"]
+    celery = Path(sys.executable).with_name("celery")
+    proc = subprocess.run([str(celery), "-b", redis_urls["broker"], "inspect", "conf", "-d", node],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "task_acks_late" in proc.stdout and "1 node online." in proc.stdout

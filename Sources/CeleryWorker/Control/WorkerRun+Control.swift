@@ -153,7 +153,20 @@ extension WorkerRun {
         case "stats":
             return stats()
         case "active_queues":
-            return .array(configuration.queues.map(Self.queueInfo))
+            return .array(consuming.withLock { $0 }.map(Self.queueInfo))
+        case "add_consumer":
+            return await addConsumer(arguments)
+        case "cancel_consumer":
+            guard let queue = arguments["queue"]?.stringValue else { return ["error": "missing queue"] }
+            consuming.withLock { $0.removeAll { $0 == queue } }
+            logger.info("Cancelled consuming from queue \(queue)")
+            return ["ok": .string("no longer consuming from \(queue)")]
+        case "rate_limit":
+            return rateLimit(arguments)
+        case "time_limit":
+            return timeLimit(arguments)
+        case "conf":
+            return conf()
         case "revoked":
             return .array(revoked.withLock { $0.all() }.map(CeleryValue.string))
         case "revoke":
@@ -185,6 +198,83 @@ extension WorkerRun {
         default:
             return ["error": .string("KeyError('\(method)') (not implemented by swift-celery-worker)")]
         }
+    }
+
+    /// Python's `add_consumer`: declare the queue and consume from it too.
+    private func addConsumer(_ arguments: CeleryObject) async -> CeleryValue {
+        guard let queue = arguments["queue"]?.stringValue, !queue.isEmpty else { return ["error": "missing queue"] }
+        if !consuming.withLock({ $0.contains(queue) }) {
+            do {
+                try await service.broker.declare(queues: [queue])
+            } catch {
+                logger.error("Cannot declare queue \(queue) for add_consumer: \(error.message)")
+                return ["error": .string("cannot declare queue \(queue): \(error.message)")]
+            }
+            consuming.withLock { if !$0.contains(queue) { $0.append(queue) } }
+            logger.info("Started consuming from queue \(queue)")
+        }
+        return ["ok": .string("add consumer \(queue)")]
+    }
+
+    /// Python's `rate_limit`: a new rate for one task type, `0` or `None` turns it off.
+    private func rateLimit(_ arguments: CeleryObject) -> CeleryValue {
+        let rate: Double?
+        do {
+            rate = try RateLimit.perSecond(arguments["rate_limit"])
+        } catch {
+            return ["error": .string("Invalid rate limit string: \(error.message)")]
+        }
+        guard let name = arguments["task_name"]?.stringValue, service.registry[name] != nil else {
+            logger.error("Rate limit attempt for unknown task \(arguments["task_name"]?.stringValue ?? "None")")
+            return ["error": "unknown task"]
+        }
+        limits.withLock { $0.setRate(rate, for: name) }
+        guard rate != nil else {
+            logger.info("Rate limits disabled for tasks of type \(name)")
+            return ["ok": "rate limit disabled successfully"]
+        }
+        logger.info("New rate limit for tasks of type \(name): \(PythonRepr.repr(arguments["rate_limit"] ?? .null)).")
+        return ["ok": "new rate limit set successfully"]
+    }
+
+    /// Python's `time_limit`: new soft and hard limits for one task type (`None` falls back to the worker's).
+    private func timeLimit(_ arguments: CeleryObject) -> CeleryValue {
+        guard let name = arguments["task_name"]?.stringValue, service.registry[name] != nil else {
+            logger.error("Change time limit attempt for unknown task \(arguments["task_name"]?.stringValue ?? "None")")
+            return ["error": "unknown task"]
+        }
+        let soft = arguments["soft"]?.doubleValue
+        let hard = arguments["hard"]?.doubleValue
+        limits.withLock { $0.setTimeLimits(soft: soft, hard: hard, for: name) }
+        logger.info(
+            "New time limits for tasks of type \(name): soft=\(soft.map { PythonRepr.repr(.double($0)) } ?? "None") hard=\(hard.map { PythonRepr.repr(.double($0)) } ?? "None")"
+        )
+        return ["ok": "time limits set successfully"]
+    }
+
+    /// Python's `conf`: the settings in effect, under Celery's lowercase names (passwords masked).
+    private func conf() -> CeleryValue {
+        let configuration = self.configuration
+        func optional(_ value: Double?) -> CeleryValue { value.map(CeleryValue.double) ?? .null }
+        return [
+            "broker_url": .string(configuration.brokerURL.description),
+            "result_backend": configuration.resultBackendURL.map { .string($0.description) } ?? .null,
+            "result_serializer": .string(configuration.resultSerializer.serializerName),
+            "result_expires": configuration.resultExpires.map { .int(Int64($0)) } ?? .null,
+            "accept_content": .array(
+                CeleryContentType.allCases.filter(configuration.acceptContent.contains).map { .string($0.serializerName) }),
+            "timezone": .string(configuration.timezone.identifier),
+            "enable_utc": .bool(configuration.enableUTC),
+            "task_acks_late": .bool(configuration.acksLate),
+            "task_track_started": .bool(configuration.trackStarted),
+            "task_soft_time_limit": optional(configuration.softTimeLimit),
+            "task_time_limit": optional(configuration.timeLimit),
+            "result_extended": .bool(configuration.resultExtended),
+            "worker_concurrency": .int(Int64(configuration.concurrency)),
+            "worker_prefetch_multiplier": .int(Int64(configuration.prefetchMultiplier)),
+            "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
+            "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
+        ]
     }
 
     /// Python's `revoke`: remember the ids, store REVOKED for those not running (unless another state is already

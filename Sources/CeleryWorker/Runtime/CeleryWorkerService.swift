@@ -147,6 +147,10 @@ final class WorkerRun: Sendable {
     let running = Mutex<[String: RunningTask]>([:])
     /// When this run started (`uptime` in stats).
     let startedAt = WallClock.now()
+    /// The queues consumed now: `-Q`, changed by `add_consumer` / `cancel_consumer`.
+    let consuming: Mutex<[String]>
+    /// Rate and time limits changed by remote control, and the rate-limit schedule.
+    let limits = Mutex(TaskLimits())
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
         self.service = service
@@ -155,6 +159,7 @@ final class WorkerRun: Sendable {
         let limit = service.configuration.prefetchCount
         self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2)
         self.slots = AsyncPermits(service.configuration.concurrency)
+        self.consuming = Mutex(service.configuration.queues)
     }
 
     var logger: Logger { service.logger }
@@ -204,9 +209,16 @@ final class WorkerRun: Sendable {
         while !shutdown.isTriggered, !Task.isCancelled {
             guard await prefetch.acquire() else { break }
             // One permit is needed to fetch at all; any others free now let one round trip take a batch.
+            let queues = consuming.withLock { $0 }
+            if queues.isEmpty {
+                // Every queue was cancelled: wait for an add_consumer.
+                prefetch.release()
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + 0.5)
+                continue
+            }
             let permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
             do {
-                let deliveries = try await service.broker.fetch(queues: configuration.queues, limit: permits)
+                let deliveries = try await service.broker.fetch(queues: queues, limit: permits)
                 if failures > 0 {
                     logger.info("Connected to \(configuration.brokerURL)")
                     failures = 0
@@ -299,10 +311,24 @@ final class WorkerRun: Sendable {
                     // Like Celery, an ETA task does not hold a prefetch slot while it waits.
                     prefetch.release()
                     group.addTask {
-                        guard await self.shutdown.sleep(untilUnixTime: eta), await self.slots.acquire() else {
+                        guard await self.shutdown.sleep(untilUnixTime: eta), await self.waitForRateLimit(job),
+                            await self.slots.acquire()
+                        else {
                             return  // given back at the end, as never started
                         }
                         await self.execute(job, holdsPrefetch: false)
+                        self.slots.release()
+                    }
+                    continue
+                }
+                if limits.withLock({ $0.rate(for: job.task) }) != nil {
+                    // A rate-limited task waits for its turn apart, holding its prefetch slot as in Celery.
+                    group.addTask {
+                        guard await self.waitForRateLimit(job), await self.slots.acquire() else {
+                            self.prefetch.release()
+                            return  // given back at the end, as never started
+                        }
+                        await self.execute(job, holdsPrefetch: true)
                         self.slots.release()
                     }
                     continue
@@ -317,6 +343,12 @@ final class WorkerRun: Sendable {
                 }
             }
         }
+    }
+
+    /// Waits until a rate-limited task's turn (at once when it has no limit); `false` when shutdown came first.
+    private func waitForRateLimit(_ job: PreparedJob) async -> Bool {
+        guard let start = limits.withLock({ $0.reserveStart(for: job.task, now: WallClock.now()) }) else { return true }
+        return await shutdown.sleep(untilUnixTime: start)
     }
 
     private func giveBack(_ deliveries: [BrokerDelivery]) async {

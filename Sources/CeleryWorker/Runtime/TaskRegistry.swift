@@ -18,10 +18,17 @@ public struct TaskOptions: Sendable {
     /// Seconds after which the task is cancelled (`soft_time_limit`); `nil` uses the worker's. A task that stops
     /// because of it fails with `SoftTimeLimitExceeded`; one that handles the cancellation may still return.
     public var softTimeLimit: Double?
+    /// Seconds after which the task is killed (`time_limit`); `nil` uses the worker's. Enforced by the process
+    /// pool only (`--pool process`): a thread cannot be stopped from outside.
+    public var timeLimit: Double?
+    /// At most this many tasks of this type start per second, minute or hour (`rate_limit`: `"10/s"`, `"100/m"`,
+    /// `"1000/h"`, a bare number per second). `nil`: no limit.
+    public var rateLimit: String?
 
     public init(
         ignoreResult: Bool = false, acksLate: Bool? = nil, maxRetries: Int? = 3, defaultRetryDelay: Double = 180,
-        retryPolicy: RetryPolicy = RetryPolicy(), trackStarted: Bool? = nil, softTimeLimit: Double? = nil
+        retryPolicy: RetryPolicy = RetryPolicy(), trackStarted: Bool? = nil, softTimeLimit: Double? = nil,
+        timeLimit: Double? = nil, rateLimit: String? = nil
     ) {
         self.ignoreResult = ignoreResult
         self.acksLate = acksLate
@@ -30,6 +37,8 @@ public struct TaskOptions: Sendable {
         self.retryPolicy = retryPolicy
         self.trackStarted = trackStarted
         self.softTimeLimit = softTimeLimit
+        self.timeLimit = timeLimit
+        self.rateLimit = rateLimit
     }
 }
 

@@ -222,7 +222,9 @@ extension WorkerRun {
             await self.store(self.document(message, queue: queue, status: state, result: meta, ready: false))
         }
         let started = ContinuousClock.now
-        let softLimit = message.timeLimit.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
+        let softLimit =
+            message.timeLimit.soft ?? limits.withLock { $0.timeLimits(for: message.name)?.soft }
+            ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
         var (outcome, stopReason) = await run(job.task.handler, context, softLimit: softLimit, terminate: terminate)
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
