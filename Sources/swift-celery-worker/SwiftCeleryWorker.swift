@@ -3,6 +3,8 @@ import CeleryProtocol
 import CeleryWorker
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
@@ -74,6 +76,12 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
     var logfile: String?
 
+    @Option(name: .customLong("metrics-port"), help: "Serve Prometheus metrics at http://<metrics-address>:<port>/metrics.")
+    var metricsPort: Int?
+
+    @Option(name: .customLong("metrics-address"), help: "The address the metrics endpoint listens on (default: 127.0.0.1).")
+    var metricsAddress = "127.0.0.1"
+
     @Option(name: .customLong("config"), help: "A YAML or JSON file of Celery settings (broker_url, result_backend, task_acks_late, …).")
     var config: String?
 
@@ -111,6 +119,7 @@ struct WorkerCommand: AsyncParsableCommand {
         try check((softTimeLimit ?? 1) > 0, "--soft-time-limit must be more than 0 seconds.")
         let timeLimit = self.timeLimit ?? file.timeLimit
         try check((timeLimit ?? 1) > 0, "--time-limit must be more than 0 seconds.")
+        try check((0...65_535).contains(metricsPort ?? 0), "--metrics-port must be a TCP port (0-65535).")
         var serializer = file.resultSerializer ?? .json
         if let resultSerializer {
             guard let parsed = CeleryContentType(name: resultSerializer) else {
@@ -187,7 +196,18 @@ struct WorkerCommand: AsyncParsableCommand {
                 Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
         for warning in resolved.warnings { logger.warning("\(warning)") }
 
-        let worker = CeleryWorkerService(configuration: configuration, registry: registry, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var metricsFactory: any MetricsFactory = NOOPMetricsHandler.instance
+        if let metricsPort {
+            let prometheus = PrometheusCollectorRegistry()
+            metricsFactory = PrometheusMetricsFactory(registry: prometheus)
+            services.append(
+                .init(
+                    service: MetricsEndpoint(registry: prometheus, host: metricsAddress, port: metricsPort, logger: logger),
+                    successTerminationBehavior: .ignore, failureTerminationBehavior: .cancelGroup))
+        }
+        let worker = CeleryWorkerService(
+            configuration: configuration, registry: registry, logger: logger, metricsFactory: metricsFactory)
         let signals = SignalWatcher(logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
@@ -198,7 +218,7 @@ struct WorkerCommand: AsyncParsableCommand {
                     .init(
                         service: worker, successTerminationBehavior: .gracefullyShutdownGroup,
                         failureTerminationBehavior: .cancelGroup),
-                ],
+                ] + services,
                 logger: Logger(label: "celery.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
             ))
         signals.attach(group)

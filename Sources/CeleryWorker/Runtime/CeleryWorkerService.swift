@@ -1,5 +1,6 @@
 import CeleryProtocol
 import Logging
+import Metrics
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
@@ -24,9 +25,16 @@ public final class CeleryWorkerService: Service {
     /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
     public static let version = "0.1.0"
     let retryDelays = RetryDelays()
+    /// Task counts and timings, through swift-metrics.
+    let metrics: TaskMetrics
 
     /// A worker on Redis, as configured.
-    public convenience init(configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger) {
+    ///
+    /// Metrics go to `metricsFactory`, by default the one bootstrapped in `MetricsSystem`.
+    public convenience init(
+        configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger,
+        metricsFactory: any MetricsFactory = MetricsSystem.factory
+    ) {
         let ioPool = NIOThreadPool(numberOfThreads: 5)
         ioPool.start()
         let broker = RedisBroker(
@@ -48,24 +56,25 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL, threadPool: ioPool), RedisClient(url: configuration.brokerURL, threadPool: ioPool)),
-            ioPool: ioPool)
+            ioPool: ioPool, metrics: TaskMetrics(factory: metricsFactory))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
     public convenience init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
-        backend: (any ResultBackend)?
+        backend: (any ResultBackend)?, metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, ioPool: nil)
+            events: nil, control: nil, ioPool: nil, metrics: TaskMetrics(factory: metricsFactory))
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, ioPool: NIOThreadPool?
+        control: (subscriber: RedisClient, replies: RedisClient)?, ioPool: NIOThreadPool?, metrics: TaskMetrics
     ) {
+        self.metrics = metrics
         self.configuration = configuration
         self.registry = registry
         self.logger = logger
@@ -262,9 +271,11 @@ final class WorkerRun: Sendable {
         await events.sendWorkerEvent(type, active: active, processed: processed)
     }
 
-    func sendTaskEvent(_ type: String, _ id: String, _ fields: CeleryObject = [:]) async {
+    /// Counts the event in the metrics and, with task events on, sends it.
+    func sendTaskEvent(_ type: String, _ message: CeleryTaskMessage, _ fields: CeleryObject = [:]) async {
+        service.metrics.count(event: type, task: message.name)
         guard let events = service.events, events.sendsTaskEvents else { return }
-        var all: CeleryObject = ["uuid": .string(id)]
+        var all: CeleryObject = ["uuid": .string(message.id)]
         for (key, value) in fields { all[key] = value }
         await events.sendTaskEvent(type, all)
     }

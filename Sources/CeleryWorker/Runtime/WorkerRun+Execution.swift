@@ -69,7 +69,7 @@ extension WorkerRun {
                 type: "NotRegistered", arguments: [.string(message.name)],
                 module: "celery.exceptions")
             await store(failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil))
-            await sendTaskEvent("task-failed", message.id, ["exception": .string(failure.repr)])
+            await sendTaskEvent("task-failed", message, ["exception": .string(failure.repr)])
             await discard(delivery)
             return nil
         }
@@ -89,7 +89,7 @@ extension WorkerRun {
         if await discardIfRevoked(job) { return nil }
         logger.info("Task \(job.displayName)[\(message.id)] received")
         await sendTaskEvent(
-            "task-received", message.id,
+            "task-received", message,
             [
                 "name": .string(message.name), "args": message.headers["argsrepr"] ?? .null,
                 "kwargs": message.headers["kwargsrepr"] ?? .null, "root_id": message.headers["root_id"] ?? .null,
@@ -148,7 +148,7 @@ extension WorkerRun {
         guard let expires = job.expiresTime, expires <= WallClock.now() else { return false }
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)] (expired)")
         await storeRevoked(job, reason: "expired", children: [])
-        await sendTaskEvent("task-revoked", job.message.id, ["terminated": false, "signum": nil, "expired": true])
+        await sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": true])
         return true
     }
 
@@ -157,7 +157,7 @@ extension WorkerRun {
         guard revoked.withLock({ $0.contains(job.message.id) }) else { return false }
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)]")
         await storeRevoked(job, reason: "revoked", children: [])
-        await sendTaskEvent("task-revoked", job.message.id, ["terminated": false, "signum": nil, "expired": false])
+        await sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": false])
         await discard(job.delivery)
         return true
     }
@@ -193,12 +193,16 @@ extension WorkerRun {
             $0.totals[message.name, default: 0] += 1
         }
         let terminate = ShutdownSignal()
-        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: WallClock.now(), terminate: terminate) }
+        let timeStart = WallClock.now()
+        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: timeStart, terminate: terminate) }
+        service.metrics.active.increment()
+        service.metrics.recordWait(timeStart - max(job.delivery.receivedAt, job.etaTime ?? 0), task: message.name)
         defer {
+            service.metrics.active.decrement()
             counters.withLock { $0.active -= 1 }
             running.withLock { $0[message.id] = nil }
         }
-        await sendTaskEvent("task-started", message.id)
+        await sendTaskEvent("task-started", message)
         let startAction = machine.start()
         await carryOut(startAction, for: job.delivery)
         if startAction == .ack, holdsPrefetch {
@@ -230,10 +234,11 @@ extension WorkerRun {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
         let runtime = Self.seconds(ContinuousClock.now - started)
+        service.metrics.recordRuntime(runtime, task: message.name)
         if stopReason == .terminated, !Task.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
-            await sendTaskEvent("task-revoked", message.id, ["terminated": true, "signum": 15, "expired": false])
+            await sendTaskEvent("task-revoked", message, ["terminated": true, "signum": 15, "expired": false])
             await carryOut(machine.finish(), for: job.delivery)
             return
         }
@@ -250,9 +255,9 @@ extension WorkerRun {
                 if storesResults {
                     await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
                 }
-                await sendTaskEvent("task-failed", message.id, ["exception": .string(rejection.pythonException.repr)])
+                await sendTaskEvent("task-failed", message, ["exception": .string(rejection.pythonException.repr)])
             }
-            await sendTaskEvent("task-rejected", message.id, ["requeue": .bool(rejection.requeue)])
+            await sendTaskEvent("task-rejected", message, ["requeue": .bool(rejection.requeue)])
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return
         case .failure(is IgnoreTask):
@@ -263,7 +268,7 @@ extension WorkerRun {
             }
             logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             await sendTaskEvent(
-                "task-succeeded", message.id,
+                "task-succeeded", message,
                 [
                     "result": .string(PythonRepr.truncated(PythonRepr.repr(value))), "runtime": .double(runtime),
                 ])
@@ -282,7 +287,7 @@ extension WorkerRun {
                 await store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
             }
             logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
-            await sendTaskEvent("task-failed", message.id, ["exception": .string(exception.repr), "traceback": .string(traceback)])
+            await sendTaskEvent("task-failed", message, ["exception": .string(exception.repr), "traceback": .string(traceback)])
         }
         await carryOut(machine.finish(), for: job.delivery)
     }
@@ -396,7 +401,7 @@ extension WorkerRun {
         }
         logger.info("Task \(job.displayName)[\(message.id)] retry: \(reason)")
         await sendTaskEvent(
-            "task-retried", message.id,
+            "task-retried", message,
             [
                 "exception": .string(cause?.repr ?? "None"),
                 "traceback": .string(
