@@ -41,6 +41,14 @@ enum DemoTasks {
             return seconds
         }
         registry.register("tasks.whoami") { _ in "swift" }
+        // Kills the process running it, to show how the process pool contains a crash (WorkerLostError). With the
+        // thread pool that process is the worker itself, so there it refuses.
+        registry.register("tasks.crash") { _ -> String in
+            guard CeleryWorkerService.isPoolChild else {
+                throw PythonException(type: "RuntimeError", message: "tasks.crash only crashes process-pool children")
+            }
+            fatalError("tasks.crash was asked to crash this process")
+        }
     }
 
     /// Python's `x + y` for the types JSON and msgpack carry: numbers, strings and lists.

@@ -67,8 +67,13 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("soft-time-limit"), help: "Seconds after which a running task is cancelled (SoftTimeLimitExceeded).")
     var softTimeLimit: Double?
 
-    @Option(name: .customLong("time-limit"), help: "Hard time limit: accepted but not enforced yet (needs a process pool).")
+    @Option(name: .customLong("time-limit"), help: "Seconds after which a running task is killed (TimeLimitExceeded); needs --pool process.")
     var timeLimit: Double?
+
+    @Option(
+        name: [.customShort("P"), .customLong("pool")],
+        help: "threads (default: task bodies on threads in the worker) or process (alias prefork: child processes the worker can kill).")
+    var pool: String?
 
     @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are always sent).")
     var taskEvents = false
@@ -145,9 +150,17 @@ struct WorkerCommand: AsyncParsableCommand {
         guard let timezone = TimeZone(identifier: timezoneName) else {
             throw ValidationError("Unknown time zone '\(timezoneName)'.")
         }
+        var poolKind = file.pool ?? .threads
+        if let pool {
+            guard let parsed = WorkerConfiguration.PoolKind(celeryName: pool) else {
+                throw ValidationError("--pool must be threads or process (prefork), got '\(pool)'.")
+            }
+            poolKind = parsed
+        }
         var warnings = file.warnings
-        if timeLimit != nil {
-            warnings.append("--time-limit/task_time_limit is accepted but not enforced yet: hard limits need a process pool.")
+        if timeLimit != nil, poolKind == .threads {
+            warnings.append(
+                "--time-limit/task_time_limit is not enforced by the thread pool (a thread cannot be stopped): use --pool process.")
         }
         let configuration = WorkerConfiguration(
             brokerURL: brokerURL,
@@ -167,7 +180,8 @@ struct WorkerCommand: AsyncParsableCommand {
             timezone: timezone,
             enableUTC: file.enableUTC ?? true,
             softTimeLimit: softTimeLimit,
-            timeLimit: timeLimit
+            timeLimit: timeLimit,
+            pool: poolKind
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }
@@ -184,12 +198,19 @@ struct WorkerCommand: AsyncParsableCommand {
         let level = Self.levels[loglevel.uppercased()] ?? .info
         let resolved = try resolve()
         let sink = try resolved.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
-        LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level) }
+        let processName = CeleryWorkerService.poolChildNumber.map { "PoolWorker-\($0)" } ?? "MainProcess"
+        LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level, processName: processName) }
         let logger = Logger(label: "celery.worker")
         let configuration = resolved.configuration
 
         var registry = TaskRegistry()
         DemoTasks.register(in: &registry)
+
+        if CeleryWorkerService.isPoolChild {
+            // A process-pool child of a worker: no banner, no signal handling, just serve the worker.
+            try await CeleryWorkerService(configuration: configuration, registry: registry, logger: logger).run()
+            return
+        }
 
         FileHandle.standardOutput.write(
             Data(

@@ -350,8 +350,9 @@ extension WorkerRun {
             "clock": .string(String(service.events?.currentClock ?? 0)),
             "uptime": .int(Int64(WallClock.now() - startedAt)),
             "pool": [
-                "implementation": "swift-celery-worker:threads", "max-concurrency": .int(Int64(configuration.concurrency)),
-                "processes": [.int(Int64(Host.pid))],
+                "implementation": .string("swift-celery-worker:\(configuration.pool.rawValue)"),
+                "max-concurrency": .int(Int64(configuration.concurrency)),
+                "processes": .array((pool?.pids ?? [Host.pid]).map { .int(Int64($0)) }),
             ],
             "broker": .object(broker),
             "prefetch_count": .int(Int64(configuration.prefetchCount)),

@@ -22,6 +22,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var timeLimit: Double?
     public var softTimeLimit: Double?
     public var concurrency: Int?
+    public var pool: WorkerConfiguration.PoolKind?
     public var prefetchMultiplier: Int?
     public var trackStarted: Bool?
     public var resultExtended: Bool?
@@ -160,6 +161,12 @@ public struct CelerySettings: Sendable, Equatable {
         add(["task_time_limit", "CELERYD_TASK_TIME_LIMIT"]) { $0.timeLimit = try $1.seconds() }
         add(["task_soft_time_limit", "CELERYD_TASK_SOFT_TIME_LIMIT"]) { $0.softTimeLimit = try $1.seconds() }
         add(["worker_concurrency", "CELERYD_CONCURRENCY"]) { $0.concurrency = try $1.int() }
+        add(["worker_pool", "CELERYD_POOL"]) { settings, field in
+            guard let pool = WorkerConfiguration.PoolKind(celeryName: try field.string()) else {
+                throw field.fail("threads, process or prefork")
+            }
+            settings.pool = pool
+        }
         add(["worker_prefetch_multiplier", "CELERYD_PREFETCH_MULTIPLIER"]) { $0.prefetchMultiplier = try $1.int() }
         add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
         add(["result_extended", "CELERY_RESULT_EXTENDED"]) { $0.resultExtended = try $1.bool() }

@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Foundation
 import Logging
 import Metrics
 import NIOPosix
@@ -86,18 +87,42 @@ public final class CeleryWorkerService: Service {
     }
 
     /// Runs until graceful shutdown (warm) or cancellation (cold).
+    ///
+    /// In a process-pool child (``isPoolChild``) it runs the child's job loop instead, until the worker that
+    /// started it closes its pipe.
     public func run() async throws {
+        if Self.isPoolChild {
+            await PoolChild(registry: registry, configuration: configuration, logger: logger).run()
+            try? await ioPool?.shutdownGracefully()
+            return
+        }
         let shutdown = ShutdownSignal()
         let executor = ThreadPoolTaskExecutor(threads: configuration.concurrency)
-        let run = WorkerRun(service: self, shutdown: shutdown, executor: executor)
+        let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
+        if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
+        let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
         await withGracefulShutdownHandler {
             await run.start()
         } onGracefulShutdown: {
             shutdown.trigger()
             run.closePermits()
         }
+        if let pool {
+            let cold = Task.isCancelled
+            await withTaskExecutorPreference(executor) { pool.shutdown(kill: cold) }
+        }
         await executor.shutdown()
         try? await ioPool?.shutdownGracefully()
+    }
+
+    /// Whether this process is a process-pool child started by a worker (`--pool process`). A program that embeds
+    /// the worker should then skip its banner and signal handling and just call ``run()``, which serves the
+    /// worker that started it.
+    public static var isPoolChild: Bool { ProcessInfo.processInfo.environment[ProcessPool.childVariable] != nil }
+
+    /// The child's number in a process-pool child (`PoolWorker-<n>` in its log lines), else `nil`.
+    public static var poolChildNumber: Int? {
+        ProcessInfo.processInfo.environment[ProcessPool.childVariable].flatMap { Int($0) }
     }
 
     /// Waits until Redis answers, logging each failed attempt the way Celery's consumer does.
@@ -141,6 +166,8 @@ final class WorkerRun: Sendable {
     let service: CeleryWorkerService
     let shutdown: ShutdownSignal
     let executor: ThreadPoolTaskExecutor
+    /// The process pool, with `--pool process`.
+    let pool: ProcessPool?
     /// Reserved (received, unacknowledged) messages that count against the prefetch limit.
     let prefetch: AsyncPermits
     /// Free task slots (`-c`).
@@ -161,10 +188,11 @@ final class WorkerRun: Sendable {
     /// Rate and time limits changed by remote control, and the rate-limit schedule.
     let limits = Mutex(TaskLimits())
 
-    init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor) {
+    init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor, pool: ProcessPool?) {
         self.service = service
         self.shutdown = shutdown
         self.executor = executor
+        self.pool = pool
         let limit = service.configuration.prefetchCount
         self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2)
         self.slots = AsyncPermits(service.configuration.concurrency)

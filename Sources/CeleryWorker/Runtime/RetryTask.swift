@@ -22,6 +22,25 @@ public struct RetryTask: Error, Sendable {
     }
 }
 
+extension RetryTask {
+    /// The retry a failure asks for: an explicit ``RetryTask``, or an error the task's `autoretry` accepts (with its
+    /// back-off countdown); `nil` when the failure is final.
+    static func request(for error: any Error, options: TaskOptions, retries: Int) -> RetryTask? {
+        if let retry = error as? RetryTask { return retry }
+        let policy = options.retryPolicy
+        guard let autoretry = policy.autoretry, autoretry(error) else { return nil }
+        var countdown: Double?
+        if let factor = policy.backoff {
+            var generator = SystemRandomNumberGenerator()
+            countdown = Double(
+                RetryPolicy.backoffInterval(
+                    factor: factor, retries: retries, maximum: policy.backoffMax, jitter: policy.jitter,
+                    using: &generator))
+        }
+        return RetryTask(countdown: countdown, cause: error)
+    }
+}
+
 /// When a task is retried automatically, and how long it waits (Celery's `autoretry_for`, `retry_backoff`,
 /// `retry_backoff_max`, `retry_jitter`).
 public struct RetryPolicy: Sendable {

@@ -40,8 +40,28 @@ public struct WorkerConfiguration: Sendable {
     public var enableUTC: Bool
     /// Seconds after which a running task is asked to stop (`task_soft_time_limit`); `nil`: none.
     public var softTimeLimit: Double?
-    /// `task_time_limit`. Accepted but not enforced yet: stopping a task that never yields needs a process pool.
+    /// Seconds after which a running task is killed (`task_time_limit`); `nil`: none. Enforced by the process
+    /// pool only; the thread pool cannot stop a thread.
     public var timeLimit: Double?
+    /// Where task bodies run (`-P`, `worker_pool`). Default: threads in the worker process.
+    public var pool: PoolKind
+
+    /// Where task bodies run.
+    public enum PoolKind: String, Sendable, CaseIterable {
+        /// Dedicated threads in the worker process: the fastest; time limits are soft only.
+        case threads
+        /// Child processes (Python's prefork): hard time limits, `terminate` kills, a crashing task is contained.
+        case process
+
+        /// Reads `-P` / `worker_pool`: `threads`, `process`, or Celery's `prefork` (the process pool).
+        public init?(celeryName: String) {
+            switch celeryName.lowercased() {
+            case "threads", "thread": self = .threads
+            case "process", "processes", "prefork": self = .process
+            default: return nil
+            }
+        }
+    }
 
     public init(
         brokerURL: RedisURL = RedisURL(endpoint: .tcp(host: "localhost", port: 6379)),
@@ -61,7 +81,8 @@ public struct WorkerConfiguration: Sendable {
         timezone: TimeZone = TimeZone(identifier: "UTC") ?? .current,
         enableUTC: Bool = true,
         softTimeLimit: Double? = nil,
-        timeLimit: Double? = nil
+        timeLimit: Double? = nil,
+        pool: PoolKind = .threads
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -81,6 +102,7 @@ public struct WorkerConfiguration: Sendable {
         self.enableUTC = enableUTC
         self.softTimeLimit = softTimeLimit
         self.timeLimit = timeLimit
+        self.pool = pool
     }
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.

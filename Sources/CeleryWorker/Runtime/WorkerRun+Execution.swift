@@ -229,7 +229,10 @@ extension WorkerRun {
         let softLimit =
             message.timeLimit.soft ?? limits.withLock { $0.timeLimits(for: message.name)?.soft }
             ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
-        var (outcome, stopReason) = await run(job.task.handler, context, softLimit: softLimit, terminate: terminate)
+        let hardLimit =
+            message.timeLimit.hard ?? limits.withLock { $0.timeLimits(for: message.name)?.hard }
+            ?? job.task.options.timeLimit ?? configuration.timeLimit
+        var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, terminate: terminate)
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
@@ -282,29 +285,50 @@ extension WorkerRun {
                 failure = exhausted
             }
             let exception = CeleryExceptionInfo(error: failure)
-            let traceback = Self.traceback(task: message.name, exception: exception, error: failure)
+            let traceback: String?
+            switch failure {
+            case let timeout as HardTimeLimitExceeded:
+                traceback = nil  // as Python: the pool stored the failure, not the task
+                logger.error("Hard time limit (\(PythonRepr.repr(.double(timeout.limit)))s) exceeded for \(job.displayName)[\(message.id)]")
+            case let lost as WorkerLostError:
+                traceback = nil
+                logger.error("Task handler raised error: \(lost.pythonException.repr)")
+            case let remote as RemoteTaskError:
+                traceback = remote.traceback
+            default:
+                traceback = Self.traceback(task: message.name, exception: exception, error: failure)
+            }
             if storesResults {
                 await store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
             }
-            logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
-            await sendTaskEvent("task-failed", message, ["exception": .string(exception.repr), "traceback": .string(traceback)])
+            if let traceback {
+                logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
+            }
+            await sendTaskEvent(
+                "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
         }
         await carryOut(machine.finish(), for: job.delivery)
     }
 
-    /// Runs the task body on the task threads. With a soft limit, the body is cancelled when it passes; the
-    /// second value tells whether that happened.
-    /// Runs the task body on the task threads. The body is cancelled when its soft time limit passes or when a
-    /// `revoke(terminate=True)` arrives; the second value says which stopped it, if any.
+    /// Runs the task body on the task threads, or in a pool child with `--pool process` (which also enforces the
+    /// hard limit). The body is cancelled when its soft time limit passes or when a `revoke(terminate=True)`
+    /// arrives; the second value says which stopped it, if any.
     private func run(
-        _ handler: @escaping @Sendable (TaskContext) async throws -> CeleryValue, _ context: TaskContext,
-        softLimit: Double?, terminate: ShutdownSignal
+        _ job: PreparedJob, _ context: TaskContext, softLimit: Double?, hardLimit: Double?, terminate: ShutdownSignal
     ) async -> (Result<CeleryValue, any Error>, StopReason?) {
         let executor = self.executor
+        let pool = self.pool
+        let stop = StopRequest()
         return await withTaskGroup(of: TaskRace.self) { group in
             group.addTask {
+                if let pool {
+                    return .body(
+                        await withTaskExecutorPreference(executor) {
+                            await pool.run(job, context: context, hardLimit: hardLimit, stop: stop)
+                        })
+                }
                 do {
-                    return .body(.success(try await withTaskExecutorPreference(executor) { try await handler(context) }))
+                    return .body(.success(try await withTaskExecutorPreference(executor) { try await job.task.handler(context) }))
                 } catch {
                     return .body(.failure(error))
                 }
@@ -332,6 +356,7 @@ extension WorkerRun {
                 case .stop(let why):
                     if let why, reason == nil {
                         reason = why
+                        stop.set(why)
                         group.cancelAll()  // cancels the body: it is told to stop
                     }
                 }
@@ -346,20 +371,11 @@ extension WorkerRun {
 
     // MARK: Retries
 
-    /// The retry a failure asks for: an explicit ``RetryTask``, or an error the task's `autoretry` accepts.
+    /// The retry a failure asks for: an explicit ``RetryTask``, or an error the task's `autoretry` accepts. Errors
+    /// from a pool child were already matched against `autoretry` there.
     private func retryRequest(for error: any Error, job: PreparedJob) -> RetryTask? {
-        if let retry = error as? RetryTask { return retry }
-        let policy = job.task.options.retryPolicy
-        guard let autoretry = policy.autoretry, autoretry(error) else { return nil }
-        var countdown: Double?
-        if let factor = policy.backoff {
-            var generator = SystemRandomNumberGenerator()
-            countdown = Double(
-                RetryPolicy.backoffInterval(
-                    factor: factor, retries: job.message.retries, maximum: policy.backoffMax, jitter: policy.jitter,
-                    using: &generator))
-        }
-        return RetryTask(countdown: countdown, cause: error)
+        if error is RemoteTaskError { return nil }
+        return RetryTask.request(for: error, options: job.task.options, retries: job.message.retries)
     }
 
     /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY. Returns the

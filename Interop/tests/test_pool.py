@@ -1,0 +1,141 @@
+"""The process pool (`--pool process`): hard time limits, terminate and crashes, as Python's prefork pool."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+
+def children_of(pid: int) -> set:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, backend_redis):
+    from billiard.exceptions import TimeLimitExceeded
+
+    worker = start_worker("-n", "hard@%h", "-P", "process", "-c", "2", "--time-limit", "1")
+    app = make_app()
+    node = next(iter(app.control.inspect(timeout=1).ping()))
+    before = set(app.control.inspect(timeout=1).stats()[node]["pool"]["processes"])
+    assert len(before) == 2 and before == children_of(worker.proc.pid)
+    started = time.monotonic()
+    spinning = app.tasks["tasks.spin"].delay(30)  # a busy loop: no cancellation can stop it
+    with pytest.raises(TimeLimitExceeded) as raised:
+        spinning.get(timeout=10)
+    assert time.monotonic() - started < 5
+    assert raised.value.args == (1.0,)
+    stored = json.loads(backend_redis.get(f"celery-task-meta-{spinning.id}"))
+    # What a Python prefork worker stores (see the Python run in the docs): traceback null, billiard's class.
+    assert stored["status"] == "FAILURE" and stored["traceback"] is None
+    assert stored["result"] == {"exc_type": "TimeLimitExceeded", "exc_message": [1.0],
+                                "exc_module": "billiard.exceptions"}
+    worker.wait_for_log(f"Hard time limit (1.0s) exceeded for tasks.spin[{spinning.id}]")
+    worker.wait_for_log("exited with 'signal 9 (SIGKILL)'")
+    # Capacity is back: a replacement child serves, two tasks run side by side.
+    assert wait_until(lambda: len(children_of(worker.proc.pid)) == 2)
+    after = set(app.control.inspect(timeout=1).stats()[node]["pool"]["processes"])
+    assert len(after) == 2 and after != before
+    started = time.monotonic()
+    pair = [app.tasks["tasks.sleep"].delay(0.5) for _ in range(2)]
+    assert [r.get(timeout=10) for r in pair] == [0.5, 0.5]
+    assert time.monotonic() - started < 0.95
+
+
+def test_time_limit_from_the_message_and_from_remote_control(start_worker, make_app):
+    from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    start_worker("-n", "msg@%h", "-P", "prefork", "-c", "1")
+    app = make_app()
+    with pytest.raises(TimeLimitExceeded) as raised:
+        app.tasks["tasks.spin"].apply_async((30,), time_limit=1.5).get(timeout=10)
+    assert raised.value.args == (1.5,)
+    with pytest.raises(SoftTimeLimitExceeded):  # the soft limit cancels the task inside its child
+        app.tasks["tasks.sleep"].apply_async((30,), soft_time_limit=0.5).get(timeout=10)
+    node = next(iter(app.control.inspect(timeout=1).ping()))
+    app.control.time_limit("tasks.spin", hard=0.5, reply=True, destination=[node])
+    with pytest.raises(TimeLimitExceeded) as raised:
+        app.tasks["tasks.spin"].delay(30).get(timeout=10)
+    assert raised.value.args == (0.5,)
+
+
+def test_tasks_behave_the_same_in_a_child(start_worker, make_app):
+    start_worker("-n", "same@%h", "-P", "process", "-c", "2")
+    app = make_app()
+    assert app.tasks["tasks.add"].delay(2, 3).get(timeout=10) == 5
+    with pytest.raises(ValueError, match="bad"):
+        app.tasks["tasks.fail"].delay("bad").get(timeout=10)
+    assert app.tasks["tasks.flaky"].delay(2).get(timeout=10) == 2  # retries decided in the child
+    progress = app.tasks["tasks.progress"].delay(4)
+    assert wait_until(lambda: progress.state == "PROGRESS", 5)
+    assert progress.info["total"] == 4 and progress.get(timeout=10) == 4
+
+
+def test_a_crashing_task_is_contained(start_worker, make_app):
+    from celery.exceptions import WorkerLostError
+
+    worker = start_worker("-n", "crash@%h", "-P", "process", "-c", "1")
+    app = make_app()
+    with pytest.raises(WorkerLostError, match="Worker exited prematurely: signal"):
+        app.tasks["tasks.crash"].delay().get(timeout=10)
+    assert worker.alive()
+    assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
+
+
+def test_terminate_kills_the_child(start_worker, make_app):
+    from celery.exceptions import TaskRevokedError
+
+    worker = start_worker("-n", "term@%h", "-P", "process", "-c", "1")
+    app = make_app()
+    spinning = app.tasks["tasks.spin"].delay(30)
+    worker.wait_for_log(f"[{spinning.id}] received")
+    time.sleep(0.3)
+    app.control.revoke(spinning.id, terminate=True)
+    with pytest.raises(TaskRevokedError):
+        spinning.get(timeout=10)
+    assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
+
+
+def test_warm_shutdown_finishes_the_task_and_no_child_outlives_the_worker(start_worker, make_app):
+    worker = start_worker("-n", "warm@%h", "-P", "process", "-c", "2")
+    app = make_app()
+    running = app.tasks["tasks.sleep"].delay(1.5)
+    worker.wait_for_log(f"[{running.id}] received")
+    children = children_of(worker.proc.pid)
+    assert len(children) == 2
+    assert worker.stop(signal.SIGTERM) == 0
+    assert running.get(timeout=5) == 1.5
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 5)
+
+
+def test_children_exit_when_the_worker_is_killed(start_worker, make_app):
+    worker = start_worker("-n", "orphan@%h", "-P", "process", "-c", "2")
+    app = make_app()
+    spinning = app.tasks["tasks.spin"].delay(30)
+    worker.wait_for_log(f"[{spinning.id}] received")
+    time.sleep(0.3)
+    children = children_of(worker.proc.pid)
+    assert len(children) == 2
+    worker.proc.kill()
+    worker.proc.wait()
+    # Even the child in the middle of a busy loop notices its worker is gone.
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                                      for pid in children), 5)

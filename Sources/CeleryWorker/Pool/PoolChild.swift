@@ -1,0 +1,98 @@
+import CeleryProtocol
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// A pool child (`--pool process`): the worker binary started again by its worker, running one task at a time
+/// for it. Jobs arrive on fd 3, outcomes leave on fd 4 (``PoolFrames``); it never talks to Redis.
+///
+/// `SIGUSR1` cancels the running task (the soft time limit). `SIGINT` is ignored, so a Ctrl-C in a terminal lets
+/// the worker's warm shutdown finish the task. When the worker goes away the child exits, even in the middle of a
+/// task.
+struct PoolChild {
+    let registry: TaskRegistry
+    let configuration: WorkerConfiguration
+    let logger: Logger
+
+    /// What the signal handler and the pipe reader share with the job loop.
+    private final class Shared: Sendable {
+        let busy = Mutex(false)
+        let current = Mutex<(task: Task<CeleryValue, any Error>?, cancelPending: Bool)>((nil, false))
+
+        func cancelCurrent() {
+            current.withLock { current in
+                if let task = current.task { task.cancel() } else { current.cancelPending = true }
+            }
+        }
+    }
+
+    func run() async {
+        signal(SIGINT, SIG_IGN)
+        signal(SIGUSR1, SIG_IGN)
+        let shared = Shared()
+        let (jobs, continuation) = AsyncStream.makeStream(of: CeleryValue.self)
+        let reader = Thread {
+            while let frame = PoolFrames.read(from: PoolFrames.jobDescriptor) { continuation.yield(frame) }
+            // The worker closed the pipe: it is stopping, or it died. Never outlive it in a task.
+            if shared.busy.withLock({ $0 }) { _exit(1) }
+            continuation.finish()
+        }
+        reader.start()
+        let cancelSource = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+        cancelSource.setEventHandler { shared.cancelCurrent() }
+        cancelSource.resume()
+        let executor = ThreadPoolTaskExecutor(threads: 1)
+        // Blocking pipe writes run on the task thread, never on the cooperative pool.
+        let ready = await withTaskExecutorPreference(executor) {
+            PoolFrames.write(["ready": .int(Int64(getpid()))], to: PoolFrames.outcomeDescriptor)
+        }
+        if ready {
+            for await frame in jobs {
+                shared.busy.withLock { $0 = true }
+                let outcome = await runJob(frame, executor: executor, shared: shared)
+                shared.current.withLock { $0 = (nil, false) }
+                shared.busy.withLock { $0 = false }
+                let written = await withTaskExecutorPreference(executor) {
+                    PoolFrames.write(outcome, to: PoolFrames.outcomeDescriptor)
+                }
+                if !written { break }
+            }
+        }
+        cancelSource.cancel()
+        await executor.shutdown()
+    }
+
+    private func runJob(_ frame: CeleryValue, executor: ThreadPoolTaskExecutor, shared: Shared) async -> CeleryValue {
+        let envelope: KombuEnvelope
+        let message: CeleryTaskMessage
+        do {
+            envelope = try KombuEnvelope(decoding: Array((frame["raw"]?.stringValue ?? "").utf8))
+            message = try CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
+        } catch {
+            let exception = CeleryExceptionInfo(type: "InvalidTaskError", arguments: [.string(error.message)], module: "celery.exceptions")
+            return ["outcome": "failure", "exception": exception.value, "traceback": .null]
+        }
+        guard let task = registry[message.name] else {
+            let exception = CeleryExceptionInfo(type: "NotRegistered", arguments: [.string(message.name)], module: "celery.exceptions")
+            return ["outcome": "failure", "exception": exception.value, "traceback": .null]
+        }
+        var taskLogger = logger
+        taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
+        taskLogger[metadataKey: LogKeys.taskName] = .string(message.name)
+        let request = TaskRequest(
+            message: message, deliveryInfo: envelope.deliveryInfo,
+            hostname: frame["hostname"]?.stringValue ?? configuration.nodeName)
+        let context = TaskContext(request: request, logger: taskLogger) { state, meta in
+            // Runs on the task thread, like the body that calls it.
+            _ = PoolFrames.write(["state": .string(state.rawValue), "meta": meta], to: PoolFrames.outcomeDescriptor)
+        }
+        let body = Task(executorPreference: executor) { try await task.handler(context) }
+        let cancelNow = shared.current.withLock { current -> Bool in
+            current.task = body
+            return current.cancelPending
+        }
+        if cancelNow { body.cancel() }
+        return PoolOutcome.frame(for: await body.result, task: task, retries: message.retries)
+    }
+}

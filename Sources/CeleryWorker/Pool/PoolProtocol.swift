@@ -1,0 +1,152 @@
+import CeleryProtocol
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The pipe protocol between the worker and its pool children (`--pool process`): each frame is a 4-byte
+/// big-endian length and a JSON value. The worker writes on the child's fd 3 and reads its fd 4.
+///
+/// Worker → child: `{"raw": <the kombu envelope, as received>}`. Child → worker: `{"ready": pid}` once at start,
+/// `{"state": name, "meta": value}` for each `updateState`, then one outcome for the job (see ``PoolOutcome``).
+enum PoolFrames {
+    static let jobDescriptor: Int32 = 3
+    static let outcomeDescriptor: Int32 = 4
+    /// Frames above this size are refused (a corrupt length must not allocate gigabytes).
+    static let maximumLength = 512 * 1024 * 1024
+
+    /// Writes one frame, blocking. Returns `false` when the other side is gone.
+    static func write(_ value: CeleryValue, to descriptor: Int32) -> Bool {
+        let body = CeleryJSON.encode(value)
+        let length = UInt32(body.count)
+        var frame: [UInt8] = [UInt8(length >> 24), UInt8((length >> 16) & 0xff), UInt8((length >> 8) & 0xff), UInt8(length & 0xff)]
+        frame.append(contentsOf: body)
+        return frame.withUnsafeBytes { buffer -> Bool in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(descriptor, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += written
+            }
+            return true
+        }
+    }
+
+    /// Reads one frame, blocking. `nil` at end of file, on a read error or on a frame that is not JSON.
+    static func read(from descriptor: Int32) -> CeleryValue? {
+        guard let header = readExactly(4, from: descriptor) else { return nil }
+        let length = header.reduce(0) { $0 << 8 | Int($1) }
+        guard length <= maximumLength, let body = readExactly(length, from: descriptor) else { return nil }
+        return try? CeleryJSON.decode(body)
+    }
+
+    private static func readExactly(_ count: Int, from descriptor: Int32) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            let received = bytes.withUnsafeMutableBytes { buffer in
+                Glibc.read(descriptor, buffer.baseAddress.map { $0 + offset }, count - offset)
+            }
+            if received < 0, errno == EINTR { continue }
+            if received <= 0 { return nil }
+            offset += received
+        }
+        return bytes
+    }
+}
+
+/// How a job ended in a pool child, as sent back to the worker.
+enum PoolOutcome {
+    /// The frame for a task body's result. Everything that needs the Swift error itself (the Python exception it
+    /// maps to, its traceback, whether `autoretry` accepts it) is decided here, in the child.
+    static func frame(for result: Result<CeleryValue, any Error>, task: RegisteredTask, retries: Int) -> CeleryValue {
+        switch result {
+        case .success(let value):
+            return ["outcome": "success", "value": value]
+        case .failure(let error):
+            if let retry = RetryTask.request(for: error, options: task.options, retries: retries) {
+                return [
+                    "outcome": "retry", "countdown": retry.countdown.map(CeleryValue.double) ?? .null,
+                    "eta": retry.eta.map(CeleryValue.double) ?? .null,
+                    "max_retries": retry.maxRetries.map { .int(Int64($0)) } ?? .null,
+                    "cause": retry.cause.map { failure($0, task: task.name) } ?? .null,
+                ]
+            }
+            switch error {
+            case let reject as RejectTask:
+                return ["outcome": "reject", "reason": reject.reason.map(CeleryValue.string) ?? .null, "requeue": .bool(reject.requeue)]
+            case is IgnoreTask:
+                return ["outcome": "ignore"]
+            default:
+                return failure(error, task: task.name)
+            }
+        }
+    }
+
+    private static func failure(_ error: any Error, task: String) -> CeleryValue {
+        let exception = CeleryExceptionInfo(error: error)
+        return [
+            "outcome": "failure", "exception": exception.value,
+            "traceback": .string(WorkerRun.traceback(task: task, exception: exception, error: error)),
+        ]
+    }
+
+    /// The worker's side: the result a frame stands for, with errors rebuilt as the runtime handles them.
+    static func result(of frame: CeleryValue) -> Result<CeleryValue, any Error> {
+        switch frame["outcome"]?.stringValue {
+        case "success":
+            return .success(frame["value"] ?? .null)
+        case "retry":
+            let cause = frame["cause"].flatMap { $0 == .null ? nil : remoteError($0) }
+            return .failure(
+                RetryTask(
+                    countdown: frame["countdown"]?.doubleValue, eta: frame["eta"]?.doubleValue,
+                    maxRetries: frame["max_retries"]?.intValue, cause: cause))
+        case "reject":
+            return .failure(RejectTask(reason: frame["reason"]?.stringValue, requeue: frame["requeue"]?.boolValue ?? false))
+        case "ignore":
+            return .failure(IgnoreTask())
+        default:
+            return .failure(remoteError(frame))
+        }
+    }
+
+    private static func remoteError(_ frame: CeleryValue) -> RemoteTaskError {
+        let exception = frame["exception"]
+        return RemoteTaskError(
+            pythonException: CeleryExceptionInfo(
+                type: exception?["exc_type"]?.stringValue ?? "Exception",
+                arguments: exception?["exc_message"]?.arrayValue ?? [],
+                module: exception?["exc_module"]?.stringValue ?? "builtins"),
+            traceback: frame["traceback"]?.stringValue)
+    }
+}
+
+/// A task error that happened in a pool child, already turned into its Python form there.
+struct RemoteTaskError: PythonConvertibleError, Sendable {
+    var pythonException: CeleryExceptionInfo
+    var traceback: String?
+}
+
+/// The task ran past its hard time limit and its pool child was killed (billiard's `TimeLimitExceeded`).
+struct HardTimeLimitExceeded: PythonConvertibleError, Sendable {
+    var limit: Double
+    var pythonException: CeleryExceptionInfo {
+        CeleryExceptionInfo(type: "TimeLimitExceeded", arguments: [.double(limit)], module: "billiard.exceptions")
+    }
+}
+
+/// The pool child running the task died (billiard's `WorkerLostError`).
+struct WorkerLostError: PythonConvertibleError, Sendable {
+    var exitDescription: String
+    var pythonException: CeleryExceptionInfo {
+        CeleryExceptionInfo(
+            type: "WorkerLostError", arguments: [.string("Worker exited prematurely: \(exitDescription) Job: 0.")],
+            module: "billiard.exceptions")
+    }
+}

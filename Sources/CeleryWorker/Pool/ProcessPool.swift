@@ -1,0 +1,272 @@
+import CeleryProtocol
+import Foundation
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Why the worker stopped a running task; a process-pool child is signalled accordingly.
+final class StopRequest: Sendable {
+    private let reason = Mutex<StopReason?>(nil)
+
+    var value: StopReason? { reason.withLock { $0 } }
+
+    func set(_ why: StopReason) { reason.withLock { $0 = $0 ?? why } }
+}
+
+/// `--pool process`: task bodies run in child processes (the worker binary started again in child mode), one task
+/// per child at a time, so the worker can kill a task that never yields. This is what Python's prefork pool
+/// guarantees and the thread pool cannot:
+///
+/// - hard time limits: at the deadline the child gets `SIGKILL`, FAILURE `TimeLimitExceeded` is stored and a new
+///   child takes its place;
+/// - `revoke(terminate=True)` kills the child running the task;
+/// - a task that crashes its process (a Swift runtime trap, a C library fault) fails with `WorkerLostError`
+///   instead of taking the worker down.
+///
+/// The soft time limit is `SIGUSR1` to the child, which cancels the task there.
+final class ProcessPool: Sendable {
+    private let idle = Mutex<[PoolProcess]>([])
+    private let live = Mutex<[Int32: PoolProcess]>([:])
+    private let spawned = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    private let size: Int
+    private let logger: Logger
+
+    /// The environment variable that puts the worker binary in child mode; its value is the child's number.
+    static let childVariable = "SWIFT_CELERY_POOL_CHILD"
+
+    init(size: Int, logger: Logger) {
+        self.size = size
+        self.logger = logger
+        // A write to the pipe of a child that just died must fail with EPIPE, not kill the worker.
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Starts the children. Blocking: call it on a task thread.
+    func start() {
+        for _ in 0..<size {
+            do {
+                let child = try spawn()
+                idle.withLock { $0.append(child) }
+            } catch {
+                logger.error("Cannot start a pool process: \(error)")
+            }
+        }
+    }
+
+    /// The child pids, for `stats`.
+    var pids: [Int32] { live.withLock { $0.keys.sorted() } }
+
+    /// Runs a job in a free child and waits for its outcome; must run on a task thread (the reads block).
+    func run(
+        _ job: PreparedJob, context: TaskContext, hardLimit: Double?, stop: StopRequest
+    ) async -> Result<CeleryValue, any Error> {
+        let child: PoolProcess
+        if let free = idle.withLock({ $0.popLast() }) {
+            child = free
+        } else {
+            do {
+                child = try spawn()
+            } catch {
+                return .failure(WorkerLostError(exitDescription: "cannot start a pool process (\(error))."))
+            }
+        }
+        let frame: CeleryValue = [
+            "raw": .string(String(decoding: job.delivery.raw, as: UTF8.self)), "hostname": .string(context.request.hostname),
+        ]
+        guard PoolFrames.write(frame, to: child.input) else { return ended(child) }
+        let timer = hardLimit.map { limit in
+            Task {
+                try await Task.sleep(for: .milliseconds(Int64(limit * 1000)))
+                child.kill(SIGKILL, because: .timeLimit(limit))
+            }
+        }
+        defer { timer?.cancel() }
+        return await withTaskCancellationHandler {
+            while let frame = PoolFrames.read(from: child.output) {
+                if frame["ready"] != nil { continue }
+                if let state = frame["state"]?.stringValue {
+                    try? await context.updateState(TaskState(state), meta: frame["meta"] ?? .null)
+                    continue
+                }
+                idle.withLock { $0.append(child) }
+                return PoolOutcome.result(of: frame)
+            }
+            return ended(child)
+        } onCancel: {
+            switch stop.value {
+            case .softTimeLimit?: child.signal(SIGUSR1)
+            case .terminated?: child.kill(SIGKILL, because: .terminated)
+            case nil: child.kill(SIGKILL, because: .shutdown)
+            }
+        }
+    }
+
+    /// A child whose pipe closed: reaps it, logs how it ended, and says what that means for its task.
+    private func ended(_ child: PoolProcess) -> Result<CeleryValue, any Error> {
+        let status = child.reap()
+        live.withLock { $0[child.pid] = nil }
+        logger.error("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
+        if !stopping.load(ordering: .relaxed) {
+            do {
+                let replacement = try spawn()
+                idle.withLock { $0.append(replacement) }
+            } catch {
+                logger.error("Cannot start a pool process: \(error)")
+            }
+        }
+        switch child.killedBecause {
+        case .timeLimit(let limit)?: return .failure(HardTimeLimitExceeded(limit: limit))
+        case .terminated?, .shutdown?: return .failure(CancellationError())
+        case nil: return .failure(WorkerLostError(exitDescription: status))
+        }
+    }
+
+    /// Stops every child: idle ones see their pipe close and exit; `kill` also sends `SIGKILL` (cold shutdown).
+    /// Blocking: call it on a task thread.
+    func shutdown(kill: Bool) {
+        stopping.store(true, ordering: .relaxed)
+        let children = live.withLock { live in
+            defer { live.removeAll() }
+            return Array(live.values)
+        }
+        idle.withLock { $0.removeAll() }
+        for child in children {
+            if kill { child.kill(SIGKILL, because: .shutdown) }
+            child.closeInput()
+        }
+        for child in children { _ = child.reap() }
+    }
+
+    private func spawn() throws(CeleryWorkerError) -> PoolProcess {
+        let number = spawned.add(1, ordering: .relaxed).newValue
+        let child = try PoolProcess.spawn(name: "PoolWorker-\(number)", number: number)
+        live.withLock { $0[child.pid] = child }
+        return child
+    }
+}
+
+/// One child process and the two pipe ends the worker holds.
+final class PoolProcess: Sendable {
+    enum KillReason: Sendable {
+        case timeLimit(Double), terminated, shutdown
+    }
+
+    let pid: Int32
+    let name: String
+    /// The worker writes jobs here (the child's fd 3).
+    let input: Int32
+    /// The worker reads outcomes here (the child's fd 4).
+    let output: Int32
+    private let state = Mutex<(killed: KillReason?, inputOpen: Bool, status: String?)>((nil, true, nil))
+
+    private init(pid: Int32, name: String, input: Int32, output: Int32) {
+        self.pid = pid
+        self.name = name
+        self.input = input
+        self.output = output
+    }
+
+    var killedBecause: KillReason? { state.withLock { $0.killed } }
+
+    func signal(_ number: Int32) {
+        let running = state.withLock { $0.status == nil }
+        if running { Glibc.kill(pid, number) }
+    }
+
+    func kill(_ number: Int32, because reason: KillReason) {
+        let running = state.withLock { state -> Bool in
+            if state.killed == nil { state.killed = reason }
+            return state.status == nil
+        }
+        if running { Glibc.kill(pid, number) }
+    }
+
+    func closeInput() {
+        let open = state.withLock { state -> Bool in
+            defer { state.inputOpen = false }
+            return state.inputOpen
+        }
+        if open { close(input) }
+    }
+
+    /// Waits for the child to exit (once) and describes how it ended, as billiard does: `exitcode 0`,
+    /// `signal 9 (SIGKILL)`.
+    func reap() -> String {
+        if let status = state.withLock({ $0.status }) { return status }
+        closeInput()
+        var raw: Int32 = 0
+        while waitpid(pid, &raw, 0) < 0, errno == EINTR {}
+        close(output)
+        let signalNumber = raw & 0x7f
+        let description =
+            signalNumber == 0 ? "exitcode \((raw >> 8) & 0xff)" : "signal \(signalNumber) (\(Self.signalName(signalNumber)))"
+        state.withLock { $0.status = description }
+        return description
+    }
+
+    static func signalName(_ number: Int32) -> String {
+        let names: [Int32: String] = [
+            1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
+            9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM",
+        ]
+        return names[number] ?? "SIG\(number)"
+    }
+
+    /// Spawns one at a time: a pipe is briefly not close-on-exec while it is made, and no other child may inherit
+    /// it then.
+    private static let spawning = Mutex(())
+
+    /// Starts the worker binary again in child mode, with the job pipe on fd 3 and the outcome pipe on fd 4.
+    static func spawn(name: String, number: Int) throws(CeleryWorkerError) -> PoolProcess {
+        try spawning.withLock { _ throws(CeleryWorkerError) in try spawnAlone(name: name, number: number) }
+    }
+
+    private static func spawnAlone(name: String, number: Int) throws(CeleryWorkerError) -> PoolProcess {
+        func failure(_ what: String) -> CeleryWorkerError {
+            CeleryWorkerError(code: .invalidConfiguration, message: "\(what): \(String(cString: strerror(errno)))")
+        }
+        // Pipe ends above the standard and child descriptors, all close-on-exec: only the dup2'd copies reach the
+        // child, so no child holds another's pipes.
+        func pipePair() throws(CeleryWorkerError) -> (read: Int32, write: Int32) {
+            var fds: [Int32] = [0, 0]
+            guard pipe(&fds) == 0 else { throw failure("pipe") }
+            let read = fcntl(fds[0], F_DUPFD_CLOEXEC, 10)
+            let write = fcntl(fds[1], F_DUPFD_CLOEXEC, 10)
+            close(fds[0])
+            close(fds[1])
+            guard read >= 0, write >= 0 else { throw failure("fcntl") }
+            return (read, write)
+        }
+        let jobs = try pipePair()
+        let outcomes = try pipePair()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, jobs.read, PoolFrames.jobDescriptor)
+        posix_spawn_file_actions_adddup2(&actions, outcomes.write, PoolFrames.outcomeDescriptor)
+
+        var environment = ProcessInfo.processInfo.environment
+        environment[ProcessPool.childVariable] = String(number)
+        let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
+        let variables = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for pointer in arguments { free(pointer) }
+            for pointer in variables { free(pointer) }
+        }
+        var pid: Int32 = 0
+        let result = posix_spawn(&pid, "/proc/self/exe", &actions, nil, arguments, variables)
+        close(jobs.read)
+        close(outcomes.write)
+        guard result == 0 else {
+            close(jobs.write)
+            close(outcomes.read)
+            errno = result
+            throw failure("posix_spawn")
+        }
+        return PoolProcess(pid: pid, name: name, input: jobs.write, output: outcomes.read)
+    }
+}
