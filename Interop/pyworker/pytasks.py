@@ -55,3 +55,13 @@ def flaky(self, n):
     if self.request.retries < n:
         raise self.retry(countdown=0.1)
     return self.request.retries
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.tsum")
+def tsum(numbers):
+    return sum(numbers)

@@ -41,6 +41,8 @@ enum DemoTasks {
             return seconds
         }
         registry.register("tasks.whoami") { _ in "swift" }
+        registry.register("tasks.mul", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x * y }
+        registry.register("tasks.tsum", parameters: ["numbers"]) { (_, numbers: [Int]) in numbers.reduce(0, +) }
         // Kills the process running it, to show how the process pool contains a crash (WorkerLostError). With the
         // thread pool that process is the worker itself, so there it refuses.
         registry.register("tasks.crash") { _ -> String in

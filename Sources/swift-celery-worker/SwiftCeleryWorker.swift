@@ -181,7 +181,8 @@ struct WorkerCommand: AsyncParsableCommand {
             enableUTC: file.enableUTC ?? true,
             softTimeLimit: softTimeLimit,
             timeLimit: timeLimit,
-            pool: poolKind
+            pool: poolKind,
+            defaultQueue: file.defaultQueue ?? "celery"
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

@@ -7,4 +7,41 @@ public protocol ResultBackend: Sendable {
     func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError)
     /// The stored state of a task; `nil` when nothing is stored (Python's PENDING).
     func status(of taskID: String) async throws(CeleryWorkerError) -> TaskState?
+    /// Records a chord header part; returns the completion when this part completes the chord and this worker
+    /// claimed sending the body.
+    func chordPartReturn(
+        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
+    ) async throws(CeleryWorkerError) -> ChordCompletion?
+    /// Releases the claim and removes the chord's state once the body was sent.
+    func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError)
+    /// Drops the chord size after a failed join, so a late copy of a header task does not fail the chord again.
+    func chordFailed(groupID: String) async throws(CeleryWorkerError)
+    /// Stores how many header parts a chord has, before its header is sent.
+    func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError)
+}
+
+/// A chord whose last header part was just recorded: the header results to join, and the claim that makes this
+/// worker the only one to send the body.
+public struct ChordCompletion: Sendable {
+    /// One header part: its task id, state and result (the exception dict for a failure).
+    public struct Part: Sendable {
+        public var taskID: String
+        public var state: TaskState
+        public var result: CeleryValue
+    }
+
+    /// The header results in `group_index` order.
+    public var parts: [Part]
+    /// The claim token, released by ``ResultBackend/chordFinished(groupID:token:)``.
+    public var token: String
+}
+
+/// A backend without chord support keeps no chord state.
+extension ResultBackend {
+    public func chordPartReturn(
+        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
+    ) async throws(CeleryWorkerError) -> ChordCompletion? { nil }
+    public func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError) {}
+    public func chordFailed(groupID: String) async throws(CeleryWorkerError) {}
+    public func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError) {}
 }

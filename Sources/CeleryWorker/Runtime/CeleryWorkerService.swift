@@ -183,6 +183,8 @@ final class WorkerRun: Sendable {
     let running = Mutex<[String: RunningTask]>([:])
     /// When this run started (`uptime` in stats).
     let startedAt = WallClock.now()
+    /// This worker's oid: the `reply_to` of the messages it sends.
+    let oid = UUID().uuidString.lowercased()
     /// The queues consumed now: `-Q`, changed by `add_consumer` / `cancel_consumer`.
     let consuming: Mutex<[String]>
     /// Rate and time limits changed by remote control, and the rate-limit schedule.

@@ -45,6 +45,9 @@ public struct WorkerConfiguration: Sendable {
     public var timeLimit: Double?
     /// Where task bodies run (`-P`, `worker_pool`). Default: threads in the worker process.
     public var pool: PoolKind
+    /// Where callbacks, chain steps and chord bodies without a `queue` option are sent (`task_default_queue`).
+    /// Default `celery`. Python's `task_routes` are not known to the Swift worker.
+    public var defaultQueue: String
 
     /// Where task bodies run.
     public enum PoolKind: String, Sendable, CaseIterable {
@@ -82,7 +85,8 @@ public struct WorkerConfiguration: Sendable {
         enableUTC: Bool = true,
         softTimeLimit: Double? = nil,
         timeLimit: Double? = nil,
-        pool: PoolKind = .threads
+        pool: PoolKind = .threads,
+        defaultQueue: String = "celery"
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -103,6 +107,7 @@ public struct WorkerConfiguration: Sendable {
         self.softTimeLimit = softTimeLimit
         self.timeLimit = timeLimit
         self.pool = pool
+        self.defaultQueue = defaultQueue
     }
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.

@@ -266,8 +266,11 @@ extension WorkerRun {
         case .failure(is IgnoreTask):
             logger.info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
+            let children = await sendFollowUps(job, result: value)
             if storesResults {
-                await store(document(message, queue: queue, status: .success, result: value, ready: true))
+                var stored = document(message, queue: queue, status: .success, result: value, ready: true)
+                stored.children = children
+                await store(stored)
             }
             logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             await sendTaskEvent(
@@ -275,6 +278,7 @@ extension WorkerRun {
                 [
                     "result": .string(PythonRepr.truncated(PythonRepr.repr(value))), "runtime": .double(runtime),
                 ])
+            await chordPartReturn(job, state: .success, result: value)
         case .failure(let error):
             var failure = error
             if let request = retryRequest(for: error, job: job) {
@@ -306,6 +310,8 @@ extension WorkerRun {
             }
             await sendTaskEvent(
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
+            await chordPartReturn(job, state: .failure, result: exception.value)
+            await failFollowUps(job, exception: exception, traceback: traceback)
         }
         await carryOut(machine.finish(), for: job.delivery)
     }

@@ -1,0 +1,148 @@
+"""Canvas across Swift and Python workers: chains, callbacks, errbacks, groups and chords, driven by Python's Celery.
+
+The Swift worker consumes queue `swift`, a real Python worker queue `py`; each step names its queue, so every
+workflow below crosses between the two kinds of worker."""
+import json
+import time
+
+import pytest
+from celery import chain, chord, group
+
+
+@pytest.fixture
+def both(start_worker, start_python_worker, make_app, request):
+    serializer = getattr(request, "param", "json")
+    swift = start_worker("-n", "swiftcanvas@%h", "-Q", "swift", "-c", "4")
+    python = start_python_worker("-n", "pycanvas@%h", "-Q", "py", "-c", "2")
+    app = make_app(task_serializer=serializer)
+    return app, swift, python
+
+
+def sig(app, name, *args, queue="swift", immutable=False):
+    signature = app.signature(name, args=args, immutable=immutable)
+    return signature.set(queue=queue)
+
+
+def stored(backend_redis, task_id):
+    raw = backend_redis.get(f"celery-task-meta-{task_id}")
+    return json.loads(raw) if raw else None
+
+
+@pytest.mark.parametrize("both", ["json", "msgpack"], indirect=True)
+def test_chain_alternating_between_swift_and_python(both, backend_redis):
+    app, swift, python = both
+    workflow = chain(sig(app, "tasks.add", 1, 2), sig(app, "tasks.add", 10, queue="py"), sig(app, "tasks.mul", 3),
+                     sig(app, "tasks.add", 5, queue="py"), sig(app, "tasks.echo", "x", queue="swift", immutable=True))
+    result = workflow.apply_async()
+    assert result.get(timeout=20) == {"args": ["x"], "kwargs": {}}
+    steps = []
+    node = result
+    while node is not None:
+        steps.append(node)
+        node = node.parent
+    steps.reverse()
+    assert [s.get(timeout=5) for s in steps[:4]] == [3, 13, 39, 44]
+    for previous, step in zip(steps, steps[1:]):
+        document = stored(backend_redis, step.id)
+        assert document["parent_id"] == previous.id
+        assert stored(backend_redis, previous.id)["children"] == [[[step.id, None], None]]
+    for index, step in enumerate(steps):
+        log = swift.log if index % 2 == 0 else python.log
+        assert f"[{step.id}] succeeded" in log, f"step {index} ran on the wrong worker"
+
+
+def test_link_callback_and_link_group(both, backend_redis):
+    app, swift, python = both
+    result = app.tasks["tasks.add"].apply_async((2, 2), queue="swift", link=sig(app, "tasks.mul", 10, queue="py"))
+    assert result.get(timeout=10) == 4
+    children = stored(backend_redis, result.id)["children"]
+    assert len(children) == 1
+    callback = app.AsyncResult(children[0][0][0])
+    assert callback.get(timeout=10) == 40
+    assert stored(backend_redis, callback.id)["parent_id"] == result.id
+
+    several = app.tasks["tasks.add"].apply_async(
+        (1, 1), queue="swift", link=[sig(app, "tasks.mul", 3, queue="py"), sig(app, "tasks.add", 5)])
+    assert several.get(timeout=10) == 2
+    (group_node,) = stored(backend_redis, several.id)["children"]
+    members = [app.AsyncResult(member[0][0]) for member in group_node[1]]
+    assert [m.get(timeout=10) for m in members] == [6, 7]
+    assert {stored(backend_redis, m.id)["group_id"] for m in members} == {group_node[0][0]}
+
+
+def test_link_error_errback_runs_with_the_failed_id(both, backend_redis):
+    app, swift, python = both
+    failing = app.tasks["tasks.fail"].apply_async(("boom",), queue="swift",
+                                                   link_error=sig(app, "tasks.echo", "extra", queue="py"))
+    with pytest.raises(ValueError):
+        failing.get(timeout=10)
+    python.wait_for_log("tasks.echo[")
+    python.wait_for_log("succeeded")
+    echoed = [json.loads(backend_redis.get(key)) for key in backend_redis.keys("celery-task-meta-*")]
+    errbacks = [d for d in echoed if isinstance(d.get("result"), dict) and d["result"].get("args") == [failing.id, "extra"]]
+    assert len(errbacks) == 1 and errbacks[0]["parent_id"] == failing.id
+
+
+def test_chain_failure_fails_the_remaining_steps(both, backend_redis):
+    app, swift, python = both
+    workflow = chain(sig(app, "tasks.add", 1, 2), sig(app, "tasks.fail", "bad 3", immutable=True), sig(app, "tasks.add", 5, queue="py"),
+                     sig(app, "tasks.mul", 2, queue="py"))
+    result = workflow.apply_async()
+    with pytest.raises(ValueError, match="3"):
+        result.get(timeout=10)
+    for step in (result, result.parent):
+        document = stored(backend_redis, step.id)
+        assert document["status"] == "FAILURE" and document["result"]["exc_type"] == "ValueError"
+        assert "parent_id" not in document
+    assert "tasks.mul[" not in python.log and "tasks.add[" not in python.log
+
+
+def test_group_across_both_workers(both, backend_redis):
+    app, swift, python = both
+    result = group(sig(app, "tasks.add", i, i, queue="swift" if i % 2 else "py") for i in range(6)).apply_async()
+    assert result.get(timeout=20) == [0, 2, 4, 6, 8, 10]
+    for child in result.results:
+        assert stored(backend_redis, child.id)["group_id"] == result.id
+
+
+@pytest.mark.parametrize("body_queue", ["swift", "py"])
+def test_chord_split_across_both_workers(both, backend_redis, body_queue):
+    app, swift, python = both
+    header = [sig(app, "tasks.add", i, i, queue="swift" if i % 2 else "py") for i in range(8)]
+    result = chord(header, sig(app, "tasks.tsum", queue=body_queue)).apply_async()
+    assert result.get(timeout=20) == sum(2 * i for i in range(8))
+    body_log = swift.log if body_queue == "swift" else python.log
+    assert body_log.count(f"Task tasks.tsum[{result.id}] received") == 1
+
+
+def test_chord_completed_by_the_swift_worker_orders_results(both, backend_redis):
+    app, swift, python = both
+    # The Python parts are quick; the Swift part sleeps, so the Swift worker records the last part and sends the
+    # body. Results arrive out of order but the body gets them in header order.
+    header = [sig(app, "tasks.echo", "first", queue="py"), sig(app, "tasks.sleep", 1.0),
+              sig(app, "tasks.add", 20, 22, queue="py")]
+    result = chord(header, sig(app, "tasks.echo", queue="py")).apply_async()
+    outcome = result.get(timeout=20)
+    assert outcome == {"args": [[{"args": ["first"], "kwargs": {}}, 1.0, 42]], "kwargs": {}}
+    assert f"Task tasks.sleep[" in swift.log
+    for key in backend_redis.keys("celery-taskset-meta-*"):
+        assert not key.decode().endswith((".j", ".s", ".d")), key  # cleaned up after the body was sent
+    # The body was sent by the Swift worker on behalf of the part that completed the chord.
+    assert stored(backend_redis, result.id)["parent_id"] == result.parent.results[1].id
+
+
+def test_chord_with_a_failing_part(both, backend_redis):
+    from celery.exceptions import ChordError
+
+    app, swift, python = both
+    header = [sig(app, "tasks.add", 1, 1, queue="py"), sig(app, "tasks.fail", "broken"), sig(app, "tasks.sleep", 0.5)]
+    result = chord(header, sig(app, "tasks.tsum", queue="py")).apply_async()
+    with pytest.raises((ChordError, ValueError)):
+        result.get(timeout=20)
+    deadline = time.monotonic() + 10
+    while stored(backend_redis, result.id) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    document = stored(backend_redis, result.id)
+    assert document["status"] == "FAILURE" and document["result"]["exc_type"] == "ChordError"
+    assert "raised ValueError('broken')" in document["result"]["exc_message"][0]
+    assert f"tasks.tsum[{result.id}]" not in python.log  # the body never ran

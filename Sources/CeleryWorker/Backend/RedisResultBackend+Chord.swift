@@ -1,0 +1,129 @@
+import CeleryProtocol
+import Foundation
+
+/// Chords on the Redis backend, with the keys and atomic steps of Celery 5.7's `RedisBackend`:
+/// `celery-taskset-meta-<group>.j` (a sorted set of `[1, id, state, result]` scored by `group_index`), `.t` (size
+/// adjustments), `.s` (the size), `.d` (parts already counted) and `.c` (the claim to send the body). Celery 5.3
+/// workers count parts on the same `.j` and `.s` keys, so a chord's header can be split across Swift workers and
+/// Python workers of either version and its body still runs once.
+extension RedisResultBackend {
+    /// `celery-taskset-meta-<group>` plus a suffix.
+    public func groupKey(_ groupID: String, _ suffix: String = "") -> String {
+        keyPrefix + "celery-taskset-meta-" + groupID + suffix
+    }
+
+    /// Celery 5.7's `CHORD_PART_RETURN_LUA`, unchanged.
+    static let chordPartReturnScript = """
+        local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+        local tid, value, ordered, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+        local expires, group_expires = tonumber(ARGV[5]), tonumber(ARGV[6])
+        local claim_expires = tonumber(ARGV[7])
+        local claim_token = ARGV[8]
+        local done_marker = redis.call('GET', ckey)
+        if done_marker == 'done' then
+            return {-1, 0, 0, 0}
+        end
+        local member = tid .. ':' .. score
+        if redis.call('SISMEMBER', dkey, member) == 0 then
+            if ordered == '1' then
+                redis.call('ZADD', jkey, score, value)
+            else
+                redis.call('RPUSH', jkey, value)
+            end
+            redis.call('SADD', dkey, member)
+        end
+        local readycount
+        if ordered == '1' then
+            readycount = redis.call('ZCOUNT', jkey, '-inf', '+inf')
+        else
+            readycount = redis.call('LLEN', jkey)
+        end
+        if expires > 0 then
+            for _, key in ipairs({jkey, tkey, skey, dkey}) do
+                redis.call('EXPIRE', key, expires)
+            end
+            if group_expires > 0 then
+                redis.call('EXPIRE', gkey, group_expires)
+            end
+        end
+        local totaldiff = redis.call('GET', tkey)
+        local size = redis.call('GET', skey)
+        local claimed = 0
+        if size and readycount == tonumber(size) + tonumber(totaldiff or 0) then
+            if redis.call('SET', ckey, claim_token, 'NX', 'EX', claim_expires) then
+                claimed = 1
+            end
+        end
+        return {readycount, totaldiff, size, claimed}
+        """
+
+    /// Celery 5.7's `CHORD_CLEANUP_LUA`, unchanged.
+    static let chordCleanupScript = """
+        local ckey = KEYS[1]
+        local jkey = KEYS[2]
+        local tkey = KEYS[3]
+        local skey = KEYS[4]
+        local dkey = KEYS[5]
+        local token = ARGV[1]
+        local done_expires = tonumber(ARGV[2])
+        if redis.call('GET', ckey) == token then
+            redis.call('DEL', jkey, tkey, skey, dkey)
+            if done_expires and done_expires > 0 then
+                redis.call('SET', ckey, 'done', 'EX', done_expires)
+            end
+            return 1
+        end
+        return 0
+        """
+
+    /// Celery's claim lifetime: twice `result_chord_join_timeout` (3 s), at least 5 s.
+    static let claimExpires = 6
+    /// How long the `done` marker keeps late duplicates out.
+    static let doneExpires = 300
+
+    public func chordPartReturn(
+        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
+    ) async throws(CeleryWorkerError) -> ChordCompletion? {
+        let entry = serializer.encode([1, .string(taskID), .string(state.rawValue), result])
+        let token = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let expiry = expires ?? 0
+        let reply = try await client.evaluate(
+            Self.chordPartReturnScript,
+            keys: [".j", ".t", ".s", ".d", "", ".c"].map { RedisArgument(groupKey(groupID, $0)) },
+            arguments: [
+                RedisArgument(taskID), RedisArgument(entry), "1", RedisArgument(groupIndex.map(String.init) ?? "+inf"),
+                RedisArgument(expiry), RedisArgument(expiry), RedisArgument(Self.claimExpires), RedisArgument(token),
+            ])
+        guard let fields = reply.array, fields.count == 4, let ready = fields[0].integer, ready >= 0,
+            fields[3].integer == 1
+        else { return nil }
+        let stored = try await client.send(RedisCommand("ZRANGE", RedisArgument(groupKey(groupID, ".j")), "0", "-1"))
+        var parts: [ChordCompletion.Part] = []
+        for member in stored.array ?? [] {
+            guard let bytes = member.bytes, case .array(let tuple)? = try? serializer.decode(bytes), tuple.count == 4,
+                let id = tuple[1].stringValue, let state = tuple[2].stringValue
+            else {
+                throw CeleryWorkerError(code: .unexpectedReply, message: "a chord result in \(groupKey(groupID, ".j")) cannot be decoded")
+            }
+            parts.append(ChordCompletion.Part(taskID: id, state: TaskState(state), result: tuple[3]))
+        }
+        return ChordCompletion(parts: parts, token: token)
+    }
+
+    public func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError) {
+        _ = try await client.evaluate(
+            Self.chordCleanupScript,
+            keys: [".c", ".j", ".t", ".s", ".d"].map { RedisArgument(groupKey(groupID, $0)) },
+            arguments: [RedisArgument(token), RedisArgument(Self.doneExpires)])
+    }
+
+    public func chordFailed(groupID: String) async throws(CeleryWorkerError) {
+        try await client.send(RedisCommand("DEL", RedisArgument(groupKey(groupID, ".s"))))
+    }
+
+    public func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError) {
+        try await client.send(RedisCommand("DEL", RedisArgument(groupKey(groupID, ".c"))))
+        try await client.send(
+            RedisCommand("SET", RedisArgument(groupKey(groupID, ".s")), RedisArgument(size), "EX", RedisArgument(expires ?? 86_400)))
+    }
+}

@@ -1,0 +1,157 @@
+import CeleryProtocol
+import Foundation
+
+/// Sends signatures as Python's `Signature.apply_async` does: a task is one message; a group sends each member
+/// with `group` / `group_index`; a chain sends its first task with the rest (reversed) in the `chain` embed; a
+/// chord stores its size in the result backend and sends its header members with the body in the `chord` embed.
+///
+/// Used by the worker (callbacks, chain steps, errbacks, chord bodies) and by ``CeleryClient``.
+struct CanvasSender: Sendable {
+    /// Pushes an envelope to a queue at a priority.
+    let publish: @Sendable (KombuEnvelope, _ queue: String, _ priority: Int) async throws(CeleryWorkerError) -> Void
+    /// Writes a chord's size before its header is sent.
+    let setChordSize: @Sendable (_ groupID: String, _ size: Int) async throws(CeleryWorkerError) -> Void
+    /// `gen<pid>@<host>`.
+    let origin: String
+    /// The sender's oid, used as `reply_to` when a signature names none.
+    let replyTo: String
+    /// Where a signature without a `queue` option goes (`task_default_queue`).
+    let defaultQueue: String
+    /// The serializer of a signature without a `serializer` option.
+    let contentType: CeleryContentType
+    /// Signatures decoded from a message keep their args as a list, so Python shows an immutable one's `argsrepr` as
+    /// a list; signatures built in Swift show tuples, as a Python client's do.
+    let signaturesAreDecoded: Bool
+    /// Formats a Unix time in the app's time zone (countdown and numeric expires become ISO times).
+    let isoformat: @Sendable (Double) -> String
+
+    static func newID() -> String { UUID().uuidString.lowercased() }
+
+    /// Applies `signature` with `args` in front of its own (unless it is immutable) and `options` over its own
+    /// (its own `group_id` is kept, as in Celery's `_merge`). Returns the node Celery lists in the parent's
+    /// `children`: `[[id, null], null]` for a task, `[[group id, null], [members…]]` for a group.
+    @discardableResult
+    func apply(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject = [:]) async throws(CeleryWorkerError)
+        -> CeleryValue
+    {
+        var merged = signature.options
+        for (key, value) in options where !(key == "group_id" && merged[key] != nil) { merged[key] = value }
+        switch signature.subtaskType {
+        case "group": return try await applyGroup(signature.tasks, args: args, options: merged)
+        case "chain": return try await applyChain(signature.tasks, args: args, options: merged)
+        case "chord":
+            guard let parts = signature.chordParts else {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "a celery.chord signature without a body")
+            }
+            return try await applyChord(header: parts.header, body: parts.body, args: args, options: merged)
+        default:
+            return try await applyTask(signature, args: args, options: merged)
+        }
+    }
+
+    private func applyTask(_ signature: Signature, args: [CeleryValue], options: CeleryObject) async throws(CeleryWorkerError)
+        -> CeleryValue
+    {
+        let id = options["task_id"]?.stringValue ?? Self.newID()
+        var queue = defaultQueue
+        switch options["queue"] {
+        case .string(let name)?: queue = name
+        case .object(let declared)?: queue = declared["name"]?.stringValue ?? queue
+        default: if let key = options["routing_key"]?.stringValue { queue = key }
+        }
+        var send = TaskSend(
+            name: signature.task, id: id, args: signature.immutable ? signature.args : args + signature.args,
+            kwargs: signature.kwargs,
+            embed: CeleryTaskMessage.Embed(
+                callbacks: Self.signatureList(options["link"]), errbacks: Self.signatureList(options["link_error"]),
+                chain: options["chain"] ?? .null, chord: options["chord"] ?? .null),
+            origin: origin, replyTo: options["reply_to"]?.stringValue ?? replyTo, routingKey: queue,
+            contentType: options["serializer"]?.stringValue.flatMap(CeleryContentType.init(name:)) ?? contentType,
+            deliveryTag: Self.newID())
+        send.argsShownAsList = signature.immutable && signaturesAreDecoded
+        send.shadow = options["shadow"]?.stringValue
+        let now = WallClock.now()
+        if let countdown = options["countdown"]?.doubleValue {
+            send.eta = isoformat(now + countdown)
+        } else if let eta = options["eta"]?.stringValue {
+            send.eta = eta
+        }
+        if let seconds = options["expires"]?.doubleValue {
+            send.expires = isoformat(now + seconds)
+            send.expirationMilliseconds = Int(seconds * 1000)
+        } else if let expires = options["expires"]?.stringValue {
+            send.expires = expires
+            if let time = CeleryTimestamp.parse(expires) { send.expirationMilliseconds = Int((time - now) * 1000) }
+        }
+        send.groupID = options["group_id"]?.stringValue
+        send.groupIndex = options["group_index"]?.intValue
+        send.timeLimit = [options["time_limit"] ?? .null, options["soft_time_limit"] ?? .null]
+        send.rootID = options["root_id"]?.stringValue
+        send.parentID = options["parent_id"]?.stringValue
+        send.ignoreResult = options["ignore_result"] ?? false
+        send.extraHeaders = options["headers"]?.objectValue ?? [:]
+        send.priority = options["priority"]?.intValue
+        try await publish(send.envelope, queue, send.priority ?? 0)
+        return [[.string(id), .null], .null]
+    }
+
+    private func applyGroup(_ members: [Signature], args: [CeleryValue], options: CeleryObject) async throws(CeleryWorkerError)
+        -> CeleryValue
+    {
+        let groupID = options["task_id"]?.stringValue ?? Self.newID()
+        var shared = options
+        shared["task_id"] = nil
+        var children: [CeleryValue] = []
+        for (index, member) in members.enumerated() {
+            var memberOptions = shared
+            memberOptions["group_id"] = .string(groupID)
+            memberOptions["group_index"] = .int(Int64(index))
+            children.append(try await apply(member, args: args, options: memberOptions))
+        }
+        return [[.string(groupID), .null], .array(children)]
+    }
+
+    private func applyChain(_ steps: [Signature], args: [CeleryValue], options: CeleryObject) async throws(CeleryWorkerError)
+        -> CeleryValue
+    {
+        guard let first = steps.first else { return .null }
+        let rest = steps.dropFirst().map { step in
+            var frozen = step
+            if frozen.options["task_id"] == nil { frozen.options["task_id"] = .string(Self.newID()) }
+            if frozen.options["reply_to"] == nil { frozen.options["reply_to"] = .string(replyTo) }
+            return frozen
+        }
+        var firstOptions = options
+        if !rest.isEmpty { firstOptions["chain"] = .array(rest.reversed().map(\.value)) }
+        return try await apply(first, args: args, options: firstOptions)
+    }
+
+    private func applyChord(header: [Signature], body: Signature, args: [CeleryValue], options: CeleryObject)
+        async throws(CeleryWorkerError) -> CeleryValue
+    {
+        let groupID = options["task_id"]?.stringValue ?? Self.newID()
+        var frozenBody = body
+        if frozenBody.options["task_id"] == nil { frozenBody.options["task_id"] = .string(Self.newID()) }
+        if frozenBody.options["reply_to"] == nil { frozenBody.options["reply_to"] = .string(replyTo) }
+        for key in ["chain", "root_id"] where options[key] != nil { frozenBody.options[key] = options[key] }
+        frozenBody.options["group_id"] = .string(groupID)
+        try await setChordSize(groupID, header.count)
+        var shared = options
+        for key in ["task_id", "chain", "link", "link_error"] { shared[key] = nil }
+        var children: [CeleryValue] = []
+        for (index, member) in header.enumerated() {
+            var memberOptions = shared
+            memberOptions["group_id"] = .string(groupID)
+            memberOptions["group_index"] = .int(Int64(index))
+            memberOptions["chord"] = frozenBody.value
+            children.append(try await apply(member, args: args, options: memberOptions))
+        }
+        return [[.string(groupID), .null], .array(children)]
+    }
+
+    /// `link` / `link_error` as the embed carries them: a list of signature dicts, or `null`.
+    static func signatureList(_ value: CeleryValue?) -> CeleryValue {
+        let signatures = Signature.list(value)
+        return signatures.isEmpty ? .null : .array(signatures.map(\.value))
+    }
+}

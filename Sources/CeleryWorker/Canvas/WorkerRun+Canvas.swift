@@ -1,0 +1,139 @@
+import CeleryProtocol
+
+/// What a Python worker does around a task's result for canvas: callbacks and the next chain step after success,
+/// the rest of the chain and the errbacks after a failure, and the chord join of header parts.
+extension WorkerRun {
+    /// Sends what this worker publishes: through the broker, retrying while Redis is unreachable, with this
+    /// message's serializer.
+    func canvas(for message: CeleryTaskMessage) -> CanvasSender {
+        let broker = service.broker
+        let backend = service.backend
+        let configuration = self.configuration
+        let delays = service.retryDelays
+        return CanvasSender(
+            publish: { envelope, queue, priority throws(CeleryWorkerError) in
+                var attempt = 0
+                while true {
+                    do throws(CeleryWorkerError) {
+                        return try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+                    } catch {
+                        attempt += 1
+                        guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }
+                        try? await Task.sleep(for: .seconds(delays.delay(attempt: attempt)))
+                    }
+                }
+            },
+            setChordSize: { groupID, size throws(CeleryWorkerError) in
+                try await backend?.setChordSize(groupID: groupID, size: size)
+            },
+            origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
+            contentType: message.contentType, signaturesAreDecoded: true,
+            isoformat: { configuration.isoformat(unixSeconds: $0) })
+    }
+
+    /// The options a message sent on behalf of a running task carries: it is the parent, its root is the root.
+    private func lineage(_ message: CeleryTaskMessage) -> CeleryObject {
+        ["parent_id": .string(message.id), "root_id": .string(message.rootID ?? message.id)]
+    }
+
+    /// After success, in Python's order and before the result is stored: the `link` callbacks (one alone; several
+    /// as their groups first, then the others together as one new group), then the next chain step with the rest
+    /// of the chain. Returns the `children` of the result document.
+    func sendFollowUps(_ job: PreparedJob, result: CeleryValue) async -> CeleryValue {
+        let message = job.message
+        let callbacks = Signature.list(message.embed.callbacks)
+        let chain = Signature.list(message.embed.chain)
+        guard !callbacks.isEmpty || !chain.isEmpty else { return [] }
+        let sender = canvas(for: message)
+        var children: [CeleryValue] = []
+        do {
+            if callbacks.count == 1 {
+                children.append(try await sender.apply(callbacks[0], args: [result], options: lineage(message)))
+            } else if callbacks.count > 1 {
+                for group in callbacks where group.subtaskType == "group" {
+                    children.append(try await sender.apply(group, args: [result], options: lineage(message)))
+                }
+                let others = callbacks.filter { $0.subtaskType != "group" }
+                if !others.isEmpty {
+                    children.append(try await sender.apply(.group(others), args: [result], options: lineage(message)))
+                }
+            }
+            if let next = chain.last {
+                var options = lineage(message)
+                options["chain"] = .array(chain.dropLast().map(\.value))
+                children.append(try await sender.apply(next, args: [result], options: options))
+            }
+        } catch {
+            logger.error("Task \(job.displayName)[\(message.id)]: cannot send its callbacks or next chain step: \(error.message)")
+        }
+        return .array(children)
+    }
+
+    /// After a failure, in Python's order (after the result and the chord part): FAILURE with the same exception for
+    /// every step left in the chain, then the `link_error` errbacks, sent as one group with the failed task's id as
+    /// their argument (Celery's `errback(task_id)` form).
+    func failFollowUps(_ job: PreparedJob, exception: CeleryExceptionInfo, traceback: String?) async {
+        let message = job.message
+        for step in Signature.list(message.embed.chain) {
+            guard let id = step.options["task_id"]?.stringValue else { continue }
+            await store(
+                CeleryResultDocument(
+                    taskID: id, status: .failure, result: exception.value, traceback: traceback, children: [],
+                    dateDone: configuration.isoformat(unixSeconds: WallClock.now()),
+                    groupID: step.options["group_id"]?.stringValue))
+        }
+        await sendErrbacks(message.embed.errbacks, failedID: message.id, options: lineage(message), message: message)
+    }
+
+    private func sendErrbacks(_ errbacks: CeleryValue, failedID: String, options: CeleryObject, message: CeleryTaskMessage) async
+        -> CeleryValue
+    {
+        let signatures = Signature.list(errbacks)
+        guard !signatures.isEmpty else { return [] }
+        do {
+            return [try await canvas(for: message).apply(.group(signatures), args: [.string(failedID)], options: options)]
+        } catch {
+            logger.error("Cannot send the errbacks of \(failedID): \(error.message)")
+            return []
+        }
+    }
+
+    /// A chord header part: records its result; the part that completes the chord sends the body with the header
+    /// results in `group_index` order, or, when a part failed, sends the body's errbacks and stores `ChordError` for
+    /// the body.
+    func chordPartReturn(_ job: PreparedJob, state: TaskState, result: CeleryValue) async {
+        let message = job.message
+        guard let body = Signature(message.embed.chord), let groupID = message.groupID, let backend = service.backend else { return }
+        do {
+            guard
+                let completion = try await backend.chordPartReturn(
+                    groupID: groupID, taskID: message.id, groupIndex: message.groupIndex, state: state, result: result)
+            else { return }
+            if let failed = completion.parts.first(where: { $0.state == .failure || $0.state == .revoked }) {
+                let cause = CeleryExceptionInfo(
+                    type: failed.result["exc_type"]?.stringValue ?? "Exception",
+                    arguments: failed.result["exc_message"]?.arrayValue ?? [], module: "")
+                let error = CeleryExceptionInfo(
+                    type: "ChordError", arguments: [.string("Dependency \(failed.taskID) raised \(cause.repr)")],
+                    module: "celery.exceptions")
+                logger.error("Chord '\(groupID)' raised: \(error.repr)")
+                let bodyID = body.options["task_id"]?.stringValue ?? CanvasSender.newID()
+                let children = await sendErrbacks(
+                    body.options["link_error"] ?? .null, failedID: bodyID,
+                    options: ["parent_id": .string(bodyID), "root_id": .string(bodyID)], message: message)
+                await store(
+                    CeleryResultDocument(
+                        taskID: bodyID, status: .failure, result: error.value,
+                        traceback: "Traceback (most recent call last):\n  File \"<swift>\", line 0, in chord join\n\(error.tracebackLine)\n",
+                        children: .array(children.arrayValue ?? []),
+                        dateDone: configuration.isoformat(unixSeconds: WallClock.now())))
+                try await backend.chordFailed(groupID: groupID)
+                return
+            }
+            try await canvas(for: message).apply(body, args: [.array(completion.parts.map(\.result))], options: lineage(message))
+            try await backend.chordFinished(groupID: groupID, token: completion.token)
+        } catch {
+            logger.error("Chord '\(groupID)' raised: \(error.message)")
+        }
+    }
+}
