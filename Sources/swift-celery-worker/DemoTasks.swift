@@ -41,6 +41,12 @@ enum DemoTasks {
             return seconds
         }
         registry.register("tasks.whoami") { _ in "swift" }
+        // Starts another task (Swift or Python, wherever `queue` leads) and returns its result: the Swift client
+        // inside a task.
+        registry.register("tasks.delegate", parameters: ["name", "args", "queue"]) {
+            (context, name: String, args: [CeleryValue], queue: String) in
+            try await context.send(name, args: args, options: TaskSendOptions(queue: queue)).get(timeout: .seconds(60))
+        }
         registry.register("tasks.mul", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x * y }
         registry.register("tasks.tsum", parameters: ["numbers"]) { (_, numbers: [Int]) in numbers.reduce(0, +) }
         // Kills the process running it, to show how the process pool contains a crash (WorkerLostError). With the

@@ -15,7 +15,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         commandName: "swift-celery-worker",
         abstract: "A Celery worker in Swift: runs Swift tasks sent by Python's .delay() over Redis.",
         version: WorkerCommand.version,
-        subcommands: [WorkerCommand.self],
+        subcommands: [WorkerCommand.self, CallCommand.self, CanvasDemoCommand.self],
         defaultSubcommand: WorkerCommand.self
     )
 }
@@ -182,7 +182,8 @@ struct WorkerCommand: AsyncParsableCommand {
             softTimeLimit: softTimeLimit,
             timeLimit: timeLimit,
             pool: poolKind,
-            defaultQueue: file.defaultQueue ?? "celery"
+            defaultQueue: file.defaultQueue ?? "celery",
+            taskSerializer: file.taskSerializer ?? .json
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

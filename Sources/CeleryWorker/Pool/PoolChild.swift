@@ -14,6 +14,7 @@ struct PoolChild {
     let registry: TaskRegistry
     let configuration: WorkerConfiguration
     let logger: Logger
+    let client: CeleryClient?
 
     /// What the signal handler and the pipe reader share with the job loop.
     private final class Shared: Sendable {
@@ -83,7 +84,7 @@ struct PoolChild {
         let request = TaskRequest(
             message: message, deliveryInfo: envelope.deliveryInfo,
             hostname: frame["hostname"]?.stringValue ?? configuration.nodeName)
-        let context = TaskContext(request: request, logger: taskLogger) { state, meta in
+        let context = TaskContext(request: request, logger: taskLogger, client: client) { state, meta in
             // Runs on the task thread, like the body that calls it.
             _ = PoolFrames.write(["state": .string(state.rawValue), "meta": meta], to: PoolFrames.outcomeDescriptor)
         }

@@ -78,12 +78,13 @@ final class RedisConnection: @unchecked Sendable {
         return try body()
     }
 
-    /// Pattern-subscribes (`PSUBSCRIBE`) and hands every message's data to `onMessage` until `shouldStop` returns
-    /// true (checked at least every `pollInterval`). Returns normally when stopped; throws when the connection
-    /// breaks (the caller reconnects). Use a connection dedicated to this.
+    /// Subscribes to a channel pattern (`PSUBSCRIBE`), or to one channel with `exact` (`SUBSCRIBE`), and hands
+    /// every message's data to `onMessage` until `shouldStop` returns true (checked after each message and at least
+    /// every `pollInterval`). `onSubscribed` runs once the server confirmed the subscription. Returns normally when
+    /// stopped; throws when the connection breaks.
     func subscribe(
-        pattern: String, pollInterval: Duration = .milliseconds(500), shouldStop: () -> Bool,
-        onMessage: ([UInt8]) -> Void
+        pattern: String, exact: Bool = false, pollInterval: Duration = .milliseconds(500), shouldStop: () -> Bool,
+        onSubscribed: () -> Void = {}, onMessage: ([UInt8]) -> Void
     ) throws(CeleryWorkerError) {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
             let context = try connectedContext(&state)
@@ -92,19 +93,21 @@ final class RedisConnection: @unchecked Sendable {
                 failure = Self.error(from: context, code: .connectionLost, doing: action)
                 Self.close(&state)
             }
-            guard Self.append(RedisCommand("PSUBSCRIBE", RedisArgument(pattern)), to: context) == REDIS_OK else {
-                fail("PSUBSCRIBE")
+            let command = exact ? "SUBSCRIBE" : "PSUBSCRIBE"
+            guard Self.append(RedisCommand(command, RedisArgument(pattern)), to: context) == REDIS_OK else {
+                fail(command)
                 if let failure { throw failure }
                 return
             }
             // Flush the command: with nothing buffered to read, redisGetReply writes and then blocks for the reply.
             var confirmation: UnsafeMutableRawPointer?
             guard redisGetReply(context, &confirmation) == REDIS_OK, let confirmation else {
-                fail("PSUBSCRIBE")
+                fail(command)
                 if let failure { throw failure }
                 return
             }
             freeReplyObject(confirmation)
+            onSubscribed()
             let (seconds, attoseconds) = pollInterval.components
             let timeoutMilliseconds = Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
             while !shouldStop() {
@@ -116,7 +119,9 @@ final class RedisConnection: @unchecked Sendable {
                 if let raw {
                     let reply = Self.convert(raw.assumingMemoryBound(to: redisReply.self))
                     freeReplyObject(raw)
-                    if case .array(let parts) = reply, parts.count == 4, parts[0].text == "pmessage", let data = parts[3].bytes {
+                    if case .array(let parts) = reply, let kind = parts.first?.text,
+                        kind == "pmessage" || kind == "message", let data = parts.last?.bytes
+                    {
                         onMessage(data)
                     }
                     continue

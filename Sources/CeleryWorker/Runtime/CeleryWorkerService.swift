@@ -28,6 +28,8 @@ public final class CeleryWorkerService: Service {
     let retryDelays = RetryDelays()
     /// Task counts and timings, through swift-metrics.
     let metrics: TaskMetrics
+    /// The client tasks send other tasks with (`context.send`).
+    let client: CeleryClient?
 
     /// A worker on Redis, as configured.
     ///
@@ -57,7 +59,12 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL, threadPool: ioPool), RedisClient(url: configuration.brokerURL, threadPool: ioPool)),
-            ioPool: ioPool, metrics: TaskMetrics(factory: metricsFactory))
+            ioPool: ioPool, metrics: TaskMetrics(factory: metricsFactory),
+            client: CeleryClient(
+                brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
+                serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
+                resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue, threadPool: ioPool,
+                ownsThreadPool: false))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
@@ -67,15 +74,17 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, ioPool: nil, metrics: TaskMetrics(factory: metricsFactory))
+            events: nil, control: nil, ioPool: nil, metrics: TaskMetrics(factory: metricsFactory), client: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, ioPool: NIOThreadPool?, metrics: TaskMetrics
+        control: (subscriber: RedisClient, replies: RedisClient)?, ioPool: NIOThreadPool?, metrics: TaskMetrics,
+        client: CeleryClient?
     ) {
         self.metrics = metrics
+        self.client = client
         self.configuration = configuration
         self.registry = registry
         self.logger = logger
@@ -92,7 +101,7 @@ public final class CeleryWorkerService: Service {
     /// started it closes its pipe.
     public func run() async throws {
         if Self.isPoolChild {
-            await PoolChild(registry: registry, configuration: configuration, logger: logger).run()
+            await PoolChild(registry: registry, configuration: configuration, logger: logger, client: client).run()
             try? await ioPool?.shutdownGracefully()
             return
         }

@@ -1,5 +1,6 @@
 import CeleryProtocol
 import Logging
+import OrderedCollections
 
 /// Handed to every task: the request, a logger that tags lines with the task, and ways to report state.
 public struct TaskContext: Sendable {
@@ -7,15 +8,38 @@ public struct TaskContext: Sendable {
     public let request: TaskRequest
     /// A logger whose metadata names the task (`celery.task.id`, `celery.task.name`).
     public let logger: Logger
+    /// A client on the worker's broker and result backend, for tasks that start other tasks; `nil` when the
+    /// worker runs without Redis (tests on an in-memory broker).
+    public let client: CeleryClient?
     let stateReporter: @Sendable (TaskState, CeleryValue) async throws -> Void
 
     init(
-        request: TaskRequest, logger: Logger,
+        request: TaskRequest, logger: Logger, client: CeleryClient? = nil,
         stateReporter: @escaping @Sendable (TaskState, CeleryValue) async throws -> Void
     ) {
         self.request = request
         self.logger = logger
+        self.client = client
         self.stateReporter = stateReporter
+    }
+
+    /// Sends a task (Swift or Python) on behalf of this one, as Python does for a call made inside a task: this
+    /// task is its `parent_id` and its root is this task's root. Await the handle's `get()` for its result.
+    @discardableResult
+    public func send(
+        _ task: String, args: [CeleryValue] = [], kwargs: CeleryObject = [:], options: TaskSendOptions = TaskSendOptions()
+    ) async throws -> AsyncResult {
+        try await apply(Signature(task: task, args: args, kwargs: kwargs, options: options.signatureOptions))
+    }
+
+    /// Sends a task, chain or chord signature on behalf of this task (see ``send(_:args:kwargs:options:)``).
+    @discardableResult
+    public func apply(_ signature: Signature) async throws -> AsyncResult {
+        guard let client else {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "this worker has no client to send tasks with")
+        }
+        return try await client.apply(
+            signature, options: ["parent_id": .string(request.id), "root_id": .string(request.rootID ?? request.id)])
     }
 
     /// The argument at `position`, or the keyword argument `name` when fewer positional arguments were sent.

@@ -48,6 +48,9 @@ public struct WorkerConfiguration: Sendable {
     /// Where callbacks, chain steps and chord bodies without a `queue` option are sent (`task_default_queue`).
     /// Default `celery`. Python's `task_routes` are not known to the Swift worker.
     public var defaultQueue: String
+    /// The serializer of messages the worker's client sends for tasks (`task_serializer`). Callbacks and chain
+    /// steps use the serializer of the message that carried them. Default JSON.
+    public var taskSerializer: CeleryContentType
 
     /// Where task bodies run.
     public enum PoolKind: String, Sendable, CaseIterable {
@@ -86,7 +89,8 @@ public struct WorkerConfiguration: Sendable {
         softTimeLimit: Double? = nil,
         timeLimit: Double? = nil,
         pool: PoolKind = .threads,
-        defaultQueue: String = "celery"
+        defaultQueue: String = "celery",
+        taskSerializer: CeleryContentType = .json
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -108,6 +112,7 @@ public struct WorkerConfiguration: Sendable {
         self.timeLimit = timeLimit
         self.pool = pool
         self.defaultQueue = defaultQueue
+        self.taskSerializer = taskSerializer
     }
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.

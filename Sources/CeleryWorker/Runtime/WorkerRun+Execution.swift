@@ -221,7 +221,7 @@ extension WorkerRun {
         let request = TaskRequest(
             message: message, deliveryInfo: job.delivery.envelope.deliveryInfo,
             hostname: configuration.nodeName)
-        let context = TaskContext(request: request, logger: taskLogger) { [self] state, meta in
+        let context = TaskContext(request: request, logger: taskLogger, client: service.client) { [self] state, meta in
             guard storesResults else { return }
             await self.store(self.document(message, queue: queue, status: state, result: meta, ready: false))
         }

@@ -1,0 +1,84 @@
+"""The Swift client (`CeleryClient`, the `call` and `canvas-demo` commands): messages a Python worker runs, and
+results awaited through pub/sub."""
+import base64
+import json
+import subprocess
+
+import pytest
+
+from conftest import WORKER_BINARY
+
+
+def swift(redis_urls, *args, timeout=60):
+    return subprocess.run([str(WORKER_BINARY), *args, "-b", redis_urls["broker"],
+                           "--result-backend", redis_urls["backend"]],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_call_runs_on_a_python_worker_and_waits_for_the_result(start_python_worker, redis_urls, serializer):
+    start_python_worker("-Q", "py")
+    done = swift(redis_urls, "call", "tasks.add", "--args", "[20, 22]", "-Q", "py", "--serializer", serializer, "--wait")
+    assert done.returncode == 0, done.stderr
+    task_id, value = done.stdout.split()
+    assert value == "42"
+    echoed = swift(redis_urls, "call", "tasks.echo", "--args", '["ü", 1.5, null]', "--kwargs", '{"k": [true]}',
+                   "-Q", "py", "--serializer", serializer, "--wait")
+    assert json.loads(echoed.stdout.splitlines()[1]) == {"args": ["ü", 1.5, None], "kwargs": {"k": [True]}}
+    failed = swift(redis_urls, "call", "tasks.fail", "--args", '["nope"]', "-Q", "py", "--serializer", serializer,
+                   "--wait")
+    assert failed.returncode == 1 and "FAILURE: ValueError: nope" in failed.stderr
+
+
+def raw_message(broker_redis, queue):
+    (raw,) = broker_redis.lrange(queue, 0, -1)
+    broker_redis.delete(queue)
+    return json.loads(raw)
+
+
+VARIABLE = {"id", "root_id", "eta", "expires", "origin", "correlation_id", "reply_to", "delivery_tag"}
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_a_swift_message_is_shaped_as_pythons(make_app, broker_redis, redis_urls, serializer):
+    app = make_app(task_serializer=serializer)
+    app.tasks["tasks.add"].apply_async((1, 2), queue="shape", countdown=30, expires=60, priority=5,
+                                       headers={"x-custom": "v"})
+    python = raw_message(broker_redis, "shape\x06\x163")
+    sent = swift(redis_urls, "call", "tasks.add", "--args", "[1, 2]", "-Q", "shape", "--countdown", "30", "--expires",
+                 "60", "--priority", "5", "--header", "x-custom=v", "--serializer", serializer)
+    assert sent.returncode == 0, sent.stderr
+    ours = raw_message(broker_redis, "shape\x06\x163")
+    assert list(ours) == list(python)
+    assert list(ours["headers"]) == list(python["headers"])
+    assert list(ours["properties"]) == list(python["properties"])
+    for part in ("headers", "properties"):
+        for key, value in python[part].items():
+            if key not in VARIABLE:
+                assert ours[part][key] == value, (part, key)
+    assert ours["headers"]["root_id"] == ours["headers"]["id"] == sent.stdout.strip()
+    assert ours["properties"]["expiration"] == "60000"
+    assert base64.b64decode(ours["body"]) == base64.b64decode(python["body"])
+    assert ours["content-type"] == python["content-type"] and ours["content-encoding"] == python["content-encoding"]
+
+
+def test_canvas_built_in_swift_runs_on_a_python_worker(start_python_worker, redis_urls):
+    start_python_worker("-Q", "py")
+    done = swift(redis_urls, "canvas-demo", "-Q", "py")
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines == {"chain": "35", "group": "[0, 2, 4, 6]", "chord": "100",
+                     "failure": "builtins ValueError('from swift')"}
+
+
+def test_a_swift_task_starts_a_python_task_and_returns_its_result(start_worker, start_python_worker, make_app,
+                                                                   backend_redis):
+    start_worker("-Q", "swift")
+    python = start_python_worker("-Q", "py")
+    app = make_app()
+    result = app.tasks["tasks.delegate"].apply_async(("tasks.mul", [6, 7], "py"), queue="swift")
+    assert result.get(timeout=20) == 42
+    python.wait_for_log("tasks.mul[")
+    child_id = python.log.split("Task tasks.mul[", 1)[1].split("]", 1)[0]
+    child = json.loads(backend_redis.get(f"celery-task-meta-{child_id}"))
+    assert child["result"] == 42 and child["parent_id"] == result.id

@@ -1,0 +1,122 @@
+import CeleryProtocol
+import Foundation
+import Synchronization
+
+/// A task that ended in FAILURE or REVOKED, as Python's `AsyncResult.get()` raises it: the Python exception's
+/// class, module and arguments, and the traceback the worker stored.
+public struct TaskFailure: PythonConvertibleError, Sendable, CustomStringConvertible {
+    public var taskID: String
+    /// `FAILURE` or `REVOKED`.
+    public var state: TaskState
+    public var pythonException: CeleryExceptionInfo
+    public var traceback: String?
+
+    public var description: String { "\(pythonException.repr) (task \(taskID), \(state))" }
+}
+
+/// The pending result of a task sent by ``CeleryClient``.
+public struct AsyncResult: Sendable {
+    /// The task id.
+    public let id: String
+    let client: CeleryClient
+
+    /// The stored document, or `nil` while nothing is stored (Python's PENDING).
+    public func document() async throws(CeleryWorkerError) -> CeleryValue? {
+        guard let backend = client.backend else { throw Self.noBackend }
+        guard let bytes = try await backend.client.send(RedisCommand("GET", RedisArgument(backend.key(for: id)))).bytes else {
+            return nil
+        }
+        return try? backend.serializer.decode(bytes)
+    }
+
+    /// The current state: `PENDING` when nothing is stored.
+    public func state() async throws(CeleryWorkerError) -> TaskState {
+        try await document()?["status"]?.stringValue.map { TaskState($0) } ?? .pending
+    }
+
+    /// Waits for the task to finish and returns its result; a FAILURE or REVOKED ends in ``TaskFailure``.
+    ///
+    /// Waits through pub/sub as Python does (`SUBSCRIBE celery-task-meta-<id>`, then one `GET` for a result that
+    /// was already stored): no polling of Redis. While it waits, it holds one Redis connection and one I/O thread.
+    public func get(timeout: Duration = .seconds(3600)) async throws -> CeleryValue {
+        let document = try await waitForReady(timeout: timeout)
+        let status = TaskState(document["status"]?.stringValue ?? "")
+        let result = document["result"] ?? .null
+        guard status == .success else {
+            throw TaskFailure(
+                taskID: id, state: status,
+                pythonException: CeleryExceptionInfo(
+                    type: result["exc_type"]?.stringValue ?? "Exception", arguments: result["exc_message"]?.arrayValue ?? [],
+                    module: result["exc_module"]?.stringValue ?? "builtins"),
+                traceback: document["traceback"]?.stringValue)
+        }
+        return result
+    }
+
+    /// ``get(timeout:)`` converted to a Swift type.
+    public func get<Value: CeleryValueDecodable>(as type: Value.Type, timeout: Duration = .seconds(3600)) async throws -> Value {
+        try Value(celeryValue: try await get(timeout: timeout))
+    }
+
+    static let readyStates: Set<String> = ["SUCCESS", "FAILURE", "REVOKED"]
+    static let noBackend = CeleryWorkerError(code: .invalidConfiguration, message: "the client has no result backend")
+
+    private static func readyDocument(_ bytes: [UInt8]?, _ serializer: CeleryContentType) -> CeleryValue? {
+        guard let bytes, let document = try? serializer.decode(bytes),
+            let status = document["status"]?.stringValue, readyStates.contains(status)
+        else { return nil }
+        return document
+    }
+
+    private func waitForReady(timeout: Duration) async throws -> CeleryValue {
+        guard let backend = client.backend, let url = client.backendURL else { throw Self.noBackend }
+        let key = backend.key(for: id)
+        let serializer = backend.serializer
+        let found = Mutex<CeleryValue?>(nil)
+        let stop = ShutdownSignal()
+        let deadline = ContinuousClock.now + timeout
+        let listener = RedisClient(url: url, threadPool: client.threadPool)
+        let reader = RedisConnection(url: url, commandTimeout: .seconds(30))
+        defer {
+            listener.close()
+            reader.close()
+        }
+        try await withTaskCancellationHandler {
+            try await listener.withConnection { connection throws(CeleryWorkerError) in
+                try connection.subscribe(
+                    pattern: key, exact: true, pollInterval: .milliseconds(100),
+                    shouldStop: { found.withLock { $0 != nil } || stop.isTriggered || ContinuousClock.now >= deadline },
+                    onSubscribed: {
+                        // Subscribed first, then read once: a result stored before the subscription is not missed.
+                        if let replies = try? reader.execute([RedisCommand("GET", RedisArgument(key))]),
+                            let document = Self.readyDocument(replies.first?.bytes, serializer)
+                        {
+                            found.withLock { $0 = document }
+                        }
+                    },
+                    onMessage: { bytes in
+                        if let document = Self.readyDocument(bytes, serializer) { found.withLock { $0 = $0 ?? document } }
+                    })
+            }
+        } onCancel: {
+            stop.trigger()
+        }
+        if let document = found.withLock({ $0 }) { return document }
+        try Task.checkCancellation()
+        throw CeleryWorkerError(code: .timeout, message: "task \(id) did not finish within \(timeout)")
+    }
+}
+
+/// The results of a group's members, in order.
+public struct GroupResult: Sendable {
+    /// The group id.
+    public let id: String
+    public let results: [AsyncResult]
+
+    /// Waits for every member; the first FAILURE ends in ``TaskFailure``.
+    public func get(timeout: Duration = .seconds(3600)) async throws -> [CeleryValue] {
+        var values: [CeleryValue] = []
+        for result in results { values.append(try await result.get(timeout: timeout)) }
+        return values
+    }
+}

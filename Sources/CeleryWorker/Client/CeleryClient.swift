@@ -1,0 +1,223 @@
+import CeleryProtocol
+import Foundation
+import NIOPosix
+import OrderedCollections
+import Synchronization
+
+/// Options of one task call, as Python's `apply_async` takes them.
+public struct TaskSendOptions: Sendable {
+    /// Run no earlier than this many seconds from now.
+    public var countdown: Double?
+    /// Run no earlier than this Unix time.
+    public var eta: Double?
+    /// Do not run after this many seconds from now (stored REVOKED `expired` instead).
+    public var expires: Double?
+    /// The queue to send to; `nil` uses the client's default queue.
+    public var queue: String?
+    /// 0 to 9 (kombu's Redis priority steps: 0, 3, 6, 9).
+    public var priority: Int?
+    /// The body's serializer; `nil` uses the client's.
+    public var serializer: CeleryContentType?
+    /// Custom message headers.
+    public var headers: CeleryObject
+    /// The task id; `nil` makes a new UUID.
+    public var taskID: String?
+    /// Ask the worker not to store the result.
+    public var ignoreResult: Bool?
+    /// `time_limit` and `soft_time_limit`, in seconds.
+    public var timeLimit: Double?
+    public var softTimeLimit: Double?
+    /// Callbacks and errbacks (`link`, `link_error`).
+    public var link: [Signature]
+    public var linkError: [Signature]
+
+    public init(
+        countdown: Double? = nil, eta: Double? = nil, expires: Double? = nil, queue: String? = nil, priority: Int? = nil,
+        serializer: CeleryContentType? = nil, headers: CeleryObject = [:], taskID: String? = nil, ignoreResult: Bool? = nil,
+        timeLimit: Double? = nil, softTimeLimit: Double? = nil, link: [Signature] = [], linkError: [Signature] = []
+    ) {
+        self.countdown = countdown
+        self.eta = eta
+        self.expires = expires
+        self.queue = queue
+        self.priority = priority
+        self.serializer = serializer
+        self.headers = headers
+        self.taskID = taskID
+        self.ignoreResult = ignoreResult
+        self.timeLimit = timeLimit
+        self.softTimeLimit = softTimeLimit
+        self.link = link
+        self.linkError = linkError
+    }
+
+    /// The options as a signature carries them.
+    public var signatureOptions: CeleryObject {
+        var options = CeleryObject()
+        if let taskID { options["task_id"] = .string(taskID) }
+        if let countdown { options["countdown"] = .double(countdown) }
+        if let eta { options["eta"] = .string(CeleryTimestamp.isoformat(unixSeconds: eta)) }
+        if let expires { options["expires"] = .double(expires) }
+        if let queue { options["queue"] = .string(queue) }
+        if let priority { options["priority"] = .int(Int64(priority)) }
+        if let serializer { options["serializer"] = .string(serializer.serializerName) }
+        if !headers.isEmpty { options["headers"] = .object(headers) }
+        if let ignoreResult { options["ignore_result"] = .bool(ignoreResult) }
+        if let timeLimit { options["time_limit"] = .double(timeLimit) }
+        if let softTimeLimit { options["soft_time_limit"] = .double(softTimeLimit) }
+        if !link.isEmpty { options["link"] = .array(link.map(\.value)) }
+        if !linkError.isEmpty { options["link_error"] = .array(linkError.map(\.value)) }
+        return options
+    }
+}
+
+/// Sends tasks to Celery workers, Swift or Python, exactly as Python's `apply_async` does (protocol v2, JSON or
+/// msgpack), and waits for their results through the Redis backend's pub/sub.
+///
+/// ```swift
+/// let client = CeleryClient(
+///     brokerURL: try RedisURL(parsing: "redis://127.0.0.1:6379/1"),
+///     resultBackendURL: try RedisURL(parsing: "redis://127.0.0.1:6379/0"))
+/// let sum = try await client.send("tasks.add", args: [2, 3]).get(as: Int.self)
+/// let workflow = Signature.chain([Signature(task: "tasks.add", args: [1, 2]), Signature(task: "tasks.mul", args: [10])])
+/// let product = try await client.apply(workflow).get()
+/// ```
+public final class CeleryClient: Sendable {
+    let broker: RedisBroker
+    let backend: RedisResultBackend?
+    let backendURL: RedisURL?
+    let threadPool: NIOThreadPool
+    private let ownsThreadPool: Bool
+    /// The serializer of task bodies (`task_serializer`).
+    public let serializer: CeleryContentType
+    /// Where tasks without a queue go (`task_default_queue`).
+    public let defaultQueue: String
+    /// This client's oid (`reply_to`).
+    let oid = UUID().uuidString.lowercased()
+    private let declared = DeclaredQueues()
+
+    /// A client of its own threads and connections.
+    public convenience init(
+        brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
+        resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery"
+    ) {
+        let pool = NIOThreadPool(numberOfThreads: 4)
+        pool.start()
+        self.init(
+            brokerURL: brokerURL, resultBackendURL: resultBackendURL, serializer: serializer,
+            resultSerializer: resultSerializer, resultExpires: resultExpires, defaultQueue: defaultQueue,
+            threadPool: pool, ownsThreadPool: true)
+    }
+
+    init(
+        brokerURL: RedisURL, resultBackendURL: RedisURL?, serializer: CeleryContentType, resultSerializer: CeleryContentType,
+        resultExpires: Int?, defaultQueue: String, threadPool: NIOThreadPool, ownsThreadPool: Bool
+    ) {
+        self.broker = RedisBroker(
+            blocking: RedisClient(url: brokerURL, threadPool: threadPool),
+            commands: RedisClient(url: brokerURL, threadPool: threadPool))
+        self.backend = resultBackendURL.map {
+            RedisResultBackend(
+                client: RedisClient(url: $0, threadPool: threadPool), serializer: resultSerializer, expires: resultExpires)
+        }
+        self.backendURL = resultBackendURL
+        self.serializer = serializer
+        self.defaultQueue = defaultQueue
+        self.threadPool = threadPool
+        self.ownsThreadPool = ownsThreadPool
+    }
+
+    /// Stops the client's threads (when it made its own).
+    public func shutdown() async {
+        if ownsThreadPool { try? await threadPool.shutdownGracefully() }
+    }
+
+    var sender: CanvasSender {
+        let broker = self.broker
+        let backend = self.backend
+        let declared = self.declared
+        return CanvasSender(
+            publish: { envelope, queue, priority throws(CeleryWorkerError) in
+                // kombu declares a queue (its bindings) the first time a producer sends to it.
+                if declared.insert(queue) { try await broker.declare(queues: [queue]) }
+                try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+            },
+            setChordSize: { groupID, size throws(CeleryWorkerError) in
+                try await backend?.setChordSize(groupID: groupID, size: size)
+            },
+            origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: defaultQueue, contentType: serializer,
+            signaturesAreDecoded: false, isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
+    }
+
+    /// Sends a task by name.
+    @discardableResult
+    public func send(
+        _ task: String, args: [CeleryValue] = [], kwargs: CeleryObject = [:], options: TaskSendOptions = TaskSendOptions()
+    ) async throws(CeleryWorkerError) -> AsyncResult {
+        try await apply(Signature(task: task, args: args, kwargs: kwargs, options: options.signatureOptions))
+    }
+
+    /// Sends a task, chain or chord signature; the handle is for its final result (the last step of a chain, the
+    /// body of a chord). `options` (``TaskSendOptions/signatureOptions`` or Celery's names) apply on top of the
+    /// signature's own.
+    @discardableResult
+    public func apply(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject = [:]) async throws(CeleryWorkerError)
+        -> AsyncResult
+    {
+        let (frozen, id) = Self.freeze(signature)
+        try await sender.apply(frozen, args: args, options: options)
+        return result(id: id)
+    }
+
+    /// Sends a group; the handles are its members' results, in order.
+    public func apply(group members: [Signature], args: [CeleryValue] = [], options: CeleryObject = [:])
+        async throws(CeleryWorkerError) -> GroupResult
+    {
+        let frozen = members.map(Self.freeze)
+        let groupID = options["task_id"]?.stringValue ?? CanvasSender.newID()
+        var groupOptions = options
+        groupOptions["task_id"] = .string(groupID)
+        try await sender.apply(.group(frozen.map(\.0)), args: args, options: groupOptions)
+        return GroupResult(id: groupID, results: frozen.map { result(id: $0.1) })
+    }
+
+    /// A handle for the result of a task sent before.
+    public func result(id: String) -> AsyncResult {
+        AsyncResult(id: id, client: self)
+    }
+
+    /// Gives every task a `task_id` up front, so the final result's id is known before anything is sent.
+    static func freeze(_ signature: Signature) -> (Signature, String) {
+        var frozen = signature
+        switch signature.subtaskType {
+        case "chain":
+            let steps = signature.tasks.map(freeze)
+            frozen = .chain(steps.map(\.0), options: signature.options)
+            return (frozen, steps.last?.1 ?? CanvasSender.newID())
+        case "chord":
+            guard let parts = signature.chordParts else { return (signature, CanvasSender.newID()) }
+            let body = freeze(parts.body)
+            frozen = .chord(parts.header.map { freeze($0).0 }, body: body.0, options: signature.options)
+            return (frozen, body.1)
+        case "group":
+            frozen = .group(signature.tasks.map { freeze($0).0 }, options: signature.options)
+            let id = signature.options["task_id"]?.stringValue ?? CanvasSender.newID()
+            frozen.options["task_id"] = .string(id)
+            return (frozen, id)
+        default:
+            let id = signature.options["task_id"]?.stringValue ?? CanvasSender.newID()
+            frozen.options["task_id"] = .string(id)
+            return (frozen, id)
+        }
+    }
+}
+
+/// The queues a client already declared, behind a lock.
+final class DeclaredQueues: Sendable {
+    private let queues = Mutex<Set<String>>([])
+
+    /// Adds `queue`; returns whether it was new.
+    func insert(_ queue: String) -> Bool {
+        queues.withLock { $0.insert(queue).inserted }
+    }
+}

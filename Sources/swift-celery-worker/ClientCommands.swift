@@ -1,0 +1,136 @@
+import ArgumentParser
+import CeleryProtocol
+import CeleryWorker
+import Foundation
+
+/// Broker and backend options shared by the client commands.
+struct ClientOptions: ParsableArguments {
+    @Option(name: [.customShort("b"), .customLong("broker")], help: "Broker URL (default: $CELERY_BROKER_URL, else redis://localhost:6379/0).")
+    var broker: String?
+
+    @Option(name: .customLong("result-backend"), help: "Result backend URL (default: $CELERY_RESULT_BACKEND).")
+    var resultBackend: String?
+
+    @Option(name: .customLong("serializer"), help: "json or msgpack (default: json).")
+    var serializer = "json"
+
+    @Option(name: .customLong("result-serializer"), help: "The workers' result_serializer: json or msgpack (default: json).")
+    var resultSerializer = "json"
+
+    func client() throws -> CeleryClient {
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            let brokerURL = try RedisURL(parsing: broker ?? environment["CELERY_BROKER_URL"] ?? "redis://localhost:6379/0")
+            let backendURL = try (resultBackend ?? environment["CELERY_RESULT_BACKEND"]).map { text throws(CeleryWorkerError) in
+                try RedisURL(parsing: text)
+            }
+            guard let serializer = CeleryContentType(name: serializer), let resultSerializer = CeleryContentType(name: resultSerializer)
+            else { throw ValidationError("--serializer and --result-serializer must be json or msgpack.") }
+            return CeleryClient(
+                brokerURL: brokerURL, resultBackendURL: backendURL, serializer: serializer, resultSerializer: resultSerializer)
+        } catch let error as CeleryWorkerError {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+/// `celery call`: sends one task by name, optionally waits for its result.
+struct CallCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "call", abstract: "Send a task by name, as Python's apply_async does; --wait prints its result.")
+
+    @Argument(help: "The task name, e.g. tasks.add.")
+    var name: String
+
+    @Option(name: [.customShort("a"), .customLong("args")], help: "Positional arguments as a JSON list.")
+    var args = "[]"
+
+    @Option(name: [.customShort("k"), .customLong("kwargs")], help: "Keyword arguments as a JSON object.")
+    var kwargs = "{}"
+
+    @Option(name: [.customShort("Q"), .customLong("queue")], help: "The queue (default: celery).")
+    var queue: String?
+
+    @Option(name: .customLong("countdown"), help: "Seconds to wait before the task may run.")
+    var countdown: Double?
+
+    @Option(name: .customLong("expires"), help: "Seconds after which the task is not run.")
+    var expires: Double?
+
+    @Option(name: .customLong("priority"), help: "Message priority, 0-9.")
+    var priority: Int?
+
+    @Option(name: .customLong("task-id"), help: "The task id (default: a new UUID).")
+    var taskID: String?
+
+    @Option(name: .customLong("header"), help: "A custom header, name=value (repeatable).")
+    var header: [String] = []
+
+    @Flag(name: .customLong("wait"), help: "Wait for the result and print it as JSON; a failure exits 1.")
+    var wait = false
+
+    @Option(name: .customLong("timeout"), help: "Seconds to wait with --wait (default: 60).")
+    var timeout: Double = 60
+
+    @OptionGroup var connection: ClientOptions
+
+    func run() async throws {
+        guard case .array(let positional) = try? CeleryJSON.decode(args) else {
+            throw ValidationError("--args must be a JSON list, got \(args)")
+        }
+        guard case .object(let keywords) = try? CeleryJSON.decode(kwargs) else {
+            throw ValidationError("--kwargs must be a JSON object, got \(kwargs)")
+        }
+        var headers = CeleryObject()
+        for item in header {
+            let parts = item.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { throw ValidationError("--header takes name=value, got \(item)") }
+            headers[String(parts[0])] = .string(String(parts[1]))
+        }
+        let client = try connection.client()
+        let options = TaskSendOptions(
+            countdown: countdown, expires: expires, queue: queue, priority: priority, headers: headers, taskID: taskID)
+        let result = try await client.send(name, args: positional, kwargs: keywords, options: options)
+        print(result.id)
+        guard wait else { return await client.shutdown() }
+        do {
+            let value = try await result.get(timeout: .milliseconds(Int64(timeout * 1000)))
+            print(String(decoding: CeleryJSON.encode(value), as: UTF8.self))
+            await client.shutdown()
+        } catch let failure as TaskFailure {
+            FileHandle.standardError.write(Data("\(failure.state): \(failure.pythonException.tracebackLine)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Builds a chain, a group and a chord in Swift and runs them on whatever workers consume `--queue`.
+struct CanvasDemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "canvas-demo",
+        abstract: "Send a chain, a group and a chord built in Swift (tasks.add, tasks.mul, tasks.tsum) and print their results.")
+
+    @Option(name: [.customShort("Q"), .customLong("queue")], help: "The queue every step goes to (default: celery).")
+    var queue = "celery"
+
+    @OptionGroup var connection: ClientOptions
+
+    func run() async throws {
+        let client = try connection.client()
+        let options: CeleryObject = ["queue": .string(queue)]
+        func task(_ name: String, _ args: [CeleryValue]) -> Signature { Signature(task: name, args: args, options: options) }
+
+        let chain = try await client.apply(.chain([task("tasks.add", [1, 2]), task("tasks.mul", [10]), task("tasks.add", [5])]))
+        print("chain", String(decoding: CeleryJSON.encode(try await chain.get(timeout: .seconds(30))), as: UTF8.self))
+        let group = try await client.apply(group: (0..<4).map { task("tasks.add", [.int(Int64($0)), .int(Int64($0))]) })
+        print("group", String(decoding: CeleryJSON.encode(.array(try await group.get(timeout: .seconds(30)))), as: UTF8.self))
+        let chord = try await client.apply(.chord((1...4).map { task("tasks.mul", [.int(Int64($0)), 10]) }, body: task("tasks.tsum", [])))
+        print("chord", String(decoding: CeleryJSON.encode(try await chord.get(timeout: .seconds(30))), as: UTF8.self))
+        do {
+            _ = try await client.send("tasks.fail", args: ["from swift"], options: TaskSendOptions(queue: queue)).get(timeout: .seconds(30))
+        } catch let failure as TaskFailure {
+            print("failure", failure.pythonException.module, failure.pythonException.repr)
+        }
+        await client.shutdown()
+    }
+}
