@@ -146,3 +146,13 @@ def test_chord_with_a_failing_part(both, backend_redis):
     assert document["status"] == "FAILURE" and document["result"]["exc_type"] == "ChordError"
     assert "raised ValueError('broken')" in document["result"]["exc_message"][0]
     assert f"tasks.tsum[{result.id}]" not in python.log  # the body never ran
+
+
+def test_chain_into_a_group_and_into_a_chord_sent_by_the_swift_worker(both, backend_redis):
+    app, swift, python = both
+    into_group = (sig(app, "tasks.add", 1, 2) | group(sig(app, "tasks.mul", 2, queue="py"), sig(app, "tasks.mul", 3)))
+    result = into_group.apply_async()
+    assert result.get(timeout=20) == [6, 9]
+    into_chord = (sig(app, "tasks.add", 1, 2) | group(sig(app, "tasks.mul", 2, queue="py"), sig(app, "tasks.mul", 3))
+                  | sig(app, "tasks.tsum", queue="py"))
+    assert into_chord.apply_async().get(timeout=20) == 15
