@@ -3,6 +3,7 @@
 # seed_email.delay() five times and printing the five results read back with AsyncResult.get().
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/loopback-redis.sh
 scripts/setup.sh
 
 port=${DEMO_REDIS_PORT:-6399}
@@ -14,9 +15,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> redis-server on 127.0.0.1:$port"
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize yes \
-    --logfile "$work/redis.log"
-for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_loopback_redis "$port" "$work"
 
 echo "==> swift-celery-worker -c 5 (log: $work/worker.log)"
 .build/debug/swift-celery-worker worker --broker "redis://127.0.0.1:$port/1" \

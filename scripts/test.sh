@@ -2,14 +2,13 @@
 # Every test: Swift unit and Redis integration tests, then the Interop tests against real Python Celery 5.7 and 5.3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/loopback-redis.sh
 scripts/setup.sh --all
 
 port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 work=$(mktemp -d /tmp/swift-celery-test.XXXXXX)
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize yes \
-    --logfile "$work/redis.log"
 trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_loopback_redis "$port" "$work"
 export CELERY_TEST_REDIS_URL="redis://127.0.0.1:$port"
 
 echo "==> swift format lint"

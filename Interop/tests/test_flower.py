@@ -126,7 +126,7 @@ def test_flower_lists_the_swift_worker_and_its_tasks(start_worker, start_python_
     one = flower.get(f"/api/workers?workername={swift_node}&refresh=1")[swift_node]
     assert one["active"] == [] and one["reserved"] == [] and one["scheduled"] == [] and one["revoked"] == []
 
-    # The HTML pages Flower serves for the worker and its tasks
+    # The worker's own page (Config tab included) and the workers table
     page = flower.get(f"/worker/{swift_node}")
     assert swift_node in page and "worker_prefetch_multiplier" in page
     listed = {w["hostname"]: w for w in flower.get("/workers?json=1")["data"]}
