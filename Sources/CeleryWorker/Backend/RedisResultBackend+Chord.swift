@@ -13,7 +13,8 @@ extension RedisResultBackend {
     }
 
     /// Celery 5.7's `CHORD_PART_RETURN_LUA`, unchanged.
-    static let chordPartReturnScript = """
+    static let chordPartReturnScript = RedisScript(
+        """
         local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
         local tid, value, ordered, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
         local expires, group_expires = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -55,10 +56,11 @@ extension RedisResultBackend {
             end
         end
         return {readycount, totaldiff, size, claimed}
-        """
+        """)
 
     /// Celery 5.7's `CHORD_CLEANUP_LUA`, unchanged.
-    static let chordCleanupScript = """
+    static let chordCleanupScript = RedisScript(
+        """
         local ckey = KEYS[1]
         local jkey = KEYS[2]
         local tkey = KEYS[3]
@@ -74,7 +76,7 @@ extension RedisResultBackend {
             return 1
         end
         return 0
-        """
+        """)
 
     /// Celery's claim lifetime: twice `result_chord_join_timeout` (3 s), at least 5 s.
     static let claimExpires = 6

@@ -28,26 +28,38 @@ public final class RedisResultBackend: ResultBackend {
         return CeleryResultDocument.storedStatus(stored, serializer: serializer)
     }
 
+    /// Every document in one round trip: a script does Python's steps for each (`GET`; unless the stored state is
+    /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
-        let keys = documents.map { key(for: $0.taskID) }
-        let stored = try await client.pipeline(keys.map { RedisCommand("GET", RedisArgument($0)) })
-        var writes: [RedisCommand] = []
-        for (index, document) in documents.enumerated() {
-            let current = index < stored.count ? stored[index].bytes : nil
-            if let current, CeleryResultDocument.storedStatus(current, serializer: serializer) == .success {
-                continue
-            }
-            let bytes = RedisArgument(document.encoded(as: serializer))
-            let key = RedisArgument(keys[index])
-            if let expires, expires > 0 {
-                writes.append(RedisCommand("SETEX", key, RedisArgument(expires), bytes))
-            } else {
-                writes.append(RedisCommand("SET", key, bytes))
-            }
-            writes.append(RedisCommand("PUBLISH", key, bytes))
-        }
-        guard !writes.isEmpty else { return }
-        try await client.transaction(writes)
+        var arguments = [RedisArgument(expires ?? 0), RedisArgument(serializer.serializerName)]
+        arguments.append(contentsOf: documents.map { RedisArgument($0.encoded(as: serializer)) })
+        _ = try await client.evaluate(
+            Self.storeScript, keys: documents.map { RedisArgument(key(for: $0.taskID)) }, arguments: arguments)
     }
+
+    /// KEYS: result keys; ARGV: expires (0: none), serializer name, one document per key.
+    static let storeScript = RedisScript(
+        """
+        local expires = tonumber(ARGV[1])
+        local decode = ARGV[2] == 'msgpack' and cmsgpack.unpack or cjson.decode
+        for i, key in ipairs(KEYS) do
+            local document = ARGV[i + 2]
+            local current = redis.call('GET', key)
+            local keep = false
+            if current then
+                local ok, stored = pcall(decode, current)
+                keep = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+            end
+            if not keep then
+                if expires > 0 then
+                    redis.call('SETEX', key, expires, document)
+                else
+                    redis.call('SET', key, document)
+                end
+                redis.call('PUBLISH', key, document)
+            end
+        end
+        return 0
+        """)
 }

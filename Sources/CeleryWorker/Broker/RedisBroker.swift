@@ -143,7 +143,8 @@ public final class RedisBroker: Broker {
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from
     /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
     /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, …]`.
-    static let popAndRecordScript = #"""
+    static let popAndRecordScript = RedisScript(
+        #"""
         local function jsonstring(s)
             s = string.gsub(s, '[%c"\\]', function(c)
                 if c == '"' then return '\\"' end
@@ -184,7 +185,7 @@ public final class RedisBroker: Broker {
             if not found then break end
         end
         return out
-        """#
+        """#)
 
     public func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
         try await commands.send(RedisCommand("LPUSH", RedisArgument(Self.list(for: queue, priority: priority)), RedisArgument(envelope)))
@@ -311,14 +312,15 @@ public final class RedisBroker: Broker {
     }
 
     /// redis-py's `Lock.release` script: delete the lock only if it still holds our token.
-    static let releaseScript = """
+    static let releaseScript = RedisScript(
+        """
         local token = redis.call('get', KEYS[1])
         if not token or token ~= ARGV[1] then
             return 0
         end
         redis.call('del', KEYS[1])
         return 1
-        """
+        """)
 
     public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int {
         let token = Self.randomToken()
@@ -340,10 +342,11 @@ public final class RedisBroker: Broker {
                 restored += 1
             }
         } catch {
-            _ = try? await commands.send(RedisCommand("EVAL", RedisArgument(Self.releaseScript), "1", RedisArgument(mutexKey), RedisArgument(token)))
+            _ = try? await commands.send(
+                RedisCommand("EVAL", RedisArgument(Self.releaseScript.source), "1", RedisArgument(mutexKey), RedisArgument(token)))
             throw error
         }
-        try await commands.send(RedisCommand("EVAL", RedisArgument(Self.releaseScript), "1", RedisArgument(mutexKey), RedisArgument(token)))
+        try await commands.send(RedisCommand("EVAL", RedisArgument(Self.releaseScript.source), "1", RedisArgument(mutexKey), RedisArgument(token)))
         return restored
     }
 

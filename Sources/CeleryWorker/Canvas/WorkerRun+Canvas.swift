@@ -85,6 +85,7 @@ extension WorkerRun {
         await sendErrbacks(message.embed.errbacks, failedID: message.id, options: lineage(message), message: message)
     }
 
+    @discardableResult
     private func sendErrbacks(_ errbacks: CeleryValue, failedID: String, options: CeleryObject, message: CeleryTaskMessage) async
         -> CeleryValue
     {

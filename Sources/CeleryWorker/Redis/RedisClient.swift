@@ -89,12 +89,12 @@ public final class RedisClient: Sendable {
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
-    public func evaluate(_ script: String, keys: [RedisArgument], arguments: [RedisArgument]) async throws(CeleryWorkerError) -> RedisReply {
-        let digest = RedisArgument(ScriptDigest.sha1Hex(script))
+    public func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws(CeleryWorkerError) -> RedisReply {
+        let digest = RedisArgument(script.digest)
         let tail = [RedisArgument(keys.count)] + keys + arguments
         let reply = try await pipeline([RedisCommand("EVALSHA", arguments: [digest] + tail)])
         if case .error(let message)? = reply.first, message.hasPrefix("NOSCRIPT") {
-            return try await send(RedisCommand("EVAL", arguments: [RedisArgument(script)] + tail))
+            return try await send(RedisCommand("EVAL", arguments: [RedisArgument(script.source)] + tail))
         }
         guard let first = reply.first else {
             throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA")

@@ -1,3 +1,14 @@
+/// A Lua script with its SHA-1, computed once: `EVALSHA` names scripts by it.
+public struct RedisScript: Sendable {
+    public let source: String
+    public let digest: String
+
+    public init(_ source: String) {
+        self.source = source
+        self.digest = ScriptDigest.sha1Hex(source)
+    }
+}
+
 /// SHA-1 of a Lua script's text, the name Redis gives it for `EVALSHA`. (Not used for anything secret.)
 enum ScriptDigest {
     static func sha1Hex(_ text: String) -> String {

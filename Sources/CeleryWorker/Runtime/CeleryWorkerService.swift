@@ -198,6 +198,8 @@ final class WorkerRun: Sendable {
     let consuming: Mutex<[String]>
     /// Rate and time limits changed by remote control, and the rate-limit schedule.
     let limits = Mutex(TaskLimits())
+    /// Batches the result writes and acknowledgements of running tasks.
+    let settler = Settler()
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor, pool: ProcessPool?) {
         self.service = service
@@ -230,6 +232,10 @@ final class WorkerRun: Sendable {
             }
             group.addTask {
                 await self.dispatchLoop(stream)
+                self.settler.finish()  // every task handed its writes in
+            }
+            group.addTask {
+                await self.settler.run { batch in await self.flush(batch) }
             }
             group.addTask {
                 await self.maintenanceLoop()
@@ -410,23 +416,39 @@ final class WorkerRun: Sendable {
         }
     }
 
+    /// Writes a settler batch: the documents first, then the acknowledgements.
+    private func flush(_ batch: [Settler.Entry]) async {
+        let documents = batch.compactMap(\.document)
+        if !documents.isEmpty { await store(documents) }
+        let acks = batch.compactMap(\.ack)
+        if !acks.isEmpty { await carryOut(.ack, for: acks) }
+    }
+
     /// Carries out a delivery action, retrying while Redis is unreachable (a lost ack would run the task twice).
     func carryOut(_ action: DeliveryStateMachine.Action, for delivery: BrokerDelivery) async {
-        guard action != .none, delivery.deliveryTag != nil else { return }
+        await carryOut(action, for: [delivery])
+    }
+
+    func carryOut(_ action: DeliveryStateMachine.Action, for all: [BrokerDelivery]) async {
+        let deliveries = all.filter { $0.deliveryTag != nil }
+        guard action != .none, !deliveries.isEmpty else { return }
         var attempt = 0
         while true {
             do {
                 switch action {
                 case .none: return
-                case .ack: try await service.broker.ack([delivery])
-                case .restore(let atFront): try await service.broker.restore([delivery], atFront: atFront)
+                case .ack: try await service.broker.ack(deliveries)
+                case .restore(let atFront): try await service.broker.restore(deliveries, atFront: atFront)
                 }
-                held.withLock { $0.remove(delivery) }
+                held.withLock { held in
+                    for delivery in deliveries { held.remove(delivery) }
+                }
                 return
             } catch {
                 attempt += 1
                 guard error.isConnectionProblem, attempt < 20, !Task.isCancelled else {
-                    logger.error("Cannot settle message \(delivery.deliveryTag ?? "?"): \(error.message)")
+                    logger.error(
+                        "Cannot settle message(s) \(deliveries.compactMap(\.deliveryTag).joined(separator: ", ")): \(error.message)")
                     return
                 }
                 try? await Task.sleep(for: .seconds(service.retryDelays.delay(attempt: attempt)))

@@ -203,11 +203,11 @@ extension WorkerRun {
             running.withLock { $0[message.id] = nil }
         }
         await sendTaskEvent("task-started", message)
-        let startAction = machine.start()
-        await carryOut(startAction, for: job.delivery)
-        if startAction == .ack, holdsPrefetch {
-            prefetch.release()
+        if machine.start() == .ack {
+            // Acknowledged by the settler with other tasks' writes; the prefetch slot is free once it is done.
+            let releases = holdsPrefetch
             holdsPrefetch = false
+            settler.submit(ack: job.delivery) { if releases { self.prefetch.release() } }
         }
         let storesResults = !ignoresResult(job)
         if storesResults, job.task.options.trackStarted ?? configuration.trackStarted {
@@ -270,7 +270,11 @@ extension WorkerRun {
             if storesResults {
                 var stored = document(message, queue: queue, status: .success, result: value, ready: true)
                 stored.children = children
-                await store(stored)
+                if message.embed.chord == .null {
+                    settler.submit(document: stored)
+                } else {
+                    await settler.store(stored)  // the chord join comes after the part's own result
+                }
             }
             logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             await sendTaskEvent(
@@ -303,7 +307,7 @@ extension WorkerRun {
                 traceback = Self.traceback(task: message.name, exception: exception, error: failure)
             }
             if storesResults {
-                await store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
+                await settler.store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
             }
             if let traceback {
                 logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
@@ -313,7 +317,12 @@ extension WorkerRun {
             await chordPartReturn(job, state: .failure, result: exception.value)
             await failFollowUps(job, exception: exception, traceback: traceback)
         }
-        await carryOut(machine.finish(), for: job.delivery)
+        if machine.finish() == .ack {
+            // acks-late: after the result, in the same settler batch or a later one.
+            let releases = holdsPrefetch
+            holdsPrefetch = false
+            settler.submit(ack: job.delivery) { if releases { self.prefetch.release() } }
+        }
     }
 
     /// Runs the task body on the task threads, or in a pool child with `--pool process` (which also enforces the
@@ -490,17 +499,22 @@ extension WorkerRun {
     /// Stores a document, retrying while the backend is unreachable so that no result is dropped by a Redis
     /// restart.
     func store(_ document: CeleryResultDocument) async {
-        guard let backend = service.backend else { return }
+        await store([document])
+    }
+
+    func store(_ documents: [CeleryResultDocument]) async {
+        guard let backend = service.backend, !documents.isEmpty else { return }
+        let names = documents.map(\.taskID).joined(separator: ", ")
         var attempt = 0
         while true {
             do {
-                try await backend.store([document])
-                if attempt > 0 { logger.info("Stored the result of \(document.taskID) after \(attempt) retries") }
+                try await backend.store(documents)
+                if attempt > 0 { logger.info("Stored the result of \(names) after \(attempt) retries") }
                 return
             } catch {
                 attempt += 1
                 guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else {
-                    logger.error("Cannot store the \(document.status) result of \(document.taskID): \(error.message)")
+                    logger.error("Cannot store the result of \(names): \(error.message)")
                     return
                 }
                 let delay = service.retryDelays.delay(attempt: attempt)

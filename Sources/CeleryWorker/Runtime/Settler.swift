@@ -1,0 +1,81 @@
+import CeleryProtocol
+import Synchronization
+
+/// Write-behind for the two Redis writes every task makes: its result document (to the backend) and its
+/// acknowledgement (to the broker). Whatever the running tasks hand in while a flush is under way goes out in the
+/// next one: every document in one `GET` pipeline and one `MULTI`, every acknowledgement in one `MULTI`, documents
+/// first. A task's slot is free as soon as it handed its writes in, so under load many tasks share each round trip.
+///
+/// Order is kept where it matters: an acknowledgement handed in after a document (acks-late) is never sent before
+/// it. Writes are retried while Redis is unreachable, as the direct ones are; ``finish()`` drains everything at
+/// shutdown before the worker exits.
+final class Settler: Sendable {
+    struct Entry: Sendable {
+        var document: CeleryResultDocument?
+        var ack: BrokerDelivery?
+        var done: @Sendable () -> Void
+    }
+
+    private struct State {
+        var entries: [Entry] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var finished = false
+    }
+
+    private let state = Mutex(State())
+
+    /// Hands in a document to store and/or a delivery to acknowledge; `done` runs once both are written.
+    func submit(document: CeleryResultDocument? = nil, ack: BrokerDelivery? = nil, done: @escaping @Sendable () -> Void = {}) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.entries.append(Entry(document: document, ack: ack, done: done))
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Hands in a document and waits until it is stored.
+    func store(_ document: CeleryResultDocument) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            submit(document: document) { continuation.resume() }
+        }
+    }
+
+    /// No more entries will come: ``run(flush:)`` returns once everything handed in is written.
+    func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Takes batches and writes them with `flush` until ``finish()`` and an empty queue.
+    func run(flush: ([Entry]) async -> Void) async {
+        while true {
+            let batch = await next()
+            if batch.isEmpty { return }
+            await flush(batch)
+            for entry in batch { entry.done() }
+        }
+    }
+
+    private func next() async -> [Entry] {
+        while true {
+            let (batch, finished) = state.withLock { state -> ([Entry], Bool) in
+                defer { state.entries.removeAll(keepingCapacity: true) }
+                return (state.entries, state.finished)
+            }
+            if !batch.isEmpty || finished { return batch }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if !state.entries.isEmpty || state.finished { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+}
