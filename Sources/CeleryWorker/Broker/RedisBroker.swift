@@ -70,7 +70,7 @@ public final class RedisBroker: Broker {
             deliveries.append(
                 BrokerDelivery(
                     raw: raw, queue: queue, envelope: envelope, receivedAt: receivedAt,
-                    deliveryTag: Self.recordFields(raw)?.tag))
+                    deliveryTag: (try? envelope.get())?.properties["delivery_tag"]?.stringValue ?? Self.recordFields(raw)?.tag))
         }
         if let last = deliveries.last {
             rotation.withLock { order in

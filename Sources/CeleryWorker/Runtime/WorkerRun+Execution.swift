@@ -204,10 +204,12 @@ extension WorkerRun {
         }
         await sendTaskEvent("task-started", message)
         if machine.start() == .ack {
-            // Acknowledged by the settler with other tasks' writes; the prefetch slot is free once it is done.
-            let releases = holdsPrefetch
+            // Acknowledged by the settler with other tasks' writes. As in Celery, an acknowledged message no longer
+            // counts against the prefetch limit: the slot is free at once (the message stays recorded in `unacked`
+            // until the write lands, so nothing is lost meanwhile).
+            settler.submit(ack: job.delivery)
+            if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
-            settler.submit(ack: job.delivery) { if releases { self.prefetch.release() } }
         }
         let storesResults = !ignoresResult(job)
         if storesResults, job.task.options.trackStarted ?? configuration.trackStarted {
@@ -318,10 +320,11 @@ extension WorkerRun {
             await failFollowUps(job, exception: exception, traceback: traceback)
         }
         if machine.finish() == .ack {
-            // acks-late: after the result, in the same settler batch or a later one.
-            let releases = holdsPrefetch
+            // acks-late: after the result, in the same settler batch or a later one; the task is done, so its
+            // prefetch slot is free.
+            settler.submit(ack: job.delivery)
+            if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
-            settler.submit(ack: job.delivery) { if releases { self.prefetch.release() } }
         }
     }
 
