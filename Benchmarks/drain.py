@@ -195,6 +195,33 @@ def bare_loop(server, messages):
     return {"tasks": done, "seconds": elapsed, "rate": done / elapsed}
 
 
+# The Redis commands the Swift worker makes per task (inside its pop-and-record, store and ack round trips).
+TASK_COMMAND_MIX = [
+    ["RPOP", "celery"],
+    ["ZADD", "unacked_index", "1795583298.4", "tag:__rand_int__"],
+    ["HSET", "unacked", "tag:__rand_int__", "x" * 700],
+    ["GET", "celery-task-meta-__rand_int__"],
+    ["SETEX", "celery-task-meta-__rand_int__", "86400", "y" * 200],
+    ["PUBLISH", "celery-task-meta-__rand_int__", "y" * 200],
+    ["ZREM", "unacked_index", "tag:__rand_int__"],
+    ["HDEL", "unacked", "tag:__rand_int__"],
+]
+
+
+def redis_ceiling(server, requests=100000):
+    """What the Redis server itself allows for the per-task command mix: each command measured pipelined (64 deep,
+    2 clients) with redis-benchmark against the same server, then combined as 1 / sum(1 / rate)."""
+    seconds_per_task = 0.0
+    rates = {}
+    for command in TASK_COMMAND_MIX:
+        out = subprocess.run(["redis-benchmark", "-p", str(server.port), "-n", str(requests), "-P", "64", "-c", "2",
+                              "-r", "100000", "--csv", *command], capture_output=True, text=True, check=True).stdout
+        rate = float(out.strip().splitlines()[-1].split(",")[1].strip('"'))
+        rates[command[0]] = rate
+        seconds_per_task += 1 / rate
+    return {"rate": 1 / seconds_per_task, "commands": rates}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
@@ -223,18 +250,22 @@ def main():
             floor = bare_loop(server, messages)
             print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s", flush=True)
             rows.append(("bare-python", task, serializer, acks, floor))
+        ceiling = redis_ceiling(server, 20000 if options.quick else 200000)
+        print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
+              f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
         print()
         for kind in ["swift", "python-prefork"]:
             lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir)
             print(f"idle pick-up latency {kind:15} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
         print()
-        print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift / bare | Redis ceiling | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for task, serializer, acks in variants:
             got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
             sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
             print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {pf['rate']:.0f} | "
-                  f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | {sw['cpu_us']:.0f} | "
+                  f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | "
+                  f"{sw['rate'] / floor['rate']:.2f}x | {ceiling['rate']:.0f} | {sw['cpu_us']:.0f} | "
                   f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
         print(f"\nbenchmark: {len(rows)} runs, {lost} tasks lost")
