@@ -73,6 +73,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "codec-benchmark",
+            dependencies: ["CeleryProtocol"],
+            path: "Benchmarks/CodecBenchmark",
+            exclude: ["malloc-count.c"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CeleryProtocolTests",
             dependencies: ["CeleryProtocol"],
