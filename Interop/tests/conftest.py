@@ -20,6 +20,16 @@ from redisproc import RedisProcess  # noqa: E402
 WORKER_BINARY = Path(os.environ.get("SWIFT_CELERY_WORKER", ROOT / ".build" / "debug" / "swift-celery-worker"))
 
 
+def eventually(condition, timeout=5.0):
+    """Polls `condition` until it holds or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     proc = RedisProcess().start()

@@ -3,10 +3,11 @@
 The Swift worker consumes queue `swift`, a real Python worker queue `py`; each step names its queue, so every
 workflow below crosses between the two kinds of worker."""
 import json
-import time
 
 import pytest
 from celery import chain, chord, group
+
+from conftest import eventually
 
 
 @pytest.fixture
@@ -143,9 +144,7 @@ def test_chord_with_a_failing_part(both, backend_redis):
     result = chord(header, sig(app, "tasks.tsum", queue="py")).apply_async()
     with pytest.raises((ChordError, ValueError)):
         result.get(timeout=20)
-    deadline = time.monotonic() + 10
-    while stored(backend_redis, result.id) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(lambda: stored(backend_redis, result.id) is not None, 10)
     document = stored(backend_redis, result.id)
     assert document["status"] == "FAILURE" and document["result"]["exc_type"] == "ChordError"
     assert "raised ValueError('broken')" in document["result"]["exc_message"][0]

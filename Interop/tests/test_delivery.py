@@ -5,14 +5,7 @@ import time
 
 import pytest
 
-
-def eventually(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+from conftest import eventually
 
 
 def results(backend_redis, app, ids):

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from conftest import eventually
+
 
 def children_of(pid: int) -> set:
     found = set()
@@ -18,15 +20,6 @@ def children_of(pid: int) -> set:
             except (OSError, IndexError, ValueError):
                 pass
     return found
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, backend_redis):
@@ -51,7 +44,7 @@ def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, 
     worker.wait_for_log(f"Hard time limit (1.0s) exceeded for tasks.spin[{spinning.id}]")
     worker.wait_for_log("exited with 'signal 9 (SIGKILL)'")
     # Capacity is back: a replacement child serves, two tasks run side by side.
-    assert wait_until(lambda: len(children_of(worker.proc.pid)) == 2)
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 2, 10)
     after = set(app.control.inspect(timeout=1).stats()[node]["pool"]["processes"])
     assert len(after) == 2 and after != before
     started = time.monotonic()
@@ -85,7 +78,7 @@ def test_tasks_behave_the_same_in_a_child(start_worker, make_app):
         app.tasks["tasks.fail"].delay("bad").get(timeout=10)
     assert app.tasks["tasks.flaky"].delay(2).get(timeout=10) == 2  # retries decided in the child
     progress = app.tasks["tasks.progress"].delay(4)
-    assert wait_until(lambda: progress.state == "PROGRESS", 5)
+    assert eventually(lambda: progress.state == "PROGRESS", 5)
     assert progress.info["total"] == 4 and progress.get(timeout=10) == 4
 
 
@@ -123,7 +116,7 @@ def test_warm_shutdown_finishes_the_task_and_no_child_outlives_the_worker(start_
     assert len(children) == 2
     assert worker.stop(signal.SIGTERM) == 0
     assert running.get(timeout=5) == 1.5
-    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 5)
+    assert eventually(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 5)
 
 
 def test_children_exit_when_the_worker_is_killed(start_worker, make_app):
@@ -137,5 +130,5 @@ def test_children_exit_when_the_worker_is_killed(start_worker, make_app):
     worker.proc.kill()
     worker.proc.wait()
     # Even the child in the middle of a busy loop notices its worker is gone.
-    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    assert eventually(lambda: not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
                                       for pid in children), 5)
