@@ -54,3 +54,13 @@ def test_bad_metrics_port_is_a_clear_error(start_worker):
     worker = start_worker("--metrics-port", "70000", ready=False)
     assert worker.proc.wait(15) != 0
     assert "--metrics-port must be a TCP port" in worker.stdout
+
+
+def test_a_metrics_port_in_use_stops_the_worker_before_it_takes_work(start_worker):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        worker = start_worker("--metrics-port", str(taken.getsockname()[1]), ready=False)
+        assert worker.proc.wait(15) != 0
+    assert "cannot listen on 127.0.0.1" in worker.stdout
+    assert " ready." not in worker.log

@@ -6,22 +6,18 @@ import Prometheus
 import ServiceLifecycle
 
 /// Serves the worker's metrics in Prometheus' text format at `GET /metrics` (`--metrics-port`), until the
-/// worker shuts down.
+/// worker shuts down. The port is bound by ``bind(registry:host:port:logger:)`` before the worker starts, so a
+/// port in use stops the program before it takes any message.
 final class MetricsEndpoint: Service {
-    let registry: PrometheusCollectorRegistry
-    let host: String
-    let port: Int
-    let logger: Logger
+    let channel: any Channel
 
-    init(registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) {
-        self.registry = registry
-        self.host = host
-        self.port = port
-        self.logger = logger
+    private init(channel: any Channel) {
+        self.channel = channel
     }
 
-    func run() async throws {
-        let registry = self.registry
+    static func bind(registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) async throws
+        -> MetricsEndpoint
+    {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -32,6 +28,11 @@ final class MetricsEndpoint: Service {
             }
             .bind(host: host, port: port).get()
         logger.info("Serving metrics on http://\(host):\(channel.localAddress?.port ?? port)/metrics")
+        return MetricsEndpoint(channel: channel)
+    }
+
+    func run() async throws {
+        let channel = self.channel
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
         } onGracefulShutdown: {

@@ -224,10 +224,16 @@ struct WorkerCommand: AsyncParsableCommand {
         if let metricsPort {
             let prometheus = PrometheusCollectorRegistry()
             metricsFactory = PrometheusMetricsFactory(registry: prometheus)
+            let endpoint: MetricsEndpoint
+            do {
+                endpoint = try await MetricsEndpoint.bind(
+                    registry: prometheus, host: metricsAddress, port: metricsPort, logger: logger)
+            } catch {
+                logger.critical("Cannot serve metrics on \(metricsAddress):\(metricsPort): \(error)")
+                throw ValidationError("--metrics-port \(metricsPort): cannot listen on \(metricsAddress) (\(error)).")
+            }
             services.append(
-                .init(
-                    service: MetricsEndpoint(registry: prometheus, host: metricsAddress, port: metricsPort, logger: logger),
-                    successTerminationBehavior: .ignore, failureTerminationBehavior: .cancelGroup))
+                .init(service: endpoint, successTerminationBehavior: .ignore, failureTerminationBehavior: .cancelGroup))
         }
         let worker = CeleryWorkerService(
             configuration: configuration, registry: registry, logger: logger, metricsFactory: metricsFactory)
