@@ -1,6 +1,5 @@
 import CeleryProtocol
 import Foundation
-import NIOPosix
 import Testing
 
 @testable import CeleryWorker
@@ -11,15 +10,10 @@ enum TestRedis {
     static let base = ProcessInfo.processInfo.environment["CELERY_TEST_REDIS_URL"]
     static let isCI = ProcessInfo.processInfo.environment["CI"] != nil
     static let enabled = base != nil || isCI
-    static let pool: NIOThreadPool = {
-        let pool = NIOThreadPool(numberOfThreads: 2)
-        pool.start()
-        return pool
-    }()
 
     static func client(database: Int) async throws -> RedisClient {
         let base = try #require(base, "CELERY_TEST_REDIS_URL is not set: scripts/test.sh starts a redis-server for these tests")
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/\(database)"), threadPool: pool)
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/\(database)"))
         try await client.send(RedisCommand("FLUSHDB"))
         return client
     }
@@ -64,7 +58,7 @@ struct RedisClientTests {
 
     @Test("an unreachable server is a connection error that names the address")
     func unreachable() async throws {
-        let client = RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0"), threadPool: TestRedis.pool)
+        let client = RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0"))
         do {
             try await client.send(RedisCommand("PING"))
             Issue.record("port 1 must refuse")
@@ -81,7 +75,7 @@ struct RedisBrokerTests {
 
     func broker() async throws -> (RedisBroker, RedisClient) {
         let client = try await TestRedis.client(database: 3)
-        let blocking = RedisClient(url: client.url, threadPool: TestRedis.pool)
+        let blocking = RedisClient(url: client.url)
         return (RedisBroker(blocking: blocking, commands: client), client)
     }
 
@@ -162,7 +156,7 @@ extension RedisBrokerTests {
         let raw = try fixture("v2-msgpack-add.message.json")
         async let fetched = broker.fetch(queues: ["celery"], limit: 4)
         try await Task.sleep(for: .milliseconds(200))
-        let pusher = RedisClient(url: client.url, threadPool: TestRedis.pool)
+        let pusher = RedisClient(url: client.url)
         try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
         let delivery = try #require(try await fetched.first)
         let tag = try #require(delivery.deliveryTag)

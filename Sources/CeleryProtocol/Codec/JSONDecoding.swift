@@ -128,11 +128,13 @@ struct JSONParser {
         try enter()
         defer { depth -= 1 }
         index += 1
-        var entries = OrderedDictionary<String, CeleryValue>()
+        // Keys and values are collected first and the dictionary is built once: no hashing per insert.
+        var keys: [String] = []
+        var values: [CeleryValue] = []
         skipWhitespace()
         if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
             index += 1
-            return .object(entries)
+            return .object([:])
         }
         while true {
             skipWhitespace()
@@ -144,17 +146,37 @@ struct JSONParser {
             guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            entries[key] = try parseValue()
+            keys.append(key)
+            values.append(try parseValue())
             skipWhitespace()
             guard index < buffer.count else { throw error("unterminated object") }
             switch buffer[index] {
             case UInt8(ascii: ","): index += 1
             case UInt8(ascii: "}"):
                 index += 1
-                return try Self.untag(entries)
+                return try Self.untag(Self.dictionary(keys: keys, values: values))
             default: throw error("expected ',' or '}'")
             }
         }
+    }
+
+    /// The dictionary Python builds from the pairs: a repeated key keeps its first position and its last value.
+    static func dictionary(keys: [String], values: [CeleryValue]) -> OrderedDictionary<String, CeleryValue> {
+        var unique = true
+        if keys.count <= 16 {
+            outer: for index in keys.indices.dropFirst() {
+                for earlier in 0..<index where keys[earlier] == keys[index] {
+                    unique = false
+                    break outer
+                }
+            }
+        } else {
+            unique = Set(keys).count == keys.count
+        }
+        if unique { return OrderedDictionary(uncheckedUniqueKeys: keys, values: values) }
+        var entries = OrderedDictionary<String, CeleryValue>()
+        for (key, value) in zip(keys, values) { entries[key] = value }
+        return entries
     }
 
     /// kombu's object hook: `{"__type__": t, "__value__": v}` is a tagged value.

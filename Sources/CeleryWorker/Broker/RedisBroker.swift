@@ -65,7 +65,7 @@ public final class RedisBroker: Broker {
         var deliveries: [BrokerDelivery] = []
         deliveries.reserveCapacity(popped.count)
         for (list, raw, receivedAt) in popped {
-            let queue = list.components(separatedBy: Self.separator).first ?? list
+            let queue = Self.queue(ofList: list)
             let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
             deliveries.append(
                 BrokerDelivery(
@@ -81,6 +81,12 @@ public final class RedisBroker: Broker {
             }
         }
         return deliveries
+    }
+
+    /// The queue a list belongs to: the list name without its priority suffix.
+    static func queue(ofList list: String) -> String {
+        guard let range = list.range(of: separator) else { return list }
+        return String(list[..<range.lowerBound])
     }
 
     /// The delivery tag, exchange and routing key kombu records for a popped message, when it has a tag.

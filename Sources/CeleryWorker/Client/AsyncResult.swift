@@ -75,7 +75,7 @@ public struct AsyncResult: Sendable {
         let found = Mutex<CeleryValue?>(nil)
         let stop = ShutdownSignal()
         let deadline = ContinuousClock.now + timeout
-        let listener = RedisClient(url: url, threadPool: client.threadPool)
+        let listener = RedisClient(url: url)
         let reader = RedisConnection(url: url, commandTimeout: .seconds(30))
         defer {
             listener.close()

@@ -1,6 +1,5 @@
 import CeleryProtocol
 import Foundation
-import NIOPosix
 import OrderedCollections
 import Synchronization
 
@@ -86,8 +85,6 @@ public final class CeleryClient: Sendable {
     let broker: RedisBroker
     let backend: RedisResultBackend?
     let backendURL: RedisURL?
-    let threadPool: NIOThreadPool
-    private let ownsThreadPool: Bool
     /// The serializer of task bodies (`task_serializer`).
     public let serializer: CeleryContentType
     /// Where tasks without a queue go (`task_default_queue`).
@@ -97,39 +94,28 @@ public final class CeleryClient: Sendable {
     private let declared = DeclaredQueues()
 
     /// A client of its own threads and connections.
-    public convenience init(
+    public init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery"
     ) {
-        let pool = NIOThreadPool(numberOfThreads: 4)
-        pool.start()
-        self.init(
-            brokerURL: brokerURL, resultBackendURL: resultBackendURL, serializer: serializer,
-            resultSerializer: resultSerializer, resultExpires: resultExpires, defaultQueue: defaultQueue,
-            threadPool: pool, ownsThreadPool: true)
-    }
 
-    init(
-        brokerURL: RedisURL, resultBackendURL: RedisURL?, serializer: CeleryContentType, resultSerializer: CeleryContentType,
-        resultExpires: Int?, defaultQueue: String, threadPool: NIOThreadPool, ownsThreadPool: Bool
-    ) {
         self.broker = RedisBroker(
-            blocking: RedisClient(url: brokerURL, threadPool: threadPool),
-            commands: RedisClient(url: brokerURL, threadPool: threadPool))
+            blocking: RedisClient(url: brokerURL),
+            commands: RedisClient(url: brokerURL))
         self.backend = resultBackendURL.map {
             RedisResultBackend(
-                client: RedisClient(url: $0, threadPool: threadPool), serializer: resultSerializer, expires: resultExpires)
+                client: RedisClient(url: $0), serializer: resultSerializer, expires: resultExpires)
         }
         self.backendURL = resultBackendURL
         self.serializer = serializer
         self.defaultQueue = defaultQueue
-        self.threadPool = threadPool
-        self.ownsThreadPool = ownsThreadPool
     }
 
-    /// Stops the client's threads (when it made its own).
+    /// Closes the client's connections (they open again on the next use). Its threads end when it is released.
     public func shutdown() async {
-        if ownsThreadPool { try? await threadPool.shutdownGracefully() }
+        broker.blocking.close()
+        broker.commands.close()
+        backend?.client.close()
     }
 
     var sender: CanvasSender {

@@ -6,8 +6,8 @@ import Synchronization
 struct RunningTask: Sendable {
     let job: PreparedJob
     let timeStart: Double
-    /// Triggered by `revoke(terminate=True)`.
-    let terminate: ShutdownSignal
+    /// Told to stop by `revoke(terminate=True)`.
+    let stop: StopRequest
 }
 
 /// Ids revoked by `revoke`, remembered as Python remembers them: at most 50 000, each for 3 hours.
@@ -300,7 +300,7 @@ extension WorkerRun {
         }
         if arguments["terminate"]?.boolValue == true {
             let terminated = ids.filter { active[$0] != nil }
-            for id in terminated { active[id]?.terminate.trigger() }
+            for id in terminated { active[id]?.stop.request(.terminated) }
             return ["ok": .string(terminated.isEmpty ? "terminate: tasks unknown" : "terminate: " + terminated.joined(separator: ", "))]
         }
         logger.info("Tasks flagged as revoked: \(ids.joined(separator: ", "))")

@@ -43,7 +43,7 @@ struct PoolChild {
         let cancelSource = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
         cancelSource.setEventHandler { shared.cancelCurrent() }
         cancelSource.resume()
-        let executor = ThreadPoolTaskExecutor(threads: 1)
+        let executor = WorkerThreads(count: 1, name: "celery-task")
         // Blocking pipe writes run on the task thread, never on the cooperative pool.
         let ready = await withTaskExecutorPreference(executor) {
             PoolFrames.write(["ready": .int(Int64(getpid()))], to: PoolFrames.outcomeDescriptor)
@@ -61,10 +61,10 @@ struct PoolChild {
             }
         }
         cancelSource.cancel()
-        await executor.shutdown()
+        executor.shutdown()
     }
 
-    private func runJob(_ frame: CeleryValue, executor: ThreadPoolTaskExecutor, shared: Shared) async -> CeleryValue {
+    private func runJob(_ frame: CeleryValue, executor: WorkerThreads, shared: Shared) async -> CeleryValue {
         let envelope: KombuEnvelope
         let message: CeleryTaskMessage
         do {

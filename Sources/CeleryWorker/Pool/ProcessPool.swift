@@ -7,15 +7,6 @@ import Synchronization
     import Glibc
 #endif
 
-/// Why the worker stopped a running task; a process-pool child is signalled accordingly.
-final class StopRequest: Sendable {
-    private let reason = Mutex<StopReason?>(nil)
-
-    var value: StopReason? { reason.withLock { $0 } }
-
-    func set(_ why: StopReason) { reason.withLock { $0 = $0 ?? why } }
-}
-
 /// `--pool process`: task bodies run in child processes (the worker binary started again in child mode), one task
 /// per child at a time, so the worker can kill a task that never yields. This is what Python's prefork pool
 /// guarantees and the thread pool cannot:

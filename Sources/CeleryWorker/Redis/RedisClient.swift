@@ -1,18 +1,21 @@
-import NIOPosix
-
-/// Async access to one Redis connection; each call runs its blocking hiredis I/O on `threadPool`.
+/// Async access to one Redis connection, whose blocking hiredis I/O runs on a thread of its own.
 ///
-/// Calls on one client are serialized (one connection, one command stream). Use separate clients for a blocking
-/// pop and for everything else, as kombu does.
+/// Calls on one client are serialized (one connection, one command stream, one thread that owns the socket). Use
+/// separate clients for a blocking pop and for everything else, as kombu does.
 public final class RedisClient: Sendable {
     let connection: RedisConnection
-    let threadPool: NIOThreadPool
+    /// The thread that owns the socket: every call runs there, one after another, never on the cooperative pool.
+    let lane: WorkerThreads
 
     /// - Parameters:
     ///   - commandTimeout: how long to wait for a reply before the connection is treated as broken.
-    public init(url: RedisURL, threadPool: NIOThreadPool, commandTimeout: Duration = .seconds(30)) {
+    public init(url: RedisURL, commandTimeout: Duration = .seconds(30)) {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
-        self.threadPool = threadPool
+        self.lane = WorkerThreads(count: 1, name: "redis-io", spin: .zero)
+    }
+
+    deinit {
+        lane.shutdown()
     }
 
     /// The server this client talks to.
@@ -54,38 +57,26 @@ public final class RedisClient: Sendable {
         return results
     }
 
-    /// Runs `body` with the connection on a pool thread, for a sequence of commands that must follow each other
-    /// with nothing in between (no thread hop, no other caller). Like ``pipeline(_:)``, a connection found dead on
-    /// first use is replaced and `body` runs again, so `body` must be safe to repeat.
+    /// Runs `body` with the connection on the client's thread, for a sequence of commands that must follow each
+    /// other with nothing in between (no thread hop, no other caller). Like ``pipeline(_:)``, a connection found dead
+    /// on first use is replaced and `body` runs again, so `body` must be safe to repeat.
     func withConnection<Result: Sendable>(
         _ body: @escaping @Sendable (RedisConnection) throws(CeleryWorkerError) -> Result
     ) async throws(CeleryWorkerError) -> Result {
         let connection = self.connection
-        // Not `runIfActive`: that refuses to start once the calling task is cancelled, and a cold shutdown still
-        // needs Redis to give reserved messages back. Every call is bounded by the socket timeouts.
-        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Swift.Result<Result, CeleryWorkerError>, Never>) in
-            threadPool.submit { state in
-                guard case .active = state else {
-                    continuation.resume(
-                        returning: .failure(
-                            CeleryWorkerError(code: .shutdown, message: "the Redis thread pool is shut down")))
-                    return
+        // Runs even when the calling task is cancelled: a cold shutdown still needs Redis to give reserved messages
+        // back. Every call is bounded by the socket timeouts.
+        return try await lane.run { () throws(CeleryWorkerError) -> Result in
+            try connection.exclusively { () throws(CeleryWorkerError) -> Result in
+                let wasOpen = connection.isOpen
+                do throws(CeleryWorkerError) {
+                    return try body(connection)
+                } catch {
+                    guard wasOpen, error.code == .connectionLost else { throw error }
+                    return try body(connection)
                 }
-                continuation.resume(
-                    returning: Swift.Result { () throws(CeleryWorkerError) -> Result in
-                        try connection.exclusively { () throws(CeleryWorkerError) -> Result in
-                            let wasOpen = connection.isOpen
-                            do throws(CeleryWorkerError) {
-                                return try body(connection)
-                            } catch {
-                                guard wasOpen, error.code == .connectionLost else { throw error }
-                                return try body(connection)
-                            }
-                        }
-                    })
             }
         }
-        return try outcome.get()
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

@@ -2,7 +2,6 @@ import CeleryProtocol
 import Foundation
 import Logging
 import Metrics
-import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
@@ -21,7 +20,6 @@ public final class CeleryWorkerService: Service {
     let events: EventDispatcher?
     /// Connections for remote control: one subscribed to the pidbox, one for replies.
     let control: (subscriber: RedisClient, replies: RedisClient)?
-    private let ioPool: NIOThreadPool?
 
     /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
     public static let version = "0.1.0"
@@ -38,33 +36,30 @@ public final class CeleryWorkerService: Service {
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger,
         metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
-        let ioPool = NIOThreadPool(numberOfThreads: 5)
-        ioPool.start()
         let broker = RedisBroker(
-            blocking: RedisClient(url: configuration.brokerURL, threadPool: ioPool, commandTimeout: .seconds(10)),
-            commands: RedisClient(url: configuration.brokerURL, threadPool: ioPool)
+            blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10)),
+            commands: RedisClient(url: configuration.brokerURL)
         )
         let backend = configuration.resultBackendURL.map { url in
             RedisResultBackend(
-                client: RedisClient(url: url, threadPool: ioPool),
+                client: RedisClient(url: url),
                 serializer: configuration.resultSerializer,
                 expires: configuration.resultExpires
             )
         }
         let events = EventDispatcher(
-            client: RedisClient(url: configuration.brokerURL, threadPool: ioPool), hostname: configuration.nodeName,
+            client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
             database: configuration.brokerURL.database, version: Self.version,
             sendsTaskEvents: configuration.sendTaskEvents)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
-            control: (RedisClient(url: configuration.brokerURL, threadPool: ioPool), RedisClient(url: configuration.brokerURL, threadPool: ioPool)),
-            ioPool: ioPool, metrics: TaskMetrics(factory: metricsFactory),
+            control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
+            metrics: TaskMetrics(factory: metricsFactory),
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
-                resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue, threadPool: ioPool,
-                ownsThreadPool: false))
+                resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
@@ -74,13 +69,13 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, ioPool: nil, metrics: TaskMetrics(factory: metricsFactory), client: nil)
+            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), client: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, ioPool: NIOThreadPool?, metrics: TaskMetrics,
+        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics,
         client: CeleryClient?
     ) {
         self.metrics = metrics
@@ -92,7 +87,6 @@ public final class CeleryWorkerService: Service {
         self.backend = backend
         self.events = events
         self.control = control
-        self.ioPool = ioPool
     }
 
     /// Runs until graceful shutdown (warm) or cancellation (cold).
@@ -102,26 +96,29 @@ public final class CeleryWorkerService: Service {
     public func run() async throws {
         if Self.isPoolChild {
             await PoolChild(registry: registry, configuration: configuration, logger: logger, client: client).run()
-            try? await ioPool?.shutdownGracefully()
             return
         }
         let shutdown = ShutdownSignal()
-        let executor = ThreadPoolTaskExecutor(threads: configuration.concurrency)
+        let executor = WorkerThreads(count: configuration.concurrency, name: "celery-task")
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
-        await withGracefulShutdownHandler {
-            await run.start()
-        } onGracefulShutdown: {
-            shutdown.trigger()
-            run.closePermits()
+        // The worker's own bookkeeping runs on one thread of its own: hand-offs between its tasks are queue pushes.
+        let loop = WorkerThreads(count: 1, name: "celery-worker")
+        defer { loop.shutdown() }
+        await withTaskExecutorPreference(loop) {
+            await withGracefulShutdownHandler {
+                await run.start()
+            } onGracefulShutdown: {
+                shutdown.trigger()
+                run.closePermits()
+            }
         }
         if let pool {
             let cold = Task.isCancelled
             await withTaskExecutorPreference(executor) { pool.shutdown(kill: cold) }
         }
-        await executor.shutdown()
-        try? await ioPool?.shutdownGracefully()
+        executor.shutdown()
     }
 
     /// Whether this process is a process-pool child started by a worker (`--pool process`). A program that embeds
@@ -174,7 +171,7 @@ struct RetryDelays: Sendable {
 final class WorkerRun: Sendable {
     let service: CeleryWorkerService
     let shutdown: ShutdownSignal
-    let executor: ThreadPoolTaskExecutor
+    let executor: WorkerThreads
     /// The process pool, with `--pool process`.
     let pool: ProcessPool?
     /// Reserved (received, unacknowledged) messages that count against the prefetch limit.
@@ -201,7 +198,7 @@ final class WorkerRun: Sendable {
     /// Batches the result writes and acknowledgements of running tasks.
     let settler = Settler()
 
-    init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: ThreadPoolTaskExecutor, pool: ProcessPool?) {
+    init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
         self.shutdown = shutdown
         self.executor = executor
@@ -316,12 +313,12 @@ final class WorkerRun: Sendable {
         await events.sendWorkerEvent(type, active: active, processed: processed)
     }
 
-    /// Counts the event in the metrics and, with task events on, sends it.
-    func sendTaskEvent(_ type: String, _ message: CeleryTaskMessage, _ fields: CeleryObject = [:]) async {
+    /// Counts the event in the metrics and, with task events on, sends it (`fields` are only worked out then).
+    func sendTaskEvent(_ type: String, _ message: CeleryTaskMessage, _ fields: @autoclosure () -> CeleryObject = [:]) async {
         service.metrics.count(event: type, task: message.name)
         guard let events = service.events, events.sendsTaskEvents else { return }
         var all: CeleryObject = ["uuid": .string(message.id)]
-        for (key, value) in fields { all[key] = value }
+        for (key, value) in fields() { all[key] = value }
         await events.sendTaskEvent(type, all)
     }
 

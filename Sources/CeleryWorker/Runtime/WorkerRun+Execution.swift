@@ -1,16 +1,54 @@
 import CeleryProtocol
 import Foundation
 import Logging
+import Synchronization
 
 /// Why a running task was told to stop.
 enum StopReason: Sendable {
     case softTimeLimit, terminated
 }
 
-/// Which child of the race between a task body and what may stop it finished.
-enum TaskRace: Sendable {
-    case body(Result<CeleryValue, any Error>)
-    case stop(StopReason?)
+/// Whether and why the worker told a running task to stop (a soft time limit, a `revoke(terminate=True)`), and
+/// how: the body's task is cancelled, and a process-pool child is signalled according to the reason.
+final class StopRequest: Sendable {
+    private struct State {
+        var reason: StopReason?
+        var cancel: (@Sendable () -> Void)?
+        var sealed = false
+    }
+
+    private let state = Mutex(State())
+
+    /// The first reason given, if any.
+    var value: StopReason? { state.withLock { $0.reason } }
+
+    /// Records the reason (the first one wins) and cancels the body, now or as soon as it is attached.
+    func request(_ why: StopReason) {
+        let cancel = state.withLock { state -> (@Sendable () -> Void)? in
+            guard state.reason == nil, !state.sealed else { return nil }
+            state.reason = why
+            return state.cancel
+        }
+        cancel?()
+    }
+
+    /// Attaches what cancels the running body; runs it at once when a stop was already requested.
+    func attach(_ cancel: @escaping @Sendable () -> Void) {
+        let requested = state.withLock { state -> Bool in
+            state.cancel = cancel
+            return state.reason != nil
+        }
+        if requested { cancel() }
+    }
+
+    /// The body finished: later requests change nothing. Returns the reason it was stopped for, if any.
+    func seal() -> StopReason? {
+        state.withLock { state in
+            state.sealed = true
+            state.cancel = nil
+            return state.reason
+        }
+    }
 }
 
 /// A task message that is valid, registered and ready to run.
@@ -192,9 +230,9 @@ extension WorkerRun {
             $0.processed += 1
             $0.totals[message.name, default: 0] += 1
         }
-        let terminate = ShutdownSignal()
+        let stop = StopRequest()
         let timeStart = WallClock.now()
-        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: timeStart, terminate: terminate) }
+        running.withLock { $0[message.id] = RunningTask(job: job, timeStart: timeStart, stop: stop) }
         service.metrics.active.increment()
         service.metrics.recordWait(timeStart - max(job.delivery.receivedAt, job.etaTime ?? 0), task: message.name)
         defer {
@@ -234,7 +272,7 @@ extension WorkerRun {
         let hardLimit =
             message.timeLimit.hard ?? limits.withLock { $0.timeLimits(for: message.name)?.hard }
             ?? job.task.options.timeLimit ?? configuration.timeLimit
-        var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, terminate: terminate)
+        var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, stop: stop)
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
@@ -330,57 +368,35 @@ extension WorkerRun {
 
     /// Runs the task body on the task threads, or in a pool child with `--pool process` (which also enforces the
     /// hard limit). The body is cancelled when its soft time limit passes or when a `revoke(terminate=True)`
-    /// arrives; the second value says which stopped it, if any.
+    /// arrives (through `stop`); the second value says which stopped it, if any.
     private func run(
-        _ job: PreparedJob, _ context: TaskContext, softLimit: Double?, hardLimit: Double?, terminate: ShutdownSignal
+        _ job: PreparedJob, _ context: TaskContext, softLimit: Double?, hardLimit: Double?, stop: StopRequest
     ) async -> (Result<CeleryValue, any Error>, StopReason?) {
-        let executor = self.executor
         let pool = self.pool
-        let stop = StopRequest()
-        return await withTaskGroup(of: TaskRace.self) { group in
-            group.addTask {
-                if let pool {
-                    return .body(
-                        await withTaskExecutorPreference(executor) {
-                            await pool.run(job, context: context, hardLimit: hardLimit, stop: stop)
-                        })
-                }
-                do {
-                    return .body(.success(try await withTaskExecutorPreference(executor) { try await job.task.handler(context) }))
-                } catch {
-                    return .body(.failure(error))
-                }
+        let body = Task(executorPreference: executor) { () async -> Result<CeleryValue, any Error> in
+            if let pool { return await pool.run(job, context: context, hardLimit: hardLimit, stop: stop) }
+            do {
+                return .success(try await job.task.handler(context))
+            } catch {
+                return .failure(error)
             }
-            if let softLimit, softLimit > 0 {
-                group.addTask {
-                    do {
-                        try await Task.sleep(for: .milliseconds(Int64(softLimit * 1000)))
-                        return .stop(.softTimeLimit)
-                    } catch {
-                        return .stop(nil)
-                    }
-                }
-            }
-            group.addTask {
-                await terminate.wait()
-                return .stop(terminate.isTriggered && !Task.isCancelled ? .terminated : nil)
-            }
-            var reason: StopReason?
-            for await finished in group {
-                switch finished {
-                case .body(let result):
-                    group.cancelAll()
-                    return (result, reason)
-                case .stop(let why):
-                    if let why, reason == nil {
-                        reason = why
-                        stop.set(why)
-                        group.cancelAll()  // cancels the body: it is told to stop
-                    }
-                }
-            }
-            return (.failure(CancellationError()), reason)
         }
+        stop.attach { body.cancel() }
+        let timer = softLimit.flatMap { limit -> Task<Void, Never>? in
+            guard limit > 0 else { return nil }
+            return Task {
+                guard (try? await Task.sleep(for: .milliseconds(Int64(limit * 1000)))) != nil else { return }
+                stop.request(.softTimeLimit)
+            }
+        }
+        // A cold shutdown cancels this task: the body is cancelled with it, with no stop reason.
+        let result = await withTaskCancellationHandler {
+            await body.value
+        } onCancel: {
+            body.cancel()
+        }
+        timer?.cancel()
+        return (result, stop.seal())
     }
 
     private func ignoresResult(_ job: PreparedJob) -> Bool {

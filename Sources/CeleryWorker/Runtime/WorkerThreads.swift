@@ -1,0 +1,193 @@
+import DequeModule
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// A fixed set of dedicated threads that run executor jobs and blocking closures in the order they arrive.
+///
+/// The worker uses three kinds: one thread that runs its own bookkeeping (fetching, dispatching, settling), one
+/// thread per Redis connection that owns the connection's blocking socket, and one thread per unit of concurrency
+/// for task bodies. Work handed from one to another costs a queue push; a thread that ran out of work first spins
+/// for a few microseconds before it sleeps, so under load the threads hand work along without the futex wake-ups and
+/// context switches that dominate a Celery worker's CPU time when every hop goes through a sleeping thread.
+///
+/// `@unchecked Sendable`: `queue`, `sleepers`, `stopping` and `alive` are only read or written with `mutex` held;
+/// `pending` is an atomic; the pthread objects are created in `init` and never freed (a pool lives as long as its
+/// worker, and its threads may still be finishing when it is released).
+final class WorkerThreads: TaskExecutor, @unchecked Sendable {
+    private enum Item {
+        case job(UnownedJob)
+        case closure(@Sendable () -> Void)
+    }
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var queue = Deque<Item>()
+    private var sleepers = 0
+    private var stopping = false
+    private var alive = 0
+    /// Items queued and not yet taken, readable without the lock while spinning.
+    private let pending = Atomic<Int>(0)
+    /// How long a thread that ran out of work keeps looking for more before it sleeps.
+    private let spinNanoseconds: UInt64
+    let name: String
+
+    /// Starts `count` threads named `name`.
+    init(count: Int, name: String, spin: Duration = .zero) {
+        self.name = name
+        let (seconds, attoseconds) = spin.components
+        spinNanoseconds = UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        condition.initialize(to: pthread_cond_t())
+        pthread_cond_init(condition, nil)
+        for number in 0..<max(1, count) {
+            let label = count > 1 ? "\(name)-\(number)" : name
+            if Self.spawn(label, body: { [self] in self.serve() }) {
+                locked { alive += 1 }
+            }
+        }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        push(.job(UnownedJob(job)))
+    }
+
+    /// Runs `body` on one of the threads.
+    func submit(_ body: @escaping @Sendable () -> Void) {
+        push(.closure(body))
+    }
+
+    /// Runs `body` on one of the threads and returns its result to the calling task.
+    func run<Result: Sendable, Failure: Error>(
+        _ body: @escaping @Sendable () throws(Failure) -> Result
+    ) async throws(Failure) -> Result {
+        let outcome = await withUnsafeContinuation { (continuation: UnsafeContinuation<Swift.Result<Result, Failure>, Never>) in
+            submit { continuation.resume(returning: Swift.Result { () throws(Failure) -> Result in try body() }) }
+        }
+        return try outcome.get()
+    }
+
+    /// Lets the threads exit once the queue is empty. Anything submitted later still runs, on a thread of its own.
+    func shutdown() {
+        locked {
+            stopping = true
+            pthread_cond_broadcast(condition)
+        }
+    }
+
+    private func push(_ item: Item) {
+        let wake = locked { () -> Bool? in
+            if alive == 0 { return nil }
+            queue.append(item)
+            pending.add(1, ordering: .releasing)
+            return sleepers > 0
+        }
+        switch wake {
+        case nil:
+            // Every thread has exited (after shutdown): a job must still run, or the task awaiting it never resumes.
+            _ = Self.spawn(name) { [self] in run(item) }
+        case true?:
+            pthread_cond_signal(condition)
+        case false?:
+            break
+        }
+    }
+
+    private func serve() {
+        while let item = next() {
+            run(item)
+        }
+    }
+
+    /// The next item, spinning (yielding the core) for `spin` before sleeping; `nil` once stopped and drained.
+    private func next() -> Item? {
+        let spinUntil = Self.now() &+ spinNanoseconds
+        while pending.load(ordering: .acquiring) == 0, Self.now() < spinUntil {
+            sched_yield()
+        }
+        return locked { () -> Item? in
+            while true {
+                if let item = queue.popFirst() {
+                    pending.subtract(1, ordering: .relaxed)
+                    return item
+                }
+                if stopping {
+                    alive -= 1
+                    return nil
+                }
+                sleepers += 1
+                pthread_cond_wait(condition, mutex)
+                sleepers -= 1
+            }
+        }
+    }
+
+    private static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+
+    private func run(_ item: Item) {
+        switch item {
+        case .job(let job): job.runSynchronously(on: asUnownedTaskExecutor())
+        case .closure(let body): body()
+        }
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+
+    /// Starts a detached thread running `body`; `false` when the system refused.
+    @discardableResult
+    private static func spawn(_ name: String, body: @escaping () -> Void) -> Bool {
+        final class Box {
+            let name: String
+            let body: () -> Void
+            init(name: String, body: @escaping () -> Void) {
+                self.name = name
+                self.body = body
+            }
+        }
+        let box = Unmanaged.passRetained(Box(name: name, body: body)).toOpaque()
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        let status = pthread_create(
+            &thread, &attributes,
+            { argument in
+                guard let argument else { return nil }
+                let box = Unmanaged<Box>.fromOpaque(argument).takeRetainedValue()
+                nameThisThread(box.name)
+                box.body()
+                return nil
+            }, box)
+        if status != 0 {
+            Unmanaged<Box>.fromOpaque(box).release()
+            return false
+        }
+        return true
+    }
+}
+
+/// Names the calling thread (shown by `top -H`, `perf`, `/proc`); Glibc's `pthread_setname_np` is not visible to
+/// Swift, so this writes the thread's `comm` file.
+private func nameThisThread(_ name: String) {
+    let descriptor = open("/proc/thread-self/comm", O_WRONLY)
+    guard descriptor >= 0 else { return }
+    defer { close(descriptor) }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+}
