@@ -93,6 +93,26 @@ struct CodecTests {
         #expect(PythonRepr.truncated(String(repeating: "x", count: 2000)).count == 1027)
     }
 
+    @Test("bytes round-trip through kombu's base64 tag at every padding; bad base64 and bad UTF-8 are errors")
+    func base64AndUTF8() throws {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0..<40 {
+            // 0xFF makes the bytes invalid UTF-8, so the encoder must use the base64 tag.
+            let bytes = [0xFF] + (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let encoded = CeleryJSON.encode(.bytes(bytes))
+            #expect(String(decoding: encoded, as: UTF8.self).contains("base64"))
+            #expect(try CeleryJSON.decode(encoded) == .bytes(bytes))
+        }
+        #expect(try CeleryJSON.decode(#"{"__type__": "base64", "__value__": "aGk"}"#) == .bytes(Array("hi".utf8)))
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode(#"{"__type__": "base64", "__value__": "a*Gk"}"#) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode(#"{"__type__": "base64", "__value__": "a"}"#) }
+        #expect(try CeleryJSON.decode(Array(#""héllo 我""#.utf8)) == "héllo 我")
+        // A truncated four-byte sequence is repaired by one U+FFFD of the same length: still rejected.
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode([0x22, 0xF0, 0x90, 0x80, 0x22]) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode([0x22, 0x61, 0xC3, 0x22]) }
+        #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode([0x22, 0x5C, 0x6E, 0xFF, 0x22]) }
+    }
+
     @Test("envelope errors keep the task id they could read")
     func envelopeErrors() throws {
         let badBase64 = #"{"body": "%%%", "headers": {"id": "abc", "task": "t"}, "properties": {"body_encoding": "base64"}}"#

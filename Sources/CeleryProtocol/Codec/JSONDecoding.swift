@@ -163,7 +163,7 @@ struct JSONParser {
     /// The dictionary Python builds from the pairs: a repeated key keeps its first position and its last value.
     static func dictionary(keys: [String], values: [CeleryValue]) -> OrderedDictionary<String, CeleryValue> {
         var unique = true
-        if keys.count <= 16 {
+        if keys.count <= 32 {  // comparing small strings beats hashing them up to here
             outer: for index in keys.indices.dropFirst() {
                 for earlier in 0..<index where keys[earlier] == keys[index] {
                     unique = false
@@ -206,7 +206,7 @@ struct JSONParser {
             if byte == UInt8(ascii: "\"") {
                 let slice = UnsafeBufferPointer(rebasing: buffer[start..<index])
                 index += 1
-                guard let text = String(validating: slice, as: UTF8.self) else {
+                guard let text = UTF8Text.validating(slice) else {
                     throw error("string is not valid UTF-8")
                 }
                 return text
@@ -221,7 +221,7 @@ struct JSONParser {
             switch byte {
             case UInt8(ascii: "\""):
                 index += 1
-                guard let text = String(validating: scalars, as: UTF8.self) else {
+                guard let text = UTF8Text.validating(scalars) else {
                     throw error("string is not valid UTF-8")
                 }
                 return text

@@ -25,7 +25,7 @@ extension CeleryJSON {
         case .string(let text):
             appendString(text, into: &output)
         case .bytes(let bytes):
-            if let text = String(validating: bytes, as: UTF8.self) {
+            if let text = UTF8Text.validating(bytes) {
                 appendTagged("bytes", text, into: &output)
             } else {
                 appendTagged("base64", String(decoding: Base64.encode(bytes), as: UTF8.self), into: &output)

@@ -50,7 +50,7 @@ public enum CeleryMsgpack {
             return .double(object.via.f64)
         case MSGPACK_OBJECT_STR:
             let raw = UnsafeRawBufferPointer(start: object.via.str.ptr, count: Int(object.via.str.size))
-            guard let text = String(validating: raw.bindMemory(to: UInt8.self), as: UTF8.self) else {
+            guard let text = UTF8Text.validating(raw.bindMemory(to: UInt8.self)) else {
                 throw CeleryProtocolError(code: .invalidMsgpack, message: "msgpack string is not valid UTF-8")
             }
             return .string(text)

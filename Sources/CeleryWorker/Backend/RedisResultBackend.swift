@@ -32,10 +32,13 @@ public final class RedisResultBackend: ResultBackend {
     /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
-        var arguments = [RedisArgument(expires ?? 0), RedisArgument(serializer.serializerName)]
-        arguments.append(contentsOf: documents.map { RedisArgument($0.encoded(as: serializer)) })
-        _ = try await client.evaluate(
-            Self.storeScript, keys: documents.map { RedisArgument(key(for: $0.taskID)) }, arguments: arguments)
+        // Encoded on the connection's thread, where the write happens, not on the caller's.
+        _ = try await client.withConnection { [self] connection throws(CeleryWorkerError) in
+            var arguments = [RedisArgument(expires ?? 0), RedisArgument(serializer.serializerName)]
+            arguments.append(contentsOf: documents.map { RedisArgument($0.encoded(as: serializer)) })
+            return try connection.evaluate(
+                Self.storeScript, keys: documents.map { RedisArgument(key(for: $0.taskID)) }, arguments: arguments)
+        }
     }
 
     /// KEYS: result keys; ARGV: expires (0: none), serializer name, one document per key.

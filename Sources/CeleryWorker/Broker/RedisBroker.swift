@@ -25,6 +25,10 @@ public final class RedisBroker: Broker {
         self.commands = commands
     }
 
+    /// Where the worker's fetch loop runs: on the thread of the connection it fetches with, so each round trip
+    /// and the decoding of what it brought happen on one thread, beside the worker's own.
+    var fetchExecutor: any TaskExecutor { blocking.lane }
+
     /// The list that holds messages of `priority` for `queue` (priority clamped to 0…9, then the largest step
     /// not above it).
     public static func list(for queue: String, priority: Int) -> String {
@@ -134,7 +138,9 @@ public final class RedisBroker: Broker {
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [(String, [UInt8], Double)] {
         let receivedAt = WallClock.now()
         let keys = [unackedKey, unackedIndexKey] + lists
-        let reply = try await commands.evaluate(
+        // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
+        // (``fetchExecutor``), so a fetch costs no thread hop.
+        let reply = try await blocking.evaluate(
             Self.popAndRecordScript, keys: keys.map { RedisArgument($0) },
             arguments: [RedisArgument(limit), RedisArgument(receivedAt)])
         let items = reply.array ?? []

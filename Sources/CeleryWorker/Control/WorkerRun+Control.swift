@@ -146,7 +146,7 @@ extension WorkerRun {
                 reservedJobs().filter { $0.etaTime != nil }.map { job in
                     [
                         "eta": .string(configuration.isoformat(unixSeconds: job.etaTime ?? 0)),
-                        "priority": .int(Int64(job.delivery.envelope.deliveryInfo.priority)),
+                        "priority": .int(Int64(job.deliveryInfo.priority)),
                         "request": requestInfo(job.message, job.delivery, timeStart: nil),
                     ] as CeleryValue
                 })
@@ -316,7 +316,8 @@ extension WorkerRun {
             guard let task = service.registry[message.name] else { return nil }
             return PreparedJob(
                 delivery: delivery, message: message, task: task,
-                etaTime: eta.flatMap { $0 > WallClock.now() ? $0 : nil }, expiresTime: nil)
+                etaTime: eta.flatMap { $0 > WallClock.now() ? $0 : nil }, expiresTime: nil,
+                deliveryInfo: envelope.deliveryInfo)
         }
     }
 

@@ -9,9 +9,10 @@ public final class RedisClient: Sendable {
 
     /// - Parameters:
     ///   - commandTimeout: how long to wait for a reply before the connection is treated as broken.
-    public init(url: RedisURL, commandTimeout: Duration = .seconds(30)) {
+    ///   - threadName: the name of the connection's thread (in `top -H`, `perf`).
+    public init(url: RedisURL, commandTimeout: Duration = .seconds(30), threadName: String = "redis-io") {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
-        self.lane = WorkerThreads(count: 1, name: "redis-io", spin: .zero)
+        self.lane = WorkerThreads(count: 1, name: threadName)
     }
 
     deinit {
@@ -81,16 +82,9 @@ public final class RedisClient: Sendable {
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
     public func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws(CeleryWorkerError) -> RedisReply {
-        let digest = RedisArgument(script.digest)
-        let tail = [RedisArgument(keys.count)] + keys + arguments
-        let reply = try await pipeline([RedisCommand("EVALSHA", arguments: [digest] + tail)])
-        if case .error(let message)? = reply.first, message.hasPrefix("NOSCRIPT") {
-            return try await send(RedisCommand("EVAL", arguments: [RedisArgument(script.source)] + tail))
+        try await withConnection { connection throws(CeleryWorkerError) in
+            try connection.evaluate(script, keys: keys, arguments: arguments)
         }
-        guard let first = reply.first else {
-            throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA")
-        }
-        return try first.check("EVALSHA")
     }
 
     /// Closes the connection; the next call opens a new one.

@@ -71,6 +71,18 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
+    /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
+    /// An error reply is thrown.
+    func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) throws(CeleryWorkerError) -> RedisReply {
+        let tail = [RedisArgument(keys.count)] + keys + arguments
+        var reply = try execute([RedisCommand("EVALSHA", arguments: [RedisArgument(script.digest)] + tail)]).first
+        if case .error(let message)? = reply, message.hasPrefix("NOSCRIPT") {
+            reply = try execute([RedisCommand("EVAL", arguments: [RedisArgument(script.source)] + tail)]).first
+        }
+        guard let reply else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
+        return try reply.check("EVALSHA")
+    }
+
     /// Runs `body` while no other caller can use the connection.
     func exclusively<Result>(_ body: () throws(CeleryWorkerError) -> Result) throws(CeleryWorkerError) -> Result {
         sequence.lock()

@@ -37,12 +37,12 @@ public final class CeleryWorkerService: Service {
         metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
         let broker = RedisBroker(
-            blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10)),
+            blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
             commands: RedisClient(url: configuration.brokerURL)
         )
         let backend = configuration.resultBackendURL.map { url in
             RedisResultBackend(
-                client: RedisClient(url: url),
+                client: RedisClient(url: url, threadName: "redis-results"),
                 serializer: configuration.resultSerializer,
                 expires: configuration.resultExpires
             )
@@ -224,7 +224,7 @@ final class WorkerRun: Sendable {
         logger.info("\(configuration.nodeName) ready.")
         let (stream, continuation) = AsyncStream.makeStream(of: PreparedJob.self)
         await withDiscardingTaskGroup { group in
-            group.addTask {
+            group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {
                 await self.fetchLoop(into: continuation)
             }
             group.addTask {
@@ -390,7 +390,9 @@ final class WorkerRun: Sendable {
                     prefetch.release()
                     continue  // given back at the end, as never started
                 }
-                group.addTask {
+                // The task's own bookkeeping runs on the task threads too, beside its body: the worker's thread
+                // only fetches, dispatches and settles.
+                group.addTask(executorPreference: executor) {
                     await self.execute(job, holdsPrefetch: true)
                     self.slots.release()
                 }

@@ -15,6 +15,7 @@ final class TaskMetrics: Sendable {
     static let states = ["received", "started", "succeeded", "failed", "retried", "rejected", "revoked"]
 
     private struct Handles: Sendable {
+        /// By event type (`task-succeeded`).
         let counters: [String: Counter]
         let runtime: Timer
         let wait: Timer
@@ -35,7 +36,8 @@ final class TaskMetrics: Sendable {
             let dimensions = [("task", task)]
             var counters: [String: Counter] = [:]
             for state in Self.states {
-                counters[state] = Counter(label: "celery_tasks_total", dimensions: dimensions + [("state", state)], factory: factory)
+                counters["task-" + state] = Counter(
+                    label: "celery_tasks_total", dimensions: dimensions + [("state", state)], factory: factory)
             }
             let made = Handles(
                 counters: counters,
@@ -48,8 +50,7 @@ final class TaskMetrics: Sendable {
 
     /// Counts a task event (`task-succeeded` counts as `succeeded`).
     func count(event: String, task: String) {
-        let state = event.hasPrefix("task-") ? String(event.dropFirst(5)) : event
-        handles(for: task).counters[state]?.increment()
+        handles(for: task).counters[event]?.increment()
     }
 
     func recordRuntime(_ seconds: Double, task: String) {

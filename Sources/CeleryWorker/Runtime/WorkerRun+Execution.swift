@@ -58,6 +58,8 @@ struct PreparedJob: Sendable {
     let task: RegisteredTask
     let etaTime: Double?
     let expiresTime: Double?
+    /// Where the message came from (read from the envelope once).
+    let deliveryInfo: DeliveryInfo
 
     /// The name shown in logs: the `shadow` header when set, as in Celery.
     var displayName: String { message.shadow ?? message.name }
@@ -122,7 +124,9 @@ extension WorkerRun {
             await discard(delivery)
             return nil
         }
-        let job = PreparedJob(delivery: delivery, message: message, task: task, etaTime: etaTime, expiresTime: expiresTime)
+        let job = PreparedJob(
+            delivery: delivery, message: message, task: task, etaTime: etaTime, expiresTime: expiresTime,
+            deliveryInfo: envelope.deliveryInfo)
         if await revokeIfExpired(job) { return nil }
         if await discardIfRevoked(job) { return nil }
         logger.info("Task \(job.displayName)[\(message.id)] received")
@@ -202,7 +206,7 @@ extension WorkerRun {
 
     func storeRevoked(_ job: PreparedJob, reason: String, children: CeleryValue) async {
         var document = failureDocument(
-            job.message, queue: job.delivery.envelope.deliveryInfo.routingKey,
+            job.message, queue: job.deliveryInfo.routingKey,
             exception: CeleryExceptionInfo(type: "TaskRevokedError", arguments: [.string(reason)], module: "celery.exceptions"),
             traceback: nil)
         document.status = .revoked
@@ -215,7 +219,7 @@ extension WorkerRun {
     /// Runs a job in the slot it was given: ack policy, the task body on the task threads, result, log line.
     func execute(_ job: PreparedJob, holdsPrefetch: Bool) async {
         let message = job.message
-        let queue = job.delivery.envelope.deliveryInfo.routingKey
+        let queue = job.deliveryInfo.routingKey
         var holdsPrefetch = holdsPrefetch
         defer { if holdsPrefetch { prefetch.release() } }
         if await revokeIfExpired(job) {
@@ -259,7 +263,7 @@ extension WorkerRun {
         taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
         taskLogger[metadataKey: LogKeys.taskName] = .string(message.name)
         let request = TaskRequest(
-            message: message, deliveryInfo: job.delivery.envelope.deliveryInfo,
+            message: message, deliveryInfo: job.deliveryInfo,
             hostname: configuration.nodeName)
         let context = TaskContext(request: request, logger: taskLogger, client: service.client) { [self] state, meta in
             guard storesResults else { return }
@@ -416,7 +420,7 @@ extension WorkerRun {
     /// error to fail with instead when retries are exhausted or the message cannot be republished.
     private func retry(_ job: PreparedJob, _ retry: RetryTask) async -> (any Error)? {
         let message = job.message
-        let queue = job.delivery.envelope.deliveryInfo.routingKey
+        let queue = job.deliveryInfo.routingKey
         let maxRetries = retry.maxRetries ?? job.task.options.maxRetries
         if let maxRetries, message.retries + 1 > maxRetries {
             if let cause = retry.cause { return cause }
