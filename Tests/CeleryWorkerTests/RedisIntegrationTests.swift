@@ -136,6 +136,9 @@ struct RedisBrokerTests {
         #expect(RedisBroker.list(for: "celery", priority: 5) == "celery" + Self.separator + "3")
         #expect(RedisBroker.list(for: "celery", priority: 10) == "celery" + Self.separator + "9")
         #expect(RedisBroker.list(for: "celery", priority: -3) == "celery")
+        for (queue, priority) in [("celery", 0), ("celery", 9), ("größe", 3), ("a\u{06}b", 6), ("", 9)] {
+            #expect(RedisBroker.queue(ofList: RedisBroker.list(for: queue, priority: priority)) == queue)
+        }
         for (priority, name) in [(9, "p9"), (0, "p0"), (5, "p5"), (3, "p3"), (8, "p8"), (1, "p1")] {
             let list = RedisBroker.list(for: "celery", priority: priority)
             try await client.send(RedisCommand("LPUSH", RedisArgument(list), RedisArgument(name)))

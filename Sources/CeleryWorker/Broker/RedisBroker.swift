@@ -89,8 +89,17 @@ public final class RedisBroker: Broker {
 
     /// The queue a list belongs to: the list name without its priority suffix.
     static func queue(ofList list: String) -> String {
-        guard let range = list.range(of: separator) else { return list }
-        return String(list[..<range.lowerBound])
+        // Byte-wise: the separator is two ASCII control bytes, and Foundation's `range(of:)` is slow here.
+        let bytes = list.utf8
+        var index = bytes.startIndex
+        while index != bytes.endIndex {
+            let next = bytes.index(after: index)
+            if bytes[index] == 0x06, next != bytes.endIndex, bytes[next] == 0x16 {
+                return String(list[..<index])
+            }
+            index = next
+        }
+        return list
     }
 
     /// The delivery tag, exchange and routing key kombu records for a popped message, when it has a tag.
