@@ -10,8 +10,8 @@ import Synchronization
 
 /// One blocking hiredis connection, opened lazily and re-opened after a failure.
 ///
-/// Every call blocks its thread: callers run them on a thread pool (see ``RedisClient``), never on the cooperative
-/// pool. `@unchecked Sendable` is sound because the only mutable state, the hiredis context, is touched only inside
+/// Every call blocks its thread: callers run them on the connection's own thread (see ``RedisClient``), never on
+/// the cooperative pool. `@unchecked Sendable` is sound because the only mutable state, the hiredis context, is touched only inside
 /// `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
 final class RedisConnection: @unchecked Sendable {
     private struct State {

@@ -1,5 +1,4 @@
 import DequeModule
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -9,15 +8,17 @@ import Synchronization
 
 /// A fixed set of dedicated threads that run executor jobs and blocking closures in the order they arrive.
 ///
-/// The worker uses three kinds: one thread that runs its own bookkeeping (fetching, dispatching, settling), one
-/// thread per Redis connection that owns the connection's blocking socket, and one thread per unit of concurrency
-/// for task bodies. Work handed from one to another costs a queue push; a thread that ran out of work first spins
-/// for a few microseconds before it sleeps, so under load the threads hand work along without the futex wake-ups and
-/// context switches that dominate a Celery worker's CPU time when every hop goes through a sleeping thread.
+/// The worker uses three kinds: one thread per Redis connection that owns the connection's blocking socket (the
+/// fetch loop runs on the fetch connection's), one thread for the worker's own bookkeeping (dispatching, settling,
+/// remote control), and one thread per unit of concurrency for task bodies. Work handed to a set wakes one of its
+/// threads when any is asleep; a busy thread takes the next item as soon as it finishes the one it runs.
+///
+/// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
+/// the busy ones.
 ///
 /// `@unchecked Sendable`: `queue`, `sleepers`, `stopping` and `alive` are only read or written with `mutex` held;
-/// `pending` is an atomic; the pthread objects are created in `init` and never freed (a pool lives as long as its
-/// worker, and its threads may still be finishing when it is released).
+/// the pthread objects are created in `init` and never freed (a set lives as long as its owner, and its threads may
+/// still be finishing when the owner is released).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private enum Item {
         case job(UnownedJob)
@@ -30,17 +31,11 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private var sleepers = 0
     private var stopping = false
     private var alive = 0
-    /// Items queued and not yet taken, readable without the lock while spinning.
-    private let pending = Atomic<Int>(0)
-    /// How long a thread that ran out of work keeps looking for more before it sleeps.
-    private let spinNanoseconds: UInt64
     let name: String
 
     /// Starts `count` threads named `name`.
-    init(count: Int, name: String, spin: Duration = .zero) {
+    init(count: Int, name: String) {
         self.name = name
-        let (seconds, attoseconds) = spin.components
-        spinNanoseconds = UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -86,7 +81,6 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         let wake = locked { () -> Bool? in
             if alive == 0 { return nil }
             queue.append(item)
-            pending.add(1, ordering: .releasing)
             return sleepers > 0
         }
         switch wake {
@@ -106,18 +100,11 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// The next item, spinning (yielding the core) for `spin` before sleeping; `nil` once stopped and drained.
+    /// The next item, sleeping until one arrives; `nil` once stopped and drained.
     private func next() -> Item? {
-        let spinUntil = Self.now() &+ spinNanoseconds
-        while pending.load(ordering: .acquiring) == 0, Self.now() < spinUntil {
-            sched_yield()
-        }
-        return locked { () -> Item? in
+        locked { () -> Item? in
             while true {
-                if let item = queue.popFirst() {
-                    pending.subtract(1, ordering: .relaxed)
-                    return item
-                }
+                if let item = queue.popFirst() { return item }
                 if stopping {
                     alive -= 1
                     return nil
@@ -127,12 +114,6 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                 sleepers -= 1
             }
         }
-    }
-
-    private static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
     }
 
     private func run(_ item: Item) {
