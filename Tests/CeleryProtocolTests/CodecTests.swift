@@ -34,6 +34,13 @@ struct CodecTests {
         #expect(value["b"] == 2)
         #expect(value["a"] == .object([:]))
         #expect(String(decoding: CeleryJSON.encode(value), as: UTF8.self) == #"{"b": 2, "a": {}}"#)
+        // The same key spelled with an escape, among many keys, and the empty key twice.
+        let keys = (0..<40).map { #""k\#($0)": \#($0)"# }.joined(separator: ", ")
+        let escaped = try CeleryJSON.decode(#"{"ab": 1, \#(keys), "ab": 2, "": 3, "": 4}"#)
+        #expect(escaped.objectValue?.count == 42)
+        #expect(escaped.objectValue?.keys.first == "ab")
+        #expect(escaped["ab"] == 2)
+        #expect(escaped[""] == 4)
     }
 
     @Test(

@@ -128,9 +128,13 @@ struct JSONParser {
         try enter()
         defer { depth -= 1 }
         index += 1
-        // Keys and values are collected first and the dictionary is built once: no hashing per insert.
+        // Keys and values are collected first and the dictionary is built once: no hashing per insert. A 64-bit
+        // filter of cheap key fingerprints (length, first and last byte) finds the rare repeated key without
+        // comparing every pair of strings.
         var keys: [String] = []
         var values: [CeleryValue] = []
+        var seen: UInt64 = 0
+        var repeated = false
         skipWhitespace()
         if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
             index += 1
@@ -142,6 +146,9 @@ struct JSONParser {
                 throw error("expected a string key")
             }
             let key = try parseString()
+            let bit: UInt64 = 1 << (Self.fingerprint(key) % 64)
+            if !repeated, seen & bit != 0 { repeated = keys.contains(key) }
+            seen |= bit
             skipWhitespace()
             guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
@@ -154,26 +161,22 @@ struct JSONParser {
             case UInt8(ascii: ","): index += 1
             case UInt8(ascii: "}"):
                 index += 1
-                return try Self.untag(Self.dictionary(keys: keys, values: values))
+                return try Self.untag(Self.dictionary(keys: keys, values: values, repeated: repeated))
             default: throw error("expected ',' or '}'")
             }
         }
     }
 
+    /// A key reduced to its length, first and last byte (of the decoded key: escapes spell the same key).
+    private static func fingerprint(_ key: String) -> UInt64 {
+        let bytes = key.utf8
+        guard let first = bytes.first, let last = bytes.last else { return 0 }
+        return UInt64(bytes.count) &* 31 &+ UInt64(first) &* 7 &+ UInt64(last)
+    }
+
     /// The dictionary Python builds from the pairs: a repeated key keeps its first position and its last value.
-    static func dictionary(keys: [String], values: [CeleryValue]) -> OrderedDictionary<String, CeleryValue> {
-        var unique = true
-        if keys.count <= 32 {  // comparing small strings beats hashing them up to here
-            outer: for index in keys.indices.dropFirst() {
-                for earlier in 0..<index where keys[earlier] == keys[index] {
-                    unique = false
-                    break outer
-                }
-            }
-        } else {
-            unique = Set(keys).count == keys.count
-        }
-        if unique { return OrderedDictionary(uncheckedUniqueKeys: keys, values: values) }
+    static func dictionary(keys: [String], values: [CeleryValue], repeated: Bool) -> OrderedDictionary<String, CeleryValue> {
+        if !repeated { return OrderedDictionary(uncheckedUniqueKeys: keys, values: values) }
         var entries = OrderedDictionary<String, CeleryValue>()
         for (key, value) in zip(keys, values) { entries[key] = value }
         return entries
@@ -201,12 +204,14 @@ struct JSONParser {
         index += 1
         let start = index
         // Fast path: no escapes.
+        var combined: UInt8 = 0
         while index < buffer.count {
             let byte = buffer[index]
+            combined |= byte
             if byte == UInt8(ascii: "\"") {
                 let slice = UnsafeBufferPointer(rebasing: buffer[start..<index])
                 index += 1
-                guard let text = UTF8Text.validating(slice) else {
+                guard let text = UTF8Text.validating(slice, isASCII: combined < 0x80) else {
                     throw error("string is not valid UTF-8")
                 }
                 return text

@@ -377,7 +377,11 @@ extension WorkerRun {
         _ job: PreparedJob, _ context: TaskContext, softLimit: Double?, hardLimit: Double?, stop: StopRequest
     ) async -> (Result<CeleryValue, any Error>, StopReason?) {
         let pool = self.pool
+        // This runs on a task thread, which waits for the body at once: it runs the body itself next, and the body
+        // hands this bookkeeping back the same way, so a task costs no wake-up of another thread.
+        WorkerThreads.keepNextJobOnThisThread()
         let body = Task(executorPreference: executor) { () async -> Result<CeleryValue, any Error> in
+            defer { WorkerThreads.keepNextJobOnThisThread() }
             if let pool { return await pool.run(job, context: context, hardLimit: hardLimit, stop: stop) }
             do {
                 return .success(try await job.task.handler(context))

@@ -77,11 +77,29 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
     }
 
+    /// The next job the calling thread hands to its own set is left for this thread, without waking another one.
+    ///
+    /// For a job the caller waits for right away (a task body its bookkeeping awaits, or that bookkeeping once the
+    /// body is done): the thread runs it as soon as its current job suspends or ends, instead of handing it to a
+    /// thread that first has to be woken. Only worth it when the current job does nothing long after the hand-off.
+    static func keepNextJobOnThisThread() {
+        guard let raw = pthread_getspecific(threadStateKey) else { return }
+        Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().keepsNextJob = true
+    }
+
     private func push(_ item: Item) {
+        var keptHere = false
+        if let raw = pthread_getspecific(threadStateKey) {
+            let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
+            if state.keepsNextJob, state.owner == ObjectIdentifier(self) {
+                state.keepsNextJob = false
+                keptHere = true
+            }
+        }
         let wake = locked { () -> Bool? in
             if alive == 0 { return nil }
             queue.append(item)
-            return sleepers > 0
+            return sleepers > 0 && !keptHere
         }
         switch wake {
         case nil:
@@ -95,9 +113,15 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     }
 
     private func serve() {
-        while let item = next() {
-            run(item)
+        let state = ThreadState(owner: ObjectIdentifier(self))
+        pthread_setspecific(threadStateKey, Unmanaged.passUnretained(state).toOpaque())
+        withExtendedLifetime(state) {
+            while let item = next() {
+                run(item)
+                state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
+            }
         }
+        pthread_setspecific(threadStateKey, nil)
     }
 
     /// The next item, sleeping until one arrives; `nil` once stopped and drained.
@@ -162,6 +186,24 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         return true
     }
 }
+
+/// What a thread of a ``WorkerThreads`` set knows about itself, in its thread-local slot. Only that thread reads or
+/// writes it.
+private final class ThreadState {
+    let owner: ObjectIdentifier
+    var keepsNextJob = false
+
+    init(owner: ObjectIdentifier) {
+        self.owner = owner
+    }
+}
+
+/// The thread-local slot of ``ThreadState``.
+private let threadStateKey: pthread_key_t = {
+    var key = pthread_key_t()
+    pthread_key_create(&key, nil)
+    return key
+}()
 
 /// Names the calling thread (shown by `top -H`, `perf`, `/proc`); Glibc's `pthread_setname_np` is not visible to
 /// Swift, so this writes the thread's `comm` file.
