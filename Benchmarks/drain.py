@@ -1,12 +1,13 @@
 """Side-by-side drain benchmark: the Swift worker against Python Celery (prefork and threads pools) on one Redis.
 
-    .venv/bin/python Benchmarks/drain.py --tasks 5000            # the README table
+    .venv/bin/python Benchmarks/drain.py --tasks 5000 --repeat 3 # the README table
     .venv/bin/python Benchmarks/drain.py --tasks 200 --quick     # CI: checks that it still works
 
 For each worker and variant it pre-fills N real Celery messages (made by Celery itself), starts the worker, and
 measures the time to drain them with every result written (tasks/s), the worker process tree's CPU time per task
 and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worker (raw push -> result published,
-p50/p99) and a floor: a bare batched Python loop (pop many, pipeline the result writes, no Celery).
+p50/p99), with the floor the harness itself sets (a Python loop that only BRPOPs and PUBLISHes), and a throughput
+floor: a bare batched Python loop (pop many, pipeline the result writes, no Celery).
 """
 import argparse
 import json
@@ -68,9 +69,26 @@ def make_messages(broker, count, task, serializer):
     return raw
 
 
+# The latency floor: no worker, just a Python loop that answers each message with the PUBLISH the measurement waits
+# for (one BRPOP, one PUBLISH; nothing recorded, nothing stored). What it measures is the harness and Redis alone.
+FLOOR_RESPONDER = """
+import json, sys, redis
+broker, backend = redis.Redis.from_url(sys.argv[1]), redis.Redis.from_url(sys.argv[2])
+while True:
+    item = broker.brpop("celery", 1)
+    if item is not None:
+        backend.publish("celery-task-meta-" + json.loads(item[1])["headers"]["id"], "{}")
+"""
+
+
 def start_worker(kind, broker, backend, acks_late, serializer, logdir):
     env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
     log = open(logdir / f"{kind}.log", "ab")
+    if kind == "floor":
+        proc = subprocess.Popen([sys.executable, "-c", FLOOR_RESPONDER, broker, backend], stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
+        time.sleep(0.5)
+        return proc
     if kind == "swift":
         args = [WORKER, "--broker", broker, "--result-backend",
                 backend, "-c", "2", "-l", "WARNING"]
@@ -166,6 +184,15 @@ def latency(kind, server, samples, logdir):
     return {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
 
 
+def median_run(runs):
+    """The run with the median rate (the lower middle one for an even count); `lost` counts every run's losses."""
+    ordered = sorted(runs, key=lambda run: run["rate"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if any("lost" in run for run in runs):
+        chosen["lost"] = sum(run.get("lost", 0) for run in runs)
+    return chosen
+
+
 def bare_loop(server, messages):
     """The floor: pop many messages per round trip and pipeline SETEX + PUBLISH for each, no Celery at all."""
     broker, backend = server.url(1), server.url(0)
@@ -226,6 +253,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per cell; the run with the median rate is reported, lost tasks are summed")
     parser.add_argument("--quick", action="store_true", help="one variant per worker: checks the benchmark runs")
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
     options = parser.parse_args()
@@ -242,21 +271,23 @@ def main():
         for task, serializer, acks in variants:
             messages = make_messages(server.url(1), options.tasks, task, serializer)
             for kind in kinds:
-                result = drain(kind, server, messages, acks, serializer, logdir)
+                runs = [drain(kind, server, messages, acks, serializer, logdir) for _ in range(options.repeat)]
+                result = median_run(runs)
                 rows.append((kind, task, serializer, acks, result))
                 print(f"{kind:15} {task:11} {serializer:8} acks_late={str(acks):5} "
                       f"{result['rate']:9.0f} tasks/s  {result['cpu_us']:7.0f} us CPU/task  "
                       f"{result['rss_mb']:6.1f} MB RSS  lost={result['lost']}", flush=True)
-            floor = bare_loop(server, messages)
+            floor = median_run([bare_loop(server, messages) for _ in range(options.repeat)])
             print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s", flush=True)
             rows.append(("bare-python", task, serializer, acks, floor))
         ceiling = redis_ceiling(server, 20000 if options.quick else 200000)
         print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
               f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
         print()
-        for kind in ["swift", "python-prefork"]:
+        for kind in ["swift", "python-prefork", "floor"]:
             lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir)
-            print(f"idle pick-up latency {kind:15} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
+            label = "floor (BRPOP+PUBLISH loop)" if kind == "floor" else kind
+            print(f"idle pick-up latency {label:26} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
         print()
         print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift / bare | Redis ceiling | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -268,7 +299,7 @@ def main():
                   f"{sw['rate'] / floor['rate']:.2f}x | {ceiling['rate']:.0f} | {sw['cpu_us']:.0f} | "
                   f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
-        print(f"\nbenchmark: {len(rows)} runs, {lost} tasks lost")
+        print(f"\nbenchmark: {len(rows)} cells x {options.repeat} run(s), {lost} tasks lost")
         return 1 if lost else 0
     finally:
         server.stop()
