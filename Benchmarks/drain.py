@@ -6,7 +6,7 @@
 For each worker and variant it pre-fills N real Celery messages (made by Celery itself), starts the worker, and
 measures the time to drain them with every result written (tasks/s), the worker process tree's CPU time per task
 and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worker (raw push -> result published,
-p50/p99), with the floor the harness itself sets (a Python loop that only BRPOPs and PUBLISHes), and a throughput
+p50/p99), also for the simplest possible consumer (a Python loop that only BRPOPs and PUBLISHes), and a throughput
 floor: a bare batched Python loop (pop many, pipeline the result writes, no Celery).
 """
 import argparse
@@ -69,8 +69,8 @@ def make_messages(broker, count, task, serializer):
     return raw
 
 
-# The latency floor: no worker, just a Python loop that answers each message with the PUBLISH the measurement waits
-# for (one BRPOP, one PUBLISH; nothing recorded, nothing stored). What it measures is the harness and Redis alone.
+# A reference for the latency: no worker, just a Python loop that answers each message with the PUBLISH the
+# measurement waits for (one BRPOP, one PUBLISH; nothing recorded, nothing stored): the simplest possible consumer.
 FLOOR_RESPONDER = """
 import json, sys, redis
 broker, backend = redis.Redis.from_url(sys.argv[1]), redis.Redis.from_url(sys.argv[2])
@@ -84,7 +84,7 @@ while True:
 def start_worker(kind, broker, backend, acks_late, serializer, logdir):
     env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
     log = open(logdir / f"{kind}.log", "ab")
-    if kind == "floor":
+    if kind == "python-loop":
         proc = subprocess.Popen([sys.executable, "-c", FLOOR_RESPONDER, broker, backend], stdout=subprocess.DEVNULL,
                                 stderr=log, start_new_session=True)
         time.sleep(0.5)
@@ -284,9 +284,9 @@ def main():
         print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
               f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
         print()
-        for kind in ["swift", "python-prefork", "floor"]:
+        for kind in ["swift", "python-prefork", "python-loop"]:
             lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir)
-            label = "floor (BRPOP+PUBLISH loop)" if kind == "floor" else kind
+            label = "python BRPOP+PUBLISH loop" if kind == "python-loop" else kind
             print(f"idle pick-up latency {label:26} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
         print()
         print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift / bare | Redis ceiling | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
