@@ -30,6 +30,24 @@ struct SettlerTests {
         #expect(done.withLock { $0 } == 3)
     }
 
+    @Test("a batch is written early acknowledgements first, then results, then acks-late acknowledgements")
+    func phases() {
+        let document = { (id: String) in
+            CeleryResultDocument(taskID: id, status: .success, result: .null, traceback: nil, children: [], dateDone: nil)
+        }
+        let batch = [
+            Settler.Entry(document: nil, ack: Self.delivery("late-0"), done: {}),
+            Settler.Entry(document: document("a"), ack: nil, done: {}),
+            Settler.Entry(document: nil, ack: Self.delivery("early-0"), early: true, done: {}),
+            Settler.Entry(document: document("b"), ack: Self.delivery("late-1"), done: {}),
+            Settler.Entry(document: nil, ack: Self.delivery("early-1"), early: true, done: {}),
+        ]
+        let phases = Settler.Phases(batch)
+        #expect(phases.earlyAcks.compactMap(\.deliveryTag) == ["early-0", "early-1"])
+        #expect(phases.documents.map(\.taskID) == ["a", "b"])
+        #expect(phases.lateAcks.compactMap(\.deliveryTag) == ["late-0", "late-1"])
+    }
+
     @Test("an acknowledgement handed in after its document never lands in an earlier batch")
     func ordering() async {
         let settler = Settler()

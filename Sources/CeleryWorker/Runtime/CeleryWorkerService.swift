@@ -415,12 +415,12 @@ final class WorkerRun: Sendable {
         }
     }
 
-    /// Writes a settler batch: the documents first, then the acknowledgements.
+    /// Writes a settler batch in its phases: early acknowledgements, documents, late acknowledgements.
     private func flush(_ batch: [Settler.Entry]) async {
-        let documents = batch.compactMap(\.document)
-        if !documents.isEmpty { await store(documents) }
-        let acks = batch.compactMap(\.ack)
-        if !acks.isEmpty { await carryOut(.ack, for: acks) }
+        let phases = Settler.Phases(batch)
+        if !phases.earlyAcks.isEmpty { await carryOut(.ack, for: phases.earlyAcks) }
+        if !phases.documents.isEmpty { await store(phases.documents) }
+        if !phases.lateAcks.isEmpty { await carryOut(.ack, for: phases.lateAcks) }
     }
 
     /// Carries out a delivery action, retrying while Redis is unreachable (a lost ack would run the task twice).

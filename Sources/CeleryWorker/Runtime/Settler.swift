@@ -3,8 +3,7 @@ import Synchronization
 
 /// Write-behind for the two Redis writes every task makes: its result document (to the backend) and its
 /// acknowledgement (to the broker). Whatever the running tasks hand in while a flush is under way goes out in the
-/// next one: every document in one `GET` pipeline and one `MULTI`, every acknowledgement in one `MULTI`, documents
-/// first. A task's slot is free as soon as it handed its writes in, so under load many tasks share each round trip.
+/// next one: every document in one script, every acknowledgement in one `MULTI`, in the order ``Phases`` gives. A task's slot is free as soon as it handed its writes in, so under load many tasks share each round trip.
 ///
 /// Order is kept where it matters: an acknowledgement handed in after a document (acks-late) is never sent before
 /// it. Writes are retried while Redis is unreachable, as the direct ones are; ``finish()`` drains everything at
@@ -13,7 +12,27 @@ final class Settler: Sendable {
     struct Entry: Sendable {
         var document: CeleryResultDocument?
         var ack: BrokerDelivery?
+        /// An acknowledgement made when the task started (acks_late off): written before the batch's results.
+        var early = false
         var done: @Sendable () -> Void
+    }
+
+    /// A batch in the order it is written: early acknowledgements, then results, then the others. Python acknowledges
+    /// before it runs a task, so a result must never be visible while its early-acknowledged message is still in
+    /// `unacked`; an acks-late acknowledgement comes after its result, so a crash in between loses nothing.
+    struct Phases {
+        var earlyAcks: [BrokerDelivery] = []
+        var documents: [CeleryResultDocument] = []
+        var lateAcks: [BrokerDelivery] = []
+
+        init(_ batch: [Entry]) {
+            for entry in batch {
+                if let document = entry.document { documents.append(document) }
+                if let ack = entry.ack {
+                    if entry.early { earlyAcks.append(ack) } else { lateAcks.append(ack) }
+                }
+            }
+        }
     }
 
     private struct State {
@@ -24,10 +43,14 @@ final class Settler: Sendable {
 
     private let state = Mutex(State())
 
-    /// Hands in a document to store and/or a delivery to acknowledge; `done` runs once both are written.
-    func submit(document: CeleryResultDocument? = nil, ack: BrokerDelivery? = nil, done: @escaping @Sendable () -> Void = {}) {
+    /// Hands in a document to store and/or a delivery to acknowledge (`early`: acknowledged as the task starts);
+    /// `done` runs once both are written.
+    func submit(
+        document: CeleryResultDocument? = nil, ack: BrokerDelivery? = nil, early: Bool = false,
+        done: @escaping @Sendable () -> Void = {}
+    ) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.entries.append(Entry(document: document, ack: ack, done: done))
+            state.entries.append(Entry(document: document, ack: ack, early: early, done: done))
             defer { state.waiter = nil }
             return state.waiter
         }

@@ -249,7 +249,7 @@ extension WorkerRun {
             // Acknowledged by the settler with other tasks' writes. As in Celery, an acknowledged message no longer
             // counts against the prefetch limit: the slot is free at once (the message stays recorded in `unacked`
             // until the write lands, so nothing is lost meanwhile).
-            settler.submit(ack: job.delivery)
+            settler.submit(ack: job.delivery, early: true)
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
         }
