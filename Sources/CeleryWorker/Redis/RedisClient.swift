@@ -66,16 +66,15 @@ public final class RedisClient: Sendable {
     ) async throws(CeleryWorkerError) -> Result {
         let connection = self.connection
         // Runs even when the calling task is cancelled: a cold shutdown still needs Redis to give reserved messages
-        // back. Every call is bounded by the socket timeouts.
+        // back. Every call is bounded by the socket timeouts. The lane is one thread that runs one body at a time to
+        // its end, so no other caller's commands land in the middle of a sequence (between `WATCH` and `EXEC`).
         return try await lane.run { () throws(CeleryWorkerError) -> Result in
-            try connection.exclusively { () throws(CeleryWorkerError) -> Result in
-                let wasOpen = connection.isOpen
-                do throws(CeleryWorkerError) {
-                    return try body(connection)
-                } catch {
-                    guard wasOpen, error.code == .connectionLost else { throw error }
-                    return try body(connection)
-                }
+            let wasOpen = connection.isOpen
+            do throws(CeleryWorkerError) {
+                return try body(connection)
+            } catch {
+                guard wasOpen, error.code == .connectionLost else { throw error }
+                return try body(connection)
             }
         }
     }

@@ -1,5 +1,4 @@
 import CHiredis
-import NIOConcurrencyHelpers
 import Synchronization
 
 #if canImport(Glibc)
@@ -23,9 +22,6 @@ final class RedisConnection: @unchecked Sendable {
     let commandTimeout: Duration
     let connectTimeout: Duration
     private let state = Mutex(State())
-    /// Held across a whole sequence of commands (``exclusively(_:)``) so that no other caller's commands land in
-    /// the middle, for example between `WATCH` and `EXEC`.
-    private let sequence = NIOLock()
 
     init(url: RedisURL, commandTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(5)) {
         self.url = url
@@ -81,13 +77,6 @@ final class RedisConnection: @unchecked Sendable {
         }
         guard let reply else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
         return try reply.check("EVALSHA")
-    }
-
-    /// Runs `body` while no other caller can use the connection.
-    func exclusively<Result>(_ body: () throws(CeleryWorkerError) -> Result) throws(CeleryWorkerError) -> Result {
-        sequence.lock()
-        defer { sequence.unlock() }
-        return try body()
     }
 
     /// Subscribes to a channel pattern (`PSUBSCRIBE`), or to one channel with `exact` (`SUBSCRIBE`), and hands
