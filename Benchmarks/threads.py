@@ -1,0 +1,92 @@
+"""Where the Swift worker spends its CPU, thread by thread, while it drains a queue.
+
+    .venv/bin/python Benchmarks/threads.py --tasks 20000 --runs 3
+
+Each run pre-fills N `tasks.noop` messages made by Celery's own producer into a fresh loopback Redis, starts the
+release build of the worker (`-c 2`), and prints the drain rate, the worker's CPU per task, and for each of its
+threads (named by the worker: redis-fetch, celery-worker, celery-task-N, redis-results, redis-io) the CPU per task
+and the voluntary and involuntary context switches per task, read from /proc/<pid>/task/*.
+"""
+import argparse
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from drain import CLOCK_TICKS, WORKER, RedisProcess, make_messages, tree_stats
+
+
+def thread_stats(pid):
+    """CPU seconds and context switches per thread name."""
+    totals = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        voluntary = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+        involuntary = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        entry = totals.setdefault(name, [0.0, 0, 0])
+        entry[0] += cpu
+        entry[1] += voluntary
+        entry[2] += involuntary
+    return totals
+
+
+def run(count, worker):
+    server = RedisProcess().start()
+    try:
+        broker, backend = server.url(1), server.url(0)
+        messages = make_messages(broker, count, "tasks.noop", "json")
+        proc = subprocess.Popen([worker, "-b", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+            before, _ = tree_stats(proc.pid)
+            threads_before = thread_stats(proc.pid)
+            pipe = rb.pipeline(transaction=False)
+            for raw in messages:
+                pipe.lpush("celery", raw)
+            pipe.execute()
+            started = time.monotonic()
+            while rr.dbsize() < count and time.monotonic() - started < 300:
+                time.sleep(0.005)
+            elapsed = time.monotonic() - started
+            stored = rr.dbsize()
+            if stored < count:
+                raise SystemExit(f"only {stored} of {count} results were stored")
+            after, _ = tree_stats(proc.pid)
+            threads_after = thread_stats(proc.pid)
+            print(f"{count / elapsed:8.0f} tasks/s  {(after - before) / count * 1e6:5.0f} us CPU/task")
+            for name, (cpu, voluntary, involuntary) in sorted(threads_after.items()):
+                base = threads_before.get(name, [0.0, 0, 0])
+                cpu_us = (cpu - base[0]) / count * 1e6
+                if cpu_us < 0.5:
+                    continue
+                print(f"    {name:16} {cpu_us:5.0f} us/task  voluntary switches {(voluntary - base[1]) / count:.2f}/task"
+                      f"  involuntary {(involuntary - base[2]) / count:.2f}/task")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+    finally:
+        server.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    options = parser.parse_args()
+    for _ in range(options.runs):
+        run(options.tasks, options.worker)
+
+
+if __name__ == "__main__":
+    main()
