@@ -39,6 +39,13 @@ struct ResultDocumentFixtureTests {
     func dateDone() {
         #expect(CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.092184) == "2026-11-25T00:20:32.092184+00:00")
         #expect(CeleryTimestamp.isoformat(unixSeconds: 1_893_499_200) == "2030-01-01T12:00:00+00:00")
+        // Expected values from Python's datetime.fromtimestamp(t, tz=timezone(timedelta(...))).isoformat().
+        #expect(
+            CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.000123, offsetSeconds: 19_800)
+                == "2026-11-25T05:50:32.000123+05:30")
+        #expect(
+            CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.5, offsetSeconds: -10_800) == "2026-11-24T21:20:32.500000-03:00")
+        #expect(CeleryTimestamp.isoformat(unixSeconds: -86_400.5) == "1969-12-30T23:59:59.500000+00:00")
         #expect(CeleryTimestamp.parse("2026-11-25T00:20:32.092184+00:00") == 1_795_566_032.092184)
         #expect(CeleryTimestamp.parse("2026-11-25T01:20:34+01:00") == CeleryTimestamp.parse("2026-11-25T00:20:34Z"))
         #expect(CeleryTimestamp.parse("not a date") == nil)

@@ -263,6 +263,59 @@ struct RedisResultBackendTests {
     }
 }
 
+@Suite("Results and acknowledgements in one script", .serialized, .enabled(if: TestRedis.enabled))
+struct RedisSettleTests {
+    @Test("one script acknowledges in the broker's database and stores in the backend's, keeping a stored SUCCESS")
+    func settleAcrossDatabases() async throws {
+        let brokerClient = try await TestRedis.client(database: 5)
+        let broker = RedisBroker(blocking: RedisClient(url: brokerClient.url), commands: brokerClient)
+        let backendClient = try await TestRedis.client(database: 6)
+        let backend = RedisResultBackend(client: backendClient, serializer: .json, expires: 600)
+        #expect(backend.sharesServer(with: broker))
+        let raw = try fixture("v2-json-add.message.json")
+        var envelopes: [[UInt8]] = []
+        for tag in ["tag-1", "tag-2", "tag-3"] {
+            let envelope = try #require(String(bytes: raw, encoding: .utf8)).replacingOccurrences(
+                of: #""delivery_tag": ""#, with: #""delivery_tag": "\#(tag)-"#)
+            envelopes.append(Array(envelope.utf8))
+        }
+        for envelope in envelopes { try await brokerClient.send(RedisCommand("LPUSH", "celery", RedisArgument(envelope))) }
+        let deliveries = try await broker.fetch(queues: ["celery"], limit: 3)
+        let tags = deliveries.compactMap(\.deliveryTag)
+        #expect(tags.count == 3)
+        #expect(try await brokerClient.send(RedisCommand("HLEN", "unacked")) == .integer(3))
+
+        let kept = CeleryResultDocument(taskID: "done", status: .success, result: 1, dateDone: "2026-11-25T00:00:00+00:00")
+        try await backend.store([kept])
+        let fresh = CeleryResultDocument(taskID: "fresh", status: .success, result: 2, dateDone: "2026-11-25T00:00:01+00:00")
+        let late = CeleryResultDocument(taskID: "done", status: .failure, result: nil)
+        try await backend.settle(earlyAcks: [tags[0]], documents: [fresh, late], lateAcks: [tags[1]], broker: broker)
+
+        let left = try await brokerClient.send(RedisCommand("HKEYS", "unacked")).array?.compactMap(\.text)
+        #expect(left == [tags[2]])
+        #expect(try await brokerClient.send(RedisCommand("ZRANGE", "unacked_index", "0", "-1")).array?.compactMap(\.text) == [tags[2]])
+        // The results went to the backend's database, and the backend's connection is still in it.
+        #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-fresh")).bytes == fresh.encoded(as: .json))
+        #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-done")).bytes == kept.encoded(as: .json))
+        #expect(try await brokerClient.send(RedisCommand("EXISTS", "celery-task-meta-fresh")) == .integer(0))
+        let ttl = try await backendClient.send(RedisCommand("TTL", "celery-task-meta-fresh")).integer ?? 0
+        #expect(ttl > 590 && ttl <= 600)
+    }
+
+    @Test("only a broker on the same server, as the same user, shares the script")
+    func sameServerOnly() throws {
+        let base = try RedisURL(parsing: "redis://127.0.0.1:6379/1")
+        let backend = RedisResultBackend(client: RedisClient(url: base))
+        func broker(_ text: String) throws -> RedisBroker {
+            let url = try RedisURL(parsing: text)
+            return RedisBroker(blocking: RedisClient(url: url), commands: RedisClient(url: url))
+        }
+        #expect(backend.sharesServer(with: try broker("redis://127.0.0.1:6379/0")))
+        #expect(!backend.sharesServer(with: try broker("redis://127.0.0.1:6380/1")))
+        #expect(!backend.sharesServer(with: try broker("redis://:secret@127.0.0.1:6379/1")))
+    }
+}
+
 func fixture(_ name: String) throws -> [UInt8] {
     let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures").appendingPathComponent(name)

@@ -9,12 +9,43 @@ public enum CeleryTimestamp {
         let micros = Int(totalMicros % 1_000_000)
         let secondsOfDay = Int(totalMicros / 1_000_000)
         let (year, month, day) = civil(fromDays: days)
-        var text = pad(year, 4) + "-" + pad(month, 2) + "-" + pad(day, 2)
-        text += "T" + pad(secondsOfDay / 3600, 2) + ":" + pad(secondsOfDay / 60 % 60, 2) + ":" + pad(secondsOfDay % 60, 2)
-        if micros != 0 { text += "." + pad(micros, 6) }
-        let sign = offsetSeconds < 0 ? "-" : "+"
+        // Written byte by byte: this runs for every stored result (`date_done`).
+        var text: [UInt8] = []
+        text.reserveCapacity(32)
+        func append(_ value: Int, _ width: Int) {
+            let digits = String(value).utf8
+            if value >= 0, digits.count < width { text.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - digits.count)) }
+            text.append(contentsOf: digits)
+        }
+        func appendTwoDigits(_ value: Int) {
+            text.append(UInt8(ascii: "0") + UInt8(value / 10))
+            text.append(UInt8(ascii: "0") + UInt8(value % 10))
+        }
+        append(year, 4)
+        text.append(UInt8(ascii: "-"))
+        appendTwoDigits(month)
+        text.append(UInt8(ascii: "-"))
+        appendTwoDigits(day)
+        text.append(UInt8(ascii: "T"))
+        appendTwoDigits(secondsOfDay / 3600)
+        text.append(UInt8(ascii: ":"))
+        appendTwoDigits(secondsOfDay / 60 % 60)
+        text.append(UInt8(ascii: ":"))
+        appendTwoDigits(secondsOfDay % 60)
+        if micros != 0 {
+            text.append(UInt8(ascii: "."))
+            var divisor = 100_000
+            while divisor > 0 {
+                text.append(UInt8(ascii: "0") + UInt8(micros / divisor % 10))
+                divisor /= 10
+            }
+        }
+        text.append(offsetSeconds < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"))
         let offset = abs(offsetSeconds)
-        return text + sign + pad(offset / 3600, 2) + ":" + pad(offset / 60 % 60, 2)
+        appendTwoDigits(offset / 3600 % 100)
+        text.append(UInt8(ascii: ":"))
+        appendTwoDigits(offset / 60 % 60)
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// Parses the forms `dateutil.isoparse` accepts from Celery producers: `YYYY-MM-DD[THH:MM[:SS[.ffffff]]]`
@@ -90,11 +121,6 @@ public enum CeleryTimestamp {
         let days = daysFromCivil(year: year, month: month, day: day)
         let wallClock = Double(days * 86_400 + hour * 3600 + minute * 60 + second) + fraction
         return wallClock - Double(offsetSeconds ?? naiveOffset(wallClock))
-    }
-
-    private static func pad(_ value: Int, _ width: Int) -> String {
-        let digits = String(value)
-        return String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
 
     // Howard Hinnant's days-from-civil algorithms.

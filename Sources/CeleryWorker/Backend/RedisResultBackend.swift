@@ -41,28 +41,87 @@ public final class RedisResultBackend: ResultBackend {
         }
     }
 
-    /// KEYS: result keys; ARGV: expires (0: none), serializer name, one document per key.
-    static let storeScript = RedisScript(
-        """
-        local expires = tonumber(ARGV[1])
-        local decode = ARGV[2] == 'msgpack' and cmsgpack.unpack or cjson.decode
-        for i, key in ipairs(KEYS) do
-            local document = ARGV[i + 2]
+    /// Python's steps for one document, as a Lua function shared by the scripts that store results: `GET`; unless
+    /// the stored state is SUCCESS, `SETEX` (or `SET` when `expires` is 0) and `PUBLISH`.
+    static let storeFunction = """
+        local function store(key, document, expires, decode)
             local current = redis.call('GET', key)
-            local keep = false
             if current then
                 local ok, stored = pcall(decode, current)
-                keep = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+                if ok and type(stored) == 'table' and stored['status'] == 'SUCCESS' then return end
             end
-            if not keep then
-                if expires > 0 then
-                    redis.call('SETEX', key, expires, document)
-                else
-                    redis.call('SET', key, document)
-                end
-                redis.call('PUBLISH', key, document)
+            if expires > 0 then
+                redis.call('SETEX', key, expires, document)
+            else
+                redis.call('SET', key, document)
             end
+            redis.call('PUBLISH', key, document)
         end
-        return 0
-        """)
+        local function decoder(name) return name == 'msgpack' and cmsgpack.unpack or cjson.decode end
+
+        """
+
+    /// KEYS: result keys; ARGV: expires (0: none), serializer name, one document per key.
+    static let storeScript = RedisScript(
+        storeFunction + """
+            local expires, decode = tonumber(ARGV[1]), decoder(ARGV[2])
+            for i, key in ipairs(KEYS) do store(key, ARGV[i + 2], expires, decode) end
+            return 0
+            """)
+
+    // MARK: Results and acknowledgements together
+
+    /// Whether `broker` is on the same Redis server as this backend (whatever the databases), so that one script
+    /// can write a settler batch: its acknowledgements and its results.
+    func sharesServer(with broker: RedisBroker) -> Bool {
+        let mine = client.url
+        let theirs = broker.commands.url
+        return mine.endpoint == theirs.endpoint && mine.username == theirs.username && mine.password == theirs.password
+    }
+
+    /// Writes a settler batch in one round trip and one atomic script, in its order: acknowledges `earlyAcks`,
+    /// stores `documents` (as ``store(_:)`` does), then acknowledges `lateAcks`. An acknowledgement is kombu's,
+    /// in the broker's database: `ZREM unacked_index` and `HDEL unacked` by delivery tag.
+    func settle(
+        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
+    ) async throws(CeleryWorkerError) {
+        let brokerDatabase = broker.commands.url.database
+        let keys =
+            [RedisArgument(broker.unackedKey), RedisArgument(broker.unackedIndexKey)]
+            + documents.map { RedisArgument(key(for: $0.taskID)) }
+        _ = try await client.withConnection { [self] connection throws(CeleryWorkerError) in
+            var arguments = [
+                RedisArgument(brokerDatabase), RedisArgument(client.url.database), RedisArgument(expires ?? 0),
+                RedisArgument(serializer.serializerName), RedisArgument(earlyAcks.count), RedisArgument(documents.count),
+            ]
+            arguments.reserveCapacity(arguments.count + earlyAcks.count + documents.count + lateAcks.count)
+            arguments.append(contentsOf: earlyAcks.map { RedisArgument($0) })
+            arguments.append(contentsOf: documents.map { RedisArgument($0.encoded(as: serializer)) })
+            arguments.append(contentsOf: lateAcks.map { RedisArgument($0) })
+            return try connection.evaluate(Self.settleScript, keys: keys, arguments: arguments)
+        }
+    }
+
+    /// KEYS: `unacked`, `unacked_index`, then one result key per document. ARGV: broker database, backend database,
+    /// expires, serializer name, the number of early tags, the number of documents; then the early tags, the
+    /// documents and the late tags. The connection's database is the backend's before and after.
+    static let settleScript = RedisScript(
+        storeFunction + """
+            local brokerdb, backenddb = ARGV[1], ARGV[2]
+            local expires, decode = tonumber(ARGV[3]), decoder(ARGV[4])
+            local early, count = tonumber(ARGV[5]), tonumber(ARGV[6])
+            local function ack(first, last)
+                if first > last then return end
+                redis.call('SELECT', brokerdb)
+                for i = first, last do
+                    redis.call('ZREM', KEYS[2], ARGV[i])
+                    redis.call('HDEL', KEYS[1], ARGV[i])
+                end
+                redis.call('SELECT', backenddb)
+            end
+            ack(7, 6 + early)
+            for i = 1, count do store(KEYS[i + 2], ARGV[6 + early + i], expires, decode) end
+            ack(7 + early + count, #ARGV)
+            return 0
+            """)
 }

@@ -28,6 +28,9 @@ public final class CeleryWorkerService: Service {
     let metrics: TaskMetrics
     /// The client tasks send other tasks with (`context.send`).
     let client: CeleryClient?
+    /// When the broker and the result backend are one Redis server: each settler batch (results and
+    /// acknowledgements) is then written by one script in one round trip.
+    let sharedServer: (backend: RedisResultBackend, broker: RedisBroker)?
 
     /// A worker on Redis, as configured.
     ///
@@ -87,6 +90,11 @@ public final class CeleryWorkerService: Service {
         self.backend = backend
         self.events = events
         self.control = control
+        if let backend = backend as? RedisResultBackend, let broker = broker as? RedisBroker, backend.sharesServer(with: broker) {
+            self.sharedServer = (backend, broker)
+        } else {
+            self.sharedServer = nil
+        }
     }
 
     /// Runs until graceful shutdown (warm) or cancellation (cold).
@@ -415,12 +423,47 @@ final class WorkerRun: Sendable {
         }
     }
 
-    /// Writes a settler batch in its phases: early acknowledgements, documents, late acknowledgements.
+    /// Writes a settler batch in its phases: early acknowledgements, documents, late acknowledgements. With the
+    /// broker and the backend on one server that is one script; otherwise (or if that script fails for another
+    /// reason than the connection) one write per phase.
     private func flush(_ batch: [Settler.Entry]) async {
         let phases = Settler.Phases(batch)
+        if let shared = service.sharedServer, await settleTogether(phases, shared) { return }
         if !phases.earlyAcks.isEmpty { await carryOut(.ack, for: phases.earlyAcks) }
         if !phases.documents.isEmpty { await store(phases.documents) }
         if !phases.lateAcks.isEmpty { await carryOut(.ack, for: phases.lateAcks) }
+    }
+
+    /// Writes a whole batch with ``RedisResultBackend/settle(earlyAcks:documents:lateAcks:broker:)``, retrying
+    /// while Redis is unreachable. `false` when it failed otherwise: the caller then writes the phases one by one,
+    /// and each logs its own error.
+    private func settleTogether(
+        _ phases: Settler.Phases, _ shared: (backend: RedisResultBackend, broker: RedisBroker)
+    ) async -> Bool {
+        let early = phases.earlyAcks.filter { $0.deliveryTag != nil }
+        let late = phases.lateAcks.filter { $0.deliveryTag != nil }
+        var attempt = 0
+        while true {
+            do {
+                try await shared.backend.settle(
+                    earlyAcks: early.compactMap(\.deliveryTag), documents: phases.documents,
+                    lateAcks: late.compactMap(\.deliveryTag), broker: shared.broker)
+                held.withLock { held in
+                    for delivery in early { held.remove(delivery) }
+                    for delivery in late { held.remove(delivery) }
+                }
+                return true
+            } catch {
+                attempt += 1
+                guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else {
+                    logger.warning("Cannot write results and acknowledgements in one script (\(error.message)); writing them apart")
+                    return false
+                }
+                let delay = service.retryDelays.delay(attempt: attempt)
+                logger.warning("Redis unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
+                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
+            }
+        }
     }
 
     /// Carries out a delivery action, retrying while Redis is unreachable (a lost ack would run the task twice).
