@@ -235,11 +235,14 @@ final class WorkerRun: Sendable {
             group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {
                 await self.fetchLoop(into: continuation)
             }
-            group.addTask {
+            // Dispatching runs on the task threads: the thread woken for a message starts its task itself.
+            group.addTask(executorPreference: executor) {
                 await self.dispatchLoop(stream)
                 self.settler.finish()  // every task handed its writes in
             }
-            group.addTask {
+            // Settling runs on the thread of the connection that writes the batches, so a task's writes wake only
+            // that thread.
+            group.addTask(executorPreference: (self.service.backend as? RedisResultBackend)?.client.lane) {
                 await self.settler.run { batch in await self.flush(batch) }
             }
             group.addTask {
@@ -398,8 +401,9 @@ final class WorkerRun: Sendable {
                     prefetch.release()
                     continue  // given back at the end, as never started
                 }
-                // The task's own bookkeeping runs on the task threads too, beside its body: the worker's thread
-                // only fetches, dispatches and settles.
+                // The first task started in one go runs on this thread (it is free as soon as the loop waits
+                // again); any others wake the other task threads.
+                WorkerThreads.keepFirstJobOnThisThread()
                 group.addTask(executorPreference: executor) {
                     await self.execute(job, holdsPrefetch: true)
                     self.slots.release()

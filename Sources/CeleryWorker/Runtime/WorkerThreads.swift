@@ -87,12 +87,22 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().keepsNextJob = true
     }
 
+    /// Like ``keepNextJobOnThisThread()``, but only when the current job has not kept one yet: a loop that hands
+    /// out several jobs in one go keeps the first for this thread (which is free once the loop waits again) and
+    /// wakes other threads for the rest, so they still run in parallel.
+    static func keepFirstJobOnThisThread() {
+        guard let raw = pthread_getspecific(threadStateKey) else { return }
+        let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
+        if !state.keptThisTurn { state.keepsNextJob = true }
+    }
+
     private func push(_ item: Item) {
         var keptHere = false
         if let raw = pthread_getspecific(threadStateKey) {
             let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
             if state.keepsNextJob, state.owner == ObjectIdentifier(self) {
                 state.keepsNextJob = false
+                state.keptThisTurn = true
                 keptHere = true
             }
         }
@@ -119,6 +129,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
             while let item = next() {
                 run(item)
                 state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
+                state.keptThisTurn = false
             }
         }
         pthread_setspecific(threadStateKey, nil)
@@ -192,6 +203,8 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
 private final class ThreadState {
     let owner: ObjectIdentifier
     var keepsNextJob = false
+    /// Whether the job running now already kept a job for this thread.
+    var keptThisTurn = false
 
     init(owner: ObjectIdentifier) {
         self.owner = owner
