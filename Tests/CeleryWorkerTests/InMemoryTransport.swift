@@ -24,9 +24,8 @@ final class InMemoryBroker: Broker {
             try? await Task.sleep(for: .milliseconds(5))
             return []
         }
-        let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
         let tag = (try? CeleryJSON.decode(raw))?["properties"]?["delivery_tag"]?.stringValue
-        let delivery = BrokerDelivery(raw: raw, queue: queues[0], envelope: envelope, receivedAt: 0, deliveryTag: tag)
+        let delivery = BrokerDelivery(raw: raw, queue: queues[0], receivedAt: 0, deliveryTag: tag)
         if let tag = delivery.deliveryTag { state.withLock { $0.unacked[tag] = delivery } }
         return [delivery]
     }

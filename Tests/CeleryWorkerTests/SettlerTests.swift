@@ -8,7 +8,7 @@ import Testing
 struct SettlerTests {
     static func delivery(_ tag: String) -> BrokerDelivery {
         BrokerDelivery(
-            raw: [], queue: "celery", envelope: .failure(CeleryProtocolError(code: .invalidJSON, message: "")), receivedAt: 0, deliveryTag: tag)
+            raw: [], queue: "celery", receivedAt: 0, deliveryTag: tag)
     }
 
     @Test("entries waiting together go out in one batch; finish drains everything, then run returns")

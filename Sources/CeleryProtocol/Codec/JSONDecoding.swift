@@ -28,6 +28,10 @@ struct JSONParser {
     var index = 0
     var depth = 0
     static let maximumDepth = 512
+    /// The keys and values of the objects and arrays being parsed, innermost last. Each container copies its own
+    /// out once complete, so a container costs one allocation per array instead of one per doubling of its size.
+    private var keyScratch: [String] = []
+    private var valueScratch: [CeleryValue] = []
 
     init(buffer: UnsafeBufferPointer<UInt8>) {
         self.buffer = buffer
@@ -103,22 +107,23 @@ struct JSONParser {
         try enter()
         defer { depth -= 1 }
         index += 1
-        var elements: [CeleryValue] = []
         skipWhitespace()
         if index < buffer.count, buffer[index] == UInt8(ascii: "]") {
             index += 1
-            return .array(elements)
+            return .array([])
         }
+        let base = valueScratch.count
+        defer { valueScratch.removeSubrange(base...) }
         while true {
             skipWhitespace()
-            elements.append(try parseValue())
+            valueScratch.append(try parseValue())
             skipWhitespace()
             guard index < buffer.count else { throw error("unterminated array") }
             switch buffer[index] {
             case UInt8(ascii: ","): index += 1
             case UInt8(ascii: "]"):
                 index += 1
-                return .array(elements)
+                return .array(Array(valueScratch[base...]))
             default: throw error("expected ',' or ']'")
             }
         }
@@ -131,14 +136,18 @@ struct JSONParser {
         // Keys and values are collected first and the dictionary is built once: no hashing per insert. A 64-bit
         // filter of cheap key fingerprints (length, first and last byte) finds the rare repeated key without
         // comparing every pair of strings.
-        var keys: [String] = []
-        var values: [CeleryValue] = []
         var seen: UInt64 = 0
         var repeated = false
         skipWhitespace()
         if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
             index += 1
             return .object([:])
+        }
+        let keyBase = keyScratch.count
+        let valueBase = valueScratch.count
+        defer {
+            keyScratch.removeSubrange(keyBase...)
+            valueScratch.removeSubrange(valueBase...)
         }
         while true {
             skipWhitespace()
@@ -147,20 +156,22 @@ struct JSONParser {
             }
             let key = try parseString()
             let bit: UInt64 = 1 << (Self.fingerprint(key) % 64)
-            if !repeated, seen & bit != 0 { repeated = keys.contains(key) }
+            if !repeated, seen & bit != 0 { repeated = keyScratch[keyBase...].contains(key) }
             seen |= bit
             skipWhitespace()
             guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            keys.append(key)
-            values.append(try parseValue())
+            keyScratch.append(key)
+            valueScratch.append(try parseValue())
             skipWhitespace()
             guard index < buffer.count else { throw error("unterminated object") }
             switch buffer[index] {
             case UInt8(ascii: ","): index += 1
             case UInt8(ascii: "}"):
                 index += 1
+                let keys = Array(keyScratch[keyBase...])
+                let values = Array(valueScratch[valueBase...])
                 return try Self.untag(Self.dictionary(keys: keys, values: values, repeated: repeated))
             default: throw error("expected ',' or '}'")
             }
@@ -169,9 +180,19 @@ struct JSONParser {
 
     /// A key reduced to its length, first and last byte (of the decoded key: escapes spell the same key).
     private static func fingerprint(_ key: String) -> UInt64 {
+        func combine(count: Int, first: UInt8, last: UInt8) -> UInt64 {
+            UInt64(count) &* 31 &+ UInt64(first) &* 7 &+ UInt64(last)
+        }
+        // Parsed strings are native and contiguous; `UTF8View.last` on its own walks indices slowly.
+        if let fast = key.utf8.withContiguousStorageIfAvailable({ bytes -> UInt64 in
+            guard let first = bytes.first, let last = bytes.last else { return 0 }
+            return combine(count: bytes.count, first: first, last: last)
+        }) {
+            return fast
+        }
         let bytes = key.utf8
         guard let first = bytes.first, let last = bytes.last else { return 0 }
-        return UInt64(bytes.count) &* 31 &+ UInt64(first) &* 7 &+ UInt64(last)
+        return combine(count: bytes.count, first: first, last: last)
     }
 
     /// The dictionary Python builds from the pairs: a repeated key keeps its first position and its last value.

@@ -6,23 +6,23 @@ public struct BrokerDelivery: Sendable {
     public var raw: [UInt8]
     /// The queue it came from (without the priority suffix).
     public var queue: String
-    /// The parsed envelope, or the reason it could not be parsed.
-    public var envelope: Result<KombuEnvelope, CeleryProtocolError>
     /// Unix time of receipt, the score kombu gives it in `unacked_index`.
     public var receivedAt: Double
     /// The `properties.delivery_tag` under which the message is recorded in `unacked`; `nil` when the message
     /// carries none (it is then not tracked, and acking it does nothing).
     public var deliveryTag: String?
 
-    public init(
-        raw: [UInt8], queue: String, envelope: Result<KombuEnvelope, CeleryProtocolError>, receivedAt: Double,
-        deliveryTag: String?
-    ) {
+    public init(raw: [UInt8], queue: String, receivedAt: Double, deliveryTag: String?) {
         self.raw = raw
         self.queue = queue
-        self.envelope = envelope
         self.receivedAt = receivedAt
         self.deliveryTag = deliveryTag
+    }
+
+    /// The parsed envelope, or the reason it could not be parsed. Parsed from ``raw`` on each access: the worker
+    /// reads it once per message, on a task thread, not on the thread that fetches.
+    public var envelope: Result<KombuEnvelope, CeleryProtocolError> {
+        Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
     }
 }
 

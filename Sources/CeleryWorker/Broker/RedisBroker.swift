@@ -68,13 +68,10 @@ public final class RedisBroker: Broker {
         }
         var deliveries: [BrokerDelivery] = []
         deliveries.reserveCapacity(popped.count)
-        for (list, raw, receivedAt) in popped {
-            let queue = Self.queue(ofList: list)
-            let envelope = Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
-            deliveries.append(
-                BrokerDelivery(
-                    raw: raw, queue: queue, envelope: envelope, receivedAt: receivedAt,
-                    deliveryTag: (try? envelope.get())?.properties["delivery_tag"]?.stringValue ?? Self.recordFields(raw)?.tag))
+        // Not decoded here: the tag is the one the message was recorded under, and the worker decodes the
+        // envelope on a task thread.
+        for (list, raw, tag, receivedAt) in popped {
+            deliveries.append(BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag))
         }
         if let last = deliveries.last {
             rotation.withLock { order in
@@ -122,15 +119,20 @@ public final class RedisBroker: Broker {
         return record
     }
 
-    private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [(String, [UInt8], Double)] {
+    /// A popped message: its list, its text, the tag it was recorded under in `unacked` (none when it has no
+    /// `properties.delivery_tag`), and when it was received.
+    typealias Popped = (list: String, raw: [UInt8], tag: String?, receivedAt: Double)
+
+    private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [Popped] {
         let unackedKey = self.unackedKey
         let unackedIndexKey = self.unackedIndexKey
-        return try await blocking.withConnection { connection throws(CeleryWorkerError) -> [(String, [UInt8], Double)] in
+        return try await blocking.withConnection { connection throws(CeleryWorkerError) -> [Popped] in
             let reply = try connection.execute([RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])])
             guard case .array(let pair)? = reply.first, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes
             else { return [] }
             let receivedAt = WallClock.now()
-            if let fields = Self.recordFields(raw) {
+            let fields = Self.recordFields(raw)
+            if let fields {
                 let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
                 // Already off the list: if this fails the message still runs (unrecorded) rather than being lost.
                 _ = try? connection.execute([
@@ -140,11 +142,11 @@ public final class RedisBroker: Broker {
                     RedisCommand("EXEC"),
                 ])
             }
-            return [(list, raw, receivedAt)]
+            return [(list, raw, fields?.tag, receivedAt)]
         }
     }
 
-    private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [(String, [UInt8], Double)] {
+    private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {
         let receivedAt = WallClock.now()
         let keys = [unackedKey, unackedIndexKey] + lists
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
@@ -153,17 +155,19 @@ public final class RedisBroker: Broker {
             Self.popAndRecordScript, keys: keys.map { RedisArgument($0) },
             arguments: [RedisArgument(limit), RedisArgument(receivedAt)])
         let items = reply.array ?? []
-        var popped: [(String, [UInt8], Double)] = []
-        for index in stride(from: 0, to: items.count - 1, by: 2) {
+        var popped: [Popped] = []
+        popped.reserveCapacity(items.count / 3)
+        for index in stride(from: 0, to: items.count - 2, by: 3) {
             guard let list = items[index].text, let raw = items[index + 1].bytes else { continue }
-            popped.append((list, raw, receivedAt))
+            popped.append((list, raw, items[index + 2].text, receivedAt))
         }
         return popped
     }
 
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from
     /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
-    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, …]`.
+    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, tag, …]`, the
+    /// tag `false` (a nil reply) for a message recorded under none.
     static let popAndRecordScript = RedisScript(
         #"""
         local function jsonstring(s)
@@ -184,6 +188,7 @@ public final class RedisBroker: Broker {
                 local message = redis.call('RPOP', KEYS[i])
                 if message then
                     found = true
+                    local recorded = false
                     local ok, decoded = pcall(cjson.decode, message)
                     if ok and type(decoded) == 'table' and type(decoded.properties) == 'table'
                         and type(decoded.properties.delivery_tag) == 'string' then
@@ -197,9 +202,11 @@ public final class RedisBroker: Broker {
                         redis.call('ZADD', KEYS[2], ARGV[2], tag)
                         redis.call('HSET', KEYS[1], tag,
                             '[' .. message .. ', ' .. jsonstring(exchange) .. ', ' .. jsonstring(routing_key) .. ']')
+                        recorded = tag
                     end
                     table.insert(out, KEYS[i])
                     table.insert(out, message)
+                    table.insert(out, recorded)
                     break
                 end
             end

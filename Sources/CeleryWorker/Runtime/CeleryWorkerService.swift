@@ -230,14 +230,19 @@ final class WorkerRun: Sendable {
         await sweep()
         await sendWorkerEvent("worker-online")
         logger.info("\(configuration.nodeName) ready.")
-        let (stream, continuation) = AsyncStream.makeStream(of: PreparedJob.self)
+        let (stream, continuation) = AsyncStream.makeStream(of: [BrokerDelivery].self)
         await withDiscardingTaskGroup { group in
             group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {
                 await self.fetchLoop(into: continuation)
             }
-            // Dispatching runs on the task threads: the thread woken for a message starts its task itself.
+            // Receiving (decoding, validating, logging) and dispatching run on the task threads, so the fetch thread
+            // only talks to Redis; the thread woken for a message starts its task itself.
+            let (jobs, ready) = AsyncStream.makeStream(of: [PreparedJob].self)
             group.addTask(executorPreference: executor) {
-                await self.dispatchLoop(stream)
+                await self.receiveLoop(stream, into: ready)
+            }
+            group.addTask(executorPreference: executor) {
+                await self.dispatchLoop(jobs)
                 self.settler.finish()  // every task handed its writes in
             }
             // Settling runs on the thread of the connection that writes the batches, so a task's writes wake only
@@ -265,7 +270,7 @@ final class WorkerRun: Sendable {
     /// The most messages taken in one round trip.
     static let fetchBatch = 64
 
-    private func fetchLoop(into continuation: AsyncStream<PreparedJob>.Continuation) async {
+    private func fetchLoop(into continuation: AsyncStream<[BrokerDelivery]>.Continuation) async {
         defer { continuation.finish() }
         var failures = 0
         while !shutdown.isTriggered, !Task.isCancelled {
@@ -290,10 +295,8 @@ final class WorkerRun: Sendable {
                 held.withLock { held in
                     for delivery in deliveries { held.add(delivery) }
                 }
-                for delivery in deliveries {
-                    // Validated and logged as received right away; invalid ones are settled here.
-                    if let job = await prepare(delivery) { continuation.yield(job) }
-                }
+                // Decoded and validated by the dispatcher, on a task thread: this thread goes back to Redis.
+                continuation.yield(deliveries)
             } catch {
                 prefetch.release(permits)
                 failures += 1
@@ -368,47 +371,68 @@ final class WorkerRun: Sendable {
 
     // MARK: Dispatching
 
-    private func dispatchLoop(_ stream: AsyncStream<PreparedJob>) async {
-        await withDiscardingTaskGroup { group in
-            for await job in stream {
-                if let eta = job.etaTime, eta > WallClock.now() {
-                    // Like Celery, an ETA task does not hold a prefetch slot while it waits.
-                    prefetch.release()
-                    group.addTask {
-                        guard await self.shutdown.sleep(untilUnixTime: eta), await self.waitForRateLimit(job),
-                            await self.slots.acquire()
-                        else {
-                            return  // given back at the end, as never started
-                        }
-                        await self.execute(job, holdsPrefetch: false)
-                        self.slots.release()
-                    }
-                    continue
-                }
-                if limits.withLock({ $0.rate(for: job.task) }) != nil {
-                    // A rate-limited task waits for its turn apart, holding its prefetch slot as in Celery.
-                    group.addTask {
-                        guard await self.waitForRateLimit(job), await self.slots.acquire() else {
-                            self.prefetch.release()
-                            return  // given back at the end, as never started
-                        }
-                        await self.execute(job, holdsPrefetch: true)
-                        self.slots.release()
-                    }
-                    continue
-                }
-                guard !shutdown.isTriggered, await slots.acquire() else {
-                    prefetch.release()
-                    continue  // given back at the end, as never started
-                }
-                // The first task started in one go runs on this thread (it is free as soon as the loop waits
-                // again); any others wake the other task threads.
-                WorkerThreads.keepFirstJobOnThisThread()
-                group.addTask(executorPreference: executor) {
-                    await self.execute(job, holdsPrefetch: true)
-                    self.slots.release()
-                }
+    /// Validates each delivery as it arrives, whether or not a slot is free: it is logged as received (and an
+    /// invalid one settled, by ``prepare(_:)``) at once, as in Python.
+    private func receiveLoop(
+        _ stream: AsyncStream<[BrokerDelivery]>, into ready: AsyncStream<[PreparedJob]>.Continuation
+    ) async {
+        defer { ready.finish() }
+        for await deliveries in stream {
+            var jobs: [PreparedJob] = []
+            jobs.reserveCapacity(deliveries.count)
+            for delivery in deliveries {
+                if let job = await prepare(delivery) { jobs.append(job) }
             }
+            if !jobs.isEmpty { ready.yield(jobs) }
+        }
+    }
+
+    private func dispatchLoop(_ stream: AsyncStream<[PreparedJob]>) async {
+        await withDiscardingTaskGroup { group in
+            for await jobs in stream {
+                for job in jobs { await dispatch(job, in: &group) }
+            }
+        }
+    }
+
+    /// Starts a job's task in a free slot, or after its ETA or rate limit.
+    private func dispatch(_ job: PreparedJob, in group: inout DiscardingTaskGroup) async {
+        if let eta = job.etaTime, eta > WallClock.now() {
+            // Like Celery, an ETA task does not hold a prefetch slot while it waits.
+            prefetch.release()
+            group.addTask {
+                guard await self.shutdown.sleep(untilUnixTime: eta), await self.waitForRateLimit(job),
+                    await self.slots.acquire()
+                else {
+                    return  // given back at the end, as never started
+                }
+                await self.execute(job, holdsPrefetch: false)
+                self.slots.release()
+            }
+            return
+        }
+        if limits.withLock({ $0.rate(for: job.task) }) != nil {
+            // A rate-limited task waits for its turn apart, holding its prefetch slot as in Celery.
+            group.addTask {
+                guard await self.waitForRateLimit(job), await self.slots.acquire() else {
+                    self.prefetch.release()
+                    return  // given back at the end, as never started
+                }
+                await self.execute(job, holdsPrefetch: true)
+                self.slots.release()
+            }
+            return
+        }
+        guard !shutdown.isTriggered, await slots.acquire() else {
+            prefetch.release()
+            return  // given back at the end, as never started
+        }
+        // The first task started in one go runs on this thread (it is free as soon as the loop waits again); any
+        // others wake the other task threads.
+        WorkerThreads.keepFirstJobOnThisThread()
+        group.addTask(executorPreference: executor) {
+            await self.execute(job, holdsPrefetch: true)
+            self.slots.release()
         }
     }
 
