@@ -6,8 +6,9 @@
 For each worker and variant it pre-fills N real Celery messages (made by Celery itself), starts the worker, and
 measures the time to drain them with every result written (tasks/s), the worker process tree's CPU time per task
 and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worker (raw push -> result published,
-p50/p99), also for the simplest possible consumer (a Python loop that only BRPOPs and PUBLISHes), and a throughput
-floor: a bare batched Python loop (pop many, pipeline the result writes, no Celery).
+p50/p99), also for the simplest possible consumer (a Python loop that only BRPOPs and PUBLISHes), the time from
+starting a worker to the result of a message already waiting, and a throughput floor: a bare batched Python loop
+(pop many, pipeline the result writes, no Celery).
 """
 import argparse
 import json
@@ -81,7 +82,7 @@ while True:
 """
 
 
-def start_worker(kind, broker, backend, acks_late, serializer, logdir):
+def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=True):
     env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
     log = open(logdir / f"{kind}.log", "ab")
     if kind == "python-loop":
@@ -95,7 +96,8 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir):
         if acks_late:
             args.append("--acks-late")
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        time.sleep(0.3)
+        if settle:
+            time.sleep(0.3)
         return proc
     env.update({"ACKS_LATE": "1" if acks_late else "0", "RESULT_SERIALIZER": "json"})
     pool = "prefork" if kind == "python-prefork" else "threads"
@@ -104,7 +106,8 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir):
                              "--without-mingle", "--without-gossip", "--without-heartbeat"],
                             cwd=ROOT / "Interop" / "pyworker", stdout=subprocess.DEVNULL, stderr=log, env=env,
                             start_new_session=True)
-    time.sleep(3.0)
+    if settle:
+        time.sleep(3.0)
     return proc
 
 
@@ -182,6 +185,32 @@ def latency(kind, server, samples, logdir):
         proc.wait(30)
     times.sort()
     return {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
+
+
+def startup(kind, server, logdir, runs=5):
+    """Time from starting the worker to the stored result of a message that was already waiting (median of runs):
+    process start, connecting, declaring the queue, the first fetch and one task."""
+    broker, backend = server.url(1), server.url(0)
+    rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+    times = []
+    for _ in range(runs):
+        rb.flushdb()
+        rr.flushdb()
+        raw = make_messages(broker, 1, "tasks.noop", "json")[0]
+        key = f"celery-task-meta-{json.loads(raw)['headers']['id']}"
+        rb.lpush("celery", raw)
+        started = time.perf_counter()
+        proc = start_worker(kind, broker, backend, False, "json", logdir, settle=False)
+        try:
+            while not rr.exists(key):
+                if time.perf_counter() - started > 60:
+                    raise RuntimeError(f"{kind}: no result 60 s after start")
+                time.sleep(0.001)
+            times.append((time.perf_counter() - started) * 1000)
+        finally:
+            proc.send_signal(signal.SIGTERM) if kind == "swift" else os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    return statistics.median(times)
 
 
 def median_run(runs):
@@ -288,6 +317,9 @@ def main():
             lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir)
             label = "python BRPOP+PUBLISH loop" if kind == "python-loop" else kind
             print(f"idle pick-up latency {label:26} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
+        for kind in ["swift", "python-prefork"]:
+            print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} ms "
+                  "(median; a message already waiting)", flush=True)
         print()
         print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift / bare | Redis ceiling | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")

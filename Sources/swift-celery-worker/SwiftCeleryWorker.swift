@@ -147,7 +147,7 @@ struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError(error.message)
         }
         let timezoneName = file.timezone ?? "UTC"
-        guard let timezone = TimeZone(identifier: timezoneName) else {
+        guard let timezone = CeleryTimeZone(identifier: timezoneName) else {
             throw ValidationError("Unknown time zone '\(timezoneName)'.")
         }
         var poolKind = file.pool ?? .threads

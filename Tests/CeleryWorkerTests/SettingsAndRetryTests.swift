@@ -66,7 +66,7 @@ struct CelerySettingsTests {
 
     @Test("time zones: date_done in the app's zone; naive times read as UTC unless enable_utc is off")
     func timezones() throws {
-        let paris = try #require(TimeZone(identifier: "Europe/Paris"))
+        let paris = try #require(CeleryTimeZone(identifier: "Europe/Paris"))
         let utc = WorkerConfiguration()
         #expect(utc.isoformat(unixSeconds: 1_795_566_032.5) == "2026-11-25T00:20:32.500000+00:00")
         let local = WorkerConfiguration(timezone: paris, enableUTC: false)
@@ -75,6 +75,10 @@ struct CelerySettingsTests {
         #expect(local.parseTime("2026-11-25T01:20:32") == 1_795_566_032)
         #expect(local.parseTime("2026-11-25T01:20:32+00:00") == 1_795_569_632)
         #expect(local.parseTime("2026-07-01T12:00:00") == CeleryTimestamp.parse("2026-07-01T10:00:00Z"))
+        // UTC's names need no zone database; unknown names are refused.
+        let zulu = try #require(CeleryTimeZone(identifier: "Etc/Zulu"))
+        #expect(zulu.secondsFromGMT(at: 1_795_566_032) == 0 && zulu.identifier == "Etc/Zulu")
+        #expect(CeleryTimeZone(identifier: "Mars/Olympus") == nil)
     }
 }
 

@@ -55,7 +55,7 @@ final class EventDispatcher: Sendable {
         }
         var body: CeleryObject = [
             "hostname": .string(hostname),
-            "utcoffset": .double(Double(-TimeZone.current.secondsFromGMT()) / 3600),
+            "utcoffset": .double(Double(-CeleryTimeZone.localSecondsFromGMT) / 3600),
             "pid": .int(Int64(Host.pid)),
             "clock": .int(Int64(tick)),
         ]

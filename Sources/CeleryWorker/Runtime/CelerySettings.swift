@@ -152,7 +152,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["accept_content", "CELERY_ACCEPT_CONTENT"]) { $0.acceptContent = try $1.serializers() }
         add(["timezone", "CELERY_TIMEZONE"]) { settings, field in
             let name = try field.string()
-            guard TimeZone(identifier: name) != nil else { throw field.fail("a time zone name such as UTC or Europe/Paris") }
+            guard CeleryTimeZone(identifier: name) != nil else { throw field.fail("a time zone name such as UTC or Europe/Paris") }
             settings.timezone = name
         }
         add(["enable_utc", "CELERY_ENABLE_UTC"]) { $0.enableUTC = try $1.bool() }

@@ -35,7 +35,7 @@ public struct WorkerConfiguration: Sendable {
     /// Default `false`.
     public var resultExtended: Bool
     /// The app's time zone (`timezone`): `date_done` is written in it, as Python's `app.now()`. Default UTC.
-    public var timezone: TimeZone
+    public var timezone: CeleryTimeZone
     /// `enable_utc`: naive `eta`/`expires` times are UTC when on (the default), else in ``timezone``.
     public var enableUTC: Bool
     /// Seconds after which a running task is asked to stop (`task_soft_time_limit`); `nil`: none.
@@ -84,7 +84,7 @@ public struct WorkerConfiguration: Sendable {
         nodeName: String = WorkerConfiguration.defaultNodeName,
         trackStarted: Bool = false,
         resultExtended: Bool = false,
-        timezone: TimeZone = TimeZone(identifier: "UTC") ?? .current,
+        timezone: CeleryTimeZone = .utc,
         enableUTC: Bool = true,
         softTimeLimit: Double? = nil,
         timeLimit: Double? = nil,
@@ -118,14 +118,14 @@ public struct WorkerConfiguration: Sendable {
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.
     public func isoformat(unixSeconds: Double) -> String {
         CeleryTimestamp.isoformat(
-            unixSeconds: unixSeconds, offsetSeconds: timezone.secondsFromGMT(for: Date(timeIntervalSince1970: unixSeconds)))
+            unixSeconds: unixSeconds, offsetSeconds: timezone.secondsFromGMT(at: unixSeconds))
     }
 
     /// Parses an `eta`/`expires` header, reading naive times as Celery does under ``enableUTC``.
     public func parseTime(_ text: String) -> Double? {
         if enableUTC { return CeleryTimestamp.parse(text) }
         let zone = timezone
-        return CeleryTimestamp.parse(text) { wallClock in zone.secondsFromGMT(for: Date(timeIntervalSince1970: wallClock)) }
+        return CeleryTimestamp.parse(text) { wallClock in zone.secondsFromGMT(at: wallClock) }
     }
 
     /// How many messages may be reserved (received and not yet acknowledged) at once; 0 means unlimited.
