@@ -383,7 +383,10 @@ final class WorkerRun: Sendable {
             for delivery in deliveries {
                 if let job = await prepare(delivery) { jobs.append(job) }
             }
-            if !jobs.isEmpty { ready.yield(jobs) }
+            guard !jobs.isEmpty else { continue }
+            // The dispatcher continues on this thread, which waits for the next message right after.
+            WorkerThreads.keepFirstJobOnThisThread()
+            ready.yield(jobs)
         }
     }
 
