@@ -295,7 +295,7 @@ final class WorkerRun: Sendable {
                 held.withLock { held in
                     for delivery in deliveries { held.add(delivery) }
                 }
-                // Decoded and validated by the dispatcher, on a task thread: this thread goes back to Redis.
+                // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
                 continuation.yield(deliveries)
             } catch {
                 prefetch.release(permits)
