@@ -3,7 +3,9 @@ import Synchronization
 
 /// Write-behind for the two Redis writes every task makes: its result document (to the backend) and its
 /// acknowledgement (to the broker). Whatever the running tasks hand in while a flush is under way goes out in the
-/// next one: every document in one script, every acknowledgement in one `MULTI`, in the order ``Phases`` gives. A task's slot is free as soon as it handed its writes in, so under load many tasks share each round trip.
+/// next one, in the order ``Phases`` gives: with the broker on the backend's Redis server, the whole batch in one
+/// script; otherwise every document in one script and every acknowledgement in one `MULTI`. A task's slot is free as
+/// soon as it handed its writes in, so under load many tasks share each round trip.
 ///
 /// Order is kept where it matters: an acknowledgement handed in after a document (acks-late) is never sent before
 /// it. Writes are retried while Redis is unreachable, as the direct ones are; ``finish()`` drains everything at
