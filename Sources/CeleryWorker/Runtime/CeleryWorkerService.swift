@@ -473,28 +473,20 @@ final class WorkerRun: Sendable {
     ) async -> Bool {
         let early = phases.earlyAcks.filter { $0.deliveryTag != nil }
         let late = phases.lateAcks.filter { $0.deliveryTag != nil }
-        var attempt = 0
-        while true {
-            do {
-                try await shared.backend.settle(
-                    earlyAcks: early.compactMap(\.deliveryTag), documents: phases.documents,
-                    lateAcks: late.compactMap(\.deliveryTag), broker: shared.broker)
-                held.withLock { held in
-                    for delivery in early { held.remove(delivery) }
-                    for delivery in late { held.remove(delivery) }
-                }
-                return true
-            } catch {
-                attempt += 1
-                guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else {
-                    logger.warning("Cannot write results and acknowledgements in one script (\(error.message)); writing them apart")
-                    return false
-                }
-                let delay = service.retryDelays.delay(attempt: attempt)
-                logger.warning("Redis unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
-                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
-            }
+        let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Redis") { () throws(CeleryWorkerError) in
+            try await shared.backend.settle(
+                earlyAcks: early.compactMap(\.deliveryTag), documents: phases.documents,
+                lateAcks: late.compactMap(\.deliveryTag), broker: shared.broker)
         }
+        if let failure = outcome.failure {
+            logger.warning("Cannot write results and acknowledgements in one script (\(failure.message)); writing them apart")
+            return false
+        }
+        held.withLock { held in
+            for delivery in early { held.remove(delivery) }
+            for delivery in late { held.remove(delivery) }
+        }
+        return true
     }
 
     /// Carries out a delivery action, retrying while Redis is unreachable (a lost ack would run the task twice).
@@ -505,26 +497,42 @@ final class WorkerRun: Sendable {
     func carryOut(_ action: DeliveryStateMachine.Action, for all: [BrokerDelivery]) async {
         let deliveries = all.filter { $0.deliveryTag != nil }
         guard action != .none, !deliveries.isEmpty else { return }
+        let outcome = await retryingWhileUnreachable(retries: 19) { () throws(CeleryWorkerError) in
+            switch action {
+            case .none: return
+            case .ack: try await service.broker.ack(deliveries)
+            case .restore(let atFront): try await service.broker.restore(deliveries, atFront: atFront)
+            }
+        }
+        if let failure = outcome.failure {
+            logger.error("Cannot settle message(s) \(deliveries.compactMap(\.deliveryTag).joined(separator: ", ")): \(failure.message)")
+            return
+        }
+        held.withLock { held in
+            for delivery in deliveries { held.remove(delivery) }
+        }
+    }
+
+    /// Runs a Redis write until it succeeds, trying again with the reconnect back-off while Redis is unreachable, at
+    /// most `retries` times (a lost write would lose a result or run a task twice). Each retry is logged as a warning
+    /// naming `unreachable`, when given. Returns the error that ended the attempts (`nil` on success) and how many
+    /// retries it took.
+    func retryingWhileUnreachable(
+        retries: Int, unreachable: String? = nil, _ write: () async throws(CeleryWorkerError) -> Void
+    ) async -> (failure: CeleryWorkerError?, retries: Int) {
         var attempt = 0
         while true {
             do {
-                switch action {
-                case .none: return
-                case .ack: try await service.broker.ack(deliveries)
-                case .restore(let atFront): try await service.broker.restore(deliveries, atFront: atFront)
-                }
-                held.withLock { held in
-                    for delivery in deliveries { held.remove(delivery) }
-                }
-                return
+                try await write()
+                return (nil, attempt)
             } catch {
                 attempt += 1
-                guard error.isConnectionProblem, attempt < 20, !Task.isCancelled else {
-                    logger.error(
-                        "Cannot settle message(s) \(deliveries.compactMap(\.deliveryTag).joined(separator: ", ")): \(error.message)")
-                    return
+                guard error.isConnectionProblem, attempt <= retries, !Task.isCancelled else { return (error, attempt - 1) }
+                let delay = service.retryDelays.delay(attempt: attempt)
+                if let unreachable {
+                    logger.warning("\(unreachable) unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
                 }
-                try? await Task.sleep(for: .seconds(service.retryDelays.delay(attempt: attempt)))
+                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
             }
         }
     }

@@ -532,22 +532,13 @@ extension WorkerRun {
     func store(_ documents: [CeleryResultDocument]) async {
         guard let backend = service.backend, !documents.isEmpty else { return }
         let names = documents.map(\.taskID).joined(separator: ", ")
-        var attempt = 0
-        while true {
-            do {
-                try await backend.store(documents)
-                if attempt > 0 { logger.info("Stored the result of \(names) after \(attempt) retries") }
-                return
-            } catch {
-                attempt += 1
-                guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else {
-                    logger.error("Cannot store the result of \(names): \(error.message)")
-                    return
-                }
-                let delay = service.retryDelays.delay(attempt: attempt)
-                logger.warning("Result backend unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
-                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
-            }
+        let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Result backend") { () throws(CeleryWorkerError) in
+            try await backend.store(documents)
+        }
+        if let failure = outcome.failure {
+            logger.error("Cannot store the result of \(names): \(failure.message)")
+        } else if outcome.retries > 0 {
+            logger.info("Stored the result of \(names) after \(outcome.retries) retries")
         }
     }
 }
