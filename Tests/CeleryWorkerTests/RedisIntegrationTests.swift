@@ -209,6 +209,47 @@ extension RedisBrokerTests {
         #expect(try await client.send(RedisCommand("ZCARD", "unacked_index")) == .integer(0))
     }
 
+    /// kombu's `properties` as the last key, as kombu writes it: the pop script reads these off the end.
+    static func kombuProperties(tag: String, exchange: String = "", routingKey: String = "celery", priority: Int = 0) -> String {
+        #""properties": {"correlation_id": "c1", "reply_to": "r1", "delivery_mode": 2, "delivery_info": {"exchange": ""#
+            + exchange + #"", "routing_key": ""# + routingKey + #""}, "priority": \#(priority), "body_encoding": "base64", "delivery_tag": ""#
+            + tag + #""}"#
+    }
+
+    /// A routing key with every kind of escape Python's `json.dumps` writes (as Python writes it).
+    static let oddKey = #"q\"x\u00e9\ud83d\ude00\b\u007f"#
+
+    @Test(
+        "every layout of a message is recorded as kombu records it, whether read off kombu's layout or decoded",
+        arguments: [
+            // kombu's own layout: read off the end of the message
+            (#"{"body": "", "headers": {}, "# + kombuProperties(tag: "t1") + "}", "t1", #""", "celery""#),
+            (#"{"body": "", "# + kombuProperties(tag: "t2", exchange: "ex", routingKey: "a.b", priority: 9) + "}", "t2", #""ex", "a.b""#),
+            // read off the end, the rest unread: the worker then discards the broken message by this tag
+            (#"[not json, "# + kombuProperties(tag: "t8") + "}", "t8", #""", "celery""#),
+            // anything else: decoded
+            (#"{"body":"","properties":{"delivery_tag":"t3","delivery_info":{"exchange":"","routing_key":"celery"}}}"#, "t3", #""", "celery""#),
+            (#"{"# + kombuProperties(tag: "t4") + #", "headers": {}}"#, "t4", #""", "celery""#),
+            (#"{"body": "", "# + kombuProperties(tag: "t5", routingKey: oddKey) + "}", "t5", #""", ""# + oddKey + #"""#),
+            (#"{"body": "", "properties": {"expiration": "5", "# + kombuProperties(tag: "t6").dropFirst(15) + "}", "t6", #""", "celery""#),
+            // kombu's layout nested in a header, no tag of its own: recorded under nothing
+            (#"{"properties": {}, "headers": {"x": {"# + kombuProperties(tag: "fake") + "}}}", nil, nil),
+            (#"{"body": "", "# + kombuProperties(tag: "t7") + "} trailing", nil, nil),
+        ] as [(String, String?, String?)])
+    func recordLayouts(message: String, tag: String?, exchangeAndRoutingKey: String?) async throws {
+        let (broker, client) = try await broker()
+        try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(message)))
+        let delivery = try #require(try await broker.fetch(queues: ["celery"], limit: 4).first)
+        #expect(delivery.deliveryTag == tag)
+        if let tag, let exchangeAndRoutingKey {
+            let record = try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag)))
+            #expect(record.text == "[" + message + ", " + exchangeAndRoutingKey + "]")
+            #expect(try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
+        } else {
+            #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
+        }
+    }
+
     @Test("restore of a message published to a named exchange follows the binding table")
     func namedExchange() async throws {
         let (broker, client) = try await broker()

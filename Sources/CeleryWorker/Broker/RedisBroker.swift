@@ -170,16 +170,46 @@ public final class RedisBroker: Broker {
     /// tag `false` (a nil reply) for a message recorded under none.
     static let popAndRecordScript = RedisScript(
         #"""
+        -- Python's json.dumps of a string (ensure_ascii): the escapes it uses, everything else past ASCII as \uXXXX.
         local function jsonstring(s)
-            s = string.gsub(s, '[%c"\\]', function(c)
-                if c == '"' then return '\\"' end
-                if c == '\\' then return '\\\\' end
-                if c == '\n' then return '\\n' end
-                if c == '\r' then return '\\r' end
-                if c == '\t' then return '\\t' end
-                return string.format('\\u%04x', string.byte(c))
+            local short = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
+                ['\b'] = '\\b', ['\f'] = '\\f' }
+            s = string.gsub(s, '[%c"\\]', function(c) return short[c] or string.format('\\u%04x', string.byte(c)) end)
+            s = string.gsub(s, '[\194-\244][\128-\191]*', function(c)
+                local b = { string.byte(c, 1, -1) }
+                local point
+                if #b == 2 and b[1] < 224 then point = (b[1] - 192) * 64 + b[2] - 128
+                elseif #b == 3 and b[1] < 240 then point = ((b[1] - 224) * 64 + b[2] - 128) * 64 + b[3] - 128
+                elseif #b == 4 then point = (((b[1] - 240) * 64 + b[2] - 128) * 64 + b[3] - 128) * 64 + b[4] - 128
+                else return c end
+                if point < 65536 then return string.format('\\u%04x', point) end
+                point = point - 65536
+                return string.format('\\u%04x\\u%04x', 55296 + math.floor(point / 1024), 56320 + point % 1024)
             end)
             return '"' .. s .. '"'
+        end
+        -- kombu's own layout of `properties`, the last key of every message it sends: when the message ends
+        -- with it, the tag and delivery_info are read off the end without decoding the message. The strings
+        -- matched hold no quote, backslash or control character, so they are copied into the record as they are.
+        local kombu_tail = ', "properties": {"correlation_id": "[^"\\%c]*", "reply_to": "[^"\\%c]*", '
+            .. '"delivery_mode": %d+, "delivery_info": {"exchange": "([^"\\%c]*)", "routing_key": "([^"\\%c]*)"}, '
+            .. '"priority": %d+, "body_encoding": "base64", "delivery_tag": "([^"\\%c]*)"}}$'
+        -- The tag, exchange and routing key kombu records for a message (the last two as JSON strings), or nil.
+        local function record_fields(message)
+            local exchange, routing_key, tag = string.match(message, kombu_tail, -1024)
+            if tag then return tag, '"' .. exchange .. '"', '"' .. routing_key .. '"' end
+            local ok, decoded = pcall(cjson.decode, message)
+            if not (ok and type(decoded) == 'table' and type(decoded.properties) == 'table'
+                and type(decoded.properties.delivery_tag) == 'string') then
+                return nil
+            end
+            local info = decoded.properties.delivery_info
+            exchange, routing_key = '', ''
+            if type(info) == 'table' then
+                if type(info.exchange) == 'string' then exchange = info.exchange end
+                if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+            end
+            return decoded.properties.delivery_tag, jsonstring(exchange), jsonstring(routing_key)
         end
         local out = {}
         for n = 1, tonumber(ARGV[1]) do
@@ -188,25 +218,14 @@ public final class RedisBroker: Broker {
                 local message = redis.call('RPOP', KEYS[i])
                 if message then
                     found = true
-                    local recorded = false
-                    local ok, decoded = pcall(cjson.decode, message)
-                    if ok and type(decoded) == 'table' and type(decoded.properties) == 'table'
-                        and type(decoded.properties.delivery_tag) == 'string' then
-                        local tag = decoded.properties.delivery_tag
-                        local info = decoded.properties.delivery_info
-                        local exchange, routing_key = '', ''
-                        if type(info) == 'table' then
-                            if type(info.exchange) == 'string' then exchange = info.exchange end
-                            if type(info.routing_key) == 'string' then routing_key = info.routing_key end
-                        end
+                    local tag, exchange, routing_key = record_fields(message)
+                    if tag then
                         redis.call('ZADD', KEYS[2], ARGV[2], tag)
-                        redis.call('HSET', KEYS[1], tag,
-                            '[' .. message .. ', ' .. jsonstring(exchange) .. ', ' .. jsonstring(routing_key) .. ']')
-                        recorded = tag
+                        redis.call('HSET', KEYS[1], tag, '[' .. message .. ', ' .. exchange .. ', ' .. routing_key .. ']')
                     end
                     table.insert(out, KEYS[i])
                     table.insert(out, message)
-                    table.insert(out, recorded)
+                    table.insert(out, tag or false)
                     break
                 end
             end
