@@ -1,5 +1,6 @@
-import CeleryProtocol
 import Testing
+
+@testable import CeleryProtocol
 
 @Suite("JSON, msgpack and repr codecs")
 struct CodecTests {
@@ -132,6 +133,44 @@ struct CodecTests {
         }
         #expect(throws: CeleryProtocolError.self) { try KombuEnvelope(decoding: Array("[]".utf8)) }
         #expect(throws: CeleryProtocolError.self) { try KombuEnvelope(decoding: Array(#"{"headers": 5, "body": ""}"#.utf8)) }
+    }
+
+    @Test(
+        "the envelope reader gives what the whole document says, for every shape of body",
+        arguments: [
+            #"{"body": "eyJhIjogMX0=", "content-type": "application/json", "properties": {"body_encoding": "base64"}}"#,
+            #"{"body": "ey\/h", "properties": {"body_encoding": "base64"}, "headers": {"id": "x"}}"#,
+            #"{"properties": {}, "body": "plain \u00e9 text", "content-encoding": "binary", "extra": [1, {"a": null}]}"#,
+            #"{"body": "héllo", "body": "second wins", "headers": null, "properties": null}"#,
+            #" {"body": "", "headers": {}} "#,
+        ])
+    func envelopeReader(text: String) throws {
+        let envelope = try KombuEnvelope(decoding: Array(text.utf8))
+        guard case .object(let document) = try CeleryJSON.decode(text), case .string(let body)? = document["body"] else {
+            Issue.record("not an envelope: \(text)")
+            return
+        }
+        let properties = document["properties"]?.objectValue ?? [:]
+        let base64 = properties["body_encoding"]?.stringValue == "base64"
+        #expect(envelope.body == (base64 ? Base64.decode(body.utf8) : Array(body.utf8)))
+        #expect(envelope.properties == properties)
+        #expect(envelope.headers == document["headers"]?.objectValue ?? [:])
+        #expect(envelope.contentType == document["content-type"]?.stringValue ?? "application/json")
+        #expect(envelope.contentEncoding == document["content-encoding"]?.stringValue ?? "utf-8")
+    }
+
+    @Test("an envelope that is not JSON, or whose body is not UTF-8, is an invalid envelope")
+    func envelopeReaderErrors() {
+        for bytes: [UInt8] in [
+            Array(#"{"body": "a", }"#.utf8), Array(#"{"body": "a"} x"#.utf8), Array(#"{"body": "a""#.utf8),
+            [0x7B, 0x22, 0x62, 0x6F, 0x64, 0x79, 0x22, 0x3A, 0x22, 0xC3, 0x22, 0x7D],  // {"body":"<C3>"}
+            Array(#"{"body": "tab\#there"}"#.utf8), Array("5".utf8),
+        ] {
+            let error = #expect(throws: CeleryProtocolError.self, "\(String(decoding: bytes, as: UTF8.self))") {
+                try KombuEnvelope(decoding: bytes)
+            }
+            #expect(error?.code == .invalidEnvelope)
+        }
     }
 
     @Test("task message shape errors and content types")

@@ -14,6 +14,12 @@ final class RunningCounter: Sendable {
 
 @Suite("Worker runtime on an in-memory broker")
 struct WorkerRuntimeTests {
+    /// A logger that keeps metadata (tasks read theirs) and writes only critical lines, to /dev/null.
+    static func quietLogger() throws -> Logger {
+        let sink = try CeleryLogHandler.Sink(appendingTo: "/dev/null")
+        return Logger(label: "test", factory: { CeleryLogHandler(label: $0, sink: sink, level: .critical) })
+    }
+
     static func registry(running: RunningCounter? = nil) -> TaskRegistry {
         var registry = TaskRegistry()
         registry.register("add", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x + y }
@@ -57,6 +63,8 @@ struct WorkerRuntimeTests {
             [
                 .string(context.request.id), .string(context.request.name), .int(Int64(context.request.retries)),
                 context.request.headers["x-custom"] ?? nil, .string(context.request.deliveryInfo.routingKey),
+                .string(context.logger[metadataKey: LogKeys.taskID].map { "\($0)" } ?? "none"),
+                .string(context.logger[metadataKey: LogKeys.taskName].map { "\($0)" } ?? "none"),
             ] as CeleryValue
         }
         return registry
@@ -74,7 +82,7 @@ struct WorkerRuntimeTests {
             configuration: WorkerConfiguration(
                 concurrency: concurrency, acksLate: acksLate, nodeName: "test@host", trackStarted: trackStarted,
                 resultExtended: resultExtended),
-            registry: registry, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            registry: registry, logger: try Self.quietLogger(),
             broker: broker, backend: backend)
         let group = ServiceGroup(services: [worker], logger: Logger(label: "group", factory: { _ in SwiftLogNoOpLogHandler() }))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -127,7 +135,7 @@ struct WorkerRuntimeTests {
             broker.push(taskMessage("context", id: "c", extraHeaders: ["x-custom": "v", "retries": 2]))
             try await Self.waitFor { backend.final("c") != nil }
         }
-        #expect(backend.final("c")?.result == ["c", "context", 2, "v", "celery"])
+        #expect(backend.final("c")?.result == ["c", "context", 2, "v", "celery", "c", "context"])
     }
 
     @Test("-c limits how many tasks run at once")

@@ -117,16 +117,39 @@ struct JSONParser {
         while true {
             skipWhitespace()
             valueScratch.append(try parseValue())
-            skipWhitespace()
-            guard index < buffer.count else { throw error("unterminated array") }
-            switch buffer[index] {
-            case UInt8(ascii: ","): index += 1
-            case UInt8(ascii: "]"):
-                index += 1
-                return .array(Array(valueScratch[base...]))
-            default: throw error("expected ',' or ']'")
-            }
+            if try endOfMember(closing: UInt8(ascii: "]")) { return .array(Array(valueScratch[base...])) }
         }
+    }
+
+    /// After a member of an array or object: `true` past the closing bracket, `false` past a comma.
+    private mutating func endOfMember(closing: UInt8) throws(CeleryProtocolError) -> Bool {
+        skipWhitespace()
+        guard index < buffer.count else {
+            throw error(closing == UInt8(ascii: "]") ? "unterminated array" : "unterminated object")
+        }
+        switch buffer[index] {
+        case UInt8(ascii: ","):
+            index += 1
+            return false
+        case closing:
+            index += 1
+            return true
+        default: throw error(closing == UInt8(ascii: "]") ? "expected ',' or ']'" : "expected ',' or '}'")
+        }
+    }
+
+    /// An object's key and the colon after it, leaving the index at its value.
+    private mutating func parseKey() throws(CeleryProtocolError) -> String {
+        skipWhitespace()
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "\"") else {
+            throw error("expected a string key")
+        }
+        let key = try parseString()
+        skipWhitespace()
+        guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+        index += 1
+        skipWhitespace()
+        return key
     }
 
     private mutating func parseObject() throws(CeleryProtocolError) -> CeleryValue {
@@ -150,30 +173,16 @@ struct JSONParser {
             valueScratch.removeSubrange(valueBase...)
         }
         while true {
-            skipWhitespace()
-            guard index < buffer.count, buffer[index] == UInt8(ascii: "\"") else {
-                throw error("expected a string key")
-            }
-            let key = try parseString()
+            let key = try parseKey()
             let bit: UInt64 = 1 << (Self.fingerprint(key) % 64)
             if !repeated, seen & bit != 0 { repeated = keyScratch[keyBase...].contains(key) }
             seen |= bit
-            skipWhitespace()
-            guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
-            index += 1
-            skipWhitespace()
             keyScratch.append(key)
             valueScratch.append(try parseValue())
-            skipWhitespace()
-            guard index < buffer.count else { throw error("unterminated object") }
-            switch buffer[index] {
-            case UInt8(ascii: ","): index += 1
-            case UInt8(ascii: "}"):
-                index += 1
+            if try endOfMember(closing: UInt8(ascii: "}")) {
                 let keys = Array(keyScratch[keyBase...])
                 let values = Array(valueScratch[valueBase...])
                 return try Self.untag(Self.dictionary(keys: keys, values: values, repeated: repeated))
-            default: throw error("expected ',' or '}'")
             }
         }
     }
@@ -373,5 +382,72 @@ struct JSONParser {
         let text = String(decoding: buffer[start..<index], as: UTF8.self)
         guard let value = Double(text) else { throw error("invalid number") }
         return .double(value)
+    }
+}
+
+extension JSONParser {
+    /// A kombu envelope's `body`: the bytes between the quotes when the string has no escapes (the usual base64
+    /// text, decoded straight from the message), or the value as parsed.
+    enum EnvelopeBody {
+        case raw(Range<Int>)
+        case value(CeleryValue)
+    }
+
+    /// The top-level fields of a kombu envelope. As in a Python `dict`, a repeated key keeps its last value.
+    struct EnvelopeFields {
+        var body: EnvelopeBody?
+        var contentType: CeleryValue?
+        var contentEncoding: CeleryValue?
+        var headers: CeleryValue?
+        var properties: CeleryValue?
+    }
+
+    /// Parses a kombu envelope, keeping only the fields kombu reads: neither the top-level object nor the body
+    /// string is built. Returns `nil` for a valid JSON document that is not an object.
+    mutating func parseEnvelope() throws(CeleryProtocolError) -> EnvelopeFields? {
+        skipWhitespace()
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else {
+            _ = try parseDocument()
+            return nil
+        }
+        try enter()
+        index += 1
+        var fields = EnvelopeFields()
+        skipWhitespace()
+        if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
+            index += 1
+        } else {
+            while true {
+                switch try parseKey() {
+                case "body": fields.body = try parseBody()
+                case "content-type": fields.contentType = try parseValue()
+                case "content-encoding": fields.contentEncoding = try parseValue()
+                case "headers": fields.headers = try parseValue()
+                case "properties": fields.properties = try parseValue()
+                default: _ = try parseValue()
+                }
+                if try endOfMember(closing: UInt8(ascii: "}")) { break }
+            }
+        }
+        depth -= 1
+        skipWhitespace()
+        guard index == buffer.count else { throw error("unexpected data after the JSON value") }
+        return fields
+    }
+
+    private mutating func parseBody() throws(CeleryProtocolError) -> EnvelopeBody {
+        if index < buffer.count, buffer[index] == UInt8(ascii: "\"") {
+            var end = index + 1
+            while end < buffer.count {
+                let byte = buffer[end]
+                if byte == UInt8(ascii: "\"") {
+                    defer { index = end + 1 }
+                    return .raw(index + 1..<end)
+                }
+                if byte == UInt8(ascii: "\\") || byte < 0x20 { break }
+                end += 1
+            }
+        }
+        return .value(try parseValue())
     }
 }

@@ -30,17 +30,25 @@ public struct KombuEnvelope: Sendable {
 
     /// Parses the JSON text of a message popped from a Redis list.
     public init(decoding raw: some Collection<UInt8>) throws(CeleryProtocolError) {
-        let document: CeleryValue
-        do {
-            document = try CeleryJSON.decode(raw)
-        } catch {
-            throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not JSON: \(error.message)")
+        let bytes = Array(raw)
+        self = try bytes.withUnsafeBufferPointer { buffer throws(CeleryProtocolError) in
+            var parser = JSONParser(buffer: buffer)
+            let parsed: JSONParser.EnvelopeFields?
+            do throws(CeleryProtocolError) {
+                parsed = try parser.parseEnvelope()
+            } catch {
+                throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not JSON: \(error.message)")
+            }
+            guard let parsed else {
+                throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not a JSON object")
+            }
+            return try KombuEnvelope(parsed, in: buffer)
         }
-        guard case .object(let fields) = document else {
-            throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not a JSON object")
-        }
+    }
+
+    private init(_ fields: JSONParser.EnvelopeFields, in buffer: UnsafeBufferPointer<UInt8>) throws(CeleryProtocolError) {
         var headers: OrderedDictionary<String, CeleryValue> = [:]
-        switch fields["headers"] {
+        switch fields.headers {
         case .object(let value)?: headers = value
         case .null?, nil: headers = [:]
         default: throw CeleryProtocolError(code: .invalidEnvelope, message: "'headers' is not an object")
@@ -51,26 +59,43 @@ public struct KombuEnvelope: Sendable {
             CeleryProtocolError(code: code, message: message, taskID: taskID, taskName: taskName)
         }
         var properties: OrderedDictionary<String, CeleryValue> = [:]
-        switch fields["properties"] {
+        switch fields.properties {
         case .object(let value)?: properties = value
         case .null?, nil: properties = [:]
         default: throw failure("'properties' is not an object")
         }
-        guard case .string(let bodyText)? = fields["body"] else {
+        let base64 = properties["body_encoding"]?.stringValue == "base64"
+        switch fields.body {
+        case .raw(let range)?:
+            let text = UnsafeBufferPointer(rebasing: buffer[range])
+            if base64 {
+                guard let decoded = Base64.decode(text) else {
+                    throw failure("body is declared base64 but does not decode", .invalidBase64)
+                }
+                self.body = decoded
+            } else {
+                guard UTF8Text.validating(text) != nil else {
+                    throw CeleryProtocolError(
+                        code: .invalidEnvelope, message: "message is not JSON: string is not valid UTF-8 at byte \(range.lowerBound)")
+                }
+                self.body = Array(text)
+            }
+        case .value(.string(let text))?:
+            if base64 {
+                guard let decoded = Base64.decode(text.utf8) else {
+                    throw failure("body is declared base64 but does not decode", .invalidBase64)
+                }
+                self.body = decoded
+            } else {
+                self.body = Array(text.utf8)
+            }
+        default:
             throw failure("'body' is missing or not a string")
         }
         self.headers = headers
         self.properties = properties
-        self.contentType = fields["content-type"]?.stringValue ?? "application/json"
-        self.contentEncoding = fields["content-encoding"]?.stringValue ?? "utf-8"
-        if properties["body_encoding"]?.stringValue == "base64" {
-            guard let decoded = Base64.decode(bodyText.utf8) else {
-                throw failure("body is declared base64 but does not decode", .invalidBase64)
-            }
-            self.body = decoded
-        } else {
-            self.body = Array(bodyText.utf8)
-        }
+        self.contentType = fields.contentType?.stringValue ?? "application/json"
+        self.contentEncoding = fields.contentEncoding?.stringValue ?? "utf-8"
     }
 
     /// The JSON document kombu stores for this envelope, with the body base64-encoded.

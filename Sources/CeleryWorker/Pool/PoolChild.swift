@@ -78,13 +78,10 @@ struct PoolChild {
             let exception = CeleryExceptionInfo(type: "NotRegistered", arguments: [.string(message.name)], module: "celery.exceptions")
             return ["outcome": "failure", "exception": exception.value, "traceback": .null]
         }
-        var taskLogger = logger
-        taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
-        taskLogger[metadataKey: LogKeys.taskName] = .string(message.name)
         let request = TaskRequest(
             message: message, deliveryInfo: envelope.deliveryInfo,
             hostname: frame["hostname"]?.stringValue ?? configuration.nodeName)
-        let context = TaskContext(request: request, logger: taskLogger, client: client) { state, meta in
+        let context = TaskContext(request: request, workerLogger: logger, client: client) { state, meta in
             // Runs on the task thread, like the body that calls it.
             _ = PoolFrames.write(["state": .string(state.rawValue), "meta": meta], to: PoolFrames.outcomeDescriptor)
         }

@@ -6,19 +6,27 @@ import OrderedCollections
 public struct TaskContext: Sendable {
     /// The request being run.
     public let request: TaskRequest
-    /// A logger whose metadata names the task (`celery.task.id`, `celery.task.name`).
-    public let logger: Logger
+    /// A logger whose metadata names the task (`celery.task.id`, `celery.task.name`). Made on each access
+    /// (most tasks never log), so a task that logs often keeps one in a local.
+    public var logger: Logger {
+        var logger = workerLogger
+        logger[metadataKey: LogKeys.taskID] = .string(request.id)
+        logger[metadataKey: LogKeys.taskName] = .string(request.name)
+        return logger
+    }
+    /// The worker's logger, without the task's metadata.
+    let workerLogger: Logger
     /// A client on the worker's broker and result backend, for tasks that start other tasks; `nil` when the
     /// worker runs without Redis (tests on an in-memory broker).
     public let client: CeleryClient?
     let stateReporter: @Sendable (TaskState, CeleryValue) async throws -> Void
 
     init(
-        request: TaskRequest, logger: Logger, client: CeleryClient? = nil,
+        request: TaskRequest, workerLogger logger: Logger, client: CeleryClient? = nil,
         stateReporter: @escaping @Sendable (TaskState, CeleryValue) async throws -> Void
     ) {
         self.request = request
-        self.logger = logger
+        self.workerLogger = logger
         self.client = client
         self.stateReporter = stateReporter
     }

@@ -259,13 +259,10 @@ extension WorkerRun {
             await store(document(message, queue: queue, status: .started, result: started, ready: false))
         }
 
-        var taskLogger = logger
-        taskLogger[metadataKey: LogKeys.taskID] = .string(message.id)
-        taskLogger[metadataKey: LogKeys.taskName] = .string(message.name)
         let request = TaskRequest(
             message: message, deliveryInfo: job.deliveryInfo,
             hostname: configuration.nodeName)
-        let context = TaskContext(request: request, logger: taskLogger, client: service.client) { [self] state, meta in
+        let context = TaskContext(request: request, workerLogger: logger, client: service.client) { [self] state, meta in
             guard storesResults else { return }
             await self.store(self.document(message, queue: queue, status: state, result: meta, ready: false))
         }
