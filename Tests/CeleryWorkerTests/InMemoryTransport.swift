@@ -10,6 +10,8 @@ final class InMemoryBroker: Broker {
         var unacked: [String: BrokerDelivery] = [:]
         var restored: [[UInt8]] = []
         var acked: [String] = []
+        /// Each fetch that brought messages: how many it asked for and how many it got.
+        var fetches: [(limit: Int, count: Int)] = []
     }
 
     let state = Mutex(State())
@@ -19,15 +21,22 @@ final class InMemoryBroker: Broker {
     func declare(queues: [String]) async throws(CeleryWorkerError) {}
 
     func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
-        let raw = state.withLock { $0.queue.isEmpty ? nil : $0.queue.removeFirst() }
-        guard let raw else {
+        let popped = state.withLock { state in
+            let popped = Array(state.queue.prefix(limit))
+            state.queue.removeFirst(popped.count)
+            if !popped.isEmpty { state.fetches.append((limit: limit, count: popped.count)) }
+            return popped
+        }
+        guard !popped.isEmpty else {
             try? await Task.sleep(for: .milliseconds(5))
             return []
         }
-        let tag = (try? CeleryJSON.decode(raw))?["properties"]?["delivery_tag"]?.stringValue
-        let delivery = BrokerDelivery(raw: raw, queue: queues[0], receivedAt: 0, deliveryTag: tag)
-        if let tag = delivery.deliveryTag { state.withLock { $0.unacked[tag] = delivery } }
-        return [delivery]
+        return popped.map { raw in
+            let tag = (try? CeleryJSON.decode(raw))?["properties"]?["delivery_tag"]?.stringValue
+            let delivery = BrokerDelivery(raw: raw, queue: queues[0], receivedAt: 0, deliveryTag: tag)
+            if let tag { state.withLock { $0.unacked[tag] = delivery } }
+            return delivery
+        }
     }
 
     func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {

@@ -129,6 +129,23 @@ struct WorkerRuntimeTests {
         }
     }
 
+    @Test("under load the worker fetches a batch once the jobs it holds have started, not one message per free permit")
+    func fetchesBatchesUnderLoad() async throws {
+        let ids = (0..<12).map { "s\($0)" }
+        let (broker, _) = try await Self.withWorker(concurrency: 1) { broker, backend in
+            // One worker slot, 4 prefetch permits (Celery's default multiplier); every message waiting at once.
+            broker.state.withLock { state in
+                state.queue.append(contentsOf: ids.map { taskMessage("slow", id: $0, args: [0.02]) })
+            }
+            try await Self.waitFor { ids.allSatisfy { backend.final($0) != nil } }
+        }
+        let fetches = broker.state.withLock { $0.fetches }
+        // Each round trip waited until the four held jobs had started (early acks free their permits), then took
+        // four; one message per free permit would be 4, 1, 1, 1, … .
+        #expect(fetches.map(\.limit) == [4, 4, 4])
+        #expect(fetches.map(\.count) == [4, 4, 4])
+    }
+
     @Test("the task context carries the request")
     func context() async throws {
         let (_, backend) = try await Self.withWorker { broker, backend in

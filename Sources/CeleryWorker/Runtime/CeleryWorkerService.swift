@@ -186,6 +186,10 @@ final class WorkerRun: Sendable {
     let prefetch: AsyncPermits
     /// Free task slots (`-c`).
     let slots: AsyncPermits
+    /// Jobs handed to the dispatcher that will start as soon as a slot is free (not those waiting for an ETA or
+    /// a rate limit): while there are enough of them to keep every slot busy, the fetch loop can wait for more
+    /// free prefetch permits and take a larger batch.
+    let readyJobs = Atomic<Int>(0)
     /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
     /// those that never started are given back at shutdown.
     let held = Mutex(HeldDeliveries())
@@ -273,6 +277,9 @@ final class WorkerRun: Sendable {
     private func fetchLoop(into continuation: AsyncStream<[BrokerDelivery]>.Continuation) async {
         defer { continuation.finish() }
         var failures = 0
+        var busy = false
+        let gatherTarget = min(Self.fetchBatch, configuration.prefetchCount)
+        let gatherBacklog = configuration.concurrency
         while !shutdown.isTriggered, !Task.isCancelled {
             guard await prefetch.acquire() else { break }
             // One permit is needed to fetch at all; any others free now let one round trip take a batch.
@@ -283,9 +290,21 @@ final class WorkerRun: Sendable {
                 _ = await shutdown.sleep(untilUnixTime: WallClock.now() + 0.5)
                 continue
             }
-            let permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
+            var permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
+            // Under load (the last fetch found as many messages as it asked for), fetch a batch rather than each
+            // message as a permit frees: wait for more permits while the jobs already here keep every slot busy.
+            // Each wait ends at the next permit freed (a task starting, or finishing with acks-late), and stops as
+            // soon as fewer ready jobs than slots remain, so no slot idles for it.
+            while busy, permits < gatherTarget, readyJobs.load(ordering: .relaxed) >= gatherBacklog {
+                guard await prefetch.acquire() else {
+                    prefetch.release(permits)
+                    return
+                }
+                permits += 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1 - permits)
+            }
             do {
                 let deliveries = try await service.broker.fetch(queues: queues, limit: permits)
+                busy = deliveries.count == permits
                 if failures > 0 {
                     logger.info("Connected to \(configuration.brokerURL)")
                     failures = 0
@@ -384,6 +403,7 @@ final class WorkerRun: Sendable {
                 if let job = await prepare(delivery) { jobs.append(job) }
             }
             guard !jobs.isEmpty else { continue }
+            readyJobs.add(jobs.count, ordering: .relaxed)
             // The dispatcher continues on this thread, which waits for the next message right after.
             WorkerThreads.keepFirstJobOnThisThread()
             ready.yield(jobs)
@@ -400,6 +420,8 @@ final class WorkerRun: Sendable {
 
     /// Starts a job's task in a free slot, or after its ETA or rate limit.
     private func dispatch(_ job: PreparedJob, in group: inout DiscardingTaskGroup) async {
+        var counted = true
+        defer { if counted { readyJobs.subtract(1, ordering: .relaxed) } }
         if let eta = job.etaTime, eta > WallClock.now() {
             // Like Celery, an ETA task does not hold a prefetch slot while it waits.
             prefetch.release()
@@ -430,6 +452,8 @@ final class WorkerRun: Sendable {
             prefetch.release()
             return  // given back at the end, as never started
         }
+        readyJobs.subtract(1, ordering: .relaxed)
+        counted = false
         // The first task started in one go runs on this thread (it is free as soon as the loop waits again); any
         // others wake the other task threads.
         WorkerThreads.keepFirstJobOnThisThread()
