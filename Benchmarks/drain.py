@@ -127,12 +127,15 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
     rr.flushdb()
     proc = start_worker(kind, broker, backend, acks_late, serializer, logdir)
     try:
-        cpu0, _ = tree_stats(proc.pid)
-        started = time.monotonic()
+        # Pre-filled: every message waits in a list nobody consumes, then one RENAME puts them all on the queue at
+        # once (waking the worker's BRPOP), so the clock measures the drain alone, as for the bare loop.
         pipe = rb.pipeline(transaction=False)
         for raw in messages:
-            pipe.lpush("celery", raw)
+            pipe.lpush("celery.prefill", raw)
         pipe.execute()
+        cpu0, _ = tree_stats(proc.pid)
+        started = time.monotonic()
+        rb.rename("celery.prefill", "celery")
         peak = 0
         deadline = started + 600
         while rr.dbsize() < len(messages) and time.monotonic() < deadline:
