@@ -146,6 +146,23 @@ struct WorkerRuntimeTests {
         #expect(fetches.map(\.count) == [4, 4, 4])
     }
 
+    @Test("jobs waiting for a rate limit do not count as ready: other tasks are still fetched and run meanwhile")
+    func batchingLeavesNoSlotIdle() async throws {
+        var registry = Self.registry()
+        registry.register("limited", options: TaskOptions(rateLimit: "1/m")) { _ in CeleryValue.null }
+        let adds = (0..<4).map { "a\($0)" }
+        let (_, backend) = try await Self.withWorker(concurrency: 1, registry: registry) { broker, backend in
+            // 4 prefetch permits: the second and third "limited" wait a minute for their turn, holding two of them.
+            broker.state.withLock { state in
+                state.queue.append(contentsOf: (0..<3).map { taskMessage("limited", id: "l\($0)") })
+                state.queue.append(contentsOf: adds.map { taskMessage("add", id: $0, args: [1, 2]) })
+            }
+            try await Self.waitFor { adds.allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(adds.allSatisfy { backend.final($0)?.result == 3 })
+        #expect(backend.final("l0") != nil)
+    }
+
     @Test("the task context carries the request")
     func context() async throws {
         let (_, backend) = try await Self.withWorker { broker, backend in
