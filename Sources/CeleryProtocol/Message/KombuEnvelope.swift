@@ -65,30 +65,24 @@ public struct KombuEnvelope: Sendable {
         default: throw failure("'properties' is not an object")
         }
         let base64 = properties["body_encoding"]?.stringValue == "base64"
+        func decodedBody(_ text: some Collection<UInt8>) throws(CeleryProtocolError) -> [UInt8] {
+            guard base64 else { return Array(text) }
+            guard let decoded = Base64.decode(text) else {
+                throw failure("body is declared base64 but does not decode", .invalidBase64)
+            }
+            return decoded
+        }
         switch fields.body {
         case .raw(let range)?:
             let text = UnsafeBufferPointer(rebasing: buffer[range])
-            if base64 {
-                guard let decoded = Base64.decode(text) else {
-                    throw failure("body is declared base64 but does not decode", .invalidBase64)
-                }
-                self.body = decoded
-            } else {
-                guard UTF8Text.validating(text) != nil else {
-                    throw CeleryProtocolError(
-                        code: .invalidEnvelope, message: "message is not JSON: string is not valid UTF-8 at byte \(range.lowerBound)")
-                }
-                self.body = Array(text)
+            // Read straight from the message, so not yet checked as a JSON string is: base64 needs no check.
+            if !base64, UTF8Text.validating(text) == nil {
+                throw CeleryProtocolError(
+                    code: .invalidEnvelope, message: "message is not JSON: string is not valid UTF-8 at byte \(range.lowerBound)")
             }
+            self.body = try decodedBody(text)
         case .value(.string(let text))?:
-            if base64 {
-                guard let decoded = Base64.decode(text.utf8) else {
-                    throw failure("body is declared base64 but does not decode", .invalidBase64)
-                }
-                self.body = decoded
-            } else {
-                self.body = Array(text.utf8)
-            }
+            self.body = try decodedBody(text.utf8)
         default:
             throw failure("'body' is missing or not a string")
         }

@@ -171,9 +171,9 @@ public final class RedisBroker: Broker {
     static let popAndRecordScript = RedisScript(
         #"""
         -- Python's json.dumps of a string (ensure_ascii): the escapes it uses, everything else past ASCII as \uXXXX.
+        local short = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
+            ['\b'] = '\\b', ['\f'] = '\\f' }
         local function jsonstring(s)
-            local short = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
-                ['\b'] = '\\b', ['\f'] = '\\f' }
             s = string.gsub(s, '[%c"\\]', function(c) return short[c] or string.format('\\u%04x', string.byte(c)) end)
             s = string.gsub(s, '[\194-\244][\128-\191]*', function(c)
                 local b = { string.byte(c, 1, -1) }
