@@ -12,6 +12,8 @@ final class InMemoryBroker: Broker {
         var acked: [String] = []
         /// Each fetch that brought messages: how many it asked for and how many it got.
         var fetches: [(limit: Int, count: Int)] = []
+        /// Records still being written, by tag: a delivery with one here comes with it unconfirmed.
+        var pendingRecords: [String: PendingRecord] = [:]
     }
 
     let state = Mutex(State())
@@ -33,8 +35,11 @@ final class InMemoryBroker: Broker {
         }
         return popped.map { raw in
             let tag = (try? CeleryJSON.decode(raw))?["properties"]?["delivery_tag"]?.stringValue
-            let delivery = BrokerDelivery(raw: raw, queue: queues[0], receivedAt: 0, deliveryTag: tag)
-            if let tag { state.withLock { $0.unacked[tag] = delivery } }
+            var delivery = BrokerDelivery(raw: raw, queue: queues[0], receivedAt: 0, deliveryTag: tag)
+            if let tag {
+                delivery.pendingRecord = state.withLock { $0.pendingRecords[tag] }
+                state.withLock { $0.unacked[tag] = delivery }
+            }
             return delivery
         }
     }

@@ -1,5 +1,6 @@
 import CeleryProtocol
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CeleryWorker
@@ -54,6 +55,25 @@ struct RedisClientTests {
         }
         // the connection is still usable after an error reply
         #expect(try await client.send(RedisCommand("GET", "a")).text == "5")
+    }
+
+    @Test("commands sent without waiting: their replies are read before the next call's, and then their callback runs")
+    func sendUnread() throws {
+        let base = try #require(TestRedis.base)
+        let connection = RedisConnection(url: try RedisURL(parsing: "\(base)/2"))
+        let read = Mutex(0)
+        try connection.sendUnread([RedisCommand("SET", "unread", "1"), RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        #expect(read.withLock { $0 } == 0)
+        #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("2".utf8))])
+        #expect(read.withLock { $0 } == 1)
+        try connection.sendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        try connection.readUnread()
+        #expect(read.withLock { $0 } == 2)
+        // Closed before the replies are read: the callback still runs, so nobody waits for them forever.
+        try connection.sendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        connection.close()
+        #expect(read.withLock { $0 } == 3)
+        #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("4".utf8))])
     }
 
     @Test("an unreachable server is a connection error that names the address")
@@ -163,9 +183,13 @@ extension RedisBrokerTests {
         try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
         let delivery = try #require(try await fetched.first)
         let tag = try #require(delivery.deliveryTag)
+        // The record is sent before the message is handed on; its reply is read afterwards, on the fetch thread.
+        let record = try #require(delivery.pendingRecord)
+        await record.wait()
         #expect(
             try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
                 == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+        #expect(try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
     }
 
     @Test("one round trip takes a batch, no more than asked, in priority order")

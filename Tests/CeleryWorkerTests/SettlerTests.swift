@@ -30,6 +30,65 @@ struct SettlerTests {
         #expect(done.withLock { $0 } == 3)
     }
 
+    /// The batches a settler wrote, each as the tags and task ids it held.
+    final class Batches: Sendable {
+        private let batches = Mutex<[[String]]>([])
+        func append(_ batch: [Settler.Entry]) {
+            batches.withLock { $0.append(batch.map { $0.document?.taskID ?? $0.ack?.deliveryTag ?? "?" }) }
+        }
+        func withLock<T>(_ body: ([[String]]) -> T) -> T { batches.withLock { body($0) } }
+    }
+
+    /// Runs `settler` in the background, recording each batch it writes.
+    static func record(_ settler: Settler) -> (Task<Void, Never>, Batches) {
+        let batches = Batches()
+        let runner = Task { await settler.run { batch in batches.append(batch) } }
+        return (runner, batches)
+    }
+
+    static func waitFor(_ condition: () -> Bool) async {
+        for _ in 0..<300 where !condition() { try? await Task.sleep(for: .milliseconds(10)) }
+    }
+
+    @Test("an early acknowledgement waits for its task's result and goes out in the same batch")
+    func earlyAckWaitsForResult() async {
+        let settler = Settler(linger: .seconds(60))
+        let (runner, batches) = Self.record(settler)
+        try? await Task.sleep(for: .milliseconds(50))  // the settler is waiting
+        settler.submitEarlyAck(Self.delivery("early"))
+        try? await Task.sleep(for: .milliseconds(100))
+        #expect(batches.withLock { $0 }.isEmpty)
+        settler.submit(document: CeleryResultDocument(taskID: "t", status: .success, result: .null, traceback: nil, children: [], dateDone: nil))
+        await Self.waitFor { !batches.withLock { $0 }.isEmpty }
+        #expect(batches.withLock { $0 } == [["early", "t"]])
+        settler.finish()
+        await runner.value
+    }
+
+    @Test("an early acknowledgement without company goes out after the linger, or at once when nudged")
+    func earlyAckAlone() async {
+        let lingering = Settler(linger: .milliseconds(20))
+        let (first, lingered) = Self.record(lingering)
+        try? await Task.sleep(for: .milliseconds(50))
+        lingering.submitEarlyAck(Self.delivery("alone"))
+        await Self.waitFor { !lingered.withLock { $0 }.isEmpty }
+        #expect(lingered.withLock { $0 } == [["alone"]])
+        lingering.finish()
+        await first.value
+
+        let nudged = Settler(linger: .seconds(60))
+        let (second, batches) = Self.record(nudged)
+        try? await Task.sleep(for: .milliseconds(50))
+        nudged.submitEarlyAck(Self.delivery("nudged"))
+        try? await Task.sleep(for: .milliseconds(100))
+        #expect(batches.withLock { $0 }.isEmpty)
+        nudged.nudge()
+        await Self.waitFor { !batches.withLock { $0 }.isEmpty }
+        #expect(batches.withLock { $0 } == [["nudged"]])
+        nudged.finish()
+        await second.value
+    }
+
     @Test("a batch is written early acknowledgements first, then results, then acks-late acknowledgements")
     func phases() {
         let document = { (id: String) in

@@ -129,6 +129,24 @@ struct WorkerRuntimeTests {
         }
     }
 
+    @Test("a message whose record in unacked is not yet confirmed runs, but is acknowledged only once it is")
+    func acknowledgementWaitsForRecord() async throws {
+        let record = PendingRecord()
+        let (broker, backend) = try await Self.withWorker { broker, backend in
+            broker.state.withLock { $0.pendingRecords["tag-r"] = record }
+            broker.push(taskMessage("add", id: "r", args: [1, 2]))
+            try await Self.waitFor { broker.state.withLock { $0.fetches.count } == 1 }
+            try await Task.sleep(for: .milliseconds(300))
+            // Early acknowledgement (acks_late off): it and the batch it goes in wait for the record.
+            #expect(broker.state.withLock { $0.acked }.isEmpty)
+            #expect(backend.final("r") == nil)
+            record.complete()
+            try await Self.waitFor { backend.final("r") != nil && broker.state.withLock { $0.acked } == ["tag-r"] }
+        }
+        #expect(backend.final("r")?.result == 3)
+        #expect(broker.state.withLock { $0.unacked.isEmpty })
+    }
+
     @Test("under load the worker fetches a batch once the jobs it holds have started, not one message per free permit")
     func fetchesBatchesUnderLoad() async throws {
         let ids = (0..<12).map { "s\($0)" }

@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Synchronization
 
 /// One message taken from a queue and recorded as unacknowledged.
 public struct BrokerDelivery: Sendable {
@@ -11,6 +12,9 @@ public struct BrokerDelivery: Sendable {
     /// The `properties.delivery_tag` under which the message is recorded in `unacked`; `nil` when the message
     /// carries none (it is then not tracked, and acking it does nothing).
     public var deliveryTag: String?
+    /// Set while the write that records the message in `unacked` is sent but not yet confirmed: acknowledging or
+    /// restoring it waits for that write, so the two never land out of order.
+    var pendingRecord: PendingRecord?
 
     public init(raw: [UInt8], queue: String, receivedAt: Double, deliveryTag: String?) {
         self.raw = raw
@@ -23,6 +27,45 @@ public struct BrokerDelivery: Sendable {
     /// reads it once per message, on a task thread, not on the thread that fetches.
     public var envelope: Result<KombuEnvelope, CeleryProtocolError> {
         Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
+    }
+}
+
+/// A write to Redis that was sent but whose reply is not yet read. ``wait()`` returns once it is read, or once
+/// the connection it went out on is closed (whether or not it landed), so nobody waits for it forever.
+final class PendingRecord: Sendable {
+    private struct State {
+        var done = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// The reply is read (or the connection closed): every waiter goes on.
+    func complete() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.done = true
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func wait() async {
+        if state.withLock({ $0.done }) { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if !state.done { state.waiters.append(continuation) }
+                return state.done
+            }
+            if done { continuation.resume() }
+        }
+    }
+}
+
+extension Sequence<BrokerDelivery> {
+    /// Waits until every delivery's record in `unacked` is confirmed (see ``BrokerDelivery/pendingRecord``).
+    func recorded() async {
+        for delivery in self { await delivery.pendingRecord?.wait() }
     }
 }
 

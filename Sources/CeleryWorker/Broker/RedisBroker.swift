@@ -70,8 +70,10 @@ public final class RedisBroker: Broker {
         deliveries.reserveCapacity(popped.count)
         // Not decoded here: the tag is the one the message was recorded under, and the worker decodes the
         // envelope on a task thread.
-        for (list, raw, tag, receivedAt) in popped {
-            deliveries.append(BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag))
+        for (list, raw, tag, receivedAt, record) in popped {
+            var delivery = BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag)
+            delivery.pendingRecord = record
+            deliveries.append(delivery)
         }
         if let last = deliveries.last {
             rotation.withLock { order in
@@ -120,30 +122,46 @@ public final class RedisBroker: Broker {
     }
 
     /// A popped message: its list, its text, the tag it was recorded under in `unacked` (none when it has no
-    /// `properties.delivery_tag`), and when it was received.
-    typealias Popped = (list: String, raw: [UInt8], tag: String?, receivedAt: Double)
+    /// `properties.delivery_tag`), when it was received, and the record's write while it is unconfirmed.
+    typealias Popped = (list: String, raw: [UInt8], tag: String?, receivedAt: Double, record: PendingRecord?)
 
     private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [Popped] {
         let unackedKey = self.unackedKey
         let unackedIndexKey = self.unackedIndexKey
-        return try await blocking.withConnection { connection throws(CeleryWorkerError) -> [Popped] in
+        let popped = try await blocking.withConnection { connection throws(CeleryWorkerError) -> [Popped] in
             let reply = try connection.execute([RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])])
             guard case .array(let pair)? = reply.first, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes
             else { return [] }
             let receivedAt = WallClock.now()
-            let fields = Self.recordFields(raw)
-            if let fields {
-                let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
-                // Already off the list: if this fails the message still runs (unrecorded) rather than being lost.
-                _ = try? connection.execute([
-                    RedisCommand("MULTI"),
-                    RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
-                    RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(fields.tag), RedisArgument(record)),
-                    RedisCommand("EXEC"),
-                ])
+            guard let fields = Self.recordFields(raw) else { return [(list, raw, nil, receivedAt, nil)] }
+            let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
+            // Sent before the message is handed on, so a worker killed from here on loses nothing (the kernel
+            // still delivers what was written); its reply is read while the task is prepared, and acknowledging
+            // the message waits for it. Already off the list: if sending fails the message still runs (unrecorded)
+            // rather than being lost.
+            let pending = PendingRecord()
+            do {
+                try connection.sendUnread(
+                    [
+                        RedisCommand("MULTI"),
+                        RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
+                        RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(fields.tag), RedisArgument(record)),
+                        RedisCommand("EXEC"),
+                    ], then: pending.complete)
+            } catch {
+                return [(list, raw, fields.tag, receivedAt, nil)]
             }
-            return [(list, raw, fields?.tag, receivedAt)]
+            return [(list, raw, fields.tag, receivedAt, pending)]
         }
+        if popped.first?.record != nil {
+            // The next fetch reads the reply before its own; this reads it should no fetch follow (shutdown).
+            // On the connection's own thread, after the fetch loop's current turn: no other thread is woken for it.
+            let blocking = self.blocking
+            Task(executorPreference: blocking.lane) {
+                try? await blocking.withConnection { connection throws(CeleryWorkerError) in try connection.readUnread() }
+            }
+        }
+        return popped
     }
 
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {
@@ -159,7 +177,7 @@ public final class RedisBroker: Broker {
         popped.reserveCapacity(items.count / 3)
         for index in stride(from: 0, to: items.count - 2, by: 3) {
             guard let list = items[index].text, let raw = items[index + 1].bytes else { continue }
-            popped.append((list, raw, items[index + 2].text, receivedAt))
+            popped.append((list, raw, items[index + 2].text, receivedAt, nil))
         }
         return popped
     }

@@ -15,6 +15,8 @@ import Synchronization
 final class RedisConnection: @unchecked Sendable {
     private struct State {
         var context: UnsafeMutablePointer<redisContext>?
+        /// Commands sent by ``sendUnread(_:then:)`` whose replies are still to be read, in the order sent.
+        var unread: [(replies: Int, then: @Sendable () -> Void)] = []
     }
 
     let url: RedisURL
@@ -50,6 +52,8 @@ final class RedisConnection: @unchecked Sendable {
                     throw error
                 }
             }
+            // The replies to commands sent earlier come first; they are read as these go out, in one round trip.
+            try Self.readUnread(&state, context)
             var replies: [RedisReply] = []
             replies.reserveCapacity(commands.count)
             for command in commands {
@@ -64,6 +68,53 @@ final class RedisConnection: @unchecked Sendable {
                 freeReplyObject(raw)
             }
             return replies
+        }
+    }
+
+    /// Sends the commands in one write without waiting for their replies, which the next call on this connection
+    /// reads (and discards) before its own, as does ``readUnread()``. `then` runs once they are read, or once the
+    /// connection is closed without them; when this throws, the commands may not have been sent and `then` never runs.
+    func sendUnread(_ commands: [RedisCommand], then: @escaping @Sendable () -> Void) throws(CeleryWorkerError) {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
+            let context = try connectedContext(&state)
+            for command in commands where Self.append(command, to: context) != REDIS_OK {
+                let error = Self.error(from: context, code: .connectionLost, doing: command.name)
+                Self.close(&state)
+                throw error
+            }
+            var done: Int32 = 0
+            while done == 0 {
+                guard redisBufferWrite(context, &done) == REDIS_OK else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: commands.first?.name ?? "write")
+                    Self.close(&state)
+                    throw error
+                }
+            }
+            state.unread.append((commands.count, then))
+        }
+    }
+
+    /// Reads the replies to everything ``sendUnread(_:then:)`` sent; they are discarded.
+    func readUnread() throws(CeleryWorkerError) {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
+            guard let context = state.context else { return }
+            try Self.readUnread(&state, context)
+        }
+    }
+
+    private static func readUnread(_ state: inout State, _ context: UnsafeMutablePointer<redisContext>) throws(CeleryWorkerError) {
+        while !state.unread.isEmpty {
+            let sent = state.unread.removeFirst()
+            defer { sent.then() }
+            for _ in 0..<sent.replies {
+                var raw: UnsafeMutableRawPointer?
+                guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: "reading replies")
+                    close(&state)
+                    throw error
+                }
+                freeReplyObject(raw)
+            }
         }
     }
 
@@ -157,6 +208,9 @@ final class RedisConnection: @unchecked Sendable {
     private static func close(_ state: inout State) {
         if let context = state.context { redisFree(context) }
         state.context = nil
+        let unread = state.unread
+        state.unread.removeAll()
+        for sent in unread { sent.then() }
     }
 
     private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> UnsafeMutablePointer<redisContext> {

@@ -483,6 +483,8 @@ final class WorkerRun: Sendable {
     /// reason than the connection) one write per phase.
     private func flush(_ batch: [Settler.Entry]) async {
         let phases = Settler.Phases(batch)
+        await phases.earlyAcks.recorded()
+        await phases.lateAcks.recorded()
         if let shared = service.sharedServer, await settleTogether(phases, shared) { return }
         if !phases.earlyAcks.isEmpty { await carryOut(.ack, for: phases.earlyAcks) }
         if !phases.documents.isEmpty { await store(phases.documents) }
@@ -521,6 +523,7 @@ final class WorkerRun: Sendable {
     func carryOut(_ action: DeliveryStateMachine.Action, for all: [BrokerDelivery]) async {
         let deliveries = all.filter { $0.deliveryTag != nil }
         guard action != .none, !deliveries.isEmpty else { return }
+        await deliveries.recorded()
         let outcome = await retryingWhileUnreachable(retries: 19) { () throws(CeleryWorkerError) in
             switch action {
             case .none: return

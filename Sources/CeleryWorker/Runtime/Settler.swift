@@ -41,9 +41,17 @@ final class Settler: Sendable {
         var entries: [Entry] = []
         var waiter: CheckedContinuation<Void, Never>?
         var finished = false
+        /// A wake-up is on its way for entries handed in by ``submitEarlyAck(_:)``.
+        var nudgeScheduled = false
     }
 
     private let state = Mutex(State())
+    /// How long an early acknowledgement handed in by ``submitEarlyAck(_:)`` waits at most for company.
+    let linger: Duration
+
+    init(linger: Duration = .milliseconds(1)) {
+        self.linger = linger
+    }
 
     /// Hands in a document to store and/or a delivery to acknowledge (`early`: acknowledged as the task starts);
     /// `done` runs once both are written.
@@ -53,6 +61,36 @@ final class Settler: Sendable {
     ) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             state.entries.append(Entry(document: document, ack: ack, early: early, done: done))
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Hands in the acknowledgement of a task that is starting (acks_late off) without waking the settler: the
+    /// task's result usually follows within microseconds, and then both go out in one write. The settler wakes for
+    /// the next entry handed in, for ``nudge()`` (at the end of the task), or after ``linger`` at the latest, so a
+    /// long task's acknowledgement is not held back for its duration.
+    func submitEarlyAck(_ ack: BrokerDelivery) {
+        let schedule = state.withLock { state -> Bool in
+            state.entries.append(Entry(document: nil, ack: ack, early: true, done: {}))
+            guard state.waiter != nil, !state.nudgeScheduled else { return false }
+            state.nudgeScheduled = true
+            return true
+        }
+        guard schedule else { return }
+        let linger = self.linger
+        Task { [self] in
+            try? await Task.sleep(for: linger)
+            nudge()
+        }
+    }
+
+    /// Wakes the settler if it is waiting while entries are queued.
+    func nudge() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.nudgeScheduled = false
+            guard !state.entries.isEmpty else { return nil }
             defer { state.waiter = nil }
             return state.waiter
         }

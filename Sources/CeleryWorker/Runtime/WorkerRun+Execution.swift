@@ -222,6 +222,7 @@ extension WorkerRun {
         let queue = job.deliveryInfo.routingKey
         var holdsPrefetch = holdsPrefetch
         defer { if holdsPrefetch { prefetch.release() } }
+        defer { settler.nudge() }  // an early acknowledgement still queued goes out now, with or without a result
         if await revokeIfExpired(job) {
             await carryOut(.ack, for: job.delivery)
             return
@@ -246,10 +247,10 @@ extension WorkerRun {
         }
         await sendTaskEvent("task-started", message)
         if machine.start() == .ack {
-            // Acknowledged by the settler with other tasks' writes. As in Celery, an acknowledged message no longer
+            // Acknowledged by the settler with other tasks' writes, usually with this task's own result. As in Celery, an acknowledged message no longer
             // counts against the prefetch limit: the slot is free at once (the message stays recorded in `unacked`
             // until the write lands, so nothing is lost meanwhile).
-            settler.submit(ack: job.delivery, early: true)
+            settler.submitEarlyAck(job.delivery)
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
         }
