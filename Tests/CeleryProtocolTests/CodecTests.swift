@@ -159,6 +159,46 @@ struct CodecTests {
         #expect(envelope.contentEncoding == document["content-encoding"]?.stringValue ?? "utf-8")
     }
 
+    @Test(
+        "the fields recorded in unacked are read as the whole document gives them, skipping the rest",
+        arguments: [
+            #"{"body": "e30=", "headers": {"id": "a", "nested": [1, -2.5e3, {"x": [true, false, null]}, "q\"\\"]}, "properties": {"delivery_tag": "t1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#,
+            #"{"properties": {"delivery_tag": "first"}, "properties": {"delivery_tag": "last", "delivery_info": {"exchange": "ex\u00e9", "routing_key": "r\n"}}}"#,
+            #"{"properties": {"delivery_info": {"routing_key": 5}, "delivery_tag": "only-tag"}, "body": "x"}"#,
+            #" {"headers": {}, "properties": {"delivery_tag": "t"}, "extra": [[], {}, "", 0]} "#,
+            #"{"properties": {"delivery_tag": 7}}"#,
+            #"{"body": "no properties"}"#,
+            #"{"headers": {"a": 1,}, "properties": {"delivery_tag": "broken before"}}"#,
+            #"{"properties": {"delivery_tag": "trailing"}} x"#,
+            #"["properties", {"delivery_tag": "not an object"}]"#,
+            #"{"headers": "tab\#there", "properties": {"delivery_tag": "control character"}}"#,
+        ])
+    func deliveryFields(text: String) throws {
+        let fields = KombuEnvelope.deliveryFields(of: Array(text.utf8))
+        let properties = (try? CeleryJSON.decode(text))?["properties"]
+        guard case .string(let tag)? = properties?["delivery_tag"] else {
+            #expect(fields == nil)
+            return
+        }
+        let info = properties?["delivery_info"]
+        #expect(fields?.tag == tag)
+        #expect(fields?.exchange == info?["exchange"]?.stringValue ?? "")
+        #expect(fields?.routingKey == info?["routing_key"]?.stringValue ?? "")
+    }
+
+    @Test("the delivery fields of every golden message are those of its whole document")
+    func deliveryFieldsOfFixtures() throws {
+        let names = Fixtures.names(suffix: ".message.json")
+        #expect(names.count >= 10)
+        for name in names {
+            let raw = try Fixtures.bytes(name + ".message.json")
+            let properties = try CeleryJSON.decode(raw)["properties"]
+            let fields = try #require(KombuEnvelope.deliveryFields(of: raw), "\(name)")
+            #expect(fields.tag == properties?["delivery_tag"]?.stringValue)
+            #expect(fields.routingKey == properties?["delivery_info"]?["routing_key"]?.stringValue)
+        }
+    }
+
     @Test("an envelope that is not JSON, or whose body is not UTF-8, is an invalid envelope")
     func envelopeReaderErrors() {
         for bytes: [UInt8] in [

@@ -192,6 +192,23 @@ extension RedisBrokerTests {
         #expect(try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
     }
 
+    @Test("after a blocking pop that waited, the next fetch blocks at once; a message already waiting then brings back the batch pop")
+    func blockingAfterWait() async throws {
+        let (broker, client) = try await broker()
+        let raw = try fixture("v2-json-add.message.json")
+        let pusher = RedisClient(url: client.url)
+        async let first = broker.fetch(queues: ["celery"], limit: 4)
+        try await Task.sleep(for: .milliseconds(200))
+        try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+        #expect(try await first.count == 1)
+        // The queues were empty a moment ago: no batch script, straight to the blocking pop, which takes one.
+        try await pusher.pipeline((0..<3).map { _ in RedisCommand("LPUSH", "celery", RedisArgument(raw)) })
+        #expect(try await broker.fetch(queues: ["celery"], limit: 4).count == 1)
+        // That one was already waiting, so the next fetch is the batch script again.
+        #expect(try await broker.fetch(queues: ["celery"], limit: 4).count == 2)
+        #expect(try await client.send(RedisCommand("LLEN", "celery")).integer == 0)
+    }
+
     @Test("one round trip takes a batch, no more than asked, in priority order")
     func batch() async throws {
         let (broker, client) = try await broker()

@@ -39,10 +39,15 @@ struct SettlerTests {
         func withLock<T>(_ body: ([[String]]) -> T) -> T { batches.withLock { body($0) } }
     }
 
-    /// Runs `settler` in the background, recording each batch it writes.
+    /// Runs `settler` in the background, lingering, on a thread of its own (as the worker runs it on the results
+    /// connection's thread), recording each batch it writes.
     static func record(_ settler: Settler) -> (Task<Void, Never>, Batches) {
         let batches = Batches()
-        let runner = Task { await settler.run { batch in batches.append(batch) } }
+        let lane = WorkerThreads(count: 1, name: "test-settler")
+        let runner = Task(executorPreference: lane) {
+            await settler.run(lingering: true) { batch in batches.append(batch) }
+            lane.shutdown()
+        }
         return (runner, batches)
     }
 
@@ -55,7 +60,7 @@ struct SettlerTests {
         let settler = Settler(linger: .seconds(60))
         let (runner, batches) = Self.record(settler)
         try? await Task.sleep(for: .milliseconds(50))  // the settler is waiting
-        settler.submitEarlyAck(Self.delivery("early"))
+        settler.submit(ack: Self.delivery("early"), early: true)
         try? await Task.sleep(for: .milliseconds(100))
         #expect(batches.withLock { $0 }.isEmpty)
         settler.submit(document: CeleryResultDocument(taskID: "t", status: .success, result: .null, traceback: nil, children: [], dateDone: nil))
@@ -70,7 +75,7 @@ struct SettlerTests {
         let lingering = Settler(linger: .milliseconds(20))
         let (first, lingered) = Self.record(lingering)
         try? await Task.sleep(for: .milliseconds(50))
-        lingering.submitEarlyAck(Self.delivery("alone"))
+        lingering.submit(ack: Self.delivery("alone"), early: true)
         await Self.waitFor { !lingered.withLock { $0 }.isEmpty }
         #expect(lingered.withLock { $0 } == [["alone"]])
         lingering.finish()
@@ -79,7 +84,7 @@ struct SettlerTests {
         let nudged = Settler(linger: .seconds(60))
         let (second, batches) = Self.record(nudged)
         try? await Task.sleep(for: .milliseconds(50))
-        nudged.submitEarlyAck(Self.delivery("nudged"))
+        nudged.submit(ack: Self.delivery("nudged"), early: true)
         try? await Task.sleep(for: .milliseconds(100))
         #expect(batches.withLock { $0 }.isEmpty)
         nudged.nudge()

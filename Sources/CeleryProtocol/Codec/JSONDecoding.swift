@@ -405,34 +405,108 @@ extension JSONParser {
     /// Parses a kombu envelope, keeping only the fields kombu reads: neither the top-level object nor the body
     /// string is built. Returns `nil` for a valid JSON document that is not an object.
     mutating func parseEnvelope() throws(CeleryProtocolError) -> EnvelopeFields? {
+        var fields = EnvelopeFields()
+        let isObject = try forEachTopLevelMember { (parser: inout JSONParser, key) throws(CeleryProtocolError) in
+            switch key {
+            case "body": fields.body = try parser.parseBody()
+            case "content-type": fields.contentType = try parser.parseValue()
+            case "content-encoding": fields.contentEncoding = try parser.parseValue()
+            case "headers": fields.headers = try parser.parseValue()
+            case "properties": fields.properties = try parser.parseValue()
+            default: _ = try parser.parseValue()
+            }
+        }
+        return isObject ? fields : nil
+    }
+
+    /// The `properties` member of a kombu envelope; every other member is only scanned, never built. `nil` for a
+    /// valid JSON document that is not an object, or an object without `properties` (the last one counts, as in
+    /// Python).
+    mutating func parseEnvelopeProperties() throws(CeleryProtocolError) -> CeleryValue? {
+        var properties: CeleryValue?
+        _ = try forEachTopLevelMember { (parser: inout JSONParser, key) throws(CeleryProtocolError) in
+            if key == "properties" { properties = try parser.parseValue() } else { try parser.skipValue() }
+        }
+        return properties
+    }
+
+    /// Walks the members of the document's top-level object: `member` gets each key with the index at its value,
+    /// and must move past that value. `false` (nothing walked) for a valid JSON document that is not an object.
+    private mutating func forEachTopLevelMember(
+        _ member: (inout JSONParser, String) throws(CeleryProtocolError) -> Void
+    ) throws(CeleryProtocolError) -> Bool {
         skipWhitespace()
         guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else {
             _ = try parseDocument()
-            return nil
+            return false
         }
         try enter()
         index += 1
-        var fields = EnvelopeFields()
         skipWhitespace()
         if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
             index += 1
         } else {
             while true {
-                switch try parseKey() {
-                case "body": fields.body = try parseBody()
-                case "content-type": fields.contentType = try parseValue()
-                case "content-encoding": fields.contentEncoding = try parseValue()
-                case "headers": fields.headers = try parseValue()
-                case "properties": fields.properties = try parseValue()
-                default: _ = try parseValue()
-                }
+                let key = try parseKey()
+                try member(&self, key)
                 if try endOfMember(closing: UInt8(ascii: "}")) { break }
             }
         }
         depth -= 1
         skipWhitespace()
         guard index == buffer.count else { throw error("unexpected data after the JSON value") }
-        return fields
+        return true
+    }
+
+    /// Moves past one JSON value, checking its structure as ``parseValue()`` does but building nothing (strings
+    /// are not decoded, so their escapes and UTF-8 are not checked).
+    private mutating func skipValue() throws(CeleryProtocolError) {
+        guard index < buffer.count else { throw error("unexpected end of JSON") }
+        switch buffer[index] {
+        case UInt8(ascii: "\""): try skipString()
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            let closing = buffer[index] == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: "]")
+            try enter()
+            defer { depth -= 1 }
+            index += 1
+            skipWhitespace()
+            if index < buffer.count, buffer[index] == closing {
+                index += 1
+                return
+            }
+            while true {
+                skipWhitespace()
+                if closing == UInt8(ascii: "}") {
+                    guard index < buffer.count, buffer[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+                    try skipString()
+                    skipWhitespace()
+                    guard index < buffer.count, buffer[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                    index += 1
+                    skipWhitespace()
+                }
+                try skipValue()
+                if try endOfMember(closing: closing) { return }
+            }
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            _ = try parseNumber()
+        default:
+            _ = try parseValue()  // a literal: nothing to allocate
+        }
+    }
+
+    private mutating func skipString() throws(CeleryProtocolError) {
+        index += 1
+        while index < buffer.count {
+            switch buffer[index] {
+            case UInt8(ascii: "\\"): index += 2
+            case UInt8(ascii: "\""):
+                index += 1
+                return
+            case 0..<0x20: throw error("control character in string")
+            default: index += 1
+            }
+        }
+        throw error("unterminated string")
     }
 
     private mutating func parseBody() throws(CeleryProtocolError) -> EnvelopeBody {

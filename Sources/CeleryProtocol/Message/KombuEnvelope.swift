@@ -46,6 +46,19 @@ public struct KombuEnvelope: Sendable {
         }
     }
 
+    /// What kombu records in `unacked` for a message: its `properties.delivery_tag`, and the exchange and routing
+    /// key of its `properties.delivery_info` (`""` when missing). Only `properties` is decoded; the rest of the
+    /// message is scanned. `nil` when the message is not JSON, not an object, or carries no string tag.
+    public static func deliveryFields(of raw: [UInt8]) -> (tag: String, exchange: String, routingKey: String)? {
+        let properties = raw.withUnsafeBufferPointer { buffer -> CeleryValue? in
+            var parser = JSONParser(buffer: buffer)
+            return try? parser.parseEnvelopeProperties()
+        }
+        guard case .string(let tag)? = properties?["delivery_tag"] else { return nil }
+        let info = properties?["delivery_info"]
+        return (tag, info?["exchange"]?.stringValue ?? "", info?["routing_key"]?.stringValue ?? "")
+    }
+
     private init(_ fields: JSONParser.EnvelopeFields, in buffer: UnsafeBufferPointer<UInt8>) throws(CeleryProtocolError) {
         var headers: OrderedDictionary<String, CeleryValue> = [:]
         switch fields.headers {

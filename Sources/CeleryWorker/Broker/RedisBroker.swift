@@ -16,6 +16,8 @@ public final class RedisBroker: Broker {
     let unackedIndexKey = "unacked_index"
     /// The queue to put first in the next `BRPOP` (kombu rotates the queue that just delivered to the end).
     private let rotation = Mutex<[String]>([])
+    /// Whether the last blocking pop waited for its message (or for nothing): the queues were empty then.
+    private let waited = Mutex(false)
 
     /// - Parameters:
     ///   - blocking: the connection used only for `BRPOP`.
@@ -60,11 +62,18 @@ public final class RedisBroker: Broker {
             for queue in ordered { lists.append(Self.list(for: queue, priority: bucket)) }
         }
         // Whatever is waiting is popped and recorded in `unacked` by one script: no moment exists in which a
-        // message is off its list but not yet recorded, so a worker killed at any point loses nothing.
-        var popped = try await popAndRecord(lists: lists, limit: max(1, limit))
+        // message is off its list but not yet recorded, so a worker killed at any point loses nothing. Skipped
+        // when the last blocking pop had to wait: the queues were empty a moment ago, and a message that came
+        // since is taken by the blocking pop at once (a second one then makes the next fetch use the script).
+        var popped: [Popped] = []
+        if !waited.withLock({ $0 }) {
+            popped = try await popAndRecord(lists: lists, limit: max(1, limit))
+        }
         if popped.isEmpty {
             // Nothing waiting: block for the next message, recording it straight after on the same connection.
             popped = try await blockingPop(lists: lists)
+        } else {
+            waited.withLock { $0 = false }
         }
         var deliveries: [BrokerDelivery] = []
         deliveries.reserveCapacity(popped.count)
@@ -103,10 +112,7 @@ public final class RedisBroker: Broker {
 
     /// The delivery tag, exchange and routing key kombu records for a popped message, when it has a tag.
     static func recordFields(_ raw: [UInt8]) -> (tag: String, exchange: String, routingKey: String)? {
-        guard let document = try? CeleryJSON.decode(raw), case .string(let tag)? = document["properties"]?["delivery_tag"]
-        else { return nil }
-        let info = document["properties"]?["delivery_info"]
-        return (tag, info?["exchange"]?.stringValue ?? "", info?["routing_key"]?.stringValue ?? "")
+        KombuEnvelope.deliveryFields(of: raw)
     }
 
     /// `[<envelope>, "<exchange>", "<routing_key>"]`, the value kombu stores in `unacked`.
@@ -128,10 +134,16 @@ public final class RedisBroker: Broker {
     private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [Popped] {
         let unackedKey = self.unackedKey
         let unackedIndexKey = self.unackedIndexKey
-        let popped = try await blocking.withConnection { connection throws(CeleryWorkerError) -> [Popped] in
+        let popped = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> [Popped] in
+            let started = ContinuousClock.now
             let reply = try connection.execute([RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])])
             guard case .array(let pair)? = reply.first, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes
-            else { return [] }
+            else {
+                self.waited.withLock { $0 = true }
+                return []
+            }
+            // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
+            self.waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
             let receivedAt = WallClock.now()
             guard let fields = Self.recordFields(raw) else { return [(list, raw, nil, receivedAt, nil)] }
             let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)

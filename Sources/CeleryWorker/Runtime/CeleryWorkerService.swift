@@ -251,8 +251,10 @@ final class WorkerRun: Sendable {
             }
             // Settling runs on the thread of the connection that writes the batches, so a task's writes wake only
             // that thread.
-            group.addTask(executorPreference: (self.service.backend as? RedisResultBackend)?.client.lane) {
-                await self.settler.run { batch in await self.flush(batch) }
+            let resultsLane = (self.service.backend as? RedisResultBackend)?.client.lane
+            group.addTask(executorPreference: resultsLane) {
+                // Lingering blocks the thread it runs on: only on the results connection's own thread.
+                await self.settler.run(lingering: resultsLane != nil) { batch in await self.flush(batch) }
             }
             group.addTask {
                 await self.maintenanceLoop()

@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Dispatch
 import Synchronization
 
 /// Write-behind for the two Redis writes every task makes: its result document (to the backend) and its
@@ -41,12 +42,14 @@ final class Settler: Sendable {
         var entries: [Entry] = []
         var waiter: CheckedContinuation<Void, Never>?
         var finished = false
-        /// A wake-up is on its way for entries handed in by ``submitEarlyAck(_:)``.
-        var nudgeScheduled = false
+        /// The settler waits for company for a batch of early acknowledgements (see ``run(lingering:flush:)``).
+        var lingering = false
     }
 
     private let state = Mutex(State())
-    /// How long an early acknowledgement handed in by ``submitEarlyAck(_:)`` waits at most for company.
+    /// Signalled when an entry arrives while the settler lingers.
+    private let company = DispatchSemaphore(value: 0)
+    /// How long a batch of only early acknowledgements waits at most for more entries.
     let linger: Duration
 
     init(linger: Duration = .milliseconds(1)) {
@@ -59,42 +62,26 @@ final class Settler: Sendable {
         document: CeleryResultDocument? = nil, ack: BrokerDelivery? = nil, early: Bool = false,
         done: @escaping @Sendable () -> Void = {}
     ) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let (waiter, lingering) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Bool) in
             state.entries.append(Entry(document: document, ack: ack, early: early, done: done))
-            defer { state.waiter = nil }
-            return state.waiter
+            defer {
+                state.waiter = nil
+                state.lingering = false
+            }
+            return (state.waiter, state.lingering)
         }
         waiter?.resume()
+        if lingering { company.signal() }
     }
 
-    /// Hands in the acknowledgement of a task that is starting (acks_late off) without waking the settler: the
-    /// task's result usually follows within microseconds, and then both go out in one write. The settler wakes for
-    /// the next entry handed in, for ``nudge()`` (at the end of the task), or after ``linger`` at the latest, so a
-    /// long task's acknowledgement is not held back for its duration.
-    func submitEarlyAck(_ ack: BrokerDelivery) {
-        let schedule = state.withLock { state -> Bool in
-            state.entries.append(Entry(document: nil, ack: ack, early: true, done: {}))
-            guard state.waiter != nil, !state.nudgeScheduled else { return false }
-            state.nudgeScheduled = true
-            return true
-        }
-        guard schedule else { return }
-        let linger = self.linger
-        Task { [self] in
-            try? await Task.sleep(for: linger)
-            nudge()
-        }
-    }
-
-    /// Wakes the settler if it is waiting while entries are queued.
+    /// Ends a linger at once: the task whose early acknowledgement waits for company has ended without a result to
+    /// store (its acknowledgement goes out now).
     func nudge() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.nudgeScheduled = false
-            guard !state.entries.isEmpty else { return nil }
-            defer { state.waiter = nil }
-            return state.waiter
+        let lingering = state.withLock { state -> Bool in
+            defer { state.lingering = false }
+            return state.lingering
         }
-        waiter?.resume()
+        if lingering { company.signal() }
     }
 
     /// Hands in a document and waits until it is stored.
@@ -104,31 +91,60 @@ final class Settler: Sendable {
         }
     }
 
-    /// No more entries will come: ``run(flush:)`` returns once everything handed in is written.
+    /// No more entries will come: ``run(lingering:flush:)`` returns once everything handed in is written.
     func finish() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let (waiter, lingering) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Bool) in
             state.finished = true
-            defer { state.waiter = nil }
-            return state.waiter
+            defer {
+                state.waiter = nil
+                state.lingering = false
+            }
+            return (state.waiter, state.lingering)
         }
         waiter?.resume()
+        if lingering { company.signal() }
     }
 
     /// Takes batches and writes them with `flush` until ``finish()`` and an empty queue.
-    func run(flush: ([Entry]) async -> Void) async {
+    ///
+    /// With `lingering` (only on a thread of the caller's own, never on Swift's cooperative pool: it blocks), a batch
+    /// of nothing but early acknowledgements waits up to ``linger`` for more entries before it is written. Such a
+    /// batch means tasks just started, and a short task's result follows within microseconds: then the
+    /// acknowledgement and the result go out in one write instead of two round trips one after the other. A long
+    /// task's acknowledgement is held back by ``linger`` at most.
+    func run(lingering: Bool = false, flush: ([Entry]) async -> Void) async {
         while true {
-            let batch = await next()
+            let batch = await next(lingering: lingering)
             if batch.isEmpty { return }
             await flush(batch)
             for entry in batch { entry.done() }
         }
     }
 
-    private func next() async -> [Entry] {
+    private func take() -> (batch: [Entry], finished: Bool) {
+        state.withLock { state -> ([Entry], Bool) in
+            defer { state.entries.removeAll(keepingCapacity: true) }
+            return (state.entries, state.finished)
+        }
+    }
+
+    private func next(lingering: Bool) async -> [Entry] {
         while true {
-            let (batch, finished) = state.withLock { state -> ([Entry], Bool) in
-                defer { state.entries.removeAll(keepingCapacity: true) }
-                return (state.entries, state.finished)
+            var (batch, finished) = take()
+            if lingering, !finished, !batch.isEmpty, batch.allSatisfy({ $0.early && $0.document == nil }) {
+                let armed = state.withLock { state -> Bool in
+                    state.lingering = state.entries.isEmpty && !state.finished
+                    return state.lingering
+                }
+                if armed {
+                    let (seconds, attoseconds) = linger.components
+                    let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+                    _ = company.wait(timeout: .now() + .nanoseconds(nanoseconds))
+                    state.withLock { $0.lingering = false }
+                }
+                let more = take()
+                batch += more.batch
+                finished = more.finished
             }
             if !batch.isEmpty || finished { return batch }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

@@ -222,7 +222,7 @@ extension WorkerRun {
         let queue = job.deliveryInfo.routingKey
         var holdsPrefetch = holdsPrefetch
         defer { if holdsPrefetch { prefetch.release() } }
-        defer { settler.nudge() }  // an early acknowledgement still queued goes out now, with or without a result
+        defer { settler.nudge() }  // an early acknowledgement waiting for company goes out now, result or not
         if await revokeIfExpired(job) {
             await carryOut(.ack, for: job.delivery)
             return
@@ -250,7 +250,7 @@ extension WorkerRun {
             // Acknowledged by the settler with other tasks' writes, usually with this task's own result. As in Celery, an acknowledged message no longer
             // counts against the prefetch limit: the slot is free at once (the message stays recorded in `unacked`
             // until the write lands, so nothing is lost meanwhile).
-            settler.submitEarlyAck(job.delivery)
+            settler.submit(ack: job.delivery, early: true)
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
         }
