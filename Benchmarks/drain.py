@@ -6,14 +6,17 @@
 For each worker and variant it pre-fills N real Celery messages (made by Celery itself), starts the worker, and
 measures the time to drain them with every result written (tasks/s), the worker process tree's CPU time per task
 and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worker (raw push -> result published,
-p50/p99), also for the simplest possible consumer (a Python loop that only BRPOPs and PUBLISHes), the time from
+p50/p99, timed on raw sockets), also for the simplest possible consumers (a loop that only BRPOPs and PUBLISHes, in
+Python and in C with hiredis: `floor.c`, built here with the system C compiler), the time from
 starting a worker to the result of a message already waiting, and a throughput floor: a bare batched Python loop
 (pop many, pipeline the result writes, no Celery).
 """
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -82,9 +85,25 @@ while True:
 """
 
 
+def build_floor(logdir):
+    """Compiles floor.c; raises with the compiler's own message when that is not possible."""
+    compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc, clang or gcc) for the C latency floor")
+    binary = logdir / "floor"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(HERE / "floor.c"), "-lhiredis"], check=True)
+    return binary
+
+
 def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=True):
     env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
     log = open(logdir / f"{kind}.log", "ab")
+    if kind == "c-loop":
+        port = broker.rsplit(":", 1)[1].split("/")[0]
+        proc = subprocess.Popen([str(build_floor(logdir)), port], stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)
+        time.sleep(0.3)
+        return proc
     if kind == "python-loop":
         proc = subprocess.Popen([sys.executable, "-c", FLOOR_RESPONDER, broker, backend], stdout=subprocess.DEVNULL,
                                 stderr=log, start_new_session=True)
@@ -157,33 +176,95 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
             "rss_mb": max(peak, rss) / 1e6, "lost": len(messages) - done}
 
 
-def latency(kind, server, samples, logdir):
+def resp(*args):
+    """One command in Redis's protocol."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        arg = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class RespReader:
+    """Reads replies off a raw socket: the probe uses no client library, so its own cost stays out of the figure."""
+
+    def __init__(self, sock):
+        self.sock, self.buffer = sock, b""
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("Redis closed the connection")
+        self.buffer += chunk
+
+    def _line(self):
+        while b"\r\n" not in self.buffer:
+            self._fill()
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            while len(self.buffer) < size + 2:
+                self._fill()
+            value, self.buffer = self.buffer[:size], self.buffer[size + 2:]
+            return value
+        if kind in (b"*", b">"):
+            return [self.read() for _ in range(int(rest))]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+
+def latency(kind, server, samples, logdir, gap=0.01):
+    """Raw push -> result published on an idle worker: the clock starts as the LPUSH is written to a raw socket and
+    stops when the first byte of the result's PUBLISH reaches a subscriber. `gap` seconds pass between samples, with
+    the worker waiting in its blocking pop: the longer the gap, the colder the machine's caches and cores."""
     broker, backend = server.url(1), server.url(0)
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
     rr.flushdb()
     messages = make_messages(broker, samples, "tasks.noop", "json")
     proc = start_worker(kind, broker, backend, False, "json", logdir)
-    pubsub = rr.pubsub()
+    address = ("127.0.0.1", rb.connection_pool.connection_kwargs["port"])
+    push, sub = socket.create_connection(address), socket.create_connection(address)
+    for sock in (push, sub):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pushed, subscribed = RespReader(push), RespReader(sub)
     times = []
     try:
+        push.sendall(resp("SELECT", 1))
+        pushed.read()
         for raw in messages:
             task_id = json.loads(raw)["headers"]["id"]
-            pubsub.subscribe(f"celery-task-meta-{task_id}")
-            pubsub.get_message(timeout=1)  # subscribe confirmation
-            sent = time.perf_counter()
-            rb.lpush("celery", raw)
-            while True:
-                message = pubsub.get_message(timeout=5)
-                if message is None:
-                    raise RuntimeError(f"{kind}: no result for {task_id}")
-                if message["type"] == "message":
-                    times.append((time.perf_counter() - sent) * 1000)
-                    break
-            pubsub.unsubscribe()
-            pubsub.get_message(timeout=1)
-            time.sleep(0.01)
+            sub.sendall(resp("SUBSCRIBE", f"celery-task-meta-{task_id}"))
+            subscribed.read()  # the confirmation
+            command = resp("LPUSH", "celery", raw)
+            sub.settimeout(5)
+            sent = time.perf_counter_ns()
+            push.sendall(command)
+            try:
+                sub.recv(1, socket.MSG_PEEK)
+            except socket.timeout:
+                raise RuntimeError(f"{kind}: no result for {task_id}") from None
+            times.append((time.perf_counter_ns() - sent) / 1e6)
+            message = subscribed.read()
+            if message[0] != b"message":
+                raise RuntimeError(f"{kind}: unexpected {message!r}")
+            pushed.read()
+            sub.sendall(resp("UNSUBSCRIBE"))
+            subscribed.read()
+            time.sleep(gap)
     finally:
+        push.close()
+        sub.close()
         proc.send_signal(signal.SIGTERM) if kind == "swift" else os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     times.sort()
@@ -285,6 +366,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--latency-gaps", default="10,1",
+                        help="milliseconds between latency samples, one measurement per value (default: 10,1)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per cell; the run with the median rate is reported, lost tasks are summed")
     parser.add_argument("--quick", action="store_true", help="one variant per worker: checks the benchmark runs")
@@ -316,10 +399,12 @@ def main():
         print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
               f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
         print()
-        for kind in ["swift", "python-prefork", "python-loop"]:
-            lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir)
-            label = "python BRPOP+PUBLISH loop" if kind == "python-loop" else kind
-            print(f"idle pick-up latency {label:26} p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms", flush=True)
+        for gap in [float(value) for value in options.latency_gaps.split(",")]:
+            for kind in ["swift", "python-prefork", "python-loop", "c-loop"]:
+                lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir, gap / 1000)
+                label = {"python-loop": "python BRPOP+PUBLISH loop", "c-loop": "C BRPOP+PUBLISH loop"}.get(kind, kind)
+                print(f"idle pick-up latency, {gap:g} ms apart, {label:26} p50 {lat['p50_ms']:.2f} ms  "
+                      f"p99 {lat['p99_ms']:.2f} ms", flush=True)
         for kind in ["swift", "python-prefork"]:
             print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} ms "
                   "(median; a message already waiting)", flush=True)
