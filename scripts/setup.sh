@@ -12,6 +12,7 @@ for pkg in libhiredis-dev libmsgpack-dev redis-server pkg-config; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+command -v gcc >/dev/null || need+=(gcc)  # the benchmarks' malloc counter and C latency floor
 if ((${#need[@]})); then
     log "installing Debian packages: ${need[*]}"
     apt-get update -qq
