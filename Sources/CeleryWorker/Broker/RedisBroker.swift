@@ -110,11 +110,6 @@ public final class RedisBroker: Broker {
         return list
     }
 
-    /// The delivery tag, exchange and routing key kombu records for a popped message, when it has a tag.
-    static func recordFields(_ raw: [UInt8]) -> (tag: String, exchange: String, routingKey: String)? {
-        KombuEnvelope.deliveryFields(of: raw)
-    }
-
     /// `[<envelope>, "<exchange>", "<routing_key>"]`, the value kombu stores in `unacked`.
     static func unackedRecord(raw: [UInt8], exchange: String, routingKey: String) -> [UInt8] {
         var record: [UInt8] = [UInt8(ascii: "[")]
@@ -145,7 +140,8 @@ public final class RedisBroker: Broker {
             // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
             self.waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
             let receivedAt = WallClock.now()
-            guard let fields = Self.recordFields(raw) else { return [(list, raw, nil, receivedAt, nil)] }
+            // The tag, exchange and routing key kombu records (only `properties` is decoded); none: not recorded.
+            guard let fields = KombuEnvelope.deliveryFields(of: raw) else { return [(list, raw, nil, receivedAt, nil)] }
             let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
             // Sent before the message is handed on, so a worker killed from here on loses nothing (the kernel
             // still delivers what was written); its reply is read while the task is prepared, and acknowledging

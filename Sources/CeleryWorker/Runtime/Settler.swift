@@ -9,7 +9,7 @@ import Synchronization
 /// soon as it handed its writes in, so under load many tasks share each round trip.
 ///
 /// Order is kept where it matters: an acknowledgement handed in after a document (acks-late) is never sent before
-/// it. Writes are retried while Redis is unreachable, as the direct ones are; ``finish()`` drains everything at
+/// it. At idle, a task's early acknowledgement waits up to ``linger`` for its result, so both share one write. Writes are retried while Redis is unreachable, as the direct ones are; ``finish()`` drains everything at
 /// shutdown before the worker exits.
 final class Settler: Sendable {
     struct Entry: Sendable {
