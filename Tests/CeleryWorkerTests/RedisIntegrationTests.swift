@@ -183,9 +183,17 @@ extension RedisBrokerTests {
         try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
         let delivery = try #require(try await fetched.first)
         let tag = try #require(delivery.deliveryTag)
-        // The record is sent before the message is handed on; its reply is read afterwards, on the fetch thread.
+        // The record is sent before the message is handed on; its reply is read afterwards, on the fetch thread,
+        // even with no fetch after this one (without that read the wait would never end).
         let record = try #require(delivery.pendingRecord)
-        await record.wait()
+        final class Flag: Sendable { let value = Mutex(false) }
+        let confirmed = Flag()
+        Task { [confirmed] in
+            await record.wait()
+            confirmed.value.withLock { $0 = true }
+        }
+        for _ in 0..<500 where !confirmed.value.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        try #require(confirmed.value.withLock { $0 }, "the record's reply was never read")
         #expect(
             try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
                 == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))

@@ -162,8 +162,10 @@ public final class RedisBroker: Broker {
             return [(list, raw, fields.tag, receivedAt, pending)]
         }
         if popped.first?.record != nil {
-            // The next fetch reads the reply before its own; this reads it should no fetch follow (shutdown).
-            // On the connection's own thread, after the fetch loop's current turn: no other thread is woken for it.
+            // The next fetch reads the reply before its own; this reads it when no fetch follows soon: at shutdown, or
+            // while the fetch loop waits for prefetch permits that only tasks waiting for this acknowledgement's
+            // batch can free. On the connection's own thread, once the fetch loop's current turn suspends: no other
+            // thread is woken for it.
             let blocking = self.blocking
             Task(executorPreference: blocking.lane) {
                 try? await blocking.withConnection { connection throws(CeleryWorkerError) in try connection.readUnread() }
