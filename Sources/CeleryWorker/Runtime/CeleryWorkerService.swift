@@ -485,8 +485,6 @@ final class WorkerRun: Sendable {
     /// reason than the connection) one write per phase.
     private func flush(_ batch: [Settler.Entry]) async {
         let phases = Settler.Phases(batch)
-        await phases.earlyAcks.recorded()
-        await phases.lateAcks.recorded()
         if let shared = service.sharedServer, await settleTogether(phases, shared) { return }
         if !phases.earlyAcks.isEmpty { await carryOut(.ack, for: phases.earlyAcks) }
         if !phases.documents.isEmpty { await store(phases.documents) }
@@ -501,6 +499,8 @@ final class WorkerRun: Sendable {
     ) async -> Bool {
         let early = phases.earlyAcks.filter { $0.deliveryTag != nil }
         let late = phases.lateAcks.filter { $0.deliveryTag != nil }
+        await early.recorded()
+        await late.recorded()
         let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Redis") { () throws(CeleryWorkerError) in
             try await shared.backend.settle(
                 earlyAcks: early.compactMap(\.deliveryTag), documents: phases.documents,

@@ -247,9 +247,9 @@ extension WorkerRun {
         }
         await sendTaskEvent("task-started", message)
         if machine.start() == .ack {
-            // Acknowledged by the settler with other tasks' writes, usually with this task's own result. As in Celery, an acknowledged message no longer
-            // counts against the prefetch limit: the slot is free at once (the message stays recorded in `unacked`
-            // until the write lands, so nothing is lost meanwhile).
+            // Acknowledged by the settler with other tasks' writes, usually with this task's own result. As in
+            // Celery, an acknowledged message no longer counts against the prefetch limit: the slot is free at once
+            // (the message stays recorded in `unacked` until the write lands, so nothing is lost meanwhile).
             settler.submit(ack: job.delivery, early: true)
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
