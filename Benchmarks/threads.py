@@ -5,7 +5,8 @@
 Each run pre-fills N `tasks.noop` messages made by Celery's own producer into a fresh loopback Redis, starts the
 release build of the worker (`-c 2`), and prints the drain rate, the worker's CPU per task, and for each of its
 threads (named by the worker: redis-fetch, celery-worker, celery-task-N, redis-results, redis-io) the CPU per task
-and the voluntary and involuntary context switches per task, read from /proc/<pid>/task/*.
+and the voluntary and involuntary context switches per task, read from /proc/<pid>/task/*; then the worker's
+resident memory by mapping (the binary, each shared library, anonymous memory), read from /proc/<pid>/smaps.
 """
 import argparse
 import signal
@@ -36,6 +37,18 @@ def thread_stats(pid):
         entry[1] += voluntary
         entry[2] += involuntary
     return totals
+
+
+def rss_by_mapping(pid):
+    """Resident kB per mapped file (anonymous mappings together), largest first."""
+    totals, name = {}, "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if "-" in parts[0] and len(parts) >= 5:
+            name = parts[5] if len(parts) > 5 and not parts[5].startswith("[") else "[anon]"
+        elif parts[0] == "Rss:":
+            totals[name] = totals.get(name, 0) + int(parts[1])
+    return sorted(totals.items(), key=lambda item: -item[1])
 
 
 def run(count, worker):
@@ -71,6 +84,9 @@ def run(count, worker):
                     continue
                 print(f"    {name:16} {cpu_us:5.0f} us/task  voluntary switches {(voluntary - base[1]) / count:.2f}/task"
                       f"  involuntary {(involuntary - base[2]) / count:.2f}/task")
+            mappings = rss_by_mapping(proc.pid)
+            print(f"    RSS {sum(kb for _, kb in mappings) / 1024:.1f} MB: "
+                  + ", ".join(f"{Path(name).name} {kb / 1024:.1f}" for name, kb in mappings[:6]))
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(30)

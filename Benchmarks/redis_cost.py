@@ -1,0 +1,82 @@
+"""What a drain costs Redis: the Swift worker against one loopback redis-server, with Redis's own CPU per task and
+its per-command statistics (`INFO commandstats`), the numbers behind the README's "why" list.
+
+    .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3
+    .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3 -- --prefetch-multiplier 16
+
+Each run starts the release build of the worker (`-c 2`, plus any arguments after `--`), pre-fills N `tasks.noop`
+messages made by Celery's own producer into a list nobody consumes, resets Redis's statistics, renames the list onto
+the queue and waits for every result. It prints the drain rate, the worker's and Redis's CPU per task, and for each
+command Redis ran: calls and microseconds per task (`evalsha` is the worker's pop-and-record and settle scripts).
+"""
+import argparse
+import signal
+import subprocess
+import sys
+import time
+
+import redis
+
+from drain import WORKER, RedisProcess, make_messages, tree_stats
+
+
+def run(server, messages, worker, extra):
+    broker, backend = server.url(1), server.url(0)
+    rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+    rb.flushdb()
+    rr.flushdb()
+    proc = subprocess.Popen([worker, "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING",
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        pipe = rb.pipeline(transaction=False)
+        for raw in messages:
+            pipe.lpush("celery.prefill", raw)
+        pipe.execute()
+        rb.config_resetstat()
+        worker0, _ = tree_stats(proc.pid)
+        redis0, _ = tree_stats(server.proc.pid)
+        started = time.monotonic()
+        rb.rename("celery.prefill", "celery")
+        while rr.dbsize() < len(messages) and time.monotonic() - started < 300:
+            time.sleep(0.005)
+        elapsed = time.monotonic() - started
+        worker1, _ = tree_stats(proc.pid)
+        redis1, _ = tree_stats(server.proc.pid)
+        done = rr.dbsize()
+        stats = rb.info("commandstats")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return {"tasks": done, "rate": done / elapsed, "worker_us": (worker1 - worker0) / done * 1e6,
+            "redis_us": (redis1 - redis0) / done * 1e6, "stats": stats, "lost": len(messages) - done}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("extra", nargs="*", help="worker arguments, after --")
+    options = parser.parse_args()
+    server = RedisProcess().start()
+    lost = 0
+    try:
+        messages = make_messages(server.url(1), options.tasks, "tasks.noop", "json")
+        for _ in range(options.runs):
+            result = run(server, messages, options.worker, options.extra)
+            lost += result["lost"]
+            print(f"{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
+                  f"redis {result['redis_us']:5.0f} us CPU/task  lost={result['lost']}", flush=True)
+            for name, stat in sorted(result["stats"].items(), key=lambda item: -item[1]["usec"]):
+                if name.startswith(("cmdstat_config", "cmdstat_rename", "cmdstat_dbsize", "cmdstat_info")):
+                    continue
+                print(f"    {name[8:]:10} {stat['calls'] / result['tasks']:6.3f} calls/task  "
+                      f"{stat['usec'] / result['tasks']:6.1f} us/task", flush=True)
+    finally:
+        server.stop()
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
