@@ -362,11 +362,22 @@ def redis_ceiling(server, requests=100000):
     return {"rate": 1 / seconds_per_task, "commands": rates}
 
 
+def milliseconds(text):
+    """`--latency-gaps`: comma-separated positive numbers."""
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of milliseconds: {text!r}") from None
+    if not values or any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"gaps must be positive: {text!r}")
+    return values
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--latency-gaps", default="10,1",
+    parser.add_argument("--latency-gaps", type=milliseconds, default="10,1",
                         help="milliseconds between latency samples, one measurement per value (default: 10,1)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per cell; the run with the median rate is reported, lost tasks are summed")
@@ -399,7 +410,7 @@ def main():
         print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
               f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
         print()
-        for gap in [float(value) for value in options.latency_gaps.split(",")]:
+        for gap in options.latency_gaps:
             for kind in ["swift", "python-prefork", "python-loop", "c-loop"]:
                 lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir, gap / 1000)
                 label = {"python-loop": "python BRPOP+PUBLISH loop", "c-loop": "C BRPOP+PUBLISH loop"}.get(kind, kind)
