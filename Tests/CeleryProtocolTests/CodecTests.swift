@@ -160,6 +160,85 @@ struct CodecTests {
     }
 
     @Test(
+        "headers and properties, built only when read, and the fields the worker reads are the whole document's",
+        arguments: [
+            #"{"body": "W1tdLCB7fSwgbnVsbF0=", "headers": {"id": "a", "task": "t", "retries": 1, "lang": "py", "retries": 3}, "properties": {"body_encoding": "base64", "delivery_tag": "d1", "delivery_tag": "d2"}}"#,
+            #"{"body": "[[], {}, null]", "headers": {"ro\u006ft_id": "r", "id": "i", "task": "t", "clé": "välue", "eta": null}, "properties": {"delivery\u005ftag": "esc", "priority": 3, "delivery_info": {"exchange": "ex", "routing_key": "rk", "redelivered": true}}}"#,
+            #"{ "body" : "[[], {}, null]" , "headers" : { "id" : "i" , "task":"t" , "custom" : {"a": [1, 2.5, "x\"y"]} , "n" : -3e2 , "s" : "é\n", "timelimit": [10, 5.5], "group": "g", "group_index": 2 } , "properties" : { } }"#,
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t"}, "properties": {"delivery_tag": "two", "priority": 0}}"#,
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t", "shadow": "s", "parent_id": "p", "expires": "2026-01-01T00:00:00", "ignore_result": true, "argsrepr": "()", "kwargsrepr": "{}", "stamps": {}, "stamped_headers": null, "replaced_task_nesting": 0, "redelivered": true}, "properties": {"correlation_id": "i", "reply_to": "r", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "utf-8", "delivery_tag": "t"}}"#,
+        ])
+    func lazyHeadersAndProperties(text: String) throws {
+        let envelope = try KombuEnvelope(decoding: Array(text.utf8))
+        let document = try CeleryJSON.decode(text)
+        let headers = document["headers"]?.objectValue ?? [:]
+        let properties = document["properties"]?.objectValue ?? [:]
+        #expect(envelope.headers == headers)
+        #expect(envelope.properties == properties)
+        #expect(envelope.deliveryTag == properties["delivery_tag"]?.stringValue)
+        let info = properties["delivery_info"]
+        let expectedInfo = DeliveryInfo(
+            exchange: info?["exchange"]?.stringValue ?? "", routingKey: info?["routing_key"]?.stringValue ?? "",
+            priority: properties["priority"]?.intValue ?? 0,
+            redelivered: info?["redelivered"]?.boolValue ?? headers["redelivered"]?.boolValue ?? false)
+        #expect(envelope.deliveryInfo == expectedInfo)
+
+        let message = try CeleryTaskMessage(envelope: envelope, accept: [.json])
+        #expect(message.headers == headers)
+        func header(_ key: String) -> CeleryValue? { headers[key].flatMap { $0.isNull ? nil : $0 } }
+        #expect(message.id == header("id")?.stringValue)
+        #expect(message.retries == header("retries")?.intValue ?? 0)
+        #expect(message.rootID == header("root_id")?.stringValue)
+        #expect(message.parentID == header("parent_id")?.stringValue)
+        #expect(message.groupID == header("group")?.stringValue)
+        #expect(message.groupIndex == header("group_index")?.intValue)
+        #expect(message.eta == header("eta")?.stringValue)
+        #expect(message.expires == header("expires")?.stringValue)
+        #expect(message.ignoreResult == header("ignore_result")?.boolValue)
+        #expect(message.shadow == header("shadow")?.stringValue)
+        #expect(message.timeLimit.hard == header("timelimit")?.arrayValue?.first?.doubleValue)
+        #expect(message.timeLimit.soft == header("timelimit")?.arrayValue?.last?.doubleValue)
+        #expect(message.eventHeaders.argsRepr == headers["argsrepr"] ?? .null)
+        #expect(message.eventHeaders.rootID == headers["root_id"] ?? .null)
+
+        // Writing the headers replaces what the fields read.
+        var changed = message
+        changed.headers["retries"] = 7
+        changed.headers["root_id"] = "new-root"
+        #expect(changed.retries == 7)
+        #expect(changed.rootID == "new-root")
+        #expect(changed.headers["retries"] == 7)
+        #expect(message.retries == header("retries")?.intValue ?? 0)
+    }
+
+    @Test("a header or property the worker does not read is still checked: a bad one makes the envelope invalid")
+    func unreadMembersAreChecked() {
+        for text in [
+            #"{"body": "", "headers": {"id": "i", "task": "t", "x": "\uZZZZ"}}"#,
+            #"{"body": "", "headers": {"id": "i", "task": "t", "x": "tab\#there"}}"#,
+            #"{"body": "", "headers": {"id": "i", "task": "t", "x": 99999999999999999999}}"#,
+            #"{"body": "", "headers": {"id": "i", "task": "t", "x": [1, }}"#,
+            #"{"body": "", "properties": {"correlation_id": "\q", "delivery_tag": "t"}}"#,
+            #"{"body": "", "properties": {"reply_to": tru, "delivery_tag": "t"}}"#,
+            #"{"body": "", "headers": {"__type__": "base64", "__value__": "!!"}}"#,
+            #"{"body": "", "headers": {"__type__": "bytes", "__value__": "x"}}"#,
+        ] {
+            let error = #expect(throws: CeleryProtocolError.self, "\(text)") { try KombuEnvelope(decoding: Array(text.utf8)) }
+            #expect(error?.code == .invalidEnvelope, "\(text)")
+        }
+        // Not UTF-8, in an unread header's value and in an unread header's key.
+        for bad: [UInt8] in [[0xC3, 0x28], [0xFF]] {
+            for document in [
+                Array(#"{"body": "", "headers": {"id": "i", "task": "t", "x": ""#.utf8) + bad + Array(#""}}"#.utf8),
+                Array(#"{"body": "", "headers": {"id": "i", "task": "t", ""#.utf8) + bad + Array(#"": 1}}"#.utf8),
+            ] {
+                let error = #expect(throws: CeleryProtocolError.self) { try KombuEnvelope(decoding: document) }
+                #expect(error?.code == .invalidEnvelope)
+            }
+        }
+    }
+
+    @Test(
         "the fields recorded in unacked are read as the whole document gives them, skipping the rest",
         arguments: [
             #"{"body": "e30=", "headers": {"id": "a", "nested": [1, -2.5e3, {"x": [true, false, null]}, "q\"\\"]}, "properties": {"delivery_tag": "t1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#,

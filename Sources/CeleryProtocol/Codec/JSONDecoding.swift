@@ -33,8 +33,14 @@ struct JSONParser {
     private var keyScratch: [String] = []
     private var valueScratch: [CeleryValue] = []
 
-    init(buffer: UnsafeBufferPointer<UInt8>) {
+    init(buffer: UnsafeBufferPointer<UInt8>, at index: Int = 0) {
         self.buffer = buffer
+        self.index = index
+    }
+
+    /// The value at the index, which a caller knows to be an object (see ``MessageObject``).
+    mutating func parseObjectValue() throws(CeleryProtocolError) -> CeleryValue {
+        try parseValue()
     }
 
     mutating func parseDocument() throws(CeleryProtocolError) -> CeleryValue {
@@ -52,12 +58,7 @@ struct JSONParser {
     }
 
     private mutating func skipWhitespace() {
-        while index < buffer.count {
-            switch buffer[index] {
-            case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"): index += 1
-            default: return
-            }
-        }
+        while index < buffer.count, Self.isWhitespace(buffer[index]) { index += 1 }
     }
 
     private mutating func expectLiteral(_ literal: StaticString) throws(CeleryProtocolError) {
@@ -393,13 +394,20 @@ extension JSONParser {
         case value(CeleryValue)
     }
 
+    /// A kombu envelope's `headers` or `properties`: an object read member by member, with the range of its text
+    /// and the members the worker reads (no dictionary built), or any other value as parsed.
+    enum ScannedObject<Fields: MessageFields> {
+        case scanned(Range<Int>, Fields)
+        case value(CeleryValue)
+    }
+
     /// The top-level fields of a kombu envelope. As in a Python `dict`, a repeated key keeps its last value.
     struct EnvelopeFields {
         var body: EnvelopeBody?
         var contentType: CeleryValue?
         var contentEncoding: CeleryValue?
-        var headers: CeleryValue?
-        var properties: CeleryValue?
+        var headers: ScannedObject<TaskHeaderFields>?
+        var properties: ScannedObject<PropertyFields>?
     }
 
     /// Parses a kombu envelope, keeping only the fields kombu reads: neither the top-level object nor the body
@@ -411,21 +419,26 @@ extension JSONParser {
             case "body": fields.body = try parser.parseBody()
             case "content-type": fields.contentType = try parser.parseValue()
             case "content-encoding": fields.contentEncoding = try parser.parseValue()
-            case "headers": fields.headers = try parser.parseValue()
-            case "properties": fields.properties = try parser.parseValue()
+            case "headers": fields.headers = try parser.scanObject()
+            case "properties": fields.properties = try parser.scanObject()
             default: _ = try parser.parseValue()
             }
         }
         return isObject ? fields : nil
     }
 
-    /// The `properties` member of a kombu envelope; every other member is only scanned, never built. `nil` for a
-    /// valid JSON document that is not an object, or an object without `properties` (the last one counts, as in
-    /// Python).
-    mutating func parseEnvelopeProperties() throws(CeleryProtocolError) -> CeleryValue? {
-        var properties: CeleryValue?
+    /// The fields the worker reads of a kombu envelope's `properties`; every other member is only scanned, never
+    /// built. `nil` for a valid JSON document that is not an object, or an object whose `properties` is missing or
+    /// not an object (the last one counts, as in Python).
+    mutating func parseEnvelopeProperties() throws(CeleryProtocolError) -> PropertyFields? {
+        var properties: PropertyFields?
         _ = try forEachTopLevelMember { (parser: inout JSONParser, key) throws(CeleryProtocolError) in
-            if key == "properties" { properties = try parser.parseValue() } else { try parser.skipValue() }
+            guard key == "properties" else { return try parser.skipValue() }
+            switch try parser.scanObject() as ScannedObject<PropertyFields> {
+            case .scanned(_, let fields): properties = fields
+            case .value(.object(let object)): properties = PropertyFields(object)
+            case .value: properties = nil
+            }
         }
         return properties
     }
@@ -507,6 +520,91 @@ extension JSONParser {
             }
         }
         throw error("unterminated string")
+    }
+
+    /// Parses the object at the index as ``parseValue()`` would, checking every member, but builds only the
+    /// members `Fields` names and notes the object's range: the dictionary is built later, if anything reads it.
+    /// Members it does not name are checked without being built when they are plain ASCII strings, literals or
+    /// integers. Any other value than an object is returned as parsed.
+    private mutating func scanObject<Fields: MessageFields>() throws(CeleryProtocolError) -> ScannedObject<Fields> {
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else { return .value(try parseValue()) }
+        let start = index
+        try enter()
+        index += 1
+        skipWhitespace()
+        var fields = Fields()
+        var members = 0
+        if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
+            index += 1
+        } else {
+            while true {
+                if let key = parseASCIIKey() {
+                    if let field = Fields.field(UnsafeBufferPointer(rebasing: buffer[key])) {
+                        fields[field] = try parseValue()
+                    } else {
+                        try checkValue()
+                    }
+                } else {
+                    let key = try parseKey()
+                    fields.take(key, try parseValue())
+                }
+                members += 1
+                if try endOfMember(closing: UInt8(ascii: "}")) { break }
+            }
+        }
+        depth -= 1
+        if members == 2 {
+            // It may be one of kombu's tagged values (`__type__`, `__value__`): read it as parseValue reads it.
+            var parser = JSONParser(buffer: buffer, at: start)
+            parser.depth = depth
+            return .value(try parser.parseValue())
+        }
+        return .scanned(start..<index, fields)
+    }
+
+    /// Moves past one value, failing where ``parseValue()`` fails. Plain ASCII strings, literals and integers are
+    /// checked without building anything; other values are parsed.
+    private mutating func checkValue() throws(CeleryProtocolError) {
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "\"") else {
+            _ = try parseValue()  // literals and integers allocate nothing; the rest is rare here
+            return
+        }
+        var end = index + 1
+        while end < buffer.count {
+            let byte = buffer[end]
+            if byte == UInt8(ascii: "\"") {
+                index = end + 1
+                return
+            }
+            if byte == UInt8(ascii: "\\") || byte < 0x20 || byte >= 0x80 { break }
+            end += 1
+        }
+        _ = try parseString()
+    }
+
+    /// The bytes of an object's key and the colon after it, leaving the index at its value, when the key is plain
+    /// ASCII with no escapes (it then needs no decoding or checking); otherwise `nil`, with the index unchanged.
+    private mutating func parseASCIIKey() -> Range<Int>? {
+        var start = index
+        while start < buffer.count, Self.isWhitespace(buffer[start]) { start += 1 }
+        guard start < buffer.count, buffer[start] == UInt8(ascii: "\"") else { return nil }
+        var end = start + 1
+        while end < buffer.count {
+            let byte = buffer[end]
+            if byte == UInt8(ascii: "\"") { break }
+            if byte == UInt8(ascii: "\\") || byte < 0x20 || byte >= 0x80 { return nil }
+            end += 1
+        }
+        var colon = end + 1
+        while colon < buffer.count, Self.isWhitespace(buffer[colon]) { colon += 1 }
+        guard end < buffer.count, colon < buffer.count, buffer[colon] == UInt8(ascii: ":") else { return nil }
+        index = colon + 1
+        skipWhitespace()
+        return start + 1..<end
+    }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") || byte == UInt8(ascii: "\t")
     }
 
     private mutating func parseBody() throws(CeleryProtocolError) -> EnvelopeBody {

@@ -15,7 +15,17 @@ public struct CeleryTaskMessage: Sendable {
     /// Callbacks, errbacks, chain and chord from the body's third element.
     public var embed: Embed
     /// Every header as v2 carries it (for v1, the headers Celery builds from the body).
-    public var headers: OrderedDictionary<String, CeleryValue>
+    public var headers: OrderedDictionary<String, CeleryValue> {
+        get { headerObject.object }
+        set {
+            headerObject = MessageObject(newValue)
+            headerFields = TaskHeaderFields(newValue)
+        }
+    }
+    /// The headers: from a v2 message, built only when ``headers`` is read.
+    private var headerObject: MessageObject
+    /// The headers this type's properties read.
+    private var headerFields: TaskHeaderFields
     /// The serializer the body used.
     public var contentType: CeleryContentType
 
@@ -62,7 +72,8 @@ public struct CeleryTaskMessage: Sendable {
         self.args = args
         self.kwargs = kwargs
         self.embed = embed
-        self.headers = headers
+        self.headerObject = MessageObject(headers)
+        self.headerFields = TaskHeaderFields(headers)
         self.contentType = contentType
     }
 
@@ -71,8 +82,8 @@ public struct CeleryTaskMessage: Sendable {
     /// - Parameter accept: the content types this worker accepts (`accept_content`). A body of any other type is
     ///   never decoded: the error has code ``CeleryProtocolError/Code/unsupportedContentType``.
     public init(envelope: KombuEnvelope, accept: Set<CeleryContentType>) throws(CeleryProtocolError) {
-        let headerID = envelope.headers["id"]?.stringValue
-        let headerName = envelope.headers["task"]?.stringValue
+        let headerID = envelope.headerFields.id.stringValue
+        let headerName = envelope.headerFields.task.stringValue
         func failure(
             _ code: CeleryProtocolError.Code, _ message: String, id: String? = headerID,
             name: String? = headerName
@@ -96,7 +107,8 @@ public struct CeleryTaskMessage: Sendable {
             self.protocolVersion = 2
             self.id = headerID
             self.name = headerName
-            self.headers = envelope.headers
+            self.headerObject = envelope.headerObject
+            self.headerFields = envelope.headerFields
             switch body {
             case .array(let parts) where parts.count == 3:
                 guard case .array(let args) = parts[0] else {
@@ -133,7 +145,9 @@ public struct CeleryTaskMessage: Sendable {
             self.embed = Embed(
                 callbacks: fields["callbacks"] ?? .null, errbacks: fields["errbacks"] ?? .null,
                 chain: .null, chord: fields["chord"] ?? .null)
-            self.headers = Self.headers(fromV1Body: fields)
+            let headers = Self.headers(fromV1Body: fields)
+            self.headerObject = MessageObject(headers)
+            self.headerFields = TaskHeaderFields(headers)
         } else {
             throw failure(.invalidTaskMessage, "neither headers nor body name a task (unknown message)")
         }
@@ -174,40 +188,43 @@ public struct CeleryTaskMessage: Sendable {
 }
 
 extension CeleryTaskMessage {
-    private func header(_ key: String) -> CeleryValue? {
-        guard let value = headers[key], !value.isNull else { return nil }
-        return value
+    private func header(_ value: CeleryValue) -> CeleryValue? {
+        value.isNull ? nil : value
     }
 
     /// How many times this task has been retried.
-    public var retries: Int { header("retries")?.intValue ?? 0 }
+    public var retries: Int { header(headerFields.retries)?.intValue ?? 0 }
     /// The id of the first task in the workflow.
-    public var rootID: String? { header("root_id")?.stringValue }
+    public var rootID: String? { header(headerFields.rootID)?.stringValue }
     /// The id of the task that sent this one.
-    public var parentID: String? { header("parent_id")?.stringValue }
+    public var parentID: String? { header(headerFields.parentID)?.stringValue }
     /// The group this task belongs to.
-    public var groupID: String? { header("group")?.stringValue }
+    public var groupID: String? { header(headerFields.group)?.stringValue }
     /// The position in the group.
-    public var groupIndex: Int? { header("group_index")?.intValue }
+    public var groupIndex: Int? { header(headerFields.groupIndex)?.intValue }
     /// The ETA as sent (ISO 8601).
-    public var eta: String? { header("eta")?.stringValue }
+    public var eta: String? { header(headerFields.eta)?.stringValue }
     /// The expiry as sent (ISO 8601).
-    public var expires: String? { header("expires")?.stringValue }
+    public var expires: String? { header(headerFields.expires)?.stringValue }
     /// `ignore_result`: `nil` means "use the task's own default".
-    public var ignoreResult: Bool? { header("ignore_result")?.boolValue }
+    public var ignoreResult: Bool? { header(headerFields.ignoreResult)?.boolValue }
     /// The display name to use in logs and events instead of ``name``.
-    public var shadow: String? { header("shadow")?.stringValue }
+    public var shadow: String? { header(headerFields.shadow)?.stringValue }
     /// `timelimit` as `(hard, soft)` seconds.
     public var timeLimit: (hard: Double?, soft: Double?) {
-        guard case .array(let limits)? = header("timelimit"), limits.count == 2 else { return (nil, nil) }
+        guard case .array(let limits)? = header(headerFields.timeLimit), limits.count == 2 else { return (nil, nil) }
         return (limits[0].doubleValue, limits[1].doubleValue)
     }
     /// `argsrepr`, or a repr of the args when the producer did not send one.
     public var argsRepr: String {
-        header("argsrepr")?.stringValue ?? PythonRepr.tuple(args)
+        header(headerFields.argsRepr)?.stringValue ?? PythonRepr.tuple(args)
     }
     /// `kwargsrepr`, or a repr of the kwargs when the producer did not send one.
     public var kwargsRepr: String {
-        header("kwargsrepr")?.stringValue ?? PythonRepr.repr(.object(kwargs))
+        header(headerFields.kwargsRepr)?.stringValue ?? PythonRepr.repr(.object(kwargs))
+    }
+    /// The `argsrepr`, `kwargsrepr`, `root_id` and `parent_id` headers as sent (`.null` when missing), for events.
+    public var eventHeaders: (argsRepr: CeleryValue, kwargsRepr: CeleryValue, rootID: CeleryValue, parentID: CeleryValue) {
+        (headerFields.argsRepr, headerFields.kwargsRepr, headerFields.rootID, headerFields.parentID)
     }
 }

@@ -10,9 +10,29 @@ public struct KombuEnvelope: Sendable {
     /// `utf-8` for JSON, `binary` for msgpack.
     public var contentEncoding: String
     /// Task protocol v2 headers; `{}` for protocol v1.
-    public var headers: OrderedDictionary<String, CeleryValue>
+    public var headers: OrderedDictionary<String, CeleryValue> {
+        get { headerObject.object }
+        set {
+            headerObject = MessageObject(newValue)
+            headerFields = TaskHeaderFields(newValue)
+        }
+    }
+    /// The headers: as parsed from a message, built only when ``headers`` is read.
+    private(set) var headerObject: MessageObject
+    /// The headers the worker reads for every task.
+    private(set) var headerFields: TaskHeaderFields
     /// kombu's message properties (`delivery_tag`, `delivery_info`, `priority`, …).
-    public var properties: OrderedDictionary<String, CeleryValue>
+    public var properties: OrderedDictionary<String, CeleryValue> {
+        get { propertyObject.object }
+        set {
+            propertyObject = MessageObject(newValue)
+            propertyFields = PropertyFields(newValue)
+        }
+    }
+    /// The properties: as parsed from a message, built only when ``properties`` is read.
+    private var propertyObject: MessageObject
+    /// The properties the worker reads for every message.
+    private var propertyFields: PropertyFields
 
     public init(
         body: [UInt8],
@@ -24,8 +44,10 @@ public struct KombuEnvelope: Sendable {
         self.body = body
         self.contentType = contentType
         self.contentEncoding = contentEncoding
-        self.headers = headers
-        self.properties = properties
+        self.headerObject = MessageObject(headers)
+        self.headerFields = TaskHeaderFields(headers)
+        self.propertyObject = MessageObject(properties)
+        self.propertyFields = PropertyFields(properties)
     }
 
     /// Parses the JSON text of a message popped from a Redis list.
@@ -42,7 +64,7 @@ public struct KombuEnvelope: Sendable {
             guard let parsed else {
                 throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not a JSON object")
             }
-            return try KombuEnvelope(parsed, in: buffer)
+            return try KombuEnvelope(parsed, in: buffer, of: bytes)
         }
     }
 
@@ -50,34 +72,32 @@ public struct KombuEnvelope: Sendable {
     /// key of its `properties.delivery_info` (`""` when missing). Only `properties` is decoded; the rest of the
     /// message is scanned. `nil` when the message is not JSON, not an object, or carries no string tag.
     public static func deliveryFields(of raw: [UInt8]) -> (tag: String, exchange: String, routingKey: String)? {
-        let properties = raw.withUnsafeBufferPointer { buffer -> CeleryValue? in
+        let properties = raw.withUnsafeBufferPointer { buffer -> PropertyFields? in
             var parser = JSONParser(buffer: buffer)
             return try? parser.parseEnvelopeProperties()
         }
-        guard case .string(let tag)? = properties?["delivery_tag"] else { return nil }
-        let info = properties?["delivery_info"]
-        return (tag, info?["exchange"]?.stringValue ?? "", info?["routing_key"]?.stringValue ?? "")
+        guard let properties, case .string(let tag) = properties.deliveryTag else { return nil }
+        let info = properties.deliveryInfo
+        return (tag, info["exchange"]?.stringValue ?? "", info["routing_key"]?.stringValue ?? "")
     }
 
-    private init(_ fields: JSONParser.EnvelopeFields, in buffer: UnsafeBufferPointer<UInt8>) throws(CeleryProtocolError) {
-        var headers: OrderedDictionary<String, CeleryValue> = [:]
-        switch fields.headers {
-        case .object(let value)?: headers = value
-        case .null?, nil: headers = [:]
-        default: throw CeleryProtocolError(code: .invalidEnvelope, message: "'headers' is not an object")
+    private init(
+        _ fields: JSONParser.EnvelopeFields, in buffer: UnsafeBufferPointer<UInt8>, of bytes: [UInt8]
+    ) throws(CeleryProtocolError) {
+        guard let headers = Self.object(fields.headers, of: bytes) else {
+            throw CeleryProtocolError(code: .invalidEnvelope, message: "'headers' is not an object")
         }
-        let taskID = headers["id"]?.stringValue
-        let taskName = headers["task"]?.stringValue
+        (headerObject, headerFields) = headers
+        let taskID = headerFields.id.stringValue
+        let taskName = headerFields.task.stringValue
         func failure(_ message: String, _ code: CeleryProtocolError.Code = .invalidEnvelope) -> CeleryProtocolError {
             CeleryProtocolError(code: code, message: message, taskID: taskID, taskName: taskName)
         }
-        var properties: OrderedDictionary<String, CeleryValue> = [:]
-        switch fields.properties {
-        case .object(let value)?: properties = value
-        case .null?, nil: properties = [:]
-        default: throw failure("'properties' is not an object")
+        guard let properties = Self.object(fields.properties, of: bytes) else {
+            throw failure("'properties' is not an object")
         }
-        let base64 = properties["body_encoding"]?.stringValue == "base64"
+        (propertyObject, propertyFields) = properties
+        let base64 = propertyFields.bodyEncoding.stringValue == "base64"
         func decodedBody(_ text: some Collection<UInt8>) throws(CeleryProtocolError) -> [UInt8] {
             guard base64 else { return Array(text) }
             guard let decoded = Base64.decode(text) else {
@@ -99,10 +119,21 @@ public struct KombuEnvelope: Sendable {
         default:
             throw failure("'body' is missing or not a string")
         }
-        self.headers = headers
-        self.properties = properties
         self.contentType = fields.contentType?.stringValue ?? "application/json"
         self.contentEncoding = fields.contentEncoding?.stringValue ?? "utf-8"
+    }
+
+    /// `headers` or `properties` as the parser left them, with the fields the worker reads; `nil` when the member
+    /// is neither an object nor null (missing or null: an empty object, as in kombu).
+    private static func object<Fields: MessageFields>(
+        _ member: JSONParser.ScannedObject<Fields>?, of bytes: [UInt8]
+    ) -> (MessageObject, Fields)? {
+        switch member {
+        case .scanned(let range, let fields)?: (MessageObject(text: bytes, range: range), fields)
+        case .value(.object(let value))?: (MessageObject(value), Fields(value))
+        case .value(.null)?, nil: (MessageObject([:]), Fields())
+        default: nil
+        }
     }
 
     /// The JSON document kombu stores for this envelope, with the body base64-encoded.
@@ -119,17 +150,16 @@ public struct KombuEnvelope: Sendable {
     }
 
     /// `properties.delivery_tag`.
-    public var deliveryTag: String? { properties["delivery_tag"]?.stringValue }
+    public var deliveryTag: String? { propertyFields.deliveryTag.stringValue }
 
     /// Where the message was published: `properties.delivery_info`, with the priority and redelivery flag.
     public var deliveryInfo: DeliveryInfo {
-        let info = properties["delivery_info"]
-        let redelivered =
-            info?["redelivered"]?.boolValue ?? headers["redelivered"]?.boolValue ?? false
+        let info = propertyFields.deliveryInfo
+        let redelivered = info["redelivered"]?.boolValue ?? headerFields.redelivered.boolValue ?? false
         return DeliveryInfo(
-            exchange: info?["exchange"]?.stringValue ?? "",
-            routingKey: info?["routing_key"]?.stringValue ?? "",
-            priority: properties["priority"]?.intValue ?? 0,
+            exchange: info["exchange"]?.stringValue ?? "",
+            routingKey: info["routing_key"]?.stringValue ?? "",
+            priority: propertyFields.priority.intValue ?? 0,
             redelivered: redelivered
         )
     }

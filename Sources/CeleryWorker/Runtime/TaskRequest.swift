@@ -15,8 +15,14 @@ public struct TaskRequest: Sendable {
     public var groupIndex: Int?
     public var eta: String?
     public var expires: String?
-    /// Every message header, including custom ones sent with `apply_async(headers=…)`.
-    public var headers: OrderedDictionary<String, CeleryValue>
+    /// Every message header, including custom ones sent with `apply_async(headers=…)`. Built from the message
+    /// each time it is read (the worker itself reads only the fields above): keep a copy to read it often.
+    public var headers: OrderedDictionary<String, CeleryValue> {
+        get { message.headers }
+        set { message.headers = newValue }
+    }
+    /// Holds the headers as the message carried them.
+    private var message: CeleryTaskMessage
     public var deliveryInfo: DeliveryInfo
     /// The node name of the worker running it (`celery@host`).
     public var hostname: String
@@ -39,7 +45,7 @@ public struct TaskRequest: Sendable {
         self.groupIndex = message.groupIndex
         self.eta = message.eta
         self.expires = message.expires
-        self.headers = message.headers
+        self.message = message
         self.deliveryInfo = deliveryInfo
         self.hostname = hostname
         self.contentType = message.contentType
