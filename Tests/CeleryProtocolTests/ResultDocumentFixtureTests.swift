@@ -35,6 +35,26 @@ struct ResultDocumentFixtureTests {
         #expect(CeleryResultDocument.storedStatus(stored, serializer: serializer) == status)
     }
 
+    @Test("a JSON document written straight out is the encoding of its value, member for member")
+    func directJSON() {
+        let documents = [
+            CeleryResultDocument(taskID: "id-1", status: .success, result: 5, dateDone: "2026-12-01T00:00:00+00:00"),
+            CeleryResultDocument(
+                taskID: "id-\u{e9}\"2", status: .failure,
+                result: ["exc_type": "ValueError", "exc_message": ["caf\u{e9} \u{1F600}\n"], "exc_module": "builtins"],
+                traceback: "Traceback (most recent call last):\n  File \"<swift>\", line 0\n\tValueError: \\x",
+                children: [[["c1", .null], .null]], dateDone: "d", groupID: "g", parentID: "p"),
+            CeleryResultDocument(taskID: "id-3", status: .started, result: ["pid": 12, "hostname": "celery@h"], children: .null),
+            CeleryResultDocument(
+                taskID: "id-4", status: .success, result: [1.5, .null, .bytes([0xFF])], groupID: "g",
+                extended: ["name": "tasks.add", "args": [1, 2], "kwargs": [:], "worker": "celery@h", "retries": 0, "queue": "q"]),
+            CeleryResultDocument(taskID: "id-5", status: .revoked, result: "\u{7F}\u{1F}", children: .null, parentID: "p"),
+        ]
+        for document in documents {
+            #expect(document.encoded(as: .json) == CeleryJSON.encode(document.value), "\(document.taskID)")
+        }
+    }
+
     @Test("date_done is formatted like datetime.isoformat()")
     func dateDone() {
         #expect(CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.092184) == "2026-11-25T00:20:32.092184+00:00")

@@ -74,6 +74,20 @@ extension CeleryJSON {
 
     static func appendString(_ text: String, into output: inout [UInt8]) {
         output.append(UInt8(ascii: "\""))
+        // Most strings (ids, names, dates) are printable ASCII with nothing to escape: copied in one go.
+        var text = text
+        let copied = text.withUTF8 { bytes -> Bool in
+            for byte in bytes where byte < 0x20 || byte >= 0x7F || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+                return false
+            }
+            output.append(contentsOf: bytes)
+            return true
+        }
+        if !copied { appendEscaped(text, into: &output) }
+        output.append(UInt8(ascii: "\""))
+    }
+
+    private static func appendEscaped(_ text: String, into output: inout [UInt8]) {
         for scalar in text.unicodeScalars {
             switch scalar.value {
             case 0x22: output.append(contentsOf: "\\\"".utf8)
@@ -92,7 +106,6 @@ extension CeleryJSON {
                 appendUnicodeEscape(UInt16(scalar.value), into: &output)
             }
         }
-        output.append(UInt8(ascii: "\""))
     }
 
     private static func appendUnicodeEscape(_ unit: UInt16, into output: inout [UInt8]) {

@@ -54,7 +54,24 @@ public struct CeleryResultDocument: Sendable {
 
     /// The bytes stored and published: JSON text, or raw msgpack.
     public func encoded(as serializer: CeleryContentType) -> [UInt8] {
-        serializer.encode(value)
+        guard serializer == .json, extended.isEmpty else { return serializer.encode(value) }
+        // The usual document, written straight out: the same bytes as encoding ``value``, without building it.
+        var output: [UInt8] = []
+        output.reserveCapacity(192)
+        func member(_ key: StaticString, _ value: CeleryValue) {
+            output.append(contentsOf: UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount))
+            CeleryJSON.encode(value, into: &output)
+        }
+        member("{\"status\": ", .string(status.rawValue))
+        member(", \"result\": ", result)
+        member(", \"traceback\": ", traceback.map(CeleryValue.string) ?? .null)
+        member(", \"children\": ", children)
+        member(", \"date_done\": ", dateDone.map(CeleryValue.string) ?? .null)
+        if let groupID { member(", \"group_id\": ", .string(groupID)) }
+        if let parentID { member(", \"parent_id\": ", .string(parentID)) }
+        member(", \"task_id\": ", .string(taskID))
+        output.append(UInt8(ascii: "}"))
+        return output
     }
 
     /// Reads only the `status` of a stored document, for the "never overwrite SUCCESS" rule.

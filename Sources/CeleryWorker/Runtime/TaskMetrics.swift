@@ -23,10 +23,14 @@ final class TaskMetrics: Sendable {
 
     private let factory: any MetricsFactory
     private let handles = Mutex<[String: Handles]>([:])
+    /// `false` when nothing was bootstrapped (swift-metrics' no-op factory): then no handle is looked up at all,
+    /// which saves a lock and two hashed look-ups per recording on the task path.
+    private let enabled: Bool
     let active: Meter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
+        self.enabled = !(factory is NOOPMetricsHandler)
         self.active = Meter(label: "celery_worker_active_tasks", factory: factory)
     }
 
@@ -50,14 +54,17 @@ final class TaskMetrics: Sendable {
 
     /// Counts a task event (`task-succeeded` counts as `succeeded`).
     func count(event: String, task: String) {
+        guard enabled else { return }
         handles(for: task).counters[event]?.increment()
     }
 
     func recordRuntime(_ seconds: Double, task: String) {
+        guard enabled else { return }
         handles(for: task).runtime.recordNanoseconds(Int64(seconds * 1e9))
     }
 
     func recordWait(_ seconds: Double, task: String) {
+        guard enabled else { return }
         handles(for: task).wait.recordNanoseconds(Int64(max(0, seconds) * 1e9))
     }
 }
