@@ -17,15 +17,12 @@ public struct CeleryTaskMessage: Sendable {
     /// Every header as v2 carries it (for v1, the headers Celery builds from the body).
     public var headers: OrderedDictionary<String, CeleryValue> {
         get { headerObject.object }
-        set {
-            headerObject = MessageObject(newValue)
-            headerFields = TaskHeaderFields(newValue)
-        }
+        set { headerObject = MessageObject(newValue) }
     }
-    /// The headers: from a v2 message, built only when ``headers`` is read.
-    private var headerObject: MessageObject
-    /// The headers this type's properties read.
-    private var headerFields: TaskHeaderFields
+    /// The headers (from a v2 message, built only when ``headers`` is read), with the ones this type's properties
+    /// read.
+    private var headerObject: MessageObject<TaskHeaderFields>
+    private var headerFields: TaskHeaderFields { headerObject.fields }
     /// The serializer the body used.
     public var contentType: CeleryContentType
 
@@ -73,7 +70,6 @@ public struct CeleryTaskMessage: Sendable {
         self.kwargs = kwargs
         self.embed = embed
         self.headerObject = MessageObject(headers)
-        self.headerFields = TaskHeaderFields(headers)
         self.contentType = contentType
     }
 
@@ -82,8 +78,8 @@ public struct CeleryTaskMessage: Sendable {
     /// - Parameter accept: the content types this worker accepts (`accept_content`). A body of any other type is
     ///   never decoded: the error has code ``CeleryProtocolError/Code/unsupportedContentType``.
     public init(envelope: KombuEnvelope, accept: Set<CeleryContentType>) throws(CeleryProtocolError) {
-        let headerID = envelope.headerFields.id.stringValue
-        let headerName = envelope.headerFields.task.stringValue
+        let headerID = envelope.headerObject.fields.id.stringValue
+        let headerName = envelope.headerObject.fields.task.stringValue
         func failure(
             _ code: CeleryProtocolError.Code, _ message: String, id: String? = headerID,
             name: String? = headerName
@@ -108,7 +104,6 @@ public struct CeleryTaskMessage: Sendable {
             self.id = headerID
             self.name = headerName
             self.headerObject = envelope.headerObject
-            self.headerFields = envelope.headerFields
             switch body {
             case .array(let parts) where parts.count == 3:
                 guard case .array(let args) = parts[0] else {
@@ -145,9 +140,7 @@ public struct CeleryTaskMessage: Sendable {
             self.embed = Embed(
                 callbacks: fields["callbacks"] ?? .null, errbacks: fields["errbacks"] ?? .null,
                 chain: .null, chord: fields["chord"] ?? .null)
-            let headers = Self.headers(fromV1Body: fields)
-            self.headerObject = MessageObject(headers)
-            self.headerFields = TaskHeaderFields(headers)
+            self.headerObject = MessageObject(Self.headers(fromV1Body: fields))
         } else {
             throw failure(.invalidTaskMessage, "neither headers nor body name a task (unknown message)")
         }

@@ -12,27 +12,17 @@ public struct KombuEnvelope: Sendable {
     /// Task protocol v2 headers; `{}` for protocol v1.
     public var headers: OrderedDictionary<String, CeleryValue> {
         get { headerObject.object }
-        set {
-            headerObject = MessageObject(newValue)
-            headerFields = TaskHeaderFields(newValue)
-        }
+        set { headerObject = MessageObject(newValue) }
     }
-    /// The headers: as parsed from a message, built only when ``headers`` is read.
-    private(set) var headerObject: MessageObject
-    /// The headers the worker reads for every task.
-    private(set) var headerFields: TaskHeaderFields
     /// kombu's message properties (`delivery_tag`, `delivery_info`, `priority`, …).
     public var properties: OrderedDictionary<String, CeleryValue> {
         get { propertyObject.object }
-        set {
-            propertyObject = MessageObject(newValue)
-            propertyFields = PropertyFields(newValue)
-        }
+        set { propertyObject = MessageObject(newValue) }
     }
-    /// The properties: as parsed from a message, built only when ``properties`` is read.
-    private var propertyObject: MessageObject
-    /// The properties the worker reads for every message.
-    private var propertyFields: PropertyFields
+    /// The headers, with the ones the worker reads for every task.
+    private(set) var headerObject: MessageObject<TaskHeaderFields>
+    /// The properties, with the ones the worker reads for every message.
+    private var propertyObject: MessageObject<PropertyFields>
 
     public init(
         body: [UInt8],
@@ -45,9 +35,7 @@ public struct KombuEnvelope: Sendable {
         self.contentType = contentType
         self.contentEncoding = contentEncoding
         self.headerObject = MessageObject(headers)
-        self.headerFields = TaskHeaderFields(headers)
         self.propertyObject = MessageObject(properties)
-        self.propertyFields = PropertyFields(properties)
     }
 
     /// Parses the JSON text of a message popped from a Redis list.
@@ -87,17 +75,17 @@ public struct KombuEnvelope: Sendable {
         guard let headers = Self.object(fields.headers, of: bytes) else {
             throw CeleryProtocolError(code: .invalidEnvelope, message: "'headers' is not an object")
         }
-        (headerObject, headerFields) = headers
-        let taskID = headerFields.id.stringValue
-        let taskName = headerFields.task.stringValue
+        headerObject = headers
+        let taskID = headers.fields.id.stringValue
+        let taskName = headers.fields.task.stringValue
         func failure(_ message: String, _ code: CeleryProtocolError.Code = .invalidEnvelope) -> CeleryProtocolError {
             CeleryProtocolError(code: code, message: message, taskID: taskID, taskName: taskName)
         }
         guard let properties = Self.object(fields.properties, of: bytes) else {
             throw failure("'properties' is not an object")
         }
-        (propertyObject, propertyFields) = properties
-        let base64 = propertyFields.bodyEncoding.stringValue == "base64"
+        propertyObject = properties
+        let base64 = properties.fields.bodyEncoding.stringValue == "base64"
         func decodedBody(_ text: some Collection<UInt8>) throws(CeleryProtocolError) -> [UInt8] {
             guard base64 else { return Array(text) }
             guard let decoded = Base64.decode(text) else {
@@ -123,15 +111,15 @@ public struct KombuEnvelope: Sendable {
         self.contentEncoding = fields.contentEncoding?.stringValue ?? "utf-8"
     }
 
-    /// `headers` or `properties` as the parser left them, with the fields the worker reads; `nil` when the member
-    /// is neither an object nor null (missing or null: an empty object, as in kombu).
-    private static func object<Fields: MessageFields>(
+    /// `headers` or `properties` as the parser left them; `nil` when the member is neither an object nor null
+    /// (missing or null: an empty object, as in kombu).
+    private static func object<Fields>(
         _ member: JSONParser.ScannedObject<Fields>?, of bytes: [UInt8]
-    ) -> (MessageObject, Fields)? {
+    ) -> MessageObject<Fields>? {
         switch member {
-        case .scanned(let range, let fields)?: (MessageObject(text: bytes, range: range), fields)
-        case .value(.object(let value))?: (MessageObject(value), Fields(value))
-        case .value(.null)?, nil: (MessageObject([:]), Fields())
+        case .scanned(let range, let fields)?: MessageObject(text: bytes, range: range, fields: fields)
+        case .value(.object(let value))?: MessageObject(value)
+        case .value(.null)?, nil: MessageObject([:])
         default: nil
         }
     }
@@ -150,16 +138,16 @@ public struct KombuEnvelope: Sendable {
     }
 
     /// `properties.delivery_tag`.
-    public var deliveryTag: String? { propertyFields.deliveryTag.stringValue }
+    public var deliveryTag: String? { propertyObject.fields.deliveryTag.stringValue }
 
     /// Where the message was published: `properties.delivery_info`, with the priority and redelivery flag.
     public var deliveryInfo: DeliveryInfo {
-        let info = propertyFields.deliveryInfo
-        let redelivered = info["redelivered"]?.boolValue ?? headerFields.redelivered.boolValue ?? false
+        let info = propertyObject.fields.deliveryInfo
+        let redelivered = info["redelivered"]?.boolValue ?? headerObject.fields.redelivered.boolValue ?? false
         return DeliveryInfo(
             exchange: info["exchange"]?.stringValue ?? "",
             routingKey: info["routing_key"]?.stringValue ?? "",
-            priority: propertyFields.priority.intValue ?? 0,
+            priority: propertyObject.fields.priority.intValue ?? 0,
             redelivered: redelivered
         )
     }

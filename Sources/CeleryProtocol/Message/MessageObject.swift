@@ -1,9 +1,10 @@
 import OrderedCollections
 
-/// A JSON object of a message (its `headers` or `properties`) kept as the text it arrived in, and built only when
-/// something reads the whole of it. The worker reads the few members it needs from ``MessageFields`` taken while
-/// the envelope was parsed; the dictionary (with a hash table for Celery's 19 header keys) is seldom needed.
-struct MessageObject: Sendable {
+/// A JSON object of a message (its `headers` or `properties`): the members the worker reads for every message,
+/// taken while the envelope was parsed, and the whole object, kept as the text it arrived in and built only when
+/// something reads all of it (the dictionary, with a hash table for Celery's 19 header keys, is seldom needed).
+/// Immutable and shared: copying a message copies one reference.
+final class MessageObject<Fields: MessageFields & Sendable>: Sendable {
     private enum Storage: Sendable {
         case built(CeleryObject)
         /// The message text and the range of the object in it. Every member was parsed once already, so parsing
@@ -11,33 +12,35 @@ struct MessageObject: Sendable {
         case text([UInt8], Range<Int>)
     }
 
-    private var storage: Storage
+    private let storage: Storage
+    /// The members the worker reads.
+    let fields: Fields
 
     init(_ object: CeleryObject) {
         storage = .built(object)
+        fields = Fields(object)
     }
 
-    init(text: [UInt8], range: Range<Int>) {
+    init(text: [UInt8], range: Range<Int>, fields: Fields) {
         storage = .text(text, range)
+        self.fields = fields
     }
 
+    /// The whole object.
     var object: CeleryObject {
-        get {
-            switch storage {
-            case .built(let object):
-                return object
-            case .text(let text, let range):
-                let parsed = text.withUnsafeBufferPointer { buffer -> CeleryValue? in
-                    var parser = JSONParser(buffer: buffer, at: range.lowerBound)
-                    return try? parser.parseObjectValue()
-                }
-                guard case .object(let object)? = parsed else {
-                    preconditionFailure("an object that parsed once no longer parses")
-                }
-                return object
+        switch storage {
+        case .built(let object):
+            return object
+        case .text(let text, let range):
+            let parsed = text.withUnsafeBufferPointer { buffer -> CeleryValue? in
+                var parser = JSONParser(buffer: buffer, at: range.lowerBound)
+                return try? parser.parseObjectValue()
             }
+            guard case .object(let object)? = parsed else {
+                preconditionFailure("an object that parsed once no longer parses")
+            }
+            return object
         }
-        set { storage = .built(newValue) }
     }
 }
 
