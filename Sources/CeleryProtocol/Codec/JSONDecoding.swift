@@ -99,6 +99,14 @@ struct JSONParser {
         }
     }
 
+    /// The scratch arrays grow once to a size that holds a task message's containers, not by doubling from one.
+    private mutating func reserveScratch() {
+        if valueScratch.capacity == 0 {
+            keyScratch.reserveCapacity(16)
+            valueScratch.reserveCapacity(16)
+        }
+    }
+
     private mutating func enter() throws(CeleryProtocolError) {
         depth += 1
         if depth > Self.maximumDepth { throw error("JSON nested too deeply") }
@@ -113,6 +121,7 @@ struct JSONParser {
             index += 1
             return .array([])
         }
+        reserveScratch()
         let base = valueScratch.count
         defer { valueScratch.removeSubrange(base...) }
         while true {
@@ -167,6 +176,7 @@ struct JSONParser {
             index += 1
             return .object([:])
         }
+        reserveScratch()
         let keyBase = keyScratch.count
         let valueBase = valueScratch.count
         defer {
@@ -394,11 +404,11 @@ extension JSONParser {
         case value(CeleryValue)
     }
 
-    /// A kombu envelope's `headers` or `properties`: an object read member by member, with the range of its text
-    /// and the members the worker reads (no dictionary built), or any other value as parsed.
-    enum ScannedObject<Fields: MessageFields> {
-        case scanned(Range<Int>, Fields)
-        case value(CeleryValue)
+    /// A kombu envelope's `headers` or `properties`: an object read member by member (the members the worker reads,
+    /// and the object kept as text in `source`), or any other value as parsed.
+    enum ScannedObject<Fields: MessageFields & Sendable> {
+        case object(MessageObject<Fields>)
+        case other(CeleryValue)
     }
 
     /// The top-level fields of a kombu envelope. As in a Python `dict`, a repeated key keeps its last value.
@@ -410,43 +420,55 @@ extension JSONParser {
         var properties: ScannedObject<PropertyFields>?
     }
 
-    /// Parses a kombu envelope, keeping only the fields kombu reads: neither the top-level object nor the body
-    /// string is built. Returns `nil` for a valid JSON document that is not an object.
-    mutating func parseEnvelope() throws(CeleryProtocolError) -> EnvelopeFields? {
+    /// The top-level keys of a kombu envelope that the worker reads.
+    enum EnvelopeKey {
+        case body, contentType, contentEncoding, headers, properties
+
+        static let names: [(name: StaticString, field: EnvelopeKey)] = [
+            ("body", .body), ("content-type", .contentType), ("content-encoding", .contentEncoding),
+            ("headers", .headers), ("properties", .properties),
+        ]
+    }
+
+    /// Parses a kombu envelope held in `source` (the bytes of ``buffer``), keeping only the fields kombu reads:
+    /// neither the top-level object nor the body string is built. Returns `nil` for a valid JSON document that is
+    /// not an object.
+    mutating func parseEnvelope(source: [UInt8]) throws(CeleryProtocolError) -> EnvelopeFields? {
         var fields = EnvelopeFields()
         let isObject = try forEachTopLevelMember { (parser: inout JSONParser, key) throws(CeleryProtocolError) in
             switch key {
-            case "body": fields.body = try parser.parseBody()
-            case "content-type": fields.contentType = try parser.parseValue()
-            case "content-encoding": fields.contentEncoding = try parser.parseValue()
-            case "headers": fields.headers = try parser.scanObject()
-            case "properties": fields.properties = try parser.scanObject()
-            default: _ = try parser.parseValue()
+            case .body?: fields.body = try parser.parseBody()
+            case .contentType?: fields.contentType = try parser.parseValue()
+            case .contentEncoding?: fields.contentEncoding = try parser.parseValue()
+            case .headers?: fields.headers = try parser.scanObject(source: source)
+            case .properties?: fields.properties = try parser.scanObject(source: source)
+            case nil: _ = try parser.parseValue()
             }
         }
         return isObject ? fields : nil
     }
 
-    /// The fields the worker reads of a kombu envelope's `properties`; every other member is only scanned, never
-    /// built. `nil` for a valid JSON document that is not an object, or an object whose `properties` is missing or
-    /// not an object (the last one counts, as in Python).
-    mutating func parseEnvelopeProperties() throws(CeleryProtocolError) -> PropertyFields? {
+    /// The fields the worker reads of the `properties` of a kombu envelope held in `source`; every other member is
+    /// only scanned, never built. `nil` for a valid JSON document that is not an object, or an object whose
+    /// `properties` is missing or not an object (the last one counts, as in Python).
+    mutating func parseEnvelopeProperties(source: [UInt8]) throws(CeleryProtocolError) -> PropertyFields? {
         var properties: PropertyFields?
         _ = try forEachTopLevelMember { (parser: inout JSONParser, key) throws(CeleryProtocolError) in
-            guard key == "properties" else { return try parser.skipValue() }
-            switch try parser.scanObject() as ScannedObject<PropertyFields> {
-            case .scanned(_, let fields): properties = fields
-            case .value(.object(let object)): properties = PropertyFields(object)
-            case .value: properties = nil
+            guard key == .properties else { return try parser.skipValue() }
+            switch try parser.scanObject(source: source) as ScannedObject<PropertyFields> {
+            case .object(let object): properties = object.fields
+            case .other(.object(let object)): properties = PropertyFields(object)
+            case .other: properties = nil
             }
         }
         return properties
     }
 
-    /// Walks the members of the document's top-level object: `member` gets each key with the index at its value,
-    /// and must move past that value. `false` (nothing walked) for a valid JSON document that is not an object.
+    /// Walks the members of the document's top-level object: `member` gets each key (`nil` for one the envelope
+    /// does not name) with the index at its value, and must move past that value. `false` (nothing walked) for a
+    /// valid JSON document that is not an object.
     private mutating func forEachTopLevelMember(
-        _ member: (inout JSONParser, String) throws(CeleryProtocolError) -> Void
+        _ member: (inout JSONParser, EnvelopeKey?) throws(CeleryProtocolError) -> Void
     ) throws(CeleryProtocolError) -> Bool {
         skipWhitespace()
         guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else {
@@ -460,8 +482,12 @@ extension JSONParser {
             index += 1
         } else {
             while true {
-                let key = try parseKey()
-                try member(&self, key)
+                if let key = parseASCIIKey() {
+                    try member(&self, lookUp(UnsafeBufferPointer(rebasing: buffer[key]), in: EnvelopeKey.names))
+                } else {
+                    var key = try parseKey()
+                    try member(&self, key.withUTF8 { lookUp($0, in: EnvelopeKey.names) })
+                }
                 if try endOfMember(closing: UInt8(ascii: "}")) { break }
             }
         }
@@ -523,11 +549,12 @@ extension JSONParser {
     }
 
     /// Parses the object at the index as ``parseValue()`` would, checking every member, but builds only the
-    /// members `Fields` names and notes the object's range: the dictionary is built later, if anything reads it.
+    /// members `Fields` names and keeps the object as its text in `source`: the dictionary is built later, if
+    /// anything reads it.
     /// Members it does not name are checked without being built when they are plain ASCII strings, literals or
     /// integers. Any other value than an object is returned as parsed.
-    private mutating func scanObject<Fields: MessageFields>() throws(CeleryProtocolError) -> ScannedObject<Fields> {
-        guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else { return .value(try parseValue()) }
+    private mutating func scanObject<Fields>(source: [UInt8]) throws(CeleryProtocolError) -> ScannedObject<Fields> {
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else { return .other(try parseValue()) }
         let start = index
         try enter()
         index += 1
@@ -557,9 +584,9 @@ extension JSONParser {
             // It may be one of kombu's tagged values (`__type__`, `__value__`): read it as parseValue reads it.
             var parser = JSONParser(buffer: buffer, at: start)
             parser.depth = depth
-            return .value(try parser.parseValue())
+            return .other(try parser.parseValue())
         }
-        return .scanned(start..<index, fields)
+        return .object(MessageObject(text: source, range: start..<index, fields: fields))
     }
 
     /// Moves past one value, failing where ``parseValue()`` fails. Plain ASCII strings, literals and integers are

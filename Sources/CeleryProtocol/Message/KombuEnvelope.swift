@@ -45,14 +45,14 @@ public struct KombuEnvelope: Sendable {
             var parser = JSONParser(buffer: buffer)
             let parsed: JSONParser.EnvelopeFields?
             do throws(CeleryProtocolError) {
-                parsed = try parser.parseEnvelope()
+                parsed = try parser.parseEnvelope(source: bytes)
             } catch {
                 throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not JSON: \(error.message)")
             }
             guard let parsed else {
                 throw CeleryProtocolError(code: .invalidEnvelope, message: "message is not a JSON object")
             }
-            return try KombuEnvelope(parsed, in: buffer, of: bytes)
+            return try KombuEnvelope(parsed, in: buffer)
         }
     }
 
@@ -62,7 +62,7 @@ public struct KombuEnvelope: Sendable {
     public static func deliveryFields(of raw: [UInt8]) -> (tag: String, exchange: String, routingKey: String)? {
         let properties = raw.withUnsafeBufferPointer { buffer -> PropertyFields? in
             var parser = JSONParser(buffer: buffer)
-            return try? parser.parseEnvelopeProperties()
+            return try? parser.parseEnvelopeProperties(source: raw)
         }
         guard let properties, case .string(let tag) = properties.deliveryTag else { return nil }
         let info = properties.deliveryInfo
@@ -70,9 +70,9 @@ public struct KombuEnvelope: Sendable {
     }
 
     private init(
-        _ fields: JSONParser.EnvelopeFields, in buffer: UnsafeBufferPointer<UInt8>, of bytes: [UInt8]
+        _ fields: JSONParser.EnvelopeFields, in buffer: UnsafeBufferPointer<UInt8>
     ) throws(CeleryProtocolError) {
-        guard let headers = Self.object(fields.headers, of: bytes) else {
+        guard let headers = Self.object(fields.headers) else {
             throw CeleryProtocolError(code: .invalidEnvelope, message: "'headers' is not an object")
         }
         headerObject = headers
@@ -81,7 +81,7 @@ public struct KombuEnvelope: Sendable {
         func failure(_ message: String, _ code: CeleryProtocolError.Code = .invalidEnvelope) -> CeleryProtocolError {
             CeleryProtocolError(code: code, message: message, taskID: taskID, taskName: taskName)
         }
-        guard let properties = Self.object(fields.properties, of: bytes) else {
+        guard let properties = Self.object(fields.properties) else {
             throw failure("'properties' is not an object")
         }
         propertyObject = properties
@@ -113,13 +113,11 @@ public struct KombuEnvelope: Sendable {
 
     /// `headers` or `properties` as the parser left them; `nil` when the member is neither an object nor null
     /// (missing or null: an empty object, as in kombu).
-    private static func object<Fields>(
-        _ member: JSONParser.ScannedObject<Fields>?, of bytes: [UInt8]
-    ) -> MessageObject<Fields>? {
+    private static func object<Fields>(_ member: JSONParser.ScannedObject<Fields>?) -> MessageObject<Fields>? {
         switch member {
-        case .scanned(let range, let fields)?: MessageObject(text: bytes, range: range, fields: fields)
-        case .value(.object(let value))?: MessageObject(value)
-        case .value(.null)?, nil: MessageObject([:])
+        case .object(let object)?: object
+        case .other(.object(let value))?: MessageObject(value)
+        case .other(.null)?, nil: MessageObject([:])
         default: nil
         }
     }

@@ -69,7 +69,7 @@ extension MessageFields {
 }
 
 /// Which of `names` a key's UTF-8 bytes spell.
-private func lookUp<Field>(_ key: UnsafeBufferPointer<UInt8>, in names: [(name: StaticString, field: Field)]) -> Field? {
+func lookUp<Field>(_ key: UnsafeBufferPointer<UInt8>, in names: [(name: StaticString, field: Field)]) -> Field? {
     for entry in names where entry.name.utf8CodeUnitCount == key.count {
         if key.elementsEqual(UnsafeBufferPointer(start: entry.name.utf8Start, count: key.count)) { return entry.field }
     }
