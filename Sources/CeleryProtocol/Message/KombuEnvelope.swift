@@ -40,7 +40,12 @@ public struct KombuEnvelope: Sendable {
 
     /// Parses the JSON text of a message popped from a Redis list.
     public init(decoding raw: some Collection<UInt8>) throws(CeleryProtocolError) {
-        let bytes = Array(raw)
+        try self.init(decoding: Array(raw))
+    }
+
+    /// Parses the JSON text of a message popped from a Redis list. The headers and properties keep a reference to
+    /// `bytes` (no copy), and are built from it only when read.
+    public init(decoding bytes: [UInt8]) throws(CeleryProtocolError) {
         self = try bytes.withUnsafeBufferPointer { buffer throws(CeleryProtocolError) in
             var parser = JSONParser(buffer: buffer)
             let parsed: JSONParser.EnvelopeFields?

@@ -261,28 +261,31 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private static func append(_ command: RedisCommand, to context: UnsafeMutablePointer<redisContext>) -> Int32 {
-        // One flat buffer holds every argument; the argv pointers point into it. A trailing byte keeps the
-        // buffer non-empty so its base address exists even when every argument is empty.
-        var flat: [UInt8] = []
-        flat.reserveCapacity(command.arguments.reduce(1) { $0 + $1.count })
-        var offsets: [Int] = []
-        var lengths: [Int] = []
-        for argument in command.arguments {
-            offsets.append(flat.count)
-            lengths.append(argument.count)
-            flat.append(contentsOf: argument)
-        }
-        flat.append(0)
-        return flat.withUnsafeBytes { raw -> Int32 in
-            let base = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
-            var argv: [UnsafePointer<CChar>?] = offsets.map { UnsafePointer(base + $0) }
-            return argv.withUnsafeMutableBufferPointer { argvBuffer in
-                lengths.withUnsafeBufferPointer { lengthBuffer in
-                    redisAppendCommandArgv(
-                        context, Int32(command.arguments.count), argvBuffer.baseAddress, lengthBuffer.baseAddress)
-                }
+        let request = resp(command)
+        return request.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { text in
+                redisAppendFormattedCommand(context, text.baseAddress, text.count)
             }
         }
+    }
+
+    /// The command in Redis's protocol (RESP): `*<count>`, then `$<length>` and the bytes of each argument, each
+    /// line ending in CRLF; written here in one buffer, the form hiredis itself would build from an argument list.
+    static func resp(_ command: RedisCommand) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(command.arguments.reduce(16) { $0 + $1.count + 16 })
+        func line(_ marker: UInt8, _ number: Int) {
+            output.append(marker)
+            output.append(contentsOf: String(number).utf8)
+            output.append(contentsOf: [0x0D, 0x0A])
+        }
+        line(UInt8(ascii: "*"), command.arguments.count)
+        for argument in command.arguments {
+            line(UInt8(ascii: "$"), argument.count)
+            output.append(contentsOf: argument)
+            output.append(contentsOf: [0x0D, 0x0A])
+        }
+        return output
     }
 
     private static func convert(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
