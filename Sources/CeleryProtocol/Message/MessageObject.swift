@@ -1,5 +1,11 @@
 import OrderedCollections
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// A JSON object of a message (its `headers` or `properties`): the members the worker reads for every message,
 /// taken while the envelope was parsed, and the whole object, kept as the text it arrived in and built only when
 /// something reads all of it (the dictionary, with a hash table for Celery's 19 header keys, is seldom needed).
@@ -70,8 +76,9 @@ extension MessageFields {
 
 /// Which of `names` a key's UTF-8 bytes spell.
 func lookUp<Field>(_ key: UnsafeBufferPointer<UInt8>, in names: [(name: StaticString, field: Field)]) -> Field? {
+    guard let bytes = key.baseAddress else { return nil }  // an empty key names nothing
     for entry in names where entry.name.utf8CodeUnitCount == key.count {
-        if key.elementsEqual(UnsafeBufferPointer(start: entry.name.utf8Start, count: key.count)) { return entry.field }
+        if memcmp(entry.name.utf8Start, bytes, key.count) == 0 { return entry.field }
     }
     return nil
 }

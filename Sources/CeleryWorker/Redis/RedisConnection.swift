@@ -272,20 +272,45 @@ final class RedisConnection: @unchecked Sendable {
     /// The command in Redis's protocol (RESP): `*<count>`, then `$<length>` and the bytes of each argument, each
     /// line ending in CRLF; written here in one buffer, the form hiredis itself would build from an argument list.
     static func resp(_ command: RedisCommand) -> [UInt8] {
-        var output: [UInt8] = []
-        output.reserveCapacity(command.arguments.reduce(16) { $0 + $1.count + 16 })
-        func line(_ marker: UInt8, _ number: Int) {
-            output.append(marker)
-            output.append(contentsOf: String(number).utf8)
-            output.append(contentsOf: [0x0D, 0x0A])
+        func digits(_ number: Int) -> Int {
+            var count = 1
+            var rest = number / 10
+            while rest > 0 {
+                count += 1
+                rest /= 10
+            }
+            return count
         }
-        line(UInt8(ascii: "*"), command.arguments.count)
-        for argument in command.arguments {
-            line(UInt8(ascii: "$"), argument.count)
-            output.append(contentsOf: argument)
-            output.append(contentsOf: [0x0D, 0x0A])
+        let size = command.arguments.reduce(3 + digits(command.arguments.count)) { $0 + 5 + digits($1.count) + $1.count }
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            var position = 0
+            func line(_ marker: UInt8, _ number: Int) {
+                buffer[position] = marker
+                var end = position + digits(number)
+                position = end + 1
+                var rest = number
+                repeat {
+                    buffer[end] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                    end -= 1
+                } while rest > 0
+                buffer[position] = 0x0D
+                buffer[position + 1] = 0x0A
+                position += 2
+            }
+            line(UInt8(ascii: "*"), command.arguments.count)
+            for argument in command.arguments {
+                line(UInt8(ascii: "$"), argument.count)
+                argument.withUnsafeBufferPointer { bytes in
+                    _ = UnsafeMutableBufferPointer(rebasing: buffer[position..<position + bytes.count]).initialize(fromContentsOf: bytes)
+                }
+                position += argument.count
+                buffer[position] = 0x0D
+                buffer[position + 1] = 0x0A
+                position += 2
+            }
+            initialized = position
         }
-        return output
     }
 
     private static func convert(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
