@@ -209,6 +209,8 @@ final class WorkerRun: Sendable {
     let limits = Mutex(TaskLimits())
     /// Batches the result writes and acknowledgements of running tasks.
     let settler = Settler()
+    /// The task of each job: started by the dispatcher, cancelled by a stop request or a cold shutdown.
+    let jobTasks = JobTasks()
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
@@ -413,39 +415,46 @@ final class WorkerRun: Sendable {
     }
 
     private func dispatchLoop(_ stream: AsyncStream<[PreparedJob]>) async {
-        await withDiscardingTaskGroup { group in
+        // As a task group would: a cold shutdown (this loop cancelled) cancels every job, and the loop returns once
+        // every job has ended.
+        await withTaskCancellationHandler {
             for await jobs in stream {
-                for job in jobs { await dispatch(job, in: &group) }
+                for job in jobs { await dispatch(job) }
             }
+            await jobTasks.waitUntilIdle()
+        } onCancel: {
+            jobTasks.cancelAll()
         }
     }
 
     /// Starts a job's task in a free slot, or after its ETA or rate limit.
-    private func dispatch(_ job: PreparedJob, in group: inout DiscardingTaskGroup) async {
+    private func dispatch(_ job: PreparedJob) async {
         var counted = true
         defer { if counted { readyJobs.subtract(1, ordering: .relaxed) } }
         if let eta = job.etaTime, eta > WallClock.now() {
             // Like Celery, an ETA task does not hold a prefetch slot while it waits.
             prefetch.release()
-            group.addTask {
+            let stop = StopRequest()
+            jobTasks.start(on: executor, stop: stop) {
                 guard await self.shutdown.sleep(untilUnixTime: eta), await self.waitForRateLimit(job),
                     await self.slots.acquire()
                 else {
                     return  // given back at the end, as never started
                 }
-                await self.execute(job, holdsPrefetch: false)
+                await self.execute(job, holdsPrefetch: false, stop: stop)
                 self.slots.release()
             }
             return
         }
         if limits.withLock({ $0.rate(for: job.task) }) != nil {
             // A rate-limited task waits for its turn apart, holding its prefetch slot as in Celery.
-            group.addTask {
+            let stop = StopRequest()
+            jobTasks.start(on: executor, stop: stop) {
                 guard await self.waitForRateLimit(job), await self.slots.acquire() else {
                     self.prefetch.release()
                     return  // given back at the end, as never started
                 }
-                await self.execute(job, holdsPrefetch: true)
+                await self.execute(job, holdsPrefetch: true, stop: stop)
                 self.slots.release()
             }
             return
@@ -459,8 +468,9 @@ final class WorkerRun: Sendable {
         // The first task started in one go runs on this thread (it is free as soon as the loop waits again); any
         // others wake the other task threads.
         WorkerThreads.keepFirstJobOnThisThread()
-        group.addTask(executorPreference: executor) {
-            await self.execute(job, holdsPrefetch: true)
+        let stop = StopRequest()
+        jobTasks.start(on: executor, stop: stop) {
+            await self.execute(job, holdsPrefetch: true, stop: stop)
             self.slots.release()
         }
     }

@@ -9,12 +9,22 @@ enum StopReason: Sendable {
 }
 
 /// Whether and why the worker told a running task to stop (a soft time limit, a `revoke(terminate=True)`), and
-/// how: the body's task is cancelled, and a process-pool child is signalled according to the reason.
+/// how: the job's task is cancelled once its body runs (from ``arm()``), and a process-pool child is signalled
+/// according to the reason. The cancellation may land just after ``seal()``, so a job stopped on request finishes
+/// its bookkeeping in a task of its own.
 final class StopRequest: Sendable {
     private struct State {
         var reason: StopReason?
         var cancel: (@Sendable () -> Void)?
+        var armed = false
         var sealed = false
+
+        /// What cancels the job's task when a stop is due (requested, and the body started), taken once.
+        mutating func dueCancellation() -> (@Sendable () -> Void)? {
+            guard reason != nil, armed, !sealed, let cancel else { return nil }
+            self.cancel = nil
+            return cancel
+        }
     }
 
     private let state = Mutex(State())
@@ -22,23 +32,32 @@ final class StopRequest: Sendable {
     /// The first reason given, if any.
     var value: StopReason? { state.withLock { $0.reason } }
 
-    /// Records the reason (the first one wins) and cancels the body, now or as soon as it is attached.
+    /// Records the reason (the first one wins); the job's task is cancelled if its body runs, or once it starts.
     func request(_ why: StopReason) {
         let cancel = state.withLock { state -> (@Sendable () -> Void)? in
             guard state.reason == nil, !state.sealed else { return nil }
             state.reason = why
-            return state.cancel
+            return state.dueCancellation()
         }
-        cancel?()
+        cancel?()  // outside the lock: cancellation handlers read `value`
     }
 
-    /// Attaches what cancels the running body; runs it at once when a stop was already requested.
+    /// Attaches what cancels the job's task.
     func attach(_ cancel: @escaping @Sendable () -> Void) {
-        let requested = state.withLock { state -> Bool in
+        let due = state.withLock { state -> (@Sendable () -> Void)? in
             state.cancel = cancel
-            return state.reason != nil
+            return state.dueCancellation()
         }
-        if requested { cancel() }
+        due?()
+    }
+
+    /// The body starts: a stop requested before or from now on cancels the job's task.
+    func arm() {
+        let due = state.withLock { state -> (@Sendable () -> Void)? in
+            state.armed = true
+            return state.dueCancellation()
+        }
+        due?()
     }
 
     /// The body finished: later requests change nothing. Returns the reason it was stopped for, if any.
@@ -229,8 +248,9 @@ extension WorkerRun {
 
     // MARK: Running
 
-    /// Runs a job in the slot it was given: ack policy, the task body on the task threads, result, log line.
-    func execute(_ job: PreparedJob, holdsPrefetch: Bool) async {
+    /// Runs a job in the slot it was given: ack policy, the task body on the task threads, result, log line. Runs
+    /// in the job's own task (see ``JobTasks``), which `stop` cancels while the body runs.
+    func execute(_ job: PreparedJob, holdsPrefetch: Bool, stop: StopRequest) async {
         let message = job.message
         let queue = job.deliveryInfo.routingKey
         var holdsPrefetch = holdsPrefetch
@@ -248,7 +268,6 @@ extension WorkerRun {
             $0.processed += 1
             $0.totals[message.name, default: 0] += 1
         }
-        let stop = StopRequest()
         let timeStart = WallClock.now()
         running.withLock { $0[message.id] = RunningTask(job: job, timeStart: timeStart, stop: stop) }
         service.metrics.active.increment()
@@ -293,20 +312,53 @@ extension WorkerRun {
         }
         let runtime = Self.seconds(ContinuousClock.now - started)
         service.metrics.recordRuntime(runtime, task: message.name)
-        if stopReason == .terminated, !Task.isCancelled {
+        let ending = Ending(
+            job: job, machine: machine, outcome: outcome, stopReason: stopReason, runtime: runtime,
+            storesResults: storesResults, holdsPrefetch: holdsPrefetch)
+        if stopReason != nil, !jobTasks.isCancelled {
+            // The stop cancelled this task to stop the body (or will, in a moment): the bookkeeping goes on in a task
+            // that only a cold shutdown cancels, so no write is cut short.
+            holdsPrefetch = await jobTasks.start(on: executor) { await self.finish(ending) }.value
+        } else {
+            holdsPrefetch = await finish(ending)
+        }
+    }
+
+    /// What a job's bookkeeping needs once its body has run.
+    private struct Ending: Sendable {
+        let job: PreparedJob
+        let machine: DeliveryStateMachine
+        let outcome: Result<CeleryValue, any Error>
+        let stopReason: StopReason?
+        let runtime: Double
+        let storesResults: Bool
+        let holdsPrefetch: Bool
+    }
+
+    /// Stores the result, acknowledges, logs and sends events, runs follow-ups; returns whether the job still holds
+    /// its prefetch permit.
+    private func finish(_ ending: Ending) async -> Bool {
+        let job = ending.job
+        let message = job.message
+        let queue = job.deliveryInfo.routingKey
+        var machine = ending.machine
+        var holdsPrefetch = ending.holdsPrefetch
+        let storesResults = ending.storesResults
+        let runtime = ending.runtime
+        if ending.stopReason == .terminated, !jobTasks.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
             await sendTaskEvent("task-revoked", message, ["terminated": true, "signum": 15, "expired": false])
             await carryOut(machine.finish(), for: job.delivery)
-            return
+            return holdsPrefetch
         }
 
-        if Task.isCancelled {
+        if jobTasks.isCancelled, Task.isCancelled {
             logger.warning("Task \(job.displayName)[\(message.id)] interrupted by cold shutdown")
             await carryOut(machine.abandon(), for: job.delivery)
-            return
+            return holdsPrefetch
         }
-        switch outcome {
+        switch ending.outcome {
         case .failure(let rejection as RejectTask):
             logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
             if !rejection.requeue {
@@ -317,7 +369,7 @@ extension WorkerRun {
             }
             await sendTaskEvent("task-rejected", message, ["requeue": .bool(rejection.requeue)])
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
-            return
+            return holdsPrefetch
         case .failure(is IgnoreTask):
             logger.info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
@@ -343,7 +395,7 @@ extension WorkerRun {
             if let request = retryRequest(for: error, job: job) {
                 guard let exhausted = await retry(job, request) else {
                     await carryOut(machine.finish(), for: job.delivery)
-                    return
+                    return holdsPrefetch
                 }
                 failure = exhausted
             }
@@ -379,28 +431,17 @@ extension WorkerRun {
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
         }
+        return holdsPrefetch
     }
 
-    /// Runs the task body on the task threads, or in a pool child with `--pool process` (which also enforces the
-    /// hard limit). The body is cancelled when its soft time limit passes or when a `revoke(terminate=True)`
-    /// arrives (through `stop`); the second value says which stopped it, if any.
+    /// Runs the task body in this job's task, on the task threads, or in a pool child with `--pool process` (which
+    /// also enforces the hard limit). The body is cancelled, with this task, when its soft time limit passes or when
+    /// a `revoke(terminate=True)` arrives (through `stop`), or by a cold shutdown; the second value says which stop
+    /// was requested, if any.
     private func run(
         _ job: PreparedJob, _ context: TaskContext, softLimit: Double?, hardLimit: Double?, stop: StopRequest
     ) async -> (Result<CeleryValue, any Error>, StopReason?) {
-        let pool = self.pool
-        // This runs on a task thread, which waits for the body at once: it runs the body itself next, and the body
-        // hands this bookkeeping back the same way, so a task costs no wake-up of another thread.
-        WorkerThreads.keepNextJobOnThisThread()
-        let body = Task(executorPreference: executor) { () async -> Result<CeleryValue, any Error> in
-            defer { WorkerThreads.keepNextJobOnThisThread() }
-            if let pool { return await pool.run(job, context: context, hardLimit: hardLimit, stop: stop) }
-            do {
-                return .success(try await job.task.handler(context))
-            } catch {
-                return .failure(error)
-            }
-        }
-        stop.attach { body.cancel() }
+        stop.arm()
         let timer = softLimit.flatMap { limit -> Task<Void, Never>? in
             guard limit > 0 else { return nil }
             return Task {
@@ -408,11 +449,15 @@ extension WorkerRun {
                 stop.request(.softTimeLimit)
             }
         }
-        // A cold shutdown cancels this task: the body is cancelled with it, with no stop reason.
-        let result = await withTaskCancellationHandler {
-            await body.value
-        } onCancel: {
-            body.cancel()
+        let result: Result<CeleryValue, any Error>
+        if let pool {
+            result = await pool.run(job, context: context, hardLimit: hardLimit, stop: stop)
+        } else {
+            do {
+                result = .success(try await job.task.handler(context))
+            } catch {
+                result = .failure(error)
+            }
         }
         timer?.cancel()
         return (result, stop.seal())
