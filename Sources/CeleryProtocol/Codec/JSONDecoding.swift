@@ -38,11 +38,6 @@ struct JSONParser {
         self.index = index
     }
 
-    /// The value at the index, which a caller knows to be an object (see ``MessageObject``).
-    mutating func parseObjectValue() throws(CeleryProtocolError) -> CeleryValue {
-        try parseValue()
-    }
-
     mutating func parseDocument() throws(CeleryProtocolError) -> CeleryValue {
         skipWhitespace()
         let value = try parseValue()
@@ -71,7 +66,8 @@ struct JSONParser {
         index += count
     }
 
-    private mutating func parseValue() throws(CeleryProtocolError) -> CeleryValue {
+    /// The value at the index.
+    mutating func parseValue() throws(CeleryProtocolError) -> CeleryValue {
         guard index < buffer.count else { throw error("unexpected end of JSON") }
         switch buffer[index] {
         case UInt8(ascii: "{"): return try parseObject()

@@ -40,7 +40,7 @@ final class MessageObject<Fields: MessageFields & Sendable>: Sendable {
         case .text(let text, let range):
             let parsed = text.withUnsafeBufferPointer { buffer -> CeleryValue? in
                 var parser = JSONParser(buffer: buffer, at: range.lowerBound)
-                return try? parser.parseObjectValue()
+                return try? parser.parseValue()
             }
             guard case .object(let object)? = parsed else {
                 preconditionFailure("an object that parsed once no longer parses")

@@ -24,20 +24,21 @@ final class JobTasks: Sendable {
     func start<Success: Sendable>(
         on executor: any TaskExecutor, stop: StopRequest? = nil, _ operation: @escaping @Sendable () async -> Success
     ) -> Task<Success, Never> {
-        let (task, cancelNow) = state.withLock { state -> (Task<Success, Never>, Bool) in
+        state.withLock { state -> Task<Success, Never> in
             state.nextID += 1
             let id = state.nextID
-            // Created under the lock: the task cannot end (and remove itself) before it is recorded.
+            // Created, recorded and attached under the lock, which the task takes first: it cannot end (and remove
+            // itself) before it is recorded, nor start its operation before a stop can cancel it.
             let task = Task(executorPreference: executor) {
                 defer { self.finished(id) }
+                // Started once a cold shutdown began: it runs cancelled from its first line.
+                if self.isCancelled { withUnsafeCurrentTask { $0?.cancel() } }
                 return await operation()
             }
             state.tasks[id] = { task.cancel() }
-            return (task, state.cancelled)
+            stop?.attach { task.cancel() }
+            return task
         }
-        stop?.attach { task.cancel() }
-        if cancelNow { task.cancel() }
-        return task
     }
 
     private func finished(_ id: UInt64) {

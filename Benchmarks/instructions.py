@@ -1,0 +1,92 @@
+"""The worker's instructions per task, counted by valgrind's callgrind: the same figure run after run, whatever else
+the machine is doing, so two builds can be compared where timings drown in the machine's noise.
+
+    .venv/bin/python Benchmarks/instructions.py --tasks 3000
+    .venv/bin/python Benchmarks/instructions.py --tasks 3000 --worker /path/to/other/build
+
+A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`) under callgrind. A first
+300 tasks warm it up (code run once, metadata looked up the first time), the counters are zeroed, the N tasks are
+drained, and the counters dumped: instructions in every thread of the worker (not in Redis, not in the kernel),
+divided by N. The binary runs without its debug information (valgrind 3.19 cannot read the toolchain's DWARF 5).
+It needs the release build (`scripts/build-release.sh`): valgrind 3.19 crashes on the debug build, which loads the
+Swift runtime as shared libraries, so CI does not run it.
+"""
+import argparse
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from drain import WORKER, RedisProcess, make_messages
+
+WARM_UP = 300
+
+
+def count(worker, tasks, serializer):
+    with tempfile.TemporaryDirectory() as tmp:
+        stripped, profile = Path(tmp) / "worker", Path(tmp) / "callgrind.out"
+        subprocess.run(["objcopy", "--strip-debug", str(worker), str(stripped)], check=True)
+        server = RedisProcess().start()
+        try:
+            broker, backend = server.url(1), server.url(0)
+            messages = make_messages(broker, WARM_UP + tasks, "tasks.noop", serializer)
+            proc = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", str(stripped),
+                 "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+
+                def drain(batch, timeout):
+                    pipe = rb.pipeline(transaction=False)
+                    for raw in batch:
+                        pipe.lpush("celery", raw)
+                    pipe.execute()
+                    deadline = time.monotonic() + timeout
+                    while rr.dbsize() < len(batch):
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"only {rr.dbsize()} of {len(batch)} results were stored under callgrind")
+                        time.sleep(0.05)
+                    rr.flushdb()
+
+                deadline = time.monotonic() + 60
+                while not rb.exists("_kombu.binding.celery"):
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise SystemExit("the worker did not start under callgrind")
+                    time.sleep(0.1)
+                drain(messages[:WARM_UP], 120)
+                time.sleep(0.5)
+                subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                drain(messages[WARM_UP:], 600)
+                subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(120)
+        finally:
+            server.stop()
+        dump = Path(f"{profile}.1")
+        total = int(re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M).group(1))
+        return total / tasks
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--serializer", choices=["json", "msgpack"], default="json")
+    parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    options = parser.parse_args()
+    if options.tasks < 1:
+        parser.error("--tasks must be at least 1")
+    if not Path(options.worker).is_file():
+        parser.error(f"{options.worker} is missing: run scripts/build-release.sh first")
+    per_task = count(options.worker, options.tasks, options.serializer)
+    print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.tasks} tasks after "
+          f"{WARM_UP} to warm up)")
+
+
+if __name__ == "__main__":
+    main()
