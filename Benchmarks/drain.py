@@ -373,6 +373,24 @@ def milliseconds(text):
     return values
 
 
+LATENCY_KINDS = ["swift", "python-prefork", "python-loop", "c-loop"]
+
+
+def latency_kinds(text):
+    """`--latency-only`'s comma-separated list of workers, each one of LATENCY_KINDS."""
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in LATENCY_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(LATENCY_KINDS)} (comma-separated), got {text!r}")
+    return kinds
+
+
+def print_latency(kind, gap, lat):
+    label = {"python-loop": "python BRPOP+PUBLISH loop", "c-loop": "C BRPOP+PUBLISH loop"}.get(kind, kind)
+    print(f"idle pick-up latency, {gap:g} ms apart, {label:26} p50 {lat['p50_ms']:.2f} ms  "
+          f"p99 {lat['p99_ms']:.2f} ms", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
@@ -383,6 +401,9 @@ def main():
                         help="runs per cell; the run with the median rate is reported, lost tasks are summed")
     parser.add_argument("--quick", action="store_true", help="one variant per worker: checks the benchmark runs")
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("--latency-only", metavar="KINDS", type=latency_kinds,
+                        help="measure only the idle pick-up latency of these workers (comma-separated: "
+                             f"{', '.join(LATENCY_KINDS)}), --repeat times")
     options = parser.parse_args()
     globals()["WORKER"] = options.worker
     logdir = Path("/tmp/swift-celery-bench")
@@ -390,6 +411,12 @@ def main():
     server = RedisProcess().start()
     rows = []
     try:
+        if options.latency_only:
+            for _ in range(options.repeat):
+                for gap in options.latency_gaps:
+                    for kind in options.latency_only:
+                        print_latency(kind, gap, latency(kind, server, options.latency_samples, logdir, gap / 1000))
+            return 0
         kinds = ["swift", "python-prefork", "python-threads"]
         variants = [("tasks.noop", "json", False)] if options.quick else [
             (task, serializer, acks) for task in ["tasks.noop", "tasks.add"] for serializer in ["json", "msgpack"]
@@ -411,11 +438,9 @@ def main():
               f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
         print()
         for gap in options.latency_gaps:
-            for kind in ["swift", "python-prefork", "python-loop", "c-loop"]:
-                lat = latency(kind, server, 20 if options.quick else options.latency_samples, logdir, gap / 1000)
-                label = {"python-loop": "python BRPOP+PUBLISH loop", "c-loop": "C BRPOP+PUBLISH loop"}.get(kind, kind)
-                print(f"idle pick-up latency, {gap:g} ms apart, {label:26} p50 {lat['p50_ms']:.2f} ms  "
-                      f"p99 {lat['p99_ms']:.2f} ms", flush=True)
+            for kind in LATENCY_KINDS:
+                print_latency(kind, gap, latency(kind, server, 20 if options.quick else options.latency_samples, logdir,
+                                                 gap / 1000))
         for kind in ["swift", "python-prefork"]:
             print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} ms "
                   "(median; a message already waiting)", flush=True)
