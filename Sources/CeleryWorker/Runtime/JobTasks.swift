@@ -60,7 +60,8 @@ final class JobTasks: Sendable {
         for cancel in cancels { cancel() }
     }
 
-    /// Returns once no job's task is running; cancelling the caller does not end the wait.
+    /// Returns once no job's task is running; cancelling the caller does not end the wait. One caller at a time (the
+    /// dispatcher, at the end of a run).
     func waitUntilIdle() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let idle = state.withLock { state -> Bool in
