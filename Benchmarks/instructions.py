@@ -3,6 +3,7 @@ the machine is doing, so two builds can be compared where timings drown in the m
 
     .venv/bin/python Benchmarks/instructions.py --tasks 3000
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --worker /path/to/other/build
+    .venv/bin/python Benchmarks/instructions.py --profile /tmp/profile && callgrind_annotate /tmp/profile | head -60
 
 A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`) under callgrind. A first
 300 tasks warm it up (code run once, metadata looked up the first time), the counters are zeroed, the N tasks are
@@ -13,6 +14,7 @@ Swift runtime as shared libraries, so CI does not run it.
 """
 import argparse
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -26,7 +28,7 @@ from drain import WORKER, RedisProcess, make_messages
 WARM_UP = 300
 
 
-def count(worker, tasks, serializer):
+def count(worker, tasks, serializer, keep=None):
     with tempfile.TemporaryDirectory() as tmp:
         stripped, profile = Path(tmp) / "worker", Path(tmp) / "callgrind.out"
         subprocess.run(["objcopy", "--strip-debug", str(worker), str(stripped)], check=True)
@@ -35,7 +37,7 @@ def count(worker, tasks, serializer):
             broker, backend = server.url(1), server.url(0)
             messages = make_messages(broker, WARM_UP + tasks, "tasks.noop", serializer)
             proc = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", str(stripped),
+                ["valgrind", "--tool=callgrind", "--compress-strings=no", f"--callgrind-out-file={profile}", str(stripped),
                  "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
@@ -70,6 +72,8 @@ def count(worker, tasks, serializer):
             server.stop()
         dump = Path(f"{profile}.1")
         total = int(re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M).group(1))
+        if keep:
+            shutil.copyfile(dump, keep)
         return total / tasks
 
 
@@ -78,12 +82,13 @@ def main():
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--serializer", choices=["json", "msgpack"], default="json")
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("--profile", metavar="PATH", help="keep the callgrind profile there (for callgrind_annotate)")
     options = parser.parse_args()
     if options.tasks < 1:
         parser.error("--tasks must be at least 1")
     if not Path(options.worker).is_file():
         parser.error(f"{options.worker} is missing: run scripts/build-release.sh first")
-    per_task = count(options.worker, options.tasks, options.serializer)
+    per_task = count(options.worker, options.tasks, options.serializer, options.profile)
     print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.tasks} tasks after "
           f"{WARM_UP} to warm up)")
 

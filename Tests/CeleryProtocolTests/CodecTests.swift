@@ -28,6 +28,45 @@ struct CodecTests {
         #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode([0x22, 0xFF, 0x22]) }
     }
 
+    @Test("a string ends, escapes and fails at every offset of the eight-byte scan as it does byte by byte")
+    func stringScanOffsets() throws {
+        for length in 0..<20 {
+            let plain = String(repeating: "a", count: length)
+            #expect(try CeleryJSON.decode("\"\(plain)\"") == .string(plain))
+            #expect(try CeleryJSON.decode("\"\(plain)\\n\(plain)\"") == .string(plain + "\n" + plain))
+            #expect(try CeleryJSON.decode("\"\(plain)é\(plain)\"") == .string(plain + "é" + plain))
+            #expect(try CeleryJSON.decode("\"\(plain)\u{7F} !\(plain)\"") == .string(plain + "\u{7F} !" + plain))
+            #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("\"\(plain)\u{1}\(plain)\"") }
+            #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("\"\(plain)\u{1F}\"") }
+            #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("\"\(plain)") }
+            #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("[\"\(plain)\\") }
+
+            // In an envelope: the body, a header the worker reads, and unread headers (keys and values, plain,
+            // escaped, non-ASCII) are what the whole document says.
+            let text = """
+                {"body": "\(plain)é", "headers": {"id": "\(plain)", "task": "t", "\(plain)k": "\(plain)é\\"", \
+                "x\(plain)é": "\(plain)", "y\(plain)": "\(plain)\\u00e9"}}
+                """
+            let envelope = try KombuEnvelope(decoding: Array(text.utf8))
+            let document = try CeleryJSON.decode(text)
+            #expect(envelope.body == Array("\(plain)é".utf8))
+            #expect(envelope.headers == document["headers"]?.objectValue)
+            #expect(envelope.headerObject.fields.id == .string(plain))
+            // Bytes that are not UTF-8 just before the closing quote of an unread value or key: still an error.
+            for (prefix, suffix) in [
+                (#"{"body": "", "headers": {"id": "i", "task": "t", "x": ""#, #""}}"#),
+                (#"{"body": "", "headers": {"id": "i", "task": "t", ""#, #"": 1}}"#),
+                (#"{"body": "", "headers": {"id": "i", "task": "t"}, "properties": {"body_encoding": "utf-8", "x": ""#, #""}}"#),
+            ] {
+                let bad = Array(prefix.utf8) + Array(plain.utf8) + [0xFF] + Array(suffix.utf8)
+                let error = #expect(throws: CeleryProtocolError.self, "\(length)") { try KombuEnvelope(decoding: bad) }
+                #expect(error?.code == .invalidEnvelope)
+            }
+            let control = #"{"body": "", "headers": {"id": "i", "task": "t", "x": ""# + plain + "\u{1}" + #""}}"#
+            #expect(throws: CeleryProtocolError.self) { try KombuEnvelope(decoding: Array(control.utf8)) }
+        }
+    }
+
     @Test("containers keep order, empties keep their kind, duplicates behave like a Python dict")
     func containers() throws {
         let value = try CeleryJSON.decode(#"{"b": [], "a": {}, "b": 2}"#)

@@ -61,16 +61,21 @@ final class AsyncPermits: Sendable {
 
     /// Returns `count` permits, waking waiters in order.
     func release(_ count: Int = 1) {
-        let woken = state.withLock { state -> [Waiter] in
+        // The first waiter apart: usually the only one, woken without allocating an array.
+        let (first, others) = state.withLock { state -> (Waiter?, [Waiter]) in
             state.available += count
-            var woken: [Waiter] = []
+            guard state.available > 0, !state.waiters.isEmpty else { return (nil, []) }
+            state.available -= 1
+            let first = state.waiters.removeFirst()
+            var others: [Waiter] = []
             while state.available > 0, !state.waiters.isEmpty {
                 state.available -= 1
-                woken.append(state.waiters.removeFirst())
+                others.append(state.waiters.removeFirst())
             }
-            return woken
+            return (first, others)
         }
-        for waiter in woken { waiter.continuation.resume(returning: true) }
+        first?.continuation.resume(returning: true)
+        for waiter in others { waiter.continuation.resume(returning: true) }
     }
 
     /// Refuses every current and future `acquire`.

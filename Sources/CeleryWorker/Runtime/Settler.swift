@@ -29,6 +29,17 @@ final class Settler: Sendable {
         var lateAcks: [BrokerDelivery] = []
 
         init(_ batch: [Entry]) {
+            // Counted first, so each array is allocated once.
+            var counts = (early: 0, documents: 0, late: 0)
+            for entry in batch {
+                if entry.document != nil { counts.documents += 1 }
+                if entry.ack != nil {
+                    if entry.early { counts.early += 1 } else { counts.late += 1 }
+                }
+            }
+            earlyAcks.reserveCapacity(counts.early)
+            documents.reserveCapacity(counts.documents)
+            lateAcks.reserveCapacity(counts.late)
             for entry in batch {
                 if let document = entry.document { documents.append(document) }
                 if let ack = entry.ack {
