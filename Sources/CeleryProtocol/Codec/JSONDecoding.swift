@@ -153,6 +153,19 @@ struct JSONParser {
         }
     }
 
+    /// Drops a scratch array's members from `base` on. The outermost container took its members in the scratch's
+    /// own buffer (`Array(scratch[0...])` shares it), so the scratch lets go of that buffer and starts afresh, at
+    /// full size, with the next container: trimming a shared buffer would copy it at its smallest size, and the
+    /// next containers would then grow it step by step.
+    @inline(__always)
+    private static func trim<Element>(_ scratch: inout [Element], to base: Int) {
+        if base == 0 {
+            scratch = []
+        } else {
+            scratch.removeSubrange(base...)
+        }
+    }
+
     private mutating func enter() throws(CeleryProtocolError) {
         depth += 1
         if depth > Self.maximumDepth { throw error("JSON nested too deeply") }
@@ -169,7 +182,7 @@ struct JSONParser {
         }
         reserveScratch()
         let base = valueScratch.count
-        defer { valueScratch.removeSubrange(base...) }
+        defer { Self.trim(&valueScratch, to: base) }
         while true {
             skipWhitespace()
             valueScratch.append(try parseValue())
@@ -226,8 +239,8 @@ struct JSONParser {
         let keyBase = keyScratch.count
         let valueBase = valueScratch.count
         defer {
-            keyScratch.removeSubrange(keyBase...)
-            valueScratch.removeSubrange(valueBase...)
+            Self.trim(&keyScratch, to: keyBase)
+            Self.trim(&valueScratch, to: valueBase)
         }
         while true {
             let key = try parseKey()

@@ -57,7 +57,7 @@ public struct CeleryResultDocument: Sendable {
         guard serializer == .json, extended.isEmpty else { return serializer.encode(value) }
         // The usual document, written straight out: the same bytes as encoding ``value``, without building it.
         var output: [UInt8] = []
-        output.reserveCapacity(192)
+        output.reserveCapacity(256)
         func member(_ key: StaticString, _ value: CeleryValue) {
             output.append(contentsOf: UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount))
             CeleryJSON.encode(value, into: &output)

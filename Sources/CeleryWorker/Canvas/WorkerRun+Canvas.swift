@@ -39,7 +39,15 @@ extension WorkerRun {
     /// After success, in Python's order and before the result is stored: the `link` callbacks (one alone; several
     /// as their groups first, then the others together as one new group), then the next chain step with the rest
     /// of the chain. Returns the `children` of the result document.
+    /// Inlined: a task without callbacks or a chain costs no async call.
+    @inline(__always)
     func sendFollowUps(_ job: PreparedJob, result: CeleryValue) async -> CeleryValue {
+        let message = job.message
+        guard !message.embed.callbacks.isNull || !message.embed.chain.isNull else { return [] }
+        return await sendCallbacksAndChain(job, result: result)
+    }
+
+    private func sendCallbacksAndChain(_ job: PreparedJob, result: CeleryValue) async -> CeleryValue {
         let message = job.message
         let callbacks = Signature.list(message.embed.callbacks)
         let chain = Signature.list(message.embed.chain)
@@ -79,7 +87,7 @@ extension WorkerRun {
             await store(
                 CeleryResultDocument(
                     taskID: id, status: .failure, result: exception.value, traceback: traceback, children: [],
-                    dateDone: configuration.isoformat(unixSeconds: WallClock.now()),
+                    dateDone: dateDoneNow(),
                     groupID: step.options["group_id"]?.stringValue))
         }
         await sendErrbacks(message.embed.errbacks, failedID: message.id, options: lineage(message), message: message)
@@ -101,8 +109,14 @@ extension WorkerRun {
 
     /// A chord header part: records its result; the part that completes the chord sends the body with the header
     /// results in `group_index` order, or, when a part failed, sends the body's errbacks and stores `ChordError` for
-    /// the body.
+    /// the body. Inlined: a task outside a chord costs no async call.
+    @inline(__always)
     func chordPartReturn(_ job: PreparedJob, state: TaskState, result: CeleryValue) async {
+        guard !job.message.embed.chord.isNull else { return }
+        await returnChordPart(job, state: state, result: result)
+    }
+
+    private func returnChordPart(_ job: PreparedJob, state: TaskState, result: CeleryValue) async {
         let message = job.message
         guard let body = Signature(message.embed.chord), let groupID = message.groupID, let backend = service.backend else { return }
         do {
@@ -127,7 +141,7 @@ extension WorkerRun {
                         taskID: bodyID, status: .failure, result: error.value,
                         traceback: "Traceback (most recent call last):\n  File \"<swift>\", line 0, in chord join\n\(error.tracebackLine)\n",
                         children: .array(children.arrayValue ?? []),
-                        dateDone: configuration.isoformat(unixSeconds: WallClock.now())))
+                        dateDone: dateDoneNow()))
                 try await backend.chordFailed(groupID: groupID)
                 return
             }

@@ -296,7 +296,7 @@ extension WorkerRun {
                 CeleryResultDocument(
                     taskID: id, status: .revoked,
                     result: CeleryExceptionInfo(type: "TaskRevokedError", arguments: ["revoked"], module: "celery.exceptions").value,
-                    traceback: nil, children: .null, dateDone: configuration.isoformat(unixSeconds: WallClock.now())))
+                    traceback: nil, children: .null, dateDone: dateDoneNow()))
         }
         if arguments["terminate"]?.boolValue == true {
             let terminated = ids.filter { active[$0] != nil }

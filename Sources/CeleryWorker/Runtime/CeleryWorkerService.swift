@@ -223,8 +223,13 @@ final class WorkerRun: Sendable {
         self.consuming = Mutex(service.configuration.queues)
     }
 
-    var logger: Logger { service.logger }
-    var configuration: WorkerConfiguration { service.configuration }
+    // Borrowed, not copied: a copy of either struct retains every field it holds, and both are read for every task.
+    var logger: Logger {
+        _read { yield service.logger }
+    }
+    var configuration: WorkerConfiguration {
+        _read { yield service.configuration }
+    }
 
     func closePermits() {
         prefetch.close()
@@ -351,11 +356,17 @@ final class WorkerRun: Sendable {
     }
 
     /// Counts the event in the metrics and, with task events on, sends it (`fields` are only worked out then).
+    /// Inlined: without task events (the default) it costs no async call.
+    @inline(__always)
     func sendTaskEvent(_ type: String, _ message: CeleryTaskMessage, _ fields: @autoclosure () -> CeleryObject = [:]) async {
         service.metrics.count(event: type, task: message.name)
         guard let events = service.events, events.sendsTaskEvents else { return }
+        await send(taskEvent: type, message, fields(), with: events)
+    }
+
+    private func send(taskEvent type: String, _ message: CeleryTaskMessage, _ fields: CeleryObject, with events: EventDispatcher) async {
         var all: CeleryObject = ["uuid": .string(message.id)]
-        for (key, value) in fields() { all[key] = value }
+        for (key, value) in fields { all[key] = value }
         await events.sendTaskEvent(type, all)
     }
 
