@@ -54,10 +54,19 @@ public struct CeleryResultDocument: Sendable {
 
     /// The bytes stored and published: JSON text, or raw msgpack.
     public func encoded(as serializer: CeleryContentType) -> [UInt8] {
-        guard serializer == .json, extended.isEmpty else { return serializer.encode(value) }
-        // The usual document, written straight out: the same bytes as encoding ``value``, without building it.
         var output: [UInt8] = []
         output.reserveCapacity(256)
+        encode(as: serializer, into: &output)
+        return output
+    }
+
+    /// Appends ``encoded(as:)`` to `output`.
+    public func encode(as serializer: CeleryContentType, into output: inout [UInt8]) {
+        guard serializer == .json, extended.isEmpty else {
+            output.append(contentsOf: serializer.encode(value))
+            return
+        }
+        // The usual document, written straight out: the same bytes as encoding ``value``, without building it.
         func member(_ key: StaticString, _ value: CeleryValue) {
             output.append(contentsOf: UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount))
             CeleryJSON.encode(value, into: &output)
@@ -71,7 +80,6 @@ public struct CeleryResultDocument: Sendable {
         if let parentID { member(", \"parent_id\": ", .string(parentID)) }
         member(", \"task_id\": ", .string(taskID))
         output.append(UInt8(ascii: "}"))
-        return output
     }
 
     /// Reads only the `status` of a stored document, for the "never overwrite SUCCESS" rule.

@@ -20,8 +20,11 @@ public final class RedisResultBackend: ResultBackend {
 
     /// The key (and channel) of a task's result.
     public func key(for taskID: String) -> String {
-        keyPrefix + "celery-task-meta-" + taskID
+        keyPrefix + Self.keyStem + taskID
     }
+
+    /// What every result key holds between the prefix and the task id.
+    static let keyStem = "celery-task-meta-"
 
     public func status(of taskID: String) async throws(CeleryWorkerError) -> TaskState? {
         guard let stored = try await client.send(RedisCommand("GET", RedisArgument(key(for: taskID)))).bytes else { return nil }
@@ -34,10 +37,12 @@ public final class RedisResultBackend: ResultBackend {
         guard !documents.isEmpty else { return }
         // Encoded on the connection's thread, where the write happens, not on the caller's.
         _ = try await client.withConnection { [self] connection throws(CeleryWorkerError) in
-            var arguments = [RedisArgument(expires ?? 0), RedisArgument(serializer.serializerName)]
-            arguments.append(contentsOf: documents.map { RedisArgument($0.encoded(as: serializer)) })
-            return try connection.evaluate(
-                Self.storeScript, keys: documents.map { RedisArgument(key(for: $0.taskID)) }, arguments: arguments)
+            var arguments = RESPArguments(capacity: 64 + 384 * documents.count)
+            for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
+            arguments.append(expires ?? 0)
+            arguments.append(serializer.serializerName)
+            for document in documents { arguments.append { document.encode(as: serializer, into: &$0) } }
+            return try connection.evaluate(Self.storeScript, keyCount: documents.count, arguments: arguments)
         }
     }
 
@@ -86,19 +91,22 @@ public final class RedisResultBackend: ResultBackend {
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
     ) async throws(CeleryWorkerError) {
         let brokerDatabase = broker.commands.url.database
-        let keys =
-            [RedisArgument(broker.unackedKey), RedisArgument(broker.unackedIndexKey)]
-            + documents.map { RedisArgument(key(for: $0.taskID)) }
+        // Written on the connection's thread, where the write happens, straight in Redis's protocol.
         _ = try await client.withConnection { [self] connection throws(CeleryWorkerError) in
-            var arguments = [
-                RedisArgument(brokerDatabase), RedisArgument(client.url.database), RedisArgument(expires ?? 0),
-                RedisArgument(serializer.serializerName), RedisArgument(earlyAcks.count), RedisArgument(documents.count),
-            ]
-            arguments.reserveCapacity(arguments.count + earlyAcks.count + documents.count + lateAcks.count)
-            arguments.append(contentsOf: earlyAcks.map { RedisArgument($0) })
-            arguments.append(contentsOf: documents.map { RedisArgument($0.encoded(as: serializer)) })
-            arguments.append(contentsOf: lateAcks.map { RedisArgument($0) })
-            return try connection.evaluate(Self.settleScript, keys: keys, arguments: arguments)
+            var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
+            arguments.append(broker.unackedKey)
+            arguments.append(broker.unackedIndexKey)
+            for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
+            arguments.append(brokerDatabase)
+            arguments.append(client.url.database)
+            arguments.append(expires ?? 0)
+            arguments.append(serializer.serializerName)
+            arguments.append(earlyAcks.count)
+            arguments.append(documents.count)
+            for tag in earlyAcks { arguments.append(tag) }
+            for document in documents { arguments.append { document.encode(as: serializer, into: &$0) } }
+            for tag in lateAcks { arguments.append(tag) }
+            return try connection.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments)
         }
     }
 

@@ -176,12 +176,17 @@ public final class RedisBroker: Broker {
 
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {
         let receivedAt = WallClock.now()
-        let keys = [unackedKey, unackedIndexKey] + lists
+        var arguments = RESPArguments(capacity: 128 + 32 * lists.count)
+        arguments.append(unackedKey)
+        arguments.append(unackedIndexKey)
+        for list in lists { arguments.append(list) }
+        arguments.append(limit)
+        arguments.append(receivedAt)
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
         // (``fetchExecutor``), so a fetch costs no thread hop.
-        let reply = try await blocking.evaluate(
-            Self.popAndRecordScript, keys: keys.map { RedisArgument($0) },
-            arguments: [RedisArgument(limit), RedisArgument(receivedAt)])
+        let reply = try await blocking.withConnection { [arguments] connection throws(CeleryWorkerError) in
+            try connection.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count, arguments: arguments)
+        }
         let items = reply.array ?? []
         var popped: [Popped] = []
         popped.reserveCapacity(items.count / 3)

@@ -121,13 +121,56 @@ final class RedisConnection: @unchecked Sendable {
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
     /// An error reply is thrown.
     func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) throws(CeleryWorkerError) -> RedisReply {
-        let tail = [RedisArgument(keys.count)] + keys + arguments
-        var reply = try execute([RedisCommand("EVALSHA", arguments: [RedisArgument(script.digest)] + tail)]).first
-        if case .error(let message)? = reply, message.hasPrefix("NOSCRIPT") {
-            reply = try execute([RedisCommand("EVAL", arguments: [RedisArgument(script.source)] + tail)]).first
+        var written = RESPArguments(capacity: (keys + arguments).reduce(64) { $0 + 16 + $1.bytes.count })
+        for argument in keys + arguments { written.append(argument.bytes) }
+        return try evaluate(script, keyCount: keys.count, arguments: written)
+    }
+
+    /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments already
+    /// written in Redis's protocol: the first `keyCount` of `arguments` are the keys.
+    func evaluate(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
+        func head(_ name: String, _ script: String) -> [UInt8] {
+            var head: [UInt8] = []
+            head.reserveCapacity(64 + script.utf8.count)
+            RESPArguments.writeLine(UInt8(ascii: "*"), 3 + arguments.count, into: &head)
+            RESPArguments.writeArgument(name, into: &head)
+            RESPArguments.writeArgument(script, into: &head)
+            RESPArguments.writeArgument(String(keyCount), into: &head)
+            return head
         }
-        guard let reply else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
+        var reply = try execute(head: head("EVALSHA", script.digest), body: arguments.bytes, name: "EVALSHA")
+        if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+            reply = try execute(head: head("EVAL", script.source), body: arguments.bytes, name: "EVAL")
+        }
         return try reply.check("EVALSHA")
+    }
+
+    /// Sends one command already written in Redis's protocol, `head` then `body`, and reads its reply (an error reply
+    /// is returned, as by ``execute(_:)``).
+    private func execute(head: [UInt8], body: [UInt8], name: String) throws(CeleryWorkerError) -> RedisReply {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> RedisReply in
+            let context = try connectedContext(&state)
+            // Two appends make one command: hiredis only adds the bytes to its output buffer.
+            func write(_ part: [UInt8]) -> Int32 {
+                part.withUnsafeBufferPointer { buffer in
+                    buffer.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+                }
+            }
+            guard write(head) == REDIS_OK, write(body) == REDIS_OK else {
+                let error = Self.error(from: context, code: .connectionLost, doing: name)
+                Self.close(&state)
+                throw error
+            }
+            try Self.readUnread(&state, context)
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
+                let error = Self.error(from: context, code: .connectionLost, doing: name)
+                Self.close(&state)
+                throw error
+            }
+            defer { freeReplyObject(raw) }
+            return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+        }
     }
 
     /// Subscribes to a channel pattern (`PSUBSCRIBE`), or to one channel with `exact` (`SUBSCRIBE`), and hands

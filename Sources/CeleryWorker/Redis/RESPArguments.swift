@@ -1,0 +1,93 @@
+/// A command's arguments written straight in Redis's protocol (RESP), each as `$<length>\r\n<bytes>\r\n`, into one
+/// buffer: no array per argument. The scripts the worker runs for every batch (fetching, settling) build their
+/// arguments this way; ``RedisConnection/evaluate(_:keyCount:arguments:)`` puts the command's head in front.
+struct RESPArguments: Sendable {
+    /// The arguments as written so far.
+    private(set) var bytes: [UInt8] = []
+    /// How many arguments were written.
+    private(set) var count = 0
+    /// Where a value is written before its length is known (see ``append(writing:)``), kept for the next one.
+    private var scratch: [UInt8] = []
+
+    init(capacity: Int = 256) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    mutating func append(_ argument: UnsafeRawBufferPointer) {
+        Self.writeArgument(argument, into: &bytes)
+        count += 1
+    }
+
+    mutating func append(_ argument: [UInt8]) {
+        argument.withUnsafeBytes { append($0) }
+    }
+
+    mutating func append(_ text: String) {
+        Self.writeArgument(text, into: &bytes)
+        count += 1
+    }
+
+    mutating func append(_ number: Int) {
+        append(String(number))
+    }
+
+    mutating func append(_ number: Double) {
+        append(number.description)
+    }
+
+    /// One argument spelled by three texts one after the other (a key with its prefixes), without joining them.
+    mutating func append(_ first: String, _ second: String, _ third: String) {
+        Self.writeLine(UInt8(ascii: "$"), first.utf8.count + second.utf8.count + third.utf8.count, into: &bytes)
+        func write(_ part: String) {
+            var part = part
+            part.withUTF8 { bytes.append(contentsOf: $0) }
+        }
+        write(first)
+        write(second)
+        write(third)
+        bytes.append(0x0D)
+        bytes.append(0x0A)
+        count += 1
+    }
+
+    /// One argument that `write` produces (appending to the array it is given, which starts empty).
+    mutating func append(writing write: (inout [UInt8]) -> Void) {
+        // Taken out while written and appended: `append` changes `self`, which must not hold it meanwhile.
+        var written = scratch
+        scratch = []
+        written.removeAll(keepingCapacity: true)
+        write(&written)
+        written.withUnsafeBytes { append($0) }
+        scratch = written
+    }
+
+    /// `$<length>\r\n<bytes>\r\n`.
+    static func writeArgument(_ argument: UnsafeRawBufferPointer, into bytes: inout [UInt8]) {
+        writeLine(UInt8(ascii: "$"), argument.count, into: &bytes)
+        bytes.append(contentsOf: argument)
+        bytes.append(0x0D)
+        bytes.append(0x0A)
+    }
+
+    static func writeArgument(_ text: String, into bytes: inout [UInt8]) {
+        var text = text
+        text.withUTF8 { writeArgument(UnsafeRawBufferPointer($0), into: &bytes) }
+    }
+
+    /// `<marker><number>\r\n`: a RESP line header (`*` for a command's argument count, `$` for a length).
+    static func writeLine(_ marker: UInt8, _ number: Int, into bytes: inout [UInt8]) {
+        bytes.append(marker)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var rest = max(number, 0)
+            var start = digits.count
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
+        }
+        bytes.append(0x0D)
+        bytes.append(0x0A)
+    }
+}
