@@ -2,29 +2,75 @@ import OrderedCollections
 
 /// A task request decoded from protocol v2 or v1, with v1 mapped onto v2's headers the way Celery's worker maps it.
 public struct CeleryTaskMessage: Sendable {
+    /// The fields, in one immutable object that copies share: a worker hands a message from its receive loop to the
+    /// job, its request and its result, and copying it then costs one reference instead of a dozen. A change makes
+    /// a new object (messages are changed rarely: a retry's headers, tests).
+    private var storage: Storage
+
+    private struct Fields: Sendable {
+        var protocolVersion: Int
+        var id: String
+        var name: String
+        var args: [CeleryValue]
+        var kwargs: OrderedDictionary<String, CeleryValue>
+        var embed: Embed
+        var headerObject: MessageObject<TaskHeaderFields>
+        var contentType: CeleryContentType
+    }
+
+    private final class Storage: Sendable {
+        let fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var fields: Fields {
+        get { storage.fields }
+        set { storage = Storage(newValue) }
+    }
+
     /// 2 for headers-based messages (including the "hybrid" form), 1 for the legacy body-dict form.
-    public var protocolVersion: Int
+    public var protocolVersion: Int {
+        get { storage.fields.protocolVersion }
+        set { fields.protocolVersion = newValue }
+    }
     /// The task id (`headers.id`).
-    public var id: String
+    public var id: String {
+        get { storage.fields.id }
+        set { fields.id = newValue }
+    }
     /// The registered task name (`headers.task`).
-    public var name: String
+    public var name: String {
+        get { storage.fields.name }
+        set { fields.name = newValue }
+    }
     /// Positional arguments.
-    public var args: [CeleryValue]
+    public var args: [CeleryValue] {
+        get { storage.fields.args }
+        set { fields.args = newValue }
+    }
     /// Keyword arguments, in the order sent.
-    public var kwargs: OrderedDictionary<String, CeleryValue>
+    public var kwargs: OrderedDictionary<String, CeleryValue> {
+        get { storage.fields.kwargs }
+        set { fields.kwargs = newValue }
+    }
     /// Callbacks, errbacks, chain and chord from the body's third element.
-    public var embed: Embed
+    public var embed: Embed {
+        get { storage.fields.embed }
+        set { fields.embed = newValue }
+    }
     /// Every header as v2 carries it (for v1, the headers Celery builds from the body).
     public var headers: OrderedDictionary<String, CeleryValue> {
-        get { headerObject.object }
-        set { headerObject = MessageObject(newValue) }
+        get { storage.fields.headerObject.object }
+        set { fields.headerObject = MessageObject(newValue) }
     }
     /// The headers (from a v2 message, built only when ``headers`` is read), with the ones this type's properties
     /// read.
-    private var headerObject: MessageObject<TaskHeaderFields>
-    private var headerFields: TaskHeaderFields { headerObject.fields }
+    private var headerFields: TaskHeaderFields { storage.fields.headerObject.fields }
     /// The serializer the body used.
-    public var contentType: CeleryContentType
+    public var contentType: CeleryContentType {
+        get { storage.fields.contentType }
+        set { fields.contentType = newValue }
+    }
 
     /// The fourth part of a v2 body: what to run after this task.
     public struct Embed: Sendable {
@@ -63,14 +109,10 @@ public struct CeleryTaskMessage: Sendable {
         kwargs: OrderedDictionary<String, CeleryValue> = [:], embed: Embed = Embed(),
         headers: OrderedDictionary<String, CeleryValue> = [:], contentType: CeleryContentType = .json
     ) {
-        self.protocolVersion = protocolVersion
-        self.id = id
-        self.name = name
-        self.args = args
-        self.kwargs = kwargs
-        self.embed = embed
-        self.headerObject = MessageObject(headers)
-        self.contentType = contentType
+        storage = Storage(
+            Fields(
+                protocolVersion: protocolVersion, id: id, name: name, args: args, kwargs: kwargs, embed: embed,
+                headerObject: MessageObject(headers), contentType: contentType))
     }
 
     /// Decodes the task request carried by `envelope`.
@@ -96,54 +138,63 @@ public struct CeleryTaskMessage: Sendable {
         } catch {
             throw failure(error.code, "body does not decode as \(contentType.serializerName): \(error.message)")
         }
-        self.contentType = contentType
-
+        let protocolVersion: Int
+        let id: String
+        let name: String
+        let args: [CeleryValue]
+        let kwargs: OrderedDictionary<String, CeleryValue>
+        let embed: Embed
+        let headerObject: MessageObject<TaskHeaderFields>
         if let headerName {
             guard let headerID else { throw failure(.invalidTaskMessage, "header 'id' is missing") }
-            self.protocolVersion = 2
-            self.id = headerID
-            self.name = headerName
-            self.headerObject = envelope.headerObject
+            protocolVersion = 2
+            id = headerID
+            name = headerName
+            headerObject = envelope.headerObject
             switch body {
             case .array(let parts) where parts.count == 3:
-                guard case .array(let args) = parts[0] else {
+                guard case .array(let positional) = parts[0] else {
                     throw failure(.invalidTaskMessage, "args (body[0]) is not a list")
                 }
-                guard case .object(let kwargs) = parts[1] else {
+                guard case .object(let keywords) = parts[1] else {
                     throw failure(.invalidTaskMessage, "kwargs (body[1]) is not a dict")
                 }
                 switch parts[2] {
                 case .object, .null: break
                 default: throw failure(.invalidTaskMessage, "embed (body[2]) is not a dict")
                 }
-                self.args = args
-                self.kwargs = kwargs
-                self.embed = Embed(parts[2])
+                args = positional
+                kwargs = keywords
+                embed = Embed(parts[2])
             case .array(let parts):
                 throw failure(.invalidTaskMessage, "v2 body has \(parts.count) elements, expected [args, kwargs, embed]")
             case .object(let fields) where fields["args"] != nil:
                 // Celery's "hybrid" form: v2 headers with a v1-style body.
-                (self.args, self.kwargs) = try Self.argsAndKwargs(fields, failure: { failure(.invalidTaskMessage, $0) })
-                self.embed = Embed(body)
+                (args, kwargs) = try Self.argsAndKwargs(fields, failure: { failure(.invalidTaskMessage, $0) })
+                embed = Embed(body)
             default:
                 throw failure(.invalidTaskMessage, "v2 body is not a list [args, kwargs, embed]")
             }
-        } else if case .object(let fields) = body, case .string(let name)? = fields["task"] {
-            guard case .string(let id)? = fields["id"] else {
-                throw failure(.invalidTaskMessage, "v1 body has no 'id'", id: nil, name: name)
+        } else if case .object(let fields) = body, case .string(let bodyName)? = fields["task"] {
+            guard case .string(let bodyID)? = fields["id"] else {
+                throw failure(.invalidTaskMessage, "v1 body has no 'id'", id: nil, name: bodyName)
             }
-            self.protocolVersion = 1
-            self.id = id
-            self.name = name
-            (self.args, self.kwargs) = try Self.argsAndKwargs(
-                fields, failure: { failure(.invalidTaskMessage, $0, id: id, name: name) })
-            self.embed = Embed(
+            protocolVersion = 1
+            id = bodyID
+            name = bodyName
+            (args, kwargs) = try Self.argsAndKwargs(
+                fields, failure: { failure(.invalidTaskMessage, $0, id: bodyID, name: bodyName) })
+            embed = Embed(
                 callbacks: fields["callbacks"] ?? .null, errbacks: fields["errbacks"] ?? .null,
                 chain: .null, chord: fields["chord"] ?? .null)
-            self.headerObject = MessageObject(Self.headers(fromV1Body: fields))
+            headerObject = MessageObject(Self.headers(fromV1Body: fields))
         } else {
             throw failure(.invalidTaskMessage, "neither headers nor body name a task (unknown message)")
         }
+        storage = Storage(
+            Fields(
+                protocolVersion: protocolVersion, id: id, name: name, args: args, kwargs: kwargs, embed: embed,
+                headerObject: headerObject, contentType: contentType))
     }
 
     private static func argsAndKwargs(

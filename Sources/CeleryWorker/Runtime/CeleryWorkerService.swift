@@ -223,13 +223,8 @@ final class WorkerRun: Sendable {
         self.consuming = Mutex(service.configuration.queues)
     }
 
-    // Borrowed, not copied: a copy of either struct retains every field it holds, and both are read for every task.
-    var logger: Logger {
-        _read { yield service.logger }
-    }
-    var configuration: WorkerConfiguration {
-        _read { yield service.configuration }
-    }
+    var logger: Logger { service.logger }
+    var configuration: WorkerConfiguration { service.configuration }
 
     func closePermits() {
         prefetch.close()
