@@ -54,10 +54,11 @@ public final class RedisBroker: Broker {
 
     public func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let ordered = rotation.withLock { order -> [String] in
-            if Set(order) != Set(queues) { order = queues }
+            if order != queues, Set(order) != Set(queues) { order = queues }
             return order
         }
         var lists: [String] = []
+        lists.reserveCapacity(Self.priorityBuckets.count * ordered.count)
         for bucket in Self.priorityBuckets {
             for queue in ordered { lists.append(Self.list(for: queue, priority: bucket)) }
         }
@@ -97,17 +98,15 @@ public final class RedisBroker: Broker {
 
     /// The queue a list belongs to: the list name without its priority suffix.
     static func queue(ofList list: String) -> String {
-        // Byte-wise: the separator is two ASCII control bytes, and Foundation's `range(of:)` is slow here.
-        let bytes = list.utf8
-        var index = bytes.startIndex
-        while index != bytes.endIndex {
-            let next = bytes.index(after: index)
-            if bytes[index] == 0x06, next != bytes.endIndex, bytes[next] == 0x16 {
-                return String(list[..<index])
-            }
-            index = next
+        // Byte-wise over the contiguous UTF-8: the separator is two ASCII control bytes, and Foundation's
+        // `range(of:)`, or walking `String.UTF8View` indices, is slow here.
+        var list = list
+        let end = list.withUTF8 { bytes -> Int? in
+            guard bytes.count >= 2 else { return nil }
+            return (0..<bytes.count - 1).first { bytes[$0] == 0x06 && bytes[$0 + 1] == 0x16 }
         }
-        return list
+        guard let end else { return list }
+        return String(decoding: list.utf8.prefix(end), as: UTF8.self)
     }
 
     /// `[<envelope>, "<exchange>", "<routing_key>"]`, the value kombu stores in `unacked`.

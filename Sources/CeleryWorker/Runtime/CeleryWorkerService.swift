@@ -513,22 +513,21 @@ final class WorkerRun: Sendable {
     private func settleTogether(
         _ phases: Settler.Phases, _ shared: (backend: RedisResultBackend, broker: RedisBroker)
     ) async -> Bool {
-        let early = phases.earlyAcks.filter { $0.deliveryTag != nil }
-        let late = phases.lateAcks.filter { $0.deliveryTag != nil }
-        await early.recorded()
-        await late.recorded()
+        // A delivery without a tag was never recorded: it has nothing to wait for, acknowledge or forget.
+        await phases.earlyAcks.recorded()
+        await phases.lateAcks.recorded()
+        let early = phases.earlyAcks.compactMap(\.deliveryTag)
+        let late = phases.lateAcks.compactMap(\.deliveryTag)
         let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Redis") { () throws(CeleryWorkerError) in
-            try await shared.backend.settle(
-                earlyAcks: early.compactMap(\.deliveryTag), documents: phases.documents,
-                lateAcks: late.compactMap(\.deliveryTag), broker: shared.broker)
+            try await shared.backend.settle(earlyAcks: early, documents: phases.documents, lateAcks: late, broker: shared.broker)
         }
         if let failure = outcome.failure {
             logger.warning("Cannot write results and acknowledgements in one script (\(failure.message)); writing them apart")
             return false
         }
         held.withLock { held in
-            for delivery in early { held.remove(delivery) }
-            for delivery in late { held.remove(delivery) }
+            for delivery in phases.earlyAcks { held.remove(delivery) }
+            for delivery in phases.lateAcks { held.remove(delivery) }
         }
         return true
     }
