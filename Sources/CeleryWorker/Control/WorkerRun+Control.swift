@@ -10,6 +10,22 @@ struct RunningTask: Sendable {
     let stop: StopRequest
 }
 
+/// The tasks running now, by job: two deliveries of one task id that run at once are both listed (as in Python's
+/// `active_requests`), and adding or removing one hashes no string.
+struct RunningTasks: Sendable {
+    private var tasks: [ObjectIdentifier: RunningTask] = [:]
+
+    subscript(job: PreparedJob) -> RunningTask? {
+        get { tasks[ObjectIdentifier(job)] }
+        set { tasks[ObjectIdentifier(job)] = newValue }
+    }
+
+    var all: [RunningTask] { Array(tasks.values) }
+
+    /// The running tasks with this id (at most `-c` are running, so a scan).
+    func with(id: String) -> [RunningTask] { tasks.values.filter { $0.job.message.id == id } }
+}
+
 /// Ids revoked by `revoke`, remembered as Python remembers them: at most 50 000, each for 3 hours.
 struct RevokedTasks: Sendable {
     static let limit = 50_000
@@ -136,7 +152,7 @@ extension WorkerRun {
             return .array(service.registry.names.map(CeleryValue.string))
         case "active":
             return .array(
-                running.withLock { Array($0.values) }.sorted { $0.timeStart < $1.timeStart }.map {
+                running.withLock { $0.all }.sorted { $0.timeStart < $1.timeStart }.map {
                     requestInfo($0.job.message, $0.job.delivery, timeStart: $0.timeStart)
                 })
         case "reserved":
@@ -288,7 +304,7 @@ extension WorkerRun {
         }
         revoked.withLock { set in for id in ids { set.insert(id) } }
         let active = running.withLock { $0 }
-        for id in ids where active[id] == nil {
+        for id in ids where active.with(id: id).isEmpty {
             guard let backend = service.backend else { break }
             let current = try? await backend.status(of: id)
             guard current == nil || [.pending, .received, .retry, .rejected].contains(current) else { continue }
@@ -299,8 +315,10 @@ extension WorkerRun {
                     traceback: nil, children: .null, dateDone: dateDoneNow()))
         }
         if arguments["terminate"]?.boolValue == true {
-            let terminated = ids.filter { active[$0] != nil }
-            for id in terminated { active[id]?.stop.request(.terminated) }
+            let terminated = ids.filter { !active.with(id: $0).isEmpty }
+            for id in terminated {
+                for task in active.with(id: id) { task.stop.request(.terminated) }
+            }
             return ["ok": .string(terminated.isEmpty ? "terminate: tasks unknown" : "terminate: " + terminated.joined(separator: ", "))]
         }
         logger.info("Tasks flagged as revoked: \(ids.joined(separator: ", "))")
@@ -372,7 +390,7 @@ extension WorkerRun {
         let active = running.withLock { $0 }
         let reserved = reservedJobs()
         for id in wanted {
-            if let task = active[id] {
+            if let task = active.with(id: id).first {
                 answer[id] = ["active", requestInfo(task.job.message, task.job.delivery, timeStart: task.timeStart)]
             } else if let job = reserved.first(where: { $0.message.id == id }) {
                 answer[id] = [.string(job.etaTime == nil ? "reserved" : "scheduled"), requestInfo(job.message, job.delivery, timeStart: nil)]

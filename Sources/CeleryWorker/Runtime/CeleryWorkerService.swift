@@ -198,7 +198,7 @@ final class WorkerRun: Sendable {
     /// Ids revoked by remote control.
     let revoked = Mutex(RevokedTasks())
     /// Tasks running now, by id (`inspect active`).
-    let running = Mutex<[String: RunningTask]>([:])
+    let running = Mutex(RunningTasks())
     /// When this run started (`uptime` in stats).
     let startedAt = WallClock.now()
     /// This worker's oid: the `reply_to` of the messages it sends.
