@@ -67,6 +67,15 @@ struct CodecTests {
         }
     }
 
+    @Test("literals: alone, at the end of the text, and among other values")
+    func literals() throws {
+        #expect(try CeleryJSON.decode("null") == .null)
+        #expect(try CeleryJSON.decode("true") == .bool(true))
+        #expect(try CeleryJSON.decode("false") == .bool(false))
+        #expect(try CeleryJSON.decode("[true,false,null, NaN, Infinity]").arrayValue?.count == 5)
+        #expect(try CeleryJSON.decode(#"{"a":false,"b":null,"c":true}"#) == ["a": false, "b": .null, "c": true])
+    }
+
     @Test("containers keep order, empties keep their kind, duplicates behave like a Python dict")
     func containers() throws {
         let value = try CeleryJSON.decode(#"{"b": [], "a": {}, "b": 2}"#)
@@ -87,6 +96,7 @@ struct CodecTests {
         "malformed JSON is an error, never a crash",
         arguments: [
             "", "{", "[1,", "[1 2]", "{\"a\" 1}", "{1: 2}", "tru", "nul", "01x", "-", "1.", "1e", "[1]]", "\u{0}",
+            "[nulx]", "[fals]", "[falsy]", "[truE]", "nULL", "[false", "null1",
             String(repeating: "[", count: 100_000),
         ])
     func malformedJSON(text: String) {

@@ -106,6 +106,21 @@ struct JSONParser {
         return UInt8(truncatingIfNeeded: folded)
     }
 
+    /// ``expectLiteral(_:)`` for `null`, `true` and `false`, the literals a message is full of: their first four
+    /// bytes compared as one little-endian `word`, then the fifth (`then`) if any.
+    @inline(__always)
+    private mutating func expectLiteral(_ literal: StaticString, word: UInt32, then last: UInt8? = nil) throws(CeleryProtocolError) {
+        let count = last == nil ? 4 : 5
+        if index + count <= buffer.count, let base = buffer.baseAddress,
+            UInt32(littleEndian: UnsafeRawPointer(base + index).loadUnaligned(as: UInt32.self)) == word,
+            last.map({ base[index + 4] == $0 }) ?? true
+        {
+            index += count
+            return
+        }
+        try expectLiteral(literal)  // not that literal: the same error as ever
+    }
+
     private mutating func expectLiteral(_ literal: StaticString) throws(CeleryProtocolError) {
         let count = literal.utf8CodeUnitCount
         guard index + count <= buffer.count else { throw error("truncated literal") }
@@ -124,13 +139,13 @@ struct JSONParser {
         case UInt8(ascii: "["): return try parseArray()
         case UInt8(ascii: "\""): return .string(try parseString())
         case UInt8(ascii: "t"):
-            try expectLiteral("true")
+            try expectLiteral("true", word: 0x6575_7274)
             return .bool(true)
         case UInt8(ascii: "f"):
-            try expectLiteral("false")
+            try expectLiteral("false", word: 0x736C_6166, then: UInt8(ascii: "e"))
             return .bool(false)
         case UInt8(ascii: "n"):
-            try expectLiteral("null")
+            try expectLiteral("null", word: 0x6C6C_756E)
             return .null
         case UInt8(ascii: "N"):
             try expectLiteral("NaN")
