@@ -2,10 +2,14 @@ import Synchronization
 
 /// A counting semaphore for async code: `acquire` waits for a permit, `release` hands one back, `close` wakes every
 /// waiter with `false` (used at shutdown). Waiters are served first come, first served.
+///
+/// Its continuations are unchecked (a checked one allocates, and every task waits here): each is resumed exactly
+/// once, by whoever removes its waiter from `waiters` under the lock (a release, `close`, or the cancellation
+/// handler), or at once when it is never added.
 final class AsyncPermits: Sendable {
     private struct Waiter {
         let id: UInt64
-        let continuation: CheckedContinuation<Bool, Never>
+        let continuation: UnsafeContinuation<Bool, Never>
     }
 
     private struct State {
@@ -23,12 +27,18 @@ final class AsyncPermits: Sendable {
 
     /// Waits for a permit. Returns `false` without one when closed or when the waiting task is cancelled.
     func acquire() async -> Bool {
-        let id = state.withLock { state -> UInt64 in
+        // A free permit and nobody before us: taken at once, without suspending or a cancellation handler.
+        let id = state.withLock { state -> UInt64? in
+            if !state.closed, state.available > 0, state.waiters.isEmpty, !Task.isCancelled {
+                state.available -= 1
+                return nil
+            }
             state.nextID += 1
             return state.nextID
         }
+        guard let id else { return true }
         return await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
                 let immediate: Bool? = state.withLock { state in
                     if state.closed || Task.isCancelled { return false }
                     if state.available > 0, state.waiters.isEmpty {

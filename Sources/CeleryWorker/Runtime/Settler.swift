@@ -51,7 +51,9 @@ final class Settler: Sendable {
 
     private struct State {
         var entries: [Entry] = []
-        var waiter: CheckedContinuation<Void, Never>?
+        /// The settler waiting for entries. Unchecked (a checked one allocates, once per batch): it is resumed exactly
+        /// once, by whoever takes it out of the state under the lock.
+        var waiter: UnsafeContinuation<Void, Never>?
         var finished = false
         /// The settler waits for company for a batch of early acknowledgements (see ``run(lingering:flush:)``).
         var lingering = false
@@ -73,7 +75,7 @@ final class Settler: Sendable {
         document: CeleryResultDocument? = nil, ack: BrokerDelivery? = nil, early: Bool = false,
         done: @escaping @Sendable () -> Void = {}
     ) {
-        let (waiter, lingering) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Bool) in
+        let (waiter, lingering) = state.withLock { state -> (UnsafeContinuation<Void, Never>?, Bool) in
             state.entries.append(Entry(document: document, ack: ack, early: early, done: done))
             defer {
                 state.waiter = nil
@@ -104,7 +106,7 @@ final class Settler: Sendable {
 
     /// No more entries will come: ``run(lingering:flush:)`` returns once everything handed in is written.
     func finish() {
-        let (waiter, lingering) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Bool) in
+        let (waiter, lingering) = state.withLock { state -> (UnsafeContinuation<Void, Never>?, Bool) in
             state.finished = true
             defer {
                 state.waiter = nil
@@ -158,7 +160,7 @@ final class Settler: Sendable {
                 finished = more.finished
             }
             if !batch.isEmpty || finished { return batch }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 let ready = state.withLock { state -> Bool in
                     if !state.entries.isEmpty || state.finished { return true }
                     state.waiter = continuation
