@@ -236,19 +236,19 @@ final class WorkerRun: Sendable {
         await sweep()
         await sendWorkerEvent("worker-online")
         logger.info("\(configuration.nodeName) ready.")
-        let (stream, continuation) = AsyncStream.makeStream(of: [BrokerDelivery].self)
+        let fetched = Handoff<[BrokerDelivery]>()
         await withDiscardingTaskGroup { group in
             group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {
-                await self.fetchLoop(into: continuation)
+                await self.fetchLoop(into: fetched)
             }
             // Receiving (decoding, validating, logging) and dispatching run on the task threads, so the fetch thread
             // only talks to Redis; the thread woken for a message starts its task itself.
-            let (jobs, ready) = AsyncStream.makeStream(of: [PreparedJob].self)
+            let ready = Handoff<[PreparedJob]>()
             group.addTask(executorPreference: executor) {
-                await self.receiveLoop(stream, into: ready)
+                await self.receiveLoop(fetched, into: ready)
             }
             group.addTask(executorPreference: executor) {
-                await self.dispatchLoop(jobs)
+                await self.dispatchLoop(ready)
                 self.settler.finish()  // every task handed its writes in
             }
             // Settling runs on the thread of the connection that writes the batches, so a task's writes wake only
@@ -268,7 +268,7 @@ final class WorkerRun: Sendable {
                 await self.controlLoop()
             }
         }
-        // Whatever was received but never started (queued for a slot, waiting for its ETA, still in the stream when
+        // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
         // a cold shutdown cancelled the loops) goes back to its queue.
         await giveBack(held.withLock { $0.unstarted })
     }
@@ -278,8 +278,8 @@ final class WorkerRun: Sendable {
     /// The most messages taken in one round trip.
     static let fetchBatch = 64
 
-    private func fetchLoop(into continuation: AsyncStream<[BrokerDelivery]>.Continuation) async {
-        defer { continuation.finish() }
+    private func fetchLoop(into fetched: Handoff<[BrokerDelivery]>) async {
+        defer { fetched.finish() }
         var failures = 0
         var busy = false
         let gatherTarget = min(Self.fetchBatch, configuration.prefetchCount)
@@ -319,7 +319,7 @@ final class WorkerRun: Sendable {
                     for delivery in deliveries { held.add(delivery) }
                 }
                 // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
-                continuation.yield(deliveries)
+                fetched.yield(deliveries)
             } catch {
                 prefetch.release(permits)
                 failures += 1
@@ -403,10 +403,10 @@ final class WorkerRun: Sendable {
     /// Validates each delivery as it arrives, whether or not a slot is free: it is logged as received (and an
     /// invalid one settled, by ``prepare(_:)``) at once, as in Python.
     private func receiveLoop(
-        _ stream: AsyncStream<[BrokerDelivery]>, into ready: AsyncStream<[PreparedJob]>.Continuation
+        _ fetched: Handoff<[BrokerDelivery]>, into ready: Handoff<[PreparedJob]>
     ) async {
         defer { ready.finish() }
-        for await deliveries in stream {
+        while let deliveries = await fetched.next() {
             var jobs: [PreparedJob] = []
             jobs.reserveCapacity(deliveries.count)
             for delivery in deliveries {
@@ -420,11 +420,11 @@ final class WorkerRun: Sendable {
         }
     }
 
-    private func dispatchLoop(_ stream: AsyncStream<[PreparedJob]>) async {
+    private func dispatchLoop(_ ready: Handoff<[PreparedJob]>) async {
         // As a task group would: a cold shutdown (this loop cancelled) cancels every job, and the loop returns once
         // every job has ended.
         await withTaskCancellationHandler {
-            for await jobs in stream {
+            while let jobs = await ready.next() {
                 for job in jobs { await dispatch(job) }
             }
             await jobTasks.waitUntilIdle()
