@@ -96,7 +96,8 @@ public final class RedisResultBackend: ResultBackend {
             var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
             arguments.append(broker.unackedKey)
             arguments.append(broker.unackedIndexKey)
-            for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
+            // By index: each document is read in place, not copied out of the array.
+            for index in documents.indices { arguments.append(keyPrefix, Self.keyStem, documents[index].taskID) }
             arguments.append(brokerDatabase)
             arguments.append(client.url.database)
             arguments.append(expires ?? 0)
@@ -104,7 +105,7 @@ public final class RedisResultBackend: ResultBackend {
             arguments.append(earlyAcks.count)
             arguments.append(documents.count)
             for tag in earlyAcks { arguments.append(tag) }
-            for document in documents { arguments.append { document.encode(as: serializer, into: &$0) } }
+            for index in documents.indices { arguments.append { documents[index].encode(as: serializer, into: &$0) } }
             for tag in lateAcks { arguments.append(tag) }
             return try connection.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments)
         }

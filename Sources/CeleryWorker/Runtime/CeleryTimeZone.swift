@@ -1,3 +1,4 @@
+import CeleryProtocol
 import Foundation
 
 #if canImport(Glibc)
@@ -50,6 +51,11 @@ public struct CeleryTimeZone: Sendable, Hashable, CustomStringConvertible {
     public func secondsFromGMT(at unixSeconds: Double) -> Int {
         guard let zone else { return 0 }
         return zone.secondsFromGMT(for: Date(timeIntervalSince1970: unixSeconds))
+    }
+
+    /// A Unix time as Python's `datetime.isoformat()` writes it in this zone (`2026-11-25T01:20:32.092184+01:00`).
+    public func isoformat(unixSeconds: Double) -> String {
+        CeleryTimestamp.isoformat(unixSeconds: unixSeconds, offsetSeconds: secondsFromGMT(at: unixSeconds))
     }
 
     public var description: String { identifier }

@@ -211,6 +211,8 @@ final class WorkerRun: Sendable {
     let settler = Settler()
     /// The task of each job: started by the dispatcher, cancelled by a stop request or a cold shutdown.
     let jobTasks = JobTasks()
+    /// The app's time zone, which `date_done` is written in.
+    let timeZone: CeleryTimeZone
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
@@ -221,6 +223,7 @@ final class WorkerRun: Sendable {
         self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2)
         self.slots = AsyncPermits(service.configuration.concurrency)
         self.consuming = Mutex(service.configuration.queues)
+        self.timeZone = service.configuration.timezone
     }
 
     var logger: Logger { service.logger }

@@ -117,8 +117,7 @@ public struct WorkerConfiguration: Sendable {
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.
     public func isoformat(unixSeconds: Double) -> String {
-        CeleryTimestamp.isoformat(
-            unixSeconds: unixSeconds, offsetSeconds: timezone.secondsFromGMT(at: unixSeconds))
+        timezone.isoformat(unixSeconds: unixSeconds)
     }
 
     /// Parses an `eta`/`expires` header, reading naive times as Celery does under ``enableUTC``.

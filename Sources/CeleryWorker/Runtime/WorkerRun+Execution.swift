@@ -575,11 +575,10 @@ extension WorkerRun {
             groupID: message.groupID, parentID: message.parentID, extended: extended)
     }
 
-    /// Now, as Python writes `date_done` (`app.now().isoformat()`). The clock is read first: reading it in the
-    /// argument list of `configuration.isoformat` makes the compiler copy the whole configuration across the call.
+    /// Now, as Python writes `date_done` (`app.now().isoformat()`). From the run's own copy of the time zone: a
+    /// call on the configuration copied the whole configuration (every string it holds) for every result.
     func dateDoneNow() -> String {
-        let now = WallClock.now()
-        return configuration.isoformat(unixSeconds: now)
+        timeZone.isoformat(unixSeconds: WallClock.now())
     }
 
     func failureDocument(
