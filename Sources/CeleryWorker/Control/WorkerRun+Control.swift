@@ -15,9 +15,13 @@ struct RunningTask: Sendable {
 struct RunningTasks: Sendable {
     private var tasks: [ObjectIdentifier: RunningTask] = [:]
 
-    subscript(job: PreparedJob) -> RunningTask? {
-        get { tasks[ObjectIdentifier(job)] }
-        set { tasks[ObjectIdentifier(job)] = newValue }
+    mutating func add(_ task: RunningTask) {
+        // `updateValue` and `removeValue`, not the subscript: its `modify` accessor allocates its frame on the heap.
+        tasks.updateValue(task, forKey: ObjectIdentifier(task.job))
+    }
+
+    mutating func remove(_ job: PreparedJob) {
+        tasks.removeValue(forKey: ObjectIdentifier(job))
     }
 
     var all: [RunningTask] { Array(tasks.values) }

@@ -281,13 +281,13 @@ extension WorkerRun {
             $0.totals[message.name, default: 0] += 1
         }
         let timeStart = WallClock.now()
-        running.withLock { $0[job] = RunningTask(job: job, timeStart: timeStart, stop: stop) }
+        running.withLock { $0.add(RunningTask(job: job, timeStart: timeStart, stop: stop)) }
         service.metrics.active.increment()
         service.metrics.recordWait(timeStart - max(job.delivery.receivedAt, job.etaTime ?? 0), task: message.name)
         defer {
             service.metrics.active.decrement()
             counters.withLock { $0.active -= 1 }
-            running.withLock { $0[job] = nil }
+            running.withLock { $0.remove(job) }
         }
         await sendTaskEvent("task-started", message)
         if machine.start() == .ack {
