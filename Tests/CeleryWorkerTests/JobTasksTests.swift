@@ -73,3 +73,120 @@ struct JobTasksTests {
         #expect(ended.withLock { $0 } == 3)
     }
 }
+
+@Suite("Job runners: jobs one after another in long-lived tasks")
+struct JobRunnersTests {
+    static let executor = WorkerThreads(count: 2, name: "test-runners")
+
+    /// What each job saw: the task it ran in, and whether that task was cancelled.
+    final class Seen: Sendable {
+        let entries = Mutex<[(task: Int, cancelled: Bool)]>([])
+        func record() {
+            let task = withUnsafeCurrentTask { $0?.hashValue } ?? 0
+            entries.withLock { $0.append((task, Task.isCancelled)) }
+        }
+        var all: [(task: Int, cancelled: Bool)] { entries.withLock { $0 } }
+    }
+
+    /// Runs `body` as a job and waits until it has run.
+    static func runJob(_ runners: JobRunners, stop: StopRequest = StopRequest(), _ body: @escaping @Sendable () async -> Void) async {
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            runners.run(
+                {
+                    await body()
+                    done.resume()
+                }, stop: stop)
+        }
+    }
+
+    @Test("a runner takes the next job once idle; a late stop request after a job changes nothing for the next")
+    func reuse() async {
+        let tasks = JobTasks()
+        let runners = JobRunners(tasks: tasks, executor: Self.executor)
+        let seen = Seen()
+        let first = StopRequest()
+        await Self.runJob(runners, stop: first) {
+            first.arm()
+            seen.record()
+            _ = first.seal()
+        }
+        first.request(.terminated)  // after the body: nothing to cancel
+        try? await Task.sleep(for: .milliseconds(20))  // the runner is idle again
+        await Self.runJob(runners) { seen.record() }
+        let all = seen.all
+        #expect(all.count == 2)
+        let oneTask = Set(all.map(\.task)).count == 1
+        let noneCancelled = !all.contains { $0.cancelled }
+        #expect(oneTask)
+        #expect(noneCancelled)
+        runners.close()
+        await tasks.waitUntilIdle()
+    }
+
+    @Test("a job stopped while its body runs ends its runner; the next job runs in a new, uncancelled task")
+    func stoppedRunnerIsNotReused() async {
+        let tasks = JobTasks()
+        let runners = JobRunners(tasks: tasks, executor: Self.executor)
+        let seen = Seen()
+        let stop = StopRequest()
+        let started = AsyncStream.makeStream(of: Void.self)
+        let stopped = Task {
+            await Self.runJob(runners, stop: stop) {
+                stop.arm()
+                started.continuation.yield()
+                _ = try? await Task.sleep(for: .seconds(30))
+                seen.record()
+                _ = stop.seal()
+            }
+        }
+        for await _ in started.stream { break }
+        stop.request(.softTimeLimit)
+        await stopped.value
+        await Self.runJob(runners) { seen.record() }
+        let all = seen.all
+        #expect(all.count == 2)
+        #expect(all.first?.cancelled == true)
+        #expect(all.last?.cancelled == false)
+        #expect(all.first?.task != all.last?.task)
+        runners.close()
+        await tasks.waitUntilIdle()
+    }
+
+    @Test("a cold shutdown cancels the running jobs and ends the idle runners; waiting ends once all have ended")
+    func coldShutdown() async {
+        let tasks = JobTasks()
+        let runners = JobRunners(tasks: tasks, executor: Self.executor)
+        await Self.runJob(runners) {}  // one runner now idle
+        let seen = Seen()
+        let running = AsyncStream.makeStream(of: Void.self)
+        runners.run(
+            {
+                running.continuation.yield()
+                _ = try? await Task.sleep(for: .seconds(30))
+                seen.record()
+            }, stop: StopRequest())
+        runners.run(
+            {
+                running.continuation.yield()
+                _ = try? await Task.sleep(for: .seconds(30))
+                seen.record()
+            }, stop: StopRequest())
+        var count = 0
+        for await _ in running.stream {
+            count += 1
+            if count == 2 { break }
+        }
+        tasks.cancelAll()
+        runners.close()
+        await tasks.waitUntilIdle()
+        #expect(seen.all.count == 2)
+        let allCancelled = seen.all.allSatisfy(\.cancelled)
+        #expect(allCancelled)
+        // Closed: a runner that goes idle ends; a job handed in later still runs (in a task cancelled from its
+        // start, as after any cold shutdown).
+        let late = Seen()
+        await Self.runJob(runners) { late.record() }
+        #expect(late.all.first?.cancelled == true)
+        await tasks.waitUntilIdle()
+    }
+}

@@ -211,6 +211,8 @@ final class WorkerRun: Sendable {
     let settler = Settler()
     /// The task of each job: started by the dispatcher, cancelled by a stop request or a cold shutdown.
     let jobTasks = JobTasks()
+    /// The tasks that run the jobs started at once (not those waiting for an ETA or a rate limit), one after another.
+    let runners: JobRunners
     /// The app's time zone, which `date_done` is written in.
     let timeZone: CeleryTimeZone
 
@@ -224,6 +226,7 @@ final class WorkerRun: Sendable {
         self.slots = AsyncPermits(service.configuration.concurrency)
         self.consuming = Mutex(service.configuration.queues)
         self.timeZone = service.configuration.timezone
+        self.runners = JobRunners(tasks: jobTasks, executor: executor)
     }
 
     var logger: Logger { service.logger }
@@ -430,9 +433,11 @@ final class WorkerRun: Sendable {
             while let jobs = await ready.next() {
                 for job in jobs { await dispatch(job) }
             }
+            runners.close()
             await jobTasks.waitUntilIdle()
         } onCancel: {
             jobTasks.cancelAll()
+            runners.close()
         }
     }
 
@@ -478,10 +483,11 @@ final class WorkerRun: Sendable {
         // others wake the other task threads.
         WorkerThreads.keepFirstJobOnThisThread()
         let stop = StopRequest()
-        jobTasks.start(on: executor, stop: stop) {
-            await self.execute(job, holdsPrefetch: true, stop: stop)
-            self.slots.release()
-        }
+        runners.run(
+            {
+                await self.execute(job, holdsPrefetch: true, stop: stop)
+                self.slots.release()
+            }, stop: stop)
     }
 
     /// Waits until a rate-limited task's turn (at once when it has no limit); `false` when shutdown came first.

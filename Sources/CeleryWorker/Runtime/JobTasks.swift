@@ -1,9 +1,10 @@
 import Synchronization
 
-/// The tasks that run jobs, one each. They are unstructured, not children of a group, so that a stop request (a soft
-/// time limit, `revoke(terminate=True)`) can cancel the task of one job: the task body runs in it, without a task
-/// of its own. A cold shutdown cancels them all (``cancelAll()``); ``waitUntilIdle()`` waits for every one to end,
-/// as a task group would.
+/// The tasks that run jobs: the ``JobRunners`` runners, and a task of its own for a job that first waits (for its
+/// ETA or a rate limit). They are unstructured, not children of a group, so that a stop request (a soft time limit,
+/// `revoke(terminate=True)`) can cancel the task running one job: the task body runs in it, without a task of its
+/// own. A cold shutdown cancels them all (``cancelAll()``); ``waitUntilIdle()`` waits for every one to end, as a
+/// task group would.
 final class JobTasks: Sendable {
     private struct State {
         /// What cancels each running task, by an id of its own.
@@ -24,6 +25,16 @@ final class JobTasks: Sendable {
     func start<Success: Sendable>(
         on executor: any TaskExecutor, stop: StopRequest? = nil, _ operation: @escaping @Sendable () async -> Success
     ) -> Task<Success, Never> {
+        start(on: executor, stop: stop) { _ in await operation() }
+    }
+
+    /// Runs `operation` in a task of its own on `executor`, giving it what cancels that task (a ``JobRunners`` runner
+    /// attaches it to the stop request of each job it runs).
+    @discardableResult
+    func start<Success: Sendable>(
+        on executor: any TaskExecutor, stop: StopRequest? = nil,
+        _ operation: @escaping @Sendable (_ cancel: @escaping @Sendable () -> Void) async -> Success
+    ) -> Task<Success, Never> {
         state.withLock { state -> Task<Success, Never> in
             state.nextID += 1
             let id = state.nextID
@@ -31,12 +42,16 @@ final class JobTasks: Sendable {
             // itself) before it is recorded, nor start its operation before a stop can cancel it.
             let task = Task(executorPreference: executor) {
                 defer { self.finished(id) }
-                // Started once a cold shutdown began: it runs cancelled from its first line.
-                if self.isCancelled { withUnsafeCurrentTask { $0?.cancel() } }
-                return await operation()
+                let cancel = self.state.withLock { state -> (@Sendable () -> Void)? in
+                    // Started once a cold shutdown began: it runs cancelled from its first line.
+                    if state.cancelled { withUnsafeCurrentTask { $0?.cancel() } }
+                    return state.tasks[id]
+                }
+                return await operation(cancel ?? {})
             }
-            state.tasks[id] = { task.cancel() }
-            stop?.attach { task.cancel() }
+            let cancel: @Sendable () -> Void = { task.cancel() }
+            state.tasks[id] = cancel
+            stop?.attach(cancel)
             return task
         }
     }
@@ -70,6 +85,78 @@ final class JobTasks: Sendable {
                 return false
             }
             if idle { continuation.resume() }
+        }
+    }
+}
+
+/// Long-lived tasks that run jobs one after another, so that a job does not cost a task of its own (creating and
+/// destroying one was a twentieth of the worker's instructions per task). Each runner is a ``JobTasks`` task: a cold
+/// shutdown cancels it, and the dispatcher waits for it, like any job's task.
+///
+/// A stop request (a soft time limit, `revoke(terminate=True)`) cancels the runner while the job's body runs; a
+/// task cannot be un-cancelled, so a runner whose job was stopped, or that was cancelled otherwise, ends after that
+/// job, and the next job starts a new runner. A job whose stop reason is set is the only one whose runner was
+/// cancelled by it: ``StopRequest`` cancels only between ``StopRequest/arm()`` and ``StopRequest/seal()``, and only
+/// once a reason is set.
+///
+/// The idle runners' continuations are unchecked (a checked one allocates, once per job): each is resumed exactly
+/// once, by whoever takes it out of `idle` under the lock (``run(_:stop:)`` or ``close()``), or at once when it is
+/// never stored.
+final class JobRunners: Sendable {
+    typealias Job = (work: @Sendable () async -> Void, stop: StopRequest)
+
+    private struct State {
+        var idle: [UnsafeContinuation<Job?, Never>] = []
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+    private let tasks: JobTasks
+    private let executor: any TaskExecutor
+
+    init(tasks: JobTasks, executor: any TaskExecutor) {
+        self.tasks = tasks
+        self.executor = executor
+    }
+
+    /// Runs `work` on an idle runner, or on a new one when none is idle. `stop` stops it as it would stop a task of
+    /// its own.
+    func run(_ work: @escaping @Sendable () async -> Void, stop: StopRequest) {
+        let idle = state.withLock { $0.idle.popLast() }
+        if let idle {
+            idle.resume(returning: (work, stop))
+            return
+        }
+        tasks.start(on: executor, stop: stop) { cancel in
+            var next: Job? = (work, stop)
+            while let job = next {
+                job.stop.attach(cancel)
+                await job.work()
+                // Stopped on request (this task is, or is about to be, cancelled), or a cold shutdown: this runner
+                // ends, and the next job starts another.
+                if job.stop.value != nil || Task.isCancelled { return }
+                next = await self.nextJob()
+            }
+        }
+    }
+
+    /// Idle runners end, and any that would go idle later (the dispatcher is done, or a cold shutdown began).
+    func close() {
+        let idle = state.withLock { state -> [UnsafeContinuation<Job?, Never>] in
+            state.closed = true
+            defer { state.idle.removeAll() }
+            return state.idle
+        }
+        for runner in idle { runner.resume(returning: nil) }
+    }
+
+    private func nextJob() async -> Job? {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Job?, Never>) in
+            let closed = state.withLock { state -> Bool in
+                if !state.closed { state.idle.append(continuation) }
+                return state.closed
+            }
+            if closed { continuation.resume(returning: nil) }
         }
     }
 }
