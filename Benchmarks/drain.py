@@ -63,6 +63,11 @@ def make_messages(broker, count, task, serializer):
     app = Celery("bench", broker=broker)
     app.conf.task_serializer = serializer
     r = redis.Redis.from_url(broker)
+    # A worker stopped a moment ago may still have a blocking pop registered until Redis sees its socket close; a
+    # message pushed then goes to it. Wait until no client is blocked.
+    deadline = time.monotonic() + 10
+    while r.info("clients")["blocked_clients"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     r.delete("celery")
     args = (2, 3) if task == "tasks.add" else ()
     with app.producer_or_acquire() as producer:
@@ -70,6 +75,8 @@ def make_messages(broker, count, task, serializer):
             app.send_task(task, args, producer=producer, ignore_result=False)
     raw = r.lrange("celery", 0, -1)
     r.delete("celery")
+    if len(raw) != count:
+        raise RuntimeError(f"captured {len(raw)} of {count} messages: something else consumes the 'celery' list")
     return raw
 
 
