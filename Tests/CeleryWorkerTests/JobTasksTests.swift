@@ -1,3 +1,4 @@
+import CeleryProtocol
 import Synchronization
 import Testing
 
@@ -188,5 +189,33 @@ struct JobRunnersTests {
         await Self.runJob(runners) { late.record() }
         #expect(late.all.first?.cancelled == true)
         await tasks.waitUntilIdle()
+    }
+}
+
+@Suite("Running tasks, kept by job")
+struct RunningTasksTests {
+    static func job(id: String) -> PreparedJob {
+        PreparedJob(
+            delivery: BrokerDelivery(raw: [], queue: "celery", receivedAt: 0, deliveryTag: "tag-\(id)"),
+            message: CeleryTaskMessage(id: id, name: "t"),
+            task: RegisteredTask(name: "t", options: TaskOptions()) { _ in .null }, etaTime: nil, expiresTime: nil,
+            deliveryInfo: DeliveryInfo(exchange: "", routingKey: "celery", priority: 0, redelivered: false))
+    }
+
+    @Test("two deliveries of one task id that run at once are both kept, and each leaves on its own")
+    func sameID() {
+        var running = RunningTasks()
+        let first = Self.job(id: "same")
+        let second = Self.job(id: "same")
+        let other = Self.job(id: "other")
+        for job in [first, second, other] { running.add(RunningTask(job: job, timeStart: 0, stop: StopRequest())) }
+        #expect(running.all.count == 3)
+        #expect(running.with(id: "same").count == 2)
+        running.remove(first)
+        let left = running.with(id: "same").map { ObjectIdentifier($0.job) }
+        #expect(left == [ObjectIdentifier(second)])
+        running.remove(second)
+        #expect(running.with(id: "same").isEmpty)
+        #expect(running.with(id: "other").count == 1)
     }
 }
