@@ -16,12 +16,11 @@ struct RunningTasks: Sendable {
     private var tasks: [ObjectIdentifier: RunningTask] = [:]
 
     mutating func add(_ task: RunningTask) {
-        // `updateValue` and `removeValue`, not the subscript: its `modify` accessor allocates its frame on the heap.
-        tasks.updateValue(task, forKey: ObjectIdentifier(task.job))
+        tasks[ObjectIdentifier(task.job)] = task
     }
 
     mutating func remove(_ job: PreparedJob) {
-        tasks.removeValue(forKey: ObjectIdentifier(job))
+        tasks[ObjectIdentifier(job)] = nil
     }
 
     var all: [RunningTask] { Array(tasks.values) }

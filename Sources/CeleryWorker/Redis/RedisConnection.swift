@@ -121,8 +121,9 @@ final class RedisConnection: @unchecked Sendable {
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
     /// An error reply is thrown.
     func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) throws(CeleryWorkerError) -> RedisReply {
-        var written = RESPArguments(capacity: (keys + arguments).reduce(64) { $0 + 16 + $1.bytes.count })
-        for argument in keys + arguments { written.append(argument.bytes) }
+        let all = keys + arguments
+        var written = RESPArguments(capacity: all.reduce(64) { $0 + 16 + $1.bytes.count })
+        for argument in all { written.append(argument.bytes) }
         return try evaluate(script, keyCount: keys.count, arguments: written)
     }
 
