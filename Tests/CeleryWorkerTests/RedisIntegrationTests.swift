@@ -274,6 +274,8 @@ extension RedisBrokerTests {
             // kombu's own layout: read off the end of the message
             (#"{"body": "", "headers": {}, "# + kombuProperties(tag: "t1") + "}", "t1", #""", "celery""#),
             (#"{"body": "", "# + kombuProperties(tag: "t2", exchange: "ex", routingKey: "a.b", priority: 9) + "}", "t2", #""ex", "a.b""#),
+            // kombu's layout first nested in a header (its tail does not end the message), then its own
+            (#"{"headers": {"x": {"a": 1, "# + kombuProperties(tag: "nested") + #"}}, "# + kombuProperties(tag: "t9") + "}", "t9", #""", "celery""#),
             // read off the end, the rest unread: the worker then discards the broken message by this tag
             (#"[not json, "# + kombuProperties(tag: "t8") + "}", "t8", #""", "celery""#),
             // anything else: decoded
