@@ -341,6 +341,71 @@ struct CodecTests {
         }
     }
 
+    @Test(
+        "a protocol 2 JSON body is read into args, kwargs and embed as the general decoding reads it",
+        arguments: [
+            (#"[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#, true),
+            (#"[[2, 3.5, "x"], {"k": [1, {"a": null}]}, {"callbacks": [{"task": "t"}], "errbacks": null, "chain": [], "chord": null, "group": "g"}]"#, true),
+            (" [ [1] , {} , null ] \n", true),
+            // a repeated member keeps its last value; an escaped key spells the same member
+            (#"[[], {}, {"chain": [1], "chord": null, "chain": [2]}]"#, true),
+            (#"[[], {}, {"\u0063hain": [1], "a": 1, "b": 2}]"#, true),
+            (#"[[], {}, {}]"#, true),
+            // two members: read the general way (it could be a tagged value), with the same result
+            (#"[[], {}, {"chain": [1], "chord": {"x": 1}}]"#, false),
+            (#"[[], {"__type__": "bytes", "__value__": "YQ=="}, {}]"#, false),
+        ])
+    func taskBodyFastPath(body: String, fastPathReadsIt: Bool) throws {
+        let parts = try #require(try CeleryJSON.decode(body).arrayValue)
+        let envelope = KombuEnvelope(
+            body: Array(body.utf8), contentType: "application/json", contentEncoding: "utf-8",
+            headers: ["id": "i", "task": "t"], properties: [:])
+        let message: CeleryTaskMessage
+        do {
+            message = try CeleryTaskMessage(envelope: envelope, accept: [.json])
+        } catch {
+            // kwargs that are kombu's tagged bytes: not a dict, in both paths
+            #expect(parts[1].objectValue == nil)
+            #expect(error.message == "kwargs (body[1]) is not a dict")
+            return
+        }
+        #expect(.array(message.args) == parts[0])
+        #expect(.object(message.kwargs) == parts[1])
+        let embed = parts[2]
+        #expect(message.embed.callbacks == embed["callbacks"] ?? .null)
+        #expect(message.embed.errbacks == embed["errbacks"] ?? .null)
+        #expect(message.embed.chain == embed["chain"] ?? .null)
+        #expect(message.embed.chord == embed["chord"] ?? .null)
+        #expect((CeleryJSON.taskBody(Array(body.utf8)) != nil) == fastPathReadsIt)
+    }
+
+    @Test("a body the fast path declines fails with the general decoding's errors")
+    func taskBodyErrors() throws {
+        let cases: [(String, String)] = [
+            (#"[[1], {}]"#, "v2 body has 2 elements, expected [args, kwargs, embed]"),
+            (#"[[1], {}, {}, {}]"#, "v2 body has 4 elements, expected [args, kwargs, embed]"),
+            (#"[1, {}, {}]"#, "args (body[0]) is not a list"),
+            (#"[[], [], {}]"#, "kwargs (body[1]) is not a dict"),
+            (#"[[], {}, 5]"#, "embed (body[2]) is not a dict"),
+            (#"[[], {}, {"__type__": "bytes", "__value__": "YQ=="}]"#, "embed (body[2]) is not a dict"),
+            (#"[[], {}, {"chain": nul}]"#, "body does not decode as json: invalid literal at byte 19"),
+            (#"[[], {}, {}] x"#, "body does not decode as json: unexpected data after the JSON value at byte 13"),
+        ]
+        for (body, expected) in cases {
+            #expect(CeleryJSON.taskBody(Array(body.utf8)) == nil, "\(body)")
+            let envelope = KombuEnvelope(
+                body: Array(body.utf8), contentType: "application/json", contentEncoding: "utf-8",
+                headers: ["id": "i", "task": "t"], properties: [:])
+            do {
+                _ = try CeleryTaskMessage(envelope: envelope, accept: [.json])
+                Issue.record("\(body) decoded")
+            } catch {
+                #expect(error.message == expected, "\(body)")
+                #expect(error.taskID == "i")
+            }
+        }
+    }
+
     @Test("task message shape errors and content types")
     func taskMessageErrors() throws {
         func message(body: String, contentType: String = "application/json", headers: CeleryValue = ["id": "i", "task": "t"])

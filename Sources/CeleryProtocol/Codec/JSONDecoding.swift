@@ -21,6 +21,17 @@ public enum CeleryJSON {
     public static func decode(_ text: String) throws(CeleryProtocolError) -> CeleryValue {
         try decode(Array(text.utf8))
     }
+
+    /// A protocol 2 body `[args, kwargs, embed]` read straight into its parts, as ``decode(_:)`` followed by
+    /// Celery's unpacking reads it, without building the outer list or the embed's dictionary; `nil` for anything
+    /// else (any other shape, a tagged value, malformed JSON), which the caller then decodes the general way, with
+    /// its errors.
+    static func taskBody(_ bytes: [UInt8]) -> (args: [CeleryValue], kwargs: OrderedDictionary<String, CeleryValue>, embed: CeleryTaskMessage.Embed)? {
+        bytes.withUnsafeBufferPointer { buffer in
+            var parser = JSONParser(buffer: buffer)
+            return try? parser.parseTaskBody()
+        }
+    }
 }
 
 struct JSONParser {
@@ -157,6 +168,79 @@ struct JSONParser {
             return try parseNumber()
         default:
             throw error("unexpected character")
+        }
+    }
+
+    /// See ``CeleryJSON/taskBody(_:)``. Throws, or returns `nil`, where that returns `nil`.
+    mutating func parseTaskBody() throws(CeleryProtocolError) -> (args: [CeleryValue], kwargs: OrderedDictionary<String, CeleryValue>, embed: CeleryTaskMessage.Embed)? {
+        skipWhitespace()
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "[") else { return nil }
+        try enter()
+        index += 1
+        skipWhitespace()
+        guard case .array(let args) = try parseValue(), try !endOfMember(closing: UInt8(ascii: "]")) else { return nil }
+        skipWhitespace()
+        guard case .object(let kwargs) = try parseValue(), try !endOfMember(closing: UInt8(ascii: "]")) else { return nil }
+        skipWhitespace()
+        guard let embed = try parseEmbed(), try endOfMember(closing: UInt8(ascii: "]")) else { return nil }
+        depth -= 1
+        skipWhitespace()
+        guard index == buffer.count else { return nil }
+        return (args, kwargs, embed)
+    }
+
+    /// The embed (`null` or an object) read into its four members, the others checked and dropped as Celery drops
+    /// them; `nil` for anything else and for an object of two members (it may be one of kombu's tagged values).
+    private mutating func parseEmbed() throws(CeleryProtocolError) -> CeleryTaskMessage.Embed? {
+        guard index < buffer.count else { return nil }
+        if buffer[index] == UInt8(ascii: "n") {
+            try expectLiteral("null", word: 0x6C6C_756E)
+            return CeleryTaskMessage.Embed()
+        }
+        guard buffer[index] == UInt8(ascii: "{") else { return nil }
+        try enter()
+        defer { depth -= 1 }
+        index += 1
+        skipWhitespace()
+        var embed = CeleryTaskMessage.Embed()
+        if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
+            index += 1
+            return embed
+        }
+        var members = 0
+        while true {
+            let field: EmbedField?
+            if let key = parseASCIIKey() {
+                field = EmbedField(UnsafeBufferPointer(rebasing: buffer[key]))
+            } else {
+                var key = try parseKey()
+                field = key.withUTF8 { EmbedField($0) }
+            }
+            let value = try parseValue()
+            switch field {
+            case .callbacks: embed.callbacks = value
+            case .errbacks: embed.errbacks = value
+            case .chain: embed.chain = value
+            case .chord: embed.chord = value
+            case nil: break
+            }
+            members += 1
+            if try endOfMember(closing: UInt8(ascii: "}")) { break }
+        }
+        return members == 2 ? nil : embed
+    }
+
+    /// The members of the embed Celery reads.
+    private enum EmbedField {
+        case callbacks, errbacks, chain, chord
+
+        static let names: [(name: StaticString, field: EmbedField)] = [
+            ("callbacks", .callbacks), ("errbacks", .errbacks), ("chain", .chain), ("chord", .chord),
+        ]
+
+        init?(_ key: UnsafeBufferPointer<UInt8>) {
+            guard let field = lookUp(key, in: Self.names) else { return nil }
+            self = field
         }
     }
 

@@ -132,6 +132,14 @@ public struct CeleryTaskMessage: Sendable {
         else {
             throw failure(.unsupportedContentType, "content type '\(envelope.contentType)' is not accepted")
         }
+        // The usual case, a protocol 2 JSON body of Celery's shape, is read straight into its parts.
+        if let headerName, let headerID, contentType == .json, let parts = CeleryJSON.taskBody(envelope.body) {
+            storage = Storage(
+                Fields(
+                    protocolVersion: 2, id: headerID, name: headerName, args: parts.args, kwargs: parts.kwargs,
+                    embed: parts.embed, headerObject: envelope.headerObject, contentType: contentType))
+            return
+        }
         let body: CeleryValue
         do {
             body = try contentType.decode(envelope.body)
