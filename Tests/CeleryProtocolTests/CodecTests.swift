@@ -345,7 +345,10 @@ struct CodecTests {
         "a protocol 2 JSON body is read into args, kwargs and embed as the general decoding reads it",
         arguments: [
             (#"[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#, true),
-            (#"[[2, 3.5, "x"], {"k": [1, {"a": null}]}, {"callbacks": [{"task": "t"}], "errbacks": null, "chain": [], "chord": null, "group": "g"}]"#, true),
+            (
+                #"[[2, 3.5, "x"], {"k": [1, {"a": null}]}, "#
+                    + #"{"callbacks": [{"task": "t"}], "errbacks": null, "chain": [], "chord": null, "group": "g"}]"#, true
+            ),
             (" [ [1] , {} , null ] \n", true),
             // a repeated member keeps its last value; an escaped key spells the same member
             (#"[[], {}, {"chain": [1], "chord": null, "chain": [2]}]"#, true),

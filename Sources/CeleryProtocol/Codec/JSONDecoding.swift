@@ -26,7 +26,7 @@ public enum CeleryJSON {
     /// Celery's unpacking reads it, without building the outer list or the embed's dictionary; `nil` for anything
     /// else (any other shape, a tagged value, malformed JSON), which the caller then decodes the general way, with
     /// its errors.
-    static func taskBody(_ bytes: [UInt8]) -> (args: [CeleryValue], kwargs: OrderedDictionary<String, CeleryValue>, embed: CeleryTaskMessage.Embed)? {
+    static func taskBody(_ bytes: [UInt8]) -> CeleryTaskMessage.BodyParts? {
         bytes.withUnsafeBufferPointer { buffer in
             var parser = JSONParser(buffer: buffer)
             return try? parser.parseTaskBody()
@@ -172,7 +172,7 @@ struct JSONParser {
     }
 
     /// See ``CeleryJSON/taskBody(_:)``. Throws, or returns `nil`, where that returns `nil`.
-    mutating func parseTaskBody() throws(CeleryProtocolError) -> (args: [CeleryValue], kwargs: OrderedDictionary<String, CeleryValue>, embed: CeleryTaskMessage.Embed)? {
+    mutating func parseTaskBody() throws(CeleryProtocolError) -> CeleryTaskMessage.BodyParts? {
         skipWhitespace()
         guard index < buffer.count, buffer[index] == UInt8(ascii: "[") else { return nil }
         try enter()

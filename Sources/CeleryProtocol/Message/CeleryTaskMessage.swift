@@ -73,6 +73,9 @@ public struct CeleryTaskMessage: Sendable {
     }
 
     /// The fourth part of a v2 body: what to run after this task.
+    /// A protocol 2 body's three parts, as a fast path reads them.
+    typealias BodyParts = (args: [CeleryValue], kwargs: OrderedDictionary<String, CeleryValue>, embed: Embed)
+
     public struct Embed: Sendable {
         public var callbacks: CeleryValue
         public var errbacks: CeleryValue
