@@ -382,6 +382,45 @@ struct CodecTests {
         #expect((CeleryJSON.taskBody(Array(body.utf8)) != nil) == fastPathReadsIt)
     }
 
+    @Test("a protocol 2 msgpack body is read into args, kwargs and embed as the general decoding reads it")
+    func msgpackTaskBodyFastPath() throws {
+        let bodies: [CeleryValue] = [
+            [[], [:], ["callbacks": nil, "errbacks": nil, "chain": nil, "chord": nil]],
+            [[2, 3.5, "x", .bytes([0, 255])], ["k": [1, ["a": nil]]], ["callbacks": [["task": "t"]], "chain": [], "group": "g"]],
+            [[1], [:], nil],
+            [[], [:], [:]],
+            [[], [:], ["chain": [1], "chord": ["x": 1]]],
+        ]
+        for body in bodies {
+            let bytes = CeleryMsgpack.encode(body)
+            let parts = try #require(body.arrayValue)
+            let fast = try #require(CeleryMsgpack.taskBody(bytes))
+            let envelope = KombuEnvelope(
+                body: bytes, contentType: "application/x-msgpack", contentEncoding: "binary",
+                headers: ["id": "i", "task": "t"], properties: [:])
+            let message = try CeleryTaskMessage(envelope: envelope, accept: [.msgpack])
+            for (args, kwargs, embed) in [(message.args, message.kwargs, message.embed), fast] {
+                #expect(.array(args) == parts[0])
+                #expect(.object(kwargs) == parts[1])
+                #expect(embed.callbacks == parts[2]["callbacks"] ?? .null)
+                #expect(embed.errbacks == parts[2]["errbacks"] ?? .null)
+                #expect(embed.chain == parts[2]["chain"] ?? .null)
+                #expect(embed.chord == parts[2]["chord"] ?? .null)
+            }
+        }
+        // An embed key that is not a string, or not UTF-8, is left to the general decoding: the first is dropped
+        // there too, the second is an error.
+        let intKey: [UInt8] = [0x93, 0x90, 0x80, 0x81, 0x01, 0xC0]
+        #expect(CeleryMsgpack.taskBody(intKey) == nil)
+        #expect(try CeleryMsgpack.decode(intKey) == [[], [:], ["1": nil]])
+        let badKey: [UInt8] = [0x93, 0x90, 0x80, 0x81, 0xA1, 0xFF, 0xC0]
+        #expect(CeleryMsgpack.taskBody(badKey) == nil)
+        #expect(throws: CeleryProtocolError.self) { try CeleryMsgpack.decode(badKey) }
+        for shape in [[0x92, 0x90, 0x80], [0x93, 0x80, 0x80, 0x80], [0x93, 0x90, 0x90, 0x80], [0x93, 0x90, 0x80, 0x05]] as [[UInt8]] {
+            #expect(CeleryMsgpack.taskBody(shape) == nil)
+        }
+    }
+
     @Test("a body the fast path declines fails with the general decoding's errors")
     func taskBodyErrors() throws {
         let cases: [(String, String)] = [

@@ -209,39 +209,19 @@ struct JSONParser {
         }
         var members = 0
         while true {
-            let field: EmbedField?
+            let field: CeleryTaskMessage.Embed.Field?
             if let key = parseASCIIKey() {
-                field = EmbedField(UnsafeBufferPointer(rebasing: buffer[key]))
+                field = lookUp(UnsafeBufferPointer(rebasing: buffer[key]), in: CeleryTaskMessage.Embed.fields)
             } else {
                 var key = try parseKey()
-                field = key.withUTF8 { EmbedField($0) }
+                field = key.withUTF8 { lookUp($0, in: CeleryTaskMessage.Embed.fields) }
             }
             let value = try parseValue()
-            switch field {
-            case .callbacks: embed.callbacks = value
-            case .errbacks: embed.errbacks = value
-            case .chain: embed.chain = value
-            case .chord: embed.chord = value
-            case nil: break
-            }
+            if let field { embed[field] = value }
             members += 1
             if try endOfMember(closing: UInt8(ascii: "}")) { break }
         }
         return members == 2 ? nil : embed
-    }
-
-    /// The members of the embed Celery reads.
-    private enum EmbedField {
-        case callbacks, errbacks, chain, chord
-
-        static let names: [(name: StaticString, field: EmbedField)] = [
-            ("callbacks", .callbacks), ("errbacks", .errbacks), ("chain", .chain), ("chord", .chord),
-        ]
-
-        init?(_ key: UnsafeBufferPointer<UInt8>) {
-            guard let field = lookUp(key, in: Self.names) else { return nil }
-            self = field
-        }
     }
 
     /// The scratch arrays grow once to a size that holds a task message's containers, not by doubling from one.

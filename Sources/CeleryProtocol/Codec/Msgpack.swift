@@ -8,7 +8,47 @@ import OrderedCollections
 public enum CeleryMsgpack {
     /// Decodes exactly one msgpack value; truncated input or trailing bytes are errors.
     public static func decode(_ bytes: some Collection<UInt8>) throws(CeleryProtocolError) -> CeleryValue {
-        let input = Array(bytes)
+        try unpack(Array(bytes)) { object throws(CeleryProtocolError) in try value(of: object) }
+    }
+
+    /// A protocol 2 body `[args, kwargs, embed]` read straight into its parts, as ``decode(_:)`` followed by
+    /// Celery's unpacking reads it, without building the outer list or the embed's dictionary; `nil` for anything
+    /// else, which the caller then decodes the general way, with its errors.
+    static func taskBody(_ bytes: [UInt8]) -> CeleryTaskMessage.BodyParts? {
+        let parts = try? unpack(bytes) { object throws(CeleryProtocolError) -> CeleryTaskMessage.BodyParts? in
+            guard object.type == MSGPACK_OBJECT_ARRAY, object.via.array.size == 3, let parts = object.via.array.ptr,
+                case .array(let args) = try value(of: parts[0]), case .object(let kwargs) = try value(of: parts[1])
+            else { return nil }
+            guard let embed = try embed(of: parts[2]) else { return nil }
+            return (args, kwargs, embed)
+        }
+        return parts ?? nil
+    }
+
+    /// The embed (nil or a map) read into its four members, the others dropped as Celery drops them; `nil` for
+    /// anything else and for a key that is not a string (or not UTF-8).
+    private static func embed(of object: msgpack_object) throws(CeleryProtocolError) -> CeleryTaskMessage.Embed? {
+        var embed = CeleryTaskMessage.Embed()
+        if object.type == MSGPACK_OBJECT_NIL { return embed }
+        guard object.type == MSGPACK_OBJECT_MAP else { return nil }
+        guard let entries = object.via.map.ptr else { return embed }
+        for index in 0..<Int(object.via.map.size) {
+            let key = entries[index].key
+            guard key.type == MSGPACK_OBJECT_STR else { return nil }
+            let raw = UnsafeRawBufferPointer(start: key.via.str.ptr, count: Int(key.via.str.size)).bindMemory(to: UInt8.self)
+            let field = lookUp(raw, in: CeleryTaskMessage.Embed.fields)
+            // Another key is dropped, but only once it is known to be text, as the general decoding checks it.
+            guard field != nil || UTF8Text.validating(raw) != nil else { return nil }
+            let value = try value(of: entries[index].val)
+            if let field { embed[field] = value }
+        }
+        return embed
+    }
+
+    /// Unpacks exactly one msgpack value and hands it to `body` while msgpack-c's memory holds it.
+    private static func unpack<Result>(
+        _ input: [UInt8], _ body: (msgpack_object) throws(CeleryProtocolError) -> Result
+    ) throws(CeleryProtocolError) -> Result {
         var unpacked = msgpack_unpacked()
         msgpack_unpacked_init(&unpacked)
         defer { msgpack_unpacked_destroy(&unpacked) }
@@ -25,7 +65,7 @@ public enum CeleryMsgpack {
                     message: "\(input.count - offset) unexpected bytes after the msgpack value"
                 )
             }
-            return try value(of: unpacked.data)
+            return try body(unpacked.data)
         case MSGPACK_UNPACK_CONTINUE:
             throw CeleryProtocolError(code: .invalidMsgpack, message: "msgpack data is truncated")
         case MSGPACK_UNPACK_NOMEM_ERROR:

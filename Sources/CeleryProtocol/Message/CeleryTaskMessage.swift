@@ -101,6 +101,31 @@ public struct CeleryTaskMessage: Sendable {
             )
         }
 
+        /// The members Celery reads, by name, for the fast body paths.
+        enum Field { case callbacks, errbacks, chain, chord }
+        static let fields: [(name: StaticString, field: Field)] = [
+            ("callbacks", .callbacks), ("errbacks", .errbacks), ("chain", .chain), ("chord", .chord),
+        ]
+
+        subscript(field: Field) -> CeleryValue {
+            get {
+                switch field {
+                case .callbacks: callbacks
+                case .errbacks: errbacks
+                case .chain: chain
+                case .chord: chord
+                }
+            }
+            set {
+                switch field {
+                case .callbacks: callbacks = newValue
+                case .errbacks: errbacks = newValue
+                case .chain: chain = newValue
+                case .chord: chord = newValue
+                }
+            }
+        }
+
         /// The embed as a dictionary in Celery's key order.
         public var value: CeleryValue {
             ["callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord]
@@ -135,8 +160,10 @@ public struct CeleryTaskMessage: Sendable {
         else {
             throw failure(.unsupportedContentType, "content type '\(envelope.contentType)' is not accepted")
         }
-        // The usual case, a protocol 2 JSON body of Celery's shape, is read straight into its parts.
-        if let headerName, let headerID, contentType == .json, let parts = CeleryJSON.taskBody(envelope.body) {
+        // The usual case, a protocol 2 body of Celery's shape, is read straight into its parts.
+        if let headerName, let headerID,
+            let parts = contentType == .json ? CeleryJSON.taskBody(envelope.body) : CeleryMsgpack.taskBody(envelope.body)
+        {
             storage = Storage(
                 Fields(
                     protocolVersion: 2, id: headerID, name: headerName, args: parts.args, kwargs: parts.kwargs,
