@@ -216,6 +216,10 @@ struct CodecTests {
             #"{ "body" : "[[], {}, null]" , "headers" : { "id" : "i" , "task":"t" , "custom" : {"a": [1, 2.5, "x\"y"]} , "n" : -3e2 , "s" : "é\n", "timelimit": [10, 5.5], "group": "g", "group_index": 2 } , "properties" : { } }"#,
             #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t"}, "properties": {"delivery_tag": "two", "priority": 0}}"#,
             #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t", "shadow": "s", "parent_id": "p", "expires": "2026-01-01T00:00:00", "ignore_result": true, "argsrepr": "()", "kwargsrepr": "{}", "stamps": {}, "stamped_headers": null, "replaced_task_nesting": 0, "redelivered": true}, "properties": {"correlation_id": "i", "reply_to": "r", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "utf-8", "delivery_tag": "t"}}"#,
+            // Celery's own order of keys, read by their expected spelling, with a key that starts like the next one
+            // expected, two out of order, one with two spaces, a compact one and repeated keys after the last
+            #"{"body": "[[], {}, null]", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "t", "idx": "not-id", "id": "i", "eta": null, "shadow": "s", "expires": null, "group":"g", "group_index": 1, "retries": 2, "timelimx": 1, "timelimit": [null, 4], "root_id": "r", "parent_id": null, "argsrepr": "()", "kwargsrepr": "{}", "origin": "o", "ignore_result": false, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}, "task": "t2", "id":  "i2"}, "properties": {"delivery_tag": "first", "correlation_id": "c", "reply_to": "r", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "utf-8", "delivery_tag": "last"}}"#,
+            #"{"headers": {"lang": "py", "task": "t", "id": "i"}, "properties": {"delivery_tag": "d"}, "body": "[[], {}, null]", "body": "[[1], {}, null]"}"#,
         ])
     func lazyHeadersAndProperties(text: String) throws {
         let envelope = try KombuEnvelope(decoding: Array(text.utf8))

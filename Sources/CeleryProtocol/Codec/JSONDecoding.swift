@@ -208,20 +208,70 @@ struct JSONParser {
             return embed
         }
         var members = 0
+        var next = 0
         while true {
-            let field: CeleryTaskMessage.Embed.Field?
-            if let key = parseASCIIKey() {
-                field = lookUp(UnsafeBufferPointer(rebasing: buffer[key]), in: CeleryTaskMessage.Embed.fields)
-            } else {
-                var key = try parseKey()
-                field = key.withUTF8 { lookUp($0, in: CeleryTaskMessage.Embed.fields) }
-            }
+            let field = try nextKey(in: CeleryTaskMessage.Embed.layout, expected: &next)
             let value = try parseValue()
             if let field { embed[field] = value }
             members += 1
             if try endOfMember(closing: UInt8(ascii: "}")) { break }
         }
         return members == 2 ? nil : embed
+    }
+
+    /// Reads the next member's key, leaving the index at its value, and returns the field it names in `layout`.
+    /// The key expected next (`layout.entries[next]`) is compared with the text first, as it is spelled there;
+    /// any other key is read and searched for, and the expectation moves on from it.
+    @inline(__always)
+    private mutating func nextKey<Field>(in layout: KeyLayout<Field>, expected next: inout Int) throws(CeleryProtocolError) -> Field? {
+        skipWhitespace()
+        if next < layout.entries.count, skipSpelling(layout.entries[next].spelling) {
+            let field = layout.entries[next].field
+            next += 1
+            skipWhitespace()
+            return field
+        }
+        let position: Int?
+        if let key = parseASCIIKey() {
+            position = layout.position(of: UnsafeBufferPointer(rebasing: buffer[key]))
+        } else {
+            var key = try parseKey()
+            position = key.withUTF8 { layout.position(of: $0) }
+        }
+        guard let position else { return nil }
+        next = position + 1
+        return layout.entries[position].field
+    }
+
+    /// Moves past `spelling` when the text at the index is exactly that; compared a word at a time (the last word
+    /// overlapping the one before it).
+    @inline(__always)
+    private mutating func skipSpelling(_ spelling: StaticString) -> Bool {
+        let count = spelling.utf8CodeUnitCount
+        guard count >= 4, index + count <= buffer.count, let base = buffer.baseAddress else { return false }
+        let text = UnsafeRawPointer(base + index)
+        let expected = UnsafeRawPointer(spelling.utf8Start)
+        if count >= 8 {
+            var offset = 0
+            while offset + 8 < count {
+                guard
+                    text.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                        == expected.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                else { return false }
+                offset += 8
+            }
+            guard
+                text.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+                    == expected.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+            else { return false }
+        } else {
+            guard text.loadUnaligned(as: UInt32.self) == expected.loadUnaligned(as: UInt32.self),
+                text.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
+                    == expected.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
+            else { return false }
+        }
+        index += count
+        return true
     }
 
     /// The scratch arrays grow once to a size that holds a task message's containers, not by doubling from one.
@@ -560,10 +610,10 @@ extension JSONParser {
     enum EnvelopeKey {
         case body, contentType, contentEncoding, headers, properties
 
-        static let names: [(name: StaticString, field: EnvelopeKey)] = [
-            ("body", .body), ("content-type", .contentType), ("content-encoding", .contentEncoding),
-            ("headers", .headers), ("properties", .properties),
-        ]
+        static let layout = KeyLayout<EnvelopeKey>(entries: [
+            (#""body": "#, .body), (#""content-encoding": "#, .contentEncoding), (#""content-type": "#, .contentType),
+            (#""headers": "#, .headers), (#""properties": "#, .properties),
+        ])
     }
 
     /// Parses a kombu envelope held in `source` (the bytes of ``buffer``), keeping only the fields kombu reads:
@@ -617,13 +667,9 @@ extension JSONParser {
         if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
             index += 1
         } else {
+            var next = 0
             while true {
-                if let key = parseASCIIKey() {
-                    try member(&self, lookUp(UnsafeBufferPointer(rebasing: buffer[key]), in: EnvelopeKey.names))
-                } else {
-                    var key = try parseKey()
-                    try member(&self, key.withUTF8 { lookUp($0, in: EnvelopeKey.names) })
-                }
+                try member(&self, try nextKey(in: EnvelopeKey.layout, expected: &next))
                 if try endOfMember(closing: UInt8(ascii: "}")) { break }
             }
         }
@@ -703,16 +749,12 @@ extension JSONParser {
         if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
             index += 1
         } else {
+            var next = 0
             while true {
-                if let key = parseASCIIKey() {
-                    if let field = Fields.field(UnsafeBufferPointer(rebasing: buffer[key])) {
-                        fields[field] = try parseValue()
-                    } else {
-                        try checkValue()
-                    }
+                if let field = try nextKey(in: Fields.layout, expected: &next) {
+                    fields[field] = try parseValue()
                 } else {
-                    let key = try parseKey()
-                    fields.take(key, try parseValue())
+                    try checkValue()
                 }
                 members += 1
                 if try endOfMember(closing: UInt8(ascii: "}")) { break }

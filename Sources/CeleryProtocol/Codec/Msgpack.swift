@@ -36,7 +36,7 @@ public enum CeleryMsgpack {
             let key = entries[index].key
             guard key.type == MSGPACK_OBJECT_STR else { return nil }
             let raw = UnsafeRawBufferPointer(start: key.via.str.ptr, count: Int(key.via.str.size)).bindMemory(to: UInt8.self)
-            let field = lookUp(raw, in: CeleryTaskMessage.Embed.fields)
+            let field = CeleryTaskMessage.Embed.layout.field(raw)
             // Another key is dropped, but only once it is known to be text, as the general decoding checks it.
             guard field != nil || UTF8Text.validating(raw) != nil else { return nil }
             let value = try value(of: entries[index].val)

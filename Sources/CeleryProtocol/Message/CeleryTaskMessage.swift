@@ -101,11 +101,12 @@ public struct CeleryTaskMessage: Sendable {
             )
         }
 
-        /// The members Celery reads, by name, for the fast body paths.
+        /// The members Celery reads, in the order it writes them, for the fast body paths.
         enum Field { case callbacks, errbacks, chain, chord }
-        static let fields: [(name: StaticString, field: Field)] = [
-            ("callbacks", .callbacks), ("errbacks", .errbacks), ("chain", .chain), ("chord", .chord),
-        ]
+        static let layout = KeyLayout<Field>(entries: [
+            (#""callbacks": "#, .callbacks), (#""errbacks": "#, .errbacks), (#""chain": "#, .chain),
+            (#""chord": "#, .chord),
+        ])
 
         subscript(field: Field) -> CeleryValue {
             get {

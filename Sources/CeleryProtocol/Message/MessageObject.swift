@@ -54,10 +54,10 @@ final class MessageObject<Fields: MessageFields & Sendable>: Sendable {
 /// sent (`.null` when missing), taken one by one as the object is parsed. As in a Python `dict`, a repeated key
 /// keeps its last value.
 protocol MessageFields {
-    associatedtype Field
+    associatedtype Field: Sendable
     init()
-    /// The member a key's UTF-8 bytes name; `nil` for a key these fields do not keep.
-    static func field(_ key: UnsafeBufferPointer<UInt8>) -> Field?
+    /// The object's keys in the order Celery's producer writes them, with the fields they fill.
+    static var layout: KeyLayout<Field> { get }
     subscript(field: Field) -> CeleryValue { get set }
 }
 
@@ -67,6 +67,11 @@ extension MessageFields {
         for (key, value) in object { take(key, value) }
     }
 
+    /// The member a key's UTF-8 bytes name; `nil` for a key these fields do not keep.
+    static func field(_ key: UnsafeBufferPointer<UInt8>) -> Field? {
+        layout.field(key)
+    }
+
     /// Keeps `value` when `key` names one of the fields; a later member with the same key replaces it.
     mutating func take(_ key: String, _ value: CeleryValue) {
         var key = key
@@ -74,13 +79,27 @@ extension MessageFields {
     }
 }
 
-/// Which of `names` a key's UTF-8 bytes spell.
-func lookUp<Field>(_ key: UnsafeBufferPointer<UInt8>, in names: [(name: StaticString, field: Field)]) -> Field? {
-    guard let bytes = key.baseAddress else { return nil }  // an empty key names nothing
-    for entry in names where entry.name.utf8CodeUnitCount == key.count {
-        if memcmp(entry.name.utf8Start, bytes, key.count) == 0 { return entry.field }
+/// The keys of a JSON object in the order Celery's and kombu's producers write them, each spelled as Python's
+/// `json.dumps` writes it, quotes and separator included (`"name": `), with the field it fills (`nil`: a member that
+/// is only checked). The parser compares the text with the spelling of the key it expects next, a few word
+/// compares, before it reads a key and searches for it; a key out of that order is found here by name and the
+/// expectation moves on from it.
+struct KeyLayout<Field: Sendable>: Sendable {
+    let entries: [(spelling: StaticString, field: Field?)]
+
+    /// The position of the key whose (unquoted) UTF-8 bytes are `key`.
+    func position(of key: UnsafeBufferPointer<UInt8>) -> Int? {
+        guard let bytes = key.baseAddress else { return nil }  // an empty key names nothing
+        for (position, entry) in entries.enumerated() where entry.spelling.utf8CodeUnitCount == key.count + 4 {
+            if memcmp(entry.spelling.utf8Start + 1, bytes, key.count) == 0 { return position }
+        }
+        return nil
     }
-    return nil
+
+    /// The field a key's UTF-8 bytes name.
+    func field(_ key: UnsafeBufferPointer<UInt8>) -> Field? {
+        position(of: key).flatMap { entries[$0].field }
+    }
 }
 
 /// The protocol v2 headers the worker reads for every task.
@@ -104,20 +123,18 @@ struct TaskHeaderFields: MessageFields, Sendable {
     enum Field {
         case id, task, retries, rootID, parentID, group, groupIndex, eta, expires, ignoreResult, shadow, timeLimit
         case argsRepr, kwargsRepr, redelivered
-
-        fileprivate static let names: [(name: StaticString, field: Field)] = [
-            ("id", .id), ("task", .task), ("retries", .retries), ("root_id", .rootID), ("parent_id", .parentID),
-            ("group", .group), ("group_index", .groupIndex), ("eta", .eta), ("expires", .expires),
-            ("ignore_result", .ignoreResult), ("shadow", .shadow), ("timelimit", .timeLimit),
-            ("argsrepr", .argsRepr), ("kwargsrepr", .kwargsRepr), ("redelivered", .redelivered),
-        ]
     }
 
     init() {}
 
-    static func field(_ key: UnsafeBufferPointer<UInt8>) -> Field? {
-        lookUp(key, in: Field.names)
-    }
+    static let layout = KeyLayout<Field>(entries: [
+        (#""lang": "#, nil), (#""task": "#, .task), (#""id": "#, .id), (#""shadow": "#, .shadow), (#""eta": "#, .eta),
+        (#""expires": "#, .expires), (#""group": "#, .group), (#""group_index": "#, .groupIndex),
+        (#""retries": "#, .retries), (#""timelimit": "#, .timeLimit), (#""root_id": "#, .rootID),
+        (#""parent_id": "#, .parentID), (#""argsrepr": "#, .argsRepr), (#""kwargsrepr": "#, .kwargsRepr),
+        (#""origin": "#, nil), (#""ignore_result": "#, .ignoreResult), (#""replaced_task_nesting": "#, nil),
+        (#""stamped_headers": "#, nil), (#""stamps": "#, nil), (#""redelivered": "#, .redelivered),
+    ])
 
     subscript(field: Field) -> CeleryValue {
         get {
@@ -170,18 +187,15 @@ struct PropertyFields: MessageFields, Sendable {
 
     enum Field {
         case deliveryTag, deliveryInfo, priority, bodyEncoding
-
-        fileprivate static let names: [(name: StaticString, field: Field)] = [
-            ("delivery_tag", .deliveryTag), ("delivery_info", .deliveryInfo), ("priority", .priority),
-            ("body_encoding", .bodyEncoding),
-        ]
     }
 
     init() {}
 
-    static func field(_ key: UnsafeBufferPointer<UInt8>) -> Field? {
-        lookUp(key, in: Field.names)
-    }
+    static let layout = KeyLayout<Field>(entries: [
+        (#""correlation_id": "#, nil), (#""reply_to": "#, nil), (#""delivery_mode": "#, nil),
+        (#""delivery_info": "#, .deliveryInfo), (#""priority": "#, .priority), (#""body_encoding": "#, .bodyEncoding),
+        (#""delivery_tag": "#, .deliveryTag),
+    ])
 
     subscript(field: Field) -> CeleryValue {
         get {
