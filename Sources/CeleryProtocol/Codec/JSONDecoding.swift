@@ -39,11 +39,6 @@ struct JSONParser {
     var index = 0
     var depth = 0
     static let maximumDepth = 512
-    /// The keys and values of the objects and arrays being parsed, innermost last. Each container copies its own
-    /// out once complete, so a container costs one allocation per array instead of one per doubling of its size.
-    private var keyScratch: [String] = []
-    private var valueScratch: [CeleryValue] = []
-
     init(buffer: UnsafeBufferPointer<UInt8>, at index: Int = 0) {
         self.buffer = buffer
         self.index = index
@@ -274,27 +269,6 @@ struct JSONParser {
         return true
     }
 
-    /// The scratch arrays grow once to a size that holds a task message's containers, not by doubling from one.
-    private mutating func reserveScratch() {
-        if valueScratch.capacity == 0 {
-            keyScratch.reserveCapacity(16)
-            valueScratch.reserveCapacity(16)
-        }
-    }
-
-    /// Drops a scratch array's members from `base` on. The outermost container took its members in the scratch's
-    /// own buffer (`Array(scratch[0...])` shares it), so the scratch lets go of that buffer and starts afresh, at
-    /// full size, with the next container: trimming a shared buffer would copy it at its smallest size, and the
-    /// next containers would then grow it step by step.
-    @inline(__always)
-    private static func trim<Element>(_ scratch: inout [Element], to base: Int) {
-        if base == 0 {
-            scratch = []
-        } else {
-            scratch.removeSubrange(base...)
-        }
-    }
-
     private mutating func enter() throws(CeleryProtocolError) {
         depth += 1
         if depth > Self.maximumDepth { throw error("JSON nested too deeply") }
@@ -309,13 +283,13 @@ struct JSONParser {
             index += 1
             return .array([])
         }
-        reserveScratch()
-        let base = valueScratch.count
-        defer { Self.trim(&valueScratch, to: base) }
+        // Room for the few elements of a message's arrays in one allocation; longer ones grow by doubling.
+        var elements: [CeleryValue] = []
+        elements.reserveCapacity(4)
         while true {
             skipWhitespace()
-            valueScratch.append(try parseValue())
-            if try endOfMember(closing: UInt8(ascii: "]")) { return .array(Array(valueScratch[base...])) }
+            elements.append(try parseValue())
+            if try endOfMember(closing: UInt8(ascii: "]")) { return .array(elements) }
         }
     }
 
@@ -364,23 +338,18 @@ struct JSONParser {
             index += 1
             return .object([:])
         }
-        reserveScratch()
-        let keyBase = keyScratch.count
-        let valueBase = valueScratch.count
-        defer {
-            Self.trim(&keyScratch, to: keyBase)
-            Self.trim(&valueScratch, to: valueBase)
-        }
+        var keys: [String] = []
+        var values: [CeleryValue] = []
+        keys.reserveCapacity(4)
+        values.reserveCapacity(4)
         while true {
             let key = try parseKey()
             let bit: UInt64 = 1 << (Self.fingerprint(key) % 64)
-            if !repeated, seen & bit != 0 { repeated = keyScratch[keyBase...].contains(key) }
+            if !repeated, seen & bit != 0 { repeated = keys.contains(key) }
             seen |= bit
-            keyScratch.append(key)
-            valueScratch.append(try parseValue())
+            keys.append(key)
+            values.append(try parseValue())
             if try endOfMember(closing: UInt8(ascii: "}")) {
-                let keys = Array(keyScratch[keyBase...])
-                let values = Array(valueScratch[valueBase...])
                 return try Self.untag(Self.dictionary(keys: keys, values: values, repeated: repeated))
             }
         }
