@@ -20,7 +20,7 @@ from drain import CLOCK_TICKS, WORKER, RedisProcess, make_messages, tree_stats
 
 
 def thread_stats(pid):
-    """CPU seconds and context switches per thread name."""
+    """CPU seconds (user, system) and context switches per thread name."""
     totals = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -31,11 +31,11 @@ def thread_stats(pid):
             continue
         voluntary = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
         involuntary = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        entry = totals.setdefault(name, [0.0, 0, 0])
-        entry[0] += cpu
-        entry[1] += voluntary
-        entry[2] += involuntary
+        entry = totals.setdefault(name, [0.0, 0.0, 0, 0])
+        entry[0] += int(fields[11]) / CLOCK_TICKS
+        entry[1] += int(fields[12]) / CLOCK_TICKS
+        entry[2] += voluntary
+        entry[3] += involuntary
     return totals
 
 
@@ -77,13 +77,14 @@ def run(count, worker):
             after, _ = tree_stats(proc.pid)
             threads_after = thread_stats(proc.pid)
             print(f"{count / elapsed:8.0f} tasks/s  {(after - before) / count * 1e6:5.0f} us CPU/task")
-            for name, (cpu, voluntary, involuntary) in sorted(threads_after.items()):
-                base = threads_before.get(name, [0.0, 0, 0])
-                cpu_us = (cpu - base[0]) / count * 1e6
-                if cpu_us < 0.5:
+            for name, (user, system, voluntary, involuntary) in sorted(threads_after.items()):
+                base = threads_before.get(name, [0.0, 0.0, 0, 0])
+                user_us, system_us = (user - base[0]) / count * 1e6, (system - base[1]) / count * 1e6
+                if user_us + system_us < 0.5:
                     continue
-                print(f"    {name:16} {cpu_us:5.0f} us/task  voluntary switches {(voluntary - base[1]) / count:.2f}/task"
-                      f"  involuntary {(involuntary - base[2]) / count:.2f}/task")
+                print(f"    {name:16} {user_us + system_us:5.0f} us/task ({user_us:.0f} user, {system_us:.0f} system)"
+                      f"  voluntary switches {(voluntary - base[2]) / count:.2f}/task"
+                      f"  involuntary {(involuntary - base[3]) / count:.2f}/task")
             mappings = rss_by_mapping(proc.pid)
             print(f"    RSS {sum(kb for _, kb in mappings) / 1024:.1f} MB: "
                   + ", ".join(f"{Path(name).name} {kb / 1024:.1f}" for name, kb in mappings[:6]))
