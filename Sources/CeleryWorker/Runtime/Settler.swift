@@ -12,12 +12,24 @@ import Synchronization
 /// it. At idle, a task's early acknowledgement waits up to ``linger`` for its result, so both share one write. Writes are retried while Redis is unreachable, as the direct ones are; ``finish()`` drains everything at
 /// shutdown before the worker exits.
 final class Settler: Sendable {
-    struct Entry: Sendable {
-        var document: CeleryResultDocument?
-        var ack: BrokerDelivery?
+    /// One task's writes. A class: the batch goes through several passes and hand-offs, and copying a reference
+    /// costs one count where copying the document and the delivery cost one per string and array they hold.
+    final class Entry: Sendable {
+        let document: CeleryResultDocument?
+        let ack: BrokerDelivery?
         /// An acknowledgement made when the task started (acks_late off): written before the batch's results.
-        var early = false
-        var done: @Sendable () -> Void
+        let early: Bool
+        let done: @Sendable () -> Void
+
+        init(
+            document: CeleryResultDocument?, ack: BrokerDelivery?, early: Bool = false,
+            done: @escaping @Sendable () -> Void
+        ) {
+            self.document = document
+            self.ack = ack
+            self.early = early
+            self.done = done
+        }
     }
 
     /// A batch in the order it is written: early acknowledgements, then results, then the others. Python acknowledges
