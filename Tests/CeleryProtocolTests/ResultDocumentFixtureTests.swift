@@ -80,4 +80,26 @@ struct ResultDocumentFixtureTests {
         #expect(custom.tracebackLine == "celery.exceptions.NotRegistered: tasks.nope")
         #expect(CeleryExceptionInfo(type: "E", arguments: [1, 2], module: "m").repr == "E(1, 2)")
     }
+
+    @Test("a copy of a document changes apart from the original")
+    func copiesChangeApart() {
+        let original = CeleryResultDocument(
+            taskID: "t", status: .success, result: 1, dateDone: "2026-11-25T00:20:32.092184+00:00", parentID: "p")
+        var copy = original
+        copy.taskID = "u"
+        copy.result = 2
+        copy.status = .failure
+        copy.extended["name"] = "n"
+        #expect(original.taskID == "t")
+        #expect(original.result == 1)
+        #expect(original.status == .success)
+        #expect(original.extended.isEmpty)
+        #expect(original.parentID == "p")
+        #expect(copy.taskID == "u")
+        #expect(copy.result == 2)
+        #expect(copy.status == .failure)
+        #expect(copy.extended["name"] == "n")
+        #expect(copy.dateDone == original.dateDone)
+        #expect(copy.parentID == "p")
+    }
 }

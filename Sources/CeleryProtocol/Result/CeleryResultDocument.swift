@@ -5,36 +5,85 @@ import OrderedCollections
 /// Fields are written in Python's order: `status, result, traceback, children, date_done, [group_id],
 /// [parent_id], [extended fields], task_id`.
 public struct CeleryResultDocument: Sendable {
-    public var status: TaskState
+    /// The fields, in one immutable object that copies share: a document is handed from the task to the settler
+    /// and written from a batch, and a copy costs one reference count instead of one per string it holds. A change
+    /// makes a new object.
+    private var storage: Storage
+
+    private struct Fields: Sendable {
+        var status: TaskState
+        var result: CeleryValue
+        var traceback: String?
+        var children: CeleryValue
+        var dateDone: String?
+        var groupID: String?
+        var parentID: String?
+        var extended: OrderedDictionary<String, CeleryValue>
+        var taskID: String
+    }
+
+    private final class Storage: Sendable {
+        let fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var fields: Fields {
+        get { storage.fields }
+        set { storage = Storage(newValue) }
+    }
+
+    public var status: TaskState {
+        get { storage.fields.status }
+        set { fields.status = newValue }
+    }
     /// The return value, the custom-state meta, or an encoded exception.
-    public var result: CeleryValue
+    public var result: CeleryValue {
+        get { storage.fields.result }
+        set { fields.result = newValue }
+    }
     /// A Python-formatted traceback for exceptions raised in the task; `nil` otherwise.
-    public var traceback: String?
+    public var traceback: String? {
+        get { storage.fields.traceback }
+        set { fields.traceback = newValue }
+    }
     /// Results of tasks this task published, each `[["<id>", null], null]`; `null` only in documents written by
     /// the `revoke` command.
-    public var children: CeleryValue
+    public var children: CeleryValue {
+        get { storage.fields.children }
+        set { fields.children = newValue }
+    }
     /// `isoformat()` of the completion time, for ready states only.
-    public var dateDone: String?
-    public var groupID: String?
-    public var parentID: String?
+    public var dateDone: String? {
+        get { storage.fields.dateDone }
+        set { fields.dateDone = newValue }
+    }
+    public var groupID: String? {
+        get { storage.fields.groupID }
+        set { fields.groupID = newValue }
+    }
+    public var parentID: String? {
+        get { storage.fields.parentID }
+        set { fields.parentID = newValue }
+    }
     /// `result_extended` fields (`name`, `args`, `kwargs`, `worker`, `retries`, `queue`), in order.
-    public var extended: OrderedDictionary<String, CeleryValue>
-    public var taskID: String
+    public var extended: OrderedDictionary<String, CeleryValue> {
+        get { storage.fields.extended }
+        set { fields.extended = newValue }
+    }
+    public var taskID: String {
+        get { storage.fields.taskID }
+        set { fields.taskID = newValue }
+    }
 
     public init(
         taskID: String, status: TaskState, result: CeleryValue, traceback: String? = nil,
         children: CeleryValue = [], dateDone: String? = nil, groupID: String? = nil, parentID: String? = nil,
         extended: OrderedDictionary<String, CeleryValue> = [:]
     ) {
-        self.taskID = taskID
-        self.status = status
-        self.result = result
-        self.traceback = traceback
-        self.children = children
-        self.dateDone = dateDone
-        self.groupID = groupID
-        self.parentID = parentID
-        self.extended = extended
+        storage = Storage(
+            Fields(
+                status: status, result: result, traceback: traceback, children: children, dateDone: dateDone,
+                groupID: groupID, parentID: parentID, extended: extended, taskID: taskID))
     }
 
     /// The document as an ordered dictionary.
