@@ -383,6 +383,8 @@ struct CodecTests {
         #expect(message.embed.errbacks == embed["errbacks"] ?? .null)
         #expect(message.embed.chain == embed["chain"] ?? .null)
         #expect(message.embed.chord == embed["chord"] ?? .null)
+        #expect(message.hasCallbacksOrChain == !(message.embed.callbacks.isNull && message.embed.chain.isNull))
+        #expect(message.isChordPart == !message.embed.chord.isNull)
         #expect((CeleryJSON.taskBody(Array(body.utf8)) != nil) == fastPathReadsIt)
     }
 

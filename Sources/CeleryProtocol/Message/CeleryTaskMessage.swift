@@ -53,6 +53,13 @@ public struct CeleryTaskMessage: Sendable {
         get { storage.fields.kwargs }
         set { fields.kwargs = newValue }
     }
+    /// Whether the embed names callbacks or a next chain step, what a success sends on; read in place, without
+    /// copying the embed (the worker asks for every task).
+    public var hasCallbacksOrChain: Bool {
+        !storage.fields.embed.callbacks.isNull || !storage.fields.embed.chain.isNull
+    }
+    /// Whether the message is part of a chord's header (the embed names the chord body); read in place.
+    public var isChordPart: Bool { !storage.fields.embed.chord.isNull }
     /// Callbacks, errbacks, chain and chord from the body's third element.
     public var embed: Embed {
         get { storage.fields.embed }

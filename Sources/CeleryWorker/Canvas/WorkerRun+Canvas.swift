@@ -42,8 +42,7 @@ extension WorkerRun {
     /// Inlined: a task without callbacks or a chain costs no async call.
     @inline(__always)
     func sendFollowUps(_ job: PreparedJob, result: CeleryValue) async -> CeleryValue {
-        let message = job.message
-        guard !message.embed.callbacks.isNull || !message.embed.chain.isNull else { return [] }
+        guard job.message.hasCallbacksOrChain else { return [] }
         return await sendCallbacksAndChain(job, result: result)
     }
 
@@ -112,7 +111,7 @@ extension WorkerRun {
     /// the body. Inlined: a task outside a chord costs no async call.
     @inline(__always)
     func chordPartReturn(_ job: PreparedJob, state: TaskState, result: CeleryValue) async {
-        guard !job.message.embed.chord.isNull else { return }
+        guard job.message.isChordPart else { return }
         await returnChordPart(job, state: state, result: result)
     }
 

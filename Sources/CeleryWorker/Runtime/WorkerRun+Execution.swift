@@ -389,7 +389,7 @@ extension WorkerRun {
             if storesResults {
                 var stored = document(message, queue: queue, status: .success, result: value, ready: true)
                 stored.children = children
-                if message.embed.chord == .null {
+                if !message.isChordPart {
                     settler.submit(document: stored)
                 } else {
                     await settler.store(stored)  // the chord join comes after the part's own result
