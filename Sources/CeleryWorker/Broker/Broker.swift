@@ -15,6 +15,8 @@ public struct BrokerDelivery: Sendable {
     /// Set while the write that records the message in `unacked` is sent but not yet confirmed: acknowledging or
     /// restoring it waits for that write, so the two never land out of order.
     var pendingRecord: PendingRecord?
+    /// The key the worker holds it under while unacknowledged (see `HeldDeliveries`); 0 when not held.
+    var heldKey = 0
 
     public init(raw: [UInt8], queue: String, receivedAt: Double, deliveryTag: String?) {
         self.raw = raw

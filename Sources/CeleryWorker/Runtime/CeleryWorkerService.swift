@@ -313,7 +313,7 @@ final class WorkerRun: Sendable {
                 permits += 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1 - permits)
             }
             do {
-                let deliveries = try await service.broker.fetch(queues: queues, limit: permits)
+                var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
                 busy = deliveries.count == permits
                 if failures > 0 {
                     logger.info("Connected to \(configuration.brokerURL)")
@@ -321,9 +321,7 @@ final class WorkerRun: Sendable {
                 }
                 if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
                 if deliveries.isEmpty { continue }
-                held.withLock { held in
-                    for delivery in deliveries { held.add(delivery) }
-                }
+                held.withLock { $0.add(&deliveries) }
                 // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
                 fetched.yield(deliveries)
             } catch {
@@ -591,37 +589,41 @@ final class WorkerRun: Sendable {
     }
 }
 
-/// The deliveries a worker holds unacknowledged, in the order received.
+/// The deliveries a worker holds unacknowledged, in the order received. Kept by a key of their own (an integer,
+/// given as they are added), not by delivery tag: no tag is hashed three times per task, and two deliveries of one
+/// tag are two entries.
 struct HeldDeliveries: Sendable {
     private struct Entry: Sendable {
         let delivery: BrokerDelivery
-        let order: Int
         var started = false
     }
 
-    private var entries: [String: Entry] = [:]
+    private var entries: [Int: Entry] = [:]
     private var counter = 0
 
-    mutating func add(_ delivery: BrokerDelivery) {
-        guard let tag = delivery.deliveryTag else { return }
-        counter += 1
-        entries[tag] = Entry(delivery: delivery, order: counter)
+    /// Holds the deliveries that carry a tag (the others were never recorded), giving each its key.
+    mutating func add(_ deliveries: inout [BrokerDelivery]) {
+        for index in deliveries.indices where deliveries[index].deliveryTag != nil {
+            counter += 1
+            deliveries[index].heldKey = counter
+            entries[counter] = Entry(delivery: deliveries[index])
+        }
     }
 
     mutating func markStarted(_ delivery: BrokerDelivery) {
-        guard let tag = delivery.deliveryTag else { return }
-        entries[tag]?.started = true
+        guard delivery.heldKey != 0 else { return }
+        entries[delivery.heldKey]?.started = true
     }
 
     mutating func remove(_ delivery: BrokerDelivery) {
-        guard let tag = delivery.deliveryTag else { return }
-        entries[tag] = nil
+        guard delivery.heldKey != 0 else { return }
+        entries[delivery.heldKey] = nil
     }
 
     var all: [BrokerDelivery] { entries.values.map(\.delivery) }
 
     /// Held deliveries whose task never started, oldest first (the order kombu restores them in).
     var unstarted: [BrokerDelivery] {
-        entries.values.filter { !$0.started }.sorted { $0.order < $1.order }.map(\.delivery)
+        entries.filter { !$0.value.started }.sorted { $0.key < $1.key }.map(\.value.delivery)
     }
 }
