@@ -230,7 +230,17 @@ extension RedisBrokerTests {
         let first = try await broker.fetch(queues: ["celery"], limit: 7)
         #expect(first.map { String(decoding: $0.raw, as: UTF8.self) } == ["m0", "m2", "m4", "m6", "m8", "m1", "m3"])
         #expect(first.allSatisfy { $0.deliveryTag == nil })  // not kombu messages: nothing to record
+        #expect(first.allSatisfy { $0.queue == "celery" })
         #expect(try await broker.fetch(queues: ["celery"], limit: 7).count == 3)
+
+        // Each message names the queue whose list it came from, whatever its priority.
+        for (queue, priority, name) in [("a", 6, "a6"), ("b", 0, "b0"), ("b", 9, "b9"), ("a", 0, "a0")] {
+            try await client.send(
+                RedisCommand("LPUSH", RedisArgument(RedisBroker.list(for: queue, priority: priority)), RedisArgument(name)))
+        }
+        let mixed = try await broker.fetch(queues: ["a", "b"], limit: 4)
+        #expect(mixed.map { String(decoding: $0.raw, as: UTF8.self) } == ["a0", "b0", "a6", "b9"])
+        #expect(mixed.map(\.queue) == ["a", "b", "a", "b"])
     }
 
     @Test("the visibility sweep restores old entries only, under the shared lock; keepAlive protects live ones")

@@ -190,16 +190,20 @@ public final class RedisBroker: Broker {
         var popped: [Popped] = []
         popped.reserveCapacity(items.count / 3)
         for index in stride(from: 0, to: items.count - 2, by: 3) {
-            guard let list = items[index].text, let raw = items[index + 1].bytes else { continue }
-            popped.append((list, raw, items[index + 2].text, receivedAt, nil))
+            // The list by its position among `lists` (a number in the reply, not the name: no string to read).
+            guard let position = items[index].integer, lists.indices.contains(Int(position) - 1),
+                let raw = items[index + 1].bytes
+            else { continue }
+            popped.append((lists[Int(position) - 1], raw, items[index + 2].text, receivedAt, nil))
         }
         return popped
     }
 
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from
     /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
-    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, tag, …]`, the
-    /// tag `false` (a nil reply) for a message recorded under none.
+    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, tag, …]`, each
+    /// list as its position among `KEYS[3…]` (1 for the first), the tag `false` (a nil reply) for a message recorded
+    /// under none.
     static let popAndRecordScript = RedisScript(
         #"""
         -- Python's json.dumps of a string (ensure_ascii): the escapes it uses, everything else past ASCII as \uXXXX.
@@ -262,7 +266,7 @@ public final class RedisBroker: Broker {
                         redis.call('ZADD', KEYS[2], ARGV[2], tag)
                         redis.call('HSET', KEYS[1], tag, '[' .. message .. ', ' .. exchange .. ', ' .. routing_key .. ']')
                     end
-                    table.insert(out, KEYS[i])
+                    table.insert(out, i - 2)
                     table.insert(out, message)
                     table.insert(out, tag or false)
                     break

@@ -81,10 +81,7 @@ struct PoolChild {
         let request = TaskRequest(
             message: message, deliveryInfo: envelope.deliveryInfo,
             hostname: frame["hostname"]?.stringValue ?? configuration.nodeName)
-        let context = TaskContext(request: request, workerLogger: logger, client: client) { state, meta in
-            // Runs on the task thread, like the body that calls it.
-            _ = PoolFrames.write(["state": .string(state.rawValue), "meta": meta], to: PoolFrames.outcomeDescriptor)
-        }
+        let context = TaskContext(request: request, workerLogger: logger, client: client, stateReporter: ParentStates())
         let body = Task(executorPreference: executor) { try await task.handler(context) }
         let cancelNow = shared.current.withLock { current -> Bool in
             current.task = body
@@ -92,5 +89,13 @@ struct PoolChild {
         }
         if cancelNow { body.cancel() }
         return PoolOutcome.frame(for: await body.result, task: task, retries: message.retries)
+    }
+}
+
+/// Hands a state the task reports to the parent, which stores it. Runs on the task thread, like the body that
+/// calls it.
+private struct ParentStates: TaskStateReporter {
+    func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
+        _ = PoolFrames.write(["state": .string(state.rawValue), "meta": meta], to: PoolFrames.outcomeDescriptor)
     }
 }

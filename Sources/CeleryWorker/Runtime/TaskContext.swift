@@ -19,11 +19,13 @@ public struct TaskContext: Sendable {
     /// A client on the worker's broker and result backend, for tasks that start other tasks; `nil` when the
     /// worker runs without Redis (tests on an in-memory broker).
     public let client: CeleryClient?
-    let stateReporter: @Sendable (TaskState, CeleryValue) async throws -> Void
+    /// Where ``updateState(_:meta:)`` stores its states. An object the worker keeps (not a closure made for each
+    /// task, which would be allocated for each).
+    let stateReporter: any TaskStateReporter
 
     init(
         request: TaskRequest, workerLogger logger: Logger, client: CeleryClient? = nil,
-        stateReporter: @escaping @Sendable (TaskState, CeleryValue) async throws -> Void
+        stateReporter: any TaskStateReporter
     ) {
         self.request = request
         self.workerLogger = logger
@@ -83,6 +85,16 @@ public struct TaskContext: Sendable {
     /// Stores a custom state with its meta while the task runs, as Python's `self.update_state(state=…, meta=…)`
     /// (for example `PROGRESS` with `{"current": 1, "total": 5}`). A stored `SUCCESS` is never overwritten.
     public func updateState(_ state: TaskState, meta: CeleryValue = .null) async throws {
-        try await stateReporter(state, meta)
+        try await stateReporter.report(state, meta: meta, for: request)
     }
+}
+
+/// Stores the states a running task reports (``TaskContext/updateState(_:meta:)``).
+protocol TaskStateReporter: Sendable {
+    func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws
+}
+
+/// For a task whose results are not stored: its states are not either.
+struct IgnoredStates: TaskStateReporter {
+    func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {}
 }

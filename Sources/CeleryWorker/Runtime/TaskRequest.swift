@@ -151,6 +151,9 @@ public struct TaskRequest: Sendable {
         }
     }
 
+    /// The message the request came in.
+    var message: CeleryTaskMessage { storage.message }
+
     init(message: CeleryTaskMessage, deliveryInfo: DeliveryInfo, hostname: String) {
         storage = Storage(message: message, deliveryInfo: deliveryInfo, hostname: hostname, changed: nil)
     }

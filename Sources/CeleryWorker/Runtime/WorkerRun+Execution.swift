@@ -307,10 +307,9 @@ extension WorkerRun {
         let request = TaskRequest(
             message: message, deliveryInfo: job.deliveryInfo,
             hostname: configuration.nodeName)
-        let context = TaskContext(request: request, workerLogger: logger, client: service.client) { [self] state, meta in
-            guard storesResults else { return }
-            await self.store(self.document(message, queue: queue, status: state, result: meta, ready: false))
-        }
+        let context = TaskContext(
+            request: request, workerLogger: logger, client: service.client,
+            stateReporter: storesResults ? self : IgnoredStates())
         let started = ContinuousClock.now
         let softLimit =
             message.timeLimit.soft ?? limits.withLock { $0.timeLimits(for: message.name)?.soft }
@@ -630,5 +629,12 @@ extension Result where Success == KombuEnvelope, Failure == CeleryProtocolError 
         case .success(let envelope): envelope.deliveryInfo
         case .failure: DeliveryInfo(exchange: "", routingKey: "", priority: 0, redelivered: false)
         }
+    }
+}
+
+extension WorkerRun: TaskStateReporter {
+    /// A state a running task reports: stored as its own document (not ready, so no `date_done`).
+    func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
+        await store(document(request.message, queue: request.deliveryInfo.routingKey, status: state, result: meta, ready: false))
     }
 }
