@@ -15,12 +15,13 @@ struct RunningTask: Sendable {
 struct RunningTasks: Sendable {
     private var tasks: [ObjectIdentifier: RunningTask] = [:]
 
+    // `updateValue` and `removeValue`, not the subscript: its modify accessor allocates a frame per call.
     mutating func add(_ task: RunningTask) {
-        tasks[ObjectIdentifier(task.job)] = task
+        tasks.updateValue(task, forKey: ObjectIdentifier(task.job))
     }
 
     mutating func remove(_ job: PreparedJob) {
-        tasks[ObjectIdentifier(job)] = nil
+        tasks.removeValue(forKey: ObjectIdentifier(job))
     }
 
     var all: [RunningTask] { Array(tasks.values) }

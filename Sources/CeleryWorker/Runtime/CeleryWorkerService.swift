@@ -610,14 +610,16 @@ struct HeldDeliveries: Sendable {
         }
     }
 
+    // A lookup and `updateValue`, and `removeValue`, rather than the subscript: its modify accessor allocates a
+    // frame per call.
     mutating func markStarted(_ delivery: BrokerDelivery) {
-        guard delivery.heldKey != 0 else { return }
-        entries[delivery.heldKey]?.started = true
+        guard delivery.heldKey != 0, let entry = entries[delivery.heldKey], !entry.started else { return }
+        entries.updateValue(Entry(delivery: entry.delivery, started: true), forKey: delivery.heldKey)
     }
 
     mutating func remove(_ delivery: BrokerDelivery) {
         guard delivery.heldKey != 0 else { return }
-        entries[delivery.heldKey] = nil
+        entries.removeValue(forKey: delivery.heldKey)
     }
 
     var all: [BrokerDelivery] { entries.values.map(\.delivery) }

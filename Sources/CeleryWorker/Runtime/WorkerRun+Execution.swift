@@ -278,7 +278,9 @@ extension WorkerRun {
         counters.withLock {
             $0.active += 1
             $0.processed += 1
-            $0.totals[message.name, default: 0] += 1
+            // A plain read and `updateValue`: `totals[name, default: 0] += 1` runs through three nested modify
+            // accessors, each allocating its frame.
+            $0.totals.updateValue(($0.totals[message.name] ?? 0) + 1, forKey: message.name)
         }
         let timeStart = WallClock.now()
         running.withLock { $0.add(RunningTask(job: job, timeStart: timeStart, stop: stop)) }
@@ -386,8 +388,7 @@ extension WorkerRun {
         case .success(let value):
             let children = await sendFollowUps(job, result: value)
             if storesResults {
-                var stored = document(message, queue: queue, status: .success, result: value, ready: true)
-                stored.children = children
+                let stored = document(message, queue: queue, status: .success, result: value, ready: true, children: children)
                 if !message.isChordPart {
                     settler.submit(document: stored)
                 } else {
@@ -557,7 +558,8 @@ extension WorkerRun {
     // MARK: Results
 
     func document(
-        _ message: CeleryTaskMessage, queue: String, status: TaskState, result: CeleryValue, ready: Bool
+        _ message: CeleryTaskMessage, queue: String, status: TaskState, result: CeleryValue, ready: Bool,
+        children: CeleryValue = []
     ) -> CeleryResultDocument {
         var extended = CeleryObject()
         if configuration.resultExtended {
@@ -569,7 +571,7 @@ extension WorkerRun {
             extended["queue"] = .string(queue)
         }
         return CeleryResultDocument(
-            taskID: message.id, status: status, result: result, traceback: nil, children: [],
+            taskID: message.id, status: status, result: result, traceback: nil, children: children,
             dateDone: ready ? dateDoneNow() : nil,
             groupID: message.groupID, parentID: message.parentID, extended: extended)
     }
