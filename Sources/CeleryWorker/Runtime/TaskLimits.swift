@@ -56,13 +56,16 @@ struct TaskLimits: Sendable {
         timeLimits[task] = (soft, hard)
     }
 
+    // Asked for every task: no name is hashed while remote control has set nothing (the usual case).
     func rate(for task: RegisteredTask) -> Double? {
-        if let override = rates[task.name] { return override }
+        if !rates.isEmpty, let override = rates[task.name] { return override }
         return task.options.rateLimit.flatMap { try? RateLimit.perSecond($0) }
     }
 
     /// The (soft, hard) limits set by remote control, if any.
-    func timeLimits(for task: String) -> (soft: Double?, hard: Double?)? { timeLimits[task] }
+    func timeLimits(for task: String) -> (soft: Double?, hard: Double?)? {
+        timeLimits.isEmpty ? nil : timeLimits[task]
+    }
 
     /// Celery's token bucket with capacity 1: the first task runs at once, the next ones `1 / rate` apart. Returns
     /// when this one may start (`nil` when the task is not rate limited) and books that slot.

@@ -313,12 +313,12 @@ extension WorkerRun {
             request: request, workerLogger: logger, client: service.client,
             stateReporter: storesResults ? self : IgnoredStates())
         let started = ContinuousClock.now
-        let softLimit =
-            message.timeLimit.soft ?? limits.withLock { $0.timeLimits(for: message.name)?.soft }
-            ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
-        let hardLimit =
-            message.timeLimit.hard ?? limits.withLock { $0.timeLimits(for: message.name)?.hard }
-            ?? job.task.options.timeLimit ?? configuration.timeLimit
+        // The message's own limits, then remote control's, the task's, the worker's (the message's read once, the
+        // overrides looked up only when the message leaves one open).
+        let sent = message.timeLimit
+        let overrides = sent.soft == nil || sent.hard == nil ? limits.withLock { $0.timeLimits(for: message.name) } : nil
+        let softLimit = sent.soft ?? overrides?.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
+        let hardLimit = sent.hard ?? overrides?.hard ?? job.task.options.timeLimit ?? configuration.timeLimit
         var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, stop: stop)
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
