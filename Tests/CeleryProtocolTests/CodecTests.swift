@@ -67,6 +67,21 @@ struct CodecTests {
         }
     }
 
+    @Test("a string is written as it is exactly when every byte is printable ASCII other than a quote or backslash")
+    func plainStrings() {
+        for length in [1, 7, 8, 9, 16, 17] {
+            for position in 0..<length {
+                for value in 0...255 {
+                    var bytes = Array(repeating: UInt8(ascii: "a"), count: length)
+                    bytes[position] = UInt8(value)
+                    let plain = value >= 0x20 && value < 0x7F && value != 0x22 && value != 0x5C
+                    #expect(bytes.withUnsafeBufferPointer { CeleryJSON.isPlain($0) } == plain, "\(value) at \(position) of \(length)")
+                }
+            }
+        }
+        #expect(CeleryJSON.encode("tab\there \"é\" \u{7F}") == Array(#""tab\there \"\u00e9\" \u007f""#.utf8))
+    }
+
     @Test("literals: alone, at the end of the text, and among other values")
     func literals() throws {
         #expect(try CeleryJSON.decode("null") == .null)

@@ -32,6 +32,8 @@ struct RedisProtocolTests {
         written.append(0)
         written.append(-12)
         written.append(1_234_567_890)
+        written.append(Int.min)
+        written.append(Int.max)
         written.append(1.5)
         written.append([0x0D, 0x0A, 0x00, 0xFF])
         written.append(long)
@@ -40,7 +42,8 @@ struct RedisProtocolTests {
         written.append { document.encode(as: .msgpack, into: &$0) }
         let arguments: [[UInt8]] = [
             Array("unacked".utf8), [], Array("pre_celery-task-meta-t-1".utf8), Array("0".utf8), Array("-12".utf8),
-            Array("1234567890".utf8), Array("1.5".utf8), [0x0D, 0x0A, 0x00, 0xFF], long, document.encoded(as: .json), [],
+            Array("1234567890".utf8), Array(String(Int.min).utf8), Array(String(Int.max).utf8), Array("1.5".utf8), [0x0D, 0x0A, 0x00, 0xFF], long,
+            document.encoded(as: .json), [],
             document.encoded(as: .msgpack),
         ]
         #expect(written.count == arguments.count)

@@ -28,7 +28,14 @@ struct RESPArguments: Sendable {
     }
 
     mutating func append(_ number: Int) {
-        append(String(number))
+        // The digits written in place, with their length line: no string made for them.
+        Self.withDigits(of: number) { digits in
+            Self.writeLine(UInt8(ascii: "$"), digits.count, into: &bytes)
+            bytes.append(contentsOf: UnsafeRawBufferPointer(digits))
+            bytes.append(0x0D)
+            bytes.append(0x0A)
+        }
+        count += 1
     }
 
     mutating func append(_ number: Double) {
@@ -74,20 +81,40 @@ struct RESPArguments: Sendable {
         text.withUTF8 { writeArgument(UnsafeRawBufferPointer($0), into: &bytes) }
     }
 
-    /// `<marker><number>\r\n`: a RESP line header (`*` for a command's argument count, `$` for a length).
+    /// `<marker><number>\r\n`: a RESP line header (`*` for a command's argument count, `$` for a length), a
+    /// non-negative number; appended in one go.
     static func writeLine(_ marker: UInt8, _ number: Int, into bytes: inout [UInt8]) {
-        bytes.append(marker)
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { line in
+            var start = line.count - 2
+            line[start] = 0x0D
+            line[start + 1] = 0x0A
             var rest = max(number, 0)
+            repeat {
+                start -= 1
+                line[start] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            start -= 1
+            line[start] = marker
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: line[start...]))
+        }
+    }
+
+    /// The decimal digits of `number` (with its sign), as Python and Redis write it.
+    static func withDigits<Result>(of number: Int, _ body: (UnsafeBufferPointer<UInt8>) -> Result) -> Result {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { digits in
+            var rest = number.magnitude
             var start = digits.count
             repeat {
                 start -= 1
                 digits[start] = UInt8(ascii: "0") + UInt8(rest % 10)
                 rest /= 10
             } while rest > 0
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
+            if number < 0 {
+                start -= 1
+                digits[start] = UInt8(ascii: "-")
+            }
+            return body(UnsafeBufferPointer(rebasing: digits[start...]))
         }
-        bytes.append(0x0D)
-        bytes.append(0x0A)
     }
 }
