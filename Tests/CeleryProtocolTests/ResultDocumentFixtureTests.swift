@@ -66,6 +66,9 @@ struct ResultDocumentFixtureTests {
         #expect(
             CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.5, offsetSeconds: -10_800) == "2026-11-24T21:20:32.500000-03:00")
         #expect(CeleryTimestamp.isoformat(unixSeconds: -86_400.5) == "1969-12-30T23:59:59.500000+00:00")
+        #expect(CeleryTimestamp.isoformat(unixSeconds: -30_610_224_001) == "0999-12-31T23:59:59+00:00")
+        #expect(CeleryTimestamp.isoformat(unixSeconds: 253_402_300_799.25) == "9999-12-31T23:59:59.250000+00:00")
+        #expect(CeleryTimestamp.isoformat(unixSeconds: 1_795_566_032.010203) == "2026-11-25T00:20:32.010203+00:00")
         #expect(CeleryTimestamp.parse("2026-11-25T00:20:32.092184+00:00") == 1_795_566_032.092184)
         #expect(CeleryTimestamp.parse("2026-11-25T01:20:34+01:00") == CeleryTimestamp.parse("2026-11-25T00:20:34Z"))
         #expect(CeleryTimestamp.parse("not a date") == nil)

@@ -56,7 +56,7 @@ enum Base64 {
                 while read + 4 <= count {
                     let a = table[Int(input[read])], b = table[Int(input[read + 1])]
                     let c = table[Int(input[read + 2])], d = table[Int(input[read + 3])]
-                    if a > 63 || b > 63 || c > 63 || d > 63 {
+                    if a | b | c | d > 63 {
                         valid = false
                         break
                     }

@@ -3,7 +3,19 @@ public enum CeleryTimestamp {
     /// Formats Unix seconds as Python's `datetime.isoformat()` of an aware UTC datetime:
     /// `2026-11-25T00:20:32.092184+00:00`, without a fraction when the microseconds are 0.
     public static func isoformat(unixSeconds: Double, offsetSeconds: Int = 0) -> String {
-        var totalMicros = Int64(((unixSeconds + Double(offsetSeconds)) * 1_000_000).rounded())
+        // As Python's `datetime.fromtimestamp`: whole seconds and the fraction apart, the microseconds rounded half
+        // to even (exact for any year a datetime holds, where seconds times a million would not fit a double).
+        let whole = unixSeconds.rounded(.towardZero)
+        var seconds = Int64(whole) + Int64(offsetSeconds)
+        var fraction = Int64(((unixSeconds - whole) * 1_000_000).rounded(.toNearestOrEven))
+        if fraction >= 1_000_000 {
+            seconds += 1
+            fraction -= 1_000_000
+        } else if fraction < 0 {
+            seconds -= 1
+            fraction += 1_000_000
+        }
+        var totalMicros = seconds * 1_000_000 + fraction
         let days = totalMicros >= 0 ? totalMicros / 86_400_000_000 : (totalMicros - 86_399_999_999) / 86_400_000_000
         totalMicros -= days * 86_400_000_000
         let micros = Int(totalMicros % 1_000_000)
@@ -21,9 +33,12 @@ public enum CeleryTimestamp {
                 append(UInt8(ascii: "0") + UInt8(value / 10))
                 append(UInt8(ascii: "0") + UInt8(value % 10))
             }
-            let digits = String(year).utf8
-            if year >= 0, digits.count < 4 { for _ in digits.count..<4 { append(UInt8(ascii: "0")) } }
-            for byte in digits { append(byte) }
+            if (0...9999).contains(year) {
+                appendTwoDigits(year / 100)
+                appendTwoDigits(year % 100)
+            } else {
+                for byte in String(year).utf8 { append(byte) }
+            }
             append(UInt8(ascii: "-"))
             appendTwoDigits(month)
             append(UInt8(ascii: "-"))
@@ -36,11 +51,9 @@ public enum CeleryTimestamp {
             appendTwoDigits(secondsOfDay % 60)
             if micros != 0 {
                 append(UInt8(ascii: "."))
-                var divisor = 100_000
-                while divisor > 0 {
-                    append(UInt8(ascii: "0") + UInt8(micros / divisor % 10))
-                    divisor /= 10
-                }
+                appendTwoDigits(micros / 10_000)
+                appendTwoDigits(micros / 100 % 100)
+                appendTwoDigits(micros % 100)
             }
             append(offsetSeconds < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"))
             let offset = abs(offsetSeconds)
