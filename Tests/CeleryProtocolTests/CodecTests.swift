@@ -235,6 +235,12 @@ struct CodecTests {
             // expected, two out of order, one with two spaces, a compact one and repeated keys after the last
             #"{"body": "[[], {}, null]", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "t", "idx": "not-id", "id": "i", "eta": null, "shadow": "s", "expires": null, "group":"g", "group_index": 1, "retries": 2, "timelimx": 1, "timelimit": [null, 4], "root_id": "r", "parent_id": null, "argsrepr": "()", "kwargsrepr": "{}", "origin": "o", "ignore_result": false, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}, "task": "t2", "id":  "i2"}, "properties": {"delivery_tag": "first", "correlation_id": "c", "reply_to": "r", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "utf-8", "delivery_tag": "last"}}"#,
             #"{"headers": {"lang": "py", "task": "t", "id": "i"}, "properties": {"delivery_tag": "d"}, "body": "[[], {}, null]", "body": "[[1], {}, null]"}"#,
+            // delivery_info in every shape: members repeated, escaped, of other types, unknown; tagged; not an object
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t", "redelivered": true}, "properties": {"delivery_info": {"x": [1, {"y": "\u00e9"}], "exchange": "a", "routing\u005fkey": "rk", "exchange": 5, "redelivered": false}}}"#,
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t"}, "properties": {"delivery_info": {"routing_key": "only"}}}"#,
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t"}, "properties": {"delivery_info": {"exchange": "e", "routing_key": "r"}}}"#,
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t"}, "properties": {"delivery_info": {"__type__": "bytes", "__value__": "eA=="}}}"#,
+            #"{"body": "[[], {}, null]", "headers": {"id": "i", "task": "t", "redelivered": true}, "properties": {"delivery_info": [1, 2], "priority": 4}}"#,
         ])
     func lazyHeadersAndProperties(text: String) throws {
         let envelope = try KombuEnvelope(decoding: Array(text.utf8))
@@ -290,6 +296,10 @@ struct CodecTests {
             #"{"body": "", "properties": {"reply_to": tru, "delivery_tag": "t"}}"#,
             #"{"body": "", "headers": {"__type__": "base64", "__value__": "!!"}}"#,
             #"{"body": "", "headers": {"__type__": "bytes", "__value__": "x"}}"#,
+            #"{"body": "", "properties": {"delivery_info": {"exchange": "", "x": "\uZZZZ", "routing_key": "q"}}}"#,
+            #"{"body": "", "properties": {"delivery_info": {"exchange": "a\#tb", "routing_key": "q", "y": 1}}}"#,
+            #"{"body": "", "properties": {"delivery_info": {"exchange": "", "routing_key": "q", "z": [1, }}}"#,
+            #"{"body": "", "properties": {"delivery_info": {"__type__": "base64", "__value__": "!!"}}}"#,
         ] {
             let error = #expect(throws: CeleryProtocolError.self, "\(text)") { try KombuEnvelope(decoding: Array(text.utf8)) }
             #expect(error?.code == .invalidEnvelope, "\(text)")

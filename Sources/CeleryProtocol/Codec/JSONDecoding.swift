@@ -721,7 +721,7 @@ extension JSONParser {
             var next = 0
             while true {
                 if let field = try nextKey(in: Fields.layout, expected: &next) {
-                    fields[field] = try parseValue()
+                    try fields.read(field, from: &self)
                 } else {
                     try checkValue()
                 }
@@ -737,6 +737,43 @@ extension JSONParser {
             return .other(try parser.parseValue())
         }
         return .object(MessageObject(text: source, range: start..<index, fields: fields))
+    }
+
+    /// `properties.delivery_info`, as ``parseValue()`` would parse it (failing where it fails) and ``DeliveryInfoFields``
+    /// would then read it, without building the object: its three members taken, the others checked. An object of
+    /// two other members (it may be one of kombu's tagged values) and any other value are parsed and read as they
+    /// are.
+    mutating func scanDeliveryInfo() throws(CeleryProtocolError) -> DeliveryInfoFields {
+        guard index < buffer.count, buffer[index] == UInt8(ascii: "{") else { return DeliveryInfoFields(try parseValue()) }
+        let start = index
+        try enter()
+        index += 1
+        skipWhitespace()
+        var fields = DeliveryInfoFields()
+        var members = 0
+        var known = 0
+        if index < buffer.count, buffer[index] == UInt8(ascii: "}") {
+            index += 1
+        } else {
+            var next = 0
+            while true {
+                if let field = try nextKey(in: DeliveryInfoFields.layout, expected: &next) {
+                    fields.set(field, try parseValue())
+                    known += 1
+                } else {
+                    try checkValue()
+                }
+                members += 1
+                if try endOfMember(closing: UInt8(ascii: "}")) { break }
+            }
+        }
+        depth -= 1
+        if members == 2, known == 0 {
+            var parser = JSONParser(buffer: buffer, at: start)
+            parser.depth = depth
+            return DeliveryInfoFields(try parser.parseValue())
+        }
+        return fields
     }
 
     /// Moves past one value, failing where ``parseValue()`` fails. Plain ASCII strings, literals and integers are

@@ -71,7 +71,7 @@ public struct KombuEnvelope: Sendable {
         }
         guard let properties, case .string(let tag) = properties.deliveryTag else { return nil }
         let info = properties.deliveryInfo
-        return (tag, info["exchange"]?.stringValue ?? "", info["routing_key"]?.stringValue ?? "")
+        return (tag, info.exchange ?? "", info.routingKey ?? "")
     }
 
     private init(
@@ -146,10 +146,10 @@ public struct KombuEnvelope: Sendable {
     /// Where the message was published: `properties.delivery_info`, with the priority and redelivery flag.
     public var deliveryInfo: DeliveryInfo {
         let info = propertyObject.fields.deliveryInfo
-        let redelivered = info["redelivered"]?.boolValue ?? headerObject.fields.redelivered.boolValue ?? false
+        let redelivered = info.redelivered ?? headerObject.fields.redelivered.boolValue ?? false
         return DeliveryInfo(
-            exchange: info["exchange"]?.stringValue ?? "",
-            routingKey: info["routing_key"]?.stringValue ?? "",
+            exchange: info.exchange ?? "",
+            routingKey: info.routingKey ?? "",
             priority: propertyObject.fields.priority.intValue ?? 0,
             redelivered: redelivered
         )

@@ -58,10 +58,17 @@ protocol MessageFields {
     init()
     /// The object's keys in the order Celery's producer writes them, with the fields they fill.
     static var layout: KeyLayout<Field> { get }
-    subscript(field: Field) -> CeleryValue { get set }
+    /// Keeps a member's value (a later member with the same key replaces it).
+    mutating func set(_ field: Field, _ value: CeleryValue)
+    /// Reads a member's value from the parser, which is at it, and keeps it: by default the value as parsed.
+    mutating func read(_ field: Field, from parser: inout JSONParser) throws(CeleryProtocolError)
 }
 
 extension MessageFields {
+    mutating func read(_ field: Field, from parser: inout JSONParser) throws(CeleryProtocolError) {
+        set(field, try parser.parseValue())
+    }
+
     init(_ object: CeleryObject) {
         self.init()
         for (key, value) in object { take(key, value) }
@@ -75,7 +82,7 @@ extension MessageFields {
     /// Keeps `value` when `key` names one of the fields; a later member with the same key replaces it.
     mutating func take(_ key: String, _ value: CeleryValue) {
         var key = key
-        if let field = key.withUTF8({ Self.field($0) }) { self[field] = value }
+        if let field = key.withUTF8({ Self.field($0) }) { set(field, value) }
     }
 }
 
@@ -136,44 +143,23 @@ struct TaskHeaderFields: MessageFields, Sendable {
         (#""stamped_headers": "#, nil), (#""stamps": "#, nil), (#""redelivered": "#, .redelivered),
     ])
 
-    subscript(field: Field) -> CeleryValue {
-        get {
-            switch field {
-            case .id: id
-            case .task: task
-            case .retries: retries
-            case .rootID: rootID
-            case .parentID: parentID
-            case .group: group
-            case .groupIndex: groupIndex
-            case .eta: eta
-            case .expires: expires
-            case .ignoreResult: ignoreResult
-            case .shadow: shadow
-            case .timeLimit: timeLimit
-            case .argsRepr: argsRepr
-            case .kwargsRepr: kwargsRepr
-            case .redelivered: redelivered
-            }
-        }
-        set {
-            switch field {
-            case .id: id = newValue
-            case .task: task = newValue
-            case .retries: retries = newValue
-            case .rootID: rootID = newValue
-            case .parentID: parentID = newValue
-            case .group: group = newValue
-            case .groupIndex: groupIndex = newValue
-            case .eta: eta = newValue
-            case .expires: expires = newValue
-            case .ignoreResult: ignoreResult = newValue
-            case .shadow: shadow = newValue
-            case .timeLimit: timeLimit = newValue
-            case .argsRepr: argsRepr = newValue
-            case .kwargsRepr: kwargsRepr = newValue
-            case .redelivered: redelivered = newValue
-            }
+    mutating func set(_ field: Field, _ value: CeleryValue) {
+        switch field {
+        case .id: id = value
+        case .task: task = value
+        case .retries: retries = value
+        case .rootID: rootID = value
+        case .parentID: parentID = value
+        case .group: group = value
+        case .groupIndex: groupIndex = value
+        case .eta: eta = value
+        case .expires: expires = value
+        case .ignoreResult: ignoreResult = value
+        case .shadow: shadow = value
+        case .timeLimit: timeLimit = value
+        case .argsRepr: argsRepr = value
+        case .kwargsRepr: kwargsRepr = value
+        case .redelivered: redelivered = value
         }
     }
 }
@@ -181,7 +167,7 @@ struct TaskHeaderFields: MessageFields, Sendable {
 /// The `properties` the worker reads for every message.
 struct PropertyFields: MessageFields, Sendable {
     var deliveryTag: CeleryValue = .null
-    var deliveryInfo: CeleryValue = .null
+    var deliveryInfo = DeliveryInfoFields()
     var priority: CeleryValue = .null
     var bodyEncoding: CeleryValue = .null
 
@@ -197,22 +183,53 @@ struct PropertyFields: MessageFields, Sendable {
         (#""delivery_tag": "#, .deliveryTag),
     ])
 
-    subscript(field: Field) -> CeleryValue {
-        get {
-            switch field {
-            case .deliveryTag: deliveryTag
-            case .deliveryInfo: deliveryInfo
-            case .priority: priority
-            case .bodyEncoding: bodyEncoding
-            }
+    mutating func set(_ field: Field, _ value: CeleryValue) {
+        switch field {
+        case .deliveryTag: deliveryTag = value
+        case .deliveryInfo: deliveryInfo = DeliveryInfoFields(value)
+        case .priority: priority = value
+        case .bodyEncoding: bodyEncoding = value
         }
-        set {
-            switch field {
-            case .deliveryTag: deliveryTag = newValue
-            case .deliveryInfo: deliveryInfo = newValue
-            case .priority: priority = newValue
-            case .bodyEncoding: bodyEncoding = newValue
-            }
+    }
+
+    /// `delivery_info` is read member by member into the three the worker reads; the others are only checked.
+    mutating func read(_ field: Field, from parser: inout JSONParser) throws(CeleryProtocolError) {
+        if field == .deliveryInfo {
+            deliveryInfo = try parser.scanDeliveryInfo()
+        } else {
+            set(field, try parser.parseValue())
+        }
+    }
+}
+
+/// The members of `properties.delivery_info` the worker reads, each `nil` when missing or of another type (or when
+/// `delivery_info` is not an object).
+struct DeliveryInfoFields: Sendable {
+    var exchange: String?
+    var routingKey: String?
+    var redelivered: Bool?
+
+    enum Field { case exchange, routingKey, redelivered }
+
+    static let layout = KeyLayout<Field>(entries: [
+        (#""exchange": "#, .exchange), (#""routing_key": "#, .routingKey), (#""redelivered": "#, .redelivered),
+    ])
+
+    init() {}
+
+    /// The members of a value already built (as `dict.get` reads them; nothing from another value).
+    init(_ value: CeleryValue) {
+        exchange = value["exchange"]?.stringValue
+        routingKey = value["routing_key"]?.stringValue
+        redelivered = value["redelivered"]?.boolValue
+    }
+
+    /// Keeps a member's value as its type allows (a later member replaces an earlier one, as in a Python `dict`).
+    mutating func set(_ field: Field, _ value: CeleryValue) {
+        switch field {
+        case .exchange: exchange = value.stringValue
+        case .routingKey: routingKey = value.stringValue
+        case .redelivered: redelivered = value.boolValue
         }
     }
 }
