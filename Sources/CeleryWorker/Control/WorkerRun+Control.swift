@@ -1,6 +1,5 @@
 import CeleryProtocol
 import Foundation
-import Synchronization
 
 /// A task running now, for `inspect active`.
 struct RunningTask: Sendable {
@@ -60,6 +59,7 @@ extension WorkerRun {
         let pattern = "/\(configuration.brokerURL.database).celery.pidbox"
         let shutdown = self.shutdown
         let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
+        let subscribed = ShutdownSignal()  // set at the first confirmed subscription
         await withDiscardingTaskGroup { group in
             group.addTask {
                 defer { continuation.finish() }
@@ -70,6 +70,14 @@ extension WorkerRun {
                             try await control.subscriber.withConnection { connection throws(CeleryWorkerError) in
                                 try connection.subscribe(
                                     pattern: pattern, shouldStop: { shutdown.isTriggered || stop.isTriggered },
+                                    onSubscribed: {
+                                        // The first subscription: the worker answers remote control from now on.
+                                        // (Only this loop subscribes: the check and the trigger cannot interleave.)
+                                        if !subscribed.isTriggered {
+                                            subscribed.trigger()
+                                            self.logReady()
+                                        }
+                                    },
                                     onMessage: { continuation.yield($0) })
                             }
                         } onCancel: {

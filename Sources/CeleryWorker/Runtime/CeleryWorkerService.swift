@@ -230,6 +230,10 @@ final class WorkerRun: Sendable {
     }
 
     var logger: Logger { service.logger }
+
+    func logReady() {
+        logger.info("\(configuration.nodeName) ready.")
+    }
     var configuration: WorkerConfiguration { service.configuration }
 
     func closePermits() {
@@ -241,7 +245,9 @@ final class WorkerRun: Sendable {
         guard await service.declareQueues(shutdown: shutdown) else { return }
         await sweep()
         await sendWorkerEvent("worker-online")
-        logger.info("\(configuration.nodeName) ready.")
+        // With remote control, "ready." waits until its subscription is confirmed (the control loop logs it), as
+        // Python logs it once its pidbox consumer runs: a `ping` sent after it is answered.
+        if service.control == nil { logReady() }
         let fetched = Handoff<[BrokerDelivery]>()
         await withDiscardingTaskGroup { group in
             group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {
