@@ -207,7 +207,7 @@ struct JSONParser {
         while true {
             let field = try nextKey(in: CeleryTaskMessage.Embed.layout, expected: &next)
             let value = try parseValue()
-            if let field { embed[field] = value }
+            if let field { embed.set(field, value) }
             members += 1
             if try endOfMember(closing: UInt8(ascii: "}")) { break }
         }

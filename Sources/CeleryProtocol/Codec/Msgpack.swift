@@ -40,7 +40,7 @@ public enum CeleryMsgpack {
             // Another key is dropped, but only once it is known to be text, as the general decoding checks it.
             guard field != nil || UTF8Text.validating(raw) != nil else { return nil }
             let value = try value(of: entries[index].val)
-            if let field { embed[field] = value }
+            if let field { embed.set(field, value) }
         }
         return embed
     }

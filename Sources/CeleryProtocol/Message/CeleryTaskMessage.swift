@@ -115,22 +115,13 @@ public struct CeleryTaskMessage: Sendable {
             (#""chord": "#, .chord),
         ])
 
-        subscript(field: Field) -> CeleryValue {
-            get {
-                switch field {
-                case .callbacks: callbacks
-                case .errbacks: errbacks
-                case .chain: chain
-                case .chord: chord
-                }
-            }
-            set {
-                switch field {
-                case .callbacks: callbacks = newValue
-                case .errbacks: errbacks = newValue
-                case .chain: chain = newValue
-                case .chord: chord = newValue
-                }
+        /// Keeps a member's value (a later member with the same key replaces it), as the message fields do.
+        mutating func set(_ field: Field, _ value: CeleryValue) {
+            switch field {
+            case .callbacks: callbacks = value
+            case .errbacks: errbacks = value
+            case .chain: chain = value
+            case .chord: chord = value
             }
         }
 

@@ -85,15 +85,9 @@ struct RESPArguments: Sendable {
     /// non-negative number; appended in one go.
     static func writeLine(_ marker: UInt8, _ number: Int, into bytes: inout [UInt8]) {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { line in
-            var start = line.count - 2
-            line[start] = 0x0D
-            line[start + 1] = 0x0A
-            var rest = max(number, 0)
-            repeat {
-                start -= 1
-                line[start] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            } while rest > 0
+            line[line.count - 2] = 0x0D
+            line[line.count - 1] = 0x0A
+            var start = writeDigits(of: max(number, 0), into: line, endingAt: line.count - 2)
             start -= 1
             line[start] = marker
             bytes.append(contentsOf: UnsafeBufferPointer(rebasing: line[start...]))
@@ -103,18 +97,24 @@ struct RESPArguments: Sendable {
     /// The decimal digits of `number` (with its sign), as Python and Redis write it.
     static func withDigits<Result>(of number: Int, _ body: (UnsafeBufferPointer<UInt8>) -> Result) -> Result {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { digits in
-            var rest = number.magnitude
-            var start = digits.count
-            repeat {
-                start -= 1
-                digits[start] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            } while rest > 0
-            if number < 0 {
-                start -= 1
-                digits[start] = UInt8(ascii: "-")
-            }
+            let start = writeDigits(of: number, into: digits, endingAt: digits.count)
             return body(UnsafeBufferPointer(rebasing: digits[start...]))
         }
+    }
+
+    /// Writes `number`'s decimal digits (and sign) so that they end just before `end`; returns where they start.
+    private static func writeDigits(of number: Int, into buffer: UnsafeMutableBufferPointer<UInt8>, endingAt end: Int) -> Int {
+        var rest = number.magnitude
+        var start = end
+        repeat {
+            start -= 1
+            buffer[start] = UInt8(ascii: "0") + UInt8(rest % 10)
+            rest /= 10
+        } while rest > 0
+        if number < 0 {
+            start -= 1
+            buffer[start] = UInt8(ascii: "-")
+        }
+        return start
     }
 }
