@@ -243,6 +243,30 @@ extension RedisBrokerTests {
         #expect(mixed.map(\.queue) == ["a", "b", "a", "b"])
     }
 
+    @Test("a batch recorded in more than one ZADD and HSET (over 500 messages) is recorded in full, as one at a time")
+    func largeBatch() async throws {
+        let (broker, client) = try await broker()
+        let count = 1_203
+        var pushes: [RedisCommand] = []
+        for index in 0..<count {
+            pushes.append(RedisCommand("LPUSH", "celery", RedisArgument(#"{"body": "", "# + Self.kombuProperties(tag: "big-\(index)") + "}")))
+        }
+        _ = try await client.pipeline(pushes)
+        let deliveries = try await broker.fetch(queues: ["celery"], limit: count)
+        #expect(deliveries.map(\.deliveryTag) == (0..<count).map { "big-\($0)" })
+        #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(Int64(count)))
+        #expect(try await client.send(RedisCommand("ZCARD", "unacked_index")) == .integer(Int64(count)))
+        for index in [0, 499, 500, 999, 1_000, count - 1] {
+            let delivery = deliveries[index]
+            let record = try await client.send(RedisCommand("HGET", "unacked", RedisArgument("big-\(index)")))
+            #expect(record.bytes == Array("[".utf8) + delivery.raw + Array(#", "", "celery"]"#.utf8))
+            let score = try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument("big-\(index)")))
+            #expect(abs((Double(score.text ?? "") ?? 0) - delivery.receivedAt) < 0.001)
+        }
+        try await broker.ack(deliveries)
+        #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
+    }
+
     @Test("the visibility sweep restores old entries only, under the shared lock; keepAlive protects live ones")
     func visibilitySweep() async throws {
         let (broker, client) = try await broker()
@@ -293,6 +317,15 @@ extension RedisBrokerTests {
             (#"{"# + kombuProperties(tag: "t4") + #", "headers": {}}"#, "t4", #""", "celery""#),
             (#"{"body": "", "# + kombuProperties(tag: "t5", routingKey: oddKey) + "}", "t5", #""", ""# + oddKey + #"""#),
             (#"{"body": "", "properties": {"expiration": "5", "# + kombuProperties(tag: "t6").dropFirst(15) + "}", "t6", #""", "celery""#),
+            // kombu's layout with a kept string Python's json.dumps would escape (a control character, DEL, a raw
+            // non-ASCII byte): decoded, and written into the record as Python writes it
+            (#"{"body": "", "# + kombuProperties(tag: "t10", routingKey: "r\u{01}k") + "}", "t10", #""", "r\u0001k""#),
+            (#"{"body": "", "# + kombuProperties(tag: "t12", exchange: "e\u{7f}") + "}", "t12", #""e\u007f", "celery""#),
+            (#"{"body": "", "# + kombuProperties(tag: "t13", routingKey: "caf\u{e9}") + "}", "t13", #""", "caf\u00e9""#),
+            (#"{"body": "", "# + kombuProperties(tag: "c\u{01}x") + "}", "c\u{01}x", #""", "celery""#),
+            // a NUL in a kept string: not read off the end, and cjson refuses it: recorded under nothing (the worker
+            // deletes the invalid message, as Celery does)
+            (#"{"body": "", "# + kombuProperties(tag: "t11", routingKey: "r\u{0}k") + "}", nil, nil),
             // kombu's layout nested in a header, no tag of its own: recorded under nothing
             (#"{"properties": {}, "headers": {"x": {"# + kombuProperties(tag: "fake") + "}}}", nil, nil),
             (#"{"body": "", "# + kombuProperties(tag: "t7") + "} trailing", nil, nil),
@@ -367,12 +400,17 @@ struct RedisResultBackendTests {
 
 @Suite("Results and acknowledgements in one script", .serialized, .enabled(if: TestRedis.enabled))
 struct RedisSettleTests {
-    @Test("one script acknowledges in the broker's database and stores in the backend's, keeping a stored SUCCESS")
-    func settleAcrossDatabases() async throws {
+    /// A broker in database 5 and a JSON backend (results expire in 600 s) in database 6 of the test server.
+    static func servers() async throws -> (RedisBroker, RedisClient, RedisResultBackend, RedisClient) {
         let brokerClient = try await TestRedis.client(database: 5)
         let broker = RedisBroker(blocking: RedisClient(url: brokerClient.url), commands: brokerClient)
         let backendClient = try await TestRedis.client(database: 6)
-        let backend = RedisResultBackend(client: backendClient, serializer: .json, expires: 600)
+        return (broker, brokerClient, RedisResultBackend(client: backendClient, serializer: .json, expires: 600), backendClient)
+    }
+
+    @Test("one script acknowledges in the broker's database and stores in the backend's, keeping a stored SUCCESS")
+    func settleAcrossDatabases() async throws {
+        let (broker, brokerClient, backend, backendClient) = try await Self.servers()
         #expect(backend.sharesServer(with: broker))
         let raw = try fixture("v2-json-add.message.json")
         var envelopes: [[UInt8]] = []
@@ -402,6 +440,37 @@ struct RedisSettleTests {
         #expect(try await brokerClient.send(RedisCommand("EXISTS", "celery-task-meta-fresh")) == .integer(0))
         let ttl = try await backendClient.send(RedisCommand("TTL", "celery-task-meta-fresh")).integer ?? 0
         #expect(ttl > 590 && ttl <= 600)
+    }
+
+    @Test("a batch over 1 000 acknowledgements and documents is written in full; a key met twice sees the first write")
+    func settleLargeBatch() async throws {
+        let (broker, brokerClient, backend, backendClient) = try await Self.servers()
+        let count = 1_100
+        var records: [RedisCommand] = []
+        for index in 0..<(2 * count) {
+            records.append(RedisCommand("HSET", "unacked", RedisArgument("t\(index)"), "record"))
+            records.append(RedisCommand("ZADD", "unacked_index", "1", RedisArgument("t\(index)")))
+        }
+        _ = try await brokerClient.pipeline(records)
+        var documents = (0..<count).map { CeleryResultDocument(taskID: "d\($0)", status: .success, result: .int(Int64($0))) }
+        // The same id twice in one batch, as a Python worker would store them one after the other: a SUCCESS
+        // first is kept; a RETRY first is overwritten.
+        let first = CeleryResultDocument(taskID: "twice", status: .success, result: 1)
+        let retry = CeleryResultDocument(taskID: "again", status: .retry, result: nil)
+        let after = CeleryResultDocument(taskID: "again", status: .success, result: 2)
+        documents += [first, retry, CeleryResultDocument(taskID: "twice", status: .failure, result: nil), after]
+        try await backend.settle(
+            earlyAcks: (0..<count).map { "t\($0)" }, documents: documents, lateAcks: (count..<(2 * count)).map { "t\($0)" },
+            broker: broker)
+        #expect(try await brokerClient.send(RedisCommand("HLEN", "unacked")) == .integer(0))
+        #expect(try await brokerClient.send(RedisCommand("ZCARD", "unacked_index")) == .integer(0))
+        #expect(try await backendClient.send(RedisCommand("DBSIZE")) == .integer(Int64(count + 2)))
+        for index in [0, 999, 1_000, count - 1] {
+            let stored = try await backendClient.send(RedisCommand("GET", RedisArgument("celery-task-meta-d\(index)")))
+            #expect(stored.bytes == documents[index].encoded(as: .json))
+        }
+        #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-twice")).bytes == first.encoded(as: .json))
+        #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-again")).bytes == after.encoded(as: .json))
     }
 
     @Test("only a broker on the same server, as the same user, shares the script")

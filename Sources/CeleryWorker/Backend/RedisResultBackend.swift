@@ -46,31 +46,48 @@ public final class RedisResultBackend: ResultBackend {
         }
     }
 
-    /// Python's steps for one document, as a Lua function shared by the scripts that store results: `GET`; unless
-    /// the stored state is SUCCESS, `SETEX` (or `SET` when `expires` is 0) and `PUBLISH`.
+    /// Python's steps for each document, as Lua functions shared by the scripts that store results: `GET`; unless
+    /// the stored state is SUCCESS, `SETEX` (or `SET` when `expires` is 0) and `PUBLISH`. The `GET`s of a batch
+    /// are one `MGET` (a key met again in the batch is read again, after the write before it).
     static let storeFunction = """
-        local function store(key, document, expires, decode)
-            local current = redis.call('GET', key)
-            if current then
-                local ok, stored = pcall(decode, current)
-                if ok and type(stored) == 'table' and stored['status'] == 'SUCCESS' then return end
-            end
-            if expires > 0 then
-                redis.call('SETEX', key, expires, document)
-            else
-                redis.call('SET', key, document)
-            end
-            redis.call('PUBLISH', key, document)
-        end
+        \(RedisScript.callMany)
         local function decoder(name) return name == 'msgpack' and cmsgpack.unpack or cjson.decode end
+        -- Stores ARGV[documents + i] under KEYS[first + i] for i = 0 … count - 1.
+        local function store_all(first, count, documents, expires, decode)
+            local current = {}
+            for from = first, first + count - 1, 1000 do
+                local upto = math.min(first + count - 1, from + 999)
+                local values = redis.call('MGET', unpack(KEYS, from, upto))
+                for i = 1, #values do current[from + i - 1] = values[i] end
+            end
+            local seen = {}
+            for i = first, first + count - 1 do
+                local key, stored = KEYS[i], current[i]
+                if seen[key] then stored = redis.call('GET', key) end
+                seen[key] = true
+                local success = false
+                if stored then
+                    local ok, decoded = pcall(decode, stored)
+                    success = ok and type(decoded) == 'table' and decoded['status'] == 'SUCCESS'
+                end
+                if not success then
+                    local document = ARGV[documents + i - first]
+                    if expires > 0 then
+                        redis.call('SETEX', key, expires, document)
+                    else
+                        redis.call('SET', key, document)
+                    end
+                    redis.call('PUBLISH', key, document)
+                end
+            end
+        end
 
         """
 
     /// KEYS: result keys; ARGV: expires (0: none), serializer name, one document per key.
     static let storeScript = RedisScript(
         storeFunction + """
-            local expires, decode = tonumber(ARGV[1]), decoder(ARGV[2])
-            for i, key in ipairs(KEYS) do store(key, ARGV[i + 2], expires, decode) end
+            store_all(1, #KEYS, 3, tonumber(ARGV[1]), decoder(ARGV[2]))
             return 0
             """)
 
@@ -122,14 +139,12 @@ public final class RedisResultBackend: ResultBackend {
             local function ack(first, last)
                 if first > last then return end
                 redis.call('SELECT', brokerdb)
-                for i = first, last do
-                    redis.call('ZREM', KEYS[2], ARGV[i])
-                    redis.call('HDEL', KEYS[1], ARGV[i])
-                end
+                call_many('ZREM', KEYS[2], ARGV, first, last)
+                call_many('HDEL', KEYS[1], ARGV, first, last)
                 redis.call('SELECT', backenddb)
             end
             ack(7, 6 + early)
-            for i = 1, count do store(KEYS[i + 2], ARGV[6 + early + i], expires, decode) end
+            store_all(3, count, 7 + early, expires, decode)
             ack(7 + early + count, #ARGV)
             return 0
             """)

@@ -206,6 +206,7 @@ public final class RedisBroker: Broker {
     /// under none.
     static let popAndRecordScript = RedisScript(
         #"""
+        \#(RedisScript.callMany)
         -- Python's json.dumps of a string (ensure_ascii): the escapes it uses, everything else past ASCII as \uXXXX.
         local short = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
             ['\b'] = '\\b', ['\f'] = '\\f' }
@@ -225,20 +226,26 @@ public final class RedisBroker: Broker {
             return '"' .. s .. '"'
         end
         -- kombu's own layout of `properties`, the last key of every message it sends: when the message ends
-        -- with it, the tag and delivery_info are read off the end without decoding the message. The strings
-        -- matched hold no quote, backslash or control character, so they are copied into the record as they are.
-        -- The pattern is tried only where its first words are (a plain search): Lua's matcher tried at every
-        -- offset of the last 1 KB cost more than the rest of the record.
+        -- with it, the tag and delivery_info are read off the end without decoding the message. The pattern is
+        -- tried only where its head is (a plain search; Lua's matcher tried at every offset of the last 1 KB cost
+        -- more than the rest of the record) and matches from the end of the head. The strings kept are printable
+        -- ASCII without quote or backslash (NUL, which a pattern cannot name, is looked for apart), which Python's
+        -- json.dumps writes as they are, so they are copied into the record; those only skipped need no quote or
+        -- backslash. The classes are ranges, not `%c`: Lua's matcher calls a function per character for a `%`
+        -- class.
         local kombu_head = ', "properties": {"correlation_id": "'
-        local kombu_tail = '^, "properties": {"correlation_id": "[^"\\%c]*", "reply_to": "[^"\\%c]*", '
-            .. '"delivery_mode": %d+, "delivery_info": {"exchange": "([^"\\%c]*)", "routing_key": "([^"\\%c]*)"}, '
-            .. '"priority": %d+, "body_encoding": "base64", "delivery_tag": "([^"\\%c]*)"}}$'
+        local kept = '([^"\\\1-\31\127-\255]*)'
+        local kombu_tail = '^[^"\\]*", "reply_to": "[^"\\]*", "delivery_mode": %d+, "delivery_info": {"exchange": "'
+            .. kept .. '", "routing_key": "' .. kept .. '"}, "priority": %d+, "body_encoding": "base64", '
+            .. '"delivery_tag": "' .. kept .. '"}}$'
         -- The tag, exchange and routing key kombu records for a message (the last two as JSON strings), or nil.
         local function record_fields(message)
             local at = string.find(message, kombu_head, -1024, true)
             while at do
-                local exchange, routing_key, tag = string.match(message, kombu_tail, at)
-                if tag then return tag, '"' .. exchange .. '"', '"' .. routing_key .. '"' end
+                local exchange, routing_key, tag = string.match(message, kombu_tail, at + #kombu_head)
+                if tag and not string.find(message, '\0', at, true) then
+                    return tag, '"' .. exchange .. '"', '"' .. routing_key .. '"'
+                end
                 at = string.find(message, kombu_head, at + 1, true)
             end
             local ok, decoded = pcall(cjson.decode, message)
@@ -254,7 +261,8 @@ public final class RedisBroker: Broker {
             end
             return decoded.properties.delivery_tag, jsonstring(exchange), jsonstring(routing_key)
         end
-        local out = {}
+        -- Recorded with one ZADD and one HSET for the whole batch.
+        local out, scores, records = {}, {}, {}
         for n = 1, tonumber(ARGV[1]) do
             local found = false
             for i = 3, #KEYS do
@@ -263,8 +271,10 @@ public final class RedisBroker: Broker {
                     found = true
                     local tag, exchange, routing_key = record_fields(message)
                     if tag then
-                        redis.call('ZADD', KEYS[2], ARGV[2], tag)
-                        redis.call('HSET', KEYS[1], tag, '[' .. message .. ', ' .. exchange .. ', ' .. routing_key .. ']')
+                        scores[#scores + 1] = ARGV[2]
+                        scores[#scores + 1] = tag
+                        records[#records + 1] = tag
+                        records[#records + 1] = '[' .. message .. ', ' .. exchange .. ', ' .. routing_key .. ']'
                     end
                     table.insert(out, i - 2)
                     table.insert(out, message)
@@ -274,6 +284,8 @@ public final class RedisBroker: Broker {
             end
             if not found then break end
         end
+        call_many('ZADD', KEYS[2], scores, 1, #scores)
+        call_many('HSET', KEYS[1], records, 1, #records)
         return out
         """#)
 

@@ -7,6 +7,18 @@ public struct RedisScript: Sendable {
         self.source = source
         self.digest = ScriptDigest.sha1Hex(source)
     }
+
+    /// A Lua function for scripts: `call_many(command, key, list, first, last)` runs `command key list[first]
+    /// … list[last]` in as few calls as Lua's stack allows (1 000 arguments each), the same writes as one call per
+    /// item (or pair: a chunk holds whole pairs) for fewer calls, each of which costs Redis more than an argument.
+    static let callMany = """
+        local function call_many(command, key, list, first, last)
+            for from = first, last, 1000 do
+                redis.call(command, key, unpack(list, from, math.min(last, from + 999)))
+            end
+        end
+
+        """
 }
 
 /// SHA-1 of a Lua script's text, the name Redis gives it for `EVALSHA`. (Not used for anything secret.)
