@@ -57,23 +57,31 @@ struct RedisClientTests {
         #expect(try await client.send(RedisCommand("GET", "a")).text == "5")
     }
 
-    @Test("commands sent without waiting: their replies are read before the next call's, and then their callback runs")
-    func sendUnread() throws {
+    @Test("queued commands go out with the next call's, their replies read first, and then their callback runs")
+    func appendUnread() throws {
         let base = try #require(TestRedis.base)
         let connection = RedisConnection(url: try RedisURL(parsing: "\(base)/2"))
+        let other = RedisConnection(url: try RedisURL(parsing: "\(base)/2"))
         let read = Mutex(0)
-        try connection.sendUnread([RedisCommand("SET", "unread", "1"), RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        _ = try connection.appendUnread([RedisCommand("SET", "unread", "1"), RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        // Only queued: nothing is written yet.
+        #expect(try other.execute([RedisCommand("EXISTS", "unread")]) == [.integer(0)])
         #expect(read.withLock { $0 } == 0)
         #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("2".utf8))])
         #expect(read.withLock { $0 } == 1)
-        try connection.sendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
-        try connection.readUnread()
+        let third = try connection.appendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        try connection.readUnread(through: third)
         #expect(read.withLock { $0 } == 2)
-        // Closed before the replies are read: the callback still runs, so nobody waits for them forever.
-        try connection.sendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        #expect(try other.execute([RedisCommand("GET", "unread")]) == [.string(Array("3".utf8))])
+        // A read for commands already read does nothing: what was queued since is not written.
+        _ = try connection.appendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        try connection.readUnread(through: third)
+        #expect(try other.execute([RedisCommand("GET", "unread")]) == [.string(Array("3".utf8))])
+        #expect(read.withLock { $0 } == 2)
+        // Closed before they are written: the callback still runs, so nobody waits for them forever.
         connection.close()
         #expect(read.withLock { $0 } == 3)
-        #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("4".utf8))])
+        #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("3".utf8))])
     }
 
     @Test("an unreachable server is a connection error that names the address")
@@ -183,8 +191,8 @@ extension RedisBrokerTests {
         try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
         let delivery = try #require(try await fetched.first)
         let tag = try #require(delivery.deliveryTag)
-        // The record is sent before the message is handed on; its reply is read afterwards, on the fetch thread,
-        // even with no fetch after this one (without that read the wait would never end).
+        // The record is queued as the message is handed on and written with the next pop, or, with no fetch after
+        // this one, by itself on the fetch thread, which reads its reply (without that the wait would never end).
         let record = try #require(delivery.pendingRecord)
         final class Flag: Sendable { let value = Mutex(false) }
         let confirmed = Flag()
@@ -210,7 +218,7 @@ extension RedisBrokerTests {
         try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
         #expect(try await first.count == 1)
         // The queues were empty a moment ago: no batch script, straight to the blocking pop, which takes one.
-        try await pusher.pipeline((0..<3).map { _ in RedisCommand("LPUSH", "celery", RedisArgument(raw)) })
+        _ = try await pusher.pipeline((0..<3).map { _ in RedisCommand("LPUSH", "celery", RedisArgument(raw)) })
         #expect(try await broker.fetch(queues: ["celery"], limit: 4).count == 1)
         // That one was already waiting, so the next fetch is the batch script again.
         #expect(try await broker.fetch(queues: ["celery"], limit: 4).count == 2)

@@ -128,27 +128,29 @@ public final class RedisBroker: Broker {
     private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [Popped] {
         let unackedKey = self.unackedKey
         let unackedIndexKey = self.unackedIndexKey
-        let popped = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> [Popped] in
+        let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([Popped], Int?) in
             let started = ContinuousClock.now
             let reply = try connection.execute([RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])])
             guard case .array(let pair)? = reply.first, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes
             else {
                 self.waited.withLock { $0 = true }
-                return []
+                return ([], nil)
             }
             // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
             self.waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
             let receivedAt = WallClock.now()
             // The tag, exchange and routing key kombu records (only `properties` is decoded); none: not recorded.
-            guard let fields = KombuEnvelope.deliveryFields(of: raw) else { return [(list, raw, nil, receivedAt, nil)] }
+            guard let fields = KombuEnvelope.deliveryFields(of: raw) else { return ([(list, raw, nil, receivedAt, nil)], nil) }
             let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
-            // Sent before the message is handed on, so a worker killed from here on loses nothing (the kernel
-            // still delivers what was written); its reply is read while the task is prepared, and acknowledging
-            // the message waits for it. Already off the list: if sending fails the message still runs (unrecorded)
-            // rather than being lost.
+            // Queued now and written as soon as this thread is free again, right after the message is handed on
+            // (the task thread decodes it meanwhile), in one write with the next pop: at idle that saves Redis a
+            // wake-up and keeps the record off the way to the result. The reply is read before the next pop's, and
+            // acknowledging the message waits for it. Already off the list: if the write fails the message still
+            // runs (unrecorded) rather than being lost.
             let pending = PendingRecord()
+            let place: Int
             do {
-                try connection.sendUnread(
+                place = try connection.appendUnread(
                     [
                         RedisCommand("MULTI"),
                         RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
@@ -156,18 +158,20 @@ public final class RedisBroker: Broker {
                         RedisCommand("EXEC"),
                     ], then: pending.complete)
             } catch {
-                return [(list, raw, fields.tag, receivedAt, nil)]
+                return ([(list, raw, fields.tag, receivedAt, nil)], nil)
             }
-            return [(list, raw, fields.tag, receivedAt, pending)]
+            return ([(list, raw, fields.tag, receivedAt, pending)], place)
         }
-        if popped.first?.record != nil {
-            // The next fetch reads the reply before its own; this reads it when no fetch follows soon: at shutdown, or
-            // while the fetch loop waits for prefetch permits that only tasks waiting for this acknowledgement's
-            // batch can free. On the connection's own thread, once the fetch loop's current turn suspends: no other
-            // thread is woken for it.
+        if let place {
+            // The next fetch writes the record with its own command and reads the reply first; this writes it and
+            // reads the reply when no fetch follows at once: at shutdown, or while the fetch loop waits for prefetch
+            // permits that only tasks waiting for this acknowledgement's batch can free. On the connection's own
+            // thread, once the fetch loop's current turn suspends (after the hand-off): no other thread is woken.
+            // Only for this record: when the next pop wrote it and read its reply first, this runs after that pop
+            // and must not write the next record early, before its message is handed on.
             let blocking = self.blocking
             Task(executorPreference: blocking.lane) {
-                try? await blocking.withConnection { connection throws(CeleryWorkerError) in try connection.readUnread() }
+                try? await blocking.withConnection { connection throws(CeleryWorkerError) in try connection.readUnread(through: place) }
             }
         }
         return popped

@@ -15,8 +15,10 @@ import Synchronization
 final class RedisConnection: @unchecked Sendable {
     private struct State {
         var context: UnsafeMutablePointer<redisContext>?
-        /// Commands sent by ``sendUnread(_:then:)`` whose replies are still to be read, in the order sent.
+        /// Commands queued by ``appendUnread(_:then:)`` whose replies are still to be read, in the order queued.
         var unread: [(replies: Int, then: @Sendable () -> Void)] = []
+        /// How many of everything ever queued are done with: their replies read, or the connection closed without them.
+        var unreadDone = 0
     }
 
     let url: RedisURL
@@ -71,33 +73,30 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    /// Sends the commands in one write without waiting for their replies, which the next call on this connection
-    /// reads (and discards) before its own, as does ``readUnread()``. `then` runs once they are read, or once the
-    /// connection is closed without them; when this throws, the commands may not have been sent and `then` never runs.
-    func sendUnread(_ commands: [RedisCommand], then: @escaping @Sendable () -> Void) throws(CeleryWorkerError) {
-        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
+    /// Queues the commands without writing them or waiting for their replies: they go out in one write with the
+    /// next call's commands on this connection (or with ``readUnread(through:)``), which reads (and discards) their
+    /// replies before its own. `then` runs once they are read, or once the connection is closed without them; when
+    /// this throws, the commands were not queued and `then` never runs. Returns their place in the order queued, for
+    /// ``readUnread(through:)``.
+    func appendUnread(_ commands: [RedisCommand], then: @escaping @Sendable () -> Void) throws(CeleryWorkerError) -> Int {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Int in
             let context = try connectedContext(&state)
             for command in commands where Self.append(command, to: context) != REDIS_OK {
                 let error = Self.error(from: context, code: .connectionLost, doing: command.name)
                 Self.close(&state)
                 throw error
             }
-            var done: Int32 = 0
-            while done == 0 {
-                guard redisBufferWrite(context, &done) == REDIS_OK else {
-                    let error = Self.error(from: context, code: .connectionLost, doing: commands.first?.name ?? "write")
-                    Self.close(&state)
-                    throw error
-                }
-            }
             state.unread.append((commands.count, then))
+            return state.unreadDone + state.unread.count
         }
     }
 
-    /// Reads the replies to everything ``sendUnread(_:then:)`` sent; they are discarded.
-    func readUnread() throws(CeleryWorkerError) {
+    /// Writes what ``appendUnread(_:then:)`` queued and reads the replies to it (they are discarded), unless the
+    /// commands queued in place `place` are done with already: then it does nothing, and what was queued since waits
+    /// for the next call's commands.
+    func readUnread(through place: Int = .max) throws(CeleryWorkerError) {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
-            guard let context = state.context else { return }
+            guard let context = state.context, state.unreadDone < place else { return }
             try Self.readUnread(&state, context)
         }
     }
@@ -105,6 +104,7 @@ final class RedisConnection: @unchecked Sendable {
     private static func readUnread(_ state: inout State, _ context: UnsafeMutablePointer<redisContext>) throws(CeleryWorkerError) {
         while !state.unread.isEmpty {
             let sent = state.unread.removeFirst()
+            state.unreadDone += 1
             defer { sent.then() }
             for _ in 0..<sent.replies {
                 var raw: UnsafeMutableRawPointer?
@@ -254,6 +254,7 @@ final class RedisConnection: @unchecked Sendable {
         state.context = nil
         let unread = state.unread
         state.unread.removeAll()
+        state.unreadDone += unread.count
         for sent in unread { sent.then() }
     }
 
