@@ -13,7 +13,7 @@ for pkg in libhiredis-dev libmsgpack-dev redis-server pkg-config; do
 done
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v gcc >/dev/null || need+=(gcc)  # the benchmarks' malloc counter and C latency floor
-command -v valgrind >/dev/null || need+=(valgrind)  # Benchmarks/instructions.py, scripts/release-order.py
+command -v valgrind >/dev/null || need+=(valgrind)  # Benchmarks/instructions.py, redis_instructions.py, scripts/release-order.py
 if ((${#need[@]})); then
     log "installing Debian packages: ${need[*]}"
     apt-get update -qq

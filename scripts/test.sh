@@ -24,6 +24,7 @@ echo "==> benchmark, small form (checks that it runs; figures from a debug build
 .venv/bin/python Benchmarks/threads.py --tasks 200 --runs 1 --worker "$SWIFT_CELERY_WORKER"
 .venv/bin/python Benchmarks/redis_cost.py --tasks 200 --runs 1 --worker "$SWIFT_CELERY_WORKER"
 CODEC_CONFIGURATION=debug Benchmarks/codec.sh 200
+.venv/bin/python Benchmarks/redis_instructions.py --tasks 50 .
 
 status=0
 echo "==> Interop tests against Celery 5.3 (oldest supported)"

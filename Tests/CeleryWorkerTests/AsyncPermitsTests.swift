@@ -70,4 +70,67 @@ struct AsyncPermitsTests {
         #expect(await permits.acquire() == false)
         #expect(permits.tryAcquire(upTo: 1) == 0)
     }
+
+    final class Flag: Sendable {
+        let value = Atomic(false)
+    }
+
+    @Test("gather takes permits as they free and returns once it has the batch, waking once")
+    func gatherBatch() async {
+        let permits = AsyncPermits(1)
+        let never = Flag()
+        let gathering = Task { await permits.gather(upTo: 3) { never.value.load(ordering: .relaxed) } }
+        try? await Task.sleep(for: .milliseconds(30))
+        // It took the free permit at once, and waits for two more: a permit freed now goes to it, not to a caller
+        // that came later, and does not end the wait.
+        #expect(permits.available == 0)
+        permits.release()
+        let later = Task { await permits.acquire() }
+        try? await Task.sleep(for: .milliseconds(30))
+        #expect(permits.available == 0)
+        permits.release(2)
+        let gathered = await gathering.value
+        #expect(gathered.taken == 3 && gathered.open)
+        #expect(await later.value)
+        #expect(permits.available == 0)
+    }
+
+    @Test("gather ends early, with what it took, once a permit frees while its condition holds")
+    func gatherUntil() async {
+        let permits = AsyncPermits(0)
+        let enough = Flag()
+        let gathering = Task { await permits.gather(upTo: 5) { enough.value.load(ordering: .relaxed) } }
+        try? await Task.sleep(for: .milliseconds(30))
+        permits.release()
+        try? await Task.sleep(for: .milliseconds(30))
+        enough.value.store(true, ordering: .relaxed)
+        // The condition is read when a permit frees: the wait ends with the two it took.
+        permits.release()
+        let gathered = await gathering.value
+        #expect(gathered.taken == 2 && gathered.open)
+        // Permits free at the start and the condition true: taken at once without waiting.
+        permits.release(3)
+        let immediate = await permits.gather(upTo: 5) { true }
+        #expect(immediate.taken == 3 && immediate.open)
+    }
+
+    @Test("a gather that is closed or cancelled returns the permits it took, for the caller to give back")
+    func gatherRefused() async {
+        let permits = AsyncPermits(2)
+        let never = Flag()
+        let cancelled = Task { await permits.gather(upTo: 4) { never.value.load(ordering: .relaxed) } }
+        try? await Task.sleep(for: .milliseconds(30))
+        cancelled.cancel()
+        let result = await cancelled.value
+        #expect(result.taken == 2 && !result.open)
+        permits.release(result.taken)
+        #expect(permits.available == 2)
+        let closed = Task { await permits.gather(upTo: 4) { never.value.load(ordering: .relaxed) } }
+        try? await Task.sleep(for: .milliseconds(30))
+        permits.close()
+        let refused = await closed.value
+        #expect(refused.taken == 2 && !refused.open)
+        let late = await permits.gather(upTo: 1) { true }
+        #expect(late.taken == 0 && !late.open)
+    }
 }
