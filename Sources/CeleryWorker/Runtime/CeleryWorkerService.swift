@@ -309,19 +309,14 @@ final class WorkerRun: Sendable {
             var permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
             // Under load (the last fetch found as many messages as it asked for), fetch a batch rather than each
             // message as a permit frees: wait for more permits while the jobs already here keep every slot busy.
-            // The wait takes permits as they free (a task starting, or finishing with acks-late) and ends once it
-            // has the batch, or as soon as a permit frees while fewer ready jobs than slots remain, so no slot idles
-            // for it; this thread wakes once for the batch, not once per permit.
-            if busy, permits < gatherTarget, readyJobs.load(ordering: .relaxed) >= gatherBacklog {
-                let gathered = await prefetch.gather(upTo: gatherTarget - permits) { [self] in
-                    readyJobs.load(ordering: .relaxed) < gatherBacklog
-                }
-                permits += gathered.taken
-                guard gathered.open else {
+            // Each wait ends at the next permit freed (a task starting, or finishing with acks-late), and stops as
+            // soon as fewer ready jobs than slots remain, so no slot idles for it.
+            while busy, permits < gatherTarget, readyJobs.load(ordering: .relaxed) >= gatherBacklog {
+                guard await prefetch.acquire() else {
                     prefetch.release(permits)
                     return
                 }
-                permits += prefetch.tryAcquire(upTo: Self.fetchBatch - permits)
+                permits += 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1 - permits)
             }
             do {
                 var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
