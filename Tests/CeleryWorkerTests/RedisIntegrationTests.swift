@@ -275,6 +275,23 @@ extension RedisBrokerTests {
         #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
     }
 
+    @Test("a batch that cannot be recorded (unacked of the wrong type) goes back to its list, in order, with the error")
+    func unrecordableBatch() async throws {
+        let (broker, client) = try await broker()
+        try await client.send(RedisCommand("SET", "unacked", "not a hash"))
+        let messages = (0..<3).map { #"{"body": "", "# + Self.kombuProperties(tag: "w\($0)") + "}" }
+        for message in messages { try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(message))) }
+        await #expect(throws: CeleryWorkerError.self) { try await broker.fetch(queues: ["celery"], limit: 4) }
+        let left = try await client.send(RedisCommand("LRANGE", "celery", "0", "-1")).array?.compactMap(\.text)
+        #expect(left == messages.reversed())
+        #expect(try await client.send(RedisCommand("ZCARD", "unacked_index")) == .integer(0))
+        // Once the key is right again, the same messages are taken and recorded, oldest first.
+        try await client.send(RedisCommand("DEL", "unacked"))
+        let deliveries = try await broker.fetch(queues: ["celery"], limit: 4)
+        #expect(deliveries.map(\.deliveryTag) == ["w0", "w1", "w2"])
+        #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(3))
+    }
+
     @Test("the visibility sweep restores old entries only, under the shared lock; keepAlive protects live ones")
     func visibilitySweep() async throws {
         let (broker, client) = try await broker()

@@ -207,7 +207,8 @@ public final class RedisBroker: Broker {
     /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
     /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, tag, …]`, each
     /// list as its position among `KEYS[3…]` (1 for the first), the tag `false` (a nil reply) for a message recorded
-    /// under none.
+    /// under none. When the batch cannot be recorded, its messages go back to their lists in their order and the
+    /// script fails with Redis's error.
     static let popAndRecordScript = RedisScript(
         #"""
         \#(RedisScript.callMany)
@@ -288,8 +289,18 @@ public final class RedisBroker: Broker {
             end
             if not found then break end
         end
-        call_many('ZADD', KEYS[2], scores, 1, #scores)
-        call_many('HSET', KEYS[1], records, 1, #records)
+        local ok, failure = pcall(call_many, 'ZADD', KEYS[2], scores, 1, #scores)
+        local indexed = ok
+        if ok then ok, failure = pcall(call_many, 'HSET', KEYS[1], records, 1, #records) end
+        if not ok then
+            -- Not recorded (a key of the wrong type, say): the batch goes back where it was, in its order, its
+            -- index entries are removed, and the error is the reply, so nothing popped here is lost.
+            if indexed then
+                for i = 2, #scores, 2 do redis.pcall('ZREM', KEYS[2], scores[i]) end
+            end
+            for i = #out - 2, 1, -3 do redis.call('RPUSH', KEYS[out[i] + 2], out[i + 1]) end
+            return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))
+        end
         return out
         """#)
 

@@ -334,9 +334,16 @@ final class WorkerRun: Sendable {
                 prefetch.release(permits)
                 failures += 1
                 let delay = service.retryDelays.delay(attempt: failures)
-                logger.error(
-                    "consumer: Connection to broker lost (\(error.message)). Trying to re-establish the connection in \(CeleryWorkerService.format(seconds: delay)) seconds..."
-                )
+                if error.isConnectionProblem {
+                    logger.error(
+                        "consumer: Connection to broker lost (\(error.message)). Trying to re-establish the connection in \(CeleryWorkerService.format(seconds: delay)) seconds..."
+                    )
+                } else {
+                    // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists.
+                    logger.error(
+                        "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
+                    )
+                }
                 _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
             }
         }
