@@ -26,6 +26,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drain import ROOT, make_messages  # noqa: E402
+from redisproc import free_port  # noqa: E402
 
 BROKER_SOURCE = "Sources/CeleryWorker/Broker/RedisBroker.swift"
 BACKEND_SOURCE = "Sources/CeleryWorker/Backend/RedisResultBackend.swift"
@@ -75,7 +76,7 @@ def main():
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("revs", nargs="*", default=["."])
     options = parser.parse_args()
-    port = 6389
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         server = subprocess.Popen(
