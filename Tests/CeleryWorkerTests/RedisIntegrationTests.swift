@@ -63,25 +63,39 @@ struct RedisClientTests {
         let connection = RedisConnection(url: try RedisURL(parsing: "\(base)/2"))
         let other = RedisConnection(url: try RedisURL(parsing: "\(base)/2"))
         let read = Mutex(0)
-        _ = try connection.appendUnread([RedisCommand("SET", "unread", "1"), RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        _ = try connection.appendUnread([RedisCommand("SET", "unread", "1"), RedisCommand("INCR", "unread")]) { _ in read.withLock { $0 += 1 } }
         // Only queued: nothing is written yet.
         #expect(try other.execute([RedisCommand("EXISTS", "unread")]) == [.integer(0)])
         #expect(read.withLock { $0 } == 0)
         #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("2".utf8))])
         #expect(read.withLock { $0 } == 1)
-        let third = try connection.appendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        let third = try connection.appendUnread([RedisCommand("INCR", "unread")]) { _ in read.withLock { $0 += 1 } }
         try connection.readUnread(through: third)
         #expect(read.withLock { $0 } == 2)
         #expect(try other.execute([RedisCommand("GET", "unread")]) == [.string(Array("3".utf8))])
         // A read for commands already read does nothing: what was queued since is not written.
-        _ = try connection.appendUnread([RedisCommand("INCR", "unread")]) { read.withLock { $0 += 1 } }
+        _ = try connection.appendUnread([RedisCommand("INCR", "unread")]) { _ in read.withLock { $0 += 1 } }
         try connection.readUnread(through: third)
         #expect(try other.execute([RedisCommand("GET", "unread")]) == [.string(Array("3".utf8))])
         #expect(read.withLock { $0 } == 2)
-        // Closed before they are written: the callback still runs, so nobody waits for them forever.
+        // Closed before they are written: the callback still runs, so nobody waits for them forever, and says so.
+        let failures = Mutex<[String?]>([])
+        _ = try connection.appendUnread([RedisCommand("INCR", "unread")]) { failure in failures.withLock { $0.append(failure) } }
         connection.close()
         #expect(read.withLock { $0 } == 3)
+        #expect(failures.withLock { $0 } == [RedisConnection.unanswered])
         #expect(try connection.execute([RedisCommand("GET", "unread")]) == [.string(Array("3".utf8))])
+        // The first error among the replies, inside EXEC's too, is handed to the callback.
+        _ = try connection.appendUnread([RedisCommand("SET", "text", "x"), RedisCommand("INCR", "unread")]) { failure in
+            failures.withLock { $0.append(failure) }
+        }
+        _ = try connection.appendUnread([RedisCommand("MULTI"), RedisCommand("INCR", "text"), RedisCommand("EXEC")]) { failure in
+            failures.withLock { $0.append(failure) }
+        }
+        try connection.readUnread()
+        let last = failures.withLock { Array($0.suffix(2)) }
+        #expect(last.first == .some(nil))
+        #expect(last.last??.hasPrefix("ERR value is not an integer") == true)
     }
 
     @Test("an unreachable server is a connection error that names the address")
@@ -273,6 +287,23 @@ extension RedisBrokerTests {
         }
         try await broker.ack(deliveries)
         #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
+    }
+
+    @Test("a blocking pop's record that Redis refuses is reported with the delivery, which still runs")
+    func refusedBlockingRecord() async throws {
+        let (broker, client) = try await broker()
+        try await client.send(RedisCommand("SET", "unacked", "not a hash"))
+        let raw = try fixture("v2-json-add.message.json")
+        async let fetched = broker.fetch(queues: ["celery"], limit: 4)
+        try await Task.sleep(for: .milliseconds(200))
+        try await RedisClient(url: client.url).send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+        let deliveries = try await fetched
+        #expect(deliveries.count == 1)
+        let missing = await deliveries.recorded()
+        #expect(missing.count == 1)
+        #expect(missing.first?.failure.hasPrefix("WRONGTYPE") == true)
+        // Reported once: the acknowledgement written apart after a failed settle script waits again.
+        #expect(await deliveries.recorded().isEmpty)
     }
 
     @Test("a batch that cannot be recorded (unacked of the wrong type) goes back to its list, in order, with the error")

@@ -140,7 +140,7 @@ struct WorkerRuntimeTests {
             // Early acknowledgement (acks_late off): it and the batch it goes in wait for the record.
             #expect(broker.state.withLock { $0.acked }.isEmpty)
             #expect(backend.final("r") == nil)
-            record.complete()
+            record.complete(nil)
             try await Self.waitFor { backend.final("r") != nil && broker.state.withLock { $0.acked } == ["tag-r"] }
         }
         #expect(backend.final("r")?.result == 3)

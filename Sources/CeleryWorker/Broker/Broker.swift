@@ -33,19 +33,31 @@ public struct BrokerDelivery: Sendable {
 }
 
 /// A write to Redis that was sent but whose reply is not yet read. ``wait()`` returns once it is read, or once
-/// the connection it went out on is closed (whether or not it landed), so nobody waits for it forever.
+/// the connection it went out on is closed (whether or not it landed), so nobody waits for it forever; ``failure``
+/// then says why the record may be missing.
 final class PendingRecord: Sendable {
     private struct State {
         var done = false
+        var failure: String?
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let state = Mutex(State())
 
+    /// Why the record may not be in Redis (an error reply, or no reply at all), once ``wait()`` returned; `nil`
+    /// when Redis confirmed it, or when it was taken already (it is reported once).
+    func takeFailure() -> String? {
+        state.withLock { state in
+            defer { state.failure = nil }
+            return state.failure
+        }
+    }
+
     /// The reply is read (or the connection closed): every waiter goes on.
-    func complete() {
+    func complete(_ failure: String?) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.done = true
+            state.failure = failure
             defer { state.waiters.removeAll() }
             return state.waiters
         }
@@ -65,9 +77,18 @@ final class PendingRecord: Sendable {
 }
 
 extension Sequence<BrokerDelivery> {
-    /// Waits until every delivery's record in `unacked` is confirmed (see ``BrokerDelivery/pendingRecord``).
-    func recorded() async {
-        for delivery in self { await delivery.pendingRecord?.wait() }
+    /// Waits until every delivery's record in `unacked` is confirmed (see ``BrokerDelivery/pendingRecord``); returns
+    /// the deliveries whose record may be missing, with why (each once: a second wait for the same record returns it
+    /// no more).
+    @discardableResult
+    func recorded() async -> [(delivery: BrokerDelivery, failure: String)] {
+        var missing: [(delivery: BrokerDelivery, failure: String)] = []
+        for delivery in self {
+            guard let record = delivery.pendingRecord else { continue }
+            await record.wait()
+            if let failure = record.takeFailure() { missing.append((delivery, failure)) }
+        }
+        return missing
     }
 }
 

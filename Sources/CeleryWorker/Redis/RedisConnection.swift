@@ -16,7 +16,7 @@ final class RedisConnection: @unchecked Sendable {
     private struct State {
         var context: UnsafeMutablePointer<redisContext>?
         /// Commands queued by ``appendUnread(_:then:)`` whose replies are still to be read, in the order queued.
-        var unread: [(replies: Int, then: @Sendable () -> Void)] = []
+        var unread: [(replies: Int, then: @Sendable (_ failure: String?) -> Void)] = []
         /// How many of everything ever queued are done with: their replies read, or the connection closed without them.
         var unreadDone = 0
     }
@@ -75,10 +75,13 @@ final class RedisConnection: @unchecked Sendable {
 
     /// Queues the commands without writing them or waiting for their replies: they go out in one write with the
     /// next call's commands on this connection (or with ``readUnread(through:)``), which reads (and discards) their
-    /// replies before its own. `then` runs once they are read, or once the connection is closed without them; when
-    /// this throws, the commands were not queued and `then` never runs. Returns their place in the order queued, for
+    /// replies before its own. `then` runs once they are read, with the first error among them (an error reply, or one
+    /// inside `EXEC`'s), or once the connection is closed without them, with a failure that says so; when this throws,
+    /// the commands were not queued and `then` never runs. Returns their place in the order queued, for
     /// ``readUnread(through:)``.
-    func appendUnread(_ commands: [RedisCommand], then: @escaping @Sendable () -> Void) throws(CeleryWorkerError) -> Int {
+    func appendUnread(
+        _ commands: [RedisCommand], then: @escaping @Sendable (_ failure: String?) -> Void
+    ) throws(CeleryWorkerError) -> Int {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Int in
             let context = try connectedContext(&state)
             for command in commands where Self.append(command, to: context) != REDIS_OK {
@@ -101,18 +104,33 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
+    /// The failure given for queued commands whose replies never came.
+    static let unanswered = "the connection closed before Redis answered"
+
+    /// The first error reply in `reply`, or among the elements of an array reply (`EXEC`'s).
+    private static func firstError(in reply: RedisReply) -> String? {
+        switch reply {
+        case .error(let message): message
+        case .array(let elements): elements.lazy.compactMap { element in Self.firstError(in: element) }.first
+        default: nil
+        }
+    }
+
     private static func readUnread(_ state: inout State, _ context: UnsafeMutablePointer<redisContext>) throws(CeleryWorkerError) {
         while !state.unread.isEmpty {
             let sent = state.unread.removeFirst()
             state.unreadDone += 1
-            defer { sent.then() }
+            var failure: String?
+            defer { sent.then(failure) }
             for _ in 0..<sent.replies {
                 var raw: UnsafeMutableRawPointer?
                 guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
                     let error = Self.error(from: context, code: .connectionLost, doing: "reading replies")
+                    failure = failure ?? Self.unanswered
                     close(&state)
                     throw error
                 }
+                if failure == nil { failure = Self.firstError(in: convert(raw.assumingMemoryBound(to: redisReply.self))) }
                 freeReplyObject(raw)
             }
         }
@@ -255,7 +273,7 @@ final class RedisConnection: @unchecked Sendable {
         let unread = state.unread
         state.unread.removeAll()
         state.unreadDone += unread.count
-        for sent in unread { sent.then() }
+        for sent in unread { sent.then(Self.unanswered) }
     }
 
     private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> UnsafeMutablePointer<redisContext> {

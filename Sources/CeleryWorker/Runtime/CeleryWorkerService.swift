@@ -534,8 +534,8 @@ final class WorkerRun: Sendable {
         _ phases: Settler.Phases, _ shared: (backend: RedisResultBackend, broker: RedisBroker)
     ) async -> Bool {
         // A delivery without a tag was never recorded: it has nothing to wait for, acknowledge or forget.
-        await phases.earlyAcks.recorded()
-        await phases.lateAcks.recorded()
+        warnUnrecorded(await phases.earlyAcks.recorded())
+        warnUnrecorded(await phases.lateAcks.recorded())
         let early = phases.earlyAcks.compactMap(\.deliveryTag)
         let late = phases.lateAcks.compactMap(\.deliveryTag)
         let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Redis") { () throws(CeleryWorkerError) in
@@ -552,6 +552,16 @@ final class WorkerRun: Sendable {
         return true
     }
 
+    /// Says which messages ran without their `unacked` record confirmed (a blocking pop's record that Redis refused or
+    /// never answered): a crash before their acknowledgement could have lost them.
+    private func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
+        for (delivery, failure) in missing {
+            logger.warning(
+                "Message \(delivery.deliveryTag ?? "?") was not recorded in unacked (\(failure)); it ran without its record, so a crash before its acknowledgement could have lost it"
+            )
+        }
+    }
+
     /// Carries out a delivery action, retrying while Redis is unreachable (a lost ack would run the task twice).
     func carryOut(_ action: DeliveryStateMachine.Action, for delivery: BrokerDelivery) async {
         await carryOut(action, for: [delivery])
@@ -560,7 +570,7 @@ final class WorkerRun: Sendable {
     func carryOut(_ action: DeliveryStateMachine.Action, for all: [BrokerDelivery]) async {
         let deliveries = all.filter { $0.deliveryTag != nil }
         guard action != .none, !deliveries.isEmpty else { return }
-        await deliveries.recorded()
+        warnUnrecorded(await deliveries.recorded())
         let outcome = await retryingWhileUnreachable(retries: 19) { () throws(CeleryWorkerError) in
             switch action {
             case .none: return
