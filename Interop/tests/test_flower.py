@@ -112,9 +112,10 @@ def test_flower_lists_the_swift_worker_and_its_tasks(start_worker, start_python_
     swift_tasks = flower.get(f"/api/tasks?workername={swift_node}")
     assert set(swift_tasks) == {r.id for r in adds} | {failing.id}
 
-    # What Flower learnt with its inspect commands (stats, registered, active_queues, conf)
+    # What Flower learnt with its inspect commands (stats, registered, active_queues, conf). A refresh whose replies
+    # come too late leaves Flower's answer from before the tasks ran (empty totals): poll until it has the new one.
     workers = flower.poll("/api/workers?refresh=1",
-                          lambda w: {swift_node, python_node} <= set(w) and "stats" in w[swift_node])
+                          lambda w: {swift_node, python_node} <= set(w) and w[swift_node].get("stats", {}).get("total"))
     mine = workers[swift_node]
     assert mine["stats"]["pool"]["max-concurrency"] == 2 and mine["stats"]["sw_ident"] == "swift-celery"
     assert mine["stats"]["total"] == {"tasks.add": 3, "tasks.fail": 1}
