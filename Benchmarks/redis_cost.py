@@ -11,6 +11,7 @@ command Redis ran: calls and microseconds per task (`evalsha` is the worker's po
 """
 import argparse
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -57,22 +58,35 @@ def main():
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("--compare", metavar="BINARY",
+                        help="another worker binary, run alternately with --worker (each of the --runs is a pair, "
+                             "the order swapped every pair); the medians of both are printed at the end")
     parser.add_argument("extra", nargs="*", help="worker arguments, after --")
     options = parser.parse_args()
+    workers = [options.worker] + ([options.compare] if options.compare else [])
     server = RedisProcess().start()
     lost = 0
+    results = {worker: [] for worker in workers}
     try:
         messages = make_messages(server.url(1), options.tasks, "tasks.noop", "json")
-        for _ in range(options.runs):
-            result = run(server, messages, options.worker, options.extra)
-            lost += result["lost"]
-            print(f"{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
-                  f"redis {result['redis_us']:5.0f} us CPU/task  lost={result['lost']}", flush=True)
-            for name, stat in sorted(result["stats"].items(), key=lambda item: -item[1]["usec"]):
-                if name.startswith(("cmdstat_config", "cmdstat_rename", "cmdstat_dbsize", "cmdstat_info")):
-                    continue
-                print(f"    {name[8:]:10} {stat['calls'] / result['tasks']:6.3f} calls/task  "
-                      f"{stat['usec'] / result['tasks']:6.1f} us/task", flush=True)
+        for number in range(options.runs):
+            for worker in (workers if number % 2 == 0 else workers[::-1]):
+                result = run(server, messages, worker, options.extra)
+                results[worker].append(result)
+                lost += result["lost"]
+                label = f"{worker}  " if options.compare else ""
+                print(f"{label}{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
+                      f"redis {result['redis_us']:5.0f} us CPU/task  lost={result['lost']}", flush=True)
+                for name, stat in sorted(result["stats"].items(), key=lambda item: -item[1]["usec"]):
+                    if name.startswith(("cmdstat_config", "cmdstat_rename", "cmdstat_dbsize", "cmdstat_info")):
+                        continue
+                    print(f"    {name[8:]:10} {stat['calls'] / result['tasks']:6.3f} calls/task  "
+                          f"{stat['usec'] / result['tasks']:6.1f} us/task", flush=True)
+        if options.compare:
+            for worker, runs in results.items():
+                print(f"median of {len(runs)}: {statistics.median(r['rate'] for r in runs):8.0f} tasks/s  "
+                      f"worker {statistics.median(r['worker_us'] for r in runs):5.1f} us CPU/task  "
+                      f"redis {statistics.median(r['redis_us'] for r in runs):5.1f} us CPU/task  {worker}", flush=True)
     finally:
         server.stop()
     return 1 if lost else 0
