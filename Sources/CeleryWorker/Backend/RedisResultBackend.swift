@@ -54,17 +54,35 @@ public final class RedisResultBackend: ResultBackend {
         local function decoder(name) return name == 'msgpack' and cmsgpack.unpack or cjson.decode end
         -- Stores ARGV[documents + i] under KEYS[first + i] for i = 0 … count - 1.
         local function store_all(first, count, documents, expires, decode)
-            local current = {}
-            for from = first, first + count - 1, 1000 do
-                local upto = math.min(first + count - 1, from + 999)
-                local values = redis.call('MGET', unpack(KEYS, from, upto))
-                for i = 1, #values do current[from + i - 1] = values[i] end
+            local last = first + count - 1
+            -- One MGET reply is used as it is (its first value is the key at `first`); a batch over 1 000 keys is
+            -- gathered into one table.
+            local current, base = {}, first - 1
+            if count <= 1000 then
+                if count > 0 then current = redis.call('MGET', unpack(KEYS, first, last)) end
+            else
+                base = 0
+                for from = first, last, 1000 do
+                    local values = redis.call('MGET', unpack(KEYS, from, math.min(last, from + 999)))
+                    for i = 1, #values do current[from + i - 1] = values[i] end
+                end
             end
-            local seen = {}
-            for i = first, first + count - 1 do
-                local key, stored = KEYS[i], current[i]
-                if seen[key] then stored = redis.call('GET', key) end
-                seen[key] = true
+            -- A key met earlier in the batch is read again, after the write before it: found by a plain search in
+            -- a small batch (a table of the keys seen costs more there), by that table in a large one.
+            local seen = count > 16 and {} or nil
+            for i = first, last do
+                local key, stored = KEYS[i], current[i - base]
+                if seen then
+                    if seen[key] then stored = redis.call('GET', key) end
+                    seen[key] = true
+                else
+                    for j = first, i - 1 do
+                        if KEYS[j] == key then
+                            stored = redis.call('GET', key)
+                            break
+                        end
+                    end
+                end
                 local success = false
                 if stored then
                     local ok, decoded = pcall(decode, stored)

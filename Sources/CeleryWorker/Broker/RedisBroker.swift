@@ -213,9 +213,9 @@ public final class RedisBroker: Broker {
         #"""
         \#(RedisScript.callMany)
         -- Python's json.dumps of a string (ensure_ascii): the escapes it uses, everything else past ASCII as \uXXXX.
-        local short = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
-            ['\b'] = '\\b', ['\f'] = '\\f' }
         local function jsonstring(s)
+            local short = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
+                ['\b'] = '\\b', ['\f'] = '\\f' }
             s = string.gsub(s, '[%c"\\]', function(c) return short[c] or string.format('\\u%04x', string.byte(c)) end)
             s = string.gsub(s, '[\194-\244][\128-\191]*', function(c)
                 local b = { string.byte(c, 1, -1) }
@@ -239,10 +239,7 @@ public final class RedisBroker: Broker {
         -- backslash. The classes are ranges, not `%c`: Lua's matcher calls a function per character for a `%`
         -- class.
         local kombu_head = ', "properties": {"correlation_id": "'
-        local kept = '([^"\\\1-\31\127-\255]*)'
-        local kombu_tail = '^[^"\\]*", "reply_to": "[^"\\]*", "delivery_mode": %d+, "delivery_info": {"exchange": "'
-            .. kept .. '", "routing_key": "' .. kept .. '"}, "priority": %d+, "body_encoding": "base64", '
-            .. '"delivery_tag": "' .. kept .. '"}}$'
+        local kombu_tail = '^[^"\\]*", "reply_to": "[^"\\]*", "delivery_mode": %d+, "delivery_info": {"exchange": "([^"\\\1-\31\127-\255]*)", "routing_key": "([^"\\\1-\31\127-\255]*)"}, "priority": %d+, "body_encoding": "base64", "delivery_tag": "([^"\\\1-\31\127-\255]*)"}}$'
         -- The tag, exchange and routing key kombu records for a message (the last two as JSON strings), or nil.
         local function record_fields(message)
             local at = string.find(message, kombu_head, -1024, true)
@@ -266,39 +263,36 @@ public final class RedisBroker: Broker {
             end
             return decoded.properties.delivery_tag, jsonstring(exchange), jsonstring(routing_key)
         end
-        -- Recorded with one ZADD and one HSET for the whole batch.
-        local out, scores, records = {}, {}, {}
-        for n = 1, tonumber(ARGV[1]) do
-            local found = false
-            for i = 3, #KEYS do
-                local message = redis.call('RPOP', KEYS[i])
-                if message then
-                    found = true
-                    local tag, exchange, routing_key = record_fields(message)
-                    if tag then
-                        scores[#scores + 1] = ARGV[2]
-                        scores[#scores + 1] = tag
-                        records[#records + 1] = tag
-                        records[#records + 1] = '[' .. message .. ', ' .. exchange .. ', ' .. routing_key .. ']'
-                    end
-                    table.insert(out, i - 2)
-                    table.insert(out, message)
-                    table.insert(out, tag or false)
-                    break
-                end
+        -- Recorded with one ZADD and one HSET for the whole batch. Counted as they fill (no `#` per append).
+        local out, scores, records, popped, recorded = {}, {}, {}, 0, 0
+        local score, lists = ARGV[2], #KEYS
+        for _ = 1, tonumber(ARGV[1]) do
+            local message, list
+            for i = 3, lists do
+                message = redis.call('RPOP', KEYS[i])
+                if message then list = i - 2 break end
             end
-            if not found then break end
+            if not message then break end
+            local tag, exchange, routing_key = record_fields(message)
+            if tag then
+                scores[recorded + 1], scores[recorded + 2] = score, tag
+                records[recorded + 1] = tag
+                records[recorded + 2] = '[' .. message .. ', ' .. exchange .. ', ' .. routing_key .. ']'
+                recorded = recorded + 2
+            end
+            out[popped + 1], out[popped + 2], out[popped + 3] = list, message, tag or false
+            popped = popped + 3
         end
-        local ok, failure = pcall(call_many, 'ZADD', KEYS[2], scores, 1, #scores)
+        local ok, failure = pcall(call_many, 'ZADD', KEYS[2], scores, 1, recorded)
         local indexed = ok
-        if ok then ok, failure = pcall(call_many, 'HSET', KEYS[1], records, 1, #records) end
+        if ok then ok, failure = pcall(call_many, 'HSET', KEYS[1], records, 1, recorded) end
         if not ok then
             -- Not recorded (a key of the wrong type, say): the batch goes back where it was, in its order, its
             -- index entries are removed, and the error is the reply, so nothing popped here is lost.
             if indexed then
-                for i = 2, #scores, 2 do redis.pcall('ZREM', KEYS[2], scores[i]) end
+                for i = 2, recorded, 2 do redis.pcall('ZREM', KEYS[2], scores[i]) end
             end
-            for i = #out - 2, 1, -3 do redis.call('RPUSH', KEYS[out[i] + 2], out[i + 1]) end
+            for i = popped - 2, 1, -3 do redis.call('RPUSH', KEYS[out[i] + 2], out[i + 1]) end
             return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))
         end
         return out
