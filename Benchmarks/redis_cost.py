@@ -6,8 +6,10 @@ its per-command statistics (`INFO commandstats`), the numbers behind the README'
 
 Each run starts the release build of the worker (`-c 2`, plus any arguments after `--`), pre-fills N `tasks.noop`
 messages made by Celery's own producer into a list nobody consumes, resets Redis's statistics, renames the list onto
-the queue and waits for every result. It prints the drain rate, the worker's and Redis's CPU per task, and for each
-command Redis ran: calls and microseconds per task (`evalsha` is the worker's pop-and-record and settle scripts).
+the queue and waits for every result. It prints the drain rate, the worker's and Redis's CPU per task (and how much
+of one core Redis was busy during the drain: Redis runs commands on one thread, so near 1 it is what limits the
+rate), and for each command Redis ran: calls and microseconds per task (`evalsha` is the worker's pop-and-record and
+settle scripts).
 """
 import argparse
 import signal
@@ -50,7 +52,8 @@ def run(server, messages, worker, extra):
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     return {"tasks": done, "rate": done / elapsed, "worker_us": (worker1 - worker0) / done * 1e6,
-            "redis_us": (redis1 - redis0) / done * 1e6, "stats": stats, "lost": len(messages) - done}
+            "redis_us": (redis1 - redis0) / done * 1e6, "redis_busy": (redis1 - redis0) / elapsed, "stats": stats,
+            "lost": len(messages) - done}
 
 
 def main():
@@ -76,7 +79,8 @@ def main():
                 lost += result["lost"]
                 label = f"{worker}  " if options.compare else ""
                 print(f"{label}{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
-                      f"redis {result['redis_us']:5.0f} us CPU/task  lost={result['lost']}", flush=True)
+                      f"redis {result['redis_us']:5.0f} us CPU/task (busy {result['redis_busy']:.2f} of a core)  "
+                      f"lost={result['lost']}", flush=True)
                 for name, stat in sorted(result["stats"].items(), key=lambda item: -item[1]["usec"]):
                     if name.startswith(("cmdstat_config", "cmdstat_rename", "cmdstat_dbsize", "cmdstat_info")):
                         continue
@@ -86,7 +90,8 @@ def main():
             for worker, runs in results.items():
                 print(f"median of {len(runs)}: {statistics.median(r['rate'] for r in runs):8.0f} tasks/s  "
                       f"worker {statistics.median(r['worker_us'] for r in runs):5.1f} us CPU/task  "
-                      f"redis {statistics.median(r['redis_us'] for r in runs):5.1f} us CPU/task  {worker}", flush=True)
+                      f"redis {statistics.median(r['redis_us'] for r in runs):5.1f} us CPU/task "
+                      f"(busy {statistics.median(r['redis_busy'] for r in runs):.2f})  {worker}", flush=True)
     finally:
         server.stop()
     return 1 if lost else 0
