@@ -9,7 +9,9 @@ a loaded worker runs them: N `tasks.noop` messages made by Celery's own producer
 `unacked` stays as small as under load), with Redis's database numbers the benchmark's (broker 1, results 0: the
 settle script selects both). It prints Redis's instructions per task for each revision, counted over the whole
 run (pops, records, settles, the network), and checks that every message was recorded, acknowledged and stored.
-Not the worker's own code: `Benchmarks/instructions.py` counts that.
+It also prints what one call of each script costs when it has nothing to do (a pop of empty queues, a settle of
+nothing): the part of a script's cost that bigger batches share. Not the worker's own code:
+`Benchmarks/instructions.py` counts that.
 """
 import argparse
 import json
@@ -108,6 +110,19 @@ def main():
                     backend.evalsha(settle, len(keys), *keys, 1, 0, 86400, "json", len(tags), len(tags), *tags,
                                     *[result(tag) for tag in tags])
 
+                def counted(calls, run):
+                    subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
+                    for _ in range(calls):
+                        run()
+                    subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
+                    dumps = sorted(Path(tmp).glob(f"callgrind.out.{server.pid}.*"), key=os.path.getmtime)
+                    return int(re.search(r"^summary: (\d+)", dumps[-1].read_text(), re.M).group(1)) / calls
+
+                calls = max(10, options.tasks // 5)
+                empty_pop = counted(calls, lambda: broker.evalsha(pop, 2 + len(lists), "unacked", "unacked_index",
+                                                                  *["empty"] * len(lists), 5, repr(time.time())))
+                empty_settle = counted(calls, lambda: backend.evalsha(settle, 2, "unacked", "unacked_index", 1, 0,
+                                                                      86400, "json", 0, 0))
                 subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
                 before = []
                 while True:
@@ -125,7 +140,8 @@ def main():
                 if stored != options.tasks or left:
                     raise RuntimeError(f"{rev}: {stored} results stored of {options.tasks}, {left} left in unacked")
                 print(f"{rev:12} {total / options.tasks:9.0f} Redis instructions per task "
-                      f"({options.tasks} tasks, {options.batch} per pop and per settle)", flush=True)
+                      f"({options.tasks} tasks, {options.batch} per pop and per settle); a call with nothing to do: "
+                      f"pop {empty_pop:.0f}, settle {empty_settle:.0f}", flush=True)
         finally:
             try:
                 broker.shutdown(nosave=True)
