@@ -498,6 +498,32 @@ struct RedisSettleTests {
         #expect(ttl > 590 && ttl <= 600)
     }
 
+    @Test("with the broker and the backend in one database, one script acknowledges and stores there")
+    func settleInOneDatabase() async throws {
+        let client = try await TestRedis.client(database: 7)
+        let broker = RedisBroker(blocking: RedisClient(url: client.url), commands: client)
+        let backend = RedisResultBackend(client: client, serializer: .json, expires: 600)
+        #expect(backend.sharesServer(with: broker))
+        let raw = try fixture("v2-json-add.message.json")
+        for tag in ["one-1", "one-2", "one-3"] {
+            let envelope = try #require(String(bytes: raw, encoding: .utf8)).replacingOccurrences(
+                of: #""delivery_tag": ""#, with: #""delivery_tag": "\#(tag)-"#)
+            try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(Array(envelope.utf8))))
+        }
+        let tags = try await broker.fetch(queues: ["celery"], limit: 3).compactMap(\.deliveryTag)
+        #expect(tags.count == 3)
+        let kept = CeleryResultDocument(taskID: "done", status: .success, result: 1)
+        try await backend.store([kept])
+        let fresh = CeleryResultDocument(taskID: "fresh", status: .success, result: 2)
+        try await backend.settle(
+            earlyAcks: [tags[0]], documents: [fresh, CeleryResultDocument(taskID: "done", status: .failure, result: nil)],
+            lateAcks: [tags[1]], broker: broker)
+        #expect(try await client.send(RedisCommand("HKEYS", "unacked")).array?.compactMap(\.text) == [tags[2]])
+        #expect(try await client.send(RedisCommand("ZRANGE", "unacked_index", "0", "-1")).array?.compactMap(\.text) == [tags[2]])
+        #expect(try await client.send(RedisCommand("GET", "celery-task-meta-fresh")).bytes == fresh.encoded(as: .json))
+        #expect(try await client.send(RedisCommand("GET", "celery-task-meta-done")).bytes == kept.encoded(as: .json))
+    }
+
     @Test(
         "a batch is written in full, over 1 000 acknowledgements and documents too; a key met twice sees the first write",
         arguments: [3, 1_100])

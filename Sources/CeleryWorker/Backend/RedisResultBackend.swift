@@ -154,12 +154,14 @@ public final class RedisResultBackend: ResultBackend {
             local brokerdb, backenddb = ARGV[1], ARGV[2]
             local expires, decode = tonumber(ARGV[3]), decoder(ARGV[4])
             local early, count = tonumber(ARGV[5]), tonumber(ARGV[6])
+            -- With both in one database (Celery's examples use database 0 for both), no SELECT at all.
+            local across = brokerdb ~= backenddb
             local function ack(first, last)
                 if first > last then return end
-                redis.call('SELECT', brokerdb)
+                if across then redis.call('SELECT', brokerdb) end
                 call_many('ZREM', KEYS[2], ARGV, first, last)
                 call_many('HDEL', KEYS[1], ARGV, first, last)
-                redis.call('SELECT', backenddb)
+                if across then redis.call('SELECT', backenddb) end
             end
             ack(7, 6 + early)
             store_all(3, count, 7 + early, expires, decode)
