@@ -110,38 +110,40 @@ def main():
                     backend.evalsha(settle, len(keys), *keys, 1, 0, 86400, "json", len(tags), len(tags), *tags,
                                     *[result(tag) for tag in tags])
 
-                def counted(calls, run):
+                def counted(run):
+                    """Redis's instructions while `run` runs: the counters zeroed before, dumped after."""
                     subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
-                    for _ in range(calls):
-                        run()
+                    run()
                     subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
                     dumps = sorted(Path(tmp).glob(f"callgrind.out.{server.pid}.*"), key=os.path.getmtime)
-                    return int(re.search(r"^summary: (\d+)", dumps[-1].read_text(), re.M).group(1)) / calls
+                    return int(re.search(r"^summary: (\d+)", dumps[-1].read_text(), re.M).group(1))
+
+                def repeated(call):
+                    return lambda: [call() for _ in range(calls)]
+
+                def drain():
+                    before = []
+                    while True:
+                        popped = broker.evalsha(pop, 2 + len(lists), "unacked", "unacked_index", *lists,
+                                                options.batch, repr(time.time()))
+                        if before:
+                            settle_batch(before)
+                        if not popped:
+                            break
+                        before = [popped[index + 2].decode() for index in range(0, len(popped), 3)]
 
                 calls = max(10, options.tasks // 5)
-                empty_pop = counted(calls, lambda: broker.evalsha(pop, 2 + len(lists), "unacked", "unacked_index",
-                                                                  *["empty"] * len(lists), 5, repr(time.time())))
-                empty_settle = counted(calls, lambda: backend.evalsha(settle, 2, "unacked", "unacked_index", 1, 0,
-                                                                      86400, "json", 0, 0))
-                subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
-                before = []
-                while True:
-                    popped = broker.evalsha(pop, 2 + len(lists), "unacked", "unacked_index", *lists, options.batch,
-                                            repr(time.time()))
-                    if before:
-                        settle_batch(before)
-                    if not popped:
-                        break
-                    before = [popped[index + 2].decode() for index in range(0, len(popped), 3)]
-                subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
-                dumps = sorted(Path(tmp).glob(f"callgrind.out.{server.pid}.*"), key=os.path.getmtime)
-                total = int(re.search(r"^summary: (\d+)", dumps[-1].read_text(), re.M).group(1))
+                empty_pop = counted(repeated(lambda: broker.evalsha(
+                    pop, 2 + len(lists), "unacked", "unacked_index", *["empty"] * len(lists), 5, repr(time.time()))))
+                empty_settle = counted(repeated(lambda: backend.evalsha(
+                    settle, 2, "unacked", "unacked_index", 1, 0, 86400, "json", 0, 0)))
+                total = counted(drain)
                 stored, left = backend.dbsize(), broker.hlen("unacked") + broker.zcard("unacked_index")
                 if stored != options.tasks or left:
                     raise RuntimeError(f"{rev}: {stored} results stored of {options.tasks}, {left} left in unacked")
                 print(f"{rev:12} {total / options.tasks:9.0f} Redis instructions per task "
                       f"({options.tasks} tasks, {options.batch} per pop and per settle); a call with nothing to do: "
-                      f"pop {empty_pop:.0f}, settle {empty_settle:.0f}", flush=True)
+                      f"pop {empty_pop / calls:.0f}, settle {empty_settle / calls:.0f}", flush=True)
         finally:
             try:
                 broker.shutdown(nosave=True)
