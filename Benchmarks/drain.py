@@ -2,6 +2,7 @@
 
     .venv/bin/python Benchmarks/drain.py --tasks 5000 --repeat 3 # the README table
     .venv/bin/python Benchmarks/drain.py --tasks 200 --quick     # CI: checks that it still works
+    .venv/bin/python Benchmarks/drain.py --tasks 5000 --repeat 3 --prefetch-multiplier 16 --drain-only
 
 For each worker and variant it pre-fills N real Celery messages (made by Celery itself), starts the worker, and
 measures the time to drain them with every result written (tasks/s), the worker process tree's CPU time per task
@@ -9,7 +10,8 @@ and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worke
 p50/p99, timed on raw sockets), also for the simplest possible consumers (a loop that only BRPOPs and PUBLISHes, in
 Python and in C with hiredis: `floor.c`, built here with the system C compiler), the time from
 starting a worker to the result of a message already waiting, and a throughput floor: a bare batched Python loop
-(pop many, pipeline the result writes, no Celery).
+(pop many, pipeline the result writes, no Celery). Every worker runs with Celery's defaults (`-c 2`, prefetch
+multiplier 4), or with `--prefetch-multiplier N` all of them with that multiplier.
 """
 import argparse
 import json
@@ -102,6 +104,9 @@ def build_floor(logdir):
     return binary
 
 
+PREFETCH_MULTIPLIER = None  # Celery's default (4) unless --prefetch-multiplier is given; the same for every worker
+
+
 def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=True):
     env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
     log = open(logdir / f"{kind}.log", "ab")
@@ -121,6 +126,8 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=Tr
                 backend, "-c", "2", "-l", "WARNING"]
         if acks_late:
             args.append("--acks-late")
+        if PREFETCH_MULTIPLIER is not None:
+            args += ["--prefetch-multiplier", str(PREFETCH_MULTIPLIER)]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
         if settle:
             time.sleep(0.3)
@@ -128,8 +135,9 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=Tr
     env.update({"ACKS_LATE": "1" if acks_late else "0", "RESULT_SERIALIZER": "json"})
     pool = "prefork" if kind == "python-prefork" else "threads"
     celery = Path(sys.executable).with_name("celery")
+    prefetch = [] if PREFETCH_MULTIPLIER is None else ["--prefetch-multiplier", str(PREFETCH_MULTIPLIER)]
     proc = subprocess.Popen([str(celery), "-A", "pytasks", "worker", "-P", pool, "-c", "2", "-l", "WARNING",
-                             "--without-mingle", "--without-gossip", "--without-heartbeat"],
+                             "--without-mingle", "--without-gossip", "--without-heartbeat", *prefetch],
                             cwd=ROOT / "Interop" / "pyworker", stdout=subprocess.DEVNULL, stderr=log, env=env,
                             start_new_session=True)
     if settle:
@@ -411,8 +419,13 @@ def main():
     parser.add_argument("--latency-only", metavar="KINDS", type=latency_kinds,
                         help="measure only the idle pick-up latency of these workers (comma-separated: "
                              f"{', '.join(LATENCY_KINDS)}), --repeat times")
+    parser.add_argument("--prefetch-multiplier", type=int,
+                        help="every worker's prefetch multiplier (default: Celery's, 4)")
+    parser.add_argument("--drain-only", action="store_true",
+                        help="only the drains and the bare loop: no Redis ceiling, latency or start-up measurements")
     options = parser.parse_args()
     globals()["WORKER"] = options.worker
+    globals()["PREFETCH_MULTIPLIER"] = options.prefetch_multiplier
     logdir = Path("/tmp/swift-celery-bench")
     logdir.mkdir(exist_ok=True)
     server = RedisProcess().start()
@@ -440,26 +453,29 @@ def main():
             floor = median_run([bare_loop(server, messages) for _ in range(options.repeat)])
             print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s", flush=True)
             rows.append(("bare-python", task, serializer, acks, floor))
-        ceiling = redis_ceiling(server, 20000 if options.quick else 200000)
-        print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
-              f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
-        print()
-        for gap in options.latency_gaps:
-            for kind in LATENCY_KINDS:
-                print_latency(kind, gap, latency(kind, server, 20 if options.quick else options.latency_samples, logdir,
-                                                 gap / 1000))
-        for kind in ["swift", "python-prefork"]:
-            print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} ms "
-                  "(median; a message already waiting)", flush=True)
+        ceiling = None
+        if not options.drain_only:
+            ceiling = redis_ceiling(server, 20000 if options.quick else 200000)
+            print(f"redis ceiling for the per-task command mix: {ceiling['rate']:.0f} tasks/s "
+                  f"({', '.join(f'{k} {v:.0f}/s' for k, v in ceiling['commands'].items())})", flush=True)
+            print()
+            for gap in options.latency_gaps:
+                for kind in LATENCY_KINDS:
+                    print_latency(kind, gap, latency(kind, server, 20 if options.quick else options.latency_samples,
+                                                     logdir, gap / 1000))
+            for kind in ["swift", "python-prefork"]:
+                print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} "
+                      "ms (median; a message already waiting)", flush=True)
         print()
         print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift / bare | Redis ceiling | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
+        ceiling_text = f"{ceiling['rate']:.0f}" if ceiling else "-"
         for task, serializer, acks in variants:
             got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
             sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
             print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {pf['rate']:.0f} | "
                   f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | "
-                  f"{sw['rate'] / floor['rate']:.2f}x | {ceiling['rate']:.0f} | {sw['cpu_us']:.0f} | "
+                  f"{sw['rate'] / floor['rate']:.2f}x | {ceiling_text} | {sw['cpu_us']:.0f} | "
                   f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
         print(f"\nbenchmark: {len(rows)} cells x {options.repeat} run(s), {lost} tasks lost")

@@ -3,6 +3,7 @@ its per-command statistics (`INFO commandstats`), the numbers behind the README'
 
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3 -- --prefetch-multiplier 16
+    .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 5 --compare-args="--prefetch-multiplier 16"
 
 Each run starts the release build of the worker (`-c 2`, plus any arguments after `--`), pre-fills N `tasks.noop`
 messages made by Celery's own producer into a list nobody consumes, resets Redis's statistics, renames the list onto
@@ -12,6 +13,7 @@ rate), and for each command Redis ran: calls and microseconds per task (`evalsha
 settle scripts).
 """
 import argparse
+import shlex
 import signal
 import statistics
 import subprocess
@@ -64,20 +66,30 @@ def main():
     parser.add_argument("--compare", metavar="BINARY",
                         help="another worker binary, run alternately with --worker (each of the --runs is a pair, "
                              "the order swapped every pair); the medians of both are printed at the end")
+    parser.add_argument("--compare-args", metavar="ARGS",
+                        help="run the worker alternately with these arguments added (one string: --compare-args=\"...\"), as --compare does "
+                             "with another binary")
     parser.add_argument("extra", nargs="*", help="worker arguments, after --")
     options = parser.parse_args()
-    workers = [options.worker] + ([options.compare] if options.compare else [])
+    # Each variant: a label, the binary and its arguments.
+    variants = [(options.worker, options.worker, options.extra)]
+    if options.compare:
+        variants.append((options.compare, options.compare, options.extra))
+    if options.compare_args:
+        added = shlex.split(options.compare_args)
+        variants.append((f"{options.worker} {options.compare_args}", options.worker, options.extra + added))
+    paired = len(variants) > 1
     server = RedisProcess().start()
     lost = 0
-    results = {worker: [] for worker in workers}
+    results = {label: [] for label, _, _ in variants}
     try:
         messages = make_messages(server.url(1), options.tasks, "tasks.noop", "json")
         for number in range(options.runs):
-            for worker in (workers if number % 2 == 0 else workers[::-1]):
-                result = run(server, messages, worker, options.extra)
-                results[worker].append(result)
+            for label, worker, extra in (variants if number % 2 == 0 else variants[::-1]):
+                result = run(server, messages, worker, extra)
+                results[label].append(result)
                 lost += result["lost"]
-                label = f"{worker}  " if options.compare else ""
+                label = f"{label}  " if paired else ""
                 print(f"{label}{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
                       f"redis {result['redis_us']:5.0f} us CPU/task (busy {result['redis_busy']:.2f} of a core)  "
                       f"lost={result['lost']}", flush=True)
@@ -86,7 +98,7 @@ def main():
                         continue
                     print(f"    {name[8:]:10} {stat['calls'] / result['tasks']:6.3f} calls/task  "
                           f"{stat['usec'] / result['tasks']:6.1f} us/task", flush=True)
-        if options.compare:
+        if paired:
             for worker, runs in results.items():
                 print(f"median of {len(runs)}: {statistics.median(r['rate'] for r in runs):8.0f} tasks/s  "
                       f"worker {statistics.median(r['worker_us'] for r in runs):5.1f} us CPU/task  "
