@@ -406,6 +406,13 @@ def print_latency(kind, gap, lat):
           f"p99 {lat['p99_ms']:.2f} ms", flush=True)
 
 
+def whole(text):
+    """A whole number, 0 or more, for argparse."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
@@ -419,8 +426,8 @@ def main():
     parser.add_argument("--latency-only", metavar="KINDS", type=latency_kinds,
                         help="measure only the idle pick-up latency of these workers (comma-separated: "
                              f"{', '.join(LATENCY_KINDS)}), --repeat times")
-    parser.add_argument("--prefetch-multiplier", type=int,
-                        help="every worker's prefetch multiplier (default: Celery's, 4)")
+    parser.add_argument("--prefetch-multiplier", type=whole,
+                        help="every worker's prefetch multiplier, 0 for no limit (default: Celery's, 4)")
     parser.add_argument("--drain-only", action="store_true",
                         help="only the drains and the bare loop: no Redis ceiling, latency or start-up measurements")
     options = parser.parse_args()

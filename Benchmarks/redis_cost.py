@@ -18,6 +18,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import redis
@@ -30,10 +31,15 @@ def run(server, messages, worker, extra):
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
     rr.flushdb()
-    proc = subprocess.Popen([worker, "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING",
-                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [worker, "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING", *extra]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(0.3)
+        if proc.poll() is not None:
+            log.seek(0)
+            sys.exit(f"the worker exited at once (status {proc.returncode}): {' '.join(command)}\n"
+                     f"{log.read().decode(errors='replace')[-2000:]}")
         pipe = rb.pipeline(transaction=False)
         for raw in messages:
             pipe.lpush("celery.prefill", raw)
