@@ -474,15 +474,18 @@ def main():
                 print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} "
                       "ms (median; a message already waiting)", flush=True)
         print()
-        print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | Swift / bare | Redis ceiling | Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        ceiling_text = f"{ceiling['rate']:.0f}" if ceiling else "-"
+        # The Redis ceiling's column only when it was measured (not with --drain-only).
+        ceiling_head, ceiling_rule = (" Redis ceiling |", "---|") if ceiling else ("", "")
+        print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | "
+              f"Swift / bare |{ceiling_head} Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
+        print(f"|---|---|---|---|---|---|---|{ceiling_rule}---|---|---|")
+        ceiling_cell = f" {ceiling['rate']:.0f} |" if ceiling else ""
         for task, serializer, acks in variants:
             got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
             sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
             print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {pf['rate']:.0f} | "
                   f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | "
-                  f"{sw['rate'] / floor['rate']:.2f}x | {ceiling_text} | {sw['cpu_us']:.0f} | "
+                  f"{sw['rate'] / floor['rate']:.2f}x |{ceiling_cell} {sw['cpu_us']:.0f} | "
                   f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
         print(f"\nbenchmark: {len(rows)} cells x {options.repeat} run(s), {lost} tasks lost")
