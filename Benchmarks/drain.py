@@ -109,6 +109,8 @@ PREFETCH_MULTIPLIER = None  # Celery's default (4) unless --prefetch-multiplier 
 
 def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=True):
     env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
+    # The same flag for the Swift worker and for Celery's.
+    prefetch = [] if PREFETCH_MULTIPLIER is None else ["--prefetch-multiplier", str(PREFETCH_MULTIPLIER)]
     log = open(logdir / f"{kind}.log", "ab")
     if kind == "c-loop":
         port = broker.rsplit(":", 1)[1].split("/")[0]
@@ -123,11 +125,9 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=Tr
         return proc
     if kind == "swift":
         args = [WORKER, "--broker", broker, "--result-backend",
-                backend, "-c", "2", "-l", "WARNING"]
+                backend, "-c", "2", "-l", "WARNING", *prefetch]
         if acks_late:
             args.append("--acks-late")
-        if PREFETCH_MULTIPLIER is not None:
-            args += ["--prefetch-multiplier", str(PREFETCH_MULTIPLIER)]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
         if settle:
             time.sleep(0.3)
@@ -135,7 +135,6 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=Tr
     env.update({"ACKS_LATE": "1" if acks_late else "0", "RESULT_SERIALIZER": "json"})
     pool = "prefork" if kind == "python-prefork" else "threads"
     celery = Path(sys.executable).with_name("celery")
-    prefetch = [] if PREFETCH_MULTIPLIER is None else ["--prefetch-multiplier", str(PREFETCH_MULTIPLIER)]
     proc = subprocess.Popen([str(celery), "-A", "pytasks", "worker", "-P", pool, "-c", "2", "-l", "WARNING",
                              "--without-mingle", "--without-gossip", "--without-heartbeat", *prefetch],
                             cwd=ROOT / "Interop" / "pyworker", stdout=subprocess.DEVNULL, stderr=log, env=env,

@@ -59,6 +59,7 @@ def run(server, messages, worker, extra):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        log.close()
     return {"tasks": done, "rate": done / elapsed, "worker_us": (worker1 - worker0) / done * 1e6,
             "redis_us": (redis1 - redis0) / done * 1e6, "redis_busy": (redis1 - redis0) / elapsed, "stats": stats,
             "lost": len(messages) - done}
@@ -73,8 +74,8 @@ def main():
                         help="another worker binary, run alternately with --worker (each of the --runs is a pair, "
                              "the order swapped every pair); the medians of both are printed at the end")
     parser.add_argument("--compare-args", metavar="ARGS",
-                        help="run the worker alternately with these arguments added (one string: --compare-args=\"...\"), as --compare does "
-                             "with another binary")
+                        help="run the worker alternately with these arguments added (one string, "
+                             "--compare-args=\"...\"), as --compare does with another binary")
     parser.add_argument("extra", nargs="*", help="worker arguments, after --")
     options = parser.parse_args()
     # Each variant: a label, the binary and its arguments.
@@ -95,8 +96,8 @@ def main():
                 result = run(server, messages, worker, extra)
                 results[label].append(result)
                 lost += result["lost"]
-                label = f"{label}  " if paired else ""
-                print(f"{label}{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
+                prefix = f"{label}  " if paired else ""
+                print(f"{prefix}{result['rate']:8.0f} tasks/s  worker {result['worker_us']:5.0f} us CPU/task  "
                       f"redis {result['redis_us']:5.0f} us CPU/task (busy {result['redis_busy']:.2f} of a core)  "
                       f"lost={result['lost']}", flush=True)
                 for name, stat in sorted(result["stats"].items(), key=lambda item: -item[1]["usec"]):
