@@ -55,7 +55,7 @@ def backend_redis(redis_urls):
 
 
 class LoggedProcess:
-    """A worker process whose log file the tests read."""
+    """A worker process whose log file the tests read (and a failed test's report shows)."""
 
     name = "worker"
     proc: subprocess.Popen
@@ -97,6 +97,8 @@ class LoggedProcess:
 class WorkerProcess(LoggedProcess):
     """The Swift worker."""
 
+    name = "Swift worker"
+
     def __init__(self, args, logfile: Path, env=None):
         if not WORKER_BINARY.exists():
             raise RuntimeError(f"{WORKER_BINARY} is missing: run `swift build` first")
@@ -111,14 +113,41 @@ class WorkerProcess(LoggedProcess):
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
 
 
+def log_tail(text: str, lines: int = 150) -> str:
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else "(empty)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the logs of the workers it started: an intermittent failure in CI can then
+    be told apart (a worker that never wrote, or a client that never saw what was written)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for index, worker in enumerate(getattr(item, "started_workers", [])):
+        report.sections.append((f"{worker.name} {index} log ({worker.logfile.name})", log_tail(worker.log)))
+        if isinstance(worker, WorkerProcess):
+            report.sections.append((f"{worker.name} {index} stdout", log_tail(worker.stdout, 40)))
+
+
+def remember(request, worker):
+    """Records a worker the test started, for its report if it fails."""
+    if not hasattr(request.node, "started_workers"):
+        request.node.started_workers = []
+    request.node.started_workers.append(worker)
+    return worker
+
+
 @pytest.fixture
-def start_worker(redis_urls, tmp_path):
+def start_worker(redis_urls, tmp_path, request):
     workers = []
 
     def start(*extra, broker=None, backend=None, ready=True, env=None):
         args = ["--broker", broker or redis_urls["broker"], "--result-backend", backend or redis_urls["backend"],
                 *extra]
-        worker = WorkerProcess(args, tmp_path / f"worker{len(workers)}.log", env=env)
+        worker = remember(request, WorkerProcess(args, tmp_path / f"worker{len(workers)}.log", env=env))
         workers.append(worker)
         return worker.wait_ready() if ready else worker
 
@@ -153,12 +182,12 @@ class PythonWorker(LoggedProcess):
 
 
 @pytest.fixture
-def start_python_worker(redis_urls, tmp_path):
+def start_python_worker(redis_urls, tmp_path, request):
     workers = []
 
     def start(*args, env=None, ready=True):
-        worker = PythonWorker(redis_urls["broker"], redis_urls["backend"], tmp_path / f"pyworker{len(workers)}.log",
-                              *args, env=env)
+        worker = remember(request, PythonWorker(redis_urls["broker"], redis_urls["backend"],
+                                                tmp_path / f"pyworker{len(workers)}.log", *args, env=env))
         workers.append(worker)
         return worker.wait_ready() if ready else worker
 
