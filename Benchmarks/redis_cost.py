@@ -13,6 +13,7 @@ rate), and for each command Redis ran: calls and microseconds per task (`evalsha
 settle scripts).
 """
 import argparse
+import contextlib
 import shlex
 import signal
 import statistics
@@ -26,7 +27,12 @@ import redis
 from drain import WORKER, RedisProcess, make_messages, tree_stats
 
 
-def run(server, messages, worker, extra):
+@contextlib.contextmanager
+def worker_before_drain(server, messages, worker, extra):
+    """The worker (`-c 2`, plus `extra`) started on fresh broker and backend databases, with every message waiting
+    in `celery.prefill`, a list nobody consumes (``drain`` renames it onto the queue). Yields the worker's process
+    and clients of the broker and backend databases; stops the worker on the way out. A worker that exits at once
+    (a bad argument) ends the benchmark with its own error."""
     broker, backend = server.url(1), server.url(0)
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
@@ -44,22 +50,32 @@ def run(server, messages, worker, extra):
         for raw in messages:
             pipe.lpush("celery.prefill", raw)
         pipe.execute()
-        rb.config_resetstat()
-        worker0, _ = tree_stats(proc.pid)
-        redis0, _ = tree_stats(server.proc.pid)
-        started = time.monotonic()
-        rb.rename("celery.prefill", "celery")
-        while rr.dbsize() < len(messages) and time.monotonic() - started < 300:
-            time.sleep(0.005)
-        elapsed = time.monotonic() - started
-        worker1, _ = tree_stats(proc.pid)
-        redis1, _ = tree_stats(server.proc.pid)
-        done = rr.dbsize()
-        stats = rb.info("commandstats")
+        yield proc, rb, rr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         log.close()
+
+
+def drain(rb, rr, count):
+    """Renames the pre-filled list onto the queue and waits (300 s at most) until `count` results are stored;
+    returns the seconds it took and how many were stored."""
+    started = time.monotonic()
+    rb.rename("celery.prefill", "celery")
+    while rr.dbsize() < count and time.monotonic() - started < 300:
+        time.sleep(0.005)
+    return time.monotonic() - started, rr.dbsize()
+
+
+def run(server, messages, worker, extra):
+    with worker_before_drain(server, messages, worker, extra) as (proc, rb, rr):
+        rb.config_resetstat()
+        worker0, _ = tree_stats(proc.pid)
+        redis0, _ = tree_stats(server.proc.pid)
+        elapsed, done = drain(rb, rr, len(messages))
+        worker1, _ = tree_stats(proc.pid)
+        redis1, _ = tree_stats(server.proc.pid)
+        stats = rb.info("commandstats")
     return {"tasks": done, "rate": done / elapsed, "worker_us": (worker1 - worker0) / done * 1e6,
             "redis_us": (redis1 - redis0) / done * 1e6, "redis_busy": (redis1 - redis0) / elapsed, "stats": stats,
             "lost": len(messages) - done}
