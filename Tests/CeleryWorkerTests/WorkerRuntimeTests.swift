@@ -101,6 +101,19 @@ struct WorkerRuntimeTests {
         #expect(condition())
     }
 
+    @Test("under load a pop waits for half the prefetch window (all of it up to 16 messages), 64 at most")
+    func gatherTarget() {
+        #expect(WorkerRun.gatherTarget(prefetchCount: 0) == 0)  // no limit: no gathering
+        #expect(WorkerRun.gatherTarget(prefetchCount: 1) == 1)
+        #expect(WorkerRun.gatherTarget(prefetchCount: 8) == 8)  // Celery's default with -c 2
+        #expect(WorkerRun.gatherTarget(prefetchCount: 16) == 16)
+        #expect(WorkerRun.gatherTarget(prefetchCount: 24) == 16)
+        #expect(WorkerRun.gatherTarget(prefetchCount: 32) == 16)
+        #expect(WorkerRun.gatherTarget(prefetchCount: 64) == 32)
+        #expect(WorkerRun.gatherTarget(prefetchCount: 128) == 64)
+        #expect(WorkerRun.gatherTarget(prefetchCount: 1000) == 64)
+    }
+
     @Test("success, failure and unknown tasks give Python's documents and settle every message")
     func outcomes() async throws {
         let (broker, backend) = try await Self.withWorker { broker, backend in
