@@ -51,9 +51,9 @@ def fail(message):
 
 
 @app.task(name="tasks.flaky", bind=True, max_retries=None)
-def flaky(self, n):
+def flaky(self, n, countdown=0.1):
     if self.request.retries < n:
-        raise self.retry(countdown=0.1)
+        raise self.retry(countdown=countdown)
     return self.request.retries
 
 

@@ -96,7 +96,9 @@ def test_swift_retries_and_a_python_worker_finishes(start_worker, start_python_w
 def test_python_retries_and_the_swift_worker_finishes(start_worker, start_python_worker, make_app):
     python = start_python_worker("-c", "1")
     app = make_app()
-    result = app.tasks["tasks.flaky"].delay(1)
+    # Retried 3 s later: the Python worker, killed as soon as its log says "retry", must not run the retry itself
+    # (with 0.1 s it sometimes had, its log line written after the retry was already due).
+    result = app.tasks["tasks.flaky"].delay(1, 3)
     python.wait_for_log(f"Task tasks.flaky[{result.id}] retry")
     python.kill_all()
     time.sleep(1.1)

@@ -23,9 +23,17 @@ enum DemoTasks {
             return seconds
         }
         registry.register("tasks.noop") { _ in CeleryValue.null }
-        registry.register("tasks.flaky", parameters: ["n"]) { (context, n: Int) -> Int in
-            if context.request.retries < n { throw context.retry(countdown: 0.1, maxRetries: n) }
-            return context.request.retries
+        // flaky(n, countdown=0.1): retried n times, countdown seconds apart.
+        registry.register("tasks.flaky") { context -> Int in
+            let request = context.request
+            if request.args.count > 2 {
+                throw PythonException.typeError("tasks.flaky() takes from 1 to 2 positional arguments but \(request.args.count) were given")
+            }
+            let n: Int = try context.argument(0, name: "n")
+            let countdown: Double =
+                request.args.count > 1 || request.kwargs["countdown"] != nil ? try context.argument(1, name: "countdown") : 0.1
+            if request.retries < n { throw context.retry(countdown: countdown, maxRetries: n) }
+            return request.retries
         }
         registry.register("tasks.progress", parameters: ["steps"]) { (context, steps: Int) in
             for step in 0..<steps {
