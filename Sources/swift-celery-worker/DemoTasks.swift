@@ -30,8 +30,7 @@ enum DemoTasks {
                 throw PythonException.typeError("tasks.flaky() takes from 1 to 2 positional arguments but \(request.args.count) were given")
             }
             let n: Int = try context.argument(0, name: "n")
-            let countdown: Double =
-                request.args.count > 1 || request.kwargs["countdown"] != nil ? try context.argument(1, name: "countdown") : 0.1
+            let countdown = try context.argument(1, name: "countdown", default: 0.1)
             if request.retries < n { throw context.retry(countdown: countdown, maxRetries: n) }
             return request.retries
         }

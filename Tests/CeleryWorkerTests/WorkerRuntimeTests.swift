@@ -24,6 +24,9 @@ struct WorkerRuntimeTests {
         var registry = TaskRegistry()
         registry.register("add", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x + y }
         registry.register("fail") { _ -> Int in throw PythonException.valueError("nope") }
+        registry.register("scale") { context -> Int in
+            try context.argument(0, name: "x") as Int * context.argument(1, name: "factor", default: 2)
+        }
         registry.register("slow", parameters: ["seconds"]) { (_, seconds: Double) in
             running?.value.withLock {
                 $0.now += 1; $0.peak = max($0.peak, $0.now)
@@ -112,6 +115,21 @@ struct WorkerRuntimeTests {
         #expect(WorkerRun.gatherTarget(prefetchCount: 64) == 32)
         #expect(WorkerRun.gatherTarget(prefetchCount: 128) == 64)
         #expect(WorkerRun.gatherTarget(prefetchCount: 1000) == 64)
+    }
+
+    @Test("an argument with a default takes it when neither sent by position nor by name, and is type-checked when sent")
+    func argumentDefault() async throws {
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("scale", id: "d", args: [3]))
+            broker.push(taskMessage("scale", id: "p", args: [3, 5]))
+            broker.push(taskMessage("scale", id: "k", args: [3], kwargs: ["factor": 4]))
+            broker.push(taskMessage("scale", id: "t", args: [3, "x"]))
+            try await Self.waitFor { ["d", "p", "k", "t"].allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(backend.final("d")?.result == 6)
+        #expect(backend.final("p")?.result == 15)
+        #expect(backend.final("k")?.result == 12)
+        #expect(backend.final("t")?.result["exc_type"] == "TypeError")
     }
 
     @Test("success, failure and unknown tasks give Python's documents and settle every message")

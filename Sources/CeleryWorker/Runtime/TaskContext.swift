@@ -74,6 +74,16 @@ public struct TaskContext: Sendable {
         }
     }
 
+    /// The argument at `position`, or the keyword argument `name`, or `defaultValue` when neither was sent: a Python
+    /// parameter with a default (`def flaky(self, n, countdown=0.1)`). Throws Python's `TypeError` when it was sent
+    /// with another type.
+    public func argument<Value: CeleryValueDecodable>(
+        _ position: Int, name: String, default defaultValue: Value
+    ) throws -> Value {
+        guard position < request.args.count || request.kwargs[name] != nil else { return defaultValue }
+        return try argument(position, name: name)
+    }
+
     /// The error to throw to run this task again later, as Python's `raise self.retry(...)`:
     /// `throw context.retry(countdown: 0.1)`. See ``RetryTask``.
     public func retry(
