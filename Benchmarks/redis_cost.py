@@ -4,6 +4,7 @@ its per-command statistics (`INFO commandstats`), the numbers behind the README'
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3 -- --prefetch-multiplier 16
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 5 --compare-args="--prefetch-multiplier 16"
+    .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 5 --compare-one-cpu
 
 Each run starts the release build of the worker (`-c 2`, plus any arguments after `--`), pre-fills N `tasks.noop`
 messages made by Celery's own producer into a list nobody consumes, resets Redis's statistics, renames the list onto
@@ -11,9 +12,13 @@ the queue and waits for every result. It prints the drain rate, the worker's and
 of one core Redis was busy during the drain: Redis runs commands on one thread, so near 1 it is what limits the
 rate), and for each command Redis ran: calls and microseconds per task (`evalsha` is the worker's pop-and-record and
 settle scripts).
+
+`--compare-one-cpu` runs each pair once as usual and once with Redis and the whole worker on one CPU (CPU 0, with
+`taskset`): how much faster two CPUs drain than one says how much of the time Redis and the worker run at once.
 """
 import argparse
 import contextlib
+import os
 import shlex
 import signal
 import statistics
@@ -28,16 +33,20 @@ from drain import WORKER, RedisProcess, make_messages, tree_stats
 
 
 @contextlib.contextmanager
-def worker_before_drain(server, messages, worker, extra):
+def worker_before_drain(server, messages, worker, extra, cpus=None):
     """The worker (`-c 2`, plus `extra`) started on fresh broker and backend databases, with every message waiting
     in `celery.prefill`, a list nobody consumes (``drain`` renames it onto the queue). Yields the worker's process
-    and clients of the broker and backend databases; stops the worker on the way out. A worker that exits at once
+    and clients of the broker and backend databases; stops the worker on the way out. With `cpus` (taskset's list),
+    the worker and every thread of Redis run only on those CPUs until then. A worker that exits at once
     (a bad argument) ends the benchmark with its own error."""
     broker, backend = server.url(1), server.url(0)
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
     rr.flushdb()
     command = [worker, "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING", *extra]
+    if cpus is not None:
+        command = ["taskset", "-c", cpus, *command]
+        pin(server.proc.pid, cpus)
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     try:
@@ -55,6 +64,13 @@ def worker_before_drain(server, messages, worker, extra):
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         log.close()
+        if cpus is not None:
+            pin(server.proc.pid, f"0-{os.cpu_count() - 1}")
+
+
+def pin(pid, cpus):
+    """Lets every thread of process `pid` run only on `cpus` (taskset's list)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
 def drain(rb, rr, count):
@@ -67,8 +83,8 @@ def drain(rb, rr, count):
     return time.monotonic() - started, rr.dbsize()
 
 
-def run(server, messages, worker, extra):
-    with worker_before_drain(server, messages, worker, extra) as (proc, rb, rr):
+def run(server, messages, worker, extra, cpus=None):
+    with worker_before_drain(server, messages, worker, extra, cpus) as (proc, rb, rr):
         rb.config_resetstat()
         worker0, _ = tree_stats(proc.pid)
         redis0, _ = tree_stats(server.proc.pid)
@@ -92,24 +108,29 @@ def main():
     parser.add_argument("--compare-args", metavar="ARGS",
                         help="run the worker alternately with these arguments added (one string, "
                              "--compare-args=\"...\"), as --compare does with another binary")
+    parser.add_argument("--compare-one-cpu", action="store_true",
+                        help="run the worker alternately as it is and with it and Redis on CPU 0 alone, as "
+                             "--compare does with another binary")
     parser.add_argument("extra", nargs="*", help="worker arguments, after --")
     options = parser.parse_args()
     # Each variant: a label, the binary and its arguments.
-    variants = [(options.worker, options.worker, options.extra)]
+    variants = [(options.worker, options.worker, options.extra, None)]
     if options.compare:
-        variants.append((options.compare, options.compare, options.extra))
+        variants.append((options.compare, options.compare, options.extra, None))
     if options.compare_args:
         added = shlex.split(options.compare_args)
-        variants.append((f"{options.worker} {options.compare_args}", options.worker, options.extra + added))
+        variants.append((f"{options.worker} {options.compare_args}", options.worker, options.extra + added, None))
+    if options.compare_one_cpu:
+        variants.append((f"{options.worker} on CPU 0 with Redis", options.worker, options.extra, "0"))
     paired = len(variants) > 1
     server = RedisProcess().start()
     lost = 0
-    results = {label: [] for label, _, _ in variants}
+    results = {label: [] for label, *_ in variants}
     try:
         messages = make_messages(server.url(1), options.tasks, "tasks.noop", "json")
         for number in range(options.runs):
-            for label, worker, extra in (variants if number % 2 == 0 else variants[::-1]):
-                result = run(server, messages, worker, extra)
+            for label, worker, extra, cpus in (variants if number % 2 == 0 else variants[::-1]):
+                result = run(server, messages, worker, extra, cpus)
                 results[label].append(result)
                 lost += result["lost"]
                 prefix = f"{label}  " if paired else ""
