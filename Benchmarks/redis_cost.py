@@ -37,19 +37,22 @@ def worker_before_drain(server, messages, worker, extra, cpus=None):
     """The worker (`-c 2`, plus `extra`) started on fresh broker and backend databases, with every message waiting
     in `celery.prefill`, a list nobody consumes (``drain`` renames it onto the queue). Yields the worker's process
     and clients of the broker and backend databases; stops the worker on the way out. With `cpus` (taskset's list),
-    the worker and every thread of Redis run only on those CPUs until then. A worker that exits at once
-    (a bad argument) ends the benchmark with its own error."""
+    the worker and every thread of Redis run only on those CPUs until then (Redis gets its own CPUs back after). A
+    worker that exits at once (a bad argument) ends the benchmark with its own error."""
     broker, backend = server.url(1), server.url(0)
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
     rr.flushdb()
     command = [worker, "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING", *extra]
+    redis_cpus = None
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]
+        redis_cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(server.proc.pid)))
         pin(server.proc.pid, cpus)
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    proc = None
     try:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         time.sleep(0.3)
         if proc.poll() is not None:
             log.seek(0)
@@ -61,11 +64,12 @@ def worker_before_drain(server, messages, worker, extra, cpus=None):
         pipe.execute()
         yield proc, rb, rr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
         log.close()
-        if cpus is not None:
-            pin(server.proc.pid, f"0-{os.cpu_count() - 1}")
+        if redis_cpus is not None:
+            pin(server.proc.pid, redis_cpus)
 
 
 def pin(pid, cpus):
