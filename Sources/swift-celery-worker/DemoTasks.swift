@@ -26,9 +26,7 @@ enum DemoTasks {
         // flaky(n, countdown=0.1): retried n times, countdown seconds apart.
         registry.register("tasks.flaky") { context -> Int in
             let request = context.request
-            if request.args.count > 2 {
-                throw PythonException.typeError("tasks.flaky() takes from 1 to 2 positional arguments but \(request.args.count) were given")
-            }
+            try context.checkArguments(["n", "countdown"], required: 1)
             let n: Int = try context.argument(0, name: "n")
             let countdown = try context.argument(1, name: "countdown", default: 0.1)
             if request.retries < n { throw context.retry(countdown: countdown, maxRetries: n) }

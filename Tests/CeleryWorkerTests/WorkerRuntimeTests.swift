@@ -25,7 +25,8 @@ struct WorkerRuntimeTests {
         registry.register("add", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x + y }
         registry.register("fail") { _ -> Int in throw PythonException.valueError("nope") }
         registry.register("scale") { context -> Int in
-            try context.argument(0, name: "x") as Int * context.argument(1, name: "factor", default: 2)
+            try context.checkArguments(["x", "factor"], required: 1)
+            return try context.argument(0, name: "x") as Int * context.argument(1, name: "factor", default: 2)
         }
         registry.register("slow", parameters: ["seconds"]) { (_, seconds: Double) in
             running?.value.withLock {
@@ -130,6 +131,22 @@ struct WorkerRuntimeTests {
         #expect(backend.final("p")?.result == 15)
         #expect(backend.final("k")?.result == 12)
         #expect(backend.final("t")?.result["exc_type"] == "TypeError")
+    }
+
+    @Test("too many positional arguments or an unknown keyword argument fail with Python's TypeError, declared or typed")
+    func argumentChecks() async throws {
+        let (_, backend) = try await Self.withWorker { broker, backend in
+            broker.push(taskMessage("scale", id: "many", args: [3, 5, 7]))
+            broker.push(taskMessage("scale", id: "unknown", args: [3], kwargs: ["bogus": 1]))
+            broker.push(taskMessage("add", id: "typed", args: [1, 2, 3]))
+            broker.push(taskMessage("add", id: "typed-unknown", args: [1], kwargs: ["y": 2, "z": 3]))
+            try await Self.waitFor { ["many", "unknown", "typed", "typed-unknown"].allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(backend.final("many")?.result["exc_type"] == "TypeError")
+        #expect(backend.final("many")?.result["exc_message"] == ["scale() takes from 1 to 2 positional arguments but 3 were given"])
+        #expect(backend.final("unknown")?.result["exc_message"] == ["scale() got an unexpected keyword argument 'bogus'"])
+        #expect(backend.final("typed")?.result["exc_message"] == ["add() takes 2 positional arguments but 3 were given"])
+        #expect(backend.final("typed-unknown")?.result["exc_message"] == ["add() got an unexpected keyword argument 'z'"])
     }
 
     @Test("success, failure and unknown tasks give Python's documents and settle every message")

@@ -74,6 +74,26 @@ public struct TaskContext: Sendable {
         }
     }
 
+    /// Throws Python's `TypeError` when the task was sent more positional arguments than it has `parameters`, or a
+    /// keyword argument not among them, as calling a Python function does: for a task that reads its arguments from
+    /// the context, before it reads them. `required`: how many of `parameters` have no default.
+    public func checkArguments(_ parameters: [String], required: Int) throws {
+        try checkArguments(count: parameters.count, required: required, names: parameters)
+    }
+
+    /// ``checkArguments(_:required:)`` for `count` positional parameters, of which only the first `names` may also
+    /// come by keyword.
+    func checkArguments(count: Int, required: Int, names: some Collection<String>) throws {
+        if request.args.count > count {
+            let takes = required < count ? "from \(required) to \(count)" : "\(count)"
+            throw PythonException.typeError(
+                "\(request.name)() takes \(takes) positional argument\(count == 1 ? "" : "s") but \(request.args.count) were given")
+        }
+        for key in request.kwargs.keys where !names.contains(key) {
+            throw PythonException.typeError("\(request.name)() got an unexpected keyword argument '\(key)'")
+        }
+    }
+
     /// The argument at `position`, or the keyword argument `name`, or `defaultValue` when neither was sent: a Python
     /// parameter with a default (`def flaky(self, n, countdown=0.1)`). Throws Python's `TypeError` when it was sent
     /// with another type.

@@ -73,7 +73,8 @@ public struct TaskRegistry: Sendable {
     public subscript(name: String) -> RegisteredTask? { tasks[name] }
 
     /// Registers a task that reads its arguments from the context itself (`context.request.args`,
-    /// `context.argument(_:name:)`).
+    /// `context.argument(_:name:)`); `context.checkArguments(_:required:)` rejects arguments it does not take, as the
+    /// typed variants do.
     public mutating func register<Result: CeleryValueEncodable>(
         _ name: String, options: TaskOptions = TaskOptions(),
         _ body: @escaping @Sendable (TaskContext) async throws -> Result
@@ -126,13 +127,6 @@ public struct TaskRegistry: Sendable {
 
     /// Python's `TypeError` for too many positional arguments or unknown keyword arguments.
     private static func checkArity(_ context: TaskContext, count: Int, parameters: [String]) throws {
-        let request = context.request
-        if request.args.count > count {
-            throw PythonException.typeError(
-                "\(request.name)() takes \(count) positional argument\(count == 1 ? "" : "s") but \(request.args.count) were given")
-        }
-        for key in request.kwargs.keys where !parameters.prefix(count).contains(key) {
-            throw PythonException.typeError("\(request.name)() got an unexpected keyword argument '\(key)'")
-        }
+        try context.checkArguments(count: count, required: count, names: parameters.prefix(count))
     }
 }
