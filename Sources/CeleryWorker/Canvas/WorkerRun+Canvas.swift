@@ -79,9 +79,13 @@ extension WorkerRun {
     /// After a failure, in Python's order (after the result and the chord part): FAILURE with the same exception for
     /// every step left in the chain, then the `link_error` errbacks, sent as one group with the failed task's id as
     /// their argument (Celery's `errback(task_id)` form).
+    ///
+    /// The steps are stored from the next one to the chain's last (the message lists them the other way round, and
+    /// Python stores them in that order): whoever waits on the chain's result finds every step before it failed
+    /// once that result is there.
     func failFollowUps(_ job: PreparedJob, exception: CeleryExceptionInfo, traceback: String?) async {
         let message = job.message
-        for step in Signature.list(message.embed.chain) {
+        for step in Signature.list(message.embed.chain).reversed() {
             guard let id = step.options["task_id"]?.stringValue else { continue }
             await store(
                 CeleryResultDocument(
