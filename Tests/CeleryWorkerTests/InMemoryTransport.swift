@@ -69,8 +69,11 @@ final class InMemoryBroker: Broker {
 
 final class InMemoryBackend: ResultBackend {
     let documents = Mutex<[CeleryResultDocument]>([])
+    /// The task ids of each `store` call, in order: the documents one call writes are written atomically.
+    let writes = Mutex<[[String]]>([])
 
     func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
+        writes.withLock { $0.append(documents.map(\.taskID)) }
         self.documents.withLock { stored in
             for document in documents {
                 if stored.last(where: { $0.taskID == document.taskID })?.status == .success { continue }
@@ -91,14 +94,16 @@ final class InMemoryBackend: ResultBackend {
 /// A protocol v2 task message as Python's `.delay()` would send it.
 func taskMessage(
     _ name: String, id: String, args: [CeleryValue] = [], kwargs: CeleryValue = [:],
-    extraHeaders: [String: CeleryValue] = [:]
+    extraHeaders: [String: CeleryValue] = [:], embed: CeleryObject = [:]
 ) -> [UInt8] {
     var headers: CeleryObject = [
         "lang": "py", "task": .string(name), "id": .string(id), "retries": 0,
         "root_id": .string(id), "parent_id": nil, "group": nil,
     ]
     for (key, value) in extraHeaders { headers[key] = value }
-    let body: CeleryValue = [.array(args), kwargs, ["callbacks": nil, "errbacks": nil, "chain": nil, "chord": nil]]
+    var options: CeleryObject = ["callbacks": nil, "errbacks": nil, "chain": nil, "chord": nil]
+    for (key, value) in embed { options[key] = value }
+    let body: CeleryValue = [.array(args), kwargs, .object(options)]
     let envelope = KombuEnvelope(
         body: CeleryJSON.encode(body), contentType: "application/json", contentEncoding: "utf-8", headers: headers,
         properties: [

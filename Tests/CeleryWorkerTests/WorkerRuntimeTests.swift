@@ -177,6 +177,26 @@ struct WorkerRuntimeTests {
         }
     }
 
+    @Test("a failed chain step and every step left are stored FAILURE in one write, the next step first")
+    func chainFailure() async throws {
+        func step(_ name: String, id: String) -> CeleryValue {
+            ["task": .string(name), "args": [], "kwargs": [:], "options": ["task_id": .string(id)], "subtask_type": nil, "immutable": false]
+        }
+        let (broker, backend) = try await Self.withWorker { broker, backend in
+            // The message lists the steps left last first, as Python's chain sends them.
+            broker.push(taskMessage("fail", id: "f", embed: ["chain": [step("add", id: "last"), step("add", id: "next")]]))
+            try await Self.waitFor { ["f", "next", "last"].allSatisfy { backend.final($0) != nil } }
+        }
+        #expect(backend.writes.withLock { $0 } == [["f", "next", "last"]])
+        for id in ["next", "last"] {
+            let document = try #require(backend.final(id))
+            #expect(document.status == .failure)
+            #expect(document.result == backend.final("f")?.result)
+            #expect(document.traceback == backend.final("f")?.traceback)
+        }
+        broker.state.withLock { #expect($0.acked == ["tag-f"]) }
+    }
+
     @Test("a message whose record in unacked is not yet confirmed runs, but is acknowledged only once it is")
     func acknowledgementWaitsForRecord() async throws {
         let record = PendingRecord()

@@ -76,23 +76,26 @@ extension WorkerRun {
         return .array(children)
     }
 
-    /// After a failure, in Python's order (after the result and the chord part): FAILURE with the same exception for
-    /// every step left in the chain, then the `link_error` errbacks, sent as one group with the failed task's id as
-    /// their argument (Celery's `errback(task_id)` form).
-    ///
-    /// The steps are stored from the next one to the chain's last (the message lists them the other way round, and
-    /// Python stores them in that order): whoever waits on the chain's result finds every step before it failed
-    /// once that result is there.
-    func failFollowUps(_ job: PreparedJob, exception: CeleryExceptionInfo, traceback: String?) async {
-        let message = job.message
-        for step in Signature.list(message.embed.chain).reversed() {
-            guard let id = step.options["task_id"]?.stringValue else { continue }
-            await store(
-                CeleryResultDocument(
-                    taskID: id, status: .failure, result: exception.value, traceback: traceback, children: [],
-                    dateDone: dateDoneNow(),
-                    groupID: step.options["group_id"]?.stringValue))
+    /// After a failure: FAILURE with the same exception for every step left in the chain, from the next one to the
+    /// chain's last (the message lists them the other way round). The worker stores them in one atomic write with the
+    /// failed task's own result, so that whoever sees any of them, or the failed task, finds all of them failed.
+    /// Python stores its own result first and then each step on its own, which lets `AsyncResult.get()` on the
+    /// chain raise (it checks the parents between waits) before the later steps are stored.
+    func failedChainSteps(_ message: CeleryTaskMessage, exception: CeleryExceptionInfo, traceback: String?)
+        -> [CeleryResultDocument]
+    {
+        Signature.list(message.embed.chain).reversed().compactMap { step in
+            guard let id = step.options["task_id"]?.stringValue else { return nil }
+            return CeleryResultDocument(
+                taskID: id, status: .failure, result: exception.value, traceback: traceback, children: [],
+                dateDone: dateDoneNow(), groupID: step.options["group_id"]?.stringValue)
         }
+    }
+
+    /// After a failure, in Python's order (after the result, the chain's steps and the chord part): the `link_error`
+    /// errbacks, sent as one group with the failed task's id as their argument (Celery's `errback(task_id)` form).
+    func sendErrbacks(of job: PreparedJob) async {
+        let message = job.message
         await sendErrbacks(message.embed.errbacks, failedID: message.id, options: lineage(message), message: message)
     }
 

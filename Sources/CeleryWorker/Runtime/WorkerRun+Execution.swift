@@ -425,8 +425,12 @@ extension WorkerRun {
             default:
                 traceback = Self.traceback(task: message.name, exception: exception, error: failure)
             }
+            let steps = failedChainSteps(message, exception: exception, traceback: traceback)
             if storesResults {
-                await settler.store(failureDocument(message, queue: queue, exception: exception, traceback: traceback))
+                let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback)
+                if steps.isEmpty { await settler.store(own) } else { await store([own] + steps) }
+            } else {
+                await store(steps)
             }
             if let traceback {
                 logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
@@ -434,7 +438,7 @@ extension WorkerRun {
             await sendTaskEvent(
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
             await chordPartReturn(job, state: .failure, result: exception.value)
-            await failFollowUps(job, exception: exception, traceback: traceback)
+            await sendErrbacks(of: job)
         }
         if machine.finish() == .ack {
             // acks-late: after the result, in the same settler batch or a later one; the task is done, so its
