@@ -30,6 +30,30 @@ struct SettlerTests {
         #expect(done.withLock { $0 } == 3)
     }
 
+    @Test("a document's following documents are written right after it, in the same batch and phase")
+    func followingDocuments() async {
+        func document(_ id: String) -> CeleryResultDocument {
+            CeleryResultDocument(taskID: id, status: .failure, result: .null, traceback: nil, children: [], dateDone: nil)
+        }
+        let settler = Settler()
+        settler.submit(document: document("before"), ack: Self.delivery("late-before"))
+        settler.submit(ack: Self.delivery("early"), early: true)
+        settler.submit(document: document("failed"), following: [document("next"), document("last")], ack: Self.delivery("late"))
+        settler.submit(document: document("after"))
+        settler.finish()
+        let phases = Mutex<[[String]]>([])
+        await settler.run { batch in
+            let written = Settler.Phases(batch)
+            phases.withLock {
+                $0 = [
+                    written.earlyAcks.compactMap(\.deliveryTag), written.documents.map(\.taskID),
+                    written.lateAcks.compactMap(\.deliveryTag),
+                ]
+            }
+        }
+        #expect(phases.withLock { $0 } == [["early"], ["before", "failed", "next", "last", "after"], ["late-before", "late"]])
+    }
+
     /// The batches a settler wrote, each as the tags and task ids it held.
     final class Batches: Sendable {
         private let batches = Mutex<[[String]]>([])

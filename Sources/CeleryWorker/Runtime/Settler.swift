@@ -16,16 +16,20 @@ final class Settler: Sendable {
     /// costs one count where copying the document and the delivery cost one per string and array they hold.
     final class Entry: Sendable {
         let document: CeleryResultDocument?
+        /// Documents written in the same batch right after `document`, so in the same atomic script (a failed
+        /// chain step's remaining steps). Empty for almost every task: an empty array allocates nothing.
+        let following: [CeleryResultDocument]
         let ack: BrokerDelivery?
         /// An acknowledgement made when the task started (acks_late off): written before the batch's results.
         let early: Bool
         let done: @Sendable () -> Void
 
         init(
-            document: CeleryResultDocument?, ack: BrokerDelivery?, early: Bool = false,
-            done: @escaping @Sendable () -> Void
+            document: CeleryResultDocument?, following: [CeleryResultDocument] = [], ack: BrokerDelivery?,
+            early: Bool = false, done: @escaping @Sendable () -> Void
         ) {
             self.document = document
+            self.following = following
             self.ack = ack
             self.early = early
             self.done = done
@@ -44,7 +48,7 @@ final class Settler: Sendable {
             // Counted first, so each array is allocated once.
             var counts = (early: 0, documents: 0, late: 0)
             for entry in batch {
-                if entry.document != nil { counts.documents += 1 }
+                if entry.document != nil { counts.documents += 1 + entry.following.count }
                 if entry.ack != nil {
                     if entry.early { counts.early += 1 } else { counts.late += 1 }
                 }
@@ -53,7 +57,10 @@ final class Settler: Sendable {
             documents.reserveCapacity(counts.documents)
             lateAcks.reserveCapacity(counts.late)
             for entry in batch {
-                if let document = entry.document { documents.append(document) }
+                if let document = entry.document {
+                    documents.append(document)
+                    documents.append(contentsOf: entry.following)
+                }
                 if let ack = entry.ack {
                     if entry.early { earlyAcks.append(ack) } else { lateAcks.append(ack) }
                 }
@@ -81,14 +88,14 @@ final class Settler: Sendable {
         self.linger = linger
     }
 
-    /// Hands in a document to store and/or a delivery to acknowledge (`early`: acknowledged as the task starts);
-    /// `done` runs once both are written.
+    /// Hands in a document to store (with `following`, stored right after it in the same atomic write) and/or a
+    /// delivery to acknowledge (`early`: acknowledged as the task starts); `done` runs once all are written.
     func submit(
-        document: CeleryResultDocument? = nil, ack: BrokerDelivery? = nil, early: Bool = false,
-        done: @escaping @Sendable () -> Void = {}
+        document: CeleryResultDocument? = nil, following: [CeleryResultDocument] = [], ack: BrokerDelivery? = nil,
+        early: Bool = false, done: @escaping @Sendable () -> Void = {}
     ) {
         let (waiter, lingering) = state.withLock { state -> (UnsafeContinuation<Void, Never>?, Bool) in
-            state.entries.append(Entry(document: document, ack: ack, early: early, done: done))
+            state.entries.append(Entry(document: document, following: following, ack: ack, early: early, done: done))
             defer {
                 state.waiter = nil
                 state.lingering = false
@@ -109,10 +116,11 @@ final class Settler: Sendable {
         if lingering { company.signal() }
     }
 
-    /// Hands in a document and waits until it is stored.
-    func store(_ document: CeleryResultDocument) async {
+    /// Hands in a document (and `following`, stored right after it in the same atomic write) and waits until they
+    /// are stored.
+    func store(_ document: CeleryResultDocument, following: [CeleryResultDocument] = []) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            submit(document: document) { continuation.resume() }
+            submit(document: document, following: following) { continuation.resume() }
         }
     }
 

@@ -428,7 +428,7 @@ extension WorkerRun {
             let steps = failedChainSteps(message, exception: exception, traceback: traceback)
             if storesResults {
                 let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback)
-                if steps.isEmpty { await settler.store(own) } else { await store([own] + steps) }
+                await settler.store(own, following: steps)
             } else {
                 await store(steps)
             }
