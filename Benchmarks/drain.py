@@ -10,7 +10,10 @@ and peak RSS. It also measures `.delay()`-style pick-up latency on an idle worke
 p50/p99, timed on raw sockets), also for the simplest possible consumers (a loop that only BRPOPs and PUBLISHes, in
 Python and in C with hiredis: `floor.c`, built here with the system C compiler), the time from
 starting a worker to the result of a message already waiting, and a throughput floor: a bare batched Python loop
-(pop many, pipeline the result writes, no Celery). Every worker runs with Celery's defaults (`-c 2`, prefetch
+(pop many, pipeline the result writes, no Celery). Beside it, the zero-cost relay (`relay.c`, see
+`relay_floor.py`): the worker's own pop-and-record and settle scripts driven by one C thread that runs no task, two
+pops of half the prefetch window in flight, early acknowledgements in every row: what a worker that cost nothing
+could drain with kombu's bookkeeping at that window. Every worker runs with Celery's defaults (`-c 2`, prefetch
 multiplier 4), or with `--prefetch-multiplier N` all of them with that multiplier.
 """
 import argparse
@@ -362,6 +365,12 @@ TASK_COMMAND_MIX = [
 ]
 
 
+def relay_window():
+    """The prefetch window of a `-c 2` worker with the benchmark's multiplier (256 messages when it is unlimited)."""
+    multiplier = 4 if PREFETCH_MULTIPLIER is None else PREFETCH_MULTIPLIER
+    return 2 * multiplier if multiplier else 256
+
+
 def redis_ceiling(server, requests=100000):
     """What the Redis server itself allows for the per-task command mix: each command measured pipelined (64 deep,
     2 clients) with redis-benchmark against the same server, then combined as 1 / sum(1 / rate)."""
@@ -444,6 +453,8 @@ def main():
                         print_latency(kind, gap, latency(kind, server, options.latency_samples, logdir, gap / 1000))
             return 0
         kinds = ["swift", "python-prefork", "python-threads"]
+        from relay_floor import build_relay, run_relay  # it imports this module: here, not at the top
+        relay_binary = build_relay(logdir)
         variants = [("tasks.noop", "json", False)] if options.quick else [
             (task, serializer, acks) for task in ["tasks.noop", "tasks.add"] for serializer in ["json", "msgpack"]
             for acks in [False, True]]
@@ -459,6 +470,10 @@ def main():
             floor = median_run([bare_loop(server, messages) for _ in range(options.repeat)])
             print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s", flush=True)
             rows.append(("bare-python", task, serializer, acks, floor))
+            relay = median_run([run_relay(server, messages, relay_binary, relay_window(), 2)
+                                for _ in range(options.repeat)])
+            print(f"{'zero-cost relay':15} {task:11} {serializer:8} {'':15} {relay['rate']:9.0f} tasks/s", flush=True)
+            rows.append(("relay", task, serializer, acks, relay))
         ceiling = None
         if not options.drain_only:
             ceiling = redis_ceiling(server, 20000 if options.quick else 200000)
@@ -476,15 +491,18 @@ def main():
         # The Redis ceiling's column only when it was measured (not with --drain-only).
         ceiling_head, ceiling_rule = (" Redis ceiling |", "---|") if ceiling else ("", "")
         print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | "
-              f"Swift / bare |{ceiling_head} Swift CPU µs/task | Swift RSS MB | prefork RSS MB |")
-        print(f"|---|---|---|---|---|---|---|{ceiling_rule}---|---|---|")
+              f"Swift / bare | zero-cost relay | relay / prefork |{ceiling_head} Swift CPU µs/task | Swift RSS MB | "
+              "prefork RSS MB |")
+        print(f"|---|---|---|---|---|---|---|---|---|{ceiling_rule}---|---|---|")
         ceiling_cell = f" {ceiling['rate']:.0f} |" if ceiling else ""
         for task, serializer, acks in variants:
             got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
             sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
+            relay = got["relay"]
             print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {pf['rate']:.0f} | "
                   f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | "
-                  f"{sw['rate'] / floor['rate']:.2f}x |{ceiling_cell} {sw['cpu_us']:.0f} | "
+                  f"{sw['rate'] / floor['rate']:.2f}x | {relay['rate']:.0f} | {relay['rate'] / pf['rate']:.1f}x |"
+                  f"{ceiling_cell} {sw['cpu_us']:.0f} | "
                   f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
         print(f"\nbenchmark: {len(rows)} cells x {options.repeat} run(s), {lost} tasks lost")

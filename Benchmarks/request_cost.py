@@ -113,13 +113,27 @@ def fit(points):
     return my - slope * mx, slope
 
 
+def batch_sizes(text):
+    """`--batches`: comma-separated whole numbers of at least 1."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError("a batch holds at least one task")
+    return sizes
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=8000, help="tasks settled per cell (default 8000)")
     parser.add_argument("--runs", type=int, default=3, help="alternations of every cell (default 3)")
-    parser.add_argument("--batches", default="1,2,4,8,16,32", help="batch sizes (default 1,2,4,8,16,32)")
+    parser.add_argument("--batches", type=batch_sizes, default="1,2,4,8,16,32",
+                        help="batch sizes, tasks per request (default 1,2,4,8,16,32)")
     args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = args.batches
+    if args.tasks < 1 or args.runs < 1:
+        parser.error("--tasks and --runs must be at least 1")
     server = RedisProcess().start()
     try:
         client = redis.Redis.from_url(server.url(0))
