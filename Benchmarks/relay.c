@@ -2,11 +2,14 @@
  * scripts. One thread drains the "celery" list (broker database 1) `window` messages at a time with the worker's
  * pop-and-record script (kombu's `unacked` record), runs no task, and settles each batch with the worker's settle
  * script (early acknowledgements and a SUCCESS result per task, backend database 0), sent right after the next
- * pop, whose messages it reads while Redis runs the settle; a settle's reply is read one batch later. What it reaches at a window is what Redis and the
- * round trips allow there, with no worker CPU, no thread hand-off and no decoding in the way.
+ * pop, whose messages it reads while Redis runs the settle; a settle's reply is read one batch later. What it
+ * reaches at a window is what Redis and the round trips allow there, with no worker CPU, no thread hand-off and no
+ * decoding in the way.
  *
- *     relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight]
+ *     relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work]
  *
+ * With `work` (microseconds, default 0) the thread spins that long per task before each settle, after the next pop
+ * went out: a worker on one thread that spends that much CPU on each task.
  * With N pops in flight (default 1), each pops window/N messages and a new one is sent as each reply is read, so
  * Redis always has the next pop waiting while the window stays Celery's.
  * Prints "<tasks settled> <seconds>" once the queue is empty. Built by relay_floor.py with the system C compiler.
@@ -125,12 +128,13 @@ static void flush(redisContext *c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6 && argc != 7) {
-        fprintf(stderr, "usage: relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight]\n");
+    if (argc < 6 || argc > 8) {
+        fprintf(stderr, "usage: relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work]\n");
         return 2;
     }
     int port = atoi(argv[1]), window = atoi(argv[2]), tasks = atoi(argv[5]);
-    int depth = argc == 7 ? atoi(argv[6]) : 1;
+    int depth = argc >= 7 ? atoi(argv[6]) : 1;
+    double work = argc == 8 ? atof(argv[7]) / 1e6 : 0;
     if (window < 1 || depth < 1 || window % depth) {
         fprintf(stderr, "relay: the window must be a positive multiple of the pops in flight\n");
         return 2;
@@ -163,6 +167,13 @@ int main(int argc, char **argv) {
             inflight++;
         }
         if (batch.count) {
+            /* The tasks' own CPU, when asked for: spun here, after the next pop went out, as a worker on one
+             * thread would run them. */
+            if (work > 0) {
+                double until = now() + work * batch.count;
+                while (now() < until) {
+                }
+            }
             append_settle(backend, settle, &batch);
             flush(backend);
             counts[pending++] = batch.count;

@@ -7,13 +7,15 @@ a given prefetch window, against the Swift worker itself in the same minutes.
 `relay.c` (compiled here with the system C compiler and hiredis) is one thread that pops `window` messages at a time
 with the worker's pop-and-record script (read from the Swift sources, as `redis_instructions.py` reads them), runs no
 task, and settles each batch with the worker's settle script (its early acknowledgements and a SUCCESS result per
-task), sent right after the next pop so that Redis runs it while the relay reads the popped messages ("relay2": two
-pops of half the window each in flight, so that Redis always has the next pop waiting). Nothing
-decodes a message, no thread hands anything to another, and no task runs: the rate it reaches is what Redis, its
-scripts and the window allow on this machine. Each run alternates, for each window, the two relays and
-the release build of the Swift worker (`-c 2 --prefetch-multiplier window/2`, so that Celery's prefetch limit is
-that window) on the same pre-filled messages, made by Celery's own producer. Printed: tasks/s and Redis's CPU per
-task for both, the worker's CPU per task, and the ratio; medians of `--runs`. It exits non-zero if a task is lost.
+task), sent right after the next pop so that Redis runs it while the relay reads the popped messages. "relay2" keeps
+two pops of half the window each in flight, so that Redis always has the next pop waiting. Nothing decodes a
+message, no thread hands anything to another, and no task runs: the rate it reaches is what Redis, its scripts and
+the window allow on this machine. With `--work US` both relays spin that many microseconds per task on their one
+thread, as a worker on one thread with that much CPU per task would. Each run alternates, for each window, the two
+relays and the release build of the Swift worker (`-c 2 --prefetch-multiplier window/2`, so that Celery's prefetch
+limit is that window) on the same pre-filled messages, made by Celery's own producer. Printed: tasks/s and Redis's
+CPU per task for each, the worker's CPU per task, and the ratio; medians of `--runs`. It exits non-zero if a task
+is lost.
 """
 import argparse
 import shutil
@@ -41,8 +43,9 @@ def build_relay(directory):
     return binary
 
 
-def run_relay(server, messages, binary, window, depth):
-    """One drain of `messages` by the relay, `depth` pops in flight; its rate and Redis's CPU per task."""
+def run_relay(server, messages, binary, window, depth, work=0.0):
+    """One drain of `messages` by the relay, `depth` pops in flight, spinning `work` µs per task; its rate and
+    Redis's CPU per task."""
     rb, rr = redis.Redis.from_url(server.url(1)), redis.Redis.from_url(server.url(0))
     rb.flushdb()
     rr.flushdb()
@@ -53,7 +56,8 @@ def run_relay(server, messages, binary, window, depth):
         pipe.lpush("celery", raw)
     pipe.execute()
     redis0, _ = tree_stats(server.proc.pid)
-    done = subprocess.run([str(binary), str(server.port), str(window), pop, settle, str(len(messages)), str(depth)],
+    done = subprocess.run([str(binary), str(server.port), str(window), pop, settle, str(len(messages)), str(depth),
+                           str(work)],
                           capture_output=True, text=True)
     redis1, _ = tree_stats(server.proc.pid)
     if done.returncode != 0:
@@ -85,10 +89,14 @@ def main():
     parser.add_argument("--windows", type=windows_list, default="8,32,64",
                         help="prefetch windows, messages per -c 2 worker (default 8,32,64: multipliers 4, 16, 32)")
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("--work", type=float, default=0.0,
+                        help="microseconds of CPU the relays spin per task, on their one thread (default 0)")
     options = parser.parse_args()
     windows = options.windows
     if options.tasks < 1 or options.runs < 1:
         parser.error("--tasks and --runs must be at least 1")
+    if not 0 <= options.work <= 10000:
+        parser.error("--work: microseconds per task, from 0 to 10000")
     server = RedisProcess().start()
     try:
         with tempfile.TemporaryDirectory() as directory:
@@ -100,7 +108,8 @@ def main():
                 for window in windows:
                     for kind in kinds if number % 2 == 0 else kinds[::-1]:
                         if kind.startswith("relay"):
-                            outcome = run_relay(server, messages, relay, window, 2 if kind == "relay2" else 1)
+                            outcome = run_relay(server, messages, relay, window, 2 if kind == "relay2" else 1,
+                                                options.work)
                         else:
                             outcome = run_worker(server, messages, options.worker,
                                                  ["--prefetch-multiplier", str(window // 2)])
@@ -112,7 +121,8 @@ def main():
                               f"redis {outcome['redis_us']:5.1f} us CPU/task{extra}", flush=True)
                         time.sleep(0.2)
         print(f"\nmedians of {options.runs} run(s) of {options.tasks} tasks.noop (json); relay: one pop of the "
-              "whole window in flight; relay2: two pops of half the window each")
+              f"whole window in flight; relay2: two pops of half the window each; {options.work:g} µs of work per "
+              "task in the relays")
 
         def median(kind, window, key):
             return statistics.median(r[key] for r in results[kind, window])

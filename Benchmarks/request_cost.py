@@ -1,7 +1,7 @@
 """What one request costs Redis, apart from the commands in it: Redis's own CPU for batches of settle writes of
 1 to 32 tasks each, sent one at a time (the client waits for each reply, as a relay does) or all pipelined (Redis
-never waits for the next), as a script and as the same commands in a `MULTI` (which writes the results without looking at the stored
-ones first).
+never waits for the next), as a script and as the same commands in a `MULTI` (which writes the results without
+looking at the stored ones first).
 
     .venv/bin/python Benchmarks/request_cost.py --tasks 8000 --runs 3
 
@@ -143,7 +143,8 @@ def main():
                 for mode in MODES:
                     results[mode, b].append(cell(client, mode, b, max(args.tasks, b)))
         print(f"Redis CPU (µs), medians of {args.runs} run(s), {args.tasks} tasks per cell")
-        print("| mode | " + " | ".join(f"B={b} per request / per task" for b in batches) + " | fixed per request | per task |")
+        print("| mode | " + " | ".join(f"B={b} per request / per task" for b in batches)
+              + " | fixed per request | per task |")
         print("|---|" + "---|" * (len(batches) + 2))
         for mode in MODES:
             medians = [(b, statistics.median(results[mode, b])) for b in batches]
