@@ -38,26 +38,39 @@ struct batch {
     int count;
     char (*tags)[64];
     char (*ids)[ID_LENGTH + 1];
+    /* The settle script's arguments, allocated once for a whole window. */
+    const char **argv;
+    char (*keys)[64];
+    char (*documents)[256];
 };
+
+static struct batch batch_for(int window) {
+    struct batch b = {0, calloc(window, 64), calloc(window, ID_LENGTH + 1), calloc(11 + 3 * window, sizeof(char *)),
+                      calloc(window, 64), calloc(window, 256)};
+    if (!b.tags || !b.ids || !b.argv || !b.keys || !b.documents) {
+        fprintf(stderr, "relay: out of memory\n");
+        exit(1);
+    }
+    return b;
+}
 
 static void append_pop(redisContext *broker, const char *sha, int window) {
     static const char *lists[] = {"celery", "celery\x06\x16" "3", "celery\x06\x16" "6", "celery\x06\x16" "9"};
-    char count[16], score[32], keys[8];
+    char count[16], score[32];
     snprintf(count, sizeof count, "%d", window);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(score, sizeof score, "%.6f", ts.tv_sec + ts.tv_nsec / 1e9);
-    snprintf(keys, sizeof keys, "%d", 6);
-    const char *argv[] = {"EVALSHA", sha, keys, "unacked", "unacked_index",
+    const char *argv[] = {"EVALSHA", sha, "6", "unacked", "unacked_index",
                           lists[0], lists[1], lists[2], lists[3], count, score};
     if (redisAppendCommandArgv(broker, 11, argv, NULL) != REDIS_OK) fail("pop", broker);
 }
 
 static void append_settle(redisContext *backend, const char *sha, const struct batch *b) {
-    int n = b->count, argc = 3 + 2 + n + 6 + n + n;
-    const char **argv = calloc(argc, sizeof *argv);
-    char (*keys)[64] = calloc(n, sizeof *keys);
-    char (*documents)[256] = calloc(n, sizeof *documents);
+    int n = b->count;
+    const char **argv = b->argv;
+    char (*keys)[64] = b->keys;
+    char (*documents)[256] = b->documents;
     char keycount[16], count[16];
     snprintf(keycount, sizeof keycount, "%d", 2 + n);
     snprintf(count, sizeof count, "%d", n);
@@ -86,9 +99,6 @@ static void append_settle(redisContext *backend, const char *sha, const struct b
         argv[a++] = documents[i];
     }
     if (redisAppendCommandArgv(backend, a, argv, NULL) != REDIS_OK) fail("settle", backend);
-    free(argv);
-    free(keys);
-    free(documents);
 }
 
 static redisReply *reply(redisContext *c, const char *what) {
@@ -147,7 +157,7 @@ int main(int argc, char **argv) {
     freeReplyObject(selected);
     /* The settle script's arguments are copied into hiredis's output buffer when it is appended, so one batch
      * buffer serves every pop. */
-    struct batch batch = {0, calloc(window, 64), calloc(window, ID_LENGTH + 1)};
+    struct batch batch = batch_for(window);
     int per = window / depth, settled = 0, inflight = 0, pending = 0, counts[2] = {0, 0}, empty = 0;
     double started = now();
     for (; inflight < depth; inflight++) append_pop(broker, pop, per);

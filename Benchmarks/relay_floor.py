@@ -18,6 +18,7 @@ CPU per task for each, the worker's CPU per task, and the ratio; medians of `--r
 is lost.
 """
 import argparse
+import functools
 import shutil
 import statistics
 import subprocess
@@ -43,13 +44,19 @@ def build_relay(directory):
     return binary
 
 
+@functools.cache
+def worker_scripts():
+    """The working tree's pop-and-record and settle scripts, read from the Swift sources once."""
+    return scripts(".")
+
+
 def run_relay(server, messages, binary, window, depth, work=0.0):
     """One drain of `messages` by the relay, `depth` pops in flight, spinning `work` µs per task; its rate and
     Redis's CPU per task."""
     rb, rr = redis.Redis.from_url(server.url(1)), redis.Redis.from_url(server.url(0))
     rb.flushdb()
     rr.flushdb()
-    pop_source, settle_source = scripts(".")
+    pop_source, settle_source = worker_scripts()
     pop, settle = rb.script_load(pop_source), rb.script_load(settle_source)
     pipe = rb.pipeline(transaction=False)
     for raw in messages:
