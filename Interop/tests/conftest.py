@@ -18,6 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redisproc import RedisProcess  # noqa: E402
 
 WORKER_BINARY = Path(os.environ.get("SWIFT_CELERY_WORKER", ROOT / ".build" / "debug" / "swift-celery-worker"))
+# The pool of every Swift worker a test starts without choosing one (`SWIFT_CELERY_POOL=solo` runs the suite against
+# the solo pool); unset: the worker's default, threads.
+WORKER_POOL = os.environ.get("SWIFT_CELERY_POOL")
+
+
+def slots(concurrency: int) -> int:
+    """How many tasks a Swift worker started with `-c concurrency` (and no pool of its own) runs at once: its
+    `max-concurrency` in `inspect stats`. The solo pool runs one, as Python's does."""
+    return 1 if WORKER_POOL == "solo" else concurrency
 
 
 def eventually(condition, timeout=5.0):
@@ -103,6 +112,8 @@ class WorkerProcess(LoggedProcess):
         if not WORKER_BINARY.exists():
             raise RuntimeError(f"{WORKER_BINARY} is missing: run `swift build` first")
         self.logfile = logfile
+        if WORKER_POOL and not any(arg in ("-P", "--pool") or arg.startswith("--pool=") for arg in args):
+            args = [*args, "--pool", WORKER_POOL]
         self.args = [str(WORKER_BINARY), *args, "--logfile", str(logfile)]
         self.stdout_path = logfile.with_suffix(".stdout")
         self.proc = subprocess.Popen(self.args, stdout=open(self.stdout_path, "wb"), stderr=subprocess.STDOUT,

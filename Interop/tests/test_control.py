@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import slots
+
 
 def test_ping_registered_stats_queues(start_worker, make_app):
     start_worker("-n", "ctl@%h", "-Q", "celery,extra", "-c", "3")
@@ -16,7 +18,7 @@ def test_ping_registered_stats_queues(start_worker, make_app):
     assert node.startswith("ctl@") and replies[node] == {"ok": "pong"}
     assert "seed_email" in inspect.registered()[node] and "tasks.add" in inspect.registered()[node]
     stats = inspect.stats()[node]
-    assert stats["pool"]["max-concurrency"] == 3 and stats["prefetch_count"] == 12
+    assert stats["pool"]["max-concurrency"] == slots(3) and stats["prefetch_count"] == 12
     assert [q["name"] for q in inspect.active_queues()[node]] == ["celery", "extra"]
     assert inspect.revoked()[node] == []
     assert "error" in app.control.broadcast("no_such_command", reply=True, timeout=1)[0][node]

@@ -38,6 +38,7 @@ def test_warm_shutdown_finishes_running_tasks_and_gives_back_reserved_ones(start
     assert [r.get(timeout=10) for r in results[1:]] == [1.5, 1.5]
 
 
+@pytest.mark.parallel_pool
 def test_concurrency_runs_tasks_at_once(start_worker, make_app):
     start_worker("-c", "4")
     app = make_app()
@@ -47,6 +48,7 @@ def test_concurrency_runs_tasks_at_once(start_worker, make_app):
     assert time.monotonic() - started < 3.5  # one after the other would take 4 s
 
 
+@pytest.mark.parallel_pool
 def test_cpu_bound_tasks_do_not_stall_other_work(start_worker, make_app):
     worker = start_worker("-c", "3")
     app = make_app()
@@ -149,6 +151,7 @@ def test_named_queues(start_worker, make_app):
     assert app.tasks["tasks.add"].apply_async((2, 2), queue="alpha").get(timeout=10) == 4
 
 
+@pytest.mark.parallel_pool
 def test_seed_scenario(redis_urls, start_worker):
     start_worker("-c", "5")
     base = redis_urls["broker"].rsplit("/", 1)[0]

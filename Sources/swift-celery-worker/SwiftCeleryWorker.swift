@@ -72,7 +72,9 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("P"), .customLong("pool")],
-        help: "threads (default: task bodies on threads in the worker) or process (alias prefork: child processes the worker can kill).")
+        help:
+            "threads (default: task bodies on threads in the worker), process (alias prefork: child processes the worker can kill) or solo (one task at a time, on the thread that fetches and writes results)."
+    )
     var pool: String?
 
     @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are always sent).")
@@ -153,14 +155,14 @@ struct WorkerCommand: AsyncParsableCommand {
         var poolKind = file.pool ?? .threads
         if let pool {
             guard let parsed = WorkerConfiguration.PoolKind(celeryName: pool) else {
-                throw ValidationError("--pool must be threads or process (prefork), got '\(pool)'.")
+                throw ValidationError("--pool must be threads, process (prefork) or solo, got '\(pool)'.")
             }
             poolKind = parsed
         }
         var warnings = file.warnings
-        if timeLimit != nil, poolKind == .threads {
+        if timeLimit != nil, poolKind != .process {
             warnings.append(
-                "--time-limit/task_time_limit is not enforced by the thread pool (a thread cannot be stopped): use --pool process.")
+                "--time-limit/task_time_limit is not enforced by the \(poolKind.rawValue) pool (a thread cannot be stopped): use --pool process.")
         }
         let configuration = WorkerConfiguration(
             brokerURL: brokerURL,

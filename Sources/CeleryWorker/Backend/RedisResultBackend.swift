@@ -126,15 +126,16 @@ public final class RedisResultBackend: ResultBackend {
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
     ) async throws(CeleryWorkerError) {
         let brokerDatabase = broker.commands.url.database
-        // Written on the connection's thread, where the write happens, straight in Redis's protocol.
-        _ = try await client.withConnection { [self] connection throws(CeleryWorkerError) in
+        let backendDatabase = client.url.database
+        let (expires, serializer, keyPrefix) = (self.expires, self.serializer, self.keyPrefix)
+        @Sendable func arguments() -> RESPArguments {
             var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
             arguments.append(broker.unackedKey)
             arguments.append(broker.unackedIndexKey)
             // By index: each document is read in place, not copied out of the array.
             for index in documents.indices { arguments.append(keyPrefix, Self.keyStem, documents[index].taskID) }
             arguments.append(brokerDatabase)
-            arguments.append(client.url.database)
+            arguments.append(backendDatabase)
             arguments.append(expires ?? 0)
             arguments.append(serializer.serializerName)
             arguments.append(earlyAcks.count)
@@ -142,7 +143,16 @@ public final class RedisResultBackend: ResultBackend {
             for tag in earlyAcks { arguments.append(tag) }
             for index in documents.indices { arguments.append { documents[index].encode(as: serializer, into: &$0) } }
             for tag in lateAcks { arguments.append(tag) }
-            return try connection.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments)
+            return arguments
+        }
+        if client.sharesLane {
+            // The solo pool: written where the settler runs (the lane's thread), without blocking it for the reply.
+            _ = try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments())
+            return
+        }
+        // Written on the connection's thread, where the write happens, straight in Redis's protocol.
+        _ = try await client.withConnection { connection throws(CeleryWorkerError) in
+            try connection.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments())
         }
     }
 

@@ -126,22 +126,13 @@ public final class RedisBroker: Broker {
     typealias Popped = (list: String, raw: [UInt8], tag: String?, receivedAt: Double, record: PendingRecord?)
 
     private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [Popped] {
-        let unackedKey = self.unackedKey
-        let unackedIndexKey = self.unackedIndexKey
+        let brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
+        if blocking.sharesLane { return try await blockingPopOnSharedLane(brpop) }
         let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([Popped], Int?) in
             let started = ContinuousClock.now
-            let reply = try connection.execute([RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])])
-            guard case .array(let pair)? = reply.first, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes
-            else {
-                self.waited.withLock { $0 = true }
-                return ([], nil)
-            }
-            // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
-            self.waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
-            let receivedAt = WallClock.now()
-            // The tag, exchange and routing key kombu records (only `properties` is decoded); none: not recorded.
-            guard let fields = KombuEnvelope.deliveryFields(of: raw) else { return ([(list, raw, nil, receivedAt, nil)], nil) }
-            let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
+            let reply = try connection.execute([brpop])
+            guard let (message, record) = self.received(reply.first, waitedSince: started) else { return ([], nil) }
+            guard let record else { return ([message], nil) }
             // Queued now and written as soon as this thread is free again, right after the message is handed on
             // (the task thread decodes it meanwhile), in one write with the next pop: at idle that saves Redis a
             // wake-up and keeps the record off the way to the result. The reply is read before the next pop's, and
@@ -150,17 +141,11 @@ public final class RedisBroker: Broker {
             let pending = PendingRecord()
             let place: Int
             do {
-                place = try connection.appendUnread(
-                    [
-                        RedisCommand("MULTI"),
-                        RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
-                        RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(fields.tag), RedisArgument(record)),
-                        RedisCommand("EXEC"),
-                    ], then: pending.complete)
+                place = try connection.appendUnread(record, then: pending.complete)
             } catch {
-                return ([(list, raw, fields.tag, receivedAt, nil)], nil)
+                return ([message], nil)
             }
-            return ([(list, raw, fields.tag, receivedAt, pending)], place)
+            return ([(message.list, message.raw, message.tag, message.receivedAt, pending)], place)
         }
         if let place {
             // The next fetch writes the record with its own command and reads the reply first; this writes it and
@@ -177,6 +162,40 @@ public final class RedisBroker: Broker {
         return popped
     }
 
+    /// The blocking pop of the solo pool: the lane's thread runs tasks while it waits. The record is written at
+    /// once, without waiting for its reply (the lane's event loop reads it; acknowledging the message waits for it).
+    private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
+        let started = ContinuousClock.now
+        let reply = try await blocking.pipeline([brpop])
+        guard let (message, record) = received(reply.first, waitedSince: started) else { return [] }
+        guard let record else { return [message] }
+        let pending = PendingRecord()
+        let sent = await blocking.sendWithoutWaiting(record, then: pending.complete)
+        return [(message.list, message.raw, message.tag, message.receivedAt, sent ? pending : nil)]
+    }
+
+    /// A blocking pop's reply: the message (its record still to write) and the commands that record it in
+    /// `unacked` as kombu does; `nil` when the pop timed out. Notes whether the pop waited.
+    private func received(_ reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> (Popped, [RedisCommand]?)? {
+        guard case .array(let pair)? = reply, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes else {
+            waited.withLock { $0 = true }
+            return nil
+        }
+        // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
+        waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
+        let receivedAt = WallClock.now()
+        // The tag, exchange and routing key kombu records (only `properties` is decoded); none: not recorded.
+        guard let fields = KombuEnvelope.deliveryFields(of: raw) else { return ((list, raw, nil, receivedAt, nil), nil) }
+        let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
+        let commands = [
+            RedisCommand("MULTI"),
+            RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
+            RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(fields.tag), RedisArgument(record)),
+            RedisCommand("EXEC"),
+        ]
+        return ((list, raw, fields.tag, receivedAt, nil), commands)
+    }
+
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {
         let receivedAt = WallClock.now()
         var arguments = RESPArguments(capacity: 128 + 32 * lists.count)
@@ -187,9 +206,7 @@ public final class RedisBroker: Broker {
         arguments.append(receivedAt)
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
         // (``fetchExecutor``), so a fetch costs no thread hop.
-        let reply = try await blocking.withConnection { [arguments] connection throws(CeleryWorkerError) in
-            try connection.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count, arguments: arguments)
-        }
+        let reply = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count, arguments: arguments)
         let items = reply.array ?? []
         var popped: [Popped] = []
         popped.reserveCapacity(items.count / 3)

@@ -382,7 +382,7 @@ extension WorkerRun {
             "uptime": .int(Int64(WallClock.now() - startedAt)),
             "pool": [
                 "implementation": .string("swift-celery-worker:\(configuration.pool.rawValue)"),
-                "max-concurrency": .int(Int64(configuration.concurrency)),
+                "max-concurrency": .int(Int64(configuration.slots)),
                 "processes": .array((pool?.pids ?? [Host.pid]).map { .int(Int64($0)) }),
             ],
             "broker": .object(broker),

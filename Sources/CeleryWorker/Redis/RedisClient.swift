@@ -6,6 +6,8 @@ public final class RedisClient: Sendable {
     let connection: RedisConnection
     /// The thread that owns the socket: every call runs there, one after another, never on the cooperative pool.
     let lane: WorkerThreads
+    /// Whether the lane is shared with other work (`--pool solo`), see ``init(url:commandTimeout:sharedLane:)``.
+    let sharesLane: Bool
 
     /// - Parameters:
     ///   - commandTimeout: how long to wait for a reply before the connection is treated as broken.
@@ -13,10 +15,21 @@ public final class RedisClient: Sendable {
     public init(url: RedisURL, commandTimeout: Duration = .seconds(30), threadName: String = "redis-io") {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
         self.lane = WorkerThreads(count: 1, name: threadName)
+        self.sharesLane = false
+    }
+
+    /// A client whose calls run on `sharedLane`, a set of one thread that also runs the worker's tasks (`--pool
+    /// solo`). ``pipeline(_:)`` and script calls do not block it: they write their request and suspend, and the
+    /// lane's event loop reads the reply when the socket is readable, while the thread runs other work. Calls
+    /// through ``withConnection(_:)`` (sequences such as `WATCH … EXEC`, all short) still block it.
+    init(url: RedisURL, commandTimeout: Duration = .seconds(30), sharedLane: WorkerThreads) {
+        self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
+        self.lane = sharedLane
+        self.sharesLane = true
     }
 
     deinit {
-        lane.shutdown()
+        if !sharesLane { lane.shutdown() }
     }
 
     /// The server this client talks to.
@@ -28,7 +41,36 @@ public final class RedisClient: Sendable {
     /// the commands are sent once more on the new one. Every command this package sends is safe to repeat that way
     /// (idempotent writes, or transactions guarded by `WATCH`), and a dead socket cannot have run them.
     public func pipeline(_ commands: [RedisCommand]) async throws(CeleryWorkerError) -> [RedisReply] {
-        try await withConnection { connection throws(CeleryWorkerError) in try connection.execute(commands) }
+        if sharesLane { return try await request(commands.map(RedisConnection.resp), replies: commands.count) }
+        return try await withConnection { connection throws(CeleryWorkerError) in try connection.execute(commands) }
+    }
+
+    /// Sends a request without blocking the lane (on a shared lane only): the calling task suspends until the
+    /// lane's event loop has read the replies. As with ``withConnection(_:)``, a connection that was open but
+    /// turns out dead when the request is written is replaced and the request written once more; one that breaks
+    /// after it was written is not (the request may have run), and the error is thrown.
+    func request(_ parts: [[UInt8]], replies: Int) async throws(CeleryWorkerError) -> [RedisReply] {
+        let connection = self.connection
+        let lane = self.lane
+        let outcome = await withUnsafeContinuation {
+            (continuation: UnsafeContinuation<Result<[RedisReply], CeleryWorkerError>, Never>) in
+            // Resumed exactly once: by the reply's handler, or here when nothing was sent.
+            let write: @Sendable () -> Void = {
+                let wasOpen = connection.isOpen
+                do throws(CeleryWorkerError) {
+                    do throws(CeleryWorkerError) {
+                        try connection.send(parts, replies: replies) { continuation.resume(returning: $0) }
+                    } catch  where wasOpen && error.code == .connectionLost {
+                        try connection.send(parts, replies: replies) { continuation.resume(returning: $0) }
+                    }
+                    lane.watch(connection)
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+            if lane.isCurrentOnlyThread { write() } else { lane.submit(write) }
+        }
+        return try outcome.get()
     }
 
     /// Sends one command; an error reply is thrown.
@@ -77,6 +119,46 @@ public final class RedisClient: Sendable {
                 return try body(connection)
             }
         }
+    }
+
+    /// Sends the commands without waiting for their replies (on a shared lane only): `then` gets the first error
+    /// among them once the lane's event loop has read them, or a failure when the connection closes first.
+    /// `false` when they could not be sent (then `then` never runs).
+    func sendWithoutWaiting(_ commands: [RedisCommand], then: @escaping @Sendable (_ failure: String?) -> Void) async -> Bool {
+        let connection = self.connection
+        let lane = self.lane
+        let parts = commands.map(RedisConnection.resp)
+        return await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+            let write: @Sendable () -> Void = {
+                do throws(CeleryWorkerError) {
+                    try connection.send(parts, replies: commands.count) { then(RedisConnection.failure(of: $0)) }
+                    lane.watch(connection)
+                    continuation.resume(returning: true)
+                } catch {
+                    continuation.resume(returning: false)
+                }
+            }
+            if lane.isCurrentOnlyThread { write() } else { lane.submit(write) }
+        }
+    }
+
+    /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments already
+    /// written in Redis's protocol: the first `keyCount` of `arguments` are the keys. On a shared lane it does not
+    /// block the lane (see ``request(_:replies:)``).
+    func evaluate(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) async throws(CeleryWorkerError) -> RedisReply {
+        guard sharesLane else {
+            return try await withConnection { connection throws(CeleryWorkerError) in
+                try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
+            }
+        }
+        let evalsha = RedisConnection.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
+        var reply = try await request([evalsha, arguments.bytes], replies: 1).first
+        if case .error(let message)? = reply, message.hasPrefix("NOSCRIPT") {
+            let eval = RedisConnection.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
+            reply = try await request([eval, arguments.bytes], replies: 1).first
+        }
+        guard let reply else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
+        return try reply.check("EVALSHA")
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

@@ -10,15 +10,29 @@ import Synchronization
 /// One blocking hiredis connection, opened lazily and re-opened after a failure.
 ///
 /// Every call blocks its thread: callers run them on the connection's own thread (see ``RedisClient``), never on
-/// the cooperative pool. `@unchecked Sendable` is sound because the only mutable state, the hiredis context, is touched only inside
+/// the cooperative pool. The exception is ``send(_:replies:handle:)``, which writes a request and returns: its
+/// replies are read by ``pump()`` when the thread's event loop finds the socket readable (the solo pool), or by the
+/// next blocking call, which reads earlier replies first. `@unchecked Sendable` is sound because the only mutable state, the hiredis context, is touched only inside
 /// `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
 final class RedisConnection: @unchecked Sendable {
     private struct State {
         var context: UnsafeMutablePointer<redisContext>?
-        /// Commands queued by ``appendUnread(_:then:)`` whose replies are still to be read, in the order queued.
-        var unread: [(replies: Int, then: @Sendable (_ failure: String?) -> Void)] = []
+        /// Commands queued by ``appendUnread(_:then:)`` or sent by ``send(_:replies:handle:)`` whose replies are
+        /// still to be read, in the order queued.
+        var unread: [Unread] = []
+        /// The replies read so far of the first of `unread` (``pump()`` may read part of a request's replies).
+        var partial: [RedisReply] = []
         /// How many of everything ever queued are done with: their replies read, or the connection closed without them.
         var unreadDone = 0
+        /// Since when a reply sent by ``send(_:replies:handle:)`` is awaited (or the last reply came); `nil`: none is.
+        var awaitedSince: ContinuousClock.Instant?
+    }
+
+    /// Commands whose replies are read later, and what gets them: the replies, or the failure that closed the
+    /// connection before they came.
+    private struct Unread {
+        let replies: Int
+        let handle: @Sendable (Result<[RedisReply], CeleryWorkerError>) -> Void
     }
 
     let url: RedisURL
@@ -89,8 +103,40 @@ final class RedisConnection: @unchecked Sendable {
                 Self.close(&state)
                 throw error
             }
-            state.unread.append((commands.count, then))
+            state.unread.append(Unread(replies: commands.count) { then(Self.failure(of: $0)) })
             return state.unreadDone + state.unread.count
+        }
+    }
+
+    /// Writes a request (`parts`, already in Redis's protocol, together `replies` commands) and returns without
+    /// waiting: `handle` gets the replies (error replies included) once they are read, by ``pump()`` or by the next
+    /// blocking call on this connection, or the failure if the connection closes first. When this throws, nothing
+    /// was sent and `handle` never runs.
+    func send(
+        _ parts: [[UInt8]], replies: Int, handle: @escaping @Sendable (Result<[RedisReply], CeleryWorkerError>) -> Void
+    ) throws(CeleryWorkerError) {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
+            let context = try connectedContext(&state)
+            for part in parts {
+                let status = part.withUnsafeBufferPointer { buffer in
+                    buffer.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+                }
+                guard status == REDIS_OK else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: "sending a request")
+                    Self.close(&state)
+                    throw error
+                }
+            }
+            var written: Int32 = 0
+            repeat {
+                guard redisBufferWrite(context, &written) == REDIS_OK else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: "sending a request")
+                    Self.close(&state)
+                    throw error
+                }
+            } while written == 0
+            state.unread.append(Unread(replies: replies, handle: handle))
+            if state.awaitedSince == nil { state.awaitedSince = .now }
         }
     }
 
@@ -108,6 +154,14 @@ final class RedisConnection: @unchecked Sendable {
     static let unanswered = "the connection closed before Redis answered"
 
     /// The first error reply in `reply`, or among the elements of an array reply (`EXEC`'s).
+    /// What went wrong with commands whose replies are `result`: the first error reply, or that no reply came.
+    static func failure(of result: Result<[RedisReply], CeleryWorkerError>) -> String? {
+        switch result {
+        case .success(let replies): replies.lazy.compactMap { Self.firstError(in: $0) }.first
+        case .failure: Self.unanswered
+        }
+    }
+
     private static func firstError(in reply: RedisReply) -> String? {
         switch reply {
         case .error(let message): message
@@ -117,23 +171,29 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private static func readUnread(_ state: inout State, _ context: UnsafeMutablePointer<redisContext>) throws(CeleryWorkerError) {
-        while !state.unread.isEmpty {
-            let sent = state.unread.removeFirst()
-            state.unreadDone += 1
-            var failure: String?
-            defer { sent.then(failure) }
-            for _ in 0..<sent.replies {
+        while let first = state.unread.first {
+            while state.partial.count < first.replies {
                 var raw: UnsafeMutableRawPointer?
                 guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
                     let error = Self.error(from: context, code: .connectionLost, doing: "reading replies")
-                    failure = failure ?? Self.unanswered
-                    close(&state)
+                    close(&state, failure: error)
                     throw error
                 }
-                if failure == nil { failure = Self.firstError(in: convert(raw.assumingMemoryBound(to: redisReply.self))) }
+                state.partial.append(convert(raw.assumingMemoryBound(to: redisReply.self)))
                 freeReplyObject(raw)
             }
+            complete(&state)
         }
+        state.awaitedSince = nil
+    }
+
+    /// Hands the first of `unread` its replies (all in `partial`).
+    private static func complete(_ state: inout State) {
+        let sent = state.unread.removeFirst()
+        let replies = state.partial
+        state.partial = []
+        state.unreadDone += 1
+        sent.handle(.success(replies))
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
@@ -148,20 +208,25 @@ final class RedisConnection: @unchecked Sendable {
     /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments already
     /// written in Redis's protocol: the first `keyCount` of `arguments` are the keys.
     func evaluate(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
-        func head(_ name: String, _ script: String) -> [UInt8] {
-            var head: [UInt8] = []
-            head.reserveCapacity(64 + script.utf8.count)
-            RESPArguments.writeLine(UInt8(ascii: "*"), 3 + arguments.count, into: &head)
-            RESPArguments.writeArgument(name, into: &head)
-            RESPArguments.writeArgument(script, into: &head)
-            RESPArguments.writeArgument(String(keyCount), into: &head)
-            return head
-        }
-        var reply = try execute(head: head("EVALSHA", script.digest), body: arguments.bytes, name: "EVALSHA")
+        let evalsha = Self.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
+        var reply = try execute(head: evalsha, body: arguments.bytes, name: "EVALSHA")
         if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-            reply = try execute(head: head("EVAL", script.source), body: arguments.bytes, name: "EVAL")
+            let eval = Self.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
+            reply = try execute(head: eval, body: arguments.bytes, name: "EVAL")
         }
         return try reply.check("EVALSHA")
+    }
+
+    /// The start of an `EVALSHA` or `EVAL` command (`name`) whose keys and other arguments, `arguments`, follow:
+    /// the argument count, the name, the digest or source, and the key count.
+    static func scriptHead(_ name: String, _ script: String, keyCount: Int, arguments: RESPArguments) -> [UInt8] {
+        var head: [UInt8] = []
+        head.reserveCapacity(64 + script.utf8.count)
+        RESPArguments.writeLine(UInt8(ascii: "*"), 3 + arguments.count, into: &head)
+        RESPArguments.writeArgument(name, into: &head)
+        RESPArguments.writeArgument(script, into: &head)
+        RESPArguments.writeArgument(String(keyCount), into: &head)
+        return head
     }
 
     /// Sends one command already written in Redis's protocol, `head` then `body`, and reads its reply (an error reply
@@ -267,13 +332,18 @@ final class RedisConnection: @unchecked Sendable {
     /// Whether a context is open (it may still turn out broken on use).
     var isOpen: Bool { state.withLock { $0.context != nil } }
 
-    private static func close(_ state: inout State) {
+    private static func close(
+        _ state: inout State,
+        failure: CeleryWorkerError = CeleryWorkerError(code: .connectionLost, message: RedisConnection.unanswered)
+    ) {
         if let context = state.context { redisFree(context) }
         state.context = nil
         let unread = state.unread
         state.unread.removeAll()
+        state.partial.removeAll()
+        state.awaitedSince = nil
         state.unreadDone += unread.count
-        for sent in unread { sent.then(Self.unanswered) }
+        for sent in unread { sent.handle(.failure(failure)) }
     }
 
     private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> UnsafeMutablePointer<redisContext> {
@@ -420,5 +490,50 @@ final class RedisConnection: @unchecked Sendable {
     private static func timeval(_ duration: Duration) -> timeval {
         let (seconds, attoseconds) = duration.components
         return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+    }
+}
+
+extension RedisConnection: PolledSource {
+    func awaited() -> (descriptor: Int32, deadline: ContinuousClock.Instant)? {
+        state.withLock { state in
+            guard let context = state.context, let since = state.awaitedSince, !state.unread.isEmpty else { return nil }
+            return (context.pointee.fd, since + commandTimeout)
+        }
+    }
+
+    /// Reads what the socket has (one `read`, which does not block: the event loop found it readable) and hands
+    /// every complete request its replies. A read error, or the server closing the connection, closes it and fails
+    /// what is awaited.
+    func pump() -> Bool {
+        state.withLock { state in
+            guard let context = state.context, !state.unread.isEmpty else { return false }
+            guard redisBufferRead(context) == REDIS_OK else {
+                Self.close(&state, failure: Self.error(from: context, code: .connectionLost, doing: "reading replies"))
+                return false
+            }
+            while let first = state.unread.first {
+                var raw: UnsafeMutableRawPointer?
+                guard redisGetReplyFromReader(context, &raw) == REDIS_OK else {
+                    Self.close(&state, failure: Self.error(from: context, code: .connectionLost, doing: "reading replies"))
+                    return false
+                }
+                guard let raw else { break }
+                state.partial.append(Self.convert(raw.assumingMemoryBound(to: redisReply.self)))
+                freeReplyObject(raw)
+                state.awaitedSince = .now
+                if state.partial.count == first.replies { Self.complete(&state) }
+            }
+            if state.unread.isEmpty { state.awaitedSince = nil }
+            return !state.unread.isEmpty
+        }
+    }
+
+    func expire() {
+        state.withLock { state in
+            Self.close(
+                &state,
+                failure: CeleryWorkerError(
+                    code: .timeout, message: "no reply from \(url) within \(commandTimeout) (the connection is closed)"))
+        }
     }
 }

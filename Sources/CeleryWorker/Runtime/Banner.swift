@@ -30,7 +30,7 @@ public enum Banner {
                 ".> app:         swift-celery-worker",
                 ".> transport:   \(configuration.brokerURL)",
                 ".> results:     \(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")",
-                ".> concurrency: \(configuration.concurrency) (\(configuration.pool == .process ? "swift processes" : "swift threads"))",
+                ".> concurrency: \(configuration.concurrency) (swift \(configuration.pool == .process ? "processes" : configuration.pool == .solo ? "solo" : "threads"))",
                 ".> task events: \(events)",
                 "",
                 "[queues]",

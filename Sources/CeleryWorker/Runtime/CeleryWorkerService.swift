@@ -31,6 +31,10 @@ public final class CeleryWorkerService: Service {
     /// When the broker and the result backend are one Redis server: each settler batch (results and
     /// acknowledgements) is then written by one script in one round trip.
     let sharedServer: (backend: RedisResultBackend, broker: RedisBroker)?
+    /// With `--pool solo`, the one thread that fetches, runs tasks and settles; the broker's and the backend's
+    /// connections run their calls there. `nil` for the other pools (and for a solo worker on another broker: its
+    /// thread is made in ``run()``).
+    let soloLane: WorkerThreads?
 
     /// A worker on Redis, as configured.
     ///
@@ -39,16 +43,27 @@ public final class CeleryWorkerService: Service {
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger,
         metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
-        let broker = RedisBroker(
-            blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
-            commands: RedisClient(url: configuration.brokerURL)
-        )
-        let backend = configuration.resultBackendURL.map { url in
-            RedisResultBackend(
-                client: RedisClient(url: url, threadName: "redis-results"),
-                serializer: configuration.resultSerializer,
-                expires: configuration.resultExpires
-            )
+        let soloLane = configuration.pool == .solo ? WorkerThreads(count: 1, name: "celery-solo") : nil
+        let broker: RedisBroker
+        let backend: RedisResultBackend?
+        if let soloLane {
+            broker = RedisBroker(
+                blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), sharedLane: soloLane),
+                commands: RedisClient(url: configuration.brokerURL, sharedLane: soloLane))
+            backend = configuration.resultBackendURL.map { url in
+                RedisResultBackend(
+                    client: RedisClient(url: url, sharedLane: soloLane),
+                    serializer: configuration.resultSerializer, expires: configuration.resultExpires)
+            }
+        } else {
+            broker = RedisBroker(
+                blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
+                commands: RedisClient(url: configuration.brokerURL))
+            backend = configuration.resultBackendURL.map { url in
+                RedisResultBackend(
+                    client: RedisClient(url: url, threadName: "redis-results"),
+                    serializer: configuration.resultSerializer, expires: configuration.resultExpires)
+            }
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
@@ -58,7 +73,7 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
-            metrics: TaskMetrics(factory: metricsFactory),
+            metrics: TaskMetrics(factory: metricsFactory), soloLane: soloLane,
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
@@ -72,16 +87,17 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), client: nil)
+            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), soloLane: nil, client: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics,
+        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, soloLane: WorkerThreads?,
         client: CeleryClient?
     ) {
         self.metrics = metrics
+        self.soloLane = soloLane
         self.client = client
         self.configuration = configuration
         self.registry = registry
@@ -107,12 +123,14 @@ public final class CeleryWorkerService: Service {
             return
         }
         let shutdown = ShutdownSignal()
-        let executor = WorkerThreads(count: configuration.concurrency, name: "celery-task")
+        // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
+        let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo") : nil
+        let executor = solo ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
         // The worker's own bookkeeping runs on one thread of its own: hand-offs between its tasks are queue pushes.
-        let loop = WorkerThreads(count: 1, name: "celery-worker")
+        let loop = solo ?? WorkerThreads(count: 1, name: "celery-worker")
         defer { loop.shutdown() }
         await withTaskExecutorPreference(loop) {
             await withGracefulShutdownHandler {
@@ -223,7 +241,7 @@ final class WorkerRun: Sendable {
         self.pool = pool
         let limit = service.configuration.prefetchCount
         self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2)
-        self.slots = AsyncPermits(service.configuration.concurrency)
+        self.slots = AsyncPermits(service.configuration.slots)
         self.consuming = Mutex(service.configuration.queues)
         self.timeZone = service.configuration.timezone
         self.runners = JobRunners(tasks: jobTasks, executor: executor)
@@ -267,8 +285,10 @@ final class WorkerRun: Sendable {
             // that thread.
             let resultsLane = (self.service.backend as? RedisResultBackend)?.client.lane
             group.addTask(executorPreference: resultsLane) {
-                // Lingering blocks the thread it runs on: only on the results connection's own thread.
-                await self.settler.run(lingering: resultsLane != nil) { batch in await self.flush(batch) }
+                // Lingering blocks the thread it runs on: only on the results connection's own thread (solo shares
+                // it, and needs no linger: a short task's result is in before the settler runs again).
+                let solo = self.service.soloLane.flatMap { $0 === resultsLane ? $0 : nil }
+                await self.settler.run(lingering: resultsLane != nil && solo == nil, idle: solo) { batch in await self.flush(batch) }
             }
             group.addTask {
                 await self.maintenanceLoop()
@@ -295,8 +315,12 @@ final class WorkerRun: Sendable {
     /// of 60 messages takes Redis about a millisecond, and the worker would otherwise wait for it with nothing to
     /// do), but the whole window when it holds 16 messages or fewer (a pop of 4 costs more per message than the
     /// overlap gains), and never more than ``fetchBatch``. 0 with no prefetch limit: every pop takes what is free.
-    static func gatherTarget(prefetchCount: Int) -> Int {
+    ///
+    /// With the solo pool always half the window: the thread runs the other half while Redis runs the pop, and
+    /// writes their results while the pop's reply is on its way.
+    static func gatherTarget(prefetchCount: Int, solo: Bool = false) -> Int {
         guard prefetchCount > 0 else { return 0 }
+        if solo { return min(fetchBatch, max(1, prefetchCount / 2)) }
         return min(fetchBatch, max(prefetchCount / 2, min(prefetchCount, 16)))
     }
 
@@ -304,8 +328,10 @@ final class WorkerRun: Sendable {
         defer { fetched.finish() }
         var failures = 0
         var busy = false
-        let gatherTarget = Self.gatherTarget(prefetchCount: configuration.prefetchCount)
-        let gatherBacklog = configuration.concurrency
+        let gatherTarget = Self.gatherTarget(prefetchCount: configuration.prefetchCount, solo: configuration.pool == .solo)
+        // Solo: the thread that pops also runs the tasks, so the jobs here cannot keep a slot busy while it gathers;
+        // it gathers to its target whenever the last pop was full.
+        let gatherBacklog = configuration.pool == .solo ? 0 : configuration.slots
         while !shutdown.isTriggered, !Task.isCancelled {
             guard await prefetch.acquire() else { break }
             // One permit is needed to fetch at all; any others free now let one round trip take a batch.

@@ -145,9 +145,12 @@ final class Settler: Sendable {
     /// batch means tasks just started, and a short task's result follows within microseconds: then the
     /// acknowledgement and the result go out in one write instead of two round trips one after the other. A long
     /// task's acknowledgement is held back by ``linger`` at most.
-    func run(lingering: Bool = false, flush: ([Entry]) async -> Void) async {
+    ///
+    /// With `idle` (the solo pool's one thread, which the calling task must prefer), a batch is taken only once
+    /// that thread has nothing else queued: it holds the results of every task that ran until then.
+    func run(lingering: Bool = false, idle: WorkerThreads? = nil, flush: ([Entry]) async -> Void) async {
         while true {
-            let batch = await next(lingering: lingering)
+            let batch = await next(lingering: lingering, idle: idle)
             if batch.isEmpty { return }
             await flush(batch)
             for entry in batch { entry.done() }
@@ -161,8 +164,9 @@ final class Settler: Sendable {
         }
     }
 
-    private func next(lingering: Bool) async -> [Entry] {
+    private func next(lingering: Bool, idle: WorkerThreads?) async -> [Entry] {
         while true {
+            await idle?.whenIdle()
             var (batch, finished) = take()
             if lingering, !finished, !batch.isEmpty, batch.allSatisfy({ $0.early && $0.document == nil }) {
                 let armed = state.withLock { state -> Bool in

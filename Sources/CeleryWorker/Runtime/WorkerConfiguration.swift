@@ -58,16 +58,26 @@ public struct WorkerConfiguration: Sendable {
         case threads
         /// Child processes (Python's prefork): hard time limits, `terminate` kills, a crashing task is contained.
         case process
+        /// Celery's solo pool: one task at a time, on the one thread that also fetches the messages and writes the
+        /// results. The prefetch window is still concurrency × multiplier, as in Python. While Redis works on one
+        /// request the thread runs tasks, so for short tasks it drains a queue fastest; a task that blocks its
+        /// thread holds the whole worker up, as in Python. Time limits are soft only.
+        case solo
 
         /// Reads `-P` / `worker_pool`: `threads`, `process`, or Celery's `prefork` (the process pool).
         public init?(celeryName: String) {
             switch celeryName.lowercased() {
             case "threads", "thread": self = .threads
             case "process", "processes", "prefork": self = .process
+            case "solo": self = .solo
             default: return nil
             }
         }
     }
+
+    /// How many tasks run at once: the concurrency, or 1 with the solo pool (whose prefetch window is still
+    /// concurrency × multiplier, as in Python).
+    var slots: Int { pool == .solo ? 1 : concurrency }
 
     public init(
         brokerURL: RedisURL = RedisURL(endpoint: .tcp(host: "localhost", port: 6379)),

@@ -16,8 +16,13 @@ import DequeModule
 /// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
 /// the busy ones.
 ///
-/// `@unchecked Sendable`: `queue`, `sleepers`, `stopping` and `alive` are only read or written with `mutex` held;
-/// the pthread objects are created in `init` and never freed (a set lives as long as its owner, and its threads may
+/// A set of one thread can also wait for sockets (the solo pool's event loop): a ``PolledSource`` it is told to
+/// ``watch(_:)`` (a Redis connection with requests in flight) is polled whenever nothing is queued, and its replies
+/// are handed on as they become readable, so the thread runs tasks while Redis works instead of blocking for each
+/// reply.
+///
+/// `@unchecked Sendable`: `queue`, `idleQueue`, `watched`, `sleepers`, `polling`, `stopping` and `alive` are only
+/// read or written with `mutex` held; the pthread objects and the wake pipe are created in `init` and never freed (a set lives as long as its owner, and its threads may
 /// still be finishing when the owner is released).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private enum Item {
@@ -28,6 +33,14 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
     private var queue = Deque<Item>()
+    /// Items that run only when `queue` is empty (``whenIdle()``).
+    private var idleQueue = Deque<Item>()
+    /// The sources polled when nothing is queued (``watch(_:)``).
+    private var watched: [ObjectIdentifier: any PolledSource] = [:]
+    /// Whether the thread waits in `poll`: a push then writes to the wake pipe instead of signalling `condition`.
+    private var polling = false
+    /// A non-blocking pipe that wakes the thread from `poll` (read end, write end); only in a set of one thread.
+    private let wakePipe: (read: Int32, write: Int32)
     private var sleepers = 0
     private var stopping = false
     private var alive = 0
@@ -42,6 +55,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
         pthread_cond_init(condition, nil)
+        wakePipe = count == 1 ? Self.makeWakePipe() : (-1, -1)
         for number in 0..<max(1, count) {
             let label = count > 1 ? "\(name)-\(number)" : name
             if Self.spawn(label, body: { [self] in self.serve() }) {
@@ -67,6 +81,27 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
             submit { continuation.resume(returning: Swift.Result { () throws(Failure) -> Result in try body() }) }
         }
         return try outcome.get()
+    }
+
+    /// Resumes once the set has nothing else queued to run: for work that gains from waiting for the work queued now
+    /// (the solo pool's settler then writes the results of every task that ran before it in one request). The
+    /// calling task must prefer this executor.
+    func whenIdle() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            push(.closure({ continuation.resume() }), idle: true)
+        }
+    }
+
+    /// Whether the calling thread is this set's only thread (a set of one).
+    var isCurrentOnlyThread: Bool {
+        guard wakePipe.read >= 0, let raw = pthread_getspecific(threadStateKey) else { return false }
+        return Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().owner == ObjectIdentifier(self)
+    }
+
+    /// Polls `source` whenever nothing is queued, until it awaits nothing more. Only in a set of one thread, and
+    /// only from that thread (``isCurrentOnlyThread``).
+    func watch(_ source: any PolledSource) {
+        locked { watched[ObjectIdentifier(source)] = source }
     }
 
     /// Lets the threads exit once the queue is empty. Anything submitted later still runs, on a thread of its own.
@@ -96,7 +131,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         if !state.keptThisTurn { state.keepsNextJob = true }
     }
 
-    private func push(_ item: Item) {
+    private func push(_ item: Item, idle: Bool = false) {
         var keptHere = false
         if let raw = pthread_getspecific(threadStateKey) {
             let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
@@ -108,7 +143,13 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
         let wake = locked { () -> Bool? in
             if alive == 0 { return nil }
-            queue.append(item)
+            if idle { idleQueue.append(item) } else { queue.append(item) }
+            if polling {
+                polling = false
+                var byte: UInt8 = 1
+                _ = write(wakePipe.write, &byte, 1)
+                return false
+            }
             return sleepers > 0 && !keptHere
         }
         switch wake {
@@ -126,29 +167,102 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         let state = ThreadState(owner: ObjectIdentifier(self))
         pthread_setspecific(threadStateKey, Unmanaged.passUnretained(state).toOpaque())
         withExtendedLifetime(state) {
-            while let item = next() {
-                run(item)
-                state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
-                state.keptThisTurn = false
+            while true {
+                switch next() {
+                case .run(let item):
+                    run(item)
+                    state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
+                    state.keptThisTurn = false
+                case .poll(let sources):
+                    poll(sources)
+                case .exit:
+                    return
+                }
             }
         }
         pthread_setspecific(threadStateKey, nil)
     }
 
-    /// The next item, sleeping until one arrives; `nil` once stopped and drained.
-    private func next() -> Item? {
-        locked { () -> Item? in
+    private enum Step {
+        case run(Item)
+        case poll([any PolledSource])
+        case exit
+    }
+
+    /// The next item, sleeping until one arrives; the watched sources to poll when nothing is queued; `exit` once
+    /// stopped, drained and awaiting nothing.
+    private func next() -> Step {
+        locked { () -> Step in
             while true {
-                if let item = queue.popFirst() { return item }
+                if let item = queue.popFirst() ?? idleQueue.popFirst() { return .run(item) }
+                if !watched.isEmpty {
+                    polling = true
+                    return .poll(Array(watched.values))
+                }
                 if stopping {
                     alive -= 1
-                    return nil
+                    return .exit
                 }
                 sleepers += 1
                 pthread_cond_wait(condition, mutex)
                 sleepers -= 1
             }
         }
+    }
+
+    /// Waits until a watched source is readable or overdue, or an item is pushed, and lets each readable source
+    /// hand its replies on (resuming the tasks that wait for them, which queues their jobs here). A source that
+    /// awaits nothing more is no longer watched.
+    private func poll(_ sources: [any PolledSource]) {
+        var descriptors = [pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0)]
+        var polled: [any PolledSource] = []
+        var done: [ObjectIdentifier] = []
+        var deadline: ContinuousClock.Instant?
+        for source in sources {
+            guard let awaited = source.awaited() else {
+                done.append(ObjectIdentifier(source))
+                continue
+            }
+            descriptors.append(pollfd(fd: awaited.descriptor, events: Int16(POLLIN), revents: 0))
+            polled.append(source)
+            deadline = min(deadline ?? awaited.deadline, awaited.deadline)
+        }
+        var timeout: Int32 = -1
+        if let deadline {
+            let (seconds, attoseconds) = (deadline - .now).components
+            timeout = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
+        }
+        if !polled.isEmpty { _ = Glibc.poll(&descriptors, nfds_t(descriptors.count), timeout) }
+        locked { polling = false }
+        if descriptors[0].revents != 0 {
+            var drained = (UInt64(0), UInt64(0))
+            _ = read(wakePipe.read, &drained, 16)
+        }
+        let now = ContinuousClock.now
+        for (index, source) in polled.enumerated() {
+            if descriptors[index + 1].revents != 0 {
+                if !source.pump() { done.append(ObjectIdentifier(source)) }
+            } else if let deadline, deadline <= now, let awaited = source.awaited(), awaited.deadline <= now {
+                source.expire()
+                done.append(ObjectIdentifier(source))
+            }
+        }
+        if !done.isEmpty {
+            locked {
+                for identifier in done { watched.removeValue(forKey: identifier) }
+            }
+        }
+    }
+
+    /// A non-blocking, close-on-exec pipe; `(-1, -1)` when the system refused.
+    private static func makeWakePipe() -> (read: Int32, write: Int32) {
+        var descriptors: [Int32] = [-1, -1]
+        guard pipe(&descriptors) == 0 else { return (-1, -1) }
+        for descriptor in descriptors {
+            _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        }
+        return (descriptors[0], descriptors[1])
     }
 
     private func run(_ item: Item) {
@@ -196,6 +310,17 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
         return true
     }
+}
+
+/// What a one-thread ``WorkerThreads`` set polls while nothing is queued: a Redis connection with requests in
+/// flight. Only that thread calls these.
+protocol PolledSource: AnyObject, Sendable {
+    /// The descriptor to wait on and when the oldest awaited reply is overdue; `nil` when nothing is awaited.
+    func awaited() -> (descriptor: Int32, deadline: ContinuousClock.Instant)?
+    /// Reads what is readable and hands complete replies on; `false` once nothing more is awaited.
+    func pump() -> Bool
+    /// The deadline passed without a reply: fails everything awaited.
+    func expire()
 }
 
 /// What a thread of a ``WorkerThreads`` set knows about itself, in its thread-local slot. Only that thread reads or
