@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test: Swift unit and Redis integration tests, then the Interop tests against real Python Celery 5.7 and 5.3.
+# Every test: Swift unit and Redis integration tests, then the Interop tests against real Python Celery 5.3 and 5.7,
+# and against 5.7 once more with the solo pool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/loopback-redis.sh
@@ -37,4 +38,9 @@ echo "==> Interop tests against Celery 5.3 (oldest supported)"
 (cd Interop && ../.venv-celery53/bin/python -m pytest -q -p no:cacheprovider) || status=1
 echo "==> Interop tests against Celery 5.7"
 (cd Interop && ../.venv/bin/python -m pytest -q -p no:cacheprovider) || status=1
+echo "==> Interop tests against Celery 5.7, every Swift worker with the solo pool"
+# Deselected: the tests of tasks running side by side (the solo pool runs one at a time, as Python's does) and the
+# process pool's tests (they choose their pool themselves).
+(cd Interop && SWIFT_CELERY_POOL=solo ../.venv/bin/python -m pytest -q -p no:cacheprovider -m "not parallel_pool" \
+    --ignore=tests/test_pool.py) || status=1
 exit $status

@@ -1,0 +1,139 @@
+import CeleryProtocol
+import Foundation
+import Synchronization
+import Testing
+
+@testable import CeleryWorker
+
+/// The solo pool's thread: one ``WorkerThreads`` thread that runs jobs and, while nothing is queued, waits for the
+/// replies of the Redis requests its clients sent (``RedisClient/init(url:commandTimeout:sharedLane:)``).
+@Suite("the solo pool's event loop", .serialized)
+struct SoloLaneTests {
+    @Test("work that waits for the thread to be idle runs after everything queued before and meanwhile")
+    func whenIdle() async {
+        let lane = WorkerThreads(count: 1, name: "test-solo")
+        defer { lane.shutdown() }
+        let order = Shared<[String]>([])
+        await withTaskExecutorPreference(lane) {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    await lane.whenIdle()
+                    order.withLock { $0.append("idle") }
+                }
+                for name in ["a", "b", "c"] {
+                    group.addTask {
+                        order.withLock { $0.append(name) }
+                        await Task.yield()  // queued again, behind the idle waiter: still before it
+                        order.withLock { $0.append(name.uppercased()) }
+                    }
+                }
+            }
+        }
+        #expect(order.withLock { $0 } == ["a", "b", "c", "A", "B", "C", "idle"])
+    }
+
+    @Test(
+        "requests on a shared lane are answered in order, from the lane and from elsewhere, without blocking it",
+        .enabled(if: TestRedis.enabled))
+    func requests() async throws {
+        let base = try #require(TestRedis.base)
+        let lane = WorkerThreads(count: 1, name: "test-solo")
+        defer { lane.shutdown() }
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), sharedLane: lane)
+        try await client.send(RedisCommand("DEL", "solo-counter", "solo-list"))
+        // From the lane: many requests in flight on one connection at once, each answered with its own reply.
+        let replies = await withTaskExecutorPreference(lane) {
+            await withTaskGroup(of: Int64?.self) { group in
+                for _ in 0..<50 { group.addTask { try? await client.send(RedisCommand("INCR", "solo-counter")).integer } }
+                return await group.reduce(into: [Int64?]()) { $0.append($1) }
+            }
+        }
+        #expect(Set(replies.compactMap { $0 }) == Set(1...50))
+        // While a blocking pop waits for its reply, the thread runs other jobs.
+        let ranAfter = Shared<Duration?>(nil)
+        let started = ContinuousClock.now
+        let popped = await withTaskExecutorPreference(lane) {
+            async let pop = client.send(RedisCommand("BLPOP", "solo-list", "0.5"))
+            await Task {
+                try? await Task.sleep(for: .milliseconds(50))
+                ranAfter.withLock { $0 = ContinuousClock.now - started }
+            }.value
+            return try? await pop
+        }
+        #expect(popped == .null)
+        #expect(ContinuousClock.now - started >= .milliseconds(450))
+        // Had the pop blocked the thread, the job would have run after its reply, 0.5 s in.
+        #expect(try #require(ranAfter.withLock { $0 }) < .milliseconds(400))
+        // Error replies are typed, as on a blocking client, and the connection goes on.
+        await #expect(throws: CeleryWorkerError.self) { try await client.send(RedisCommand("NOSUCHCOMMAND")) }
+        #expect(try await client.send(RedisCommand("GET", "solo-counter")).text == "50")
+    }
+
+    @Test("a script is loaded again after SCRIPT FLUSH", .enabled(if: TestRedis.enabled))
+    func scripts() async throws {
+        let base = try #require(TestRedis.base)
+        let lane = WorkerThreads(count: 1, name: "test-solo")
+        defer { lane.shutdown() }
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), sharedLane: lane)
+        let script = RedisScript("return tonumber(ARGV[1]) + 1")
+        var arguments = RESPArguments(capacity: 16)
+        arguments.append(41)
+        #expect(try await client.evaluate(script, keyCount: 0, arguments: arguments).integer == 42)
+        try await TestRedis.client(database: 2).send(RedisCommand("SCRIPT", "FLUSH"))
+        #expect(try await client.evaluate(script, keyCount: 0, arguments: arguments).integer == 42)
+    }
+
+    @Test(
+        "a connection killed while a reply is awaited fails that request; the next one reconnects",
+        .enabled(if: TestRedis.enabled))
+    func killed() async throws {
+        let base = try #require(TestRedis.base)
+        let lane = WorkerThreads(count: 1, name: "test-solo")
+        defer { lane.shutdown() }
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), sharedLane: lane)
+        let id = try #require(try await client.send(RedisCommand("CLIENT", "ID")).integer)
+        async let pop = client.send(RedisCommand("BLPOP", "solo-never", "5"))
+        try await Task.sleep(for: .milliseconds(100))
+        let killer = try await TestRedis.client(database: 2)
+        try await killer.send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+        let started = ContinuousClock.now
+        do {
+            _ = try await pop
+            Issue.record("the killed connection's pop must fail")
+        } catch {
+            #expect((error as? CeleryWorkerError)?.code == .connectionLost)
+        }
+        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(try await client.send(RedisCommand("PING")) == .status("PONG"))
+    }
+
+    @Test("a reply overdue past the command timeout fails the request", .enabled(if: TestRedis.enabled))
+    func overdue() async throws {
+        let base = try #require(TestRedis.base)
+        let lane = WorkerThreads(count: 1, name: "test-solo")
+        defer { lane.shutdown() }
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), commandTimeout: .milliseconds(300), sharedLane: lane)
+        let started = ContinuousClock.now
+        do {
+            _ = try await client.send(RedisCommand("BLPOP", "solo-never", "3"))
+            Issue.record("a reply 3 s away must be overdue after 0.3 s")
+        } catch {
+            #expect(error.code == .timeout)
+        }
+        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(try await client.send(RedisCommand("PING")) == .status("PONG"))
+    }
+}
+
+/// A value shared with the tasks a test starts.
+private final class Shared<Value: Sendable>: Sendable {
+    private let value: Mutex<Value>
+
+    init(_ value: Value) {
+        self.value = Mutex(value)
+    }
+
+    func withLock<Result>(_ body: (inout Value) -> Result) -> Result {
+        value.withLock { body(&$0) }
+    }
+}
