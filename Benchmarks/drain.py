@@ -1,4 +1,5 @@
-"""Side-by-side drain benchmark: the Swift worker against Python Celery (prefork and threads pools) on one Redis.
+"""Side-by-side drain benchmark: the Swift worker (its thread pool, and its solo pool: `swift-solo`) against Python
+Celery (prefork and threads pools) on one Redis.
 
     .venv/bin/python Benchmarks/drain.py --tasks 5000 --repeat 3 # the README table
     .venv/bin/python Benchmarks/drain.py --tasks 200 --quick     # CI: checks that it still works
@@ -107,6 +108,7 @@ def build_floor(logdir):
     return binary
 
 
+SWIFT_KINDS = ("swift", "swift-solo")
 PREFETCH_MULTIPLIER = None  # Celery's default (4) unless --prefetch-multiplier is given; the same for every worker
 
 
@@ -126,9 +128,12 @@ def start_worker(kind, broker, backend, acks_late, serializer, logdir, settle=Tr
                                 stderr=log, start_new_session=True)
         time.sleep(0.5)
         return proc
-    if kind == "swift":
+    if kind in SWIFT_KINDS:
+        # swift-solo: the solo pool (one thread fetches, runs the tasks and writes the results); same -c, so the
+        # same prefetch window.
+        pool = ["-P", "solo"] if kind == "swift-solo" else []
         args = [WORKER, "--broker", broker, "--result-backend",
-                backend, "-c", "2", "-l", "WARNING", *prefetch]
+                backend, "-c", "2", "-l", "WARNING", *pool, *prefetch]
         if acks_late:
             args.append("--acks-late")
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -181,7 +186,7 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
         cpu1, rss = tree_stats(proc.pid)
         done = rr.dbsize()
     finally:
-        if kind == "swift":
+        if kind in SWIFT_KINDS:
             proc.send_signal(signal.SIGTERM)
         else:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -282,7 +287,7 @@ def latency(kind, server, samples, logdir, gap=0.01):
     finally:
         push.close()
         sub.close()
-        proc.send_signal(signal.SIGTERM) if kind == "swift" else os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM) if kind in SWIFT_KINDS else os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     times.sort()
     return {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
@@ -309,7 +314,7 @@ def startup(kind, server, logdir, runs=5):
                 time.sleep(0.001)
             times.append((time.perf_counter() - started) * 1000)
         finally:
-            proc.send_signal(signal.SIGTERM) if kind == "swift" else os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM) if kind in SWIFT_KINDS else os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
     return statistics.median(times)
 
@@ -396,7 +401,7 @@ def milliseconds(text):
     return values
 
 
-LATENCY_KINDS = ["swift", "python-prefork", "python-loop", "c-loop"]
+LATENCY_KINDS = ["swift", "swift-solo", "python-prefork", "python-loop", "c-loop"]
 
 
 def latency_kinds(text):
@@ -452,7 +457,7 @@ def main():
                     for kind in options.latency_only:
                         print_latency(kind, gap, latency(kind, server, options.latency_samples, logdir, gap / 1000))
             return 0
-        kinds = ["swift", "python-prefork", "python-threads"]
+        kinds = ["swift", "swift-solo", "python-prefork", "python-threads"]
         from relay_floor import build_relay, run_relay  # it imports this module: here, not at the top
         relay_binary = build_relay(logdir)
         variants = [("tasks.noop", "json", False)] if options.quick else [
@@ -484,26 +489,27 @@ def main():
                 for kind in LATENCY_KINDS:
                     print_latency(kind, gap, latency(kind, server, 20 if options.quick else options.latency_samples,
                                                      logdir, gap / 1000))
-            for kind in ["swift", "python-prefork"]:
+            for kind in ["swift", "swift-solo", "python-prefork"]:
                 print(f"start to first result {kind:25} {startup(kind, server, logdir, 1 if options.quick else 5):.0f} "
                       "ms (median; a message already waiting)", flush=True)
         print()
         # The Redis ceiling's column only when it was measured (not with --drain-only).
         ceiling_head, ceiling_rule = (" Redis ceiling |", "---|") if ceiling else ("", "")
-        print("| variant | Swift tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | bare Python loop | "
-              f"Swift / bare | zero-cost relay | relay / prefork |{ceiling_head} Swift CPU µs/task | Swift RSS MB | "
-              "prefork RSS MB |")
-        print(f"|---|---|---|---|---|---|---|---|---|{ceiling_rule}---|---|---|")
+        print("| variant | Swift tasks/s | Swift solo tasks/s | prefork tasks/s | threads tasks/s | Swift / prefork | "
+              "solo / prefork | bare Python loop | Swift / bare | solo / bare | zero-cost relay | relay / prefork |"
+              f"{ceiling_head} Swift CPU µs/task | solo CPU µs/task | Swift RSS MB | solo RSS MB | prefork RSS MB |")
+        print(f"|---|---|---|---|---|---|---|---|---|---|---|---|{ceiling_rule}---|---|---|---|---|")
         ceiling_cell = f" {ceiling['rate']:.0f} |" if ceiling else ""
         for task, serializer, acks in variants:
             got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
             sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
-            relay = got["relay"]
-            print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {pf['rate']:.0f} | "
-                  f"{th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | "
-                  f"{sw['rate'] / floor['rate']:.2f}x | {relay['rate']:.0f} | {relay['rate'] / pf['rate']:.1f}x |"
-                  f"{ceiling_cell} {sw['cpu_us']:.0f} | "
-                  f"{sw['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
+            solo, relay = got["swift-solo"], got["relay"]
+            print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {solo['rate']:.0f} | "
+                  f"{pf['rate']:.0f} | {th['rate']:.0f} | {sw['rate'] / pf['rate']:.1f}x | "
+                  f"{solo['rate'] / pf['rate']:.1f}x | {floor['rate']:.0f} | {sw['rate'] / floor['rate']:.2f}x | "
+                  f"{solo['rate'] / floor['rate']:.2f}x | {relay['rate']:.0f} | {relay['rate'] / pf['rate']:.1f}x |"
+                  f"{ceiling_cell} {sw['cpu_us']:.0f} | {solo['cpu_us']:.0f} | "
+                  f"{sw['rss_mb']:.1f} | {solo['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
         print(f"\nbenchmark: {len(rows)} cells x {options.repeat} run(s), {lost} tasks lost")
         return 1 if lost else 0
