@@ -13,7 +13,8 @@ message, no thread hands anything to another, and no task runs: the rate it reac
 the window allow on this machine. With `--work US` both relays spin that many microseconds per task on their one
 thread, as a worker on one thread with that much CPU per task would. Each run alternates, for each window, the two
 relays and the release build of the Swift worker (`-c 2 --prefetch-multiplier window/2`, so that Celery's prefetch
-limit is that window) on the same pre-filled messages, made by Celery's own producer. Printed: tasks/s and Redis's
+limit is that window), with its thread pool and with its solo pool (`-P solo`), on the same pre-filled messages,
+made by Celery's own producer. Printed: tasks/s and Redis's
 CPU per task for each, the worker's CPU per task, and the ratio; medians of `--runs`. It exits non-zero if a task
 is lost.
 """
@@ -109,7 +110,7 @@ def main():
         with tempfile.TemporaryDirectory() as directory:
             relay = build_relay(directory)
             messages = make_messages(server.url(1), options.tasks, "tasks.noop", "json")
-            kinds = ["relay", "relay2", "swift"]
+            kinds = ["relay", "relay2", "swift", "solo"]
             results = {(kind, w): [] for kind in kinds for w in windows}
             for number in range(options.runs):
                 for window in windows:
@@ -118,31 +119,34 @@ def main():
                             outcome = run_relay(server, messages, relay, window, 2 if kind == "relay2" else 1,
                                                 options.work)
                         else:
+                            pool = ["-P", "solo"] if kind == "solo" else []
                             outcome = run_worker(server, messages, options.worker,
-                                                 ["--prefetch-multiplier", str(window // 2)])
+                                                 [*pool, "--prefetch-multiplier", str(window // 2)])
                             if outcome["lost"]:
-                                sys.exit(f"the Swift worker lost {outcome['lost']} task(s) at window {window}")
+                                sys.exit(f"the Swift worker ({kind}) lost {outcome['lost']} task(s) at window {window}")
                         results[kind, window].append(outcome)
-                        extra = f"  worker {outcome['worker_us']:5.1f} us CPU/task" if kind == "swift" else ""
+                        extra = f"  worker {outcome['worker_us']:5.1f} us CPU/task" if "worker_us" in outcome else ""
                         print(f"window {window:3}  {kind:6}  {outcome['rate']:8.0f} tasks/s  "
                               f"redis {outcome['redis_us']:5.1f} us CPU/task{extra}", flush=True)
                         time.sleep(0.2)
         print(f"\nmedians of {options.runs} run(s) of {options.tasks} tasks.noop (json); relay: one pop of the "
               f"whole window in flight; relay2: two pops of half the window each; {options.work:g} µs of work per "
-              "task in the relays")
+              "task in the relays; swift: the thread pool, solo: the solo pool (-P solo)")
 
         def median(kind, window, key):
             return statistics.median(r[key] for r in results[kind, window])
 
         print("| window | relay tasks/s | Redis µs/task | relay2 tasks/s | Redis µs/task | Swift tasks/s "
-              "| Redis µs/task | Swift worker µs/task | Swift / best relay |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| Redis µs/task | solo tasks/s | Redis µs/task | Swift worker µs/task | solo worker µs/task "
+              "| Swift / best relay | solo / best relay |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for window in windows:
             best = max(median("relay", window, "rate"), median("relay2", window, "rate"))
             cells = " | ".join(f"{median(kind, window, 'rate'):.0f} | {median(kind, window, 'redis_us'):.1f}"
                                for kind in kinds)
             print(f"| {window} | {cells} | {median('swift', window, 'worker_us'):.1f} "
-                  f"| {median('swift', window, 'rate') / best:.2f} |")
+                  f"| {median('solo', window, 'worker_us'):.1f} | {median('swift', window, 'rate') / best:.2f} "
+                  f"| {median('solo', window, 'rate') / best:.2f} |")
     finally:
         server.stop()
 

@@ -11,7 +11,7 @@ import Testing
 struct SoloLaneTests {
     @Test("work that waits for the thread to be idle runs after everything queued before and meanwhile")
     func whenIdle() async {
-        let lane = WorkerThreads(count: 1, name: "test-solo")
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
         defer { lane.shutdown() }
         let order = Shared<[String]>([])
         await withTaskExecutorPreference(lane) {
@@ -37,9 +37,9 @@ struct SoloLaneTests {
         .enabled(if: TestRedis.enabled))
     func requests() async throws {
         let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo")
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), sharedLane: lane)
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         try await client.send(RedisCommand("DEL", "solo-counter", "solo-list"))
         // From the lane: many requests in flight on one connection at once, each answered with its own reply.
         let replies = await withTaskExecutorPreference(lane) {
@@ -72,14 +72,14 @@ struct SoloLaneTests {
     @Test("a script is loaded again after SCRIPT FLUSH", .enabled(if: TestRedis.enabled))
     func scripts() async throws {
         let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo")
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), sharedLane: lane)
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         let script = RedisScript("return tonumber(ARGV[1]) + 1")
         var arguments = RESPArguments(capacity: 16)
         arguments.append(41)
         #expect(try await client.evaluate(script, keyCount: 0, arguments: arguments).integer == 42)
-        try await TestRedis.client(database: 2).send(RedisCommand("SCRIPT", "FLUSH"))
+        try await TestRedis.client(database: 12).send(RedisCommand("SCRIPT", "FLUSH"))
         #expect(try await client.evaluate(script, keyCount: 0, arguments: arguments).integer == 42)
     }
 
@@ -88,13 +88,13 @@ struct SoloLaneTests {
         .enabled(if: TestRedis.enabled))
     func killed() async throws {
         let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo")
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), sharedLane: lane)
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         let id = try #require(try await client.send(RedisCommand("CLIENT", "ID")).integer)
         async let pop = client.send(RedisCommand("BLPOP", "solo-never", "5"))
         try await Task.sleep(for: .milliseconds(100))
-        let killer = try await TestRedis.client(database: 2)
+        let killer = try await TestRedis.client(database: 12)
         try await killer.send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
         let started = ContinuousClock.now
         do {
@@ -110,9 +110,9 @@ struct SoloLaneTests {
     @Test("a reply overdue past the command timeout fails the request", .enabled(if: TestRedis.enabled))
     func overdue() async throws {
         let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo")
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/2"), commandTimeout: .milliseconds(300), sharedLane: lane)
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), commandTimeout: .milliseconds(300), sharedLane: lane)
         let started = ContinuousClock.now
         do {
             _ = try await client.send(RedisCommand("BLPOP", "solo-never", "3"))

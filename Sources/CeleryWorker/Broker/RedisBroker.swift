@@ -170,8 +170,8 @@ public final class RedisBroker: Broker {
         guard let (message, record) = received(reply.first, waitedSince: started) else { return [] }
         guard let record else { return [message] }
         let pending = PendingRecord()
-        let sent = await blocking.sendWithoutWaiting(record, then: pending.complete)
-        return [(message.list, message.raw, message.tag, message.receivedAt, sent ? pending : nil)]
+        blocking.sendWithoutWaiting(record, then: pending.complete)
+        return [(message.list, message.raw, message.tag, message.receivedAt, pending)]
     }
 
     /// A blocking pop's reply: the message (its record still to write) and the commands that record it in

@@ -23,6 +23,7 @@ public final class RedisClient: Sendable {
     /// lane's event loop reads the reply when the socket is readable, while the thread runs other work. Calls
     /// through ``withConnection(_:)`` (sequences such as `WATCH … EXEC`, all short) still block it.
     init(url: RedisURL, commandTimeout: Duration = .seconds(30), sharedLane: WorkerThreads) {
+        precondition(sharedLane.isEventLoop, "a shared lane must be an event-loop WorkerThreads")
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
         self.lane = sharedLane
         self.sharesLane = true
@@ -50,27 +51,45 @@ public final class RedisClient: Sendable {
     /// turns out dead when the request is written is replaced and the request written once more; one that breaks
     /// after it was written is not (the request may have run), and the error is thrown.
     func request(_ parts: [[UInt8]], replies: Int) async throws(CeleryWorkerError) -> [RedisReply] {
-        let connection = self.connection
-        let lane = self.lane
         let outcome = await withUnsafeContinuation {
             (continuation: UnsafeContinuation<Result<[RedisReply], CeleryWorkerError>, Never>) in
-            // Resumed exactly once: by the reply's handler, or here when nothing was sent.
-            let write: @Sendable () -> Void = {
-                let wasOpen = connection.isOpen
-                do throws(CeleryWorkerError) {
-                    do throws(CeleryWorkerError) {
-                        try connection.send(parts, replies: replies) { continuation.resume(returning: $0) }
-                    } catch  where wasOpen && error.code == .connectionLost {
-                        try connection.send(parts, replies: replies) { continuation.resume(returning: $0) }
-                    }
-                    lane.watch(connection)
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
-            }
-            if lane.isCurrentOnlyThread { write() } else { lane.submit(write) }
+            write(parts, replies: replies, retrying: true) { continuation.resume(returning: $0) }
         }
         return try outcome.get()
+    }
+
+    /// Sends the commands without waiting for their replies (on a shared lane only): `then` gets the first error
+    /// among them once the lane's event loop has read them, or the failure when they could not be written or the
+    /// connection closed first.
+    func sendWithoutWaiting(_ commands: [RedisCommand], then: @escaping @Sendable (_ failure: String?) -> Void) {
+        write(commands.map(RedisConnection.resp), replies: commands.count, retrying: false) { result in
+            then(RedisConnection.failure(of: result))
+        }
+    }
+
+    /// Writes a request on the lane's thread (at once when called there) and has the event loop watch the
+    /// connection for its replies. `handle` runs exactly once: with the replies, or with the failure, also when the
+    /// request could not be written.
+    private func write(
+        _ parts: [[UInt8]], replies: Int, retrying: Bool,
+        handle: @escaping @Sendable (Result<[RedisReply], CeleryWorkerError>) -> Void
+    ) {
+        let connection = self.connection
+        let lane = self.lane
+        let body: @Sendable () -> Void = {
+            let wasOpen = connection.isOpen
+            do throws(CeleryWorkerError) {
+                do throws(CeleryWorkerError) {
+                    try connection.send(parts, replies: replies, handle: handle)
+                } catch  where retrying && wasOpen && error.code == .connectionLost {
+                    try connection.send(parts, replies: replies, handle: handle)
+                }
+                lane.watch(connection)
+            } catch {
+                handle(.failure(error))
+            }
+        }
+        if lane.isEventLoopThread { body() } else { lane.submit(body) }
     }
 
     /// Sends one command; an error reply is thrown.
@@ -118,27 +137,6 @@ public final class RedisClient: Sendable {
                 guard wasOpen, error.code == .connectionLost else { throw error }
                 return try body(connection)
             }
-        }
-    }
-
-    /// Sends the commands without waiting for their replies (on a shared lane only): `then` gets the first error
-    /// among them once the lane's event loop has read them, or a failure when the connection closes first.
-    /// `false` when they could not be sent (then `then` never runs).
-    func sendWithoutWaiting(_ commands: [RedisCommand], then: @escaping @Sendable (_ failure: String?) -> Void) async -> Bool {
-        let connection = self.connection
-        let lane = self.lane
-        let parts = commands.map(RedisConnection.resp)
-        return await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-            let write: @Sendable () -> Void = {
-                do throws(CeleryWorkerError) {
-                    try connection.send(parts, replies: commands.count) { then(RedisConnection.failure(of: $0)) }
-                    lane.watch(connection)
-                    continuation.resume(returning: true)
-                } catch {
-                    continuation.resume(returning: false)
-                }
-            }
-            if lane.isCurrentOnlyThread { write() } else { lane.submit(write) }
         }
     }
 

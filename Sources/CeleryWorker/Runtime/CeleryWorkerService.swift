@@ -43,7 +43,7 @@ public final class CeleryWorkerService: Service {
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger,
         metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
-        let soloLane = configuration.pool == .solo ? WorkerThreads(count: 1, name: "celery-solo") : nil
+        let soloLane = configuration.pool == .solo ? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
         let broker: RedisBroker
         let backend: RedisResultBackend?
         if let soloLane {
@@ -124,7 +124,7 @@ public final class CeleryWorkerService: Service {
         }
         let shutdown = ShutdownSignal()
         // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
-        let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo") : nil
+        let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
         let executor = solo ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }

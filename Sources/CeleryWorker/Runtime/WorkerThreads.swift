@@ -16,14 +16,15 @@ import DequeModule
 /// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
 /// the busy ones.
 ///
-/// A set of one thread can also wait for sockets (the solo pool's event loop): a ``PolledSource`` it is told to
-/// ``watch(_:)`` (a Redis connection with requests in flight) is polled whenever nothing is queued, and its replies
+/// A set made with `eventLoop` (one thread: the solo pool's) can also wait for sockets: a ``PolledSource`` it is told
+/// to ``watch(_:)`` (a Redis connection with requests in flight) is polled whenever nothing is queued, and its replies
 /// are handed on as they become readable, so the thread runs tasks while Redis works instead of blocking for each
 /// reply.
 ///
 /// `@unchecked Sendable`: `queue`, `idleQueue`, `watched`, `sleepers`, `polling`, `stopping` and `alive` are only
-/// read or written with `mutex` held; the pthread objects and the wake pipe are created in `init` and never freed (a set lives as long as its owner, and its threads may
-/// still be finishing when the owner is released).
+/// read or written with `mutex` held; the pthread objects are created in `init` and never freed (a set lives as long
+/// as its owner, and its threads may still be finishing when the owner is released); the wake pipe is created in
+/// `init` and closed in `deinit`, which runs only once no thread is left (each holds the set).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private enum Item {
         case job(UnownedJob)
@@ -39,15 +40,17 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private var watched: [ObjectIdentifier: any PolledSource] = [:]
     /// Whether the thread waits in `poll`: a push then writes to the wake pipe instead of signalling `condition`.
     private var polling = false
-    /// A non-blocking pipe that wakes the thread from `poll` (read end, write end); only in a set of one thread.
+    /// A non-blocking pipe that wakes the thread from `poll` (read end, write end); only in an event-loop set
+    /// (`-1` otherwise).
     private let wakePipe: (read: Int32, write: Int32)
     private var sleepers = 0
     private var stopping = false
     private var alive = 0
     let name: String
 
-    /// Starts `count` threads named `name`.
-    init(count: Int, name: String) {
+    /// Starts `count` threads named `name`; with `eventLoop`, one thread that can also wait for sockets (see
+    /// ``watch(_:)``).
+    init(count: Int, name: String, eventLoop: Bool = false) {
         self.name = name
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
@@ -55,12 +58,19 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
         pthread_cond_init(condition, nil)
-        wakePipe = count == 1 ? Self.makeWakePipe() : (-1, -1)
-        for number in 0..<max(1, count) {
+        wakePipe = eventLoop ? Self.makeWakePipe() : (-1, -1)
+        for number in 0..<(eventLoop ? 1 : max(1, count)) {
             let label = count > 1 ? "\(name)-\(number)" : name
             if Self.spawn(label, body: { [self] in self.serve() }) {
                 locked { alive += 1 }
             }
+        }
+    }
+
+    deinit {
+        if wakePipe.read >= 0 {
+            close(wakePipe.read)
+            close(wakePipe.write)
         }
     }
 
@@ -92,14 +102,17 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// Whether the calling thread is this set's only thread (a set of one).
-    var isCurrentOnlyThread: Bool {
-        guard wakePipe.read >= 0, let raw = pthread_getspecific(threadStateKey) else { return false }
+    /// Whether this set was made with `eventLoop`.
+    var isEventLoop: Bool { wakePipe.read >= 0 }
+
+    /// Whether the calling thread is the thread of this event-loop set.
+    var isEventLoopThread: Bool {
+        guard isEventLoop, let raw = pthread_getspecific(threadStateKey) else { return false }
         return Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().owner == ObjectIdentifier(self)
     }
 
-    /// Polls `source` whenever nothing is queued, until it awaits nothing more. Only in a set of one thread, and
-    /// only from that thread (``isCurrentOnlyThread``).
+    /// Polls `source` whenever nothing is queued, until it awaits nothing more. Only in an event-loop set, and only
+    /// from its thread (``isEventLoopThread``).
     func watch(_ source: any PolledSource) {
         locked { watched[ObjectIdentifier(source)] = source }
     }
