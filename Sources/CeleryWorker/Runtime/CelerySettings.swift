@@ -163,7 +163,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_concurrency", "CELERYD_CONCURRENCY"]) { $0.concurrency = try $1.int() }
         add(["worker_pool", "CELERYD_POOL"]) { settings, field in
             guard let pool = WorkerConfiguration.PoolKind(celeryName: try field.string()) else {
-                throw field.fail("threads, process or prefork")
+                throw field.fail("threads, process, prefork or solo")
             }
             settings.pool = pool
         }
