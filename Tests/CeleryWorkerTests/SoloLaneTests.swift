@@ -69,6 +69,31 @@ struct SoloLaneTests {
         #expect(try await client.send(RedisCommand("GET", "solo-counter")).text == "50")
     }
 
+    @Test("a task that yields in a loop does not keep replies unread", .enabled(if: TestRedis.enabled))
+    func busyQueue() async throws {
+        let base = try #require(TestRedis.base)
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        defer { lane.shutdown() }
+        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
+        let answered = Shared(false)
+        let spins = await withTaskExecutorPreference(lane) {
+            Task(executorPreference: lane) {
+                _ = try? await client.send(RedisCommand("PING"))
+                answered.withLock { $0 = true }
+            }
+            // The queue never empties while this loops: the reply is read between its turns, or only once it gives
+            // up (a million turns, seconds).
+            var spins = 0
+            while !answered.withLock({ $0 }), spins < 1_000_000 {
+                spins += 1
+                await Task.yield()
+            }
+            return spins
+        }
+        #expect(answered.withLock { $0 })
+        #expect(spins < 10_000)
+    }
+
     @Test("a script is loaded again after SCRIPT FLUSH", .enabled(if: TestRedis.enabled))
     func scripts() async throws {
         let base = try #require(TestRedis.base)

@@ -180,14 +180,23 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         let state = ThreadState(owner: ObjectIdentifier(self))
         pthread_setspecific(threadStateKey, Unmanaged.passUnretained(state).toOpaque())
         withExtendedLifetime(state) {
+            var runSincePoll = 0
             while true {
                 switch next() {
                 case .run(let item):
                     run(item)
                     state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
                     state.keptThisTurn = false
+                    runSincePoll += 1
+                    if runSincePoll == Self.itemsBetweenPolls {
+                        // A queue that never empties (a task that yields in a loop) must not keep replies unread.
+                        runSincePoll = 0
+                        let sources = wakePipe.read >= 0 ? locked { Array(watched.values) } : []
+                        if !sources.isEmpty { poll(sources, waiting: false) }
+                    }
                 case .poll(let sources):
-                    poll(sources)
+                    runSincePoll = 0
+                    poll(sources, waiting: true)
                 case .exit:
                     return
                 }
@@ -223,10 +232,13 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// Waits until a watched source is readable or overdue, or an item is pushed, and lets each readable source
-    /// hand its replies on (resuming the tasks that wait for them, which queues their jobs here). A source that
-    /// awaits nothing more is no longer watched.
-    private func poll(_ sources: [any PolledSource]) {
+    /// How many items an event-loop thread runs in a row at most before it reads the replies that came meanwhile.
+    static let itemsBetweenPolls = 64
+
+    /// Waits (or with `waiting` false, only looks) until a watched source is readable or overdue, or an item is
+    /// pushed, and lets each readable source hand its replies on (resuming the tasks that wait for them, which
+    /// queues their jobs here). A source that awaits nothing more is no longer watched.
+    private func poll(_ sources: [any PolledSource], waiting: Bool) {
         var descriptors = [pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0)]
         var polled: [any PolledSource] = []
         var done: [ObjectIdentifier] = []
@@ -240,13 +252,13 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
             polled.append(source)
             deadline = min(deadline ?? awaited.deadline, awaited.deadline)
         }
-        var timeout: Int32 = -1
-        if let deadline {
+        var timeout: Int32 = waiting ? -1 : 0
+        if waiting, let deadline {
             let (seconds, attoseconds) = (deadline - .now).components
             timeout = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
         }
         if !polled.isEmpty { _ = Glibc.poll(&descriptors, nfds_t(descriptors.count), timeout) }
-        locked { polling = false }
+        if waiting { locked { polling = false } }
         if descriptors[0].revents != 0 {
             var drained = (UInt64(0), UInt64(0))
             _ = read(wakePipe.read, &drained, 16)
