@@ -12,8 +12,10 @@ import Synchronization
 /// Every call blocks its thread: callers run them on the connection's own thread (see ``RedisClient``), never on
 /// the cooperative pool. The exception is ``send(_:replies:handle:)``, which writes a request and returns: its
 /// replies are read by ``pump()`` when the thread's event loop finds the socket readable (the solo pool), or by the
-/// next blocking call, which reads earlier replies first. `@unchecked Sendable` is sound because the only mutable state, the hiredis context, is touched only inside
-/// `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
+/// next blocking call, which reads earlier replies first.
+///
+/// `@unchecked Sendable` is sound because the only mutable state, the hiredis context and the replies awaited on
+/// it, is touched only inside `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
 final class RedisConnection: @unchecked Sendable {
     private struct State {
         var context: UnsafeMutablePointer<redisContext>?
@@ -153,7 +155,6 @@ final class RedisConnection: @unchecked Sendable {
     /// The failure given for queued commands whose replies never came.
     static let unanswered = "the connection closed before Redis answered"
 
-    /// The first error reply in `reply`, or among the elements of an array reply (`EXEC`'s).
     /// What went wrong with commands whose replies are `result`: the first error reply, or that no reply came.
     static func failure(of result: Result<[RedisReply], CeleryWorkerError>) -> String? {
         switch result {
@@ -162,6 +163,7 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
+    /// The first error reply in `reply`, or among the elements of an array reply (`EXEC`'s).
     private static func firstError(in reply: RedisReply) -> String? {
         switch reply {
         case .error(let message): message
