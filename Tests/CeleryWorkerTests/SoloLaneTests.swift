@@ -9,6 +9,14 @@ import Testing
 /// replies of the Redis requests its clients sent (``RedisClient/init(url:commandTimeout:sharedLane:)``).
 @Suite("the solo pool's event loop", .serialized)
 struct SoloLaneTests {
+    /// A client of the test server's database 12 whose calls run on a new event-loop thread (shut it down after).
+    static func soloClient(commandTimeout: Duration = .seconds(30)) throws -> (lane: WorkerThreads, client: RedisClient) {
+        let base = try #require(TestRedis.base)
+        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        let url = try RedisURL(parsing: "\(base)/12")
+        return (lane, RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: lane))
+    }
+
     @Test("work that waits for the thread to be idle runs after everything queued before and meanwhile")
     func whenIdle() async {
         let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
@@ -36,10 +44,8 @@ struct SoloLaneTests {
         "requests on a shared lane are answered in order, from the lane and from elsewhere, without blocking it",
         .enabled(if: TestRedis.enabled))
     func requests() async throws {
-        let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         try await client.send(RedisCommand("DEL", "solo-counter", "solo-list"))
         // From the lane: many requests in flight on one connection at once, each answered with its own reply.
         let replies = await withTaskExecutorPreference(lane) {
@@ -71,10 +77,8 @@ struct SoloLaneTests {
 
     @Test("a task that yields in a loop does not keep replies unread", .enabled(if: TestRedis.enabled))
     func busyQueue() async throws {
-        let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         let answered = Shared(false)
         let spins = await withTaskExecutorPreference(lane) {
             Task(executorPreference: lane) {
@@ -96,10 +100,8 @@ struct SoloLaneTests {
 
     @Test("a script is loaded again after SCRIPT FLUSH", .enabled(if: TestRedis.enabled))
     func scripts() async throws {
-        let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         let script = RedisScript("return tonumber(ARGV[1]) + 1")
         var arguments = RESPArguments(capacity: 16)
         arguments.append(41)
@@ -112,10 +114,8 @@ struct SoloLaneTests {
         "a connection killed while a reply is awaited fails that request; the next one reconnects",
         .enabled(if: TestRedis.enabled))
     func killed() async throws {
-        let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), sharedLane: lane)
         let id = try #require(try await client.send(RedisCommand("CLIENT", "ID")).integer)
         async let pop = client.send(RedisCommand("BLPOP", "solo-never", "5"))
         try await Task.sleep(for: .milliseconds(100))
@@ -134,10 +134,8 @@ struct SoloLaneTests {
 
     @Test("a reply overdue past the command timeout fails the request", .enabled(if: TestRedis.enabled))
     func overdue() async throws {
-        let base = try #require(TestRedis.base)
-        let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
+        let (lane, client) = try Self.soloClient(commandTimeout: .milliseconds(300))
         defer { lane.shutdown() }
-        let client = RedisClient(url: try RedisURL(parsing: "\(base)/12"), commandTimeout: .milliseconds(300), sharedLane: lane)
         let started = ContinuousClock.now
         do {
             _ = try await client.send(RedisCommand("BLPOP", "solo-never", "3"))

@@ -287,7 +287,7 @@ final class WorkerRun: Sendable {
             group.addTask(executorPreference: resultsLane) {
                 // Lingering blocks the thread it runs on: only on the results connection's own thread (solo shares
                 // it, and needs no linger: a short task's result is in before the settler runs again).
-                let solo = self.service.soloLane.flatMap { $0 === resultsLane ? $0 : nil }
+                let solo = self.service.soloLane
                 await self.settler.run(lingering: resultsLane != nil && solo == nil, idle: solo) { batch in await self.flush(batch) }
             }
             group.addTask {
