@@ -3,9 +3,11 @@ the machine is doing, so two builds can be compared where timings drown in the m
 
     .venv/bin/python Benchmarks/instructions.py --tasks 3000
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --worker /path/to/other/build
+    .venv/bin/python Benchmarks/instructions.py --tasks 3000 --pool solo
     .venv/bin/python Benchmarks/instructions.py --profile /tmp/profile && callgrind_annotate /tmp/profile | head -60
 
-A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`) under callgrind. A first
+A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`, the thread pool unless
+`--pool` says otherwise) under callgrind. A first
 300 tasks warm it up (code run once, metadata looked up the first time), the counters are zeroed, the N tasks are
 drained, and the counters dumped: instructions in every thread of the worker (not in Redis, not in the kernel),
 divided by N. The binary runs without its debug information (valgrind 3.19 cannot read the toolchain's DWARF 5).
@@ -28,7 +30,7 @@ from drain import WORKER, RedisProcess, make_messages
 WARM_UP = 300
 
 
-def count(worker, tasks, serializer, keep=None):
+def count(worker, tasks, serializer, keep=None, pool="threads"):
     with tempfile.TemporaryDirectory() as tmp:
         stripped, profile = Path(tmp) / "worker", Path(tmp) / "callgrind.out"
         subprocess.run(["objcopy", "--strip-debug", str(worker), str(stripped)], check=True)
@@ -38,7 +40,7 @@ def count(worker, tasks, serializer, keep=None):
             messages = make_messages(broker, WARM_UP + tasks, "tasks.noop", serializer)
             proc = subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--compress-strings=no", f"--callgrind-out-file={profile}", str(stripped),
-                 "--broker", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING"],
+                 "--broker", broker, "--result-backend", backend, "-c", "2", "-P", pool, "-l", "WARNING"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
@@ -82,14 +84,15 @@ def main():
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--serializer", choices=["json", "msgpack"], default="json")
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("--pool", choices=["threads", "solo"], default="threads", help="the worker's pool (default: threads)")
     parser.add_argument("--profile", metavar="PATH", help="keep the callgrind profile there (for callgrind_annotate)")
     options = parser.parse_args()
     if options.tasks < 1:
         parser.error("--tasks must be at least 1")
     if not Path(options.worker).is_file():
         parser.error(f"{options.worker} is missing: run scripts/build-release.sh first")
-    per_task = count(options.worker, options.tasks, options.serializer, options.profile)
-    print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.tasks} tasks after "
+    per_task = count(options.worker, options.tasks, options.serializer, options.profile, options.pool)
+    print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.pool} pool, {options.tasks} tasks after "
           f"{WARM_UP} to warm up)")
 
 

@@ -1,10 +1,11 @@
 """Where the Swift worker spends its CPU, thread by thread, while it drains a queue.
 
-    .venv/bin/python Benchmarks/threads.py --tasks 20000 --runs 3
+    .venv/bin/python Benchmarks/threads.py --tasks 20000 --runs 3 [--pool solo]
 
 Each run pre-fills N `tasks.noop` messages made by Celery's own producer into a fresh loopback Redis, starts the
-release build of the worker (`-c 2`), and prints the drain rate, the worker's CPU per task, and for each of its
-threads (named by the worker: redis-fetch, celery-worker, celery-task-N, redis-results, redis-io) the CPU per task
+release build of the worker (`-c 2`, the thread pool unless `--pool` says otherwise), and prints the drain rate, the worker's CPU per task, and for each of its
+threads (named by the worker: redis-fetch, celery-worker, celery-task-N, redis-results, redis-io; celery-solo in the
+solo pool) the CPU per task
 and the voluntary and involuntary context switches per task, read from /proc/<pid>/task/*; then the worker's
 resident memory by mapping (the binary, each shared library, anonymous memory), read from /proc/<pid>/smaps.
 """
@@ -51,13 +52,13 @@ def rss_by_mapping(pid):
     return sorted(totals.items(), key=lambda item: -item[1])
 
 
-def run(count, worker):
+def run(count, worker, pool):
     server = RedisProcess().start()
     try:
         broker, backend = server.url(1), server.url(0)
         messages = make_messages(broker, count, "tasks.noop", "json")
-        proc = subprocess.Popen([worker, "-b", broker, "--result-backend", backend, "-c", "2", "-l", "WARNING"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([worker, "-b", broker, "--result-backend", backend, "-c", "2", "-P", pool,
+                                 "-l", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
             rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
@@ -100,9 +101,10 @@ def main():
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
+    parser.add_argument("--pool", choices=["threads", "solo"], default="threads", help="the worker's pool (default: threads)")
     options = parser.parse_args()
     for _ in range(options.runs):
-        run(options.tasks, options.worker)
+        run(options.tasks, options.worker, options.pool)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ echo "==> benchmark, small form (checks that it runs; figures from a debug build
 .venv/bin/python Benchmarks/drain.py --quick --tasks 200 --worker "$SWIFT_CELERY_WORKER"
 .venv/bin/python Benchmarks/drain.py --quick --tasks 200 --prefetch-multiplier 16 --drain-only --worker "$SWIFT_CELERY_WORKER"
 .venv/bin/python Benchmarks/threads.py --tasks 200 --runs 1 --worker "$SWIFT_CELERY_WORKER"
+.venv/bin/python Benchmarks/threads.py --tasks 200 --runs 1 --pool solo --worker "$SWIFT_CELERY_WORKER"
 .venv/bin/python Benchmarks/redis_cost.py --tasks 200 --runs 1 --worker "$SWIFT_CELERY_WORKER" --compare-args="--prefetch-multiplier 16" --compare-one-cpu
 .venv/bin/python Benchmarks/round_trips.py --tasks 200 --runs 1 --worker "$SWIFT_CELERY_WORKER" -- --prefetch-multiplier 16
 .venv/bin/python Benchmarks/request_cost.py --tasks 64 --runs 1 --batches 1,8
