@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import slots
+from conftest import WORKER_POOL, slots
 
 
 def test_ping_registered_stats_queues(start_worker, make_app):
@@ -22,6 +22,32 @@ def test_ping_registered_stats_queues(start_worker, make_app):
     assert [q["name"] for q in inspect.active_queues()[node]] == ["celery", "extra"]
     assert inspect.revoked()[node] == []
     assert "error" in app.control.broadcast("no_such_command", reply=True, timeout=1)[0][node]
+
+
+def test_stats_report_what_a_python_worker_reports(start_worker, start_python_worker, make_app):
+    """`inspect stats` carries every key a Python worker with the same kind of pool reports (Flower and scripts read
+    them), with the same broker details and a real `rusage`."""
+    start_worker("-n", "swiftstats@%h", "-c", "2")
+    python_pool = "solo" if WORKER_POOL == "solo" else "threads"
+    start_python_worker("-n", "pystats@%h", "-P", python_pool, "-c", "2")
+    stats = make_app().control.inspect(timeout=2).stats()
+    swift = next(reply for node, reply in stats.items() if node.startswith("swiftstats@"))
+    python = next(reply for node, reply in stats.items() if node.startswith("pystats@"))
+    assert set(python) <= set(swift)
+    for part in ("pool", "broker"):
+        assert set(python[part]) <= set(swift[part]), (part, set(python[part]) - set(swift[part]))
+    for key in ("hostname", "port", "virtual_host", "transport", "userid", "insist", "ssl", "transport_options"):
+        assert swift["broker"][key] == python["broker"][key], key
+    if python_pool == "solo":
+        for key in ("max-concurrency", "max-tasks-per-child", "put-guarded-by-semaphore", "timeouts"):
+            assert swift["pool"][key] == python["pool"][key], key
+    else:
+        assert swift["pool"]["max-concurrency"] == python["pool"]["max-concurrency"] == 2
+    usage = swift["rusage"]
+    assert set(usage) == set(python["rusage"])
+    assert all(isinstance(value, (int, float)) for value in usage.values())
+    # maxrss in KiB, as Python's resource module gives it: a worker holds megabytes, not bytes or pages.
+    assert 1_000 < usage["maxrss"] < 1_000_000 and usage["utime"] > 0 and usage["nvcsw"] > 0
 
 
 def test_active_reserved_scheduled_and_query_task(start_worker, make_app):

@@ -28,8 +28,12 @@ def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, 
     worker = start_worker("-n", "hard@%h", "-P", "process", "-c", "2", "--time-limit", "1")
     app = make_app()
     node = next(iter(app.control.inspect(timeout=1).ping()))
-    before = set(app.control.inspect(timeout=1).stats()[node]["pool"]["processes"])
+    pool = app.control.inspect(timeout=1).stats()[node]["pool"]
+    before = set(pool["processes"])
     assert len(before) == 2 and before == children_of(worker.proc.pid)
+    # As Python's prefork pool reports itself: (soft, hard) limits with 0 for none, no max-tasks-per-child.
+    assert pool["timeouts"] == [0, 1] and pool["max-tasks-per-child"] == "N/A"
+    assert pool["put-guarded-by-semaphore"] is False
     started = time.monotonic()
     spinning = app.tasks["tasks.spin"].delay(30)  # a busy loop: no cancellation can stop it
     with pytest.raises(TimeLimitExceeded) as raised:

@@ -371,23 +371,83 @@ extension WorkerRun {
         let totals = counters.withLock { $0.totals }
         var total = CeleryObject()
         for name in totals.keys.sorted() { total[name] = .int(Int64(totals[name] ?? 0)) }
-        var broker: CeleryObject = ["transport": "redis", "virtual_host": .string(String(configuration.brokerURL.database))]
-        if case .tcp(let host, let port) = configuration.brokerURL.endpoint {
-            broker["hostname"] = .string(host)
-            broker["port"] = .int(Int64(port))
-        }
         return [
             "total": .object(total), "pid": .int(Int64(Host.pid)),
             "clock": .string(String(service.events?.currentClock ?? 0)),
             "uptime": .int(Int64(WallClock.now() - startedAt)),
-            "pool": [
-                "implementation": .string("swift-celery-worker:\(configuration.pool.rawValue)"),
-                "max-concurrency": .int(Int64(configuration.slots)),
-                "processes": .array((pool?.pids ?? [Host.pid]).map { .int(Int64($0)) }),
-            ],
-            "broker": .object(broker),
+            "pool": .object(poolStats()),
+            "broker": .object(brokerStats()),
             "prefetch_count": .int(Int64(configuration.prefetchCount)),
+            "rusage": Self.resourceUsage(),
             "sw_ident": .string(EventDispatcher.softwareIdentity), "sw_ver": .string(CeleryWorkerService.version),
+        ]
+    }
+
+    /// `stats()["pool"]`: the keys Python's pool of the same kind reports (`_get_info`), with this worker's values.
+    private func poolStats() -> CeleryObject {
+        var stats: CeleryObject = [
+            "implementation": .string("swift-celery-worker:\(configuration.pool.rawValue)"),
+            "max-concurrency": .int(Int64(configuration.slots)),
+            "processes": .array((pool?.pids ?? [Host.pid]).map { .int(Int64($0)) }),
+        ]
+        switch configuration.pool {
+        case .threads:
+            // Python's thread pool counts the threads its executor has started; these are all started at once.
+            stats["threads"] = .int(Int64(configuration.slots))
+        case .solo:
+            stats["max-tasks-per-child"] = .null
+            stats["put-guarded-by-semaphore"] = true
+            stats["timeouts"] = []
+        case .process:
+            // No child is replaced after a number of tasks (Python says "N/A" when that is not set).
+            stats["max-tasks-per-child"] = "N/A"
+            stats["put-guarded-by-semaphore"] = false
+            stats["timeouts"] = [Self.seconds(configuration.softTimeLimit), Self.seconds(configuration.timeLimit)]
+        }
+        return stats
+    }
+
+    /// A time limit as Python's prefork pool reports it: the seconds, 0 for none.
+    private static func seconds(_ limit: Double?) -> CeleryValue {
+        guard let limit else { return .int(0) }
+        return limit == limit.rounded() && abs(limit) < 1e15 ? .int(Int64(limit)) : .double(limit)
+    }
+
+    /// `stats()["broker"]`: the keys of kombu's `Connection.info()`. Those that name a feature of another transport
+    /// (AMQP's `insist`, `login_method`, heartbeats, failover) have the values kombu gives them on Redis without
+    /// settings; the Swift worker reads no such setting.
+    private func brokerStats() -> CeleryObject {
+        let url = configuration.brokerURL
+        var broker: CeleryObject = [
+            "transport": "redis", "virtual_host": .string(String(url.database)),
+            "userid": url.username.map { .string($0) } ?? .null,
+            "insist": false, "ssl": false, "login_method": .null, "uri_prefix": .null,
+            "connect_timeout": .double(Double(RedisConnection.defaultConnectTimeout.components.seconds)),
+            "transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
+            "heartbeat": .null, "failover_strategy": "round-robin", "alternates": [], "credential_provider": .null,
+        ]
+        if case .tcp(let host, let port) = url.endpoint {
+            broker["hostname"] = .string(host)
+            broker["port"] = .int(Int64(port))
+        }
+        return broker
+    }
+
+    /// `stats()["rusage"]`: `getrusage(RUSAGE_SELF)` with Python's `resource` module's names and units (seconds of
+    /// CPU, `maxrss` in KiB).
+    static func resourceUsage() -> CeleryValue {
+        var usage = rusage()
+        // glibc declares `RUSAGE_SELF` as an enum case and takes its raw value.
+        guard getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 else { return "N/A" }
+        func seconds(_ time: timeval) -> CeleryValue { .double(Double(time.tv_sec) + Double(time.tv_usec) / 1e6) }
+        func count(_ value: Int) -> CeleryValue { .int(Int64(value)) }
+        return [
+            "utime": seconds(usage.ru_utime), "stime": seconds(usage.ru_stime), "maxrss": count(usage.ru_maxrss),
+            "ixrss": count(usage.ru_ixrss), "idrss": count(usage.ru_idrss), "isrss": count(usage.ru_isrss),
+            "minflt": count(usage.ru_minflt), "majflt": count(usage.ru_majflt), "nswap": count(usage.ru_nswap),
+            "inblock": count(usage.ru_inblock), "oublock": count(usage.ru_oublock), "msgsnd": count(usage.ru_msgsnd),
+            "msgrcv": count(usage.ru_msgrcv), "nsignals": count(usage.ru_nsignals), "nvcsw": count(usage.ru_nvcsw),
+            "nivcsw": count(usage.ru_nivcsw),
         ]
     }
 

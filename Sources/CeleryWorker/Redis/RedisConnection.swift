@@ -43,7 +43,10 @@ final class RedisConnection: @unchecked Sendable {
     let connectTimeout: Duration
     private let state = Mutex(State())
 
-    init(url: RedisURL, commandTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(5)) {
+    /// How long connecting may take, unless a caller says otherwise.
+    static let defaultConnectTimeout: Duration = .seconds(5)
+
+    init(url: RedisURL, commandTimeout: Duration = .seconds(30), connectTimeout: Duration = defaultConnectTimeout) {
         self.url = url
         self.commandTimeout = commandTimeout
         self.connectTimeout = connectTimeout
