@@ -57,6 +57,25 @@ def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, 
     assert time.monotonic() - started < 0.95
 
 
+def test_stats_of_the_process_pool_as_python_prefork_reports_them(start_worker, start_python_worker, make_app):
+    start_worker("-n", "swiftpool@%h", "-P", "process", "-c", "2", "-Q", "swiftonly")
+    start_python_worker("-n", "pypool@%h", "-P", "prefork", "-c", "2", "-Q", "pyonly")
+    app = make_app()
+    assert [app.tasks["tasks.add"].apply_async((i, i), queue="swiftonly").get(timeout=10) for i in range(5)] == \
+        [0, 2, 4, 6, 8]
+    stats = app.control.inspect(timeout=2).stats()
+    swift = next(reply["pool"] for node, reply in stats.items() if node.startswith("swiftpool@"))
+    python = next(reply["pool"] for node, reply in stats.items() if node.startswith("pypool@"))
+    assert set(python) <= set(swift) and set(swift["writes"]) == set(python["writes"])
+    for key in ("max-concurrency", "max-tasks-per-child", "put-guarded-by-semaphore", "timeouts"):
+        assert swift[key] == python[key], key
+    writes = swift["writes"]
+    # Five jobs went to the children (one after another: the first child, free again, may take them all).
+    assert writes["total"] == 5 and sum(int(n) for n in writes["raw"].split(", ")) == 5
+    assert abs(sum(float(share) for share in writes["all"].split(", ")) - 1) < 0.02
+    assert writes["strategy"] == python["writes"]["strategy"] and writes["inqueues"] == {"total": 2, "active": 0}
+
+
 def test_time_limit_from_the_message_and_from_remote_control(start_worker, make_app):
     from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 

@@ -403,6 +403,7 @@ extension WorkerRun {
             stats["max-tasks-per-child"] = "N/A"
             stats["put-guarded-by-semaphore"] = false
             stats["timeouts"] = [Self.seconds(configuration.softTimeLimit), Self.seconds(configuration.timeLimit)]
+            if let pool { stats["writes"] = pool.writeStats }
         }
         return stats
     }

@@ -23,6 +23,11 @@ final class ProcessPool: Sendable {
     private let live = Mutex<[Int32: PoolProcess]>([:])
     private let spawned = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
+    /// Jobs written to each child that got one, in the order of their first job (billiard's `write_stats`, which
+    /// counts per pool slot; here per child, so a child that replaced another has an entry of its own).
+    private let written = Mutex<[(pid: Int32, jobs: Int)]>([])
+    /// Job writes under way now.
+    private let writing = Atomic<Int>(0)
     private let size: Int
     private let logger: Logger
 
@@ -51,6 +56,22 @@ final class ProcessPool: Sendable {
     /// The child pids, for `stats`.
     var pids: [Int32] { live.withLock { $0.keys.sorted() } }
 
+    /// Python's prefork `stats()["pool"]["writes"]` (`human_write_stats`): how many jobs went to the children and
+    /// each one's share, with the same formatting.
+    var writeStats: CeleryValue {
+        let jobs = written.withLock { $0.map(\.jobs) }
+        let total = jobs.reduce(0, +)
+        func share(_ part: Double) -> String { String(format: "%.2f", part != 0 ? part / Double(total) : 0) }
+        return [
+            "total": .int(Int64(total)),
+            "avg": .string(share(total != 0 ? Double(total) / Double(jobs.count) : 0)),
+            "all": .string(jobs.map { share(Double($0)) }.joined(separator: ", ")),
+            "raw": .string(jobs.map(String.init).joined(separator: ", ")),
+            "strategy": "fair",
+            "inqueues": ["total": .int(Int64(live.withLock { $0.count })), "active": .int(Int64(writing.load(ordering: .relaxed)))],
+        ]
+    }
+
     /// Runs a job in a free child and waits for its outcome; must run on a task thread (the reads block).
     func run(
         _ job: PreparedJob, context: TaskContext, hardLimit: Double?, stop: StopRequest
@@ -68,7 +89,17 @@ final class ProcessPool: Sendable {
         let frame: CeleryValue = [
             "raw": .string(String(decoding: job.delivery.raw, as: UTF8.self)), "hostname": .string(context.request.hostname),
         ]
-        guard PoolFrames.write(frame, to: child.input) else { return ended(child) }
+        writing.add(1, ordering: .relaxed)
+        let sent = PoolFrames.write(frame, to: child.input)
+        writing.subtract(1, ordering: .relaxed)
+        guard sent else { return ended(child) }
+        written.withLock { written in
+            if let index = written.firstIndex(where: { $0.pid == child.pid }) {
+                written[index].jobs += 1
+            } else {
+                written.append((child.pid, 1))
+            }
+        }
         let timer = hardLimit.map { limit in
             Task {
                 try await Task.sleep(for: .milliseconds(Int64(limit * 1000)))
