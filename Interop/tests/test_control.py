@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKER_POOL, slots
+from conftest import WORKER_POOL, eventually, slots
 
 
 def test_ping_registered_stats_queues(start_worker, make_app):
@@ -128,6 +128,52 @@ def test_revoke_reserved_unknown_and_terminate(start_worker, make_app, backend_r
     worker.wait_for_log(f"Discarding revoked task: tasks.add[{queued.id}]")
     assert f"Task tasks.add[{queued.id}] succeeded" not in worker.log
     assert app.tasks["tasks.add"].delay(2, 2).get(timeout=10) == 4  # still serving
+
+
+def test_registered_items_report_terminate_and_the_dump_aliases(start_worker, start_python_worker, make_app):
+    """Answered as a Python worker answers them: `registered` with task info items (compared with a Python worker's
+    reply for the same task), `report`, the `terminate` command, and the old `dump_*` names."""
+    from celery.exceptions import TaskRevokedError
+
+    start_worker("-n", "items@%h", "-c", "1")
+    start_python_worker("-n", "pyitems@%h", "-P", "solo", "-Q", "pyonly")
+    app = make_app()
+    inspect = app.control.inspect(timeout=2)
+
+    def add_entries(reply):
+        """The `tasks.add` entry of each worker's reply, by worker kind."""
+        return {("swift" if node.startswith("items@") else "python"): next(e for e in tasks if e.startswith("tasks.add"))
+                for node, tasks in reply.items()}
+
+    assert add_entries(inspect.registered()) == {"swift": "tasks.add", "python": "tasks.add"}
+    app.control.rate_limit("tasks.add", "10/s", reply=True, timeout=2)
+    assert add_entries(inspect.registered()) == {"swift": "tasks.add [rate_limit=10/s]",
+                                                 "python": "tasks.add [rate_limit=10/s]"}
+    items = ("max_retries", "acks_late", "ignore_result", "default_retry_delay", "no_such_attribute", "rate_limit")
+    entries = add_entries(inspect.registered(*items))
+    assert entries["swift"] == entries["python"] == \
+        "tasks.add [max_retries=3 acks_late=False ignore_result=False default_retry_delay=180 rate_limit=10/s]"
+    node = next(n for n in inspect.ping() if n.startswith("items@"))
+    assert app.control.broadcast("dump_tasks", reply=True, timeout=2, destination=[node])[0][node] == \
+        inspect.registered()[node]
+    assert app.control.broadcast("dump_revoked", reply=True, timeout=2, destination=[node])[0][node] == []
+
+    reports = inspect.report()
+    mine = reports[node]["ok"]
+    python = next(reply["ok"] for n, reply in reports.items() if n != node)
+    assert mine.startswith("\nsoftware -> swift-celery-worker:") and "task_acks_late: False" in mine
+    # Python's layout: software and platform on two lines each, then loader and settings, then the settings table.
+    labels = [line[:12] for line in mine.splitlines()[:8]]
+    assert labels == [line[:12] for line in python.splitlines()[:8]]
+    assert mine.splitlines()[7] == "" and ": " in mine.splitlines()[8]
+
+    running = app.tasks["tasks.sleep"].delay(10)
+    assert eventually(lambda: [t["id"] for t in inspect.active().get(node, [])] == [running.id])
+    reply = app.control.broadcast("terminate", arguments={"signal": "SIGKILL", "task_id": running.id}, reply=True,
+                                  timeout=2, destination=[node])
+    assert reply == [{node: {"ok": f"terminate: {running.id}"}}]
+    with pytest.raises(TaskRevokedError):
+        running.get(timeout=5)
 
 
 def test_enable_disable_events_and_remote_shutdown(start_worker, make_app):

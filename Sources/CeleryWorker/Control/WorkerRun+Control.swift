@@ -1,3 +1,4 @@
+import CHiredis
 import CeleryProtocol
 import Foundation
 
@@ -160,16 +161,16 @@ extension WorkerRun {
         switch method {
         case "ping":
             return ["ok": "pong"]
-        case "registered":
-            return .array(service.registry.names.map(CeleryValue.string))
-        case "active":
+        case "registered", "dump_tasks":
+            return registered(arguments["taskinfoitems"])
+        case "active", "dump_active":
             return .array(
                 running.withLock { $0.all }.sorted { $0.timeStart < $1.timeStart }.map {
                     requestInfo($0.job.message, $0.job.delivery, timeStart: $0.timeStart)
                 })
-        case "reserved":
+        case "reserved", "dump_reserved":
             return .array(reservedJobs().filter { $0.etaTime == nil }.map { requestInfo($0.message, $0.delivery, timeStart: nil) })
-        case "scheduled":
+        case "scheduled", "dump_schedule":
             return .array(
                 reservedJobs().filter { $0.etaTime != nil }.map { job in
                     [
@@ -193,12 +194,19 @@ extension WorkerRun {
             return rateLimit(arguments)
         case "time_limit":
             return timeLimit(arguments)
-        case "conf":
+        case "conf", "dump_conf":
             return conf()
-        case "revoked":
+        case "revoked", "dump_revoked":
             return .array(revoked.withLock { $0.all() }.map(CeleryValue.string))
         case "revoke":
             return await revoke(arguments)
+        case "terminate":
+            // Python's `terminate <signal> <id…>`: `revoke` with terminate.
+            var terminate = arguments
+            terminate["terminate"] = true
+            return await revoke(terminate)
+        case "report":
+            return ["ok": .string(report())]
         case "enable_events":
             service.events?.setTaskEvents(true)
             return ["ok": "task events enabled"]
@@ -256,7 +264,14 @@ extension WorkerRun {
             logger.error("Rate limit attempt for unknown task \(arguments["task_name"]?.stringValue ?? "None")")
             return ["error": "unknown task"]
         }
-        limits.withLock { $0.setRate(rate, for: name) }
+        // Python keeps the value as given (`task.rate_limit = rate_limit`) and `registered` shows its `str()`.
+        let text: String? =
+            switch arguments["rate_limit"] {
+            case nil, .null?: nil
+            case .string(let given)?: given
+            case let value?: PythonRepr.repr(value)
+            }
+        limits.withLock { $0.setRate(rate, text: text, for: name) }
         guard rate != nil else {
             logger.info("Rate limits disabled for tasks of type \(name)")
             return ["ok": "rate limit disabled successfully"]
@@ -303,6 +318,59 @@ extension WorkerRun {
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
             "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
         ]
+    }
+
+    /// Python's `registered`: each task's name, followed by `[item=value …]` for those of `items` (by default
+    /// `exchange`, `routing_key` and `rate_limit`) that the task has, as `str()` of Python's task attribute.
+    private func registered(_ items: CeleryValue?) -> CeleryValue {
+        let wanted = items?.arrayValue?.compactMap(\.stringValue).filter { !$0.hasPrefix("_") } ?? []
+        let names = wanted.isEmpty ? ["exchange", "routing_key", "rate_limit"] : wanted
+        let limits = self.limits.withLock { $0 }
+        func python(_ flag: Bool) -> String { flag ? "True" : "False" }
+        func python(_ seconds: Double) -> String { PythonRepr.repr(.double(seconds)) }
+        return .array(
+            service.registry.names.compactMap { service.registry[$0] }.map { task in
+                let options = task.options
+                let overrides = limits.timeLimits(for: task.name)
+                let fields: [(String, String?)] = names.map { item in
+                    switch item {
+                    case "rate_limit": (item, limits.rateText(for: task))
+                    case "time_limit": (item, (overrides.map(\.hard) ?? options.timeLimit).map(python))
+                    case "soft_time_limit": (item, (overrides.map(\.soft) ?? options.softTimeLimit).map(python))
+                    case "acks_late": (item, python(options.acksLate ?? configuration.acksLate))
+                    case "track_started": (item, python(options.trackStarted ?? configuration.trackStarted))
+                    case "ignore_result": (item, python(options.ignoreResult))
+                    case "max_retries": (item, options.maxRetries.map(String.init))
+                    case "default_retry_delay": (item, PythonRepr.repr(Self.seconds(options.defaultRetryDelay)))
+                    default: (item, nil)  // an attribute Swift tasks do not have: Python's `None`, left out
+                    }
+                }
+                let present = fields.compactMap { name, value in value.map { "\(name)=\($0)" } }
+                return .string(present.isEmpty ? task.name : "\(task.name) [\(present.joined(separator: " "))]")
+            })
+    }
+
+    /// Python's `report` (`app.bugreport()`): the software, the platform and the settings in effect.
+    private func report() -> String {
+        let host = Banner.host()
+        let settings: [String]
+        if case .object(let table) = conf() {
+            settings = table.map { key, value in "\(key): \(PythonRepr.repr(value))" }
+        } else {
+            settings = []
+        }
+        return """
+
+            software -> swift-celery-worker:\(CeleryWorkerService.version)
+                        hiredis:\(HIREDIS_MAJOR).\(HIREDIS_MINOR).\(HIREDIS_PATCH)
+            platform -> system:\(host.system) arch:\(host.machine)
+                        kernel version:\(host.release) imp:Swift
+            loader   -> swift-celery-worker
+            settings -> transport:redis results:\(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")
+
+            \(settings.joined(separator: "\n"))
+
+            """
     }
 
     /// Python's `revoke`: remember the ids, store REVOKED for those not running (unless another state is already

@@ -9,17 +9,24 @@ public enum Banner {
         "--- ***** -----", " --------------",
     ]
 
+    /// `uname`'s operating system name, release and machine.
+    static func host() -> (system: String, release: String, machine: String) {
+        var system = utsname()
+        uname(&system)
+        func text<T>(_ field: inout T) -> String {
+            withUnsafeBytes(of: &field) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        }
+        return (text(&system.sysname), text(&system.release), text(&system.machine))
+    }
+
     /// The banner text for `configuration` and the registered task names.
     public static func text(configuration: WorkerConfiguration, taskNames: [String], version: String) -> String {
         let events = configuration.sendTaskEvents ? "ON" : "OFF (enable -E to monitor tasks in this worker)"
         let queues = configuration.queues.map { name in
             ".> \(name.padding(toLength: max(16, name.count), withPad: " ", startingAt: 0)) exchange=\(name)(direct) key=\(name)"
         }
-        var system = utsname()
-        uname(&system)
-        let platform =
-            withUnsafeBytes(of: &system.sysname) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            + "-" + withUnsafeBytes(of: &system.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let host = host()
+        let platform = host.system + "-" + host.release
         let info =
             [
                 "\(configuration.nodeName) v\(version) (swift-celery-worker)",

@@ -42,13 +42,16 @@ public enum RateLimit {
 struct TaskLimits: Sendable {
     /// Per-task rate overrides, tasks per second; a `nil` value turns a task's limit off.
     private var rates: [String: Double?] = [:]
+    /// The overrides as remote control gave them (Python's `str()` of the value), for `registered`.
+    private var rateTexts: [String: String?] = [:]
     /// Per-task time limit overrides (soft, hard), as `time_limit` sets them.
     private var timeLimits: [String: (soft: Double?, hard: Double?)] = [:]
     /// The earliest time the next task of each rate-limited type may start.
     private var nextStart: [String: Double] = [:]
 
-    mutating func setRate(_ rate: Double?, for task: String) {
+    mutating func setRate(_ rate: Double?, text: String?, for task: String) {
         rates[task] = .some(rate)
+        rateTexts[task] = .some(text)
         nextStart = [:]  // Celery's reset_rate_limits: new buckets
     }
 
@@ -60,6 +63,12 @@ struct TaskLimits: Sendable {
     func rate(for task: RegisteredTask) -> Double? {
         if !rates.isEmpty, let override = rates[task.name] { return override }
         return task.options.rateLimit.flatMap { try? RateLimit.perSecond($0) }
+    }
+
+    /// A task's `rate_limit` attribute as Python would show it: remote control's value, else the task's option.
+    func rateText(for task: RegisteredTask) -> String? {
+        if let override = rateTexts[task.name] { return override }
+        return task.options.rateLimit
     }
 
     /// The (soft, hard) limits set by remote control, if any.
