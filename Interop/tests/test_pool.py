@@ -55,6 +55,9 @@ def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, 
     pair = [app.tasks["tasks.sleep"].delay(0.5) for _ in range(2)]
     assert [r.get(timeout=10) for r in pair] == [0.5, 0.5]
     assert time.monotonic() - started < 0.95
+    # The replacement took over the killed child's count, as billiard's per-slot counts do: two entries, three jobs.
+    writes = app.control.inspect(timeout=1).stats()[node]["pool"]["writes"]
+    assert writes["total"] == 3 and len(writes["raw"].split(", ")) == 2
 
 
 def test_stats_of_the_process_pool_as_python_prefork_reports_them(start_worker, start_python_worker, make_app):

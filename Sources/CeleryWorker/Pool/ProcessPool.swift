@@ -23,8 +23,8 @@ final class ProcessPool: Sendable {
     private let live = Mutex<[Int32: PoolProcess]>([:])
     private let spawned = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
-    /// Jobs written to each child that got one, in the order of their first job (billiard's `write_stats`, which
-    /// counts per pool slot; here per child, so a child that replaced another has an entry of its own).
+    /// Jobs written to each child that got one, in the order of their first job. As billiard's `write_stats`
+    /// counts per pool slot, a child that replaces another takes over its count.
     private let written = Mutex<[(pid: Int32, jobs: Int)]>([])
     /// Job writes under way now.
     private let writing = Atomic<Int>(0)
@@ -135,6 +135,9 @@ final class ProcessPool: Sendable {
         if !stopping.load(ordering: .relaxed) {
             do {
                 let replacement = try spawn()
+                written.withLock { written in
+                    if let index = written.firstIndex(where: { $0.pid == child.pid }) { written[index].pid = replacement.pid }
+                }
                 idle.withLock { $0.append(replacement) }
             } catch {
                 logger.error("Cannot start a pool process: \(error)")
