@@ -342,7 +342,7 @@ extension WorkerRun {
                     case "ignore_result": (item, python(options.ignoreResult))
                     case "max_retries": (item, options.maxRetries.map(String.init))
                     case "default_retry_delay": (item, PythonRepr.repr(Self.seconds(options.defaultRetryDelay)))
-                    default: (item, nil)  // an attribute Swift tasks do not have: Python's `None`, left out
+                    default: (item, nil)  // an attribute Swift tasks do not have: left out
                     }
                 }
                 let present = fields.compactMap { name, value in value.map { "\(name)=\($0)" } }
