@@ -103,8 +103,11 @@ struct SoloLaneTests {
         let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
         let script = RedisScript("return tonumber(ARGV[1]) + 1")
-        var arguments = RESPArguments(capacity: 16)
-        arguments.append(41)
+        let arguments: @Sendable () -> RESPArguments = {
+            var arguments = RESPArguments(capacity: 16)
+            arguments.append(41)
+            return arguments
+        }
         #expect(try await client.evaluate(script, keyCount: 0, arguments: arguments).integer == 42)
         try await TestRedis.client(database: 12).send(RedisCommand("SCRIPT", "FLUSH"))
         #expect(try await client.evaluate(script, keyCount: 0, arguments: arguments).integer == 42)

@@ -35,14 +35,15 @@ public final class RedisResultBackend: ResultBackend {
     /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
+        let (expires, serializer, keyPrefix) = (self.expires, self.serializer, self.keyPrefix)
         // Encoded on the connection's thread, where the write happens, not on the caller's.
-        _ = try await client.withConnection { [self] connection throws(CeleryWorkerError) in
+        _ = try await client.evaluate(Self.storeScript, keyCount: documents.count) {
             var arguments = RESPArguments(capacity: 64 + 384 * documents.count)
             for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
             arguments.append(expires ?? 0)
             arguments.append(serializer.serializerName)
             for document in documents { arguments.append { document.encode(as: serializer, into: &$0) } }
-            return try connection.evaluate(Self.storeScript, keyCount: documents.count, arguments: arguments)
+            return arguments
         }
     }
 
@@ -128,7 +129,8 @@ public final class RedisResultBackend: ResultBackend {
         let brokerDatabase = broker.commands.url.database
         let backendDatabase = client.url.database
         let (expires, serializer, keyPrefix) = (self.expires, self.serializer, self.keyPrefix)
-        @Sendable func arguments() -> RESPArguments {
+        // Encoded on the connection's thread, where the write happens, straight in Redis's protocol.
+        _ = try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count) {
             var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
             arguments.append(broker.unackedKey)
             arguments.append(broker.unackedIndexKey)
@@ -144,15 +146,6 @@ public final class RedisResultBackend: ResultBackend {
             for index in documents.indices { arguments.append { documents[index].encode(as: serializer, into: &$0) } }
             for tag in lateAcks { arguments.append(tag) }
             return arguments
-        }
-        if client.sharesLane {
-            // The solo pool: written where the settler runs (the lane's thread), without blocking it for the reply.
-            _ = try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments())
-            return
-        }
-        // Written on the connection's thread, where the write happens, straight in Redis's protocol.
-        _ = try await client.withConnection { connection throws(CeleryWorkerError) in
-            try connection.evaluate(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments())
         }
     }
 

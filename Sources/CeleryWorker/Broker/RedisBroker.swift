@@ -206,7 +206,7 @@ public final class RedisBroker: Broker {
         arguments.append(receivedAt)
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
         // (``fetchExecutor``), so a fetch costs no thread hop.
-        let reply = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count, arguments: arguments)
+        let reply = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count) { [arguments] in arguments }
         let items = reply.array ?? []
         var popped: [Popped] = []
         popped.reserveCapacity(items.count / 3)

@@ -140,15 +140,19 @@ public final class RedisClient: Sendable {
         }
     }
 
-    /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments already
-    /// written in Redis's protocol: the first `keyCount` of `arguments` are the keys. On a shared lane it does not
-    /// block the lane (see ``request(_:replies:)``).
-    func evaluate(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) async throws(CeleryWorkerError) -> RedisReply {
+    /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments written in
+    /// Redis's protocol by `arguments`: the first `keyCount` are the keys. `arguments` runs on the lane's thread,
+    /// where the write happens, not on the caller's. On a shared lane it does not block the lane (see
+    /// ``request(_:replies:)``).
+    func evaluate(
+        _ script: RedisScript, keyCount: Int, arguments makeArguments: @escaping @Sendable () -> RESPArguments
+    ) async throws(CeleryWorkerError) -> RedisReply {
         guard sharesLane else {
             return try await withConnection { connection throws(CeleryWorkerError) in
-                try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
+                try connection.evaluate(script, keyCount: keyCount, arguments: makeArguments())
             }
         }
+        let arguments = makeArguments()
         let evalsha = RedisConnection.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
         var reply = try await request([evalsha, arguments.bytes], replies: 1).first
         if case .error(let message)? = reply, message.hasPrefix("NOSCRIPT") {

@@ -44,26 +44,18 @@ public final class CeleryWorkerService: Service {
         metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
         let soloLane = configuration.pool == .solo ? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        let broker: RedisBroker
-        let backend: RedisResultBackend?
-        if let soloLane {
-            broker = RedisBroker(
-                blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), sharedLane: soloLane),
-                commands: RedisClient(url: configuration.brokerURL, sharedLane: soloLane))
-            backend = configuration.resultBackendURL.map { url in
-                RedisResultBackend(
-                    client: RedisClient(url: url, sharedLane: soloLane),
-                    serializer: configuration.resultSerializer, expires: configuration.resultExpires)
-            }
-        } else {
-            broker = RedisBroker(
-                blocking: RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
-                commands: RedisClient(url: configuration.brokerURL))
-            backend = configuration.resultBackendURL.map { url in
-                RedisResultBackend(
-                    client: RedisClient(url: url, threadName: "redis-results"),
-                    serializer: configuration.resultSerializer, expires: configuration.resultExpires)
-            }
+        // The broker's and the backend's clients: on the solo pool's thread, or each on a thread of its own.
+        func client(_ url: RedisURL, commandTimeout: Duration = .seconds(30), threadName: String = "redis-io") -> RedisClient {
+            guard let soloLane else { return RedisClient(url: url, commandTimeout: commandTimeout, threadName: threadName) }
+            return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: soloLane)
+        }
+        let broker = RedisBroker(
+            blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
+            commands: client(configuration.brokerURL))
+        let backend = configuration.resultBackendURL.map { url in
+            RedisResultBackend(
+                client: client(url, threadName: "redis-results"),
+                serializer: configuration.resultSerializer, expires: configuration.resultExpires)
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
