@@ -4,13 +4,16 @@ the machine is doing, so two builds can be compared where timings drown in the m
     .venv/bin/python Benchmarks/instructions.py --tasks 3000
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --worker /path/to/other/build
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --pool solo
+    .venv/bin/python Benchmarks/instructions.py --tasks 1000 --one-at-a-time 20
     .venv/bin/python Benchmarks/instructions.py --profile /tmp/profile && callgrind_annotate /tmp/profile | head -60
 
 A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`, the thread pool unless
 `--pool` says otherwise) under callgrind. A first
 300 tasks warm it up (code run once, metadata looked up the first time), the counters are zeroed, the N tasks are
 drained, and the counters dumped: instructions in every thread of the worker (not in Redis, not in the kernel),
-divided by N. The binary runs without its debug information (valgrind 3.19 cannot read the toolchain's DWARF 5).
+divided by N. With `--one-at-a-time MS` each message is pushed alone once the last one's result is stored, MS
+milliseconds after it, so the worker waits in its blocking pop for every one: the idle path of the latency
+figures, where nothing is shared by a batch. The binary runs without its debug information (valgrind 3.19 cannot read the toolchain's DWARF 5).
 It needs the release build (`scripts/build-release.sh`): valgrind 3.19 crashes on the debug build, which loads the
 Swift runtime as shared libraries, so CI does not run it.
 """
@@ -30,7 +33,7 @@ from drain import WORKER, RedisProcess, make_messages
 WARM_UP = 300
 
 
-def count(worker, tasks, serializer, keep=None, pool="threads"):
+def count(worker, tasks, serializer, keep=None, pool="threads", gap=None):
     with tempfile.TemporaryDirectory() as tmp:
         stripped, profile = Path(tmp) / "worker", Path(tmp) / "callgrind.out"
         subprocess.run(["objcopy", "--strip-debug", str(worker), str(stripped)], check=True)
@@ -45,16 +48,25 @@ def count(worker, tasks, serializer, keep=None, pool="threads"):
             try:
                 rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
 
-                def drain(batch, timeout):
-                    pipe = rb.pipeline(transaction=False)
-                    for raw in batch:
-                        pipe.lpush("celery", raw)
-                    pipe.execute()
-                    deadline = time.monotonic() + timeout
-                    while rr.dbsize() < len(batch):
+                def wait_for(stored, deadline):
+                    while rr.dbsize() < stored:
                         if time.monotonic() > deadline:
-                            raise SystemExit(f"only {rr.dbsize()} of {len(batch)} results were stored under callgrind")
-                        time.sleep(0.05)
+                            raise SystemExit(f"only {rr.dbsize()} of {stored} results were stored under callgrind")
+                        time.sleep(0.05 if gap is None else 0.001)
+
+                def drain(batch, timeout):
+                    deadline = time.monotonic() + timeout
+                    if gap is None:
+                        pipe = rb.pipeline(transaction=False)
+                        for raw in batch:
+                            pipe.lpush("celery", raw)
+                        pipe.execute()
+                        wait_for(len(batch), deadline)
+                    else:
+                        for stored, raw in enumerate(batch, start=1):
+                            rb.lpush("celery", raw)
+                            wait_for(stored, deadline)
+                            time.sleep(gap)
                     rr.flushdb()
 
                 deadline = time.monotonic() + 60
@@ -86,14 +98,20 @@ def main():
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
     parser.add_argument("--pool", choices=["threads", "solo"], default="threads", help="the worker's pool (default: threads)")
     parser.add_argument("--profile", metavar="PATH", help="keep the callgrind profile there (for callgrind_annotate)")
+    parser.add_argument("--one-at-a-time", metavar="MS", type=float,
+                        help="push each message alone, MS milliseconds after the last one's result (the idle path)")
     options = parser.parse_args()
     if options.tasks < 1:
         parser.error("--tasks must be at least 1")
+    if options.one_at_a_time is not None and options.one_at_a_time < 0:
+        parser.error("--one-at-a-time must be 0 or more milliseconds")
     if not Path(options.worker).is_file():
         parser.error(f"{options.worker} is missing: run scripts/build-release.sh first")
-    per_task = count(options.worker, options.tasks, options.serializer, options.profile, options.pool)
+    gap = None if options.one_at_a_time is None else options.one_at_a_time / 1000
+    per_task = count(options.worker, options.tasks, options.serializer, options.profile, options.pool, gap)
+    how = "" if gap is None else f", one at a time {options.one_at_a_time:g} ms apart"
     print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.pool} pool, {options.tasks} tasks after "
-          f"{WARM_UP} to warm up)")
+          f"{WARM_UP} to warm up{how})")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,38 @@ extension RedisBrokerTests {
         #expect(try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
     }
 
+    @Test("a blocking pop records an odd exchange and routing key as kombu writes them, hands on the envelope it decoded, and records a message whose body does not decode")
+    func blockingPathRecordsOddFields() async throws {
+        let (broker, client) = try await broker()
+        let pusher = RedisClient(url: client.url)
+        let fixtureText = String(decoding: try fixture("v2-json-add.message.json"), as: UTF8.self)
+        let odd = fixtureText.replacingOccurrences(
+            of: #""delivery_info": {"exchange": "", "routing_key": "celery"}"#,
+            with: #""delivery_info": {"exchange": "ex\"1", "routing_key": "gr\u00f6\u00dfe"}"#)
+        // The body is declared base64 but is not: the envelope does not decode, its properties still do.
+        let undecodable = fixtureText.replacingOccurrences(of: #""body": ""#, with: #""body": "!!!"#)
+            .replacingOccurrences(of: "bad42c5a-2b5d-4faa-897a-4071e741eff8", with: "undecodable-tag")
+        #expect(odd != fixtureText && undecodable != fixtureText)
+        for (text, decodes, tail) in [(odd, true, #", "ex\"1", "gr\u00f6\u00dfe"]"#), (undecodable, false, #", "", "celery"]"#)] {
+            let raw = Array(text.utf8)
+            async let fetched = broker.fetch(queues: ["celery"], limit: 4)
+            try await Task.sleep(for: .milliseconds(200))
+            try await pusher.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+            let delivery = try #require(try await fetched.first)
+            let tag = try #require(delivery.deliveryTag)
+            #expect((delivery.decoded != nil) == decodes)
+            if case .success(let envelope) = delivery.envelope {
+                #expect(envelope.deliveryInfo.routingKey == "größe" && envelope.deliveryInfo.exchange == #"ex"1"#)
+            } else {
+                #expect(!decodes)
+            }
+            await [delivery].recorded()
+            let record = try await client.send(RedisCommand("HGET", "unacked", RedisArgument(tag)))
+            #expect(record.bytes == Array("[".utf8) + raw + Array(tail.utf8))
+            try await broker.ack([delivery])
+        }
+    }
+
     @Test("after a blocking pop that waited, the next fetch blocks at once; a message already waiting then brings back the batch pop")
     func blockingAfterWait() async throws {
         let (broker, client) = try await broker()

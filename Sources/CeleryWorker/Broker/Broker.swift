@@ -15,6 +15,9 @@ public struct BrokerDelivery: Sendable {
     /// Set while the write that records the message in `unacked` is sent but not yet confirmed: acknowledging or
     /// restoring it waits for that write, so the two never land out of order.
     var pendingRecord: PendingRecord?
+    /// The envelope, when the broker decoded it already (to record a blocking pop's message): ``envelope`` returns it
+    /// instead of parsing ``raw`` again.
+    var decoded: KombuEnvelope?
     /// The key the worker holds it under while unacknowledged (see `HeldDeliveries`); 0 when not held.
     var heldKey = 0
 
@@ -25,10 +28,11 @@ public struct BrokerDelivery: Sendable {
         self.deliveryTag = deliveryTag
     }
 
-    /// The parsed envelope, or the reason it could not be parsed. Parsed from ``raw`` on each access: the worker
-    /// reads it once per message, on a task thread, not on the thread that fetches.
+    /// The parsed envelope, or the reason it could not be parsed. Parsed from ``raw`` on each access unless the
+    /// broker decoded it already: the worker reads it once per message.
     public var envelope: Result<KombuEnvelope, CeleryProtocolError> {
-        Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
+        if let decoded { return .success(decoded) }
+        return Result { () throws(CeleryProtocolError) -> KombuEnvelope in try KombuEnvelope(decoding: raw) }
     }
 }
 

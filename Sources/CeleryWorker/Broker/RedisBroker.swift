@@ -14,8 +14,8 @@ public final class RedisBroker: Broker {
     let commands: RedisClient
     let unackedKey = "unacked"
     let unackedIndexKey = "unacked_index"
-    /// The queue to put first in the next `BRPOP` (kombu rotates the queue that just delivered to the end).
-    private let rotation = Mutex<[String]>([])
+    /// The order the next fetch takes the queues in (kombu rotates the queue that just delivered to the end).
+    private let rotation = Mutex(FetchOrder())
     /// Whether the last blocking pop waited for its message (or for nothing): the queues were empty then.
     private let waited = Mutex(false)
 
@@ -40,7 +40,7 @@ public final class RedisBroker: Broker {
     }
 
     public func declare(queues: [String]) async throws(CeleryWorkerError) {
-        rotation.withLock { $0 = queues }
+        rotation.withLock { $0.set(queues) }
         for queue in queues {
             let lengths = Self.priorityBuckets.map { RedisCommand("LLEN", RedisArgument(Self.list(for: queue, priority: $0))) }
             try await commands.transaction(lengths)
@@ -53,14 +53,9 @@ public final class RedisBroker: Broker {
     }
 
     public func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
-        let ordered = rotation.withLock { order -> [String] in
-            if order != queues, Set(order) != Set(queues) { order = queues }
-            return order
-        }
-        var lists: [String] = []
-        lists.reserveCapacity(Self.priorityBuckets.count * ordered.count)
-        for bucket in Self.priorityBuckets {
-            for queue in ordered { lists.append(Self.list(for: queue, priority: bucket)) }
+        let (lists, brpop) = rotation.withLock { order -> ([String], RedisCommand) in
+            if order.queues != queues, Set(order.queues) != Set(queues) { order.set(queues) }
+            return (order.lists, order.brpop)
         }
         // Whatever is waiting is popped and recorded in `unacked` by one script: no moment exists in which a
         // message is off its list but not yet recorded, so a worker killed at any point loses nothing. Skipped
@@ -72,28 +67,51 @@ public final class RedisBroker: Broker {
         }
         if popped.isEmpty {
             // Nothing waiting: block for the next message, recording it straight after on the same connection.
-            popped = try await blockingPop(lists: lists)
+            popped = try await blockingPop(brpop)
         } else {
             waited.withLock { $0 = false }
         }
         var deliveries: [BrokerDelivery] = []
         deliveries.reserveCapacity(popped.count)
-        // Not decoded here: the tag is the one the message was recorded under, and the worker decodes the
-        // envelope on a task thread.
-        for (list, raw, tag, receivedAt, record) in popped {
+        // The tag is the one the message was recorded under. Decoded only when recording it took that (a blocking
+        // pop's); otherwise the worker decodes the envelope on a task thread.
+        for (list, raw, tag, receivedAt, record, envelope) in popped {
             var delivery = BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag)
             delivery.pendingRecord = record
+            delivery.decoded = envelope
             deliveries.append(delivery)
         }
-        if let last = deliveries.last {
-            rotation.withLock { order in
-                if let position = order.firstIndex(of: last.queue) {
-                    order.remove(at: position)
-                    order.append(last.queue)
-                }
-            }
-        }
+        if let last = deliveries.last { rotation.withLock { $0.moveToEnd(last.queue) } }
         return deliveries
+    }
+
+    /// The order in which a fetch takes the queues, with the lists that makes and the `BRPOP` of them, built once
+    /// per order rather than once per fetch.
+    struct FetchOrder {
+        private(set) var queues: [String] = []
+        /// Every priority list of the queues in consumption order: step 0 (kombu's highest priority) of every queue,
+        /// then step 3, and so on.
+        private(set) var lists: [String] = []
+        /// `BRPOP` of `lists`, with a timeout of one second.
+        private(set) var brpop = RedisCommand([])
+
+        mutating func set(_ queues: [String]) {
+            self.queues = queues
+            lists = []
+            for bucket in RedisBroker.priorityBuckets {
+                for queue in queues { lists.append(RedisBroker.list(for: queue, priority: bucket)) }
+            }
+            brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
+        }
+
+        /// kombu's rotation: the queue that just delivered goes last.
+        mutating func moveToEnd(_ queue: String) {
+            guard let position = queues.firstIndex(of: queue), position != queues.count - 1 else { return }
+            var rotated = queues
+            rotated.remove(at: position)
+            rotated.append(queue)
+            set(rotated)
+        }
     }
 
     /// The queue a list belongs to: the list name without its priority suffix.
@@ -109,24 +127,54 @@ public final class RedisBroker: Broker {
         return String(decoding: list.utf8.prefix(end), as: UTF8.self)
     }
 
-    /// `[<envelope>, "<exchange>", "<routing_key>"]`, the value kombu stores in `unacked`.
-    static func unackedRecord(raw: [UInt8], exchange: String, routingKey: String) -> [UInt8] {
-        var record: [UInt8] = [UInt8(ascii: "[")]
-        record.append(contentsOf: raw)
-        record.append(contentsOf: ", ".utf8)
-        CeleryJSON.encode(.string(exchange), into: &record)
-        record.append(contentsOf: ", ".utf8)
-        CeleryJSON.encode(.string(routingKey), into: &record)
-        record.append(UInt8(ascii: "]"))
-        return record
+    /// kombu's record of a message in `unacked`, as one request in Redis's protocol (four commands, four replies):
+    /// `MULTI`, `ZADD unacked_index <receivedAt> <tag>`, `HSET unacked <tag> <value>`, `EXEC`. The value is
+    /// `[<envelope>, "<exchange>", "<routing_key>"]`, as kombu stores it, written straight into the request.
+    static func recordRequest(
+        raw: [UInt8], tag: String, exchange: String, routingKey: String, receivedAt: Double,
+        unackedKey: String, unackedIndexKey: String
+    ) -> [UInt8] {
+        var exchangeText: [UInt8] = []
+        CeleryJSON.encode(.string(exchange), into: &exchangeText)
+        var routingKeyText: [UInt8] = []
+        CeleryJSON.encode(.string(routingKey), into: &routingKeyText)
+        let separator = Array(", ".utf8)
+        let valueLength = 1 + raw.count + separator.count + exchangeText.count + separator.count + routingKeyText.count + 1
+        var request: [UInt8] = []
+        request.reserveCapacity(valueLength + tag.utf8.count * 2 + 128)
+        func command(_ arguments: Int, _ name: String) {
+            RESPArguments.writeLine(UInt8(ascii: "*"), arguments, into: &request)
+            RESPArguments.writeArgument(name, into: &request)
+        }
+        command(1, "MULTI")
+        command(4, "ZADD")
+        RESPArguments.writeArgument(unackedIndexKey, into: &request)
+        RESPArguments.writeArgument(receivedAt.description, into: &request)
+        RESPArguments.writeArgument(tag, into: &request)
+        command(4, "HSET")
+        RESPArguments.writeArgument(unackedKey, into: &request)
+        RESPArguments.writeArgument(tag, into: &request)
+        RESPArguments.writeLine(UInt8(ascii: "$"), valueLength, into: &request)
+        request.append(UInt8(ascii: "["))
+        request.append(contentsOf: raw)
+        request.append(contentsOf: separator)
+        request.append(contentsOf: exchangeText)
+        request.append(contentsOf: separator)
+        request.append(contentsOf: routingKeyText)
+        request.append(UInt8(ascii: "]"))
+        request.append(contentsOf: [0x0D, 0x0A])
+        command(1, "EXEC")
+        return request
     }
 
     /// A popped message: its list, its text, the tag it was recorded under in `unacked` (none when it has no
-    /// `properties.delivery_tag`), when it was received, and the record's write while it is unconfirmed.
-    typealias Popped = (list: String, raw: [UInt8], tag: String?, receivedAt: Double, record: PendingRecord?)
+    /// `properties.delivery_tag`), when it was received, the record's write while it is unconfirmed, and the
+    /// envelope when it was decoded already.
+    typealias Popped = (
+        list: String, raw: [UInt8], tag: String?, receivedAt: Double, record: PendingRecord?, envelope: KombuEnvelope?
+    )
 
-    private func blockingPop(lists: [String]) async throws(CeleryWorkerError) -> [Popped] {
-        let brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
+    private func blockingPop(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
         if blocking.sharesLane { return try await blockingPopOnSharedLane(brpop) }
         let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([Popped], Int?) in
             let started = ContinuousClock.now
@@ -134,18 +182,18 @@ public final class RedisBroker: Broker {
             guard let (message, record) = self.received(reply.first, waitedSince: started) else { return ([], nil) }
             guard let record else { return ([message], nil) }
             // Queued now and written as soon as this thread is free again, right after the message is handed on
-            // (the task thread decodes it meanwhile), in one write with the next pop: at idle that saves Redis a
+            // (the task thread validates it meanwhile), in one write with the next pop: at idle that saves Redis a
             // wake-up and keeps the record off the way to the result. The reply is read before the next pop's, and
             // acknowledging the message waits for it. Already off the list: if the write fails the message still
             // runs (unrecorded) rather than being lost.
             let pending = PendingRecord()
             let place: Int
             do {
-                place = try connection.appendUnread(record, then: pending.complete)
+                place = try connection.appendUnread(request: record, replies: 4, then: pending.complete)
             } catch {
                 return ([message], nil)
             }
-            return ([(message.list, message.raw, message.tag, message.receivedAt, pending)], place)
+            return ([(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)], place)
         }
         if let place {
             // The next fetch writes the record with its own command and reads the reply first; this writes it and
@@ -170,13 +218,14 @@ public final class RedisBroker: Broker {
         guard let (message, record) = received(reply.first, waitedSince: started) else { return [] }
         guard let record else { return [message] }
         let pending = PendingRecord()
-        blocking.sendWithoutWaiting(record, then: pending.complete)
-        return [(message.list, message.raw, message.tag, message.receivedAt, pending)]
+        blocking.sendWithoutWaiting(request: record, replies: 4, then: pending.complete)
+        return [(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)]
     }
 
-    /// A blocking pop's reply: the message (its record still to write) and the commands that record it in
-    /// `unacked` as kombu does; `nil` when the pop timed out. Notes whether the pop waited.
-    private func received(_ reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> (Popped, [RedisCommand]?)? {
+    /// A blocking pop's reply: the message (its record still to write) and the request that records it in
+    /// `unacked` as kombu does (``recordRequest(raw:tag:exchange:routingKey:receivedAt:unackedKey:unackedIndexKey:)``);
+    /// `nil` when the pop timed out. Notes whether the pop waited.
+    private func received(_ reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> (Popped, [UInt8]?)? {
         guard case .array(let pair)? = reply, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes else {
             waited.withLock { $0 = true }
             return nil
@@ -184,16 +233,20 @@ public final class RedisBroker: Broker {
         // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
         waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
         let receivedAt = WallClock.now()
-        // The tag, exchange and routing key kombu records (only `properties` is decoded); none: not recorded.
-        guard let fields = KombuEnvelope.deliveryFields(of: raw) else { return ((list, raw, nil, receivedAt, nil), nil) }
-        let record = Self.unackedRecord(raw: raw, exchange: fields.exchange, routingKey: fields.routingKey)
-        let commands = [
-            RedisCommand("MULTI"),
-            RedisCommand("ZADD", RedisArgument(unackedIndexKey), RedisArgument(receivedAt), RedisArgument(fields.tag)),
-            RedisCommand("HSET", RedisArgument(unackedKey), RedisArgument(fields.tag), RedisArgument(record)),
-            RedisCommand("EXEC"),
-        ]
-        return ((list, raw, fields.tag, receivedAt, nil), commands)
+        // The tag, exchange and routing key kombu records; none: not recorded. The whole envelope is decoded for
+        // them, and kept: the worker reads it next. One that does not decode is scanned for its properties alone,
+        // so an invalid body is still recorded (and then settled as invalid).
+        let envelope = try? KombuEnvelope(decoding: raw)
+        let found = envelope.map { envelope in
+            envelope.deliveryTag.map { (tag: $0, exchange: envelope.deliveryInfo.exchange, routingKey: envelope.deliveryInfo.routingKey) }
+        }
+        guard let fields = found ?? KombuEnvelope.deliveryFields(of: raw) else {
+            return ((list, raw, nil, receivedAt, nil, envelope), nil)
+        }
+        let request = Self.recordRequest(
+            raw: raw, tag: fields.tag, exchange: fields.exchange, routingKey: fields.routingKey, receivedAt: receivedAt,
+            unackedKey: unackedKey, unackedIndexKey: unackedIndexKey)
+        return ((list, raw, fields.tag, receivedAt, nil, envelope), request)
     }
 
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {
@@ -215,7 +268,7 @@ public final class RedisBroker: Broker {
             guard let position = items[index].integer, lists.indices.contains(Int(position) - 1),
                 let raw = items[index + 1].bytes
             else { continue }
-            popped.append((lists[Int(position) - 1], raw, items[index + 2].text, receivedAt, nil))
+            popped.append((lists[Int(position) - 1], raw, items[index + 2].text, receivedAt, nil, nil))
         }
         return popped
     }

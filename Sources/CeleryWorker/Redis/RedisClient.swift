@@ -58,11 +58,11 @@ public final class RedisClient: Sendable {
         return try outcome.get()
     }
 
-    /// Sends the commands without waiting for their replies (on a shared lane only): `then` gets the first error
-    /// among them once the lane's event loop has read them, or the failure when they could not be written or the
-    /// connection closed first.
-    func sendWithoutWaiting(_ commands: [RedisCommand], then: @escaping @Sendable (_ failure: String?) -> Void) {
-        write(commands.map(RedisConnection.resp), replies: commands.count, retrying: false) { result in
+    /// Sends a request already in Redis's protocol (together `replies` commands) without waiting for its replies (on
+    /// a shared lane only): `then` gets the first error among them once the lane's event loop has read them, or the
+    /// failure when they could not be written or the connection closed first.
+    func sendWithoutWaiting(request: [UInt8], replies: Int, then: @escaping @Sendable (_ failure: String?) -> Void) {
+        write([request], replies: replies, retrying: false) { result in
             then(RedisConnection.failure(of: result))
         }
     }

@@ -101,14 +101,24 @@ final class RedisConnection: @unchecked Sendable {
     func appendUnread(
         _ commands: [RedisCommand], then: @escaping @Sendable (_ failure: String?) -> Void
     ) throws(CeleryWorkerError) -> Int {
+        try appendUnread(request: commands.flatMap(Self.resp), replies: commands.count, then: then)
+    }
+
+    /// ``appendUnread(_:then:)`` of a request already in Redis's protocol, together `replies` commands.
+    func appendUnread(
+        request: [UInt8], replies: Int, then: @escaping @Sendable (_ failure: String?) -> Void
+    ) throws(CeleryWorkerError) -> Int {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Int in
             let context = try connectedContext(&state)
-            for command in commands where Self.append(command, to: context) != REDIS_OK {
-                let error = Self.error(from: context, code: .connectionLost, doing: command.name)
+            let status = request.withUnsafeBufferPointer { buffer in
+                buffer.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+            }
+            guard status == REDIS_OK else {
+                let error = Self.error(from: context, code: .connectionLost, doing: "queueing a request")
                 Self.close(&state)
                 throw error
             }
-            state.unread.append(Unread(replies: commands.count) { then(Self.failure(of: $0)) })
+            state.unread.append(Unread(replies: replies) { then(Self.failure(of: $0)) })
             return state.unreadDone + state.unread.count
         }
     }
