@@ -222,7 +222,7 @@ extension RedisBrokerTests {
         #expect(try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
     }
 
-    @Test("a blocking pop records an odd exchange and routing key as kombu writes them, hands on the envelope it decoded, and records a message whose body does not decode")
+    @Test("a blocking pop records odd delivery fields as kombu does, hands on what it decoded, records a bad body")
     func blockingPathRecordsOddFields() async throws {
         let (broker, client) = try await broker()
         let pusher = RedisClient(url: client.url)
