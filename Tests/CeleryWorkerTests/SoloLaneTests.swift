@@ -135,6 +135,87 @@ struct SoloLaneTests {
         #expect(try await client.send(RedisCommand("PING")) == .status("PONG"))
     }
 
+    @Test(
+        "a blocking pop's record sent on the results connection lands in the broker's database, ahead of what follows it",
+        .enabled(if: TestRedis.enabled))
+    func recordOnResultsConnection() async throws {
+        let (lane, results) = try Self.soloClient()
+        defer { lane.shutdown() }
+        let brokerURL = try RedisURL(parsing: "\(try #require(TestRedis.base))/13")
+        let broker = RedisBroker(
+            blocking: RedisClient(url: brokerURL, sharedLane: lane), commands: RedisClient(url: brokerURL, sharedLane: lane),
+            records: results)
+        let (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 13), try await TestRedis.client(database: 12))
+        for database in [brokerDatabase, resultsDatabase] { try await database.send(RedisCommand("FLUSHDB")) }
+        let raw = try fixture("v2-json-add.message.json")
+        let delivery = try await withTaskExecutorPreference(lane) { () async throws -> BrokerDelivery in
+            async let fetched = broker.fetch(queues: ["celery"], limit: 4)
+            try await Task.sleep(for: .milliseconds(200))
+            try await brokerDatabase.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+            return try #require(try await fetched.first)
+        }
+        let tag = try #require(delivery.deliveryTag)
+        #expect(PendingRecord.precedes(delivery.pendingRecord, on: results))
+        #expect(!PendingRecord.precedes(delivery.pendingRecord, on: broker.commands))
+        // Sent right after the record on its connection, not waiting for the record's reply: its reply comes after.
+        let written = try await withTaskExecutorPreference(lane) { () async throws -> Bool in
+            let done = try #require(delivery.pendingRecord)
+            try await results.send(RedisCommand("SET", "after-record", "1"))
+            return done.isDone
+        }
+        #expect(written)
+        #expect(await [delivery].recorded().isEmpty)
+        let record = try await brokerDatabase.send(RedisCommand("HGET", "unacked", RedisArgument(tag)))
+        #expect(record.bytes == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+        #expect(try await brokerDatabase.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
+        // The results connection is back on its own database.
+        #expect(try await resultsDatabase.send(RedisCommand("GET", "after-record")).text == "1")
+        #expect(try await resultsDatabase.send(RedisCommand("EXISTS", "unacked", "unacked_index")).integer == 0)
+    }
+
+    @Test(
+        "a request not waited for goes out on a new connection when the server hung up on the idle one",
+        .enabled(if: TestRedis.enabled))
+    func hungUp() async throws {
+        let (lane, client) = try Self.soloClient()
+        defer { lane.shutdown() }
+        let id = try #require(try await client.send(RedisCommand("CLIENT", "ID")).integer)
+        let other = try await TestRedis.client(database: 12)
+        try await other.send(RedisCommand("DEL", "hung-up"))
+        try await other.send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+        try await Task.sleep(for: .milliseconds(50))
+        let failure = Shared<String?>("not answered")
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            client.sendWithoutWaiting(request: RedisConnection.resp(RedisCommand("SET", "hung-up", "1")), replies: 1) {
+                failure.withLock { [failure = $0] in $0 = failure }
+                done.resume()
+            }
+        }
+        #expect(failure.withLock { $0 } == nil)
+        #expect(try await other.send(RedisCommand("GET", "hung-up")).text == "1")
+    }
+
+    @Test("writes to a socket the server closed fail with an error, not SIGPIPE", .enabled(if: TestRedis.enabled))
+    func brokenPipe() async throws {
+        let connection = RedisConnection(url: try RedisURL(parsing: "\(try #require(TestRedis.base))/12"))
+        let id = try #require(try connection.execute([RedisCommand("CLIENT", "ID")]).first?.integer)
+        try await TestRedis.client(database: 12).send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+        try await Task.sleep(for: .milliseconds(50))
+        // The first write after the server's close succeeds; Redis's side answers it with a reset, and a later write
+        // then raises SIGPIPE, which would end the test process if the connection had not had it ignored.
+        var failed: CeleryWorkerError?
+        for _ in 0..<20 where failed == nil {
+            do throws(CeleryWorkerError) {
+                try connection.send([RedisConnection.resp(RedisCommand("PING"))], replies: 1) { _ in }
+            } catch {
+                failed = error
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(failed?.code == .connectionLost)
+        connection.close()
+    }
+
     @Test("a reply overdue past the command timeout fails the request", .enabled(if: TestRedis.enabled))
     func overdue() async throws {
         let (lane, client) = try Self.soloClient(commandTimeout: .milliseconds(300))

@@ -115,9 +115,7 @@ public final class RedisResultBackend: ResultBackend {
     /// Whether `broker` is on the same Redis server as this backend (whatever the databases), so that one script
     /// can write a settler batch: its acknowledgements and its results.
     func sharesServer(with broker: RedisBroker) -> Bool {
-        let mine = client.url
-        let theirs = broker.commands.url
-        return mine.endpoint == theirs.endpoint && mine.username == theirs.username && mine.password == theirs.password
+        client.url.isSameServer(as: broker.commands.url)
     }
 
     /// Writes a settler batch in one round trip and one atomic script, in its order: acknowledges `earlyAcks`,

@@ -47,6 +47,22 @@ final class PendingRecord: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The client whose connection the record went out on. A write sent after it on the same connection reaches
+    /// Redis after it (Redis runs one connection's commands in order), so it need not wait for the reply.
+    let sentOn: ObjectIdentifier?
+
+    init(sentOn client: RedisClient? = nil) {
+        sentOn = client.map(ObjectIdentifier.init)
+    }
+
+    /// Whether a write sent on `client` now reaches Redis after the record (or the record has nothing to wait for).
+    static func precedes(_ record: PendingRecord?, on client: RedisClient) -> Bool {
+        guard let record else { return true }
+        return record.sentOn == ObjectIdentifier(client)
+    }
+
+    /// Whether the reply is read (or the connection closed).
+    var isDone: Bool { state.withLock { $0.done } }
 
     /// Why the record may not be in Redis (an error reply, or no reply at all), once ``wait()`` returned; `nil`
     /// when Redis confirmed it, or when it was taken already (it is reported once).

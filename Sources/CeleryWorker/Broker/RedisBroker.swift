@@ -19,12 +19,25 @@ public final class RedisBroker: Broker {
     /// Whether the last blocking pop waited for its message (or for nothing): the queues were empty then.
     private let waited = Mutex(false)
 
+    /// Where a blocking pop's record goes out on the solo pool's lane (the blocking connection unless the service
+    /// says otherwise).
+    let records: RedisClient
+
     /// - Parameters:
     ///   - blocking: the connection used only for `BRPOP`.
     ///   - commands: the connection for bookkeeping (`unacked`), acks and restores.
-    public init(blocking: RedisClient, commands: RedisClient) {
+    public convenience init(blocking: RedisClient, commands: RedisClient) {
+        self.init(blocking: blocking, commands: commands, records: nil)
+    }
+
+    /// - Parameter records: with the solo pool, where a blocking pop's record goes out (on the lane, not waited
+    ///   for): the result backend's client when the backend is on the broker's server, so the write that
+    ///   acknowledges the message follows the record on one connection and need not wait for the record's reply.
+    ///   `nil`: the blocking connection.
+    init(blocking: RedisClient, commands: RedisClient, records: RedisClient?) {
         self.blocking = blocking
         self.commands = commands
+        self.records = records ?? blocking
     }
 
     /// Where the worker's fetch loop runs: on the thread of the connection it fetches with, so each round trip
@@ -130,9 +143,11 @@ public final class RedisBroker: Broker {
     /// kombu's record of a message in `unacked`, as one request in Redis's protocol (four commands, four replies):
     /// `MULTI`, `ZADD unacked_index <receivedAt> <tag>`, `HSET unacked <tag> <value>`, `EXEC`. The value is
     /// `[<envelope>, "<exchange>", "<routing_key>"]`, as kombu stores it, written straight into the request.
+    /// With `selecting` (six commands, six replies), the transaction selects the broker's database before the two
+    /// writes and the connection's again after them.
     static func recordRequest(
         raw: [UInt8], tag: String, exchange: String, routingKey: String, receivedAt: Double,
-        unackedKey: String, unackedIndexKey: String
+        unackedKey: String, unackedIndexKey: String, selecting: (broker: Int, connection: Int)? = nil
     ) -> [UInt8] {
         var exchangeText: [UInt8] = []
         CeleryJSON.encode(.string(exchange), into: &exchangeText)
@@ -146,7 +161,12 @@ public final class RedisBroker: Broker {
             RESPArguments.writeLine(UInt8(ascii: "*"), arguments, into: &request)
             RESPArguments.writeArgument(name, into: &request)
         }
+        func select(_ database: Int) {
+            command(2, "SELECT")
+            RESPArguments.writeArgument(String(database), into: &request)
+        }
         command(1, "MULTI")
+        if let selecting { select(selecting.broker) }
         command(4, "ZADD")
         RESPArguments.writeArgument(unackedIndexKey, into: &request)
         RESPArguments.writeArgument(receivedAt.description, into: &request)
@@ -163,6 +183,7 @@ public final class RedisBroker: Broker {
         request.append(contentsOf: routingKeyText)
         request.append(UInt8(ascii: "]"))
         request.append(contentsOf: [0x0D, 0x0A])
+        if let selecting { select(selecting.connection) }
         command(1, "EXEC")
         return request
     }
@@ -179,7 +200,10 @@ public final class RedisBroker: Broker {
         let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([Popped], Int?) in
             let started = ContinuousClock.now
             let reply = try connection.execute([brpop])
-            guard let (message, record) = self.received(reply.first, waitedSince: started) else { return ([], nil) }
+            let database = self.commands.url.database
+            guard let (message, record) = self.received(reply.first, waitedSince: started, recordingIn: database) else {
+                return ([], nil)
+            }
             guard let record else { return ([message], nil) }
             // Queued now and written as soon as this thread is free again, right after the message is handed on
             // (the task thread validates it meanwhile), in one write with the next pop: at idle that saves Redis a
@@ -189,7 +213,7 @@ public final class RedisBroker: Broker {
             let pending = PendingRecord()
             let place: Int
             do {
-                place = try connection.appendUnread(request: record, replies: 4, then: pending.complete)
+                place = try connection.appendUnread(request: record.request, replies: record.replies, then: pending.complete)
             } catch {
                 return ([message], nil)
             }
@@ -211,21 +235,28 @@ public final class RedisBroker: Broker {
     }
 
     /// The blocking pop of the solo pool: the lane's thread runs tasks while it waits. The record is written at
-    /// once, without waiting for its reply (the lane's event loop reads it; acknowledging the message waits for it).
+    /// once on ``records``, without waiting for its reply (the lane's event loop reads it; acknowledging the message
+    /// on another connection waits for it).
     private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
         let started = ContinuousClock.now
         let reply = try await blocking.pipeline([brpop])
-        guard let (message, record) = received(reply.first, waitedSince: started) else { return [] }
+        let database = records.url.database
+        guard let (message, record) = received(reply.first, waitedSince: started, recordingIn: database) else { return [] }
         guard let record else { return [message] }
-        let pending = PendingRecord()
-        blocking.sendWithoutWaiting(request: record, replies: 4, then: pending.complete)
+        let pending = PendingRecord(sentOn: records)
+        records.sendWithoutWaiting(request: record.request, replies: record.replies, then: pending.complete)
         return [(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)]
     }
 
     /// A blocking pop's reply: the message (its record still to write) and the request that records it in
     /// `unacked` as kombu does (``recordRequest(raw:tag:exchange:routingKey:receivedAt:unackedKey:unackedIndexKey:)``);
     /// `nil` when the pop timed out. Notes whether the pop waited.
-    private func received(_ reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> (Popped, [UInt8]?)? {
+    ///
+    /// `database` is the one selected on the connection the record goes out on: the request selects the broker's
+    /// inside its transaction, and that one again, when they differ.
+    private func received(
+        _ reply: RedisReply?, waitedSince started: ContinuousClock.Instant, recordingIn database: Int
+    ) -> (Popped, (request: [UInt8], replies: Int)?)? {
         guard case .array(let pair)? = reply, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes else {
             waited.withLock { $0 = true }
             return nil
@@ -243,10 +274,12 @@ public final class RedisBroker: Broker {
         guard let fields = found ?? KombuEnvelope.deliveryFields(of: raw) else {
             return ((list, raw, nil, receivedAt, nil, envelope), nil)
         }
+        let brokerDatabase = commands.url.database
+        let selecting = brokerDatabase == database ? nil : (broker: brokerDatabase, connection: database)
         let request = Self.recordRequest(
             raw: raw, tag: fields.tag, exchange: fields.exchange, routingKey: fields.routingKey, receivedAt: receivedAt,
-            unackedKey: unackedKey, unackedIndexKey: unackedIndexKey)
-        return ((list, raw, fields.tag, receivedAt, nil, envelope), request)
+            unackedKey: unackedKey, unackedIndexKey: unackedIndexKey, selecting: selecting)
+        return ((list, raw, fields.tag, receivedAt, nil, envelope), (request, selecting == nil ? 4 : 6))
     }
 
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {

@@ -60,9 +60,11 @@ public final class RedisClient: Sendable {
 
     /// Sends a request already in Redis's protocol (together `replies` commands) without waiting for its replies (on
     /// a shared lane only): `then` gets the first error among them once the lane's event loop has read them, or the
-    /// failure when they could not be written or the connection closed first.
+    /// failure when they could not be written or the connection closed first. A connection the server has hung up
+    /// on since its last use is replaced first (``RedisConnection/closeIfHungUp()``): nobody waits for this request to
+    /// find out that it was lost.
     func sendWithoutWaiting(request: [UInt8], replies: Int, then: @escaping @Sendable (_ failure: String?) -> Void) {
-        write([request], replies: replies, retrying: false) { result in
+        write([request], replies: replies, retrying: false, checkingHangUp: true) { result in
             then(RedisConnection.failure(of: result))
         }
     }
@@ -71,12 +73,13 @@ public final class RedisClient: Sendable {
     /// connection for its replies. `handle` runs exactly once: with the replies, or with the failure, also when the
     /// request could not be written.
     private func write(
-        _ parts: [[UInt8]], replies: Int, retrying: Bool,
+        _ parts: [[UInt8]], replies: Int, retrying: Bool, checkingHangUp: Bool = false,
         handle: @escaping @Sendable (Result<[RedisReply], CeleryWorkerError>) -> Void
     ) {
         let connection = self.connection
         let lane = self.lane
         let body: @Sendable () -> Void = {
+            if checkingHangUp { connection.closeIfHungUp() }
             let wasOpen = connection.isOpen
             do throws(CeleryWorkerError) {
                 do throws(CeleryWorkerError) {

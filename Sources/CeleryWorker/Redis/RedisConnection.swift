@@ -347,6 +347,24 @@ final class RedisConnection: @unchecked Sendable {
     /// Whether a context is open (it may still turn out broken on use).
     var isOpen: Bool { state.withLock { $0.context != nil } }
 
+    /// Closes the connection when nothing is awaited on it and the server has hung up on it (it restarted since the
+    /// connection's last use), so the next write opens a new one. Without this, a write that is not waited for goes
+    /// out on the dead socket (the first write after the server's close succeeds) and is lost. One `poll(2)` that
+    /// does not wait.
+    func closeIfHungUp() {
+        state.withLock { state in
+            guard let context = state.context, state.unread.isEmpty else { return }
+            #if os(Linux)
+                let hangUp = Int16(0x2000 | POLLHUP | POLLERR)  // POLLRDHUP (Linux's; Glibc's module leaves it out)
+            #else
+                let hangUp = Int16(POLLHUP | POLLERR)
+            #endif
+            var socket = pollfd(fd: context.pointee.fd, events: hangUp, revents: 0)
+            guard poll(&socket, 1, 0) == 1, socket.revents & hangUp != 0 else { return }
+            Self.close(&state, failure: CeleryWorkerError(code: .connectionLost, message: "the server closed the connection"))
+        }
+    }
+
     private static func close(
         _ state: inout State,
         failure: CeleryWorkerError = CeleryWorkerError(code: .connectionLost, message: RedisConnection.unanswered)
@@ -361,8 +379,17 @@ final class RedisConnection: @unchecked Sendable {
         for sent in unread { sent.handle(.failure(failure)) }
     }
 
+    /// `SIGPIPE` ignored, once, before the first connection opens. hiredis writes with `write(2)`, and a second write
+    /// to a connection the server has closed (a Redis restart) raises `SIGPIPE`, whose default action ends the
+    /// process without a word; ignored, the write fails with `EPIPE` and the connection is re-opened. Python ignores
+    /// `SIGPIPE` at start, so a Python worker or producer behaves the same.
+    private static let sigpipeIgnored: Void = {
+        _ = signal(SIGPIPE, SIG_IGN)
+    }()
+
     private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> UnsafeMutablePointer<redisContext> {
         if let context = state.context { return context }
+        Self.sigpipeIgnored
         let timeout = Self.timeval(connectTimeout)
         let opened: UnsafeMutablePointer<redisContext>?
         switch url.endpoint {

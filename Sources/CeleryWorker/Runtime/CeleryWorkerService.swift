@@ -49,13 +49,15 @@ public final class CeleryWorkerService: Service {
             guard let soloLane else { return RedisClient(url: url, commandTimeout: commandTimeout, threadName: threadName) }
             return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: soloLane)
         }
+        let results = configuration.resultBackendURL.map { client($0, threadName: "redis-results") }
+        // Solo, with the backend on the broker's server: a blocking pop's record goes out on the results connection,
+        // so the settle script that acknowledges the message follows it there without waiting for its reply.
+        let records = soloLane != nil && results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
         let broker = RedisBroker(
             blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
-            commands: client(configuration.brokerURL))
-        let backend = configuration.resultBackendURL.map { url in
-            RedisResultBackend(
-                client: client(url, threadName: "redis-results"),
-                serializer: configuration.resultSerializer, expires: configuration.resultExpires)
+            commands: client(configuration.brokerURL), records: records)
+        let backend = results.map { results in
+            RedisResultBackend(client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires)
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
@@ -561,14 +563,24 @@ final class WorkerRun: Sendable {
     private func settleTogether(
         _ phases: Settler.Phases, _ shared: (backend: RedisResultBackend, broker: RedisBroker)
     ) async -> Bool {
-        // A delivery without a tag was never recorded: it has nothing to wait for, acknowledge or forget.
-        warnUnrecorded(await phases.earlyAcks.recorded())
-        warnUnrecorded(await phases.lateAcks.recorded())
+        // A delivery without a tag was never recorded: it has nothing to wait for, acknowledge or forget. Records
+        // sent on the connection this script goes out on (the solo pool's) reach Redis before it anyway: their
+        // replies are read before its reply, and checked after it.
+        let client = shared.backend.client
+        let inOrder =
+            phases.earlyAcks.allSatisfy { PendingRecord.precedes($0.pendingRecord, on: client) }
+            && phases.lateAcks.allSatisfy { PendingRecord.precedes($0.pendingRecord, on: client) }
+        func checkRecords() async {
+            warnUnrecorded(await phases.earlyAcks.recorded())
+            warnUnrecorded(await phases.lateAcks.recorded())
+        }
+        if !inOrder { await checkRecords() }
         let early = phases.earlyAcks.compactMap(\.deliveryTag)
         let late = phases.lateAcks.compactMap(\.deliveryTag)
         let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Redis") { () throws(CeleryWorkerError) in
             try await shared.backend.settle(earlyAcks: early, documents: phases.documents, lateAcks: late, broker: shared.broker)
         }
+        if inOrder { await checkRecords() }
         if let failure = outcome.failure {
             logger.warning("Cannot write results and acknowledgements in one script (\(failure.message)); writing them apart")
             return false
