@@ -50,17 +50,21 @@ def tree_pids(pid):
     return pids
 
 
-def tree_cpu_seconds(pid):
+def tree_cpu_and_switches(pid):
     """The CPU time of every thread of the process tree so far, to the nanosecond (`schedstat`; `stat` counts
-    ticks of 10 ms, too coarse for one idle sample)."""
-    total = 0
+    ticks of 10 ms, too coarse for one idle sample), and how often its threads were switched out (each a sleep and
+    a wake-up, or a preemption)."""
+    total, switches = 0, 0
     for p in tree_pids(pid):
-        for stat in Path(f"/proc/{p}/task").glob("*/schedstat"):
+        for task in Path(f"/proc/{p}/task").iterdir():
             try:
-                total += int(stat.read_text().split()[0])
+                total += int((task / "schedstat").read_text().split()[0])
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        switches += int(line.split()[1])
             except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                 pass
-    return total / 1e9
+    return total / 1e9, switches
 
 
 def tree_stats(pid):
@@ -277,7 +281,7 @@ def latency(kind, server, samples, logdir, gap=0.01):
     try:
         push.sendall(resp("SELECT", 1))
         pushed.read()
-        cpu_before = tree_cpu_seconds(proc.pid)
+        cpu_before, switches_before = tree_cpu_and_switches(proc.pid)
         for raw in messages:
             task_id = json.loads(raw)["headers"]["id"]
             sub.sendall(resp("SUBSCRIBE", f"celery-task-meta-{task_id}"))
@@ -298,7 +302,9 @@ def latency(kind, server, samples, logdir, gap=0.01):
             sub.sendall(resp("UNSUBSCRIBE"))
             subscribed.read()
             time.sleep(gap)
-        cpu = (tree_cpu_seconds(proc.pid) - cpu_before) / len(messages)
+        cpu_after, switches_after = tree_cpu_and_switches(proc.pid)
+        cpu = (cpu_after - cpu_before) / len(messages)
+        switches = (switches_after - switches_before) / len(messages)
     finally:
         push.close()
         sub.close()
@@ -306,7 +312,7 @@ def latency(kind, server, samples, logdir, gap=0.01):
         proc.wait(30)
     times.sort()
     return {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
-            "cpu_us": cpu * 1e6}
+            "cpu_us": cpu * 1e6, "switches": switches}
 
 
 def startup(kind, server, logdir, runs=5):
@@ -432,7 +438,7 @@ def latency_kinds(text):
 def print_latency(kind, gap, lat):
     label = {"python-loop": "python BRPOP+PUBLISH loop", "c-loop": "C BRPOP+PUBLISH loop"}.get(kind, kind)
     print(f"idle pick-up latency, {gap:g} ms apart, {label:26} p50 {lat['p50_ms']:.2f} ms  "
-          f"p99 {lat['p99_ms']:.2f} ms  CPU {lat['cpu_us']:.0f} us per sample", flush=True)
+          f"p99 {lat['p99_ms']:.2f} ms  CPU {lat['cpu_us']:.0f} us and {lat['switches']:.1f} switches per sample", flush=True)
 
 
 def whole(text):
