@@ -79,7 +79,8 @@ public final class RedisBroker: Broker {
             popped = try await popAndRecord(lists: lists, limit: max(1, limit))
         }
         if popped.isEmpty {
-            // Nothing waiting: block for the next message, recording it straight after on the same connection.
+            // Nothing waiting: block for the next message, recording it straight after (on the same connection, or
+            // with the solo pool on ``records``).
             popped = try await blockingPop(brpop)
         } else {
             waited.withLock { $0 = false }
