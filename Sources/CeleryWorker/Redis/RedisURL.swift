@@ -118,12 +118,12 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The URL with any password replaced by `**`, as Celery's banner shows it.
     /// Whether `other` reaches the same server as the same user (whatever the database).
     func isSameServer(as other: RedisURL) -> Bool {
         endpoint == other.endpoint && username == other.username && password == other.password
     }
 
+    /// The URL with any password replaced by `**`, as Celery's banner shows it.
     public var description: String {
         let credentials: String
         switch (username, password) {
