@@ -17,6 +17,12 @@ struct SoloLaneTests {
         return (lane, RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: lane))
     }
 
+    /// Has the server close the connection `id` (its `CLIENT ID`), from another connection.
+    static func kill(connection id: Int64?) async throws {
+        let id = try #require(id)
+        try await TestRedis.client(database: 12).send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+    }
+
     @Test("work that waits for the thread to be idle runs after everything queued before and meanwhile")
     func whenIdle() async {
         let lane = WorkerThreads(count: 1, name: "test-solo", eventLoop: true)
@@ -119,11 +125,10 @@ struct SoloLaneTests {
     func killed() async throws {
         let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
-        let id = try #require(try await client.send(RedisCommand("CLIENT", "ID")).integer)
+        let id = try await client.send(RedisCommand("CLIENT", "ID")).integer
         async let pop = client.send(RedisCommand("BLPOP", "solo-never", "5"))
         try await Task.sleep(for: .milliseconds(100))
-        let killer = try await TestRedis.client(database: 12)
-        try await killer.send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+        try await Self.kill(connection: id)
         let started = ContinuousClock.now
         do {
             _ = try await pop
@@ -179,10 +184,9 @@ struct SoloLaneTests {
     func hungUp() async throws {
         let (lane, client) = try Self.soloClient()
         defer { lane.shutdown() }
-        let id = try #require(try await client.send(RedisCommand("CLIENT", "ID")).integer)
         let other = try await TestRedis.client(database: 12)
         try await other.send(RedisCommand("DEL", "hung-up"))
-        try await other.send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+        try await Self.kill(connection: try await client.send(RedisCommand("CLIENT", "ID")).integer)
         try await Task.sleep(for: .milliseconds(50))
         let failure = Shared<String?>("not answered")
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
@@ -198,8 +202,7 @@ struct SoloLaneTests {
     @Test("writes to a socket the server closed fail with an error, not SIGPIPE", .enabled(if: TestRedis.enabled))
     func brokenPipe() async throws {
         let connection = RedisConnection(url: try RedisURL(parsing: "\(try #require(TestRedis.base))/12"))
-        let id = try #require(try connection.execute([RedisCommand("CLIENT", "ID")]).first?.integer)
-        try await TestRedis.client(database: 12).send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(Int(id))))
+        try await Self.kill(connection: try connection.execute([RedisCommand("CLIENT", "ID")]).first?.integer)
         try await Task.sleep(for: .milliseconds(50))
         // The first write after the server's close succeeds; Redis's side answers it with a reset, and a later write
         // then raises SIGPIPE, which would end the test process if the connection had not had it ignored.

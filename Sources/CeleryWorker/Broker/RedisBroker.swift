@@ -269,8 +269,10 @@ public final class RedisBroker: Broker {
         // them, and kept: the worker reads it next. One that does not decode is scanned for its properties alone,
         // so an invalid body is still recorded (and then settled as invalid).
         let envelope = try? KombuEnvelope(decoding: raw)
-        let found = envelope.map { envelope in
-            envelope.deliveryTag.map { (tag: $0, exchange: envelope.deliveryInfo.exchange, routingKey: envelope.deliveryInfo.routingKey) }
+        let found = envelope.map { envelope -> (tag: String, exchange: String, routingKey: String)? in
+            guard let tag = envelope.deliveryTag else { return nil }
+            let info = envelope.deliveryInfo
+            return (tag, info.exchange, info.routingKey)
         }
         guard let fields = found ?? KombuEnvelope.deliveryFields(of: raw) else {
             return ((list, raw, nil, receivedAt, nil, envelope), nil)

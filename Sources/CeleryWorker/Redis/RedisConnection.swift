@@ -110,10 +110,7 @@ final class RedisConnection: @unchecked Sendable {
     ) throws(CeleryWorkerError) -> Int {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Int in
             let context = try connectedContext(&state)
-            let status = request.withUnsafeBufferPointer { buffer in
-                buffer.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
-            }
-            guard status == REDIS_OK else {
+            guard Self.append(request, to: context) == REDIS_OK else {
                 let error = Self.error(from: context, code: .connectionLost, doing: "queueing a request")
                 Self.close(&state)
                 throw error
@@ -133,10 +130,7 @@ final class RedisConnection: @unchecked Sendable {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
             let context = try connectedContext(&state)
             for part in parts {
-                let status = part.withUnsafeBufferPointer { buffer in
-                    buffer.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
-                }
-                guard status == REDIS_OK else {
+                guard Self.append(part, to: context) == REDIS_OK else {
                     let error = Self.error(from: context, code: .connectionLost, doing: "sending a request")
                     Self.close(&state)
                     throw error
@@ -250,12 +244,7 @@ final class RedisConnection: @unchecked Sendable {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> RedisReply in
             let context = try connectedContext(&state)
             // Two appends make one command: hiredis only adds the bytes to its output buffer.
-            func write(_ part: [UInt8]) -> Int32 {
-                part.withUnsafeBufferPointer { buffer in
-                    buffer.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
-                }
-            }
-            guard write(head) == REDIS_OK, write(body) == REDIS_OK else {
+            guard Self.append(head, to: context) == REDIS_OK, Self.append(body, to: context) == REDIS_OK else {
                 let error = Self.error(from: context, code: .connectionLost, doing: name)
                 Self.close(&state)
                 throw error
@@ -436,8 +425,12 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private static func append(_ command: RedisCommand, to context: UnsafeMutablePointer<redisContext>) -> Int32 {
-        let request = resp(command)
-        return request.withUnsafeBufferPointer { buffer in
+        append(resp(command), to: context)
+    }
+
+    /// Adds bytes already in Redis's protocol to hiredis's output buffer (nothing is written yet).
+    private static func append(_ request: [UInt8], to context: UnsafeMutablePointer<redisContext>) -> Int32 {
+        request.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) { text in
                 redisAppendFormattedCommand(context, text.baseAddress, text.count)
             }
