@@ -8,6 +8,8 @@ public final class RedisClient: Sendable {
     let lane: WorkerThreads
     /// Whether the lane is shared with other work (`--pool solo`), see ``init(url:commandTimeout:sharedLane:)``.
     let sharesLane: Bool
+    /// Whether the client made its lane, and shuts it down when released.
+    private let ownsLane: Bool
 
     /// - Parameters:
     ///   - commandTimeout: how long to wait for a reply before the connection is treated as broken.
@@ -16,6 +18,18 @@ public final class RedisClient: Sendable {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
         self.lane = WorkerThreads(count: 1, name: threadName)
         self.sharesLane = false
+        self.ownsLane = true
+    }
+
+    /// A client whose calls run on `threads`, a set its owner made: the thread pool's task threads, so that the
+    /// thread a blocking pop wakes goes on to run the task it brought. Its calls must come one at a time (the fetch
+    /// loop's): the set has several threads, and the connection's lock keeps only single calls apart, not a
+    /// sequence such as `WATCH … EXEC`.
+    init(url: RedisURL, commandTimeout: Duration = .seconds(30), on threads: WorkerThreads) {
+        self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
+        self.lane = threads
+        self.sharesLane = false
+        self.ownsLane = false
     }
 
     /// A client whose calls run on `sharedLane`, a set of one thread that also runs the worker's tasks (`--pool
@@ -27,10 +41,11 @@ public final class RedisClient: Sendable {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
         self.lane = sharedLane
         self.sharesLane = true
+        self.ownsLane = false
     }
 
     deinit {
-        if !sharesLane { lane.shutdown() }
+        if ownsLane { lane.shutdown() }
     }
 
     /// The server this client talks to.
@@ -58,15 +73,33 @@ public final class RedisClient: Sendable {
         return try outcome.get()
     }
 
-    /// Sends a request already in Redis's protocol (together `replies` commands) without waiting for its replies (on
-    /// a shared lane only): `then` gets the first error among them once the lane's event loop has read them, or the
-    /// failure when they could not be written or the connection closed first. A connection the server has hung up
-    /// on since its last use is replaced first (``RedisConnection/closeIfHungUp()``): nobody waits for this request to
-    /// find out that it was lost.
+    /// Sends a request already in Redis's protocol (together `replies` commands) without waiting for its replies:
+    /// `then` gets the first error among them once they are read, or the failure when they could not be written or
+    /// the connection closed first. A connection the server has hung up on since its last use is replaced first
+    /// (``RedisConnection/closeIfHungUp()``): nobody waits for this request to find out that it was lost.
+    ///
+    /// On a shared lane the lane's event loop reads the replies. Otherwise the request is written on the calling
+    /// thread (the connection's lock keeps it apart from the lane's calls) and the replies are read by the next call
+    /// on this client, before its own, or by ``readUnread()``.
     func sendWithoutWaiting(request: [UInt8], replies: Int, then: @escaping @Sendable (_ failure: String?) -> Void) {
+        guard sharesLane else {
+            connection.closeIfHungUp()
+            do {
+                try connection.send([request], replies: replies) { then(RedisConnection.failure(of: $0)) }
+            } catch {
+                then(RedisConnection.failure(of: .failure(error)))
+            }
+            return
+        }
         write([request], replies: replies, retrying: false, checkingHangUp: true) { result in
             then(RedisConnection.failure(of: result))
         }
+    }
+
+    /// Reads the replies to what ``sendWithoutWaiting(request:replies:then:)`` sent that no later call has read yet,
+    /// on the lane (not a shared one: there the event loop reads them).
+    func readUnread() async {
+        try? await withConnection { connection throws(CeleryWorkerError) in try connection.readUnread() }
     }
 
     /// Writes a request on the lane's thread (at once when called there) and has the event loop watch the

@@ -35,6 +35,10 @@ public final class CeleryWorkerService: Service {
     /// connections run their calls there. `nil` for the other pools (and for a solo worker on another broker: its
     /// thread is made in ``run()``).
     let soloLane: WorkerThreads?
+    /// With `--pool threads` and the backend on the broker's server, the task threads, made here because the broker's
+    /// blocking connection runs its calls on them (see ``init(configuration:registry:logger:metricsFactory:)``).
+    /// `nil` otherwise: ``run()`` makes them.
+    let taskThreads: WorkerThreads?
 
     /// A worker on Redis, as configured.
     ///
@@ -50,12 +54,19 @@ public final class CeleryWorkerService: Service {
             return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: soloLane)
         }
         let results = configuration.resultBackendURL.map { client($0, threadName: "redis-results") }
-        // Solo, with the backend on the broker's server: a blocking pop's record goes out on the results connection,
-        // so the settle script that acknowledges the message follows it there without waiting for its reply.
-        let records = soloLane != nil && results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
-        let broker = RedisBroker(
-            blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
-            commands: client(configuration.brokerURL), records: records)
+        // With the backend on the broker's server, a blocking pop's record goes out on the results connection, so
+        // the settle script that acknowledges the message follows it there without waiting for its reply.
+        let records = results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
+        // The thread pool then fetches on its task threads, one more than the concurrency (one waits in the blocking
+        // pop): the thread a message wakes runs its task, and another takes the next pop. Otherwise the fetch loop
+        // has a thread of its own, which reads each record's reply with the next pop.
+        let taskThreads =
+            configuration.pool == .threads && records != nil
+            ? WorkerThreads(count: configuration.concurrency + 1, name: "celery-task") : nil
+        let blocking =
+            taskThreads.map { RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), on: $0) }
+            ?? client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch")
+        let broker = RedisBroker(blocking: blocking, commands: client(configuration.brokerURL), records: records)
         let backend = results.map { results in
             RedisResultBackend(client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires)
         }
@@ -67,7 +78,7 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
-            metrics: TaskMetrics(factory: metricsFactory), soloLane: soloLane,
+            metrics: TaskMetrics(factory: metricsFactory), soloLane: soloLane, taskThreads: taskThreads,
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
@@ -81,17 +92,19 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), soloLane: nil, client: nil)
+            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), soloLane: nil, taskThreads: nil,
+            client: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
         control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, soloLane: WorkerThreads?,
-        client: CeleryClient?
+        taskThreads: WorkerThreads?, client: CeleryClient?
     ) {
         self.metrics = metrics
         self.soloLane = soloLane
+        self.taskThreads = taskThreads
         self.client = client
         self.configuration = configuration
         self.registry = registry
@@ -119,7 +132,7 @@ public final class CeleryWorkerService: Service {
         let shutdown = ShutdownSignal()
         // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
         let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        let executor = solo ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
+        let executor = solo ?? taskThreads ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
@@ -358,7 +371,10 @@ final class WorkerRun: Sendable {
                 if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
                 if deliveries.isEmpty { continue }
                 held.withLock { $0.add(&deliveries) }
-                // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
+                // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis. When
+                // it is a task thread (the thread pool's fetch), the receive loop goes on here, and the message's
+                // task runs on the thread it woke; the next pop is left to another.
+                WorkerThreads.keepNextJobOnThisThread()
                 fetched.yield(deliveries)
             } catch {
                 prefetch.release(permits)

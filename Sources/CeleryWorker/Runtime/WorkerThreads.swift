@@ -9,8 +9,9 @@ import DequeModule
 /// A fixed set of dedicated threads that run executor jobs and blocking closures in the order they arrive.
 ///
 /// The worker uses three kinds: one thread per Redis connection that owns the connection's blocking socket (the
-/// fetch loop runs on the fetch connection's), one thread for the worker's own bookkeeping (dispatching, settling,
-/// remote control), and one thread per unit of concurrency for task bodies. Work handed to a set wakes one of its
+/// fetch loop runs on the fetch connection's, or on the task threads in the thread pool with the backend on the
+/// broker's server), one thread for the worker's own bookkeeping (dispatching, settling, remote control), and one
+/// thread per unit of concurrency for task bodies (one more when the fetch loop runs there). Work handed to a set wakes one of its
 /// threads when any is asleep; a busy thread takes the next item as soon as it finishes the one it runs.
 ///
 /// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
@@ -26,7 +27,7 @@ import DequeModule
 /// as its owner, and its threads may still be finishing when the owner is released); the wake pipe is created in
 /// `init` and closed in `deinit`, which runs only once no thread is left (each holds the set).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
-    private enum Item {
+    fileprivate enum Item {
         case job(UnownedJob)
         case closure(@Sendable () -> Void)
     }
@@ -47,11 +48,14 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private var stopping = false
     private var alive = 0
     let name: String
+    /// How many threads the set has.
+    private let count: Int
 
     /// Starts `count` threads named `name`; with `eventLoop`, one thread that can also wait for sockets (see
     /// ``watch(_:)``).
     init(count: Int, name: String, eventLoop: Bool = false) {
         self.name = name
+        self.count = eventLoop ? 1 : max(1, count)
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -59,7 +63,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         condition.initialize(to: pthread_cond_t())
         pthread_cond_init(condition, nil)
         wakePipe = eventLoop ? Self.makeWakePipe() : (-1, -1)
-        for number in 0..<(eventLoop ? 1 : max(1, count)) {
+        for number in 0..<self.count {
             let label = count > 1 ? "\(name)-\(number)" : name
             if Self.spawn(label, body: { [self] in self.serve() }) {
                 locked { alive += 1 }
@@ -83,12 +87,17 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         push(.closure(body))
     }
 
-    /// Runs `body` on one of the threads and returns its result to the calling task.
+    /// Runs `body` on one of the threads and returns its result to the calling task, which goes on on that thread
+    /// when it prefers this set (no other thread is woken for it).
     func run<Result: Sendable, Failure: Error>(
         _ body: @escaping @Sendable () throws(Failure) -> Result
     ) async throws(Failure) -> Result {
         let outcome = await withUnsafeContinuation { (continuation: UnsafeContinuation<Swift.Result<Result, Failure>, Never>) in
-            submit { continuation.resume(returning: Swift.Result { () throws(Failure) -> Result in try body() }) }
+            submit {
+                let result = Swift.Result { () throws(Failure) -> Result in try body() }
+                WorkerThreads.keepNextJobOnThisThread()
+                continuation.resume(returning: result)
+            }
         }
         return try outcome.get()
     }
@@ -125,7 +134,8 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// The next job the calling thread hands to its own set is left for this thread, without waking another one.
+    /// The next job the calling thread hands to its own set is left for this thread, without waking another one
+    /// (and in a set of several threads, without letting another one take it).
     ///
     /// For a job the caller waits for right away (a task body its bookkeeping awaits, or that bookkeeping once the
     /// body is done): the thread runs it as soon as its current job suspends or ends, instead of handing it to a
@@ -152,6 +162,12 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                 state.keepsNextJob = false
                 state.keptThisTurn = true
                 keptHere = true
+                if count > 1, !idle {
+                    // Not in the shared queue: a thread woken for a later item would take it first, and the hop the
+                    // caller meant to save would happen anyway.
+                    state.kept.append(item)
+                    return
+                }
             }
         }
         let wake = locked { () -> Bool? in
@@ -182,6 +198,12 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         withExtendedLifetime(state) {
             var runSincePoll = 0
             while true {
+                if let item = state.kept.popFirst() {
+                    run(item)
+                    state.keepsNextJob = false
+                    state.keptThisTurn = false
+                    continue
+                }
                 switch next() {
                 case .run(let item):
                     run(item)
@@ -353,6 +375,8 @@ protocol PolledSource: AnyObject, Sendable {
 private final class ThreadState {
     let owner: ObjectIdentifier
     var keepsNextJob = false
+    /// Jobs kept for this thread (in a set of several threads), run before it takes from the shared queue.
+    var kept = Deque<WorkerThreads.Item>()
     /// Whether the job running now already kept a job for this thread.
     var keptThisTurn = false
 

@@ -1,0 +1,82 @@
+import CeleryProtocol
+import Foundation
+import Synchronization
+import Testing
+
+@testable import CeleryWorker
+
+/// The thread pool's fetch on its task threads (``RedisClient/init(url:commandTimeout:on:)``): the thread a message
+/// wakes keeps the work that follows, and the message's record goes out from there on the results connection.
+@Suite("the thread pool's fetch on its task threads", .serialized)
+struct TaskThreadFetchTests {
+    /// Which thread the caller runs on.
+    static func thread() -> ObjectIdentifier { ObjectIdentifier(Thread.current) }
+
+    @Test("a job kept for its thread in a set of several is not taken by a thread woken for a later one")
+    func keptJobStaysOnItsThread() async throws {
+        let threads = WorkerThreads(count: 2, name: "test-kept")
+        defer { threads.shutdown() }
+        final class Seen: Sendable { let threads = Mutex<(keptBy: ObjectIdentifier, ranOn: ObjectIdentifier)?>(nil) }
+        let seen = Seen()
+        await withTaskExecutorPreference(threads) {
+            let handoff = Handoff<ObjectIdentifier>()
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    guard let keptBy = await handoff.next() else { return }
+                    seen.threads.withLock { $0 = (keptBy, Self.thread()) }
+                }
+                group.addTask {
+                    try? await Task.sleep(for: .milliseconds(50))  // the first task waits by then
+                    WorkerThreads.keepNextJobOnThisThread()
+                    handoff.yield(Self.thread())
+                    threads.submit {}  // wakes the other thread, which takes whatever the shared queue holds
+                    // Busy a while: long enough for the woken thread to take the waiting task's job, were it queued.
+                    let until = ContinuousClock.now + .milliseconds(20)
+                    while ContinuousClock.now < until {}
+                }
+            }
+        }
+        let (keptBy, ranOn) = try #require(seen.threads.withLock { $0 })
+        #expect(keptBy == ranOn)
+    }
+
+    @Test(
+        "a blocking pop's record goes out at once on the results connection; whoever waits for it reads its reply",
+        .enabled(if: TestRedis.enabled))
+    func recordFromTheTaskThread() async throws {
+        let base = try #require(TestRedis.base)
+        let threads = WorkerThreads(count: 2, name: "test-fetch")
+        defer { threads.shutdown() }
+        let brokerURL = try RedisURL(parsing: "\(base)/15")
+        let results = RedisClient(url: try RedisURL(parsing: "\(base)/14"))
+        let broker = RedisBroker(
+            blocking: RedisClient(url: brokerURL, on: threads), commands: RedisClient(url: brokerURL), records: results)
+        let (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
+        let raw = try fixture("v2-json-add.message.json")
+        let delivery = try await withTaskExecutorPreference(threads) { () async throws -> BrokerDelivery in
+            async let fetched = broker.fetch(queues: ["celery"], limit: 4)
+            try await Task.sleep(for: .milliseconds(200))
+            try await brokerDatabase.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+            return try #require(try await fetched.first)
+        }
+        let tag = try #require(delivery.deliveryTag)
+        let record = try #require(delivery.pendingRecord)
+        #expect(PendingRecord.precedes(record, on: results))
+        // In Redis although nobody has read its reply: nothing else has used the results connection.
+        var stored: [UInt8]?
+        for _ in 0..<100 where stored == nil {
+            stored = try await brokerDatabase.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
+            if stored == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(stored == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+        #expect(try await brokerDatabase.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
+        #expect(!record.isDone)
+        // Waiting for it reads the reply (without that the wait would never end).
+        #expect(await [delivery].recorded().isEmpty)
+        #expect(record.isDone)
+        // The results connection is back on its own database.
+        try await results.send(RedisCommand("SET", "after-record", "1"))
+        #expect(try await resultsDatabase.send(RedisCommand("GET", "after-record")).text == "1")
+        #expect(try await resultsDatabase.send(RedisCommand("EXISTS", "unacked", "unacked_index")).integer == 0)
+    }
+}
