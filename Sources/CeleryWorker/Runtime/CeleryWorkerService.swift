@@ -211,9 +211,10 @@ final class WorkerRun: Sendable {
     let prefetch: AsyncPermits
     /// Free task slots (`-c`).
     let slots: AsyncPermits
-    /// Jobs handed to the dispatcher that will start as soon as a slot is free (not those waiting for an ETA or
-    /// a rate limit): while there are enough of them to keep every slot busy, the fetch loop can wait for more
-    /// free prefetch permits and take a larger batch.
+    /// Messages fetched and not yet received, and jobs handed to the dispatcher that will start as soon as a slot is
+    /// free (not those waiting for an ETA or a rate limit): while there are enough of them to keep every slot busy,
+    /// the fetch loop can wait for more free prefetch permits and take a larger batch. Counted from the fetch, so
+    /// that the fetch loop's next turn sees them when it runs before the receive loop (on the same thread).
     let readyJobs = Atomic<Int>(0)
     /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
     /// those that never started are given back at shutdown.
@@ -240,9 +241,14 @@ final class WorkerRun: Sendable {
     let runners: JobRunners
     /// The app's time zone, which `date_done` is written in.
     let timeZone: CeleryTimeZone
+    /// Whether a task thread may write its task's early acknowledgement and result itself while the worker is idle
+    /// (``sendEarlyAckHere(_:)``, ``settleHere(_:document:)``): the thread pool with the fetch loop on its task threads,
+    /// the backend on the broker's server.
+    let settlesHere: Bool
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
+        self.settlesHere = service.taskThreads === executor && service.sharedServer != nil
         self.shutdown = shutdown
         self.executor = executor
         self.pool = pool
@@ -375,6 +381,8 @@ final class WorkerRun: Sendable {
                 // it is a task thread (the thread pool's fetch), the receive loop goes on here, and the message's
                 // task runs on the thread it woke; the next pop is left to another.
                 WorkerThreads.keepNextJobOnThisThread()
+                // Ready from now on: the next turn of this loop may gather while they wait to be received.
+                readyJobs.add(deliveries.count, ordering: .relaxed)
                 fetched.yield(deliveries)
             } catch {
                 prefetch.release(permits)
@@ -475,8 +483,9 @@ final class WorkerRun: Sendable {
             for delivery in deliveries {
                 if let job = await prepare(delivery) { jobs.append(job) }
             }
+            // Counted as ready since their fetch: those that did not make a job (invalid, settled already) are not.
+            if jobs.count < deliveries.count { readyJobs.subtract(deliveries.count - jobs.count, ordering: .relaxed) }
             guard !jobs.isEmpty else { continue }
-            readyJobs.add(jobs.count, ordering: .relaxed)
             // The dispatcher continues on this thread, which waits for the next message right after.
             WorkerThreads.keepFirstJobOnThisThread()
             ready.yield(jobs)
@@ -610,7 +619,7 @@ final class WorkerRun: Sendable {
 
     /// Says which messages ran without their `unacked` record confirmed (a blocking pop's record that Redis refused or
     /// never answered): a crash before their acknowledgement could have lost them.
-    private func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
+    func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
         for (delivery, failure) in missing {
             logger.warning(
                 "Message \(delivery.deliveryTag ?? "?") was not recorded in unacked (\(failure)); it ran without its record, so a crash before its acknowledgement could have lost it"
