@@ -139,6 +139,19 @@ public final class RedisResultBackend: ResultBackend {
         _ = try client.evaluateHere(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments)
     }
 
+    /// ``settle(earlyAcks:documents:lateAcks:broker:)`` as one request in Redis's protocol (one reply), to send without
+    /// waiting for its reply (``RedisClient/sendWithoutWaiting(request:replies:then:)``). With `EVAL` and the script's
+    /// source, not `EVALSHA`: nobody is there to send the source after a `NOSCRIPT` (a server restarted since the
+    /// script was loaded).
+    func settleRequest(
+        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
+    ) -> [UInt8] {
+        let arguments = settleArguments(earlyAcks: earlyAcks, documents: documents, lateAcks: lateAcks, broker: broker)
+        let script = Self.settleScript
+        return RedisConnection.scriptHead("EVAL", script.source, keyCount: 2 + documents.count, arguments: arguments)
+            + arguments.bytes
+    }
+
     /// The settle script's keys and other arguments (see ``settleScript``).
     private func settleArguments(
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker

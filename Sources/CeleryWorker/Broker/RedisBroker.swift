@@ -435,21 +435,6 @@ public final class RedisBroker: Broker {
         try await commands.transaction(batch)
     }
 
-    /// kombu's acknowledgement of `tag` (`ZREM unacked_index`, `HDEL unacked`) inside `MULTI … EXEC`, as one request
-    /// in Redis's protocol for a connection on `database`: the transaction selects the broker's database first, and
-    /// `database` again after, when they differ. With how many replies it brings.
-    func ackRequest(tag: String, onDatabase database: Int) -> (request: [UInt8], replies: Int) {
-        let brokerDatabase = commands.url.database
-        let selects = brokerDatabase != database
-        var transaction = [RedisCommand("MULTI")]
-        if selects { transaction.append(RedisCommand("SELECT", RedisArgument(brokerDatabase))) }
-        transaction.append(RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag)))
-        transaction.append(RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)))
-        if selects { transaction.append(RedisCommand("SELECT", RedisArgument(database))) }
-        transaction.append(RedisCommand("EXEC"))
-        return (transaction.flatMap(RedisConnection.resp), transaction.count)
-    }
-
     public func restore(_ deliveries: [BrokerDelivery], atFront: Bool) async throws(CeleryWorkerError) {
         for delivery in deliveries {
             guard let tag = delivery.deliveryTag else { continue }

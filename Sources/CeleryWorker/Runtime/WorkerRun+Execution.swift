@@ -355,18 +355,18 @@ extension WorkerRun {
     }
 
     /// At idle (``settlesHere``, no job waiting for a slot, the settler waiting with nothing handed in): writes the
-    /// message's early acknowledgement from this task thread, on the results connection, without waiting for its
-    /// reply, instead of waking the results thread for it. The reply is read by that connection's next call (usually
-    /// this task's result, ``settleHere(_:document:)``); if it failed, the acknowledgement is handed to the settler.
+    /// message's early acknowledgement from this task thread, on the results connection, with the settle script and
+    /// without waiting for its reply, instead of waking the results thread for it. The reply is read by that
+    /// connection's next call (usually this task's result, ``settleHere(_:document:)``); if it failed, the
+    /// acknowledgement is handed to the settler.
     /// `false` when not sent: the caller hands it to the settler.
     private func sendEarlyAckHere(_ delivery: BrokerDelivery) -> Bool {
         guard settlesHere, let shared = service.sharedServer, let tag = delivery.deliveryTag, executor.isOwnThread,
             readyJobs.load(ordering: .relaxed) == 0, settler.isIdle
         else { return false }
-        let client = shared.backend.client
-        let (request, replies) = shared.broker.ackRequest(tag: tag, onDatabase: client.url.database)
+        let request = shared.backend.settleRequest(earlyAcks: [tag], documents: [], lateAcks: [], broker: shared.broker)
         let settler = self.settler
-        client.sendWithoutWaiting(request: request, replies: replies) { failure in
+        shared.backend.client.sendWithoutWaiting(request: request, replies: 1) { failure in
             if failure != nil { settler.submit(ack: delivery, early: true) }
         }
         return true
