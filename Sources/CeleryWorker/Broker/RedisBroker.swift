@@ -231,8 +231,7 @@ public final class RedisBroker: Broker {
             // permits that only tasks waiting for this acknowledgement's batch can free. On the connection's own
             // thread, once the fetch loop's current turn suspends (after the hand-off): no other thread is woken.
             // Only for this record: when the next pop wrote it and read its reply first, this runs after that pop
-            // and must not write the next record early, before its message is handed on. (The lane is the
-            // connection's own here: the worker fetches on its task threads only when records go to ``records``.)
+            // and must not write the next record early, before its message is handed on.
             let blocking = self.blocking
             Task(executorPreference: blocking.lane) {
                 try? await blocking.withConnection { connection throws(CeleryWorkerError) in try connection.readUnread(through: place) }

@@ -8,8 +8,6 @@ public final class RedisClient: Sendable {
     let lane: WorkerThreads
     /// Whether the lane is shared with other work (`--pool solo`), see ``init(url:commandTimeout:sharedLane:)``.
     let sharesLane: Bool
-    /// Whether the client made its lane, and shuts it down when released.
-    private let ownsLane: Bool
 
     /// - Parameters:
     ///   - commandTimeout: how long to wait for a reply before the connection is treated as broken.
@@ -18,18 +16,6 @@ public final class RedisClient: Sendable {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
         self.lane = WorkerThreads(count: 1, name: threadName)
         self.sharesLane = false
-        self.ownsLane = true
-    }
-
-    /// A client whose calls run on `threads`, a set its owner made: the thread pool's task threads, so that the
-    /// thread a blocking pop wakes goes on to run the task it brought. Its calls must come one at a time (the fetch
-    /// loop's): the set has several threads, and the connection's lock keeps only single calls apart, not a
-    /// sequence such as `WATCH … EXEC`.
-    init(url: RedisURL, commandTimeout: Duration = .seconds(30), on threads: WorkerThreads) {
-        self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
-        self.lane = threads
-        self.sharesLane = false
-        self.ownsLane = false
     }
 
     /// A client whose calls run on `sharedLane`, a set of one thread that also runs the worker's tasks (`--pool
@@ -41,11 +27,10 @@ public final class RedisClient: Sendable {
         self.connection = RedisConnection(url: url, commandTimeout: commandTimeout)
         self.lane = sharedLane
         self.sharesLane = true
-        self.ownsLane = false
     }
 
     deinit {
-        if ownsLane { lane.shutdown() }
+        if !sharesLane { lane.shutdown() }
     }
 
     /// The server this client talks to.

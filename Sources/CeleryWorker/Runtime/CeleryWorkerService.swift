@@ -35,10 +35,6 @@ public final class CeleryWorkerService: Service {
     /// connections run their calls there. `nil` for the other pools (and for a solo worker on another broker: its
     /// thread is made in ``run()``).
     let soloLane: WorkerThreads?
-    /// With `--pool threads` and the backend on the broker's server, the task threads, made here because the broker's
-    /// blocking connection runs its calls on them (see ``init(configuration:registry:logger:metricsFactory:)``).
-    /// `nil` otherwise: ``run()`` makes them.
-    let taskThreads: WorkerThreads?
 
     /// A worker on Redis, as configured.
     ///
@@ -57,15 +53,7 @@ public final class CeleryWorkerService: Service {
         // With the backend on the broker's server, a blocking pop's record goes out on the results connection, so
         // the settle script that acknowledges the message follows it there without waiting for its reply.
         let records = results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
-        // The thread pool then fetches on its task threads, one more than the concurrency (one waits in the blocking
-        // pop): the thread a message wakes runs its task, and another takes the next pop. Otherwise the fetch loop
-        // has a thread of its own, which reads each record's reply with the next pop.
-        let taskThreads =
-            configuration.pool == .threads && records != nil
-            ? WorkerThreads(count: configuration.concurrency + 1, name: "celery-task") : nil
-        let blocking =
-            taskThreads.map { RedisClient(url: configuration.brokerURL, commandTimeout: .seconds(10), on: $0) }
-            ?? client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch")
+        let blocking = client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch")
         let broker = RedisBroker(blocking: blocking, commands: client(configuration.brokerURL), records: records)
         let backend = results.map { results in
             RedisResultBackend(client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires)
@@ -78,7 +66,7 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
-            metrics: TaskMetrics(factory: metricsFactory), soloLane: soloLane, taskThreads: taskThreads,
+            metrics: TaskMetrics(factory: metricsFactory), soloLane: soloLane,
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
@@ -92,19 +80,17 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), soloLane: nil, taskThreads: nil,
-            client: nil)
+            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), soloLane: nil, client: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
         control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, soloLane: WorkerThreads?,
-        taskThreads: WorkerThreads?, client: CeleryClient?
+        client: CeleryClient?
     ) {
         self.metrics = metrics
         self.soloLane = soloLane
-        self.taskThreads = taskThreads
         self.client = client
         self.configuration = configuration
         self.registry = registry
@@ -132,7 +118,7 @@ public final class CeleryWorkerService: Service {
         let shutdown = ShutdownSignal()
         // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
         let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        let executor = solo ?? taskThreads ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
+        let executor = solo ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
@@ -214,7 +200,7 @@ final class WorkerRun: Sendable {
     /// Messages fetched and not yet received, and jobs handed to the dispatcher that will start as soon as a slot is
     /// free (not those waiting for an ETA or a rate limit): while there are enough of them to keep every slot busy,
     /// the fetch loop can wait for more free prefetch permits and take a larger batch. Counted from the fetch, so
-    /// that the fetch loop's next turn sees them when it runs before the receive loop (on the same thread).
+    /// that the fetch loop's next turn sees them even when it runs before the receive loop.
     let readyJobs = Atomic<Int>(0)
     /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
     /// those that never started are given back at shutdown.
@@ -242,13 +228,13 @@ final class WorkerRun: Sendable {
     /// The app's time zone, which `date_done` is written in.
     let timeZone: CeleryTimeZone
     /// Whether a task thread may write its task's early acknowledgement and result itself while the worker is idle
-    /// (``sendEarlyAckHere(_:)``, ``settleHere(_:document:)``): the thread pool with the fetch loop on its task threads,
-    /// the backend on the broker's server.
+    /// (``sendEarlyAckHere(_:)``, ``settleHere(_:document:)``): the thread pool, with the backend on the broker's
+    /// server (where a blocking pop's record goes out on the results connection).
     let settlesHere: Bool
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
-        self.settlesHere = service.taskThreads === executor && service.sharedServer != nil
+        self.settlesHere = service.configuration.pool == .threads && service.sharedServer != nil
         self.shutdown = shutdown
         self.executor = executor
         self.pool = pool
@@ -377,10 +363,7 @@ final class WorkerRun: Sendable {
                 if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
                 if deliveries.isEmpty { continue }
                 held.withLock { $0.add(&deliveries) }
-                // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis. When
-                // it is a task thread (the thread pool's fetch), the receive loop goes on here, and the message's
-                // task runs on the thread it woke; the next pop is left to another.
-                WorkerThreads.keepNextJobOnThisThread()
+                // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
                 // Ready from now on: the next turn of this loop may gather while they wait to be received.
                 readyJobs.add(deliveries.count, ordering: .relaxed)
                 fetched.yield(deliveries)

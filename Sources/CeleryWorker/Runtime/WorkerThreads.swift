@@ -9,9 +9,8 @@ import DequeModule
 /// A fixed set of dedicated threads that run executor jobs and blocking closures in the order they arrive.
 ///
 /// The worker uses three kinds: one thread per Redis connection that owns the connection's blocking socket (the
-/// fetch loop runs on the fetch connection's, or on the task threads in the thread pool with the backend on the
-/// broker's server), one thread for the worker's own bookkeeping (dispatching, settling, remote control), and one
-/// thread per unit of concurrency for task bodies (one more when the fetch loop runs there). Work handed to a set wakes one of its
+/// fetch loop runs on the fetch connection's), one thread for the worker's own bookkeeping (dispatching, settling,
+/// remote control), and one thread per unit of concurrency for task bodies. Work handed to a set wakes one of its
 /// threads when any is asleep; a busy thread takes the next item as soon as it finishes the one it runs.
 ///
 /// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
@@ -87,17 +86,12 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         push(.closure(body))
     }
 
-    /// Runs `body` on one of the threads and returns its result to the calling task, which goes on on that thread
-    /// when it prefers this set (no other thread is woken for it).
+    /// Runs `body` on one of the threads and returns its result to the calling task.
     func run<Result: Sendable, Failure: Error>(
         _ body: @escaping @Sendable () throws(Failure) -> Result
     ) async throws(Failure) -> Result {
         let outcome = await withUnsafeContinuation { (continuation: UnsafeContinuation<Swift.Result<Result, Failure>, Never>) in
-            submit {
-                let result = Swift.Result { () throws(Failure) -> Result in try body() }
-                WorkerThreads.keepNextJobOnThisThread()
-                continuation.resume(returning: result)
-            }
+            submit { continuation.resume(returning: Swift.Result { () throws(Failure) -> Result in try body() }) }
         }
         return try outcome.get()
     }

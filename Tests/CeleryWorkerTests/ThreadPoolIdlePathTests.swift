@@ -5,16 +5,16 @@ import Testing
 
 @testable import CeleryWorker
 
-/// The thread pool's fetch on its task threads (``RedisClient/init(url:commandTimeout:on:)``): the thread a message
-/// wakes keeps the work that follows, and the message's record goes out from there on the results connection.
-@Suite("the thread pool's fetch on its task threads", .serialized)
-struct TaskThreadFetchTests {
+/// The thread pool's idle path: a job a thread keeps for itself stays there, a blocking pop's record goes out on the
+/// results connection, and a task thread acknowledges and settles its task itself.
+@Suite("the thread pool's idle path", .serialized)
+struct ThreadPoolIdlePathTests {
     /// Which thread the caller runs on.
     static func thread() -> ObjectIdentifier { ObjectIdentifier(Thread.current) }
 
-    /// A broker whose blocking connection runs on a new set of two threads (shut it down after) and whose records go
-    /// to a results client on another database (as the thread pool's, with the backend on the broker's server), and
-    /// the message it fetched from there with a blocking pop.
+    /// A broker whose records go to a results client on another database (as the thread pool's, with the backend on
+    /// the broker's server), and the message it fetched with a blocking pop, from a task on a new set of two threads
+    /// (shut it down after).
     static func fetchOne() async throws -> (
         threads: WorkerThreads, broker: RedisBroker, results: RedisClient, brokerDatabase: RedisClient,
         resultsDatabase: RedisClient, raw: [UInt8], delivery: BrokerDelivery
@@ -24,7 +24,7 @@ struct TaskThreadFetchTests {
         let brokerURL = try RedisURL(parsing: "\(base)/15")
         let results = RedisClient(url: try RedisURL(parsing: "\(base)/14"))
         let broker = RedisBroker(
-            blocking: RedisClient(url: brokerURL, on: threads), commands: RedisClient(url: brokerURL), records: results)
+            blocking: RedisClient(url: brokerURL), commands: RedisClient(url: brokerURL), records: results)
         let (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
         let raw = try fixture("v2-json-add.message.json")
         let delivery = try await withTaskExecutorPreference(threads) { () async throws -> BrokerDelivery in
