@@ -50,11 +50,12 @@ public final class CeleryWorkerService: Service {
             return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: soloLane)
         }
         let results = configuration.resultBackendURL.map { client($0, threadName: "redis-results") }
-        // With the backend on the broker's server, a blocking pop's record goes out on the results connection, so
-        // the settle script that acknowledges the message follows it there without waiting for its reply.
-        let records = results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
-        let blocking = client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch")
-        let broker = RedisBroker(blocking: blocking, commands: client(configuration.brokerURL), records: records)
+        // Solo, with the backend on the broker's server: a blocking pop's record goes out on the results connection,
+        // so the settle script that acknowledges the message follows it there without waiting for its reply.
+        let records = soloLane != nil && results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
+        let broker = RedisBroker(
+            blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
+            commands: client(configuration.brokerURL), records: records)
         let backend = results.map { results in
             RedisResultBackend(client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires)
         }
@@ -197,10 +198,9 @@ final class WorkerRun: Sendable {
     let prefetch: AsyncPermits
     /// Free task slots (`-c`).
     let slots: AsyncPermits
-    /// Messages fetched and not yet received, and jobs handed to the dispatcher that will start as soon as a slot is
-    /// free (not those waiting for an ETA or a rate limit): while there are enough of them to keep every slot busy,
-    /// the fetch loop can wait for more free prefetch permits and take a larger batch. Counted from the fetch, so
-    /// that the fetch loop's next turn sees them even when it runs before the receive loop.
+    /// Jobs handed to the dispatcher that will start as soon as a slot is free (not those waiting for an ETA or
+    /// a rate limit): while there are enough of them to keep every slot busy, the fetch loop can wait for more
+    /// free prefetch permits and take a larger batch.
     let readyJobs = Atomic<Int>(0)
     /// Deliveries still unacknowledged here, by tag: kept alive against other workers' visibility sweeps, and
     /// those that never started are given back at shutdown.
@@ -227,14 +227,9 @@ final class WorkerRun: Sendable {
     let runners: JobRunners
     /// The app's time zone, which `date_done` is written in.
     let timeZone: CeleryTimeZone
-    /// Whether a task thread may write its task's early acknowledgement and result itself while the worker is idle
-    /// (``sendEarlyAckHere(_:)``, ``settleHere(_:document:)``): the thread pool, with the backend on the broker's
-    /// server (where a blocking pop's record goes out on the results connection).
-    let settlesHere: Bool
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
-        self.settlesHere = service.configuration.pool == .threads && service.sharedServer != nil
         self.shutdown = shutdown
         self.executor = executor
         self.pool = pool
@@ -364,8 +359,6 @@ final class WorkerRun: Sendable {
                 if deliveries.isEmpty { continue }
                 held.withLock { $0.add(&deliveries) }
                 // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
-                // Ready from now on: the next turn of this loop may gather while they wait to be received.
-                readyJobs.add(deliveries.count, ordering: .relaxed)
                 fetched.yield(deliveries)
             } catch {
                 prefetch.release(permits)
@@ -466,9 +459,8 @@ final class WorkerRun: Sendable {
             for delivery in deliveries {
                 if let job = await prepare(delivery) { jobs.append(job) }
             }
-            // Counted as ready since their fetch: those that did not make a job (invalid, settled already) are not.
-            if jobs.count < deliveries.count { readyJobs.subtract(deliveries.count - jobs.count, ordering: .relaxed) }
             guard !jobs.isEmpty else { continue }
+            readyJobs.add(jobs.count, ordering: .relaxed)
             // The dispatcher continues on this thread, which waits for the next message right after.
             WorkerThreads.keepFirstJobOnThisThread()
             ready.yield(jobs)
@@ -602,7 +594,7 @@ final class WorkerRun: Sendable {
 
     /// Says which messages ran without their `unacked` record confirmed (a blocking pop's record that Redis refused or
     /// never answered): a crash before their acknowledgement could have lost them.
-    func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
+    private func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
         for (delivery, failure) in missing {
             logger.warning(
                 "Message \(delivery.deliveryTag ?? "?") was not recorded in unacked (\(failure)); it ran without its record, so a crash before its acknowledgement could have lost it"

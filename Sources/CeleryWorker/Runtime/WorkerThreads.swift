@@ -26,7 +26,7 @@ import DequeModule
 /// as its owner, and its threads may still be finishing when the owner is released); the wake pipe is created in
 /// `init` and closed in `deinit`, which runs only once no thread is left (each holds the set).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
-    fileprivate enum Item {
+    private enum Item {
         case job(UnownedJob)
         case closure(@Sendable () -> Void)
     }
@@ -47,14 +47,11 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private var stopping = false
     private var alive = 0
     let name: String
-    /// How many threads the set has.
-    private let count: Int
 
     /// Starts `count` threads named `name`; with `eventLoop`, one thread that can also wait for sockets (see
     /// ``watch(_:)``).
     init(count: Int, name: String, eventLoop: Bool = false) {
         self.name = name
-        self.count = eventLoop ? 1 : max(1, count)
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -62,7 +59,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         condition.initialize(to: pthread_cond_t())
         pthread_cond_init(condition, nil)
         wakePipe = eventLoop ? Self.makeWakePipe() : (-1, -1)
-        for number in 0..<self.count {
+        for number in 0..<(eventLoop ? 1 : max(1, count)) {
             let label = count > 1 ? "\(name)-\(number)" : name
             if Self.spawn(label, body: { [self] in self.serve() }) {
                 locked { alive += 1 }
@@ -109,11 +106,8 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     var isEventLoop: Bool { wakePipe.read >= 0 }
 
     /// Whether the calling thread is the thread of this event-loop set.
-    var isEventLoopThread: Bool { isEventLoop && isOwnThread }
-
-    /// Whether the calling thread is one of this set's.
-    var isOwnThread: Bool {
-        guard let raw = pthread_getspecific(threadStateKey) else { return false }
+    var isEventLoopThread: Bool {
+        guard isEventLoop, let raw = pthread_getspecific(threadStateKey) else { return false }
         return Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().owner == ObjectIdentifier(self)
     }
 
@@ -131,8 +125,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// The next job the calling thread hands to its own set is left for this thread, without waking another one
-    /// (and in a set of several threads, without letting another one take it).
+    /// The next job the calling thread hands to its own set is left for this thread, without waking another one.
     ///
     /// For a job the caller waits for right away (a task body its bookkeeping awaits, or that bookkeeping once the
     /// body is done): the thread runs it as soon as its current job suspends or ends, instead of handing it to a
@@ -159,12 +152,6 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                 state.keepsNextJob = false
                 state.keptThisTurn = true
                 keptHere = true
-                if count > 1, !idle {
-                    // Not in the shared queue: a thread woken for a later item would take it first, and the hop the
-                    // caller meant to save would happen anyway.
-                    state.kept.append(item)
-                    return
-                }
             }
         }
         let wake = locked { () -> Bool? in
@@ -195,12 +182,6 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         withExtendedLifetime(state) {
             var runSincePoll = 0
             while true {
-                if let item = state.kept.popFirst() {
-                    run(item)
-                    state.keepsNextJob = false
-                    state.keptThisTurn = false
-                    continue
-                }
                 switch next() {
                 case .run(let item):
                     run(item)
@@ -372,8 +353,6 @@ protocol PolledSource: AnyObject, Sendable {
 private final class ThreadState {
     let owner: ObjectIdentifier
     var keepsNextJob = false
-    /// Jobs kept for this thread (in a set of several threads), run before it takes from the shared queue.
-    var kept = Deque<WorkerThreads.Item>()
     /// Whether the job running now already kept a job for this thread.
     var keptThisTurn = false
 
