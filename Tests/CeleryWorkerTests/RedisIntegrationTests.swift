@@ -588,6 +588,53 @@ struct RedisSettleTests {
         #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-again")).bytes == after.encoded(as: .json))
     }
 
+    @Test(
+        "the thread pool's blocking pop writes its record at once on the results connection; its reply is read by the next call there, or by whoever waits for it"
+    )
+    func recordOnResultsConnection() async throws {
+        let base = try #require(TestRedis.base)
+        let brokerURL = try RedisURL(parsing: "\(base)/15")
+        let results = RedisClient(url: try RedisURL(parsing: "\(base)/14"))
+        let broker = RedisBroker(blocking: RedisClient(url: brokerURL), commands: RedisClient(url: brokerURL), records: results)
+        let (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
+        let raw = try fixture("v2-json-add.message.json")
+        func popWaiting() async throws -> BrokerDelivery {
+            async let fetched = broker.fetch(queues: ["celery"], limit: 4)
+            try await Task.sleep(for: .milliseconds(200))
+            try await brokerDatabase.send(RedisCommand("LPUSH", "celery", RedisArgument(raw)))
+            return try #require(try await fetched.first)
+        }
+        let first = try await popWaiting()
+        let tag = try #require(first.deliveryTag)
+        let record = try #require(first.pendingRecord)
+        #expect(PendingRecord.precedes(record, on: results))
+        #expect(!PendingRecord.precedes(record, on: broker.commands))
+        // In Redis although nobody has read its reply: nothing else has used the results connection.
+        var stored: [UInt8]?
+        for _ in 0..<100 where stored == nil {
+            stored = try await brokerDatabase.send(RedisCommand("HGET", "unacked", RedisArgument(tag))).bytes
+            if stored == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(stored == Array("[".utf8) + raw + Array(#", "", "celery"]"#.utf8))
+        #expect(try await brokerDatabase.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text != nil)
+        #expect(!record.isDone)
+        // Waiting for it reads the reply (without that the wait would never end).
+        #expect(await [first].recorded().isEmpty)
+        #expect(record.isDone)
+        // The next call on the results connection reads a record's reply before its own.
+        let second = try await popWaiting()
+        let secondRecord = try #require(second.pendingRecord)
+        try await results.send(RedisCommand("SET", "after-record", "1"))
+        #expect(secondRecord.isDone)
+        #expect(secondRecord.takeFailure() == nil)
+        // The results connection is back on its own database.
+        #expect(try await resultsDatabase.send(RedisCommand("GET", "after-record")).text == "1")
+        #expect(try await resultsDatabase.send(RedisCommand("EXISTS", "unacked", "unacked_index")).integer == 0)
+        // The same message twice: one tag, recorded twice.
+        #expect(second.deliveryTag == tag)
+        #expect(try await brokerDatabase.send(RedisCommand("HLEN", "unacked")).integer == 1)
+    }
+
     @Test("only a broker on the same server, as the same user, shares the script")
     func sameServerOnly() throws {
         let base = try RedisURL(parsing: "redis://127.0.0.1:6379/1")

@@ -50,9 +50,14 @@ final class PendingRecord: Sendable {
     /// The client whose connection the record went out on. A write sent after it on the same connection reaches
     /// Redis after it (Redis runs one connection's commands in order), so it need not wait for the reply.
     let sentOn: ObjectIdentifier?
+    /// Reads the reply when nobody else would: for a record sent on a connection whose replies are read only by
+    /// its next call.
+    private let reader: (@Sendable () async -> Void)?
 
-    init(sentOn client: RedisClient? = nil) {
+    /// - Parameter reader: reads the reply, when ``wait()`` finds it unread (see ``RedisClient/readUnread()``).
+    init(sentOn client: RedisClient? = nil, reader: (@Sendable () async -> Void)? = nil) {
         sentOn = client.map(ObjectIdentifier.init)
+        self.reader = reader
     }
 
     /// Whether a write sent on `client` now reaches Redis after the record (or the record has nothing to wait for).
@@ -86,6 +91,7 @@ final class PendingRecord: Sendable {
 
     func wait() async {
         if state.withLock({ $0.done }) { return }
+        if let reader { await reader() }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let done = state.withLock { state -> Bool in
                 if !state.done { state.waiters.append(continuation) }

@@ -19,8 +19,7 @@ public final class RedisBroker: Broker {
     /// Whether the last blocking pop waited for its message (or for nothing): the queues were empty then.
     private let waited = Mutex(false)
 
-    /// Where a blocking pop's record goes out on the solo pool's lane (the blocking connection unless the service
-    /// says otherwise).
+    /// Where a blocking pop's record goes out (the blocking connection unless the service says otherwise).
     let records: RedisClient
 
     /// - Parameters:
@@ -30,10 +29,10 @@ public final class RedisBroker: Broker {
         self.init(blocking: blocking, commands: commands, records: nil)
     }
 
-    /// - Parameter records: with the solo pool, where a blocking pop's record goes out (on the lane, not waited
-    ///   for): the result backend's client when the backend is on the broker's server, so the write that
-    ///   acknowledges the message follows the record on one connection and need not wait for the record's reply.
-    ///   `nil`: the blocking connection.
+    /// - Parameter records: where a blocking pop's record goes out, not waited for: the result backend's client when
+    ///   the backend is on the broker's server, so the write that acknowledges the message follows the record on
+    ///   one connection and need not wait for the record's reply. `nil`: the blocking connection, where the next
+    ///   pop reads the reply first.
     init(blocking: RedisClient, commands: RedisClient, records: RedisClient?) {
         self.blocking = blocking
         self.commands = commands
@@ -80,7 +79,7 @@ public final class RedisBroker: Broker {
         }
         if popped.isEmpty {
             // Nothing waiting: block for the next message, recording it straight after (on the same connection, or
-            // with the solo pool on ``records``).
+            // on ``records`` when that is another).
             popped = try await blockingPop(brpop)
         } else {
             waited.withLock { $0 = false }
@@ -201,11 +200,17 @@ public final class RedisBroker: Broker {
         let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([Popped], Int?) in
             let started = ContinuousClock.now
             let reply = try connection.execute([brpop])
-            let database = self.commands.url.database
+            let database = self.records.url.database
             guard let (message, record) = self.received(reply.first, waitedSince: started, recordingIn: database) else {
                 return ([], nil)
             }
             guard let record else { return ([message], nil) }
+            if self.records !== self.blocking {
+                // Written now, from this thread, on the connection the settle script that acknowledges the message
+                // goes out on: Redis has it before that script, which need not wait for its reply.
+                let pending = self.send(record)
+                return ([(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)], nil)
+            }
             // Queued now and written as soon as this thread is free again, right after the message is handed on
             // (the task thread validates it meanwhile), in one write with the next pop: at idle that saves Redis a
             // wake-up and keeps the record off the way to the result. The reply is read before the next pop's, and
@@ -244,9 +249,19 @@ public final class RedisBroker: Broker {
         let database = records.url.database
         guard let (message, record) = received(reply.first, waitedSince: started, recordingIn: database) else { return [] }
         guard let record else { return [message] }
-        let pending = PendingRecord(sentOn: records)
+        return [(message.list, message.raw, message.tag, message.receivedAt, send(record), message.envelope)]
+    }
+
+    /// Writes a blocking pop's record on ``records`` without waiting for its reply. Unless an event loop reads that
+    /// connection (the solo pool's), the reply is read by the connection's next call (the settle script that
+    /// acknowledges the message, usually), or by whoever waits for the record first.
+    private func send(_ record: (request: [UInt8], replies: Int)) -> PendingRecord {
+        let records = self.records
+        let pending =
+            records.sharesLane
+            ? PendingRecord(sentOn: records) : PendingRecord(sentOn: records, reader: { await records.readUnread() })
         records.sendWithoutWaiting(request: record.request, replies: record.replies, then: pending.complete)
-        return [(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)]
+        return pending
     }
 
     /// A blocking pop's reply: the message (its record still to write) and the request that records it in

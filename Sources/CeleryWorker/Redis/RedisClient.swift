@@ -58,15 +58,33 @@ public final class RedisClient: Sendable {
         return try outcome.get()
     }
 
-    /// Sends a request already in Redis's protocol (together `replies` commands) without waiting for its replies (on
-    /// a shared lane only): `then` gets the first error among them once the lane's event loop has read them, or the
-    /// failure when they could not be written or the connection closed first. A connection the server has hung up
-    /// on since its last use is replaced first (``RedisConnection/closeIfHungUp()``): nobody waits for this request to
-    /// find out that it was lost.
+    /// Sends a request already in Redis's protocol (together `replies` commands) without waiting for its replies:
+    /// `then` gets the first error among them once they are read, or the failure when they could not be written or
+    /// the connection closed first. A connection the server has hung up on since its last use is replaced first
+    /// (``RedisConnection/closeIfHungUp()``): nobody waits for this request to find out that it was lost.
+    ///
+    /// On a shared lane the lane's event loop reads the replies. Otherwise the request is written on the calling
+    /// thread (the connection's lock keeps it apart from the lane's calls) and the replies are read by the next call
+    /// on this client, before its own, or by ``readUnread()``.
     func sendWithoutWaiting(request: [UInt8], replies: Int, then: @escaping @Sendable (_ failure: String?) -> Void) {
+        guard sharesLane else {
+            connection.closeIfHungUp()
+            do throws(CeleryWorkerError) {
+                try connection.send([request], replies: replies) { then(RedisConnection.failure(of: $0)) }
+            } catch {
+                then(RedisConnection.failure(of: .failure(error)))
+            }
+            return
+        }
         write([request], replies: replies, retrying: false, checkingHangUp: true) { result in
             then(RedisConnection.failure(of: result))
         }
+    }
+
+    /// Reads the replies to what ``sendWithoutWaiting(request:replies:then:)`` sent that no later call has read yet,
+    /// on the lane (not a shared one: there the event loop reads them).
+    func readUnread() async {
+        try? await withConnection { connection throws(CeleryWorkerError) in try connection.readUnread() }
     }
 
     /// Writes a request on the lane's thread (at once when called there) and has the event loop watch the

@@ -50,9 +50,9 @@ public final class CeleryWorkerService: Service {
             return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: soloLane)
         }
         let results = configuration.resultBackendURL.map { client($0, threadName: "redis-results") }
-        // Solo, with the backend on the broker's server: a blocking pop's record goes out on the results connection,
-        // so the settle script that acknowledges the message follows it there without waiting for its reply.
-        let records = soloLane != nil && results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
+        // With the backend on the broker's server, a blocking pop's record goes out on the results connection, so the
+        // settle script that acknowledges the message follows it there without waiting for its reply.
+        let records = results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
         let broker = RedisBroker(
             blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
             commands: client(configuration.brokerURL), records: records)
