@@ -1,5 +1,7 @@
 import CeleryProtocol
 import Foundation
+import Logging
+import ServiceLifecycle
 import Synchronization
 import Testing
 
@@ -633,6 +635,67 @@ struct RedisSettleTests {
         // The same message twice: one tag, recorded twice.
         #expect(second.deliveryTag == tag)
         #expect(try await brokerDatabase.send(RedisCommand("HLEN", "unacked")).integer == 1)
+    }
+
+    @Test(
+        "at idle the thread pool acknowledges a task as it starts and settles it from its task thread, also after Redis forgot its scripts; nothing stays in unacked"
+    )
+    func idleSettleOnTaskThread() async throws {
+        let base = try #require(TestRedis.base)
+        let (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
+        let configuration = WorkerConfiguration(
+            brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"),
+            concurrency: 2, nodeName: "idle@test")
+        let worker = CeleryWorkerService(
+            configuration: configuration, registry: WorkerRuntimeTests.registry(), logger: try WorkerRuntimeTests.quietLogger())
+        let group = ServiceGroup(services: [worker], logger: Logger(label: "group", factory: { _ in SwiftLogNoOpLogHandler() }))
+        func state(_ id: String) async throws -> TaskState? {
+            let stored = try await resultsDatabase.send(RedisCommand("GET", RedisArgument("celery-task-meta-" + id))).bytes
+            return stored.flatMap { CeleryResultDocument.storedStatus($0, serializer: .json) }
+        }
+        func unacked() async throws -> Int64 {
+            let counts = try await brokerDatabase.pipeline([RedisCommand("HLEN", "unacked"), RedisCommand("ZCARD", "unacked_index")])
+            return counts.compactMap(\.integer).reduce(0, +)
+        }
+        /// Pushes a message once the worker has waited in its blocking pop for a while (so it arrives at idle).
+        func pushAtIdle(_ message: [UInt8]) async throws {
+            try await Task.sleep(for: .milliseconds(100))
+            try await brokerDatabase.send(RedisCommand("LPUSH", "celery", RedisArgument(message)))
+        }
+        func waitFor(_ condition: () async throws -> Bool) async throws {
+            for _ in 0..<300 where !(try await condition()) { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(try await condition())
+        }
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            try await waitFor { try await brokerDatabase.send(RedisCommand("EXISTS", "_kombu.binding.celery")).integer == 1 }
+            try await pushAtIdle(taskMessage("add", id: "idle-add", args: [2, 3]))
+            try await waitFor { try await state("idle-add") == .success }
+            try await waitFor { try await unacked() == 0 }
+            // A long task: acknowledged as it starts (Celery's early acknowledgement), its result stored at the end.
+            try await pushAtIdle(taskMessage("slow", id: "idle-slow", args: [0.6]))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await unacked() == 0)
+            #expect(try await state("idle-slow") == nil)
+            try await waitFor { try await state("idle-slow") == .success }
+            // A failure goes through the settler, after the acknowledgement.
+            try await pushAtIdle(taskMessage("fail", id: "idle-fail"))
+            try await waitFor { try await state("idle-fail") == .failure }
+            try await waitFor { try await unacked() == 0 }
+            // Redis has forgotten its scripts (a restart): the acknowledgement still lands while the task runs.
+            try await resultsDatabase.send(RedisCommand("SCRIPT", "FLUSH"))
+            try await pushAtIdle(taskMessage("slow", id: "idle-flushed", args: [0.6]))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await unacked() == 0)
+            #expect(try await state("idle-flushed") == nil)
+            try await waitFor { try await state("idle-flushed") == .success }
+            try await resultsDatabase.send(RedisCommand("SCRIPT", "FLUSH"))
+            try await pushAtIdle(taskMessage("add", id: "idle-flushed-add", args: [4, 5]))
+            try await waitFor { try await state("idle-flushed-add") == .success }
+            try await waitFor { try await unacked() == 0 }
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
     }
 
     @Test("only a broker on the same server, as the same user, shares the script")

@@ -124,27 +124,40 @@ public final class RedisResultBackend: ResultBackend {
     func settle(
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
     ) async throws(CeleryWorkerError) {
-        let brokerDatabase = broker.commands.url.database
-        let backendDatabase = client.url.database
-        let (expires, serializer, keyPrefix) = (self.expires, self.serializer, self.keyPrefix)
         // Encoded on the connection's thread, where the write happens, straight in Redis's protocol.
-        _ = try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count) {
-            var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
-            arguments.append(broker.unackedKey)
-            arguments.append(broker.unackedIndexKey)
-            // By index: each document is read in place, not copied out of the array.
-            for index in documents.indices { arguments.append(keyPrefix, Self.keyStem, documents[index].taskID) }
-            arguments.append(brokerDatabase)
-            arguments.append(backendDatabase)
-            arguments.append(expires ?? 0)
-            arguments.append(serializer.serializerName)
-            arguments.append(earlyAcks.count)
-            arguments.append(documents.count)
-            for tag in earlyAcks { arguments.append(tag) }
-            for index in documents.indices { arguments.append { documents[index].encode(as: serializer, into: &$0) } }
-            for tag in lateAcks { arguments.append(tag) }
-            return arguments
+        _ = try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count) { [self] in
+            settleArguments(earlyAcks: earlyAcks, documents: documents, lateAcks: lateAcks, broker: broker)
         }
+    }
+
+    /// ``settle(earlyAcks:documents:lateAcks:broker:)`` on the calling thread, which it blocks until the reply (see
+    /// ``RedisClient/evaluateHere(_:keyCount:arguments:)``).
+    func settleHere(
+        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
+    ) throws(CeleryWorkerError) {
+        let arguments = settleArguments(earlyAcks: earlyAcks, documents: documents, lateAcks: lateAcks, broker: broker)
+        _ = try client.evaluateHere(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments)
+    }
+
+    /// The settle script's keys and other arguments (see ``settleScript``).
+    private func settleArguments(
+        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
+    ) -> RESPArguments {
+        var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
+        arguments.append(broker.unackedKey)
+        arguments.append(broker.unackedIndexKey)
+        // By index: each document is read in place, not copied out of the array.
+        for index in documents.indices { arguments.append(keyPrefix, Self.keyStem, documents[index].taskID) }
+        arguments.append(broker.commands.url.database)
+        arguments.append(client.url.database)
+        arguments.append(expires ?? 0)
+        arguments.append(serializer.serializerName)
+        arguments.append(earlyAcks.count)
+        arguments.append(documents.count)
+        for tag in earlyAcks { arguments.append(tag) }
+        for index in documents.indices { arguments.append { documents[index].encode(as: serializer, into: &$0) } }
+        for tag in lateAcks { arguments.append(tag) }
+        return arguments
     }
 
     /// KEYS: `unacked`, `unacked_index`, then one result key per document. ARGV: broker database, backend database,

@@ -184,6 +184,21 @@ public final class RedisClient: Sendable {
         return try reply.check("EVALSHA")
     }
 
+    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, but on the calling thread, which it blocks until
+    /// the reply: for a caller on a thread of the worker's own that may block (a task thread), so that no other thread
+    /// is woken for the write. Not on a shared lane. The connection's lock keeps the call apart from the lane's, each
+    /// of which is one request on this client (the result backend's: no `WATCH … EXEC` sequences). A connection that
+    /// was open but turns out dead is replaced and the script sent once more, as on the lane.
+    func evaluateHere(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
+        precondition(!sharesLane, "a shared lane's connection is written on its own thread")
+        let wasOpen = connection.isOpen
+        do {
+            return try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
+        } catch  where wasOpen && error.code == .connectionLost {
+            return try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
+        }
+    }
+
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
     public func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws(CeleryWorkerError) -> RedisReply {
         try await withConnection { connection throws(CeleryWorkerError) in

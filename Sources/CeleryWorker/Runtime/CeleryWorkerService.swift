@@ -594,7 +594,7 @@ final class WorkerRun: Sendable {
 
     /// Says which messages ran without their `unacked` record confirmed (a blocking pop's record that Redis refused or
     /// never answered): a crash before their acknowledgement could have lost them.
-    private func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
+    func warnUnrecorded(_ missing: [(delivery: BrokerDelivery, failure: String)]) {
         for (delivery, failure) in missing {
             logger.warning(
                 "Message \(delivery.deliveryTag ?? "?") was not recorded in unacked (\(failure)); it ran without its record, so a crash before its acknowledgement could have lost it"

@@ -106,8 +106,11 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     var isEventLoop: Bool { wakePipe.read >= 0 }
 
     /// Whether the calling thread is the thread of this event-loop set.
-    var isEventLoopThread: Bool {
-        guard isEventLoop, let raw = pthread_getspecific(threadStateKey) else { return false }
+    var isEventLoopThread: Bool { isEventLoop && isOwnThread }
+
+    /// Whether the calling thread is one of this set's.
+    var isOwnThread: Bool {
+        guard let raw = pthread_getspecific(threadStateKey) else { return false }
         return Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().owner == ObjectIdentifier(self)
     }
 
