@@ -5,6 +5,7 @@ the machine is doing, so two builds can be compared where timings drown in the m
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --worker /path/to/other/build
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --pool solo
     .venv/bin/python Benchmarks/instructions.py --tasks 1000 --one-at-a-time 20
+    .venv/bin/python Benchmarks/instructions.py --tasks 3000 --by-thread
     .venv/bin/python Benchmarks/instructions.py --profile /tmp/profile && callgrind_annotate /tmp/profile | head -60
 
 A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`, the thread pool unless
@@ -33,7 +34,9 @@ from drain import WORKER, RedisProcess, make_messages
 WARM_UP = 300
 
 
-def count(worker, tasks, serializer, keep=None, pool="threads", gap=None):
+def count(worker, tasks, serializer, keep=None, pool="threads", gap=None, by_thread=False):
+    """Instructions per task in every thread of the worker, and with `by_thread` per thread too: a list of (valgrind's
+    thread number, in the order the threads were started, instructions per task)."""
     with tempfile.TemporaryDirectory() as tmp:
         stripped, profile = Path(tmp) / "worker", Path(tmp) / "callgrind.out"
         subprocess.run(["objcopy", "--strip-debug", str(worker), str(stripped)], check=True)
@@ -41,8 +44,10 @@ def count(worker, tasks, serializer, keep=None, pool="threads", gap=None):
         try:
             broker, backend = server.url(1), server.url(0)
             messages = make_messages(broker, WARM_UP + tasks, "tasks.noop", serializer)
+            separate = ["--separate-threads=yes"] if by_thread else []
             proc = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", "--compress-strings=no", f"--callgrind-out-file={profile}", str(stripped),
+                ["valgrind", "--tool=callgrind", "--compress-strings=no", *separate, f"--callgrind-out-file={profile}",
+                 str(stripped),
                  "--broker", broker, "--result-backend", backend, "-c", "2", "-P", pool, "-l", "WARNING"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
@@ -84,11 +89,22 @@ def count(worker, tasks, serializer, keep=None, pool="threads", gap=None):
                 proc.wait(120)
         finally:
             server.stop()
-        dump = Path(f"{profile}.1")
-        total = int(re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M).group(1))
-        if keep:
-            shutil.copyfile(dump, keep)
-        return total / tasks
+        def summary(dump):
+            return int(re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M).group(1))
+
+        if not by_thread:
+            dump = Path(f"{profile}.1")
+            if keep:
+                shutil.copyfile(dump, keep)
+            return summary(dump) / tasks, []
+        # One dump per thread: callgrind.out.1-01, -02, … (valgrind's thread numbers).
+        threads = []
+        for dump in sorted(Path(tmp).glob("callgrind.out.1-*")):
+            number = int(dump.name.rsplit("-", 1)[1])
+            threads.append((number, summary(dump) / tasks))
+            if keep:
+                shutil.copyfile(dump, f"{keep}-{number:02}")
+        return sum(per_task for _, per_task in threads), threads
 
 
 def main():
@@ -98,6 +114,9 @@ def main():
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
     parser.add_argument("--pool", choices=["threads", "solo"], default="threads", help="the worker's pool (default: threads)")
     parser.add_argument("--profile", metavar="PATH", help="keep the callgrind profile there (for callgrind_annotate)")
+    parser.add_argument("--by-thread", action="store_true",
+                        help="also count each thread apart (callgrind's --separate-threads; with --profile, one file each, "
+                             "PATH-NN)")
     parser.add_argument("--one-at-a-time", metavar="MS", type=float,
                         help="push each message alone, MS milliseconds after the last one's result (the idle path)")
     options = parser.parse_args()
@@ -108,10 +127,14 @@ def main():
     if not Path(options.worker).is_file():
         parser.error(f"{options.worker} is missing: run scripts/build-release.sh first")
     gap = None if options.one_at_a_time is None else options.one_at_a_time / 1000
-    per_task = count(options.worker, options.tasks, options.serializer, options.profile, options.pool, gap)
+    per_task, threads = count(options.worker, options.tasks, options.serializer, options.profile, options.pool, gap,
+                              options.by_thread)
     how = "" if gap is None else f", one at a time {options.one_at_a_time:g} ms apart"
     print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.pool} pool, {options.tasks} tasks after "
           f"{WARM_UP} to warm up{how})")
+    for number, thread_per_task in threads:
+        if thread_per_task >= per_task / 100:
+            print(f"    thread {number:2} (valgrind's numbering, in the order started): {thread_per_task:9,.0f} per task")
 
 
 if __name__ == "__main__":
