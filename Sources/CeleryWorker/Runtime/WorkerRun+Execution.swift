@@ -402,10 +402,13 @@ extension WorkerRun {
         let runtime = ending.runtime
         // An early acknowledgement sent from the task thread is written again ahead of whatever this writes: with a
         // result this thread settles itself (below), or handed to the settler now, before anything else.
-        var settlesHere = ending.ackedHere && storesResults && !message.isChordPart && ending.stopReason == nil
-        if case .success = ending.outcome {} else { settlesHere = false }
-        if jobTasks.isCancelled, Task.isCancelled { settlesHere = false }
-        if ending.ackedHere, !settlesHere { settler.submit(ack: job.delivery, early: true) }
+        var settlesHere = false
+        if ending.ackedHere {
+            settlesHere = storesResults && !message.isChordPart && ending.stopReason == nil
+            if case .success = ending.outcome {} else { settlesHere = false }
+            if jobTasks.isCancelled, Task.isCancelled { settlesHere = false }
+            if !settlesHere { settler.submit(ack: job.delivery, early: true) }
+        }
         if ending.stopReason == .terminated, !jobTasks.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
