@@ -641,60 +641,66 @@ struct RedisSettleTests {
         "at idle the thread pool acknowledges a task as it starts and settles it from its task thread, also after Redis forgot its scripts; nothing stays in unacked"
     )
     func idleSettleOnTaskThread() async throws {
-        let base = try #require(TestRedis.base)
-        let (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
-        let configuration = WorkerConfiguration(
-            brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"),
-            concurrency: 2, nodeName: "idle@test")
-        let worker = CeleryWorkerService(
-            configuration: configuration, registry: WorkerRuntimeTests.registry(), logger: try WorkerRuntimeTests.quietLogger())
-        let group = ServiceGroup(services: [worker], logger: Logger(label: "group", factory: { _ in SwiftLogNoOpLogHandler() }))
-        func state(_ id: String) async throws -> TaskState? {
-            let stored = try await resultsDatabase.send(RedisCommand("GET", RedisArgument("celery-task-meta-" + id))).bytes
-            return stored.flatMap { CeleryResultDocument.storedStatus($0, serializer: .json) }
-        }
-        func unacked() async throws -> Int64 {
-            let counts = try await brokerDatabase.pipeline([RedisCommand("HLEN", "unacked"), RedisCommand("ZCARD", "unacked_index")])
-            return counts.compactMap(\.integer).reduce(0, +)
-        }
-        /// Pushes a message once the worker has waited in its blocking pop for a while (so it arrives at idle).
-        func pushAtIdle(_ message: [UInt8]) async throws {
-            try await Task.sleep(for: .milliseconds(100))
-            try await brokerDatabase.send(RedisCommand("LPUSH", "celery", RedisArgument(message)))
-        }
-        func waitFor(_ condition: () async throws -> Bool) async throws {
-            for _ in 0..<300 where !(try await condition()) { try await Task.sleep(for: .milliseconds(10)) }
-            #expect(try await condition())
-        }
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
-            try await waitFor { try await brokerDatabase.send(RedisCommand("EXISTS", "_kombu.binding.celery")).integer == 1 }
-            try await pushAtIdle(taskMessage("add", id: "idle-add", args: [2, 3]))
-            try await waitFor { try await state("idle-add") == .success }
-            try await waitFor { try await unacked() == 0 }
+        try await SharedServerWorker(concurrency: 2).run { worker in
+            try await worker.pushAtIdle(taskMessage("add", id: "idle-add", args: [2, 3]))
+            try await worker.waitFor { try await worker.state("idle-add") == .success }
+            try await worker.waitFor { try await worker.unacked() == 0 }
             // A long task: acknowledged as it starts (Celery's early acknowledgement), its result stored at the end.
-            try await pushAtIdle(taskMessage("slow", id: "idle-slow", args: [0.6]))
+            try await worker.pushAtIdle(taskMessage("slow", id: "idle-slow", args: [0.6]))
             try await Task.sleep(for: .milliseconds(300))
-            #expect(try await unacked() == 0)
-            #expect(try await state("idle-slow") == nil)
-            try await waitFor { try await state("idle-slow") == .success }
+            #expect(try await worker.unacked() == 0)
+            #expect(try await worker.state("idle-slow") == nil)
+            try await worker.waitFor { try await worker.state("idle-slow") == .success }
             // A failure goes through the settler, after the acknowledgement.
-            try await pushAtIdle(taskMessage("fail", id: "idle-fail"))
-            try await waitFor { try await state("idle-fail") == .failure }
-            try await waitFor { try await unacked() == 0 }
+            try await worker.pushAtIdle(taskMessage("fail", id: "idle-fail"))
+            try await worker.waitFor { try await worker.state("idle-fail") == .failure }
+            try await worker.waitFor { try await worker.unacked() == 0 }
             // Redis has forgotten its scripts (a restart): the acknowledgement still lands while the task runs.
-            try await resultsDatabase.send(RedisCommand("SCRIPT", "FLUSH"))
-            try await pushAtIdle(taskMessage("slow", id: "idle-flushed", args: [0.6]))
+            try await worker.resultsDatabase.send(RedisCommand("SCRIPT", "FLUSH"))
+            try await worker.pushAtIdle(taskMessage("slow", id: "idle-flushed", args: [0.6]))
             try await Task.sleep(for: .milliseconds(300))
-            #expect(try await unacked() == 0)
-            #expect(try await state("idle-flushed") == nil)
-            try await waitFor { try await state("idle-flushed") == .success }
-            try await resultsDatabase.send(RedisCommand("SCRIPT", "FLUSH"))
-            try await pushAtIdle(taskMessage("add", id: "idle-flushed-add", args: [4, 5]))
-            try await waitFor { try await state("idle-flushed-add") == .success }
-            try await waitFor { try await unacked() == 0 }
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
+            #expect(try await worker.unacked() == 0)
+            #expect(try await worker.state("idle-flushed") == nil)
+            try await worker.waitFor { try await worker.state("idle-flushed") == .success }
+            try await worker.resultsDatabase.send(RedisCommand("SCRIPT", "FLUSH"))
+            try await worker.pushAtIdle(taskMessage("add", id: "idle-flushed-add", args: [4, 5]))
+            try await worker.waitFor { try await worker.state("idle-flushed-add") == .success }
+            try await worker.waitFor { try await worker.unacked() == 0 }
+        }
+    }
+
+    @Test(
+        "at idle the thread pool pops on a task thread that then runs the task, and another takes the next pop: a message that comes while the only slot is busy is still received at once; a burst goes back to batch pops, and idle pops follow"
+    )
+    func idleFetchOnTaskThreads() async throws {
+        try await SharedServerWorker(concurrency: 1).run { worker in
+            // Every message here comes to an empty queue, so each is taken by a blocking pop on a task thread.
+            for index in 0..<5 {
+                try await worker.pushAtIdle(taskMessage("add", id: "idle-\(index)", args: [.int(Int64(index)), 1]))
+                try await worker.waitFor { try await worker.state("idle-\(index)") == .success }
+            }
+            // The only slot runs a long task (acknowledged as it starts); a message that comes meanwhile is popped and
+            // recorded at once by the other task thread, as a Python worker prefetches it, and runs after.
+            try await worker.pushAtIdle(taskMessage("slow", id: "busy-slow", args: [0.8]))
+            try await Task.sleep(for: .milliseconds(200))
+            try await worker.push(taskMessage("add", id: "busy-next", args: [1, 1]))
+            try await worker.waitFor {
+                let recorded = try await worker.recorded()
+                return try await worker.queued() == 0 && recorded.hash == 1 && recorded.index == 1
+            }
+            #expect(try await worker.state("busy-slow") == nil)
+            #expect(try await worker.state("busy-next") == nil)
+            try await worker.waitFor { try await worker.state("busy-next") == .success }
+            #expect(try await worker.state("busy-slow") == .success)
+            // A burst: the pop script takes batches, then the queue is empty and the worker idle again.
+            for index in 0..<40 { try await worker.push(taskMessage("add", id: "burst-\(index)", args: [.int(Int64(index)), 1])) }
+            try await worker.waitFor { try await worker.state("burst-39") == .success }
+            for index in 0..<40 { #expect(try await worker.state("burst-\(index)") == .success) }
+            for index in 0..<5 {
+                try await worker.pushAtIdle(taskMessage("add", id: "again-\(index)", args: [.int(Int64(index)), 2]))
+                try await worker.waitFor { try await worker.state("again-\(index)") == .success }
+            }
+            try await worker.waitFor { try await worker.unacked() == 0 }
         }
     }
 
@@ -716,4 +722,73 @@ func fixture(_ name: String) throws -> [UInt8] {
     let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures").appendingPathComponent(name)
     return Array(try Data(contentsOf: url))
+}
+
+/// A thread-pool worker with its broker (database 15) and results (database 14) on the test server, so that it takes
+/// its idle path, and what the tests of that path read back.
+struct SharedServerWorker {
+    let brokerDatabase: RedisClient
+    let resultsDatabase: RedisClient
+    let worker: CeleryWorkerService
+
+    init(concurrency: Int) async throws {
+        let base = try #require(TestRedis.base)
+        (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
+        let configuration = WorkerConfiguration(
+            brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"),
+            concurrency: concurrency, nodeName: "idle@test")
+        worker = CeleryWorkerService(
+            configuration: configuration, registry: WorkerRuntimeTests.registry(), logger: try WorkerRuntimeTests.quietLogger())
+    }
+
+    /// Runs the worker, waits until it has declared its queue, runs `body`, and shuts the worker down.
+    func run(_ body: @escaping @Sendable (Self) async throws -> Void) async throws {
+        let group = ServiceGroup(services: [worker], logger: Logger(label: "group", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            try await waitFor { try await brokerDatabase.send(RedisCommand("EXISTS", "_kombu.binding.celery")).integer == 1 }
+            try await body(self)
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+
+    /// The state stored for task `id`, `nil` when none is.
+    func state(_ id: String) async throws -> TaskState? {
+        let stored = try await resultsDatabase.send(RedisCommand("GET", RedisArgument("celery-task-meta-" + id))).bytes
+        return stored.flatMap { CeleryResultDocument.storedStatus($0, serializer: .json) }
+    }
+
+    /// Entries in `unacked` and `unacked_index` together.
+    func unacked() async throws -> Int64 {
+        let counts = try await recorded()
+        return counts.hash + counts.index
+    }
+
+    /// Entries in `unacked` and in `unacked_index`.
+    func recorded() async throws -> (hash: Int64, index: Int64) {
+        let counts = try await brokerDatabase.pipeline([RedisCommand("HLEN", "unacked"), RedisCommand("ZCARD", "unacked_index")])
+        return (counts.first?.integer ?? -1, counts.last?.integer ?? -1)
+    }
+
+    /// Messages waiting in the `celery` queue.
+    func queued() async throws -> Int64 {
+        try await brokerDatabase.send(RedisCommand("LLEN", "celery")).integer ?? -1
+    }
+
+    func push(_ message: [UInt8]) async throws {
+        try await brokerDatabase.send(RedisCommand("LPUSH", "celery", RedisArgument(message)))
+    }
+
+    /// Pushes a message once the worker has waited in its blocking pop for a while (so it arrives at idle).
+    func pushAtIdle(_ message: [UInt8]) async throws {
+        try await Task.sleep(for: .milliseconds(100))
+        try await push(message)
+    }
+
+    /// Waits up to 3 s for `condition`, then expects it.
+    func waitFor(_ condition: () async throws -> Bool) async throws {
+        for _ in 0..<300 where !(try await condition()) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(try await condition())
+    }
 }

@@ -65,6 +65,19 @@ public final class RedisBroker: Broker {
     }
 
     public func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
+        try await fetch(queues: queues, limit: limit, blockingOn: nil)
+    }
+
+    /// Whether the last blocking pop waited for its message (or timed out): the queues were empty a moment ago, and
+    /// the next fetch is a blocking pop again.
+    var lastPopWaited: Bool { waited.withLock { $0 } }
+
+    /// ``fetch(queues:limit:)``; with `blockingOn` (the set of the calling thread), a blocking pop runs on the calling
+    /// thread, which it blocks (``RedisClient/executeHere(_:)``, inside ``WorkerThreads/whileBlocked(_:)``), instead of
+    /// on the blocking connection's own: for the thread pool's fetch at idle, on a task thread, so that the thread the
+    /// message wakes runs its task. Only with the record going out on another connection (``records``), which the
+    /// calling thread writes it on.
+    func fetch(queues: [String], limit: Int, blockingOn threads: WorkerThreads?) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let (lists, brpop) = rotation.withLock { order -> ([String], RedisCommand) in
             if order.queues != queues, Set(order.queues) != Set(queues) { order.set(queues) }
             return (order.lists, order.brpop)
@@ -81,7 +94,11 @@ public final class RedisBroker: Broker {
         if popped.isEmpty {
             // Nothing waiting: block for the next message, recording it straight after (on the same connection, or
             // on ``records`` when that is another).
-            popped = try await blockingPop(brpop)
+            if let threads, records !== blocking {
+                popped = try blockingPopHere(brpop, blocking: threads)
+            } else {
+                popped = try await blockingPop(brpop)
+            }
             arrivedIdle = waited.withLock { $0 }
         } else {
             waited.withLock { $0 = false }
@@ -243,14 +260,27 @@ public final class RedisBroker: Broker {
         return popped
     }
 
+    /// A blocking pop on the calling thread, its record written at once on ``records`` from there (see
+    /// ``fetch(queues:limit:blockingOn:)``).
+    private func blockingPopHere(_ brpop: RedisCommand, blocking threads: WorkerThreads) throws(CeleryWorkerError) -> [Popped] {
+        let started = ContinuousClock.now
+        let reply = try threads.whileBlocked { () throws(CeleryWorkerError) in try blocking.executeHere([brpop]) }
+        return sendingRecord(of: reply.first, waitedSince: started)
+    }
+
     /// The blocking pop of the solo pool: the lane's thread runs tasks while it waits. The record is written at
     /// once on ``records``, without waiting for its reply (the lane's event loop reads it; acknowledging the message
     /// on another connection waits for it).
     private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
         let started = ContinuousClock.now
-        let reply = try await blocking.pipeline([brpop])
-        let database = records.url.database
-        guard let (message, record) = received(reply.first, waitedSince: started, recordingIn: database) else { return [] }
+        return sendingRecord(of: try await blocking.pipeline([brpop]).first, waitedSince: started)
+    }
+
+    /// A blocking pop's message (none when it timed out), its record written at once on ``records``.
+    private func sendingRecord(of reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> [Popped] {
+        guard let (message, record) = received(reply, waitedSince: started, recordingIn: records.url.database) else {
+            return []
+        }
         guard let record else { return [message] }
         return [(message.list, message.raw, message.tag, message.receivedAt, send(record), message.envelope)]
     }

@@ -199,6 +199,20 @@ public final class RedisClient: Sendable {
         }
     }
 
+    /// Sends the commands as ``pipeline(_:)`` does, but on the calling thread, which it blocks until the replies: for
+    /// a caller on a thread of the worker's own that may block (the thread pool's blocking pop at idle, on a task
+    /// thread), so that the thread woken by the reply is the one that goes on with it. Not on a shared lane. The
+    /// connection's lock keeps the call apart from the lane's.
+    func executeHere(_ commands: [RedisCommand]) throws(CeleryWorkerError) -> [RedisReply] {
+        precondition(!sharesLane, "a shared lane's connection is written on its own thread")
+        let wasOpen = connection.isOpen
+        do {
+            return try connection.execute(commands)
+        } catch  where wasOpen && error.code == .connectionLost {
+            return try connection.execute(commands)
+        }
+    }
+
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.
     public func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws(CeleryWorkerError) -> RedisReply {
         try await withConnection { connection throws(CeleryWorkerError) in

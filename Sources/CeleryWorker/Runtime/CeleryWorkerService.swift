@@ -119,7 +119,13 @@ public final class CeleryWorkerService: Service {
         let shutdown = ShutdownSignal()
         // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
         let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        let executor = solo ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
+        // The thread pool with the backend on the broker's server has one task thread more than the concurrency: at
+        // idle the blocking pop waits on one (see `WorkerRun.idleFetchThreads`).
+        let idleFetch = configuration.pool == .threads && sharedServer != nil
+        let executor =
+            solo
+            ?? WorkerThreads(
+                count: configuration.concurrency + (idleFetch ? 1 : 0), name: "celery-task", reserve: idleFetch ? 1 : 0)
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
@@ -318,64 +324,132 @@ final class WorkerRun: Sendable {
         return min(fetchBatch, max(prefetchCount / 2, min(prefetchCount, 16)))
     }
 
+    /// What the fetch loop carries from one fetch to the next.
+    private struct FetchState {
+        /// Failed fetches in a row.
+        var failures = 0
+        /// Whether the last fetch found as many messages as it asked for.
+        var busy = false
+    }
+
+    /// How one fetch ended.
+    private enum FetchStep {
+        /// Shutdown, or the prefetch permits closed.
+        case stop
+        /// Messages were handed on to the receive loop.
+        case handedOn
+        /// Nothing came (or the fetch failed and was waited out).
+        case nothing
+    }
+
+    /// Fetches until shutdown. At idle, in the thread pool with the backend on the broker's server
+    /// (``idleFetchThreads``), each blocking pop runs on a task thread rather than on the blocking connection's own:
+    /// the thread a message wakes hands it to the receive loop, keeps that loop's job for itself (and so the message's
+    /// task), and leaves the next pop to another task thread, as in a leader-and-followers pool. The path from Redis
+    /// to the task then crosses no thread. Under load (the last pop did not wait) the loop runs on the connection's
+    /// thread, which batches pops while the task threads run tasks.
     private func fetchLoop(into fetched: Handoff<[BrokerDelivery]>) async {
         defer { fetched.finish() }
-        var failures = 0
-        var busy = false
+        var state = FetchState()
+        let idle = idleFetchThreads.flatMap { threads in (service.broker as? RedisBroker).map { (threads, $0) } }
+        while !shutdown.isTriggered, !Task.isCancelled {
+            if let (threads, broker) = idle, broker.lastPopWaited {
+                let stop = await withTaskExecutorPreference(threads) { () async -> Bool in
+                    // The preference alone moves the loop at its next suspension, which may be after the pop.
+                    await threads.moveToAnotherThread()
+                    while !shutdown.isTriggered, !Task.isCancelled, broker.lastPopWaited {
+                        switch await fetchOnce(into: fetched, &state, blockingOn: threads) {
+                        case .stop: return true
+                        // This thread runs the message's task next; the next pop goes to a thread this wakes (or, when
+                        // the message did not come to an empty queue, back to the connection's thread).
+                        case .handedOn:
+                            if broker.lastPopWaited { await threads.moveToAnotherThread() }
+                        case .nothing: break
+                        }
+                    }
+                    return false
+                }
+                if stop { break }
+            } else if await fetchOnce(into: fetched, &state, blockingOn: nil) == .stop {
+                break
+            }
+        }
+    }
+
+    /// The task threads the fetch loop's blocking pop runs on at idle (see ``fetchLoop(into:)``): the thread pool's,
+    /// with the backend on the broker's server (the pop's record then goes out on the results connection, from the
+    /// popping thread). `nil` otherwise.
+    var idleFetchThreads: WorkerThreads? {
+        configuration.pool == .threads && service.sharedServer != nil ? executor : nil
+    }
+
+    /// One fetch: waits for a prefetch permit, takes what the free permits allow (a batch under load), and hands it
+    /// to the receive loop. With `blockingOn` (the task threads, one of which calls), a blocking pop runs on this
+    /// thread, and the receive loop's next job is kept for it.
+    private func fetchOnce(
+        into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState, blockingOn threads: WorkerThreads?
+    ) async -> FetchStep {
         let gatherTarget = Self.gatherTarget(prefetchCount: configuration.prefetchCount, solo: configuration.pool == .solo)
         // Solo: the thread that pops also runs the tasks, so the jobs here cannot keep a slot busy while it gathers;
         // it gathers to its target whenever the last pop was full.
         let gatherBacklog = configuration.pool == .solo ? 0 : configuration.slots
-        while !shutdown.isTriggered, !Task.isCancelled {
-            guard await prefetch.acquire() else { break }
-            // One permit is needed to fetch at all; any others free now let one round trip take a batch.
-            let queues = consuming.withLock { $0 }
-            if queues.isEmpty {
-                // Every queue was cancelled: wait for an add_consumer.
-                prefetch.release()
-                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + 0.5)
-                continue
-            }
-            var permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
-            // Under load (the last fetch found as many messages as it asked for), fetch a batch rather than each
-            // message as a permit frees: wait for more permits while the jobs already here keep every slot busy.
-            // Each wait ends at the next permit freed (a task starting, or finishing with acks-late), and stops as
-            // soon as fewer ready jobs than slots remain, so no slot idles for it.
-            while busy, permits < gatherTarget, readyJobs.load(ordering: .relaxed) >= gatherBacklog {
-                guard await prefetch.acquire() else {
-                    prefetch.release(permits)
-                    return
-                }
-                permits += 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1 - permits)
-            }
-            do {
-                var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
-                busy = deliveries.count == permits
-                if failures > 0 {
-                    logger.info("Connected to \(configuration.brokerURL)")
-                    failures = 0
-                }
-                if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
-                if deliveries.isEmpty { continue }
-                held.withLock { $0.add(&deliveries) }
-                // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis.
-                fetched.yield(deliveries)
-            } catch {
+        guard await prefetch.acquire() else { return .stop }
+        // One permit is needed to fetch at all; any others free now let one round trip take a batch.
+        let queues = consuming.withLock { $0 }
+        if queues.isEmpty {
+            // Every queue was cancelled: wait for an add_consumer.
+            prefetch.release()
+            _ = await shutdown.sleep(untilUnixTime: WallClock.now() + 0.5)
+            return .nothing
+        }
+        var permits = 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1)
+        // Under load (the last fetch found as many messages as it asked for), fetch a batch rather than each
+        // message as a permit frees: wait for more permits while the jobs already here keep every slot busy.
+        // Each wait ends at the next permit freed (a task starting, or finishing with acks-late), and stops as
+        // soon as fewer ready jobs than slots remain, so no slot idles for it.
+        while state.busy, permits < gatherTarget, readyJobs.load(ordering: .relaxed) >= gatherBacklog {
+            guard await prefetch.acquire() else {
                 prefetch.release(permits)
-                failures += 1
-                let delay = service.retryDelays.delay(attempt: failures)
-                if error.isConnectionProblem {
-                    logger.error(
-                        "consumer: Connection to broker lost (\(error.message)). Trying to re-establish the connection in \(CeleryWorkerService.format(seconds: delay)) seconds..."
-                    )
-                } else {
-                    // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists.
-                    logger.error(
-                        "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
-                    )
-                }
-                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+                return .stop
             }
+            permits += 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1 - permits)
+        }
+        do {
+            var deliveries =
+                if let threads, let broker = service.broker as? RedisBroker {
+                    try await broker.fetch(queues: queues, limit: permits, blockingOn: threads)
+                } else {
+                    try await service.broker.fetch(queues: queues, limit: permits)
+                }
+            state.busy = deliveries.count == permits
+            if state.failures > 0 {
+                logger.info("Connected to \(configuration.brokerURL)")
+                state.failures = 0
+            }
+            if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
+            if deliveries.isEmpty { return .nothing }
+            held.withLock { $0.add(&deliveries) }
+            // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis (or, when it
+            // is that task thread, goes on with the receive loop and the message's task).
+            if threads != nil { WorkerThreads.keepNextJobOnThisThread(strictly: true) }
+            fetched.yield(deliveries)
+            return .handedOn
+        } catch {
+            prefetch.release(permits)
+            state.failures += 1
+            let delay = service.retryDelays.delay(attempt: state.failures)
+            if error.isConnectionProblem {
+                logger.error(
+                    "consumer: Connection to broker lost (\(error.message)). Trying to re-establish the connection in \(CeleryWorkerService.format(seconds: delay)) seconds..."
+                )
+            } else {
+                // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists.
+                logger.error(
+                    "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
+                )
+            }
+            _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+            return .nothing
         }
     }
 

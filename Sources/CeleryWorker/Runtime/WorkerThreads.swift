@@ -9,9 +9,11 @@ import DequeModule
 /// A fixed set of dedicated threads that run executor jobs and blocking closures in the order they arrive.
 ///
 /// The worker uses three kinds: one thread per Redis connection that owns the connection's blocking socket (the
-/// fetch loop runs on the fetch connection's), one thread for the worker's own bookkeeping (dispatching, settling,
-/// remote control), and one thread per unit of concurrency for task bodies. Work handed to a set wakes one of its
-/// threads when any is asleep; a busy thread takes the next item as soon as it finishes the one it runs.
+/// fetch loop runs on the fetch connection's, except at idle in the thread pool with the backend on the broker's
+/// server, where its blocking pop waits on a task thread), one thread for the worker's own bookkeeping (dispatching,
+/// settling, remote control), and one thread per unit of concurrency for task bodies (one more when the blocking pop
+/// may wait there). Work handed to a set wakes one of its threads when any is asleep; a busy thread takes the next
+/// item as soon as it finishes the one it runs.
 ///
 /// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
 /// the busy ones.
@@ -26,7 +28,7 @@ import DequeModule
 /// as its owner, and its threads may still be finishing when the owner is released); the wake pipe is created in
 /// `init` and closed in `deinit`, which runs only once no thread is left (each holds the set).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
-    private enum Item {
+    fileprivate enum Item {
         case job(UnownedJob)
         case closure(@Sendable () -> Void)
     }
@@ -47,11 +49,26 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private var stopping = false
     private var alive = 0
     let name: String
+    /// How many threads the set has.
+    private let count: Int
+    /// How many sleeping threads an item does not wake while no thread is in ``whileBlocked(_:)``, unless it is a
+    /// task moved there (``moveToAnotherThread()``).
+    private let reserve: Int
+    /// Threads in ``whileBlocked(_:)`` now.
+    private var blocked = 0
 
     /// Starts `count` threads named `name`; with `eventLoop`, one thread that can also wait for sockets (see
     /// ``watch(_:)``).
-    init(count: Int, name: String, eventLoop: Bool = false) {
+    ///
+    /// - Parameter reserve: threads kept for tasks moved to them (``moveToAnotherThread()``): an item wakes a sleeping
+    ///   thread only while more than `reserve` sleep, less one for each thread in ``whileBlocked(_:)``. The thread pool
+    ///   keeps one for its blocking pop at idle, so that under load, with every other thread busy, a job waits for one
+    ///   of them (as in a set without the extra thread) rather than waking the one in reserve, which would cost a
+    ///   wake-up per job.
+    init(count: Int, name: String, eventLoop: Bool = false, reserve: Int = 0) {
         self.name = name
+        self.count = eventLoop ? 1 : max(1, count)
+        self.reserve = eventLoop ? 0 : min(max(0, reserve), self.count - 1)
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -59,7 +76,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         condition.initialize(to: pthread_cond_t())
         pthread_cond_init(condition, nil)
         wakePipe = eventLoop ? Self.makeWakePipe() : (-1, -1)
-        for number in 0..<(eventLoop ? 1 : max(1, count)) {
+        for number in 0..<self.count {
             let label = count > 1 ? "\(name)-\(number)" : name
             if Self.spawn(label, body: { [self] in self.serve() }) {
                 locked { alive += 1 }
@@ -91,6 +108,41 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
             submit { continuation.resume(returning: Swift.Result { () throws(Failure) -> Result in try body() }) }
         }
         return try outcome.get()
+    }
+
+    /// Suspends the calling task and resumes it on a thread of this set that is woken for it (or that is free
+    /// first), leaving the calling thread to the jobs it kept for itself (``keepNextJobOnThisThread()``). The calling
+    /// task must prefer this executor.
+    func moveToAnotherThread() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let resume: @Sendable () -> Void = {
+                // The task's next job runs on the thread that runs this, without waking another one.
+                WorkerThreads.keepNextJobOnThisThread()
+                continuation.resume()
+            }
+            // Handed out only once the current job has ended (the task has suspended): resumed earlier, the task would
+            // not suspend at all and go on on this thread.
+            if let raw = pthread_getspecific(threadStateKey),
+                case let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue(),
+                state.owner == ObjectIdentifier(self)
+            {
+                state.afterJob = .closure(resume)
+            } else {
+                push(.closure(resume), moving: true)
+            }
+        }
+    }
+
+    /// Runs `body`, which blocks the calling thread (one of this set's) for long, such as a blocking pop: meanwhile a
+    /// thread kept in reserve is woken for work as any other (and at once for work that is queued already).
+    func whileBlocked<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        let wake = locked { () -> Bool in
+            blocked += 1
+            return !queue.isEmpty && sleepers > 0
+        }
+        if wake { pthread_cond_signal(condition) }
+        defer { locked { blocked -= 1 } }
+        return try body()
     }
 
     /// Resumes once the set has nothing else queued to run: for work that gains from waiting for the work queued now
@@ -133,9 +185,17 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     /// For a job the caller waits for right away (a task body its bookkeeping awaits, or that bookkeeping once the
     /// body is done): the thread runs it as soon as its current job suspends or ends, instead of handing it to a
     /// thread that first has to be woken. Only worth it when the current job does nothing long after the hand-off.
-    static func keepNextJobOnThisThread() {
+    ///
+    /// With `strictly`, in a set of several threads, no other thread may take the job, nor any job this thread keeps
+    /// until it has run out of kept jobs: they wait in the thread's own queue instead of the shared one. For a chain
+    /// of hand-offs that must stay on this thread while another thread is woken for other work (the thread pool's
+    /// message from a blocking pop at idle, its receiving, dispatching and task, while another thread takes the next
+    /// pop): that thread would otherwise take the first of them from the shared queue.
+    static func keepNextJobOnThisThread(strictly: Bool = false) {
         guard let raw = pthread_getspecific(threadStateKey) else { return }
-        Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().keepsNextJob = true
+        let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
+        state.keepsNextJob = true
+        if strictly { state.strictly = true }
     }
 
     /// Like ``keepNextJobOnThisThread()``, but only when the current job has not kept one yet: a loop that hands
@@ -147,7 +207,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         if !state.keptThisTurn { state.keepsNextJob = true }
     }
 
-    private func push(_ item: Item, idle: Bool = false) {
+    private func push(_ item: Item, idle: Bool = false, moving: Bool = false) {
         var keptHere = false
         if let raw = pthread_getspecific(threadStateKey) {
             let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
@@ -155,6 +215,10 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                 state.keepsNextJob = false
                 state.keptThisTurn = true
                 keptHere = true
+                if state.strictly, count > 1, !idle {
+                    state.kept.append(item)
+                    return
+                }
             }
         }
         let wake = locked { () -> Bool? in
@@ -166,7 +230,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                 _ = write(wakePipe.write, &byte, 1)
                 return false
             }
-            return sleepers > 0 && !keptHere
+            return sleepers > (moving ? 0 : max(0, reserve - blocked)) && !keptHere
         }
         switch wake {
         case nil:
@@ -185,11 +249,16 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         withExtendedLifetime(state) {
             var runSincePoll = 0
             while true {
+                if state.strictly {
+                    if let item = state.kept.popFirst() {
+                        run(item, state)
+                        continue
+                    }
+                    state.strictly = false
+                }
                 switch next() {
                 case .run(let item):
-                    run(item)
-                    state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
-                    state.keptThisTurn = false
+                    run(item, state)
                     runSincePoll += 1
                     if runSincePoll == Self.itemsBetweenPolls {
                         // A queue that never empties (a task that yields in a loop) must not keep replies unread.
@@ -293,6 +362,17 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         return (descriptors[0], descriptors[1])
     }
 
+    /// Runs an item the serving thread took, then resets what the item left in the thread's state.
+    private func run(_ item: Item, _ state: ThreadState) {
+        run(item)
+        state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
+        state.keptThisTurn = false
+        if let after = state.afterJob {
+            state.afterJob = nil
+            push(after, moving: true)
+        }
+    }
+
     private func run(_ item: Item) {
         switch item {
         case .job(let job): job.runSynchronously(on: asUnownedTaskExecutor())
@@ -353,11 +433,21 @@ protocol PolledSource: AnyObject, Sendable {
 
 /// What a thread of a ``WorkerThreads`` set knows about itself, in its thread-local slot. Only that thread reads or
 /// writes it.
+///
+/// `@exclusivity(unchecked)`: each property is read and written by that one thread only, one access at a time (no
+/// access spans a call that could reach the same property), so the runtime's checks of overlapping accesses, run on
+/// every access to a class's property and measurable on the path of every job, could never find one.
 private final class ThreadState {
     let owner: ObjectIdentifier
-    var keepsNextJob = false
+    @exclusivity(unchecked) var keepsNextJob = false
+    /// Jobs kept strictly for this thread (in a set of several threads), run before it takes from the shared queue.
+    @exclusivity(unchecked) var kept = Deque<WorkerThreads.Item>()
+    /// Whether the jobs this thread keeps go to ``kept``: from a strict keep until ``kept`` is empty again.
+    @exclusivity(unchecked) var strictly = false
+    /// Handed to the set (any thread) once the job running now has ended (``WorkerThreads/moveToAnotherThread()``).
+    @exclusivity(unchecked) var afterJob: WorkerThreads.Item?
     /// Whether the job running now already kept a job for this thread.
-    var keptThisTurn = false
+    @exclusivity(unchecked) var keptThisTurn = false
 
     init(owner: ObjectIdentifier) {
         self.owner = owner
