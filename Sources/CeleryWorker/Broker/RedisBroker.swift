@@ -21,6 +21,9 @@ public final class RedisBroker: Broker {
 
     /// Where a blocking pop's record goes out (the blocking connection unless the service says otherwise).
     let records: RedisClient
+    /// How long a blocking pop must wait for its message for the queues to count as having been empty (see
+    /// ``received(_:waitedSince:recordingIn:)``).
+    let idleAfter: Duration
 
     /// - Parameters:
     ///   - blocking: the connection used only for `BRPOP`.
@@ -33,10 +36,14 @@ public final class RedisBroker: Broker {
     ///   the backend is on the broker's server, so the write that acknowledges the message follows the record on
     ///   one connection and need not wait for the record's reply. `nil`: the blocking connection, where the next
     ///   pop reads the reply first.
-    init(blocking: RedisClient, commands: RedisClient, records: RedisClient?) {
+    /// - Parameter idleAfter: a blocking pop whose message came later than this waited for it (the queues were
+    ///   empty); one that came sooner took a message that was already waiting. A message already waiting comes
+    ///   back within a round trip, a tenth of a millisecond or so on one machine.
+    init(blocking: RedisClient, commands: RedisClient, records: RedisClient?, idleAfter: Duration = .milliseconds(1)) {
         self.blocking = blocking
         self.commands = commands
         self.records = records ?? blocking
+        self.idleAfter = idleAfter
     }
 
     /// Where the worker's fetch loop runs: on the thread of the connection it fetches with, so each round trip
@@ -310,8 +317,8 @@ public final class RedisBroker: Broker {
             waited.withLock { $0 = true }
             return nil
         }
-        // A reply within 5 ms is a message that was already waiting, not one the pop waited for.
-        waited.withLock { $0 = ContinuousClock.now - started > .milliseconds(5) }
+        // A reply within `idleAfter` is a message that was already waiting, not one the pop waited for.
+        waited.withLock { $0 = ContinuousClock.now - started > idleAfter }
         let receivedAt = WallClock.now()
         // The tag, exchange and routing key kombu records; none: not recorded. The whole envelope is decoded for
         // them, and kept: the worker reads it next. One that does not decode is scanned for its properties alone,
