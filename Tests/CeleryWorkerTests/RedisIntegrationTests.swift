@@ -672,7 +672,7 @@ struct RedisSettleTests {
     }
 
     @Test(
-        "at idle the thread pool pops on a task thread that then runs the task, and another takes the next pop: a message that comes while the only slot is busy is still received at once; a burst goes back to batch pops, and idle pops follow"
+        "at idle the thread pool pops on a task thread that then runs the task and the next pop, unless the task runs long: a message that comes while the only slot is busy is still received at once, also when the body holds its thread; a burst goes back to batch pops, and idle pops follow"
     )
     func idleFetchOnTaskThreads() async throws {
         try await SharedServerWorker(concurrency: 1).run { worker in
@@ -694,6 +694,18 @@ struct RedisSettleTests {
             #expect(try await worker.state("busy-next") == nil)
             try await worker.waitFor { try await worker.state("busy-next") == .success }
             #expect(try await worker.state("busy-slow") == .success)
+            // The same with a body that holds its thread: the thread that popped its message keeps the next pop only
+            // until the body has run for a moment, then another thread takes it.
+            try await worker.pushAtIdle(taskMessage("block", id: "busy-block", args: [0.8]))
+            try await Task.sleep(for: .milliseconds(200))
+            try await worker.push(taskMessage("add", id: "block-next", args: [2, 2]))
+            try await Task.sleep(for: .milliseconds(200))
+            let whileBlocked = try await worker.recorded()
+            #expect(try await worker.queued() == 0)
+            #expect(whileBlocked.hash == 1 && whileBlocked.index == 1)
+            #expect(try await worker.state("busy-block") == nil)
+            try await worker.waitFor { try await worker.state("block-next") == .success }
+            #expect(try await worker.state("busy-block") == .success)
             // A burst: the pop script takes batches, then the queue is empty and the worker idle again.
             for index in 0..<40 { try await worker.push(taskMessage("add", id: "burst-\(index)", args: [.int(Int64(index)), 1])) }
             try await worker.waitFor { try await worker.state("burst-39") == .success }
@@ -739,8 +751,14 @@ struct SharedServerWorker {
         let configuration = WorkerConfiguration(
             brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"),
             concurrency: concurrency, nodeName: "idle@test")
+        var registry = WorkerRuntimeTests.registry()
+        // A body that holds its thread (no `await`), as synchronous work does.
+        registry.register("block", parameters: ["seconds"]) { (_, seconds: Double) in
+            usleep(UInt32(seconds * 1_000_000))
+            return seconds
+        }
         worker = CeleryWorkerService(
-            configuration: configuration, registry: WorkerRuntimeTests.registry(), logger: try WorkerRuntimeTests.quietLogger())
+            configuration: configuration, registry: registry, logger: try WorkerRuntimeTests.quietLogger())
     }
 
     /// Runs the worker, waits until it has declared its queue, runs `body`, and shuts the worker down.

@@ -43,4 +43,47 @@ struct WorkerThreadsTests {
             #expect(ran.sawMove)
         }
     }
+
+    @Test(
+        "a move held back goes on on its own thread once the kept jobs are done; one held over a task body that runs long goes to another thread while the body runs"
+    )
+    func heldBackMove() async throws {
+        let threads = WorkerThreads(count: 2, name: "test-held")
+        defer { threads.shutdown() }
+        await withTaskExecutorPreference(threads) { await threads.moveToAnotherThread() }
+        for _ in 0..<50 {
+            let keptRan = Mutex<pthread_t?>(nil)
+            let (before, after) = await withTaskExecutorPreference(threads) { () async -> (pthread_t, pthread_t) in
+                let before = pthread_self()
+                WorkerThreads.keepNextJobOnThisThread(strictly: true)
+                threads.submit { keptRan.withLock { $0 = pthread_self() } }
+                await threads.moveToAnotherThread(lazily: true)
+                return (before, pthread_self())
+            }
+            // Nothing woke another thread: the kept job ran first, then the task went on where it was.
+            #expect(pthread_equal(before, after) != 0)
+            #expect(keptRan.withLock { $0 }.map { pthread_equal($0, before) != 0 } == true)
+        }
+        // A kept job that holds its thread (a task body) longer than the patience: the task goes on elsewhere
+        // meanwhile.
+        let moved = DispatchSemaphore(value: 0)
+        let sawMove = Mutex<Bool?>(nil)
+        let (before, after) = await withTaskExecutorPreference(threads) { () async -> (pthread_t, pthread_t) in
+            let before = pthread_self()
+            WorkerThreads.keepNextJobOnThisThread(strictly: true)
+            threads.submit {
+                let armed = WorkerThreads.armDeferredMove()
+                let saw = moved.wait(timeout: .now() + 2) == .success
+                armed?.disarm()
+                sawMove.withLock { $0 = saw && armed != nil }
+            }
+            await threads.moveToAnotherThread(lazily: true)
+            let after = pthread_self()
+            moved.signal()
+            return (before, after)
+        }
+        for _ in 0..<500 where sawMove.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(1)) }
+        #expect(pthread_equal(before, after) == 0)
+        #expect(sawMove.withLock { $0 } == true)
+    }
 }

@@ -360,10 +360,11 @@ final class WorkerRun: Sendable {
                     while !shutdown.isTriggered, !Task.isCancelled, broker.lastPopWaited {
                         switch await fetchOnce(into: fetched, &state, blockingOn: threads) {
                         case .stop: return true
-                        // This thread runs the message's task next; the next pop goes to a thread this wakes (or, when
-                        // the message did not come to an empty queue, back to the connection's thread).
+                        // This thread runs the message's task next, then the next pop, unless the task body runs long:
+                        // then another thread takes the pop (or, when the message did not come to an empty queue, the
+                        // connection's thread does).
                         case .handedOn:
-                            if broker.lastPopWaited { await threads.moveToAnotherThread() }
+                            if broker.lastPopWaited { await threads.moveToAnotherThread(lazily: true) }
                         case .nothing: break
                         }
                     }

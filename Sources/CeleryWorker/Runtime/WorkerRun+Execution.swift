@@ -322,7 +322,10 @@ extension WorkerRun {
         let overrides = sent.soft == nil || sent.hard == nil ? limits.withLock { $0.timeLimits(for: message.name) } : nil
         let softLimit = sent.soft ?? overrides?.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
         let hardLimit = sent.hard ?? overrides?.hard ?? job.task.options.timeLimit ?? configuration.timeLimit
+        // At idle this thread may hold back the next pop until the task is done: a body that runs long hands it out.
+        let deferredMove = job.delivery.arrivedIdle ? WorkerThreads.armDeferredMove() : nil
         var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, stop: stop)
+        deferredMove?.disarm()
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }

@@ -1,4 +1,5 @@
 import DequeModule
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -113,7 +114,15 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     /// Suspends the calling task and resumes it on a thread of this set that is woken for it (or that is free
     /// first), leaving the calling thread to the jobs it kept for itself (``keepNextJobOnThisThread()``). The calling
     /// task must prefer this executor.
-    func moveToAnotherThread() async {
+    ///
+    /// With `lazily`, no thread is woken for it at first: the calling thread resumes it itself once it has run out
+    /// of kept jobs, unless a task body it runs meanwhile (between ``armDeferredMove()`` and
+    /// ``DeferredMove/disarm()``) takes longer than ``DeferredMove/patience``, in which case a timer hands it to the
+    /// set then. For the thread pool's fetch loop at idle: waking the next popping thread while the message's task
+    /// runs costs that task more than the wake-up itself (the woken thread competes for a CPU on the way to the
+    /// result); a short task is done long before the patience runs out, and a long one holds up the next pop by at
+    /// most the patience.
+    func moveToAnotherThread(lazily: Bool = false) async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let resume: @Sendable () -> Void = {
                 // The task's next job runs on the thread that runs this, without waking another one.
@@ -126,7 +135,14 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                 case let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue(),
                 state.owner == ObjectIdentifier(self)
             {
-                state.afterJob = .closure(resume)
+                if lazily {
+                    let deferred = state.deferred ?? DeferredMove(set: self)
+                    state.deferred = deferred
+                    deferred.hold(.closure(resume))
+                    state.holdsDeferred = true
+                } else {
+                    state.afterJob = .closure(resume)
+                }
             } else {
                 push(.closure(resume), moving: true)
             }
@@ -143,6 +159,15 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         if wake { pthread_cond_signal(condition) }
         defer { locked { blocked -= 1 } }
         return try body()
+    }
+
+    /// Arms the timer of the move the calling thread holds back (``moveToAnotherThread(lazily:)``), if it holds one,
+    /// before a task body that may run long; returns what the caller disarms once the body has returned.
+    static func armDeferredMove() -> DeferredMove? {
+        guard let raw = pthread_getspecific(threadStateKey) else { return nil }
+        let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
+        guard state.holdsDeferred, let deferred = state.deferred, deferred.arm() else { return nil }
+        return deferred
     }
 
     /// Resumes once the set has nothing else queued to run: for work that gains from waiting for the work queued now
@@ -207,7 +232,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         if !state.keptThisTurn { state.keepsNextJob = true }
     }
 
-    private func push(_ item: Item, idle: Bool = false, moving: Bool = false) {
+    fileprivate func push(_ item: Item, idle: Bool = false, moving: Bool = false) {
         var keptHere = false
         if let raw = pthread_getspecific(threadStateKey) {
             let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
@@ -255,6 +280,14 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                         continue
                     }
                     state.strictly = false
+                }
+                if state.holdsDeferred {
+                    // Out of kept jobs: the held-back move goes on here, unless its timer handed it out already.
+                    state.holdsDeferred = false
+                    if let item = state.deferred?.take() {
+                        run(item, state)
+                        continue
+                    }
                 }
                 switch next() {
                 case .run(let item):
@@ -448,6 +481,10 @@ private final class ThreadState {
     @exclusivity(unchecked) var afterJob: WorkerThreads.Item?
     /// Whether the job running now already kept a job for this thread.
     @exclusivity(unchecked) var keptThisTurn = false
+    /// This thread's held-back move (``WorkerThreads/moveToAnotherThread(lazily:)``), made at its first.
+    @exclusivity(unchecked) var deferred: DeferredMove?
+    /// Whether ``deferred`` may hold a move: checked once this thread runs out of kept jobs.
+    @exclusivity(unchecked) var holdsDeferred = false
 
     init(owner: ObjectIdentifier) {
         self.owner = owner
@@ -469,4 +506,91 @@ private func nameThisThread(_ name: String) {
     defer { close(descriptor) }
     let bytes = Array(name.utf8.prefix(15))
     _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+}
+
+/// A task's move to another thread, held back by one thread of a ``WorkerThreads`` set until it runs out of kept jobs
+/// (see ``WorkerThreads/moveToAnotherThread(lazily:)``), with the timer that hands it to the set when a task body the
+/// thread runs meanwhile takes too long. Whoever takes the move first (the thread, or the timer's callback on a
+/// thread of its own) hands it on; the other finds nothing.
+///
+/// `@unchecked Sendable`: the move is only read or written with `pending`'s lock held; `timer` is created in `init`
+/// and then only passed to `timer_settime`, which the system makes safe from any thread. An instance is never freed
+/// (one per thread of the set, which lives as long as the process): the timer's callback holds an unretained
+/// reference.
+final class DeferredMove: @unchecked Sendable {
+    /// How long a task body may run before the held-back move is handed out anyway.
+    static let patience: Duration = .milliseconds(1)
+
+    private let pending = Mutex<WorkerThreads.Item?>(nil)
+    private let set: WorkerThreads
+    /// `nil` when the system refused one: the move then goes out before a body rather than waiting for it.
+    private let timer: timer_t?
+
+    fileprivate init(set: WorkerThreads) {
+        self.set = set
+        let context = Unmanaged.passRetained(Box(nil)).toOpaque()
+        var event = sigevent()
+        event.sigev_notify = Int32(SIGEV_THREAD)
+        event.sigev_value.sival_ptr = context
+        event._sigev_un._sigev_thread._function = { value in
+            guard let raw = value.sival_ptr, let move = Unmanaged<Box>.fromOpaque(raw).takeUnretainedValue().move else {
+                return
+            }
+            move.handOut()
+        }
+        var created: timer_t?
+        timer = timer_create(CLOCK_MONOTONIC, &event, &created) == 0 ? created : nil
+        Unmanaged<Box>.fromOpaque(context).takeUnretainedValue().move = self
+        _ = Unmanaged.passRetained(self)  // never freed: the timer's callback may run at any time
+    }
+
+    /// What the timer's callback finds this move by (set once, right after the timer is made).
+    private final class Box: @unchecked Sendable {
+        // Written once in `DeferredMove.init` before the timer can be armed, then only read.
+        var move: DeferredMove?
+        init(_ move: DeferredMove?) { self.move = move }
+    }
+
+    fileprivate func hold(_ item: WorkerThreads.Item) {
+        pending.withLock { $0 = item }
+    }
+
+    /// The held-back move, if nobody took it yet.
+    fileprivate func take() -> WorkerThreads.Item? {
+        pending.withLock { pending in
+            defer { pending = nil }
+            return pending
+        }
+    }
+
+    /// Hands the move to the set now (waking a thread), if nobody took it yet.
+    fileprivate func handOut() {
+        if let item = take() { set.push(item, moving: true) }
+    }
+
+    /// Starts the timer, if a move is held back; without a timer, hands the move out at once. `false` when there
+    /// is nothing to disarm.
+    fileprivate func arm() -> Bool {
+        guard pending.withLock({ $0 != nil }) else { return false }
+        guard let timer else {
+            handOut()
+            return false
+        }
+        let (seconds, attoseconds) = Self.patience.components
+        var spec = itimerspec(
+            it_interval: timespec(tv_sec: 0, tv_nsec: 0),
+            it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000)))
+        if timer_settime(timer, 0, &spec, nil) != 0 {
+            handOut()
+            return false
+        }
+        return true
+    }
+
+    /// Stops the timer once the body has returned (whatever became of the move).
+    func disarm() {
+        guard let timer else { return }
+        var stop = itimerspec()
+        _ = timer_settime(timer, 0, &stop, nil)
+    }
 }
