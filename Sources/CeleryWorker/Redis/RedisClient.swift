@@ -150,15 +150,29 @@ public final class RedisClient: Sendable {
         // Runs even when the calling task is cancelled: a cold shutdown still needs Redis to give reserved messages
         // back. Every call is bounded by the socket timeouts. The lane is one thread that runs one body at a time to
         // its end, so no other caller's commands land in the middle of a sequence (between `WATCH` and `EXEC`).
-        return try await lane.run { () throws(CeleryWorkerError) -> Result in
-            let wasOpen = connection.isOpen
-            do throws(CeleryWorkerError) {
-                return try body(connection)
-            } catch {
-                guard wasOpen, error.code == .connectionLost else { throw error }
-                return try body(connection)
-            }
+        return try await lane.run { () throws(CeleryWorkerError) -> Result in try Self.once(connection, body) }
+    }
+
+    /// Runs `body` with the connection on the calling thread; a connection that was open but turns out dead is
+    /// replaced and `body` runs once more (see ``pipeline(_:)``).
+    private static func once<Result>(
+        _ connection: RedisConnection, _ body: (RedisConnection) throws(CeleryWorkerError) -> Result
+    ) throws(CeleryWorkerError) -> Result {
+        let wasOpen = connection.isOpen
+        do {
+            return try body(connection)
+        } catch {
+            guard wasOpen, error.code == .connectionLost else { throw error }
+            return try body(connection)
         }
+    }
+
+    /// Runs `body` with the connection on the calling thread, which it blocks: for a caller on a thread of the
+    /// worker's own that may block (a task thread), so that no other thread is woken for the call. Not on a shared
+    /// lane. The connection's lock keeps the call apart from the lane's, each of which is one request on this client.
+    private func here<Result>(_ body: (RedisConnection) throws(CeleryWorkerError) -> Result) throws(CeleryWorkerError) -> Result {
+        precondition(!sharesLane, "a shared lane's connection is written on its own thread")
+        return try Self.once(connection, body)
     }
 
     /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments written in
@@ -190,27 +204,16 @@ public final class RedisClient: Sendable {
     /// of which is one request on this client (the result backend's: no `WATCH … EXEC` sequences). A connection that
     /// was open but turns out dead is replaced and the script sent once more, as on the lane.
     func evaluateHere(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
-        precondition(!sharesLane, "a shared lane's connection is written on its own thread")
-        let wasOpen = connection.isOpen
-        do {
-            return try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
-        } catch  where wasOpen && error.code == .connectionLost {
-            return try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
+        try here { connection throws(CeleryWorkerError) in
+            try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
         }
     }
 
     /// Sends the commands as ``pipeline(_:)`` does, but on the calling thread, which it blocks until the replies: for
-    /// a caller on a thread of the worker's own that may block (the thread pool's blocking pop at idle, on a task
-    /// thread), so that the thread woken by the reply is the one that goes on with it. Not on a shared lane. The
-    /// connection's lock keeps the call apart from the lane's.
+    /// the thread pool's blocking pop at idle, on a task thread, so that the thread woken by the reply is the one that
+    /// goes on with it. Not on a shared lane.
     func executeHere(_ commands: [RedisCommand]) throws(CeleryWorkerError) -> [RedisReply] {
-        precondition(!sharesLane, "a shared lane's connection is written on its own thread")
-        let wasOpen = connection.isOpen
-        do {
-            return try connection.execute(commands)
-        } catch  where wasOpen && error.code == .connectionLost {
-            return try connection.execute(commands)
-        }
+        try here { connection throws(CeleryWorkerError) in try connection.execute(commands) }
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

@@ -107,6 +107,11 @@ public final class CeleryWorkerService: Service {
         }
     }
 
+    /// Whether the fetch loop's blocking pop runs on a task thread at idle (see `WorkerRun.fetchLoop(into:)`): in the
+    /// thread pool, with the backend on the broker's server (the pop's record then goes out on the results connection,
+    /// from the popping thread).
+    var fetchesOnTaskThreadsAtIdle: Bool { configuration.pool == .threads && sharedServer != nil }
+
     /// Runs until graceful shutdown (warm) or cancellation (cold).
     ///
     /// In a process-pool child (``isPoolChild``) it runs the child's job loop instead, until the worker that
@@ -119,9 +124,8 @@ public final class CeleryWorkerService: Service {
         let shutdown = ShutdownSignal()
         // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
         let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        // The thread pool with the backend on the broker's server has one task thread more than the concurrency: at
-        // idle the blocking pop waits on one (see `WorkerRun.idleFetchThreads`).
-        let idleFetch = configuration.pool == .threads && sharedServer != nil
+        // One task thread more than the concurrency when the blocking pop waits on one at idle.
+        let idleFetch = fetchesOnTaskThreadsAtIdle
         let executor =
             solo
             ?? WorkerThreads(
@@ -326,6 +330,12 @@ final class WorkerRun: Sendable {
 
     /// What the fetch loop carries from one fetch to the next.
     private struct FetchState {
+        /// How many free prefetch permits a fetch gathers under load (``gatherTarget(prefetchCount:solo:)``).
+        let gatherTarget: Int
+        /// Gathering stops once fewer ready jobs than this remain. Solo: the thread that pops also runs the tasks, so
+        /// the jobs here cannot keep a slot busy while it gathers; it gathers to its target whenever the last pop was
+        /// full.
+        let gatherBacklog: Int
         /// Failed fetches in a row.
         var failures = 0
         /// Whether the last fetch found as many messages as it asked for.
@@ -343,22 +353,27 @@ final class WorkerRun: Sendable {
     }
 
     /// Fetches until shutdown. At idle, in the thread pool with the backend on the broker's server
-    /// (``idleFetchThreads``), each blocking pop runs on a task thread rather than on the blocking connection's own:
+    /// (``CeleryWorkerService/fetchesOnTaskThreadsAtIdle``), each blocking pop runs on a task thread rather than on the blocking connection's own:
     /// the thread a message wakes hands it to the receive loop, keeps that loop's job for itself (and so the message's
     /// task), and leaves the next pop to another task thread, as in a leader-and-followers pool. The path from Redis
     /// to the task then crosses no thread. Under load (the last pop did not wait) the loop runs on the connection's
     /// thread, which batches pops while the task threads run tasks.
     private func fetchLoop(into fetched: Handoff<[BrokerDelivery]>) async {
         defer { fetched.finish() }
-        var state = FetchState()
-        let idle = idleFetchThreads.flatMap { threads in (service.broker as? RedisBroker).map { (threads, $0) } }
+        let solo = configuration.pool == .solo
+        var state = FetchState(
+            gatherTarget: Self.gatherTarget(prefetchCount: configuration.prefetchCount, solo: solo),
+            gatherBacklog: solo ? 0 : configuration.slots)
+        let broker = service.fetchesOnTaskThreadsAtIdle ? service.broker as? RedisBroker : nil
+        let idle = broker.map { (threads: executor, broker: $0) }
         while !shutdown.isTriggered, !Task.isCancelled {
-            if let (threads, broker) = idle, broker.lastPopWaited {
+            if let idle, idle.broker.lastPopWaited {
+                let (threads, broker) = idle
                 let stop = await withTaskExecutorPreference(threads) { () async -> Bool in
                     // The preference alone moves the loop at its next suspension, which may be after the pop.
                     await threads.moveToAnotherThread()
                     while !shutdown.isTriggered, !Task.isCancelled, broker.lastPopWaited {
-                        switch await fetchOnce(into: fetched, &state, blockingOn: threads) {
+                        switch await fetchOnce(into: fetched, &state, blockingOn: idle) {
                         case .stop: return true
                         // This thread runs the message's task next, then the next pop, unless the task body runs long:
                         // then another thread takes the pop (or, when the message did not come to an empty queue, the
@@ -377,23 +392,13 @@ final class WorkerRun: Sendable {
         }
     }
 
-    /// The task threads the fetch loop's blocking pop runs on at idle (see ``fetchLoop(into:)``): the thread pool's,
-    /// with the backend on the broker's server (the pop's record then goes out on the results connection, from the
-    /// popping thread). `nil` otherwise.
-    var idleFetchThreads: WorkerThreads? {
-        configuration.pool == .threads && service.sharedServer != nil ? executor : nil
-    }
-
     /// One fetch: waits for a prefetch permit, takes what the free permits allow (a batch under load), and hands it
-    /// to the receive loop. With `blockingOn` (the task threads, one of which calls), a blocking pop runs on this
-    /// thread, and the receive loop's next job is kept for it.
+    /// to the receive loop. With `blockingOn` (the task threads, one of which calls, and the broker), a blocking pop
+    /// runs on this thread, and the receive loop's next job is kept for it.
     private func fetchOnce(
-        into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState, blockingOn threads: WorkerThreads?
+        into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState,
+        blockingOn idle: (threads: WorkerThreads, broker: RedisBroker)?
     ) async -> FetchStep {
-        let gatherTarget = Self.gatherTarget(prefetchCount: configuration.prefetchCount, solo: configuration.pool == .solo)
-        // Solo: the thread that pops also runs the tasks, so the jobs here cannot keep a slot busy while it gathers;
-        // it gathers to its target whenever the last pop was full.
-        let gatherBacklog = configuration.pool == .solo ? 0 : configuration.slots
         guard await prefetch.acquire() else { return .stop }
         // One permit is needed to fetch at all; any others free now let one round trip take a batch.
         let queues = consuming.withLock { $0 }
@@ -408,7 +413,7 @@ final class WorkerRun: Sendable {
         // message as a permit frees: wait for more permits while the jobs already here keep every slot busy.
         // Each wait ends at the next permit freed (a task starting, or finishing with acks-late), and stops as
         // soon as fewer ready jobs than slots remain, so no slot idles for it.
-        while state.busy, permits < gatherTarget, readyJobs.load(ordering: .relaxed) >= gatherBacklog {
+        while state.busy, permits < state.gatherTarget, readyJobs.load(ordering: .relaxed) >= state.gatherBacklog {
             guard await prefetch.acquire() else {
                 prefetch.release(permits)
                 return .stop
@@ -417,8 +422,8 @@ final class WorkerRun: Sendable {
         }
         do {
             var deliveries =
-                if let threads, let broker = service.broker as? RedisBroker {
-                    try await broker.fetch(queues: queues, limit: permits, blockingOn: threads)
+                if let idle {
+                    try await idle.broker.fetch(queues: queues, limit: permits, blockingOn: idle.threads)
                 } else {
                     try await service.broker.fetch(queues: queues, limit: permits)
                 }
@@ -432,7 +437,7 @@ final class WorkerRun: Sendable {
             held.withLock { $0.add(&deliveries) }
             // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis (or, when it
             // is that task thread, goes on with the receive loop and the message's task).
-            if threads != nil { WorkerThreads.keepNextJobOnThisThread(strictly: true) }
+            if idle != nil { WorkerThreads.keepNextJobOnThisThread(strictly: true) }
             fetched.yield(deliveries)
             return .handedOn
         } catch {
