@@ -108,6 +108,11 @@ def test_redis_restart_mid_run(tmp_path):
 
 def test_bad_flags_fail_with_a_clear_message():
     for args, text in [(["-c", "0"], "--concurrency must be at least 1"),
+                       (["-c", "-3"], "--concurrency must be at least 1, got -3"),
+                       (["-c", "abc"], "'abc' is invalid for '-c <concurrency>'"),
+                       (["--visibility-timeout", "-5"], "--visibility-timeout must be more than 0 seconds"),
+                       (["--prefetch-multiplier", "-1"], "--prefetch-multiplier must be 0 or more"),
+                       (["--metrics-port", "-1"], "--metrics-port must be a TCP port"),
                        (["--broker", "http://x"], "invalid Redis URL"),
                        (["-l", "LOUD"], "Invalid log level"),
                        (["--result-serializer", "pickle"], "json or msgpack"),

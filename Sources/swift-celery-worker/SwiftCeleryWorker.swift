@@ -40,7 +40,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("Q"), .customLong("queues")], help: "Comma-separated queues to consume (default: celery).")
     var queues: String?
 
-    @Option(name: [.customShort("c"), .customLong("concurrency")], help: "Tasks run at once (default: the number of cores).")
+    @Option(name: [.customShort("c"), .customLong("concurrency")], parsing: .unconditional, help: "Tasks run at once (default: the number of cores).")
     var concurrency: Int?
 
     @Option(name: [.customShort("l"), .customLong("loglevel")], help: "DEBUG, INFO, WARNING, ERROR, CRITICAL or FATAL.")
@@ -49,7 +49,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("n"), .customLong("hostname")], help: "Node name; %h expands to the host name (default celery@%h).")
     var hostname: String?
 
-    @Option(name: .customLong("prefetch-multiplier"), help: "Messages reserved per unit of concurrency, 0 for no limit (default: 4).")
+    @Option(name: .customLong("prefetch-multiplier"), parsing: .unconditional, help: "Messages reserved per unit of concurrency, 0 for no limit (default: 4).")
     var prefetchMultiplier: Int?
 
     @Flag(name: .customLong("acks-late"), help: "Acknowledge after the task has finished and its result is stored.")
@@ -58,16 +58,16 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("result-serializer"), help: "json or msgpack; must match the Python clients' result_serializer (default: json).")
     var resultSerializer: String?
 
-    @Option(name: .customLong("result-expires"), help: "Seconds results are kept; 0 keeps them forever (default: 86400).")
+    @Option(name: .customLong("result-expires"), parsing: .unconditional, help: "Seconds results are kept; 0 keeps them forever (default: 86400).")
     var resultExpires: Int?
 
-    @Option(name: .customLong("visibility-timeout"), help: "Seconds before an unacknowledged message is redelivered (default: 3600).")
+    @Option(name: .customLong("visibility-timeout"), parsing: .unconditional, help: "Seconds before an unacknowledged message is redelivered (default: 3600).")
     var visibilityTimeout: Double?
 
-    @Option(name: .customLong("soft-time-limit"), help: "Seconds after which a running task is cancelled (SoftTimeLimitExceeded).")
+    @Option(name: .customLong("soft-time-limit"), parsing: .unconditional, help: "Seconds after which a running task is cancelled (SoftTimeLimitExceeded).")
     var softTimeLimit: Double?
 
-    @Option(name: .customLong("time-limit"), help: "Seconds after which a running task is killed (TimeLimitExceeded); needs --pool process.")
+    @Option(name: .customLong("time-limit"), parsing: .unconditional, help: "Seconds after which a running task is killed (TimeLimitExceeded); needs --pool process.")
     var timeLimit: Double?
 
     @Option(
@@ -83,7 +83,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
     var logfile: String?
 
-    @Option(name: .customLong("metrics-port"), help: "Serve Prometheus metrics at http://<metrics-address>:<port>/metrics.")
+    @Option(name: .customLong("metrics-port"), parsing: .unconditional, help: "Serve Prometheus metrics at http://<metrics-address>:<port>/metrics.")
     var metricsPort: Int?
 
     @Option(name: .customLong("metrics-address"), help: "The address the metrics endpoint listens on (default: 127.0.0.1).")
