@@ -40,7 +40,8 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("Q"), .customLong("queues")], help: "Comma-separated queues to consume (default: celery).")
     var queues: String?
 
-    @Option(name: [.customShort("c"), .customLong("concurrency")], parsing: .unconditional, help: "Tasks run at once (default: the number of cores).")
+    @Option(
+        name: [.customShort("c"), .customLong("concurrency")], parsing: .unconditional, help: "Tasks run at once (default: the number of cores).")
     var concurrency: Int?
 
     @Option(name: [.customShort("l"), .customLong("loglevel")], help: "DEBUG, INFO, WARNING, ERROR, CRITICAL or FATAL.")
@@ -49,7 +50,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: [.customShort("n"), .customLong("hostname")], help: "Node name; %h expands to the host name (default celery@%h).")
     var hostname: String?
 
-    @Option(name: .customLong("prefetch-multiplier"), parsing: .unconditional, help: "Messages reserved per unit of concurrency, 0 for no limit (default: 4).")
+    @Option(
+        name: .customLong("prefetch-multiplier"), parsing: .unconditional,
+        help: "Messages reserved per unit of concurrency, 0 for no limit (default: 4).")
     var prefetchMultiplier: Int?
 
     @Flag(name: .customLong("acks-late"), help: "Acknowledge after the task has finished and its result is stored.")
@@ -61,13 +64,19 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("result-expires"), parsing: .unconditional, help: "Seconds results are kept; 0 keeps them forever (default: 86400).")
     var resultExpires: Int?
 
-    @Option(name: .customLong("visibility-timeout"), parsing: .unconditional, help: "Seconds before an unacknowledged message is redelivered (default: 3600).")
+    @Option(
+        name: .customLong("visibility-timeout"), parsing: .unconditional,
+        help: "Seconds before an unacknowledged message is redelivered (default: 3600).")
     var visibilityTimeout: Double?
 
-    @Option(name: .customLong("soft-time-limit"), parsing: .unconditional, help: "Seconds after which a running task is cancelled (SoftTimeLimitExceeded).")
+    @Option(
+        name: .customLong("soft-time-limit"), parsing: .unconditional,
+        help: "Seconds after which a running task is cancelled (SoftTimeLimitExceeded).")
     var softTimeLimit: Double?
 
-    @Option(name: .customLong("time-limit"), parsing: .unconditional, help: "Seconds after which a running task is killed (TimeLimitExceeded); needs --pool process.")
+    @Option(
+        name: .customLong("time-limit"), parsing: .unconditional,
+        help: "Seconds after which a running task is killed (TimeLimitExceeded); needs --pool process.")
     var timeLimit: Double?
 
     @Option(
