@@ -62,6 +62,28 @@ def test_cpu_bound_tasks_do_not_stall_other_work(start_worker, make_app):
     assert [r.get(timeout=15) for r in spinning] == [3, 3]
 
 
+@pytest.mark.parallel_pool
+def test_bodies_that_hold_every_slot_do_not_stall_the_worker(start_worker, make_app, broker_redis):
+    """Every slot runs a busy loop: remote control, the next fetch and the results of other tasks still go on."""
+    worker = start_worker("-n", "held@%h", "-c", "2", "--prefetch-multiplier", "2")
+    app = make_app()
+    spinning = [app.tasks["tasks.spin"].delay(3) for _ in range(2)]
+    worker.wait_for_log("received", count=2)
+    time.sleep(0.3)
+    started = time.monotonic()
+    replies = app.control.ping(timeout=1.0)
+    assert any(node.startswith("held@") for reply in replies for node in reply)
+    assert time.monotonic() - started < 1.5
+    # No slot is free, but the worker still fetches: the message is received and recorded in unacked at once.
+    waiting = app.tasks["tasks.add"].delay(2, 2)
+    worker.wait_for_log(f"[{waiting.id}] received", timeout=2)
+    assert broker_redis.llen("celery") == 0
+    assert time.monotonic() - started < 2.5  # the spinners still run
+    assert all(r.state != "SUCCESS" for r in spinning)
+    assert waiting.get(timeout=10) == 4
+    assert [r.get(timeout=15) for r in spinning] == [3, 3]
+
+
 def test_redis_down_at_start_up_is_retried(tmp_path, make_app):
     from conftest import WorkerProcess
 

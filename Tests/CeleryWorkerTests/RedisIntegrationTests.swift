@@ -640,9 +640,9 @@ struct RedisSettleTests {
     }
 
     @Test(
-        "at idle the thread pool acknowledges a task as it starts and settles it from its task thread, also after Redis forgot its scripts; nothing stays in unacked"
+        "at idle the thread pool acknowledges a task as it starts and stores its result after, also after Redis forgot its scripts; nothing stays in unacked"
     )
-    func idleSettleOnTaskThread() async throws {
+    func threadPoolAcknowledgesAtStart() async throws {
         try await SharedServerWorker(concurrency: 2).run { worker in
             try await worker.pushAtIdle(taskMessage("add", id: "idle-add", args: [2, 3]))
             try await worker.waitFor { try await worker.state("idle-add") == .success }
@@ -672,11 +672,11 @@ struct RedisSettleTests {
     }
 
     @Test(
-        "at idle the thread pool pops on a task thread that then runs the task and the next pop, unless the task runs long: a message that comes while the only slot is busy is still received at once, also when the body holds its thread; a burst goes back to batch pops, and idle pops follow"
+        "in the thread pool a message that comes while the only slot is busy is still popped and recorded at once, also when the body holds its thread (another thread takes the lead); a burst goes back to batch pops, and idle pops follow"
     )
-    func idleFetchOnTaskThreads() async throws {
+    func threadPoolFetchesWhileBodiesBlock() async throws {
         try await SharedServerWorker(concurrency: 1).run { worker in
-            // Every message here comes to an empty queue, so each is taken by a blocking pop on a task thread.
+            // Every message here comes to an empty queue, so each is taken by a blocking pop.
             for index in 0..<5 {
                 try await worker.pushAtIdle(taskMessage("add", id: "idle-\(index)", args: [.int(Int64(index)), 1]))
                 try await worker.waitFor { try await worker.state("idle-\(index)") == .success }
@@ -694,8 +694,8 @@ struct RedisSettleTests {
             #expect(try await worker.state("busy-next") == nil)
             try await worker.waitFor { try await worker.state("busy-next") == .success }
             #expect(try await worker.state("busy-slow") == .success)
-            // The same with a body that holds its thread: the thread that popped its message keeps the next pop only
-            // until the body has run for a moment, then another thread takes it.
+            // The same with a body that holds its thread: the leader runs it only for a moment, then the watchdog
+            // demotes it and another thread takes the lead, and with it the next pop.
             try await worker.pushAtIdle(taskMessage("block", id: "busy-block", args: [0.8]))
             try await Task.sleep(for: .milliseconds(200))
             try await worker.push(taskMessage("add", id: "block-next", args: [2, 2]))
@@ -738,8 +738,8 @@ func fixture(_ name: String) throws -> [UInt8] {
     return Array(try Data(contentsOf: url))
 }
 
-/// A thread-pool worker with its broker (database 15) and results (database 14) on the test server, so that it takes
-/// its idle path, and what the tests of that path read back.
+/// A thread-pool worker with its broker (database 15) and results (database 14) on the test server, and what its
+/// tests read back.
 struct SharedServerWorker {
     let brokerDatabase: RedisClient
     let resultsDatabase: RedisClient

@@ -8,82 +8,101 @@ import Testing
     import Glibc
 #endif
 
-@Suite("Worker threads: jobs kept for a thread, and a task moved to another")
+@Suite("Worker threads: leader mode, with a watchdog over long jobs")
 struct WorkerThreadsTests {
-    @Test(
-        "a job kept for its thread runs there, not on the thread woken next; a task moved to another thread goes on there once its job has ended"
-    )
-    func keptJobAndMove() async throws {
-        let threads = WorkerThreads(count: 2, name: "test-move")
+    @Test("a job that blocks the leader is left to its thread: the next job runs on another thread meanwhile")
+    func blockingJobIsLeftBehind() async throws {
+        let threads = WorkerThreads(count: 2, name: "test-lead", eventLoop: true)
         defer { threads.shutdown() }
-        // The preference takes effect at the first suspension: this hop lands on one of the set's threads.
-        await withTaskExecutorPreference(threads) { await threads.moveToAnotherThread() }
-        // Many rounds: a task resumed before it has suspended would go on on its old thread, which only a race shows.
-        for _ in 0..<200 {
-            let moved = DispatchSemaphore(value: 0)
-            let kept = Mutex<(thread: pthread_t, sawMove: Bool)?>(nil)
-            let (before, after) = await withTaskExecutorPreference(threads) { () async -> (pthread_t, pthread_t) in
-                let before = pthread_self()
-                // Kept for this thread: it runs here once the task has left, and waits until the task goes on
-                // elsewhere (on this thread the task could only go on after it, and the wait would time out).
-                WorkerThreads.keepNextJobOnThisThread(strictly: true)
-                threads.submit {
-                    let sawMove = moved.wait(timeout: .now() + 2) == .success
-                    kept.withLock { $0 = (pthread_self(), sawMove) }
-                }
-                await threads.moveToAnotherThread()
-                let after = pthread_self()
-                moved.signal()
-                return (before, after)
+        for _ in 0..<20 {
+            let released = DispatchSemaphore(value: 0)
+            let outcome = Mutex<(blocked: pthread_t?, sawRelease: Bool?, releasedOn: pthread_t?)>((nil, nil, nil))
+            // The first job blocks until the second has run: with one thread serving the queue it would time out.
+            threads.submit {
+                outcome.withLock { $0.blocked = pthread_self() }
+                let saw = released.wait(timeout: .now() + 2) == .success
+                outcome.withLock { $0.sawRelease = saw }
             }
-            for _ in 0..<500 where kept.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(1)) }
-            let ran = try #require(kept.withLock { $0 })
-            #expect(pthread_equal(before, after) == 0)
-            #expect(pthread_equal(ran.thread, before) != 0)
-            #expect(ran.sawMove)
+            threads.submit {
+                outcome.withLock { $0.releasedOn = pthread_self() }
+                released.signal()
+            }
+            for _ in 0..<3000 where outcome.withLock({ $0.sawRelease }) == nil { try await Task.sleep(for: .milliseconds(1)) }
+            let ran = outcome.withLock { $0 }
+            #expect(ran.sawRelease == true)
+            let (blocked, releasedOn) = (try #require(ran.blocked), try #require(ran.releasedOn))
+            #expect(pthread_equal(blocked, releasedOn) == 0)
         }
     }
 
-    @Test(
-        "a move held back goes on on its own thread once the kept jobs are done; one held over a task body that runs long goes to another thread while the body runs"
-    )
-    func heldBackMove() async throws {
-        let threads = WorkerThreads(count: 2, name: "test-held")
+    @Test("a task that blocks after an await is watched too; its await resumes on whichever thread leads")
+    func blockingAfterAwait() async throws {
+        let threads = WorkerThreads(count: 3, name: "test-resume", eventLoop: true)
         defer { threads.shutdown() }
-        await withTaskExecutorPreference(threads) { await threads.moveToAnotherThread() }
-        for _ in 0..<50 {
-            let keptRan = Mutex<pthread_t?>(nil)
-            let (before, after) = await withTaskExecutorPreference(threads) { () async -> (pthread_t, pthread_t) in
-                let before = pthread_self()
-                WorkerThreads.keepNextJobOnThisThread(strictly: true)
-                threads.submit { keptRan.withLock { $0 = pthread_self() } }
-                await threads.moveToAnotherThread(lazily: true)
-                return (before, pthread_self())
-            }
-            // Nothing woke another thread: the kept job ran first, then the task went on where it was.
-            #expect(pthread_equal(before, after) != 0)
-            #expect(keptRan.withLock { $0 }.map { pthread_equal($0, before) != 0 } == true)
+        let released = DispatchSemaphore(value: 0)
+        // Two bodies that suspend first, then hold their thread until the third job runs.
+        async let first = withTaskExecutorPreference(threads) { () async -> Bool in
+            try? await Task.sleep(for: .milliseconds(5))
+            return released.wait(timeout: .now() + 3) == .success
         }
-        // A kept job that holds its thread (a task body) longer than the patience: the task goes on elsewhere
-        // meanwhile.
-        let moved = DispatchSemaphore(value: 0)
-        let sawMove = Mutex<Bool?>(nil)
-        let (before, after) = await withTaskExecutorPreference(threads) { () async -> (pthread_t, pthread_t) in
-            let before = pthread_self()
-            WorkerThreads.keepNextJobOnThisThread(strictly: true)
-            threads.submit {
-                let armed = WorkerThreads.armDeferredMove()
-                let saw = moved.wait(timeout: .now() + 2) == .success
-                armed?.disarm()
-                sawMove.withLock { $0 = saw && armed != nil }
-            }
-            await threads.moveToAnotherThread(lazily: true)
-            let after = pthread_self()
-            moved.signal()
-            return (before, after)
+        async let second = withTaskExecutorPreference(threads) { () async -> Bool in
+            try? await Task.sleep(for: .milliseconds(5))
+            return released.wait(timeout: .now() + 3) == .success
         }
-        for _ in 0..<500 where sawMove.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(1)) }
-        #expect(pthread_equal(before, after) == 0)
-        #expect(sawMove.withLock { $0 } == true)
+        try await Task.sleep(for: .milliseconds(50))
+        threads.submit {
+            released.signal()
+            released.signal()
+        }
+        let (one, two) = await (first, second)
+        #expect(one && two)
+    }
+
+    @Test("short jobs run one at a time on the leader, in the order queued, and a continuation resumed first runs before them")
+    func shortJobsAndResumingFirst() async throws {
+        let threads = WorkerThreads(count: 2, name: "test-order", eventLoop: true)
+        defer { threads.shutdown() }
+        let order = Mutex<[String]>([])
+        let ready = DispatchSemaphore(value: 0)
+        let waiting = Mutex<UnsafeContinuation<Void, Never>?>(nil)
+        let task = Task(executorPreference: threads) {
+            await withUnsafeContinuation { continuation in
+                waiting.withLock { $0 = continuation }
+                ready.signal()
+            }
+            order.withLock { $0.append("resumed") }
+        }
+        await withUnsafeContinuation { (done: UnsafeContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                ready.wait()
+                done.resume()
+            }
+        }
+        // In one job: two jobs queued, then the waiting task resumed at the front of the queue.
+        threads.submit {
+            threads.submit { order.withLock { $0.append("a") } }
+            threads.submit { order.withLock { $0.append("b") } }
+            let continuation = waiting.withLock { $0 }
+            WorkerThreads.resumingFirst { continuation?.resume() }
+        }
+        await task.value
+        for _ in 0..<2000 where order.withLock({ $0.count }) < 3 { try await Task.sleep(for: .milliseconds(1)) }
+        #expect(order.withLock { $0 } == ["resumed", "a", "b"])
+    }
+
+    @Test("after shutdown, a job that blocked its thread finishes and what it submits still runs")
+    func shutdownWithBlockedJob() async throws {
+        let threads = WorkerThreads(count: 2, name: "test-stop", eventLoop: true)
+        let finished = DispatchSemaphore(value: 0)
+        threads.submit {
+            usleep(100_000)  // demoted meanwhile
+            threads.submit { finished.signal() }
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        threads.shutdown()
+        let signalled = await withUnsafeContinuation { (done: UnsafeContinuation<Bool, Never>) in
+            DispatchQueue.global().async { done.resume(returning: finished.wait(timeout: .now() + 3) == .success) }
+        }
+        #expect(signalled)
     }
 }

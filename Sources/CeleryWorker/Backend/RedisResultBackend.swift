@@ -130,15 +130,6 @@ public final class RedisResultBackend: ResultBackend {
         }
     }
 
-    /// ``settle(earlyAcks:documents:lateAcks:broker:)`` on the calling thread, which it blocks until the reply (see
-    /// ``RedisClient/evaluateHere(_:keyCount:arguments:)``).
-    func settleHere(
-        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
-    ) throws(CeleryWorkerError) {
-        let arguments = settleArguments(earlyAcks: earlyAcks, documents: documents, lateAcks: lateAcks, broker: broker)
-        _ = try client.evaluateHere(Self.settleScript, keyCount: 2 + documents.count, arguments: arguments)
-    }
-
     /// The settle script's keys and other arguments (see ``settleScript``).
     private func settleArguments(
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker

@@ -20,8 +20,6 @@ public struct BrokerDelivery: Sendable {
     var decoded: KombuEnvelope?
     /// The key the worker holds it under while unacknowledged (see `HeldDeliveries`); 0 when not held.
     var heldKey = 0
-    /// Whether a blocking pop waited for it: the queues were empty when it came, so the worker is idle.
-    var arrivedIdle = false
 
     public init(raw: [UInt8], queue: String, receivedAt: Double, deliveryTag: String?) {
         self.raw = raw

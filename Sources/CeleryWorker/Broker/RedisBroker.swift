@@ -72,19 +72,6 @@ public final class RedisBroker: Broker {
     }
 
     public func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
-        try await fetch(queues: queues, limit: limit, blockingOn: nil)
-    }
-
-    /// Whether the last blocking pop waited for its message (or timed out): the queues were empty a moment ago, and
-    /// the next fetch is a blocking pop again.
-    var lastPopWaited: Bool { waited.withLock { $0 } }
-
-    /// ``fetch(queues:limit:)``; with `blockingOn` (the set of the calling thread), a blocking pop runs on the calling
-    /// thread, which it blocks (``RedisClient/executeHere(_:)``, inside ``WorkerThreads/whileBlocked(_:)``), instead of
-    /// on the blocking connection's own: for the thread pool's fetch at idle, on a task thread, so that the thread the
-    /// message wakes runs its task. Only with the record going out on another connection (``records``), which the
-    /// calling thread writes it on.
-    func fetch(queues: [String], limit: Int, blockingOn threads: WorkerThreads?) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let (lists, brpop) = rotation.withLock { order -> ([String], RedisCommand) in
             if order.queues != queues, Set(order.queues) != Set(queues) { order.set(queues) }
             return (order.lists, order.brpop)
@@ -97,16 +84,10 @@ public final class RedisBroker: Broker {
         if !waited.withLock({ $0 }) {
             popped = try await popAndRecord(lists: lists, limit: max(1, limit))
         }
-        var arrivedIdle = false
         if popped.isEmpty {
             // Nothing waiting: block for the next message, recording it straight after (on the same connection, or
             // on ``records`` when that is another).
-            if let threads, records !== blocking {
-                popped = try blockingPopHere(brpop, blocking: threads)
-            } else {
-                popped = try await blockingPop(brpop)
-            }
-            arrivedIdle = waited.withLock { $0 }
+            popped = try await blockingPop(brpop)
         } else {
             waited.withLock { $0 = false }
         }
@@ -118,7 +99,6 @@ public final class RedisBroker: Broker {
             var delivery = BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag)
             delivery.pendingRecord = record
             delivery.decoded = envelope
-            delivery.arrivedIdle = arrivedIdle
             deliveries.append(delivery)
         }
         if let last = deliveries.last { rotation.withLock { $0.moveToEnd(last.queue) } }
@@ -265,14 +245,6 @@ public final class RedisBroker: Broker {
             }
         }
         return popped
-    }
-
-    /// A blocking pop on the calling thread, its record written at once on ``records`` from there (see
-    /// ``fetch(queues:limit:blockingOn:)``).
-    private func blockingPopHere(_ brpop: RedisCommand, blocking threads: WorkerThreads) throws(CeleryWorkerError) -> [Popped] {
-        let started = ContinuousClock.now
-        let reply = try threads.whileBlocked { () throws(CeleryWorkerError) in try blocking.executeHere([brpop]) }
-        return sendingRecord(of: reply.first, waitedSince: started)
     }
 
     /// The blocking pop of the solo pool: the lane's thread runs tasks while it waits. The record is written at

@@ -167,14 +167,6 @@ public final class RedisClient: Sendable {
         }
     }
 
-    /// Runs `body` with the connection on the calling thread, which it blocks: for a caller on a thread of the
-    /// worker's own that may block (a task thread), so that no other thread is woken for the call. Not on a shared
-    /// lane. The connection's lock keeps the call apart from the lane's, each of which is one request on this client.
-    private func here<Result>(_ body: (RedisConnection) throws(CeleryWorkerError) -> Result) throws(CeleryWorkerError) -> Result {
-        precondition(!sharesLane, "a shared lane's connection is written on its own thread")
-        return try Self.once(connection, body)
-    }
-
     /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments written in
     /// Redis's protocol by `arguments`: the first `keyCount` are the keys. `arguments` runs on the lane's thread,
     /// where the write happens, not on the caller's. On a shared lane it does not block the lane (see
@@ -196,24 +188,6 @@ public final class RedisClient: Sendable {
         }
         guard let reply else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
         return try reply.check("EVALSHA")
-    }
-
-    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, but on the calling thread, which it blocks until
-    /// the reply: for a caller on a thread of the worker's own that may block (a task thread), so that no other thread
-    /// is woken for the write. Not on a shared lane. The connection's lock keeps the call apart from the lane's, each
-    /// of which is one request on this client (the result backend's: no `WATCH … EXEC` sequences). A connection that
-    /// was open but turns out dead is replaced and the script sent once more, as on the lane.
-    func evaluateHere(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
-        try here { connection throws(CeleryWorkerError) in
-            try connection.evaluate(script, keyCount: keyCount, arguments: arguments)
-        }
-    }
-
-    /// Sends the commands as ``pipeline(_:)`` does, but on the calling thread, which it blocks until the replies: for
-    /// the thread pool's blocking pop at idle, on a task thread, so that the thread woken by the reply is the one that
-    /// goes on with it. Not on a shared lane.
-    func executeHere(_ commands: [RedisCommand]) throws(CeleryWorkerError) -> [RedisReply] {
-        try here { connection throws(CeleryWorkerError) in try connection.execute(commands) }
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

@@ -20,9 +20,16 @@ final class AsyncPermits: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Whether a waiter that `release` resumes goes to the front of a leader-mode ``WorkerThreads`` set's queue.
+    private let resumesFirst: Bool
 
-    init(_ count: Int) {
+    /// - Parameter resumesFirst: a waiter resumed by ``release(_:)`` runs before the jobs already queued on a
+    ///   leader-mode ``WorkerThreads`` set (see ``WorkerThreads/resumingFirst(_:)``). For the prefetch permits: the
+    ///   fetch loop, resumed as soon as a permit frees, then sends its pop before the leader runs the tasks queued
+    ///   meanwhile, and Redis works on the pop while the leader runs them.
+    init(_ count: Int, resumesFirst: Bool = false) {
         state = Mutex(State(available: count))
+        self.resumesFirst = resumesFirst
     }
 
     /// Waits for a permit. Returns `false` without one when closed or when the waiting task is cancelled.
@@ -84,7 +91,13 @@ final class AsyncPermits: Sendable {
             }
             return (first, others)
         }
-        first?.continuation.resume(returning: true)
+        if let first {
+            if resumesFirst {
+                WorkerThreads.resumingFirst { first.continuation.resume(returning: true) }
+            } else {
+                first.continuation.resume(returning: true)
+            }
+        }
         for waiter in others { waiter.continuation.resume(returning: true) }
     }
 

@@ -31,10 +31,10 @@ public final class CeleryWorkerService: Service {
     /// When the broker and the result backend are one Redis server: each settler batch (results and
     /// acknowledgements) is then written by one script in one round trip.
     let sharedServer: (backend: RedisResultBackend, broker: RedisBroker)?
-    /// With `--pool solo`, the one thread that fetches, runs tasks and settles; the broker's and the backend's
-    /// connections run their calls there. `nil` for the other pools (and for a solo worker on another broker: its
-    /// thread is made in ``run()``).
-    let soloLane: WorkerThreads?
+    /// With `--pool solo` or `threads`, the event loop that fetches, runs tasks and settles (``makeLane(_:)``); the
+    /// broker's and the backend's connections run their calls there. `nil` for the process pool (and for a worker on
+    /// another broker: its event loop is made in ``run()``).
+    let lane: WorkerThreads?
 
     /// A worker on Redis, as configured.
     ///
@@ -43,11 +43,12 @@ public final class CeleryWorkerService: Service {
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger,
         metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
-        let soloLane = configuration.pool == .solo ? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        // The broker's and the backend's clients: on the solo pool's thread, or each on a thread of its own.
+        let lane = Self.makeLane(configuration)
+        // The broker's and the backend's clients: on the event loop of the solo and thread pools, or each on a thread
+        // of its own.
         func client(_ url: RedisURL, commandTimeout: Duration = .seconds(30), threadName: String = "redis-io") -> RedisClient {
-            guard let soloLane else { return RedisClient(url: url, commandTimeout: commandTimeout, threadName: threadName) }
-            return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: soloLane)
+            guard let lane else { return RedisClient(url: url, commandTimeout: commandTimeout, threadName: threadName) }
+            return RedisClient(url: url, commandTimeout: commandTimeout, sharedLane: lane)
         }
         let results = configuration.resultBackendURL.map { client($0, threadName: "redis-results") }
         // With the backend on the broker's server, a blocking pop's record goes out on the results connection, so the
@@ -67,7 +68,7 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
-            metrics: TaskMetrics(factory: metricsFactory), soloLane: soloLane,
+            metrics: TaskMetrics(factory: metricsFactory), lane: lane,
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
@@ -81,17 +82,17 @@ public final class CeleryWorkerService: Service {
     ) {
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
-            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), soloLane: nil, client: nil)
+            events: nil, control: nil, metrics: TaskMetrics(factory: metricsFactory), lane: nil, client: nil)
     }
 
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, soloLane: WorkerThreads?,
+        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, lane: WorkerThreads?,
         client: CeleryClient?
     ) {
         self.metrics = metrics
-        self.soloLane = soloLane
+        self.lane = lane
         self.client = client
         self.configuration = configuration
         self.registry = registry
@@ -107,10 +108,17 @@ public final class CeleryWorkerService: Service {
         }
     }
 
-    /// Whether the fetch loop's blocking pop runs on a task thread at idle (see `WorkerRun.fetchLoop(into:)`): in the
-    /// thread pool, with the backend on the broker's server (the pop's record then goes out on the results connection,
-    /// from the popping thread).
-    var fetchesOnTaskThreadsAtIdle: Bool { configuration.pool == .threads && sharedServer != nil }
+    /// The event loop of the solo and thread pools, `nil` for the process pool: tasks, the worker's bookkeeping and
+    /// (on Redis) its connections share it. One thread for solo; concurrency + 1 in leader mode for threads, so that
+    /// up to concurrency task bodies that block or compute run side by side while one more thread leads (see
+    /// ``WorkerThreads``).
+    static func makeLane(_ configuration: WorkerConfiguration) -> WorkerThreads? {
+        switch configuration.pool {
+        case .solo: WorkerThreads(count: 1, name: "celery-solo", eventLoop: true)
+        case .threads: WorkerThreads(count: configuration.concurrency + 1, name: "celery-task", eventLoop: true)
+        case .process: nil
+        }
+    }
 
     /// Runs until graceful shutdown (warm) or cancellation (cold).
     ///
@@ -122,19 +130,14 @@ public final class CeleryWorkerService: Service {
             return
         }
         let shutdown = ShutdownSignal()
-        // Solo: tasks, the worker's bookkeeping and (on Redis) its connections share one thread.
-        let solo = configuration.pool == .solo ? soloLane ?? WorkerThreads(count: 1, name: "celery-solo", eventLoop: true) : nil
-        // One task thread more than the concurrency when the blocking pop waits on one at idle.
-        let idleFetch = fetchesOnTaskThreadsAtIdle
-        let executor =
-            solo
-            ?? WorkerThreads(
-                count: configuration.concurrency + (idleFetch ? 1 : 0), name: "celery-task", reserve: idleFetch ? 1 : 0)
+        // Solo and threads: tasks, the worker's bookkeeping and (on Redis) its connections share one event loop.
+        let lane = self.lane ?? Self.makeLane(configuration)
+        let executor = lane ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
         // The worker's own bookkeeping runs on one thread of its own: hand-offs between its tasks are queue pushes.
-        let loop = solo ?? WorkerThreads(count: 1, name: "celery-worker")
+        let loop = lane ?? WorkerThreads(count: 1, name: "celery-worker")
         defer { loop.shutdown() }
         await withTaskExecutorPreference(loop) {
             await withGracefulShutdownHandler {
@@ -244,7 +247,7 @@ final class WorkerRun: Sendable {
         self.executor = executor
         self.pool = pool
         let limit = service.configuration.prefetchCount
-        self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2)
+        self.prefetch = AsyncPermits(limit > 0 ? limit : Int.max / 2, resumesFirst: true)
         self.slots = AsyncPermits(service.configuration.slots)
         self.consuming = Mutex(service.configuration.queues)
         self.timeZone = service.configuration.timezone
@@ -289,10 +292,10 @@ final class WorkerRun: Sendable {
             // that thread.
             let resultsLane = (self.service.backend as? RedisResultBackend)?.client.lane
             group.addTask(executorPreference: resultsLane) {
-                // Lingering blocks the thread it runs on: only on the results connection's own thread (solo shares
-                // it, and needs no linger: a short task's result is in before the settler runs again).
-                let solo = self.service.soloLane
-                await self.settler.run(lingering: resultsLane != nil && solo == nil, idle: solo) { batch in await self.flush(batch) }
+                // Lingering blocks the thread it runs on: only on the results connection's own thread (the event loop
+                // shares it, and needs no linger: a short task's result is in before the settler runs again).
+                let lane = self.service.lane
+                await self.settler.run(lingering: resultsLane != nil && lane == nil, idle: lane) { batch in await self.flush(batch) }
             }
             group.addTask {
                 await self.maintenanceLoop()
@@ -320,21 +323,21 @@ final class WorkerRun: Sendable {
     /// do), but the whole window when it holds 16 messages or fewer (a pop of 4 costs more per message than the
     /// overlap gains), and never more than ``fetchBatch``. 0 with no prefetch limit: every pop takes what is free.
     ///
-    /// With the solo pool always half the window: the thread runs the other half while Redis runs the pop, and
-    /// writes their results while the pop's reply is on its way.
-    static func gatherTarget(prefetchCount: Int, solo: Bool = false) -> Int {
+    /// On the event loop of the solo and thread pools always half the window: the leader runs the other half while
+    /// Redis runs the pop, and writes their results while the pop's reply is on its way.
+    static func gatherTarget(prefetchCount: Int, eventLoop: Bool = false) -> Int {
         guard prefetchCount > 0 else { return 0 }
-        if solo { return min(fetchBatch, max(1, prefetchCount / 2)) }
+        if eventLoop { return min(fetchBatch, max(1, prefetchCount / 2)) }
         return min(fetchBatch, max(prefetchCount / 2, min(prefetchCount, 16)))
     }
 
     /// What the fetch loop carries from one fetch to the next.
     private struct FetchState {
-        /// How many free prefetch permits a fetch gathers under load (``gatherTarget(prefetchCount:solo:)``).
+        /// How many free prefetch permits a fetch gathers under load (``gatherTarget(prefetchCount:eventLoop:)``).
         let gatherTarget: Int
-        /// Gathering stops once fewer ready jobs than this remain. Solo: the thread that pops also runs the tasks, so
-        /// the jobs here cannot keep a slot busy while it gathers; it gathers to its target whenever the last pop was
-        /// full.
+        /// Gathering stops once fewer ready jobs than this remain. On an event loop the thread that pops also runs
+        /// the tasks, so the jobs here cannot keep a slot busy while it gathers; it gathers to its target whenever
+        /// the last pop was full.
         let gatherBacklog: Int
         /// Failed fetches in a row.
         var failures = 0
@@ -352,53 +355,21 @@ final class WorkerRun: Sendable {
         case nothing
     }
 
-    /// Fetches until shutdown. At idle, in the thread pool with the backend on the broker's server
-    /// (``CeleryWorkerService/fetchesOnTaskThreadsAtIdle``), each blocking pop runs on a task thread rather than on the blocking connection's own:
-    /// the thread a message wakes hands it to the receive loop, keeps that loop's job for itself (and so the message's
-    /// task), and leaves the next pop to another task thread, as in a leader-and-followers pool. The path from Redis
-    /// to the task then crosses no thread. Under load (the last pop did not wait) the loop runs on the connection's
-    /// thread, which batches pops while the task threads run tasks.
+    /// Fetches until shutdown.
     private func fetchLoop(into fetched: Handoff<[BrokerDelivery]>) async {
         defer { fetched.finish() }
-        let solo = configuration.pool == .solo
+        let eventLoop = executor.isEventLoop
         var state = FetchState(
-            gatherTarget: Self.gatherTarget(prefetchCount: configuration.prefetchCount, solo: solo),
-            gatherBacklog: solo ? 0 : configuration.slots)
-        let broker = service.fetchesOnTaskThreadsAtIdle ? service.broker as? RedisBroker : nil
-        let idle = broker.map { (threads: executor, broker: $0) }
+            gatherTarget: Self.gatherTarget(prefetchCount: configuration.prefetchCount, eventLoop: eventLoop),
+            gatherBacklog: eventLoop ? 0 : configuration.slots)
         while !shutdown.isTriggered, !Task.isCancelled {
-            if let idle, idle.broker.lastPopWaited {
-                let (threads, broker) = idle
-                let stop = await withTaskExecutorPreference(threads) { () async -> Bool in
-                    // The preference alone moves the loop at its next suspension, which may be after the pop.
-                    await threads.moveToAnotherThread()
-                    while !shutdown.isTriggered, !Task.isCancelled, broker.lastPopWaited {
-                        switch await fetchOnce(into: fetched, &state, blockingOn: idle) {
-                        case .stop: return true
-                        // This thread runs the message's task next, then the next pop, unless the task body runs long:
-                        // then another thread takes the pop (or, when the message did not come to an empty queue, the
-                        // connection's thread does).
-                        case .handedOn:
-                            if broker.lastPopWaited { await threads.moveToAnotherThread(lazily: true) }
-                        case .nothing: break
-                        }
-                    }
-                    return false
-                }
-                if stop { break }
-            } else if await fetchOnce(into: fetched, &state, blockingOn: nil) == .stop {
-                break
-            }
+            if await fetchOnce(into: fetched, &state) == .stop { break }
         }
     }
 
     /// One fetch: waits for a prefetch permit, takes what the free permits allow (a batch under load), and hands it
-    /// to the receive loop. With `blockingOn` (the task threads, one of which calls, and the broker), a blocking pop
-    /// runs on this thread, and the receive loop's next job is kept for it.
-    private func fetchOnce(
-        into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState,
-        blockingOn idle: (threads: WorkerThreads, broker: RedisBroker)?
-    ) async -> FetchStep {
+    /// to the receive loop.
+    private func fetchOnce(into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState) async -> FetchStep {
         guard await prefetch.acquire() else { return .stop }
         // One permit is needed to fetch at all; any others free now let one round trip take a batch.
         let queues = consuming.withLock { $0 }
@@ -421,12 +392,7 @@ final class WorkerRun: Sendable {
             permits += 1 + prefetch.tryAcquire(upTo: Self.fetchBatch - 1 - permits)
         }
         do {
-            var deliveries =
-                if let idle {
-                    try await idle.broker.fetch(queues: queues, limit: permits, blockingOn: idle.threads)
-                } else {
-                    try await service.broker.fetch(queues: queues, limit: permits)
-                }
+            var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
             state.busy = deliveries.count == permits
             if state.failures > 0 {
                 logger.info("Connected to \(configuration.brokerURL)")
@@ -435,9 +401,7 @@ final class WorkerRun: Sendable {
             if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
             if deliveries.isEmpty { return .nothing }
             held.withLock { $0.add(&deliveries) }
-            // Decoded and validated by the receive loop, on a task thread: this thread goes back to Redis (or, when it
-            // is that task thread, goes on with the receive loop and the message's task).
-            if idle != nil { WorkerThreads.keepNextJobOnThisThread(strictly: true) }
+            // Decoded and validated by the receive loop (on the event loop, or on a task thread).
             fetched.yield(deliveries)
             return .handedOn
         } catch {

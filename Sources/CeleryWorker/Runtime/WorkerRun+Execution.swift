@@ -292,14 +292,11 @@ extension WorkerRun {
             running.withLock { $0.remove(job) }
         }
         await sendTaskEvent("task-started", message)
-        var ackedHere = false
         if machine.start() == .ack {
-            // Acknowledged by the settler with other tasks' writes, usually with this task's own result, or at idle
-            // from this thread. As in Celery, an acknowledged message no longer counts against the prefetch limit:
-            // the slot is free at once (the message stays recorded in `unacked` until the write lands, so nothing is
-            // lost meanwhile).
-            ackedHere = job.delivery.arrivedIdle && sendEarlyAckHere(job.delivery)  // read here: under load, no call
-            if !ackedHere { settler.submit(ack: job.delivery, early: true) }
+            // Acknowledged by the settler with other tasks' writes, usually with this task's own result. As in Celery,
+            // an acknowledged message no longer counts against the prefetch limit: the slot is free at once (the
+            // message stays recorded in `unacked` until the write lands, so nothing is lost meanwhile).
+            settler.submit(ack: job.delivery, early: true)
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
         }
@@ -322,10 +319,7 @@ extension WorkerRun {
         let overrides = sent.soft == nil || sent.hard == nil ? limits.withLock { $0.timeLimits(for: message.name) } : nil
         let softLimit = sent.soft ?? overrides?.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
         let hardLimit = sent.hard ?? overrides?.hard ?? job.task.options.timeLimit ?? configuration.timeLimit
-        // At idle this thread may hold back the next pop until the task is done: a body that runs long hands it out.
-        let deferredMove = job.delivery.arrivedIdle ? WorkerThreads.armDeferredMove() : nil
         var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, stop: stop)
-        deferredMove?.disarm()
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
@@ -333,7 +327,7 @@ extension WorkerRun {
         service.metrics.recordRuntime(runtime, task: message.name)
         let ending = Ending(
             job: job, machine: machine, outcome: outcome, stopReason: stopReason, runtime: runtime,
-            storesResults: storesResults, holdsPrefetch: holdsPrefetch, ackedHere: ackedHere)
+            storesResults: storesResults, holdsPrefetch: holdsPrefetch)
         if stopReason != nil, !jobTasks.isCancelled {
             // The stop cancelled this task to stop the body (or will, in a moment): the bookkeeping goes on in a task
             // that only a cold shutdown cancels, so no write is cut short.
@@ -352,45 +346,6 @@ extension WorkerRun {
         let runtime: Double
         let storesResults: Bool
         let holdsPrefetch: Bool
-        /// Whether the early acknowledgement went out from the task thread (``sendEarlyAckHere(_:)``): it is written
-        /// again ahead of whatever the ending writes.
-        let ackedHere: Bool
-    }
-
-    /// At idle, in the thread pool: writes the message's early acknowledgement from this task thread, on the results
-    /// connection, without waiting for its reply, instead of waking the results thread for it. Only for a message a
-    /// blocking pop waited for (``BrokerDelivery/arrivedIdle``), with the backend on the broker's server and the
-    /// settler waiting with nothing handed in; under load every write goes through the settler. The reply is read by
-    /// that connection's next call (usually this task's result, ``settleHere(_:document:)``); an acknowledgement that
-    /// failed is handed to the settler then. `false` when not sent: the caller hands it to the settler.
-    private func sendEarlyAckHere(_ delivery: BrokerDelivery) -> Bool {
-        guard delivery.arrivedIdle, configuration.pool == .threads, let shared = service.sharedServer,
-            let tag = delivery.deliveryTag, executor.isOwnThread, settler.isIdle,
-            PendingRecord.precedes(delivery.pendingRecord, on: shared.backend.client)
-        else { return false }
-        let settler = self.settler
-        let request = shared.broker.ackRequest(tag: tag, onDatabase: shared.backend.client.url.database)
-        shared.backend.client.sendWithoutWaiting(request: request, replies: 1) { failure in
-            if failure != nil { settler.submit(ack: delivery, early: true) }
-        }
-        return true
-    }
-
-    /// For a task whose early acknowledgement went out from its thread: writes that acknowledgement again and the
-    /// result after it in one settle script, here on this task thread (which it blocks for the round trip) instead of
-    /// waking the results thread. Written again so that, whatever became of the first, the result is never visible
-    /// while the message is still in `unacked`. `false` when not written: the caller hands both to the settler,
-    /// which retries while Redis is unreachable.
-    private func settleHere(_ delivery: BrokerDelivery, document: CeleryResultDocument) async -> Bool {
-        guard let shared = service.sharedServer, let tag = delivery.deliveryTag, executor.isOwnThread else { return false }
-        do {
-            try shared.backend.settleHere(earlyAcks: [tag], documents: [document], lateAcks: [], broker: shared.broker)
-        } catch {
-            return false
-        }
-        warnUnrecorded(await [delivery].recorded())
-        held.withLock { $0.remove(delivery) }
-        return true
     }
 
     /// Stores the result, acknowledges, logs and sends events, runs follow-ups; returns whether the job still holds
@@ -403,15 +358,6 @@ extension WorkerRun {
         var holdsPrefetch = ending.holdsPrefetch
         let storesResults = ending.storesResults
         let runtime = ending.runtime
-        // An early acknowledgement sent from the task thread is written again ahead of whatever this writes: with a
-        // result this thread settles itself (below), or handed to the settler now, before anything else.
-        var settlesHere = false
-        if ending.ackedHere {
-            settlesHere = storesResults && !message.isChordPart && ending.stopReason == nil
-            if case .success = ending.outcome {} else { settlesHere = false }
-            if jobTasks.isCancelled, Task.isCancelled { settlesHere = false }
-            if !settlesHere { settler.submit(ack: job.delivery, early: true) }
-        }
         if ending.stopReason == .terminated, !jobTasks.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
@@ -444,12 +390,7 @@ extension WorkerRun {
             if storesResults {
                 let stored = document(message, queue: queue, status: .success, result: value, ready: true, children: children)
                 if !message.isChordPart {
-                    if !settlesHere {
-                        settler.submit(document: stored)
-                    } else if !(await settleHere(job.delivery, document: stored)) {
-                        settler.submit(ack: job.delivery, early: true)
-                        settler.submit(document: stored)
-                    }
+                    settler.submit(document: stored)
                 } else {
                     await settler.store(stored)  // the chord join comes after the part's own result
                 }

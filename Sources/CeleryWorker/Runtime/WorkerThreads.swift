@@ -10,24 +10,32 @@ import Synchronization
 /// A fixed set of dedicated threads that run executor jobs and blocking closures in the order they arrive.
 ///
 /// The worker uses three kinds: one thread per Redis connection that owns the connection's blocking socket (the
-/// fetch loop runs on the fetch connection's, except at idle in the thread pool with the backend on the broker's
-/// server, where its blocking pop waits on a task thread), one thread for the worker's own bookkeeping (dispatching,
-/// settling, remote control), and one thread per unit of concurrency for task bodies (one more when the blocking pop
-/// may wait there). Work handed to a set wakes one of its threads when any is asleep; a busy thread takes the next
-/// item as soon as it finishes the one it runs.
+/// process pool's fetch loop runs on the fetch connection's), one thread for the process pool's bookkeeping
+/// (dispatching, settling, remote control), and the event-loop set of the solo and thread pools, which runs the
+/// fetch loop, the bookkeeping and the task bodies, and reads the broker's and the backend's replies. Work handed to
+/// a set wakes one of its threads when any is asleep; a busy thread takes the next item as soon as it finishes the
+/// one it runs.
 ///
 /// Spinning before sleeping was measured and dropped: on a 2-core machine the spinning threads took the core from
 /// the busy ones.
 ///
-/// A set made with `eventLoop` (one thread: the solo pool's) can also wait for sockets: a ``PolledSource`` it is told
-/// to ``watch(_:)`` (a Redis connection with requests in flight) is polled whenever nothing is queued, and its replies
-/// are handed on as they become readable, so the thread runs tasks while Redis works instead of blocking for each
-/// reply.
+/// A set made with `eventLoop` can also wait for sockets: a ``PolledSource`` it is told to ``watch(_:)`` (a Redis
+/// connection with requests in flight) is polled whenever nothing is queued, and its replies are handed on as they
+/// become readable, so the thread runs tasks while Redis works instead of blocking for each reply.
 ///
-/// `@unchecked Sendable`: `queue`, `idleQueue`, `watched`, `sleepers`, `polling`, `stopping` and `alive` are only
-/// read or written with `mutex` held; the pthread objects are created in `init` and never freed (a set lives as long
-/// as its owner, and its threads may still be finishing when the owner is released); the wake pipe is created in
-/// `init` and closed in `deinit`, which runs only once no thread is left (each holds the set).
+/// An event-loop set of several threads (the thread pool: concurrency + 1) runs in leader mode: one thread at a time,
+/// the leader, serves the queue and polls the sources, so the hand-offs between the fetch loop, the bookkeeping and
+/// the tasks are queue pushes on one thread, as in the solo pool, and no reply wakes a second thread. The other
+/// threads wait for the lead. A job that keeps the leader for longer than ``LeaderWatchdog/patience`` (a task body
+/// that blocks or computes) is left to that thread: the ``LeaderWatchdog`` demotes the leader, a waiting thread takes
+/// the lead, and the demoted thread waits for the lead again once the job is done. So blocking bodies still run side
+/// by side, at most one per thread, while short ones cost no thread hop at all.
+///
+/// `@unchecked Sendable`: `queue`, `idleQueue`, `watched`, `sleepers`, `polling`, `stopping`, `alive` and
+/// `leaderPresent` are only read or written with `mutex` held; `epoch` is atomic (written with `mutex` held); the
+/// pthread objects are created in `init` and never freed (a set lives as long as its owner, and its threads may
+/// still be finishing when the owner is released); the wake pipe is created in `init` and closed in `deinit`, which
+/// runs only once no thread is left (each holds the set).
 final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     fileprivate enum Item {
         case job(UnownedJob)
@@ -41,48 +49,51 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private var idleQueue = Deque<Item>()
     /// The sources polled when nothing is queued (``watch(_:)``).
     private var watched: [ObjectIdentifier: any PolledSource] = [:]
-    /// Whether the thread waits in `poll`: a push then writes to the wake pipe instead of signalling `condition`.
+    /// Whether the leader waits in `poll`: a push then writes to the wake pipe instead of signalling `condition`.
     private var polling = false
-    /// A non-blocking pipe that wakes the thread from `poll` (read end, write end); only in an event-loop set
+    /// A non-blocking pipe that wakes the leader from `poll` (read end, write end); only in an event-loop set
     /// (`-1` otherwise).
     private let wakePipe: (read: Int32, write: Int32)
     private var sleepers = 0
     private var stopping = false
     private var alive = 0
     let name: String
-    /// How many threads the set has.
-    private let count: Int
-    /// How many sleeping threads an item does not wake while no thread is in ``whileBlocked(_:)``, unless it is a
-    /// task moved there (``moveToAnotherThread()``).
-    private let reserve: Int
-    /// Threads in ``whileBlocked(_:)`` now.
-    private var blocked = 0
+    /// Whether the set runs in leader mode (an event-loop set of several threads).
+    private let leaders: Bool
+    /// Where threads wait for the lead (leader mode).
+    private let vacancy: UnsafeMutablePointer<pthread_cond_t>
+    /// Whether a thread leads now (leader mode).
+    private var leaderPresent = false
+    /// Advances whenever a leader is demoted: a thread leads while its ``ThreadState/leaderEpoch`` is this one.
+    private let epoch = Atomic<UInt64>(0)
+    /// Demotes a leader that one job keeps too long (leader mode).
+    private let watchdog: LeaderWatchdog?
 
-    /// Starts `count` threads named `name`; with `eventLoop`, one thread that can also wait for sockets (see
-    /// ``watch(_:)``).
-    ///
-    /// - Parameter reserve: threads kept for tasks moved to them (``moveToAnotherThread()``): an item wakes a sleeping
-    ///   thread only while more than `reserve` sleep, less one for each thread in ``whileBlocked(_:)``. The thread pool
-    ///   keeps one for its blocking pop at idle, so that under load, with every other thread busy, a job waits for one
-    ///   of them (as in a set without the extra thread) rather than waking the one in reserve, which would cost a
-    ///   wake-up per job.
-    init(count: Int, name: String, eventLoop: Bool = false, reserve: Int = 0) {
+    /// Starts `count` threads named `name`; with `eventLoop`, threads that can also wait for sockets (see
+    /// ``watch(_:)``), in leader mode when there are several.
+    init(count: Int, name: String, eventLoop: Bool = false) {
         self.name = name
-        self.count = eventLoop ? 1 : max(1, count)
-        self.reserve = eventLoop ? 0 : min(max(0, reserve), self.count - 1)
+        let count = max(1, count)
+        leaders = eventLoop && count > 1
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
         pthread_cond_init(condition, nil)
+        vacancy = .allocate(capacity: 1)
+        vacancy.initialize(to: pthread_cond_t())
+        pthread_cond_init(vacancy, nil)
         wakePipe = eventLoop ? Self.makeWakePipe() : (-1, -1)
-        for number in 0..<self.count {
+        watchdog = leaders ? LeaderWatchdog() : nil
+        for number in 0..<count {
             let label = count > 1 ? "\(name)-\(number)" : name
             if Self.spawn(label, body: { [self] in self.serve() }) {
                 locked { alive += 1 }
             }
         }
+        // Should the system refuse the watchdog its thread, a body that blocks holds up the set, as in the solo pool.
+        watchdog?.start(watching: self)
     }
 
     deinit {
@@ -111,67 +122,18 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         return try outcome.get()
     }
 
-    /// Suspends the calling task and resumes it on a thread of this set that is woken for it (or that is free
-    /// first), leaving the calling thread to the jobs it kept for itself (``keepNextJobOnThisThread()``). The calling
-    /// task must prefer this executor.
-    ///
-    /// With `lazily`, no thread is woken for it at first: the calling thread resumes it itself once it has run out
-    /// of kept jobs, unless a task body it runs meanwhile (between ``armDeferredMove()`` and
-    /// ``DeferredMove/disarm()``) takes longer than ``DeferredMove/patience``, in which case a timer hands it to the
-    /// set then. For the thread pool's fetch loop at idle: waking the next popping thread while the message's task
-    /// runs costs that task more than the wake-up itself (the woken thread competes for a CPU on the way to the
-    /// result); a short task is done long before the patience runs out, and a long one holds up the next pop by at
-    /// most the patience.
-    func moveToAnotherThread(lazily: Bool = false) async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let resume: @Sendable () -> Void = {
-                // The task's next job runs on the thread that runs this, without waking another one.
-                WorkerThreads.keepNextJobOnThisThread()
-                continuation.resume()
-            }
-            // Handed out only once the current job has ended (the task has suspended): resumed earlier, the task would
-            // not suspend at all and go on on this thread.
-            if let raw = pthread_getspecific(threadStateKey),
-                case let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue(),
-                state.owner == ObjectIdentifier(self)
-            {
-                if lazily {
-                    let deferred = state.deferred ?? DeferredMove(set: self)
-                    state.deferred = deferred
-                    deferred.hold(.closure(resume))
-                    state.holdsDeferred = true
-                } else {
-                    state.afterJob = .closure(resume)
-                }
-            } else {
-                push(.closure(resume), moving: true)
-            }
-        }
-    }
-
-    /// Runs `body`, which blocks the calling thread (one of this set's) for long, such as a blocking pop: meanwhile a
-    /// thread kept in reserve is woken for work as any other (and at once for work that is queued already).
-    func whileBlocked<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
-        let wake = locked { () -> Bool in
-            blocked += 1
-            return !queue.isEmpty && sleepers > 0
-        }
-        if wake { pthread_cond_signal(condition) }
-        defer { locked { blocked -= 1 } }
-        return try body()
-    }
-
-    /// Arms the timer of the move the calling thread holds back (``moveToAnotherThread(lazily:)``), if it holds one,
-    /// before a task body that may run long; returns what the caller disarms once the body has returned.
-    static func armDeferredMove() -> DeferredMove? {
-        guard let raw = pthread_getspecific(threadStateKey) else { return nil }
+    /// Runs `body`, in which a job handed to a leader-mode set (a continuation resumed) goes to the front of its
+    /// queue rather than the back; elsewhere it is queued as usual.
+    static func resumingFirst(_ body: () -> Void) {
+        guard let raw = pthread_getspecific(threadStateKey) else { return body() }
         let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
-        guard state.holdsDeferred, let deferred = state.deferred, deferred.arm() else { return nil }
-        return deferred
+        state.pushesFirst = true
+        body()
+        state.pushesFirst = false
     }
 
     /// Resumes once the set has nothing else queued to run: for work that gains from waiting for the work queued now
-    /// (the solo pool's settler then writes the results of every task that ran before it in one request). The
+    /// (the event loop's settler then writes the results of every task that ran before it in one request). The
     /// calling task must prefer this executor.
     func whenIdle() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
@@ -182,19 +144,27 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     /// Whether this set was made with `eventLoop`.
     var isEventLoop: Bool { wakePipe.read >= 0 }
 
-    /// Whether the calling thread is the thread of this event-loop set.
-    var isEventLoopThread: Bool { isEventLoop && isOwnThread }
+    /// Whether the calling thread is the thread of this event-loop set (in leader mode: its leader now).
+    var isEventLoopThread: Bool {
+        guard isEventLoop, let raw = pthread_getspecific(threadStateKey) else { return false }
+        let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
+        return state.owner == ObjectIdentifier(self) && leads(state)
+    }
 
-    /// Whether the calling thread is one of this set's.
-    var isOwnThread: Bool {
-        guard let raw = pthread_getspecific(threadStateKey) else { return false }
-        return Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().owner == ObjectIdentifier(self)
+    /// Whether `state`'s thread leads (always, outside leader mode).
+    private func leads(_ state: ThreadState) -> Bool {
+        !leaders || state.leaderEpoch == epoch.load(ordering: .acquiring)
     }
 
     /// Polls `source` whenever nothing is queued, until it awaits nothing more. Only in an event-loop set, and only
     /// from its thread (``isEventLoopThread``).
     func watch(_ source: any PolledSource) {
-        locked { watched[ObjectIdentifier(source)] = source }
+        let wake = locked { () -> Bool in
+            watched[ObjectIdentifier(source)] = source
+            // In leader mode the caller may have been demoted since it checked: the leader must poll this too.
+            return leaders && wakeLeader()
+        }
+        if wake { pthread_cond_signal(condition) }
     }
 
     /// Lets the threads exit once the queue is empty. Anything submitted later still runs, on a thread of its own.
@@ -202,7 +172,53 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         locked {
             stopping = true
             pthread_cond_broadcast(condition)
+            pthread_cond_broadcast(vacancy)
         }
+        watchdog?.stop()
+    }
+
+    /// Demotes the leader if it still runs the job numbered `serial` (``LeaderWatchdog``): a waiting thread takes the
+    /// lead, and the demoted one waits for it again once that job is done. Decided with `mutex` held, which the
+    /// leader holds whenever it looks for its next item: a leader is only ever demoted inside a job, never while it
+    /// polls, so no two threads ever poll the same sources.
+    func demoteLeader(ifRunning serial: UInt64) {
+        locked {
+            guard leaders, leaderPresent, let watchdog, watchdog.running.load(ordering: .acquiring) == serial else { return }
+            epoch.wrappingAdd(1, ordering: .releasing)
+            leaderPresent = false
+            // The job is the demoted thread's now: no later tick may take it for the next leader's.
+            watchdog.running.store(0, ordering: .releasing)
+            pthread_cond_signal(vacancy)
+        }
+    }
+
+    /// Waits until no thread leads and takes the lead (leader mode); `false` when stopping with a leader present
+    /// (the thread then exits).
+    private func awaitLead(_ state: ThreadState) -> Bool {
+        locked { () -> Bool in
+            while leaderPresent {
+                if stopping {
+                    alive -= 1
+                    return false
+                }
+                pthread_cond_wait(vacancy, mutex)
+            }
+            leaderPresent = true
+            state.leaderEpoch = epoch.load(ordering: .relaxed)
+            return true
+        }
+    }
+
+    /// Wakes the leader from `poll` (through the wake pipe) or from its sleep; with `mutex` held. `true` when the
+    /// caller must signal `condition` once it has let go of `mutex`.
+    private func wakeLeader() -> Bool {
+        if polling {
+            polling = false
+            var byte: UInt8 = 1
+            _ = write(wakePipe.write, &byte, 1)
+            return false
+        }
+        return sleepers > 0
     }
 
     /// The next job the calling thread hands to its own set is left for this thread, without waking another one.
@@ -210,17 +226,9 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     /// For a job the caller waits for right away (a task body its bookkeeping awaits, or that bookkeeping once the
     /// body is done): the thread runs it as soon as its current job suspends or ends, instead of handing it to a
     /// thread that first has to be woken. Only worth it when the current job does nothing long after the hand-off.
-    ///
-    /// With `strictly`, in a set of several threads, no other thread may take the job, nor any job this thread keeps
-    /// until it has run out of kept jobs: they wait in the thread's own queue instead of the shared one. For a chain
-    /// of hand-offs that must stay on this thread while another thread is woken for other work (the thread pool's
-    /// message from a blocking pop at idle, its receiving, dispatching and task, while another thread takes the next
-    /// pop): that thread would otherwise take the first of them from the shared queue.
-    static func keepNextJobOnThisThread(strictly: Bool = false) {
+    static func keepNextJobOnThisThread() {
         guard let raw = pthread_getspecific(threadStateKey) else { return }
-        let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
-        state.keepsNextJob = true
-        if strictly { state.strictly = true }
+        Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().keepsNextJob = true
     }
 
     /// Like ``keepNextJobOnThisThread()``, but only when the current job has not kept one yet: a loop that hands
@@ -232,30 +240,29 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         if !state.keptThisTurn { state.keepsNextJob = true }
     }
 
-    fileprivate func push(_ item: Item, idle: Bool = false, moving: Bool = false) {
+    fileprivate func push(_ item: Item, idle: Bool = false) {
         var keptHere = false
+        var first = false
         if let raw = pthread_getspecific(threadStateKey) {
             let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
-            if state.keepsNextJob, state.owner == ObjectIdentifier(self) {
+            // A demoted thread keeps nothing: the leader takes the job, and must be woken for it.
+            if state.keepsNextJob, state.owner == ObjectIdentifier(self), leads(state) {
                 state.keepsNextJob = false
                 state.keptThisTurn = true
                 keptHere = true
-                if state.strictly, count > 1, !idle {
-                    state.kept.append(item)
-                    return
-                }
             }
+            first = leaders && state.pushesFirst && !idle
         }
         let wake = locked { () -> Bool? in
             if alive == 0 { return nil }
-            if idle { idleQueue.append(item) } else { queue.append(item) }
-            if polling {
-                polling = false
-                var byte: UInt8 = 1
-                _ = write(wakePipe.write, &byte, 1)
-                return false
+            if idle {
+                idleQueue.append(item)
+            } else if first {
+                queue.prepend(item)
+            } else {
+                queue.append(item)
             }
-            return sleepers > (moving ? 0 : max(0, reserve - blocked)) && !keptHere
+            return wakeLeader() && !keptHere
         }
         switch wake {
         case nil:
@@ -274,34 +281,32 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         withExtendedLifetime(state) {
             var runSincePoll = 0
             while true {
-                if state.strictly {
-                    if let item = state.kept.popFirst() {
-                        run(item, state)
-                        continue
-                    }
-                    state.strictly = false
+                if leaders, !leads(state) {
+                    // Not leading yet, or demoted during the job that just ended: wait for the lead.
+                    guard awaitLead(state) else { return }
+                    runSincePoll = 0
                 }
-                if state.holdsDeferred {
-                    // Out of kept jobs: the held-back move goes on here, unless its timer handed it out already.
-                    state.holdsDeferred = false
-                    if let item = state.deferred?.take() {
-                        run(item, state)
-                        continue
-                    }
-                }
-                switch next() {
+                switch next(state) {
                 case .run(let item):
-                    run(item, state)
+                    if let watchdog {
+                        let serial = watchdog.jobStarts()
+                        run(item, state)
+                        watchdog.jobEnds(serial)
+                    } else {
+                        run(item, state)
+                    }
                     runSincePoll += 1
                     if runSincePoll == Self.itemsBetweenPolls {
                         // A queue that never empties (a task that yields in a loop) must not keep replies unread.
                         runSincePoll = 0
-                        let sources = wakePipe.read >= 0 ? locked { Array(watched.values) } : []
+                        let sources = wakePipe.read >= 0 ? locked { leads(state) ? Array(watched.values) : [] } : []
                         if !sources.isEmpty { poll(sources, waiting: false) }
                     }
                 case .poll(let sources):
                     runSincePoll = 0
                     poll(sources, waiting: true)
+                case .demoted:
+                    continue
                 case .exit:
                     return
                 }
@@ -313,21 +318,31 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     private enum Step {
         case run(Item)
         case poll([any PolledSource])
+        /// Leader mode: the thread was demoted during its last job.
+        case demoted
         case exit
     }
 
     /// The next item, sleeping until one arrives; the watched sources to poll when nothing is queued; `exit` once
     /// stopped, drained and awaiting nothing.
-    private func next() -> Step {
+    private func next(_ state: ThreadState) -> Step {
         locked { () -> Step in
             while true {
+                if leaders, state.leaderEpoch != epoch.load(ordering: .relaxed) { return .demoted }
                 if let item = queue.popFirst() ?? idleQueue.popFirst() { return .run(item) }
+                // Nothing to run: the leader will wait, and no job of its can run long meanwhile.
+                watchdog?.leaderIdles()
                 if !watched.isEmpty {
                     polling = true
                     return .poll(Array(watched.values))
                 }
                 if stopping {
                     alive -= 1
+                    if leaders {
+                        // The threads waiting for the lead exit too.
+                        leaderPresent = false
+                        pthread_cond_broadcast(vacancy)
+                    }
                     return .exit
                 }
                 sleepers += 1
@@ -400,10 +415,6 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         run(item)
         state.keepsNextJob = false  // a hand-off announced but not made must not hold back a later job
         state.keptThisTurn = false
-        if let after = state.afterJob {
-            state.afterJob = nil
-            push(after, moving: true)
-        }
     }
 
     private func run(_ item: Item) {
@@ -473,18 +484,13 @@ protocol PolledSource: AnyObject, Sendable {
 private final class ThreadState {
     let owner: ObjectIdentifier
     @exclusivity(unchecked) var keepsNextJob = false
-    /// Jobs kept strictly for this thread (in a set of several threads), run before it takes from the shared queue.
-    @exclusivity(unchecked) var kept = Deque<WorkerThreads.Item>()
-    /// Whether the jobs this thread keeps go to ``kept``: from a strict keep until ``kept`` is empty again.
-    @exclusivity(unchecked) var strictly = false
-    /// Handed to the set (any thread) once the job running now has ended (``WorkerThreads/moveToAnotherThread()``).
-    @exclusivity(unchecked) var afterJob: WorkerThreads.Item?
     /// Whether the job running now already kept a job for this thread.
     @exclusivity(unchecked) var keptThisTurn = false
-    /// This thread's held-back move (``WorkerThreads/moveToAnotherThread(lazily:)``), made at its first.
-    @exclusivity(unchecked) var deferred: DeferredMove?
-    /// Whether ``deferred`` may hold a move: checked once this thread runs out of kept jobs.
-    @exclusivity(unchecked) var holdsDeferred = false
+    /// Whether the jobs this thread pushes now go to the front of a leader-mode set's queue
+    /// (``WorkerThreads/resumingFirst(_:)``).
+    @exclusivity(unchecked) var pushesFirst = false
+    /// The epoch in which this thread took the lead (leader mode); it leads while that is the set's epoch.
+    @exclusivity(unchecked) var leaderEpoch: UInt64 = .max
 
     init(owner: ObjectIdentifier) {
         self.owner = owner
@@ -506,91 +512,4 @@ private func nameThisThread(_ name: String) {
     defer { close(descriptor) }
     let bytes = Array(name.utf8.prefix(15))
     _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-}
-
-/// A task's move to another thread, held back by one thread of a ``WorkerThreads`` set until it runs out of kept jobs
-/// (see ``WorkerThreads/moveToAnotherThread(lazily:)``), with the timer that hands it to the set when a task body the
-/// thread runs meanwhile takes too long. Whoever takes the move first (the thread, or the timer's callback on a
-/// thread of its own) hands it on; the other finds nothing.
-///
-/// `@unchecked Sendable`: the move is only read or written with `pending`'s lock held; `timer` is created in `init`
-/// and then only passed to `timer_settime`, which the system makes safe from any thread. An instance is never freed
-/// (one per thread of the set, which lives as long as the process): the timer's callback holds an unretained
-/// reference.
-final class DeferredMove: @unchecked Sendable {
-    /// How long a task body may run before the held-back move is handed out anyway.
-    static let patience: Duration = .milliseconds(1)
-
-    private let pending = Mutex<WorkerThreads.Item?>(nil)
-    private let set: WorkerThreads
-    /// `nil` when the system refused one: the move then goes out before a body rather than waiting for it.
-    private let timer: timer_t?
-
-    fileprivate init(set: WorkerThreads) {
-        self.set = set
-        let context = Unmanaged.passRetained(Box(nil)).toOpaque()
-        var event = sigevent()
-        event.sigev_notify = Int32(SIGEV_THREAD)
-        event.sigev_value.sival_ptr = context
-        event._sigev_un._sigev_thread._function = { value in
-            guard let raw = value.sival_ptr, let move = Unmanaged<Box>.fromOpaque(raw).takeUnretainedValue().move else {
-                return
-            }
-            move.handOut()
-        }
-        var created: timer_t?
-        timer = timer_create(CLOCK_MONOTONIC, &event, &created) == 0 ? created : nil
-        Unmanaged<Box>.fromOpaque(context).takeUnretainedValue().move = self
-        _ = Unmanaged.passRetained(self)  // never freed: the timer's callback may run at any time
-    }
-
-    /// What the timer's callback finds this move by (set once, right after the timer is made).
-    private final class Box: @unchecked Sendable {
-        // Written once in `DeferredMove.init` before the timer can be armed, then only read.
-        var move: DeferredMove?
-        init(_ move: DeferredMove?) { self.move = move }
-    }
-
-    fileprivate func hold(_ item: WorkerThreads.Item) {
-        pending.withLock { $0 = item }
-    }
-
-    /// The held-back move, if nobody took it yet.
-    fileprivate func take() -> WorkerThreads.Item? {
-        pending.withLock { pending in
-            defer { pending = nil }
-            return pending
-        }
-    }
-
-    /// Hands the move to the set now (waking a thread), if nobody took it yet.
-    fileprivate func handOut() {
-        if let item = take() { set.push(item, moving: true) }
-    }
-
-    /// Starts the timer, if a move is held back; without a timer, hands the move out at once. `false` when there
-    /// is nothing to disarm.
-    fileprivate func arm() -> Bool {
-        guard pending.withLock({ $0 != nil }) else { return false }
-        guard let timer else {
-            handOut()
-            return false
-        }
-        let (seconds, attoseconds) = Self.patience.components
-        var spec = itimerspec(
-            it_interval: timespec(tv_sec: 0, tv_nsec: 0),
-            it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000)))
-        if timer_settime(timer, 0, &spec, nil) != 0 {
-            handOut()
-            return false
-        }
-        return true
-    }
-
-    /// Stops the timer once the body has returned (whatever became of the move).
-    func disarm() {
-        guard let timer else { return }
-        var stop = itimerspec()
-        _ = timer_settime(timer, 0, &stop, nil)
-    }
 }
