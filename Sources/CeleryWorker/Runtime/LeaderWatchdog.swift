@@ -11,13 +11,16 @@ import Synchronization
 /// then serves the set while that one finishes the job.
 ///
 /// Costs nothing a task waits for. The leader numbers each job it runs (``jobStarts()``, ``jobEnds(_:)``: two atomic
-/// writes). The watchdog's thread ticks every ``patience`` while jobs keep coming, and demotes the leader when it
-/// finds the same job running at two ticks in a row. It sleeps after a tick that finds no job running. When the
-/// leader starts a job while the thread sleeps, it arms a timer instead of waking the thread: the timer wakes it
-/// after ``patience``, unless the leader runs out of work first and disarms it (``leaderIdles()``). A message that
-/// comes to an idle worker thus costs the leader a timer armed and disarmed (two system calls), not a thread woken
-/// on its way to the result. Waking the watchdog's thread there instead was measured at 0.42 ms against 0.33 ms
-/// idle pick-up, and a timer around every task body at 10–15 µs per task under load (Benchmarks/JOURNAL.md).
+/// writes). The watchdog's thread ticks every ``patience`` while jobs keep starting, and demotes the leader when it
+/// finds the same job running at two ticks in a row. It sleeps after a tick at which no job runs and none started
+/// since the tick before. When the leader starts a job while the thread sleeps, it arms a one-shot timer instead of
+/// waking the thread, and leaves it armed: the timer wakes the thread ``patience`` later, which then demotes the
+/// leader if that job still runs, or ticks on while jobs keep starting. A message that comes to an idle worker thus
+/// costs the leader one system call, and wakes no other thread on its way to the result; under load the thread
+/// ticks and the leader makes no call at all. Measured (Benchmarks/JOURNAL.md): waking the watchdog's thread for
+/// each message at idle, 0.42 ms against 0.33 ms idle pick-up; a timer armed around every task body, 10–15 µs per
+/// task under load; a timer armed whenever the leader went from idle to a job and disarmed when it went idle
+/// again, 4 µs per task under load (on this virtual machine each such call costs a few microseconds).
 ///
 /// `@unchecked Sendable`: `running`, `serial`, `ticking`, `armed`, `armedSerial` and `stopped` are atomic; `set` is
 /// written by ``start(watching:)`` before the thread starts, then only by that thread; the pthread objects and the
@@ -32,7 +35,7 @@ final class LeaderWatchdog: @unchecked Sendable {
     private let serial = Atomic<UInt64>(0)
     /// Whether the watchdog's thread ticks (rather than sleeping until the timer or ``stop()`` wakes it).
     private let ticking = Atomic<Bool>(false)
-    /// Whether the leader armed the timer since it last went idle.
+    /// Whether the timer is armed and has not fired yet.
     private let armed = Atomic<Bool>(false)
     /// The job running when the timer was armed: still running when the timer fires, it has kept the leader too long.
     private let armedSerial = Atomic<UInt64>(0)
@@ -118,15 +121,6 @@ final class LeaderWatchdog: @unchecked Sendable {
     }
 
     /// The leader is out of work and about to wait: the timer it armed is not needed.
-    func leaderIdles() {
-        guard armed.load(ordering: .relaxed) else { return }
-        armed.store(false, ordering: .relaxed)
-        if let timer {
-            var stop = itimerspec()
-            _ = timer_settime(timer, 0, &stop, nil)
-        }
-    }
-
     private func arm() -> Bool {
         guard let timer else { return false }
         let (seconds, attoseconds) = Self.patience.components
@@ -155,12 +149,15 @@ final class LeaderWatchdog: @unchecked Sendable {
             // Woken by the timer, which is spent: the job it was armed for has had its patience already.
             armed.store(false, ordering: .relaxed)
             var last = armedSerial.load(ordering: .relaxed)
+            var started = serial.load(ordering: .relaxed)
             while !stopped.load(ordering: .sequentiallyConsistent) {
                 let now = running.load(ordering: .sequentiallyConsistent)
+                let count = serial.load(ordering: .relaxed)
                 if now != 0, now == last {
                     set.demoteLeader(ifRunning: now)
                     last = 0
-                } else if now == 0 {
+                } else if now == 0, count == started {
+                    // No job started since the last tick: sleep until the leader arms the timer again.
                     ticking.store(false, ordering: .sequentiallyConsistent)
                     // A job that started before that store is seen here; one that starts after it arms the timer.
                     guard running.load(ordering: .sequentiallyConsistent) != 0 else { break }
@@ -168,6 +165,7 @@ final class LeaderWatchdog: @unchecked Sendable {
                 } else {
                     last = now
                 }
+                started = count
                 var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
                 _ = nanosleep(&pause, nil)
             }

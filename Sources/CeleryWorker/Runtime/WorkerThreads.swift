@@ -330,8 +330,6 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
             while true {
                 if leaders, state.leaderEpoch != epoch.load(ordering: .relaxed) { return .demoted }
                 if let item = queue.popFirst() ?? idleQueue.popFirst() { return .run(item) }
-                // Nothing to run: the leader will wait, and no job of its can run long meanwhile.
-                watchdog?.leaderIdles()
                 if !watched.isEmpty {
                     polling = true
                     return .poll(Array(watched.values))
