@@ -94,7 +94,7 @@ public final class RedisBroker: Broker {
         var deliveries: [BrokerDelivery] = []
         deliveries.reserveCapacity(popped.count)
         // The tag is the one the message was recorded under. Decoded only when recording it took that (a blocking
-        // pop's); otherwise the worker decodes the envelope on a task thread.
+        // pop's); otherwise the worker decodes the envelope when it receives the message.
         for (list, raw, tag, receivedAt, record, envelope) in popped {
             var delivery = BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag)
             delivery.pendingRecord = record
@@ -265,7 +265,7 @@ public final class RedisBroker: Broker {
     }
 
     /// Writes a blocking pop's record on ``records`` without waiting for its reply. Unless an event loop reads that
-    /// connection (the solo pool's), the reply is read by the connection's next call (the settle script that
+    /// connection (the solo and thread pools'), the reply is read by the connection's next call (the settle script that
     /// acknowledges the message, usually), or by whoever waits for the record first.
     private func send(_ record: (request: [UInt8], replies: Int)) -> PendingRecord {
         let records = self.records

@@ -6,7 +6,8 @@ public final class RedisClient: Sendable {
     let connection: RedisConnection
     /// The thread that owns the socket: every call runs there, one after another, never on the cooperative pool.
     let lane: WorkerThreads
-    /// Whether the lane is shared with other work (`--pool solo`), see ``init(url:commandTimeout:sharedLane:)``.
+    /// Whether the lane is shared with other work (the solo and thread pools), see
+    /// ``init(url:commandTimeout:sharedLane:)``.
     let sharesLane: Bool
 
     /// - Parameters:
@@ -18,9 +19,9 @@ public final class RedisClient: Sendable {
         self.sharesLane = false
     }
 
-    /// A client whose calls run on `sharedLane`, a set of one thread that also runs the worker's tasks (`--pool
-    /// solo`). ``pipeline(_:)`` and script calls do not block it: they write their request and suspend, and the
-    /// lane's event loop reads the reply when the socket is readable, while the thread runs other work. Calls
+    /// A client whose calls run on `sharedLane`, the event loop that also runs the worker's tasks (the solo and
+    /// thread pools). ``pipeline(_:)`` and script calls do not block it: they write their request and suspend, and
+    /// the lane's event loop reads the reply when the socket is readable, while the thread runs other work. Calls
     /// through ``withConnection(_:)`` (sequences such as `WATCH … EXEC`, all short) still block it.
     init(url: RedisURL, commandTimeout: Duration = .seconds(30), sharedLane: WorkerThreads) {
         precondition(sharedLane.isEventLoop, "a shared lane must be an event-loop WorkerThreads")

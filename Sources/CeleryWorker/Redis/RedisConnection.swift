@@ -11,7 +11,7 @@ import Synchronization
 ///
 /// Every call blocks its thread: callers run them on the connection's own thread (see ``RedisClient``), never on
 /// the cooperative pool. The exception is ``send(_:replies:handle:)``, which writes a request and returns: its
-/// replies are read by ``pump()`` when the thread's event loop finds the socket readable (the solo pool), or by the
+/// replies are read by ``pump()`` when the thread's event loop finds the socket readable (the solo and thread pools), or by the
 /// next blocking call, which reads earlier replies first.
 ///
 /// `@unchecked Sendable` is sound because the only mutable state, the hiredis context and the replies awaited on

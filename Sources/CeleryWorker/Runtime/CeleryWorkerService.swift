@@ -278,8 +278,9 @@ final class WorkerRun: Sendable {
             group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {
                 await self.fetchLoop(into: fetched)
             }
-            // Receiving (decoding, validating, logging) and dispatching run on the task threads, so the fetch thread
-            // only talks to Redis; the thread woken for a message starts its task itself.
+            // Receiving (decoding, validating, logging) and dispatching run on the event loop (or, in the process pool,
+            // on the task threads, so the fetch thread only talks to Redis; the thread woken for a message starts its
+            // task itself).
             let ready = Handoff<[PreparedJob]>()
             group.addTask(executorPreference: executor) {
                 await self.receiveLoop(fetched, into: ready)
@@ -608,7 +609,7 @@ final class WorkerRun: Sendable {
         _ phases: Settler.Phases, _ shared: (backend: RedisResultBackend, broker: RedisBroker)
     ) async -> Bool {
         // A delivery without a tag was never recorded: it has nothing to wait for, acknowledge or forget. Records
-        // sent on the connection this script goes out on (the solo pool's) reach Redis before it anyway: their
+        // sent on the connection this script goes out on (the event loop's) reach Redis before it anyway: their
         // replies are read before its reply, and checked after it.
         let client = shared.backend.client
         let inOrder =

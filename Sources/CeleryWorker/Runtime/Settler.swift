@@ -150,8 +150,8 @@ final class Settler: Sendable {
     /// acknowledgement and the result go out in one write instead of two round trips one after the other. A long
     /// task's acknowledgement is held back by ``linger`` at most.
     ///
-    /// With `idle` (the solo pool's one thread, which the calling task must prefer), a batch is taken only once
-    /// that thread has nothing else queued: it holds the results of every task that ran until then.
+    /// With `idle` (the event loop of the solo and thread pools, which the calling task must prefer), a batch is
+    /// taken only once the loop has nothing else queued: it holds the results of every task that ran until then.
     func run(lingering: Bool = false, idle: WorkerThreads? = nil, flush: ([Entry]) async -> Void) async {
         while true {
             let batch = await next(lingering: lingering, idle: idle)

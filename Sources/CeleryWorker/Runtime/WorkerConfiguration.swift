@@ -54,14 +54,17 @@ public struct WorkerConfiguration: Sendable {
 
     /// Where task bodies run.
     public enum PoolKind: String, Sendable, CaseIterable {
-        /// Dedicated threads in the worker process: the fastest; time limits are soft only.
+        /// Dedicated threads in the worker process (concurrency + 1), on the solo pool's event loop: one thread at a
+        /// time fetches, runs tasks and writes results, and a task body that holds its thread for over 1–2 ms is
+        /// left to it while another thread goes on, so up to `concurrency` blocking bodies run at once. As fast as
+        /// the solo pool for short tasks; time limits are soft only.
         case threads
         /// Child processes (Python's prefork): hard time limits, `terminate` kills, a crashing task is contained.
         case process
         /// Celery's solo pool: one task at a time, on the one thread that also fetches the messages and writes the
         /// results. The prefetch window is still concurrency × multiplier, as in Python. While Redis works on one
-        /// request the thread runs tasks, so for short tasks it drains a queue fastest; a task that blocks its
-        /// thread holds the whole worker up, as in Python. Time limits are soft only.
+        /// request the thread runs tasks; a task that blocks its thread holds the whole worker up, as in Python.
+        /// Time limits are soft only.
         case solo
 
         /// Reads `-P` / `worker_pool`: `threads`, `process`, or Celery's `prefork` (the process pool).
