@@ -4,7 +4,8 @@
 
 Each run pre-fills N `tasks.noop` messages made by Celery's own producer into a fresh loopback Redis, starts the
 release build of the worker (`-c 2`, the thread pool unless `--pool` says otherwise), and prints the drain rate, the worker's CPU per task, and for each of its
-threads (named by the worker: celery-task-N, the thread pool's event loop, of which one leads at a time; celery-solo
+threads (named by the worker: celery-task-N, the thread pool's event loop, of which one leads at a time, and
+celery-watchdog, which watches the leader; celery-solo
 in the solo pool; redis-io, the threads of remote control's and events' connections) the CPU per task
 and the voluntary and involuntary context switches per task, read from /proc/<pid>/task/*; then the worker's
 resident memory by mapping (the binary, each shared library, anonymous memory), read from /proc/<pid>/smaps.

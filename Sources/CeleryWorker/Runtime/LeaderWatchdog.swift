@@ -70,26 +70,10 @@ final class LeaderWatchdog: @unchecked Sendable {
     @discardableResult
     func start(watching set: WorkerThreads) -> Bool {
         self.set = set
-        let box = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let status = pthread_create(
-            &thread, &attributes,
-            { argument in
-                guard let argument else { return nil }
-                let watchdog = Unmanaged<LeaderWatchdog>.fromOpaque(argument).takeRetainedValue()
-                watchdog.loop()
-                watchdog.set = nil
-                return nil
-            }, box)
-        if status != 0 {
-            Unmanaged<LeaderWatchdog>.fromOpaque(box).release()
-            return false
+        return WorkerThreads.spawn("celery-watchdog") { [self] in
+            loop()
+            self.set = nil
         }
-        return true
     }
 
     /// Lets the thread exit (at its next tick, or at once when it sleeps) and disarms the timer.

@@ -430,7 +430,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
 
     /// Starts a detached thread running `body`; `false` when the system refused.
     @discardableResult
-    private static func spawn(_ name: String, body: @escaping () -> Void) -> Bool {
+    static func spawn(_ name: String, body: @escaping () -> Void) -> Bool {
         final class Box {
             let name: String
             let body: () -> Void
