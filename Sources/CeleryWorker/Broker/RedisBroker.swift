@@ -247,7 +247,7 @@ public final class RedisBroker: Broker {
         return popped
     }
 
-    /// The blocking pop of the solo pool: the lane's thread runs tasks while it waits. The record is written at
+    /// The blocking pop of the solo and thread pools: the event loop runs tasks while it waits. The record is written at
     /// once on ``records``, without waiting for its reply (the lane's event loop reads it; acknowledging the message
     /// on another connection waits for it).
     private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
@@ -434,32 +434,6 @@ public final class RedisBroker: Broker {
     public func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
         try await commands.send(RedisCommand("LPUSH", RedisArgument(Self.list(for: queue, priority: priority)), RedisArgument(envelope)))
     }
-
-    /// kombu's acknowledgement of `tag` (``ackScript``) as one request in Redis's protocol, for a connection on
-    /// `database`, to send without waiting (``RedisClient/sendWithoutWaiting(request:replies:then:)``). With `EVAL` and
-    /// the script's text, which is short: a refusal for want of a loaded script (`NOSCRIPT`) would only be read with
-    /// the connection's next reply.
-    func ackRequest(tag: String, onDatabase database: Int) -> [UInt8] {
-        var arguments = RESPArguments(capacity: 96 + tag.utf8.count)
-        arguments.append(unackedKey)
-        arguments.append(unackedIndexKey)
-        arguments.append(commands.url.database)
-        arguments.append(database)
-        arguments.append(tag)
-        return RedisConnection.scriptHead("EVAL", Self.ackScript.source, keyCount: 2, arguments: arguments) + arguments.bytes
-    }
-
-    /// kombu's acknowledgement of one message (`ZREM unacked_index`, `HDEL unacked`) from a connection on another
-    /// database, maybe. KEYS: `unacked`, `unacked_index`. ARGV: the broker's database, the connection's, the tag.
-    static let ackScript = RedisScript(
-        """
-        local across = ARGV[1] ~= ARGV[2]
-        if across then redis.call('SELECT', ARGV[1]) end
-        redis.call('ZREM', KEYS[2], ARGV[3])
-        redis.call('HDEL', KEYS[1], ARGV[3])
-        if across then redis.call('SELECT', ARGV[2]) end
-        return 0
-        """)
 
     public func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
         let tags = deliveries.compactMap(\.deliveryTag)

@@ -136,7 +136,8 @@ public final class CeleryWorkerService: Service {
         let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
-        // The worker's own bookkeeping runs on one thread of its own: hand-offs between its tasks are queue pushes.
+        // The worker's own bookkeeping runs on the event loop, or (process pool) on one thread of its own: hand-offs
+        // between its tasks are queue pushes.
         let loop = lane ?? WorkerThreads(count: 1, name: "celery-worker")
         defer { loop.shutdown() }
         await withTaskExecutorPreference(loop) {

@@ -106,10 +106,6 @@ final class Settler: Sendable {
         if lingering { company.signal() }
     }
 
-    /// Whether the settler waits for entries and none are handed in: nothing is being written or lingering, and
-    /// writes handed in now would make a batch of their own.
-    var isIdle: Bool { state.withLock { $0.waiter != nil && $0.entries.isEmpty } }
-
     /// Ends a linger at once: the task whose early acknowledgement waits for company has ended without a result to
     /// store (its acknowledgement goes out now).
     func nudge() {

@@ -221,19 +221,11 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         return sleepers > 0
     }
 
-    /// The next job the calling thread hands to its own set is left for this thread, without waking another one.
-    ///
-    /// For a job the caller waits for right away (a task body its bookkeeping awaits, or that bookkeeping once the
-    /// body is done): the thread runs it as soon as its current job suspends or ends, instead of handing it to a
-    /// thread that first has to be woken. Only worth it when the current job does nothing long after the hand-off.
-    static func keepNextJobOnThisThread() {
-        guard let raw = pthread_getspecific(threadStateKey) else { return }
-        Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue().keepsNextJob = true
-    }
-
-    /// Like ``keepNextJobOnThisThread()``, but only when the current job has not kept one yet: a loop that hands
-    /// out several jobs in one go keeps the first for this thread (which is free once the loop waits again) and
-    /// wakes other threads for the rest, so they still run in parallel.
+    /// The next job the calling thread hands to its own set is left for this thread, without waking another one,
+    /// unless the current job has kept one already: a loop that hands out several jobs in one go keeps the first for
+    /// this thread (which is free once the loop waits again) and wakes other threads for the rest, so they still run
+    /// in parallel. For a job the caller waits for right away: the thread runs it as soon as its current job suspends
+    /// or ends, instead of handing it to a thread that first has to be woken.
     static func keepFirstJobOnThisThread() {
         guard let raw = pthread_getspecific(threadStateKey) else { return }
         let state = Unmanaged<ThreadState>.fromOpaque(raw).takeUnretainedValue()
