@@ -22,10 +22,14 @@ import Synchronization
 /// task under load; a timer armed whenever the leader went from idle to a job and disarmed when it went idle
 /// again, 4 µs per task under load (on this virtual machine each such call costs a few microseconds).
 ///
+/// The timer is a `timerfd` the watchdog's thread reads while it sleeps, so a firing wakes that one thread. (A POSIX
+/// timer notifies by a signal: with `SIGEV_THREAD` glibc starts a thread for each firing, which then wakes the
+/// watchdog's, and any signal also wakes Dispatch's manager thread, which watches a `signalfd` for the worker's
+/// SIGTERM: 2.1 more context switches per message at idle than this timer costs, `Benchmarks/JOURNAL.md`.)
+///
 /// `@unchecked Sendable`: `running`, `serial`, `ticking`, `armed`, `armedSerial` and `stopped` are atomic; `set` is
-/// written by ``start(watching:)`` before the thread starts, then only by that thread; the pthread objects and the
-/// timer are made in `init` and never freed: an instance is never freed either (the timer's callback holds an
-/// unretained reference, and may run at any time).
+/// written by ``start(watching:)`` before the thread starts, then only by that thread; `timer` is written in `init`
+/// only. The thread holds the instance until it exits, so `deinit` closes the timer when no thread can use it.
 final class LeaderWatchdog: @unchecked Sendable {
     /// How long one job may keep the leader: 1–2 ms under load, 1 ms for a job the leader started while idle.
     static let patience: Duration = .milliseconds(1)
@@ -33,36 +37,21 @@ final class LeaderWatchdog: @unchecked Sendable {
     /// The number of the job the leader runs now; 0 between jobs.
     let running = Atomic<UInt64>(0)
     private let serial = Atomic<UInt64>(0)
-    /// Whether the watchdog's thread ticks (rather than sleeping until the timer or ``stop()`` wakes it).
+    /// Whether the watchdog's thread ticks (rather than sleeping until the timer fires).
     private let ticking = Atomic<Bool>(false)
-    /// Whether the timer is armed and has not fired yet.
+    /// Whether the timer is armed and the thread has not woken for it yet.
     private let armed = Atomic<Bool>(false)
     /// The job running when the timer was armed: still running when the timer fires, it has kept the leader too long.
     private let armedSerial = Atomic<UInt64>(0)
     private let stopped = Atomic<Bool>(false)
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
-    /// `nil` when the system refused one: the leader then wakes the thread itself.
-    private var timer: timer_t?
+    /// The timer's descriptor; `nil` when the system refused one: the thread then ticks for as long as it runs.
+    private let timer: TimerDescriptor?
     private var set: WorkerThreads?
 
     init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        condition.initialize(to: pthread_cond_t())
-        pthread_cond_init(condition, nil)
-        let context = Unmanaged.passRetained(self).toOpaque()  // never released: see the type's comment
-        var event = sigevent()
-        event.sigev_notify = Int32(SIGEV_THREAD)
-        event.sigev_value.sival_ptr = context
-        event._sigev_un._sigev_thread._function = { value in
-            guard let raw = value.sival_ptr else { return }
-            Unmanaged<LeaderWatchdog>.fromOpaque(raw).takeUnretainedValue().wake()
-        }
-        var created: timer_t?
-        if timer_create(CLOCK_MONOTONIC, &event, &created) == 0 { timer = created }
+        timer = TimerDescriptor()
+        // Without a timer nothing could wake the thread for a job: it ticks from the start.
+        if timer == nil { ticking.store(true, ordering: .sequentiallyConsistent) }
     }
 
     /// Starts the watchdog's thread, which holds `set` until ``stop()``; `false` when the system refused a thread
@@ -76,14 +65,10 @@ final class LeaderWatchdog: @unchecked Sendable {
         }
     }
 
-    /// Lets the thread exit (at its next tick, or at once when it sleeps) and disarms the timer.
+    /// Lets the thread exit: at its next tick, or at once when it sleeps (the timer then fires at once).
     func stop() {
         stopped.store(true, ordering: .sequentiallyConsistent)
-        if let timer {
-            var stop = itimerspec()
-            _ = timer_settime(timer, 0, &stop, nil)
-        }
-        wake()
+        _ = timer?.fire(after: .zero)
     }
 
     /// The leader starts a job: returns its number, for ``jobEnds(_:)``.
@@ -94,7 +79,8 @@ final class LeaderWatchdog: @unchecked Sendable {
         if !ticking.load(ordering: .sequentiallyConsistent), !armed.load(ordering: .relaxed) {
             armed.store(true, ordering: .relaxed)
             armedSerial.store(number, ordering: .relaxed)
-            if !arm() { wake() }
+            // Cannot fail on a valid descriptor; should it, the thread runs unwatched until it wakes for another job.
+            if timer?.fire(after: Self.patience) != true { armed.store(false, ordering: .relaxed) }
         }
         return number
     }
@@ -104,32 +90,15 @@ final class LeaderWatchdog: @unchecked Sendable {
         _ = running.compareExchange(expected: number, desired: 0, ordering: .releasing)
     }
 
-    /// The leader is out of work and about to wait: the timer it armed is not needed.
-    private func arm() -> Bool {
-        guard let timer else { return false }
-        let (seconds, attoseconds) = Self.patience.components
-        var spec = itimerspec(
-            it_interval: timespec(tv_sec: 0, tv_nsec: 0),
-            it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000)))
-        return timer_settime(timer, 0, &spec, nil) == 0
-    }
-
-    /// Starts the thread ticking (from the timer's callback, or from ``stop()``).
-    private func wake() {
-        pthread_mutex_lock(mutex)
-        ticking.store(true, ordering: .sequentiallyConsistent)
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
-    }
-
     private func loop() {
         guard let set else { return }
         while !stopped.load(ordering: .sequentiallyConsistent) {
-            pthread_mutex_lock(mutex)
-            while !ticking.load(ordering: .sequentiallyConsistent), !stopped.load(ordering: .sequentiallyConsistent) {
-                pthread_cond_wait(condition, mutex)
+            if !ticking.load(ordering: .sequentiallyConsistent) {
+                // Until the timer fires: armed by the leader for a job, or by ``stop()``.
+                guard timer?.wait() ?? true, !stopped.load(ordering: .sequentiallyConsistent) else { continue }
+                // Ticking first: a job that starts from here on does not arm the timer again.
+                ticking.store(true, ordering: .sequentiallyConsistent)
             }
-            pthread_mutex_unlock(mutex)
             // Woken by the timer, which is spent: the job it was armed for has had its patience already.
             armed.store(false, ordering: .relaxed)
             var last = armedSerial.load(ordering: .relaxed)
@@ -140,7 +109,7 @@ final class LeaderWatchdog: @unchecked Sendable {
                 if now != 0, now == last {
                     set.demoteLeader(ifRunning: now)
                     last = 0
-                } else if now == 0, count == started {
+                } else if timer != nil, now == 0, count == started {
                     // No job started since the last tick: sleep until the leader arms the timer again.
                     ticking.store(false, ordering: .sequentiallyConsistent)
                     // A job that started before that store is seen here; one that starts after it arms the timer.
@@ -154,5 +123,51 @@ final class LeaderWatchdog: @unchecked Sendable {
                 _ = nanosleep(&pause, nil)
             }
         }
+    }
+}
+
+/// A one-shot `timerfd` on the monotonic clock. Glibc's `<sys/timerfd.h>` is not in Swift's Glibc module, so its two
+/// functions are looked up by name (glibc has had them since 2.8).
+///
+/// `Sendable`: the descriptor never changes; the kernel orders the calls made on it.
+private final class TimerDescriptor: Sendable {
+    private typealias Create = @convention(c) (Int32, Int32) -> Int32
+    private typealias SetTime = @convention(c) (Int32, Int32, UnsafePointer<itimerspec>, UnsafeMutablePointer<itimerspec>?) -> Int32
+
+    private static let functions: (create: Create, set: SetTime)? = {
+        guard let create = dlsym(nil, "timerfd_create"), let set = dlsym(nil, "timerfd_settime") else { return nil }
+        return (unsafeBitCast(create, to: Create.self), unsafeBitCast(set, to: SetTime.self))
+    }()
+
+    private let descriptor: Int32
+    private let set: SetTime
+
+    /// `nil` when the system has no `timerfd` or refused one.
+    init?() {
+        guard let functions = Self.functions else { return nil }
+        let descriptor = functions.create(CLOCK_MONOTONIC, Int32(O_CLOEXEC))
+        guard descriptor >= 0 else { return nil }
+        self.descriptor = descriptor
+        set = functions.set
+    }
+
+    deinit {
+        close(descriptor)
+    }
+
+    /// Arms the timer to fire once `delay` from now (at once for zero), replacing any earlier arming.
+    func fire(after delay: Duration) -> Bool {
+        let (seconds, attoseconds) = delay.components
+        // A zero value disarms a timerfd: the earliest firing is 1 ns.
+        var spec = itimerspec(
+            it_interval: timespec(tv_sec: 0, tv_nsec: 0),
+            it_value: timespec(tv_sec: Int(seconds), tv_nsec: max(1, Int(attoseconds / 1_000_000_000))))
+        return set(descriptor, 0, &spec, nil) == 0
+    }
+
+    /// Blocks until the timer has fired; `false` when interrupted first (by a signal).
+    func wait() -> Bool {
+        var expirations: UInt64 = 0
+        return read(descriptor, &expirations, 8) == 8
     }
 }
