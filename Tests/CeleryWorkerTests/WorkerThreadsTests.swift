@@ -35,6 +35,26 @@ struct WorkerThreadsTests {
         }
     }
 
+    @Test("stopping the watchdog ends its thread, also while it sleeps with no timer armed")
+    func watchdogStops() async throws {
+        let threads = WorkerThreads(count: 2, name: "test-dog", eventLoop: true)
+        defer { threads.shutdown() }
+        for jobFirst in [false, true] {
+            let watchdog = LeaderWatchdog()
+            #expect(watchdog.start(watching: threads))
+            if jobFirst {
+                // A job started while the thread sleeps arms the timer: the thread wakes 1 ms later, finds the job
+                // ended, and sleeps again.
+                watchdog.jobEnds(watchdog.jobStarts())
+            }
+            try await Task.sleep(for: .milliseconds(20))
+            #expect(!watchdog.hasExited)
+            watchdog.stop()
+            for _ in 0..<2000 where !watchdog.hasExited { try await Task.sleep(for: .milliseconds(1)) }
+            #expect(watchdog.hasExited)
+        }
+    }
+
     @Test("a task that blocks after an await is watched too; its await resumes on whichever thread leads")
     func blockingAfterAwait() async throws {
         let threads = WorkerThreads(count: 3, name: "test-resume", eventLoop: true)

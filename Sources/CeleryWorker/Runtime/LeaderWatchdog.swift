@@ -27,7 +27,7 @@ import Synchronization
 /// watchdog's, and any signal also wakes Dispatch's manager thread, which watches a `signalfd` for the worker's
 /// SIGTERM: 2.1 more context switches per message at idle than this timer costs, `Benchmarks/JOURNAL.md`.)
 ///
-/// `@unchecked Sendable`: `running`, `serial`, `ticking`, `armed`, `armedSerial` and `stopped` are atomic; `set` is
+/// `@unchecked Sendable`: `running`, `serial`, `ticking`, `armed`, `armedSerial`, `stopped` and `exited` are atomic; `set` is
 /// written by ``start(watching:)`` before the thread starts, then only by that thread; `timer` is written in `init`
 /// only. The thread holds the instance until it exits, so `deinit` closes the timer when no thread can use it.
 final class LeaderWatchdog: @unchecked Sendable {
@@ -44,6 +44,7 @@ final class LeaderWatchdog: @unchecked Sendable {
     /// The job running when the timer was armed: still running when the timer fires, it has kept the leader too long.
     private let armedSerial = Atomic<UInt64>(0)
     private let stopped = Atomic<Bool>(false)
+    private let exited = Atomic<Bool>(false)
     /// The timer's descriptor; `nil` when the system refused one: the thread then ticks for as long as it runs.
     private let timer: TimerDescriptor?
     private var set: WorkerThreads?
@@ -62,8 +63,12 @@ final class LeaderWatchdog: @unchecked Sendable {
         return WorkerThreads.spawn("celery-watchdog") { [self] in
             loop()
             self.set = nil
+            exited.store(true, ordering: .releasing)
         }
     }
+
+    /// Whether the thread has exited after ``stop()``.
+    var hasExited: Bool { exited.load(ordering: .acquiring) }
 
     /// Lets the thread exit: at its next tick, or at once when it sleeps (the timer then fires at once).
     func stop() {
