@@ -27,9 +27,9 @@ import Synchronization
 /// watchdog's, and any signal also wakes Dispatch's manager thread, which watches a `signalfd` for the worker's
 /// SIGTERM: 2.1 more context switches per message at idle than this timer costs, `Benchmarks/JOURNAL.md`.)
 ///
-/// `@unchecked Sendable`: `running`, `serial`, `ticking`, `armed`, `armedSerial`, `stopped` and `exited` are atomic; `set` is
-/// written by ``start(watching:)`` before the thread starts, then only by that thread; `timer` is written in `init`
-/// only. The thread holds the instance until it exits, so `deinit` closes the timer when no thread can use it.
+/// `@unchecked Sendable`: `running`, `serial`, `ticking`, `armed`, `armedSerial`, `stopped` and `exited` are atomic;
+/// `set` is written by ``start(watching:)`` before the thread starts, then only by that thread; `timer` is a
+/// constant. The thread holds the instance until it exits, so the timer is closed only when no thread can use it.
 final class LeaderWatchdog: @unchecked Sendable {
     /// How long one job may keep the leader: 1–2 ms under load, 1 ms for a job the leader started while idle.
     static let patience: Duration = .milliseconds(1)
@@ -136,8 +136,13 @@ final class LeaderWatchdog: @unchecked Sendable {
 ///
 /// `Sendable`: the descriptor never changes; the kernel orders the calls made on it.
 private final class TimerDescriptor: Sendable {
+    /// `timerfd_create(clock, flags)`.
     private typealias Create = @convention(c) (Int32, Int32) -> Int32
-    private typealias SetTime = @convention(c) (Int32, Int32, UnsafePointer<itimerspec>, UnsafeMutablePointer<itimerspec>?) -> Int32
+    /// `timerfd_settime(descriptor, flags, new value, old value)`.
+    private typealias SetTime =
+        @convention(c) (
+            Int32, Int32, UnsafePointer<itimerspec>, UnsafeMutablePointer<itimerspec>?
+        ) -> Int32
 
     private static let functions: (create: Create, set: SetTime)? = {
         guard let create = dlsym(nil, "timerfd_create"), let set = dlsym(nil, "timerfd_settime") else { return nil }
