@@ -247,9 +247,9 @@ public final class RedisBroker: Broker {
         return popped
     }
 
-    /// The blocking pop of the solo and thread pools: the event loop runs tasks while it waits. The record is written at
-    /// once on ``records``, without waiting for its reply (the lane's event loop reads it; acknowledging the message
-    /// on another connection waits for it).
+    /// The blocking pop of the solo and thread pools: the event loop runs tasks while it waits. The record is written
+    /// at once on ``records``, without waiting for its reply (the lane's event loop reads it; acknowledging the
+    /// message on another connection waits for it).
     private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
         let started = ContinuousClock.now
         return sendingRecord(of: try await blocking.pipeline([brpop]).first, waitedSince: started)

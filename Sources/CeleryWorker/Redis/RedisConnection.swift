@@ -11,8 +11,8 @@ import Synchronization
 ///
 /// Every call blocks its thread: callers run them on the connection's own thread (see ``RedisClient``), never on
 /// the cooperative pool. The exception is ``send(_:replies:handle:)``, which writes a request and returns: its
-/// replies are read by ``pump()`` when the thread's event loop finds the socket readable (the solo and thread pools), or by the
-/// next blocking call, which reads earlier replies first.
+/// replies are read by ``pump()`` when the thread's event loop finds the socket readable (the solo and thread
+/// pools), or by the next blocking call, which reads earlier replies first.
 ///
 /// `@unchecked Sendable` is sound because the only mutable state, the hiredis context and the replies awaited on
 /// it, is touched only inside `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
