@@ -96,10 +96,10 @@ public final class RedisBroker: Broker {
         // The tag is the one the message was recorded under. Decoded only when recording it took that (a blocking
         // pop's); otherwise the worker decodes the envelope when it receives the message.
         for (list, raw, tag, receivedAt, record, envelope) in popped {
-            var delivery = BrokerDelivery(raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag)
-            delivery.pendingRecord = record
-            delivery.decoded = envelope
-            deliveries.append(delivery)
+            deliveries.append(
+                BrokerDelivery(
+                    raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag,
+                    pendingRecord: record, decoded: envelope))
         }
         if let last = deliveries.last { rotation.withLock { $0.moveToEnd(last.queue) } }
         return deliveries
