@@ -8,6 +8,26 @@ struct HeldDeliveriesTests {
         BrokerDelivery(raw: Array((tag ?? "none").utf8), queue: "celery", receivedAt: 0, deliveryTag: tag)
     }
 
+    @Test("a delivery is a value: setting a field of one copy, to a value or to nil, leaves the other copies as they were")
+    func deliveryIsAValue() {
+        let original = BrokerDelivery(
+            raw: Array("x".utf8), queue: "celery", receivedAt: 1, deliveryTag: "a",
+            pendingRecord: PendingRecord(sentOn: nil), decoded: nil)
+        var copy = original
+        copy.raw = Array("y".utf8)
+        copy.queue = "other"
+        copy.receivedAt = 2
+        copy.deliveryTag = nil
+        copy.pendingRecord = nil
+        copy.heldKey = 7
+        #expect(copy.raw == Array("y".utf8) && copy.queue == "other" && copy.receivedAt == 2)
+        #expect(copy.deliveryTag == nil && copy.pendingRecord == nil && copy.heldKey == 7)
+        #expect(original.raw == Array("x".utf8) && original.queue == "celery" && original.receivedAt == 1)
+        #expect(original.deliveryTag == "a" && original.pendingRecord != nil && original.heldKey == 0)
+        copy.deliveryTag = "b"
+        #expect(copy.deliveryTag == "b" && copy.raw == Array("y".utf8) && original.deliveryTag == "a")
+    }
+
     @Test("deliveries are held by their own key: untagged ones not at all, two of one tag apart, unstarted in order")
     func heldByKey() {
         var held = HeldDeliveries()
