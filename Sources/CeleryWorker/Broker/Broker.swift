@@ -71,7 +71,7 @@ public struct BrokerDelivery: Sendable {
     }
 
     init(
-        raw: [UInt8], queue: String, receivedAt: Double, deliveryTag: String?, pendingRecord: PendingRecord?,
+        raw: [UInt8], queue: String, receivedAt: Double, deliveryTag: String?, pendingRecord: PendingRecord? = nil,
         decoded: KombuEnvelope?
     ) {
         box = Box(

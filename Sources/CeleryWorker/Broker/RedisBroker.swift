@@ -80,7 +80,7 @@ public final class RedisBroker: Broker {
         // message is off its list but not yet recorded, so a worker killed at any point loses nothing. Skipped
         // when the last blocking pop had to wait: the queues were empty a moment ago, and a message that came
         // since is taken by the blocking pop at once (a second one then makes the next fetch use the script).
-        var popped: [Popped] = []
+        var popped: [BrokerDelivery] = []
         if !waited.withLock({ $0 }) {
             popped = try await popAndRecord(lists: lists, limit: max(1, limit))
         }
@@ -91,18 +91,8 @@ public final class RedisBroker: Broker {
         } else {
             waited.withLock { $0 = false }
         }
-        var deliveries: [BrokerDelivery] = []
-        deliveries.reserveCapacity(popped.count)
-        // The tag is the one the message was recorded under. Decoded only when recording it took that (a blocking
-        // pop's); otherwise the worker decodes the envelope when it receives the message.
-        for (list, raw, tag, receivedAt, record, envelope) in popped {
-            deliveries.append(
-                BrokerDelivery(
-                    raw: raw, queue: Self.queue(ofList: list), receivedAt: receivedAt, deliveryTag: tag,
-                    pendingRecord: record, decoded: envelope))
-        }
-        if let last = deliveries.last { rotation.withLock { $0.moveToEnd(last.queue) } }
-        return deliveries
+        if let last = popped.last { rotation.withLock { $0.moveToEnd(last.queue) } }
+        return popped
     }
 
     /// The order in which a fetch takes the queues, with the lists that makes and the `BRPOP` of them, built once
@@ -195,28 +185,20 @@ public final class RedisBroker: Broker {
         return request
     }
 
-    /// A popped message: its list, its text, the tag it was recorded under in `unacked` (none when it has no
-    /// `properties.delivery_tag`), when it was received, the record's write while it is unconfirmed, and the
-    /// envelope when it was decoded already.
-    typealias Popped = (
-        list: String, raw: [UInt8], tag: String?, receivedAt: Double, record: PendingRecord?, envelope: KombuEnvelope?
-    )
-
-    private func blockingPop(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
+    private func blockingPop(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         if blocking.sharesLane { return try await blockingPopOnSharedLane(brpop) }
-        let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([Popped], Int?) in
+        let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([BrokerDelivery], Int?) in
             let started = ContinuousClock.now
             let reply = try connection.execute([brpop])
             let database = self.records.url.database
-            guard let (message, record) = self.received(reply.first, waitedSince: started, recordingIn: database) else {
-                return ([], nil)
-            }
+            guard case (var message, let record)? = self.received(reply.first, waitedSince: started, recordingIn: database)
+            else { return ([], nil) }
             guard let record else { return ([message], nil) }
             if self.records !== self.blocking {
                 // Written now, from this thread, on the connection the settle script that acknowledges the message
                 // goes out on: Redis has it before that script, which need not wait for its reply.
-                let pending = self.send(record)
-                return ([(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)], nil)
+                message.pendingRecord = self.send(record)
+                return ([message], nil)
             }
             // Queued now and written as soon as this thread is free again, right after the message is handed on
             // (the task thread validates it meanwhile), in one write with the next pop: at idle that saves Redis a
@@ -230,7 +212,8 @@ public final class RedisBroker: Broker {
             } catch {
                 return ([message], nil)
             }
-            return ([(message.list, message.raw, message.tag, message.receivedAt, pending, message.envelope)], place)
+            message.pendingRecord = pending
+            return ([message], place)
         }
         if let place {
             // The next fetch writes the record with its own command and reads the reply first; this writes it and
@@ -250,18 +233,18 @@ public final class RedisBroker: Broker {
     /// The blocking pop of the solo and thread pools: the event loop runs tasks while it waits. The record is written
     /// at once on ``records``, without waiting for its reply (the lane's event loop reads it; acknowledging the
     /// message on another connection waits for it).
-    private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [Popped] {
+    private func blockingPopOnSharedLane(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let started = ContinuousClock.now
         return sendingRecord(of: try await blocking.pipeline([brpop]).first, waitedSince: started)
     }
 
     /// A blocking pop's message (none when it timed out), its record written at once on ``records``.
-    private func sendingRecord(of reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> [Popped] {
-        guard let (message, record) = received(reply, waitedSince: started, recordingIn: records.url.database) else {
-            return []
-        }
+    private func sendingRecord(of reply: RedisReply?, waitedSince started: ContinuousClock.Instant) -> [BrokerDelivery] {
+        guard case (var message, let record)? = received(reply, waitedSince: started, recordingIn: records.url.database)
+        else { return [] }
         guard let record else { return [message] }
-        return [(message.list, message.raw, message.tag, message.receivedAt, send(record), message.envelope)]
+        message.pendingRecord = send(record)
+        return [message]
     }
 
     /// Writes a blocking pop's record on ``records`` without waiting for its reply. Unless an event loop reads that
@@ -284,7 +267,7 @@ public final class RedisBroker: Broker {
     /// inside its transaction, and that one again, when they differ.
     private func received(
         _ reply: RedisReply?, waitedSince started: ContinuousClock.Instant, recordingIn database: Int
-    ) -> (Popped, (request: [UInt8], replies: Int)?)? {
+    ) -> (BrokerDelivery, (request: [UInt8], replies: Int)?)? {
         guard case .array(let pair)? = reply, pair.count == 2, let list = pair[0].text, let raw = pair[1].bytes else {
             waited.withLock { $0 = true }
             return nil
@@ -301,18 +284,20 @@ public final class RedisBroker: Broker {
             let info = envelope.deliveryInfo
             return (tag, info.exchange, info.routingKey)
         }
+        let queue = Self.queue(ofList: list)
         guard let fields = found ?? KombuEnvelope.deliveryFields(of: raw) else {
-            return ((list, raw, nil, receivedAt, nil, envelope), nil)
+            return (BrokerDelivery(raw: raw, queue: queue, receivedAt: receivedAt, deliveryTag: nil, decoded: envelope), nil)
         }
         let brokerDatabase = commands.url.database
         let selecting = brokerDatabase == database ? nil : (broker: brokerDatabase, connection: database)
         let request = Self.recordRequest(
             raw: raw, tag: fields.tag, exchange: fields.exchange, routingKey: fields.routingKey, receivedAt: receivedAt,
             unackedKey: unackedKey, unackedIndexKey: unackedIndexKey, selecting: selecting)
-        return ((list, raw, fields.tag, receivedAt, nil, envelope), (request, selecting == nil ? 4 : 6))
+        let message = BrokerDelivery(raw: raw, queue: queue, receivedAt: receivedAt, deliveryTag: fields.tag, decoded: envelope)
+        return (message, (request, selecting == nil ? 4 : 6))
     }
 
-    private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [Popped] {
+    private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let receivedAt = WallClock.now()
         var arguments = RESPArguments(capacity: 128 + 32 * lists.count)
         arguments.append(unackedKey)
@@ -324,14 +309,18 @@ public final class RedisBroker: Broker {
         // (``fetchExecutor``), so a fetch costs no thread hop.
         let reply = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count) { [arguments] in arguments }
         let items = reply.array ?? []
-        var popped: [Popped] = []
+        var popped: [BrokerDelivery] = []
         popped.reserveCapacity(items.count / 3)
         for index in stride(from: 0, to: items.count - 2, by: 3) {
             // The list by its position among `lists` (a number in the reply, not the name: no string to read).
             guard let position = items[index].integer, lists.indices.contains(Int(position) - 1),
                 let raw = items[index + 1].bytes
             else { continue }
-            popped.append((lists[Int(position) - 1], raw, items[index + 2].text, receivedAt, nil, nil))
+            // The tag is the one the message was recorded under; the worker decodes the envelope when it receives it.
+            popped.append(
+                BrokerDelivery(
+                    raw: raw, queue: Self.queue(ofList: lists[Int(position) - 1]), receivedAt: receivedAt,
+                    deliveryTag: items[index + 2].text))
         }
         return popped
     }
