@@ -146,44 +146,50 @@ public final class RedisBroker: Broker {
         raw: [UInt8], tag: String, exchange: String, routingKey: String, receivedAt: Double,
         unackedKey: String, unackedIndexKey: String, selecting: (broker: Int, connection: Int)? = nil
     ) -> [UInt8] {
-        var exchangeText: [UInt8] = []
-        CeleryJSON.encode(.string(exchange), into: &exchangeText)
-        var routingKeyText: [UInt8] = []
-        CeleryJSON.encode(.string(routingKey), into: &routingKeyText)
-        let separator = Array(", ".utf8)
-        let valueLength = 1 + raw.count + separator.count + exchangeText.count + separator.count + routingKeyText.count + 1
+        // The value after the envelope, `, "<exchange>", "<routing_key>"]`, written first to learn its length.
+        var tail: [UInt8] = []
+        tail.reserveCapacity(exchange.utf8.count + routingKey.utf8.count + 16)
+        tail.append(contentsOf: [UInt8(ascii: ","), UInt8(ascii: " ")])
+        CeleryJSON.encode(.string(exchange), into: &tail)
+        tail.append(contentsOf: [UInt8(ascii: ","), UInt8(ascii: " ")])
+        CeleryJSON.encode(.string(routingKey), into: &tail)
+        tail.append(UInt8(ascii: "]"))
+        let valueLength = 1 + raw.count + tail.count
         var request: [UInt8] = []
-        request.reserveCapacity(valueLength + tag.utf8.count * 2 + 128)
-        func command(_ arguments: Int, _ name: String) {
-            RESPArguments.writeLine(UInt8(ascii: "*"), arguments, into: &request)
-            RESPArguments.writeArgument(name, into: &request)
-        }
+        // Room for all of it (the commands, keys, score and tags take less than 256 bytes besides the keys): grown
+        // at the end, the whole request was copied.
+        request.reserveCapacity(valueLength + 2 * tag.utf8.count + unackedKey.utf8.count + unackedIndexKey.utf8.count + 256)
         func select(_ database: Int) {
-            command(2, "SELECT")
+            request.append(contentsOf: Self.selectHead)
             RESPArguments.writeArgument(String(database), into: &request)
         }
-        command(1, "MULTI")
+        request.append(contentsOf: Self.multi)
         if let selecting { select(selecting.broker) }
-        command(4, "ZADD")
+        request.append(contentsOf: Self.zaddHead)
         RESPArguments.writeArgument(unackedIndexKey, into: &request)
         RESPArguments.writeArgument(receivedAt.description, into: &request)
         RESPArguments.writeArgument(tag, into: &request)
-        command(4, "HSET")
+        request.append(contentsOf: Self.hsetHead)
         RESPArguments.writeArgument(unackedKey, into: &request)
         RESPArguments.writeArgument(tag, into: &request)
         RESPArguments.writeLine(UInt8(ascii: "$"), valueLength, into: &request)
         request.append(UInt8(ascii: "["))
         request.append(contentsOf: raw)
-        request.append(contentsOf: separator)
-        request.append(contentsOf: exchangeText)
-        request.append(contentsOf: separator)
-        request.append(contentsOf: routingKeyText)
-        request.append(UInt8(ascii: "]"))
-        request.append(contentsOf: [0x0D, 0x0A])
+        request.append(contentsOf: tail)
+        request.append(0x0D)
+        request.append(0x0A)
         if let selecting { select(selecting.connection) }
-        command(1, "EXEC")
+        request.append(contentsOf: Self.exec)
         return request
     }
+
+    /// The record's commands and their names in Redis's protocol, written once: `MULTI`, `EXEC`, and the heads of
+    /// `SELECT`, `ZADD` and `HSET` (the argument count and the name; the arguments follow).
+    private static let multi = Array("*1\r\n$5\r\nMULTI\r\n".utf8)
+    private static let exec = Array("*1\r\n$4\r\nEXEC\r\n".utf8)
+    private static let selectHead = Array("*2\r\n$6\r\nSELECT\r\n".utf8)
+    private static let zaddHead = Array("*4\r\n$4\r\nZADD\r\n".utf8)
+    private static let hsetHead = Array("*4\r\n$4\r\nHSET\r\n".utf8)
 
     private func blockingPop(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         if blocking.sharesLane { return try await blockingPopOnSharedLane(brpop) }

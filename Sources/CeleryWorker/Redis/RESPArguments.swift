@@ -63,6 +63,8 @@ struct RESPArguments: Sendable {
         var written = scratch
         scratch = []
         written.removeAll(keepingCapacity: true)
+        // Room for a task's result document at first: grown from nothing, it was reallocated five times.
+        if written.capacity == 0 { written.reserveCapacity(512) }
         write(&written)
         written.withUnsafeBytes { append($0) }
         scratch = written
@@ -84,6 +86,16 @@ struct RESPArguments: Sendable {
     /// `<marker><number>\r\n`: a RESP line header (`*` for a command's argument count, `$` for a length), a
     /// non-negative number; appended in one go.
     static func writeLine(_ marker: UInt8, _ number: Int, into bytes: inout [UInt8]) {
+        // Most lines are an argument count or a key's length: one or two digits, appended byte by byte (the
+        // general append of a few bytes costs more than the line).
+        if number >= 0 && number < 100 {
+            bytes.append(marker)
+            if number >= 10 { bytes.append(UInt8(ascii: "0") + UInt8(number / 10)) }
+            bytes.append(UInt8(ascii: "0") + UInt8(number % 10))
+            bytes.append(0x0D)
+            bytes.append(0x0A)
+            return
+        }
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { line in
             line[line.count - 2] = 0x0D
             line[line.count - 1] = 0x0A

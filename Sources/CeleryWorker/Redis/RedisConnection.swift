@@ -28,6 +28,13 @@ final class RedisConnection: @unchecked Sendable {
         var unreadDone = 0
         /// Since when a reply sent by ``send(_:replies:handle:)`` is awaited (or the last reply came); `nil`: none is.
         var awaitedSince: ContinuousClock.Instant?
+
+        /// Adds a reply to `partial`, the first of `count` (then with room for them all: grown one by one, the four
+        /// replies of a message's record took three allocations).
+        mutating func keep(_ reply: RedisReply, of count: Int) {
+            if partial.isEmpty { partial.reserveCapacity(count) }
+            partial.append(reply)
+        }
     }
 
     /// Commands whose replies are read later, and what gets them: the replies, or the failure that closed the
@@ -188,7 +195,7 @@ final class RedisConnection: @unchecked Sendable {
                     close(&state, failure: error)
                     throw error
                 }
-                state.partial.append(convert(raw.assumingMemoryBound(to: redisReply.self)))
+                state.keep(convert(raw.assumingMemoryBound(to: redisReply.self)), of: first.replies)
                 freeReplyObject(raw)
             }
             complete(&state)
@@ -553,7 +560,7 @@ extension RedisConnection: PolledSource {
                     return false
                 }
                 guard let raw else { break }
-                state.partial.append(Self.convert(raw.assumingMemoryBound(to: redisReply.self)))
+                state.keep(Self.convert(raw.assumingMemoryBound(to: redisReply.self)), of: first.replies)
                 freeReplyObject(raw)
                 state.awaitedSince = .now
                 if state.partial.count == first.replies { Self.complete(&state) }
