@@ -75,12 +75,14 @@ extension CeleryJSON {
     static func appendString(_ text: String, into output: inout [UInt8]) {
         output.append(UInt8(ascii: "\""))
         // Most strings (ids, names, dates) are printable ASCII with nothing to escape: copied in one go.
-        var text = text
-        let copied = text.withUTF8 { bytes -> Bool in
+        // In place (a native string): `withUTF8`, which is mutating, would copy the string first.
+        func copy(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
             guard isPlain(bytes) else { return false }
             output.append(contentsOf: bytes)
             return true
         }
+        var text = text
+        let copied = text.utf8.withContiguousStorageIfAvailable(copy) ?? text.withUTF8(copy)
         if !copied { appendEscaped(text, into: &output) }
         output.append(UInt8(ascii: "\""))
     }

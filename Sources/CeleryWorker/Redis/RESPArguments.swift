@@ -46,8 +46,7 @@ struct RESPArguments: Sendable {
     mutating func append(_ first: String, _ second: String, _ third: String) {
         Self.writeLine(UInt8(ascii: "$"), first.utf8.count + second.utf8.count + third.utf8.count, into: &bytes)
         func write(_ part: String) {
-            var part = part
-            part.withUTF8 { bytes.append(contentsOf: $0) }
+            Self.withUTF8(part) { bytes.append(contentsOf: $0) }
         }
         write(first)
         write(second)
@@ -79,8 +78,15 @@ struct RESPArguments: Sendable {
     }
 
     static func writeArgument(_ text: String, into bytes: inout [UInt8]) {
+        withUTF8(text) { writeArgument(UnsafeRawBufferPointer($0), into: &bytes) }
+    }
+
+    /// `body` with the text's UTF-8 bytes: in place for a native string, without the copy (a retain and a release) of
+    /// `withUTF8`, which is mutating; a bridged string is copied first.
+    private static func withUTF8(_ text: String, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        if text.utf8.withContiguousStorageIfAvailable(body) != nil { return }
         var text = text
-        text.withUTF8 { writeArgument(UnsafeRawBufferPointer($0), into: &bytes) }
+        text.withUTF8(body)
     }
 
     /// `<marker><number>\r\n`: a RESP line header (`*` for a command's argument count, `$` for a length), a

@@ -52,8 +52,8 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     @exclusivity(unchecked) private var queue = Deque<Item>()
     /// Items that run only when `queue` is empty (``whenIdle()``).
     @exclusivity(unchecked) private var idleQueue = Deque<Item>()
-    /// The sources polled when nothing is queued (``watch(_:)``).
-    @exclusivity(unchecked) private var watched: [ObjectIdentifier: any PolledSource] = [:]
+    /// The sources polled when nothing is queued (``watch(_:)``): a handful at most, searched rather than hashed.
+    @exclusivity(unchecked) private var watched: [any PolledSource] = []
     /// Whether the leader waits in `poll`: a push then writes to the wake pipe instead of signalling `condition`.
     @exclusivity(unchecked) private var polling = false
     /// A non-blocking pipe that wakes the leader from `poll` (read end, write end); only in an event-loop set
@@ -165,7 +165,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     /// from its thread (``isEventLoopThread``).
     func watch(_ source: any PolledSource) {
         let wake = locked { () -> Bool in
-            watched[ObjectIdentifier(source)] = source
+            if !watched.contains(where: { $0 === source }) { watched.append(source) }
             // In leader mode the caller may have been demoted since it checked: the leader must poll this too.
             return leaders && wakeLeader()
         }
@@ -296,7 +296,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
                     if runSincePoll == Self.itemsBetweenPolls {
                         // A queue that never empties (a task that yields in a loop) must not keep replies unread.
                         runSincePoll = 0
-                        let any = wakePipe.read >= 0 && locked { leads(state) && state.pollBuffers.take(watched.values) }
+                        let any = wakePipe.read >= 0 && locked { leads(state) && state.pollBuffers.take(watched) }
                         if any { poll(state, waiting: false) }
                     }
                 case .poll:
@@ -328,7 +328,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
             while true {
                 if leaders, state.leaderEpoch != epoch.load(ordering: .relaxed) { return .demoted }
                 if let item = queue.popFirst() ?? idleQueue.popFirst() { return .run(item) }
-                if state.pollBuffers.take(watched.values) {
+                if state.pollBuffers.take(watched) {
                     polling = true
                     return .poll
                 }
@@ -398,7 +398,7 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
         if !buffers.done.isEmpty {
             locked {
-                for identifier in buffers.done { watched.removeValue(forKey: identifier) }
+                watched.removeAll { source in buffers.done.contains(ObjectIdentifier(source)) }
             }
         }
     }
@@ -513,7 +513,7 @@ private struct PollBuffers {
     var done: [ObjectIdentifier] = []
 
     /// Takes the watched sources for a poll (with the set's `mutex` held); `false` when there are none.
-    mutating func take(_ watched: Dictionary<ObjectIdentifier, any PolledSource>.Values) -> Bool {
+    mutating func take(_ watched: [any PolledSource]) -> Bool {
         if watched.isEmpty { return false }
         sources.append(contentsOf: watched)
         return true
