@@ -51,3 +51,63 @@ struct RedisProtocolTests {
         #expect(Array("*\(arguments.count)\r\n".utf8) + written.bytes == command)
     }
 }
+
+@Suite("Replies in Redis's protocol")
+struct RESPReaderTests {
+    private func read(_ text: [UInt8], at start: Int = 0) -> RESPReader.Outcome {
+        text.withUnsafeBytes { RESPReader.read($0, at: start) }
+    }
+
+    private func read(_ text: String, at start: Int = 0) -> RESPReader.Outcome {
+        read(Array(text.utf8), at: start)
+    }
+
+    @Test("each kind of reply is read whole, with where the next one starts")
+    func kinds() {
+        #expect(read("+OK\r\n") == .reply(.status("OK"), next: 5))
+        #expect(read("+a\rb\r\n") == .reply(.status("a\rb"), next: 6))
+        #expect(read("-ERR wrong\r\n") == .reply(.error("ERR wrong"), next: 12))
+        #expect(read(":-12\r\n") == .reply(.integer(-12), next: 6))
+        #expect(read(":9223372036854775807\r\n") == .reply(.integer(.max), next: 22))
+        #expect(read("$3\r\nabc\r\n") == .reply(.string(Array("abc".utf8)), next: 9))
+        #expect(read("$0\r\n\r\n") == .reply(.string([]), next: 6))
+        #expect(read("$-1\r\n") == .reply(.null, next: 5))
+        #expect(read("*-1\r\n") == .reply(.null, next: 5))
+        #expect(read("*0\r\n") == .reply(.array([]), next: 4))
+        let binary: [UInt8] = Array("*2\r\n*2\r\n:1\r\n$-1\r\n$4\r\n".utf8) + [0x0D, 0x0A, 0x00, 0xFF] + Array("\r\n".utf8)
+        #expect(read(binary) == .reply(.array([.array([.integer(1), .null]), .string([0x0D, 0x0A, 0x00, 0xFF])]), next: binary.count))
+    }
+
+    @Test("replies back to back are read one at a time from where the last one ended")
+    func backToBack() {
+        let text = "+QUEUED\r\n*2\r\n:1\r\n:0\r\n"
+        #expect(read(text) == .reply(.status("QUEUED"), next: 9))
+        #expect(read(text, at: 9) == .reply(.array([.integer(1), .integer(0)]), next: text.utf8.count))
+        #expect(read(text, at: text.utf8.count) == .incomplete)
+    }
+
+    @Test("every part of a reply short of its end is incomplete, not an error")
+    func incomplete() {
+        let whole = Array("*3\r\n$5\r\nhello\r\n:42\r\n*1\r\n+OK\r\n".utf8)
+        for length in 0..<whole.count {
+            #expect(read(Array(whole.prefix(length))) == .incomplete, "\(length) bytes")
+        }
+        #expect(read(whole) == .reply(.array([.string(Array("hello".utf8)), .integer(42), .array([.status("OK")])]), next: whole.count))
+    }
+
+    @Test("bytes that are not a reply are an error that says what is wrong")
+    func invalid() {
+        for text in ["?x\r\n", ":1x\r\n", ":\r\n", ":99999999999999999999\r\n", "$abc\r\n", "$-2\r\n", "$3\r\nabcXY", "*x\r\n"] {
+            guard case .invalid(let problem) = read(text) else {
+                Issue.record("\(String(reflecting: text)) was not refused")
+                continue
+            }
+            #expect(!problem.isEmpty)
+        }
+        #expect(read("?x\r\n") == .invalid(#"Protocol error, got "?" as reply type byte"#))
+        let deep = String(repeating: "*1\r\n", count: 8) + ":1\r\n"
+        #expect(read(deep) == .invalid("No support for nested multi bulk replies with depth > 7"))
+        let deepest = String(repeating: "*1\r\n", count: 7) + ":1\r\n"
+        #expect(read(deepest) != .incomplete && read(deepest) != .invalid("No support for nested multi bulk replies with depth > 7"))
+    }
+}

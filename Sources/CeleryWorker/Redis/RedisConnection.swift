@@ -85,15 +85,12 @@ final class RedisConnection: @unchecked Sendable {
             var replies: [RedisReply] = []
             replies.reserveCapacity(commands.count)
             for command in commands {
-                var raw: UnsafeMutableRawPointer?
-                guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
+                guard let reply = Self.awaitReply(context) else {
                     let error = Self.error(from: context, code: .connectionLost, doing: command.name)
                     Self.close(&state)
                     throw error
                 }
-                let reply = raw.assumingMemoryBound(to: redisReply.self)
-                replies.append(Self.convert(reply))
-                freeReplyObject(raw)
+                replies.append(reply)
             }
             return replies
         }
@@ -189,14 +186,12 @@ final class RedisConnection: @unchecked Sendable {
     private static func readUnread(_ state: inout State, _ context: UnsafeMutablePointer<redisContext>) throws(CeleryWorkerError) {
         while let first = state.unread.first {
             while state.partial.count < first.replies {
-                var raw: UnsafeMutableRawPointer?
-                guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
+                guard let reply = awaitReply(context) else {
                     let error = Self.error(from: context, code: .connectionLost, doing: "reading replies")
                     close(&state, failure: error)
                     throw error
                 }
-                state.keep(convert(raw.assumingMemoryBound(to: redisReply.self)), of: first.replies)
-                freeReplyObject(raw)
+                state.keep(reply, of: first.replies)
             }
             complete(&state)
         }
@@ -257,14 +252,12 @@ final class RedisConnection: @unchecked Sendable {
                 throw error
             }
             try Self.readUnread(&state, context)
-            var raw: UnsafeMutableRawPointer?
-            guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
+            guard let reply = Self.awaitReply(context) else {
                 let error = Self.error(from: context, code: .connectionLost, doing: name)
                 Self.close(&state)
                 throw error
             }
-            defer { freeReplyObject(raw) }
-            return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+            return reply
         }
     }
 
@@ -289,26 +282,22 @@ final class RedisConnection: @unchecked Sendable {
                 if let failure { throw failure }
                 return
             }
-            // Flush the command: with nothing buffered to read, redisGetReply writes and then blocks for the reply.
-            var confirmation: UnsafeMutableRawPointer?
-            guard redisGetReply(context, &confirmation) == REDIS_OK, let confirmation else {
+            // Flush the command: with nothing buffered to read, this writes and then blocks for the reply.
+            guard Self.awaitReply(context) != nil else {
                 fail(command)
                 if let failure { throw failure }
                 return
             }
-            freeReplyObject(confirmation)
             onSubscribed()
             let (seconds, attoseconds) = pollInterval.components
             let timeoutMilliseconds = Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
             while !shouldStop() {
-                var raw: UnsafeMutableRawPointer?
-                guard redisGetReplyFromReader(context, &raw) == REDIS_OK else {
+                let buffered = Self.bufferedReply(context)
+                if case .failed = buffered {
                     fail("reading a pub/sub message")
                     break
                 }
-                if let raw {
-                    let reply = Self.convert(raw.assumingMemoryBound(to: redisReply.self))
-                    freeReplyObject(raw)
+                if case .reply(let reply) = buffered {
                     if case .array(let parts) = reply, let kind = parts.first?.text,
                         kind == "pmessage" || kind == "message", let data = parts.last?.bytes
                     {
@@ -414,15 +403,11 @@ final class RedisConnection: @unchecked Sendable {
         }
         if url.database != 0 { setup.append(RedisCommand("SELECT", RedisArgument(url.database))) }
         for command in setup {
-            var raw: UnsafeMutableRawPointer?
-            guard Self.append(command, to: context) == REDIS_OK, redisGetReply(context, &raw) == REDIS_OK, let raw
-            else {
+            guard Self.append(command, to: context) == REDIS_OK, let reply = Self.awaitReply(context) else {
                 let error = Self.error(from: context, code: .connectionFailed, doing: "set up the connection to \(url)")
                 Self.close(&state)
                 throw error
             }
-            let reply = Self.convert(raw.assumingMemoryBound(to: redisReply.self))
-            freeReplyObject(raw)
             if case .error(let message) = reply {
                 Self.close(&state)
                 throw CeleryWorkerError(code: .connectionFailed, message: "\(command.name) on \(url) failed: \(message)")
@@ -488,31 +473,68 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    private static func convert(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
-        let value = reply.pointee
-        switch value.type {
-        case REDIS_REPLY_STRING:
-            guard let pointer = value.str else { return .string([]) }
-            return .string(Array(UnsafeRawBufferPointer(start: pointer, count: Int(value.len))))
-        case REDIS_REPLY_STATUS:
-            guard let pointer = value.str else { return .status("") }
-            return .status(String(decoding: UnsafeRawBufferPointer(start: pointer, count: Int(value.len)), as: UTF8.self))
-        case REDIS_REPLY_ERROR:
-            guard let pointer = value.str else { return .error("") }
-            return .error(String(decoding: UnsafeRawBufferPointer(start: pointer, count: Int(value.len)), as: UTF8.self))
-        case REDIS_REPLY_INTEGER:
-            return .integer(Int64(value.integer))
-        case REDIS_REPLY_ARRAY:
-            var elements: [RedisReply] = []
-            elements.reserveCapacity(Int(value.elements))
-            if let children = value.element {
-                for index in 0..<Int(value.elements) {
-                    if let child = children[index] { elements.append(convert(child)) } else { elements.append(.null) }
-                }
+    /// The next whole reply in hiredis's read buffer, taken out of it (``RESPReader``).
+    private enum Buffered {
+        case reply(RedisReply)
+        /// No whole reply has come yet.
+        case none
+        /// The bytes are not Redis's protocol: the context is marked failed, as hiredis's reader marks it.
+        case failed
+    }
+
+    private static func bufferedReply(_ context: UnsafeMutablePointer<redisContext>) -> Buffered {
+        guard let reader = context.pointee.reader, let buffer = reader.pointee.buf else { return .none }
+        let (position, length) = (reader.pointee.pos, reader.pointee.len)
+        guard position < length else { return .none }
+        switch RESPReader.read(UnsafeRawBufferPointer(start: buffer, count: length), at: position) {
+        case .incomplete:
+            return .none
+        case .invalid(let problem):
+            context.pointee.err = REDIS_ERR_PROTOCOL
+            withUnsafeMutableBytes(of: &context.pointee.errstr) { errstr in
+                let text = problem.utf8.prefix(errstr.count - 1)
+                errstr.copyBytes(from: text)
+                errstr[text.count] = 0
             }
-            return .array(elements)
-        default:
-            return .null
+            return .failed
+        case .reply(let reply, let next):
+            // What was read is dropped from the buffer as hiredis's reader drops it: all of it once all is read,
+            // the part read once it is 1 kB or more (so the buffer is not moved for every small reply).
+            if next == length {
+                sdsclear(buffer)
+                reader.pointee.pos = 0
+                reader.pointee.len = 0
+            } else if next >= 1024 {
+                sdsrange(buffer, Int32(next), -1)
+                reader.pointee.pos = 0
+                reader.pointee.len = length - next
+            } else {
+                reader.pointee.pos = next
+            }
+            return .reply(reply)
+        }
+    }
+
+    /// The next reply, as `redisGetReply` gets it: one already read, or else the commands queued are written and
+    /// the socket read (blocking, within the command timeout) until one has come whole. `nil` when that failed: the
+    /// context says why.
+    private static func awaitReply(_ context: UnsafeMutablePointer<redisContext>) -> RedisReply? {
+        switch bufferedReply(context) {
+        case .reply(let reply): return reply
+        case .failed: return nil
+        case .none: break
+        }
+        var written: Int32 = 0
+        repeat {
+            guard redisBufferWrite(context, &written) == REDIS_OK else { return nil }
+        } while written == 0
+        while true {
+            guard redisBufferRead(context) == REDIS_OK else { return nil }
+            switch bufferedReply(context) {
+            case .reply(let reply): return reply
+            case .failed: return nil
+            case .none: continue
+            }
         }
     }
 
@@ -553,17 +575,18 @@ extension RedisConnection: PolledSource {
                 Self.close(&state, failure: Self.error(from: context, code: .connectionLost, doing: "reading replies"))
                 return false
             }
-            while let first = state.unread.first {
-                var raw: UnsafeMutableRawPointer?
-                guard redisGetReplyFromReader(context, &raw) == REDIS_OK else {
+            reading: while let first = state.unread.first {
+                switch Self.bufferedReply(context) {
+                case .reply(let reply):
+                    state.keep(reply, of: first.replies)
+                    state.awaitedSince = .now
+                    if state.partial.count == first.replies { Self.complete(&state) }
+                case .none:
+                    break reading
+                case .failed:
                     Self.close(&state, failure: Self.error(from: context, code: .connectionLost, doing: "reading replies"))
                     return false
                 }
-                guard let raw else { break }
-                state.keep(Self.convert(raw.assumingMemoryBound(to: redisReply.self)), of: first.replies)
-                freeReplyObject(raw)
-                state.awaitedSince = .now
-                if state.partial.count == first.replies { Self.complete(&state) }
             }
             if state.unread.isEmpty { state.awaitedSince = nil }
             return !state.unread.isEmpty
