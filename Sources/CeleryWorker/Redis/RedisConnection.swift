@@ -498,19 +498,9 @@ final class RedisConnection: @unchecked Sendable {
             }
             return .failed
         case .reply(let reply, let next):
-            // What was read is dropped from the buffer as hiredis's reader drops it: all of it once all is read,
-            // the part read once it is 1 kB or more (so the buffer is not moved for every small reply).
-            if next == length {
-                sdsclear(buffer)
-                reader.pointee.pos = 0
-                reader.pointee.len = 0
-            } else if next >= 1024 {
-                sdsrange(buffer, Int32(next), -1)
-                reader.pointee.pos = 0
-                reader.pointee.len = length - next
-            } else {
-                reader.pointee.pos = next
-            }
+            // What was read is dropped from the buffer as hiredis's reader drops it (so the buffer is not moved for
+            // every small reply).
+            chiredis_reader_consume(reader, next)
             return .reply(reply)
         }
     }
