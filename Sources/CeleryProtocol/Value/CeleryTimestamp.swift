@@ -25,11 +25,11 @@ public enum CeleryTimestamp {
         // hold the longest: a 20-character year, `-MM-DDTHH:MM:SS.ffffff`, `+HH:MM`.
         return String(unsafeUninitializedCapacity: 48) { text -> Int in
             var count = 0
-            func append(_ byte: UInt8) {
+            @inline(__always) func append(_ byte: UInt8) {
                 text[count] = byte
                 count += 1
             }
-            func appendTwoDigits(_ value: Int) {
+            @inline(__always) func appendTwoDigits(_ value: Int) {
                 append(UInt8(ascii: "0") + UInt8(value / 10))
                 append(UInt8(ascii: "0") + UInt8(value % 10))
             }
