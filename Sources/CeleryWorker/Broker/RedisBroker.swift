@@ -149,10 +149,13 @@ public final class RedisBroker: Broker {
         // The value after the envelope, `, "<exchange>", "<routing_key>"]`, written first to learn its length.
         var tail: [UInt8] = []
         tail.reserveCapacity(exchange.utf8.count + routingKey.utf8.count + 16)
-        tail.append(contentsOf: [UInt8(ascii: ","), UInt8(ascii: " ")])
-        CeleryJSON.encode(.string(exchange), into: &tail)
-        tail.append(contentsOf: [UInt8(ascii: ","), UInt8(ascii: " ")])
-        CeleryJSON.encode(.string(routingKey), into: &tail)
+        func appendMember(_ text: String) {
+            tail.append(UInt8(ascii: ","))
+            tail.append(UInt8(ascii: " "))
+            CeleryJSON.encode(.string(text), into: &tail)
+        }
+        appendMember(exchange)
+        appendMember(routingKey)
         tail.append(UInt8(ascii: "]"))
         let valueLength = 1 + raw.count + tail.count
         var request: [UInt8] = []
@@ -185,11 +188,19 @@ public final class RedisBroker: Broker {
 
     /// The record's commands and their names in Redis's protocol, written once: `MULTI`, `EXEC`, and the heads of
     /// `SELECT`, `ZADD` and `HSET` (the argument count and the name; the arguments follow).
-    private static let multi = Array("*1\r\n$5\r\nMULTI\r\n".utf8)
-    private static let exec = Array("*1\r\n$4\r\nEXEC\r\n".utf8)
-    private static let selectHead = Array("*2\r\n$6\r\nSELECT\r\n".utf8)
-    private static let zaddHead = Array("*4\r\n$4\r\nZADD\r\n".utf8)
-    private static let hsetHead = Array("*4\r\n$4\r\nHSET\r\n".utf8)
+    private static let multi = commandHead(1, "MULTI")
+    private static let exec = commandHead(1, "EXEC")
+    private static let selectHead = commandHead(2, "SELECT")
+    private static let zaddHead = commandHead(4, "ZADD")
+    private static let hsetHead = commandHead(4, "HSET")
+
+    /// `*<count>` and the command's name, as ``RESPArguments`` writes them.
+    private static func commandHead(_ count: Int, _ name: String) -> [UInt8] {
+        var head: [UInt8] = []
+        RESPArguments.writeLine(UInt8(ascii: "*"), count, into: &head)
+        RESPArguments.writeArgument(name, into: &head)
+        return head
+    }
 
     private func blockingPop(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         if blocking.sharesLane { return try await blockingPopOnSharedLane(brpop) }
