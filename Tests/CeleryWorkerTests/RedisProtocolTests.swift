@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Foundation
 import Testing
 
 @testable import CeleryWorker
@@ -109,5 +110,68 @@ struct RESPReaderTests {
         #expect(read(deep) == .invalid("No support for nested multi bulk replies with depth > 7"))
         let deepest = String(repeating: "*1\r\n", count: 7) + ":1\r\n"
         #expect(read(deepest) != .incomplete && read(deepest) != .invalid("No support for nested multi bulk replies with depth > 7"))
+    }
+}
+
+/// A one-connection TCP server on loopback that answers whatever it is sent with `replies`, each written on its own
+/// after a short pause (so a reply can arrive in pieces), then closes.
+private final class ScriptedServer: Sendable {
+    let port: Int
+    private let listener: Int32
+
+    init(replies: [[UInt8]]) throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                bind(descriptor, generic, length) == 0 && listen(descriptor, 1) == 0
+                    && getsockname(descriptor, generic, &length) == 0
+            }
+        }
+        listener = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+        try #require(bound, "no loopback listener")
+        Thread.detachNewThread {
+            let client = accept(descriptor, nil, nil)
+            guard client >= 0 else { return }
+            var request = [UInt8](repeating: 0, count: 4096)
+            _ = read(client, &request, request.count)
+            for reply in replies {
+                usleep(50_000)
+                _ = reply.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+            }
+            usleep(200_000)
+            close(client)
+        }
+    }
+
+    deinit { close(listener) }
+}
+
+@Suite("Replies read from the socket")
+struct RESPSocketTests {
+    @Test("a reply that arrives in pieces is read whole")
+    func piecewise() throws {
+        let server = try ScriptedServer(replies: [Array("*2\r\n$3\r\nab".utf8), Array("c\r\n:7".utf8), Array("\r\n".utf8)])
+        let connection = RedisConnection(url: try RedisURL(parsing: "redis://127.0.0.1:\(server.port)"), commandTimeout: .seconds(5))
+        let replies = try connection.execute([RedisCommand("PING")])
+        #expect(replies == [.array([.string(Array("abc".utf8)), .integer(7)])])
+    }
+
+    @Test("bytes that are not Redis's protocol fail the request with a protocol error and close the connection")
+    func malformed() throws {
+        let server = try ScriptedServer(replies: [Array("?bogus\r\n".utf8)])
+        let connection = RedisConnection(url: try RedisURL(parsing: "redis://127.0.0.1:\(server.port)"), commandTimeout: .seconds(5))
+        #expect {
+            _ = try connection.execute([RedisCommand("PING")])
+        } throws: { error in
+            guard let error = error as? CeleryWorkerError else { return false }
+            return error.code == .connectionLost && error.message.contains(#"Protocol error, got "?" as reply type byte"#)
+        }
+        #expect(!connection.isOpen)
     }
 }
