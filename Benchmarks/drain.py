@@ -15,7 +15,9 @@ starting a worker to the result of a message already waiting, and a throughput f
 `relay_floor.py`): the worker's own pop-and-record and settle scripts driven by one C thread that runs no task, two
 pops of half the prefetch window in flight, early acknowledgements in every row: what a worker that cost nothing
 could drain with kombu's bookkeeping at that window. Every worker runs with Celery's defaults (`-c 2`, prefetch
-multiplier 4), or with `--prefetch-multiplier N` all of them with that multiplier.
+multiplier 4), or with `--prefetch-multiplier N` all of them with that multiplier. A second table gives what Redis
+spent in the same drains of the Swift worker, the relay and the bare loop: its CPU per task, and how busy its one
+thread was (the share of a core; near 1, Redis is what limits the drain).
 """
 import argparse
 import json
@@ -65,6 +67,17 @@ def tree_cpu_and_switches(pid):
             except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                 pass
     return total / 1e9, switches
+
+
+def redis_cpu(server):
+    """The CPU time the Redis server has used so far, in seconds (to the nanosecond, as for the workers)."""
+    return tree_cpu_and_switches(server.proc.pid)[0]
+
+
+def redis_share(spent, tasks, seconds):
+    """Redis's CPU per task (µs) and how busy it was during a drain (the share of one core: Redis runs commands
+    on one thread, so near 1 it is what limits the drain)."""
+    return {"redis_us": spent / max(tasks, 1) * 1e6, "redis_busy": spent / seconds}
 
 
 def tree_stats(pid):
@@ -192,6 +205,7 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
             pipe.lpush("celery.prefill", raw)
         pipe.execute()
         cpu0, _ = tree_stats(proc.pid)
+        redis0 = redis_cpu(server)
         started = time.monotonic()
         rb.rename("celery.prefill", "celery")
         peak = 0
@@ -200,6 +214,7 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
             peak = max(peak, tree_stats(proc.pid)[1])
             time.sleep(0.01)
         elapsed = time.monotonic() - started
+        redis1 = redis_cpu(server)
         cpu1, rss = tree_stats(proc.pid)
         done = rr.dbsize()
     finally:
@@ -212,7 +227,8 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
         except subprocess.TimeoutExpired:
             proc.kill()
     return {"tasks": done, "seconds": elapsed, "rate": done / elapsed, "cpu_us": (cpu1 - cpu0) / max(done, 1) * 1e6,
-            "rss_mb": max(peak, rss) / 1e6, "lost": len(messages) - done}
+            "rss_mb": max(peak, rss) / 1e6, "lost": len(messages) - done,
+            **redis_share(redis1 - redis0, done, elapsed)}
 
 
 def resp(*args):
@@ -260,6 +276,11 @@ class RespReader:
         if kind in (b"*", b">"):
             return [self.read() for _ in range(int(rest))]
         raise RuntimeError(f"unexpected reply {line!r}")
+
+
+def redis_line(result):
+    """Redis's share of a drain, for the progress lines."""
+    return f"redis {result['redis_us']:5.1f} us CPU/task (busy {result['redis_busy']:.2f})"
 
 
 def latency(kind, server, samples, logdir, gap=0.01):
@@ -360,6 +381,7 @@ def bare_loop(server, messages):
     for raw in messages:
         pipe.lpush("celery", raw)
     pipe.execute()
+    redis0 = redis_cpu(server)
     started = time.monotonic()
     done = 0
     while True:
@@ -376,7 +398,8 @@ def bare_loop(server, messages):
         pipe.execute()
         done += len(batch)
     elapsed = time.monotonic() - started
-    return {"tasks": done, "seconds": elapsed, "rate": done / elapsed}
+    return {"tasks": done, "seconds": elapsed, "rate": done / elapsed,
+            **redis_share(redis_cpu(server) - redis0, done, elapsed)}
 
 
 # The Redis commands the Swift worker makes per task (inside its pop-and-record, store and ack round trips).
@@ -493,13 +516,15 @@ def main():
                 rows.append((kind, task, serializer, acks, result))
                 print(f"{kind:15} {task:11} {serializer:8} acks_late={str(acks):5} "
                       f"{result['rate']:9.0f} tasks/s  {result['cpu_us']:7.0f} us CPU/task  "
-                      f"{result['rss_mb']:6.1f} MB RSS  lost={result['lost']}", flush=True)
+                      f"{result['rss_mb']:6.1f} MB RSS  lost={result['lost']}  {redis_line(result)}", flush=True)
             floor = median_run([bare_loop(server, messages) for _ in range(options.repeat)])
-            print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s", flush=True)
+            print(f"{'bare-python':15} {task:11} {serializer:8} {'':15} {floor['rate']:9.0f} tasks/s"
+                  f"{'':48}{redis_line(floor)}", flush=True)
             rows.append(("bare-python", task, serializer, acks, floor))
             relay = median_run([run_relay(server, messages, relay_binary, relay_window(), 2)
                                 for _ in range(options.repeat)])
-            print(f"{'zero-cost relay':15} {task:11} {serializer:8} {'':15} {relay['rate']:9.0f} tasks/s", flush=True)
+            print(f"{'zero-cost relay':15} {task:11} {serializer:8} {'':15} {relay['rate']:9.0f} tasks/s"
+                  f"{'':48}{redis_line(relay)}", flush=True)
             rows.append(("relay", task, serializer, acks, relay))
         ceiling = None
         if not options.drain_only:
@@ -532,6 +557,18 @@ def main():
                   f"{solo['rate'] / floor['rate']:.2f}x | {relay['rate']:.0f} | {relay['rate'] / pf['rate']:.1f}x |"
                   f"{ceiling_cell} {sw['cpu_us']:.0f} | {solo['cpu_us']:.0f} | "
                   f"{sw['rss_mb']:.1f} | {solo['rss_mb']:.1f} | {pf['rss_mb']:.1f} |")
+        print()
+        # What Redis spent in the same drains (the median run of each cell): how close each drain came to Redis's
+        # one thread being busy all the time, and what each task cost it.
+        redis_kinds = [("swift", "Swift"), ("swift-solo", "solo"), ("relay", "relay"), ("bare-python", "bare loop")]
+        print("| variant | " + " | ".join(f"Redis µs/task, {name}" for _, name in redis_kinds) + " | "
+              + " | ".join(f"Redis busy, {name}" for _, name in redis_kinds) + " |")
+        print("|---|" + "---|" * (2 * len(redis_kinds)))
+        for task, serializer, acks in variants:
+            got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
+            print(f"| {task} {serializer}{' acks_late' if acks else ''} | "
+                  + " | ".join(f"{got[kind]['redis_us']:.1f}" for kind, _ in redis_kinds) + " | "
+                  + " | ".join(f"{got[kind]['redis_busy']:.2f}" for kind, _ in redis_kinds) + " |")
         lost = sum(res.get("lost", 0) for *_, res in rows)
         print(f"\nbenchmark: {len(rows)} cells x {options.repeat} run(s), {lost} tasks lost")
         return 1 if lost else 0

@@ -29,7 +29,7 @@ import time
 
 import redis
 
-from drain import WORKER, RedisProcess, make_messages, tree_stats
+from drain import WORKER, RedisProcess, make_messages, redis_cpu, redis_share, tree_cpu_and_switches
 
 
 @contextlib.contextmanager
@@ -90,15 +90,14 @@ def drain(rb, rr, count):
 def run(server, messages, worker, extra, cpus=None):
     with worker_before_drain(server, messages, worker, extra, cpus) as (proc, rb, rr):
         rb.config_resetstat()
-        worker0, _ = tree_stats(proc.pid)
-        redis0, _ = tree_stats(server.proc.pid)
+        worker0, _ = tree_cpu_and_switches(proc.pid)
+        redis0 = redis_cpu(server)
         elapsed, done = drain(rb, rr, len(messages))
-        worker1, _ = tree_stats(proc.pid)
-        redis1, _ = tree_stats(server.proc.pid)
+        worker1, _ = tree_cpu_and_switches(proc.pid)
+        redis1 = redis_cpu(server)
         stats = rb.info("commandstats")
-    return {"tasks": done, "rate": done / elapsed, "worker_us": (worker1 - worker0) / done * 1e6,
-            "redis_us": (redis1 - redis0) / done * 1e6, "redis_busy": (redis1 - redis0) / elapsed, "stats": stats,
-            "lost": len(messages) - done}
+    return {"tasks": done, "rate": done / elapsed, "worker_us": (worker1 - worker0) / done * 1e6, "stats": stats,
+            "lost": len(messages) - done, **redis_share(redis1 - redis0, done, elapsed)}
 
 
 def main():

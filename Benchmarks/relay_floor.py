@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-from drain import HERE, WORKER, RedisProcess, make_messages, tree_stats
+from drain import HERE, WORKER, RedisProcess, make_messages, redis_cpu, redis_share
 from redis_cost import run as run_worker
 from redis_instructions import scripts
 
@@ -63,11 +63,11 @@ def run_relay(server, messages, binary, window, depth, work=0.0):
     for raw in messages:
         pipe.lpush("celery", raw)
     pipe.execute()
-    redis0, _ = tree_stats(server.proc.pid)
+    redis0 = redis_cpu(server)
     done = subprocess.run([str(binary), str(server.port), str(window), pop, settle, str(len(messages)), str(depth),
                            str(work)],
                           capture_output=True, text=True)
-    redis1, _ = tree_stats(server.proc.pid)
+    redis1 = redis_cpu(server)
     if done.returncode != 0:
         sys.exit(f"relay failed (status {done.returncode}): {done.stderr.strip()}")
     settled, seconds = done.stdout.split()
@@ -75,7 +75,8 @@ def run_relay(server, messages, binary, window, depth, work=0.0):
     lost = len(messages) - stored
     if int(settled) != len(messages) or lost or left:
         sys.exit(f"relay: {settled} settled, {stored} results stored of {len(messages)}, {left} left in unacked")
-    return {"rate": len(messages) / float(seconds), "redis_us": (redis1 - redis0) / len(messages) * 1e6, "lost": 0}
+    return {"rate": len(messages) / float(seconds), "lost": 0,
+            **redis_share(redis1 - redis0, len(messages), float(seconds))}
 
 
 def windows_list(text):
