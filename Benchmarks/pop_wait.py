@@ -69,7 +69,7 @@ def run(server, messages, worker, extra):
             time.sleep(0.5)
             if perf.poll() is not None:
                 sys.exit(f"perf record failed: {perf.stderr.read().decode(errors='replace')[-1000:]}")
-            elapsed, done = drain(rb, rr, len(messages))
+            elapsed, done = drain(rb, rr, messages)
             perf.send_signal(subprocess.signal.SIGINT)
             perf.wait(60)
             output = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,tid,time,event,trace"],

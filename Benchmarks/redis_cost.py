@@ -29,7 +29,7 @@ import time
 
 import redis
 
-from drain import WORKER, RedisProcess, make_messages, redis_cpu, redis_share, tree_cpu_and_switches
+from drain import WORKER, RedisProcess, ResultWatch, make_messages, redis_cpu, redis_share, tree_cpu_and_switches
 
 
 @contextlib.contextmanager
@@ -77,14 +77,13 @@ def pin(pid, cpus):
     subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
-def drain(rb, rr, count):
-    """Renames the pre-filled list onto the queue and waits (300 s at most) until `count` results are stored;
-    returns the seconds it took and how many were stored."""
+def drain(rb, rr, messages):
+    """Renames the pre-filled list onto the queue and waits (300 s at most) until every message's result is stored
+    (``drain.ResultWatch``, which takes no CPU meanwhile); returns the seconds it took and how many were stored."""
+    watch = ResultWatch(rr, messages)
     started = time.monotonic()
     rb.rename("celery.prefill", "celery")
-    while rr.dbsize() < count and time.monotonic() - started < 300:
-        time.sleep(0.005)
-    return time.monotonic() - started, rr.dbsize()
+    return watch.wait(started + 300) - started, rr.dbsize()
 
 
 def run(server, messages, worker, extra, cpus=None):
@@ -92,7 +91,7 @@ def run(server, messages, worker, extra, cpus=None):
         rb.config_resetstat()
         worker0, _ = tree_cpu_and_switches(proc.pid)
         redis0 = redis_cpu(server)
-        elapsed, done = drain(rb, rr, len(messages))
+        elapsed, done = drain(rb, rr, messages)
         worker1, _ = tree_cpu_and_switches(proc.pid)
         redis1 = redis_cpu(server)
         stats = rb.info("commandstats")

@@ -76,7 +76,7 @@ def run(server, messages, worker, extra):
         worker0, _ = tree_stats(proc.pid)
         redis0, _ = tree_stats(server.proc.pid)
         idle0, cpus = machine_idle()
-        elapsed, done = drain(rb, rr, len(messages))
+        elapsed, done = drain(rb, rr, messages)
         worker1, _ = tree_stats(proc.pid)
         redis1, _ = tree_stats(server.proc.pid)
         idle1, _ = machine_idle()
