@@ -81,27 +81,26 @@ def redis_share(spent, tasks, seconds):
 
 
 def tree_stats(pid):
-    cpu, rss = 0.0, 0
+    """The CPU time of the process tree so far (in ticks of `stat`) and its RSS now, in bytes."""
+    cpu = 0.0
     for p in tree_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1]) * 1024
         except (FileNotFoundError, ProcessLookupError, IndexError):
             pass
-    return cpu, rss
+    return cpu, tree_memory(pid, "VmRSS")
 
 
-def tree_peak_rss(pid):
-    """The peak RSS of the process tree, in bytes: the sum of each process's high-water mark (`VmHWM`), which the
-    kernel keeps, so nothing needs to sample the tree while it works."""
+def tree_memory(pid, field):
+    """The sum over the process tree of one memory line of `/proc/PID/status`, in bytes: `VmRSS` for the RSS now,
+    `VmHWM` for each process's peak RSS, a high-water mark the kernel keeps, so that nothing needs to sample the
+    tree while it works."""
     total = 0
     for p in tree_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1]) * 1024
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             pass
@@ -271,7 +270,7 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
         elapsed = watch.wait(started + 600) - started
         redis1 = redis_cpu(server)
         cpu1, _ = tree_cpu_and_switches(proc.pid)
-        peak = tree_peak_rss(proc.pid)
+        peak = tree_memory(proc.pid, "VmHWM")
         done = rr.dbsize()
     finally:
         if kind in SWIFT_KINDS:
@@ -603,8 +602,12 @@ def main():
               f"{ceiling_head} Swift CPU µs/task | solo CPU µs/task | Swift RSS MB | solo RSS MB | prefork RSS MB |")
         print(f"|---|---|---|---|---|---|---|---|---|---|---|---|{ceiling_rule}---|---|---|---|---|")
         ceiling_cell = f" {ceiling['rate']:.0f} |" if ceiling else ""
+        def cells(task, serializer, acks):
+            """The results of one variant, by worker."""
+            return {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
+
         for task, serializer, acks in variants:
-            got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
+            got = cells(task, serializer, acks)
             sw, pf, th, floor = got["swift"], got["python-prefork"], got["python-threads"], got["bare-python"]
             solo, relay = got["swift-solo"], got["relay"]
             print(f"| {task} {serializer}{' acks_late' if acks else ''} | {sw['rate']:.0f} | {solo['rate']:.0f} | "
@@ -621,7 +624,7 @@ def main():
               + " | ".join(f"Redis busy, {name}" for _, name in redis_kinds) + " |")
         print("|---|" + "---|" * (2 * len(redis_kinds)))
         for task, serializer, acks in variants:
-            got = {kind: res for kind, t, s, a, res in rows if (t, s, a) == (task, serializer, acks)}
+            got = cells(task, serializer, acks)
             print(f"| {task} {serializer}{' acks_late' if acks else ''} | "
                   + " | ".join(f"{got[kind]['redis_us']:.1f}" for kind, _ in redis_kinds) + " | "
                   + " | ".join(f"{got[kind]['redis_busy']:.2f}" for kind, _ in redis_kinds) + " |")
