@@ -6,14 +6,17 @@
  * reaches at a window is what Redis and the round trips allow there, with no worker CPU, no thread hand-off and no
  * decoding in the way.
  *
- *     relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work]
+ *     relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work] [redis pid]
  *
  * With `work` (microseconds, default 0) the thread spins that long per task before each settle, after the next pop
  * went out: a worker on one thread that spends that much CPU on each task.
  * With N pops in flight (default 1), each pops window/N messages and a new one is sent as each reply is read, so
  * Redis always has the next pop waiting while the window stays Celery's.
- * Prints "<tasks settled> <seconds>" once the queue is empty. Built by relay_floor.py with the system C compiler.
+ * Prints "<tasks settled> <seconds> <redis seconds>" once the queue is empty: the last is the CPU time the Redis
+ * server with that pid spent over the same timed span (every thread's `schedstat`; 0 without a pid), so that its
+ * share of a core is read over the span the rate is. Built by relay_floor.py with the system C compiler.
  */
+#include <dirent.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +29,28 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The CPU time every thread of process `pid` has used so far, in seconds (0 when `pid` is 0). */
+static double process_cpu(int pid) {
+    if (pid <= 0) return 0;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *tasks = opendir(path);
+    if (!tasks) return 0;
+    unsigned long long total = 0;
+    for (struct dirent *task; (task = readdir(tasks));) {
+        if (task->d_name[0] == '.') continue;
+        char file[96]; /* a thread's id is a number of at most 10 digits */
+        snprintf(file, sizeof file, "%s/%.20s/schedstat", path, task->d_name);
+        FILE *stat = fopen(file, "r");
+        unsigned long long ns;
+        if (!stat) continue;
+        if (fscanf(stat, "%llu", &ns) == 1) total += ns;
+        fclose(stat);
+    }
+    closedir(tasks);
+    return total / 1e9;
 }
 
 static void fail(const char *what, redisContext *c) {
@@ -138,13 +163,15 @@ static void flush(redisContext *c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 6 || argc > 8) {
-        fprintf(stderr, "usage: relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work]\n");
+    if (argc < 6 || argc > 9) {
+        fprintf(stderr, "usage: relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work] "
+                        "[redis pid]\n");
         return 2;
     }
     int port = atoi(argv[1]), window = atoi(argv[2]), tasks = atoi(argv[5]);
     int depth = argc >= 7 ? atoi(argv[6]) : 1;
-    double work = argc == 8 ? atof(argv[7]) / 1e6 : 0;
+    double work = argc >= 8 ? atof(argv[7]) / 1e6 : 0;
+    int redis_pid = argc == 9 ? atoi(argv[8]) : 0;
     if (window < 1 || depth < 1 || window % depth) {
         fprintf(stderr, "relay: the window must be a positive multiple of the pops in flight\n");
         return 2;
@@ -159,7 +186,7 @@ int main(int argc, char **argv) {
      * buffer serves every pop. */
     struct batch batch = batch_for(window);
     int per = window / depth, settled = 0, inflight = 0, pending = 0, counts[2] = {0, 0}, empty = 0;
-    double started = now();
+    double redis_started = process_cpu(redis_pid), started = now();
     for (; inflight < depth; inflight++) append_pop(broker, pop, per);
     flush(broker);
     while (inflight > 0) {
@@ -199,7 +226,7 @@ int main(int argc, char **argv) {
         freeReplyObject(reply(backend, "settle"));
         settled += counts[0];
     }
-    double elapsed = now() - started;
-    printf("%d %.6f\n", settled, elapsed);
+    double elapsed = now() - started, redis_spent = process_cpu(redis_pid) - redis_started;
+    printf("%d %.6f %.6f\n", settled, elapsed, redis_spent);
     return settled == tasks ? 0 : 1;
 }
