@@ -8,10 +8,11 @@ machine is doing. Under load it follows how many messages each pop takes, which 
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --pool solo
     .venv/bin/python Benchmarks/instructions.py --tasks 1000 --one-at-a-time 20
     .venv/bin/python Benchmarks/instructions.py --tasks 3000 --by-thread
+    .venv/bin/python Benchmarks/instructions.py --tasks 3000 --pool solo -- --prefetch-multiplier 32
     .venv/bin/python Benchmarks/instructions.py --profile /tmp/profile && callgrind_annotate /tmp/profile | head -60
 
 A loopback Redis, Celery's own producer's `tasks.noop` messages (JSON), the worker (`-c 2`, the thread pool unless
-`--pool` says otherwise) under callgrind. A first
+`--pool` says otherwise, plus any arguments after `--`) under callgrind. A first
 300 tasks warm it up (code run once, metadata looked up the first time), the counters are zeroed, the N tasks are
 drained, and the counters dumped: instructions in every thread of the worker (not in Redis, not in the kernel),
 divided by N. With `--one-at-a-time MS` each message is pushed alone once the last one's result is stored, MS
@@ -36,7 +37,7 @@ from drain import WORKER, RedisProcess, make_messages
 WARM_UP = 300
 
 
-def count(worker, tasks, serializer, keep=None, pool="threads", gap=None, by_thread=False):
+def count(worker, tasks, serializer, keep=None, pool="threads", gap=None, by_thread=False, extra=()):
     """Instructions per task in every thread of the worker, and with `by_thread` per thread too: a list of (valgrind's
     thread number, in the order the threads were started, instructions per task)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +51,7 @@ def count(worker, tasks, serializer, keep=None, pool="threads", gap=None, by_thr
             proc = subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--compress-strings=no", *separate, f"--callgrind-out-file={profile}",
                  str(stripped),
-                 "--broker", broker, "--result-backend", backend, "-c", "2", "-P", pool, "-l", "WARNING"],
+                 "--broker", broker, "--result-backend", backend, "-c", "2", "-P", pool, "-l", "WARNING", *extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
@@ -121,6 +122,7 @@ def main():
                              "PATH-NN)")
     parser.add_argument("--one-at-a-time", metavar="MS", type=float,
                         help="push each message alone, MS milliseconds after the last one's result (the idle path)")
+    parser.add_argument("extra", nargs="*", help="worker arguments, after --")
     options = parser.parse_args()
     if options.tasks < 1:
         parser.error("--tasks must be at least 1")
@@ -130,8 +132,9 @@ def main():
         parser.error(f"{options.worker} is missing: run scripts/build-release.sh first")
     gap = None if options.one_at_a_time is None else options.one_at_a_time / 1000
     per_task, threads = count(options.worker, options.tasks, options.serializer, options.profile, options.pool, gap,
-                              options.by_thread)
-    how = "" if gap is None else f", one at a time {options.one_at_a_time:g} ms apart"
+                              options.by_thread, options.extra)
+    how = ("" if gap is None else f", one at a time {options.one_at_a_time:g} ms apart") + (
+        f", with {' '.join(options.extra)}" if options.extra else "")
     print(f"{per_task:,.0f} instructions per task (tasks.noop, {options.serializer}, {options.pool} pool, {options.tasks} tasks after "
           f"{WARM_UP} to warm up{how})")
     for number, thread_per_task in threads:

@@ -1,9 +1,11 @@
 """Where the Swift worker spends its CPU, thread by thread, while it drains a queue.
 
-    .venv/bin/python Benchmarks/threads.py --tasks 20000 --runs 3 [--pool solo]
+    .venv/bin/python Benchmarks/threads.py --tasks 20000 --runs 3 [--pool solo] [-- --prefetch-multiplier 32]
 
 Each run pre-fills N `tasks.noop` messages made by Celery's own producer into a fresh loopback Redis, starts the
-release build of the worker (`-c 2`, the thread pool unless `--pool` says otherwise), and prints the drain rate, the worker's CPU per task, and for each of its
+release build of the worker (`-c 2`, the thread pool unless `--pool` says otherwise, plus any arguments after `--`),
+renames the messages onto the queue and sleeps until every result is stored (`drain.ResultWatch`, so the harness
+takes no CPU from the drain), and prints the drain rate, the worker's CPU per task, and for each of its
 threads (named by the worker: celery-task-N, the thread pool's event loop, of which one leads at a time, and
 celery-watchdog, which watches the leader; celery-solo
 in the solo pool; redis-io, the threads of remote control's and events' connections) the CPU per task
@@ -19,6 +21,7 @@ from pathlib import Path
 import redis
 
 from drain import CLOCK_TICKS, WORKER, RedisProcess, make_messages, tree_stats
+from redis_cost import drain
 
 
 def thread_stats(pid):
@@ -53,27 +56,24 @@ def rss_by_mapping(pid):
     return sorted(totals.items(), key=lambda item: -item[1])
 
 
-def run(count, worker, pool):
+def run(count, worker, pool, extra):
     server = RedisProcess().start()
     try:
         broker, backend = server.url(1), server.url(0)
         messages = make_messages(broker, count, "tasks.noop", "json")
+        rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
+        rb.delete("celery")
+        pipe = rb.pipeline(transaction=False)
+        for raw in messages:
+            pipe.lpush("celery.prefill", raw)
+        pipe.execute()
         proc = subprocess.Popen([worker, "-b", broker, "--result-backend", backend, "-c", "2", "-P", pool,
-                                 "-l", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "-l", "WARNING", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
-            rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
             before, _ = tree_stats(proc.pid)
             threads_before = thread_stats(proc.pid)
-            pipe = rb.pipeline(transaction=False)
-            for raw in messages:
-                pipe.lpush("celery", raw)
-            pipe.execute()
-            started = time.monotonic()
-            while rr.dbsize() < count and time.monotonic() - started < 300:
-                time.sleep(0.005)
-            elapsed = time.monotonic() - started
-            stored = rr.dbsize()
+            elapsed, stored = drain(rb, rr, messages)
             if stored < count:
                 raise SystemExit(f"only {stored} of {count} results were stored")
             after, _ = tree_stats(proc.pid)
@@ -103,9 +103,10 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
     parser.add_argument("--pool", choices=["threads", "solo"], default="threads", help="the worker's pool (default: threads)")
+    parser.add_argument("extra", nargs="*", help="worker arguments, after --")
     options = parser.parse_args()
     for _ in range(options.runs):
-        run(options.tasks, options.worker, options.pool)
+        run(options.tasks, options.worker, options.pool, options.extra)
 
 
 if __name__ == "__main__":
