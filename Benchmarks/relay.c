@@ -6,12 +6,14 @@
  * reaches at a window is what Redis and the round trips allow there, with no worker CPU, no thread hand-off and no
  * decoding in the way.
  *
- *     relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work] [redis pid]
+ *     relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work] [redis pid] [connections]
  *
  * With `work` (microseconds, default 0) the thread spins that long per task before each settle, after the next pop
  * went out: a worker on one thread that spends that much CPU on each task.
  * With N pops in flight (default 1), each pops window/N messages and a new one is sent as each reply is read, so
  * Redis always has the next pop waiting while the window stays Celery's.
+ * With 1 connection (default 2) the settles go out on the pops' connection, each right after the next pop, so Redis
+ * runs them in the order written and answers them in order; with 2 they go out on a connection of their own.
  * Prints "<tasks settled> <seconds> <redis seconds>" once the queue is empty: the last is the CPU time the Redis
  * server with that pid spent over the same timed span (every thread's `schedstat`; 0 without a pid), so that its
  * share of a core is read over the span the rate is. Built by relay_floor.py with the system C compiler.
@@ -156,6 +158,34 @@ static void take(redisReply *r, struct batch *b) {
     }
 }
 
+/* The replies a connection owes, in order (a ring). */
+struct replies {
+    int *kinds;
+    int size, first, count;
+};
+
+static void owe(struct replies *r, int kind) {
+    r->kinds[(r->first + r->count++) % r->size] = kind;
+}
+
+static int take_owed(struct replies *r) {
+    int kind = r->kinds[r->first];
+    r->first = (r->first + 1) % r->size;
+    r->count--;
+    return kind;
+}
+
+/* The next pop's reply on the pops' connection, counting the settles answered before it (one connection only). */
+static redisReply *next_pop(redisContext *broker, struct replies *owed, int *settled) {
+    for (;;) {
+        int kind = take_owed(owed);
+        redisReply *r = reply(broker, kind ? "settle" : "pop");
+        if (!kind) return r;
+        *settled += kind;
+        freeReplyObject(r);
+    }
+}
+
 static void flush(redisContext *c) {
     int done = 0;
     while (!done)
@@ -163,15 +193,16 @@ static void flush(redisContext *c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 6 || argc > 9) {
+    if (argc < 6 || argc > 10) {
         fprintf(stderr, "usage: relay <port> <window> <pop sha> <settle sha> <tasks> [pops in flight] [work] "
-                        "[redis pid]\n");
+                        "[redis pid] [connections]\n");
         return 2;
     }
     int port = atoi(argv[1]), window = atoi(argv[2]), tasks = atoi(argv[5]);
     int depth = argc >= 7 ? atoi(argv[6]) : 1;
     double work = argc >= 8 ? atof(argv[7]) / 1e6 : 0;
-    int redis_pid = argc == 9 ? atoi(argv[8]) : 0;
+    int redis_pid = argc >= 9 ? atoi(argv[8]) : 0;
+    int one_connection = argc == 10 && atoi(argv[9]) == 1;
     if (window < 1 || depth < 1 || window % depth) {
         fprintf(stderr, "relay: the window must be a positive multiple of the pops in flight\n");
         return 2;
@@ -186,21 +217,34 @@ int main(int argc, char **argv) {
      * buffer serves every pop. */
     struct batch batch = batch_for(window);
     int per = window / depth, settled = 0, inflight = 0, pending = 0, counts[2] = {0, 0}, empty = 0;
+    redisContext *settles = one_connection ? broker : backend;
+    /* With one connection, the replies it owes in the order they come: 0 for a pop, else a settle of that many
+     * tasks. At most one settle is sent after each pop, so twice the pops in flight, and one, bound it. */
+    struct replies owed = {calloc(2 * depth + 1, sizeof(int)), 2 * depth + 1, 0, 0};
+    if (!owed.kinds) {
+        fprintf(stderr, "relay: out of memory\n");
+        return 1;
+    }
     double redis_started = process_cpu(redis_pid), started = now();
-    for (; inflight < depth; inflight++) append_pop(broker, pop, per);
+    for (; inflight < depth; inflight++) {
+        append_pop(broker, pop, per);
+        owe(&owed, 0);
+    }
     flush(broker);
     while (inflight > 0) {
-        redisReply *popped = reply(broker, "pop");
+        redisReply *popped = next_pop(broker, &owed, &settled);
         inflight--;
         take(popped, &batch);
         freeReplyObject(popped);
         if (batch.count == 0) empty = 1;
         /* The next pop first (the messages just read count as started: Celery's early acknowledgement frees
          * their prefetch slots), then this batch's settle, whose reply is read only after the next settle is
-         * sent, so Redis never waits for this thread to read one. */
+         * sent (on one connection: before the reply of the pop after it), so Redis never waits for this thread
+         * to read one. */
         if (!empty) {
             append_pop(broker, pop, per);
             flush(broker);
+            owe(&owed, 0);
             inflight++;
         }
         if (batch.count) {
@@ -211,9 +255,12 @@ int main(int argc, char **argv) {
                 while (now() < until) {
                 }
             }
-            append_settle(backend, settle, &batch);
-            flush(backend);
-            counts[pending++] = batch.count;
+            append_settle(settles, settle, &batch);
+            flush(settles);
+            if (one_connection)
+                owe(&owed, batch.count);
+            else
+                counts[pending++] = batch.count;
         }
         if (pending == 2) {
             freeReplyObject(reply(backend, "settle"));
@@ -225,6 +272,10 @@ int main(int argc, char **argv) {
     if (pending) {
         freeReplyObject(reply(backend, "settle"));
         settled += counts[0];
+    }
+    while (owed.count > 0) {
+        freeReplyObject(reply(broker, "settle"));
+        settled += take_owed(&owed);
     }
     double elapsed = now() - started, redis_spent = process_cpu(redis_pid) - redis_started;
     printf("%d %.6f %.6f\n", settled, elapsed, redis_spent);

@@ -8,7 +8,9 @@ a given prefetch window, against the Swift worker itself in the same minutes.
 with the worker's pop-and-record script (read from the Swift sources, as `redis_instructions.py` reads them), runs no
 task, and settles each batch with the worker's settle script (its early acknowledgements and a SUCCESS result per
 task), sent right after the next pop so that Redis runs it while the relay reads the popped messages. "relay2" keeps
-two pops of half the window each in flight, so that Redis always has the next pop waiting. Nothing decodes a
+two pops of half the window each in flight, so that Redis always has the next pop waiting. "relay2-1c" is relay2 with
+its settles on the pops' connection (each written right after the next pop), where the others have a connection for
+each. Nothing decodes a
 message, no thread hands anything to another, and no task runs: the rate it reaches is what Redis, its scripts and
 the window allow on this machine. With `--work US` both relays spin that many microseconds per task on their one
 thread, as a worker on one thread with that much CPU per task would. Each run alternates, for each window, the two
@@ -51,9 +53,9 @@ def worker_scripts():
     return scripts(".")
 
 
-def run_relay(server, messages, binary, window, depth, work=0.0):
-    """One drain of `messages` by the relay, `depth` pops in flight, spinning `work` µs per task; its rate and
-    Redis's CPU per task."""
+def run_relay(server, messages, binary, window, depth, work=0.0, connections=2):
+    """One drain of `messages` by the relay, `depth` pops in flight, spinning `work` µs per task, its settles on
+    a connection of their own (`connections` 2) or on the pops' (1); its rate and Redis's CPU per task."""
     rb, rr = redis.Redis.from_url(server.url(1)), redis.Redis.from_url(server.url(0))
     rb.flushdb()
     rr.flushdb()
@@ -65,7 +67,7 @@ def run_relay(server, messages, binary, window, depth, work=0.0):
     pipe.execute()
     # The relay reads Redis's CPU itself, over the span it times, not around its start and connections.
     done = subprocess.run([str(binary), str(server.port), str(window), pop, settle, str(len(messages)), str(depth),
-                           str(work), str(server.proc.pid)],
+                           str(work), str(server.proc.pid), str(connections)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"relay failed (status {done.returncode}): {done.stderr.strip()}")
@@ -110,14 +112,14 @@ def main():
         with tempfile.TemporaryDirectory() as directory:
             relay = build_relay(directory)
             messages = make_messages(server.url(1), options.tasks, "tasks.noop", "json")
-            kinds = ["relay", "relay2", "swift", "solo"]
+            kinds = ["relay", "relay2", "relay2-1c", "swift", "solo"]
             results = {(kind, w): [] for kind in kinds for w in windows}
             for number in range(options.runs):
                 for window in windows:
                     for kind in kinds if number % 2 == 0 else kinds[::-1]:
                         if kind.startswith("relay"):
-                            outcome = run_relay(server, messages, relay, window, 2 if kind == "relay2" else 1,
-                                                options.work)
+                            outcome = run_relay(server, messages, relay, window, 1 if kind == "relay" else 2,
+                                                options.work, 1 if kind == "relay2-1c" else 2)
                         else:
                             pool = ["-P", "solo"] if kind == "solo" else []
                             outcome = run_worker(server, messages, options.worker,
@@ -126,22 +128,23 @@ def main():
                                 sys.exit(f"the Swift worker ({kind}) lost {outcome['lost']} task(s) at window {window}")
                         results[kind, window].append(outcome)
                         extra = f"  worker {outcome['worker_us']:5.1f} us CPU/task" if "worker_us" in outcome else ""
-                        print(f"window {window:3}  {kind:6}  {outcome['rate']:8.0f} tasks/s  "
+                        print(f"window {window:3}  {kind:9}  {outcome['rate']:8.0f} tasks/s  "
                               f"redis {outcome['redis_us']:5.1f} us CPU/task{extra}", flush=True)
                         time.sleep(0.2)
         print(f"\nmedians of {options.runs} run(s) of {options.tasks} tasks.noop (json); relay: one pop of the "
-              f"whole window in flight; relay2: two pops of half the window each; {options.work:g} µs of work per "
-              "task in the relays; swift: the thread pool, solo: the solo pool (-P solo)")
+              f"whole window in flight; relay2: two pops of half the window each; relay2-1c: relay2 with its settles on "
+              f"the pops' connection; {options.work:g} µs of work per task in the relays; swift: the thread pool, "
+              "solo: the solo pool (-P solo)")
 
         def median(kind, window, key):
             return statistics.median(r[key] for r in results[kind, window])
 
-        print("| window | relay tasks/s | Redis µs/task | relay2 tasks/s | Redis µs/task | Swift tasks/s "
-              "| Redis µs/task | solo tasks/s | Redis µs/task | Swift worker µs/task | solo worker µs/task "
-              "| Swift / best relay | solo / best relay |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| window | relay tasks/s | Redis µs/task | relay2 tasks/s | Redis µs/task | relay2-1c tasks/s "
+              "| Redis µs/task | Swift tasks/s | Redis µs/task | solo tasks/s | Redis µs/task | Swift worker µs/task "
+              "| solo worker µs/task | Swift / best relay | solo / best relay |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for window in windows:
-            best = max(median("relay", window, "rate"), median("relay2", window, "rate"))
+            best = max(median(kind, window, "rate") for kind in kinds if kind.startswith("relay"))
             cells = " | ".join(f"{median(kind, window, 'rate'):.0f} | {median(kind, window, 'redis_us'):.1f}"
                                for kind in kinds)
             print(f"| {window} | {cells} | {median('swift', window, 'worker_us'):.1f} "
