@@ -175,7 +175,7 @@ static int take_owed(struct replies *r) {
     return kind;
 }
 
-/* The next pop's reply on the pops' connection, counting the settles answered before it (one connection only). */
+/* The next pop's reply on the pops' connection, counting the settles answered before it (with one connection). */
 static redisReply *next_pop(redisContext *broker, struct replies *owed, int *settled) {
     for (;;) {
         int kind = take_owed(owed);
@@ -218,8 +218,9 @@ int main(int argc, char **argv) {
     struct batch batch = batch_for(window);
     int per = window / depth, settled = 0, inflight = 0, pending = 0, counts[2] = {0, 0}, empty = 0;
     redisContext *settles = one_connection ? broker : backend;
-    /* With one connection, the replies it owes in the order they come: 0 for a pop, else a settle of that many
-     * tasks. At most one settle is sent after each pop, so twice the pops in flight, and one, bound it. */
+    /* The replies the pops' connection owes, in the order they come: 0 for a pop, else (with one connection) a
+     * settle of that many tasks. At most one settle is sent after each pop, so twice the pops in flight, and one,
+     * bound them. */
     struct replies owed = {calloc(2 * depth + 1, sizeof(int)), 2 * depth + 1, 0, 0};
     if (!owed.kinds) {
         fprintf(stderr, "relay: out of memory\n");

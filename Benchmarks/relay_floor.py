@@ -10,15 +10,13 @@ task, and settles each batch with the worker's settle script (its early acknowle
 task), sent right after the next pop so that Redis runs it while the relay reads the popped messages. "relay2" keeps
 two pops of half the window each in flight, so that Redis always has the next pop waiting. "relay2-1c" is relay2 with
 its settles on the pops' connection (each written right after the next pop), where the others have a connection for
-each. Nothing decodes a
-message, no thread hands anything to another, and no task runs: the rate it reaches is what Redis, its scripts and
-the window allow on this machine. With `--work US` both relays spin that many microseconds per task on their one
-thread, as a worker on one thread with that much CPU per task would. Each run alternates, for each window, the two
-relays and the release build of the Swift worker (`-c 2 --prefetch-multiplier window/2`, so that Celery's prefetch
-limit is that window), with its thread pool and with its solo pool (`-P solo`), on the same pre-filled messages,
-made by Celery's own producer. Printed: tasks/s and Redis's
-CPU per task for each, the worker's CPU per task, and the ratio; medians of `--runs`. It exits non-zero if a task
-is lost.
+each. Nothing decodes a message, no thread hands anything to another, and no task runs: the rate it reaches is what
+Redis, its scripts and the window allow on this machine. With `--work US` the relays spin that many microseconds per
+task on their one thread, as a worker on one thread with that much CPU per task would. Each run alternates, for each
+window, the three relays and the release build of the Swift worker (`-c 2 --prefetch-multiplier window/2`, so that
+Celery's prefetch limit is that window), with its thread pool and with its solo pool (`-P solo`), on the same
+pre-filled messages, made by Celery's own producer. Printed: tasks/s and Redis's CPU per task for each, the worker's
+CPU per task, and its ratio to the fastest relay; medians of `--runs`. It exits non-zero if a task is lost.
 """
 import argparse
 import functools
