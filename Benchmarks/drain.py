@@ -174,6 +174,15 @@ def make_messages(broker, count, task, serializer):
     return raw
 
 
+
+def push_all(client, key, messages):
+    """LPUSHes every message onto the list `key`, pipelined in one round trip, in their order (so the first message
+    is popped first from the far end, as Celery's producer left them)."""
+    pipe = client.pipeline(transaction=False)
+    for raw in messages:
+        pipe.lpush(key, raw)
+    pipe.execute()
+
 # A reference for the latency: no worker, just a Python loop that answers each message with the PUBLISH the
 # measurement waits for (one BRPOP, one PUBLISH; nothing recorded, nothing stored): the simplest possible consumer.
 FLOOR_RESPONDER = """
@@ -258,10 +267,7 @@ def drain(kind, server, messages, acks_late, serializer, logdir):
     try:
         # Pre-filled: every message waits in a list nobody consumes, then one RENAME puts them all on the queue at
         # once (waking the worker's BRPOP), so the clock measures the drain alone, as for the bare loop.
-        pipe = rb.pipeline(transaction=False)
-        for raw in messages:
-            pipe.lpush("celery.prefill", raw)
-        pipe.execute()
+        push_all(rb, "celery.prefill", messages)
         watch = ResultWatch(rr, messages)
         cpu0, _ = tree_cpu_and_switches(proc.pid)
         redis0 = redis_cpu(server)
@@ -432,10 +438,7 @@ def bare_loop(server, messages):
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
     rr.flushdb()
-    pipe = rb.pipeline(transaction=False)
-    for raw in messages:
-        pipe.lpush("celery", raw)
-    pipe.execute()
+    push_all(rb, "celery", messages)
     redis0 = redis_cpu(server)
     started = time.monotonic()
     done = 0

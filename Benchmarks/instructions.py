@@ -32,7 +32,7 @@ from pathlib import Path
 
 import redis
 
-from drain import WORKER, RedisProcess, make_messages
+from drain import WORKER, RedisProcess, make_messages, push_all
 
 WARM_UP = 300
 
@@ -65,10 +65,7 @@ def count(worker, tasks, serializer, keep=None, pool="threads", gap=None, by_thr
                 def drain(batch, timeout):
                     deadline = time.monotonic() + timeout
                     if gap is None:
-                        pipe = rb.pipeline(transaction=False)
-                        for raw in batch:
-                            pipe.lpush("celery", raw)
-                        pipe.execute()
+                        push_all(rb, "celery", batch)
                         wait_for(len(batch), deadline)
                     else:
                         for stored, raw in enumerate(batch, start=1):

@@ -29,7 +29,8 @@ import time
 
 import redis
 
-from drain import WORKER, RedisProcess, ResultWatch, make_messages, redis_cpu, redis_share, tree_cpu_and_switches
+from drain import (WORKER, RedisProcess, ResultWatch, make_messages, push_all, redis_cpu, redis_share,
+                   tree_cpu_and_switches)
 
 
 @contextlib.contextmanager
@@ -58,10 +59,7 @@ def worker_before_drain(server, messages, worker, extra, cpus=None):
             log.seek(0)
             sys.exit(f"the worker exited at once (status {proc.returncode}): {' '.join(command)}\n"
                      f"{log.read().decode(errors='replace')[-2000:]}")
-        pipe = rb.pipeline(transaction=False)
-        for raw in messages:
-            pipe.lpush("celery.prefill", raw)
-        pipe.execute()
+        push_all(rb, "celery.prefill", messages)
         yield proc, rb, rr
     finally:
         if proc is not None:

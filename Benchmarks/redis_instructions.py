@@ -27,7 +27,7 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drain import ROOT, make_messages  # noqa: E402
+from drain import ROOT, make_messages, push_all  # noqa: E402
 from redisproc import free_port  # noqa: E402
 
 BROKER_SOURCE = "Sources/CeleryWorker/Broker/RedisBroker.swift"
@@ -100,10 +100,7 @@ def main():
                 pop_source, settle_source = scripts(rev)
                 pop, settle = broker.script_load(pop_source), broker.script_load(settle_source)
                 broker.flushall()
-                pipe = broker.pipeline(transaction=False)
-                for raw in messages:
-                    pipe.lpush("celery", raw)
-                pipe.execute()
+                push_all(broker, "celery", messages)
 
                 def settle_batch(tags):
                     keys = ["unacked", "unacked_index"] + [f"celery-task-meta-{tag}" for tag in tags]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-from drain import HERE, WORKER, RedisProcess, make_messages, redis_share
+from drain import HERE, WORKER, RedisProcess, make_messages, push_all, redis_share
 from redis_cost import run as run_worker
 from redis_instructions import scripts
 
@@ -59,10 +59,7 @@ def run_relay(server, messages, binary, window, depth, work=0.0, connections=2):
     rr.flushdb()
     pop_source, settle_source = worker_scripts()
     pop, settle = rb.script_load(pop_source), rb.script_load(settle_source)
-    pipe = rb.pipeline(transaction=False)
-    for raw in messages:
-        pipe.lpush("celery", raw)
-    pipe.execute()
+    push_all(rb, "celery", messages)
     # The relay reads Redis's CPU itself, over the span it times, not around its start and connections.
     done = subprocess.run([str(binary), str(server.port), str(window), pop, settle, str(len(messages)), str(depth),
                            str(work), str(server.proc.pid), str(connections)],

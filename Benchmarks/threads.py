@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from drain import CLOCK_TICKS, WORKER, RedisProcess, make_messages, tree_stats
+from drain import CLOCK_TICKS, WORKER, RedisProcess, make_messages, push_all, tree_stats
 from redis_cost import drain
 
 
@@ -62,11 +62,7 @@ def run(count, worker, pool, extra):
         broker, backend = server.url(1), server.url(0)
         messages = make_messages(broker, count, "tasks.noop", "json")
         rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
-        rb.delete("celery")
-        pipe = rb.pipeline(transaction=False)
-        for raw in messages:
-            pipe.lpush("celery.prefill", raw)
-        pipe.execute()
+        push_all(rb, "celery.prefill", messages)
         proc = subprocess.Popen([worker, "-b", broker, "--result-backend", backend, "-c", "2", "-P", pool,
                                  "-l", "WARNING", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
