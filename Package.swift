@@ -35,10 +35,15 @@ let package = Package(
             pkgConfig: "msgpack",
             providers: [.apt(["libmsgpack-dev"])]
         ),
+        .systemLibrary(
+            name: "CCompression",
+            providers: [.apt(["zlib1g-dev", "libbz2-dev", "liblzma-dev"])]
+        ),
         .target(
             name: "CeleryProtocol",
             dependencies: [
                 "CMsgpack",
+                "CCompression",
                 .product(name: "OrderedCollections", package: "swift-collections"),
             ],
             swiftSettings: swiftSettings

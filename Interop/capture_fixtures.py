@@ -1,11 +1,13 @@
 """Capture golden messages and result documents from real Python Celery into Tests/Fixtures.
 
-Run: python Interop/capture_fixtures.py   (starts its own redis-server)
+Run: python Interop/capture_fixtures.py [PREFIX ...]   (starts its own redis-server; with prefixes, only the
+fixtures whose names start with one of them are written, so that the others keep their bytes)
 
 For every message it writes `<name>.message.json` (the exact bytes kombu pushed into the Redis list) and
 `<name>.expected.json` (what a Python worker reads from it: id, name, args, kwargs and embed in the lossless typed
 form of typed.py, plus headers and delivery fields). For results it writes `<name>.result.<json|msgpack>` (the exact
-bytes Celery's Redis backend stored) and `<name>.result-expected.json`.
+bytes Celery's Redis backend stored) and `<name>.result-expected.json`; results that Celery 5.7's
+`result_compression` compressed are `<name>.compressed.bin` with `<name>.compressed-expected.json`.
 """
 import base64
 import uuid
@@ -21,12 +23,18 @@ import celery  # noqa: E402
 import kombu  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery, chain  # noqa: E402
+from kombu.compression import decompress  # noqa: E402
 from kombu.serialization import loads  # noqa: E402
 
 from redisproc import RedisProcess  # noqa: E402
 from typed import typed  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "Tests" / "Fixtures"
+ONLY = tuple(sys.argv[1:])
+
+
+def wanted(name):
+    return not ONLY or name.startswith(ONLY)
 
 EDGE_ARGS = [
     2**63 - 1, -(2**63), 2**64 - 1, 0, -1, 1.0, 0.1, -2.5, 1e300, 1795566030.7772858,
@@ -70,6 +78,8 @@ def expected_for(raw):
     body = env["body"]
     if env["properties"].get("body_encoding") == "base64":
         body = base64.b64decode(body)
+    if env["headers"].get("compression"):
+        body = decompress(body, env["headers"]["compression"])
     decoded = loads(body, env["content-type"], env["content-encoding"], accept={"application/json",
                                                                                  "application/x-msgpack"})
     headers = env["headers"]
@@ -93,6 +103,8 @@ def expected_for(raw):
 
 
 def save_message(name, raw):
+    if not wanted(name):
+        return
     (OUT / f"{name}.message.json").write_bytes(raw)
     (OUT / f"{name}.expected.json").write_text(json.dumps(expected_for(raw), indent=1, ensure_ascii=False) + "\n")
     print("captured", name)
@@ -120,11 +132,19 @@ def capture_messages(redis_proc):
         save_message(f"v2-{serializer}-send-task-naive-eta", pop_one(r))
         chain(add.s(1, 2), add.s(10), echo.s()).apply_async()
         save_message(f"v2-{serializer}-chain", pop_one(r))
+        # kombu's compressions that every Python has, by the names apply_async takes.
+        for method in (["zlib", "bzip2", "lzma"] if serializer == "json" else ["zlib"]):
+            add.apply_async((2, 3), compression=method)
+            save_message(f"v2-{serializer}-add-{method}", pop_one(r))
+        echo.apply_async(EDGE_ARGS, EDGE_KWARGS, compression="zlib")
+        save_message(f"v2-{serializer}-edge-values-zlib", pop_one(r))
         v1 = make_app(url, serializer, protocol=1)
         v1.tasks["tasks.add"].apply_async((5, 6), countdown=5)
         save_message(f"v1-{serializer}-add", pop_one(r))
         v1.tasks["tasks.echo"].delay(*EDGE_ARGS, **EDGE_KWARGS)
         save_message(f"v1-{serializer}-edge-values", pop_one(r))
+        v1.tasks["tasks.add"].apply_async((5, 6), compression="zlib")
+        save_message(f"v1-{serializer}-add-zlib", pop_one(r))
 
 
 def capture_results(redis_proc):
@@ -146,17 +166,36 @@ def capture_results(redis_proc):
         }
         for case, (state, result, tb) in cases.items():
             tid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{serializer}/{case}"))
-            backend.store_result(tid, result, state, traceback=tb)
-            raw = r0.get(f"celery-task-meta-{tid}")
             name = f"result-{serializer}-{case}"
             ext = "json" if serializer == "json" else "msgpack"
-            (OUT / f"{name}.result.{ext}").write_bytes(raw)
-            doc = backend.decode(raw)
-            (OUT / f"{name}.result-expected.json").write_text(json.dumps({
-                "task_id": tid, "status": state, "date_done": doc["date_done"], "traceback": tb,
-                "result": typed(doc["result"]), "serializer": serializer,
-                "celery_version": celery.__version__}, indent=1, ensure_ascii=False) + "\n")
-            print("captured", name)
+            save_result(backend, r0, tid, state, result, tb, serializer, name, f"{name}.result.{ext}",
+                        f"{name}.result-expected.json")
+        # Celery 5.7's result_compression: the compression named inside the stored value.
+        if celery.VERSION < (5, 7):
+            continue
+        for method in (["zlib", "bzip2", "lzma"] if serializer == "json" else ["zlib"]):
+            app = make_app(url)
+            app.conf.update(result_serializer=serializer, result_compression=method)
+            for case in ["success-nested", "failure-valueerror"]:
+                state, result, tb = cases[case]
+                tid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{serializer}/{case}/{method}"))
+                name = f"result-{serializer}-{case}-{method}"
+                save_result(app.backend, r0, tid, state, result, tb, serializer, name, f"{name}.compressed.bin",
+                            f"{name}.compressed-expected.json")
+
+
+def save_result(backend, r0, tid, state, result, tb, serializer, name, stored_file, expected_file):
+    if not wanted(name):
+        return
+    backend.store_result(tid, result, state, traceback=tb)
+    raw = r0.get(f"celery-task-meta-{tid}")
+    (OUT / stored_file).write_bytes(raw)
+    doc = backend.decode(raw)
+    (OUT / expected_file).write_text(json.dumps({
+        "task_id": tid, "status": state, "date_done": doc["date_done"], "traceback": tb,
+        "result": typed(doc["result"]), "serializer": serializer,
+        "celery_version": celery.__version__}, indent=1, ensure_ascii=False) + "\n")
+    print("captured", name)
 
 
 def main():

@@ -16,6 +16,9 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("PREFETCH_MULTIPLIER", "4")),
     broker_transport_options={"visibility_timeout": float(os.environ.get("VISIBILITY_TIMEOUT", "3600"))},
     worker_hijack_root_logger=True,
+    task_compression=os.environ.get("TASK_COMPRESSION") or None,
+    # Celery 5.7 compresses results with it; 5.3 has the setting but ignores it.
+    result_compression=os.environ.get("RESULT_COMPRESSION") or None,
 )
 
 

@@ -4,8 +4,10 @@ Where a task id can be read, the Swift worker also stores a FAILURE so that a wa
 hanging (Python Celery stores nothing for these and the caller waits forever).
 """
 import base64
+import bz2
 import json
 import uuid
+import zlib
 
 import msgpack
 import pytest
@@ -56,6 +58,28 @@ def test_bad_base64_body_fails_the_task_with_decode_error(start_worker, make_app
     message["body"] = "%%% not base64 %%%"
     broker_redis.lpush("celery", json.dumps(message))
     with pytest.raises(DecodeError):
+        app.AsyncResult(task_id).get(timeout=10)
+    worker.wait_for_log(f"[{task_id}]")
+    assert_still_serving(app, broker_redis, worker)
+
+
+@pytest.mark.parametrize("compression,body,error", [
+    ("application/zstd", zlib.compress(GOOD_BODY), "compression 'application/zstd' is not supported"),
+    ("application/x-gzip", GOOD_BODY, "body does not decompress as application/x-gzip"),
+    ("application/x-bz2", bz2.compress(GOOD_BODY)[:-8], "body does not decompress as application/x-bz2"),
+])
+def test_bad_compression_fails_the_task_with_decode_error(start_worker, make_app, broker_redis, compression, body,
+                                                          error):
+    """Python logs "Can't decode message body" and deletes the message; the caller's `.get()` waits forever."""
+    from kombu.exceptions import DecodeError
+
+    worker = start_worker()
+    app = make_app()
+    task_id = str(uuid.uuid4())
+    message, _ = envelope(body, task_id=task_id, headers={"lang": "py", "task": "tasks.add", "id": task_id,
+                                                          "retries": 0, "root_id": task_id, "compression": compression})
+    broker_redis.lpush("celery", json.dumps(message))
+    with pytest.raises(DecodeError, match=error):
         app.AsyncResult(task_id).get(timeout=10)
     worker.wait_for_log(f"[{task_id}]")
     assert_still_serving(app, broker_redis, worker)

@@ -3,7 +3,7 @@ public struct CeleryProtocolError: Error, Sendable, CustomStringConvertible {
     /// What kind of failure this is.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         enum Base: Sendable, Hashable {
-            case invalidJSON, invalidMsgpack, invalidBase64, invalidEnvelope, invalidTaskMessage
+            case invalidJSON, invalidMsgpack, invalidBase64, invalidCompression, invalidEnvelope, invalidTaskMessage
             case unsupportedContentType, unsupportedValue
         }
 
@@ -15,6 +15,8 @@ public struct CeleryProtocolError: Error, Sendable, CustomStringConvertible {
         public static let invalidMsgpack = Code(base: .invalidMsgpack)
         /// A body declared as base64 does not decode.
         public static let invalidBase64 = Code(base: .invalidBase64)
+        /// A compressed body names a compression this worker does not support, or does not decompress.
+        public static let invalidCompression = Code(base: .invalidCompression)
         /// The kombu envelope lacks a field or has one of the wrong type.
         public static let invalidEnvelope = Code(base: .invalidEnvelope)
         /// The body or headers do not form a protocol v1 or v2 task message.
@@ -29,6 +31,7 @@ public struct CeleryProtocolError: Error, Sendable, CustomStringConvertible {
             case .invalidJSON: "invalid JSON"
             case .invalidMsgpack: "invalid msgpack"
             case .invalidBase64: "invalid base64 body"
+            case .invalidCompression: "invalid compressed body"
             case .invalidEnvelope: "invalid message envelope"
             case .invalidTaskMessage: "invalid task message"
             case .unsupportedContentType: "content type not accepted"

@@ -17,6 +17,9 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("result-serializer"), help: "The workers' result_serializer: json or msgpack (default: json).")
     var resultSerializer = "json"
 
+    @Option(name: .customLong("compression"), help: "Compress task bodies as kombu does: zlib (gzip), bzip2 or lzma (xz) (default: none).")
+    var compression: String?
+
     func client() throws -> CeleryClient {
         let environment = ProcessInfo.processInfo.environment
         do {
@@ -26,8 +29,15 @@ struct ClientOptions: ParsableArguments {
             }
             guard let serializer = CeleryContentType(name: serializer), let resultSerializer = CeleryContentType(name: resultSerializer)
             else { throw ValidationError("--serializer and --result-serializer must be json or msgpack.") }
+            let method = try compression.map { name in
+                guard let method = KombuCompression(name: name) else {
+                    throw ValidationError("--compression must be zlib (gzip), bzip2 or lzma (xz), got '\(name)'.")
+                }
+                return method
+            }
             return CeleryClient(
-                brokerURL: brokerURL, resultBackendURL: backendURL, serializer: serializer, resultSerializer: resultSerializer)
+                brokerURL: brokerURL, resultBackendURL: backendURL, serializer: serializer, resultSerializer: resultSerializer,
+                compression: method)
         } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)
         }

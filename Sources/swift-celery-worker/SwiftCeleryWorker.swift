@@ -194,7 +194,8 @@ struct WorkerCommand: AsyncParsableCommand {
             timeLimit: timeLimit,
             pool: poolKind,
             defaultQueue: file.defaultQueue ?? "celery",
-            taskSerializer: file.taskSerializer ?? .json
+            taskSerializer: file.taskSerializer ?? .json,
+            taskCompression: file.taskCompression ?? nil
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

@@ -15,7 +15,8 @@ struct CanvasTests {
             CanvasSender(
                 publish: { envelope, queue, priority in self.sent.withLock { $0.append((envelope, queue, priority)) } },
                 setChordSize: { groupID, size in self.sizes.withLock { $0[groupID] = size } },
-                origin: "gen1@host", replyTo: "oid", defaultQueue: "celery", contentType: .json, signaturesAreDecoded: true,
+                origin: "gen1@host", replyTo: "oid", defaultQueue: "celery", contentType: .json, compression: nil,
+                signaturesAreDecoded: true,
                 isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
         }
 

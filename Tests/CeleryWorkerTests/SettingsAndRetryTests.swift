@@ -47,12 +47,24 @@ struct CelerySettingsTests {
         #expect(settings.warnings.contains { $0.contains("worker_hijack_root_logger") })
     }
 
+    @Test("task_compression by kombu's names (null: none); result_compression warns that results stay plain")
+    func compression() throws {
+        #expect(try CelerySettings.parse("task_compression: gzip", source: "c.yaml").taskCompression == .some(.zlib))
+        #expect(try CelerySettings.parse("CELERY_MESSAGE_COMPRESSION: xz", source: "c.yaml").taskCompression == .some(.lzma))
+        #expect(try CelerySettings.parse("task_compression: null", source: "c.yaml").taskCompression == .some(nil))
+        #expect(try CelerySettings.parse("task_acks_late: true", source: "c.yaml").taskCompression == nil)
+        let warned = try CelerySettings.parse("result_compression: bzip2", source: "c.yaml")
+        #expect(warned.warnings == ["c.yaml: 'result_compression' is not supported: results are stored uncompressed, which Celery 5.7 reads as well"])
+        #expect(try CelerySettings.parse("result_compression: null", source: "c.yaml").warnings.isEmpty)
+    }
+
     @Test(
         "a wrong type names the key",
         arguments: [
             ("result_expires: soon", "result_expires"), ("task_acks_late: 3", "task_acks_late"),
             ("accept_content: [json, pickle]", "accept_content"), ("worker_concurrency: 2.5", "worker_concurrency"),
             ("timezone: Mars/Olympus", "timezone"), ("- just a list", "mapping"), ("broker_url: [1]", "broker_url"),
+            ("task_compression: zstd", "task_compression"), ("CELERY_MESSAGE_COMPRESSION: 1", "CELERY_MESSAGE_COMPRESSION"),
         ])
     func wrongTypes(text: String, key: String) {
         do {

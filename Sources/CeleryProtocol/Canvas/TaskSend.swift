@@ -37,6 +37,8 @@ public struct TaskSend: Sendable {
     public var routingKey: String
     public var priority: Int?
     public var contentType: CeleryContentType
+    /// How the body is compressed (`compression`); `nil`: not at all, Celery's default.
+    public var compression: KombuCompression?
     public var deliveryTag: String
 
     public init(
@@ -70,10 +72,12 @@ public struct TaskSend: Sendable {
             "ignore_result": ignoreResult, "replaced_task_nesting": 0, "stamped_headers": nil, "stamps": [:],
         ]
         for (key, value) in extraHeaders where headers[key] == nil { headers[key] = value }
+        // kombu adds it last, as it compresses the body.
+        if let compression { headers["compression"] = .string(compression.contentType) }
         return headers
     }
 
-    /// The kombu envelope, ready to `LPUSH`.
+    /// The kombu envelope, ready to `LPUSH` once ``KombuEnvelope/encoded()`` (which compresses the body) wrote it.
     public var envelope: KombuEnvelope {
         var properties: CeleryObject = [
             "correlation_id": .string(id), "reply_to": .string(replyTo), "delivery_mode": 2,

@@ -20,9 +20,11 @@ extension CeleryTaskMessage {
 
     /// The message `Task.retry` publishes: the same id, args and kwargs, `retries` + 1, an absolute `eta`, and
     /// `parent_id` set to the task's own id; `root_id`, `expires`, `timelimit` and priority are carried over, and
-    /// `properties` gains `origin` and a fresh `delivery_tag`.
+    /// `properties` gains `origin` and a fresh `delivery_tag`. The body is compressed with `compression` (Python's
+    /// `task_compression`), whatever the message that came used.
     public func retryEnvelope(
-        original: KombuEnvelope, eta: String, origin: String, ignoreResult: Bool, deliveryTag: String
+        original: KombuEnvelope, eta: String, origin: String, ignoreResult: Bool, deliveryTag: String,
+        compression: KombuCompression? = nil
     ) -> KombuEnvelope {
         var message = self
         message.headers["retries"] = .int(Int64(retries + 1))
@@ -31,6 +33,7 @@ extension CeleryTaskMessage {
         message.headers["origin"] = .string(origin)
         message.headers["ignore_result"] = .bool(ignoreResult)
         message.headers["redelivered"] = nil
+        message.headers["compression"] = compression.map { .string($0.contentType) }
         var properties = CeleryObject()
         properties["correlation_id"] = original.properties["correlation_id"] ?? .string(id)
         properties["reply_to"] = original.properties["reply_to"] ?? .null

@@ -1,9 +1,11 @@
 import OrderedCollections
 
 /// One message as kombu's Redis transport keeps it in a list: a JSON document holding the serialized body (base64
-/// when `properties.body_encoding` is `"base64"`), its content type and encoding, headers and properties.
+/// when `properties.body_encoding` is `"base64"`, compressed when the `compression` header says so), its content
+/// type and encoding, headers and properties.
 public struct KombuEnvelope: Sendable {
-    /// The body bytes after base64 decoding: still serialized with ``contentType``.
+    /// The body bytes after base64 decoding and decompression: still serialized with ``contentType``. A message
+    /// made here is compressed by ``encoded()`` when its `compression` header names a ``KombuCompression``.
     public var body: [UInt8]
     /// `application/json`, `application/x-msgpack`, …
     public var contentType: String
@@ -98,6 +100,7 @@ public struct KombuEnvelope: Sendable {
             }
             return decoded
         }
+        var body: [UInt8]
         switch fields.body {
         case .raw(let range)?:
             let text = UnsafeBufferPointer(rebasing: buffer[range])
@@ -106,12 +109,29 @@ public struct KombuEnvelope: Sendable {
                 throw CeleryProtocolError(
                     code: .invalidEnvelope, message: "message is not JSON: string is not valid UTF-8 at byte \(range.lowerBound)")
             }
-            self.body = try decodedBody(text)
+            body = try decodedBody(text)
         case .value(.string(let text))?:
-            self.body = try decodedBody(text.utf8)
+            body = try decodedBody(text.utf8)
         default:
             throw failure("'body' is missing or not a string")
         }
+        switch headers.fields.compression {
+        case .null:
+            break
+        case .string(let name):
+            guard let method = KombuCompression(name: name) else {
+                throw failure(
+                    "compression '\(name)' is not supported (supported: zlib, bzip2 and lzma, by kombu's names)", .invalidCompression)
+            }
+            do throws(CeleryProtocolError) {
+                body = try method.decompress(body)
+            } catch {
+                throw failure(error.message, .invalidCompression)
+            }
+        default:
+            throw failure("'compression' is not a string", .invalidCompression)
+        }
+        self.body = body
         self.contentType = fields.contentType?.stringValue ?? "application/json"
         self.contentEncoding = fields.contentEncoding?.stringValue ?? "utf-8"
     }
@@ -127,9 +147,14 @@ public struct KombuEnvelope: Sendable {
         }
     }
 
-    /// The JSON document kombu stores for this envelope, with the body base64-encoded.
+    /// The JSON document kombu stores for this envelope, with the body base64-encoded, after compressing it when
+    /// the `compression` header names a ``KombuCompression``.
     public func encoded() -> [UInt8] {
         var fields = OrderedDictionary<String, CeleryValue>()
+        var body = self.body
+        if case .string(let name) = headerObject.fields.compression, let method = KombuCompression(name: name) {
+            body = method.compress(body)
+        }
         fields["body"] = .string(String(decoding: Base64.encode(body), as: UTF8.self))
         fields["content-encoding"] = .string(contentEncoding)
         fields["content-type"] = .string(contentType)

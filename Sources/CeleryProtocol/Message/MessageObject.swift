@@ -125,11 +125,12 @@ struct TaskHeaderFields: MessageFields, Sendable {
     var timeLimit: CeleryValue = .null
     var argsRepr: CeleryValue = .null
     var kwargsRepr: CeleryValue = .null
+    var compression: CeleryValue = .null
     var redelivered: CeleryValue = .null
 
     enum Field {
         case id, task, retries, rootID, parentID, group, groupIndex, eta, expires, ignoreResult, shadow, timeLimit
-        case argsRepr, kwargsRepr, redelivered
+        case argsRepr, kwargsRepr, compression, redelivered
     }
 
     init() {}
@@ -140,7 +141,8 @@ struct TaskHeaderFields: MessageFields, Sendable {
         (#""retries": "#, .retries), (#""timelimit": "#, .timeLimit), (#""root_id": "#, .rootID),
         (#""parent_id": "#, .parentID), (#""argsrepr": "#, .argsRepr), (#""kwargsrepr": "#, .kwargsRepr),
         (#""origin": "#, nil), (#""ignore_result": "#, .ignoreResult), (#""replaced_task_nesting": "#, nil),
-        (#""stamped_headers": "#, nil), (#""stamps": "#, nil), (#""redelivered": "#, .redelivered),
+        (#""stamped_headers": "#, nil), (#""stamps": "#, nil), (#""compression": "#, .compression),
+        (#""redelivered": "#, .redelivered),
     ])
 
     mutating func set(_ field: Field, _ value: CeleryValue) {
@@ -159,6 +161,7 @@ struct TaskHeaderFields: MessageFields, Sendable {
         case .timeLimit: timeLimit = value
         case .argsRepr: argsRepr = value
         case .kwargsRepr: kwargsRepr = value
+        case .compression: compression = value
         case .redelivered: redelivered = value
         }
     }

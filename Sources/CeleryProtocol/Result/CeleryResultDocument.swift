@@ -131,10 +131,29 @@ public struct CeleryResultDocument: Sendable {
         output.append(UInt8(ascii: "}"))
     }
 
+    /// What Celery 5.7 writes in front of a stored result that `result_compression` compressed, followed by the
+    /// compression's content type, a NUL byte and the compressed bytes (`celery/backends/base.py`).
+    static let compressedMarker = Array("\0celery-compressed\0".utf8)
+
+    /// Decodes a stored result, or a chord part: as Python's `Backend.decode`, decompressed first when it carries
+    /// Celery 5.7's marker of a compressed result, whatever this reader's own settings.
+    public static func decodeStored(_ bytes: [UInt8], serializer: CeleryContentType) throws(CeleryProtocolError) -> CeleryValue {
+        guard bytes.starts(with: compressedMarker) else { return try serializer.decode(bytes) }
+        let rest = bytes[compressedMarker.count...]
+        guard let end = rest.firstIndex(of: 0) else {
+            throw CeleryProtocolError(code: .invalidCompression, message: "a compressed result names no compression")
+        }
+        let name = String(decoding: rest[..<end], as: UTF8.self)
+        guard let method = KombuCompression(name: name) else {
+            throw CeleryProtocolError(code: .invalidCompression, message: "a result compressed with '\(name)', which is not supported")
+        }
+        return try serializer.decode(try method.decompress(rest[(end + 1)...]))
+    }
+
     /// Reads only the `status` of a stored document, for the "never overwrite SUCCESS" rule.
     /// Returns `nil` when the bytes do not decode or carry no status.
     public static func storedStatus(_ bytes: [UInt8], serializer: CeleryContentType) -> TaskState? {
-        guard let document = try? serializer.decode(bytes), case .string(let status)? = document["status"] else {
+        guard let document = try? decodeStored(bytes, serializer: serializer), case .string(let status)? = document["status"] else {
             return nil
         }
         return TaskState(status)

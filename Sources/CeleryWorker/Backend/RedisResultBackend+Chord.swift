@@ -102,7 +102,8 @@ extension RedisResultBackend {
         let stored = try await client.send(RedisCommand("ZRANGE", RedisArgument(groupKey(groupID, ".j")), "0", "-1"))
         var parts: [ChordCompletion.Part] = []
         for member in stored.array ?? [] {
-            guard let bytes = member.bytes, case .array(let tuple)? = try? serializer.decode(bytes), tuple.count == 4,
+            guard let bytes = member.bytes,
+                case .array(let tuple)? = try? CeleryResultDocument.decodeStored(bytes, serializer: serializer), tuple.count == 4,
                 let id = tuple[1].stringValue, let state = tuple[2].stringValue
             else {
                 throw CeleryWorkerError(code: .unexpectedReply, message: "a chord result in \(groupKey(groupID, ".j")) cannot be decoded")

@@ -19,6 +19,8 @@ struct CanvasSender: Sendable {
     let defaultQueue: String
     /// The serializer of a signature without a `serializer` option.
     let contentType: CeleryContentType
+    /// How a signature without a `compression` option is compressed (`task_compression`).
+    let compression: KombuCompression?
     /// Signatures decoded from a message keep their args as a list, so Python shows an immutable one's `argsrepr` as
     /// a list; signatures built in Swift show tuples, as a Python client's do.
     let signaturesAreDecoded: Bool
@@ -68,6 +70,15 @@ struct CanvasSender: Sendable {
             origin: origin, replyTo: options["reply_to"]?.stringValue ?? replyTo, routingKey: queue,
             contentType: options["serializer"]?.stringValue.flatMap(CeleryContentType.init(name:)) ?? contentType,
             deliveryTag: Self.newID())
+        switch options["compression"] {
+        case .string(let name)?:
+            guard let method = KombuCompression(name: name) else {
+                throw CeleryWorkerError(
+                    code: .invalidConfiguration, message: "unknown compression '\(name)': zlib (gzip), bzip2 or lzma (xz)")
+            }
+            send.compression = method
+        default: send.compression = compression
+        }
         send.argsShownAsList = signature.immutable && signaturesAreDecoded
         send.shadow = options["shadow"]?.stringValue
         let now = WallClock.now()

@@ -27,7 +27,7 @@ extension WorkerRun {
                 try await backend?.setChordSize(groupID: groupID, size: size)
             },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
-            contentType: message.contentType, signaturesAreDecoded: true,
+            contentType: message.contentType, compression: configuration.taskCompression, signaturesAreDecoded: true,
             isoformat: { configuration.isoformat(unixSeconds: $0) })
     }
 

@@ -26,7 +26,7 @@ public struct AsyncResult: Sendable {
         guard let bytes = try await backend.client.send(RedisCommand("GET", RedisArgument(backend.key(for: id)))).bytes else {
             return nil
         }
-        return try? backend.serializer.decode(bytes)
+        return try? CeleryResultDocument.decodeStored(bytes, serializer: backend.serializer)
     }
 
     /// The current state: `PENDING` when nothing is stored.
@@ -62,7 +62,7 @@ public struct AsyncResult: Sendable {
     static let noBackend = CeleryWorkerError(code: .invalidConfiguration, message: "the client has no result backend")
 
     private static func readyDocument(_ bytes: [UInt8]?, _ serializer: CeleryContentType) -> CeleryValue? {
-        guard let bytes, let document = try? serializer.decode(bytes),
+        guard let bytes, let document = try? CeleryResultDocument.decodeStored(bytes, serializer: serializer),
             let status = document["status"]?.stringValue, readyStates.contains(status)
         else { return nil }
         return document

@@ -17,6 +17,8 @@ public struct TaskSendOptions: Sendable {
     public var priority: Int?
     /// The body's serializer; `nil` uses the client's.
     public var serializer: CeleryContentType?
+    /// How the body is compressed; `nil` uses the client's.
+    public var compression: KombuCompression?
     /// Custom message headers.
     public var headers: CeleryObject
     /// The task id; `nil` makes a new UUID.
@@ -33,7 +35,8 @@ public struct TaskSendOptions: Sendable {
     public init(
         countdown: Double? = nil, eta: Double? = nil, expires: Double? = nil, queue: String? = nil, priority: Int? = nil,
         serializer: CeleryContentType? = nil, headers: CeleryObject = [:], taskID: String? = nil, ignoreResult: Bool? = nil,
-        timeLimit: Double? = nil, softTimeLimit: Double? = nil, link: [Signature] = [], linkError: [Signature] = []
+        timeLimit: Double? = nil, softTimeLimit: Double? = nil, link: [Signature] = [], linkError: [Signature] = [],
+        compression: KombuCompression? = nil
     ) {
         self.countdown = countdown
         self.eta = eta
@@ -41,6 +44,7 @@ public struct TaskSendOptions: Sendable {
         self.queue = queue
         self.priority = priority
         self.serializer = serializer
+        self.compression = compression
         self.headers = headers
         self.taskID = taskID
         self.ignoreResult = ignoreResult
@@ -60,6 +64,7 @@ public struct TaskSendOptions: Sendable {
         if let queue { options["queue"] = .string(queue) }
         if let priority { options["priority"] = .int(Int64(priority)) }
         if let serializer { options["serializer"] = .string(serializer.serializerName) }
+        if let compression { options["compression"] = .string(compression.contentType) }
         if !headers.isEmpty { options["headers"] = .object(headers) }
         if let ignoreResult { options["ignore_result"] = .bool(ignoreResult) }
         if let timeLimit { options["time_limit"] = .double(timeLimit) }
@@ -87,6 +92,8 @@ public final class CeleryClient: Sendable {
     let backendURL: RedisURL?
     /// The serializer of task bodies (`task_serializer`).
     public let serializer: CeleryContentType
+    /// How task bodies are compressed (`task_compression`); `nil`: not at all.
+    public let compression: KombuCompression?
     /// Where tasks without a queue go (`task_default_queue`).
     public let defaultQueue: String
     /// This client's oid (`reply_to`).
@@ -96,7 +103,8 @@ public final class CeleryClient: Sendable {
     /// A client of its own threads and connections.
     public init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
-        resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery"
+        resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
+        compression: KombuCompression? = nil
     ) {
 
         self.broker = RedisBroker(
@@ -108,6 +116,7 @@ public final class CeleryClient: Sendable {
         }
         self.backendURL = resultBackendURL
         self.serializer = serializer
+        self.compression = compression
         self.defaultQueue = defaultQueue
     }
 
@@ -132,6 +141,7 @@ public final class CeleryClient: Sendable {
                 try await backend?.setChordSize(groupID: groupID, size: size)
             },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: defaultQueue, contentType: serializer,
+            compression: compression,
             signaturesAreDecoded: false, isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
     }
 

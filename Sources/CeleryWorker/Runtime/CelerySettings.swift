@@ -12,6 +12,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerURL: String?
     public var resultBackend: String?
     public var taskSerializer: CeleryContentType?
+    /// `task_compression`; `.some(nil)` when the file sets it to null (no compression).
+    public var taskCompression: KombuCompression??
     public var resultSerializer: CeleryContentType?
     public var resultExpires: Int?
     public var acceptContent: Set<CeleryContentType>?
@@ -146,6 +148,21 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }
         add(["task_serializer", "CELERY_TASK_SERIALIZER"]) { $0.taskSerializer = try $1.serializer() }
         add(["result_serializer", "CELERY_RESULT_SERIALIZER"]) { $0.resultSerializer = try $1.serializer() }
+        add(["task_compression", "CELERY_MESSAGE_COMPRESSION"]) { settings, field in
+            if field.value is NSNull {
+                settings.taskCompression = .some(nil)
+                return
+            }
+            guard let method = KombuCompression(name: try field.string()) else {
+                throw field.fail("zlib (gzip), bzip2 or lzma (xz), by one of kombu's names")
+            }
+            settings.taskCompression = method
+        }
+        add(["result_compression", "CELERY_RESULT_COMPRESSION"]) { settings, field in
+            guard !(field.value is NSNull) else { return }
+            settings.warnings.append(
+                "\(field.source): '\(field.key)' is not supported: results are stored uncompressed, which Celery 5.7 reads as well")
+        }
         add(["result_expires", "CELERY_TASK_RESULT_EXPIRES", "CELERY_RESULT_EXPIRES"]) {
             $0.resultExpires = $1.value is NSNull ? 0 : Int(try $1.seconds())
         }

@@ -72,7 +72,8 @@ public final class CeleryWorkerService: Service {
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
-                resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue))
+                resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
+                compression: configuration.taskCompression))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

@@ -51,6 +51,9 @@ public struct WorkerConfiguration: Sendable {
     /// The serializer of messages the worker's client sends for tasks (`task_serializer`). Callbacks and chain
     /// steps use the serializer of the message that carried them. Default JSON.
     public var taskSerializer: CeleryContentType
+    /// How the bodies of task messages the worker sends (callbacks, chain steps, chord bodies, retries) and its
+    /// client's are compressed (`task_compression`). Default `nil`: not at all, as in Celery.
+    public var taskCompression: KombuCompression?
 
     /// Where task bodies run.
     public enum PoolKind: String, Sendable, CaseIterable {
@@ -103,7 +106,8 @@ public struct WorkerConfiguration: Sendable {
         timeLimit: Double? = nil,
         pool: PoolKind = .threads,
         defaultQueue: String = "celery",
-        taskSerializer: CeleryContentType = .json
+        taskSerializer: CeleryContentType = .json,
+        taskCompression: KombuCompression? = nil
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -126,6 +130,7 @@ public struct WorkerConfiguration: Sendable {
         self.pool = pool
         self.defaultQueue = defaultQueue
         self.taskSerializer = taskSerializer
+        self.taskCompression = taskCompression
     }
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.

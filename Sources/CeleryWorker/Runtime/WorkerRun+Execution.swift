@@ -512,7 +512,7 @@ extension WorkerRun {
         let envelope = message.retryEnvelope(
             original: original, eta: CeleryTimestamp.isoformat(unixSeconds: eta),
             origin: "gen\(Host.pid)@\(Host.name)", ignoreResult: ignoresResult(job),
-            deliveryTag: UUID().uuidString.lowercased())
+            deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
         do {
             try await service.broker.publish(envelope.encoded(), queue: queue, priority: original.deliveryInfo.priority)
         } catch {
