@@ -119,6 +119,32 @@ def test_a_crashing_task_is_contained(start_worker, make_app):
     assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
 
 
+def test_reject_on_worker_lost_requeues_the_task_of_a_killed_child(start_worker, make_app, backend_redis, tmp_path):
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text("task_acks_late: true\ntask_reject_on_worker_lost: true\n")
+    worker = start_worker("-n", "requeue@%h", "-P", "process", "-c", "1", "--config", str(config))
+    app = make_app()
+    spinning = app.tasks["tasks.spin"].delay(1.5)
+    worker.wait_for_log(f"[{spinning.id}] received")
+    time.sleep(0.3)
+    (child,) = children_of(worker.proc.pid)
+    os.kill(child, signal.SIGKILL)
+    worker.wait_for_log(f"Task tasks.spin[{spinning.id}] requeued: its pool process was lost")
+    # No FAILURE: the message went back to its queue, and the task runs again from the start.
+    assert backend_redis.get(f"celery-task-meta-{spinning.id}") is None
+    assert spinning.get(timeout=15) == 1.5
+    assert worker.log.count(f"Task tasks.spin[{spinning.id}] received") == 2
+    assert "WorkerLostError" in worker.log
+    # Without acks-late the message was acknowledged when the task started: the loss is a FAILURE, as in Python.
+    config.write_text("task_acks_late: false\ntask_reject_on_worker_lost: true\n")
+    worker.stop()
+    worker = start_worker("-n", "requeue2@%h", "-P", "process", "-c", "1", "--config", str(config))
+    from celery.exceptions import WorkerLostError
+
+    with pytest.raises(WorkerLostError):
+        app.tasks["tasks.crash"].delay().get(timeout=10)
+
+
 def test_terminate_kills_the_child(start_worker, make_app):
     from celery.exceptions import TaskRevokedError
 

@@ -195,7 +195,8 @@ struct WorkerCommand: AsyncParsableCommand {
             pool: poolKind,
             defaultQueue: file.defaultQueue ?? "celery",
             taskSerializer: file.taskSerializer ?? .json,
-            taskCompression: file.taskCompression ?? nil
+            taskCompression: file.taskCompression ?? nil,
+            rejectOnWorkerLost: file.rejectOnWorkerLost ?? false
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

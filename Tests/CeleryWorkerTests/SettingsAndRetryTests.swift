@@ -34,6 +34,7 @@ struct CelerySettingsTests {
             BROKER_URL: redis://h/2
             CELERY_RESULT_BACKEND: redis://h/3
             CELERY_ACKS_LATE: true
+            CELERY_REJECT_ON_WORKER_LOST: true
             CELERYD_TASK_SOFT_TIME_LIMIT: 2.5
             CELERY_TASK_RESULT_EXPIRES: 60
             CELERY_TRACK_STARTED: true
@@ -41,7 +42,7 @@ struct CelerySettingsTests {
             worker_hijack_root_logger: false
             """, source: "old.yaml")
         #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
-        #expect(settings.acksLate == true && settings.trackStarted == true)
+        #expect(settings.acksLate == true && settings.trackStarted == true && settings.rejectOnWorkerLost == true)
         #expect(settings.softTimeLimit == 2.5 && settings.resultExpires == 60 && settings.visibilityTimeout == 120)
         #expect(settings.warnings.count == 2)
         #expect(settings.warnings.contains { $0.contains("worker_hijack_root_logger") })

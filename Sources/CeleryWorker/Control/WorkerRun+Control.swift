@@ -310,6 +310,7 @@ extension WorkerRun {
             "timezone": .string(configuration.timezone.identifier),
             "enable_utc": .bool(configuration.enableUTC),
             "task_acks_late": .bool(configuration.acksLate),
+            "task_reject_on_worker_lost": .bool(configuration.rejectOnWorkerLost),
             "task_track_started": .bool(configuration.trackStarted),
             "task_soft_time_limit": optional(configuration.softTimeLimit),
             "task_time_limit": optional(configuration.timeLimit),

@@ -21,6 +21,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var enableUTC: Bool?
     public var logFile: String?
     public var acksLate: Bool?
+    public var rejectOnWorkerLost: Bool?
     public var timeLimit: Double?
     public var softTimeLimit: Double?
     public var concurrency: Int?
@@ -175,6 +176,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["enable_utc", "CELERY_ENABLE_UTC"]) { $0.enableUTC = try $1.bool() }
         add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
         add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
+        add(["task_reject_on_worker_lost", "CELERY_REJECT_ON_WORKER_LOST"]) { $0.rejectOnWorkerLost = try $1.bool() }
         add(["task_time_limit", "CELERYD_TASK_TIME_LIMIT"]) { $0.timeLimit = try $1.seconds() }
         add(["task_soft_time_limit", "CELERYD_TASK_SOFT_TIME_LIMIT"]) { $0.softTimeLimit = try $1.seconds() }
         add(["worker_concurrency", "CELERYD_CONCURRENCY"]) { $0.concurrency = try $1.int() }

@@ -24,11 +24,15 @@ public struct TaskOptions: Sendable {
     /// At most this many tasks of this type start per second, minute or hour (`rate_limit`: `"10/s"`, `"100/m"`,
     /// `"1000/h"`, a bare number per second). `nil`: no limit.
     public var rateLimit: String?
+    /// With acks-late, a message whose pool process was lost (`--pool process`: the child crashed or was killed)
+    /// goes back to its queue to run again, and no FAILURE is stored (`reject_on_worker_lost`); `nil` uses the
+    /// worker's setting. As in Python, a task that always kills its process then runs again and again.
+    public var rejectOnWorkerLost: Bool?
 
     public init(
         ignoreResult: Bool = false, acksLate: Bool? = nil, maxRetries: Int? = 3, defaultRetryDelay: Double = 180,
         retryPolicy: RetryPolicy = RetryPolicy(), trackStarted: Bool? = nil, softTimeLimit: Double? = nil,
-        timeLimit: Double? = nil, rateLimit: String? = nil
+        timeLimit: Double? = nil, rateLimit: String? = nil, rejectOnWorkerLost: Bool? = nil
     ) {
         self.ignoreResult = ignoreResult
         self.acksLate = acksLate
@@ -39,6 +43,7 @@ public struct TaskOptions: Sendable {
         self.softTimeLimit = softTimeLimit
         self.timeLimit = timeLimit
         self.rateLimit = rateLimit
+        self.rejectOnWorkerLost = rejectOnWorkerLost
     }
 }
 

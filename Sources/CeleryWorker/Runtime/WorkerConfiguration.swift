@@ -16,6 +16,9 @@ public struct WorkerConfiguration: Sendable {
     public var prefetchMultiplier: Int
     /// Acknowledge after the task finished (`task_acks_late`). Default `false`.
     public var acksLate: Bool
+    /// With acks-late, give a message back to its queue when its pool process is lost instead of failing it with
+    /// `WorkerLostError` (`task_reject_on_worker_lost`). Default `false`.
+    public var rejectOnWorkerLost: Bool
     /// How results are serialized (`result_serializer`). Default JSON.
     public var resultSerializer: CeleryContentType
     /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
@@ -107,7 +110,8 @@ public struct WorkerConfiguration: Sendable {
         pool: PoolKind = .threads,
         defaultQueue: String = "celery",
         taskSerializer: CeleryContentType = .json,
-        taskCompression: KombuCompression? = nil
+        taskCompression: KombuCompression? = nil,
+        rejectOnWorkerLost: Bool = false
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -131,6 +135,7 @@ public struct WorkerConfiguration: Sendable {
         self.defaultQueue = defaultQueue
         self.taskSerializer = taskSerializer
         self.taskCompression = taskCompression
+        self.rejectOnWorkerLost = rejectOnWorkerLost
     }
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.

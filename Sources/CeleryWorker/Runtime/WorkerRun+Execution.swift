@@ -383,6 +383,14 @@ extension WorkerRun {
             await sendTaskEvent("task-rejected", message, ["requeue": .bool(rejection.requeue)])
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return holdsPrefetch
+        case .failure(let lost as WorkerLostError)
+        where machine.acksLate && (job.task.options.rejectOnWorkerLost ?? configuration.rejectOnWorkerLost):
+            // Python's reject_on_worker_lost: the message goes back to its queue, nothing is stored.
+            logger.error("Task handler raised error: \(lost.pythonException.repr)")
+            logger.warning("Task \(job.displayName)[\(message.id)] requeued: its pool process was lost (reject_on_worker_lost)")
+            await sendTaskEvent("task-rejected", message, ["requeue": true])
+            await carryOut(machine.reject(requeue: true), for: job.delivery)
+            return holdsPrefetch
         case .failure(is IgnoreTask):
             logger.info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
