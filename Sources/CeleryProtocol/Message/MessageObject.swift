@@ -145,6 +145,8 @@ struct TaskHeaderFields: MessageFields, Sendable {
         (#""redelivered": "#, .redelivered),
     ])
 
+    /// Inlined into the parser, which then moves each value into its field (outlined, it copied each one).
+    @inline(__always)
     mutating func set(_ field: Field, _ value: CeleryValue) {
         switch field {
         case .id: id = value
