@@ -19,6 +19,8 @@ app.conf.update(
     task_compression=os.environ.get("TASK_COMPRESSION") or None,
     # Celery 5.7 compresses results with it; 5.3 has the setting but ignores it.
     result_compression=os.environ.get("RESULT_COMPRESSION") or None,
+    result_backend_transport_options={"global_keyprefix": os.environ["RESULT_KEYPREFIX"]}
+    if os.environ.get("RESULT_KEYPREFIX") else {},
 )
 
 

@@ -196,7 +196,8 @@ struct WorkerCommand: AsyncParsableCommand {
             defaultQueue: file.defaultQueue ?? "celery",
             taskSerializer: file.taskSerializer ?? .json,
             taskCompression: file.taskCompression ?? nil,
-            rejectOnWorkerLost: file.rejectOnWorkerLost ?? false
+            rejectOnWorkerLost: file.rejectOnWorkerLost ?? false,
+            resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

@@ -39,12 +39,18 @@ struct CelerySettingsTests {
             CELERY_TASK_RESULT_EXPIRES: 60
             CELERY_TRACK_STARTED: true
             broker_transport_options: {visibility_timeout: 120, fanout_prefix: true}
+            CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: {global_keyprefix: "tenant:", retry_policy: {}}
             worker_hijack_root_logger: false
             """, source: "old.yaml")
         #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
         #expect(settings.acksLate == true && settings.trackStarted == true && settings.rejectOnWorkerLost == true)
         #expect(settings.softTimeLimit == 2.5 && settings.resultExpires == 60 && settings.visibilityTimeout == 120)
-        #expect(settings.warnings.count == 2)
+        #expect(settings.resultKeyPrefix == "tenant:")
+        #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant:") == "tenant:")
+        #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant") == "tenant_")
+        #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "") == "")
+        #expect(settings.warnings.count == 3)
+        #expect(settings.warnings.contains { $0.contains("result backend transport option 'retry_policy' is ignored") })
         #expect(settings.warnings.contains { $0.contains("worker_hijack_root_logger") })
     }
 

@@ -100,11 +100,12 @@ public final class CeleryClient: Sendable {
     let oid = UUID().uuidString.lowercased()
     private let declared = DeclaredQueues()
 
-    /// A client of its own threads and connections.
+    /// A client of its own threads and connections. `compression` is its `task_compression`; `resultKeyPrefix`
+    /// what result keys start with (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of a `global_keyprefix`).
     public init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
-        compression: KombuCompression? = nil
+        compression: KombuCompression? = nil, resultKeyPrefix: String = ""
     ) {
 
         self.broker = RedisBroker(
@@ -112,7 +113,7 @@ public final class CeleryClient: Sendable {
             commands: RedisClient(url: brokerURL))
         self.backend = resultBackendURL.map {
             RedisResultBackend(
-                client: RedisClient(url: $0), serializer: resultSerializer, expires: resultExpires)
+                client: RedisClient(url: $0), serializer: resultSerializer, expires: resultExpires, keyPrefix: resultKeyPrefix)
         }
         self.backendURL = resultBackendURL
         self.serializer = serializer

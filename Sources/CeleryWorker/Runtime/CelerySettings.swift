@@ -32,6 +32,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var defaultQueue: String?
     public var sendTaskEvents: Bool?
     public var visibilityTimeout: Double?
+    /// `result_backend_transport_options: {global_keyprefix: …}`, as written (not yet normalized).
+    public var resultKeyPrefix: String?
     /// Keys the worker does not know, each with a sentence for a warning.
     public var warnings: [String] = []
 
@@ -198,6 +200,16 @@ public struct CelerySettings: Sendable, Equatable {
                     settings.visibilityTimeout = try Field(source: field.source, key: "\(field.key).\(name)", value: value).seconds()
                 } else {
                     settings.warnings.append("\(field.source): broker transport option '\(name)' is ignored")
+                }
+            }
+        }
+        add(["result_backend_transport_options", "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"]) { settings, field in
+            guard let options = field.value as? [String: Any] else { throw field.fail("a mapping") }
+            for (name, value) in options {
+                if name == "global_keyprefix" {
+                    settings.resultKeyPrefix = try Field(source: field.source, key: "\(field.key).\(name)", value: value).string()
+                } else {
+                    settings.warnings.append("\(field.source): result backend transport option '\(name)' is ignored")
                 }
             }
         }

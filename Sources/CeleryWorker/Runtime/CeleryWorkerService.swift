@@ -58,7 +58,9 @@ public final class CeleryWorkerService: Service {
             blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
             commands: client(configuration.brokerURL), records: records)
         let backend = results.map { results in
-            RedisResultBackend(client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires)
+            RedisResultBackend(
+                client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires,
+                keyPrefix: configuration.resultKeyPrefix)
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
@@ -73,7 +75,7 @@ public final class CeleryWorkerService: Service {
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
-                compression: configuration.taskCompression))
+                compression: configuration.taskCompression, resultKeyPrefix: configuration.resultKeyPrefix))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

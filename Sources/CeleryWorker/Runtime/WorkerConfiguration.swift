@@ -23,6 +23,9 @@ public struct WorkerConfiguration: Sendable {
     public var resultSerializer: CeleryContentType
     /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
     public var acceptContent: Set<CeleryContentType>
+    /// What every result key starts with: `result_backend_transport_options`' `global_keyprefix`, as Celery
+    /// normalizes it (``WorkerConfiguration/resultKeyPrefix(normalizing:)``). Default `""`.
+    public var resultKeyPrefix: String
     /// Seconds results are kept (`result_expires`). Default 86 400 (1 day); `nil` or 0 keeps them forever.
     public var resultExpires: Int?
     /// Seconds after which an unacknowledged message is given to another worker (`visibility_timeout`).
@@ -111,7 +114,8 @@ public struct WorkerConfiguration: Sendable {
         defaultQueue: String = "celery",
         taskSerializer: CeleryContentType = .json,
         taskCompression: KombuCompression? = nil,
-        rejectOnWorkerLost: Bool = false
+        rejectOnWorkerLost: Bool = false,
+        resultKeyPrefix: String = ""
     ) {
         self.brokerURL = brokerURL
         self.resultBackendURL = resultBackendURL
@@ -136,6 +140,13 @@ public struct WorkerConfiguration: Sendable {
         self.taskSerializer = taskSerializer
         self.taskCompression = taskCompression
         self.rejectOnWorkerLost = rejectOnWorkerLost
+        self.resultKeyPrefix = resultKeyPrefix
+    }
+
+    /// A `global_keyprefix` as Celery's result backend uses it: `_` appended unless it ends in `:`, `_`, `-` or `.`.
+    public static func resultKeyPrefix(normalizing prefix: String) -> String {
+        guard let last = prefix.last else { return "" }
+        return ":_-.".contains(last) ? prefix : prefix + "_"
     }
 
     /// Formats a time as `app.now().isoformat()` would, in ``timezone``.
