@@ -14,7 +14,9 @@ app.conf.update(
     accept_content=["json", "msgpack"],
     task_acks_late=os.environ.get("ACKS_LATE", "0") == "1",
     worker_prefetch_multiplier=int(os.environ.get("PREFETCH_MULTIPLIER", "4")),
-    broker_transport_options={"visibility_timeout": float(os.environ.get("VISIBILITY_TIMEOUT", "3600"))},
+    broker_transport_options={"visibility_timeout": float(os.environ.get("VISIBILITY_TIMEOUT", "3600")),
+                              **({"global_keyprefix": os.environ["BROKER_KEYPREFIX"]}
+                                 if os.environ.get("BROKER_KEYPREFIX") else {})},
     worker_hijack_root_logger=True,
     task_compression=os.environ.get("TASK_COMPRESSION") or None,
     # Celery 5.7 compresses results with it; 5.3 has the setting but ignores it.

@@ -176,22 +176,3 @@ def test_config_file_errors_name_the_key(tmp_path):
     assert proc.returncode != 0
     assert "result_expires" in proc.stderr and "number of seconds" in proc.stderr
 
-
-def test_result_key_prefix_is_shared_with_python(start_worker, start_python_worker, make_app, backend_redis, tmp_path):
-    """`result_backend_transport_options: {global_keyprefix: …}`: results and chord keys under Celery's prefix."""
-    from celery import chord
-
-    config = tmp_path / "celeryconfig.yaml"
-    config.write_text("result_backend_transport_options: {global_keyprefix: tenant1}\n")
-    start_worker("--config", str(config), "-Q", "celery", "-c", "2")
-    start_python_worker("-Q", "py", "-c", "2", env={"RESULT_KEYPREFIX": "tenant1"})
-    app = make_app(result_backend_transport_options={"global_keyprefix": "tenant1"})
-    result = app.tasks["tasks.add"].delay(2, 3)
-    assert result.get(timeout=10) == 5
-    assert backend_redis.exists(f"tenant1_celery-task-meta-{result.id}")
-    assert not backend_redis.exists(f"celery-task-meta-{result.id}")
-    # A chord whose parts run on both workers and whose body the Swift worker runs: every group key is prefixed.
-    parts = [app.signature("tasks.add", args=(i, i)).set(queue="py" if i % 2 else "celery") for i in range(4)]
-    joined = chord(parts, app.signature("tasks.tsum")).apply_async()
-    assert joined.get(timeout=20) == 12
-    assert not [key for key in backend_redis.keys("*") if not key.startswith(b"tenant1_")]

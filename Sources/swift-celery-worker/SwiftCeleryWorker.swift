@@ -197,6 +197,7 @@ struct WorkerCommand: AsyncParsableCommand {
             taskSerializer: file.taskSerializer ?? .json,
             taskCompression: file.taskCompression ?? nil,
             rejectOnWorkerLost: file.rejectOnWorkerLost ?? false,
+            brokerKeyPrefix: file.brokerKeyPrefix ?? "",
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)

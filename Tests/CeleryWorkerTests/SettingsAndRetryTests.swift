@@ -38,14 +38,14 @@ struct CelerySettingsTests {
             CELERYD_TASK_SOFT_TIME_LIMIT: 2.5
             CELERY_TASK_RESULT_EXPIRES: 60
             CELERY_TRACK_STARTED: true
-            broker_transport_options: {visibility_timeout: 120, fanout_prefix: true}
+            broker_transport_options: {visibility_timeout: 120, fanout_prefix: true, global_keyprefix: "t1:"}
             CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: {global_keyprefix: "tenant:", retry_policy: {}}
             worker_hijack_root_logger: false
             """, source: "old.yaml")
         #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
         #expect(settings.acksLate == true && settings.trackStarted == true && settings.rejectOnWorkerLost == true)
         #expect(settings.softTimeLimit == 2.5 && settings.resultExpires == 60 && settings.visibilityTimeout == 120)
-        #expect(settings.resultKeyPrefix == "tenant:")
+        #expect(settings.resultKeyPrefix == "tenant:" && settings.brokerKeyPrefix == "t1:")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant:") == "tenant:")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant") == "tenant_")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "") == "")

@@ -12,10 +12,13 @@ public final class RedisBroker: Broker {
 
     let blocking: RedisClient
     let commands: RedisClient
-    let unackedKey = "unacked"
-    let unackedIndexKey = "unacked_index"
+    /// kombu's `global_keyprefix` (a broker transport option), in front of every key and channel name the
+    /// transport uses, as written (kombu adds no separator). Default `""`.
+    public let keyPrefix: String
+    let unackedKey: String
+    let unackedIndexKey: String
     /// The order the next fetch takes the queues in (kombu rotates the queue that just delivered to the end).
-    private let rotation = Mutex(FetchOrder())
+    private let rotation: Mutex<FetchOrder>
     /// Whether the last blocking pop waited for its message (or for nothing): the queues were empty then.
     private let waited = Mutex(false)
 
@@ -28,8 +31,9 @@ public final class RedisBroker: Broker {
     /// - Parameters:
     ///   - blocking: the connection used only for `BRPOP`.
     ///   - commands: the connection for bookkeeping (`unacked`), acks and restores.
-    public convenience init(blocking: RedisClient, commands: RedisClient) {
-        self.init(blocking: blocking, commands: commands, records: nil)
+    ///   - keyPrefix: kombu's `global_keyprefix`.
+    public convenience init(blocking: RedisClient, commands: RedisClient, keyPrefix: String = "") {
+        self.init(blocking: blocking, commands: commands, records: nil, keyPrefix: keyPrefix)
     }
 
     /// - Parameter records: where a blocking pop's record goes out, not waited for: the result backend's client when
@@ -39,9 +43,17 @@ public final class RedisBroker: Broker {
     /// - Parameter idleAfter: a blocking pop whose message came later than this waited for it (the queues were
     ///   empty); one that came sooner took a message that was already waiting. A message already waiting comes
     ///   back within a round trip, a tenth of a millisecond or so on one machine.
-    init(blocking: RedisClient, commands: RedisClient, records: RedisClient?, idleAfter: Duration = .milliseconds(1)) {
+    init(
+        blocking: RedisClient, commands: RedisClient, records: RedisClient?, idleAfter: Duration = .milliseconds(1),
+        keyPrefix: String = ""
+    ) {
         self.blocking = blocking
         self.commands = commands
+        self.keyPrefix = keyPrefix
+        unackedKey = keyPrefix + "unacked"
+        unackedIndexKey = keyPrefix + "unacked_index"
+        mutexKey = keyPrefix + "unacked_mutex"
+        rotation = Mutex(FetchOrder(prefix: keyPrefix))
         self.records = records ?? blocking
         self.idleAfter = idleAfter
     }
@@ -61,12 +73,14 @@ public final class RedisBroker: Broker {
     public func declare(queues: [String]) async throws(CeleryWorkerError) {
         rotation.withLock { $0.set(queues) }
         for queue in queues {
-            let lengths = Self.priorityBuckets.map { RedisCommand("LLEN", RedisArgument(Self.list(for: queue, priority: $0))) }
+            let lengths = Self.priorityBuckets.map {
+                RedisCommand("LLEN", RedisArgument(keyPrefix + Self.list(for: queue, priority: $0)))
+            }
             try await commands.transaction(lengths)
             let member = RedisArgument(queue + Self.separator + Self.separator + queue)
             try await commands.transaction([
-                RedisCommand("SADD", RedisArgument("_kombu.binding.\(queue)"), member),
-                RedisCommand("SADD", RedisArgument("_kombu.binding_permanent.\(queue)"), member),
+                RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding.\(queue)"), member),
+                RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding_permanent.\(queue)"), member),
             ])
         }
     }
@@ -98,9 +112,11 @@ public final class RedisBroker: Broker {
     /// The order in which a fetch takes the queues, with the lists that makes and the `BRPOP` of them, built once
     /// per order rather than once per fetch.
     struct FetchOrder {
+        /// The broker's ``RedisBroker/keyPrefix``, in front of every list.
+        let prefix: String
         private(set) var queues: [String] = []
-        /// Every priority list of the queues in consumption order: step 0 (kombu's highest priority) of every queue,
-        /// then step 3, and so on.
+        /// Every priority list of the queues in consumption order, prefixed: step 0 (kombu's highest priority) of
+        /// every queue, then step 3, and so on.
         private(set) var lists: [String] = []
         /// `BRPOP` of `lists`, with a timeout of one second.
         private(set) var brpop = RedisCommand([])
@@ -109,7 +125,7 @@ public final class RedisBroker: Broker {
             self.queues = queues
             lists = []
             for bucket in RedisBroker.priorityBuckets {
-                for queue in queues { lists.append(RedisBroker.list(for: queue, priority: bucket)) }
+                for queue in queues { lists.append(prefix + RedisBroker.list(for: queue, priority: bucket)) }
             }
             brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
         }
@@ -124,17 +140,18 @@ public final class RedisBroker: Broker {
         }
     }
 
-    /// The queue a list belongs to: the list name without its priority suffix.
-    static func queue(ofList list: String) -> String {
+    /// The queue a list belongs to: the list name without `prefix` (``keyPrefix``) and its priority suffix.
+    static func queue(ofList list: String, prefix: String = "") -> String {
         // Byte-wise over the contiguous UTF-8: the separator is two ASCII control bytes, and Foundation's
         // `range(of:)`, or walking `String.UTF8View` indices, is slow here.
         var list = list
+        let start = prefix.isEmpty || !list.hasPrefix(prefix) ? 0 : prefix.utf8.count
         let end = list.withUTF8 { bytes -> Int? in
-            guard bytes.count >= 2 else { return nil }
-            return (0..<bytes.count - 1).first { bytes[$0] == 0x06 && bytes[$0 + 1] == 0x16 }
+            guard bytes.count >= start + 2 else { return nil }
+            return (start..<bytes.count - 1).first { bytes[$0] == 0x06 && bytes[$0 + 1] == 0x16 }
         }
-        guard let end else { return list }
-        return String(decoding: list.utf8.prefix(end), as: UTF8.self)
+        if start == 0, end == nil { return list }
+        return String(decoding: list.utf8.dropFirst(start).prefix((end ?? list.utf8.count) - start), as: UTF8.self)
     }
 
     /// kombu's record of a message in `unacked`, as one request in Redis's protocol (four commands, four replies):
@@ -301,7 +318,7 @@ public final class RedisBroker: Broker {
             let info = envelope.deliveryInfo
             return (tag, info.exchange, info.routingKey)
         }
-        let queue = Self.queue(ofList: list)
+        let queue = Self.queue(ofList: list, prefix: keyPrefix)
         guard let fields = found ?? KombuEnvelope.deliveryFields(of: raw) else {
             return (BrokerDelivery(raw: raw, queue: queue, receivedAt: receivedAt, deliveryTag: nil, decoded: envelope), nil)
         }
@@ -336,7 +353,7 @@ public final class RedisBroker: Broker {
             // The tag is the one the message was recorded under; the worker decodes the envelope when it receives it.
             popped.append(
                 BrokerDelivery(
-                    raw: raw, queue: Self.queue(ofList: lists[Int(position) - 1]), receivedAt: receivedAt,
+                    raw: raw, queue: Self.queue(ofList: lists[Int(position) - 1], prefix: keyPrefix), receivedAt: receivedAt,
                     deliveryTag: items[index + 2].text))
         }
         return popped
@@ -438,7 +455,8 @@ public final class RedisBroker: Broker {
         """#)
 
     public func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
-        try await commands.send(RedisCommand("LPUSH", RedisArgument(Self.list(for: queue, priority: priority)), RedisArgument(envelope)))
+        try await commands.send(
+            RedisCommand("LPUSH", RedisArgument(keyPrefix + Self.list(for: queue, priority: priority)), RedisArgument(envelope)))
     }
 
     public func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
@@ -463,8 +481,7 @@ public final class RedisBroker: Broker {
     /// stored message back, marked redelivered, to the list for its queue and priority. Tried again when another
     /// client changed `unacked` in between (redis-py's `transaction` does the same).
     func restore(tag: String, atFront: Bool) async throws(CeleryWorkerError) {
-        let unackedKey = self.unackedKey
-        let unackedIndexKey = self.unackedIndexKey
+        let (unackedKey, unackedIndexKey, keyPrefix) = (self.unackedKey, self.unackedIndexKey, self.keyPrefix)
         for _ in 0..<10 {
             // WATCH … EXEC holds the connection throughout, so no other command can slip in and clear the WATCH.
             let done = try await commands.withConnection { connection throws(CeleryWorkerError) -> Bool in
@@ -478,9 +495,10 @@ public final class RedisBroker: Broker {
                     RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)),
                 ]
                 if watched.count == 2, let stored = watched[1].bytes, let record = Self.restoreRecord(stored) {
-                    let queues = try Self.lookup(exchange: record.exchange, routingKey: record.routingKey, on: connection)
+                    let queues = try Self.lookup(
+                        exchange: record.exchange, routingKey: record.routingKey, prefix: keyPrefix, on: connection)
                     for queue in queues {
-                        let list = Self.list(for: queue, priority: record.priority)
+                        let list = keyPrefix + Self.list(for: queue, priority: record.priority)
                         batch.append(RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(record.envelope)))
                     }
                 }
@@ -502,14 +520,18 @@ public final class RedisBroker: Broker {
     /// anonymous exchange (every task message), else the direct bindings in `_kombu.binding.<exchange>`.
     func lookup(exchange: String, routingKey: String) async throws(CeleryWorkerError) -> [String] {
         guard !exchange.isEmpty else { return [routingKey] }
-        return try await commands.withConnection { connection throws(CeleryWorkerError) in
-            try Self.lookup(exchange: exchange, routingKey: routingKey, on: connection)
+        return try await commands.withConnection { [keyPrefix] connection throws(CeleryWorkerError) in
+            try Self.lookup(exchange: exchange, routingKey: routingKey, prefix: keyPrefix, on: connection)
         }
     }
 
-    static func lookup(exchange: String, routingKey: String, on connection: RedisConnection) throws(CeleryWorkerError) -> [String] {
+    /// ``lookup(exchange:routingKey:)`` on a connection already held; `prefix` is the ``keyPrefix``, the queues
+    /// come back without it.
+    static func lookup(
+        exchange: String, routingKey: String, prefix: String, on connection: RedisConnection
+    ) throws(CeleryWorkerError) -> [String] {
         guard !exchange.isEmpty else { return [routingKey] }
-        let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("_kombu.binding.\(exchange)"))])
+        let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)"))])
         var queues: [String] = []
         for member in reply.first?.array ?? [] {
             guard let text = member.text else { continue }
@@ -553,7 +575,7 @@ public final class RedisBroker: Broker {
     // MARK: Visibility timeout
 
     /// kombu's `unacked_mutex`: held while one client sweeps, so two workers never restore the same message.
-    let mutexKey = "unacked_mutex"
+    let mutexKey: String
 
     /// How long our sweep lock lives if we die holding it. kombu always uses 300 s, so a worker killed mid-sweep
     /// stops every sweep for five minutes; we use five visibility timeouts, between 10 s and kombu's 300 s.

@@ -100,17 +100,18 @@ public final class CeleryClient: Sendable {
     let oid = UUID().uuidString.lowercased()
     private let declared = DeclaredQueues()
 
-    /// A client of its own threads and connections. `compression` is its `task_compression`; `resultKeyPrefix`
-    /// what result keys start with (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of a `global_keyprefix`).
+    /// A client of its own threads and connections. `compression` is its `task_compression`; `brokerKeyPrefix`
+    /// the broker's `global_keyprefix` (as written); `resultKeyPrefix` what result keys start with
+    /// (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of the result backend's `global_keyprefix`).
     public init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
-        compression: KombuCompression? = nil, resultKeyPrefix: String = ""
+        compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = ""
     ) {
 
         self.broker = RedisBroker(
             blocking: RedisClient(url: brokerURL),
-            commands: RedisClient(url: brokerURL))
+            commands: RedisClient(url: brokerURL), keyPrefix: brokerKeyPrefix)
         self.backend = resultBackendURL.map {
             RedisResultBackend(
                 client: RedisClient(url: $0), serializer: resultSerializer, expires: resultExpires, keyPrefix: resultKeyPrefix)

@@ -57,7 +57,7 @@ extension WorkerRun {
     func controlLoop() async {
         guard let control = service.control else { return }
         let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
-        let pattern = "/\(configuration.brokerURL.database).celery.pidbox"
+        let pattern = "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox"
         let shutdown = self.shutdown
         let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
         let subscribed = ShutdownSignal()  // set at the first confirmed subscription
@@ -129,12 +129,13 @@ extension WorkerRun {
             ])
         do {
             // kombu's direct exchange: every queue bound with this routing key gets the reply.
-            let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("_kombu.binding.\(exchange)")))
+            let prefix = configuration.brokerKeyPrefix
+            let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)")))
             for member in members.array ?? [] {
                 guard let text = member.text else { continue }
                 let parts = text.components(separatedBy: RedisBroker.separator)
                 guard parts.count == 3, parts[0] == routingKey else { continue }
-                try await replies.send(RedisCommand("LPUSH", RedisArgument(parts[2]), RedisArgument(answer.encoded())))
+                try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + parts[2]), RedisArgument(answer.encoded())))
             }
         } catch {
             logger.warning("Cannot reply to remote control \(method): \(error.message)")

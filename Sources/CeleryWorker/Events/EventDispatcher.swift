@@ -20,8 +20,12 @@ final class EventDispatcher: Sendable {
     var sendsTaskEvents: Bool { taskEvents.withLock { $0 } }
     func setTaskEvents(_ enabled: Bool) { taskEvents.withLock { $0 = enabled } }
 
-    init(client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool) {
+    /// kombu's `global_keyprefix`, in front of every channel.
+    let keyPrefix: String
+
+    init(client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool, keyPrefix: String = "") {
         self.client = client
+        self.keyPrefix = keyPrefix
         self.hostname = hostname
         self.database = database
         self.version = version
@@ -68,7 +72,7 @@ final class EventDispatcher: Sendable {
     /// Publishes the event that `makeBody` builds. The body (and so its clock tick) is made while the events
     /// connection is held, so receivers get this worker's events in clock order even when tasks send them at once.
     private func publish(routingKey: String, _ makeBody: @escaping @Sendable () -> CeleryValue) async {
-        let channel = RedisArgument("/\(database).celeryev/\(routingKey)")
+        let channel = RedisArgument("\(keyPrefix)/\(database).celeryev/\(routingKey)")
         let hostname = self.hostname
         // Events are best effort, as in Python: a lost event is not retried.
         _ = try? await client.withConnection { connection throws(CeleryWorkerError) in

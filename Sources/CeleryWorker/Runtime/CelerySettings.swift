@@ -32,6 +32,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var defaultQueue: String?
     public var sendTaskEvents: Bool?
     public var visibilityTimeout: Double?
+    /// `broker_transport_options: {global_keyprefix: …}`.
+    public var brokerKeyPrefix: String?
     /// `result_backend_transport_options: {global_keyprefix: …}`, as written (not yet normalized).
     public var resultKeyPrefix: String?
     /// Keys the worker does not know, each with a sentence for a warning.
@@ -196,8 +198,11 @@ public struct CelerySettings: Sendable, Equatable {
         add(["broker_transport_options", "BROKER_TRANSPORT_OPTIONS"]) { settings, field in
             guard let options = field.value as? [String: Any] else { throw field.fail("a mapping") }
             for (name, value) in options {
+                let option = Field(source: field.source, key: "\(field.key).\(name)", value: value)
                 if name == "visibility_timeout" {
-                    settings.visibilityTimeout = try Field(source: field.source, key: "\(field.key).\(name)", value: value).seconds()
+                    settings.visibilityTimeout = try option.seconds()
+                } else if name == "global_keyprefix" {
+                    settings.brokerKeyPrefix = try option.string()
                 } else {
                     settings.warnings.append("\(field.source): broker transport option '\(name)' is ignored")
                 }

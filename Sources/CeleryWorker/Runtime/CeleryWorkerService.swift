@@ -56,7 +56,7 @@ public final class CeleryWorkerService: Service {
         let records = results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
         let broker = RedisBroker(
             blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
-            commands: client(configuration.brokerURL), records: records)
+            commands: client(configuration.brokerURL), records: records, keyPrefix: configuration.brokerKeyPrefix)
         let backend = results.map { results in
             RedisResultBackend(
                 client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires,
@@ -65,7 +65,7 @@ public final class CeleryWorkerService: Service {
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
             database: configuration.brokerURL.database, version: Self.version,
-            sendsTaskEvents: configuration.sendTaskEvents)
+            sendsTaskEvents: configuration.sendTaskEvents, keyPrefix: configuration.brokerKeyPrefix)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
@@ -75,7 +75,8 @@ public final class CeleryWorkerService: Service {
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
-                compression: configuration.taskCompression, resultKeyPrefix: configuration.resultKeyPrefix))
+                compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
+                resultKeyPrefix: configuration.resultKeyPrefix))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

@@ -23,6 +23,9 @@ public struct WorkerConfiguration: Sendable {
     public var resultSerializer: CeleryContentType
     /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
     public var acceptContent: Set<CeleryContentType>
+    /// What every broker key and channel starts with: `broker_transport_options`' `global_keyprefix`, as written
+    /// (kombu adds no separator). Default `""`.
+    public var brokerKeyPrefix: String
     /// What every result key starts with: `result_backend_transport_options`' `global_keyprefix`, as Celery
     /// normalizes it (``WorkerConfiguration/resultKeyPrefix(normalizing:)``). Default `""`.
     public var resultKeyPrefix: String
@@ -115,6 +118,7 @@ public struct WorkerConfiguration: Sendable {
         taskSerializer: CeleryContentType = .json,
         taskCompression: KombuCompression? = nil,
         rejectOnWorkerLost: Bool = false,
+        brokerKeyPrefix: String = "",
         resultKeyPrefix: String = ""
     ) {
         self.brokerURL = brokerURL
@@ -140,6 +144,7 @@ public struct WorkerConfiguration: Sendable {
         self.taskSerializer = taskSerializer
         self.taskCompression = taskCompression
         self.rejectOnWorkerLost = rejectOnWorkerLost
+        self.brokerKeyPrefix = brokerKeyPrefix
         self.resultKeyPrefix = resultKeyPrefix
     }
 
