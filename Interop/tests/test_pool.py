@@ -145,6 +145,23 @@ def test_reject_on_worker_lost_requeues_the_task_of_a_killed_child(start_worker,
         app.tasks["tasks.crash"].delay().get(timeout=10)
 
 
+def test_retry_on_worker_lost_retries_until_max_retries_then_fails(start_worker, make_app, tmp_path):
+    """Celery 5.7's retry_on_worker_lost, which takes precedence over reject_on_worker_lost."""
+    from celery.exceptions import WorkerLostError
+
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text("task_acks_late: true\ntask_reject_on_worker_lost: true\ntask_retry_on_worker_lost: true\n")
+    worker = start_worker("-n", "retrylost@%h", "-P", "process", "-c", "1", "--config", str(config))
+    app = make_app()
+    crashing = app.tasks["tasks.crash"].delay()  # default_retry_delay 0.1 s, max_retries 3
+    with pytest.raises(WorkerLostError, match="Worker exited prematurely: signal"):
+        crashing.get(timeout=20)
+    assert worker.log.count(f"Task tasks.crash[{crashing.id}] received") == 4
+    assert worker.log.count(f"Task tasks.crash[{crashing.id}] retry: Retry in 0.1s") == 3
+    assert "requeued" not in worker.log
+    assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
+
+
 def test_terminate_kills_the_child(start_worker, make_app):
     from celery.exceptions import TaskRevokedError
 

@@ -55,8 +55,9 @@ enum DemoTasks {
         registry.register("tasks.mul", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x * y }
         registry.register("tasks.tsum", parameters: ["numbers"]) { (_, numbers: [Int]) in numbers.reduce(0, +) }
         // Kills the process running it, to show how the process pool contains a crash (WorkerLostError). With the
-        // thread pool that process is the worker itself, so there it refuses.
-        registry.register("tasks.crash") { _ -> String in
+        // thread pool that process is the worker itself, so there it refuses. Retried 0.1 s apart when
+        // task_retry_on_worker_lost is on.
+        registry.register("tasks.crash", options: TaskOptions(defaultRetryDelay: 0.1)) { _ -> String in
             guard CeleryWorkerService.isPoolChild else {
                 throw PythonException(type: "RuntimeError", message: "tasks.crash only crashes process-pool children")
             }

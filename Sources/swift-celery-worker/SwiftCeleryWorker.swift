@@ -197,6 +197,7 @@ struct WorkerCommand: AsyncParsableCommand {
             taskSerializer: file.taskSerializer ?? .json,
             taskCompression: file.taskCompression ?? nil,
             rejectOnWorkerLost: file.rejectOnWorkerLost ?? false,
+            retryOnWorkerLost: file.retryOnWorkerLost ?? false,
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )

@@ -35,6 +35,7 @@ struct CelerySettingsTests {
             CELERY_RESULT_BACKEND: redis://h/3
             CELERY_ACKS_LATE: true
             CELERY_REJECT_ON_WORKER_LOST: true
+            task_retry_on_worker_lost: true
             CELERYD_TASK_SOFT_TIME_LIMIT: 2.5
             CELERY_TASK_RESULT_EXPIRES: 60
             CELERY_TRACK_STARTED: true
@@ -43,7 +44,7 @@ struct CelerySettingsTests {
             worker_hijack_root_logger: false
             """, source: "old.yaml")
         #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
-        #expect(settings.acksLate == true && settings.trackStarted == true && settings.rejectOnWorkerLost == true)
+        #expect(settings.acksLate == true && settings.trackStarted == true && settings.rejectOnWorkerLost == true && settings.retryOnWorkerLost == true)
         #expect(settings.softTimeLimit == 2.5 && settings.resultExpires == 60 && settings.visibilityTimeout == 120)
         #expect(settings.resultKeyPrefix == "tenant:" && settings.brokerKeyPrefix == "t1:")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant:") == "tenant:")

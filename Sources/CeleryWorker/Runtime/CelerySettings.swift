@@ -22,6 +22,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var logFile: String?
     public var acksLate: Bool?
     public var rejectOnWorkerLost: Bool?
+    public var retryOnWorkerLost: Bool?
     public var timeLimit: Double?
     public var softTimeLimit: Double?
     public var concurrency: Int?
@@ -181,6 +182,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
         add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
         add(["task_reject_on_worker_lost", "CELERY_REJECT_ON_WORKER_LOST"]) { $0.rejectOnWorkerLost = try $1.bool() }
+        add(["task_retry_on_worker_lost", "CELERY_RETRY_ON_WORKER_LOST"]) { $0.retryOnWorkerLost = try $1.bool() }
         add(["task_time_limit", "CELERYD_TASK_TIME_LIMIT"]) { $0.timeLimit = try $1.seconds() }
         add(["task_soft_time_limit", "CELERYD_TASK_SOFT_TIME_LIMIT"]) { $0.softTimeLimit = try $1.seconds() }
         add(["worker_concurrency", "CELERYD_CONCURRENCY"]) { $0.concurrency = try $1.int() }

@@ -28,11 +28,15 @@ public struct TaskOptions: Sendable {
     /// goes back to its queue to run again, and no FAILURE is stored (`reject_on_worker_lost`); `nil` uses the
     /// worker's setting. As in Python, a task that always kills its process then runs again and again.
     public var rejectOnWorkerLost: Bool?
+    /// A task whose pool process was lost is retried, as `Task.retry` would (`default_retry_delay`, `max_retries`;
+    /// the loss is its FAILURE once they run out), whatever acks-late says (Celery 5.7's `retry_on_worker_lost`,
+    /// which takes precedence over ``rejectOnWorkerLost``); `nil` uses the worker's setting.
+    public var retryOnWorkerLost: Bool?
 
     public init(
         ignoreResult: Bool = false, acksLate: Bool? = nil, maxRetries: Int? = 3, defaultRetryDelay: Double = 180,
         retryPolicy: RetryPolicy = RetryPolicy(), trackStarted: Bool? = nil, softTimeLimit: Double? = nil,
-        timeLimit: Double? = nil, rateLimit: String? = nil, rejectOnWorkerLost: Bool? = nil
+        timeLimit: Double? = nil, rateLimit: String? = nil, rejectOnWorkerLost: Bool? = nil, retryOnWorkerLost: Bool? = nil
     ) {
         self.ignoreResult = ignoreResult
         self.acksLate = acksLate
@@ -44,6 +48,7 @@ public struct TaskOptions: Sendable {
         self.timeLimit = timeLimit
         self.rateLimit = rateLimit
         self.rejectOnWorkerLost = rejectOnWorkerLost
+        self.retryOnWorkerLost = retryOnWorkerLost
     }
 }
 

@@ -19,6 +19,8 @@ public struct WorkerConfiguration: Sendable {
     /// With acks-late, give a message back to its queue when its pool process is lost instead of failing it with
     /// `WorkerLostError` (`task_reject_on_worker_lost`). Default `false`.
     public var rejectOnWorkerLost: Bool
+    /// Retry a task whose pool process was lost (`task_retry_on_worker_lost`, Celery 5.7). Default `false`.
+    public var retryOnWorkerLost: Bool
     /// How results are serialized (`result_serializer`). Default JSON.
     public var resultSerializer: CeleryContentType
     /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
@@ -118,6 +120,7 @@ public struct WorkerConfiguration: Sendable {
         taskSerializer: CeleryContentType = .json,
         taskCompression: KombuCompression? = nil,
         rejectOnWorkerLost: Bool = false,
+        retryOnWorkerLost: Bool = false,
         brokerKeyPrefix: String = "",
         resultKeyPrefix: String = ""
     ) {
@@ -144,6 +147,7 @@ public struct WorkerConfiguration: Sendable {
         self.taskSerializer = taskSerializer
         self.taskCompression = taskCompression
         self.rejectOnWorkerLost = rejectOnWorkerLost
+        self.retryOnWorkerLost = retryOnWorkerLost
         self.brokerKeyPrefix = brokerKeyPrefix
         self.resultKeyPrefix = resultKeyPrefix
     }

@@ -384,7 +384,8 @@ extension WorkerRun {
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return holdsPrefetch
         case .failure(let lost as WorkerLostError)
-        where machine.acksLate && (job.task.options.rejectOnWorkerLost ?? configuration.rejectOnWorkerLost):
+        where machine.acksLate && (job.task.options.rejectOnWorkerLost ?? configuration.rejectOnWorkerLost)
+            && !retriesOnWorkerLost(job):
             // Python's reject_on_worker_lost: the message goes back to its queue, nothing is stored.
             logger.error("Task handler raised error: \(lost.pythonException.repr)")
             logger.warning("Task \(job.displayName)[\(message.id)] requeued: its pool process was lost (reject_on_worker_lost)")
@@ -497,7 +498,17 @@ extension WorkerRun {
     /// from a pool child were already matched against `autoretry` there.
     private func retryRequest(for error: any Error, job: PreparedJob) -> RetryTask? {
         if error is RemoteTaskError { return nil }
+        if error is WorkerLostError {
+            // Never an autoretry (Python's runs in the child, which is gone); Celery 5.7's retry_on_worker_lost:
+            // default_retry_delay and max_retries, and the loss itself once they run out.
+            guard retriesOnWorkerLost(job) else { return nil }
+            return RetryTask(countdown: job.task.options.defaultRetryDelay, cause: error)
+        }
         return RetryTask.request(for: error, options: job.task.options, retries: job.message.retries)
+    }
+
+    private func retriesOnWorkerLost(_ job: PreparedJob) -> Bool {
+        job.task.options.retryOnWorkerLost ?? configuration.retryOnWorkerLost
     }
 
     /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY. Returns the
