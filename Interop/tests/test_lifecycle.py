@@ -135,6 +135,8 @@ def test_bad_flags_fail_with_a_clear_message():
                        (["--visibility-timeout", "-5"], "--visibility-timeout must be more than 0 seconds"),
                        (["--prefetch-multiplier", "-1"], "--prefetch-multiplier must be 0 or more"),
                        (["--metrics-port", "-1"], "--metrics-port must be a TCP port"),
+                       (["--max-tasks-per-child", "0"], "--max-tasks-per-child must be at least 1"),
+                       (["--max-memory-per-child", "-5"], "--max-memory-per-child must be at least 1 KiB"),
                        (["--broker", "http://x"], "invalid Redis URL"),
                        (["-l", "LOUD"], "Invalid log level"),
                        (["--result-serializer", "pickle"], "json or msgpack"),

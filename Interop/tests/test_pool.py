@@ -162,6 +162,31 @@ def test_retry_on_worker_lost_retries_until_max_retries_then_fails(start_worker,
     assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
 
 
+def test_max_tasks_per_child_replaces_the_child(start_worker, make_app):
+    worker = start_worker("-n", "maxtasks@%h", "-P", "process", "-c", "1", "--max-tasks-per-child", "2")
+    app = make_app()
+    first = children_of(worker.proc.pid)
+    assert len(first) == 1
+    assert [app.tasks["tasks.add"].delay(i, i).get(timeout=10) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert worker.log.count("after 2 tasks (max tasks per child 2)") == 2
+    now = children_of(worker.proc.pid)
+    assert len(now) == 1 and now.isdisjoint(first)
+    (stats,) = app.control.inspect(timeout=1).stats().values()
+    assert stats["pool"]["max-tasks-per-child"] == 2 and stats["pool"]["processes"] == sorted(now)
+
+
+def test_max_memory_per_child_replaces_a_child_past_the_limit(start_worker, make_app):
+    # Every child holds more than 1 000 KiB, so each is replaced after its task; none holds 10 GiB.
+    worker = start_worker("-n", "maxmem@%h", "-P", "process", "-c", "1", "--max-memory-per-child", "1000")
+    app = make_app()
+    assert [app.tasks["tasks.add"].delay(i, 1).get(timeout=10) for i in range(3)] == [1, 2, 3]
+    assert worker.log.count("KiB resident (max memory per child 1000 KiB)") == 3
+    roomy = start_worker("-n", "roomy@%h", "-P", "process", "-c", "1", "--max-memory-per-child", "10000000", "-Q", "roomy")
+    first = children_of(roomy.proc.pid)
+    assert [app.tasks["tasks.add"].apply_async((i, 1), queue="roomy").get(timeout=10) for i in range(3)] == [1, 2, 3]
+    assert "max memory per child" not in roomy.log and children_of(roomy.proc.pid) == first
+
+
 def test_terminate_kills_the_child(start_worker, make_app):
     from celery.exceptions import TaskRevokedError
 

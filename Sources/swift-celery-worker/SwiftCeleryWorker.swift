@@ -80,6 +80,16 @@ struct WorkerCommand: AsyncParsableCommand {
     var timeLimit: Double?
 
     @Option(
+        name: .customLong("max-tasks-per-child"), parsing: .unconditional,
+        help: "With --pool process: replace a child after this many tasks (default: never).")
+    var maxTasksPerChild: Int?
+
+    @Option(
+        name: .customLong("max-memory-per-child"), parsing: .unconditional,
+        help: "With --pool process: replace a child whose peak resident memory passed this many KiB, after its task.")
+    var maxMemoryPerChild: Int?
+
+    @Option(
         name: [.customShort("P"), .customLong("pool")],
         help:
             "threads (default: task bodies on threads in the worker), process (alias prefork: child processes the worker can kill) or solo (one task at a time, on the thread that fetches and writes results)."
@@ -168,7 +178,15 @@ struct WorkerCommand: AsyncParsableCommand {
             }
             poolKind = parsed
         }
+        let maxTasksPerChild = self.maxTasksPerChild ?? file.maxTasksPerChild
+        try check((maxTasksPerChild ?? 1) >= 1, "--max-tasks-per-child must be at least 1.")
+        let maxMemoryPerChild = self.maxMemoryPerChild ?? file.maxMemoryPerChild
+        try check((maxMemoryPerChild ?? 1) >= 1, "--max-memory-per-child must be at least 1 KiB.")
         var warnings = file.warnings
+        if maxTasksPerChild != nil || maxMemoryPerChild != nil, poolKind != .process {
+            warnings.append(
+                "--max-tasks-per-child and --max-memory-per-child apply to --pool process only; the \(poolKind.rawValue) pool has no children.")
+        }
         if timeLimit != nil, poolKind != .process {
             warnings.append(
                 "--time-limit/task_time_limit is not enforced by the \(poolKind.rawValue) pool (a thread cannot be stopped): use --pool process.")
@@ -198,6 +216,8 @@ struct WorkerCommand: AsyncParsableCommand {
             taskCompression: file.taskCompression ?? nil,
             rejectOnWorkerLost: file.rejectOnWorkerLost ?? false,
             retryOnWorkerLost: file.retryOnWorkerLost ?? false,
+            maxTasksPerChild: maxTasksPerChild,
+            maxMemoryPerChild: maxMemoryPerChild,
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )

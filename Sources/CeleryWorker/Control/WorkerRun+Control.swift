@@ -470,8 +470,8 @@ extension WorkerRun {
             stats["put-guarded-by-semaphore"] = true
             stats["timeouts"] = []
         case .process:
-            // No child is replaced after a number of tasks (Python says "N/A" when that is not set).
-            stats["max-tasks-per-child"] = "N/A"
+            // Python says "N/A" when it is not set.
+            stats["max-tasks-per-child"] = configuration.maxTasksPerChild.map { .int(Int64($0)) } ?? "N/A"
             stats["put-guarded-by-semaphore"] = false
             stats["timeouts"] = [Self.seconds(configuration.softTimeLimit), Self.seconds(configuration.timeLimit)]
             if let pool { stats["writes"] = pool.writeStats }

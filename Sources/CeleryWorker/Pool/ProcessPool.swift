@@ -30,13 +30,19 @@ final class ProcessPool: Sendable {
     private let writing = Atomic<Int>(0)
     private let size: Int
     private let logger: Logger
+    /// Jobs a child runs before it is replaced (`--max-tasks-per-child`); `nil`: no limit.
+    let maxTasksPerChild: Int?
+    /// Peak resident memory, in KiB, past which a child is replaced after its job (`--max-memory-per-child`).
+    let maxMemoryPerChild: Int?
 
     /// The environment variable that puts the worker binary in child mode; its value is the child's number.
     static let childVariable = "SWIFT_CELERY_POOL_CHILD"
 
-    init(size: Int, logger: Logger) {
+    init(size: Int, logger: Logger, maxTasksPerChild: Int? = nil, maxMemoryPerChild: Int? = nil) {
         self.size = size
         self.logger = logger
+        self.maxTasksPerChild = maxTasksPerChild
+        self.maxMemoryPerChild = maxMemoryPerChild
         // A write to the pipe of a child that just died must fail with EPIPE, not kill the worker.
         signal(SIGPIPE, SIG_IGN)
     }
@@ -114,8 +120,9 @@ final class ProcessPool: Sendable {
                     try? await context.updateState(TaskState(state), meta: frame["meta"] ?? .null)
                     continue
                 }
-                idle.withLock { $0.append(child) }
-                return PoolOutcome.result(of: frame)
+                let outcome = PoolOutcome.result(of: frame)
+                keepOrRetire(child)
+                return outcome
             }
             return ended(child)
         } onCancel: {
@@ -127,22 +134,47 @@ final class ProcessPool: Sendable {
         }
     }
 
+    /// After a job that finished: the child goes back to the idle ones, or, once it ran `maxTasksPerChild` jobs or
+    /// its peak resident memory passed `maxMemoryPerChild`, it exits (its job pipe closes) and a new child takes
+    /// its place, as billiard replaces one.
+    private func keepOrRetire(_ child: PoolProcess) {
+        let jobs = child.finishedJob()
+        var reason: String?
+        if let limit = maxTasksPerChild, jobs >= limit {
+            reason = "after \(jobs) tasks (max tasks per child \(limit))"
+        } else if let limit = maxMemoryPerChild, let peak = child.peakResidentKiB(), peak > limit {
+            reason = "at \(peak) KiB resident (max memory per child \(limit) KiB)"
+        }
+        guard let reason, !stopping.load(ordering: .relaxed) else {
+            idle.withLock { $0.append(child) }
+            return
+        }
+        let status = child.reap()
+        live.withLock { $0[child.pid] = nil }
+        logger.info("Process '\(child.name)' pid:\(child.pid) exited with '\(status)' \(reason)")
+        replace(child)
+    }
+
+    /// Starts a child in place of one that exited, which hands on its share of `written`.
+    private func replace(_ child: PoolProcess) {
+        guard !stopping.load(ordering: .relaxed) else { return }
+        do {
+            let replacement = try spawn()
+            written.withLock { written in
+                if let index = written.firstIndex(where: { $0.pid == child.pid }) { written[index].pid = replacement.pid }
+            }
+            idle.withLock { $0.append(replacement) }
+        } catch {
+            logger.error("Cannot start a pool process: \(error)")
+        }
+    }
+
     /// A child whose pipe closed: reaps it, logs how it ended, and says what that means for its task.
     private func ended(_ child: PoolProcess) -> Result<CeleryValue, any Error> {
         let status = child.reap()
         live.withLock { $0[child.pid] = nil }
         logger.error("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
-        if !stopping.load(ordering: .relaxed) {
-            do {
-                let replacement = try spawn()
-                written.withLock { written in
-                    if let index = written.firstIndex(where: { $0.pid == child.pid }) { written[index].pid = replacement.pid }
-                }
-                idle.withLock { $0.append(replacement) }
-            } catch {
-                logger.error("Cannot start a pool process: \(error)")
-            }
-        }
+        replace(child)
         switch child.killedBecause {
         case .timeLimit(let limit)?: return .failure(HardTimeLimitExceeded(limit: limit))
         case .terminated?, .shutdown?: return .failure(CancellationError())
@@ -187,6 +219,8 @@ final class PoolProcess: Sendable {
     /// The worker reads outcomes here (the child's fd 4).
     let output: Int32
     private let state = Mutex<(killed: KillReason?, inputOpen: Bool, status: String?)>((nil, true, nil))
+    /// Jobs this child finished.
+    private let jobs = Atomic<Int>(0)
 
     private init(pid: Int32, name: String, input: Int32, output: Int32) {
         self.pid = pid
@@ -196,6 +230,20 @@ final class PoolProcess: Sendable {
     }
 
     var killedBecause: KillReason? { state.withLock { $0.killed } }
+
+    /// Counts a finished job; returns how many this child finished.
+    func finishedJob() -> Int { jobs.add(1, ordering: .relaxed).newValue }
+
+    /// The child's peak resident memory in KiB (`VmHWM` in `/proc/<pid>/status`, what `ru_maxrss` gives Python's
+    /// child); `nil` when it cannot be read.
+    func peakResidentKiB() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            // `VmHWM:\t   12345 kB`
+            return Int(line.dropFirst("VmHWM:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
+        }
+        return nil
+    }
 
     func signal(_ number: Int32) {
         let running = state.withLock { $0.status == nil }

@@ -23,6 +23,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var acksLate: Bool?
     public var rejectOnWorkerLost: Bool?
     public var retryOnWorkerLost: Bool?
+    public var maxTasksPerChild: Int?
+    public var maxMemoryPerChild: Int?
     public var timeLimit: Double?
     public var softTimeLimit: Double?
     public var concurrency: Int?
@@ -193,6 +195,8 @@ public struct CelerySettings: Sendable, Equatable {
             settings.pool = pool
         }
         add(["worker_prefetch_multiplier", "CELERYD_PREFETCH_MULTIPLIER"]) { $0.prefetchMultiplier = try $1.int() }
+        add(["worker_max_tasks_per_child", "CELERYD_MAX_TASKS_PER_CHILD"]) { $0.maxTasksPerChild = try $1.int() }
+        add(["worker_max_memory_per_child", "CELERYD_MAX_MEMORY_PER_CHILD"]) { $0.maxMemoryPerChild = try $1.int() }
         add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
         add(["result_extended", "CELERY_RESULT_EXTENDED"]) { $0.resultExtended = try $1.bool() }
         add(["task_default_queue", "CELERY_DEFAULT_QUEUE"]) { $0.defaultQueue = try $1.string() }

@@ -137,7 +137,11 @@ public final class CeleryWorkerService: Service {
         // Solo and threads: tasks, the worker's bookkeeping and (on Redis) its connections share one event loop.
         let lane = self.lane ?? Self.makeLane(configuration)
         let executor = lane ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
-        let pool = configuration.pool == .process ? ProcessPool(size: configuration.concurrency, logger: logger) : nil
+        let pool =
+            configuration.pool == .process
+            ? ProcessPool(
+                size: configuration.concurrency, logger: logger, maxTasksPerChild: configuration.maxTasksPerChild,
+                maxMemoryPerChild: configuration.maxMemoryPerChild) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
         // The worker's own bookkeeping runs on the event loop, or (process pool) on one thread of its own: hand-offs

@@ -54,6 +54,12 @@ public struct WorkerConfiguration: Sendable {
     /// Seconds after which a running task is killed (`task_time_limit`); `nil`: none. Enforced by the process
     /// pool only; the thread pool cannot stop a thread.
     public var timeLimit: Double?
+    /// With `--pool process`, a child is replaced after this many tasks (`--max-tasks-per-child`,
+    /// `worker_max_tasks_per_child`); `nil`: never.
+    public var maxTasksPerChild: Int?
+    /// With `--pool process`, a child whose peak resident memory passed this many KiB is replaced after its task
+    /// (`--max-memory-per-child`, `worker_max_memory_per_child`); `nil`: never.
+    public var maxMemoryPerChild: Int?
     /// Where task bodies run (`-P`, `worker_pool`). Default: threads in the worker process.
     public var pool: PoolKind
     /// Where callbacks, chain steps and chord bodies without a `queue` option are sent (`task_default_queue`).
@@ -121,6 +127,8 @@ public struct WorkerConfiguration: Sendable {
         taskCompression: KombuCompression? = nil,
         rejectOnWorkerLost: Bool = false,
         retryOnWorkerLost: Bool = false,
+        maxTasksPerChild: Int? = nil,
+        maxMemoryPerChild: Int? = nil,
         brokerKeyPrefix: String = "",
         resultKeyPrefix: String = ""
     ) {
@@ -148,6 +156,8 @@ public struct WorkerConfiguration: Sendable {
         self.taskCompression = taskCompression
         self.rejectOnWorkerLost = rejectOnWorkerLost
         self.retryOnWorkerLost = retryOnWorkerLost
+        self.maxTasksPerChild = maxTasksPerChild
+        self.maxMemoryPerChild = maxMemoryPerChild
         self.brokerKeyPrefix = brokerKeyPrefix
         self.resultKeyPrefix = resultKeyPrefix
     }
