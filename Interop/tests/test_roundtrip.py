@@ -1,4 +1,5 @@
 """Python Celery produces, the Swift worker runs, Python's AsyncResult reads: success, failure, values."""
+import json
 import threading
 import time
 
@@ -140,5 +141,23 @@ def test_ignore_result_stores_nothing(start_worker, make_app, backend_redis):
     start_worker("-c", "1")
     app = make_app()
     result = app.tasks["tasks.add"].apply_async((1, 2), ignore_result=True)
-    app.tasks["tasks.add"].delay(0, 0).get(timeout=10)  # the worker has handled the first one by now
+    failed = app.tasks["tasks.fail"].apply_async(("ignored",), ignore_result=True)
+    app.tasks["tasks.add"].delay(0, 0).get(timeout=10)  # the worker has handled the first ones by now
+    assert backend_redis.get(f"celery-task-meta-{result.id}") is None
+    assert backend_redis.get(f"celery-task-meta-{failed.id}") is None
+
+
+def test_store_errors_even_if_ignored(start_worker, make_app, backend_redis, tmp_path):
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text("task_store_errors_even_if_ignored: true\n")
+    start_worker("-c", "1", "--config", str(config))
+    app = make_app()
+    result = app.tasks["tasks.add"].apply_async((1, 2), ignore_result=True)
+    failed = app.tasks["tasks.fail"].apply_async(("kept",), ignore_result=True)
+    app.tasks["tasks.add"].delay(0, 0).get(timeout=10)  # the worker has handled the first ones by now
+    # (AsyncResult.get returns at once for a task sent with ignore_result: read what is stored.)
+    stored = json.loads(backend_redis.get(f"celery-task-meta-{failed.id}"))
+    assert stored["status"] == "FAILURE" and stored["result"]["exc_message"] == ["kept"]
+    with pytest.raises(ValueError, match="kept"):
+        app.AsyncResult(failed.id).get(timeout=10)
     assert backend_redis.get(f"celery-task-meta-{result.id}") is None

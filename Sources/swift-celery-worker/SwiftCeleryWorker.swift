@@ -216,6 +216,7 @@ struct WorkerCommand: AsyncParsableCommand {
             taskCompression: file.taskCompression ?? nil,
             rejectOnWorkerLost: file.rejectOnWorkerLost ?? false,
             retryOnWorkerLost: file.retryOnWorkerLost ?? false,
+            storeErrorsEvenIfIgnored: file.storeErrorsEvenIfIgnored ?? false,
             maxTasksPerChild: maxTasksPerChild,
             maxMemoryPerChild: maxMemoryPerChild,
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",

@@ -36,6 +36,7 @@ struct CelerySettingsTests {
             CELERY_ACKS_LATE: true
             CELERY_REJECT_ON_WORKER_LOST: true
             task_retry_on_worker_lost: true
+            CELERY_STORE_ERRORS_EVEN_IF_IGNORED: true
             CELERYD_TASK_SOFT_TIME_LIMIT: 2.5
             CELERY_TASK_RESULT_EXPIRES: 60
             CELERY_TRACK_STARTED: true
@@ -46,6 +47,7 @@ struct CelerySettingsTests {
         #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
         #expect(settings.acksLate == true && settings.trackStarted == true)
         #expect(settings.rejectOnWorkerLost == true && settings.retryOnWorkerLost == true)
+        #expect(settings.storeErrorsEvenIfIgnored == true)
         #expect(settings.softTimeLimit == 2.5 && settings.resultExpires == 60 && settings.visibilityTimeout == 120)
         #expect(settings.resultKeyPrefix == "tenant:" && settings.brokerKeyPrefix == "t1:")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant:") == "tenant:")

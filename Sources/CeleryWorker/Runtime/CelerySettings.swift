@@ -23,6 +23,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var acksLate: Bool?
     public var rejectOnWorkerLost: Bool?
     public var retryOnWorkerLost: Bool?
+    public var storeErrorsEvenIfIgnored: Bool?
     public var maxTasksPerChild: Int?
     public var maxMemoryPerChild: Int?
     public var timeLimit: Double?
@@ -185,6 +186,9 @@ public struct CelerySettings: Sendable, Equatable {
         add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
         add(["task_reject_on_worker_lost", "CELERY_REJECT_ON_WORKER_LOST"]) { $0.rejectOnWorkerLost = try $1.bool() }
         add(["task_retry_on_worker_lost", "CELERY_RETRY_ON_WORKER_LOST"]) { $0.retryOnWorkerLost = try $1.bool() }
+        add(["task_store_errors_even_if_ignored", "CELERY_STORE_ERRORS_EVEN_IF_IGNORED"]) {
+            $0.storeErrorsEvenIfIgnored = try $1.bool()
+        }
         add(["task_time_limit", "CELERYD_TASK_TIME_LIMIT"]) { $0.timeLimit = try $1.seconds() }
         add(["task_soft_time_limit", "CELERYD_TASK_SOFT_TIME_LIMIT"]) { $0.softTimeLimit = try $1.seconds() }
         add(["worker_concurrency", "CELERYD_CONCURRENCY"]) { $0.concurrency = try $1.int() }

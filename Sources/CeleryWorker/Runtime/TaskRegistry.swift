@@ -32,11 +32,15 @@ public struct TaskOptions: Sendable {
     /// the loss is its FAILURE once they run out), whatever acks-late says (Celery 5.7's `retry_on_worker_lost`,
     /// which takes precedence over ``rejectOnWorkerLost``); `nil` uses the worker's setting.
     public var retryOnWorkerLost: Bool?
+    /// Store FAILURE and RETRY even when the result is ignored (`store_errors_even_if_ignored`); `nil` uses the
+    /// worker's setting.
+    public var storeErrorsEvenIfIgnored: Bool?
 
     public init(
         ignoreResult: Bool = false, acksLate: Bool? = nil, maxRetries: Int? = 3, defaultRetryDelay: Double = 180,
         retryPolicy: RetryPolicy = RetryPolicy(), trackStarted: Bool? = nil, softTimeLimit: Double? = nil,
-        timeLimit: Double? = nil, rateLimit: String? = nil, rejectOnWorkerLost: Bool? = nil, retryOnWorkerLost: Bool? = nil
+        timeLimit: Double? = nil, rateLimit: String? = nil, rejectOnWorkerLost: Bool? = nil, retryOnWorkerLost: Bool? = nil,
+        storeErrorsEvenIfIgnored: Bool? = nil
     ) {
         self.ignoreResult = ignoreResult
         self.acksLate = acksLate
@@ -49,6 +53,7 @@ public struct TaskOptions: Sendable {
         self.rateLimit = rateLimit
         self.rejectOnWorkerLost = rejectOnWorkerLost
         self.retryOnWorkerLost = retryOnWorkerLost
+        self.storeErrorsEvenIfIgnored = storeErrorsEvenIfIgnored
     }
 }
 

@@ -21,6 +21,8 @@ public struct WorkerConfiguration: Sendable {
     public var rejectOnWorkerLost: Bool
     /// Retry a task whose pool process was lost (`task_retry_on_worker_lost`, Celery 5.7). Default `false`.
     public var retryOnWorkerLost: Bool
+    /// Store FAILURE and RETRY of tasks whose result is ignored (`task_store_errors_even_if_ignored`). Default `false`.
+    public var storeErrorsEvenIfIgnored: Bool
     /// How results are serialized (`result_serializer`). Default JSON.
     public var resultSerializer: CeleryContentType
     /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
@@ -127,6 +129,7 @@ public struct WorkerConfiguration: Sendable {
         taskCompression: KombuCompression? = nil,
         rejectOnWorkerLost: Bool = false,
         retryOnWorkerLost: Bool = false,
+        storeErrorsEvenIfIgnored: Bool = false,
         maxTasksPerChild: Int? = nil,
         maxMemoryPerChild: Int? = nil,
         brokerKeyPrefix: String = "",
@@ -156,6 +159,7 @@ public struct WorkerConfiguration: Sendable {
         self.taskCompression = taskCompression
         self.rejectOnWorkerLost = rejectOnWorkerLost
         self.retryOnWorkerLost = retryOnWorkerLost
+        self.storeErrorsEvenIfIgnored = storeErrorsEvenIfIgnored
         self.maxTasksPerChild = maxTasksPerChild
         self.maxMemoryPerChild = maxMemoryPerChild
         self.brokerKeyPrefix = brokerKeyPrefix

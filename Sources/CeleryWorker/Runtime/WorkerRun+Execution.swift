@@ -375,7 +375,7 @@ extension WorkerRun {
         case .failure(let rejection as RejectTask):
             logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
             if !rejection.requeue {
-                if storesResults {
+                if storesErrors(job) {
                     await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
                 }
                 await sendTaskEvent("task-failed", message, ["exception": .string(rejection.pythonException.repr)])
@@ -435,7 +435,7 @@ extension WorkerRun {
                 traceback = Self.traceback(task: message.name, exception: exception, error: failure)
             }
             let steps = failedChainSteps(message, exception: exception, traceback: traceback)
-            if storesResults {
+            if storesErrors(job) {
                 let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback)
                 await settler.store(own, following: steps)
             } else {
@@ -492,6 +492,12 @@ extension WorkerRun {
         job.message.ignoreResult ?? job.task.options.ignoreResult
     }
 
+    /// Python's `Request.store_errors`: FAILURE and RETRY are stored unless the result is ignored, and then too with
+    /// `store_errors_even_if_ignored`.
+    private func storesErrors(_ job: PreparedJob) -> Bool {
+        !ignoresResult(job) || (job.task.options.storeErrorsEvenIfIgnored ?? configuration.storeErrorsEvenIfIgnored)
+    }
+
     // MARK: Retries
 
     /// The retry a failure asks for: an explicit ``RetryTask``, or an error the task's `autoretry` accepts. Errors
@@ -541,7 +547,7 @@ extension WorkerRun {
         let when = delay.map { "Retry in \(Self.seconds(text: $0))s" } ?? "Retry at \(CeleryTimestamp.isoformat(unixSeconds: eta))"
         let cause = retry.cause.map { CeleryExceptionInfo(error: $0) }
         let reason = cause.map { "\(when): \($0.repr)" } ?? when
-        if !ignoresResult(job) {
+        if storesErrors(job) {
             var document = document(message, queue: queue, status: .retry, result: cause?.value ?? .null, ready: false)
             document.traceback =
                 "Traceback (most recent call last):\n  File \"<swift>\", line 0, in \(message.name)\ncelery.exceptions.Retry: \(reason)\n"
