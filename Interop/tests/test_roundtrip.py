@@ -147,6 +147,23 @@ def test_ignore_result_stores_nothing(start_worker, make_app, backend_redis):
     assert backend_redis.get(f"celery-task-meta-{failed.id}") is None
 
 
+def test_result_failure_expires(start_worker, make_app, backend_redis, tmp_path):
+    """Celery 5.7's result_failure_expires: FAILURE documents get their own TTL (0: none), the rest result_expires."""
+    config = tmp_path / "celeryconfig.yaml"
+    app = make_app()
+    for failure_expires, expected in [(60, range(1, 61)), (0, [-1])]:
+        config.write_text(f"result_expires: 3600\nresult_failure_expires: {failure_expires}\n")
+        worker = start_worker("-c", "1", "--config", str(config))
+        ok = app.tasks["tasks.add"].delay(1, 2)
+        bad = app.tasks["tasks.fail"].delay("short-lived")
+        assert ok.get(timeout=10) == 3
+        with pytest.raises(ValueError):
+            bad.get(timeout=10)
+        assert 3590 <= backend_redis.ttl(f"celery-task-meta-{ok.id}") <= 3600
+        assert backend_redis.ttl(f"celery-task-meta-{bad.id}") in expected
+        worker.stop()
+
+
 def test_store_errors_even_if_ignored(start_worker, make_app, backend_redis, tmp_path):
     config = tmp_path / "celeryconfig.yaml"
     config.write_text("task_store_errors_even_if_ignored: true\n")

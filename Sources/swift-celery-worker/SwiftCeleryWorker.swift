@@ -139,6 +139,7 @@ struct WorkerCommand: AsyncParsableCommand {
         try check(prefetchMultiplier >= 0, "--prefetch-multiplier must be 0 or more.")
         let resultExpires = self.resultExpires ?? file.resultExpires ?? 86_400
         try check(resultExpires >= 0, "--result-expires must be 0 or more seconds.")
+        try check((file.resultFailureExpires ?? 0) >= 0, "result_failure_expires must be 0 or more seconds.")
         let visibilityTimeout = self.visibilityTimeout ?? file.visibilityTimeout ?? 3_600
         try check(visibilityTimeout > 0, "--visibility-timeout must be more than 0 seconds.")
         let softTimeLimit = self.softTimeLimit ?? file.softTimeLimit
@@ -217,6 +218,7 @@ struct WorkerCommand: AsyncParsableCommand {
             rejectOnWorkerLost: file.rejectOnWorkerLost ?? false,
             retryOnWorkerLost: file.retryOnWorkerLost ?? false,
             storeErrorsEvenIfIgnored: file.storeErrorsEvenIfIgnored ?? false,
+            resultFailureExpires: file.resultFailureExpires,
             maxTasksPerChild: maxTasksPerChild,
             maxMemoryPerChild: maxMemoryPerChild,
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",

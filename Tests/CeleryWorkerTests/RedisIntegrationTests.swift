@@ -481,6 +481,31 @@ struct RedisResultBackendTests {
         #expect(CeleryResultDocument.storedStatus(stored, serializer: .json) == .failure)
     }
 
+    @Test("result_failure_expires: FAILURE documents get their own TTL (0: none) in a store and in a settle")
+    func failureExpires() async throws {
+        let client = try await TestRedis.client(database: 4)
+        let broker = RedisBroker(blocking: RedisClient(url: client.url), commands: client)
+        for (failureExpires, expected) in [(30, 21...30), (0, -1 ... -1), (600, 591...600)] {
+            let backend = RedisResultBackend(client: client, serializer: .json, expires: 600, failureExpires: failureExpires)
+            let documents = [
+                CeleryResultDocument(taskID: "ok-\(failureExpires)", status: .success, result: 1),
+                CeleryResultDocument(taskID: "bad-\(failureExpires)", status: .failure, result: nil),
+                CeleryResultDocument(taskID: "retry-\(failureExpires)", status: .retry, result: nil),
+            ]
+            try await backend.store(documents)
+            try await backend.settle(
+                earlyAcks: [], documents: [CeleryResultDocument(taskID: "settled-\(failureExpires)", status: .failure, result: nil)],
+                lateAcks: [], broker: broker)
+            func ttl(_ id: String) async throws -> Int {
+                Int(try await client.send(RedisCommand("TTL", RedisArgument("celery-task-meta-\(id)"))).integer ?? -3)
+            }
+            #expect(try await (591...600).contains(ttl("ok-\(failureExpires)")))
+            #expect(try await (591...600).contains(ttl("retry-\(failureExpires)")))
+            #expect(try await expected.contains(ttl("bad-\(failureExpires)")))
+            #expect(try await expected.contains(ttl("settled-\(failureExpires)")))
+        }
+    }
+
     @Test("no expiry stores without a TTL; msgpack results are raw msgpack")
     func noExpiryMsgpack() async throws {
         let client = try await TestRedis.client(database: 4)

@@ -8,13 +8,19 @@ public final class RedisResultBackend: ResultBackend {
     public let serializer: CeleryContentType
     /// `result_expires` in seconds; `nil` or 0 stores results without a TTL.
     public let expires: Int?
+    /// Celery 5.7's `result_failure_expires`: the TTL of FAILURE documents (0: none); `nil` uses ``expires``.
+    public let failureExpires: Int?
     /// `global_keyprefix`, already normalized (a `_` appended unless it ends in `:`, `_`, `-` or `.`).
     public let keyPrefix: String
 
-    public init(client: RedisClient, serializer: CeleryContentType = .json, expires: Int? = 86_400, keyPrefix: String = "") {
+    public init(
+        client: RedisClient, serializer: CeleryContentType = .json, expires: Int? = 86_400, keyPrefix: String = "",
+        failureExpires: Int? = nil
+    ) {
         self.client = client
         self.serializer = serializer
         self.expires = expires
+        self.failureExpires = failureExpires
         self.keyPrefix = keyPrefix
     }
 
@@ -35,16 +41,28 @@ public final class RedisResultBackend: ResultBackend {
     /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
-        let (expires, serializer, keyPrefix) = (self.expires, self.serializer, self.keyPrefix)
+        let (serializer, keyPrefix) = (self.serializer, self.keyPrefix)
         // Encoded on the connection's thread, where the write happens, not on the caller's.
-        _ = try await client.evaluate(Self.storeScript, keyCount: documents.count) {
+        _ = try await client.evaluate(Self.storeScript, keyCount: documents.count) { [self] in
             var arguments = RESPArguments(capacity: 64 + 384 * documents.count)
             for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
-            arguments.append(expires ?? 0)
+            appendExpiry(for: documents, to: &arguments)
             arguments.append(serializer.serializerName)
             for document in documents { arguments.append { document.encode(as: serializer, into: &$0) } }
             return arguments
         }
+    }
+
+    /// The expiry argument of the scripts that store results: `result_expires` in seconds (0: none), or, when
+    /// `result_failure_expires` differs from it, `<expires>:<failure expires>:<one byte per document, F for a
+    /// FAILURE>` (read by the store function's `expiries`).
+    private func appendExpiry(for documents: [CeleryResultDocument], to arguments: inout RESPArguments) {
+        let expires = self.expires ?? 0
+        guard let failureExpires, failureExpires != expires else {
+            arguments.append(expires)
+            return
+        }
+        arguments.append("\(expires):\(failureExpires):" + String(documents.lazy.map { $0.status == .failure ? "F" : "-" }))
     }
 
     /// Python's steps for each document, as Lua functions shared by the scripts that store results: `GET`; unless
@@ -52,9 +70,18 @@ public final class RedisResultBackend: ResultBackend {
     /// are one `MGET` (a key met again in the batch is read again, after the write before it).
     static let storeFunction = """
         \(RedisScript.callMany)
+        -- The expiry argument: seconds for every document, or `<expires>:<failure expires>:<flags>`, flag i F when
+        -- document i is a FAILURE.
+        local function expiries(argument)
+            local plain = tonumber(argument)
+            if plain then return plain, 0, '' end
+            local expires, failure_expires, failures = string.match(argument, '^(%d+):(%d+):(.*)$')
+            return tonumber(expires), tonumber(failure_expires), failures
+        end
         local function decoder(name) return name == 'msgpack' and cmsgpack.unpack or cjson.decode end
-        -- Stores ARGV[documents + i] under KEYS[first + i] for i = 0 … count - 1.
-        local function store_all(first, count, documents, expires, decode)
+        -- Stores ARGV[documents + i] under KEYS[first + i] for i = 0 … count - 1, with the expiry argument `expiry`.
+        local function store_all(first, count, documents, expiry, decode)
+            local expires, failure_expires, failures = expiries(expiry)
             local last = first + count - 1
             -- One MGET reply is used as it is (its first value is the key at `first`); a batch over 1 000 keys is
             -- gathered into one table.
@@ -91,8 +118,10 @@ public final class RedisResultBackend: ResultBackend {
                 end
                 if not success then
                     local document = ARGV[documents + i - first]
-                    if expires > 0 then
-                        redis.call('SETEX', key, expires, document)
+                    local ttl = expires
+                    if failures ~= '' and string.byte(failures, i - first + 1) == 70 then ttl = failure_expires end
+                    if ttl > 0 then
+                        redis.call('SETEX', key, ttl, document)
                     else
                         redis.call('SET', key, document)
                     end
@@ -103,10 +132,10 @@ public final class RedisResultBackend: ResultBackend {
 
         """
 
-    /// KEYS: result keys; ARGV: expires (0: none), serializer name, one document per key.
+    /// KEYS: result keys; ARGV: the expiry argument, serializer name, one document per key.
     static let storeScript = RedisScript(
         storeFunction + """
-            store_all(1, #KEYS, 3, tonumber(ARGV[1]), decoder(ARGV[2]))
+            store_all(1, #KEYS, 3, ARGV[1], decoder(ARGV[2]))
             return 0
             """)
 
@@ -141,7 +170,7 @@ public final class RedisResultBackend: ResultBackend {
         for index in documents.indices { arguments.append(keyPrefix, Self.keyStem, documents[index].taskID) }
         arguments.append(broker.commands.url.database)
         arguments.append(client.url.database)
-        arguments.append(expires ?? 0)
+        appendExpiry(for: documents, to: &arguments)
         arguments.append(serializer.serializerName)
         arguments.append(earlyAcks.count)
         arguments.append(documents.count)
@@ -152,12 +181,12 @@ public final class RedisResultBackend: ResultBackend {
     }
 
     /// KEYS: `unacked`, `unacked_index`, then one result key per document. ARGV: broker database, backend database,
-    /// expires, serializer name, the number of early tags, the number of documents; then the early tags, the
-    /// documents and the late tags. The connection's database is the backend's before and after.
+    /// the expiry argument, serializer name, the number of early tags, the number of documents; then the early tags,
+    /// the documents and the late tags. The connection's database is the backend's before and after.
     static let settleScript = RedisScript(
         storeFunction + """
             local brokerdb, backenddb = ARGV[1], ARGV[2]
-            local expires, decode = tonumber(ARGV[3]), decoder(ARGV[4])
+            local expiry, decode = ARGV[3], decoder(ARGV[4])
             local early, count = tonumber(ARGV[5]), tonumber(ARGV[6])
             -- With both in one database (Celery's examples use database 0 for both), no SELECT at all.
             local across = brokerdb ~= backenddb
@@ -169,7 +198,7 @@ public final class RedisResultBackend: ResultBackend {
                 if across then redis.call('SELECT', backenddb) end
             end
             ack(7, 6 + early)
-            store_all(3, count, 7 + early, expires, decode)
+            store_all(3, count, 7 + early, expiry, decode)
             ack(7 + early + count, #ARGV)
             return 0
             """)

@@ -16,6 +16,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var taskCompression: KombuCompression??
     public var resultSerializer: CeleryContentType?
     public var resultExpires: Int?
+    public var resultFailureExpires: Int?
     public var acceptContent: Set<CeleryContentType>?
     public var timezone: String?
     public var enableUTC: Bool?
@@ -175,6 +176,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_expires", "CELERY_TASK_RESULT_EXPIRES", "CELERY_RESULT_EXPIRES"]) {
             $0.resultExpires = $1.value is NSNull ? 0 : Int(try $1.seconds())
         }
+        add(["result_failure_expires"]) { $0.resultFailureExpires = $1.value is NSNull ? nil : Int(try $1.seconds()) }
         add(["accept_content", "CELERY_ACCEPT_CONTENT"]) { $0.acceptContent = try $1.serializers() }
         add(["timezone", "CELERY_TIMEZONE"]) { settings, field in
             let name = try field.string()

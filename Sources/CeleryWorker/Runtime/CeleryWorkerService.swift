@@ -60,7 +60,7 @@ public final class CeleryWorkerService: Service {
         let backend = results.map { results in
             RedisResultBackend(
                 client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires,
-                keyPrefix: configuration.resultKeyPrefix)
+                keyPrefix: configuration.resultKeyPrefix, failureExpires: configuration.resultFailureExpires)
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,

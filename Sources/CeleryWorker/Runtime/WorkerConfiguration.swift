@@ -35,6 +35,9 @@ public struct WorkerConfiguration: Sendable {
     public var resultKeyPrefix: String
     /// Seconds results are kept (`result_expires`). Default 86 400 (1 day); `nil` or 0 keeps them forever.
     public var resultExpires: Int?
+    /// Seconds FAILURE results are kept (Celery 5.7's `result_failure_expires`; 0 keeps them forever). Default
+    /// `nil`: as ``resultExpires``.
+    public var resultFailureExpires: Int?
     /// Seconds after which an unacknowledged message is given to another worker (`visibility_timeout`).
     /// Default 3 600.
     public var visibilityTimeout: Double
@@ -130,6 +133,7 @@ public struct WorkerConfiguration: Sendable {
         rejectOnWorkerLost: Bool = false,
         retryOnWorkerLost: Bool = false,
         storeErrorsEvenIfIgnored: Bool = false,
+        resultFailureExpires: Int? = nil,
         maxTasksPerChild: Int? = nil,
         maxMemoryPerChild: Int? = nil,
         brokerKeyPrefix: String = "",
@@ -160,6 +164,7 @@ public struct WorkerConfiguration: Sendable {
         self.rejectOnWorkerLost = rejectOnWorkerLost
         self.retryOnWorkerLost = retryOnWorkerLost
         self.storeErrorsEvenIfIgnored = storeErrorsEvenIfIgnored
+        self.resultFailureExpires = resultFailureExpires
         self.maxTasksPerChild = maxTasksPerChild
         self.maxMemoryPerChild = maxMemoryPerChild
         self.brokerKeyPrefix = brokerKeyPrefix
