@@ -31,7 +31,7 @@ struct ClientOptions: ParsableArguments {
             else { throw ValidationError("--serializer and --result-serializer must be json or msgpack.") }
             let method = try compression.map { name in
                 guard let method = KombuCompression(name: name) else {
-                    throw ValidationError("--compression must be zlib (gzip), bzip2 or lzma (xz), got '\(name)'.")
+                    throw ValidationError("--compression must be \(KombuCompression.supportedNames), got '\(name)'.")
                 }
                 return method
             }

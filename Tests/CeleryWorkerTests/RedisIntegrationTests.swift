@@ -183,7 +183,7 @@ struct RedisBrokerTests {
         for (queue, priority) in [("celery", 0), ("celery", 9), ("größe", 3), ("a\u{06}b", 6), ("", 9)] {
             #expect(RedisBroker.queue(ofList: RedisBroker.list(for: queue, priority: priority)) == queue)
             for prefix in ["tenant1:", "\u{06}\u{16}", "ü"] {
-                #expect(RedisBroker.queue(ofList: prefix + RedisBroker.list(for: queue, priority: priority), prefix: prefix) == queue)
+                #expect(RedisBroker.queue(ofList: RedisBroker.list(for: queue, priority: priority, prefix: prefix), prefix: prefix) == queue)
             }
         }
         for (priority, name) in [(9, "p9"), (0, "p0"), (5, "p5"), (3, "p3"), (8, "p8"), (1, "p1")] {

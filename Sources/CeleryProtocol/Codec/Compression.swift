@@ -25,6 +25,9 @@ public enum KombuCompression: String, Sendable, CaseIterable {
         }
     }
 
+    /// The supported methods by the names users give them, for error messages.
+    public static let supportedNames = "zlib (gzip), bzip2 or lzma (xz)"
+
     /// The content type kombu writes in the `compression` header.
     public var contentType: String { rawValue }
 

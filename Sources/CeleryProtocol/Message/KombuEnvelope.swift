@@ -121,7 +121,7 @@ public struct KombuEnvelope: Sendable {
         case .string(let name):
             guard let method = KombuCompression(name: name) else {
                 throw failure(
-                    "compression '\(name)' is not supported (supported: zlib, bzip2 and lzma, by kombu's names)", .invalidCompression)
+                    "compression '\(name)' is not supported (supported: \(KombuCompression.supportedNames), by kombu's names)", .invalidCompression)
             }
             do throws(CeleryProtocolError) {
                 body = try method.decompress(body)

@@ -63,18 +63,18 @@ public final class RedisBroker: Broker {
     var fetchExecutor: any TaskExecutor { blocking.lane }
 
     /// The list that holds messages of `priority` for `queue` (priority clamped to 0…9, then the largest step
-    /// not above it).
-    public static func list(for queue: String, priority: Int) -> String {
+    /// not above it), behind `prefix` (the ``keyPrefix``).
+    public static func list(for queue: String, priority: Int, prefix: String = "") -> String {
         let clamped = min(max(priority, 0), 9)
         let step = priorityBuckets.last(where: { $0 <= clamped }) ?? 0
-        return step == 0 ? queue : queue + separator + String(step)
+        return step == 0 ? prefix + queue : prefix + queue + separator + String(step)
     }
 
     public func declare(queues: [String]) async throws(CeleryWorkerError) {
         rotation.withLock { $0.set(queues) }
         for queue in queues {
             let lengths = Self.priorityBuckets.map {
-                RedisCommand("LLEN", RedisArgument(keyPrefix + Self.list(for: queue, priority: $0)))
+                RedisCommand("LLEN", RedisArgument(Self.list(for: queue, priority: $0, prefix: keyPrefix)))
             }
             try await commands.transaction(lengths)
             let member = RedisArgument(queue + Self.separator + Self.separator + queue)
@@ -125,7 +125,7 @@ public final class RedisBroker: Broker {
             self.queues = queues
             lists = []
             for bucket in RedisBroker.priorityBuckets {
-                for queue in queues { lists.append(prefix + RedisBroker.list(for: queue, priority: bucket)) }
+                for queue in queues { lists.append(RedisBroker.list(for: queue, priority: bucket, prefix: prefix)) }
             }
             brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
         }
@@ -456,7 +456,7 @@ public final class RedisBroker: Broker {
 
     public func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
         try await commands.send(
-            RedisCommand("LPUSH", RedisArgument(keyPrefix + Self.list(for: queue, priority: priority)), RedisArgument(envelope)))
+            RedisCommand("LPUSH", RedisArgument(Self.list(for: queue, priority: priority, prefix: keyPrefix)), RedisArgument(envelope)))
     }
 
     public func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
@@ -498,7 +498,7 @@ public final class RedisBroker: Broker {
                     let queues = try Self.lookup(
                         exchange: record.exchange, routingKey: record.routingKey, prefix: keyPrefix, on: connection)
                     for queue in queues {
-                        let list = keyPrefix + Self.list(for: queue, priority: record.priority)
+                        let list = Self.list(for: queue, priority: record.priority, prefix: keyPrefix)
                         batch.append(RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(record.envelope)))
                     }
                 }

@@ -74,7 +74,7 @@ struct CanvasSender: Sendable {
         case .string(let name)?:
             guard let method = KombuCompression(name: name) else {
                 throw CeleryWorkerError(
-                    code: .invalidConfiguration, message: "unknown compression '\(name)': zlib (gzip), bzip2 or lzma (xz)")
+                    code: .invalidConfiguration, message: "unknown compression '\(name)': \(KombuCompression.supportedNames)")
             }
             send.compression = method
         default: send.compression = compression

@@ -164,7 +164,7 @@ public struct CelerySettings: Sendable, Equatable {
                 return
             }
             guard let method = KombuCompression(name: try field.string()) else {
-                throw field.fail("zlib (gzip), bzip2 or lzma (xz), by one of kombu's names")
+                throw field.fail("\(KombuCompression.supportedNames), by one of kombu's names")
             }
             settings.taskCompression = method
         }
