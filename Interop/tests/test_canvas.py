@@ -42,10 +42,13 @@ def test_chain_alternating_between_swift_and_python(both, backend_redis):
         steps.append(node)
         node = node.parent
     steps.reverse()
-    # Every step is done once the last one is: each result is read as Python's backend reads a stored document (a
-    # GET and its decoding). `get()` on these parents once waited 5 s for a PUBLISH it had missed, for a result the
-    # Python worker had stored (Celery's client, between two Python processes).
+    # Each result is read as Python's backend reads a stored document (a GET and its decoding). A Python worker
+    # sends the next step of a chain before it stores its own result (celery/app/trace.py: "callback tasks must be
+    # applied before the result is stored"), so the last step can finish first: each read waits up to 10 s.
+    # `get()` on these parents once waited 5 s for a PUBLISH it had missed (Celery's client, between two Python
+    # processes), so the stored document is what is read.
     for index, (step, expected) in enumerate(zip(steps[:4], [3, 13, 39, 44])):
+        eventually(lambda: app.backend.get_task_meta(step.id)["status"] != "PENDING", timeout=10)
         meta = app.backend.get_task_meta(step.id)
         assert (meta["status"], meta["result"]) == ("SUCCESS", expected), (
             f"step {index} ({step.id}, run by the {'Swift' if index % 2 == 0 else 'Python'} worker): {meta!r}")
