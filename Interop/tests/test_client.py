@@ -62,13 +62,16 @@ def test_a_swift_message_is_shaped_as_pythons(make_app, broker_redis, redis_urls
     assert ours["content-type"] == python["content-type"] and ours["content-encoding"] == python["content-encoding"]
 
 
-def test_canvas_built_in_swift_runs_on_a_python_worker(start_python_worker, redis_urls):
-    start_python_worker("-Q", "py")
-    done = swift(redis_urls, "canvas-demo", "-Q", "py")
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize("queue", ["py", "swift"])
+def test_canvas_built_in_swift_runs_on_python_and_swift_workers(start_worker, start_python_worker, redis_urls, queue,
+                                                                   serializer):
+    start_python_worker("-Q", "py") if queue == "py" else start_worker("-Q", "swift")
+    done = swift(redis_urls, "canvas-demo", "-Q", queue, "--serializer", serializer)
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert lines == {"chain": "35", "group": "[0, 2, 4, 6]", "chord": "100",
-                     "failure": "builtins ValueError('from swift')"}
+                     "nested": '{"args": [[[6, 9], 7]], "kwargs": {}}', "failure": "builtins ValueError('from swift')"}
 
 
 def test_a_swift_task_starts_a_python_task_and_returns_its_result(start_worker, start_python_worker, make_app,

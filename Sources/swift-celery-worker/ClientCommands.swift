@@ -114,11 +114,12 @@ struct CallCommand: AsyncParsableCommand {
     }
 }
 
-/// Builds a chain, a group and a chord in Swift and runs them on whatever workers consume `--queue`.
+/// Builds a chain, a group, a chord and a chord with a nested header in Swift and runs them on whatever workers
+/// consume `--queue`.
 struct CanvasDemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "canvas-demo",
-        abstract: "Send a chain, a group and a chord built in Swift (tasks.add, tasks.mul, tasks.tsum) and print their results.")
+        abstract: "Send a chain, a group, a chord and a nested chord built in Swift (the Interop tasks) and print their results.")
 
     @Option(name: [.customShort("Q"), .customLong("queue")], help: "The queue every step goes to (default: celery).")
     var queue = "celery"
@@ -136,6 +137,14 @@ struct CanvasDemoCommand: AsyncParsableCommand {
         print("group", String(decoding: CeleryJSON.encode(.array(try await group.get(timeout: .seconds(30)))), as: UTF8.self))
         let chord = try await client.apply(.chord((1...4).map { task("tasks.mul", [.int(Int64($0)), 10]) }, body: task("tasks.tsum", [])))
         print("chord", String(decoding: CeleryJSON.encode(try await chord.get(timeout: .seconds(30))), as: UTF8.self))
+        // A header with a chain that ends in a group, and a chord: the body gets [[6, 9], 7].
+        let nested = try await client.apply(
+            .chord(
+                [
+                    .chain([task("tasks.add", [1, 2]), .group([task("tasks.mul", [2]), task("tasks.mul", [3])], options: options)]),
+                    .chord([task("tasks.add", [1, 2]), task("tasks.add", [2, 2])], body: task("tasks.tsum", [])),
+                ], body: task("tasks.echo", [])))
+        print("nested", String(decoding: CeleryJSON.encode(try await nested.get(timeout: .seconds(30))), as: UTF8.self))
         do {
             _ = try await client.send("tasks.fail", args: ["from swift"], options: TaskSendOptions(queue: queue)).get(timeout: .seconds(30))
         } catch let failure as TaskFailure {

@@ -10,11 +10,13 @@ struct CanvasTests {
     final class Outbox: Sendable {
         let sent = Mutex<[(envelope: KombuEnvelope, queue: String, priority: Int)]>([])
         let sizes = Mutex<[String: Int]>([:])
+        let savedGroups = Mutex<[String: CeleryValue]>([:])
 
         var sender: CanvasSender {
             CanvasSender(
                 publish: { envelope, queue, priority in self.sent.withLock { $0.append((envelope, queue, priority)) } },
                 setChordSize: { groupID, size in self.sizes.withLock { $0[groupID] = size } },
+                saveGroup: { groupID, result in self.savedGroups.withLock { $0[groupID] = result } },
                 origin: "gen1@host", replyTo: "oid", defaultQueue: "celery", contentType: .json, compression: nil,
                 signaturesAreDecoded: true,
                 isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
@@ -77,6 +79,88 @@ struct CanvasTests {
         #expect(header.groupID == "c" && header.groupIndex == 1)
         let embedded = try #require(Signature(header.embed.chord))
         #expect(embedded.options["task_id"] == "body" && embedded.options["group_id"] == "c")
+    }
+
+    @Test("a nested chord header: each result that completes it carries the chord; the size counts them; the header is saved")
+    func nestedChordHeader() async throws {
+        let outbox = Outbox()
+        func task(_ name: String) -> Signature { Signature(task: name, options: ["task_id": .string(name)]) }
+        let header: [Signature] = [
+            .chain([task("a"), task("b")]),
+            .group([task("c"), task("d")]),
+            .chain([task("e"), .group([task("f"), task("g")], options: ["task_id": "fg"])]),
+            .chord([task("h"), task("i")], body: task("j"), options: ["task_id": "hi"]),
+        ]
+        try await outbox.sender.apply(.chord(header, body: task("body"), options: ["task_id": "outer"]), args: [2])
+        // Python unrolls the nested group last member first; the chain into a group counts its two members.
+        #expect(outbox.sizes.withLock { $0 } == ["outer": 6, "hi": 2])
+        let sent = try (0..<outbox.sent.withLock { $0.count }).map { try outbox.message($0) }
+        #expect(sent.map(\.name) == ["a", "d", "c", "e", "h", "i"])
+        #expect(sent.allSatisfy { $0.args.first == 2 })
+        // A chain's first step does not complete the chord: its last step does, with the member's index.
+        #expect(sent[0].isChordPart == false && sent[0].groupID == nil)
+        let b = try #require(Signature.list(sent[0].embed.chain).first)
+        #expect(b.task == "b" && b.options["group_id"] == "outer" && b.options["group_index"] == 0)
+        #expect(Signature(b.options["chord"] ?? .null)?.options["task_id"] == "body")
+        #expect(sent[1].groupID == "outer" && sent[1].groupIndex == 1 && sent[2].groupIndex == 2 && sent[2].isChordPart)
+        // The chain's last step is a group: its members carry the outer chord, each with its index in the group.
+        let fg = try #require(Signature.list(sent[3].embed.chain).first)
+        #expect(fg.subtaskType == "group" && fg.options["task_id"] == "fg" && fg.options["group_index"] == 3)
+        #expect(fg.tasks.map { $0.options["group_id"] } == ["outer", "outer"] && fg.tasks.map { $0.options["group_index"] } == [0, 1])
+        // The inner chord counts as its body, which carries the outer chord.
+        #expect(sent[4].groupID == "hi")
+        let innerBody = try #require(Signature(sent[4].embed.chord))
+        #expect(innerBody.task == "j" && innerBody.options["group_id"] == "outer" && innerBody.options["group_index"] == 4)
+        #expect(Signature(innerBody.options["chord"] ?? .null)?.task == "body")
+        let saved = try #require(outbox.savedGroups.withLock { $0["outer"] })
+        #expect(
+            saved == [
+                ["outer", nil],
+                [
+                    [["b", nil], nil], [["d", nil], nil], [["c", nil], nil], [["fg", nil], [[["f", nil], nil], [["g", nil], nil]]],
+                    [["j", nil], nil],
+                ],
+            ])
+    }
+
+    @Test("a chord header of tasks and chains is not saved")
+    func flatChordHeaderIsNotSaved() async throws {
+        let outbox = Outbox()
+        let header: [Signature] = [.chain([Signature(task: "a"), Signature(task: "b")]), Signature(task: "c")]
+        try await outbox.sender.apply(.chord(header, body: Signature(task: "body"), options: ["task_id": "g"]))
+        #expect(outbox.sizes.withLock { $0 } == ["g": 2] && outbox.savedGroups.withLock { $0.isEmpty })
+    }
+
+    @Test("joining a completed chord: parts in order, or the saved header's shape; failures as Python words them")
+    func chordJoin() {
+        func part(_ id: String, _ state: TaskState = .success, _ result: CeleryValue) -> ChordCompletion.Part {
+            ChordCompletion.Part(taskID: id, state: state, result: result)
+        }
+        let boom: CeleryValue = ["exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"]
+        let plain = ChordCompletion(parts: [part("a", .success, 1), part("b", .success, 2)], token: "t")
+        #expect(plain.join() == .results([1, 2]))
+        let failedPlain = ChordCompletion(parts: [part("a", .success, 1), part("b", .failure, boom)], token: "t")
+        #expect(failedPlain.join() == .failed(chordError("Dependency b raised ValueError('boom')")))
+
+        let saved: CeleryValue = ["g", [[["fg", ["e", nil]], [[["f", nil], nil], [["g2", nil], nil]]], [["j", nil], nil]]]
+        var nested = ChordCompletion(
+            parts: [part("f", .success, 6), part("j", .success, 7), part("g2", .success, 9)], token: "t", savedHeader: saved)
+        #expect(nested.missingTaskIDs().isEmpty)
+        #expect(nested.join() == .results([[6, 9], 7]))
+        nested.parts[2] = part("g2", .failure, ["exc_type": "ValueError", "exc_message": "old style", "exc_module": "builtins"])
+        #expect(nested.join() == .failed(chordError("Join error: ValueError('old style')")))
+
+        var missing = ChordCompletion(parts: [part("f", .success, 6), part("j", .success, 7)], token: "t", savedHeader: saved)
+        #expect(missing.missingTaskIDs() == ["g2"])
+        #expect(missing.join() == .failed(chordError("Join error: TimeoutError('The operation timed out.')")))
+        missing.storedResults = [part("g2", .success, 9)]
+        #expect(missing.join() == .results([[6, 9], 7]))
+        missing.storedResults = [part("g2", .started, .null)]
+        #expect(missing.join() == .failed(chordError("Join error: TimeoutError('The operation timed out.')")))
+    }
+
+    private func chordError(_ message: String) -> CeleryExceptionInfo {
+        CeleryExceptionInfo(type: "ChordError", arguments: [.string(message)], module: "celery.exceptions")
     }
 
     @Test("a chain signature sends its first task with the rest reversed; the client pre-assigns every id")

@@ -516,6 +516,35 @@ struct RedisResultBackendTests {
         let stored = try #require(try await client.send(RedisCommand("GET", "celery-task-meta-m")).bytes)
         #expect(try CeleryMsgpack.decode(stored)["result"] == .bytes([0, 1]))
     }
+
+    @Test("a chord's size and saved header expire with results (never when results never do); the join reads them")
+    func chordKeys() async throws {
+        let client = try await TestRedis.client(database: 4)
+        for expires in [nil, 0, 600] as [Int?] {
+            let backend = RedisResultBackend(client: client, serializer: .json, expires: expires)
+            let group = "g\(expires ?? -1)"
+            try await backend.setChordSize(groupID: group, size: 2)
+            let header: CeleryValue = [[.string(group), nil], [[["f", nil], [[["p", nil], nil], [["q", nil], nil]]], [["x", nil], nil]]]
+            try await backend.saveGroup(groupID: group, result: header)
+            for key in ["celery-taskset-meta-\(group).s", "celery-taskset-meta-\(group)"] {
+                let ttl = try #require(try await client.send(RedisCommand("TTL", RedisArgument(key))).integer)
+                #expect(expires == 600 ? (590...600).contains(ttl) : ttl == -1, "\(key): \(ttl)")
+            }
+            #expect(try await backend.savedGroup(group) == header)
+            _ = try await backend.chordPartReturn(groupID: group, taskID: "p", groupIndex: 0, state: .success, result: 6)
+            let late = Task {
+                try await Task.sleep(for: .milliseconds(300))
+                try await backend.store([CeleryResultDocument(taskID: "q", status: .success, result: 9)])
+            }
+            let completion = try #require(
+                try await backend.chordPartReturn(groupID: group, taskID: "x", groupIndex: 1, state: .success, result: 7))
+            try await late.value
+            // `q` is no part of this chord's count, so its stored result is read: here it arrives while the join waits.
+            #expect(completion.missingTaskIDs().isEmpty && completion.storedResults.map(\.taskID) == ["q"])
+            #expect(completion.join() == .results([[6, 9], 7]))
+            try await client.send(RedisCommand("DEL", "celery-task-meta-q"))
+        }
+    }
 }
 
 @Suite("Results and acknowledgements in one script", .serialized, .enabled(if: TestRedis.enabled))

@@ -16,6 +16,21 @@ public struct CeleryExceptionInfo: Sendable, Hashable {
         self.module = module
     }
 
+    /// Reads the stored form (a FAILURE document's `result`, a pool child's exception), as Python's
+    /// `exception_to_python` does: an `exc_message` that is not a list is the single argument. Missing fields give
+    /// `Exception` in `builtins` without arguments.
+    public init(stored value: CeleryValue?) {
+        let arguments: [CeleryValue]
+        switch value?["exc_message"] {
+        case .array(let list)?: arguments = list
+        case nil, .null?: arguments = []
+        case let single?: arguments = [single]
+        }
+        self.init(
+            type: value?["exc_type"]?.stringValue ?? "Exception", arguments: arguments,
+            module: value?["exc_module"]?.stringValue ?? "builtins")
+    }
+
     /// The encoded form stored as a FAILURE/RETRY/REVOKED document's `result`.
     public var value: CeleryValue {
         ["exc_type": .string(type), "exc_message": .array(arguments), "exc_module": .string(module)]

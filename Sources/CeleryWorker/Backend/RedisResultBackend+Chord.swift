@@ -110,7 +110,44 @@ extension RedisResultBackend {
             }
             parts.append(ChordCompletion.Part(taskID: id, state: TaskState(state), result: tuple[3]))
         }
-        return ChordCompletion(parts: parts, token: token)
+        var completion = ChordCompletion(parts: parts, token: token)
+        completion.savedHeader = try await savedGroup(groupID)
+        completion.storedResults = try await readyResults(of: completion.missingTaskIDs())
+        return completion
+    }
+
+    /// The `GroupResult` tuple Celery saved under `celery-taskset-meta-<group>` (`{"result": as_tuple()}`), or
+    /// `nil` when nothing (or something else) is stored there.
+    func savedGroup(_ groupID: String) async throws(CeleryWorkerError) -> CeleryValue? {
+        guard let bytes = try await client.send(RedisCommand("GET", RedisArgument(groupKey(groupID)))).bytes,
+            let document = try? CeleryResultDocument.decodeStored(bytes, serializer: serializer)
+        else { return nil }
+        return document["result"]
+    }
+
+    /// The stored results of these tasks, once each is ready; a result still missing or not ready after
+    /// ``ChordCompletion/joinTimeout`` is left out (the join then fails as Python's does on its timeout).
+    func readyResults(of taskIDs: [String]) async throws(CeleryWorkerError) -> [ChordCompletion.Part] {
+        var ready: [ChordCompletion.Part] = []
+        var waiting = taskIDs
+        let deadline = ContinuousClock.now + ChordCompletion.joinTimeout
+        while !waiting.isEmpty {
+            let reply = try await client.send(RedisCommand("MGET", arguments: waiting.map { RedisArgument(key(for: $0)) }))
+            var stillWaiting: [String] = []
+            for (id, stored) in zip(waiting, reply.array ?? []) {
+                guard let bytes = stored.bytes, let document = try? CeleryResultDocument.decodeStored(bytes, serializer: serializer),
+                    let status = document["status"]?.stringValue, TaskState(status).isReady
+                else {
+                    stillWaiting.append(id)
+                    continue
+                }
+                ready.append(ChordCompletion.Part(taskID: id, state: TaskState(status), result: document["result"] ?? .null))
+            }
+            waiting = stillWaiting
+            guard !waiting.isEmpty, ContinuousClock.now < deadline else { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return ready
     }
 
     public func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError) {
@@ -127,6 +164,17 @@ extension RedisResultBackend {
     public func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError) {
         try await client.send(RedisCommand("DEL", RedisArgument(groupKey(groupID, ".c"))))
         try await client.send(
-            RedisCommand("SET", RedisArgument(groupKey(groupID, ".s")), RedisArgument(size), "EX", RedisArgument(expires ?? 86_400)))
+            RedisCommand("SET", arguments: [RedisArgument(groupKey(groupID, ".s")), RedisArgument(size)] + chordKeyExpiry))
+    }
+
+    public func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError) {
+        let document = serializer.encode(["result": result])
+        try await client.send(RedisCommand("SET", arguments: [RedisArgument(groupKey(groupID)), RedisArgument(document)] + chordKeyExpiry))
+    }
+
+    /// Python's `_set_chord_key`: `EX result_expires`, or no expiry when results never expire.
+    private var chordKeyExpiry: [RedisArgument] {
+        guard let expires, expires > 0 else { return [] }
+        return ["EX", RedisArgument(expires)]
     }
 }

@@ -18,6 +18,9 @@ public protocol ResultBackend: Sendable {
     func chordFailed(groupID: String) async throws(CeleryWorkerError)
     /// Stores how many header parts a chord has, before its header is sent.
     func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError)
+    /// Saves a chord header whose results include groups (`GroupResult.as_tuple()`), as Celery's `apply_chord`
+    /// does, so that whichever worker completes the chord joins the results in that shape.
+    func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError)
 }
 
 /// A chord whose last header part was just recorded: the header results to join, and the claim that makes this
@@ -34,6 +37,18 @@ public struct ChordCompletion: Sendable {
     public var parts: [Part]
     /// The claim token, released by ``ResultBackend/chordFinished(groupID:token:)``.
     public var token: String
+    /// The header's `GroupResult` as Celery saved it when one of its results is a group (`GroupResult.as_tuple()`
+    /// under `celery-taskset-meta-<group>`, written by `apply_chord`): the body then gets the results in that shape.
+    public var savedHeader: CeleryValue?
+    /// Results of the saved header's tasks that are not among ``parts``, read from their result documents.
+    public var storedResults: [Part]
+
+    public init(parts: [Part], token: String, savedHeader: CeleryValue? = nil, storedResults: [Part] = []) {
+        self.parts = parts
+        self.token = token
+        self.savedHeader = savedHeader
+        self.storedResults = storedResults
+    }
 }
 
 /// A backend without chord support keeps no chord state.
@@ -44,4 +59,5 @@ extension ResultBackend {
     public func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError) {}
     public func chordFailed(groupID: String) async throws(CeleryWorkerError) {}
     public func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError) {}
+    public func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError) {}
 }

@@ -11,6 +11,8 @@ struct CanvasSender: Sendable {
     let publish: @Sendable (KombuEnvelope, _ queue: String, _ priority: Int) async throws(CeleryWorkerError) -> Void
     /// Writes a chord's size before its header is sent.
     let setChordSize: @Sendable (_ groupID: String, _ size: Int) async throws(CeleryWorkerError) -> Void
+    /// Saves a chord header whose results include groups (Celery's `apply_chord`).
+    let saveGroup: @Sendable (_ groupID: String, _ result: CeleryValue) async throws(CeleryWorkerError) -> Void
     /// `gen<pid>@<host>`.
     let origin: String
     /// The sender's oid, used as `reply_to` when a signature names none.
@@ -137,6 +139,10 @@ struct CanvasSender: Sendable {
         return try await apply(first, args: args, options: firstOptions)
     }
 
+    /// Python's `chord.run`: the body is frozen with the chord's group id; each header member is frozen so that
+    /// the results that complete it carry the group id, the body and the member's index
+    /// (``frozenForChord(_:groupID:body:index:)``); the size counts those results; a header with a group among its
+    /// results is saved (`apply_chord`); then the header is sent.
     private func applyChord(header: [Signature], body: Signature, args: [CeleryValue], options: CeleryObject)
         async throws(CeleryWorkerError) -> CeleryValue
     {
@@ -145,19 +151,93 @@ struct CanvasSender: Sendable {
         if frozenBody.options["task_id"] == nil { frozenBody.options["task_id"] = .string(Self.newID()) }
         if frozenBody.options["reply_to"] == nil { frozenBody.options["reply_to"] = .string(replyTo) }
         for key in ["chain", "root_id"] where options[key] != nil { frozenBody.options[key] = options[key] }
-        frozenBody.options["group_id"] = .string(groupID)
-        try await setChordSize(groupID, header.count)
+        // A chord in another chord's header keeps the outer group id on its body, as `Signature.freeze` does.
+        if frozenBody.options["group_id"] == nil { frozenBody.options["group_id"] = .string(groupID) }
+        let members = Self.unrolled(header).enumerated().map { index, member in
+            Self.frozenForChord(member, groupID: groupID, body: frozenBody.value, index: index)
+        }
+        try await setChordSize(groupID, members.reduce(0) { $0 + $1.size })
+        if members.contains(where: { $0.result.arrayValue?.last?.arrayValue != nil }) {
+            try await saveGroup(groupID, [[.string(groupID), .null], .array(members.map(\.result))])
+        }
         var shared = options
-        for key in ["task_id", "chain", "link", "link_error"] { shared[key] = nil }
+        for key in ["task_id", "chain", "link", "link_error", "chord", "group_id", "group_index"] { shared[key] = nil }
         var children: [CeleryValue] = []
-        for (index, member) in header.enumerated() {
-            var memberOptions = shared
-            memberOptions["group_id"] = .string(groupID)
-            memberOptions["group_index"] = .int(Int64(index))
-            memberOptions["chord"] = frozenBody.value
-            children.append(try await apply(member, args: args, options: memberOptions))
+        for member in members {
+            children.append(try await apply(member.signature, args: args, options: shared))
         }
         return [[.string(groupID), .null], .array(children)]
+    }
+
+    /// A chord header member after Python's `freeze(group_id=, chord=, group_index=)`:
+    /// - a task gets the chord's group id (unless it has one), the body and the index, and counts 1;
+    /// - a chain (nested chains inlined) passes them to its last step, and counts as that step;
+    /// - a group (the last step of a chain: a group in the header itself is unrolled) gets its own id, and each of
+    ///   its unrolled members is frozen with its index in the group;
+    /// - a chord passes them to its body, and counts as that body.
+    ///
+    /// Returns the member, its result in `as_tuple()` form (parents left out; a group's result lists its members')
+    /// and how many of the chord's parts it sends. An empty chain or group sends none, as in Python.
+    static func frozenForChord(_ member: Signature, groupID: String, body: CeleryValue, index: Int)
+        -> (signature: Signature, result: CeleryValue, size: Int)
+    {
+        var frozen = member
+        switch member.subtaskType {
+        case "chain":
+            var steps = inlined(member.tasks)
+            guard let last = steps.popLast() else { return (member, .null, 0) }
+            for position in steps.indices where steps[position].options["task_id"] == nil {
+                steps[position].options["task_id"] = .string(newID())
+            }
+            let end = frozenForChord(last, groupID: groupID, body: body, index: index)
+            frozen.kwargs["tasks"] = .array((steps + [end.signature]).map(\.value))
+            return (frozen, end.result, end.size)
+        case "group":
+            let ownID = member.options["task_id"]?.stringValue ?? newID()
+            frozen.options["task_id"] = .string(ownID)
+            frozen.options["group_id"] = .string(groupID)
+            frozen.options["chord"] = body
+            frozen.options["group_index"] = .int(Int64(index))
+            let members = unrolled(member.tasks).enumerated().map { position, task in
+                frozenForChord(task, groupID: groupID, body: body, index: position)
+            }
+            frozen.kwargs["tasks"] = .array(members.map(\.signature.value))
+            return (frozen, [[.string(ownID), .null], .array(members.map(\.result))], members.reduce(0) { $0 + $1.size })
+        case "chord":
+            guard let parts = member.chordParts else { return (member, .null, 0) }
+            let end = frozenForChord(parts.body, groupID: groupID, body: body, index: index)
+            frozen.kwargs["body"] = end.signature.value
+            return (frozen, end.result, end.size)
+        default:
+            let id = member.options["task_id"]?.stringValue ?? newID()
+            frozen.options["task_id"] = .string(id)
+            if frozen.options["group_id"] == nil { frozen.options["group_id"] = .string(groupID) }
+            frozen.options["chord"] = body
+            frozen.options["group_index"] = .int(Int64(index))
+            return (frozen, [[.string(id), .null], .null], 1)
+        }
+    }
+
+    /// A group's members with nested groups flattened as Python's `group._freeze_unroll` flattens them (a nested
+    /// group's members go to the front of what is left, last first, as `deque.extendleft` puts them), and empty
+    /// chains dropped.
+    static func unrolled(_ members: [Signature]) -> [Signature] {
+        var stack = members
+        var flat: [Signature] = []
+        while !stack.isEmpty {
+            let task = stack.removeFirst()
+            if task.subtaskType == "group" {
+                stack.insert(contentsOf: task.tasks.reversed(), at: 0)
+            } else if task.subtaskType != "chain" || !task.tasks.isEmpty {
+                flat.append(task)
+            }
+        }
+        return flat
+    }
+
+    /// A chain's steps with nested chains inlined, as `prepare_steps` unrolls them.
+    private static func inlined(_ steps: [Signature]) -> [Signature] {
+        steps.flatMap { $0.subtaskType == "chain" ? inlined($0.tasks) : [$0] }
     }
 
     /// `link` / `link_error` as the embed carries them: a list of signature dicts, or `null`.

@@ -26,6 +26,9 @@ extension WorkerRun {
             setChordSize: { groupID, size throws(CeleryWorkerError) in
                 try await backend?.setChordSize(groupID: groupID, size: size)
             },
+            saveGroup: { groupID, result throws(CeleryWorkerError) in
+                try await backend?.saveGroup(groupID: groupID, result: result)
+            },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
             contentType: message.contentType, compression: configuration.taskCompression, signaturesAreDecoded: true,
             isoformat: { configuration.isoformat(unixSeconds: $0) })
@@ -114,8 +117,9 @@ extension WorkerRun {
     }
 
     /// A chord header part: records its result; the part that completes the chord sends the body with the header
-    /// results in `group_index` order, or, when a part failed, sends the body's errbacks and stores `ChordError` for
-    /// the body. Inlined: a task outside a chord costs no async call.
+    /// results (in `group_index` order, or in the shape of a header Celery saved because it holds groups: see
+    /// ``ChordCompletion/join()``), or, when the chord failed, sends the body's errbacks and stores its `ChordError`
+    /// for the body. Inlined: a task outside a chord costs no async call.
     @inline(__always)
     func chordPartReturn(_ job: PreparedJob, state: TaskState, result: CeleryValue) async {
         guard job.message.isChordPart else { return }
@@ -130,13 +134,8 @@ extension WorkerRun {
                 let completion = try await backend.chordPartReturn(
                     groupID: groupID, taskID: message.id, groupIndex: message.groupIndex, state: state, result: result)
             else { return }
-            if let failed = completion.parts.first(where: { $0.state == .failure || $0.state == .revoked }) {
-                let cause = CeleryExceptionInfo(
-                    type: failed.result["exc_type"]?.stringValue ?? "Exception",
-                    arguments: failed.result["exc_message"]?.arrayValue ?? [], module: "")
-                let error = CeleryExceptionInfo(
-                    type: "ChordError", arguments: [.string("Dependency \(failed.taskID) raised \(cause.repr)")],
-                    module: "celery.exceptions")
+            switch completion.join() {
+            case .failed(let error):
                 logger.error("Chord '\(groupID)' raised: \(error.repr)")
                 let bodyID = body.options["task_id"]?.stringValue ?? CanvasSender.newID()
                 let children = await sendErrbacks(
@@ -149,10 +148,10 @@ extension WorkerRun {
                         children: .array(children.arrayValue ?? []),
                         dateDone: dateDoneNow()))
                 try await backend.chordFailed(groupID: groupID)
-                return
+            case .results(let results):
+                try await canvas(for: message).apply(body, args: [results], options: lineage(message))
+                try await backend.chordFinished(groupID: groupID, token: completion.token)
             }
-            try await canvas(for: message).apply(body, args: [.array(completion.parts.map(\.result))], options: lineage(message))
-            try await backend.chordFinished(groupID: groupID, token: completion.token)
         } catch {
             logger.error("Chord '\(groupID)' raised: \(error.message)")
         }

@@ -45,9 +45,7 @@ public struct AsyncResult: Sendable {
         guard status == .success else {
             throw TaskFailure(
                 taskID: id, state: status,
-                pythonException: CeleryExceptionInfo(
-                    type: result["exc_type"]?.stringValue ?? "Exception", arguments: result["exc_message"]?.arrayValue ?? [],
-                    module: result["exc_module"]?.stringValue ?? "builtins"),
+                pythonException: CeleryExceptionInfo(stored: result),
                 traceback: document["traceback"]?.stringValue)
         }
         return result

@@ -142,6 +142,9 @@ public final class CeleryClient: Sendable {
             setChordSize: { groupID, size throws(CeleryWorkerError) in
                 try await backend?.setChordSize(groupID: groupID, size: size)
             },
+            saveGroup: { groupID, result throws(CeleryWorkerError) in
+                try await backend?.saveGroup(groupID: groupID, result: result)
+            },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: defaultQueue, contentType: serializer,
             compression: compression,
             signaturesAreDecoded: false, isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })

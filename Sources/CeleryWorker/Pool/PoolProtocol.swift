@@ -117,12 +117,8 @@ enum PoolOutcome {
     }
 
     private static func remoteError(_ frame: CeleryValue) -> RemoteTaskError {
-        let exception = frame["exception"]
-        return RemoteTaskError(
-            pythonException: CeleryExceptionInfo(
-                type: exception?["exc_type"]?.stringValue ?? "Exception",
-                arguments: exception?["exc_message"]?.arrayValue ?? [],
-                module: exception?["exc_module"]?.stringValue ?? "builtins"),
+        RemoteTaskError(
+            pythonException: CeleryExceptionInfo(stored: frame["exception"]),
             traceback: frame["traceback"]?.stringValue)
     }
 }
