@@ -71,6 +71,7 @@ def test_canvas_built_in_swift_runs_on_python_and_swift_workers(start_worker, st
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert lines == {"chain": "35", "group": "[0, 2, 4, 6]", "chord": "100",
+                     "chained-group": "15",
                      "nested": '{"args": [[[6, 9], 7]], "kwargs": {}}', "failure": "builtins ValueError('from swift')"}
 
 

@@ -137,6 +137,10 @@ struct CanvasDemoCommand: AsyncParsableCommand {
         print("group", String(decoding: CeleryJSON.encode(.array(try await group.get(timeout: .seconds(30)))), as: UTF8.self))
         let chord = try await client.apply(.chord((1...4).map { task("tasks.mul", [.int(Int64($0)), 10]) }, body: task("tasks.tsum", [])))
         print("chord", String(decoding: CeleryJSON.encode(try await chord.get(timeout: .seconds(30))), as: UTF8.self))
+        // A group followed by a step in a chain is a chord, as Python's chain makes it: (1 + 2) * 2 + (1 + 2) * 3.
+        let chainedGroup = try await client.apply(
+            .chain([task("tasks.add", [1, 2]), .group([task("tasks.mul", [2]), task("tasks.mul", [3])]), task("tasks.tsum", [])]))
+        print("chained-group", String(decoding: CeleryJSON.encode(try await chainedGroup.get(timeout: .seconds(30))), as: UTF8.self))
         // A header with a chain that ends in a group, and a chord: the body gets [[6, 9], 7].
         let nested = try await client.apply(
             .chord(

@@ -123,6 +123,26 @@ struct CanvasTests {
             ])
     }
 
+    @Test("a chain step that is a group followed by a step is sent as a chord with that step as its body")
+    func groupThenStepInAChain() async throws {
+        let outbox = Outbox()
+        let members = [Signature(task: "tasks.mul", args: [2]), Signature(task: "tasks.mul", args: [3])]
+        let steps: [Signature] = [
+            Signature(task: "tasks.add", args: [1, 2], options: ["task_id": "first"]),
+            .chain([.group(members, options: ["task_id": "g"]), Signature(task: "tasks.tsum", options: ["task_id": "sum"])]),
+        ]
+        #expect(CanvasSender.prepared(steps).map(\.subtaskType) == [nil, "chord"])
+        try await outbox.sender.apply(.chain(steps))
+        let next = try #require(Signature.list(try outbox.message(0).embed.chain).first)
+        #expect(next.subtaskType == "chord" && next.options["task_id"] == "g" && next.chordParts?.body.task == "tasks.tsum")
+        // Applied (as the worker applies the next step), the group's members carry the chord; the sum runs once.
+        try await outbox.sender.apply(next, args: [3])
+        #expect(outbox.sizes.withLock { $0 } == ["g": 2])
+        let sent = try (1...2).map { try outbox.message($0) }
+        #expect(sent.map(\.args) == [[3, 2], [3, 3]] && sent.allSatisfy { $0.groupID == "g" && $0.isChordPart })
+        #expect(outbox.sent.withLock { $0.count } == 3)
+    }
+
     @Test("a chord header of tasks and chains is not saved")
     func flatChordHeaderIsNotSaved() async throws {
         let outbox = Outbox()

@@ -127,6 +127,7 @@ struct CanvasSender: Sendable {
     private func applyChain(_ steps: [Signature], args: [CeleryValue], options: CeleryObject) async throws(CeleryWorkerError)
         -> CeleryValue
     {
+        let steps = Self.prepared(steps)
         guard let first = steps.first else { return .null }
         let rest = steps.dropFirst().map { step in
             var frozen = step
@@ -233,6 +234,21 @@ struct CanvasSender: Sendable {
             }
         }
         return flat
+    }
+
+    /// A chain's steps as Python's `prepare_steps` sends them: nested chains inlined, and a group followed by a step
+    /// turned into a chord with that step as its body and the group's id (from the end: `[g1, g2, t]` becomes
+    /// `[chord(g1, chord(g2, t))]`), so that the step runs once, with the group's results.
+    static func prepared(_ steps: [Signature]) -> [Signature] {
+        var reversed: [Signature] = []
+        for step in inlined(steps).reversed() {
+            if step.subtaskType == "group", let next = reversed.popLast() {
+                reversed.append(.chord(step.tasks, body: next, options: step.options))
+            } else {
+                reversed.append(step)
+            }
+        }
+        return reversed.reversed()
     }
 
     /// A chain's steps with nested chains inlined, as `prepare_steps` unrolls them.
