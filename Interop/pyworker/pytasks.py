@@ -72,3 +72,24 @@ def mul(x, y):
 @app.task(name="tasks.tsum")
 def tsum(numbers):
     return sum(numbers)
+
+
+@app.task(name="tasks.replace_with", bind=True)
+def replace_with(self, kind, queue):
+    """Replaces itself (`Task.replace`) with a task, chain, group or chord of tasks on `queue`."""
+    from celery import chain, chord, group
+    s = lambda name, *args: app.signature(name, args=args).set(queue=queue)
+    replacements = {
+        "task": lambda: s("tasks.add", 2, 3),
+        "chain": lambda: chain(s("tasks.add", 1, 1), s("tasks.mul", 10)),
+        "group": lambda: group(s("tasks.add", 1, 1), s("tasks.add", 2, 2)),
+        "chord": lambda: chord([s("tasks.add", 1, 1), s("tasks.add", 2, 2)], s("tasks.tsum")),
+    }
+    raise self.replace(replacements[kind]())
+
+
+@app.task(name="tasks.grow", bind=True)
+def grow(self, x, queue):
+    """Adds tasks.add(x, 100) on `queue` to this task's chord, and returns x."""
+    self.add_to_chord(app.signature("tasks.add", args=(x, 100)).set(queue=queue))
+    return x

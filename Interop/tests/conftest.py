@@ -39,6 +39,25 @@ def eventually(condition, timeout=5.0):
     return condition()
 
 
+def stored_outcome(app, result, timeout=15.0):
+    """`result.get()` read as Python's backend reads a stored result (a GET and its decoding), every 50 ms until it
+    is ready: the value, or the stored exception raised. Celery 5.3's `AsyncResult.get(timeout=…)` once waited past
+    its timeout for the result of a chain into a chord that was stored; these reads cannot miss it."""
+    from celery import states
+
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = app.backend.get_task_meta(result.id, cache=False)
+        if meta["status"] in states.READY_STATES:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{result.id} is still {meta['status']} after {timeout} s")
+        time.sleep(0.05)
+    if meta["status"] != states.SUCCESS:
+        raise meta["result"]
+    return meta["result"]
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     proc = RedisProcess().start()

@@ -4,13 +4,11 @@ Python freezes such a header so that the results that complete it carry the chor
 body, each member of a group), counts those results as the chord's size, flattens a group in the header, and saves
 the header as a `GroupResult` when one of its results is a group, so that the body gets a list for it. Each test runs
 the same workflow on the Swift worker and on a Python worker and compares what the body received."""
-import json
-
 import celery
 import pytest
 from celery import chain, chord, group
 
-from conftest import eventually
+from conftest import eventually, stored_outcome
 from test_canvas import both, sig, stored  # noqa: F401 (fixture)
 
 # With Celery 5.3's client and worker alone, a chord sent by the client whose header has a chain that ends in a group
@@ -40,79 +38,75 @@ def header(app, shape, queue, first=()):
 SHAPES = ["chain", "group", "chain-into-group", "chord", "all"]
 
 
-def body_args(result):
-    outcome = result.get(timeout=15)
+def body_args(app, result):
+    outcome = stored_outcome(app, result)
     assert outcome["kwargs"] == {}
     return outcome["args"][0]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_a_nested_header_sent_by_a_worker_as_a_chain_step(both, shape):
+def test_a_nested_header_sent_by_a_worker_as_a_chain_step(both):
     """The worker that runs the chain's first step sends the chord: Swift's canvas sender against Python's."""
     app, swift, python = both
-    received = {}
-    for queue in ("py", "swift"):
-        parts, expected = header(app, shape, queue)
-        workflow = chain(sig(app, "tasks.add", 1, 1, queue=queue), chord(parts, sig(app, "tasks.echo", queue=queue)))
-        received[queue] = body_args(workflow.apply_async())
-    assert received["swift"] == received["py"] == expected
+    for shape in SHAPES:
+        received = {}
+        for queue in ("py", "swift"):
+            parts, expected = header(app, shape, queue)
+            workflow = chain(sig(app, "tasks.add", 1, 1, queue=queue), chord(parts, sig(app, "tasks.echo", queue=queue)))
+            received[queue] = body_args(app, workflow.apply_async())
+        assert received["swift"] == received["py"] == expected, shape
 
 
 # Python's client writes a msgpack body that no reader decodes (bytes left after the value; Python's worker logs
 # "Can't decode message body") for a header chain that ends in a group, and for any nested chord that is a chain's
 # step: those run with JSON only.
-@pytest.mark.parametrize("both,shape", [("json", shape) for shape in SHAPES] +
-                         [("msgpack", shape) for shape in ("chain", "group", "chord")], indirect=["both"])
-def test_a_nested_header_sent_by_a_python_client(both, shape):
+@pytest.mark.parametrize("both,shapes", [("json", SHAPES), ("msgpack", ["chain", "group", "chord"])], indirect=["both"])
+def test_a_nested_header_sent_by_a_python_client(both, shapes):
     """Python's client freezes the chord (and saves its header); the Swift worker runs every task and completes it."""
     app, swift, python = both
-    received = {}
-    for queue in ("swift", "py"):
-        if queue == "py" and shape in ("chain-into-group", "all") and not PYTHON_COMPLETES_CHAIN_INTO_GROUP:
-            continue
-        parts, expected = header(app, shape, queue, first=(2,))
-        workflow = chord(parts, sig(app, "tasks.echo", queue=queue))
-        received[queue] = body_args(workflow.apply_async())
-        assert received[queue] == expected, queue
+    for shape in shapes:
+        for queue in ("swift", "py"):
+            if queue == "py" and shape in ("chain-into-group", "all") and not PYTHON_COMPLETES_CHAIN_INTO_GROUP:
+                continue
+            parts, expected = header(app, shape, queue, first=(2,))
+            workflow = chord(parts, sig(app, "tasks.echo", queue=queue))
+            assert body_args(app, workflow.apply_async()) == expected, (shape, queue)
 
 
-@pytest.mark.parametrize("sender", ["swift", "py"])
-@pytest.mark.parametrize("last", ["swift", "py"])
-def test_a_nested_header_split_across_workers(both, backend_redis, sender, last):
+def test_a_nested_header_split_across_workers(both):
     """Parts on both workers; the part that finishes last (it sleeps) is on `last`, so that worker joins the saved
     header and sends the body, which runs on the other one."""
     app, swift, python = both
-    other = "py" if last == "swift" else "swift"
-    parts = [chain(sig(app, "tasks.add", 1, queue=other),
-                   group(sig(app, "tasks.mul", 2, queue="swift"), sig(app, "tasks.mul", 3, queue="py"))),
-             chord([sig(app, "tasks.add", 1, queue="py"), sig(app, "tasks.add", 2, queue="swift")],
-                   sig(app, "tasks.tsum", queue=other)),
-             sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
-    workflow = chain(sig(app, "tasks.add", 1, 1, queue=sender), chord(parts, sig(app, "tasks.echo", queue=other)))
-    result = workflow.apply_async()
-    assert body_args(result) == [[6, 9], 7, 0.5]
-    finisher = swift if last == "swift" else python
-    finisher.wait_for_log("tasks.sleep[")
-    body_worker = python if last == "swift" else swift
-    assert f"Task tasks.echo[{result.id}] received" in body_worker.log
+    for sender in ("swift", "py"):
+        for last in ("swift", "py"):
+            other = "py" if last == "swift" else "swift"
+            parts = [chain(sig(app, "tasks.add", 1, queue=other),
+                           group(sig(app, "tasks.mul", 2, queue="swift"), sig(app, "tasks.mul", 3, queue="py"))),
+                     chord([sig(app, "tasks.add", 1, queue="py"), sig(app, "tasks.add", 2, queue="swift")],
+                           sig(app, "tasks.tsum", queue=other)),
+                     sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
+            workflow = chain(sig(app, "tasks.add", 1, 1, queue=sender), chord(parts, sig(app, "tasks.echo", queue=other)))
+            result = workflow.apply_async()
+            assert body_args(app, result) == [[6, 9], 7, 0.5], (sender, last)
+            body_worker = python if last == "swift" else swift
+            body_worker.wait_for_log(f"Task tasks.echo[{result.id}] received")
 
 
-@pytest.mark.parametrize("last", ["swift", "py"])
-def test_a_failed_part_of_a_nested_header_fails_the_chord_as_python_does(both, backend_redis, last):
+def test_a_failed_part_of_a_nested_header_fails_the_chord_as_python_does(both, backend_redis):
     """Python joins a saved header and raises the part's exception: `ChordError('Join error: …')` is stored for the
-    body, which never runs."""
+    body, which never runs. The part that finishes last (it sleeps) is on `last`: that worker joins."""
     app, swift, python = both
-    other = "py" if last == "swift" else "swift"
-    parts = [chain(sig(app, "tasks.add", 1, queue=other),
-                   group(sig(app, "tasks.fail", "boom", queue=other, immutable=True), sig(app, "tasks.mul", 3, queue=other))),
-             sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
-    workflow = chain(sig(app, "tasks.add", 1, 1, queue="swift"), chord(parts, sig(app, "tasks.echo", queue=other)))
-    result = workflow.apply_async()
-    with pytest.raises(Exception):
-        result.get(timeout=15)
-    assert eventually(lambda: stored(backend_redis, result.id) is not None, 10)
-    document = stored(backend_redis, result.id)
-    assert document["status"] == "FAILURE"
-    assert document["result"] == {"exc_type": "ChordError", "exc_message": ["Join error: ValueError('boom')"],
-                                  "exc_module": "celery.exceptions"}
-    assert f"tasks.echo[{result.id}]" not in swift.log + python.log
+    for last in ("swift", "py"):
+        other = "py" if last == "swift" else "swift"
+        parts = [chain(sig(app, "tasks.add", 1, queue=other),
+                       group(sig(app, "tasks.fail", "boom", queue=other, immutable=True), sig(app, "tasks.mul", 3, queue=other))),
+                 sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
+        workflow = chain(sig(app, "tasks.add", 1, 1, queue="swift"), chord(parts, sig(app, "tasks.echo", queue=other)))
+        result = workflow.apply_async()
+        with pytest.raises(Exception):
+            stored_outcome(app, result)
+        assert eventually(lambda: stored(backend_redis, result.id) is not None, 10), last
+        document = stored(backend_redis, result.id)
+        assert document["status"] == "FAILURE", last
+        assert document["result"] == {"exc_type": "ChordError", "exc_message": ["Join error: ValueError('boom')"],
+                                      "exc_module": "celery.exceptions"}, last
+        assert f"tasks.echo[{result.id}]" not in swift.log + python.log

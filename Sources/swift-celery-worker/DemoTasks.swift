@@ -54,6 +54,25 @@ enum DemoTasks {
         }
         registry.register("tasks.mul", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x * y }
         registry.register("tasks.tsum", parameters: ["numbers"]) { (_, numbers: [Int]) in numbers.reduce(0, +) }
+        // Replaces itself (Python's `Task.replace`) with a task, chain, group or chord of tasks on `queue`.
+        registry.register("tasks.replace_with", parameters: ["kind", "queue"]) { (context, kind: String, queue: String) -> CeleryValue in
+            func task(_ name: String, _ args: [CeleryValue]) -> Signature {
+                Signature(task: name, args: args, options: ["queue": .string(queue)])
+            }
+            switch kind {
+            case "task": throw context.replace(with: task("tasks.add", [2, 3]))
+            case "chain": throw context.replace(with: .chain([task("tasks.add", [1, 1]), task("tasks.mul", [10])]))
+            case "group": throw context.replace(with: .group([task("tasks.add", [1, 1]), task("tasks.add", [2, 2])]))
+            case "chord":
+                throw context.replace(with: .chord([task("tasks.add", [1, 1]), task("tasks.add", [2, 2])], body: task("tasks.tsum", [])))
+            default: throw PythonException(type: "KeyError", arguments: [.string(kind)])
+            }
+        }
+        // Adds tasks.add(x, 100) on `queue` to this task's chord (Python's `self.add_to_chord`), and returns x.
+        registry.register("tasks.grow", parameters: ["x", "queue"]) { (context, x: Int, queue: String) in
+            try await context.addToChord(Signature(task: "tasks.add", args: [.int(Int64(x)), 100], options: ["queue": .string(queue)]))
+            return x
+        }
         // Kills the process running it, to show how the process pool contains a crash (WorkerLostError). With the
         // thread pool that process is the worker itself, so there it refuses. Retried 0.1 s apart when
         // task_retry_on_worker_lost is on.

@@ -143,6 +143,41 @@ struct CanvasTests {
         #expect(outbox.sent.withLock { $0.count } == 3)
     }
 
+    @Test("Task.replace: the replacement takes this task's id, chord, group, root, callbacks and the rest of its chain")
+    func replacement() throws {
+        let embed = CeleryTaskMessage.Embed(
+            callbacks: [Signature(task: "cb").value], errbacks: [Signature(task: "eb").value],
+            chain: [Signature(task: "last").value, Signature(task: "next").value], chord: Signature(task: "body").value)
+        var send = TaskSend(name: "tasks.replacer", id: "me", embed: embed, origin: "gen1@h", replyTo: "r", deliveryTag: "t")
+        send.groupID = "g"
+        send.groupIndex = 2
+        send.rootID = "root"
+        send.replacedTaskNesting = 1
+        let message = try CeleryTaskMessage(envelope: KombuEnvelope(decoding: send.envelope.encoded()), accept: [.json])
+        let group = Signature.group([Signature(task: "a"), Signature(task: "b")])
+        let replaced = try WorkerRun.replacement(for: message, with: .chain([Signature(task: "x"), group]))
+        #expect(replaced.subtaskType == "chain" && replaced.tasks.map(\.task) == ["celery.chain", "next", "last"])
+        #expect(replaced.tasks.dropFirst().allSatisfy { $0.options["replaced_task_nesting"] == 2 })
+        let inner = replaced.tasks[0]
+        #expect(inner.options["group_id"] == "g" && inner.options["group_index"] == 2 && inner.options["root_id"] == "root")
+        #expect(inner.options["chord"] == Signature(task: "body").value && inner.options["replaced_task_nesting"] == 2)
+        // The chain's last step, a group, became a chord into celery.accumulate, whose body takes this task's id and
+        // callback; errbacks go to every step.
+        let (x, chord) = (inner.tasks[0], inner.tasks[1])
+        #expect(x.options["link_error"] == [Signature(task: "eb").value] && x.options["link"] == nil)
+        let body = try #require(chord.chordParts?.body)
+        #expect(chord.subtaskType == "chord" && chord.chordParts?.header.map(\.task) == ["a", "b"])
+        #expect(body.task == "celery.accumulate" && body.kwargs["index"] == 0 && body.options["task_id"] == "me")
+        #expect(body.options["link"] == [Signature(task: "cb").value] && body.options["link_error"] == [Signature(task: "eb").value])
+
+        let alone = try WorkerRun.replacement(for: message, with: Signature(task: "y", options: ["task_id": "own"]))
+        #expect(alone.tasks.first?.options["task_id"] == "own")  // Python's freeze keeps an id the signature has
+        #expect(throws: PythonException.self) {
+            try WorkerRun.replacement(for: message, with: Signature(task: "y", options: ["chord": Signature(task: "z").value]))
+        }
+        #expect(throws: PythonException.self) { try WorkerRun.replacement(for: message, with: .chain([])) }
+    }
+
     @Test("a chord header of tasks and chains is not saved")
     func flatChordHeaderIsNotSaved() async throws {
         let outbox = Outbox()

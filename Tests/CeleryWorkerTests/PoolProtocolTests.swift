@@ -62,6 +62,19 @@ struct PoolProtocolTests {
             Issue.record("an ignore must come back as IgnoreTask")
             return
         }
+        // A replacement comes back with its signature, and neither it nor an ignore is retried by an autoretry
+        // that takes every error (Python's autoretry re-raises `Ignore`).
+        let retryingAll = RegisteredTask(name: "t", options: TaskOptions(retryPolicy: RetryPolicy(autoretry: { _ in true }))) { _ in .null }
+        let chain = Signature.chain([Signature(task: "a"), Signature(task: "b")])
+        guard case .failure(let replaced as ReplaceTask) = roundTrip(.failure(ReplaceTask(with: chain)), task: retryingAll) else {
+            Issue.record("a replacement must come back as ReplaceTask")
+            return
+        }
+        #expect(replaced.signature == chain)
+        guard case .failure(is IgnoreTask) = roundTrip(.failure(IgnoreTask()), task: retryingAll) else {
+            Issue.record("an ignore is not retried")
+            return
+        }
     }
 
     @Test("exit statuses are described as billiard does")

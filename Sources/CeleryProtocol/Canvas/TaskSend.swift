@@ -28,6 +28,8 @@ public struct TaskSend: Sendable {
     /// `gen<pid>@<host>`.
     public var origin: String
     public var ignoreResult: CeleryValue = false
+    /// How many times the task was replaced on its way here (`Task.replace`); the `replaced_task_nesting` header.
+    public var replacedTaskNesting: Int = 0
     /// Custom headers (`apply_async(headers=…)`), after Celery's own.
     public var extraHeaders: CeleryObject = [:]
     /// The sender's `reply_to` oid.
@@ -69,7 +71,7 @@ public struct TaskSend: Sendable {
             "parent_id": parentID.map(CeleryValue.string) ?? .null,
             "argsrepr": .string(PythonRepr.truncated(argsShownAsList ? PythonRepr.repr(.array(args)) : PythonRepr.tuple(args))),
             "kwargsrepr": .string(PythonRepr.truncated(PythonRepr.repr(.object(kwargs)))), "origin": .string(origin),
-            "ignore_result": ignoreResult, "replaced_task_nesting": 0, "stamped_headers": nil, "stamps": [:],
+            "ignore_result": ignoreResult, "replaced_task_nesting": .int(Int64(replacedTaskNesting)), "stamped_headers": nil, "stamps": [:],
         ]
         for (key, value) in extraHeaders where headers[key] == nil { headers[key] = value }
         // kombu adds it last, as it compresses the body.

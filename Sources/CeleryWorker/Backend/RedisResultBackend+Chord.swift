@@ -172,6 +172,10 @@ extension RedisResultBackend {
         try await client.send(RedisCommand("SET", arguments: [RedisArgument(groupKey(groupID)), RedisArgument(document)] + chordKeyExpiry))
     }
 
+    public func addToChord(groupID: String) async throws(CeleryWorkerError) {
+        try await client.send(RedisCommand("INCR", RedisArgument(groupKey(groupID, ".t"))))
+    }
+
     /// Python's `_set_chord_key`: `EX result_expires`, or no expiry when results never expire.
     private var chordKeyExpiry: [RedisArgument] {
         guard let expires, expires > 0 else { return [] }

@@ -18,6 +18,8 @@ public protocol ResultBackend: Sendable {
     func chordFailed(groupID: String) async throws(CeleryWorkerError)
     /// Stores how many header parts a chord has, before its header is sent.
     func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError)
+    /// Counts one more part in a chord whose header is running (Celery's `add_to_chord`: `INCR` of the `.t` key).
+    func addToChord(groupID: String) async throws(CeleryWorkerError)
     /// Saves a chord header whose results include groups (`GroupResult.as_tuple()`), as Celery's `apply_chord`
     /// does, so that whichever worker completes the chord joins the results in that shape.
     func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError)
@@ -60,4 +62,5 @@ extension ResultBackend {
     public func chordFailed(groupID: String) async throws(CeleryWorkerError) {}
     public func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError) {}
     public func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError) {}
+    public func addToChord(groupID: String) async throws(CeleryWorkerError) {}
 }

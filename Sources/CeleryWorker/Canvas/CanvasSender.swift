@@ -102,6 +102,7 @@ struct CanvasSender: Sendable {
         send.rootID = options["root_id"]?.stringValue
         send.parentID = options["parent_id"]?.stringValue
         send.ignoreResult = options["ignore_result"] ?? false
+        send.replacedTaskNesting = options["replaced_task_nesting"]?.intValue ?? 0
         send.extraHeaders = options["headers"]?.objectValue ?? [:]
         send.priority = options["priority"]?.intValue
         try await publish(send.envelope, queue, send.priority ?? 0)
@@ -129,14 +130,22 @@ struct CanvasSender: Sendable {
     {
         let steps = Self.prepared(steps)
         guard let first = steps.first else { return .null }
-        let rest = steps.dropFirst().map { step in
+        var rest = steps.dropFirst().map { step in
             var frozen = step
             if frozen.options["task_id"] == nil { frozen.options["task_id"] = .string(Self.newID()) }
             if frozen.options["reply_to"] == nil { frozen.options["reply_to"] = .string(replyTo) }
             return frozen
         }
         var firstOptions = options
-        if !rest.isEmpty { firstOptions["chain"] = .array(rest.reversed().map(\.value)) }
+        if !rest.isEmpty {
+            // The chain's result is its last step's: that step joins the chain's group or chord (`prepare_steps`
+            // freezes the last task with them), not the first.
+            for key in ["group_id", "group_index", "chord"] {
+                guard let value = firstOptions.removeValue(forKey: key) else { continue }
+                if key != "group_id" || rest[rest.count - 1].options[key] == nil { rest[rest.count - 1].options[key] = value }
+            }
+            firstOptions["chain"] = .array(rest.reversed().map(\.value))
+        }
         return try await apply(first, args: args, options: firstOptions)
     }
 
@@ -151,8 +160,13 @@ struct CanvasSender: Sendable {
         var frozenBody = body
         if frozenBody.options["task_id"] == nil { frozenBody.options["task_id"] = .string(Self.newID()) }
         if frozenBody.options["reply_to"] == nil { frozenBody.options["reply_to"] = .string(replyTo) }
-        for key in ["chain", "root_id"] where options[key] != nil { frozenBody.options[key] = options[key] }
-        // A chord in another chord's header keeps the outer group id on its body, as `Signature.freeze` does.
+        // Python's `_body_options`: the chord's own chain, group, chord, index and nesting go to its body, whose
+        // result is the chord's.
+        for key in ["chain", "root_id", "group_id", "chord", "group_index", "replaced_task_nesting"] where options[key] != nil {
+            frozenBody.options[key] = options[key]
+        }
+        // Otherwise the header's group: `Signature.freeze` keeps a group id the body already has (a chord in another
+        // chord's header keeps the outer one).
         if frozenBody.options["group_id"] == nil { frozenBody.options["group_id"] = .string(groupID) }
         let members = Self.unrolled(header).enumerated().map { index, member in
             Self.frozenForChord(member, groupID: groupID, body: frozenBody.value, index: index)

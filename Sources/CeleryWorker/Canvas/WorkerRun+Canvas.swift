@@ -79,6 +79,104 @@ extension WorkerRun {
         return .array(children)
     }
 
+    /// Python's `Task.replace`, after the task threw ``ReplaceTask``: sends the replacement (see there) and
+    /// returns the outcome the task ends with: ``IgnoreTask`` once it is sent, Celery's `ImproperlyConfigured` for a
+    /// signature that cannot replace a task, or the error that kept it from being sent.
+    func replace(_ job: PreparedJob, with signature: Signature) async -> Result<CeleryValue, any Error> {
+        let message = job.message
+        do {
+            let replacement = try Self.replacement(for: message, with: signature)
+            try await canvas(for: message).apply(
+                replacement, options: ["parent_id": .string(message.id), "root_id": .string(message.rootID ?? message.id)])
+            return .failure(IgnoreTask())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// The signature `Task.replace` sends for `message`: a group made a chord into `celery.accumulate` (also as a
+    /// chain's last step); this task's callbacks linked and its errbacks linked to it; frozen with this task's id;
+    /// this task's chord, group, index and root, and one more `replaced_task_nesting`; the rest of this task's chain
+    /// after it.
+    static func replacement(for message: CeleryTaskMessage, with signature: Signature) throws(PythonException) -> Signature {
+        guard signature.options["chord"] == nil else {
+            throw PythonException(
+                type: "ImproperlyConfigured", module: "celery.exceptions", message: "A signature replacing a task must not be part of a chord")
+        }
+        if signature.subtaskType == "chain", signature.tasks.isEmpty {
+            throw PythonException(type: "ImproperlyConfigured", module: "celery.exceptions", message: "Cannot replace with an empty chain")
+        }
+        let accumulate = Signature(task: "celery.accumulate", kwargs: ["index": 0])
+        var replacement = signature
+        if replacement.subtaskType == "group" {
+            replacement = .chord(replacement.tasks, body: accumulate, options: replacement.options)
+        } else if replacement.subtaskType == "chain", let last = replacement.tasks.last, last.subtaskType == "group" {
+            replacement.kwargs["tasks"] = .array(
+                replacement.tasks.dropLast().map(\.value) + [Signature.chord(last.tasks, body: accumulate, options: last.options).value])
+        }
+        for callback in Signature.list(message.embed.callbacks) { replacement = linking("link", callback, to: replacement) }
+        for errback in Signature.list(message.embed.errbacks) { replacement = linking("link_error", errback, to: replacement) }
+        replacement = frozen(replacement, id: message.id)
+        let nesting = Int64((message.headers["replaced_task_nesting"]?.intValue ?? 0) + 1)
+        if !message.embed.chord.isNull { replacement.options["chord"] = message.embed.chord }
+        if let group = message.groupID { replacement.options["group_id"] = .string(group) }
+        if let index = message.groupIndex { replacement.options["group_index"] = .int(Int64(index)) }
+        replacement.options["root_id"] = .string(message.rootID ?? message.id)
+        replacement.options["replaced_task_nesting"] = .int(nesting)
+        if replacement.subtaskType == "chain" {
+            replacement.kwargs["tasks"] = .array(
+                replacement.tasks.map { task in
+                    var marked = task
+                    marked.options["replaced_task_nesting"] = .int(nesting)
+                    return marked.value
+                })
+        }
+        let rest = Signature.list(message.embed.chain).reversed().map { step in
+            var marked = step
+            marked.options["replaced_task_nesting"] = .int(nesting)
+            return marked
+        }
+        return rest.isEmpty ? replacement : .chain([replacement] + rest)
+    }
+
+    /// Python's `link` / `link_error` on a signature: a chain links its last task (errbacks: every task), a chord its
+    /// body, a task appends to its own option.
+    private static func linking(_ key: String, _ callback: Signature, to signature: Signature) -> Signature {
+        var linked = signature
+        switch signature.subtaskType {
+        case "chain":
+            var tasks = signature.tasks
+            for index in tasks.indices where key == "link_error" || index == tasks.count - 1 {
+                tasks[index] = linking(key, callback, to: tasks[index])
+            }
+            linked.kwargs["tasks"] = .array(tasks.map(\.value))
+        case "chord":
+            guard let body = signature.chordParts?.body else { return signature }
+            linked.kwargs["body"] = linking(key, callback, to: body).value
+        default:
+            linked.options[key] = .array(Signature.list(signature.options[key]).map(\.value) + [callback.value])
+        }
+        return linked
+    }
+
+    /// Python's `freeze(_id)`: the id goes to what gives the signature its result (a chain's last task, a chord's
+    /// body), unless that already has one.
+    private static func frozen(_ signature: Signature, id: String) -> Signature {
+        var frozen = signature
+        switch signature.subtaskType {
+        case "chain":
+            var tasks = signature.tasks
+            guard let last = tasks.popLast() else { return signature }
+            frozen.kwargs["tasks"] = .array((tasks + [Self.frozen(last, id: id)]).map(\.value))
+        case "chord":
+            guard let body = signature.chordParts?.body else { return signature }
+            frozen.kwargs["body"] = Self.frozen(body, id: id).value
+        default:
+            if frozen.options["task_id"] == nil { frozen.options["task_id"] = .string(id) }
+        }
+        return frozen
+    }
+
     /// After a failure: FAILURE with the same exception for every step left in the chain, from the next one to the
     /// chain's last (the message lists them the other way round). The worker stores them in one atomic write with the
     /// failed task's own result, so that whoever sees any of them, or the failed task, finds all of them failed.

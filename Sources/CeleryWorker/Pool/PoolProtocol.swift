@@ -82,6 +82,8 @@ enum PoolOutcome {
                 return ["outcome": "reject", "reason": reject.reason.map(CeleryValue.string) ?? .null, "requeue": .bool(reject.requeue)]
             case is IgnoreTask:
                 return ["outcome": "ignore"]
+            case let replacement as ReplaceTask:
+                return ["outcome": "replace", "signature": replacement.signature.value]
             default:
                 return failure(error, task: task.name)
             }
@@ -111,6 +113,9 @@ enum PoolOutcome {
             return .failure(RejectTask(reason: frame["reason"]?.stringValue, requeue: frame["requeue"]?.boolValue ?? false))
         case "ignore":
             return .failure(IgnoreTask())
+        case "replace":
+            guard let signature = frame["signature"].flatMap(Signature.init) else { return .failure(remoteError(frame)) }
+            return .failure(ReplaceTask(with: signature))
         default:
             return .failure(remoteError(frame))
         }

@@ -27,6 +27,8 @@ extension RetryTask {
     /// back-off countdown); `nil` when the failure is final.
     static func request(for error: any Error, options: TaskOptions, retries: Int) -> RetryTask? {
         if let retry = error as? RetryTask { return retry }
+        // Python's autoretry re-raises `Ignore` (which `Task.replace` raises too) whatever `autoretry_for` says.
+        if error is IgnoreTask || error is ReplaceTask { return nil }
         let policy = options.retryPolicy
         guard let autoretry = policy.autoretry, autoretry(error) else { return nil }
         var countdown: Double?

@@ -52,6 +52,26 @@ public struct TaskContext: Sendable {
             signature, options: ["parent_id": .string(request.id), "root_id": .string(request.rootID ?? request.id)])
     }
 
+    /// Adds a task, chain or chord to the chord this task is a header part of, as Python's `self.add_to_chord(sig)`:
+    /// the chord counts one more part (its `.t` key goes up by one) and the signature is sent with the chord's
+    /// group id, this task's index and the chord's body, so its result joins the header's and the body waits for
+    /// it. Throws Python's `ValueError('Current task is not member of any chord')` outside a chord.
+    @discardableResult
+    public func addToChord(_ signature: Signature) async throws -> AsyncResult {
+        guard let groupID = request.groupID, !request.embed.chord.isNull else {
+            throw PythonException.valueError("Current task is not member of any chord")
+        }
+        guard let client, let backend = client.backend else {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "this worker has no result backend to count chord parts in")
+        }
+        var added = signature
+        added.options["group_id"] = .string(groupID)
+        added.options["group_index"] = request.groupIndex.map { .int(Int64($0)) } ?? .null
+        added.options["chord"] = request.embed.chord
+        try await backend.addToChord(groupID: groupID)
+        return try await apply(added)
+    }
+
     /// The argument at `position`, or the keyword argument `name` when fewer positional arguments were sent.
     /// Throws Python's `TypeError` when it is missing or has another type.
     public func argument<Value: CeleryValueDecodable>(
@@ -110,6 +130,13 @@ public struct TaskContext: Sendable {
         countdown: Double? = nil, eta: Double? = nil, maxRetries: Int? = nil, cause: (any Error)? = nil
     ) -> RetryTask {
         RetryTask(countdown: countdown, eta: eta, maxRetries: maxRetries, cause: cause)
+    }
+
+    /// The error to throw to replace this task with a task, chain, group or chord, as Python's
+    /// `raise self.replace(sig)`: `throw context.replace(with: Signature(task: "tasks.add", args: [1, 2]))`. See
+    /// ``ReplaceTask``.
+    public func replace(with signature: Signature) -> ReplaceTask {
+        ReplaceTask(with: signature)
     }
 
     /// Stores a custom state with its meta while the task runs, as Python's `self.update_state(state=…, meta=…)`

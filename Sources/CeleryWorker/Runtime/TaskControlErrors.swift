@@ -27,3 +27,18 @@ public struct RejectTask: PythonConvertibleError, Sendable {
 public struct IgnoreTask: Error, Sendable {
     public init() {}
 }
+
+/// Thrown by a task to hand its work over to another signature, as Python's `raise self.replace(sig)`
+/// (``TaskContext/replace(with:)``). The worker sends the signature with this task's id (on a chain's last step, a
+/// chord's body), its chord, group and root, its callbacks and errbacks, and the rest of its chain after it, so that
+/// whoever waits for this task gets the replacement's result; a group is first made a chord with Celery's
+/// `celery.accumulate` as its body, whose result is the group's list. This task stores nothing and logs
+/// `ignored`, as in Python. A signature that is part of a chord, or an empty chain, fails the task with Celery's
+/// `ImproperlyConfigured`.
+public struct ReplaceTask: Error, Sendable {
+    public var signature: Signature
+
+    public init(with signature: Signature) {
+        self.signature = signature
+    }
+}

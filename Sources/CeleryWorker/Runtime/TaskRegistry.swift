@@ -85,7 +85,23 @@ public struct TaskRegistry: Sendable {
     public var names: [String] { tasks.keys.sorted() }
 
     /// The task registered under `name`.
-    public subscript(name: String) -> RegisteredTask? { tasks[name] }
+    public subscript(name: String) -> RegisteredTask? { tasks[name] ?? Self.builtins[name] }
+
+    /// Celery's built-in tasks that a Swift worker may be sent: `celery.accumulate`, the body that
+    /// ``ReplaceTask`` (and Python's `Task.replace`) gives a group (`accumulate(*args, index=None)`: `args[index]`,
+    /// or all of `args`). Like Python's, they run when named but are not listed (`names`, the banner, `registered`).
+    static let builtins: [String: RegisteredTask] = [
+        "celery.accumulate": RegisteredTask(name: "celery.accumulate", options: TaskOptions()) { context in
+            let args = context.request.args
+            guard let index = context.request.kwargs["index"], index != .null else { return .array(args) }
+            guard let index = index.intValue, case let position = index < 0 ? args.count + index : index,
+                args.indices.contains(position)
+            else {
+                throw PythonException(type: "IndexError", message: "tuple index out of range")
+            }
+            return args[position]
+        }
+    ]
 
     /// Registers a task that reads its arguments from the context itself (`context.request.args`,
     /// `context.argument(_:name:)`); `context.checkArguments(_:required:)` rejects arguments it does not take, as the

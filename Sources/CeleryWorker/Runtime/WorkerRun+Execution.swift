@@ -371,7 +371,11 @@ extension WorkerRun {
             await carryOut(machine.abandon(), for: job.delivery)
             return holdsPrefetch
         }
-        switch ending.outcome {
+        var outcome = ending.outcome
+        if case .failure(let replacement as ReplaceTask) = outcome {
+            outcome = await replace(job, with: replacement.signature)
+        }
+        switch outcome {
         case .failure(let rejection as RejectTask):
             logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
             if !rejection.requeue {
