@@ -11,9 +11,14 @@ from celery import chain, chord, group
 from conftest import eventually, stored_outcome
 from test_canvas import both, sig, stored  # noqa: F401 (fixture)
 
-# With Celery 5.3's client and worker alone, a chord sent by the client whose header has a chain that ends in a group
-# never completes (its body times out); with 5.7 it does. The Swift worker completes what either client sent.
-PYTHON_COMPLETES_CHAIN_INTO_GROUP = celery.VERSION >= (5, 7)
+# Shapes whose header Celery saves as a GroupResult (a chain that ends in a group). A Python worker that completes
+# such a chord joins it with `children_result.get()`, which has no timeout, and that wait can hang on results
+# already stored (seen once in forty runs of this file with Celery 5.3's worker alone, and Celery 5.3's client and
+# worker alone did not complete one sent by the client when we tried). So Python's own run of these shapes is not part of the
+# comparisons below (their expected values are what Python 5.7 gives), and a Python worker joins a header the Swift
+# worker saved in one case, with Celery 5.7.
+SAVED = ("chain-into-group", "all")
+PYTHON_JOINS = celery.VERSION >= (5, 7)
 
 
 def header(app, shape, queue, first=()):
@@ -48,12 +53,10 @@ def test_a_nested_header_sent_by_a_worker_as_a_chain_step(both):
     """The worker that runs the chain's first step sends the chord: Swift's canvas sender against Python's."""
     app, swift, python = both
     for shape in SHAPES:
-        received = {}
-        for queue in ("py", "swift"):
+        for queue in ("swift", "py") if shape not in SAVED else ("swift",):
             parts, expected = header(app, shape, queue)
             workflow = chain(sig(app, "tasks.add", 1, 1, queue=queue), chord(parts, sig(app, "tasks.echo", queue=queue)))
-            received[queue] = body_args(app, workflow.apply_async())
-        assert received["swift"] == received["py"] == expected, shape
+            assert body_args(app, workflow.apply_async()) == expected, (shape, queue)
 
 
 # Python's client writes a msgpack body that no reader decodes (bytes left after the value; Python's worker logs
@@ -64,9 +67,7 @@ def test_a_nested_header_sent_by_a_python_client(both, shapes):
     """Python's client freezes the chord (and saves its header); the Swift worker runs every task and completes it."""
     app, swift, python = both
     for shape in shapes:
-        for queue in ("swift", "py"):
-            if queue == "py" and shape in ("chain-into-group", "all") and not PYTHON_COMPLETES_CHAIN_INTO_GROUP:
-                continue
+        for queue in ("swift", "py") if shape not in SAVED else ("swift",):
             parts, expected = header(app, shape, queue, first=(2,))
             workflow = chord(parts, sig(app, "tasks.echo", queue=queue))
             assert body_args(app, workflow.apply_async()) == expected, (shape, queue)
@@ -74,28 +75,29 @@ def test_a_nested_header_sent_by_a_python_client(both, shapes):
 
 def test_a_nested_header_split_across_workers(both):
     """Parts on both workers; the part that finishes last (it sleeps) is on `last`, so that worker joins the saved
-    header and sends the body, which runs on the other one."""
+    header and sends the body, which runs on the other one. The sender froze and saved the header."""
     app, swift, python = both
-    for sender in ("swift", "py"):
-        for last in ("swift", "py"):
-            other = "py" if last == "swift" else "swift"
-            parts = [chain(sig(app, "tasks.add", 1, queue=other),
-                           group(sig(app, "tasks.mul", 2, queue="swift"), sig(app, "tasks.mul", 3, queue="py"))),
-                     chord([sig(app, "tasks.add", 1, queue="py"), sig(app, "tasks.add", 2, queue="swift")],
-                           sig(app, "tasks.tsum", queue=other)),
-                     sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
-            workflow = chain(sig(app, "tasks.add", 1, 1, queue=sender), chord(parts, sig(app, "tasks.echo", queue=other)))
-            result = workflow.apply_async()
-            assert body_args(app, result) == [[6, 9], 7, 0.5], (sender, last)
-            body_worker = python if last == "swift" else swift
-            body_worker.wait_for_log(f"Task tasks.echo[{result.id}] received")
+    cases = [("swift", "swift"), ("py", "swift")] + ([("swift", "py")] if PYTHON_JOINS else [])
+    for sender, last in cases:
+        other = "py" if last == "swift" else "swift"
+        parts = [chain(sig(app, "tasks.add", 1, queue=other),
+                       group(sig(app, "tasks.mul", 2, queue="swift"), sig(app, "tasks.mul", 3, queue="py"))),
+                 chord([sig(app, "tasks.add", 1, queue="py"), sig(app, "tasks.add", 2, queue="swift")],
+                       sig(app, "tasks.tsum", queue=other)),
+                 sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
+        workflow = chain(sig(app, "tasks.add", 1, 1, queue=sender), chord(parts, sig(app, "tasks.echo", queue=other)))
+        result = workflow.apply_async()
+        assert body_args(app, result) == [[6, 9], 7, 0.5], (sender, last)
+        body_worker = python if last == "swift" else swift
+        body_worker.wait_for_log(f"Task tasks.echo[{result.id}] received")
 
 
 def test_a_failed_part_of_a_nested_header_fails_the_chord_as_python_does(both, backend_redis):
     """Python joins a saved header and raises the part's exception: `ChordError('Join error: …')` is stored for the
-    body, which never runs. The part that finishes last (it sleeps) is on `last`: that worker joins."""
+    body, which never runs (Python 5.7 stores these words). The Swift part finishes last (it sleeps): the Swift worker
+    joins."""
     app, swift, python = both
-    for last in ("swift", "py"):
+    for last in ("swift",):  # a Python worker's join can hang (see SAVED)
         other = "py" if last == "swift" else "swift"
         parts = [chain(sig(app, "tasks.add", 1, queue=other),
                        group(sig(app, "tasks.fail", "boom", queue=other, immutable=True), sig(app, "tasks.mul", 3, queue=other))),
