@@ -23,6 +23,7 @@ app.conf.update(
     result_compression=os.environ.get("RESULT_COMPRESSION") or None,
     result_backend_transport_options={"global_keyprefix": os.environ["RESULT_KEYPREFIX"]}
     if os.environ.get("RESULT_KEYPREFIX") else {},
+    worker_direct=os.environ.get("WORKER_DIRECT", "0") == "1",
 )
 
 

@@ -192,7 +192,7 @@ struct WorkerCommand: AsyncParsableCommand {
             warnings.append(
                 "--time-limit/task_time_limit is not enforced by the \(poolKind.rawValue) pool (a thread cannot be stopped): use --pool process.")
         }
-        let configuration = WorkerConfiguration(
+        var configuration = WorkerConfiguration(
             brokerURL: brokerURL,
             resultBackendURL: backendURL,
             queues: queueList,
@@ -224,6 +224,8 @@ struct WorkerCommand: AsyncParsableCommand {
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
+        configuration.workerDirect = file.workerDirect ?? false
+        configuration.queues += configuration.queueBindings.keys.sorted().filter { !configuration.queues.contains($0) }
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }
 

@@ -20,7 +20,7 @@ final class InMemoryBroker: Broker {
 
     func push(_ raw: [UInt8]) { state.withLock { $0.queue.append(raw) } }
 
-    func declare(queues: [String]) async throws(CeleryWorkerError) {}
+    func declare(queues: [String], bindings: [String: QueueBinding]) async throws(CeleryWorkerError) {}
 
     func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let popped = state.withLock { state in

@@ -130,6 +130,21 @@ struct RedisBrokerTests {
         let member = "celery" + Self.separator + Self.separator + "celery"
         #expect(try await client.send(RedisCommand("SMEMBERS", "_kombu.binding.celery")).array == [.string(Array(member.utf8))])
         #expect(try await client.send(RedisCommand("SISMEMBER", "_kombu.binding_permanent.celery", RedisArgument(member))) == .integer(1))
+
+        // worker_direct: `<node>.dq2` bound to `C.dq2` by the node name, as the configuration, banner and
+        // `active_queues` describe it.
+        var configuration = WorkerConfiguration(brokerURL: client.url, nodeName: "w1@host")
+        configuration.workerDirect = true
+        let direct = QueueBinding(exchange: "C.dq2", routingKey: "w1@host")
+        #expect(configuration.queueBindings == ["w1@host.dq2": direct] && configuration.binding(of: "celery") == .named("celery"))
+        try await broker.declare(queues: ["celery", "w1@host.dq2"], bindings: configuration.queueBindings)
+        let directMember = "w1@host" + Self.separator + Self.separator + "w1@host.dq2"
+        #expect(try await client.send(RedisCommand("SMEMBERS", "_kombu.binding.C.dq2")).array == [.string(Array(directMember.utf8))])
+        #expect(try await client.send(RedisCommand("SMEMBERS", "_kombu.binding.w1@host.dq2")).array == [])
+        configuration.queues.append("w1@host.dq2")
+        let banner = Banner.text(configuration: configuration, taskNames: [], version: "0")
+        #expect(banner.contains(".> w1@host.dq2      exchange=C.dq2(direct) key=w1@host"))
+        #expect(WorkerRun.queueInfo("w1@host.dq2", binding: direct)["exchange"]?["name"] == "C.dq2")
     }
 
     @Test("a fetched message is recorded in unacked and unacked_index; ack removes both")

@@ -45,6 +45,7 @@ public struct ChordCompletion: Sendable {
     /// Results of the saved header's tasks that are not among ``parts``, read from their result documents.
     public var storedResults: [Part]
 
+    /// A completion as a backend reports it; ``savedHeader`` and ``storedResults`` only for a saved header.
     public init(parts: [Part], token: String, savedHeader: CeleryValue? = nil, storedResults: [Part] = []) {
         self.parts = parts
         self.token = token

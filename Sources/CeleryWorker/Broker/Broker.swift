@@ -177,8 +177,8 @@ extension Sequence<BrokerDelivery> {
 ///
 /// The runtime only talks to this protocol, so it can be tested without Redis; ``RedisBroker`` is the real one.
 public protocol Broker: Sendable {
-    /// Prepares the queues (declares them as kombu does).
-    func declare(queues: [String]) async throws(CeleryWorkerError)
+    /// Prepares the queues (declares them as kombu does), each bound as `bindings` says, else by its own name.
+    func declare(queues: [String], bindings: [String: QueueBinding]) async throws(CeleryWorkerError)
     /// Waits briefly (about a second) for messages on `queues` and returns at most `limit` of them, each already
     /// recorded as unacknowledged. An empty result means nothing arrived in time.
     func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery]
@@ -199,4 +199,36 @@ public protocol Broker: Sendable {
 extension Broker {
     public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int { 0 }
     public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {}
+}
+
+extension Broker {
+    /// Prepares queues bound by their own names (Celery's queues).
+    public func declare(queues: [String]) async throws(CeleryWorkerError) {
+        try await declare(queues: queues, bindings: [:])
+    }
+}
+
+/// How a queue is bound, as kombu's `Queue(name, Exchange(exchange), routing_key)`: a message sent to `exchange`
+/// with `routingKey` goes to the queue (`_kombu.binding.<exchange>` on Redis).
+public struct QueueBinding: Sendable, Hashable {
+    /// The direct exchange.
+    public var exchange: String
+    /// The routing key (kombu's binding key).
+    public var routingKey: String
+
+    public init(exchange: String, routingKey: String) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+    }
+
+    /// Celery's queues: a direct exchange of the queue's name, with the name as the key.
+    public static func named(_ queue: String) -> QueueBinding {
+        QueueBinding(exchange: queue, routingKey: queue)
+    }
+
+    /// Celery's `worker_direct(node)`: the queue `<node>.dq2`, bound to the `C.dq2` exchange by the node name, so
+    /// that a task sent there reaches that worker alone.
+    public static func workerDirect(node: String) -> (queue: String, binding: QueueBinding) {
+        (node + ".dq2", QueueBinding(exchange: "C.dq2", routingKey: node))
+    }
 }

@@ -70,17 +70,18 @@ public final class RedisBroker: Broker {
         return step == 0 ? prefix + queue : prefix + queue + separator + String(step)
     }
 
-    public func declare(queues: [String]) async throws(CeleryWorkerError) {
+    public func declare(queues: [String], bindings: [String: QueueBinding]) async throws(CeleryWorkerError) {
         rotation.withLock { $0.set(queues) }
         for queue in queues {
             let lengths = Self.priorityBuckets.map {
                 RedisCommand("LLEN", RedisArgument(Self.list(for: queue, priority: $0, prefix: keyPrefix)))
             }
             try await commands.transaction(lengths)
-            let member = RedisArgument(queue + Self.separator + Self.separator + queue)
+            let binding = bindings[queue] ?? .named(queue)
+            let member = RedisArgument(binding.routingKey + Self.separator + Self.separator + queue)
             try await commands.transaction([
-                RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding.\(queue)"), member),
-                RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding_permanent.\(queue)"), member),
+                RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding.\(binding.exchange)"), member),
+                RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding_permanent.\(binding.exchange)"), member),
             ])
         }
     }

@@ -183,7 +183,8 @@ extension WorkerRun {
         case "stats":
             return stats()
         case "active_queues":
-            return .array(consuming.withLock { $0 }.map(Self.queueInfo))
+            let configuration = self.configuration
+            return .array(consuming.withLock { $0 }.map { Self.queueInfo($0, binding: configuration.binding(of: $0)) })
         case "add_consumer":
             return await addConsumer(arguments)
         case "cancel_consumer":
@@ -318,6 +319,7 @@ extension WorkerRun {
             "result_extended": .bool(configuration.resultExtended),
             "worker_concurrency": .int(Int64(configuration.concurrency)),
             "worker_prefetch_multiplier": .int(Int64(configuration.prefetchMultiplier)),
+            "worker_direct": .bool(configuration.workerDirect),
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
             "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
         ]
@@ -544,14 +546,14 @@ extension WorkerRun {
     }
 
     /// A queue as kombu's `Queue.as_dict()` describes it for `inspect active_queues`.
-    static func queueInfo(_ name: String) -> CeleryValue {
+    static func queueInfo(_ name: String, binding: QueueBinding) -> CeleryValue {
         [
             "name": .string(name),
             "exchange": [
-                "name": .string(name), "type": "direct", "arguments": nil, "durable": true, "passive": false,
+                "name": .string(binding.exchange), "type": "direct", "arguments": nil, "durable": true, "passive": false,
                 "auto_delete": false, "delivery_mode": nil, "no_declare": false,
             ],
-            "routing_key": .string(name), "queue_arguments": nil, "binding_arguments": nil, "consumer_arguments": nil,
+            "routing_key": .string(binding.routingKey), "queue_arguments": nil, "binding_arguments": nil, "consumer_arguments": nil,
             "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false, "alias": nil, "bindings": [],
             "no_declare": nil, "expires": nil, "message_ttl": nil, "max_length": nil, "max_length_bytes": nil,
             "max_priority": nil,

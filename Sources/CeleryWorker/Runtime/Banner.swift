@@ -23,7 +23,9 @@ public enum Banner {
     public static func text(configuration: WorkerConfiguration, taskNames: [String], version: String) -> String {
         let events = configuration.sendTaskEvents ? "ON" : "OFF (enable -E to monitor tasks in this worker)"
         let queues = configuration.queues.map { name in
-            ".> \(name.padding(toLength: max(16, name.count), withPad: " ", startingAt: 0)) exchange=\(name)(direct) key=\(name)"
+            let binding = configuration.binding(of: name)
+            let padded = name.padding(toLength: max(16, name.count), withPad: " ", startingAt: 0)
+            return ".> \(padded) exchange=\(binding.exchange)(direct) key=\(binding.routingKey)"
         }
         let host = host()
         let platform = host.system + "-" + host.release

@@ -98,6 +98,11 @@ public final class CeleryWorkerService: Service {
         self.metrics = metrics
         self.lane = lane
         self.client = client
+        var configuration = configuration
+        // Celery adds the worker-direct queue to the ones it consumes (`worker.py`: `select_add(worker_direct(...))`).
+        for queue in configuration.queueBindings.keys.sorted() where !configuration.queues.contains(queue) {
+            configuration.queues.append(queue)
+        }
         self.configuration = configuration
         self.registry = registry
         self.logger = logger
@@ -178,7 +183,7 @@ public final class CeleryWorkerService: Service {
         var attempt = 0
         while !shutdown.isTriggered {
             do {
-                try await broker.declare(queues: configuration.queues)
+                try await broker.declare(queues: configuration.queues, bindings: configuration.queueBindings)
                 logger.info("Connected to \(configuration.brokerURL)")
                 return true
             } catch {

@@ -65,6 +65,9 @@ public struct WorkerConfiguration: Sendable {
     /// With `--pool process`, a child whose peak resident memory passed this many KiB is replaced after its task
     /// (`--max-memory-per-child`, `worker_max_memory_per_child`); `nil`: never.
     public var maxMemoryPerChild: Int?
+    /// Celery's `worker_direct`: the worker also consumes `<node name>.dq2`, bound to the `C.dq2` exchange by its
+    /// node name (Python's `celery.utils.worker_direct(node)` sends there). Default off.
+    public var workerDirect: Bool = false
     /// Where task bodies run (`-P`, `worker_pool`). Default: threads in the worker process.
     public var pool: PoolKind
     /// Where callbacks, chain steps and chord bodies without a `queue` option are sent (`task_default_queue`).
@@ -169,6 +172,18 @@ public struct WorkerConfiguration: Sendable {
         self.maxMemoryPerChild = maxMemoryPerChild
         self.brokerKeyPrefix = brokerKeyPrefix
         self.resultKeyPrefix = resultKeyPrefix
+    }
+
+    /// The queues not bound by their own name: the worker-direct queue, with ``workerDirect``.
+    public var queueBindings: [String: QueueBinding] {
+        guard workerDirect else { return [:] }
+        let direct = QueueBinding.workerDirect(node: nodeName)
+        return [direct.queue: direct.binding]
+    }
+
+    /// How `queue` is bound.
+    public func binding(of queue: String) -> QueueBinding {
+        queueBindings[queue] ?? .named(queue)
     }
 
     /// A `global_keyprefix` as Celery's result backend uses it: `_` appended unless it ends in `:`, `_`, `-` or `.`.

@@ -1,0 +1,45 @@
+"""Celery's `worker_direct`: each worker also consumes `<node>.dq2`, bound to the `C.dq2` exchange by its node name,
+and a task sent with `queue=worker_direct(node)` reaches that worker alone."""
+import socket
+
+from celery.utils.nodenames import worker_direct
+
+from conftest import eventually, stored_outcome
+
+
+def test_worker_direct_queues_reach_one_worker_each(start_worker, start_python_worker, make_app, broker_redis,
+                                                    tmp_path):
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text("worker_direct: true\n")
+    host = socket.gethostname()
+    swift_node, other_swift_node, python_node = (f"swiftdirect@{host}", f"otherdirect@{host}", f"pydirect@{host}")
+    swift = start_worker("--config", str(config), "-n", swift_node, "-Q", "swift")
+    other = start_worker("--config", str(config), "-n", other_swift_node, "-Q", "swift")
+    python = start_python_worker("-n", python_node, "-Q", "py", env={"WORKER_DIRECT": "1"})
+    app = make_app()
+
+    # The banner lists the queue as Python's does.
+    assert f".> {swift_node}.dq2 exchange=C.dq2(direct) key={swift_node}" in " ".join(swift.stdout.split())
+    # kombu's binding: routing key, pattern and queue in `_kombu.binding.C.dq2`, next to the Python worker's.
+    members = {m.decode() for m in broker_redis.smembers("_kombu.binding.C.dq2")}
+    assert {f"{node}\x06\x16\x06\x16{node}.dq2" for node in (swift_node, other_swift_node, python_node)} <= members
+
+    # Each task goes to the node it names, Swift or Python, and nowhere else.
+    for node, expected in ((swift_node, "swift"), (python_node, "python"), (other_swift_node, "swift")):
+        results = [app.tasks["tasks.whoami"].apply_async(queue=worker_direct(node)) for _ in range(3)]
+        assert [stored_outcome(app, r) for r in results] == [expected] * 3, node
+        for r in results:
+            owner = {swift_node: swift, other_swift_node: other, python_node: python}[node]
+            assert eventually(lambda: f"[{r.id}] received" in owner.log), node
+            for worker in {swift, other, python} - {owner}:
+                assert f"[{r.id}]" not in worker.log, node
+
+    # `inspect active_queues` describes the queue as the Python worker describes its own.
+    queues = app.control.inspect(timeout=2).active_queues()
+    theirs = next(q for q in queues[python_node] if q["name"] == f"{python_node}.dq2")
+    ours = next(q for q in queues[swift_node] if q["name"] == f"{swift_node}.dq2")
+    assert ours["exchange"] == theirs["exchange"] and ours["exchange"]["name"] == "C.dq2"
+    assert (ours["routing_key"], theirs["routing_key"]) == (swift_node, python_node)
+    assert set(ours) == set(theirs)
+    assert [q["name"] for q in queues[swift_node]] == ["swift", f"{swift_node}.dq2"]
+    assert app.control.inspect(timeout=2, destination=[swift_node]).conf()[swift_node]["worker_direct"] is True
