@@ -85,7 +85,14 @@ public struct TaskRegistry: Sendable {
     public var names: [String] { tasks.keys.sorted() }
 
     /// The task registered under `name`.
-    public subscript(name: String) -> RegisteredTask? { tasks[name] ?? Self.builtins[name] }
+    public subscript(name: String) -> RegisteredTask? {
+        if let task = tasks[name] { return task }
+        return Self.builtin(named: name)
+    }
+
+    /// Out of line: a registered task's lookup (every message) does not carry the built-ins' table.
+    @inline(never)
+    static func builtin(named name: String) -> RegisteredTask? { builtins[name] }
 
     /// Celery's built-in tasks that a Swift worker may be sent: `celery.accumulate`, the body that
     /// ``ReplaceTask`` (and Python's `Task.replace`) gives a group (`accumulate(*args, index=None)`: `args[index]`,
