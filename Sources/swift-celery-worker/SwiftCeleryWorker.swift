@@ -225,7 +225,7 @@ struct WorkerCommand: AsyncParsableCommand {
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
         configuration.workerDirect = file.workerDirect ?? false
-        configuration.queues += configuration.queueBindings.keys.sorted().filter { !configuration.queues.contains($0) }
+        configuration.addBoundQueues()
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }
 

@@ -123,19 +123,13 @@ extension WorkerRun {
         if let index = message.groupIndex { replacement.options["group_index"] = .int(Int64(index)) }
         replacement.options["root_id"] = .string(message.rootID ?? message.id)
         replacement.options["replaced_task_nesting"] = .int(nesting)
-        if replacement.subtaskType == "chain" {
-            replacement.kwargs["tasks"] = .array(
-                replacement.tasks.map { task in
-                    var marked = task
-                    marked.options["replaced_task_nesting"] = .int(nesting)
-                    return marked.value
-                })
-        }
-        let rest = Signature.list(message.embed.chain).reversed().map { step in
-            var marked = step
+        func marked(_ task: Signature) -> Signature {
+            var marked = task
             marked.options["replaced_task_nesting"] = .int(nesting)
             return marked
         }
+        if replacement.subtaskType == "chain" { replacement.kwargs["tasks"] = .array(replacement.tasks.map { marked($0).value }) }
+        let rest = Signature.list(message.embed.chain).reversed().map(marked)
         return rest.isEmpty ? replacement : .chain([replacement] + rest)
     }
 

@@ -99,10 +99,7 @@ public final class CeleryWorkerService: Service {
         self.lane = lane
         self.client = client
         var configuration = configuration
-        // Celery adds the worker-direct queue to the ones it consumes (`worker.py`: `select_add(worker_direct(...))`).
-        for queue in configuration.queueBindings.keys.sorted() where !configuration.queues.contains(queue) {
-            configuration.queues.append(queue)
-        }
+        configuration.addBoundQueues()
         self.configuration = configuration
         self.registry = registry
         self.logger = logger

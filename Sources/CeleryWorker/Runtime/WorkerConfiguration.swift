@@ -181,6 +181,12 @@ public struct WorkerConfiguration: Sendable {
         return [direct.queue: direct.binding]
     }
 
+    /// Adds the queues of ``queueBindings`` not yet in ``queues`` (Celery adds the worker-direct queue to the ones
+    /// it consumes: `select_add(worker_direct(...))`).
+    public mutating func addBoundQueues() {
+        queues += queueBindings.keys.sorted().filter { !queues.contains($0) }
+    }
+
     /// How `queue` is bound.
     public func binding(of queue: String) -> QueueBinding {
         queueBindings[queue] ?? .named(queue)
