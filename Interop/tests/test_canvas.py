@@ -7,7 +7,7 @@ import json
 import pytest
 from celery import chain, chord, group
 
-from conftest import eventually
+from conftest import eventually, stored_outcome
 
 
 @pytest.fixture
@@ -42,16 +42,13 @@ def test_chain_alternating_between_swift_and_python(both, backend_redis):
         steps.append(node)
         node = node.parent
     steps.reverse()
-    # Each result is read as Python's backend reads a stored document (a GET and its decoding). A Python worker
-    # sends the next step of a chain before it stores its own result (celery/app/trace.py: "callback tasks must be
-    # applied before the result is stored"), so the last step can finish first: each read waits up to 10 s.
-    # `get()` on these parents once waited 5 s for a PUBLISH it had missed (Celery's client, between two Python
-    # processes), so the stored document is what is read.
+    # Each result is read as Python's backend reads a stored document (`stored_outcome`). A Python worker sends the
+    # next step of a chain before it stores its own result (celery/app/trace.py: "callback tasks must be applied
+    # before the result is stored"), so the last step can finish first: each read waits up to 10 s. `get()` on these
+    # parents once waited 5 s for a PUBLISH it had missed (Celery's client, between two Python processes).
     for index, (step, expected) in enumerate(zip(steps[:4], [3, 13, 39, 44])):
-        eventually(lambda: app.backend.get_task_meta(step.id)["status"] != "PENDING", timeout=10)
-        meta = app.backend.get_task_meta(step.id)
-        assert (meta["status"], meta["result"]) == ("SUCCESS", expected), (
-            f"step {index} ({step.id}, run by the {'Swift' if index % 2 == 0 else 'Python'} worker): {meta!r}")
+        worker = "Swift" if index % 2 == 0 else "Python"
+        assert stored_outcome(app, step, timeout=10) == expected, f"step {index} ({step.id}, run by the {worker} worker)"
     for previous, step in zip(steps, steps[1:]):
         document = stored(backend_redis, step.id)
         assert document["parent_id"] == previous.id

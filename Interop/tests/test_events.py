@@ -2,51 +2,66 @@
 `celery events` use)."""
 import socket
 import threading
-import time
 
 import pytest
+import redis as redis_lib
+
+from conftest import eventually
 
 
 class Capture:
-    """Collects every event on the broker for `seconds`, from a Python `app.events.Receiver`."""
+    """Collects every event on the broker from a Python `app.events.Receiver`, until `stop()` or until no event came
+    for `seconds`."""
 
-    def __init__(self, app, seconds):
+    def __init__(self, app, seconds=10):
         self.app, self.seconds, self.events = app, seconds, []
         self.thread = threading.Thread(target=self.run, daemon=True)
-        self.ready = threading.Event()
+        self.receiver = None
 
     def run(self):
         with self.app.connection_for_read() as connection:
-            receiver = self.app.events.Receiver(connection, handlers={"*": self.events.append})
-            self.ready.set()
+            self.receiver = self.app.events.Receiver(connection, handlers={"*": self.events.append})
             try:
-                receiver.capture(limit=None, timeout=self.seconds, wakeup=False)
+                self.receiver.capture(limit=None, timeout=self.seconds, wakeup=False)
             except (socket.timeout, TimeoutError):
                 pass
 
     def start(self):
+        server = redis_lib.Redis.from_url(self.app.conf.broker_url)
+        patterns = server.pubsub_numpat()
         self.thread.start()
-        self.ready.wait(5)
-        time.sleep(1.0)  # the receiver's PSUBSCRIBE is in place
+        # The receiver's PSUBSCRIBE is in place
+        assert eventually(lambda: server.pubsub_numpat() > patterns), "the event receiver did not subscribe"
         return self
 
-    def join(self):
+    def wait_for(self, condition, timeout=10.0):
+        """Waits until `condition(events)` holds for the events so far."""
+        assert eventually(lambda: condition(list(self.events)), timeout), sorted({e["type"] for e in self.events})
+
+    def stop(self):
+        """Ends the capture (at the receiver's next event or one-second poll) and returns the events."""
+        self.receiver.should_stop = True
         self.thread.join(self.seconds + 5)
         return self.events
 
 
+def count(events, kind, hostname=""):
+    return sum(e["type"] == kind and e["hostname"].startswith(hostname) for e in events)
+
+
 def test_worker_and_task_events_with_E(start_worker, make_app):
     app = make_app()
-    capture = Capture(app, 9).start()
+    capture = Capture(app).start()
     worker = start_worker("-E", "-n", "evt@%h")
     ok = app.tasks["tasks.add"].delay(2, 3)
     bad = app.tasks["tasks.fail"].delay("boom")
     assert ok.get(timeout=10) == 5
     with pytest.raises(ValueError):
         bad.get(timeout=10)
-    time.sleep(4.5)  # two heartbeats
+    capture.wait_for(lambda events: count(events, "worker-heartbeat") >= 2)
     worker.stop()
-    events = capture.join()
+    capture.wait_for(lambda events: count(events, "worker-offline", "evt@") == 1)
+    events = capture.stop()
     by_type = {}
     for event in events:
         by_type.setdefault(event["type"], []).append(event)
@@ -78,12 +93,14 @@ def test_worker_and_task_events_with_E(start_worker, make_app):
 
 def test_heartbeats_without_E_but_no_task_events(start_worker, make_app):
     app = make_app()
-    capture = Capture(app, 5).start()
+    capture = Capture(app).start()
     worker = start_worker()
     assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
-    time.sleep(2.5)
+    # A task event would come before the next heartbeat: the worker sends them as the task ends, in order.
+    beats = count(capture.events, "worker-heartbeat")
+    capture.wait_for(lambda events: count(events, "worker-heartbeat") > beats)
     state = app.events.State()
-    events = capture.join()
+    events = capture.stop()
     for event in events:
         state.event(event)
     types = {event["type"] for event in events}
@@ -95,11 +112,10 @@ def test_heartbeats_without_E_but_no_task_events(start_worker, make_app):
 
 def test_enable_events_at_run_time(start_worker, make_app):
     app = make_app()
-    capture = Capture(app, 5).start()
+    capture = Capture(app).start()
     start_worker("-n", "toggle@%h")
-    app.control.enable_events(reply=True, timeout=1)
+    assert len(app.control.enable_events(reply=True, timeout=2, limit=1)) == 1
     result = app.tasks["tasks.add"].delay(3, 4)
     assert result.get(timeout=10) == 7
-    time.sleep(0.5)
-    events = capture.join()
-    assert any(e["type"] == "task-succeeded" and e["uuid"] == result.id for e in events)
+    capture.wait_for(lambda events: any(e["type"] == "task-succeeded" and e["uuid"] == result.id for e in events))
+    capture.stop()

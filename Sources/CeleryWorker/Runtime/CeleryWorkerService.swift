@@ -411,6 +411,7 @@ final class WorkerRun: Sendable {
                 state.failures = 0
             }
             if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
+            await requeueUndeliverable(&deliveries, fetchedFrom: queues)
             if deliveries.isEmpty { return .nothing }
             held.withLock { $0.add(&deliveries) }
             // Decoded and validated by the receive loop (on the event loop, or on a task thread).
@@ -432,6 +433,30 @@ final class WorkerRun: Sendable {
             }
             _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
             return .nothing
+        }
+    }
+
+    /// A pop sent before a `cancel_consumer` can still take a message from the cancelled queue. As kombu does
+    /// ("Requeuing undeliverable message … No consumers"), the message goes back to the end of its queue, marked
+    /// redelivered, for the workers that still consume it; if that fails it stays in `unacked` and is restored
+    /// after the visibility timeout.
+    private func requeueUndeliverable(_ deliveries: inout [BrokerDelivery], fetchedFrom queues: [String]) async {
+        let consumed = consuming.withLock { $0 }
+        guard consumed != queues else { return }
+        let undeliverable = { (delivery: BrokerDelivery) in !consumed.contains(delivery.queue) && delivery.deliveryTag != nil }
+        let requeued = deliveries.filter(undeliverable)
+        guard !requeued.isEmpty else { return }
+        deliveries.removeAll(where: undeliverable)
+        prefetch.release(requeued.count)
+        for delivery in requeued {
+            logger.warning("Requeuing undeliverable message for queue '\(delivery.queue)': No consumers.")
+            do {
+                try await service.broker.restore([delivery], atFront: false)
+            } catch {
+                logger.error(
+                    "Cannot requeue the message for queue '\(delivery.queue)' (\(error.message)): it stays in unacked and is restored after the visibility timeout."
+                )
+            }
         }
     }
 
