@@ -226,3 +226,104 @@ def test_children_exit_when_the_worker_is_killed(start_worker, make_app):
     # Even the child in the middle of a busy loop notices its worker is gone.
     assert eventually(lambda: not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
                                       for pid in children), 5)
+
+
+def replies_by_node(replies, *prefixes):
+    """A broadcast's replies by the node name prefix they came from."""
+    found = {}
+    for reply in replies:
+        for node, answer in reply.items():
+            found[next(p for p in prefixes if node.startswith(p + "@"))] = answer
+    return found
+
+
+def test_pool_grow_and_shrink_answer_as_python_prefork_and_threads_do(start_worker, start_python_worker, make_app):
+    """`pool_grow` / `pool_shrink` as Python's prefork pool answers them, with children started and stopped and the
+    prefetch window moved by n × multiplier; on the thread pool, Python's thread pool's error."""
+    worker = start_worker("-n", "grow@%h", "-P", "process", "-c", "1")
+    start_python_worker("-n", "pygrow@%h", "-P", "prefork", "-c", "1", "-Q", "pygrow")
+    start_worker("-n", "thgrow@%h", "-P", "threads", "-c", "1", "-Q", "thgrow")
+    start_python_worker("-n", "pythgrow@%h", "-P", "threads", "-c", "1", "-Q", "pythgrow")
+    app = make_app()
+    nodes = {prefix: next(n for n in app.control.inspect(timeout=2, limit=4).ping() if n.startswith(prefix + "@"))
+             for prefix in ("grow", "pygrow", "thgrow", "pythgrow")}
+    names = tuple(nodes)
+
+    def stats(prefix):
+        return app.control.inspect(destination=[nodes[prefix]], timeout=2).stats()[nodes[prefix]]
+
+    grown = replies_by_node(app.control.pool_grow(2, reply=True, timeout=2, destination=list(nodes.values())), *names)
+    assert grown["grow"] == grown["pygrow"] == {"ok": "pool will grow"}
+    assert grown["thgrow"] == grown["pythgrow"] == {"error": "AttributeError(\"'TaskPool' object has no attribute 'grow'\")"}
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 3, 10)
+    assert eventually(lambda: len(stats("pygrow")["pool"]["processes"]) == 3, 10)
+    assert {prefix: stats(prefix)["prefetch_count"] for prefix in ("grow", "pygrow")} == {"grow": 12, "pygrow": 12}
+    # Python reports the pool's size at start as its max-concurrency, whatever it grew to.
+    assert stats("grow")["pool"]["max-concurrency"] == stats("pygrow")["pool"]["max-concurrency"] == 1
+    assert set(stats("grow")["pool"]["processes"]) == children_of(worker.proc.pid)
+    started = time.monotonic()
+    three = [app.tasks["tasks.sleep"].delay(0.5) for _ in range(3)]
+    assert [r.get(timeout=10) for r in three] == [0.5, 0.5, 0.5]
+    assert time.monotonic() - started < 1.4  # side by side: one after the other takes 1.5 s
+
+    shrunk = replies_by_node(app.control.pool_shrink(2, reply=True, timeout=2, destination=list(nodes.values())), *names)
+    assert shrunk["grow"] == shrunk["pygrow"] == {"ok": "pool will shrink"}
+    assert shrunk["thgrow"] == shrunk["pythgrow"] == {
+        "error": "AttributeError(\"'TaskPool' object has no attribute 'shrink'\")"}
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 1, 10)
+    worker.wait_for_log("exited with 'exitcode 0' as the pool shrank", count=2)
+    assert {prefix: stats(prefix)["prefetch_count"] for prefix in ("grow", "pygrow")} == {"grow": 4, "pygrow": 4}
+    assert app.tasks["tasks.add"].delay(2, 3).get(timeout=10) == 5
+    # Python would shrink to no process at all, and run nothing: the Swift worker keeps one.
+    assert app.control.pool_shrink(1, reply=True, timeout=2, destination=[nodes["grow"]]) == [
+        {nodes["grow"]: {"error": "ValueError(\"Can't shrink the pool below one process\")"}}]
+    autoscale = replies_by_node(app.control.autoscale(3, 1, reply=True, timeout=2, destination=list(nodes.values())), *names)
+    assert set(map(str, autoscale.values())) == {str({"error": "ValueError('Autoscale not enabled')"})}
+
+
+def test_autoscale_grows_with_the_work_and_shrinks_back(start_worker, start_python_worker, make_app):
+    """`--autoscale 3,1` as Python's: one child at start, more as tasks come (up to 3), back to the minimum once
+    none came for AUTOSCALE_KEEPALIVE seconds; `inspect stats` and the `autoscale` command as a Python worker's."""
+    keepalive = {"AUTOSCALE_KEEPALIVE": "1"}
+    worker = start_worker("-n", "auto@%h", "-P", "process", "--autoscale", "3,1", env=keepalive)
+    start_python_worker("-n", "pyauto@%h", "--autoscale", "3,1", "-Q", "pyauto", env=keepalive)
+    assert ".> concurrency: {min=1, max=3} (swift processes)" in worker.stdout
+    app = make_app()
+    nodes = {prefix: next(n for n in app.control.inspect(timeout=2, limit=2).ping() if n.startswith(prefix + "@"))
+             for prefix in ("auto", "pyauto")}
+
+    def stats(prefix):
+        return app.control.inspect(destination=[nodes[prefix]], timeout=2).stats()[nodes[prefix]]
+
+    for prefix in nodes:
+        assert stats(prefix)["autoscaler"] == {"max": 3, "min": 1, "current": 1, "qty": 0}, prefix
+        assert stats(prefix)["prefetch_count"] == 12, prefix
+        assert list(stats(prefix)).index("autoscaler") == list(stats(prefix)).index("pool") + 1, prefix
+    assert len(children_of(worker.proc.pid)) == 1
+
+    started = time.monotonic()
+    three = [app.tasks["tasks.sleep"].delay(1) for _ in range(3)]
+    worker.wait_for_log("Scaling up")
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 3, 5)
+    assert [r.get(timeout=10) for r in three] == [1, 1, 1]
+    assert time.monotonic() - started < 2.5  # one after the other takes 3 s
+    assert stats("auto")["autoscaler"]["current"] == 3
+    # No task for the keepalive: back to the minimum.
+    worker.wait_for_log("Scaling down 2 processes.", timeout=10)
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 1, 5)
+    assert stats("auto")["autoscaler"] == {"max": 3, "min": 1, "current": 1, "qty": 0}
+
+    destinations = list(nodes.values())
+    updated = replies_by_node(app.control.autoscale(4, 2, reply=True, timeout=2, destination=destinations), "auto", "pyauto")
+    assert updated == {"auto": {"ok": "autoscale now max=4 min=2"}, "pyauto": {"ok": "autoscale now max=4 min=2"}}
+    for prefix in nodes:
+        assert eventually(lambda: stats(prefix)["autoscaler"] == {"max": 4, "min": 2, "current": 2, "qty": 0}), prefix
+        assert stats(prefix)["prefetch_count"] == 16, prefix
+    assert len(children_of(worker.proc.pid)) == 2
+    for method in ("pool_grow", "pool_shrink"):
+        refused = replies_by_node(app.control.broadcast(method, arguments={"n": 1}, reply=True, timeout=2,
+                                                        destination=destinations), "auto", "pyauto")
+        expected = {"error": f"{method} is not supported with autoscale. Adjust autoscale range instead."}
+        assert refused == {"auto": expected, "pyauto": expected}
+    assert worker.stop() == 0
+    assert children_of(worker.proc.pid) == set()

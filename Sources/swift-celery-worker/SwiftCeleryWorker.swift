@@ -90,6 +90,13 @@ struct WorkerCommand: AsyncParsableCommand {
     var maxMemoryPerChild: Int?
 
     @Option(
+        name: .customLong("autoscale"), parsing: .unconditional,
+        help: ArgumentHelp(
+            "With --pool process: MAX[,MIN] children, grown while tasks wait and shrunk after AUTOSCALE_KEEPALIVE seconds (30) without a new task, as Celery's --autoscale.",
+            valueName: "max,min"))
+    var autoscale: String?
+
+    @Option(
         name: [.customShort("P"), .customLong("pool")],
         help:
             "threads (default: task bodies on threads in the worker), process (alias prefork: child processes the worker can kill) or solo (one task at a time, on the thread that fetches and writes results)."
@@ -183,6 +190,18 @@ struct WorkerCommand: AsyncParsableCommand {
         try check((maxTasksPerChild ?? 1) >= 1, "--max-tasks-per-child must be at least 1.")
         let maxMemoryPerChild = self.maxMemoryPerChild ?? file.maxMemoryPerChild
         try check((maxMemoryPerChild ?? 1) >= 1, "--max-memory-per-child must be at least 1 KiB.")
+        var autoscaleBounds: WorkerConfiguration.Autoscale?
+        if let autoscale {
+            let keepaliveText = environment["AUTOSCALE_KEEPALIVE"] ?? "30"
+            guard let keepalive = Double(keepaliveText), keepalive > 0, keepalive.isFinite else {
+                throw ValidationError("AUTOSCALE_KEEPALIVE must be a number of seconds above 0, got '\(keepaliveText)'.")
+            }
+            guard let bounds = WorkerConfiguration.Autoscale(parsing: autoscale, keepalive: keepalive) else {
+                throw ValidationError("--autoscale must be MAX or MAX,MIN with MAX at least 1 and MIN from 0 to MAX, got '\(autoscale)'.")
+            }
+            try check(poolKind == .process, "--autoscale needs --pool process: the \(poolKind.rawValue) pool cannot grow or shrink.")
+            autoscaleBounds = bounds
+        }
         var warnings = file.warnings
         if maxTasksPerChild != nil || maxMemoryPerChild != nil, poolKind != .process {
             warnings.append(
@@ -225,6 +244,7 @@ struct WorkerCommand: AsyncParsableCommand {
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
         configuration.workerDirect = file.workerDirect ?? false
+        configuration.autoscale = autoscaleBounds
         configuration.addBoundQueues()
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

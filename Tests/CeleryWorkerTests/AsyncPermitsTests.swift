@@ -41,6 +41,25 @@ struct AsyncPermitsTests {
         #expect(permits.tryAcquire(upTo: 5) == 2)
     }
 
+    @Test("withdrawn permits leave at once when free, else as they are released; nobody acquires in between")
+    func withdraw() async {
+        let permits = AsyncPermits(3)
+        #expect(await permits.acquire())
+        #expect(await permits.acquire())
+        permits.withdraw(2)  // one free permit leaves now, the other when a holder releases
+        #expect(permits.available == -1)
+        #expect(permits.tryAcquire(upTo: 4) == 0)
+        #expect(permits.available == -1)
+        let waiter = Task { await permits.acquire() }
+        try? await Task.sleep(for: .milliseconds(30))
+        permits.release()  // pays the debt: the waiter still waits
+        try? await Task.sleep(for: .milliseconds(30))
+        #expect(permits.available == 0)
+        permits.release()
+        #expect(await waiter.value)
+        #expect(permits.available == 0)
+    }
+
     @Test("a cancelled waiter gets no permit and takes none; a cancelled caller gets none even when one is free")
     func cancellation() async {
         let permits = AsyncPermits(1)

@@ -233,6 +233,10 @@ extension WorkerRun {
             return nil
         case "clock":
             return ["clock": .int(Int64(service.events?.currentClock ?? 0))]
+        case "pool_grow", "pool_shrink":
+            return await poolResizeCommand(method, arguments)
+        case "autoscale":
+            return await autoscaleCommand(arguments)
         default:
             return ["error": .string("KeyError('\(method)') (not implemented by swift-celery-worker)")]
         }
@@ -444,16 +448,21 @@ extension WorkerRun {
         let totals = counters.withLock { $0.totals }
         var total = CeleryObject()
         for name in totals.keys.sorted() { total[name] = .int(Int64(totals[name] ?? 0)) }
-        return [
+        let (prefetchCount, autoscaler) = scaling.withLock { ($0.prefetchCount, $0.autoscaler) }
+        var stats: CeleryObject = [
             "total": .object(total), "pid": .int(Int64(Host.pid)),
             "clock": .string(String(service.events?.currentClock ?? 0)),
             "uptime": .int(Int64(WallClock.now() - startedAt)),
             "pool": .object(poolStats()),
-            "broker": .object(brokerStats()),
-            "prefetch_count": .int(Int64(configuration.prefetchCount)),
-            "rusage": Self.resourceUsage(),
-            "sw_ident": .string(EventDispatcher.softwareIdentity), "sw_ver": .string(CeleryWorkerService.version),
         ]
+        // Python adds its autoscaler's entry only when there is one, after the pool's.
+        if let autoscaler, let pool { stats["autoscaler"] = autoscaler.info(processes: pool.processes, tasksHeld: tasksHeld) }
+        stats["broker"] = .object(brokerStats())
+        stats["prefetch_count"] = .int(Int64(prefetchCount))
+        stats["rusage"] = Self.resourceUsage()
+        stats["sw_ident"] = .string(EventDispatcher.softwareIdentity)
+        stats["sw_ver"] = .string(CeleryWorkerService.version)
+        return .object(stats)
     }
 
     /// `stats()["pool"]`: the keys Python's pool of the same kind reports (`_get_info`), with this worker's values.

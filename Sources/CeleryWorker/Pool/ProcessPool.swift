@@ -28,7 +28,8 @@ final class ProcessPool: Sendable {
     private let written = Mutex<[(pid: Int32, jobs: Int)]>([])
     /// Job writes under way now.
     private let writing = Atomic<Int>(0)
-    private let size: Int
+    /// The children the pool keeps: its size at start, changed by ``grow(by:)`` and ``shrink(by:)``.
+    private let target: Atomic<Int>
     private let logger: Logger
     /// Jobs a child runs before it is replaced (`--max-tasks-per-child`); `nil`: no limit.
     let maxTasksPerChild: Int?
@@ -39,7 +40,7 @@ final class ProcessPool: Sendable {
     static let childVariable = "SWIFT_CELERY_POOL_CHILD"
 
     init(size: Int, logger: Logger, maxTasksPerChild: Int? = nil, maxMemoryPerChild: Int? = nil) {
-        self.size = size
+        self.target = Atomic(size)
         self.logger = logger
         self.maxTasksPerChild = maxTasksPerChild
         self.maxMemoryPerChild = maxMemoryPerChild
@@ -49,7 +50,11 @@ final class ProcessPool: Sendable {
 
     /// Starts the children. Blocking: call it on a task thread.
     func start() {
-        for _ in 0..<size {
+        startChildren(target.load(ordering: .relaxed))
+    }
+
+    private func startChildren(_ count: Int) {
+        for _ in 0..<count {
             do {
                 let child = try spawn()
                 idle.withLock { $0.append(child) }
@@ -58,6 +63,43 @@ final class ProcessPool: Sendable {
             }
         }
     }
+
+    /// How many children the pool keeps now (billiard's `_processes`, Celery's `num_processes`).
+    var processes: Int { target.load(ordering: .relaxed) }
+
+    /// billiard's `grow`: `count` more children, started at once. Blocking: call it on a task thread.
+    func grow(by count: Int) {
+        guard count > 0, !stopping.load(ordering: .relaxed) else { return }
+        target.add(count, ordering: .relaxed)
+        startChildren(count)
+    }
+
+    /// billiard's `shrink`: `count` fewer children. Idle ones exit now; where too few are idle, busy ones exit after
+    /// their task (billiard refuses instead: "Can't shrink pool. All processes busy!"). Blocking: call it on a task
+    /// thread.
+    func shrink(by count: Int) {
+        guard count > 0 else { return }
+        target.subtract(count, ordering: .relaxed)
+        let surplus = live.withLock { $0.count } - target.load(ordering: .relaxed)
+        guard surplus > 0 else { return }
+        let leaving = idle.withLock { idle in
+            let leaving = Array(idle.suffix(surplus))
+            idle.removeLast(leaving.count)
+            return leaving
+        }
+        for child in leaving { retire(child, reason: "as the pool shrank") }
+    }
+
+    /// Closes an idle child's job pipe (it exits), reaps it and logs why.
+    private func retire(_ child: PoolProcess, reason: String) {
+        live.withLock { $0[child.pid] = nil }
+        child.closeInput()
+        let status = child.reap()
+        logger.info("Process '\(child.name)' pid:\(child.pid) exited with '\(status)' \(reason)")
+    }
+
+    /// Whether the pool has more children than it keeps now (it shrank while they were busy).
+    private var oversized: Bool { live.withLock { $0.count } > target.load(ordering: .relaxed) }
 
     /// The child pids, for `stats`.
     var pids: [Int32] { live.withLock { $0.keys.sorted() } }
@@ -145,6 +187,10 @@ final class ProcessPool: Sendable {
         } else if let limit = maxMemoryPerChild, let peak = child.peakResidentKiB(), peak > limit {
             reason = "at \(peak) KiB resident (max memory per child \(limit) KiB)"
         }
+        if reason == nil, oversized, !stopping.load(ordering: .relaxed) {
+            retire(child, reason: "as the pool shrank")
+            return
+        }
         guard let reason, !stopping.load(ordering: .relaxed) else {
             idle.withLock { $0.append(child) }
             return
@@ -157,7 +203,8 @@ final class ProcessPool: Sendable {
 
     /// Starts a child in place of one that exited, which hands on its share of `written`.
     private func replace(_ child: PoolProcess) {
-        guard !stopping.load(ordering: .relaxed) else { return }
+        // Not when the pool shrank meanwhile.
+        guard !stopping.load(ordering: .relaxed), live.withLock({ $0.count }) < processes else { return }
         do {
             let replacement = try spawn()
             written.withLock { written in

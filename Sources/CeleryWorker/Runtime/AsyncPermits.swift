@@ -70,7 +70,7 @@ final class AsyncPermits: Sendable {
     func tryAcquire(upTo limit: Int) -> Int {
         state.withLock { state in
             guard !state.closed, state.waiters.isEmpty else { return 0 }
-            let taken = min(limit, state.available)
+            let taken = max(0, min(limit, state.available))
             state.available -= taken
             return taken
         }
@@ -99,6 +99,12 @@ final class AsyncPermits: Sendable {
             }
         }
         for waiter in others { waiter.continuation.resume(returning: true) }
+    }
+
+    /// Takes `count` permits out of circulation without waiting: free ones at once, the rest as they are released
+    /// (until then `available` is below zero and nobody acquires). How a pool shrinks while its slots are busy.
+    func withdraw(_ count: Int) {
+        state.withLock { $0.available -= count }
     }
 
     /// Refuses every current and future `acquire`.

@@ -39,7 +39,7 @@ public enum Banner {
                 ".> app:         swift-celery-worker",
                 ".> transport:   \(configuration.brokerURL)",
                 ".> results:     \(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")",
-                ".> concurrency: \(configuration.concurrency) (swift \(configuration.pool == .process ? "processes" : configuration.pool == .solo ? "solo" : "threads"))",
+                ".> concurrency: \(configuration.poolAutoscale.map { "{min=\($0.min), max=\($0.max)}" } ?? "\(configuration.concurrency)") (swift \(configuration.pool == .process ? "processes" : configuration.pool == .solo ? "solo" : "threads"))",
                 ".> task events: \(events)",
                 "",
                 "[queues]",

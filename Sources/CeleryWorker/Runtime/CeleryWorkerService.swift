@@ -118,6 +118,12 @@ public final class CeleryWorkerService: Service {
     /// (on Redis) its connections share it. One thread for solo; concurrency + 1 in leader mode for threads, so that
     /// up to concurrency task bodies that block or compute run side by side while one more thread leads (see
     /// ``WorkerThreads``).
+    /// The task threads of a process pool: one per child it may have at once (the concurrency, or the autoscale
+    /// maximum); `pool_grow` adds more.
+    static func processPoolThreads(_ configuration: WorkerConfiguration) -> Int {
+        configuration.poolAutoscale?.max ?? configuration.concurrency
+    }
+
     static func makeLane(_ configuration: WorkerConfiguration) -> WorkerThreads? {
         switch configuration.pool {
         case .solo: WorkerThreads(count: 1, name: "celery-solo", eventLoop: true)
@@ -138,11 +144,12 @@ public final class CeleryWorkerService: Service {
         let shutdown = ShutdownSignal()
         // Solo and threads: tasks, the worker's bookkeeping and (on Redis) its connections share one event loop.
         let lane = self.lane ?? Self.makeLane(configuration)
-        let executor = lane ?? WorkerThreads(count: configuration.concurrency, name: "celery-task")
+        // In the process pool a running job waits on its child from a task thread: one per child at least.
+        let executor = lane ?? WorkerThreads(count: Self.processPoolThreads(configuration), name: "celery-task")
         let pool =
             configuration.pool == .process
             ? ProcessPool(
-                size: configuration.concurrency, logger: logger, maxTasksPerChild: configuration.maxTasksPerChild,
+                size: configuration.slots, logger: logger, maxTasksPerChild: configuration.maxTasksPerChild,
                 maxMemoryPerChild: configuration.maxMemoryPerChild) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
@@ -251,6 +258,14 @@ final class WorkerRun: Sendable {
     let runners: JobRunners
     /// The app's time zone, which `date_done` is written in.
     let timeZone: CeleryTimeZone
+    /// The process pool's size as it changes (`pool_grow`, `pool_shrink`, `--autoscale`).
+    let scaling: Mutex<PoolScaling>
+    /// Lets one pool size change run at a time.
+    let resizing = AsyncPermits(1)
+    /// Wakes the autoscaler: at each task received and every second.
+    let autoscaleWake = AsyncPermits(0)
+    /// Whether a wake-up of the autoscaler is pending.
+    let autoscalePending = Atomic<Bool>(false)
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
@@ -263,9 +278,17 @@ final class WorkerRun: Sendable {
         self.consuming = Mutex(service.configuration.queues)
         self.timeZone = service.configuration.timezone
         self.runners = JobRunners(tasks: jobTasks, executor: executor)
+        let configuration = service.configuration
+        self.scaling = Mutex(
+            PoolScaling(
+                threads: CeleryWorkerService.processPoolThreads(configuration), prefetchCount: configuration.prefetchCount,
+                autoscaler: configuration.poolAutoscale.map(AutoscalerState.init)))
     }
 
     var logger: Logger { service.logger }
+
+    /// Whether the pool grows and shrinks with the work (``WorkerConfiguration/autoscale``).
+    var autoscales: Bool { configuration.poolAutoscale != nil }
 
     func logReady() {
         logger.info("\(configuration.nodeName) ready.")
@@ -314,6 +337,9 @@ final class WorkerRun: Sendable {
             }
             group.addTask {
                 await self.heartbeatLoop()
+            }
+            group.addTask {
+                await self.autoscaleLoop()
             }
             group.addTask {
                 await self.controlLoop()
@@ -542,6 +568,7 @@ final class WorkerRun: Sendable {
             }
             guard !jobs.isEmpty else { continue }
             readyJobs.add(jobs.count, ordering: .relaxed)
+            if autoscales { autoscalerReceived() }
             // The dispatcher continues on this thread, which waits for the next message right after.
             WorkerThreads.keepFirstJobOnThisThread()
             ready.yield(jobs)

@@ -65,6 +65,11 @@ public struct WorkerConfiguration: Sendable {
     /// With `--pool process`, a child whose peak resident memory passed this many KiB is replaced after its task
     /// (`--max-memory-per-child`, `worker_max_memory_per_child`); `nil`: never.
     public var maxMemoryPerChild: Int?
+    /// `--autoscale MAX,MIN` (process pool only; other pools ignore it): the pool starts with `min` children, grows while more tasks are
+    /// received than it has children (up to `max`), and shrinks back towards `min` once no task came for
+    /// ``Autoscale/keepalive`` seconds, as Celery's autoscaler does. The prefetch window is `max` × multiplier.
+    /// `nil` (the default): a pool of ``concurrency``.
+    public var autoscale: Autoscale?
     /// Celery's `worker_direct`: the worker also consumes `<node name>.dq2`, bound to the `C.dq2` exchange by its
     /// node name (Python's `celery.utils.worker_direct(node)` sends there). Default off.
     public var workerDirect: Bool = false
@@ -106,9 +111,53 @@ public struct WorkerConfiguration: Sendable {
         }
     }
 
-    /// How many tasks run at once: the concurrency, or 1 with the solo pool (whose prefetch window is still
-    /// concurrency × multiplier, as in Python).
-    var slots: Int { pool == .solo ? 1 : concurrency }
+    /// How many tasks run at once when the worker starts: the concurrency (the autoscale minimum with
+    /// ``autoscale``), or 1 with the solo pool (whose prefetch window is still concurrency × multiplier, as in
+    /// Python). `pool_grow`, `pool_shrink` and the autoscaler change it in a process pool.
+    var slots: Int {
+        switch pool {
+        case .solo: 1
+        case .threads: concurrency
+        case .process: poolAutoscale?.min ?? concurrency
+        }
+    }
+
+    /// ``autoscale`` where it applies: in a process pool.
+    var poolAutoscale: Autoscale? { pool == .process ? autoscale : nil }
+
+    /// Celery's `--autoscale MAX[,MIN]`: the bounds of a process pool that grows and shrinks with the work.
+    public struct Autoscale: Sendable, Equatable {
+        /// The most children.
+        public var max: Int
+        /// The fewest children (0: none while no task comes).
+        public var min: Int
+        /// Seconds without a new task (or a scale-up) before the pool shrinks: Celery's `AUTOSCALE_KEEPALIVE`
+        /// environment variable, 30 by default.
+        public var keepalive: Double
+
+        public init(max: Int, min: Int = 0, keepalive: Double = 30) {
+            self.max = max
+            self.min = min
+            self.keepalive = keepalive
+        }
+
+        /// Reads Celery's `--autoscale` text, `MAX` or `MAX,MIN`; `nil` unless both are whole numbers with
+        /// 0 ≤ MIN ≤ MAX and MAX ≥ 1.
+        public init?(parsing text: String, keepalive: Double = 30) {
+            let parts = text.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let max = Int(parts[0].trimmingCharacters(in: .whitespaces)) else { return nil }
+            var min = 0
+            if parts.count == 2 {
+                let text = parts[1].trimmingCharacters(in: .whitespaces)
+                if !text.isEmpty {
+                    guard let parsed = Int(text) else { return nil }
+                    min = parsed
+                }
+            }
+            guard max >= 1, min >= 0, min <= max else { return nil }
+            self.init(max: max, min: min, keepalive: keepalive)
+        }
+    }
 
     public init(
         brokerURL: RedisURL = RedisURL(endpoint: .tcp(host: "localhost", port: 6379)),
@@ -211,7 +260,7 @@ public struct WorkerConfiguration: Sendable {
     }
 
     /// How many messages may be reserved (received and not yet acknowledged) at once; 0 means unlimited.
-    public var prefetchCount: Int { concurrency * prefetchMultiplier }
+    public var prefetchCount: Int { (poolAutoscale.map { Swift.max($0.max, 1) } ?? concurrency) * prefetchMultiplier }
 
     /// The number of CPU cores.
     public static var defaultConcurrency: Int { max(1, System.coreCount) }

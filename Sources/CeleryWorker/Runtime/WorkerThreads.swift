@@ -101,6 +101,18 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         watchdog?.start(watching: self)
     }
 
+    /// Starts `count` more threads (a process pool that grows needs a thread to wait on each child). Not in leader
+    /// mode, where the set is the event loop of a fixed pool.
+    func addThreads(_ count: Int) {
+        precondition(!leaders, "a leader-mode set does not grow")
+        let first = locked { alive }
+        for number in first..<(first + count) {
+            if Self.spawn("\(name)-\(number)", body: { [self] in self.serve() }) {
+                locked { alive += 1 }
+            }
+        }
+    }
+
     deinit {
         if wakePipe.read >= 0 {
             close(wakePipe.read)
