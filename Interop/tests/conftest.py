@@ -192,13 +192,13 @@ class PythonWorker(LoggedProcess):
 
     name = "python worker"
 
-    def __init__(self, broker, backend, logfile: Path, *args, env=None):
+    def __init__(self, broker, backend, logfile: Path, *args, env=None, mingle=False):
         self.logfile = logfile
         environment = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend, **(env or {})}
         celery = Path(sys.executable).with_name("celery")
         self.proc = subprocess.Popen(
-            [str(celery), "-A", "pytasks", "worker", "-l", "INFO", "--without-mingle", "--without-gossip",
-             "--logfile", str(logfile), *args],
+            [str(celery), "-A", "pytasks", "worker", "-l", "INFO", *([] if mingle else ["--without-mingle"]),
+             "--without-gossip", "--logfile", str(logfile), *args],
             cwd=INTEROP / "pyworker", env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -215,9 +215,9 @@ class PythonWorker(LoggedProcess):
 def start_python_worker(redis_urls, tmp_path, request):
     workers = []
 
-    def start(*args, env=None, ready=True):
+    def start(*args, env=None, ready=True, mingle=False):
         worker = remember(request, PythonWorker(redis_urls["broker"], redis_urls["backend"],
-                                                tmp_path / f"pyworker{len(workers)}.log", *args, env=env))
+                                                tmp_path / f"pyworker{len(workers)}.log", *args, env=env, mingle=mingle))
         workers.append(worker)
         return worker.wait_ready() if ready else worker
 

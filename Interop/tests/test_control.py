@@ -269,3 +269,38 @@ def test_inspect_conf(start_worker, make_app, redis_urls):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "task_acks_late" in proc.stdout and "1 node online." in proc.stdout
+
+
+def test_mingle_learns_revoked_ids_at_start_and_shares_its_own(start_worker, start_python_worker, make_app):
+    """Celery's mingle: a Swift worker starting next to a Python worker learns the ids it holds revoked (a task
+    revoked while the Swift worker was down is not run), and a Python worker starting with mingle learns the Swift
+    worker's. A worker alone does not wait for replies; `--without-mingle` skips it."""
+    from celery.exceptions import TaskRevokedError
+
+    alone = start_worker("-n", "alone@%h")
+    assert "mingle: all alone" in alone.log
+    assert alone.stop() == 0
+    skipped = start_worker("-n", "skipped@%h", "--without-mingle")
+    assert "mingle" not in skipped.log
+    assert skipped.stop() == 0
+
+    start_python_worker("-n", "pymingle@%h", "-P", "solo", "-Q", "pyonly")
+    app = make_app()
+    assert len(app.control.revoke("revoked-while-down", reply=True, timeout=2, limit=1)) == 1
+    swift = start_worker("-n", "swmingle@%h")
+    swift.wait_for_log("mingle: sync with 1 nodes")
+    swift.wait_for_log("mingle: sync complete")
+    node = next(n for n in app.control.inspect(timeout=2, limit=2).ping() if n.startswith("swmingle@"))
+    assert app.control.inspect(destination=[node], timeout=2).revoked()[node] == ["revoked-while-down"]
+    with pytest.raises(TaskRevokedError):
+        app.tasks["tasks.add"].apply_async((1, 2), task_id="revoked-while-down").get(timeout=10)
+    swift.wait_for_log("Discarding revoked task: tasks.add[revoked-while-down]")
+
+    assert app.control.revoke("revoked-on-swift", reply=True, timeout=2, destination=[node]) == [
+        {node: {"ok": "tasks {'revoked-on-swift'} flagged as revoked"}}]
+    late = start_python_worker("-n", "pylate@%h", "-P", "solo", "-Q", "pylate", mingle=True)
+    late.wait_for_log("mingle: sync with 2 nodes")
+    swift.wait_for_log("sync with pylate@")  # the Swift worker answered its hello
+    python = next(n for n in app.control.inspect(timeout=2, limit=3).ping() if n.startswith("pylate@"))
+    assert set(app.control.inspect(destination=[python], timeout=2).revoked()[python]) == {
+        "revoked-while-down", "revoked-on-swift"}

@@ -103,6 +103,11 @@ struct WorkerCommand: AsyncParsableCommand {
     )
     var pool: String?
 
+    @Flag(
+        name: .customLong("without-mingle"),
+        help: "Do not ask the other workers for their revoked task ids at start (Celery's mingle, on by default).")
+    var withoutMingle = false
+
     @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are always sent).")
     var taskEvents = false
 
@@ -245,6 +250,7 @@ struct WorkerCommand: AsyncParsableCommand {
         )
         configuration.workerDirect = file.workerDirect ?? false
         configuration.autoscale = autoscaleBounds
+        configuration.mingle = !withoutMingle
         configuration.addBoundQueues()
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

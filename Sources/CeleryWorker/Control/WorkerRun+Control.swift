@@ -49,6 +49,9 @@ struct RevokedTasks: Sendable {
     }
 
     func all(at now: Double = WallClock.now()) -> [String] { order.filter { contains($0, at: now) } }
+
+    /// When `id` was revoked, if it is held.
+    func revokedAt(_ id: String) -> Double? { added[id] }
 }
 
 extension WorkerRun {
@@ -223,11 +226,14 @@ extension WorkerRun {
         case "query_task":
             return queryTask(arguments["ids"])
         case "hello":
-            if arguments["from_node"]?.stringValue == configuration.nodeName { return .null }
-            return [
-                "revoked": .array(revoked.withLock { $0.all() }.map(CeleryValue.string)),
-                "clock": .int(Int64(service.events?.currentClock ?? 0)),
-            ]
+            // Another worker's mingle: Python's `hello` takes its revoked ids and answers with its own.
+            guard let peer = arguments["from_node"]?.stringValue, peer != configuration.nodeName else { return .null }
+            logger.info("sync with \(peer)")
+            let held = revoked.withLock { revoked in
+                revoked.merge(arguments["revoked"])
+                return revoked.entries()
+            }
+            return ["revoked": .object(held), "clock": .int(Int64(service.events?.currentClock ?? 0))]
         case "heartbeat":
             await sendWorkerEvent("worker-heartbeat")
             return nil

@@ -35,6 +35,11 @@ final class EventDispatcher: Sendable {
     /// The Lamport clock now.
     var currentClock: Int { clock.withLock { $0 } }
 
+    /// Moves the clock past another node's (Python's `LamportClock.adjust`: the larger of the two, plus one).
+    func adjustClock(to other: Int) {
+        clock.withLock { $0 = max($0, other) + 1 }
+    }
+
     /// `worker-online`, `worker-heartbeat` or `worker-offline` with the worker's counters.
     func sendWorkerEvent(_ type: String, active: Int, processed: Int) async {
         let fields: CeleryObject = [

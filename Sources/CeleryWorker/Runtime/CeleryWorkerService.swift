@@ -303,6 +303,7 @@ final class WorkerRun: Sendable {
     func start() async {
         guard await service.declareQueues(shutdown: shutdown) else { return }
         await sweep()
+        await mingle()
         await sendWorkerEvent("worker-online")
         // With remote control, "ready." waits until its subscription is confirmed (the control loop logs it), as
         // Python logs it once its pidbox consumer runs: a `ping` sent after it is answered.

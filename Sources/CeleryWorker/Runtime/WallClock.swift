@@ -11,4 +11,12 @@ enum WallClock {
         clock_gettime(CLOCK_REALTIME, &spec)
         return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1_000_000_000
     }
+
+    /// Seconds on the monotonic clock, as Python's `time.monotonic()`: the clock of the revocation times that
+    /// workers exchange in `hello`.
+    static func monotonic() -> Double {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1_000_000_000
+    }
 }

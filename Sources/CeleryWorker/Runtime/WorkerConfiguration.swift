@@ -70,6 +70,9 @@ public struct WorkerConfiguration: Sendable {
     /// ``Autoscale/keepalive`` seconds, as Celery's autoscaler does. The prefetch window is `max` × multiplier.
     /// `nil` (the default): a pool of ``concurrency``.
     public var autoscale: Autoscale?
+    /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
+    /// (`--without-mingle` turns it off). Default on, as in Celery.
+    public var mingle: Bool = true
     /// Celery's `worker_direct`: the worker also consumes `<node name>.dq2`, bound to the `C.dq2` exchange by its
     /// node name (Python's `celery.utils.worker_direct(node)` sends there). Default off.
     public var workerDirect: Bool = false
