@@ -24,6 +24,7 @@ app.conf.update(
     result_backend_transport_options={"global_keyprefix": os.environ["RESULT_KEYPREFIX"]}
     if os.environ.get("RESULT_KEYPREFIX") else {},
     worker_direct=os.environ.get("WORKER_DIRECT", "0") == "1",
+    worker_pool_restarts=os.environ.get("POOL_RESTARTS", "0") == "1",
 )
 
 

@@ -327,3 +327,66 @@ def test_autoscale_grows_with_the_work_and_shrinks_back(start_worker, start_pyth
         assert refused == {"auto": expected, "pyauto": expected}
     assert worker.stop() == 0
     assert children_of(worker.proc.pid) == set()
+
+
+def test_pool_restart_replaces_every_child_when_restarts_are_enabled(start_worker, start_python_worker, make_app,
+                                                                      tmp_path):
+    """`pool_restart` as Python answers it: refused unless `worker_pool_restarts`; then every child is replaced
+    (idle ones at once, a busy one after its task), and the thread pool has nothing to restart."""
+    config = tmp_path / "restarts.yaml"
+    config.write_text("worker_pool_restarts: true\n")
+    refused = start_worker("-n", "norestart@%h", "-P", "process", "-c", "1", "-Q", "norestart")
+    start_python_worker("-n", "pynorestart@%h", "-P", "prefork", "-c", "1", "-Q", "pynorestart")
+    worker = start_worker("-n", "restart@%h", "-P", "process", "-c", "2", "--config", str(config))
+    start_python_worker("-n", "pyrestart@%h", "-P", "prefork", "-c", "1", "-Q", "pyrestart", env={"POOL_RESTARTS": "1"})
+    start_worker("-n", "threstart@%h", "-P", "threads", "-Q", "threstart", "--config", str(config))
+    start_python_worker("-n", "pythrestart@%h", "-P", "threads", "-Q", "pythrestart", env={"POOL_RESTARTS": "1"})
+    app = make_app()
+    names = ("norestart", "pynorestart", "restart", "pyrestart", "threstart", "pythrestart")
+    nodes = {prefix: next(n for n in app.control.inspect(timeout=2, limit=6).ping() if n.startswith(prefix + "@"))
+             for prefix in names}
+    assert refused.alive()
+
+    before = children_of(worker.proc.pid)
+    assert len(before) == 2
+    busy = app.tasks["tasks.sleep"].delay(1.5)
+    worker.wait_for_log(f"[{busy.id}] received")
+    time.sleep(0.3)
+    replies = replies_by_node(app.control.broadcast("pool_restart", arguments={"modules": None, "reload": False},
+                                                    reply=True, timeout=2, destination=list(nodes.values())), *names)
+    assert replies["norestart"] == replies["pynorestart"] == {"error": "ValueError('Pool restarts not enabled')"}
+    assert replies["restart"] == replies["pyrestart"] == replies["threstart"] == replies["pythrestart"] == {
+        "ok": "reload started"}
+    # The idle child is replaced at once; the busy one still runs its task.
+    worker.wait_for_log("as the pool restarted")
+    assert len(before & children_of(worker.proc.pid)) == 1
+    assert busy.get(timeout=10) == 1.5
+    worker.wait_for_log("as the pool restarted", count=2)
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 2 and not before & children_of(worker.proc.pid), 5)
+    assert app.tasks["tasks.add"].delay(3, 4).get(timeout=10) == 7
+    refused_reload = app.control.broadcast("pool_restart", arguments={"modules": ["tasks"], "reload": True}, reply=True,
+                                           timeout=2, destination=[nodes["restart"]])
+    assert "cannot reload modules" in refused_reload[0][nodes["restart"]]["error"]
+
+
+def test_memsample_and_memdump(start_worker, make_app):
+    """`memsample` answers the resident memory as Python's worker does with psutil installed (`humanbytes`), and
+    `memdump` lists the samples since the last dump and the memory now, in Python's text."""
+    import re
+
+    worker = start_worker("-n", "mem@%h")
+    app = make_app()
+    node = next(iter(app.control.inspect(timeout=2, limit=1).ping()))
+    size = re.compile(r"\d+(\.\d+)?(KB|MB)")
+    samples = [app.control.broadcast("memsample", reply=True, timeout=2, destination=[node])[0][node] for _ in range(3)]
+    assert all(size.fullmatch(sample) for sample in samples), samples
+    statm = open(f"/proc/{worker.proc.pid}/statm").read().split()
+    resident_mb = int(statm[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    assert 1 < resident_mb < 200 and samples[-1].endswith("MB")
+    assert abs(float(samples[-1][:-2]) - resident_mb) < 5
+    dump = app.control.broadcast("memdump", reply=True, timeout=2, destination=[node])[0][node]
+    lines = dump.splitlines()
+    assert lines[0] == "- rss (sample):" and lines[1:4] == [f"-    > {sample}," for sample in samples]
+    assert re.fullmatch(r"- rss \(end\): \d+(\.\d+)?MB\.", lines[4]) and len(lines) == 5
+    # The samples were cleared.
+    assert app.control.broadcast("memdump", reply=True, timeout=2, destination=[node])[0][node].startswith("- rss (end):")

@@ -251,6 +251,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.workerDirect = file.workerDirect ?? false
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
+        configuration.poolRestarts = file.poolRestarts ?? false
         configuration.addBoundQueues()
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
     }

@@ -243,6 +243,12 @@ extension WorkerRun {
             return await poolResizeCommand(method, arguments)
         case "autoscale":
             return await autoscaleCommand(arguments)
+        case "pool_restart":
+            return await poolRestartCommand(arguments)
+        case "memsample":
+            return memorySample()
+        case "memdump":
+            return memoryDump(arguments)
         default:
             return ["error": .string("KeyError('\(method)') (not implemented by swift-celery-worker)")]
         }
@@ -330,6 +336,7 @@ extension WorkerRun {
             "worker_concurrency": .int(Int64(configuration.concurrency)),
             "worker_prefetch_multiplier": .int(Int64(configuration.prefetchMultiplier)),
             "worker_direct": .bool(configuration.workerDirect),
+            "worker_pool_restarts": .bool(configuration.poolRestarts),
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
             "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
         ]

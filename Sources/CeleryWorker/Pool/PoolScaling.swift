@@ -176,3 +176,24 @@ extension WorkerRun {
         }
     }
 }
+
+extension WorkerRun {
+    /// `pool_restart`, allowed by `worker_pool_restarts` as in Celery: a process pool's children are replaced (idle
+    /// ones now, busy ones after their task); the thread and solo pools have nothing to restart, and Celery answers
+    /// the same for them. The tasks are compiled into the worker, so modules cannot be reloaded: `reload` with
+    /// `modules` is refused.
+    func poolRestartCommand(_ arguments: CeleryObject) async -> CeleryValue {
+        guard configuration.poolRestarts else { return ["error": "ValueError('Pool restarts not enabled')"] }
+        let modules = arguments["modules"]?.arrayValue ?? []
+        if arguments["reload"]?.boolValue == true, !modules.isEmpty {
+            return [
+                "error": "ValueError('swift-celery-worker cannot reload modules: its tasks are compiled in; restart the worker')"
+            ]
+        }
+        if let pool {
+            logger.info("Restarting the pool's processes")
+            await withTaskExecutorPreference(executor) { pool.restart() }
+        }
+        return ["ok": "reload started"]
+    }
+}

@@ -26,6 +26,8 @@ final class ProcessPool: Sendable {
     /// Jobs written to each child that got one, in the order of their first job. As billiard's `write_stats`
     /// counts per pool slot, a child that replaces another takes over its count.
     private let written = Mutex<[(pid: Int32, jobs: Int)]>([])
+    /// Children to replace after their task (``restart()``), by pid.
+    private let outdated = Mutex<Set<Int32>>([])
     /// Job writes under way now.
     private let writing = Atomic<Int>(0)
     /// The children the pool keeps: its size at start, changed by ``grow(by:)`` and ``shrink(by:)``.
@@ -88,6 +90,22 @@ final class ProcessPool: Sendable {
             return leaving
         }
         for child in leaving { retire(child, reason: "as the pool shrank") }
+    }
+
+    /// billiard's `restart`: every child is replaced by a new one, idle ones now, busy ones after their task.
+    /// Blocking: call it on a task thread.
+    func restart() {
+        let pids = live.withLock { Array($0.keys) }
+        outdated.withLock { $0.formUnion(pids) }
+        let leaving = idle.withLock { idle in
+            defer { idle.removeAll() }
+            return idle
+        }
+        for child in leaving {
+            outdated.withLock { _ = $0.remove(child.pid) }
+            retire(child, reason: "as the pool restarted")
+            replace(child)
+        }
     }
 
     /// Closes an idle child's job pipe (it exits), reaps it and logs why.
@@ -189,6 +207,11 @@ final class ProcessPool: Sendable {
         }
         if reason == nil, oversized, !stopping.load(ordering: .relaxed) {
             retire(child, reason: "as the pool shrank")
+            return
+        }
+        if reason == nil, outdated.withLock({ $0.remove(child.pid) }) != nil, !stopping.load(ordering: .relaxed) {
+            retire(child, reason: "as the pool restarted")
+            replace(child)
             return
         }
         guard let reason, !stopping.load(ordering: .relaxed) else {

@@ -28,6 +28,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var maxTasksPerChild: Int?
     /// `worker_direct`.
     public var workerDirect: Bool?
+    public var poolRestarts: Bool?
     public var maxMemoryPerChild: Int?
     public var timeLimit: Double?
     public var softTimeLimit: Double?
@@ -207,6 +208,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_max_memory_per_child", "CELERYD_MAX_MEMORY_PER_CHILD"]) { $0.maxMemoryPerChild = try $1.int() }
         add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
         add(["worker_direct", "CELERY_WORKER_DIRECT"]) { $0.workerDirect = try $1.bool() }
+        add(["worker_pool_restarts", "CELERYD_POOL_RESTARTS"]) { $0.poolRestarts = try $1.bool() }
         add(["result_extended", "CELERY_RESULT_EXTENDED"]) { $0.resultExtended = try $1.bool() }
         add(["task_default_queue", "CELERY_DEFAULT_QUEUE"]) { $0.defaultQueue = try $1.string() }
         add(["worker_send_task_events", "CELERY_SEND_EVENTS", "CELERYD_SEND_EVENTS"]) { $0.sendTaskEvents = try $1.bool() }

@@ -260,6 +260,8 @@ final class WorkerRun: Sendable {
     let timeZone: CeleryTimeZone
     /// The process pool's size as it changes (`pool_grow`, `pool_shrink`, `--autoscale`).
     let scaling: Mutex<PoolScaling>
+    /// The resident memory samples taken by `memsample`, which `memdump` shows and clears.
+    let memorySamples = Mutex<[String]>([])
     /// Lets one pool size change run at a time.
     let resizing = AsyncPermits(1)
     /// Wakes the autoscaler: at each task received and every second.

@@ -12,4 +12,12 @@ enum Host {
 
     /// This process id.
     static var pid: Int32 { getpid() }
+
+    /// This process's resident memory in bytes, as psutil's `memory_info().rss` reads it (`/proc/self/statm`).
+    static func residentBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
+        return pages * sysconf(Int32(_SC_PAGESIZE))
+    }
 }

@@ -70,6 +70,8 @@ public struct WorkerConfiguration: Sendable {
     /// ``Autoscale/keepalive`` seconds, as Celery's autoscaler does. The prefetch window is `max` × multiplier.
     /// `nil` (the default): a pool of ``concurrency``.
     public var autoscale: Autoscale?
+    /// Whether the `pool_restart` command is allowed (`worker_pool_restarts`). Default off, as in Celery.
+    public var poolRestarts: Bool = false
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
     /// (`--without-mingle` turns it off). Default on, as in Celery.
     public var mingle: Bool = true

@@ -3,8 +3,8 @@ import Testing
 
 @testable import CeleryWorker
 
-@Suite("Mingle: the revoked ids workers exchange in hello")
-struct MingleTests {
+@Suite("Mingle's revoked ids in hello, and memsample's sizes")
+struct MingleAndMemoryTests {
     @Test("ids go out as Python's LimitedSet data: the pair (monotonic time revoked, id)")
     func entries() {
         var revoked = RevokedTasks()
@@ -28,5 +28,18 @@ struct MingleTests {
         revoked.merge(["listed"], at: now, monotonicNow: 500)
         revoked.merge("not revoked ids", at: now, monotonicNow: 500)
         #expect(revoked.all(at: now).sorted() == ["ahead", "elsewhere", "listed", "p", "t"])
+    }
+
+    @Test("memsample's sizes are Python's humanbytes; memdump spreads its samples as Python's sample does")
+    func memory() {
+        let cases: [(Double, String)] = [
+            (0, "0b"), (512, "512b"), (1024, "1KB"), (1536, "1.5KB"), (12.000_000_1 * 1_048_576, "12.0MB"),
+            (13_500_000, "12.875MB"), (1000.25 * 1_048_576, "1000.2MB"), (3_221_225_477, "3.0GB"),
+            (1.5 * 1_099_511_627_776, "1.5TB"), (123_456_789, "117.74MB"),
+        ]
+        for (bytes, text) in cases { #expect(WorkerRun.humanBytes(bytes) == text, "\(bytes)") }
+        let samples = (0..<25).map(String.init)
+        #expect(WorkerRun.spread(samples, count: 10) == ["0", "2", "4", "6", "8", "10", "12", "14", "16", "18"])
+        #expect(WorkerRun.spread(Array(samples.prefix(3)), count: 10) == ["0", "1", "2"])
     }
 }
