@@ -14,8 +14,9 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    def __init__(self, port: int | None = None, unix_socket: bool = False):
+    def __init__(self, port: int | None = None, unix_socket: bool = False, args: tuple[str, ...] = ()):
         self.port = port or free_port()
+        self.args = args
         self.dir = tempfile.mkdtemp(prefix="celery-redis-")
         self.socket = os.path.join(self.dir, "redis.sock") if unix_socket else None
         self.proc = None
@@ -27,7 +28,7 @@ class RedisProcess:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
-             *(["--unixsocket", self.socket, "--unixsocketperm", "700"] if self.socket else [])],
+             *(["--unixsocket", self.socket, "--unixsocketperm", "700"] if self.socket else []), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:

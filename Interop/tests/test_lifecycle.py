@@ -141,6 +141,8 @@ def test_bad_flags_fail_with_a_clear_message():
                        (["-P", "process", "--autoscale", "0"], "--autoscale must be MAX or MAX,MIN"),
                        (["--autoscale", "3"], "--autoscale needs --pool process"),
                        (["--broker", "http://x"], "invalid Redis URL"),
+                       (["--broker", "sentinel://127.0.0.1:1/0"], "A sentinel:// broker needs the master's name"),
+                       (["--broker", "sentinel://a:1;redis://b:2"], "only sentinel:// URLs can be joined by ';'"),
                        (["-l", "LOUD"], "Invalid log level"),
                        (["--result-serializer", "pickle"], "json or msgpack"),
                        (["--no-such-flag"], "Unknown option")]:

@@ -27,6 +27,9 @@ struct ClientOptions: ParsableArguments {
             let backendURL = try (resultBackend ?? environment["CELERY_RESULT_BACKEND"]).map { text throws(CeleryWorkerError) in
                 try RedisURL(parsing: text)
             }
+            for case .sentinel in [brokerURL.endpoint, backendURL?.endpoint] {
+                throw ValidationError("sentinel:// URLs are taken by the worker (with master_name in --config), not by this command.")
+            }
             guard let serializer = CeleryContentType(name: serializer), let resultSerializer = CeleryContentType(name: resultSerializer)
             else { throw ValidationError("--serializer and --result-serializer must be json or msgpack.") }
             let method = try compression.map { name in

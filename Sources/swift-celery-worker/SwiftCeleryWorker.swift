@@ -172,13 +172,23 @@ struct WorkerCommand: AsyncParsableCommand {
         let brokerText = broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0"
         let backendText = [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend]
             .compactMap { $0 }.first { !$0.isEmpty }
-        let brokerURL: RedisURL
-        let backendURL: RedisURL?
+        var brokerURL: RedisURL
+        var backendURL: RedisURL?
         do {
             brokerURL = try RedisURL(parsing: brokerText)
             backendURL = try backendText.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
         } catch {
             throw ValidationError(error.message)
+        }
+        // kombu's Sentinel transport names the master in the transport options, not in the URL.
+        brokerURL.sentinelMaster = file.brokerSentinelMaster
+        backendURL?.sentinelMaster = file.resultSentinelMaster
+        if case .sentinel = brokerURL.endpoint, brokerURL.sentinelMaster == nil {
+            throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
+        }
+        if case .sentinel? = backendURL?.endpoint, backendURL?.sentinelMaster == nil {
+            throw ValidationError(
+                "A sentinel:// result backend needs the master's name: result_backend_transport_options: {master_name: …} in --config.")
         }
         let timezoneName = file.timezone ?? "UTC"
         guard let timezone = CeleryTimeZone(identifier: timezoneName) else {

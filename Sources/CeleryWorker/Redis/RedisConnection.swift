@@ -377,17 +377,23 @@ final class RedisConnection: @unchecked Sendable {
         Self.sigpipeIgnored
         let timeout = Self.timeval(connectTimeout)
         let opened: UnsafeMutablePointer<redisContext>?
+        var target = "\(url)"
         switch url.endpoint {
         case .tcp(let host, let port):
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
         case .unixSocket(let path):
             opened = redisConnectUnixWithTimeout(path, timeout)
+        case .sentinel(let nodes):
+            // Asked again at every connection, so a connection lost in a failover reopens to the new master.
+            let (host, port) = try Self.master(named: url.sentinelMaster, askingEachOf: nodes, timeout: timeout)
+            opened = redisConnectWithTimeout(host, Int32(port), timeout)
+            target = "master '\(url.sentinelMaster ?? "")' at \(host):\(port) (from \(url))"
         }
         guard let context = opened else {
             throw CeleryWorkerError(code: .connectionFailed, message: "cannot allocate a Redis context for \(url)")
         }
         if context.pointee.err != 0 {
-            let error = Self.error(from: context, code: .connectionFailed, doing: "connect to \(url)")
+            let error = Self.error(from: context, code: .connectionFailed, doing: "connect to \(target)")
             redisFree(context)
             throw error
         }
@@ -414,6 +420,43 @@ final class RedisConnection: @unchecked Sendable {
             }
         }
         return context
+    }
+
+    /// The master's address, from the first Sentinel that knows it (`SENTINEL get-master-addr-by-name`), as
+    /// redis-py's `Sentinel.discover_master` asks them in order.
+    private static func master(named name: String?, askingEachOf nodes: [RedisURL.SentinelNode], timeout: timeval)
+        throws(CeleryWorkerError) -> (host: String, port: Int)
+    {
+        guard let name, !name.isEmpty else {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "a sentinel:// URL needs the master's name: set master_name in broker_transport_options "
+                    + "(or result_backend_transport_options)")
+        }
+        var failures: [String] = []
+        for node in nodes {
+            guard let context = redisConnectWithTimeout(node.host, Int32(node.port), timeout) else { continue }
+            defer { redisFree(context) }
+            guard context.pointee.err == 0 else {
+                failures.append("\(node.host):\(node.port): \(Self.error(from: context, code: .connectionFailed, doing: "connect").message)")
+                continue
+            }
+            redisSetTimeout(context, timeout)
+            let command = RedisCommand("SENTINEL", RedisArgument("get-master-addr-by-name"), RedisArgument(name))
+            guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {
+                failures.append("\(node.host):\(node.port): no reply")
+                continue
+            }
+            guard let address = reply.array, address.count == 2, let host = address[0].text, let port = address[1].text.flatMap({ Int($0) })
+            else {
+                failures.append("\(node.host):\(node.port): does not know a master named '\(name)'")
+                continue
+            }
+            return (host, port)
+        }
+        throw CeleryWorkerError(
+            code: .connectionFailed,
+            message: "no Sentinel gave the address of master '\(name)' (\(failures.isEmpty ? "none reachable" : failures.joined(separator: "; ")))")
     }
 
     private static func append(_ command: RedisCommand, to context: UnsafeMutablePointer<redisContext>) -> Int32 {

@@ -1,13 +1,27 @@
 import Foundation
 
 /// A Redis address as kombu and Celery take it: `redis://[[user]:password@]host[:port][/db]`,
-/// `rediss://` is refused (no TLS here), and `unix://` / `redis+socket://` socket paths (`?virtual_host=N` or
-/// `?db=N` select the database).
+/// `rediss://` is refused (no TLS here), `unix://` / `redis+socket://` socket paths (`?virtual_host=N` or
+/// `?db=N` select the database), and Redis Sentinel: `sentinel://[[user]:password@]host[:port][/db]`, several
+/// joined by `;`, whose master is named by the `master_name` transport option (``sentinelMaster``).
 public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// Where the server listens.
     public enum Endpoint: Sendable, Hashable {
         case tcp(host: String, port: Int)
         case unixSocket(path: String)
+        /// The Sentinels to ask, in order, for the address of the master (kombu's `sentinel://` URLs).
+        case sentinel([SentinelNode])
+    }
+
+    /// One Sentinel's address.
+    public struct SentinelNode: Sendable, Hashable {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int = 26379) {
+            self.host = host
+            self.port = port
+        }
     }
 
     public var endpoint: Endpoint
@@ -16,6 +30,9 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     public var password: String?
     /// The database number; 0 when the URL names none.
     public var database: Int
+    /// With a ``Endpoint/sentinel(_:)`` endpoint: the name of the master the Sentinels watch (kombu's
+    /// `master_name` transport option).
+    public var sentinelMaster: String?
 
     public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
         self.endpoint = endpoint
@@ -28,6 +45,18 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     public init(parsing text: String) throws(CeleryWorkerError) {
         func invalid(_ why: String) -> CeleryWorkerError {
             CeleryWorkerError(code: .invalidConfiguration, message: "invalid Redis URL '\(RedisURL.masked(text))': \(why)")
+        }
+        if text.contains(";") {
+            // kombu's failover list: for Sentinel, every URL names a Sentinel; the first gives credentials and db.
+            let urls = try text.split(separator: ";").map { part throws(CeleryWorkerError) in try RedisURL(parsing: String(part)) }
+            var nodes: [SentinelNode] = []
+            for url in urls {
+                guard case .sentinel(let more) = url.endpoint else { throw invalid("only sentinel:// URLs can be joined by ';'") }
+                nodes += more
+            }
+            self = urls[0]
+            endpoint = .sentinel(nodes)
+            return
         }
         guard let schemeEnd = text.range(of: "://") else { throw invalid("expected redis://host[:port][/db]") }
         let scheme = text[..<schemeEnd.lowerBound].lowercased()
@@ -59,7 +88,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             return number
         }
         switch scheme {
-        case "redis":
+        case "redis", "sentinel":
             var hostPort = rest
             var db: Int
             if let slash = rest.firstIndex(of: "/") {
@@ -70,7 +99,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             }
             if let virtualHost = query["virtual_host"] ?? query["db"] { db = try database(virtualHost) }
             var host = hostPort
-            var port = 6379
+            var port = scheme == "sentinel" ? 26379 : 6379
             if hostPort.hasPrefix("["), let close = hostPort.firstIndex(of: "]") {
                 host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
                 let after = hostPort[hostPort.index(after: close)...]
@@ -88,7 +117,8 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
                 port = parsed
             }
             if host.isEmpty { host = "localhost" }
-            self.init(endpoint: .tcp(host: host, port: port), username: username, password: password, database: db)
+            let endpoint: Endpoint = scheme == "sentinel" ? .sentinel([SentinelNode(host: host, port: port)]) : .tcp(host: host, port: port)
+            self.init(endpoint: endpoint, username: username, password: password, database: db)
         case "unix", "redis+socket", "socket":
             var path = rest
             if !path.hasPrefix("/") { path = "/" + path }
@@ -98,7 +128,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         case "rediss":
             throw invalid("TLS (rediss://) is not supported yet")
         default:
-            throw invalid("scheme '\(scheme)' is not redis://, unix:// or redis+socket://")
+            throw invalid("scheme '\(scheme)' is not redis://, sentinel://, unix:// or redis+socket://")
         }
     }
 
@@ -138,11 +168,19 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             return "redis://\(credentials)\(shownHost):\(port)/\(database)"
         case .unixSocket(let path):
             return "redis+socket://\(credentials)\(path)?virtual_host=\(database)"
+        case .sentinel(let nodes):
+            let shown = nodes.enumerated().map { index, node in
+                "sentinel://\(index == 0 ? credentials : "")\(node.host.contains(":") ? "[\(node.host)]" : node.host):\(node.port)"
+            }
+            return shown.joined(separator: ";") + "/\(database)"
         }
     }
 
     /// Masks the password in a URL that may not even parse, for error messages.
     public static func masked(_ text: String) -> String {
+        if text.contains(";") {
+            return text.split(separator: ";", omittingEmptySubsequences: false).map { masked(String($0)) }.joined(separator: ";")
+        }
         guard let schemeEnd = text.range(of: "://"), let at = text.lastIndex(of: "@"), at > schemeEnd.upperBound
         else { return text }
         let credentials = text[schemeEnd.upperBound..<at]

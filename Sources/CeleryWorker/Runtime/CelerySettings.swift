@@ -44,6 +44,10 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerKeyPrefix: String?
     /// `result_backend_transport_options: {global_keyprefix: …}`, as written (not yet normalized).
     public var resultKeyPrefix: String?
+    /// `broker_transport_options: {master_name: …}`: the master a `sentinel://` broker URL reaches.
+    public var brokerSentinelMaster: String?
+    /// `result_backend_transport_options: {master_name: …}`: the master a `sentinel://` result backend reaches.
+    public var resultSentinelMaster: String?
     /// Keys the worker does not know, each with a sentence for a warning.
     public var warnings: [String] = []
 
@@ -220,6 +224,8 @@ public struct CelerySettings: Sendable, Equatable {
                     settings.visibilityTimeout = try option.seconds()
                 } else if name == "global_keyprefix" {
                     settings.brokerKeyPrefix = try option.string()
+                } else if name == "master_name" {
+                    settings.brokerSentinelMaster = try option.string()
                 } else {
                     settings.warnings.append("\(field.source): broker transport option '\(name)' is ignored")
                 }
@@ -228,8 +234,11 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_backend_transport_options", "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"]) { settings, field in
             guard let options = field.value as? [String: Any] else { throw field.fail("a mapping") }
             for (name, value) in options {
+                let option = Field(source: field.source, key: "\(field.key).\(name)", value: value)
                 if name == "global_keyprefix" {
-                    settings.resultKeyPrefix = try Field(source: field.source, key: "\(field.key).\(name)", value: value).string()
+                    settings.resultKeyPrefix = try option.string()
+                } else if name == "master_name" {
+                    settings.resultSentinelMaster = try option.string()
                 } else {
                     settings.warnings.append("\(field.source): result backend transport option '\(name)' is ignored")
                 }
