@@ -39,6 +39,19 @@ def eventually(condition, timeout=5.0):
     return condition()
 
 
+def answering(app, prefix, timeout=10.0):
+    """The name of the node starting with `prefix` once it answers a ping (a Python worker that just logged
+    "ready" may not yet)."""
+    found = []
+
+    def answers():
+        found[:] = [n for n in app.control.inspect(timeout=1).ping() or {} if n.startswith(prefix)]
+        return bool(found)
+
+    assert eventually(answers, timeout), f"no node {prefix}… answers a ping"
+    return found[0]
+
+
 def stored_outcome(app, result, timeout=15.0):
     """`result.get()` read as Python's backend reads a stored result (a GET and its decoding), every 50 ms until it
     is ready: the value, or the stored exception raised. Celery 5.3's `AsyncResult.get(timeout=…)` once waited past

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKER_POOL, eventually, slots
+from conftest import WORKER_POOL, answering, eventually, slots
 
 
 def test_ping_registered_stats_queues(start_worker, make_app):
@@ -290,7 +290,7 @@ def test_mingle_learns_revoked_ids_at_start_and_shares_its_own(start_worker, sta
     swift = start_worker("-n", "swmingle@%h")
     swift.wait_for_log("mingle: sync with 1 nodes")
     swift.wait_for_log("mingle: sync complete")
-    node = next(n for n in app.control.inspect(timeout=2, limit=2).ping() if n.startswith("swmingle@"))
+    node = answering(app, "swmingle@")
     assert app.control.inspect(destination=[node], timeout=2).revoked()[node] == ["revoked-while-down"]
     with pytest.raises(TaskRevokedError):
         app.tasks["tasks.add"].apply_async((1, 2), task_id="revoked-while-down").get(timeout=10)
@@ -301,6 +301,6 @@ def test_mingle_learns_revoked_ids_at_start_and_shares_its_own(start_worker, sta
     late = start_python_worker("-n", "pylate@%h", "-P", "solo", "-Q", "pylate", mingle=True)
     late.wait_for_log("mingle: sync with 2 nodes")
     swift.wait_for_log("sync with pylate@")  # the Swift worker answered its hello
-    python = next(n for n in app.control.inspect(timeout=2, limit=3).ping() if n.startswith("pylate@"))
+    python = answering(app, "pylate@")
     assert set(app.control.inspect(destination=[python], timeout=2).revoked()[python]) == {
         "revoked-while-down", "revoked-on-swift"}

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import eventually
+from conftest import answering, eventually
 
 
 def children_of(pid: int) -> set:
@@ -245,8 +245,7 @@ def test_pool_grow_and_shrink_answer_as_python_prefork_and_threads_do(start_work
     start_worker("-n", "thgrow@%h", "-P", "threads", "-c", "1", "-Q", "thgrow")
     start_python_worker("-n", "pythgrow@%h", "-P", "threads", "-c", "1", "-Q", "pythgrow")
     app = make_app()
-    nodes = {prefix: next(n for n in app.control.inspect(timeout=2, limit=4).ping() if n.startswith(prefix + "@"))
-             for prefix in ("grow", "pygrow", "thgrow", "pythgrow")}
+    nodes = {prefix: answering(app, prefix + "@") for prefix in ("grow", "pygrow", "thgrow", "pythgrow")}
     names = tuple(nodes)
 
     def stats(prefix):
@@ -289,8 +288,7 @@ def test_autoscale_grows_with_the_work_and_shrinks_back(start_worker, start_pyth
     start_python_worker("-n", "pyauto@%h", "--autoscale", "3,1", "-Q", "pyauto", env=keepalive)
     assert ".> concurrency: {min=1, max=3} (swift processes)" in worker.stdout
     app = make_app()
-    nodes = {prefix: next(n for n in app.control.inspect(timeout=2, limit=2).ping() if n.startswith(prefix + "@"))
-             for prefix in ("auto", "pyauto")}
+    nodes = {prefix: answering(app, prefix + "@") for prefix in ("auto", "pyauto")}
 
     def stats(prefix):
         return app.control.inspect(destination=[nodes[prefix]], timeout=2).stats()[nodes[prefix]]
@@ -343,8 +341,7 @@ def test_pool_restart_replaces_every_child_when_restarts_are_enabled(start_worke
     start_python_worker("-n", "pythrestart@%h", "-P", "threads", "-Q", "pythrestart", env={"POOL_RESTARTS": "1"})
     app = make_app()
     names = ("norestart", "pynorestart", "restart", "pyrestart", "threstart", "pythrestart")
-    nodes = {prefix: next(n for n in app.control.inspect(timeout=2, limit=6).ping() if n.startswith(prefix + "@"))
-             for prefix in names}
+    nodes = {prefix: answering(app, prefix + "@") for prefix in names}
     assert refused.alive()
 
     before = children_of(worker.proc.pid)
