@@ -165,3 +165,36 @@ def test_chain_into_a_group_and_into_a_chord_sent_by_the_swift_worker(both, back
     into_chord = (sig(app, "tasks.add", 1, 2) | group(sig(app, "tasks.mul", 2, queue="py"), sig(app, "tasks.mul", 3))
                   | sig(app, "tasks.tsum", queue="py"))
     assert into_chord.apply_async().get(timeout=20) == 15
+
+
+def test_task_routes_send_chain_steps_and_callbacks_where_python_would(start_worker, start_python_worker, make_app,
+                                                                       tmp_path):
+    """The tasks a Swift worker sends (a chain's next step, a callback) follow `task_routes` as a Python worker's
+    do: an exact name, then patterns in order; a queue given in the signature wins."""
+    config = tmp_path / "routes.yaml"
+    config.write_text('task_routes:\n  "tasks.mul": {queue: math}\n  "tasks.e*": echoes\n')
+    router = start_worker("-n", "router@%h", "--config", str(config))
+    math = start_worker("-n", "math@%h", "-Q", "math", "--config", str(config))
+    python = start_python_worker("-n", "pyechoes@%h", "-P", "solo", "-Q", "echoes")
+    app = make_app()
+    workflow = chain(app.signature("tasks.add", (2, 3)), app.signature("tasks.mul", (10,)),
+                     app.signature("tasks.echo", ("x",), immutable=True))
+    result = workflow.apply_async()
+    assert stored_outcome(app, result) == {"args": ["x"], "kwargs": {}}
+    add, mul = result.parent.parent, result.parent
+    assert stored_outcome(app, mul) == 50
+    router.wait_for_log(f"Task tasks.add[{add.id}] succeeded")
+    math.wait_for_log(f"Task tasks.mul[{mul.id}] succeeded")
+    python.wait_for_log(f"Task tasks.echo[{result.id}] succeeded")
+
+    linked = app.tasks["tasks.add"].apply_async((1, 1), link=app.signature("tasks.mul", (3,)))
+    assert linked.get(timeout=10) == 2
+    callback = app.AsyncResult(json.loads(app.backend.client.get(f"celery-task-meta-{linked.id}"))["children"][0][0][0])
+    assert stored_outcome(app, callback) == 6
+    math.wait_for_log(f"Task tasks.mul[{callback.id}] succeeded")
+    # A queue in the signature wins over the route.
+    pinned = app.tasks["tasks.add"].apply_async((1, 2), link=app.signature("tasks.mul", (2,)).set(queue="celery"))
+    assert pinned.get(timeout=10) == 3
+    pinned_callback = json.loads(app.backend.client.get(f"celery-task-meta-{pinned.id}"))["children"][0][0][0]
+    assert stored_outcome(app, app.AsyncResult(pinned_callback)) == 6
+    router.wait_for_log(f"Task tasks.mul[{pinned_callback}] succeeded")

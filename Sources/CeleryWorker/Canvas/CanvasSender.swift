@@ -19,6 +19,8 @@ struct CanvasSender: Sendable {
     let replyTo: String
     /// Where a signature without a `queue` option goes (`task_default_queue`).
     let defaultQueue: String
+    /// `task_routes`: options by task name, under a signature's own.
+    var routes = TaskRoutes()
     /// The serializer of a signature without a `serializer` option.
     let contentType: CeleryContentType
     /// How a signature without a `compression` option is compressed (`task_compression`).
@@ -56,6 +58,7 @@ struct CanvasSender: Sendable {
     private func applyTask(_ signature: Signature, args: [CeleryValue], options: CeleryObject) async throws(CeleryWorkerError)
         -> CeleryValue
     {
+        let options = routes.routed(options, task: signature.task)
         let id = options["task_id"]?.stringValue ?? Self.newID()
         var queue = defaultQueue
         switch options["queue"] {

@@ -10,7 +10,7 @@ extension WorkerRun {
         let backend = service.backend
         let configuration = self.configuration
         let delays = service.retryDelays
-        return CanvasSender(
+        var sender = CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 var attempt = 0
                 while true {
@@ -32,6 +32,8 @@ extension WorkerRun {
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
             contentType: message.contentType, compression: configuration.taskCompression, signaturesAreDecoded: true,
             isoformat: { configuration.isoformat(unixSeconds: $0) })
+        sender.routes = configuration.taskRoutes
+        return sender
     }
 
     /// The options a message sent on behalf of a running task carries: it is the parent, its root is the root.

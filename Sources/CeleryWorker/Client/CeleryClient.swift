@@ -96,6 +96,8 @@ public final class CeleryClient: Sendable {
     public let compression: KombuCompression?
     /// Where tasks without a queue go (`task_default_queue`).
     public let defaultQueue: String
+    /// `task_routes`: where tasks go by name, unless they are sent with a queue.
+    public let routes: TaskRoutes
     /// This client's oid (`reply_to`).
     let oid = UUID().uuidString.lowercased()
     private let declared = DeclaredQueues()
@@ -106,7 +108,8 @@ public final class CeleryClient: Sendable {
     public init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
-        compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = ""
+        compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = "",
+        routes: TaskRoutes = TaskRoutes()
     ) {
 
         self.broker = RedisBroker(
@@ -120,6 +123,7 @@ public final class CeleryClient: Sendable {
         self.serializer = serializer
         self.compression = compression
         self.defaultQueue = defaultQueue
+        self.routes = routes
     }
 
     /// Closes the client's connections (they open again on the next use). Its threads end when it is released.
@@ -133,7 +137,7 @@ public final class CeleryClient: Sendable {
         let broker = self.broker
         let backend = self.backend
         let declared = self.declared
-        return CanvasSender(
+        var sender = CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 // kombu declares a queue (its bindings) the first time a producer sends to it.
                 if declared.insert(queue) { try await broker.declare(queues: [queue]) }
@@ -148,6 +152,8 @@ public final class CeleryClient: Sendable {
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: defaultQueue, contentType: serializer,
             compression: compression,
             signaturesAreDecoded: false, isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
+        sender.routes = routes
+        return sender
     }
 
     /// Sends a task by name.

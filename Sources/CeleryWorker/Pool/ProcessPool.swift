@@ -394,6 +394,10 @@ final class PoolProcess: Sendable {
 
         var environment = ProcessInfo.processInfo.environment
         environment[ProcessPool.childVariable] = String(number)
+        // A child that crashes should end at once, as a Python child does: Swift's backtracer can hold a crashing
+        // process for seconds (much longer on a loaded machine) while its task's slot waits. The runtime still
+        // prints the fatal error; the worker logs how the child ended. Set SWIFT_BACKTRACE to have backtraces.
+        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }
         let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
         let variables = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {

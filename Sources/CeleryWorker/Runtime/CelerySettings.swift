@@ -44,6 +44,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerKeyPrefix: String?
     /// `result_backend_transport_options: {global_keyprefix: …}`, as written (not yet normalized).
     public var resultKeyPrefix: String?
+    /// `task_routes`, in the order the file gives them.
+    public var taskRoutes: TaskRoutes?
     /// `broker_transport_options: {master_name: …}`: the master a `sentinel://` broker URL reaches.
     public var brokerSentinelMaster: String?
     /// `result_backend_transport_options: {master_name: …}`: the master a `sentinel://` result backend reaches.
@@ -67,8 +69,11 @@ public struct CelerySettings: Sendable, Equatable {
     /// Parses configuration text; `source` names it in error messages.
     public static func parse(_ text: String, source: String) throws(CeleryWorkerError) -> CelerySettings {
         let document: Any?
+        let root: Node?
         do {
             document = try Yams.load(yaml: text)
+            // The same document as nodes, whose mappings keep their order (`task_routes` patterns are tried in it).
+            root = try Yams.compose(yaml: text)
         } catch {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source) is not valid YAML: \(error)")
         }
@@ -84,7 +89,7 @@ public struct CelerySettings: Sendable, Equatable {
                 continue
             }
             do {
-                try setting(&settings, Field(source: source, key: key, value: value))
+                try setting(&settings, Field(source: source, key: key, value: value, node: root?.mapping?[key]))
             } catch let error as CeleryWorkerError {
                 throw error
             } catch {
@@ -99,6 +104,8 @@ public struct CelerySettings: Sendable, Equatable {
         let source: String
         let key: String
         let value: Any
+        /// The value as a YAML node (mappings in order), for a top-level setting.
+        var node: Node? = nil
 
         func fail(_ expected: String) -> CeleryWorkerError {
             CeleryWorkerError(
@@ -212,6 +219,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_max_memory_per_child", "CELERYD_MAX_MEMORY_PER_CHILD"]) { $0.maxMemoryPerChild = try $1.int() }
         add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
         add(["worker_direct", "CELERY_WORKER_DIRECT"]) { $0.workerDirect = try $1.bool() }
+        add(["task_routes", "CELERY_ROUTES"]) { $0.taskRoutes = try $1.routes() }
         add(["worker_pool_restarts", "CELERYD_POOL_RESTARTS"]) { $0.poolRestarts = try $1.bool() }
         add(["result_extended", "CELERY_RESULT_EXTENDED"]) { $0.resultExtended = try $1.bool() }
         add(["task_default_queue", "CELERY_DEFAULT_QUEUE"]) { $0.defaultQueue = try $1.string() }
@@ -246,4 +254,63 @@ public struct CelerySettings: Sendable, Equatable {
         }
         return table
     }()
+}
+
+extension CelerySettings.Field {
+    /// `task_routes`: a mapping of task names and `*` patterns to options or queue names, or a list of such
+    /// mappings, tried in order. Router functions (import paths) cannot be loaded into the Swift worker.
+    func routes() throws(CeleryWorkerError) -> TaskRoutes {
+        guard let node else { throw fail("a mapping of task names or patterns to routes") }
+        switch node {
+        case .mapping(let mapping):
+            return TaskRoutes([try table(mapping)])
+        case .sequence(let sequence):
+            var tables: [TaskRoutes.Table] = []
+            for item in sequence {
+                guard case .mapping(let mapping) = item else {
+                    throw CeleryWorkerError(
+                        code: .invalidConfiguration,
+                        message: "\(source): setting '\(key)': '\(item.string ?? "\(item)")' is a router function, which the "
+                            + "Swift worker cannot import; give a mapping of task names or patterns to routes")
+                }
+                tables.append(try table(mapping))
+            }
+            return TaskRoutes(tables)
+        case .scalar where node.null != nil:
+            return TaskRoutes()
+        default:
+            throw fail("a mapping of task names or patterns to routes")
+        }
+    }
+
+    private func table(_ mapping: Node.Mapping) throws(CeleryWorkerError) -> TaskRoutes.Table {
+        var entries: [(pattern: String, options: CeleryObject)] = []
+        for (name, route) in mapping {
+            guard let pattern = name.string else { throw fail("a mapping with task names or patterns as keys") }
+            entries.append((pattern, try options(of: route, for: pattern)))
+        }
+        return TaskRoutes.Table(entries)
+    }
+
+    /// A route: a queue name, or options whose values are text (`priority` a whole number).
+    private func options(of route: Node, for pattern: String) throws(CeleryWorkerError) -> CeleryObject {
+        func invalid() -> CeleryWorkerError {
+            CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "\(source): setting '\(key)': the route of '\(pattern)' must be a queue name or options such as {queue: name}")
+        }
+        if let queue = route.scalar?.string { return ["queue": .string(queue)] }
+        guard let mapping = route.mapping else { throw invalid() }
+        var options = CeleryObject()
+        for (name, value) in mapping {
+            guard let option = name.string, let text = value.scalar?.string else { throw invalid() }
+            if option == "priority" {
+                guard let priority = Int(text) else { throw invalid() }
+                options[option] = .int(Int64(priority))
+            } else {
+                options[option] = .string(text)
+            }
+        }
+        return options
+    }
 }

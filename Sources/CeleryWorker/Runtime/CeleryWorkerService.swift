@@ -76,7 +76,7 @@ public final class CeleryWorkerService: Service {
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
                 compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
-                resultKeyPrefix: configuration.resultKeyPrefix))
+                resultKeyPrefix: configuration.resultKeyPrefix, routes: configuration.taskRoutes))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

@@ -80,9 +80,12 @@ public struct WorkerConfiguration: Sendable {
     public var workerDirect: Bool = false
     /// Where task bodies run (`-P`, `worker_pool`). Default: threads in the worker process.
     public var pool: PoolKind
-    /// Where callbacks, chain steps and chord bodies without a `queue` option are sent (`task_default_queue`).
-    /// Default `celery`. Python's `task_routes` are not known to the Swift worker.
+    /// Where callbacks, chain steps and chord bodies without a `queue` option (or a route) are sent
+    /// (`task_default_queue`). Default `celery`.
     public var defaultQueue: String
+    /// `task_routes`: where the tasks the worker sends (callbacks, chain steps, chord bodies, `context.send`) go by
+    /// name, unless they carry a queue. Default: none.
+    public var taskRoutes = TaskRoutes()
     /// The serializer of messages the worker's client sends for tasks (`task_serializer`). Callbacks and chain
     /// steps use the serializer of the message that carried them. Default JSON.
     public var taskSerializer: CeleryContentType
