@@ -387,3 +387,24 @@ def test_memsample_and_memdump(start_worker, make_app):
     assert re.fullmatch(r"- rss \(end\): \d+(\.\d+)?MB\.", lines[4]) and len(lines) == 5
     # The samples were cleared.
     assert app.control.broadcast("memdump", reply=True, timeout=2, destination=[node])[0][node].startswith("- rss (end):")
+
+
+def test_acks_on_timeout_off_requeues_a_task_killed_at_its_hard_limit(start_worker, make_app, backend_redis, broker_redis,
+                                                                      tmp_path):
+    """With acks-late and `task_acks_on_failure_or_timeout: false`, as in Celery: a task killed at its hard time limit
+    has its FAILURE stored and its message goes back to the queue, to run again (here: killed again)."""
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text("task_acks_late: true\ntask_acks_on_failure_or_timeout: false\n")
+    worker = start_worker("-n", "timeoutrequeue@%h", "-P", "process", "-c", "1", "--time-limit", "0.5",
+                          "--config", str(config))
+    app = make_app()
+    spinning = app.tasks["tasks.spin"].delay(30)
+    worker.wait_for_log(f"Task tasks.spin[{spinning.id}] requeued after its hard time limit")
+    assert json.loads(backend_redis.get(f"celery-task-meta-{spinning.id}"))["status"] == "FAILURE"
+    # It came back and ran again.
+    worker.wait_for_log(f"Task tasks.spin[{spinning.id}] received", count=2)
+    worker.wait_for_log(f"Hard time limit (0.5s) exceeded for tasks.spin[{spinning.id}]", count=2)
+    assert worker.stop() == 0
+    # Stopped: the message waits in its queue (or in unacked for the visibility timeout), never lost.
+    held = [raw for raw in broker_redis.lrange("celery", 0, -1)] + list(broker_redis.hvals("unacked"))
+    assert any(spinning.id.encode() in raw for raw in held)

@@ -262,6 +262,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
         configuration.poolRestarts = file.poolRestarts ?? false
+        configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()
         configuration.addBoundQueues()
         return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)

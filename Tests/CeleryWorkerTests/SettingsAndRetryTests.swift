@@ -58,6 +58,16 @@ struct CelerySettingsTests {
         #expect(settings.warnings.contains { $0.contains("worker_hijack_root_logger") })
     }
 
+    @Test("the acknowledgement settings for failures and timeouts, the old one for both and Celery 5.7's")
+    func acksOnTimeout() throws {
+        let both = try CelerySettings.parse("task_acks_on_failure_or_timeout: false", source: "a.yaml")
+        #expect(both.acksOnFailureOrTimeout == false && both.acksOnTimeout == nil && both.warnings.isEmpty)
+        let split = try CelerySettings.parse(
+            "CELERY_ACKS_ON_FAILURE_OR_TIMEOUT: false\ntask_acks_on_timeout: true\ntask_acks_on_failure: false", source: "a.yaml")
+        #expect(split.acksOnFailureOrTimeout == false && split.acksOnTimeout == true && split.warnings.isEmpty)
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("task_acks_on_timeout: maybe", source: "a.yaml") }
+    }
+
     @Test("task_compression by kombu's names (null: none); result_compression warns that results stay plain")
     func compression() throws {
         #expect(try CelerySettings.parse("task_compression: gzip", source: "c.yaml").taskCompression == .some(.zlib))

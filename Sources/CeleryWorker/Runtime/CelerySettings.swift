@@ -29,6 +29,10 @@ public struct CelerySettings: Sendable, Equatable {
     /// `worker_direct`.
     public var workerDirect: Bool?
     public var poolRestarts: Bool?
+    /// `task_acks_on_failure_or_timeout` (Celery's older setting for both).
+    public var acksOnFailureOrTimeout: Bool?
+    /// `task_acks_on_timeout` (Celery 5.7).
+    public var acksOnTimeout: Bool?
     public var maxMemoryPerChild: Int?
     public var timeLimit: Double?
     public var softTimeLimit: Double?
@@ -221,6 +225,10 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_direct", "CELERY_WORKER_DIRECT"]) { $0.workerDirect = try $1.bool() }
         add(["task_routes", "CELERY_ROUTES"]) { $0.taskRoutes = try $1.routes() }
         add(["worker_pool_restarts", "CELERYD_POOL_RESTARTS"]) { $0.poolRestarts = try $1.bool() }
+        add(["task_acks_on_failure_or_timeout", "CELERY_ACKS_ON_FAILURE_OR_TIMEOUT"]) { $0.acksOnFailureOrTimeout = try $1.bool() }
+        add(["task_acks_on_timeout"]) { $0.acksOnTimeout = try $1.bool() }
+        // On Redis a failed task's message is forgotten whether it is acknowledged or rejected without requeue.
+        add(["task_acks_on_failure"]) { _ = try $1.bool() }
         add(["result_extended", "CELERY_RESULT_EXTENDED"]) { $0.resultExtended = try $1.bool() }
         add(["task_default_queue", "CELERY_DEFAULT_QUEUE"]) { $0.defaultQueue = try $1.string() }
         add(["worker_send_task_events", "CELERY_SEND_EVENTS", "CELERYD_SEND_EVENTS"]) { $0.sendTaskEvents = try $1.bool() }

@@ -70,6 +70,10 @@ public struct WorkerConfiguration: Sendable {
     /// ``Autoscale/keepalive`` seconds, as Celery's autoscaler does. The prefetch window is `max` × multiplier.
     /// `nil` (the default): a pool of ``concurrency``.
     public var autoscale: Autoscale?
+    /// With acks-late, whether a task killed at its hard time limit is acknowledged (`task_acks_on_timeout`, or
+    /// `task_acks_on_failure_or_timeout` before Celery 5.7). Off: its FAILURE is stored and the message goes back to
+    /// its queue, to run again. Default on, as in Celery.
+    public var acksOnTimeout: Bool = true
     /// Whether the `pool_restart` command is allowed (`worker_pool_restarts`). Default off, as in Celery.
     public var poolRestarts: Bool = false
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked

@@ -372,6 +372,7 @@ extension WorkerRun {
             return holdsPrefetch
         }
         var outcome = ending.outcome
+        var requeuesAfterTimeout = false
         if case .failure(let replacement as ReplaceTask) = outcome {
             outcome = await replace(job, with: replacement.signature)
         }
@@ -429,6 +430,8 @@ extension WorkerRun {
             switch failure {
             case let timeout as HardTimeLimitExceeded:
                 traceback = nil  // as Python: the pool stored the failure, not the task
+                // `task_acks_on_timeout` (`task_acks_on_failure_or_timeout`) off: the message goes back to its queue.
+                requeuesAfterTimeout = machine.acksLate && !configuration.acksOnTimeout
                 logger.error("Hard time limit (\(PythonRepr.repr(.double(timeout.limit)))s) exceeded for \(job.displayName)[\(message.id)]")
             case let lost as WorkerLostError:
                 traceback = nil
@@ -452,6 +455,11 @@ extension WorkerRun {
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
             await chordPartReturn(job, state: .failure, result: exception.value)
             await sendErrbacks(of: job)
+        }
+        if requeuesAfterTimeout {
+            logger.warning("Task \(job.displayName)[\(message.id)] requeued after its hard time limit (task_acks_on_timeout is off)")
+            await carryOut(machine.reject(requeue: true), for: job.delivery)
+            return holdsPrefetch
         }
         if machine.finish() == .ack {
             // acks-late: after the result, in the same settler batch or a later one; the task is done, so its
