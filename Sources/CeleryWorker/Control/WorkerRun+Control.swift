@@ -193,6 +193,7 @@ extension WorkerRun {
         case "cancel_consumer":
             guard let queue = arguments["queue"]?.stringValue else { return ["error": "missing queue"] }
             consuming.withLock { $0.removeAll { $0 == queue } }
+            cancellations.add(1, ordering: .releasing)
             logger.info("Cancelled consuming from queue \(queue)")
             return ["ok": .string("no longer consuming from \(queue)")]
         case "rate_limit":

@@ -248,6 +248,10 @@ final class WorkerRun: Sendable {
     let oid = UUID().uuidString.lowercased()
     /// The queues consumed now: `-Q`, changed by `add_consumer` / `cancel_consumer`.
     let consuming: Mutex<[String]>
+    /// Counts the `cancel_consumer` commands: a fetch that began before one may hold a message of a cancelled queue.
+    let cancellations = Atomic<Int>(0)
+    /// Whether the pool grows and shrinks with the work (``WorkerConfiguration/autoscale``).
+    let autoscales: Bool
     /// Rate and time limits changed by remote control, and the rate-limit schedule.
     let limits = Mutex(TaskLimits())
     /// Batches the result writes and acknowledgements of running tasks.
@@ -281,6 +285,7 @@ final class WorkerRun: Sendable {
         self.timeZone = service.configuration.timezone
         self.runners = JobRunners(tasks: jobTasks, executor: executor)
         let configuration = service.configuration
+        self.autoscales = configuration.poolAutoscale != nil
         self.scaling = Mutex(
             PoolScaling(
                 threads: CeleryWorkerService.processPoolThreads(configuration), prefetchCount: configuration.prefetchCount,
@@ -288,9 +293,6 @@ final class WorkerRun: Sendable {
     }
 
     var logger: Logger { service.logger }
-
-    /// Whether the pool grows and shrinks with the work (``WorkerConfiguration/autoscale``).
-    var autoscales: Bool { configuration.poolAutoscale != nil }
 
     func logReady() {
         logger.info("\(configuration.nodeName) ready.")
@@ -413,6 +415,7 @@ final class WorkerRun: Sendable {
     private func fetchOnce(into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState) async -> FetchStep {
         guard await prefetch.acquire() else { return .stop }
         // One permit is needed to fetch at all; any others free now let one round trip take a batch.
+        let cancelled = cancellations.load(ordering: .acquiring)
         let queues = consuming.withLock { $0 }
         if queues.isEmpty {
             // Every queue was cancelled: wait for an add_consumer.
@@ -440,7 +443,7 @@ final class WorkerRun: Sendable {
                 state.failures = 0
             }
             if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
-            await requeueUndeliverable(&deliveries, fetchedFrom: queues)
+            if cancellations.load(ordering: .acquiring) != cancelled { await requeueUndeliverable(&deliveries) }
             if deliveries.isEmpty { return .nothing }
             held.withLock { $0.add(&deliveries) }
             // Decoded and validated by the receive loop (on the event loop, or on a task thread).
@@ -469,9 +472,8 @@ final class WorkerRun: Sendable {
     /// ("Requeuing undeliverable message … No consumers"), the message goes back to the end of its queue, marked
     /// redelivered, for the workers that still consume it; if that fails it stays in `unacked` and is restored
     /// after the visibility timeout.
-    private func requeueUndeliverable(_ deliveries: inout [BrokerDelivery], fetchedFrom queues: [String]) async {
+    private func requeueUndeliverable(_ deliveries: inout [BrokerDelivery]) async {
         let consumed = consuming.withLock { $0 }
-        guard consumed != queues else { return }
         let undeliverable = { (delivery: BrokerDelivery) in !consumed.contains(delivery.queue) && delivery.deliveryTag != nil }
         let requeued = deliveries.filter(undeliverable)
         guard !requeued.isEmpty else { return }
