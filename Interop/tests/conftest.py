@@ -52,6 +52,15 @@ def answering(app, prefix, timeout=10.0):
     return found[0]
 
 
+def replies_by_node(replies, *prefixes):
+    """A broadcast's replies by the node name prefix they came from."""
+    found = {}
+    for reply in replies:
+        for node, answer in reply.items():
+            found[next(p for p in prefixes if node.startswith(p + "@"))] = answer
+    return found
+
+
 def stored_outcome(app, result, timeout=15.0):
     """`result.get()` read as Python's backend reads a stored result (a GET and its decoding), every 50 ms until it
     is ready: the value, or the stored exception raised. Celery 5.3's `AsyncResult.get(timeout=…)` once waited past

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKER_POOL, answering, eventually, slots
+from conftest import WORKER_POOL, answering, eventually, replies_by_node, slots
 
 
 def test_ping_registered_stats_queues(start_worker, make_app):
@@ -304,3 +304,45 @@ def test_mingle_learns_revoked_ids_at_start_and_shares_its_own(start_worker, sta
     python = answering(app, "pylate@")
     assert set(app.control.inspect(destination=[python], timeout=2).revoked()[python]) == {
         "revoked-while-down", "revoked-on-swift"}
+
+
+def test_revoke_by_stamped_headers_as_a_python_worker_answers_it(start_worker, start_python_worker, make_app):
+    """Celery's `revoke_by_stamped_headers`, answered as a Python prefork worker answers it: a task stamped with a
+    revoked value is not run (REVOKED stored, logged with the header), and with `terminate` a running one is stopped."""
+    from celery.exceptions import TaskRevokedError
+
+    swift = start_worker("-n", "stamps@%h", "-c", "2")
+    start_python_worker("-n", "pystamps@%h", "-P", "prefork", "-c", "1", "-Q", "pystamps")
+    app = make_app()
+    nodes = {prefix: answering(app, prefix + "@") for prefix in ("stamps", "pystamps")}
+
+    def both(arguments):
+        return replies_by_node(app.control.broadcast("revoke_by_stamped_headers", arguments=arguments, reply=True,
+                                                     timeout=2, destination=list(nodes.values())), "stamps", "pystamps")
+
+    def stamped(name, args, queue, **stamps):
+        signature = app.signature(name, args).set(queue=queue)
+        signature.stamp(**stamps)
+        return signature
+
+    flagged = both({"headers": {"mid": "abc"}})
+    assert flagged["stamps"] == flagged["pystamps"] == {"ok": "headers {'mid': 'abc'} flagged as revoked, but not terminated"}
+    listed = both({"headers": ["k=v"]})
+    assert listed["stamps"] == listed["pystamps"] == {"ok": "headers {'k': 'v'} flagged as revoked, but not terminated"}
+    for queue in ("celery", "pystamps"):
+        with pytest.raises(TaskRevokedError):
+            stamped("tasks.add", (1, 2), queue, mid=["x", "abc"]).apply_async().get(timeout=10)
+    swift.wait_for_log("(revoked by header: {'mid': 'abc'})")
+    assert stamped("tasks.add", (2, 2), "celery", mid="other").apply_async().get(timeout=10) == 4
+
+    running = [stamped("tasks.sleep", (10,), queue, mid="run").apply_async() for queue in ("celery", "pystamps")]
+    swift.wait_for_log(f"[{running[0].id}] received")
+    assert eventually(lambda: any(app.control.inspect(destination=[nodes["pystamps"]], timeout=1).active().values()))
+    time.sleep(0.5)
+    stopped = both({"headers": {"mid": "run"}, "terminate": True, "signal": None})
+    assert stopped["stamps"] == stopped["pystamps"] == {"ok": "headers defaultdict(<class 'set'>, {'mid': {'run'}}) revoked"}
+    for result in running:
+        with pytest.raises(TaskRevokedError, match="terminated"):
+            result.get(timeout=10)
+    untouched = both({"headers": {"mid": "none"}, "terminate": True, "signal": None})
+    assert untouched["stamps"] == untouched["pystamps"] == {"ok": "headers {'mid': 'none'} were not terminated"}

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import answering, eventually
+from conftest import answering, eventually, replies_by_node
 
 
 def children_of(pid: int) -> set:
@@ -226,15 +226,6 @@ def test_children_exit_when_the_worker_is_killed(start_worker, make_app):
     # Even the child in the middle of a busy loop notices its worker is gone.
     assert eventually(lambda: not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
                                       for pid in children), 5)
-
-
-def replies_by_node(replies, *prefixes):
-    """A broadcast's replies by the node name prefix they came from."""
-    found = {}
-    for reply in replies:
-        for node, answer in reply.items():
-            found[next(p for p in prefixes if node.startswith(p + "@"))] = answer
-    return found
 
 
 def test_pool_grow_and_shrink_answer_as_python_prefork_and_threads_do(start_worker, start_python_worker, make_app):

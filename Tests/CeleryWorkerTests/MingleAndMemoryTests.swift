@@ -42,4 +42,13 @@ struct MingleAndMemoryTests {
         #expect(WorkerRun.spread(samples, count: 10) == ["0", "2", "4", "6", "8", "10", "12", "14", "16", "18"])
         #expect(WorkerRun.spread(Array(samples.prefix(3)), count: 10) == ["0", "1", "2"])
     }
+
+    @Test("revoked stamps gather per header, a single value as a list of one (Celery's maybe_list)")
+    func stamps() {
+        var revoked = RevokedTasks()
+        revoked.revoke(stamps: ["mid": "a", "other": ["x", "y"]])
+        revoked.revoke(stamps: ["mid": ["b", 3]])
+        #expect(revoked.stamps == ["mid": ["a", "b", 3], "other": ["x", "y"]])
+        #expect(RevokedTasks.list("one") == ["one"] && RevokedTasks.list(["a", 1]) == ["a", 1])
+    }
 }

@@ -36,6 +36,8 @@ struct RevokedTasks: Sendable {
     static let lifetime: Double = 10_800
     private var added: [String: Double] = [:]
     private var order: [String] = []
+    /// Stamp values revoked by `revoke_by_stamped_headers`, by stamp name (Celery's `revoked_stamps`).
+    var stamps: [String: [CeleryValue]] = [:]
 
     mutating func insert(_ id: String, at now: Double = WallClock.now()) {
         if added[id] == nil { order.append(id) }
@@ -206,6 +208,8 @@ extension WorkerRun {
             return .array(revoked.withLock { $0.all() }.map(CeleryValue.string))
         case "revoke":
             return await revoke(arguments)
+        case "revoke_by_stamped_headers":
+            return revokeByStampedHeaders(arguments)
         case "terminate":
             // Python's `terminate <signal> <id…>`: `revoke` with terminate.
             var terminate = arguments

@@ -232,17 +232,28 @@ extension WorkerRun {
         await sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": true])
     }
 
-    /// A task revoked by id is not run: REVOKED is stored, the message acknowledged, as in Python. Inlined: a job
-    /// that is not revoked costs no async call.
+    /// A task revoked by id, or by one of its stamps (`revoke_by_stamped_headers`), is not run: REVOKED is stored,
+    /// the message acknowledged, as in Python. Inlined: a job that is not revoked costs no async call, and its
+    /// stamps are only read once some were revoked.
     @inline(__always)
     private func discardIfRevoked(_ job: PreparedJob) async -> Bool {
-        guard revoked.withLock({ $0.contains(job.message.id) }) else { return false }
-        await discardRevoked(job)
+        let (byID, stampsRevoked) = revoked.withLock { ($0.contains(job.message.id), !$0.stamps.isEmpty) }
+        if byID {
+            await discardRevoked(job)
+            return true
+        }
+        guard stampsRevoked else { return false }
+        return await discardIfRevokedByStamp(job)
+    }
+
+    private func discardIfRevokedByStamp(_ job: PreparedJob) async -> Bool {
+        guard let (header, value) = revoked.withLock({ $0.revokingStamp(of: job.message) }) else { return false }
+        await discardRevoked(job, byHeader: PythonRepr.repr([header: value] as CeleryValue))
         return true
     }
 
-    private func discardRevoked(_ job: PreparedJob) async {
-        logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)]")
+    private func discardRevoked(_ job: PreparedJob, byHeader header: String? = nil) async {
+        logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)]\(header.map { " (revoked by header: \($0))" } ?? "")")
         await storeRevoked(job, reason: "revoked", children: [])
         await sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": false])
         await discard(job.delivery)
