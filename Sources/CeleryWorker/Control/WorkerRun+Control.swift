@@ -251,9 +251,10 @@ extension WorkerRun {
         case "pool_restart":
             return await poolRestartCommand(arguments)
         case "memsample":
-            return memorySample()
+            // Reading /proc is a blocking call: on a task thread, not the cooperative pool.
+            return await withTaskExecutorPreference(executor) { memorySample() }
         case "memdump":
-            return memoryDump(arguments)
+            return await withTaskExecutorPreference(executor) { memoryDump(arguments) }
         default:
             return ["error": .string("KeyError('\(method)') (not implemented by swift-celery-worker)")]
         }
