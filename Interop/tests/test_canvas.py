@@ -7,7 +7,7 @@ import json
 import pytest
 from celery import chain, chord, group
 
-from conftest import eventually, stored_outcome
+from conftest import answering, eventually, stored_outcome
 
 
 @pytest.fixture
@@ -192,6 +192,10 @@ def test_task_routes_send_chain_steps_and_callbacks_where_python_would(start_wor
     callback = app.AsyncResult(json.loads(app.backend.client.get(f"celery-task-meta-{linked.id}"))["children"][0][0][0])
     assert stored_outcome(app, callback) == 6
     math.wait_for_log(f"Task tasks.mul[{callback.id}] succeeded")
+    node = answering(app, "router@")
+    # `inspect conf` shows the routes, a queue name as the options it stands for.
+    assert app.control.inspect(destination=[node], timeout=2).conf()[node]["task_routes"] == {
+        "tasks.mul": {"queue": "math"}, "tasks.e*": {"queue": "echoes"}}
     # A queue in the signature wins over the route.
     pinned = app.tasks["tasks.add"].apply_async((1, 2), link=app.signature("tasks.mul", (2,)).set(queue="celery"))
     assert pinned.get(timeout=10) == 3

@@ -46,6 +46,9 @@ struct TaskRoutesTests {
         #expect(routes.route(for: "tasks.mul") == ["queue": "math", "priority": 7])
         #expect(routes.route(for: "tasks.add") == ["queue": "tasks"])
         #expect(routes.route(for: "x.add") == ["queue": "adders"])
+        #expect(
+            routes.value == ["tasks.*": ["queue": "tasks"], "tasks.mul": ["queue": "math", "priority": 7], "*.add": ["queue": "adders"]])
+        #expect(TaskRoutes().value == nil)
         let listed = try CelerySettings.parse("CELERY_ROUTES: [{\"a.*\": first}, {\"a.b\": second}]", source: "r.yaml")
         #expect(listed.taskRoutes?.route(for: "a.b") == ["queue": "first"])
         for (text, message) in [

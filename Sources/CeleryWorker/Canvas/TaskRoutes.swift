@@ -16,9 +16,12 @@ public struct TaskRoutes: Sendable, Equatable {
     public struct Table: Sendable, Equatable {
         var exact: [String: CeleryObject] = [:]
         var patterns: [(pattern: String, options: CeleryObject)] = []
+        /// The entries as given, for `inspect conf`.
+        let entries: [(pattern: String, options: CeleryObject)]
 
         /// The table's entries, in their order.
         public init(_ entries: [(pattern: String, options: CeleryObject)]) {
+            self.entries = entries
             for (pattern, options) in entries {
                 if pattern.contains("*") {
                     patterns.append((pattern, options))
@@ -53,6 +56,17 @@ public struct TaskRoutes: Sendable, Equatable {
         case .object(let options): options
         default: nil
         }
+    }
+
+    /// The routes as Python's `inspect conf` shows a mapping (or a list of them); `nil` without routes.
+    var value: CeleryValue? {
+        let tables = tables.map { table in
+            var object = CeleryObject()
+            for (pattern, options) in table.entries { object[pattern] = .object(options) }
+            return CeleryValue.object(object)
+        }
+        guard let first = tables.first else { return nil }
+        return tables.count == 1 ? first : .array(tables)
     }
 
     /// The route of the first table that has one for `name`.

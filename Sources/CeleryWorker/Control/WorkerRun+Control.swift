@@ -343,6 +343,8 @@ extension WorkerRun {
             "worker_prefetch_multiplier": .int(Int64(configuration.prefetchMultiplier)),
             "worker_direct": .bool(configuration.workerDirect),
             "worker_pool_restarts": .bool(configuration.poolRestarts),
+            "task_routes": configuration.taskRoutes.value ?? .null,
+            "task_acks_on_timeout": .bool(configuration.acksOnTimeout),
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
             "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
         ]
