@@ -12,7 +12,7 @@ import pytest
 import redis as redis_lib
 from celery import Celery
 
-from conftest import WorkerProcess, eventually
+from conftest import WorkerProcess, answering, eventually
 from redisproc import RedisProcess, free_port
 
 MASTER = "mymaster"
@@ -59,17 +59,29 @@ def sentinel_setup(tmp_path):
     master.stop()
 
 
-def test_tasks_results_and_control_through_sentinel_and_after_a_failover(sentinel_setup, tmp_path):
-    master, replica, sentinel = sentinel_setup
+def sentinel_worker(sentinel, tmp_path, name):
+    """A Swift worker on `sentinel://` URLs with the master's name in its config file, and a function that makes a
+    Python client on the same URLs (each new client asks the Sentinel for the master)."""
     broker, backend = f"sentinel://127.0.0.1:{sentinel.port}/1", f"sentinel://127.0.0.1:{sentinel.port}/0"
     config = tmp_path / "worker.yaml"
     config.write_text(f"broker_transport_options:\n  master_name: {MASTER}\n"
                       f"result_backend_transport_options:\n  master_name: {MASTER}\n")
-    worker = WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config), "-n", "sentinel@%h"],
+    worker = WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config), "-n", f"{name}@%h"],
                            tmp_path / "worker.log").wait_ready()
-    app = Celery("sentinel-client", broker=broker, backend=backend)
-    app.conf.broker_transport_options = {"master_name": MASTER}
-    app.conf.result_backend_transport_options = {"master_name": MASTER}
+
+    def client():
+        app = Celery(f"{name}-client", broker=broker, backend=backend)
+        app.conf.broker_transport_options = {"master_name": MASTER}
+        app.conf.result_backend_transport_options = {"master_name": MASTER}
+        return app
+
+    return worker, client
+
+
+def test_tasks_results_and_control_through_sentinel_and_after_a_failover(sentinel_setup, tmp_path):
+    master, replica, sentinel = sentinel_setup
+    worker, client = sentinel_worker(sentinel, tmp_path, "sentinel")
+    app = client()
     try:
         assert ".> transport:   sentinel://127.0.0.1:" in worker.stdout
         result = app.send_task("tasks.add", (2, 3))
@@ -99,6 +111,37 @@ def test_tasks_results_and_control_through_sentinel_and_after_a_failover(sentine
         worker.wait_for_log("Connection to broker lost")
         assert worker.log.count("Connected to sentinel://") >= 1 and worker.alive()
         assert worker.stop() == 0
+    finally:
+        app.close()
+        if worker.alive():
+            worker.stop(9)
+
+
+def test_a_planned_failover_moves_the_worker_to_the_new_master(sentinel_setup, tmp_path):
+    """`SENTINEL FAILOVER` with the old master left running: when the Sentinel turns it into a replica (about 10 s
+    later), it closes its clients' connections, and the worker reopens them through the Sentinels, at the new
+    master, and serves there."""
+    master, replica, sentinel = sentinel_setup
+    worker, client = sentinel_worker(sentinel, tmp_path, "planned")
+
+    first = client()
+    try:
+        assert first.send_task("tasks.add", (1, 1)).get(timeout=10) == 2
+    finally:
+        first.close()
+    redis_lib.Redis(port=sentinel.port).execute_command("SENTINEL", "FAILOVER", MASTER)
+    assert eventually(lambda: sentinel.master_port() == replica.port, 20), "no failover"
+    # The old master keeps running until the Sentinel turns it into a replica (about 10 s later).
+    assert eventually(lambda: redis_lib.Redis(port=master.port).info("replication")["role"] == "slave", 30)
+    app = client()  # a fresh client asks the Sentinel: the new master
+    try:
+        result = app.send_task("tasks.add", (20, 3))
+        assert result.get(timeout=20) == 23
+        assert redis_lib.Redis(port=replica.port, db=0).exists(f"celery-task-meta-{result.id}")
+        worker.wait_for_log("Connection to broker lost")
+        if kombu.VERSION >= (5, 4):  # remote control resubscribed at the new master (kombu < 5.4: see the test above)
+            assert answering(app, "planned@").startswith("planned@")
+        assert worker.alive() and worker.stop() == 0
     finally:
         app.close()
         if worker.alive():

@@ -533,18 +533,29 @@ final class RedisConnection: @unchecked Sendable {
         case .incomplete:
             return .none
         case .invalid(let problem):
-            context.pointee.err = REDIS_ERR_PROTOCOL
-            withUnsafeMutableBytes(of: &context.pointee.errstr) { errstr in
-                let text = problem.utf8.prefix(errstr.count - 1)
-                errstr.copyBytes(from: text)
-                errstr[text.count] = 0
-            }
+            fail(context, REDIS_ERR_PROTOCOL, problem)
             return .failed
         case .reply(let reply, let next):
             // What was read is dropped from the buffer as hiredis's reader drops it (so the buffer is not moved for
             // every small reply).
             chiredis_reader_consume(reader, next)
+            if case .error(let message) = reply, message.hasPrefix("READONLY") || message.hasPrefix("UNBLOCKED") {
+                // The server turned replica (a failover): the reply is handed on, and the connection's next write or
+                // read fails, so it is reopened (through the Sentinels, at the new master), as redis-py's Sentinel
+                // connections reconnect on `READONLY`.
+                fail(context, REDIS_ERR_OTHER, "the server is a replica now (\(message.prefix(60)))")
+            }
             return .reply(reply)
+        }
+    }
+
+    /// Marks the context failed, as hiredis does: its error code and message.
+    private static func fail(_ context: UnsafeMutablePointer<redisContext>, _ code: Int32, _ problem: String) {
+        context.pointee.err = code
+        withUnsafeMutableBytes(of: &context.pointee.errstr) { errstr in
+            let text = problem.utf8.prefix(errstr.count - 1)
+            errstr.copyBytes(from: text)
+            errstr[text.count] = 0
         }
     }
 
