@@ -113,8 +113,11 @@ extension WorkerRun {
                 "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
             ])
         let channel = "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox"
-        let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(channel), RedisArgument(envelope.encoded())))
-        let listeners = Int(heard.integer ?? 0)
+        var listeners = 0
+        for topic in [channel] + pidboxLegacyTopics {
+            let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(envelope.encoded())))
+            listeners += Int(heard.integer ?? 0)
+        }
         var replies: [(node: String, reply: CeleryObject)] = []
         var answered = 0
         while answered < listeners {

@@ -63,6 +63,7 @@ extension WorkerRun {
         guard let control = service.control else { return }
         let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
         let pattern = "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox"
+        let legacy = pidboxLegacyTopics
         let shutdown = self.shutdown
         let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
         let subscribed = ShutdownSignal()  // set at the first confirmed subscription
@@ -75,7 +76,8 @@ extension WorkerRun {
                         try await withTaskCancellationHandler {
                             try await control.subscriber.withConnection { connection throws(CeleryWorkerError) in
                                 try connection.subscribe(
-                                    pattern: pattern, shouldStop: { shutdown.isTriggered || stop.isTriggered },
+                                    pattern: pattern, alsoPatterns: legacy,
+                                    shouldStop: { shutdown.isTriggered || stop.isTriggered },
                                     onSubscribed: {
                                         // The first subscription: the worker answers remote control from now on.
                                         // (Only this loop subscribes: the check and the trigger cannot interleave.)
@@ -108,6 +110,14 @@ extension WorkerRun {
         }
     }
 
+    /// The topics kombu before 5.4 uses for remote control under Redis Sentinel: it never put the database number
+    /// into the Sentinel transport's fanout prefix, so it publishes to the literal `/{db}.celery.pidbox`. The worker
+    /// listens there too (and, with a Sentinel broker, sends its own `hello` there as well).
+    var pidboxLegacyTopics: [String] {
+        guard case .sentinel = configuration.brokerURL.endpoint else { return [] }
+        return ["\(configuration.brokerKeyPrefix)/{db}.celery.pidbox"]
+    }
+
     private func handleControl(_ raw: [UInt8], replies: RedisClient) async {
         guard let envelope = try? KombuEnvelope(decoding: raw),
             let serializer = CeleryContentType(rawValue: envelope.contentType),
@@ -116,6 +126,16 @@ extension WorkerRun {
         else {
             logger.warning("Ignoring a remote control message that is not a pidbox request: \(Self.preview(raw))")
             return
+        }
+        // kombu 5.7's `sentinel_fanout_compat` sends each request on both topics: it is answered once.
+        if !pidboxLegacyTopics.isEmpty, let tag = envelope.properties["delivery_tag"]?.stringValue {
+            let seen = recentControlTags.withLock { tags in
+                if tags.contains(tag) { return true }
+                tags.append(tag)
+                if tags.count > 64 { tags.removeFirst() }
+                return false
+            }
+            if seen { return }
         }
         guard Self.isAddressed(request, to: configuration.nodeName) else { return }
         logger.debug("pidbox received method \(method)")

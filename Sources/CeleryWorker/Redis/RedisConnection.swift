@@ -266,8 +266,8 @@ final class RedisConnection: @unchecked Sendable {
     /// every `pollInterval`). `onSubscribed` runs once the server confirmed the subscription. Returns normally when
     /// stopped; throws when the connection breaks.
     func subscribe(
-        pattern: String, exact: Bool = false, pollInterval: Duration = .milliseconds(500), shouldStop: () -> Bool,
-        onSubscribed: () -> Void = {}, onMessage: ([UInt8]) -> Void
+        pattern: String, alsoPatterns: [String] = [], exact: Bool = false, pollInterval: Duration = .milliseconds(500),
+        shouldStop: () -> Bool, onSubscribed: () -> Void = {}, onMessage: ([UInt8]) -> Void
     ) throws(CeleryWorkerError) {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
             let context = try connectedContext(&state)
@@ -277,7 +277,9 @@ final class RedisConnection: @unchecked Sendable {
                 Self.close(&state)
             }
             let command = exact ? "SUBSCRIBE" : "PSUBSCRIBE"
-            guard Self.append(RedisCommand(command, RedisArgument(pattern)), to: context) == REDIS_OK else {
+            // The confirmations of any further patterns come as the first messages, which are not `pmessage`s.
+            let subscription = RedisCommand(command, arguments: ([pattern] + alsoPatterns).map { RedisArgument($0) })
+            guard Self.append(subscription, to: context) == REDIS_OK else {
                 fail(command)
                 if let failure { throw failure }
                 return

@@ -264,6 +264,8 @@ final class WorkerRun: Sendable {
     let timeZone: CeleryTimeZone
     /// The process pool's size as it changes (`pool_grow`, `pool_shrink`, `--autoscale`).
     let scaling: Mutex<PoolScaling>
+    /// The delivery tags of the last remote-control requests (Sentinel brokers only, see ``pidboxLegacyTopics``).
+    let recentControlTags = Mutex<[String]>([])
     /// The resident memory samples taken by `memsample`, which `memdump` shows and clears.
     let memorySamples = Mutex<[String]>([])
     /// Lets one pool size change run at a time.
