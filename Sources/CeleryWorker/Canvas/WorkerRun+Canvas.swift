@@ -10,7 +10,7 @@ extension WorkerRun {
         let backend = service.backend
         let configuration = self.configuration
         let delays = service.retryDelays
-        var sender = CanvasSender(
+        return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 var attempt = 0
                 while true {
@@ -30,10 +30,8 @@ extension WorkerRun {
                 try await backend?.saveGroup(groupID: groupID, result: result)
             },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
-            contentType: message.contentType, compression: configuration.taskCompression, signaturesAreDecoded: true,
-            isoformat: { configuration.isoformat(unixSeconds: $0) })
-        sender.routes = configuration.taskRoutes
-        return sender
+            routes: configuration.taskRoutes, contentType: message.contentType, compression: configuration.taskCompression,
+            signaturesAreDecoded: true, isoformat: { configuration.isoformat(unixSeconds: $0) })
     }
 
     /// The options a message sent on behalf of a running task carries: it is the parent, its root is the root.

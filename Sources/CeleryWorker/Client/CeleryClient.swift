@@ -137,7 +137,7 @@ public final class CeleryClient: Sendable {
         let broker = self.broker
         let backend = self.backend
         let declared = self.declared
-        var sender = CanvasSender(
+        return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 // kombu declares a queue (its bindings) the first time a producer sends to it.
                 if declared.insert(queue) { try await broker.declare(queues: [queue]) }
@@ -149,11 +149,9 @@ public final class CeleryClient: Sendable {
             saveGroup: { groupID, result throws(CeleryWorkerError) in
                 try await backend?.saveGroup(groupID: groupID, result: result)
             },
-            origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: defaultQueue, contentType: serializer,
-            compression: compression,
+            origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: defaultQueue, routes: routes,
+            contentType: serializer, compression: compression,
             signaturesAreDecoded: false, isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
-        sender.routes = routes
-        return sender
     }
 
     /// Sends a task by name.

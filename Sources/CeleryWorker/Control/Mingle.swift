@@ -102,19 +102,14 @@ extension WorkerRun {
             "reply_to": ["exchange": "reply.celery.pidbox", "routing_key": .string(oid)],
         ]
         let started = WallClock.now()
-        let envelope = KombuEnvelope(
-            body: CeleryContentType.json.encode(request), contentType: CeleryContentType.json.rawValue,
-            contentEncoding: CeleryContentType.json.contentEncoding,
+        let envelope = pidboxEnvelope(
+            request, serializer: .json,
             headers: [
                 "clock": .int(Int64(service.events?.currentClock ?? 0)), "expires": .double(started + Self.mingleTimeout),
             ],
-            properties: [
-                "delivery_mode": 2, "delivery_info": ["exchange": "celery.pidbox", "routing_key": ""], "priority": 0,
-                "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
-            ])
-        let channel = "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox"
+            exchange: "celery.pidbox", routingKey: "", deliveryMode: 2)
         var listeners = 0
-        for topic in [channel] + pidboxLegacyTopics {
+        for topic in [pidboxTopic] + pidboxLegacyTopics {
             let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(envelope.encoded())))
             listeners += Int(heard.integer ?? 0)
         }

@@ -62,7 +62,7 @@ extension WorkerRun {
     func controlLoop() async {
         guard let control = service.control else { return }
         let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
-        let pattern = "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox"
+        let pattern = pidboxTopic
         let legacy = pidboxLegacyTopics
         let shutdown = self.shutdown
         let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
@@ -110,6 +110,25 @@ extension WorkerRun {
         }
     }
 
+    /// The topic of remote control requests (kombu's fanout `celery.pidbox` exchange on Redis).
+    var pidboxTopic: String { "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox" }
+
+    /// A pidbox message as kombu's `Mailbox` sends it, to `exchange` with `routingKey`: `delivery_mode` 2 for a
+    /// request, 1 for a reply (kombu's reply producer).
+    func pidboxEnvelope(
+        _ body: CeleryValue, serializer: CeleryContentType, headers: CeleryObject, exchange: String, routingKey: String,
+        deliveryMode: Int64
+    ) -> KombuEnvelope {
+        KombuEnvelope(
+            body: serializer.encode(body), contentType: serializer.rawValue, contentEncoding: serializer.contentEncoding,
+            headers: headers,
+            properties: [
+                "delivery_mode": .int(deliveryMode),
+                "delivery_info": ["exchange": .string(exchange), "routing_key": .string(routingKey)],
+                "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
+            ])
+    }
+
     /// The topics kombu before 5.4 uses for remote control under Redis Sentinel: it never put the database number
     /// into the Sentinel transport's fanout prefix, so it publishes to the literal `/{db}.celery.pidbox`. The worker
     /// listens there too (and, with a Sentinel broker, sends its own `hello` there as well).
@@ -144,14 +163,10 @@ extension WorkerRun {
         guard let ticket = request["ticket"]?.stringValue, let exchange = request["reply_to"]?["exchange"]?.stringValue,
             let routingKey = request["reply_to"]?["routing_key"]?.stringValue
         else { return }
-        let body = serializer.encode([configuration.nodeName: reply] as CeleryValue)
-        let answer = KombuEnvelope(
-            body: body, contentType: serializer.rawValue, contentEncoding: serializer.contentEncoding,
+        let answer = pidboxEnvelope(
+            [configuration.nodeName: reply], serializer: serializer,
             headers: ["ticket": .string(ticket), "clock": .int(Int64(service.events?.currentClock ?? 0))],
-            properties: [
-                "delivery_mode": 1, "delivery_info": ["exchange": .string(exchange), "routing_key": .string(routingKey)],
-                "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
-            ])
+            exchange: exchange, routingKey: routingKey, deliveryMode: 1)
         do {
             // kombu's direct exchange: every queue bound with this routing key gets the reply.
             let prefix = configuration.brokerKeyPrefix

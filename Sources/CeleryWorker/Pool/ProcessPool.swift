@@ -102,18 +102,23 @@ final class ProcessPool: Sendable {
             return idle
         }
         for child in leaving {
-            outdated.withLock { _ = $0.remove(child.pid) }
             retire(child, reason: "as the pool restarted")
             replace(child)
         }
     }
 
-    /// Closes an idle child's job pipe (it exits), reaps it and logs why.
+    /// Closes a child's job pipe (it exits, if it has not already), reaps it and logs why.
     private func retire(_ child: PoolProcess, reason: String) {
-        live.withLock { $0[child.pid] = nil }
+        forget(child)
         child.closeInput()
         let status = child.reap()
         logger.info("Process '\(child.name)' pid:\(child.pid) exited with '\(status)' \(reason)")
+    }
+
+    /// Drops a child that is leaving from the pool's books (its pid may be given to another process later).
+    private func forget(_ child: PoolProcess) {
+        live.withLock { $0[child.pid] = nil }
+        outdated.withLock { _ = $0.remove(child.pid) }
     }
 
     /// Whether the pool has more children than it keeps now (it shrank while they were busy).
@@ -199,29 +204,24 @@ final class ProcessPool: Sendable {
     /// its place, as billiard replaces one.
     private func keepOrRetire(_ child: PoolProcess) {
         let jobs = child.finishedJob()
-        var reason: String?
+        let reason: String?
         if let limit = maxTasksPerChild, jobs >= limit {
             reason = "after \(jobs) tasks (max tasks per child \(limit))"
         } else if let limit = maxMemoryPerChild, let peak = child.peakResidentKiB(), peak > limit {
             reason = "at \(peak) KiB resident (max memory per child \(limit) KiB)"
-        }
-        if reason == nil, oversized, !stopping.load(ordering: .relaxed) {
-            retire(child, reason: "as the pool shrank")
-            return
-        }
-        if reason == nil, outdated.withLock({ $0.remove(child.pid) }) != nil, !stopping.load(ordering: .relaxed) {
-            retire(child, reason: "as the pool restarted")
-            replace(child)
-            return
+        } else if oversized {
+            reason = "as the pool shrank"
+        } else if outdated.withLock({ $0.contains(child.pid) }) {
+            reason = "as the pool restarted"
+        } else {
+            reason = nil
         }
         guard let reason, !stopping.load(ordering: .relaxed) else {
             idle.withLock { $0.append(child) }
             return
         }
-        let status = child.reap()
-        live.withLock { $0[child.pid] = nil }
-        logger.info("Process '\(child.name)' pid:\(child.pid) exited with '\(status)' \(reason)")
-        replace(child)
+        retire(child, reason: reason)
+        replace(child)  // none when the pool shrank: `replace` keeps to its size
     }
 
     /// Starts a child in place of one that exited, which hands on its share of `written`.
@@ -242,7 +242,7 @@ final class ProcessPool: Sendable {
     /// A child whose pipe closed: reaps it, logs how it ended, and says what that means for its task.
     private func ended(_ child: PoolProcess) -> Result<CeleryValue, any Error> {
         let status = child.reap()
-        live.withLock { $0[child.pid] = nil }
+        forget(child)
         logger.error("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
         replace(child)
         switch child.killedBecause {

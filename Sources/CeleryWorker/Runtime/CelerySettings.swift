@@ -28,6 +28,7 @@ public struct CelerySettings: Sendable, Equatable {
     public var maxTasksPerChild: Int?
     /// `worker_direct`.
     public var workerDirect: Bool?
+    /// `worker_pool_restarts`.
     public var poolRestarts: Bool?
     /// `task_acks_on_failure_or_timeout` (Celery's older setting for both).
     public var acksOnFailureOrTimeout: Bool?

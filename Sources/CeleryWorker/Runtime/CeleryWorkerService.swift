@@ -114,16 +114,16 @@ public final class CeleryWorkerService: Service {
         }
     }
 
-    /// The event loop of the solo and thread pools, `nil` for the process pool: tasks, the worker's bookkeeping and
-    /// (on Redis) its connections share it. One thread for solo; concurrency + 1 in leader mode for threads, so that
-    /// up to concurrency task bodies that block or compute run side by side while one more thread leads (see
-    /// ``WorkerThreads``).
     /// The task threads of a process pool: one per child it may have at once (the concurrency, or the autoscale
     /// maximum); `pool_grow` adds more.
     static func processPoolThreads(_ configuration: WorkerConfiguration) -> Int {
         configuration.poolAutoscale?.max ?? configuration.concurrency
     }
 
+    /// The event loop of the solo and thread pools, `nil` for the process pool: tasks, the worker's bookkeeping and
+    /// (on Redis) its connections share it. One thread for solo; concurrency + 1 in leader mode for threads, so that
+    /// up to concurrency task bodies that block or compute run side by side while one more thread leads (see
+    /// ``WorkerThreads``).
     static func makeLane(_ configuration: WorkerConfiguration) -> WorkerThreads? {
         switch configuration.pool {
         case .solo: WorkerThreads(count: 1, name: "celery-solo", eventLoop: true)
