@@ -28,7 +28,7 @@ let package = Package(
         .systemLibrary(
             name: "CHiredis",
             pkgConfig: "hiredis",
-            providers: [.apt(["libhiredis-dev"])]
+            providers: [.apt(["libhiredis-dev", "libssl-dev"])]
         ),
         .systemLibrary(
             name: "CMsgpack",

@@ -23,10 +23,13 @@ struct ClientOptions: ParsableArguments {
     func client() throws -> CeleryClient {
         let environment = ProcessInfo.processInfo.environment
         do {
-            let brokerURL = try RedisURL(parsing: broker ?? environment["CELERY_BROKER_URL"] ?? "redis://localhost:6379/0")
-            let backendURL = try (resultBackend ?? environment["CELERY_RESULT_BACKEND"]).map { text throws(CeleryWorkerError) in
+            var brokerURL = try RedisURL(parsing: broker ?? environment["CELERY_BROKER_URL"] ?? "redis://localhost:6379/0")
+            var backendURL = try (resultBackend ?? environment["CELERY_RESULT_BACKEND"]).map { text throws(CeleryWorkerError) in
                 try RedisURL(parsing: text)
             }
+            // TLS as the worker takes it from the URLs (there is no config file here).
+            let warnings = [try brokerURL.settleBrokerTLS(configured: nil), try backendURL?.settleBackendTLS(configured: nil)]
+            for case let warning? in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
             for case .sentinel in [brokerURL.endpoint, backendURL?.endpoint] {
                 throw ValidationError("sentinel:// URLs are taken by the worker (with master_name in --config), not by this command.")
             }

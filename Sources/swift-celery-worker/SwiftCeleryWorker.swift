@@ -190,6 +190,18 @@ struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError(
                 "A sentinel:// result backend needs the master's name: result_backend_transport_options: {master_name: …} in --config.")
         }
+        var tlsWarnings: [String] = []
+        do {
+            if let warning = try brokerURL.settleBrokerTLS(configured: file.brokerTLS) { tlsWarnings.append(warning) }
+            if let warning = try backendURL?.settleBackendTLS(configured: file.backendTLS) {
+                tlsWarnings.append(warning)
+            }
+            // Certificate and key files are read now, so a wrong path stops the worker at start.
+            try brokerURL.tls?.validate()
+            try backendURL?.tls?.validate()
+        } catch {
+            throw ValidationError(error.message)
+        }
         let timezoneName = file.timezone ?? "UTC"
         guard let timezone = CeleryTimeZone(identifier: timezoneName) else {
             throw ValidationError("Unknown time zone '\(timezoneName)'.")
@@ -217,7 +229,7 @@ struct WorkerCommand: AsyncParsableCommand {
             try check(poolKind == .process, "--autoscale needs --pool process: the \(poolKind.rawValue) pool cannot grow or shrink.")
             autoscaleBounds = bounds
         }
-        var warnings = file.warnings
+        var warnings = file.warnings + tlsWarnings
         if maxTasksPerChild != nil || maxMemoryPerChild != nil, poolKind != .process {
             warnings.append(
                 "--max-tasks-per-child and --max-memory-per-child apply to --pool process only; the \(poolKind.rawValue) pool has no children.")

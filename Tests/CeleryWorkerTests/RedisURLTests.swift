@@ -68,7 +68,8 @@ struct RedisURLTests {
         "bad URLs say what is wrong and never show the password",
         arguments: [
             "localhost:6379", "http://localhost", "redis://host:notaport/0", "redis://host:70000", "redis://host/x",
-            "rediss://:pw@host", "unix://", "sentinel://:pw@a;redis://:pw@b", "sentinel://a:0",
+            "rediss://:pw@host:0", "unix://", "unix:///tmp/r.sock?ssl_cert_reqs=required",
+            "rediss://:pw@host?ssl_cert_reqs=maybe", "rediss://:pw@host?ssl_verify=yes", "sentinel://:pw@a;redis://:pw@b", "sentinel://a:0",
         ])
     func invalid(text: String) {
         do {
@@ -78,5 +79,97 @@ struct RedisURLTests {
             #expect(error.code == .invalidConfiguration)
             #expect(!error.message.contains(":pw@"))
         }
+    }
+
+    @Test("rediss:// and redis-py's ssl_* parameters, percent-decoded, as kombu reads them")
+    func tls() throws {
+        let plain = try RedisURL(parsing: "rediss://:pw@cache.example:6380/2")
+        #expect(plain.endpoint == .tcp(host: "cache.example", port: 6380) && plain.database == 2)
+        #expect(plain.tls == RedisTLS())
+        #expect(plain.description == "rediss://:**@cache.example:6380/2")
+        let full = try RedisURL(
+            parsing: "rediss://h/0?ssl_cert_reqs=CERT_OPTIONAL&ssl_ca_certs=%2Fetc%2Fca.pem&ssl_certfile=/c.pem"
+                + "&ssl_keyfile=/k.pem&ssl_check_hostname=False&ssl_ca_path=/certs")
+        #expect(
+            full.tls
+                == RedisTLS(
+                    certificateRequirement: .optional, caCertificates: "/etc/ca.pem", caPath: "/certs", certificateFile: "/c.pem",
+                    keyFile: "/k.pem", checkHostname: false))
+        // kombu turns TLS on for ssl_* parameters whatever the scheme.
+        let byParameters = try RedisURL(parsing: "redis://h/0?ssl_cert_reqs=none")
+        #expect(byParameters.tls == RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none))
+        #expect(try RedisURL(parsing: "redis://h/0").tls == nil)
+        for (name, requirement) in [("required", "required"), ("CERT_NONE", "none"), ("1", "optional")] {
+            #expect(try RedisURL(parsing: "rediss://h?ssl_cert_reqs=\(name)").tls?.certificateRequirement?.rawValue == requirement)
+        }
+    }
+
+    @Test("the broker's TLS as kombu settles it: URL parameters replace broker_use_ssl; rediss:// alone does not verify")
+    func brokerTLS() throws {
+        let configured = RedisTLS(certificateRequirement: .required, caCertificates: "/ca.pem")
+        var byConfig = try RedisURL(parsing: "redis://h/1")
+        #expect(try byConfig.settleBrokerTLS(configured: configured) == nil)
+        #expect(byConfig.tls == configured)
+        var byURL = try RedisURL(parsing: "rediss://h/1?ssl_certfile=/c.pem")
+        #expect(try byURL.settleBrokerTLS(configured: configured) == nil)
+        #expect(byURL.tls == RedisTLS(certificateFile: "/c.pem"))
+        #expect(byURL.tls?.requirement == .required && byURL.tls?.checksHostname == true)
+        var bare = try RedisURL(parsing: "rediss://h/1")
+        let warning = try bare.settleBrokerTLS(configured: nil)
+        #expect(warning?.contains("defaulting to insecure SSL behaviour") == true)
+        #expect(bare.tls == RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none))
+        #expect(bare.tls?.checksHostname == false)
+        var plain = try RedisURL(parsing: "redis://h/1")
+        #expect(try plain.settleBrokerTLS(configured: nil) == nil && plain.tls == nil)
+        var socket = try RedisURL(parsing: "unix:///tmp/r.sock")
+        #expect(throws: CeleryWorkerError.self) { try socket.settleBrokerTLS(configured: configured) }
+    }
+
+    @Test("the result backend's TLS as Celery settles it: ssl_cert_reqs is needed, URL parameters win one by one")
+    func backendTLS() throws {
+        let configured = RedisTLS(certificateRequirement: .required, caCertificates: "/ca.pem")
+        var merged = try RedisURL(parsing: "rediss://h/0?ssl_ca_certs=/other.pem")
+        #expect(try merged.settleBackendTLS(configured: configured) == nil)
+        #expect(merged.tls == RedisTLS(certificateRequirement: .required, caCertificates: "/other.pem"))
+        var byConfig = try RedisURL(parsing: "redis://h/0")
+        _ = try byConfig.settleBackendTLS(configured: configured)
+        #expect(byConfig.tls == configured)
+        func message(_ text: String, _ configured: RedisTLS? = nil) -> String? {
+            do {
+                var url = try RedisURL(parsing: text)
+                return try url.settleBackendTLS(configured: configured)
+            } catch {
+                return "error: \(error.message)"
+            }
+        }
+        #expect(message("rediss://h/0")?.hasPrefix("error: A rediss:// URL must have parameter ssl_cert_reqs") == true)
+        #expect(message("rediss://h/0", RedisTLS(caCertificates: "/ca.pem"))?.hasPrefix("error: A rediss:// URL must") == true)
+        #expect(message("redis://h/0?ssl_cert_reqs=required")?.hasPrefix("error: SSL connection parameters have been provided") == true)
+        #expect(message("rediss://h/0?ssl_cert_reqs=optional")?.hasPrefix("Setting ssl_cert_reqs=CERT_OPTIONAL") == true)
+        #expect(message("rediss://h/0?ssl_cert_reqs=CERT_NONE")?.hasPrefix("Setting ssl_cert_reqs=CERT_NONE") == true)
+        #expect(message("rediss://h/0?ssl_cert_reqs=required") == nil)
+        #expect(message("redis://h/0") == nil)
+    }
+
+    @Test("TLS files that cannot be read are reported when the settings are checked, before any connection")
+    func tlsFiles() {
+        func failure(_ tls: RedisTLS) -> String? {
+            do {
+                try tls.validate()
+                return nil
+            } catch {
+                return error.message
+            }
+        }
+        #expect(
+            failure(RedisTLS(certificateRequirement: .required, caCertificates: "/nonexistent/ca.pem"))
+                == "TLS: cannot read /nonexistent/ca.pem: No such file or directory")
+        #expect(failure(RedisTLS(certificateFile: "/nonexistent/client.pem"))?.contains("cannot read /nonexistent/client.pem") == true)
+        // A file that is there but holds no certificate: OpenSSL's reason.
+        #expect(
+            failure(RedisTLS(certificateRequirement: .required, caCertificates: "/etc/hostname"))?
+                .hasPrefix("TLS: cannot load the certificate authorities from /etc/hostname: ") == true)
+        #expect(failure(RedisTLS(keyFile: "/etc/hostname"))?.contains("ssl_keyfile /etc/hostname is given without ssl_certfile") == true)
+        #expect(failure(RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none)) == nil)
     }
 }

@@ -79,6 +79,25 @@ struct CelerySettingsTests {
         #expect(try CelerySettings.parse("result_compression: null", source: "c.yaml").warnings.isEmpty)
     }
 
+    @Test("broker_use_ssl and redis_backend_use_ssl: mappings of ssl_* settings; kombu ignores broker_use_ssl: true")
+    func tlsSettings() throws {
+        let settings = try CelerySettings.parse(
+            """
+            broker_use_ssl:
+              ssl_cert_reqs: 2
+              ssl_ca_certs: /ca.pem
+              ssl_check_hostname: false
+            CELERY_REDIS_BACKEND_USE_SSL: {ssl_cert_reqs: CERT_OPTIONAL, ssl_certfile: /c.pem, ssl_keyfile: /k.pem}
+            """, source: "t.yaml")
+        #expect(settings.brokerTLS == RedisTLS(certificateRequirement: .required, caCertificates: "/ca.pem", checkHostname: false))
+        #expect(settings.backendTLS == RedisTLS(certificateRequirement: .optional, certificateFile: "/c.pem", keyFile: "/k.pem"))
+        #expect(settings.warnings.isEmpty)
+        let flags = try CelerySettings.parse("broker_use_ssl: true\nredis_backend_use_ssl: false", source: "t.yaml")
+        #expect(flags.brokerTLS == nil && flags.backendTLS == nil)
+        #expect(flags.warnings.count == 1 && flags.warnings[0].contains("broker_use_ssl: true is ignored"))
+        #expect(try CelerySettings.parse("broker_use_ssl: {}", source: "t.yaml").brokerTLS == nil)
+    }
+
     @Test(
         "a wrong type names the key",
         arguments: [
@@ -86,6 +105,8 @@ struct CelerySettingsTests {
             ("accept_content: [json, pickle]", "accept_content"), ("worker_concurrency: 2.5", "worker_concurrency"),
             ("timezone: Mars/Olympus", "timezone"), ("- just a list", "mapping"), ("broker_url: [1]", "broker_url"),
             ("task_compression: zstd", "task_compression"), ("CELERY_MESSAGE_COMPRESSION: 1", "CELERY_MESSAGE_COMPRESSION"),
+            ("broker_use_ssl: yes please", "broker_use_ssl"), ("redis_backend_use_ssl: true", "redis_backend_use_ssl"),
+            ("broker_use_ssl: {ssl_cert_reqs: maybe}", "ssl_cert_reqs"), ("broker_use_ssl: {ssl_ciphers: HIGH}", "ssl_ciphers"),
         ])
     func wrongTypes(text: String, key: String) {
         do {

@@ -558,9 +558,9 @@ extension WorkerRun {
     private func brokerStats() -> CeleryObject {
         let url = configuration.brokerURL
         var broker: CeleryObject = [
-            "transport": "redis", "virtual_host": .string(String(url.database)),
+            "transport": url.isSecureScheme ? "rediss" : "redis", "virtual_host": .string(String(url.database)),
             "userid": url.username.map { .string($0) } ?? .null,
-            "insist": false, "ssl": false, "login_method": .null, "uri_prefix": .null,
+            "insist": false, "ssl": url.tls.map { .object($0.celeryObject) } ?? false, "login_method": .null, "uri_prefix": .null,
             "connect_timeout": .double(Double(RedisConnection.defaultConnectTimeout.components.seconds)),
             "transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
             "heartbeat": .null, "failover_strategy": "round-robin", "alternates": [], "credential_provider": .null,

@@ -18,7 +18,7 @@ import Synchronization
 /// it, is touched only inside `state.withLock`, so at most one thread uses the (not thread-safe) context at any time.
 final class RedisConnection: @unchecked Sendable {
     private struct State {
-        var context: UnsafeMutablePointer<redisContext>?
+        var context: Link?
         /// Commands queued by ``appendUnread(_:then:)`` or sent by ``send(_:replies:handle:)`` whose replies are
         /// still to be read, in the order queued.
         var unread: [Unread] = []
@@ -34,6 +34,32 @@ final class RedisConnection: @unchecked Sendable {
         mutating func keep(_ reply: RedisReply, of count: Int) {
             if partial.isEmpty { partial.reserveCapacity(count) }
             partial.append(reply)
+        }
+    }
+
+    /// An open connection: hiredis's context, and the TLS session on its socket when the URL asks for TLS, through
+    /// which every byte then goes (hiredis 0.14 has no TLS of its own).
+    private struct Link {
+        let raw: UnsafeMutablePointer<redisContext>
+        var session: OpaquePointer? = nil
+
+        /// Writes what hiredis's output buffer holds, as `redisBufferWrite` does; `done` is 1 once it is empty.
+        func write(_ done: inout Int32) -> Int32 {
+            if let session { chiredis_tls_write(raw, session, &done) } else { redisBufferWrite(raw, &done) }
+        }
+
+        /// Reads from the socket into hiredis's reader, as `redisBufferRead` does.
+        func read() -> Int32 {
+            if let session { chiredis_tls_read(raw, session) } else { redisBufferRead(raw) }
+        }
+
+        /// Ends the TLS session (without waiting for the server's answer) and closes the connection.
+        func free() {
+            if let session {
+                SSL_shutdown(session)
+                SSL_free(session)
+            }
+            redisFree(raw)
         }
     }
 
@@ -61,7 +87,7 @@ final class RedisConnection: @unchecked Sendable {
 
     deinit {
         state.withLock { state in
-            if let context = state.context { redisFree(context) }
+            state.context?.free()
             state.context = nil
         }
     }
@@ -142,7 +168,7 @@ final class RedisConnection: @unchecked Sendable {
             }
             var written: Int32 = 0
             repeat {
-                guard redisBufferWrite(context, &written) == REDIS_OK else {
+                guard context.write(&written) == REDIS_OK else {
                     let error = Self.error(from: context, code: .connectionLost, doing: "sending a request")
                     Self.close(&state)
                     throw error
@@ -183,7 +209,7 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    private static func readUnread(_ state: inout State, _ context: UnsafeMutablePointer<redisContext>) throws(CeleryWorkerError) {
+    private static func readUnread(_ state: inout State, _ context: Link) throws(CeleryWorkerError) {
         while let first = state.unread.first {
             while state.partial.count < first.replies {
                 guard let reply = awaitReply(context) else {
@@ -307,13 +333,13 @@ final class RedisConnection: @unchecked Sendable {
                     }
                     continue
                 }
-                var descriptor = pollfd(fd: context.pointee.fd, events: Int16(POLLIN), revents: 0)
+                var descriptor = pollfd(fd: context.raw.pointee.fd, events: Int16(POLLIN), revents: 0)
                 let ready = poll(&descriptor, 1, timeoutMilliseconds)
                 if ready < 0, errno != EINTR {
                     fail("waiting for pub/sub messages")
                     break
                 }
-                if ready > 0, redisBufferRead(context) != REDIS_OK {
+                if ready > 0, context.read() != REDIS_OK {
                     fail("reading pub/sub messages")
                     break
                 }
@@ -346,7 +372,7 @@ final class RedisConnection: @unchecked Sendable {
             #else
                 let hangUp = Int16(POLLHUP | POLLERR)
             #endif
-            var socket = pollfd(fd: context.pointee.fd, events: hangUp, revents: 0)
+            var socket = pollfd(fd: context.raw.pointee.fd, events: hangUp, revents: 0)
             guard poll(&socket, 1, 0) == 1, socket.revents & hangUp != 0 else { return }
             Self.close(&state, failure: CeleryWorkerError(code: .connectionLost, message: "the server closed the connection"))
         }
@@ -356,7 +382,7 @@ final class RedisConnection: @unchecked Sendable {
         _ state: inout State,
         failure: CeleryWorkerError = CeleryWorkerError(code: .connectionLost, message: RedisConnection.unanswered)
     ) {
-        if let context = state.context { redisFree(context) }
+        state.context?.free()
         state.context = nil
         let unread = state.unread
         state.unread.removeAll()
@@ -374,32 +400,47 @@ final class RedisConnection: @unchecked Sendable {
         _ = signal(SIGPIPE, SIG_IGN)
     }()
 
-    private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> UnsafeMutablePointer<redisContext> {
+    private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> Link {
         if let context = state.context { return context }
         Self.sigpipeIgnored
         let timeout = Self.timeval(connectTimeout)
         let opened: UnsafeMutablePointer<redisContext>?
         var target = "\(url)"
+        var serverHost: String?
         switch url.endpoint {
         case .tcp(let host, let port):
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
+            serverHost = host
         case .unixSocket(let path):
             opened = redisConnectUnixWithTimeout(path, timeout)
         case .sentinel(let nodes):
             // Asked again at every connection, so a connection lost in a failover reopens to the new master.
             let (host, port) = try Self.master(named: url.sentinelMaster, askingEachOf: nodes, timeout: timeout)
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
+            serverHost = host
             target = "master '\(url.sentinelMaster ?? "")' at \(host):\(port) (from \(url))"
         }
-        guard let context = opened else {
+        guard let raw = opened else {
             throw CeleryWorkerError(code: .connectionFailed, message: "cannot allocate a Redis context for \(url)")
         }
-        if context.pointee.err != 0 {
-            let error = Self.error(from: context, code: .connectionFailed, doing: "connect to \(target)")
-            redisFree(context)
+        if raw.pointee.err != 0 {
+            let error = Self.error(from: Link(raw: raw), code: .connectionFailed, doing: "connect to \(target)")
+            redisFree(raw)
             throw error
         }
-        redisSetTimeout(context, Self.timeval(commandTimeout))
+        var session: OpaquePointer?
+        if let tls = url.tls, let serverHost {
+            do {
+                // The handshake waits at most the connect timeout for each read.
+                redisSetTimeout(raw, timeout)
+                session = try TLSContext.shared(for: tls).handshake(socket: raw.pointee.fd, host: serverHost)
+            } catch {
+                redisFree(raw)
+                throw CeleryWorkerError(code: .connectionFailed, message: "connect to \(target): \(error.message)")
+            }
+        }
+        redisSetTimeout(raw, Self.timeval(commandTimeout))
+        let context = Link(raw: raw, session: session)
         state.context = context
         var setup: [RedisCommand] = []
         if let password = url.password {
@@ -437,13 +478,14 @@ final class RedisConnection: @unchecked Sendable {
         }
         var failures: [String] = []
         for node in nodes {
-            guard let context = redisConnectWithTimeout(node.host, Int32(node.port), timeout) else { continue }
-            defer { redisFree(context) }
-            guard context.pointee.err == 0 else {
+            guard let raw = redisConnectWithTimeout(node.host, Int32(node.port), timeout) else { continue }
+            defer { redisFree(raw) }
+            let context = Link(raw: raw)
+            guard raw.pointee.err == 0 else {
                 failures.append("\(node.host):\(node.port): \(Self.error(from: context, code: .connectionFailed, doing: "connect").message)")
                 continue
             }
-            redisSetTimeout(context, timeout)
+            redisSetTimeout(raw, timeout)
             let command = RedisCommand("SENTINEL", RedisArgument("get-master-addr-by-name"), RedisArgument(name))
             guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {
                 failures.append("\(node.host):\(node.port): no reply")
@@ -461,15 +503,15 @@ final class RedisConnection: @unchecked Sendable {
             message: "no Sentinel gave the address of master '\(name)' (\(failures.isEmpty ? "none reachable" : failures.joined(separator: "; ")))")
     }
 
-    private static func append(_ command: RedisCommand, to context: UnsafeMutablePointer<redisContext>) -> Int32 {
+    private static func append(_ command: RedisCommand, to context: Link) -> Int32 {
         append(resp(command), to: context)
     }
 
     /// Adds bytes already in Redis's protocol to hiredis's output buffer (nothing is written yet).
-    private static func append(_ request: [UInt8], to context: UnsafeMutablePointer<redisContext>) -> Int32 {
+    private static func append(_ request: [UInt8], to context: Link) -> Int32 {
         request.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) { text in
-                redisAppendFormattedCommand(context, text.baseAddress, text.count)
+                redisAppendFormattedCommand(context.raw, text.baseAddress, text.count)
             }
         }
     }
@@ -527,8 +569,8 @@ final class RedisConnection: @unchecked Sendable {
         case failed
     }
 
-    private static func bufferedReply(_ context: UnsafeMutablePointer<redisContext>) -> Buffered {
-        guard let reader = context.pointee.reader, let buffer = reader.pointee.buf else { return .none }
+    private static func bufferedReply(_ context: Link) -> Buffered {
+        guard let reader = context.raw.pointee.reader, let buffer = reader.pointee.buf else { return .none }
         let (position, length) = (reader.pointee.pos, reader.pointee.len)
         guard position < length else { return .none }
         switch RESPReader.read(UnsafeRawBufferPointer(start: buffer, count: length), at: position) {
@@ -552,9 +594,9 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     /// Marks the context failed, as hiredis does: its error code and message.
-    private static func fail(_ context: UnsafeMutablePointer<redisContext>, _ code: Int32, _ problem: String) {
-        context.pointee.err = code
-        withUnsafeMutableBytes(of: &context.pointee.errstr) { errstr in
+    private static func fail(_ context: Link, _ code: Int32, _ problem: String) {
+        context.raw.pointee.err = code
+        withUnsafeMutableBytes(of: &context.raw.pointee.errstr) { errstr in
             let text = problem.utf8.prefix(errstr.count - 1)
             errstr.copyBytes(from: text)
             errstr[text.count] = 0
@@ -564,7 +606,7 @@ final class RedisConnection: @unchecked Sendable {
     /// The next reply, as `redisGetReply` gets it: one already read, or else the commands queued are written and
     /// the socket read (blocking, within the command timeout) until one has come whole. `nil` when that failed: the
     /// context says why.
-    private static func awaitReply(_ context: UnsafeMutablePointer<redisContext>) -> RedisReply? {
+    private static func awaitReply(_ context: Link) -> RedisReply? {
         switch bufferedReply(context) {
         case .reply(let reply): return reply
         case .failed: return nil
@@ -572,10 +614,10 @@ final class RedisConnection: @unchecked Sendable {
         }
         var written: Int32 = 0
         repeat {
-            guard redisBufferWrite(context, &written) == REDIS_OK else { return nil }
+            guard context.write(&written) == REDIS_OK else { return nil }
         } while written == 0
         while true {
-            guard redisBufferRead(context) == REDIS_OK else { return nil }
+            guard context.read() == REDIS_OK else { return nil }
             switch bufferedReply(context) {
             case .reply(let reply): return reply
             case .failed: return nil
@@ -585,12 +627,12 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private static func error(
-        from context: UnsafeMutablePointer<redisContext>, code: CeleryWorkerError.Code, doing action: String
+        from context: Link, code: CeleryWorkerError.Code, doing action: String
     ) -> CeleryWorkerError {
-        let text = withUnsafeBytes(of: context.pointee.errstr) { raw in
+        let text = withUnsafeBytes(of: context.raw.pointee.errstr) { raw in
             String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
         }
-        let isTimeout = context.pointee.err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)
+        let isTimeout = context.raw.pointee.err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)
         return CeleryWorkerError(
             code: isTimeout ? .timeout : code,
             message: "\(action): \(text.isEmpty ? "connection closed" : text)"
@@ -607,7 +649,7 @@ extension RedisConnection: PolledSource {
     func awaited() -> (descriptor: Int32, deadline: ContinuousClock.Instant)? {
         state.withLock { state in
             guard let context = state.context, let since = state.awaitedSince, !state.unread.isEmpty else { return nil }
-            return (context.pointee.fd, since + commandTimeout)
+            return (context.raw.pointee.fd, since + commandTimeout)
         }
     }
 
@@ -617,7 +659,7 @@ extension RedisConnection: PolledSource {
     func pump() -> Bool {
         state.withLock { state in
             guard let context = state.context, !state.unread.isEmpty else { return false }
-            guard redisBufferRead(context) == REDIS_OK else {
+            guard context.read() == REDIS_OK else {
                 Self.close(&state, failure: Self.error(from: context, code: .connectionLost, doing: "reading replies"))
                 return false
             }

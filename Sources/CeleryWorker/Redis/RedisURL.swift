@@ -1,9 +1,10 @@
 import Foundation
 
-/// A Redis address as kombu and Celery take it: `redis://[[user]:password@]host[:port][/db]`,
-/// `rediss://` is refused (no TLS here), `unix://` / `redis+socket://` socket paths (`?virtual_host=N` or
-/// `?db=N` select the database), and Redis Sentinel: `sentinel://[[user]:password@]host[:port][/db]`, several
-/// joined by `;`, whose master is named by the `master_name` transport option (``sentinelMaster``).
+/// A Redis address as kombu and Celery take it: `redis://[[user]:password@]host[:port][/db]`, the same over TLS as
+/// `rediss://` (with redis-py's `ssl_*` query parameters, ``tls``), `unix://` / `redis+socket://` socket paths
+/// (`?virtual_host=N` or `?db=N` select the database), and Redis Sentinel:
+/// `sentinel://[[user]:password@]host[:port][/db]`, several joined by `;`, whose master is named by the
+/// `master_name` transport option (``sentinelMaster``).
 public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// Where the server listens.
     public enum Endpoint: Sendable, Hashable {
@@ -33,6 +34,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// With a ``Endpoint/sentinel(_:)`` endpoint: the name of the master the Sentinels watch (kombu's
     /// `master_name` transport option).
     public var sentinelMaster: String?
+    /// TLS for the connection to the server (with Sentinel: to the master), or `nil` for none: set by a `rediss://`
+    /// URL or `ssl_*` query parameters, and by Celery's `broker_use_ssl` / `redis_backend_use_ssl`.
+    public var tls: RedisTLS?
+    /// Whether the URL's scheme is `rediss://` (TLS may also come from settings with `redis://`).
+    public internal(set) var isSecureScheme = false
 
     public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
         self.endpoint = endpoint
@@ -87,8 +93,20 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             guard let number = Int(text), number >= 0 else { throw invalid("database '\(text)' is not a number") }
             return number
         }
+        var tls: RedisTLS?
+        for (name, value) in query where name.hasPrefix("ssl_") {
+            // kombu reads `ssl_*` parameters into its `ssl` options, which turn TLS on whatever the scheme.
+            var settings = tls ?? RedisTLS()
+            do {
+                try settings.set(name, to: Self.percentDecoded(value))
+            } catch {
+                throw invalid(error.message)
+            }
+            tls = settings
+        }
+        if scheme == "rediss" { tls = tls ?? RedisTLS() }
         switch scheme {
-        case "redis", "sentinel":
+        case "redis", "rediss", "sentinel":
             var hostPort = rest
             var db: Int
             if let slash = rest.firstIndex(of: "/") {
@@ -119,16 +137,17 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             if host.isEmpty { host = "localhost" }
             let endpoint: Endpoint = scheme == "sentinel" ? .sentinel([SentinelNode(host: host, port: port)]) : .tcp(host: host, port: port)
             self.init(endpoint: endpoint, username: username, password: password, database: db)
+            self.tls = tls
+            isSecureScheme = scheme == "rediss"
         case "unix", "redis+socket", "socket":
             var path = rest
             if !path.hasPrefix("/") { path = "/" + path }
             guard path.count > 1 else { throw invalid("no socket path") }
+            guard tls == nil else { throw invalid("TLS (ssl_* parameters) is for TCP connections, not a Unix socket") }
             let db = try database(query["virtual_host"] ?? query["db"])
             self.init(endpoint: .unixSocket(path: path), username: username, password: password, database: db)
-        case "rediss":
-            throw invalid("TLS (rediss://) is not supported yet")
         default:
-            throw invalid("scheme '\(scheme)' is not redis://, sentinel://, unix:// or redis+socket://")
+            throw invalid("scheme '\(scheme)' is not redis://, rediss://, sentinel://, unix:// or redis+socket://")
         }
     }
 
@@ -165,7 +184,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         switch endpoint {
         case .tcp(let host, let port):
             let shownHost = host.contains(":") ? "[\(host)]" : host
-            return "redis://\(credentials)\(shownHost):\(port)/\(database)"
+            return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(shownHost):\(port)/\(database)"
         case .unixSocket(let path):
             return "redis+socket://\(credentials)\(path)?virtual_host=\(database)"
         case .sentinel(let nodes):

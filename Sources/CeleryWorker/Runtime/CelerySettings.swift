@@ -55,6 +55,11 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerSentinelMaster: String?
     /// `result_backend_transport_options: {master_name: …}`: the master a `sentinel://` result backend reaches.
     public var resultSentinelMaster: String?
+    /// `broker_use_ssl` as a mapping of redis-py's `ssl_*` settings: TLS for the broker whatever its URL's scheme
+    /// (kombu's reading). `true` is ignored with a warning, as kombu's Redis transport ignores it.
+    public var brokerTLS: RedisTLS?
+    /// `redis_backend_use_ssl`, the same for the result backend.
+    public var backendTLS: RedisTLS?
     /// Keys the worker does not know, each with a sentence for a warning.
     public var warnings: [String] = []
 
@@ -248,6 +253,21 @@ public struct CelerySettings: Sendable, Equatable {
                 }
             }
         }
+        add(["broker_use_ssl", "BROKER_USE_SSL"]) { settings, field in
+            if let flag = field.value as? Bool {
+                if flag {
+                    settings.warnings.append(
+                        "\(field.source): broker_use_ssl: true is ignored, as kombu's Redis transport ignores it: give a mapping "
+                            + "of ssl_* settings (ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile) or a rediss:// URL")
+                }
+                return
+            }
+            settings.brokerTLS = try field.tls()
+        }
+        add(["redis_backend_use_ssl", "CELERY_REDIS_BACKEND_USE_SSL"]) { settings, field in
+            if field.value as? Bool == false { return }
+            settings.backendTLS = try field.tls()
+        }
         add(["result_backend_transport_options", "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"]) { settings, field in
             guard let options = field.value as? [String: Any] else { throw field.fail("a mapping") }
             for (name, value) in options {
@@ -266,6 +286,32 @@ public struct CelerySettings: Sendable, Equatable {
 }
 
 extension CelerySettings.Field {
+    /// `broker_use_ssl` / `redis_backend_use_ssl`: a mapping of redis-py's `ssl_*` settings to strings, booleans
+    /// (`ssl_check_hostname`) or Python's `ssl.CERT_*` numbers (`ssl_cert_reqs`); an empty mapping is no TLS, as in
+    /// Python.
+    func tls() throws(CeleryWorkerError) -> RedisTLS? {
+        guard let options = value as? [String: Any] else {
+            throw fail("a mapping of ssl_* settings (ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_check_hostname)")
+        }
+        if options.isEmpty { return nil }
+        var tls = RedisTLS()
+        for (name, value) in options {
+            let text: String
+            switch value {
+            case let flag as Bool: text = flag ? "true" : "false"
+            case let number as Int: text = String(number)
+            case let string as String: text = string
+            default: throw fail("a mapping whose \(name) is a string")
+            }
+            do {
+                try tls.set(name, to: text)
+            } catch {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': \(error.message)")
+            }
+        }
+        return tls
+    }
+
     /// `task_routes`: a mapping of task names and `*` patterns to options or queue names, or a list of such
     /// mappings, tried in order. Router functions (import paths) cannot be loaded into the Swift worker.
     func routes() throws(CeleryWorkerError) -> TaskRoutes {

@@ -1,0 +1,204 @@
+"""TLS: `rediss://` URLs with redis-py's `ssl_*` parameters, and Celery's `broker_use_ssl` / `redis_backend_use_ssl`,
+against a real `redis-server` that speaks only TLS to its clients and asks each for a certificate. Python's Celery
+client and worker on one side, the Swift worker on the other."""
+import gc
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from celery import Celery
+
+from conftest import WORKER_BINARY, PythonWorker, answering, remember
+from redisproc import RedisProcess, free_port
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue(directory: Path, name: str, subject: str, ca: str, extensions: str | None = None):
+    """A key and a certificate for `subject`, signed by the authority `ca` (its .crt and .key in `directory`)."""
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject,
+            cwd=directory)
+    extra = []
+    if extensions:
+        (directory / f"{name}.ext").write_text(extensions + "\n")
+        extra = ["-extfile", f"{name}.ext"]
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", *extra, cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A certificate authority; a server certificate for the name `localhost` only (so 127.0.0.1 does not match it);
+    a client certificate; and a second authority that signed none of them."""
+    directory = tmp_path_factory.mktemp("tls")
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
+                "-subj", f"/CN=Test {ca}", cwd=directory)
+    issue(directory, "server", "/CN=localhost", "ca", "subjectAltName=DNS:localhost")
+    issue(directory, "client", "/CN=worker", "ca")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tls_server(certificates):
+    """A redis-server whose clients' port speaks TLS only and requires a client certificate (Redis's default); its
+    plain port is for the test's own checks."""
+    port = free_port()
+    server = RedisProcess(args=(
+        "--tls-port", str(port), "--tls-cert-file", str(certificates / "server.crt"),
+        "--tls-key-file", str(certificates / "server.key"), "--tls-ca-cert-file", str(certificates / "ca.crt"))).start()
+    server.tls_port = port
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls(tls_server, certificates):
+    """URLs of the TLS port, as Celery takes them, with the client's certificate and the right authority."""
+    for db in (0, 1):
+        redis_lib.Redis(port=tls_server.port, db=db).flushdb()
+
+    def url(db, host="localhost", **overrides):
+        parameters = {"ssl_cert_reqs": "required", "ssl_ca_certs": certificates / "ca.crt",
+                      "ssl_certfile": certificates / "client.crt", "ssl_keyfile": certificates / "client.key", **overrides}
+        query = "&".join(f"{key}={value}" for key, value in parameters.items() if value is not None)
+        return f"rediss://{host}:{tls_server.tls_port}/{db}" + (f"?{query}" if query else "")
+
+    return url
+
+
+@pytest.fixture(autouse=True)
+def collect_results():
+    """Collects the test's results while the server still runs: an `AsyncResult` that is collected later, after the
+    module's server stopped, makes Celery 5.3's backend retry its unsubscribe for minutes."""
+    yield
+    gc.collect()
+
+
+def client(broker, backend, name="tls-client"):
+    app = Celery(name, broker=broker, backend=backend)
+    app.conf.broker_connection_retry_on_startup = False
+    return app
+
+
+def test_round_trip_remote_control_and_a_redis_restart_over_tls(tls, tls_server, certificates, start_worker):
+    worker = start_worker("-n", "tls@%h", "-E", broker=tls(1), backend=tls(0))
+    assert f".> transport:   rediss://localhost:{tls_server.tls_port}/1" in worker.stdout
+    assert f"Connected to rediss://localhost:{tls_server.tls_port}/1" in worker.log
+    app = client(tls(1), tls(0))
+    assert app.send_task("tasks.add", (2, 3)).get(timeout=10) == 5
+    assert app.send_task("tasks.echo", ("über", [1, None])).get(timeout=10) == {"args": ["über", [1, None]], "kwargs": {}}
+    node = answering(app, "tls@")
+    assert app.control.ping(destination=[node], timeout=2) == [{node: {"ok": "pong"}}]
+    # kombu's Connection.info(), as a Python worker on the same URL reports it.
+    broker = app.control.inspect(timeout=2, destination=[node]).stats()[node]["broker"]
+    assert broker["transport"] == "rediss"
+    assert broker["ssl"] == {"ssl_cert_reqs": 2, "ssl_ca_certs": str(certificates / "ca.crt"),
+                             "ssl_certfile": str(certificates / "client.crt"),
+                             "ssl_keyfile": str(certificates / "client.key")}
+    # A restart closes every TLS session; the worker opens new ones and serves the next task.
+    tls_server.restart()
+    assert client(tls(1), tls(0), "after-restart").send_task("tasks.add", (40, 2)).get(timeout=30) == 42
+    assert worker.alive()
+
+
+def test_swift_and_python_workers_share_a_tls_queue(tls, start_worker, tmp_path, request):
+    python = remember(request, PythonWorker(tls(1), tls(0), tmp_path / "pyworker.log", "-P", "threads", "-c", "2"))
+    try:
+        python.wait_ready()
+        start_worker("-c", "2", broker=tls(1), backend=tls(0))
+        app = client(tls(1), tls(0))
+        results = [app.send_task("tasks.whoami") for _ in range(60)]
+        names = [result.get(timeout=20) for result in results]
+        assert set(names) == {"swift", "python"}, names
+    finally:
+        python.kill_all()
+
+
+def test_tls_from_the_config_file_with_redis_urls(tls, tls_server, certificates, start_worker, tmp_path):
+    """broker_use_ssl and redis_backend_use_ssl turn TLS on for redis:// URLs, as kombu and Celery read them
+    (Python's constants for ssl_cert_reqs included)."""
+    config = tmp_path / "tls.yaml"
+    files = (f"ssl_ca_certs: {certificates / 'ca.crt'}\n  ssl_certfile: {certificates / 'client.crt'}\n"
+             f"  ssl_keyfile: {certificates / 'client.key'}\n")
+    config.write_text(f"broker_use_ssl:\n  ssl_cert_reqs: 2\n  {files}redis_backend_use_ssl:\n  ssl_cert_reqs: required\n  {files}")
+    plain = lambda db: f"redis://localhost:{tls_server.tls_port}/{db}"  # noqa: E731
+    start_worker("--config", str(config), broker=plain(1), backend=plain(0))
+    ssl_options = {"ssl_cert_reqs": "required", "ssl_ca_certs": str(certificates / "ca.crt"),
+                   "ssl_certfile": str(certificates / "client.crt"), "ssl_keyfile": str(certificates / "client.key")}
+    app = client(plain(1), tls(0))
+    app.conf.broker_use_ssl = ssl_options  # Celery 5.3's backend takes TLS settings with a rediss:// URL only
+    assert app.send_task("tasks.mul", (6, 7)).get(timeout=10) == 42
+
+
+def test_the_server_certificate_is_checked_as_redis_py_checks_it(tls, certificates, start_worker):
+    """The certificate names `localhost`: at 127.0.0.1 the host name check fails, unless ssl_check_hostname is off;
+    with another authority the certificate does not verify, unless ssl_cert_reqs is none (kombu's default for a bare
+    rediss:// broker URL, with its warning). A refused connection is logged and retried; the worker keeps running."""
+    mismatch = start_worker(broker=tls(1, host="127.0.0.1"), backend=tls(0), ready=False)
+    mismatch.wait_for_log("IP address mismatch")
+    wrong_ca = tls(1, ssl_ca_certs=certificates / "other-ca.crt")
+    unverified = start_worker(broker=wrong_ca, backend=tls(0), ready=False)
+    unverified.wait_for_log("certificate verify failed")
+    mismatch.wait_for_log("Cannot connect", count=2)  # retried
+    assert mismatch.alive() and unverified.alive()
+    # Python's client refuses the same certificate (and, from redis-py 6 on, checks the host name by default).
+    with pytest.raises(Exception, match="certificate verify failed"):
+        redis_lib.Redis.from_url(wrong_ca).ping()
+    if int(redis_lib.__version__.split(".")[0]) >= 6:
+        with pytest.raises(Exception, match="IP address mismatch"):
+            redis_lib.Redis.from_url(tls(1, host="127.0.0.1")).ping()
+    # Either check turned off, each worker connects and serves.
+    start_worker("-Q", "by-ip", broker=tls(1, host="127.0.0.1", ssl_check_hostname="false"), backend=tls(0))
+    start_worker("-Q", "unverified", broker=tls(1, ssl_cert_reqs="none", ssl_ca_certs=None), backend=tls(0))
+    app = client(tls(1), tls(0))
+    assert app.send_task("tasks.add", (1, 1), queue="by-ip").get(timeout=10) == 2
+    assert app.send_task("tasks.add", (2, 2), queue="unverified").get(timeout=10) == 4
+
+
+def test_a_plain_connection_or_one_without_a_client_certificate_is_logged_and_retried(tls, tls_server, start_worker):
+    plain = start_worker(broker=f"redis://localhost:{tls_server.tls_port}/1", backend=tls(0), ready=False)
+    anonymous = start_worker(broker=tls(1, ssl_certfile=None, ssl_keyfile=None), backend=tls(0), ready=False)
+    plain.wait_for_log("Cannot connect to redis://localhost")
+    anonymous.wait_for_log("Cannot connect to rediss://localhost")
+    plain.wait_for_log("Cannot connect", count=2)  # retried
+    assert plain.alive() and anonymous.alive()
+    # TLS 1.3 ends the client's handshake before the server checks its certificate: the refusal comes as the
+    # server's alert, or as a reset when the client's first command crossed it.
+    assert any(reason in anonymous.log for reason in ("certificate required", "Server closed the connection",
+                                                      "Connection reset by peer")), anonymous.log
+
+
+@pytest.mark.parametrize("backend, message, celery_says", [
+    ("rediss://localhost:{port}/0", "A rediss:// URL must have parameter ssl_cert_reqs", True),
+    ("rediss://localhost:{port}/0?ssl_cert_reqs=maybe", "ssl_cert_reqs must be required, optional or none", False),
+    ("redis://localhost:{port}/0?ssl_cert_reqs=required",
+     "SSL connection parameters have been provided but the specified URL scheme is redis://", True),
+    ("rediss://localhost:{port}/0?ssl_cert_reqs=required&ssl_ca_certs=/nonexistent/ca.pem",
+     "TLS: cannot read /nonexistent/ca.pem: No such file or directory", False),
+])
+def test_bad_tls_settings_stop_the_worker_at_start(tls_server, tls, backend, message, celery_says):
+    backend = backend.format(port=tls_server.tls_port)
+    done = subprocess.run([str(WORKER_BINARY), "--broker", tls(1), "--result-backend", backend],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 64, done.stderr
+    assert message in done.stderr, done.stderr
+    if celery_says:
+        # Celery's own backend refuses the same URL with the same words.
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Celery(backend=backend).backend
+    else:
+        with pytest.raises(Exception):  # redis-py refuses it when connecting
+            Celery(backend=backend).backend.client.ping()
+
+
+def test_the_swift_client_sends_and_waits_over_tls(tls, start_worker):
+    start_worker(broker=tls(1), backend=tls(0))
+    done = subprocess.run([str(WORKER_BINARY), "call", "tasks.add", "--args", "[20, 22]", "--wait",
+                           "-b", tls(1), "--result-backend", tls(0)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "42"

@@ -1,0 +1,294 @@
+import CHiredis
+import CeleryProtocol
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// TLS settings for a Redis connection, as redis-py's `SSLConnection` takes them (the `ssl_*` query parameters of a
+/// `rediss://` URL, or Celery's `broker_use_ssl` / `redis_backend_use_ssl` mappings).
+public struct RedisTLS: Sendable, Hashable {
+    /// Whether the server's certificate is verified: Python's `ssl.CERT_NONE`, `CERT_OPTIONAL` and
+    /// `CERT_REQUIRED`. A client that verifies at all (optional or required) refuses a certificate that does not
+    /// verify, as Python's client does.
+    public enum CertificateRequirement: String, Sendable, Hashable {
+        case none, optional, required
+
+        /// Reads the names kombu and Celery take (`required`, `CERT_REQUIRED`, …) and Python's constants (0, 1, 2).
+        public init?(celeryName: String) {
+            switch celeryName {
+            case "none", "CERT_NONE", "0": self = .none
+            case "optional", "CERT_OPTIONAL", "1": self = .optional
+            case "required", "CERT_REQUIRED", "2": self = .required
+            default: return nil
+            }
+        }
+    }
+
+    /// `ssl_cert_reqs`; `nil` when not given (a broker URL then defaults to ``CertificateRequirement/none`` as kombu
+    /// does, a result backend refuses it as Celery does, and elsewhere it is ``CertificateRequirement/required``, as
+    /// in redis-py).
+    public var certificateRequirement: CertificateRequirement?
+    /// `ssl_ca_certs`: a PEM file of the certificate authorities to trust; the system's when neither it nor
+    /// ``caPath`` is given.
+    public var caCertificates: String?
+    /// `ssl_ca_path`: a directory of hashed certificate authority files.
+    public var caPath: String?
+    /// `ssl_certfile`: the client's certificate (PEM), for servers that ask for one (Redis's `tls-auth-clients`).
+    public var certificateFile: String?
+    /// `ssl_keyfile`: the client's private key (PEM); the certificate file's when not given.
+    public var keyFile: String?
+    /// `ssl_check_hostname`: whether the certificate must name the host connected to. `nil`: yes unless the
+    /// certificate is not verified (redis-py 6's default; redis-py 5 did not check).
+    public var checkHostname: Bool?
+
+    public init(
+        certificateRequirement: CertificateRequirement? = nil, caCertificates: String? = nil, caPath: String? = nil,
+        certificateFile: String? = nil, keyFile: String? = nil, checkHostname: Bool? = nil
+    ) {
+        self.certificateRequirement = certificateRequirement
+        self.caCertificates = caCertificates
+        self.caPath = caPath
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.checkHostname = checkHostname
+    }
+
+    /// The settings as kombu's `Connection.info()` shows them (`inspect stats`): those given, `ssl_cert_reqs` as
+    /// Python's `ssl.CERT_*` number.
+    var celeryObject: CeleryObject {
+        var shown: CeleryObject = [:]
+        if let certificateRequirement {
+            shown["ssl_cert_reqs"] = .int(certificateRequirement == .none ? 0 : certificateRequirement == .optional ? 1 : 2)
+        }
+        for (name, value) in [
+            ("ssl_ca_certs", caCertificates), ("ssl_ca_path", caPath), ("ssl_certfile", certificateFile), ("ssl_keyfile", keyFile),
+        ] {
+            if let value { shown[name] = .string(value) }
+        }
+        if let checkHostname { shown["ssl_check_hostname"] = .bool(checkHostname) }
+        return shown
+    }
+
+    /// The names of the settings, as redis-py's keyword arguments.
+    public static let settingNames: Set<String> = [
+        "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname",
+    ]
+
+    /// Sets one setting from its text (a URL's query parameter or a config file's value).
+    public mutating func set(_ name: String, to value: String) throws(CeleryWorkerError) {
+        func invalid(_ expected: String) -> CeleryWorkerError {
+            CeleryWorkerError(code: .invalidConfiguration, message: "TLS setting \(name) must be \(expected), got '\(value)'")
+        }
+        switch name {
+        case "ssl_cert_reqs":
+            guard let requirement = CertificateRequirement(celeryName: value) else {
+                throw invalid("required, optional or none (or CERT_REQUIRED, CERT_OPTIONAL, CERT_NONE)")
+            }
+            certificateRequirement = requirement
+        case "ssl_ca_certs": caCertificates = value
+        case "ssl_ca_path": caPath = value
+        case "ssl_certfile": certificateFile = value
+        case "ssl_keyfile": keyFile = value
+        case "ssl_check_hostname":
+            // kombu's reading: anything but "false" is true.
+            checkHostname = value.lowercased() != "false"
+        default:
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "unknown TLS setting \(name) (known: \(Self.settingNames.sorted().joined(separator: ", ")))")
+        }
+    }
+
+    /// The requirement in effect: redis-py's default, `required`, when none was given.
+    public var requirement: CertificateRequirement { certificateRequirement ?? .required }
+
+    /// Whether the host name is checked: as redis-py, never when the certificate is not verified.
+    public var checksHostname: Bool { requirement != .none && (checkHostname ?? true) }
+
+    /// Builds the OpenSSL context these settings describe (and keeps it for every later connection with the same
+    /// settings), so a missing or unreadable file is reported at start rather than at the first connection.
+    public func validate() throws(CeleryWorkerError) {
+        _ = try TLSContext.shared(for: self)
+    }
+}
+
+/// An OpenSSL client context (`SSL_CTX`) built from ``RedisTLS`` settings, shared by every connection that uses them.
+///
+/// `@unchecked Sendable` is sound because the context is configured once in `init` and only read afterwards:
+/// OpenSSL allows `SSL_new` on one `SSL_CTX` from many threads at once, and `deinit` runs when no connection holds it.
+final class TLSContext: @unchecked Sendable {
+    private let context: OpaquePointer
+    let settings: RedisTLS
+
+    private static let built = Mutex<[RedisTLS: TLSContext]>([:])
+
+    /// The context for `settings`, built the first time they are asked for.
+    static func shared(for settings: RedisTLS) throws(CeleryWorkerError) -> TLSContext {
+        if let known = built.withLock({ $0[settings] }) { return known }
+        let made = try TLSContext(settings)
+        return built.withLock { contexts in
+            if let known = contexts[settings] { return known }
+            contexts[settings] = made
+            return made
+        }
+    }
+
+    private init(_ settings: RedisTLS) throws(CeleryWorkerError) {
+        func failure(_ doing: String) -> CeleryWorkerError {
+            CeleryWorkerError(code: .invalidConfiguration, message: "TLS: \(doing): \(Self.lastError())")
+        }
+        // OpenSSL's own words for a missing file are "system lib"; the system's are clearer.
+        for path in [settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile].compactMap({ $0 })
+        where access(path, R_OK) != 0 {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        guard let context = SSL_CTX_new(TLS_client_method()) else { throw failure("cannot create an OpenSSL context") }
+        self.context = context
+        self.settings = settings
+        _ = chiredis_tls_context_setup(context)
+        SSL_CTX_set_verify(context, settings.requirement == .none ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, nil)
+        if settings.caCertificates != nil || settings.caPath != nil {
+            guard SSL_CTX_load_verify_locations(context, settings.caCertificates, settings.caPath) == 1 else {
+                throw failure(
+                    "cannot load the certificate authorities from \([settings.caCertificates, settings.caPath].compactMap { $0 }.joined(separator: " and "))"
+                )
+            }
+        } else if settings.requirement != .none {
+            SSL_CTX_set_default_verify_paths(context)
+        }
+        if let certificate = settings.certificateFile {
+            guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else {
+                throw failure("cannot load the client certificate \(certificate)")
+            }
+            let key = settings.keyFile ?? certificate
+            guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
+                throw failure("cannot load the client key \(key)")
+            }
+            guard SSL_CTX_check_private_key(context) == 1 else {
+                throw failure("the client key \(key) does not match the certificate \(certificate)")
+            }
+        } else if let key = settings.keyFile {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: ssl_keyfile \(key) is given without ssl_certfile")
+        }
+    }
+
+    deinit { SSL_CTX_free(context) }
+
+    /// Runs the TLS handshake on a connected socket (blocking, within the socket's timeout) with the server at
+    /// `host`, and returns the session. The certificate is checked against `host` when the settings say so.
+    func handshake(socket: Int32, host: String) throws(CeleryWorkerError) -> OpaquePointer {
+        guard let session = SSL_new(context) else {
+            throw CeleryWorkerError(code: .connectionFailed, message: "TLS: cannot create a session: \(Self.lastError())")
+        }
+        let isAddress = Self.isAddress(host)
+        if !isAddress { _ = chiredis_tls_set_server_name(session, host) }
+        if settings.checksHostname {
+            let parameters = SSL_get0_param(session)
+            let named = isAddress ? X509_VERIFY_PARAM_set1_ip_asc(parameters, host) : X509_VERIFY_PARAM_set1_host(parameters, host, 0)
+            guard named == 1 else {
+                SSL_free(session)
+                throw CeleryWorkerError(code: .connectionFailed, message: "TLS: cannot check the certificate against '\(host)'")
+            }
+        }
+        SSL_set_fd(session, socket)
+        errno = 0
+        let result = SSL_connect(session)
+        guard result == 1 else {
+            let savedErrno = errno
+            let verification = SSL_get_verify_result(session)
+            var reason = Self.lastError(fallback: savedErrno == 0 ? "the server closed the connection" : String(cString: strerror(savedErrno)))
+            if verification != X509_V_OK {
+                reason = "certificate verify failed: \(String(cString: X509_verify_cert_error_string(verification)))"
+            } else if SSL_get_error(session, result) == SSL_ERROR_WANT_READ, savedErrno == EAGAIN || savedErrno == EWOULDBLOCK {
+                reason = "the handshake timed out"
+            }
+            SSL_free(session)
+            throw CeleryWorkerError(code: .connectionFailed, message: "TLS handshake with \(host): \(reason)")
+        }
+        return session
+    }
+
+    private static func isAddress(_ host: String) -> Bool {
+        var address = in6_addr()
+        return inet_pton(AF_INET, host, &address) == 1 || inet_pton(AF_INET6, host, &address) == 1
+    }
+
+    private static func lastError(fallback: String = "no reason given") -> String {
+        var text = [CChar](repeating: 0, count: 256)
+        chiredis_tls_last_error(&text, text.count, fallback)
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+extension RedisTLS {
+    /// These settings with every one that `other` gives put in their place.
+    func overlaid(by other: RedisTLS) -> RedisTLS {
+        RedisTLS(
+            certificateRequirement: other.certificateRequirement ?? certificateRequirement,
+            caCertificates: other.caCertificates ?? caCertificates, caPath: other.caPath ?? caPath,
+            certificateFile: other.certificateFile ?? certificateFile, keyFile: other.keyFile ?? keyFile,
+            checkHostname: other.checkHostname ?? checkHostname)
+    }
+}
+
+extension RedisURL {
+    /// Settles the broker's TLS as kombu does: `ssl_*` parameters in the URL replace `broker_use_ssl`
+    /// (`configured`) whole; without either, a `rediss://` URL does not verify the server, with kombu's warning,
+    /// which is returned.
+    public mutating func settleBrokerTLS(configured: RedisTLS?) throws(CeleryWorkerError) -> String? {
+        var warning: String?
+        if let fromURL = tls, fromURL != RedisTLS() {
+            // The URL's own parameters win.
+        } else if let configured {
+            tls = configured
+        } else if tls != nil {
+            tls = RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none)
+            warning = "Secure redis scheme specified (rediss) with no ssl options, defaulting to insecure SSL behaviour."
+        }
+        try checkTLSEndpoint()
+        return warning
+    }
+
+    /// Settles the result backend's TLS as Celery's Redis backend does: `redis_backend_use_ssl` (`configured`),
+    /// then the `ssl_*` parameters of a `rediss://` URL one by one over it. TLS then needs `ssl_cert_reqs`; not
+    /// verifying the server is allowed with Celery's warning, which is returned.
+    public mutating func settleBackendTLS(configured: RedisTLS?) throws(CeleryWorkerError) -> String? {
+        if !isSecureScheme, tls != nil {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "SSL connection parameters have been provided but the specified URL scheme is redis://. "
+                    + "A Redis SSL connection URL should use the scheme rediss://.")
+        }
+        var settled = configured
+        if let fromURL = tls { settled = (configured ?? RedisTLS()).overlaid(by: fromURL) }
+        tls = settled
+        guard let settled else { return nil }
+        try checkTLSEndpoint()
+        switch settled.certificateRequirement {
+        case nil:
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "A rediss:// URL must have parameter ssl_cert_reqs and this must be set to CERT_REQUIRED, "
+                    + "CERT_OPTIONAL, or CERT_NONE")
+        case .optional?:
+            return "Setting ssl_cert_reqs=CERT_OPTIONAL when connecting to redis means that celery might not validate "
+                + "the identity of the redis broker when connecting. This leaves you vulnerable to man in the middle attacks."
+        case .none?:
+            return "Setting ssl_cert_reqs=CERT_NONE when connecting to redis means that celery will not validate the "
+                + "identity of the redis broker when connecting. This leaves you vulnerable to man in the middle attacks."
+        case .required?:
+            return nil
+        }
+    }
+
+    private func checkTLSEndpoint() throws(CeleryWorkerError) {
+        if tls != nil, case .unixSocket = endpoint {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration, message: "TLS settings are for TCP connections, not the Unix socket of \(self)")
+        }
+    }
+}
