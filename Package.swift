@@ -28,7 +28,12 @@ let package = Package(
         .systemLibrary(
             name: "CHiredis",
             pkgConfig: "hiredis",
-            providers: [.apt(["libhiredis-dev", "libssl-dev"])]
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        // TLS to Redis, with OpenSSL 3 loaded only when a connection asks for TLS (the headers come from libssl-dev).
+        .target(
+            name: "COpenSSL",
+            linkerSettings: [.linkedLibrary("dl")]
         ),
         .systemLibrary(
             name: "CMsgpack",
@@ -53,6 +58,7 @@ let package = Package(
             dependencies: [
                 "CeleryProtocol",
                 "CHiredis",
+                "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -202,3 +202,11 @@ def test_the_swift_client_sends_and_waits_over_tls(tls, start_worker):
                            "-b", tls(1), "--result-backend", tls(0)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "42"
+
+
+def test_openssl_is_loaded_only_by_a_worker_that_speaks_tls(tls, start_worker):
+    plain = start_worker("-Q", "plain")
+    secure = start_worker("-Q", "secure", broker=tls(1), backend=tls(0))
+    maps = lambda worker: Path(f"/proc/{worker.proc.pid}/maps").read_text()  # noqa: E731
+    assert "libssl.so" not in maps(plain) and "libcrypto.so" not in maps(plain)
+    assert "libssl.so" in maps(secure)

@@ -1,4 +1,5 @@
 import CHiredis
+import COpenSSL
 import Synchronization
 
 #if canImport(Glibc)
@@ -45,20 +46,71 @@ final class RedisConnection: @unchecked Sendable {
 
         /// Writes what hiredis's output buffer holds, as `redisBufferWrite` does; `done` is 1 once it is empty.
         func write(_ done: inout Int32) -> Int32 {
-            if let session { chiredis_tls_write(raw, session, &done) } else { redisBufferWrite(raw, &done) }
+            guard let session else { return redisBufferWrite(raw, &done) }
+            guard raw.pointee.err == 0 else { return REDIS_ERR }
+            let length = chiredis_output_length(raw)
+            if length > 0 {
+                let written = withErrorText { error, size in copenssl_write(session, raw.pointee.obuf, length, error, size) }
+                guard written.result > 0 else {
+                    fail(written.result, written.error)
+                    return REDIS_ERR
+                }
+                chiredis_output_consume(raw, Int(written.result))
+            }
+            done = chiredis_output_length(raw) == 0 ? 1 : 0
+            return REDIS_OK
         }
 
-        /// Reads from the socket into hiredis's reader, as `redisBufferRead` does.
+        /// Reads from the socket into hiredis's reader, as `redisBufferRead` does: one TLS record, and whatever
+        /// OpenSSL then still holds decrypted, so that a `poll` on the socket tells whether more can be read. A record
+        /// without data (a TLS 1.3 session ticket) reads nothing and is not an error.
         func read() -> Int32 {
-            if let session { chiredis_tls_read(raw, session) } else { redisBufferRead(raw) }
+            guard let session else { return redisBufferRead(raw) }
+            guard raw.pointee.err == 0 else { return REDIS_ERR }
+            return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16 * 1024) { buffer in
+                guard let bytes = buffer.baseAddress else { return REDIS_ERR }
+                repeat {
+                    let read = withErrorText { error, size in copenssl_read(session, bytes, buffer.count, error, size) }
+                    if read.result == COPENSSL_AGAIN { return REDIS_OK }
+                    guard read.result > 0 else {
+                        fail(read.result, read.error)
+                        return REDIS_ERR
+                    }
+                    guard redisReaderFeed(raw.pointee.reader, bytes, Int(read.result)) == REDIS_OK else {
+                        let problem = withUnsafeBytes(of: raw.pointee.reader.pointee.errstr) { text in
+                            String(decoding: text.prefix { $0 != 0 }, as: UTF8.self)
+                        }
+                        chiredis_set_error(raw, REDIS_ERR_PROTOCOL, problem)
+                        return REDIS_ERR
+                    }
+                } while copenssl_pending(session) > 0
+                return REDIS_OK
+            }
+        }
+
+        /// Marks the context failed as hiredis would for what COpenSSL's `code` says (a timeout leaves errno EAGAIN,
+        /// which ``RedisConnection/error(from:code:doing:)`` reads).
+        private func fail(_ code: Int, _ text: String) {
+            switch code {
+            case COPENSSL_TIMEOUT: chiredis_set_error(raw, REDIS_ERR_IO, "Resource temporarily unavailable")
+            case COPENSSL_CLOSED: chiredis_set_error(raw, REDIS_ERR_EOF, "Server closed the connection")
+            default: chiredis_set_error(raw, REDIS_ERR_IO, text.isEmpty ? "TLS failure" : text)
+            }
+        }
+
+        /// Calls `body` with a buffer (on the stack) for COpenSSL's error sentence, read only when `body` failed.
+        private func withErrorText(_ body: (UnsafeMutablePointer<CChar>, Int) -> Int) -> (result: Int, error: String) {
+            withUnsafeTemporaryAllocation(of: CChar.self, capacity: 256) { buffer in
+                guard let text = buffer.baseAddress else { return (COPENSSL_FAILED, "no buffer for the error") }
+                text.initialize(to: 0)
+                let result = body(text, buffer.count)
+                return (result, result > 0 ? "" : String(cString: text))
+            }
         }
 
         /// Ends the TLS session (without waiting for the server's answer) and closes the connection.
         func free() {
-            if let session {
-                SSL_shutdown(session)
-                SSL_free(session)
-            }
+            if let session { copenssl_session_free(session) }
             redisFree(raw)
         }
     }

@@ -1,4 +1,4 @@
-import CHiredis
+import COpenSSL
 import CeleryProtocol
 import Synchronization
 
@@ -116,10 +116,12 @@ public struct RedisTLS: Sendable, Hashable {
     }
 }
 
-/// An OpenSSL client context (`SSL_CTX`) built from ``RedisTLS`` settings, shared by every connection that uses them.
+/// An OpenSSL client context built from ``RedisTLS`` settings, shared by every connection that uses them. OpenSSL
+/// itself is loaded when the first one is built (``COpenSSL``), so a worker without TLS does not map it.
 ///
 /// `@unchecked Sendable` is sound because the context is configured once in `init` and only read afterwards:
-/// OpenSSL allows `SSL_new` on one `SSL_CTX` from many threads at once, and `deinit` runs when no connection holds it.
+/// OpenSSL allows sessions to be created from one `SSL_CTX` on many threads at once, and `deinit` runs when no
+/// connection holds it.
 final class TLSContext: @unchecked Sendable {
     private let context: OpaquePointer
     let settings: RedisTLS
@@ -138,89 +140,52 @@ final class TLSContext: @unchecked Sendable {
     }
 
     private init(_ settings: RedisTLS) throws(CeleryWorkerError) {
-        func failure(_ doing: String) -> CeleryWorkerError {
-            CeleryWorkerError(code: .invalidConfiguration, message: "TLS: \(doing): \(Self.lastError())")
-        }
         // OpenSSL's own words for a missing file are "system lib"; the system's are clearer.
         for path in [settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile].compactMap({ $0 })
         where access(path, R_OK) != 0 {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: cannot read \(path): \(String(cString: strerror(errno)))")
         }
-        guard let context = SSL_CTX_new(TLS_client_method()) else { throw failure("cannot create an OpenSSL context") }
-        self.context = context
-        self.settings = settings
-        _ = chiredis_tls_context_setup(context)
-        SSL_CTX_set_verify(context, settings.requirement == .none ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, nil)
-        if settings.caCertificates != nil || settings.caPath != nil {
-            guard SSL_CTX_load_verify_locations(context, settings.caCertificates, settings.caPath) == 1 else {
-                throw failure(
-                    "cannot load the certificate authorities from \([settings.caCertificates, settings.caPath].compactMap { $0 }.joined(separator: " and "))"
-                )
-            }
-        } else if settings.requirement != .none {
-            SSL_CTX_set_default_verify_paths(context)
-        }
-        if let certificate = settings.certificateFile {
-            guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else {
-                throw failure("cannot load the client certificate \(certificate)")
-            }
-            let key = settings.keyFile ?? certificate
-            guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
-                throw failure("cannot load the client key \(key)")
-            }
-            guard SSL_CTX_check_private_key(context) == 1 else {
-                throw failure("the client key \(key) does not match the certificate \(certificate)")
-            }
-        } else if let key = settings.keyFile {
+        if settings.certificateFile == nil, let key = settings.keyFile {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: ssl_keyfile \(key) is given without ssl_certfile")
         }
+        let verify = settings.requirement == .none ? COPENSSL_VERIFY_NONE : COPENSSL_VERIFY_PEER
+        let made = Self.withError { error, size in
+            copenssl_context_new(
+                Int32(verify), settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile, error, size)
+        }
+        guard let context = made.result else {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: \(made.error)")
+        }
+        self.context = context
+        self.settings = settings
     }
 
-    deinit { SSL_CTX_free(context) }
+    deinit { copenssl_context_free(context) }
 
     /// Runs the TLS handshake on a connected socket (blocking, within the socket's timeout) with the server at
     /// `host`, and returns the session. The certificate is checked against `host` when the settings say so.
     func handshake(socket: Int32, host: String) throws(CeleryWorkerError) -> OpaquePointer {
-        guard let session = SSL_new(context) else {
-            throw CeleryWorkerError(code: .connectionFailed, message: "TLS: cannot create a session: \(Self.lastError())")
+        var timedOut: Int32 = 0
+        let made = Self.withError { error, size in
+            copenssl_connect(context, socket, host, settings.checksHostname ? 1 : 0, &timedOut, error, size)
         }
-        let isAddress = Self.isAddress(host)
-        if !isAddress { _ = chiredis_tls_set_server_name(session, host) }
-        if settings.checksHostname {
-            let parameters = SSL_get0_param(session)
-            let named = isAddress ? X509_VERIFY_PARAM_set1_ip_asc(parameters, host) : X509_VERIFY_PARAM_set1_host(parameters, host, 0)
-            guard named == 1 else {
-                SSL_free(session)
-                throw CeleryWorkerError(code: .connectionFailed, message: "TLS: cannot check the certificate against '\(host)'")
-            }
-        }
-        SSL_set_fd(session, socket)
-        errno = 0
-        let result = SSL_connect(session)
-        guard result == 1 else {
-            let savedErrno = errno
-            let verification = SSL_get_verify_result(session)
-            var reason = Self.lastError(fallback: savedErrno == 0 ? "the server closed the connection" : String(cString: strerror(savedErrno)))
-            if verification != X509_V_OK {
-                reason = "certificate verify failed: \(String(cString: X509_verify_cert_error_string(verification)))"
-            } else if SSL_get_error(session, result) == SSL_ERROR_WANT_READ, savedErrno == EAGAIN || savedErrno == EWOULDBLOCK {
-                reason = "the handshake timed out"
-            }
-            SSL_free(session)
-            throw CeleryWorkerError(code: .connectionFailed, message: "TLS handshake with \(host): \(reason)")
+        guard let session = made.result else {
+            throw CeleryWorkerError(code: timedOut != 0 ? .timeout : .connectionFailed, message: "TLS handshake with \(host): \(made.error)")
         }
         return session
     }
 
-    private static func isAddress(_ host: String) -> Bool {
-        var address = in6_addr()
-        return inet_pton(AF_INET, host, &address) == 1 || inet_pton(AF_INET6, host, &address) == 1
-    }
-
-    private static func lastError(fallback: String = "no reason given") -> String {
-        var text = [CChar](repeating: 0, count: 256)
-        chiredis_tls_last_error(&text, text.count, fallback)
-        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    /// Calls `body` with a buffer for COpenSSL's error sentence, and returns its result with the sentence (for the
+    /// rare calls: contexts and handshakes).
+    static func withError<Result>(_ body: (UnsafeMutablePointer<CChar>, Int) -> Result) -> (result: Result, error: String) {
+        var text = [CChar](repeating: 0, count: 320)
+        let result = text.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress.map { body($0, buffer.count) }
+        }
+        let error = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // The buffer of a non-empty array always has an address.
+        guard let result else { preconditionFailure("an array of 320 elements has no storage") }
+        return (result, error)
     }
 }
 
