@@ -100,6 +100,8 @@ def test_round_trip_remote_control_and_a_redis_restart_over_tls(tls, tls_server,
     assert broker["ssl"] == {"ssl_cert_reqs": 2, "ssl_ca_certs": str(certificates / "ca.crt"),
                              "ssl_certfile": str(certificates / "client.crt"),
                              "ssl_keyfile": str(certificates / "client.key")}
+    conf = app.control.inspect(timeout=2, destination=[node]).conf()[node]
+    assert conf["broker_use_ssl"] == broker["ssl"] and conf["redis_backend_use_ssl"] == broker["ssl"]
     # A restart closes every TLS session; the worker opens new ones and serves the next task.
     tls_server.restart()
     assert client(tls(1), tls(0), "after-restart").send_task("tasks.add", (40, 2)).get(timeout=30) == 42

@@ -358,7 +358,7 @@ extension WorkerRun {
     private func conf() -> CeleryValue {
         let configuration = self.configuration
         func optional(_ value: Double?) -> CeleryValue { value.map(CeleryValue.double) ?? .null }
-        return [
+        var settings: CeleryObject = [
             "broker_url": .string(configuration.brokerURL.description),
             "result_backend": configuration.resultBackendURL.map { .string($0.description) } ?? .null,
             "result_serializer": .string(configuration.resultSerializer.serializerName),
@@ -383,6 +383,10 @@ extension WorkerRun {
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
             "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
         ]
+        // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
+        if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }
+        if let tls = configuration.resultBackendURL?.tls { settings["redis_backend_use_ssl"] = .object(tls.celeryObject) }
+        return .object(settings)
     }
 
     /// Python's `registered`: each task's name, followed by `[item=value …]` for those of `items` (by default
