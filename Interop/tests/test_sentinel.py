@@ -13,6 +13,7 @@ import redis as redis_lib
 from celery import Celery
 
 from conftest import WorkerProcess, answering, eventually
+from test_events import Capture
 from redisproc import RedisProcess, free_port
 
 MASTER = "mymaster"
@@ -59,14 +60,15 @@ def sentinel_setup(tmp_path):
     master.stop()
 
 
-def sentinel_worker(sentinel, tmp_path, name):
+def sentinel_worker(sentinel, tmp_path, name, *extra):
     """A Swift worker on `sentinel://` URLs with the master's name in its config file, and a function that makes a
     Python client on the same URLs (each new client asks the Sentinel for the master)."""
     broker, backend = f"sentinel://127.0.0.1:{sentinel.port}/1", f"sentinel://127.0.0.1:{sentinel.port}/0"
     config = tmp_path / "worker.yaml"
     config.write_text(f"broker_transport_options:\n  master_name: {MASTER}\n"
                       f"result_backend_transport_options:\n  master_name: {MASTER}\n")
-    worker = WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config), "-n", f"{name}@%h"],
+    worker = WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config), "-n", f"{name}@%h",
+                            *extra],
                            tmp_path / "worker.log").wait_ready()
 
     def client():
@@ -119,6 +121,49 @@ def test_tasks_results_and_control_through_sentinel_and_after_a_failover(sentine
         assert worker.stop() == 0
     finally:
         app.close()
+        if worker.alive():
+            worker.stop(9)
+
+
+class SentinelCapture(Capture):
+    """A Python event receiver on the Sentinel broker (its PSUBSCRIBE is watched on the master itself)."""
+
+    def __init__(self, app, master_port):
+        super().__init__(app, seconds=15)
+        self.master = redis_lib.Redis(port=master_port)
+
+    def start(self):
+        patterns = self.master.pubsub_numpat()
+        self.thread.start()
+        assert eventually(lambda: self.master.pubsub_numpat() > patterns), "the event receiver did not subscribe"
+        return self
+
+
+def test_events_reach_python_receivers_under_sentinel(sentinel_setup, tmp_path):
+    """kombu before 5.4 (Celery 5.3) listens for events under Sentinel on the literal '/{db}.celeryev' topic, kombu
+    5.4+ on '/1.celeryev': the worker sends each event to both, and a kombu 5.7 receiver with
+    sentinel_fanout_compat, which listens on both, keeps one copy."""
+    master, _, sentinel = sentinel_setup
+    worker, client = sentinel_worker(sentinel, tmp_path, "events", "-E")
+    apps = [client()]
+    if kombu.VERSION >= (5, 7):
+        apps.append(client())
+        apps[1].conf.broker_transport_options = {"master_name": MASTER, "sentinel_fanout_compat": True}
+    captures = [SentinelCapture(app, master.port).start() for app in apps]
+    try:
+        result = apps[0].send_task("tasks.add", (2, 3))
+        assert result.get(timeout=10) == 5
+        for capture in captures:
+            capture.wait_for(lambda events: any(e["type"] == "task-succeeded" for e in events))
+            capture.wait_for(lambda events: any(e["type"] == "worker-heartbeat" for e in events))
+        for capture in captures:
+            events = capture.stop()
+            mine = [e["type"] for e in events if e.get("uuid") == result.id]
+            assert mine == ["task-received", "task-started", "task-succeeded"], (kombu.VERSION, mine)
+        assert worker.stop() == 0
+    finally:
+        for app in apps:
+            app.close()
         if worker.alive():
             worker.stop(9)
 

@@ -14,7 +14,7 @@ struct JobTasksTests {
         let early = StopRequest()
         early.request(.terminated)
         let sawEarly = Mutex<[Bool]>([])
-        try await jobs.start(on: Self.executor, stop: early) {
+        await jobs.start(on: Self.executor, stop: early) {
             sawEarly.withLock { $0.append(Task.isCancelled) }  // before the body: not cancelled
             early.arm()
             sawEarly.withLock { $0.append(Task.isCancelled) }  // the body starts: cancelled now
@@ -23,7 +23,7 @@ struct JobTasksTests {
         #expect(sawEarly.withLock { $0 } == [false, true])
 
         let late = StopRequest()
-        let afterSeal = try await jobs.start(on: Self.executor, stop: late) { () -> StopReason? in
+        let afterSeal = await jobs.start(on: Self.executor, stop: late) { () -> StopReason? in
             late.arm()
             let reason = late.seal()
             late.request(.softTimeLimit)  // after the body: changes nothing

@@ -133,7 +133,7 @@ extension WorkerRun {
     /// into the Sentinel transport's fanout prefix, so it publishes to the literal `/{db}.celery.pidbox`. The worker
     /// listens there too (and, with a Sentinel broker, sends its own `hello` there as well).
     var pidboxLegacyTopics: [String] {
-        guard case .sentinel = configuration.brokerURL.endpoint else { return [] }
+        guard configuration.brokerURL.isSentinel else { return [] }
         return ["\(configuration.brokerKeyPrefix)/{db}.celery.pidbox"]
     }
 

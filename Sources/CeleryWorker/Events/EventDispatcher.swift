@@ -23,9 +23,18 @@ final class EventDispatcher: Sendable {
     /// kombu's `global_keyprefix`, in front of every channel.
     let keyPrefix: String
 
-    init(client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool, keyPrefix: String = "") {
+    /// With a Sentinel broker: events also go to the literal `/{db}.celeryev/…` topic, where kombu before 5.4
+    /// (Celery 5.3) listens under Sentinel, with the same `delivery_tag`, so that kombu 5.7's `sentinel_fanout_compat`
+    /// receivers, which listen on both, drop the second copy.
+    let alsoLegacyTopic: Bool
+
+    init(
+        client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool, keyPrefix: String = "",
+        alsoLegacyTopic: Bool = false
+    ) {
         self.client = client
         self.keyPrefix = keyPrefix
+        self.alsoLegacyTopic = alsoLegacyTopic
         self.hostname = hostname
         self.database = database
         self.version = version
@@ -77,7 +86,9 @@ final class EventDispatcher: Sendable {
     /// Publishes the event that `makeBody` builds. The body (and so its clock tick) is made while the events
     /// connection is held, so receivers get this worker's events in clock order even when tasks send them at once.
     private func publish(routingKey: String, _ makeBody: @escaping @Sendable () -> CeleryValue) async {
-        let channel = RedisArgument("\(keyPrefix)/\(database).celeryev/\(routingKey)")
+        let channels =
+            [RedisArgument("\(keyPrefix)/\(database).celeryev/\(routingKey)")]
+            + (alsoLegacyTopic ? [RedisArgument("\(keyPrefix)/{db}.celeryev/\(routingKey)")] : [])
         let hostname = self.hostname
         // Events are best effort, as in Python: a lost event is not retried.
         _ = try? await client.withConnection { connection throws(CeleryWorkerError) in
@@ -88,7 +99,8 @@ final class EventDispatcher: Sendable {
                     "delivery_mode": 1, "delivery_info": ["exchange": "celeryev", "routing_key": .string(routingKey)],
                     "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
                 ])
-            _ = try connection.execute([RedisCommand("PUBLISH", channel, RedisArgument(envelope.encoded()))])
+            let message = RedisArgument(envelope.encoded())
+            _ = try connection.execute(channels.map { RedisCommand("PUBLISH", $0, message) })
         }
     }
 

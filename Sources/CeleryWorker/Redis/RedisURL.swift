@@ -167,6 +167,12 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Whether the Sentinels give the server's address.
+    var isSentinel: Bool {
+        if case .sentinel = endpoint { return true }
+        return false
+    }
+
     /// Whether `other` reaches the same server as the same user (whatever the database).
     func isSameServer(as other: RedisURL) -> Bool {
         endpoint == other.endpoint && username == other.username && password == other.password

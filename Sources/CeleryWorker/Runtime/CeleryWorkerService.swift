@@ -65,7 +65,8 @@ public final class CeleryWorkerService: Service {
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
             database: configuration.brokerURL.database, version: Self.version,
-            sendsTaskEvents: configuration.sendTaskEvents, keyPrefix: configuration.brokerKeyPrefix)
+            sendsTaskEvents: configuration.sendTaskEvents, keyPrefix: configuration.brokerKeyPrefix,
+            alsoLegacyTopic: configuration.brokerURL.isSentinel)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
