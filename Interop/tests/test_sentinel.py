@@ -1,6 +1,7 @@
 """Redis Sentinel: `sentinel://` URLs with the `master_name` transport option, as kombu's Sentinel transport takes
 them. The Swift worker asks the Sentinels for the master, works there with Python's client, and after a failover
 reaches the new master."""
+import json
 import shutil
 import socket
 import subprocess
@@ -22,10 +23,11 @@ MASTER = "mymaster"
 class SentinelProcess:
     """`redis-server --sentinel` watching one master, deciding a failover alone (quorum 1) after 1 s down."""
 
-    def __init__(self, master_port: int, directory: Path):
+    def __init__(self, master_port: int, directory: Path, password: str | None = None):
         self.port = free_port()
         config = directory / "sentinel.conf"
         config.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+                          + (f"requirepass {password}\n" if password else "") +
                           f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 1\n"
                           f"sentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 5000\n")
         self.proc = subprocess.Popen([shutil.which("redis-server"), str(config), "--sentinel"],
@@ -60,24 +62,51 @@ def sentinel_setup(tmp_path):
     master.stop()
 
 
-def sentinel_worker(sentinel, tmp_path, name, *extra):
-    """A Swift worker on `sentinel://` URLs with the master's name in its config file, and a function that makes a
-    Python client on the same URLs (each new client asks the Sentinel for the master)."""
+def sentinel_worker(sentinel, tmp_path, name, *extra, sentinel_password=None, ready=True):
+    """A Swift worker on `sentinel://` URLs with the master's name (and the Sentinels' password, if any) in its
+    config file, and a function that makes a Python client on the same URLs (each new client asks the Sentinel for
+    the master)."""
     broker, backend = f"sentinel://127.0.0.1:{sentinel.port}/1", f"sentinel://127.0.0.1:{sentinel.port}/0"
-    config = tmp_path / "worker.yaml"
-    config.write_text(f"broker_transport_options:\n  master_name: {MASTER}\n"
-                      f"result_backend_transport_options:\n  master_name: {MASTER}\n")
+    options = {"master_name": MASTER}
+    if sentinel_password:
+        options["sentinel_kwargs"] = {"password": sentinel_password}
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(json.dumps({"broker_transport_options": options, "result_backend_transport_options": options}))
     worker = WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config), "-n", f"{name}@%h",
                             *extra],
-                           tmp_path / "worker.log").wait_ready()
+                           tmp_path / f"{name}.log")
+    if ready:
+        worker.wait_ready()
 
     def client():
         app = Celery(f"{name}-client", broker=broker, backend=backend)
-        app.conf.broker_transport_options = {"master_name": MASTER}
-        app.conf.result_backend_transport_options = {"master_name": MASTER}
+        app.conf.broker_transport_options = dict(options)
+        app.conf.result_backend_transport_options = dict(options)
         return app
 
     return worker, client
+
+
+def test_sentinels_that_ask_for_a_password(sentinel_setup, tmp_path):
+    """`sentinel_kwargs: {password: …}` in the transport options is what the Sentinels ask for (the URL's credentials
+    are the master's, as in kombu). Without it, the worker logs the Sentinel's refusal and tries again."""
+    master, _, _ = sentinel_setup
+    (tmp_path / "guarded").mkdir()
+    guarded = SentinelProcess(master.port, tmp_path / "guarded", password="s3cret")
+    refused, _ = sentinel_worker(guarded, tmp_path, "refused", ready=False)
+    worker, client = sentinel_worker(guarded, tmp_path, "guarded", sentinel_password="s3cret")
+    app = client()
+    try:
+        assert app.send_task("tasks.add", (2, 3)).get(timeout=10) == 5
+        assert answering(app, "guarded@").startswith("guarded@")
+        refused.wait_for_log("NOAUTH", count=2)  # logged, and tried again
+        assert "no Sentinel gave the address of master 'mymaster'" in refused.log and refused.alive()
+    finally:
+        app.close()
+        for process in (worker, refused):
+            if process.alive():
+                process.stop(9)
+        guarded.stop()
 
 
 def test_tasks_results_and_control_through_sentinel_and_after_a_failover(sentinel_setup, tmp_path):

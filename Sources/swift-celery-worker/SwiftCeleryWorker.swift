@@ -183,6 +183,10 @@ struct WorkerCommand: AsyncParsableCommand {
         // kombu's Sentinel transport names the master in the transport options, not in the URL.
         brokerURL.sentinelMaster = file.brokerSentinelMaster
         backendURL?.sentinelMaster = file.resultSentinelMaster
+        brokerURL.sentinelUsername = file.brokerSentinelCredentials?.username
+        brokerURL.sentinelPassword = file.brokerSentinelCredentials?.password
+        backendURL?.sentinelUsername = file.resultSentinelCredentials?.username
+        backendURL?.sentinelPassword = file.resultSentinelCredentials?.password
         if case .sentinel = brokerURL.endpoint, brokerURL.sentinelMaster == nil {
             throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
         }

@@ -98,6 +98,24 @@ struct CelerySettingsTests {
         #expect(try CelerySettings.parse("broker_use_ssl: {}", source: "t.yaml").brokerTLS == nil)
     }
 
+    @Test("sentinel_kwargs: the Sentinels' own user name and password; other keyword arguments warn")
+    func sentinelKwargs() throws {
+        let settings = try CelerySettings.parse(
+            """
+            broker_transport_options: {master_name: m, sentinel_kwargs: {password: s3cret, socket_timeout: 1}}
+            result_backend_transport_options: {master_name: m, sentinel_kwargs: {username: u, password: p}}
+            """, source: "s.yaml")
+        #expect(settings.brokerSentinelCredentials == .init(password: "s3cret"))
+        #expect(settings.resultSentinelCredentials == .init(username: "u", password: "p"))
+        #expect(
+            settings.warnings == [
+                "s.yaml: broker_transport_options.sentinel_kwargs 'socket_timeout' is ignored (the worker takes username and password)"
+            ])
+        #expect(throws: CeleryWorkerError.self) {
+            try CelerySettings.parse("broker_transport_options: {sentinel_kwargs: {password: [1]}}", source: "s.yaml")
+        }
+    }
+
     @Test(
         "a wrong type names the key",
         arguments: [

@@ -467,7 +467,8 @@ final class RedisConnection: @unchecked Sendable {
             opened = redisConnectUnixWithTimeout(path, timeout)
         case .sentinel(let nodes):
             // Asked again at every connection, so a connection lost in a failover reopens to the new master.
-            let (host, port) = try Self.master(named: url.sentinelMaster, askingEachOf: nodes, timeout: timeout)
+            let (host, port) = try Self.master(
+                named: url.sentinelMaster, askingEachOf: nodes, as: (url.sentinelUsername, url.sentinelPassword), timeout: timeout)
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
             serverHost = host
             target = "master '\(url.sentinelMaster ?? "")' at \(host):\(port) (from \(url))"
@@ -495,13 +496,7 @@ final class RedisConnection: @unchecked Sendable {
         let context = Link(raw: raw, session: session)
         state.context = context
         var setup: [RedisCommand] = []
-        if let password = url.password {
-            if let username = url.username {
-                setup.append(RedisCommand("AUTH", RedisArgument(username), RedisArgument(password)))
-            } else {
-                setup.append(RedisCommand("AUTH", RedisArgument(password)))
-            }
-        }
+        if let auth = Self.authentication((url.username, url.password)) { setup.append(auth) }
         if url.database != 0 { setup.append(RedisCommand("SELECT", RedisArgument(url.database))) }
         for command in setup {
             guard Self.append(command, to: context) == REDIS_OK, let reply = Self.awaitReply(context) else {
@@ -519,9 +514,10 @@ final class RedisConnection: @unchecked Sendable {
 
     /// The master's address, from the first Sentinel that knows it (`SENTINEL get-master-addr-by-name`), as
     /// redis-py's `Sentinel.discover_master` asks them in order.
-    private static func master(named name: String?, askingEachOf nodes: [RedisURL.SentinelNode], timeout: timeval)
-        throws(CeleryWorkerError) -> (host: String, port: Int)
-    {
+    private static func master(
+        named name: String?, askingEachOf nodes: [RedisURL.SentinelNode], as credentials: (username: String?, password: String?),
+        timeout: timeval
+    ) throws(CeleryWorkerError) -> (host: String, port: Int) {
         guard let name, !name.isEmpty else {
             throw CeleryWorkerError(
                 code: .invalidConfiguration,
@@ -538,11 +534,23 @@ final class RedisConnection: @unchecked Sendable {
                 continue
             }
             redisSetTimeout(raw, timeout)
-            let command = RedisCommand("SENTINEL", RedisArgument("get-master-addr-by-name"), RedisArgument(name))
-            guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {
-                failures.append("\(node.host):\(node.port): no reply")
+            /// The node's reply to `command`, or `nil` with the failure recorded (an error reply is one).
+            func ask(_ command: RedisCommand, failing prefix: String = "") -> RedisReply? {
+                guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {
+                    failures.append("\(node.host):\(node.port): no reply to \(command.name)")
+                    return nil
+                }
+                if case .error(let message) = reply {
+                    failures.append("\(node.host):\(node.port): \(prefix)\(message)")
+                    return nil
+                }
+                return reply
+            }
+            if let command = authentication(credentials), ask(command, failing: "AUTH (sentinel_kwargs) failed: ") == nil {
                 continue
             }
+            let command = RedisCommand("SENTINEL", RedisArgument("get-master-addr-by-name"), RedisArgument(name))
+            guard let reply = ask(command) else { continue }
             guard let address = reply.array, address.count == 2, let host = address[0].text, let port = address[1].text.flatMap({ Int($0) })
             else {
                 failures.append("\(node.host):\(node.port): does not know a master named '\(name)'")
@@ -553,6 +561,15 @@ final class RedisConnection: @unchecked Sendable {
         throw CeleryWorkerError(
             code: .connectionFailed,
             message: "no Sentinel gave the address of master '\(name)' (\(failures.isEmpty ? "none reachable" : failures.joined(separator: "; ")))")
+    }
+
+    /// `AUTH [username] password`, or `nil` without a password.
+    private static func authentication(_ credentials: (username: String?, password: String?)) -> RedisCommand? {
+        guard let password = credentials.password else { return nil }
+        if let username = credentials.username {
+            return RedisCommand("AUTH", RedisArgument(username), RedisArgument(password))
+        }
+        return RedisCommand("AUTH", RedisArgument(password))
     }
 
     private static func append(_ command: RedisCommand, to context: Link) -> Int32 {

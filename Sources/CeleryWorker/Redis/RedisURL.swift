@@ -34,6 +34,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// With a ``Endpoint/sentinel(_:)`` endpoint: the name of the master the Sentinels watch (kombu's
     /// `master_name` transport option).
     public var sentinelMaster: String?
+    /// With a ``Endpoint/sentinel(_:)`` endpoint: the user name and password the Sentinels themselves ask for
+    /// (`sentinel_kwargs: {username: …, password: …}` in the transport options); the URL's own credentials are the
+    /// master's, as in kombu.
+    public var sentinelUsername: String?
+    public var sentinelPassword: String?
     /// TLS for the connection to the server (with Sentinel: to the master), or `nil` for none: set by a `rediss://`
     /// URL or `ssl_*` query parameters, and by Celery's `broker_use_ssl` / `redis_backend_use_ssl`.
     public var tls: RedisTLS?

@@ -55,6 +55,22 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerSentinelMaster: String?
     /// `result_backend_transport_options: {master_name: …}`: the master a `sentinel://` result backend reaches.
     public var resultSentinelMaster: String?
+    /// `broker_transport_options: {sentinel_kwargs: {username: …, password: …}}`: what the Sentinels themselves ask.
+    public var brokerSentinelCredentials: SentinelCredentials?
+    /// `result_backend_transport_options: {sentinel_kwargs: …}`, the same for the result backend's Sentinels.
+    public var resultSentinelCredentials: SentinelCredentials?
+
+    /// A user name and password for the Sentinels (redis-py's `sentinel_kwargs`).
+    public struct SentinelCredentials: Sendable, Equatable {
+        public var username: String?
+        public var password: String?
+
+        public init(username: String? = nil, password: String? = nil) {
+            self.username = username
+            self.password = password
+        }
+    }
+
     /// `broker_use_ssl` as a mapping of redis-py's `ssl_*` settings: TLS for the broker whatever its URL's scheme
     /// (kombu's reading). `true` is ignored with a warning, as kombu's Redis transport ignores it.
     public var brokerTLS: RedisTLS?
@@ -248,6 +264,8 @@ public struct CelerySettings: Sendable, Equatable {
                     settings.brokerKeyPrefix = try option.string()
                 } else if name == "master_name" {
                     settings.brokerSentinelMaster = try option.string()
+                } else if name == "sentinel_kwargs" {
+                    settings.brokerSentinelCredentials = try option.sentinelCredentials(warnings: &settings.warnings)
                 } else {
                     settings.warnings.append("\(field.source): broker transport option '\(name)' is ignored")
                 }
@@ -276,6 +294,8 @@ public struct CelerySettings: Sendable, Equatable {
                     settings.resultKeyPrefix = try option.string()
                 } else if name == "master_name" {
                     settings.resultSentinelMaster = try option.string()
+                } else if name == "sentinel_kwargs" {
+                    settings.resultSentinelCredentials = try option.sentinelCredentials(warnings: &settings.warnings)
                 } else {
                     settings.warnings.append("\(field.source): result backend transport option '\(name)' is ignored")
                 }
@@ -286,6 +306,22 @@ public struct CelerySettings: Sendable, Equatable {
 }
 
 extension CelerySettings.Field {
+    /// `sentinel_kwargs`: the keyword arguments of redis-py's connections to the Sentinels, of which the worker takes
+    /// `username` and `password` (others are ignored with a warning).
+    func sentinelCredentials(warnings: inout [String]) throws(CeleryWorkerError) -> CelerySettings.SentinelCredentials? {
+        guard let options = value as? [String: Any] else { throw fail("a mapping such as {password: …}") }
+        var credentials = CelerySettings.SentinelCredentials()
+        for (name, value) in options.sorted(by: { $0.key < $1.key }) {
+            let option = CelerySettings.Field(source: source, key: "\(key).\(name)", value: value)
+            switch name {
+            case "password": credentials.password = try option.string()
+            case "username": credentials.username = try option.string()
+            default: warnings.append("\(source): \(key) '\(name)' is ignored (the worker takes username and password)")
+            }
+        }
+        return credentials == CelerySettings.SentinelCredentials() ? nil : credentials
+    }
+
     /// `broker_use_ssl` / `redis_backend_use_ssl`: a mapping of redis-py's `ssl_*` settings to strings, booleans
     /// (`ssl_check_hostname`) or Python's `ssl.CERT_*` numbers (`ssl_cert_reqs`); an empty mapping is no TLS, as in
     /// Python.
