@@ -29,7 +29,9 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("b"), .customLong("broker")],
-        help: "Broker URL, redis://[[user]:password@]host[:port][/db] or unix:///path (default: $CELERY_BROKER_URL, else redis://localhost:6379/0).")
+        help:
+            "Broker URL, redis://[[user]:password@]host[:port][/db], rediss://… (TLS, with ssl_* parameters), sentinel://… or unix:///path (default: $CELERY_BROKER_URL, else redis://localhost:6379/0)."
+    )
     var broker: String?
 
     @Option(
@@ -39,6 +41,14 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(name: [.customShort("Q"), .customLong("queues")], help: "Comma-separated queues to consume (default: celery).")
     var queues: String?
+
+    @Option(name: [.customShort("X"), .customLong("exclude-queues")], help: "Comma-separated queues not to consume, of those -Q names.")
+    var excludeQueues: String?
+
+    @Flag(
+        name: [.customLong("purge"), .customLong("discard")],
+        help: "Delete every message waiting in the worker's queues before it starts consuming.")
+    var purge = false
 
     @Option(
         name: [.customShort("c"), .customLong("concurrency")], parsing: .unconditional, help: "Tasks run at once (default: the number of cores).")
@@ -108,8 +118,24 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Do not ask the other workers for their revoked task ids at start (Celery's mingle, on by default).")
     var withoutMingle = false
 
-    @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are always sent).")
+    @Flag(name: .customLong("without-gossip"), help: "Accepted as Celery takes it: the worker never gossips.")
+    var withoutGossip = false
+
+    @Flag(
+        name: .customLong("without-heartbeat"),
+        help: "Send no worker events (worker-online, worker-heartbeat, worker-offline), as Celery.")
+    var withoutHeartbeat = false
+
+    @Option(name: .customLong("heartbeat-interval"), parsing: .unconditional, help: "Seconds between worker-heartbeat events (default: 2).")
+    var heartbeatInterval: Int?
+
+    @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are sent unless --without-heartbeat).")
     var taskEvents = false
+
+    @Option(
+        name: .customLong("pidfile"),
+        help: "Write the worker's pid to this file, refusing to start while it names a running process (%n, %h, %p: node name parts).")
+    var pidfile: String?
 
     @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
     var logfile: String?
@@ -167,8 +193,14 @@ struct WorkerCommand: AsyncParsableCommand {
             serializer = parsed
         }
         let queueText = queues ?? file.defaultQueue ?? "celery"
-        let queueList = queueText.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        try check(!queueList.isEmpty, "-Q needs at least one queue name.")
+        func names(_ text: String) -> [String] {
+            text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        try check(!names(queueText).isEmpty, "-Q needs at least one queue name.")
+        let excluded = Set(excludeQueues.map(names) ?? [])
+        let queueList = names(queueText).filter { !excluded.contains($0) }
+        try check(!queueList.isEmpty, "--exclude-queues leaves no queue to consume of \(names(queueText).joined(separator: ", ")).")
+        try check((heartbeatInterval ?? 1) > 0, "--heartbeat-interval must be at least 1 second.")
         let brokerText = broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0"
         let backendText = [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend]
             .compactMap { $0 }.first { !$0.isEmpty }
@@ -277,6 +309,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.workerDirect = file.workerDirect ?? false
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
+        configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
         configuration.poolRestarts = file.poolRestarts ?? false
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()
@@ -310,6 +343,10 @@ struct WorkerCommand: AsyncParsableCommand {
             return
         }
 
+        // As Celery's worker: the pid lock, then the purge, then the banner.
+        let lock = try pidfile.map { path in try Pidfile.acquire(WorkerConfiguration.nodeFormat(path, node: configuration.nodeName)) }
+        defer { lock?.release() }
+        if purge { await purgeQueues(configuration, logger: logger) }
         FileHandle.standardOutput.write(
             Data(
                 Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
@@ -353,6 +390,31 @@ struct WorkerCommand: AsyncParsableCommand {
             // Cancellation already stopped the worker.
         }
         throw ExitCode(signals.exitCode)
+    }
+}
+
+extension WorkerCommand {
+    /// Celery's `--purge`: the waiting messages of the worker's queues are deleted before it consumes, and the
+    /// count printed as Celery prints it. A connection error is logged and retried, as Celery retries it.
+    func purgeQueues(_ configuration: WorkerConfiguration, logger: Logger) async {
+        let commands = RedisClient(url: configuration.brokerURL, threadName: "redis-purge")
+        let broker = RedisBroker(blocking: commands, commands: commands, keyPrefix: configuration.brokerKeyPrefix)
+        var attempt = 0
+        while true {
+            do {
+                let count = try await broker.purge(queues: configuration.queues)
+                if count > 0 {
+                    FileHandle.standardOutput.write(Data("purge: Erased \(count) \(count == 1 ? "message" : "messages") from the queue.\n\n".utf8))
+                }
+                return
+            } catch {
+                // Celery's connection retries: 2 s more each time, at most 30.
+                attempt += 1
+                let delay = min(2 * attempt, 30)
+                logger.error("purge: Connection error: \(error.message). Trying again in \(delay).00 seconds...")
+                try? await Task.sleep(for: .seconds(delay))
+            }
+        }
     }
 }
 

@@ -98,6 +98,16 @@ struct CelerySettingsTests {
         #expect(try CelerySettings.parse("broker_use_ssl: {}", source: "t.yaml").brokerTLS == nil)
     }
 
+    @Test("Celery's node_format for file names: %p, %n, %h, %d, %i, %I and %%")
+    func nodeFormat() {
+        let node = "w1@box.example.org"
+        #expect(WorkerConfiguration.nodeFormat("/run/%n.pid", node: node) == "/run/w1.pid")
+        #expect(
+            WorkerConfiguration.nodeFormat("%p|%h|%d|%i|%I|100%%|%z|%", node: node)
+                == "w1@box.example.org|box.example.org|example.org|0||100%|%z|%")
+        #expect(WorkerConfiguration.nodeFormat("%n-%d", node: "box") == "celery-")
+    }
+
     @Test("sentinel_kwargs: the Sentinels' own user name and password; other keyword arguments warn")
     func sentinelKwargs() throws {
         let settings = try CelerySettings.parse(

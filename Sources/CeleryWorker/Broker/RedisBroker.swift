@@ -86,6 +86,16 @@ public final class RedisBroker: Broker {
         }
     }
 
+    /// Celery's `--purge`: deletes every message waiting in `queues` and their priority lists (not those already
+    /// delivered and unacknowledged), counting them as kombu's `_purge` does (`LLEN` and `DEL` per list, in one
+    /// transaction). Returns how many were deleted.
+    public func purge(queues: [String]) async throws(CeleryWorkerError) -> Int {
+        let lists = queues.flatMap { queue in Self.priorityBuckets.map { Self.list(for: queue, priority: $0, prefix: keyPrefix) } }
+        let replies = try await commands.transaction(
+            lists.flatMap { [RedisCommand("LLEN", RedisArgument($0)), RedisCommand("DEL", RedisArgument($0))] })
+        return stride(from: 0, to: replies.count, by: 2).reduce(0) { total, index in total + Int(replies[index].integer ?? 0) }
+    }
+
     public func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let (lists, brpop) = rotation.withLock { order -> ([String], RedisCommand) in
             if order.queues != queues, Set(order.queues) != Set(queues) { order.set(queues) }

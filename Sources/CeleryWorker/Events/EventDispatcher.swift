@@ -50,9 +50,9 @@ final class EventDispatcher: Sendable {
     }
 
     /// `worker-online`, `worker-heartbeat` or `worker-offline` with the worker's counters.
-    func sendWorkerEvent(_ type: String, active: Int, processed: Int) async {
+    func sendWorkerEvent(_ type: String, active: Int, processed: Int, frequency: Double = 2) async {
         let fields: CeleryObject = [
-            "freq": 2.0, "active": .int(Int64(active)), "processed": .int(Int64(processed)),
+            "freq": .double(frequency), "active": .int(Int64(active)), "processed": .int(Int64(processed)),
             "loadavg": .array(Self.loadAverage().map(CeleryValue.double)),
             "sw_ident": .string(Self.softwareIdentity), "sw_ver": .string(version), "sw_sys": "Linux",
         ]

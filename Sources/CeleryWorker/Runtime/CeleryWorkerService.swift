@@ -496,20 +496,21 @@ final class WorkerRun: Sendable {
 
     // MARK: Events
 
-    /// `worker-heartbeat` every 2 s, Python's interval, even without `-E`; `worker-offline` as soon as shutdown
-    /// begins (before running tasks finish, as in Python).
+    /// `worker-heartbeat` every `heartbeatInterval` seconds (2, Python's), even without `-E`; `worker-offline` as
+    /// soon as shutdown begins (before running tasks finish, as in Python). Nothing with `--without-heartbeat`.
     private func heartbeatLoop() async {
-        guard service.events != nil else { return }
-        while await shutdown.sleep(untilUnixTime: WallClock.now() + 2) {
+        guard service.events != nil, let interval = configuration.heartbeatInterval else { return }
+        while await shutdown.sleep(untilUnixTime: WallClock.now() + interval) {
             await sendWorkerEvent("worker-heartbeat")
         }
         await sendWorkerEvent("worker-offline")
     }
 
+    /// A worker event, unless `--without-heartbeat` turned them off (Celery's heart sends all three).
     func sendWorkerEvent(_ type: String) async {
-        guard let events = service.events else { return }
+        guard let events = service.events, let interval = configuration.heartbeatInterval else { return }
         let (active, processed) = counters.withLock { ($0.active, $0.processed) }
-        await events.sendWorkerEvent(type, active: active, processed: processed)
+        await events.sendWorkerEvent(type, active: active, processed: processed, frequency: interval)
     }
 
     /// Counts the event in the metrics and, with task events on, sends it (`fields` are only worked out then).

@@ -76,6 +76,10 @@ public struct WorkerConfiguration: Sendable {
     public var acksOnTimeout: Bool = true
     /// Whether the `pool_restart` command is allowed (`worker_pool_restarts`). Default off, as in Celery.
     public var poolRestarts: Bool = false
+    /// Seconds between `worker-heartbeat` events (`--heartbeat-interval`), also their `freq`; `nil` sends no worker
+    /// events at all, not `worker-online` nor `worker-offline` either (`--without-heartbeat`), as in Celery.
+    /// Default 2, Celery's.
+    public var heartbeatInterval: Double? = 2
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
     /// (`--without-mingle` turns it off). Default on, as in Celery.
     public var mingle: Bool = true
@@ -282,6 +286,29 @@ public struct WorkerConfiguration: Sendable {
 
     /// Expands `-n` the way Celery does: `%h` is the host name, `%n` the short host name, `%d` the domain, and a
     /// name without `@` gets `@<hostname>` appended.
+    /// Celery's `node_format` for file names such as `--pidfile`: `%p` the whole node name, `%n` its name part
+    /// (before `@`), `%h` its host, `%d` the host's domain, `%i` the process index (`0` in the main process) and
+    /// `%I` its `-` form (empty there), `%%` a percent sign.
+    public static func nodeFormat(_ text: String, node: String) -> String {
+        let parts = node.split(separator: "@", maxSplits: 1).map(String.init)
+        let (name, host) = parts.count == 2 ? (parts[0], parts[1]) : ("celery", parts.first ?? "")
+        let domain = host.split(separator: ".").dropFirst().joined(separator: ".")
+        let replacements: [Character: String] = ["p": node, "n": name, "h": host, "d": domain, "i": "0", "I": "", "%": "%"]
+        var formatted = ""
+        var percent = false
+        for character in text {
+            if percent {
+                formatted += replacements[character] ?? "%\(character)"
+                percent = false
+            } else if character == "%" {
+                percent = true
+            } else {
+                formatted.append(character)
+            }
+        }
+        return percent ? formatted + "%" : formatted
+    }
+
     public static func nodeName(expanding pattern: String) -> String {
         let host = Host.name
         let short = host.split(separator: ".").first.map(String.init) ?? host

@@ -1,0 +1,130 @@
+"""Celery's worker flags for operators, beside a Python worker given the same ones: `--purge` (`--discard`),
+`-X`/`--exclude-queues`, `--without-heartbeat`, `--heartbeat-interval`, `--pidfile` and `--without-gossip`."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import INTEROP, WORKER_BINARY, answering, eventually
+from test_events import Capture, count
+
+
+def fill(app, queue, priorities):
+    """Messages that nobody consumes yet, one per priority (kombu puts each in the queue's priority list)."""
+    return [app.send_task("tasks.add", (1, 1), queue=queue, priority=priority) for priority in priorities]
+
+
+def python_celery(redis_urls, *args):
+    """A Python worker whose standard output and error the test reads (the purge line and the pidfile error go
+    there, not to its log)."""
+    env = {**os.environ, "CELERY_BROKER_URL": redis_urls["broker"], "CELERY_RESULT_BACKEND": redis_urls["backend"]}
+    celery = Path(sys.executable).with_name("celery")
+    return subprocess.Popen([str(celery), "-A", "pytasks", "worker", "-l", "INFO", "--without-mingle",
+                             "--without-gossip", "-P", "solo", *args], cwd=INTEROP / "pyworker", env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def output_until(process, text, timeout=20):
+    """What `process` printed up to the line holding `text`; the process is then killed."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    seen = ""
+    try:
+        while text not in seen and process.poll() is None:
+            if not selector.select(timeout):
+                break
+            seen += process.stdout.readline()
+        return seen
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_purge_deletes_waiting_messages_as_python_does(start_worker, make_app, broker_redis, redis_urls):
+    app = make_app()
+    doomed = fill(app, "purged", [0, 0, 9])
+    assert broker_redis.llen("purged") == 2 and broker_redis.llen("purged\x06\x169") == 1
+    worker = start_worker("-Q", "purged", "--purge")
+    assert "purge: Erased 3 messages from the queue." in worker.stdout
+    assert worker.stdout.index("purge: Erased") < worker.stdout.index("[config]")  # before the banner, as Python
+    assert app.send_task("tasks.add", (2, 2), queue="purged").get(timeout=10) == 4
+    assert all(app.AsyncResult(result.id).state == "PENDING" for result in doomed)
+    worker.stop()
+    # Python's worker, given the same queue and flag, erases and says the same.
+    fill(app, "purged", [0, 0, 9])
+    python = output_until(python_celery(redis_urls, "-Q", "purged", "--purge"), "purge: Erased")
+    assert "purge: Erased 3 messages from the queue." in python, python
+    fill(app, "purged", [6])
+    swift = start_worker("-Q", "purged", "--discard")  # Celery's other name for it
+    assert "purge: Erased 1 message from the queue." in swift.stdout
+
+
+def test_exclude_queues(start_worker, make_app):
+    worker = start_worker("-Q", "a,b,c", "-X", "b", "-n", "excluding@%h")
+    app = make_app()
+    node = answering(app, "excluding@")
+    queues = app.control.inspect(timeout=2, destination=[node]).active_queues()[node]
+    assert sorted(queue["name"] for queue in queues) == ["a", "c"]
+    worker.stop()
+    done = subprocess.run([str(WORKER_BINARY), "-Q", "a,b", "--exclude-queues", "a,b"], capture_output=True, text=True,
+                          timeout=10)
+    assert done.returncode == 64 and "--exclude-queues leaves no queue to consume of a, b" in done.stderr
+
+
+def test_without_heartbeat_and_heartbeat_interval(start_worker, make_app, start_python_worker):
+    app = make_app()
+    capture = Capture(app).start()
+    quiet = start_worker("-n", "quiet@%h", "--without-heartbeat", "--without-gossip")
+    fast = start_worker("-n", "fast@%h", "--heartbeat-interval", "1")
+    start_python_worker("-n", "pyfast@%h", "--heartbeat-interval", "1")
+    capture.wait_for(lambda events: count(events, "worker-heartbeat", "fast@") >= 3
+                     and count(events, "worker-heartbeat", "pyfast@") >= 3, timeout=15)
+    assert answering(app, "quiet@").startswith("quiet@")  # the quiet worker is there and answers
+    quiet.stop()
+    fast.stop()
+    assert eventually(lambda: count(capture.events, "worker-offline", "fast@") == 1)
+    events = capture.stop()
+    assert not [e for e in events if e["hostname"].startswith("quiet@")]  # no online, heartbeat or offline
+    for prefix in ("fast@", "pyfast@"):
+        beats = [e for e in events if e["type"] == "worker-heartbeat" and e["hostname"].startswith(prefix)]
+        assert {e["freq"] for e in beats} == {1.0}, (prefix, beats[:2])
+        gaps = [later["timestamp"] - earlier["timestamp"] for earlier, later in zip(beats, beats[1:])]
+        assert all(0.5 < gap < 1.8 for gap in gaps), (prefix, gaps)
+    bad = subprocess.run([str(WORKER_BINARY), "--heartbeat-interval", "0"], capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 64 and "--heartbeat-interval must be at least 1 second" in bad.stderr
+
+
+def test_pidfile_is_a_lock_that_python_and_swift_workers_respect(start_worker, tmp_path, redis_urls):
+    pidfile = tmp_path / "%n.pid"
+    worker = start_worker("-n", "locked@%h", "--pidfile", str(pidfile))
+    path = tmp_path / "locked.pid"
+    assert path.read_text() == f"{worker.proc.pid}\n"
+    # A second Swift worker, or a Python one, with the same pidfile refuses to start, with Celery's words.
+    second = subprocess.run([str(WORKER_BINARY), "--broker", redis_urls["broker"], "--pidfile", str(path)],
+                            capture_output=True, text=True, timeout=20)
+    message = f"ERROR: Pidfile ({path}) already exists.\nSeems we're already running? (pid: {worker.proc.pid})"
+    assert second.returncode == 73 and message in second.stderr, second.stderr
+    python = python_celery(redis_urls, "--pidfile", str(path))
+    assert python.wait(30) == 73
+    assert message in python.stdout.read()
+    assert worker.stop() == 0
+    assert not path.exists()  # released at exit
+    # A pidfile left by a process that is gone is removed, as Celery removes it.
+    path.write_text("999999\n")
+    stale = start_worker("-n", "stale@%h", "--pidfile", str(path))
+    assert "Stale pidfile exists - Removing it." in stale.stdout
+    assert path.read_text() == f"{stale.proc.pid}\n"
+    stale.stop(signal.SIGINT)
+    assert not path.exists()
+    # Python's worker takes a pidfile the Swift worker left behind after a crash.
+    crashed = start_worker("-n", "crashed@%h", "--pidfile", str(path))
+    crashed.stop(signal.SIGKILL)
+    assert path.exists()
+    python = python_celery(redis_urls, "--pidfile", str(path))
+    assert "ready." in output_until(python, "ready.")

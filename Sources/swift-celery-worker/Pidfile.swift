@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Celery's pid lock (`--pidfile`, `celery.platforms.Pidfile`): a file that holds the worker's pid and a newline,
+/// created exclusively at start and removed at exit. A file left by a process that no longer runs (or that cannot be
+/// read) is removed first, with Celery's words; one whose process still runs stops the worker with Celery's message
+/// and exit status (73, `EX_CANTCREAT`).
+struct Pidfile {
+    let path: String
+    let pid: Int32
+
+    static func acquire(_ path: String) throws -> Pidfile {
+        let pid = getpid()
+        if FileManager.default.fileExists(atPath: path), !removeIfStale(path, ownPid: pid) {
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8)).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            FileHandle.standardError.write(
+                Data("ERROR: Pidfile (\(path)) already exists.\nSeems we're already running? (pid: \(holder ?? "?"))\n".utf8))
+            throw ExitCode(73)
+        }
+        let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY, 0o644)
+        guard descriptor >= 0 else { throw failure(path) }
+        defer { close(descriptor) }
+        let content = Array("\(pid)\n".utf8)
+        guard write(descriptor, content, content.count) == content.count, fsync(descriptor) == 0 else { throw failure(path) }
+        return Pidfile(path: path, pid: pid)
+    }
+
+    /// Removes the file if it still holds this process's pid.
+    func release() {
+        guard Self.readPid(path) == pid else { return }
+        unlink(path)
+    }
+
+    private static func failure(_ path: String) -> ExitCode {
+        FileHandle.standardError.write(Data("ERROR: Cannot create pidfile \(path): \(String(cString: strerror(errno)))\n".utf8))
+        return ExitCode(73)
+    }
+
+    /// The pid in the file: one line ending in a newline, as Celery writes it; `nil` when it is not that.
+    private static func readPid(_ path: String) -> Int32? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let line = text.split(separator: "\n").first,
+            text.hasPrefix(line + "\n")
+        else { return nil }
+        return Int32(line.trimmingCharacters(in: .whitespaces))
+    }
+
+    /// Celery's `remove_if_stale`: whether the file was removed because no running process holds it.
+    private static func removeIfStale(_ path: String, ownPid: Int32) -> Bool {
+        guard let pid = readPid(path) else {
+            FileHandle.standardError.write(Data("Broken pidfile found - Removing it.\n".utf8))
+            unlink(path)
+            return true
+        }
+        if pid == 0 || pid == ownPid {
+            unlink(path)
+            return true
+        }
+        if kill(pid, 0) != 0, errno == ESRCH || errno == EPERM {
+            FileHandle.standardError.write(Data("Stale pidfile exists - Removing it.\n".utf8))
+            unlink(path)
+            return true
+        }
+        return false
+    }
+}
