@@ -2,7 +2,7 @@
 and compressed results (Celery 5.7's `result_compression`), between real Python Celery and the Swift worker.
 
 The Swift worker reads kombu's zlib, bzip2 and lzma; it sends them when `task_compression` names one. It reads
-results a Python 5.7 worker compressed; it stores its own uncompressed (Celery 5.7 reads both)."""
+results a Python 5.7 worker compressed, and stores its own compressed when `result_compression` names a method."""
 import base64
 import bz2
 import json
@@ -106,12 +106,73 @@ def test_results_python_compressed_are_read_by_the_swift_worker_and_client(start
     assert failed.returncode == 1 and "FAILURE: ValueError: nope" in failed.stderr
 
 
-def test_result_compression_in_the_swift_config_warns_and_stores_plain_results(start_worker, make_app, backend_redis,
-                                                                                tmp_path):
+@pytest.mark.parametrize("compression", ["zlib", "bzip2", "lzma"])
+def test_result_compression_in_the_swift_config_stores_results_as_celery_5_7_does(start_worker, make_app, backend_redis,
+                                                                                  tmp_path, compression):
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text(f"result_compression: {compression}\ntask_track_started: true\n")
+    start_worker("--config", str(config), "-Q", "swift")
+    app = make_app()
+    (conf,) = app.control.inspect(timeout=1).conf().values()
+    assert conf["result_compression"] == compression
+    result = app.send_task("tasks.add", (2, 3), queue="swift")
+    stored = eventually_stored(backend_redis, result.id, "SUCCESS")
+    header = MARKER + CONTENT_TYPES[compression].encode() + b"\x00"
+    assert stored.startswith(header)
+    document = json.loads(DECOMPRESS[CONTENT_TYPES[compression]](stored[len(header):]))
+    assert document["status"] == "SUCCESS" and document["result"] == 5
+    failed = app.send_task("tasks.fail", ("nope",), queue="swift")
+    if celery.VERSION >= (5, 7):
+        # Celery 5.7 reads them, and would have written the same bytes.
+        from celery.backends.base import compress_payload
+        assert result.get(timeout=10) == 5
+        assert stored == compress_payload(stored_payload(stored, header, compression), compression)
+        with pytest.raises(ValueError, match="nope"):
+            failed.get(timeout=10)
+    else:
+        failure = eventually_stored(backend_redis, failed.id, "FAILURE")
+        assert failure.startswith(header)  # Celery 5.3 cannot read these: result_compression is Celery 5.7's
+
+
+def stored_payload(stored, header, compression):
+    return DECOMPRESS[CONTENT_TYPES[compression]](stored[len(header):])
+
+
+def eventually_stored(backend_redis, task_id, status):
+    """The stored bytes of a task's result once their (decompressed) status is `status`."""
+    found = []
+
+    def done():
+        stored = backend_redis.get(f"celery-task-meta-{task_id}")
+        if stored and stored.startswith(MARKER):
+            content_type, _, body = stored[len(MARKER):].partition(b"\x00")
+            if json.loads(DECOMPRESS[content_type.decode()](body))["status"] == status:
+                found[:] = [stored]
+        elif stored and json.loads(stored)["status"] == status:
+            found[:] = [stored]
+        return bool(found)
+
+    assert eventually(done, 10), backend_redis.get(f"celery-task-meta-{task_id}")
+    return found[0]
+
+
+def test_a_compressed_success_is_never_overwritten(start_worker, start_python_worker, make_app, backend_redis, tmp_path):
+    """Python's rule, for results Celery 5.7 compressed: a stored SUCCESS stays, whoever runs the task again. The
+    worker decompresses what its scripts cannot read and decides before it writes."""
     config = tmp_path / "celeryconfig.yaml"
     config.write_text("result_compression: zlib\n")
-    worker = start_worker("--config", str(config))
-    worker.wait_for_log("'result_compression' is not supported")
-    result = make_app().tasks["tasks.add"].delay(2, 3)
-    assert result.get(timeout=10) == 5
-    assert json.loads(backend_redis.get(f"celery-task-meta-{result.id}"))["status"] == "SUCCESS"
+    workers = {"swift": start_worker("-Q", "swift", "-n", "plain@%h"),
+               "zswift": start_worker("--config", str(config), "-Q", "zswift", "-n", "compressing@%h")}
+    start_python_worker("-Q", "py", env={"RESULT_COMPRESSION": "zlib"})
+    app = make_app()
+    for first in ("py", "zswift"):
+        ran = app.send_task("tasks.add", (20, 22), queue=first)
+        before = eventually_stored(backend_redis, ran.id, "SUCCESS")  # Celery 5.3 cannot read it compressed
+        if first == "zswift" or celery.VERSION >= (5, 7):
+            assert before.startswith(MARKER)
+        # The same task id runs again and fails, on the plain and on the compressing Swift worker.
+        for again in ("swift", "zswift"):
+            runs = workers[again].log.count(f"tasks.fail[{ran.id}]")
+            app.send_task("tasks.fail", ("again",), queue=again, task_id=ran.id)
+            workers[again].wait_for_log(f"Task tasks.fail[{ran.id}] raised", count=runs // 2 + 1)
+            assert backend_redis.get(f"celery-task-meta-{ran.id}") == before, (first, again)

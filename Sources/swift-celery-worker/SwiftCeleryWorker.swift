@@ -310,6 +310,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
+        configuration.resultCompression = file.resultCompression
         configuration.poolRestarts = file.poolRestarts ?? false
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()

@@ -496,6 +496,47 @@ struct RedisResultBackendTests {
         #expect(CeleryResultDocument.storedStatus(stored, serializer: .json) == .failure)
     }
 
+    @Test("result_compression: documents stored behind Celery 5.7's marker; a compressed SUCCESS is still never overwritten")
+    func compressedSuccessGuard() async throws {
+        let client = try await TestRedis.client(database: 4)
+        let broker = RedisBroker(blocking: RedisClient(url: client.url), commands: client)
+        for method in KombuCompression.allCases {
+            let backend = RedisResultBackend(client: client, serializer: .json, expires: 600, compression: method)
+            let plain = RedisResultBackend(client: client, serializer: .json, expires: 600)
+            func stored(_ id: String) async throws -> [UInt8] {
+                try #require(try await client.send(RedisCommand("GET", RedisArgument("celery-task-meta-\(id)"))).bytes)
+            }
+            let success = CeleryResultDocument(taskID: "z1", status: .success, result: 5, dateDone: "2026-12-05T00:00:00+00:00")
+            try await backend.store([success])
+            let bytes = try await stored("z1")
+            #expect(bytes == CeleryResultDocument.compressedStored(success.encoded(as: .json), with: method))
+            #expect(bytes.starts(with: Array("\0celery-compressed\0\(method.contentType)\0".utf8)))
+            // A later FAILURE for the same task, compressed or not, in a store or a settle, leaves the SUCCESS.
+            let failure = CeleryResultDocument(taskID: "z1", status: .failure, result: nil)
+            try await backend.store([failure])
+            try await plain.store([failure])
+            try await backend.settle(earlyAcks: [], documents: [failure], lateAcks: [], broker: broker)
+            #expect(try await stored("z1") == bytes)
+            // A compressed STARTED is overwritten; STARTED and SUCCESS of one task in one batch end as SUCCESS, and a
+            // FAILURE after them in the batch does not overwrite it.
+            try await backend.store([CeleryResultDocument(taskID: "z2", status: .started, result: nil)])
+            try await backend.store([CeleryResultDocument(taskID: "z2", status: .success, result: 7)])
+            #expect(try CeleryResultDocument.decodeStored(await stored("z2"), serializer: .json)["result"] == 7)
+            try await backend.settle(
+                earlyAcks: [],
+                documents: [
+                    CeleryResultDocument(taskID: "z3", status: .started, result: nil),
+                    CeleryResultDocument(taskID: "z3", status: .success, result: 8),
+                    CeleryResultDocument(taskID: "z3", status: .failure, result: nil),
+                ], lateAcks: [], broker: broker)
+            #expect(try CeleryResultDocument.storedStatus(await stored("z3"), serializer: .json) == .success)
+            // A plain backend also keeps a compressed SUCCESS (as a Celery 5.7 worker with result_compression stores it).
+            try await plain.store([CeleryResultDocument(taskID: "z3", status: .failure, result: nil)])
+            #expect(try CeleryResultDocument.storedStatus(await stored("z3"), serializer: .json) == .success)
+            try await client.send(RedisCommand("DEL", "celery-task-meta-z1", "celery-task-meta-z2", "celery-task-meta-z3"))
+        }
+    }
+
     @Test("result_failure_expires: FAILURE documents get their own TTL (0: none) in a store and in a settle")
     func failureExpires() async throws {
         let client = try await TestRedis.client(database: 4)

@@ -68,15 +68,17 @@ struct CelerySettingsTests {
         #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("task_acks_on_timeout: maybe", source: "a.yaml") }
     }
 
-    @Test("task_compression by kombu's names (null: none); result_compression warns that results stay plain")
+    @Test("task_compression and result_compression by kombu's names (null: none)")
     func compression() throws {
         #expect(try CelerySettings.parse("task_compression: gzip", source: "c.yaml").taskCompression == .some(.zlib))
         #expect(try CelerySettings.parse("CELERY_MESSAGE_COMPRESSION: xz", source: "c.yaml").taskCompression == .some(.lzma))
         #expect(try CelerySettings.parse("task_compression: null", source: "c.yaml").taskCompression == .some(nil))
         #expect(try CelerySettings.parse("task_acks_late: true", source: "c.yaml").taskCompression == nil)
-        let warned = try CelerySettings.parse("result_compression: bzip2", source: "c.yaml")
-        #expect(warned.warnings == ["c.yaml: 'result_compression' is not supported: results are stored uncompressed, which Celery 5.7 reads as well"])
-        #expect(try CelerySettings.parse("result_compression: null", source: "c.yaml").warnings.isEmpty)
+        let results = try CelerySettings.parse("result_compression: bzip2", source: "c.yaml")
+        #expect(results.resultCompression == .bzip2 && results.warnings.isEmpty)
+        #expect(try CelerySettings.parse("result_compression: xz", source: "c.yaml").resultCompression == .lzma)
+        #expect(try CelerySettings.parse("result_compression: null", source: "c.yaml").resultCompression == nil)
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("result_compression: brotli", source: "c.yaml") }
     }
 
     @Test("broker_use_ssl and redis_backend_use_ssl: mappings of ssl_* settings; kombu ignores broker_use_ssl: true")

@@ -135,6 +135,15 @@ public struct CeleryResultDocument: Sendable {
     /// compression's content type, a NUL byte and the compressed bytes (`celery/backends/base.py`).
     static let compressedMarker = Array("\0celery-compressed\0".utf8)
 
+    /// A stored result (or chord part, or saved group) as Celery 5.7's `result_compression` writes it
+    /// (`compress_payload`): the marker, the compression's content type, a NUL byte and the compressed bytes.
+    public static func compressedStored(_ encoded: [UInt8], with method: KombuCompression) -> [UInt8] {
+        compressedMarker + Array(method.contentType.utf8) + [0] + method.compress(encoded)
+    }
+
+    /// Whether stored bytes carry Celery 5.7's marker of a compressed result.
+    public static func isCompressedStored(_ bytes: [UInt8]) -> Bool { bytes.starts(with: compressedMarker) }
+
     /// Decodes a stored result, or a chord part: as Python's `Backend.decode`, decompressed first when it carries
     /// Celery 5.7's marker of a compressed result, whatever this reader's own settings.
     public static func decodeStored(_ bytes: [UInt8], serializer: CeleryContentType) throws(CeleryProtocolError) -> CeleryValue {

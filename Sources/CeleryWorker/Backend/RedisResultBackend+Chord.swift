@@ -86,7 +86,7 @@ extension RedisResultBackend {
     public func chordPartReturn(
         groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
     ) async throws(CeleryWorkerError) -> ChordCompletion? {
-        let entry = serializer.encode([1, .string(taskID), .string(state.rawValue), result])
+        let entry = storedForm(serializer.encode([1, .string(taskID), .string(state.rawValue), result]))
         let token = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let expiry = expires ?? 0
         let reply = try await client.evaluate(
@@ -168,7 +168,7 @@ extension RedisResultBackend {
     }
 
     public func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError) {
-        let document = serializer.encode(["result": result])
+        let document = storedForm(serializer.encode(["result": result]))
         try await client.send(RedisCommand("SET", arguments: [RedisArgument(groupKey(groupID)), RedisArgument(document)] + chordKeyExpiry))
     }
 

@@ -12,12 +12,16 @@ public final class RedisResultBackend: ResultBackend {
     public let failureExpires: Int?
     /// `global_keyprefix`, already normalized (a `_` appended unless it ends in `:`, `_`, `-` or `.`).
     public let keyPrefix: String
+    /// Celery 5.7's `result_compression`: documents, chord parts and saved groups are stored compressed behind
+    /// Celery's marker (``CeleryResultDocument/compressedStored(_:with:)``); `nil`: as they are.
+    public let compression: KombuCompression?
 
     public init(
         client: RedisClient, serializer: CeleryContentType = .json, expires: Int? = 86_400, keyPrefix: String = "",
-        failureExpires: Int? = nil
+        failureExpires: Int? = nil, compression: KombuCompression? = nil
     ) {
         self.client = client
+        self.compression = compression
         self.serializer = serializer
         self.expires = expires
         self.failureExpires = failureExpires
@@ -42,15 +46,64 @@ public final class RedisResultBackend: ResultBackend {
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
         let (serializer, keyPrefix) = (self.serializer, self.keyPrefix)
-        // Encoded on the connection's thread, where the write happens, not on the caller's.
-        _ = try await client.evaluate(Self.storeScript, keyCount: documents.count) { [self] in
-            var arguments = RESPArguments(capacity: 64 + 384 * documents.count)
-            for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
-            appendExpiry(for: documents, to: &arguments)
-            arguments.append(serializer.serializerName)
-            for document in documents { arguments.append { document.encode(as: serializer, into: &$0) } }
-            return arguments
+        try await withVerdicts(for: documents) { verdicts throws(CeleryWorkerError) in
+            // Encoded on the connection's thread, where the write happens, not on the caller's.
+            try await client.evaluate(Self.storeScript, keyCount: documents.count) { [self] in
+                var arguments = RESPArguments(capacity: 64 + 384 * documents.count)
+                for document in documents { arguments.append(keyPrefix, Self.keyStem, document.taskID) }
+                appendExpiry(for: documents, to: &arguments)
+                arguments.append(serializerArgument(for: documents, verdicts: verdicts))
+                for index in documents.indices { appendDocument(documents[index], to: &arguments) }
+                return arguments
+            }
         }
+    }
+
+    /// A document in the script's arguments, compressed when ``compression`` says so.
+    private func appendDocument(_ document: CeleryResultDocument, to arguments: inout RESPArguments) {
+        if let compression {
+            arguments.append(CeleryResultDocument.compressedStored(document.encoded(as: serializer), with: compression))
+        } else {
+            arguments.append { document.encode(as: serializer, into: &$0) }
+        }
+    }
+
+    /// Bytes as they are stored: compressed when ``compression`` says so (chord parts and saved groups).
+    func storedForm(_ encoded: [UInt8]) -> [UInt8] {
+        compression.map { CeleryResultDocument.compressedStored(encoded, with: $0) } ?? encoded
+    }
+
+    /// The serializer argument of the storing scripts: the serializer's name, or, with ``compression`` or
+    /// `verdicts`, `<name>:<statuses>:<verdicts>`; the statuses have one byte per document, `S` for a SUCCESS, so
+    /// that the script knows the batch's own compressed documents when it meets their keys again.
+    private func serializerArgument(for documents: [CeleryResultDocument], verdicts: String) -> String {
+        guard compression != nil || !verdicts.isEmpty else { return serializer.serializerName }
+        let statuses = compression == nil ? "" : String(documents.map { $0.status == .success ? "S" : "-" })
+        return "\(serializer.serializerName):\(statuses):\(verdicts)"
+    }
+
+    /// The "never overwrite SUCCESS" rule for stored values that Celery 5.7's `result_compression` compressed,
+    /// which the scripts cannot decompress: `write` runs the script with what is known of such values (none at
+    /// first); a script that meets one it knows nothing of writes nothing and returns the documents' places. Their
+    /// values are then read and decompressed here, and the script runs again with a verdict on each: the SHA-1 of
+    /// the value and whether it is a SUCCESS (a value that changed in between is decided again).
+    private func withVerdicts(
+        for documents: [CeleryResultDocument], _ write: (String) async throws(CeleryWorkerError) -> RedisReply
+    ) async throws(CeleryWorkerError) {
+        var verdicts = ""
+        for _ in 0..<4 {
+            guard case .array(let places) = try await write(verdicts) else { return }
+            let keys = places.compactMap(\.integer).compactMap { place in
+                documents.indices.contains(Int(place)) ? key(for: documents[Int(place)].taskID) : nil
+            }
+            guard !keys.isEmpty else { break }
+            let values = try await client.send(RedisCommand("MGET", arguments: keys.map { RedisArgument($0) }))
+            for case let stored? in values.array?.map(\.bytes) ?? [] where CeleryResultDocument.isCompressedStored(stored) {
+                let success = CeleryResultDocument.storedStatus(stored, serializer: serializer) == .success
+                verdicts += ScriptDigest.sha1Hex(stored) + (success ? "S" : "-")
+            }
+        }
+        throw CeleryWorkerError(code: .unexpectedReply, message: "the stored results of a batch kept changing while compressed ones were read")
     }
 
     /// The expiry argument of the scripts that store results: `result_expires` in seconds (0: none), or, when
@@ -67,7 +120,9 @@ public final class RedisResultBackend: ResultBackend {
 
     /// Python's steps for each document, as Lua functions shared by the scripts that store results: `GET`; unless
     /// the stored state is SUCCESS, `SETEX` (or `SET` when `expires` is 0) and `PUBLISH`. The `GET`s of a batch
-    /// are one `MGET` (a key met again in the batch is read again, after the write before it).
+    /// are one `MGET` (a key met again in the batch is read again, after the write before it). A stored value that
+    /// Celery 5.7's `result_compression` compressed is decided by a verdict the worker gives (see
+    /// ``withVerdicts(for:_:)``); without compressed values the scripts cost what they did before.
     static let storeFunction = """
         \(RedisScript.callMany)
         -- The expiry argument: seconds for every document, or `<expires>:<failure expires>:<flags>`, flag i F when
@@ -78,10 +133,27 @@ public final class RedisResultBackend: ResultBackend {
             local expires, failure_expires, failures = string.match(argument, '^(%d+):(%d+):(.*)$')
             return tonumber(expires), tonumber(failure_expires), failures
         end
-        local function decoder(name) return name == 'msgpack' and cmsgpack.unpack or cjson.decode end
-        -- Stores ARGV[documents + i] under KEYS[first + i] for i = 0 … count - 1, with the expiry argument `expiry`.
-        local function store_all(first, count, documents, expiry, decode)
-            local expires, failure_expires, failures = expiries(expiry)
+        -- The serializer argument: its name (`json` or `msgpack`), or `<name>:<statuses>:<verdicts>` when documents
+        -- are compressed or stored values were: the statuses have S for each SUCCESS document of the batch, so one of
+        -- its compressed documents met again under its key is known; a verdict is the SHA-1 of a compressed stored
+        -- value (40 hex digits) and S (a SUCCESS) or -. Returns the decoder, the statuses and the verdicts (nil: none).
+        local function serializer(argument)
+            local name, statuses, verdicts = argument, '', nil
+            if #argument > 7 then
+                local text
+                name, statuses, text = string.match(argument, '^(%a+):([S%-]*):(.*)$')
+                verdicts = {}
+                for at = 1, #text - 40, 41 do
+                    verdicts[string.sub(text, at, at + 39)] = string.byte(text, at + 40) == 83
+                end
+            end
+            return name == 'msgpack' and cmsgpack.unpack or cjson.decode, statuses, verdicts
+        end
+        -- Stores ARGV[documents + i] under KEYS[first + i] for i = 0 … count - 1, with the expiry argument `expiry`
+        -- and the serializer argument `serialized`. When a stored value is compressed and has no verdict, nothing
+        -- is written and the places (from 0) of such documents are returned.
+        local function store_all(first, count, documents, expiry, serialized)
+            local decode, statuses, verdicts = serializer(serialized)
             local last = first + count - 1
             -- One MGET reply is used as it is (its first value is the key at `first`); a batch over 1 000 keys is
             -- gathered into one table.
@@ -95,6 +167,20 @@ public final class RedisResultBackend: ResultBackend {
                     for i = 1, #values do current[from + i - 1] = values[i] end
                 end
             end
+            -- Values Celery 5.7 compressed start with its marker, '\\0celery-compressed\\0', which cannot be
+            -- decompressed here: without a verdict on each, nothing is written.
+            local undecided = nil
+            for i = first, last do
+                local stored = current[i - base]
+                if stored and string.byte(stored, 1) == 0 and string.sub(stored, 1, 19) == '\\0celery-compressed\\0'
+                    and (verdicts == nil or verdicts[redis.sha1hex(stored)] == nil) then
+                    undecided = undecided or {}
+                    undecided[#undecided + 1] = i - first
+                end
+            end
+            if undecided then return undecided end
+            local expires, failure_expires, failures = expiries(expiry)
+            local written = statuses ~= '' and {} or nil
             -- A key met earlier in the batch is read again, after the write before it: found by a plain search in
             -- a small batch (a table of the keys seen costs more there), by that table in a large one.
             local seen = count > 16 and {} or nil
@@ -113,8 +199,14 @@ public final class RedisResultBackend: ResultBackend {
                 end
                 local success = false
                 if stored then
-                    local ok, decoded = pcall(decode, stored)
-                    success = ok and type(decoded) == 'table' and decoded['status'] == 'SUCCESS'
+                    if string.byte(stored, 1) == 0 and string.sub(stored, 1, 19) == '\\0celery-compressed\\0' then
+                        local verdict = verdicts and verdicts[redis.sha1hex(stored)]
+                        if verdict == nil and written then verdict = written[stored] end
+                        success = verdict == true
+                    else
+                        local ok, decoded = pcall(decode, stored)
+                        success = ok and type(decoded) == 'table' and decoded['status'] == 'SUCCESS'
+                    end
                 end
                 if not success then
                     local document = ARGV[documents + i - first]
@@ -126,17 +218,19 @@ public final class RedisResultBackend: ResultBackend {
                         redis.call('SET', key, document)
                     end
                     redis.call('PUBLISH', key, document)
+                    if written then written[document] = string.byte(statuses, i - first + 1) == 83 end
                 end
             end
+            return nil
         end
 
         """
 
-    /// KEYS: result keys; ARGV: the expiry argument, serializer name, one document per key.
+    /// KEYS: result keys; ARGV: the expiry argument, the serializer argument, one document per key. Returns 0, or
+    /// the places of the documents whose stored values need a verdict (nothing was written).
     static let storeScript = RedisScript(
         storeFunction + """
-            store_all(1, #KEYS, 3, ARGV[1], decoder(ARGV[2]))
-            return 0
+            return store_all(1, #KEYS, 3, ARGV[1], ARGV[2]) or 0
             """)
 
     // MARK: Results and acknowledgements together
@@ -153,15 +247,17 @@ public final class RedisResultBackend: ResultBackend {
     func settle(
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
     ) async throws(CeleryWorkerError) {
-        // Encoded on the connection's thread, where the write happens, straight in Redis's protocol.
-        _ = try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count) { [self] in
-            settleArguments(earlyAcks: earlyAcks, documents: documents, lateAcks: lateAcks, broker: broker)
+        try await withVerdicts(for: documents) { verdicts throws(CeleryWorkerError) in
+            // Encoded on the connection's thread, where the write happens, straight in Redis's protocol.
+            try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count) { [self] in
+                settleArguments(earlyAcks: earlyAcks, documents: documents, lateAcks: lateAcks, broker: broker, verdicts: verdicts)
+            }
         }
     }
 
     /// The settle script's keys and other arguments (see ``settleScript``).
     private func settleArguments(
-        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
+        earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker, verdicts: String
     ) -> RESPArguments {
         var arguments = RESPArguments(capacity: 160 + 64 * (earlyAcks.count + lateAcks.count) + 320 * documents.count)
         arguments.append(broker.unackedKey)
@@ -171,22 +267,23 @@ public final class RedisResultBackend: ResultBackend {
         arguments.append(broker.commands.url.database)
         arguments.append(client.url.database)
         appendExpiry(for: documents, to: &arguments)
-        arguments.append(serializer.serializerName)
+        arguments.append(serializerArgument(for: documents, verdicts: verdicts))
         arguments.append(earlyAcks.count)
         arguments.append(documents.count)
         for tag in earlyAcks { arguments.append(tag) }
-        for index in documents.indices { arguments.append { documents[index].encode(as: serializer, into: &$0) } }
+        for index in documents.indices { appendDocument(documents[index], to: &arguments) }
         for tag in lateAcks { arguments.append(tag) }
         return arguments
     }
 
     /// KEYS: `unacked`, `unacked_index`, then one result key per document. ARGV: broker database, backend database,
-    /// the expiry argument, serializer name, the number of early tags, the number of documents; then the early tags,
-    /// the documents and the late tags. The connection's database is the backend's before and after.
+    /// the expiry argument, the serializer argument, the number of early tags, the number of documents; then the
+    /// early tags, the documents and the late tags. The connection's database is the backend's before and after.
+    /// Returns 0, or (having done nothing) the places of the documents whose stored values need a verdict.
     static let settleScript = RedisScript(
         storeFunction + """
             local brokerdb, backenddb = ARGV[1], ARGV[2]
-            local expiry, decode = ARGV[3], decoder(ARGV[4])
+            local expiry = ARGV[3]
             local early, count = tonumber(ARGV[5]), tonumber(ARGV[6])
             -- With both in one database (Celery's examples use database 0 for both), no SELECT at all.
             local across = brokerdb ~= backenddb
@@ -197,8 +294,11 @@ public final class RedisResultBackend: ResultBackend {
                 call_many('HDEL', KEYS[1], ARGV, first, last)
                 if across then redis.call('SELECT', backenddb) end
             end
+            -- The acknowledgements follow the results (the script runs whole, so their order is no one else's
+            -- concern), so that nothing is acknowledged when the results wait for a verdict.
+            local undecided = store_all(3, count, 7 + early, expiry, ARGV[4])
+            if undecided then return undecided end
             ack(7, 6 + early)
-            store_all(3, count, 7 + early, expiry, decode)
             ack(7 + early + count, #ARGV)
             return 0
             """)

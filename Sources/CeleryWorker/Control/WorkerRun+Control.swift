@@ -363,6 +363,7 @@ extension WorkerRun {
             "result_backend": configuration.resultBackendURL.map { .string($0.description) } ?? .null,
             "result_serializer": .string(configuration.resultSerializer.serializerName),
             "task_compression": configuration.taskCompression.map { .string($0.name) } ?? .null,
+            "result_compression": configuration.resultCompression.map { .string($0.name) } ?? .null,
             "result_expires": configuration.resultExpires.map { .int(Int64($0)) } ?? .null,
             "accept_content": .array(
                 CeleryContentType.allCases.filter(configuration.acceptContent.contains).map { .string($0.serializerName) }),

@@ -24,7 +24,12 @@ public struct RedisScript: Sendable {
 /// SHA-1 of a Lua script's text, the name Redis gives it for `EVALSHA`. (Not used for anything secret.)
 enum ScriptDigest {
     static func sha1Hex(_ text: String) -> String {
-        var message = Array(text.utf8)
+        sha1Hex(Array(text.utf8))
+    }
+
+    /// SHA-1 of bytes, as Lua's `redis.sha1hex` gives it.
+    static func sha1Hex(_ bytes: [UInt8]) -> String {
+        var message = bytes
         let bitLength = UInt64(message.count) * 8
         message.append(0x80)
         while message.count % 64 != 56 { message.append(0) }

@@ -15,6 +15,8 @@ public struct CelerySettings: Sendable, Equatable {
     /// `task_compression`; `.some(nil)` when the file sets it to null (no compression).
     public var taskCompression: KombuCompression??
     public var resultSerializer: CeleryContentType?
+    /// `result_compression` (Celery 5.7): how stored results are compressed.
+    public var resultCompression: KombuCompression?
     public var resultExpires: Int?
     public var resultFailureExpires: Int?
     public var acceptContent: Set<CeleryContentType>?
@@ -210,8 +212,10 @@ public struct CelerySettings: Sendable, Equatable {
         }
         add(["result_compression", "CELERY_RESULT_COMPRESSION"]) { settings, field in
             guard !(field.value is NSNull) else { return }
-            settings.warnings.append(
-                "\(field.source): '\(field.key)' is not supported: results are stored uncompressed, which Celery 5.7 reads as well")
+            guard let method = KombuCompression(name: try field.string()) else {
+                throw field.fail("\(KombuCompression.supportedNames), by one of kombu's names")
+            }
+            settings.resultCompression = method
         }
         add(["result_expires", "CELERY_TASK_RESULT_EXPIRES", "CELERY_RESULT_EXPIRES"]) {
             $0.resultExpires = $1.value is NSNull ? 0 : Int(try $1.seconds())

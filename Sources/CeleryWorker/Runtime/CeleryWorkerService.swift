@@ -60,7 +60,8 @@ public final class CeleryWorkerService: Service {
         let backend = results.map { results in
             RedisResultBackend(
                 client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires,
-                keyPrefix: configuration.resultKeyPrefix, failureExpires: configuration.resultFailureExpires)
+                keyPrefix: configuration.resultKeyPrefix, failureExpires: configuration.resultFailureExpires,
+                compression: configuration.resultCompression)
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
