@@ -173,7 +173,7 @@ copenssl_session *copenssl_connect(copenssl_context *context, int socket, const 
     } else if ((code == SSL_ERROR_WANT_READ || code == SSL_ERROR_WANT_WRITE || code == SSL_ERROR_SYSCALL) &&
                (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK)) {
         *timed_out = 1;
-        snprintf(error, size, "the handshake timed out");
+        snprintf(error, size, "the handshake timed out (does the server speak TLS on this port?)");
         openssl.ERR_clear_error();
     } else {
         reason(error, size, "", saved_errno != 0 ? strerror(saved_errno) : "the server closed the connection");

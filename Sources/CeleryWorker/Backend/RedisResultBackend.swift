@@ -294,11 +294,11 @@ public final class RedisResultBackend: ResultBackend {
                 call_many('HDEL', KEYS[1], ARGV, first, last)
                 if across then redis.call('SELECT', backenddb) end
             end
-            -- The acknowledgements follow the results (the script runs whole, so their order is no one else's
-            -- concern), so that nothing is acknowledged when the results wait for a verdict.
+            ack(7, 6 + early)
+            -- Results that wait for a verdict write nothing, and their acks-late acknowledgements wait with them (the
+            -- early ones are done, as Celery acknowledges them before the task runs; done again, they change nothing).
             local undecided = store_all(3, count, 7 + early, expiry, ARGV[4])
             if undecided then return undecided end
-            ack(7, 6 + early)
             ack(7 + early + count, #ARGV)
             return 0
             """)

@@ -92,7 +92,9 @@ final class RedisConnection: @unchecked Sendable {
         /// which ``RedisConnection/error(from:code:doing:)`` reads).
         private func fail(_ code: Int, _ text: String) {
             switch code {
-            case COPENSSL_TIMEOUT: chiredis_set_error(raw, REDIS_ERR_IO, "Resource temporarily unavailable")
+            case COPENSSL_TIMEOUT:
+                chiredis_set_error(raw, REDIS_ERR_IO, "Resource temporarily unavailable")
+                errno = EAGAIN
             case COPENSSL_CLOSED: chiredis_set_error(raw, REDIS_ERR_EOF, "Server closed the connection")
             default: chiredis_set_error(raw, REDIS_ERR_IO, text.isEmpty ? "TLS failure" : text)
             }
