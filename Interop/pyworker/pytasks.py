@@ -6,6 +6,7 @@ import os
 import time
 
 from celery import Celery
+from celery.utils.log import get_task_logger
 
 app = Celery("pytasks", broker=os.environ["CELERY_BROKER_URL"], backend=os.environ["CELERY_RESULT_BACKEND"])
 app.conf.update(
@@ -26,6 +27,12 @@ app.conf.update(
     worker_direct=os.environ.get("WORKER_DIRECT", "0") == "1",
     worker_pool_restarts=os.environ.get("POOL_RESTARTS", "0") == "1",
 )
+if os.environ.get("LOG_FORMAT"):
+    app.conf.worker_log_format = os.environ["LOG_FORMAT"]
+if os.environ.get("TASK_LOG_FORMAT"):
+    app.conf.worker_task_log_format = os.environ["TASK_LOG_FORMAT"]
+
+task_logger = get_task_logger("tasks")
 
 
 @app.task(name="tasks.add")
@@ -47,6 +54,12 @@ def sleep(seconds):
 @app.task(name="tasks.noop")
 def noop():
     return None
+
+
+@app.task(name="tasks.log")
+def log(message):
+    task_logger.info(message)
+    return message
 
 
 @app.task(name="tasks.whoami")

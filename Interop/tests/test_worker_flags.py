@@ -128,3 +128,28 @@ def test_pidfile_is_a_lock_that_python_and_swift_workers_respect(start_worker, t
     assert path.exists()
     python = python_celery(redis_urls, "--pidfile", str(path))
     assert "ready." in output_until(python, "ready.")
+
+
+def test_log_formats_as_a_python_worker_writes_them(start_worker, start_python_worker, make_app, tmp_path):
+    """worker_log_format and worker_task_log_format, given to both workers: the same lines, task lines included."""
+    formats = {"LOG_FORMAT": "%(levelname)-8s %(processName)s | %(message)s",
+               "TASK_LOG_FORMAT": "%(levelname)s %(task_name)s %(task_id)s: %(message)s"}
+    config = tmp_path / "logs.yaml"
+    config.write_text(f"worker_log_format: '{formats['LOG_FORMAT']}'\nworker_task_log_format: '{formats['TASK_LOG_FORMAT']}'\n")
+    swift = start_worker("--config", str(config), "-Q", "swiftlogs")
+    python = start_python_worker("-Q", "pylogs", "-P", "solo", env=formats)
+    app = make_app()
+    lines = {}
+    for name, worker, queue in (("swift", swift, "swiftlogs"), ("python", python, "pylogs")):
+        result = app.send_task("tasks.log", ("hello from a task",), queue=queue)
+        assert result.get(timeout=10) == "hello from a task"
+        worker.wait_for_log(f"tasks.log[{result.id}] succeeded")
+        lines[name] = [line.replace(result.id, "<id>") for line in worker.log.splitlines() if result.id in line]
+    for name in lines:
+        assert f"INFO     MainProcess | Task tasks.log[<id>] received" in lines[name], (name, lines[name])
+        assert "INFO tasks.log <id>: hello from a task" in lines[name], (name, lines[name])
+    assert [line.split(" succeeded")[0] for line in lines["swift"]] == [line.split(" succeeded")[0] for line in lines["python"]]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("worker_log_format: '%(asctime)s %(when)s'\n")
+    done = subprocess.run([str(WORKER_BINARY), "--config", str(bad)], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 64 and "unknown field 'when'" in done.stderr, done.stderr

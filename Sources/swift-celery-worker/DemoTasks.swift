@@ -23,6 +23,11 @@ enum DemoTasks {
             return seconds
         }
         registry.register("tasks.noop") { _ in CeleryValue.null }
+        // log(message): logs it through the task's logger (Celery's worker_task_log_format) and returns it.
+        registry.register("tasks.log", parameters: ["message"]) { (context, message: String) in
+            context.logger.info("\(message)")
+            return message
+        }
         // flaky(n, countdown=0.1): retried n times, countdown seconds apart.
         registry.register("tasks.flaky") { context -> Int in
             let request = context.request

@@ -161,6 +161,8 @@ struct WorkerCommand: AsyncParsableCommand {
         var configuration: WorkerConfiguration
         var logfile: String?
         var warnings: [String]
+        var logFormat = LogFormat.worker
+        var taskLogFormat = LogFormat.task
     }
 
     func resolve() throws -> Resolved {
@@ -315,7 +317,10 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()
         configuration.addBoundQueues()
-        return Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
+        var resolved = Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
+        resolved.logFormat = file.logFormat ?? .worker
+        resolved.taskLogFormat = file.taskLogFormat ?? .task
+        return resolved
     }
 
     func validate() throws {
@@ -331,7 +336,10 @@ struct WorkerCommand: AsyncParsableCommand {
         let resolved = try resolve()
         let sink = try resolved.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
         let processName = CeleryWorkerService.poolChildNumber.map { "PoolWorker-\($0)" } ?? "MainProcess"
-        LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level, processName: processName) }
+        let (format, taskFormat) = (resolved.logFormat, resolved.taskLogFormat)
+        LoggingSystem.bootstrap { label in
+            CeleryLogHandler(label: label, sink: sink, level: level, processName: processName, format: format, taskFormat: taskFormat)
+        }
         let logger = Logger(label: "celery.worker")
         let configuration = resolved.configuration
 

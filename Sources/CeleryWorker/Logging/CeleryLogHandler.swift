@@ -2,7 +2,9 @@ import Foundation
 import Logging
 import Synchronization
 
-/// Writes log lines in Celery's default format: `[2026-11-25 01:31:34,123: INFO/MainProcess] message`.
+/// Writes log lines in Celery's default format, `[2026-11-25 01:31:34,123: INFO/MainProcess] message`, or in the
+/// formats given (`worker_log_format`; `worker_task_log_format` for lines a task logs through its context's logger,
+/// Celery's default `[…] tasks.add[<id>]: message`).
 ///
 /// Only executables bootstrap logging; the library just takes a `Logger`. Use
 /// `LoggingSystem.bootstrap { CeleryLogHandler(label: $0, sink: sink) }`.
@@ -42,11 +44,24 @@ public struct CeleryLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     let sink: Sink
     let processName: String
+    let label: String
+    /// The format of the worker's own lines, and of the lines tasks log.
+    let format: LogFormat
+    let taskFormat: LogFormat
+    /// Whether ``format`` is Celery's default, written without reading the format.
+    private let defaultFormat: Bool
 
-    public init(label: String, sink: Sink = .standardError, level: Logger.Level = .info, processName: String = "MainProcess") {
+    public init(
+        label: String, sink: Sink = .standardError, level: Logger.Level = .info, processName: String = "MainProcess",
+        format: LogFormat = .worker, taskFormat: LogFormat = .task
+    ) {
         self.sink = sink
         self.logLevel = level
         self.processName = processName
+        self.label = label
+        self.format = format
+        self.taskFormat = taskFormat
+        self.defaultFormat = format == .worker
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -63,12 +78,25 @@ public struct CeleryLogHandler: LogHandler {
         case .error: name = "ERROR"
         case .critical: name = "CRITICAL"
         }
-        sink.write("[\(Self.timestamp()): \(name)/\(processName)] \(event.message)\n")
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let taskID = event.metadata?[LogKeys.taskID] ?? metadata[LogKeys.taskID]
+        if taskID == nil, defaultFormat {
+            sink.write("[\(Self.timestamp(now)): \(name)/\(processName)] \(event.message)\n")
+            return
+        }
+        let record = LogFormat.Record(
+            date: now, levelName: name, levelNumber: Self.levelNumbers[name] ?? 0, processName: processName, loggerName: label,
+            message: "\(event.message)", taskName: (event.metadata?[LogKeys.taskName] ?? metadata[LogKeys.taskName])?.description,
+            taskID: taskID?.description, file: event.file, function: event.function, line: event.line)
+        sink.write((taskID == nil ? format : taskFormat).render(record) + "\n")
     }
 
-    static func timestamp() -> String {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
+    /// Python's level numbers (`levelno`).
+    static let levelNumbers = ["DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50]
+
+    /// `asctime` as Python's logging writes it, in local time: `2026-11-25 01:31:34,123`.
+    static func timestamp(_ spec: timespec) -> String {
         var seconds = spec.tv_sec
         var parts = tm()
         localtime_r(&seconds, &parts)

@@ -73,6 +73,10 @@ public struct CelerySettings: Sendable, Equatable {
         }
     }
 
+    /// `worker_log_format`: the format of the worker's own log lines.
+    public var logFormat: LogFormat?
+    /// `worker_task_log_format`: the format of the lines tasks log through their context's logger.
+    public var taskLogFormat: LogFormat?
     /// `broker_use_ssl` as a mapping of redis-py's `ssl_*` settings: TLS for the broker whatever its URL's scheme
     /// (kombu's reading). `true` is ignored with a warning, as kombu's Redis transport ignores it.
     public var brokerTLS: RedisTLS?
@@ -229,6 +233,8 @@ public struct CelerySettings: Sendable, Equatable {
         }
         add(["enable_utc", "CELERY_ENABLE_UTC"]) { $0.enableUTC = try $1.bool() }
         add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
+        add(["worker_log_format", "CELERYD_LOG_FORMAT"]) { $0.logFormat = try $1.logFormat() }
+        add(["worker_task_log_format", "CELERYD_TASK_LOG_FORMAT"]) { $0.taskLogFormat = try $1.logFormat() }
         add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
         add(["task_reject_on_worker_lost", "CELERY_REJECT_ON_WORKER_LOST"]) { $0.rejectOnWorkerLost = try $1.bool() }
         add(["task_retry_on_worker_lost", "CELERY_RETRY_ON_WORKER_LOST"]) { $0.retryOnWorkerLost = try $1.bool() }
@@ -310,6 +316,16 @@ public struct CelerySettings: Sendable, Equatable {
 }
 
 extension CelerySettings.Field {
+    /// A Python logging format (``LogFormat``); what is wrong with it names the setting.
+    func logFormat() throws(CeleryWorkerError) -> LogFormat {
+        let text = try string()
+        do {
+            return try LogFormat(parsing: text)
+        } catch {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': \(error.message)")
+        }
+    }
+
     /// `sentinel_kwargs`: the keyword arguments of redis-py's connections to the Sentinels, of which the worker takes
     /// `username` and `password` (others are ignored with a warning).
     func sentinelCredentials(warnings: inout [String]) throws(CeleryWorkerError) -> CelerySettings.SentinelCredentials? {

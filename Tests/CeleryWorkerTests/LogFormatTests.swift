@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+
+@testable import CeleryWorker
+
+@Suite("Log formats as Python's logging reads them")
+struct LogFormatTests {
+    static let record = LogFormat.Record(
+        date: timespec(tv_sec: 1_764_892_800, tv_nsec: 45_000_000), levelName: "WARNING", levelNumber: 30,
+        processName: "MainProcess", loggerName: "celery.worker", message: "hello", taskName: "tasks.log", taskID: "abc",
+        file: "CeleryWorker/Runtime/WorkerRun.swift", function: "run()", line: 42)
+
+    @Test("Celery's defaults")
+    func defaults() {
+        let stamp = CeleryLogHandler.timestamp(Self.record.date)
+        #expect(LogFormat.worker.render(Self.record) == "[\(stamp): WARNING/MainProcess] hello")
+        #expect(LogFormat.task.render(Self.record) == "[\(stamp): WARNING/MainProcess] tasks.log[abc]: hello")
+        var outside = Self.record
+        outside.taskName = nil
+        outside.taskID = nil
+        #expect(LogFormat.task.render(outside) == "[\(stamp): WARNING/MainProcess] ???[???]: hello")
+        #expect(stamp.hasSuffix(",045"))
+    }
+
+    @Test("fields, flags, widths and precisions as Python's % operator")
+    func conversions() throws {
+        func render(_ text: String) throws -> String { try LogFormat(parsing: text).render(Self.record) }
+        #expect(try render("%(levelname)-8s|%(levelname)8s|%(levelname).4s|100%%") == "WARNING | WARNING|WARN|100%")
+        #expect(try render("%(levelno)d %(levelno)05d %(lineno)s %(msecs)d") == "30 00030 42 45")
+        #expect(try render("%(created)f %(created).1f") == "1764892800.045000 1764892800.0")
+        #expect(try render("%(name)s %(funcName)s %(filename)s %(module)s") == "celery.worker run() WorkerRun.swift WorkerRun")
+        #expect(try render("%(message)r %(task_name)s %(task_id)s") == "'hello' tasks.log abc")
+        #expect(try render("%(process)d") == String(getpid()))
+    }
+
+    @Test("an unknown field or a bare % is refused, naming it", arguments: ["%(nope)s", "50% off", "%(message)", "%(message)x"])
+    func invalid(text: String) {
+        #expect(throws: CeleryWorkerError.self) { try LogFormat(parsing: text) }
+    }
+
+    @Test("worker_log_format and worker_task_log_format in a config file")
+    func settings() throws {
+        let settings = try CelerySettings.parse(
+            "worker_log_format: '%(levelname)s %(message)s'\nCELERYD_TASK_LOG_FORMAT: '%(task_id)s %(message)s'", source: "l.yaml")
+        #expect(settings.logFormat?.text == "%(levelname)s %(message)s")
+        #expect(settings.taskLogFormat?.text == "%(task_id)s %(message)s")
+        do {
+            _ = try CelerySettings.parse("worker_log_format: '%(when)s'", source: "l.yaml")
+            Issue.record("an unknown field should not load")
+        } catch {
+            #expect(error.message.contains("worker_log_format") && error.message.contains("unknown field 'when'"))
+        }
+    }
+}
