@@ -80,7 +80,8 @@ public struct CeleryLogHandler: LogHandler {
         }
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        let taskID = event.metadata?[LogKeys.taskID] ?? metadata[LogKeys.taskID]
+        // The worker's own lines carry no metadata: no lookup for them.
+        let taskID = event.metadata?[LogKeys.taskID] ?? (metadata.isEmpty ? nil : metadata[LogKeys.taskID])
         if taskID == nil, defaultFormat {
             sink.write("[\(Self.timestamp(now)): \(name)/\(processName)] \(event.message)\n")
             return
