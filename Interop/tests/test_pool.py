@@ -400,3 +400,14 @@ def test_acks_on_timeout_off_requeues_a_task_killed_at_its_hard_limit(start_work
     # Stopped: the message waits in its queue (or in unacked for the visibility timeout), never lost.
     held = [raw for raw in broker_redis.lrange("celery", 0, -1)] + list(broker_redis.hvals("unacked"))
     assert any(spinning.id.encode() in raw for raw in held)
+
+
+def test_a_child_logs_a_task_line_as_a_python_prefork_child_does(start_worker, start_python_worker, make_app):
+    """A line a task logs in a process-pool child names the child as billiard names Python's: ForkPoolWorker-N."""
+    swift = start_worker("-P", "process", "-c", "1", "-Q", "swiftfork")
+    python = start_python_worker("-P", "prefork", "-c", "1", "-Q", "pyfork")
+    app = make_app()
+    for worker, queue in ((swift, "swiftfork"), (python, "pyfork")):
+        result = app.send_task("tasks.log", ("from a child",), queue=queue)
+        assert result.get(timeout=15) == "from a child"
+        worker.wait_for_log(f"INFO/ForkPoolWorker-1] tasks.log[{result.id}]: from a child")

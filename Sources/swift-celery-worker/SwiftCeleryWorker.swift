@@ -335,7 +335,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let level = Self.levels[loglevel.uppercased()] ?? .info
         let resolved = try resolve()
         let sink = try resolved.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
-        let processName = CeleryWorkerService.poolChildNumber.map { "PoolWorker-\($0)" } ?? "MainProcess"
+        let processName = CeleryWorkerService.poolChildNumber.map { "ForkPoolWorker-\($0)" } ?? "MainProcess"
         let (format, taskFormat) = (resolved.logFormat, resolved.taskLogFormat)
         LoggingSystem.bootstrap { label in
             CeleryLogHandler(label: label, sink: sink, level: level, processName: processName, format: format, taskFormat: taskFormat)

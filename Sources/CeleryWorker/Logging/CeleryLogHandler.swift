@@ -20,18 +20,16 @@ public struct CeleryLogHandler: LogHandler {
             self.handle = Mutex(handle)
         }
 
-        /// Appends to the file at `path`, creating it if needed.
+        /// Appends to the file at `path`, creating it if needed. The file is opened with `O_APPEND`, as Python opens
+        /// its log file: every line goes to the end whoever wrote last, so the lines of process-pool children (which
+        /// open the file themselves) and of the worker never overwrite each other.
         public convenience init(appendingTo path: String) throws {
-            if !FileManager.default.fileExists(atPath: path) {
-                guard FileManager.default.createFile(atPath: path, contents: nil) else {
-                    throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot create log file \(path)")
-                }
+            let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else {
+                throw CeleryWorkerError(
+                    code: .invalidConfiguration, message: "cannot open log file \(path) for writing: \(String(cString: strerror(errno)))")
             }
-            guard let handle = FileHandle(forWritingAtPath: path) else {
-                throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot open log file \(path) for writing")
-            }
-            handle.seekToEndOfFile()
-            self.init(handle: handle)
+            self.init(handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true))
         }
 
         func write(_ line: String) {

@@ -270,7 +270,7 @@ final class ProcessPool: Sendable {
 
     private func spawn() throws(CeleryWorkerError) -> PoolProcess {
         let number = spawned.add(1, ordering: .relaxed).newValue
-        let child = try PoolProcess.spawn(name: "PoolWorker-\(number)", number: number)
+        let child = try PoolProcess.spawn(name: "ForkPoolWorker-\(number)", number: number)
         live.withLock { $0[child.pid] = child }
         return child
     }

@@ -179,7 +179,7 @@ public final class CeleryWorkerService: Service {
     /// worker that started it.
     public static var isPoolChild: Bool { ProcessInfo.processInfo.environment[ProcessPool.childVariable] != nil }
 
-    /// The child's number in a process-pool child (`PoolWorker-<n>` in its log lines), else `nil`.
+    /// The child's number in a process-pool child (`ForkPoolWorker-<n>` in its log lines, as billiard names Python's children), else `nil`.
     public static var poolChildNumber: Int? {
         ProcessInfo.processInfo.environment[ProcessPool.childVariable].flatMap { Int($0) }
     }
