@@ -27,6 +27,10 @@ app.conf.update(
     worker_direct=os.environ.get("WORKER_DIRECT", "0") == "1",
     worker_pool_restarts=os.environ.get("POOL_RESTARTS", "0") == "1",
 )
+if os.environ.get("TASK_ANNOTATIONS"):
+    import json
+
+    app.conf.task_annotations = json.loads(os.environ["TASK_ANNOTATIONS"])
 if os.environ.get("LOG_FORMAT"):
     app.conf.worker_log_format = os.environ["LOG_FORMAT"]
 if os.environ.get("TASK_LOG_FORMAT"):

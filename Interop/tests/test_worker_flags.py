@@ -1,5 +1,6 @@
 """Celery's worker flags for operators, beside a Python worker given the same ones: `--purge` (`--discard`),
 `-X`/`--exclude-queues`, `--without-heartbeat`, `--heartbeat-interval`, `--pidfile` and `--without-gossip`."""
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +154,29 @@ def test_log_formats_as_a_python_worker_writes_them(start_worker, start_python_w
     bad.write_text("worker_log_format: '%(asctime)s %(when)s'\n")
     done = subprocess.run([str(WORKER_BINARY), "--config", str(bad)], capture_output=True, text=True, timeout=10)
     assert done.returncode == 64 and "unknown field 'when'" in done.stderr, done.stderr
+
+
+def test_task_annotations_as_a_python_worker_applies_them(start_worker, start_python_worker, make_app, tmp_path):
+    """task_annotations by name and '*' ('*' applied last, as Celery applies it), shown by `inspect registered` as a
+    Python worker given the same annotations shows them, and the rate limit enforced."""
+    annotations = {"tasks.add": {"rate_limit": "2/s", "acks_late": True, "max_retries": 7},
+                   "*": {"time_limit": 30, "max_retries": 9}}
+    config = tmp_path / "annotations.yaml"
+    config.write_text(json.dumps({"task_annotations": annotations}))
+    start_worker("--config", str(config), "-Q", "annotated", "-n", "annotated@%h", "-P", "process", "-c", "1")
+    start_python_worker("-Q", "pyannotated", "-n", "pyannotated@%h", "-P", "prefork", "-c", "1",
+                        env={"TASK_ANNOTATIONS": json.dumps(annotations)})
+    app = make_app()
+    nodes = {prefix: answering(app, prefix + "@") for prefix in ("annotated", "pyannotated")}
+    items = ["rate_limit", "acks_late", "max_retries", "time_limit"]
+    shown = {}
+    for prefix, node in nodes.items():
+        registered = app.control.inspect(destination=[node], timeout=2).registered(*items)[node]
+        shown[prefix] = sorted(line for line in registered if line.split(" ")[0] in ("tasks.add", "tasks.echo"))
+    assert shown["annotated"] == shown["pyannotated"], shown
+    assert "tasks.add [rate_limit=2/s acks_late=True max_retries=9 time_limit=30]" in shown["annotated"], shown
+    # 2/s: the fourth of four tasks sent at once starts a second and a half after the first, or later.
+    results = [app.send_task("tasks.add", (i, i), queue="annotated") for i in range(4)]
+    assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6]
+    done = sorted(app.AsyncResult(r.id).date_done for r in results)
+    assert (done[-1] - done[0]).total_seconds() >= 1.3, done

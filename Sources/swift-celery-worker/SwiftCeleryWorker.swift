@@ -313,6 +313,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.mingle = !withoutMingle
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
         configuration.resultCompression = file.resultCompression
+        configuration.taskAnnotations = file.taskAnnotations ?? TaskAnnotations()
         configuration.poolRestarts = file.poolRestarts ?? false
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()

@@ -100,6 +100,37 @@ struct CelerySettingsTests {
         #expect(try CelerySettings.parse("broker_use_ssl: {}", source: "t.yaml").brokerTLS == nil)
     }
 
+    @Test("task_annotations: by name, then '*' (which wins, as in Celery), the first mapping that names a task; null values")
+    func annotations() throws {
+        let settings = try CelerySettings.parse(
+            """
+            task_annotations:
+              - tasks.add: {rate_limit: 10/m, acks_late: true, max_retries: null, serializer: pickle}
+                '*': {acks_late: false, time_limit: 30}
+              - tasks.add: {rate_limit: 1/s}
+                tasks.echo: {ignore_result: true, rate_limit: 5}
+            """, source: "a.yaml")
+        let annotations = try #require(settings.taskAnnotations)
+        #expect(settings.warnings.count == 1 && settings.warnings[0].contains("'serializer' of 'tasks.add' is ignored"))
+        var registry = TaskRegistry()
+        registry.register("tasks.add", options: TaskOptions(maxRetries: 5)) { _ in CeleryValue.null }
+        registry.register("tasks.echo") { _ in CeleryValue.null }
+        registry.register("tasks.other") { _ in CeleryValue.null }
+        let annotated = registry.annotated(by: annotations)
+        let add = try #require(annotated["tasks.add"]?.options)
+        #expect(add.rateLimit == "10/m" && add.acksLate == false && add.maxRetries == nil && add.timeLimit == 30)
+        let echo = try #require(annotated["tasks.echo"]?.options)
+        #expect(echo.ignoreResult && echo.rateLimit == "5" && echo.acksLate == false && echo.maxRetries == 3)
+        #expect(annotated["tasks.other"]?.options.timeLimit == 30)
+        #expect(registry["tasks.add"]?.options.maxRetries == 5)  // the registry itself is unchanged
+        for bad in [
+            "task_annotations: {tasks.add: {rate_limit: fast}}", "task_annotations: [my.Annotation]",
+            "task_annotations: {tasks.add: 3}", "task_annotations: {'*': {acks_late: maybe}}",
+        ] {
+            #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse(bad, source: "a.yaml") }
+        }
+    }
+
     @Test("Celery's node_format for file names: %p, %n, %h, %d, %i, %I and %%")
     func nodeFormat() {
         let node = "w1@box.example.org"

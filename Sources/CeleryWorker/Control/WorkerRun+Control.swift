@@ -397,7 +397,9 @@ extension WorkerRun {
         let names = wanted.isEmpty ? ["exchange", "routing_key", "rate_limit"] : wanted
         let limits = self.limits.withLock { $0 }
         func python(_ flag: Bool) -> String { flag ? "True" : "False" }
-        func python(_ seconds: Double) -> String { PythonRepr.repr(.double(seconds)) }
+        // A whole number of seconds as an int: what the configuration or the `time_limit` command most often gave,
+        // and what Python then shows.
+        func python(_ seconds: Double) -> String { PythonRepr.repr(Self.seconds(seconds)) }
         return .array(
             service.registry.names.compactMap { service.registry[$0] }.map { task in
                 let options = task.options

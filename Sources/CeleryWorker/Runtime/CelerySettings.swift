@@ -73,6 +73,8 @@ public struct CelerySettings: Sendable, Equatable {
         }
     }
 
+    /// `task_annotations`: task attributes by task name (or `*`).
+    public var taskAnnotations: TaskAnnotations?
     /// `worker_log_format`: the format of the worker's own log lines.
     public var logFormat: LogFormat?
     /// `worker_task_log_format`: the format of the lines tasks log through their context's logger.
@@ -256,6 +258,9 @@ public struct CelerySettings: Sendable, Equatable {
         add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
         add(["worker_direct", "CELERY_WORKER_DIRECT"]) { $0.workerDirect = try $1.bool() }
         add(["task_routes", "CELERY_ROUTES"]) { $0.taskRoutes = try $1.routes() }
+        add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
+            settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)
+        }
         add(["worker_pool_restarts", "CELERYD_POOL_RESTARTS"]) { $0.poolRestarts = try $1.bool() }
         add(["task_acks_on_failure_or_timeout", "CELERY_ACKS_ON_FAILURE_OR_TIMEOUT"]) { $0.acksOnFailureOrTimeout = try $1.bool() }
         add(["task_acks_on_timeout"]) { $0.acksOnTimeout = try $1.bool() }
@@ -316,6 +321,75 @@ public struct CelerySettings: Sendable, Equatable {
 }
 
 extension CelerySettings.Field {
+    /// `task_annotations`: a mapping of task names (or `*`) to attributes, or a list of such mappings. Attributes
+    /// the worker has no use for (`serializer`, `@`-wrappers, …) are ignored with a warning; import paths of
+    /// annotation classes cannot be loaded and are refused.
+    func annotations(warnings: inout [String]) throws(CeleryWorkerError) -> TaskAnnotations {
+        if value is NSNull { return TaskAnnotations() }
+        let mappings: [Any] = (value as? [Any]) ?? [value]
+        var tables: [[String: TaskAnnotations.Attributes]] = []
+        for mapping in mappings {
+            guard let entries = mapping as? [String: Any] else {
+                throw CeleryWorkerError(
+                    code: .invalidConfiguration,
+                    message: "\(source): setting '\(key)': '\(mapping)' is not a mapping of task names to attributes (annotation "
+                        + "classes cannot be imported into the Swift worker)")
+            }
+            var table: [String: TaskAnnotations.Attributes] = [:]
+            for (name, attributes) in entries {
+                guard let attributes = attributes as? [String: Any] else {
+                    throw CeleryWorkerError(
+                        code: .invalidConfiguration,
+                        message: "\(source): setting '\(key)': '\(name)' must map to attributes, such as {rate_limit: 10/s}")
+                }
+                table[name] = try annotation(attributes, for: name, warnings: &warnings)
+            }
+            tables.append(table)
+        }
+        return TaskAnnotations(tables: tables)
+    }
+
+    private func annotation(_ attributes: [String: Any], for task: String, warnings: inout [String]) throws(CeleryWorkerError)
+        -> TaskAnnotations.Attributes
+    {
+        var annotation = TaskAnnotations.Attributes()
+        for (name, value) in attributes.sorted(by: { $0.key < $1.key }) {
+            let field = CelerySettings.Field(source: source, key: "\(key).\(task).\(name)", value: value)
+            let isNull = value is NSNull
+            switch name {
+            case "rate_limit":
+                if isNull {
+                    annotation.rateLimit = .some(nil)
+                } else {
+                    // A number is per second, as in Celery.
+                    let text =
+                        value is Bool ? "" : (value as? String) ?? ((value as? Int).map(String.init) ?? (value as? Double).map { "\($0)" } ?? "")
+                    do {
+                        _ = try RateLimit.perSecond(text)
+                    } catch {
+                        throw field.fail("a rate such as 10/s, 100/m or 1000/h")
+                    }
+                    if text.isEmpty { throw field.fail("a rate such as 10/s, 100/m or 1000/h") }
+                    annotation.rateLimit = .some(text)
+                }
+            case "time_limit": annotation.timeLimit = isNull ? .some(nil) : .some(try field.seconds())
+            case "soft_time_limit": annotation.softTimeLimit = isNull ? .some(nil) : .some(try field.seconds())
+            case "max_retries": annotation.maxRetries = isNull ? .some(nil) : .some(try field.int())
+            case "default_retry_delay": annotation.defaultRetryDelay = try field.seconds()
+            case "acks_late": annotation.acksLate = try field.bool()
+            case "track_started": annotation.trackStarted = try field.bool()
+            case "ignore_result": annotation.ignoreResult = try field.bool()
+            case "reject_on_worker_lost": annotation.rejectOnWorkerLost = try field.bool()
+            case "store_errors_even_if_ignored": annotation.storeErrorsEvenIfIgnored = try field.bool()
+            default:
+                warnings.append(
+                    "\(source): \(key) '\(name)' of '\(task)' is ignored (the worker applies \(TaskAnnotations.Attributes.names.sorted().joined(separator: ", ")))"
+                )
+            }
+        }
+        return annotation
+    }
+
     /// A Python logging format (``LogFormat``); what is wrong with it names the setting.
     func logFormat() throws(CeleryWorkerError) -> LogFormat {
         let text = try string()

@@ -103,7 +103,7 @@ public final class CeleryWorkerService: Service {
         var configuration = configuration
         configuration.addBoundQueues()
         self.configuration = configuration
-        self.registry = registry
+        self.registry = registry.annotated(by: configuration.taskAnnotations)
         self.logger = logger
         self.broker = broker
         self.backend = backend

@@ -84,6 +84,13 @@ public struct TaskRegistry: Sendable {
     /// The registered names, sorted as `inspect registered` lists them.
     public var names: [String] { tasks.keys.sorted() }
 
+    /// Replaces every registered task's options with what `transform` makes of the task.
+    mutating func mapOptions(_ transform: (RegisteredTask) -> TaskOptions) {
+        for (name, task) in tasks {
+            tasks[name] = RegisteredTask(name: task.name, options: transform(task), handler: task.handler)
+        }
+    }
+
     /// The task registered under `name`.
     public subscript(name: String) -> RegisteredTask? {
         if let task = tasks[name] { return task }

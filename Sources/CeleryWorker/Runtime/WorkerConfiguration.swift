@@ -76,6 +76,9 @@ public struct WorkerConfiguration: Sendable {
     public var acksOnTimeout: Bool = true
     /// Whether the `pool_restart` command is allowed (`worker_pool_restarts`). Default off, as in Celery.
     public var poolRestarts: Bool = false
+    /// Celery's `task_annotations`: attributes of the registered tasks set from the configuration, applied when the
+    /// worker starts (``TaskRegistry/annotated(by:)``). Default: none.
+    public var taskAnnotations = TaskAnnotations()
     /// Celery 5.7's `result_compression`: results, chord parts and saved groups are stored compressed, behind
     /// Celery's marker, which Celery 5.7 readers (and the worker itself) undo. Default `nil`: stored as they are.
     public var resultCompression: KombuCompression?
