@@ -31,6 +31,8 @@ if os.environ.get("TASK_ANNOTATIONS"):
     import json
 
     app.conf.task_annotations = json.loads(os.environ["TASK_ANNOTATIONS"])
+if os.environ.get("DEFAULT_RATE_LIMIT"):
+    app.conf.task_default_rate_limit = os.environ["DEFAULT_RATE_LIMIT"]
 if os.environ.get("LOG_FORMAT"):
     app.conf.worker_log_format = os.environ["LOG_FORMAT"]
 if os.environ.get("TASK_LOG_FORMAT"):

@@ -180,3 +180,26 @@ def test_task_annotations_as_a_python_worker_applies_them(start_worker, start_py
     assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6]
     done = sorted(app.AsyncResult(r.id).date_done for r in results)
     assert (done[-1] - done[0]).total_seconds() >= 1.3, done
+
+
+def test_default_rate_limit_and_disabled_rate_limits(start_worker, start_python_worker, make_app, tmp_path):
+    """task_default_rate_limit is every task's rate_limit unless it sets one, as a Python worker shows it;
+    worker_disable_rate_limits leaves the limits shown but not enforced."""
+    defaulted = tmp_path / "defaulted.yaml"
+    defaulted.write_text("task_default_rate_limit: 2/s\n")
+    disabled = tmp_path / "disabled.yaml"
+    disabled.write_text("task_default_rate_limit: 1/s\nworker_disable_rate_limits: true\n")
+    start_worker("--config", str(defaulted), "-Q", "defaulted", "-n", "defaulted@%h")
+    start_worker("--config", str(disabled), "-Q", "unlimited", "-n", "unlimited@%h")
+    start_python_worker("-Q", "pydefaulted", "-n", "pydefaulted@%h", env={"DEFAULT_RATE_LIMIT": "2/s"})
+    app = make_app()
+    nodes = {prefix: answering(app, prefix + "@") for prefix in ("defaulted", "pydefaulted")}
+    shown = {prefix: sorted(line for line in app.control.inspect(destination=[node], timeout=2).registered("rate_limit")[node]
+                            if line.split(" ")[0] in ("tasks.add", "tasks.echo"))
+             for prefix, node in nodes.items()}
+    assert shown["defaulted"] == shown["pydefaulted"] == ["tasks.add [rate_limit=2/s]", "tasks.echo [rate_limit=2/s]"], shown
+    for queue, spread in (("defaulted", lambda s: s >= 1.3), ("unlimited", lambda s: s < 0.9)):
+        results = [app.send_task("tasks.add", (i, i), queue=queue) for i in range(4)]
+        assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6]
+        done = sorted(app.AsyncResult(r.id).date_done for r in results)
+        assert spread((done[-1] - done[0]).total_seconds()), (queue, done)

@@ -314,6 +314,8 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
         configuration.resultCompression = file.resultCompression
         configuration.taskAnnotations = file.taskAnnotations ?? TaskAnnotations()
+        configuration.defaultRateLimit = file.defaultRateLimit
+        configuration.disableRateLimits = file.disableRateLimits ?? false
         configuration.poolRestarts = file.poolRestarts ?? false
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()

@@ -123,6 +123,14 @@ struct CelerySettingsTests {
         #expect(echo.ignoreResult && echo.rateLimit == "5" && echo.acksLate == false && echo.maxRetries == 3)
         #expect(annotated["tasks.other"]?.options.timeLimit == 30)
         #expect(registry["tasks.add"]?.options.maxRetries == 5)  // the registry itself is unchanged
+        // task_default_rate_limit: for tasks that set none, before the annotations.
+        let rates = try CelerySettings.parse("task_default_rate_limit: 3/s\nworker_disable_rate_limits: true", source: "a.yaml")
+        #expect(rates.defaultRateLimit == "3/s" && rates.disableRateLimits == true)
+        registry.register("tasks.own", options: TaskOptions(rateLimit: "1/m")) { _ in CeleryValue.null }
+        let defaulted = registry.withDefaultRateLimit("3/s").annotated(by: annotations)
+        #expect(defaulted["tasks.other"]?.options.rateLimit == "3/s" && defaulted["tasks.own"]?.options.rateLimit == "1/m")
+        #expect(defaulted["tasks.add"]?.options.rateLimit == "10/m")
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("task_default_rate_limit: soon", source: "a.yaml") }
         for bad in [
             "task_annotations: {tasks.add: {rate_limit: fast}}", "task_annotations: [my.Annotation]",
             "task_annotations: {tasks.add: 3}", "task_annotations: {'*': {acks_late: maybe}}",

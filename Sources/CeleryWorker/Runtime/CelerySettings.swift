@@ -73,6 +73,10 @@ public struct CelerySettings: Sendable, Equatable {
         }
     }
 
+    /// `task_default_rate_limit`.
+    public var defaultRateLimit: String?
+    /// `worker_disable_rate_limits`.
+    public var disableRateLimits: Bool?
     /// `task_annotations`: task attributes by task name (or `*`).
     public var taskAnnotations: TaskAnnotations?
     /// `worker_log_format`: the format of the worker's own log lines.
@@ -258,6 +262,18 @@ public struct CelerySettings: Sendable, Equatable {
         add(["task_track_started", "CELERY_TRACK_STARTED"]) { $0.trackStarted = try $1.bool() }
         add(["worker_direct", "CELERY_WORKER_DIRECT"]) { $0.workerDirect = try $1.bool() }
         add(["task_routes", "CELERY_ROUTES"]) { $0.taskRoutes = try $1.routes() }
+        add(["task_default_rate_limit", "CELERY_DEFAULT_RATE_LIMIT"]) { settings, field in
+            guard !(field.value is NSNull) else { return }
+            let text = (field.value as? String) ?? (field.value as? Int).map(String.init) ?? ""
+            do {
+                _ = try RateLimit.perSecond(text)
+            } catch {
+                throw field.fail("a rate such as 10/s, 100/m or 1000/h")
+            }
+            if text.isEmpty { throw field.fail("a rate such as 10/s, 100/m or 1000/h") }
+            settings.defaultRateLimit = text
+        }
+        add(["worker_disable_rate_limits", "CELERY_DISABLE_RATE_LIMITS"]) { $0.disableRateLimits = try $1.bool() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
             settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)
         }

@@ -103,7 +103,8 @@ public final class CeleryWorkerService: Service {
         var configuration = configuration
         configuration.addBoundQueues()
         self.configuration = configuration
-        self.registry = registry.annotated(by: configuration.taskAnnotations)
+        // As in Celery: the default rate limit is a task attribute's default, and annotations come after it.
+        self.registry = registry.withDefaultRateLimit(configuration.defaultRateLimit).annotated(by: configuration.taskAnnotations)
         self.logger = logger
         self.broker = broker
         self.backend = backend
@@ -290,6 +291,7 @@ final class WorkerRun: Sendable {
         self.runners = JobRunners(tasks: jobTasks, executor: executor)
         let configuration = service.configuration
         self.autoscales = configuration.poolAutoscale != nil
+        limits.withLock { $0.disabled = configuration.disableRateLimits }
         self.scaling = Mutex(
             PoolScaling(
                 threads: CeleryWorkerService.processPoolThreads(configuration), prefetchCount: configuration.prefetchCount,

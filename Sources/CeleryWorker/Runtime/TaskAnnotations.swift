@@ -62,6 +62,18 @@ public struct TaskAnnotations: Sendable, Equatable {
 }
 
 extension TaskRegistry {
+    /// The registry with Celery's `task_default_rate_limit` given to every task that sets no `rate_limit` of its own.
+    public func withDefaultRateLimit(_ rate: String?) -> TaskRegistry {
+        guard let rate else { return self }
+        var defaulted = self
+        defaulted.mapOptions { task in
+            var options = task.options
+            if options.rateLimit == nil { options.rateLimit = rate }
+            return options
+        }
+        return defaulted
+    }
+
     /// The registry with Celery's `task_annotations` applied to every task's options (the built-in tasks keep theirs,
     /// as Celery's own tasks are annotated by name only when named).
     public func annotated(by annotations: TaskAnnotations) -> TaskRegistry {

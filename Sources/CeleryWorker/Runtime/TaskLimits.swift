@@ -48,6 +48,8 @@ struct TaskLimits: Sendable {
     private var timeLimits: [String: (soft: Double?, hard: Double?)] = [:]
     /// The earliest time the next task of each rate-limited type may start.
     private var nextStart: [String: Double] = [:]
+    /// Celery's `worker_disable_rate_limits`: no task waits for its rate (the limits are still shown and set).
+    var disabled = false
 
     mutating func setRate(_ rate: Double?, text: String?, for task: String) {
         rates[task] = .some(rate)
@@ -61,6 +63,7 @@ struct TaskLimits: Sendable {
 
     // Asked for every task: no name is hashed while remote control has set nothing (the usual case).
     func rate(for task: RegisteredTask) -> Double? {
+        if disabled { return nil }
         if !rates.isEmpty, let override = rates[task.name] { return override }
         return task.options.rateLimit.flatMap { try? RateLimit.perSecond($0) }
     }

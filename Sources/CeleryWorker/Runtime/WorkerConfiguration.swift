@@ -76,6 +76,10 @@ public struct WorkerConfiguration: Sendable {
     public var acksOnTimeout: Bool = true
     /// Whether the `pool_restart` command is allowed (`worker_pool_restarts`). Default off, as in Celery.
     public var poolRestarts: Bool = false
+    /// Celery's `task_default_rate_limit`: the `rate_limit` of every task that sets none. Default: none.
+    public var defaultRateLimit: String?
+    /// Celery's `worker_disable_rate_limits`: rate limits are not enforced. Default off.
+    public var disableRateLimits = false
     /// Celery's `task_annotations`: attributes of the registered tasks set from the configuration, applied when the
     /// worker starts (``TaskRegistry/annotated(by:)``). Default: none.
     public var taskAnnotations = TaskAnnotations()
