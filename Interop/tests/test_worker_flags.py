@@ -203,3 +203,29 @@ def test_default_rate_limit_and_disabled_rate_limits(start_worker, start_python_
         assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6]
         done = sorted(app.AsyncResult(r.id).date_done for r in results)
         assert spread((done[-1] - done[0]).total_seconds()), (queue, done)
+
+
+def test_statedb_keeps_revoked_ids_across_restarts(start_worker, make_app, tmp_path):
+    """--statedb: a task revoked before a restart (here a crash: the file is saved at each revoke, not only at
+    shutdown as Python saves it) is still not run after it, with no neighbour to mingle with."""
+    state = tmp_path / "%n.state"
+    args = ("-Q", "stateful", "-n", "stateful@%h", "--without-mingle", "--statedb", str(state))
+    first = start_worker(*args)
+    app = make_app()
+    revoked_id = "0d5c8a51-state-db-revoked"
+    node = answering(app, "stateful@")
+    app.control.revoke(revoked_id, destination=[node], reply=True, timeout=2)
+    saved = json.loads((tmp_path / "stateful.state").read_text())
+    assert revoked_id in saved["revoked"] and saved["clock"] >= 1, saved
+    first.stop(signal.SIGKILL)
+    second = start_worker(*args)
+    second.wait_for_log("statedb: loaded 1 revoked task ids")
+    app.send_task("tasks.add", (1, 2), queue="stateful", task_id=revoked_id)
+    second.wait_for_log(f"Discarding revoked task: tasks.add[{revoked_id}]")
+    assert app.send_task("tasks.add", (2, 2), queue="stateful").get(timeout=10) == 4
+    assert second.stop() == 0
+    assert revoked_id in json.loads((tmp_path / "stateful.state").read_text())["revoked"]
+    # A file that is not the worker's state is logged, and the worker starts without it.
+    (tmp_path / "stateful.state").write_bytes(b"\x00\x06\x15\x61 a shelve file")
+    third = start_worker(*args)
+    third.wait_for_log("is not the Swift worker's JSON state")

@@ -133,6 +133,11 @@ struct WorkerCommand: AsyncParsableCommand {
     var taskEvents = false
 
     @Option(
+        name: [.customShort("S"), .customLong("statedb")],
+        help: "Keep the revoked task ids and the clock in this file across restarts (%n, %h, %p: node name parts).")
+    var statedb: String?
+
+    @Option(
         name: .customLong("pidfile"),
         help: "Write the worker's pid to this file, refusing to start while it names a running process (%n, %h, %p: node name parts).")
     var pidfile: String?
@@ -315,6 +320,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.resultCompression = file.resultCompression
         configuration.taskAnnotations = file.taskAnnotations ?? TaskAnnotations()
         configuration.defaultRateLimit = file.defaultRateLimit
+        configuration.stateDB = (statedb ?? file.stateDB).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
         configuration.disableRateLimits = file.disableRateLimits ?? false
         configuration.poolRestarts = file.poolRestarts ?? false
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true

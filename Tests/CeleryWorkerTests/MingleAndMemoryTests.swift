@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Foundation
 import Testing
 
 @testable import CeleryWorker
@@ -50,5 +51,23 @@ struct MingleAndMemoryTests {
         revoked.revoke(stamps: ["mid": ["b", 3]])
         #expect(revoked.stamps == ["mid": ["a", "b", 3], "other": ["x", "y"]])
         #expect(RevokedTasks.list("one") == ["one"] && RevokedTasks.list(["a", 1]) == ["a", 1])
+    }
+
+    @Test("--statedb: revoked ids and the clock written whole and read back; a foreign file is an error")
+    func stateDB() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("statedb-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = StateDB(path: path)
+        #expect(try store.load() == StateDB.Contents())
+        var revoked = RevokedTasks()
+        revoked.insert("old", at: 1_000)
+        revoked.insert("new", at: WallClock.now() - 5)
+        let contents = StateDB.Contents(revoked: revoked.times(), clock: 42)
+        #expect(contents.revoked.keys.sorted() == ["new"])  // an id past its 3 hours is not kept
+        try store.save(contents)
+        #expect(try store.load() == contents)
+        #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
+        try Data("not json".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(throws: CeleryWorkerError.self) { try store.load() }
     }
 }

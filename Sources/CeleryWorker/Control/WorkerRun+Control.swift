@@ -455,6 +455,7 @@ extension WorkerRun {
         default: break
         }
         revoked.withLock { set in for id in ids { set.insert(id) } }
+        await saveState()
         let active = running.withLock { $0 }
         for id in ids where active.with(id: id).isEmpty {
             guard let backend = service.backend else { break }

@@ -73,6 +73,8 @@ public struct CelerySettings: Sendable, Equatable {
         }
     }
 
+    /// `worker_state_db`.
+    public var stateDB: String?
     /// `task_default_rate_limit`.
     public var defaultRateLimit: String?
     /// `worker_disable_rate_limits`.
@@ -274,6 +276,7 @@ public struct CelerySettings: Sendable, Equatable {
             settings.defaultRateLimit = text
         }
         add(["worker_disable_rate_limits", "CELERY_DISABLE_RATE_LIMITS"]) { $0.disableRateLimits = try $1.bool() }
+        add(["worker_state_db", "CELERYD_STATE_DB"]) { $0.stateDB = try $1.string() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
             settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)
         }

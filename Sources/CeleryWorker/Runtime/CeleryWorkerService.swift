@@ -313,6 +313,7 @@ final class WorkerRun: Sendable {
     func start() async {
         guard await service.declareQueues(shutdown: shutdown) else { return }
         await sweep()
+        loadState()
         await mingle()
         await sendWorkerEvent("worker-online")
         // With remote control, "ready." waits until its subscription is confirmed (the control loop logs it), as
@@ -359,6 +360,7 @@ final class WorkerRun: Sendable {
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
         // a cold shutdown cancelled the loops) goes back to its queue.
         await giveBack(held.withLock { $0.unstarted })
+        await saveState()  // Python's Persistent saves at shutdown
     }
 
     // MARK: Fetching

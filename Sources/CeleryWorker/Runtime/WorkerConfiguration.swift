@@ -76,6 +76,9 @@ public struct WorkerConfiguration: Sendable {
     public var acksOnTimeout: Bool = true
     /// Whether the `pool_restart` command is allowed (`worker_pool_restarts`). Default off, as in Celery.
     public var poolRestarts: Bool = false
+    /// Celery's `--statedb` / `worker_state_db`: a file that keeps the revoked task ids and the clock across
+    /// restarts (the Swift worker's own JSON). Default: none.
+    public var stateDB: String?
     /// Celery's `task_default_rate_limit`: the `rate_limit` of every task that sets none. Default: none.
     public var defaultRateLimit: String?
     /// Celery's `worker_disable_rate_limits`: rate limits are not enforced. Default off.
