@@ -50,7 +50,7 @@ final class RedisConnection: @unchecked Sendable {
             guard raw.pointee.err == 0 else { return REDIS_ERR }
             let length = chiredis_output_length(raw)
             if length > 0 {
-                let written = withErrorText { error, size in copenssl_write(session, raw.pointee.obuf, length, error, size) }
+                let written = TLSContext.withErrorText { error, size in copenssl_write(session, raw.pointee.obuf, length, error, size) }
                 guard written.result > 0 else {
                     fail(written.result, written.error)
                     return REDIS_ERR
@@ -70,7 +70,7 @@ final class RedisConnection: @unchecked Sendable {
             return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16 * 1024) { buffer in
                 guard let bytes = buffer.baseAddress else { return REDIS_ERR }
                 repeat {
-                    let read = withErrorText { error, size in copenssl_read(session, bytes, buffer.count, error, size) }
+                    let read = TLSContext.withErrorText { error, size in copenssl_read(session, bytes, buffer.count, error, size) }
                     if read.result == COPENSSL_AGAIN { return REDIS_OK }
                     guard read.result > 0 else {
                         fail(read.result, read.error)
@@ -97,16 +97,6 @@ final class RedisConnection: @unchecked Sendable {
                 errno = EAGAIN
             case COPENSSL_CLOSED: chiredis_set_error(raw, REDIS_ERR_EOF, "Server closed the connection")
             default: chiredis_set_error(raw, REDIS_ERR_IO, text.isEmpty ? "TLS failure" : text)
-            }
-        }
-
-        /// Calls `body` with a buffer (on the stack) for COpenSSL's error sentence, read only when `body` failed.
-        private func withErrorText(_ body: (UnsafeMutablePointer<CChar>, Int) -> Int) -> (result: Int, error: String) {
-            withUnsafeTemporaryAllocation(of: CChar.self, capacity: 256) { buffer in
-                guard let text = buffer.baseAddress else { return (COPENSSL_FAILED, "no buffer for the error") }
-                text.initialize(to: 0)
-                let result = body(text, buffer.count)
-                return (result, result > 0 ? "" : String(cString: text))
             }
         }
 

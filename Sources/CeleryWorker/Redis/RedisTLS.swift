@@ -149,7 +149,7 @@ final class TLSContext: @unchecked Sendable {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: ssl_keyfile \(key) is given without ssl_certfile")
         }
         let verify = settings.requirement == .none ? COPENSSL_VERIFY_NONE : COPENSSL_VERIFY_PEER
-        let made = Self.withError { error, size in
+        let made = Self.withErrorText { error, size in
             copenssl_context_new(
                 Int32(verify), settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile, error, size)
         }
@@ -166,7 +166,7 @@ final class TLSContext: @unchecked Sendable {
     /// `host`, and returns the session. The certificate is checked against `host` when the settings say so.
     func handshake(socket: Int32, host: String) throws(CeleryWorkerError) -> OpaquePointer {
         var timedOut: Int32 = 0
-        let made = Self.withError { error, size in
+        let made = Self.withErrorText { error, size in
             copenssl_connect(context, socket, host, settings.checksHostname ? 1 : 0, &timedOut, error, size)
         }
         guard let session = made.result else {
@@ -175,17 +175,14 @@ final class TLSContext: @unchecked Sendable {
         return session
     }
 
-    /// Calls `body` with a buffer for COpenSSL's error sentence, and returns its result with the sentence (for the
-    /// rare calls: contexts and handshakes).
-    static func withError<Result>(_ body: (UnsafeMutablePointer<CChar>, Int) -> Result) -> (result: Result, error: String) {
-        var text = [CChar](repeating: 0, count: 320)
-        let result = text.withUnsafeMutableBufferPointer { buffer in
-            buffer.baseAddress.map { body($0, buffer.count) }
+    /// Calls `body` with a buffer (on the stack) for COpenSSL's error sentence, and returns its result with the
+    /// sentence (empty when none was written). COpenSSL writes nothing into a buffer of size 0.
+    static func withErrorText<Result>(_ body: (UnsafeMutablePointer<CChar>?, Int) -> Result) -> (result: Result, error: String) {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 320) { buffer in
+            buffer.baseAddress?.initialize(to: 0)
+            let result = body(buffer.baseAddress, buffer.baseAddress == nil ? 0 : buffer.count)
+            return (result, buffer.baseAddress.map { String(cString: $0) } ?? "")
         }
-        let error = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        // The buffer of a non-empty array always has an address.
-        guard let result else { preconditionFailure("an array of 320 elements has no storage") }
-        return (result, error)
     }
 }
 

@@ -266,14 +266,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["task_routes", "CELERY_ROUTES"]) { $0.taskRoutes = try $1.routes() }
         add(["task_default_rate_limit", "CELERY_DEFAULT_RATE_LIMIT"]) { settings, field in
             guard !(field.value is NSNull) else { return }
-            let text = (field.value as? String) ?? (field.value as? Int).map(String.init) ?? ""
-            do {
-                _ = try RateLimit.perSecond(text)
-            } catch {
-                throw field.fail("a rate such as 10/s, 100/m or 1000/h")
-            }
-            if text.isEmpty { throw field.fail("a rate such as 10/s, 100/m or 1000/h") }
-            settings.defaultRateLimit = text
+            settings.defaultRateLimit = try field.rate()
         }
         add(["worker_disable_rate_limits", "CELERY_DISABLE_RATE_LIMITS"]) { $0.disableRateLimits = try $1.bool() }
         add(["worker_state_db", "CELERYD_STATE_DB"]) { $0.stateDB = try $1.string() }
@@ -340,6 +333,19 @@ public struct CelerySettings: Sendable, Equatable {
 }
 
 extension CelerySettings.Field {
+    /// A rate limit as Celery takes it (`10/s`, `100/m`, `1000/h`; a number is per second), as written.
+    func rate() throws(CeleryWorkerError) -> String {
+        let text =
+            value is Bool ? "" : (value as? String) ?? (value as? Int).map(String.init) ?? (value as? Double).map { "\($0)" } ?? ""
+        do {
+            _ = try RateLimit.perSecond(text)
+        } catch {
+            throw fail("a rate such as 10/s, 100/m or 1000/h")
+        }
+        guard !text.isEmpty else { throw fail("a rate such as 10/s, 100/m or 1000/h") }
+        return text
+    }
+
     /// `task_annotations`: a mapping of task names (or `*`) to attributes, or a list of such mappings. Attributes
     /// the worker has no use for (`serializer`, `@`-wrappers, …) are ignored with a warning; import paths of
     /// annotation classes cannot be loaded and are refused.
@@ -380,16 +386,7 @@ extension CelerySettings.Field {
                 if isNull {
                     annotation.rateLimit = .some(nil)
                 } else {
-                    // A number is per second, as in Celery.
-                    let text =
-                        value is Bool ? "" : (value as? String) ?? ((value as? Int).map(String.init) ?? (value as? Double).map { "\($0)" } ?? "")
-                    do {
-                        _ = try RateLimit.perSecond(text)
-                    } catch {
-                        throw field.fail("a rate such as 10/s, 100/m or 1000/h")
-                    }
-                    if text.isEmpty { throw field.fail("a rate such as 10/s, 100/m or 1000/h") }
-                    annotation.rateLimit = .some(text)
+                    annotation.rateLimit = .some(try field.rate())
                 }
             case "time_limit": annotation.timeLimit = isNull ? .some(nil) : .some(try field.seconds())
             case "soft_time_limit": annotation.softTimeLimit = isNull ? .some(nil) : .some(try field.seconds())
