@@ -209,7 +209,16 @@ def test_a_planned_failover_moves_the_worker_to_the_new_master(sentinel_setup, t
         assert first.send_task("tasks.add", (1, 1)).get(timeout=10) == 2
     finally:
         first.close()
-    redis_lib.Redis(port=sentinel.port).execute_command("SENTINEL", "FAILOVER", MASTER)
+    # A Sentinel refuses the failover (NOGOODSLAVE) until it has seen the replica's INFO (every 10 s at first).
+    def failover_accepted():
+        try:
+            redis_lib.Redis(port=sentinel.port).execute_command("SENTINEL", "FAILOVER", MASTER)
+            return True
+        except redis_lib.ResponseError as error:
+            assert "NOGOODSLAVE" in str(error), error
+            return False
+
+    assert eventually(failover_accepted, 30), "the Sentinel never accepted the failover"
     assert eventually(lambda: sentinel.master_port() == replica.port, 20), "no failover"
     # The old master keeps running until the Sentinel turns it into a replica (about 10 s later).
     assert eventually(lambda: redis_lib.Redis(port=master.port).info("replication")["role"] == "slave", 30)

@@ -45,7 +45,7 @@ public final class RedisResultBackend: ResultBackend {
     /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
-        let (serializer, keyPrefix) = (self.serializer, self.keyPrefix)
+        let keyPrefix = self.keyPrefix
         try await withVerdicts(for: documents) { verdicts throws(CeleryWorkerError) in
             // Encoded on the connection's thread, where the write happens, not on the caller's.
             try await client.evaluate(Self.storeScript, keyCount: documents.count) { [self] in
