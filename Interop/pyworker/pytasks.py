@@ -37,6 +37,11 @@ if os.environ.get("LOG_FORMAT"):
     app.conf.worker_log_format = os.environ["LOG_FORMAT"]
 if os.environ.get("TASK_LOG_FORMAT"):
     app.conf.worker_task_log_format = os.environ["TASK_LOG_FORMAT"]
+if os.environ.get("CELERY_SETTINGS"):
+    # Any other settings, as JSON by Celery's names (the same mapping a test gives the Swift worker's --config).
+    import json
+
+    app.conf.update(json.loads(os.environ["CELERY_SETTINGS"]))
 
 task_logger = get_task_logger("tasks")
 

@@ -222,6 +222,8 @@ struct WorkerCommand: AsyncParsableCommand {
         // kombu's Sentinel transport names the master in the transport options, not in the URL.
         brokerURL.sentinelMaster = file.brokerSentinelMaster
         backendURL?.sentinelMaster = file.resultSentinelMaster
+        // Celery's broker_connection_timeout, 4 s by default.
+        brokerURL.connectTimeout = file.brokerConnectionTimeout ?? 4
         brokerURL.sentinelUsername = file.brokerSentinelCredentials?.username
         brokerURL.sentinelPassword = file.brokerSentinelCredentials?.password
         backendURL?.sentinelUsername = file.resultSentinelCredentials?.username
@@ -322,6 +324,9 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.defaultRateLimit = file.defaultRateLimit
         configuration.stateDB = (statedb ?? file.stateDB).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
         configuration.disableRateLimits = file.disableRateLimits ?? false
+        configuration.brokerConnectionRetry = BrokerConnectionRetry(
+            retry: file.brokerConnectionRetry ?? true, retryOnStartup: file.brokerConnectionRetryOnStartup ?? nil,
+            maxRetries: file.brokerConnectionMaxRetries ?? 100)
         configuration.poolRestarts = file.poolRestarts ?? false
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()
@@ -406,6 +411,9 @@ struct WorkerCommand: AsyncParsableCommand {
             try await group.run()
         } catch is ColdShutdown {
             // Cancellation already stopped the worker.
+        } catch is BrokerConnectionGivenUp {
+            // Logged; the worker shut down warm. Celery's worker exits with 1.
+            throw ExitCode(1)
         }
         throw ExitCode(signals.exitCode)
     }

@@ -176,6 +176,9 @@ struct CelerySettingsTests {
             ("task_compression: zstd", "task_compression"), ("CELERY_MESSAGE_COMPRESSION: 1", "CELERY_MESSAGE_COMPRESSION"),
             ("broker_use_ssl: yes please", "broker_use_ssl"), ("redis_backend_use_ssl: true", "redis_backend_use_ssl"),
             ("broker_use_ssl: {ssl_cert_reqs: maybe}", "ssl_cert_reqs"), ("broker_use_ssl: {ssl_ciphers: HIGH}", "ssl_ciphers"),
+            ("broker_connection_max_retries: -1", "broker_connection_max_retries"),
+            ("broker_connection_retry: sometimes", "broker_connection_retry"),
+            ("broker_connection_timeout: 0", "broker_connection_timeout"),
         ])
     func wrongTypes(text: String, key: String) {
         do {
@@ -185,6 +188,28 @@ struct CelerySettingsTests {
             #expect(error.code == .invalidConfiguration)
             #expect(error.message.contains(key))
         }
+    }
+
+    @Test("broker connection settings: null max_retries retries forever, null retry_on_startup is Celery's default")
+    func brokerConnection() throws {
+        let set = try CelerySettings.parse(
+            """
+            broker_connection_retry: false
+            broker_connection_retry_on_startup: true
+            broker_connection_max_retries: null
+            broker_connection_timeout: 7.5
+            """, source: "retry.yaml")
+        #expect(set.brokerConnectionRetry == false && set.brokerConnectionRetryOnStartup == .some(true))
+        #expect(set.brokerConnectionMaxRetries == .some(nil) && set.brokerConnectionTimeout == 7.5)
+        let old = try CelerySettings.parse(
+            "BROKER_CONNECTION_MAX_RETRIES: 3\nBROKER_CONNECTION_TIMEOUT: 2\nbroker_connection_retry_on_startup: null", source: "old.yaml")
+        #expect(old.brokerConnectionMaxRetries == .some(3) && old.brokerConnectionTimeout == 2)
+        #expect(old.brokerConnectionRetryOnStartup == .some(nil) && old.warnings.isEmpty)
+        // The broker's connect timeout rides on its URL.
+        var url = try RedisURL(parsing: "redis://127.0.0.1:6379/0")
+        #expect(RedisConnection(url: url).connectTimeout == RedisConnection.defaultConnectTimeout)
+        url.connectTimeout = 7.5
+        #expect(RedisConnection(url: url).connectTimeout == .milliseconds(7500))
     }
 
     @Test("time zones: date_done in the app's zone; naive times read as UTC unless enable_utc is off")
@@ -207,6 +232,51 @@ struct CelerySettingsTests {
 
 @Suite("Retry arithmetic")
 struct RetryArithmeticTests {
+    @Test("broker connection retries: kombu's 2, 4 … 30 s, Celery's (n/max) note, and giving up after max retries")
+    func brokerConnectionRetries() {
+        let policy = BrokerConnectionRetry(maxRetries: 20)
+        let waits = (1...20).map { attempt -> Double? in
+            guard case .wait(let seconds, _) = policy.step(afterFailedAttempt: attempt, startup: false, error: "x") else { return nil }
+            return seconds
+        }
+        #expect(waits == (1...20).map { Double(min(2 * $0, 30)) })
+        #expect(
+            policy.step(afterFailedAttempt: 3, startup: true, error: "x")
+                == .wait(seconds: 6, note: "Trying again in 6.00 seconds... (3/20)"))
+        #expect(
+            policy.step(afterFailedAttempt: 21, startup: false, error: "connect to redis://h:1/0: Connection refused")
+                == .giveUp(reason: "Unrecoverable error: OperationalError('connect to redis://h:1/0: Connection refused')"))
+        // null: forever, as Celery prints it; 0: not once.
+        let forever = BrokerConnectionRetry(maxRetries: nil)
+        #expect(
+            forever.step(afterFailedAttempt: 500, startup: false, error: "x")
+                == .wait(seconds: 30, note: "Trying again in 30.00 seconds... (500/None)"))
+        guard case .giveUp = BrokerConnectionRetry(maxRetries: 0).step(afterFailedAttempt: 1, startup: true, error: "x") else {
+            Issue.record("max_retries 0 retries")
+            return
+        }
+    }
+
+    @Test("broker_connection_retry_on_startup decides on start (else broker_connection_retry, with Celery's warning)")
+    func brokerConnectionRetryOnStartup() {
+        let startupOff = BrokerConnectionRetry(retryOnStartup: false)
+        #expect(!startupOff.retries(startup: true) && startupOff.retries(startup: false))
+        #expect(startupOff.startupDeprecationWarning == nil)
+        #expect(
+            startupOff.step(afterFailedAttempt: 1, startup: true, error: "x")
+                == .giveUp(
+                    reason: "Retrying to establish a connection to the message broker after a connection loss has been disabled "
+                        + "(app.conf.broker_connection_retry_on_startup=False). Shutting down..."))
+        let off = BrokerConnectionRetry(retry: false)
+        #expect(!off.retries(startup: true) && !off.retries(startup: false))
+        #expect(off.startupDeprecationWarning?.hasPrefix("CPendingDeprecationWarning: The broker_connection_retry configuration") == true)
+        #expect(off.disabledReason(startup: true).contains("(app.conf.broker_connection_retry=False)"))
+        #expect(off.disabledReason(startup: false).hasPrefix("Retrying to re-establish a connection"))
+        let startupOn = BrokerConnectionRetry(retry: false, retryOnStartup: true)
+        #expect(startupOn.retries(startup: true) && !startupOn.retries(startup: false) && startupOn.startupDeprecationWarning == nil)
+        #expect(BrokerConnectionRetry().retries(startup: true) && BrokerConnectionRetry().startupDeprecationWarning == nil)
+    }
+
     @Test("exponential back-off without jitter: factor × 2^retries, capped")
     func backoff() {
         var generator = SystemRandomNumberGenerator()

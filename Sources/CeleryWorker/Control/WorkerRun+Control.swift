@@ -383,6 +383,10 @@ extension WorkerRun {
             "task_acks_on_timeout": .bool(configuration.acksOnTimeout),
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
             "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
+            "broker_connection_retry": .bool(configuration.brokerConnectionRetry.retry),
+            "broker_connection_retry_on_startup": configuration.brokerConnectionRetry.retryOnStartup.map(CeleryValue.bool) ?? .null,
+            "broker_connection_max_retries": configuration.brokerConnectionRetry.maxRetries.map { .int(Int64($0)) } ?? .null,
+            "broker_connection_timeout": Self.seconds(configuration.brokerURL.connectTimeout ?? 4),
         ]
         // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
         if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }
@@ -569,7 +573,7 @@ extension WorkerRun {
             "transport": url.isSecureScheme ? "rediss" : "redis", "virtual_host": .string(String(url.database)),
             "userid": url.username.map { .string($0) } ?? .null,
             "insist": false, "ssl": url.tls.map { .object($0.celeryObject) } ?? false, "login_method": .null, "uri_prefix": .null,
-            "connect_timeout": .double(Double(RedisConnection.defaultConnectTimeout.components.seconds)),
+            "connect_timeout": Self.seconds(url.connectTimeout ?? Double(RedisConnection.defaultConnectTimeout.components.seconds)),
             "transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
             "heartbeat": .null, "failover_strategy": "round-robin", "alternates": [], "credential_provider": .null,
         ]

@@ -126,7 +126,7 @@ final class RedisConnection: @unchecked Sendable {
     init(url: RedisURL, commandTimeout: Duration = .seconds(30), connectTimeout: Duration = defaultConnectTimeout) {
         self.url = url
         self.commandTimeout = commandTimeout
-        self.connectTimeout = connectTimeout
+        self.connectTimeout = url.connectTimeout.map { .milliseconds(Int64(($0 * 1000).rounded())) } ?? connectTimeout
     }
 
     deinit {

@@ -42,6 +42,9 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// TLS for the connection to the server (with Sentinel: to the master), or `nil` for none: set by a `rediss://`
     /// URL or `ssl_*` query parameters, and by Celery's `broker_use_ssl` / `redis_backend_use_ssl`.
     public var tls: RedisTLS?
+    /// Seconds a connection attempt may take (Celery's `broker_connection_timeout` for the broker), or `nil` for
+    /// the worker's 5 s.
+    public var connectTimeout: Double?
     /// Whether the URL's scheme is `rediss://` (TLS may also come from settings with `redis://`).
     public internal(set) var isSecureScheme = false
 

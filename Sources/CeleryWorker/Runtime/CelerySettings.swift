@@ -75,6 +75,14 @@ public struct CelerySettings: Sendable, Equatable {
 
     /// `worker_state_db`.
     public var stateDB: String?
+    /// `broker_connection_retry`.
+    public var brokerConnectionRetry: Bool?
+    /// `broker_connection_retry_on_startup`; `.some(nil)` when the file sets it to null (Celery's default).
+    public var brokerConnectionRetryOnStartup: Bool??
+    /// `broker_connection_max_retries`; `.some(nil)` when the file sets it to null: retry forever.
+    public var brokerConnectionMaxRetries: Int??
+    /// `broker_connection_timeout`: seconds a connection attempt to the broker may take.
+    public var brokerConnectionTimeout: Double?
     /// `task_default_rate_limit`.
     public var defaultRateLimit: String?
     /// `worker_disable_rate_limits`.
@@ -270,6 +278,24 @@ public struct CelerySettings: Sendable, Equatable {
         }
         add(["worker_disable_rate_limits", "CELERY_DISABLE_RATE_LIMITS"]) { $0.disableRateLimits = try $1.bool() }
         add(["worker_state_db", "CELERYD_STATE_DB"]) { $0.stateDB = try $1.string() }
+        add(["broker_connection_retry", "BROKER_CONNECTION_RETRY"]) { $0.brokerConnectionRetry = try $1.bool() }
+        add(["broker_connection_retry_on_startup"]) { settings, field in
+            settings.brokerConnectionRetryOnStartup = field.value is NSNull ? .some(nil) : try field.bool()
+        }
+        add(["broker_connection_max_retries", "BROKER_CONNECTION_MAX_RETRIES"]) { settings, field in
+            guard !(field.value is NSNull) else {
+                settings.brokerConnectionMaxRetries = .some(nil)
+                return
+            }
+            let retries = try field.int()
+            guard retries >= 0 else { throw field.fail("a whole number from 0, or null to retry forever") }
+            settings.brokerConnectionMaxRetries = retries
+        }
+        add(["broker_connection_timeout", "BROKER_CONNECTION_TIMEOUT"]) { settings, field in
+            let seconds = try field.seconds()
+            guard seconds > 0, seconds.isFinite else { throw field.fail("a number of seconds above 0") }
+            settings.brokerConnectionTimeout = seconds
+        }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
             settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)
         }

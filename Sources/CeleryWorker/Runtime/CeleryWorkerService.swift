@@ -173,6 +173,7 @@ public final class CeleryWorkerService: Service {
             await withTaskExecutorPreference(executor) { pool.shutdown(kill: cold) }
         }
         executor.shutdown()
+        if let reason = run.gaveUp.withLock({ $0 }) { throw BrokerConnectionGivenUp(reason: reason) }
     }
 
     /// Whether this process is a process-pool child started by a worker (`--pool process`). A program that embeds
@@ -185,8 +186,11 @@ public final class CeleryWorkerService: Service {
         ProcessInfo.processInfo.environment[ProcessPool.childVariable].flatMap { Int($0) }
     }
 
-    /// Waits until Redis answers, logging each failed attempt the way Celery's consumer does.
-    func declareQueues(shutdown: ShutdownSignal) async -> Bool {
+    /// Waits until Redis answers, logging each failed attempt the way Celery's consumer does, and gives up as it
+    /// does (``BrokerConnectionRetry``): then `giveUp` is called with Celery's reason. Returns whether it connected.
+    func declareQueues(shutdown: ShutdownSignal, giveUp: (String) -> Void) async -> Bool {
+        let policy = configuration.brokerConnectionRetry
+        if let warning = policy.startupDeprecationWarning { logger.warning("\(warning)") }
         var attempt = 0
         while !shutdown.isTriggered {
             do {
@@ -195,11 +199,14 @@ public final class CeleryWorkerService: Service {
                 return true
             } catch {
                 attempt += 1
-                let delay = retryDelays.delay(attempt: attempt)
-                logger.error(
-                    "consumer: Cannot connect to \(configuration.brokerURL): \(error.message).\nTrying again in \(Self.format(seconds: delay)) seconds... (\(attempt))"
-                )
-                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+                switch policy.step(afterFailedAttempt: attempt, startup: true, error: error.message) {
+                case .giveUp(let reason):
+                    giveUp(reason)
+                    return false
+                case .wait(let seconds, let note):
+                    logger.error("consumer: Cannot connect to \(configuration.brokerURL): \(error.message).\n\(note)")
+                    _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
+                }
             }
         }
         return false
@@ -212,7 +219,8 @@ public final class CeleryWorkerService: Service {
     }
 }
 
-/// Back-off for reconnects: 1, 2, 4, 8, 16, then 32 s between attempts (Celery uses 2 s steps up to 32 s).
+/// Back-off for the worker's other Redis connections (result writes, remote control, messages it sends): 1, 2, 4,
+/// 8, 16, then 32 s between attempts. The consumer's follows Celery's (``BrokerConnectionRetry``).
 struct RetryDelays: Sendable {
     var maximum: Double = 32
 
@@ -243,6 +251,8 @@ final class WorkerRun: Sendable {
     let counters = Mutex((active: 0, processed: 0, totals: [String: Int]()))
     /// Ids revoked by remote control.
     let revoked = Mutex(RevokedTasks())
+    /// Why the worker gave up on its broker (``giveUp(_:)``), if it did.
+    let gaveUp = Mutex<String?>(nil)
     /// Tasks running now, by id (`inspect active`).
     let running = Mutex(RunningTasks())
     /// When this run started (`uptime` in stats).
@@ -310,8 +320,19 @@ final class WorkerRun: Sendable {
         slots.close()
     }
 
+    /// Gives up on the broker, as Celery's consumer does when it may not retry or has retried
+    /// `broker_connection_max_retries` times: logs Celery's reason and shuts down warm; ``CeleryWorkerService/run()``
+    /// then throws ``BrokerConnectionGivenUp``. Messages held stay in `unacked` if they cannot be given back, and
+    /// are restored after the visibility timeout.
+    func giveUp(_ reason: String) {
+        logger.critical("\(reason)")
+        gaveUp.withLock { $0 = $0 ?? reason }
+        shutdown.trigger()
+        closePermits()
+    }
+
     func start() async {
-        guard await service.declareQueues(shutdown: shutdown) else { return }
+        guard await service.declareQueues(shutdown: shutdown, giveUp: giveUp) else { return }
         await sweep()
         loadState()
         await mingle()
@@ -392,6 +413,9 @@ final class WorkerRun: Sendable {
         let gatherBacklog: Int
         /// Failed fetches in a row.
         var failures = 0
+        /// Those of them that could not reach Redis: the first is the connection's loss, the others Celery's
+        /// reconnection attempts (``BrokerConnectionRetry``).
+        var unreachable = 0
         /// Whether the last fetch found as many messages as it asked for.
         var busy = false
     }
@@ -449,6 +473,7 @@ final class WorkerRun: Sendable {
             if state.failures > 0 {
                 logger.info("Connected to \(configuration.brokerURL)")
                 state.failures = 0
+                state.unreachable = 0
             }
             if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
             if cancellations.load(ordering: .acquiring) != cancelled { await requeueUndeliverable(&deliveries) }
@@ -460,19 +485,36 @@ final class WorkerRun: Sendable {
         } catch {
             prefetch.release(permits)
             state.failures += 1
-            let delay = service.retryDelays.delay(attempt: state.failures)
-            if error.isConnectionProblem {
-                logger.error(
-                    "consumer: Connection to broker lost (\(error.message)). Trying to re-establish the connection in \(CeleryWorkerService.format(seconds: delay)) seconds..."
-                )
-            } else {
+            guard error.isConnectionProblem else {
                 // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists.
+                // Celery's worker would stop; this one logs it and tries again.
+                let delay = service.retryDelays.delay(attempt: state.failures)
                 logger.error(
                     "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
                 )
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+                return .nothing
             }
-            _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
-            return .nothing
+            state.unreachable += 1
+            let policy = configuration.brokerConnectionRetry
+            if state.unreachable == 1 {
+                // As Celery's consumer: the loss is logged, and the first attempt to reconnect follows at once.
+                guard policy.retries(startup: false) else {
+                    giveUp(policy.disabledReason(startup: false))
+                    return .stop
+                }
+                logger.warning("consumer: Connection to broker lost. Trying to re-establish the connection... (\(error.message))")
+                return .nothing
+            }
+            switch policy.step(afterFailedAttempt: state.unreachable - 1, startup: false, error: error.message) {
+            case .giveUp(let reason):
+                giveUp(reason)
+                return .stop
+            case .wait(let seconds, let note):
+                logger.error("consumer: Cannot connect to \(configuration.brokerURL): \(error.message).\n\(note)")
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
+                return .nothing
+            }
         }
     }
 

@@ -93,6 +93,10 @@ public struct WorkerConfiguration: Sendable {
     /// events at all, not `worker-online` nor `worker-offline` either (`--without-heartbeat`), as in Celery.
     /// Default 2, Celery's.
     public var heartbeatInterval: Double? = 2
+    /// Celery's broker connection retries: whether the consumer retries when it cannot reach the broker, and when it
+    /// gives up (`broker_connection_retry`, `broker_connection_retry_on_startup`, `broker_connection_max_retries`).
+    /// Default Celery's: retry, at most 100 times in a row.
+    public var brokerConnectionRetry = BrokerConnectionRetry()
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
     /// (`--without-mingle` turns it off). Default on, as in Celery.
     public var mingle: Bool = true

@@ -1,0 +1,201 @@
+"""Celery's broker connection settings (broker_connection_retry, broker_connection_retry_on_startup,
+broker_connection_max_retries, broker_connection_timeout), each beside a Python worker given the same settings."""
+import gc
+import json
+import signal
+import time
+
+import pytest
+import redis as redis_lib
+
+from conftest import PythonWorker, WorkerProcess, answering, remember
+from redisproc import RedisProcess, free_port
+
+
+def pair(request, tmp_path, broker, backend, settings, swift_args=(), python_args=()):
+    """A Swift worker and a Python worker on `broker`, both given `settings` (Celery's names)."""
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps(settings))
+    swift = remember(request, WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config),
+                                             *swift_args], tmp_path / "swift.log"))
+    python = remember(request, PythonWorker(broker, backend, tmp_path / "python.log", *python_args,
+                                            env={"CELERY_SETTINGS": json.dumps(settings)}))
+    return swift, python
+
+
+def exit_status(worker, timeout):
+    """The worker's exit status once it stopped by itself within `timeout` seconds."""
+    try:
+        return worker.proc.wait(timeout)
+    except Exception:
+        worker.stop(signal.SIGKILL)
+        raise AssertionError(f"{worker.name} still runs after {timeout}s:\n{worker.log}")
+
+
+def critical_lines(log):
+    """The CRITICAL lines' messages, without the time stamp (Python's are followed by a traceback)."""
+    return [line.split("] ", 1)[1] for line in log.splitlines() if "CRITICAL/MainProcess]" in line]
+
+
+def stop_both(*workers):
+    for worker in workers:
+        if isinstance(worker, PythonWorker):
+            worker.kill_all()
+        elif worker.alive():
+            worker.stop(signal.SIGKILL)
+
+
+UNRECOVERABLE = "Unrecoverable error: OperationalError("
+
+
+@pytest.mark.parametrize("settings,expected,absent", [
+    ({"broker_connection_max_retries": 1},
+     ["Trying again in 2.00 seconds... (1/1)", UNRECOVERABLE], ["(2/1)"]),
+    ({"broker_connection_max_retries": 0}, [UNRECOVERABLE], ["Trying again"]),
+    ({"broker_connection_retry_on_startup": False},
+     ["Retrying to establish a connection to the message broker after a connection loss has been disabled "
+      "(app.conf.broker_connection_retry_on_startup=False). Shutting down..."], ["Trying again"]),
+    ({"broker_connection_retry": False},
+     ["CPendingDeprecationWarning: The broker_connection_retry configuration setting will no longer determine",
+      "(app.conf.broker_connection_retry=False). Shutting down..."], ["Trying again"]),
+], ids=["max-retries", "no-retries", "retry-on-startup-off", "retry-off"])
+def test_a_dead_broker_at_start_is_given_up_on_as_python_does(request, tmp_path, redis_urls, settings, expected, absent):
+    """With a broker nobody listens on, both workers retry as the settings say, then stop with exit 1 and the same
+    critical line (Python's error text differs: redis-py's, not hiredis's)."""
+    swift, python = pair(request, tmp_path, f"redis://127.0.0.1:{free_port()}/0", redis_urls["backend"], settings)
+    try:
+        assert exit_status(swift, 20) == 1
+        assert exit_status(python, 30) == 1
+        for worker in (swift, python):
+            for text in expected:
+                assert text in worker.log, (worker.name, text)
+            for text in absent:
+                assert text not in worker.log, (worker.name, text)
+        swift_critical, python_critical = critical_lines(swift.log), critical_lines(python.log)
+        assert len(swift_critical) == len(python_critical) == 1, (swift_critical, python_critical)
+        if UNRECOVERABLE in swift_critical[0]:
+            assert python_critical[0].startswith(UNRECOVERABLE)
+        else:
+            assert swift_critical == python_critical
+    finally:
+        stop_both(swift, python)
+
+
+def test_a_broker_lost_with_retries_off_stops_the_worker_and_loses_nothing(request, tmp_path):
+    """broker_connection_retry: false. The consumer's connection is killed while one task runs and two wait: the
+    worker logs Celery's line, finishes the running task, gives the waiting ones back and exits 1, as a Python worker
+    with the same setting stops. A new worker then runs what was given back."""
+    server = RedisProcess().start()
+    broker, backend = server.url(1), server.url(0)
+    swift, python = pair(request, tmp_path, broker, backend, {"broker_connection_retry": False},
+                         swift_args=("-c", "1", "--prefetch-multiplier", "4"), python_args=("-Q", "pyqueue", "-P", "solo"))
+    after = running = waiting = None
+    try:
+        swift.wait_ready()
+        python.wait_ready()
+        from clientapp import make_app
+
+        app = make_app(broker, backend)
+        running = app.tasks["tasks.sleep"].delay(1.5)
+        waiting = [app.tasks["tasks.add"].delay(i, i) for i in range(2)]
+        swift.wait_for_log("received", count=3)
+        swift.wait_for_log(f"[{running.id}] received")
+        time.sleep(0.2)  # the fetch loop is back in its blocking pop
+        killed = redis_lib.Redis.from_url(broker).client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 2
+        assert exit_status(swift, 20) == 1
+        assert exit_status(python, 20) == 1
+        line = ("Retrying to re-establish a connection to the message broker after a connection loss has been disabled "
+                "(app.conf.broker_connection_retry=False). Shutting down...")
+        assert critical_lines(swift.log) == [line]
+        assert critical_lines(python.log) == [line]
+        assert running.get(timeout=5) == 1.5  # finished in the warm shutdown
+        after = WorkerProcess(["--broker", broker, "--result-backend", backend], tmp_path / "after.log").wait_ready()
+        assert [r.get(timeout=10) for r in waiting] == [0, 2]
+        unacked = redis_lib.Redis.from_url(broker)
+        assert unacked.hlen("unacked") == 0 and unacked.llen("celery") == 0
+    finally:
+        stop_both(swift, python, *([after] if after else []))
+        # The client's results unsubscribe when collected: now, while their Redis still runs (Celery 5.3 retries
+        # for half a minute otherwise).
+        running = waiting = None
+        gc.collect()
+        server.stop()
+
+
+def test_a_broker_down_mid_run_is_given_up_on_after_max_retries_as_python_does(request, tmp_path):
+    server = RedisProcess().start()
+    swift, python = pair(request, tmp_path, server.url(1), server.url(0), {"broker_connection_max_retries": 1},
+                         python_args=("-P", "solo"))
+    try:
+        swift.wait_ready()
+        python.wait_ready()
+        server.stop()
+        assert exit_status(swift, 20) == 1
+        assert exit_status(python, 30) == 1
+        for worker in (swift, python):
+            log = worker.log
+            assert "consumer: Connection to broker lost. Trying to re-establish the connection..." in log, worker.name
+            assert "Trying again in 2.00 seconds... (1/1)" in log, worker.name
+            assert "(2/1)" not in log, worker.name
+            assert [line.startswith(UNRECOVERABLE) for line in critical_lines(log)] == [True], worker.name
+    finally:
+        stop_both(swift, python)
+
+
+def test_the_retry_count_starts_afresh_after_each_reconnection(start_worker, tmp_path):
+    """broker_connection_max_retries counts failed attempts in a row, as Celery's consumer does: two outages that
+    each take one failed attempt do not add up to two."""
+    server = RedisProcess().start()
+    config = tmp_path / "retry.yaml"
+    config.write_text("broker_connection_max_retries: 1\n")
+    worker = start_worker("--config", str(config), broker=server.url(1), backend=server.url(0))
+    try:
+        for outage in (1, 2):
+            server.proc.terminate()
+            server.proc.wait(5)
+            worker.wait_for_log("Trying again in 2.00 seconds... (1/1)", count=outage, timeout=10)
+            server.start()
+            worker.wait_for_log("Connected to", count=1 + outage, timeout=10)
+        from clientapp import make_app
+
+        app = make_app(server.url(1), server.url(0))
+        assert app.tasks["tasks.add"].delay(5, 5).get(timeout=10) == 10
+        assert worker.alive() and "CRITICAL" not in worker.log
+        assert worker.stop() == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"broker_connection_timeout": 7.5, "broker_connection_max_retries": None, "broker_connection_retry_on_startup": True,
+     "broker_connection_retry": False},
+], ids=["defaults", "set"])
+def test_stats_and_conf_show_the_connection_settings_as_python_does(request, tmp_path, redis_urls, make_app, settings):
+    swift, python = pair(request, tmp_path, redis_urls["broker"], redis_urls["backend"], settings,
+                         swift_args=("-Q", "retryswift", "-n", "retryswift@%h"),
+                         python_args=("-Q", "retrypy", "-n", "retrypy@%h", "-P", "solo"))
+    try:
+        swift.wait_ready()
+        python.wait_ready()
+        app = make_app()
+        keys = ["broker_connection_timeout", "broker_connection_max_retries", "broker_connection_retry_on_startup",
+                "broker_connection_retry"]
+        # Python's `conf` leaves out what is at Celery's default; the Swift worker's shows every setting in effect.
+        from celery import Celery
+
+        defaults = Celery(set_as_current=False).conf
+        shown = {}
+        for prefix in ("retryswift", "retrypy"):
+            node = answering(app, prefix + "@")
+            inspect = app.control.inspect(destination=[node], timeout=2)
+            conf = inspect.conf()[node]
+            if prefix == "retryswift":
+                assert all(key in conf for key in keys), conf
+            shown[prefix] = ({key: conf.get(key, defaults[key]) for key in keys},
+                             inspect.stats()[node]["broker"]["connect_timeout"])
+        assert shown["retryswift"] == shown["retrypy"], shown
+        assert shown["retryswift"][1] == settings.get("broker_connection_timeout", 4)
+    finally:
+        stop_both(swift, python)
