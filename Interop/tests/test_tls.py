@@ -2,7 +2,9 @@
 against a real `redis-server` that speaks only TLS to its clients and asks each for a certificate. Python's Celery
 client and worker on one side, the Swift worker on the other."""
 import gc
+import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 import redis as redis_lib
 from celery import Celery
 
-from conftest import WORKER_BINARY, PythonWorker, answering, remember
+from conftest import WORKER_BINARY, PythonWorker, answering, eventually, remember
 from redisproc import RedisProcess, free_port
 
 
@@ -212,3 +214,66 @@ def test_openssl_is_loaded_only_by_a_worker_that_speaks_tls(tls, start_worker):
     maps = lambda worker: Path(f"/proc/{worker.proc.pid}/maps").read_text()  # noqa: E731
     assert "libssl.so" not in maps(plain) and "libcrypto.so" not in maps(plain)
     assert "libssl.so" in maps(secure)
+
+
+@pytest.fixture
+def tls_sentinel(certificates, tmp_path):
+    """A master that speaks TLS to its clients (its certificate names 127.0.0.1, the address a Sentinel gives), and
+    a Sentinel that speaks only TLS, to its clients and to the master; both ask clients for a certificate."""
+    if not (certificates / "address.crt").exists():
+        issue(certificates, "address", "/CN=127.0.0.1", "ca", "subjectAltName=IP:127.0.0.1")
+    files = {"cert": certificates / "address.crt", "key": certificates / "address.key", "ca-cert": certificates / "ca.crt"}
+    tls_port = free_port()
+    master = RedisProcess(args=("--tls-port", str(tls_port), *[a for k, v in files.items() for a in (f"--tls-{k}-file", str(v))]))
+    master.start()
+    sentinel_port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(f"port 0\ntls-port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\ntls-replication yes\nlogfile {tmp_path / 'sentinel.log'}\n"
+                      + "".join(f"tls-{k}-file {v}\n" for k, v in files.items())
+                      + f"sentinel monitor mymaster 127.0.0.1 {tls_port} 1\n")
+    sentinel = subprocess.Popen([shutil.which("redis-server"), str(config), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ask = redis_lib.Redis(host="127.0.0.1", port=sentinel_port, ssl=True, ssl_ca_certs=str(certificates / "ca.crt"),
+                          ssl_certfile=str(certificates / "client.crt"), ssl_keyfile=str(certificates / "client.key"))
+
+    def knows_master():
+        try:
+            return ask.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster") is not None
+        except redis_lib.RedisError:
+            return False
+
+    try:
+        assert eventually(knows_master, 10), "the TLS Sentinel did not start"
+        yield sentinel_port
+    finally:
+        sentinel.terminate()
+        sentinel.wait(10)
+        master.stop()
+
+
+def test_sentinel_over_tls_to_the_sentinels_and_the_master(tls_sentinel, certificates, start_worker, tmp_path):
+    """sentinel:// with TLS everywhere, as kombu and Celery take it: `sentinel_kwargs: {ssl: true, ssl_*: …}` for the
+    Sentinels (redis-py's keyword arguments), `broker_use_ssl` / `redis_backend_use_ssl` for the master it names.
+    A worker without TLS to the Sentinel logs that none gave the master's address, and tries again."""
+    files = {"ssl_ca_certs": str(certificates / "ca.crt"), "ssl_certfile": str(certificates / "client.crt"),
+             "ssl_keyfile": str(certificates / "client.key")}
+    options = {"master_name": "mymaster", "sentinel_kwargs": {"ssl": True, **files}}
+    settings = {"broker_transport_options": options, "result_backend_transport_options": options,
+                "broker_use_ssl": {"ssl_cert_reqs": "required", **files},
+                "redis_backend_use_ssl": {"ssl_cert_reqs": "required", **files}}
+    broker, backend = f"sentinel://127.0.0.1:{tls_sentinel}/1", f"sentinel://127.0.0.1:{tls_sentinel}/0"
+    config = tmp_path / "sentinel-tls.json"
+    config.write_text(json.dumps(settings))
+    start_worker("--config", str(config), "-n", "sentineltls@%h", broker=broker, backend=backend)
+    plain = tmp_path / "sentinel-plain.json"
+    plain.write_text(json.dumps({**settings, "broker_transport_options": {"master_name": "mymaster"}}))
+    refused = start_worker("--config", str(plain), "-n", "plainsentinel@%h", broker=broker, backend=backend, ready=False)
+    app = Celery("sentinel-tls-client", broker=broker, backend=backend)
+    app.conf.update(settings)
+    try:
+        assert app.send_task("tasks.add", (20, 22)).get(timeout=15) == 42
+        assert answering(app, "sentineltls@").startswith("sentineltls@")
+        refused.wait_for_log("no Sentinel gave the address of master 'mymaster'", count=2)
+        assert refused.alive()
+    finally:
+        app.close()

@@ -224,10 +224,12 @@ struct WorkerCommand: AsyncParsableCommand {
         backendURL?.sentinelMaster = file.resultSentinelMaster
         // Celery's broker_connection_timeout, 4 s by default.
         brokerURL.connectTimeout = file.brokerConnectionTimeout ?? 4
-        brokerURL.sentinelUsername = file.brokerSentinelCredentials?.username
-        brokerURL.sentinelPassword = file.brokerSentinelCredentials?.password
-        backendURL?.sentinelUsername = file.resultSentinelCredentials?.username
-        backendURL?.sentinelPassword = file.resultSentinelCredentials?.password
+        brokerURL.sentinelUsername = file.brokerSentinelOptions?.username
+        brokerURL.sentinelPassword = file.brokerSentinelOptions?.password
+        brokerURL.sentinelTLS = file.brokerSentinelOptions?.tls
+        backendURL?.sentinelUsername = file.resultSentinelOptions?.username
+        backendURL?.sentinelPassword = file.resultSentinelOptions?.password
+        backendURL?.sentinelTLS = file.resultSentinelOptions?.tls
         if case .sentinel = brokerURL.endpoint, brokerURL.sentinelMaster == nil {
             throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
         }
@@ -242,8 +244,7 @@ struct WorkerCommand: AsyncParsableCommand {
                 tlsWarnings.append(warning)
             }
             // Certificate and key files are read now, so a wrong path stops the worker at start.
-            try brokerURL.tls?.validate()
-            try backendURL?.tls?.validate()
+            for tls in [brokerURL.tls, brokerURL.sentinelTLS, backendURL?.tls, backendURL?.sentinelTLS] { try tls?.validate() }
         } catch {
             throw ValidationError(error.message)
         }
@@ -316,6 +317,10 @@ struct WorkerCommand: AsyncParsableCommand {
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
         configuration.workerDirect = file.workerDirect ?? false
+        let kombu = RedisTransportOptions()
+        configuration.brokerTransport = RedisTransportOptions(
+            separator: file.brokerSeparator ?? kombu.separator, prioritySteps: file.brokerPrioritySteps ?? kombu.prioritySteps,
+            queueOrder: file.brokerQueueOrder ?? kombu.queueOrder)
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
@@ -393,7 +398,9 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let worker = CeleryWorkerService(
             configuration: configuration, registry: registry, logger: logger, metricsFactory: metricsFactory)
-        let signals = SignalWatcher(logger: logger)
+        // Trapped before the worker starts: a SIGTERM right after "ready." is a warm shutdown, not the default action
+        // (seen in CI under load, when the watcher's own start came after the worker's).
+        let signals = SignalWatcher(logger: logger, signals: await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -458,9 +465,11 @@ final class SignalWatcher: Service {
 
     private let state = Mutex(State())
     let logger: Logger
+    let signals: UnixSignalsSequence
 
-    init(logger: Logger) {
+    init(logger: Logger, signals: UnixSignalsSequence) {
         self.logger = logger
+        self.signals = signals
     }
 
     func attach(_ group: ServiceGroup) {
@@ -470,7 +479,6 @@ final class SignalWatcher: Service {
     var exitCode: Int32 { state.withLock { $0.exitCode } }
 
     func run() async throws {
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit)
         for await signal in signals.cancelOnGracefulShutdown() {
             let (group, alreadyWarm) = state.withLock { state -> (ServiceGroup?, Bool) in
                 let previous = state.warm

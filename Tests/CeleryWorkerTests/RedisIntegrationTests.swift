@@ -195,10 +195,11 @@ struct RedisBrokerTests {
         #expect(RedisBroker.list(for: "celery", priority: 5) == "celery" + Self.separator + "3")
         #expect(RedisBroker.list(for: "celery", priority: 10) == "celery" + Self.separator + "9")
         #expect(RedisBroker.list(for: "celery", priority: -3) == "celery")
-        for (queue, priority) in [("celery", 0), ("celery", 9), ("größe", 3), ("a\u{06}b", 6), ("", 9)] {
-            #expect(RedisBroker.queue(ofList: RedisBroker.list(for: queue, priority: priority)) == queue)
+        let kombu = RedisTransportOptions()
+        for (queue, priority) in [("celery", 0), ("celery", 9), ("größe", 3), ("a\u{06}b", 6), ("", 9), ("q3", 0), ("q\u{06}\u{16}5", 0)] {
+            #expect(kombu.queue(ofList: RedisBroker.list(for: queue, priority: priority)) == queue)
             for prefix in ["tenant1:", "\u{06}\u{16}", "ü"] {
-                #expect(RedisBroker.queue(ofList: RedisBroker.list(for: queue, priority: priority, prefix: prefix), prefix: prefix) == queue)
+                #expect(kombu.queue(ofList: RedisBroker.list(for: queue, priority: priority, prefix: prefix), prefix: prefix) == queue)
             }
         }
         for (priority, name) in [(9, "p9"), (0, "p0"), (5, "p5"), (3, "p3"), (8, "p8"), (1, "p1")] {
@@ -452,6 +453,36 @@ extension RedisBrokerTests {
         } else {
             #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(0))
         }
+    }
+
+    @Test("kombu's sep, priority_steps and queue_order_strategy name the lists and order the queues")
+    func transportOptions() async throws {
+        let steps = RedisTransportOptions(separator: ":", prioritySteps: Array(0...9), queueOrder: .priority)
+        #expect(steps.list(for: "celery", priority: 0) == "celery" && steps.list(for: "celery", priority: 7) == "celery:7")
+        #expect(steps.list(for: "celery", priority: 12) == "celery:9")
+        for (queue, priority) in [("celery", 4), ("a:b", 0), ("a:b", 3), ("x:10", 0), ("v2", 2)] {
+            #expect(steps.queue(ofList: steps.list(for: queue, priority: priority, prefix: "p:"), prefix: "p:") == queue)
+        }
+        #expect(steps.bindingMember(routingKey: "rk", queue: "q") == "rk::q")
+        #expect(steps.boundQueue(member: "rk::q", routingKey: "rk") == "q" && steps.boundQueue(member: "rk::q", routingKey: "x") == nil)
+        // As kombu's bisect: a priority below every step takes the last.
+        #expect(RedisTransportOptions(prioritySteps: [2, 5]).step(for: 0) == 5)
+        #expect(RedisTransportOptions(prioritySteps: [2, 5]).step(for: 4) == 2)
+        // The consumption order: sorted by name, or as given; round robin rotates, the others do not.
+        var sorted = RedisBroker.FetchOrder(prefix: "", transport: RedisTransportOptions(queueOrder: .sorted))
+        sorted.set(["b", "a"])
+        #expect(sorted.lists.prefix(2) == ["a", "b"])
+        sorted.moveToEnd("a")
+        #expect(sorted.lists.prefix(2) == ["a", "b"])
+        var priority = RedisBroker.FetchOrder(prefix: "", transport: steps)
+        priority.set(["b", "a"])
+        #expect(priority.lists.count == 20 && priority.lists.prefix(4) == ["b", "a", "b:1", "a:1"])
+        priority.moveToEnd("b")
+        #expect(priority.lists.prefix(2) == ["b", "a"])
+        var roundRobin = RedisBroker.FetchOrder(prefix: "", transport: RedisTransportOptions())
+        roundRobin.set(["b", "a"])
+        roundRobin.moveToEnd("b")
+        #expect(roundRobin.lists.prefix(2) == ["a", "b"])
     }
 
     @Test("restore of a message published to a named exchange follows the binding table")

@@ -156,12 +156,33 @@ struct CelerySettingsTests {
             broker_transport_options: {master_name: m, sentinel_kwargs: {password: s3cret, socket_timeout: 1}}
             result_backend_transport_options: {master_name: m, sentinel_kwargs: {username: u, password: p}}
             """, source: "s.yaml")
-        #expect(settings.brokerSentinelCredentials == .init(password: "s3cret"))
-        #expect(settings.resultSentinelCredentials == .init(username: "u", password: "p"))
+        #expect(settings.brokerSentinelOptions == .init(password: "s3cret"))
+        #expect(settings.resultSentinelOptions == .init(username: "u", password: "p"))
         #expect(
             settings.warnings == [
-                "s.yaml: broker_transport_options.sentinel_kwargs 'socket_timeout' is ignored (the worker takes username and password)"
+                "s.yaml: broker_transport_options.sentinel_kwargs 'socket_timeout' is ignored (the worker takes username, password, ssl and ssl_*)"
             ])
+        // TLS to the Sentinels: ssl: true, with redis-py's defaults or ssl_* settings; ssl_* alone are ignored.
+        let secure = try CelerySettings.parse(
+            """
+            broker_transport_options: {sentinel_kwargs: {ssl: true}}
+            result_backend_transport_options: {sentinel_kwargs: {ssl: true, ssl_ca_certs: /ca.pem, ssl_cert_reqs: none, password: p}}
+            """, source: "t.yaml")
+        #expect(secure.brokerSentinelOptions == .init(tls: RedisTLS()))
+        #expect(secure.brokerSentinelOptions?.tls?.requirement == .required)
+        #expect(
+            secure.resultSentinelOptions
+                == .init(
+                    password: "p", tls: RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none, caCertificates: "/ca.pem")))
+        let plain = try CelerySettings.parse("broker_transport_options: {sentinel_kwargs: {ssl_ca_certs: /ca.pem}}", source: "p.yaml")
+        #expect(plain.brokerSentinelOptions == nil)
+        #expect(
+            plain.warnings == [
+                "p.yaml: broker_transport_options.sentinel_kwargs ssl_* settings are ignored without ssl: true, as redis-py ignores them"
+            ])
+        #expect(throws: CeleryWorkerError.self) {
+            try CelerySettings.parse("broker_transport_options: {sentinel_kwargs: {ssl: true, ssl_cert_reqs: maybe}}", source: "s.yaml")
+        }
         #expect(throws: CeleryWorkerError.self) {
             try CelerySettings.parse("broker_transport_options: {sentinel_kwargs: {password: [1]}}", source: "s.yaml")
         }

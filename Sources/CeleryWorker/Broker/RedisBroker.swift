@@ -5,10 +5,8 @@ import Synchronization
 /// sub-queues, and every delivered message is recorded in the `unacked` hash and `unacked_index` sorted set until
 /// it is acknowledged.
 public final class RedisBroker: Broker {
-    /// kombu's separator between a queue name and its priority step: `\x06\x16`.
-    public static let separator = "\u{06}\u{16}"
-    /// kombu's default `priority_steps` on Redis.
-    public static let priorityBuckets = [0, 3, 6, 9]
+    /// kombu's `sep`, `priority_steps` and `queue_order_strategy`.
+    public let transport: RedisTransportOptions
 
     let blocking: RedisClient
     let commands: RedisClient
@@ -32,8 +30,11 @@ public final class RedisBroker: Broker {
     ///   - blocking: the connection used only for `BRPOP`.
     ///   - commands: the connection for bookkeeping (`unacked`), acks and restores.
     ///   - keyPrefix: kombu's `global_keyprefix`.
-    public convenience init(blocking: RedisClient, commands: RedisClient, keyPrefix: String = "") {
-        self.init(blocking: blocking, commands: commands, records: nil, keyPrefix: keyPrefix)
+    ///   - transport: kombu's `sep`, `priority_steps` and `queue_order_strategy`.
+    public convenience init(
+        blocking: RedisClient, commands: RedisClient, keyPrefix: String = "", transport: RedisTransportOptions = RedisTransportOptions()
+    ) {
+        self.init(blocking: blocking, commands: commands, records: nil, keyPrefix: keyPrefix, transport: transport)
     }
 
     /// - Parameter records: where a blocking pop's record goes out, not waited for: the result backend's client when
@@ -45,15 +46,16 @@ public final class RedisBroker: Broker {
     ///   back within a round trip, a tenth of a millisecond or so on one machine.
     init(
         blocking: RedisClient, commands: RedisClient, records: RedisClient?, idleAfter: Duration = .milliseconds(1),
-        keyPrefix: String = ""
+        keyPrefix: String = "", transport: RedisTransportOptions = RedisTransportOptions()
     ) {
         self.blocking = blocking
         self.commands = commands
         self.keyPrefix = keyPrefix
+        self.transport = transport
         unackedKey = keyPrefix + "unacked"
         unackedIndexKey = keyPrefix + "unacked_index"
         mutexKey = keyPrefix + "unacked_mutex"
-        rotation = Mutex(FetchOrder(prefix: keyPrefix))
+        rotation = Mutex(FetchOrder(prefix: keyPrefix, transport: transport))
         self.records = records ?? blocking
         self.idleAfter = idleAfter
     }
@@ -62,23 +64,19 @@ public final class RedisBroker: Broker {
     /// and the decoding of what it brought happen on one thread, beside the worker's own.
     var fetchExecutor: any TaskExecutor { blocking.lane }
 
-    /// The list that holds messages of `priority` for `queue` (priority clamped to 0…9, then the largest step
-    /// not above it), behind `prefix` (the ``keyPrefix``).
+    /// The list that holds messages of `priority` for `queue` with kombu's default `priority_steps` (priority
+    /// clamped to 0…9, then the largest step not above it), behind `prefix` (the ``keyPrefix``).
     public static func list(for queue: String, priority: Int, prefix: String = "") -> String {
-        let clamped = min(max(priority, 0), 9)
-        let step = priorityBuckets.last(where: { $0 <= clamped }) ?? 0
-        return step == 0 ? prefix + queue : prefix + queue + separator + String(step)
+        RedisTransportOptions().list(for: queue, priority: priority, prefix: prefix)
     }
 
     public func declare(queues: [String], bindings: [String: QueueBinding]) async throws(CeleryWorkerError) {
         rotation.withLock { $0.set(queues) }
         for queue in queues {
-            let lengths = Self.priorityBuckets.map {
-                RedisCommand("LLEN", RedisArgument(Self.list(for: queue, priority: $0, prefix: keyPrefix)))
-            }
+            let lengths = transport.lists(of: queue, prefix: keyPrefix).map { RedisCommand("LLEN", RedisArgument($0)) }
             try await commands.transaction(lengths)
             let binding = bindings[queue] ?? .named(queue)
-            let member = RedisArgument(binding.routingKey + Self.separator + Self.separator + queue)
+            let member = RedisArgument(transport.bindingMember(routingKey: binding.routingKey, queue: queue))
             try await commands.transaction([
                 RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding.\(binding.exchange)"), member),
                 RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding_permanent.\(binding.exchange)"), member),
@@ -90,7 +88,7 @@ public final class RedisBroker: Broker {
     /// delivered and unacknowledged), counting them as kombu's `_purge` does (`LLEN` and `DEL` per list, in one
     /// transaction). Returns how many were deleted.
     public func purge(queues: [String]) async throws(CeleryWorkerError) -> Int {
-        let lists = queues.flatMap { queue in Self.priorityBuckets.map { Self.list(for: queue, priority: $0, prefix: keyPrefix) } }
+        let lists = queues.flatMap { queue in transport.lists(of: queue, prefix: keyPrefix) }
         let replies = try await commands.transaction(
             lists.flatMap { [RedisCommand("LLEN", RedisArgument($0)), RedisCommand("DEL", RedisArgument($0))] })
         return stride(from: 0, to: replies.count, by: 2).reduce(0) { total, index in total + Int(replies[index].integer ?? 0) }
@@ -125,9 +123,11 @@ public final class RedisBroker: Broker {
     struct FetchOrder {
         /// The broker's ``RedisBroker/keyPrefix``, in front of every list.
         let prefix: String
+        /// The priority steps, and whether the order rotates.
+        let transport: RedisTransportOptions
         private(set) var queues: [String] = []
-        /// Every priority list of the queues in consumption order, prefixed: step 0 (kombu's highest priority) of
-        /// every queue, then step 3, and so on.
+        /// Every priority list of the queues in consumption order, prefixed: the first step (kombu's highest
+        /// priority) of every queue, then the next, and so on.
         private(set) var lists: [String] = []
         /// `BRPOP` of `lists`, with a timeout of one second.
         private(set) var brpop = RedisCommand([])
@@ -135,34 +135,21 @@ public final class RedisBroker: Broker {
         mutating func set(_ queues: [String]) {
             self.queues = queues
             lists = []
-            for bucket in RedisBroker.priorityBuckets {
-                for queue in queues { lists.append(RedisBroker.list(for: queue, priority: bucket, prefix: prefix)) }
+            let ordered = transport.consumptionOrder(queues)
+            for step in transport.prioritySteps {
+                for queue in ordered { lists.append(transport.list(for: queue, priority: step, prefix: prefix)) }
             }
             brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
         }
 
-        /// kombu's rotation: the queue that just delivered goes last.
+        /// kombu's rotation: the queue that just delivered goes last (in round robin only).
         mutating func moveToEnd(_ queue: String) {
-            guard let position = queues.firstIndex(of: queue), position != queues.count - 1 else { return }
+            guard transport.queueOrder == .roundRobin, let position = queues.firstIndex(of: queue), position != queues.count - 1 else { return }
             var rotated = queues
             rotated.remove(at: position)
             rotated.append(queue)
             set(rotated)
         }
-    }
-
-    /// The queue a list belongs to: the list name without `prefix` (``keyPrefix``) and its priority suffix.
-    static func queue(ofList list: String, prefix: String = "") -> String {
-        // Byte-wise over the contiguous UTF-8: the separator is two ASCII control bytes, and Foundation's
-        // `range(of:)`, or walking `String.UTF8View` indices, is slow here.
-        var list = list
-        let start = prefix.isEmpty || !list.hasPrefix(prefix) ? 0 : prefix.utf8.count
-        let end = list.withUTF8 { bytes -> Int? in
-            guard bytes.count >= start + 2 else { return nil }
-            return (start..<bytes.count - 1).first { bytes[$0] == 0x06 && bytes[$0 + 1] == 0x16 }
-        }
-        if start == 0, end == nil { return list }
-        return String(decoding: list.utf8.dropFirst(start).prefix((end ?? list.utf8.count) - start), as: UTF8.self)
     }
 
     /// kombu's record of a message in `unacked`, as one request in Redis's protocol (four commands, four replies):
@@ -329,7 +316,7 @@ public final class RedisBroker: Broker {
             let info = envelope.deliveryInfo
             return (tag, info.exchange, info.routingKey)
         }
-        let queue = Self.queue(ofList: list, prefix: keyPrefix)
+        let queue = transport.queue(ofList: list, prefix: keyPrefix)
         guard let fields = found ?? KombuEnvelope.deliveryFields(of: raw) else {
             return (BrokerDelivery(raw: raw, queue: queue, receivedAt: receivedAt, deliveryTag: nil, decoded: envelope), nil)
         }
@@ -364,7 +351,7 @@ public final class RedisBroker: Broker {
             // The tag is the one the message was recorded under; the worker decodes the envelope when it receives it.
             popped.append(
                 BrokerDelivery(
-                    raw: raw, queue: Self.queue(ofList: lists[Int(position) - 1], prefix: keyPrefix), receivedAt: receivedAt,
+                    raw: raw, queue: transport.queue(ofList: lists[Int(position) - 1], prefix: keyPrefix), receivedAt: receivedAt,
                     deliveryTag: items[index + 2].text))
         }
         return popped
@@ -467,7 +454,7 @@ public final class RedisBroker: Broker {
 
     public func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
         try await commands.send(
-            RedisCommand("LPUSH", RedisArgument(Self.list(for: queue, priority: priority, prefix: keyPrefix)), RedisArgument(envelope)))
+            RedisCommand("LPUSH", RedisArgument(transport.list(for: queue, priority: priority, prefix: keyPrefix)), RedisArgument(envelope)))
     }
 
     public func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {
@@ -492,7 +479,7 @@ public final class RedisBroker: Broker {
     /// stored message back, marked redelivered, to the list for its queue and priority. Tried again when another
     /// client changed `unacked` in between (redis-py's `transaction` does the same).
     func restore(tag: String, atFront: Bool) async throws(CeleryWorkerError) {
-        let (unackedKey, unackedIndexKey, keyPrefix) = (self.unackedKey, self.unackedIndexKey, self.keyPrefix)
+        let (unackedKey, unackedIndexKey, keyPrefix, transport) = (self.unackedKey, self.unackedIndexKey, self.keyPrefix, self.transport)
         for _ in 0..<10 {
             // WATCH … EXEC holds the connection throughout, so no other command can slip in and clear the WATCH.
             let done = try await commands.withConnection { connection throws(CeleryWorkerError) -> Bool in
@@ -507,9 +494,9 @@ public final class RedisBroker: Broker {
                 ]
                 if watched.count == 2, let stored = watched[1].bytes, let record = Self.restoreRecord(stored) {
                     let queues = try Self.lookup(
-                        exchange: record.exchange, routingKey: record.routingKey, prefix: keyPrefix, on: connection)
+                        exchange: record.exchange, routingKey: record.routingKey, prefix: keyPrefix, transport: transport, on: connection)
                     for queue in queues {
-                        let list = Self.list(for: queue, priority: record.priority, prefix: keyPrefix)
+                        let list = transport.list(for: queue, priority: record.priority, prefix: keyPrefix)
                         batch.append(RedisCommand(atFront ? "RPUSH" : "LPUSH", RedisArgument(list), RedisArgument(record.envelope)))
                     }
                 }
@@ -531,23 +518,22 @@ public final class RedisBroker: Broker {
     /// anonymous exchange (every task message), else the direct bindings in `_kombu.binding.<exchange>`.
     func lookup(exchange: String, routingKey: String) async throws(CeleryWorkerError) -> [String] {
         guard !exchange.isEmpty else { return [routingKey] }
-        return try await commands.withConnection { [keyPrefix] connection throws(CeleryWorkerError) in
-            try Self.lookup(exchange: exchange, routingKey: routingKey, prefix: keyPrefix, on: connection)
+        return try await commands.withConnection { [keyPrefix, transport] connection throws(CeleryWorkerError) in
+            try Self.lookup(exchange: exchange, routingKey: routingKey, prefix: keyPrefix, transport: transport, on: connection)
         }
     }
 
     /// ``lookup(exchange:routingKey:)`` on a connection already held; `prefix` is the ``keyPrefix``, the queues
-    /// come back without it.
+    /// come back without it; `transport` has the separator of the binding members.
     static func lookup(
-        exchange: String, routingKey: String, prefix: String, on connection: RedisConnection
+        exchange: String, routingKey: String, prefix: String, transport: RedisTransportOptions, on connection: RedisConnection
     ) throws(CeleryWorkerError) -> [String] {
         guard !exchange.isEmpty else { return [routingKey] }
         let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)"))])
         var queues: [String] = []
         for member in reply.first?.array ?? [] {
-            guard let text = member.text else { continue }
-            let parts = text.components(separatedBy: separator)
-            if parts.count == 3, parts[0] == routingKey, !queues.contains(parts[2]) { queues.append(parts[2]) }
+            guard let text = member.text, let queue = transport.boundQueue(member: text, routingKey: routingKey) else { continue }
+            if !queues.contains(queue) { queues.append(queue) }
         }
         return queues.isEmpty ? [deadLetterQueue] : queues
     }

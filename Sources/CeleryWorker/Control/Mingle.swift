@@ -71,7 +71,7 @@ extension WorkerRun {
         let ticket = UUID().uuidString.lowercased()
         let exchange = "reply.celery.pidbox"
         let queue = "\(oid).\(exchange)"
-        let member = [oid, "", queue].joined(separator: RedisBroker.separator)
+        let member = configuration.brokerTransport.bindingMember(routingKey: oid, queue: queue)
         // The binding as kombu's `_queue_bind` makes it, kept from kombu 5.7's sweep of binding tables while it is
         // listed as permanent.
         let bindings = ["\(prefix)_kombu.binding.\(exchange)", "\(prefix)_kombu.binding_permanent.\(exchange)"]

@@ -172,10 +172,9 @@ extension WorkerRun {
             let prefix = configuration.brokerKeyPrefix
             let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)")))
             for member in members.array ?? [] {
-                guard let text = member.text else { continue }
-                let parts = text.components(separatedBy: RedisBroker.separator)
-                guard parts.count == 3, parts[0] == routingKey else { continue }
-                try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + parts[2]), RedisArgument(answer.encoded())))
+                guard let text = member.text, let queue = configuration.brokerTransport.boundQueue(member: text, routingKey: routingKey)
+                else { continue }
+                try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + queue), RedisArgument(answer.encoded())))
             }
         } catch {
             logger.warning("Cannot reply to remote control \(method): \(error.message)")
@@ -354,6 +353,20 @@ extension WorkerRun {
         return ["ok": "time limits set successfully"]
     }
 
+    /// The broker's transport options as Celery's settings show them: the visibility timeout, and kombu's `sep`,
+    /// `priority_steps` and `queue_order_strategy` where they are not kombu's defaults.
+    private var transportOptions: CeleryObject {
+        let transport = configuration.brokerTransport
+        let kombu = RedisTransportOptions()
+        var options: CeleryObject = ["visibility_timeout": .double(configuration.visibilityTimeout)]
+        if transport.separator != kombu.separator { options["sep"] = .string(transport.separator) }
+        if transport.prioritySteps != kombu.prioritySteps {
+            options["priority_steps"] = .array(transport.prioritySteps.map { .int(Int64($0)) })
+        }
+        if transport.queueOrder != kombu.queueOrder { options["queue_order_strategy"] = .string(transport.queueOrder.rawValue) }
+        return options
+    }
+
     /// Python's `conf`: the settings in effect, under Celery's lowercase names (passwords masked).
     private func conf() -> CeleryValue {
         let configuration = self.configuration
@@ -382,7 +395,7 @@ extension WorkerRun {
             "task_routes": configuration.taskRoutes.value ?? .null,
             "task_acks_on_timeout": .bool(configuration.acksOnTimeout),
             "worker_send_task_events": .bool(service.events?.sendsTaskEvents ?? configuration.sendTaskEvents),
-            "broker_transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
+            "broker_transport_options": .object(transportOptions),
             "broker_connection_retry": .bool(configuration.brokerConnectionRetry.retry),
             "broker_connection_retry_on_startup": configuration.brokerConnectionRetry.retryOnStartup.map(CeleryValue.bool) ?? .null,
             "broker_connection_max_retries": configuration.brokerConnectionRetry.maxRetries.map { .int(Int64($0)) } ?? .null,
@@ -574,7 +587,7 @@ extension WorkerRun {
             "userid": url.username.map { .string($0) } ?? .null,
             "insist": false, "ssl": url.tls.map { .object($0.celeryObject) } ?? false, "login_method": .null, "uri_prefix": .null,
             "connect_timeout": Self.seconds(url.connectTimeout ?? Double(RedisConnection.defaultConnectTimeout.components.seconds)),
-            "transport_options": ["visibility_timeout": .double(configuration.visibilityTimeout)],
+            "transport_options": .object(transportOptions),
             "heartbeat": .null, "failover_strategy": "round-robin", "alternates": [], "credential_provider": .null,
         ]
         if case .tcp(let host, let port) = url.endpoint {

@@ -460,7 +460,8 @@ final class RedisConnection: @unchecked Sendable {
         case .sentinel(let nodes):
             // Asked again at every connection, so a connection lost in a failover reopens to the new master.
             let (host, port) = try Self.master(
-                named: url.sentinelMaster, askingEachOf: nodes, as: (url.sentinelUsername, url.sentinelPassword), timeout: timeout)
+                named: url.sentinelMaster, askingEachOf: nodes, as: (url.sentinelUsername, url.sentinelPassword), tls: url.sentinelTLS,
+                timeout: timeout)
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
             serverHost = host
             target = "master '\(url.sentinelMaster ?? "")' at \(host):\(port) (from \(url))"
@@ -508,7 +509,7 @@ final class RedisConnection: @unchecked Sendable {
     /// redis-py's `Sentinel.discover_master` asks them in order.
     private static func master(
         named name: String?, askingEachOf nodes: [RedisURL.SentinelNode], as credentials: (username: String?, password: String?),
-        timeout: timeval
+        tls: RedisTLS?, timeout: timeval
     ) throws(CeleryWorkerError) -> (host: String, port: Int) {
         guard let name, !name.isEmpty else {
             throw CeleryWorkerError(
@@ -519,13 +520,21 @@ final class RedisConnection: @unchecked Sendable {
         var failures: [String] = []
         for node in nodes {
             guard let raw = redisConnectWithTimeout(node.host, Int32(node.port), timeout) else { continue }
-            defer { redisFree(raw) }
-            let context = Link(raw: raw)
+            var context = Link(raw: raw)
+            defer { context.free() }
             guard raw.pointee.err == 0 else {
                 failures.append("\(node.host):\(node.port): \(Self.error(from: context, code: .connectionFailed, doing: "connect").message)")
                 continue
             }
             redisSetTimeout(raw, timeout)
+            if let tls {
+                do {
+                    context.session = try TLSContext.shared(for: tls).handshake(socket: raw.pointee.fd, host: node.host)
+                } catch {
+                    failures.append("\(node.host):\(node.port): \(error.message)")
+                    continue
+                }
+            }
             /// The node's reply to `command`, or `nil` with the failure recorded (an error reply is one).
             func ask(_ command: RedisCommand, failing prefix: String = "") -> RedisReply? {
                 guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {

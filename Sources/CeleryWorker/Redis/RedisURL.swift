@@ -39,6 +39,9 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// master's, as in kombu.
     public var sentinelUsername: String?
     public var sentinelPassword: String?
+    /// With a ``Endpoint/sentinel(_:)`` endpoint: TLS for the connections to the Sentinels themselves
+    /// (`sentinel_kwargs: {ssl: true, ssl_*: …}`), or `nil` for none; ``tls`` is the master's.
+    public var sentinelTLS: RedisTLS?
     /// TLS for the connection to the server (with Sentinel: to the master), or `nil` for none: set by a `rediss://`
     /// URL or `ssl_*` query parameters, and by Celery's `broker_use_ssl` / `redis_backend_use_ssl`.
     public var tls: RedisTLS?

@@ -57,19 +57,30 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerSentinelMaster: String?
     /// `result_backend_transport_options: {master_name: …}`: the master a `sentinel://` result backend reaches.
     public var resultSentinelMaster: String?
-    /// `broker_transport_options: {sentinel_kwargs: {username: …, password: …}}`: what the Sentinels themselves ask.
-    public var brokerSentinelCredentials: SentinelCredentials?
+    /// `broker_transport_options: {sep: …}`: kombu's separator in list names and binding members.
+    public var brokerSeparator: String?
+    /// `broker_transport_options: {priority_steps: […]}`.
+    public var brokerPrioritySteps: [Int]?
+    /// `broker_transport_options: {queue_order_strategy: …}`.
+    public var brokerQueueOrder: RedisTransportOptions.QueueOrder?
+    /// `broker_transport_options: {sentinel_kwargs: {username: …, password: …, ssl: …}}`: how the worker connects to
+    /// the Sentinels themselves.
+    public var brokerSentinelOptions: SentinelOptions?
     /// `result_backend_transport_options: {sentinel_kwargs: …}`, the same for the result backend's Sentinels.
-    public var resultSentinelCredentials: SentinelCredentials?
+    public var resultSentinelOptions: SentinelOptions?
 
-    /// A user name and password for the Sentinels (redis-py's `sentinel_kwargs`).
-    public struct SentinelCredentials: Sendable, Equatable {
+    /// How to connect to the Sentinels (redis-py's `sentinel_kwargs`): their user name and password, and TLS.
+    public struct SentinelOptions: Sendable, Equatable {
         public var username: String?
         public var password: String?
+        /// `ssl: true`, with any `ssl_*` settings (redis-py's defaults otherwise: the certificate is verified, and
+        /// the host name checked).
+        public var tls: RedisTLS?
 
-        public init(username: String? = nil, password: String? = nil) {
+        public init(username: String? = nil, password: String? = nil, tls: RedisTLS? = nil) {
             self.username = username
             self.password = password
+            self.tls = tls
         }
     }
 
@@ -317,8 +328,21 @@ public struct CelerySettings: Sendable, Equatable {
                     settings.brokerKeyPrefix = try option.string()
                 } else if name == "master_name" {
                     settings.brokerSentinelMaster = try option.string()
+                } else if name == "sep" {
+                    settings.brokerSeparator = try option.string()
+                    if settings.brokerSeparator?.isEmpty == true { throw option.fail("a string of one character or more") }
+                } else if name == "priority_steps" {
+                    guard let steps = value as? [Int], !steps.isEmpty, steps.allSatisfy({ $0 >= 0 }), steps == steps.sorted(),
+                        Set(steps).count == steps.count
+                    else { throw option.fail("a list of priority steps from 0 up, in ascending order, such as [0, 3, 6, 9]") }
+                    settings.brokerPrioritySteps = steps
+                } else if name == "queue_order_strategy" {
+                    guard let order = RedisTransportOptions.QueueOrder(rawValue: try option.string()) else {
+                        throw option.fail("round_robin, priority or sorted")
+                    }
+                    settings.brokerQueueOrder = order
                 } else if name == "sentinel_kwargs" {
-                    settings.brokerSentinelCredentials = try option.sentinelCredentials(warnings: &settings.warnings)
+                    settings.brokerSentinelOptions = try option.sentinelOptions(warnings: &settings.warnings)
                 } else {
                     settings.warnings.append("\(field.source): broker transport option '\(name)' is ignored")
                 }
@@ -348,7 +372,7 @@ public struct CelerySettings: Sendable, Equatable {
                 } else if name == "master_name" {
                     settings.resultSentinelMaster = try option.string()
                 } else if name == "sentinel_kwargs" {
-                    settings.resultSentinelCredentials = try option.sentinelCredentials(warnings: &settings.warnings)
+                    settings.resultSentinelOptions = try option.sentinelOptions(warnings: &settings.warnings)
                 } else {
                     settings.warnings.append("\(field.source): result backend transport option '\(name)' is ignored")
                 }
@@ -444,18 +468,28 @@ extension CelerySettings.Field {
 
     /// `sentinel_kwargs`: the keyword arguments of redis-py's connections to the Sentinels, of which the worker takes
     /// `username` and `password` (others are ignored with a warning).
-    func sentinelCredentials(warnings: inout [String]) throws(CeleryWorkerError) -> CelerySettings.SentinelCredentials? {
+    func sentinelOptions(warnings: inout [String]) throws(CeleryWorkerError) -> CelerySettings.SentinelOptions? {
         guard let options = value as? [String: Any] else { throw fail("a mapping such as {password: …}") }
-        var credentials = CelerySettings.SentinelCredentials()
+        var sentinel = CelerySettings.SentinelOptions()
+        var secure = false
+        var tlsSettings: [String: Any] = [:]
         for (name, value) in options.sorted(by: { $0.key < $1.key }) {
             let option = CelerySettings.Field(source: source, key: "\(key).\(name)", value: value)
             switch name {
-            case "password": credentials.password = try option.string()
-            case "username": credentials.username = try option.string()
-            default: warnings.append("\(source): \(key) '\(name)' is ignored (the worker takes username and password)")
+            case "password": sentinel.password = try option.string()
+            case "username": sentinel.username = try option.string()
+            case "ssl": secure = try option.bool()
+            case _ where RedisTLS.settingNames.contains(name): tlsSettings[name] = value
+            default:
+                warnings.append("\(source): \(key) '\(name)' is ignored (the worker takes username, password, ssl and ssl_*)")
             }
         }
-        return credentials == CelerySettings.SentinelCredentials() ? nil : credentials
+        if secure {
+            sentinel.tls = try CelerySettings.Field(source: source, key: key, value: tlsSettings).tls() ?? RedisTLS()
+        } else if !tlsSettings.isEmpty {
+            warnings.append("\(source): \(key) ssl_* settings are ignored without ssl: true, as redis-py ignores them")
+        }
+        return sentinel == CelerySettings.SentinelOptions() ? nil : sentinel
     }
 
     /// `broker_use_ssl` / `redis_backend_use_ssl`: a mapping of redis-py's `ssl_*` settings to strings, booleans

@@ -56,7 +56,8 @@ public final class CeleryWorkerService: Service {
         let records = results?.url.isSameServer(as: configuration.brokerURL) == true ? results : nil
         let broker = RedisBroker(
             blocking: client(configuration.brokerURL, commandTimeout: .seconds(10), threadName: "redis-fetch"),
-            commands: client(configuration.brokerURL), records: records, keyPrefix: configuration.brokerKeyPrefix)
+            commands: client(configuration.brokerURL), records: records, keyPrefix: configuration.brokerKeyPrefix,
+            transport: configuration.brokerTransport)
         let backend = results.map { results in
             RedisResultBackend(
                 client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires,
@@ -78,7 +79,8 @@ public final class CeleryWorkerService: Service {
                 serializer: configuration.taskSerializer, resultSerializer: configuration.resultSerializer,
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
                 compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
-                resultKeyPrefix: configuration.resultKeyPrefix, routes: configuration.taskRoutes))
+                resultKeyPrefix: configuration.resultKeyPrefix, brokerTransport: configuration.brokerTransport,
+                routes: configuration.taskRoutes))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

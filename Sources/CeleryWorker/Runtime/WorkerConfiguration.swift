@@ -93,6 +93,9 @@ public struct WorkerConfiguration: Sendable {
     /// events at all, not `worker-online` nor `worker-offline` either (`--without-heartbeat`), as in Celery.
     /// Default 2, Celery's.
     public var heartbeatInterval: Double? = 2
+    /// kombu's `sep`, `priority_steps` and `queue_order_strategy` (`broker_transport_options`): the names of the
+    /// priority lists and binding members, and the order the queues are consumed in. Default kombu's.
+    public var brokerTransport = RedisTransportOptions()
     /// Celery's broker connection retries: whether the consumer retries when it cannot reach the broker, and when it
     /// gives up (`broker_connection_retry`, `broker_connection_retry_on_startup`, `broker_connection_max_retries`).
     /// Default Celery's: retry, at most 100 times in a row.

@@ -1,0 +1,93 @@
+/// kombu's Redis transport options that shape the broker's keys and the order it consumes in (`sep`,
+/// `priority_steps`, `queue_order_strategy` in `broker_transport_options`). Every producer and worker on one broker
+/// must use the same `sep` and `priority_steps`, as in kombu: they name the lists a message goes to and the members
+/// of the `_kombu.binding.*` sets. Every default is kombu's.
+public struct RedisTransportOptions: Sendable, Hashable {
+    /// `sep`: between a queue name and its priority step (`celery\x06\x163`), and between the parts of a binding
+    /// (`routing_key`, pattern, queue). Default `\x06\x16`.
+    public var separator: String {
+        didSet { separatorBytes = Array(separator.utf8) }
+    }
+    /// `priority_steps`, ascending: each message goes to the list of the largest step not above its priority
+    /// (clamped to 0…9); step 0's list is the queue's own name. Default `[0, 3, 6, 9]`.
+    public var prioritySteps: [Int]
+    /// `queue_order_strategy`: the order the queues are consumed in. Default round robin.
+    public var queueOrder: QueueOrder
+    /// ``separator``'s UTF-8, for the byte-wise search of ``queue(ofList:prefix:)``.
+    private var separatorBytes: [UInt8]
+
+    /// kombu's `queue_order_strategy`.
+    public enum QueueOrder: String, Sendable, Hashable, CaseIterable {
+        /// `round_robin`: the queue that just delivered goes last.
+        case roundRobin = "round_robin"
+        /// `priority`: always in the order given (`-Q`), so an earlier queue is drained first.
+        case priority
+        /// `sorted`: always in the order of the queues' names.
+        case sorted
+    }
+
+    public init(separator: String = "\u{06}\u{16}", prioritySteps: [Int] = [0, 3, 6, 9], queueOrder: QueueOrder = .roundRobin) {
+        self.separator = separator
+        self.separatorBytes = Array(separator.utf8)
+        self.prioritySteps = prioritySteps
+        self.queueOrder = queueOrder
+    }
+
+    /// kombu's `priority(n)`: the largest step not above `priority`, which is clamped to 0…9 first (as kombu's
+    /// `_get_message_priority`). As kombu's `bisect`, a priority below every step takes the last step.
+    public func step(for priority: Int) -> Int {
+        let clamped = min(max(priority, 0), 9)
+        return prioritySteps.last(where: { $0 <= clamped }) ?? prioritySteps.last ?? 0
+    }
+
+    /// The list that holds messages of `priority` for `queue` (kombu's `_q_for_pri`), behind `prefix` (kombu's
+    /// `global_keyprefix`).
+    public func list(for queue: String, priority: Int, prefix: String = "") -> String {
+        let step = step(for: priority)
+        return step == 0 ? prefix + queue : prefix + queue + separator + String(step)
+    }
+
+    /// Every list of `queue`, one per step, highest priority first.
+    func lists(of queue: String, prefix: String = "") -> [String] {
+        prioritySteps.map { list(for: queue, priority: $0, prefix: prefix) }
+    }
+
+    /// The queue a list belongs to: the list name without `prefix` and its priority suffix (the separator and a
+    /// step). A name with no such suffix is the queue's own list, even when it holds the separator: where kombu
+    /// cuts at the last separator whatever follows it, a queue named `a:b` with `sep: ':'` stays `a:b` here.
+    func queue(ofList list: String, prefix: String = "") -> String {
+        // Byte-wise over the contiguous UTF-8: Foundation's `range(of:)`, or walking `String.UTF8View` indices, is slow
+        // here.
+        var list = list
+        let start = prefix.isEmpty || !list.hasPrefix(prefix) ? 0 : prefix.utf8.count
+        let end = list.withUTF8 { bytes -> Int? in
+            // The step's digits at the end, then the separator before them.
+            var digits = bytes.count
+            while digits > start, bytes[digits - 1] >= 0x30, bytes[digits - 1] <= 0x39 { digits -= 1 }
+            guard digits < bytes.count, bytes.count - digits <= 2 else { return nil }
+            let cut = digits - separatorBytes.count
+            guard cut >= start, separatorBytes.indices.allSatisfy({ bytes[cut + $0] == separatorBytes[$0] }) else { return nil }
+            var step = 0
+            for index in digits..<bytes.count { step = step * 10 + Int(bytes[index] - 0x30) }
+            return step != 0 && prioritySteps.contains(step) ? cut : nil
+        }
+        if start == 0, end == nil { return list }
+        return String(decoding: list.utf8.dropFirst(start).prefix((end ?? list.utf8.count) - start), as: UTF8.self)
+    }
+
+    /// A member of a `_kombu.binding.<exchange>` set: routing key, pattern (empty) and queue, joined by ``separator``.
+    func bindingMember(routingKey: String, queue: String) -> String {
+        [routingKey, "", queue].joined(separator: separator)
+    }
+
+    /// The queue of a binding member whose routing key is `routingKey`, else `nil`.
+    func boundQueue(member: String, routingKey: String) -> String? {
+        let parts = member.components(separatedBy: separator)
+        return parts.count == 3 && parts[0] == routingKey ? parts[2] : nil
+    }
+
+    /// The queues in the order this strategy consumes them, given the current order (`-Q`'s, rotated in round robin).
+    func consumptionOrder(_ queues: [String]) -> [String] {
+        queueOrder == .sorted ? queues.sorted() : queues
+    }
+}
