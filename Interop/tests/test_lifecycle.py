@@ -134,6 +134,7 @@ def test_bad_flags_fail_with_a_clear_message():
                        (["-c", "abc"], "'abc' is invalid for '-c <concurrency>'"),
                        (["--visibility-timeout", "-5"], "--visibility-timeout must be more than 0 seconds"),
                        (["--prefetch-multiplier", "-1"], "--prefetch-multiplier must be 0 or more"),
+                       (["-O", "fast"], "Invalid value for '-O': 'fast' is not one of 'default', 'fair'."),
                        (["--metrics-port", "-1"], "--metrics-port must be a TCP port"),
                        (["--max-tasks-per-child", "0"], "--max-tasks-per-child must be at least 1"),
                        (["--max-memory-per-child", "-5"], "--max-memory-per-child must be at least 1 KiB"),

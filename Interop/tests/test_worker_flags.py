@@ -66,6 +66,15 @@ def test_purge_deletes_waiting_messages_as_python_does(start_worker, make_app, b
     assert "purge: Erased 1 message from the queue." in swift.stdout
 
 
+def test_optimization_profiles_are_accepted_as_celery_takes_them(start_worker, make_app):
+    """`-O fair` (common in Celery command lines) and `-O default` start the worker, which serves as usual."""
+    start_worker("-O", "fair", "-Q", "fairq")
+    start_worker("--optimization", "default", "-Q", "defaultq")
+    app = make_app()
+    assert app.send_task("tasks.add", (1, 2), queue="fairq").get(timeout=10) == 3
+    assert app.send_task("tasks.add", (3, 4), queue="defaultq").get(timeout=10) == 7
+
+
 def test_exclude_queues(start_worker, make_app):
     worker = start_worker("-Q", "a,b,c", "-X", "b", "-n", "excluding@%h")
     app = make_app()

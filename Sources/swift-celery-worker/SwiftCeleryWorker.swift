@@ -121,6 +121,11 @@ struct WorkerCommand: AsyncParsableCommand {
     @Flag(name: .customLong("without-gossip"), help: "Accepted as Celery takes it: the worker never gossips.")
     var withoutGossip = false
 
+    @Option(
+        name: [.customShort("O"), .customLong("optimization")],
+        help: "Celery's scheduling profile, default or fair: both hand a task only to a free pool process, as Celery's both do.")
+    var optimization: String?
+
     @Flag(
         name: .customLong("without-heartbeat"),
         help: "Send no worker events (worker-online, worker-heartbeat, worker-offline), as Celery.")
@@ -208,6 +213,9 @@ struct WorkerCommand: AsyncParsableCommand {
         let queueList = names(queueText).filter { !excluded.contains($0) }
         try check(!queueList.isEmpty, "--exclude-queues leaves no queue to consume of \(names(queueText).joined(separator: ", ")).")
         try check((heartbeatInterval ?? 1) > 0, "--heartbeat-interval must be at least 1 second.")
+        if let optimization {
+            try check(["default", "fair"].contains(optimization), "Invalid value for '-O': '\(optimization)' is not one of 'default', 'fair'.")
+        }
         let brokerText = broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0"
         let backendText = [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend]
             .compactMap { $0 }.first { !$0.isEmpty }
