@@ -488,8 +488,8 @@ final class WorkerRun: Sendable {
             prefetch.release(permits)
             state.failures += 1
             guard error.isConnectionProblem else {
-                // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists.
-                // Celery's worker would stop; this one logs it and tries again.
+                // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists. Not a
+                // connection attempt: logged and tried again, without counting against broker_connection_max_retries.
                 let delay = service.retryDelays.delay(attempt: state.failures)
                 logger.error(
                     "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
