@@ -238,3 +238,48 @@ def test_statedb_keeps_revoked_ids_across_restarts(start_worker, make_app, tmp_p
     (tmp_path / "stateful.state").write_bytes(b"\x00\x06\x15\x61 a shelve file")
     third = start_worker(*args)
     third.wait_for_log("is not the Swift worker's JSON state")
+
+
+def status_ids(pid):
+    """The Uid, Gid and Groups lines of /proc/<pid>/status: (real uid, real gid, groups)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0]), fields["Groups"].split()
+
+
+def test_uid_and_gid_drop_privileges_as_celery_does(tmp_path, redis_urls, make_app, request):
+    """Started as root with `--uid nobody --gid nogroup`, the worker and its pool children run as nobody, and its log
+    file is written as nobody (so it is opened after the drop, as Python's). An unknown user stops the worker with
+    Celery's words, as it stops a Python worker."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from conftest import PythonWorker, WorkerProcess, remember
+
+    if os.geteuid() != 0:
+        pytest.skip("--uid needs a worker started as root (CI runs as root)")
+    nobody = pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="celery-uid-"))
+    shared.chmod(0o777)
+    try:
+        worker = remember(request, WorkerProcess(
+            ["--broker", redis_urls["broker"], "--result-backend", redis_urls["backend"], "--uid", "nobody",
+             "--gid", "nogroup", "-P", "process", "-c", "1", "-Q", "dropped"], shared / "worker.log"))
+        worker.wait_ready()
+        app = make_app()
+        assert app.send_task("tasks.add", (2, 3), queue="dropped").get(timeout=10) == 5
+        assert status_ids(worker.proc.pid)[:2] == (nobody.pw_uid, nobody.pw_gid)
+        assert status_ids(worker.proc.pid)[2] == [str(nobody.pw_gid)]
+        # Children are listed under the thread that started them.
+        children = [child for task in Path(f"/proc/{worker.proc.pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+        assert children and all(status_ids(child)[:2] == (nobody.pw_uid, nobody.pw_gid) for child in children)
+        assert (shared / "worker.log").stat().st_uid == nobody.pw_uid
+        assert worker.stop() == 0
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    swift = subprocess.run([str(WORKER_BINARY), "--broker", redis_urls["broker"], "--uid=no-such-user"],
+                           capture_output=True, text=True, timeout=10)
+    assert swift.returncode == 1 and "User does not exist: no-such-user" in swift.stderr, swift.stderr
+    python = PythonWorker(redis_urls["broker"], redis_urls["backend"], tmp_path / "py.log", "--uid", "no-such-user")
+    assert python.proc.wait(30) == 1

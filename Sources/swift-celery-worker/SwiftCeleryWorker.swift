@@ -18,6 +18,22 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         subcommands: [WorkerCommand.self, CallCommand.self, CanvasDemoCommand.self],
         defaultSubcommand: WorkerCommand.self
     )
+
+    static func main() async {
+        // `--uid`/`--gid` first of all, on the main thread before any other thread exists: glibc's setuid then has
+        // only this thread to change, and every thread made later inherits it. (From a worker thread, the main
+        // thread, parked by the concurrency runtime, kept root: `ps` showed the worker as root.)
+        if !CeleryWorkerService.isPoolChild {
+            let (user, group) = Privileges.requested(in: Array(CommandLine.arguments.dropFirst()))
+            do {
+                try Privileges.drop(user: user, group: group)
+            } catch {
+                FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
+                Foundation.exit(1)
+            }
+        }
+        await main(nil)
+    }
 }
 
 struct WorkerCommand: AsyncParsableCommand {
@@ -141,6 +157,15 @@ struct WorkerCommand: AsyncParsableCommand {
         name: [.customShort("S"), .customLong("statedb")],
         help: "Keep the revoked task ids and the clock in this file across restarts (%n, %h, %p: node name parts).")
     var statedb: String?
+
+    // Read (and acted on) by ``SwiftCeleryWorker/main()`` before anything else; declared for the help and the parser.
+    @Option(
+        name: .customLong("uid"),
+        help: "Started as root, drop privileges to this user (a name or a number) before anything else, as Celery's --uid.")
+    var uid: String?
+
+    @Option(name: .customLong("gid"), help: "Started as root, drop privileges to this group (a name or a number), as Celery's --gid.")
+    var gid: String?
 
     @Option(
         name: .customLong("pidfile"),
