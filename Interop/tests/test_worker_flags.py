@@ -283,3 +283,20 @@ def test_uid_and_gid_drop_privileges_as_celery_does(tmp_path, redis_urls, make_a
     assert swift.returncode == 1 and "User does not exist: no-such-user" in swift.stderr, swift.stderr
     python = PythonWorker(redis_urls["broker"], redis_urls["backend"], tmp_path / "py.log", "--uid", "no-such-user")
     assert python.proc.wait(30) == 1
+
+
+def test_remote_control_can_be_turned_off_as_in_celery(start_worker, start_python_worker, make_app, tmp_path):
+    """`worker_enable_remote_control: false`: neither the Swift worker nor a Python worker given the same answers a
+    ping (a third worker with remote control on does), and both still run their tasks."""
+    settings = {"worker_enable_remote_control": False}
+    config = tmp_path / "quiet.json"
+    config.write_text(json.dumps(settings))
+    start_worker("--config", str(config), "-Q", "quietswift", "-n", "quietswift@%h")
+    start_python_worker("-Q", "quietpy", "-n", "quietpy@%h", env={"CELERY_SETTINGS": json.dumps(settings)})
+    start_worker("-Q", "loud", "-n", "loud@%h")
+    app = make_app()
+    answering(app, "loud@")
+    nodes = {node.split("@")[0] for reply in app.control.ping(timeout=1.5) for node in reply}
+    assert "loud" in nodes and not nodes & {"quietswift", "quietpy"}, nodes
+    assert app.send_task("tasks.add", (1, 1), queue="quietswift").get(timeout=10) == 2
+    assert app.send_task("tasks.add", (2, 2), queue="quietpy").get(timeout=10) == 4

@@ -350,6 +350,7 @@ struct WorkerCommand: AsyncParsableCommand {
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
         configuration.workerDirect = file.workerDirect ?? false
+        configuration.remoteControl = file.remoteControl ?? true
         let kombu = RedisTransportOptions()
         configuration.brokerTransport = RedisTransportOptions(
             separator: file.brokerSeparator ?? kombu.separator, prioritySteps: file.brokerPrioritySteps ?? kombu.prioritySteps,

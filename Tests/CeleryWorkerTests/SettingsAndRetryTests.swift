@@ -211,7 +211,7 @@ struct CelerySettingsTests {
         }
     }
 
-    @Test("broker connection settings: null max_retries retries forever, null retry_on_startup is Celery's default")
+    @Test("broker connection settings (null max_retries retries forever, null retry_on_startup is Celery's default), remote control off")
     func brokerConnection() throws {
         let set = try CelerySettings.parse(
             """
@@ -219,7 +219,9 @@ struct CelerySettingsTests {
             broker_connection_retry_on_startup: true
             broker_connection_max_retries: null
             broker_connection_timeout: 7.5
+            worker_enable_remote_control: false
             """, source: "retry.yaml")
+        #expect(set.remoteControl == false)
         #expect(set.brokerConnectionRetry == false && set.brokerConnectionRetryOnStartup == .some(true))
         #expect(set.brokerConnectionMaxRetries == .some(nil) && set.brokerConnectionTimeout == 7.5)
         let old = try CelerySettings.parse(

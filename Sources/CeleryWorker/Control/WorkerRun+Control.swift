@@ -60,7 +60,7 @@ extension WorkerRun {
     /// Celery's remote control over Redis: requests arrive by `PSUBSCRIBE /<db>.celery.pidbox` (a fanout exchange),
     /// replies are `LPUSH`ed to the client's reply queue found through `_kombu.binding.reply.celery.pidbox`.
     func controlLoop() async {
-        guard let control = service.control else { return }
+        guard configuration.remoteControl, let control = service.control else { return }
         let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
         let pattern = pidboxTopic
         let legacy = pidboxLegacyTopics

@@ -341,7 +341,7 @@ final class WorkerRun: Sendable {
         await sendWorkerEvent("worker-online")
         // With remote control, "ready." waits until its subscription is confirmed (the control loop logs it), as
         // Python logs it once its pidbox consumer runs: a `ping` sent after it is answered.
-        if service.control == nil { logReady() }
+        if service.control == nil || !configuration.remoteControl { logReady() }
         let fetched = Handoff<[BrokerDelivery]>()
         await withDiscardingTaskGroup { group in
             group.addTask(executorPreference: (self.service.broker as? RedisBroker)?.fetchExecutor) {

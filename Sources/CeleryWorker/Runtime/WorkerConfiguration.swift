@@ -100,6 +100,9 @@ public struct WorkerConfiguration: Sendable {
     /// gives up (`broker_connection_retry`, `broker_connection_retry_on_startup`, `broker_connection_max_retries`).
     /// Default Celery's: retry, at most 100 times in a row.
     public var brokerConnectionRetry = BrokerConnectionRetry()
+    /// Celery's `worker_enable_remote_control`: answer remote control (`ping`, `inspect`, `revoke` …) over the pidbox.
+    /// Off, the worker does not listen to it at all, as Celery's; mingle still asks the other workers. Default on.
+    public var remoteControl = true
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
     /// (`--without-mingle` turns it off). Default on, as in Celery.
     public var mingle: Bool = true
