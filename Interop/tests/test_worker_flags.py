@@ -248,8 +248,8 @@ def status_ids(pid):
 
 def test_uid_and_gid_drop_privileges_as_celery_does(tmp_path, redis_urls, make_app, request):
     """Started as root with `--uid nobody --gid nogroup`, the worker and its pool children run as nobody, and its log
-    file is written as nobody (so it is opened after the drop, as Python's). An unknown user stops the worker with
-    Celery's words, as it stops a Python worker."""
+    file is written as nobody (so it is opened after the drop, as Python's). A worker left as root prints Celery's
+    SecurityWarning. An unknown user stops the worker with Celery's words, as it stops a Python worker."""
     import pwd
     import shutil
     import tempfile
@@ -275,7 +275,15 @@ def test_uid_and_gid_drop_privileges_as_celery_does(tmp_path, redis_urls, make_a
                     for child in (task / "children").read_text().split()]
         assert children and all(status_ids(child)[:2] == (nobody.pw_uid, nobody.pw_gid) for child in children)
         assert (shared / "worker.log").stat().st_uid == nobody.pw_uid
+        # Celery's warning about root (from its check_privileges) is for workers that stay root.
+        assert "SecurityWarning" not in worker.stdout
         assert worker.stop() == 0
+        root = remember(request, WorkerProcess(["--broker", redis_urls["broker"], "-Q", "rooted"], shared / "root.log"))
+        root.wait_ready()
+        assert ("SecurityWarning: You're running the worker with superuser privileges: this is\nabsolutely not "
+                "recommended!\n\nPlease specify a different user using the --uid option.\n\nUser information: uid=0 "
+                "euid=0 gid=0 egid=0\n") in root.stdout
+        assert root.stop() == 0
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     swift = subprocess.run([str(WORKER_BINARY), "--broker", redis_urls["broker"], "--uid=no-such-user"],

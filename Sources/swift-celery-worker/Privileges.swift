@@ -35,6 +35,17 @@ enum Privileges {
         return (found["--uid"], found["--gid"])
     }
 
+    /// Celery's `check_privileges` warning, when the worker runs as root or with the group `sudo` or `wheel`
+    /// (Celery refuses to run so only when it accepts pickle, which this worker never does).
+    static var securityWarning: String? {
+        let (uid, euid, gid, egid) = (getuid(), geteuid(), getgid(), getegid())
+        func groupName(_ id: gid_t) -> String { getgrgid(id).map { String(cString: $0.pointee.gr_name) } ?? "" }
+        let risky = [groupName(gid), groupName(egid)].contains { name in name == "sudo" || name == "wheel" }
+        guard uid == 0 || euid == 0 || risky else { return nil }
+        return "SecurityWarning: You're running the worker with superuser privileges: this is\nabsolutely not recommended!\n\n"
+            + "Please specify a different user using the --uid option.\n\nUser information: uid=\(uid) euid=\(euid) gid=\(gid) egid=\(egid)\n"
+    }
+
     /// Celery's `parse_uid`: a number, or a user's name.
     static func userID(_ text: String) throws(Failure) -> uid_t {
         if let number = uid_t(text) { return number }

@@ -405,7 +405,8 @@ struct WorkerCommand: AsyncParsableCommand {
             return
         }
 
-        // As Celery's worker: the pid lock, then the purge, then the banner.
+        // As Celery's worker: its warning about root, the pid lock, then the purge, then the banner.
+        if let warning = Privileges.securityWarning { FileHandle.standardError.write(Data(warning.utf8)) }
         let lock = try pidfile.map { path in try Pidfile.acquire(WorkerConfiguration.nodeFormat(path, node: configuration.nodeName)) }
         defer { lock?.release() }
         if purge { await purgeQueues(configuration, logger: logger) }
