@@ -86,3 +86,26 @@ def test_a_swift_task_starts_a_python_task_and_returns_its_result(start_worker, 
     child_id = python.log.split("Task tasks.mul[", 1)[1].split("]", 1)[0]
     child = json.loads(backend_redis.get(f"celery-task-meta-{child_id}"))
     assert child["result"] == 42 and child["parent_id"] == result.id
+
+
+def test_call_reads_the_workers_config_file(start_worker, broker_redis, redis_urls, tmp_path):
+    """`call --config` takes the workers' settings file: the broker and backend from it (no flags), its
+    task_serializer, and kombu's transport options, so a message with priority 7 waits in `cfgq:7` under
+    `priority_steps: [0..9]` and `sep: ':'`, where a worker given the same file takes it."""
+    settings = {"broker_url": redis_urls["broker"], "result_backend": redis_urls["backend"], "task_serializer": "msgpack",
+                "broker_transport_options": {"priority_steps": list(range(10)), "sep": ":"}}
+    config = tmp_path / "client.json"
+    config.write_text(json.dumps(settings))
+    sent = subprocess.run([str(WORKER_BINARY), "call", "tasks.add", "--args", "[40, 2]", "-Q", "cfgq", "--priority", "7",
+                           "--config", str(config)], capture_output=True, text=True, timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    (raw,) = broker_redis.lrange("cfgq:7", 0, -1)
+    assert json.loads(raw)["content-type"] == "application/x-msgpack"
+    start_worker("--config", str(config), "-Q", "cfgq")
+    waited = subprocess.run([str(WORKER_BINARY), "call", "tasks.add", "--args", "[1, 2]", "-Q", "cfgq", "--config", str(config),
+                             "--wait"], capture_output=True, text=True, timeout=30)
+    assert waited.returncode == 0 and waited.stdout.split()[1] == "3", waited.stderr
+    from clientapp import make_app
+
+    app = make_app(redis_urls["broker"], redis_urls["backend"])
+    assert app.AsyncResult(sent.stdout.strip()).get(timeout=10) == 42

@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 from celery import Celery
 
-from conftest import WorkerProcess, answering, eventually
+from conftest import WORKER_BINARY, WorkerProcess, answering, eventually
 from test_events import Capture
 from redisproc import RedisProcess, free_port
 
@@ -234,3 +234,22 @@ def test_a_planned_failover_moves_the_worker_to_the_new_master(sentinel_setup, t
         app.close()
         if worker.alive():
             worker.stop(9)
+
+
+def test_the_swift_client_calls_through_sentinel_with_the_workers_config(sentinel_setup, tmp_path):
+    """`call --config` takes `master_name` from the transport options, as the worker does, and sends and waits
+    through the Sentinel."""
+    _, _, sentinel = sentinel_setup
+    worker, _ = sentinel_worker(sentinel, tmp_path, "called")
+    try:
+        broker, backend = f"sentinel://127.0.0.1:{sentinel.port}/1", f"sentinel://127.0.0.1:{sentinel.port}/0"
+        done = subprocess.run([str(WORKER_BINARY), "call", "tasks.mul", "--args", "[6, 7]", "-b", broker,
+                               "--result-backend", backend, "--config", str(tmp_path / "called.yaml"), "--wait"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[1] == "42"
+        refused = subprocess.run([str(WORKER_BINARY), "call", "tasks.mul", "-b", broker], capture_output=True, text=True,
+                                 timeout=30)
+        assert refused.returncode != 0 and "needs the master's name" in refused.stderr
+    finally:
+        worker.stop()

@@ -11,39 +11,70 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("result-backend"), help: "Result backend URL (default: $CELERY_RESULT_BACKEND).")
     var resultBackend: String?
 
-    @Option(name: .customLong("serializer"), help: "json or msgpack (default: json).")
-    var serializer = "json"
+    @Option(name: .customLong("serializer"), help: "json or msgpack (default: task_serializer from --config, else json).")
+    var serializer: String?
 
-    @Option(name: .customLong("result-serializer"), help: "The workers' result_serializer: json or msgpack (default: json).")
-    var resultSerializer = "json"
+    @Option(
+        name: .customLong("result-serializer"),
+        help: "The workers' result_serializer: json or msgpack (default: result_serializer from --config, else json).")
+    var resultSerializer: String?
 
-    @Option(name: .customLong("compression"), help: "Compress task bodies as kombu does: zlib (gzip), bzip2 or lzma (xz) (default: none).")
+    @Option(
+        name: .customLong("compression"),
+        help: "Compress task bodies as kombu does: zlib (gzip), bzip2 or lzma (xz) (default: task_compression from --config, else none).")
     var compression: String?
+
+    @Option(
+        name: .customLong("config"),
+        help: ArgumentHelp(
+            "The workers' YAML (or JSON) file of Celery settings: broker and backend, serializers, compression, routes, key "
+                + "prefixes, kombu's transport options, TLS and Sentinel, as the worker reads them."))
+    var config: String?
 
     func client() throws -> CeleryClient {
         let environment = ProcessInfo.processInfo.environment
         do {
-            var brokerURL = try RedisURL(parsing: broker ?? environment["CELERY_BROKER_URL"] ?? "redis://localhost:6379/0")
-            var backendURL = try (resultBackend ?? environment["CELERY_RESULT_BACKEND"]).map { text throws(CeleryWorkerError) in
-                try RedisURL(parsing: text)
+            let file = try config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
+            for warning in file.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+            // As the worker: flags, then the environment, then the file.
+            var brokerURL = try RedisURL(
+                parsing: broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0")
+            var backendURL = try [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend].compactMap { $0 }
+                .first { !$0.isEmpty }.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
+            brokerURL.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
+            backendURL?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)
+            for url in [brokerURL, backendURL] {
+                if let url, case .sentinel = url.endpoint, url.sentinelMaster == nil {
+                    throw ValidationError("A sentinel:// URL needs the master's name: master_name in the transport options of --config.")
+                }
             }
-            // TLS as the worker takes it from the URLs (there is no config file here).
-            let warnings = [try brokerURL.settleBrokerTLS(configured: nil), try backendURL?.settleBackendTLS(configured: nil)]
+            let warnings = [
+                try brokerURL.settleBrokerTLS(configured: file.brokerTLS), try backendURL?.settleBackendTLS(configured: file.backendTLS),
+            ]
             for case let warning? in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
-            for case .sentinel in [brokerURL.endpoint, backendURL?.endpoint] {
-                throw ValidationError("sentinel:// URLs are taken by the worker (with master_name in --config), not by this command.")
+            func contentType(_ flag: String?, _ configured: CeleryContentType?) throws -> CeleryContentType {
+                guard let flag else { return configured ?? .json }
+                guard let type = CeleryContentType(name: flag) else {
+                    throw ValidationError("--serializer and --result-serializer must be json or msgpack, got '\(flag)'.")
+                }
+                return type
             }
-            guard let serializer = CeleryContentType(name: serializer), let resultSerializer = CeleryContentType(name: resultSerializer)
-            else { throw ValidationError("--serializer and --result-serializer must be json or msgpack.") }
             let method = try compression.map { name in
                 guard let method = KombuCompression(name: name) else {
                     throw ValidationError("--compression must be \(KombuCompression.supportedNames), got '\(name)'.")
                 }
                 return method
             }
+            let kombu = RedisTransportOptions()
             return CeleryClient(
-                brokerURL: brokerURL, resultBackendURL: backendURL, serializer: serializer, resultSerializer: resultSerializer,
-                compression: method)
+                brokerURL: brokerURL, resultBackendURL: backendURL, serializer: try contentType(serializer, file.taskSerializer),
+                resultSerializer: try contentType(resultSerializer, file.resultSerializer),
+                resultExpires: file.resultExpires ?? 86_400, defaultQueue: file.defaultQueue ?? "celery",
+                compression: method ?? file.taskCompression ?? nil, brokerKeyPrefix: file.brokerKeyPrefix ?? "",
+                resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? ""),
+                brokerTransport: RedisTransportOptions(
+                    separator: file.brokerSeparator ?? kombu.separator, prioritySteps: file.brokerPrioritySteps ?? kombu.prioritySteps),
+                routes: file.taskRoutes ?? TaskRoutes())
         } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)
         }

@@ -253,16 +253,10 @@ struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError(error.message)
         }
         // kombu's Sentinel transport names the master in the transport options, not in the URL.
-        brokerURL.sentinelMaster = file.brokerSentinelMaster
-        backendURL?.sentinelMaster = file.resultSentinelMaster
+        brokerURL.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
+        backendURL?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)
         // Celery's broker_connection_timeout, 4 s by default.
         brokerURL.connectTimeout = file.brokerConnectionTimeout ?? 4
-        brokerURL.sentinelUsername = file.brokerSentinelOptions?.username
-        brokerURL.sentinelPassword = file.brokerSentinelOptions?.password
-        brokerURL.sentinelTLS = file.brokerSentinelOptions?.tls
-        backendURL?.sentinelUsername = file.resultSentinelOptions?.username
-        backendURL?.sentinelPassword = file.resultSentinelOptions?.password
-        backendURL?.sentinelTLS = file.resultSentinelOptions?.tls
         if case .sentinel = brokerURL.endpoint, brokerURL.sentinelMaster == nil {
             throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
         }

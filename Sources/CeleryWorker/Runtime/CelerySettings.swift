@@ -578,3 +578,14 @@ extension CelerySettings.Field {
         return options
     }
 }
+
+extension RedisURL {
+    /// kombu's Sentinel transport options for this URL: the master's name (`master_name`) and how to reach the
+    /// Sentinels themselves (`sentinel_kwargs`). They matter only with a `sentinel://` URL.
+    public mutating func useSentinel(master: String?, options: CelerySettings.SentinelOptions?) {
+        sentinelMaster = master
+        sentinelUsername = options?.username
+        sentinelPassword = options?.password
+        sentinelTLS = options?.tls
+    }
+}
