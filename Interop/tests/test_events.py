@@ -119,3 +119,37 @@ def test_enable_events_at_run_time(start_worker, make_app):
     assert result.get(timeout=10) == 7
     capture.wait_for(lambda events: any(e["type"] == "task-succeeded" and e["uuid"] == result.id for e in events))
     capture.stop()
+
+
+def test_task_sent_events_for_chain_steps_as_a_python_worker_sends_them(start_worker, start_python_worker, make_app,
+                                                                       tmp_path):
+    """`task_send_sent_event`: the next chain step a worker sends comes with a `task-sent` event from Celery's
+    anonymous producer node (`gen<pid>@<host>`), the same fields as a Python worker's."""
+    import json
+
+    from celery import chain
+
+    settings = {"task_send_sent_event": True}
+    config = tmp_path / "sent.json"
+    config.write_text(json.dumps(settings))
+    start_worker("--config", str(config), "-Q", "sentswift", "-n", "sentswift@%h")
+    start_python_worker("-Q", "sentpy", "-n", "sentpy@%h", env={"CELERY_SETTINGS": json.dumps(settings)})
+    start_worker("-Q", "unsent", "-n", "unsent@%h")  # Celery's default: none
+    app = make_app()
+    capture = Capture(app).start()
+    add = app.tasks["tasks.add"]
+    chains = {queue: chain(add.s(1, 1).set(queue=queue), add.s(2).set(queue=queue)).apply_async()
+              for queue in ("sentswift", "sentpy", "unsent")}
+    assert [result.get(timeout=10) for result in chains.values()] == [4, 4, 4]
+    capture.wait_for(lambda events: count(events, "task-sent") >= 2)
+    sent = {event["queue"]: event for event in capture.stop() if event["type"] == "task-sent"}
+    assert set(sent) == {"sentswift", "sentpy"}, sent
+    del chains["unsent"]
+    swift, python = sent["sentswift"], sent["sentpy"]
+    assert set(swift) == set(python)
+    for key in ("name", "args", "kwargs", "retries", "eta", "expires", "exchange"):
+        assert swift[key] == python[key], (key, swift[key], python[key])
+    for queue, event in sent.items():
+        assert event["routing_key"] == queue
+        assert event["uuid"] == chains[queue].id and event["parent_id"] == chains[queue].parent.id
+        assert event["hostname"].startswith("gen") and not event["hostname"].startswith(queue)

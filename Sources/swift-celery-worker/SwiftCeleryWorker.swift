@@ -345,6 +345,7 @@ struct WorkerCommand: AsyncParsableCommand {
         )
         configuration.workerDirect = file.workerDirect ?? false
         configuration.remoteControl = file.remoteControl ?? true
+        configuration.sendSentEvent = file.sendSentEvent ?? false
         let kombu = RedisTransportOptions()
         configuration.brokerTransport = RedisTransportOptions(
             separator: file.brokerSeparator ?? kombu.separator, prioritySteps: file.brokerPrioritySteps ?? kombu.prioritySteps,

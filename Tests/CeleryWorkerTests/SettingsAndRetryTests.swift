@@ -211,7 +211,7 @@ struct CelerySettingsTests {
         }
     }
 
-    @Test("broker connection settings (null max_retries retries forever, null retry_on_startup is Celery's default), remote control off")
+    @Test("broker connection settings (null max_retries retries forever, null retry_on_startup is Celery's default), and two flags")
     func brokerConnection() throws {
         let set = try CelerySettings.parse(
             """
@@ -220,8 +220,9 @@ struct CelerySettingsTests {
             broker_connection_max_retries: null
             broker_connection_timeout: 7.5
             worker_enable_remote_control: false
+            CELERY_SEND_TASK_SENT_EVENT: true
             """, source: "retry.yaml")
-        #expect(set.remoteControl == false)
+        #expect(set.remoteControl == false && set.sendSentEvent == true)
         #expect(set.brokerConnectionRetry == false && set.brokerConnectionRetryOnStartup == .some(true))
         #expect(set.brokerConnectionMaxRetries == .some(nil) && set.brokerConnectionTimeout == 7.5)
         let old = try CelerySettings.parse(

@@ -10,12 +10,15 @@ extension WorkerRun {
         let backend = service.backend
         let configuration = self.configuration
         let delays = service.retryDelays
+        let sentEvents = configuration.sendSentEvent ? service.events : nil
         return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 var attempt = 0
                 while true {
                     do throws(CeleryWorkerError) {
-                        return try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+                        try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+                        await sentEvents?.sendTaskSent(envelope, queue: queue)
+                        return
                     } catch {
                         attempt += 1
                         guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }

@@ -65,14 +65,29 @@ final class EventDispatcher: Sendable {
         await publish(routingKey: "task.multi") { .array([self.event(type, fields)]) }
     }
 
+    /// `task-sent` for a task message this worker published (a callback, a chain step, a chord body, a retry), as
+    /// Celery's producer sends it with `task_send_sent_event`: from the anonymous node Celery names its producer
+    /// (`gen<pid>@<host>`), on `task.sent` alone, whether or not task events are on (`-E`).
+    func sendTaskSent(_ envelope: KombuEnvelope, queue: String) async {
+        let headers = envelope.headers
+        let info = envelope.deliveryInfo
+        let fields: CeleryObject = [
+            "uuid": headers["id"] ?? .null, "root_id": headers["root_id"] ?? .null, "parent_id": headers["parent_id"] ?? .null,
+            "name": headers["task"] ?? .null, "args": headers["argsrepr"] ?? .null, "kwargs": headers["kwargsrepr"] ?? .null,
+            "retries": headers["retries"] ?? 0, "eta": headers["eta"] ?? .null, "expires": headers["expires"] ?? .null,
+            "queue": .string(queue), "exchange": .string(info.exchange), "routing_key": .string(info.routingKey),
+        ]
+        await publish(routingKey: "task.sent") { self.event("task-sent", fields, hostname: "gen\(Host.pid)@\(Host.name)") }
+    }
+
     /// The event body in Python's field order: `hostname`, `utcoffset`, `pid`, `clock`, the fields, `timestamp`, `type`.
-    func event(_ type: String, _ fields: CeleryObject) -> CeleryValue {
+    func event(_ type: String, _ fields: CeleryObject, hostname: String? = nil) -> CeleryValue {
         let tick = clock.withLock { value -> Int in
             value += 1
             return value
         }
         var body: CeleryObject = [
-            "hostname": .string(hostname),
+            "hostname": .string(hostname ?? self.hostname),
             "utcoffset": .double(Double(-CeleryTimeZone.localSecondsFromGMT) / 3600),
             "pid": .int(Int64(Host.pid)),
             "clock": .int(Int64(tick)),

@@ -88,6 +88,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var stateDB: String?
     /// `worker_enable_remote_control`.
     public var remoteControl: Bool?
+    /// `task_send_sent_event`.
+    public var sendSentEvent: Bool?
     /// `broker_connection_retry`.
     public var brokerConnectionRetry: Bool?
     /// `broker_connection_retry_on_startup`; `.some(nil)` when the file sets it to null (Celery's default).
@@ -292,6 +294,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_disable_rate_limits", "CELERY_DISABLE_RATE_LIMITS"]) { $0.disableRateLimits = try $1.bool() }
         add(["worker_state_db", "CELERYD_STATE_DB"]) { $0.stateDB = try $1.string() }
         add(["worker_enable_remote_control", "CELERY_ENABLE_REMOTE_CONTROL"]) { $0.remoteControl = try $1.bool() }
+        add(["task_send_sent_event", "CELERY_SEND_TASK_SENT_EVENT"]) { $0.sendSentEvent = try $1.bool() }
         add(["broker_connection_retry", "BROKER_CONNECTION_RETRY"]) { $0.brokerConnectionRetry = try $1.bool() }
         add(["broker_connection_retry_on_startup"]) { settings, field in
             settings.brokerConnectionRetryOnStartup = field.value is NSNull ? .some(nil) : try field.bool()

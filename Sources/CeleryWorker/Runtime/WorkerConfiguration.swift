@@ -103,6 +103,9 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `worker_enable_remote_control`: answer remote control (`ping`, `inspect`, `revoke` …) over the pidbox.
     /// Off, the worker does not listen to it at all, as Celery's; mingle still asks the other workers. Default on.
     public var remoteControl = true
+    /// Celery's `task_send_sent_event`: a `task-sent` event for every task message the worker publishes (callbacks,
+    /// chain steps, chord bodies, retries), as Celery's producer sends it. Default off.
+    public var sendSentEvent = false
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
     /// (`--without-mingle` turns it off). Default on, as in Celery.
     public var mingle: Bool = true

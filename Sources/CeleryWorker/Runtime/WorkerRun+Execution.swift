@@ -563,6 +563,7 @@ extension WorkerRun {
             deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
         do {
             try await service.broker.publish(envelope.encoded(), queue: queue, priority: original.deliveryInfo.priority)
+            if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
         } catch {
             logger.error("Task \(job.displayName)[\(message.id)] could not be republished for a retry: \(error.message)")
             return RejectTask(reason: "retry could not be published: \(error.message)", requeue: false)
