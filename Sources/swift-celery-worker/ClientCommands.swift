@@ -37,21 +37,8 @@ struct ClientOptions: ParsableArguments {
             let file = try config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
             for warning in file.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
             // As the worker: flags, then the environment, then the file.
-            var brokerURL = try RedisURL(
-                parsing: broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0")
-            var backendURL = try [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend].compactMap { $0 }
-                .first { !$0.isEmpty }.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
-            brokerURL.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
-            backendURL?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)
-            for url in [brokerURL, backendURL] {
-                if let url, case .sentinel = url.endpoint, url.sentinelMaster == nil {
-                    throw ValidationError("A sentinel:// URL needs the master's name: master_name in the transport options of --config.")
-                }
-            }
-            let warnings = [
-                try brokerURL.settleBrokerTLS(configured: file.brokerTLS), try backendURL?.settleBackendTLS(configured: file.backendTLS),
-            ]
-            for case let warning? in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+            let urls = try SettledURLs(broker: broker, backend: resultBackend, file: file, environment: environment)
+            for warning in urls.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
             func contentType(_ flag: String?, _ configured: CeleryContentType?) throws -> CeleryContentType {
                 guard let flag else { return configured ?? .json }
                 guard let type = CeleryContentType(name: flag) else {
@@ -65,15 +52,13 @@ struct ClientOptions: ParsableArguments {
                 }
                 return method
             }
-            let kombu = RedisTransportOptions()
             return CeleryClient(
-                brokerURL: brokerURL, resultBackendURL: backendURL, serializer: try contentType(serializer, file.taskSerializer),
+                brokerURL: urls.broker, resultBackendURL: urls.backend, serializer: try contentType(serializer, file.taskSerializer),
                 resultSerializer: try contentType(resultSerializer, file.resultSerializer),
                 resultExpires: file.resultExpires ?? 86_400, defaultQueue: file.defaultQueue ?? "celery",
                 compression: method ?? file.taskCompression ?? nil, brokerKeyPrefix: file.brokerKeyPrefix ?? "",
                 resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? ""),
-                brokerTransport: RedisTransportOptions(
-                    separator: file.brokerSeparator ?? kombu.separator, prioritySteps: file.brokerPrioritySteps ?? kombu.prioritySteps),
+                brokerTransport: file.brokerTransport,
                 routes: file.taskRoutes ?? TaskRoutes())
         } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)

@@ -13,28 +13,6 @@ enum Privileges {
         let description: String
     }
 
-    /// The `--uid` and `--gid` of the worker command's arguments (`--uid X` or `--uid=X`; the last one given), before
-    /// the argument parser reads them: they must be acted on before any thread starts. Other commands take none.
-    static func requested(in arguments: [String]) -> (user: String?, group: String?) {
-        if let command = arguments.first, !command.hasPrefix("-"), command != "worker" { return (nil, nil) }
-        var found: [String: String] = [:]
-        var index = arguments.startIndex
-        while index < arguments.endIndex {
-            let argument = arguments[index]
-            index += 1
-            if argument == "--" { break }
-            for name in ["--uid", "--gid"] {
-                if argument == name, index < arguments.endIndex {
-                    found[name] = arguments[index]
-                    index += 1
-                } else if argument.hasPrefix(name + "=") {
-                    found[name] = String(argument.dropFirst(name.count + 1))
-                }
-            }
-        }
-        return (found["--uid"], found["--gid"])
-    }
-
     /// Celery's `check_privileges` warning, when the worker runs as root or with the group `sudo` or `wheel`
     /// (Celery refuses to run so only when it accepts pickle, which this worker never does).
     static var securityWarning: String? {

@@ -19,20 +19,29 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         defaultSubcommand: WorkerCommand.self
     )
 
+    /// ArgumentParser's own `main`, with one step first: a worker's `--uid`/`--gid` are acted on right after parsing,
+    /// on the main thread before any other thread exists. glibc's setuid then has only this thread to change, and
+    /// every thread made later inherits it. (From a worker thread, the main thread, parked by the concurrency runtime,
+    /// kept root: `ps` showed the worker as root.)
     static func main() async {
-        // `--uid`/`--gid` first of all, on the main thread before any other thread exists: glibc's setuid then has
-        // only this thread to change, and every thread made later inherits it. (From a worker thread, the main
-        // thread, parked by the concurrency runtime, kept root: `ps` showed the worker as root.)
-        if !CeleryWorkerService.isPoolChild {
-            let (user, group) = Privileges.requested(in: Array(CommandLine.arguments.dropFirst()))
-            do {
-                try Privileges.drop(user: user, group: group)
-            } catch {
-                FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
-                Foundation.exit(1)
+        do {
+            var command = try parseAsRoot()
+            if let worker = command as? WorkerCommand, !CeleryWorkerService.isPoolChild {
+                do {
+                    try Privileges.drop(user: worker.uid, group: worker.gid)
+                } catch {
+                    FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
+                    throw ExitCode(1)
+                }
             }
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
         }
-        await main(nil)
     }
 }
 
@@ -158,7 +167,7 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Keep the revoked task ids and the clock in this file across restarts (%n, %h, %p: node name parts).")
     var statedb: String?
 
-    // Read (and acted on) by ``SwiftCeleryWorker/main()`` before anything else; declared for the help and the parser.
+    // Acted on by ``SwiftCeleryWorker/main()`` right after parsing, before anything else runs.
     @Option(
         name: .customLong("uid"),
         help: "Started as root, drop privileges to this user (a name or a number) before anything else, as Celery's --uid.")
@@ -241,35 +250,12 @@ struct WorkerCommand: AsyncParsableCommand {
         if let optimization {
             try check(["default", "fair"].contains(optimization), "Invalid value for '-O': '\(optimization)' is not one of 'default', 'fair'.")
         }
-        let brokerText = broker ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0"
-        let backendText = [resultBackend, environment["CELERY_RESULT_BACKEND"], file.resultBackend]
-            .compactMap { $0 }.first { !$0.isEmpty }
-        var brokerURL: RedisURL
-        var backendURL: RedisURL?
-        do {
-            brokerURL = try RedisURL(parsing: brokerText)
-            backendURL = try backendText.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
-        } catch {
-            throw ValidationError(error.message)
-        }
-        // kombu's Sentinel transport names the master in the transport options, not in the URL.
-        brokerURL.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
-        backendURL?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)
+        let urls = try SettledURLs(broker: broker, backend: resultBackend, file: file, environment: environment)
+        var brokerURL = urls.broker
+        let backendURL = urls.backend
         // Celery's broker_connection_timeout, 4 s by default.
         brokerURL.connectTimeout = file.brokerConnectionTimeout ?? 4
-        if case .sentinel = brokerURL.endpoint, brokerURL.sentinelMaster == nil {
-            throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
-        }
-        if case .sentinel? = backendURL?.endpoint, backendURL?.sentinelMaster == nil {
-            throw ValidationError(
-                "A sentinel:// result backend needs the master's name: result_backend_transport_options: {master_name: …} in --config.")
-        }
-        var tlsWarnings: [String] = []
         do {
-            if let warning = try brokerURL.settleBrokerTLS(configured: file.brokerTLS) { tlsWarnings.append(warning) }
-            if let warning = try backendURL?.settleBackendTLS(configured: file.backendTLS) {
-                tlsWarnings.append(warning)
-            }
             // Certificate and key files are read now, so a wrong path stops the worker at start.
             for tls in [brokerURL.tls, brokerURL.sentinelTLS, backendURL?.tls, backendURL?.sentinelTLS] { try tls?.validate() }
         } catch {
@@ -302,7 +288,7 @@ struct WorkerCommand: AsyncParsableCommand {
             try check(poolKind == .process, "--autoscale needs --pool process: the \(poolKind.rawValue) pool cannot grow or shrink.")
             autoscaleBounds = bounds
         }
-        var warnings = file.warnings + tlsWarnings
+        var warnings = file.warnings + urls.warnings
         if maxTasksPerChild != nil || maxMemoryPerChild != nil, poolKind != .process {
             warnings.append(
                 "--max-tasks-per-child and --max-memory-per-child apply to --pool process only; the \(poolKind.rawValue) pool has no children.")
@@ -346,10 +332,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.workerDirect = file.workerDirect ?? false
         configuration.remoteControl = file.remoteControl ?? true
         configuration.sendSentEvent = file.sendSentEvent ?? false
-        let kombu = RedisTransportOptions()
-        configuration.brokerTransport = RedisTransportOptions(
-            separator: file.brokerSeparator ?? kombu.separator, prioritySteps: file.brokerPrioritySteps ?? kombu.prioritySteps,
-            queueOrder: file.brokerQueueOrder ?? kombu.queueOrder)
+        configuration.brokerTransport = file.brokerTransport
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)

@@ -63,6 +63,13 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerPrioritySteps: [Int]?
     /// `broker_transport_options: {queue_order_strategy: …}`.
     public var brokerQueueOrder: RedisTransportOptions.QueueOrder?
+    /// ``brokerSeparator``, ``brokerPrioritySteps`` and ``brokerQueueOrder``, kombu's defaults where the file sets none.
+    public var brokerTransport: RedisTransportOptions {
+        let kombu = RedisTransportOptions()
+        return RedisTransportOptions(
+            separator: brokerSeparator ?? kombu.separator, prioritySteps: brokerPrioritySteps ?? kombu.prioritySteps,
+            queueOrder: brokerQueueOrder ?? kombu.queueOrder)
+    }
     /// `broker_transport_options: {sentinel_kwargs: {username: …, password: …, ssl: …}}`: how the worker connects to
     /// the Sentinels themselves.
     public var brokerSentinelOptions: SentinelOptions?
