@@ -207,6 +207,8 @@ struct WorkerCommand: AsyncParsableCommand {
         var warnings: [String]
         var logFormat = LogFormat.worker
         var taskLogFormat = LogFormat.task
+        /// `REMAP_SIGTERM=SIGQUIT`: `SIGTERM` is a cold shutdown.
+        var remapsTerm = false
     }
 
     func resolve() throws -> Resolved {
@@ -289,6 +291,8 @@ struct WorkerCommand: AsyncParsableCommand {
             autoscaleBounds = bounds
         }
         var warnings = file.warnings + urls.warnings
+        let remap = ShutdownSignals.remapsTerm(environment["REMAP_SIGTERM"])
+        if let warning = remap.warning { warnings.append(warning) }
         if maxTasksPerChild != nil || maxMemoryPerChild != nil, poolKind != .process {
             warnings.append(
                 "--max-tasks-per-child and --max-memory-per-child apply to --pool process only; the \(poolKind.rawValue) pool has no children.")
@@ -332,6 +336,8 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.workerDirect = file.workerDirect ?? false
         configuration.remoteControl = file.remoteControl ?? true
         configuration.sendSentEvent = file.sendSentEvent ?? false
+        configuration.softShutdownTimeout = file.softShutdownTimeout ?? 0
+        configuration.softShutdownOnIdle = file.softShutdownOnIdle ?? false
         configuration.brokerTransport = file.brokerTransport
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
@@ -351,6 +357,7 @@ struct WorkerCommand: AsyncParsableCommand {
         var resolved = Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
         resolved.logFormat = file.logFormat ?? .worker
         resolved.taskLogFormat = file.taskLogFormat ?? .task
+        resolved.remapsTerm = remap.remaps
         return resolved
     }
 
@@ -413,7 +420,12 @@ struct WorkerCommand: AsyncParsableCommand {
             configuration: configuration, registry: registry, logger: logger, metricsFactory: metricsFactory)
         // Trapped before the worker starts: a SIGTERM right after "ready." is a warm shutdown, not the default action
         // (seen in CI under load, when the watcher's own start came after the worker's).
-        let signals = SignalWatcher(logger: logger, signals: await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit))
+        let signals = SignalWatcher(
+            logger: logger, signals: await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit),
+            contract: ShutdownSignals(
+                softTimeout: configuration.softShutdownTimeout, softOnIdle: configuration.softShutdownOnIdle,
+                termIsCold: resolved.remapsTerm),
+            busy: { worker.activeTasks > 0 })
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -467,44 +479,75 @@ extension WorkerCommand {
 /// Thrown by the signal watcher to cancel the service group: Celery's cold shutdown.
 struct ColdShutdown: Error {}
 
-/// Celery's signal contract: SIGTERM warm shutdown (exit 0), SIGINT warm shutdown (exit 1), SIGQUIT or a second
-/// SIGTERM/SIGINT cold shutdown (exit 1).
+/// Celery's shutdown signals (``ShutdownSignals``): `SIGTERM` warm (exit 0), `SIGINT` warm (exit 1) and cold the
+/// second time, `SIGQUIT` cold (exit 1), with `worker_soft_shutdown_timeout`'s wait before a cold shutdown and
+/// `REMAP_SIGTERM=SIGQUIT`.
 final class SignalWatcher: Service {
-    private struct State {
-        var group: ServiceGroup?
-        var exitCode: Int32 = 0
-        var warm = false
+    private enum Event: Sendable {
+        case signal(ShutdownSignals.Signal)
+        case softTimeoutElapsed
     }
 
-    private let state = Mutex(State())
+    private let group = Mutex<ServiceGroup?>(nil)
+    private let contract: Mutex<ShutdownSignals>
     let logger: Logger
     let signals: UnixSignalsSequence
+    /// Whether tasks run now (the soft shutdown waits only then, unless told to wait when idle).
+    let busy: @Sendable () -> Bool
 
-    init(logger: Logger, signals: UnixSignalsSequence) {
+    init(logger: Logger, signals: UnixSignalsSequence, contract: ShutdownSignals, busy: @escaping @Sendable () -> Bool) {
         self.logger = logger
         self.signals = signals
+        self.contract = Mutex(contract)
+        self.busy = busy
     }
 
     func attach(_ group: ServiceGroup) {
-        state.withLock { $0.group = group }
+        self.group.withLock { $0 = group }
     }
 
-    var exitCode: Int32 { state.withLock { $0.exitCode } }
+    var exitCode: Int32 { contract.withLock { $0.exitCode } }
 
     func run() async throws {
-        for await signal in signals.cancelOnGracefulShutdown() {
-            let (group, alreadyWarm) = state.withLock { state -> (ServiceGroup?, Bool) in
-                let previous = state.warm
-                state.warm = true
-                if signal == .sigint || signal == .sigquit || previous { state.exitCode = 1 }
-                return (state.group, previous)
+        let (events, continuation) = AsyncStream.makeStream(of: Event.self)
+        try await withThrowingDiscardingTaskGroup { tasks in
+            tasks.addTask {
+                for await signal in self.signals {
+                    switch signal {
+                    case .sigterm: continuation.yield(.signal(.terminate))
+                    case .sigint: continuation.yield(.signal(.interrupt))
+                    case .sigquit: continuation.yield(.signal(.quit))
+                    default: continue
+                    }
+                }
             }
-            if signal == .sigquit || alreadyWarm {
-                logger.warning("worker: Cold shutdown (MainProcess)")
-                throw ColdShutdown()
+            for await event in events.cancelOnGracefulShutdown() {
+                let (reaction, lines) = contract.withLock { contract in
+                    switch event {
+                    case .signal(let signal): contract.receive(signal, busy: busy())
+                    case .softTimeoutElapsed: contract.softTimeoutElapsed()
+                    }
+                }
+                for line in lines { logger.warning("\(line)") }
+                switch reaction {
+                case .none:
+                    continue
+                case .warm:
+                    await group.withLock { $0 }?.triggerGracefulShutdown()
+                case .soft(let seconds):
+                    logger.warning("\(ShutdownSignals.softShutdownLine(seconds: seconds))")
+                    tasks.addTask {
+                        try? await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+                        continuation.yield(.softTimeoutElapsed)
+                    }
+                    // No task starts any more; those running may finish. The wait ends when they have (the group then
+                    // shuts down, and so does this loop) or when the time is up.
+                    await group.withLock { $0 }?.triggerGracefulShutdown()
+                case .cold:
+                    throw ColdShutdown()
+                }
             }
-            logger.warning("worker: Warm shutdown (MainProcess)")
-            await group?.triggerGracefulShutdown()
+            tasks.cancelAll()
         }
     }
 }

@@ -37,12 +37,16 @@ struct DeliveryStateMachineTests {
         #expect(running.discard() == .none)
     }
 
-    @Test("cold shutdown abandons a running acks-late message to the visibility timeout")
+    @Test("cold shutdown gives a running acks-late message back at once; an early-acked one is gone")
     func abandon() {
         var machine = DeliveryStateMachine(acksLate: true)
         _ = machine.start()
-        #expect(machine.abandon() == .none)
+        #expect(machine.abandon() == .restore(atFront: true))
         #expect(machine.finish() == .none)
+        #expect(machine.abandon() == .none)
+        var early = DeliveryStateMachine(acksLate: false)
+        #expect(early.start() == .ack)
+        #expect(early.abandon() == .none)
     }
 }
 

@@ -22,7 +22,7 @@ struct PoolScalingTests {
         var configuration = WorkerConfiguration(concurrency: 8, prefetchMultiplier: 4, pool: .process)
         configuration.autoscale = Autoscale(max: 5, min: 2)
         #expect(configuration.slots == 2 && configuration.prefetchCount == 20)
-        #expect(CeleryWorkerService.processPoolThreads(configuration) == 5)
+        #expect(CeleryWorkerService.processPoolThreads(configuration) == 6)  // one per child at most, one to receive
         configuration.autoscale = Autoscale(max: 5, min: 0)
         #expect(configuration.slots == 0 && configuration.prefetchCount == 20)
         configuration.pool = .threads

@@ -400,6 +400,8 @@ extension WorkerRun {
             "broker_connection_retry_on_startup": configuration.brokerConnectionRetry.retryOnStartup.map(CeleryValue.bool) ?? .null,
             "broker_connection_max_retries": configuration.brokerConnectionRetry.maxRetries.map { .int(Int64($0)) } ?? .null,
             "broker_connection_timeout": Self.seconds(configuration.brokerURL.connectTimeout ?? 4),
+            "worker_soft_shutdown_timeout": .seconds(configuration.softShutdownTimeout),
+            "worker_enable_soft_shutdown_on_idle": .bool(configuration.softShutdownOnIdle),
         ]
         // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
         if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }
@@ -573,8 +575,7 @@ extension WorkerRun {
 
     /// A time limit as Python's prefork pool reports it: the seconds, 0 for none.
     private static func seconds(_ limit: Double?) -> CeleryValue {
-        guard let limit else { return .int(0) }
-        return limit == limit.rounded() && abs(limit) < 1e15 ? .int(Int64(limit)) : .double(limit)
+        limit.map(CeleryValue.seconds) ?? .int(0)
     }
 
     /// `stats()["broker"]`: the keys of kombu's `Connection.info()`. Those that name a feature of another transport

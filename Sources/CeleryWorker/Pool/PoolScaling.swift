@@ -46,7 +46,8 @@ struct AutoscalerState: Sendable, Equatable {
 /// The size of a process pool as it changes at run time: the task threads that wait on its children, the prefetch
 /// window, and the autoscaler with `--autoscale`.
 struct PoolScaling: Sendable {
-    /// Task threads started: one per child at least, as each running job waits on its child from one.
+    /// Task threads started: one per child at least, as each running job waits on its child from one, and one more
+    /// (``CeleryWorkerService/processPoolThreads(_:)``).
     var threads: Int
     /// The prefetch window now (0: no limit); `inspect stats`' `prefetch_count`.
     var prefetchCount: Int
@@ -65,7 +66,7 @@ extension WorkerRun {
         defer { resizing.release() }
         if delta > 0 {
             let extra = scaling.withLock { scaling in
-                let extra = Swift.max(0, pool.processes + delta - scaling.threads)
+                let extra = Swift.max(0, pool.processes + delta + 1 - scaling.threads)
                 scaling.threads += extra
                 return extra
             }

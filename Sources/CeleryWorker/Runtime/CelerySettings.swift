@@ -105,6 +105,10 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerConnectionMaxRetries: Int??
     /// `broker_connection_timeout`: seconds a connection attempt to the broker may take.
     public var brokerConnectionTimeout: Double?
+    /// `worker_soft_shutdown_timeout`: seconds.
+    public var softShutdownTimeout: Double?
+    /// `worker_enable_soft_shutdown_on_idle`.
+    public var softShutdownOnIdle: Bool?
     /// `task_default_rate_limit`.
     public var defaultRateLimit: String?
     /// `worker_disable_rate_limits`.
@@ -320,6 +324,12 @@ public struct CelerySettings: Sendable, Equatable {
             guard seconds > 0, seconds.isFinite else { throw field.fail("a number of seconds above 0") }
             settings.brokerConnectionTimeout = seconds
         }
+        add(["worker_soft_shutdown_timeout"]) { settings, field in
+            let seconds = try field.seconds()
+            guard seconds >= 0, seconds.isFinite else { throw field.fail("a number of seconds from 0") }
+            settings.softShutdownTimeout = seconds
+        }
+        add(["worker_enable_soft_shutdown_on_idle"]) { $0.softShutdownOnIdle = try $1.bool() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
             settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)
         }

@@ -35,6 +35,13 @@ public final class CeleryWorkerService: Service {
     /// broker's and the backend's connections run their calls there. `nil` for the process pool (and for a worker on
     /// another broker: its event loop is made in ``run()``).
     let lane: WorkerThreads?
+    /// The state of the current ``run()``, while it runs.
+    private let currentRun = Mutex<WorkerRun?>(nil)
+
+    /// How many tasks run now (`active` in worker events): 0 before ``run()`` starts and after it ends.
+    public var activeTasks: Int {
+        currentRun.withLock { $0 }?.counters.withLock { $0.active } ?? 0
+    }
 
     /// A worker on Redis, as configured.
     ///
@@ -120,9 +127,11 @@ public final class CeleryWorkerService: Service {
     }
 
     /// The task threads of a process pool: one per child it may have at once (the concurrency, or the autoscale
-    /// maximum); `pool_grow` adds more.
+    /// maximum), as a running job waits on its child from one, and one more for receiving and dispatching, which
+    /// run there too: with every child busy, a message fetched meanwhile is still received at once (logged,
+    /// `task-received`, in `inspect reserved`), as in Celery. `pool_grow` adds more.
     static func processPoolThreads(_ configuration: WorkerConfiguration) -> Int {
-        configuration.poolAutoscale?.max ?? configuration.concurrency
+        (configuration.poolAutoscale?.max ?? configuration.concurrency) + 1
     }
 
     /// The event loop of the solo and thread pools, `nil` for the process pool: tasks, the worker's bookkeeping and
@@ -158,6 +167,8 @@ public final class CeleryWorkerService: Service {
                 maxMemoryPerChild: configuration.maxMemoryPerChild) : nil
         if let pool { await withTaskExecutorPreference(executor) { pool.start() } }
         let run = WorkerRun(service: self, shutdown: shutdown, executor: executor, pool: pool)
+        currentRun.withLock { $0 = run }
+        defer { currentRun.withLock { $0 = nil } }
         // The worker's own bookkeeping runs on the event loop, or (process pool) on one thread of its own: hand-offs
         // between its tasks are queue pushes.
         let loop = lane ?? WorkerThreads(count: 1, name: "celery-worker")
@@ -381,7 +392,7 @@ final class WorkerRun: Sendable {
             }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
-        // a cold shutdown cancelled the loops) goes back to its queue.
+        // a cold shutdown cancelled the loops), and acks-late tasks a cold shutdown interrupted, go back to their queue.
         await giveBack(held.withLock { $0.unstarted })
         await saveState()  // Python's Persistent saves at shutdown
     }
@@ -846,6 +857,13 @@ struct HeldDeliveries: Sendable {
         entries.updateValue(Entry(delivery: entry.delivery, started: true), forKey: delivery.heldKey)
     }
 
+    /// A started task was interrupted by a cold shutdown before its acknowledgement: its message is given back
+    /// with those that never started.
+    mutating func markInterrupted(_ delivery: BrokerDelivery) {
+        guard delivery.heldKey != 0, let entry = entries[delivery.heldKey] else { return }
+        entries.updateValue(Entry(delivery: entry.delivery, started: false), forKey: delivery.heldKey)
+    }
+
     mutating func remove(_ delivery: BrokerDelivery) {
         guard delivery.heldKey != 0 else { return }
         entries.removeValue(forKey: delivery.heldKey)
@@ -853,7 +871,8 @@ struct HeldDeliveries: Sendable {
 
     var all: [BrokerDelivery] { entries.values.map(\.delivery) }
 
-    /// Held deliveries whose task never started, oldest first (the order kombu restores them in).
+    /// Held deliveries whose task never started (or was interrupted before its acknowledgement), oldest first (the
+    /// order kombu restores them in).
     var unstarted: [BrokerDelivery] {
         entries.filter { !$0.value.started }.sorted { $0.key < $1.key }.map(\.value.delivery)
     }

@@ -72,10 +72,12 @@ struct DeliveryStateMachine: Sendable {
         return .restore(atFront: true)
     }
 
-    /// The task was interrupted while running (cold shutdown). An early-acked message is gone, as in Celery;
-    /// an acks-late one is left in `unacked` for the visibility timeout to redeliver.
+    /// The task was interrupted while running (cold shutdown). An early-acked message is gone, as in Celery; an
+    /// acks-late one goes back to the front of its queue, as Celery 5.5 and later restore it when the cancelled
+    /// task's channel closes.
     mutating func abandon() -> Action {
+        guard case .running(let acknowledged) = state else { return .none }
         state = .settled
-        return .none
+        return acknowledged ? .none : .restore(atFront: true)
     }
 }

@@ -103,6 +103,11 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `worker_enable_remote_control`: answer remote control (`ping`, `inspect`, `revoke` …) over the pidbox.
     /// Off, the worker does not listen to it at all, as Celery's; mingle still asks the other workers. Default on.
     public var remoteControl = true
+    /// Celery's `worker_soft_shutdown_timeout`: seconds a cold shutdown first waits for running tasks, as a warm
+    /// shutdown would, before it cancels them (``ShutdownSignals``). Default 0: no wait, as in Celery.
+    public var softShutdownTimeout: Double = 0
+    /// Celery's `worker_enable_soft_shutdown_on_idle`: the soft shutdown applies even when no task runs. Default off.
+    public var softShutdownOnIdle = false
     /// Celery's `task_send_sent_event`: a `task-sent` event for every task message the worker publishes (callbacks,
     /// chain steps, chord bodies, retries), as Celery's producer sends it. Default off.
     public var sendSentEvent = false

@@ -379,7 +379,8 @@ extension WorkerRun {
 
         if jobTasks.isCancelled, Task.isCancelled {
             logger.warning("Task \(job.displayName)[\(message.id)] interrupted by cold shutdown")
-            await carryOut(machine.abandon(), for: job.delivery)
+            // An acks-late message goes back with the reserved ones, in one "Restoring …" as Celery counts them.
+            if machine.abandon() != .none { held.withLock { $0.markInterrupted(job.delivery) } }
             return holdsPrefetch
         }
         var outcome = ending.outcome

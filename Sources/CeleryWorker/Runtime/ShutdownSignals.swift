@@ -1,0 +1,119 @@
+import CeleryProtocol
+
+/// Celery's shutdown signals (`celery/apps/worker.py`, Celery 5.5 and later), as a pure state machine: each signal
+/// comes in, what the worker does comes back, with the lines Celery prints for it.
+///
+/// - `SIGTERM` is a warm shutdown (exit 0). Another `SIGTERM` only says so again: it never turns cold, as in Celery.
+/// - The first `SIGINT` is a warm shutdown too (exit 1), with Celery's hint; the next `SIGINT` is a cold shutdown.
+/// - `SIGQUIT` is a cold shutdown (exit 1), and so is `SIGTERM` when the environment has `REMAP_SIGTERM=SIGQUIT`.
+/// - With `worker_soft_shutdown_timeout` above 0, a cold shutdown while tasks run (or always, with
+///   `worker_enable_soft_shutdown_on_idle`) first waits up to that many seconds as a warm shutdown would (no new task
+///   starts, running ones may finish and store their results), then cancels what still runs. Celery sleeps the
+///   whole time in its signal handler; here the wait ends as soon as the warm part is over. A cold signal during the
+///   wait cancels at once (Celery cancels the tasks then but still sleeps out the rest).
+public struct ShutdownSignals: Sendable {
+    /// The signals Celery's worker handles for shutdown.
+    public enum Signal: Sendable {
+        case terminate, interrupt, quit
+    }
+
+    /// What the worker does for a signal.
+    public enum Reaction: Sendable, Equatable {
+        /// Nothing more than the lines to print.
+        case none
+        /// Begin (or go on with) a warm shutdown.
+        case warm
+        /// Begin a soft shutdown: a warm shutdown for at most this many seconds, then cold.
+        case soft(seconds: Double)
+        /// Cold shutdown now.
+        case cold
+    }
+
+    /// Where the shutdown stands.
+    public enum Phase: Sendable, Equatable {
+        case running, warm, soft, cold
+    }
+
+    /// `worker_soft_shutdown_timeout`: seconds; 0 (Celery's default) turns the soft shutdown off.
+    public let softTimeout: Double
+    /// `worker_enable_soft_shutdown_on_idle`: wait the soft shutdown even when no task runs.
+    public let softOnIdle: Bool
+    /// `REMAP_SIGTERM=SIGQUIT`: `SIGTERM` is a cold shutdown.
+    public let termIsCold: Bool
+    public private(set) var phase = Phase.running
+    /// The exit status the signals so far ask for: 0 after `SIGTERM` alone, 1 once `SIGINT` or a cold shutdown came.
+    public private(set) var exitCode: Int32 = 0
+    private var interrupted = false
+
+    public init(softTimeout: Double = 0, softOnIdle: Bool = false, termIsCold: Bool = false) {
+        self.softTimeout = softTimeout
+        self.softOnIdle = softOnIdle
+        self.termIsCold = termIsCold
+    }
+
+    /// Reads Celery's `REMAP_SIGTERM` from the environment: `SIGQUIT` remaps, nothing (or empty) does not; another
+    /// value is not supported and comes back as a warning.
+    public static func remapsTerm(_ value: String?) -> (remaps: Bool, warning: String?) {
+        guard let value, !value.isEmpty else { return (false, nil) }
+        if value == "SIGQUIT" { return (true, nil) }
+        return (false, "REMAP_SIGTERM=\(value) is ignored: only SIGQUIT is supported (SIGTERM stays a warm shutdown).")
+    }
+
+    /// Handles one signal. `busy` says whether tasks are running now (for the soft shutdown). Returns the reaction
+    /// and the lines Celery prints for the signal, in order.
+    public mutating func receive(_ signal: Signal, busy: Bool) -> (Reaction, [String]) {
+        let cold = signal == .quit || (signal == .terminate && termIsCold) || (signal == .interrupt && interrupted)
+        if !cold {
+            if signal == .interrupt {
+                interrupted = true
+                exitCode = 1
+                let hint = "worker: Hitting Ctrl+C again will initiate cold shutdown, terminating all running tasks!"
+                guard phase == .running else { return (.none, [hint, Self.warmLine]) }
+                phase = .warm
+                return (.warm, [hint, Self.warmLine])
+            }
+            guard phase == .running else { return (.none, [Self.warmLine]) }
+            phase = .warm
+            return (.warm, [Self.warmLine])
+        }
+        exitCode = 1
+        switch phase {
+        case .running, .warm:
+            let hint = "worker: Hitting Ctrl+C again will terminate all running tasks!"
+            if softTimeout > 0, busy || softOnIdle {
+                phase = .soft
+                return (.soft(seconds: softTimeout), [hint])
+            }
+            phase = .cold
+            return (.cold, [hint, Self.coldLine])
+        case .soft:
+            phase = .cold
+            return (.cold, ["Waiting gracefully for cold shutdown to complete...", Self.coldLine])
+        case .cold:
+            return (.none, [])
+        }
+    }
+
+    /// The soft shutdown's time is up: cold shutdown, unless it already began.
+    public mutating func softTimeoutElapsed() -> (Reaction, [String]) {
+        guard phase == .soft else { return (.none, []) }
+        phase = .cold
+        return (.cold, [Self.coldLine])
+    }
+
+    /// Celery's warning as the soft shutdown begins, with the setting as Python prints it (a whole number as an
+    /// int, as a configuration most often gives it).
+    public static func softShutdownLine(seconds: Double) -> String {
+        "Initiating Soft Shutdown, terminating in \(PythonRepr.repr(.seconds(seconds))) seconds"
+    }
+
+    static let warmLine = "worker: Warm shutdown (MainProcess)"
+    static let coldLine = "worker: Cold shutdown (MainProcess)"
+}
+
+extension CeleryValue {
+    /// Seconds as Python most often holds them: a whole number as an int (as a configuration gives it), else a float.
+    static func seconds(_ value: Double) -> CeleryValue {
+        value == value.rounded() && abs(value) < 1e15 ? .int(Int64(value)) : .double(value)
+    }
+}

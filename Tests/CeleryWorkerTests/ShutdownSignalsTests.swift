@@ -1,0 +1,81 @@
+import Testing
+
+@testable import CeleryWorker
+
+@Suite("Shutdown signals: Celery's handlers")
+struct ShutdownSignalsTests {
+    @Test("SIGTERM is warm and stays warm when repeated, exit 0")
+    func terminateTwice() {
+        var signals = ShutdownSignals()
+        #expect(signals.receive(.terminate, busy: true) == (.warm, ["worker: Warm shutdown (MainProcess)"]))
+        #expect(signals.receive(.terminate, busy: true) == (.none, ["worker: Warm shutdown (MainProcess)"]))
+        #expect(signals.phase == .warm)
+        #expect(signals.exitCode == 0)
+    }
+
+    @Test("the first SIGINT is warm with Celery's hint, the second cold, exit 1")
+    func interruptTwice() {
+        var signals = ShutdownSignals()
+        let (first, firstLines) = signals.receive(.interrupt, busy: true)
+        #expect(first == .warm)
+        #expect(
+            firstLines == [
+                "worker: Hitting Ctrl+C again will initiate cold shutdown, terminating all running tasks!",
+                "worker: Warm shutdown (MainProcess)",
+            ])
+        #expect(signals.exitCode == 1)
+        let (second, secondLines) = signals.receive(.interrupt, busy: true)
+        #expect(second == .cold)
+        #expect(secondLines == ["worker: Hitting Ctrl+C again will terminate all running tasks!", "worker: Cold shutdown (MainProcess)"])
+        #expect(signals.receive(.interrupt, busy: true).0 == .none)
+    }
+
+    @Test("SIGINT after SIGTERM is the first SIGINT; SIGQUIT is cold at any time")
+    func mixed() {
+        var signals = ShutdownSignals()
+        #expect(signals.receive(.terminate, busy: false).0 == .warm)
+        #expect(signals.receive(.interrupt, busy: false).0 == .none)
+        #expect(signals.exitCode == 1)
+        #expect(signals.receive(.quit, busy: false).0 == .cold)
+        var quit = ShutdownSignals()
+        #expect(quit.receive(.quit, busy: true).0 == .cold)
+        #expect(quit.exitCode == 1)
+    }
+
+    @Test("REMAP_SIGTERM=SIGQUIT makes SIGTERM cold; other values are refused with a warning")
+    func remap() {
+        var signals = ShutdownSignals(termIsCold: true)
+        #expect(signals.receive(.terminate, busy: true).0 == .cold)
+        #expect(signals.exitCode == 1)
+        #expect(ShutdownSignals.remapsTerm("SIGQUIT") == (true, nil))
+        #expect(ShutdownSignals.remapsTerm(nil) == (false, nil))
+        #expect(ShutdownSignals.remapsTerm("") == (false, nil))
+        let other = ShutdownSignals.remapsTerm("SIGKILL")
+        #expect(!other.remaps && other.warning?.contains("REMAP_SIGTERM=SIGKILL is ignored") == true)
+    }
+
+    @Test("a soft shutdown waits only while tasks run, unless told to wait when idle; its time up, or another cold signal, is cold")
+    func soft() {
+        var idle = ShutdownSignals(softTimeout: 3)
+        #expect(idle.receive(.quit, busy: false).0 == .cold)
+        var busy = ShutdownSignals(softTimeout: 3)
+        #expect(busy.receive(.quit, busy: true) == (.soft(seconds: 3), ["worker: Hitting Ctrl+C again will terminate all running tasks!"]))
+        #expect(busy.receive(.terminate, busy: true) == (.none, ["worker: Warm shutdown (MainProcess)"]))
+        #expect(busy.softTimeoutElapsed() == (.cold, ["worker: Cold shutdown (MainProcess)"]))
+        #expect(busy.softTimeoutElapsed().0 == .none)
+        var onIdle = ShutdownSignals(softTimeout: 1.5, softOnIdle: true)
+        #expect(onIdle.receive(.interrupt, busy: false).0 == .warm)
+        #expect(onIdle.receive(.interrupt, busy: false).0 == .soft(seconds: 1.5))
+        #expect(
+            onIdle.receive(.quit, busy: false) == (
+                .cold, ["Waiting gracefully for cold shutdown to complete...", "worker: Cold shutdown (MainProcess)"]
+            ))
+        #expect(onIdle.softTimeoutElapsed().0 == .none)
+    }
+
+    @Test("the soft shutdown's warning prints the setting as Python does")
+    func softLine() {
+        #expect(ShutdownSignals.softShutdownLine(seconds: 10) == "Initiating Soft Shutdown, terminating in 10 seconds")
+        #expect(ShutdownSignals.softShutdownLine(seconds: 2.5) == "Initiating Soft Shutdown, terminating in 2.5 seconds")
+    }
+}
