@@ -338,6 +338,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.sendSentEvent = file.sendSentEvent ?? false
         configuration.softShutdownTimeout = file.softShutdownTimeout ?? 0
         configuration.softShutdownOnIdle = file.softShutdownOnIdle ?? false
+        configuration.deduplicateSuccessfulTasks = file.deduplicateSuccessfulTasks ?? false
         configuration.brokerTransport = file.brokerTransport
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle

@@ -200,6 +200,9 @@ struct CelerySettingsTests {
             ("broker_connection_max_retries: -1", "broker_connection_max_retries"),
             ("broker_connection_retry: sometimes", "broker_connection_retry"),
             ("broker_connection_timeout: 0", "broker_connection_timeout"),
+            ("worker_soft_shutdown_timeout: -1", "worker_soft_shutdown_timeout"),
+            ("worker_enable_soft_shutdown_on_idle: 1", "worker_enable_soft_shutdown_on_idle"),
+            ("worker_deduplicate_successful_tasks: yes please", "worker_deduplicate_successful_tasks"),
         ])
     func wrongTypes(text: String, key: String) {
         do {
@@ -234,6 +237,19 @@ struct CelerySettingsTests {
         #expect(RedisConnection(url: url).connectTimeout == RedisConnection.defaultConnectTimeout)
         url.connectTimeout = 7.5
         #expect(RedisConnection(url: url).connectTimeout == .milliseconds(7500))
+    }
+
+    @Test("Celery 5.5's soft shutdown and the deduplication of successful tasks")
+    func shutdownAndDeduplication() throws {
+        let set = try CelerySettings.parse(
+            """
+            worker_soft_shutdown_timeout: 2.5
+            worker_enable_soft_shutdown_on_idle: true
+            worker_deduplicate_successful_tasks: true
+            """, source: "soft.yaml")
+        #expect(set.softShutdownTimeout == 2.5 && set.softShutdownOnIdle == true && set.deduplicateSuccessfulTasks == true)
+        #expect(set.warnings.isEmpty)
+        #expect(try CelerySettings.parse("worker_soft_shutdown_timeout: 10", source: "whole.yaml").softShutdownTimeout == 10)
     }
 
     @Test("time zones: date_done in the app's zone; naive times read as UTC unless enable_utc is off")

@@ -41,6 +41,15 @@ public final class RedisResultBackend: ResultBackend {
         return CeleryResultDocument.storedStatus(stored, serializer: serializer)
     }
 
+    public func storedDocument(of taskID: String) async throws(CeleryWorkerError) -> CeleryValue? {
+        guard let stored = try await client.send(RedisCommand("GET", RedisArgument(key(for: taskID)))).bytes else { return nil }
+        do {
+            return try CeleryResultDocument.decodeStored(stored, serializer: serializer)
+        } catch {
+            throw CeleryWorkerError(code: .unexpectedReply, message: "the stored result of \(taskID) does not decode: \(error.message)")
+        }
+    }
+
     /// Every document in one round trip: a script does Python's steps for each (`GET`; unless the stored state is
     /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {

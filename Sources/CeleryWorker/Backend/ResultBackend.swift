@@ -7,6 +7,9 @@ public protocol ResultBackend: Sendable {
     func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError)
     /// The stored state of a task; `nil` when nothing is stored (Python's PENDING).
     func status(of taskID: String) async throws(CeleryWorkerError) -> TaskState?
+    /// The stored result document of a task, decoded (`status`, `result`, `children` …), as Python's
+    /// `_get_task_meta()` reads it; `nil` when nothing is stored.
+    func storedDocument(of taskID: String) async throws(CeleryWorkerError) -> CeleryValue?
     /// Records a chord header part; returns the completion when this part completes the chord and this worker
     /// claimed sending the body.
     func chordPartReturn(
@@ -56,6 +59,11 @@ public struct ChordCompletion: Sendable {
 
 /// A backend without chord support keeps no chord state.
 extension ResultBackend {
+    /// A document of the stored state alone, for a backend that keeps nothing else.
+    public func storedDocument(of taskID: String) async throws(CeleryWorkerError) -> CeleryValue? {
+        try await status(of: taskID).map { ["status": .string($0.rawValue)] }
+    }
+
     public func chordPartReturn(
         groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
     ) async throws(CeleryWorkerError) -> ChordCompletion? { nil }

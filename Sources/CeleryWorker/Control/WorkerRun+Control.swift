@@ -30,30 +30,52 @@ struct RunningTasks: Sendable {
     func with(id: String) -> [RunningTask] { tasks.values.filter { $0.job.message.id == id } }
 }
 
-/// Ids revoked by `revoke`, remembered as Python remembers them: at most 50 000, each for 3 hours.
-struct RevokedTasks: Sendable {
-    static let limit = 50_000
-    static let lifetime: Double = 10_800
+/// Task ids remembered as Celery's `LimitedSet` remembers them: at most `limit`, the oldest forgotten first, each for
+/// `lifetime` seconds.
+struct LimitedIDs: Sendable {
+    let limit: Int
+    let lifetime: Double
     private var added: [String: Double] = [:]
     private var order: [String] = []
-    /// Stamp values revoked by `revoke_by_stamped_headers`, by stamp name (Celery's `revoked_stamps`).
-    var stamps: [String: [CeleryValue]] = [:]
+
+    init(limit: Int, lifetime: Double) {
+        self.limit = limit
+        self.lifetime = lifetime
+    }
 
     mutating func insert(_ id: String, at now: Double = WallClock.now()) {
         if added[id] == nil { order.append(id) }
         added[id] = now
-        while order.count > Self.limit { added[order.removeFirst()] = nil }
+        while order.count > limit { added[order.removeFirst()] = nil }
     }
 
     func contains(_ id: String, at now: Double = WallClock.now()) -> Bool {
         guard let time = added[id] else { return false }
-        return now - time < Self.lifetime
+        return now - time < lifetime
     }
 
     func all(at now: Double = WallClock.now()) -> [String] { order.filter { contains($0, at: now) } }
 
+    /// When `id` was added, if it is held.
+    func addedAt(_ id: String) -> Double? { added[id] }
+}
+
+/// Ids revoked by `revoke`, remembered as Python remembers them: at most 50 000, each for 3 hours.
+struct RevokedTasks: Sendable {
+    static let limit = 50_000
+    static let lifetime: Double = 10_800
+    private var ids = LimitedIDs(limit: Self.limit, lifetime: Self.lifetime)
+    /// Stamp values revoked by `revoke_by_stamped_headers`, by stamp name (Celery's `revoked_stamps`).
+    var stamps: [String: [CeleryValue]] = [:]
+
+    mutating func insert(_ id: String, at now: Double = WallClock.now()) { ids.insert(id, at: now) }
+
+    func contains(_ id: String, at now: Double = WallClock.now()) -> Bool { ids.contains(id, at: now) }
+
+    func all(at now: Double = WallClock.now()) -> [String] { ids.all(at: now) }
+
     /// When `id` was revoked, if it is held.
-    func revokedAt(_ id: String) -> Double? { added[id] }
+    func revokedAt(_ id: String) -> Double? { ids.addedAt(id) }
 }
 
 extension WorkerRun {
@@ -402,6 +424,7 @@ extension WorkerRun {
             "broker_connection_timeout": Self.seconds(configuration.brokerURL.connectTimeout ?? 4),
             "worker_soft_shutdown_timeout": .seconds(configuration.softShutdownTimeout),
             "worker_enable_soft_shutdown_on_idle": .bool(configuration.softShutdownOnIdle),
+            "worker_deduplicate_successful_tasks": .bool(configuration.deduplicateSuccessfulTasks),
         ]
         // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
         if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }

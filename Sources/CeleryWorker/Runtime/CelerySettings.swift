@@ -105,6 +105,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerConnectionMaxRetries: Int??
     /// `broker_connection_timeout`: seconds a connection attempt to the broker may take.
     public var brokerConnectionTimeout: Double?
+    /// `worker_deduplicate_successful_tasks`.
+    public var deduplicateSuccessfulTasks: Bool?
     /// `worker_soft_shutdown_timeout`: seconds.
     public var softShutdownTimeout: Double?
     /// `worker_enable_soft_shutdown_on_idle`.
@@ -330,6 +332,7 @@ public struct CelerySettings: Sendable, Equatable {
             settings.softShutdownTimeout = seconds
         }
         add(["worker_enable_soft_shutdown_on_idle"]) { $0.softShutdownOnIdle = try $1.bool() }
+        add(["worker_deduplicate_successful_tasks"]) { $0.deduplicateSuccessfulTasks = try $1.bool() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
             settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)
         }

@@ -264,6 +264,9 @@ final class WorkerRun: Sendable {
     let counters = Mutex((active: 0, processed: 0, totals: [String: Int]()))
     /// Ids revoked by remote control.
     let revoked = Mutex(RevokedTasks())
+    /// Ids of tasks that succeeded here (Celery's `successful_requests`: at most 1 000, each for 3 hours), kept for
+    /// `worker_deduplicate_successful_tasks` only.
+    let succeeded = Mutex(LimitedIDs(limit: 1_000, lifetime: 10_800))
     /// Why the worker gave up on its broker (``giveUp(_:)``), if it did.
     let gaveUp = Mutex<String?>(nil)
     /// Tasks running now, by id (`inspect active`).

@@ -108,6 +108,9 @@ public struct WorkerConfiguration: Sendable {
     public var softShutdownTimeout: Double = 0
     /// Celery's `worker_enable_soft_shutdown_on_idle`: the soft shutdown applies even when no task runs. Default off.
     public var softShutdownOnIdle = false
+    /// Celery's `worker_deduplicate_successful_tasks`: an acks-late task whose message was redelivered is not run
+    /// again when it already succeeded (its stored state is `SUCCESS`). Default off, as in Celery.
+    public var deduplicateSuccessfulTasks = false
     /// Celery's `task_send_sent_event`: a `task-sent` event for every task message the worker publishes (callbacks,
     /// chain steps, chord bodies, retries), as Celery's producer sends it. Default off.
     public var sendSentEvent = false

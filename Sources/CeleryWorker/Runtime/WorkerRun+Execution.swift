@@ -311,6 +311,7 @@ extension WorkerRun {
             if holdsPrefetch { prefetch.release() }
             holdsPrefetch = false
         }
+        if configuration.deduplicateSuccessfulTasks, await skipsAsSucceeded(job, &machine, since: timeStart) { return }
         let storesResults = !ignoresResult(job)
         if storesResults, job.task.options.trackStarted ?? configuration.trackStarted {
             let started: CeleryValue = ["pid": .int(Int64(Host.pid)), "hostname": .string(configuration.nodeName)]
@@ -422,6 +423,7 @@ extension WorkerRun {
                 }
             }
             logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
+            if configuration.deduplicateSuccessfulTasks { succeeded.withLock { $0.insert(message.id) } }
             await sendTaskEvent(
                 "task-succeeded", message,
                 [
