@@ -1,4 +1,4 @@
-"""Celery's `worker_deduplicate_successful_tasks`: an acks-late task whose message comes back redelivered does not
+"""Celery's `worker_deduplicate_successful_tasks` and `task_ignore_result`: an acks-late task whose message comes back redelivered does not
 run again once it succeeded, beside a Python worker given the same settings. Messages are made redelivered by
 kombu itself: taken as its consumer takes them and given back with `reject(requeue=True)`."""
 import json
@@ -16,6 +16,9 @@ PYTHON_RESENDS_CHAIN = celery.VERSION >= (5, 7)
 # Celery 5.3's thread pool never adds a success to successful_requests (its request class calls task_ready without
 # `successful=True`), so a copy of a task that succeeded there is looked up in the backend too.
 PYTHON_REMEMBERS_SUCCESSES = celery.VERSION >= (5, 7)
+# Celery 5.7's clients leave a message's ignore_result header null unless told, and its workers read it (an explicit
+# value wins over the task's); Celery 5.3's clients always send false.
+HEADER_WINS = celery.VERSION >= (5, 7)
 
 
 def redeliver(app, queue, count=1):
@@ -110,3 +113,30 @@ def test_without_the_setting_a_redelivered_task_runs_again(request, tmp_path, re
     worker = start(request, tmp_path, redis_urls, "swift", "nodedup", {"task_acks_late": True})
     worker.wait_for_log(f"tasks.add[{done}] succeeded in")
     assert "already completed" not in worker.log
+
+
+# Beside Celery 5.3's worker there is no common behaviour to compare: it does not read the header.
+@pytest.mark.parametrize("kind", ["swift", "python"] if HEADER_WINS else ["swift"])
+def test_task_ignore_result(request, tmp_path, redis_urls, make_app, backend_redis, kind):
+    """`task_ignore_result: true` on the worker: tasks store no result (nor their failures), unless the message says
+    `ignore_result: false`, as Celery 5.7's worker reads the header (Celery 5.3's clients always say false, and its
+    worker does not read it: there the Swift worker stores what Celery 5.7 would)."""
+    queue = f"ignored{kind}"
+    worker = start(request, tmp_path, redis_urls, kind, queue, {"task_ignore_result": True})
+    app = make_app()
+    try:
+        plain = app.send_task("tasks.add", (1, 2), queue=queue)
+        failed = app.send_task("tasks.fail", ("ignored",), queue=queue)
+        kept = app.send_task("tasks.add", (2, 2), queue=queue, ignore_result=False)
+        assert kept.get(timeout=15) == 4
+        worker.wait_for_log(f"tasks.add[{plain.id}] succeeded in")
+        worker.wait_for_log(f"tasks.fail[{failed.id}] raised")
+        time.sleep(0.2)
+        stored = [backend_redis.exists(f"celery-task-meta-{r.id}") for r in (plain, failed)]
+        assert stored == ([0, 0] if HEADER_WINS else [1, 1]), stored
+        node = answering(app, queue)
+        shown = app.control.inspect(destination=[node], timeout=2).registered("ignore_result")[node]
+        assert "tasks.add [ignore_result=True]" in shown, shown
+    finally:
+        if isinstance(worker, PythonWorker):
+            worker.kill_all()

@@ -339,6 +339,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.softShutdownTimeout = file.softShutdownTimeout ?? 0
         configuration.softShutdownOnIdle = file.softShutdownOnIdle ?? false
         configuration.deduplicateSuccessfulTasks = file.deduplicateSuccessfulTasks ?? false
+        configuration.ignoreResult = file.ignoreResult ?? false
         configuration.brokerTransport = file.brokerTransport
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle

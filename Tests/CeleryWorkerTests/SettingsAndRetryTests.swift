@@ -239,16 +239,17 @@ struct CelerySettingsTests {
         #expect(RedisConnection(url: url).connectTimeout == .milliseconds(7500))
     }
 
-    @Test("Celery 5.5's soft shutdown and the deduplication of successful tasks")
+    @Test("Celery 5.5's soft shutdown, the deduplication of successful tasks and task_ignore_result")
     func shutdownAndDeduplication() throws {
         let set = try CelerySettings.parse(
             """
             worker_soft_shutdown_timeout: 2.5
             worker_enable_soft_shutdown_on_idle: true
             worker_deduplicate_successful_tasks: true
+            CELERY_IGNORE_RESULT: true
             """, source: "soft.yaml")
         #expect(set.softShutdownTimeout == 2.5 && set.softShutdownOnIdle == true && set.deduplicateSuccessfulTasks == true)
-        #expect(set.warnings.isEmpty)
+        #expect(set.ignoreResult == true && set.warnings.isEmpty)
         #expect(try CelerySettings.parse("worker_soft_shutdown_timeout: 10", source: "whole.yaml").softShutdownTimeout == 10)
     }
 

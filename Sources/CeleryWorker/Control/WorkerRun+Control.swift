@@ -425,6 +425,7 @@ extension WorkerRun {
             "worker_soft_shutdown_timeout": .seconds(configuration.softShutdownTimeout),
             "worker_enable_soft_shutdown_on_idle": .bool(configuration.softShutdownOnIdle),
             "worker_deduplicate_successful_tasks": .bool(configuration.deduplicateSuccessfulTasks),
+            "task_ignore_result": .bool(configuration.ignoreResult),
         ]
         // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
         if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }

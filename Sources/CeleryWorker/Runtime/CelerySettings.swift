@@ -105,6 +105,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerConnectionMaxRetries: Int??
     /// `broker_connection_timeout`: seconds a connection attempt to the broker may take.
     public var brokerConnectionTimeout: Double?
+    /// `task_ignore_result`.
+    public var ignoreResult: Bool?
     /// `worker_deduplicate_successful_tasks`.
     public var deduplicateSuccessfulTasks: Bool?
     /// `worker_soft_shutdown_timeout`: seconds.
@@ -332,6 +334,7 @@ public struct CelerySettings: Sendable, Equatable {
             settings.softShutdownTimeout = seconds
         }
         add(["worker_enable_soft_shutdown_on_idle"]) { $0.softShutdownOnIdle = try $1.bool() }
+        add(["task_ignore_result", "CELERY_IGNORE_RESULT"]) { $0.ignoreResult = try $1.bool() }
         add(["worker_deduplicate_successful_tasks"]) { $0.deduplicateSuccessfulTasks = try $1.bool() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in
             settings.taskAnnotations = try field.annotations(warnings: &settings.warnings)

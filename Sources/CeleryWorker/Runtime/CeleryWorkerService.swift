@@ -113,7 +113,8 @@ public final class CeleryWorkerService: Service {
         configuration.addBoundQueues()
         self.configuration = configuration
         // As in Celery: the default rate limit is a task attribute's default, and annotations come after it.
-        self.registry = registry.withDefaultRateLimit(configuration.defaultRateLimit).annotated(by: configuration.taskAnnotations)
+        self.registry = registry.withDefaultRateLimit(configuration.defaultRateLimit).ignoringResults(configuration.ignoreResult)
+            .annotated(by: configuration.taskAnnotations)
         self.logger = logger
         self.broker = broker
         self.backend = backend

@@ -74,6 +74,19 @@ extension TaskRegistry {
         return defaulted
     }
 
+    /// The registry with Celery's `task_ignore_result` on: every task ignores its result (Celery's task attribute
+    /// default; a message's own `ignore_result` header still wins, and annotations come after it).
+    public func ignoringResults(_ ignore: Bool) -> TaskRegistry {
+        guard ignore else { return self }
+        var defaulted = self
+        defaulted.mapOptions { task in
+            var options = task.options
+            options.ignoreResult = true
+            return options
+        }
+        return defaulted
+    }
+
     /// The registry with Celery's `task_annotations` applied to every task's options (the built-in tasks keep theirs,
     /// as Celery's own tasks are annotated by name only when named).
     public func annotated(by annotations: TaskAnnotations) -> TaskRegistry {

@@ -108,6 +108,9 @@ public struct WorkerConfiguration: Sendable {
     public var softShutdownTimeout: Double = 0
     /// Celery's `worker_enable_soft_shutdown_on_idle`: the soft shutdown applies even when no task runs. Default off.
     public var softShutdownOnIdle = false
+    /// Celery's `task_ignore_result`: no task stores its result (nor its states), unless its message says otherwise
+    /// (`ignore_result` in the headers, as Celery 5.7 reads it) or an annotation does. Default off.
+    public var ignoreResult = false
     /// Celery's `worker_deduplicate_successful_tasks`: an acks-late task whose message was redelivered is not run
     /// again when it already succeeded (its stored state is `SUCCESS`). Default off, as in Celery.
     public var deduplicateSuccessfulTasks = false
