@@ -199,3 +199,45 @@ def test_stats_and_conf_show_the_connection_settings_as_python_does(request, tmp
         assert shown["retryswift"][1] == settings.get("broker_connection_timeout", 4)
     finally:
         stop_both(swift, python)
+
+
+@pytest.mark.parametrize("limited", [True, False], ids=["max-retries", "forever"])
+def test_result_writes_retry_as_result_backend_always_retry_says(request, tmp_path, redis_urls, limited):
+    """A result backend on a server of its own stops while a task runs. With `result_backend_always_retry` the write
+    is retried with Celery's back-off: up to `result_backend_max_retries` times, then the result is logged as lost;
+    without a limit until the backend is back, and the result is stored then."""
+    from clientapp import make_app
+
+    settings = {"result_backend_always_retry": True, "result_backend_max_sleep_between_retries_ms": 200}
+    if limited:
+        settings |= {"result_backend_max_retries": 3, "result_backend_max_sleep_between_retries_ms": 50}
+    backend = RedisProcess().start()
+    config = tmp_path / "retry.json"
+    config.write_text(json.dumps(settings))
+    worker = remember(request, WorkerProcess(["--broker", redis_urls["broker"], "--result-backend", backend.url(0),
+                                              "--config", str(config), "-Q", "resultretry"], tmp_path / "swift.log"))
+    try:
+        worker.wait_ready()
+        app = make_app(redis_urls["broker"], backend.url(0))
+        node = answering(app, "celery@")
+        conf = app.control.inspect(destination=[node], timeout=2).conf()[node]
+        assert {key: conf[key] for key in settings} == settings, conf
+        result = app.send_task("tasks.sleep", (1.5,), queue="resultretry")
+        worker.wait_for_log(f"tasks.sleep[{result.id}] received")
+        backend.proc.terminate()
+        backend.proc.wait(5)
+        worker.wait_for_log(f"tasks.sleep[{result.id}] succeeded in")
+        if limited:
+            worker.wait_for_log(f"Cannot store the result of {result.id}", timeout=5)
+            assert worker.log.count("Result backend unreachable") == 3, worker.log
+        else:
+            time.sleep(3)
+            assert "Cannot store the result" not in worker.log
+            assert worker.log.count("Result backend unreachable") >= 5, worker.log
+            backend.start()
+            worker.wait_for_log(f"Stored the result of {result.id} after", timeout=5)
+            assert redis_lib.Redis.from_url(backend.url(0)).get(f"celery-task-meta-{result.id}") is not None
+    finally:
+        worker.stop(signal.SIGKILL)
+        gc.collect()
+        backend.stop()

@@ -340,6 +340,9 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.softShutdownOnIdle = file.softShutdownOnIdle ?? false
         configuration.deduplicateSuccessfulTasks = file.deduplicateSuccessfulTasks ?? false
         configuration.ignoreResult = file.ignoreResult ?? false
+        configuration.resultBackendRetry = ResultBackendRetry(
+            alwaysRetry: file.resultBackendAlwaysRetry ?? false, maxRetries: file.resultBackendMaxRetries ?? nil,
+            baseSleep: file.resultBackendBaseSleep ?? 0.01, maxSleep: file.resultBackendMaxSleep ?? 10)
         configuration.brokerTransport = file.brokerTransport
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle

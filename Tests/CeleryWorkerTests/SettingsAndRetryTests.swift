@@ -253,6 +253,33 @@ struct CelerySettingsTests {
         #expect(try CelerySettings.parse("worker_soft_shutdown_timeout: 10", source: "whole.yaml").softShutdownTimeout == 10)
     }
 
+    @Test("result_backend_always_retry: Celery's jittered back-off and limit; off, the worker's own 30 retries")
+    func resultBackendRetry() throws {
+        let set = try CelerySettings.parse(
+            """
+            result_backend_always_retry: true
+            result_backend_max_retries: .inf
+            result_backend_base_sleep_between_retries_ms: 20
+            result_backend_max_sleep_between_retries_ms: 1000
+            """, source: "results.yaml")
+        #expect(set.resultBackendAlwaysRetry == true && set.resultBackendMaxRetries == .some(nil))
+        #expect(set.resultBackendBaseSleep == 0.02 && set.resultBackendMaxSleep == 1)
+        #expect(try CelerySettings.parse("result_backend_max_retries: 5", source: "five.yaml").resultBackendMaxRetries == .some(5))
+        for bad in ["result_backend_max_retries: -1", "result_backend_base_sleep_between_retries_ms: 0.5"] {
+            #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse(bad, source: "bad.yaml") }
+        }
+        let celery = ResultBackendRetry(alwaysRetry: true, baseSleep: 0.02, maxSleep: 1)
+        #expect(celery.retries == nil)
+        // Python's randrange(countdown + 1) over min(max, base × 2ⁿ) milliseconds, n from 1.
+        #expect(celery.delay(attempt: 1, random: 0.99999) == 0.04)
+        #expect(celery.delay(attempt: 3, random: 0.99999) == 0.16)
+        #expect(celery.delay(attempt: 30, random: 0.99999) == 1)
+        #expect(celery.delay(attempt: 30, random: 0) == 0)
+        let own = ResultBackendRetry()
+        #expect(own.retries == 30 && own.delay(attempt: 1) == 1 && own.delay(attempt: 9) == 32)
+        #expect(ResultBackendRetry(alwaysRetry: true, maxRetries: 3).retries == 3)
+    }
+
     @Test("time zones: date_done in the app's zone; naive times read as UTC unless enable_utc is off")
     func timezones() throws {
         let paris = try #require(CeleryTimeZone(identifier: "Europe/Paris"))

@@ -426,6 +426,10 @@ extension WorkerRun {
             "worker_enable_soft_shutdown_on_idle": .bool(configuration.softShutdownOnIdle),
             "worker_deduplicate_successful_tasks": .bool(configuration.deduplicateSuccessfulTasks),
             "task_ignore_result": .bool(configuration.ignoreResult),
+            "result_backend_always_retry": .bool(configuration.resultBackendRetry.alwaysRetry),
+            "result_backend_max_retries": configuration.resultBackendRetry.maxRetries.map { .int(Int64($0)) } ?? .double(.infinity),
+            "result_backend_base_sleep_between_retries_ms": .int(Int64((configuration.resultBackendRetry.baseSleep * 1000).rounded())),
+            "result_backend_max_sleep_between_retries_ms": .int(Int64((configuration.resultBackendRetry.maxSleep * 1000).rounded())),
         ]
         // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
         if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }

@@ -105,6 +105,12 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerConnectionMaxRetries: Int??
     /// `broker_connection_timeout`: seconds a connection attempt to the broker may take.
     public var brokerConnectionTimeout: Double?
+    /// `result_backend_always_retry`, `result_backend_max_retries` (`.some(nil)`: infinite), and the sleeps between
+    /// retries, in seconds.
+    public var resultBackendAlwaysRetry: Bool?
+    public var resultBackendMaxRetries: Int??
+    public var resultBackendBaseSleep: Double?
+    public var resultBackendMaxSleep: Double?
     /// `task_ignore_result`.
     public var ignoreResult: Bool?
     /// `worker_deduplicate_successful_tasks`.
@@ -211,6 +217,13 @@ public struct CelerySettings: Sendable, Equatable {
             if let number = value as? Int { return Double(number) }
             guard let number = value as? Double else { throw fail("a number of seconds") }
             return number
+        }
+
+        /// A whole number of milliseconds from 0, as seconds.
+        func milliseconds() throws(CeleryWorkerError) -> Double {
+            let value = try int()
+            guard value >= 0 else { throw fail("a whole number of milliseconds from 0") }
+            return Double(value) / 1000
         }
 
         func serializer() throws(CeleryWorkerError) -> CeleryContentType {
@@ -334,6 +347,23 @@ public struct CelerySettings: Sendable, Equatable {
             settings.softShutdownTimeout = seconds
         }
         add(["worker_enable_soft_shutdown_on_idle"]) { $0.softShutdownOnIdle = try $1.bool() }
+        add(["result_backend_always_retry"]) { $0.resultBackendAlwaysRetry = try $1.bool() }
+        add(["result_backend_max_retries"]) { settings, field in
+            // Celery's default is float("inf"): YAML's .inf, or null.
+            if field.value is NSNull || (field.value as? Double)?.isInfinite == true {
+                settings.resultBackendMaxRetries = .some(nil)
+                return
+            }
+            let retries = try field.int()
+            guard retries >= 0 else { throw field.fail("a whole number from 0, or .inf (or null) to retry forever") }
+            settings.resultBackendMaxRetries = retries
+        }
+        add(["result_backend_base_sleep_between_retries_ms"]) { settings, field in
+            settings.resultBackendBaseSleep = try field.milliseconds()
+        }
+        add(["result_backend_max_sleep_between_retries_ms"]) { settings, field in
+            settings.resultBackendMaxSleep = try field.milliseconds()
+        }
         add(["task_ignore_result", "CELERY_IGNORE_RESULT"]) { $0.ignoreResult = try $1.bool() }
         add(["worker_deduplicate_successful_tasks"]) { $0.deduplicateSuccessfulTasks = try $1.bool() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in

@@ -758,7 +758,7 @@ final class WorkerRun: Sendable {
         if !inOrder { await checkRecords() }
         let early = phases.earlyAcks.compactMap(\.deliveryTag)
         let late = phases.lateAcks.compactMap(\.deliveryTag)
-        let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Redis") { () throws(CeleryWorkerError) in
+        let outcome = await retryingResultWrite(unreachable: "Redis") { () throws(CeleryWorkerError) in
             try await shared.backend.settle(earlyAcks: early, documents: phases.documents, lateAcks: late, broker: shared.broker)
         }
         if inOrder { await checkRecords() }
@@ -815,6 +815,23 @@ final class WorkerRun: Sendable {
     func retryingWhileUnreachable(
         retries: Int, unreachable: String? = nil, _ write: () async throws(CeleryWorkerError) -> Void
     ) async -> (failure: CeleryWorkerError?, retries: Int) {
+        let delays = service.retryDelays
+        return await retryingWhileUnreachable(retries: retries, delay: delays.delay(attempt:), unreachable: unreachable, write)
+    }
+
+    /// A result write (alone, or with acknowledgements in one script), retried as ``ResultBackendRetry`` says.
+    func retryingResultWrite(
+        unreachable: String, _ write: () async throws(CeleryWorkerError) -> Void
+    ) async -> (failure: CeleryWorkerError?, retries: Int) {
+        let policy = configuration.resultBackendRetry
+        return await retryingWhileUnreachable(
+            retries: policy.retries, delay: { policy.delay(attempt: $0) }, unreachable: unreachable, write)
+    }
+
+    /// ``retryingWhileUnreachable(retries:unreachable:_:)`` with its own back-off; `retries` `nil` is no limit.
+    private func retryingWhileUnreachable(
+        retries: Int?, delay: (Int) -> Double, unreachable: String?, _ write: () async throws(CeleryWorkerError) -> Void
+    ) async -> (failure: CeleryWorkerError?, retries: Int) {
         var attempt = 0
         while true {
             do {
@@ -822,8 +839,8 @@ final class WorkerRun: Sendable {
                 return (nil, attempt)
             } catch {
                 attempt += 1
-                guard error.isConnectionProblem, attempt <= retries, !Task.isCancelled else { return (error, attempt - 1) }
-                let delay = service.retryDelays.delay(attempt: attempt)
+                guard error.isConnectionProblem, attempt <= retries ?? Int.max, !Task.isCancelled else { return (error, attempt - 1) }
+                let delay = delay(attempt)
                 if let unreachable {
                     logger.warning("\(unreachable) unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
                 }

@@ -108,6 +108,9 @@ public struct WorkerConfiguration: Sendable {
     public var softShutdownTimeout: Double = 0
     /// Celery's `worker_enable_soft_shutdown_on_idle`: the soft shutdown applies even when no task runs. Default off.
     public var softShutdownOnIdle = false
+    /// Celery's `result_backend_always_retry` and its limits: how result writes are retried while the backend cannot
+    /// be reached. Default: the worker's own 30 retries, 1 to 32 seconds apart.
+    public var resultBackendRetry = ResultBackendRetry()
     /// Celery's `task_ignore_result`: no task stores its result (nor its states), unless its message says otherwise
     /// (`ignore_result` in the headers, as Celery 5.7 reads it) or an annotation does. Default off.
     public var ignoreResult = false

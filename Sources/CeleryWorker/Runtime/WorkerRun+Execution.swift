@@ -663,7 +663,7 @@ extension WorkerRun {
     func store(_ documents: [CeleryResultDocument]) async {
         guard let backend = service.backend, !documents.isEmpty else { return }
         let names = documents.map(\.taskID).joined(separator: ", ")
-        let outcome = await retryingWhileUnreachable(retries: 30, unreachable: "Result backend") { () throws(CeleryWorkerError) in
+        let outcome = await retryingResultWrite(unreachable: "Result backend") { () throws(CeleryWorkerError) in
             try await backend.store(documents)
         }
         if let failure = outcome.failure {
