@@ -162,6 +162,31 @@ def test_cold_shutdown_gives_acks_late_work_back_for_redelivery(start_worker, ma
     assert [r.get(timeout=15) for r in results] == [3, 3, 3]
 
 
+@pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
+def test_disable_prefetch_holds_only_what_runs_as_python_does(start_worker, start_python_worker, make_app,
+                                                              broker_redis, acks_late):
+    """`--disable-prefetch` (Celery 5.5): a message is fetched only when a slot is free, whatever the multiplier and
+    even when the running task's message was acknowledged at its start. A Python worker given the same holds as
+    many."""
+    import celery
+
+    late = ("--acks-late",) if acks_late else ()
+    workers = {"swift": start_worker("-c", "1", "--disable-prefetch", "-Q", "noprefetchswift", *late)}
+    if celery.VERSION >= (5, 5):
+        workers["python"] = start_python_worker("-c", "1", "--disable-prefetch", "-Q", "noprefetchpython",
+                                                env={"ACKS_LATE": "1" if acks_late else "0"})
+    app = make_app()
+    for kind, worker in workers.items():
+        queue = f"noprefetch{kind}"
+        results = [app.tasks["tasks.sleep"].apply_async((1,), queue=queue) for _ in range(3)]
+        worker.wait_for_log("received")
+        time.sleep(0.6)
+        assert worker.log.count(" received") == 1, (kind, worker.log)
+        assert broker_redis.llen(queue) == 2, kind
+        assert [r.get(timeout=15) for r in results] == [1] * 3
+        assert worker.log.count(" received") == 3
+
+
 def test_prefetch_limit_is_concurrency_times_multiplier(start_worker, make_app, broker_redis):
     worker = start_worker("-c", "1", "--prefetch-multiplier", "2", "--acks-late")
     app = make_app()

@@ -90,6 +90,11 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Messages reserved per unit of concurrency, 0 for no limit (default: 4).")
     var prefetchMultiplier: Int?
 
+    @Flag(
+        name: .customLong("disable-prefetch"),
+        help: "Fetch a message only when a task slot is free: at most the concurrency held, running tasks included.")
+    var disablePrefetch = false
+
     @Flag(name: .customLong("acks-late"), help: "Acknowledge after the task has finished and its result is stored.")
     var acksLate = false
 
@@ -159,7 +164,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("heartbeat-interval"), parsing: .unconditional, help: "Seconds between worker-heartbeat events (default: 2).")
     var heartbeatInterval: Int?
 
-    @Flag(name: [.customShort("E"), .customLong("task-events")], help: "Send task events (worker events are sent unless --without-heartbeat).")
+    @Flag(
+        name: [.customShort("E"), .customLong("task-events"), .customLong("events")],
+        help: "Send task events (worker events are sent unless --without-heartbeat).")
     var taskEvents = false
 
     @Option(
@@ -340,6 +347,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.softShutdownOnIdle = file.softShutdownOnIdle ?? false
         configuration.deduplicateSuccessfulTasks = file.deduplicateSuccessfulTasks ?? false
         configuration.ignoreResult = file.ignoreResult ?? false
+        configuration.disablePrefetch = disablePrefetch || (file.disablePrefetch ?? false)
         configuration.resultBackendRetry = ResultBackendRetry(
             alwaysRetry: file.resultBackendAlwaysRetry ?? false, maxRetries: file.resultBackendMaxRetries ?? nil,
             baseSleep: file.resultBackendBaseSleep ?? 0.01, maxSleep: file.resultBackendMaxSleep ?? 10)

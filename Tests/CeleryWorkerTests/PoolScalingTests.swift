@@ -25,6 +25,9 @@ struct PoolScalingTests {
         #expect(CeleryWorkerService.processPoolThreads(configuration) == 6)  // one per child at most, one to receive
         configuration.autoscale = Autoscale(max: 5, min: 0)
         #expect(configuration.slots == 0 && configuration.prefetchCount == 20)
+        configuration.disablePrefetch = true  // worker_disable_prefetch: the window is the autoscale maximum
+        #expect(configuration.prefetchCount == 5 && configuration.windowMultiplier == 1)
+        configuration.disablePrefetch = false
         configuration.pool = .threads
         #expect(configuration.slots == 8 && configuration.prefetchCount == 32 && configuration.poolAutoscale == nil)
     }

@@ -426,6 +426,7 @@ extension WorkerRun {
             "worker_enable_soft_shutdown_on_idle": .bool(configuration.softShutdownOnIdle),
             "worker_deduplicate_successful_tasks": .bool(configuration.deduplicateSuccessfulTasks),
             "task_ignore_result": .bool(configuration.ignoreResult),
+            "worker_disable_prefetch": .bool(configuration.disablePrefetch),
             "result_backend_always_retry": .bool(configuration.resultBackendRetry.alwaysRetry),
             "result_backend_max_retries": configuration.resultBackendRetry.maxRetries.map { .int(Int64($0)) } ?? .double(.infinity),
             "result_backend_base_sleep_between_retries_ms": .int(Int64((configuration.resultBackendRetry.baseSleep * 1000).rounded())),

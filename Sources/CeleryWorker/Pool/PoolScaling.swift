@@ -140,7 +140,7 @@ extension WorkerRun {
         if !growing, count >= pool.processes {
             return ["error": .string("ValueError(\"Can't shrink the pool below one process\")")]
         }
-        let multiplier = configuration.prefetchMultiplier
+        let multiplier = configuration.windowMultiplier
         await resizePool(by: growing ? count : -count, prefetchBy: (growing ? count : -count) * multiplier)
         return ["ok": .string(growing ? "pool will grow" : "pool will shrink")]
     }
@@ -162,7 +162,7 @@ extension WorkerRun {
             $0.autoscaler?.max = max
             $0.autoscaler?.min = min
         }
-        await resizePool(by: change, prefetchBy: (max - current.max) * configuration.prefetchMultiplier)
+        await resizePool(by: change, prefetchBy: (max - current.max) * configuration.windowMultiplier)
         return ["ok": .string("autoscale now max=\(max) min=\(min)")]
     }
 

@@ -111,6 +111,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var resultBackendMaxRetries: Int??
     public var resultBackendBaseSleep: Double?
     public var resultBackendMaxSleep: Double?
+    /// `worker_disable_prefetch`.
+    public var disablePrefetch: Bool?
     /// `task_ignore_result`.
     public var ignoreResult: Bool?
     /// `worker_deduplicate_successful_tasks`.
@@ -364,6 +366,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_backend_max_sleep_between_retries_ms"]) { settings, field in
             settings.resultBackendMaxSleep = try field.milliseconds()
         }
+        add(["worker_disable_prefetch"]) { $0.disablePrefetch = try $1.bool() }
         add(["task_ignore_result", "CELERY_IGNORE_RESULT"]) { $0.ignoreResult = try $1.bool() }
         add(["worker_deduplicate_successful_tasks"]) { $0.deduplicateSuccessfulTasks = try $1.bool() }
         add(["task_annotations", "CELERY_ANNOTATIONS"]) { settings, field in

@@ -111,6 +111,10 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `result_backend_always_retry` and its limits: how result writes are retried while the backend cannot
     /// be reached. Default: the worker's own 30 retries, 1 to 32 seconds apart.
     public var resultBackendRetry = ResultBackendRetry()
+    /// Celery's `worker_disable_prefetch` (`--disable-prefetch`, Celery 5.5, Redis only): a message is fetched only
+    /// when a task slot is free. The window is then the concurrency (the autoscale maximum), counting running tasks
+    /// whatever their acknowledgement, as Celery counts its `reserved_requests`. Default off.
+    public var disablePrefetch = false
     /// Celery's `task_ignore_result`: no task stores its result (nor its states), unless its message says otherwise
     /// (`ignore_result` in the headers, as Celery 5.7 reads it) or an annotation does. Default off.
     public var ignoreResult = false
@@ -316,7 +320,10 @@ public struct WorkerConfiguration: Sendable {
     }
 
     /// How many messages may be reserved (received and not yet acknowledged) at once; 0 means unlimited.
-    public var prefetchCount: Int { (poolAutoscale.map { Swift.max($0.max, 1) } ?? concurrency) * prefetchMultiplier }
+    public var prefetchCount: Int { (poolAutoscale.map { Swift.max($0.max, 1) } ?? concurrency) * windowMultiplier }
+
+    /// Messages held per unit of concurrency: the prefetch multiplier, or 1 with ``disablePrefetch``.
+    public var windowMultiplier: Int { disablePrefetch ? 1 : prefetchMultiplier }
 
     /// The number of CPU cores.
     public static var defaultConcurrency: Int { max(1, System.coreCount) }

@@ -308,8 +308,11 @@ extension WorkerRun {
             // an acknowledged message no longer counts against the prefetch limit: the slot is free at once (the
             // message stays recorded in `unacked` until the write lands, so nothing is lost meanwhile).
             settler.submit(ack: job.delivery, early: true)
-            if holdsPrefetch { prefetch.release() }
-            holdsPrefetch = false
+            // Not with worker_disable_prefetch, whose window counts running tasks too.
+            if holdsPrefetch, !configuration.disablePrefetch {
+                prefetch.release()
+                holdsPrefetch = false
+            }
         }
         if configuration.deduplicateSuccessfulTasks, await skipsAsSucceeded(job, &machine, since: timeStart) { return }
         let storesResults = !ignoresResult(job)
