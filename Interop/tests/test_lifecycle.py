@@ -146,6 +146,10 @@ def test_bad_flags_fail_with_a_clear_message():
                        (["--broker", "sentinel://a:1;redis://b:2"], "only sentinel:// URLs can be joined by ';'"),
                        (["-l", "LOUD"], "Invalid log level"),
                        (["--result-serializer", "pickle"], "json or msgpack"),
+                       (["-B"], "-B/--beat: the Swift worker embeds no beat scheduler"),
+                       (["-I", "proj.tasks"], "the Swift worker's tasks are compiled in"),
+                       (["--umask", "0999"], "--umask must be a mask from 0 to 0777"),
+                       (["--workdir", "/nonexistent/dir"], "--workdir /nonexistent/dir: No such file or directory"),
                        (["--no-such-flag"], "Unknown option")]:
         proc = subprocess.run([str(WORKER_BINARY), *args], capture_output=True, text=True, timeout=10)
         assert proc.returncode != 0

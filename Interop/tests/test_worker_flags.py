@@ -140,6 +140,44 @@ def test_pidfile_is_a_lock_that_python_and_swift_workers_respect(start_worker, t
     assert "ready." in output_until(python, "ready.")
 
 
+def test_detach_umask_and_workdir_as_celery_daemonizes(tmp_path, redis_urls, make_app):
+    """`-D` with `--workdir`, `--umask`, a relative `--pidfile` and a node-formatted `--logfile`: the command exits 0 at
+    once, and the worker goes on in a session of its own, in that directory, with that mask and its standard streams
+    on /dev/null, until SIGTERM. A log file it cannot write, or a pid file a running worker holds, stops the command
+    itself, before it detaches."""
+    workdir = tmp_path / "daemon"
+    workdir.mkdir()
+    command = [str(WORKER_BINARY), "-D", "--workdir", str(workdir), "--umask", "027", "--pidfile", "w.pid",
+               "--logfile", "%n.log", "-n", "daemon@%h", "-Q", "detached",
+               "--broker", redis_urls["broker"], "--result-backend", redis_urls["backend"]]
+    started = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    assert started.returncode == 0, started.stderr
+    assert eventually(lambda: (workdir / "w.pid").exists())
+    pid = int((workdir / "w.pid").read_text())
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "Umask:\t0027" in status
+        assert os.getsid(pid) not in (os.getsid(0), pid)  # a new session, of which it is not the leader
+        assert os.readlink(f"/proc/{pid}/cwd") == str(workdir)
+        assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)} == {"/dev/null"}
+        assert "-D" not in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        app = make_app()
+        assert app.send_task("tasks.add", (2, 3), queue="detached").get(timeout=15) == 5
+        log = workdir / "daemon.log"
+        assert "daemon@" in log.read_text() and oct(log.stat().st_mode & 0o777) == oct(0o640)
+        # A second one with the same pid file refuses before detaching, with Celery's words and status.
+        again = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        assert again.returncode == 73 and "already exists" in again.stderr, again.stderr
+        unwritable = subprocess.run([*command[:-4], "--logfile", str(tmp_path / "missing" / "x.log"),
+                                     *command[-4:]], capture_output=True, text=True, timeout=10)
+        assert unwritable.returncode == 1 and "Cannot open the log file" in unwritable.stderr, unwritable.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert eventually(lambda: not Path(f"/proc/{pid}").exists(), 10)
+    assert not (workdir / "w.pid").exists()
+    assert "worker: Warm shutdown (MainProcess)" in (workdir / "daemon.log").read_text()
+
+
 def test_log_formats_as_a_python_worker_writes_them(start_worker, start_python_worker, make_app, tmp_path):
     """worker_log_format and worker_task_log_format, given to both workers: the same lines, task lines included."""
     formats = {"LOG_FORMAT": "%(levelname)-8s %(processName)s | %(message)s",

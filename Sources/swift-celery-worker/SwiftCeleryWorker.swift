@@ -27,11 +27,18 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         do {
             var command = try parseAsRoot()
             if let worker = command as? WorkerCommand, !CeleryWorkerService.isPoolChild {
+                if let mask = worker.umask.flatMap(Daemon.umask(parsing:)) { Glibc.umask(mask) }
                 do {
                     try Privileges.drop(user: worker.uid, group: worker.gid)
                 } catch {
                     FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
                     throw ExitCode(1)
+                }
+                if worker.detach, !Daemon.isDetached {
+                    let resolved = try worker.resolve()
+                    try Daemon.detach(
+                        logfile: resolved.logfile,
+                        pidfile: worker.pidfile.map { WorkerConfiguration.nodeFormat($0, node: resolved.configuration.nodeName) })
                 }
             }
             if var asyncCommand = command as? any AsyncParsableCommand {
@@ -182,6 +189,24 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("gid"), help: "Started as root, drop privileges to this group (a name or a number), as Celery's --gid.")
     var gid: String?
+
+    @Flag(
+        name: [.customShort("D"), .customLong("detach")],
+        help: "Run in the background (a session of its own, standard input and output on /dev/null), as Celery's --detach.")
+    var detach = false
+
+    @Option(name: .customLong("umask"), help: "The file mode creation mask, octal when it starts with 0 (027), as Celery's --umask.")
+    var umask: String?
+
+    @Option(name: .customLong("workdir"), help: "Change to this directory before anything else (relative paths then start there).")
+    var workdir: String?
+
+    // Celery's options for what a Swift worker cannot do: refused with a sentence that says so, not as unknown.
+    @Flag(name: [.customShort("B"), .customLong("beat")], help: .hidden)
+    var beat = false
+
+    @Option(name: [.customShort("I"), .customLong("include")], help: .hidden)
+    var include: String?
 
     @Option(
         name: .customLong("pidfile"),
@@ -367,7 +392,9 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()
         configuration.addBoundQueues()
-        var resolved = Resolved(configuration: configuration, logfile: logfile ?? file.logFile, warnings: warnings)
+        // Node-formatted as Celery's log setup formats it (`%n.log`); `%i`/`%I` are the main process's in every process.
+        let logPath = (logfile ?? file.logFile).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
+        var resolved = Resolved(configuration: configuration, logfile: logPath, warnings: warnings)
         resolved.logFormat = file.logFormat ?? .worker
         resolved.taskLogFormat = file.taskLogFormat ?? .task
         resolved.remapsTerm = remap.remaps
@@ -375,6 +402,20 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
+        if beat {
+            throw ValidationError("-B/--beat: the Swift worker embeds no beat scheduler; run Python's `celery beat` beside it.")
+        }
+        if let include {
+            throw ValidationError("-I/--include \(include): the Swift worker's tasks are compiled in; it imports no Python modules.")
+        }
+        if let umask, Daemon.umask(parsing: umask) == nil {
+            throw ValidationError("--umask must be a mask from 0 to 0777 (octal when it starts with 0), got '\(umask)'.")
+        }
+        // Celery's --workdir is eager: the config file and every relative path are then read from there. A pool child
+        // and a detached worker start there already.
+        if let workdir, !CeleryWorkerService.isPoolChild, !Daemon.isDetached, chdir(workdir) != 0 {
+            throw ValidationError("--workdir \(workdir): \(String(cString: strerror(errno))).")
+        }
         do {
             _ = try resolve()
         } catch let error as CeleryWorkerError {

@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Celery's `--detach` (`celery.platforms.detached`): the worker goes on in the background, in a session of its own,
+/// with standard input and output on `/dev/null`, and the command that started it exits 0. As Celery does, the
+/// background process runs the same command again without `-D` (and without `--uid`, `--gid`, whose change is made
+/// already); `--workdir` is left out too, its directory being the one it starts in. Unlike Celery, which finds out
+/// in the background, a log file that cannot be written or a pid file held by a running worker stops the command
+/// itself, with the error on its standard error.
+enum Daemon {
+    /// Set in the background process: it never detaches again.
+    static let detachedVariable = "SWIFT_CELERY_DETACHED"
+
+    static var isDetached: Bool { ProcessInfo.processInfo.environment[detachedVariable] != nil }
+
+    /// Celery's `--umask` (`DaemonContext`): octal when it starts with 0, else decimal.
+    static func umask(parsing text: String) -> mode_t? {
+        guard let value = Int(text, radix: text.hasPrefix("0") ? 8 : 10), (0...0o777).contains(value) else { return nil }
+        return mode_t(value)
+    }
+
+    /// The command line of the background process: the same, without the options the detaching carried out.
+    static func backgroundArguments(_ arguments: [String]) -> [String] {
+        var kept: [String] = []
+        var skipNext = false
+        for argument in arguments {
+            if skipNext {
+                skipNext = false
+                continue
+            }
+            if argument == "-D" || argument == "--detach" { continue }
+            if ["--uid", "--gid", "--workdir"].contains(argument) {
+                skipNext = true
+                continue
+            }
+            if ["--uid=", "--gid=", "--workdir="].contains(where: argument.hasPrefix) { continue }
+            kept.append(argument)
+        }
+        return kept
+    }
+
+    /// Checks what the background process needs, then detaches: returns only in the background process's place,
+    /// never (the starting process exits 0; the background one is replaced by the worker).
+    static func detach(logfile: String?, pidfile: String?) throws -> Never {
+        if let logfile {
+            let descriptor = open(logfile, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o666)
+            guard descriptor >= 0 else {
+                FileHandle.standardError.write(Data("ERROR: Cannot open the log file \(logfile): \(String(cString: strerror(errno)))\n".utf8))
+                throw ExitCode(1)
+            }
+            close(descriptor)
+        }
+        if let pidfile { try Pidfile.acquire(pidfile).release() }  // refuses a file a running worker holds
+        // Everything the processes below need is made before the first fork: between fork and exec only
+        // async-signal-safe calls run.
+        setenv(detachedVariable, "1", 1)
+        let arguments = backgroundArguments(CommandLine.arguments).map { strdup($0) } + [nil]
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)  // the exec closes it; its copies on 0, 1, 2 stay
+        guard null >= 0 else {
+            FileHandle.standardError.write(Data("ERROR: Cannot open /dev/null: \(String(cString: strerror(errno)))\n".utf8))
+            throw ExitCode(1)
+        }
+        switch fork() {
+        case -1:
+            FileHandle.standardError.write(Data("ERROR: Cannot detach (fork): \(String(cString: strerror(errno)))\n".utf8))
+            throw ExitCode(1)
+        case 0:
+            break
+        default:
+            _exit(0)
+        }
+        // The first child: a new session, then a second child that is not its leader (it can never take a terminal).
+        setsid()
+        let second = fork()
+        if second != 0 { _exit(second < 0 ? 1 : 0) }
+        dup2(null, 0)
+        dup2(null, 1)
+        dup2(null, 2)
+        execv("/proc/self/exe", arguments)
+        _exit(1)
+    }
+}
