@@ -373,6 +373,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.deduplicateSuccessfulTasks = file.deduplicateSuccessfulTasks ?? false
         configuration.ignoreResult = file.ignoreResult ?? false
         configuration.disablePrefetch = disablePrefetch || (file.disablePrefetch ?? false)
+        configuration.etaTaskLimit = file.etaTaskLimit ?? nil
         configuration.resultBackendRetry = ResultBackendRetry(
             alwaysRetry: file.resultBackendAlwaysRetry ?? false, maxRetries: file.resultBackendMaxRetries ?? nil,
             baseSleep: file.resultBackendBaseSleep ?? 0.01, maxSleep: file.resultBackendMaxSleep ?? 10)

@@ -43,6 +43,8 @@ struct CelerySettingsTests {
             broker_transport_options: {visibility_timeout: 120, fanout_prefix: true, global_keyprefix: "t1:"}
             CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: {global_keyprefix: "tenant:", retry_policy: {}}
             worker_hijack_root_logger: false
+            imports: [proj.tasks]
+            no_such_setting: 1
             """, source: "old.yaml")
         #expect(settings.brokerURL == "redis://h/2" && settings.resultBackend == "redis://h/3")
         #expect(settings.acksLate == true && settings.trackStarted == true)
@@ -53,9 +55,15 @@ struct CelerySettingsTests {
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant:") == "tenant:")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant") == "tenant_")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "") == "")
-        #expect(settings.warnings.count == 3)
+        #expect(settings.warnings.count == 5)
         #expect(settings.warnings.contains { $0.contains("result backend transport option 'retry_policy' is ignored") })
-        #expect(settings.warnings.contains { $0.contains("worker_hijack_root_logger") })
+        // Celery settings that change nothing here say why; others are unknown.
+        #expect(
+            settings.warnings.contains {
+                $0.contains("setting 'worker_hijack_root_logger' has no effect on the Swift worker: they configure Python's logging")
+            })
+        #expect(settings.warnings.contains { $0.contains("setting 'imports' has no effect on the Swift worker: its tasks are compiled in") })
+        #expect(settings.warnings.contains { $0.contains("unknown setting 'no_such_setting' is ignored") })
     }
 
     @Test("the acknowledgement settings for failures and timeouts, the old one for both and Celery 5.7's")
@@ -203,6 +211,7 @@ struct CelerySettingsTests {
             ("worker_soft_shutdown_timeout: -1", "worker_soft_shutdown_timeout"),
             ("worker_enable_soft_shutdown_on_idle: 1", "worker_enable_soft_shutdown_on_idle"),
             ("worker_deduplicate_successful_tasks: yes please", "worker_deduplicate_successful_tasks"),
+            ("worker_eta_task_limit: 0", "worker_eta_task_limit"), ("worker_disable_prefetch: 2", "worker_disable_prefetch"),
         ])
     func wrongTypes(text: String, key: String) {
         do {
@@ -250,6 +259,9 @@ struct CelerySettingsTests {
             """, source: "soft.yaml")
         #expect(set.softShutdownTimeout == 2.5 && set.softShutdownOnIdle == true && set.deduplicateSuccessfulTasks == true)
         #expect(set.ignoreResult == true && set.warnings.isEmpty)
+        let eta = try CelerySettings.parse("worker_eta_task_limit: 12\nworker_disable_prefetch: true", source: "eta.yaml")
+        #expect(eta.etaTaskLimit == .some(12) && eta.disablePrefetch == true)
+        #expect(try CelerySettings.parse("worker_eta_task_limit: null", source: "none.yaml").etaTaskLimit == .some(nil))
         #expect(try CelerySettings.parse("worker_soft_shutdown_timeout: 10", source: "whole.yaml").softShutdownTimeout == 10)
     }
 

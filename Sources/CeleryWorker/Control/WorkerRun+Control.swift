@@ -427,6 +427,7 @@ extension WorkerRun {
             "worker_deduplicate_successful_tasks": .bool(configuration.deduplicateSuccessfulTasks),
             "task_ignore_result": .bool(configuration.ignoreResult),
             "worker_disable_prefetch": .bool(configuration.disablePrefetch),
+            "worker_eta_task_limit": configuration.etaTaskLimit.map { .int(Int64($0)) } ?? .null,
             "result_backend_always_retry": .bool(configuration.resultBackendRetry.alwaysRetry),
             "result_backend_max_retries": configuration.resultBackendRetry.maxRetries.map { .int(Int64($0)) } ?? .double(.infinity),
             "result_backend_base_sleep_between_retries_ms": .int(Int64((configuration.resultBackendRetry.baseSleep * 1000).rounded())),

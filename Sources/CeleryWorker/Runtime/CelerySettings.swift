@@ -111,6 +111,8 @@ public struct CelerySettings: Sendable, Equatable {
     public var resultBackendMaxRetries: Int??
     public var resultBackendBaseSleep: Double?
     public var resultBackendMaxSleep: Double?
+    /// `worker_eta_task_limit`; `.some(nil)` when the file sets it to null.
+    public var etaTaskLimit: Int??
     /// `worker_disable_prefetch`.
     public var disablePrefetch: Bool?
     /// `task_ignore_result`.
@@ -171,7 +173,11 @@ public struct CelerySettings: Sendable, Equatable {
         for key in entries.keys.sorted() {
             guard let value = entries[key] else { continue }
             guard let setting = Self.settings[key] else {
-                settings.warnings.append("\(source): unknown setting '\(key)' is ignored")
+                if let reason = Self.withoutEffect[key] {
+                    settings.warnings.append("\(source): setting '\(key)' has no effect on the Swift worker: \(reason)")
+                } else {
+                    settings.warnings.append("\(source): unknown setting '\(key)' is ignored")
+                }
                 continue
             }
             do {
@@ -221,6 +227,14 @@ public struct CelerySettings: Sendable, Equatable {
             return number
         }
 
+        /// A count from `minimum`, or `nil` for null (and YAML's `.inf`, Python's `float("inf")`): no limit.
+        func limit(from minimum: Int, null meaning: String) throws(CeleryWorkerError) -> Int? {
+            if value is NSNull || (value as? Double)?.isInfinite == true { return nil }
+            let count = try int()
+            guard count >= minimum else { throw fail("a whole number from \(minimum), or null \(meaning)") }
+            return count
+        }
+
         /// A whole number of milliseconds from 0, as seconds.
         func milliseconds() throws(CeleryWorkerError) -> Double {
             let value = try int()
@@ -254,6 +268,52 @@ public struct CelerySettings: Sendable, Equatable {
     }
 
     typealias Setter = @Sendable (inout CelerySettings, Field) throws -> Void
+
+    /// Celery settings a configuration file carries that change nothing here, each with why (logged at start instead
+    /// of "unknown").
+    static let withoutEffect: [String: String] = {
+        var table: [String: String] = [:]
+        func add(_ names: [String], _ reason: String) {
+            for name in names { table[name] = reason }
+        }
+        add(["imports", "include", "CELERY_IMPORTS", "CELERY_INCLUDE"], "its tasks are compiled in; it imports no Python modules")
+        add(
+            [
+                "beat_schedule", "beat_scheduler", "beat_schedule_filename", "beat_sync_every", "beat_max_loop_interval",
+                "beat_cron_starting_deadline", "CELERYBEAT_SCHEDULE", "CELERYBEAT_SCHEDULER",
+            ],
+            "it embeds no beat scheduler; they are for Python's celery beat")
+        add(
+            [
+                "task_always_eager", "task_eager_propagates", "task_store_eager_result", "CELERY_ALWAYS_EAGER",
+                "CELERY_EAGER_PROPAGATES_EXCEPTIONS",
+            ],
+            "eager execution happens in Python clients, which read it")
+        add(
+            [
+                "worker_hijack_root_logger", "worker_log_color", "worker_redirect_stdouts", "worker_redirect_stdouts_level",
+                "CELERYD_HIJACK_ROOT_LOGGER", "CELERY_REDIRECT_STDOUTS", "CELERY_REDIRECT_STDOUTS_LEVEL",
+            ],
+            "they configure Python's logging; Swift tasks log through their context's logger, in plain lines")
+        add(
+            ["broker_heartbeat", "broker_heartbeat_checkrate", "result_persistent", "CELERY_RESULT_PERSISTENT"],
+            "they apply to AMQP, not to Redis")
+        add(["broker_pool_limit", "BROKER_POOL_LIMIT"], "the worker keeps a fixed few connections to Redis")
+        add(
+            ["worker_cancel_long_running_tasks_on_connection_loss"],
+            "the worker retries an acks-late task's acknowledgement until it reconnects (for about 8 minutes), so none needs cancelling")
+        add(
+            ["worker_enable_prefetch_count_reduction"],
+            "a reconnection does not reset the worker's prefetch window, so it needs no reduction")
+        add(
+            [
+                "worker_pool_putlocks", "worker_proc_alive_timeout", "worker_lost_wait", "worker_timer_precision",
+                "worker_agent", "worker_consumer", "worker_timer", "worker_autoscaler", "worker_pool_start_method",
+            ],
+            "they set up the internals of Python's worker and its prefork pool")
+        add(["event_serializer"], "its events are JSON, which every event receiver reads")
+        return table
+    }()
 
     /// Every known name, new and old, with how to read it.
     static let settings: [String: Setter] = {
@@ -330,13 +390,7 @@ public struct CelerySettings: Sendable, Equatable {
             settings.brokerConnectionRetryOnStartup = field.value is NSNull ? .some(nil) : try field.bool()
         }
         add(["broker_connection_max_retries", "BROKER_CONNECTION_MAX_RETRIES"]) { settings, field in
-            guard !(field.value is NSNull) else {
-                settings.brokerConnectionMaxRetries = .some(nil)
-                return
-            }
-            let retries = try field.int()
-            guard retries >= 0 else { throw field.fail("a whole number from 0, or null to retry forever") }
-            settings.brokerConnectionMaxRetries = retries
+            settings.brokerConnectionMaxRetries = .some(try field.limit(from: 0, null: "to retry forever"))
         }
         add(["broker_connection_timeout", "BROKER_CONNECTION_TIMEOUT"]) { settings, field in
             let seconds = try field.seconds()
@@ -352,19 +406,16 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_backend_always_retry"]) { $0.resultBackendAlwaysRetry = try $1.bool() }
         add(["result_backend_max_retries"]) { settings, field in
             // Celery's default is float("inf"): YAML's .inf, or null.
-            if field.value is NSNull || (field.value as? Double)?.isInfinite == true {
-                settings.resultBackendMaxRetries = .some(nil)
-                return
-            }
-            let retries = try field.int()
-            guard retries >= 0 else { throw field.fail("a whole number from 0, or .inf (or null) to retry forever") }
-            settings.resultBackendMaxRetries = retries
+            settings.resultBackendMaxRetries = .some(try field.limit(from: 0, null: "(or .inf) to retry forever"))
         }
         add(["result_backend_base_sleep_between_retries_ms"]) { settings, field in
             settings.resultBackendBaseSleep = try field.milliseconds()
         }
         add(["result_backend_max_sleep_between_retries_ms"]) { settings, field in
             settings.resultBackendMaxSleep = try field.milliseconds()
+        }
+        add(["worker_eta_task_limit"]) { settings, field in
+            settings.etaTaskLimit = .some(try field.limit(from: 1, null: "for no limit"))
         }
         add(["worker_disable_prefetch"]) { $0.disablePrefetch = try $1.bool() }
         add(["task_ignore_result", "CELERY_IGNORE_RESULT"]) { $0.ignoreResult = try $1.bool() }

@@ -304,6 +304,8 @@ final class WorkerRun: Sendable {
     let autoscaleWake = AsyncPermits(0)
     /// Whether a wake-up of the autoscaler is pending.
     let autoscalePending = Atomic<Bool>(false)
+    /// ETA tasks waiting without their prefetch slot (``WorkerConfiguration/etaTaskLimit`` bounds them).
+    let etaFreed = Atomic<Int>(0)
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
@@ -668,16 +670,19 @@ final class WorkerRun: Sendable {
         var counted = true
         defer { if counted { readyJobs.subtract(1, ordering: .relaxed) } }
         if let eta = job.etaTime, eta > WallClock.now() {
-            // Like Celery, an ETA task does not hold a prefetch slot while it waits.
-            prefetch.release()
+            // Like Celery, an ETA task does not hold a prefetch slot while it waits (as Celery's QoS grows by one
+            // for it), as long as worker_eta_task_limit allows.
+            let frees = freesPrefetchWhileWaiting()
+            if frees { prefetch.release() }
             let stop = StopRequest()
             jobTasks.start(on: executor, stop: stop) {
-                guard await self.shutdown.sleep(untilUnixTime: eta), await self.waitForRateLimit(job),
-                    await self.slots.acquire()
-                else {
+                let started = await self.shutdown.sleep(untilUnixTime: eta)
+                if frees { self.etaFreed.subtract(1, ordering: .relaxed) }
+                guard started, await self.waitForRateLimit(job), await self.slots.acquire() else {
+                    if !frees { self.prefetch.release() }
                     return  // given back at the end, as never started
                 }
-                await self.execute(job, holdsPrefetch: false, stop: stop)
+                await self.execute(job, holdsPrefetch: !frees, stop: stop)
                 self.slots.release()
             }
             return
@@ -710,6 +715,20 @@ final class WorkerRun: Sendable {
                 await self.execute(job, holdsPrefetch: true, stop: stop)
                 self.slots.release()
             }, stop: stop)
+    }
+
+    /// Whether an ETA task may wait without its prefetch slot: always, unless worker_eta_task_limit caps the messages
+    /// held (the window plus the ETA tasks so freed). Counts it when it may.
+    private func freesPrefetchWhileWaiting() -> Bool {
+        guard let limit = configuration.etaTaskLimit else { return true }
+        let window = scaling.withLock { $0.prefetchCount }
+        guard window > 0 else { return true }  // no prefetch limit: nothing to hold
+        let allowance = max(0, limit - window)
+        while true {
+            let freed = etaFreed.load(ordering: .relaxed)
+            guard freed < allowance else { return false }
+            if etaFreed.compareExchange(expected: freed, desired: freed + 1, ordering: .relaxed).exchanged { return true }
+        }
     }
 
     /// Waits until a rate-limited task's turn (at once when it has no limit); `false` when shutdown came first.

@@ -111,6 +111,10 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `result_backend_always_retry` and its limits: how result writes are retried while the backend cannot
     /// be reached. Default: the worker's own 30 retries, 1 to 32 seconds apart.
     public var resultBackendRetry = ResultBackendRetry()
+    /// Celery's `worker_eta_task_limit`: at most this many messages held, counting those waiting for their ETA (or
+    /// countdown). An ETA task frees its prefetch slot while it waits, as in Celery, only while that keeps the
+    /// messages held within the limit. Default `nil`: no limit, as in Celery.
+    public var etaTaskLimit: Int?
     /// Celery's `worker_disable_prefetch` (`--disable-prefetch`, Celery 5.5, Redis only): a message is fetched only
     /// when a task slot is free. The window is then the concurrency (the autoscale maximum), counting running tasks
     /// whatever their acknowledgement, as Celery counts its `reserved_requests`. Default off.
