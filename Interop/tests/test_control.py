@@ -1,4 +1,5 @@
 """Remote control from Python's `app.control` and the `celery` CLI, answered by the Swift worker."""
+import json
 import subprocess
 import sys
 import time
@@ -346,3 +347,29 @@ def test_revoke_by_stamped_headers_as_a_python_worker_answers_it(start_worker, s
             result.get(timeout=10)
     untouched = both({"headers": {"mid": "none"}, "terminate": True, "signal": None})
     assert untouched["stamps"] == untouched["pystamps"] == {"ok": "headers {'mid': 'none'} were not terminated"}
+
+
+def test_control_and_event_exchanges_keep_apps_apart(start_worker, start_python_worker, make_app, tmp_path):
+    """`control_exchange` and `event_exchange`, as apps sharing one Redis database set them: a Swift and a Python
+    worker given the same answer remote control, mingle and send events only on those exchanges. A client of the
+    default exchanges reaches neither."""
+    from test_events import Capture
+
+    settings = {"control_exchange": "tenant", "event_exchange": "tenantev"}
+    config = tmp_path / "tenant.json"
+    config.write_text(json.dumps(settings))
+    tenant = make_app(**settings)
+    capture = Capture(tenant, seconds=15).start()
+    python = start_python_worker("-n", "tenantpython@%h", "-Q", "tenantpython",
+                                 env={"CELERY_SETTINGS": json.dumps(settings)})
+    swift = start_worker("--config", str(config), "-n", "tenantswift@%h", "-Q", "tenantswift", "-E")
+    swift.wait_for_log("mingle: sync with 1 nodes")  # the Python worker answered the hello on tenant.pidbox
+    nodes = {name.split("@")[0] for reply in tenant.control.ping(timeout=1) for name in reply}
+    assert nodes == {"tenantswift", "tenantpython"}, nodes
+    conf = tenant.control.inspect(timeout=1, destination=[answering(tenant, "tenantswift")]).conf()
+    assert {k: v for k, v in next(iter(conf.values())).items() if k in settings} == settings
+    assert not [reply for reply in make_app().control.ping(timeout=1) for name in reply if name.startswith("tenant")]
+    assert tenant.send_task("tasks.add", (1, 2), queue="tenantswift").get(timeout=10) == 3
+    capture.wait_for(lambda events: {e["hostname"].split("@")[0] for e in events if e["type"] == "worker-heartbeat"}
+                     >= {"tenantswift", "tenantpython"} and any(e["type"] == "task-succeeded" for e in events))
+    capture.stop()

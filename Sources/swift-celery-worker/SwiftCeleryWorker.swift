@@ -374,6 +374,8 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.ignoreResult = file.ignoreResult ?? false
         configuration.disablePrefetch = disablePrefetch || (file.disablePrefetch ?? false)
         configuration.etaTaskLimit = file.etaTaskLimit ?? nil
+        configuration.controlExchange = file.controlExchange ?? "celery"
+        configuration.eventExchange = file.eventExchange ?? "celeryev"
         configuration.resultBackendRetry = ResultBackendRetry(
             alwaysRetry: file.resultBackendAlwaysRetry ?? false, maxRetries: file.resultBackendMaxRetries ?? nil,
             baseSleep: file.resultBackendBaseSleep ?? 0.01, maxSleep: file.resultBackendMaxSleep ?? 10)

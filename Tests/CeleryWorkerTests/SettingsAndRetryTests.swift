@@ -211,7 +211,8 @@ struct CelerySettingsTests {
             ("worker_soft_shutdown_timeout: -1", "worker_soft_shutdown_timeout"),
             ("worker_enable_soft_shutdown_on_idle: 1", "worker_enable_soft_shutdown_on_idle"),
             ("worker_deduplicate_successful_tasks: yes please", "worker_deduplicate_successful_tasks"),
-            ("worker_eta_task_limit: 0", "worker_eta_task_limit"), ("worker_disable_prefetch: 2", "worker_disable_prefetch"),
+            ("worker_eta_task_limit: 0", "worker_eta_task_limit"), ("control_exchange: 'a/b'", "control_exchange"),
+            ("event_exchange: ''", "event_exchange"), ("worker_disable_prefetch: 2", "worker_disable_prefetch"),
         ])
     func wrongTypes(text: String, key: String) {
         do {
@@ -262,6 +263,8 @@ struct CelerySettingsTests {
         let eta = try CelerySettings.parse("worker_eta_task_limit: 12\nworker_disable_prefetch: true", source: "eta.yaml")
         #expect(eta.etaTaskLimit == .some(12) && eta.disablePrefetch == true)
         #expect(try CelerySettings.parse("worker_eta_task_limit: null", source: "none.yaml").etaTaskLimit == .some(nil))
+        let exchanges = try CelerySettings.parse("control_exchange: tenant\nCELERY_EVENT_EXCHANGE: tenantev", source: "x.yaml")
+        #expect(exchanges.controlExchange == "tenant" && exchanges.eventExchange == "tenantev")
         #expect(try CelerySettings.parse("worker_soft_shutdown_timeout: 10", source: "whole.yaml").softShutdownTimeout == 10)
     }
 

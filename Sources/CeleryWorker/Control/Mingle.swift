@@ -69,7 +69,7 @@ extension WorkerRun {
     private func sendHello(over client: RedisClient) async throws(CeleryWorkerError) -> [(node: String, reply: CeleryObject)] {
         let prefix = configuration.brokerKeyPrefix
         let ticket = UUID().uuidString.lowercased()
-        let exchange = "reply.celery.pidbox"
+        let exchange = replyExchange
         let queue = "\(oid).\(exchange)"
         let member = configuration.brokerTransport.bindingMember(routingKey: oid, queue: queue)
         // The binding as kombu's `_queue_bind` makes it, kept from kombu 5.7's sweep of binding tables while it is
@@ -89,6 +89,9 @@ extension WorkerRun {
         return try collected.get()
     }
 
+    /// kombu's reply exchange for this worker's own broadcasts: `reply.<control_exchange>.pidbox`.
+    private var replyExchange: String { "reply.\(configuration.controlExchange).pidbox" }
+
     /// Publishes the `hello` request and reads the replies to `ticket` from `replyQueue` until every worker that
     /// heard it answered or ``mingleTimeout`` passed.
     private func broadcastHello(over client: RedisClient, ticket: String, replyQueue: String) async throws(CeleryWorkerError)
@@ -99,7 +102,7 @@ extension WorkerRun {
             "method": "hello",
             "arguments": ["from_node": .string(node), "revoked": .object(revoked.withLock { $0.entries() })],
             "destination": .null, "pattern": .null, "matcher": .null, "ticket": .string(ticket),
-            "reply_to": ["exchange": "reply.celery.pidbox", "routing_key": .string(oid)],
+            "reply_to": ["exchange": .string(replyExchange), "routing_key": .string(oid)],
         ]
         let started = WallClock.now()
         let envelope = pidboxEnvelope(
@@ -107,7 +110,7 @@ extension WorkerRun {
             headers: [
                 "clock": .int(Int64(service.events?.currentClock ?? 0)), "expires": .double(started + Self.mingleTimeout),
             ],
-            exchange: "celery.pidbox", routingKey: "", deliveryMode: 2)
+            exchange: "\(configuration.controlExchange).pidbox", routingKey: "", deliveryMode: 2)
         var listeners = 0
         for topic in [pidboxTopic] + pidboxLegacyTopics {
             let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(envelope.encoded())))

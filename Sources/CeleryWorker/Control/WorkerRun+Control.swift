@@ -133,7 +133,9 @@ extension WorkerRun {
     }
 
     /// The topic of remote control requests (kombu's fanout `celery.pidbox` exchange on Redis).
-    var pidboxTopic: String { "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).celery.pidbox" }
+    var pidboxTopic: String {
+        "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).\(configuration.controlExchange).pidbox"
+    }
 
     /// A pidbox message as kombu's `Mailbox` sends it, to `exchange` with `routingKey`: `delivery_mode` 2 for a
     /// request, 1 for a reply (kombu's reply producer).
@@ -156,7 +158,7 @@ extension WorkerRun {
     /// listens there too (and, with a Sentinel broker, sends its own `hello` there as well).
     var pidboxLegacyTopics: [String] {
         guard configuration.brokerURL.isSentinel else { return [] }
-        return ["\(configuration.brokerKeyPrefix)/{db}.celery.pidbox"]
+        return ["\(configuration.brokerKeyPrefix)/{db}.\(configuration.controlExchange).pidbox"]
     }
 
     private func handleControl(_ raw: [UInt8], replies: RedisClient) async {
@@ -428,6 +430,8 @@ extension WorkerRun {
             "task_ignore_result": .bool(configuration.ignoreResult),
             "worker_disable_prefetch": .bool(configuration.disablePrefetch),
             "worker_eta_task_limit": configuration.etaTaskLimit.map { .int(Int64($0)) } ?? .null,
+            "control_exchange": .string(configuration.controlExchange),
+            "event_exchange": .string(configuration.eventExchange),
             "result_backend_always_retry": .bool(configuration.resultBackendRetry.alwaysRetry),
             "result_backend_max_retries": configuration.resultBackendRetry.maxRetries.map { .int(Int64($0)) } ?? .double(.infinity),
             "result_backend_base_sleep_between_retries_ms": .int(Int64((configuration.resultBackendRetry.baseSleep * 1000).rounded())),

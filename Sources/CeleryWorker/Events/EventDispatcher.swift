@@ -2,7 +2,8 @@ import CeleryProtocol
 import Foundation
 import Synchronization
 
-/// Celery events over Redis: each event is `PUBLISH`ed on `/<db>.celeryev/<routing key>` inside kombu's envelope,
+/// Celery events over Redis: each event is `PUBLISH`ed on `/<db>.celeryev/<routing key>` (`event_exchange`) inside
+/// kombu's envelope,
 /// as Python's `EventDispatcher` sends them. Worker events (`worker-online`, `-heartbeat`, `-offline`) are single
 /// dictionaries; task events go out as a one-element list on `task.multi`, the batched form a Python worker uses.
 final class EventDispatcher: Sendable {
@@ -27,12 +28,15 @@ final class EventDispatcher: Sendable {
     /// (Celery 5.3) listens under Sentinel, with the same `delivery_tag`, so that kombu 5.7's `sentinel_fanout_compat`
     /// receivers, which listen on both, drop the second copy.
     let alsoLegacyTopic: Bool
+    /// Celery's `event_exchange`, the fanout exchange events go to. Default `celeryev`.
+    let exchange: String
 
     init(
         client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool, keyPrefix: String = "",
-        alsoLegacyTopic: Bool = false
+        alsoLegacyTopic: Bool = false, exchange: String = "celeryev"
     ) {
         self.client = client
+        self.exchange = exchange
         self.keyPrefix = keyPrefix
         self.alsoLegacyTopic = alsoLegacyTopic
         self.hostname = hostname
@@ -102,8 +106,9 @@ final class EventDispatcher: Sendable {
     /// connection is held, so receivers get this worker's events in clock order even when tasks send them at once.
     private func publish(routingKey: String, _ makeBody: @escaping @Sendable () -> CeleryValue) async {
         let channels =
-            [RedisArgument("\(keyPrefix)/\(database).celeryev/\(routingKey)")]
-            + (alsoLegacyTopic ? [RedisArgument("\(keyPrefix)/{db}.celeryev/\(routingKey)")] : [])
+            [RedisArgument("\(keyPrefix)/\(database).\(exchange)/\(routingKey)")]
+            + (alsoLegacyTopic ? [RedisArgument("\(keyPrefix)/{db}.\(exchange)/\(routingKey)")] : [])
+        let exchange = CeleryValue.string(self.exchange)
         let hostname = self.hostname
         // Events are best effort, as in Python: a lost event is not retried.
         _ = try? await client.withConnection { connection throws(CeleryWorkerError) in
@@ -111,7 +116,7 @@ final class EventDispatcher: Sendable {
                 body: CeleryJSON.encode(makeBody()), contentType: CeleryContentType.json.rawValue, contentEncoding: "utf-8",
                 headers: ["hostname": .string(hostname)],
                 properties: [
-                    "delivery_mode": 1, "delivery_info": ["exchange": "celeryev", "routing_key": .string(routingKey)],
+                    "delivery_mode": 1, "delivery_info": ["exchange": exchange, "routing_key": .string(routingKey)],
                     "priority": 0, "body_encoding": "base64", "delivery_tag": .string(UUID().uuidString.lowercased()),
                 ])
             let message = RedisArgument(envelope.encoded())

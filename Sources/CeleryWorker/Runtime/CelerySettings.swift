@@ -111,6 +111,9 @@ public struct CelerySettings: Sendable, Equatable {
     public var resultBackendMaxRetries: Int??
     public var resultBackendBaseSleep: Double?
     public var resultBackendMaxSleep: Double?
+    /// `control_exchange`, `event_exchange`.
+    public var controlExchange: String?
+    public var eventExchange: String?
     /// `worker_eta_task_limit`; `.some(nil)` when the file sets it to null.
     public var etaTaskLimit: Int??
     /// `worker_disable_prefetch`.
@@ -233,6 +236,15 @@ public struct CelerySettings: Sendable, Equatable {
             let count = try int()
             guard count >= minimum else { throw fail("a whole number from \(minimum), or null \(meaning)") }
             return count
+        }
+
+        /// An exchange name: not empty, and without the `/` and glob characters of kombu's Redis channel names.
+        func exchangeName() throws(CeleryWorkerError) -> String {
+            let name = try string()
+            guard !name.isEmpty, !name.contains(where: { "/*?[]".contains($0) || $0.isWhitespace }) else {
+                throw fail("an exchange name, without '/', spaces or the glob characters * ? [ ]")
+            }
+            return name
         }
 
         /// A whole number of milliseconds from 0, as seconds.
@@ -414,6 +426,8 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_backend_max_sleep_between_retries_ms"]) { settings, field in
             settings.resultBackendMaxSleep = try field.milliseconds()
         }
+        add(["control_exchange"]) { $0.controlExchange = try $1.exchangeName() }
+        add(["event_exchange", "CELERY_EVENT_EXCHANGE"]) { $0.eventExchange = try $1.exchangeName() }
         add(["worker_eta_task_limit"]) { settings, field in
             settings.etaTaskLimit = .some(try field.limit(from: 1, null: "for no limit"))
         }

@@ -75,7 +75,7 @@ public final class CeleryWorkerService: Service {
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
             database: configuration.brokerURL.database, version: Self.version,
             sendsTaskEvents: configuration.sendTaskEvents, keyPrefix: configuration.brokerKeyPrefix,
-            alsoLegacyTopic: configuration.brokerURL.isSentinel)
+            alsoLegacyTopic: configuration.brokerURL.isSentinel, exchange: configuration.eventExchange)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,

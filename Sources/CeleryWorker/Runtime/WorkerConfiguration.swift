@@ -111,6 +111,11 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `result_backend_always_retry` and its limits: how result writes are retried while the backend cannot
     /// be reached. Default: the worker's own 30 retries, 1 to 32 seconds apart.
     public var resultBackendRetry = ResultBackendRetry()
+    /// Celery's `control_exchange`: remote control goes over `<name>.pidbox`, its replies over
+    /// `reply.<name>.pidbox`. Apps that share one Redis database keep their workers apart with it. Default `celery`.
+    public var controlExchange = "celery"
+    /// Celery's `event_exchange`: the exchange events are published to. Default `celeryev`.
+    public var eventExchange = "celeryev"
     /// Celery's `worker_eta_task_limit`: at most this many messages held, counting those waiting for their ETA (or
     /// countdown). An ETA task frees its prefetch slot while it waits, as in Celery, only while that keeps the
     /// messages held within the limit. Default `nil`: no limit, as in Celery.
