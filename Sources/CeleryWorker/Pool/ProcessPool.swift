@@ -243,7 +243,12 @@ final class ProcessPool: Sendable {
     private func ended(_ child: PoolProcess) -> Result<CeleryValue, any Error> {
         let status = child.reap()
         forget(child)
-        logger.error("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
+        if case .shutdown? = child.killedBecause {
+            // Stopped on purpose by a cold shutdown, as Celery 5.5's cancels its children without a line each.
+            logger.debug("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
+        } else {
+            logger.error("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
+        }
         replace(child)
         switch child.killedBecause {
         case .timeLimit(let limit)?: return .failure(HardTimeLimitExceeded(limit: limit))
