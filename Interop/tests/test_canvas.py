@@ -202,3 +202,34 @@ def test_task_routes_send_chain_steps_and_callbacks_where_python_would(start_wor
     pinned_callback = json.loads(app.backend.client.get(f"celery-task-meta-{pinned.id}"))["children"][0][0][0]
     assert stored_outcome(app, app.AsyncResult(pinned_callback)) == 6
     router.wait_for_log(f"Task tasks.mul[{pinned_callback}] succeeded")
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ({}, 0), ({"task_inherit_parent_priority": True}, 7), ({"task_default_priority": 4}, 4),
+    ({"task_inherit_parent_priority": True, "task_default_priority": 4}, 7),
+], ids=["none", "inherit", "default", "both"])
+def test_the_priority_of_a_chain_step_the_worker_sends(start_worker, start_python_worker, make_app, broker_redis,
+                                                      tmp_path, settings, expected):
+    """`task_inherit_parent_priority` and `task_default_priority`: the next step of a chain sent at priority 7, which
+    names no priority of its own, is sent at the priority a Python worker given the same sends it at, to the same
+    priority list."""
+    import json
+
+    config = tmp_path / "priority.json"
+    config.write_text(json.dumps(settings))
+    workers = {"swift": start_worker("--config", str(config), "-Q", "prioswift"),
+               "python": start_python_worker("-Q", "priopython", env={"CELERY_SETTINGS": json.dumps(settings)})}
+    app = make_app()
+    sent = {}
+    for kind in workers:
+        held = f"priosteps{kind}"
+        chain = app.tasks["tasks.add"].s(1, 1).set(queue=f"prio{kind}", priority=7) | app.tasks["tasks.mul"].s(3).set(
+            queue=held)
+        chain.apply_async()
+        lists = lambda: [key for key in broker_redis.keys(f"{held}*") if broker_redis.llen(key)]  # noqa: E731
+        assert eventually(lists, 10), kind
+        (name,) = lists()
+        message = json.loads(broker_redis.lindex(name, 0))
+        sent[kind] = (name.decode().removeprefix(held), message["properties"]["priority"])
+    assert sent["swift"] == sent["python"], sent
+    assert sent["swift"][1] == expected

@@ -375,6 +375,8 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.disablePrefetch = disablePrefetch || (file.disablePrefetch ?? false)
         configuration.etaTaskLimit = file.etaTaskLimit ?? nil
         configuration.controlExchange = file.controlExchange ?? "celery"
+        configuration.defaultPriority = file.defaultPriority
+        configuration.inheritParentPriority = file.inheritParentPriority ?? false
         configuration.eventExchange = file.eventExchange ?? "celeryev"
         configuration.resultBackendRetry = ResultBackendRetry(
             alwaysRetry: file.resultBackendAlwaysRetry ?? false, maxRetries: file.resultBackendMaxRetries ?? nil,

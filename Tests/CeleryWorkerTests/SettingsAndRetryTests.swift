@@ -212,7 +212,8 @@ struct CelerySettingsTests {
             ("worker_enable_soft_shutdown_on_idle: 1", "worker_enable_soft_shutdown_on_idle"),
             ("worker_deduplicate_successful_tasks: yes please", "worker_deduplicate_successful_tasks"),
             ("worker_eta_task_limit: 0", "worker_eta_task_limit"), ("control_exchange: 'a/b'", "control_exchange"),
-            ("event_exchange: ''", "event_exchange"), ("worker_disable_prefetch: 2", "worker_disable_prefetch"),
+            ("event_exchange: ''", "event_exchange"), ("task_default_priority: 300", "task_default_priority"),
+            ("worker_disable_prefetch: 2", "worker_disable_prefetch"),
         ])
     func wrongTypes(text: String, key: String) {
         do {
@@ -265,6 +266,14 @@ struct CelerySettingsTests {
         #expect(try CelerySettings.parse("worker_eta_task_limit: null", source: "none.yaml").etaTaskLimit == .some(nil))
         let exchanges = try CelerySettings.parse("control_exchange: tenant\nCELERY_EVENT_EXCHANGE: tenantev", source: "x.yaml")
         #expect(exchanges.controlExchange == "tenant" && exchanges.eventExchange == "tenantev")
+        let priorities = try CelerySettings.parse("task_default_priority: 4\nCELERY_INHERIT_PARENT_PRIORITY: true", source: "p.yaml")
+        #expect(priorities.defaultPriority == 4 && priorities.inheritParentPriority == true)
+        var configuration = WorkerConfiguration()
+        #expect(configuration.fallbackPriority(parent: 7) == nil)
+        configuration.defaultPriority = 4
+        #expect(configuration.fallbackPriority(parent: 7) == 4)
+        configuration.inheritParentPriority = true
+        #expect(configuration.fallbackPriority(parent: 7) == 7)
         #expect(try CelerySettings.parse("worker_soft_shutdown_timeout: 10", source: "whole.yaml").softShutdownTimeout == 10)
     }
 

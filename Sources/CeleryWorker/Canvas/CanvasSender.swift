@@ -25,6 +25,9 @@ struct CanvasSender: Sendable {
     let contentType: CeleryContentType
     /// How a signature without a `compression` option is compressed (`task_compression`).
     let compression: KombuCompression?
+    /// The priority of a task sent without one (in its options or from a route): the parent task's with
+    /// `task_inherit_parent_priority`, else `task_default_priority`; `nil` sends 0, as kombu does.
+    var fallbackPriority: Int?
     /// Signatures decoded from a message keep their args as a list, so Python shows an immutable one's `argsrepr` as
     /// a list; signatures built in Swift show tuples, as a Python client's do.
     let signaturesAreDecoded: Bool
@@ -107,7 +110,7 @@ struct CanvasSender: Sendable {
         send.ignoreResult = options["ignore_result"] ?? false
         send.replacedTaskNesting = options["replaced_task_nesting"]?.intValue ?? 0
         send.extraHeaders = options["headers"]?.objectValue ?? [:]
-        send.priority = options["priority"]?.intValue
+        send.priority = options["priority"]?.intValue ?? fallbackPriority
         try await publish(send.envelope, queue, send.priority ?? 0)
         return [[.string(id), .null], .null]
     }

@@ -3,15 +3,16 @@ import CeleryProtocol
 /// What a Python worker does around a task's result for canvas: callbacks and the next chain step after success,
 /// the rest of the chain and the errbacks after a failure, and the chord join of header parts.
 extension WorkerRun {
-    /// Sends what this worker publishes: through the broker, retrying while Redis is unreachable, with this
-    /// message's serializer.
-    func canvas(for message: CeleryTaskMessage) -> CanvasSender {
+    /// Sends what this worker publishes on behalf of `job`: through the broker, retrying while Redis is unreachable,
+    /// with its message's serializer, at its priority with `task_inherit_parent_priority`.
+    func canvas(for job: PreparedJob) -> CanvasSender {
+        let message = job.message
         let broker = service.broker
         let backend = service.backend
         let configuration = self.configuration
         let delays = service.retryDelays
         let sentEvents = configuration.sendSentEvent ? service.events : nil
-        return CanvasSender(
+        var sender = CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 var attempt = 0
                 while true {
@@ -35,6 +36,8 @@ extension WorkerRun {
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
             routes: configuration.taskRoutes, contentType: message.contentType, compression: configuration.taskCompression,
             signaturesAreDecoded: true, isoformat: { configuration.isoformat(unixSeconds: $0) })
+        sender.fallbackPriority = configuration.fallbackPriority(parent: job.deliveryInfo.priority)
+        return sender
     }
 
     /// The options a message sent on behalf of a running task carries: it is the parent, its root is the root.
@@ -57,7 +60,7 @@ extension WorkerRun {
         let callbacks = Signature.list(message.embed.callbacks)
         let chain = Signature.list(message.embed.chain)
         guard !callbacks.isEmpty || !chain.isEmpty else { return [] }
-        let sender = canvas(for: message)
+        let sender = canvas(for: job)
         var children: [CeleryValue] = []
         do {
             if callbacks.count == 1 {
@@ -89,7 +92,7 @@ extension WorkerRun {
         let message = job.message
         do {
             let replacement = try Self.replacement(for: message, with: signature)
-            try await canvas(for: message).apply(
+            try await canvas(for: job).apply(
                 replacement, options: ["parent_id": .string(message.id), "root_id": .string(message.rootID ?? message.id)])
             return .failure(IgnoreTask())
         } catch {
@@ -194,17 +197,17 @@ extension WorkerRun {
     /// errbacks, sent as one group with the failed task's id as their argument (Celery's `errback(task_id)` form).
     func sendErrbacks(of job: PreparedJob) async {
         let message = job.message
-        await sendErrbacks(message.embed.errbacks, failedID: message.id, options: lineage(message), message: message)
+        await sendErrbacks(message.embed.errbacks, failedID: message.id, options: lineage(message), job: job)
     }
 
     @discardableResult
-    private func sendErrbacks(_ errbacks: CeleryValue, failedID: String, options: CeleryObject, message: CeleryTaskMessage) async
+    private func sendErrbacks(_ errbacks: CeleryValue, failedID: String, options: CeleryObject, job: PreparedJob) async
         -> CeleryValue
     {
         let signatures = Signature.list(errbacks)
         guard !signatures.isEmpty else { return [] }
         do {
-            return [try await canvas(for: message).apply(.group(signatures), args: [.string(failedID)], options: options)]
+            return [try await canvas(for: job).apply(.group(signatures), args: [.string(failedID)], options: options)]
         } catch {
             logger.error("Cannot send the errbacks of \(failedID): \(error.message)")
             return []
@@ -235,7 +238,7 @@ extension WorkerRun {
                 let bodyID = body.options["task_id"]?.stringValue ?? CanvasSender.newID()
                 let children = await sendErrbacks(
                     body.options["link_error"] ?? .null, failedID: bodyID,
-                    options: ["parent_id": .string(bodyID), "root_id": .string(bodyID)], message: message)
+                    options: ["parent_id": .string(bodyID), "root_id": .string(bodyID)], job: job)
                 await store(
                     CeleryResultDocument(
                         taskID: bodyID, status: .failure, result: error.value,
@@ -244,7 +247,7 @@ extension WorkerRun {
                         dateDone: dateDoneNow()))
                 try await backend.chordFailed(groupID: groupID)
             case .results(let results):
-                try await canvas(for: message).apply(body, args: [results], options: lineage(message))
+                try await canvas(for: job).apply(body, args: [results], options: lineage(message))
                 try await backend.chordFinished(groupID: groupID, token: completion.token)
             }
         } catch {

@@ -170,7 +170,16 @@ public final class CeleryClient: Sendable {
     public func apply(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject = [:]) async throws(CeleryWorkerError)
         -> AsyncResult
     {
+        try await apply(signature, args: args, options: options, fallbackPriority: nil)
+    }
+
+    /// ``apply(_:args:options:)`` with a priority for tasks that name none (a running task's sends).
+    func apply(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject, fallbackPriority: Int?)
+        async throws(CeleryWorkerError) -> AsyncResult
+    {
         let (frozen, id) = Self.freeze(signature)
+        var sender = self.sender
+        sender.fallbackPriority = fallbackPriority
         try await sender.apply(frozen, args: args, options: options)
         return result(id: id)
     }

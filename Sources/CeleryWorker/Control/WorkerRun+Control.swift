@@ -431,6 +431,8 @@ extension WorkerRun {
             "worker_disable_prefetch": .bool(configuration.disablePrefetch),
             "worker_eta_task_limit": configuration.etaTaskLimit.map { .int(Int64($0)) } ?? .null,
             "control_exchange": .string(configuration.controlExchange),
+            "task_default_priority": configuration.defaultPriority.map { .int(Int64($0)) } ?? .null,
+            "task_inherit_parent_priority": .bool(configuration.inheritParentPriority),
             "event_exchange": .string(configuration.eventExchange),
             "result_backend_always_retry": .bool(configuration.resultBackendRetry.alwaysRetry),
             "result_backend_max_retries": configuration.resultBackendRetry.maxRetries.map { .int(Int64($0)) } ?? .double(.infinity),

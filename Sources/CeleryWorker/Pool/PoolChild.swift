@@ -81,7 +81,9 @@ struct PoolChild {
         let request = TaskRequest(
             message: message, deliveryInfo: envelope.deliveryInfo,
             hostname: frame["hostname"]?.stringValue ?? configuration.nodeName)
-        let context = TaskContext(request: request, workerLogger: logger, client: client, stateReporter: ParentStates())
+        let context = TaskContext(
+            request: request, workerLogger: logger, client: client, stateReporter: ParentStates(),
+            fallbackPriority: configuration.fallbackPriority(parent: envelope.deliveryInfo.priority))
         let body = Task(executorPreference: executor) { try await task.handler(context) }
         let cancelNow = shared.current.withLock { current -> Bool in
             current.task = body

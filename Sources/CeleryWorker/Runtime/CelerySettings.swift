@@ -111,6 +111,9 @@ public struct CelerySettings: Sendable, Equatable {
     public var resultBackendMaxRetries: Int??
     public var resultBackendBaseSleep: Double?
     public var resultBackendMaxSleep: Double?
+    /// `task_default_priority`, `task_inherit_parent_priority`.
+    public var defaultPriority: Int?
+    public var inheritParentPriority: Bool?
     /// `control_exchange`, `event_exchange`.
     public var controlExchange: String?
     public var eventExchange: String?
@@ -426,6 +429,13 @@ public struct CelerySettings: Sendable, Equatable {
         add(["result_backend_max_sleep_between_retries_ms"]) { settings, field in
             settings.resultBackendMaxSleep = try field.milliseconds()
         }
+        add(["task_default_priority", "CELERY_DEFAULT_PRIORITY"]) { settings, field in
+            guard !(field.value is NSNull) else { return }
+            let priority = try field.int()
+            guard (0...255).contains(priority) else { throw field.fail("a priority from 0 to 255") }
+            settings.defaultPriority = priority
+        }
+        add(["task_inherit_parent_priority", "CELERY_INHERIT_PARENT_PRIORITY"]) { $0.inheritParentPriority = try $1.bool() }
         add(["control_exchange"]) { $0.controlExchange = try $1.exchangeName() }
         add(["event_exchange", "CELERY_EVENT_EXCHANGE"]) { $0.eventExchange = try $1.exchangeName() }
         add(["worker_eta_task_limit"]) { settings, field in

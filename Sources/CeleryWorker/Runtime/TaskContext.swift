@@ -22,11 +22,14 @@ public struct TaskContext: Sendable {
     /// Where ``updateState(_:meta:)`` stores its states. An object the worker keeps (not a closure made for each
     /// task, which would be allocated for each).
     let stateReporter: any TaskStateReporter
+    /// The priority of what this task sends without one (``CanvasSender/fallbackPriority``).
+    let fallbackPriority: Int?
 
     init(
         request: TaskRequest, workerLogger logger: Logger, client: CeleryClient? = nil,
-        stateReporter: any TaskStateReporter
+        stateReporter: any TaskStateReporter, fallbackPriority: Int? = nil
     ) {
+        self.fallbackPriority = fallbackPriority
         self.request = request
         self.workerLogger = logger
         self.client = client
@@ -49,7 +52,8 @@ public struct TaskContext: Sendable {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "this worker has no client to send tasks with")
         }
         return try await client.apply(
-            signature, options: ["parent_id": .string(request.id), "root_id": .string(request.rootID ?? request.id)])
+            signature, options: ["parent_id": .string(request.id), "root_id": .string(request.rootID ?? request.id)],
+            fallbackPriority: fallbackPriority)
     }
 
     /// Adds a task, chain or chord to the chord this task is a header part of, as Python's `self.add_to_chord(sig)`:

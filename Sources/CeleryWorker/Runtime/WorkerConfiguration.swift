@@ -111,6 +111,18 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `result_backend_always_retry` and its limits: how result writes are retried while the backend cannot
     /// be reached. Default: the worker's own 30 retries, 1 to 32 seconds apart.
     public var resultBackendRetry = ResultBackendRetry()
+    /// Celery's `task_default_priority`: the priority of the tasks the worker sends (callbacks, chain steps, chord
+    /// bodies, errbacks, `context.send`) when neither their options nor a route give one. Default `nil` (0).
+    public var defaultPriority: Int?
+    /// Celery's `task_inherit_parent_priority`: a task sent on behalf of a running one without a priority of its own
+    /// gets the running task's (its message's). Default off.
+    public var inheritParentPriority = false
+    /// The priority of a task sent on behalf of a running one (whose message had `parent`) that names none, as
+    /// Celery's `send_task` gives it: the parent's with ``inheritParentPriority``, else ``defaultPriority``.
+    public func fallbackPriority(parent: Int) -> Int? {
+        inheritParentPriority ? parent : defaultPriority
+    }
+
     /// Celery's `control_exchange`: remote control goes over `<name>.pidbox`, its replies over
     /// `reply.<name>.pidbox`. Apps that share one Redis database keep their workers apart with it. Default `celery`.
     public var controlExchange = "celery"

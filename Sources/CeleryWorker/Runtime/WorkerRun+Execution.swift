@@ -326,7 +326,8 @@ extension WorkerRun {
             hostname: configuration.nodeName)
         let context = TaskContext(
             request: request, workerLogger: logger, client: service.client,
-            stateReporter: storesResults ? self : IgnoredStates())
+            stateReporter: storesResults ? self : IgnoredStates(), fallbackPriority: configuration.fallbackPriority(parent: job.deliveryInfo.priority)
+        )
         let started = ContinuousClock.now
         // The message's own limits, then remote control's, the task's, the worker's (the message's read once, the
         // overrides looked up only when the message leaves one open).
