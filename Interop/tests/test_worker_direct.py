@@ -4,7 +4,7 @@ import socket
 
 from celery.utils.nodenames import worker_direct
 
-from conftest import eventually, stored_outcome
+from conftest import answering, eventually, stored_outcome
 
 
 def test_worker_direct_queues_reach_one_worker_each(start_worker, start_python_worker, make_app, broker_redis,
@@ -43,3 +43,50 @@ def test_worker_direct_queues_reach_one_worker_each(start_worker, start_python_w
     assert set(ours) == set(theirs)
     assert [q["name"] for q in queues[swift_node]] == ["swift", f"{swift_node}.dq2"]
     assert app.control.inspect(timeout=2, destination=[swift_node]).conf()[swift_node]["worker_direct"] is True
+
+
+TASK_QUEUES = {"task_queues": {"tqdefault": {}, "tqfeeds": {"exchange": "tqmedia", "routing_key": "feed.#",
+                                                             "exchange_type": "topic"},
+                               "tqimages": {"routing_key": "img"}},
+               "task_default_queue": "tqdefault"}
+
+
+def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_worker, start_python_worker, make_app,
+                                                                  broker_redis, tmp_path):
+    """`task_queues` without `-Q`: the worker consumes every declared queue, bound as declared (a topic exchange's
+    binding carries kombu's pattern), exactly as a Python worker given the same binds them; a Python client then
+    routes by exchange and routing key to them."""
+    import json
+
+    from kombu import Exchange
+
+    app = make_app()
+
+    def bindings():
+        # kombu 5.7 also lists them in _kombu.binding_permanent.*; kombu 5.3 (Celery 5.3) does not.
+        return {key: sorted(broker_redis.smembers(key)) for key in broker_redis.keys("_kombu.binding.tq*")}
+
+    def queues_of(prefix):
+        node = answering(app, prefix)
+        replies = app.control.inspect(destination=[node], timeout=2).active_queues()[node]
+        return sorted((q["name"], q["exchange"]["name"], q["exchange"]["type"], q["routing_key"]) for q in replies)
+
+    python = start_python_worker("-n", "tqpython@%h", env={"CELERY_SETTINGS": json.dumps(TASK_QUEUES)})
+    python_bindings, python_queues = bindings(), queues_of("tqpython@")
+    python.kill_all()
+    for key in broker_redis.keys("_kombu.binding*.tq*"):
+        broker_redis.delete(key)
+    config = tmp_path / "queues.json"
+    config.write_text(json.dumps(TASK_QUEUES))
+    swift = start_worker("--config", str(config), "-n", "tqswift@%h")
+    assert bindings() == python_bindings and len(python_bindings) == 2, (bindings(), python_bindings)
+    assert queues_of("tqswift@") == python_queues == [
+        ("tqdefault", "tqdefault", "direct", "tqdefault"), ("tqfeeds", "tqmedia", "topic", "feed.#"),
+        ("tqimages", "tqdefault", "direct", "img")]
+    assert "exchange=tqmedia(topic) key=feed.#" in swift.stdout
+    media = Exchange("tqmedia", type="topic")
+    # The client declares the exchange, as kombu needs to know it is a topic exchange to match the pattern.
+    sent = app.send_task("tasks.add", (1, 2), exchange=media, routing_key="feed.rss.daily", declare=[media])
+    assert sent.get(timeout=10) == 3
+    assert app.send_task("tasks.add", (2, 2), exchange="tqdefault", routing_key="img").get(timeout=10) == 4
+    assert swift.log.count(" received") == 2

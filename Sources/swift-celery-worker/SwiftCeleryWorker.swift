@@ -272,7 +272,9 @@ struct WorkerCommand: AsyncParsableCommand {
             }
             serializer = parsed
         }
-        let queueText = queues ?? file.defaultQueue ?? "celery"
+        // Without -Q: every queue of task_queues, as Celery's worker consumes them, else the default queue.
+        let declaredQueues = file.taskQueues ?? []
+        let queueText = queues ?? (declaredQueues.isEmpty ? file.defaultQueue ?? "celery" : declaredQueues.map(\.name).joined(separator: ","))
         func names(_ text: String) -> [String] {
             text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         }
@@ -376,6 +378,11 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.etaTaskLimit = file.etaTaskLimit ?? nil
         configuration.controlExchange = file.controlExchange ?? "celery"
         configuration.defaultPriority = file.defaultPriority
+        configuration.declaredQueues = declaredQueues.map { queue in
+            let binding = queue.binding(
+                defaultExchange: file.defaultExchange ?? file.defaultQueue ?? "celery", defaultExchangeType: file.defaultExchangeType ?? .direct)
+            return (queue.name, binding)
+        }
         configuration.inheritParentPriority = file.inheritParentPriority ?? false
         configuration.eventExchange = file.eventExchange ?? "celeryev"
         configuration.resultBackendRetry = ResultBackendRetry(

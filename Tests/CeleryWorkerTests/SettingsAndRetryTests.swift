@@ -304,6 +304,36 @@ struct CelerySettingsTests {
         #expect(ResultBackendRetry(alwaysRetry: true, maxRetries: 3).retries == 3)
     }
 
+    @Test("task_queues: names, mappings or a mapping of names, in order; kombu's topic patterns")
+    func taskQueues() throws {
+        let mapping = try CelerySettings.parse(
+            """
+            task_queues:
+              default: {}
+              feeds: {exchange: media, routing_key: "feed.#", exchange_type: topic}
+              images: {binding_key: img}
+            task_default_exchange: tasks
+            """, source: "queues.yaml")
+        let queues = try #require(mapping.taskQueues)
+        #expect(queues.map(\.name) == ["default", "feeds", "images"])
+        let bindings = queues.map { $0.binding(defaultExchange: mapping.defaultExchange ?? "celery", defaultExchangeType: .direct) }
+        #expect(bindings[0] == QueueBinding(exchange: "tasks", routingKey: "default"))
+        #expect(bindings[1] == QueueBinding(exchange: "media", routingKey: "feed.#", exchangeType: .topic))
+        #expect(bindings[2] == QueueBinding(exchange: "tasks", routingKey: "img"))
+        let list = try CelerySettings.parse("CELERY_QUEUES: [a, {name: b, exchange: x}]", source: "list.yaml")
+        #expect(list.taskQueues?.map(\.name) == ["a", "b"] && list.taskQueues?.last?.exchange == "x")
+        for bad in [
+            "task_queues: 3", "task_queues: {a: {exchange_type: fanout}}", "task_queues: [{exchange: x}]",
+            "task_queues: {a: {durable: true}}",
+        ] {
+            #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse(bad, source: "bad.yaml") }
+        }
+        // kombu's TopicExchange.key_to_pattern, as a Python worker stores it.
+        #expect(QueueBinding(exchange: "m", routingKey: "feed.#", exchangeType: .topic).pattern == "^feed\\..*?$")
+        #expect(QueueBinding(exchange: "m", routingKey: "*.a-b", exchangeType: .topic).pattern == "^[^\\.]+\\.a\\-b$")
+        #expect(QueueBinding.named("q").pattern == "")
+    }
+
     @Test("time zones: date_done in the app's zone; naive times read as UTC unless enable_utc is off")
     func timezones() throws {
         let paris = try #require(CeleryTimeZone(identifier: "Europe/Paris"))

@@ -211,14 +211,41 @@ extension Broker {
 /// How a queue is bound, as kombu's `Queue(name, Exchange(exchange), routing_key)`: a message sent to `exchange`
 /// with `routingKey` goes to the queue (`_kombu.binding.<exchange>` on Redis).
 public struct QueueBinding: Sendable, Hashable {
-    /// The direct exchange.
+    /// The kinds of exchange kombu's Redis transport routes through a binding table.
+    public enum ExchangeType: String, Sendable, Hashable {
+        /// The routing key must equal the binding key.
+        case direct
+        /// The binding key is a pattern of dot-separated words, `*` one word, `#` any number.
+        case topic
+    }
+
+    /// The exchange.
     public var exchange: String
     /// The routing key (kombu's binding key).
     public var routingKey: String
+    /// The exchange's type. Default direct, Celery's.
+    public var exchangeType: ExchangeType
 
-    public init(exchange: String, routingKey: String) {
+    public init(exchange: String, routingKey: String, exchangeType: ExchangeType = .direct) {
         self.exchange = exchange
         self.routingKey = routingKey
+        self.exchangeType = exchangeType
+    }
+
+    /// The pattern kombu stores in a binding: empty for a direct exchange; for a topic exchange its
+    /// `TopicExchange.key_to_pattern` (`feed.#` → `^feed\..*?$`).
+    public var pattern: String {
+        guard exchangeType == .topic else { return "" }
+        let words = routingKey.split(separator: ".", omittingEmptySubsequences: false).map { word -> String in
+            switch word {
+            case "*": return "[^\\.]+"
+            case "#": return ".*?"
+            default:
+                // kombu's escape_regex: every character but letters, digits and the wildcards is backslashed.
+                return word.map { $0.isLetter || $0.isNumber || $0 == "*" || $0 == "#" ? String($0) : "\\" + String($0) }.joined()
+            }
+        }
+        return "^" + words.joined(separator: "\\.") + "$"
     }
 
     /// Celery's queues: a direct exchange of the queue's name, with the name as the key.

@@ -76,7 +76,7 @@ public final class RedisBroker: Broker {
             let lengths = transport.lists(of: queue, prefix: keyPrefix).map { RedisCommand("LLEN", RedisArgument($0)) }
             try await commands.transaction(lengths)
             let binding = bindings[queue] ?? .named(queue)
-            let member = RedisArgument(transport.bindingMember(routingKey: binding.routingKey, queue: queue))
+            let member = RedisArgument(transport.bindingMember(routingKey: binding.routingKey, queue: queue, pattern: binding.pattern))
             try await commands.transaction([
                 RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding.\(binding.exchange)"), member),
                 RedisCommand("SADD", RedisArgument("\(keyPrefix)_kombu.binding_permanent.\(binding.exchange)"), member),

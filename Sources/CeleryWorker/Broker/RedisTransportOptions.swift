@@ -76,8 +76,8 @@ public struct RedisTransportOptions: Sendable, Hashable {
     }
 
     /// A member of a `_kombu.binding.<exchange>` set: routing key, pattern (empty) and queue, joined by ``separator``.
-    func bindingMember(routingKey: String, queue: String) -> String {
-        [routingKey, "", queue].joined(separator: separator)
+    func bindingMember(routingKey: String, queue: String, pattern: String = "") -> String {
+        [routingKey, pattern, queue].joined(separator: separator)
     }
 
     /// The queue of a binding member whose routing key is `routingKey`, else `nil`.

@@ -677,8 +677,8 @@ extension WorkerRun {
         [
             "name": .string(name),
             "exchange": [
-                "name": .string(binding.exchange), "type": "direct", "arguments": nil, "durable": true, "passive": false,
-                "auto_delete": false, "delivery_mode": nil, "no_declare": false,
+                "name": .string(binding.exchange), "type": .string(binding.exchangeType.rawValue), "arguments": nil,
+                "durable": true, "passive": false, "auto_delete": false, "delivery_mode": nil, "no_declare": false,
             ],
             "routing_key": .string(binding.routingKey), "queue_arguments": nil, "binding_arguments": nil, "consumer_arguments": nil,
             "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false, "alias": nil, "bindings": [],

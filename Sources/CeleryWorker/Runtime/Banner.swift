@@ -25,7 +25,7 @@ public enum Banner {
         let queues = configuration.queues.map { name in
             let binding = configuration.binding(of: name)
             let padded = name.padding(toLength: max(16, name.count), withPad: " ", startingAt: 0)
-            return ".> \(padded) exchange=\(binding.exchange)(direct) key=\(binding.routingKey)"
+            return ".> \(padded) exchange=\(binding.exchange)(\(binding.exchangeType.rawValue)) key=\(binding.routingKey)"
         }
         let host = host()
         let platform = host.system + "-" + host.release

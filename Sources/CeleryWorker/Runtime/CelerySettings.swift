@@ -111,6 +111,29 @@ public struct CelerySettings: Sendable, Equatable {
     public var resultBackendMaxRetries: Int??
     public var resultBackendBaseSleep: Double?
     public var resultBackendMaxSleep: Double?
+    /// A queue of `task_queues`, as a configuration file declares it (Celery's `Queues.add_compat`).
+    public struct DeclaredQueue: Sendable, Equatable {
+        public var name: String
+        /// The exchange; `nil`: `task_default_exchange`, else the default queue's name.
+        public var exchange: String?
+        /// The binding key (`routing_key`, or `binding_key`); `nil`: the queue's name.
+        public var routingKey: String?
+        /// `exchange_type`; `nil`: `task_default_exchange_type`, else direct.
+        public var exchangeType: QueueBinding.ExchangeType?
+
+        /// The binding, with Celery's defaults for what the file left out.
+        public func binding(defaultExchange: String, defaultExchangeType: QueueBinding.ExchangeType) -> QueueBinding {
+            QueueBinding(
+                exchange: exchange ?? defaultExchange, routingKey: routingKey ?? name,
+                exchangeType: exchangeType ?? defaultExchangeType)
+        }
+    }
+
+    /// `task_queues` (`CELERY_QUEUES`), in the file's order.
+    public var taskQueues: [DeclaredQueue]?
+    /// `task_default_exchange`, `task_default_exchange_type`.
+    public var defaultExchange: String?
+    public var defaultExchangeType: QueueBinding.ExchangeType?
     /// `task_default_priority`, `task_inherit_parent_priority`.
     public var defaultPriority: Int?
     public var inheritParentPriority: Bool?
@@ -436,6 +459,9 @@ public struct CelerySettings: Sendable, Equatable {
             settings.defaultPriority = priority
         }
         add(["task_inherit_parent_priority", "CELERY_INHERIT_PARENT_PRIORITY"]) { $0.inheritParentPriority = try $1.bool() }
+        add(["task_queues", "CELERY_QUEUES"]) { $0.taskQueues = try $1.queues() }
+        add(["task_default_exchange", "CELERY_DEFAULT_EXCHANGE"]) { $0.defaultExchange = try $1.exchangeName() }
+        add(["task_default_exchange_type", "CELERY_DEFAULT_EXCHANGE_TYPE"]) { $0.defaultExchangeType = try $1.exchangeType() }
         add(["control_exchange"]) { $0.controlExchange = try $1.exchangeName() }
         add(["event_exchange", "CELERY_EVENT_EXCHANGE"]) { $0.eventExchange = try $1.exchangeName() }
         add(["worker_eta_task_limit"]) { settings, field in
@@ -653,6 +679,61 @@ extension CelerySettings.Field {
             }
         }
         return tls
+    }
+
+    /// kombu's exchange types that route through a Redis binding table: `direct` and `topic`. A `fanout` exchange
+    /// is a broadcast over Redis channels, which the worker does not consume.
+    func exchangeType(_ value: Any? = nil) throws(CeleryWorkerError) -> QueueBinding.ExchangeType {
+        let text = (value ?? self.value) as? String
+        guard let text, let type = QueueBinding.ExchangeType(rawValue: text) else {
+            throw fail("direct or topic (a fanout exchange's broadcast queues are not consumed by the Swift worker)")
+        }
+        return type
+    }
+
+    /// `task_queues`: a list of queue names or of mappings with a `name`, or a mapping of names to options
+    /// (`exchange`, `routing_key` or `binding_key`, `exchange_type`), kept in the file's order.
+    func queues() throws(CeleryWorkerError) -> [CelerySettings.DeclaredQueue] {
+        guard let node else { throw fail("a list of queue names or of queue mappings") }
+        func declared(_ name: String, _ options: Node?) throws(CeleryWorkerError) -> CelerySettings.DeclaredQueue {
+            var queue = CelerySettings.DeclaredQueue(name: name)
+            guard let options, options.null == nil else { return queue }
+            guard case .mapping(let mapping) = options else { throw fail("for queue '\(name)' a mapping of its options") }
+            for (optionKey, value) in mapping {
+                guard let option = optionKey.string, let text = value.string else {
+                    throw fail("for queue '\(name)' options with string values")
+                }
+                switch option {
+                case "name": queue.name = text
+                case "exchange": queue.exchange = text
+                case "routing_key", "binding_key": queue.routingKey = text
+                case "exchange_type": queue.exchangeType = try exchangeType(text)
+                default: throw fail("for queue '\(name)' only exchange, routing_key, binding_key and exchange_type, not '\(option)'")
+                }
+            }
+            return queue
+        }
+        var queues: [CelerySettings.DeclaredQueue] = []
+        switch node {
+        case .mapping(let mapping):
+            for (name, options) in mapping {
+                guard let name = name.string, !name.isEmpty else { throw fail("a mapping with queue names as keys") }
+                queues.append(try declared(name, options))
+            }
+        case .sequence(let sequence):
+            for item in sequence {
+                if let name = item.string, !name.isEmpty {
+                    queues.append(CelerySettings.DeclaredQueue(name: name))
+                } else if case .mapping(let mapping) = item, let name = mapping["name"]?.string, !name.isEmpty {
+                    queues.append(try declared(name, item))
+                } else {
+                    throw fail("a list of queue names or of mappings with a name")
+                }
+            }
+        default:
+            throw fail("a list of queue names or of queue mappings")
+        }
+        return queues
     }
 
     /// `task_routes`: a mapping of task names and `*` patterns to options or queue names, or a list of such

@@ -111,6 +111,9 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `result_backend_always_retry` and its limits: how result writes are retried while the backend cannot
     /// be reached. Default: the worker's own 30 retries, 1 to 32 seconds apart.
     public var resultBackendRetry = ResultBackendRetry()
+    /// Celery's `task_queues`: the queues the app declares, each with its exchange and routing key. Without `-Q` the
+    /// worker consumes them all, as Celery's does; a queue named by `-Q` is bound as declared here. Default none.
+    public var declaredQueues: [(name: String, binding: QueueBinding)] = []
     /// Celery's `task_default_priority`: the priority of the tasks the worker sends (callbacks, chain steps, chord
     /// bodies, errbacks, `context.send`) when neither their options nor a route give one. Default `nil` (0).
     public var defaultPriority: Int?
@@ -306,15 +309,19 @@ public struct WorkerConfiguration: Sendable {
 
     /// The queues not bound by their own name: the worker-direct queue, with ``workerDirect``.
     public var queueBindings: [String: QueueBinding] {
-        guard workerDirect else { return [:] }
+        var bindings = Dictionary(declaredQueues.map { ($0.name, $0.binding) }, uniquingKeysWith: { first, _ in first })
+        guard workerDirect else { return bindings }
         let direct = QueueBinding.workerDirect(node: nodeName)
-        return [direct.queue: direct.binding]
+        bindings[direct.queue] = direct.binding
+        return bindings
     }
 
-    /// Adds the queues of ``queueBindings`` not yet in ``queues`` (Celery adds the worker-direct queue to the ones
-    /// it consumes: `select_add(worker_direct(...))`).
+    /// Adds the worker-direct queue to ``queues`` with `worker_direct` (Celery's `select_add(worker_direct(...))`).
+    /// The queues of ``declaredQueues`` are consumed only when named (the executable names them all without `-Q`).
     public mutating func addBoundQueues() {
-        queues += queueBindings.keys.sorted().filter { !queues.contains($0) }
+        guard workerDirect else { return }
+        let direct = QueueBinding.workerDirect(node: nodeName).queue
+        if !queues.contains(direct) { queues.append(direct) }
     }
 
     /// How `queue` is bound.
