@@ -1,10 +1,17 @@
 """Celery's `worker_direct`: each worker also consumes `<node>.dq2`, bound to the `C.dq2` exchange by its node name,
-and a task sent with `queue=worker_direct(node)` reaches that worker alone."""
+and a task sent with `queue=worker_direct(node)` reaches that worker alone. And `task_queues`: the queues an app
+declares, with their exchanges and routing keys."""
+import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from celery.utils.nodenames import worker_direct
+from kombu import Exchange
 
-from conftest import answering, eventually, stored_outcome
+from conftest import INTEROP, WORKER_BINARY, answering, eventually, stored_outcome
 
 
 def test_worker_direct_queues_reach_one_worker_each(start_worker, start_python_worker, make_app, broker_redis,
@@ -56,10 +63,6 @@ def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_worker, s
     """`task_queues` without `-Q`: the worker consumes every declared queue, bound as declared (a topic exchange's
     binding carries kombu's pattern), exactly as a Python worker given the same binds them; a Python client then
     routes by exchange and routing key to them."""
-    import json
-
-    from kombu import Exchange
-
     app = make_app()
 
     def bindings():
@@ -90,3 +93,20 @@ def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_worker, s
     assert sent.get(timeout=10) == 3
     assert app.send_task("tasks.add", (2, 2), exchange="tqdefault", routing_key="img").get(timeout=10) == 4
     assert swift.log.count(" received") == 2
+
+
+def test_task_create_missing_queues_off_refuses_an_undeclared_queue_as_python_does(tmp_path, redis_urls):
+    settings = {**TASK_QUEUES, "task_create_missing_queues": False}
+    config = tmp_path / "strict.json"
+    config.write_text(json.dumps(settings))
+    swift = subprocess.run([str(WORKER_BINARY), "--config", str(config), "-Q", "tqimages,elsewhere",
+                            "--broker", redis_urls["broker"]], capture_output=True, text=True, timeout=10)
+    python = subprocess.run(
+        [str(Path(sys.executable).with_name("celery")), "-A", "pytasks", "worker", "-Q", "tqimages,elsewhere"],
+        cwd=INTEROP / "pyworker", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CELERY_BROKER_URL": redis_urls["broker"],
+             "CELERY_RESULT_BACKEND": redis_urls["backend"], "CELERY_SETTINGS": json.dumps(settings)})
+    message = ("Trying to select queue subset of ['tqimages', 'elsewhere'], but queue 'elsewhere' isn't\n"
+               "defined in the `task_queues` setting.")
+    assert swift.returncode == 64 and message in swift.stderr, swift.stderr
+    assert python.returncode != 0 and message in python.stdout + python.stderr

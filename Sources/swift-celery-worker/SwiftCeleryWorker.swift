@@ -279,6 +279,16 @@ struct WorkerCommand: AsyncParsableCommand {
             text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         }
         try check(!names(queueText).isEmpty, "-Q needs at least one queue name.")
+        if file.createMissingQueues == false {
+            // Celery's SELECT_UNKNOWN_QUEUE; without task_queues the default queue is the one declared.
+            let declared = declaredQueues.isEmpty ? [file.defaultQueue ?? "celery"] : declaredQueues.map(\.name)
+            if let unknown = names(queueText).first(where: { !declared.contains($0) }) {
+                let selected = "[" + names(queueText).map { "'\($0)'" }.joined(separator: ", ") + "]"
+                throw ValidationError(
+                    "Trying to select queue subset of \(selected), but queue '\(unknown)' isn't\ndefined in the `task_queues` setting.\n\n"
+                        + "If you want to automatically declare unknown queues you can\nenable the `task_create_missing_queues` setting.")
+            }
+        }
         let excluded = Set(excludeQueues.map(names) ?? [])
         let queueList = names(queueText).filter { !excluded.contains($0) }
         try check(!queueList.isEmpty, "--exclude-queues leaves no queue to consume of \(names(queueText).joined(separator: ", ")).")

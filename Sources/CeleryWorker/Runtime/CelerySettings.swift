@@ -131,6 +131,8 @@ public struct CelerySettings: Sendable, Equatable {
 
     /// `task_queues` (`CELERY_QUEUES`), in the file's order.
     public var taskQueues: [DeclaredQueue]?
+    /// `task_create_missing_queues`: `false` refuses a `-Q` queue that `task_queues` does not declare.
+    public var createMissingQueues: Bool?
     /// `task_default_exchange`, `task_default_exchange_type`.
     public var defaultExchange: String?
     public var defaultExchangeType: QueueBinding.ExchangeType?
@@ -460,6 +462,7 @@ public struct CelerySettings: Sendable, Equatable {
         }
         add(["task_inherit_parent_priority", "CELERY_INHERIT_PARENT_PRIORITY"]) { $0.inheritParentPriority = try $1.bool() }
         add(["task_queues", "CELERY_QUEUES"]) { $0.taskQueues = try $1.queues() }
+        add(["task_create_missing_queues", "CELERY_CREATE_MISSING_QUEUES"]) { $0.createMissingQueues = try $1.bool() }
         add(["task_default_exchange", "CELERY_DEFAULT_EXCHANGE"]) { $0.defaultExchange = try $1.exchangeName() }
         add(["task_default_exchange_type", "CELERY_DEFAULT_EXCHANGE_TYPE"]) { $0.defaultExchangeType = try $1.exchangeType() }
         add(["control_exchange"]) { $0.controlExchange = try $1.exchangeName() }
