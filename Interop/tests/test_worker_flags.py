@@ -346,3 +346,12 @@ def test_remote_control_can_be_turned_off_as_in_celery(start_worker, start_pytho
     assert "loud" in nodes and not nodes & {"quietswift", "quietpy"}, nodes
     assert app.send_task("tasks.add", (1, 1), queue="quietswift").get(timeout=10) == 2
     assert app.send_task("tasks.add", (2, 2), queue="quietpy").get(timeout=10) == 4
+
+
+def test_quiet_prints_no_banner_and_no_color_is_accepted(start_worker, make_app):
+    """Celery's global `-q`/`--quiet` (no banner) and `-C`/`--no-color`, as command lines carry them."""
+    loud = start_worker("-n", "loud@%h", "-Q", "loud")
+    quiet = start_worker("-q", "-C", "-n", "quiet@%h", "-Q", "quiet")
+    assert "[queues]" in loud.stdout
+    assert "[queues]" not in quiet.stdout and "quiet@" in quiet.log
+    assert make_app().send_task("tasks.add", (1, 1), queue="quiet").get(timeout=10) == 2

@@ -201,6 +201,13 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("workdir"), help: "Change to this directory before anything else (relative paths then start there).")
     var workdir: String?
 
+    // Celery's global options, taken by the worker as Celery's `celery` command takes them before `worker`.
+    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "Do not print the banner, as Celery's --quiet.")
+    var quiet = false
+
+    @Flag(name: [.customShort("C"), .customLong("no-color")], help: "Accepted as Celery takes it: the worker's output has no colours.")
+    var noColor = false
+
     // Celery's options for what a Swift worker cannot do: refused with a sentence that says so, not as unknown.
     @Flag(name: [.customShort("B"), .customLong("beat")], help: .hidden)
     var beat = false
@@ -471,9 +478,11 @@ struct WorkerCommand: AsyncParsableCommand {
         let lock = try pidfile.map { path in try Pidfile.acquire(WorkerConfiguration.nodeFormat(path, node: configuration.nodeName)) }
         defer { lock?.release() }
         if purge { await purgeQueues(configuration, logger: logger) }
-        FileHandle.standardOutput.write(
-            Data(
-                Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
+        if !quiet {
+            FileHandle.standardOutput.write(
+                Data(
+                    Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
+        }
         for warning in resolved.warnings { logger.warning("\(warning)") }
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
