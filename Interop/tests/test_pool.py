@@ -2,11 +2,12 @@
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from conftest import answering, eventually, replies_by_node
+from conftest import WORKER_BINARY, answering, eventually, replies_by_node
 
 
 def children_of(pid: int) -> set:
@@ -411,3 +412,27 @@ def test_a_child_logs_a_task_line_as_a_python_prefork_child_does(start_worker, s
         result = app.send_task("tasks.log", ("from a child",), queue=queue)
         assert result.get(timeout=15) == "from a child"
         worker.wait_for_log(f"INFO/ForkPoolWorker-1] tasks.log[{result.id}]: from a child")
+
+
+def test_a_log_file_per_child_with_percent_i(redis_urls, make_app, tmp_path):
+    """`--logfile %n%I.log`: the main process writes `<name>.log`, each child `<name>-<n>.log`, as Celery's prefork
+    children do; a task's own log lines land in the file of the child that ran it."""
+    worker = subprocess.Popen(
+        [str(WORKER_BINARY), "-P", "process", "-c", "2", "-n", "perchild@%h", "--logfile", str(tmp_path / "%n%I.log"),
+         "--broker", redis_urls["broker"], "--result-backend", redis_urls["backend"]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    main = tmp_path / "perchild.log"
+    try:
+        assert eventually(lambda: main.exists() and " ready." in main.read_text(), 15)
+        app = make_app()
+        results = [app.send_task("tasks.log", (f"line {i}",)) for i in range(6)]
+        assert [r.get(timeout=10) for r in results] == [f"line {i}" for i in range(6)]
+        children = [tmp_path / f"perchild-{index}.log" for index in (1, 2)]
+        assert eventually(lambda: sum(path.read_text().count(": line ") for path in children if path.exists()) == 6)
+        for index, path in enumerate(children, start=1):
+            lines = path.read_text().splitlines() if path.exists() else []
+            assert all(f"/ForkPoolWorker-{index}]" in line for line in lines), lines
+        assert "/ForkPoolWorker-" not in main.read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0

@@ -421,8 +421,11 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.acksOnTimeout = file.acksOnTimeout ?? file.acksOnFailureOrTimeout ?? true
         configuration.taskRoutes = file.taskRoutes ?? TaskRoutes()
         configuration.addBoundQueues()
-        // Node-formatted as Celery's log setup formats it (`%n.log`); `%i`/`%I` are the main process's in every process.
-        let logPath = (logfile ?? file.logFile).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
+        // Node-formatted as Celery's log setup formats it (`%n.log`); with `%i` or `%I` each pool child has a file of its
+        // own (`%n%I.log`: `w1.log`, `w1-1.log`, `w1-2.log` …), as Celery's prefork children have.
+        let logPath = (logfile ?? file.logFile).map {
+            WorkerConfiguration.nodeFormat($0, node: configuration.nodeName, processIndex: CeleryWorkerService.poolChildNumber ?? 0)
+        }
         var resolved = Resolved(configuration: configuration, logfile: logPath, warnings: warnings)
         resolved.logFormat = file.logFormat ?? .worker
         resolved.taskLogFormat = file.taskLogFormat ?? .task

@@ -155,6 +155,8 @@ struct CelerySettingsTests {
             WorkerConfiguration.nodeFormat("%p|%h|%d|%i|%I|100%%|%z|%", node: node)
                 == "w1@box.example.org|box.example.org|example.org|0||100%|%z|%")
         #expect(WorkerConfiguration.nodeFormat("%n-%d", node: "box") == "celery-")
+        // In the pool's child ForkPoolWorker-2.
+        #expect(WorkerConfiguration.nodeFormat("%n%I.log|%i", node: node, processIndex: 2) == "w1-2.log|2")
     }
 
     @Test("sentinel_kwargs: the Sentinels' own user name and password; other keyword arguments warn")

@@ -362,13 +362,17 @@ public struct WorkerConfiguration: Sendable {
     /// Expands `-n` the way Celery does: `%h` is the host name, `%n` the short host name, `%d` the domain, and a
     /// name without `@` gets `@<hostname>` appended.
     /// Celery's `node_format` for file names such as `--pidfile`: `%p` the whole node name, `%n` its name part
-    /// (before `@`), `%h` its host, `%d` the host's domain, `%i` the process index (`0` in the main process) and
-    /// `%I` its `-` form (empty there), `%%` a percent sign.
-    public static func nodeFormat(_ text: String, node: String) -> String {
+    /// (before `@`), `%h` its host, `%d` the host's domain, `%i` the process index (`0` in the main process, `n` in
+    /// the pool's child `ForkPoolWorker-n`) and `%I` its `-` form (empty in the main process, `-n` in a child), `%%` a
+    /// percent sign.
+    public static func nodeFormat(_ text: String, node: String, processIndex: Int = 0) -> String {
         let parts = node.split(separator: "@", maxSplits: 1).map(String.init)
         let (name, host) = parts.count == 2 ? (parts[0], parts[1]) : ("celery", parts.first ?? "")
         let domain = host.split(separator: ".").dropFirst().joined(separator: ".")
-        let replacements: [Character: String] = ["p": node, "n": name, "h": host, "d": domain, "i": "0", "I": "", "%": "%"]
+        let replacements: [Character: String] = [
+            "p": node, "n": name, "h": host, "d": domain, "i": String(processIndex),
+            "I": processIndex == 0 ? "" : "-\(processIndex)", "%": "%",
+        ]
         var formatted = ""
         var percent = false
         for character in text {
