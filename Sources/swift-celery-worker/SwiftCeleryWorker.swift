@@ -282,8 +282,10 @@ struct WorkerCommand: AsyncParsableCommand {
         // Without -Q: every queue of task_queues, as Celery's worker consumes them, else the default queue.
         let declaredQueues = file.taskQueues ?? []
         let queueText = queues ?? (declaredQueues.isEmpty ? file.defaultQueue ?? "celery" : declaredQueues.map(\.name).joined(separator: ","))
+        // Each name once, in order (a queue named twice, in -Q or task_queues, is consumed once, as Celery keys them by name).
         func names(_ text: String) -> [String] {
-            text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            var seen = Set<String>()
+            return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && seen.insert($0).inserted }
         }
         try check(!names(queueText).isEmpty, "-Q needs at least one queue name.")
         if file.createMissingQueues == false {
