@@ -10,7 +10,8 @@ import Synchronization
 ///
 /// Run it in a `ServiceGroup`. Graceful shutdown is Celery's warm shutdown: fetching stops, running tasks finish
 /// and store their results, and reserved messages that did not start are given back to their queues. Cancellation
-/// is cold shutdown: running tasks are cancelled; reserved messages are still given back when Redis allows.
+/// is cold shutdown: running tasks are cancelled; reserved messages, and those of the acks-late tasks it interrupted,
+/// are still given back when Redis allows.
 public final class CeleryWorkerService: Service {
     public let configuration: WorkerConfiguration
     public let registry: TaskRegistry
