@@ -330,6 +330,12 @@ struct CelerySettingsTests {
         ] {
             #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse(bad, source: "bad.yaml") }
         }
+        do {
+            _ = try CelerySettings.parse("task_queues: {a: {exchange_type: fanout}}", source: "fanout.yaml")
+            Issue.record("a fanout exchange must be refused")
+        } catch {
+            #expect(error.message.hasPrefix("fanout.yaml: setting 'task_queues': exchange type 'fanout' is not supported"))
+        }
         // kombu's TopicExchange.key_to_pattern, as a Python worker stores it.
         #expect(QueueBinding(exchange: "m", routingKey: "feed.#", exchangeType: .topic).pattern == "^feed\\..*?$")
         #expect(QueueBinding(exchange: "m", routingKey: "*.a-b", exchangeType: .topic).pattern == "^[^\\.]+\\.a\\-b$")

@@ -687,9 +687,12 @@ extension CelerySettings.Field {
     /// kombu's exchange types that route through a Redis binding table: `direct` and `topic`. A `fanout` exchange
     /// is a broadcast over Redis channels, which the worker does not consume.
     func exchangeType(_ value: Any? = nil) throws(CeleryWorkerError) -> QueueBinding.ExchangeType {
-        let text = (value ?? self.value) as? String
-        guard let text, let type = QueueBinding.ExchangeType(rawValue: text) else {
-            throw fail("direct or topic (a fanout exchange's broadcast queues are not consumed by the Swift worker)")
+        let given = value ?? self.value
+        guard let text = given as? String, let type = QueueBinding.ExchangeType(rawValue: text) else {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "\(source): setting '\(key)': exchange type '\(given)' is not supported: direct or topic (a fanout "
+                    + "exchange's broadcast queues are not consumed by the Swift worker)")
         }
         return type
     }
