@@ -1,5 +1,6 @@
 """Fixtures: a real redis-server, the Swift worker as a subprocess, and real Python Celery clients."""
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -246,6 +247,23 @@ def start_python_worker(redis_urls, tmp_path, request):
     yield start
     for worker in workers:
         worker.kill_all()
+
+
+@pytest.fixture
+def start_configured(start_worker, start_python_worker, tmp_path):
+    """Starts a Swift (`kind` "swift") or a Python worker given `settings` (Celery's names: a config file for the
+    Swift one, CELERY_SETTINGS for pytasks), with `args` for both; killed when the test ends, as their fixtures do."""
+    written = []
+
+    def start(kind, settings, *args, ready=True):
+        if kind == "swift":
+            config = tmp_path / f"settings{len(written)}.json"
+            config.write_text(json.dumps(settings))
+            written.append(config)
+            return start_worker("--config", str(config), *args, ready=ready)
+        return start_python_worker(*args, env={"CELERY_SETTINGS": json.dumps(settings)}, ready=ready)
+
+    return start
 
 
 @pytest.fixture

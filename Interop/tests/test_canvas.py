@@ -208,17 +208,11 @@ def test_task_routes_send_chain_steps_and_callbacks_where_python_would(start_wor
     ({}, 0), ({"task_inherit_parent_priority": True}, 7), ({"task_default_priority": 4}, 4),
     ({"task_inherit_parent_priority": True, "task_default_priority": 4}, 7),
 ], ids=["none", "inherit", "default", "both"])
-def test_the_priority_of_a_chain_step_the_worker_sends(start_worker, start_python_worker, make_app, broker_redis,
-                                                      tmp_path, settings, expected):
+def test_the_priority_of_a_chain_step_the_worker_sends(start_configured, make_app, broker_redis, settings, expected):
     """`task_inherit_parent_priority` and `task_default_priority`: the next step of a chain sent at priority 7, which
     names no priority of its own, is sent at the priority a Python worker given the same sends it at, to the same
     priority list."""
-    import json
-
-    config = tmp_path / "priority.json"
-    config.write_text(json.dumps(settings))
-    workers = {"swift": start_worker("--config", str(config), "-Q", "prioswift"),
-               "python": start_python_worker("-Q", "priopython", env={"CELERY_SETTINGS": json.dumps(settings)})}
+    workers = {kind: start_configured(kind, settings, "-Q", f"prio{kind}") for kind in ("swift", "python")}
     app = make_app()
     sent = {}
     for kind in workers:

@@ -1,5 +1,4 @@
 """Remote control from Python's `app.control` and the `celery` CLI, answered by the Swift worker."""
-import json
 import subprocess
 import sys
 import time
@@ -349,20 +348,17 @@ def test_revoke_by_stamped_headers_as_a_python_worker_answers_it(start_worker, s
     assert untouched["stamps"] == untouched["pystamps"] == {"ok": "headers {'mid': 'none'} were not terminated"}
 
 
-def test_control_and_event_exchanges_keep_apps_apart(start_worker, start_python_worker, make_app, tmp_path):
+def test_control_and_event_exchanges_keep_apps_apart(start_configured, make_app):
     """`control_exchange` and `event_exchange`, as apps sharing one Redis database set them: a Swift and a Python
     worker given the same answer remote control, mingle and send events only on those exchanges. A client of the
     default exchanges reaches neither."""
     from test_events import Capture
 
     settings = {"control_exchange": "tenant", "event_exchange": "tenantev"}
-    config = tmp_path / "tenant.json"
-    config.write_text(json.dumps(settings))
     tenant = make_app(**settings)
     capture = Capture(tenant, seconds=15).start()
-    python = start_python_worker("-n", "tenantpython@%h", "-Q", "tenantpython",
-                                 env={"CELERY_SETTINGS": json.dumps(settings)})
-    swift = start_worker("--config", str(config), "-n", "tenantswift@%h", "-Q", "tenantswift", "-E")
+    start_configured("python", settings, "-n", "tenantpython@%h", "-Q", "tenantpython")
+    swift = start_configured("swift", settings, "-n", "tenantswift@%h", "-Q", "tenantswift", "-E")
     swift.wait_for_log("mingle: sync with 1 nodes")  # the Python worker answered the hello on tenant.pidbox
     nodes = {name.split("@")[0] for reply in tenant.control.ping(timeout=1) for name in reply}
     assert nodes == {"tenantswift", "tenantpython"}, nodes

@@ -2,14 +2,13 @@
 run again once it succeeded, beside a Python worker given the same settings. Messages are made redelivered by
 kombu itself: taken as its consumer takes them and given back with `reject(requeue=True)`."""
 import json
-import signal
 import time
 import uuid
 
 import celery
 import pytest
 
-from conftest import PythonWorker, WorkerProcess, answering, eventually, remember
+from conftest import answering, eventually
 
 SETTINGS = {"worker_deduplicate_successful_tasks": True, "task_acks_late": True}
 # Celery 5.7 also sends the callbacks and chain steps a deduplicated task's first run did not send.
@@ -38,32 +37,16 @@ def redeliver(app, queue, count=1):
 
 
 @pytest.fixture
-def start(request, tmp_path, redis_urls):
-    """Starts a Swift or a Python worker on `queue`, given `settings`; every one is killed when the test ends."""
-    started = []
+def start(start_configured):
+    """Starts a Swift or a Python worker on `queue`, given `settings`."""
 
     def start(kind, queue, settings):
-        config = tmp_path / f"{kind}{len(started)}.json"
-        config.write_text(json.dumps(settings))
-        if kind == "swift":
-            worker = WorkerProcess(["--broker", redis_urls["broker"], "--result-backend", redis_urls["backend"],
-                                    "--config", str(config), "-Q", queue, "-n", f"{queue}@%h"],
-                                   tmp_path / f"{kind}{len(started)}.log")
-        else:
-            # The thread pool: Celery's prefork children never see the main process's successful_requests, so there
-            # every redelivered copy is looked up in the backend (and logged).
-            worker = PythonWorker(redis_urls["broker"], redis_urls["backend"], tmp_path / f"{kind}{len(started)}.log",
-                                  "-Q", queue, "-n", f"{queue}@%h", "-P", "threads",
-                                  env={"CELERY_SETTINGS": json.dumps(settings)})
-        started.append(remember(request, worker))
-        return worker.wait_ready()
+        # Python's thread pool: Celery's prefork children never see the main process's successful_requests, so there
+        # every redelivered copy is looked up in the backend (and logged).
+        pool = ("-P", "threads") if kind == "python" else ()
+        return start_configured(kind, settings, "-Q", queue, "-n", f"{queue}@%h", *pool)
 
-    yield start
-    for worker in started:
-        if isinstance(worker, PythonWorker):
-            worker.kill_all()
-        elif worker.alive():
-            worker.stop(signal.SIGKILL)
+    return start
 
 
 def lines_about(log, task_id, text):

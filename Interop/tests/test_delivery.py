@@ -187,20 +187,16 @@ def test_disable_prefetch_holds_only_what_runs_as_python_does(start_worker, star
         assert worker.log.count(" received") == 3
 
 
-def test_eta_task_limit_bounds_the_eta_tasks_held_as_python_does(start_worker, start_python_worker, make_app,
-                                                                 broker_redis, tmp_path):
+def test_eta_task_limit_bounds_the_eta_tasks_held_as_python_does(start_configured, make_app, broker_redis):
     """An ETA task frees its prefetch slot while it waits, as in Celery, but `worker_eta_task_limit` caps the messages
     held: with a window of 1 and a limit of 3, three of five ETA tasks are held and two wait in the queue. A Python
     worker given the same holds as many. All five run once their time comes."""
     import celery
 
     settings = {"worker_eta_task_limit": 3, "worker_prefetch_multiplier": 1}
-    config = tmp_path / "eta.json"
-    config.write_text(json.dumps(settings))
-    workers = {"swift": start_worker("-c", "1", "--config", str(config), "-Q", "etalimitswift")}
+    workers = {"swift": start_configured("swift", settings, "-c", "1", "-Q", "etalimitswift")}
     if celery.VERSION >= (5, 5):
-        workers["python"] = start_python_worker("-c", "1", "-Q", "etalimitpython",
-                                                env={"CELERY_SETTINGS": json.dumps(settings), "PREFETCH_MULTIPLIER": "1"})
+        workers["python"] = start_configured("python", settings, "-c", "1", "-Q", "etalimitpython")
     app = make_app()
     for kind, worker in workers.items():
         queue = f"etalimit{kind}"

@@ -1,34 +1,26 @@
 """Celery's shutdown signals, the cold shutdown of Celery 5.5 and later, and its soft shutdown
 (`worker_soft_shutdown_timeout`, `worker_enable_soft_shutdown_on_idle`, `REMAP_SIGTERM=SIGQUIT`), each beside a
 Python worker given the same where its Celery has them."""
-import json
 import signal
 import time
 
 import celery
 import pytest
 
-from conftest import PythonWorker, WorkerProcess, answering, remember, slots
+from conftest import answering, slots
 
 # Celery 5.5 brought the soft shutdown, and the cold shutdown that gives acks-late work back at once.
 PYTHON_SOFT = celery.VERSION >= (5, 5)
 
 
-def start_pair(request, tmp_path, redis_urls, name, settings, *args, python=True, swift_args=()):
+def start_pair(start_configured, name, settings, *args, python=True, swift_args=()):
     """A Swift worker (given `swift_args` too) and (unless `python` is false) a Python worker, each on a queue of its
     own and given `settings` (Celery's names), both ready."""
-    config = tmp_path / f"{name}.json"
-    config.write_text(json.dumps(settings))
-    workers = {"swift": remember(request, WorkerProcess(
-        ["--broker", redis_urls["broker"], "--result-backend", redis_urls["backend"], "--config", str(config),
-         "-Q", f"{name}swift", "-n", f"{name}swift@%h", *args, *swift_args], tmp_path / f"{name}swift.log"))}
+    workers = {"swift": start_configured("swift", settings, "-Q", f"{name}swift", "-n", f"{name}swift@%h", *args,
+                                         *swift_args)}
     if python:
-        workers["python"] = remember(request, PythonWorker(
-            redis_urls["broker"], redis_urls["backend"], tmp_path / f"{name}python.log",
-            "-Q", f"{name}python", "-n", f"{name}python@%h", *args,
-            env={"CELERY_SETTINGS": json.dumps(settings)}))
-    for worker in workers.values():
-        worker.wait_ready()
+        workers["python"] = start_configured("python", settings, "-Q", f"{name}python", "-n", f"{name}python@%h",
+                                             *args)
     return workers
 
 
@@ -69,27 +61,16 @@ def outcomes(seen):
     return {repr(entry[2]) for entry in seen.values()}
 
 
-def stop_all(workers):
-    for worker in workers.values():
-        if isinstance(worker, PythonWorker):
-            worker.kill_all()
-        elif worker.alive():
-            worker.stop(signal.SIGKILL)
-
-
-def test_a_second_sigterm_stays_a_warm_shutdown_as_in_python(request, tmp_path, redis_urls, make_app, broker_redis):
+def test_a_second_sigterm_stays_a_warm_shutdown_as_in_python(start_configured, make_app, broker_redis):
     """Celery's SIGTERM handler never turns cold: the running task still finishes and stores its result, the
     reserved one goes back, exit 0. Python's worker beside it does the same."""
-    workers = start_pair(request, tmp_path, redis_urls, "termtwice", {}, "-c", "1")
+    workers = start_pair(start_configured, "termtwice", {}, "-c", "1")
     app = make_app()
-    try:
-        seen = shut_down_each(workers, app, broker_redis, "termtwice", 1.5, 2, [signal.SIGTERM, signal.SIGTERM])
-        assert [entry[0] for entry in seen.values()] == [0] * len(seen), seen
-        assert outcomes(seen) == {repr((["SUCCESS", "PENDING"], 1, 0))}, seen
-        assert "Cold shutdown" not in workers["swift"].log
-        assert workers["swift"].log.count("worker: Warm shutdown (MainProcess)") == 2
-    finally:
-        stop_all(workers)
+    seen = shut_down_each(workers, app, broker_redis, "termtwice", 1.5, 2, [signal.SIGTERM, signal.SIGTERM])
+    assert [entry[0] for entry in seen.values()] == [0] * len(seen), seen
+    assert outcomes(seen) == {repr((["SUCCESS", "PENDING"], 1, 0))}, seen
+    assert "Cold shutdown" not in workers["swift"].log
+    assert workers["swift"].log.count("worker: Warm shutdown (MainProcess)") == 2
 
 
 def test_a_second_sigint_is_cold(start_worker, make_app, broker_redis):
@@ -105,72 +86,61 @@ def test_a_second_sigint_is_cold(start_worker, make_app, broker_redis):
 
 
 @pytest.mark.parametrize("pool", ["threads", "process"])
-def test_cold_shutdown_gives_acks_late_work_back_at_once(request, tmp_path, redis_urls, make_app, broker_redis, pool):
+def test_cold_shutdown_gives_acks_late_work_back_at_once(start_configured, make_app, broker_redis, pool):
     """SIGQUIT cancels the running acks-late tasks and gives their messages back with the reserved ones, as
     Celery 5.5 and later's prefork pool does ("Restoring 3 unacknowledged message(s)"); nothing waits for the
     visibility timeout. Python's exit status is 0 here (its cold shutdown never sets one); the Swift worker's is 1."""
-    workers = start_pair(request, tmp_path, redis_urls, f"cold{pool}", {"task_acks_late": True}, "-c", "2",
+    workers = start_pair(start_configured, f"cold{pool}", {"task_acks_late": True}, "-c", "2",
                          python=PYTHON_SOFT and pool == "process", swift_args=("-P", "process") if pool == "process" else ())
     app = make_app()
-    try:
-        seen = shut_down_each(workers, app, broker_redis, f"cold{pool}", 5, 3, [signal.SIGQUIT])
-        assert seen["swift"][0] == 1
-        for worker in workers.values():
-            assert "Restoring 3 unacknowledged message(s)" in worker.log, worker.log
-        assert outcomes(seen) == {repr((["PENDING"] * 3, 3, 0))}, seen
-        assert workers["swift"].log.count("interrupted by cold shutdown") == (2 if pool == "process" else slots(2))
-        assert "ERROR" not in workers["swift"].log  # children stopped on purpose are not errors
-    finally:
-        stop_all(workers)
+    seen = shut_down_each(workers, app, broker_redis, f"cold{pool}", 5, 3, [signal.SIGQUIT])
+    assert seen["swift"][0] == 1
+    for worker in workers.values():
+        assert "Restoring 3 unacknowledged message(s)" in worker.log, worker.log
+    assert outcomes(seen) == {repr((["PENDING"] * 3, 3, 0))}, seen
+    assert workers["swift"].log.count("interrupted by cold shutdown") == (2 if pool == "process" else slots(2))
+    assert "ERROR" not in workers["swift"].log  # children stopped on purpose are not errors
 
 
-def test_soft_shutdown_lets_running_tasks_finish(request, tmp_path, redis_urls, make_app, broker_redis):
+def test_soft_shutdown_lets_running_tasks_finish(start_configured, make_app, broker_redis):
     """With `worker_soft_shutdown_timeout`, SIGQUIT first lets the running task finish and store its result, then
     gives the reserved one back. Python sleeps the whole timeout; the Swift worker ends once the task is done."""
     settings = {"worker_soft_shutdown_timeout": 4}
-    workers = start_pair(request, tmp_path, redis_urls, "soft", settings, "-c", "1", python=PYTHON_SOFT)
+    workers = start_pair(start_configured, "soft", settings, "-c", "1", python=PYTHON_SOFT)
     app = make_app()
-    try:
-        for kind in workers:
-            node = answering(app, f"soft{kind}@")
-            conf = app.control.inspect(destination=[node], timeout=2).conf()[node]
-            assert conf.get("worker_soft_shutdown_timeout") == 4, (kind, conf)
-        seen = shut_down_each(workers, app, broker_redis, "soft", 1, 2, [signal.SIGQUIT])
-        code, took, _, results = seen["swift"]
-        assert code == 1
-        assert took < 3, took  # the task took 1 s at most; the timeout is 4
-        for worker in workers.values():
-            assert "Initiating Soft Shutdown, terminating in 4 seconds" in worker.log, worker.log
-        assert outcomes(seen) == {repr((["SUCCESS", "PENDING"], 1, 0))}, seen
-        assert results[0].get(timeout=1) == 1
-        assert "interrupted by cold shutdown" not in workers["swift"].log
-    finally:
-        stop_all(workers)
+    for kind in workers:
+        node = answering(app, f"soft{kind}@")
+        conf = app.control.inspect(destination=[node], timeout=2).conf()[node]
+        assert conf.get("worker_soft_shutdown_timeout") == 4, (kind, conf)
+    seen = shut_down_each(workers, app, broker_redis, "soft", 1, 2, [signal.SIGQUIT])
+    code, took, _, results = seen["swift"]
+    assert code == 1
+    assert took < 3, took  # the task took 1 s at most; the timeout is 4
+    for worker in workers.values():
+        assert "Initiating Soft Shutdown, terminating in 4 seconds" in worker.log, worker.log
+    assert outcomes(seen) == {repr((["SUCCESS", "PENDING"], 1, 0))}, seen
+    assert results[0].get(timeout=1) == 1
+    assert "interrupted by cold shutdown" not in workers["swift"].log
 
 
-def test_soft_shutdown_cancels_what_still_runs_when_its_time_is_up(request, tmp_path, redis_urls, make_app,
-                                                                     broker_redis):
+def test_soft_shutdown_cancels_what_still_runs_when_its_time_is_up(start_configured, make_app, broker_redis):
     """The running acks-late task outlasts the soft shutdown: it is cancelled and its message given back."""
     settings = {"worker_soft_shutdown_timeout": 1, "task_acks_late": True}
-    workers = start_pair(request, tmp_path, redis_urls, "softup", settings, "-c", "1", python=PYTHON_SOFT)
+    workers = start_pair(start_configured, "softup", settings, "-c", "1", python=PYTHON_SOFT)
     app = make_app()
-    try:
-        seen = shut_down_each(workers, app, broker_redis, "softup", 10, 1, [signal.SIGQUIT], timeout=10)
-        assert all(0.9 < entry[1] < 5 for entry in seen.values()), seen
-        for worker in workers.values():
-            assert "Initiating Soft Shutdown, terminating in 1 seconds" in worker.log, worker.log
-        assert outcomes(seen) == {repr((["PENDING"], 1, 0))}, seen
-        assert "interrupted by cold shutdown" in workers["swift"].log
-    finally:
-        stop_all(workers)
+    seen = shut_down_each(workers, app, broker_redis, "softup", 10, 1, [signal.SIGQUIT], timeout=10)
+    assert all(0.9 < entry[1] < 5 for entry in seen.values()), seen
+    for worker in workers.values():
+        assert "Initiating Soft Shutdown, terminating in 1 seconds" in worker.log, worker.log
+    assert outcomes(seen) == {repr((["PENDING"], 1, 0))}, seen
+    assert "interrupted by cold shutdown" in workers["swift"].log
 
 
-def test_soft_shutdown_on_idle_and_remapped_sigterm(start_worker, make_app, broker_redis, tmp_path):
+def test_soft_shutdown_on_idle_and_remapped_sigterm(start_configured, start_worker, make_app, broker_redis):
     """`worker_enable_soft_shutdown_on_idle` logs the soft shutdown with no task running (and has nothing to wait
     for); `REMAP_SIGTERM=SIGQUIT` makes SIGTERM cold, so an acks-late task goes back at once."""
-    config = tmp_path / "idle.json"
-    config.write_text(json.dumps({"worker_soft_shutdown_timeout": 2, "worker_enable_soft_shutdown_on_idle": True}))
-    idle = start_worker("--config", str(config), "-Q", "softidle")
+    settings = {"worker_soft_shutdown_timeout": 2, "worker_enable_soft_shutdown_on_idle": True}
+    idle = start_configured("swift", settings, "-Q", "softidle")
     signalled = time.monotonic()
     assert idle.stop(signal.SIGQUIT) == 1
     assert time.monotonic() - signalled < 1.5

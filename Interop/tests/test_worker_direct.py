@@ -58,8 +58,7 @@ TASK_QUEUES = {"task_queues": {"tqdefault": {}, "tqfeeds": {"exchange": "tqmedia
                "task_default_queue": "tqdefault"}
 
 
-def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_worker, start_python_worker, make_app,
-                                                                  broker_redis, tmp_path):
+def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_configured, make_app, broker_redis):
     """`task_queues` without `-Q`: the worker consumes every declared queue, bound as declared (a topic exchange's
     binding carries kombu's pattern), exactly as a Python worker given the same binds them; a Python client then
     routes by exchange and routing key to them."""
@@ -74,14 +73,12 @@ def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_worker, s
         replies = app.control.inspect(destination=[node], timeout=2).active_queues()[node]
         return sorted((q["name"], q["exchange"]["name"], q["exchange"]["type"], q["routing_key"]) for q in replies)
 
-    python = start_python_worker("-n", "tqpython@%h", env={"CELERY_SETTINGS": json.dumps(TASK_QUEUES)})
+    python = start_configured("python", TASK_QUEUES, "-n", "tqpython@%h")
     python_bindings, python_queues = bindings(), queues_of("tqpython@")
     python.kill_all()
     for key in broker_redis.keys("_kombu.binding*.tq*"):
         broker_redis.delete(key)
-    config = tmp_path / "queues.json"
-    config.write_text(json.dumps(TASK_QUEUES))
-    swift = start_worker("--config", str(config), "-n", "tqswift@%h")
+    swift = start_configured("swift", TASK_QUEUES, "-n", "tqswift@%h")
     assert bindings() == python_bindings and len(python_bindings) == 2, (bindings(), python_bindings)
     assert queues_of("tqswift@") == python_queues == [
         ("tqdefault", "tqdefault", "direct", "tqdefault"), ("tqfeeds", "tqmedia", "topic", "feed.#"),

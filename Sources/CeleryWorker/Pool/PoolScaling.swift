@@ -47,7 +47,7 @@ struct AutoscalerState: Sendable, Equatable {
 /// window, and the autoscaler with `--autoscale`.
 struct PoolScaling: Sendable {
     /// Task threads started: one per child at least, as each running job waits on its child from one, and one more
-    /// (``CeleryWorkerService/processPoolThreads(_:)``).
+    /// (``CeleryWorkerService/processPoolThreads(children:)``).
     var threads: Int
     /// The prefetch window now (0: no limit); `inspect stats`' `prefetch_count`.
     var prefetchCount: Int
@@ -66,7 +66,8 @@ extension WorkerRun {
         defer { resizing.release() }
         if delta > 0 {
             let extra = scaling.withLock { scaling in
-                let extra = Swift.max(0, pool.processes + delta + 1 - scaling.threads)
+                let needed = CeleryWorkerService.processPoolThreads(children: pool.processes + delta)
+                let extra = Swift.max(0, needed - scaling.threads)
                 scaling.threads += extra
                 return extra
             }

@@ -133,8 +133,11 @@ public final class CeleryWorkerService: Service {
     /// run there too: with every child busy, a message fetched meanwhile is still received at once (logged,
     /// `task-received`, in `inspect reserved`), as in Celery. `pool_grow` adds more.
     static func processPoolThreads(_ configuration: WorkerConfiguration) -> Int {
-        (configuration.poolAutoscale?.max ?? configuration.concurrency) + 1
+        processPoolThreads(children: configuration.poolAutoscale?.max ?? configuration.concurrency)
     }
+
+    /// The task threads `children` pool processes need: one each, and one to receive and dispatch.
+    static func processPoolThreads(children: Int) -> Int { children + 1 }
 
     /// The event loop of the solo and thread pools, `nil` for the process pool: tasks, the worker's bookkeeping and
     /// (on Redis) its connections share it. One thread for solo; concurrency + 1 in leader mode for threads, so that
