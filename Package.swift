@@ -35,6 +35,8 @@ let package = Package(
             name: "COpenSSL",
             linkerSettings: [.linkedLibrary("dl")]
         ),
+        // Celery's worker_redirect_stdouts: the C library's stdout stream replaced by one that hands lines to the log.
+        .target(name: "CStandardOutput"),
         .systemLibrary(
             name: "CMsgpack",
             pkgConfig: "msgpack",
@@ -59,6 +61,7 @@ let package = Package(
                 "CeleryProtocol",
                 "CHiredis",
                 "COpenSSL",
+                "CStandardOutput",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -73,6 +73,12 @@ def log(message):
     return message
 
 
+@app.task(name="tasks.print")
+def print_(text, end="\n"):
+    print(text, end=end)
+    return text
+
+
 @app.task(name="tasks.whoami")
 def whoami():
     return "python"

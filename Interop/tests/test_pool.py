@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import WORKER_BINARY, answering, eventually, replies_by_node
+from test_logging import printed_records
 
 
 def children_of(pid: int) -> set:
@@ -404,7 +405,8 @@ def test_acks_on_timeout_off_requeues_a_task_killed_at_its_hard_limit(start_work
 
 
 def test_a_child_logs_a_task_line_as_a_python_prefork_child_does(start_worker, start_python_worker, make_app):
-    """A line a task logs in a process-pool child names the child as billiard names Python's: ForkPoolWorker-N."""
+    """A line a task logs in a process-pool child names the child as billiard names Python's: ForkPoolWorker-N. So
+    does what it prints (worker_redirect_stdouts), logged before the task's "succeeded" line."""
     swift = start_worker("-P", "process", "-c", "1", "-Q", "swiftfork")
     python = start_python_worker("-P", "prefork", "-c", "1", "-Q", "pyfork")
     app = make_app()
@@ -412,6 +414,9 @@ def test_a_child_logs_a_task_line_as_a_python_prefork_child_does(start_worker, s
         result = app.send_task("tasks.log", ("from a child",), queue=queue)
         assert result.get(timeout=15) == "from a child"
         worker.wait_for_log(f"INFO/ForkPoolWorker-1] tasks.log[{result.id}]: from a child")
+        printed = app.send_task("tasks.print", ("printed in a child",), queue=queue)
+        assert printed.get(timeout=15) == "printed in a child"
+        assert printed_records(worker, printed) == ["[WARNING/ForkPoolWorker-1] printed in a child"]
 
 
 def test_a_log_file_per_child_with_percent_i(redis_urls, make_app, tmp_path):
@@ -436,3 +441,4 @@ def test_a_log_file_per_child_with_percent_i(redis_urls, make_app, tmp_path):
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0
+

@@ -28,6 +28,14 @@ enum DemoTasks {
             context.logger.info("\(message)")
             return message
         }
+        // print(text, end="\n"): prints text to standard output (into the log with worker_redirect_stdouts, as
+        // Python's worker logs what its tasks print) and returns it.
+        registry.register("tasks.print") { context -> String in
+            try context.checkArguments(["text", "end"], required: 1)
+            let text: String = try context.argument(0, name: "text")
+            print(text, terminator: try context.argument(1, name: "end", default: "\n"))
+            return text
+        }
         // flaky(n, countdown=0.1): retried n times, countdown seconds apart.
         registry.register("tasks.flaky") { context -> Int in
             let request = context.request

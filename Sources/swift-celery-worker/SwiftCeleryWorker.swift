@@ -248,6 +248,9 @@ struct WorkerCommand: AsyncParsableCommand {
         var taskLogFormat = LogFormat.task
         /// `REMAP_SIGTERM=SIGQUIT`: `SIGTERM` is a cold shutdown.
         var remapsTerm = false
+        /// The level at which what tasks print is logged (`worker_redirect_stdouts_level`), `nil` when
+        /// `worker_redirect_stdouts` is off.
+        var redirectLevel: Logger.Level? = .warning
     }
 
     func resolve() throws -> Resolved {
@@ -432,6 +435,8 @@ struct WorkerCommand: AsyncParsableCommand {
         resolved.logFormat = file.logFormat ?? .worker
         resolved.taskLogFormat = file.taskLogFormat ?? .task
         resolved.remapsTerm = remap.remaps
+        resolved.redirectLevel =
+            file.redirectStdouts == false ? nil : Self.levels[file.redirectStdoutsLevel ?? "WARNING"] ?? .warning
         return resolved
     }
 
@@ -472,8 +477,14 @@ struct WorkerCommand: AsyncParsableCommand {
         var registry = TaskRegistry()
         DemoTasks.register(in: &registry)
 
+        // worker_redirect_stdouts: what tasks print goes to the log.
+        func redirectStandardOutput() {
+            guard let level = resolved.redirectLevel else { return }
+            StandardOutputRedirect.start(logger: Logger(label: "celery.redirected"), level: level)
+        }
         if CeleryWorkerService.isPoolChild {
             // A process-pool child of a worker: no banner, no signal handling, just serve the worker.
+            redirectStandardOutput()
             try await CeleryWorkerService(configuration: configuration, registry: registry, logger: logger).run()
             return
         }
@@ -489,6 +500,8 @@ struct WorkerCommand: AsyncParsableCommand {
                     Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
         }
         for warning in resolved.warnings { logger.warning("\(warning)") }
+        // After the banner, as Celery's worker redirects.
+        redirectStandardOutput()
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var metricsFactory: any MetricsFactory = NOOPMetricsHandler.instance

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 
 @testable import CeleryWorker
@@ -49,6 +50,31 @@ struct LogFormatTests {
             Issue.record("an unknown field should not load")
         } catch {
             #expect(error.message.contains("worker_log_format") && error.message.contains("unknown field 'when'"))
+        }
+    }
+
+    @Test("worker_redirect_stdouts: one record per write, trailing newlines dropped, empty writes skipped, as Python's LoggingProxy")
+    func redirectedWrites() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("redirect-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let sink = try CeleryLogHandler.Sink(appendingTo: path)
+        let logger = Logger(label: "celery.redirected", factory: { CeleryLogHandler(label: $0, sink: sink, level: .info) })
+        let writes = WriteLogger(logger: logger, level: .warning)
+        for text in ["hello\nworld", "\n", "a", " ", "b\n\n", ""] {
+            Array(text.utf8).withUnsafeBytes { writes.log($0) }
+        }
+        WriteLogger(logger: logger, level: .debug).log(UnsafeRawBufferPointer(start: nil, count: 0))
+        Array("below the level".utf8).withUnsafeBytes { WriteLogger(logger: logger, level: .debug).log($0) }
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            .map { $0.hasPrefix("[") ? $0.drop(while: { $0 != "]" }) : $0 }
+        #expect(lines == ["] hello", "world", "] a", "]  ", "] b", ""])
+        let prefixes = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { $0.hasPrefix("[") }
+        #expect(prefixes.allSatisfy { $0.contains(": WARNING/MainProcess] ") })
+        #expect(try CelerySettings.parse("worker_redirect_stdouts_level: info", source: "r.yaml").redirectStdoutsLevel == "INFO")
+        #expect(try CelerySettings.parse("CELERY_REDIRECT_STDOUTS_LEVEL: 40", source: "r.yaml").redirectStdoutsLevel == "ERROR")
+        #expect(try CelerySettings.parse("worker_redirect_stdouts: false", source: "r.yaml").redirectStdouts == false)
+        for bad in ["worker_redirect_stdouts_level: LOUD", "worker_redirect_stdouts_level: 35", "worker_redirect_stdouts_level: true"] {
+            #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse(bad, source: "r.yaml") }
         }
     }
 }

@@ -164,6 +164,10 @@ public struct CelerySettings: Sendable, Equatable {
     public var logFormat: LogFormat?
     /// `worker_task_log_format`: the format of the lines tasks log through their context's logger.
     public var taskLogFormat: LogFormat?
+    /// `worker_redirect_stdouts`: whether what tasks print goes to the log (``StandardOutputRedirect``).
+    public var redirectStdouts: Bool?
+    /// `worker_redirect_stdouts_level`: the level of those lines, as one of Python's level names (`WARNING`).
+    public var redirectStdoutsLevel: String?
     /// `broker_use_ssl` as a mapping of redis-py's `ssl_*` settings: TLS for the broker whatever its URL's scheme
     /// (kombu's reading). `true` is ignored with a warning, as kombu's Redis transport ignores it.
     public var brokerTLS: RedisTLS?
@@ -331,10 +335,9 @@ public struct CelerySettings: Sendable, Equatable {
             "eager execution happens in Python clients, which read it")
         add(
             [
-                "worker_hijack_root_logger", "worker_log_color", "worker_redirect_stdouts", "worker_redirect_stdouts_level",
-                "CELERYD_HIJACK_ROOT_LOGGER", "CELERY_REDIRECT_STDOUTS", "CELERY_REDIRECT_STDOUTS_LEVEL",
+                "worker_hijack_root_logger", "worker_log_color", "CELERYD_HIJACK_ROOT_LOGGER",
             ],
-            "they configure Python's logging; Swift tasks log through their context's logger, in plain lines")
+            "they configure Python's logging; the worker's log is Celery's format, without colours")
         add(
             ["broker_heartbeat", "broker_heartbeat_checkrate", "result_persistent", "CELERY_RESULT_PERSISTENT"],
             "they apply to AMQP, not to Redis")
@@ -396,6 +399,8 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
         add(["worker_log_format", "CELERYD_LOG_FORMAT"]) { $0.logFormat = try $1.logFormat() }
         add(["worker_task_log_format", "CELERYD_TASK_LOG_FORMAT"]) { $0.taskLogFormat = try $1.logFormat() }
+        add(["worker_redirect_stdouts", "CELERY_REDIRECT_STDOUTS"]) { $0.redirectStdouts = try $1.bool() }
+        add(["worker_redirect_stdouts_level", "CELERY_REDIRECT_STDOUTS_LEVEL"]) { $0.redirectStdoutsLevel = try $1.logLevel() }
         add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
         add(["task_reject_on_worker_lost", "CELERY_REJECT_ON_WORKER_LOST"]) { $0.rejectOnWorkerLost = try $1.bool() }
         add(["task_retry_on_worker_lost", "CELERY_RETRY_ON_WORKER_LOST"]) { $0.retryOnWorkerLost = try $1.bool() }
@@ -620,6 +625,16 @@ extension CelerySettings.Field {
             }
         }
         return annotation
+    }
+
+    /// A Python log level, by name (any case) or by number (`10` … `50`), as Celery's `mlevel` reads it; the name
+    /// returned is upper-case.
+    func logLevel() throws(CeleryWorkerError) -> String {
+        let numbers = [10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"]
+        let names = ["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL"]
+        if !(value is Bool), let number = value as? Int, let name = numbers[number] { return name }
+        if let text = value as? String, names.contains(text.uppercased()) { return text.uppercased() }
+        throw fail("a log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (or 10 to 50)")
     }
 
     /// A Python logging format (``LogFormat``); what is wrong with it names the setting.
