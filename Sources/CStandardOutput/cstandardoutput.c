@@ -30,6 +30,14 @@ static ssize_t cookie_write(void *context, const char *buffer, size_t size) {
 }
 
 int celery_stdout_redirect(void *context, celery_stdout_writer writer) {
+#ifndef __GLIBC__
+    // fopencookie is glibc's; elsewhere the stream stays as it is.
+    (void)context;
+    (void)writer;
+    (void)cookie_write;
+    errno = ENOSYS;
+    return -1;
+#else
     cookie_io_functions_t functions = {.read = NULL, .write = cookie_write, .seek = NULL, .close = NULL};
     redirected_writer = writer;
     FILE *stream = fopencookie(context, "w", functions);
@@ -38,4 +46,5 @@ int celery_stdout_redirect(void *context, celery_stdout_writer writer) {
     fflush(stdout);
     stdout = stream;
     return 0;
+#endif
 }
