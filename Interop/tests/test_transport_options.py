@@ -7,7 +7,7 @@ import signal
 
 import redis as redis_lib
 
-from conftest import answering
+from conftest import answering, eventually
 
 OPTIONS = {"visibility_timeout": 3600.0, "priority_steps": list(range(10)), "sep": ":", "queue_order_strategy": "priority"}
 SETTINGS = {"broker_transport_options": OPTIONS}
@@ -89,3 +89,48 @@ def test_queue_order_strategies(start_worker, make_app, broker_redis, tmp_path):
         queue_of = {result.id: result.get(timeout=10)["args"][0] for result in results}
         assert [queue_of[task_id] for task_id in received_order(worker)] == expected, strategy
         assert worker.stop() == 0
+
+
+NAMES = {"fanout_prefix": False, "fanout_patterns": False, "unacked_key": "jobs_unacked",
+         "unacked_index_key": "jobs_unacked_index", "unacked_mutex_key": "jobs_unacked_mutex",
+         "visibility_timeout": 2.0, "unacked_restore_limit": 5}
+
+
+def test_fanout_channels_and_bookkeeping_keys_named_as_kombu_names_them(start_configured, make_app, broker_redis):
+    """`fanout_prefix: false` and `fanout_patterns: false` (remote control on `celery.pidbox`, every event on
+    `celeryev`) and kombu's `unacked_*` key names, given to a Swift and a Python worker: they mingle, answer ping and
+    send events where a Python client given the same listens (a default client reaches neither); an acks-late
+    message is recorded under the custom names; and what a killed Python worker held there is restored and run by
+    a Swift worker."""
+    from test_events import Capture
+
+    settings = {"broker_transport_options": NAMES, "task_acks_late": True}
+    app = make_app(broker_transport_options=NAMES)
+    capture = Capture(app, seconds=15).start()
+    python = start_configured("python", settings, "-n", "namespython@%h", "-Q", "namespython", "-c", "1")
+    swift = start_configured("swift", settings, "-n", "namesswift@%h", "-Q", "namesswift", "-E")
+    swift.wait_for_log("mingle: sync with 1 nodes")  # the Python worker answered the hello on celery.pidbox
+    assert {name.split("@")[0] for reply in app.control.ping(timeout=1) for name in reply} == {"namesswift", "namespython"}
+    assert not [name for reply in make_app().control.ping(timeout=1) for name in reply if name.startswith("names")]
+    node = answering(app, "namesswift")
+    shown = app.control.inspect(destination=[node], timeout=2).stats()[node]["broker"]["transport_options"]
+    assert shown == NAMES, shown
+    # Recorded under the custom names while it runs.
+    running = app.send_task("tasks.sleep", (1,), queue="namesswift")
+    swift.wait_for_log(f"tasks.sleep[{running.id}] received")
+    assert broker_redis.hlen("jobs_unacked") == 1 and broker_redis.zcard("jobs_unacked_index") == 1
+    assert not broker_redis.exists("unacked", "unacked_index")
+    assert running.get(timeout=10) == 1
+    assert eventually(lambda: broker_redis.hlen("jobs_unacked") == 0)
+    capture.wait_for(lambda events: any(e["type"] == "task-succeeded" and e["uuid"] == running.id for e in events)
+                     and {e["hostname"].split("@")[0] for e in events if e["type"] == "worker-heartbeat"}
+                     >= {"namesswift", "namespython"})
+    capture.stop()
+    # A Python worker dies holding an acks-late message under the custom names; a Swift worker restores it.
+    held = app.send_task("tasks.sleep", (30,), queue="namespython")
+    python.wait_for_log(f"tasks.sleep[{held.id}] received")
+    assert broker_redis.hlen("jobs_unacked") == 1
+    python.kill_all()
+    restorer = start_configured("swift", settings, "-n", "namesrestorer@%h", "-Q", "namespython", "-P", "solo")
+    restorer.wait_for_log("Restored 1 message(s) left unacknowledged", timeout=20)
+    restorer.wait_for_log(f"tasks.sleep[{held.id}] received")

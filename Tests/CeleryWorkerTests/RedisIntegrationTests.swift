@@ -404,6 +404,35 @@ extension RedisBrokerTests {
     }
 
     /// kombu's `properties` as the last key, as kombu writes it: the pop script reads these off the end.
+    @Test("unacked_key, unacked_index_key and unacked_mutex_key name the bookkeeping; unacked_restore_limit caps a sweep, as kombu's")
+    func namedBookkeeping() async throws {
+        let client = try await TestRedis.client(database: 3)
+        var transport = RedisTransportOptions()
+        (transport.unackedKey, transport.unackedIndexKey, transport.unackedMutexKey) = ("u", "ui", "um")
+        transport.unackedRestoreLimit = 2
+        let broker = RedisBroker(blocking: RedisClient(url: client.url), commands: client, transport: transport)
+        let messages = (0..<3).map { #"{"body": "", "# + Self.kombuProperties(tag: "n\($0)") + "}" }
+        for message in messages { try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(message))) }
+        _ = try await broker.fetch(queues: ["celery"], limit: 3)
+        #expect(try await client.send(RedisCommand("HLEN", "u")) == .integer(3))
+        #expect(try await client.send(RedisCommand("ZCARD", "ui")) == .integer(3))
+        #expect(try await client.send(RedisCommand("EXISTS", "unacked", "unacked_index")) == .integer(0))
+        // A limit of 2 restores the two latest recorded below the ceiling first, n2 and n1 (from the ceiling down, as
+        // kombu's ZREVRANGEBYSCORE), then n0.
+        for (tag, age) in [("n0", 30.0), ("n1", 20.0), ("n2", 10.0)] {
+            try await client.send(RedisCommand("ZADD", "ui", RedisArgument(WallClock.now() - age), RedisArgument(tag)))
+        }
+        try await client.send(RedisCommand("SET", "um", "someone-else"))
+        #expect(try await broker.restoreVisible(visibilityTimeout: 5) == 0)  // the named lock is held
+        try await client.send(RedisCommand("DEL", "um"))
+        #expect(try await broker.restoreVisible(visibilityTimeout: 5) == 2)
+        let left = try await client.send(RedisCommand("ZRANGE", "ui", "0", "-1")).array?.compactMap(\.text)
+        #expect(left == ["n0"])
+        #expect(try await broker.restoreVisible(visibilityTimeout: 5) == 1)
+        #expect(try await client.send(RedisCommand("HLEN", "u")) == .integer(0))
+        #expect(try await client.send(RedisCommand("LLEN", "celery")) == .integer(3))
+    }
+
     static func kombuProperties(tag: String, exchange: String = "", routingKey: String = "celery", priority: Int = 0) -> String {
         #""properties": {"correlation_id": "c1", "reply_to": "r1", "delivery_mode": 2, "delivery_info": {"exchange": ""#
             + exchange + #"", "routing_key": ""# + routingKey + #""}, "priority": \#(priority), "body_encoding": "base64", "delivery_tag": ""#

@@ -55,7 +55,8 @@ struct CelerySettingsTests {
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant:") == "tenant:")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "tenant") == "tenant_")
         #expect(WorkerConfiguration.resultKeyPrefix(normalizing: "") == "")
-        #expect(settings.warnings.count == 5)
+        #expect(settings.warnings.count == 4)  // fanout_prefix: true is kombu's default, taken without a word
+        #expect(settings.brokerTransport.fanoutPrefix == "/{db}.")
         #expect(settings.warnings.contains { $0.contains("result backend transport option 'retry_policy' is ignored") })
         // Celery settings that change nothing here say why; others are unknown.
         #expect(
@@ -64,6 +65,51 @@ struct CelerySettingsTests {
             })
         #expect(settings.warnings.contains { $0.contains("setting 'imports' has no effect on the Swift worker: its tasks are compiled in") })
         #expect(settings.warnings.contains { $0.contains("unknown setting 'no_such_setting' is ignored") })
+    }
+
+    @Test("kombu's fanout and unacked_* transport options name the channels and keys; redis-py's socket options say why they change nothing")
+    func fanoutAndBookkeepingOptions() throws {
+        let settings = try CelerySettings.parse(
+            """
+            broker_transport_options:
+              fanout_prefix: false
+              fanout_patterns: false
+              unacked_key: u
+              unacked_index_key: ui
+              unacked_mutex_key: um
+              unacked_mutex_expire: 30
+              unacked_restore_limit: 7
+              unacked_restore_interval: 2
+              socket_timeout: 5
+              health_check_interval: 10
+              polling_interval: 0.5
+              no_such_option: 1
+            """, source: "t.yaml")
+        var kombu = RedisTransportOptions()
+        let transport = settings.brokerTransport
+        #expect(transport.fanoutChannel(exchange: "celery.pidbox", database: 3) == "celery.pidbox")
+        #expect(transport.fanoutChannel(exchange: "celeryev", routingKey: "worker.heartbeat", database: 3, prefix: "p:") == "p:celeryev")
+        #expect(transport.legacySentinelChannel(exchange: "celery.pidbox") == nil)
+        #expect(kombu.fanoutChannel(exchange: "celeryev", routingKey: "task.multi", database: 3) == "/3.celeryev/task.multi")
+        #expect(kombu.fanoutChannel(exchange: "celery.pidbox", database: 0, prefix: "p:") == "p:/0.celery.pidbox")
+        #expect(kombu.legacySentinelChannel(exchange: "celeryev", routingKey: "task.multi") == "/{db}.celeryev/task.multi")
+        kombu.fanoutPrefix = "/app-{db}."
+        #expect(kombu.fanoutChannel(exchange: "celery.pidbox", database: 2) == "/app-2.celery.pidbox")
+        #expect(
+            [transport.unackedKey, transport.unackedIndexKey, transport.unackedMutexKey] == ["u", "ui", "um"]
+                && transport.unackedMutexExpire == 30 && transport.unackedRestoreLimit == 7 && transport.unackedRestoreInterval == 2)
+        #expect(RedisBroker.mutexExpireMilliseconds(visibilityTimeout: 3600, expire: transport.unackedMutexExpire) == 30_000)
+        #expect(RedisBroker.mutexExpireMilliseconds(visibilityTimeout: 3600) == 300_000)
+        #expect(settings.warnings.count == 4)
+        #expect(settings.warnings.contains { $0.contains("'socket_timeout' changes nothing here: they tune redis-py's sockets") })
+        #expect(settings.warnings.contains { $0.contains("'health_check_interval' changes nothing here") })
+        #expect(settings.warnings.contains { $0.contains("'polling_interval' changes nothing here") })
+        #expect(settings.warnings.contains { $0.contains("broker transport option 'no_such_option' is ignored") })
+        let named = try CelerySettings.parse("broker_transport_options: {fanout_prefix: '/x.'}", source: "t.yaml")
+        #expect(named.brokerTransport.fanoutPrefix == "/x." && named.warnings.isEmpty)
+        for bad in ["unacked_key: ''", "unacked_restore_limit: 0", "unacked_mutex_expire: 0", "fanout_patterns: maybe", "fanout_prefix: 3"] {
+            #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_transport_options: {\(bad)}", source: "t.yaml") }
+        }
     }
 
     @Test("the acknowledgement settings for failures and timeouts, the old one for both and Celery 5.7's")

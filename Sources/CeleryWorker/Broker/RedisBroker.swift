@@ -52,9 +52,9 @@ public final class RedisBroker: Broker {
         self.commands = commands
         self.keyPrefix = keyPrefix
         self.transport = transport
-        unackedKey = keyPrefix + "unacked"
-        unackedIndexKey = keyPrefix + "unacked_index"
-        mutexKey = keyPrefix + "unacked_mutex"
+        unackedKey = keyPrefix + transport.unackedKey
+        unackedIndexKey = keyPrefix + transport.unackedIndexKey
+        mutexKey = keyPrefix + transport.unackedMutexKey
         rotation = Mutex(FetchOrder(prefix: keyPrefix, transport: transport))
         self.records = records ?? blocking
         self.idleAfter = idleAfter
@@ -574,10 +574,11 @@ public final class RedisBroker: Broker {
     /// kombu's `unacked_mutex`: held while one client sweeps, so two workers never restore the same message.
     let mutexKey: String
 
-    /// How long our sweep lock lives if we die holding it. kombu always uses 300 s, so a worker killed mid-sweep
-    /// stops every sweep for five minutes; we use five visibility timeouts, between 10 s and kombu's 300 s.
-    static func mutexExpireMilliseconds(visibilityTimeout: Double) -> Int {
-        Int(min(300, max(10, visibilityTimeout * 5)) * 1000)
+    /// How long our sweep lock lives if we die holding it: `unacked_mutex_expire` when it is set. kombu's default is
+    /// 300 s, so a worker killed mid-sweep stops every sweep for five minutes; ours is five visibility timeouts,
+    /// between 10 s and kombu's 300 s.
+    static func mutexExpireMilliseconds(visibilityTimeout: Double, expire: Double? = nil) -> Int {
+        Int((expire ?? min(300, max(10, visibilityTimeout * 5))) * 1000)
     }
 
     /// redis-py's `Lock.release` script: delete the lock only if it still holds our token.
@@ -596,14 +597,16 @@ public final class RedisBroker: Broker {
         let locked = try await commands.send(
             RedisCommand(
                 "SET", RedisArgument(mutexKey), RedisArgument(token), "NX", "PX",
-                RedisArgument(Self.mutexExpireMilliseconds(visibilityTimeout: visibilityTimeout))))
+                RedisArgument(Self.mutexExpireMilliseconds(visibilityTimeout: visibilityTimeout, expire: transport.unackedMutexExpire))))
         guard locked == .status("OK") else { return 0 }  // another worker is sweeping
         var restored = 0
         do {
             let ceiling = WallClock.now() - visibilityTimeout
-            let visible = try await commands.send(
-                RedisCommand(
-                    "ZRANGE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "BYSCORE", "REV", "WITHSCORES"))
+            var range = RedisCommand(
+                "ZRANGE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "BYSCORE", "REV", "WITHSCORES")
+            // kombu's `unacked_restore_limit`: at most that many, from the ceiling down, as kombu's ZREVRANGEBYSCORE.
+            if let limit = transport.unackedRestoreLimit { range.arguments += [Array("LIMIT".utf8), Array("0".utf8), RedisArgument(limit).bytes] }
+            let visible = try await commands.send(range)
             let entries = visible.array ?? []
             for index in stride(from: 0, to: entries.count - 1, by: 2) {
                 guard let tag = entries[index].text else { continue }

@@ -1,5 +1,6 @@
-/// kombu's Redis transport options that shape the broker's keys and the order it consumes in (`sep`,
-/// `priority_steps`, `queue_order_strategy` in `broker_transport_options`). Every producer and worker on one broker
+/// kombu's Redis transport options that shape the broker's keys and channels and the order it consumes in (`sep`,
+/// `priority_steps`, `queue_order_strategy`, `fanout_prefix`, `fanout_patterns`, `unacked_*` in
+/// `broker_transport_options`). Every producer and worker on one broker
 /// must use the same `sep` and `priority_steps`, as in kombu: they name the lists a message goes to and the members
 /// of the `_kombu.binding.*` sets. Every default is kombu's.
 public struct RedisTransportOptions: Sendable, Hashable {
@@ -15,6 +16,26 @@ public struct RedisTransportOptions: Sendable, Hashable {
     public var queueOrder: QueueOrder
     /// ``separator``'s UTF-8, for the byte-wise search of ``queue(ofList:prefix:)``.
     private var separatorBytes: [UInt8]
+    /// `fanout_prefix`: what a fanout exchange's Redis channel starts with (after `global_keyprefix`), `{db}` being
+    /// the database number: remote control's `/0.celery.pidbox`, events' `/0.celeryev/…`. kombu's default `/{db}.`;
+    /// `false` in the settings makes it empty, a string is taken as given.
+    public var fanoutPrefix = "/{db}."
+    /// `fanout_patterns`: whether a fanout message's routing key follows its exchange in the channel
+    /// (`/0.celeryev/worker.heartbeat`); without, every event goes to `/0.celeryev`. Default true.
+    public var fanoutPatterns = true
+    /// `unacked_key`, `unacked_index_key`, `unacked_mutex_key`: the names of kombu's bookkeeping of delivered
+    /// messages (after `global_keyprefix`). Defaults `unacked`, `unacked_index`, `unacked_mutex`.
+    public var unackedKey = "unacked"
+    public var unackedIndexKey = "unacked_index"
+    public var unackedMutexKey = "unacked_mutex"
+    /// `unacked_mutex_expire`: how long the sweep's lock lives if its holder dies, in seconds. `nil`: five
+    /// visibility timeouts, between 10 s and kombu's 300 s.
+    public var unackedMutexExpire: Double?
+    /// `unacked_restore_limit`: at most this many timed-out messages restored per sweep. `nil`: all of them.
+    public var unackedRestoreLimit: Int?
+    /// `unacked_restore_interval`: seconds between the worker's visibility sweeps. `nil`: 10. Held messages are
+    /// still refreshed at least every third of the visibility timeout.
+    public var unackedRestoreInterval: Double?
 
     /// kombu's `queue_order_strategy`.
     public enum QueueOrder: String, Sendable, Hashable, CaseIterable {
@@ -84,6 +105,21 @@ public struct RedisTransportOptions: Sendable, Hashable {
     func boundQueue(member: String, routingKey: String) -> String? {
         let parts = member.components(separatedBy: separator)
         return parts.count == 3 && parts[0] == routingKey ? parts[2] : nil
+    }
+
+    /// The Redis channel of a message to the fanout `exchange` with `routingKey` (kombu's `_get_publish_topic`),
+    /// behind `prefix` (``keyPrefix``): the routing key only with ``fanoutPatterns``.
+    public func fanoutChannel(exchange: String, routingKey: String = "", database: Int, prefix: String = "") -> String {
+        let channel = prefix + fanoutPrefix.replacing("{db}", with: String(database)) + exchange
+        return routingKey.isEmpty || !fanoutPatterns ? channel : channel + "/" + routingKey
+    }
+
+    /// The channel kombu before 5.4 used under Redis Sentinel, where it never put the database number into the
+    /// fanout prefix (the literal `{db}`); `nil` when the prefix has no `{db}`, so both are one channel.
+    public func legacySentinelChannel(exchange: String, routingKey: String = "", prefix: String = "") -> String? {
+        guard fanoutPrefix.contains("{db}") else { return nil }
+        let channel = prefix + fanoutPrefix + exchange
+        return routingKey.isEmpty || !fanoutPatterns ? channel : channel + "/" + routingKey
     }
 
     /// The queues in the order this strategy consumes them, given the current order (`-Q`'s, rotated in round robin).

@@ -134,7 +134,9 @@ extension WorkerRun {
 
     /// The topic of remote control requests (kombu's fanout `celery.pidbox` exchange on Redis).
     var pidboxTopic: String {
-        "\(configuration.brokerKeyPrefix)/\(configuration.brokerURL.database).\(configuration.controlExchange).pidbox"
+        configuration.brokerTransport.fanoutChannel(
+            exchange: "\(configuration.controlExchange).pidbox", database: configuration.brokerURL.database,
+            prefix: configuration.brokerKeyPrefix)
     }
 
     /// A pidbox message as kombu's `Mailbox` sends it, to `exchange` with `routingKey`: `delivery_mode` 2 for a
@@ -157,8 +159,11 @@ extension WorkerRun {
     /// into the Sentinel transport's fanout prefix, so it publishes to the literal `/{db}.celery.pidbox`. The worker
     /// listens there too (and, with a Sentinel broker, sends its own `hello` there as well).
     var pidboxLegacyTopics: [String] {
-        guard configuration.brokerURL.isSentinel else { return [] }
-        return ["\(configuration.brokerKeyPrefix)/{db}.\(configuration.controlExchange).pidbox"]
+        guard configuration.brokerURL.isSentinel,
+            let legacy = configuration.brokerTransport.legacySentinelChannel(
+                exchange: "\(configuration.controlExchange).pidbox", prefix: configuration.brokerKeyPrefix)
+        else { return [] }
+        return [legacy]
     }
 
     private func handleControl(_ raw: [UInt8], replies: RedisClient) async {
@@ -377,8 +382,8 @@ extension WorkerRun {
         return ["ok": "time limits set successfully"]
     }
 
-    /// The broker's transport options as Celery's settings show them: the visibility timeout, and kombu's `sep`,
-    /// `priority_steps` and `queue_order_strategy` where they are not kombu's defaults.
+    /// The broker's transport options as Celery's settings show them: the visibility timeout, and kombu's other options
+    /// where they are not kombu's defaults (an empty `fanout_prefix` as `false`, the way it is given).
     private var transportOptions: CeleryObject {
         let transport = configuration.brokerTransport
         let kombu = RedisTransportOptions()
@@ -388,6 +393,20 @@ extension WorkerRun {
             options["priority_steps"] = .array(transport.prioritySteps.map { .int(Int64($0)) })
         }
         if transport.queueOrder != kombu.queueOrder { options["queue_order_strategy"] = .string(transport.queueOrder.rawValue) }
+        if transport.fanoutPrefix != kombu.fanoutPrefix {
+            options["fanout_prefix"] = transport.fanoutPrefix.isEmpty ? false : .string(transport.fanoutPrefix)
+        }
+        if !transport.fanoutPatterns { options["fanout_patterns"] = false }
+        for (name, value, standard) in [
+            ("unacked_key", transport.unackedKey, kombu.unackedKey),
+            ("unacked_index_key", transport.unackedIndexKey, kombu.unackedIndexKey),
+            ("unacked_mutex_key", transport.unackedMutexKey, kombu.unackedMutexKey),
+        ] where value != standard {
+            options[name] = .string(value)
+        }
+        if let expire = transport.unackedMutexExpire { options["unacked_mutex_expire"] = Self.seconds(expire) }
+        if let limit = transport.unackedRestoreLimit { options["unacked_restore_limit"] = .int(Int64(limit)) }
+        if let interval = transport.unackedRestoreInterval { options["unacked_restore_interval"] = Self.seconds(interval) }
         return options
     }
 

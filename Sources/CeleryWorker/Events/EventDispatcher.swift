@@ -30,13 +30,16 @@ final class EventDispatcher: Sendable {
     let alsoLegacyTopic: Bool
     /// Celery's `event_exchange`, the fanout exchange events go to. Default `celeryev`.
     let exchange: String
+    /// kombu's `fanout_prefix` and `fanout_patterns`, which name the channels.
+    let transport: RedisTransportOptions
 
     init(
         client: RedisClient, hostname: String, database: Int, version: String, sendsTaskEvents: Bool, keyPrefix: String = "",
-        alsoLegacyTopic: Bool = false, exchange: String = "celeryev"
+        alsoLegacyTopic: Bool = false, exchange: String = "celeryev", transport: RedisTransportOptions = RedisTransportOptions()
     ) {
         self.client = client
         self.exchange = exchange
+        self.transport = transport
         self.keyPrefix = keyPrefix
         self.alsoLegacyTopic = alsoLegacyTopic
         self.hostname = hostname
@@ -105,9 +108,10 @@ final class EventDispatcher: Sendable {
     /// Publishes the event that `makeBody` builds. The body (and so its clock tick) is made while the events
     /// connection is held, so receivers get this worker's events in clock order even when tasks send them at once.
     private func publish(routingKey: String, _ makeBody: @escaping @Sendable () -> CeleryValue) async {
+        let legacy = alsoLegacyTopic ? transport.legacySentinelChannel(exchange: exchange, routingKey: routingKey, prefix: keyPrefix) : nil
         let channels =
-            [RedisArgument("\(keyPrefix)/\(database).\(exchange)/\(routingKey)")]
-            + (alsoLegacyTopic ? [RedisArgument("\(keyPrefix)/{db}.\(exchange)/\(routingKey)")] : [])
+            [RedisArgument(transport.fanoutChannel(exchange: exchange, routingKey: routingKey, database: database, prefix: keyPrefix))]
+            + (legacy.map { [RedisArgument($0)] } ?? [])
         let exchange = CeleryValue.string(self.exchange)
         let hostname = self.hostname
         // Events are best effort, as in Python: a lost event is not retried.

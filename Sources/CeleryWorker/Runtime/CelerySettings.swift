@@ -57,19 +57,10 @@ public struct CelerySettings: Sendable, Equatable {
     public var brokerSentinelMaster: String?
     /// `result_backend_transport_options: {master_name: …}`: the master a `sentinel://` result backend reaches.
     public var resultSentinelMaster: String?
-    /// `broker_transport_options: {sep: …}`: kombu's separator in list names and binding members.
-    public var brokerSeparator: String?
-    /// `broker_transport_options: {priority_steps: […]}`.
-    public var brokerPrioritySteps: [Int]?
-    /// `broker_transport_options: {queue_order_strategy: …}`.
-    public var brokerQueueOrder: RedisTransportOptions.QueueOrder?
-    /// ``brokerSeparator``, ``brokerPrioritySteps`` and ``brokerQueueOrder``, kombu's defaults where the file sets none.
-    public var brokerTransport: RedisTransportOptions {
-        let kombu = RedisTransportOptions()
-        return RedisTransportOptions(
-            separator: brokerSeparator ?? kombu.separator, prioritySteps: brokerPrioritySteps ?? kombu.prioritySteps,
-            queueOrder: brokerQueueOrder ?? kombu.queueOrder)
-    }
+    /// `broker_transport_options` that shape the broker's keys, channels and consumption order (`sep`,
+    /// `priority_steps`, `queue_order_strategy`, `fanout_prefix`, `fanout_patterns`, `unacked_*`), kombu's defaults
+    /// where the file sets none.
+    public var brokerTransport = RedisTransportOptions()
     /// `broker_transport_options: {sentinel_kwargs: {username: …, password: …, ssl: …}}`: how the worker connects to
     /// the Sentinels themselves.
     public var brokerSentinelOptions: SentinelOptions?
@@ -358,6 +349,31 @@ public struct CelerySettings: Sendable, Equatable {
         return table
     }()
 
+    /// kombu's Redis transport options that change nothing for the Swift worker, each with why.
+    static let transportOptionsWithoutEffect: [String: String] = {
+        var table: [String: String] = [:]
+        func add(_ names: [String], _ reason: String) {
+            for name in names { table[name] = reason }
+        }
+        add(
+            ["socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options", "retry_on_timeout"],
+            "they tune redis-py's sockets; the worker's own connections drop a command that has no reply within 30 s and "
+                + "reconnect, connect within broker_connection_timeout, and reconnect after any error")
+        add(
+            ["health_check_interval"],
+            "the worker drops any connection that gives no reply within 30 s, a waiting BRPOP's too, and reconnects")
+        add(["max_connections"], "the worker keeps a fixed few connections to Redis")
+        add(["client_name"], "the worker's connections are not named")
+        add(["polling_interval", "brpop_timeout"], "the worker's BRPOP waits 1 s at a time, kombu's default, and never sleeps between them")
+        add(
+            ["ack_emulation"],
+            "the worker always records what it takes in unacked, so a message of a worker that died is redelivered, never lost")
+        add(["body_encoding"], "the worker reads each message's own body_encoding and sends base64, as kombu does by default")
+        add(["deadletter_queue"], "it applies to kombu's in-memory transports")
+        add(["unacked_restore_throttle"], "the worker's visibility sweep reads unacked_index every time it runs")
+        return table
+    }()
+
     /// Every known name, new and old, with how to read it.
     static let settings: [String: Setter] = {
         var table: [String: Setter] = [:]
@@ -500,18 +516,48 @@ public struct CelerySettings: Sendable, Equatable {
                 } else if name == "master_name" {
                     settings.brokerSentinelMaster = try option.string()
                 } else if name == "sep" {
-                    settings.brokerSeparator = try option.string()
-                    if settings.brokerSeparator?.isEmpty == true { throw option.fail("a string of one character or more") }
+                    settings.brokerTransport.separator = try option.string()
+                    if settings.brokerTransport.separator.isEmpty { throw option.fail("a string of one character or more") }
                 } else if name == "priority_steps" {
                     guard let steps = value as? [Int], !steps.isEmpty, steps.allSatisfy({ $0 >= 0 }), steps == steps.sorted(),
                         Set(steps).count == steps.count
                     else { throw option.fail("a list of priority steps from 0 up, in ascending order, such as [0, 3, 6, 9]") }
-                    settings.brokerPrioritySteps = steps
+                    settings.brokerTransport.prioritySteps = steps
                 } else if name == "queue_order_strategy" {
                     guard let order = RedisTransportOptions.QueueOrder(rawValue: try option.string()) else {
                         throw option.fail("round_robin, priority or sorted")
                     }
-                    settings.brokerQueueOrder = order
+                    settings.brokerTransport.queueOrder = order
+                } else if name == "fanout_prefix" {
+                    // kombu: true keeps `/{db}.`, false makes it empty, a string replaces it.
+                    if let flag = value as? Bool {
+                        settings.brokerTransport.fanoutPrefix = flag ? RedisTransportOptions().fanoutPrefix : ""
+                    } else {
+                        settings.brokerTransport.fanoutPrefix = try option.string()
+                    }
+                } else if name == "fanout_patterns" {
+                    settings.brokerTransport.fanoutPatterns = try option.bool()
+                } else if name == "unacked_key" {
+                    settings.brokerTransport.unackedKey = try option.keyName()
+                } else if name == "unacked_index_key" {
+                    settings.brokerTransport.unackedIndexKey = try option.keyName()
+                } else if name == "unacked_mutex_key" {
+                    settings.brokerTransport.unackedMutexKey = try option.keyName()
+                } else if name == "unacked_mutex_expire" {
+                    let expire = try option.seconds()
+                    guard expire >= 0.001 else { throw option.fail("a number of seconds above 0") }
+                    settings.brokerTransport.unackedMutexExpire = expire
+                } else if name == "unacked_restore_limit" {
+                    if value is NSNull { continue }
+                    let limit = try option.int()
+                    guard limit >= 1 else { throw option.fail("a number of messages from 1 up, or null") }
+                    settings.brokerTransport.unackedRestoreLimit = limit
+                } else if name == "unacked_restore_interval" {
+                    // kombu takes 0 or less as its default.
+                    let interval = try option.seconds()
+                    settings.brokerTransport.unackedRestoreInterval = interval > 0 ? interval : nil
+                } else if let reason = Self.transportOptionsWithoutEffect[name] {
+                    settings.warnings.append("\(field.source): broker transport option '\(name)' changes nothing here: \(reason)")
                 } else if name == "sentinel_kwargs" {
                     settings.brokerSentinelOptions = try option.sentinelOptions(warnings: &settings.warnings)
                 } else {
@@ -625,6 +671,13 @@ extension CelerySettings.Field {
             }
         }
         return annotation
+    }
+
+    /// A Redis key name: a string that is not empty.
+    func keyName() throws(CeleryWorkerError) -> String {
+        let name = try string()
+        if name.isEmpty { throw fail("a key name that is not empty") }
+        return name
     }
 
     /// A Python log level, by name (any case) or by number (`10` … `50`), as Celery's `mlevel` reads it; the name

@@ -76,7 +76,8 @@ public final class CeleryWorkerService: Service {
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
             database: configuration.brokerURL.database, version: Self.version,
             sendsTaskEvents: configuration.sendTaskEvents, keyPrefix: configuration.brokerKeyPrefix,
-            alsoLegacyTopic: configuration.brokerURL.isSentinel, exchange: configuration.eventExchange)
+            alsoLegacyTopic: configuration.brokerURL.isSentinel, exchange: configuration.eventExchange,
+            transport: configuration.brokerTransport)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
@@ -600,9 +601,12 @@ final class WorkerRun: Sendable {
 
     // MARK: Visibility timeout
 
-    /// How often held messages are refreshed and the visibility sweep runs: 10 s, or a third of the visibility
-    /// timeout when that is shorter, so a live message is always refreshed before it could look abandoned.
-    var maintenanceInterval: Double { min(10, configuration.visibilityTimeout / 3) }
+    /// How often held messages are refreshed and the visibility sweep runs: 10 s (kombu's `unacked_restore_interval`
+    /// when it is set), or a third of the visibility timeout when that is shorter, so a live message is always
+    /// refreshed before it could look abandoned.
+    var maintenanceInterval: Double {
+        min(configuration.brokerTransport.unackedRestoreInterval ?? 10, configuration.visibilityTimeout / 3)
+    }
 
     private func maintenanceLoop() async {
         while await shutdown.sleep(untilUnixTime: WallClock.now() + maintenanceInterval) {
