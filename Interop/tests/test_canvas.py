@@ -5,7 +5,7 @@ workflow below crosses between the two kinds of worker."""
 import json
 
 import pytest
-from celery import chain, chord, group
+from celery import Celery, chain, chord, group
 
 from conftest import answering, eventually, stored_outcome
 
@@ -227,3 +227,28 @@ def test_the_priority_of_a_chain_step_the_worker_sends(start_configured, make_ap
         sent[kind] = (name.decode().removeprefix(held), message["properties"]["priority"])
     assert sent["swift"] == sent["python"], sent
     assert sent["swift"][1] == expected
+
+
+def test_chord_settings_as_python_applies_them(start_configured, make_app, backend_redis):
+    """`result_chord_ordered: false` (parts in a list, in the order they finished), `result_chord_expires` and
+    `result_chord_join_timeout`, given to a Swift and a Python worker and the client: a chord split across both
+    completes once, whichever worker records the last part, and its keys expire as set (Celery 5.3 has no
+    `result_chord_expires`: its parts expire with results)."""
+    settings = {"result_backend_transport_options": {"result_chord_ordered": False}, "result_chord_expires": 120,
+                "result_chord_join_timeout": 10}
+    start_configured("swift", settings, "-n", "swiftchords@%h", "-Q", "swift", "-c", "4")
+    python = start_configured("python", settings, "-n", "pychords@%h", "-Q", "py", "-c", "2")
+    app = make_app(**settings)
+    for last in ("swift", "py"):
+        waiting = sig(app, "tasks.sleep", 1.5, queue=last)
+        header = [sig(app, "tasks.add", i, i, queue="swift" if i % 2 else "py") for i in range(6)] + [waiting]
+        result = chord(header, sig(app, "tasks.tsum", queue="py")).apply_async()
+        group_id = result.parent.id
+        key = f"celery-taskset-meta-{group_id}.j"
+        assert eventually(lambda: backend_redis.llen(key) == 6 if backend_redis.type(key) == b"list" else False, 10), \
+            backend_redis.type(key)
+        # Celery 5.3 has no result_chord_expires: its worker sets result_expires on the parts it records.
+        assert 100 <= backend_redis.ttl(key) <= (120 if "result_chord_expires" in Celery().conf.keys() else 86400)
+        assert result.get(timeout=20) == sum(2 * i for i in range(6)) + 1.5
+        python.wait_for_log(f"Task tasks.tsum[{result.id}] succeeded")
+        assert python.log.count(f"Task tasks.tsum[{result.id}] received") == 1

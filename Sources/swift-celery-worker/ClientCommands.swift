@@ -59,7 +59,7 @@ struct ClientOptions: ParsableArguments {
                 compression: method ?? file.taskCompression ?? nil, brokerKeyPrefix: file.brokerKeyPrefix ?? "",
                 resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? ""),
                 brokerTransport: file.brokerTransport,
-                routes: file.taskRoutes ?? TaskRoutes())
+                routes: file.taskRoutes ?? TaskRoutes(), chord: file.chord)
         } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)
         }

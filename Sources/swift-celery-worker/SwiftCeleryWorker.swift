@@ -415,6 +415,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.mingle = !withoutMingle
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
         configuration.resultCompression = file.resultCompression
+        configuration.chord = file.chord
         configuration.taskAnnotations = file.taskAnnotations ?? TaskAnnotations()
         configuration.defaultRateLimit = file.defaultRateLimit
         configuration.stateDB = (statedb ?? file.stateDB).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }

@@ -663,6 +663,48 @@ struct RedisResultBackendTests {
     }
 }
 
+extension RedisResultBackendTests {
+    @Test(
+        "result_chord_ordered: false keeps parts in a list; result_chord_expires sets the chord keys' TTL; the claim extends, or is refused once another worker holds it"
+    )
+    func chordOptions() async throws {
+        let client = try await TestRedis.client(database: 4)
+        let backend = RedisResultBackend(
+            client: client, serializer: .json, expires: 600, chord: RedisResultBackend.ChordOptions(expires: 120, joinTimeout: 10, ordered: false))
+        #expect((backend.claimExpires, backend.doneExpires, backend.publishClaimExpires) == (20, 300, 21))
+        #expect(backend.chordResultExpires == 600)  // the group key never expires before results do
+        let group = "ordered-false"
+        func key(_ suffix: String) -> RedisArgument { RedisArgument(backend.groupKey(group, suffix)) }
+        try await backend.setChordSize(groupID: group, size: 2)
+        #expect((100...120).contains(try #require(try await client.send(RedisCommand("TTL", key(".s"))).integer)))
+        #expect(try await backend.chordPartReturn(groupID: group, taskID: "b", groupIndex: 1, state: .success, result: 2) == nil)
+        #expect(try await client.send(RedisCommand("TYPE", key(".j"))) == .status("list"))
+        #expect((100...120).contains(try #require(try await client.send(RedisCommand("TTL", key(".j"))).integer)))
+        let completion = try #require(
+            try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1))
+        #expect(completion.join() == .results([2, 1]))  // in the order they finished, as Python's list
+        #expect(try await backend.extendChordClaim(groupID: group, token: completion.token))
+        #expect((15...21).contains(try #require(try await client.send(RedisCommand("TTL", key(".c"))).integer)))
+        #expect(try await backend.extendChordClaim(groupID: group, token: "someone-else") == false)
+        try await backend.chordFinished(groupID: group, token: completion.token)
+        #expect(try await client.send(RedisCommand("GET", key(".c"))).text == "done")
+        // The join waits result_chord_join_timeout for a result that is never stored.
+        let short = RedisResultBackend(client: client, chord: RedisResultBackend.ChordOptions(joinTimeout: 0.2))
+        let started = ContinuousClock.now
+        #expect(try await short.readyResults(of: ["never-stored"]).isEmpty)
+        #expect(ContinuousClock.now - started >= .milliseconds(200) && ContinuousClock.now - started < .seconds(2))
+        // A null join timeout: Celery's claim of 10 s.
+        let unbounded = RedisResultBackend(client: client, chord: RedisResultBackend.ChordOptions(joinTimeout: nil))
+        #expect(unbounded.claimExpires == 10 && unbounded.chordExpires == 86_400)
+        let settings = try CelerySettings.parse(
+            "result_chord_join_timeout: null\nCELERY_RESULT_CHORD_EXPIRES: 60\nresult_backend_transport_options: {result_chord_ordered: false}",
+            source: "c.yaml")
+        #expect(settings.chord == RedisResultBackend.ChordOptions(expires: 60, joinTimeout: nil, ordered: false) && settings.warnings.isEmpty)
+        #expect(try CelerySettings.parse("result_chord_join_timeout: 1.5", source: "c.yaml").chord.joinTimeout == 1.5)
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("result_chord_join_timeout: -1", source: "c.yaml") }
+    }
+}
+
 @Suite("Results and acknowledgements in one script", .serialized, .enabled(if: TestRedis.enabled))
 struct RedisSettleTests {
     /// A broker in database 5 and a JSON backend (results expire in 600 s) in database 6 of the test server.

@@ -78,28 +78,55 @@ extension RedisResultBackend {
         return 0
         """)
 
-    /// Celery's claim lifetime: twice `result_chord_join_timeout` (3 s), at least 5 s.
-    static let claimExpires = 6
-    /// How long the `done` marker keeps late duplicates out.
-    static let doneExpires = 300
+    /// Celery 5.7's `CHORD_CLAIM_EXTEND_LUA`, unchanged: the claim extended while this worker holds it, or taken
+    /// again when it expired while the chord's state is still there.
+    static let chordClaimExtendScript = RedisScript(
+        """
+        local ckey, skey = KEYS[1], KEYS[2]
+        local token = ARGV[1]
+        local expires = tonumber(ARGV[2])
+        if redis.call('GET', ckey) == token then
+            return redis.call('EXPIRE', ckey, expires)
+        end
+        if not redis.call('GET', ckey) and redis.call('EXISTS', skey) == 1 then
+            return redis.call('SET', ckey, token, 'EX', expires, 'NX') and 1 or 0
+        end
+        return 0
+        """)
+
+    /// Celery's claim lifetime: twice `result_chord_join_timeout` (5 s when it is null), at least 5 s.
+    var claimExpires: Int { max(5, Int((chord.joinTimeout ?? 5) * 2)) }
+    /// How long the `done` marker keeps late duplicates out: twice the claim, at least 300 s.
+    var doneExpires: Int { max(claimExpires * 2, 300) }
+    /// The claim's lifetime while the body is sent, as Celery estimates it with its default publish retry policy
+    /// (3 retries, 0.2 s apart) and `broker_connection_timeout` (4 s): 21 s, or the claim's when that is longer.
+    var publishClaimExpires: Int { max(claimExpires, 21) }
+    /// `result_chord_expires`, else `result_expires` (0: none): the TTL of the counting keys and the saved header.
+    var chordExpires: Int { chord.expires ?? expires ?? 0 }
+    /// Celery's `_chord_result_expires`: the group key never expires sooner than results do.
+    var chordResultExpires: Int {
+        let results = expires ?? 0
+        return chordExpires == 0 || results == 0 ? 0 : max(chordExpires, results)
+    }
 
     public func chordPartReturn(
         groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
     ) async throws(CeleryWorkerError) -> ChordCompletion? {
         let entry = storedForm(serializer.encode([1, .string(taskID), .string(state.rawValue), result]))
         let token = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
-        let expiry = expires ?? 0
         let reply = try await client.evaluate(
             Self.chordPartReturnScript,
             keys: [".j", ".t", ".s", ".d", "", ".c"].map { RedisArgument(groupKey(groupID, $0)) },
             arguments: [
-                RedisArgument(taskID), RedisArgument(entry), "1", RedisArgument(groupIndex.map(String.init) ?? "+inf"),
-                RedisArgument(expiry), RedisArgument(expiry), RedisArgument(Self.claimExpires), RedisArgument(token),
+                RedisArgument(taskID), RedisArgument(entry), chord.ordered ? "1" : "0",
+                RedisArgument(groupIndex.map(String.init) ?? "+inf"), RedisArgument(chordExpires), RedisArgument(chordResultExpires),
+                RedisArgument(claimExpires), RedisArgument(token),
             ])
         guard let fields = reply.array, fields.count == 4, let ready = fields[0].integer, ready >= 0,
             fields[3].integer == 1
         else { return nil }
-        let stored = try await client.send(RedisCommand("ZRANGE", RedisArgument(groupKey(groupID, ".j")), "0", "-1"))
+        let stored = try await client.send(
+            RedisCommand(chord.ordered ? "ZRANGE" : "LRANGE", RedisArgument(groupKey(groupID, ".j")), "0", "-1"))
         var parts: [ChordCompletion.Part] = []
         for member in stored.array ?? [] {
             guard let bytes = member.bytes,
@@ -126,11 +153,11 @@ extension RedisResultBackend {
     }
 
     /// The stored results of these tasks, once each is ready; a result still missing or not ready after
-    /// ``ChordCompletion/joinTimeout`` is left out (the join then fails as Python's does on its timeout).
+    /// `result_chord_join_timeout` is left out (the join then fails as Python's does on its timeout).
     func readyResults(of taskIDs: [String]) async throws(CeleryWorkerError) -> [ChordCompletion.Part] {
         var ready: [ChordCompletion.Part] = []
         var waiting = taskIDs
-        let deadline = ContinuousClock.now + ChordCompletion.joinTimeout
+        let deadline = chord.joinTimeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) }
         while !waiting.isEmpty {
             let reply = try await client.send(RedisCommand("MGET", arguments: waiting.map { RedisArgument(key(for: $0)) }))
             var stillWaiting: [String] = []
@@ -144,7 +171,7 @@ extension RedisResultBackend {
                 ready.append(ChordCompletion.Part(taskID: id, state: TaskState(status), result: document["result"] ?? .null))
             }
             waiting = stillWaiting
-            guard !waiting.isEmpty, ContinuousClock.now < deadline else { break }
+            guard !waiting.isEmpty, deadline.map({ ContinuousClock.now < $0 }) ?? true else { break }
             try? await Task.sleep(for: .milliseconds(50))
         }
         return ready
@@ -154,7 +181,14 @@ extension RedisResultBackend {
         _ = try await client.evaluate(
             Self.chordCleanupScript,
             keys: [".c", ".j", ".t", ".s", ".d"].map { RedisArgument(groupKey(groupID, $0)) },
-            arguments: [RedisArgument(token), RedisArgument(Self.doneExpires)])
+            arguments: [RedisArgument(token), RedisArgument(doneExpires)])
+    }
+
+    public func extendChordClaim(groupID: String, token: String) async throws(CeleryWorkerError) -> Bool {
+        let reply = try await client.evaluate(
+            Self.chordClaimExtendScript, keys: [".c", ".s"].map { RedisArgument(groupKey(groupID, $0)) },
+            arguments: [RedisArgument(token), RedisArgument(publishClaimExpires)])
+        return reply.integer == 1
     }
 
     public func chordFailed(groupID: String) async throws(CeleryWorkerError) {
@@ -177,8 +211,8 @@ extension RedisResultBackend {
     }
 
     /// Python's `_set_chord_key`: `EX result_expires`, or no expiry when results never expire.
+    /// Celery's `_set_chord_key`: `result_chord_expires` (else `result_expires`), none when 0.
     private var chordKeyExpiry: [RedisArgument] {
-        guard let expires, expires > 0 else { return [] }
-        return ["EX", RedisArgument(expires)]
+        chordExpires > 0 ? ["EX", RedisArgument(chordExpires)] : []
     }
 }

@@ -15,12 +15,35 @@ public final class RedisResultBackend: ResultBackend {
     /// Celery 5.7's `result_compression`: documents, chord parts and saved groups are stored compressed behind
     /// Celery's marker (``CeleryResultDocument/compressedStored(_:with:)``); `nil`: as they are.
     public let compression: KombuCompression?
+    /// `result_chord_expires`, `result_chord_join_timeout` and `result_chord_ordered`.
+    public let chord: ChordOptions
+
+    /// Celery's chord settings for the Redis backend.
+    public struct ChordOptions: Sendable, Equatable {
+        /// `result_chord_expires`: the TTL of a chord's counting keys and saved header, in seconds (0: none); `nil`
+        /// uses `result_expires`, as Celery does.
+        public var expires: Int?
+        /// `result_chord_join_timeout`: how long the join waits for a header result that is not stored yet, in
+        /// seconds; `nil` waits without end (Celery's `null`). Default 3, Celery's.
+        public var joinTimeout: Double? = 3
+        /// `result_chord_ordered` (a result backend transport option): the parts kept in a sorted set by
+        /// `group_index` (default) or, when false, in a list in the order they finished. Every worker of a chord must
+        /// agree, as in Celery.
+        public var ordered = true
+
+        public init(expires: Int? = nil, joinTimeout: Double? = 3, ordered: Bool = true) {
+            self.expires = expires
+            self.joinTimeout = joinTimeout
+            self.ordered = ordered
+        }
+    }
 
     public init(
         client: RedisClient, serializer: CeleryContentType = .json, expires: Int? = 86_400, keyPrefix: String = "",
-        failureExpires: Int? = nil, compression: KombuCompression? = nil
+        failureExpires: Int? = nil, compression: KombuCompression? = nil, chord: ChordOptions = ChordOptions()
     ) {
         self.client = client
+        self.chord = chord
         self.compression = compression
         self.serializer = serializer
         self.expires = expires

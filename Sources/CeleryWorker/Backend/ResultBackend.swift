@@ -15,6 +15,10 @@ public protocol ResultBackend: Sendable {
     func chordPartReturn(
         groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
     ) async throws(CeleryWorkerError) -> ChordCompletion?
+    /// Extends this worker's claim to send a chord's body for as long as sending may take, or takes it again when it
+    /// expired while the chord's state is still there (Celery 5.7's step before it publishes the body); `false` when
+    /// another worker holds it or the chord is gone, and the body must not be sent.
+    func extendChordClaim(groupID: String, token: String) async throws(CeleryWorkerError) -> Bool
     /// Releases the claim and removes the chord's state once the body was sent.
     func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError)
     /// Drops the chord size after a failed join, so a late copy of a header task does not fail the chord again.
@@ -67,6 +71,7 @@ extension ResultBackend {
     public func chordPartReturn(
         groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
     ) async throws(CeleryWorkerError) -> ChordCompletion? { nil }
+    public func extendChordClaim(groupID: String, token: String) async throws(CeleryWorkerError) -> Bool { true }
     public func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError) {}
     public func chordFailed(groupID: String) async throws(CeleryWorkerError) {}
     public func setChordSize(groupID: String, size: Int) async throws(CeleryWorkerError) {}

@@ -10,9 +10,6 @@ enum ChordJoin: Equatable {
 }
 
 extension ChordCompletion {
-    /// How long Python's join waits for a header result that is not stored yet (`result_chord_join_timeout`).
-    static let joinTimeout: Duration = .seconds(3)
-
     /// Python's two ways:
     /// - A header of plain results (tasks, chains, chord bodies): the recorded parts in `group_index` order; the first
     ///   failed part fails the chord with `Dependency <id> raised <exception>`.

@@ -247,6 +247,10 @@ extension WorkerRun {
                         dateDone: dateDoneNow()))
                 try await backend.chordFailed(groupID: groupID)
             case .results(let results):
+                guard try await backend.extendChordClaim(groupID: groupID, token: completion.token) else {
+                    logger.warning("Chord callback for '\(groupID)' not published: dispatch claim is no longer owned by this worker")
+                    return
+                }
                 try await canvas(for: job).apply(body, args: [results], options: lineage(message))
                 try await backend.chordFinished(groupID: groupID, token: completion.token)
             }

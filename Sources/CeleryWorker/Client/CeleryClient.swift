@@ -105,12 +105,14 @@ public final class CeleryClient: Sendable {
     /// A client of its own threads and connections. `compression` is its `task_compression`; `brokerKeyPrefix`
     /// the broker's `global_keyprefix` (as written); `resultKeyPrefix` what result keys start with
     /// (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of the result backend's `global_keyprefix`);
-    /// `brokerTransport` kombu's `sep` and `priority_steps`, which name the lists messages go to.
+    /// `brokerTransport` kombu's `sep` and `priority_steps`, which name the lists messages go to; `chord` Celery's
+    /// chord settings, for the chords it sends.
     public init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
         compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = "",
-        brokerTransport: RedisTransportOptions = RedisTransportOptions(), routes: TaskRoutes = TaskRoutes()
+        brokerTransport: RedisTransportOptions = RedisTransportOptions(), routes: TaskRoutes = TaskRoutes(),
+        chord: RedisResultBackend.ChordOptions = RedisResultBackend.ChordOptions()
     ) {
 
         self.broker = RedisBroker(
@@ -118,7 +120,8 @@ public final class CeleryClient: Sendable {
             commands: RedisClient(url: brokerURL), keyPrefix: brokerKeyPrefix, transport: brokerTransport)
         self.backend = resultBackendURL.map {
             RedisResultBackend(
-                client: RedisClient(url: $0), serializer: resultSerializer, expires: resultExpires, keyPrefix: resultKeyPrefix)
+                client: RedisClient(url: $0), serializer: resultSerializer, expires: resultExpires, keyPrefix: resultKeyPrefix,
+                chord: chord)
         }
         self.backendURL = resultBackendURL
         self.serializer = serializer

@@ -421,6 +421,8 @@ extension WorkerRun {
             "task_compression": configuration.taskCompression.map { .string($0.name) } ?? .null,
             "result_compression": configuration.resultCompression.map { .string($0.name) } ?? .null,
             "result_expires": configuration.resultExpires.map { .int(Int64($0)) } ?? .null,
+            "result_chord_join_timeout": configuration.chord.joinTimeout.map(CeleryValue.seconds) ?? .null,
+            "result_chord_expires": configuration.chord.expires.map { .int(Int64($0)) } ?? .null,
             "accept_content": .array(
                 CeleryContentType.allCases.filter(configuration.acceptContent.contains).map { .string($0.serializerName) }),
             "timezone": .string(configuration.timezone.identifier),

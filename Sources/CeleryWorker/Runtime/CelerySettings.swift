@@ -155,6 +155,9 @@ public struct CelerySettings: Sendable, Equatable {
     public var logFormat: LogFormat?
     /// `worker_task_log_format`: the format of the lines tasks log through their context's logger.
     public var taskLogFormat: LogFormat?
+    /// `result_chord_expires`, `result_chord_join_timeout` and `result_backend_transport_options: {result_chord_ordered}`,
+    /// Celery's defaults where the file sets none.
+    public var chord = RedisResultBackend.ChordOptions()
     /// `worker_redirect_stdouts`: whether what tasks print goes to the log (``StandardOutputRedirect``).
     public var redirectStdouts: Bool?
     /// `worker_redirect_stdouts_level`: the level of those lines, as one of Python's level names (`WARNING`).
@@ -346,6 +349,9 @@ public struct CelerySettings: Sendable, Equatable {
             ],
             "they set up the internals of Python's worker and its prefork pool")
         add(["event_serializer"], "its events are JSON, which every event receiver reads")
+        add(
+            ["result_chord_retry_interval", "CELERY_RESULT_CHORD_RETRY_INTERVAL"],
+            "it paces celery.chord_unlock, which chords on the Redis backend do not use")
         return table
     }()
 
@@ -415,6 +421,18 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
         add(["worker_log_format", "CELERYD_LOG_FORMAT"]) { $0.logFormat = try $1.logFormat() }
         add(["worker_task_log_format", "CELERYD_TASK_LOG_FORMAT"]) { $0.taskLogFormat = try $1.logFormat() }
+        add(["result_chord_join_timeout", "CELERY_RESULT_CHORD_JOIN_TIMEOUT"]) { settings, field in
+            guard !(field.value is NSNull) else {
+                settings.chord.joinTimeout = nil
+                return
+            }
+            let timeout = try field.seconds()
+            guard timeout >= 0 else { throw field.fail("a number of seconds, 0 or more, or null") }
+            settings.chord.joinTimeout = timeout
+        }
+        add(["result_chord_expires", "CELERY_RESULT_CHORD_EXPIRES"]) { settings, field in
+            settings.chord.expires = field.value is NSNull ? nil : max(0, Int(try field.seconds()))
+        }
         add(["worker_redirect_stdouts", "CELERY_REDIRECT_STDOUTS"]) { $0.redirectStdouts = try $1.bool() }
         add(["worker_redirect_stdouts_level", "CELERY_REDIRECT_STDOUTS_LEVEL"]) { $0.redirectStdoutsLevel = try $1.logLevel() }
         add(["task_acks_late", "CELERY_ACKS_LATE"]) { $0.acksLate = try $1.bool() }
@@ -588,6 +606,8 @@ public struct CelerySettings: Sendable, Equatable {
                     settings.resultKeyPrefix = try option.string()
                 } else if name == "master_name" {
                     settings.resultSentinelMaster = try option.string()
+                } else if name == "result_chord_ordered" {
+                    settings.chord.ordered = try option.bool()
                 } else if name == "sentinel_kwargs" {
                     settings.resultSentinelOptions = try option.sentinelOptions(warnings: &settings.warnings)
                 } else {

@@ -70,7 +70,7 @@ public final class CeleryWorkerService: Service {
             RedisResultBackend(
                 client: results, serializer: configuration.resultSerializer, expires: configuration.resultExpires,
                 keyPrefix: configuration.resultKeyPrefix, failureExpires: configuration.resultFailureExpires,
-                compression: configuration.resultCompression)
+                compression: configuration.resultCompression, chord: configuration.chord)
         }
         let events = EventDispatcher(
             client: RedisClient(url: configuration.brokerURL), hostname: configuration.nodeName,
@@ -89,7 +89,7 @@ public final class CeleryWorkerService: Service {
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
                 compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
                 resultKeyPrefix: configuration.resultKeyPrefix, brokerTransport: configuration.brokerTransport,
-                routes: configuration.taskRoutes))
+                routes: configuration.taskRoutes, chord: configuration.chord))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

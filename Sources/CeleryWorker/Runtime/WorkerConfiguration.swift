@@ -89,6 +89,8 @@ public struct WorkerConfiguration: Sendable {
     /// Celery 5.7's `result_compression`: results, chord parts and saved groups are stored compressed, behind
     /// Celery's marker, which Celery 5.7 readers (and the worker itself) undo. Default `nil`: stored as they are.
     public var resultCompression: KombuCompression?
+    /// `result_chord_expires`, `result_chord_join_timeout` and `result_chord_ordered`.
+    public var chord = RedisResultBackend.ChordOptions()
     /// Seconds between `worker-heartbeat` events (`--heartbeat-interval`), also their `freq`; `nil` sends no worker
     /// events at all, not `worker-online` nor `worker-offline` either (`--without-heartbeat`), as in Celery.
     /// Default 2, Celery's.
