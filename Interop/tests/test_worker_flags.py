@@ -355,3 +355,76 @@ def test_quiet_prints_no_banner_and_no_color_is_accepted(start_worker, make_app)
     assert "[queues]" in loud.stdout
     assert "[queues]" not in quiet.stdout and "quiet@" in quiet.log
     assert make_app().send_task("tasks.add", (1, 1), queue="quiet").get(timeout=10) == 2
+
+
+def test_broker_and_backend_from_celerys_older_settings(redis_urls, make_app, tmp_path):
+    """`broker_host`, `broker_port`, `broker_vhost` and `result_backend: redis` with `redis_host`, `redis_port` and
+    `redis_db` (Celery 3's way, still read by Celery 5), with no URL given: the worker serves the broker and stores
+    results where a Python client given the URLs finds them. A `broker_write_url` that names another broker than
+    the one read is refused."""
+    port = redis_urls["server"].port
+    config = tmp_path / "old.json"
+    config.write_text(json.dumps({"BROKER_HOST": "127.0.0.1", "BROKER_PORT": port, "BROKER_VHOST": "1",
+                                  "CELERY_RESULT_BACKEND": "redis", "CELERY_REDIS_HOST": "127.0.0.1",
+                                  "CELERY_REDIS_PORT": port, "CELERY_REDIS_DB": 0, "BROKER_TRANSPORT": "redis"}))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
+    worker = subprocess.Popen([str(WORKER_BINARY), "--config", str(config), "-P", "solo", "-n", "oldstyle@%h"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        app = make_app()
+        assert app.send_task("tasks.add", (20, 22)).get(timeout=15) == 42
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=20)[0]
+    assert f"transport:   redis://127.0.0.1:{port}/1" in output and f"results:     redis://127.0.0.1:{port}/0" in output, output
+    assert "setting 'BROKER_TRANSPORT' has no effect" in output and "unknown setting" not in output, output
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"broker_read_url": redis_urls["broker"], "broker_write_url": redis_urls["backend"]}))
+    done = subprocess.run([str(WORKER_BINARY), "--config", str(split)], capture_output=True, text=True, timeout=10, env=env)
+    assert done.returncode == 64 and "broker_read_url and broker_write_url name two brokers" in done.stderr, done.stderr
+
+
+def test_every_celery_setting_is_read_or_answered(start_worker, make_app, tmp_path):
+    """Every setting this Celery version defines, at its default value, in one config file: the worker starts and
+    serves, reading each one or saying why it has no effect here; none is "unknown"."""
+    import datetime
+
+    from celery.app.defaults import NAMESPACES, flatten
+
+    def plain(value):
+        if isinstance(value, datetime.timedelta):
+            return value.total_seconds()
+        if isinstance(value, (set, frozenset, tuple)):
+            return list(value)
+        return str(value)
+
+    settings = {name: option.default for name, option in flatten(NAMESPACES)}
+    config = tmp_path / "every.json"
+    config.write_text(json.dumps(settings, default=plain))
+    worker = start_worker("--config", str(config), "-P", "solo")
+    assert make_app().send_task("tasks.add", (1, 2)).get(timeout=10) == 3
+    unknown = [line for line in worker.log.splitlines() if "unknown setting" in line]
+    assert not unknown, unknown
+    assert "has no effect on the Swift worker" in worker.log
+
+
+def test_log_date_formats_as_celery_57_writes_them(start_configured, make_app):
+    """worker_log_datefmt and worker_task_log_datefmt (Celery 5.7): `%(asctime)s` as strftime writes it, the same
+    in both workers' lines (compared with a Python worker where its Celery has the settings)."""
+    import re
+
+    from celery import Celery
+
+    settings = {"worker_log_datefmt": "%H:%M:%S", "worker_task_log_datefmt": "%d/%m/%Y"}
+    workers = {"swift": start_configured("swift", settings, "-Q", "swiftdates")}
+    if "worker_log_datefmt" in Celery().conf.keys():
+        workers["python"] = start_configured("python", settings, "-Q", "pydates", "-P", "solo")
+    app = make_app()
+    for name, worker in workers.items():
+        result = app.send_task("tasks.log", ("dated",), queue="swiftdates" if name == "swift" else "pydates")
+        assert result.get(timeout=10) == "dated"
+        worker.wait_for_log(f"tasks.log[{result.id}] succeeded")
+        assert re.search(rf"^\[\d\d:\d\d:\d\d: INFO/MainProcess\] Task tasks.log\[{result.id}\] received$", worker.log, re.M), \
+            (name, worker.log)
+        assert re.search(rf"^\[\d\d/\d\d/\d{{4}}: INFO/MainProcess\] tasks.log\[{result.id}\]: dated$", worker.log, re.M), \
+            (name, worker.log)

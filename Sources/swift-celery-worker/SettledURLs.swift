@@ -11,8 +11,16 @@ struct SettledURLs {
     var warnings: [String] = []
 
     init(broker brokerFlag: String?, backend backendFlag: String?, file: CelerySettings, environment: [String: String]) throws {
-        let brokerText = brokerFlag ?? environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? "redis://localhost:6379/0"
-        let backendText = [backendFlag, environment["CELERY_RESULT_BACKEND"], file.resultBackend].compactMap { $0 }.first { !$0.isEmpty }
+        let brokerText = try Self.brokerText(flag: brokerFlag, file: file, environment: environment)
+        var backendText = [backendFlag, environment["CELERY_RESULT_BACKEND"], file.resultBackend].compactMap { $0 }.first { !$0.isEmpty }
+        if backendText == "redis" {
+            // Celery's backend alias: the address is all in `redis_*`, `redis_db` included.
+            backendText = RedisURL.completing("redis://", with: file.backendParts)
+        } else {
+            var parts = file.backendParts
+            parts.database = nil  // a URL's database is its path, or 0
+            backendText = backendText.map { RedisURL.completing($0, with: parts) }
+        }
         do {
             broker = try RedisURL(parsing: brokerText)
             backend = try backendText.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
@@ -35,5 +43,22 @@ struct SettledURLs {
         } catch {
             throw ValidationError(error.message)
         }
+    }
+
+    /// Celery's broker: `--broker`, else `broker_read_url` (`CELERY_BROKER_READ_URL`), else `CELERY_BROKER_URL`,
+    /// `broker_url` or `broker_host`, with `broker_port`, `broker_user`, `broker_password` and `broker_vhost` filling in
+    /// what it leaves out. The worker reads and writes through one broker: a `broker_write_url` that names another is
+    /// refused.
+    static func brokerText(flag: String?, file: CelerySettings, environment: [String: String]) throws -> String {
+        if let flag { return RedisURL.completing(flag, with: file.brokerParts) }
+        let main = environment["CELERY_BROKER_URL"] ?? file.brokerURL ?? file.brokerHost
+        let read = (environment["CELERY_BROKER_READ_URL"] ?? file.brokerReadURL ?? main).map { RedisURL.completing($0, with: file.brokerParts) }
+        let write = (environment["CELERY_BROKER_WRITE_URL"] ?? file.brokerWriteURL ?? main).map { RedisURL.completing($0, with: file.brokerParts) }
+        if let read, let write, read != write {
+            throw ValidationError(
+                "broker_read_url and broker_write_url name two brokers (\(RedisURL.masked(read)), \(RedisURL.masked(write))): "
+                    + "the Swift worker reads and writes through one broker; give it one broker_url.")
+        }
+        return read ?? write ?? "redis://localhost:6379/0"
     }
 }

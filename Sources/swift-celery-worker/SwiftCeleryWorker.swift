@@ -435,6 +435,8 @@ struct WorkerCommand: AsyncParsableCommand {
         var resolved = Resolved(configuration: configuration, logfile: logPath, warnings: warnings)
         resolved.logFormat = file.logFormat ?? .worker
         resolved.taskLogFormat = file.taskLogFormat ?? .task
+        resolved.logFormat.dateFormat = file.logDateFormat
+        resolved.taskLogFormat.dateFormat = file.taskLogDateFormat
         resolved.remapsTerm = remap.remaps
         resolved.redirectLevel =
             file.redirectStdouts == false ? nil : Self.levels[file.redirectStdoutsLevel ?? "WARNING"] ?? .warning

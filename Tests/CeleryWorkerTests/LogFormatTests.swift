@@ -39,6 +39,22 @@ struct LogFormatTests {
         #expect(throws: CeleryWorkerError.self) { try LogFormat(parsing: text) }
     }
 
+    @Test("worker_log_datefmt: asctime as strftime writes it; a null setting is Celery's default")
+    func dateFormats() throws {
+        var format = LogFormat.worker
+        format.dateFormat = "%Y/%m/%d %H"
+        var parts = tm()
+        var seconds = Self.record.date.tv_sec
+        localtime_r(&seconds, &parts)
+        let expected = String(format: "%04d/%02d/%02d %02d", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour)
+        #expect(format.render(Self.record) == "[\(expected): WARNING/MainProcess] hello")
+        #expect(format != LogFormat.worker)  // so the handler does not take its shortcut for Celery's default
+        let settings = try CelerySettings.parse(
+            "worker_log_datefmt: '%H:%M'\nCELERYD_TASK_LOG_DATEFMT: '%d'\nworker_log_format: null\nworker_concurrency: null", source: "d.yaml")
+        #expect(settings.logDateFormat == "%H:%M" && settings.taskLogDateFormat == "%d")
+        #expect(settings.logFormat == nil && settings.concurrency == nil && settings.warnings.isEmpty)
+    }
+
     @Test("worker_log_format and worker_task_log_format in a config file")
     func settings() throws {
         let settings = try CelerySettings.parse(

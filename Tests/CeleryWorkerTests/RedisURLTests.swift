@@ -172,4 +172,32 @@ struct RedisURLTests {
         #expect(failure(RedisTLS(keyFile: "/etc/hostname"))?.contains("ssl_keyfile /etc/hostname is given without ssl_certfile") == true)
         #expect(failure(RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none)) == nil)
     }
+
+    @Test("Celery's broker_* and redis_* parts fill in what a URL leaves out; the URL's own parts win")
+    func completingParts() throws {
+        let all = RedisURL.Parts(host: "h", port: 6380, username: "u", password: "p w@:", database: 2)
+        #expect(RedisURL.completing("redis://", with: all) == "redis://u:p%20w%40%3A@h:6380/2")
+        let filled = try RedisURL(parsing: RedisURL.completing("redis://", with: all))
+        #expect(filled.endpoint == .tcp(host: "h", port: 6380) && filled.username == "u" && filled.password == "p w@:" && filled.database == 2)
+        #expect(RedisURL.completing("redis://x:1/5", with: all) == "redis://u:p%20w%40%3A@x:1/5")
+        #expect(RedisURL.completing("rediss://:secret@x?ssl_cert_reqs=none", with: all) == "rediss://:secret@x:6380/2?ssl_cert_reqs=none")
+        #expect(RedisURL.completing("myhost", with: RedisURL.Parts(port: 6390)) == "redis://myhost:6390")
+        #expect(RedisURL.completing("redis://[::1]/3", with: RedisURL.Parts(port: 7000)) == "redis://[::1]:7000/3")
+        #expect(RedisURL.completing("redis://[::1]:7001", with: RedisURL.Parts(port: 7000)) == "redis://[::1]:7001")
+        #expect(RedisURL.completing("redis+socket:///tmp/r.sock", with: all) == "redis+socket:///tmp/r.sock")
+        #expect(RedisURL.completing("redis://x/1", with: RedisURL.Parts()) == "redis://x/1")
+        let settings = try CelerySettings.parse(
+            """
+            BROKER_HOST: myhost
+            BROKER_PORT: 6390
+            BROKER_VHOST: /
+            broker_password: s
+            CELERY_REDIS_HOST: rh
+            redis_db: '3'
+            redis_password: null
+            """, source: "p.yaml")
+        #expect(settings.brokerHost == "myhost" && settings.brokerParts == RedisURL.Parts(port: 6390, password: "s"))
+        #expect(settings.backendParts == RedisURL.Parts(host: "rh", database: 3) && settings.warnings.isEmpty)
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_port: 70000", source: "p.yaml") }
+    }
 }

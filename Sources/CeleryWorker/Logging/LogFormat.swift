@@ -34,6 +34,10 @@ public struct LogFormat: Sendable, Equatable {
     let pieces: [Piece]
     /// The text the format was read from.
     public let text: String
+    /// Celery 5.7's `worker_log_datefmt` (`worker_task_log_datefmt` for task lines): `asctime` as C's `strftime`
+    /// writes it with this format, in local time, as Python's `Formatter.formatTime` does with a `datefmt`. `nil`:
+    /// Python's default, `2026-11-25 01:31:34,123`.
+    public var dateFormat: String?
 
     /// Celery's `worker_log_format`.
     public static let worker = LogFormat(known: "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
@@ -137,7 +141,7 @@ public struct LogFormat: Sendable, Equatable {
             case .field(let field, let conversion):
                 let value: Value
                 switch field {
-                case .asctime: value = .text(CeleryLogHandler.timestamp(record.date))
+                case .asctime: value = .text(dateFormat.map { Self.formatTime(record.date, $0) } ?? CeleryLogHandler.timestamp(record.date))
                 case .levelname: value = .text(record.levelName)
                 case .levelno: value = .number(Double(record.levelNumber))
                 case .processName: value = .text(record.processName)
@@ -163,6 +167,16 @@ public struct LogFormat: Sendable, Equatable {
             }
         }
         return line
+    }
+
+    /// Python's `time.strftime(datefmt, time.localtime(created))`.
+    static func formatTime(_ date: timespec, _ format: String) -> String {
+        var seconds = date.tv_sec
+        var parts = tm()
+        localtime_r(&seconds, &parts)
+        var buffer = [CChar](repeating: 0, count: 256 + format.utf8.count * 8)
+        let count = strftime(&buffer, buffer.count, format, &parts)
+        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private enum Value {

@@ -224,3 +224,74 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         return String(text[..<colon]) + ":**" + String(text[at...])
     }
 }
+
+extension RedisURL {
+    /// Celery's older settings for the parts of a URL (`broker_host`, `broker_port`, `broker_user`,
+    /// `broker_password`, `broker_vhost`; the result backend's `redis_host`, `redis_port`, `redis_username`,
+    /// `redis_password`, `redis_db`), which fill in what a URL leaves out, as kombu's `Connection` and Celery's
+    /// `RedisBackend` fill them in.
+    public struct Parts: Sendable, Equatable {
+        public var host: String?
+        public var port: Int?
+        public var username: String?
+        public var password: String?
+        public var database: Int?
+
+        public init(host: String? = nil, port: Int? = nil, username: String? = nil, password: String? = nil, database: Int? = nil) {
+            (self.host, self.port, self.username, self.password, self.database) = (host, port, username, password, database)
+        }
+
+        /// Whether no part is given.
+        public var isEmpty: Bool { self == Parts() }
+    }
+
+    /// `text` (a `redis://` or `rediss://` URL) with the host, port, credentials and database that it leaves out
+    /// taken from `parts`; a part the URL gives wins. A text without a scheme is a host name, as Celery takes
+    /// `broker_host`. Other schemes (sockets, Sentinel) are returned as they are.
+    public static func completing(_ text: String, with parts: Parts) -> String {
+        guard !parts.isEmpty else { return text }
+        guard let schemeEnd = text.range(of: "://") else { return completing("redis://" + text, with: parts) }
+        let scheme = text[..<schemeEnd.lowerBound].lowercased()
+        guard scheme == "redis" || scheme == "rediss" else { return text }
+        var rest = Substring(text[schemeEnd.upperBound...])
+        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        var authority = rest[..<authorityEnd]
+        rest = rest[authorityEnd...]
+        var credentials: Substring = ""
+        if let at = authority.lastIndex(of: "@") {
+            credentials = authority[..<at]
+            authority = authority[authority.index(after: at)...]
+        }
+        var host = authority
+        var port: Substring = ""
+        let portColon =
+            authority.hasPrefix("[")
+            ? authority.lastIndex(of: "]").flatMap { close in
+                authority[close...].firstIndex(of: ":")
+            } : authority.lastIndex(of: ":")
+        if let colon = portColon {
+            host = authority[..<colon]
+            port = authority[authority.index(after: colon)...]
+        }
+        func escaped(_ text: String) -> String {
+            text.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed.subtracting(CharacterSet(charactersIn: ":@"))) ?? text
+        }
+        if credentials.isEmpty, parts.username != nil || parts.password != nil {
+            credentials = Substring(escaped(parts.username ?? "") + (parts.password.map { ":" + escaped($0) } ?? ""))
+        }
+        var result = scheme + "://" + (credentials.isEmpty ? "" : credentials + "@")
+        result += host.isEmpty ? (parts.host ?? "") : String(host)
+        if !port.isEmpty {
+            result += ":" + port
+        } else if let port = parts.port {
+            result += ":\(port)"
+        }
+        let path = rest.prefix(while: { $0 != "?" })
+        if path.count <= 1, let database = parts.database {
+            result += "/\(database)" + rest.dropFirst(path.count)
+        } else {
+            result += rest
+        }
+        return result
+    }
+}

@@ -11,6 +11,16 @@ import Yams
 public struct CelerySettings: Sendable, Equatable {
     public var brokerURL: String?
     public var resultBackend: String?
+    /// `broker_read_url` and `broker_write_url`: the worker reads and writes through one broker, so they must agree.
+    public var brokerReadURL: String?
+    public var brokerWriteURL: String?
+    /// `broker_host` (the broker's URL or host name when `broker_url` is not set), and `broker_port`, `broker_user`,
+    /// `broker_password`, `broker_vhost`, which fill in what the URL leaves out, as kombu does.
+    public var brokerHost: String?
+    public var brokerParts = RedisURL.Parts()
+    /// The result backend's `redis_host`, `redis_port`, `redis_username`, `redis_password` and `redis_db`, which fill
+    /// in what its URL leaves out (`redis_db` only with `result_backend: redis`), as Celery's Redis backend does.
+    public var backendParts = RedisURL.Parts()
     public var taskSerializer: CeleryContentType?
     /// `task_compression`; `.some(nil)` when the file sets it to null (no compression).
     public var taskCompression: KombuCompression??
@@ -155,6 +165,9 @@ public struct CelerySettings: Sendable, Equatable {
     public var logFormat: LogFormat?
     /// `worker_task_log_format`: the format of the lines tasks log through their context's logger.
     public var taskLogFormat: LogFormat?
+    /// Celery 5.7's `worker_log_datefmt` and `worker_task_log_datefmt` (``LogFormat/dateFormat``).
+    public var logDateFormat: String?
+    public var taskLogDateFormat: String?
     /// `result_chord_expires`, `result_chord_join_timeout` and `result_backend_transport_options: {result_chord_ordered}`,
     /// Celery's defaults where the file sets none.
     public var chord = RedisResultBackend.ChordOptions()
@@ -202,7 +215,7 @@ public struct CelerySettings: Sendable, Equatable {
         for key in entries.keys.sorted() {
             guard let value = entries[key] else { continue }
             guard let setting = Self.settings[key] else {
-                if let reason = Self.withoutEffect[key] {
+                if let reason = Self.withoutEffect[key] ?? Self.otherBackendSetting(key) {
                     settings.warnings.append("\(source): setting '\(key)' has no effect on the Swift worker: \(reason)")
                 } else {
                     settings.warnings.append("\(source): unknown setting '\(key)' is ignored")
@@ -212,6 +225,8 @@ public struct CelerySettings: Sendable, Equatable {
             do {
                 try setting(&settings, Field(source: source, key: key, value: value, node: root?.mapping?[key]))
             } catch let error as CeleryWorkerError {
+                // Python's None: Celery's default, where the setting gives null no meaning of its own.
+                if value is NSNull { continue }
                 throw error
             } catch {
                 throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': \(error)")
@@ -258,7 +273,8 @@ public struct CelerySettings: Sendable, Equatable {
 
         /// A count from `minimum`, or `nil` for null (and YAML's `.inf`, Python's `float("inf")`): no limit.
         func limit(from minimum: Int, null meaning: String) throws(CeleryWorkerError) -> Int? {
-            if value is NSNull || (value as? Double)?.isInfinite == true { return nil }
+            // Python's float("inf"): YAML's .inf, or JSON's Infinity as Python's json module writes it.
+            if value is NSNull || (value as? Double)?.isInfinite == true || value as? String == "Infinity" { return nil }
             let count = try int()
             guard count >= minimum else { throw fail("a whole number from \(minimum), or null \(meaning)") }
             return count
@@ -318,7 +334,8 @@ public struct CelerySettings: Sendable, Equatable {
         add(
             [
                 "beat_schedule", "beat_scheduler", "beat_schedule_filename", "beat_sync_every", "beat_max_loop_interval",
-                "beat_cron_starting_deadline", "CELERYBEAT_SCHEDULE", "CELERYBEAT_SCHEDULER",
+                "beat_cron_starting_deadline", "beat_enable_remote_control", "beat_remote_control_max_tick_age",
+                "CELERYBEAT_SCHEDULE", "CELERYBEAT_SCHEDULER",
             ],
             "it embeds no beat scheduler; they are for Python's celery beat")
         add(
@@ -350,10 +367,71 @@ public struct CelerySettings: Sendable, Equatable {
             "they set up the internals of Python's worker and its prefork pool")
         add(["event_serializer"], "its events are JSON, which every event receiver reads")
         add(
+            [
+                "control_queue_ttl", "control_queue_expires", "control_queue_exclusive", "control_queue_durable",
+                "event_queue_ttl", "event_queue_expires", "event_queue_exclusive", "event_queue_durable", "event_queue_prefix",
+                "task_queue_max_priority", "task_default_queue_type", "task_create_missing_queue_type",
+                "task_create_missing_queue_exchange_type", "worker_detect_quorum_queues", "broker_native_delayed_delivery_queue_type",
+                "result_exchange", "result_exchange_type", "broker_login_method", "broker_failover_strategy",
+                "CELERY_QUEUE_HA_POLICY", "CELERY_RESULT_EXCHANGE", "CELERY_RESULT_EXCHANGE_TYPE",
+            ],
+            "they apply to AMQP brokers and queues (or Python's event receivers), not to Redis")
+        add(
+            ["broker_channel_error_retry", "broker_pool_acquire_timeout"],
+            "the worker keeps a fixed few connections to Redis and reconnects any of them after an error")
+        add(["broker_transport", "BROKER_TRANSPORT"], "the broker URL's scheme names the transport, and it is always Redis")
+        add(["result_cache_max"], "it sizes the result cache of Python clients")
+        add(
+            ["result_accept_content"],
+            "the worker reads results in result_serializer, JSON or msgpack, and never unpickles")
+        add(
+            [
+                "security_key", "security_certificate", "security_cert_store", "security_digest", "security_key_password",
+                "CELERY_SECURITY_KEY", "CELERY_SECURITY_CERTIFICATE", "CELERY_SECURITY_CERT_STORE",
+            ],
+            "message signing (the auth serializer) is not supported: a signed message is refused as a content type "
+                + "that is not accepted, with a FAILURE stored")
+        add(
+            ["task_default_delivery_mode", "CELERY_DEFAULT_DELIVERY_MODE"],
+            "Redis keeps every message alike; the messages the worker sends say delivery_mode 2, as Celery's default")
+        add(
+            ["task_default_routing_key", "CELERY_DEFAULT_ROUTING_KEY"],
+            "the worker binds its queues, and routes what it sends to a queue, by the queue's name")
+        add(
+            ["task_protocol", "CELERY_TASK_PROTOCOL"],
+            "the worker reads protocol 1 and 2 and sends protocol 2, which every Celery 4 and 5 worker reads")
+        add(
+            ["task_publish_retry", "task_publish_retry_policy", "CELERY_TASK_PUBLISH_RETRY", "CELERY_TASK_PUBLISH_RETRY_POLICY"],
+            "the worker retries a message it sends while the broker is unreachable, 30 times 1 to 32 s apart")
+        add(["task_remote_tracebacks", "CELERY_REMOTE_TRACEBACKS"], "Python clients show remote tracebacks; the worker stores them as Celery does")
+        add(["task_repr_maxlevels", "CELERY_REPR_MAXLEVELS"], "it shapes argsrepr in the messages Python clients send")
+        add(
+            ["task_allow_error_cb_on_chord_header", "CELERY_ALLOW_ERROR_CB_ON_CHORD_HEADER"],
+            "it applies where a chord is built; the chords the worker sends link errbacks to their body, the setting's default")
+        add(
+            [
+                "redis_max_connections", "redis_socket_timeout", "redis_socket_connect_timeout", "redis_retry_on_timeout",
+                "redis_socket_keepalive", "redis_client_name", "redis_backend_health_check_interval",
+                "CELERY_REDIS_MAX_CONNECTIONS", "CELERY_REDIS_SOCKET_TIMEOUT", "CELERY_REDIS_SOCKET_CONNECT_TIMEOUT",
+                "CELERY_REDIS_RETRY_ON_TIMEOUT", "CELERY_REDIS_SOCKET_KEEPALIVE",
+            ],
+            "they tune redis-py's connections; the worker's drop a command that has no reply within 30 s and reconnect")
+        add(
             ["result_chord_retry_interval", "CELERY_RESULT_CHORD_RETRY_INTERVAL"],
             "it paces celery.chord_unlock, which chords on the Redis backend do not use")
         return table
     }()
+
+    /// Settings of Celery's other result backends (by their prefixes): they change nothing where results go to Redis.
+    static func otherBackendSetting(_ key: String) -> String? {
+        let prefixes = [
+            "cassandra_", "s3_", "azureblockblob_", "gcs_", "couchbase_", "arangodb_", "mongodb_", "cosmosdbsql_",
+            "elasticsearch_", "database_", "cache_backend", "CELERY_CASSANDRA_", "CELERY_MONGODB_", "CELERY_CACHE_BACKEND",
+            "CELERY_RESULT_DB", "CELERY_COUCHBASE_", "CELERY_ARANGODB_",
+        ]
+        guard prefixes.contains(where: key.hasPrefix) else { return nil }
+        return "it configures another result backend; the worker's results go to Redis"
+    }
 
     /// kombu's Redis transport options that change nothing for the Swift worker, each with why.
     static let transportOptionsWithoutEffect: [String: String] = {
@@ -388,6 +466,18 @@ public struct CelerySettings: Sendable, Equatable {
         }
         add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { $0.brokerURL = try $1.string() }
         add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }
+        add(["broker_read_url"]) { $0.brokerReadURL = try $1.string() }
+        add(["broker_write_url"]) { $0.brokerWriteURL = try $1.string() }
+        add(["broker_host", "BROKER_HOST"]) { $0.brokerHost = try $1.string() }
+        add(["broker_port", "BROKER_PORT"]) { $0.brokerParts.port = try $1.port() }
+        add(["broker_user", "BROKER_USER"]) { $0.brokerParts.username = try $1.string() }
+        add(["broker_password", "BROKER_PASSWORD"]) { $0.brokerParts.password = try $1.string() }
+        add(["broker_vhost", "BROKER_VHOST"]) { $0.brokerParts.database = try $1.database() }
+        add(["redis_host", "CELERY_REDIS_HOST"]) { $0.backendParts.host = try $1.string() }
+        add(["redis_port", "CELERY_REDIS_PORT"]) { $0.backendParts.port = try $1.port() }
+        add(["redis_username", "CELERY_REDIS_USERNAME"]) { $0.backendParts.username = try $1.string() }
+        add(["redis_password", "CELERY_REDIS_PASSWORD"]) { $0.backendParts.password = try $1.string() }
+        add(["redis_db", "CELERY_REDIS_DB"]) { $0.backendParts.database = try $1.database() }
         add(["task_serializer", "CELERY_TASK_SERIALIZER"]) { $0.taskSerializer = try $1.serializer() }
         add(["result_serializer", "CELERY_RESULT_SERIALIZER"]) { $0.resultSerializer = try $1.serializer() }
         add(["task_compression", "CELERY_MESSAGE_COMPRESSION"]) { settings, field in
@@ -421,6 +511,8 @@ public struct CelerySettings: Sendable, Equatable {
         add(["worker_log_file", "CELERYD_LOG_FILE"]) { $0.logFile = try $1.string() }
         add(["worker_log_format", "CELERYD_LOG_FORMAT"]) { $0.logFormat = try $1.logFormat() }
         add(["worker_task_log_format", "CELERYD_TASK_LOG_FORMAT"]) { $0.taskLogFormat = try $1.logFormat() }
+        add(["worker_log_datefmt", "CELERYD_LOG_DATEFMT"]) { $0.logDateFormat = try $1.string() }
+        add(["worker_task_log_datefmt", "CELERYD_TASK_LOG_DATEFMT"]) { $0.taskLogDateFormat = try $1.string() }
         add(["result_chord_join_timeout", "CELERY_RESULT_CHORD_JOIN_TIMEOUT"]) { settings, field in
             guard !(field.value is NSNull) else {
                 settings.chord.joinTimeout = nil
@@ -691,6 +783,24 @@ extension CelerySettings.Field {
             }
         }
         return annotation
+    }
+
+    /// A TCP port, 1 to 65535.
+    func port() throws(CeleryWorkerError) -> Int {
+        guard !(value is Bool), let port = value as? Int, (1...65535).contains(port) else { throw fail("a port from 1 to 65535") }
+        return port
+    }
+
+    /// A Redis database number (kombu's virtual host): a number from 0, or its text (`/1` as kombu writes it);
+    /// `nil` for AMQP's `/` or an empty text, which name none.
+    func database() throws(CeleryWorkerError) -> Int? {
+        if !(value is Bool), let number = value as? Int, number >= 0 { return number }
+        if let text = value as? String {
+            let digits = text.drop(while: { $0 == "/" })
+            if digits.isEmpty { return nil }
+            if let number = Int(digits), number >= 0 { return number }
+        }
+        throw fail("a database number from 0")
     }
 
     /// A Redis key name: a string that is not empty.
