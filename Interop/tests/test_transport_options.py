@@ -134,3 +134,17 @@ def test_fanout_channels_and_bookkeeping_keys_named_as_kombu_names_them(start_co
     restorer = start_configured("swift", settings, "-n", "namesrestorer@%h", "-Q", "namespython", "-P", "solo")
     restorer.wait_for_log("Restored 1 message(s) left unacknowledged", timeout=20)
     restorer.wait_for_log(f"tasks.sleep[{held.id}] received")
+
+
+def test_client_names_name_the_workers_connections(start_configured, make_app, broker_redis):
+    """kombu's `client_name` transport option names each connection to the broker, and Celery 5.7's
+    `redis_client_name` those to the result backend (`CLIENT SETNAME`), as `CLIENT LIST` shows them."""
+    settings = {"broker_transport_options": {"client_name": "swift-broker"}, "redis_client_name": "swift-results"}
+    swift = start_configured("swift", settings, "-n", "named@%h", "-E")
+    assert make_app().send_task("tasks.add", (1, 2)).get(timeout=10) == 3
+    names = [client["name"] for client in broker_redis.client_list()]
+    assert names.count("swift-broker") >= 3 and names.count("swift-results") >= 1, names
+    node = answering(make_app(), "named@")
+    shown = make_app().control.inspect(destination=[node], timeout=2).stats()[node]["broker"]["transport_options"]
+    assert shown["client_name"] == "swift-broker", shown
+    assert swift.alive()

@@ -27,6 +27,8 @@ struct SettledURLs {
         } catch {
             throw ValidationError(error.message)
         }
+        broker.clientName = file.brokerClientName
+        backend?.clientName = file.backendClientName
         // kombu's Sentinel transport names the master in the transport options, not in the URL.
         broker.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
         backend?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)

@@ -80,6 +80,7 @@ struct CelerySettingsTests {
               unacked_mutex_expire: 30
               unacked_restore_limit: 7
               unacked_restore_interval: 2
+              client_name: w1
               socket_timeout: 5
               health_check_interval: 10
               polling_interval: 0.5
@@ -100,6 +101,9 @@ struct CelerySettingsTests {
                 && transport.unackedMutexExpire == 30 && transport.unackedRestoreLimit == 7 && transport.unackedRestoreInterval == 2)
         #expect(RedisBroker.mutexExpireMilliseconds(visibilityTimeout: 3600, expire: transport.unackedMutexExpire) == 30_000)
         #expect(RedisBroker.mutexExpireMilliseconds(visibilityTimeout: 3600) == 300_000)
+        #expect(settings.brokerClientName == "w1")
+        #expect(try CelerySettings.parse("redis_client_name: r1", source: "t.yaml").backendClientName == "r1")
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("redis_client_name: 'r 1'", source: "t.yaml") }
         #expect(settings.warnings.count == 4)
         #expect(settings.warnings.contains { $0.contains("'socket_timeout' changes nothing here: they tune redis-py's sockets") })
         #expect(settings.warnings.contains { $0.contains("'health_check_interval' changes nothing here") })
@@ -107,7 +111,9 @@ struct CelerySettingsTests {
         #expect(settings.warnings.contains { $0.contains("broker transport option 'no_such_option' is ignored") })
         let named = try CelerySettings.parse("broker_transport_options: {fanout_prefix: '/x.'}", source: "t.yaml")
         #expect(named.brokerTransport.fanoutPrefix == "/x." && named.warnings.isEmpty)
-        for bad in ["unacked_key: ''", "unacked_restore_limit: 0", "unacked_mutex_expire: 0", "fanout_patterns: maybe", "fanout_prefix: 3"] {
+        for bad in [
+            "unacked_key: ''", "unacked_restore_limit: 0", "unacked_mutex_expire: 0", "fanout_patterns: maybe", "fanout_prefix: 3", "client_name: ''",
+        ] {
             #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_transport_options: {\(bad)}", source: "t.yaml") }
         }
     }

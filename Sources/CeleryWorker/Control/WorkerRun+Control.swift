@@ -407,6 +407,7 @@ extension WorkerRun {
         if let expire = transport.unackedMutexExpire { options["unacked_mutex_expire"] = Self.seconds(expire) }
         if let limit = transport.unackedRestoreLimit { options["unacked_restore_limit"] = .int(Int64(limit)) }
         if let interval = transport.unackedRestoreInterval { options["unacked_restore_interval"] = Self.seconds(interval) }
+        if let name = configuration.brokerURL.clientName { options["client_name"] = .string(name) }
         return options
     }
 

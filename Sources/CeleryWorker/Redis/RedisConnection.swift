@@ -491,6 +491,7 @@ final class RedisConnection: @unchecked Sendable {
         var setup: [RedisCommand] = []
         if let auth = Self.authentication((url.username, url.password)) { setup.append(auth) }
         if url.database != 0 { setup.append(RedisCommand("SELECT", RedisArgument(url.database))) }
+        if let name = url.clientName { setup.append(RedisCommand("CLIENT", "SETNAME", RedisArgument(name))) }
         for command in setup {
             guard Self.append(command, to: context) == REDIS_OK, let reply = Self.awaitReply(context) else {
                 let error = Self.error(from: context, code: .connectionFailed, doing: "set up the connection to \(url)")

@@ -48,6 +48,9 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// Seconds a connection attempt may take (Celery's `broker_connection_timeout` for the broker), or `nil` for
     /// the worker's 5 s.
     public var connectTimeout: Double?
+    /// The name each connection gives itself (`CLIENT SETNAME`, shown by `CLIENT LIST`): kombu's `client_name`
+    /// transport option for the broker, Celery 5.7's `redis_client_name` for the result backend. `nil`: none.
+    public var clientName: String?
     /// Whether the URL's scheme is `rediss://` (TLS may also come from settings with `redis://`).
     public internal(set) var isSecureScheme = false
 

@@ -21,6 +21,9 @@ public struct CelerySettings: Sendable, Equatable {
     /// The result backend's `redis_host`, `redis_port`, `redis_username`, `redis_password` and `redis_db`, which fill
     /// in what its URL leaves out (`redis_db` only with `result_backend: redis`), as Celery's Redis backend does.
     public var backendParts = RedisURL.Parts()
+    /// `broker_transport_options: {client_name: …}` and Celery 5.7's `redis_client_name` (``RedisURL/clientName``).
+    public var brokerClientName: String?
+    public var backendClientName: String?
     public var taskSerializer: CeleryContentType?
     /// `task_compression`; `.some(nil)` when the file sets it to null (no compression).
     public var taskCompression: KombuCompression??
@@ -411,7 +414,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(
             [
                 "redis_max_connections", "redis_socket_timeout", "redis_socket_connect_timeout", "redis_retry_on_timeout",
-                "redis_socket_keepalive", "redis_client_name", "redis_backend_health_check_interval",
+                "redis_socket_keepalive", "redis_backend_health_check_interval",
                 "CELERY_REDIS_MAX_CONNECTIONS", "CELERY_REDIS_SOCKET_TIMEOUT", "CELERY_REDIS_SOCKET_CONNECT_TIMEOUT",
                 "CELERY_REDIS_RETRY_ON_TIMEOUT", "CELERY_REDIS_SOCKET_KEEPALIVE",
             ],
@@ -447,7 +450,6 @@ public struct CelerySettings: Sendable, Equatable {
             ["health_check_interval"],
             "the worker drops any connection that gives no reply within 30 s, a waiting BRPOP's too, and reconnects")
         add(["max_connections"], "the worker keeps a fixed few connections to Redis")
-        add(["client_name"], "the worker's connections are not named")
         add(["polling_interval", "brpop_timeout"], "the worker's BRPOP waits 1 s at a time, kombu's default, and never sleeps between them")
         add(
             ["ack_emulation"],
@@ -478,6 +480,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(["redis_username", "CELERY_REDIS_USERNAME"]) { $0.backendParts.username = try $1.string() }
         add(["redis_password", "CELERY_REDIS_PASSWORD"]) { $0.backendParts.password = try $1.string() }
         add(["redis_db", "CELERY_REDIS_DB"]) { $0.backendParts.database = try $1.database() }
+        add(["redis_client_name"]) { $0.backendClientName = try $1.clientName() }
         add(["task_serializer", "CELERY_TASK_SERIALIZER"]) { $0.taskSerializer = try $1.serializer() }
         add(["result_serializer", "CELERY_RESULT_SERIALIZER"]) { $0.resultSerializer = try $1.serializer() }
         add(["task_compression", "CELERY_MESSAGE_COMPRESSION"]) { settings, field in
@@ -662,6 +665,8 @@ public struct CelerySettings: Sendable, Equatable {
                     let limit = try option.int()
                     guard limit >= 1 else { throw option.fail("a number of messages from 1 up, or null") }
                     settings.brokerTransport.unackedRestoreLimit = limit
+                } else if name == "client_name" {
+                    settings.brokerClientName = try option.clientName()
                 } else if name == "unacked_restore_interval" {
                     // kombu takes 0 or less as its default.
                     let interval = try option.seconds()
@@ -801,6 +806,13 @@ extension CelerySettings.Field {
             if let number = Int(digits), number >= 0 { return number }
         }
         throw fail("a database number from 0")
+    }
+
+    /// A connection name for `CLIENT SETNAME`: not empty, without spaces or newlines (Redis refuses them).
+    func clientName() throws(CeleryWorkerError) -> String {
+        let name = try string()
+        if name.isEmpty || name.contains(where: { $0.isWhitespace }) { throw fail("a name without spaces") }
+        return name
     }
 
     /// A Redis key name: a string that is not empty.
