@@ -215,13 +215,13 @@ class PythonWorker(LoggedProcess):
 
     name = "python worker"
 
-    def __init__(self, broker, backend, logfile: Path, *args, env=None, mingle=False):
+    def __init__(self, broker, backend, logfile: Path, *args, env=None, mingle=False, gossip=False):
         self.logfile = logfile
         environment = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend, **(env or {})}
         celery = Path(sys.executable).with_name("celery")
         self.proc = subprocess.Popen(
             [str(celery), "-A", "pytasks", "worker", "-l", "INFO", *([] if mingle else ["--without-mingle"]),
-             "--without-gossip", "--logfile", str(logfile), *args],
+             *([] if gossip else ["--without-gossip"]), "--logfile", str(logfile), *args],
             cwd=INTEROP / "pyworker", env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -238,9 +238,10 @@ class PythonWorker(LoggedProcess):
 def start_python_worker(redis_urls, tmp_path, request):
     workers = []
 
-    def start(*args, env=None, ready=True, mingle=False):
+    def start(*args, env=None, ready=True, mingle=False, gossip=False):
         worker = remember(request, PythonWorker(redis_urls["broker"], redis_urls["backend"],
-                                                tmp_path / f"pyworker{len(workers)}.log", *args, env=env, mingle=mingle))
+                                                tmp_path / f"pyworker{len(workers)}.log", *args, env=env, mingle=mingle,
+                                                gossip=gossip))
         workers.append(worker)
         return worker.wait_ready() if ready else worker
 

@@ -406,7 +406,8 @@ def test_acks_on_timeout_off_requeues_a_task_killed_at_its_hard_limit(start_work
 
 def test_a_child_logs_a_task_line_as_a_python_prefork_child_does(start_worker, start_python_worker, make_app):
     """A line a task logs in a process-pool child names the child as billiard names Python's: ForkPoolWorker-N. So
-    does what it prints (worker_redirect_stdouts), logged before the task's "succeeded" line."""
+    do the lines of the task's outcome (`succeeded`, `raised unexpected`), and what it prints (worker_redirect_stdouts),
+    logged before the task's "succeeded" line."""
     swift = start_worker("-P", "process", "-c", "1", "-Q", "swiftfork")
     python = start_python_worker("-P", "prefork", "-c", "1", "-Q", "pyfork")
     app = make_app()
@@ -414,6 +415,13 @@ def test_a_child_logs_a_task_line_as_a_python_prefork_child_does(start_worker, s
         result = app.send_task("tasks.log", ("from a child",), queue=queue)
         assert result.get(timeout=15) == "from a child"
         worker.wait_for_log(f"INFO/ForkPoolWorker-1] tasks.log[{result.id}]: from a child")
+        # The child logs the task's outcome, as billiard's children do; the main process logged its receipt.
+        worker.wait_for_log(f"INFO/ForkPoolWorker-1] Task tasks.log[{result.id}] succeeded in ")
+        assert f"INFO/MainProcess] Task tasks.log[{result.id}] received" in worker.log
+        failed = app.send_task("tasks.fail", ("from a child",), queue=queue)
+        with pytest.raises(ValueError):
+            failed.get(timeout=15)
+        worker.wait_for_log(f"ERROR/ForkPoolWorker-1] Task tasks.fail[{failed.id}] raised unexpected: ValueError('from a child')")
         printed = app.send_task("tasks.print", ("printed in a child",), queue=queue)
         assert printed.get(timeout=15) == "printed in a child"
         assert printed_records(worker, printed) == ["[WARNING/ForkPoolWorker-1] printed in a child"]
@@ -437,7 +445,10 @@ def test_a_log_file_per_child_with_percent_i(redis_urls, make_app, tmp_path):
         for index, path in enumerate(children, start=1):
             lines = path.read_text().splitlines() if path.exists() else []
             assert all(f"/ForkPoolWorker-{index}]" in line for line in lines), lines
-        assert "/ForkPoolWorker-" not in main.read_text()
+        # The main process writes the outcome lines in the child's name (Celery's children write them to their own
+        # files), and no other line of theirs.
+        named = [line for line in main.read_text().splitlines() if "/ForkPoolWorker-" in line]
+        assert len(named) == 6 and all(" succeeded in " in line for line in named), named
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0

@@ -155,7 +155,7 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Do not ask the other workers for their revoked task ids at start (Celery's mingle, on by default).")
     var withoutMingle = false
 
-    @Flag(name: .customLong("without-gossip"), help: "Accepted as Celery takes it: the worker never gossips.")
+    @Flag(name: .customLong("without-gossip"), help: "Do not listen to the other workers' events (gossip), as Celery's.")
     var withoutGossip = false
 
     @Option(
@@ -413,6 +413,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.brokerTransport = file.brokerTransport
         configuration.autoscale = autoscaleBounds
         configuration.mingle = !withoutMingle
+        configuration.gossip = !withoutGossip
         configuration.heartbeatInterval = withoutHeartbeat ? nil : Double(heartbeatInterval ?? 2)
         configuration.resultCompression = file.resultCompression
         configuration.chord = file.chord

@@ -86,6 +86,11 @@ struct LogFormatTests {
         #expect(lines == ["] hello", "world", "] a", "]  ", "] b", ""])
         let prefixes = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { $0.hasPrefix("[") }
         #expect(prefixes.allSatisfy { $0.contains(": WARNING/MainProcess] ") })
+        // A line about a process-pool child names the child.
+        var child = logger
+        child[metadataKey: LogKeys.processName] = "ForkPoolWorker-2"
+        child.info("Task t[1] succeeded in 0.1s: None")
+        #expect(try String(contentsOfFile: path, encoding: .utf8).hasSuffix(": INFO/ForkPoolWorker-2] Task t[1] succeeded in 0.1s: None\n"))
         #expect(try CelerySettings.parse("worker_redirect_stdouts_level: info", source: "r.yaml").redirectStdoutsLevel == "INFO")
         #expect(try CelerySettings.parse("CELERY_REDIRECT_STDOUTS_LEVEL: 40", source: "r.yaml").redirectStdoutsLevel == "ERROR")
         #expect(try CelerySettings.parse("worker_redirect_stdouts: false", source: "r.yaml").redirectStdouts == false)

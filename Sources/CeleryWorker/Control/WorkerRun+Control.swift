@@ -84,50 +84,59 @@ extension WorkerRun {
     func controlLoop() async {
         guard configuration.remoteControl, let control = service.control else { return }
         let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
-        let pattern = pidboxTopic
-        let legacy = pidboxLegacyTopics
-        let shutdown = self.shutdown
-        let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
         let subscribed = ShutdownSignal()  // set at the first confirmed subscription
         await withDiscardingTaskGroup { group in
             group.addTask {
                 defer { continuation.finish() }
-                var failures = 0
-                while !shutdown.isTriggered, !Task.isCancelled {
-                    do {
-                        try await withTaskCancellationHandler {
-                            try await control.subscriber.withConnection { connection throws(CeleryWorkerError) in
-                                try connection.subscribe(
-                                    pattern: pattern, alsoPatterns: legacy,
-                                    shouldStop: { shutdown.isTriggered || stop.isTriggered },
-                                    onSubscribed: {
-                                        // The first subscription: the worker answers remote control from now on.
-                                        // (Only this loop subscribes: the check and the trigger cannot interleave.)
-                                        if !subscribed.isTriggered {
-                                            subscribed.trigger()
-                                            self.logReady()
-                                        }
-                                    },
-                                    onMessage: { continuation.yield($0) })
-                            }
-                        } onCancel: {
-                            stop.trigger()
+                await self.keepSubscribed(
+                    control.subscriber, to: [self.pidboxTopic] + self.pidboxLegacyTopics, what: "Remote control",
+                    onSubscribed: {
+                        // The first subscription: the worker answers remote control from now on.
+                        // (Only this loop subscribes: the check and the trigger cannot interleave.)
+                        if !subscribed.isTriggered {
+                            subscribed.trigger()
+                            self.logReady()
                         }
-                        failures = 0
-                    } catch let error as CeleryWorkerError {
-                        failures += 1
-                        let delay = self.service.retryDelays.delay(attempt: failures)
-                        self.logger.warning(
-                            "Remote control connection lost (\(error.message)); resubscribing in \(CeleryWorkerService.format(seconds: delay)) seconds"
-                        )
-                        _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
-                    } catch {
-                        break
-                    }
-                }
+                    },
+                    onMessage: { continuation.yield($0) })
             }
             group.addTask {
                 for await raw in stream { await self.handleControl(raw, replies: control.replies) }
+            }
+        }
+    }
+
+    /// Keeps `client` subscribed to the channel `patterns` until the worker shuts down (or this task is cancelled),
+    /// subscribing again with back-off when the connection is lost (logged as `what` … `connection lost`); hands
+    /// each message to `onMessage`, on the connection's thread. `onSubscribed` runs at each confirmed subscription.
+    func keepSubscribed(
+        _ client: RedisClient, to patterns: [String], what: String, onSubscribed: @escaping @Sendable () -> Void,
+        onMessage: @escaping @Sendable ([UInt8]) -> Void
+    ) async {
+        guard let pattern = patterns.first else { return }
+        let shutdown = self.shutdown
+        let stop = ShutdownSignal()  // set when the loop is cancelled (cold shutdown)
+        var failures = 0
+        while !shutdown.isTriggered, !Task.isCancelled {
+            do {
+                try await withTaskCancellationHandler {
+                    try await client.withConnection { connection throws(CeleryWorkerError) in
+                        try connection.subscribe(
+                            pattern: pattern, alsoPatterns: Array(patterns.dropFirst()),
+                            shouldStop: { shutdown.isTriggered || stop.isTriggered }, onSubscribed: onSubscribed, onMessage: onMessage)
+                    }
+                } onCancel: {
+                    stop.trigger()
+                }
+                failures = 0
+            } catch let error as CeleryWorkerError {
+                failures += 1
+                let delay = service.retryDelays.delay(attempt: failures)
+                logger.warning(
+                    "\(what) connection lost (\(error.message)); resubscribing in \(CeleryWorkerService.format(seconds: delay)) seconds")
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+            } catch {
+                break
             }
         }
     }
@@ -230,6 +239,8 @@ extension WorkerRun {
         switch method {
         case "ping":
             return ["ok": "pong"]
+        case "election":
+            return await holdElection(arguments)
         case "registered", "dump_tasks":
             return registered(arguments["taskinfoitems"])
         case "active", "dump_active":

@@ -66,6 +66,11 @@ final class EventDispatcher: Sendable {
         await publish(routingKey: type.replacingOccurrences(of: "-", with: ".")) { self.event(type, fields) }
     }
 
+    /// Another `worker-*` event (gossip's `worker-elect` and `worker-elect-ack`) with its fields.
+    func sendWorkerEvent(_ type: String, _ fields: CeleryObject) async {
+        await publish(routingKey: type.replacingOccurrences(of: "-", with: ".")) { self.event(type, fields) }
+    }
+
     /// A `task-*` event, when task events are on.
     func sendTaskEvent(_ type: String, _ fields: CeleryObject) async {
         guard sendsTaskEvents else { return }

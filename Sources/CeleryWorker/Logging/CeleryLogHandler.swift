@@ -80,12 +80,13 @@ public struct CeleryLogHandler: LogHandler {
         clock_gettime(CLOCK_REALTIME, &now)
         // The worker's own lines carry no metadata: no lookup for them.
         let taskID = event.metadata?[LogKeys.taskID] ?? (metadata.isEmpty ? nil : metadata[LogKeys.taskID])
+        let process = metadata.isEmpty ? processName : metadata[LogKeys.processName]?.description ?? processName
         if taskID == nil, defaultFormat {
-            sink.write("[\(Self.timestamp(now)): \(name)/\(processName)] \(event.message)\n")
+            sink.write("[\(Self.timestamp(now)): \(name)/\(process)] \(event.message)\n")
             return
         }
         let record = LogFormat.Record(
-            date: now, levelName: name, levelNumber: Self.levelNumbers[name] ?? 0, processName: processName, loggerName: label,
+            date: now, levelName: name, levelNumber: Self.levelNumbers[name] ?? 0, processName: process, loggerName: label,
             message: "\(event.message)", taskName: (event.metadata?[LogKeys.taskName] ?? metadata[LogKeys.taskName])?.description,
             taskID: taskID?.description, file: event.file, function: event.function, line: event.line)
         sink.write((taskID == nil ? format : taskFormat).render(record) + "\n")

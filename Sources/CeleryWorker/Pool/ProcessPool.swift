@@ -143,10 +143,11 @@ final class ProcessPool: Sendable {
         ]
     }
 
-    /// Runs a job in a free child and waits for its outcome; must run on a task thread (the reads block).
+    /// Runs a job in a free child and waits for its outcome, with the name of the child that ran it (`nil` when
+    /// none could be started); must run on a task thread (the reads block).
     func run(
         _ job: PreparedJob, context: TaskContext, hardLimit: Double?, stop: StopRequest
-    ) async -> Result<CeleryValue, any Error> {
+    ) async -> (Result<CeleryValue, any Error>, child: String?) {
         let child: PoolProcess
         if let free = idle.withLock({ $0.popLast() }) {
             child = free
@@ -154,9 +155,15 @@ final class ProcessPool: Sendable {
             do {
                 child = try spawn()
             } catch {
-                return .failure(WorkerLostError(exitDescription: "cannot start a pool process (\(error))."))
+                return (.failure(WorkerLostError(exitDescription: "cannot start a pool process (\(error)).")), nil)
             }
         }
+        return (await run(job, in: child, context: context, hardLimit: hardLimit, stop: stop), child.name)
+    }
+
+    private func run(
+        _ job: PreparedJob, in child: PoolProcess, context: TaskContext, hardLimit: Double?, stop: StopRequest
+    ) async -> Result<CeleryValue, any Error> {
         let frame: CeleryValue = [
             "raw": .string(String(decoding: job.delivery.raw, as: UTF8.self)), "hostname": .string(context.request.hostname),
         ]

@@ -21,6 +21,8 @@ public final class CeleryWorkerService: Service {
     let events: EventDispatcher?
     /// Connections for remote control: one subscribed to the pidbox, one for replies.
     let control: (subscriber: RedisClient, replies: RedisClient)?
+    /// The connection subscribed to the other workers' events, for gossip (`nil` with `--without-gossip`).
+    let gossip: RedisClient?
 
     /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
     public static let version = "0.1.0"
@@ -82,6 +84,7 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
+            gossip: configuration.gossip ? RedisClient(url: configuration.brokerURL, threadName: "redis-gossip") : nil,
             metrics: TaskMetrics(factory: metricsFactory), lane: lane,
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
@@ -105,9 +108,10 @@ public final class CeleryWorkerService: Service {
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, lane: WorkerThreads?,
-        client: CeleryClient?
+        control: (subscriber: RedisClient, replies: RedisClient)?, gossip: RedisClient? = nil, metrics: TaskMetrics,
+        lane: WorkerThreads?, client: CeleryClient?
     ) {
+        self.gossip = gossip
         self.metrics = metrics
         self.lane = lane
         self.client = client
@@ -311,6 +315,8 @@ final class WorkerRun: Sendable {
     let autoscalePending = Atomic<Bool>(false)
     /// ETA tasks waiting without their prefetch slot (``WorkerConfiguration/etaTaskLimit`` bounds them).
     let etaFreed = Atomic<Int>(0)
+    /// What gossip knows of the other workers and of elections (``gossipLoop()``).
+    let gossip = Mutex(GossipState())
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
@@ -400,6 +406,9 @@ final class WorkerRun: Sendable {
             }
             group.addTask {
                 await self.controlLoop()
+            }
+            group.addTask {
+                await self.gossipLoop()
             }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when

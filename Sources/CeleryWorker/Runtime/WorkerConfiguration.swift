@@ -153,6 +153,10 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's mingle: at start, before consuming, ask the other workers for the task ids they hold revoked
     /// (`--without-mingle` turns it off). Default on, as in Celery.
     public var mingle: Bool = true
+    /// Celery's gossip: the worker listens to the other workers' events, logs `missed heartbeat from …` when one
+    /// goes silent, keeps its clock past theirs and takes part in elections (`--without-gossip` turns it off).
+    /// Default on, as in Celery.
+    public var gossip: Bool = true
     /// Celery's `worker_direct`: the worker also consumes `<node name>.dq2`, bound to the `C.dq2` exchange by its
     /// node name (Python's `celery.utils.worker_direct(node)` sends there). Default off.
     public var workerDirect: Bool = false

@@ -335,7 +335,7 @@ extension WorkerRun {
         let overrides = sent.soft == nil || sent.hard == nil ? limits.withLock { $0.timeLimits(for: message.name) } : nil
         let softLimit = sent.soft ?? overrides?.soft ?? job.task.options.softTimeLimit ?? configuration.softTimeLimit
         let hardLimit = sent.hard ?? overrides?.hard ?? job.task.options.timeLimit ?? configuration.timeLimit
-        var (outcome, stopReason) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, stop: stop)
+        var (outcome, stopReason, child) = await run(job, context, softLimit: softLimit, hardLimit: hardLimit, stop: stop)
         if stopReason == .softTimeLimit, case .failure = outcome {
             outcome = .failure(PythonException(type: "SoftTimeLimitExceeded", module: "billiard.exceptions", arguments: []))
         }
@@ -343,7 +343,7 @@ extension WorkerRun {
         service.metrics.recordRuntime(runtime, task: message.name)
         let ending = Ending(
             job: job, machine: machine, outcome: outcome, stopReason: stopReason, runtime: runtime,
-            storesResults: storesResults, holdsPrefetch: holdsPrefetch)
+            storesResults: storesResults, holdsPrefetch: holdsPrefetch, child: child)
         if stopReason != nil, !jobTasks.isCancelled {
             // The stop cancelled this task to stop the body (or will, in a moment): the bookkeeping goes on in a task
             // that only a cold shutdown cancels, so no write is cut short.
@@ -362,6 +362,8 @@ extension WorkerRun {
         let runtime: Double
         let storesResults: Bool
         let holdsPrefetch: Bool
+        /// The process-pool child that ran the body (`ForkPoolWorker-N`), if one did.
+        let child: String?
     }
 
     /// Stores the result, acknowledges, logs and sends events, runs follow-ups; returns whether the job still holds
@@ -374,6 +376,12 @@ extension WorkerRun {
         var holdsPrefetch = ending.holdsPrefetch
         let storesResults = ending.storesResults
         let runtime = ending.runtime
+        // As in Python's prefork pool, the child that ran the task logs its outcome: the line names it.
+        let outcomeLogger = ending.child.map { name in
+            var child = logger
+            child[metadataKey: LogKeys.processName] = .string(name)
+            return child
+        }
         if ending.stopReason == .terminated, !jobTasks.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
@@ -395,7 +403,7 @@ extension WorkerRun {
         }
         switch outcome {
         case .failure(let rejection as RejectTask):
-            logger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
+            (outcomeLogger ?? logger).info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
             if !rejection.requeue {
                 if storesErrors(job) {
                     await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
@@ -415,7 +423,7 @@ extension WorkerRun {
             await carryOut(machine.reject(requeue: true), for: job.delivery)
             return holdsPrefetch
         case .failure(is IgnoreTask):
-            logger.info("Task \(job.displayName)[\(message.id)] ignored")
+            (outcomeLogger ?? logger).info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
             let children = await sendFollowUps(job, result: value)
             if storesResults {
@@ -426,7 +434,8 @@ extension WorkerRun {
                     await settler.store(stored)  // the chord join comes after the part's own result
                 }
             }
-            logger.info("Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
+            (outcomeLogger ?? logger).info(
+                "Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             if configuration.deduplicateSuccessfulTasks { succeeded.withLock { $0.insert(message.id) } }
             await sendTaskEvent(
                 "task-succeeded", message,
@@ -437,7 +446,7 @@ extension WorkerRun {
         case .failure(let error):
             var failure = error
             if let request = retryRequest(for: error, job: job) {
-                guard let exhausted = await retry(job, request) else {
+                guard let exhausted = await retry(job, request, logger: outcomeLogger ?? logger) else {
                     await carryOut(machine.finish(), for: job.delivery)
                     return holdsPrefetch
                 }
@@ -467,7 +476,7 @@ extension WorkerRun {
                 await store(steps)
             }
             if let traceback {
-                logger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
+                (outcomeLogger ?? logger).error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
             }
             await sendTaskEvent(
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
@@ -495,7 +504,7 @@ extension WorkerRun {
     /// was requested, if any.
     private func run(
         _ job: PreparedJob, _ context: TaskContext, softLimit: Double?, hardLimit: Double?, stop: StopRequest
-    ) async -> (Result<CeleryValue, any Error>, StopReason?) {
+    ) async -> (Result<CeleryValue, any Error>, StopReason?, child: String?) {
         stop.arm()
         let timer = softLimit.flatMap { limit -> Task<Void, Never>? in
             guard limit > 0 else { return nil }
@@ -505,8 +514,9 @@ extension WorkerRun {
             }
         }
         let result: Result<CeleryValue, any Error>
+        var child: String?
         if let pool {
-            result = await pool.run(job, context: context, hardLimit: hardLimit, stop: stop)
+            (result, child) = await pool.run(job, context: context, hardLimit: hardLimit, stop: stop)
         } else {
             do {
                 result = .success(try await job.task.handler(context))
@@ -515,7 +525,7 @@ extension WorkerRun {
             }
         }
         timer?.cancel()
-        return (result, stop.seal())
+        return (result, stop.seal(), child)
     }
 
     private func ignoresResult(_ job: PreparedJob) -> Bool {
@@ -549,7 +559,7 @@ extension WorkerRun {
 
     /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY. Returns the
     /// error to fail with instead when retries are exhausted or the message cannot be republished.
-    private func retry(_ job: PreparedJob, _ retry: RetryTask) async -> (any Error)? {
+    private func retry(_ job: PreparedJob, _ retry: RetryTask, logger: Logger) async -> (any Error)? {
         let message = job.message
         let queue = job.deliveryInfo.routingKey
         let maxRetries = retry.maxRetries ?? job.task.options.maxRetries
@@ -683,6 +693,8 @@ public enum LogKeys {
     public static let taskID = "celery.task.id"
     public static let taskName = "celery.task.name"
     public static let queue = "celery.queue"
+    /// The process a line is about (a process-pool child, `ForkPoolWorker-N`), in place of the handler's own.
+    public static let processName = "celery.process.name"
 }
 
 extension Result where Success == KombuEnvelope, Failure == CeleryProtocolError {
