@@ -153,3 +153,17 @@ def test_task_sent_events_for_chain_steps_as_a_python_worker_sends_them(start_wo
         assert event["routing_key"] == queue
         assert event["uuid"] == chains[queue].id and event["parent_id"] == chains[queue].parent.id
         assert event["hostname"].startswith("gen") and not event["hostname"].startswith(queue)
+
+
+def test_task_sent_events_for_what_a_task_sends(start_configured, start_python_worker, make_app):
+    """`task_send_sent_event` covers what a task sends itself (`context.send`, Python's `.delay()` in a task), as
+    Celery's producer in a Python worker sends it: a `task-sent` for the message, whose parent is the task."""
+    start_configured("swift", {"task_send_sent_event": True}, "-Q", "sender", "-n", "sender@%h")
+    start_python_worker("-Q", "delegated", "-n", "delegated@%h")
+    app = make_app()
+    capture = Capture(app).start()
+    result = app.send_task("tasks.delegate", ("tasks.add", [5, 5], "delegated"), queue="sender")
+    assert result.get(timeout=15) == 10
+    capture.wait_for(lambda events: any(e["type"] == "task-sent" and e.get("parent_id") == result.id for e in events))
+    (sent,) = [e for e in capture.stop() if e["type"] == "task-sent" and e.get("parent_id") == result.id]
+    assert sent["name"] == "tasks.add" and sent["queue"] == "delegated" and sent["hostname"].startswith("gen"), sent

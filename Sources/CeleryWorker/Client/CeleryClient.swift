@@ -90,6 +90,8 @@ public final class CeleryClient: Sendable {
     let broker: RedisBroker
     let backend: RedisResultBackend?
     let backendURL: RedisURL?
+    /// Sends `task-sent` for each message (``init(brokerURL:resultBackendURL:serializer:resultSerializer:resultExpires:defaultQueue:compression:brokerKeyPrefix:resultKeyPrefix:brokerTransport:routes:chord:sentEvents:)``).
+    let sentEvents: EventDispatcher?
     /// The serializer of task bodies (`task_serializer`).
     public let serializer: CeleryContentType
     /// How task bodies are compressed (`task_compression`); `nil`: not at all.
@@ -107,13 +109,27 @@ public final class CeleryClient: Sendable {
     /// (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of the result backend's `global_keyprefix`);
     /// `brokerTransport` kombu's `sep` and `priority_steps`, which name the lists messages go to; `chord` Celery's
     /// chord settings, for the chords it sends.
-    public init(
+    public convenience init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
         compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = "",
         brokerTransport: RedisTransportOptions = RedisTransportOptions(), routes: TaskRoutes = TaskRoutes(),
         chord: RedisResultBackend.ChordOptions = RedisResultBackend.ChordOptions()
     ) {
+        self.init(
+            brokerURL: brokerURL, resultBackendURL: resultBackendURL, serializer: serializer, resultSerializer: resultSerializer,
+            resultExpires: resultExpires, defaultQueue: defaultQueue, compression: compression, brokerKeyPrefix: brokerKeyPrefix,
+            resultKeyPrefix: resultKeyPrefix, brokerTransport: brokerTransport, routes: routes, chord: chord, sentEvents: nil)
+    }
+
+    /// The client of a worker's tasks (`context.send`): with `task_send_sent_event`, `sentEvents` sends `task-sent`
+    /// for each message, as Celery's producer does in a Python worker.
+    init(
+        brokerURL: RedisURL, resultBackendURL: RedisURL?, serializer: CeleryContentType, resultSerializer: CeleryContentType,
+        resultExpires: Int?, defaultQueue: String, compression: KombuCompression?, brokerKeyPrefix: String, resultKeyPrefix: String,
+        brokerTransport: RedisTransportOptions, routes: TaskRoutes, chord: RedisResultBackend.ChordOptions, sentEvents: EventDispatcher?
+    ) {
+        self.sentEvents = sentEvents
 
         self.broker = RedisBroker(
             blocking: RedisClient(url: brokerURL),
@@ -141,11 +157,13 @@ public final class CeleryClient: Sendable {
         let broker = self.broker
         let backend = self.backend
         let declared = self.declared
+        let sentEvents = self.sentEvents
         return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 // kombu declares a queue (its bindings) the first time a producer sends to it.
                 if declared.insert(queue) { try await broker.declare(queues: [queue]) }
                 try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+                await sentEvents?.sendTaskSent(envelope, queue: queue)
             },
             setChordSize: { groupID, size throws(CeleryWorkerError) in
                 try await backend?.setChordSize(groupID: groupID, size: size)

@@ -92,7 +92,8 @@ public final class CeleryWorkerService: Service {
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
                 compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
                 resultKeyPrefix: configuration.resultKeyPrefix, brokerTransport: configuration.brokerTransport,
-                routes: configuration.taskRoutes, chord: configuration.chord))
+                routes: configuration.taskRoutes, chord: configuration.chord,
+                sentEvents: configuration.sendSentEvent ? events : nil))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).
