@@ -79,6 +79,12 @@ def print_(text, end="\n"):
     return text
 
 
+@app.task(name="tasks.record_error")
+def record_error(request, exc, traceback, *args):
+    """A new-style errback: called in the worker where the linked task failed."""
+    task_logger.warning("errback: %s[%s] raised %r (args %r)", request.task, request.id, exc, list(args))
+
+
 @app.task(name="tasks.whoami")
 def whoami():
     return "python"

@@ -252,3 +252,22 @@ def test_chord_settings_as_python_applies_them(start_configured, make_app, backe
         assert result.get(timeout=20) == sum(2 * i for i in range(6)) + 1.5
         python.wait_for_log(f"Task tasks.tsum[{result.id}] succeeded")
         assert python.log.count(f"Task tasks.tsum[{result.id}] received") == 1
+
+
+def test_new_style_errbacks_run_where_the_task_failed(both):
+    """An errback whose function takes `(request, exc, traceback)` (`TaskRegistry.registerErrback` in Swift) runs in
+    the worker where the linked task failed, with the signature's own arguments after those three, and no message
+    is sent for it, as Celery's `_call_task_errbacks` calls one; sent as a message, it fails with Python's
+    `TypeError` on both kinds of worker."""
+    app, swift, python = both
+    for queue, worker in (("swift", swift), ("py", python)):
+        failing = app.tasks["tasks.fail"].apply_async(
+            ("boom",), queue=queue, link_error=app.signature("tasks.record_error", args=("x",)))
+        with pytest.raises(ValueError):
+            failing.get(timeout=10)
+        worker.wait_for_log(f"errback: tasks.fail[{failing.id}] raised ValueError('boom') (args ['x'])")
+    assert "Task tasks.record_error[" not in swift.log + python.log  # never received as a message
+    messages = [app.send_task("tasks.record_error", ("an-id",), queue=queue) for queue in ("swift", "py")]
+    for message in messages:
+        with pytest.raises(TypeError, match=r"record_error\(\) missing 2 required positional arguments: 'exc' and 'traceback'"):
+            message.get(timeout=10)

@@ -36,6 +36,12 @@ enum DemoTasks {
             print(text, terminator: try context.argument(1, name: "end", default: "\n"))
             return text
         }
+        // A new-style errback, record_error(request, exc, traceback, *args): called in this worker when a task that
+        // links it (link_error) fails here; it logs the failed task and its exception.
+        registry.registerErrback("tasks.record_error") { call in
+            call.logger.warning(
+                "errback: \(call.taskName)[\(call.taskID)] raised \(call.exception.repr) (args \(PythonRepr.repr(.array(call.args))))")
+        }
         // flaky(n, countdown=0.1): retried n times, countdown seconds apart.
         registry.register("tasks.flaky") { context -> Int in
             let request = context.request

@@ -12,6 +12,8 @@ final class InMemoryBroker: Broker {
         var acked: [String] = []
         /// Each fetch that brought messages: how many it asked for and how many it got.
         var fetches: [(limit: Int, count: Int)] = []
+        /// Every message published, in order.
+        var published: [[UInt8]] = []
         /// Records still being written, by tag: a delivery with one here comes with it unconfirmed.
         var pendingRecords: [String: PendingRecord] = [:]
     }
@@ -45,7 +47,10 @@ final class InMemoryBroker: Broker {
     }
 
     func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
-        state.withLock { $0.queue.append(envelope) }
+        state.withLock {
+            $0.queue.append(envelope)
+            $0.published.append(envelope)
+        }
     }
 
     func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {

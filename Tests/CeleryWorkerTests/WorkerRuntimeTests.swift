@@ -197,6 +197,36 @@ struct WorkerRuntimeTests {
         broker.state.withLock { #expect($0.acked == ["tag-f"]) }
     }
 
+    @Test("a new-style errback runs in the worker where the linked task failed, with no message; the others are sent")
+    func newStyleErrback() async throws {
+        let calls = Mutex<[ErrbackCall]>([])
+        let oldStyle = Mutex<[[CeleryValue]]>([])
+        var registry = Self.registry()
+        registry.registerErrback("on_error") { call in calls.withLock { $0.append(call) } }
+        registry.register("old_style") { context -> Int in
+            oldStyle.withLock { $0.append(context.request.args) }
+            return 0
+        }
+        func errback(_ name: String, args: [CeleryValue] = []) -> CeleryValue {
+            ["task": .string(name), "args": .array(args), "kwargs": [:], "options": [:], "subtask_type": nil, "immutable": false]
+        }
+        let (broker, backend) = try await Self.withWorker(registry: registry) { broker, backend in
+            broker.push(taskMessage("fail", id: "f", args: [], embed: ["errbacks": [errback("on_error", args: ["x"]), errback("old_style")]]))
+            try await Self.waitFor { backend.final("f") != nil && !oldStyle.withLock { $0.isEmpty } }
+        }
+        let call = try #require(calls.withLock { $0.first })
+        #expect(calls.withLock { $0.count } == 1)
+        #expect(call.taskID == "f" && call.taskName == "fail" && call.args == ["x"])
+        #expect(call.exception.repr == "ValueError('nope')" && call.traceback?.hasPrefix("Traceback") == true)
+        // The old-style one went out as a message (and ran here) with the failed task's id; the new-style one did not.
+        #expect(oldStyle.withLock { $0 } == [["f"]])
+        let published = try broker.state.withLock { $0.published }.map {
+            try CeleryTaskMessage(envelope: try KombuEnvelope(decoding: $0), accept: [.json]).name
+        }
+        #expect(published == ["old_style"])
+        #expect(backend.final("f")?.status == .failure)
+    }
+
     @Test("a message whose record in unacked is not yet confirmed runs, but is acknowledged only once it is")
     func acknowledgementWaitsForRecord() async throws {
         let record = PendingRecord()

@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Logging
 
 /// Per-task settings, each defaulting to the worker's (Celery's task attributes of the same names).
 public struct TaskOptions: Sendable {
@@ -63,6 +64,29 @@ public struct RegisteredTask: Sendable {
     public let name: String
     public let options: TaskOptions
     let handler: @Sendable (TaskContext) async throws -> CeleryValue
+    /// For an errback registered with ``TaskRegistry/registerErrback(_:options:_:)``: its call in the worker of the
+    /// failed task.
+    var errback: (@Sendable (ErrbackCall) async throws -> Void)? = nil
+}
+
+/// A new-style errback's call, as Celery calls an errback task whose function takes `(request, exc, traceback)`: in
+/// the worker where the linked task failed, at once, instead of sending it a message.
+public struct ErrbackCall: Sendable {
+    /// The failed task's id, name and arguments (`request.id`, `request.task`, `request.args`, `request.kwargs`); for
+    /// a chord whose join failed, its body's, as Celery's stand-in request gives them.
+    public let taskID: String
+    public let taskName: String
+    public let taskArgs: [CeleryValue]
+    public let taskKwargs: CeleryObject
+    /// The exception it failed with (`exc`), and its traceback as stored (`nil` for a chord's join error, as in
+    /// Celery).
+    public let exception: CeleryExceptionInfo
+    public let traceback: String?
+    /// The errback signature's own arguments, which Python passes after those three.
+    public let args: [CeleryValue]
+    public let kwargs: CeleryObject
+    /// The worker's logger.
+    public let logger: Logger
 }
 
 /// The tasks a worker runs, by name. Register typed closures: positional arguments (and keyword arguments named in
@@ -87,7 +111,7 @@ public struct TaskRegistry: Sendable {
     /// Replaces every registered task's options with what `transform` makes of the task.
     mutating func mapOptions(_ transform: (RegisteredTask) -> TaskOptions) {
         for (name, task) in tasks {
-            tasks[name] = RegisteredTask(name: task.name, options: transform(task), handler: task.handler)
+            tasks[name] = RegisteredTask(name: task.name, options: transform(task), handler: task.handler, errback: task.errback)
         }
     }
 
@@ -116,6 +140,22 @@ public struct TaskRegistry: Sendable {
             return args[position]
         }
     ]
+
+    /// Registers a new-style errback, as a Python task whose function takes `(request, exc, traceback)`: when a task
+    /// that links it as an error callback (`link_error`) fails on this worker, `body` runs here at once with the failed
+    /// task's request, exception and traceback (``ErrbackCall``), and no message is sent. An error it throws is
+    /// logged. Sent as a message (by a worker that does not have it, as Celery sends one it cannot call), it fails as
+    /// Python's function would: a `TypeError` for the two arguments it is missing.
+    public mutating func registerErrback(
+        _ name: String, options: TaskOptions = TaskOptions(), _ body: @escaping @Sendable (ErrbackCall) async throws -> Void
+    ) {
+        let function = name.split(separator: ".").last.map(String.init) ?? name
+        var task = RegisteredTask(name: name, options: options) { _ in
+            throw PythonException.typeError("\(function)() missing 2 required positional arguments: 'exc' and 'traceback'")
+        }
+        task.errback = body
+        tasks[name] = task
+    }
 
     /// Registers a task that reads its arguments from the context itself (`context.request.args`,
     /// `context.argument(_:name:)`); `context.checkArguments(_:required:)` rejects arguments it does not take, as the

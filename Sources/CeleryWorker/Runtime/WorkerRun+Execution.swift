@@ -481,7 +481,7 @@ extension WorkerRun {
             await sendTaskEvent(
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
             await chordPartReturn(job, state: .failure, result: exception.value)
-            await sendErrbacks(of: job)
+            await sendErrbacks(of: job, exception: exception, traceback: traceback)
         }
         if requeuesAfterTimeout {
             logger.warning("Task \(job.displayName)[\(message.id)] requeued after its hard time limit (task_acks_on_timeout is off)")
