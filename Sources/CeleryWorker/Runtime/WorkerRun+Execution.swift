@@ -377,11 +377,12 @@ extension WorkerRun {
         let storesResults = ending.storesResults
         let runtime = ending.runtime
         // As in Python's prefork pool, the child that ran the task logs its outcome: the line names it.
-        let outcomeLogger = ending.child.map { name in
-            var child = logger
-            child[metadataKey: LogKeys.processName] = .string(name)
-            return child
-        }
+        let outcomeLogger =
+            ending.child.map { name in
+                var child = logger
+                child[metadataKey: LogKeys.processName] = .string(name)
+                return child
+            } ?? logger
         if ending.stopReason == .terminated, !jobTasks.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
@@ -403,7 +404,7 @@ extension WorkerRun {
         }
         switch outcome {
         case .failure(let rejection as RejectTask):
-            (outcomeLogger ?? logger).info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
+            outcomeLogger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
             if !rejection.requeue {
                 if storesErrors(job) {
                     await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
@@ -423,7 +424,7 @@ extension WorkerRun {
             await carryOut(machine.reject(requeue: true), for: job.delivery)
             return holdsPrefetch
         case .failure(is IgnoreTask):
-            (outcomeLogger ?? logger).info("Task \(job.displayName)[\(message.id)] ignored")
+            outcomeLogger.info("Task \(job.displayName)[\(message.id)] ignored")
         case .success(let value):
             let children = await sendFollowUps(job, result: value)
             if storesResults {
@@ -434,7 +435,7 @@ extension WorkerRun {
                     await settler.store(stored)  // the chord join comes after the part's own result
                 }
             }
-            (outcomeLogger ?? logger).info(
+            outcomeLogger.info(
                 "Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             if configuration.deduplicateSuccessfulTasks { succeeded.withLock { $0.insert(message.id) } }
             await sendTaskEvent(
@@ -446,7 +447,7 @@ extension WorkerRun {
         case .failure(let error):
             var failure = error
             if let request = retryRequest(for: error, job: job) {
-                guard let exhausted = await retry(job, request, logger: outcomeLogger ?? logger) else {
+                guard let exhausted = await retry(job, request, logger: outcomeLogger) else {
                     await carryOut(machine.finish(), for: job.delivery)
                     return holdsPrefetch
                 }
@@ -476,7 +477,7 @@ extension WorkerRun {
                 await store(steps)
             }
             if let traceback {
-                (outcomeLogger ?? logger).error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
+                outcomeLogger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
             }
             await sendTaskEvent(
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
