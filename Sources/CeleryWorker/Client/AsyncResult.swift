@@ -92,7 +92,7 @@ public struct AsyncResult: Sendable {
                             found.withLock { $0 = document }
                         }
                     },
-                    onMessage: { bytes in
+                    onMessage: { bytes, _ in
                         if let document = Self.readyDocument(bytes, serializer) { found.withLock { $0 = $0 ?? document } }
                     })
             }

@@ -127,35 +127,31 @@ struct GossipState: Sendable {
 }
 
 extension WorkerRun {
-    /// Celery's gossip: the worker listens to the other workers' `worker.*` events on their own connection, keeps
-    /// its clock past theirs, logs `missed heartbeat from …` (INFO) when one stops sending heartbeats, and takes part
-    /// in elections (the `election` remote control command). Off with `--without-gossip`.
-    func gossipLoop() async {
-        guard let subscriber = service.gossip, service.events != nil else { return }
+    /// Whether this worker gossips (Celery's gossip, off with `--without-gossip`): it listens to the other workers'
+    /// `worker.*` events on its pub/sub connection (``subscriptionLoop()``), keeps its clock past theirs, logs
+    /// `missed heartbeat from …` (INFO) when one stops sending heartbeats, and takes part in elections (the
+    /// `election` remote control command).
+    var gossips: Bool { configuration.gossip && service.events != nil }
+
+    /// The channel patterns of the workers' events: `worker.*` on the event exchange (and, with Sentinel, the topic
+    /// kombu before 5.4 uses there).
+    var gossipChannels: [String] {
         let transport = configuration.brokerTransport
-        let exchange = configuration.eventExchange
         let prefix = configuration.brokerKeyPrefix
         let legacy =
             configuration.brokerURL.isSentinel
-            ? transport.legacySentinelChannel(exchange: exchange, routingKey: "worker.*", prefix: prefix) : nil
-        let channels =
-            [transport.fanoutChannel(exchange: exchange, routingKey: "worker.*", database: configuration.brokerURL.database, prefix: prefix)]
-            + (legacy.map { [$0] } ?? [])
-        let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                defer { continuation.finish() }
-                await self.keepSubscribed(subscriber, to: channels, what: "Gossip", onSubscribed: {}, onMessage: { continuation.yield($0) })
-            }
-            group.addTask {
-                for await raw in stream { await self.heardGossip(raw) }
-            }
-            group.addTask {
-                while await self.shutdown.sleep(untilUnixTime: WallClock.now() + GossipState.interval) {
-                    for hostname in self.gossip.withLock({ $0.sweep(now: WallClock.now()) }) {
-                        self.logger.info("missed heartbeat from \(hostname)")
-                    }
-                }
+            ? transport.legacySentinelChannel(exchange: configuration.eventExchange, routingKey: "worker.*", prefix: prefix) : nil
+        return [
+            transport.fanoutChannel(
+                exchange: configuration.eventExchange, routingKey: "worker.*", database: configuration.brokerURL.database, prefix: prefix)
+        ] + (legacy.map { [$0] } ?? [])
+    }
+
+    /// Celery's gossip timer: every 5 s, the workers heard before that are no longer alive are logged and forgotten.
+    func gossipSweepLoop() async {
+        while await shutdown.sleep(untilUnixTime: WallClock.now() + GossipState.interval) {
+            for hostname in gossip.withLock({ $0.sweep(now: WallClock.now()) }) {
+                logger.info("missed heartbeat from \(hostname)")
             }
         }
     }
@@ -164,7 +160,7 @@ extension WorkerRun {
     var gossipProcess: String { "\(configuration.nodeName).\(Host.pid)" }
 
     /// One message on the workers' event channel, as Celery's `Gossip.on_message` takes it.
-    private func heardGossip(_ raw: [UInt8]) async {
+    func heardGossip(_ raw: [UInt8]) async {
         guard let envelope = try? KombuEnvelope(decoding: raw),
             let serializer = CeleryContentType(rawValue: envelope.contentType),
             case .object(let event)? = try? serializer.decode(envelope.body)
@@ -231,7 +227,7 @@ extension WorkerRun {
 
     /// The `election` remote control command: this worker holds an election, which every gossiping worker answers.
     func holdElection(_ arguments: CeleryObject) async -> CeleryValue {
-        guard service.gossip != nil, let events = service.events, let id = arguments["id"]?.stringValue,
+        guard gossips, let events = service.events, let id = arguments["id"]?.stringValue,
             let topic = arguments["topic"]?.stringValue
         else { return .null }
         gossip.withLock { $0.hold(id) }

@@ -79,29 +79,51 @@ struct RevokedTasks: Sendable {
 }
 
 extension WorkerRun {
-    /// Celery's remote control over Redis: requests arrive by `PSUBSCRIBE /<db>.celery.pidbox` (a fanout exchange),
-    /// replies are `LPUSH`ed to the client's reply queue found through `_kombu.binding.reply.celery.pidbox`.
-    func controlLoop() async {
-        guard configuration.remoteControl, let control = service.control else { return }
-        let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
+    /// The worker's pub/sub connection, shared as kombu consumes its fanout queues on one: Celery's remote control
+    /// (requests arrive by `PSUBSCRIBE /<db>.celery.pidbox`, a fanout exchange; replies are `LPUSH`ed to the client's
+    /// reply queue found through `_kombu.binding.reply.celery.pidbox`), and gossip's `worker.*` events. Each message
+    /// goes to its handler by the pattern it matched.
+    func subscriptionLoop() async {
+        guard let control = service.control else { return }
+        let controlPatterns = configuration.remoteControl ? [pidboxTopic] + pidboxLegacyTopics : []
+        let gossipPatterns = gossips ? gossipChannels : []
+        guard !(controlPatterns + gossipPatterns).isEmpty else { return }
+        let gossipBytes = Set(gossipPatterns.map { Array($0.utf8) })
+        let (requests, newRequest) = AsyncStream.makeStream(of: [UInt8].self)
+        let (events, newEvent) = AsyncStream.makeStream(of: [UInt8].self)
         let subscribed = ShutdownSignal()  // set at the first confirmed subscription
         await withDiscardingTaskGroup { group in
             group.addTask {
-                defer { continuation.finish() }
+                defer {
+                    newRequest.finish()
+                    newEvent.finish()
+                }
                 await self.keepSubscribed(
-                    control.subscriber, to: [self.pidboxTopic] + self.pidboxLegacyTopics, what: "Remote control",
+                    control.subscriber, to: controlPatterns + gossipPatterns, what: controlPatterns.isEmpty ? "Gossip" : "Remote control",
                     onSubscribed: {
                         // The first subscription: the worker answers remote control from now on.
                         // (Only this loop subscribes: the check and the trigger cannot interleave.)
-                        if !subscribed.isTriggered {
+                        if !controlPatterns.isEmpty, !subscribed.isTriggered {
                             subscribed.trigger()
                             self.logReady()
                         }
                     },
-                    onMessage: { continuation.yield($0) })
+                    onMessage: { data, pattern in
+                        if let pattern, gossipBytes.contains(pattern) {
+                            newEvent.yield(data)
+                        } else {
+                            newRequest.yield(data)
+                        }
+                    })
             }
             group.addTask {
-                for await raw in stream { await self.handleControl(raw, replies: control.replies) }
+                for await raw in requests { await self.handleControl(raw, replies: control.replies) }
+            }
+            group.addTask {
+                for await raw in events { await self.heardGossip(raw) }
+            }
+            if !gossipPatterns.isEmpty {
+                group.addTask { await self.gossipSweepLoop() }
             }
         }
     }
@@ -111,7 +133,7 @@ extension WorkerRun {
     /// each message to `onMessage`, on the connection's thread. `onSubscribed` runs at each confirmed subscription.
     func keepSubscribed(
         _ client: RedisClient, to patterns: [String], what: String, onSubscribed: @escaping @Sendable () -> Void,
-        onMessage: @escaping @Sendable ([UInt8]) -> Void
+        onMessage: @escaping @Sendable (_ data: [UInt8], _ pattern: [UInt8]?) -> Void
     ) async {
         guard let pattern = patterns.first else { return }
         let shutdown = self.shutdown

@@ -332,12 +332,12 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     /// Subscribes to a channel pattern (`PSUBSCRIBE`), or to one channel with `exact` (`SUBSCRIBE`), and hands
-    /// every message's data to `onMessage` until `shouldStop` returns true (checked after each message and at least
-    /// every `pollInterval`). `onSubscribed` runs once the server confirmed the subscription. Returns normally when
-    /// stopped; throws when the connection breaks.
+    /// every message's data, with the pattern it matched (`nil` for `exact`), to `onMessage` until `shouldStop`
+    /// returns true (checked after each message and at least every `pollInterval`). `onSubscribed` runs once the
+    /// server confirmed the subscription. Returns normally when stopped; throws when the connection breaks.
     func subscribe(
         pattern: String, alsoPatterns: [String] = [], exact: Bool = false, pollInterval: Duration = .milliseconds(500),
-        shouldStop: () -> Bool, onSubscribed: () -> Void = {}, onMessage: ([UInt8]) -> Void
+        shouldStop: () -> Bool, onSubscribed: () -> Void = {}, onMessage: (_ data: [UInt8], _ pattern: [UInt8]?) -> Void
     ) throws(CeleryWorkerError) {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
             let context = try connectedContext(&state)
@@ -373,7 +373,7 @@ final class RedisConnection: @unchecked Sendable {
                     if case .array(let parts) = reply, let kind = parts.first?.text,
                         kind == "pmessage" || kind == "message", let data = parts.last?.bytes
                     {
-                        onMessage(data)
+                        onMessage(data, kind == "pmessage" && parts.count == 4 ? parts[1].bytes : nil)
                     }
                     continue
                 }

@@ -19,10 +19,9 @@ public final class CeleryWorkerService: Service {
     let broker: any Broker
     let backend: (any ResultBackend)?
     let events: EventDispatcher?
-    /// Connections for remote control: one subscribed to the pidbox, one for replies.
+    /// Connections for remote control and gossip: one subscribed to the pidbox and the workers' events, one for
+    /// replies.
     let control: (subscriber: RedisClient, replies: RedisClient)?
-    /// The connection subscribed to the other workers' events, for gossip (`nil` with `--without-gossip`).
-    let gossip: RedisClient?
 
     /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
     public static let version = "0.1.0"
@@ -84,7 +83,6 @@ public final class CeleryWorkerService: Service {
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
             control: (RedisClient(url: configuration.brokerURL), RedisClient(url: configuration.brokerURL)),
-            gossip: configuration.gossip ? RedisClient(url: configuration.brokerURL, threadName: "redis-gossip") : nil,
             metrics: TaskMetrics(factory: metricsFactory), lane: lane,
             client: CeleryClient(
                 brokerURL: configuration.brokerURL, resultBackendURL: configuration.resultBackendURL,
@@ -109,10 +107,9 @@ public final class CeleryWorkerService: Service {
     private init(
         configuration: WorkerConfiguration, registry: TaskRegistry, logger: Logger, broker: any Broker,
         backend: (any ResultBackend)?, events: EventDispatcher?,
-        control: (subscriber: RedisClient, replies: RedisClient)?, gossip: RedisClient? = nil, metrics: TaskMetrics,
-        lane: WorkerThreads?, client: CeleryClient?
+        control: (subscriber: RedisClient, replies: RedisClient)?, metrics: TaskMetrics, lane: WorkerThreads?,
+        client: CeleryClient?
     ) {
-        self.gossip = gossip
         self.metrics = metrics
         self.lane = lane
         self.client = client
@@ -406,10 +403,7 @@ final class WorkerRun: Sendable {
                 await self.autoscaleLoop()
             }
             group.addTask {
-                await self.controlLoop()
-            }
-            group.addTask {
-                await self.gossipLoop()
+                await self.subscriptionLoop()
             }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
