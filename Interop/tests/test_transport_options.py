@@ -126,6 +126,8 @@ def test_fanout_channels_and_bookkeeping_keys_named_as_kombu_names_them(start_co
                      and {e["hostname"].split("@")[0] for e in events if e["type"] == "worker-heartbeat"}
                      >= {"namesswift", "namespython"})
     capture.stop()
+    # Gossip hears every event on the one channel (task events too) and takes only the workers'.
+    assert "Gossip:" not in swift.log, swift.log
     # A Python worker dies holding an acks-late message under the custom names; a Swift worker restores it.
     held = app.send_task("tasks.sleep", (30,), queue="namespython")
     python.wait_for_log(f"tasks.sleep[{held.id}] received")

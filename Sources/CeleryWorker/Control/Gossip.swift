@@ -161,16 +161,19 @@ extension WorkerRun {
 
     /// One message on the workers' event channel, as Celery's `Gossip.on_message` takes it.
     func heardGossip(_ raw: [UInt8]) async {
-        guard let envelope = try? KombuEnvelope(decoding: raw),
-            let serializer = CeleryContentType(rawValue: envelope.contentType),
+        guard let envelope = try? KombuEnvelope(decoding: raw) else {
+            logger.error("Gossip: an event that cannot be decoded: \(Self.preview(raw))")
+            return
+        }
+        let routingKey = envelope.deliveryInfo.routingKey
+        // With fanout_patterns off every event arrives here; task events (batched in lists) are not gossip.
+        if routingKey.split(separator: ".").first == "task" { return }
+        guard let serializer = CeleryContentType(rawValue: envelope.contentType),
             case .object(let event)? = try? serializer.decode(envelope.body)
         else {
             logger.error("Gossip: an event that cannot be decoded: \(Self.preview(raw))")
             return
         }
-        let routingKey = envelope.deliveryInfo.routingKey
-        // With fanout_patterns off every event arrives here; task events are not gossip.
-        if routingKey.split(separator: ".").first == "task" { return }
         switch routingKey {
         case "worker.elect":
             await heardElection(event)
