@@ -108,6 +108,7 @@ def test_fanout_channels_and_bookkeeping_keys_named_as_kombu_names_them(start_co
     app = make_app(broker_transport_options=NAMES)
     capture = Capture(app, seconds=15).start()
     python = start_configured("python", settings, "-n", "namespython@%h", "-Q", "namespython", "-c", "1")
+    answering(app, "namespython@")  # its pidbox consumer is up: it will answer the Swift worker's hello
     swift = start_configured("swift", settings, "-n", "namesswift@%h", "-Q", "namesswift", "-E")
     swift.wait_for_log("mingle: sync with 1 nodes")  # the Python worker answered the hello on celery.pidbox
     assert {name.split("@")[0] for reply in app.control.ping(timeout=1) for name in reply} == {"namesswift", "namespython"}
