@@ -409,7 +409,8 @@ struct WorkerRuntimeTests {
             broker.push(taskMessage("slow", id: "hdr", args: [5], extraHeaders: ["timelimit": [nil, 0.2]]))
             try await Self.waitFor { ["sl", "st", "hdr"].allSatisfy { backend.final($0) != nil } }
         }
-        #expect(ContinuousClock.now - started < .seconds(3))
+        // Cancelled, not run out (hdr's body sleeps 5 s); the bound leaves room for a loaded machine (3.03 s was seen).
+        #expect(ContinuousClock.now - started < .seconds(4.5))
         #expect(backend.final("sl")?.result == ["exc_type": "SoftTimeLimitExceeded", "exc_message": [], "exc_module": "billiard.exceptions"])
         #expect(backend.final("st")?.result == "caught")
         #expect(backend.final("hdr")?.result["exc_type"] == "SoftTimeLimitExceeded")
