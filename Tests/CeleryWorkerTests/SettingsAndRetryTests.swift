@@ -102,6 +102,12 @@ struct CelerySettingsTests {
         #expect(RedisBroker.mutexExpireMilliseconds(visibilityTimeout: 3600, expire: transport.unackedMutexExpire) == 30_000)
         #expect(RedisBroker.mutexExpireMilliseconds(visibilityTimeout: 3600) == 300_000)
         #expect(settings.brokerClientName == "w1")
+        // unacked_restore_interval sets how often the sweep runs, never less often than a third of the visibility
+        // timeout (held messages are refreshed then too).
+        #expect(WorkerRun.maintenanceInterval(visibilityTimeout: 3600, restoreInterval: nil) == 10)
+        #expect(WorkerRun.maintenanceInterval(visibilityTimeout: 3600, restoreInterval: 2) == 2)
+        #expect(WorkerRun.maintenanceInterval(visibilityTimeout: 3600, restoreInterval: 60) == 60)
+        #expect(WorkerRun.maintenanceInterval(visibilityTimeout: 30, restoreInterval: 60) == 10)
         #expect(try CelerySettings.parse("redis_client_name: r1", source: "t.yaml").backendClientName == "r1")
         #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("redis_client_name: 'r 1'", source: "t.yaml") }
         #expect(settings.warnings.count == 4)

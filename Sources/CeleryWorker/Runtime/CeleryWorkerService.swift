@@ -609,7 +609,12 @@ final class WorkerRun: Sendable {
     /// when it is set), or a third of the visibility timeout when that is shorter, so a live message is always
     /// refreshed before it could look abandoned.
     var maintenanceInterval: Double {
-        min(configuration.brokerTransport.unackedRestoreInterval ?? 10, configuration.visibilityTimeout / 3)
+        Self.maintenanceInterval(
+            visibilityTimeout: configuration.visibilityTimeout, restoreInterval: configuration.brokerTransport.unackedRestoreInterval)
+    }
+
+    static func maintenanceInterval(visibilityTimeout: Double, restoreInterval: Double?) -> Double {
+        min(restoreInterval ?? 10, visibilityTimeout / 3)
     }
 
     private func maintenanceLoop() async {
