@@ -239,6 +239,9 @@ def test_chord_settings_as_python_applies_them(start_configured, make_app, backe
     start_configured("swift", settings, "-n", "swiftchords@%h", "-Q", "swift", "-c", "4")
     python = start_configured("python", settings, "-n", "pychords@%h", "-Q", "py", "-c", "2")
     app = make_app(**settings)
+    node = answering(app, "swiftchords@")
+    conf = app.control.inspect(destination=[node], timeout=2).conf()[node]
+    assert (conf["result_chord_join_timeout"], conf["result_chord_expires"]) == (10, 120), conf
     for last in ("swift", "py"):
         waiting = sig(app, "tasks.sleep", 1.5, queue=last)
         header = [sig(app, "tasks.add", i, i, queue="swift" if i % 2 else "py") for i in range(6)] + [waiting]
