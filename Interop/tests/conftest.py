@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def eventually(condition, timeout=5.0):
             return True
         time.sleep(0.05)
     return condition()
+
+
+def ends_apart(app, results) -> float:
+    """Seconds between the first and the last of `results` to finish, by the `date_done` their worker stored. Tasks of
+    one length that ran side by side end together; one after another, a length apart each. Unlike a clock read around
+    `.get()`, it leaves out the time a client (on a loaded machine) takes to send and to read."""
+    done = sorted(datetime.fromisoformat(app.backend.get_task_meta(r.id)["date_done"]) for r in results)
+    return (done[-1] - done[0]).total_seconds()
 
 
 def answering(app, prefix, timeout=10.0):
