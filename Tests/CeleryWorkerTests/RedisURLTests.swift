@@ -186,6 +186,10 @@ struct RedisURLTests {
         #expect(RedisURL.completing("redis://[::1]:7001", with: RedisURL.Parts(port: 7000)) == "redis://[::1]:7001")
         #expect(RedisURL.completing("redis+socket:///tmp/r.sock", with: all) == "redis+socket:///tmp/r.sock")
         #expect(RedisURL.completing("redis://x/1", with: RedisURL.Parts()) == "redis://x/1")
+        #expect(RedisURL.completing("redis://x:/", with: RedisURL.Parts(port: 7000)) == "redis://x:7000/")
+        // Cut as the parser cuts it: the credentials end at the last `@`, even with a `/` in the password.
+        let slashed = try RedisURL(parsing: RedisURL.completing("redis://:pa/ss@x", with: all))
+        #expect(slashed.password == "pa/ss" && slashed.endpoint == .tcp(host: "x", port: 6380) && slashed.database == 2)
         let settings = try CelerySettings.parse(
             """
             BROKER_HOST: myhost

@@ -197,7 +197,7 @@ extension WorkerRun {
         default:
             let hostname = envelope.headers["hostname"]?.stringValue ?? event["hostname"]?.stringValue
             guard let hostname, hostname != configuration.nodeName else {
-                if let events = service.events { events.adjustClock(to: events.currentClock) }  // Celery's clock.forward()
+                service.events?.forwardClock()
                 return
             }
             if let clock = event["clock"]?.intValue { service.events?.adjustClock(to: clock) }

@@ -56,6 +56,11 @@ final class EventDispatcher: Sendable {
         clock.withLock { $0 = max($0, other) + 1 }
     }
 
+    /// Moves the clock one tick on (Python's `LamportClock.forward`).
+    func forwardClock() {
+        clock.withLock { $0 += 1 }
+    }
+
     /// `worker-online`, `worker-heartbeat` or `worker-offline` with the worker's counters.
     func sendWorkerEvent(_ type: String, active: Int, processed: Int, frequency: Double = 2) async {
         let fields: CeleryObject = [

@@ -78,22 +78,16 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             endpoint = .sentinel(nodes)
             return
         }
-        guard let schemeEnd = text.range(of: "://") else { throw invalid("expected redis://host[:port][/db]") }
-        let scheme = text[..<schemeEnd.lowerBound].lowercased()
-        var rest = String(text[schemeEnd.upperBound...])
+        guard let pieces = Pieces(text) else { throw invalid("expected redis://host[:port][/db]") }
+        let scheme = pieces.scheme
         var query: [String: String] = [:]
-        if let mark = rest.firstIndex(of: "?") {
-            for pair in rest[rest.index(after: mark)...].split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1)
-                query[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
-            }
-            rest = String(rest[..<mark])
+        for pair in (pieces.query ?? "").split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            query[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
         }
         var username: String?
         var password: String?
-        if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
-            rest = String(rest[rest.index(after: at)...])
+        if let credentials = pieces.credentials {
             if let colon = credentials.firstIndex(of: ":") {
                 let user = String(credentials[..<colon])
                 username = user.isEmpty ? nil : Self.percentDecoded(user)
@@ -121,31 +115,13 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         if scheme == "rediss" { tls = tls ?? RedisTLS() }
         switch scheme {
         case "redis", "rediss", "sentinel":
-            var hostPort = rest
-            var db: Int
-            if let slash = rest.firstIndex(of: "/") {
-                hostPort = String(rest[..<slash])
-                db = try database(String(rest[rest.index(after: slash)...]))
-            } else {
-                db = 0
-            }
+            var db = try database(pieces.path.map(String.init))
             if let virtualHost = query["virtual_host"] ?? query["db"] { db = try database(virtualHost) }
-            var host = hostPort
+            var host = String(pieces.host)
             var port = scheme == "sentinel" ? 26379 : 6379
-            if hostPort.hasPrefix("["), let close = hostPort.firstIndex(of: "]") {
-                host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
-                let after = hostPort[hostPort.index(after: close)...]
-                if after.hasPrefix(":") {
-                    guard let parsed = Int(after.dropFirst()), (1...65535).contains(parsed) else {
-                        throw invalid("port is not a number from 1 to 65535")
-                    }
-                    port = parsed
-                }
-            } else if let colon = hostPort.lastIndex(of: ":") {
-                host = String(hostPort[..<colon])
-                guard let parsed = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(parsed) else {
-                    throw invalid("port is not a number from 1 to 65535")
-                }
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            if let given = pieces.port {
+                guard let parsed = Int(given), (1...65535).contains(parsed) else { throw invalid("port is not a number from 1 to 65535") }
                 port = parsed
             }
             if host.isEmpty { host = "localhost" }
@@ -154,7 +130,7 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
             self.tls = tls
             isSecureScheme = scheme == "rediss"
         case "unix", "redis+socket", "socket":
-            var path = rest
+            var path = String(pieces.location)
             if !path.hasPrefix("/") { path = "/" + path }
             guard path.count > 1 else { throw invalid("no socket path") }
             guard tls == nil else { throw invalid("TLS (ssl_* parameters) is for TCP connections, not a Unix socket") }
@@ -253,48 +229,77 @@ extension RedisURL {
     /// `broker_host`. Other schemes (sockets, Sentinel) are returned as they are.
     public static func completing(_ text: String, with parts: Parts) -> String {
         guard !parts.isEmpty else { return text }
-        guard let schemeEnd = text.range(of: "://") else { return completing("redis://" + text, with: parts) }
-        let scheme = text[..<schemeEnd.lowerBound].lowercased()
-        guard scheme == "redis" || scheme == "rediss" else { return text }
-        var rest = Substring(text[schemeEnd.upperBound...])
-        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
-        var authority = rest[..<authorityEnd]
-        rest = rest[authorityEnd...]
-        var credentials: Substring = ""
-        if let at = authority.lastIndex(of: "@") {
-            credentials = authority[..<at]
-            authority = authority[authority.index(after: at)...]
-        }
-        var host = authority
-        var port: Substring = ""
-        let portColon =
-            authority.hasPrefix("[")
-            ? authority.lastIndex(of: "]").flatMap { close in
-                authority[close...].firstIndex(of: ":")
-            } : authority.lastIndex(of: ":")
-        if let colon = portColon {
-            host = authority[..<colon]
-            port = authority[authority.index(after: colon)...]
-        }
+        guard let pieces = Pieces(text) else { return completing("redis://" + text, with: parts) }
+        guard pieces.scheme == "redis" || pieces.scheme == "rediss" else { return text }
         func escaped(_ text: String) -> String {
             text.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed.subtracting(CharacterSet(charactersIn: ":@"))) ?? text
         }
+        var credentials = pieces.credentials.map(String.init) ?? ""
         if credentials.isEmpty, parts.username != nil || parts.password != nil {
-            credentials = Substring(escaped(parts.username ?? "") + (parts.password.map { ":" + escaped($0) } ?? ""))
+            credentials = escaped(parts.username ?? "") + (parts.password.map { ":" + escaped($0) } ?? "")
         }
-        var result = scheme + "://" + (credentials.isEmpty ? "" : credentials + "@")
-        result += host.isEmpty ? (parts.host ?? "") : String(host)
-        if !port.isEmpty {
-            result += ":" + port
-        } else if let port = parts.port {
-            result += ":\(port)"
+        var result = pieces.scheme + "://" + (credentials.isEmpty ? "" : credentials + "@")
+        result += pieces.host.isEmpty ? (parts.host ?? "") : String(pieces.host)
+        if let port = pieces.port.flatMap({ $0.isEmpty ? nil : String($0) }) ?? parts.port.map(String.init) { result += ":" + port }
+        if let path = pieces.path, !path.isEmpty {
+            result += "/" + path
+        } else if let database = parts.database {
+            result += "/\(database)"
+        } else if pieces.path != nil {
+            result += "/"
         }
-        let path = rest.prefix(while: { $0 != "?" })
-        if path.count <= 1, let database = parts.database {
-            result += "/\(database)" + rest.dropFirst(path.count)
-        } else {
-            result += rest
-        }
+        if let query = pieces.query { result += "?" + query }
         return result
+    }
+}
+
+extension RedisURL {
+    /// A URL's text cut at its delimiters, nothing decoded or checked: ``init(parsing:)`` reads these pieces and
+    /// ``completing(_:with:)`` fills in the missing ones, so both cut a URL the same way.
+    struct Pieces {
+        /// The scheme, lowercased.
+        var scheme: String
+        /// What comes before the last `@` (before the query), if there is one: `[user]:password` or a password.
+        var credentials: Substring?
+        /// What comes after the credentials and before the query: `host[:port][/path]`, or a socket's path.
+        var location: Substring
+        /// What comes after the first `?`, if there is one.
+        var query: Substring?
+
+        init?(_ text: String) {
+            guard let schemeEnd = text.range(of: "://") else { return nil }
+            scheme = text[..<schemeEnd.lowerBound].lowercased()
+            var rest = text[schemeEnd.upperBound...]
+            if let mark = rest.firstIndex(of: "?") {
+                query = rest[rest.index(after: mark)...]
+                rest = rest[..<mark]
+            }
+            if let at = rest.lastIndex(of: "@") {
+                credentials = rest[..<at]
+                rest = rest[rest.index(after: at)...]
+            }
+            location = rest
+        }
+
+        /// The host as written (an IPv6 address within its brackets): ``location`` up to the port or the path.
+        var host: Substring { hostAndPort.host }
+
+        /// The port as written, if the location gives one after the host.
+        var port: Substring? { hostAndPort.port }
+
+        /// What follows the first `/` of ``location`` (the database), or `nil` when there is no `/`.
+        var path: Substring? {
+            location.firstIndex(of: "/").map { location[location.index(after: $0)...] }
+        }
+
+        private var hostAndPort: (host: Substring, port: Substring?) {
+            let hostPort = location.prefix { $0 != "/" }
+            if hostPort.hasPrefix("["), let close = hostPort.firstIndex(of: "]") {
+                let after = hostPort[hostPort.index(after: close)...]
+                return (hostPort[...close], after.hasPrefix(":") ? after.dropFirst() : nil)
+            }
+            guard let colon = hostPort.lastIndex(of: ":") else { return (hostPort, nil) }
+            return (hostPort[..<colon], hostPort[hostPort.index(after: colon)...])
+        }
     }
 }

@@ -326,13 +326,18 @@ public struct CelerySettings: Sendable, Equatable {
 
     typealias Setter = @Sendable (inout CelerySettings, Field) throws -> Void
 
+    /// A table that `fill` makes by calling `add(names, value)`: `value` under each of `names`.
+    private static func byName<Value>(_ fill: (_ add: (_ names: [String], _ value: Value) -> Void) -> Void) -> [String: Value] {
+        var table: [String: Value] = [:]
+        fill { names, value in
+            for name in names { table[name] = value }
+        }
+        return table
+    }
+
     /// Celery settings a configuration file carries that change nothing here, each with why (logged at start instead
     /// of "unknown").
-    static let withoutEffect: [String: String] = {
-        var table: [String: String] = [:]
-        func add(_ names: [String], _ reason: String) {
-            for name in names { table[name] = reason }
-        }
+    static let withoutEffect: [String: String] = byName { add in
         add(["imports", "include", "CELERY_IMPORTS", "CELERY_INCLUDE"], "its tasks are compiled in; it imports no Python modules")
         add(
             [
@@ -422,8 +427,7 @@ public struct CelerySettings: Sendable, Equatable {
         add(
             ["result_chord_retry_interval", "CELERY_RESULT_CHORD_RETRY_INTERVAL"],
             "it paces celery.chord_unlock, which chords on the Redis backend do not use")
-        return table
-    }()
+    }
 
     /// Settings of Celery's other result backends (by their prefixes): they change nothing where results go to Redis.
     static func otherBackendSetting(_ key: String) -> String? {
@@ -437,11 +441,7 @@ public struct CelerySettings: Sendable, Equatable {
     }
 
     /// kombu's Redis transport options that change nothing for the Swift worker, each with why.
-    static let transportOptionsWithoutEffect: [String: String] = {
-        var table: [String: String] = [:]
-        func add(_ names: [String], _ reason: String) {
-            for name in names { table[name] = reason }
-        }
+    static let transportOptionsWithoutEffect: [String: String] = byName { add in
         add(
             ["socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options", "retry_on_timeout"],
             "they tune redis-py's sockets; the worker's own connections drop a command that has no reply within 30 s and "
@@ -457,15 +457,10 @@ public struct CelerySettings: Sendable, Equatable {
         add(["body_encoding"], "the worker reads each message's own body_encoding and sends base64, as kombu does by default")
         add(["deadletter_queue"], "it applies to kombu's in-memory transports")
         add(["unacked_restore_throttle"], "the worker's visibility sweep reads unacked_index every time it runs")
-        return table
-    }()
+    }
 
     /// Every known name, new and old, with how to read it.
-    static let settings: [String: Setter] = {
-        var table: [String: Setter] = [:]
-        func add(_ names: [String], _ setter: @escaping Setter) {
-            for name in names { table[name] = setter }
-        }
+    static let settings: [String: Setter] = byName { add in
         add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { $0.brokerURL = try $1.string() }
         add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }
         add(["broker_read_url"]) { $0.brokerReadURL = try $1.string() }
@@ -712,8 +707,7 @@ public struct CelerySettings: Sendable, Equatable {
                 }
             }
         }
-        return table
-    }()
+    }
 }
 
 extension CelerySettings.Field {
