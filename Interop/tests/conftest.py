@@ -2,9 +2,11 @@
 import gc
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -159,7 +161,8 @@ class WorkerProcess(LoggedProcess):
 
     name = "Swift worker"
 
-    def __init__(self, args, logfile: Path, env=None):
+    def __init__(self, args, logfile: Path, env=None, terminal=False):
+        """`terminal`: standard output and error on a pseudo-terminal (copied to the stdout file), as in a shell."""
         if not WORKER_BINARY.exists():
             raise RuntimeError(f"{WORKER_BINARY} is missing: run `swift build` first")
         self.logfile = logfile
@@ -167,12 +170,29 @@ class WorkerProcess(LoggedProcess):
             args = [*args, "--pool", WORKER_POOL]
         self.args = [str(WORKER_BINARY), *args, "--logfile", str(logfile)]
         self.stdout_path = logfile.with_suffix(".stdout")
-        self.proc = subprocess.Popen(self.args, stdout=open(self.stdout_path, "wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        output = open(self.stdout_path, "wb")
+        if terminal:
+            leader, follower = pty.openpty()
+            self.proc = subprocess.Popen(self.args, stdout=follower, stderr=follower, env={**os.environ, **(env or {})})
+            os.close(follower)
+            threading.Thread(target=copy_until_closed, args=(leader, output), daemon=True).start()
+        else:
+            self.proc = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     @property
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+
+def copy_until_closed(descriptor: int, output):
+    """Copies what a pseudo-terminal's leader reads to `output` until the terminal's last writer is gone."""
+    try:
+        while chunk := os.read(descriptor, 65536):
+            output.write(chunk)
+            output.flush()
+    except OSError:  # EIO: no writer is left
+        pass
+    os.close(descriptor)
 
 
 def log_tail(text: str, lines: int = 150) -> str:
@@ -206,10 +226,11 @@ def remember(request, worker):
 def start_worker(redis_urls, tmp_path, request):
     workers = []
 
-    def start(*extra, broker=None, backend=None, ready=True, env=None):
+    def start(*extra, broker=None, backend=None, ready=True, env=None, terminal=False):
         args = ["--broker", broker or redis_urls["broker"], "--result-backend", backend or redis_urls["backend"],
                 *extra]
-        worker = remember(request, WorkerProcess(args, tmp_path / f"worker{len(workers)}.log", env=env))
+        worker = remember(request, WorkerProcess(args, tmp_path / f"worker{len(workers)}.log", env=env,
+                                                 terminal=terminal))
         workers.append(worker)
         return worker.wait_ready() if ready else worker
 

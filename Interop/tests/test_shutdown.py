@@ -1,6 +1,7 @@
 """Celery's shutdown signals, the cold shutdown of Celery 5.5 and later, and its soft shutdown
 (`worker_soft_shutdown_timeout`, `worker_enable_soft_shutdown_on_idle`, `REMAP_SIGTERM=SIGQUIT`), each beside a
 Python worker given the same where its Celery has them."""
+import os
 import signal
 import time
 
@@ -152,3 +153,54 @@ def test_soft_shutdown_on_idle_and_remapped_sigterm(start_configured, start_work
     assert remapped.proc.wait(10) == 1
     assert "worker: Cold shutdown (MainProcess)" in remapped.log and "Warm shutdown" not in remapped.log
     assert outcome(app, broker_redis, "remap", results) == (["PENDING"], 1, 0)
+
+
+def test_sighup_restarts_a_daemon_in_its_own_process_as_python_does(start_configured, make_app, tmp_path):
+    """SIGHUP to a worker whose standard output is not a terminal (Celery's daemon): Celery's line on standard output,
+    a warm shutdown (the running task finishes and stores its result, the reserved one goes back to its queue), then
+    the same process runs the worker again, which runs what went back. Beside a Python worker, which does the same.
+    SIGUSR1 leaves both running: Python prints its threads' stacks, the Swift worker its threads and running tasks."""
+    pidfile = tmp_path / "hup.pid"
+    workers = start_pair(start_configured, "hup", {}, "-c", "1", swift_args=("--pidfile", str(pidfile)))
+    app = make_app()
+    for kind, worker in workers.items():
+        pid = worker.proc.pid
+        running = app.tasks["tasks.sleep"].apply_async((1,), queue=f"hup{kind}")
+        worker.wait_for_log(f"[{running.id}] received")
+        waiting = app.tasks["tasks.add"].apply_async((2, 3), queue=f"hup{kind}")
+        worker.wait_for_log(f"[{waiting.id}] received")
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGHUP)
+        assert running.get(timeout=10) == 1
+        assert waiting.get(timeout=20) == 5
+        worker.wait_for_log(" ready.", count=2)
+        assert worker.alive() and worker.proc.pid == pid, kind
+        # Given back at the shutdown, received again after the start.
+        assert worker.log.count(f"[{waiting.id}] received") == 2, kind
+        assert answering(app, f"hup{kind}@")
+        assert app.tasks["tasks.add"].apply_async((1, 1), queue=f"hup{kind}").get(timeout=10) == 2
+    swift = workers["swift"]
+    assert f"\nRestarting celery worker ({' '.join(swift.args)})\n" in swift.stdout
+    assert swift.stdout.count(" -------------- hupswift@") == 2
+    assert f"\nthread {swift.proc.pid} " in swift.stdout and "RUNNING TASKS" in swift.stdout
+    assert "tasks.sleep[" in swift.stdout.split("RUNNING TASKS")[1]
+    assert "Warm shutdown" not in swift.log  # as Python's: the restart is not announced as a shutdown
+    assert pidfile.read_text() == f"{swift.proc.pid}\n"  # released before the restart, taken again after it
+
+
+def test_sighup_with_a_terminal_shuts_down_warm(start_worker, make_app, broker_redis):
+    """With a terminal, Celery leaves SIGHUP alone and dies of it when the terminal closes: the messages it held
+    wait out the visibility timeout. The Swift worker shuts down warm and gives them back at once."""
+    worker = start_worker("-n", "tty@%h", "-Q", "tty", "-c", "1", terminal=True)
+    app = make_app()
+    running = app.tasks["tasks.sleep"].apply_async((1,), queue="tty")
+    worker.wait_for_log(f"[{running.id}] received")
+    waiting = app.tasks["tasks.add"].apply_async((2, 3), queue="tty")
+    worker.wait_for_log(f"[{waiting.id}] received")
+    assert worker.stop(signal.SIGHUP) == 0
+    assert running.get(timeout=5) == 1
+    assert "worker: Warm shutdown (MainProcess)" in worker.log
+    assert broker_redis.llen("tty") == 1 and broker_redis.hlen("unacked") == 0
+    assert "Restarting" not in worker.stdout and " -------------- tty@" in worker.stdout

@@ -43,6 +43,23 @@ enum Daemon {
         return kept
     }
 
+    /// Celery's restart on `SIGHUP` (`_reload_current_worker`): the worker's program again, in this process, with the
+    /// options it carried out already left out, as in the background process. Every descriptor but standard input,
+    /// output and error is closed by the exec (marked close-on-exec first, so that a thread still running until then
+    /// never meets a descriptor closed under it), and the signals the worker trapped are given back their default
+    /// action, as at a first start. Returns only when the exec failed, with its error.
+    static func restart() -> String {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            guard let descriptor = Int32(entry), descriptor > 2 else { continue }
+            let flags = fcntl(descriptor, F_GETFD)
+            if flags >= 0 { _ = fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC) }
+        }
+        for trapped in [SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1] { signal(trapped, SIG_DFL) }
+        let arguments = backgroundArguments(CommandLine.arguments).map { strdup($0) } + [nil]
+        execv("/proc/self/exe", arguments)
+        return String(cString: strerror(errno))
+    }
+
     /// Checks what the background process needs, then detaches: returns only in the background process's place,
     /// never (the starting process exits 0; the background one is replaced by the worker).
     static func detach(logfile: String?, pidfile: String?) throws -> Never {

@@ -528,11 +528,12 @@ struct WorkerCommand: AsyncParsableCommand {
         // Trapped before the worker starts: a SIGTERM right after "ready." is a warm shutdown, not the default action
         // (seen in CI under load, when the watcher's own start came after the worker's).
         let signals = SignalWatcher(
-            logger: logger, signals: await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit),
+            logger: logger, signals: await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit, .sighup, .sigusr1),
             contract: ShutdownSignals(
                 softTimeout: configuration.softShutdownTimeout, softOnIdle: configuration.softShutdownOnIdle,
-                termIsCold: resolved.remapsTerm),
-            busy: { worker.activeTasks > 0 })
+                termIsCold: resolved.remapsTerm, restartsOnHangUp: isatty(STDOUT_FILENO) == 0),
+            busy: { worker.activeTasks > 0 },
+            cry: { Cry.say { worker.runningTasks } })
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -552,6 +553,12 @@ struct WorkerCommand: AsyncParsableCommand {
             // Cancellation already stopped the worker.
         } catch is BrokerConnectionGivenUp {
             // Logged; the worker shut down warm. Celery's worker exits with 1.
+            throw ExitCode(1)
+        }
+        if signals.restarts {
+            lock?.release()  // the pid stays the same; the program acquires the lock again
+            let error = Daemon.restart()
+            logger.critical("Cannot restart the worker: \(error)")
             throw ExitCode(1)
         }
         throw ExitCode(signals.exitCode)
@@ -588,11 +595,13 @@ struct ColdShutdown: Error {}
 
 /// Celery's shutdown signals (``ShutdownSignals``): `SIGTERM` warm (exit 0), `SIGINT` warm (exit 1) and cold the
 /// second time, `SIGQUIT` cold (exit 1), with `worker_soft_shutdown_timeout`'s wait before a cold shutdown and
-/// `REMAP_SIGTERM=SIGQUIT`.
+/// `REMAP_SIGTERM=SIGQUIT`; `SIGHUP`'s restart; and `SIGUSR1`'s report (``Cry``).
 final class SignalWatcher: Service {
     private enum Event: Sendable {
         case signal(ShutdownSignals.Signal)
         case softTimeoutElapsed
+        /// `SIGUSR1`: report what the worker is doing (``Cry``).
+        case cry
     }
 
     private let group = Mutex<ServiceGroup?>(nil)
@@ -601,12 +610,18 @@ final class SignalWatcher: Service {
     let signals: UnixSignalsSequence
     /// Whether tasks run now (the soft shutdown waits only then, unless told to wait when idle).
     let busy: @Sendable () -> Bool
+    /// Reports what the worker is doing, for `SIGUSR1`.
+    let cry: @Sendable () -> Void
 
-    init(logger: Logger, signals: UnixSignalsSequence, contract: ShutdownSignals, busy: @escaping @Sendable () -> Bool) {
+    init(
+        logger: Logger, signals: UnixSignalsSequence, contract: ShutdownSignals, busy: @escaping @Sendable () -> Bool,
+        cry: @escaping @Sendable () -> Void
+    ) {
         self.logger = logger
         self.signals = signals
         self.contract = Mutex(contract)
         self.busy = busy
+        self.cry = cry
     }
 
     func attach(_ group: ServiceGroup) {
@@ -614,6 +629,9 @@ final class SignalWatcher: Service {
     }
 
     var exitCode: Int32 { contract.withLock { $0.exitCode } }
+
+    /// Whether the worker starts again once the group has stopped (`SIGHUP`).
+    var restarts: Bool { contract.withLock { $0.restarts } }
 
     func run() async throws {
         let (events, continuation) = AsyncStream.makeStream(of: Event.self)
@@ -624,16 +642,20 @@ final class SignalWatcher: Service {
                     case .sigterm: continuation.yield(.signal(.terminate))
                     case .sigint: continuation.yield(.signal(.interrupt))
                     case .sigquit: continuation.yield(.signal(.quit))
+                    case .sighup: continuation.yield(.signal(.hangUp))
+                    case .sigusr1: continuation.yield(.cry)
                     default: continue
                     }
                 }
             }
             for await event in events.cancelOnGracefulShutdown() {
-                let (reaction, lines) = contract.withLock { contract in
-                    switch event {
-                    case .signal(let signal): contract.receive(signal, busy: busy())
-                    case .softTimeoutElapsed: contract.softTimeoutElapsed()
-                    }
+                let (reaction, lines): (ShutdownSignals.Reaction, [String])
+                switch event {
+                case .cry:
+                    cry()
+                    continue
+                case .signal(let signal): (reaction, lines) = contract.withLock { $0.receive(signal, busy: busy()) }
+                case .softTimeoutElapsed: (reaction, lines) = contract.withLock { $0.softTimeoutElapsed() }
                 }
                 for line in lines { logger.warning("\(line)") }
                 switch reaction {
@@ -652,6 +674,9 @@ final class SignalWatcher: Service {
                     await group.withLock { $0 }?.triggerGracefulShutdown()
                 case .cold:
                     throw ColdShutdown()
+                case .restart:
+                    FileHandle.standardOutput.write(Data(ShutdownSignals.restartLine(arguments: CommandLine.arguments).utf8))
+                    await group.withLock { $0 }?.triggerGracefulShutdown()
                 }
             }
             tasks.cancelAll()

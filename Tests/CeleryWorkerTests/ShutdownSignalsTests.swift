@@ -42,6 +42,25 @@ struct ShutdownSignalsTests {
         #expect(quit.exitCode == 1)
     }
 
+    @Test("SIGHUP restarts a daemon after a warm shutdown; with a terminal it is a warm shutdown; once stopping, nothing")
+    func hangUp() {
+        var daemon = ShutdownSignals(restartsOnHangUp: true)
+        #expect(daemon.receive(.hangUp, busy: true) == (.restart, []))
+        #expect(daemon.restarts && daemon.phase == .warm && daemon.exitCode == 0)
+        #expect(daemon.receive(.hangUp, busy: true) == (.none, []))
+        #expect(daemon.receive(.quit, busy: false).0 == .cold)
+        var terminal = ShutdownSignals()
+        #expect(terminal.receive(.hangUp, busy: true) == (.warm, ["worker: Warm shutdown (MainProcess)"]))
+        #expect(!terminal.restarts && terminal.exitCode == 0)
+        var stopping = ShutdownSignals(restartsOnHangUp: true)
+        #expect(stopping.receive(.terminate, busy: true).0 == .warm)
+        #expect(stopping.receive(.hangUp, busy: true) == (.none, []))
+        #expect(!stopping.restarts)
+        #expect(
+            ShutdownSignals.restartLine(arguments: ["swift-celery-worker", "-n", "a@%h"])
+                == "\nRestarting celery worker (swift-celery-worker -n a@%h)\n")
+    }
+
     @Test("REMAP_SIGTERM=SIGQUIT makes SIGTERM cold; other values are refused with a warning")
     func remap() {
         var signals = ShutdownSignals(termIsCold: true)

@@ -45,6 +45,15 @@ public final class CeleryWorkerService: Service {
         currentRun.withLock { $0 }?.counters.withLock { $0.active } ?? 0
     }
 
+    /// The tasks running now, the longest-running first, with the seconds each has run (what `SIGUSR1` reports).
+    public var runningTasks: [(name: String, id: String, seconds: Double)] {
+        guard let run = currentRun.withLock({ $0 }) else { return [] }
+        let now = WallClock.now()
+        return run.running.withLock { $0.all }.sorted { $0.timeStart < $1.timeStart }.map {
+            ($0.job.message.name, $0.job.message.id, now - $0.timeStart)
+        }
+    }
+
     /// A worker on Redis, as configured.
     ///
     /// Metrics go to `metricsFactory`, by default the one bootstrapped in `MetricsSystem`.

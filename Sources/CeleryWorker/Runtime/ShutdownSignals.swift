@@ -11,10 +11,15 @@ import CeleryProtocol
 ///   starts, running ones may finish and store their results), then cancels what still runs. Celery sleeps the
 ///   whole time in its signal handler; here the wait ends as soon as the warm part is over. A cold signal during the
 ///   wait cancels at once (Celery cancels the tasks then but still sleeps out the rest).
+/// - `SIGHUP` restarts a worker whose standard output is not a terminal (a daemon): a warm shutdown, then the same
+///   program again in the same process, as Celery's `install_worker_restart_handler`. With a terminal, Celery leaves
+///   `SIGHUP` alone and dies of it when the terminal closes; here it is a warm shutdown, so the messages the worker
+///   holds go back to their queue at once instead of after the visibility timeout. Once a shutdown began, `SIGHUP`
+///   changes nothing.
 public struct ShutdownSignals: Sendable {
     /// The signals Celery's worker handles for shutdown.
     public enum Signal: Sendable {
-        case terminate, interrupt, quit
+        case terminate, interrupt, quit, hangUp
     }
 
     /// What the worker does for a signal.
@@ -27,6 +32,8 @@ public struct ShutdownSignals: Sendable {
         case soft(seconds: Double)
         /// Cold shutdown now.
         case cold
+        /// Print ``restartLine(arguments:)``, shut down warm, then start the worker again in this process.
+        case restart
     }
 
     /// Where the shutdown stands.
@@ -40,15 +47,20 @@ public struct ShutdownSignals: Sendable {
     public let softOnIdle: Bool
     /// `REMAP_SIGTERM=SIGQUIT`: `SIGTERM` is a cold shutdown.
     public let termIsCold: Bool
+    /// Whether `SIGHUP` restarts the worker (Celery's rule: its standard output is not a terminal).
+    public let restartsOnHangUp: Bool
     public private(set) var phase = Phase.running
+    /// Whether the worker starts again once its shutdown is over (after `SIGHUP`).
+    public private(set) var restarts = false
     /// The exit status the signals so far ask for: 0 after `SIGTERM` alone, 1 once `SIGINT` or a cold shutdown came.
     public private(set) var exitCode: Int32 = 0
     private var interrupted = false
 
-    public init(softTimeout: Double = 0, softOnIdle: Bool = false, termIsCold: Bool = false) {
+    public init(softTimeout: Double = 0, softOnIdle: Bool = false, termIsCold: Bool = false, restartsOnHangUp: Bool = false) {
         self.softTimeout = softTimeout
         self.softOnIdle = softOnIdle
         self.termIsCold = termIsCold
+        self.restartsOnHangUp = restartsOnHangUp
     }
 
     /// Reads Celery's `REMAP_SIGTERM` from the environment: `SIGQUIT` remaps, nothing (or empty) does not; another
@@ -62,6 +74,13 @@ public struct ShutdownSignals: Sendable {
     /// Handles one signal. `busy` says whether tasks are running now (for the soft shutdown). Returns the reaction
     /// and the lines Celery prints for the signal, in order.
     public mutating func receive(_ signal: Signal, busy: Bool) -> (Reaction, [String]) {
+        if signal == .hangUp {
+            guard phase == .running else { return (.none, []) }
+            phase = .warm
+            guard restartsOnHangUp else { return (.warm, [Self.warmLine]) }
+            restarts = true
+            return (.restart, [])
+        }
         let cold = signal == .quit || (signal == .terminate && termIsCold) || (signal == .interrupt && interrupted)
         if !cold {
             if signal == .interrupt {
@@ -105,6 +124,11 @@ public struct ShutdownSignals: Sendable {
     /// int, as a configuration most often gives it).
     public static func softShutdownLine(seconds: Double) -> String {
         "Initiating Soft Shutdown, terminating in \(PythonRepr.repr(.seconds(seconds))) seconds"
+    }
+
+    /// What Celery prints on its standard output as a `SIGHUP` restart begins: the command line, as `sys.argv`.
+    public static func restartLine(arguments: [String]) -> String {
+        "\nRestarting celery worker (\(arguments.joined(separator: " ")))\n"
     }
 
     static let warmLine = "worker: Warm shutdown (MainProcess)"
