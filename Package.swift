@@ -44,7 +44,7 @@ let package = Package(
         ),
         .systemLibrary(
             name: "CCompression",
-            providers: [.apt(["zlib1g-dev", "libbz2-dev", "liblzma-dev"])]
+            providers: [.apt(["zlib1g-dev", "libbz2-dev", "liblzma-dev", "libbrotli-dev", "libzstd-dev"])]
         ),
         .target(
             name: "CeleryProtocol",

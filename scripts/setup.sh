@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 need=()
-for pkg in libhiredis-dev libmsgpack-dev zlib1g-dev libbz2-dev liblzma-dev libssl-dev openssl redis-server pkg-config; do
+for pkg in libhiredis-dev libmsgpack-dev zlib1g-dev libbz2-dev liblzma-dev libbrotli-dev libzstd-dev libssl-dev openssl redis-server pkg-config; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)

@@ -64,7 +64,9 @@ def test_bad_base64_body_fails_the_task_with_decode_error(start_worker, make_app
 
 
 @pytest.mark.parametrize("compression,body,error", [
-    ("application/zstd", zlib.compress(GOOD_BODY), "compression 'application/zstd' is not supported"),
+    ("application/x-snappy", zlib.compress(GOOD_BODY), "compression 'application/x-snappy' is not supported"),
+    ("application/zstd", zlib.compress(GOOD_BODY), "body does not decompress as application/zstd"),
+    ("application/x-brotli", GOOD_BODY, "body does not decompress as application/x-brotli"),
     ("application/x-gzip", GOOD_BODY, "body does not decompress as application/x-gzip"),
     ("application/x-bz2", bz2.compress(GOOD_BODY)[:-8], "body does not decompress as application/x-bz2"),
 ])

@@ -21,7 +21,8 @@ struct ClientOptions: ParsableArguments {
 
     @Option(
         name: .customLong("compression"),
-        help: "Compress task bodies as kombu does: zlib (gzip), bzip2 or lzma (xz) (default: task_compression from --config, else none).")
+        help:
+            "Compress task bodies as kombu does: zlib (gzip), bzip2, lzma (xz), brotli or zstd (default: task_compression from --config, else none).")
     var compression: String?
 
     @Option(

@@ -10,6 +10,11 @@ public enum KombuCompression: String, Sendable, CaseIterable {
     case bzip2 = "application/x-bz2"
     /// kombu's `lzma` (aliases `lzma`, `xz`): the xz format.
     case lzma = "application/x-lzma"
+    /// kombu's `brotli`, registered when Python's `brotli` package is installed.
+    case brotli = "application/x-brotli"
+    /// kombu's `zstd` (aliases `zstd`, `zstandard`), registered when Python's `zstandard` package (kombu 5.3) or
+    /// `backports.zstd` (kombu 5.7, Python before 3.14) is installed.
+    case zstd = "application/zstd"
 
     /// The most a body may grow to when it is decompressed: 512 MiB, Redis's own limit for one value. kombu sets
     /// none; past this a message is refused rather than the worker's memory exhausted.
@@ -21,40 +26,47 @@ public enum KombuCompression: String, Sendable, CaseIterable {
         case "application/x-gzip", "gzip", "zlib": self = .zlib
         case "application/x-bz2", "bzip2", "bzip": self = .bzip2
         case "application/x-lzma", "lzma", "xz": self = .lzma
+        case "application/x-brotli", "brotli": self = .brotli
+        case "application/zstd", "zstd", "zstandard": self = .zstd
         default: return nil
         }
     }
 
     /// The supported methods by the names users give them, for error messages.
-    public static let supportedNames = "zlib (gzip), bzip2 or lzma (xz)"
+    public static let supportedNames = "zlib (gzip), bzip2, lzma (xz), brotli or zstd"
 
     /// The content type kombu writes in the `compression` header.
     public var contentType: String { rawValue }
 
-    /// The name `task_compression` usually gives it: `zlib`, `bzip2` or `lzma`.
+    /// The name `task_compression` usually gives it: `zlib`, `bzip2`, `lzma`, `brotli` or `zstd`.
     public var name: String {
         switch self {
         case .zlib: "zlib"
         case .bzip2: "bzip2"
         case .lzma: "lzma"
+        case .brotli: "brotli"
+        case .zstd: "zstd"
         }
     }
 
-    /// Compresses `bytes` as Python's `zlib.compress`, `bz2.compress` and `lzma.compress` do with their defaults
-    /// (zlib level 6, bzip2 level 9, xz preset 6 with a CRC64 check).
+    /// Compresses `bytes` as Python's `zlib.compress`, `bz2.compress`, `lzma.compress`, `brotli.compress` and
+    /// zstd's `compress` do with their defaults (zlib level 6, bzip2 level 9, xz preset 6 with a CRC64 check, brotli
+    /// quality 11 with a 4 MiB window, zstd level 3 with the content size in the frame header and no checksum).
     public func compress(_ bytes: [UInt8]) -> [UInt8] {
         bytes.withUnsafeBufferPointer { input in
             switch self {
             case .zlib: Self.compressZlib(input)
             case .bzip2: Self.compressBzip2(input)
             case .lzma: Self.compressLzma(input)
+            case .brotli: Self.compressBrotli(input)
+            case .zstd: Self.compressZstd(input)
             }
         }
     }
 
-    /// Decompresses a body this method compressed. Like Python's functions, bzip2 and xz read streams written one
-    /// after another, and zlib ignores bytes after the end of its stream. Past `limit` bytes of output it stops
-    /// with an error.
+    /// Decompresses a body this method compressed. Like Python's functions, bzip2, xz and zstd read streams (frames)
+    /// written one after another, zlib ignores bytes after the end of its stream, and brotli refuses them. Past
+    /// `limit` bytes of output it stops with an error.
     public func decompress(
         _ bytes: some Collection<UInt8>, limit: Int = decompressedLimit
     ) throws(CeleryProtocolError) -> [UInt8] {
@@ -64,6 +76,8 @@ public enum KombuCompression: String, Sendable, CaseIterable {
             case .zlib: Self.inflate(input, limit: limit)
             case .bzip2: Self.decompressBzip2(input, limit: limit)
             case .lzma: Self.decompressLzma(input, limit: limit)
+            case .brotli: Self.decompressBrotli(input, limit: limit)
+            case .zstd: Self.decompressZstd(input, limit: limit)
             }
         }
         return try result.get()
@@ -211,6 +225,73 @@ public enum KombuCompression: String, Sendable, CaseIterable {
             case LZMA_FORMAT_ERROR: return .failed("not the xz or lzma format")
             case LZMA_DATA_ERROR: return .failed("the data is corrupt")
             default: return .failed("error \(status.rawValue)")
+            }
+        }
+    }
+
+    // MARK: brotli
+
+    private static func compressBrotli(_ input: UnsafeBufferPointer<UInt8>) -> [UInt8] {
+        var size = BrotliEncoderMaxCompressedSize(input.count)
+        precondition(size > 0, "a body of \(input.count) bytes is too large for brotli")
+        var output = [UInt8](repeating: 0, count: size)
+        let done = output.withUnsafeMutableBufferPointer { out in
+            BrotliEncoderCompress(
+                BROTLI_MAX_QUALITY, BROTLI_DEFAULT_WINDOW, BROTLI_MODE_GENERIC, input.count, input.baseAddress, &size, out.baseAddress)
+        }
+        precondition(done == BROTLI_TRUE, "BrotliEncoderCompress failed with a buffer of its bound")
+        output.removeSubrange(size...)
+        return output
+    }
+
+    private static func decompressBrotli(_ input: UnsafeBufferPointer<UInt8>, limit: Int) -> Result<[UInt8], CeleryProtocolError> {
+        guard let state = BrotliDecoderCreateInstance(nil, nil, nil) else {
+            return .failure(KombuCompression.brotli.failure("brotli could not start"))
+        }
+        defer { BrotliDecoderDestroyInstance(state) }
+        var available = input.count
+        var next = input.baseAddress
+        return drain(into: KombuCompression.brotli, limit: limit) { out in
+            var room = out.count
+            var into = out.baseAddress
+            let status = BrotliDecoderDecompressStream(state, &available, &next, &room, &into, nil)
+            let written = out.count - room
+            switch status {
+            case BROTLI_DECODER_RESULT_SUCCESS where available == 0: return .end(written)
+            case BROTLI_DECODER_RESULT_SUCCESS: return .failed("bytes follow the end of the stream")
+            case BROTLI_DECODER_RESULT_NEEDS_MORE_OUTPUT: return .more(written)
+            case BROTLI_DECODER_RESULT_NEEDS_MORE_INPUT: return .failed("the stream is truncated")
+            default: return .failed(String(cString: BrotliDecoderErrorString(BrotliDecoderGetErrorCode(state))))
+            }
+        }
+    }
+
+    // MARK: zstd
+
+    private static func compressZstd(_ input: UnsafeBufferPointer<UInt8>) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: ZSTD_compressBound(input.count))
+        // The one-call API writes the content size in the frame header, which kombu 5.3's `zstandard` needs to read it.
+        let size = output.withUnsafeMutableBufferPointer { out in
+            ZSTD_compress(out.baseAddress, out.count, input.baseAddress, input.count, 3)
+        }
+        precondition(ZSTD_isError(size) == 0, "ZSTD_compress failed with a buffer of its bound")
+        output.removeSubrange(size...)
+        return output
+    }
+
+    private static func decompressZstd(_ input: UnsafeBufferPointer<UInt8>, limit: Int) -> Result<[UInt8], CeleryProtocolError> {
+        guard let context = ZSTD_createDCtx() else { return .failure(KombuCompression.zstd.failure("zstd could not start")) }
+        defer { ZSTD_freeDCtx(context) }
+        var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
+        return drain(into: KombuCompression.zstd, limit: limit) { out in
+            var target = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
+            while true {
+                let status = ZSTD_decompressStream(context, &target, &source)
+                if ZSTD_isError(status) != 0 { return .failed(String(cString: ZSTD_getErrorName(status))) }
+                // 0: a frame is whole and flushed; another may follow, as zstd's `decompress` reads them all.
+                if status == 0, source.pos == source.size { return .end(target.pos) }
+                if target.pos == target.size { return .more(target.pos) }
+                if source.pos == source.size { return .failed("the stream is truncated") }
             }
         }
     }
