@@ -75,10 +75,14 @@ def tls(tls_server, certificates):
 
 @pytest.fixture(autouse=True)
 def collect_results():
-    """Collects the test's results while the server still runs: an `AsyncResult` that is collected later, after the
-    module's server stopped, makes Celery 5.3's backend retry its unsubscribe for minutes."""
+    """Collects the test's results between tests only, while the server still runs. Celery 5.3's `AsyncResult.__del__`
+    unsubscribes on the backend's pub/sub connection: collected by Python's cyclic collector in the middle of a
+    `subscribe` over TLS (the ssl module allocates as it sends), it waits for the lock that `subscribe` holds, and
+    the client hangs. Collected later, after the module's server stopped, it retries its unsubscribe for minutes."""
+    gc.disable()
     yield
     gc.collect()
+    gc.enable()
 
 
 def client(broker, backend, name="tls-client"):
@@ -277,3 +281,34 @@ def test_sentinel_over_tls_to_the_sentinels_and_the_master(tls_sentinel, certifi
         assert refused.alive()
     finally:
         app.close()
+
+
+def test_an_encrypted_key_ciphers_and_a_minimum_version_as_redis_py_takes_them(tls, tls_server, certificates,
+                                                                              start_worker):
+    """redis-py's `ssl_password` (the passphrase of an encrypted client key), `ssl_ciphers` and `ssl_min_version`,
+    given to the Swift worker and (the first two) to Python's client. A worker whose minimum version the server does
+    not speak logs the refused handshake and retries; it never becomes ready."""
+    if not (certificates / "client-locked.key").exists():
+        openssl("pkey", "-in", "client.key", "-out", "client-locked.key", "-aes256", "-passout", "pass:s3cret",
+                cwd=certificates)
+    locked = {"ssl_keyfile": certificates / "client-locked.key", "ssl_password": "s3cret", "ssl_ciphers": "ECDHE+AESGCM"}
+    start_worker("-Q", "locked", broker=tls(1, **locked, ssl_min_version="TLSv1_2"), backend=tls(0, **locked))
+    app = client(tls(1, **locked), tls(0, **locked))
+    assert app.send_task("tasks.add", (20, 22), queue="locked").get(timeout=20) == 42
+
+    older = RedisProcess(args=(
+        "--tls-port", str(port := free_port()), "--tls-protocols", "TLSv1.2",
+        "--tls-cert-file", str(certificates / "server.crt"), "--tls-key-file", str(certificates / "server.key"),
+        "--tls-ca-cert-file", str(certificates / "ca.crt"))).start()
+    try:
+        def on_older(db, **overrides):
+            return tls(db, **overrides).replace(f":{tls_server.tls_port}/", f":{port}/")
+
+        refused = start_worker("-Q", "newer", broker=on_older(1, ssl_min_version="TLSv1_3"), backend=on_older(0),
+                               ready=False)
+        refused.wait_for_log("TLS handshake with localhost: ", timeout=20)
+        assert refused.alive() and " ready." not in refused.log
+        accepted = start_worker("-Q", "older", broker=on_older(1, ssl_min_version="TLSv1_2"), backend=on_older(0))
+        assert accepted.alive()
+    finally:
+        older.stop()

@@ -27,6 +27,9 @@ static struct {
     __typeof__(SSL_CTX_use_certificate_chain_file) *SSL_CTX_use_certificate_chain_file;
     __typeof__(SSL_CTX_use_PrivateKey_file) *SSL_CTX_use_PrivateKey_file;
     __typeof__(SSL_CTX_check_private_key) *SSL_CTX_check_private_key;
+    __typeof__(SSL_CTX_set_default_passwd_cb) *SSL_CTX_set_default_passwd_cb;
+    __typeof__(SSL_CTX_set_default_passwd_cb_userdata) *SSL_CTX_set_default_passwd_cb_userdata;
+    __typeof__(SSL_CTX_set_cipher_list) *SSL_CTX_set_cipher_list;
     __typeof__(SSL_new) *SSL_new;
     __typeof__(SSL_free) *SSL_free;
     __typeof__(SSL_set_fd) *SSL_set_fd;
@@ -64,6 +67,7 @@ static void load(void) {
     FIND(TLS_client_method) FIND(SSL_CTX_new) FIND(SSL_CTX_free) FIND(SSL_CTX_set_options) FIND(SSL_CTX_ctrl)
     FIND(SSL_CTX_set_verify) FIND(SSL_CTX_load_verify_locations) FIND(SSL_CTX_set_default_verify_paths)
     FIND(SSL_CTX_use_certificate_chain_file) FIND(SSL_CTX_use_PrivateKey_file) FIND(SSL_CTX_check_private_key)
+    FIND(SSL_CTX_set_default_passwd_cb) FIND(SSL_CTX_set_default_passwd_cb_userdata) FIND(SSL_CTX_set_cipher_list)
     FIND(SSL_new) FIND(SSL_free) FIND(SSL_set_fd) FIND(SSL_ctrl) FIND(SSL_get0_param) FIND(X509_VERIFY_PARAM_set1_host)
     FIND(X509_VERIFY_PARAM_set1_ip_asc) FIND(SSL_connect) FIND(SSL_get_verify_result)
     FIND(X509_verify_cert_error_string) FIND(SSL_get_error) FIND(SSL_read) FIND(SSL_write) FIND(SSL_pending)
@@ -84,8 +88,20 @@ static void reason(char *error, size_t size, const char *doing, const char *fall
     snprintf(error, size, "%s%s%s", doing, doing[0] ? ": " : "", text);
 }
 
+/* The passphrase of an encrypted key: the one given, or none. OpenSSL's own callback would ask for it on the
+ * terminal, and a worker started from one would wait there. */
+static int give_password(char *buffer, int size, int writing, void *password) {
+    (void)writing;
+    if (password == NULL || size <= 0) return 0;
+    size_t length = strlen((const char *)password);
+    if (length > (size_t)size) return 0;
+    memcpy(buffer, password, length);
+    return (int)length;
+}
+
 copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *certificate,
-                                       const char *key, char *error, size_t size) {
+                                       const char *key, const char *password, const char *ciphers, int min_version,
+                                       char *error, size_t size) {
     pthread_once(&loading, load);
     if (load_failure[0] != '\0') {
         snprintf(error, size, "%s", load_failure);
@@ -103,6 +119,14 @@ copenssl_context *copenssl_context_new(int verify, const char *ca_file, const ch
     openssl.SSL_CTX_ctrl(context, SSL_CTRL_MODE, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
     openssl.SSL_CTX_set_verify(context, verify == COPENSSL_VERIFY_PEER ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     char doing[PATH_MAX + 64];
+    if (ciphers != NULL && openssl.SSL_CTX_set_cipher_list(context, ciphers) != 1) {
+        snprintf(doing, sizeof(doing), "cannot use the ciphers '%.200s'", ciphers);
+        goto failed;
+    }
+    if (min_version != 0 && openssl.SSL_CTX_ctrl(context, SSL_CTRL_SET_MIN_PROTO_VERSION, min_version, NULL) != 1) {
+        snprintf(doing, sizeof(doing), "cannot set the minimum TLS version %d", min_version);
+        goto failed;
+    }
     if (ca_file != NULL || ca_path != NULL) {
         if (openssl.SSL_CTX_load_verify_locations(context, ca_file, ca_path) != 1) {
             snprintf(doing, sizeof(doing), "cannot load the certificate authorities from %s%s%s", ca_file ? ca_file : "",
@@ -114,12 +138,17 @@ copenssl_context *copenssl_context_new(int verify, const char *ca_file, const ch
     }
     if (certificate != NULL) {
         if (key == NULL) key = certificate;
+        openssl.SSL_CTX_set_default_passwd_cb(context, give_password);
+        openssl.SSL_CTX_set_default_passwd_cb_userdata(context, (void *)password);
         if (openssl.SSL_CTX_use_certificate_chain_file(context, certificate) != 1) {
             snprintf(doing, sizeof(doing), "cannot load the client certificate %s", certificate);
             goto failed;
         }
-        if (openssl.SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) != 1) {
-            snprintf(doing, sizeof(doing), "cannot load the client key %s", key);
+        int loaded = openssl.SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM);
+        openssl.SSL_CTX_set_default_passwd_cb_userdata(context, NULL); /* the caller's string is not kept */
+        if (loaded != 1) {
+            snprintf(doing, sizeof(doing), "cannot load the client key %s%s", key,
+                     password == NULL ? " (if it is encrypted, ssl_password gives its passphrase)" : "");
             goto failed;
         }
         if (openssl.SSL_CTX_check_private_key(context) != 1) {

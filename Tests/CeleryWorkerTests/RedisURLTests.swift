@@ -1,5 +1,7 @@
-import CeleryWorker
+import Foundation
 import Testing
+
+@testable import CeleryWorker
 
 @Suite("Redis URLs as kombu takes them")
 struct RedisURLTests {
@@ -151,26 +153,78 @@ struct RedisURLTests {
         #expect(message("redis://h/0") == nil)
     }
 
+    /// Why the OpenSSL context of `tls` cannot be built, or `nil` when it can.
+    static func failure(_ tls: RedisTLS) -> String? {
+        do {
+            try tls.validate()
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
     @Test("TLS files that cannot be read are reported when the settings are checked, before any connection")
     func tlsFiles() {
-        func failure(_ tls: RedisTLS) -> String? {
-            do {
-                try tls.validate()
-                return nil
-            } catch {
-                return error.message
-            }
-        }
         #expect(
-            failure(RedisTLS(certificateRequirement: .required, caCertificates: "/nonexistent/ca.pem"))
+            Self.failure(RedisTLS(certificateRequirement: .required, caCertificates: "/nonexistent/ca.pem"))
                 == "TLS: cannot read /nonexistent/ca.pem: No such file or directory")
-        #expect(failure(RedisTLS(certificateFile: "/nonexistent/client.pem"))?.contains("cannot read /nonexistent/client.pem") == true)
+        #expect(Self.failure(RedisTLS(certificateFile: "/nonexistent/client.pem"))?.contains("cannot read /nonexistent/client.pem") == true)
         // A file that is there but holds no certificate: OpenSSL's reason.
         #expect(
-            failure(RedisTLS(certificateRequirement: .required, caCertificates: "/etc/hostname"))?
+            Self.failure(RedisTLS(certificateRequirement: .required, caCertificates: "/etc/hostname"))?
                 .hasPrefix("TLS: cannot load the certificate authorities from /etc/hostname: ") == true)
-        #expect(failure(RedisTLS(keyFile: "/etc/hostname"))?.contains("ssl_keyfile /etc/hostname is given without ssl_certfile") == true)
-        #expect(failure(RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none)) == nil)
+        #expect(Self.failure(RedisTLS(keyFile: "/etc/hostname"))?.contains("ssl_keyfile /etc/hostname is given without ssl_certfile") == true)
+        #expect(Self.failure(RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none)) == nil)
+    }
+
+    @Test("redis-py's ssl_password, ssl_ciphers and ssl_min_version: read as kombu passes them, applied to the context")
+    func tlsPasswordCiphersAndVersion() throws {
+        let url = try RedisURL(
+            parsing: "rediss://h/0?ssl_cert_reqs=none&ssl_password=p%40ss&ssl_ciphers=ECDHE%2BAESGCM&ssl_min_version=TLSv1_3")
+        #expect(
+            url.tls
+                == RedisTLS(
+                    certificateRequirement: RedisTLS.CertificateRequirement.none, password: "p@ss", ciphers: "ECDHE+AESGCM", minimumVersion: 772))
+        for name in ["TLSv1_2", "TLSVersion.TLSv1_2", "ssl.TLSVersion.TLSv1_2", "771"] {
+            #expect(try RedisURL(parsing: "rediss://h/0?ssl_min_version=\(name)").tls?.minimumVersion == 771)
+        }
+        for bad in ["TLSv9", "3", "", "SSLv3"] {
+            #expect(throws: CeleryWorkerError.self) { try RedisURL(parsing: "rediss://h/0?ssl_min_version=\(bad)") }
+        }
+        #expect(url.tls?.celeryObject["ssl_password"] == "**")
+
+        let unverified = RedisTLS(certificateRequirement: RedisTLS.CertificateRequirement.none)
+        var ciphers = unverified
+        ciphers.ciphers = "NO-SUCH-CIPHER"
+        #expect(Self.failure(ciphers)?.hasPrefix("TLS: cannot use the ciphers 'NO-SUCH-CIPHER': ") == true)
+        ciphers.ciphers = "ECDHE+AESGCM:!aNULL"
+        ciphers.minimumVersion = 772
+        #expect(Self.failure(ciphers) == nil)
+
+        // A client key encrypted with a passphrase, as `openssl` writes one.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        openssl.arguments = [
+            "req", "-x509", "-newkey", "rsa:2048", "-keyout", "key.pem", "-out", "cert.pem", "-days", "1", "-subj", "/CN=worker",
+            "-passout", "pass:s3cret",
+        ]
+        openssl.currentDirectoryURL = directory
+        openssl.standardError = FileHandle.nullDevice
+        try openssl.run()
+        openssl.waitUntilExit()
+        try #require(openssl.terminationStatus == 0)
+        var client = unverified
+        client.certificateFile = directory.appendingPathComponent("cert.pem").path
+        client.keyFile = directory.appendingPathComponent("key.pem").path
+        // Without the passphrase: an error that says what to give, never a prompt on the terminal.
+        #expect(Self.failure(client)?.contains("(if it is encrypted, ssl_password gives its passphrase)") == true)
+        client.password = "wrong"
+        #expect(Self.failure(client)?.hasPrefix("TLS: cannot load the client key \(client.keyFile ?? ""): ") == true)
+        client.password = "s3cret"
+        #expect(Self.failure(client) == nil)
     }
 
     @Test("Celery's broker_* and redis_* parts fill in what a URL leaves out; the URL's own parts win")

@@ -265,7 +265,7 @@ struct CelerySettingsTests {
             ("timezone: Mars/Olympus", "timezone"), ("- just a list", "mapping"), ("broker_url: [1]", "broker_url"),
             ("task_compression: snappy", "task_compression"), ("CELERY_MESSAGE_COMPRESSION: 1", "CELERY_MESSAGE_COMPRESSION"),
             ("broker_use_ssl: yes please", "broker_use_ssl"), ("redis_backend_use_ssl: true", "redis_backend_use_ssl"),
-            ("broker_use_ssl: {ssl_cert_reqs: maybe}", "ssl_cert_reqs"), ("broker_use_ssl: {ssl_ciphers: HIGH}", "ssl_ciphers"),
+            ("broker_use_ssl: {ssl_cert_reqs: maybe}", "ssl_cert_reqs"), ("broker_use_ssl: {ssl_min_version: TLSv9}", "ssl_min_version"),
             ("broker_connection_max_retries: -1", "broker_connection_max_retries"),
             ("broker_connection_retry: sometimes", "broker_connection_retry"),
             ("broker_connection_timeout: 0", "broker_connection_timeout"),

@@ -44,10 +44,19 @@ public struct RedisTLS: Sendable, Hashable {
     /// `ssl_check_hostname`: whether the certificate must name the host connected to. `nil`: yes unless the
     /// certificate is not verified (redis-py 6's default; redis-py 5 did not check).
     public var checkHostname: Bool?
+    /// `ssl_password`: the passphrase of an encrypted ``keyFile``. Without one, an encrypted key stops the worker at
+    /// start with an error; it is never asked for on a terminal, where Python's `ssl` module would ask and wait.
+    public var password: String?
+    /// `ssl_ciphers`: an OpenSSL cipher list for TLS 1.2 and older (Python's `SSLContext.set_ciphers`).
+    public var ciphers: String?
+    /// `ssl_min_version`: the lowest protocol version, as Python's `ssl.TLSVersion` numbers it (`TLSv1_2` is 771,
+    /// 0x0303, OpenSSL's number too).
+    public var minimumVersion: Int?
 
     public init(
         certificateRequirement: CertificateRequirement? = nil, caCertificates: String? = nil, caPath: String? = nil,
-        certificateFile: String? = nil, keyFile: String? = nil, checkHostname: Bool? = nil
+        certificateFile: String? = nil, keyFile: String? = nil, checkHostname: Bool? = nil, password: String? = nil,
+        ciphers: String? = nil, minimumVersion: Int? = nil
     ) {
         self.certificateRequirement = certificateRequirement
         self.caCertificates = caCertificates
@@ -55,7 +64,14 @@ public struct RedisTLS: Sendable, Hashable {
         self.certificateFile = certificateFile
         self.keyFile = keyFile
         self.checkHostname = checkHostname
+        self.password = password
+        self.ciphers = ciphers
+        self.minimumVersion = minimumVersion
     }
+
+    /// Python's `ssl.TLSVersion` members that name a version, by name (also as `TLSVersion.X` and
+    /// `ssl.TLSVersion.X`) with their values.
+    static let versions = ["TLSv1": 769, "TLSv1_1": 770, "TLSv1_2": 771, "TLSv1_3": 772]
 
     /// The settings as kombu's `Connection.info()` shows them (`inspect stats`): those given, `ssl_cert_reqs` as
     /// Python's `ssl.CERT_*` number.
@@ -70,12 +86,16 @@ public struct RedisTLS: Sendable, Hashable {
             if let value { shown[name] = .string(value) }
         }
         if let checkHostname { shown["ssl_check_hostname"] = .bool(checkHostname) }
+        if password != nil { shown["ssl_password"] = "**" }  // Python would show it
+        if let ciphers { shown["ssl_ciphers"] = .string(ciphers) }
+        if let minimumVersion { shown["ssl_min_version"] = .int(Int64(minimumVersion)) }
         return shown
     }
 
     /// The names of the settings, as redis-py's keyword arguments.
     public static let settingNames: Set<String> = [
         "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname",
+        "ssl_password", "ssl_ciphers", "ssl_min_version",
     ]
 
     /// Sets one setting from its text (a URL's query parameter or a config file's value).
@@ -96,6 +116,14 @@ public struct RedisTLS: Sendable, Hashable {
         case "ssl_check_hostname":
             // kombu's reading: anything but "false" is true.
             checkHostname = value.lowercased() != "false"
+        case "ssl_password": password = value
+        case "ssl_ciphers": ciphers = value
+        case "ssl_min_version":
+            let name = value.split(separator: ".").last.map(String.init) ?? value
+            guard let version = Self.versions[name] ?? Int(value).flatMap({ Self.versions.values.contains($0) ? $0 : nil }) else {
+                throw invalid("one of Python's ssl.TLSVersion: TLSv1, TLSv1_1, TLSv1_2 or TLSv1_3 (or 769 to 772)")
+            }
+            minimumVersion = version
         default:
             throw CeleryWorkerError(
                 code: .invalidConfiguration,
@@ -151,7 +179,8 @@ final class TLSContext: @unchecked Sendable {
         let verify = settings.requirement == .none ? COPENSSL_VERIFY_NONE : COPENSSL_VERIFY_PEER
         let made = Self.withErrorText { error, size in
             copenssl_context_new(
-                Int32(verify), settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile, error, size)
+                Int32(verify), settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile,
+                settings.password, settings.ciphers, Int32(settings.minimumVersion ?? 0), error, size)
         }
         guard let context = made.result else {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: \(made.error)")
@@ -193,7 +222,8 @@ extension RedisTLS {
             certificateRequirement: other.certificateRequirement ?? certificateRequirement,
             caCertificates: other.caCertificates ?? caCertificates, caPath: other.caPath ?? caPath,
             certificateFile: other.certificateFile ?? certificateFile, keyFile: other.keyFile ?? keyFile,
-            checkHostname: other.checkHostname ?? checkHostname)
+            checkHostname: other.checkHostname ?? checkHostname, password: other.password ?? password,
+            ciphers: other.ciphers ?? ciphers, minimumVersion: other.minimumVersion ?? minimumVersion)
     }
 }
 
