@@ -197,33 +197,24 @@ extension WorkerRun {
     /// errbacks, sent as one group with the failed task's id as their argument (Celery's `errback(task_id)` form).
     func sendErrbacks(of job: PreparedJob, exception: CeleryExceptionInfo, traceback: String?) async {
         let message = job.message
-        let failed = FailedTask(
-            id: message.id, name: message.name, args: message.args, kwargs: message.kwargs, exception: exception,
-            traceback: traceback)
+        let failed = ErrbackCall(
+            taskID: message.id, taskName: message.name, taskArgs: message.args, taskKwargs: message.kwargs, exception: exception,
+            traceback: traceback, logger: logger)
         await sendErrbacks(message.embed.errbacks, failed: failed, options: lineage(message), job: job)
-    }
-
-    /// What Celery's `_call_task_errbacks` gives a new-style errback.
-    struct FailedTask {
-        let id: String
-        let name: String
-        let args: [CeleryValue]
-        let kwargs: CeleryObject
-        let exception: CeleryExceptionInfo
-        let traceback: String?
     }
 
     /// Celery's `_call_task_errbacks`: an errback registered here as a new-style one (``TaskRegistry/registerErrback(_:options:_:)``)
     /// is called at once; the others are sent as a group, with the failed task's id as their argument.
     @discardableResult
-    private func sendErrbacks(_ errbacks: CeleryValue, failed: FailedTask, options: CeleryObject, job: PreparedJob) async
+    /// `failed` is what Celery's `_call_task_errbacks` gives a new-style errback, without the errback's own arguments.
+    private func sendErrbacks(_ errbacks: CeleryValue, failed: ErrbackCall, options: CeleryObject, job: PreparedJob) async
         -> CeleryValue
     {
         var signatures = Signature.list(errbacks)
         guard !signatures.isEmpty else { return [] }
         signatures = await callInline(signatures, failed: failed)
         guard !signatures.isEmpty else { return [] }
-        let failedID = failed.id
+        let failedID = failed.taskID
         do {
             return [try await canvas(for: job).apply(.group(signatures), args: [.string(failedID)], options: options)]
         } catch {
@@ -254,8 +245,9 @@ extension WorkerRun {
             case .failed(let error):
                 logger.error("Chord '\(groupID)' raised: \(error.repr)")
                 let bodyID = body.options["task_id"]?.stringValue ?? CanvasSender.newID()
-                let failed = FailedTask(
-                    id: bodyID, name: body.task, args: body.args, kwargs: body.kwargs, exception: error, traceback: nil)
+                let failed = ErrbackCall(
+                    taskID: bodyID, taskName: body.task, taskArgs: body.args, taskKwargs: body.kwargs, exception: error, traceback: nil,
+                    logger: logger)
                 let children = await sendErrbacks(
                     body.options["link_error"] ?? .null, failed: failed,
                     options: ["parent_id": .string(bodyID), "root_id": .string(bodyID)], job: job)
@@ -280,20 +272,19 @@ extension WorkerRun {
     }
 
     /// Calls the new-style errbacks among `signatures`; returns the others, to send.
-    private func callInline(_ signatures: [Signature], failed: FailedTask) async -> [Signature] {
+    private func callInline(_ signatures: [Signature], failed: ErrbackCall) async -> [Signature] {
         var others: [Signature] = []
         for signature in signatures {
             guard signature.subtaskType == nil, let errback = service.registry[signature.task]?.errback else {
                 others.append(signature)
                 continue
             }
-            let call = ErrbackCall(
-                taskID: failed.id, taskName: failed.name, taskArgs: failed.args, taskKwargs: failed.kwargs, exception: failed.exception,
-                traceback: failed.traceback, args: signature.args, kwargs: signature.kwargs, logger: logger)
+            var call = failed
+            (call.args, call.kwargs) = (signature.args, signature.kwargs)
             do {
                 try await errback(call)
             } catch {
-                logger.error("Errback \(signature.task) of \(failed.id) raised: \(CeleryExceptionInfo(error: error).repr)")
+                logger.error("Errback \(signature.task) of \(failed.taskID) raised: \(CeleryExceptionInfo(error: error).repr)")
             }
         }
         return others

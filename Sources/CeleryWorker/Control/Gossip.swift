@@ -211,11 +211,7 @@ extension WorkerRun {
 
     /// A `worker-elect` event: its bid is kept, and acknowledged with `worker-elect-ack`.
     private func heardElection(_ event: CeleryObject) async {
-        var missing: String?
-        for field in ["id", "clock", "hostname", "pid", "topic", "action", "cver"] where event[field] == nil {
-            missing = missing ?? field
-        }
-        if let missing {
+        if let missing = ["id", "clock", "hostname", "pid", "topic", "action", "cver"].first(where: { event[$0] == nil }) {
             logger.error("election request missing field \(PythonRepr.repr(.string(missing)))")
             return
         }

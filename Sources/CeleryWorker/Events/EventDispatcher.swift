@@ -68,10 +68,10 @@ final class EventDispatcher: Sendable {
             "loadavg": .array(Self.loadAverage().map(CeleryValue.double)),
             "sw_ident": .string(Self.softwareIdentity), "sw_ver": .string(version), "sw_sys": "Linux",
         ]
-        await publish(routingKey: type.replacingOccurrences(of: "-", with: ".")) { self.event(type, fields) }
+        await sendWorkerEvent(type, fields)
     }
 
-    /// Another `worker-*` event (gossip's `worker-elect` and `worker-elect-ack`) with its fields.
+    /// A `worker-*` event with its fields (also gossip's `worker-elect` and `worker-elect-ack`).
     func sendWorkerEvent(_ type: String, _ fields: CeleryObject) async {
         await publish(routingKey: type.replacingOccurrences(of: "-", with: ".")) { self.event(type, fields) }
     }

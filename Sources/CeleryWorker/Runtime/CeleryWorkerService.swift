@@ -322,7 +322,7 @@ final class WorkerRun: Sendable {
     let autoscalePending = Atomic<Bool>(false)
     /// ETA tasks waiting without their prefetch slot (``WorkerConfiguration/etaTaskLimit`` bounds them).
     let etaFreed = Atomic<Int>(0)
-    /// What gossip knows of the other workers and of elections (``gossipLoop()``).
+    /// What gossip knows of the other workers and of elections (``heardGossip(_:)``).
     let gossip = Mutex(GossipState())
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {

@@ -83,8 +83,8 @@ public struct ErrbackCall: Sendable {
     public let exception: CeleryExceptionInfo
     public let traceback: String?
     /// The errback signature's own arguments, which Python passes after those three.
-    public let args: [CeleryValue]
-    public let kwargs: CeleryObject
+    public internal(set) var args: [CeleryValue] = []
+    public internal(set) var kwargs: CeleryObject = [:]
     /// The worker's logger.
     public let logger: Logger
 }
