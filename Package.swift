@@ -42,9 +42,11 @@ let package = Package(
             pkgConfig: "msgpack",
             providers: [.apt(["libmsgpack-dev"])]
         ),
-        .systemLibrary(
+        // kombu's compressions: zlib, bzip2 and lzma linked (zlib1g-dev, libbz2-dev, liblzma-dev); brotli and zstd
+        // loaded only when a message or a setting asks for them (the headers come from libbrotli-dev and libzstd-dev).
+        .target(
             name: "CCompression",
-            providers: [.apt(["zlib1g-dev", "libbz2-dev", "liblzma-dev", "libbrotli-dev", "libzstd-dev"])]
+            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("bz2"), .linkedLibrary("lzma"), .linkedLibrary("dl")]
         ),
         .target(
             name: "CeleryProtocol",

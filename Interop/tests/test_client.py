@@ -2,6 +2,7 @@
 results awaited through pub/sub."""
 import base64
 import json
+import os
 import subprocess
 
 import pytest
@@ -9,10 +10,10 @@ import pytest
 from conftest import WORKER_BINARY
 
 
-def swift(redis_urls, *args, timeout=60):
+def swift(redis_urls, *args, timeout=60, env=None):
     return subprocess.run([str(WORKER_BINARY), *args, "-b", redis_urls["broker"],
                            "--result-backend", redis_urls["backend"]],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])

@@ -6,6 +6,9 @@ packages are installed, as they are here); it sends them when `task_compression`
 Python 5.7 worker compressed, and stores its own compressed when `result_compression` names a method."""
 import base64
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import celery
 import pytest
@@ -183,3 +186,52 @@ def test_a_compressed_success_is_never_overwritten(start_worker, start_python_wo
             app.send_task("tasks.fail", ("again",), queue=again, task_id=ran.id)
             workers[again].wait_for_log(f"Task tasks.fail[{ran.id}] raised", count=runs // 2 + 1)
             assert backend_redis.get(f"celery-task-meta-{ran.id}") == before, (first, again)
+
+
+def test_brotli_and_zstd_are_loaded_only_when_a_message_asks_for_them(start_worker, make_app):
+    worker = start_worker("-Q", "swift")
+    maps = lambda: Path(f"/proc/{worker.proc.pid}/maps").read_text()  # noqa: E731
+    assert "libbrotli" not in maps() and "libzstd" not in maps()
+    app = make_app()
+    assert app.tasks["tasks.add"].apply_async((1, 2), queue="swift", compression="zlib").get(timeout=10) == 3
+    assert "libbrotli" not in maps() and "libzstd" not in maps()
+    assert app.tasks["tasks.add"].apply_async((1, 2), queue="swift", compression="brotli").get(timeout=10) == 3
+    assert "libbrotlidec.so" in maps() and "libzstd" not in maps()
+    assert app.tasks["tasks.add"].apply_async((1, 2), queue="swift", compression="zstd").get(timeout=10) == 3
+    assert "libzstd.so" in maps()
+
+
+@pytest.fixture
+def without_zstd(tmp_path):
+    """An environment in which the loader finds a `libzstd.so.1` that has none of zstd's functions."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    assert compiler, "no C compiler to build the stand-in library with"
+    directory = tmp_path / "nozstd"
+    directory.mkdir()
+    source = directory / "empty.c"
+    source.write_text("int not_zstd;\n")
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(directory / "libzstd.so.1"), str(source)], check=True)
+    return {"LD_LIBRARY_PATH": str(directory)}
+
+
+def test_a_missing_compression_library_is_named_and_loses_nothing(start_worker, make_app, backend_redis, tmp_path,
+                                                                 without_zstd, redis_urls):
+    # Chosen in the settings: the worker does not start, and says why.
+    config = tmp_path / "celeryconfig.yaml"
+    config.write_text("result_compression: zstd\n")
+    refused = start_worker("--config", str(config), ready=False, env=without_zstd)
+    assert refused.proc.wait(15) == 64
+    assert "setting 'result_compression': zstd is not available: libzstd.so.1 has no ZSTD_compressBound" in refused.stdout
+    # Met in a message: FAILURE DecodeError that names the library, and the worker goes on serving.
+    worker = start_worker("-Q", "swift", env=without_zstd)
+    app = make_app()
+    result = app.tasks["tasks.add"].apply_async((1, 2), queue="swift", compression="zstd")
+    assert eventually(lambda: backend_redis.exists(f"celery-task-meta-{result.id}"), timeout=10)
+    failure = json.loads(backend_redis.get(f"celery-task-meta-{result.id}"))
+    assert failure["status"] == "FAILURE" and failure["result"]["exc_type"] == "DecodeError"
+    assert "zstd is not available: libzstd.so.1 has no ZSTD_compressBound" in failure["result"]["exc_message"][0]
+    assert app.tasks["tasks.add"].apply_async((1, 2), queue="swift", compression="brotli").get(timeout=10) == 3
+    assert worker.alive()
+    # The client refuses it before sending anything.
+    sent = swift(redis_urls, "call", "tasks.add", "--compression", "zstd", env=without_zstd)
+    assert sent.returncode != 0 and "--compression: zstd is not available: libzstd.so.1" in sent.stderr

@@ -51,6 +51,11 @@ struct ClientOptions: ParsableArguments {
                 guard let method = KombuCompression(name: name) else {
                     throw ValidationError("--compression must be \(KombuCompression.supportedNames), got '\(name)'.")
                 }
+                do throws(CeleryProtocolError) {
+                    try method.checkAvailable()
+                } catch {
+                    throw ValidationError("--compression: \(error.message)")
+                }
                 return method
             }
             return CeleryClient(

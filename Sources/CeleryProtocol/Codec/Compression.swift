@@ -1,8 +1,9 @@
 import CCompression
 
 /// A compression kombu applies to a task message's body (its `compression` header, set by `task_compression` or
-/// `apply_async(compression=…)`): the methods of `kombu/compression.py` that every Python build has. kombu's
-/// `brotli` and `zstd` need extra Python packages and are not supported here.
+/// `apply_async(compression=…)`): the methods of `kombu/compression.py`, those every Python build has and the two
+/// (`brotli` and `zstd`) that kombu registers when their Python packages are installed. Their libraries are loaded the
+/// first time they are asked for (``checkAvailable()``).
 public enum KombuCompression: String, Sendable, CaseIterable {
     /// kombu's `zlib` (aliases `gzip`, `zlib`): the zlib format, despite the name of its content type.
     case zlib = "application/x-gzip"
@@ -49,11 +50,32 @@ public enum KombuCompression: String, Sendable, CaseIterable {
         }
     }
 
+    /// Why this method cannot run on this machine (its library, loaded at first use, is missing), thrown; nothing
+    /// for zlib, bzip2 and lzma, which are linked. Call it where a setting or an option chooses the method to
+    /// ``compress(_:)`` with, so that a missing library is an error there and then: compressing stops the program
+    /// when it is. Decompressing fails with this error as it fails for a corrupt body.
+    public func checkAvailable() throws(CeleryProtocolError) {
+        let failure: UnsafePointer<CChar>? =
+            switch self {
+            case .zlib, .bzip2, .lzma: nil
+            case .brotli: ccompression_brotli_load()
+            case .zstd: ccompression_zstd_load()
+            }
+        if let failure {
+            throw CeleryProtocolError(code: .invalidCompression, message: "\(name) is not available: \(String(cString: failure))")
+        }
+    }
+
     /// Compresses `bytes` as Python's `zlib.compress`, `bz2.compress`, `lzma.compress`, `brotli.compress` and
     /// zstd's `compress` do with their defaults (zlib level 6, bzip2 level 9, xz preset 6 with a CRC64 check, brotli
     /// quality 11 with a 4 MiB window, zstd level 3 with the content size in the frame header and no checksum).
     public func compress(_ bytes: [UInt8]) -> [UInt8] {
-        bytes.withUnsafeBufferPointer { input in
+        do throws(CeleryProtocolError) {
+            try checkAvailable()
+        } catch {
+            preconditionFailure("\(error.message): check it where the method is chosen")
+        }
+        return bytes.withUnsafeBufferPointer { input in
             switch self {
             case .zlib: Self.compressZlib(input)
             case .bzip2: Self.compressBzip2(input)
@@ -70,6 +92,11 @@ public enum KombuCompression: String, Sendable, CaseIterable {
     public func decompress(
         _ bytes: some Collection<UInt8>, limit: Int = decompressedLimit
     ) throws(CeleryProtocolError) -> [UInt8] {
+        do throws(CeleryProtocolError) {
+            try checkAvailable()
+        } catch {
+            throw failure(error.message)
+        }
         let bytes = Array(bytes)
         let result: Result<[UInt8], CeleryProtocolError> = bytes.withUnsafeBufferPointer { input in
             switch self {
@@ -232,11 +259,11 @@ public enum KombuCompression: String, Sendable, CaseIterable {
     // MARK: brotli
 
     private static func compressBrotli(_ input: UnsafeBufferPointer<UInt8>) -> [UInt8] {
-        var size = BrotliEncoderMaxCompressedSize(input.count)
+        var size = ccompression_BrotliEncoderMaxCompressedSize(input.count)
         precondition(size > 0, "a body of \(input.count) bytes is too large for brotli")
         var output = [UInt8](repeating: 0, count: size)
         let done = output.withUnsafeMutableBufferPointer { out in
-            BrotliEncoderCompress(
+            ccompression_BrotliEncoderCompress(
                 BROTLI_MAX_QUALITY, BROTLI_DEFAULT_WINDOW, BROTLI_MODE_GENERIC, input.count, input.baseAddress, &size, out.baseAddress)
         }
         precondition(done == BROTLI_TRUE, "BrotliEncoderCompress failed with a buffer of its bound")
@@ -245,23 +272,23 @@ public enum KombuCompression: String, Sendable, CaseIterable {
     }
 
     private static func decompressBrotli(_ input: UnsafeBufferPointer<UInt8>, limit: Int) -> Result<[UInt8], CeleryProtocolError> {
-        guard let state = BrotliDecoderCreateInstance(nil, nil, nil) else {
+        guard let state = ccompression_BrotliDecoderCreateInstance() else {
             return .failure(KombuCompression.brotli.failure("brotli could not start"))
         }
-        defer { BrotliDecoderDestroyInstance(state) }
+        defer { ccompression_BrotliDecoderDestroyInstance(state) }
         var available = input.count
         var next = input.baseAddress
         return drain(into: KombuCompression.brotli, limit: limit) { out in
             var room = out.count
             var into = out.baseAddress
-            let status = BrotliDecoderDecompressStream(state, &available, &next, &room, &into, nil)
+            let status = ccompression_BrotliDecoderDecompressStream(state, &available, &next, &room, &into)
             let written = out.count - room
             switch status {
             case BROTLI_DECODER_RESULT_SUCCESS where available == 0: return .end(written)
             case BROTLI_DECODER_RESULT_SUCCESS: return .failed("bytes follow the end of the stream")
             case BROTLI_DECODER_RESULT_NEEDS_MORE_OUTPUT: return .more(written)
             case BROTLI_DECODER_RESULT_NEEDS_MORE_INPUT: return .failed("the stream is truncated")
-            default: return .failed(String(cString: BrotliDecoderErrorString(BrotliDecoderGetErrorCode(state))))
+            default: return .failed(String(cString: ccompression_BrotliDecoderError(state)))
             }
         }
     }
@@ -269,25 +296,25 @@ public enum KombuCompression: String, Sendable, CaseIterable {
     // MARK: zstd
 
     private static func compressZstd(_ input: UnsafeBufferPointer<UInt8>) -> [UInt8] {
-        var output = [UInt8](repeating: 0, count: ZSTD_compressBound(input.count))
+        var output = [UInt8](repeating: 0, count: ccompression_ZSTD_compressBound(input.count))
         // The one-call API writes the content size in the frame header, which kombu 5.3's `zstandard` needs to read it.
         let size = output.withUnsafeMutableBufferPointer { out in
-            ZSTD_compress(out.baseAddress, out.count, input.baseAddress, input.count, 3)
+            ccompression_ZSTD_compress(out.baseAddress, out.count, input.baseAddress, input.count, 3)
         }
-        precondition(ZSTD_isError(size) == 0, "ZSTD_compress failed with a buffer of its bound")
+        precondition(ccompression_ZSTD_isError(size) == 0, "ZSTD_compress failed with a buffer of its bound")
         output.removeSubrange(size...)
         return output
     }
 
     private static func decompressZstd(_ input: UnsafeBufferPointer<UInt8>, limit: Int) -> Result<[UInt8], CeleryProtocolError> {
-        guard let context = ZSTD_createDCtx() else { return .failure(KombuCompression.zstd.failure("zstd could not start")) }
-        defer { ZSTD_freeDCtx(context) }
+        guard let context = ccompression_ZSTD_createDCtx() else { return .failure(KombuCompression.zstd.failure("zstd could not start")) }
+        defer { ccompression_ZSTD_freeDCtx(context) }
         var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
         return drain(into: KombuCompression.zstd, limit: limit) { out in
             var target = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
             while true {
-                let status = ZSTD_decompressStream(context, &target, &source)
-                if ZSTD_isError(status) != 0 { return .failed(String(cString: ZSTD_getErrorName(status))) }
+                let status = ccompression_ZSTD_decompressStream(context, &target, &source)
+                if ccompression_ZSTD_isError(status) != 0 { return .failed(String(cString: ccompression_ZSTD_getErrorName(status))) }
                 // 0: a frame is whole and flushed; another may follow, as zstd's `decompress` reads them all.
                 if status == 0, source.pos == source.size { return .end(target.pos) }
                 if target.pos == target.size { return .more(target.pos) }

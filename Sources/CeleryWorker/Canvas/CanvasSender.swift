@@ -84,6 +84,11 @@ struct CanvasSender: Sendable {
                 throw CeleryWorkerError(
                     code: .invalidConfiguration, message: "unknown compression '\(name)': \(KombuCompression.supportedNames)")
             }
+            do throws(CeleryProtocolError) {
+                try method.checkAvailable()
+            } catch {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: error.message)
+            }
             send.compression = method
         default: send.compression = compression
         }

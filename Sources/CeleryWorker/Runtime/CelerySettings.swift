@@ -292,6 +292,19 @@ public struct CelerySettings: Sendable, Equatable {
             return name
         }
 
+        /// One of kombu's compressions, by any of its names, whose library this machine has.
+        func compression() throws(CeleryWorkerError) -> KombuCompression {
+            guard let method = KombuCompression(name: try string()) else {
+                throw fail("\(KombuCompression.supportedNames), by one of kombu's names")
+            }
+            do throws(CeleryProtocolError) {
+                try method.checkAvailable()
+            } catch {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': \(error.message)")
+            }
+            return method
+        }
+
         /// A whole number of milliseconds from 0, as seconds.
         func milliseconds() throws(CeleryWorkerError) -> Double {
             let value = try int()
@@ -483,17 +496,11 @@ public struct CelerySettings: Sendable, Equatable {
                 settings.taskCompression = .some(nil)
                 return
             }
-            guard let method = KombuCompression(name: try field.string()) else {
-                throw field.fail("\(KombuCompression.supportedNames), by one of kombu's names")
-            }
-            settings.taskCompression = method
+            settings.taskCompression = try field.compression()
         }
         add(["result_compression", "CELERY_RESULT_COMPRESSION"]) { settings, field in
             guard !(field.value is NSNull) else { return }
-            guard let method = KombuCompression(name: try field.string()) else {
-                throw field.fail("\(KombuCompression.supportedNames), by one of kombu's names")
-            }
-            settings.resultCompression = method
+            settings.resultCompression = try field.compression()
         }
         add(["result_expires", "CELERY_TASK_RESULT_EXPIRES", "CELERY_RESULT_EXPIRES"]) {
             $0.resultExpires = $1.value is NSNull ? 0 : Int(try $1.seconds())
