@@ -190,6 +190,25 @@ def test_sighup_restarts_a_daemon_in_its_own_process_as_python_does(start_config
     assert pidfile.read_text() == f"{swift.proc.pid}\n"  # released before the restart, taken again after it
 
 
+def test_sighup_during_a_warm_shutdown_restarts_once_it_is_over_as_python_does(start_configured, make_app):
+    """Celery's SIGHUP handler registers its restart to run at exit, whatever stopped the worker: SIGHUP during a warm
+    shutdown lets the running task finish, then the same process runs the worker again. Beside a Python worker."""
+    workers = start_pair(start_configured, "hupwarm", {}, "-c", "1")
+    app = make_app()
+    for kind, worker in workers.items():
+        pid = worker.proc.pid
+        results, _ = send_and_signal(worker, app, f"hupwarm{kind}", 1, 1, [signal.SIGTERM, signal.SIGHUP])
+        assert results[0].get(timeout=10) == 1
+        worker.wait_for_log(" ready.", count=2)
+        assert worker.alive() and worker.proc.pid == pid, kind
+        assert answering(app, f"hupwarm{kind}@")
+        assert app.tasks["tasks.add"].apply_async((1, 1), queue=f"hupwarm{kind}").get(timeout=10) == 2
+    swift = workers["swift"]
+    assert "worker: Warm shutdown (MainProcess)" in swift.log
+    assert f"\nRestarting celery worker ({' '.join(swift.args)})\n" in swift.stdout
+    assert swift.stdout.count(" -------------- hupwarmswift@") == 2
+
+
 def test_sighup_with_a_terminal_shuts_down_warm(start_worker, make_app, broker_redis):
     """With a terminal, Celery leaves SIGHUP alone and dies of it when the terminal closes: the messages it held
     wait out the visibility timeout. The Swift worker shuts down warm and gives them back at once."""

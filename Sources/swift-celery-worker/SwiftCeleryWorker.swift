@@ -677,6 +677,8 @@ final class SignalWatcher: Service {
                 case .restart:
                     FileHandle.standardOutput.write(Data(ShutdownSignals.restartLine(arguments: CommandLine.arguments).utf8))
                     await group.withLock { $0 }?.triggerGracefulShutdown()
+                case .restartAfterShutdown:
+                    FileHandle.standardOutput.write(Data(ShutdownSignals.restartLine(arguments: CommandLine.arguments).utf8))
                 }
             }
             tasks.cancelAll()

@@ -42,20 +42,34 @@ struct ShutdownSignalsTests {
         #expect(quit.exitCode == 1)
     }
 
-    @Test("SIGHUP restarts a daemon after a warm shutdown; with a terminal it is a warm shutdown; once stopping, nothing")
+    @Test(
+        "SIGHUP restarts a daemon after a warm shutdown, or after the shutdown under way; with a terminal it is a warm shutdown, and nothing once stopping"
+    )
     func hangUp() {
         var daemon = ShutdownSignals(restartsOnHangUp: true)
         #expect(daemon.receive(.hangUp, busy: true) == (.restart, []))
         #expect(daemon.restarts && daemon.phase == .warm && daemon.exitCode == 0)
-        #expect(daemon.receive(.hangUp, busy: true) == (.none, []))
+        #expect(daemon.receive(.hangUp, busy: true) == (.restartAfterShutdown, []))
         #expect(daemon.receive(.quit, busy: false).0 == .cold)
+        #expect(daemon.restarts)
         var terminal = ShutdownSignals()
         #expect(terminal.receive(.hangUp, busy: true) == (.warm, ["worker: Warm shutdown (MainProcess)"]))
         #expect(!terminal.restarts && terminal.exitCode == 0)
+        #expect(terminal.receive(.hangUp, busy: true) == (.none, []))
+        #expect(!terminal.restarts)
+        // Celery's restart runs at exit, whatever stopped the worker: a warm, soft or cold shutdown goes on as it is.
         var stopping = ShutdownSignals(restartsOnHangUp: true)
         #expect(stopping.receive(.terminate, busy: true).0 == .warm)
-        #expect(stopping.receive(.hangUp, busy: true) == (.none, []))
-        #expect(!stopping.restarts)
+        #expect(stopping.receive(.hangUp, busy: true) == (.restartAfterShutdown, []))
+        #expect(stopping.restarts && stopping.phase == .warm && stopping.exitCode == 0)
+        var soft = ShutdownSignals(softTimeout: 5, restartsOnHangUp: true)
+        #expect(soft.receive(.quit, busy: true).0 == .soft(seconds: 5))
+        #expect(soft.receive(.hangUp, busy: true) == (.restartAfterShutdown, []))
+        #expect(soft.restarts && soft.phase == .soft)
+        var cold = ShutdownSignals(restartsOnHangUp: true)
+        #expect(cold.receive(.quit, busy: true).0 == .cold)
+        #expect(cold.receive(.hangUp, busy: true) == (.restartAfterShutdown, []))
+        #expect(cold.restarts && cold.phase == .cold)
         #expect(
             ShutdownSignals.restartLine(arguments: ["swift-celery-worker", "-n", "a@%h"])
                 == "\nRestarting celery worker (swift-celery-worker -n a@%h)\n")

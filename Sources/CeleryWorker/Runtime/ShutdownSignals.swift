@@ -14,8 +14,9 @@ import CeleryProtocol
 /// - `SIGHUP` restarts a worker whose standard output is not a terminal (a daemon): a warm shutdown, then the same
 ///   program again in the same process, as Celery's `install_worker_restart_handler`. With a terminal, Celery leaves
 ///   `SIGHUP` alone and dies of it when the terminal closes; here it is a warm shutdown, so the messages the worker
-///   holds go back to their queue at once instead of after the visibility timeout. Once a shutdown began, `SIGHUP`
-///   changes nothing.
+///   holds go back to their queue at once instead of after the visibility timeout. A daemon's `SIGHUP` during a
+///   shutdown lets that shutdown go on as it is (warm, soft or cold) and starts the worker again once it is over, as
+///   Celery's restart runs at exit whatever stopped the worker; with a terminal it changes nothing.
 public struct ShutdownSignals: Sendable {
     /// The signals Celery's worker handles for shutdown.
     public enum Signal: Sendable {
@@ -34,6 +35,8 @@ public struct ShutdownSignals: Sendable {
         case cold
         /// Print ``restartLine(arguments:)``, shut down warm, then start the worker again in this process.
         case restart
+        /// Print ``restartLine(arguments:)``; the shutdown under way goes on, then the worker starts again.
+        case restartAfterShutdown
     }
 
     /// Where the shutdown stands.
@@ -75,10 +78,14 @@ public struct ShutdownSignals: Sendable {
     /// and the lines Celery prints for the signal, in order.
     public mutating func receive(_ signal: Signal, busy: Bool) -> (Reaction, [String]) {
         if signal == .hangUp {
-            guard phase == .running else { return (.none, []) }
-            phase = .warm
-            guard restartsOnHangUp else { return (.warm, [Self.warmLine]) }
+            guard restartsOnHangUp else {
+                guard phase == .running else { return (.none, []) }
+                phase = .warm
+                return (.warm, [Self.warmLine])
+            }
             restarts = true
+            guard phase == .running else { return (.restartAfterShutdown, []) }
+            phase = .warm
             return (.restart, [])
         }
         let cold = signal == .quit || (signal == .terminate && termIsCold) || (signal == .interrupt && interrupted)
