@@ -188,6 +188,8 @@ def test_a_plain_connection_or_one_without_a_client_certificate_is_logged_and_re
      "SSL connection parameters have been provided but the specified URL scheme is redis://", True),
     ("rediss://localhost:{port}/0?ssl_cert_reqs=required&ssl_ca_certs=/nonexistent/ca.pem",
      "TLS: cannot read /nonexistent/ca.pem: No such file or directory", False),
+    ("rediss://localhost:{port}/0?ssl_cert_reqs=required&ssl_ca_data=nope",
+     "TLS: cannot load the certificate authorities of ssl_ca_data", False),
 ])
 def test_bad_tls_settings_stop_the_worker_at_start(tls_server, tls, backend, message, celery_says):
     backend = backend.format(port=tls_server.tls_port)
@@ -281,6 +283,30 @@ def test_sentinel_over_tls_to_the_sentinels_and_the_master(tls_sentinel, certifi
         assert refused.alive()
     finally:
         app.close()
+
+
+def test_certificate_authorities_given_as_text_as_redis_py_takes_them(tls, tls_server, certificates, start_worker,
+                                                                       tmp_path):
+    """redis-py's `ssl_ca_data`: the authorities' PEM text instead of a file, in `broker_use_ssl` and
+    `redis_backend_use_ssl`, given to the Swift worker and to Python's client alike. Another authority's text is
+    refused at the handshake, as a wrong `ssl_ca_certs` file is."""
+    def settings(authority):
+        return {"ssl_cert_reqs": "required", "ssl_ca_data": (certificates / f"{authority}.crt").read_text(),
+                "ssl_certfile": str(certificates / "client.crt"), "ssl_keyfile": str(certificates / "client.key")}
+
+    plain = lambda db: f"redis://localhost:{tls_server.tls_port}/{db}"  # noqa: E731
+    for name, authority in (("good", "ca"), ("other", "other-ca")):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(json.dumps({"broker_use_ssl": settings(authority), "redis_backend_use_ssl": settings(authority)}))
+        worker = start_worker("--config", str(config), "-Q", name, broker=plain(1), backend=plain(0),
+                              ready=authority == "ca")
+    worker.wait_for_log("certificate verify failed", timeout=20)
+    assert worker.alive() and " ready." not in worker.log
+    app = client(plain(1), tls(0))
+    app.conf.broker_use_ssl = settings("ca")
+    assert app.send_task("tasks.mul", (6, 7), queue="good").get(timeout=10) == 42
+    (stats,) = app.control.inspect(timeout=1, destination=None).stats().values()
+    assert stats["broker"]["ssl"]["ssl_ca_data"] == settings("ca")["ssl_ca_data"]
 
 
 def test_an_encrypted_key_ciphers_and_a_minimum_version_as_redis_py_takes_them(tls, tls_server, certificates,

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -48,6 +49,12 @@ static struct {
     __typeof__(ERR_peek_last_error) *ERR_peek_last_error;
     __typeof__(ERR_error_string_n) *ERR_error_string_n;
     __typeof__(ERR_clear_error) *ERR_clear_error;
+    __typeof__(BIO_new_mem_buf) *BIO_new_mem_buf;
+    __typeof__(BIO_free) *BIO_free;
+    __typeof__(PEM_read_bio_X509) *PEM_read_bio_X509;
+    __typeof__(X509_free) *X509_free;
+    __typeof__(SSL_CTX_get_cert_store) *SSL_CTX_get_cert_store;
+    __typeof__(X509_STORE_add_cert) *X509_STORE_add_cert;
 } openssl;
 
 static pthread_once_t loading = PTHREAD_ONCE_INIT;
@@ -72,6 +79,8 @@ static void load(void) {
     FIND(X509_VERIFY_PARAM_set1_ip_asc) FIND(SSL_connect) FIND(SSL_get_verify_result)
     FIND(X509_verify_cert_error_string) FIND(SSL_get_error) FIND(SSL_read) FIND(SSL_write) FIND(SSL_pending)
     FIND(SSL_shutdown) FIND(ERR_peek_last_error) FIND(ERR_error_string_n) FIND(ERR_clear_error)
+    FIND(BIO_new_mem_buf) FIND(BIO_free) FIND(PEM_read_bio_X509) FIND(X509_free) FIND(SSL_CTX_get_cert_store)
+    FIND(X509_STORE_add_cert)
 #undef FIND
 }
 
@@ -99,9 +108,34 @@ static int give_password(char *buffer, int size, int writing, void *password) {
     return (int)length;
 }
 
-copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *certificate,
-                                       const char *key, const char *password, const char *ciphers, int min_version,
-                                       char *error, size_t size) {
+/* Adds the PEM certificates of `pem` to the context's trusted authorities, as Python's `load_verify_locations(cadata=…)`
+ * reads a string: at least one, and nothing but certificates. Returns 1, or 0 with OpenSSL's reason queued. */
+static int add_authorities(SSL_CTX *context, const char *pem) {
+    BIO *bio = openssl.BIO_new_mem_buf(pem, -1);
+    if (bio == NULL) return 0;
+    X509_STORE *store = openssl.SSL_CTX_get_cert_store(context);
+    int added = 0;
+    X509 *certificate;
+    while ((certificate = openssl.PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        int stored = openssl.X509_STORE_add_cert(store, certificate);
+        openssl.X509_free(certificate);
+        if (stored != 1) {
+            openssl.BIO_free(bio);
+            return 0;
+        }
+        added++;
+    }
+    openssl.BIO_free(bio);
+    /* The read that ends the loop queues "no start line" at the end of the text: the expected end, once one was read. */
+    unsigned long last = openssl.ERR_peek_last_error();
+    if (added == 0 || ERR_GET_LIB(last) != ERR_LIB_PEM || ERR_GET_REASON(last) != PEM_R_NO_START_LINE) return 0;
+    openssl.ERR_clear_error();
+    return 1;
+}
+
+copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *ca_data,
+                                       const char *certificate, const char *key, const char *password,
+                                       const char *ciphers, int min_version, char *error, size_t size) {
     pthread_once(&loading, load);
     if (load_failure[0] != '\0') {
         snprintf(error, size, "%s", load_failure);
@@ -133,7 +167,12 @@ copenssl_context *copenssl_context_new(int verify, const char *ca_file, const ch
                      ca_file && ca_path ? " and " : "", ca_path ? ca_path : "");
             goto failed;
         }
-    } else if (verify == COPENSSL_VERIFY_PEER) {
+    }
+    if (ca_data != NULL && !add_authorities(context, ca_data)) {
+        snprintf(doing, sizeof(doing), "cannot load the certificate authorities of ssl_ca_data");
+        goto failed;
+    }
+    if (ca_file == NULL && ca_path == NULL && ca_data == NULL && verify == COPENSSL_VERIFY_PEER) {
         openssl.SSL_CTX_set_default_verify_paths(context);
     }
     if (certificate != NULL) {

@@ -133,6 +133,15 @@ struct RedisURLTests {
         var merged = try RedisURL(parsing: "rediss://h/0?ssl_ca_certs=/other.pem")
         #expect(try merged.settleBackendTLS(configured: configured) == nil)
         #expect(merged.tls == RedisTLS(certificateRequirement: .required, caCertificates: "/other.pem"))
+        // Every setting of the URL is laid over the configured ones, the newest too.
+        var everything = try RedisURL(
+            parsing: "rediss://h/0?ssl_ca_data=PEM&ssl_password=pw&ssl_ciphers=HIGH&ssl_min_version=TLSv1_3&ssl_check_hostname=false")
+        #expect(try everything.settleBackendTLS(configured: configured) == nil)
+        #expect(
+            everything.tls
+                == RedisTLS(
+                    certificateRequirement: .required, caCertificates: "/ca.pem", checkHostname: false, password: "pw", ciphers: "HIGH",
+                    minimumVersion: 772, caData: "PEM"))
         var byConfig = try RedisURL(parsing: "redis://h/0")
         _ = try byConfig.settleBackendTLS(configured: configured)
         #expect(byConfig.tls == configured)

@@ -14,14 +14,15 @@ typedef struct copenssl_session copenssl_session;
  * for a client). */
 enum { COPENSSL_VERIFY_NONE = 0, COPENSSL_VERIFY_PEER = 1 };
 
-/* A client context. `ca_file` / `ca_path` (either may be NULL) replace the system's authorities when given;
+/* A client context. `ca_file` / `ca_path` / `ca_data` (any may be NULL; `ca_data` is PEM text of one or more
+ * certificates) replace the system's authorities when given;
  * `certificate` / `key` (NULL: none; the key defaults to the certificate's file) are the client's, and `password`
  * (NULL: none) the passphrase of an encrypted key, which is never asked for on a terminal. `ciphers` (NULL: OpenSSL's
  * default) is an OpenSSL cipher list for TLS 1.2 and older; `min_version` (0: OpenSSL's default) the lowest protocol
  * version, by OpenSSL's numbers (TLS 1.2 is 0x0303), which are Python's `ssl.TLSVersion` values too. */
-copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *certificate,
-                                       const char *key, const char *password, const char *ciphers, int min_version,
-                                       char *error, size_t size);
+copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *ca_data,
+                                       const char *certificate, const char *key, const char *password,
+                                       const char *ciphers, int min_version, char *error, size_t size);
 void copenssl_context_free(copenssl_context *context);
 
 /* Runs the handshake on `socket` (blocking, within the socket's timeouts) with `host`, whose name or IP address the

@@ -32,11 +32,14 @@ public struct RedisTLS: Sendable, Hashable {
     /// does, a result backend refuses it as Celery does, and elsewhere it is ``CertificateRequirement/required``, as
     /// in redis-py).
     public var certificateRequirement: CertificateRequirement?
-    /// `ssl_ca_certs`: a PEM file of the certificate authorities to trust; the system's when neither it nor
-    /// ``caPath`` is given.
+    /// `ssl_ca_certs`: a PEM file of the certificate authorities to trust; the system's when none of it, ``caPath``
+    /// and ``caData`` is given.
     public var caCertificates: String?
     /// `ssl_ca_path`: a directory of hashed certificate authority files.
     public var caPath: String?
+    /// `ssl_ca_data`: the certificate authorities themselves, as PEM text of one or more certificates (redis-py also
+    /// takes DER bytes, which neither a URL nor the configuration file can carry).
+    public var caData: String?
     /// `ssl_certfile`: the client's certificate (PEM), for servers that ask for one (Redis's `tls-auth-clients`).
     public var certificateFile: String?
     /// `ssl_keyfile`: the client's private key (PEM); the certificate file's when not given.
@@ -56,7 +59,7 @@ public struct RedisTLS: Sendable, Hashable {
     public init(
         certificateRequirement: CertificateRequirement? = nil, caCertificates: String? = nil, caPath: String? = nil,
         certificateFile: String? = nil, keyFile: String? = nil, checkHostname: Bool? = nil, password: String? = nil,
-        ciphers: String? = nil, minimumVersion: Int? = nil
+        ciphers: String? = nil, minimumVersion: Int? = nil, caData: String? = nil
     ) {
         self.certificateRequirement = certificateRequirement
         self.caCertificates = caCertificates
@@ -67,6 +70,7 @@ public struct RedisTLS: Sendable, Hashable {
         self.password = password
         self.ciphers = ciphers
         self.minimumVersion = minimumVersion
+        self.caData = caData
     }
 
     /// Python's `ssl.TLSVersion` members that name a version, by name (also as `TLSVersion.X` and
@@ -81,7 +85,8 @@ public struct RedisTLS: Sendable, Hashable {
             shown["ssl_cert_reqs"] = .int(certificateRequirement == .none ? 0 : certificateRequirement == .optional ? 1 : 2)
         }
         for (name, value) in [
-            ("ssl_ca_certs", caCertificates), ("ssl_ca_path", caPath), ("ssl_certfile", certificateFile), ("ssl_keyfile", keyFile),
+            ("ssl_ca_certs", caCertificates), ("ssl_ca_path", caPath), ("ssl_ca_data", caData), ("ssl_certfile", certificateFile),
+            ("ssl_keyfile", keyFile),
         ] {
             if let value { shown[name] = .string(value) }
         }
@@ -94,7 +99,7 @@ public struct RedisTLS: Sendable, Hashable {
 
     /// The names of the settings, as redis-py's keyword arguments.
     public static let settingNames: Set<String> = [
-        "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname",
+        "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname",
         "ssl_password", "ssl_ciphers", "ssl_min_version",
     ]
 
@@ -111,6 +116,7 @@ public struct RedisTLS: Sendable, Hashable {
             certificateRequirement = requirement
         case "ssl_ca_certs": caCertificates = value
         case "ssl_ca_path": caPath = value
+        case "ssl_ca_data": caData = value
         case "ssl_certfile": certificateFile = value
         case "ssl_keyfile": keyFile = value
         case "ssl_check_hostname":
@@ -179,7 +185,7 @@ final class TLSContext: @unchecked Sendable {
         let verify = settings.requirement == .none ? COPENSSL_VERIFY_NONE : COPENSSL_VERIFY_PEER
         let made = Self.withErrorText { error, size in
             copenssl_context_new(
-                Int32(verify), settings.caCertificates, settings.caPath, settings.certificateFile, settings.keyFile,
+                Int32(verify), settings.caCertificates, settings.caPath, settings.caData, settings.certificateFile, settings.keyFile,
                 settings.password, settings.ciphers, Int32(settings.minimumVersion ?? 0), error, size)
         }
         guard let context = made.result else {
@@ -223,7 +229,8 @@ extension RedisTLS {
             caCertificates: other.caCertificates ?? caCertificates, caPath: other.caPath ?? caPath,
             certificateFile: other.certificateFile ?? certificateFile, keyFile: other.keyFile ?? keyFile,
             checkHostname: other.checkHostname ?? checkHostname, password: other.password ?? password,
-            ciphers: other.ciphers ?? ciphers, minimumVersion: other.minimumVersion ?? minimumVersion)
+            ciphers: other.ciphers ?? ciphers, minimumVersion: other.minimumVersion ?? minimumVersion,
+            caData: other.caData ?? caData)
     }
 }
 
