@@ -6,7 +6,7 @@
 # order of scripts/release-order.txt (written by scripts/release-order.py; every Swift function in a section of its
 # own, `-function-sections`, so each can be placed). The kernel maps a binary's code 64 kB around each page touched,
 # so code the worker runs, scattered over 20 MB, kept most of .text resident. The binary then only needs glibc 2.36
-# or later (Debian 12, Ubuntu 24.04), libhiredis, libmsgpackc, zlib, libbz2 and liblzma (and, loaded when first asked for, libssl3, libbrotli1 and libzstd1), and a loaded worker's RSS is about 15 MB (about
+# or later (Debian 12, Ubuntu 24.04), libhiredis, libmsgpackc, zlib, libbz2 and liblzma (and, loaded when first asked for, libssl3, libbrotli1 and libzstd1), and a loaded worker's RSS is about 16 MB (about
 # 20 MB without the last two steps, 30 MB with the Swift runtime as shared libraries).
 #   scripts/build-release.sh                 # .build/release/swift-celery-worker
 #   scripts/build-release.sh --product codec-benchmark
