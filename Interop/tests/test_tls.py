@@ -2,6 +2,7 @@
 against a real `redis-server` that speaks only TLS to its clients and asks each for a certificate. Python's Celery
 client and worker on one side, the Swift worker on the other."""
 import gc
+import inspect
 import json
 import re
 import shutil
@@ -307,6 +308,23 @@ def test_certificate_authorities_given_as_text_as_redis_py_takes_them(tls, tls_s
     assert app.send_task("tasks.mul", (6, 7), queue="good").get(timeout=10) == 42
     (stats,) = app.control.inspect(timeout=1, destination=None).stats().values()
     assert stats["broker"]["ssl"]["ssl_ca_data"] == settings("ca")["ssl_ca_data"]
+
+
+def test_verify_flags_as_redis_py_takes_them(tls, start_worker):
+    """redis-py's `ssl_include_verify_flags` and `ssl_exclude_verify_flags` (Python's `ssl.VerifyFlags`): checking
+    the server certificate against revocation lists, with none loaded, fails the handshake for Python's client and the
+    Swift worker alike; excluded again, it passes."""
+    crl = "VERIFY_CRL_CHECK_LEAF"
+    refused = start_worker("-Q", "crl", broker=tls(1, ssl_include_verify_flags=crl), backend=tls(0), ready=False)
+    refused.wait_for_log("unable to get certificate CRL", timeout=20)
+    assert refused.alive() and " ready." not in refused.log
+    start_worker("-Q", "nocrl", broker=tls(1, ssl_include_verify_flags=f"[{crl}]", ssl_exclude_verify_flags=crl),
+                 backend=tls(0))
+    app = client(tls(1), tls(0))
+    assert app.send_task("tasks.add", (1, 2), queue="nocrl").get(timeout=20) == 3
+    if "ssl_include_verify_flags" in inspect.signature(redis_lib.connection.SSLConnection.__init__).parameters:
+        with pytest.raises(redis_lib.exceptions.ConnectionError, match="unable to get certificate CRL"):
+            redis_lib.Redis.from_url(tls(1, ssl_include_verify_flags=crl)).ping()
 
 
 def test_an_encrypted_key_ciphers_and_a_minimum_version_as_redis_py_takes_them(tls, tls_server, certificates,

@@ -55,6 +55,9 @@ static struct {
     __typeof__(X509_free) *X509_free;
     __typeof__(SSL_CTX_get_cert_store) *SSL_CTX_get_cert_store;
     __typeof__(X509_STORE_add_cert) *X509_STORE_add_cert;
+    __typeof__(SSL_CTX_get0_param) *SSL_CTX_get0_param;
+    __typeof__(X509_VERIFY_PARAM_set_flags) *X509_VERIFY_PARAM_set_flags;
+    __typeof__(X509_VERIFY_PARAM_clear_flags) *X509_VERIFY_PARAM_clear_flags;
 } openssl;
 
 static pthread_once_t loading = PTHREAD_ONCE_INIT;
@@ -80,7 +83,8 @@ static void load(void) {
     FIND(X509_verify_cert_error_string) FIND(SSL_get_error) FIND(SSL_read) FIND(SSL_write) FIND(SSL_pending)
     FIND(SSL_shutdown) FIND(ERR_peek_last_error) FIND(ERR_error_string_n) FIND(ERR_clear_error)
     FIND(BIO_new_mem_buf) FIND(BIO_free) FIND(PEM_read_bio_X509) FIND(X509_free) FIND(SSL_CTX_get_cert_store)
-    FIND(X509_STORE_add_cert)
+    FIND(X509_STORE_add_cert) FIND(SSL_CTX_get0_param) FIND(X509_VERIFY_PARAM_set_flags)
+    FIND(X509_VERIFY_PARAM_clear_flags)
 #undef FIND
 }
 
@@ -135,7 +139,8 @@ static int add_authorities(SSL_CTX *context, const char *pem) {
 
 copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *ca_data,
                                        const char *certificate, const char *key, const char *password,
-                                       const char *ciphers, int min_version, char *error, size_t size) {
+                                       const char *ciphers, int min_version, unsigned long include_flags,
+                                       unsigned long exclude_flags, char *error, size_t size) {
     pthread_once(&loading, load);
     if (load_failure[0] != '\0') {
         snprintf(error, size, "%s", load_failure);
@@ -172,6 +177,10 @@ copenssl_context *copenssl_context_new(int verify, const char *ca_file, const ch
         snprintf(doing, sizeof(doing), "cannot load the certificate authorities of ssl_ca_data");
         goto failed;
     }
+    /* As Python's `verify_flags |= flag` for each included flag, then `&= ~flag` for each excluded one. */
+    X509_VERIFY_PARAM *parameters = openssl.SSL_CTX_get0_param(context);
+    if (include_flags != 0) openssl.X509_VERIFY_PARAM_set_flags(parameters, include_flags);
+    if (exclude_flags != 0) openssl.X509_VERIFY_PARAM_clear_flags(parameters, exclude_flags);
     if (ca_file == NULL && ca_path == NULL && ca_data == NULL && verify == COPENSSL_VERIFY_PEER) {
         openssl.SSL_CTX_set_default_verify_paths(context);
     }

@@ -135,13 +135,22 @@ struct RedisURLTests {
         #expect(merged.tls == RedisTLS(certificateRequirement: .required, caCertificates: "/other.pem"))
         // Every setting of the URL is laid over the configured ones, the newest too.
         var everything = try RedisURL(
-            parsing: "rediss://h/0?ssl_ca_data=PEM&ssl_password=pw&ssl_ciphers=HIGH&ssl_min_version=TLSv1_3&ssl_check_hostname=false")
+            parsing: "rediss://h/0?ssl_ca_data=PEM&ssl_password=pw&ssl_ciphers=HIGH&ssl_min_version=TLSv1_3&ssl_check_hostname=false"
+                + "&ssl_include_verify_flags=VERIFY_X509_STRICT&ssl_exclude_verify_flags=VERIFY_X509_PARTIAL_CHAIN")
         #expect(try everything.settleBackendTLS(configured: configured) == nil)
         #expect(
             everything.tls
                 == RedisTLS(
                     certificateRequirement: .required, caCertificates: "/ca.pem", checkHostname: false, password: "pw", ciphers: "HIGH",
-                    minimumVersion: 772, caData: "PEM"))
+                    minimumVersion: 772, caData: "PEM", includeVerifyFlags: 0x20, excludeVerifyFlags: 0x80000))
+        // redis-py's URL form of verify flags: names, comma-separated, brackets allowed; ssl.VerifyFlags.X and values too.
+        for (text, flags) in [
+            ("VERIFY_X509_STRICT, VERIFY_X509_PARTIAL_CHAIN", 0x80020), ("[VERIFY_CRL_CHECK_LEAF]", 4),
+            ("ssl.VerifyFlags.VERIFY_CRL_CHECK_CHAIN", 12), ("32", 32),
+        ] {
+            #expect(try RedisURL(parsing: "rediss://h/0?ssl_include_verify_flags=\(text)").tls?.includeVerifyFlags == flags)
+        }
+        #expect(throws: CeleryWorkerError.self) { try RedisURL(parsing: "rediss://h/0?ssl_exclude_verify_flags=VERIFY_NOPE") }
         var byConfig = try RedisURL(parsing: "redis://h/0")
         _ = try byConfig.settleBackendTLS(configured: configured)
         #expect(byConfig.tls == configured)

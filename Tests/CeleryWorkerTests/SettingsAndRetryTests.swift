@@ -156,9 +156,15 @@ struct CelerySettingsTests {
               ssl_cert_reqs: 2
               ssl_ca_certs: /ca.pem
               ssl_check_hostname: false
+              ssl_include_verify_flags: [VERIFY_X509_STRICT, VERIFY_X509_PARTIAL_CHAIN]
+              ssl_exclude_verify_flags: VERIFY_X509_TRUSTED_FIRST
             CELERY_REDIS_BACKEND_USE_SSL: {ssl_cert_reqs: CERT_OPTIONAL, ssl_certfile: /c.pem, ssl_keyfile: /k.pem}
             """, source: "t.yaml")
-        #expect(settings.brokerTLS == RedisTLS(certificateRequirement: .required, caCertificates: "/ca.pem", checkHostname: false))
+        #expect(
+            settings.brokerTLS
+                == RedisTLS(
+                    certificateRequirement: .required, caCertificates: "/ca.pem", checkHostname: false, includeVerifyFlags: 0x80020,
+                    excludeVerifyFlags: 0x8000))
         #expect(settings.backendTLS == RedisTLS(certificateRequirement: .optional, certificateFile: "/c.pem", keyFile: "/k.pem"))
         #expect(settings.warnings.isEmpty)
         let flags = try CelerySettings.parse("broker_use_ssl: true\nredis_backend_use_ssl: false", source: "t.yaml")

@@ -19,10 +19,13 @@ enum { COPENSSL_VERIFY_NONE = 0, COPENSSL_VERIFY_PEER = 1 };
  * `certificate` / `key` (NULL: none; the key defaults to the certificate's file) are the client's, and `password`
  * (NULL: none) the passphrase of an encrypted key, which is never asked for on a terminal. `ciphers` (NULL: OpenSSL's
  * default) is an OpenSSL cipher list for TLS 1.2 and older; `min_version` (0: OpenSSL's default) the lowest protocol
- * version, by OpenSSL's numbers (TLS 1.2 is 0x0303), which are Python's `ssl.TLSVersion` values too. */
+ * version, by OpenSSL's numbers (TLS 1.2 is 0x0303), which are Python's `ssl.TLSVersion` values too.
+ * `include_flags` and `exclude_flags` (X509_V_FLAG_*, Python's `ssl.VerifyFlags` values) are set, then cleared, on
+ * the certificate checks. */
 copenssl_context *copenssl_context_new(int verify, const char *ca_file, const char *ca_path, const char *ca_data,
                                        const char *certificate, const char *key, const char *password,
-                                       const char *ciphers, int min_version, char *error, size_t size);
+                                       const char *ciphers, int min_version, unsigned long include_flags,
+                                       unsigned long exclude_flags, char *error, size_t size);
 void copenssl_context_free(copenssl_context *context);
 
 /* Runs the handshake on `socket` (blocking, within the socket's timeouts) with `host`, whose name or IP address the

@@ -40,6 +40,11 @@ public struct RedisTLS: Sendable, Hashable {
     /// `ssl_ca_data`: the certificate authorities themselves, as PEM text of one or more certificates (redis-py also
     /// takes DER bytes, which neither a URL nor the configuration file can carry).
     public var caData: String?
+    /// `ssl_include_verify_flags`: Python's `ssl.VerifyFlags` added to the certificate checks, by value (their
+    /// names are read by ``set(_:to:)``).
+    public var includeVerifyFlags: Int?
+    /// `ssl_exclude_verify_flags`: the flags taken away, after those added.
+    public var excludeVerifyFlags: Int?
     /// `ssl_certfile`: the client's certificate (PEM), for servers that ask for one (Redis's `tls-auth-clients`).
     public var certificateFile: String?
     /// `ssl_keyfile`: the client's private key (PEM); the certificate file's when not given.
@@ -59,7 +64,8 @@ public struct RedisTLS: Sendable, Hashable {
     public init(
         certificateRequirement: CertificateRequirement? = nil, caCertificates: String? = nil, caPath: String? = nil,
         certificateFile: String? = nil, keyFile: String? = nil, checkHostname: Bool? = nil, password: String? = nil,
-        ciphers: String? = nil, minimumVersion: Int? = nil, caData: String? = nil
+        ciphers: String? = nil, minimumVersion: Int? = nil, caData: String? = nil, includeVerifyFlags: Int? = nil,
+        excludeVerifyFlags: Int? = nil
     ) {
         self.certificateRequirement = certificateRequirement
         self.caCertificates = caCertificates
@@ -71,11 +77,36 @@ public struct RedisTLS: Sendable, Hashable {
         self.ciphers = ciphers
         self.minimumVersion = minimumVersion
         self.caData = caData
+        self.includeVerifyFlags = includeVerifyFlags
+        self.excludeVerifyFlags = excludeVerifyFlags
     }
 
     /// Python's `ssl.TLSVersion` members that name a version, by name (also as `TLSVersion.X` and
     /// `ssl.TLSVersion.X`) with their values.
     static let versions = ["TLSv1": 769, "TLSv1_1": 770, "TLSv1_2": 771, "TLSv1_3": 772]
+
+    /// Python's `ssl.VerifyFlags`, by name, with their values (OpenSSL's `X509_V_FLAG_*`).
+    static let verifyFlags = [
+        "VERIFY_DEFAULT": 0, "VERIFY_CRL_CHECK_LEAF": 0x4, "VERIFY_CRL_CHECK_CHAIN": 0xC, "VERIFY_X509_STRICT": 0x20,
+        "VERIFY_ALLOW_PROXY_CERTS": 0x40, "VERIFY_X509_TRUSTED_FIRST": 0x8000, "VERIFY_X509_PARTIAL_CHAIN": 0x80000,
+    ]
+
+    /// Verify flags as redis-py's URL parser reads them (`VERIFY_X509_STRICT, VERIFY_X509_PARTIAL_CHAIN`, brackets
+    /// allowed), also as `ssl.VerifyFlags.X` or by value; `nil` when one is not a flag.
+    static func verifyFlags(_ text: String) -> Int? {
+        var flags = 0
+        let around: Set<Character> = [" ", "[", "]", "'", "\""]
+        for item in text.split(separator: ",") {
+            var cut = item
+            while let first = cut.first, around.contains(first) { cut.removeFirst() }
+            while let last = cut.last, around.contains(last) { cut.removeLast() }
+            let given = String(cut)
+            let name = given.split(separator: ".").last.map(String.init) ?? given
+            guard let flag = Self.verifyFlags[name] ?? Int(given).flatMap({ $0 >= 0 ? $0 : nil }) else { return nil }
+            flags |= flag
+        }
+        return flags
+    }
 
     /// The settings as kombu's `Connection.info()` shows them (`inspect stats`): those given, `ssl_cert_reqs` as
     /// Python's `ssl.CERT_*` number.
@@ -94,13 +125,16 @@ public struct RedisTLS: Sendable, Hashable {
         if password != nil { shown["ssl_password"] = "**" }  // Python would show it
         if let ciphers { shown["ssl_ciphers"] = .string(ciphers) }
         if let minimumVersion { shown["ssl_min_version"] = .int(Int64(minimumVersion)) }
+        for (name, flags) in [("ssl_include_verify_flags", includeVerifyFlags), ("ssl_exclude_verify_flags", excludeVerifyFlags)] {
+            if let flags { shown[name] = .int(Int64(flags)) }
+        }
         return shown
     }
 
     /// The names of the settings, as redis-py's keyword arguments.
     public static let settingNames: Set<String> = [
         "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname",
-        "ssl_password", "ssl_ciphers", "ssl_min_version",
+        "ssl_password", "ssl_ciphers", "ssl_min_version", "ssl_include_verify_flags", "ssl_exclude_verify_flags",
     ]
 
     /// Sets one setting from its text (a URL's query parameter or a config file's value).
@@ -130,6 +164,13 @@ public struct RedisTLS: Sendable, Hashable {
                 throw invalid("one of Python's ssl.TLSVersion: TLSv1, TLSv1_1, TLSv1_2 or TLSv1_3 (or 769 to 772)")
             }
             minimumVersion = version
+        case "ssl_include_verify_flags", "ssl_exclude_verify_flags":
+            guard let flags = Self.verifyFlags(value) else {
+                throw invalid(
+                    "Python's ssl.VerifyFlags, comma-separated: "
+                        + Self.verifyFlags.keys.sorted().joined(separator: ", "))
+            }
+            if name == "ssl_include_verify_flags" { includeVerifyFlags = flags } else { excludeVerifyFlags = flags }
         default:
             throw CeleryWorkerError(
                 code: .invalidConfiguration,
@@ -186,7 +227,8 @@ final class TLSContext: @unchecked Sendable {
         let made = Self.withErrorText { error, size in
             copenssl_context_new(
                 Int32(verify), settings.caCertificates, settings.caPath, settings.caData, settings.certificateFile, settings.keyFile,
-                settings.password, settings.ciphers, Int32(settings.minimumVersion ?? 0), error, size)
+                settings.password, settings.ciphers, Int32(settings.minimumVersion ?? 0), UInt(settings.includeVerifyFlags ?? 0),
+                UInt(settings.excludeVerifyFlags ?? 0), error, size)
         }
         guard let context = made.result else {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "TLS: \(made.error)")
@@ -230,7 +272,8 @@ extension RedisTLS {
             certificateFile: other.certificateFile ?? certificateFile, keyFile: other.keyFile ?? keyFile,
             checkHostname: other.checkHostname ?? checkHostname, password: other.password ?? password,
             ciphers: other.ciphers ?? ciphers, minimumVersion: other.minimumVersion ?? minimumVersion,
-            caData: other.caData ?? caData)
+            caData: other.caData ?? caData, includeVerifyFlags: other.includeVerifyFlags ?? includeVerifyFlags,
+            excludeVerifyFlags: other.excludeVerifyFlags ?? excludeVerifyFlags)
     }
 }
 

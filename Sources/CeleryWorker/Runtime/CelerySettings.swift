@@ -884,6 +884,8 @@ extension CelerySettings.Field {
             case let flag as Bool: text = flag ? "true" : "false"
             case let number as Int: text = String(number)
             case let string as String: text = string
+            // redis-py's verify flags are a list.
+            case let list as [Any]: text = list.map { "\($0)" }.joined(separator: ",")
             default: throw fail("a mapping whose \(name) is a string")
             }
             do {
