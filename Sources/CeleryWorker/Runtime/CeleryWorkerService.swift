@@ -167,7 +167,18 @@ public final class CeleryWorkerService: Service {
     ///
     /// In a process-pool child (``isPoolChild``) it runs the child's job loop instead, until the worker that
     /// started it closes its pipe.
+    ///
+    /// Throws ``CeleryWorkerError`` before taking any work when `task_compression` or `result_compression` names a
+    /// compression whose library this machine lacks (the configuration file's reader checks it too; a configuration
+    /// built in Swift is checked here).
     public func run() async throws {
+        for method in [configuration.taskCompression, configuration.resultCompression].compactMap({ $0 }) {
+            do throws(CeleryProtocolError) {
+                try method.checkAvailable()
+            } catch {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: error.message)
+            }
+        }
         if Self.isPoolChild {
             await PoolChild(registry: registry, configuration: configuration, logger: logger, client: client).run()
             return
