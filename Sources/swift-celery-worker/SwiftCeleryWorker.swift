@@ -674,11 +674,9 @@ final class SignalWatcher: Service {
                     await group.withLock { $0 }?.triggerGracefulShutdown()
                 case .cold:
                     throw ColdShutdown()
-                case .restart:
+                case .restart, .restartAfterShutdown:
                     FileHandle.standardOutput.write(Data(ShutdownSignals.restartLine(arguments: CommandLine.arguments).utf8))
-                    await group.withLock { $0 }?.triggerGracefulShutdown()
-                case .restartAfterShutdown:
-                    FileHandle.standardOutput.write(Data(ShutdownSignals.restartLine(arguments: CommandLine.arguments).utf8))
+                    if reaction == .restart { await group.withLock { $0 }?.triggerGracefulShutdown() }
                 }
             }
             tasks.cancelAll()

@@ -84,11 +84,7 @@ struct CanvasSender: Sendable {
                 throw CeleryWorkerError(
                     code: .invalidConfiguration, message: "unknown compression '\(name)': \(KombuCompression.supportedNames)")
             }
-            do throws(CeleryProtocolError) {
-                try method.checkAvailable()
-            } catch {
-                throw CeleryWorkerError(code: .invalidConfiguration, message: error.message)
-            }
+            try method.requireAvailable()
             send.compression = method
         default: send.compression = compression
         }
@@ -285,5 +281,17 @@ struct CanvasSender: Sendable {
     static func signatureList(_ value: CeleryValue?) -> CeleryValue {
         let signatures = Signature.list(value)
         return signatures.isEmpty ? .null : .array(signatures.map(\.value))
+    }
+}
+
+extension KombuCompression {
+    /// ``checkAvailable()`` as a configuration error, `context` (a setting's name, say) before its message: for where a
+    /// setting or an option chooses the method the worker will compress with.
+    func requireAvailable(for context: String? = nil) throws(CeleryWorkerError) {
+        do throws(CeleryProtocolError) {
+            try checkAvailable()
+        } catch {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: context.map { "\($0): \(error.message)" } ?? error.message)
+        }
     }
 }

@@ -297,11 +297,7 @@ public struct CelerySettings: Sendable, Equatable {
             guard let method = KombuCompression(name: try string()) else {
                 throw fail("\(KombuCompression.supportedNames), by one of kombu's names")
             }
-            do throws(CeleryProtocolError) {
-                try method.checkAvailable()
-            } catch {
-                throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': \(error.message)")
-            }
+            try method.requireAvailable(for: "\(source): setting '\(key)'")
             return method
         }
 

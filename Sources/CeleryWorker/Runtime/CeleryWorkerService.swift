@@ -173,11 +173,7 @@ public final class CeleryWorkerService: Service {
     /// built in Swift is checked here).
     public func run() async throws {
         for method in [configuration.taskCompression, configuration.resultCompression].compactMap({ $0 }) {
-            do throws(CeleryProtocolError) {
-                try method.checkAvailable()
-            } catch {
-                throw CeleryWorkerError(code: .invalidConfiguration, message: error.message)
-            }
+            try method.requireAvailable()
         }
         if Self.isPoolChild {
             await PoolChild(registry: registry, configuration: configuration, logger: logger, client: client).run()
