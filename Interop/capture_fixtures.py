@@ -8,6 +8,12 @@ For every message it writes `<name>.message.json` (the exact bytes kombu pushed 
 form of typed.py, plus headers and delivery fields). For results it writes `<name>.result.<json|msgpack>` (the exact
 bytes Celery's Redis backend stored) and `<name>.result-expected.json`; results that Celery 5.7's
 `result_compression` compressed are `<name>.compressed.bin` with `<name>.compressed-expected.json`.
+
+Messages that Celery's `auth` serializer signed (`signed-*`) come with the key and certificates they need:
+`signing-key.pem` and `signing-certificate.pem` (which signed them, valid for a century), `signing-other-*.pem` (a
+certificate that did not) and `signing-expired-certificate.pem` (one that expired in 2001), made when they are missing.
+Run with Celery 5.3 (`.venv-celery53`), the signed messages are `signed-celery54-*`: Celery 5.4 and earlier lay them
+out otherwise.
 """
 import base64
 import uuid
@@ -81,7 +87,8 @@ def expected_for(raw):
     if env["headers"].get("compression"):
         body = decompress(body, env["headers"]["compression"])
     decoded = loads(body, env["content-type"], env["content-encoding"], accept={"application/json",
-                                                                                 "application/x-msgpack"})
+                                                                                 "application/x-msgpack",
+                                                                                 "application/data"})
     headers = env["headers"]
     if "task" in headers:
         args, kwargs, embed = decoded
@@ -147,6 +154,67 @@ def capture_messages(redis_proc):
         save_message(f"v1-{serializer}-add-zlib", pop_one(r))
 
 
+def make_certificate(name, not_before, not_after, key=None):
+    """A self-signed RSA certificate (and its key), as `openssl req -x509` makes one, with these validity bounds."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Swift Celery Fixtures"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(not_before)
+                   .not_valid_after(not_after).sign(key, hashes.SHA256()))
+    return key, certificate
+
+
+def write_pem(name, key=None, certificate=None):
+    from cryptography.hazmat.primitives import serialization
+
+    if key is not None:
+        (OUT / f"{name}-key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    (OUT / f"{name}-certificate.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def capture_signed_messages(redis_proc):
+    from celery.security.serialization import register_auth
+
+    # Celery 5.4 and earlier lay signed bodies out otherwise (`signed-celery54-*`, captured with Celery 5.3).
+    prefix = "signed-" if celery.VERSION >= (5, 5) else "signed-celery54-"
+    if not wanted(prefix):
+        return
+    if not (OUT / "signing-key.pem").exists():
+        # Made once: the signed fixtures of every Celery version share them (delete them to make new ones).
+        utc = datetime.timezone.utc
+        now = datetime.datetime.now(utc)
+        century = now + datetime.timedelta(days=36500)
+        key, certificate = make_certificate("signer", now - datetime.timedelta(days=1), century)
+        other_key, other = make_certificate("other", now - datetime.timedelta(days=1), century)
+        _, expired = make_certificate("expired", datetime.datetime(2000, 1, 1, tzinfo=utc),
+                                      datetime.datetime(2001, 1, 1, tzinfo=utc), key=key)
+        write_pem("signing", key, certificate)
+        write_pem("signing-other", other_key, other)
+        write_pem("signing-expired", None, expired)
+    url = redis_proc.url(1)
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    # Celery 5.3 cannot read its own signed msgpack (its verification fails on the body it made).
+    for serializer in ["json", "msgpack"] if prefix == "signed-" else ["json"]:
+        # What app.setup_security(serializer=...) registers, without disabling the other serializers here.
+        register_auth((OUT / "signing-key.pem").read_text(), None, (OUT / "signing-certificate.pem").read_text(),
+                      str(OUT / "signing-certificate.pem"), "sha256", serializer=serializer)
+        for protocol in [2, 1]:
+            app = make_app(url, "auth", protocol=protocol)
+            app.tasks["tasks.echo"].delay(*EDGE_ARGS, **EDGE_KWARGS)
+            save_message(f"{prefix}v{protocol}-{serializer}-edge-values", pop_one(r))
+        make_app(url, "auth").tasks["tasks.add"].apply_async((2, 3), compression="zlib")
+        save_message(f"{prefix}v2-{serializer}-add-zlib", pop_one(r))
+
+
 def capture_results(redis_proc):
     url = redis_proc.url(1)
     r0 = redis.Redis.from_url(redis_proc.url(0))
@@ -203,6 +271,7 @@ def main():
     proc = RedisProcess().start()
     try:
         capture_messages(proc)
+        capture_signed_messages(proc)
         capture_results(proc)
     finally:
         proc.stop()

@@ -42,6 +42,9 @@ if os.environ.get("CELERY_SETTINGS"):
     import json
 
     app.conf.update(json.loads(os.environ["CELERY_SETTINGS"]))
+if os.environ.get("SETUP_SECURITY") == "1":
+    # Celery's message signing, as the settings give it (task_serializer and accept_content auth, security_*).
+    app.setup_security()
 
 task_logger = get_task_logger("tasks")
 

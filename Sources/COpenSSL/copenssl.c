@@ -9,8 +9,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -58,6 +60,36 @@ static struct {
     __typeof__(SSL_CTX_get0_param) *SSL_CTX_get0_param;
     __typeof__(X509_VERIFY_PARAM_set_flags) *X509_VERIFY_PARAM_set_flags;
     __typeof__(X509_VERIFY_PARAM_clear_flags) *X509_VERIFY_PARAM_clear_flags;
+    /* Message signing's, from libcrypto. */
+    __typeof__(EVP_get_digestbyname) *EVP_get_digestbyname;
+    __typeof__(EVP_MD_get_size) *EVP_MD_get_size;
+    __typeof__(PEM_read_bio_PrivateKey) *PEM_read_bio_PrivateKey;
+    __typeof__(EVP_PKEY_free) *EVP_PKEY_free;
+    __typeof__(EVP_PKEY_get_base_id) *EVP_PKEY_get_base_id;
+    __typeof__(EVP_PKEY_get_bits) *EVP_PKEY_get_bits;
+    __typeof__(EVP_PKEY_get_size) *EVP_PKEY_get_size;
+    __typeof__(X509_get0_pubkey) *X509_get0_pubkey;
+    __typeof__(X509_get_issuer_name) *X509_get_issuer_name;
+    __typeof__(X509_NAME_entry_count) *X509_NAME_entry_count;
+    __typeof__(X509_NAME_get_entry) *X509_NAME_get_entry;
+    __typeof__(X509_NAME_ENTRY_get_data) *X509_NAME_ENTRY_get_data;
+    __typeof__(ASN1_STRING_to_UTF8) *ASN1_STRING_to_UTF8;
+    __typeof__(CRYPTO_free) *CRYPTO_free;
+    __typeof__(X509_get0_serialNumber) *X509_get0_serialNumber;
+    __typeof__(ASN1_INTEGER_to_BN) *ASN1_INTEGER_to_BN;
+    __typeof__(BN_bn2dec) *BN_bn2dec;
+    __typeof__(BN_free) *BN_free;
+    __typeof__(X509_get0_notAfter) *X509_get0_notAfter;
+    __typeof__(X509_cmp_current_time) *X509_cmp_current_time;
+    __typeof__(EVP_MD_CTX_new) *EVP_MD_CTX_new;
+    __typeof__(EVP_MD_CTX_free) *EVP_MD_CTX_free;
+    __typeof__(EVP_DigestSignInit) *EVP_DigestSignInit;
+    __typeof__(EVP_DigestSign) *EVP_DigestSign;
+    __typeof__(EVP_DigestVerifyInit) *EVP_DigestVerifyInit;
+    __typeof__(EVP_DigestVerify) *EVP_DigestVerify;
+    __typeof__(EVP_PKEY_CTX_set_rsa_padding) *EVP_PKEY_CTX_set_rsa_padding;
+    __typeof__(EVP_PKEY_CTX_set_rsa_pss_saltlen) *EVP_PKEY_CTX_set_rsa_pss_saltlen;
+    __typeof__(EVP_PKEY_CTX_set_rsa_mgf1_md) *EVP_PKEY_CTX_set_rsa_mgf1_md;
 } openssl;
 
 static pthread_once_t loading = PTHREAD_ONCE_INIT;
@@ -66,12 +98,12 @@ static char load_failure[256];
 static void load(void) {
     void *library = dlopen("libssl.so.3", RTLD_NOW | RTLD_LOCAL);
     if (library == NULL) {
-        snprintf(load_failure, sizeof(load_failure), "TLS needs OpenSSL 3 (libssl.so.3, Debian's libssl3): %s", dlerror());
+        snprintf(load_failure, sizeof(load_failure), "TLS and message signing need OpenSSL 3 (libssl.so.3, Debian's libssl3): %s", dlerror());
         return;
     }
 #define FIND(name)                                                                                                     \
     if ((openssl.name = (__typeof__(openssl.name))dlsym(library, #name)) == NULL) {                                   \
-        snprintf(load_failure, sizeof(load_failure), "libssl.so.3 has no %s: OpenSSL 3 is needed for TLS", #name);     \
+        snprintf(load_failure, sizeof(load_failure), "libssl.so.3 has no %s: TLS and message signing need OpenSSL 3", #name);     \
         return;                                                                                                        \
     }
     FIND(TLS_client_method) FIND(SSL_CTX_new) FIND(SSL_CTX_free) FIND(SSL_CTX_set_options) FIND(SSL_CTX_ctrl)
@@ -85,6 +117,13 @@ static void load(void) {
     FIND(BIO_new_mem_buf) FIND(BIO_free) FIND(PEM_read_bio_X509) FIND(X509_free) FIND(SSL_CTX_get_cert_store)
     FIND(X509_STORE_add_cert) FIND(SSL_CTX_get0_param) FIND(X509_VERIFY_PARAM_set_flags)
     FIND(X509_VERIFY_PARAM_clear_flags)
+    FIND(EVP_get_digestbyname) FIND(EVP_MD_get_size) FIND(PEM_read_bio_PrivateKey) FIND(EVP_PKEY_free)
+    FIND(EVP_PKEY_get_base_id) FIND(EVP_PKEY_get_bits) FIND(EVP_PKEY_get_size) FIND(X509_get0_pubkey)
+    FIND(X509_get_issuer_name) FIND(X509_NAME_entry_count) FIND(X509_NAME_get_entry) FIND(X509_NAME_ENTRY_get_data)
+    FIND(ASN1_STRING_to_UTF8) FIND(CRYPTO_free) FIND(X509_get0_serialNumber) FIND(ASN1_INTEGER_to_BN) FIND(BN_bn2dec)
+    FIND(BN_free) FIND(X509_get0_notAfter) FIND(X509_cmp_current_time) FIND(EVP_MD_CTX_new) FIND(EVP_MD_CTX_free)
+    FIND(EVP_DigestSignInit) FIND(EVP_DigestSign) FIND(EVP_DigestVerifyInit) FIND(EVP_DigestVerify)
+    FIND(EVP_PKEY_CTX_set_rsa_padding) FIND(EVP_PKEY_CTX_set_rsa_pss_saltlen) FIND(EVP_PKEY_CTX_set_rsa_mgf1_md)
 #undef FIND
 }
 
@@ -312,3 +351,181 @@ long copenssl_read(copenssl_session *session, void *bytes, size_t capacity, char
 }
 
 int copenssl_pending(copenssl_session *session) { return openssl.SSL_pending((SSL *)session); }
+
+/* MARK: Message signing */
+
+/* Loads OpenSSL on first use; 0 with `error` set when it cannot be. */
+static int loaded(char *error, size_t size) {
+    pthread_once(&loading, load);
+    if (load_failure[0] == '\0') return 1;
+    snprintf(error, size, "%s", load_failure);
+    return 0;
+}
+
+const copenssl_digest *copenssl_digest_named(const char *name, char *error, size_t size) {
+    if (!loaded(error, size)) return NULL;
+    const EVP_MD *digest = openssl.EVP_get_digestbyname(name);
+    if (digest == NULL) snprintf(error, size, "OpenSSL has no digest named '%.100s'", name);
+    return (const copenssl_digest *)digest;
+}
+
+/* Whether `key` is an RSA key (cryptography's `RSAPrivateKey` / `RSAPublicKey`; RSA-PSS-only keys are not). */
+static int is_rsa(const EVP_PKEY *key) { return openssl.EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA; }
+
+copenssl_key *copenssl_key_load(const char *pem, const char *password, char *error, size_t size) {
+    if (!loaded(error, size)) return NULL;
+    openssl.ERR_clear_error();
+    BIO *bio = openssl.BIO_new_mem_buf(pem, -1);
+    if (bio == NULL) {
+        reason(error, size, "cannot read the private key", "out of memory");
+        return NULL;
+    }
+    EVP_PKEY *key = openssl.PEM_read_bio_PrivateKey(bio, NULL, give_password, (void *)password);
+    openssl.BIO_free(bio);
+    if (key == NULL) {
+        reason(error, size, password == NULL ? "not a private key in PEM, or an encrypted one with no password"
+                                             : "not a private key in PEM, or the password is wrong",
+               "no reason given");
+        return NULL;
+    }
+    openssl.ERR_clear_error();
+    if (!is_rsa(key)) {
+        snprintf(error, size, "Non-RSA keys are not supported.");
+        openssl.EVP_PKEY_free(key);
+        return NULL;
+    }
+    return (copenssl_key *)key;
+}
+
+void copenssl_key_free(copenssl_key *key) {
+    if (key != NULL) openssl.EVP_PKEY_free((EVP_PKEY *)key);
+}
+
+long copenssl_key_signature_size(const copenssl_key *key) { return openssl.EVP_PKEY_get_size((const EVP_PKEY *)key); }
+
+/* A context for signing or verifying with `key` (RSA-PSS, MGF1 over `digest`, the longest salt: cryptography's
+ * `PSS(mgf=MGF1(digest), salt_length=PSS.MAX_LENGTH)`, whose salt is the encoded message's length less the digest's
+ * and 2), or NULL with OpenSSL's reason queued. */
+static EVP_MD_CTX *pss_context(EVP_PKEY *key, const EVP_MD *digest, int signing) {
+    EVP_MD_CTX *context = openssl.EVP_MD_CTX_new();
+    if (context == NULL) return NULL;
+    EVP_PKEY_CTX *parameters = NULL;
+    int started = signing ? openssl.EVP_DigestSignInit(context, &parameters, digest, NULL, key)
+                          : openssl.EVP_DigestVerifyInit(context, &parameters, digest, NULL, key);
+    int salt = (openssl.EVP_PKEY_get_bits(key) + 6) / 8 - openssl.EVP_MD_get_size(digest) - 2;
+    if (started != 1 || salt < 0 || openssl.EVP_PKEY_CTX_set_rsa_padding(parameters, RSA_PKCS1_PSS_PADDING) <= 0 ||
+        openssl.EVP_PKEY_CTX_set_rsa_mgf1_md(parameters, digest) <= 0 ||
+        openssl.EVP_PKEY_CTX_set_rsa_pss_saltlen(parameters, salt) <= 0) {
+        openssl.EVP_MD_CTX_free(context);
+        return NULL;
+    }
+    return context;
+}
+
+long copenssl_sign(const copenssl_key *key, const copenssl_digest *digest, const void *data, size_t length,
+                   void *signature, size_t capacity, char *error, size_t size) {
+    openssl.ERR_clear_error();
+    EVP_MD_CTX *context = pss_context((EVP_PKEY *)key, (const EVP_MD *)digest, 1);
+    if (context == NULL) {
+        reason(error, size, "cannot sign", "the key is too small for the digest");
+        return -1;
+    }
+    size_t written = capacity;
+    int signed_ = openssl.EVP_DigestSign(context, signature, &written, data, length);
+    openssl.EVP_MD_CTX_free(context);
+    if (signed_ != 1) {
+        reason(error, size, "cannot sign", "no reason given");
+        return -1;
+    }
+    return (long)written;
+}
+
+copenssl_certificate *copenssl_certificate_load(const char *pem, char *error, size_t size) {
+    if (!loaded(error, size)) return NULL;
+    openssl.ERR_clear_error();
+    BIO *bio = openssl.BIO_new_mem_buf(pem, -1);
+    if (bio == NULL) {
+        reason(error, size, "cannot read the certificate", "out of memory");
+        return NULL;
+    }
+    X509 *certificate = openssl.PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    openssl.BIO_free(bio);
+    if (certificate == NULL) {
+        reason(error, size, "not a certificate in PEM", "no reason given");
+        return NULL;
+    }
+    const EVP_PKEY *key = openssl.X509_get0_pubkey(certificate);
+    if (key == NULL || !is_rsa(key)) {
+        openssl.ERR_clear_error();
+        snprintf(error, size, "Non-RSA certificates are not supported.");
+        openssl.X509_free(certificate);
+        return NULL;
+    }
+    return (copenssl_certificate *)certificate;
+}
+
+void copenssl_certificate_free(copenssl_certificate *certificate) {
+    if (certificate != NULL) openssl.X509_free((X509 *)certificate);
+}
+
+/* Appends `text` to `buffer` at `*used`; 0 when it does not fit. */
+static int append(char *buffer, size_t capacity, size_t *used, const char *text, size_t length) {
+    if (*used + length + 1 > capacity) return 0;
+    memcpy(buffer + *used, text, length);
+    *used += length;
+    buffer[*used] = '\0';
+    return 1;
+}
+
+long copenssl_certificate_id(const copenssl_certificate *certificate, char *buffer, size_t capacity) {
+    const X509 *x509 = (const X509 *)certificate;
+    const X509_NAME *issuer = openssl.X509_get_issuer_name(x509);
+    size_t used = 0;
+    int fits = capacity > 0;
+    if (fits) buffer[0] = '\0';
+    for (int index = 0; fits && index < openssl.X509_NAME_entry_count(issuer); index++) {
+        unsigned char *value = NULL;
+        int length = openssl.ASN1_STRING_to_UTF8(&value, openssl.X509_NAME_ENTRY_get_data(openssl.X509_NAME_get_entry(issuer, index)));
+        fits = length >= 0 && append(buffer, capacity, &used, (const char *)value, (size_t)length) &&
+               append(buffer, capacity, &used, " ", 1);
+        if (value != NULL) openssl.CRYPTO_free(value, __FILE__, __LINE__);
+    }
+    /* Python joins the values with spaces, then adds a space and the serial number: an empty issuer leaves the space. */
+    if (fits && openssl.X509_NAME_entry_count(issuer) == 0) fits = append(buffer, capacity, &used, " ", 1);
+    BIGNUM *serial = fits ? openssl.ASN1_INTEGER_to_BN(openssl.X509_get0_serialNumber(x509), NULL) : NULL;
+    char *decimal = serial != NULL ? openssl.BN_bn2dec(serial) : NULL;
+    fits = decimal != NULL && append(buffer, capacity, &used, decimal, strlen(decimal));
+    if (decimal != NULL) openssl.CRYPTO_free(decimal, __FILE__, __LINE__);
+    if (serial != NULL) openssl.BN_free(serial);
+    openssl.ERR_clear_error();
+    return fits ? (long)used : -1;
+}
+
+int copenssl_certificate_key_bits(const copenssl_certificate *certificate) {
+    return openssl.EVP_PKEY_get_bits(openssl.X509_get0_pubkey((const X509 *)certificate));
+}
+
+int copenssl_certificate_expired(const copenssl_certificate *certificate) {
+    /* -1: the time is now or earlier; 1: later; 0: it could not be compared (an invalid time, taken as expired). */
+    return openssl.X509_cmp_current_time(openssl.X509_get0_notAfter((const X509 *)certificate)) <= 0;
+}
+
+int copenssl_verify(const copenssl_certificate *certificate, const copenssl_digest *digest, const void *data,
+                    size_t length, const void *signature, size_t signature_length, char *error, size_t size) {
+    openssl.ERR_clear_error();
+    EVP_PKEY *key = openssl.X509_get0_pubkey((const X509 *)certificate);
+    EVP_MD_CTX *context = key != NULL ? pss_context(key, (const EVP_MD *)digest, 0) : NULL;
+    if (context == NULL) {
+        reason(error, size, "cannot verify", "the key is too small for the digest");
+        return 0;
+    }
+    int verified = openssl.EVP_DigestVerify(context, signature, signature_length, data, length);
+    openssl.EVP_MD_CTX_free(context);
+    if (verified != 1) {
+        /* cryptography's InvalidSignature says nothing more; neither does Celery's "Bad signature: InvalidSignature()". */
+        openssl.ERR_clear_error();
+        snprintf(error, size, "InvalidSignature()");
+        return 0;
+    }
+    return 1;
+}

@@ -4,7 +4,7 @@ public struct CeleryProtocolError: Error, Sendable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         enum Base: Sendable, Hashable {
             case invalidJSON, invalidMsgpack, invalidBase64, invalidCompression, invalidEnvelope, invalidTaskMessage
-            case unsupportedContentType, unsupportedValue
+            case unsupportedContentType, unsupportedValue, invalidSignature
         }
 
         let base: Base
@@ -25,6 +25,9 @@ public struct CeleryProtocolError: Error, Sendable, CustomStringConvertible {
         public static let unsupportedContentType = Code(base: .unsupportedContentType)
         /// A value cannot be represented (an integer beyond 64 bits, a msgpack extension type).
         public static let unsupportedValue = Code(base: .unsupportedValue)
+        /// A signed body (Celery's `auth` serializer) is malformed, names an unknown or expired certificate, or its
+        /// signature does not verify (Celery's `SecurityError`).
+        public static let invalidSignature = Code(base: .invalidSignature)
 
         public var description: String {
             switch base {
@@ -36,6 +39,7 @@ public struct CeleryProtocolError: Error, Sendable, CustomStringConvertible {
             case .invalidTaskMessage: "invalid task message"
             case .unsupportedContentType: "content type not accepted"
             case .unsupportedValue: "unsupported value"
+            case .invalidSignature: "invalid signature"
             }
         }
     }

@@ -65,7 +65,7 @@ struct ClientOptions: ParsableArguments {
                 compression: method ?? file.taskCompression ?? nil, brokerKeyPrefix: file.brokerKeyPrefix ?? "",
                 resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? ""),
                 brokerTransport: file.brokerTransport,
-                routes: file.taskRoutes ?? TaskRoutes(), chord: file.chord)
+                routes: file.taskRoutes ?? TaskRoutes(), chord: file.chord, messageSigning: try MessageSigning(settings: file.security))
         } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)
         }

@@ -389,6 +389,11 @@ struct WorkerCommand: AsyncParsableCommand {
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
+        do {
+            configuration.messageSigning = try MessageSigning(settings: file.security)
+        } catch {
+            throw ValidationError(error.message)
+        }
         configuration.workerDirect = file.workerDirect ?? false
         configuration.remoteControl = file.remoteControl ?? true
         configuration.sendSentEvent = file.sendSentEvent ?? false

@@ -50,4 +50,40 @@ long copenssl_read(copenssl_session *session, void *bytes, size_t capacity, char
 /* How many decrypted bytes the session holds that a read returns without touching the socket. */
 int copenssl_pending(copenssl_session *session);
 
+/* Celery's message signing (the `auth` serializer): RSA keys and X.509 certificates in PEM, and RSA-PSS signatures
+ * with MGF1 over the message digest and the longest salt the key allows, as Python's `cryptography` makes them
+ * (`celery/security`). Keys, certificates and digests may be used by several threads at once: signing and
+ * verifying only read them (OpenSSL 3's rule for an EVP_PKEY, X509 or EVP_MD that is no longer changed). */
+typedef struct copenssl_key copenssl_key;
+typedef struct copenssl_certificate copenssl_certificate;
+typedef struct copenssl_digest copenssl_digest;
+
+/* A message digest by OpenSSL's name (`sha256`, `sha3-256`, `sha512-224` …), or NULL when OpenSSL has none of that
+ * name (`error` says so, or why OpenSSL could not be loaded). */
+const copenssl_digest *copenssl_digest_named(const char *name, char *error, size_t size);
+
+/* The first private key of `pem`, decrypted with `password` (NULL: none) when it is encrypted; RSA keys only. */
+copenssl_key *copenssl_key_load(const char *pem, const char *password, char *error, size_t size);
+void copenssl_key_free(copenssl_key *key);
+/* Signs `length` bytes into `signature` (`capacity` bytes; the key's size in bytes is enough). Returns the
+ * signature's length, or -1. */
+long copenssl_sign(const copenssl_key *key, const copenssl_digest *digest, const void *data, size_t length,
+                   void *signature, size_t capacity, char *error, size_t size);
+/* The size of the key's signatures, in bytes. */
+long copenssl_key_signature_size(const copenssl_key *key);
+
+/* The first certificate of `pem`; certificates of RSA keys only. */
+copenssl_certificate *copenssl_certificate_load(const char *pem, char *error, size_t size);
+void copenssl_certificate_free(copenssl_certificate *certificate);
+/* Celery's id of a certificate (`Certificate.get_id`): the values of the issuer's attributes in their order, each
+ * followed by a space, then the serial number in decimal. Returns its length, or -1 when `capacity` is too small. */
+long copenssl_certificate_id(const copenssl_certificate *certificate, char *buffer, size_t capacity);
+/* The size in bits of the certificate's key. */
+int copenssl_certificate_key_bits(const copenssl_certificate *certificate);
+/* Whether the certificate's `notAfter` is now or past (Celery's `Certificate.has_expired`). */
+int copenssl_certificate_expired(const copenssl_certificate *certificate);
+/* Whether the certificate's key verifies `signature` over `length` bytes of `data`: 1, or 0 with `error` set. */
+int copenssl_verify(const copenssl_certificate *certificate, const copenssl_digest *digest, const void *data,
+                    size_t length, const void *signature, size_t signature_length, char *error, size_t size);
+
 #endif

@@ -14,10 +14,11 @@ extension WorkerRun {
         let sentEvents = configuration.sendSentEvent ? service.events : nil
         var sender = CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
+                let encoded = try configuration.sealed(envelope).encoded()
                 var attempt = 0
                 while true {
                     do throws(CeleryWorkerError) {
-                        try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+                        try await broker.publish(encoded, queue: queue, priority: priority)
                         await sentEvents?.sendTaskSent(envelope, queue: queue)
                         return
                     } catch {

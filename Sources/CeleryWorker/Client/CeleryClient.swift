@@ -90,7 +90,7 @@ public final class CeleryClient: Sendable {
     let broker: RedisBroker
     let backend: RedisResultBackend?
     let backendURL: RedisURL?
-    /// Sends `task-sent` for each message (``init(brokerURL:resultBackendURL:serializer:resultSerializer:resultExpires:defaultQueue:compression:brokerKeyPrefix:resultKeyPrefix:brokerTransport:routes:chord:sentEvents:)``).
+    /// Sends `task-sent` for each message (``init(brokerURL:resultBackendURL:serializer:resultSerializer:resultExpires:defaultQueue:compression:brokerKeyPrefix:resultKeyPrefix:brokerTransport:routes:chord:messageSigning:sentEvents:)``).
     let sentEvents: EventDispatcher?
     /// The serializer of task bodies (`task_serializer`).
     public let serializer: CeleryContentType
@@ -98,6 +98,8 @@ public final class CeleryClient: Sendable {
     public let compression: KombuCompression?
     /// Where tasks without a queue go (`task_default_queue`).
     public let defaultQueue: String
+    /// Signs every task message (Celery's `auth` serializer, ``MessageSigning``); `nil`: none.
+    public let messageSigning: MessageSigning?
     /// `task_routes`: where tasks go by name, unless they are sent with a queue.
     public let routes: TaskRoutes
     /// This client's oid (`reply_to`).
@@ -108,18 +110,20 @@ public final class CeleryClient: Sendable {
     /// the broker's `global_keyprefix` (as written); `resultKeyPrefix` what result keys start with
     /// (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of the result backend's `global_keyprefix`);
     /// `brokerTransport` kombu's `sep` and `priority_steps`, which name the lists messages go to; `chord` Celery's
-    /// chord settings, for the chords it sends.
+    /// chord settings, for the chords it sends; `messageSigning` signs every message, for workers that accept only
+    /// signed ones.
     public convenience init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
         compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = "",
         brokerTransport: RedisTransportOptions = RedisTransportOptions(), routes: TaskRoutes = TaskRoutes(),
-        chord: RedisResultBackend.ChordOptions = RedisResultBackend.ChordOptions()
+        chord: RedisResultBackend.ChordOptions = RedisResultBackend.ChordOptions(), messageSigning: MessageSigning? = nil
     ) {
         self.init(
             brokerURL: brokerURL, resultBackendURL: resultBackendURL, serializer: serializer, resultSerializer: resultSerializer,
             resultExpires: resultExpires, defaultQueue: defaultQueue, compression: compression, brokerKeyPrefix: brokerKeyPrefix,
-            resultKeyPrefix: resultKeyPrefix, brokerTransport: brokerTransport, routes: routes, chord: chord, sentEvents: nil)
+            resultKeyPrefix: resultKeyPrefix, brokerTransport: brokerTransport, routes: routes, chord: chord,
+            messageSigning: messageSigning, sentEvents: nil)
     }
 
     /// The client of a worker's tasks (`context.send`): with `task_send_sent_event`, `sentEvents` sends `task-sent`
@@ -127,9 +131,11 @@ public final class CeleryClient: Sendable {
     init(
         brokerURL: RedisURL, resultBackendURL: RedisURL?, serializer: CeleryContentType, resultSerializer: CeleryContentType,
         resultExpires: Int?, defaultQueue: String, compression: KombuCompression?, brokerKeyPrefix: String, resultKeyPrefix: String,
-        brokerTransport: RedisTransportOptions, routes: TaskRoutes, chord: RedisResultBackend.ChordOptions, sentEvents: EventDispatcher?
+        brokerTransport: RedisTransportOptions, routes: TaskRoutes, chord: RedisResultBackend.ChordOptions,
+        messageSigning: MessageSigning?, sentEvents: EventDispatcher?
     ) {
         self.sentEvents = sentEvents
+        self.messageSigning = messageSigning
 
         self.broker = RedisBroker(
             blocking: RedisClient(url: brokerURL),
@@ -158,11 +164,13 @@ public final class CeleryClient: Sendable {
         let backend = self.backend
         let declared = self.declared
         let sentEvents = self.sentEvents
+        let messageSigning = self.messageSigning
         return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 // kombu declares a queue (its bindings) the first time a producer sends to it.
                 if declared.insert(queue) { try await broker.declare(queues: [queue]) }
-                try await broker.publish(envelope.encoded(), queue: queue, priority: priority)
+                let sealed = try messageSigning?.seal(envelope) ?? envelope
+                try await broker.publish(sealed.encoded(), queue: queue, priority: priority)
                 await sentEvents?.sendTaskSent(envelope, queue: queue)
             },
             setChordSize: { groupID, size throws(CeleryWorkerError) in

@@ -168,9 +168,8 @@ extension WorkerRun {
         let routingKey = envelope.deliveryInfo.routingKey
         // With fanout_patterns off every event arrives here; task events (batched in lists) are not gossip.
         if routingKey.split(separator: ".").first == "task" { return }
-        guard let serializer = CeleryContentType(rawValue: envelope.contentType),
-            case .object(let event)? = try? serializer.decode(envelope.body)
-        else {
+        // Celery's event receivers accept JSON and `event_serializer`, which may be `auth`.
+        guard case .object(let event)? = openedBody(envelope, signedOnly: false)?.body else {
             logger.error("Gossip: an event that cannot be decoded: \(Self.preview(raw))")
             return
         }

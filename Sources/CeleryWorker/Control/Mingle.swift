@@ -111,9 +111,10 @@ extension WorkerRun {
                 "clock": .int(Int64(service.events?.currentClock ?? 0)), "expires": .double(started + Self.mingleTimeout),
             ],
             exchange: "\(configuration.controlExchange).pidbox", routingKey: "", deliveryMode: 2)
+        let encoded = try configuration.sealed(envelope).encoded()
         var listeners = 0
         for topic in [pidboxTopic] + pidboxLegacyTopics {
-            let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(envelope.encoded())))
+            let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(encoded)))
             listeners += Int(heard.integer ?? 0)
         }
         var replies: [(node: String, reply: CeleryObject)] = []
@@ -125,8 +126,7 @@ extension WorkerRun {
                 RedisCommand("BRPOP", RedisArgument(replyQueue), RedisArgument(String(format: "%.3f", remaining))))
             guard let raw = popped.array?.last?.bytes else { continue }
             guard let answer = try? KombuEnvelope(decoding: raw), answer.headers["ticket"]?.stringValue == ticket,
-                let serializer = CeleryContentType(rawValue: answer.contentType),
-                case .object(let body)? = try? serializer.decode(answer.body)
+                case .object(let body)? = openedBody(answer, signedOnly: true)?.body
             else { continue }
             answered += 1
             for (replier, reply) in body where replier != node {

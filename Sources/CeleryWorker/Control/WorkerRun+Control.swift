@@ -197,10 +197,33 @@ extension WorkerRun {
         return [legacy]
     }
 
+    /// The body of a pidbox message or an event, and its serializer: verified first when it is signed
+    /// (``WorkerConfiguration/messageSigning``). `nil` when it does not decode, when its signature does not verify,
+    /// and, with `signedOnly`, when it is not signed (Celery's mailbox accepts `accept_content` alone, which is
+    /// `[auth]` when messages are signed).
+    func openedBody(_ envelope: KombuEnvelope, signedOnly: Bool) -> (body: CeleryValue, serializer: CeleryContentType)? {
+        var opened = envelope
+        if let signing = configuration.messageSigning {
+            if signedOnly, envelope.contentType != SignedBody.contentType {
+                logger.warning("Refusing a message that is not signed (content type '\(envelope.contentType)'): accept_content is ['auth']")
+                return nil
+            }
+            do throws(CeleryProtocolError) {
+                opened = try signing.open(envelope)
+            } catch {
+                logger.error("Refusing a signed message: \(error.message)")
+                return nil
+            }
+        }
+        guard let serializer = CeleryContentType(rawValue: opened.contentType), let body = try? serializer.decode(opened.body)
+        else { return nil }
+        return (body, serializer)
+    }
+
     private func handleControl(_ raw: [UInt8], replies: RedisClient) async {
         guard let envelope = try? KombuEnvelope(decoding: raw),
-            let serializer = CeleryContentType(rawValue: envelope.contentType),
-            case .object(let request)? = try? serializer.decode(envelope.body),
+            let (body, serializer) = openedBody(envelope, signedOnly: true),
+            case .object(let request) = body,
             let method = request["method"]?.stringValue
         else {
             logger.warning("Ignoring a remote control message that is not a pidbox request: \(Self.preview(raw))")
@@ -228,13 +251,14 @@ extension WorkerRun {
             headers: ["ticket": .string(ticket), "clock": .int(Int64(service.events?.currentClock ?? 0))],
             exchange: exchange, routingKey: routingKey, deliveryMode: 1)
         do {
+            let encoded = try configuration.sealed(answer).encoded()
             // kombu's direct exchange: every queue bound with this routing key gets the reply.
             let prefix = configuration.brokerKeyPrefix
             let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)")))
             for member in members.array ?? [] {
                 guard let text = member.text, let queue = configuration.brokerTransport.boundQueue(member: text, routingKey: routingKey)
                 else { continue }
-                try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + queue), RedisArgument(answer.encoded())))
+                try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + queue), RedisArgument(encoded)))
             }
         } catch {
             logger.warning("Cannot reply to remote control \(method): \(error.message)")
@@ -591,7 +615,7 @@ extension WorkerRun {
     private func reservedJobs() -> [PreparedJob] {
         held.withLock { $0.unstarted }.compactMap { delivery in
             guard case .success(let envelope) = delivery.envelope,
-                let message = try? CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
+                let message = try? configuration.taskMessage(envelope)
             else { return nil }
             let eta = message.eta.flatMap(configuration.parseTime)
             guard let task = service.registry[message.name] else { return nil }

@@ -69,7 +69,7 @@ struct PoolChild {
         let message: CeleryTaskMessage
         do {
             envelope = try KombuEnvelope(decoding: Array((frame["raw"]?.stringValue ?? "").utf8))
-            message = try CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
+            message = try configuration.taskMessage(envelope)
         } catch {
             let exception = CeleryExceptionInfo(type: "InvalidTaskError", arguments: [.string(error.message)], module: "celery.exceptions")
             return ["outcome": "failure", "exception": exception.value, "traceback": .null]

@@ -33,6 +33,9 @@ public struct CelerySettings: Sendable, Equatable {
     public var resultExpires: Int?
     public var resultFailureExpires: Int?
     public var acceptContent: Set<CeleryContentType>?
+    /// Celery's message signing: `auth` in `task_serializer`, in `accept_content`, and the `security_*` settings
+    /// (``MessageSigning/init(settings:)`` reads them as `app.setup_security()` does).
+    public var security = SecuritySettings()
     public var timezone: String?
     public var enableUTC: Bool?
     public var logFile: String?
@@ -313,6 +316,27 @@ public struct CelerySettings: Sendable, Equatable {
             return type
         }
 
+        /// `task_serializer`: a serializer, or `auth` (Celery's message signing), which sets `signsTasks`.
+        func taskSerializer(_ settings: inout CelerySettings) throws(CeleryWorkerError) {
+            if let name = value as? String, MessageSigning.names(name) {
+                settings.security.signsTasks = true
+                return
+            }
+            settings.taskSerializer = try serializer()
+            settings.security.signsTasks = false
+        }
+
+        /// `accept_content`; `auth` (or its content type `application/data`) in it sets `acceptsSigned`.
+        func acceptContent(_ settings: inout CelerySettings) throws(CeleryWorkerError) {
+            let names = (value as? [String]) ?? (value as? String).map { [$0] }
+            let signed = names?.contains(where: MessageSigning.names) ?? false
+            settings.security.acceptsSigned = signed
+            settings.security.acceptsUnsigned = names?.contains { !MessageSigning.names($0) } ?? true
+            settings.acceptContent =
+                try Field(source: source, key: key, value: names?.filter { !MessageSigning.names($0) } ?? value)
+                .serializers()
+        }
+
         func serializers() throws(CeleryWorkerError) -> Set<CeleryContentType> {
             let names: [String]
             if let list = value as? [String] {
@@ -325,7 +349,7 @@ public struct CelerySettings: Sendable, Equatable {
             var types = Set<CeleryContentType>()
             for name in names {
                 guard let type = CeleryContentType(name: name) else {
-                    throw fail("a list of json and msgpack (other content types are never accepted)")
+                    throw fail("a list of json, msgpack and auth (other content types are never accepted)")
                 }
                 types.insert(type)
             }
@@ -401,13 +425,6 @@ public struct CelerySettings: Sendable, Equatable {
         add(
             ["result_accept_content"],
             "the worker reads results in result_serializer, JSON or msgpack, and never unpickles")
-        add(
-            [
-                "security_key", "security_certificate", "security_cert_store", "security_digest", "security_key_password",
-                "CELERY_SECURITY_KEY", "CELERY_SECURITY_CERTIFICATE", "CELERY_SECURITY_CERT_STORE",
-            ],
-            "message signing (the auth serializer) is not supported: a signed message is refused as a content type "
-                + "that is not accepted, with a FAILURE stored")
         add(
             ["task_default_delivery_mode", "CELERY_DEFAULT_DELIVERY_MODE"],
             "Redis keeps every message alike; the messages the worker sends say delivery_mode 2, as Celery's default")
@@ -485,8 +502,15 @@ public struct CelerySettings: Sendable, Equatable {
         add(["redis_password", "CELERY_REDIS_PASSWORD"]) { $0.backendParts.password = try $1.string() }
         add(["redis_db", "CELERY_REDIS_DB"]) { $0.backendParts.database = try $1.database() }
         add(["redis_client_name"]) { $0.backendClientName = try $1.clientName() }
-        add(["task_serializer", "CELERY_TASK_SERIALIZER"]) { $0.taskSerializer = try $1.serializer() }
-        add(["result_serializer", "CELERY_RESULT_SERIALIZER"]) { $0.resultSerializer = try $1.serializer() }
+        add(["task_serializer", "CELERY_TASK_SERIALIZER"]) { try $1.taskSerializer(&$0) }
+        add(["result_serializer", "CELERY_RESULT_SERIALIZER"]) { settings, field in
+            if let name = field.value as? String, MessageSigning.names(name) {
+                throw field.fail(
+                    "json or msgpack: the worker does not sign results (Python clients read them unsigned with "
+                        + "result_accept_content = ['json'], as Celery's own tests of signing do)")
+            }
+            settings.resultSerializer = try field.serializer()
+        }
         add(["task_compression", "CELERY_MESSAGE_COMPRESSION"]) { settings, field in
             if field.value is NSNull {
                 settings.taskCompression = .some(nil)
@@ -502,7 +526,18 @@ public struct CelerySettings: Sendable, Equatable {
             $0.resultExpires = $1.value is NSNull ? 0 : Int(try $1.seconds())
         }
         add(["result_failure_expires"]) { $0.resultFailureExpires = $1.value is NSNull ? nil : Int(try $1.seconds()) }
-        add(["accept_content", "CELERY_ACCEPT_CONTENT"]) { $0.acceptContent = try $1.serializers() }
+        add(["accept_content", "CELERY_ACCEPT_CONTENT"]) { try $1.acceptContent(&$0) }
+        add(["security_key", "CELERY_SECURITY_KEY"]) { $0.security.key = try $1.string() }
+        add(["security_key_password"]) { $0.security.keyPassword = try $1.string() }
+        add(["security_certificate", "CELERY_SECURITY_CERTIFICATE"]) { $0.security.certificate = try $1.string() }
+        add(["security_cert_store", "CELERY_SECURITY_CERT_STORE"]) { $0.security.certificateStore = try $1.string() }
+        add(["security_digest"]) { $0.security.digest = try $1.string() }
+        add(["swift_security_layout"]) { settings, field in
+            guard let layout = SignedBody.Layout(rawValue: try field.string()) else {
+                throw field.fail(SignedBody.Layout.allCases.map(\.rawValue).joined(separator: " or "))
+            }
+            settings.security.layout = layout
+        }
         add(["timezone", "CELERY_TIMEZONE"]) { settings, field in
             let name = try field.string()
             guard CeleryTimeZone(identifier: name) != nil else { throw field.fail("a time zone name such as UTC or Europe/Paris") }

@@ -99,7 +99,7 @@ public final class CeleryWorkerService: Service {
                 resultExpires: configuration.resultExpires, defaultQueue: configuration.defaultQueue,
                 compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
                 resultKeyPrefix: configuration.resultKeyPrefix, brokerTransport: configuration.brokerTransport,
-                routes: configuration.taskRoutes, chord: configuration.chord,
+                routes: configuration.taskRoutes, chord: configuration.chord, messageSigning: configuration.messageSigning,
                 sentEvents: configuration.sendSentEvent ? events : nil))
     }
 

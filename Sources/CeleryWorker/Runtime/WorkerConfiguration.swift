@@ -25,8 +25,13 @@ public struct WorkerConfiguration: Sendable {
     public var storeErrorsEvenIfIgnored: Bool
     /// How results are serialized (`result_serializer`). Default JSON.
     public var resultSerializer: CeleryContentType
-    /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack.
+    /// Content types accepted in task messages (`accept_content`). Default JSON and msgpack. A signed message
+    /// (``messageSigning``) is read whatever the content type of the body it signs, as Celery reads it.
     public var acceptContent: Set<CeleryContentType>
+    /// Celery's message signing (`task_serializer: auth`, `accept_content: [auth]` and the `security_*` settings):
+    /// signed task and remote control messages are verified before they are read, and every task and remote
+    /// control message the worker sends is signed. Results and events are not signed. Default `nil`: none.
+    public var messageSigning: MessageSigning?
     /// What every broker key and channel starts with: `broker_transport_options`' `global_keyprefix`, as written
     /// (kombu adds no separator). Default `""`.
     public var brokerKeyPrefix: String
@@ -403,5 +408,29 @@ public struct WorkerConfiguration: Sendable {
             .replacingOccurrences(of: "%d", with: domain)
         if !name.contains("@") { name += "@" + host }
         return name
+    }
+}
+
+extension WorkerConfiguration {
+    /// The task request a message carries, verified first when it is signed (``messageSigning``).
+    @inline(__always)
+    func taskMessage(_ envelope: KombuEnvelope) throws(CeleryProtocolError) -> CeleryTaskMessage {
+        guard let messageSigning else { return try CeleryTaskMessage(envelope: envelope, accept: acceptContent) }
+        return try Self.signedTaskMessage(envelope, messageSigning, accept: acceptContent)
+    }
+
+    private static func signedTaskMessage(
+        _ envelope: KombuEnvelope, _ signing: MessageSigning, accept: Set<CeleryContentType>
+    ) throws(CeleryProtocolError) -> CeleryTaskMessage {
+        guard envelope.contentType == SignedBody.contentType else {
+            return try CeleryTaskMessage(envelope: envelope, accept: accept)
+        }
+        // kombu reads a verified body whatever its content type (`loads(..., force=True)`).
+        return try CeleryTaskMessage(envelope: try signing.open(envelope), accept: Set(CeleryContentType.allCases))
+    }
+
+    /// A message about to be published, signed when ``messageSigning`` says so.
+    func sealed(_ envelope: KombuEnvelope) throws(CeleryWorkerError) -> KombuEnvelope {
+        try messageSigning?.seal(envelope) ?? envelope
     }
 }

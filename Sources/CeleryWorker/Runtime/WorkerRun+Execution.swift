@@ -115,7 +115,7 @@ extension WorkerRun {
         }
         let message: CeleryTaskMessage
         do {
-            message = try CeleryTaskMessage(envelope: envelope, accept: configuration.acceptContent)
+            message = try configuration.taskMessage(envelope)
         } catch {
             if error.code == .invalidTaskMessage, error.taskID == nil {
                 logger.warning(
@@ -205,6 +205,8 @@ extension WorkerRun {
             CeleryExceptionInfo(type: "ContentDisallowed", arguments: [.string(error.message)], module: "kombu.exceptions")
         case .invalidTaskMessage:
             CeleryExceptionInfo(type: "InvalidTaskError", arguments: [.string(error.message)], module: "celery.exceptions")
+        case .invalidSignature:
+            CeleryExceptionInfo(type: "SecurityError", arguments: [.string(error.message)], module: "celery.exceptions")
         default:
             CeleryExceptionInfo(type: "DecodeError", arguments: [.string(error.message)], module: "kombu.exceptions")
         }
@@ -580,7 +582,7 @@ extension WorkerRun {
             origin: "gen\(Host.pid)@\(Host.name)", ignoreResult: ignoresResult(job),
             deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
         do {
-            try await service.broker.publish(envelope.encoded(), queue: queue, priority: original.deliveryInfo.priority)
+            try await service.broker.publish(configuration.sealed(envelope).encoded(), queue: queue, priority: original.deliveryInfo.priority)
             if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
         } catch {
             logger.error("Task \(job.displayName)[\(message.id)] could not be republished for a retry: \(error.message)")

@@ -1,0 +1,199 @@
+"""Message signing (Celery's `auth` serializer, `app.setup_security()`) between real Python Celery and the Swift worker.
+
+Each side signs with its own RSA key and trusts the certificates of one store: the Python client and the Python
+worker sign with `python`'s key, the Swift worker with `swift`'s (encrypted, with `security_key_password`). A
+`stranger`'s certificate is not in the store. The settings are those of Celery's own integration tests of signing:
+`task_serializer` and `event_serializer` `auth`, `accept_content` `[auth]`, results unsigned (`result_accept_content`
+`[json]`). Celery 5.4 and earlier lay signed bodies out otherwise than 5.5 and later, and neither reads the other's:
+with Celery 5.3 the Swift worker is told to write 5.4's layout (`swift_security_layout`); it reads both."""
+import base64
+import datetime
+import json
+import subprocess
+
+import celery
+import pytest
+from celery import chain
+from celery.exceptions import SecurityError  # noqa: F401 (the type a refused message's FAILURE names)
+from celery.security.serialization import register_auth
+
+from conftest import WORKER_BINARY, eventually, stored_outcome
+from test_client import swift
+
+
+def make_certificate(name):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Interop"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    return key, certificate
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """`{name: (key file, certificate file)}` for python, swift and stranger, and `store`: the directory that holds the
+    certificates of python and swift."""
+    from cryptography.hazmat.primitives import serialization
+
+    directory = tmp_path_factory.mktemp("signing")
+    (directory / "store").mkdir()
+    made = {}
+    for name in ["python", "swift", "stranger"]:
+        key, certificate = make_certificate(name)
+        encryption = (serialization.BestAvailableEncryption(b"s3cret") if name == "swift"
+                      else serialization.NoEncryption())
+        key_file, certificate_file = directory / f"{name}.key", directory / f"{name}.pem"
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               encryption))
+        certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        if name != "stranger":
+            (directory / "store" / f"{name}.pem").write_bytes(certificate_file.read_bytes())
+        made[name] = (str(key_file), str(certificate_file))
+    made["store"] = str(directory / "store")
+    return made
+
+
+def sign_as(keys, name, serializer="json"):
+    """Registers kombu's `auth` serializer for this process as `setup_security` does, signing as `name` (without
+    disabling the other serializers, which the other tests of this process use)."""
+    key, certificate = keys[name]
+    register_auth(open(key).read(), b"s3cret" if name == "swift" else None, open(certificate).read(), keys["store"],
+                  "sha256", serializer=serializer)
+
+
+def signing_settings(keys, name="swift"):
+    key, certificate = keys[name]
+    # Celery 5.4 and earlier lay signed bodies out otherwise; the Swift worker reads both, and writes the one named.
+    layout = {"swift_security_layout": "celery-5.4"} if name == "swift" and celery.VERSION < (5, 5) else {}
+    return {**layout, "task_serializer": "auth", "event_serializer": "auth", "accept_content": ["auth"],
+            "result_accept_content": ["json"], "security_key": key, "security_certificate": certificate,
+            "security_cert_store": keys["store"], "security_digest": "sha256",
+            **({"security_key_password": "s3cret"} if name == "swift" else {})}
+
+
+@pytest.fixture
+def signed_app(make_app, keys):
+    sign_as(keys, "python")
+    app = make_app(task_serializer="auth")
+    app.conf.update(accept_content=["auth"], result_accept_content=["json"])
+    return app
+
+
+def start_signing_python_worker(start_python_worker, keys, *args, **options):
+    settings = {**signing_settings(keys, "python"), "worker_send_task_events": False}
+    return start_python_worker(*args, env={"CELERY_SETTINGS": json.dumps(settings), "SETUP_SECURITY": "1"}, **options)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize("protocol", [2, 1])
+def test_signed_tasks_from_python_run_on_the_swift_worker(start_configured, make_app, keys, broker_redis,
+                                                          backend_redis, serializer, protocol):
+    sign_as(keys, "python", serializer)
+    app = make_app(task_serializer="auth", protocol=protocol)
+    app.conf.update(accept_content=["auth"], result_accept_content=["json"])
+    result = app.tasks["tasks.echo"].delay("ü", 2**63 - 1, [1.5, None], k={"x": True})
+    (raw,) = broker_redis.lrange("celery", 0, -1)
+    assert json.loads(raw)["content-type"] == "application/data"
+    start_configured("swift", signing_settings(keys))
+    assert result.get(timeout=10) == {"args": ["ü", 2**63 - 1, [1.5, None]], "kwargs": {"k": {"x": True}}}
+    # Results are stored unsigned, as result_serializer says.
+    assert json.loads(backend_redis.get(f"celery-task-meta-{result.id}"))["status"] == "SUCCESS"
+
+
+def test_unsigned_foreign_and_altered_messages_are_refused_and_the_worker_goes_on(start_configured, make_app,
+                                                                                  signed_app, keys, broker_redis):
+    plain = make_app().tasks["tasks.add"].delay(1, 1)
+    sign_as(keys, "stranger")
+    foreign = signed_app.tasks["tasks.add"].delay(2, 2)
+    sign_as(keys, "python")
+    altered = signed_app.tasks["tasks.add"].delay(3, 3)
+    # The signed body with its arguments changed after signing (the message's outer base64 and the signed text's).
+    queued = broker_redis.lrange("celery", 0, -1)
+    position = next(i for i, raw in enumerate(queued) if altered.id.encode() in raw)
+    message = json.loads(queued[position])
+    signed = base64.b64decode(base64.b64decode(message["body"]))
+    body = b"[[3, 3], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]"
+    assert signed.endswith(b"\x00\x01" + body)
+    signed = signed[:-len(body)] + body.replace(b"[3, 3]", b"[3, 4]")
+    message["body"] = base64.b64encode(base64.b64encode(signed)).decode()
+    broker_redis.lset("celery", position, json.dumps(message))
+    good = signed_app.tasks["tasks.add"].delay(20, 22)
+    worker = start_configured("swift", signing_settings(keys))
+
+    assert good.get(timeout=10) == 42
+    with pytest.raises(Exception) as refused:
+        stored_outcome(make_app(), plain)
+    assert type(refused.value).__name__ == "ContentDisallowed"
+    with pytest.raises(Exception) as unknown:
+        stored_outcome(make_app(), foreign)
+    assert type(unknown.value).__name__ == "SecurityError"
+    assert "Unknown certificate: b'Interop stranger " in str(unknown.value)
+    with pytest.raises(Exception) as bad:
+        stored_outcome(make_app(), altered)
+    assert type(bad.value).__name__ == "SecurityError"
+    assert str(bad.value) == "Unable to deserialize: SecurityError('Bad signature: InvalidSignature()')"
+    assert "Received invalid task message tasks.add[" in worker.log
+    assert f"[{altered.id}]: invalid signature: Unable to deserialize: SecurityError('Bad signature" in worker.log
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0)
+
+
+def test_each_side_verifies_what_the_other_signed(start_configured, start_python_worker, signed_app, keys):
+    """A chain that goes Swift, Python, Swift: each worker signs the next step with its own key, and the other
+    verifies it against the store. The last step runs on the Swift worker, sent by the Python one."""
+    start_configured("swift", signing_settings(keys), "-Q", "swift")
+    start_signing_python_worker(start_python_worker, keys, "-Q", "python")
+    add, mul = signed_app.tasks["tasks.add"], signed_app.tasks["tasks.mul"]
+    workflow = chain(add.s(2, 3).set(queue="swift"), mul.s(10).set(queue="python"), add.s(1).set(queue="swift"))
+    assert workflow.apply_async().get(timeout=15) == 51
+
+
+def test_the_call_command_signs_with_the_config_files_key(start_python_worker, keys, redis_urls, tmp_path):
+    start_signing_python_worker(start_python_worker, keys, "-Q", "py")
+    config = tmp_path / "signing.json"
+    config.write_text(json.dumps(signing_settings(keys)))
+    done = swift(redis_urls, "call", "tasks.add", "--args", "[20, 22]", "-Q", "py", "--config", str(config), "--wait")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[1] == "42"
+
+
+def test_remote_control_is_signed_both_ways(start_configured, start_python_worker, make_app, signed_app, keys):
+    """`inspect` and `revoke` from a signing client: the request is verified and the reply signed, as the client
+    accepts only `auth`. An unsigned request is not answered, as a signing Python worker does not answer it. At start
+    the Swift worker's signed `hello` is answered by the signing Python worker (mingle)."""
+    start_signing_python_worker(start_python_worker, keys, "-Q", "python", "-n", "py@%h", mingle=True)
+    worker = start_configured("swift", signing_settings(keys), "-n", "swift@%h")
+    assert "mingle: sync with 1 nodes" in worker.log
+    replies = signed_app.control.inspect(timeout=1).ping()
+    assert sorted(name.split("@")[0] for name in replies) == ["py", "swift"]
+    assert make_app().control.inspect(timeout=1).ping() is None
+    assert eventually(lambda: "Refusing a message that is not signed" in worker.log)
+    signed_app.control.revoke("doomed-id", reply=False)
+    doomed = signed_app.tasks["tasks.add"].apply_async((1, 2), task_id="doomed-id")
+    with pytest.raises(Exception) as revoked:
+        doomed.get(timeout=10)
+    assert type(revoked.value).__name__ == "TaskRevokedError"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"accept_content": ["auth", "json"]}, "task_serializer = 'auth'"),
+    ({"task_serializer": "json"}, "task_serializer = 'auth'"),
+    ({"security_cert_store": "/nonexistent/*.pem"}, "security_cert_store '/nonexistent/*.pem' names no certificate"),
+    ({"security_key_password": "wrong"}, "Invalid private key: not a private key in PEM, or the password is wrong"),
+    ({"security_digest": "sha1024"}, "security_digest 'sha1024' is not one of"),
+    ({"result_serializer": "auth"}, "the worker does not sign results"),
+])
+def test_incomplete_signing_settings_stop_the_worker_at_start(keys, redis_urls, tmp_path, change, message):
+    config = tmp_path / "signing.json"
+    config.write_text(json.dumps({**signing_settings(keys), **change}))
+    done = subprocess.run([str(WORKER_BINARY), "--config", str(config), "-b", redis_urls["broker"]],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 64, done.stderr
+    assert message in done.stderr
