@@ -9,7 +9,9 @@ with Celery 5.3 the Swift worker is told to write 5.4's layout (`swift_security_
 import base64
 import datetime
 import json
+import signal
 import subprocess
+import time
 
 import celery
 import pytest
@@ -197,3 +199,28 @@ def test_incomplete_signing_settings_stop_the_worker_at_start(keys, redis_urls, 
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 64, done.stderr
     assert message in done.stderr
+
+
+def test_gossip_hears_signed_heartbeats(start_configured, start_python_worker, keys, broker_redis):
+    """A signing Python worker signs its events (`event_serializer: auth`): the Swift worker verifies its heartbeats
+    and logs Celery's `missed heartbeat` once it is killed. The Python worker hears the Swift worker's JSON ones,
+    as every event receiver accepts JSON."""
+    events = broker_redis.pubsub()
+    events.psubscribe("*celeryev*")
+    swift_worker = start_configured("swift", signing_settings(keys), "-n", "gossipswift@%h", "-Q", "swift")
+    python = start_signing_python_worker(start_python_worker, keys, "-n", "gossippy@%h", "-Q", "python", gossip=True)
+    deadline, content_types = time.monotonic() + 3, set()  # a heartbeat each way
+    while time.monotonic() < deadline:
+        event = events.get_message(timeout=0.2)
+        if event and event["type"] == "pmessage" and b"heartbeat" in event["channel"]:
+            content_types.add(json.loads(event["data"])["content-type"])
+    events.close()
+    assert content_types == {"application/data", "application/json"}  # Python's signed, Swift's not
+    python.kill_all()
+    swift_worker.wait_for_log("missed heartbeat from gossippy@", timeout=20)
+    assert "cannot be decoded" not in swift_worker.log
+    listener = start_signing_python_worker(start_python_worker, keys, "-n", "listener@%h", "-Q", "listener",
+                                           gossip=True)
+    time.sleep(3)
+    swift_worker.stop(signal.SIGKILL)
+    listener.wait_for_log("missed heartbeat from gossipswift@", timeout=20)
