@@ -16,7 +16,6 @@ import time
 import celery
 import pytest
 from celery import chain
-from celery.exceptions import SecurityError  # noqa: F401 (the type a refused message's FAILURE names)
 from celery.security.serialization import register_auth
 
 from conftest import WORKER_BINARY, eventually, stored_outcome

@@ -41,8 +41,10 @@ public struct SecuritySettings: Sendable, Equatable {
 ///
 /// As in Celery, a signed body carries the id of the signer's certificate (its issuer and serial number), an
 /// RSA-PSS signature (MGF1 over `security_digest`, the longest salt) of the inner body, and that body with its own
-/// content type (JSON here). A certificate of the store that has expired, or an id the store does not hold, fails
-/// the message, as does a signature that does not verify.
+/// content type: the one the message was serialized with before it was sealed (the worker's follow-ups and replies
+/// keep the serializer of the message they answer, as elsewhere; its own messages are JSON). A certificate of the
+/// store that has expired, or an id the store does not hold, fails the message, as does a signature that does not
+/// verify.
 ///
 /// `@unchecked Sendable` is sound because the key, the certificates and the digest are OpenSSL objects that `init`
 /// makes and nothing changes afterwards: signing and verifying only read them, which OpenSSL 3 allows from several
@@ -56,8 +58,6 @@ public final class MessageSigning: @unchecked Sendable {
     /// The trusted certificates, by id (Celery's `CertStore`).
     private let store: [String: OpaquePointer]
     private let digest: OpaquePointer
-    /// The serializer of the signed body (`setup_security(serializer=...)`, `json` by default).
-    public let serializer: CeleryContentType
     /// How what is signed is laid out (both layouts are read).
     public let layout: SignedBody.Layout
 
@@ -78,7 +78,7 @@ public final class MessageSigning: @unchecked Sendable {
     ///   the store, or two certificates of the store with one id (Celery's checks, in its words where it has them).
     public init(
         key keyText: String, password: String? = nil, certificate certificateText: String, store storeTexts: [String],
-        digest digestName: String = "sha256", serializer: CeleryContentType = .json, layout: SignedBody.Layout = .celery55
+        digest digestName: String = "sha256", layout: SignedBody.Layout = .celery55
     ) throws(CeleryWorkerError) {
         func failure(_ message: String) -> CeleryWorkerError {
             CeleryWorkerError(code: .invalidConfiguration, message: message)
@@ -117,7 +117,6 @@ public final class MessageSigning: @unchecked Sendable {
         self.signerID = Self.id(of: certificate)
         self.store = store
         self.digest = digest
-        self.serializer = serializer
         self.layout = layout
     }
 
