@@ -174,6 +174,10 @@ def test_remote_control_is_signed_both_ways(start_configured, start_python_worke
     assert "mingle: sync with 1 nodes" in worker.log
     replies = signed_app.control.inspect(timeout=1).ping()
     assert sorted(name.split("@")[0] for name in replies) == ["py", "swift"]
+    confs = signed_app.control.inspect(timeout=1).conf()
+    assert len(confs) == 2
+    for name, conf in confs.items():
+        assert (conf["task_serializer"], conf["accept_content"]) == ("auth", ["auth"]), name
     assert make_app().control.inspect(timeout=1).ping() is None
     assert eventually(lambda: "Refusing a message that is not signed" in worker.log)
     signed_app.control.revoke("doomed-id", reply=False)

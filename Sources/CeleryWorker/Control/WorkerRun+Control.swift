@@ -481,8 +481,10 @@ extension WorkerRun {
             "result_expires": configuration.resultExpires.map { .int(Int64($0)) } ?? .null,
             "result_chord_join_timeout": configuration.chord.joinTimeout.map(CeleryValue.seconds) ?? .null,
             "result_chord_expires": configuration.chord.expires.map { .int(Int64($0)) } ?? .null,
+            "task_serializer": .string(configuration.messageSigning == nil ? configuration.taskSerializer.serializerName : "auth"),
             "accept_content": .array(
-                CeleryContentType.allCases.filter(configuration.acceptContent.contains).map { .string($0.serializerName) }),
+                CeleryContentType.allCases.filter(configuration.acceptContent.contains).map { .string($0.serializerName) }
+                    + (configuration.messageSigning == nil ? [] : ["auth"])),
             "timezone": .string(configuration.timezone.identifier),
             "enable_utc": .bool(configuration.enableUTC),
             "task_acks_late": .bool(configuration.acksLate),
