@@ -1,7 +1,6 @@
 """TLS: `rediss://` URLs with redis-py's `ssl_*` parameters, and Celery's `broker_use_ssl` / `redis_backend_use_ssl`,
 against a real `redis-server` that speaks only TLS to its clients and asks each for a certificate. Python's Celery
 client and worker on one side, the Swift worker on the other."""
-import gc
 import inspect
 import json
 import re
@@ -72,18 +71,6 @@ def tls(tls_server, certificates):
         return f"rediss://{host}:{tls_server.tls_port}/{db}" + (f"?{query}" if query else "")
 
     return url
-
-
-@pytest.fixture(autouse=True)
-def collect_results():
-    """Collects the test's results between tests only, while the server still runs. Celery 5.3's `AsyncResult.__del__`
-    unsubscribes on the backend's pub/sub connection: collected by Python's cyclic collector in the middle of a
-    `subscribe` over TLS (the ssl module allocates as it sends), it waits for the lock that `subscribe` holds, and
-    the client hangs. Collected later, after the module's server stopped, it retries its unsubscribe for minutes."""
-    gc.disable()
-    yield
-    gc.collect()
-    gc.enable()
 
 
 def client(broker, backend, name="tls-client"):
