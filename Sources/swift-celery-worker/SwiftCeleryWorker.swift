@@ -208,9 +208,20 @@ struct WorkerCommand: AsyncParsableCommand {
     @Flag(name: [.customShort("C"), .customLong("no-color")], help: "Accepted as Celery takes it: the worker's output has no colours.")
     var noColor = false
 
-    // Celery's options for what a Swift worker cannot do: refused with a sentence that says so, not as unknown.
-    @Flag(name: [.customShort("B"), .customLong("beat")], help: .hidden)
+    @Flag(
+        name: [.customShort("B"), .customLong("beat")],
+        help: "Also run Celery's beat in the worker, sending the periodic tasks of beat_schedule (--config). Run one beat only.")
     var beat = false
+
+    @Option(
+        name: [.customShort("s"), .customLong("schedule-filename"), .customLong("schedule")],
+        help: "Where beat keeps each entry's last run (default: celerybeat-schedule; %n, %h, %p expand). Also beat_schedule_filename.")
+    var scheduleFilename: String?
+
+    @Option(name: .customLong("scheduler"), help: "Beat's scheduler: only Celery's default, celery.beat:PersistentScheduler.")
+    var scheduler: String?
+
+    // Celery's options for what a Swift worker cannot do: refused with a sentence that says so, not as unknown.
 
     @Option(name: [.customShort("I"), .customLong("include")], help: .hidden)
     var include: String?
@@ -425,6 +436,18 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.taskAnnotations = file.taskAnnotations ?? TaskAnnotations()
         configuration.defaultRateLimit = file.defaultRateLimit
         configuration.stateDB = (statedb ?? file.stateDB).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
+        if beat {
+            let name = scheduler ?? file.beat.scheduler ?? "celery.beat:PersistentScheduler"
+            try check(
+                BeatSettings.defaultSchedulers.contains(name),
+                "--scheduler \(name): the embedded beat is Celery's default persistent scheduler (celery.beat:PersistentScheduler); "
+                    + "run Python's `celery beat` for another scheduler.")
+            configuration.beat = BeatConfiguration(
+                entries: file.beat.schedule ?? [],
+                scheduleFilename: WorkerConfiguration.nodeFormat(
+                    scheduleFilename ?? file.beat.scheduleFilename ?? "celerybeat-schedule", node: configuration.nodeName),
+                maxLoopInterval: file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil)
+        }
         configuration.disableRateLimits = file.disableRateLimits ?? false
         configuration.brokerConnectionRetry = BrokerConnectionRetry(
             retry: file.brokerConnectionRetry ?? true, retryOnStartup: file.brokerConnectionRetryOnStartup ?? nil,
@@ -450,9 +473,6 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
-        if beat {
-            throw ValidationError("-B/--beat: the Swift worker embeds no beat scheduler; run Python's `celery beat` beside it.")
-        }
         if let include {
             throw ValidationError("-I/--include \(include): the Swift worker's tasks are compiled in; it imports no Python modules.")
         }

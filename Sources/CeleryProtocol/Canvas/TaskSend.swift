@@ -9,6 +9,10 @@ public struct TaskSend: Sendable {
     /// `argsrepr` shows the args as a list (`[10, 20]`) rather than a tuple (`(10, 20)`): Python does so for an
     /// immutable signature, whose args it keeps as the list it decoded.
     public var argsShownAsList = false
+    /// `argsrepr` and `kwargsrepr` as `apply_async(argsrepr=…, kwargsrepr=…)` gives them (to hide what the log
+    /// and monitors should not show); `nil`: the repr of the arguments.
+    public var argsRepr: String?
+    public var kwargsRepr: String?
     public var kwargs: CeleryObject
     public var embed: CeleryTaskMessage.Embed
     public var shadow: String?
@@ -69,8 +73,9 @@ public struct TaskSend: Sendable {
             "group_index": groupIndex.map { .int(Int64($0)) } ?? .null, "retries": .int(Int64(retries)),
             "timelimit": .array(timeLimit), "root_id": .string(rootID ?? id),
             "parent_id": parentID.map(CeleryValue.string) ?? .null,
-            "argsrepr": .string(PythonRepr.truncated(argsShownAsList ? PythonRepr.repr(.array(args)) : PythonRepr.tuple(args))),
-            "kwargsrepr": .string(PythonRepr.truncated(PythonRepr.repr(.object(kwargs)))), "origin": .string(origin),
+            "argsrepr": .string(
+                argsRepr ?? PythonRepr.truncated(argsShownAsList ? PythonRepr.repr(.array(args)) : PythonRepr.tuple(args))),
+            "kwargsrepr": .string(kwargsRepr ?? PythonRepr.truncated(PythonRepr.repr(.object(kwargs)))), "origin": .string(origin),
             "ignore_result": ignoreResult, "replaced_task_nesting": .int(Int64(replacedTaskNesting)), "stamped_headers": nil, "stamps": [:],
         ]
         for (key, value) in extraHeaders where headers[key] == nil { headers[key] = value }

@@ -140,7 +140,9 @@ public enum CeleryTimestamp {
     }
 
     // Howard Hinnant's days-from-civil algorithms.
-    static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
+
+    /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+    public static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400
         let yoe = y - era * 400
@@ -149,7 +151,8 @@ public enum CeleryTimestamp {
         return era * 146_097 + doe - 719_468
     }
 
-    static func civil(fromDays days: Int64) -> (Int, Int, Int) {
+    /// The date (year, month, day) that many days from 1970-01-01.
+    public static func civil(fromDays days: Int64) -> (Int, Int, Int) {
         let z = Int(days) + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let doe = z - era * 146_097

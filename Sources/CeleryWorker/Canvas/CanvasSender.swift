@@ -89,6 +89,8 @@ struct CanvasSender: Sendable {
         default: send.compression = compression
         }
         send.argsShownAsList = signature.immutable && signaturesAreDecoded
+        send.argsRepr = options["argsrepr"]?.stringValue
+        send.kwargsRepr = options["kwargsrepr"]?.stringValue
         send.shadow = options["shadow"]?.stringValue
         let now = WallClock.now()
         if let countdown = options["countdown"]?.doubleValue {

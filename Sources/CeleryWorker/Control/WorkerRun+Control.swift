@@ -523,6 +523,12 @@ extension WorkerRun {
         // TLS in effect, as the ssl_* mappings Celery's settings take (certificate paths are not secrets).
         if let tls = configuration.brokerURL.tls { settings["broker_use_ssl"] = .object(tls.celeryObject) }
         if let tls = configuration.resultBackendURL?.tls { settings["redis_backend_use_ssl"] = .object(tls.celeryObject) }
+        // The embedded beat's settings, with -B (its schedule's entries are not shown: Python shows them as repr text).
+        if let beat = configuration.beat {
+            settings["beat_schedule_filename"] = .string(beat.scheduleFilename)
+            settings["beat_max_loop_interval"] = Self.seconds(beat.maxLoopInterval)
+            settings["beat_cron_starting_deadline"] = beat.cronStartingDeadline.map(Self.seconds) ?? .null
+        }
         return .object(settings)
     }
 

@@ -100,6 +100,8 @@ public struct CelerySettings: Sendable, Equatable {
 
     /// `worker_state_db`.
     public var stateDB: String?
+    /// The embedded beat's settings (`beat_schedule`, `beat_schedule_filename`, …).
+    public var beat = BeatSettings()
     /// `worker_enable_remote_control`.
     public var remoteControl: Bool?
     /// `task_send_sent_event`.
@@ -373,12 +375,11 @@ public struct CelerySettings: Sendable, Equatable {
     static let withoutEffect: [String: String] = byName { add in
         add(["imports", "include", "CELERY_IMPORTS", "CELERY_INCLUDE"], "its tasks are compiled in; it imports no Python modules")
         add(
-            [
-                "beat_schedule", "beat_scheduler", "beat_schedule_filename", "beat_sync_every", "beat_max_loop_interval",
-                "beat_cron_starting_deadline", "beat_enable_remote_control", "beat_remote_control_max_tick_age",
-                "CELERYBEAT_SCHEDULE", "CELERYBEAT_SCHEDULER",
-            ],
-            "it embeds no beat scheduler; they are for Python's celery beat")
+            ["beat_sync_every", "CELERYBEAT_SYNC_EVERY"],
+            "the embedded beat (-B) writes its schedule file after every task it sends, and at shutdown")
+        add(
+            ["beat_enable_remote_control", "beat_remote_control_max_tick_age"],
+            "the embedded beat (-B) runs inside the worker, which answers remote control itself")
         add(
             [
                 "task_always_eager", "task_eager_propagates", "task_store_eager_result", "CELERY_ALWAYS_EAGER",
@@ -488,6 +489,7 @@ public struct CelerySettings: Sendable, Equatable {
     /// Every known name, new and old, with how to read it.
     static let settings: [String: Setter] = byName { add in
         add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { $0.brokerURL = try $1.string() }
+        for (names, read) in beatSettings { add(names, read) }
         add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }
         add(["broker_read_url"]) { $0.brokerReadURL = try $1.string() }
         add(["broker_write_url"]) { $0.brokerWriteURL = try $1.string() }

@@ -421,6 +421,9 @@ final class WorkerRun: Sendable {
             group.addTask {
                 await self.subscriptionLoop()
             }
+            group.addTask {
+                await self.beatLoop()
+            }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
         // a cold shutdown cancelled the loops), and acks-late tasks a cold shutdown interrupted, go back to their queue.

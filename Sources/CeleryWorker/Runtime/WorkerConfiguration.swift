@@ -84,6 +84,8 @@ public struct WorkerConfiguration: Sendable {
     /// Celery's `--statedb` / `worker_state_db`: a file that keeps the revoked task ids and the clock across
     /// restarts (the Swift worker's own JSON). Default: none.
     public var stateDB: String?
+    /// Celery's `-B`: the embedded beat, which sends the periodic tasks of `beat_schedule`. Default: none.
+    public var beat: BeatConfiguration?
     /// Celery's `task_default_rate_limit`: the `rate_limit` of every task that sets none. Default: none.
     public var defaultRateLimit: String?
     /// Celery's `worker_disable_rate_limits`: rate limits are not enforced. Default off.

@@ -1,0 +1,242 @@
+"""The embedded beat (`-B`): the periodic tasks of `beat_schedule`, sent as Celery's beat sends them, run by Swift and
+Python workers, with each entry's last run kept in the schedule file across restarts."""
+import base64
+import json
+import socket
+import subprocess
+import time
+
+import celery
+import redis
+from celery.beat import Scheduler, ScheduleEntry
+
+from conftest import WORKER_BINARY, eventually
+from redisproc import RedisProcess
+
+
+def popped(broker_redis, queue, timeout=10.0):
+    """The first message that arrives on `queue`, decoded, or None."""
+    reply = broker_redis.brpop([queue], timeout=timeout)
+    return json.loads(reply[1]) if reply else None
+
+
+def body(message):
+    return json.loads(base64.b64decode(message["body"]))
+
+
+def write_schedule(path, entries, tz="UTC"):
+    """A schedule file as the Swift worker writes it: each entry's last run and run count."""
+    path.write_text(json.dumps({"swift_celery_beat": 1, "tz": tz, "utc_enabled": True, "entries": {
+        name: {"last_run_at": last_run_at, "total_run_count": count} for name, (last_run_at, count) in entries.items()}}))
+
+
+def write_config(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_beat_sends_what_celerys_beat_sends(start_worker, make_app, broker_redis, tmp_path):
+    """The same entry, sent by Python's own Scheduler and by the Swift worker's beat: the same headers (with
+    `celery_beat_task`), properties and body."""
+    app = make_app()
+    options = {"queue": "pybeat", "priority": 6, "expires": 30}
+    entry = ScheduleEntry(name="adder", task="tasks.add", schedule=1.0, args=(2, 3), kwargs={"z": 1},
+                          options=options, app=app)
+    Scheduler(app, lazy=True).apply_async(entry, advance=False)
+    theirs = popped(broker_redis, "pybeat\x06\x166")
+    assert theirs is not None
+    # Celery 5.7 marks what beat sends; the Swift worker always does (an extra header older workers ignore).
+    if celery.VERSION < (5, 7):
+        assert "celery_beat_task" not in theirs["headers"]
+        theirs["headers"]["celery_beat_task"] = True
+    assert theirs["headers"]["celery_beat_task"] is True
+
+    config = write_config(tmp_path, "beat.yaml", """
+beat_schedule:
+  adder:
+    task: tasks.add
+    schedule: 1.0
+    args: [2, 3]
+    kwargs: {z: 1}
+    options: {queue: swiftbeat, priority: 6, expires: 30}
+""")
+    worker = start_worker("--config", config, "-B", "-s", str(tmp_path / "schedule"), "-Q", "elsewhere")
+    ours = popped(broker_redis, "swiftbeat\x06\x166")
+    assert ours is not None, worker.log
+    assert "beat: Starting..." in worker.log
+    assert "Scheduler: Sending due task adder (tasks.add)" in worker.log
+
+    assert list(ours["headers"]) == list(theirs["headers"])
+    for key in ("lang", "task", "shadow", "eta", "group", "group_index", "retries", "timelimit", "parent_id",
+                "argsrepr", "kwargsrepr", "replaced_task_nesting", "stamped_headers", "stamps", "celery_beat_task"):
+        assert ours["headers"][key] == theirs["headers"][key], key
+    assert ours["headers"]["argsrepr"] == "[2, 3]"
+    assert ours["headers"]["root_id"] == ours["headers"]["id"]
+    assert list(ours["properties"]) == list(theirs["properties"])
+    assert ours["properties"]["expiration"] == theirs["properties"]["expiration"] == "30000"
+    assert ours["properties"]["priority"] == theirs["properties"]["priority"] == 6
+    assert ours["properties"]["delivery_info"]["routing_key"] == "swiftbeat"
+    assert (ours["content-type"], ours["content-encoding"]) == (theirs["content-type"], theirs["content-encoding"])
+    assert body(ours) == body(theirs)
+    # Celery's binding of the queue, as its producer declares it.
+    assert broker_redis.sismember("_kombu.binding.swiftbeat", "swiftbeat\x06\x16\x06\x16swiftbeat")
+
+
+def test_beat_tasks_run_on_python_and_swift_workers(start_worker, start_python_worker, backend_redis, tmp_path):
+    config = write_config(tmp_path, "beat.yaml", """
+beat_schedule:
+  to-python:
+    task: tasks.whoami
+    schedule: 0.5
+    options: {queue: pyq}
+  to-swift:
+    task: tasks.whoami
+    schedule: {timedelta: {milliseconds: 500}}
+    options: {queue: swiftq}
+""")
+    start_python_worker("-Q", "pyq")
+    swift = start_worker("--config", config, "-B", "-s", str(tmp_path / "schedule"), "-Q", "swiftq")
+
+    def outcomes():
+        values = [json.loads(backend_redis.get(key)) for key in backend_redis.keys("celery-task-meta-*")]
+        return [(v["status"], v["result"]) for v in values]
+
+    assert eventually(lambda: outcomes().count(("SUCCESS", "python")) >= 3 and
+                      outcomes().count(("SUCCESS", "swift")) >= 3, timeout=15), (outcomes(), swift.log)
+    assert swift.log.count("Scheduler: Sending due task to-python (tasks.whoami)") >= 3
+    assert swift.stop() == 0
+    assert "beat: Shutting down..." in swift.log
+    saved = json.loads((tmp_path / "schedule").read_text())
+    assert saved["tz"] == "UTC" and saved["utc_enabled"] is True
+    assert saved["entries"]["to-python"]["total_run_count"] >= 3
+    sent = swift.log.count("Scheduler: Sending due task to-swift")
+    assert saved["entries"]["to-swift"]["total_run_count"] == sent
+
+
+def test_schedule_file_keeps_last_runs_across_a_crash(start_worker, broker_redis, tmp_path):
+    """A run missed while the worker was down is sent once at start; an entry new to the file counts from start; the
+    file is written after each send, so a killed worker does not send again what it sent."""
+    schedule = tmp_path / "celerybeat-schedule"
+    now = time.time()
+    write_schedule(schedule, {"hourly": (now - 7200, 4), "minutely": (now - 130, 1), "gone": (now, 1)})
+    config = write_config(tmp_path, "beat.yaml", """
+beat_schedule:
+  hourly: {task: tasks.noop, schedule: 3600, options: {queue: beatq}}
+  minutely: {task: tasks.noop, schedule: {crontab: '* * * * *'}, options: {queue: beatq}}
+  daily-new: {task: tasks.noop, schedule: 86400, options: {queue: beatq}}
+""")
+    worker = start_worker("--config", config, "-B", "--workdir", str(tmp_path), "-Q", "elsewhere")
+    worker.wait_for_log("Sending due task minutely")
+    worker.wait_for_log("Sending due task hourly")
+    assert eventually(lambda: broker_redis.llen("beatq") == 2)
+    # Written once both were sent.
+    assert eventually(lambda: json.loads(schedule.read_text())["entries"]["hourly"]["total_run_count"] == 5)
+    saved = json.loads(schedule.read_text())
+    assert set(saved["entries"]) == {"hourly", "minutely", "daily-new"}
+    assert saved["entries"]["minutely"]["total_run_count"] == 2
+    assert saved["entries"]["daily-new"]["total_run_count"] == 0
+    assert worker.stop(9) == -9
+
+    again = start_worker("--config", config, "-B", "--workdir", str(tmp_path), "-Q", "elsewhere")
+    time.sleep(1.5)
+    assert "Sending due task hourly" not in again.log
+    assert "Sending due task daily-new" not in again.log
+    assert again.stop() == 0
+    assert json.loads(schedule.read_text())["entries"]["hourly"]["total_run_count"] == 5
+
+
+def test_a_file_that_is_not_the_workers_is_replaced(start_worker, tmp_path):
+    schedule = tmp_path / "schedule"
+    schedule.write_bytes(b"\x00\x06\x15a python shelve file")
+    config = write_config(tmp_path, "beat.yaml", "beat_schedule: {often: {task: tasks.noop, schedule: 0.3}}\n")
+    worker = start_worker("--config", config, "-B", "-s", str(schedule), "-Q", "elsewhere")
+    worker.wait_for_log("Sending due task often")
+    assert "is not the Swift worker's JSON schedule (a Python beat's shelve file cannot be read); starting afresh" \
+        in worker.log
+    assert eventually(lambda: json.loads(schedule.read_text())["entries"]["often"]["total_run_count"] >= 1)
+    assert worker.stop() == 0
+
+
+def test_changing_the_time_zone_starts_the_schedule_afresh(start_worker, broker_redis, tmp_path):
+    schedule = tmp_path / "schedule"
+    write_schedule(schedule, {"hourly": (time.time() - 7200, 2)}, tz="Europe/Paris")
+    config = write_config(tmp_path, "beat.yaml",
+                          "beat_schedule: {hourly: {task: tasks.noop, schedule: 3600, options: {queue: beatq}}}\n")
+    worker = start_worker("--config", config, "-B", "-s", str(schedule), "-Q", "elsewhere")
+    worker.wait_for_log("Reset: Timezone changed from 'Europe/Paris' to 'UTC'")
+    time.sleep(1)
+    assert "Sending due task hourly" not in worker.log
+    assert broker_redis.llen("beatq") == 0
+    assert worker.stop() == 0
+    assert json.loads(schedule.read_text())["entries"]["hourly"]["total_run_count"] == 0
+
+
+def test_beat_settings_celery_refuses_stop_the_worker(redis_urls, tmp_path):
+    cases = [
+        ("beat_schedule: {bad: {task: tasks.noop, schedule: {crontab: {minute: '*/'}}}}\n", [],
+         "entry 'bad': crontab: empty filter"),
+        ("beat_schedule: {bad: {task: tasks.noop, schedule: {crontab: {day_of_month: 30, month_of_year: 2}}}}\n", [],
+         "Invalid crontab: day_of_month '30' never occurs in month_of_year '2'."),
+        ("beat_schedule: {bad: {task: tasks.noop, schedule: 5, relative: true}}\n", [], "relative schedules"),
+        ("beat_schedule: {}\n", ["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
+         "run Python's `celery beat` for another scheduler"),
+    ]
+    for text, extra, message in cases:
+        config = write_config(tmp_path, "bad.yaml", text)
+        run = subprocess.run([str(WORKER_BINARY), "--broker", redis_urls["broker"], "-B", "--config", config, *extra],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 64, (text, run.stderr)
+        assert message in run.stderr, (text, run.stderr)
+
+
+def test_without_dash_b_the_schedule_is_read_and_nothing_is_sent(start_worker, broker_redis, tmp_path):
+    config = write_config(tmp_path, "beat.yaml",
+                          "beat_schedule: {often: {task: tasks.noop, schedule: 0.2, options: {queue: beatq}}}\n")
+    worker = start_worker("--config", config, "-Q", "elsewhere")
+    time.sleep(1)
+    assert "beat: Starting" not in worker.log
+    assert broker_redis.llen("beatq") == 0
+    assert not (tmp_path / "celerybeat-schedule").exists()
+    assert worker.stop() == 0
+
+
+def test_inspect_conf_and_node_name_expansion(start_worker, make_app, tmp_path):
+    config = write_config(tmp_path, "beat.yaml", "beat_schedule: {often: {task: tasks.noop, schedule: 60}}\n"
+                                                 "beat_max_loop_interval: 7\n")
+    node = f"beater@{socket.gethostname()}"
+    worker = start_worker("--config", config, "-B", "-n", node, "-s", str(tmp_path / "%n-schedule"), "-Q", "elsewhere",
+                          "-l", "debug")
+    worker.wait_for_log("beat: Ticking with max interval->7.00 seconds")
+    assert eventually(lambda: (tmp_path / "beater-schedule").exists())
+    conf = make_app().control.inspect(timeout=2, destination=[node]).conf()[node]
+    assert conf["beat_schedule_filename"] == str(tmp_path / "beater-schedule")
+    assert conf["beat_max_loop_interval"] == 7
+    assert worker.stop() == 0
+
+
+def test_a_run_the_broker_missed_is_sent_once_it_is_back(start_worker, tmp_path):
+    """Celery's beat gives up a run it cannot send; the Swift worker's tries it again every second until it is sent
+    (or the entry is due again). The hourly entry here is due 3 s after start, while Redis is away."""
+    server = RedisProcess().start()
+    try:
+        schedule = tmp_path / "schedule"
+        write_schedule(schedule, {"hourly": (time.time() - 3597, 1)})
+        config = write_config(tmp_path, "beat.yaml",
+                              "beat_schedule: {hourly: {task: tasks.noop, schedule: 3600, options: {queue: beatq}}}\n")
+        worker = start_worker("--config", config, "-B", "-s", str(schedule), "-Q", "elsewhere",
+                              broker=server.url(1), backend=server.url(0))
+        server.stop()
+        worker.wait_for_log("Message Error: Couldn't apply scheduled task hourly:", timeout=10)
+        assert "trying again every second until it is sent or due again" in worker.log
+        server = RedisProcess(port=server.port).start()
+        worker.wait_for_log("Scheduler: Sent task hourly (tasks.noop), late: the broker answers again", timeout=15)
+        client = redis.Redis(port=server.port, db=1)
+        assert eventually(lambda: client.llen("beatq") == 1)
+        time.sleep(1.5)
+        assert client.llen("beatq") == 1
+        assert worker.log.count("Scheduler: Sending due task hourly") == 1
+        assert json.loads(schedule.read_text())["entries"]["hourly"]["total_run_count"] == 2
+        assert worker.stop() == 0
+    finally:
+        server.stop()

@@ -1,0 +1,211 @@
+import CeleryProtocol
+import Foundation
+import Yams
+
+/// The beat settings of a configuration file, read whether or not `-B` asks for beat (as Celery reads them).
+public struct BeatSettings: Sendable, Equatable {
+    /// `beat_schedule` (`CELERYBEAT_SCHEDULE`), in the file's order.
+    public var schedule: [BeatEntry]?
+    /// `beat_schedule_filename` (`CELERYBEAT_SCHEDULE_FILENAME`).
+    public var scheduleFilename: String?
+    /// `beat_max_loop_interval` (`CELERYBEAT_MAX_LOOP_INTERVAL`).
+    public var maxLoopInterval: Double?
+    /// `beat_cron_starting_deadline`; `.some(nil)` when the file sets it to null.
+    public var cronStartingDeadline: Double??
+    /// `beat_scheduler` (`CELERYBEAT_SCHEDULER`): only Celery's own persistent scheduler can be embedded.
+    public var scheduler: String?
+
+    public init() {}
+
+    /// The names of Celery's default scheduler, the only one the worker embeds.
+    public static let defaultSchedulers: Set<String> = [
+        "celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler", "PersistentScheduler",
+    ]
+}
+
+extension CelerySettings {
+    /// The beat settings, each under its new and old name.
+    static let beatSettings: [(names: [String], read: Setter)] = [
+        (["beat_schedule", "CELERYBEAT_SCHEDULE"], { $0.beat.schedule = try $1.beatSchedule() }),
+        (["beat_schedule_filename", "CELERYBEAT_SCHEDULE_FILENAME"], { $0.beat.scheduleFilename = try $1.string() }),
+        (
+            ["beat_max_loop_interval", "CELERYBEAT_MAX_LOOP_INTERVAL"],
+            { settings, field in
+                // 0, Celery's default, means beat's own 300 s, as in Celery's `Scheduler`.
+                let seconds = try field.seconds()
+                guard seconds >= 0 else { throw field.fail("a number of seconds, 0 for 300") }
+                settings.beat.maxLoopInterval = seconds > 0 ? seconds : nil
+            }
+        ),
+        (
+            ["beat_cron_starting_deadline"],
+            { settings, field in
+                guard !(field.value is NSNull) else {
+                    settings.beat.cronStartingDeadline = .some(nil)
+                    return
+                }
+                let seconds = try field.seconds()
+                guard seconds >= 0 else { throw field.fail("a number of seconds, 0 or more, or null") }
+                settings.beat.cronStartingDeadline = seconds
+            }
+        ),
+        (["beat_scheduler", "CELERYBEAT_SCHEDULER"], { $0.beat.scheduler = try $1.string() }),
+    ]
+}
+
+extension CelerySettings.Field {
+    /// `beat_schedule`: a mapping of entry names to `{task, schedule, args, kwargs, options}`. A schedule is a number
+    /// of seconds, `{timedelta: {days, hours, minutes, seconds}}`, or `{crontab: {minute, hour, day_of_week,
+    /// day_of_month, month_of_year}}` (each a cron field, a number or a list of numbers) or `{crontab: "m h dom mon
+    /// dow"}` (Celery's `crontab.from_string`).
+    func beatSchedule() throws(CeleryWorkerError) -> [BeatEntry] {
+        guard let node else { throw fail("a mapping of entry names to {task, schedule, args, kwargs, options}") }
+        if node.null != nil { return [] }
+        guard case .mapping(let mapping) = node else {
+            throw fail("a mapping of entry names to {task, schedule, args, kwargs, options}")
+        }
+        var entries: [BeatEntry] = []
+        for (nameNode, entryNode) in mapping {
+            guard let name = nameNode.string else { throw fail("a mapping with entry names as keys") }
+            entries.append(try beatEntry(named: name, entryNode))
+        }
+        return entries
+    }
+
+    private func entryError(_ name: String, _ message: String) -> CeleryWorkerError {
+        CeleryWorkerError(code: .invalidConfiguration, message: "\(source): setting '\(key)': entry '\(name)': \(message)")
+    }
+
+    private func beatEntry(named name: String, _ node: Node) throws(CeleryWorkerError) -> BeatEntry {
+        guard case .mapping(let mapping) = node else {
+            throw entryError(name, "must be a mapping of task, schedule, args, kwargs and options")
+        }
+        var task: String?
+        var schedule: BeatSchedule?
+        var args: [CeleryValue] = []
+        var kwargs = CeleryObject()
+        var options = CeleryObject()
+        for (keyNode, value) in mapping {
+            let field = keyNode.string ?? ""
+            switch field {
+            case "task":
+                guard let text = value.scalar?.string, value.null == nil, !text.isEmpty else { throw entryError(name, "task must be a task name") }
+                task = text
+            case "schedule":
+                schedule = try beatSchedule(of: name, value)
+            case "args":
+                if value.null != nil { continue }
+                guard case .array(let list)? = Self.celeryValue(value) else { throw entryError(name, "args must be a list") }
+                args = list
+            case "kwargs":
+                if value.null != nil { continue }
+                guard case .object(let object)? = Self.celeryValue(value) else { throw entryError(name, "kwargs must be a mapping") }
+                kwargs = object
+            case "options":
+                if value.null != nil { continue }
+                guard case .object(let object)? = Self.celeryValue(value) else {
+                    throw entryError(name, "options must be a mapping of apply_async options (queue, priority, expires, …)")
+                }
+                options = object
+            case "relative":
+                if value.bool == true {
+                    throw entryError(name, "relative schedules (rounded to the interval's resolution) are not supported")
+                }
+            default:
+                throw entryError(name, "unknown key '\(field)' (an entry has task, schedule, args, kwargs, options and relative)")
+            }
+        }
+        guard let task else { throw entryError(name, "task is missing") }
+        guard let schedule else { throw entryError(name, "schedule is missing") }
+        return BeatEntry(name: name, task: task, schedule: schedule, args: args, kwargs: kwargs, options: options)
+    }
+
+    private func beatSchedule(of name: String, _ node: Node) throws(CeleryWorkerError) -> BeatSchedule {
+        let expected =
+            "schedule must be a number of seconds, {timedelta: {days, hours, minutes, seconds}}, {crontab: {minute, hour, "
+            + "day_of_week, day_of_month, month_of_year}} or {crontab: \"m h dom mon dow\"}"
+        if node.scalar != nil, Self.tagName(node) == .int || Self.tagName(node) == .float, let seconds = node.float {
+            guard seconds > 0, seconds.isFinite else { throw entryError(name, "schedule must be a number of seconds above 0") }
+            return .every(seconds: seconds)
+        }
+        guard case .mapping(let mapping) = node, mapping.count == 1, let (kindNode, value) = mapping.first, let kind = kindNode.string
+        else { throw entryError(name, expected) }
+        switch kind {
+        case "timedelta":
+            guard case .mapping(let parts) = value else { throw entryError(name, expected) }
+            var seconds = 0.0
+            for (unitNode, amount) in parts {
+                let units: [String: Double] = ["weeks": 604_800, "days": 86_400, "hours": 3600, "minutes": 60, "seconds": 1, "milliseconds": 0.001]
+                guard let unit = unitNode.string.flatMap({ units[$0] }), let count = amount.float, Self.tagName(amount) != .str else {
+                    throw entryError(name, "a timedelta has weeks, days, hours, minutes, seconds and milliseconds, each a number")
+                }
+                seconds += unit * count
+            }
+            guard seconds > 0 else { throw entryError(name, "schedule must be a timedelta above 0") }
+            return .every(seconds: seconds)
+        case "crontab":
+            do throws(CeleryWorkerError) {
+                if let text = value.scalar?.string, Self.tagName(value) == .str { return .crontab(try Crontab(cronString: text)) }
+                guard case .mapping(let fields) = value else { throw entryError(name, expected) }
+                var specs: [String: String] = [:]
+                for (fieldNode, spec) in fields {
+                    guard let field = fieldNode.string, ["minute", "hour", "day_of_week", "day_of_month", "month_of_year"].contains(field)
+                    else {
+                        throw entryError(name, "a crontab has minute, hour, day_of_week, day_of_month and month_of_year")
+                    }
+                    if case .sequence(let items) = spec {
+                        specs[field] = items.compactMap(\.scalar?.string).joined(separator: ",")
+                    } else if let text = spec.scalar?.string, spec.null == nil {
+                        specs[field] = text
+                    } else {
+                        throw entryError(name, "crontab field \(field) must be a cron field, a number or a list of numbers")
+                    }
+                }
+                return .crontab(
+                    try Crontab(
+                        minute: specs["minute"] ?? "*", hour: specs["hour"] ?? "*", dayOfWeek: specs["day_of_week"] ?? "*",
+                        dayOfMonth: specs["day_of_month"] ?? "*", monthOfYear: specs["month_of_year"] ?? "*"))
+            } catch  where !error.message.hasPrefix(source) {
+                throw entryError(name, "crontab: \(error.message)")
+            }
+        default:
+            throw entryError(name, expected)
+        }
+    }
+
+    /// What a YAML value was resolved as (`tag:yaml.org,2002:int`, …).
+    static func tagName(_ node: Node) -> Tag.Name {
+        Tag.Name(rawValue: node.tag.description)
+    }
+
+    /// A YAML value as a Celery value, mappings in the file's order; `nil` for what has none (a mapping whose keys
+    /// are not text).
+    static func celeryValue(_ node: Node) -> CeleryValue? {
+        switch node {
+        case .scalar(let scalar):
+            switch Self.tagName(node) {
+            case .null: return .null
+            case .bool: return node.bool.map(CeleryValue.bool)
+            case .int: return node.int.map { .int(Int64($0)) }
+            case .float: return node.float.map(CeleryValue.double)
+            default: return .string(scalar.string)
+            }
+        case .sequence(let sequence):
+            var items: [CeleryValue] = []
+            for item in sequence {
+                guard let value = celeryValue(item) else { return nil }
+                items.append(value)
+            }
+            return .array(items)
+        case .mapping(let mapping):
+            var object = CeleryObject()
+            for (keyNode, item) in mapping {
+                guard let key = keyNode.string, let value = celeryValue(item) else { return nil }
+                object[key] = value
+            }
+            return .object(object)
+        default:
+            return nil
+        }
+    }
+}
