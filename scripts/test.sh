@@ -60,7 +60,7 @@ interop_pass solo env SWIFT_CELERY_POOL=solo ../.venv/bin/python -m pytest -m "n
     --ignore=tests/test_compression.py --ignore=tests/test_client.py --ignore=tests/test_keyprefix.py \
     --ignore=tests/test_flower.py --ignore=tests/test_worker_direct.py --ignore=tests/test_malformed.py \
     --ignore=tests/test_events.py --ignore=tests/test_metrics.py --ignore=tests/test_sentinel.py --ignore=tests/test_tls.py \
-    --ignore=tests/test_worker_flags.py --ignore=tests/test_gossip.py
+    --ignore=tests/test_worker_flags.py --ignore=tests/test_gossip.py --ignore=tests/test_beat.py
 wait
 
 status=0

@@ -139,6 +139,9 @@ beat_schedule:
     assert worker.stop(9) == -9
 
     again = start_worker("--config", config, "-B", "--workdir", str(tmp_path), "-Q", "elsewhere")
+    # The killed beat's lock outlives it by up to 10 s; then this one takes over, from the runs the first saved.
+    again.wait_for_log("standing by")
+    again.wait_for_log("beat: Taking the schedule over (swift-celery-beat.lock)", timeout=15)
     time.sleep(1.5)
     assert "Sending due task hourly" not in again.log
     assert "Sending due task daily-new" not in again.log
@@ -240,3 +243,47 @@ def test_a_run_the_broker_missed_is_sent_once_it_is_back(start_worker, tmp_path)
         assert worker.stop() == 0
     finally:
         server.stop()
+
+
+def test_one_beat_sends_however_many_workers_run_dash_b(start_worker, broker_redis, tmp_path):
+    """Two workers started with -B and one schedule (replicas): one sends, the other stands by and takes over when
+    the first stops, going on from the last runs the first kept in Redis. Two Python beats would both send."""
+    config = write_config(tmp_path, "beat.yaml",
+                          "beat_schedule: {often: {task: tasks.noop, schedule: 0.5, options: {queue: beatq}}}\n")
+    first = start_worker("--config", config, "-B", "-s", str(tmp_path / "first"), "-Q", "elsewhere")
+    first.wait_for_log("Sending due task often", count=2)
+    second = start_worker("--config", config, "-B", "-s", str(tmp_path / "second"), "-Q", "elsewhere")
+    second.wait_for_log("sends this schedule (swift-celery-beat.lock); standing by")
+    assert f"beat: {first_node(first)}" in second.log
+    time.sleep(1.5)
+    assert "Sending due task" not in second.log
+    sent_by_first = first.log.count("Sending due task often")
+    assert eventually(lambda: broker_redis.llen("beatq") >= sent_by_first)
+
+    assert first.stop() == 0
+    sent_by_first = first.log.count("Sending due task often")
+    runs = json.loads(broker_redis.hget("swift-celery-beat.runs", "often"))
+    assert runs["total_run_count"] == sent_by_first
+    second.wait_for_log("beat: Taking the schedule over (swift-celery-beat.lock)", timeout=10)
+    second.wait_for_log("Sending due task often", count=2)
+    assert eventually(lambda: broker_redis.llen("beatq") == sent_by_first + second.log.count("Sending due task often"))
+    assert second.stop() == 0
+    # The count goes on from the first beat's.
+    saved = json.loads((tmp_path / "second").read_text())["entries"]["often"]
+    assert saved["total_run_count"] == sent_by_first + second.log.count("Sending due task often")
+
+
+def first_node(worker):
+    """The node name in a worker's `ready.` line."""
+    line = next(line for line in worker.log.splitlines() if line.endswith(" ready."))
+    return line.split("] ")[-1].removesuffix(" ready.")
+
+
+def test_without_the_lock_every_beat_sends(start_worker, broker_redis, tmp_path):
+    config = write_config(tmp_path, "beat.yaml", "swift_beat_lock: false\n"
+                          "beat_schedule: {often: {task: tasks.noop, schedule: 0.5, options: {queue: beatq}}}\n")
+    first = start_worker("--config", config, "-B", "-s", str(tmp_path / "first"), "-Q", "elsewhere")
+    second = start_worker("--config", config, "-B", "-s", str(tmp_path / "second"), "-Q", "elsewhere")
+    first.wait_for_log("Sending due task often", count=2)
+    second.wait_for_log("Sending due task often", count=2)
+    assert not broker_redis.exists("swift-celery-beat.lock")

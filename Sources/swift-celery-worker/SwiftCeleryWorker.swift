@@ -446,7 +446,8 @@ struct WorkerCommand: AsyncParsableCommand {
                 entries: file.beat.schedule ?? [],
                 scheduleFilename: WorkerConfiguration.nodeFormat(
                     scheduleFilename ?? file.beat.scheduleFilename ?? "celerybeat-schedule", node: configuration.nodeName),
-                maxLoopInterval: file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil)
+                maxLoopInterval: file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,
+                lockName: file.beat.lockName ?? "swift-celery-beat")
         }
         configuration.disableRateLimits = file.disableRateLimits ?? false
         configuration.brokerConnectionRetry = BrokerConnectionRetry(

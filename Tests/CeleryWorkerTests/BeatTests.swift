@@ -196,6 +196,11 @@ struct BeatTests {
         #expect(settings.beat.maxLoopInterval == 5)
         #expect(settings.beat.scheduleFilename == "/tmp/x-schedule")
         #expect(settings.beat.cronStartingDeadline == .some(120))
+        #expect(settings.beat.lockName == nil)
+        let named = try CelerySettings.parse("swift_beat_lock: billing-beat", source: "beat.yaml")
+        #expect(named.beat.lockName == .some("billing-beat"))
+        let unlocked = try CelerySettings.parse("swift_beat_lock: false", source: "beat.yaml")
+        #expect(unlocked.beat.lockName == .some(nil))
 
         let refused: [(String, String)] = [
             ("beat_schedule: {a: {schedule: 5}}", "entry 'a': task is missing"),
@@ -207,6 +212,7 @@ struct BeatTests {
             ("beat_schedule: {a: {task: t, schedule: {solar: [sunset, 0, 0]}}}", "schedule must be a number of seconds"),
             ("beat_schedule: {a: {task: t, schedule: 'every 5'}}", "schedule must be a number of seconds"),
             ("beat_schedule: [a]", "must be a mapping of entry names"),
+            ("swift_beat_lock: true", "must be a string"),
         ]
         for (text, message) in refused {
             #expect(

@@ -99,11 +99,16 @@ public struct BeatConfiguration: Sendable, Equatable {
     public var maxLoopInterval: Double
     /// `beat_cron_starting_deadline`: a crontab run missed by more than this many seconds is not made up.
     public var cronStartingDeadline: Double?
+    /// The worker's own `swift_beat_lock`: what the keys that keep the schedule to one beat are named after
+    /// (`<name>.lock`, `<name>.runs`, behind the broker's `global_keyprefix`); `nil`: no lock, every beat sends, as
+    /// Python's beats do. Default `swift-celery-beat`.
+    public var lockName: String?
 
     public init(
         entries: [BeatEntry] = [], scheduleFilename: String = "celerybeat-schedule", maxLoopInterval: Double = 300,
-        cronStartingDeadline: Double? = nil
+        cronStartingDeadline: Double? = nil, lockName: String? = "swift-celery-beat"
     ) {
+        self.lockName = lockName
         self.entries = entries
         self.scheduleFilename = scheduleFilename
         self.maxLoopInterval = maxLoopInterval

@@ -14,6 +14,9 @@ public struct BeatSettings: Sendable, Equatable {
     public var cronStartingDeadline: Double??
     /// `beat_scheduler` (`CELERYBEAT_SCHEDULER`): only Celery's own persistent scheduler can be embedded.
     public var scheduler: String?
+    /// The worker's own `swift_beat_lock`: a name for the keys that keep the schedule to one beat, or `false`
+    /// (`.some(nil)`) for none.
+    public var lockName: String??
 
     public init() {}
 
@@ -50,6 +53,18 @@ extension CelerySettings {
             }
         ),
         (["beat_scheduler", "CELERYBEAT_SCHEDULER"], { $0.beat.scheduler = try $1.string() }),
+        (
+            ["swift_beat_lock"],
+            { settings, field in
+                if field.value as? Bool == false {
+                    settings.beat.lockName = .some(nil)
+                    return
+                }
+                let name = try field.string()
+                guard !name.isEmpty else { throw field.fail("a key name, or false for no lock") }
+                settings.beat.lockName = name
+            }
+        ),
     ]
 }
 

@@ -4,20 +4,55 @@ import Foundation
 extension WorkerRun {
     /// Celery's embedded beat (`-B`): sends each entry of `beat_schedule` when it is due, through the worker's
     /// client (`task_routes`, `task_serializer`, signing and `task_send_sent_event` apply, as to Celery's
-    /// `send_task`), with the `celery_beat_task` header Celery's beat adds, and logs as Celery's beat logs. A run
-    /// that cannot be sent is tried again every second until it is sent or its entry is due again (Celery's beat
-    /// logs it and gives it up). Each
-    /// entry's last run is kept in the schedule file, written after every task sent (Celery writes it every 3
-    /// minutes and at shutdown, so a beat that crashes sends again what it sent since), and read at the next start,
-    /// so a run missed while the worker was down is sent once at start. It stops when shutdown begins.
+    /// `send_task`), with the `celery_beat_task` header Celery's beat adds, and logs as Celery's beat logs.
+    ///
+    /// Where Celery's beat is weak, it does better:
+    /// - A run that cannot be sent is tried again every second until it is sent or its entry is due again (Celery's
+    ///   beat logs it and gives it up).
+    /// - Each entry's last run is written to the schedule file after every task sent (Celery writes it every 3
+    ///   minutes and at shutdown, so a beat that crashes sends again what it sent since), and read at the next
+    ///   start, so a run missed while the worker was down is sent once at start.
+    /// - With the lock (``BeatLock``, on by default), one beat per schedule sends, however many workers run `-B`.
+    ///
+    /// It stops when shutdown begins.
     func beatLoop() async {
         guard let beat = configuration.beat, let client = service.client else { return }
         logger.info("beat: Starting...")
-        let file = BeatScheduleFile(path: beat.scheduleFilename)
+        let lock = beat.lockName.map {
+            BeatLock(client: client.broker.commands, name: client.broker.keyPrefix + $0, node: configuration.nodeName)
+        }
+        while await holdLock(lock), await runSchedule(beat, client: client, lock: lock) {}
+        await lock?.release()
+        logger.info("beat: Shutting down...")
+    }
+
+    /// Waits until this beat holds the lock (at once without one). `false` when shutdown begins first.
+    private func holdLock(_ lock: BeatLock?) async -> Bool {
+        guard let lock else { return !shutdown.isTriggered }
+        var told: String?
+        while true {
+            do {
+                guard let holder = try await lock.acquire() else {
+                    if told != nil { logger.info("beat: Taking the schedule over (\(lock.key))") }
+                    return true
+                }
+                if told != holder { logger.info("beat: \(holder) sends this schedule (\(lock.key)); standing by") }
+                told = holder
+            } catch {
+                if told != "" { logger.warning("beat: Cannot take the lock \(lock.key): \(error.message); trying again") }
+                told = ""
+            }
+            guard await shutdown.sleep(untilUnixTime: WallClock.now() + BeatLock.renewal) else { return false }
+        }
+    }
+
+    /// The last runs to start from: the schedule file's, and with the lock the later of each entry's run there
+    /// and in Redis (where another beat may have sent it since).
+    private func keptRuns(_ file: BeatScheduleFile, lock: BeatLock?) async -> [String: BeatScheduler.Run] {
         let zone = configuration.timezone
         let utcEnabled = configuration.enableUTC
         let logger = self.logger
-        let kept = await withTaskExecutorPreference(executor) { () -> [String: BeatScheduler.Run] in
+        var kept = await withTaskExecutorPreference(executor) { () -> [String: BeatScheduler.Run] in
             do throws(CeleryWorkerError) {
                 guard let contents = try file.load() else { return [:] }
                 if contents.timezone != zone.identifier {
@@ -35,7 +70,24 @@ extension WorkerRun {
                 return [:]
             }
         }
-        var scheduler = BeatScheduler(configuration: beat, zone: zone, kept: kept, now: WallClock.now())
+        if let lock {
+            do {
+                for (name, run) in try await lock.runs() where run.lastRunAt > kept[name]?.lastRunAt ?? -.infinity {
+                    kept[name] = run
+                }
+            } catch {
+                logger.warning("beat: Cannot read the last runs in \(lock.runsKey): \(error.message)")
+            }
+        }
+        return kept
+    }
+
+    /// Sends the schedule's tasks as they fall due. Returns `true` when another beat took the lock over, `false`
+    /// at shutdown.
+    private func runSchedule(_ beat: BeatConfiguration, client: CeleryClient, lock: BeatLock?) async -> Bool {
+        let file = BeatScheduleFile(path: beat.scheduleFilename)
+        let kept = await keptRuns(file, lock: lock)
+        var scheduler = BeatScheduler(configuration: beat, zone: configuration.timezone, kept: kept, now: WallClock.now())
         let entries = beat.entries.map { "<ScheduleEntry: \($0.name) \($0.task)(…) \($0.schedule)" }
         logger.debug("Current schedule:\n\(entries.joined(separator: "\n"))")
         logger.debug("beat: Ticking with max interval->\(BeatSchedule.humanize(seconds: beat.maxLoopInterval))")
@@ -43,7 +95,17 @@ extension WorkerRun {
         // Runs that could not be sent (the broker away), by entry: tried again every second until sent, or until the
         // entry is due again and its new run takes their place. Celery's beat gives such a run up.
         var unsent: [String: BeatEntry] = [:]
+        var renewal = WallClock.now() + BeatLock.renewal
         while true {
+            if let lock, WallClock.now() >= renewal {
+                renewal = WallClock.now() + BeatLock.renewal
+                // An error here means the broker is away; the sends say so, and the next renewal tries again.
+                if case .some(let holder?) = try? await lock.acquire() {
+                    logger.warning("beat: \(holder) took the schedule over (\(lock.key)); standing by")
+                    await saveBeat(scheduler, to: file)
+                    return true
+                }
+            }
             let (due, sleep) = scheduler.tick(now: WallClock.now())
             let late = beat.entries.filter { entry in unsent[entry.name] != nil && !due.contains { $0.name == entry.name } }
             for entry in due + late {
@@ -62,14 +124,20 @@ extension WorkerRun {
                     unsent[entry.name] = entry
                 }
             }
-            if !due.isEmpty { await saveBeat(scheduler, to: file) }
+            if !due.isEmpty {
+                await saveBeat(scheduler, to: file)
+                var sent: [String: BeatScheduler.Run] = [:]
+                for entry in due { sent[entry.name] = scheduler.runs[entry.name] }
+                await lock?.record(sent)
+            }
             var pause = due.isEmpty ? max(sleep, 0.001) : sleep
             if !unsent.isEmpty { pause = min(pause, 1) }
-            if pause > 0 { logger.debug("beat: Waking up \(pause >= 1 ? BeatSchedule.humanize(seconds: pause, prefix: "in ") : "now").") }
+            if lock != nil { pause = min(pause, max(renewal - WallClock.now(), 0)) }
+            if pause >= 1 { logger.debug("beat: Waking up \(BeatSchedule.humanize(seconds: pause, prefix: "in ")).") }
             guard await shutdown.sleep(untilUnixTime: WallClock.now() + pause) else { break }
         }
-        logger.info("beat: Shutting down...")
         await saveBeat(scheduler, to: file)
+        return false
     }
 
     /// Writes the schedule file, on a task thread (a file write blocks).
