@@ -1,7 +1,9 @@
-"""The embedded beat (`-B`): the periodic tasks of `beat_schedule`, sent as Celery's beat sends them, run by Swift and
-Python workers, with each entry's last run kept in the schedule file across restarts."""
+"""Beat, embedded in the worker (`-B`) or on its own (`swift-celery-worker beat`): the periodic tasks of
+`beat_schedule`, sent as Celery's beat sends them, run by Swift and Python workers, with each entry's last run kept in
+the schedule file across restarts, and one beat sending however many run."""
 import base64
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -287,3 +289,60 @@ def test_without_the_lock_every_beat_sends(start_worker, broker_redis, tmp_path)
     first.wait_for_log("Sending due task often", count=2)
     second.wait_for_log("Sending due task often", count=2)
     assert not broker_redis.exists("swift-celery-beat.lock")
+
+
+def test_standalone_beat_as_celery_beat(start_python_worker, start_worker, backend_redis, broker_redis, tmp_path,
+                                        redis_urls):
+    """`swift-celery-worker beat`, as `celery beat`: its banner, tasks that a Python worker runs, SIGTERM writing the
+    schedule file and exiting 0; and beside a worker started with -B on the same schedule, one of them sends."""
+    config = write_config(tmp_path, "beat.yaml", """
+beat_schedule:
+  to-python: {task: tasks.whoami, schedule: 0.5, options: {queue: pyq}}
+""")
+    start_python_worker("-Q", "pyq")
+    schedule = tmp_path / "standalone"
+    logfile = tmp_path / "beat.log"
+    beat = subprocess.Popen([str(WORKER_BINARY), "beat", "--broker", redis_urls["broker"], "--config", config,
+                             "-s", str(schedule), "-l", "info", "-f", str(logfile), "--max-interval", "7.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def python_ran():
+            values = [json.loads(backend_redis.get(key)) for key in backend_redis.keys("celery-task-meta-*")]
+            return sum(1 for v in values if v["result"] == "python")
+
+        assert eventually(lambda: python_ran() >= 2, timeout=15), logfile.read_text()
+        # A worker with -B on the same schedule stands by while the standalone beat sends.
+        worker = start_worker("--config", config, "-B", "-s", str(tmp_path / "worker"), "-Q", "elsewhere")
+        worker.wait_for_log("(swift-celery-beat.lock); standing by")
+        assert "celerybeat@" in worker.log
+        beat.send_signal(signal.SIGTERM)
+        output, _ = beat.communicate(timeout=15)
+        assert beat.returncode == 0, output
+        worker.wait_for_log("beat: Taking the schedule over", timeout=10)
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait()
+    lines = output.splitlines()
+    assert lines[0] == "celery beat v0.1.0 (swift-celery-worker) is starting."
+    assert lines[1:4] == ["__    -    ... __   -        _", lines[2], "Configuration ->"]
+    assert lines[2].startswith("LocalTime -> ")
+    assert lines[4:10] == [f"    . broker -> {redis_urls['broker']}", "    . loader -> swift-celery-worker",
+                           "    . scheduler -> celery.beat.PersistentScheduler", f"    . db -> {schedule}",
+                           f"    . logfile -> {logfile}@%INFO", "    . maxinterval -> 7.50 seconds (7.5s)"]
+    log = logfile.read_text()
+    assert "beat: Starting..." in log and "beat: Shutting down..." in log
+    sent = log.count("Scheduler: Sending due task to-python (tasks.whoami)")
+    assert json.loads(schedule.read_text())["entries"]["to-python"]["total_run_count"] == sent >= 2
+
+
+def test_standalone_beat_refuses_bad_flags(redis_urls, tmp_path):
+    config = write_config(tmp_path, "beat.yaml", "beat_schedule: {a: {task: tasks.noop, schedule: {crontab: '* *'}}}\n")
+    for args, message in [(["--scheduler", "redbeat.RedBeatScheduler"], "run Python's `celery beat` for another scheduler"),
+                          (["-l", "LOUD"], "Invalid log level 'LOUD'"),
+                          (["--max-interval", "0"], "--max-interval must be a number of seconds above 0"),
+                          (["--config", config], "entry 'a': crontab: a crontab string has five fields")]:
+        run = subprocess.run([str(WORKER_BINARY), "beat", "--broker", redis_urls["broker"], *args],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 64, (args, run.stderr)
+        assert message in run.stderr, (args, run.stderr)

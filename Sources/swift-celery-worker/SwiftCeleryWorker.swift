@@ -15,7 +15,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         commandName: "swift-celery-worker",
         abstract: "A Celery worker in Swift: runs Swift tasks sent by Python's .delay() over Redis.",
         version: WorkerCommand.version,
-        subcommands: [WorkerCommand.self, CallCommand.self, CanvasDemoCommand.self],
+        subcommands: [WorkerCommand.self, BeatCommand.self, CallCommand.self, CanvasDemoCommand.self],
         defaultSubcommand: WorkerCommand.self
     )
 

@@ -45,7 +45,7 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Celery's `humanize_seconds`: `5.00 minutes`, `1.00 second`, `now` below a second.
-    static func humanize(seconds: Double, prefix: String = "") -> String {
+    public static func humanize(seconds: Double, prefix: String = "") -> String {
         for (unit, size) in [("day", 86_400.0), ("hour", 3600), ("minute", 60), ("second", 1)] where seconds >= size {
             let count = seconds / size
             return "\(prefix)\(String(format: "%.2f", count)) \(unit)\(count == 1 ? "" : "s")"

@@ -90,6 +90,8 @@ public final class CeleryClient: Sendable {
     let broker: RedisBroker
     let backend: RedisResultBackend?
     let backendURL: RedisURL?
+    /// Where tasks are sent.
+    public let brokerURL: RedisURL
     /// Sends `task-sent` for each message (``init(brokerURL:resultBackendURL:serializer:resultSerializer:resultExpires:defaultQueue:compression:brokerKeyPrefix:resultKeyPrefix:brokerTransport:routes:chord:messageSigning:sentEvents:)``).
     let sentEvents: EventDispatcher?
     /// The serializer of task bodies (`task_serializer`).
@@ -146,6 +148,7 @@ public final class CeleryClient: Sendable {
                 chord: chord)
         }
         self.backendURL = resultBackendURL
+        self.brokerURL = brokerURL
         self.serializer = serializer
         self.compression = compression
         self.defaultQueue = defaultQueue

@@ -1,0 +1,122 @@
+import ArgumentParser
+import CeleryProtocol
+import CeleryWorker
+import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// `celery beat`: Celery's beat on its own, sending the periodic tasks of `beat_schedule` to whichever workers
+/// consume their queues (``BeatService``), with `celery beat`'s options, banner and log.
+struct BeatCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "beat",
+        abstract: "Send the periodic tasks of beat_schedule (--config) when they are due, as Python's celery beat.")
+
+    @OptionGroup var options: ClientOptions
+
+    @Option(
+        name: [.customShort("s"), .customLong("schedule")],
+        help: "Where each entry's last run is kept (default: beat_schedule_filename, else celerybeat-schedule).")
+    var schedule: String?
+
+    @Option(name: [.customShort("S"), .customLong("scheduler")], help: "Only Celery's default, celery.beat:PersistentScheduler.")
+    var scheduler: String?
+
+    @Option(
+        name: .customLong("max-interval"), parsing: .unconditional,
+        help: "The longest sleep between looks at the schedule, in seconds (default: beat_max_loop_interval, else 300).")
+    var maxInterval: Double?
+
+    @Option(name: [.customShort("l"), .customLong("loglevel")], help: "DEBUG, INFO, WARNING, ERROR or CRITICAL (default: WARNING).")
+    var loglevel = "WARNING"
+
+    @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
+    var logfile: String?
+
+    @Option(name: .customLong("pidfile"), help: "Write beat's pid to this file, refusing to start while it names a running process.")
+    var pidfile: String?
+
+    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "Do not print the banner.")
+    var quiet = false
+
+    func validate() throws {
+        guard WorkerCommand.levels[loglevel.uppercased()] != nil else {
+            throw ValidationError("Invalid log level '\(loglevel)': choose one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+        }
+        if let maxInterval, !(maxInterval > 0) { throw ValidationError("--max-interval must be a number of seconds above 0.") }
+        _ = try settings()
+    }
+
+    /// The beat's settings, as Celery's `Beat` takes them: flags first, then the configuration file.
+    func settings() throws -> (beat: BeatConfiguration, timezone: CeleryTimeZone, enableUTC: Bool) {
+        let file: CelerySettings
+        do {
+            file = try options.config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        let name = scheduler ?? file.beat.scheduler ?? "celery.beat:PersistentScheduler"
+        guard BeatSettings.defaultSchedulers.contains(name) else {
+            throw ValidationError(
+                "--scheduler \(name): this beat is Celery's default persistent scheduler (celery.beat:PersistentScheduler); "
+                    + "run Python's `celery beat` for another scheduler.")
+        }
+        let timezoneName = file.timezone ?? "UTC"
+        guard let timezone = CeleryTimeZone(identifier: timezoneName) else { throw ValidationError("Unknown time zone '\(timezoneName)'.") }
+        let beat = BeatConfiguration(
+            entries: file.beat.schedule ?? [], scheduleFilename: schedule ?? file.beat.scheduleFilename ?? "celerybeat-schedule",
+            maxLoopInterval: maxInterval ?? file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,
+            lockName: file.beat.lockName ?? "swift-celery-beat")
+        return (beat, timezone, file.enableUTC ?? true)
+    }
+
+    func run() async throws {
+        let (beat, timezone, enableUTC) = try settings()
+        let client = try options.client()
+        let level = WorkerCommand.levels[loglevel.uppercased()] ?? .warning
+        let sink = try logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
+        LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level) }
+        let lock = try pidfile.map { try Pidfile.acquire($0) }
+        defer { lock?.release() }
+        if !quiet {
+            let banner = Self.banner(
+                version: WorkerCommand.version, broker: client.brokerURL.description, beat: beat,
+                logfile: logfile ?? "[stderr]", level: loglevel.uppercased())
+            FileHandle.standardOutput.write(Data(banner.utf8))
+        }
+        let service = BeatService(configuration: beat, client: client, timezone: timezone, enableUTC: enableUTC)
+        // SIGTERM and SIGINT stop it, as Celery's beat's handler does: the schedule file is written, exit 0.
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: Logger(label: "celery.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
+        try await group.run()
+        await client.shutdown()
+    }
+
+    /// `celery beat`'s banner (`celery/apps/beat.py`), naming this program as the loader.
+    static func banner(version: String, broker: String, beat: BeatConfiguration, logfile: String, level: String) -> String {
+        var now = time(nil)
+        var parts = tm()
+        localtime_r(&now, &parts)
+        let localTime = String(
+            format: "%04d-%02d-%02d %02d:%02d:%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+            Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+        let seconds = beat.maxLoopInterval
+        let plain = seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int(seconds)) : String(seconds)
+        return """
+            celery beat v\(version) (swift-celery-worker) is starting.
+            __    -    ... __   -        _
+            LocalTime -> \(localTime)
+            Configuration ->
+                . broker -> \(broker)
+                . loader -> swift-celery-worker
+                . scheduler -> celery.beat.PersistentScheduler
+                . db -> \(beat.scheduleFilename)
+                . logfile -> \(logfile)@%\(level)
+                . maxinterval -> \(BeatSchedule.humanize(seconds: seconds)) (\(plain)s)
+
+            """
+    }
+}
