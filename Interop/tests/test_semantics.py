@@ -176,3 +176,24 @@ def test_config_file_errors_name_the_key(tmp_path):
     assert proc.returncode != 0
     assert "result_expires" in proc.stderr and "number of seconds" in proc.stderr
 
+
+
+def test_without_enable_utc_or_timezone_the_app_zone_is_the_machines(start_worker, start_python_worker, make_app,
+                                                                      tmp_path):
+    """Celery's `app.timezone` with `enable_utc: false` and no `timezone`: the machine's local zone (`TZ`). Both
+    workers, given the same, write `date_done` in it (Celery 5.5 and later; 5.3 writes a naive UTC time)."""
+    import celery
+
+    config = tmp_path / "local.yaml"
+    config.write_text("enable_utc: false\n")
+    start_worker("--config", str(config), "-Q", "swiftlocal", env={"TZ": "Asia/Kolkata"})
+    start_python_worker("-Q", "pylocal", env={"TZ": "Asia/Kolkata", "CELERY_SETTINGS": json.dumps({"enable_utc": False})})
+    app = make_app()
+    for queue, expected in (("swiftlocal", "swift"), ("pylocal", "python")):
+        result = app.tasks["tasks.whoami"].apply_async(queue=queue)
+        assert result.get(timeout=10) == expected
+        date_done = app.backend.get_task_meta(result.id)["date_done"]
+        if queue == "pylocal" and celery.VERSION < (5, 5):
+            assert "+" not in date_done, date_done
+            continue
+        assert date_done.endswith("+05:30"), (queue, date_done)

@@ -62,8 +62,12 @@ struct BeatCommand: AsyncParsableCommand {
                 "--scheduler \(name): this beat is Celery's default persistent scheduler (celery.beat:PersistentScheduler); "
                     + "run Python's `celery beat` for another scheduler.")
         }
-        let timezoneName = file.timezone ?? "UTC"
-        guard let timezone = CeleryTimeZone(identifier: timezoneName) else { throw ValidationError("Unknown time zone '\(timezoneName)'.") }
+        let timezone: CeleryTimeZone
+        do {
+            timezone = try CeleryTimeZone.app(named: file.timezone, enableUTC: file.enableUTC ?? true)
+        } catch {
+            throw ValidationError(error.message)
+        }
         let beat = BeatConfiguration(
             entries: file.beat.schedule ?? [], scheduleFilename: schedule ?? file.beat.scheduleFilename ?? "celerybeat-schedule",
             maxLoopInterval: maxInterval ?? file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,

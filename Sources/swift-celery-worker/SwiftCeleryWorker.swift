@@ -330,10 +330,7 @@ struct WorkerCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.message)
         }
-        let timezoneName = file.timezone ?? "UTC"
-        guard let timezone = CeleryTimeZone(identifier: timezoneName) else {
-            throw ValidationError("Unknown time zone '\(timezoneName)'.")
-        }
+        let timezone = try CeleryTimeZone.app(named: file.timezone, enableUTC: file.enableUTC ?? true)
         var poolKind = file.pool ?? .threads
         if let pool {
             guard let parsed = WorkerConfiguration.PoolKind(celeryName: pool) else {

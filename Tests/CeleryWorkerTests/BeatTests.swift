@@ -108,6 +108,13 @@ struct BeatTests {
         #expect(parts == [2026, 3, 29, 2, 30, 0])
     }
 
+    @Test("the app's time zone: timezone, else UTC; an unknown name is refused")
+    func appTimeZone() throws {
+        #expect(try CeleryTimeZone.app(named: "Europe/Paris", enableUTC: true).identifier == "Europe/Paris")
+        #expect(try CeleryTimeZone.app(named: nil, enableUTC: true) == .utc)
+        #expect(throws: CeleryWorkerError.self) { try CeleryTimeZone.app(named: "Nowhere/Land", enableUTC: false) }
+    }
+
     @Test("the scheduler: new entries count from start, due ones are recorded before they are sent, sleeps are bounded")
     func scheduler() throws {
         let configuration = BeatConfiguration(

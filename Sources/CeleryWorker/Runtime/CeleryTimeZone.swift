@@ -42,6 +42,20 @@ public struct CeleryTimeZone: Sendable, Hashable, CustomStringConvertible {
         self.init(identifier: identifier, zone: zone)
     }
 
+    /// Celery's `app.timezone`: the zone `timezone` names; without one, UTC, or with `enable_utc` off the machine's
+    /// local zone (from `TZ`, else `/etc/localtime`), as Celery reads it. Throws for a name no zone has.
+    public static func app(named name: String?, enableUTC: Bool) throws(CeleryWorkerError) -> CeleryTimeZone {
+        if let name {
+            guard let zone = CeleryTimeZone(identifier: name) else {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "Unknown time zone '\(name)'.")
+            }
+            return zone
+        }
+        if enableUTC { return .utc }
+        let local = TimeZone.current
+        return CeleryTimeZone(identifier: local.identifier) ?? CeleryTimeZone(local)
+    }
+
     /// A Foundation time zone.
     public init(_ zone: TimeZone) {
         self.init(identifier: zone.identifier, zone: zone)
