@@ -143,7 +143,7 @@ beat_schedule:
     again = start_worker("--config", config, "-B", "--workdir", str(tmp_path), "-Q", "elsewhere")
     # The killed beat's lock outlives it by up to 10 s; then this one takes over, from the runs the first saved.
     again.wait_for_log("standing by")
-    again.wait_for_log("beat: Taking the schedule over (swift-celery-beat.lock)", timeout=15)
+    again.wait_for_log("beat: Taking the schedule over (swift-celery-beat.lock)", timeout=25)
     time.sleep(1.5)
     assert "Sending due task hourly" not in again.log
     assert "Sending due task daily-new" not in again.log
