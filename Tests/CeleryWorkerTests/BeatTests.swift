@@ -230,3 +230,30 @@ struct BeatTests {
         }
     }
 }
+
+/// ``BeatLock``'s scripts against a real redis-server (database 10).
+@Suite("Beat's lock against a real redis-server", .serialized, .enabled(if: TestRedis.enabled))
+struct BeatLockTests {
+    @Test("one holder at a time; renewal keeps it; release hands it on; the runs are kept in Redis")
+    func oneHolder() async throws {
+        let client = try await TestRedis.client(database: 10)
+        let first = BeatLock(client: client, name: "app-beat", node: "one@host")
+        let second = BeatLock(client: client, name: "app-beat", node: "two@host")
+        #expect(try await first.acquire() == nil)
+        #expect(try await first.acquire() == nil)  // renewed
+        let holder = try #require(try await second.acquire())
+        #expect(holder.hasPrefix("one@host (pid "))
+        #expect(!holder.contains(first.token.split(separator: " ").last ?? "-"))
+        let ttl = try await client.send(RedisCommand("PTTL", "app-beat.lock")).integer ?? 0
+        #expect(ttl > 9_000 && ttl <= 10_000)
+
+        await first.record(["often": .init(lastRunAt: 1_800_000_000.5, totalRunCount: 7)])
+        #expect(try await second.runs() == ["often": .init(lastRunAt: 1_800_000_000.5, totalRunCount: 7)])
+
+        await second.release()  // not its key: nothing happens
+        #expect(try await second.acquire() != nil)
+        await first.release()
+        #expect(try await second.acquire() == nil)
+        #expect(try await first.acquire()?.hasPrefix("two@host (pid ") == true)
+    }
+}
