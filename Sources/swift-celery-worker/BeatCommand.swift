@@ -28,7 +28,7 @@ struct BeatCommand: AsyncParsableCommand {
         help: "The longest sleep between looks at the schedule, in seconds (default: beat_max_loop_interval, else 300).")
     var maxInterval: Double?
 
-    @Option(name: [.customShort("l"), .customLong("loglevel")], help: "DEBUG, INFO, WARNING, ERROR or CRITICAL (default: WARNING).")
+    @Option(name: [.customShort("l"), .customLong("loglevel")], help: "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     var loglevel = "WARNING"
 
     @Option(name: [.customShort("f"), .customLong("logfile")], help: "Write the log to this file instead of standard error.")
