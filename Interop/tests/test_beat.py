@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import celery
@@ -346,3 +347,67 @@ def test_standalone_beat_refuses_bad_flags(redis_urls, tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == 64, (args, run.stderr)
         assert message in run.stderr, (args, run.stderr)
+
+
+def test_beat_answers_ping_with_remote_control(make_app, redis_urls, tmp_path):
+    """Celery 5.7's `--enable-remote-control`: beat answers `ping` as its own node (and nothing else), as Celery
+    5.7's beat does beside it; with `beat_remote_control_max_tick_age` passed since beat last looked at its
+    schedule, it stays silent."""
+    config = write_config(tmp_path, "beat.yaml", "swift_beat_lock: false\n"
+                          "beat_schedule: {hourly: {task: tasks.noop, schedule: 3600, options: {queue: beatq}}}\n")
+    host = socket.gethostname()
+    started = []
+
+    def start(*args, name):
+        logfile = tmp_path / f"{name}.log"
+        proc = subprocess.Popen([*args, "-l", "info", "-f", str(logfile)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        started.append(proc)
+        return proc, logfile
+
+    try:
+        ours, our_log = start(str(WORKER_BINARY), "beat", "--broker", redis_urls["broker"], "--config", config,
+                              "-s", str(tmp_path / "ours"), "--enable-remote-control", "-n", "swiftbeat@%h",
+                              name="ours")
+        app = make_app()
+        assert eventually(lambda: "beat pidbox: Connected to" in (our_log.read_text() if our_log.exists() else ""))
+        if celery.VERSION >= (5, 7):
+            from pathlib import Path
+            python_beat = Path(sys.executable).with_name("celery")
+            theirs, their_log = start(str(python_beat), "-b", redis_urls["broker"], "beat", "--enable-remote-control",
+                                      "-n", "pybeat@%h", "-s", str(tmp_path / "theirs"), name="theirs")
+            assert eventually(lambda: "beat pidbox: Connected to" in (their_log.read_text()
+                                                                      if their_log.exists() else ""), timeout=15)
+        replies = app.control.ping(timeout=1.5)
+        nodes = {node: reply for answer in replies for node, reply in answer.items()}
+        assert nodes[f"swiftbeat@{host}"] == {"ok": "pong"}
+        if celery.VERSION >= (5, 7):
+            assert nodes[f"pybeat@{host}"] == nodes[f"swiftbeat@{host}"]
+        # Another command is not answered, by either.
+        assert app.control.inspect(timeout=1, destination=[f"swiftbeat@{host}"]).active() is None
+        ours.send_signal(signal.SIGTERM)
+        output, _ = ours.communicate(timeout=15)
+        assert ours.returncode == 0
+        assert f"    . remote control -> swiftbeat@{host}" in output.splitlines()
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    # Stalled: no look at the schedule for longer than the max tick age (here 1 s, beside a 300 s sleep).
+    stalled_config = write_config(tmp_path, "stalled.yaml", "swift_beat_lock: false\nbeat_remote_control_max_tick_age: 1\n"
+                                  "beat_schedule: {hourly: {task: tasks.noop, schedule: 3600}}\n")
+    stalled, stalled_log = start(str(WORKER_BINARY), "beat", "--broker", redis_urls["broker"], "--config",
+                                 stalled_config, "-s", str(tmp_path / "stalled"), "--enable-remote-control",
+                                 name="stalled")
+    try:
+        assert eventually(lambda: "beat pidbox: Connected to" in (stalled_log.read_text()
+                                                                  if stalled_log.exists() else ""))
+        time.sleep(1.5)
+        assert make_app().control.ping(destination=[f"celerybeat@{host}"], timeout=1) == []
+        assert "beat pidbox: not answering ping, the scheduler has not ticked for" in stalled_log.read_text()
+        assert "(over the 1.0s limit)" in stalled_log.read_text()
+    finally:
+        stalled.kill()
+        stalled.wait()

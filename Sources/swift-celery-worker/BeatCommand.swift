@@ -28,6 +28,16 @@ struct BeatCommand: AsyncParsableCommand {
         help: "The longest sleep between looks at the schedule, in seconds (default: beat_max_loop_interval, else 300).")
     var maxInterval: Double?
 
+    @Flag(
+        name: .customLong("enable-remote-control"), inversion: .prefixedNo,
+        help: "Answer `celery inspect ping`, so that beat can be health-checked (default: beat_enable_remote_control).")
+    var remoteControl: Bool?
+
+    @Option(
+        name: [.customShort("n"), .customLong("hostname")],
+        help: "The node name remote control reaches beat as; %h, %n, %d expand (default: celerybeat@%h).")
+    var hostname: String?
+
     @Option(name: [.customShort("l"), .customLong("loglevel")], help: "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     var loglevel = "WARNING"
 
@@ -72,7 +82,14 @@ struct BeatCommand: AsyncParsableCommand {
             entries: file.beat.schedule ?? [], scheduleFilename: schedule ?? file.beat.scheduleFilename ?? "celerybeat-schedule",
             maxLoopInterval: maxInterval ?? file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,
             lockName: file.beat.lockName ?? "swift-celery-beat")
-        return (beat, timezone, file.enableUTC ?? true)
+        var configured = beat
+        configured.remoteControl = remoteControl ?? file.beat.remoteControl ?? false
+        configured.remoteControlMaxTickAge = file.beat.remoteControlMaxTickAge ?? nil
+        configured.controlExchange = file.controlExchange ?? "celery"
+        // As Celery's default_nodename: a bare host gets beat's name.
+        let node = hostname ?? "celerybeat@%h"
+        configured.hostname = WorkerConfiguration.nodeName(expanding: node.contains("@") ? node : "celerybeat@" + node)
+        return (configured, timezone, file.enableUTC ?? true)
     }
 
     func run() async throws {
@@ -89,7 +106,8 @@ struct BeatCommand: AsyncParsableCommand {
                 logfile: logfile ?? "[stderr]", level: loglevel.uppercased())
             FileHandle.standardOutput.write(Data(banner.utf8))
         }
-        let service = BeatService(configuration: beat, client: client, timezone: timezone, enableUTC: enableUTC)
+        let service = BeatService(
+            configuration: beat, client: client, timezone: timezone, enableUTC: enableUTC, node: beat.hostname)
         // SIGTERM and SIGINT stop it, as Celery's beat's handler does: the schedule file is written, exit 0.
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
@@ -109,6 +127,7 @@ struct BeatCommand: AsyncParsableCommand {
             Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
         let seconds = beat.maxLoopInterval
         let plain = seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int(seconds)) : String(seconds)
+        let remote = beat.remoteControl ? "    . remote control -> \(beat.hostname ?? "celerybeat")\n" : ""
         return """
             celery beat v\(version) (swift-celery-worker) is starting.
             __    -    ... __   -        _
@@ -120,7 +139,7 @@ struct BeatCommand: AsyncParsableCommand {
                 . db -> \(beat.scheduleFilename)
                 . logfile -> \(logfile)@%\(level)
                 . maxinterval -> \(BeatSchedule.humanize(seconds: seconds)) (\(plain)s)
-
+            \(remote)
             """
     }
 }

@@ -445,6 +445,9 @@ struct WorkerCommand: AsyncParsableCommand {
                     scheduleFilename ?? file.beat.scheduleFilename ?? "celerybeat-schedule", node: configuration.nodeName),
                 maxLoopInterval: file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,
                 lockName: file.beat.lockName ?? "swift-celery-beat")
+            configuration.beat?.remoteControl = file.beat.remoteControl ?? false
+            configuration.beat?.remoteControlMaxTickAge = file.beat.remoteControlMaxTickAge ?? nil
+            configuration.beat?.controlExchange = file.controlExchange ?? "celery"
         }
         configuration.disableRateLimits = file.disableRateLimits ?? false
         configuration.brokerConnectionRetry = BrokerConnectionRetry(

@@ -188,6 +188,8 @@ struct BeatTests {
             beat_max_loop_interval: 5
             beat_schedule_filename: /tmp/x-schedule
             beat_cron_starting_deadline: 120
+            beat_enable_remote_control: true
+            beat_remote_control_max_tick_age: 30
             """, source: "beat.yaml")
         let entries = try #require(settings.beat.schedule)
         #expect(entries.map(\.name) == ["every-ten", "nightly", "cron-string", "half-hour"])
@@ -204,6 +206,8 @@ struct BeatTests {
         #expect(settings.beat.scheduleFilename == "/tmp/x-schedule")
         #expect(settings.beat.cronStartingDeadline == .some(120))
         #expect(settings.beat.lockName == nil)
+        #expect(settings.beat.remoteControl == true)
+        #expect(settings.beat.remoteControlMaxTickAge == .some(30))
         let named = try CelerySettings.parse("swift_beat_lock: billing-beat", source: "beat.yaml")
         #expect(named.beat.lockName == .some("billing-beat"))
         let unlocked = try CelerySettings.parse("swift_beat_lock: false", source: "beat.yaml")

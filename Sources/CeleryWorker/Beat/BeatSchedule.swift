@@ -103,6 +103,16 @@ public struct BeatConfiguration: Sendable, Equatable {
     /// (`<name>.lock`, `<name>.runs`, behind the broker's `global_keyprefix`); `nil`: no lock, every beat sends, as
     /// Python's beats do. Default `swift-celery-beat`.
     public var lockName: String?
+    /// Celery 5.7's `beat_enable_remote_control`: beat answers `ping` (`celery inspect ping`) as ``hostname``, so it
+    /// can be health-checked. Default off, as in Celery.
+    public var remoteControl = false
+    /// The node remote control reaches beat as; `nil`: `celerybeat@<host>`, Celery's.
+    public var hostname: String?
+    /// `beat_remote_control_max_tick_age`: beat stops answering once it has not looked at its schedule for this many
+    /// seconds (0: never); `nil`: twice ``maxLoopInterval``, at least 60, as Celery's.
+    public var remoteControlMaxTickAge: Double?
+    /// `control_exchange`: the pidbox's exchange is `<control_exchange>.pidbox`.
+    public var controlExchange = "celery"
 
     public init(
         entries: [BeatEntry] = [], scheduleFilename: String = "celerybeat-schedule", maxLoopInterval: Double = 300,

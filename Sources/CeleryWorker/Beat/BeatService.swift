@@ -59,16 +59,25 @@ public final class BeatService: Service, Sendable {
         let lock = configuration.lockName.map {
             BeatLock(client: client.broker.commands, name: client.broker.keyPrefix + $0, node: node)
         }
-        while await holdLock(lock, shutdown: shutdown), await runSchedule(lock: lock, shutdown: shutdown, files: files) {}
+        let pidbox = configuration.remoteControl ? BeatPidbox(configuration: configuration, client: client, logger: logger) : nil
+        let stopped = ShutdownSignal()  // the pidbox listens until the schedule's loop is over
+        await withDiscardingTaskGroup { group in
+            if let pidbox { group.addTask { await pidbox.run(until: stopped) } }
+            while await holdLock(lock, shutdown: shutdown, pidbox: pidbox),
+                await runSchedule(lock: lock, shutdown: shutdown, files: files, pidbox: pidbox)
+            {}
+            stopped.trigger()
+        }
         await lock?.release()
         logger.info("beat: Shutting down...")
     }
 
     /// Waits until this beat holds the lock (at once without one). `false` when shutdown begins first.
-    private func holdLock(_ lock: BeatLock?, shutdown: ShutdownSignal) async -> Bool {
+    private func holdLock(_ lock: BeatLock?, shutdown: ShutdownSignal, pidbox: BeatPidbox?) async -> Bool {
         guard let lock else { return !shutdown.isTriggered }
         var told: String?
         while true {
+            pidbox?.ticked()
             do {
                 guard let holder = try await lock.acquire() else {
                     if told != nil { logger.info("beat: Taking the schedule over (\(lock.key))") }
@@ -122,7 +131,7 @@ public final class BeatService: Service, Sendable {
 
     /// Sends the schedule's tasks as they fall due. Returns `true` when another beat took the lock over, `false`
     /// at shutdown.
-    private func runSchedule(lock: BeatLock?, shutdown: ShutdownSignal, files: WorkerThreads) async -> Bool {
+    private func runSchedule(lock: BeatLock?, shutdown: ShutdownSignal, files: WorkerThreads, pidbox: BeatPidbox?) async -> Bool {
         let beat = configuration
         let file = BeatScheduleFile(path: beat.scheduleFilename)
         let kept = await keptRuns(file, lock: lock, files: files)
@@ -136,6 +145,7 @@ public final class BeatService: Service, Sendable {
         var unsent: [String: BeatEntry] = [:]
         var renewal = WallClock.now() + BeatLock.renewal
         while true {
+            pidbox?.ticked()
             if let lock, WallClock.now() >= renewal {
                 renewal = WallClock.now() + BeatLock.renewal
                 // An error here means the broker is away; the sends say so, and the next renewal tries again.

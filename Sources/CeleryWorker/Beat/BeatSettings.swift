@@ -17,6 +17,10 @@ public struct BeatSettings: Sendable, Equatable {
     /// The worker's own `swift_beat_lock`: a name for the keys that keep the schedule to one beat, or `false`
     /// (`.some(nil)`) for none.
     public var lockName: String??
+    /// `beat_enable_remote_control` (Celery 5.7).
+    public var remoteControl: Bool?
+    /// `beat_remote_control_max_tick_age` (Celery 5.7); `.some(nil)` when the file sets it to null.
+    public var remoteControlMaxTickAge: Double??
 
     public init() {}
 
@@ -42,17 +46,14 @@ extension CelerySettings {
         ),
         (
             ["beat_cron_starting_deadline"],
-            { settings, field in
-                guard !(field.value is NSNull) else {
-                    settings.beat.cronStartingDeadline = .some(nil)
-                    return
-                }
-                let seconds = try field.seconds()
-                guard seconds >= 0 else { throw field.fail("a number of seconds, 0 or more, or null") }
-                settings.beat.cronStartingDeadline = seconds
-            }
+            { $0.beat.cronStartingDeadline = try $1.secondsOrNull("a number of seconds, 0 or more, or null") }
         ),
         (["beat_scheduler", "CELERYBEAT_SCHEDULER"], { $0.beat.scheduler = try $1.string() }),
+        (["beat_enable_remote_control"], { $0.beat.remoteControl = try $1.bool() }),
+        (
+            ["beat_remote_control_max_tick_age"],
+            { $0.beat.remoteControlMaxTickAge = try $1.secondsOrNull("a number of seconds, 0 or more (0: never stale), or null") }
+        ),
         (
             ["swift_beat_lock"],
             { settings, field in
@@ -69,6 +70,14 @@ extension CelerySettings {
 }
 
 extension CelerySettings.Field {
+    /// A number of seconds from 0, or null (`.some(nil)`); `expected` says what, should it be neither.
+    func secondsOrNull(_ expected: String) throws(CeleryWorkerError) -> Double?? {
+        if value is NSNull { return .some(nil) }
+        let seconds = try seconds()
+        guard seconds >= 0 else { throw fail(expected) }
+        return seconds
+    }
+
     /// `beat_schedule`: a mapping of entry names to `{task, schedule, args, kwargs, options}`. A schedule is a number
     /// of seconds, `{timedelta: {days, hours, minutes, seconds}}`, or `{crontab: {minute, hour, day_of_week,
     /// day_of_month, month_of_year}}` (each a cron field, a number or a list of numbers) or `{crontab: "m h dom mon

@@ -105,7 +105,7 @@ extension WorkerRun {
             "reply_to": ["exchange": .string(replyExchange), "routing_key": .string(oid)],
         ]
         let started = WallClock.now()
-        let envelope = pidboxEnvelope(
+        let envelope = Self.pidboxEnvelope(
             request, serializer: .json,
             headers: [
                 "clock": .int(Int64(service.events?.currentClock ?? 0)), "expires": .double(started + Self.mingleTimeout),

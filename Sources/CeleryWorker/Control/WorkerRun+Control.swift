@@ -172,7 +172,7 @@ extension WorkerRun {
 
     /// A pidbox message as kombu's `Mailbox` sends it, to `exchange` with `routingKey`: `delivery_mode` 2 for a
     /// request, 1 for a reply (kombu's reply producer).
-    func pidboxEnvelope(
+    static func pidboxEnvelope(
         _ body: CeleryValue, serializer: CeleryContentType, headers: CeleryObject, exchange: String, routingKey: String,
         deliveryMode: Int64
     ) -> KombuEnvelope {
@@ -246,22 +246,29 @@ extension WorkerRun {
         guard let ticket = request["ticket"]?.stringValue, let exchange = request["reply_to"]?["exchange"]?.stringValue,
             let routingKey = request["reply_to"]?["routing_key"]?.stringValue
         else { return }
-        let answer = pidboxEnvelope(
+        let answer = Self.pidboxEnvelope(
             [configuration.nodeName: reply], serializer: serializer,
             headers: ["ticket": .string(ticket), "clock": .int(Int64(service.events?.currentClock ?? 0))],
             exchange: exchange, routingKey: routingKey, deliveryMode: 1)
         do {
-            let encoded = try configuration.sealed(answer).encoded()
-            // kombu's direct exchange: every queue bound with this routing key gets the reply.
-            let prefix = configuration.brokerKeyPrefix
-            let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)")))
-            for member in members.array ?? [] {
-                guard let text = member.text, let queue = configuration.brokerTransport.boundQueue(member: text, routingKey: routingKey)
-                else { continue }
-                try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + queue), RedisArgument(encoded)))
-            }
+            try await Self.pushReply(
+                configuration.sealed(answer).encoded(), exchange: exchange, routingKey: routingKey,
+                prefix: configuration.brokerKeyPrefix, transport: configuration.brokerTransport, via: replies)
         } catch {
             logger.warning("Cannot reply to remote control \(method): \(error.message)")
+        }
+    }
+
+    /// Sends a pidbox reply as kombu's direct exchange does: to every queue bound to `exchange` with `routingKey`
+    /// (`_kombu.binding.<exchange>`, behind the broker's `prefix`).
+    static func pushReply(
+        _ encoded: [UInt8], exchange: String, routingKey: String, prefix: String, transport: RedisTransportOptions,
+        via replies: RedisClient
+    ) async throws(CeleryWorkerError) {
+        let members = try await replies.send(RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)")))
+        for member in members.array ?? [] {
+            guard let text = member.text, let queue = transport.boundQueue(member: text, routingKey: routingKey) else { continue }
+            try await replies.send(RedisCommand("LPUSH", RedisArgument(prefix + queue), RedisArgument(encoded)))
         }
     }
 

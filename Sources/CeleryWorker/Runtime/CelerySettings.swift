@@ -378,9 +378,6 @@ public struct CelerySettings: Sendable, Equatable {
             ["beat_sync_every", "CELERYBEAT_SYNC_EVERY"],
             "the embedded beat (-B) writes its schedule file after every task it sends, and at shutdown")
         add(
-            ["beat_enable_remote_control", "beat_remote_control_max_tick_age"],
-            "the embedded beat (-B) runs inside the worker, which answers remote control itself")
-        add(
             [
                 "task_always_eager", "task_eager_propagates", "task_store_eager_result", "CELERY_ALWAYS_EAGER",
                 "CELERY_EAGER_PROPAGATES_EXCEPTIONS",
