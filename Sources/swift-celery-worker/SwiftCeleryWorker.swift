@@ -210,7 +210,7 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Flag(
         name: [.customShort("B"), .customLong("beat")],
-        help: "Also run Celery's beat in the worker, sending the periodic tasks of beat_schedule (--config). Run one beat only.")
+        help: "Also run Celery's beat, sending the periodic tasks of beat_schedule (--config); of beats on one broker, one sends.")
     var beat = false
 
     @Option(
@@ -222,7 +222,6 @@ struct WorkerCommand: AsyncParsableCommand {
     var scheduler: String?
 
     // Celery's options for what a Swift worker cannot do: refused with a sentence that says so, not as unknown.
-
     @Option(name: [.customShort("I"), .customLong("include")], help: .hidden)
     var include: String?
 
