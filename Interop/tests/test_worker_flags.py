@@ -428,3 +428,15 @@ def test_log_date_formats_as_celery_57_writes_them(start_configured, make_app):
             (name, worker.log)
         assert re.search(rf"^\[\d\d/\d\d/\d{{4}}: INFO/MainProcess\] tasks.log\[{result.id}\]: dated$", worker.log, re.M), \
             (name, worker.log)
+
+
+def test_node_names_as_celery_makes_them(start_worker, make_app):
+    """`-n` as Celery's `host_format(default_nodename(…))`: a name without `@` is a host, named `celery`."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    for pattern in ("swiftbare", "named@%h"):
+        expected = host_format(default_nodename(pattern))
+        worker = start_worker("-n", pattern, "-Q", f"q-{pattern.split('@')[0]}")
+        assert f"{expected} ready." in worker.log
+        assert make_app().control.ping(destination=[expected], timeout=2) == [{expected: {"ok": "pong"}}]
+        worker.stop()

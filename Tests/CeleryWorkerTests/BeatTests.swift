@@ -108,6 +108,15 @@ struct BeatTests {
         #expect(parts == [2026, 3, 29, 2, 30, 0])
     }
 
+    @Test("node names as Celery's host_format(default_nodename(…)): a bare name is a host named celery")
+    func nodeNames() {
+        let host = String(WorkerConfiguration.nodeName(expanding: "x@%h").dropFirst(2))
+        #expect(WorkerConfiguration.nodeName(expanding: "worker1") == "celery@worker1")
+        #expect(WorkerConfiguration.nodeName(expanding: "w1@%h") == "w1@\(host)")
+        #expect(WorkerConfiguration.nodeName(expanding: "%h") == "celery@\(host)")
+        #expect(WorkerConfiguration.nodeName(expanding: "%n").hasPrefix("celery@"))
+    }
+
     @Test("the app's time zone: timezone, else UTC; an unknown name is refused")
     func appTimeZone() throws {
         #expect(try CeleryTimeZone.app(named: "Europe/Paris", enableUTC: true).identifier == "Europe/Paris")

@@ -401,15 +401,17 @@ public struct WorkerConfiguration: Sendable {
         return percent ? formatted + "%" : formatted
     }
 
+    /// A node name as Celery's `-n` makes it (`host_format(default_nodename(pattern))`): a pattern without `@` names
+    /// the host, with `celery` as the name (`-n worker1` is `celery@worker1`); then `%h` is the host name, `%n` its
+    /// first label, `%d` the rest.
     public static func nodeName(expanding pattern: String) -> String {
         let host = Host.name
         let short = host.split(separator: ".").first.map(String.init) ?? host
         let domain = host.split(separator: ".").dropFirst().joined(separator: ".")
-        var name = pattern.replacingOccurrences(of: "%h", with: host)
+        let named = pattern.contains("@") ? pattern : "celery@" + pattern
+        return named.replacingOccurrences(of: "%h", with: host)
             .replacingOccurrences(of: "%n", with: short)
             .replacingOccurrences(of: "%d", with: domain)
-        if !name.contains("@") { name += "@" + host }
-        return name
     }
 }
 
