@@ -66,26 +66,15 @@ struct BeatCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.message)
         }
-        let name = scheduler ?? file.beat.scheduler ?? "celery.beat:PersistentScheduler"
-        guard BeatSettings.defaultSchedulers.contains(name) else {
-            throw ValidationError(
-                "--scheduler \(name): this beat is Celery's default persistent scheduler (celery.beat:PersistentScheduler); "
-                    + "run Python's `celery beat` for another scheduler.")
-        }
         let timezone: CeleryTimeZone
+        var configured: BeatConfiguration
         do {
             timezone = try CeleryTimeZone.app(named: file.timezone, enableUTC: file.enableUTC ?? true)
+            configured = try file.beatConfiguration(
+                scheduleFilename: schedule, scheduler: scheduler, maxLoopInterval: maxInterval, remoteControl: remoteControl)
         } catch {
             throw ValidationError(error.message)
         }
-        let beat = BeatConfiguration(
-            entries: file.beat.schedule ?? [], scheduleFilename: schedule ?? file.beat.scheduleFilename ?? "celerybeat-schedule",
-            maxLoopInterval: maxInterval ?? file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,
-            lockName: file.beat.lockName ?? "swift-celery-beat")
-        var configured = beat
-        configured.remoteControl = remoteControl ?? file.beat.remoteControl ?? false
-        configured.remoteControlMaxTickAge = file.beat.remoteControlMaxTickAge ?? nil
-        configured.controlExchange = file.controlExchange ?? "celery"
         // As Celery's default_nodename: a bare host gets beat's name.
         let node = hostname ?? "celerybeat@%h"
         configured.hostname = WorkerConfiguration.nodeName(expanding: node.contains("@") ? node : "celerybeat@" + node)

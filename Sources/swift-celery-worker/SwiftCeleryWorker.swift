@@ -433,20 +433,9 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.defaultRateLimit = file.defaultRateLimit
         configuration.stateDB = (statedb ?? file.stateDB).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
         if beat {
-            let name = scheduler ?? file.beat.scheduler ?? "celery.beat:PersistentScheduler"
-            try check(
-                BeatSettings.defaultSchedulers.contains(name),
-                "--scheduler \(name): the embedded beat is Celery's default persistent scheduler (celery.beat:PersistentScheduler); "
-                    + "run Python's `celery beat` for another scheduler.")
-            configuration.beat = BeatConfiguration(
-                entries: file.beat.schedule ?? [],
-                scheduleFilename: WorkerConfiguration.nodeFormat(
-                    scheduleFilename ?? file.beat.scheduleFilename ?? "celerybeat-schedule", node: configuration.nodeName),
-                maxLoopInterval: file.beat.maxLoopInterval ?? 300, cronStartingDeadline: file.beat.cronStartingDeadline ?? nil,
-                lockName: file.beat.lockName ?? "swift-celery-beat")
-            configuration.beat?.remoteControl = file.beat.remoteControl ?? false
-            configuration.beat?.remoteControlMaxTickAge = file.beat.remoteControlMaxTickAge ?? nil
-            configuration.beat?.controlExchange = file.controlExchange ?? "celery"
+            var beat = try file.beatConfiguration(scheduleFilename: scheduleFilename, scheduler: scheduler)
+            beat.scheduleFilename = WorkerConfiguration.nodeFormat(beat.scheduleFilename, node: configuration.nodeName)
+            configuration.beat = beat
         }
         configuration.disableRateLimits = file.disableRateLimits ?? false
         configuration.brokerConnectionRetry = BrokerConnectionRetry(

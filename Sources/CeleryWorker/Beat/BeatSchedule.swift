@@ -211,10 +211,6 @@ struct BeatScheduleFile {
             "swift_celery_beat": 1, "tz": .string(contents.timezone), "utc_enabled": .bool(contents.utcEnabled),
             "entries": .object(entries),
         ])
-        let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes)), rename(temporary, path) == 0 else {
-            throw CeleryWorkerError(
-                code: .invalidConfiguration, message: "cannot write schedule file \(path): \(String(cString: strerror(errno)))")
-        }
+        try StateDB.replace(path, with: bytes, naming: "schedule file")
     }
 }

@@ -31,6 +31,28 @@ public struct BeatSettings: Sendable, Equatable {
 }
 
 extension CelerySettings {
+    /// Beat's configuration: this file's settings, under what the command line gives (`-s`, `--scheduler`,
+    /// `--max-interval`, `--enable-remote-control`). Throws for a scheduler other than Celery's default.
+    public func beatConfiguration(
+        scheduleFilename: String?, scheduler: String?, maxLoopInterval: Double? = nil, remoteControl: Bool? = nil
+    ) throws(CeleryWorkerError) -> BeatConfiguration {
+        let name = scheduler ?? beat.scheduler ?? "celery.beat:PersistentScheduler"
+        guard BeatSettings.defaultSchedulers.contains(name) else {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "--scheduler \(name): beat here is Celery's default persistent scheduler "
+                    + "(celery.beat:PersistentScheduler); run Python's `celery beat` for another scheduler.")
+        }
+        var configuration = BeatConfiguration(
+            entries: beat.schedule ?? [], scheduleFilename: scheduleFilename ?? beat.scheduleFilename ?? "celerybeat-schedule",
+            maxLoopInterval: maxLoopInterval ?? beat.maxLoopInterval ?? 300, cronStartingDeadline: beat.cronStartingDeadline ?? nil,
+            lockName: beat.lockName ?? "swift-celery-beat")
+        configuration.remoteControl = remoteControl ?? beat.remoteControl ?? false
+        configuration.remoteControlMaxTickAge = beat.remoteControlMaxTickAge ?? nil
+        configuration.controlExchange = controlExchange ?? "celery"
+        return configuration
+    }
+
     /// The beat settings, each under its new and old name.
     static let beatSettings: [(names: [String], read: Setter)] = [
         (["beat_schedule", "CELERYBEAT_SCHEDULE"], { $0.beat.schedule = try $1.beatSchedule() }),

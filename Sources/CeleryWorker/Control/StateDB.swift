@@ -39,10 +39,16 @@ struct StateDB: Sendable {
         var revoked = CeleryObject()
         for (id, time) in contents.revoked.sorted(by: { $0.value < $1.value }) { revoked[id] = .double(time) }
         let bytes = CeleryJSON.encode(["revoked": .object(revoked), "clock": .int(Int64(contents.clock))])
+        try Self.replace(path, with: bytes, naming: "state db")
+    }
+
+    /// Writes `bytes` to a new file beside `path`, then renames it over `path`, so a crash leaves one or the other
+    /// whole. `what` names the file in the error.
+    static func replace(_ path: String, with bytes: [UInt8], naming what: String) throws(CeleryWorkerError) {
         let temporary = path + ".tmp"
         guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes)), rename(temporary, path) == 0 else {
             throw CeleryWorkerError(
-                code: .invalidConfiguration, message: "cannot write state db \(path): \(String(cString: strerror(errno)))")
+                code: .invalidConfiguration, message: "cannot write \(what) \(path): \(String(cString: strerror(errno)))")
         }
     }
 }
