@@ -51,6 +51,17 @@ def eventually(condition, timeout=5.0):
     return condition()
 
 
+def assert_detached(pid: int, workdir: Path, umask: str):
+    """Checks a process that detached as Celery's `detached()` leaves one: the mask, a session of its own of which it
+    is not the leader, the working directory, standard streams on /dev/null, and a command line without the detach."""
+    assert f"Umask:\t{umask}" in Path(f"/proc/{pid}/status").read_text()
+    assert os.getsid(pid) not in (os.getsid(0), pid)
+    assert os.readlink(f"/proc/{pid}/cwd") == str(workdir)
+    assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)} == {"/dev/null"}
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert "-D" not in arguments and "--detach" not in arguments, arguments
+
+
 def ends_apart(app, results) -> float:
     """Seconds between the first and the last of `results` to finish, by the `date_done` their worker stored. Tasks of
     one length that ran side by side end together; one after another, a length apart each. Unlike a clock read around

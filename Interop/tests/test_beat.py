@@ -337,6 +337,58 @@ beat_schedule:
     assert json.loads(schedule.read_text())["entries"]["to-python"]["total_run_count"] == sent >= 2
 
 
+def test_standalone_beat_detaches_as_celery_beat(broker_redis, redis_urls):
+    """`beat --detach` with `--workdir`, as `celery beat --detach`: the command exits 0 at once and beat goes on in the
+    background. The pid file and the mask come from `beat_pidfile` and `beat_umask` (Celery 5.4's daemon settings),
+    `-f` wins over `beat_logfile`; started as root with `beat_uid: nobody`, beat runs as nobody. A second beat with
+    the same pid file refuses before detaching; SIGTERM stops beat, which writes its schedule and drops the pid file."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import assert_detached
+
+    # The background process reads its config file again, as nobody when started as root.
+    workdir = Path(tempfile.mkdtemp(prefix="celery-beat-"))
+    workdir.chmod(0o777)
+    as_root = os.geteuid() == 0
+    try:
+        (workdir / "beat.yaml").write_text(
+            "beat_schedule: {daemon: {task: tasks.noop, schedule: 0.5, options: {queue: detachedbeat}}}\n"
+            "beat_pidfile: beat.pid\nbeat_umask: '027'\nbeat_logfile: unused.log\n"
+            + ("beat_uid: nobody\n" if as_root else ""))
+        command = [str(WORKER_BINARY), "beat", "--detach", "--workdir", str(workdir), "--config", "beat.yaml",
+                   "--broker", redis_urls["broker"], "-s", "schedule", "-l", "info", "-f", "beat.log"]
+        started = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        assert started.returncode == 0, started.stderr
+        assert eventually(lambda: (workdir / "beat.pid").exists())
+        pid = int((workdir / "beat.pid").read_text())
+        try:
+            assert_detached(pid, workdir, "0027")
+            if as_root:
+                status = Path(f"/proc/{pid}/status").read_text()
+                assert f"Uid:\t{pwd.getpwnam('nobody').pw_uid}\t" in status, status
+            assert popped(broker_redis, "detachedbeat") is not None
+            log = workdir / "beat.log"
+            assert "Scheduler: Sending due task daemon (tasks.noop)" in log.read_text()
+            assert oct(log.stat().st_mode & 0o777) == oct(0o640) and not (workdir / "unused.log").exists()
+            again = subprocess.run(command, capture_output=True, text=True, timeout=10)
+            assert again.returncode == 73 and "already exists" in again.stderr, again.stderr
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        assert eventually(lambda: not Path(f"/proc/{pid}").exists(), 10)
+        assert not (workdir / "beat.pid").exists()
+        assert "beat: Shutting down..." in (workdir / "beat.log").read_text()
+        missing = subprocess.run([*command, "--executable", str(workdir / "missing")], capture_output=True, text=True,
+                                 timeout=10)
+        assert missing.returncode == 1 and "Cannot run" in missing.stderr, missing.stderr
+        assert json.loads((workdir / "schedule").read_text())["entries"]["daemon"]["total_run_count"] >= 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def test_standalone_beat_refuses_bad_flags(redis_urls, tmp_path):
     config = write_config(tmp_path, "beat.yaml", "beat_schedule: {a: {task: tasks.noop, schedule: {crontab: '* *'}}}\n")
     for args, message in [(["--scheduler", "redbeat.RedBeatScheduler"], "run Python's `celery beat` for another scheduler"),

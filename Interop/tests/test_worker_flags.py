@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INTEROP, WORKER_BINARY, answering, eventually
+from conftest import INTEROP, WORKER_BINARY, answering, assert_detached, eventually
 from test_events import Capture, count
 
 
@@ -18,10 +18,11 @@ def fill(app, queue, priorities):
     return [app.send_task("tasks.add", (1, 1), queue=queue, priority=priority) for priority in priorities]
 
 
-def python_celery(redis_urls, *args):
+def python_celery(redis_urls, *args, settings=None):
     """A Python worker whose standard output and error the test reads (the purge line and the pidfile error go
-    there, not to its log)."""
-    env = {**os.environ, "CELERY_BROKER_URL": redis_urls["broker"], "CELERY_RESULT_BACKEND": redis_urls["backend"]}
+    there, not to its log); `settings` are added to its app's."""
+    env = {**os.environ, "CELERY_BROKER_URL": redis_urls["broker"], "CELERY_RESULT_BACKEND": redis_urls["backend"],
+           "CELERY_SETTINGS": json.dumps(settings or {})}
     celery = Path(sys.executable).with_name("celery")
     return subprocess.Popen([str(celery), "-A", "pytasks", "worker", "-l", "INFO", "--without-mingle",
                              "--without-gossip", "-P", "solo", *args], cwd=INTEROP / "pyworker", env=env,
@@ -155,12 +156,7 @@ def test_detach_umask_and_workdir_as_celery_daemonizes(tmp_path, redis_urls, mak
     assert eventually(lambda: (workdir / "w.pid").exists())
     pid = int((workdir / "w.pid").read_text())
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        assert "Umask:\t0027" in status
-        assert os.getsid(pid) not in (os.getsid(0), pid)  # a new session, of which it is not the leader
-        assert os.readlink(f"/proc/{pid}/cwd") == str(workdir)
-        assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)} == {"/dev/null"}
-        assert "-D" not in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert_detached(pid, workdir, "0027")
         app = make_app()
         assert app.send_task("tasks.add", (2, 3), queue="detached").get(timeout=15) == 5
         log = workdir / "daemon.log"
@@ -176,6 +172,50 @@ def test_detach_umask_and_workdir_as_celery_daemonizes(tmp_path, redis_urls, mak
     assert eventually(lambda: not Path(f"/proc/{pid}").exists(), 10)
     assert not (workdir / "w.pid").exists()
     assert "worker: Warm shutdown (MainProcess)" in (workdir / "daemon.log").read_text()
+
+
+def test_daemon_settings_as_celery_reads_them(tmp_path, redis_urls, make_app):
+    """Celery 5.4's daemon settings: an option of `celery worker` missing from the command line is read from the
+    setting named after it (`worker_pidfile`, `worker_logfile`, `worker_umask`, …), node-formatted as the flags are.
+    The Swift worker, detached with all three from its config file, and a Python worker given the same pid and log
+    file settings."""
+    workdir = tmp_path / "settings"
+    workdir.mkdir()
+    config = workdir / "daemon.yaml"
+    config.write_text("worker_pidfile: '%n.pid'\nworker_logfile: '%n.log'\nworker_umask: '077'\n")
+    started = subprocess.run([str(WORKER_BINARY), "-D", "--workdir", str(workdir), "--config", "daemon.yaml",
+                              "-n", "fromsettings@%h", "-Q", "daemonsettings", "--broker", redis_urls["broker"],
+                              "--result-backend", redis_urls["backend"]], capture_output=True, text=True, timeout=10)
+    assert started.returncode == 0, started.stderr
+    pidfile = workdir / "fromsettings.pid"
+    assert eventually(pidfile.exists)
+    pid = int(pidfile.read_text())
+    try:
+        assert_detached(pid, workdir, "0077")
+        assert make_app().send_task("tasks.add", (2, 3), queue="daemonsettings").get(timeout=15) == 5
+        log = workdir / "fromsettings.log"
+        assert "fromsettings@" in log.read_text() and oct(log.stat().st_mode & 0o777) == oct(0o600)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert eventually(lambda: not Path(f"/proc/{pid}").exists(), 10)
+    assert not pidfile.exists()
+    # Python's worker reads the same settings from Celery 5.4 on (`celery.bin.base.DaemonOption`).
+    import celery
+
+    python = python_celery(redis_urls, "-n", "pysettings@%h", settings={
+        "worker_pidfile": str(workdir / "%n.pid"), "worker_logfile": str(workdir / "%n.log")})
+    try:
+        if celery.VERSION >= (5, 4):
+            assert eventually(lambda: (workdir / "pysettings.pid").exists(), 20)
+            assert (workdir / "pysettings.pid").read_text().strip() == str(python.pid)
+            log = workdir / "pysettings.log"
+            assert eventually(lambda: log.exists() and "pysettings@" in log.read_text(), 20)
+        else:
+            assert "ready." in output_until(python, "ready.")
+            assert not (workdir / "pysettings.pid").exists()
+    finally:
+        python.terminate()
+        python.wait(20)
 
 
 def test_log_formats_as_a_python_worker_writes_them(start_worker, start_python_worker, make_app, tmp_path):

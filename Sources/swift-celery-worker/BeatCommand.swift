@@ -8,7 +8,7 @@ import UnixSignals
 
 /// `celery beat`: Celery's beat on its own, sending the periodic tasks of `beat_schedule` to whichever workers
 /// consume their queues (``BeatService``), with `celery beat`'s options, banner and log.
-struct BeatCommand: AsyncParsableCommand {
+struct BeatCommand: AsyncParsableCommand, DaemonCommand {
     static let configuration = CommandConfiguration(
         commandName: "beat",
         abstract: "Send the periodic tasks of beat_schedule (--config) when they are due, as Python's celery beat.")
@@ -50,7 +50,10 @@ struct BeatCommand: AsyncParsableCommand {
     @Flag(name: [.customShort("q"), .customLong("quiet")], help: "Do not print the banner.")
     var quiet = false
 
+    @OptionGroup(title: "Daemonization options") var daemon: DaemonOptions
+
     func validate() throws {
+        try daemon.prepare()
         guard WorkerCommand.levels[loglevel.uppercased()] != nil else {
             throw ValidationError("Invalid log level '\(loglevel)': choose one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
         }
@@ -58,8 +61,16 @@ struct BeatCommand: AsyncParsableCommand {
         _ = try settings()
     }
 
+    func daemonPlan() throws -> Daemon.Plan {
+        let files = try settings().files
+        return daemon.plan(settings: files.settings, logfile: files.logfile, pidfile: files.pidfile)
+    }
+
     /// The beat's settings, as Celery's `Beat` takes them: flags first, then the configuration file.
-    func settings() throws -> (beat: BeatConfiguration, timezone: CeleryTimeZone, enableUTC: Bool) {
+    func settings() throws -> (
+        beat: BeatConfiguration, timezone: CeleryTimeZone, enableUTC: Bool,
+        files: (settings: DaemonSettings, logfile: String?, pidfile: String?)
+    ) {
         let file: CelerySettings
         do {
             file = try options.config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
@@ -78,21 +89,23 @@ struct BeatCommand: AsyncParsableCommand {
         // As Celery's default_nodename: a bare host gets beat's name.
         let node = hostname ?? "celerybeat@%h"
         configured.hostname = WorkerConfiguration.nodeName(expanding: node.contains("@") ? node : "celerybeat@" + node)
-        return (configured, timezone, file.enableUTC ?? true)
+        // Celery's daemon options fall back to beat_logfile, beat_pidfile, … (Celery 5.4 and later).
+        let daemon = file.beatDaemon
+        return (configured, timezone, file.enableUTC ?? true, (daemon, logfile ?? daemon.logfile, pidfile ?? daemon.pidfile))
     }
 
     func run() async throws {
-        let (beat, timezone, enableUTC) = try settings()
+        let (beat, timezone, enableUTC, files) = try settings()
         let client = try options.client()
         let level = WorkerCommand.levels[loglevel.uppercased()] ?? .warning
-        let sink = try logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
+        let sink = try files.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
         LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level) }
-        let lock = try pidfile.map { try Pidfile.acquire($0) }
+        let lock = try files.pidfile.map { try Pidfile.acquire($0) }
         defer { lock?.release() }
         if !quiet {
             let banner = Self.banner(
                 version: WorkerCommand.version, broker: client.brokerURL.description, beat: beat,
-                logfile: logfile ?? "[stderr]", level: loglevel.uppercased())
+                logfile: files.logfile ?? "[stderr]", level: loglevel.uppercased())
             FileHandle.standardOutput.write(Data(banner.utf8))
         }
         let service = BeatService(

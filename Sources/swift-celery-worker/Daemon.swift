@@ -8,7 +8,8 @@ import Foundation
 /// Celery's `--detach` (`celery.platforms.detached`): the worker goes on in the background, in a session of its own,
 /// with standard input and output on `/dev/null`, and the command that started it exits 0. As Celery does, the
 /// background process runs the same command again without `-D` (and without `--uid`, `--gid`, whose change is made
-/// already); `--workdir` is left out too, its directory being the one it starts in. Unlike Celery, which finds out
+/// already); `--workdir` is left out too, its directory being the one it starts in, and `--executable`, which names the
+/// program it runs. Unlike Celery, which finds out
 /// in the background, a log file that cannot be written or a pid file held by a running worker stops the command
 /// itself, with the error on its standard error.
 enum Daemon {
@@ -17,10 +18,33 @@ enum Daemon {
 
     static var isDetached: Bool { ProcessInfo.processInfo.environment[detachedVariable] != nil }
 
-    /// Celery's `--umask` (`DaemonContext`): octal when it starts with 0, else decimal.
-    static func umask(parsing text: String) -> mode_t? {
-        guard let value = Int(text, radix: text.hasPrefix("0") ? 8 : 10), (0...0o777).contains(value) else { return nil }
-        return mode_t(value)
+    /// What a daemon command does before it runs: its options over its settings (``DaemonOptions``).
+    struct Plan {
+        var uid: String?
+        var gid: String?
+        var umask: mode_t?
+        var detach: Bool
+        /// The log file, which the detaching checks before it forks.
+        var logfile: String?
+        /// The pid file, which the detaching checks before it forks.
+        var pidfile: String?
+        /// The program the background process runs: `--executable`, else this one.
+        var executable: String?
+
+        /// Carries the plan out, in Celery's order: the mask, the change of user and group, then the detaching, which
+        /// returns only in the background process's place. The background process, started with the mask and as the
+        /// user already, does none of it again.
+        func carryOut() throws {
+            if let umask { Glibc.umask(umask) }
+            guard !Daemon.isDetached else { return }
+            do {
+                try Privileges.drop(user: uid, group: gid)
+            } catch {
+                FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            if detach { try Daemon.detach(logfile: logfile, pidfile: pidfile, executable: executable) }
+        }
     }
 
     /// The command line of the background process: the same, without the options the detaching carried out.
@@ -33,11 +57,11 @@ enum Daemon {
                 continue
             }
             if argument == "-D" || argument == "--detach" { continue }
-            if ["--uid", "--gid", "--workdir"].contains(argument) {
+            if ["--uid", "--gid", "--workdir", "--executable"].contains(argument) {
                 skipNext = true
                 continue
             }
-            if ["--uid=", "--gid=", "--workdir="].contains(where: argument.hasPrefix) { continue }
+            if ["--uid=", "--gid=", "--workdir=", "--executable="].contains(where: argument.hasPrefix) { continue }
             kept.append(argument)
         }
         return kept
@@ -62,7 +86,7 @@ enum Daemon {
 
     /// Checks what the background process needs, then detaches: returns only in the background process's place,
     /// never (the starting process exits 0; the background one is replaced by the worker).
-    static func detach(logfile: String?, pidfile: String?) throws -> Never {
+    static func detach(logfile: String?, pidfile: String?, executable: String?) throws -> Never {
         if let logfile {
             let descriptor = open(logfile, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o666)
             guard descriptor >= 0 else {
@@ -76,6 +100,11 @@ enum Daemon {
         // async-signal-safe calls run.
         setenv(detachedVariable, "1", 1)
         let arguments = backgroundArguments(CommandLine.arguments).map { strdup($0) } + [nil]
+        if let executable, access(executable, X_OK) != 0 {
+            FileHandle.standardError.write(Data("ERROR: Cannot run \(executable): \(String(cString: strerror(errno)))\n".utf8))
+            throw ExitCode(1)
+        }
+        guard let program = strdup(executable ?? "/proc/self/exe") else { throw ExitCode(1) }
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)  // the exec closes it; its copies on 0, 1, 2 stay
         guard null >= 0 else {
             FileHandle.standardError.write(Data("ERROR: Cannot open /dev/null: \(String(cString: strerror(errno)))\n".utf8))
@@ -97,7 +126,7 @@ enum Daemon {
         dup2(null, 0)
         dup2(null, 1)
         dup2(null, 2)
-        execv("/proc/self/exe", arguments)
+        execv(program, arguments)
         _exit(1)
     }
 }

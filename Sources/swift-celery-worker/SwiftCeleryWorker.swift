@@ -19,27 +19,16 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         defaultSubcommand: WorkerCommand.self
     )
 
-    /// ArgumentParser's own `main`, with one step first: a worker's `--uid`/`--gid` are acted on right after parsing,
-    /// on the main thread before any other thread exists. glibc's setuid then has only this thread to change, and
-    /// every thread made later inherits it. (From a worker thread, the main thread, parked by the concurrency runtime,
-    /// kept root: `ps` showed the worker as root.)
+    /// ArgumentParser's own `main`, with one step first: the daemon options of `worker` and `beat` (`--uid`, `--gid`,
+    /// `--umask`, `--detach`, and their settings) are acted on right after parsing, on the main thread before any other
+    /// thread exists. glibc's setuid then has only this thread to change, and every thread made later inherits it.
+    /// (From a worker thread, the main thread, parked by the concurrency runtime, kept root: `ps` showed the worker as
+    /// root.)
     static func main() async {
         do {
             var command = try parseAsRoot()
-            if let worker = command as? WorkerCommand, !CeleryWorkerService.isPoolChild {
-                if let mask = worker.umask.flatMap(Daemon.umask(parsing:)) { Glibc.umask(mask) }
-                do {
-                    try Privileges.drop(user: worker.uid, group: worker.gid)
-                } catch {
-                    FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
-                    throw ExitCode(1)
-                }
-                if worker.detach, !Daemon.isDetached {
-                    let resolved = try worker.resolve()
-                    try Daemon.detach(
-                        logfile: resolved.logfile,
-                        pidfile: worker.pidfile.map { WorkerConfiguration.nodeFormat($0, node: resolved.configuration.nodeName) })
-                }
+            if let daemon = command as? any DaemonCommand, !CeleryWorkerService.isPoolChild {
+                try daemon.daemonPlan().carryOut()
             }
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
@@ -52,7 +41,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
     }
 }
 
-struct WorkerCommand: AsyncParsableCommand {
+struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
     static let version = CeleryWorkerService.version
     static let configuration = CommandConfiguration(
         commandName: "worker",
@@ -182,24 +171,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var statedb: String?
 
     // Acted on by ``SwiftCeleryWorker/main()`` right after parsing, before anything else runs.
-    @Option(
-        name: .customLong("uid"),
-        help: "Started as root, drop privileges to this user (a name or a number) before anything else, as Celery's --uid.")
-    var uid: String?
-
-    @Option(name: .customLong("gid"), help: "Started as root, drop privileges to this group (a name or a number), as Celery's --gid.")
-    var gid: String?
-
-    @Flag(
-        name: [.customShort("D"), .customLong("detach")],
-        help: "Run in the background (a session of its own, standard input and output on /dev/null), as Celery's --detach.")
-    var detach = false
-
-    @Option(name: .customLong("umask"), help: "The file mode creation mask, octal when it starts with 0 (027), as Celery's --umask.")
-    var umask: String?
-
-    @Option(name: .customLong("workdir"), help: "Change to this directory before anything else (relative paths then start there).")
-    var workdir: String?
+    @OptionGroup(title: "Daemonization options") var daemon: DaemonOptions
 
     // Celery's global options, taken by the worker as Celery's `celery` command takes them before `worker`.
     @Flag(name: [.customShort("q"), .customLong("quiet")], help: "Do not print the banner, as Celery's --quiet.")
@@ -254,6 +226,10 @@ struct WorkerCommand: AsyncParsableCommand {
         var configuration: WorkerConfiguration
         var logfile: String?
         var warnings: [String]
+        /// The pid file, node-formatted: `--pidfile`, else `worker_pidfile`.
+        var pidfile: String?
+        /// `worker_uid`, `worker_umask`, … from the config file, under the flags.
+        var daemon = DaemonSettings()
         var logFormat = LogFormat.worker
         var taskLogFormat = LogFormat.task
         /// `REMAP_SIGTERM=SIGQUIT`: `SIGTERM` is a cold shutdown.
@@ -447,10 +423,12 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.addBoundQueues()
         // Node-formatted as Celery's log setup formats it (`%n.log`); with `%i` or `%I` each pool child has a file of its
         // own (`%n%I.log`: `w1.log`, `w1-1.log`, `w1-2.log` …), as Celery's prefork children have.
-        let logPath = (logfile ?? file.logFile).map {
+        let logPath = (logfile ?? file.workerDaemon.logfile ?? file.logFile).map {
             WorkerConfiguration.nodeFormat($0, node: configuration.nodeName, processIndex: CeleryWorkerService.poolChildNumber ?? 0)
         }
         var resolved = Resolved(configuration: configuration, logfile: logPath, warnings: warnings)
+        resolved.pidfile = (pidfile ?? file.workerDaemon.pidfile).map { WorkerConfiguration.nodeFormat($0, node: configuration.nodeName) }
+        resolved.daemon = file.workerDaemon
         resolved.logFormat = file.logFormat ?? .worker
         resolved.taskLogFormat = file.taskLogFormat ?? .task
         resolved.logFormat.dateFormat = file.logDateFormat
@@ -461,18 +439,16 @@ struct WorkerCommand: AsyncParsableCommand {
         return resolved
     }
 
+    func daemonPlan() throws -> Daemon.Plan {
+        let resolved = try resolve()
+        return daemon.plan(settings: resolved.daemon, logfile: resolved.logfile, pidfile: resolved.pidfile)
+    }
+
     func validate() throws {
         if let include {
             throw ValidationError("-I/--include \(include): the Swift worker's tasks are compiled in; it imports no Python modules.")
         }
-        if let umask, Daemon.umask(parsing: umask) == nil {
-            throw ValidationError("--umask must be a mask from 0 to 0777 (octal when it starts with 0), got '\(umask)'.")
-        }
-        // Celery's --workdir is eager: the config file and every relative path are then read from there. A pool child
-        // and a detached worker start there already.
-        if let workdir, !CeleryWorkerService.isPoolChild, !Daemon.isDetached, chdir(workdir) != 0 {
-            throw ValidationError("--workdir \(workdir): \(String(cString: strerror(errno))).")
-        }
+        try daemon.prepare()
         do {
             _ = try resolve()
         } catch let error as CeleryWorkerError {
@@ -509,7 +485,7 @@ struct WorkerCommand: AsyncParsableCommand {
 
         // As Celery's worker: its warning about root, the pid lock, then the purge, then the banner.
         if let warning = Privileges.securityWarning { FileHandle.standardError.write(Data(warning.utf8)) }
-        let lock = try pidfile.map { path in try Pidfile.acquire(WorkerConfiguration.nodeFormat(path, node: configuration.nodeName)) }
+        let lock = try resolved.pidfile.map { try Pidfile.acquire($0) }
         defer { lock?.release() }
         if purge { await purgeQueues(configuration, logger: logger) }
         if !quiet {

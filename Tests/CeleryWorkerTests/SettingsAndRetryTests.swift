@@ -317,6 +317,34 @@ struct CelerySettingsTests {
         #expect(RedisConnection(url: url).connectTimeout == .milliseconds(7500))
     }
 
+    @Test("the daemon settings of worker and beat (Celery 5.4's DaemonOption): names or numbers, the mask as text or a number")
+    func daemonSettings() throws {
+        let set = try CelerySettings.parse(
+            """
+            worker_pidfile: '%n.pid'
+            worker_logfile: /var/log/w.log
+            worker_uid: 1000
+            worker_gid: staff
+            worker_umask: 23
+            worker_executable: /usr/local/bin/swift-celery-worker
+            beat_pidfile: beat.pid
+            beat_umask: '027'
+            beat_uid: nobody
+            """, source: "daemon.yaml")
+        #expect(set.warnings.isEmpty)
+        #expect(set.workerDaemon.pidfile == "%n.pid" && set.workerDaemon.logfile == "/var/log/w.log")
+        #expect(set.workerDaemon.uid == "1000" && set.workerDaemon.gid == "staff")
+        #expect(set.workerDaemon.executable == "/usr/local/bin/swift-celery-worker")
+        // A number is the mask itself (23 is 0o27), as Python's os.umask takes it.
+        #expect(set.workerDaemon.umask.flatMap(DaemonSettings.umask(parsing:)) == 0o27)
+        #expect(set.beatDaemon.umask.flatMap(DaemonSettings.umask(parsing:)) == 0o27)
+        #expect(set.beatDaemon.pidfile == "beat.pid" && set.beatDaemon.uid == "nobody" && set.beatDaemon.logfile == nil)
+        #expect(DaemonSettings.umask(parsing: "22") == 22 && DaemonSettings.umask(parsing: "0777") == 0o777)
+        for bad in ["worker_umask: '0999'", "worker_umask: 512", "beat_umask: true", "worker_uid: ''", "beat_gid: [1]"] {
+            #expect(throws: CeleryWorkerError.self, "\(bad)") { try CelerySettings.parse(bad, source: "bad.yaml") }
+        }
+    }
+
     @Test("Celery 5.5's soft shutdown, the deduplication of successful tasks and task_ignore_result")
     func shutdownAndDeduplication() throws {
         let set = try CelerySettings.parse(

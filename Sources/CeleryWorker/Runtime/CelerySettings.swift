@@ -102,6 +102,10 @@ public struct CelerySettings: Sendable, Equatable {
     public var stateDB: String?
     /// The embedded beat's settings (`beat_schedule`, `beat_schedule_filename`, …).
     public var beat = BeatSettings()
+    /// `worker_logfile`, `worker_pidfile`, `worker_uid`, `worker_gid`, `worker_umask`, `worker_executable`.
+    public var workerDaemon = DaemonSettings()
+    /// `beat_logfile`, `beat_pidfile`, `beat_uid`, `beat_gid`, `beat_umask`, `beat_executable`.
+    public var beatDaemon = DaemonSettings()
     /// `worker_enable_remote_control`.
     public var remoteControl: Bool?
     /// `task_send_sent_event`.
@@ -487,6 +491,7 @@ public struct CelerySettings: Sendable, Equatable {
     static let settings: [String: Setter] = byName { add in
         add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { $0.brokerURL = try $1.string() }
         for (names, read) in beatSettings { add(names, read) }
+        for (names, read) in DaemonSettings.settings { add(names, read) }
         add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }
         add(["broker_read_url"]) { $0.brokerReadURL = try $1.string() }
         add(["broker_write_url"]) { $0.brokerWriteURL = try $1.string() }
