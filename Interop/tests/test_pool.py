@@ -109,6 +109,20 @@ def test_tasks_behave_the_same_in_a_child(start_worker, make_app):
     assert progress.info["total"] == 4 and progress.get(timeout=10) == 4
 
 
+def test_worker_process_init_runs_in_each_child_before_its_tasks(start_worker, make_app):
+    """The registry's `onWorkerProcessInit` receiver (Celery's `worker_process_init`) runs in each process-pool child
+    as it starts: the demo's records its process's pid, and every task finds it set to its own child's pid, also in
+    the children that replace those done after two tasks. Without children (the thread pool) it never runs."""
+    worker = start_worker("-n", "processinit@%h", "-P", "process", "-c", "2", "--max-tasks-per-child", "2")
+    app = make_app()
+    results = [app.send_task("tasks.process_init").get(timeout=10) for _ in range(6)]
+    assert all(r["initialized"] == r["pid"] != worker.proc.pid for r in results), results
+    assert len({r["pid"] for r in results}) >= 3, results
+    threads = start_worker("-n", "threadinit@%h", "-P", "threads", "-Q", "threadinit")
+    result = app.send_task("tasks.process_init", queue="threadinit").get(timeout=10)
+    assert result == {"initialized": None, "pid": threads.proc.pid}
+
+
 def test_a_crashing_task_is_contained(start_worker, make_app):
     from celery.exceptions import WorkerLostError
 

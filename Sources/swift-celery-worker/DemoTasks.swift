@@ -1,10 +1,19 @@
 import CeleryProtocol
 import CeleryWorker
 import Foundation
+import Synchronization
 
 /// The built-in demo tasks, registered through the public API exactly as a user's own tasks would be.
 enum DemoTasks {
+    /// The pid that this process's `worker_process_init` receiver recorded: set in a process-pool child as it starts.
+    static let processInit = Mutex<Int32?>(nil)
+
     static func register(in registry: inout TaskRegistry) {
+        registry.signals.onWorkerProcessInit { _ in processInit.withLock { $0 = getpid() } }
+        registry.register("tasks.process_init") { _ in
+            let initialized = processInit.withLock { $0 }
+            return ["initialized": initialized.map { .int(Int64($0)) } ?? .null, "pid": .int(Int64(getpid()))] as CeleryValue
+        }
         registry.register("seed_email") { _ in
             try await Task.sleep(for: .seconds(1))
             return "我将发送邮件"

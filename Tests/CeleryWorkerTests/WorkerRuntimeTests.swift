@@ -77,11 +77,10 @@ struct WorkerRuntimeTests {
     /// Runs a worker until `body` returns, then shuts it down warmly.
     static func withWorker(
         concurrency: Int = 2, acksLate: Bool = false, trackStarted: Bool = false, resultExtended: Bool = false,
-        registry: TaskRegistry = registry(),
+        registry: TaskRegistry = registry(), backend: InMemoryBackend = InMemoryBackend(),
         _ body: (InMemoryBroker, InMemoryBackend) async throws -> Void
     ) async throws -> (InMemoryBroker, InMemoryBackend) {
         let broker = InMemoryBroker()
-        let backend = InMemoryBackend()
         let worker = CeleryWorkerService(
             configuration: WorkerConfiguration(
                 concurrency: concurrency, acksLate: acksLate, nodeName: "test@host", trackStarted: trackStarted,
@@ -287,6 +286,72 @@ struct WorkerRuntimeTests {
             try await Self.waitFor { backend.final("c") != nil }
         }
         #expect(backend.final("c")?.result == ["c", "context", 2, "v", "celery", "c", "context"])
+    }
+
+    @Test("Celery's signals: each task's received, prerun, outcome and postrun in Celery's order; revoked; the worker's")
+    func signals() async throws {
+        let heard = Mutex<[String]>([])
+        let backend = InMemoryBackend()
+        var registry = Self.registry()
+        @Sendable func hear(_ line: String) { heard.withLock { $0.append(line) } }
+        registry.signals.onTaskReceived { hear("received \($0.id)") }
+        registry.signals.onTaskPrerun { request in
+            hear("prerun \(request.id) \(request.name) \(PythonRepr.repr(.array(request.args)))")
+            if request.id == "boom" { throw PythonException.runtimeError("a receiver failed") }
+        }
+        registry.signals.onTaskPrerun { hear("prerun again \($0.id)") }  // after one that threw, too
+        registry.signals.onTaskSuccess { hear("success \($0.request.id) \(PythonRepr.repr($0.result)) \($0.runtime >= 0)") }
+        registry.signals.onTaskFailure { failure in
+            // Sent once FAILURE is stored, as Celery's handle_failure sends it.
+            let stored = backend.final(failure.request.id)?.status == .failure
+            hear("failure \(failure.request.id) \(failure.exception.repr) stored=\(stored) \(failure.traceback != nil)")
+        }
+        registry.signals.onTaskRetry { hear("retry \($0.request.id) \($0.request.retries) \($0.reason)") }
+        registry.signals.onTaskPostrun { hear("postrun \($0.request.id) \($0.state) \(PythonRepr.repr($0.result))") }
+        registry.signals.onTaskRevoked { hear("revoked \($0.request.id) terminated=\($0.terminated) expired=\($0.expired)") }
+        registry.signals.onWorkerReady { hear("ready \($0.hostname)") }
+        registry.signals.onWorkerShutdown { hear("shutdown \($0.hostname)") }
+        let expired = CeleryTimestamp.isoformat(unixSeconds: WallClock.now() - 10)
+        _ = try await Self.withWorker(concurrency: 1, registry: registry, backend: backend) { broker, backend in
+            for (name, id, args) in [("add", "a", [2, 3]), ("fail", "f", []), ("flaky", "fl", [1]), ("ignore", "i", [])]
+                as [(String, String, [CeleryValue])]
+            {
+                broker.push(taskMessage(name, id: id, args: args))
+                try await Self.waitFor { heard.withLock { $0.contains { $0.hasPrefix("postrun \(id) ") } } }
+                if id == "fl" { try await Self.waitFor { backend.final("fl") != nil } }
+            }
+            broker.push(taskMessage("reject", id: "r", args: [false]))
+            broker.push(taskMessage("add", id: "x", args: [1, 1], extraHeaders: ["expires": .string(expired)]))
+            broker.push(taskMessage("add", id: "boom", args: [0, 0]))
+            try await Self.waitFor { backend.final("boom") != nil && backend.final("x") != nil }
+        }
+        let lines = heard.withLock { $0 }
+        func of(_ id: String) -> [String] {
+            lines.filter { line in
+                let words = line.split(separator: " ")
+                return words.dropFirst().first == Substring(id) || words.starts(with: ["prerun", "again", Substring(id)])
+            }
+        }
+        // Ready is sent once the worker logs `ready.`, as tasks may already start; shutdown last.
+        #expect(lines.filter { $0.hasPrefix("ready") } == ["ready test@host"] && lines.last == "shutdown test@host", "\(lines)")
+        #expect(of("a") == ["received a", "prerun a add [2, 3]", "prerun again a", "success a 5 true", "postrun a SUCCESS 5"])
+        #expect(
+            of("f") == [
+                "received f", "prerun f fail []", "prerun again f", "failure f ValueError('nope') stored=true true",
+                "postrun f FAILURE {'exc_type': 'ValueError', 'exc_message': ['nope'], 'exc_module': 'builtins'}",
+            ], "\(lines)")
+        #expect(
+            of("fl") == [
+                "received fl", "prerun fl flaky [1]", "prerun again fl", "retry fl 0 Retry in 0.05s",
+                "postrun fl RETRY {'exc_type': 'Retry', 'exc_message': ['Retry in 0.05s'], 'exc_module': 'celery.exceptions'}",
+                "received fl", "prerun fl flaky [1]", "prerun again fl", "success fl 1 true", "postrun fl SUCCESS 1",
+            ], "\(lines)")
+        #expect(of("i").last?.hasPrefix("postrun i IGNORED") == true, "\(lines)")
+        #expect(of("r").last?.hasPrefix("postrun r REJECTED") == true, "\(lines)")
+        // An expired task is revoked on arrival: no received, prerun or postrun.
+        #expect(of("x") == ["revoked x terminated=false expired=true"], "\(lines)")
+        // The receiver that threw did not stop the next one, nor the task.
+        #expect(of("boom").contains("prerun again boom") && backend.final("boom")?.result == 0, "\(lines)")
     }
 
     @Test("-c limits how many tasks run at once")

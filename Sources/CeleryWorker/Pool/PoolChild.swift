@@ -44,6 +44,12 @@ struct PoolChild {
         cancelSource.setEventHandler { shared.cancelCurrent() }
         cancelSource.resume()
         let executor = WorkerThreads(count: 1, name: "celery-task")
+        if !registry.signals.workerProcessInit.isEmpty {
+            let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
+            await withTaskExecutorPreference(executor) {
+                await WorkerSignals.send(registry.signals.workerProcessInit, event, signal: "worker_process_init", logger: logger)
+            }
+        }
         // Blocking pipe writes run on the task thread, never on the cooperative pool.
         let ready = await withTaskExecutorPreference(executor) {
             PoolFrames.write(["ready": .int(Int64(getpid()))], to: PoolFrames.outcomeDescriptor)

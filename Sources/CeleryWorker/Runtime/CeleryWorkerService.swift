@@ -331,10 +331,18 @@ final class WorkerRun: Sendable {
     let etaFreed = Atomic<Int>(0)
     /// What gossip knows of the other workers and of elections (``heardGossip(_:)``).
     let gossip = Mutex(GossipState())
+    /// Set when the worker logs `ready.`.
+    let ready = ShutdownSignal()
+    /// The registry's signals (``WorkerSignals``).
+    let signals: WorkerSignals
+    /// Whether any task signal has a receiver: one check per point on the task path when none has.
+    let sendsTaskSignals: Bool
 
     init(service: CeleryWorkerService, shutdown: ShutdownSignal, executor: WorkerThreads, pool: ProcessPool?) {
         self.service = service
         self.shutdown = shutdown
+        self.signals = service.registry.signals
+        self.sendsTaskSignals = signals.hasTaskReceivers
         self.executor = executor
         self.pool = pool
         let limit = service.configuration.prefetchCount
@@ -356,6 +364,21 @@ final class WorkerRun: Sendable {
 
     func logReady() {
         logger.info("\(configuration.nodeName) ready.")
+        ready.trigger()
+    }
+
+    /// Celery's `worker_ready`, sent once the worker logs `ready.` (never, if it stops first).
+    private func sendWorkerReady() async {
+        guard !signals.workerReady.isEmpty else { return }
+        await withTaskGroup(of: Void.self) { race in
+            race.addTask { await self.ready.wait() }
+            race.addTask { await self.shutdown.wait() }
+            await race.next()
+            race.cancelAll()
+        }
+        guard ready.isTriggered else { return }
+        let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
+        await WorkerSignals.send(signals.workerReady, event, signal: "worker_ready", logger: logger)
     }
     var configuration: WorkerConfiguration { service.configuration }
 
@@ -424,11 +447,18 @@ final class WorkerRun: Sendable {
             group.addTask {
                 await self.beatLoop()
             }
+            group.addTask {
+                await self.sendWorkerReady()
+            }
         }
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
         // a cold shutdown cancelled the loops), and acks-late tasks a cold shutdown interrupted, go back to their queue.
         await giveBack(held.withLock { $0.unstarted })
         await saveState()  // Python's Persistent saves at shutdown
+        if !signals.workerShutdown.isEmpty {
+            let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
+            await WorkerSignals.send(signals.workerShutdown, event, signal: "worker_shutdown", logger: logger)
+        }
     }
 
     // MARK: Fetching

@@ -102,6 +102,8 @@ public struct ErrbackCall: Sendable {
 /// ```
 public struct TaskRegistry: Sendable {
     private var tasks: [String: RegisteredTask] = [:]
+    /// Celery's signals: receivers of yours for points in a task's life or the worker's (``WorkerSignals``).
+    public var signals = WorkerSignals()
 
     public init() {}
 

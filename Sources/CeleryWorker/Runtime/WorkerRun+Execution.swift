@@ -162,6 +162,9 @@ extension WorkerRun {
         if await revokeIfExpired(job) { return nil }
         if await discardIfRevoked(job) { return nil }
         logger.info("Task \(job.displayName)[\(message.id)] received")
+        if sendsTaskSignals, !signals.taskReceived.isEmpty {
+            await WorkerSignals.send(signals.taskReceived, request(for: job), signal: "task_received", logger: logger)
+        }
         await sendTaskEvent(
             "task-received", message,
             [
@@ -269,6 +272,17 @@ extension WorkerRun {
         document.status = .revoked
         document.children = children
         await store(document)
+        if sendsTaskSignals, !signals.taskRevoked.isEmpty {
+            let revoked = WorkerSignals.TaskRevoked(
+                request: request(for: job), terminated: reason == "terminated", signum: reason == "terminated" ? 15 : nil,
+                expired: reason == "expired")
+            await WorkerSignals.send(signals.taskRevoked, revoked, signal: "task_revoked", logger: logger)
+        }
+    }
+
+    /// The request a task's context and signals carry.
+    func request(for job: PreparedJob) -> TaskRequest {
+        TaskRequest(message: job.message, deliveryInfo: job.deliveryInfo, hostname: configuration.nodeName)
     }
 
     // MARK: Running
@@ -318,14 +332,15 @@ extension WorkerRun {
         }
         if configuration.deduplicateSuccessfulTasks, await skipsAsSucceeded(job, &machine, since: timeStart) { return }
         let storesResults = !ignoresResult(job)
+        let request = request(for: job)
+        if sendsTaskSignals, !signals.taskPrerun.isEmpty {
+            await WorkerSignals.send(signals.taskPrerun, request, signal: "task_prerun", logger: logger)
+        }
         if storesResults, job.task.options.trackStarted ?? configuration.trackStarted {
             let started: CeleryValue = ["pid": .int(Int64(Host.pid)), "hostname": .string(configuration.nodeName)]
             await store(document(message, queue: queue, status: .started, result: started, ready: false))
         }
 
-        let request = TaskRequest(
-            message: message, deliveryInfo: job.deliveryInfo,
-            hostname: configuration.nodeName)
         let context = TaskContext(
             request: request, workerLogger: logger, client: service.client,
             stateReporter: storesResults ? self : IgnoredStates(), fallbackPriority: configuration.fallbackPriority(parent: job.deliveryInfo.priority)
@@ -401,6 +416,12 @@ extension WorkerRun {
         }
         var outcome = ending.outcome
         var requeuesAfterTimeout = false
+        // Celery's task_postrun, once the outcome is handled, before an acks-late message is acknowledged.
+        func postrun(_ state: TaskState, _ result: CeleryValue) async {
+            guard !signals.taskPostrun.isEmpty else { return }
+            let event = WorkerSignals.TaskPostrun(request: request(for: job), state: state, result: result)
+            await WorkerSignals.send(signals.taskPostrun, event, signal: "task_postrun", logger: logger)
+        }
         if case .failure(let replacement as ReplaceTask) = outcome {
             outcome = await replace(job, with: replacement.signature)
         }
@@ -414,6 +435,7 @@ extension WorkerRun {
                 await sendTaskEvent("task-failed", message, ["exception": .string(rejection.pythonException.repr)])
             }
             await sendTaskEvent("task-rejected", message, ["requeue": .bool(rejection.requeue)])
+            if sendsTaskSignals { await postrun(.rejected, rejection.pythonException.value) }
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return holdsPrefetch
         case .failure(let lost as WorkerLostError)
@@ -423,10 +445,12 @@ extension WorkerRun {
             logger.error("Task handler raised error: \(lost.pythonException.repr)")
             logger.warning("Task \(job.displayName)[\(message.id)] requeued: its pool process was lost (reject_on_worker_lost)")
             await sendTaskEvent("task-rejected", message, ["requeue": true])
+            if sendsTaskSignals { await postrun(.rejected, lost.pythonException.value) }
             await carryOut(machine.reject(requeue: true), for: job.delivery)
             return holdsPrefetch
-        case .failure(is IgnoreTask):
+        case .failure(let ignore as IgnoreTask):
             outcomeLogger.info("Task \(job.displayName)[\(message.id)] ignored")
+            if sendsTaskSignals { await postrun(TaskState("IGNORED"), CeleryExceptionInfo(error: ignore).value) }
         case .success(let value):
             let children = await sendFollowUps(job, result: value)
             if storesResults {
@@ -437,6 +461,10 @@ extension WorkerRun {
                     await settler.store(stored)  // the chord join comes after the part's own result
                 }
             }
+            if sendsTaskSignals, !signals.taskSuccess.isEmpty {
+                let success = WorkerSignals.TaskSuccess(request: request(for: job), result: value, runtime: runtime)
+                await WorkerSignals.send(signals.taskSuccess, success, signal: "task_success", logger: logger)
+            }
             outcomeLogger.info(
                 "Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             if configuration.deduplicateSuccessfulTasks { succeeded.withLock { $0.insert(message.id) } }
@@ -446,14 +474,20 @@ extension WorkerRun {
                     "result": .string(PythonRepr.truncated(PythonRepr.repr(value))), "runtime": .double(runtime),
                 ])
             await chordPartReturn(job, state: .success, result: value)
+            if sendsTaskSignals { await postrun(.success, value) }
         case .failure(let error):
             var failure = error
             if let request = retryRequest(for: error, job: job) {
-                guard let exhausted = await retry(job, request, logger: outcomeLogger) else {
+                switch await retry(job, request, logger: outcomeLogger) {
+                case .success(let reason):
+                    if sendsTaskSignals {
+                        await postrun(.retry, CeleryExceptionInfo(type: "Retry", arguments: [.string(reason)], module: "celery.exceptions").value)
+                    }
                     await carryOut(machine.finish(), for: job.delivery)
                     return holdsPrefetch
+                case .failure(let exhausted):
+                    failure = exhausted
                 }
-                failure = exhausted
             }
             let exception = CeleryExceptionInfo(error: failure)
             let traceback: String?
@@ -478,6 +512,10 @@ extension WorkerRun {
             } else {
                 await store(steps)
             }
+            if sendsTaskSignals, !signals.taskFailure.isEmpty {
+                let event = WorkerSignals.TaskFailure(request: request(for: job), exception: exception, traceback: traceback, error: failure)
+                await WorkerSignals.send(signals.taskFailure, event, signal: "task_failure", logger: logger)
+            }
             if let traceback {
                 outcomeLogger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
             }
@@ -485,6 +523,7 @@ extension WorkerRun {
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
             await chordPartReturn(job, state: .failure, result: exception.value)
             await sendErrbacks(of: job, exception: exception, traceback: traceback)
+            if sendsTaskSignals { await postrun(.failure, exception.value) }
         }
         if requeuesAfterTimeout {
             logger.warning("Task \(job.displayName)[\(message.id)] requeued after its hard time limit (task_acks_on_timeout is off)")
@@ -560,21 +599,23 @@ extension WorkerRun {
         job.task.options.retryOnWorkerLost ?? configuration.retryOnWorkerLost
     }
 
-    /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY. Returns the
-    /// error to fail with instead when retries are exhausted or the message cannot be republished.
-    private func retry(_ job: PreparedJob, _ retry: RetryTask, logger: Logger) async -> (any Error)? {
+    /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY and send
+    /// `task_retry`. Returns the reason (`Retry in 5s`), or the error to fail with instead when retries are exhausted
+    /// or the message cannot be republished.
+    private func retry(_ job: PreparedJob, _ retry: RetryTask, logger: Logger) async -> Result<String, any Error> {
         let message = job.message
         let queue = job.deliveryInfo.routingKey
         let maxRetries = retry.maxRetries ?? job.task.options.maxRetries
         if let maxRetries, message.retries + 1 > maxRetries {
-            if let cause = retry.cause { return cause }
-            return PythonException(
-                type: "MaxRetriesExceededError", module: "celery.exceptions",
-                message:
-                    "Can't retry \(message.name)[\(message.id)] args:\(PythonRepr.tuple(message.args)) kwargs:\(PythonRepr.repr(.object(message.kwargs)))"
-            )
+            if let cause = retry.cause { return .failure(cause) }
+            return .failure(
+                PythonException(
+                    type: "MaxRetriesExceededError", module: "celery.exceptions",
+                    message:
+                        "Can't retry \(message.name)[\(message.id)] args:\(PythonRepr.tuple(message.args)) kwargs:\(PythonRepr.repr(.object(message.kwargs)))"
+                ))
         }
-        guard case .success(let original) = job.delivery.envelope else { return retry.cause ?? retry }
+        guard case .success(let original) = job.delivery.envelope else { return .failure(retry.cause ?? retry) }
         let delay = retry.countdown ?? (retry.eta == nil ? job.task.options.defaultRetryDelay : nil)
         let eta = retry.eta ?? WallClock.now() + (delay ?? 0)
         let envelope = message.retryEnvelope(
@@ -586,7 +627,7 @@ extension WorkerRun {
             if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
         } catch {
             logger.error("Task \(job.displayName)[\(message.id)] could not be republished for a retry: \(error.message)")
-            return RejectTask(reason: "retry could not be published: \(error.message)", requeue: false)
+            return .failure(RejectTask(reason: "retry could not be published: \(error.message)", requeue: false))
         }
         let when = delay.map { "Retry in \(Self.seconds(text: $0))s" } ?? "Retry at \(CeleryTimestamp.isoformat(unixSeconds: eta))"
         let cause = retry.cause.map { CeleryExceptionInfo(error: $0) }
@@ -598,6 +639,11 @@ extension WorkerRun {
             document.children = [[[.string(message.id), .null], .null]]
             await store(document)
         }
+        if sendsTaskSignals, !signals.taskRetry.isEmpty {
+            await WorkerSignals.send(
+                signals.taskRetry, WorkerSignals.TaskRetry(request: self.request(for: job), reason: reason, eta: eta), signal: "task_retry",
+                logger: logger)
+        }
         logger.info("Task \(job.displayName)[\(message.id)] retry: \(reason)")
         await sendTaskEvent(
             "task-retried", message,
@@ -606,7 +652,7 @@ extension WorkerRun {
                 "traceback": .string(
                     "Traceback (most recent call last):\n  File \"<swift>\", line 0, in \(message.name)\ncelery.exceptions.Retry: \(reason)\n"),
             ])
-        return nil
+        return .success(reason)
     }
 
     /// Seconds as Python prints a countdown: `180`, `0.1`.

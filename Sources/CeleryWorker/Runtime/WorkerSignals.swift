@@ -1,0 +1,147 @@
+import CeleryProtocol
+import Logging
+
+/// Celery's signals (`celery.signals`) for a Swift worker: code of yours that runs at points in a task's life or the
+/// worker's, connected on the registry as Python connects receivers (`task_prerun.connect(receiver)`):
+///
+/// ```swift
+/// var tasks = TaskRegistry()
+/// tasks.signals.onTaskPrerun { request in print("starting \(request.name)[\(request.id)]") }
+/// tasks.signals.onTaskFailure { failure in report(failure.exception.repr, failure.traceback) }
+/// ```
+///
+/// Each signal is sent where and when Celery's worker sends it, in the worker's process (see each `on…` method);
+/// its receivers run in the order they were connected, awaited one after the other. A receiver that throws is
+/// logged (`Signal handler … raised: …`) and the others still run, as in Celery. With `--pool process` a task's body
+/// runs in a child process but the signals of its task are sent in the worker's process, which stores its result;
+/// ``onWorkerProcessInit(_:)`` runs in each child as it starts. A worker with no receivers pays one check per point.
+public struct WorkerSignals: Sendable {
+    /// A receiver of the event a signal carries.
+    public typealias Receiver<Event> = @Sendable (Event) async throws -> Void
+
+    var taskReceived: [Receiver<TaskRequest>] = []
+    var taskPrerun: [Receiver<TaskRequest>] = []
+    var taskPostrun: [Receiver<TaskPostrun>] = []
+    var taskSuccess: [Receiver<TaskSuccess>] = []
+    var taskFailure: [Receiver<TaskFailure>] = []
+    var taskRetry: [Receiver<TaskRetry>] = []
+    var taskRevoked: [Receiver<TaskRevoked>] = []
+    var workerReady: [Receiver<WorkerEvent>] = []
+    var workerShutdown: [Receiver<WorkerEvent>] = []
+    var workerProcessInit: [Receiver<WorkerEvent>] = []
+
+    public init() {}
+
+    /// Whether any of the task signals has a receiver.
+    var hasTaskReceivers: Bool {
+        !(taskReceived.isEmpty && taskPrerun.isEmpty && taskPostrun.isEmpty && taskSuccess.isEmpty && taskFailure.isEmpty
+            && taskRetry.isEmpty && taskRevoked.isEmpty)
+    }
+
+    /// Celery's `task_received`: a task was received and will run once a slot (and its ETA) allows, after the
+    /// `Task … received` log line, before the `task-received` event. Not sent for a task that is revoked or expired
+    /// on arrival.
+    public mutating func onTaskReceived(_ receiver: @escaping Receiver<TaskRequest>) { taskReceived.append(receiver) }
+
+    /// Celery's `task_prerun`: the task is about to run, before `track_started` stores STARTED.
+    public mutating func onTaskPrerun(_ receiver: @escaping Receiver<TaskRequest>) { taskPrerun.append(receiver) }
+
+    /// Celery's `task_postrun`: the task ran and its outcome was handled (stored, retried, rejected or ignored),
+    /// before an acks-late message is acknowledged. Not sent when the task was terminated by a revoke or interrupted
+    /// by a cold shutdown.
+    public mutating func onTaskPostrun(_ receiver: @escaping Receiver<TaskPostrun>) { taskPostrun.append(receiver) }
+
+    /// Celery's `task_success`: the task returned and its result was handed to the result backend (the follow-up
+    /// tasks sent first, as in Celery), before the `succeeded` log line.
+    public mutating func onTaskSuccess(_ receiver: @escaping Receiver<TaskSuccess>) { taskSuccess.append(receiver) }
+
+    /// Celery's `task_failure`: the task failed (retries exhausted, if it retried) and its FAILURE was stored, before
+    /// the error is logged.
+    public mutating func onTaskFailure(_ receiver: @escaping Receiver<TaskFailure>) { taskFailure.append(receiver) }
+
+    /// Celery's `task_retry`: the task asked for a retry, the retry was sent and RETRY stored.
+    public mutating func onTaskRetry(_ receiver: @escaping Receiver<TaskRetry>) { taskRetry.append(receiver) }
+
+    /// Celery's `task_revoked`: the task was revoked (by id or stamp, before it ran), expired, or terminated while it
+    /// ran; REVOKED was stored.
+    public mutating func onTaskRevoked(_ receiver: @escaping Receiver<TaskRevoked>) { taskRevoked.append(receiver) }
+
+    /// Celery's `worker_ready`: the worker consumes, right after it logs `ready.`.
+    public mutating func onWorkerReady(_ receiver: @escaping Receiver<WorkerEvent>) { workerReady.append(receiver) }
+
+    /// Celery's `worker_shutdown`: the worker stopped consuming and gave back what it held, before it exits.
+    public mutating func onWorkerShutdown(_ receiver: @escaping Receiver<WorkerEvent>) { workerShutdown.append(receiver) }
+
+    /// Celery's `worker_process_init`: a process-pool child (`--pool process`) starts, before it takes its first task;
+    /// runs in the child, for what each process needs of its own (connections, say).
+    public mutating func onWorkerProcessInit(_ receiver: @escaping Receiver<WorkerEvent>) { workerProcessInit.append(receiver) }
+
+    /// Runs `receivers` in order with `event`, logging what any of them throws as Celery's `Signal.send` does.
+    static func send<Event>(_ receivers: [Receiver<Event>], _ event: Event, signal: String, logger: Logger) async {
+        for receiver in receivers {
+            do {
+                try await receiver(event)
+            } catch {
+                logger.error("Signal handler for \(signal) raised: \(CeleryExceptionInfo(error: error).repr)")
+            }
+        }
+    }
+}
+
+extension WorkerSignals {
+    /// `task_postrun`'s event.
+    public struct TaskPostrun: Sendable {
+        public let request: TaskRequest
+        /// `SUCCESS`, `FAILURE`, `RETRY`, `REJECTED` or `IGNORED`, as Celery's `state` argument.
+        public let state: TaskState
+        /// What the task returned (`SUCCESS`), else its exception as Celery stores one (`exc_type`, `exc_message`,
+        /// `exc_module`).
+        public let result: CeleryValue
+    }
+
+    /// `task_success`'s event.
+    public struct TaskSuccess: Sendable {
+        public let request: TaskRequest
+        /// What the task returned.
+        public let result: CeleryValue
+        /// Seconds the body ran (Celery 5.7's `runtime`).
+        public let runtime: Double
+    }
+
+    /// `task_failure`'s event.
+    public struct TaskFailure: Sendable {
+        public let request: TaskRequest
+        /// The exception as stored (Python's class, module and arguments).
+        public let exception: CeleryExceptionInfo
+        /// The traceback stored with it, when there is one.
+        public let traceback: String?
+        /// The error the task threw (or the pool reported).
+        public let error: any Error
+    }
+
+    /// `task_retry`'s event.
+    public struct TaskRetry: Sendable {
+        public let request: TaskRequest
+        /// Celery's `reason`: `Retry in 5s`, with the cause when there is one (`Retry in 5s: KeyError('x')`).
+        public let reason: String
+        /// When the retry is due, in Unix seconds.
+        public let eta: Double
+    }
+
+    /// `task_revoked`'s event.
+    public struct TaskRevoked: Sendable {
+        public let request: TaskRequest
+        /// The task was running and was stopped (`revoke(terminate=True)`).
+        public let terminated: Bool
+        /// The signal named by the revoke that terminated it, else `nil`.
+        public let signum: Int?
+        /// The task's `expires` had passed.
+        public let expired: Bool
+    }
+
+    /// The event of the worker's own signals.
+    public struct WorkerEvent: Sendable {
+        /// The worker's node name (`celery@host`).
+        public let hostname: String
+    }
+}
