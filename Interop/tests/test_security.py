@@ -165,7 +165,8 @@ def test_the_call_command_signs_with_the_config_files_key(start_python_worker, k
     assert done.stdout.split()[1] == "42"
 
 
-def test_remote_control_is_signed_both_ways(start_configured, start_python_worker, make_app, signed_app, keys):
+def test_remote_control_is_signed_both_ways(start_configured, start_python_worker, make_app, signed_app, keys, redis_urls,
+                                            tmp_path):
     """`inspect` and `revoke` from a signing client: the request is verified and the reply signed, as the client
     accepts only `auth`. An unsigned request is not answered, as a signing Python worker does not answer it. At start
     the Swift worker's signed `hello` is answered by the signing Python worker (mingle)."""
@@ -180,6 +181,11 @@ def test_remote_control_is_signed_both_ways(start_configured, start_python_worke
         assert (conf["task_serializer"], conf["accept_content"]) == ("auth", ["auth"]), name
     assert make_app().control.inspect(timeout=1).ping() is None
     assert eventually(lambda: "Refusing a message that is not signed" in worker.log)
+    # The Swift CLI with the same key signs its request and reads only signed replies: both workers answer.
+    config = tmp_path / "cli-signing.json"
+    config.write_text(json.dumps(signing_settings(keys)))
+    signed = swift(redis_urls, "status", "--config", str(config))
+    assert signed.returncode == 0 and signed.stdout.endswith("\n2 nodes online.\n"), (signed.stdout, signed.stderr)
     signed_app.control.revoke("doomed-id", reply=False)
     doomed = signed_app.tasks["tasks.add"].apply_async((1, 2), task_id="doomed-id")
     with pytest.raises(Exception) as revoked:

@@ -32,10 +32,19 @@ struct ClientOptions: ParsableArguments {
                 + "prefixes, kombu's transport options, TLS and Sentinel, as the worker reads them."))
     var config: String?
 
+    /// The `--config` file's settings (none without it).
+    func settings() throws -> CelerySettings {
+        do {
+            return try config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
     func client() throws -> CeleryClient {
         let environment = ProcessInfo.processInfo.environment
+        let file = try settings()
         do {
-            let file = try config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
             for warning in file.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
             // As the worker: flags, then the environment, then the file.
             let urls = try SettledURLs(broker: broker, backend: resultBackend, file: file, environment: environment)

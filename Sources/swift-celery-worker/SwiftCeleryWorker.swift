@@ -15,7 +15,10 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         commandName: "swift-celery-worker",
         abstract: "A Celery worker in Swift: runs Swift tasks sent by Python's .delay() over Redis.",
         version: WorkerCommand.version,
-        subcommands: [WorkerCommand.self, BeatCommand.self, CallCommand.self, CanvasDemoCommand.self],
+        subcommands: [
+            WorkerCommand.self, BeatCommand.self, CallCommand.self, StatusCommand.self, InspectCommand.self, ControlCommand.self,
+            CanvasDemoCommand.self,
+        ],
         defaultSubcommand: WorkerCommand.self
     )
 
@@ -35,6 +38,10 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let failure as RemoteControlFailure {
+            // Celery's CeleryCommandException: its message, and EX_UNAVAILABLE.
+            FileHandle.standardError.write(Data("Error: \(failure.message)\n".utf8))
+            exit(withError: ExitCode(69))
         } catch {
             exit(withError: error)
         }

@@ -51,6 +51,47 @@ extension CeleryJSON {
         }
     }
 
+    /// Encodes a value as Python's `json.dumps(value, sort_keys=True, indent=indent)` writes it (how `celery inspect`
+    /// prints a mapping): each member on a line of its own, `,` at the end of a line and `": "` after a key, keys in
+    /// code point order, empty containers as `[]` and `{}`, non-ASCII escaped as ``encode(_:)`` escapes it.
+    public static func encodeIndented(_ value: CeleryValue, indent: Int = 4) -> String {
+        var output: [UInt8] = []
+        appendIndented(value, indent: indent, depth: 0, into: &output)
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    private static func appendIndented(_ value: CeleryValue, indent: Int, depth: Int, into output: inout [UInt8]) {
+        func newline(_ level: Int) {
+            output.append(UInt8(ascii: "\n"))
+            output.append(contentsOf: repeatElement(UInt8(ascii: " "), count: indent * level))
+        }
+        switch value {
+        case .array(let elements) where !elements.isEmpty:
+            output.append(UInt8(ascii: "["))
+            for (position, element) in elements.enumerated() {
+                if position > 0 { output.append(UInt8(ascii: ",")) }
+                newline(depth + 1)
+                appendIndented(element, indent: indent, depth: depth + 1, into: &output)
+            }
+            newline(depth)
+            output.append(UInt8(ascii: "]"))
+        case .object(let entries) where !entries.isEmpty:
+            output.append(UInt8(ascii: "{"))
+            let keys = entries.keys.sorted { $0.unicodeScalars.lexicographicallyPrecedes($1.unicodeScalars) }
+            for (position, key) in keys.enumerated() {
+                if position > 0 { output.append(UInt8(ascii: ",")) }
+                newline(depth + 1)
+                appendString(key, into: &output)
+                output.append(contentsOf: ": ".utf8)
+                appendIndented(entries[key] ?? .null, indent: indent, depth: depth + 1, into: &output)
+            }
+            newline(depth)
+            output.append(UInt8(ascii: "}"))
+        default:
+            encode(value, into: &output)
+        }
+    }
+
     private static func appendTagged(_ type: String, _ text: String, into output: inout [UInt8]) {
         output.append(contentsOf: "{\"__type__\": ".utf8)
         appendString(type, into: &output)

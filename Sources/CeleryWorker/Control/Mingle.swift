@@ -64,75 +64,22 @@ extension WorkerRun {
         logger.info("mingle: sync complete")
     }
 
-    /// Broadcasts `hello` as kombu's `Mailbox._broadcast` does and collects the replies of the other workers (those
-    /// that answered with something) from this worker's reply queue, bound for the time it waits.
+    /// Broadcasts `hello` (``PidboxBroadcast``) and returns the other workers' replies (those that answered with
+    /// something).
     private func sendHello(over client: RedisClient) async throws(CeleryWorkerError) -> [(node: String, reply: CeleryObject)] {
-        let prefix = configuration.brokerKeyPrefix
-        let ticket = UUID().uuidString.lowercased()
-        let exchange = replyExchange
-        let queue = "\(oid).\(exchange)"
-        let member = configuration.brokerTransport.bindingMember(routingKey: oid, queue: queue)
-        // The binding as kombu's `_queue_bind` makes it, kept from kombu 5.7's sweep of binding tables while it is
-        // listed as permanent.
-        let bindings = ["\(prefix)_kombu.binding.\(exchange)", "\(prefix)_kombu.binding_permanent.\(exchange)"]
-        _ = try await client.pipeline(bindings.map { RedisCommand("SADD", RedisArgument($0), RedisArgument(member)) })
-        let collected: Result<[(node: String, reply: CeleryObject)], CeleryWorkerError>
-        do {
-            collected = .success(try await broadcastHello(over: client, ticket: ticket, replyQueue: prefix + queue))
-        } catch {
-            collected = .failure(error)
-        }
-        // The queue goes as kombu's auto-delete reply queue goes.
-        _ = try? await client.pipeline(
-            bindings.map { RedisCommand("SREM", RedisArgument($0), RedisArgument(member)) }
-                + [RedisCommand("DEL", RedisArgument(prefix + queue))])
-        return try collected.get()
-    }
-
-    /// kombu's reply exchange for this worker's own broadcasts: `reply.<control_exchange>.pidbox`.
-    private var replyExchange: String { "reply.\(configuration.controlExchange).pidbox" }
-
-    /// Publishes the `hello` request and reads the replies to `ticket` from `replyQueue` until every worker that
-    /// heard it answered or ``mingleTimeout`` passed.
-    private func broadcastHello(over client: RedisClient, ticket: String, replyQueue: String) async throws(CeleryWorkerError)
-        -> [(node: String, reply: CeleryObject)]
-    {
         let node = configuration.nodeName
-        let request: CeleryValue = [
-            "method": "hello",
-            "arguments": ["from_node": .string(node), "revoked": .object(revoked.withLock { $0.entries() })],
-            "destination": .null, "pattern": .null, "matcher": .null, "ticket": .string(ticket),
-            "reply_to": ["exchange": .string(replyExchange), "routing_key": .string(oid)],
-        ]
-        let started = WallClock.now()
-        let envelope = Self.pidboxEnvelope(
-            request, serializer: .json,
-            headers: [
-                "clock": .int(Int64(service.events?.currentClock ?? 0)), "expires": .double(started + Self.mingleTimeout),
-            ],
-            exchange: "\(configuration.controlExchange).pidbox", routingKey: "", deliveryMode: 2)
-        let encoded = try configuration.sealed(envelope).encoded()
-        var listeners = 0
-        for topic in [pidboxTopic] + pidboxLegacyTopics {
-            let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(encoded)))
-            listeners += Int(heard.integer ?? 0)
+        let configuration = self.configuration
+        let mailbox = PidboxBroadcast(
+            client: client, keyPrefix: configuration.brokerKeyPrefix, transport: configuration.brokerTransport,
+            controlExchange: configuration.controlExchange, topics: [pidboxTopic] + pidboxLegacyTopics, oid: oid,
+            seal: { envelope throws(CeleryWorkerError) in try configuration.sealed(envelope) },
+            open: { envelope in self.openedBody(envelope, signedOnly: true)?.body })
+        let replies = try await mailbox.send(
+            "hello", arguments: ["from_node": .string(node), "revoked": .object(revoked.withLock { $0.entries() })],
+            clock: service.events?.currentClock ?? 0, timeout: Self.mingleTimeout)
+        return replies.compactMap { replier, reply in
+            guard replier != node, case .object(let reply) = reply else { return nil }
+            return (replier, reply)
         }
-        var replies: [(node: String, reply: CeleryObject)] = []
-        var answered = 0
-        while answered < listeners {
-            let remaining = started + Self.mingleTimeout - WallClock.now()
-            guard remaining > 0.001 else { break }
-            let popped = try await client.send(
-                RedisCommand("BRPOP", RedisArgument(replyQueue), RedisArgument(String(format: "%.3f", remaining))))
-            guard let raw = popped.array?.last?.bytes else { continue }
-            guard let answer = try? KombuEnvelope(decoding: raw), answer.headers["ticket"]?.stringValue == ticket,
-                case .object(let body)? = openedBody(answer, signedOnly: true)?.body
-            else { continue }
-            answered += 1
-            for (replier, reply) in body where replier != node {
-                if case .object(let reply) = reply { replies.append((replier, reply)) }
-            }
-        }
-        return replies
     }
 }

@@ -368,7 +368,7 @@ extension WorkerRun {
             return ["revoked": .object(held), "clock": .int(Int64(service.events?.currentClock ?? 0))]
         case "heartbeat":
             await sendWorkerEvent("worker-heartbeat")
-            return nil
+            return .null  // Python's returns None, which kombu sends as the reply
         case "clock":
             return ["clock": .int(Int64(service.events?.currentClock ?? 0))]
         case "pool_grow", "pool_shrink":

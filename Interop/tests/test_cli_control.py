@@ -1,0 +1,95 @@
+"""`swift-celery-worker status`, `inspect` and `control`: Celery's remote control CLI without Python, run side by side
+with Python's `celery status`, `celery inspect` and `celery control` against the same Swift and Python workers, with
+the same words, the same output and the same exit statuses."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import celery
+
+from conftest import WORKER_BINARY, answering, eventually
+
+
+def python_cli(redis_urls, *args, timeout=30):
+    celery = Path(sys.executable).with_name("celery")
+    return subprocess.run([str(celery), "-b", redis_urls["broker"], *args], capture_output=True, text=True, timeout=timeout)
+
+
+def swift_cli(redis_urls, *args, timeout=30):
+    return subprocess.run([str(WORKER_BINARY), *args, "--broker", redis_urls["broker"]], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def both(redis_urls, *args):
+    """The Python CLI's run and the Swift one's, of the same command line."""
+    return python_cli(redis_urls, *args), swift_cli(redis_urls, *args)
+
+
+def without_pygments(text):
+    """Celery's CLI passes a mapping it prints through pygments when pygments is installed (it is here, for pytest),
+    which ends it with a newline that the indent then turns into a line of four spaces. A Celery installed alone
+    prints none, and neither does the Swift CLI."""
+    return text.replace("\n    \n", "\n")
+
+
+def test_inspect_and_control_print_what_celerys_cli_prints(start_worker, start_python_worker, make_app, redis_urls):
+    start_worker("-n", "swiftcli@%h", "-Q", "celery,clique")
+    start_python_worker("-n", "pycli@%h", "-P", "threads")
+    app = make_app()
+    nodes = [answering(app, "swiftcli@"), answering(app, "pycli@")]
+    for node in nodes:
+        for args in (["inspect", "ping"], ["inspect", "active_queues"], ["inspect", "registered", "rate_limit"],
+                     ["inspect", "active"], ["inspect", "revoked"], ["control", "rate_limit", "tasks.add", "7/s"],
+                     ["control", "revoke", f"cli-revoked-{node}"], ["inspect", "query_task", "no-such-id"],
+                     ["inspect", "ping", "-j"], ["control", "heartbeat", "-j"]):
+            python, swift = both(redis_urls, *args, "-d", node)
+            assert (python.returncode, swift.returncode) == (0, 0), (args, python.stderr, swift.stderr)
+            assert swift.stdout == without_pygments(python.stdout), (node, args, python.stdout, swift.stdout)
+        assert f"cli-revoked-{node}" in app.control.inspect(destination=[node], timeout=2).revoked()[node]
+    # Both nodes: each reply as it came (the order may differ), then the count.
+    python, swift = both(redis_urls, "status", "-d", ",".join(nodes))
+    assert sorted(swift.stdout.splitlines()) == sorted(python.stdout.splitlines())
+    assert swift.stdout.endswith("\n2 nodes online.\n"), swift.stdout
+    python, swift = both(redis_urls, "inspect", "stats", "-d", ",".join(nodes), "-j")
+    assert set(json.loads(swift.stdout)) == set(json.loads(python.stdout)) == set(nodes)
+    # A mapping is printed as Python's json.dumps(sort_keys=True, indent=4) prints it.
+    stats = swift_cli(redis_urls, "inspect", "stats", "-d", nodes[0])
+    shown = stats.stdout.split("\n", 1)[1].rsplit("\n\n", 1)[0]
+    parsed = json.loads(shown)
+    assert shown == "\n".join("    " + line for line in json.dumps(parsed, sort_keys=True, indent=4).splitlines())
+    assert parsed["pool"]["max-concurrency"] >= 1
+
+
+def test_errors_as_celerys_cli_gives_them(start_worker, make_app, redis_urls, tmp_path):
+    start_worker("-n", "clierrors@%h")
+    # Nobody answers: Celery's error and EX_UNAVAILABLE.
+    python, swift = both(redis_urls, "inspect", "ping", "-d", "nobody@nowhere", "-t", "0.5")
+    assert python.returncode == swift.returncode == 69
+    assert "Error: No nodes replied within time constraint" in python.stderr
+    assert "Error: No nodes replied within time constraint" in swift.stderr
+    # An unknown command: Celery's words (its usage errors exit 2, the Swift CLI's 64).
+    python, swift = both(redis_urls, "inspect", "no_such_command")
+    words = "Command no_such_command not recognized. Available inspect commands: active, active_queues, clock"
+    assert swift.returncode == 64 and words in swift.stderr, swift.stderr
+    assert python.returncode == 2, python.stderr
+    if celery.VERSION >= (5, 4):  # Celery 5.3's click lists the choices in its usage line instead
+        assert words in python.stderr, python.stderr
+    extra = swift_cli(redis_urls, "control", "cancel_consumer", "a", "b")
+    assert extra.returncode == 64 and "Command 'cancel_consumer' takes arguments: <queue>" in extra.stderr
+    # A broker that cannot be reached: Celery's message, at once (Python's CLI retries the connection first).
+    dead = subprocess.run([str(WORKER_BINARY), "status", "--broker", "redis://127.0.0.1:1/0"], capture_output=True,
+                          text=True, timeout=30)
+    assert dead.returncode == 69 and "Could not connect to the message broker" in dead.stderr, dead.stderr
+    listing = swift_cli(redis_urls, "control", "--list")
+    assert listing.returncode == 0 and "rate_limit <task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>" in listing.stdout
+
+
+def test_control_shutdown_stops_the_worker(start_worker, make_app, redis_urls):
+    worker = start_worker("-n", "clishutdown@%h")
+    node = answering(make_app(), "clishutdown@")
+    swift = swift_cli(redis_urls, "control", "shutdown", "-d", node)
+    assert swift.returncode == 0, swift.stderr
+    assert swift.stdout == f"->  {node}: OK\n        shutdown\n", swift.stdout
+    assert eventually(lambda: not worker.alive(), 15)
+    assert "Got shutdown from remote" in worker.log
