@@ -93,3 +93,56 @@ def test_control_shutdown_stops_the_worker(start_worker, make_app, redis_urls):
     assert swift.stdout == f"->  {node}: OK\n        shutdown\n", swift.stdout
     assert eventually(lambda: not worker.alive(), 15)
     assert "Got shutdown from remote" in worker.log
+
+
+def test_purge_and_result_as_celerys_cli(start_worker, make_app, redis_urls, broker_redis):
+    """`purge` (its prompt, `-f`, `-Q`, `-X`, the count kombu counts, priority lists included) and `result` (the
+    value as Python's `str`, a failure's exit status, `--traceback`), beside Celery's CLI."""
+    app = make_app()
+
+    def fill():
+        for priority in (0, 5, 9):
+            app.send_task("tasks.add", (1, 1), queue="purgeme", priority=priority)
+        app.send_task("tasks.add", (1, 1), queue="keepme")
+
+    def waiting(queue):
+        return sum(broker_redis.llen(key) for key in broker_redis.keys(queue + "*"))
+
+    fill()
+    for run in (python_cli, swift_cli):
+        declined = subprocess.run(
+            [*([str(Path(sys.executable).with_name("celery")), "-b", redis_urls["broker"], "purge", "-Q", "purgeme"]
+               if run is python_cli else [str(WORKER_BINARY), "purge", "-Q", "purgeme", "--broker", redis_urls["broker"]])],
+            input="n\n", capture_output=True, text=True, timeout=30)
+        assert declined.returncode == 1 and "Aborted!" in declined.stderr, declined
+        assert "remove all tasks from queue: purgeme." in declined.stdout and waiting("purgeme") == 3
+    python = python_cli(redis_urls, "purge", "-f", "-Q", "purgeme,keepme", "-X", "keepme")
+    fill()
+    swift = swift_cli(redis_urls, "purge", "-f", "-Q", "purgeme,keepme", "-X", "keepme")
+    assert swift.stdout == python.stdout == "Purged 3 messages from 1 known task queue.\n", (python.stdout, swift.stdout)
+    assert waiting("purgeme") == 0 and waiting("keepme") == 2
+    python, swift = both(redis_urls, "purge", "-f", "-Q", "purgeme")
+    assert swift.stdout == python.stdout == "No messages purged from 1 queue.\n"
+
+    start_worker("-n", "cliresult@%h")
+    done = [app.send_task("tasks.add", (2, 3)), app.send_task("tasks.echo", (1, "x"), {"k": None}),
+            app.send_task("tasks.fail", ("bad",))]
+    for result in done:
+        result.get(timeout=10, propagate=False)
+    def results(*args):
+        """Celery's `result` (the backend is a global option of `celery`) and the Swift CLI's."""
+        backend = ["--result-backend", redis_urls["backend"]]
+        return python_cli(redis_urls, *backend, "result", *args), swift_cli(redis_urls, "result", *args, *backend)
+
+    outputs = []
+    for result in done[:2]:
+        python, swift = results(result.id)
+        assert swift.returncode == python.returncode == 0 and swift.stdout == python.stdout, (python, swift)
+        outputs.append(swift.stdout)
+    assert outputs == ["5\n", "{'args': [1, 'x'], 'kwargs': {'k': None}}\n"]
+    python, swift = results(done[2].id)
+    assert swift.returncode == python.returncode == 1
+    assert python.stderr.endswith("ValueError: bad\n") and swift.stderr.endswith("ValueError: bad\n"), swift.stderr
+    for result in (done[0], done[2]):
+        python, swift = results("--traceback", result.id)
+        assert swift.returncode == python.returncode == 0 and swift.stdout == python.stdout, (python, swift)

@@ -17,7 +17,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         version: WorkerCommand.version,
         subcommands: [
             WorkerCommand.self, BeatCommand.self, CallCommand.self, StatusCommand.self, InspectCommand.self, ControlCommand.self,
-            CanvasDemoCommand.self,
+            PurgeCommand.self, ResultCommand.self, CanvasDemoCommand.self,
         ],
         defaultSubcommand: WorkerCommand.self
     )

@@ -52,4 +52,10 @@ extension CeleryClient {
             command, arguments: arguments, destination: destination, clock: 0, timeout: timeout, limit: limit)
         return replies.map { ControlReply(node: $0.node, reply: $0.reply) }
     }
+
+    /// Celery's `purge`: deletes every message waiting in `queues` and their priority lists (not those delivered and
+    /// unacknowledged), counted as kombu counts them. Returns how many were deleted.
+    public func purge(queues: [String]) async throws(CeleryWorkerError) -> Int {
+        try await broker.purge(queues: queues)
+    }
 }
