@@ -112,12 +112,16 @@ def test_tasks_behave_the_same_in_a_child(start_worker, make_app):
 def test_worker_process_init_runs_in_each_child_before_its_tasks(start_worker, make_app):
     """The registry's `onWorkerProcessInit` receiver (Celery's `worker_process_init`) runs in each process-pool child
     as it starts: the demo's records its process's pid, and every task finds it set to its own child's pid, also in
-    the children that replace those done after two tasks. Without children (the thread pool) it never runs."""
-    worker = start_worker("-n", "processinit@%h", "-P", "process", "-c", "2", "--max-tasks-per-child", "2")
+    the children that replace those done after two tasks; each child that exits runs `onWorkerProcessShutdown`
+    (Celery's `worker_process_shutdown`). Without children (the thread pool) neither runs."""
+    worker = start_worker("-n", "processinit@%h", "-P", "process", "-c", "2", "--max-tasks-per-child", "2", "-l", "debug")
     app = make_app()
     results = [app.send_task("tasks.process_init").get(timeout=10) for _ in range(6)]
     assert all(r["initialized"] == r["pid"] != worker.proc.pid for r in results), results
     assert len({r["pid"] for r in results}) >= 3, results
+    # Each child that was replaced ran the demo's worker_process_shutdown receiver (logged at DEBUG) as it exited.
+    replaced = {r["pid"] for r in results} - children_of(worker.proc.pid)
+    assert replaced and all(eventually(lambda pid=pid: f"worker_process_shutdown: pid {pid}" in worker.log) for pid in replaced)
     threads = start_worker("-n", "threadinit@%h", "-P", "threads", "-Q", "threadinit")
     result = app.send_task("tasks.process_init", queue="threadinit").get(timeout=10)
     assert result == {"initialized": None, "pid": threads.proc.pid}

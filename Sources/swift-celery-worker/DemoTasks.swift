@@ -1,6 +1,7 @@
 import CeleryProtocol
 import CeleryWorker
 import Foundation
+import Logging
 import Synchronization
 
 /// The built-in demo tasks, registered through the public API exactly as a user's own tasks would be.
@@ -10,6 +11,7 @@ enum DemoTasks {
 
     static func register(in registry: inout TaskRegistry) {
         registry.signals.onWorkerProcessInit { _ in processInit.withLock { $0 = getpid() } }
+        registry.signals.onWorkerProcessShutdown { _ in Logger(label: "celery.demo").debug("worker_process_shutdown: pid \(getpid())") }
         registry.register("tasks.process_init") { _ in
             let initialized = processInit.withLock { $0 }
             return ["initialized": initialized.map { .int(Int64($0)) } ?? .null, "pid": .int(Int64(getpid()))] as CeleryValue

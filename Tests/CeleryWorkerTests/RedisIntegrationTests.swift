@@ -933,6 +933,18 @@ struct RedisSettleTests {
         }
     }
 
+    @Test("heartbeat_sent follows each worker-heartbeat event")
+    func heartbeatSignal() async throws {
+        let beats = Mutex<[String]>([])
+        try await SharedServerWorker(concurrency: 1) { configuration, registry in
+            configuration.heartbeatInterval = 0.2
+            registry.signals.onHeartbeatSent { event in beats.withLock { $0.append(event.hostname) } }
+        }.run { worker in
+            try await worker.waitFor { beats.withLock { $0.count } >= 3 }
+        }
+        #expect(Set(beats.withLock { $0 }) == ["idle@test"])
+    }
+
     @Test("only a broker on the same server, as the same user, shares the script")
     func sameServerOnly() throws {
         let base = try RedisURL(parsing: "redis://127.0.0.1:6379/1")
@@ -960,13 +972,15 @@ struct SharedServerWorker {
     let resultsDatabase: RedisClient
     let worker: CeleryWorkerService
 
-    init(concurrency: Int) async throws {
+    /// `configure` changes the configuration and the registry before the worker is made.
+    init(concurrency: Int, configure: (inout WorkerConfiguration, inout TaskRegistry) -> Void = { _, _ in }) async throws {
         let base = try #require(TestRedis.base)
         (brokerDatabase, resultsDatabase) = (try await TestRedis.client(database: 15), try await TestRedis.client(database: 14))
-        let configuration = WorkerConfiguration(
+        var configuration = WorkerConfiguration(
             brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"),
             concurrency: concurrency, nodeName: "idle@test")
         var registry = WorkerRuntimeTests.registry()
+        configure(&configuration, &registry)
         // A body that holds its thread (no `await`), as synchronous work does.
         registry.register("block", parameters: ["seconds"]) { (_, seconds: Double) in
             usleep(UInt32(seconds * 1_000_000))

@@ -309,6 +309,8 @@ struct WorkerRuntimeTests {
         registry.signals.onTaskRetry { hear("retry \($0.request.id) \($0.request.retries) \($0.reason)") }
         registry.signals.onTaskPostrun { hear("postrun \($0.request.id) \($0.state) \(PythonRepr.repr($0.result))") }
         registry.signals.onTaskRevoked { hear("revoked \($0.request.id) terminated=\($0.terminated) expired=\($0.expired)") }
+        registry.signals.onTaskUnknown { hear("unknown \($0.id) \($0.name) \(!$0.message.isEmpty)") }
+        registry.signals.onTaskRejected { hear("rejected \(String(decoding: $0.message, as: UTF8.self)) \(!$0.reason.isEmpty)") }
         registry.signals.onWorkerReady { hear("ready \($0.hostname)") }
         registry.signals.onWorkerShutdown { hear("shutdown \($0.hostname)") }
         let expired = CeleryTimestamp.isoformat(unixSeconds: WallClock.now() - 10)
@@ -323,7 +325,11 @@ struct WorkerRuntimeTests {
             broker.push(taskMessage("reject", id: "r", args: [false]))
             broker.push(taskMessage("add", id: "x", args: [1, 1], extraHeaders: ["expires": .string(expired)]))
             broker.push(taskMessage("add", id: "boom", args: [0, 0]))
-            try await Self.waitFor { backend.final("boom") != nil && backend.final("x") != nil }
+            broker.push(taskMessage("nope", id: "u"))
+            broker.push(Array("not-json".utf8))
+            try await Self.waitFor {
+                backend.final("boom") != nil && backend.final("x") != nil && heard.withLock { $0.contains { $0.hasPrefix("rejected") } }
+            }
         }
         let lines = heard.withLock { $0 }
         func of(_ id: String) -> [String] {
@@ -350,6 +356,10 @@ struct WorkerRuntimeTests {
         #expect(of("r").last?.hasPrefix("postrun r REJECTED") == true, "\(lines)")
         // An expired task is revoked on arrival: no received, prerun or postrun.
         #expect(of("x") == ["revoked x terminated=false expired=true"], "\(lines)")
+        // A task this worker does not have, after its FAILURE is stored; a message that is not a task.
+        #expect(of("u") == ["unknown u nope true"], "\(lines)")
+        #expect(backend.final("u")?.result["exc_type"] == "NotRegistered")
+        #expect(lines.contains("rejected not-json true"), "\(lines)")
         // The receiver that threw did not stop the next one, nor the task.
         #expect(of("boom").contains("prerun again boom") && backend.final("boom")?.result == 0, "\(lines)")
     }

@@ -66,6 +66,12 @@ struct PoolChild {
                 if !written { break }
             }
         }
+        if !registry.signals.workerProcessShutdown.isEmpty {
+            let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
+            await withTaskExecutorPreference(executor) {
+                await WorkerSignals.send(registry.signals.workerProcessShutdown, event, signal: "worker_process_shutdown", logger: logger)
+            }
+        }
         cancelSource.cancel()
         executor.shutdown()
     }

@@ -624,8 +624,10 @@ final class WorkerRun: Sendable {
     /// soon as shutdown begins (before running tasks finish, as in Python). Nothing with `--without-heartbeat`.
     private func heartbeatLoop() async {
         guard service.events != nil, let interval = configuration.heartbeatInterval else { return }
+        let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
         while await shutdown.sleep(untilUnixTime: WallClock.now() + interval) {
             await sendWorkerEvent("worker-heartbeat")
+            await WorkerSignals.send(signals.heartbeatSent, event, signal: "heartbeat_sent", logger: logger)
         }
         await sendWorkerEvent("worker-offline")
     }

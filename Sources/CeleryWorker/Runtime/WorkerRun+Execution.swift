@@ -109,6 +109,7 @@ extension WorkerRun {
             logger.error("Received and deleted invalid message\(Self.label(error)): \(error.message)\nThe message was: \(Self.preview(delivery.raw))")
             await storeFailure(for: error, exception: Self.exception(for: error))
             await discard(delivery)
+            await sendRejected(delivery, reason: error.message)
             return nil
         case .success(let parsed):
             envelope = parsed
@@ -125,6 +126,7 @@ extension WorkerRun {
             }
             await storeFailure(for: error, exception: Self.exception(for: error))
             await discard(delivery)
+            await sendRejected(delivery, reason: error.message)
             return nil
         }
         guard let task = service.registry[message.name] else {
@@ -143,6 +145,10 @@ extension WorkerRun {
             await store(failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil))
             await sendTaskEvent("task-failed", message, ["exception": .string(failure.repr)])
             await discard(delivery)
+            if sendsTaskSignals, !signals.taskUnknown.isEmpty {
+                let event = WorkerSignals.TaskUnknown(name: message.name, id: message.id, message: delivery.raw)
+                await WorkerSignals.send(signals.taskUnknown, event, signal: "task_unknown", logger: logger)
+            }
             return nil
         }
         var etaTime: Double?
@@ -154,6 +160,7 @@ extension WorkerRun {
             logger.error("Received invalid task message\(Self.label(error)): \(error)")
             await storeFailure(for: error, exception: Self.exception(for: error))
             await discard(delivery)
+            await sendRejected(delivery, reason: error.message)
             return nil
         }
         let job = PreparedJob(
@@ -216,6 +223,13 @@ extension WorkerRun {
     }
 
     /// Forgets a message that will not run (Celery's reject without requeue).
+    /// Celery's `task_rejected`, for a message that could not be read as a task.
+    private func sendRejected(_ delivery: BrokerDelivery, reason: String) async {
+        guard sendsTaskSignals, !signals.taskRejected.isEmpty else { return }
+        let event = WorkerSignals.TaskRejected(message: delivery.raw, reason: reason)
+        await WorkerSignals.send(signals.taskRejected, event, signal: "task_rejected", logger: logger)
+    }
+
     func discard(_ delivery: BrokerDelivery) async {
         var machine = DeliveryStateMachine(acksLate: true)
         await carryOut(machine.discard(), for: delivery)

@@ -29,13 +29,17 @@ public struct WorkerSignals: Sendable {
     var workerReady: [Receiver<WorkerEvent>] = []
     var workerShutdown: [Receiver<WorkerEvent>] = []
     var workerProcessInit: [Receiver<WorkerEvent>] = []
+    var workerProcessShutdown: [Receiver<WorkerEvent>] = []
+    var heartbeatSent: [Receiver<WorkerEvent>] = []
+    var taskUnknown: [Receiver<TaskUnknown>] = []
+    var taskRejected: [Receiver<TaskRejected>] = []
 
     public init() {}
 
     /// Whether any of the task signals has a receiver.
     var hasTaskReceivers: Bool {
         !(taskReceived.isEmpty && taskPrerun.isEmpty && taskPostrun.isEmpty && taskSuccess.isEmpty && taskFailure.isEmpty
-            && taskRetry.isEmpty && taskRevoked.isEmpty)
+            && taskRetry.isEmpty && taskRevoked.isEmpty && taskUnknown.isEmpty && taskRejected.isEmpty)
     }
 
     /// Celery's `task_received`: a task was received and will run once a slot (and its ETA) allows, after the
@@ -75,6 +79,21 @@ public struct WorkerSignals: Sendable {
     /// Celery's `worker_process_init`: a process-pool child (`--pool process`) starts, before it takes its first task;
     /// runs in the child, for what each process needs of its own (connections, say).
     public mutating func onWorkerProcessInit(_ receiver: @escaping Receiver<WorkerEvent>) { workerProcessInit.append(receiver) }
+
+    /// Celery's `worker_process_shutdown`: a process-pool child is about to exit (its worker stops, or replaces it
+    /// after `--max-tasks-per-child`); runs in the child. Not sent for a child that crashed or was killed.
+    public mutating func onWorkerProcessShutdown(_ receiver: @escaping Receiver<WorkerEvent>) { workerProcessShutdown.append(receiver) }
+
+    /// Celery's `heartbeat_sent`: the worker sent a `worker-heartbeat` event (every 2 s by default).
+    public mutating func onHeartbeatSent(_ receiver: @escaping Receiver<WorkerEvent>) { heartbeatSent.append(receiver) }
+
+    /// Celery's `task_unknown`: a message named a task this worker does not have; FAILURE `NotRegistered` was stored
+    /// and the message discarded.
+    public mutating func onTaskUnknown(_ receiver: @escaping Receiver<TaskUnknown>) { taskUnknown.append(receiver) }
+
+    /// Celery's `task_rejected`: a message could not be read as a task (invalid fields, an unknown content type, a
+    /// body that does not decode); it was discarded, and a FAILURE stored when it had a task id.
+    public mutating func onTaskRejected(_ receiver: @escaping Receiver<TaskRejected>) { taskRejected.append(receiver) }
 
     /// Runs `receivers` in order with `event`, logging what any of them throws as Celery's `Signal.send` does.
     static func send<Event>(_ receivers: [Receiver<Event>], _ event: Event, signal: String, logger: Logger) async {
@@ -137,6 +156,24 @@ extension WorkerSignals {
         public let signum: Int?
         /// The task's `expires` had passed.
         public let expired: Bool
+    }
+
+    /// `task_unknown`'s event.
+    public struct TaskUnknown: Sendable {
+        /// The task name the message gave.
+        public let name: String
+        /// The task id.
+        public let id: String
+        /// The message as it came from the broker (kombu's envelope, JSON).
+        public let message: [UInt8]
+    }
+
+    /// `task_rejected`'s event.
+    public struct TaskRejected: Sendable {
+        /// The message as it came from the broker.
+        public let message: [UInt8]
+        /// Why it could not be read.
+        public let reason: String
     }
 
     /// The event of the worker's own signals.
