@@ -27,8 +27,9 @@ struct RemoteControlOptions: ParsableArguments {
     }
 
     /// Sends `command` as Celery's CLI does and returns the replies; none stops the command with Celery's error and
-    /// status (69, `EX_UNAVAILABLE`), as does a broker that cannot be reached.
-    func send(_ command: String, arguments: CeleryObject, client options: ClientOptions) async throws -> [ControlReply] {
+    /// status (69, `EX_UNAVAILABLE`), as does a broker that cannot be reached or an error (`what` names the command
+    /// in it).
+    func send(_ command: String, arguments: CeleryObject, client options: ClientOptions, what: String) async throws -> [ControlReply] {
         let client = try options.client()
         let exchange = try options.settings().controlExchange ?? "celery"
         let replies: [ControlReply]
@@ -37,6 +38,10 @@ struct RemoteControlOptions: ParsableArguments {
                 command, arguments: arguments, destination: destinations, timeout: timeout, controlExchange: exchange)
         } catch {
             await client.shutdown()
+            // Celery's handle_remote_command_error.
+            guard error.isConnectionProblem else {
+                throw RemoteControlFailure(message: "Unable to run the `\(what)` command. Reason: \(error.message)")
+            }
             throw RemoteControlFailure(
                 message: "Could not connect to the message broker. Please make sure your broker (e.g., RabbitMQ or Redis) is "
                     + "running and the connection settings are correct. Reason: \(error.message)")
@@ -271,7 +276,7 @@ struct StatusCommand: AsyncParsableCommand {
     @OptionGroup(title: "Remote control options") var remote: RemoteControlOptions
 
     func run() async throws {
-        let replies = try await remote.send("ping", arguments: [:], client: options)
+        let replies = try await remote.send("ping", arguments: [:], client: options, what: "status")
         if remote.json {
             RemoteControlOptions.sayJSON(replies, flattened: true)
         } else {
@@ -309,7 +314,7 @@ struct PanelInvocation: ParsableArguments {
             return
         }
         let compiled = try PanelCommand.named(command, kind: kind).compile(arguments)
-        let replies = try await remote.send(command, arguments: compiled, client: options)
+        let replies = try await remote.send(command, arguments: compiled, client: options, what: "\(kind) \(command)")
         if remote.json {
             RemoteControlOptions.sayJSON(replies, flattened: kind == .inspect)
             return

@@ -222,7 +222,6 @@ extension WorkerRun {
         }
     }
 
-    /// Forgets a message that will not run (Celery's reject without requeue).
     /// Celery's `task_rejected`, for a message that could not be read as a task.
     private func sendRejected(_ delivery: BrokerDelivery, reason: String) async {
         guard sendsTaskSignals, !signals.taskRejected.isEmpty else { return }
@@ -230,6 +229,7 @@ extension WorkerRun {
         await WorkerSignals.send(signals.taskRejected, event, signal: "task_rejected", logger: logger)
     }
 
+    /// Forgets a message that will not run (Celery's reject without requeue).
     func discard(_ delivery: BrokerDelivery) async {
         var machine = DeliveryStateMachine(acksLate: true)
         await carryOut(machine.discard(), for: delivery)
