@@ -945,6 +945,29 @@ struct RedisSettleTests {
         #expect(Set(beats.withLock { $0 }) == ["idle@test"])
     }
 
+    @Test("the client's remote control: broadcast with replies, revoke of a task waiting for its ETA, forget")
+    func clientRemoteControl() async throws {
+        let base = try #require(TestRedis.base)
+        let client = CeleryClient(brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"))
+        try await SharedServerWorker(concurrency: 1).run { worker in
+            let pongs = try await client.broadcast("ping", destination: ["idle@test"], timeout: 5)
+            #expect(pongs == [ControlReply(node: "idle@test", reply: ["ok": "pong"])])
+            #expect(try await client.broadcast("ping", destination: ["nobody@nowhere"], timeout: 0.3).isEmpty)
+            let waiting = try await client.send("add", args: [1, 2], options: TaskSendOptions(countdown: 1.5))
+            try await worker.waitFor { try await worker.unacked() == 2 }  // received, held for its ETA
+            try await waiting.revoke()
+            try await worker.waitFor { try await worker.state(waiting.id) == .revoked }
+            // Past its ETA the worker discards it instead of running it (a run would have stored SUCCESS over REVOKED).
+            try await worker.waitFor { try await worker.unacked() == 0 }
+            #expect(try await worker.state(waiting.id) == .revoked)
+            let done = try await client.send("add", args: [2, 2])
+            #expect(try await done.get(timeout: .seconds(10)) == 4)
+            try await done.forget()
+            #expect(try await done.state() == .pending)
+        }
+        await client.shutdown()
+    }
+
     @Test("only a broker on the same server, as the same user, shares the script")
     func sameServerOnly() throws {
         let base = try RedisURL(parsing: "redis://127.0.0.1:6379/1")

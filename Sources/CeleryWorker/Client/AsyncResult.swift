@@ -29,6 +29,18 @@ public struct AsyncResult: Sendable {
         return try? CeleryResultDocument.decodeStored(bytes, serializer: backend.serializer)
     }
 
+    /// Python's `AsyncResult.revoke`: tells every worker not to run this task, and with `terminate` to stop it if it
+    /// runs (``CeleryClient/revoke(_:terminate:signal:destination:reply:timeout:)``).
+    public func revoke(terminate: Bool = false, signal: String = "SIGTERM") async throws(CeleryWorkerError) {
+        _ = try await client.revoke([id], terminate: terminate, signal: signal)
+    }
+
+    /// Python's `AsyncResult.forget`: deletes the stored result (a result stored later is kept).
+    public func forget() async throws(CeleryWorkerError) {
+        guard let backend = client.backend else { throw Self.noBackend }
+        _ = try await backend.client.send(RedisCommand("DEL", RedisArgument(backend.key(for: id))))
+    }
+
     /// The current state: `PENDING` when nothing is stored.
     public func state() async throws(CeleryWorkerError) -> TaskState {
         try await document()?["status"]?.stringValue.map { TaskState($0) } ?? .pending

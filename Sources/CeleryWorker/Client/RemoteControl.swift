@@ -20,11 +20,12 @@ extension CeleryClient {
     /// and `celery control` send (`ping`, `stats`, `active`, `registered`, `revoke`, `rate_limit`, `shutdown`, …).
     /// Replies come in the order they arrived. The wait ends after `timeout` seconds, once `limit` replies came (by
     /// default as many as `destination` names), or once every worker listening answered (Python waits out the
-    /// timeout). Uses a connection of its own, closed on return. With ``messageSigning`` the request is signed and
+    /// timeout). With `reply: false` the command is only sent (Python's default for `broadcast`), and nothing is
+    /// returned. Uses a connection of its own, closed on return. With ``messageSigning`` the request is signed and
     /// only signed replies are read, as a signing Celery's mailbox does.
     public func broadcast(
-        _ command: String, arguments: CeleryObject = [:], destination: [String]? = nil, timeout: Double = 1.0, limit: Int? = nil,
-        controlExchange: String = "celery"
+        _ command: String, arguments: CeleryObject = [:], destination: [String]? = nil, reply: Bool = true, timeout: Double = 1.0,
+        limit: Int? = nil, controlExchange: String = "celery"
     ) async throws(CeleryWorkerError) -> [ControlReply] {
         // The replies' BRPOP waits up to `timeout` on it.
         let connection = RedisClient(url: brokerURL, commandTimeout: .seconds(max(timeout, 0) + 30), threadName: "celery-control")
@@ -48,9 +49,26 @@ extension CeleryClient {
                 guard let serializer = CeleryContentType(rawValue: opened.contentType) else { return nil }
                 return try? serializer.decode(opened.body)
             })
+        guard reply else {
+            try await mailbox.cast(command, arguments: arguments, destination: destination, clock: 0, timeout: timeout)
+            return []
+        }
         let replies = try await mailbox.send(
             command, arguments: arguments, destination: destination, clock: 0, timeout: timeout, limit: limit)
         return replies.map { ControlReply(node: $0.node, reply: $0.reply) }
+    }
+
+    /// Python's `app.control.revoke`: tells the workers (all, or those of `destination`) not to run the tasks of
+    /// `ids`, and with `terminate` to stop them if they run (`signal` names how, for a process-pool child). With
+    /// `reply` it waits for the workers' answers, as `revoke(..., reply=True)` does.
+    public func revoke(
+        _ ids: [String], terminate: Bool = false, signal: String = "SIGTERM", destination: [String]? = nil, reply: Bool = false,
+        timeout: Double = 1.0
+    ) async throws(CeleryWorkerError) -> [ControlReply] {
+        try await broadcast(
+            "revoke",
+            arguments: ["task_id": .array(ids.map(CeleryValue.string)), "terminate": .bool(terminate), "signal": .string(signal)],
+            destination: destination, reply: reply, timeout: timeout)
     }
 
     /// Celery's `purge`: deletes every message waiting in `queues` and their priority lists (not those delivered and

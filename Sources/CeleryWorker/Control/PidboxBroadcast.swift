@@ -32,13 +32,13 @@ struct PidboxBroadcast {
     func send(
         _ method: String, arguments: CeleryObject, destination: [String]? = nil, clock: Int, timeout: Double, limit: Int? = nil
     ) async throws(CeleryWorkerError) -> [(node: String, reply: CeleryValue)] {
-        let ticket = UUID().uuidString.lowercased()
         let queue = "\(oid).\(replyExchange)"
         let member = transport.bindingMember(routingKey: oid, queue: queue)
         // The binding as kombu's `_queue_bind` makes it, kept from kombu 5.7's sweep of binding tables while it is
         // listed as permanent.
         let bindings = ["\(keyPrefix)_kombu.binding.\(replyExchange)", "\(keyPrefix)_kombu.binding_permanent.\(replyExchange)"]
         _ = try await client.pipeline(bindings.map { RedisCommand("SADD", RedisArgument($0), RedisArgument(member)) })
+        let ticket = UUID().uuidString.lowercased()
         let collected: Result<[(node: String, reply: CeleryValue)], CeleryWorkerError>
         do {
             let request: CeleryValue = [
@@ -48,7 +48,7 @@ struct PidboxBroadcast {
                 "reply_to": ["exchange": .string(replyExchange), "routing_key": .string(oid)],
             ]
             collected = .success(
-                try await publish(
+                try await collect(
                     request, ticket: ticket, replyQueue: keyPrefix + queue, clock: clock, timeout: timeout,
                     limit: limit ?? destination?.count))
         } catch {
@@ -60,12 +60,20 @@ struct PidboxBroadcast {
         return try collected.get()
     }
 
-    private func publish(
-        _ request: CeleryValue, ticket: String, replyQueue: String, clock: Int, timeout: Double, limit: Int?
-    ) async throws(CeleryWorkerError) -> [(node: String, reply: CeleryValue)] {
-        let started = WallClock.now()
+    /// Sends `method` without asking for replies (kombu's `_broadcast` with `reply=False`): no ticket, no reply queue.
+    func cast(_ method: String, arguments: CeleryObject, destination: [String]? = nil, clock: Int, timeout: Double) async throws(CeleryWorkerError) {
+        let request: CeleryValue = [
+            "method": .string(method), "arguments": .object(arguments),
+            "destination": destination.map { .array($0.map(CeleryValue.string)) } ?? .null, "pattern": .null, "matcher": .null,
+        ]
+        _ = try await publish(request, clock: clock, timeout: timeout)
+    }
+
+    /// Publishes `request` to every topic; returns how many listeners heard it.
+    private func publish(_ request: CeleryValue, clock: Int, timeout: Double) async throws(CeleryWorkerError) -> Int {
         let envelope = WorkerRun.pidboxEnvelope(
-            request, serializer: .json, headers: ["clock": .int(Int64(clock)), "expires": .double(started + timeout)],
+            request, serializer: .json,
+            headers: ["clock": .int(Int64(clock)), "expires": timeout > 0 ? .double(WallClock.now() + timeout) : 0],
             exchange: "\(controlExchange).pidbox", routingKey: "", deliveryMode: 2)
         let encoded = try seal(envelope).encoded()
         var listeners = 0
@@ -73,6 +81,14 @@ struct PidboxBroadcast {
             let heard = try await client.send(RedisCommand("PUBLISH", RedisArgument(topic), RedisArgument(encoded)))
             listeners += Int(heard.integer ?? 0)
         }
+        return listeners
+    }
+
+    private func collect(
+        _ request: CeleryValue, ticket: String, replyQueue: String, clock: Int, timeout: Double, limit: Int?
+    ) async throws(CeleryWorkerError) -> [(node: String, reply: CeleryValue)] {
+        let started = WallClock.now()
+        let listeners = try await publish(request, clock: clock, timeout: timeout)
         var replies: [(node: String, reply: CeleryValue)] = []
         var answered = 0
         while answered < listeners, limit.map({ replies.count < $0 }) ?? true {
