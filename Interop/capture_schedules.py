@@ -1,6 +1,6 @@
 """Writes Tests/Fixtures/beat-schedules.json: what Celery's own schedules answer, for the Swift beat's unit tests.
 
-For each case, Celery's `crontab` (or `schedule`) is asked, with its `nowfun` pinned to the case's `now`, for
+For each case, Celery's `crontab` (or `schedule`, also `relative=True`) is asked, with its `nowfun` pinned to the case's `now`, for
 `remaining_estimate(last_run_at)` and `is_due(last_run_at)` in the app's time zone; crontab specs that Celery refuses
 are kept with its error. Run with the venv's Python: `.venv/bin/python Interop/capture_schedules.py`. No Redis is
 needed. The cases are drawn from a seeded generator, so a rerun with the same Celery writes the same file.
@@ -96,6 +96,7 @@ def main():
         sched = schedule(every, nowfun=lambda now_dt=now_dt: now_dt, app=app_for("UTC"))
         due, next_check = sched.is_due(datetime.fromtimestamp(last, timezone.utc))
         intervals.append({"every": every, "last_run_at": last, "now": now, "is_due": due, "next": next_check})
+    relative = relative_cases()
     invalid = []
     for spec in INVALID:
         try:
@@ -107,8 +108,58 @@ def main():
     reprs = [{"crontab": spec, "repr": repr(crontab(**spec, app=app_for("UTC")))} for spec in SPECS[:6]]
     OUT.write_text(json.dumps({
         "celery": celery.__version__, "crontab": cases, "interval": intervals, "invalid": invalid, "repr": reprs,
+        "relative": relative,
     }, indent=1) + "\n")
-    print(f"wrote {len(cases)} crontab cases, {len(intervals)} interval cases, {len(invalid)} refused specs to {OUT}")
+    print(f"wrote {len(cases)} crontab cases, {len(intervals)} interval cases, {len(relative)} relative interval cases, "
+          f"{len(invalid)} refused specs to {OUT}")
+
+
+# The changes of the clocks in 2026 the relative cases crowd around (UTC), besides times drawn from the year.
+TRANSITIONS = {
+    "Europe/Paris": [datetime(2026, 3, 29, 1, tzinfo=timezone.utc), datetime(2026, 10, 25, 1, tzinfo=timezone.utc)],
+    "America/New_York": [datetime(2026, 3, 8, 7, tzinfo=timezone.utc), datetime(2026, 11, 1, 6, tzinfo=timezone.utc)],
+    "Australia/Lord_Howe": [datetime(2026, 4, 4, 15, tzinfo=timezone.utc), datetime(2026, 10, 3, 15, 30, tzinfo=timezone.utc)],
+}
+
+
+def relative_cases():
+    """`schedule(every, relative=True)`: its `is_due(last_run_at)` with `last_run_at` in the app's zone, as beat keeps
+    it (Celery 5.7 rounds in that zone's wall-clock time). Lord Howe's clocks change by half an hour."""
+    from zoneinfo import ZoneInfo
+
+    rng = random.Random(20261207)  # a generator of its own: the cases above stay as they were
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    cases = []
+    draws = []
+    for _ in range(160):
+        every = rng.choice([1, 30, 45, 60, 90, 300, 1800, 3600, 5400, 7200, 86400, 2 * 86400])
+        zone = rng.choice(ZONES + ["Australia/Lord_Howe"])
+        if zone in TRANSITIONS and rng.random() < 0.6:
+            last = rng.choice(TRANSITIONS[zone]).timestamp() + rng.uniform(-1.5 * every - 3600, 3600)
+        else:
+            last = start + rng.uniform(0, 365 * 86400)
+        if rng.random() < 0.3:
+            last -= last % 60
+        draws.append((every, zone, last, last + rng.uniform(0, 1.5 * every + 60)))
+    # A grid across each change of the clocks, where a rounded boundary can fall in a skipped or repeated half hour
+    # (Lord Howe) or hour, or before the last run.
+    for zone, changes in TRANSITIONS.items():
+        for change in changes:
+            for every in (60, 1800, 3600, 5400):
+                for step in range(-5, 4):
+                    last = change.timestamp() + step * 900 - every + 7
+                    draws.append((every, zone, last, last + every * 0.999))
+                    draws.append((every, zone, last, last + every + 1900))
+    for every, zone, last, now in draws:
+        app = app_for(zone)
+        now_dt = datetime.fromtimestamp(now, timezone.utc)
+        sched = schedule(every, relative=True, nowfun=lambda now_dt=now_dt: now_dt, app=app)
+        last_dt = datetime.fromtimestamp(last, ZoneInfo(zone))
+        remaining = sched.remaining_estimate(last_dt).total_seconds()
+        due, next_check = sched.is_due(last_dt)
+        cases.append({"every": every, "timezone": zone, "last_run_at": last, "now": now, "remaining": remaining,
+                      "is_due": due, "next": next_check})
+    return cases
 
 
 if __name__ == "__main__":

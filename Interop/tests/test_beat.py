@@ -184,7 +184,7 @@ def test_beat_settings_celery_refuses_stop_the_worker(redis_urls, tmp_path):
          "entry 'bad': crontab: empty filter"),
         ("beat_schedule: {bad: {task: tasks.noop, schedule: {crontab: {day_of_month: 30, month_of_year: 2}}}}\n", [],
          "Invalid crontab: day_of_month '30' never occurs in month_of_year '2'."),
-        ("beat_schedule: {bad: {task: tasks.noop, schedule: 5, relative: true}}\n", [], "relative schedules"),
+        ("beat_schedule: {bad: {task: tasks.noop, schedule: 5, relative: maybe}}\n", [], "relative must be true or false"),
         ("beat_schedule: {}\n", ["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
          "run Python's `celery beat` for another scheduler"),
     ]
@@ -194,6 +194,17 @@ def test_beat_settings_celery_refuses_stop_the_worker(redis_urls, tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == 64, (text, run.stderr)
         assert message in run.stderr, (text, run.stderr)
+
+
+def test_a_relative_interval_is_sent(start_worker, broker_redis, tmp_path):
+    """`relative: true` (Celery's `schedule(run_every, relative=True)`) is read and the entry sent on its interval;
+    the rounding to the clock's boundaries is checked against Celery 5.7 by the golden fixtures of the unit tests."""
+    config = write_config(tmp_path, "relative.yaml",
+                          "beat_schedule: {tick: {task: tasks.noop, schedule: 1, relative: true, options: {queue: relq}}}\n")
+    worker = start_worker("--config", config, "-B", "-s", str(tmp_path / "schedule"), "-Q", "elsewhere", "-l", "debug")
+    sent = [popped(broker_redis, "relq") for _ in range(3)]
+    assert all(sent), worker.log
+    assert worker.log.count("Scheduler: Sending due task tick (tasks.noop)") >= 3
 
 
 def test_without_dash_b_the_schedule_is_read_and_nothing_is_sent(start_worker, broker_redis, tmp_path):

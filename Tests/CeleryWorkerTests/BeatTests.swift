@@ -63,6 +63,29 @@ struct BeatTests {
         }
     }
 
+    @Test("every relative interval case: the same due time, is_due and next check as Celery 5.7's schedule(relative=True)")
+    func relativeIntervalCases() throws {
+        let cases = try #require(Self.golden["relative"]?.arrayValue)
+        #expect(cases.count == 592)
+        var due = 0
+        for item in cases {
+            let object = try #require(item.objectValue)
+            let every = try #require(object["every"]?.doubleValue)
+            let zoneName = try #require(object["timezone"]?.stringValue)
+            let zone = try #require(CeleryTimeZone(identifier: zoneName))
+            let last = try #require(object["last_run_at"]?.doubleValue)
+            let now = try #require(object["now"]?.doubleValue)
+            let label = "every \(every) s in \(zoneName) after \(last), now \(now)"
+            let end = BeatSchedule.relativeEnd(start: last, every: every, zone: zone)
+            #expect(abs((end - now) - (object["remaining"]?.doubleValue ?? .nan)) < 0.001, "\(label)")
+            let state = BeatSchedule.every(seconds: every, relative: true).isDue(lastRunAt: last, now: now, zone: zone)
+            #expect(state.due == object["is_due"]?.boolValue, "\(label)")
+            #expect(abs(state.next - (object["next"]?.doubleValue ?? .nan)) < 0.001, "\(label)")
+            if state.due { due += 1 }
+        }
+        #expect(due > 20 && due < cases.count - 20)
+    }
+
     @Test("specs Celery refuses are refused with Celery's message")
     func invalidSpecs() throws {
         let cases = try #require(Self.golden["invalid"]?.arrayValue)
@@ -226,7 +249,7 @@ struct BeatTests {
             ("beat_schedule: {a: {schedule: 5}}", "entry 'a': task is missing"),
             ("beat_schedule: {a: {task: t}}", "entry 'a': schedule is missing"),
             ("beat_schedule: {a: {task: t, schedule: -1}}", "above 0"),
-            ("beat_schedule: {a: {task: t, schedule: 5, relative: true}}", "relative schedules"),
+            ("beat_schedule: {a: {task: t, schedule: 5, relative: maybe}}", "relative must be true or false"),
             ("beat_schedule: {a: {task: t, schedule: 5, when: 3}}", "unknown key 'when'"),
             ("beat_schedule: {a: {task: t, schedule: {crontab: {minute: '61'}}}}", "crontab: Invalid end range: 61 > 59."),
             ("beat_schedule: {a: {task: t, schedule: {solar: [sunset, 0, 0]}}}", "schedule must be a number of seconds"),

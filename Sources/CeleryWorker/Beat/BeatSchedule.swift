@@ -5,7 +5,9 @@ import OrderedCollections
 /// When a periodic task runs: every so many seconds (Celery's `schedule`, a number in `beat_schedule`), or by a
 /// ``Crontab``.
 public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
-    case every(seconds: Double)
+    /// Every `seconds` after the last run; with `relative` (Celery's `schedule(run_every, relative=True)`), at the
+    /// last wall-clock boundary of the interval's unit (day, hour or minute, in the app's time zone) at or before that.
+    case every(seconds: Double, relative: Bool = false)
     case crontab(Crontab)
 
     /// Celery's `is_due(last_run_at)` at `now`: whether the task is due, and in how many seconds to look again (after
@@ -13,9 +15,14 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
     /// by more than that many seconds is not made up.
     public func isDue(lastRunAt: Double, now: Double, zone: CeleryTimeZone, startingDeadline: Double? = nil) -> (due: Bool, next: Double) {
         switch self {
-        case .every(let seconds):
-            let remaining = max(lastRunAt + seconds - now, 0)
-            return remaining == 0 ? (true, max(seconds, 0)) : (false, remaining)
+        case .every(let seconds, let relative):
+            let end = relative ? Self.relativeEnd(start: lastRunAt, every: seconds, zone: zone) : lastRunAt + seconds
+            let remaining = max(end - now, 0)
+            guard remaining == 0 else { return (false, remaining) }
+            guard relative else { return (true, max(seconds, 0)) }
+            // Celery 5.7: the next check is the next rounded boundary after now (the interval when there is none).
+            let next = Self.relativeEnd(start: now, every: seconds, zone: zone) - now
+            return (true, next > 0 ? next : max(seconds, 0))
         case .crontab(let crontab):
             // A crontab with no next run within 400 years is refused when it is read; should one get here, it is
             // checked again at the loop's longest interval.
@@ -39,9 +46,45 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
     /// As Celery's `repr`: `<freq: 10.00 seconds>`, `<crontab: 0 4 * * * (m/h/dM/MY/d)>`.
     public var description: String {
         switch self {
-        case .every(let seconds): "<freq: \(BeatSchedule.humanize(seconds: seconds))>"
+        case .every(let seconds, _): "<freq: \(BeatSchedule.humanize(seconds: seconds))>"
         case .crontab(let crontab): crontab.description
         }
+    }
+
+    /// Celery 5.7's `remaining(start, run_every, relative=True)`: the due time of a relative interval, as a Unix
+    /// time. The time one interval after `start` (by the calendar for a day or more, elapsed otherwise) is rounded
+    /// down to the interval's unit of wall-clock time in `zone`; of the instants that rounded time names (two when a
+    /// change of the clocks repeats it; a time a change skips is moved past the gap), the latest at or before `start`
+    /// plus the interval, never one at or before `start` (for a day or more: the first after `start`).
+    static func relativeEnd(start: Double, every seconds: Double, zone: CeleryTimeZone) -> Double {
+        let local = LocalClock(zone: zone)
+        let startWall = local.wall(start)
+        let endWall: Double
+        let endUTC: Double
+        if seconds >= 86_400 {
+            // Day-resolution intervals advance by calendar days.
+            endWall = startWall + seconds
+            endUTC = local.unixTime(wall: endWall, fold: 0)
+        } else {
+            endUTC = start + seconds
+            endWall = local.wall(endUTC)
+        }
+        var candidates = local.roundedInstants(of: endWall, every: seconds)
+        if seconds >= 86_400 {
+            return candidates.filter { $0 > start }.min() ?? endUTC
+        }
+        let limit = start + seconds
+        var rounded = candidates.filter { $0 <= limit }.max() ?? candidates.min() ?? limit
+        if seconds >= 60, rounded <= start {
+            // A partial-hour change of the clocks can put the rounded boundary before start: the next boundary and the
+            // calendar one are candidates too.
+            let unit = seconds >= 3600 ? 3600.0 : 60.0
+            candidates += local.roundedInstants(of: endWall + unit, every: seconds)
+            candidates += local.roundedInstants(of: startWall + seconds, every: seconds)
+            let future = candidates.filter { $0 > start }
+            rounded = future.filter { $0 <= limit }.max() ?? future.min() ?? limit
+        }
+        return rounded
     }
 
     /// Celery's `humanize_seconds`: `5.00 minutes`, `1.00 second`, `now` below a second.
@@ -212,5 +255,41 @@ struct BeatScheduleFile {
             "entries": .object(entries),
         ])
         try StateDB.replace(path, with: bytes, naming: "schedule file")
+    }
+}
+
+/// Wall-clock times in a zone as Python's `zoneinfo` reads them: a wall time is local seconds since the epoch, and
+/// `fold` picks the first (0) or second (1) of two occurrences of a time a change of the clocks repeats; a time a
+/// change skips is read with the offset before the change (fold 0) or after it (fold 1).
+struct LocalClock {
+    let zone: CeleryTimeZone
+
+    /// The wall time of a Unix time.
+    func wall(_ unixTime: Double) -> Double { unixTime + Double(zone.secondsFromGMT(at: unixTime)) }
+
+    /// The instants a wall time names: one, two when it is repeated, none when it is skipped.
+    func instants(ofWall wall: Double) -> [Double] {
+        let offsets = Set([zone.secondsFromGMT(at: wall - 86_400), zone.secondsFromGMT(at: wall + 86_400)])
+        return offsets.map { wall - Double($0) }.filter { zone.secondsFromGMT(at: $0) == Int((wall - $0).rounded()) }.sorted()
+    }
+
+    /// A wall time as a Unix time, as `datetime(..., fold=fold).astimezone(utc)`.
+    func unixTime(wall: Double, fold: Int) -> Double {
+        let valid = instants(ofWall: wall)
+        if let first = valid.first { return fold == 0 || valid.count == 1 ? first : valid[valid.count - 1] }
+        let offset = fold == 0 ? zone.secondsFromGMT(at: wall - 86_400) : zone.secondsFromGMT(at: wall + 86_400)
+        return wall - Double(offset)
+    }
+
+    /// Celery's `_relative_end_dates`: `wall` rounded down to the unit of `seconds` (`delta_resolution`, then whole
+    /// seconds), read with fold 0 and 1, a skipped time moved forward past its gap (dateutil's `resolve_imaginary`).
+    func roundedInstants(of wall: Double, every seconds: Double) -> [Double] {
+        let unit: Double = seconds >= 86_400 ? 86_400 : seconds >= 3600 ? 3600 : seconds >= 60 ? 60 : 1
+        var rounded = (wall / unit).rounded(.down) * unit
+        if instants(ofWall: rounded).isEmpty {
+            let gap = Double(zone.secondsFromGMT(at: rounded + 86_400) - zone.secondsFromGMT(at: rounded - 86_400))
+            if gap > 0 { rounded += gap }
+        }
+        return [unixTime(wall: rounded, fold: 0), unixTime(wall: rounded, fold: 1)]
     }
 }

@@ -131,6 +131,7 @@ extension CelerySettings.Field {
         var args: [CeleryValue] = []
         var kwargs = CeleryObject()
         var options = CeleryObject()
+        var relative = false
         for (keyNode, value) in mapping {
             let field = keyNode.string ?? ""
             switch field {
@@ -154,15 +155,16 @@ extension CelerySettings.Field {
                 }
                 options = object
             case "relative":
-                if value.bool == true {
-                    throw entryError(name, "relative schedules (rounded to the interval's resolution) are not supported")
-                }
+                guard let flag = value.bool else { throw entryError(name, "relative must be true or false") }
+                relative = flag
             default:
                 throw entryError(name, "unknown key '\(field)' (an entry has task, schedule, args, kwargs, options and relative)")
             }
         }
         guard let task else { throw entryError(name, "task is missing") }
-        guard let schedule else { throw entryError(name, "schedule is missing") }
+        guard var schedule else { throw entryError(name, "schedule is missing") }
+        // As Celery's maybe_schedule: `relative` makes an interval relative and leaves a crontab as it is.
+        if relative, case .every(let seconds, _) = schedule { schedule = .every(seconds: seconds, relative: true) }
         return BeatEntry(name: name, task: task, schedule: schedule, args: args, kwargs: kwargs, options: options)
     }
 
