@@ -968,6 +968,32 @@ struct RedisSettleTests {
         await client.shutdown()
     }
 
+    @Test("before_task_publish may set headers on what a task sends and on what a client sends; after_task_publish follows")
+    func publishSignals() async throws {
+        let base = try #require(TestRedis.base)
+        let published = Mutex<[String]>([])
+        var clientSignals = WorkerSignals()
+        clientSignals.onBeforeTaskPublish { $0.headers["x-trace"] = .string("client-\($0.task)") }
+        let client = CeleryClient(
+            brokerURL: try RedisURL(parsing: "\(base)/15"), resultBackendURL: try RedisURL(parsing: "\(base)/14"),
+            signals: clientSignals)
+        try await SharedServerWorker(concurrency: 2) { _, registry in
+            registry.signals.onBeforeTaskPublish { $0.headers["x-trace"] = .string("worker-\($0.task)") }
+            registry.signals.onAfterTaskPublish { event in
+                published.withLock { $0.append("\(event.task) \(event.queue) \(event.headers["x-trace"]?.stringValue ?? "-")") }
+            }
+            registry.register("traceHeader") { context in context.request.headers["x-trace"] ?? .null }
+            registry.register("sendsTrace") { context in try await context.send("traceHeader").id }
+        }.run { _ in
+            #expect(try await client.send("traceHeader").get(timeout: .seconds(10)) == "client-traceHeader")
+            let parent = try await client.send("sendsTrace").get(timeout: .seconds(10))
+            let child = client.result(id: try #require(parent.stringValue))
+            #expect(try await child.get(timeout: .seconds(10)) == "worker-traceHeader")
+        }
+        await client.shutdown()
+        #expect(published.withLock { $0 } == ["traceHeader celery worker-traceHeader"])
+    }
+
     @Test("only a broker on the same server, as the same user, shares the script")
     func sameServerOnly() throws {
         let base = try RedisURL(parsing: "redis://127.0.0.1:6379/1")

@@ -12,19 +12,22 @@ extension WorkerRun {
         let configuration = self.configuration
         let delays = service.retryDelays
         let sentEvents = configuration.sendSentEvent ? service.events : nil
+        let (signals, logger) = (self.signals, self.logger)
         var sender = CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
-                let encoded = try configuration.sealed(envelope).encoded()
-                var attempt = 0
-                while true {
-                    do throws(CeleryWorkerError) {
-                        try await broker.publish(encoded, queue: queue, priority: priority)
-                        await sentEvents?.sendTaskSent(envelope, queue: queue)
-                        return
-                    } catch {
-                        attempt += 1
-                        guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }
-                        try? await Task.sleep(for: .seconds(delays.delay(attempt: attempt)))
+                try await signals.publishing(envelope, queue: queue, logger: logger) { envelope throws(CeleryWorkerError) in
+                    let encoded = try configuration.sealed(envelope).encoded()
+                    var attempt = 0
+                    while true {
+                        do throws(CeleryWorkerError) {
+                            try await broker.publish(encoded, queue: queue, priority: priority)
+                            await sentEvents?.sendTaskSent(envelope, queue: queue)
+                            return
+                        } catch {
+                            attempt += 1
+                            guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }
+                            try? await Task.sleep(for: .seconds(delays.delay(attempt: attempt)))
+                        }
                     }
                 }
             },

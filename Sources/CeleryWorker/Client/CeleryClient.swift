@@ -1,5 +1,6 @@
 import CeleryProtocol
 import Foundation
+import Logging
 import OrderedCollections
 import Synchronization
 
@@ -104,6 +105,8 @@ public final class CeleryClient: Sendable {
     public let messageSigning: MessageSigning?
     /// `task_routes`: where tasks go by name, unless they are sent with a queue.
     public let routes: TaskRoutes
+    /// `before_task_publish` and `after_task_publish` receivers (``WorkerSignals``), run around each message sent.
+    let signals: WorkerSignals
     /// This client's oid (`reply_to`).
     let oid = UUID().uuidString.lowercased()
     private let declared = DeclaredQueues()
@@ -113,19 +116,20 @@ public final class CeleryClient: Sendable {
     /// (``WorkerConfiguration/resultKeyPrefix(normalizing:)`` of the result backend's `global_keyprefix`);
     /// `brokerTransport` kombu's `sep` and `priority_steps`, which name the lists messages go to; `chord` Celery's
     /// chord settings, for the chords it sends; `messageSigning` signs every message, for workers that accept only
-    /// signed ones.
+    /// signed ones; `signals` the `before_task_publish` and `after_task_publish` receivers run around each message.
     public convenience init(
         brokerURL: RedisURL, resultBackendURL: RedisURL? = nil, serializer: CeleryContentType = .json,
         resultSerializer: CeleryContentType = .json, resultExpires: Int? = 86_400, defaultQueue: String = "celery",
         compression: KombuCompression? = nil, brokerKeyPrefix: String = "", resultKeyPrefix: String = "",
         brokerTransport: RedisTransportOptions = RedisTransportOptions(), routes: TaskRoutes = TaskRoutes(),
-        chord: RedisResultBackend.ChordOptions = RedisResultBackend.ChordOptions(), messageSigning: MessageSigning? = nil
+        chord: RedisResultBackend.ChordOptions = RedisResultBackend.ChordOptions(), messageSigning: MessageSigning? = nil,
+        signals: WorkerSignals = WorkerSignals()
     ) {
         self.init(
             brokerURL: brokerURL, resultBackendURL: resultBackendURL, serializer: serializer, resultSerializer: resultSerializer,
             resultExpires: resultExpires, defaultQueue: defaultQueue, compression: compression, brokerKeyPrefix: brokerKeyPrefix,
             resultKeyPrefix: resultKeyPrefix, brokerTransport: brokerTransport, routes: routes, chord: chord,
-            messageSigning: messageSigning, sentEvents: nil)
+            messageSigning: messageSigning, sentEvents: nil, signals: signals)
     }
 
     /// The client of a worker's tasks (`context.send`): with `task_send_sent_event`, `sentEvents` sends `task-sent`
@@ -134,9 +138,10 @@ public final class CeleryClient: Sendable {
         brokerURL: RedisURL, resultBackendURL: RedisURL?, serializer: CeleryContentType, resultSerializer: CeleryContentType,
         resultExpires: Int?, defaultQueue: String, compression: KombuCompression?, brokerKeyPrefix: String, resultKeyPrefix: String,
         brokerTransport: RedisTransportOptions, routes: TaskRoutes, chord: RedisResultBackend.ChordOptions,
-        messageSigning: MessageSigning?, sentEvents: EventDispatcher?
+        messageSigning: MessageSigning?, sentEvents: EventDispatcher?, signals: WorkerSignals
     ) {
         self.sentEvents = sentEvents
+        self.signals = signals
         self.messageSigning = messageSigning
 
         self.broker = RedisBroker(
@@ -168,13 +173,16 @@ public final class CeleryClient: Sendable {
         let declared = self.declared
         let sentEvents = self.sentEvents
         let messageSigning = self.messageSigning
+        let signals = self.signals
         return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 // kombu declares a queue (its bindings) the first time a producer sends to it.
                 if declared.insert(queue) { try await broker.declare(queues: [queue]) }
-                let sealed = try messageSigning?.seal(envelope) ?? envelope
-                try await broker.publish(sealed.encoded(), queue: queue, priority: priority)
-                await sentEvents?.sendTaskSent(envelope, queue: queue)
+                try await signals.publishing(envelope, queue: queue, logger: Self.signalsLogger) { envelope throws(CeleryWorkerError) in
+                    let sealed = try messageSigning?.seal(envelope) ?? envelope
+                    try await broker.publish(sealed.encoded(), queue: queue, priority: priority)
+                    await sentEvents?.sendTaskSent(envelope, queue: queue)
+                }
             },
             setChordSize: { groupID, size throws(CeleryWorkerError) in
                 try await backend?.setChordSize(groupID: groupID, size: size)
@@ -186,6 +194,9 @@ public final class CeleryClient: Sendable {
             contentType: serializer, compression: compression,
             signaturesAreDecoded: false, isoformat: { CeleryTimestamp.isoformat(unixSeconds: $0) })
     }
+
+    /// Where a publish signal's receiver that throws is logged.
+    static let signalsLogger = Logger(label: "celery.signals")
 
     /// Sends a task by name.
     @discardableResult

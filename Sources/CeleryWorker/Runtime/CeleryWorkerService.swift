@@ -100,7 +100,7 @@ public final class CeleryWorkerService: Service {
                 compression: configuration.taskCompression, brokerKeyPrefix: configuration.brokerKeyPrefix,
                 resultKeyPrefix: configuration.resultKeyPrefix, brokerTransport: configuration.brokerTransport,
                 routes: configuration.taskRoutes, chord: configuration.chord, messageSigning: configuration.messageSigning,
-                sentEvents: configuration.sendSentEvent ? events : nil))
+                sentEvents: configuration.sendSentEvent ? events : nil, signals: registry.signals))
     }
 
     /// A worker on any broker and backend (tests use in-memory ones).

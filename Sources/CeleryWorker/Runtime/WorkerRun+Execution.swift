@@ -637,8 +637,10 @@ extension WorkerRun {
             origin: "gen\(Host.pid)@\(Host.name)", ignoreResult: ignoresResult(job),
             deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
         do {
-            try await service.broker.publish(configuration.sealed(envelope).encoded(), queue: queue, priority: original.deliveryInfo.priority)
-            if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
+            try await signals.publishing(envelope, queue: queue, logger: logger) { envelope throws(CeleryWorkerError) in
+                try await service.broker.publish(configuration.sealed(envelope).encoded(), queue: queue, priority: original.deliveryInfo.priority)
+                if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
+            }
         } catch {
             logger.error("Task \(job.displayName)[\(message.id)] could not be republished for a retry: \(error.message)")
             return .failure(RejectTask(reason: "retry could not be published: \(error.message)", requeue: false))

@@ -33,6 +33,8 @@ public struct WorkerSignals: Sendable {
     var heartbeatSent: [Receiver<WorkerEvent>] = []
     var taskUnknown: [Receiver<TaskUnknown>] = []
     var taskRejected: [Receiver<TaskRejected>] = []
+    var beforeTaskPublish: [@Sendable (inout TaskPublish) async throws -> Void] = []
+    var afterTaskPublish: [Receiver<TaskPublish>] = []
 
     public init() {}
 
@@ -94,6 +96,40 @@ public struct WorkerSignals: Sendable {
     /// Celery's `task_rejected`: a message could not be read as a task (invalid fields, an unknown content type, a
     /// body that does not decode); it was discarded, and a FAILURE stored when it had a task id.
     public mutating func onTaskRejected(_ receiver: @escaping Receiver<TaskRejected>) { taskRejected.append(receiver) }
+
+    /// Celery's `before_task_publish`: a task message is about to be published (by a ``CeleryClient`` given these
+    /// signals, or by the worker: `context.send`, callbacks, chain steps, retries). A receiver may change the
+    /// message's headers (to carry a trace, say), as Python's receivers change the `headers` they are given.
+    public mutating func onBeforeTaskPublish(_ receiver: @escaping @Sendable (inout TaskPublish) async throws -> Void) {
+        beforeTaskPublish.append(receiver)
+    }
+
+    /// Celery's `after_task_publish`: a task message was published.
+    public mutating func onAfterTaskPublish(_ receiver: @escaping Receiver<TaskPublish>) { afterTaskPublish.append(receiver) }
+
+    /// Publishes `envelope` with `publish`, with `before_task_publish` first (its receivers' headers go out) and
+    /// `after_task_publish` after. With no receivers, just `publish`.
+    func publishing(
+        _ envelope: KombuEnvelope, queue: String, logger: Logger,
+        _ publish: (KombuEnvelope) async throws(CeleryWorkerError) -> Void
+    ) async throws(CeleryWorkerError) {
+        guard !(beforeTaskPublish.isEmpty && afterTaskPublish.isEmpty) else { return try await publish(envelope) }
+        var event = TaskPublish(
+            task: envelope.headers["task"]?.stringValue ?? "", id: envelope.headers["id"]?.stringValue ?? "",
+            exchange: envelope.deliveryInfo.exchange, routingKey: envelope.deliveryInfo.routingKey, queue: queue,
+            headers: envelope.headers)
+        for receiver in beforeTaskPublish {
+            do {
+                try await receiver(&event)
+            } catch {
+                logger.error("Signal handler for before_task_publish raised: \(CeleryExceptionInfo(error: error).repr)")
+            }
+        }
+        var sent = envelope
+        sent.headers = event.headers
+        try await publish(sent)
+        await Self.send(afterTaskPublish, event, signal: "after_task_publish", logger: logger)
+    }
 
     /// Runs `receivers` in order with `event`, logging what any of them throws as Celery's `Signal.send` does.
     static func send<Event>(_ receivers: [Receiver<Event>], _ event: Event, signal: String, logger: Logger) async {
@@ -174,6 +210,20 @@ extension WorkerSignals {
         public let message: [UInt8]
         /// Why it could not be read.
         public let reason: String
+    }
+
+    /// `before_task_publish`'s and `after_task_publish`'s event.
+    public struct TaskPublish: Sendable {
+        /// The task's name (Celery's `sender`).
+        public let task: String
+        /// The task id.
+        public let id: String
+        public let exchange: String
+        public let routingKey: String
+        /// The list it goes to.
+        public let queue: String
+        /// The message's headers; what a `before_task_publish` receiver leaves here is published.
+        public var headers: CeleryObject
     }
 
     /// The event of the worker's own signals.
