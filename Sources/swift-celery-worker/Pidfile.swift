@@ -16,23 +16,43 @@ struct Pidfile {
     static func acquire(_ path: String) throws -> Pidfile {
         let pid = getpid()
         if FileManager.default.fileExists(atPath: path), !removeIfStale(path, ownPid: pid) {
-            let holder = (try? String(contentsOfFile: path, encoding: .utf8)).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-            FileHandle.standardError.write(
-                Data("ERROR: Pidfile (\(path)) already exists.\nSeems we're already running? (pid: \(holder ?? "?"))\n".utf8))
-            throw ExitCode(73)
+            throw alreadyRunning(path)
         }
-        let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY, 0o644)
+        let content = Array("\(pid)\n".utf8)
+        // Celery creates the file with `O_EXCL` and then writes the pid, so for a moment it is there and empty; a second
+        // worker starting then calls it broken and removes the first one's lock. Here the pid is written to a file of
+        // this process's own and linked into place, which, like `O_EXCL`, fails if the path exists: a reader finds the
+        // pid or no file. A file system without hard links gets Celery's way.
+        let staging = "\(path).\(pid).tmp"
+        unlink(staging)
+        try writeExclusively(staging, content, reportedAs: path)
+        defer { unlink(staging) }
+        if link(staging, path) != 0 {
+            if errno == EEXIST { throw alreadyRunning(path) }  // another worker won a race for it since the check
+            guard errno == EPERM || errno == EOPNOTSUPP || errno == EXDEV else { throw failure(path) }
+            try writeExclusively(path, content, reportedAs: path)
+        }
+        return Pidfile(path: path, pid: pid)
+    }
+
+    private static func writeExclusively(_ file: String, _ content: [UInt8], reportedAs path: String) throws {
+        let descriptor = open(file, O_CREAT | O_EXCL | O_WRONLY, 0o644)
         guard descriptor >= 0 else { throw failure(path) }
         defer { close(descriptor) }
-        let content = Array("\(pid)\n".utf8)
         guard write(descriptor, content, content.count) == content.count, fsync(descriptor) == 0 else { throw failure(path) }
-        return Pidfile(path: path, pid: pid)
     }
 
     /// Removes the file if it still holds this process's pid.
     func release() {
         guard Self.readPid(path) == pid else { return }
         unlink(path)
+    }
+
+    private static func alreadyRunning(_ path: String) -> ExitCode {
+        let holder = (try? String(contentsOfFile: path, encoding: .utf8)).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        FileHandle.standardError.write(
+            Data("ERROR: Pidfile (\(path)) already exists.\nSeems we're already running? (pid: \(holder ?? "?"))\n".utf8))
+        return ExitCode(73)
     }
 
     private static func failure(_ path: String) -> ExitCode {
