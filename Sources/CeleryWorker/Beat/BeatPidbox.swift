@@ -72,14 +72,10 @@ final class BeatPidbox: Sendable {
 
     /// Answers one pidbox message if it is a `ping` for this node and beat is not stalled.
     func answer(_ raw: [UInt8]) async {
-        guard var envelope = try? KombuEnvelope(decoding: raw) else { return }
-        if let signing = client.messageSigning {
-            // As a signing Celery's mailbox: only signed requests, verified.
-            guard envelope.contentType == SignedBody.contentType, let opened = try? signing.open(envelope) else { return }
-            envelope = opened
-        }
-        guard let serializer = CeleryContentType(rawValue: envelope.contentType),
-            case .object(let request)? = try? serializer.decode(envelope.body),
+        // As a signing Celery's mailbox: only signed requests, verified.
+        guard let envelope = try? KombuEnvelope(decoding: raw),
+            case .success((.object(let request), let serializer)) = MessageSigning.openedBody(
+                envelope, signing: client.messageSigning, signedOnly: true),
             let method = request["method"]?.stringValue, WorkerRun.isAddressed(request, to: node)
         else { return }
         let age = WallClock.monotonic() - lastTick.withLock { $0 }

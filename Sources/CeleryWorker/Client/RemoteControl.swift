@@ -40,15 +40,7 @@ extension CeleryClient {
             client: connection, keyPrefix: broker.keyPrefix, transport: broker.transport, controlExchange: controlExchange,
             topics: topics, oid: oid,
             seal: { envelope throws(CeleryWorkerError) in try signing?.seal(envelope) ?? envelope },
-            open: { envelope in
-                var opened = envelope
-                if let signing {
-                    guard envelope.contentType == SignedBody.contentType, let verified = try? signing.open(envelope) else { return nil }
-                    opened = verified
-                }
-                guard let serializer = CeleryContentType(rawValue: opened.contentType) else { return nil }
-                return try? serializer.decode(opened.body)
-            })
+            open: { envelope in try? MessageSigning.openedBody(envelope, signing: signing, signedOnly: true).get().body })
         guard reply else {
             try await mailbox.cast(command, arguments: arguments, destination: destination, clock: 0, timeout: timeout)
             return []

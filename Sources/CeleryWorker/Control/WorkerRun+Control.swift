@@ -202,22 +202,17 @@ extension WorkerRun {
     /// and, with `signedOnly`, when it is not signed (Celery's mailbox accepts `accept_content` alone, which is
     /// `[auth]` when messages are signed).
     func openedBody(_ envelope: KombuEnvelope, signedOnly: Bool) -> (body: CeleryValue, serializer: CeleryContentType)? {
-        var opened = envelope
-        if let signing = configuration.messageSigning {
-            if signedOnly, envelope.contentType != SignedBody.contentType {
-                logger.warning("Refusing a message that is not signed (content type '\(envelope.contentType)'): accept_content is ['auth']")
-                return nil
-            }
-            do throws(CeleryProtocolError) {
-                opened = try signing.open(envelope)
-            } catch {
-                logger.error("Refusing a signed message: \(error.message)")
-                return nil
-            }
+        switch MessageSigning.openedBody(envelope, signing: configuration.messageSigning, signedOnly: signedOnly) {
+        case .success(let opened):
+            return opened
+        case .failure(.unsigned(let contentType)):
+            logger.warning("Refusing a message that is not signed (content type '\(contentType)'): accept_content is ['auth']")
+        case .failure(.unverified(let reason)):
+            logger.error("Refusing a signed message: \(reason)")
+        case .failure(.undecodable):
+            break
         }
-        guard let serializer = CeleryContentType(rawValue: opened.contentType), let body = try? serializer.decode(opened.body)
-        else { return nil }
-        return (body, serializer)
+        return nil
     }
 
     private func handleControl(_ raw: [UInt8], replies: RedisClient) async {

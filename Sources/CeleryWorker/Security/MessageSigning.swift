@@ -184,6 +184,36 @@ public final class MessageSigning: @unchecked Sendable {
         return opened
     }
 
+    /// Why a mailbox message (a remote control request or reply, or an event) cannot be read.
+    enum MailboxRefusal: Error {
+        /// With signing, a message that is not signed where only signed ones are accepted (its content type).
+        case unsigned(String)
+        /// A signed message whose signature does not verify (why).
+        case unverified(String)
+        /// A body that is not JSON or msgpack, or does not decode.
+        case undecodable
+    }
+
+    /// The body of a mailbox message and its serializer, as a Celery mailbox reads it: with `signing`, a signed one
+    /// verified first, and with `signedOnly` nothing else (Celery's mailbox accepts `accept_content` alone, which is
+    /// `[auth]` when messages are signed).
+    static func openedBody(_ envelope: KombuEnvelope, signing: MessageSigning?, signedOnly: Bool)
+        -> Result<(body: CeleryValue, serializer: CeleryContentType), MailboxRefusal>
+    {
+        var opened = envelope
+        if let signing {
+            if signedOnly, envelope.contentType != SignedBody.contentType { return .failure(.unsigned(envelope.contentType)) }
+            do throws(CeleryProtocolError) {
+                opened = try signing.open(envelope)
+            } catch {
+                return .failure(.unverified(error.message))
+            }
+        }
+        guard let serializer = CeleryContentType(rawValue: opened.contentType), let body = try? serializer.decode(opened.body)
+        else { return .failure(.undecodable) }
+        return .success((body, serializer))
+    }
+
     /// The text of `body` signed (`SecureSerializer.serialize`).
     func sign(_ body: [UInt8], contentType: String, contentEncoding: String) throws(CeleryWorkerError) -> [UInt8] {
         var signature = [UInt8](repeating: 0, count: max(signatureSize, 1))
