@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "CeleryProtocol", targets: ["CeleryProtocol"]),
         .library(name: "CeleryWorker", targets: ["CeleryWorker"]),
+        .library(name: "CeleryWorkerCommand", targets: ["CeleryWorkerCommand"]),
         .executable(name: "swift-celery-worker", targets: ["swift-celery-worker"]),
     ],
     dependencies: [
@@ -75,8 +76,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(
-            name: "swift-celery-worker",
+        // The `swift-celery-worker` program (worker, beat and the operator commands) as a library: a program of yours
+        // registers its tasks and hands them to `CeleryWorkerProgram.main(tasks:)`, as the bundled one does.
+        .target(
+            name: "CeleryWorkerCommand",
             dependencies: [
                 "CeleryWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -88,6 +91,16 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "swift-celery-worker",
+            dependencies: [
+                "CeleryProtocol",
+                "CeleryWorker",
+                "CeleryWorkerCommand",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -134,3 +134,13 @@ def grow(self, x, queue):
     """Adds tasks.add(x, 100) on `queue` to this task's chord, and returns x."""
     self.add_to_chord(app.signature("tasks.add", args=(x, 100)).set(queue=queue))
     return x
+
+
+if os.environ.get("SIGNALS_FILE"):
+    # What Celery's worker_shutting_down carries, for tests that compare it with the Swift worker's.
+    from celery.signals import worker_shutting_down
+
+    @worker_shutting_down.connect
+    def write_shutting_down(sender=None, sig=None, how=None, exitcode=None, **kwargs):
+        with open(os.environ["SIGNALS_FILE"], "a") as file:
+            file.write(f"worker_shutting_down: {sig} {how} {exitcode}\n")

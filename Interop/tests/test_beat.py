@@ -205,6 +205,9 @@ def test_a_relative_interval_is_sent(start_worker, broker_redis, tmp_path):
     sent = [popped(broker_redis, "relq") for _ in range(3)]
     assert all(sent), worker.log
     assert worker.log.count("Scheduler: Sending due task tick (tasks.noop)") >= 3
+    # The demo's receivers of beat_init and beat_embedded_init (logged at DEBUG), in Celery's order, named by the node.
+    init = worker.log.index("beat_init: celery@")
+    assert worker.log.index("beat: Starting...") < init < worker.log.index("beat_embedded_init: celery@"), worker.log
 
 
 def test_without_dash_b_the_schedule_is_read_and_nothing_is_sent(start_worker, broker_redis, tmp_path):
@@ -371,7 +374,7 @@ def test_standalone_beat_detaches_as_celery_beat(broker_redis, redis_urls):
             "beat_pidfile: beat.pid\nbeat_umask: '027'\nbeat_logfile: unused.log\n"
             + ("beat_uid: nobody\n" if as_root else ""))
         command = [str(WORKER_BINARY), "beat", "--detach", "--workdir", str(workdir), "--config", "beat.yaml",
-                   "--broker", redis_urls["broker"], "-s", "schedule", "-l", "info", "-f", "beat.log"]
+                   "--broker", redis_urls["broker"], "-s", "schedule", "-l", "debug", "-f", "beat.log"]
         started = subprocess.run(command, capture_output=True, text=True, timeout=10)
         assert started.returncode == 0, started.stderr
         assert eventually(lambda: (workdir / "beat.pid").exists())
@@ -384,6 +387,8 @@ def test_standalone_beat_detaches_as_celery_beat(broker_redis, redis_urls):
             assert popped(broker_redis, "detachedbeat") is not None
             log = workdir / "beat.log"
             assert "Scheduler: Sending due task daemon (tasks.noop)" in log.read_text()
+            # The program's beat_init receiver (the demo's, at DEBUG); no beat_embedded_init outside a worker.
+            assert "beat_init: celerybeat@" in log.read_text() and "beat_embedded_init" not in log.read_text()
             assert oct(log.stat().st_mode & 0o777) == oct(0o640) and not (workdir / "unused.log").exists()
             again = subprocess.run(command, capture_output=True, text=True, timeout=10)
             assert again.returncode == 73 and "already exists" in again.stderr, again.stderr
@@ -441,8 +446,16 @@ def test_beat_answers_ping_with_remote_control(make_app, redis_urls, tmp_path):
                                       "-n", "pybeat@%h", "-s", str(tmp_path / "theirs"), name="theirs")
             assert eventually(lambda: "beat pidbox: Connected to" in (their_log.read_text()
                                                                       if their_log.exists() else ""), timeout=15)
-        replies = app.control.ping(timeout=1.5)
-        nodes = {node: reply for answer in replies for node, reply in answer.items()}
+        # Python's beat logs "Connected to" before its subscription is in place: pinged until it can answer.
+        expected = {f"swiftbeat@{host}"} | ({f"pybeat@{host}"} if celery.VERSION >= (5, 7) else set())
+        nodes = {}
+
+        def all_answer():
+            nodes.clear()
+            nodes.update({node: reply for answer in app.control.ping(timeout=1.5) for node, reply in answer.items()})
+            return expected <= set(nodes)
+
+        assert eventually(all_answer, timeout=10), nodes
         assert nodes[f"swiftbeat@{host}"] == {"ok": "pong"}
         if celery.VERSION >= (5, 7):
             assert nodes[f"pybeat@{host}"] == nodes[f"swiftbeat@{host}"]

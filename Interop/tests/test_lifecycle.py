@@ -20,6 +20,24 @@ def test_exit_status_per_signal(start_worker, sig, code):
     assert expected in worker.log
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+def test_worker_shutting_down_carries_what_celerys_handler_sends(start_worker, start_python_worker, tmp_path, sig):
+    """Celery's `worker_shutting_down` with the signal's name, Warm or Cold, and the exit code, as a Python worker's
+    handler sends it (its receiver writes a file; the Swift demo's logs at DEBUG, after the shutdown line); and
+    `worker_init` before `ready.`."""
+    signals_file = tmp_path / "python-signals.txt"
+    swift = start_worker("-n", "shuttingdown@%h", "-l", "debug")
+    python = start_python_worker("-P", "solo", env={"SIGNALS_FILE": str(signals_file)})
+    python.stop(sig)
+    (expected,) = signals_file.read_text().splitlines()
+    assert expected.startswith(f"worker_shutting_down: {sig.name} ")
+    swift.stop(sig)
+    log = swift.log
+    assert log.count(expected) == 1, log
+    assert log.index("shutdown (MainProcess)") < log.index(expected)
+    assert log.index("worker_init: shuttingdown@") < log.index("ready.")
+
+
 def test_warm_shutdown_finishes_running_tasks_and_gives_back_reserved_ones(start_worker, make_app, broker_redis):
     worker = start_worker("-c", "1", "--prefetch-multiplier", "4")
     app = make_app()

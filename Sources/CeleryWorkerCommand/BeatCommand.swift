@@ -96,7 +96,9 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
 
     func run() async throws {
         let (beat, timezone, enableUTC, files) = try settings()
-        let client = try options.client()
+        // The program's signal receivers: beat_init, and the publish signals around what beat sends.
+        let signals = CeleryWorkerProgram.tasks.withLock { $0.signals }
+        let client = try options.client(signals: signals)
         let level = WorkerCommand.levels[loglevel.uppercased()] ?? .warning
         let sink = try files.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
         LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level) }
@@ -109,7 +111,7 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
             FileHandle.standardOutput.write(Data(banner.utf8))
         }
         let service = BeatService(
-            configuration: beat, client: client, timezone: timezone, enableUTC: enableUTC, node: beat.hostname)
+            configuration: beat, client: client, timezone: timezone, enableUTC: enableUTC, node: beat.hostname, signals: signals)
         // SIGTERM and SIGINT stop it, as Celery's beat's handler does: the schedule file is written, exit 0.
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

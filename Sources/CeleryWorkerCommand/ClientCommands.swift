@@ -41,7 +41,8 @@ struct ClientOptions: ParsableArguments {
         }
     }
 
-    func client() throws -> CeleryClient {
+    /// A client as the options and the `--config` file say, with `signals`' publish receivers.
+    func client(signals: WorkerSignals = WorkerSignals()) throws -> CeleryClient {
         let environment = ProcessInfo.processInfo.environment
         let file = try settings()
         do {
@@ -74,7 +75,8 @@ struct ClientOptions: ParsableArguments {
                 compression: method ?? file.taskCompression ?? nil, brokerKeyPrefix: file.brokerKeyPrefix ?? "",
                 resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? ""),
                 brokerTransport: file.brokerTransport,
-                routes: file.taskRoutes ?? TaskRoutes(), chord: file.chord, messageSigning: try MessageSigning(settings: file.security))
+                routes: file.taskRoutes ?? TaskRoutes(), chord: file.chord, messageSigning: try MessageSigning(settings: file.security),
+                signals: signals)
         } catch let error as CeleryWorkerError {
             throw ValidationError(error.message)
         }

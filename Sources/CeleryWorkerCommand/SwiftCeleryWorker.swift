@@ -9,7 +9,33 @@ import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
-@main
+/// The `swift-celery-worker` program with the tasks of your own: `worker` (the default), `beat`, `call`, `status`,
+/// `inspect`, `control`, `purge` and `result`, with every flag, setting and behaviour the README describes for the
+/// bundled program, which is built exactly so (`Sources/swift-celery-worker/main.swift`):
+///
+/// ```swift
+/// import CeleryWorker
+/// import CeleryWorkerCommand
+///
+/// var tasks = TaskRegistry()
+/// tasks.register("tasks.add", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x + y }
+/// await CeleryWorkerProgram.main(tasks: tasks)
+/// ```
+///
+/// The process pool (`--pool process`) starts the same program again for its children, which build the same
+/// registry and serve their parent: nothing more to do.
+public enum CeleryWorkerProgram {
+    /// The tasks (and signal receivers) the worker runs.
+    static let tasks = Mutex(TaskRegistry())
+
+    /// Parses the command line, runs the command it names with `tasks`, and exits with its status (as `celery`'s).
+    public static func main(tasks: TaskRegistry) async -> Never {
+        self.tasks.withLock { $0 = tasks }
+        await SwiftCeleryWorker.main()
+        exit(0)
+    }
+}
+
 struct SwiftCeleryWorker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swift-celery-worker",
@@ -475,8 +501,7 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
         let logger = Logger(label: "celery.worker")
         let configuration = resolved.configuration
 
-        var registry = TaskRegistry()
-        DemoTasks.register(in: &registry)
+        let registry = CeleryWorkerProgram.tasks.withLock { $0 }
 
         // worker_redirect_stdouts: what tasks print goes to the log.
         func redirectStandardOutput() {
@@ -530,7 +555,8 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
                 softTimeout: configuration.softShutdownTimeout, softOnIdle: configuration.softShutdownOnIdle,
                 termIsCold: resolved.remapsTerm, restartsOnHangUp: isatty(STDOUT_FILENO) == 0),
             busy: { worker.activeTasks > 0 },
-            cry: { Cry.say { worker.runningTasks } })
+            cry: { Cry.say { worker.runningTasks } },
+            announce: { handler in await worker.shuttingDown(handler) })
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -609,16 +635,19 @@ final class SignalWatcher: Service {
     let busy: @Sendable () -> Bool
     /// Reports what the worker is doing, for `SIGUSR1`.
     let cry: @Sendable () -> Void
+    /// Sends `worker_shutting_down` for a shutdown signal, before the worker acts on it.
+    let announce: @Sendable (WorkerSignals.WorkerShuttingDown.Handler) async -> Void
 
     init(
         logger: Logger, signals: UnixSignalsSequence, contract: ShutdownSignals, busy: @escaping @Sendable () -> Bool,
-        cry: @escaping @Sendable () -> Void
+        cry: @escaping @Sendable () -> Void, announce: @escaping @Sendable (WorkerSignals.WorkerShuttingDown.Handler) async -> Void
     ) {
         self.logger = logger
         self.signals = signals
         self.contract = Mutex(contract)
         self.busy = busy
         self.cry = cry
+        self.announce = announce
     }
 
     func attach(_ group: ServiceGroup) {
@@ -647,14 +676,21 @@ final class SignalWatcher: Service {
             }
             for await event in events.cancelOnGracefulShutdown() {
                 let (reaction, lines): (ShutdownSignals.Reaction, [String])
+                var announced: WorkerSignals.WorkerShuttingDown.Handler?
                 switch event {
                 case .cry:
                     cry()
                     continue
-                case .signal(let signal): (reaction, lines) = contract.withLock { $0.receive(signal, busy: busy()) }
+                case .signal(let signal):
+                    ((reaction, lines), announced) = contract.withLock { contract in
+                        let reaction = contract.receive(signal, busy: busy())
+                        return (reaction, contract.announced)
+                    }
                 case .softTimeoutElapsed: (reaction, lines) = contract.withLock { $0.softTimeoutElapsed() }
                 }
                 for line in lines { logger.warning("\(line)") }
+                // As Celery's handler: after its line, before the shutdown begins.
+                if let announced { await announce(announced) }
                 switch reaction {
                 case .none:
                     continue

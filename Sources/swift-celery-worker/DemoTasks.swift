@@ -12,6 +12,14 @@ enum DemoTasks {
     static func register(in registry: inout TaskRegistry) {
         registry.signals.onWorkerProcessInit { _ in processInit.withLock { $0 = getpid() } }
         registry.signals.onWorkerProcessShutdown { _ in Logger(label: "celery.demo").debug("worker_process_shutdown: pid \(getpid())") }
+        // The worker's and beat's own signals, logged at DEBUG for the Interop tests to find.
+        registry.signals.onWorkerInit { Logger(label: "celery.demo").debug("worker_init: \($0.hostname)") }
+        registry.signals.onWorkerShuttingDown { event in
+            let handler = event.handler
+            Logger(label: "celery.demo").debug("worker_shutting_down: \(handler.signal) \(handler.how) \(handler.exitCode)")
+        }
+        registry.signals.onBeatInit { Logger(label: "celery.demo").debug("beat_init: \($0.hostname)") }
+        registry.signals.onBeatEmbeddedInit { Logger(label: "celery.demo").debug("beat_embedded_init: \($0.hostname)") }
         registry.register("tasks.process_init") { _ in
             let initialized = processInit.withLock { $0 }
             return ["initialized": initialized.map { .int(Int64($0)) } ?? .null, "pid": .int(Int64(getpid()))] as CeleryValue

@@ -112,3 +112,31 @@ struct ShutdownSignalsTests {
         #expect(ShutdownSignals.softShutdownLine(seconds: 2.5) == "Initiating Soft Shutdown, terminating in 2.5 seconds")
     }
 }
+
+@Suite("Shutdown signals: what worker_shutting_down carries")
+struct WorkerShuttingDownTests {
+    typealias Handler = WorkerSignals.WorkerShuttingDown.Handler
+
+    @Test("each signal names Celery's handler: SIGTERM warm 0, SIGINT warm 1 then cold 1, SIGQUIT cold 1, SIGHUP nothing")
+    func announced() {
+        var signals = ShutdownSignals()
+        _ = signals.receive(.terminate, busy: true)
+        #expect(signals.announced == Handler(signal: "SIGTERM", how: "Warm", exitCode: 0))
+        _ = signals.receive(.interrupt, busy: true)
+        #expect(signals.announced == Handler(signal: "SIGINT", how: "Warm", exitCode: 1))
+        _ = signals.receive(.interrupt, busy: true)
+        #expect(signals.announced == Handler(signal: "SIGINT", how: "Cold", exitCode: 1))
+        _ = signals.receive(.quit, busy: true)
+        #expect(signals.announced == Handler(signal: "SIGQUIT", how: "Cold", exitCode: 1))
+        var daemon = ShutdownSignals(restartsOnHangUp: true)
+        _ = daemon.receive(.hangUp, busy: true)
+        #expect(daemon.announced == nil)
+    }
+
+    @Test("with REMAP_SIGTERM=SIGQUIT, SIGTERM is announced cold with exit code 1")
+    func remapped() {
+        var signals = ShutdownSignals(termIsCold: true)
+        _ = signals.receive(.terminate, busy: false)
+        #expect(signals.announced == Handler(signal: "SIGTERM", how: "Cold", exitCode: 1))
+    }
+}

@@ -313,6 +313,7 @@ struct WorkerRuntimeTests {
         registry.signals.onTaskRejected { hear("rejected \(String(decoding: $0.message, as: UTF8.self)) \(!$0.reason.isEmpty)") }
         registry.signals.onWorkerReady { hear("ready \($0.hostname)") }
         registry.signals.onWorkerShutdown { hear("shutdown \($0.hostname)") }
+        registry.signals.onWorkerInit { hear("init \($0.hostname)") }
         let expired = CeleryTimestamp.isoformat(unixSeconds: WallClock.now() - 10)
         _ = try await Self.withWorker(concurrency: 1, registry: registry, backend: backend) { broker, backend in
             for (name, id, args) in [("add", "a", [2, 3]), ("fail", "f", []), ("flaky", "fl", [1]), ("ignore", "i", [])]
@@ -338,7 +339,9 @@ struct WorkerRuntimeTests {
                 return words.dropFirst().first == Substring(id) || words.starts(with: ["prerun", "again", Substring(id)])
             }
         }
-        // Ready is sent once the worker logs `ready.`, as tasks may already start; shutdown last.
+        // Init first, before anything is received; ready once the worker logs `ready.`, as tasks may already start;
+        // shutdown last.
+        #expect(lines.first == "init test@host" && lines.filter { $0.hasPrefix("init") }.count == 1, "\(lines)")
         #expect(lines.filter { $0.hasPrefix("ready") } == ["ready test@host"] && lines.last == "shutdown test@host", "\(lines)")
         #expect(of("a") == ["received a", "prerun a add [2, 3]", "prerun again a", "success a 5 true", "postrun a SUCCESS 5"])
         #expect(
@@ -362,6 +365,21 @@ struct WorkerRuntimeTests {
         #expect(lines.contains("rejected not-json true"), "\(lines)")
         // The receiver that threw did not stop the next one, nor the task.
         #expect(of("boom").contains("prerun again boom") && backend.final("boom")?.result == 0, "\(lines)")
+    }
+
+    @Test("worker_shutting_down: shuttingDown(_:) runs its receivers with the node and Celery's handler, one that throws logged")
+    func shuttingDown() async throws {
+        let heard = Mutex<[String]>([])
+        var registry = Self.registry()
+        registry.signals.onWorkerShuttingDown { _ in throw PythonException.runtimeError("a receiver failed") }
+        registry.signals.onWorkerShuttingDown { event in
+            heard.withLock { $0.append("\(event.hostname) \(event.handler.signal) \(event.handler.how) \(event.handler.exitCode)") }
+        }
+        let worker = CeleryWorkerService(
+            configuration: WorkerConfiguration(nodeName: "test@host"), registry: registry, logger: try Self.quietLogger(),
+            broker: InMemoryBroker(), backend: nil)
+        await worker.shuttingDown(.init(signal: "SIGINT", how: "Warm", exitCode: 1))
+        #expect(heard.withLock { $0 } == ["test@host SIGINT Warm 1"])
     }
 
     @Test("-c limits how many tasks run at once")

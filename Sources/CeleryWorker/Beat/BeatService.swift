@@ -25,12 +25,19 @@ public final class BeatService: Service, Sendable {
     /// name for a beat.
     let node: String
     let logger: Logger
+    /// Receivers of `beat_init` and `beat_embedded_init`.
+    let signals: WorkerSignals
+    /// Whether it runs in a worker (`-B`): `beat_embedded_init` is sent too.
+    let embedded: Bool
 
     /// A beat that sends `configuration`'s entries through `client`, reckoning crontabs in `timezone` (the app's
-    /// `timezone`) and keeping `enableUTC` in its schedule file, as Celery does.
+    /// `timezone`) and keeping `enableUTC` in its schedule file, as Celery does. `signals`' `beat_init` receivers run
+    /// as it starts (and `beat_embedded_init`'s too when `embedded`, in a worker), as Celery's `Service.start` sends
+    /// them; give the `client` the same signals for the publish signals around what it sends.
     public init(
         configuration: BeatConfiguration, client: CeleryClient, timezone: CeleryTimeZone = .utc, enableUTC: Bool = true,
-        node: String? = nil, logger: Logger = Logger(label: "celery.beat")
+        node: String? = nil, logger: Logger = Logger(label: "celery.beat"), signals: WorkerSignals = WorkerSignals(),
+        embedded: Bool = false
     ) {
         self.configuration = configuration
         self.client = client
@@ -38,6 +45,8 @@ public final class BeatService: Service, Sendable {
         self.enableUTC = enableUTC
         self.node = node ?? "celerybeat@\(Host.name)"
         self.logger = logger
+        self.signals = signals
+        self.embedded = embedded
     }
 
     /// Sends until the service group shuts down gracefully (or the task is cancelled).
@@ -56,6 +65,9 @@ public final class BeatService: Service, Sendable {
     /// Sends until `shutdown` is triggered, writing the schedule file on `files`.
     func run(until shutdown: ShutdownSignal, files: WorkerThreads) async {
         logger.info("beat: Starting...")
+        let event = WorkerSignals.WorkerEvent(hostname: node)
+        await WorkerSignals.send(signals.beatInit, event, signal: "beat_init", logger: logger)
+        if embedded { await WorkerSignals.send(signals.beatEmbeddedInit, event, signal: "beat_embedded_init", logger: logger) }
         let lock = configuration.lockName.map {
             BeatLock(client: client.broker.commands, name: client.broker.keyPrefix + $0, node: node)
         }

@@ -7,7 +7,7 @@ extension WorkerRun {
         guard let beat = configuration.beat, let client = service.client else { return }
         let service = BeatService(
             configuration: beat, client: client, timezone: configuration.timezone, enableUTC: configuration.enableUTC,
-            node: configuration.nodeName, logger: logger)
+            node: configuration.nodeName, logger: logger, signals: signals, embedded: true)
         await service.run(until: shutdown, files: executor)
     }
 }

@@ -171,6 +171,15 @@ public final class CeleryWorkerService: Service {
     /// Throws ``CeleryWorkerError`` before taking any work when `task_compression` or `result_compression` names a
     /// compression whose library this machine lacks (the configuration file's reader checks it too; a configuration
     /// built in Swift is checked here).
+    /// Sends Celery's `worker_shutting_down` to its receivers (``WorkerSignals/onWorkerShuttingDown(_:)``), as
+    /// Celery's handler for a shutdown signal does: for a program that handles signals itself, before it begins the
+    /// shutdown the signal asks for. `CeleryWorkerProgram` calls it for each `SIGTERM`, `SIGINT` and `SIGQUIT`.
+    public func shuttingDown(_ handler: WorkerSignals.WorkerShuttingDown.Handler) async {
+        guard !registry.signals.workerShuttingDown.isEmpty else { return }
+        let event = WorkerSignals.WorkerShuttingDown(hostname: configuration.nodeName, handler: handler)
+        await WorkerSignals.send(registry.signals.workerShuttingDown, event, signal: "worker_shutting_down", logger: logger)
+    }
+
     public func run() async throws {
         for method in [configuration.taskCompression, configuration.resultCompression].compactMap({ $0 }) {
             try method.requireAvailable()
@@ -178,6 +187,10 @@ public final class CeleryWorkerService: Service {
         if Self.isPoolChild {
             await PoolChild(registry: registry, configuration: configuration, logger: logger, client: client).run()
             return
+        }
+        if !registry.signals.workerInit.isEmpty {
+            let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
+            await WorkerSignals.send(registry.signals.workerInit, event, signal: "worker_init", logger: logger)
         }
         let shutdown = ShutdownSignal()
         // Solo and threads: tasks, the worker's bookkeeping and (on Redis) its connections share one event loop.

@@ -58,6 +58,9 @@ public struct ShutdownSignals: Sendable {
     /// The exit status the signals so far ask for: 0 after `SIGTERM` alone, 1 once `SIGINT` or a cold shutdown came.
     public private(set) var exitCode: Int32 = 0
     private var interrupted = false
+    /// What Celery's handler for the last signal sends with `worker_shutting_down`: the signal's name, `Warm` or
+    /// `Cold`, and the exit code it names. `nil` after `SIGHUP`, which Celery's restart handler does not announce.
+    public private(set) var announced: WorkerSignals.WorkerShuttingDown.Handler?
 
     public init(softTimeout: Double = 0, softOnIdle: Bool = false, termIsCold: Bool = false, restartsOnHangUp: Bool = false) {
         self.softTimeout = softTimeout
@@ -77,6 +80,7 @@ public struct ShutdownSignals: Sendable {
     /// Handles one signal. `busy` says whether tasks are running now (for the soft shutdown). Returns the reaction
     /// and the lines Celery prints for the signal, in order.
     public mutating func receive(_ signal: Signal, busy: Bool) -> (Reaction, [String]) {
+        announced = Self.handler(for: signal, interrupted: interrupted, termIsCold: termIsCold)
         if signal == .hangUp {
             guard restartsOnHangUp else {
                 guard phase == .running else { return (.none, []) }
@@ -117,6 +121,18 @@ public struct ShutdownSignals: Sendable {
             return (.cold, ["Waiting gracefully for cold shutdown to complete...", Self.coldLine])
         case .cold:
             return (.none, [])
+        }
+    }
+
+    /// Celery's handler for `signal` (`install_worker_term_handler`, `…_term_hard_handler`, `…_int_handler`): the
+    /// first `SIGINT` is warm with exit code 1, the next cold; `SIGTERM` warm with 0, or cold with 1 when remapped;
+    /// `SIGQUIT` cold with 1.
+    static func handler(for signal: Signal, interrupted: Bool, termIsCold: Bool) -> WorkerSignals.WorkerShuttingDown.Handler? {
+        switch signal {
+        case .terminate: termIsCold ? .init(signal: "SIGTERM", how: "Cold", exitCode: 1) : .init(signal: "SIGTERM", how: "Warm", exitCode: 0)
+        case .interrupt: .init(signal: "SIGINT", how: interrupted ? "Cold" : "Warm", exitCode: 1)
+        case .quit: .init(signal: "SIGQUIT", how: "Cold", exitCode: 1)
+        case .hangUp: nil
         }
     }
 

@@ -28,6 +28,10 @@ public struct WorkerSignals: Sendable {
     var taskRevoked: [Receiver<TaskRevoked>] = []
     var workerReady: [Receiver<WorkerEvent>] = []
     var workerShutdown: [Receiver<WorkerEvent>] = []
+    var workerShuttingDown: [Receiver<WorkerShuttingDown>] = []
+    var workerInit: [Receiver<WorkerEvent>] = []
+    var beatInit: [Receiver<WorkerEvent>] = []
+    var beatEmbeddedInit: [Receiver<WorkerEvent>] = []
     var workerProcessInit: [Receiver<WorkerEvent>] = []
     var workerProcessShutdown: [Receiver<WorkerEvent>] = []
     var heartbeatSent: [Receiver<WorkerEvent>] = []
@@ -74,6 +78,24 @@ public struct WorkerSignals: Sendable {
 
     /// Celery's `worker_ready`: the worker consumes, right after it logs `ready.`.
     public mutating func onWorkerReady(_ receiver: @escaping Receiver<WorkerEvent>) { workerReady.append(receiver) }
+
+    /// Celery's `worker_init`: the worker is about to start (``CeleryWorkerService/run()`` was called), before it
+    /// connects to the broker or runs anything.
+    public mutating func onWorkerInit(_ receiver: @escaping Receiver<WorkerEvent>) { workerInit.append(receiver) }
+
+    /// Celery's `beat_init`: beat starts (`swift-celery-worker beat`, a worker's `-B`, or a ``BeatService`` given these
+    /// signals), right after `beat: Starting...`; the event's `hostname` is the name beat's lock knows it by.
+    public mutating func onBeatInit(_ receiver: @escaping Receiver<WorkerEvent>) { beatInit.append(receiver) }
+
+    /// Celery's `beat_embedded_init`: beat starts inside a worker (`-B`), after `beat_init`.
+    public mutating func onBeatEmbeddedInit(_ receiver: @escaping Receiver<WorkerEvent>) { beatEmbeddedInit.append(receiver) }
+
+    /// Celery's `worker_shutting_down`: a shutdown signal (`SIGTERM`, `SIGINT`, `SIGQUIT`) came, with the signal's name,
+    /// `Warm` or `Cold` and the exit code Celery's handler names for it; sent after the `worker: Warm shutdown` line,
+    /// before the worker stops taking tasks, for each such signal, as Celery's handlers send it. Sent by
+    /// `CeleryWorkerProgram`'s signal handling; a program that handles signals itself calls
+    /// ``CeleryWorkerService/shuttingDown(_:)``.
+    public mutating func onWorkerShuttingDown(_ receiver: @escaping Receiver<WorkerShuttingDown>) { workerShuttingDown.append(receiver) }
 
     /// Celery's `worker_shutdown`: the worker stopped consuming and gave back what it held, before it exits.
     public mutating func onWorkerShutdown(_ receiver: @escaping Receiver<WorkerEvent>) { workerShutdown.append(receiver) }
@@ -224,6 +246,29 @@ extension WorkerSignals {
         public let queue: String
         /// The message's headers; what a `before_task_publish` receiver leaves here is published.
         public var headers: CeleryObject
+    }
+
+    /// `worker_shutting_down`'s event.
+    public struct WorkerShuttingDown: Sendable {
+        /// What Celery's signal handler names.
+        public struct Handler: Sendable, Equatable {
+            /// The signal's name: `SIGTERM`, `SIGINT` or `SIGQUIT`.
+            public let signal: String
+            /// `Warm` or `Cold`.
+            public let how: String
+            /// The exit code the shutdown asks for.
+            public let exitCode: Int32
+
+            public init(signal: String, how: String, exitCode: Int32) {
+                self.signal = signal
+                self.how = how
+                self.exitCode = exitCode
+            }
+        }
+
+        /// The worker's node name (Celery's `sender`).
+        public let hostname: String
+        public let handler: Handler
     }
 
     /// The event of the worker's own signals.
