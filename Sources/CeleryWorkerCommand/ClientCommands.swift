@@ -158,7 +158,9 @@ struct CallCommand: AsyncParsableCommand {
 struct CanvasDemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "canvas-demo",
-        abstract: "Send a chain, a group, a chord and a nested chord built in Swift (the Interop tasks) and print their results.")
+        abstract: "Send a chain, a group, a chord and a nested chord built in Swift (the Interop tasks) and print their results.",
+        // The demo's and the Interop tests' tasks: kept out of the help of a program with tasks of its own.
+        shouldDisplay: false)
 
     @Option(name: [.customShort("Q"), .customLong("queue")], help: "The queue every step goes to (default: celery).")
     var queue = "celery"
