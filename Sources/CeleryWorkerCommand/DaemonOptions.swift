@@ -57,7 +57,7 @@ struct DaemonOptions: ParsableArguments {
 
 /// A command that runs as Celery's daemon commands run: ``SwiftCeleryWorker/main()`` carries out its plan right
 /// after parsing.
-protocol DaemonCommand {
+protocol DaemonCommand: SendableMetatype {
     /// Its options and settings, resolved as the command resolves them.
     func daemonPlan() throws -> Daemon.Plan
 }

@@ -53,17 +53,24 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
     /// thread exists. glibc's setuid then has only this thread to change, and every thread made later inherits it.
     /// (From a worker thread, the main thread, parked by the concurrency runtime, kept root: `ps` showed the worker as
     /// root.)
+    /// Runs the parsed command, which is handed over whole (ArgumentParser's `run` is not isolated to the caller).
+    @concurrent
+    private static func run(_ command: sending any ParsableCommand) async throws {
+        var command = command
+        if var asyncCommand = command as? any AsyncParsableCommand {
+            try await asyncCommand.run()
+        } else {
+            try command.run()
+        }
+    }
+
     static func main() async {
         do {
-            var command = try parseAsRoot()
+            let command = try parseAsRoot()
             if let daemon = command as? any DaemonCommand, !CeleryWorkerService.isPoolChild {
                 try daemon.daemonPlan().carryOut()
             }
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
+            try await run(command)
         } catch let failure as RemoteControlFailure {
             // Celery's CeleryCommandException: its message, and EX_UNAVAILABLE.
             FileHandle.standardError.write(Data("Error: \(failure.message)\n".utf8))
