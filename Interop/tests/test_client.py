@@ -4,6 +4,9 @@ import base64
 import json
 import os
 import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +64,34 @@ def test_a_swift_message_is_shaped_as_pythons(make_app, broker_redis, redis_urls
     assert ours["properties"]["expiration"] == "60000"
     assert base64.b64decode(ours["body"]) == base64.b64decode(python["body"])
     assert ours["content-type"] == python["content-type"] and ours["content-encoding"] == python["content-encoding"]
+
+
+@pytest.mark.parametrize("eta,expires", [("2030-01-01 00:00", "2030-01-02T00:00:00+01:00"),
+                                         ("2030-01-01T05:06:07.5Z", "90.5"),
+                                         ("2030-01-01", "2030-06-01T00:00:00.123456-05:30")])
+def test_call_sends_eta_and_expires_as_celerys_call(broker_redis, redis_urls, eta, expires):
+    """`call --eta` and `--expires` (seconds, or an ISO 8601 time) as Celery's `celery call` sends them: the times
+    written as Python's isoformat() writes them, naive kept naive, and kombu's `expiration` in milliseconds."""
+    celery = Path(sys.executable).with_name("celery")
+    theirs = subprocess.run([str(celery), "-b", redis_urls["broker"], "--result-backend", redis_urls["backend"], "call",
+                             "tasks.add", "--args", "[1, 2]", "--queue", "etaq", "--eta", eta, "--expires", expires],
+                            capture_output=True, text=True, timeout=60)
+    assert theirs.returncode == 0, theirs.stderr
+    python = raw_message(broker_redis, "etaq")
+    ours = swift(redis_urls, "call", "tasks.add", "--args", "[1, 2]", "-Q", "etaq", "--eta", eta, "--expires", expires)
+    assert ours.returncode == 0, ours.stderr
+    swift_message = raw_message(broker_redis, "etaq")
+    assert swift_message["headers"]["eta"] == python["headers"]["eta"]
+    if expires.replace(".", "").isdigit():  # seconds from now: both an aware time about that far off
+        for message in (python, swift_message):
+            left = datetime.fromisoformat(message["headers"]["expires"]) - datetime.now(timezone.utc)
+            assert 80 < left.total_seconds() <= 90.5, message["headers"]["expires"]
+        assert python["properties"]["expiration"] == swift_message["properties"]["expiration"] == "90500"
+    else:
+        assert swift_message["headers"]["expires"] == python["headers"]["expires"]
+        assert abs(int(swift_message["properties"]["expiration"]) - int(python["properties"]["expiration"])) < 60_000
+    bad = swift(redis_urls, "call", "tasks.add", "--eta", "tomorrow")
+    assert bad.returncode == 64 and "--eta must be an ISO 8601 time" in bad.stderr, bad.stderr
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])

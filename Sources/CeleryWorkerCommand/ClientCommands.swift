@@ -100,11 +100,14 @@ struct CallCommand: AsyncParsableCommand {
     @Option(name: [.customShort("Q"), .customLong("queue")], help: "The queue (default: celery).")
     var queue: String?
 
+    @Option(name: .customLong("eta"), help: "Run no earlier than this ISO 8601 time (naive: the workers' time zone), as Celery's --eta.")
+    var eta: String?
+
     @Option(name: .customLong("countdown"), help: "Seconds to wait before the task may run.")
     var countdown: Double?
 
-    @Option(name: .customLong("expires"), help: "Seconds after which the task is not run.")
-    var expires: Double?
+    @Option(name: .customLong("expires"), help: "Seconds from now, or an ISO 8601 time, after which the task is not run.")
+    var expires: String?
 
     @Option(name: .customLong("priority"), help: "Message priority, 0-9.")
     var priority: Int?
@@ -136,10 +139,26 @@ struct CallCommand: AsyncParsableCommand {
             guard parts.count == 2 else { throw ValidationError("--header takes name=value, got \(item)") }
             headers[String(parts[0])] = .string(String(parts[1]))
         }
+        // As Celery's ISO8601 and ISO8601_OR_FLOAT parameters: a time is sent as Python's isoformat() writes it.
+        func time(_ text: String, _ option: String) throws -> CeleryValue {
+            guard let written = CeleryTimestamp.pythonIsoformat(text) else {
+                throw ValidationError("\(option) must be an ISO 8601 time (YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|±HH:MM]), got '\(text)'.")
+            }
+            return .string(written)
+        }
+        var options = TaskSendOptions(countdown: countdown, queue: queue, priority: priority, headers: headers, taskID: taskID)
+            .signatureOptions
+        if let eta { options["eta"] = try time(eta, "--eta") }
+        if let expires {
+            if let seconds = Double(expires) {
+                guard seconds.isFinite else { throw ValidationError("--expires must be a number of seconds or an ISO 8601 time, got '\(expires)'.") }
+                options["expires"] = .double(seconds)
+            } else {
+                options["expires"] = try time(expires, "--expires")
+            }
+        }
         let client = try connection.client()
-        let options = TaskSendOptions(
-            countdown: countdown, expires: expires, queue: queue, priority: priority, headers: headers, taskID: taskID)
-        let result = try await client.send(name, args: positional, kwargs: keywords, options: options)
+        let result = try await client.apply(Signature(task: name, args: positional, kwargs: keywords, options: options))
         print(result.id)
         guard wait else { return await client.shutdown() }
         do {

@@ -73,6 +73,45 @@ public enum CeleryTimestamp {
     /// Parses like ``parse(_:)``; a naive time (no offset) is read in the zone whose UTC offset, in seconds, for a
     /// given Unix time `naiveOffset` returns (Celery with `enable_utc = False` reads naive times in `timezone`).
     public static func parse(_ text: String, naiveOffset: (Double) -> Int) -> Double? {
+        guard let parts = parts(text) else { return nil }
+        let days = daysFromCivil(year: parts.year, month: parts.month, day: parts.day)
+        let wallClock = Double(days * 86_400 + parts.hour * 3600 + parts.minute * 60 + parts.second) + parts.fraction
+        return wallClock - Double(parts.offsetSeconds ?? naiveOffset(wallClock))
+    }
+
+    /// `text` as Python's `datetime.isoformat()` writes the time ``parse(_:)`` reads in it (what Celery's `call
+    /// --eta` and `--expires` send): `YYYY-MM-DDTHH:MM:SS`, the microseconds when they are not 0, the offset when
+    /// there is one (`Z` as `+00:00`); naive stays naive. `nil` when it is not such a time.
+    public static func pythonIsoformat(_ text: String) -> String? {
+        // Python's datetime holds no hour 24, no leap second and no 30 February.
+        guard let parts = parts(text), parts.hour < 24, parts.second < 60 else { return nil }
+        let leap = parts.year % 4 == 0 && (parts.year % 100 != 0 || parts.year % 400 == 0)
+        let monthDays = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][parts.month - 1]
+        guard parts.day <= monthDays else { return nil }
+        func padded(_ value: Int, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(0, width - digits.count)) + digits
+        }
+        var written = "\(padded(parts.year, 4))-\(padded(parts.month, 2))-\(padded(parts.day, 2))T"
+        written += "\(padded(parts.hour, 2)):\(padded(parts.minute, 2)):\(padded(parts.second, 2))"
+        if parts.microseconds != 0 { written += "." + padded(parts.microseconds, 6) }
+        if let offset = parts.offsetSeconds {
+            let minutes = abs(offset) / 60
+            written += "\(offset < 0 ? "-" : "+")\(padded(minutes / 60, 2)):\(padded(minutes % 60, 2))"
+        }
+        return written
+    }
+
+    /// The fields of an ISO 8601 time in the forms ``parse(_:)`` takes; `fraction` is the seconds' fraction and
+    /// `microseconds` its first six digits; `offsetSeconds` is `nil` for a naive time.
+    private struct Parts {
+        var year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0
+        var fraction = 0.0
+        var microseconds = 0
+        var offsetSeconds: Int?
+    }
+
+    private static func parts(_ text: String) -> Parts? {
         let bytes = Array(text.utf8)
         var index = 0
         func number(_ width: Int) -> Int? {
@@ -91,35 +130,36 @@ public enum CeleryTimestamp {
             index += 1
             return true
         }
+        var parts = Parts()
         guard let year = number(4), consume("-"), let month = number(2), consume("-"), let day = number(2),
             (1...12).contains(month), (1...31).contains(day)
         else { return nil }
-        var hour = 0, minute = 0, second = 0
-        var fraction = 0.0
+        (parts.year, parts.month, parts.day) = (year, month, day)
         if consume("T") || consume(" ") {
-            guard let parsedHour = number(2), consume(":"), let parsedMinute = number(2) else { return nil }
-            hour = parsedHour
-            minute = parsedMinute
+            guard let hour = number(2), consume(":"), let minute = number(2) else { return nil }
+            (parts.hour, parts.minute) = (hour, minute)
             if consume(":") {
-                guard let parsedSecond = number(2) else { return nil }
-                second = parsedSecond
+                guard let second = number(2) else { return nil }
+                parts.second = second
                 if consume(".") || consume(",") {
                     var scale = 0.1
                     var digits = 0
                     while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) {
-                        fraction += Double(bytes[index] - UInt8(ascii: "0")) * scale
+                        let digit = Int(bytes[index] - UInt8(ascii: "0"))
+                        parts.fraction += Double(digit) * scale
+                        if digits < 6 { parts.microseconds = parts.microseconds * 10 + digit }
                         scale /= 10
                         digits += 1
                         index += 1
                     }
                     guard digits > 0 else { return nil }
+                    for _ in digits..<max(digits, 6) { parts.microseconds *= 10 }
                 }
             }
-            guard hour <= 24, minute <= 59, second <= 60 else { return nil }
+            guard parts.hour <= 24, parts.minute <= 59, parts.second <= 60 else { return nil }
         }
-        var offsetSeconds: Int?
         if consume("Z") || consume("z") {
-            offsetSeconds = 0
+            parts.offsetSeconds = 0
         } else if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
             let sign = bytes[index] == UInt8(ascii: "-") ? -1 : 1
             index += 1
@@ -131,12 +171,10 @@ public enum CeleryTimestamp {
             } else if let parsed = number(2) {
                 offsetMinutes = parsed
             }
-            offsetSeconds = sign * (offsetHours * 3600 + offsetMinutes * 60)
+            parts.offsetSeconds = sign * (offsetHours * 3600 + offsetMinutes * 60)
         }
         guard index == bytes.count else { return nil }
-        let days = daysFromCivil(year: year, month: month, day: day)
-        let wallClock = Double(days * 86_400 + hour * 3600 + minute * 60 + second) + fraction
-        return wallClock - Double(offsetSeconds ?? naiveOffset(wallClock))
+        return parts
     }
 
     // Howard Hinnant's days-from-civil algorithms.
