@@ -58,7 +58,7 @@ TASK_QUEUES = {"task_queues": {"tqdefault": {}, "tqfeeds": {"exchange": "tqmedia
                "task_default_queue": "tqdefault"}
 
 
-def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_configured, make_app, broker_redis):
+def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_configured, make_app, broker_redis, redis_urls):
     """`task_queues` without `-Q`: the worker consumes every declared queue, bound as declared (a topic exchange's
     binding carries kombu's pattern), exactly as a Python worker given the same binds them; a Python client then
     routes by exchange and routing key to them."""
@@ -90,6 +90,17 @@ def test_task_queues_are_consumed_and_bound_as_python_binds_them(start_configure
     assert sent.get(timeout=10) == 3
     assert app.send_task("tasks.add", (2, 2), exchange="tqdefault", routing_key="img").get(timeout=10) == 4
     assert swift.log.count(" received") == 2
+    # The Swift CLI's call to a named exchange, as Celery's `call --exchange --routing-key`: the queues bound for the
+    # key. Where none is, Celery's drops the message without a word; this one says so and exits 1.
+    def call(*args):
+        return subprocess.run([str(WORKER_BINARY), "call", "tasks.add", "--args", "[3, 4]", *args,
+                               "-b", redis_urls["broker"], "--result-backend", redis_urls["backend"]],
+                              capture_output=True, text=True, timeout=30)
+    called = call("--exchange", "tqdefault", "--routing-key", "img", "--wait")
+    assert called.returncode == 0 and called.stdout.split()[1] == "7", called.stderr
+    unbound = call("--exchange", "tqdefault", "--routing-key", "nothing")
+    assert unbound.returncode == 1, unbound.stderr
+    assert "no queue is bound to the direct exchange 'tqdefault' for routing key 'nothing'" in unbound.stderr
 
 
 def test_task_create_missing_queues_off_refuses_an_undeclared_queue_as_python_does(tmp_path, redis_urls):

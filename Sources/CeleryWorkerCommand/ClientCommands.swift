@@ -103,6 +103,14 @@ struct CallCommand: AsyncParsableCommand {
     @Option(name: .customLong("eta"), help: "Run no earlier than this ISO 8601 time (naive: the workers' time zone), as Celery's --eta.")
     var eta: String?
 
+    @Option(
+        name: .customLong("exchange"),
+        help: "Send to the queues bound to this exchange for --routing-key (a direct exchange's bindings), not to a queue.")
+    var exchange: String?
+
+    @Option(name: .customLong("routing-key"), help: "The routing key: with --exchange, how the queues are bound; alone, the queue.")
+    var routingKey: String?
+
     @Option(name: .customLong("countdown"), help: "Seconds to wait before the task may run.")
     var countdown: Double?
 
@@ -146,8 +154,10 @@ struct CallCommand: AsyncParsableCommand {
             }
             return .string(written)
         }
-        var options = TaskSendOptions(countdown: countdown, queue: queue, priority: priority, headers: headers, taskID: taskID)
-            .signatureOptions
+        var options = TaskSendOptions(
+            countdown: countdown, queue: queue, priority: priority, headers: headers, taskID: taskID, exchange: exchange,
+            routingKey: routingKey
+        ).signatureOptions
         if let eta { options["eta"] = try time(eta, "--eta") }
         if let expires {
             if let seconds = Double(expires) {

@@ -15,6 +15,7 @@ struct CanvasTests {
         var sender: CanvasSender {
             CanvasSender(
                 publish: { envelope, queue, priority in self.sent.withLock { $0.append((envelope, queue, priority)) } },
+                route: { exchange, routingKey, _ in exchange == "bound" ? ["\(routingKey)-a", "\(routingKey)-b"] : [] },
                 setChordSize: { groupID, size in self.sizes.withLock { $0[groupID] = size } },
                 saveGroup: { groupID, result in self.savedGroups.withLock { $0[groupID] = result } },
                 origin: "gen1@host", replyTo: "oid", defaultQueue: "celery", contentType: .json, compression: nil,
@@ -54,6 +55,27 @@ struct CanvasTests {
         #expect(message.headers["argsrepr"] == "(3, 10)")
         #expect(Signature.list(message.embed.chain) == [last])
         #expect(outbox.sent.withLock { $0[0].queue } == "py")
+    }
+
+    @Test("a step with a named exchange goes to every queue bound to it, as its own exchange and routing key; a queue wins")
+    func namedExchange() async throws {
+        let outbox = Outbox()
+        // As Celery's signature options: a named exchange, or kombu's Exchange as a dict with its type.
+        let step = Signature(task: "tasks.add", args: [1], options: ["task_id": "x", "exchange": "bound", "routing_key": "k"])
+        _ = try await outbox.sender.apply(step)
+        let declared = Signature(task: "tasks.add", options: ["exchange": ["name": "bound", "type": "topic"], "routing_key": "t"])
+        _ = try await outbox.sender.apply(declared)
+        #expect(outbox.sent.withLock { $0.map(\.queue) } == ["k-a", "k-b", "t-a", "t-b"])
+        let envelope = outbox.sent.withLock { $0[0].envelope }
+        #expect(envelope.deliveryInfo.exchange == "bound" && envelope.deliveryInfo.routingKey == "k")
+        #expect(try outbox.message(1).id == "x")
+        let queued = Signature(task: "tasks.add", options: ["queue": "q", "exchange": "bound", "routing_key": "k"])
+        _ = try await outbox.sender.apply(queued)
+        #expect(outbox.sent.withLock { $0.last?.queue } == "q")
+        await #expect(throws: CeleryWorkerError.self) {
+            try await outbox.sender.apply(Signature(task: "tasks.add", options: ["exchange": "unbound", "routing_key": "k"]))
+        }
+        #expect(outbox.sent.withLock { $0.count } == 5)
     }
 
     @Test("an immutable step keeps its own args and shows them as the list Python decoded")

@@ -524,6 +524,45 @@ extension RedisBrokerTests {
         #expect(try await broker.lookup(exchange: "", routingKey: "celery") == ["celery"])
     }
 
+    @Test("a client sends to the queues bound to a named exchange: direct by routing key, topic by pattern; none bound throws")
+    func exchangeRouting() async throws {
+        let base = try #require(TestRedis.base)
+        let redis = try await TestRedis.client(database: 3)
+        let sep = Self.separator
+        let lists = ["rimages", "rthumbs", "rdocs", "rfeeds"]
+        for list in lists { _ = try await redis.send(RedisCommand("DEL", RedisArgument(list))) }
+        _ = try await redis.send(RedisCommand("DEL", "_kombu.binding.rdirect", "_kombu.binding.rtopic"))
+        for (routingKey, queue) in [("img", "rimages"), ("img", "rthumbs"), ("doc", "rdocs")] {
+            _ = try await redis.send(RedisCommand("SADD", "_kombu.binding.rdirect", RedisArgument(routingKey + sep + sep + queue)))
+        }
+        // The member kombu writes for Queue("rfeeds", Exchange("rtopic", "topic"), routing_key="feed.#").
+        let pattern = QueueBinding(exchange: "rtopic", routingKey: "feed.#", exchangeType: .topic).pattern
+        _ = try await redis.send(RedisCommand("SADD", "_kombu.binding.rtopic", RedisArgument("feed.#" + sep + pattern + sep + "rfeeds")))
+        func lengths() async throws -> [Int64] {
+            var counts: [Int64] = []
+            for list in lists { counts.append(try await redis.send(RedisCommand("LLEN", RedisArgument(list))).integer ?? -1) }
+            return counts
+        }
+        let client = CeleryClient(brokerURL: try RedisURL(parsing: "\(base)/3"))
+        let sent = try await client.send("add", args: [1, 2], options: TaskSendOptions(exchange: "rdirect", routingKey: "img"))
+        #expect(try await lengths() == [1, 1, 0, 0])
+        let raw = try #require(try await redis.send(RedisCommand("LINDEX", "rimages", "0")).bytes)
+        let envelope = try KombuEnvelope(decoding: raw)
+        #expect(envelope.headers["id"]?.stringValue == sent.id)
+        #expect(envelope.deliveryInfo.exchange == "rdirect" && envelope.deliveryInfo.routingKey == "img")
+        _ = try await client.send("add", options: TaskSendOptions(exchange: "rtopic", routingKey: "feed.rss.daily", exchangeType: "topic"))
+        #expect(try await lengths() == [1, 1, 0, 1])
+        // As kombu: an exchange not declared a topic one is looked up by equal routing keys; nothing bound so throws.
+        for options in [
+            TaskSendOptions(exchange: "rtopic", routingKey: "feed.rss.daily"), TaskSendOptions(exchange: "rdirect", routingKey: "nope"),
+            TaskSendOptions(exchange: "rtopic", routingKey: "news.today", exchangeType: "topic"),
+        ] {
+            await #expect(throws: CeleryWorkerError.self) { try await client.send("add", options: options) }
+        }
+        #expect(try await lengths() == [1, 1, 0, 1])
+        await client.shutdown()
+    }
+
     @Test("the script digest is Redis's SHA-1")
     func digest() async throws {
         let client = try await TestRedis.client(database: 3)

@@ -523,6 +523,25 @@ public final class RedisBroker: Broker {
         }
     }
 
+    /// The queues a producer's message to the named `exchange` with `routingKey` reaches, as kombu's `_lookup`
+    /// finds them: the members of `_kombu.binding.<exchange>` with that routing key (a direct exchange, which is what
+    /// kombu takes an exchange it was not told about for), or with `topic` those whose pattern matches it. Empty
+    /// when none is bound so (kombu's Redis transport then drops the message).
+    public func boundQueues(exchange: String, routingKey: String, topic: Bool = false) async throws(CeleryWorkerError) -> [String] {
+        try await commands.withConnection { [keyPrefix, transport] connection throws(CeleryWorkerError) in
+            let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("\(keyPrefix)_kombu.binding.\(exchange)"))])
+            var queues: [String] = []
+            for member in reply.first?.array ?? [] {
+                guard let text = member.text else { continue }
+                let queue =
+                    topic
+                    ? transport.topicBoundQueue(member: text, routingKey: routingKey) : transport.boundQueue(member: text, routingKey: routingKey)
+                if let queue, !queues.contains(queue) { queues.append(queue) }
+            }
+            return queues.sorted()
+        }
+    }
+
     /// ``lookup(exchange:routingKey:)`` on a connection already held; `prefix` is the ``keyPrefix``, the queues
     /// come back without it; `transport` has the separator of the binding members.
     static func lookup(

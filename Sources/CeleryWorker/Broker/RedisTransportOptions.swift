@@ -107,6 +107,17 @@ public struct RedisTransportOptions: Sendable, Hashable {
         return parts.count == 3 && parts[0] == routingKey ? parts[2] : nil
     }
 
+    /// The queue of a binding member whose pattern matches `routingKey`, as kombu's `TopicExchange.lookup` matches
+    /// it (`re.match` of the stored `^…$` pattern), else `nil`. A member without a pattern, or with one that is not
+    /// a regular expression, matches nothing.
+    func topicBoundQueue(member: String, routingKey: String) -> String? {
+        let parts = member.components(separatedBy: separator)
+        guard parts.count == 3, !parts[1].isEmpty, let pattern = try? Regex(parts[1]),
+            (try? pattern.prefixMatch(in: routingKey)) != nil
+        else { return nil }
+        return parts[2]
+    }
+
     /// The Redis channel of a message to the fanout `exchange` with `routingKey` (kombu's `_get_publish_topic`),
     /// behind `prefix` (``keyPrefix``): the routing key only with ``fanoutPatterns``.
     public func fanoutChannel(exchange: String, routingKey: String = "", database: Int, prefix: String = "") -> String {

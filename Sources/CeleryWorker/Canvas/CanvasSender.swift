@@ -9,6 +9,8 @@ import Foundation
 struct CanvasSender: Sendable {
     /// Pushes an envelope to a queue at a priority.
     let publish: @Sendable (KombuEnvelope, _ queue: String, _ priority: Int) async throws(CeleryWorkerError) -> Void
+    /// The queues bound to a named exchange for a routing key (``RedisBroker/boundQueues(exchange:routingKey:topic:)``).
+    let route: @Sendable (_ exchange: String, _ routingKey: String, _ topic: Bool) async throws(CeleryWorkerError) -> [String]
     /// Writes a chord's size before its header is sent.
     let setChordSize: @Sendable (_ groupID: String, _ size: Int) async throws(CeleryWorkerError) -> Void
     /// Saves a chord header whose results include groups (Celery's `apply_chord`).
@@ -64,10 +66,20 @@ struct CanvasSender: Sendable {
         let options = routes.routed(options, task: signature.task)
         let id = options["task_id"]?.stringValue ?? Self.newID()
         var queue = defaultQueue
+        // A named exchange without a queue: kombu's `_lookup` of the queues bound to it (a direct exchange unless
+        // `exchange_type` says topic, as kombu takes an exchange its producer did not declare).
+        var exchange: (name: String, routingKey: String, topic: Bool)?
         switch options["queue"] {
         case .string(let name)?: queue = name
         case .object(let declared)?: queue = declared["name"]?.stringValue ?? queue
-        default: if let key = options["routing_key"]?.stringValue { queue = key }
+        default:
+            let named = options["exchange"]?.stringValue ?? options["exchange"]?["name"]?.stringValue
+            if let named, !named.isEmpty {
+                let type = options["exchange_type"]?.stringValue ?? options["exchange"]?["type"]?.stringValue
+                exchange = (named, options["routing_key"]?.stringValue ?? "", type == "topic")
+            } else if let key = options["routing_key"]?.stringValue {
+                queue = key
+            }
         }
         var send = TaskSend(
             name: signature.task, id: id, args: signature.immutable ? signature.args : args + signature.args,
@@ -114,7 +126,22 @@ struct CanvasSender: Sendable {
         send.replacedTaskNesting = options["replaced_task_nesting"]?.intValue ?? 0
         send.extraHeaders = options["headers"]?.objectValue ?? [:]
         send.priority = options["priority"]?.intValue ?? fallbackPriority
-        try await publish(send.envelope, queue, send.priority ?? 0)
+        guard let exchange else {
+            try await publish(send.envelope, queue, send.priority ?? 0)
+            return [[.string(id), .null], .null]
+        }
+        send.exchange = exchange.name
+        send.routingKey = exchange.routingKey
+        let queues = try await route(exchange.name, exchange.routingKey, exchange.topic)
+        guard !queues.isEmpty else {
+            // kombu's Redis transport drops such a message without a word; the sender is told instead.
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "no queue is bound to the \(exchange.topic ? "topic" : "direct") exchange '\(exchange.name)' for routing key "
+                    + "'\(exchange.routingKey)': task \(signature.task)[\(id)] was not sent")
+        }
+        let envelope = send.envelope
+        for queue in queues { try await publish(envelope, queue, send.priority ?? 0) }
         return [[.string(id), .null], .null]
     }
 

@@ -31,6 +31,9 @@ extension WorkerRun {
                     }
                 }
             },
+            route: { exchange, routingKey, topic throws(CeleryWorkerError) in
+                try await (broker as? RedisBroker)?.boundQueues(exchange: exchange, routingKey: routingKey, topic: topic) ?? []
+            },
             setChordSize: { groupID, size throws(CeleryWorkerError) in
                 try await backend?.setChordSize(groupID: groupID, size: size)
             },

@@ -32,13 +32,25 @@ public struct TaskSendOptions: Sendable {
     /// Callbacks and errbacks (`link`, `link_error`).
     public var link: [Signature]
     public var linkError: [Signature]
+    /// A named exchange to send to instead of a queue (with no ``queue``): the message goes to every queue bound to
+    /// it for ``routingKey``, as kombu's `_lookup` finds them in `_kombu.binding.<exchange>`; sending throws when
+    /// none is (kombu's Redis transport drops the message).
+    public var exchange: String?
+    /// With ``exchange``, the routing key; without it, the queue (Celery's anonymous exchange).
+    public var routingKey: String?
+    /// `topic`: ``exchange``'s bindings are matched as a topic exchange's patterns (`feed.#`), as when a Python
+    /// producer declares `Exchange(name, type="topic")`; otherwise by equal routing keys, as a direct exchange's.
+    public var exchangeType: String?
 
     public init(
         countdown: Double? = nil, eta: Double? = nil, expires: Double? = nil, queue: String? = nil, priority: Int? = nil,
         serializer: CeleryContentType? = nil, headers: CeleryObject = [:], taskID: String? = nil, ignoreResult: Bool? = nil,
         timeLimit: Double? = nil, softTimeLimit: Double? = nil, link: [Signature] = [], linkError: [Signature] = [],
-        compression: KombuCompression? = nil
+        compression: KombuCompression? = nil, exchange: String? = nil, routingKey: String? = nil, exchangeType: String? = nil
     ) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.exchangeType = exchangeType
         self.countdown = countdown
         self.eta = eta
         self.expires = expires
@@ -72,6 +84,9 @@ public struct TaskSendOptions: Sendable {
         if let softTimeLimit { options["soft_time_limit"] = .double(softTimeLimit) }
         if !link.isEmpty { options["link"] = .array(link.map(\.value)) }
         if !linkError.isEmpty { options["link_error"] = .array(linkError.map(\.value)) }
+        if let exchange { options["exchange"] = .string(exchange) }
+        if let routingKey { options["routing_key"] = .string(routingKey) }
+        if let exchangeType { options["exchange_type"] = .string(exchangeType) }
         return options
     }
 }
@@ -183,6 +198,9 @@ public final class CeleryClient: Sendable {
                     try await broker.publish(sealed.encoded(), queue: queue, priority: priority)
                     await sentEvents?.sendTaskSent(envelope, queue: queue)
                 }
+            },
+            route: { exchange, routingKey, topic throws(CeleryWorkerError) in
+                try await broker.boundQueues(exchange: exchange, routingKey: routingKey, topic: topic)
             },
             setChordSize: { groupID, size throws(CeleryWorkerError) in
                 try await backend?.setChordSize(groupID: groupID, size: size)
