@@ -529,32 +529,31 @@ public final class RedisBroker: Broker {
     /// when none is bound so (kombu's Redis transport then drops the message).
     public func boundQueues(exchange: String, routingKey: String, topic: Bool = false) async throws(CeleryWorkerError) -> [String] {
         try await commands.withConnection { [keyPrefix, transport] connection throws(CeleryWorkerError) in
-            let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("\(keyPrefix)_kombu.binding.\(exchange)"))])
-            var queues: [String] = []
-            for member in reply.first?.array ?? [] {
-                guard let text = member.text else { continue }
-                let queue =
-                    topic
-                    ? transport.topicBoundQueue(member: text, routingKey: routingKey) : transport.boundQueue(member: text, routingKey: routingKey)
-                if let queue, !queues.contains(queue) { queues.append(queue) }
-            }
-            return queues.sorted()
+            try Self.lookup(
+                exchange: exchange, routingKey: routingKey, prefix: keyPrefix, transport: transport, on: connection, topic: topic,
+                deadLetter: false
+            ).sorted()
         }
     }
 
     /// ``lookup(exchange:routingKey:)`` on a connection already held; `prefix` is the ``keyPrefix``, the queues
     /// come back without it; `transport` has the separator of the binding members.
+    /// With `topic`, the members are matched by their patterns; without `deadLetter`, no match is an empty list.
     static func lookup(
-        exchange: String, routingKey: String, prefix: String, transport: RedisTransportOptions, on connection: RedisConnection
+        exchange: String, routingKey: String, prefix: String, transport: RedisTransportOptions, on connection: RedisConnection,
+        topic: Bool = false, deadLetter: Bool = true
     ) throws(CeleryWorkerError) -> [String] {
         guard !exchange.isEmpty else { return [routingKey] }
         let reply = try connection.execute([RedisCommand("SMEMBERS", RedisArgument("\(prefix)_kombu.binding.\(exchange)"))])
         var queues: [String] = []
         for member in reply.first?.array ?? [] {
-            guard let text = member.text, let queue = transport.boundQueue(member: text, routingKey: routingKey) else { continue }
-            if !queues.contains(queue) { queues.append(queue) }
+            guard let text = member.text else { continue }
+            let queue =
+                topic
+                ? transport.topicBoundQueue(member: text, routingKey: routingKey) : transport.boundQueue(member: text, routingKey: routingKey)
+            if let queue, !queues.contains(queue) { queues.append(queue) }
         }
-        return queues.isEmpty ? [deadLetterQueue] : queues
+        return queues.isEmpty && deadLetter ? [deadLetterQueue] : queues
     }
 
     /// A stored `[envelope, exchange, routing_key]` record, with the envelope marked redelivered.
