@@ -21,9 +21,18 @@ public enum CeleryTimestamp {
         let micros = Int(totalMicros % 1_000_000)
         let secondsOfDay = Int(totalMicros / 1_000_000)
         let (year, month, day) = civil(fromDays: days)
-        // Written byte by byte straight into the string: this runs for every stored result (`date_done`). 48 bytes
-        // hold the longest: a 20-character year, `-MM-DDTHH:MM:SS.ffffff`, `+HH:MM`.
-        return String(unsafeUninitializedCapacity: 48) { text -> Int in
+        return written(
+            year: year, month: month, day: day, secondsOfDay: secondsOfDay, microseconds: micros, offsetSeconds: offsetSeconds)
+    }
+
+    /// A time as Python's `datetime.isoformat()` writes it: the offset only when there is one (`nil`: a naive time).
+    /// Written byte by byte straight into the string: this runs for every stored result (`date_done`). 48 bytes hold
+    /// the longest: a 20-character year, `-MM-DDTHH:MM:SS.ffffff`, `+HH:MM`.
+    @inline(__always)
+    private static func written(year: Int, month: Int, day: Int, secondsOfDay: Int, microseconds micros: Int, offsetSeconds: Int?)
+        -> String
+    {
+        String(unsafeUninitializedCapacity: 48) { text -> Int in
             var count = 0
             @inline(__always) func append(_ byte: UInt8) {
                 text[count] = byte
@@ -55,11 +64,13 @@ public enum CeleryTimestamp {
                 appendTwoDigits(micros / 100 % 100)
                 appendTwoDigits(micros % 100)
             }
-            append(offsetSeconds < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"))
-            let offset = abs(offsetSeconds)
-            appendTwoDigits(offset / 3600 % 100)
-            append(UInt8(ascii: ":"))
-            appendTwoDigits(offset / 60 % 60)
+            if let offsetSeconds {
+                append(offsetSeconds < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"))
+                let offset = abs(offsetSeconds)
+                appendTwoDigits(offset / 3600 % 100)
+                append(UInt8(ascii: ":"))
+                appendTwoDigits(offset / 60 % 60)
+            }
             return count
         }
     }
@@ -85,21 +96,13 @@ public enum CeleryTimestamp {
     public static func pythonIsoformat(_ text: String) -> String? {
         // Python's datetime holds no hour 24, no leap second and no 30 February.
         guard let parts = parts(text), parts.hour < 24, parts.second < 60 else { return nil }
-        let leap = parts.year % 4 == 0 && (parts.year % 100 != 0 || parts.year % 400 == 0)
-        let monthDays = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][parts.month - 1]
-        guard parts.day <= monthDays else { return nil }
-        func padded(_ value: Int, _ width: Int) -> String {
-            let digits = String(value)
-            return String(repeating: "0", count: max(0, width - digits.count)) + digits
-        }
-        var written = "\(padded(parts.year, 4))-\(padded(parts.month, 2))-\(padded(parts.day, 2))T"
-        written += "\(padded(parts.hour, 2)):\(padded(parts.minute, 2)):\(padded(parts.second, 2))"
-        if parts.microseconds != 0 { written += "." + padded(parts.microseconds, 6) }
-        if let offset = parts.offsetSeconds {
-            let minutes = abs(offset) / 60
-            written += "\(offset < 0 ? "-" : "+")\(padded(minutes / 60, 2)):\(padded(minutes % 60, 2))"
-        }
-        return written
+        // A date that is not in the calendar comes back from the day count as another one.
+        let days = daysFromCivil(year: parts.year, month: parts.month, day: parts.day)
+        guard civil(fromDays: Int64(days)) == (parts.year, parts.month, parts.day) else { return nil }
+        return written(
+            year: parts.year, month: parts.month, day: parts.day,
+            secondsOfDay: parts.hour * 3600 + parts.minute * 60 + parts.second, microseconds: parts.microseconds,
+            offsetSeconds: parts.offsetSeconds)
     }
 
     /// The fields of an ISO 8601 time in the forms ``parse(_:)`` takes; `fraction` is the seconds' fraction and
