@@ -74,6 +74,7 @@ def test_destination_and_pattern(start_worker, start_python_worker, make_app):
     start_worker("-n", "swiftnode@%h")
     start_python_worker("-n", "pynode@%h")
     app = make_app()
+    answering(app, "pynode@")  # a Python worker that just logged "ready" may not answer yet
     everyone = app.control.inspect(timeout=1, limit=2).ping()
     assert {name.split("@")[0] for name in everyone} == {"swiftnode", "pynode"}
     swift = next(name for name in everyone if name.startswith("swiftnode@"))
