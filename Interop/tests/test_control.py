@@ -30,7 +30,9 @@ def test_stats_report_what_a_python_worker_reports(start_worker, start_python_wo
     start_worker("-n", "swiftstats@%h", "-c", "2")
     python_pool = "solo" if WORKER_POOL == "solo" else "threads"
     start_python_worker("-n", "pystats@%h", "-P", python_pool, "-c", "2")
-    stats = make_app().control.inspect(timeout=2, limit=2).stats()
+    app = make_app()
+    answering(app, "pystats@")
+    stats = app.control.inspect(timeout=2, limit=2).stats()
     swift = next(reply for node, reply in stats.items() if node.startswith("swiftstats@"))
     python = next(reply for node, reply in stats.items() if node.startswith("pystats@"))
     assert set(python) <= set(swift)
@@ -85,9 +87,10 @@ def test_destination_and_pattern(start_worker, start_python_worker, make_app):
     assert list(matched) == [swift]
 
 
-def test_celery_status_cli_lists_both_workers(start_worker, start_python_worker, redis_urls):
+def test_celery_status_cli_lists_both_workers(start_worker, start_python_worker, make_app, redis_urls):
     start_worker("-n", "swiftcli@%h")
     start_python_worker("-n", "pycli@%h")
+    answering(make_app(), "pycli@")
     celery = Path(sys.executable).with_name("celery")
     proc = subprocess.run([str(celery), "-b", redis_urls["broker"], "status"], capture_output=True, text=True,
                           timeout=30)
@@ -139,6 +142,7 @@ def test_registered_items_report_terminate_and_the_dump_aliases(start_worker, st
     start_worker("-n", "items@%h", "-c", "1")
     start_python_worker("-n", "pyitems@%h", "-P", "solo", "-Q", "pyonly")
     app = make_app()
+    answering(app, "pyitems@")
     inspect = app.control.inspect(timeout=2, limit=2)
 
     def add_entries(reply):
@@ -287,6 +291,7 @@ def test_mingle_learns_revoked_ids_at_start_and_shares_its_own(start_worker, sta
 
     start_python_worker("-n", "pymingle@%h", "-P", "solo", "-Q", "pyonly")
     app = make_app()
+    answering(app, "pymingle@")  # it answers the revoke, and then the Swift worker's hello
     assert len(app.control.revoke("revoked-while-down", reply=True, timeout=2, limit=1)) == 1
     swift = start_worker("-n", "swmingle@%h")
     swift.wait_for_log("mingle: sync with 1 nodes")
@@ -359,6 +364,7 @@ def test_control_and_event_exchanges_keep_apps_apart(start_configured, make_app)
     tenant = make_app(**settings)
     capture = Capture(tenant, seconds=15).start()
     start_configured("python", settings, "-n", "tenantpython@%h", "-Q", "tenantpython")
+    answering(tenant, "tenantpython@")  # its pidbox consumer is up: it will answer the Swift worker's hello
     swift = start_configured("swift", settings, "-n", "tenantswift@%h", "-Q", "tenantswift", "-E")
     swift.wait_for_log("mingle: sync with 1 nodes")  # the Python worker answered the hello on tenant.pidbox
     nodes = {name.split("@")[0] for reply in tenant.control.ping(timeout=1) for name in reply}

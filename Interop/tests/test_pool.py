@@ -65,6 +65,7 @@ def test_stats_of_the_process_pool_as_python_prefork_reports_them(start_worker, 
     start_worker("-n", "swiftpool@%h", "-P", "process", "-c", "2", "-Q", "swiftonly")
     start_python_worker("-n", "pypool@%h", "-P", "prefork", "-c", "2", "-Q", "pyonly")
     app = make_app()
+    answering(app, "pypool@")
     assert [app.tasks["tasks.add"].apply_async((i, i), queue="swiftonly").get(timeout=10) for i in range(5)] == \
         [0, 2, 4, 6, 8]
     stats = app.control.inspect(timeout=2).stats()

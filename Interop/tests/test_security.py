@@ -18,7 +18,7 @@ import pytest
 from celery import chain
 from celery.security.serialization import register_auth
 
-from conftest import WORKER_BINARY, eventually, stored_outcome
+from conftest import WORKER_BINARY, answering, eventually, stored_outcome
 from test_client import swift
 
 
@@ -171,6 +171,7 @@ def test_remote_control_is_signed_both_ways(start_configured, start_python_worke
     accepts only `auth`. An unsigned request is not answered, as a signing Python worker does not answer it. At start
     the Swift worker's signed `hello` is answered by the signing Python worker (mingle)."""
     start_signing_python_worker(start_python_worker, keys, "-Q", "python", "-n", "py@%h", mingle=True)
+    answering(signed_app, "py@")  # its pidbox consumer is up: it will answer the Swift worker's hello
     worker = start_configured("swift", signing_settings(keys), "-n", "swift@%h")
     assert "mingle: sync with 1 nodes" in worker.log
     replies = signed_app.control.inspect(timeout=1).ping()

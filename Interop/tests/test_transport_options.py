@@ -61,9 +61,10 @@ def test_remote_control_and_mingle_with_a_custom_sep(start_worker, start_python_
     `hello` binds its reply queue with it, so a Python worker's reply reaches it. `inspect stats` shows the
     transport options as a Python worker does."""
     start_python_worker("-Q", "pyside", "-n", "pyside@%h", env={"CELERY_SETTINGS": json.dumps(SETTINGS)})
+    app = make_app(broker_transport_options=OPTIONS)
+    answering(app, "pyside@")  # its pidbox consumer is up: it will answer the Swift worker's hello
     swift = start_worker("--config", config_file(tmp_path), "-Q", "swiftside", "-n", "swiftside@%h")
     assert "mingle: sync with 1 nodes" in swift.log
-    app = make_app(broker_transport_options=OPTIONS)
     nodes = {prefix: answering(app, prefix + "@") for prefix in ("swiftside", "pyside")}
     shown = {prefix: app.control.inspect(destination=[node], timeout=2).stats()[node]["broker"]["transport_options"]
              for prefix, node in nodes.items()}
