@@ -185,6 +185,10 @@ def test_beat_settings_celery_refuses_stop_the_worker(redis_urls, tmp_path):
         ("beat_schedule: {bad: {task: tasks.noop, schedule: {crontab: {day_of_month: 30, month_of_year: 2}}}}\n", [],
          "Invalid crontab: day_of_month '30' never occurs in month_of_year '2'."),
         ("beat_schedule: {bad: {task: tasks.noop, schedule: 5, relative: maybe}}\n", [], "relative must be true or false"),
+        ("beat_schedule: {bad: {task: tasks.noop, schedule: {solar: [sundown, 0, 0]}}}\n", [],
+         "entry 'bad': solar: Argument event \"sundown\" is invalid, must be one of dawn_astronomical, dawn_civil,"),
+        ("beat_schedule: {bad: {task: tasks.noop, schedule: {solar: {event: sunset, lat: -91, lon: 0}}}}\n", [],
+         "Argument latitude -91 is invalid, must be between -90 and 90."),
         ("beat_schedule: {}\n", ["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
          "run Python's `celery beat` for another scheduler"),
     ]
@@ -208,6 +212,41 @@ def test_a_relative_interval_is_sent(start_worker, broker_redis, tmp_path):
     # The demo's receivers of beat_init and beat_embedded_init (logged at DEBUG), in Celery's order, named by the node.
     init = worker.log.index("beat_init: celery@")
     assert worker.log.index("beat: Starting...") < init < worker.log.index("beat_embedded_init: celery@"), worker.log
+
+
+def test_a_solar_entry_is_sent_when_celerys_solar_says(start_worker, make_app, broker_redis, tmp_path):
+    """`{solar: [solar_noon, lat, lon]}` (Celery's `solar`), at a longitude where the Sun crosses the meridian a few
+    seconds after the worker starts: sent then, and not before, as Celery's own `solar` over PyEphem times it. The
+    times of every event, polar nights included, are checked against Celery 5.7 by the unit tests' golden fixtures."""
+    import ephem
+    from celery.schedules import solar
+
+    # The longitude whose meridian the Sun crosses 8 s from now: where the local sidereal time is the Sun's right
+    # ascension.
+    observer = ephem.Observer()
+    observer.date = ephem.Date(ephem.now() + 8 * ephem.second)
+    sun = ephem.Sun(observer)
+    longitude = round((float(sun.g_ra - observer.sidereal_time()) * 180 / ephem.pi + 180) % 360 - 180, 4)
+    schedule = solar("solar_noon", 48.85, longitude, app=make_app())
+    noon = time.time() + schedule.remaining_estimate(schedule.now()).total_seconds()
+    assert 3 < noon - time.time() < 15
+
+    config = write_config(tmp_path, "solar.yaml", f"""
+beat_schedule:
+  noon: {{task: tasks.noop, schedule: {{solar: [solar_noon, 48.85, {longitude}]}}, options: {{queue: solarq}}}}
+""")
+    worker = start_worker("--config", config, "-B", "-s", str(tmp_path / "schedule"), "-Q", "elsewhere", "-l", "debug")
+    assert f"<solar: solar_noon at latitude 48.85, longitude: {longitude}>" in worker.log
+    message = None
+    while message is None and time.time() < noon + 10:
+        message = popped(broker_redis, "solarq", timeout=1)
+    arrived = time.time()
+    assert message is not None, worker.log
+    assert message["headers"]["task"] == "tasks.noop"
+    # Not before Celery's time (the two agree within half a second), and soon after it.
+    print("solar noon: sent", arrived - noon, "s after Celery's time")
+    assert noon - 0.5 < arrived < noon + 2, (arrived - noon, worker.log)
+    assert worker.log.count("Scheduler: Sending due task noon (tasks.noop)") == 1
 
 
 def test_without_dash_b_the_schedule_is_read_and_nothing_is_sent(start_worker, broker_redis, tmp_path):

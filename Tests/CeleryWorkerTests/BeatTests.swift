@@ -9,12 +9,7 @@ import Testing
 /// settings.
 @Suite("Beat (Celery's periodic task scheduler)")
 struct BeatTests {
-    static let golden: [String: CeleryValue] = {
-        guard let bytes = try? fixture("beat-schedules.json"), case .object(let object)? = try? CeleryJSON.decode(bytes) else {
-            return [:]
-        }
-        return Dictionary(uniqueKeysWithValues: object.map { ($0.key, $0.value) })
-    }()
+    static let golden = fixtureObject("beat-schedules.json")
 
     static func crontab(_ spec: CeleryValue?) throws -> Crontab {
         let fields = spec?.objectValue ?? [:]
@@ -252,7 +247,7 @@ struct BeatTests {
             ("beat_schedule: {a: {task: t, schedule: 5, relative: maybe}}", "relative must be true or false"),
             ("beat_schedule: {a: {task: t, schedule: 5, when: 3}}", "unknown key 'when'"),
             ("beat_schedule: {a: {task: t, schedule: {crontab: {minute: '61'}}}}", "crontab: Invalid end range: 61 > 59."),
-            ("beat_schedule: {a: {task: t, schedule: {solar: [sunset, 0, 0]}}}", "schedule must be a number of seconds"),
+            ("beat_schedule: {a: {task: t, schedule: {lunar: [full, 0, 0]}}}", "schedule must be a number of seconds"),
             ("beat_schedule: {a: {task: t, schedule: 'every 5'}}", "schedule must be a number of seconds"),
             ("beat_schedule: [a]", "must be a mapping of entry names"),
             ("swift_beat_lock: true", "must be a string"),

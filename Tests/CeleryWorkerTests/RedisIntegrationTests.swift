@@ -1053,6 +1053,12 @@ func fixture(_ name: String) throws -> [UInt8] {
     return Array(try Data(contentsOf: url))
 }
 
+/// A JSON fixture's top-level object by key (empty when it cannot be read, which the tests that need a key notice).
+func fixtureObject(_ name: String) -> [String: CeleryValue] {
+    guard let bytes = try? fixture(name), case .object(let object)? = try? CeleryJSON.decode(bytes) else { return [:] }
+    return Dictionary(uniqueKeysWithValues: object.map { ($0.key, $0.value) })
+}
+
 /// A thread-pool worker with its broker (database 15) and results (database 14) on the test server, and what its
 /// tests read back.
 struct SharedServerWorker {

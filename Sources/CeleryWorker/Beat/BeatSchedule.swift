@@ -2,13 +2,14 @@ import CeleryProtocol
 import Foundation
 import OrderedCollections
 
-/// When a periodic task runs: every so many seconds (Celery's `schedule`, a number in `beat_schedule`), or by a
-/// ``Crontab``.
+/// When a periodic task runs: every so many seconds (Celery's `schedule`, a number in `beat_schedule`), by a
+/// ``Crontab``, or at a solar event (``SolarSchedule``).
 public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
     /// Every `seconds` after the last run; with `relative` (Celery's `schedule(run_every, relative=True)`), at the
     /// last wall-clock boundary of the interval's unit (day, hour or minute, in the app's time zone) at or before that.
     case every(seconds: Double, relative: Bool = false)
     case crontab(Crontab)
+    case solar(SolarSchedule)
 
     /// Celery's `is_due(last_run_at)` at `now`: whether the task is due, and in how many seconds to look again (after
     /// a run, the time to the next one). `startingDeadline` is `beat_cron_starting_deadline`: a crontab run missed
@@ -40,6 +41,10 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
             guard due || passedDeadline else { return (false, max(remaining, 0)) }
             let following = crontab.nextRun(after: now, in: zone).map { max($0 - now, 0) } ?? .infinity
             return (due, following)
+        case .solar(let solar):
+            let remaining = max(solar.nextEvent(after: lastRunAt) - now, 0)
+            guard remaining == 0 else { return (false, remaining) }
+            return (true, max(solar.nextEvent(after: now) - now, 0))
         }
     }
 
@@ -48,6 +53,7 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .every(let seconds, _): "<freq: \(BeatSchedule.humanize(seconds: seconds))>"
         case .crontab(let crontab): crontab.description
+        case .solar(let solar): solar.description
         }
     }
 

@@ -103,7 +103,8 @@ extension CelerySettings.Field {
     /// `beat_schedule`: a mapping of entry names to `{task, schedule, args, kwargs, options}`. A schedule is a number
     /// of seconds, `{timedelta: {days, hours, minutes, seconds}}`, or `{crontab: {minute, hour, day_of_week,
     /// day_of_month, month_of_year}}` (each a cron field, a number or a list of numbers) or `{crontab: "m h dom mon
-    /// dow"}` (Celery's `crontab.from_string`).
+    /// dow"}` (Celery's `crontab.from_string`), or `{solar: {event, lat, lon}}` (or `{solar: [event, lat, lon]}`,
+    /// Celery's `solar(event, lat, lon)`).
     func beatSchedule() throws(CeleryWorkerError) -> [BeatEntry] {
         guard let node else { throw fail("a mapping of entry names to {task, schedule, args, kwargs, options}") }
         if node.null != nil { return [] }
@@ -171,7 +172,7 @@ extension CelerySettings.Field {
     private func beatSchedule(of name: String, _ node: Node) throws(CeleryWorkerError) -> BeatSchedule {
         let expected =
             "schedule must be a number of seconds, {timedelta: {days, hours, minutes, seconds}}, {crontab: {minute, hour, "
-            + "day_of_week, day_of_month, month_of_year}} or {crontab: \"m h dom mon dow\"}"
+            + "day_of_week, day_of_month, month_of_year}}, {crontab: \"m h dom mon dow\"} or {solar: {event, lat, lon}}"
         if node.scalar != nil, Self.tagName(node) == .int || Self.tagName(node) == .float, let seconds = node.float {
             guard seconds > 0, seconds.isFinite else { throw entryError(name, "schedule must be a number of seconds above 0") }
             return .every(seconds: seconds)
@@ -216,8 +217,47 @@ extension CelerySettings.Field {
             } catch  where !error.message.hasPrefix(source) {
                 throw entryError(name, "crontab: \(error.message)")
             }
+        case "solar":
+            return .solar(try solar(of: name, value))
         default:
             throw entryError(name, expected)
+        }
+    }
+
+    /// `{solar: {event: sunset, lat: 48.85, lon: 2.35}}` or `{solar: [sunset, 48.85, 2.35]}`.
+    private func solar(of name: String, _ node: Node) throws(CeleryWorkerError) -> SolarSchedule {
+        let shape = "solar takes {event, lat, lon} or [event, lat, lon]: an event name and two numbers"
+        let parts: [String: Node]
+        switch node {
+        case .mapping(let fields):
+            var named: [String: Node] = [:]
+            for (field, value) in fields {
+                guard let field = field.string, ["event", "lat", "lon"].contains(field) else { throw entryError(name, shape) }
+                named[field] = value
+            }
+            parts = named
+        case .sequence(let items) where items.count == 3:
+            parts = ["event": items[0], "lat": items[1], "lon": items[2]]
+        default:
+            throw entryError(name, shape)
+        }
+        func number(_ key: String) throws(CeleryWorkerError) -> (Double, String) {
+            guard let node = parts[key], Self.tagName(node) == .int || Self.tagName(node) == .float, let value = node.float else {
+                throw entryError(name, shape)
+            }
+            // Python prints an int as written and a float by its repr.
+            return (value, Self.tagName(node) == .int ? String(Int(value)) : value.description)
+        }
+        guard let eventNode = parts["event"], Self.tagName(eventNode) == .str, let event = eventNode.string else {
+            throw entryError(name, shape)
+        }
+        let (latitude, writtenLatitude) = try number("lat")
+        let (longitude, writtenLongitude) = try number("lon")
+        do throws(CeleryWorkerError) {
+            return try SolarSchedule(
+                event: event, latitude: latitude, longitude: longitude, written: (writtenLatitude, writtenLongitude))
+        } catch {
+            throw entryError(name, "solar: \(error.message)")
         }
     }
 
