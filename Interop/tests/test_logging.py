@@ -1,11 +1,13 @@
 """What tasks print, logged as a Python worker logs it (`worker_redirect_stdouts`, `worker_redirect_stdouts_level`),
 beside a Python worker given the same settings. The process pool's children are in test_pool.py."""
+import json
 import re
+import signal
 import subprocess
 
 import pytest
 
-from conftest import WORKER_BINARY
+from conftest import WORKER_BINARY, eventually
 
 
 def printed_records(worker, result):
@@ -55,3 +57,42 @@ def test_a_bad_redirect_level_is_refused(tmp_path):
     done = subprocess.run([str(WORKER_BINARY), "--config", str(bad)], capture_output=True, text=True, timeout=10)
     assert done.returncode == 64, done.stderr
     assert "setting 'worker_redirect_stdouts_level' must be a log level" in done.stderr, done.stderr
+
+
+def test_a_setup_logging_receiver_sets_logging_up_itself(start_worker, make_app, redis_urls, tmp_path):
+    """Celery's `setup_logging`: a program that connects a receiver sets up logging itself, in the worker, in each
+    process-pool child, and in `beat`. The demo's receiver (connected when SWIFT_CELERY_DEMO_JSON_LOG names a file)
+    keeps the handler the program would have made, Celery's lines at `-l`'s level, and adds one that writes each line
+    as JSON to that file."""
+    path = tmp_path / "log.jsonl"
+    env = {"SWIFT_CELERY_DEMO_JSON_LOG": str(path)}
+    worker = start_worker("-P", "process", "-c", "1", "-l", "info", "-Q", "jsonlog", env=env)
+    result = make_app().send_task("tasks.log", ("from the task",), queue="jsonlog")
+    assert result.get(timeout=10) == "from the task"
+    worker.wait_for_log(f"tasks.log[{result.id}] succeeded")
+    assert f"INFO/MainProcess] Task tasks.log[{result.id}] received" in worker.log
+    assert f"INFO/ForkPoolWorker-1] tasks.log[{result.id}]: from the task" in worker.log, worker.log
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    received = [r for r in records if r["message"] == f"Task tasks.log[{result.id}] received"]
+    assert [(r["level"], r["process"]) for r in received] == [("info", "MainProcess")], records
+    logged = [r for r in records if r["message"] == "from the task"]
+    assert [(r["process"], r["celery.task.id"], r["celery.task.name"]) for r in logged] == \
+        [("ForkPoolWorker-1", result.id, "tasks.log")], records
+    assert not any(r["level"] == "debug" for r in records)
+
+    beat_log = tmp_path / "beat.jsonl"
+    beat = subprocess.Popen([str(WORKER_BINARY), "beat", "--broker", redis_urls["broker"], "-l", "info",
+                             "-s", str(tmp_path / "schedule")], env={**env, "SWIFT_CELERY_DEMO_JSON_LOG": str(beat_log)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert eventually(lambda: beat_log.exists() and "beat: Starting..." in beat_log.read_text(), timeout=10)
+        beat.send_signal(signal.SIGTERM)
+        _, stderr = beat.communicate(timeout=10)
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait()
+    assert beat.returncode == 0
+    assert "INFO/MainProcess] beat: Starting..." in stderr
+    assert {"level": "info", "logger": "celery.beat", "process": "MainProcess", "message": "beat: Starting..."} in \
+        [json.loads(line) for line in beat_log.read_text().splitlines()]

@@ -101,7 +101,7 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
         let client = try options.client(signals: signals)
         let level = WorkerCommand.levels[loglevel.uppercased()] ?? .warning
         let sink = try files.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
-        LoggingSystem.bootstrap { label in CeleryLogHandler(label: label, sink: sink, level: level) }
+        await signals.setUpLogging(.init(level: level, logfile: files.logfile, sink: sink))
         let lock = try files.pidfile.map { try Pidfile.acquire($0) }
         defer { lock?.release() }
         if !quiet {

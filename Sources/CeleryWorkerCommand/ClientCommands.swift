@@ -134,7 +134,9 @@ struct CallCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: ClientOptions
 
-    func run() async throws {
+    /// The task's signature from the flags; a flag it cannot read is a `ValidationError`, found by `validate()` so
+    /// that its message comes with the `call` command's usage.
+    func signature() throws -> Signature {
         guard case .array(let positional) = try? CeleryJSON.decode(args) else {
             throw ValidationError("--args must be a JSON list, got \(args)")
         }
@@ -167,8 +169,17 @@ struct CallCommand: AsyncParsableCommand {
                 options["expires"] = try time(expires, "--expires")
             }
         }
+        return Signature(task: name, args: positional, kwargs: keywords, options: options)
+    }
+
+    func validate() throws {
+        _ = try signature()
+    }
+
+    func run() async throws {
+        let signature = try signature()
         let client = try connection.client()
-        let result = try await client.apply(Signature(task: name, args: positional, kwargs: keywords, options: options))
+        let result = try await client.apply(signature)
         print(result.id)
         guard wait else { return await client.shutdown() }
         do {

@@ -501,14 +501,13 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
         let resolved = try resolve()
         let sink = try resolved.logfile.map { try CeleryLogHandler.Sink(appendingTo: $0) } ?? .standardError
         let processName = CeleryWorkerService.poolChildNumber.map { "ForkPoolWorker-\($0)" } ?? "MainProcess"
-        let (format, taskFormat) = (resolved.logFormat, resolved.taskLogFormat)
-        LoggingSystem.bootstrap { label in
-            CeleryLogHandler(label: label, sink: sink, level: level, processName: processName, format: format, taskFormat: taskFormat)
-        }
+        let registry = CeleryWorkerProgram.tasks.withLock { $0 }
+        await registry.signals.setUpLogging(
+            .init(
+                level: level, logfile: resolved.logfile, sink: sink, format: resolved.logFormat, taskFormat: resolved.taskLogFormat,
+                processName: processName))
         let logger = Logger(label: "celery.worker")
         let configuration = resolved.configuration
-
-        let registry = CeleryWorkerProgram.tasks.withLock { $0 }
 
         // worker_redirect_stdouts: what tasks print goes to the log.
         func redirectStandardOutput() {

@@ -5,4 +5,5 @@ import CeleryWorkerCommand
 // registers its own (README, "Writing tasks in Swift").
 var tasks = TaskRegistry()
 DemoTasks.register(in: &tasks)
+DemoLogging.connect(in: &tasks)
 await CeleryWorkerProgram.main(tasks: tasks)

@@ -92,6 +92,9 @@ struct SolarScheduleTests {
             ("{solar: [moonrise, 0, 0]}", "solar: Argument event \"moonrise\" is invalid, must be one of dawn_astronomical,"),
             ("{solar: [sunset, 95, 0]}", "solar: Argument latitude 95 is invalid, must be between -90 and 90."),
             ("{solar: [sunset, 0, -180.5]}", "solar: Argument longitude -180.5 is invalid, must be between -180 and 180."),
+            // Where Celery would go on to PyEphem with them: refused here.
+            ("{solar: [sunset, .nan, 0]}", "solar: Argument latitude nan is invalid"),
+            ("{solar: [sunset, 100000000000000000000, 0]}", "solar: Argument latitude 1e+20 is invalid"),
         ]
         for (schedule, message) in refused {
             #expect(

@@ -246,7 +246,7 @@ extension CelerySettings.Field {
                 throw entryError(name, shape)
             }
             // Python prints an int as written and a float by its repr.
-            return (value, Self.tagName(node) == .int ? String(Int(value)) : value.description)
+            return (value, Self.tagName(node) == .int ? Int(exactly: value).map { String($0) } ?? value.description : value.description)
         }
         guard let eventNode = parts["event"], Self.tagName(eventNode) == .str, let event = eventNode.string else {
             throw entryError(name, shape)

@@ -32,7 +32,8 @@ public struct CeleryLogHandler: LogHandler {
             self.init(handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true))
         }
 
-        func write(_ line: String) {
+        /// Writes `line` (ending in a newline) whole.
+        public func write(_ line: String) {
             let data = Data(line.utf8)
             handle.withLock { $0.write(data) }
         }

@@ -39,6 +39,7 @@ public struct WorkerSignals: Sendable {
     var taskRejected: [Receiver<TaskRejected>] = []
     var beforeTaskPublish: [@Sendable (inout TaskPublish) async throws -> Void] = []
     var afterTaskPublish: [Receiver<TaskPublish>] = []
+    var setupLogging: [Receiver<SetupLogging>] = []
 
     public init() {}
 
@@ -129,6 +130,31 @@ public struct WorkerSignals: Sendable {
     /// Celery's `after_task_publish`: a task message was published.
     public mutating func onAfterTaskPublish(_ receiver: @escaping Receiver<TaskPublish>) { afterTaskPublish.append(receiver) }
 
+    /// Celery's `setup_logging`: the program is about to set up logging for this process (the worker, each
+    /// `--pool process` child, `beat`), before it logs anything. With a receiver connected the program sets up
+    /// nothing, as Celery leaves logging to such receivers: the receiver calls `LoggingSystem.bootstrap` itself. The
+    /// event says what the program would have set up (the level, the log file, the formats) and makes the handler it
+    /// would have used (``SetupLogging/celeryHandler(label:)``): keep Celery's lines beside a handler of your own
+    /// with swift-log's `MultiplexLogHandler`, as Celery's `after_setup_logger` receivers add handlers.
+    public mutating func onSetupLogging(_ receiver: @escaping Receiver<SetupLogging>) { setupLogging.append(receiver) }
+
+    /// Sets up logging for this process as Celery's `app.log.setup` does: `setup_logging`'s receivers, or else
+    /// `LoggingSystem.bootstrap` with ``CeleryLogHandler``. Once per process, before anything is logged.
+    public func setUpLogging(_ setup: SetupLogging) async {
+        guard !setupLogging.isEmpty else {
+            LoggingSystem.bootstrap { setup.celeryHandler(label: $0) }
+            return
+        }
+        for receiver in setupLogging {
+            do {
+                try await receiver(setup)
+            } catch {
+                // Logging may not be set up: the line goes where Celery's would have gone.
+                setup.sink.write("Signal handler for setup_logging raised: \(CeleryExceptionInfo(error: error).repr)\n")
+            }
+        }
+    }
+
     /// Publishes `envelope` with `publish`, with `before_task_publish` first (its receivers' headers go out) and
     /// `after_task_publish` after. With no receivers, just `publish`.
     func publishing(
@@ -166,6 +192,39 @@ public struct WorkerSignals: Sendable {
 }
 
 extension WorkerSignals {
+    /// `setup_logging`'s event: what the program would set up (Celery's `loglevel`, `logfile` and `format`).
+    public struct SetupLogging: Sendable {
+        /// `-l`/`--loglevel`.
+        public let level: Logger.Level
+        /// `-f`/`--logfile` (or `worker_logfile`, `beat_logfile`); `nil`: standard error.
+        public let logfile: String?
+        /// `worker_log_format` and `worker_task_log_format`.
+        public let format: LogFormat
+        public let taskFormat: LogFormat
+        /// `MainProcess`, or `ForkPoolWorker-N` in a process-pool child.
+        public let processName: String
+        /// Where the program's lines go: ``logfile``, opened, or standard error.
+        public let sink: CeleryLogHandler.Sink
+
+        public init(
+            level: Logger.Level, logfile: String?, sink: CeleryLogHandler.Sink, format: LogFormat = .worker,
+            taskFormat: LogFormat = .task, processName: String = "MainProcess"
+        ) {
+            self.level = level
+            self.logfile = logfile
+            self.sink = sink
+            self.format = format
+            self.taskFormat = taskFormat
+            self.processName = processName
+        }
+
+        /// The handler the program makes for each logger when no receiver is connected: Celery's lines, at
+        /// ``level``, to ``sink``.
+        public func celeryHandler(label: String) -> CeleryLogHandler {
+            CeleryLogHandler(label: label, sink: sink, level: level, processName: processName, format: format, taskFormat: taskFormat)
+        }
+    }
+
     /// `task_postrun`'s event.
     public struct TaskPostrun: Sendable {
         public let request: TaskRequest
