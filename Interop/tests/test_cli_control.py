@@ -146,3 +146,30 @@ def test_purge_and_result_as_celerys_cli(start_worker, make_app, redis_urls, bro
     for result in (done[0], done[2]):
         python, swift = results("--traceback", result.id)
         assert swift.returncode == python.returncode == 0 and swift.stdout == python.stdout, (python, swift)
+
+
+def test_celerys_global_options_before_the_command(start_worker, make_app, redis_urls, tmp_path):
+    """A command line written for `celery` (Celery 5 takes its global options before the command only) runs with
+    `swift-celery-worker` in its place: `-A` (the tasks are the program's own), `-b`, `--result-backend`, `--workdir`
+    (relative paths are then read there), `-C`, `--skip-checks` and `-q` (no banner) before `worker`, `inspect` and
+    `result`; an option without its value, or a directory that is not there, is a usage error."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    # The fixture puts --broker and --result-backend in front, as the global options they are here.
+    worker = start_worker("-A", "proj", "--workdir", str(workdir), "-C", "--skip-checks", "-q", "worker",
+                          "-n", "globals@%h", "-Q", "globalq", "--pidfile", "worker.pid")
+    assert (workdir / "worker.pid").read_text().strip() == str(worker.proc.pid)
+    assert "[config]" not in worker.stdout and "[queues]" not in worker.stdout, worker.stdout
+    result = make_app().send_task("tasks.add", (2, 3), queue="globalq")
+    assert result.get(timeout=10) == 5
+    node = answering(make_app(), "globals@")
+    pinged = subprocess.run([str(WORKER_BINARY), "-A", "proj", "-q", "-b", redis_urls["broker"], "inspect", "ping",
+                             "-d", node], capture_output=True, text=True, timeout=30)
+    assert pinged.returncode == 0 and "pong" in pinged.stdout, pinged
+    read = subprocess.run([str(WORKER_BINARY), "--app=proj", f"--broker={redis_urls['broker']}", "--result-backend",
+                           redis_urls["backend"], "result", result.id], capture_output=True, text=True, timeout=30)
+    assert (read.returncode, read.stdout) == (0, "5\n"), read
+    for args, message in [(["-A"], "Option '-A' requires an argument."),
+                          (["--workdir", str(tmp_path / "missing"), "status"], "Invalid value for '--workdir'")]:
+        run = subprocess.run([str(WORKER_BINARY), *args], capture_output=True, text=True, timeout=30)
+        assert run.returncode == 64 and message in run.stderr, run

@@ -65,8 +65,16 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
     }
 
     static func main() async {
+        let arguments: [String]
         do {
-            let command = try parseAsRoot()
+            let names = Set(configuration.subcommands.compactMap { $0.configuration.commandName })
+            arguments = try GlobalOptions.rewritten(Array(CommandLine.arguments.dropFirst()), commands: names)
+        } catch {
+            FileHandle.standardError.write(Data("Error: \(error.message)\n".utf8))
+            exit(withError: ExitCode(64))
+        }
+        do {
+            let command = try parseAsRoot(arguments)
             if let daemon = command as? any DaemonCommand, !CeleryWorkerService.isPoolChild {
                 try daemon.daemonPlan().carryOut()
             }
