@@ -4,7 +4,8 @@ import Foundation
 /// A command line written for `celery` then runs with `swift-celery-worker` in its place:
 ///
 /// - `-b`/`--broker`, `--result-backend` and `--config` are given to the command, as Celery hands them to it (through
-///   `CELERY_BROKER_URL` and the like); `-q`/`--quiet` to `worker` and `beat`, whose banner it hides.
+///   `CELERY_BROKER_URL` and the like); `-q`/`--quiet` to `worker` and `beat`, whose banner it hides. After `multi`
+///   they go to the end of its arguments, as Celery's `multi` moves them, so that the workers it starts get them.
 /// - `--workdir` changes the working directory at once, before anything else, as Celery's does.
 /// - `-A`/`--app`, `--loader`, `-C`/`--no-color` and `--skip-checks` are accepted and change nothing: the tasks and
 ///   their settings are the program's own (`--config` for settings), and its output has no colours.
@@ -47,11 +48,15 @@ enum GlobalOptions {
         var moved: [String] = []
         for (name, value) in given {
             switch name {
-            case "-b", "--broker": moved += ["--broker", value ?? ""]
-            case "--result-backend", "--config": moved += [name, value ?? ""]
+            // One word each (`--broker=URL`), as multi's parser reads a long option's value.
+            case "-b", "--broker": moved.append("--broker=\(value ?? "")")
+            case "--result-backend", "--config": moved.append("\(name)=\(value ?? "")")
             case "-q", "--quiet":
-                // Only the worker and beat print a banner.
-                if command == nil || command == "worker" || command == "beat" { moved.append("--quiet") }
+                // The worker and beat print a banner; multi says less.
+                if command == nil || ["worker", "beat", "multi"].contains(command) { moved.append("--quiet") }
+            case "--workdir" where command == nil:
+                // No command named: the worker's own --workdir (a daemon option), as before.
+                moved.append("--workdir=\(value ?? "")")
             case "--workdir":
                 let path = value ?? ""
                 guard FileManager.default.changeCurrentDirectoryPath(path) else {
@@ -62,6 +67,8 @@ enum GlobalOptions {
             }
         }
         guard let command else { return moved + rest }
+        // As Celery's multi: the global options go after its arguments, to the workers it starts.
+        if command == "multi" { return rest + moved }
         return [command] + moved + rest.dropFirst()
     }
 
