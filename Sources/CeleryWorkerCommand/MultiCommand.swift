@@ -82,7 +82,9 @@ struct MultiTool {
                 return 0
             case "get":
                 guard let wanted = rest.first else { return error("get takes the node's name, then the nodes") }
-                guard let node = try MultiParser.nodes(MultiArguments(Array(rest.dropFirst()))).first(where: { $0.name == wanted }) else {
+                let nodes = try MultiParser.nodes(MultiArguments(Array(rest.dropFirst())))
+                guard let node = nodes.first(where: { $0.name == wanted }) else {
+                    carp("Error: no node \(wanted) among \(nodes.map(\.name).joined(separator: ", "))")
                     return 1
                 }
                 say(node.argv.joined(separator: " "))

@@ -80,9 +80,6 @@ struct MultiNode {
         return Int32(line.trimmingCharacters(in: .whitespaces))
     }
 
-    /// Whether the process is there: `kill(pid, 0)`.
-    var alive: Bool { send(0) == true }
-
     /// Sends `signal`; `false` when the process is gone, `nil` when there is no pid.
     @discardableResult
     func send(_ signal: Int32) -> Bool? {
