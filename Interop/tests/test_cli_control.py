@@ -2,6 +2,7 @@
 with Python's `celery status`, `celery inspect` and `celery control` against the same Swift and Python workers, with
 the same words, the same output and the same exit statuses."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,10 @@ def test_celerys_global_options_before_the_command(start_worker, make_app, redis
     workdir = tmp_path / "work"
     workdir.mkdir()
     # The fixture puts --broker and --result-backend in front, as the global options they are here.
-    worker = start_worker("-A", "proj", "--workdir", str(workdir), "-C", "--skip-checks", "-q", "worker",
-                          "-n", "globals@%h", "-Q", "globalq", "--pidfile", "worker.pid")
+    # Relative, with a process pool: its child reads the same arguments, and starts in that directory already.
+    relative = os.path.relpath(workdir)
+    worker = start_worker("-A", "proj", "--workdir", relative, "-C", "--skip-checks", "-q", "worker",
+                          "-n", "globals@%h", "-Q", "globalq", "--pidfile", "worker.pid", "-P", "process", "-c", "1")
     assert (workdir / "worker.pid").read_text().strip() == str(worker.proc.pid)
     assert "[config]" not in worker.stdout and "[queues]" not in worker.stdout, worker.stdout
     result = make_app().send_task("tasks.add", (2, 3), queue="globalq")

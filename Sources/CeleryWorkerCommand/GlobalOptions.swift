@@ -1,3 +1,4 @@
+import CeleryWorker
 import Foundation
 
 /// Celery's global options, which `celery` takes before its command: `celery -A proj -b redis://… worker -l INFO`.
@@ -58,6 +59,8 @@ enum GlobalOptions {
                 // No command named: the worker's own --workdir (a daemon option), as before.
                 moved.append("--workdir=\(value ?? "")")
             case "--workdir":
+                // A pool child and a detached worker read these arguments again, and start there already.
+                guard !CeleryWorkerService.isPoolChild, !Daemon.isDetached else { continue }
                 let path = value ?? ""
                 guard FileManager.default.changeCurrentDirectoryPath(path) else {
                     throw GlobalOptionError(
