@@ -28,10 +28,16 @@ class Capture:
 
     def start(self):
         server = redis_lib.Redis.from_url(self.app.conf.broker_url)
-        patterns = server.pubsub_numpat()
+
+        def subscriptions():
+            # Pattern subscriptions of every client: PUBSUB NUMPAT counts each pattern once, so another client on the
+            # same pattern (or one leaving) could hide the receiver's.
+            return sum(int(client.get("psub", 0)) for client in server.client_list())
+
+        before = subscriptions()
         self.thread.start()
-        # The receiver's PSUBSCRIBE is in place
-        assert eventually(lambda: server.pubsub_numpat() > patterns), "the event receiver did not subscribe"
+        # The receiver's PSUBSCRIBE is in place (a loaded machine can take seconds to get there).
+        assert eventually(lambda: subscriptions() > before, 15), "the event receiver did not subscribe"
         return self
 
     def wait_for(self, condition, timeout=10.0):
