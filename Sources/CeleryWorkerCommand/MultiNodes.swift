@@ -1,3 +1,4 @@
+import CeleryWorker
 import Foundation
 
 /// An error of `multi`'s arguments, said as a sentence (exit 1, as Celery's `multi` fails).
@@ -97,37 +98,11 @@ struct MultiNode {
         return try nodeFormat(text, node: node, extra: ["N": short, "d": host, "h": node, "i": "%i", "I": "%I"])
     }
 
-    /// Celery's `node_format`: `%h` the host, `%n` the node's name part, `%d` the host's domain, `%p` the node name,
-    /// `%i` `0` and `%I` nothing (this process is no pool child), `%%` a percent sign; then `extra`. Any other
-    /// sequence is an error, as in Celery.
+    /// Celery's `node_format` (``WorkerConfiguration/nodeFormatted(_:node:processIndex:extra:)``, this process
+    /// being no pool child), then `extra`; an unknown sequence is an error, as in Celery.
     static func nodeFormat(_ text: String, node: String, extra: [Character: String]) throws(MultiError) -> String {
-        let parts = node.split(separator: "@", maxSplits: 1).map(String.init)
-        let (short, host) = parts.count == 2 ? (parts[0], parts[1]) : ("celery", node)
-        var keys: [Character: String] = [
-            "h": host, "n": short, "d": host.split(separator: ".", maxSplits: 1).dropFirst().first.map(String.init) ?? "",
-            "i": "0", "I": "", "p": node, "%": "%",
-        ]
-        keys.merge(extra) { $1 }
-        var formatted = ""
-        var iterator = text.makeIterator()
-        while let character = iterator.next() {
-            guard character == "%" else {
-                formatted.append(character)
-                continue
-            }
-            guard let key = iterator.next() else {
-                formatted.append(character)
-                break
-            }
-            guard key.isLetter || key.isNumber || key == "_" || key == "%" else {
-                formatted += "%\(key)"
-                continue
-            }
-            guard let value = keys[key] else {
-                throw MultiError(message: "Unknown format %\(key) in string '\(text)' (write %% for a percent sign)")
-            }
-            formatted += value
-        }
+        let (formatted, unknown) = WorkerConfiguration.nodeFormatted(text, node: node, extra: extra)
+        if let unknown { throw MultiError(message: "Unknown format %\(unknown) in string '\(text)' (write %% for a percent sign)") }
         return formatted
     }
 
@@ -173,7 +148,7 @@ enum MultiParser {
         let command = ((options.pop("--cmd") ?? nil) ?? nil) ?? "worker --detach"
         let append = (options.pop("--append") ?? nil) ?? nil
         let defaultHost = (options.pop("-n") ?? nil) ?? nil
-        let hostname = ((options.pop("--hostname") ?? nil) ?? defaultHost) ?? MultiParser.hostname
+        let hostname = ((options.pop("--hostname") ?? nil) ?? defaultHost) ?? WorkerConfiguration.hostname
         var prefix = (options.pop("--prefix") ?? nil).flatMap { $0 } ?? ""
         var suffix = (options.pop("--suffix") ?? nil).flatMap { $0.isEmpty ? nil : $0 } ?? hostname
         if suffix == "\"\"" || suffix == "''" { suffix = "" }
@@ -214,16 +189,9 @@ enum MultiParser {
 
     /// Celery's `host_format` with this machine's name: `%h` the host, `%n` its first label, `%d` the rest.
     static func hostFormat(_ text: String) throws(MultiError) -> String {
-        let host = hostname
+        let host = WorkerConfiguration.hostname
         let first = host.split(separator: ".", maxSplits: 1).first.map(String.init) ?? host
         return try MultiNode.nodeFormat(text, node: "\(first)@\(host)", extra: ["p": "%p"])
-    }
-
-    /// `socket.gethostname()`.
-    static var hostname: String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
-        return String(decoding: buffer.prefix(while: { $0 != 0 }).map(UInt8.init(bitPattern:)), as: UTF8.self)
     }
 
     /// Celery's `_update_ns_opts`: options for a node by number (`-c:2`) go to that node's name.

@@ -2,7 +2,7 @@ import Foundation
 
 /// Options in the order they were given, each name once (Python's `OrderedDict` of `celery multi`): a flag's value
 /// is `nil`.
-struct OrderedOptions: Equatable {
+struct OrderedOptions {
     private(set) var pairs: [(name: String, value: String?)] = []
 
     subscript(name: String) -> String?? {
@@ -28,10 +28,6 @@ struct OrderedOptions: Equatable {
         var merged = self
         for (name, value) in other.pairs { merged[name] = .some(value) }
         return merged
-    }
-
-    static func == (lhs: Self, rhs: Self) -> Bool {
-        lhs.pairs.map(\.name) == rhs.pairs.map(\.name) && lhs.pairs.map(\.value) == rhs.pairs.map(\.value)
     }
 }
 

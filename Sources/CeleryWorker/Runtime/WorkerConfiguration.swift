@@ -379,18 +379,33 @@ public struct WorkerConfiguration: Sendable {
     /// the pool's child `ForkPoolWorker-n`) and `%I` its `-` form (empty in the main process, `-n` in a child), `%%` a
     /// percent sign.
     public static func nodeFormat(_ text: String, node: String, processIndex: Int = 0) -> String {
+        nodeFormatted(text, node: node, processIndex: processIndex).text
+    }
+
+    /// ``nodeFormat(_:node:processIndex:)`` with `extra` keys over Celery's, and the first `%x` (a letter, digit or
+    /// `_`) that has no key: Celery raises for it, which `multi` does; the worker keeps it as written.
+    public static func nodeFormatted(
+        _ text: String, node: String, processIndex: Int = 0, extra: [Character: String] = [:]
+    ) -> (text: String, unknown: Character?) {
         let parts = node.split(separator: "@", maxSplits: 1).map(String.init)
         let (name, host) = parts.count == 2 ? (parts[0], parts[1]) : ("celery", parts.first ?? "")
         let domain = host.split(separator: ".").dropFirst().joined(separator: ".")
-        let replacements: [Character: String] = [
+        var replacements: [Character: String] = [
             "p": node, "n": name, "h": host, "d": domain, "i": String(processIndex),
             "I": processIndex == 0 ? "" : "-\(processIndex)", "%": "%",
         ]
+        replacements.merge(extra) { $1 }
         var formatted = ""
+        var unknown: Character?
         var percent = false
         for character in text {
             if percent {
-                formatted += replacements[character] ?? "%\(character)"
+                if let replacement = replacements[character] {
+                    formatted += replacement
+                } else {
+                    formatted += "%\(character)"
+                    if unknown == nil, character.isLetter || character.isNumber || character == "_" { unknown = character }
+                }
                 percent = false
             } else if character == "%" {
                 percent = true
@@ -398,8 +413,11 @@ public struct WorkerConfiguration: Sendable {
                 formatted.append(character)
             }
         }
-        return percent ? formatted + "%" : formatted
+        return (percent ? formatted + "%" : formatted, unknown)
     }
+
+    /// This machine's name, as Python's `socket.gethostname()`.
+    public static var hostname: String { Host.name }
 
     /// A node name as Celery's `-n` makes it (`host_format(default_nodename(pattern))`): a pattern without `@` names
     /// the host, with `celery` as the name (`-n worker1` is `celery@worker1`); then `%h` is the host name, `%n` its
