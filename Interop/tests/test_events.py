@@ -26,18 +26,23 @@ class Capture:
             except (socket.timeout, TimeoutError):
                 pass
 
+    def server(self):
+        """The Redis server the receiver subscribes on."""
+        return redis_lib.Redis.from_url(self.app.conf.broker_url)
+
     def start(self):
-        server = redis_lib.Redis.from_url(self.app.conf.broker_url)
+        server = self.server()
 
-        def subscriptions():
-            # Pattern subscriptions of every client: PUBSUB NUMPAT counts each pattern once, so another client on the
-            # same pattern (or one leaving) could hide the receiver's.
-            return sum(int(client.get("psub", 0)) for client in server.client_list())
+        def subscribed_since(last):
+            # A client newer than `last` with a pattern subscription. Counting subscriptions (PUBSUB NUMPAT, or psub
+            # summed over clients) could miss it: another client on the same pattern, or one of an earlier test
+            # leaving meanwhile, hides it. Client ids only grow.
+            return any(int(client["id"]) > last and int(client.get("psub", 0)) > 0 for client in server.client_list())
 
-        before = subscriptions()
+        last = max(int(client["id"]) for client in server.client_list())
         self.thread.start()
         # The receiver's PSUBSCRIBE is in place (a loaded machine can take seconds to get there).
-        assert eventually(lambda: subscriptions() > before, 15), "the event receiver did not subscribe"
+        assert eventually(lambda: subscribed_since(last), 15), "the event receiver did not subscribe"
         return self
 
     def wait_for(self, condition, timeout=10.0):

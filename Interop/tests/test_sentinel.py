@@ -161,11 +161,8 @@ class SentinelCapture(Capture):
         super().__init__(app, seconds=15)
         self.master = redis_lib.Redis(port=master_port)
 
-    def start(self):
-        patterns = self.master.pubsub_numpat()
-        self.thread.start()
-        assert eventually(lambda: self.master.pubsub_numpat() > patterns), "the event receiver did not subscribe"
-        return self
+    def server(self):
+        return self.master
 
 
 def test_events_reach_python_receivers_under_sentinel(sentinel_setup, tmp_path):
