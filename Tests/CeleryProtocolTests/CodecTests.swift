@@ -13,6 +13,11 @@ struct CodecTests {
         #expect(try CeleryJSON.decode("1e3") == .double(1000))
         #expect(CeleryJSON.encode(.double(1.0)) == Array("1.0".utf8))
         #expect(CeleryJSON.encode(.double(1e16)) == Array("1e+16".utf8))
+        // Python's json.dumps and repr write floats below 1e16 in full; Swift's own form has an exponent from 2^53.
+        #expect(CeleryJSON.encode(.double(0x1p53 + 2)) == Array("9007199254740994.0".utf8))
+        #expect(CeleryJSON.encode(.double(-0x1p53)) == Array("-9007199254740992.0".utf8))
+        #expect(CeleryJSON.encode(.double(9_999_999_999_999_998)) == Array("9999999999999998.0".utf8))
+        #expect(PythonRepr.repr(.double(0x1p53)) == "9007199254740992.0")
         #expect(CeleryJSON.encode(.double(.nan)) == Array("NaN".utf8))
         #expect(try CeleryJSON.decode("-Infinity") == .double(-.infinity))
         #expect(throws: CeleryProtocolError.self) { try CeleryJSON.decode("18446744073709551616") }

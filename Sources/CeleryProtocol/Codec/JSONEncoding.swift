@@ -106,8 +106,8 @@ extension CeleryJSON {
         } else if number.isInfinite {
             output.append(contentsOf: (number < 0 ? "-Infinity" : "Infinity").utf8)
         } else {
-            // Swift's description is the shortest round-trip form, the same text as Python's repr.
-            output.append(contentsOf: number.description.utf8)
+            // The shortest round-trip form, as Python's repr writes it.
+            output.append(contentsOf: PythonRepr.finite(number).utf8)
         }
     }
 

@@ -36,7 +36,7 @@ public enum PythonRepr {
             } else if number.isInfinite {
                 output += number < 0 ? "-inf" : "inf"
             } else {
-                output += number.description
+                output += finite(number)
             }
         case .string(let text): appendString(text, to: &output)
         case .bytes(let bytes): appendBytes(bytes, to: &output)
@@ -59,6 +59,17 @@ public enum PythonRepr {
             }
             output += "}"
         }
+    }
+
+    /// Python's `repr` of a finite float: Swift's shortest round-trip digits, in full below 1e16 as Python writes
+    /// them (Swift's own form turns to an exponent from 2^53 on: `9.007199254740994e+15` is Python's
+    /// `9007199254740994.0`).
+    @inline(__always)
+    static func finite(_ number: Double) -> String {
+        let magnitude = abs(number)
+        // Every double from 2^53 on is a whole number.
+        guard magnitude >= 0x1p53, magnitude < 1e16 else { return number.description }
+        return String(Int64(number)) + ".0"
     }
 
     private static func hex(_ value: UInt32, width: Int) -> String {
