@@ -60,7 +60,7 @@ UNRECOVERABLE = "Unrecoverable error: OperationalError("
 ], ids=["max-retries", "no-retries", "retry-on-startup-off", "retry-off"])
 def test_a_dead_broker_at_start_is_given_up_on_as_python_does(request, tmp_path, redis_urls, settings, expected, absent):
     """With a broker nobody listens on, both workers retry as the settings say, then stop with exit 1 and the same
-    critical line (Python's error text differs: redis-py's, not hiredis's)."""
+    critical line, the connection error in redis-py's words in both."""
     swift, python = pair(request, tmp_path, f"redis://127.0.0.1:{free_port()}/0", redis_urls["backend"], settings)
     try:
         assert exit_status(swift, 20) == 1
@@ -72,10 +72,12 @@ def test_a_dead_broker_at_start_is_given_up_on_as_python_does(request, tmp_path,
                 assert text not in worker.log, (worker.name, text)
         swift_critical, python_critical = critical_lines(swift.log), critical_lines(python.log)
         assert len(swift_critical) == len(python_critical) == 1, (swift_critical, python_critical)
-        if UNRECOVERABLE in swift_critical[0]:
-            assert python_critical[0].startswith(UNRECOVERABLE)
-        else:
-            assert swift_critical == python_critical
+        assert swift_critical == python_critical
+        # "consumer: Cannot connect to <url>: Error 111 connecting to 127.0.0.1:<port>. Connection refused.." (Celery
+        # 5.7 shows the URL with a masked password even when it has none: only what follows it is compared).
+        errors = [[line.split("Cannot connect to ", 1)[1].split(": ", 1)[1] for line in worker.log.splitlines()
+                   if "Cannot connect to " in line] for worker in (swift, python)]
+        assert errors[0] == errors[1], errors
     finally:
         stop_both(swift, python)
 

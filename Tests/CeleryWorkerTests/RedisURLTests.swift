@@ -276,4 +276,20 @@ struct RedisURLTests {
         #expect(settings.backendParts == RedisURL.Parts(host: "rh", database: 3) && settings.warnings.isEmpty)
         #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_port: 70000", source: "p.yaml") }
     }
+
+    @Test("a failed connect is worded as redis-py words it")
+    func connectErrors() {
+        #expect(
+            RedisConnection.connectError("Connection refused", to: "127.0.0.1:1").message
+                == "Error 111 connecting to 127.0.0.1:1. Connection refused.")
+        #expect(
+            RedisConnection.connectError("No such file or directory", to: "/run/redis.sock").message
+                == "Error 2 connecting to /run/redis.sock. No such file or directory.")
+        #expect(
+            RedisConnection.connectError("Name or service not known", to: "nohost:6379").message
+                == "Error -2 connecting to nohost:6379. Name or service not known.")
+        let timeout = RedisConnection.connectError("Connection timed out", to: "10.255.255.1:6379")
+        #expect(timeout.message == "Timeout connecting to server" && timeout.code == .timeout)
+        #expect(RedisConnection.connectError("odd", to: "h:1").message == "Error connecting to h:1. odd.")
+    }
 }

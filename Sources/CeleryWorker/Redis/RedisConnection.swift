@@ -451,12 +451,16 @@ final class RedisConnection: @unchecked Sendable {
         let opened: UnsafeMutablePointer<redisContext>?
         var target = "\(url)"
         var serverHost: String?
+        // redis-py's name of the server in its errors (its connection's `_host_error`).
+        var address: String
         switch url.endpoint {
         case .tcp(let host, let port):
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
             serverHost = host
+            address = "\(host):\(port)"
         case .unixSocket(let path):
             opened = redisConnectUnixWithTimeout(path, timeout)
+            address = path
         case .sentinel(let nodes):
             // Asked again at every connection, so a connection lost in a failover reopens to the new master.
             let (host, port) = try Self.master(
@@ -465,12 +469,13 @@ final class RedisConnection: @unchecked Sendable {
             opened = redisConnectWithTimeout(host, Int32(port), timeout)
             serverHost = host
             target = "master '\(url.sentinelMaster ?? "")' at \(host):\(port) (from \(url))"
+            address = "\(host):\(port)"
         }
         guard let raw = opened else {
             throw CeleryWorkerError(code: .connectionFailed, message: "cannot allocate a Redis context for \(url)")
         }
         if raw.pointee.err != 0 {
-            let error = Self.error(from: Link(raw: raw), code: .connectionFailed, doing: "connect to \(target)")
+            let error = Self.connectError(from: Link(raw: raw), to: address)
             redisFree(raw)
             throw error
         }
@@ -708,6 +713,34 @@ final class RedisConnection: @unchecked Sendable {
             code: isTimeout ? .timeout : code,
             message: "\(action): \(text.isEmpty ? "connection closed" : text)"
         )
+    }
+
+    /// A failed connect, worded as redis-py words it (`format_error_message`), so that the lines Celery logs with it
+    /// read the same: `Error 111 connecting to 127.0.0.1:6379. Connection refused.`, `Error 2 connecting to
+    /// /run/redis.sock. No such file or directory.`, `Error -2 connecting to nohost:6379. Name or service not known.`,
+    /// and `Timeout connecting to server`. hiredis gives the system's text alone (`strerror`, or `gai_strerror` for a
+    /// name that does not resolve); the number is the one whose text it is.
+    private static func connectError(from context: Link, to address: String) -> CeleryWorkerError {
+        let text = withUnsafeBytes(of: context.raw.pointee.errstr) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        return connectError(text, to: address)
+    }
+
+    /// ``connectError(from:to:)`` for hiredis's text of the failure.
+    static func connectError(_ text: String, to address: String) -> CeleryWorkerError {
+        func systemText(_ pointer: UnsafePointer<CChar>?) -> String? { pointer.map { String(cString: $0) } }
+        if text == systemText(strerror(ETIMEDOUT)) || text == systemText(strerror(EINPROGRESS)) {
+            return CeleryWorkerError(code: .timeout, message: "Timeout connecting to server")
+        }
+        // EAI_* are negative; errno values run from 1 to about 133.
+        let number =
+            (1..<200).first { systemText(strerror(Int32($0))) == text }
+            ?? (-20 ... -1).first { systemText(gai_strerror(Int32($0))) == text }
+        guard let number, !text.isEmpty else {
+            return CeleryWorkerError(code: .connectionFailed, message: "Error connecting to \(address). \(text.isEmpty ? "connection closed" : text).")
+        }
+        return CeleryWorkerError(code: .connectionFailed, message: "Error \(number) connecting to \(address). \(text).")
     }
 
     private static func timeval(_ duration: Duration) -> timeval {
