@@ -733,12 +733,14 @@ final class RedisConnection: @unchecked Sendable {
         if text == systemText(strerror(ETIMEDOUT)) || text == systemText(strerror(EINPROGRESS)) {
             return CeleryWorkerError(code: .timeout, message: "Timeout connecting to server")
         }
-        // EAI_* are negative; errno values run from 1 to about 133.
+        // EAI_* are negative; Linux's errno values run from 1 to 133 (EHWPOISON), each with a text of its own (for
+        // others, glibc's strerror writes into a buffer shared by every thread).
         let number =
-            (1..<200).first { systemText(strerror(Int32($0))) == text }
+            (1...133).first { systemText(strerror(Int32($0))) == text }
             ?? (-20 ... -1).first { systemText(gai_strerror(Int32($0))) == text }
         guard let number, !text.isEmpty else {
-            return CeleryWorkerError(code: .connectionFailed, message: "Error connecting to \(address). \(text.isEmpty ? "connection closed" : text).")
+            return CeleryWorkerError(
+                code: .connectionFailed, message: "Error connecting to \(address). \(text.isEmpty ? "connection closed" : text).")
         }
         return CeleryWorkerError(code: .connectionFailed, message: "Error \(number) connecting to \(address). \(text).")
     }
