@@ -110,6 +110,37 @@ def test_dump_waits_for_the_broker_and_says_so(tmp_path, redis_server):
     assert lines[5] == "Trying again in 4.00 seconds"
 
 
+def test_a_lost_broker_is_said_and_the_dump_goes_on_once_it_is_back(tmp_path):
+    """Redis stops while the dump listens: Celery's "Connection lost" line, then its "Cannot connect" lines until
+    Redis is back on the same port, and then the events of a worker started there."""
+    from conftest import WorkerProcess
+    from redisproc import RedisProcess
+
+    server = RedisProcess().start()
+    dump = Dump([str(WORKER_BINARY), "events", "--dump", "--broker", server.url(1)], tmp_path / "lost.dump")
+    worker = None
+    try:
+        client = redis_lib.Redis.from_url(server.url(1))
+        assert eventually(lambda: any(int(c.get("psub", 0)) for c in client.client_list()), 15), dump.lines
+        server.proc.terminate()
+        server.proc.wait(5)
+        assert eventually(lambda: any("Trying again in 2.00 seconds" in line for line in dump.lines), 10), dump.lines
+        server.start()
+        worker = WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0), "-n", "back@%h"],
+                               tmp_path / "w.log")
+        worker.wait_ready(timeout=20)
+        assert eventually(lambda: any(line.startswith("back@") for line in dump.lines), 20), dump.lines
+    finally:
+        if worker and worker.alive():
+            worker.stop(signal.SIGKILL)
+        assert dump.stop() == 0
+        server.stop()
+    lines = dump.lines
+    assert lines[:2] == ["-> evdump: starting capture...", "-> Connection lost, attempting reconnect"], lines
+    assert lines[2] == f"-> Cannot connect to {server.url(1)}: Error 111 connecting to 127.0.0.1:{server.port}. " \
+        "Connection refused..", lines
+
+
 def test_a_message_that_holds_no_event_is_named_and_the_dump_goes_on(redis_urls, tmp_path):
     """Garbage, a pickled body (Celery's receiver refuses it too) and an event without a type: each is named on
     standard error; the event after them is printed."""
