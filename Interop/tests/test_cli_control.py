@@ -44,18 +44,19 @@ def test_inspect_and_control_print_what_celerys_cli_prints(start_worker, start_p
                      ["inspect", "active"], ["inspect", "revoked"], ["control", "rate_limit", "tasks.add", "7/s"],
                      ["control", "revoke", f"cli-revoked-{node}"], ["inspect", "query_task", "no-such-id"],
                      ["inspect", "ping", "-j"], ["control", "heartbeat", "-j"]):
-            python, swift = both(redis_urls, *args, "-d", node)
+            # -d names the node, so both return with its reply; -t only bounds a loaded machine's wait.
+            python, swift = both(redis_urls, *args, "-d", node, "-t", "10")
             assert (python.returncode, swift.returncode) == (0, 0), (args, python.stderr, swift.stderr)
             assert swift.stdout == without_pygments(python.stdout), (node, args, python.stdout, swift.stdout)
         assert f"cli-revoked-{node}" in app.control.inspect(destination=[node], timeout=2).revoked()[node]
     # Both nodes: each reply as it came (the order may differ), then the count.
-    python, swift = both(redis_urls, "status", "-d", ",".join(nodes))
+    python, swift = both(redis_urls, "status", "-d", ",".join(nodes), "-t", "10")
     assert sorted(swift.stdout.splitlines()) == sorted(python.stdout.splitlines())
     assert swift.stdout.endswith("\n2 nodes online.\n"), swift.stdout
-    python, swift = both(redis_urls, "inspect", "stats", "-d", ",".join(nodes), "-j")
+    python, swift = both(redis_urls, "inspect", "stats", "-d", ",".join(nodes), "-j", "-t", "10")
     assert set(json.loads(swift.stdout)) == set(json.loads(python.stdout)) == set(nodes)
     # A mapping is printed as Python's json.dumps(sort_keys=True, indent=4) prints it.
-    stats = swift_cli(redis_urls, "inspect", "stats", "-d", nodes[0])
+    stats = swift_cli(redis_urls, "inspect", "stats", "-d", nodes[0], "-t", "10")
     shown = stats.stdout.split("\n", 1)[1].rsplit("\n\n", 1)[0]
     parsed = json.loads(shown)
     assert shown == "\n".join("    " + line for line in json.dumps(parsed, sort_keys=True, indent=4).splitlines())
@@ -89,7 +90,7 @@ def test_errors_as_celerys_cli_gives_them(start_worker, make_app, redis_urls, tm
 def test_control_shutdown_stops_the_worker(start_worker, make_app, redis_urls):
     worker = start_worker("-n", "clishutdown@%h")
     node = answering(make_app(), "clishutdown@")
-    swift = swift_cli(redis_urls, "control", "shutdown", "-d", node)
+    swift = swift_cli(redis_urls, "control", "shutdown", "-d", node, "-t", "10")
     assert swift.returncode == 0, swift.stderr
     assert swift.stdout == f"->  {node}: OK\n        shutdown\n", swift.stdout
     assert eventually(lambda: not worker.alive(), 15)

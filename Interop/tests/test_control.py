@@ -367,7 +367,8 @@ def test_control_and_event_exchanges_keep_apps_apart(start_configured, make_app)
     answering(tenant, "tenantpython@")  # its pidbox consumer is up: it will answer the Swift worker's hello
     swift = start_configured("swift", settings, "-n", "tenantswift@%h", "-Q", "tenantswift", "-E")
     swift.wait_for_log("mingle: sync with 1 nodes")  # the Python worker answered the hello on tenant.pidbox
-    nodes = {name.split("@")[0] for reply in tenant.control.ping(timeout=1) for name in reply}
+    # Two replies end the wait; the timeout only bounds a loaded machine's.
+    nodes = {name.split("@")[0] for reply in tenant.control.ping(timeout=5, limit=2) for name in reply}
     assert nodes == {"tenantswift", "tenantpython"}, nodes
     conf = tenant.control.inspect(timeout=1, destination=[answering(tenant, "tenantswift")]).conf()
     assert {k: v for k, v in next(iter(conf.values())).items() if k in settings} == settings

@@ -178,12 +178,13 @@ def test_disable_prefetch_holds_only_what_runs_as_python_does(start_worker, star
     app = make_app()
     for kind, worker in workers.items():
         queue = f"noprefetch{kind}"
-        results = [app.tasks["tasks.sleep"].apply_async((1,), queue=queue) for _ in range(3)]
+        # Tasks long enough that the first still runs when the fetches are counted, on a loaded machine too.
+        results = [app.tasks["tasks.sleep"].apply_async((2.5,), queue=queue) for _ in range(3)]
         worker.wait_for_log("received")
         time.sleep(0.6)
         assert worker.log.count(" received") == 1, (kind, worker.log)
         assert broker_redis.llen(queue) == 2, kind
-        assert [r.get(timeout=15) for r in results] == [1] * 3
+        assert [r.get(timeout=30) for r in results] == [2.5] * 3
         assert worker.log.count(" received") == 3
 
 
@@ -200,7 +201,7 @@ def test_eta_task_limit_bounds_the_eta_tasks_held_as_python_does(start_configure
     app = make_app()
     for kind, worker in workers.items():
         queue = f"etalimit{kind}"
-        results = [app.tasks["tasks.add"].apply_async((i, i), queue=queue, countdown=2.5) for i in range(5)]
+        results = [app.tasks["tasks.add"].apply_async((i, i), queue=queue, countdown=5) for i in range(5)]
         worker.wait_for_log("received", count=3)
         time.sleep(0.8)
         assert worker.log.count(" received") == 3, (kind, worker.log)
@@ -211,9 +212,10 @@ def test_eta_task_limit_bounds_the_eta_tasks_held_as_python_does(start_configure
 def test_prefetch_limit_is_concurrency_times_multiplier(start_worker, make_app, broker_redis):
     worker = start_worker("-c", "1", "--prefetch-multiplier", "2", "--acks-late")
     app = make_app()
-    results = [app.tasks["tasks.sleep"].delay(0.5) for _ in range(6)]
+    # The first task runs long enough that no third fetch can come before the counts, on a loaded machine too.
+    results = [app.tasks["tasks.sleep"].delay(2 if index == 0 else 0.2) for index in range(6)]
     worker.wait_for_log("received", count=2)
     time.sleep(0.3)
     assert broker_redis.hlen("unacked") == 2  # one running, one reserved: prefetch_count = 1 x 2
     assert broker_redis.llen("celery") == 4
-    assert [r.get(timeout=15) for r in results] == [0.5] * 6
+    assert [r.get(timeout=15) for r in results] == [2] + [0.2] * 5

@@ -7,7 +7,7 @@ import uuid
 from conftest import answering
 
 
-def test_a_silent_worker_is_logged_as_missed_both_ways(start_worker, start_python_worker):
+def test_a_silent_worker_is_logged_as_missed_both_ways(start_worker, start_python_worker, make_app):
     """Each worker hears the other's heartbeats (every 2 s); once one is killed, the other logs Celery's
     `missed heartbeat from <node>` within twice the heartbeat interval and a gossip period (5 s)."""
     swift = start_worker("-n", "gossipswift@%h", "-Q", "gossipswift")
@@ -17,6 +17,8 @@ def test_a_silent_worker_is_logged_as_missed_both_ways(start_worker, start_pytho
     swift.wait_for_log("missed heartbeat from gossippy@", timeout=20)
     assert swift.log.count("missed heartbeat from") == 1, swift.log
     listener = start_python_worker("-n", "gossiplistener@%h", "-Q", "gossiplistener", gossip=True)
+    # A Python worker logs "ready" before its consumers listen: once it answers, its gossip hears the next heartbeat.
+    answering(make_app(), "gossiplistener@")
     time.sleep(3)
     swift.stop(signal.SIGKILL)
     listener.wait_for_log("missed heartbeat from gossipswift@", timeout=20)

@@ -174,9 +174,9 @@ def test_remote_control_is_signed_both_ways(start_configured, start_python_worke
     answering(signed_app, "py@")  # its pidbox consumer is up: it will answer the Swift worker's hello
     worker = start_configured("swift", signing_settings(keys), "-n", "swift@%h")
     assert "mingle: sync with 1 nodes" in worker.log
-    replies = signed_app.control.inspect(timeout=1).ping()
+    replies = signed_app.control.inspect(timeout=5, limit=2).ping()  # two replies end the wait
     assert sorted(name.split("@")[0] for name in replies) == ["py", "swift"]
-    confs = signed_app.control.inspect(timeout=1).conf()
+    confs = signed_app.control.inspect(timeout=5, limit=2).conf()
     assert len(confs) == 2
     for name, conf in confs.items():
         assert (conf["task_serializer"], conf["accept_content"]) == ("auth", ["auth"]), name
