@@ -73,11 +73,14 @@ def test_a_dead_broker_at_start_is_given_up_on_as_python_does(request, tmp_path,
         swift_critical, python_critical = critical_lines(swift.log), critical_lines(python.log)
         assert len(swift_critical) == len(python_critical) == 1, (swift_critical, python_critical)
         assert swift_critical == python_critical
-        # "consumer: Cannot connect to <url>: Error 111 connecting to 127.0.0.1:<port>. Connection refused.." (Celery
-        # 5.7 shows the URL with a masked password even when it has none: only what follows it is compared).
-        errors = [[line.split("Cannot connect to ", 1)[1].split(": ", 1)[1] for line in worker.log.splitlines()
-                   if "Cannot connect to " in line] for worker in (swift, python)]
-        assert errors[0] == errors[1], errors
+        # "consumer: Cannot connect to redis://:**@127.0.0.1:<port>/0: Error 111 connecting to 127.0.0.1:<port>.
+        # Connection refused..", the URL as kombu 5.7 shows it (kombu 5.3 leaves out a password there is none of:
+        # then only what follows the URL is compared).
+        lines = [[line.split("] ", 1)[1] for line in worker.log.splitlines() if "Cannot connect to " in line]
+                 for worker in (swift, python)]
+        if not any(":**@" in line for line in lines[1]):
+            lines = [[line.split("Cannot connect to ", 1)[1].split(": ", 1)[1] for line in kind] for kind in lines]
+        assert lines[0] == lines[1], lines
     finally:
         stop_both(swift, python)
 

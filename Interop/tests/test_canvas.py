@@ -130,11 +130,11 @@ def test_chord_completed_by_the_swift_worker_orders_results(both, backend_redis)
     app, swift, python = both
     # The Python parts are quick; the Swift part sleeps, so the Swift worker records the last part and sends the
     # body. Results arrive out of order but the body gets them in header order.
-    header = [sig(app, "tasks.echo", "first", queue="py"), sig(app, "tasks.sleep", 1.0),
+    header = [sig(app, "tasks.echo", "first", queue="py"), sig(app, "tasks.sleep", 2.5),
               sig(app, "tasks.add", 20, 22, queue="py")]
     result = chord(header, sig(app, "tasks.echo", queue="py")).apply_async()
     outcome = result.get(timeout=20)
-    assert outcome == {"args": [[{"args": ["first"], "kwargs": {}}, 1.0, 42]], "kwargs": {}}
+    assert outcome == {"args": [[{"args": ["first"], "kwargs": {}}, 2.5, 42]], "kwargs": {}}
     assert f"Task tasks.sleep[" in swift.log
     for key in backend_redis.keys("celery-taskset-meta-*"):
         assert not key.decode().endswith((".j", ".s", ".d")), key  # cleaned up after the body was sent

@@ -53,23 +53,24 @@ def test_stats_report_what_a_python_worker_reports(start_worker, start_python_wo
 
 
 def test_active_reserved_scheduled_and_query_task(start_worker, make_app):
-    start_worker("-n", "busy@%h", "-c", "1")
+    worker = start_worker("-n", "busy@%h", "-c", "1")
     app = make_app()
-    running = app.tasks["tasks.sleep"].delay(4)
+    running = app.tasks["tasks.sleep"].delay(6)
     waiting = app.tasks["tasks.sleep"].delay(0.1)
     later = app.tasks["tasks.add"].apply_async((1, 2), countdown=30)
-    time.sleep(1)
-    inspect = app.control.inspect(timeout=1, limit=1)
+    for result in (running, waiting, later):
+        worker.wait_for_log(f"[{result.id}] received")
+    inspect = app.control.inspect(timeout=5, limit=1)
     node = next(iter(inspect.ping()))
     active = inspect.active()[node]
-    assert [t["id"] for t in active] == [running.id] and active[0]["name"] == "tasks.sleep" and active[0]["args"] == [4]
+    assert [t["id"] for t in active] == [running.id] and active[0]["name"] == "tasks.sleep" and active[0]["args"] == [6]
     assert [t["id"] for t in inspect.reserved()[node]] == [waiting.id]
     scheduled = inspect.scheduled()[node]
     assert [s["request"]["id"] for s in scheduled] == [later.id] and scheduled[0]["eta"]
     states = inspect.query_task([running.id, waiting.id, later.id])[node]
     assert states[running.id][0] == "active" and states[waiting.id][0] == "reserved"
     assert states[later.id][0] == "scheduled"
-    assert running.get(timeout=15) == 4
+    assert running.get(timeout=15) == 6
 
 
 def test_destination_and_pattern(start_worker, start_python_worker, make_app):

@@ -137,7 +137,7 @@ def test_a_lost_broker_is_said_and_the_dump_goes_on_once_it_is_back(tmp_path):
         server.stop()
     lines = dump.lines
     assert lines[:2] == ["-> evdump: starting capture...", "-> Connection lost, attempting reconnect"], lines
-    assert lines[2] == f"-> Cannot connect to {server.url(1)}: Error 111 connecting to 127.0.0.1:{server.port}. " \
+    assert lines[2] == f"-> Cannot connect to redis://:**@127.0.0.1:{server.port}/1: Error 111 connecting to 127.0.0.1:{server.port}. " \
         "Connection refused..", lines
 
 

@@ -84,10 +84,10 @@ def test_a_nested_header_split_across_workers(both):
                        group(sig(app, "tasks.mul", 2, queue="swift"), sig(app, "tasks.mul", 3, queue="py"))),
                  chord([sig(app, "tasks.add", 1, queue="py"), sig(app, "tasks.add", 2, queue="swift")],
                        sig(app, "tasks.tsum", queue=other)),
-                 sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
+                 sig(app, "tasks.sleep", 2, queue=last, immutable=True)]  # last, on a loaded machine too
         workflow = chain(sig(app, "tasks.add", 1, 1, queue=sender), chord(parts, sig(app, "tasks.echo", queue=other)))
         result = workflow.apply_async()
-        assert body_args(app, result) == [[6, 9], 7, 0.5], (sender, last)
+        assert body_args(app, result) == [[6, 9], 7, 2], (sender, last)
         body_worker = python if last == "swift" else swift
         body_worker.wait_for_log(f"Task tasks.echo[{result.id}] received")
 
@@ -101,7 +101,7 @@ def test_a_failed_part_of_a_nested_header_fails_the_chord_as_python_does(both, b
         other = "py" if last == "swift" else "swift"
         parts = [chain(sig(app, "tasks.add", 1, queue=other),
                        group(sig(app, "tasks.fail", "boom", queue=other, immutable=True), sig(app, "tasks.mul", 3, queue=other))),
-                 sig(app, "tasks.sleep", 0.5, queue=last, immutable=True)]
+                 sig(app, "tasks.sleep", 2, queue=last, immutable=True)]  # last, on a loaded machine too
         workflow = chain(sig(app, "tasks.add", 1, 1, queue="swift"), chord(parts, sig(app, "tasks.echo", queue=other)))
         result = workflow.apply_async()
         with pytest.raises(Exception):

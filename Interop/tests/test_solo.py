@@ -29,9 +29,12 @@ def test_solo_runs_a_waiting_task_while_the_blocking_pop_waits(start_worker, mak
     app = make_app()
     assert app.tasks["tasks.add"].delay(1, 1).get(timeout=10) == 2
     time.sleep(1.5)  # the queue is empty: the worker waits in a blocking pop
+    durations = []
     for _ in range(3):
         started = time.monotonic()
         assert app.tasks["tasks.sleep"].delay(0.2).get(timeout=10) == 0.2
-        # The pop sent after the task started waits for 1 s: had it held the thread, the result would come then.
-        assert time.monotonic() - started < 0.8
+        durations.append(time.monotonic() - started)
+    # The pop sent after the task started waits for 1 s: had it held the thread, every result would come then (the
+    # best of three, so that one slow round trip on a loaded machine does not count).
+    assert min(durations) < 0.8, durations
     assert eventually(lambda: "succeeded" in worker.log)

@@ -106,7 +106,7 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
         defer { lock?.release() }
         if !quiet {
             let banner = Self.banner(
-                version: WorkerCommand.version, broker: client.brokerURL.description, beat: beat,
+                version: WorkerCommand.version, broker: client.brokerURL.brokerDisplay, beat: beat,
                 logfile: files.logfile ?? "[stderr]", level: loglevel.uppercased())
             FileHandle.standardOutput.write(Data(banner.utf8))
         }

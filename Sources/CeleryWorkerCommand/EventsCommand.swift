@@ -105,7 +105,8 @@ final class EventDumpService: Service, Sendable {
                     failures += 1
                     let seconds = min(2 * failures, 30)
                     Self.say(
-                        "-> Cannot connect to \(self.receiver.client.brokerURL): \(error.message).\nTrying again in \(seconds).00 seconds\n")
+                        "-> Cannot connect to \(self.receiver.client.brokerURL.brokerDisplay): \(error.message).\nTrying again in \(seconds).00 seconds\n"
+                    )
                     do {
                         try await Task.sleep(for: .seconds(seconds))
                     } catch {

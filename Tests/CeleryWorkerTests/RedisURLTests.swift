@@ -277,6 +277,16 @@ struct RedisURLTests {
         #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_port: 70000", source: "p.yaml") }
     }
 
+    @Test("the broker as Celery 5.7 shows it: the password masked even where there is none")
+    func brokerDisplay() throws {
+        #expect(try RedisURL(parsing: "redis://127.0.0.1:6379/1").brokerDisplay == "redis://:**@127.0.0.1:6379/1")
+        #expect(try RedisURL(parsing: "redis://user:secret@h/2").brokerDisplay == "redis://user:**@h:6379/2")
+        #expect(try RedisURL(parsing: "rediss://:pw@h:6380/0").brokerDisplay == "rediss://:**@h:6380/0")
+        #expect(try RedisURL(parsing: "redis+socket:///run/redis.sock?virtual_host=3").brokerDisplay == "redis+socket:///run/redis.sock")
+        #expect(
+            try RedisURL(parsing: "sentinel://a:26379/1;sentinel://b:26380/1").brokerDisplay == "sentinel://:**@a:26379/1")
+    }
+
     @Test("a failed connect is worded as redis-py words it")
     func connectErrors() {
         #expect(

@@ -45,7 +45,7 @@ final class BeatPidbox: Sendable {
         let subscriber = RedisClient(url: client.brokerURL, threadName: "beat-pidbox")
         defer { subscriber.close() }
         let (requests, newRequest) = AsyncStream.makeStream(of: [UInt8].self)
-        let url = client.brokerURL.description
+        let url = client.brokerURL.brokerDisplay
         let logger = self.logger
         await withDiscardingTaskGroup { group in
             group.addTask {

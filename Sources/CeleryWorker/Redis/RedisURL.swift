@@ -191,6 +191,24 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The URL as Celery shows its broker (kombu 5.7's `Connection.as_uri()`) in the banner and in its `Connected to`
+    /// and `Cannot connect to` lines: the password masked even where there is none (`redis://:**@127.0.0.1:6379/0`,
+    /// kombu 5.7's rule; kombu 5.3 left the `:**@` out then), a Unix socket's path alone, and of several Sentinels the
+    /// first.
+    public var brokerDisplay: String {
+        let credentials = "\(username ?? ""):**@"
+        func shown(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
+        switch endpoint {
+        case .tcp(let host, let port):
+            return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(shown(host)):\(port)/\(database)"
+        case .unixSocket(let path):
+            return "redis+socket://\(path)"
+        case .sentinel(let nodes):
+            guard let first = nodes.first else { return "sentinel://\(credentials)/\(database)" }
+            return "sentinel://\(credentials)\(shown(first.host)):\(first.port)/\(database)"
+        }
+    }
+
     /// Masks the password in a URL that may not even parse, for error messages.
     public static func masked(_ text: String) -> String {
         if text.contains(";") {

@@ -245,7 +245,7 @@ public final class CeleryWorkerService: Service {
         while !shutdown.isTriggered {
             do {
                 try await broker.declare(queues: configuration.queues, bindings: configuration.queueBindings)
-                logger.info("Connected to \(configuration.brokerURL)")
+                logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 return true
             } catch {
                 attempt += 1
@@ -254,7 +254,7 @@ public final class CeleryWorkerService: Service {
                     giveUp(reason)
                     return false
                 case .wait(let seconds, let note):
-                    logger.error("consumer: Cannot connect to \(configuration.brokerURL): \(error.message).\n\(note)")
+                    logger.error("consumer: Cannot connect to \(configuration.brokerURL.brokerDisplay): \(error.message).\n\(note)")
                     _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
                 }
             }
@@ -561,7 +561,7 @@ final class WorkerRun: Sendable {
             var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
             state.busy = deliveries.count == permits
             if state.failures > 0 {
-                logger.info("Connected to \(configuration.brokerURL)")
+                logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 state.failures = 0
                 state.unreachable = 0
             }
@@ -601,7 +601,7 @@ final class WorkerRun: Sendable {
                 giveUp(reason)
                 return .stop
             case .wait(let seconds, let note):
-                logger.error("consumer: Cannot connect to \(configuration.brokerURL): \(error.message).\n\(note)")
+                logger.error("consumer: Cannot connect to \(configuration.brokerURL.brokerDisplay): \(error.message).\n\(note)")
                 _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
                 return .nothing
             }
