@@ -143,9 +143,12 @@ def test_a_lost_broker_is_said_and_the_dump_goes_on_once_it_is_back(tmp_path):
 
 def test_a_message_that_holds_no_event_is_named_and_the_dump_goes_on(redis_urls, tmp_path):
     """Garbage, a pickled body (Celery's receiver refuses it too) and an event without a type: each is named on
-    standard error; the event after them is printed."""
+    standard error; the events after them, JSON and msgpack (a Python worker's with `event_serializer: msgpack`),
+    are printed."""
     import base64
     import json
+
+    import msgpack
 
     broker = redis_urls["broker"]
     server = redis_lib.Redis.from_url(broker)
@@ -164,10 +167,14 @@ def test_a_message_that_holds_no_event_is_named_and_the_dump_goes_on(redis_urls,
         server.publish(channel, envelope(b'{"hostname": "x@y", "timestamp": 1}'))
         server.publish(channel, envelope(json.dumps({"hostname": "ok@y", "utcoffset": 0, "pid": 1, "clock": 3,
                                                      "timestamp": 0.5, "type": "worker-heartbeat"}).encode()))
-        assert eventually(lambda: len(dump.lines) == 2, 10), (dump.lines, dump.errors.read_text())
+        server.publish(channel, envelope(msgpack.packb({"hostname": "packed@y", "utcoffset": 0, "pid": 2, "clock": 4,
+                                                        "timestamp": 1.25, "type": "worker-heartbeat"}),
+                                         "application/x-msgpack"))
+        assert eventually(lambda: len(dump.lines) == 3, 10), (dump.lines, dump.errors.read_text())
     finally:
         assert dump.stop() == 0
     assert dump.lines[1].startswith("ok@y [1970-01-01 00:00:00.500000+00:00] heartbeat: clock=3, local_received=")
+    assert dump.lines[2].startswith("packed@y [1970-01-01 00:00:01.250000+00:00] heartbeat: clock=4, local_received=")
     errors = dump.errors.read_text().splitlines()
     assert [line.split(":")[0] for line in errors] == [
         "Can't decode message", "Can't decode message body (type", "An event without a type"], errors

@@ -234,3 +234,26 @@ def test_gossip_hears_signed_heartbeats(start_configured, start_python_worker, k
     time.sleep(3)
     swift_worker.stop(signal.SIGKILL)
     listener.wait_for_log("missed heartbeat from gossipswift@", timeout=20)
+
+
+def test_the_event_dump_opens_signed_events_with_the_config_files_keys(start_python_worker, keys, redis_urls,
+                                                                        tmp_path):
+    """A signing Python worker signs its events: `events --dump` given the signing settings prints its heartbeats;
+    without them it names each signed message on standard error and goes on."""
+    from test_evdump import Dump
+
+    config = tmp_path / "signing.json"
+    config.write_text(json.dumps(signing_settings(keys)))
+    signed = Dump([str(WORKER_BINARY), "events", "--dump", "--broker", redis_urls["broker"], "--config", str(config)],
+                  tmp_path / "signed.dump")
+    plain = Dump([str(WORKER_BINARY), "events", "--dump", "--broker", redis_urls["broker"]], tmp_path / "plain.dump")
+    try:
+        start_signing_python_worker(start_python_worker, keys, "-n", "signedevents@%h", "-Q", "python")
+        assert eventually(lambda: any(line.startswith("signedevents@") and " heartbeat: " in line
+                                      for line in signed.lines), 15), (signed.lines, signed.errors.read_text())
+        assert eventually(lambda: "type:'application/data'" in plain.errors.read_text(), 10)
+    finally:
+        assert signed.stop() == 0 and plain.stop() == 0
+    # Only the settings file's warnings (settings that change nothing for the Swift worker), no refused message.
+    assert all(line.startswith("warning: ") for line in signed.errors.read_text().splitlines())
+    assert not [line for line in plain.lines if line.startswith("signedevents@")]
