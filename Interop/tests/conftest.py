@@ -70,6 +70,18 @@ def ends_apart(app, results) -> float:
     return (done[-1] - done[0]).total_seconds()
 
 
+def newest_client(server) -> int:
+    """The id of the newest client of a Redis server (ids only grow), for ``new_subscribers``."""
+    return max(int(client["id"]) for client in server.client_list())
+
+
+def new_subscribers(server, last: int) -> int:
+    """How many clients newer than id `last` hold a pattern subscription. Counting subscriptions instead (PUBSUB
+    NUMPAT, or psub summed over clients) could miss a new one: another client on the same pattern, or an earlier
+    test's subscriber leaving meanwhile, hides it."""
+    return sum(int(client["id"]) > last and int(client.get("psub", 0)) > 0 for client in server.client_list())
+
+
 def answering(app, prefix, timeout=10.0):
     """The name of the node starting with `prefix` once it answers a ping (a Python worker that just logged
     "ready" may not yet)."""

@@ -11,7 +11,7 @@ import celery.events.dumper
 import pytest
 import redis as redis_lib
 
-from conftest import WORKER_BINARY, eventually
+from conftest import WORKER_BINARY, eventually, new_subscribers, newest_client
 
 CELERY = Path(sys.executable).with_name("celery")
 
@@ -34,11 +34,6 @@ class Dump:
         return self.proc.wait(15)
 
 
-def new_subscribers(server, last):
-    """Clients newer than id `last` that hold a pattern subscription."""
-    return sum(int(client["id"]) > last and int(client.get("psub", 0)) > 0 for client in server.client_list())
-
-
 def masked(lines):
     """The lines with each receiver's own arrival time masked."""
     return [re.sub(r"local_received=[0-9.e+-]+", "local_received=*", line) for line in lines]
@@ -52,7 +47,7 @@ NAIVE_TIMES = "timezone.utc" not in inspect.getsource(celery.events.dumper)
 def test_dump_prints_what_celerys_dump_prints(start_worker, start_python_worker, make_app, redis_urls, tmp_path):
     broker = redis_urls["broker"]
     server = redis_lib.Redis.from_url(broker)
-    last = max(int(client["id"]) for client in server.client_list())
+    last = newest_client(server)
     # The broker as Celery's global option, before the command, for both.
     swift = Dump([str(WORKER_BINARY), "-b", broker, "events", "--dump"], tmp_path / "swift.dump")
     python = Dump([str(CELERY), "-b", broker, "events", "--dump"], tmp_path / "python.dump")
@@ -121,7 +116,7 @@ def test_a_lost_broker_is_said_and_the_dump_goes_on_once_it_is_back(tmp_path):
     worker = None
     try:
         client = redis_lib.Redis.from_url(server.url(1))
-        assert eventually(lambda: any(int(c.get("psub", 0)) for c in client.client_list()), 15), dump.lines
+        assert eventually(lambda: new_subscribers(client, 0) > 0, 15), dump.lines  # a server of its own
         server.proc.terminate()
         server.proc.wait(5)
         assert eventually(lambda: any("Trying again in 2.00 seconds" in line for line in dump.lines), 10), dump.lines
@@ -152,7 +147,7 @@ def test_a_message_that_holds_no_event_is_named_and_the_dump_goes_on(redis_urls,
 
     broker = redis_urls["broker"]
     server = redis_lib.Redis.from_url(broker)
-    last = max(int(client["id"]) for client in server.client_list())
+    last = newest_client(server)
     dump = Dump([str(WORKER_BINARY), "events", "--dump", "--broker", broker], tmp_path / "bad.dump")
 
     def envelope(body: bytes, content_type="application/json"):

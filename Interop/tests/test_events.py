@@ -6,7 +6,7 @@ import threading
 import pytest
 import redis as redis_lib
 
-from conftest import eventually
+from conftest import eventually, new_subscribers, newest_client
 
 
 class Capture:
@@ -33,16 +33,10 @@ class Capture:
     def start(self):
         server = self.server()
 
-        def subscribed_since(last):
-            # A client newer than `last` with a pattern subscription. Counting subscriptions (PUBSUB NUMPAT, or psub
-            # summed over clients) could miss it: another client on the same pattern, or one of an earlier test
-            # leaving meanwhile, hides it. Client ids only grow.
-            return any(int(client["id"]) > last and int(client.get("psub", 0)) > 0 for client in server.client_list())
-
-        last = max(int(client["id"]) for client in server.client_list())
+        last = newest_client(server)
         self.thread.start()
         # The receiver's PSUBSCRIBE is in place (a loaded machine can take seconds to get there).
-        assert eventually(lambda: subscribed_since(last), 15), "the event receiver did not subscribe"
+        assert eventually(lambda: new_subscribers(server, last) > 0, 15), "the event receiver did not subscribe"
         return self
 
     def wait_for(self, condition, timeout=10.0):

@@ -226,13 +226,7 @@ extension WorkerRun {
         }
         // kombu 5.7's `sentinel_fanout_compat` sends each request on both topics: it is answered once.
         if !pidboxLegacyTopics.isEmpty, let tag = envelope.properties["delivery_tag"]?.stringValue {
-            let seen = recentControlTags.withLock { tags in
-                if tags.contains(tag) { return true }
-                tags.append(tag)
-                if tags.count > 64 { tags.removeFirst() }
-                return false
-            }
-            if seen { return }
+            if recentControlTags.withLock({ $0.isRepeat(tag) }) { return }
         }
         guard Self.isAddressed(request, to: configuration.nodeName) else { return }
         logger.debug("pidbox received method \(method)")

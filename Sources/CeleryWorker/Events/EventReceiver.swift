@@ -1,6 +1,5 @@
 import CeleryProtocol
 import Foundation
-import OrderedCollections
 import Synchronization
 
 /// What Celery's event receiver does to each event before its handlers see it (`EventReceiver.event_from_message`),
@@ -77,7 +76,7 @@ public final class EventReceiver: Sendable {
     public let controlExchange: String
     private let reception: Mutex<EventReception>
     /// The `delivery_tag`s of the last messages, under Sentinel (where each may come on two channels).
-    private let recentTags = Mutex(OrderedSet<String>())
+    private let recentTags = Mutex(RecentDeliveryTags(limit: 1000))  // kombu's `_fanout_compat_dedup_size`
 
     /// A receiver of `exchange`'s events on `client`'s broker, waking the workers of `controlExchange`;
     /// `utcOffsetHours` is this machine's by default.
@@ -114,11 +113,11 @@ public final class EventReceiver: Sendable {
         let brokerURL = client.brokerURL
         let transport = client.broker.transport
         let prefix = client.broker.keyPrefix
-        var topics = [transport.fanoutChannel(exchange: exchange, routingKey: "*", database: brokerURL.database, prefix: prefix)]
-        if brokerURL.isSentinel, let legacy = transport.legacySentinelChannel(exchange: exchange, routingKey: "*", prefix: prefix) {
-            topics.append(legacy)
-        }
-        let channels = topics
+        let legacy =
+            brokerURL.isSentinel ? transport.legacySentinelChannel(exchange: exchange, routingKey: "*", prefix: prefix) : nil
+        let channels =
+            [transport.fanoutChannel(exchange: exchange, routingKey: "*", database: brokerURL.database, prefix: prefix)]
+            + (legacy.map { [$0] } ?? [])
         let deduplicates = channels.count > 1
         let connection = RedisClient(url: brokerURL, commandTimeout: .seconds(30), threadName: "celery-events")
         defer { connection.close() }
@@ -172,12 +171,7 @@ public final class EventReceiver: Sendable {
         }
         guard let envelope = try? KombuEnvelope(decoding: raw) else { return refuse("Can't decode message") }
         if deduplicates, let tag = envelope.properties["delivery_tag"]?.stringValue {
-            let seen = recentTags.withLock { tags in
-                guard tags.append(tag).inserted else { return true }
-                if tags.count > 1000 { tags.removeFirst() }  // kombu's `_fanout_compat_dedup_size`
-                return false
-            }
-            if seen { return }
+            if recentTags.withLock({ $0.isRepeat(tag) }) { return }
         }
         let body: CeleryValue
         switch MessageSigning.openedBody(envelope, signing: client.messageSigning, signedOnly: false) {

@@ -179,13 +179,13 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         }
         switch endpoint {
         case .tcp(let host, let port):
-            let shownHost = host.contains(":") ? "[\(host)]" : host
+            let shownHost = Self.shown(host)
             return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(shownHost):\(port)/\(database)"
         case .unixSocket(let path):
             return "redis+socket://\(credentials)\(path)?virtual_host=\(database)"
         case .sentinel(let nodes):
             let shown = nodes.enumerated().map { index, node in
-                "sentinel://\(index == 0 ? credentials : "")\(node.host.contains(":") ? "[\(node.host)]" : node.host):\(node.port)"
+                "sentinel://\(index == 0 ? credentials : "")\(Self.shown(node.host)):\(node.port)"
             }
             return shown.joined(separator: ";") + "/\(database)"
         }
@@ -197,17 +197,19 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// first.
     public var brokerDisplay: String {
         let credentials = "\(username ?? ""):**@"
-        func shown(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
         switch endpoint {
         case .tcp(let host, let port):
-            return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(shown(host)):\(port)/\(database)"
+            return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(Self.shown(host)):\(port)/\(database)"
         case .unixSocket(let path):
             return "redis+socket://\(path)"
         case .sentinel(let nodes):
             guard let first = nodes.first else { return "sentinel://\(credentials)/\(database)" }
-            return "sentinel://\(credentials)\(shown(first.host)):\(first.port)/\(database)"
+            return "sentinel://\(credentials)\(Self.shown(first.host)):\(first.port)/\(database)"
         }
     }
+
+    /// A host as a URL writes it: an IPv6 address in brackets.
+    private static func shown(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
 
     /// Masks the password in a URL that may not even parse, for error messages.
     public static func masked(_ text: String) -> String {

@@ -331,7 +331,7 @@ final class WorkerRun: Sendable {
     /// The process pool's size as it changes (`pool_grow`, `pool_shrink`, `--autoscale`).
     let scaling: Mutex<PoolScaling>
     /// The delivery tags of the last remote-control requests (Sentinel brokers only, see ``pidboxLegacyTopics``).
-    let recentControlTags = Mutex<[String]>([])
+    let recentControlTags = Mutex(RecentDeliveryTags(limit: 64))
     /// The resident memory samples taken by `memsample`, which `memdump` shows and clears.
     let memorySamples = Mutex<[String]>([])
     /// Lets one pool size change run at a time.
