@@ -47,6 +47,10 @@ EDGE_ARGS = [
     "我将发送邮件", "emoji 😀 and \"quotes\" \\ and \n newline", "", [], {}, [1, [2, [3, {}]]],
     True, False, None, b"plain bytes", b"\x00\xff\x10binary",
 ]
+# Integers beyond 64 bits, which JSON carries (msgpack cannot): one past UInt64, one below Int64, and the 4300 digits
+# Python reads and writes at most.
+BIG_ARGS = [2**64, -(2**63) - 1, -(2**64) - 1, 2**70, -(2**70), 10**4299, -(10**4299)]
+BIG_KWARGS = {"nested": {"list": [2**100, 1.5, 2**63 - 1]}}
 EDGE_KWARGS = {"zeta": 1, "alpha": {"nested": [1, 2.0, "three"], "empty_list": [], "empty_dict": {}},
                "unicode_ключ": "значение", "middle": None}
 
@@ -152,6 +156,11 @@ def capture_messages(redis_proc):
         save_message(f"v1-{serializer}-edge-values", pop_one(r))
         v1.tasks["tasks.add"].apply_async((5, 6), compression="zlib")
         save_message(f"v1-{serializer}-add-zlib", pop_one(r))
+        if serializer == "json":
+            echo.delay(*BIG_ARGS, **BIG_KWARGS)
+            save_message("v2-json-big-integers", pop_one(r))
+            v1.tasks["tasks.echo"].delay(*BIG_ARGS, **BIG_KWARGS)
+            save_message("v1-json-big-integers", pop_one(r))
 
 
 def make_certificate(name, not_before, not_after, key=None):
@@ -232,6 +241,8 @@ def capture_results(redis_proc):
                                    "  File \"tasks.py\", line 1, in fail\nValueError: bad input\n"),
             "progress": ("PROGRESS", {"current": 1, "total": 2}, None),
         }
+        if serializer == "json":
+            cases["success-big-integers"] = ("SUCCESS", {"args": BIG_ARGS, "kwargs": BIG_KWARGS}, None)
         for case, (state, result, tb) in cases.items():
             tid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{serializer}/{case}"))
             name = f"result-{serializer}-{case}"

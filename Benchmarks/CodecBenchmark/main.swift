@@ -40,7 +40,7 @@ for serializer in [CeleryContentType.json, .msgpack] {
     let document = CeleryResultDocument(
         taskID: "af315b36-74a0-4591-b8b6-cf1679563617", status: .success, result: 5, traceback: nil, children: [],
         dateDone: "2026-11-25T05:00:00.000000+00:00")
-    measure("encode a SUCCESS result (\(serializer.serializerName))", iterations: iterations) {
-        _ = document.encoded(as: serializer)
+    try measure("encode a SUCCESS result (\(serializer.serializerName))", iterations: iterations) {
+        _ = try document.encoded(as: serializer)
     }
 }

@@ -274,3 +274,27 @@ def test_new_style_errbacks_run_where_the_task_failed(both):
     for message in messages:
         with pytest.raises(TypeError, match=r"record_error\(\) missing 2 required positional arguments: 'exc' and 'traceback'"):
             message.get(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_what_a_worker_sends_is_in_its_task_serializer(start_configured, make_app, broker_redis, kind):
+    """A worker left at task_serializer json sends a msgpack message's callback and its retry in JSON: Celery
+    serializes what a worker sends with the worker's own task_serializer, whatever the message came in."""
+    start_configured(kind, {"accept_content": ["json", "msgpack"]})
+    app = make_app(task_serializer="msgpack")
+    linked = app.tasks["tasks.echo"].apply_async((1,), link=app.signature("tasks.echo", args=["cb"], queue="observed"))
+    assert linked.get(timeout=10) == {"args": [1], "kwargs": {}}
+    assert eventually(lambda: broker_redis.llen("observed") == 1, timeout=10)
+    callback = json.loads(broker_redis.lindex("observed", 0))
+    assert (callback["headers"]["task"], callback["content-type"]) == ("tasks.echo", "application/json")
+
+    retried = app.tasks["tasks.flaky"].apply_async((1, 60))  # its retry is due in a minute: held, unacknowledged
+    held = []
+
+    def retry_held():
+        held[:] = [json.loads(entry)[0] for entry in broker_redis.hvals("unacked")]
+        return any(message["headers"]["id"] == retried.id and message["headers"]["retries"] == 1 for message in held)
+
+    assert eventually(retry_held, timeout=10), held
+    retry = next(message for message in held if message["headers"]["id"] == retried.id)
+    assert retry["content-type"] == "application/json"

@@ -1,10 +1,12 @@
+import CeleryProtocol
+
 /// An error from the worker runtime or its Redis transport.
 public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
     /// What kind of failure this is.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         enum Base: Sendable, Hashable {
             case invalidConfiguration, connectionFailed, connectionLost, timeout, redisError, unexpectedReply
-            case shutdown
+            case shutdown, encodeError
         }
 
         let base: Base
@@ -23,6 +25,8 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
         public static let unexpectedReply = Code(base: .unexpectedReply)
         /// The worker is shutting down.
         public static let shutdown = Code(base: .shutdown)
+        /// kombu's `EncodeError`: the serializer has no form for a value (an integer beyond 64 bits in msgpack).
+        public static let encodeError = Code(base: .encodeError)
 
         public var description: String {
             switch base {
@@ -33,6 +37,7 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
             case .redisError: "Redis error"
             case .unexpectedReply: "unexpected Redis reply"
             case .shutdown: "worker shutting down"
+            case .encodeError: "cannot encode"
             }
         }
     }
@@ -53,4 +58,17 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(code): \(message)" }
+}
+
+extension CeleryWorkerError {
+    /// Runs `encode`, its failure turned into kombu's `EncodeError` (``Code/encodeError``), whose message is the
+    /// wrapped error as Celery stores it: `OverflowError('Integer value out of range')` for an integer msgpack cannot
+    /// carry.
+    static func encoding<Value>(_ encode: () throws(CeleryProtocolError) -> Value) throws(CeleryWorkerError) -> Value {
+        do {
+            return try encode()
+        } catch {
+            throw CeleryWorkerError(code: .encodeError, message: "OverflowError('\(error.message)')", underlyingError: error)
+        }
+    }
 }

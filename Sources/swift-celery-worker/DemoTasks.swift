@@ -127,11 +127,10 @@ enum DemoTasks {
         switch (x, y) {
         case (.int(let a), .int(let b)):
             let (sum, overflow) = a.addingReportingOverflow(b)
-            if !overflow { return .int(sum) }
-            if a > 0, b > 0 {
-                return UInt64(a).addingReportingOverflow(UInt64(b)).overflow ? .double(Double(a) + Double(b)) : .uint(UInt64(a) + UInt64(b))
-            }
-            return .double(Double(a) + Double(b))
+            return overflow ? try exactSum(String(a), String(b)) : .int(sum)
+        case (.int, .uint), (.uint, .int), (.uint, .uint), (.bigInt, .int), (.bigInt, .uint), (.bigInt, .bigInt), (.int, .bigInt),
+            (.uint, .bigInt):
+            return try exactSum(integerText(x), integerText(y))
         case (.string(let a), .string(let b)): return .string(a + b)
         case (.array(let a), .array(let b)): return .array(a + b)
         default:
@@ -141,5 +140,44 @@ enum DemoTasks {
             throw PythonException.typeError(
                 "unsupported operand type(s) for +: \(PythonRepr.repr(x)) and \(PythonRepr.repr(y))")
         }
+    }
+
+    private static func integerText(_ value: CeleryValue) -> String {
+        switch value {
+        case .uint(let number): String(number)
+        case .bigInt(let number): number.description
+        default: PythonRepr.repr(value)
+        }
+    }
+
+    /// The sum of two integers written in decimal, exact at any size, as Python's `int` adds.
+    private static func exactSum(_ a: String, _ b: String) throws -> CeleryValue {
+        func parts(_ text: String) -> (negative: Bool, digits: [UInt8]) {
+            let negative = text.hasPrefix("-")
+            return (negative, (negative ? text.utf8.dropFirst() : text.utf8[...]).reversed().map { $0 - UInt8(ascii: "0") })
+        }
+        func precedes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+            a.count != b.count ? a.count < b.count : a.reversed().lexicographicallyPrecedes(b.reversed())
+        }
+        var (first, second) = (parts(a), parts(b))
+        if first.negative != second.negative, precedes(first.digits, second.digits) { swap(&first, &second) }
+        var digits: [UInt8] = []
+        var carry = 0
+        for index in 0..<max(first.digits.count, second.digits.count) {
+            let x = Int(index < first.digits.count ? first.digits[index] : 0)
+            let y = Int(index < second.digits.count ? second.digits[index] : 0)
+            var digit = first.negative == second.negative ? x + y + carry : x - y + carry
+            carry = digit >= 10 ? 1 : digit < 0 ? -1 : 0
+            digit -= 10 * carry
+            digits.append(UInt8(digit))
+        }
+        if carry > 0 { digits.append(UInt8(carry)) }
+        while digits.count > 1, digits.last == 0 { digits.removeLast() }
+        let magnitude = String(decoding: digits.reversed().map { $0 + UInt8(ascii: "0") }, as: UTF8.self)
+        let text = first.negative && magnitude != "0" ? "-" + magnitude : magnitude
+        guard let sum = CeleryValue(integerText: text) else {
+            throw PythonException.valueError("Exceeds the limit (\(CeleryBigInt.maximumDigits) digits) for integer string conversion")
+        }
+        return sum
     }
 }

@@ -28,6 +28,7 @@ func typed(_ value: CeleryValue) -> CeleryValue {
     case .bool(let flag): return ["bool": .bool(flag)]
     case .int(let number): return ["int": .string(String(number))]
     case .uint(let number): return ["int": .string(String(number))]
+    case .bigInt(let number): return ["int": .string(number.description)]
     case .double(let number): return ["float": .string(number.description)]
     case .string(let text): return ["str": .string(text)]
     case .bytes(let bytes): return ["bytes": .string(Data(bytes).base64EncodedString())]

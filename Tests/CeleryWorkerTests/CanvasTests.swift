@@ -254,12 +254,12 @@ struct CanvasTests {
     }
 
     @Test("TaskSend writes Celery's headers and properties in Python's order")
-    func taskSendOrder() {
+    func taskSendOrder() throws {
         var send = TaskSend(name: "tasks.add", id: "i", args: [1, 2], origin: "gen1@h", replyTo: "r", deliveryTag: "t")
         send.expires = "2026-01-01T00:00:00+00:00"
         send.expirationMilliseconds = 60_000
         send.extraHeaders = ["x-custom": "v"]
-        let envelope = send.envelope
+        let envelope = try send.envelope
         #expect(
             Array(envelope.headers.keys) == [
                 "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",

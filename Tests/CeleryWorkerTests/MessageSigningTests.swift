@@ -52,7 +52,7 @@ struct MessageSigningTests {
             key: Self.text("signing-key.pem"), certificate: Self.text("signing-certificate.pem"),
             store: [Self.text("signing-certificate.pem")], digest: "SHA512", layout: layout)
         let original = KombuEnvelope(
-            body: serializer.encode([[1, 2], [:], [:]]), contentType: serializer.rawValue,
+            body: try serializer.encode([[1, 2], [:], [:]]), contentType: serializer.rawValue,
             contentEncoding: serializer.contentEncoding, headers: ["id": "abc", "task": "tasks.add"], properties: [:])
         let sealed = try signing.seal(original)
         #expect(sealed.contentType == "application/data")

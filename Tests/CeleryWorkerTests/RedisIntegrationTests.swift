@@ -608,7 +608,7 @@ struct RedisResultBackendTests {
             let success = CeleryResultDocument(taskID: "z1", status: .success, result: 5, dateDone: "2026-12-05T00:00:00+00:00")
             try await backend.store([success])
             let bytes = try await stored("z1")
-            #expect(bytes == CeleryResultDocument.compressedStored(success.encoded(as: .json), with: method))
+            #expect(bytes == CeleryResultDocument.compressedStored(try success.encoded(as: .json), with: method))
             #expect(bytes.starts(with: Array("\0celery-compressed\0\(method.contentType)\0".utf8)))
             // A later FAILURE for the same task, compressed or not, in a store or a settle, leaves the SUCCESS.
             let failure = CeleryResultDocument(taskID: "z1", status: .failure, result: nil)
@@ -840,7 +840,7 @@ struct RedisSettleTests {
         #expect(try await backendClient.send(RedisCommand("DBSIZE")) == .integer(Int64(count + 2)))
         for index in [0, 999, 1_000, count - 1] where index < count {
             let stored = try await backendClient.send(RedisCommand("GET", RedisArgument("celery-task-meta-d\(index)")))
-            #expect(stored.bytes == documents[index].encoded(as: .json))
+            #expect(stored.bytes == (try documents[index].encoded(as: .json)))
         }
         #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-twice")).bytes == first.encoded(as: .json))
         #expect(try await backendClient.send(RedisCommand("GET", "celery-task-meta-again")).bytes == after.encoded(as: .json))

@@ -23,7 +23,7 @@ struct RedisProtocolTests {
     }
 
     @Test("arguments written straight in RESP are the bytes of the same command's arguments")
-    func writtenArguments() {
+    func writtenArguments() throws {
         let document = CeleryResultDocument(taskID: "t-1", status: .success, result: ["é", 1], traceback: nil, children: [], dateDone: nil)
         let long = [UInt8](repeating: 0x61, count: 12_345)
         var written = RESPArguments(capacity: 0)
@@ -38,14 +38,14 @@ struct RedisProtocolTests {
         written.append(1.5)
         written.append([0x0D, 0x0A, 0x00, 0xFF])
         written.append(long)
-        written.append { document.encode(as: .json, into: &$0) }
+        try written.append { try document.encode(as: .json, into: &$0) }
         written.append { _ in }
-        written.append { document.encode(as: .msgpack, into: &$0) }
+        try written.append { try document.encode(as: .msgpack, into: &$0) }
         let arguments: [[UInt8]] = [
             Array("unacked".utf8), [], Array("pre_celery-task-meta-t-1".utf8), Array("0".utf8), Array("-12".utf8),
             Array("1234567890".utf8), Array(String(Int.min).utf8), Array(String(Int.max).utf8), Array("1.5".utf8), [0x0D, 0x0A, 0x00, 0xFF], long,
-            document.encoded(as: .json), [],
-            document.encoded(as: .msgpack),
+            try document.encoded(as: .json), [],
+            try document.encoded(as: .msgpack),
         ]
         #expect(written.count == arguments.count)
         let command = RedisConnection.resp(RedisCommand(arguments))

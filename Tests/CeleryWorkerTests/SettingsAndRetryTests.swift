@@ -527,7 +527,7 @@ struct RetryArithmeticTests {
         let raw = try fixture("v2-json-options.message.json")
         let original = try KombuEnvelope(decoding: raw)
         let message = try CeleryTaskMessage(envelope: original, accept: [.json])
-        let retried = message.retryEnvelope(
+        let retried = try message.retryEnvelope(
             original: original, eta: "2030-01-01T00:00:00+00:00", origin: "gen1@host",
             ignoreResult: false, deliveryTag: "new-tag")
         let again = try CeleryTaskMessage(envelope: try KombuEnvelope(decoding: retried.encoded()), accept: [.json])

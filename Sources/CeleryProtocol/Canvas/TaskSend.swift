@@ -85,18 +85,22 @@ public struct TaskSend: Sendable {
     }
 
     /// The kombu envelope, ready to `LPUSH` once ``KombuEnvelope/encoded()`` (which compresses the body) wrote it.
+    /// Fails where ``contentType`` cannot write the body (an integer beyond 64 bits in msgpack), as Python's
+    /// `apply_async` raises `EncodeError`.
     public var envelope: KombuEnvelope {
-        var properties: CeleryObject = [
-            "correlation_id": .string(id), "reply_to": .string(replyTo), "delivery_mode": 2,
-        ]
-        if let expirationMilliseconds { properties["expiration"] = .string(String(max(0, expirationMilliseconds))) }
-        properties["delivery_info"] = ["exchange": .string(exchange), "routing_key": .string(routingKey)]
-        properties["priority"] = .int(Int64(priority ?? 0))
-        properties["body_encoding"] = "base64"
-        properties["delivery_tag"] = .string(deliveryTag)
-        let body: CeleryValue = [.array(args), .object(kwargs), embed.value]
-        return KombuEnvelope(
-            body: contentType.encode(body), contentType: contentType.rawValue, contentEncoding: contentType.contentEncoding,
-            headers: headers, properties: properties)
+        get throws(CeleryProtocolError) {
+            var properties: CeleryObject = [
+                "correlation_id": .string(id), "reply_to": .string(replyTo), "delivery_mode": 2,
+            ]
+            if let expirationMilliseconds { properties["expiration"] = .string(String(max(0, expirationMilliseconds))) }
+            properties["delivery_info"] = ["exchange": .string(exchange), "routing_key": .string(routingKey)]
+            properties["priority"] = .int(Int64(priority ?? 0))
+            properties["body_encoding"] = "base64"
+            properties["delivery_tag"] = .string(deliveryTag)
+            let body: CeleryValue = [.array(args), .object(kwargs), embed.value]
+            return KombuEnvelope(
+                body: try contentType.encode(body), contentType: contentType.rawValue, contentEncoding: contentType.contentEncoding,
+                headers: headers, properties: properties)
+        }
     }
 }

@@ -502,7 +502,9 @@ struct JSONParser {
         var magnitude: UInt64 = 0
         var overflow = false
         var digits = 0
-        while index < buffer.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(buffer[index]) {
+        // A leading zero stands alone, as in JSON and Python's parser: what follows it (`01`) is not part of the number.
+        let leadingZero = index < buffer.count && buffer[index] == UInt8(ascii: "0")
+        while index < buffer.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(buffer[index]), !(leadingZero && digits == 1) {
             let (times10, o1) = magnitude.multipliedReportingOverflow(by: 10)
             let (sum, o2) = times10.addingReportingOverflow(UInt64(buffer[index] - UInt8(ascii: "0")))
             overflow = overflow || o1 || o2
@@ -530,18 +532,19 @@ struct JSONParser {
         }
         if isInteger {
             if overflow {
-                throw CeleryProtocolError(
-                    code: .unsupportedValue,
-                    message: "integer \(String(decoding: buffer[start..<index], as: UTF8.self)) is outside the 64-bit range"
-                )
+                // Beyond 64 bits, kept as its digits, up to Python's `int_max_str_digits` (its words beyond).
+                guard digits <= CeleryBigInt.maximumDigits else {
+                    throw CeleryProtocolError(
+                        code: .unsupportedValue,
+                        message: "Exceeds the limit (\(CeleryBigInt.maximumDigits) digits) for integer string conversion: value has "
+                            + "\(digits) digits; use sys.set_int_max_str_digits() to increase the limit")
+                }
+                return .bigInt(CeleryBigInt(checked: String(decoding: buffer[start..<index], as: UTF8.self)))
             }
             if negative {
                 if magnitude <= UInt64(Int64.max) { return .int(-Int64(magnitude)) }
                 if magnitude == UInt64(Int64.max) + 1 { return .int(Int64.min) }
-                throw CeleryProtocolError(
-                    code: .unsupportedValue,
-                    message: "integer -\(magnitude) is outside the 64-bit range"
-                )
+                return .bigInt(CeleryBigInt(checked: String(decoding: buffer[start..<index], as: UTF8.self)))
             }
             return magnitude <= UInt64(Int64.max) ? .int(Int64(magnitude)) : .uint(magnitude)
         }

@@ -20,6 +20,8 @@ extension CeleryJSON {
             output.append(contentsOf: String(number).utf8)
         case .uint(let number):
             output.append(contentsOf: String(number).utf8)
+        case .bigInt(let number):
+            output.append(contentsOf: number.description.utf8)
         case .double(let number):
             appendDouble(number, into: &output)
         case .string(let text):

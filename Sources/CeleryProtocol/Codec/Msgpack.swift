@@ -125,18 +125,20 @@ public enum CeleryMsgpack {
         return String(decoding: CeleryJSON.encode(key), as: UTF8.self)
     }
 
-    /// Encodes a value as Python's msgpack packs it with `use_bin_type=True`.
-    public static func encode(_ value: CeleryValue) -> [UInt8] {
+    /// Encodes a value as Python's msgpack packs it with `use_bin_type=True`. An integer beyond 64 bits
+    /// (``CeleryValue/bigInt(_:)``) has no msgpack form: it fails as in Python, with `Integer value out of range`.
+    public static func encode(_ value: CeleryValue) throws(CeleryProtocolError) -> [UInt8] {
         let sink = PackSink()
         var packer = msgpack_packer()
         withUnsafeMutablePointer(to: &packer) { packerPointer in
             msgpack_packer_init(packerPointer, Unmanaged.passUnretained(sink).toOpaque(), packSinkWrite)
-            pack(value, packerPointer)
+            pack(value, packerPointer, sink)
         }
+        guard sink.fits else { throw CeleryProtocolError(code: .unsupportedValue, message: "Integer value out of range") }
         return sink.bytes
     }
 
-    private static func pack(_ value: CeleryValue, _ packer: UnsafeMutablePointer<msgpack_packer>) {
+    private static func pack(_ value: CeleryValue, _ packer: UnsafeMutablePointer<msgpack_packer>, _ sink: PackSink) {
         switch value {
         case .null:
             msgpack_pack_nil(packer)
@@ -146,6 +148,9 @@ public enum CeleryMsgpack {
             msgpack_pack_int64(packer, number)
         case .uint(let number):
             msgpack_pack_uint64(packer, number)
+        case .bigInt:
+            sink.fits = false
+            msgpack_pack_nil(packer)
         case .double(let number):
             msgpack_pack_double(packer, number)
         case .string(let text):
@@ -161,12 +166,12 @@ public enum CeleryMsgpack {
             }
         case .array(let elements):
             msgpack_pack_array(packer, elements.count)
-            for element in elements { pack(element, packer) }
+            for element in elements { pack(element, packer, sink) }
         case .object(let entries):
             msgpack_pack_map(packer, entries.count)
             for (key, element) in entries {
-                pack(.string(key), packer)
-                pack(element, packer)
+                pack(.string(key), packer, sink)
+                pack(element, packer, sink)
             }
         }
     }
@@ -175,6 +180,8 @@ public enum CeleryMsgpack {
 /// Collects what msgpack-c's packer writes. Used by one packer on one thread at a time.
 private final class PackSink {
     var bytes: [UInt8] = []
+    /// False once a value without a msgpack form was met (the bytes are then not used).
+    var fits = true
 }
 
 private let packSinkWrite: msgpack_packer_write = { data, buffer, length in

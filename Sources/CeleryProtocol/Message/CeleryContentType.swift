@@ -28,11 +28,12 @@ public enum CeleryContentType: String, Sendable, CaseIterable {
         }
     }
 
-    /// Serializes a value.
-    public func encode(_ value: CeleryValue) -> [UInt8] {
+    /// Serializes a value. JSON writes every value; msgpack fails on an integer beyond 64 bits, as Python's does
+    /// (kombu then raises `EncodeError`).
+    public func encode(_ value: CeleryValue) throws(CeleryProtocolError) -> [UInt8] {
         switch self {
         case .json: CeleryJSON.encode(value)
-        case .msgpack: CeleryMsgpack.encode(value)
+        case .msgpack: try CeleryMsgpack.encode(value)
         }
     }
 

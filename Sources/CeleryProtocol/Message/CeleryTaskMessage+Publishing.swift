@@ -3,8 +3,9 @@ import OrderedCollections
 extension CeleryTaskMessage {
     /// The protocol v2 envelope for this request: its headers and a `[args, kwargs, embed]` body serialized with
     /// ``contentType``, with `properties` as given (kombu's order: `correlation_id`, `reply_to`, `delivery_mode`,
-    /// `delivery_info`, `priority`, `body_encoding`, `delivery_tag`).
-    public func envelope(properties: CeleryObject) -> KombuEnvelope {
+    /// `delivery_info`, `priority`, `body_encoding`, `delivery_tag`). Fails where ``contentType`` cannot write the
+    /// body (an integer beyond 64 bits in msgpack).
+    public func envelope(properties: CeleryObject) throws(CeleryProtocolError) -> KombuEnvelope {
         var headers = self.headers
         if protocolVersion == 1 {
             // v1 requests are republished in v2, as Python's worker (task_protocol 2) does.
@@ -14,7 +15,7 @@ extension CeleryTaskMessage {
         }
         let body: CeleryValue = [.array(args), .object(kwargs), embed.value]
         return KombuEnvelope(
-            body: contentType.encode(body), contentType: contentType.rawValue,
+            body: try contentType.encode(body), contentType: contentType.rawValue,
             contentEncoding: contentType.contentEncoding, headers: headers, properties: properties)
     }
 
@@ -25,7 +26,7 @@ extension CeleryTaskMessage {
     public func retryEnvelope(
         original: KombuEnvelope, eta: String, origin: String, ignoreResult: Bool, deliveryTag: String,
         compression: KombuCompression? = nil
-    ) -> KombuEnvelope {
+    ) throws(CeleryProtocolError) -> KombuEnvelope {
         var message = self
         message.headers["retries"] = .int(Int64(retries + 1))
         message.headers["eta"] = .string(eta)
@@ -45,6 +46,6 @@ extension CeleryTaskMessage {
         properties["priority"] = .int(Int64(info.priority))
         properties["body_encoding"] = "base64"
         properties["delivery_tag"] = .string(deliveryTag)
-        return message.envelope(properties: properties)
+        return try message.envelope(properties: properties)
     }
 }

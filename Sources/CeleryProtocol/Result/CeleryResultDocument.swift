@@ -101,18 +101,24 @@ public struct CeleryResultDocument: Sendable {
         return .object(fields)
     }
 
-    /// The bytes stored and published: JSON text, or raw msgpack.
-    public func encoded(as serializer: CeleryContentType) -> [UInt8] {
+    /// The bytes stored and published: JSON text, or raw msgpack. Fails where msgpack cannot write the document (an
+    /// integer beyond 64 bits), as Python's backend raises `EncodeError`; JSON writes every document.
+    public func encoded(as serializer: CeleryContentType) throws(CeleryProtocolError) -> [UInt8] {
         var output: [UInt8] = []
         output.reserveCapacity(256)
-        encode(as: serializer, into: &output)
+        try encode(as: serializer, into: &output)
         return output
     }
 
-    /// Appends ``encoded(as:)`` to `output`.
-    public func encode(as serializer: CeleryContentType, into output: inout [UInt8]) {
+    /// Whether `serializer` can write the document: JSON always, msgpack unless it holds an integer beyond 64 bits.
+    public func fits(_ serializer: CeleryContentType) -> Bool {
+        serializer == .json || (result.fitsMsgpack && children.fitsMsgpack && extended.values.allSatisfy(\.fitsMsgpack))
+    }
+
+    /// Appends ``encoded(as:)`` to `output` (nothing when it fails).
+    public func encode(as serializer: CeleryContentType, into output: inout [UInt8]) throws(CeleryProtocolError) {
         guard serializer == .json, extended.isEmpty else {
-            output.append(contentsOf: serializer.encode(value))
+            output.append(contentsOf: try serializer.encode(value))
             return
         }
         // The usual document, written straight out: the same bytes as encoding ``value``, without building it.

@@ -2,8 +2,8 @@ import OrderedCollections
 
 /// A dynamic value as Celery carries it in task arguments, keyword arguments and results.
 ///
-/// It round-trips everything Python's JSON and msgpack serializers send: `None`, booleans, integers over the whole
-/// signed and unsigned 64-bit range, floats (`1.0` stays a float), Unicode strings, byte strings (msgpack `bin`, or
+/// It round-trips everything Python's JSON and msgpack serializers send: `None`, booleans, integers (over the whole
+/// signed and unsigned 64-bit range, and beyond it in JSON), floats (`1.0` stays a float), Unicode strings, byte strings (msgpack `bin`, or
 /// kombu's tagged `bytes`/`base64` objects in JSON), lists and dicts. Dictionaries keep their key order, and an empty
 /// list stays a list while an empty dict stays a dict.
 public enum CeleryValue: Sendable, Hashable {
@@ -13,6 +13,8 @@ public enum CeleryValue: Sendable, Hashable {
     case int(Int64)
     /// An unsigned integer above `Int64.max`.
     case uint(UInt64)
+    /// An integer outside both 64-bit ranges (JSON only: msgpack has no form for it).
+    case bigInt(CeleryBigInt)
     case double(Double)
     case string(String)
     case bytes([UInt8])
@@ -42,13 +44,39 @@ extension CeleryValue {
         }
     }
 
-    /// The number as a `Double`, for integers and floats.
+    /// The number as a `Double`, for integers and floats (`nil` for an integer beyond `Double`'s range).
     public var doubleValue: Double? {
         switch self {
         case .int(let value): return Double(value)
         case .uint(let value): return Double(value)
+        case .bigInt(let value): return value.doubleValue
         case .double(let value): return value
         default: return nil
+        }
+    }
+
+    /// The integer Python's `int(text)` reads from decimal digits (an optional `-`, then digits without a leading
+    /// zero): ``int(_:)`` or ``uint(_:)`` within 64 bits, ``bigInt(_:)`` beyond; `nil` for other text, or for more
+    /// than ``CeleryBigInt/maximumDigits`` digits.
+    public init?(integerText text: String) {
+        if let value = Int64(text), text == String(value) {
+            self = .int(value)
+        } else if let value = UInt64(text), text == String(value) {
+            self = .uint(value)
+        } else if let value = CeleryBigInt(text) {
+            self = .bigInt(value)
+        } else {
+            return nil
+        }
+    }
+
+    /// Whether msgpack can carry the value: every integer in it fits 64 bits.
+    public var fitsMsgpack: Bool {
+        switch self {
+        case .bigInt: false
+        case .array(let elements): elements.allSatisfy(\.fitsMsgpack)
+        case .object(let entries): entries.values.allSatisfy(\.fitsMsgpack)
+        default: true
         }
     }
 

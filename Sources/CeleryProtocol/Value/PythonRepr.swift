@@ -30,6 +30,7 @@ public enum PythonRepr {
         case .bool(let flag): output += flag ? "True" : "False"
         case .int(let number): output += String(number)
         case .uint(let number): output += String(number)
+        case .bigInt(let number): output += number.description
         case .double(let number):
             if number.isNaN {
                 output += "nan"

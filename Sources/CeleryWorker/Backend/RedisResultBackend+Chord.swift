@@ -112,7 +112,10 @@ extension RedisResultBackend {
     public func chordPartReturn(
         groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
     ) async throws(CeleryWorkerError) -> ChordCompletion? {
-        let entry = storedForm(serializer.encode([1, .string(taskID), .string(state.rawValue), result]))
+        let entry = storedForm(
+            try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in
+                try serializer.encode([1, .string(taskID), .string(state.rawValue), result])
+            })
         let token = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let reply = try await client.evaluate(
             Self.chordPartReturnScript,
@@ -202,7 +205,7 @@ extension RedisResultBackend {
     }
 
     public func saveGroup(groupID: String, result: CeleryValue) async throws(CeleryWorkerError) {
-        let document = storedForm(serializer.encode(["result": result]))
+        let document = storedForm(try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in try serializer.encode(["result": result]) })
         try await client.send(RedisCommand("SET", arguments: [RedisArgument(groupKey(groupID)), RedisArgument(document)] + chordKeyExpiry))
     }
 

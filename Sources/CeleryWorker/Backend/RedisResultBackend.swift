@@ -74,9 +74,18 @@ public final class RedisResultBackend: ResultBackend {
     }
 
     /// Every document in one round trip: a script does Python's steps for each (`GET`; unless the stored state is
-    /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically.
+    /// SUCCESS, `SETEX` (or `SET`) and `PUBLISH`), atomically. A document the serializer cannot write (an integer
+    /// beyond 64 bits in msgpack) is left out, the others are stored, and then the error names it (kombu's
+    /// `EncodeError`).
     public func store(_ documents: [CeleryResultDocument]) async throws(CeleryWorkerError) {
         guard !documents.isEmpty else { return }
+        guard documents.allSatisfy({ $0.fits(serializer) }) else {
+            try await store(documents.filter { $0.fits(serializer) })
+            let left = documents.filter { !$0.fits(serializer) }.map(\.taskID)
+            throw CeleryWorkerError(
+                code: .encodeError,
+                message: "\(TraceEncodeError.integerOutOfRange): the results of \(left.joined(separator: ", ")) were not stored")
+        }
         let keyPrefix = self.keyPrefix
         try await withVerdicts(for: documents) { verdicts throws(CeleryWorkerError) in
             // Encoded on the connection's thread, where the write happens, not on the caller's.
@@ -94,9 +103,10 @@ public final class RedisResultBackend: ResultBackend {
     /// A document in the script's arguments, compressed when ``compression`` says so.
     private func appendDocument(_ document: CeleryResultDocument, to arguments: inout RESPArguments) {
         if let compression {
-            arguments.append(CeleryResultDocument.compressedStored(document.encoded(as: serializer), with: compression))
+            // `store` left out what the serializer cannot write: these cannot fail.
+            arguments.append(CeleryResultDocument.compressedStored((try? document.encoded(as: serializer)) ?? [], with: compression))
         } else {
-            arguments.append { document.encode(as: serializer, into: &$0) }
+            arguments.append { _ = try? document.encode(as: serializer, into: &$0) }
         }
     }
 

@@ -89,10 +89,10 @@ final class BeatPidbox: Sendable {
             let exchange = request["reply_to"]?["exchange"]?.stringValue,
             let routingKey = request["reply_to"]?["routing_key"]?.stringValue
         else { return }
-        let reply = WorkerRun.pidboxEnvelope(
-            [node: ["ok": "pong"]], serializer: serializer, headers: ["ticket": .string(ticket), "clock": 0],
-            exchange: exchange, routingKey: routingKey, deliveryMode: 1)
         do {
+            let reply = try WorkerRun.pidboxEnvelope(
+                [node: ["ok": "pong"]], serializer: serializer, headers: ["ticket": .string(ticket), "clock": 0],
+                exchange: exchange, routingKey: routingKey, deliveryMode: 1)
             let sealed = try client.messageSigning?.seal(reply) ?? reply
             try await WorkerRun.pushReply(
                 sealed.encoded(), exchange: exchange, routingKey: routingKey, prefix: client.broker.keyPrefix,

@@ -274,7 +274,7 @@ extension CelerySettings.Field {
             switch Self.tagName(node) {
             case .null: return .null
             case .bool: return node.bool.map(CeleryValue.bool)
-            case .int: return node.int.map { .int(Int64($0)) }
+            case .int: return node.int.map { .int(Int64($0)) } ?? CeleryValue(integerText: scalar.string)
             case .float: return node.float.map(CeleryValue.double)
             default: return .string(scalar.string)
             }

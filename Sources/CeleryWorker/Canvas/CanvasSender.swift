@@ -127,7 +127,7 @@ struct CanvasSender: Sendable {
         send.extraHeaders = options["headers"]?.objectValue ?? [:]
         send.priority = options["priority"]?.intValue ?? fallbackPriority
         guard let exchange else {
-            try await publish(send.envelope, queue, send.priority ?? 0)
+            try await publish(try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in try send.envelope }, queue, send.priority ?? 0)
             return [[.string(id), .null], .null]
         }
         send.exchange = exchange.name
@@ -140,7 +140,7 @@ struct CanvasSender: Sendable {
                 message: "no queue is bound to the \(exchange.topic ? "topic" : "direct") exchange '\(exchange.name)' for routing key "
                     + "'\(exchange.routingKey)': task \(signature.task)[\(id)] was not sent")
         }
-        let envelope = send.envelope
+        let envelope = try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in try send.envelope }
         for queue in queues { try await publish(envelope, queue, send.priority ?? 0) }
         return [[.string(id), .null], .null]
     }

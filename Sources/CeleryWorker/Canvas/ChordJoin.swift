@@ -48,7 +48,8 @@ extension ChordCompletion {
         return Self.taskIDs(in: nodes).filter { !recorded.contains($0) }
     }
 
-    private static func chordError(_ message: String) -> CeleryExceptionInfo {
+    /// Celery's `ChordError(message)`.
+    static func chordError(_ message: String) -> CeleryExceptionInfo {
         CeleryExceptionInfo(type: "ChordError", arguments: [.string(message)], module: "celery.exceptions")
     }
 

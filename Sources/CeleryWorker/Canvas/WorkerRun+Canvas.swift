@@ -4,9 +4,9 @@ import CeleryProtocol
 /// the rest of the chain and the errbacks after a failure, and the chord join of header parts.
 extension WorkerRun {
     /// Sends what this worker publishes on behalf of `job`: through the broker, retrying while Redis is unreachable,
-    /// with its message's serializer, at its priority with `task_inherit_parent_priority`.
+    /// in the worker's `task_serializer` (as a Python worker sends them, whatever serializer the task's message
+    /// came in), at its priority with `task_inherit_parent_priority`.
     func canvas(for job: PreparedJob) -> CanvasSender {
-        let message = job.message
         let broker = service.broker
         let backend = service.backend
         let configuration = self.configuration
@@ -41,7 +41,7 @@ extension WorkerRun {
                 try await backend?.saveGroup(groupID: groupID, result: result)
             },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
-            routes: configuration.taskRoutes, contentType: message.contentType, compression: configuration.taskCompression,
+            routes: configuration.taskRoutes, contentType: configuration.taskSerializer, compression: configuration.taskCompression,
             signaturesAreDecoded: true, isoformat: { configuration.isoformat(unixSeconds: $0) })
         sender.fallbackPriority = configuration.fallbackPriority(parent: job.deliveryInfo.priority)
         return sender
@@ -54,19 +54,20 @@ extension WorkerRun {
 
     /// After success, in Python's order and before the result is stored: the `link` callbacks (one alone; several
     /// as their groups first, then the others together as one new group), then the next chain step with the rest
-    /// of the chain. Returns the `children` of the result document.
+    /// of the chain. Returns the `children` of the result document, and the error if one could not be encoded (the
+    /// others are logged): Celery's trace then fails the task with kombu's `EncodeError`.
     /// Inlined: a task without callbacks or a chain costs no async call.
     @inline(__always)
-    func sendFollowUps(_ job: PreparedJob, result: CeleryValue) async -> CeleryValue {
-        guard job.message.hasCallbacksOrChain else { return [] }
+    func sendFollowUps(_ job: PreparedJob, result: CeleryValue) async -> (children: CeleryValue, encodeError: TraceEncodeError?) {
+        guard job.message.hasCallbacksOrChain else { return ([], nil) }
         return await sendCallbacksAndChain(job, result: result)
     }
 
-    private func sendCallbacksAndChain(_ job: PreparedJob, result: CeleryValue) async -> CeleryValue {
+    private func sendCallbacksAndChain(_ job: PreparedJob, result: CeleryValue) async -> (children: CeleryValue, encodeError: TraceEncodeError?) {
         let message = job.message
         let callbacks = Signature.list(message.embed.callbacks)
         let chain = Signature.list(message.embed.chain)
-        guard !callbacks.isEmpty || !chain.isEmpty else { return [] }
+        guard !callbacks.isEmpty || !chain.isEmpty else { return ([], nil) }
         let sender = canvas(for: job)
         var children: [CeleryValue] = []
         do {
@@ -86,10 +87,12 @@ extension WorkerRun {
                 options["chain"] = .array(chain.dropLast().map(\.value))
                 children.append(try await sender.apply(next, args: [result], options: options))
             }
+        } catch let error where error.code == .encodeError {
+            return (.array(children), TraceEncodeError(message: error.message))
         } catch {
             logger.error("Task \(job.displayName)[\(message.id)]: cannot send its callbacks or next chain step: \(error.message)")
         }
-        return .array(children)
+        return (.array(children), nil)
     }
 
     /// Python's `Task.replace`, after the task threw ``ReplaceTask``: sends the replacement (see there) and
@@ -251,31 +254,45 @@ extension WorkerRun {
             switch completion.join() {
             case .failed(let error):
                 logger.error("Chord '\(groupID)' raised: \(error.repr)")
-                let bodyID = body.options["task_id"]?.stringValue ?? CanvasSender.newID()
-                let failed = ErrbackCall(
-                    taskID: bodyID, taskName: body.task, taskArgs: body.args, taskKwargs: body.kwargs, exception: error, traceback: nil,
-                    logger: logger)
-                let children = await sendErrbacks(
-                    body.options["link_error"] ?? .null, failed: failed,
-                    options: ["parent_id": .string(bodyID), "root_id": .string(bodyID)], job: job)
-                await store(
-                    CeleryResultDocument(
-                        taskID: bodyID, status: .failure, result: error.value,
-                        traceback: "Traceback (most recent call last):\n  File \"<swift>\", line 0, in chord join\n\(error.tracebackLine)\n",
-                        children: .array(children.arrayValue ?? []),
-                        dateDone: dateDoneNow()))
-                try await backend.chordFailed(groupID: groupID)
+                try await failChord(job, groupID: groupID, body: body, error: error)
             case .results(let results):
                 guard try await backend.extendChordClaim(groupID: groupID, token: completion.token) else {
                     logger.warning("Chord callback for '\(groupID)' not published: dispatch claim is no longer owned by this worker")
                     return
                 }
-                try await canvas(for: job).apply(body, args: [results], options: lineage(message))
+                do {
+                    try await canvas(for: job).apply(body, args: [results], options: lineage(message))
+                } catch let error where error.code == .encodeError {
+                    // Celery's on_chord_part_return: a body its serializer cannot write fails the chord.
+                    let repr = "EncodeError(\(error.message))"
+                    logger.error("Chord callback for '\(groupID)' raised: \(repr)")
+                    try await failChord(job, groupID: groupID, body: body, error: ChordCompletion.chordError("Callback error: \(repr)"))
+                    return
+                }
                 try await backend.chordFinished(groupID: groupID, token: completion.token)
             }
         } catch {
             logger.error("Chord '\(groupID)' raised: \(error.message)")
         }
+    }
+
+    /// A failed chord, as Celery's `chord_error_from_stack`: the body's errbacks are sent and its `error` (a
+    /// `ChordError`) stored; the chord's keys go.
+    private func failChord(_ job: PreparedJob, groupID: String, body: Signature, error: CeleryExceptionInfo) async throws(CeleryWorkerError) {
+        let bodyID = body.options["task_id"]?.stringValue ?? CanvasSender.newID()
+        let failed = ErrbackCall(
+            taskID: bodyID, taskName: body.task, taskArgs: body.args, taskKwargs: body.kwargs, exception: error, traceback: nil,
+            logger: logger)
+        let children = await sendErrbacks(
+            body.options["link_error"] ?? .null, failed: failed,
+            options: ["parent_id": .string(bodyID), "root_id": .string(bodyID)], job: job)
+        await store(
+            CeleryResultDocument(
+                taskID: bodyID, status: .failure, result: error.value,
+                traceback: "Traceback (most recent call last):\n  File \"<swift>\", line 0, in chord join\n\(error.tracebackLine)\n",
+                children: .array(children.arrayValue ?? []),
+                dateDone: dateDoneNow()))
+        try await service.backend?.chordFailed(groupID: groupID)
     }
 
     /// Calls the new-style errbacks among `signatures`; returns the others, to send.

@@ -71,7 +71,7 @@ struct PidboxBroadcast {
 
     /// Publishes `request` to every topic; returns how many listeners heard it.
     private func publish(_ request: CeleryValue, clock: Int, timeout: Double) async throws(CeleryWorkerError) -> Int {
-        let envelope = WorkerRun.pidboxEnvelope(
+        let envelope = try WorkerRun.pidboxEnvelope(
             request, serializer: .json,
             headers: ["clock": .int(Int64(clock)), "expires": timeout > 0 ? .double(WallClock.now() + timeout) : 0],
             exchange: "\(controlExchange).pidbox", routingKey: "", deliveryMode: 2)

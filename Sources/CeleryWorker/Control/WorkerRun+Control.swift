@@ -175,9 +175,10 @@ extension WorkerRun {
     static func pidboxEnvelope(
         _ body: CeleryValue, serializer: CeleryContentType, headers: CeleryObject, exchange: String, routingKey: String,
         deliveryMode: Int64
-    ) -> KombuEnvelope {
+    ) throws(CeleryWorkerError) -> KombuEnvelope {
         KombuEnvelope(
-            body: serializer.encode(body), contentType: serializer.rawValue, contentEncoding: serializer.contentEncoding,
+            body: try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in try serializer.encode(body) },
+            contentType: serializer.rawValue, contentEncoding: serializer.contentEncoding,
             headers: headers,
             properties: [
                 "delivery_mode": .int(deliveryMode),
@@ -235,11 +236,11 @@ extension WorkerRun {
         guard let ticket = request["ticket"]?.stringValue, let exchange = request["reply_to"]?["exchange"]?.stringValue,
             let routingKey = request["reply_to"]?["routing_key"]?.stringValue
         else { return }
-        let answer = Self.pidboxEnvelope(
-            [configuration.nodeName: reply], serializer: serializer,
-            headers: ["ticket": .string(ticket), "clock": .int(Int64(service.events?.currentClock ?? 0))],
-            exchange: exchange, routingKey: routingKey, deliveryMode: 1)
         do {
+            let answer = try Self.pidboxEnvelope(
+                [configuration.nodeName: reply], serializer: serializer,
+                headers: ["ticket": .string(ticket), "clock": .int(Int64(service.events?.currentClock ?? 0))],
+                exchange: exchange, routingKey: routingKey, deliveryMode: 1)
             try await Self.pushReply(
                 configuration.sealed(answer).encoded(), exchange: exchange, routingKey: routingKey,
                 prefix: configuration.brokerKeyPrefix, transport: configuration.brokerTransport, via: replies)

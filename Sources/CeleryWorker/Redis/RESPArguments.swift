@@ -56,15 +56,21 @@ struct RESPArguments: Sendable {
         count += 1
     }
 
-    /// One argument that `write` produces (appending to the array it is given, which starts empty).
-    mutating func append(writing write: (inout [UInt8]) -> Void) {
+    /// One argument that `write` produces (appending to the array it is given, which starts empty); none when it
+    /// fails.
+    mutating func append<Failure: Error>(writing write: (inout [UInt8]) throws(Failure) -> Void) throws(Failure) {
         // Taken out while written and appended: `append` changes `self`, which must not hold it meanwhile.
         var written = scratch
         scratch = []
         written.removeAll(keepingCapacity: true)
         // Room for a task's result document at first: grown from nothing, it was reallocated five times.
         if written.capacity == 0 { written.reserveCapacity(512) }
-        write(&written)
+        do {
+            try write(&written)
+        } catch {
+            scratch = written
+            throw error
+        }
         written.withUnsafeBytes { append($0) }
         scratch = written
     }

@@ -53,13 +53,16 @@ public struct PythonException: PythonConvertibleError, Sendable, CustomStringCon
 
 extension CeleryExceptionInfo {
     /// How a Swift error is stored: its own Python class if it names one, else its Swift type name in module
-    /// `swift` with its description as the message. Argument conversion errors become Python's `TypeError`.
+    /// `swift` with its description as the message. Argument conversion errors become Python's `TypeError`, a value
+    /// the serializer cannot write kombu's `EncodeError`.
     public init(error: any Error) {
         switch error {
         case let convertible as any PythonConvertibleError:
             self = convertible.pythonException
         case let conversion as CeleryValueConversionError:
             self.init(type: "TypeError", arguments: [.string(conversion.description)], module: "builtins")
+        case let failure as CeleryWorkerError where failure.code == .encodeError:
+            self.init(type: "EncodeError", arguments: [.string(failure.message)], module: "kombu.exceptions")
         default:
             self.init(
                 type: String(describing: Swift.type(of: error)), arguments: [.string(String(describing: error))],

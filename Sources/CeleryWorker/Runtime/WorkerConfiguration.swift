@@ -175,8 +175,9 @@ public struct WorkerConfiguration: Sendable {
     /// `task_routes`: where the tasks the worker sends (callbacks, chain steps, chord bodies, `context.send`) go by
     /// name, unless they carry a queue. Default: none.
     public var taskRoutes = TaskRoutes()
-    /// The serializer of messages the worker's client sends for tasks (`task_serializer`). Callbacks and chain
-    /// steps use the serializer of the message that carried them. Default JSON.
+    /// The serializer of the task messages the worker sends (`task_serializer`): callbacks, chain steps, chord
+    /// bodies, retries and its client's, whatever serializer the task's own message came in, as in Python. Default
+    /// JSON.
     public var taskSerializer: CeleryContentType
     /// How the bodies of task messages the worker sends (callbacks, chain steps, chord bodies, retries) and its
     /// client's are compressed (`task_compression`). Default `nil`: not at all, as in Celery.

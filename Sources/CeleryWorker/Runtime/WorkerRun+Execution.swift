@@ -439,6 +439,19 @@ extension WorkerRun {
         if case .failure(let replacement as ReplaceTask) = outcome {
             outcome = await replace(job, with: replacement.signature)
         }
+        // After success, Celery's trace sends the callbacks and the chain's next step, then stores the result; a
+        // message or result its serializer cannot write (an integer beyond 64 bits in msgpack) raises kombu's
+        // EncodeError there, and the task fails with it.
+        var children: CeleryValue = []
+        if case .success(let value) = outcome {
+            let followUps = await sendFollowUps(job, result: value)
+            children = followUps.children
+            if let failure = followUps.encodeError {
+                outcome = .failure(failure)
+            } else if storesResults, configuration.resultSerializer == .msgpack, !value.fitsMsgpack {
+                outcome = .failure(TraceEncodeError(message: TraceEncodeError.integerOutOfRange))
+            }
+        }
         switch outcome {
         case .failure(let rejection as RejectTask):
             outcomeLogger.info("Task \(job.displayName)[\(message.id)] rejected: \(rejection.pythonException.repr)")
@@ -466,7 +479,6 @@ extension WorkerRun {
             outcomeLogger.info("Task \(job.displayName)[\(message.id)] ignored")
             if sendsTaskSignals { await postrun(TaskState("IGNORED"), CeleryExceptionInfo(error: ignore).value) }
         case .success(let value):
-            let children = await sendFollowUps(job, result: value)
             if storesResults {
                 let stored = document(message, queue: queue, status: .success, result: value, ready: true, children: children)
                 if !message.isChordPart {
@@ -521,7 +533,7 @@ extension WorkerRun {
             }
             let steps = failedChainSteps(message, exception: exception, traceback: traceback)
             if storesErrors(job) {
-                let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback)
+                let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback, children: children)
                 await settler.store(own, following: steps)
             } else {
                 await store(steps)
@@ -599,7 +611,7 @@ extension WorkerRun {
     /// The retry a failure asks for: an explicit ``RetryTask``, or an error the task's `autoretry` accepts. Errors
     /// from a pool child were already matched against `autoretry` there.
     private func retryRequest(for error: any Error, job: PreparedJob) -> RetryTask? {
-        if error is RemoteTaskError { return nil }
+        if error is RemoteTaskError || error is TraceEncodeError { return nil }
         if error is WorkerLostError {
             // Never an autoretry (Python's runs in the child, which is gone); Celery 5.7's retry_on_worker_lost:
             // default_retry_delay and max_retries, and the loss itself once they run out.
@@ -632,11 +644,16 @@ extension WorkerRun {
         guard case .success(let original) = job.delivery.envelope else { return .failure(retry.cause ?? retry) }
         let delay = retry.countdown ?? (retry.eta == nil ? job.task.options.defaultRetryDelay : nil)
         let eta = retry.eta ?? WallClock.now() + (delay ?? 0)
-        let envelope = message.retryEnvelope(
-            original: original, eta: CeleryTimestamp.isoformat(unixSeconds: eta),
-            origin: "gen\(Host.pid)@\(Host.name)", ignoreResult: ignoresResult(job),
-            deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
         do {
+            // In the worker's task_serializer, as Python's `Task.retry` sends it, whatever the message came in.
+            var resent = message
+            resent.contentType = configuration.taskSerializer
+            let envelope = try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in
+                try resent.retryEnvelope(
+                    original: original, eta: CeleryTimestamp.isoformat(unixSeconds: eta),
+                    origin: "gen\(Host.pid)@\(Host.name)", ignoreResult: ignoresResult(job),
+                    deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
+            }
             try await signals.publishing(envelope, queue: queue, logger: logger) { envelope throws(CeleryWorkerError) in
                 try await service.broker.publish(configuration.sealed(envelope).encoded(), queue: queue, priority: original.deliveryInfo.priority)
                 if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
@@ -718,9 +735,9 @@ extension WorkerRun {
     }
 
     func failureDocument(
-        _ message: CeleryTaskMessage, queue: String, exception: CeleryExceptionInfo, traceback: String?
+        _ message: CeleryTaskMessage, queue: String, exception: CeleryExceptionInfo, traceback: String?, children: CeleryValue = []
     ) -> CeleryResultDocument {
-        var document = document(message, queue: queue, status: .failure, result: exception.value, ready: true)
+        var document = document(message, queue: queue, status: .failure, result: exception.value, ready: true, children: children)
         document.traceback = traceback
         return document
     }
@@ -775,5 +792,19 @@ extension WorkerRun: TaskStateReporter {
     /// A state a running task reports: stored as its own document (not ready, so no `date_done`).
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
         await store(document(request.message, queue: request.deliveryInfo.routingKey, status: state, result: meta, ready: false))
+    }
+}
+
+/// kombu's `EncodeError` after a task succeeded: its result, or a callback or chain step sent with it, holds what the
+/// serializer cannot write (an integer beyond 64 bits in msgpack). Celery's trace fails the task with it, as
+/// `on_error` does: never an autoretry. `message` is the wrapped error as Celery stores it.
+struct TraceEncodeError: PythonConvertibleError {
+    /// msgpack's error for an integer beyond 64 bits, as Celery stores it.
+    static let integerOutOfRange = "OverflowError('Integer value out of range')"
+
+    let message: String
+
+    var pythonException: CeleryExceptionInfo {
+        CeleryExceptionInfo(type: "EncodeError", arguments: [.string(message)], module: "kombu.exceptions")
     }
 }
