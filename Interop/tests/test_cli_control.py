@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import celery
+import pytest
 
 from conftest import WORKER_BINARY, answering, eventually
 
@@ -177,3 +178,19 @@ def test_celerys_global_options_before_the_command(start_worker, make_app, redis
                           (["--workdir", str(tmp_path / "missing"), "status"], "Invalid value for '--workdir'")]:
         run = subprocess.run([str(WORKER_BINARY), *args], capture_output=True, text=True, timeout=30)
         assert run.returncode == 64 and message in run.stderr, run
+
+
+@pytest.mark.parametrize("command", [["call", "tasks.add"], ["status"], ["inspect", "ping"], ["control", "shutdown"],
+                                     ["purge", "-f"], ["result", "some-id"], ["events", "--dump"]])
+@pytest.mark.parametrize("args, message", [
+    (["--config", "/no/such/settings.yaml"], "Error: cannot read config file /no/such/settings.yaml"),
+    (["-b", "bogus://x"], "Error: invalid Redis URL 'bogus://x': scheme 'bogus' is not redis://"),
+])
+def test_a_client_commands_bad_settings_are_shown_with_its_own_usage(command, args, message):
+    """What the client reads as it starts (its config file, the broker's URL) is a usage error of that command: its
+    words, the command's usage (not the root command's) and exit status 64, as the worker and beat show theirs."""
+    run = subprocess.run([str(WORKER_BINARY), *command, *args], capture_output=True, text=True, timeout=30)
+    lines = run.stderr.splitlines()
+    assert run.returncode == 64 and lines[0].startswith(message), run
+    assert lines[1].startswith(f"Usage: swift-celery-worker {command[0]} "), run
+    assert lines[2] == f"  See 'swift-celery-worker {command[0]} --help' for more information.", run

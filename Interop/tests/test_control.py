@@ -172,6 +172,7 @@ def test_registered_items_report_terminate_and_the_dump_aliases(start_worker, st
     labels = [line[:12] for line in mine.splitlines()[:8]]
     assert labels == [line[:12] for line in python.splitlines()[:8]]
     assert mine.splitlines()[7] == "" and ": " in mine.splitlines()[8]
+    assert mine.splitlines()[6] == python.splitlines()[6]  # settings -> transport:redis results:<the setting>
 
     running = app.tasks["tasks.sleep"].delay(10)
     assert eventually(lambda: [t["id"] for t in inspect.active().get(node, [])] == [running.id])

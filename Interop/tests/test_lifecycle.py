@@ -190,6 +190,26 @@ def test_banner_masks_the_password(tmp_path, redis_urls):
         worker.stop(signal.SIGKILL)
 
 
+def test_banner_shows_the_result_backend_as_celery_does(tmp_path, redis_urls):
+    """Celery's banner shows `result_backend` as written, through kombu's `maybe_sanitize_url` (its
+    `backend.as_uri()`): no port or database added, the query dropped, the host in lower case."""
+    from celery import Celery
+
+    from conftest import WorkerProcess
+
+    port = redis_urls["server"].port
+    for index, setting in enumerate([f"redis://127.0.0.1:{port}", f"redis://:@127.0.0.1:{port}/0?socket_timeout=5",
+                                     f"redis://LOCALHOST:{port}/1"]):
+        expected = Celery(broker=redis_urls["broker"], backend=setting, set_as_current=False).backend.as_uri()
+        worker = WorkerProcess(["--broker", redis_urls["broker"], "--result-backend", setting, "-n", f"shown{index}@%h"],
+                               tmp_path / f"w{index}.log")
+        try:
+            worker.wait_ready()
+        finally:
+            worker.stop()
+        assert f".> results:     {expected}\n" in worker.stdout, (setting, expected, worker.stdout)
+
+
 def test_environment_supplies_broker_and_backend(redis_urls, tmp_path, make_app):
     from conftest import WorkerProcess
 

@@ -103,9 +103,9 @@ final class EventDumpService: Service, Sendable {
                         continue
                     }
                     failures += 1
-                    let seconds = min(2 * failures, 30)
+                    let seconds = BrokerConnectionRetry.delay(afterFailedAttempt: failures)
                     Self.say(
-                        "-> Cannot connect to \(self.receiver.client.brokerURL.brokerDisplay): \(error.message).\nTrying again in \(seconds).00 seconds\n"
+                        "-> Cannot connect to \(self.receiver.client.brokerURL.brokerDisplay): \(error.message).\nTrying again in \(CeleryWorkerService.format(seconds: seconds)) seconds\n"
                     )
                     do {
                         try await Task.sleep(for: .seconds(seconds))

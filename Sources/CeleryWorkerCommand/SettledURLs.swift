@@ -7,12 +7,15 @@ import CeleryWorker
 struct SettledURLs {
     var broker: RedisURL
     var backend: RedisURL?
+    /// The backend's setting as written, a URL (`nil` for none, or for Celery's `redis` alias).
+    var backendSetting: String?
     /// kombu's and Celery's TLS warnings, to print at start.
     var warnings: [String] = []
 
     init(broker brokerFlag: String?, backend backendFlag: String?, file: CelerySettings, environment: [String: String]) throws {
         let brokerText = try Self.brokerText(flag: brokerFlag, file: file, environment: environment)
         var backendText = [backendFlag, environment["CELERY_RESULT_BACKEND"], file.resultBackend].compactMap { $0 }.first { !$0.isEmpty }
+        backendSetting = backendText == "redis" ? nil : backendText
         if backendText == "redis" {
             // Celery's backend alias: the address is all in `redis_*`, `redis_db` included.
             backendText = RedisURL.completing("redis://", with: file.backendParts)

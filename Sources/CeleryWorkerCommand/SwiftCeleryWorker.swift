@@ -78,7 +78,19 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
             if let daemon = command as? any DaemonCommand, !CeleryWorkerService.isPoolChild {
                 try daemon.daemonPlan().carryOut()
             }
-            try await run(command)
+            let subcommand = type(of: command)
+            do {
+                try await run(command)
+            } catch let error as ValidationError {
+                // Found as the command ran (a config file or URL the client reads then): shown with the command's
+                // usage, as ArgumentParser shows what `validate()` finds, not with the root command's.
+                let name = subcommand.configuration.commandName ?? ""
+                FileHandle.standardError.write(
+                    Data(
+                        "Error: \(error.message)\nUsage: \(usageString(for: subcommand))\n  See '\(configuration.commandName ?? "") \(name) --help' for more information.\n"
+                            .utf8))
+                exit(withError: ExitCode(64))
+            }
         } catch let failure as RemoteControlFailure {
             // Celery's CeleryCommandException: its message, and EX_UNAVAILABLE.
             FileHandle.standardError.write(Data("Error: \(failure.message)\n".utf8))
@@ -420,6 +432,7 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
             brokerKeyPrefix: file.brokerKeyPrefix ?? "",
             resultKeyPrefix: WorkerConfiguration.resultKeyPrefix(normalizing: file.resultKeyPrefix ?? "")
         )
+        configuration.resultBackendSetting = urls.backendSetting
         do {
             configuration.messageSigning = try MessageSigning(settings: file.security)
         } catch {

@@ -672,6 +672,37 @@ struct RedisResultBackendTests {
         #expect(try CeleryMsgpack.decode(stored)["result"] == .bytes([0, 1]))
     }
 
+    @Test("msgpack cannot write an integer beyond 64 bits: store keeps the others and names it, settle writes nothing")
+    func unwritableInMsgpack() async throws {
+        let client = try await TestRedis.client(database: 11)
+        let backend = RedisResultBackend(client: client, serializer: .msgpack, expires: 600)
+        let big = CeleryValue.bigInt(try #require(CeleryBigInt("18446744073709551616")))
+        let fits = CeleryResultDocument(taskID: "fits", status: .success, result: 1)
+        let result = CeleryResultDocument(taskID: "big-result", status: .success, result: [big])
+        let arguments = CeleryResultDocument(taskID: "big-args", status: .failure, result: nil, extended: ["args": [big]])
+        let keys = ["fits", "big-result", "big-args"].map { RedisArgument("celery-task-meta-\($0)") }
+        try await client.send(RedisCommand("DEL", arguments: keys))
+        #expect(!result.fits(.msgpack) && !arguments.fits(.msgpack) && result.fits(.json) && fits.fits(.msgpack))
+        let error = await #expect(throws: CeleryWorkerError.self) { try await backend.store([result, fits, arguments]) }
+        #expect(error?.code == .encodeError)
+        #expect(error?.message == "OverflowError('Integer value out of range'): msgpack cannot write the result of big-result, big-args")
+        #expect(try await client.send(RedisCommand("EXISTS", arguments: keys)) == .integer(1))
+        let stored = try #require(try await client.send(RedisCommand("GET", "celery-task-meta-fits")).bytes)
+        #expect(try CeleryMsgpack.decode(stored)["result"] == 1)
+
+        // One script for acknowledgements and results: nothing done, so that the caller writes them apart.
+        let broker = RedisBroker(blocking: RedisClient(url: client.url), commands: client)
+        try await client.send(RedisCommand("DEL", "celery", "unacked", "unacked_index"))
+        try await client.send(RedisCommand("LPUSH", "celery", RedisArgument(try fixture("v2-json-add.message.json"))))
+        let tags = try await broker.fetch(queues: ["celery"], limit: 1).compactMap(\.deliveryTag)
+        #expect(tags.count == 1)
+        let settled = await #expect(throws: CeleryWorkerError.self) {
+            try await backend.settle(earlyAcks: tags, documents: [fits, result], lateAcks: [], broker: broker)
+        }
+        #expect(settled?.code == .encodeError)
+        #expect(try await client.send(RedisCommand("HLEN", "unacked")) == .integer(1))
+    }
+
     @Test("a chord's size and saved header expire with results (never when results never do); the join reads them")
     func chordKeys() async throws {
         let client = try await TestRedis.client(database: 4)

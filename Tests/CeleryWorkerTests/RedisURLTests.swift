@@ -287,6 +287,27 @@ struct RedisURLTests {
             try RedisURL(parsing: "sentinel://a:26379/1;sentinel://b:26380/1").brokerDisplay == "sentinel://:**@a:26379/1")
     }
 
+    @Test("the result backend's setting as Celery's banner shows it: kombu 5.7's maybe_sanitize_url of the text as written")
+    func backendSettingShown() {
+        // Each pair is what Celery 5.7's `backend.as_uri()` (kombu 5.7's `maybe_sanitize_url`) gave for the text.
+        let shown: [(String, String)] = [
+            ("redis://localhost", "redis://localhost/"), ("redis://:pw@localhost:6379/1?foo=bar", "redis://:**@localhost:6379/1"),
+            ("redis://localhost/", "redis://localhost/"), ("redis://127.0.0.1:6399/1", "redis://127.0.0.1:6399/1"),
+            ("redis://user:pw@h/2", "redis://user:**@h/2"), ("rediss://h:6380/0?ssl_cert_reqs=required", "rediss://h:6380/0"),
+            ("unix:///tmp/r.sock?db=2", "unix:///tmp/r.sock"), ("REDIS://User:P%40ss@HOST.example:0/3#frag", "redis://User:**@host.example/3"),
+            ("redis://", "redis://"), ("redis://[::1]:6379/0", "redis://%3A%3A1:6379/0"), ("redis://us%20er@h:6379", "redis://us%20er@h:6379/"),
+            ("redis+socket:///tmp/x.sock?virtual_host=1", "redis+socket:///tmp/x.sock"), ("redis://h:/4", "redis://h/4"),
+            ("redis://:@h/5", "redis://h/5"), ("sentinel://:pw@h1:26379/0", "sentinel://:**@h1:26379/0"), ("redis", "redis"),
+        ]
+        for (text, expected) in shown {
+            #expect(RedisURL.sanitized(text) == expected, "\(text)")
+        }
+        // Where kombu's parse raises, the worker shows the URL it reads instead.
+        for text in ["sentinel://h1:26379;sentinel://h2:26379/0", "redis://h:port/0", "redis://h:70000/0"] {
+            #expect(RedisURL.sanitized(text) == nil, "\(text)")
+        }
+    }
+
     @Test("a failed connect is worded as redis-py words it")
     func connectErrors() {
         #expect(

@@ -81,10 +81,7 @@ public final class RedisResultBackend: ResultBackend {
         guard !documents.isEmpty else { return }
         guard documents.allSatisfy({ $0.fits(serializer) }) else {
             try await store(documents.filter { $0.fits(serializer) })
-            let left = documents.filter { !$0.fits(serializer) }.map(\.taskID)
-            throw CeleryWorkerError(
-                code: .encodeError,
-                message: "\(TraceEncodeError.integerOutOfRange): the results of \(left.joined(separator: ", ")) were not stored")
+            throw unwritable(documents)
         }
         let keyPrefix = self.keyPrefix
         try await withVerdicts(for: documents) { verdicts throws(CeleryWorkerError) in
@@ -100,10 +97,18 @@ public final class RedisResultBackend: ResultBackend {
         }
     }
 
+    /// kombu's `EncodeError` for the documents of `documents` that the serializer cannot write.
+    private func unwritable(_ documents: [CeleryResultDocument]) -> CeleryWorkerError {
+        let left = documents.filter { !$0.fits(serializer) }.map(\.taskID)
+        return CeleryWorkerError(
+            code: .encodeError,
+            message: "\(TraceEncodeError.integerOutOfRange): \(serializer.serializerName) cannot write the result of \(left.joined(separator: ", "))")
+    }
+
     /// A document in the script's arguments, compressed when ``compression`` says so.
     private func appendDocument(_ document: CeleryResultDocument, to arguments: inout RESPArguments) {
         if let compression {
-            // `store` left out what the serializer cannot write: these cannot fail.
+            // `store` and `settle` leave out what the serializer cannot write: these cannot fail.
             arguments.append(CeleryResultDocument.compressedStored((try? document.encoded(as: serializer)) ?? [], with: compression))
         } else {
             arguments.append { _ = try? document.encode(as: serializer, into: &$0) }
@@ -285,10 +290,13 @@ public final class RedisResultBackend: ResultBackend {
 
     /// Writes a settler batch in one round trip and one atomic script, in its order: acknowledges `earlyAcks`,
     /// stores `documents` (as ``store(_:)`` does), then acknowledges `lateAcks`. An acknowledgement is kombu's,
-    /// in the broker's database: `ZREM unacked_index` and `HDEL unacked` by delivery tag.
+    /// in the broker's database: `ZREM unacked_index` and `HDEL unacked` by delivery tag. A batch with a document
+    /// the serializer cannot write does nothing and fails with ``CeleryWorkerError/Code/encodeError``: the caller
+    /// then writes it apart, where ``store(_:)`` leaves that document out.
     func settle(
         earlyAcks: [String], documents: [CeleryResultDocument], lateAcks: [String], broker: RedisBroker
     ) async throws(CeleryWorkerError) {
+        guard documents.allSatisfy({ $0.fits(serializer) }) else { throw unwritable(documents) }
         try await withVerdicts(for: documents) { verdicts throws(CeleryWorkerError) in
             // Encoded on the connection's thread, where the write happens, straight in Redis's protocol.
             try await client.evaluate(Self.settleScript, keyCount: 2 + documents.count) { [self] in

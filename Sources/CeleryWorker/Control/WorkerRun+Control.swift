@@ -577,7 +577,7 @@ extension WorkerRun {
             platform -> system:\(host.system) arch:\(host.machine)
                         kernel version:\(host.release) imp:Swift
             loader   -> swift-celery-worker
-            settings -> transport:redis results:\(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")
+            settings -> transport:redis results:\(configuration.resultBackendURL == nil ? "disabled" : configuration.resultBackendShown)
 
             \(settings.joined(separator: "\n"))
 

@@ -208,6 +208,83 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// A result backend's setting as Celery shows it (the banner's `results:` line, Celery's `backend.as_uri()`, and
+    /// `report`): kombu's `maybe_sanitize_url` of the text as written, which parses it with HTTP's rules and writes
+    /// it again, the password masked (`**`), the query left out, a port and a database only where the text has them
+    /// (`redis://localhost` is `redis://localhost/`). Text without `://` is shown as it is; `nil` where kombu's parse
+    /// fails (several Sentinels, a port that is not a number).
+    public static func sanitized(_ text: String) -> String? {
+        guard let separator = text.range(of: "://") else { return text }
+        let scheme = text[..<separator.lowerBound].lowercased()
+        var rest = Substring(text[separator.upperBound...])
+        // Python's urlsplit: the authority ends at the first `/`, `?` or `#`; the path at `?` or `#`.
+        let authorityEnd = rest.firstIndex { "/?#".contains($0) } ?? rest.endIndex
+        let authority = rest[..<authorityEnd]
+        rest = rest[authorityEnd...]
+        var path = rest[..<(rest.firstIndex { "?#".contains($0) } ?? rest.endIndex)]
+        if path.first == "/" { path = path.dropFirst() }
+        let at = authority.lastIndex(of: "@")
+        let userInfo = at.map { authority[..<$0] }
+        let hostInfo = at.map { authority[authority.index(after: $0)...] } ?? authority
+        var user: Substring?
+        var password: Substring?
+        if let userInfo {
+            if let colon = userInfo.firstIndex(of: ":") {
+                user = userInfo[..<colon]
+                password = userInfo[userInfo.index(after: colon)...]
+            } else {
+                user = userInfo
+            }
+        }
+        var host: Substring
+        var port: Substring
+        if let open = hostInfo.firstIndex(of: "[") {
+            let bracketed = hostInfo[hostInfo.index(after: open)...]
+            let close = bracketed.firstIndex(of: "]") ?? bracketed.endIndex
+            host = bracketed[..<close]
+            let after = close < bracketed.endIndex ? bracketed[bracketed.index(after: close)...] : ""
+            port = after.firstIndex(of: ":").map { after[after.index(after: $0)...] } ?? ""
+        } else {
+            let colon = hostInfo.firstIndex(of: ":")
+            host = colon.map { hostInfo[..<$0] } ?? hostInfo
+            port = colon.map { hostInfo[hostInfo.index(after: $0)...] } ?? ""
+        }
+        var portNumber = 0
+        if !port.isEmpty {
+            guard port.allSatisfy({ $0.isASCII && $0.isNumber }), let number = Int(port), number <= 65_535 else { return nil }
+            portNumber = number
+        }
+        let (shownUser, shownPassword) = (user.map(percentDecoded) ?? "", password.map(percentDecoded) ?? "")
+        var shown = "\(scheme)://"
+        if !shownUser.isEmpty || !shownPassword.isEmpty {
+            shown += quoted(shownUser) + (shownPassword.isEmpty ? "" : ":**") + "@"
+        }
+        shown += quoted(percentDecoded(Substring(host.lowercased())))
+        if portNumber != 0 { shown += ":\(portNumber)" }
+        shown += "/" + percentDecoded(path)
+        // Celery's `as_uri` then drops the last `/` of a URL that is `scheme:///`.
+        return shown.hasSuffix(":///") ? String(shown.dropLast()) : shown
+    }
+
+    /// Python's `unquote`: `%XX` escapes decoded as UTF-8 (an invalid one kept as it is).
+    private static func percentDecoded(_ text: Substring) -> String {
+        String(text).removingPercentEncoding ?? String(text)
+    }
+
+    /// Python's `quote(text, safe='')`: every byte but ASCII letters, digits and `_.-~` as `%XX`.
+    private static func quoted(_ text: String) -> String {
+        var output = ""
+        for byte in text.utf8 {
+            let character = Character(Unicode.Scalar(byte))
+            if byte < 0x80, character.isLetter || character.isNumber || "_.-~".contains(character) {
+                output.append(character)
+            } else {
+                output += String(format: "%%%02X", byte)
+            }
+        }
+        return output
+    }
+
     /// A host as a URL writes it: an IPv6 address in brackets.
     private static func shown(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
 

@@ -38,7 +38,7 @@ public enum Banner {
                 "[config]",
                 ".> app:         swift-celery-worker",
                 ".> transport:   \(configuration.brokerURL.brokerDisplay)",
-                ".> results:     \(configuration.resultBackendURL.map { "\($0)" } ?? "disabled://")",
+                ".> results:     \(configuration.resultBackendShown)",
                 ".> concurrency: \(configuration.poolAutoscale.map { "{min=\($0.min), max=\($0.max)}" } ?? "\(configuration.concurrency)") (swift \(configuration.pool == .process ? "processes" : configuration.pool == .solo ? "solo" : "threads"))",
                 ".> task events: \(events)",
                 "",

@@ -48,6 +48,12 @@ public struct BrokerConnectionRetry: Sendable, Equatable {
             + "disabled (app.conf.\(setting)=False). Shutting down..."
     }
 
+    /// kombu's `ensure_connection` wait after the `attempt`-th failed attempt in a row (from 1): 2 seconds more after
+    /// each, at most 30.
+    public static func delay(afterFailedAttempt attempt: Int) -> Double {
+        Double(min(2 * attempt, 30))
+    }
+
     /// What follows the `attempt`-th failed attempt in a row (from 1) to connect, which failed with `error`.
     func step(afterFailedAttempt attempt: Int, startup: Bool, error: String) -> Step {
         guard retries(startup: startup) else { return .giveUp(reason: disabledReason(startup: startup)) }
@@ -55,7 +61,7 @@ public struct BrokerConnectionRetry: Sendable, Equatable {
             // kombu re-raises the connection error, and Celery's worker logs it and stops.
             return .giveUp(reason: "Unrecoverable error: OperationalError(\(PythonRepr.repr(.string(error))))")
         }
-        let seconds = Double(min(2 * attempt, 30))
+        let seconds = Self.delay(afterFailedAttempt: attempt)
         let limit = maxRetries.map(String.init) ?? "None"
         return .wait(seconds: seconds, note: "Trying again in \(CeleryWorkerService.format(seconds: seconds)) seconds... (\(attempt)/\(limit))")
     }

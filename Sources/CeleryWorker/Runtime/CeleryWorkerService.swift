@@ -262,7 +262,8 @@ public final class CeleryWorkerService: Service {
         return false
     }
 
-    static func format(seconds: Double) -> String {
+    /// Seconds as Celery's retry lines write them: two decimals (`2.00`).
+    public static func format(seconds: Double) -> String {
         let hundredths = Int((seconds * 100).rounded())
         let fraction = hundredths % 100
         return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"

@@ -8,6 +8,10 @@ public struct WorkerConfiguration: Sendable {
     public var brokerURL: RedisURL
     /// The result backend (`result_backend`). Default: none, results are not stored.
     public var resultBackendURL: RedisURL?
+    /// The result backend's setting as written (`--result-backend`, `CELERY_RESULT_BACKEND`, `result_backend`), which
+    /// the banner and `report` show as Celery shows it (``RedisURL/sanitized(_:)``). Default `nil`: they show
+    /// ``resultBackendURL``.
+    public var resultBackendSetting: String?
     /// Queues to consume, in order (`-Q`). Default `["celery"]`.
     public var queues: [String]
     /// Tasks run at once (`-c`). Default: the number of CPU cores.
@@ -455,5 +459,14 @@ extension WorkerConfiguration {
     /// A message about to be published, signed when ``messageSigning`` says so.
     func sealed(_ envelope: KombuEnvelope) throws(CeleryWorkerError) -> KombuEnvelope {
         try messageSigning?.seal(envelope) ?? envelope
+    }
+}
+
+extension WorkerConfiguration {
+    /// The result backend as Celery's banner shows it: the setting as written, sanitized as kombu does, else the URL
+    /// the worker reads (a setting kombu cannot parse, Celery's `redis` alias); `disabled://` without one.
+    var resultBackendShown: String {
+        guard let url = resultBackendURL else { return "disabled://" }
+        return resultBackendSetting.flatMap(RedisURL.sanitized) ?? url.description
     }
 }
