@@ -93,6 +93,12 @@ def whoami():
     return "python"
 
 
+@app.task(name="tasks.delegate")
+def delegate(name, args, queue):
+    """Starts another task on `queue` and returns its result, as the Swift demo task does."""
+    return app.send_task(name, args, queue=queue).get(timeout=60, disable_sync_subtasks=False)
+
+
 @app.task(name="tasks.fail")
 def fail(message):
     raise ValueError(message)

@@ -120,6 +120,30 @@ def test_a_swift_task_starts_a_python_task_and_returns_its_result(start_worker, 
     assert child["result"] == 42 and child["parent_id"] == result.id
 
 
+@pytest.mark.parametrize("kind", ["swift", "swift-process", "python"])
+def test_what_a_task_sends_is_among_its_results_children(start_worker, start_python_worker, make_app, kind):
+    """A task that sends another lists it in its result's `children`, before its callbacks, as Python's trail does:
+    `AsyncResult.children` finds both, from a Swift worker (its process pool's children relay them) or a Python one."""
+    start_worker("-Q", "helper", "-n", "helper@%h")
+    if kind == "python":
+        start_python_worker("-Q", "sender", "-n", "pysender@%h")
+    else:
+        start_worker("-Q", "sender", "-n", "sender@%h", *(["-P", "process", "-c", "1"] if kind == "swift-process" else []))
+    app = make_app()
+    after = app.signature("tasks.echo", args=["after"], queue="helper", immutable=True)
+    result = app.tasks["tasks.delegate"].apply_async(("tasks.mul", [6, 7], "helper"), queue="sender", link=after)
+    assert result.get(timeout=20) == 42
+    children = result.children
+    assert len(children) == 2, children
+    assert children[0].get(timeout=10) == 42
+    assert children[1].get(timeout=10) == {"args": ["after"], "kwargs": {}}
+    # A task that fails after it sent one lists it too.
+    failed = app.tasks["tasks.delegate"].apply_async(("tasks.fail", ["no"], "helper"), queue="sender")
+    with pytest.raises(ValueError):
+        failed.get(timeout=20)
+    assert [child.state for child in failed.children] == ["FAILURE"]
+
+
 def test_call_reads_the_workers_config_file(start_worker, broker_redis, redis_urls, tmp_path):
     """`call --config` takes the workers' settings file: the broker and backend from it (no flags), its
     task_serializer, and kombu's transport options, so a message with priority 7 waits in `cfgq:7` under

@@ -231,18 +231,19 @@ public final class CeleryClient: Sendable {
     public func apply(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject = [:]) async throws(CeleryWorkerError)
         -> AsyncResult
     {
-        try await apply(signature, args: args, options: options, fallbackPriority: nil)
+        try await send(signature, args: args, options: options, fallbackPriority: nil).result
     }
 
-    /// ``apply(_:args:options:)`` with a priority for tasks that name none (a running task's sends).
-    func apply(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject, fallbackPriority: Int?)
-        async throws(CeleryWorkerError) -> AsyncResult
+    /// ``apply(_:args:options:)`` with a priority for tasks that name none (a running task's sends); also returns
+    /// the node Celery lists in the sending task's `children` (see ``CanvasSender/apply(_:args:options:)``).
+    func send(_ signature: Signature, args: [CeleryValue] = [], options: CeleryObject, fallbackPriority: Int?)
+        async throws(CeleryWorkerError) -> (result: AsyncResult, node: CeleryValue)
     {
         let (frozen, id) = Self.freeze(signature)
         var sender = self.sender
         sender.fallbackPriority = fallbackPriority
-        try await sender.apply(frozen, args: args, options: options)
-        return result(id: id)
+        let node = try await sender.apply(frozen, args: args, options: options)
+        return (result(id: id), node)
     }
 
     /// Sends a group; the handles are its members' results, in order.

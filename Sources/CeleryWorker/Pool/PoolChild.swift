@@ -110,6 +110,18 @@ struct PoolChild {
 /// calls it.
 private struct ParentStates: TaskStateReporter {
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
-        _ = PoolFrames.write(["state": .string(state.rawValue), "meta": meta], to: PoolFrames.outcomeDescriptor)
+        write(["state": .string(state.rawValue), "meta": meta])
+    }
+
+    func recordChild(_ node: CeleryValue, for request: TaskRequest) {
+        write(["child": node])
+    }
+
+    /// One frame at a time: a body may report from several tasks of its own at once.
+    private func write(_ frame: CeleryValue) {
+        frameWriting.withLock { _ in _ = PoolFrames.write(frame, to: PoolFrames.outcomeDescriptor) }
     }
 }
+
+/// Held while the child writes a state or child frame, so that two never interleave.
+private let frameWriting = Mutex(())

@@ -10,7 +10,8 @@ import CeleryProtocol
 /// big-endian length and a JSON value. The worker writes on the child's fd 3 and reads its fd 4.
 ///
 /// Worker → child: `{"raw": <the kombu envelope, as received>}`. Child → worker: `{"ready": pid}` once at start,
-/// `{"state": name, "meta": value}` for each `updateState`, then one outcome for the job (see ``PoolOutcome``).
+/// `{"state": name, "meta": value}` for each `updateState`, `{"child": node}` for each task the body sends (its
+/// result's `children`), then one outcome for the job (see ``PoolOutcome``).
 enum PoolFrames {
     static let jobDescriptor: Int32 = 3
     static let outcomeDescriptor: Int32 = 4

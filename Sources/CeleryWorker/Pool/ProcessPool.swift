@@ -192,6 +192,10 @@ final class ProcessPool: Sendable {
                     try? await context.updateState(TaskState(state), meta: frame["meta"] ?? .null)
                     continue
                 }
+                if let node = frame["child"] {
+                    context.recordChild(node)
+                    continue
+                }
                 let outcome = PoolOutcome.result(of: frame)
                 keepOrRetire(child)
                 return outcome

@@ -309,6 +309,8 @@ final class WorkerRun: Sendable {
     let gaveUp = Mutex<String?>(nil)
     /// Tasks running now, by id (`inspect active`).
     let running = Mutex(RunningTasks())
+    /// What running tasks sent, by task id: the first `children` of their results (Python's `add_trail`).
+    let trails = Mutex([String: [CeleryValue]]())
     /// When this run started (`uptime` in stats).
     let startedAt = WallClock.now()
     /// This worker's oid: the `reply_to` of the messages it sends.

@@ -45,15 +45,19 @@ public struct TaskContext: Sendable {
         try await apply(Signature(task: task, args: args, kwargs: kwargs, options: options.signatureOptions))
     }
 
-    /// Sends a task, chain or chord signature on behalf of this task (see ``send(_:args:kwargs:options:)``).
+    /// Sends a task, chain or chord signature on behalf of this task (see ``send(_:args:kwargs:options:)``). What
+    /// it sends is listed in this task's result (`children`, before its callbacks), as Python's `add_trail` lists
+    /// what a task sends, so that Python's `AsyncResult.children` finds it.
     @discardableResult
     public func apply(_ signature: Signature) async throws -> AsyncResult {
         guard let client else {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "this worker has no client to send tasks with")
         }
-        return try await client.apply(
+        let (result, node) = try await client.send(
             signature, options: ["parent_id": .string(request.id), "root_id": .string(request.rootID ?? request.id)],
             fallbackPriority: fallbackPriority)
+        stateReporter.recordChild(node, for: request)
+        return result
     }
 
     /// Adds a task, chain or chord to the chord this task is a header part of, as Python's `self.add_to_chord(sig)`:
@@ -148,14 +152,22 @@ public struct TaskContext: Sendable {
     public func updateState(_ state: TaskState, meta: CeleryValue = .null) async throws {
         try await stateReporter.report(state, meta: meta, for: request)
     }
+
+    /// Records `node` among what this task sent (a process-pool child's send, relayed to the worker).
+    func recordChild(_ node: CeleryValue) {
+        stateReporter.recordChild(node, for: request)
+    }
 }
 
 /// Stores the states a running task reports (``TaskContext/updateState(_:meta:)``).
 protocol TaskStateReporter: Sendable {
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws
+    /// Records what the task sent (the node Celery lists in its `children`) for its result.
+    func recordChild(_ node: CeleryValue, for request: TaskRequest)
 }
 
-/// For a task whose results are not stored: its states are not either.
+/// For a task whose results are not stored: its states and children are not either.
 struct IgnoredStates: TaskStateReporter {
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {}
+    func recordChild(_ node: CeleryValue, for request: TaskRequest) {}
 }

@@ -408,6 +408,8 @@ extension WorkerRun {
         let storesResults = ending.storesResults
         let runtime = ending.runtime
         // As in Python's prefork pool, the child that ran the task logs its outcome: the line names it.
+        // What the body sent: its result's first children, before its callbacks, as Python's trail lists them.
+        var children = trails.withLock { $0.isEmpty ? [] : $0.removeValue(forKey: message.id) ?? [] }
         let outcomeLogger =
             ending.child.map { name in
                 var child = logger
@@ -442,10 +444,9 @@ extension WorkerRun {
         // After success, Celery's trace sends the callbacks and the chain's next step, then stores the result; a
         // message or result its serializer cannot write (an integer beyond 64 bits in msgpack) raises kombu's
         // EncodeError there, and the task fails with it.
-        var children: CeleryValue = []
         if case .success(let value) = outcome {
             let followUps = await sendFollowUps(job, result: value)
-            children = followUps.children
+            children += followUps.children.arrayValue ?? []
             if let failure = followUps.encodeError {
                 outcome = .failure(failure)
             } else if storesResults, configuration.resultSerializer == .msgpack, !value.fitsMsgpack {
@@ -480,7 +481,7 @@ extension WorkerRun {
             if sendsTaskSignals { await postrun(TaskState("IGNORED"), CeleryExceptionInfo(error: ignore).value) }
         case .success(let value):
             if storesResults {
-                let stored = document(message, queue: queue, status: .success, result: value, ready: true, children: children)
+                let stored = document(message, queue: queue, status: .success, result: value, ready: true, children: .array(children))
                 if !message.isChordPart {
                     settler.submit(document: stored)
                 } else {
@@ -533,7 +534,7 @@ extension WorkerRun {
             }
             let steps = failedChainSteps(message, exception: exception, traceback: traceback)
             if storesErrors(job) {
-                let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback, children: children)
+                let own = failureDocument(message, queue: queue, exception: exception, traceback: traceback, children: .array(children))
                 await settler.store(own, following: steps)
             } else {
                 await store(steps)
@@ -792,6 +793,11 @@ extension WorkerRun: TaskStateReporter {
     /// A state a running task reports: stored as its own document (not ready, so no `date_done`).
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
         await store(document(request.message, queue: request.deliveryInfo.routingKey, status: state, result: meta, ready: false))
+    }
+
+    /// What a running task sent, kept for its result's `children` until its job finishes.
+    func recordChild(_ node: CeleryValue, for request: TaskRequest) {
+        trails.withLock { $0[request.id, default: []].append(node) }
     }
 }
 
