@@ -93,6 +93,15 @@ def whoami():
     return "python"
 
 
+@app.task(name="tasks.send_then_retry", bind=True)
+def send_then_retry(self, name, args, queue):
+    """Sends a task to `queue` and retries itself once, 2 s later, as the Swift demo task does."""
+    app.send_task(name, args, queue=queue)
+    if self.request.retries < 1:
+        raise self.retry(countdown=2)
+    return self.request.retries
+
+
 @app.task(name="tasks.delegate")
 def delegate(name, args, queue):
     """Starts another task on `queue` and returns its result, as the Swift demo task does."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKER_BINARY
+from conftest import WORKER_BINARY, eventually
 
 
 def swift(redis_urls, *args, timeout=60, env=None):
@@ -142,6 +142,13 @@ def test_what_a_task_sends_is_among_its_results_children(start_worker, start_pyt
     with pytest.raises(ValueError):
         failed.get(timeout=20)
     assert [child.state for child in failed.children] == ["FAILURE"]
+    # A RETRY lists what the task sent, then the retry's own message.
+    retried = app.send_task("tasks.send_then_retry", ("tasks.mul", [2, 3], "helper"), queue="sender")
+    assert eventually(lambda: retried.state == "RETRY", timeout=10)
+    children = app.backend.get_task_meta(retried.id)["children"]
+    assert len(children) == 2 and children[1] == [[retried.id, None], None], children
+    assert app.AsyncResult(children[0][0][0]).get(timeout=10) == 6
+    assert retried.get(timeout=20) == 1
 
 
 def test_call_reads_the_workers_config_file(start_worker, broker_redis, redis_urls, tmp_path):

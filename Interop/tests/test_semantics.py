@@ -166,6 +166,30 @@ some_unknown_setting: 1
         worker.stop()
 
 
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_an_extended_result_holds_the_messages_stamps(start_configured, make_app, backend_redis, kind):
+    """`result_extended` with a stamped message: Celery 5.7 adds `stamped_headers` and each stamp after the request's
+    fields; an unstamped message's extended result has neither."""
+    start_configured(kind, {"result_extended": True})
+    app = make_app(result_extended=True)
+    stamped = app.signature("tasks.echo", (1,))
+    stamped.stamp(mid="abc", tags=["x", "y"])
+    for signature, stamps in ((stamped, {"stamped_headers": ["mid", "tags"], "mid": "abc", "tags": ["x", "y"]}),
+                              (app.signature("tasks.echo", (2,)), {})):
+        result = signature.apply_async()
+        result.get(timeout=10)
+        document = json.loads(backend_redis.get(f"celery-task-meta-{result.id}"))
+        keys = list(document)
+        assert keys[:5] == ["status", "result", "traceback", "children", "date_done"], keys
+        assert keys[-1] == "task_id", keys
+        extended = {key: document[key] for key in keys[keys.index("name"):-1]}
+        assert list(extended)[:6] == ["name", "args", "kwargs", "worker", "retries", "queue"], keys
+        shown = {key: extended[key] for key in list(extended)[6:]}
+        if "stamped_headers" in shown:
+            shown["stamped_headers"] = sorted(shown["stamped_headers"])  # the order stamp() lists them in
+        assert shown == stamps, (kind, document)
+
+
 def test_config_file_errors_name_the_key(tmp_path):
     import subprocess
 

@@ -90,6 +90,13 @@ enum DemoTasks {
             (context, name: String, args: [CeleryValue], queue: String) in
             try await context.send(name, args: args, options: TaskSendOptions(queue: queue)).get(timeout: .seconds(60))
         }
+        // Sends a task to `queue` and retries itself once, 2 s later: its RETRY lists both in `children`.
+        registry.register("tasks.send_then_retry", parameters: ["name", "args", "queue"]) {
+            (context, name: String, args: [CeleryValue], queue: String) -> Int in
+            try await context.send(name, args: args, options: TaskSendOptions(queue: queue))
+            if context.request.retries < 1 { throw context.retry(countdown: 2) }
+            return context.request.retries
+        }
         registry.register("tasks.mul", parameters: ["x", "y"]) { (_, x: Int, y: Int) in x * y }
         registry.register("tasks.tsum", parameters: ["numbers"]) { (_, numbers: [Int]) in numbers.reduce(0, +) }
         // Replaces itself (Python's `Task.replace`) with a task, chain, group or chord of tasks on `queue`.

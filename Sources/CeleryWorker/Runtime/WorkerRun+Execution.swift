@@ -505,7 +505,7 @@ extension WorkerRun {
         case .failure(let error):
             var failure = error
             if let request = retryRequest(for: error, job: job) {
-                switch await retry(job, request, logger: outcomeLogger) {
+                switch await retry(job, request, sent: children, logger: outcomeLogger) {
                 case .success(let reason):
                     if sendsTaskSignals {
                         await postrun(.retry, CeleryExceptionInfo(type: "Retry", arguments: [.string(reason)], module: "celery.exceptions").value)
@@ -629,7 +629,8 @@ extension WorkerRun {
     /// Python's `Task.retry`: republish the same id with `retries` + 1 and an ETA, then store RETRY and send
     /// `task_retry`. Returns the reason (`Retry in 5s`), or the error to fail with instead when retries are exhausted
     /// or the message cannot be republished.
-    private func retry(_ job: PreparedJob, _ retry: RetryTask, logger: Logger) async -> Result<String, any Error> {
+    /// `sent` is what the task sent as it ran, listed in the RETRY document before the retry's own message.
+    private func retry(_ job: PreparedJob, _ retry: RetryTask, sent: [CeleryValue], logger: Logger) async -> Result<String, any Error> {
         let message = job.message
         let queue = job.deliveryInfo.routingKey
         let maxRetries = retry.maxRetries ?? job.task.options.maxRetries
@@ -670,7 +671,7 @@ extension WorkerRun {
             var document = document(message, queue: queue, status: .retry, result: cause?.value ?? .null, ready: false)
             document.traceback =
                 "Traceback (most recent call last):\n  File \"<swift>\", line 0, in \(message.name)\ncelery.exceptions.Retry: \(reason)\n"
-            document.children = [[[.string(message.id), .null], .null]]
+            document.children = .array(sent + [[[.string(message.id), .null], .null]])
             await store(document)
         }
         if sendsTaskSignals, !signals.taskRetry.isEmpty {
@@ -722,6 +723,13 @@ extension WorkerRun {
             extended["worker"] = .string(configuration.nodeName)
             extended["retries"] = .int(Int64(message.retries))
             extended["queue"] = .string(queue)
+            // A stamped message's `stamped_headers`, then its stamps that they name, as Celery 5.7 extends it.
+            if let stamps = message.headers["stamps"]?.objectValue, !stamps.isEmpty {
+                let stamped = message.headers["stamped_headers"] ?? .null
+                extended["stamped_headers"] = stamped
+                let names = stamped.arrayValue?.compactMap(\.stringValue) ?? []
+                for (header, value) in stamps where names.contains(header) { extended[header] = value }
+            }
         }
         return CeleryResultDocument(
             taskID: message.id, status: status, result: result, traceback: nil, children: children,
