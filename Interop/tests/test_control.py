@@ -261,13 +261,24 @@ def test_time_limit_command(start_worker, make_app):
     assert unknown == [{node: {"error": "unknown task"}}]
 
 
-def test_inspect_conf(start_worker, make_app, redis_urls):
-    start_worker("-n", "conf@%h", "--acks-late", "--visibility-timeout", "120")
+def test_inspect_conf(start_worker, start_python_worker, make_app, redis_urls):
+    """`conf` as Celery 5.7 answers it; the broker and the backend with their passwords masked as its `conf` masks
+    them (side by side with a Python 5.7 worker given the same backend setting)."""
+    import celery
+
+    backend = redis_urls["backend"].replace("redis://", "redis://:s3cret@", 1) + "?socket_timeout=5"
+    start_worker("-n", "conf@%h", "--acks-late", "--visibility-timeout", "120", backend=backend)
     app = make_app()
-    conf = app.control.inspect(timeout=1, limit=1).conf()
-    node = next(iter(conf))
-    assert conf[node]["broker_url"] == redis_urls["broker"]
-    assert conf[node]["result_backend"] == redis_urls["backend"]
+    node = answering(app, "conf@")
+    conf = app.control.inspect(timeout=1, destination=[node]).conf()
+    masked = redis_urls["broker"].replace("redis://", "redis://:********@", 1)
+    assert conf[node]["broker_url"] == masked
+    assert conf[node]["result_backend"] == backend.replace(":s3cret@", ":********@")
+    if celery.VERSION >= (5, 7):
+        start_python_worker("-n", "pyconf@%h", env={"CELERY_RESULT_BACKEND": backend})
+        python = answering(app, "pyconf@")
+        theirs = app.control.inspect(timeout=2, destination=[python]).conf()[python]
+        assert (theirs["broker_url"], theirs["result_backend"]) == (conf[node]["broker_url"], conf[node]["result_backend"])
     assert conf[node]["task_acks_late"] is True
     assert conf[node]["broker_transport_options"] == {"visibility_timeout": 120}
     assert conf[node]["accept_content"] == ["json", "msgpack"]

@@ -308,6 +308,24 @@ struct RedisURLTests {
         }
     }
 
+    @Test("the broker and the backend's setting as Celery 5.7's conf reply shows them, every password masked")
+    func confShown() throws {
+        // Each pair is what Celery 5.7's `celery.app.utils.sanitize_url` gave for the text.
+        let shown: [(String, String)] = [
+            ("redis://:pw@127.0.0.1:6399/1?foo=bar", "redis://:********@127.0.0.1:6399/1?foo=bar"),
+            ("redis://user:pw@h/2", "redis://user:********@h/2"), ("redis://h:6379/0", "redis://h:6379/0"), ("redis", "redis"),
+            ("rediss://:p@ss@h:6380/0?ssl_cert_reqs=required", "rediss://:********@h:6380/0?ssl_cert_reqs=required"),
+            ("sentinel://:pw@h1:26379;sentinel://:pw@h2:26379/0", "sentinel://:********@h1:26379;sentinel://:********@h2:26379/0"),
+            ("sentinel://:pw@h1:26379;h2:26379/0", "sentinel://:********@h1:26379;h2:26379/0"), ("redis://user@h/0", "redis://user@h/0"),
+            ("unix:///tmp/r.sock?db=2", "unix:///tmp/r.sock?db=2"), ("redis://a@b@h/0", "redis://********@h/0"),
+            ("redis://h1;h2/0", "redis://h1;h2/0"),
+        ]
+        for (text, expected) in shown {
+            #expect(RedisURL.censored(text) == expected, "\(text)")
+        }
+        #expect(try RedisURL(parsing: "redis://127.0.0.1:6379/1").brokerDisplay(mask: "********") == "redis://:********@127.0.0.1:6379/1")
+    }
+
     @Test("a failed connect is worded as redis-py words it")
     func connectErrors() {
         #expect(

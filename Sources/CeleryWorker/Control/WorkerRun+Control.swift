@@ -470,8 +470,12 @@ extension WorkerRun {
         let configuration = self.configuration
         func optional(_ value: Double?) -> CeleryValue { value.map(CeleryValue.double) ?? .null }
         var settings: CeleryObject = [
-            "broker_url": .string(configuration.brokerURL.description),
-            "result_backend": configuration.resultBackendURL.map { .string($0.description) } ?? .null,
+            // As Celery 5.7's `conf` shows them: the broker as kombu's `as_uri(mask='********')`, the backend's
+            // setting with its password masked.
+            "broker_url": .string(configuration.brokerURL.brokerDisplay(mask: "********")),
+            "result_backend": configuration.resultBackendURL.map { url in
+                .string(configuration.resultBackendSetting.map { RedisURL.censored($0) } ?? url.description)
+            } ?? .null,
             "result_serializer": .string(configuration.resultSerializer.serializerName),
             "task_compression": configuration.taskCompression.map { .string($0.name) } ?? .null,
             "result_compression": configuration.resultCompression.map { .string($0.name) } ?? .null,

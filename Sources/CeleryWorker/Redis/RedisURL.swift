@@ -195,8 +195,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// and `Cannot connect to` lines: the password masked even where there is none (`redis://:**@127.0.0.1:6379/0`,
     /// kombu 5.7's rule; kombu 5.3 left the `:**@` out then), a Unix socket's path alone, and of several Sentinels the
     /// first.
-    public var brokerDisplay: String {
-        let credentials = "\(username ?? ""):**@"
+    public var brokerDisplay: String { brokerDisplay(mask: "**") }
+
+    /// ``brokerDisplay`` with the password's `mask` (Celery's `conf` reply masks it with `********`).
+    public func brokerDisplay(mask: String) -> String {
+        let credentials = "\(username ?? ""):\(mask)@"
         switch endpoint {
         case .tcp(let host, let port):
             return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(Self.shown(host)):\(port)/\(database)"
@@ -287,6 +290,50 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
 
     /// A host as a URL writes it: an IPv6 address in brackets.
     private static func shown(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
+
+    /// A result backend's setting as Celery 5.7's `conf` reply shows it (its own `sanitize_url`, not kombu's): the
+    /// text as written, each password in it replaced by `mask`, the query and the rest kept; several servers joined
+    /// by `;` or `,` (Sentinels) each masked.
+    public static func censored(_ text: String, mask: String = "********") -> String {
+        guard let separator = text.range(of: "://") else { return text }
+        let parts = text.split(separator: ";", omittingEmptySubsequences: false)
+        if parts.count > 1, parts.dropFirst().contains(where: { $0.contains("://") }) {
+            return parts.map { censored($0.trimmingCharacters(in: .whitespaces), mask: mask) }.joined(separator: ";")
+        }
+        let scheme = text[..<separator.lowerBound]
+        let rest = text[separator.upperBound...]
+        let authorityEnd = rest.firstIndex { "/?#".contains($0) } ?? rest.endIndex
+        let authority = rest[..<authorityEnd]
+        let tail = rest[authorityEnd...]
+        let serverSeparator: Character? = authority.contains(";") ? ";" : authority.contains(",") ? "," : nil
+        let chunks =
+            serverSeparator.map { separator in
+                authority.split(separator: separator).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            } ?? []
+        func maskedUserInfo(_ userInfo: Substring) -> String {
+            guard let colon = userInfo.firstIndex(of: ":") else { return String(userInfo) }
+            return "\(userInfo[..<colon]):\(mask)"
+        }
+        guard let at = authority.lastIndex(of: "@") else {
+            guard let serverSeparator else { return "\(scheme)://\(authority)\(tail)" }
+            return "\(scheme)://\(chunks.joined(separator: String(serverSeparator)))\(tail)"
+        }
+        let userInfo = authority[..<at]
+        let hostPart = authority[authority.index(after: at)...]
+        let multiserver =
+            chunks.count > 1
+            && !chunks.contains { !$0.contains("@") && $0.hasPrefix(":") }
+            && !chunks.contains { chunk in chunk.lastIndex(of: "@").map { !chunk[..<$0].contains(":") } ?? false }
+        guard multiserver, let serverSeparator else {
+            if authority.filter({ $0 == "@" }).count > 1, !userInfo.contains(":") { return "\(scheme)://\(mask)@\(hostPart)\(tail)" }
+            return "\(scheme)://\(maskedUserInfo(userInfo))@\(hostPart)\(tail)"
+        }
+        let servers = chunks.map { chunk -> String in
+            guard let at = chunk.lastIndex(of: "@") else { return chunk }
+            return "\(maskedUserInfo(chunk[..<at]))@\(chunk[chunk.index(after: at)...])"
+        }
+        return "\(scheme)://\(servers.joined(separator: String(serverSeparator)))\(tail)"
+    }
 
     /// Masks the password in a URL that may not even parse, for error messages.
     public static func masked(_ text: String) -> String {
