@@ -3,9 +3,9 @@ import OrderedCollections
 /// A dynamic value as Celery carries it in task arguments, keyword arguments and results.
 ///
 /// It round-trips everything Python's JSON and msgpack serializers send: `None`, booleans, integers (over the whole
-/// signed and unsigned 64-bit range, and beyond it in JSON), floats (`1.0` stays a float), Unicode strings, byte strings (msgpack `bin`, or
-/// kombu's tagged `bytes`/`base64` objects in JSON), lists and dicts. Dictionaries keep their key order, and an empty
-/// list stays a list while an empty dict stays a dict.
+/// signed and unsigned 64-bit range, and beyond it in JSON), floats (`1.0` stays a float), Unicode strings, byte
+/// strings (msgpack `bin`, or kombu's tagged `bytes`/`base64` objects in JSON), lists and dicts. Dictionaries keep
+/// their key order, and an empty list stays a list while an empty dict stays a dict.
 public enum CeleryValue: Sendable, Hashable {
     case null
     case bool(Bool)
