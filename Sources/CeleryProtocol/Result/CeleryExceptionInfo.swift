@@ -9,6 +9,10 @@ public struct CeleryExceptionInfo: Sendable, Hashable {
     public var arguments: [CeleryValue]
     /// The class's module (`__module__`), such as `builtins`.
     public var module: String
+    /// Python's `repr` of the raised exception where its stored arguments show it otherwise: kombu's `EncodeError`
+    /// wraps an exception, which the backend stores as its repr (`EncodeError(OverflowError('…'))` is stored with the
+    /// argument `"OverflowError('…')"`). `nil`: ``repr`` is built from ``arguments``. Not stored.
+    public var raisedRepr: String?
 
     public init(type: String, arguments: [CeleryValue], module: String) {
         self.type = type
@@ -37,7 +41,7 @@ public struct CeleryExceptionInfo: Sendable, Hashable {
     }
 
     /// Python's `repr(exc)`, as in `ValueError('bad input')`.
-    public var repr: String { type + PythonRepr.tuple(arguments).replacingTrailingComma() }
+    public var repr: String { raisedRepr ?? type + PythonRepr.tuple(arguments).replacingTrailingComma() }
 
     /// Python's `str(exc)`: the single argument, or the tuple of arguments.
     public var text: String {

@@ -264,7 +264,7 @@ extension WorkerRun {
                     try await canvas(for: job).apply(body, args: [results], options: lineage(message))
                 } catch let error where error.code == .encodeError {
                     // Celery's on_chord_part_return: a body its serializer cannot write fails the chord.
-                    let repr = "EncodeError(\(error.message))"
+                    let repr = TraceEncodeError(message: error.message).pythonException.repr
                     logger.error("Chord callback for '\(groupID)' raised: \(repr)")
                     try await failChord(job, groupID: groupID, body: body, error: ChordCompletion.chordError("Callback error: \(repr)"))
                     return

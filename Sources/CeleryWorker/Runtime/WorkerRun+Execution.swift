@@ -819,6 +819,8 @@ struct TraceEncodeError: PythonConvertibleError {
     let message: String
 
     var pythonException: CeleryExceptionInfo {
-        CeleryExceptionInfo(type: "EncodeError", arguments: [.string(message)], module: "kombu.exceptions")
+        var exception = CeleryExceptionInfo(type: "EncodeError", arguments: [.string(message)], module: "kombu.exceptions")
+        exception.raisedRepr = "EncodeError(\(message))"
+        return exception
     }
 }
