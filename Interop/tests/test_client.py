@@ -104,7 +104,8 @@ def test_canvas_built_in_swift_runs_on_python_and_swift_workers(start_worker, st
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert lines == {"chain": "35", "group": "[0, 2, 4, 6]", "chord": "100",
                      "chained-group": "15",
-                     "nested": '{"args": [[[6, 9], 7]], "kwargs": {}}', "failure": "builtins ValueError('from swift')"}
+                     "nested": '{"args": [[[6, 9], 7]], "kwargs": {}}', "children": "task:6 group:[4, 6]",
+                     "failure": "builtins ValueError('from swift')"}
 
 
 def test_a_swift_task_starts_a_python_task_and_returns_its_result(start_worker, start_python_worker, make_app,

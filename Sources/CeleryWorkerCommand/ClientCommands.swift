@@ -230,6 +230,23 @@ struct CanvasDemoCommand: AsyncParsableCommand {
                     .chord([task("tasks.add", [1, 2]), task("tasks.add", [2, 2])], body: task("tasks.tsum", [])),
                 ], body: task("tasks.echo", [])))
         print("nested", String(decoding: CeleryJSON.encode(try await nested.get(timeout: .seconds(30))), as: UTF8.self))
+        // Children, as the worker that ran each task stored them: a linked task, a linked group.
+        var shown: [String] = []
+        for link in [task("tasks.mul", [3]), .group([task("tasks.mul", [2]), task("tasks.mul", [3])], options: options)] {
+            var linked = task("tasks.add", [1, 1])
+            linked.options["link"] = [link.value]
+            let result = try await client.apply(linked)
+            _ = try await result.get(timeout: .seconds(30))
+            for child in try await result.children() {
+                let (kind, value): (String, CeleryValue)
+                switch child {
+                case .task(let task): (kind, value) = ("task", try await task.get(timeout: .seconds(30)))
+                case .group(let group): (kind, value) = ("group", .array(try await group.get(timeout: .seconds(30))))
+                }
+                shown.append("\(kind):" + String(decoding: CeleryJSON.encode(value), as: UTF8.self))
+            }
+        }
+        print("children", shown.joined(separator: " "))
         do {
             _ = try await client.send("tasks.fail", args: ["from swift"], options: TaskSendOptions(queue: queue)).get(timeout: .seconds(30))
         } catch let failure as TaskFailure {

@@ -130,3 +130,41 @@ public struct GroupResult: Sendable {
         return values
     }
 }
+
+/// What a task sent, as its stored result lists it in `children`: Python's `AsyncResult.children`.
+public enum ResultChild: Sendable {
+    /// A task (a chain is listed by the task it starts with).
+    case task(AsyncResult)
+    /// A group and its members' results, in order (a member that is itself a group is listed by its members).
+    case group(GroupResult)
+}
+
+extension AsyncResult {
+    /// Python's `AsyncResult.children`: what the task sent as it ran, then its callbacks and its chain's next step,
+    /// read from its stored result. Empty while nothing is stored.
+    public func children() async throws(CeleryWorkerError) -> [ResultChild] {
+        guard let nodes = try await document()?["children"]?.arrayValue else { return [] }
+        return nodes.compactMap { ResultChild(node: $0, client: client) }
+    }
+}
+
+extension ResultChild {
+    /// A node of `children`, as Python's `result_from_tuple` reads it: `[[id, parent], null]` for a task,
+    /// `[[id, parent], [members…]]` for a group; `nil` for anything else.
+    init?(node: CeleryValue, client: CeleryClient) {
+        guard let parts = node.arrayValue, parts.count == 2, let id = parts[0].arrayValue?.first?.stringValue else { return nil }
+        guard let members = parts[1].arrayValue else {
+            self = .task(client.result(id: id))
+            return
+        }
+        self = .group(GroupResult(id: id, results: members.flatMap { Self.tasks(in: $0, client: client) }))
+    }
+
+    private static func tasks(in node: CeleryValue, client: CeleryClient) -> [AsyncResult] {
+        switch ResultChild(node: node, client: client) {
+        case .task(let result)?: [result]
+        case .group(let group)?: group.results
+        case nil: []
+        }
+    }
+}
