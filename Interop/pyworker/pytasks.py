@@ -93,6 +93,13 @@ def whoami():
     return "python"
 
 
+@app.task(name="tasks.report_state", bind=True)
+def report_state(self, state, meta):
+    """Stores `state` with `meta` (update_state), then returns "stored", as the Swift demo task does."""
+    self.update_state(state=state, meta=meta)
+    return "stored"
+
+
 @app.task(name="tasks.send_then_retry", bind=True)
 def send_then_retry(self, name, args, queue):
     """Sends a task to `queue` and retries itself once, 2 s later, as the Swift demo task does."""

@@ -50,6 +50,22 @@ def test_a_result_msgpack_cannot_carry_fails_the_task_as_python_fails_it(start_c
     assert_still_serving(app, broker_redis, worker)
 
 
+@pytest.mark.parametrize("kind", ["swift", "swift-process", "python"])
+def test_a_state_msgpack_cannot_carry_raises_in_the_task_as_python_raises_it(start_configured, make_app, broker_redis,
+                                                                              backend_redis, kind):
+    """`update_state` with a meta msgpack cannot carry raises kombu's EncodeError in the task, which fails with it;
+    one it can carry is stored. In a process-pool child too."""
+    pool = ["-P", "process", "-c", "1"] if kind == "swift-process" else []
+    worker = start_configured(kind.split("-")[0], {"result_serializer": "msgpack", "accept_content": ["json", "msgpack"]},
+                              *pool)
+    app = make_app(result_serializer="msgpack")
+    result = app.send_task("tasks.report_state", ("PROGRESS", {"n": 2**70}))
+    assert_fails_with_encode_error(app, backend_redis, result)
+    worker.wait_for_log(f"Task tasks.report_state[{result.id}] raised unexpected: {RAISED}")
+    assert app.send_task("tasks.report_state", ("PROGRESS", {"n": 7})).get(timeout=10) == "stored"
+    assert_still_serving(app, broker_redis, worker)
+
+
 @pytest.mark.parametrize("kind", ["swift", "python"])
 def test_a_callback_msgpack_cannot_carry_fails_the_task_as_python_fails_it(start_configured, make_app, broker_redis,
                                                                              backend_redis, kind):

@@ -90,6 +90,11 @@ enum DemoTasks {
             (context, name: String, args: [CeleryValue], queue: String) in
             try await context.send(name, args: args, options: TaskSendOptions(queue: queue)).get(timeout: .seconds(60))
         }
+        // Stores `state` with `meta` (Python's update_state), then returns "stored".
+        registry.register("tasks.report_state", parameters: ["state", "meta"]) { (context, state: String, meta: CeleryValue) in
+            try await context.updateState(TaskState(state), meta: meta)
+            return "stored"
+        }
         // Sends a task to `queue` and retries itself once, 2 s later: its RETRY lists both in `children`.
         registry.register("tasks.send_then_retry", parameters: ["name", "args", "queue"]) {
             (context, name: String, args: [CeleryValue], queue: String) -> Int in

@@ -94,7 +94,7 @@ struct PoolChild {
             message: message, deliveryInfo: envelope.deliveryInfo,
             hostname: frame["hostname"]?.stringValue ?? configuration.nodeName)
         let context = TaskContext(
-            request: request, workerLogger: logger, client: client, stateReporter: ParentStates(),
+            request: request, workerLogger: logger, client: client, stateReporter: ParentStates(resultSerializer: configuration.resultSerializer),
             fallbackPriority: configuration.fallbackPriority(parent: envelope.deliveryInfo.priority))
         let body = Task(executorPreference: executor) { try await task.handler(context) }
         let cancelNow = shared.current.withLock { current -> Bool in
@@ -109,7 +109,13 @@ struct PoolChild {
 /// Hands a state the task reports to the parent, which stores it. Runs on the task thread, like the body that
 /// calls it.
 private struct ParentStates: TaskStateReporter {
+    let resultSerializer: CeleryContentType
+
+    /// A state the result serializer cannot write raises kombu's `EncodeError` here, in the task, as in Python.
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
+        guard resultSerializer == .json || meta.fitsMsgpack else {
+            throw CeleryWorkerError(code: .encodeError, message: TraceEncodeError.integerOutOfRange)
+        }
         write(["state": .string(state.rawValue), "meta": meta])
     }
 

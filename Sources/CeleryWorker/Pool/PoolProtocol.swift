@@ -11,7 +11,8 @@ import CeleryProtocol
 ///
 /// Worker → child: `{"raw": <the kombu envelope, as received>}`. Child → worker: `{"ready": pid}` once at start,
 /// `{"state": name, "meta": value}` for each `updateState`, `{"child": node}` for each task the body sends (its
-/// result's `children`), then one outcome for the job (see ``PoolOutcome``).
+/// result's `children`), then one outcome for the job (see ``PoolOutcome``; a failure's `raised_repr` is its
+/// ``CeleryExceptionInfo/raisedRepr``).
 enum PoolFrames {
     static let jobDescriptor: Int32 = 3
     static let outcomeDescriptor: Int32 = 4
@@ -93,10 +94,12 @@ enum PoolOutcome {
 
     private static func failure(_ error: any Error, task: String) -> CeleryValue {
         let exception = CeleryExceptionInfo(error: error)
-        return [
+        var frame: CeleryObject = [
             "outcome": "failure", "exception": exception.value,
             "traceback": .string(WorkerRun.traceback(task: task, exception: exception, error: error)),
         ]
+        frame["raised_repr"] = exception.raisedRepr.map(CeleryValue.string)
+        return .object(frame)
     }
 
     /// The worker's side: the result a frame stands for, with errors rebuilt as the runtime handles them.
@@ -123,9 +126,9 @@ enum PoolOutcome {
     }
 
     private static func remoteError(_ frame: CeleryValue) -> RemoteTaskError {
-        RemoteTaskError(
-            pythonException: CeleryExceptionInfo(stored: frame["exception"]),
-            traceback: frame["traceback"]?.stringValue)
+        var exception = CeleryExceptionInfo(stored: frame["exception"])
+        exception.raisedRepr = frame["raised_repr"]?.stringValue
+        return RemoteTaskError(pythonException: exception, traceback: frame["traceback"]?.stringValue)
     }
 }
 

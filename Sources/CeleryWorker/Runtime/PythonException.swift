@@ -63,6 +63,7 @@ extension CeleryExceptionInfo {
             self.init(type: "TypeError", arguments: [.string(conversion.description)], module: "builtins")
         case let failure as CeleryWorkerError where failure.code == .encodeError:
             self.init(type: "EncodeError", arguments: [.string(failure.message)], module: "kombu.exceptions")
+            raisedRepr = "EncodeError(\(failure.message))"  // kombu's wraps the error itself, shown by its repr
         default:
             self.init(
                 type: String(describing: Swift.type(of: error)), arguments: [.string(String(describing: error))],

@@ -407,9 +407,9 @@ extension WorkerRun {
         var holdsPrefetch = ending.holdsPrefetch
         let storesResults = ending.storesResults
         let runtime = ending.runtime
-        // As in Python's prefork pool, the child that ran the task logs its outcome: the line names it.
         // What the body sent: its result's first children, before its callbacks, as Python's trail lists them.
         var children = trails.withLock { $0.isEmpty ? [] : $0.removeValue(forKey: message.id) ?? [] }
+        // As in Python's prefork pool, the child that ran the task logs its outcome: the line names it.
         let outcomeLogger =
             ending.child.map { name in
                 var child = logger
@@ -799,8 +799,14 @@ extension Result where Success == KombuEnvelope, Failure == CeleryProtocolError 
 
 extension WorkerRun: TaskStateReporter {
     /// A state a running task reports: stored as its own document (not ready, so no `date_done`).
+    /// As Python's `update_state`, a state the result serializer cannot write (an integer beyond 64 bits in msgpack)
+    /// raises kombu's `EncodeError` in the task.
     func report(_ state: TaskState, meta: CeleryValue, for request: TaskRequest) async throws {
-        await store(document(request.message, queue: request.deliveryInfo.routingKey, status: state, result: meta, ready: false))
+        let document = document(request.message, queue: request.deliveryInfo.routingKey, status: state, result: meta, ready: false)
+        guard document.fits(configuration.resultSerializer) else {
+            throw CeleryWorkerError(code: .encodeError, message: TraceEncodeError.integerOutOfRange)
+        }
+        await store(document)
     }
 
     /// What a running task sent, kept for its result's `children` until its job finishes.
