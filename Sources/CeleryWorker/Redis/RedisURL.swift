@@ -217,13 +217,8 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// (`redis://localhost` is `redis://localhost/`). Text without `://` is shown as it is; `nil` where kombu's parse
     /// fails (several Sentinels, a port that is not a number).
     public static func sanitized(_ text: String) -> String? {
-        guard let separator = text.range(of: "://") else { return text }
-        let scheme = text[..<separator.lowerBound].lowercased()
-        var rest = Substring(text[separator.upperBound...])
-        // Python's urlsplit: the authority ends at the first `/`, `?` or `#`; the path at `?` or `#`.
-        let authorityEnd = rest.firstIndex { "/?#".contains($0) } ?? rest.endIndex
-        let authority = rest[..<authorityEnd]
-        rest = rest[authorityEnd...]
+        guard let (writtenScheme, authority, rest) = authoritySplit(text) else { return text }
+        let scheme = writtenScheme.lowercased()
         var path = rest[..<(rest.firstIndex { "?#".contains($0) } ?? rest.endIndex)]
         if path.first == "/" { path = path.dropFirst() }
         let at = authority.lastIndex(of: "@")
@@ -269,6 +264,15 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         return shown.hasSuffix(":///") ? String(shown.dropLast()) : shown
     }
 
+    /// A URL's scheme, its authority (up to the first `/`, `?` or `#`, as Python's `urlsplit` ends it) and the rest;
+    /// `nil` without `://`.
+    private static func authoritySplit(_ text: String) -> (scheme: Substring, authority: Substring, rest: Substring)? {
+        guard let separator = text.range(of: "://") else { return nil }
+        let rest = text[separator.upperBound...]
+        let authorityEnd = rest.firstIndex { "/?#".contains($0) } ?? rest.endIndex
+        return (text[..<separator.lowerBound], rest[..<authorityEnd], rest[authorityEnd...])
+    }
+
     /// Python's `unquote`: `%XX` escapes decoded as UTF-8 (an invalid one kept as it is).
     private static func percentDecoded(_ text: Substring) -> String {
         String(text).removingPercentEncoding ?? String(text)
@@ -295,16 +299,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// text as written, each password in it replaced by `mask`, the query and the rest kept; several servers joined
     /// by `;` or `,` (Sentinels) each masked.
     public static func censored(_ text: String, mask: String = "********") -> String {
-        guard let separator = text.range(of: "://") else { return text }
+        guard let (scheme, authority, tail) = authoritySplit(text) else { return text }
         let parts = text.split(separator: ";", omittingEmptySubsequences: false)
         if parts.count > 1, parts.dropFirst().contains(where: { $0.contains("://") }) {
             return parts.map { censored($0.trimmingCharacters(in: .whitespaces), mask: mask) }.joined(separator: ";")
         }
-        let scheme = text[..<separator.lowerBound]
-        let rest = text[separator.upperBound...]
-        let authorityEnd = rest.firstIndex { "/?#".contains($0) } ?? rest.endIndex
-        let authority = rest[..<authorityEnd]
-        let tail = rest[authorityEnd...]
         let serverSeparator: Character? = authority.contains(";") ? ";" : authority.contains(",") ? "," : nil
         let chunks =
             serverSeparator.map { separator in

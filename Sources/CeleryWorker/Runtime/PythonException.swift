@@ -62,12 +62,21 @@ extension CeleryExceptionInfo {
         case let conversion as CeleryValueConversionError:
             self.init(type: "TypeError", arguments: [.string(conversion.description)], module: "builtins")
         case let failure as CeleryWorkerError where failure.code == .encodeError:
-            self.init(type: "EncodeError", arguments: [.string(failure.message)], module: "kombu.exceptions")
-            raisedRepr = "EncodeError(\(failure.message))"  // kombu's wraps the error itself, shown by its repr
+            self = .encodeError(wrapping: failure.message)
         default:
             self.init(
                 type: String(describing: Swift.type(of: error)), arguments: [.string(String(describing: error))],
                 module: "swift")
         }
+    }
+}
+
+extension CeleryExceptionInfo {
+    /// kombu's `EncodeError`, which wraps the serializer's error (`OverflowError('…')`): stored with that error's repr
+    /// as its argument, shown with it unquoted (``raisedRepr``), as Python shows the raised exception.
+    static func encodeError(wrapping wrapped: String) -> CeleryExceptionInfo {
+        var exception = CeleryExceptionInfo(type: "EncodeError", arguments: [.string(wrapped)], module: "kombu.exceptions")
+        exception.raisedRepr = "EncodeError(\(wrapped))"
+        return exception
     }
 }

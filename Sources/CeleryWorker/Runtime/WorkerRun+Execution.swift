@@ -824,9 +824,5 @@ struct TraceEncodeError: PythonConvertibleError {
 
     let message: String
 
-    var pythonException: CeleryExceptionInfo {
-        var exception = CeleryExceptionInfo(type: "EncodeError", arguments: [.string(message)], module: "kombu.exceptions")
-        exception.raisedRepr = "EncodeError(\(message))"
-        return exception
-    }
+    var pythonException: CeleryExceptionInfo { .encodeError(wrapping: message) }
 }
