@@ -34,6 +34,11 @@ struct ClientOptions: ParsableArguments {
 
     /// The `--config` file's settings (none without it).
     func settings() throws -> CelerySettings {
+        try Self.settings(config: config)
+    }
+
+    /// The settings of the file at `config` (none without it).
+    static func settings(config: String?) throws -> CelerySettings {
         do {
             return try config.map { path throws(CeleryWorkerError) in try CelerySettings.load(path: path) } ?? CelerySettings()
         } catch {

@@ -24,30 +24,47 @@ struct SettledURLs {
             parts.database = nil  // a URL's database is its path, or 0
             backendText = backendText.map { RedisURL.completing($0, with: parts) }
         }
+        broker = try Self.broker(brokerText, file: file, warnings: &warnings)
         do {
-            broker = try RedisURL(parsing: brokerText)
             backend = try backendText.map { text throws(CeleryWorkerError) in try RedisURL(parsing: text) }
         } catch {
             throw ValidationError(error.message)
         }
-        broker.clientName = file.brokerClientName
         backend?.clientName = file.backendClientName
-        // kombu's Sentinel transport names the master in the transport options, not in the URL.
-        broker.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
         backend?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)
-        if case .sentinel = broker.endpoint, broker.sentinelMaster == nil {
-            throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
-        }
         if case .sentinel? = backend?.endpoint, backend?.sentinelMaster == nil {
             throw ValidationError(
                 "A sentinel:// result backend needs the master's name: result_backend_transport_options: {master_name: …} in --config.")
         }
         do {
-            if let warning = try broker.settleBrokerTLS(configured: file.brokerTLS) { warnings.append(warning) }
             if let warning = try backend?.settleBackendTLS(configured: file.backendTLS) { warnings.append(warning) }
         } catch {
             throw ValidationError(error.message)
         }
+    }
+
+    /// A broker's URL with the settings that apply to every connection to a broker: its client name, the Sentinel
+    /// master and `sentinel_kwargs` of the transport options, and TLS from the URL and `broker_use_ssl` (whose warning,
+    /// if any, goes to `warnings`).
+    static func broker(_ text: String, file: CelerySettings, warnings: inout [String]) throws -> RedisURL {
+        var broker: RedisURL
+        do {
+            broker = try RedisURL(parsing: text)
+        } catch {
+            throw ValidationError(error.message)
+        }
+        broker.clientName = file.brokerClientName
+        // kombu's Sentinel transport names the master in the transport options, not in the URL.
+        broker.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
+        if case .sentinel = broker.endpoint, broker.sentinelMaster == nil {
+            throw ValidationError("A sentinel:// broker needs the master's name: broker_transport_options: {master_name: …} in --config.")
+        }
+        do {
+            if let warning = try broker.settleBrokerTLS(configured: file.brokerTLS) { warnings.append(warning) }
+        } catch {
+            throw ValidationError(error.message)
+        }
+        return broker
     }
 
     /// Celery's broker: `--broker`, else `broker_read_url` (`CELERY_BROKER_READ_URL`), else `CELERY_BROKER_URL`,

@@ -43,7 +43,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
         version: WorkerCommand.version,
         subcommands: [
             WorkerCommand.self, BeatCommand.self, CallCommand.self, StatusCommand.self, InspectCommand.self, ControlCommand.self,
-            PurgeCommand.self, ResultCommand.self, EventsCommand.self, MultiCommand.self, CanvasDemoCommand.self,
+            PurgeCommand.self, ResultCommand.self, MigrateCommand.self, EventsCommand.self, MultiCommand.self, CanvasDemoCommand.self,
         ],
         defaultSubcommand: WorkerCommand.self
     )
