@@ -228,3 +228,29 @@ def test_migrate_forever_until_a_signal(redis_urls):
         assert process.returncode == 0 and out.startswith("Migrating task 1/?: [[2, 2]"), (out, err)
         assert src.hlen("unacked") == 0
         assert src.llen("celery") == (0 if ack else 1)
+
+
+def test_migrate_reads_the_transport_options_of_its_config(redis_urls, start_python_worker, tmp_path):
+    """`--config`'s `global_keyprefix` and `priority_steps`/`sep` name the lists and bookkeeping on both brokers (Celery's
+    `migrate` leaves the app's transport options out): a Python client's messages under a prefix, moved to another
+    broker, where a Python worker given the same prefix runs them."""
+    from clientapp import make_app
+
+    options = {"global_keyprefix": "tenant:", "priority_steps": list(range(10)), "sep": ":"}
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"broker_transport_options: {json.dumps(options)}\n")
+    source, destination = redis_urls["server"].url(10), redis_urls["broker"]
+    src, dst = (redis_lib.Redis.from_url(url) for url in (source, destination))
+    src.flushdb()
+    app = make_app(source, redis_urls["backend"], broker_transport_options=options)
+    sent = [app.send_task("tasks.add", (i, i), priority=i) for i in (0, 7)]
+    assert src.llen("tenant:celery") == 1 and src.llen("tenant:celery:7") == 1
+
+    moved = subprocess.run([str(WORKER_BINARY), "migrate", "-a", "--config", str(config), source, destination],
+                           capture_output=True, text=True, timeout=60)
+    assert moved.returncode == 0 and moved.stdout.count("Migrating task") == 2 and "/2: " in moved.stdout, moved
+    assert src.exists("tenant:celery", "tenant:celery:7", "tenant:unacked") == 0
+    assert dst.llen("tenant:celery") == 1 and dst.llen("tenant:celery:7") == 1 and dst.exists("celery") == 0
+    start_python_worker(env={"CELERY_SETTINGS": json.dumps({"broker_transport_options": options})})
+    assert [result.get(timeout=15) for result in sent] == [0, 14]
+
