@@ -2,12 +2,13 @@
 broker_connection_max_retries, broker_connection_timeout), each beside a Python worker given the same settings."""
 import json
 import signal
+import subprocess
 import time
 
 import pytest
 import redis as redis_lib
 
-from conftest import PythonWorker, WorkerProcess, answering, remember
+from conftest import WORKER_BINARY, PythonWorker, WorkerProcess, answering, remember
 from redisproc import RedisProcess, free_port
 
 
@@ -240,3 +241,53 @@ def test_result_writes_retry_as_result_backend_always_retry_says(request, tmp_pa
     finally:
         worker.stop(signal.SIGKILL)
         backend.stop()
+
+
+def test_a_failover_list_moves_the_workers_to_the_next_server_as_python_does(request, tmp_path):
+    """kombu's failover list: `broker_url` as servers joined by ';' (or as a list in the settings). A worker whose
+    server goes down mid-run moves on to the next at once, and one whose first server is down at start connects to the
+    next; each logs Celery's lines, as a Python worker beside it does; a Python client given the same list reaches
+    them; `stats` names the server in use, the strategy and the list, as Python's does."""
+    from clientapp import make_app
+
+    first, second = RedisProcess().start(), RedisProcess().start()
+    broker, backend = f"{first.url(0)};{second.url(0)}", second.url(1)
+    swift, python = pair(request, tmp_path, broker, backend, {"broker_failover_strategy": "round-robin"},
+                         swift_args=("-n", "swiftfailover@%h"), python_args=("-n", "pyfailover@%h", "-P", "threads"))
+    later = None
+    failed_over = (f"consumer: Cannot connect to redis://:**@127.0.0.1:{first.port}/0: Error 111 connecting to "
+                   f"127.0.0.1:{first.port}. Connection refused..\nWill retry using next failover.")
+    connected = f"Connected to redis://:**@127.0.0.1:{second.port}/0"
+    try:
+        swift.wait_ready()
+        python.wait_ready()
+        first.stop()
+        for worker in (swift, python):
+            # kombu 5.3 shows a URL without a password as redis://host…, kombu 5.7 (and the Swift worker) as redis://:**@host…
+            worker.wait_for_log("Connected to redis://", timeout=20, count=2)
+            log = worker.log.replace("redis://:**@", "redis://")
+            assert failed_over.replace("redis://:**@", "redis://") in log, worker.log
+            assert connected.replace("redis://:**@", "redis://") in log, worker.log
+            assert "Trying again in" not in log, worker.log
+        app = make_app(broker, backend)
+        assert [app.send_task("tasks.add", (i, i)).get(timeout=15) for i in range(4)] == [0, 2, 4, 6]
+        nodes = [answering(app, "swiftfailover@"), answering(app, "pyfailover@")]
+        stats = app.control.inspect(destination=nodes, timeout=5).stats()
+        shown = [{key: stats[node]["broker"][key] for key in ("hostname", "port", "failover_strategy", "alternates")}
+                 for node in nodes]
+        assert shown[0] == shown[1] == {"hostname": "127.0.0.1", "port": second.port, "failover_strategy": "round-robin",
+                                        "alternates": [first.url(0), second.url(0)]}, shown
+
+        config = tmp_path / "list.json"
+        config.write_text(json.dumps({"broker_url": [first.url(0), second.url(0)]}))
+        later = remember(request, WorkerProcess(["--result-backend", backend, "--config", str(config), "-n", "later@%h",
+                                                 "-Q", "later"], tmp_path / "later.log")).wait_ready()
+        assert failed_over in later.log and connected in later.log, later.log
+        assert f"transport:   redis://:**@127.0.0.1:{first.port}/0" in later.stdout, later.stdout  # the first, as Celery's
+        assert app.send_task("tasks.add", (5, 5), queue="later").get(timeout=15) == 10
+        refused = subprocess.run([str(WORKER_BINARY), "--result-backend", broker], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 64 and "takes no failover list" in refused.stderr, refused.stderr
+    finally:
+        stop_both(swift, python, *([later] if later else []))
+        first.stop()
+        second.stop()

@@ -30,6 +30,10 @@ struct SettledURLs {
         } catch {
             throw ValidationError(error.message)
         }
+        if backend?.failover != nil {
+            throw ValidationError(
+                "The result backend is one Redis server (Celery's Redis backend takes no failover list): give it one URL, not several joined by ';'.")
+        }
         backend?.clientName = file.backendClientName
         backend?.useSentinel(master: file.resultSentinelMaster, options: file.resultSentinelOptions)
         if case .sentinel? = backend?.endpoint, backend?.sentinelMaster == nil {
@@ -54,6 +58,7 @@ struct SettledURLs {
             throw ValidationError(error.message)
         }
         broker.clientName = file.brokerClientName
+        if let strategy = file.brokerFailoverStrategy { broker.failover?.strategy = strategy }
         // kombu's Sentinel transport names the master in the transport options, not in the URL.
         broker.useSentinel(master: file.brokerSentinelMaster, options: file.brokerSentinelOptions)
         if case .sentinel = broker.endpoint, broker.sentinelMaster == nil {

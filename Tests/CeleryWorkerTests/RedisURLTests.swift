@@ -46,6 +46,36 @@ struct RedisURLTests {
         #expect(RedisURL.masked("sentinel://:pw@a/1;sentinel://:pw@b") == "sentinel://:**@a/1;sentinel://:**@b")
     }
 
+    @Test("kombu's failover list: servers joined by ';', each with its own address, credentials and database")
+    func failoverList() throws {
+        let url = try RedisURL(parsing: "redis://:pw@a:6380/1;redis://b/2;unix:///run/c.sock")
+        let failover = try #require(url.failover)
+        #expect(failover.alternates.map(\.endpoint) == [.tcp(host: "a", port: 6380), .tcp(host: "b", port: 6379), .unixSocket(path: "/run/c.sock")])
+        #expect(url.endpoint == .tcp(host: "a", port: 6380) && url.password == "pw" && url.database == 1)
+        #expect(failover.current.index == 0 && url.brokerDisplay == "redis://:**@a:6380/1")
+        // The second server with its own database and no password; the first URL's settings.
+        var named = url
+        named.clientName = "worker"
+        let second = RedisURL.Failover.Server(index: 1, alternate: failover.alternates[1]).url(from: named)
+        #expect(second.endpoint == .tcp(host: "b", port: 6379) && second.password == nil && second.database == 2)
+        #expect(second.clientName == "worker" && second.failover == nil)
+        // Round-robin: each failed connect moves every copy on to the next server, once.
+        failover.failed(failover.current)
+        failover.failed(RedisURL.Failover.Server(index: 0, alternate: failover.alternates[0]))
+        #expect(named.failover?.current.index == 1 && url.brokerDisplay == "redis://:**@b:6379/2")
+        failover.failed(failover.current)
+        failover.failed(failover.current)
+        #expect(failover.current.index == 0)
+        #expect(!url.isSameServer(as: url))
+        #expect(try RedisURL(parsing: "redis://a").failover == nil)
+        #expect(throws: CeleryWorkerError.self) { try RedisURL(parsing: "redis://a;sentinel://b") }
+        do {
+            _ = try RedisURL(parsing: "sentinel://a;redis://:secret@b")
+        } catch {
+            #expect(error.message == "invalid Redis URL 'sentinel://a;redis://:**@b': sentinel:// URLs cannot be joined with others by ';'")
+        }
+    }
+
     @Test("a Sentinel connection without a master's name, or with no Sentinel reachable, fails saying so")
     func sentinelFailures() async throws {
         var url = try RedisURL(parsing: "sentinel://127.0.0.1:1/0;sentinel://127.0.0.1:2")
@@ -340,5 +370,55 @@ struct RedisURLTests {
         let timeout = RedisConnection.connectError("Connection timed out", to: "10.255.255.1:6379")
         #expect(timeout.message == "Timeout connecting to server" && timeout.code == .timeout)
         #expect(RedisConnection.connectError("odd", to: "h:1").message == "Error connecting to h:1. odd.")
+    }
+}
+
+/// A failover list's connections, told apart by the database each one is on (`CLIENT INFO`), so that no key is read
+/// or written: other suites flush their databases at any time.
+@Suite("failover lists against a real redis-server", .serialized, .enabled(if: TestRedis.enabled))
+struct RedisFailoverTests {
+    private func database(_ client: RedisClient) async throws -> String? {
+        let info = try await client.send(RedisCommand("CLIENT", "INFO")).text ?? ""
+        return info.split(separator: " ").first { $0.hasPrefix("db=") }.map(String.init)
+    }
+
+    @Test("a failover list's connections go to the first server that answers, and follow one another to it")
+    func failoverConnections() async throws {
+        let base = try #require(TestRedis.base)
+        let url = try RedisURL(parsing: "redis://127.0.0.1:1/0;\(base)/1")
+        let client = RedisClient(url: url)
+        #expect(try await database(client) == "db=1")
+        #expect(url.failover?.current.index == 1)
+        #expect(
+            client.takeFailovers()
+                == RedisURL.Failover.Log(
+                    failures: [.init(server: "redis://:**@127.0.0.1:1/0", error: "Error 111 connecting to 127.0.0.1:1. Connection refused.")],
+                    lastFailed: "redis://:**@127.0.0.1:1/0"))
+        #expect(client.takeFailovers() == RedisURL.Failover.Log())
+        // Another connection of the same URL goes straight to the server in use.
+        let other = RedisClient(url: url)
+        #expect(try await database(other) == "db=1")
+        #expect(other.takeFailovers() == RedisURL.Failover.Log())
+        // Every server down: the last one's error, after the others' (the next attempt starts over at the first).
+        let dead = try RedisURL(parsing: "redis://127.0.0.1:1/0;redis://127.0.0.1:2/0")
+        let unreachable = RedisClient(url: dead)
+        await #expect { try await unreachable.send(RedisCommand("PING")) } throws: { error in
+            (error as? CeleryWorkerError)?.message == "Error 111 connecting to 127.0.0.1:2. Connection refused."
+        }
+        let log = unreachable.takeFailovers()
+        #expect(log.failures.map(\.server) == ["redis://:**@127.0.0.1:1/0"] && log.lastFailed == "redis://:**@127.0.0.1:2/0")
+        #expect(dead.failover?.current.index == 0)
+    }
+
+    @Test("a connection to one server of a failover list follows the others when they move on")
+    func failoverFollows() async throws {
+        let base = try #require(TestRedis.base)
+        let url = try RedisURL(parsing: "\(base)/1;\(base)/2")
+        let client = RedisClient(url: url)
+        #expect(try await database(client) == "db=1")
+        let failover = try #require(url.failover)
+        failover.failed(failover.current)  // as another connection would, on a failed connect
+        #expect(try await database(client) == "db=2")
+        #expect(client.takeFailovers() == RedisURL.Failover.Log())
     }
 }

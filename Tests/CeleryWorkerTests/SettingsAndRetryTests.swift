@@ -124,6 +124,26 @@ struct CelerySettingsTests {
         }
     }
 
+    @Test("broker_url as a list is kombu's failover list; broker_failover_strategy picks its next server")
+    func failoverSettings() throws {
+        let settings = try CelerySettings.parse(
+            """
+            broker_url: [redis://a:6379/0, redis://b:6379/0]
+            broker_failover_strategy: shuffle
+            """, source: "failover.yaml")
+        #expect(settings.brokerURL == "redis://a:6379/0;redis://b:6379/0" && settings.brokerFailoverStrategy == .shuffle)
+        #expect(settings.warnings.isEmpty)
+        #expect(try CelerySettings.parse("BROKER_FAILOVER_STRATEGY: round-robin", source: "old.yaml").brokerFailoverStrategy == .roundRobin)
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_failover_strategy: random", source: "bad.yaml") }
+        #expect(throws: CeleryWorkerError.self) { try CelerySettings.parse("broker_url: [redis://a, 3]", source: "bad.yaml") }
+        // Shuffle never picks the server that just failed when there is another.
+        var url = try RedisURL(parsing: try #require(settings.brokerURL))
+        url.failover?.strategy = .shuffle
+        let failover = try #require(url.failover)
+        failover.failed(failover.current)
+        #expect(failover.current.index == 1)
+    }
+
     @Test("the acknowledgement settings for failures and timeouts, the old one for both and Celery 5.7's")
     func acksOnTimeout() throws {
         let both = try CelerySettings.parse("task_acks_on_failure_or_timeout: false", source: "a.yaml")

@@ -194,11 +194,15 @@ public protocol Broker: Sendable {
     func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int
     /// Marks deliveries this worker still holds as recently received, so no sweep restores live work.
     func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError)
+    /// What the connects to the servers of a failover list (`redis://a;redis://b`) left to report, for the
+    /// consumer's log, and forgets it.
+    func takeFailovers() -> RedisURL.Failover.Log
 }
 
 extension Broker {
     public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int { 0 }
     public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {}
+    public func takeFailovers() -> RedisURL.Failover.Log { RedisURL.Failover.Log() }
 }
 
 extension Broker {

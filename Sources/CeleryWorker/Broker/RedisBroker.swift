@@ -70,6 +70,15 @@ public final class RedisBroker: Broker {
         RedisTransportOptions().list(for: queue, priority: priority, prefix: prefix)
     }
 
+    /// What the connects of the broker's connections to the servers of its failover list left to report, for the
+    /// consumer's log (and forgets it).
+    public func takeFailovers() -> RedisURL.Failover.Log {
+        var log = blocking.takeFailovers()
+        log.merge(commands.takeFailovers())
+        if records !== blocking { log.merge(records.takeFailovers()) }
+        return log
+    }
+
     public func declare(queues: [String], bindings: [String: QueueBinding]) async throws(CeleryWorkerError) {
         rotation.withLock { $0.set(queues) }
         for queue in queues {

@@ -703,17 +703,20 @@ extension WorkerRun {
     }
 
     /// `stats()["broker"]`: the keys of kombu's `Connection.info()`. Those that name a feature of another transport
-    /// (AMQP's `insist`, `login_method`, heartbeats, failover) have the values kombu gives them on Redis without
-    /// settings; the Swift worker reads no such setting.
+    /// (AMQP's `insist`, `login_method`, heartbeats) have the values kombu gives them on Redis without settings; the
+    /// Swift worker reads no such setting. With a failover list, the server in use, the strategy, and every server
+    /// (kombu's `alternates`, here with their passwords masked).
     private func brokerStats() -> CeleryObject {
-        let url = configuration.brokerURL
+        let failover = configuration.brokerURL.failover
+        let url = failover?.current.url(from: configuration.brokerURL) ?? configuration.brokerURL
         var broker: CeleryObject = [
             "transport": url.isSecureScheme ? "rediss" : "redis", "virtual_host": .string(String(url.database)),
             "userid": url.username.map { .string($0) } ?? .null,
             "insist": false, "ssl": url.tls.map { .object($0.celeryObject) } ?? false, "login_method": .null, "uri_prefix": .null,
             "connect_timeout": Self.seconds(url.connectTimeout ?? Double(RedisConnection.defaultConnectTimeout.components.seconds)),
             "transport_options": .object(transportOptions),
-            "heartbeat": .null, "failover_strategy": "round-robin", "alternates": [], "credential_provider": .null,
+            "heartbeat": .null, "failover_strategy": .string(failover?.strategy.rawValue ?? "round-robin"),
+            "alternates": .array((failover?.alternates ?? []).map { .string($0.description) }), "credential_provider": .null,
         ]
         if case .tcp(let host, let port) = url.endpoint {
             broker["hostname"] = .string(host)

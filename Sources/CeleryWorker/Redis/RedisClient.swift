@@ -37,6 +37,9 @@ public final class RedisClient: Sendable {
     /// The server this client talks to.
     public var url: RedisURL { connection.url }
 
+    /// What the connection's connects to a failover list's servers left to report (and forgets it).
+    func takeFailovers() -> RedisURL.Failover.Log { connection.takeFailovers() }
+
     /// Sends the commands in one round trip and returns one reply per command (error replies included).
     ///
     /// A connection that was open but turns out dead (the server restarted since its last use) is replaced and

@@ -20,6 +20,8 @@ import Synchronization
 final class RedisConnection: @unchecked Sendable {
     private struct State {
         var context: Link?
+        /// The server of the URL's failover list that `context` is connected to.
+        var failoverIndex: Int?
         /// Commands queued by ``appendUnread(_:then:)`` or sent by ``send(_:replies:handle:)`` whose replies are
         /// still to be read, in the order queued.
         var unread: [Unread] = []
@@ -115,6 +117,8 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     let url: RedisURL
+    /// With a failover list: the connects that failed, for the consumer's log (``takeFailovers()``).
+    private let failoverLog = Mutex(RedisURL.Failover.Log())
     /// Socket read/write timeout for replies; a blocking pop's own timeout must be shorter.
     let commandTimeout: Duration
     let connectTimeout: Duration
@@ -444,8 +448,52 @@ final class RedisConnection: @unchecked Sendable {
         _ = signal(SIGPIPE, SIG_IGN)
     }()
 
+    /// What this connection's connects to a failover list's servers left to report (and forgets it).
+    func takeFailovers() -> RedisURL.Failover.Log {
+        failoverLog.withLock { log in
+            defer { log = RedisURL.Failover.Log() }
+            return log
+        }
+    }
+
     private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> Link {
-        if let context = state.context { return context }
+        guard let failover = url.failover else {
+            if let context = state.context { return context }
+            return try connect(to: url, &state)
+        }
+        if let context = state.context {
+            // Another connection of the same URL failed over: this one follows it to that server (as kombu's channels
+            // follow their connection), once no reply is awaited here.
+            if state.failoverIndex == failover.current.index || !state.unread.isEmpty { return context }
+            Self.close(&state)
+        }
+        // kombu's failover: each server in turn, from the one in use, until one answers.
+        var failure: CeleryWorkerError?
+        for attempt in 1...failover.alternates.count {
+            let server = failover.current
+            let target = server.url(from: url)
+            do {
+                let context = try connect(to: target, &state)
+                state.failoverIndex = server.index
+                return context
+            } catch {
+                failover.failed(server)
+                let display = target.brokerDisplay
+                let retried = attempt < failover.alternates.count
+                failoverLog.withLock { log in
+                    log.lastFailed = display
+                    guard retried else { return }
+                    if log.failures.count == 64 { log.failures.removeFirst() }
+                    log.failures.append(RedisURL.Failover.Failure(server: display, error: error.message))
+                }
+                failure = error
+            }
+        }
+        throw failure ?? CeleryWorkerError(code: .connectionFailed, message: "no server to connect to in \(url)")
+    }
+
+    /// Opens the connection to `url` (the connection's own, or the server of its failover list in use).
+    private func connect(to url: RedisURL, _ state: inout State) throws(CeleryWorkerError) -> Link {
         Self.sigpipeIgnored
         let timeout = Self.timeval(connectTimeout)
         let opened: UnsafeMutablePointer<redisContext>?

@@ -53,6 +53,8 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     public var clientName: String?
     /// Whether the URL's scheme is `rediss://` (TLS may also come from settings with `redis://`).
     public internal(set) var isSecureScheme = false
+    /// kombu's failover list (several `redis://` or `unix://` URLs joined by `;`), or `nil` for one server.
+    public var failover: Failover?
 
     public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
         self.endpoint = endpoint
@@ -69,13 +71,20 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         if text.contains(";") {
             // kombu's failover list: for Sentinel, every URL names a Sentinel; the first gives credentials and db.
             let urls = try text.split(separator: ";").map { part throws(CeleryWorkerError) in try RedisURL(parsing: String(part)) }
-            var nodes: [SentinelNode] = []
-            for url in urls {
-                guard case .sentinel(let more) = url.endpoint else { throw invalid("only sentinel:// URLs can be joined by ';'") }
-                nodes += more
+            guard let first = urls.first else { throw invalid("expected redis://host[:port][/db]") }
+            let sentinels = urls.filter(\.isSentinel).count
+            guard sentinels == 0 || sentinels == urls.count else { throw invalid("sentinel:// URLs cannot be joined with others by ';'") }
+            self = first
+            if sentinels == 0 {
+                // Servers to fail over to, in turn (kombu's alternates).
+                if urls.count > 1 { failover = Failover(alternates: urls) }
+                return
             }
-            self = urls[0]
-            endpoint = .sentinel(nodes)
+            endpoint = .sentinel(
+                urls.flatMap { url -> [SentinelNode] in
+                    guard case .sentinel(let nodes) = url.endpoint else { return [] }
+                    return nodes
+                })
             return
         }
         guard let pieces = Pieces(text) else { throw invalid("expected redis://host[:port][/db]") }
@@ -163,9 +172,11 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
         return false
     }
 
-    /// Whether `other` reaches the same server as the same user (whatever the database).
+    /// Whether `other` reaches the same server as the same user (whatever the database). Never so for a failover
+    /// list, whose server changes.
     func isSameServer(as other: RedisURL) -> Bool {
-        endpoint == other.endpoint && username == other.username && password == other.password
+        failover == nil && other.failover == nil && endpoint == other.endpoint && username == other.username
+            && password == other.password
     }
 
     /// The URL with any password replaced by `**`, as Celery's banner shows it.
@@ -195,10 +206,12 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// and `Cannot connect to` lines: the password masked even where there is none (`redis://:**@127.0.0.1:6379/0`,
     /// kombu 5.7's rule; kombu 5.3 left the `:**@` out then), a Unix socket's path alone, and of several Sentinels the
     /// first.
+    /// With a ``failover`` list, the server in use (kombu shows its connection's current one).
     public var brokerDisplay: String { brokerDisplay(mask: "**") }
 
     /// ``brokerDisplay`` with the password's `mask` (Celery's `conf` reply masks it with `********`).
     public func brokerDisplay(mask: String) -> String {
+        if let failover { return failover.current.url(from: self).brokerDisplay(mask: mask) }
         let credentials = "\(username ?? ""):\(mask)@"
         switch endpoint {
         case .tcp(let host, let port):

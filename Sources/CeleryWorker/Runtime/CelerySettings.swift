@@ -10,6 +10,8 @@ import Yams
 /// `CELERY_RESULT_BACKEND`), command-line flags.
 public struct CelerySettings: Sendable, Equatable {
     public var brokerURL: String?
+    /// `broker_failover_strategy`: how the worker picks the next server of a failover list (`;`).
+    public var brokerFailoverStrategy: RedisURL.Failover.Strategy?
     public var resultBackend: String?
     /// `broker_read_url` and `broker_write_url`: the worker reads and writes through one broker, so they must agree.
     public var brokerReadURL: String?
@@ -415,7 +417,7 @@ public struct CelerySettings: Sendable, Equatable {
                 "event_queue_ttl", "event_queue_expires", "event_queue_exclusive", "event_queue_durable", "event_queue_prefix",
                 "task_queue_max_priority", "task_default_queue_type", "task_create_missing_queue_type",
                 "task_create_missing_queue_exchange_type", "worker_detect_quorum_queues", "broker_native_delayed_delivery_queue_type",
-                "result_exchange", "result_exchange_type", "broker_login_method", "broker_failover_strategy",
+                "result_exchange", "result_exchange_type", "broker_login_method",
                 "CELERY_QUEUE_HA_POLICY", "CELERY_RESULT_EXCHANGE", "CELERY_RESULT_EXCHANGE_TYPE",
             ],
             "they apply to AMQP brokers and queues (or Python's event receivers), not to Redis")
@@ -489,7 +491,22 @@ public struct CelerySettings: Sendable, Equatable {
 
     /// Every known name, new and old, with how to read it.
     static let settings: [String: Setter] = byName { add in
-        add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { $0.brokerURL = try $1.string() }
+        add(["broker_url", "BROKER_URL", "CELERY_BROKER_URL"]) { settings, option throws(CeleryWorkerError) in
+            // A list is kombu's failover list, as the URLs joined by ';'.
+            if let urls = option.value as? [Any] {
+                let texts = urls.compactMap { $0 as? String }
+                guard texts.count == urls.count, !texts.isEmpty else { throw option.fail("a URL, or a list of URLs to fail over to") }
+                settings.brokerURL = texts.joined(separator: ";")
+            } else {
+                settings.brokerURL = try option.string()
+            }
+        }
+        add(["broker_failover_strategy", "BROKER_FAILOVER_STRATEGY"]) { settings, option throws(CeleryWorkerError) in
+            guard let strategy = RedisURL.Failover.Strategy(rawValue: try option.string()) else {
+                throw option.fail("round-robin or shuffle (kombu's strategies)")
+            }
+            settings.brokerFailoverStrategy = strategy
+        }
         for (names, read) in beatSettings { add(names, read) }
         for (names, read) in DaemonSettings.settings { add(names, read) }
         add(["result_backend", "CELERY_RESULT_BACKEND"]) { $0.resultBackend = try $1.string() }

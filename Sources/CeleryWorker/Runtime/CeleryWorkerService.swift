@@ -245,21 +245,37 @@ public final class CeleryWorkerService: Service {
         while !shutdown.isTriggered {
             do {
                 try await broker.declare(queues: configuration.queues, bindings: configuration.queueBindings)
+                logFailovers()
                 logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 return true
             } catch {
                 attempt += 1
+                let failedOver = logFailovers()
                 switch policy.step(afterFailedAttempt: attempt, startup: true, error: error.message) {
                 case .giveUp(let reason):
                     giveUp(reason)
                     return false
                 case .wait(let seconds, let note):
-                    logger.error("consumer: Cannot connect to \(configuration.brokerURL.brokerDisplay): \(error.message).\n\(note)")
+                    let server = failedOver.lastFailed ?? configuration.brokerURL.brokerDisplay
+                    logger.error("consumer: Cannot connect to \(server): \(error.message).\n\(note)")
                     _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
                 }
             }
         }
         return false
+    }
+
+    /// Celery's consumer line for each connect that failed over to another server of the broker's failover list
+    /// (kombu's alternates) since the last call.
+    /// Returns what was logged, with the server the last failed connect was to.
+    @discardableResult
+    func logFailovers() -> RedisURL.Failover.Log {
+        guard configuration.brokerURL.failover != nil else { return RedisURL.Failover.Log() }
+        let log = broker.takeFailovers()
+        for failure in log.failures {
+            logger.error("consumer: Cannot connect to \(failure.server): \(failure.error).\nWill retry using next failover.")
+        }
+        return log
     }
 
     /// Seconds as Celery's retry lines write them: two decimals (`2.00`).
@@ -563,7 +579,8 @@ final class WorkerRun: Sendable {
         do {
             var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
             state.busy = deliveries.count == permits
-            if state.failures > 0 {
+            let failedOver = service.logFailovers()
+            if state.failures > 0 || !failedOver.failures.isEmpty {
                 logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 state.failures = 0
                 state.unreachable = 0
@@ -599,12 +616,14 @@ final class WorkerRun: Sendable {
                 logger.warning("consumer: Connection to broker lost. Trying to re-establish the connection... (\(error.message))")
                 return .nothing
             }
+            let failedOver = service.logFailovers()
             switch policy.step(afterFailedAttempt: state.unreachable - 1, startup: false, error: error.message) {
             case .giveUp(let reason):
                 giveUp(reason)
                 return .stop
             case .wait(let seconds, let note):
-                logger.error("consumer: Cannot connect to \(configuration.brokerURL.brokerDisplay): \(error.message).\n\(note)")
+                let server = failedOver.lastFailed ?? configuration.brokerURL.brokerDisplay
+                logger.error("consumer: Cannot connect to \(server): \(error.message).\n\(note)")
                 _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
                 return .nothing
             }
