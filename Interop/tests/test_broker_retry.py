@@ -8,7 +8,7 @@ import time
 import pytest
 import redis as redis_lib
 
-from conftest import WORKER_BINARY, PythonWorker, WorkerProcess, answering, remember
+from conftest import WORKER_BINARY, PythonWorker, WorkerProcess, answering, eventually, remember
 from redisproc import RedisProcess, free_port
 
 
@@ -291,3 +291,44 @@ def test_a_failover_list_moves_the_workers_to_the_next_server_as_python_does(req
         stop_both(swift, python, *([later] if later else []))
         first.stop()
         second.stop()
+
+
+def test_a_worker_back_from_a_lost_connection_mingles_again_as_python_does(request, tmp_path):
+    """Celery's consumer restarts after a lost connection, mingle included, so a task revoked while the worker could
+    not hear it is not run: the Swift worker's user is shut out (and its connections killed) while a revoke is sent,
+    which only the Python worker beside it hears; once let back in, it mingles again and holds the id revoked."""
+    from celery.exceptions import TaskRevokedError
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    admin = redis_lib.Redis.from_url(server.url(1))
+    admin.acl_setuser("swiftuser", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"])
+    backend = server.url(0)
+    python = remember(request, PythonWorker(server.url(1), backend, tmp_path / "python.log", "-n", "pymingle@%h", "-P", "threads"))
+    swift = None
+    try:
+        python.wait_ready()
+        app = make_app(server.url(1), backend)
+        answering(app, "pymingle@")
+        swift = remember(request, WorkerProcess(
+            ["--broker", f"redis://swiftuser:pw@127.0.0.1:{server.port}/1", "--result-backend", backend, "-n", "remingle@%h",
+             "-Q", "remingle"], tmp_path / "swift.log")).wait_ready()
+        assert "mingle: sync with 1 nodes" in swift.log, swift.log
+        node = answering(app, "remingle@")
+        admin.acl_setuser("swiftuser", enabled=False)
+        admin.client_kill_filter(user="swiftuser")
+        swift.wait_for_log("consumer: Cannot connect to redis://swiftuser:**@", timeout=15)
+        app.control.revoke("revoked-while-away")
+        assert eventually(lambda: "revoked-while-away" in (app.control.inspect(timeout=1).revoked() or {}).get(
+            answering(app, "pymingle@"), []), 10)
+        admin.acl_setuser("swiftuser", enabled=True)
+        swift.wait_for_log("mingle: sync with 1 nodes", timeout=20, count=2)
+        assert swift.log.rindex("Connected to") < swift.log.rindex("mingle: searching for neighbors"), swift.log
+        assert "revoked-while-away" in app.control.inspect(destination=[node], timeout=5).revoked()[node]
+        revoked = app.send_task("tasks.add", (1, 1), queue="remingle", task_id="revoked-while-away")
+        with pytest.raises(TaskRevokedError):
+            revoked.get(timeout=10)
+        assert app.send_task("tasks.add", (2, 2), queue="remingle").get(timeout=10) == 4
+    finally:
+        stop_both(python, *([swift] if swift else []))
+        server.stop()

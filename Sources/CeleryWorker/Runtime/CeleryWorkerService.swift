@@ -580,6 +580,7 @@ final class WorkerRun: Sendable {
             var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
             state.busy = deliveries.count == permits
             let failedOver = service.logFailovers()
+            let reconnected = state.unreachable > 0
             if state.failures > 0 || !failedOver.failures.isEmpty {
                 logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 state.failures = 0
@@ -587,8 +588,11 @@ final class WorkerRun: Sendable {
             }
             if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
             if cancellations.load(ordering: .acquiring) != cancelled { await requeueUndeliverable(&deliveries) }
+            if !deliveries.isEmpty { held.withLock { $0.add(&deliveries) } }
+            // As Celery's consumer, restarted after a lost connection: mingle again, before the tasks taken since are
+            // received, for the ids revoked while this worker could not hear it.
+            if reconnected { await mingle() }
             if deliveries.isEmpty { return .nothing }
-            held.withLock { $0.add(&deliveries) }
             // Decoded and validated by the receive loop (on the event loop, or on a task thread).
             fetched.yield(deliveries)
             return .handedOn
