@@ -79,6 +79,12 @@ public final class RedisBroker: Broker {
         return log
     }
 
+    /// Closes the connections the server hung up on (a killed client, a restart), so that the next call opens a new
+    /// one instead of failing on the dead one.
+    func closeHungUpConnections() {
+        for client in [blocking, commands, records] { client.connection.closeIfHungUp() }
+    }
+
     public func declare(queues: [String], bindings: [String: QueueBinding]) async throws(CeleryWorkerError) {
         rotation.withLock { $0.set(queues) }
         for queue in queues {

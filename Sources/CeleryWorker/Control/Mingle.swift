@@ -41,12 +41,18 @@ extension WorkerRun {
     /// run here) and their clocks (this worker's moves past them). Python always waits its whole second for
     /// replies; the Swift worker counts the workers that heard the request (the subscribers `PUBLISH` reports) and
     /// goes on as soon as each replied, within the same second, so a worker alone starts at once.
-    func mingle() async {
+    ///
+    /// `afterReconnecting`: mingle again after a lost connection, while the remote control loop may be listening
+    /// already. The request then goes out on a connection of its own: on the control loop's, the worker's own reply
+    /// (which the request's count of listeners includes) would wait behind the wait for replies.
+    func mingle(afterReconnecting: Bool = false) async {
         guard configuration.mingle, let control = service.control else { return }
         logger.info("mingle: searching for neighbors")
         let replies: [(node: String, reply: CeleryObject)]
+        let client = afterReconnecting ? RedisClient(url: configuration.brokerURL, threadName: "mingle") : control.replies
+        defer { if afterReconnecting { client.close() } }
         do {
-            replies = try await sendHello(over: control.replies)
+            replies = try await sendHello(over: client)
         } catch {
             logger.warning("mingle: cannot reach the other workers (\(error.message)); starting without their revoked ids")
             return

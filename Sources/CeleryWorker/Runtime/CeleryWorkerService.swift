@@ -554,6 +554,23 @@ final class WorkerRun: Sendable {
     /// One fetch: waits for a prefetch permit, takes what the free permits allow (a batch under load), and hands it
     /// to the receive loop.
     private func fetchOnce(into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState) async -> FetchStep {
+        if state.unreachable > 0, case let queues = consuming.withLock({ $0 }), !queues.isEmpty {
+            // As Celery's consumer restarts after a lost connection: it connects (declaring its queues again, as
+            // kombu's consumer does on revival, so a Redis that came back empty has their bindings), says so, mingles,
+            // and only then consumes.
+            do {
+                // A connection the server hung up on is replaced first, not taken for a failed attempt.
+                (service.broker as? RedisBroker)?.closeHungUpConnections()
+                try await service.broker.declare(queues: queues, bindings: configuration.queueBindings)
+            } catch {
+                return await failed(error, &state)
+            }
+            service.logFailovers()
+            logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
+            state.failures = 0
+            state.unreachable = 0
+            await mingle(afterReconnecting: true)
+        }
         guard await prefetch.acquire() else { return .stop }
         // One permit is needed to fetch at all; any others free now let one round trip take a batch.
         let cancelled = cancellations.load(ordering: .acquiring)
@@ -579,58 +596,58 @@ final class WorkerRun: Sendable {
         do {
             var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
             state.busy = deliveries.count == permits
-            let failedOver = service.logFailovers()
-            let reconnected = state.unreachable > 0
-            if state.failures > 0 || !failedOver.failures.isEmpty {
+            if state.failures > 0 || !service.logFailovers().failures.isEmpty {
                 logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 state.failures = 0
                 state.unreachable = 0
             }
             if deliveries.count < permits { prefetch.release(permits - deliveries.count) }
             if cancellations.load(ordering: .acquiring) != cancelled { await requeueUndeliverable(&deliveries) }
-            if !deliveries.isEmpty { held.withLock { $0.add(&deliveries) } }
-            // As Celery's consumer, restarted after a lost connection: mingle again, before the tasks taken since are
-            // received, for the ids revoked while this worker could not hear it.
-            if reconnected { await mingle() }
             if deliveries.isEmpty { return .nothing }
+            held.withLock { $0.add(&deliveries) }
             // Decoded and validated by the receive loop (on the event loop, or on a task thread).
             fetched.yield(deliveries)
             return .handedOn
         } catch {
             prefetch.release(permits)
-            state.failures += 1
-            guard error.isConnectionProblem else {
-                // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists. Not a
-                // connection attempt: logged and tried again, without counting against broker_connection_max_retries.
-                let delay = service.retryDelays.delay(attempt: state.failures)
-                logger.error(
-                    "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
-                )
-                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
-                return .nothing
-            }
-            state.unreachable += 1
-            let policy = configuration.brokerConnectionRetry
-            if state.unreachable == 1 {
-                // As Celery's consumer: the loss is logged, and the first attempt to reconnect follows at once.
-                guard policy.retries(startup: false) else {
-                    giveUp(policy.disabledReason(startup: false))
-                    return .stop
-                }
-                logger.warning("consumer: Connection to broker lost. Trying to re-establish the connection... (\(error.message))")
-                return .nothing
-            }
-            let failedOver = service.logFailovers()
-            switch policy.step(afterFailedAttempt: state.unreachable - 1, startup: false, error: error.message) {
-            case .giveUp(let reason):
-                giveUp(reason)
+            return await failed(error, &state)
+        }
+    }
+
+    /// After a failed fetch (or reconnection): Celery's consumer's lines and waits, or giving up as it does.
+    private func failed(_ error: CeleryWorkerError, _ state: inout FetchState) async -> FetchStep {
+        state.failures += 1
+        guard error.isConnectionProblem else {
+            // Redis answered with an error (a key of the wrong type, say): the messages stay on their lists. Not a
+            // connection attempt: logged and tried again, without counting against broker_connection_max_retries.
+            let delay = service.retryDelays.delay(attempt: state.failures)
+            logger.error(
+                "consumer: Cannot fetch from the broker (\(error.message)); the messages stay in their queues. Trying again in \(CeleryWorkerService.format(seconds: delay)) seconds..."
+            )
+            _ = await shutdown.sleep(untilUnixTime: WallClock.now() + delay)
+            return .nothing
+        }
+        state.unreachable += 1
+        let policy = configuration.brokerConnectionRetry
+        if state.unreachable == 1 {
+            // As Celery's consumer: the loss is logged, and the first attempt to reconnect follows at once.
+            guard policy.retries(startup: false) else {
+                giveUp(policy.disabledReason(startup: false))
                 return .stop
-            case .wait(let seconds, let note):
-                let server = failedOver.lastFailed ?? configuration.brokerURL.brokerDisplay
-                logger.error("consumer: Cannot connect to \(server): \(error.message).\n\(note)")
-                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
-                return .nothing
             }
+            logger.warning("consumer: Connection to broker lost. Trying to re-establish the connection... (\(error.message))")
+            return .nothing
+        }
+        let failedOver = service.logFailovers()
+        switch policy.step(afterFailedAttempt: state.unreachable - 1, startup: false, error: error.message) {
+        case .giveUp(let reason):
+            giveUp(reason)
+            return .stop
+        case .wait(let seconds, let note):
+            let server = failedOver.lastFailed ?? configuration.brokerURL.brokerDisplay
+            logger.error("consumer: Cannot connect to \(server): \(error.message).\n\(note)")
+            _ = await shutdown.sleep(untilUnixTime: WallClock.now() + seconds)
+            return .nothing
         }
     }
 
