@@ -172,3 +172,21 @@ def test_task_sent_events_for_what_a_task_sends(start_configured, start_python_w
     capture.wait_for(lambda events: any(e["type"] == "task-sent" and e.get("parent_id") == result.id for e in events))
     (sent,) = [e for e in capture.stop() if e["type"] == "task-sent" and e.get("parent_id") == result.id]
     assert sent["name"] == "tasks.add" and sent["queue"] == "delegated" and sent["hostname"].startswith("gen"), sent
+
+
+def test_a_worker_back_from_a_lost_connection_says_so_in_events_as_python_does(start_worker, start_python_worker, make_app,
+                                                                               broker_redis):
+    """Celery's consumer stops its heart as it restarts after a lost connection and starts it again: worker-offline,
+    then worker-online once connected. The Swift worker's connections and a Python worker's are cut alike."""
+    app = make_app()
+    capture = Capture(app, seconds=30).start()
+    start_worker("-n", "evswift@%h")
+    start_python_worker("-n", "evpython@%h")
+    capture.wait_for(lambda events: count(events, "worker-online", "evswift@") == count(events, "worker-online", "evpython@") == 1)
+    broker_redis.client_kill_filter(_type="normal", skipme=True)
+    capture.wait_for(lambda events: count(events, "worker-online", "evswift@") == count(events, "worker-online", "evpython@") == 2,
+                     20)
+    events = capture.stop()
+    for host in ("evswift@", "evpython@"):
+        assert [e["type"] for e in events if e["hostname"].startswith(host) and e["type"] != "worker-heartbeat"] == [
+            "worker-online", "worker-offline", "worker-online"], host

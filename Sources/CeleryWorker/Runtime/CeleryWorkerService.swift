@@ -556,8 +556,8 @@ final class WorkerRun: Sendable {
     private func fetchOnce(into fetched: Handoff<[BrokerDelivery]>, _ state: inout FetchState) async -> FetchStep {
         if state.unreachable > 0, case let queues = consuming.withLock({ $0 }), !queues.isEmpty {
             // As Celery's consumer restarts after a lost connection: it connects (declaring its queues again, as
-            // kombu's consumer does on revival, so a Redis that came back empty has their bindings), says so, mingles,
-            // and only then consumes.
+            // kombu's consumer does on revival, so a Redis that came back empty has their bindings), says so, sends
+            // worker-online, mingles, and only then consumes.
             do {
                 // A connection the server hung up on is replaced first, not taken for a failed attempt.
                 (service.broker as? RedisBroker)?.closeHungUpConnections()
@@ -569,6 +569,7 @@ final class WorkerRun: Sendable {
             logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
             state.failures = 0
             state.unreachable = 0
+            await sendWorkerEvent("worker-online")
             await mingle(afterReconnecting: true)
         }
         guard await prefetch.acquire() else { return .stop }
@@ -636,6 +637,9 @@ final class WorkerRun: Sendable {
                 return .stop
             }
             logger.warning("consumer: Connection to broker lost. Trying to re-establish the connection... (\(error.message))")
+            // Celery's consumer stops its heart as it restarts (worker-offline, if the event gets through) and starts it
+            // again once connected (worker-online).
+            await sendWorkerEvent("worker-offline")
             return .nothing
         }
         let failedOver = service.logFailovers()
