@@ -345,3 +345,35 @@ def make_app(redis_urls):
             app.close()
         except Exception:
             pass
+
+
+@pytest.fixture
+def own_server(request, tmp_path):
+    """A redis-server of the test's own, with a Swift worker and a Python worker on it, for a test that cuts every
+    client's connection (which would break the connections other tests keep to the shared server). Yields
+    `start(kind, settings, *args)`, as `start_configured`, and the server; the workers and the server stop with it."""
+    server = RedisProcess().start()
+    workers = []
+
+    def start(kind, settings, *args):
+        broker, backend = server.url(1), server.url(0)
+        if kind == "swift":
+            config = tmp_path / f"own{len(workers)}.json"
+            config.write_text(json.dumps(settings))
+            worker = WorkerProcess(["--broker", broker, "--result-backend", backend, "--config", str(config), *args],
+                                   tmp_path / f"own{len(workers)}.log")
+        else:
+            worker = PythonWorker(broker, backend, tmp_path / f"ownpy{len(workers)}.log", *args,
+                                  env={"CELERY_SETTINGS": json.dumps(settings)})
+        workers.append(remember(request, worker))
+        return worker.wait_ready()
+
+    yield start, server
+    for worker in workers:
+        if isinstance(worker, PythonWorker):
+            worker.kill_all()
+        elif worker.alive():
+            worker.proc.kill()
+            worker.proc.wait()
+    server.stop()
+

@@ -174,16 +174,19 @@ def test_task_sent_events_for_what_a_task_sends(start_configured, start_python_w
     assert sent["name"] == "tasks.add" and sent["queue"] == "delegated" and sent["hostname"].startswith("gen"), sent
 
 
-def test_a_worker_back_from_a_lost_connection_says_so_in_events_as_python_does(start_worker, start_python_worker, make_app,
-                                                                               broker_redis):
+def test_a_worker_back_from_a_lost_connection_says_so_in_events_as_python_does(own_server):
     """Celery's consumer stops its heart as it restarts after a lost connection and starts it again: worker-offline,
     then worker-online once connected. The Swift worker's connections and a Python worker's are cut alike."""
-    app = make_app()
+    from clientapp import make_app
+
+    start, server = own_server
+    app = make_app(server.url(1), server.url(0))
     capture = Capture(app, seconds=30).start()
-    start_worker("-n", "evswift@%h")
-    start_python_worker("-n", "evpython@%h")
+    start("swift", {}, "-n", "evswift@%h")
+    start("python", {}, "-n", "evpython@%h")
     capture.wait_for(lambda events: count(events, "worker-online", "evswift@") == count(events, "worker-online", "evpython@") == 1)
-    broker_redis.client_kill_filter(_type="normal", skipme=True)
+    # The capture's subscription is not a normal client: it stays.
+    redis_lib.Redis.from_url(server.url(1)).client_kill_filter(_type="normal", skipme=True)
     capture.wait_for(lambda events: count(events, "worker-online", "evswift@") == count(events, "worker-online", "evpython@") == 2,
                      20)
     events = capture.stop()

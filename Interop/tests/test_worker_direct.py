@@ -120,15 +120,19 @@ def test_task_create_missing_queues_off_refuses_an_undeclared_queue_as_python_do
     assert python.returncode != 0 and message in python.stdout + python.stderr
 
 
-def test_bindings_lost_with_redis_are_declared_again_on_reconnection_as_python_does(start_configured, make_app, broker_redis):
+def test_bindings_lost_with_redis_are_declared_again_on_reconnection_as_python_does(own_server):
     """A Redis that comes back empty (its keys lost, every client cut off): each worker, reconnecting, declares its
     queues again, as kombu's consumer does on revival, so a client routing by exchange and routing key reaches them
     again. Side by side with a Python worker given the same `task_queues`."""
-    app = make_app()
+    import redis as redis_lib
+    from clientapp import make_app
+
+    start, server = own_server
     settings = {"task_queues": {"reswift": {"exchange": "rebound", "routing_key": "re.swift"},
                                 "repython": {"exchange": "rebound", "routing_key": "re.python"}}}
-    swift = start_configured("swift", settings, "-n", "reswift@%h", "-Q", "reswift")
-    python = start_configured("python", settings, "-n", "repython@%h", "-Q", "repython")
+    swift = start("swift", settings, "-n", "reswift@%h", "-Q", "reswift")
+    python = start("python", settings, "-n", "repython@%h", "-Q", "repython")
+    broker_redis = redis_lib.Redis.from_url(server.url(1))
     members = {b"re.swift\x06\x16\x06\x16reswift", b"re.python\x06\x16\x06\x16repython"}
     assert broker_redis.smembers("_kombu.binding.rebound") == members
     broker_redis.flushall()
@@ -138,6 +142,7 @@ def test_bindings_lost_with_redis_are_declared_again_on_reconnection_as_python_d
         worker.wait_for_log("Connected to redis://", timeout=20, count=2)
     assert eventually(lambda: broker_redis.smembers("_kombu.binding.rebound") == members, 10), broker_redis.smembers(
         "_kombu.binding.rebound")
+    app = make_app(server.url(1), server.url(0))
     for key, number in (("re.swift", 1), ("re.python", 2)):
         assert app.send_task("tasks.add", (number, number), exchange="rebound", routing_key=key).get(timeout=15) == 2 * number
     assert "Task tasks.add[" in swift.log and "Task tasks.add[" in python.log

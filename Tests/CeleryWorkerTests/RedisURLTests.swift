@@ -60,12 +60,15 @@ struct RedisURLTests {
         #expect(second.endpoint == .tcp(host: "b", port: 6379) && second.password == nil && second.database == 2)
         #expect(second.clientName == "worker" && second.failover == nil)
         // Round-robin: each failed connect moves every copy on to the next server, once.
-        failover.failed(failover.current)
-        failover.failed(RedisURL.Failover.Server(index: 0, alternate: failover.alternates[0]))
+        let down = { (server: String) in RedisURL.Failover.Failure(server: server, error: "Connection refused.") }
+        failover.failed(failover.current, down("a"))
+        failover.failed(RedisURL.Failover.Server(index: 0, alternate: failover.alternates[0]), down("a again"))
         #expect(named.failover?.current.index == 1 && url.brokerDisplay == "redis://:**@b:6379/2")
-        failover.failed(failover.current)
-        failover.failed(failover.current)
-        #expect(failover.current.index == 0)
+        #expect(failover.failures(since: 0) == [down("a again")] && failover.failures(since: 1).isEmpty)
+        failover.failed(failover.current, down("b"))
+        #expect(failover.failures(since: 0) == [down("a again"), down("b")])
+        failover.failed(failover.current, down("c"))
+        #expect(failover.current.index == 0 && failover.failures(since: 1) == [down("b"), down("c")])
         #expect(!url.isSameServer(as: url))
         #expect(try RedisURL(parsing: "redis://a").failover == nil)
         #expect(throws: CeleryWorkerError.self) { try RedisURL(parsing: "redis://a;sentinel://b") }
@@ -417,7 +420,7 @@ struct RedisFailoverTests {
         let client = RedisClient(url: url)
         #expect(try await database(client) == "db=1")
         let failover = try #require(url.failover)
-        failover.failed(failover.current)  // as another connection would, on a failed connect
+        failover.failed(failover.current, .init(server: "db 1", error: "down"))  // as another connection would
         #expect(try await database(client) == "db=2")
         #expect(client.takeFailovers() == RedisURL.Failover.Log())
     }

@@ -140,7 +140,7 @@ struct CelerySettingsTests {
         var url = try RedisURL(parsing: try #require(settings.brokerURL))
         url.failover?.strategy = .shuffle
         let failover = try #require(url.failover)
-        failover.failed(failover.current)
+        failover.failed(failover.current, .init(server: "a", error: "down"))
         #expect(failover.current.index == 1)
     }
 

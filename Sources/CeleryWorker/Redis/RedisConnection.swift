@@ -477,14 +477,14 @@ final class RedisConnection: @unchecked Sendable {
                 state.failoverIndex = server.index
                 return context
             } catch {
-                failover.failed(server)
-                let display = target.brokerDisplay
+                let failed = RedisURL.Failover.Failure(server: target.brokerDisplay, error: error.message)
+                failover.failed(server, failed)
                 let retried = attempt < failover.alternates.count
                 failoverLog.withLock { log in
-                    log.lastFailed = display
+                    log.lastFailed = failed.server
                     guard retried else { return }
                     if log.failures.count == 64 { log.failures.removeFirst() }
-                    log.failures.append(RedisURL.Failover.Failure(server: display, error: error.message))
+                    log.failures.append(failed)
                 }
                 failure = error
             }

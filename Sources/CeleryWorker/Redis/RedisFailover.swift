@@ -65,7 +65,13 @@ extension RedisURL {
         }
 
         private final class Cursor: Sendable {
-            let index = Mutex(0)
+            struct State {
+                var index = 0
+                /// Each server's last failed connect, by its place in the list.
+                var lastFailures: [Int: Failure] = [:]
+            }
+
+            let state = Mutex(State())
         }
 
         /// Every server, the first URL's included, in the order written.
@@ -89,21 +95,39 @@ extension RedisURL {
 
         /// The server in use.
         public var current: Server {
-            let index = cursor.index.withLock { $0 }
+            let index = cursor.state.withLock { $0.index }
             return Server(index: index, alternate: alternates[index])
         }
 
-        /// A connect to `server` failed: the next server is in use from now on, unless another connection moved on
-        /// already.
-        func failed(_ server: Server) {
-            cursor.index.withLock { index in
-                guard index == server.index else { return }
+        /// A connect to `server` failed (`failure`): the next server is in use from now on, unless another connection
+        /// moved on already.
+        func failed(_ server: Server, _ failure: Failure) {
+            cursor.state.withLock { state in
+                state.lastFailures[server.index] = failure
+                guard state.index == server.index else { return }
                 switch strategy {
                 case .roundRobin:
-                    index = (server.index + 1) % alternates.count
+                    state.index = (server.index + 1) % alternates.count
                 case .shuffle:
-                    index = alternates.indices.filter { $0 != server.index }.randomElement() ?? server.index
+                    state.index = alternates.indices.filter { $0 != server.index }.randomElement() ?? server.index
                 }
+            }
+        }
+
+        /// The failed connects that took the list from the server at `previous` to the one in use (whichever
+        /// connection made them), in the order tried: what Celery's consumer logs with "Will retry using next
+        /// failover." before it is connected to the server in use. Empty when that is the same server.
+        public func failures(since previous: Int) -> [Failure] {
+            cursor.state.withLock { state in
+                guard previous != state.index, alternates.indices.contains(previous) else { return [] }
+                guard strategy == .roundRobin else { return state.lastFailures[previous].map { [$0] } ?? [] }
+                var found: [Failure] = []
+                var index = previous
+                while index != state.index {
+                    if let failure = state.lastFailures[index] { found.append(failure) }
+                    index = (index + 1) % alternates.count
+                }
+                return found
             }
         }
     }

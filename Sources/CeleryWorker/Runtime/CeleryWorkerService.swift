@@ -26,6 +26,8 @@ public final class CeleryWorkerService: Service {
     /// This package's version, shown in the banner and sent as `sw_ver` in worker events.
     public static let version = "0.1.0"
     let retryDelays = RetryDelays()
+    /// With a failover list of brokers: the server the consumer was last connected to (the first at start).
+    let connectedServer = Mutex(0)
     /// Task counts and timings, through swift-metrics.
     let metrics: TaskMetrics
     /// The client tasks send other tasks with (`context.send`).
@@ -245,7 +247,7 @@ public final class CeleryWorkerService: Service {
         while !shutdown.isTriggered {
             do {
                 try await broker.declare(queues: configuration.queues, bindings: configuration.queueBindings)
-                logFailovers()
+                logFailedOver()
                 logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 return true
             } catch {
@@ -265,17 +267,35 @@ public final class CeleryWorkerService: Service {
         return false
     }
 
-    /// Celery's consumer line for each connect that failed over to another server of the broker's failover list
-    /// (kombu's alternates) since the last call.
-    /// Returns what was logged, with the server the last failed connect was to.
+    /// After a failed attempt to reach the broker: Celery's consumer line for each connect of the attempt that failed
+    /// over to another server of the broker's failover list (kombu's alternates). Returns them, with the server the
+    /// last failed connect was to.
     @discardableResult
     func logFailovers() -> RedisURL.Failover.Log {
         guard configuration.brokerURL.failover != nil else { return RedisURL.Failover.Log() }
         let log = broker.takeFailovers()
-        for failure in log.failures {
-            logger.error("consumer: Cannot connect to \(failure.server): \(failure.error).\nWill retry using next failover.")
-        }
+        for failure in log.failures { logFailover(failure) }
         return log
+    }
+
+    private func logFailover(_ failure: RedisURL.Failover.Failure) {
+        logger.error("consumer: Cannot connect to \(failure.server): \(failure.error).\nWill retry using next failover.")
+    }
+
+    /// Once the broker answers: with a failover list, Celery's line for each server the list moved on from since the
+    /// consumer was last connected (whichever of the worker's connections found it down). Returns whether the server
+    /// changed.
+    @discardableResult
+    func logFailedOver() -> Bool {
+        guard let failover = configuration.brokerURL.failover else { return false }
+        _ = broker.takeFailovers()
+        let current = failover.current.index
+        let previous = connectedServer.withLock { server in
+            defer { server = current }
+            return server
+        }
+        for failure in failover.failures(since: previous) { logFailover(failure) }
+        return previous != current
     }
 
     /// Seconds as Celery's retry lines write them: two decimals (`2.00`).
@@ -565,7 +585,7 @@ final class WorkerRun: Sendable {
             } catch {
                 return await failed(error, &state)
             }
-            service.logFailovers()
+            service.logFailedOver()
             logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
             state.failures = 0
             state.unreachable = 0
@@ -597,7 +617,7 @@ final class WorkerRun: Sendable {
         do {
             var deliveries = try await service.broker.fetch(queues: queues, limit: permits)
             state.busy = deliveries.count == permits
-            if state.failures > 0 || !service.logFailovers().failures.isEmpty {
+            if service.logFailedOver() || state.failures > 0 {
                 logger.info("Connected to \(configuration.brokerURL.brokerDisplay)")
                 state.failures = 0
                 state.unreachable = 0
