@@ -447,7 +447,8 @@ def test_standalone_beat_detaches_as_celery_beat(broker_redis, redis_urls):
 
 def test_standalone_beat_refuses_bad_flags(redis_urls, tmp_path):
     config = write_config(tmp_path, "beat.yaml", "beat_schedule: {a: {task: tasks.noop, schedule: {crontab: '* *'}}}\n")
-    for args, message in [(["--scheduler", "redbeat.RedBeatScheduler"], "run Python's `celery beat` for another scheduler"),
+    for args, message in [(["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
+                           "run Python's `celery beat` for another scheduler"),
                           (["-l", "LOUD"], "Invalid log level 'LOUD'"),
                           (["--max-interval", "0"], "--max-interval must be a number of seconds above 0"),
                           (["--config", config], "entry 'a': crontab: a crontab string has five fields")]:

@@ -165,7 +165,7 @@ def test_bad_flags_fail_with_a_clear_message():
                        (["--result-backend", "redis://a:1;redis://b:2"], "Celery's Redis backend takes no failover list"),
                        (["-l", "LOUD"], "Invalid log level"),
                        (["--result-serializer", "pickle"], "json or msgpack"),
-                       (["-B", "--scheduler", "redbeat.RedBeatScheduler"],
+                       (["-B", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
                         "run Python's `celery beat` for another scheduler"),
                        (["-I", "proj.tasks"], "the Swift worker's tasks are compiled in"),
                        (["--umask", "0999"], "--umask must be a mask from 0 to 0777"),

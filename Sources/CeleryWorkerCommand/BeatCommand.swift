@@ -20,7 +20,9 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
         help: "Where each entry's last run is kept (default: beat_schedule_filename, else celerybeat-schedule).")
     var schedule: String?
 
-    @Option(name: [.customShort("S"), .customLong("scheduler")], help: "Only Celery's default, celery.beat:PersistentScheduler.")
+    @Option(
+        name: [.customShort("S"), .customLong("scheduler")],
+        help: "Celery's default, celery.beat:PersistentScheduler, or celery-redbeat's, redbeat.RedBeatScheduler (default: beat_scheduler).")
     var scheduler: String?
 
     @Option(
@@ -105,9 +107,16 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
         let lock = try files.pidfile.map { try Pidfile.acquire($0) }
         defer { lock?.release() }
         if !quiet {
+            // RedBeat shows its Redis as kombu's maybe_sanitize_url shows the setting: its own, else the broker's.
+            let redbeatRedis = try beat.redbeat.map { redbeat in
+                let text =
+                    try redbeat.redisURLText
+                    ?? SettledURLs.brokerText(flag: options.broker, file: options.settings(), environment: ProcessInfo.processInfo.environment)
+                return RedisURL.sanitized(text) ?? RedisURL.masked(text)
+            }
             let banner = Self.banner(
                 version: WorkerCommand.version, broker: client.brokerURL.brokerDisplay, beat: beat,
-                logfile: files.logfile ?? "[stderr]", level: loglevel.uppercased())
+                logfile: files.logfile ?? "[stderr]", level: loglevel.uppercased(), redbeatRedis: redbeatRedis)
             FileHandle.standardOutput.write(Data(banner.utf8))
         }
         let service = BeatService(
@@ -122,7 +131,9 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
     }
 
     /// `celery beat`'s banner (`celery/apps/beat.py`), naming this program as the loader.
-    static func banner(version: String, broker: String, beat: BeatConfiguration, logfile: String, level: String) -> String {
+    static func banner(
+        version: String, broker: String, beat: BeatConfiguration, logfile: String, level: String, redbeatRedis: String? = nil
+    ) -> String {
         var now = time(nil)
         var parts = tm()
         localtime_r(&now, &parts)
@@ -130,8 +141,16 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
             format: "%04d-%02d-%02d %02d:%02d:%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
             Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
         let seconds = beat.maxLoopInterval
-        let plain = seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int(seconds)) : String(seconds)
         let remote = beat.remoteControl ? "    . remote control -> \(beat.hostname ?? "celerybeat")\n" : ""
+        // The scheduler's `info`: the persistent scheduler's file, or RedBeat's Redis and lock.
+        var scheduler = "celery.beat.PersistentScheduler\n    . db -> \(beat.scheduleFilename)"
+        if let redbeat = beat.redbeat {
+            scheduler = "redbeat.schedulers.RedBeatScheduler\n       . redis -> \(redbeatRedis ?? "")"
+            if let lockKey = redbeat.lockKey {
+                let timeout = redbeat.lockTimeout ?? seconds * 5
+                scheduler += "\n       . lock -> `\(lockKey)` \(BeatSchedule.humanize(seconds: timeout)) (\(Self.plain(timeout))s)"
+            }
+        }
         return """
             celery beat v\(version) (swift-celery-worker) is starting.
             __    -    ... __   -        _
@@ -139,11 +158,15 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
             Configuration ->
                 . broker -> \(broker)
                 . loader -> swift-celery-worker
-                . scheduler -> celery.beat.PersistentScheduler
-                . db -> \(beat.scheduleFilename)
+                . scheduler -> \(scheduler)
                 . logfile -> \(logfile)@%\(level)
-                . maxinterval -> \(BeatSchedule.humanize(seconds: seconds)) (\(plain)s)
+                . maxinterval -> \(BeatSchedule.humanize(seconds: seconds)) (\(Self.plain(seconds))s)
             \(remote)
             """
+    }
+
+    /// A number of seconds as Python prints the setting: `300`, `7.5`.
+    static func plain(_ seconds: Double) -> String {
+        seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int(seconds)) : String(seconds)
     }
 }

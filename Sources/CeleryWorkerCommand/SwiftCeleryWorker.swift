@@ -250,7 +250,9 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
         help: "Where beat keeps each entry's last run (default: celerybeat-schedule; %n, %h, %p expand). Also beat_schedule_filename.")
     var scheduleFilename: String?
 
-    @Option(name: .customLong("scheduler"), help: "Beat's scheduler: only Celery's default, celery.beat:PersistentScheduler.")
+    @Option(
+        name: .customLong("scheduler"),
+        help: "Beat's scheduler: Celery's default, celery.beat:PersistentScheduler, or celery-redbeat's, redbeat.RedBeatScheduler.")
     var scheduler: String?
 
     // Celery's options for what a Swift worker cannot do: refused with a sentence that says so, not as unknown.

@@ -162,6 +162,10 @@ public struct BeatConfiguration: Sendable, Equatable {
     public var remoteControlMaxTickAge: Double?
     /// `control_exchange`: the pidbox's exchange is `<control_exchange>.pidbox`.
     public var controlExchange = "celery"
+    /// celery-redbeat's scheduler (`-S redbeat.RedBeatScheduler`): the schedule, each entry's last run and the lock
+    /// kept in Redis as RedBeat keeps them, in place of the schedule file and ``lockName``; `nil`: Celery's persistent
+    /// scheduler.
+    public var redbeat: RedBeatConfiguration?
 
     public init(
         entries: [BeatEntry] = [], scheduleFilename: String = "celerybeat-schedule", maxLoopInterval: Double = 300,

@@ -75,12 +75,17 @@ public final class BeatService: Service, Sendable {
         let stopped = ShutdownSignal()  // the pidbox listens until the schedule's loop is over
         await withDiscardingTaskGroup { group in
             if let pidbox { group.addTask { await pidbox.run(until: stopped) } }
+            if let redbeat = configuration.redbeat {
+                await runRedBeat(redbeat, until: shutdown, pidbox: pidbox)
+                stopped.trigger()
+                return
+            }
             while await holdLock(lock, shutdown: shutdown, pidbox: pidbox),
                 await runSchedule(lock: lock, shutdown: shutdown, files: files, pidbox: pidbox)
             {}
             stopped.trigger()
         }
-        await lock?.release()
+        if configuration.redbeat == nil { await lock?.release() }
         logger.info("beat: Shutting down...")
     }
 

@@ -22,6 +22,15 @@ public struct BeatSettings: Sendable, Equatable {
     /// `beat_remote_control_max_tick_age` (Celery 5.7); `.some(nil)` when the file sets it to null.
     public var remoteControlMaxTickAge: Double??
 
+    /// celery-redbeat's settings, read when `beat_scheduler` (or `-S`) names RedBeat's scheduler:
+    /// `redbeat_redis_url`, `redbeat_key_prefix`, `redbeat_lock_key` (`.some(nil)` when null: no lock),
+    /// `redbeat_lock_timeout` and `redbeat_redis_use_ssl`.
+    public var redbeatRedisURL: String?
+    public var redbeatKeyPrefix: String?
+    public var redbeatLockKey: String??
+    public var redbeatLockTimeout: Double?
+    public var redbeatTLS: RedisTLS?
+
     public init() {}
 
     /// The names of Celery's default scheduler, the only one the worker embeds.
@@ -37,11 +46,12 @@ extension CelerySettings {
         scheduleFilename: String?, scheduler: String?, maxLoopInterval: Double? = nil, remoteControl: Bool? = nil
     ) throws(CeleryWorkerError) -> BeatConfiguration {
         let name = scheduler ?? beat.scheduler ?? "celery.beat:PersistentScheduler"
-        guard BeatSettings.defaultSchedulers.contains(name) else {
+        guard BeatSettings.defaultSchedulers.contains(name) || RedBeatConfiguration.schedulerNames.contains(name) else {
             throw CeleryWorkerError(
                 code: .invalidConfiguration,
                 message: "--scheduler \(name): beat here is Celery's default persistent scheduler "
-                    + "(celery.beat:PersistentScheduler); run Python's `celery beat` for another scheduler.")
+                    + "(celery.beat:PersistentScheduler) or celery-redbeat's (redbeat.RedBeatScheduler); run Python's `celery beat` "
+                    + "for another scheduler.")
         }
         var configuration = BeatConfiguration(
             entries: beat.schedule ?? [], scheduleFilename: scheduleFilename ?? beat.scheduleFilename ?? "celerybeat-schedule",
@@ -50,7 +60,43 @@ extension CelerySettings {
         configuration.remoteControl = remoteControl ?? beat.remoteControl ?? false
         configuration.remoteControlMaxTickAge = beat.remoteControlMaxTickAge ?? nil
         configuration.controlExchange = controlExchange ?? "celery"
+        if RedBeatConfiguration.schedulerNames.contains(name) {
+            configuration.redbeat = try redbeatConfiguration()
+            // What RedBeat cannot store stops beat at start, as RedBeat's own encoder stops it.
+            for entry in configuration.entries {
+                do throws(CeleryWorkerError) {
+                    _ = try RedBeatCodec.schedule(entry.schedule, of: entry.name)
+                } catch {
+                    throw CeleryWorkerError(code: .invalidConfiguration, message: "beat_schedule: \(error.message)")
+                }
+            }
+        }
         return configuration
+    }
+
+    /// RedBeat's settings, its Redis's URL parsed, with `redbeat_redis_use_ssl` (else `broker_use_ssl`) for TLS.
+    func redbeatConfiguration() throws(CeleryWorkerError) -> RedBeatConfiguration {
+        var redbeat = RedBeatConfiguration(
+            redisURLText: beat.redbeatRedisURL, keyPrefix: beat.redbeatKeyPrefix ?? "redbeat:", lockKey: beat.redbeatLockKey,
+            lockTimeout: beat.redbeatLockTimeout)
+        if let text = beat.redbeatRedisURL {
+            let sentinelOrCluster =
+                "redbeat_redis_url: RedBeat's Sentinel and cluster modes (redis-sentinel:// and redis-cluster:// with "
+                + "redbeat_redis_options) are not supported by the Swift beat; give it the master's redis:// URL"
+            if text.lowercased().hasPrefix("redis-sentinel") || text.lowercased().hasPrefix("redis-cluster") {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: sentinelOrCluster)
+            }
+            var url: RedisURL
+            do throws(CeleryWorkerError) {
+                url = try RedisURL(parsing: text)
+            } catch {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "redbeat_redis_url: \(error.message)")
+            }
+            if case .sentinel = url.endpoint { throw CeleryWorkerError(code: .invalidConfiguration, message: sentinelOrCluster) }
+            _ = try url.settleBrokerTLS(configured: beat.redbeatTLS ?? brokerTLS)
+            redbeat.redisURL = url
+        }
+        return redbeat
     }
 
     /// The beat settings, each under its new and old name.
@@ -75,6 +121,51 @@ extension CelerySettings {
         (
             ["beat_remote_control_max_tick_age"],
             { $0.beat.remoteControlMaxTickAge = try $1.secondsOrNull("a number of seconds, 0 or more (0: never stale), or null") }
+        ),
+        (["redbeat_redis_url", "REDBEAT_REDIS_URL"], { $0.beat.redbeatRedisURL = try $1.string() }),
+        (
+            ["redbeat_key_prefix", "REDBEAT_KEY_PREFIX"],
+            { settings, field in
+                let prefix = try field.string()
+                guard !prefix.isEmpty else { throw field.fail("a key prefix") }
+                settings.beat.redbeatKeyPrefix = prefix
+            }
+        ),
+        (
+            ["redbeat_lock_key", "REDBEAT_LOCK_KEY"],
+            { settings, field in
+                if field.value is NSNull {
+                    settings.beat.redbeatLockKey = .some(nil)
+                    return
+                }
+                let key = try field.string()
+                guard !key.isEmpty else { throw field.fail("a key name, or null for no lock") }
+                settings.beat.redbeatLockKey = key
+            }
+        ),
+        (
+            ["redbeat_lock_timeout", "REDBEAT_LOCK_TIMEOUT"],
+            { settings, field in
+                let seconds = try field.seconds()
+                guard seconds >= 1 else { throw field.fail("a number of seconds, 1 or more") }
+                settings.beat.redbeatLockTimeout = seconds
+            }
+        ),
+        (
+            ["redbeat_redis_use_ssl", "REDBEAT_REDIS_USE_SSL"],
+            { settings, field in
+                if field.value is Bool { return }
+                settings.beat.redbeatTLS = try field.tls()
+            }
+        ),
+        (
+            ["redbeat_redis_options", "REDBEAT_REDIS_OPTIONS"],
+            { settings, field in
+                guard field.value is [String: Any] else { throw field.fail("a mapping") }
+                settings.warnings.append(
+                    "\(field.source): redbeat_redis_options changes nothing here: the Swift beat reaches RedBeat's Redis as "
+                        + "redbeat_redis_url says, and tries again every second while it does not answer")
+            }
         ),
         (
             ["swift_beat_lock"],

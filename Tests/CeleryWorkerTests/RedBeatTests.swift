@@ -1,0 +1,131 @@
+import CeleryProtocol
+import Foundation
+import Testing
+
+@testable import CeleryWorker
+
+/// RedBeat's JSON against what celery-redbeat 2.4.2 itself writes and reads (the expected texts are its output, with
+/// Celery 5.7); the Interop tests compare the keys a Python RedBeat and the Swift beat keep in Redis.
+@Suite("RedBeat's scheduler: its JSON and scores")
+struct RedBeatTests {
+    static func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    @Test("definitions byte for byte as RedBeat's save writes them")
+    func definitions() throws {
+        let every = BeatEntry(
+            name: "every3", task: "tasks.add", schedule: .every(seconds: 3), args: [1, 2], options: ["queue": "rbq", "priority": 3])
+        #expect(
+            Self.text(try RedBeatCodec.definition(of: every))
+                == #"{"name": "every3", "task": "tasks.add", "args": [1, 2], "kwargs": {}, "options": {"queue": "rbq", "priority": 3}, "#
+                + #""schedule": {"__type__": "interval", "every": 3.0, "relative": false}, "enabled": true}"#)
+        let cron = BeatEntry(name: "cron", task: "tasks.add", schedule: .crontab(try Crontab(minute: "*/5", hour: "1-23")), args: [3, 4])
+        #expect(
+            Self.text(try RedBeatCodec.definition(of: cron))
+                == #"{"name": "cron", "task": "tasks.add", "args": [3, 4], "kwargs": {}, "options": {}, "schedule": {"__type__": "crontab", "#
+                + #""minute": "*/5", "hour": "1-23", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, "enabled": true}"#)
+        let relative = BeatEntry(name: "r", task: "t", schedule: .every(seconds: 120, relative: true))
+        #expect(
+            Self.text(try RedBeatCodec.definition(of: relative)).contains(#""schedule": {"__type__": "interval", "every": 120.0, "relative": true}"#))
+        let solar = BeatEntry(name: "sun", task: "t", schedule: .solar(try SolarSchedule(event: "sunset", latitude: 48.85, longitude: 2.35)))
+        #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.definition(of: solar) }
+    }
+
+    @Test("datetimes as RedBeat writes and reads them: a zone's wall clock (a repeated hour read as its first), an offset, none")
+    func datetimes() throws {
+        let paris = try #require(CeleryTimeZone(identifier: "Europe/Paris"))
+        let cases: [(Double, String)] = [
+            (
+                1_796_601_119.562226,
+                #"{"__type__": "datetime", "year": 2026, "month": 12, "day": 7, "hour": 0, "minute": 51, "second": 59, "microsecond": 562226, "timezone": "Europe/Paris"}"#
+            ),
+            (
+                1_792_891_800,
+                #"{"__type__": "datetime", "year": 2026, "month": 10, "day": 25, "hour": 2, "minute": 30, "second": 0, "microsecond": 0, "timezone": "Europe/Paris"}"#
+            ),
+            (
+                1_774_746_000.5,
+                #"{"__type__": "datetime", "year": 2026, "month": 3, "day": 29, "hour": 3, "minute": 0, "second": 0, "microsecond": 500000, "timezone": "Europe/Paris"}"#
+            ),
+        ]
+        for (time, expected) in cases {
+            #expect(Self.text(CeleryJSON.encode(RedBeatCodec.datetime(time, zone: paris))) == expected)
+        }
+        func read(_ text: String) throws -> Double {
+            try RedBeatCodec.unixTime(try #require(try CeleryJSON.decode(text).objectValue))
+        }
+        #expect(abs(try read(cases[0].1) - 1_796_601_119.562226) < 0.000_001)
+        // 02:30 on the night the clocks go back names two instants; RedBeat (zoneinfo, fold 0) reads the first.
+        #expect(try read(cases[1].1) == 1_792_888_200)
+        #expect(
+            try read(
+                #"{"__type__": "datetime", "year": 2026, "month": 12, "day": 7, "hour": 2, "minute": 0, "second": 0, "microsecond": 0, "timezone": 7200.0}"#
+            ) == 1_796_601_600)
+        #expect(try read(#"{"__type__": "datetime", "year": 1970, "month": 1, "day": 2}"#) == 86_400)
+        #expect(throws: CeleryWorkerError.self) { try read(#"{"__type__": "datetime", "year": 2026, "month": 13, "day": 1}"#) }
+        #expect(throws: CeleryWorkerError.self) {
+            try read(#"{"__type__": "datetime", "year": 2026, "month": 1, "day": 1, "timezone": "Mars/Olympus"}"#)
+        }
+    }
+
+    @Test("entries read back: Python's crontab fields as numbers and lists, meta with or without a last run; rrule refused")
+    func storedEntries() throws {
+        let definition = Array(
+            #"{"name": "c", "task": "tasks.add", "args": null, "kwargs": {"z": 1}, "options": {"queue": "q"}, "schedule": {"__type__": "crontab", "minute": 0, "hour": [1, 2], "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, "enabled": false}"#
+                .utf8)
+        let meta = Array(
+            #"{"last_run_at": {"__type__": "datetime", "year": 2026, "month": 12, "day": 6, "hour": 23, "minute": 51, "second": 59, "microsecond": 562226, "timezone": "UTC"}, "total_run_count": 2}"#
+                .utf8)
+        let stored = try RedBeatCodec.stored(definition: definition, meta: meta)
+        #expect(stored.entry.schedule == .crontab(try Crontab(minute: "0", hour: "1,2")))
+        #expect(stored.entry.args.isEmpty && stored.entry.kwargs == ["z": 1] && stored.entry.options == ["queue": "q"])
+        #expect(!stored.enabled && stored.totalRunCount == 2)
+        #expect(abs(try #require(stored.lastRunAt) - 1_796_601_119.562226) < 0.000_001)
+        let never = try RedBeatCodec.stored(definition: definition, meta: Array(#"{"last_run_at": null}"#.utf8))
+        #expect(never.lastRunAt == nil && never.totalRunCount == 0)
+        #expect(try RedBeatCodec.stored(definition: definition, meta: nil).lastRunAt == nil)
+        let rrule = Array(#"{"name": "r", "task": "t", "schedule": {"__type__": "rrule", "freq": 5}}"#.utf8)
+        #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.stored(definition: rrule, meta: nil) }
+        #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.stored(definition: Array("{".utf8), meta: nil) }
+        let badCron = Array(#"{"name": "b", "task": "t", "schedule": {"__type__": "crontab", "minute": "61"}}"#.utf8)
+        #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.stored(definition: badCron, meta: nil) }
+    }
+
+    @Test("scores as RedBeat's: now when never run or overdue, else whole seconds of the next run reckoned from now")
+    func scores() throws {
+        let every = BeatSchedule.every(seconds: 3)
+        #expect(RedBeatCodec.score(every, lastRunAt: nil, now: 1000.7, zone: .utc) == 1000)
+        #expect(RedBeatCodec.score(every, lastRunAt: 990, now: 1000.7, zone: .utc) == 1000)
+        // RedBeat's due_at is last_run_at + (next - now): the next run, less the time since the last.
+        #expect(RedBeatCodec.score(every, lastRunAt: 1000.5, now: 1000.6, zone: .utc) == 1003)
+        #expect(RedBeatCodec.score(every, lastRunAt: 1000, now: 1000.000_001, zone: .utc) == 1002)
+        let cron = BeatSchedule.crontab(try Crontab(minute: "0", hour: "4"))
+        #expect(RedBeatCodec.score(cron, lastRunAt: 0, now: 0.5, zone: .utc) == 4 * 3600 - 1)
+        let yearly = BeatSchedule.crontab(try Crontab(minute: "0", hour: "0", dayOfMonth: "30", monthOfYear: "1"))
+        #expect(RedBeatCodec.score(yearly, lastRunAt: 0, now: 1, zone: .utc) == 29 * 86_400 - 1)
+    }
+
+    @Test("the settings: scheduler names, prefix, lock key behind the prefix or none, lock timeout, the URL")
+    func settings() throws {
+        let configuration = try CelerySettings.parse(
+            """
+            beat_scheduler: redbeat.schedulers.RedBeatScheduler
+            redbeat_redis_url: redis://127.0.0.1:6399/4
+            redbeat_key_prefix: "rb:"
+            redbeat_lock_key: mylock
+            redbeat_lock_timeout: 60
+            """, source: "test"
+        ).beatConfiguration(scheduleFilename: nil, scheduler: nil)
+        let redbeat = try #require(configuration.redbeat)
+        #expect(redbeat.keyPrefix == "rb:" && redbeat.lockKey == "rb:mylock" && redbeat.lockTimeout == 60)
+        #expect(redbeat.redisURL?.database == 4 && redbeat.scheduleKey == "rb::schedule" && redbeat.key(of: "x") == "rb:x")
+        let defaults = try CelerySettings().beatConfiguration(scheduleFilename: nil, scheduler: "redbeat.RedBeatScheduler")
+        #expect(defaults.redbeat == RedBeatConfiguration() && defaults.redbeat?.lockKey == "redbeat::lock")
+        let unlocked = try CelerySettings.parse("redbeat_lock_key: null\n", source: "test").beatConfiguration(
+            scheduleFilename: nil, scheduler: "redbeat.RedBeatScheduler")
+        #expect(unlocked.redbeat?.lockKey == nil)
+        #expect(try CelerySettings().beatConfiguration(scheduleFilename: nil, scheduler: nil).redbeat == nil)
+        #expect(throws: CeleryWorkerError.self) {
+            try CelerySettings().beatConfiguration(scheduleFilename: nil, scheduler: "django_celery_beat.schedulers:DatabaseScheduler")
+        }
+    }
+}
