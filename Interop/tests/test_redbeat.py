@@ -257,6 +257,9 @@ def test_a_redbeat_redis_that_comes_back_empty_gets_the_schedule_again(redis_url
         broker_redis.delete("downq")
         server = RedisProcess(port=server.port).start()
         assert eventually(lambda: "beat_schedule is stored in it again" in read(logfile), timeout=15), read(logfile)
+        # Its lock went with the old Redis: the beat stood by and took the new one.
+        log = read(logfile)
+        assert "beat: The lock `redbeat::lock` is no longer this beat's" in log and log.count("beat: Acquired lock") == 2
         assert popped(broker_redis, "downq") is not None, read(logfile)
         import redis
         fresh = redis.Redis.from_url(server.url(0))
@@ -265,6 +268,38 @@ def test_a_redbeat_redis_that_comes_back_empty_gets_the_schedule_again(redis_url
     finally:
         output = stop(beat)
         server.stop()
+    assert beat.returncode == 0, output
+
+
+def test_a_run_the_broker_missed_is_sent_once_it_is_back(redis_urls, tmp_path):
+    """The broker stopped when a RedBeat entry falls due: the run is recorded, logged as not sent, and sent once a
+    broker answers again (RedBeat's beat logs it and gives it up)."""
+    import redis
+    broker = RedisProcess().start()
+    logfile = tmp_path / "beat.log"
+    beat = subprocess.Popen([str(WORKER_BINARY), "beat", "--broker", broker.url(1), "-l", "info", "-f", str(logfile),
+                             "--config", write_config(tmp_path, "beat.json", {
+                                 "beat_scheduler": "redbeat.RedBeatScheduler", "redbeat_redis_url": redis_urls["broker"],
+                                 "beat_max_loop_interval": 1,
+                                 "beat_schedule": {"hourly": {"task": "tasks.add", "schedule": 3600, "args": [3, 3],
+                                                              "options": {"queue": "lateq"}}}})],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert eventually(lambda: "beat: Acquired lock" in read(logfile), timeout=10), read(logfile)
+        broker.proc.terminate()
+        broker.proc.wait(10)
+        # Make the entry due now, as if its hour had passed.
+        redis.Redis.from_url(redis_urls["broker"]).hdel("redbeat:hourly", "meta")
+        redis.Redis.from_url(redis_urls["broker"]).zadd("redbeat::schedule", {"redbeat:hourly": 1})
+        assert eventually(lambda: "Couldn't apply scheduled task hourly" in read(logfile), timeout=15), read(logfile)
+        broker = RedisProcess(port=broker.port).start()
+        assert eventually(lambda: "Scheduler: Sent task hourly (tasks.add), late: the broker answers again"
+                          in read(logfile), timeout=15), read(logfile)
+        assert redis.Redis.from_url(broker.url(1)).llen("lateq") == 1
+        assert read(logfile).count("Scheduler: Sending due task hourly") == 1
+    finally:
+        output = stop(beat)
+        broker.stop()
     assert beat.returncode == 0, output
 
 

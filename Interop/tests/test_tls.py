@@ -5,6 +5,7 @@ import inspect
 import json
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -129,6 +130,31 @@ def test_tls_from_the_config_file_with_redis_urls(tls, tls_server, certificates,
     app = client(plain(1), tls(0))
     app.conf.broker_use_ssl = ssl_options  # Celery 5.3's backend takes TLS settings with a rediss:// URL only
     assert app.send_task("tasks.mul", (6, 7)).get(timeout=10) == 42
+
+
+def test_redbeat_keeps_its_schedule_over_tls(tls_server, certificates, redis_urls, broker_redis, tmp_path):
+    """RedBeat's Redis reached over TLS with redbeat_redis_use_ssl, as RedBeat reads it: the schedule kept there, the
+    task sent to the broker."""
+    config = tmp_path / "redbeat.json"
+    config.write_text(json.dumps({
+        "beat_scheduler": "redbeat.RedBeatScheduler", "beat_max_loop_interval": 1,
+        "redbeat_redis_url": f"rediss://localhost:{tls_server.tls_port}/2",
+        "redbeat_redis_use_ssl": {"ssl_cert_reqs": "required", "ssl_ca_certs": str(certificates / "ca.crt"),
+                                  "ssl_certfile": str(certificates / "client.crt"),
+                                  "ssl_keyfile": str(certificates / "client.key")},
+        "beat_schedule": {"tick": {"task": "tasks.add", "schedule": 0.5, "args": [1, 2], "options": {"queue": "tlsq"}}}}))
+    plain = redis_lib.Redis(port=tls_server.port, db=2)
+    plain.flushdb()
+    beat = subprocess.Popen([str(WORKER_BINARY), "beat", "--broker", redis_urls["broker"], "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert broker_redis.brpop(["tlsq"], timeout=10) is not None
+        assert plain.sismember("redbeat::statics", "tick") and plain.exists("redbeat::lock")
+    finally:
+        beat.send_signal(signal.SIGTERM)
+        output, _ = beat.communicate(timeout=15)
+    assert beat.returncode == 0, output
+    assert f"       . redis -> rediss://localhost:{tls_server.tls_port}/2" in output
 
 
 def test_the_server_certificate_is_checked_as_redis_py_checks_it(tls, certificates, start_worker):
