@@ -54,13 +54,13 @@ interop_pass celery57 ../.venv/bin/python -m pytest
 # task reaches any pool or after it ran, the same code for every pool (kept to the two passes above): nested chords,
 # Task.replace and add_to_chord, compression, the Swift client, key prefixes, Flower, worker_direct, malformed input,
 # events (sent on the path every pool's tasks end on), the metrics endpoint, Redis Sentinel, TLS, the worker's
-# start-up flags, gossip, the embedded beat, the remote control CLI and the event dump.
+# start-up flags, gossip, the embedded beat and RedBeat, the remote control CLI and the event dump.
 interop_pass solo env SWIFT_CELERY_POOL=solo ../.venv/bin/python -m pytest -m "not parallel_pool" \
     --ignore=tests/test_pool.py --ignore=tests/test_nested_chords.py --ignore=tests/test_replace_and_add_to_chord.py \
     --ignore=tests/test_compression.py --ignore=tests/test_client.py --ignore=tests/test_keyprefix.py \
     --ignore=tests/test_flower.py --ignore=tests/test_worker_direct.py --ignore=tests/test_malformed.py \
     --ignore=tests/test_events.py --ignore=tests/test_metrics.py --ignore=tests/test_sentinel.py --ignore=tests/test_tls.py \
-    --ignore=tests/test_worker_flags.py --ignore=tests/test_gossip.py --ignore=tests/test_beat.py \
+    --ignore=tests/test_worker_flags.py --ignore=tests/test_gossip.py --ignore=tests/test_beat.py --ignore=tests/test_redbeat.py \
     --ignore=tests/test_cli_control.py --ignore=tests/test_evdump.py
 wait
 

@@ -59,6 +59,7 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
         "every3": {"task": "tasks.add", "schedule": 3.0, "args": [1, 2], "options": {"queue": "rbq", "priority": 3}},
         "cron": {"task": "tasks.add", "schedule": crontab(minute="*/5", hour="1-23"), "args": [3, 4],
                  "kwargs": {"z": 1}},
+        "off": {"task": "tasks.noop", "schedule": 1.0, "enabled": False},
     }
     # A static entry an earlier start stored, since removed from beat_schedule, under each prefix.
     for prefix in ("py:", "sw:"):
@@ -75,6 +76,7 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
             "every3": entries["every3"],
             "cron": {"task": "tasks.add", "schedule": {"crontab": {"minute": "*/5", "hour": "1-23"}}, "args": [3, 4],
                      "kwargs": {"z": 1}},
+            "off": entries["off"],
         }})
     logfile = tmp_path / "beat.log"
     beat = start_beat(redis_urls, config, logfile)
@@ -94,7 +96,7 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
     assert "beat: Releasing lock" in log
     assert broker_redis.get("sw::lock") is None  # given up at shutdown
 
-    for name in ("every3", "cron"):
+    for name in ("every3", "cron", "off"):
         assert broker_redis.hget(f"sw:{name}", "definition") == broker_redis.hget(f"py:{name}", "definition"), name
         ours = json.loads(broker_redis.hget(f"sw:{name}", "meta"))
         theirs = json.loads(broker_redis.hget(f"py:{name}", "meta"))
@@ -102,7 +104,7 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
         assert list(ours["last_run_at"]) == list(theirs["last_run_at"])
         assert ours["last_run_at"]["timezone"] == theirs["last_run_at"]["timezone"] == "UTC"
     assert abs(broker_redis.zscore("sw::schedule", "sw:cron") - broker_redis.zscore("py::schedule", "py:cron")) <= 1
-    assert broker_redis.smembers("sw::statics") == broker_redis.smembers("py::statics") == {b"every3", b"cron"}
+    assert broker_redis.smembers("sw::statics") == broker_redis.smembers("py::statics") == {b"every3", b"cron", b"off"}
     for prefix in ("py:", "sw:"):
         assert not broker_redis.exists(f"{prefix}gone")
         assert broker_redis.zscore(f"{prefix}:schedule", f"{prefix}gone") is None
@@ -309,6 +311,9 @@ def test_a_run_the_broker_missed_is_sent_once_it_is_back(redis_urls, tmp_path):
     ({"redbeat_lock_timeout": 0}, "setting 'redbeat_lock_timeout' must be a number of seconds, 1 or more"),
     ({"redbeat_redis_url": "http://example.com"}, "redbeat_redis_url: "),
     ({"redbeat_key_prefix": ""}, "setting 'redbeat_key_prefix' must be a key prefix"),
+    ({"beat_scheduler": "celery.beat:PersistentScheduler",
+      "beat_schedule": {"off": {"task": "tasks.add", "schedule": 1, "enabled": False}}},
+     "beat_schedule: entry 'off': enabled is RedBeat's"),
 ])
 def test_redbeat_settings_it_cannot_use_stop_beat(redis_urls, tmp_path, settings, message):
     config = write_config(tmp_path, "beat.json", {"beat_scheduler": "redbeat.RedBeatScheduler", **settings})

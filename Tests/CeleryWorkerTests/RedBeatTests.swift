@@ -25,7 +25,12 @@ struct RedBeatTests {
                 + #""minute": "*/5", "hour": "1-23", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, "enabled": true}"#)
         let relative = BeatEntry(name: "r", task: "t", schedule: .every(seconds: 120, relative: true))
         #expect(
-            Self.text(try RedBeatCodec.definition(of: relative)).contains(#""schedule": {"__type__": "interval", "every": 120.0, "relative": true}"#))
+            Self.text(try RedBeatCodec.definition(of: relative))
+                == #"{"name": "r", "task": "t", "args": null, "kwargs": {}, "options": {}, "#
+                + #""schedule": {"__type__": "interval", "every": 120.0, "relative": true}, "enabled": true}"#)
+        var disabled = every
+        disabled.enabled = false
+        #expect(Self.text(try RedBeatCodec.definition(of: disabled)).hasSuffix(#""enabled": false}"#))
         let solar = BeatEntry(name: "sun", task: "t", schedule: .solar(try SolarSchedule(event: "sunset", latitude: 48.85, longitude: 2.35)))
         #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.definition(of: solar) }
     }
@@ -78,7 +83,7 @@ struct RedBeatTests {
         let stored = try RedBeatCodec.stored(definition: definition, meta: meta)
         #expect(stored.entry.schedule == .crontab(try Crontab(minute: "0", hour: "1,2")))
         #expect(stored.entry.args.isEmpty && stored.entry.kwargs == ["z": 1] && stored.entry.options == ["queue": "q"])
-        #expect(!stored.enabled && stored.totalRunCount == 2)
+        #expect(!stored.entry.enabled && stored.totalRunCount == 2)
         #expect(abs(try #require(stored.lastRunAt) - 1_796_601_119.562226) < 0.000_001)
         let never = try RedBeatCodec.stored(definition: definition, meta: Array(#"{"last_run_at": null}"#.utf8))
         #expect(never.lastRunAt == nil && never.totalRunCount == 0)
@@ -124,6 +129,9 @@ struct RedBeatTests {
             scheduleFilename: nil, scheduler: "redbeat.RedBeatScheduler")
         #expect(unlocked.redbeat?.lockKey == nil)
         #expect(try CelerySettings().beatConfiguration(scheduleFilename: nil, scheduler: nil).redbeat == nil)
+        let disabled = try CelerySettings.parse("beat_schedule: {off: {task: t, schedule: 5, enabled: false}}\n", source: "test")
+        #expect(try disabled.beatConfiguration(scheduleFilename: nil, scheduler: "redbeat.RedBeatScheduler").entries.map(\.enabled) == [false])
+        #expect(throws: CeleryWorkerError.self) { try disabled.beatConfiguration(scheduleFilename: nil, scheduler: nil) }
         #expect(throws: CeleryWorkerError.self) {
             try CelerySettings().beatConfiguration(scheduleFilename: nil, scheduler: "django_celery_beat.schedulers:DatabaseScheduler")
         }

@@ -115,15 +115,20 @@ public struct BeatEntry: Sendable, Equatable {
     /// `apply_async` options by Celery's names (`queue`, `routing_key`, `exchange`, `priority`, `expires`,
     /// `countdown`, `headers`, `serializer`, `time_limit`, `soft_time_limit`, `ignore_result`, …).
     public var options: CeleryObject
+    /// RedBeat's `enabled`: a disabled entry is kept but not sent. Only RedBeat's scheduler has it.
+    public var enabled: Bool
 
-    public init(name: String, task: String, schedule: BeatSchedule, args: [CeleryValue] = [], kwargs: CeleryObject = [:], options: CeleryObject = [:])
-    {
+    public init(
+        name: String, task: String, schedule: BeatSchedule, args: [CeleryValue] = [], kwargs: CeleryObject = [:],
+        options: CeleryObject = [:], enabled: Bool = true
+    ) {
         self.name = name
         self.task = task
         self.schedule = schedule
         self.args = args
         self.kwargs = kwargs
         self.options = options
+        self.enabled = enabled
     }
 
     /// The signature beat sends: the entry's options, with the `celery_beat_task` header Celery's beat adds, and the

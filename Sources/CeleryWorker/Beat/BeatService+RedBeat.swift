@@ -129,7 +129,7 @@ extension BeatService {
                         // RedBeat reads an entry that never ran as run on 0001-01-02: long overdue. Eight years back
                         // finds a run of any crontab (a 29 February too) and keeps `beat_cron_starting_deadline`.
                         let state =
-                            stored.enabled
+                            stored.entry.enabled
                             ? stored.entry.schedule.isDue(
                                 lastRunAt: stored.lastRunAt ?? now - 8 * 366 * 86_400, now: now, zone: timezone,
                                 startingDeadline: beat.cronStartingDeadline)

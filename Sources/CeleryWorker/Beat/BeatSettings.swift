@@ -70,6 +70,12 @@ extension CelerySettings {
                     throw CeleryWorkerError(code: .invalidConfiguration, message: "beat_schedule: \(error.message)")
                 }
             }
+        } else if let entry = configuration.entries.first(where: { !$0.enabled }) {
+            // Celery's ScheduleEntry takes no `enabled`: Python's persistent beat stops at start on it.
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "beat_schedule: entry '\(entry.name)': enabled is RedBeat's (redbeat.RedBeatScheduler); Celery's "
+                    + "persistent scheduler has no disabled entries: leave the entry out")
         }
         return configuration
     }
@@ -224,6 +230,7 @@ extension CelerySettings.Field {
         var kwargs = CeleryObject()
         var options = CeleryObject()
         var relative = false
+        var enabled = true
         for (keyNode, value) in mapping {
             let field = keyNode.string ?? ""
             switch field {
@@ -249,15 +256,19 @@ extension CelerySettings.Field {
             case "relative":
                 guard let flag = value.bool else { throw entryError(name, "relative must be true or false") }
                 relative = flag
+            case "enabled":
+                guard let flag = value.bool else { throw entryError(name, "enabled must be true or false") }
+                enabled = flag
             default:
-                throw entryError(name, "unknown key '\(field)' (an entry has task, schedule, args, kwargs, options and relative)")
+                throw entryError(
+                    name, "unknown key '\(field)' (an entry has task, schedule, args, kwargs, options, relative and, with RedBeat, enabled)")
             }
         }
         guard let task else { throw entryError(name, "task is missing") }
         guard var schedule else { throw entryError(name, "schedule is missing") }
         // As Celery's maybe_schedule: `relative` makes an interval relative and leaves a crontab as it is.
         if relative, case .every(let seconds, _) = schedule { schedule = .every(seconds: seconds, relative: true) }
-        return BeatEntry(name: name, task: task, schedule: schedule, args: args, kwargs: kwargs, options: options)
+        return BeatEntry(name: name, task: task, schedule: schedule, args: args, kwargs: kwargs, options: options, enabled: enabled)
     }
 
     private func beatSchedule(of name: String, _ node: Node) throws(CeleryWorkerError) -> BeatSchedule {

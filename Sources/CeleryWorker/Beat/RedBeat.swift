@@ -56,7 +56,6 @@ enum RedBeatCodec {
     /// An entry as RedBeat keeps it: its definition and its `meta`.
     struct Stored: Equatable {
         var entry: BeatEntry
-        var enabled: Bool
         /// `nil` when `meta` has none (RedBeat then reads the entry as never run, so due at once).
         var lastRunAt: Double?
         var totalRunCount: Int
@@ -66,11 +65,13 @@ enum RedBeatCodec {
         CeleryWorkerError(code: .invalidConfiguration, message: message)
     }
 
-    /// The `definition` field, in the order RedBeat's `save` writes it.
-    static func definition(of entry: BeatEntry, enabled: Bool = true) throws(CeleryWorkerError) -> [UInt8] {
+    /// The `definition` field, in the order RedBeat's `save` writes it. An entry without arguments has `null` for
+    /// them, as RedBeat stores a `beat_schedule` entry that gives none (its entry's `args` default to `None`).
+    static func definition(of entry: BeatEntry) throws(CeleryWorkerError) -> [UInt8] {
         let object: CeleryObject = [
-            "name": .string(entry.name), "task": .string(entry.task), "args": .array(entry.args), "kwargs": .object(entry.kwargs),
-            "options": .object(entry.options), "schedule": try schedule(entry.schedule, of: entry.name), "enabled": .bool(enabled),
+            "name": .string(entry.name), "task": .string(entry.task), "args": entry.args.isEmpty ? .null : .array(entry.args),
+            "kwargs": .object(entry.kwargs),
+            "options": .object(entry.options), "schedule": try schedule(entry.schedule, of: entry.name), "enabled": .bool(entry.enabled),
         ]
         return CeleryJSON.encode(.object(object))
     }
@@ -133,8 +134,10 @@ enum RedBeatCodec {
         case .null?, nil: break
         default: throw failure("its options are not a mapping")
         }
-        let entry = BeatEntry(name: name, task: task, schedule: try schedule(scheduleValue), args: args, kwargs: kwargs, options: options)
-        var stored = Stored(entry: entry, enabled: object["enabled"]?.boolValue ?? true, lastRunAt: nil, totalRunCount: 0)
+        let entry = BeatEntry(
+            name: name, task: task, schedule: try schedule(scheduleValue), args: args, kwargs: kwargs, options: options,
+            enabled: object["enabled"]?.boolValue ?? true)
+        var stored = Stored(entry: entry, lastRunAt: nil, totalRunCount: 0)
         if let meta, !meta.isEmpty {
             guard case .object(let metaObject)? = try? CeleryJSON.decode(meta) else { throw failure("its meta is not a JSON object") }
             if case .object(let tagged)? = metaObject["last_run_at"] { stored.lastRunAt = try unixTime(tagged) }
