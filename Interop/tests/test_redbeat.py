@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from celery.schedules import crontab, schedule
+from dateutil.rrule import FR
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.schedules import rrule
 
@@ -123,7 +124,8 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
                                                               tmp_path):
     """A worker with -B and RedBeat's scheduler sends what Python code saves with RedBeatSchedulerEntry, records each
     run where Python's RedBeat reads it, leaves a disabled entry unsent, sends an entry that never ran at once, drops
-    a key whose entry is gone, and leaves an entry it cannot read (dateutil's rrule) for a Python beat."""
+    a key whose entry is gone, sends dateutil's rrule entries as RedBeat does, and leaves one it cannot read (an rrule
+    with bysetpos) for a Python beat."""
     config = write_config(tmp_path, "beat.json", {
         "beat_scheduler": "redbeat.RedBeatScheduler", "redbeat_redis_url": redis_urls["broker"],
         "beat_max_loop_interval": 1})
@@ -132,8 +134,9 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
     worker.wait_for_log("beat: Acquired lock")
     app = make_app(redbeat_redis_url=redis_urls["broker"])
     # An entry it cannot read, and a key whose entry is gone: neither stops the others.
-    RedBeatSchedulerEntry("minutely", "tasks.add", rrule("MINUTELY"), args=[0, 0], app=app).save()
-    broker_redis.zadd("redbeat::schedule", {"redbeat:minutely": 1})  # due now
+    RedBeatSchedulerEntry("lastfriday", "tasks.add", rrule("MONTHLY", bysetpos=-1, byweekday=FR), args=[0, 0],
+                          app=app).save()
+    broker_redis.zadd("redbeat::schedule", {"redbeat:lastfriday": 1})  # due now
     broker_redis.zadd("redbeat::schedule", {"redbeat:ghost": 1})
     entry = RedBeatSchedulerEntry("dyn", "tasks.add", schedule(1.0), args=[5, 6], kwargs={"z": 7},
                                   options={"queue": "dynq"}, app=app).save()
@@ -152,9 +155,9 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
 
     worker.wait_for_log("beat: Failed to load redbeat:ghost, removing")
     assert broker_redis.zscore("redbeat::schedule", "redbeat:ghost") is None
-    worker.wait_for_log("beat: Cannot read the entry redbeat:minutely: its schedule is RedBeat's 'rrule'")
-    assert worker.log.count("Cannot read the entry redbeat:minutely") == 1
-    assert broker_redis.exists("redbeat:minutely")
+    worker.wait_for_log("beat: Cannot read the entry redbeat:lastfriday: its rrule has bysetpos")
+    assert worker.log.count("Cannot read the entry redbeat:lastfriday") == 1
+    assert broker_redis.exists("redbeat:lastfriday")
 
     # Disabled: not sent.
     stored.enabled = False
@@ -179,6 +182,17 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
         four += timedelta(days=1)
     assert four.timestamp() - 2 <= broker_redis.zscore("redbeat::schedule", "redbeat:nightly") <= four.timestamp()
     assert popped(broker_redis, "cronq", timeout=2) is None
+
+    # dateutil's rrule, as RedBeat keeps it: every 2 s from its start, 3 occurrences in all, the first of them the
+    # start itself, before the entry's first last run (its creation): two are sent, then none, and it is scored -1.
+    RedBeatSchedulerEntry("thrice", "tasks.add", rrule("SECONDLY", interval=2, count=3), args=[7, 7],
+                          options={"queue": "rrq"}, app=app).save()
+    assert popped(broker_redis, "rrq") is not None, worker.log
+    assert popped(broker_redis, "rrq") is not None, worker.log
+    assert popped(broker_redis, "rrq", timeout=4) is None
+    thrice = RedBeatSchedulerEntry.from_key("redbeat:thrice", app=app)
+    assert thrice.total_run_count == 2
+    assert broker_redis.zscore("redbeat::schedule", "redbeat:thrice") == -1
 
 
 PYTHON_BEAT_SETTINGS = {"redbeat_lock_timeout": 3, "beat_max_loop_interval": 1,

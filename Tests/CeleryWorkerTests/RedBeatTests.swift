@@ -137,3 +137,48 @@ struct RedBeatTests {
         }
     }
 }
+
+/// RedBeat's `rrule` schedules against what celery-redbeat and dateutil answer (Tests/Fixtures/redbeat-rrules.json,
+/// written by Interop/capture_rrules.py).
+@Suite("RedBeat's rrule schedules (dateutil's rrule)")
+struct RecurrenceRuleTests {
+    @Test("every case: the same next occurrence after the last run, is_due and next check as RedBeat's rrule")
+    func goldenCases() throws {
+        let cases = try #require(fixtureObject("redbeat-rrules.json")["redbeat-rrule"]?.arrayValue)
+        #expect(cases.count == 264)
+        var failures: [String] = []
+        for (index, item) in cases.enumerated() {
+            let object = try #require(item.objectValue)
+            let rule = try #require(object["rrule"]?.objectValue)
+            guard case .rrule(let parsed) = try RedBeatCodec.schedule(.object(rule)) else {
+                Issue.record("case \(index) is not read as an rrule")
+                continue
+            }
+            let last = try #require(object["last_run_at"]?.doubleValue)
+            let now = try #require(object["now"]?.doubleValue)
+            let after = object["after"]?.doubleValue
+            let state = parsed.isDue(lastRunAt: last, now: now)
+            let next = object["next"]?.doubleValue ?? .infinity
+            if parsed.next(after: last) != after || state.due != object["is_due"]?.boolValue
+                || abs(state.next - next) > 0.000_1
+                    && !(state.next.isInfinite && next.isInfinite)
+            {
+                failures.append(
+                    "case \(index) \(rule): after \(String(describing: parsed.next(after: last))) != \(String(describing: after)), \(state) vs \(String(describing: object["is_due"])) \(next)"
+                )
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(cases.count): \(failures.prefix(5).joined(separator: "\n"))")
+    }
+
+    @Test("what the Swift beat does not read is refused, for a Python beat to send")
+    func refused() throws {
+        for extra: CeleryObject in [["bysetpos": 1], ["byweekno": [1]], ["byyearday": 100], ["byeaster": 0], ["interval": 0], ["byhour": 24]] {
+            var rule: CeleryObject = ["__type__": "rrule", "freq": 3, "dtstart": 1_777_627_820]
+            for (key, value) in extra { rule[key] = value }
+            #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.schedule(.object(rule)) }
+        }
+        let named = try RedBeatCodec.schedule(.object(["__type__": "rrule", "freq": "daily", "dtstart": 0, "byhour": 4]))
+        #expect(named == .rrule(try RecurrenceRule(frequency: .daily, start: 0, hours: [4])))
+    }
+}

@@ -10,6 +10,8 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
     case every(seconds: Double, relative: Bool = false)
     case crontab(Crontab)
     case solar(SolarSchedule)
+    /// dateutil's `rrule`, as celery-redbeat keeps it (RedBeat's scheduler only: `beat_schedule` has no form for it).
+    case rrule(RecurrenceRule)
 
     /// Celery's `is_due(last_run_at)` at `now`: whether the task is due, and in how many seconds to look again (after
     /// a run, the time to the next one). `startingDeadline` is `beat_cron_starting_deadline`: a crontab run missed
@@ -45,6 +47,8 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
             let remaining = max(solar.nextEvent(after: lastRunAt) - now, 0)
             guard remaining == 0 else { return (false, remaining) }
             return (true, max(solar.nextEvent(after: now) - now, 0))
+        case .rrule(let rule):
+            return rule.isDue(lastRunAt: lastRunAt, now: now)
         }
     }
 
@@ -54,6 +58,7 @@ public enum BeatSchedule: Sendable, Hashable, CustomStringConvertible {
         case .every(let seconds, _): "<freq: \(BeatSchedule.humanize(seconds: seconds))>"
         case .crontab(let crontab): crontab.description
         case .solar(let solar): solar.description
+        case .rrule(let rule): rule.description
         }
     }
 

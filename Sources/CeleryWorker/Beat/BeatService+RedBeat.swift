@@ -56,6 +56,14 @@ extension BeatService {
         }
     }
 
+    /// The last run of an entry that never ran: RedBeat reads it as run on 0001-01-02, long overdue. An rrule is
+    /// asked from then, for its first occurrences; for the others eight years back finds a run of any crontab (a
+    /// 29 February too) and keeps `beat_cron_starting_deadline`.
+    static func neverRun(_ schedule: BeatSchedule, now: Double) -> Double {
+        if case .rrule = schedule { return -62_135_510_400 }
+        return now - 8 * 366 * 86_400
+    }
+
     /// Celery's `reprcall` of an entry's task: `tasks.add(2, 3, z=1)`.
     static func call(_ entry: BeatEntry) -> String {
         let parts = entry.args.map(PythonRepr.repr) + entry.kwargs.map { "\($0.key)=\(PythonRepr.repr($0.value))" }
@@ -126,13 +134,11 @@ extension BeatService {
                         }
                     case .entry(let stored):
                         let now = WallClock.now()
-                        // RedBeat reads an entry that never ran as run on 0001-01-02: long overdue. Eight years back
-                        // finds a run of any crontab (a 29 February too) and keeps `beat_cron_starting_deadline`.
                         let state =
                             stored.entry.enabled
                             ? stored.entry.schedule.isDue(
-                                lastRunAt: stored.lastRunAt ?? now - 8 * 366 * 86_400, now: now, zone: timezone,
-                                startingDeadline: beat.cronStartingDeadline)
+                                lastRunAt: stored.lastRunAt ?? Self.neverRun(stored.entry.schedule, now: now), now: now,
+                                zone: timezone, startingDeadline: beat.cronStartingDeadline)
                             : (due: false, next: 5)
                         if state.due {
                             logger.info("Scheduler: Sending due task \(stored.entry.name) (\(stored.entry.task))")

@@ -200,17 +200,24 @@ struct CivilDate: Equatable {
     var day: Int
     var hour: Int
     var minute: Int
+    var second: Int
     /// 0 is Sunday, as in cron and Celery.
     var weekday: Int
+    /// The day, counted from 1970-01-01.
+    var days: Int64
 
     init(localSeconds: Int64) {
-        let days = Int(localSeconds >= 0 ? localSeconds / 86_400 : (localSeconds - 86_399) / 86_400)
-        let inDay = Int(localSeconds - Int64(days) * 86_400)
+        days = localSeconds >= 0 ? localSeconds / 86_400 : (localSeconds - 86_399) / 86_400
+        let inDay = Int(localSeconds - days * 86_400)
         hour = inDay / 3600
         minute = inDay % 3600 / 60
-        weekday = ((days + 4) % 7 + 7) % 7  // 1970-01-01 was a Thursday
-        (year, month, day) = CeleryTimestamp.civil(fromDays: Int64(days))
+        second = inDay % 60
+        weekday = Int(((days + 4) % 7 + 7) % 7)  // 1970-01-01 was a Thursday
+        (year, month, day) = CeleryTimestamp.civil(fromDays: days)
     }
+
+    /// The day of the week as Python's `weekday()` and dateutil count it: 0 is Monday.
+    var pythonWeekday: Int { (weekday + 6) % 7 }
 
     /// Midnight of a day, as local seconds; a month past 12 or a day past the month's end carries over.
     static func localSeconds(year: Int, month: Int, day: Int) -> Int64 {

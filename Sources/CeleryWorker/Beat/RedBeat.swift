@@ -96,6 +96,9 @@ enum RedBeatCodec {
             ])
         case .solar:
             throw failure("entry '\(name)': RedBeat cannot store a solar schedule (its JSON encoder has none)")
+        case .rrule:
+            // Only read from what Python saved; `beat_schedule` has no form for it, so the Swift beat never writes one.
+            throw failure("entry '\(name)': the Swift beat does not write RedBeat's rrule schedules")
         }
     }
 
@@ -146,7 +149,8 @@ enum RedBeatCodec {
         return stored
     }
 
-    /// A schedule from RedBeat's JSON: `interval` and `crontab`; `rrule` (dateutil's) is not read here.
+    /// A schedule from RedBeat's JSON: `interval`, `crontab` and `rrule` (see ``RecurrenceRule`` for what of dateutil's
+    /// is read).
     static func schedule(_ value: CeleryValue) throws(CeleryWorkerError) -> BeatSchedule {
         guard case .object(let object) = value, let type = object["__type__"]?.stringValue else {
             throw failure("its schedule is not one of RedBeat's (interval, crontab)")
@@ -178,8 +182,66 @@ enum RedBeatCodec {
             } catch {
                 throw failure("its crontab: \(error.message)")
             }
+        case "rrule":
+            return .rrule(try rrule(object))
         default:
-            throw failure("its schedule is RedBeat's '\(type)', which the Swift beat does not read (interval and crontab only)")
+            throw failure("its schedule is RedBeat's '\(type)', which the Swift beat does not read (interval, crontab and rrule)")
+        }
+    }
+
+    /// RedBeat's `rrule`: dateutil's arguments, `dtstart` and `until` as whole Unix seconds with their UTC offsets
+    /// in minutes (`dtstart_tz`, `until_tz`).
+    static func rrule(_ object: CeleryObject) throws(CeleryWorkerError) -> RecurrenceRule {
+        for unread in ["bysetpos", "byweekno", "byyearday", "byeaster"] where object[unread].map({ $0 != .null }) ?? false {
+            throw failure("its rrule has \(unread), which the Swift beat does not read")
+        }
+        let frequencies = ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY", "SECONDLY"]
+        let frequency: RecurrenceRule.Frequency?
+        switch object["freq"] {
+        case .string(let name)?: frequency = frequencies.firstIndex(of: name.uppercased()).flatMap { RecurrenceRule.Frequency(rawValue: $0) }
+        case let value?: frequency = value.intValue.flatMap { RecurrenceRule.Frequency(rawValue: Int($0)) }
+        case nil: frequency = nil
+        }
+        guard let frequency else { throw failure("its rrule has no valid freq") }
+        guard let start = object["dtstart"]?.doubleValue, start.isFinite else { throw failure("its rrule has no dtstart") }
+        func number(_ key: String) throws(CeleryWorkerError) -> Int? {
+            switch object[key] {
+            case nil, .null?: return nil
+            case let value?:
+                guard let number = value.intValue else { throw failure("its rrule's \(key) is not a whole number") }
+                return Int(number)
+            }
+        }
+        // A field is a number, a weekday ({"__type__": "weekday", "wkday": n}), or a list of them.
+        func numbers(_ key: String) throws(CeleryWorkerError) -> Set<Int>? {
+            func one(_ value: CeleryValue) -> Int? {
+                if case .object(let day) = value, day["__type__"]?.stringValue == "weekday" {
+                    guard day["n"] == nil || day["n"] == .null else { return nil }
+                    return day["wkday"]?.intValue.map { Int($0) }
+                }
+                return value.intValue.map { Int($0) }
+            }
+            switch object[key] {
+            case nil, .null?: return nil
+            case .array(let items)?:
+                let values = items.compactMap(one)
+                guard values.count == items.count, !values.isEmpty else { throw failure("its rrule's \(key) is not a list of numbers") }
+                return Set(values)
+            case let value?:
+                guard let single = one(value) else { throw failure("its rrule's \(key) is not a number") }
+                return [single]
+            }
+        }
+        let until = object["until"]?.doubleValue
+        do throws(CeleryWorkerError) {
+            return try RecurrenceRule(
+                frequency: frequency, start: Int64(start.rounded(.down)),
+                offset: Int64(((object["dtstart_tz"]?.doubleValue ?? 0) * 60).rounded()), interval: try number("interval") ?? 1,
+                weekStart: try numbers("wkst")?.first ?? 0, count: try number("count"), until: until,
+                months: try numbers("bymonth"), monthDays: try numbers("bymonthday"), weekdays: try numbers("byweekday"),
+                hours: try numbers("byhour"), minutes: try numbers("byminute"), seconds: try numbers("bysecond"))
+        } catch {
+            throw failure("its \(error.message)")
         }
     }
 
@@ -196,7 +258,7 @@ enum RedBeatCodec {
         let date = CivilDate(localSeconds: seconds)
         return .object([
             "__type__": "datetime", "year": .int(Int64(date.year)), "month": .int(Int64(date.month)), "day": .int(Int64(date.day)),
-            "hour": .int(Int64(date.hour)), "minute": .int(Int64(date.minute)), "second": .int((seconds % 60 + 60) % 60),
+            "hour": .int(Int64(date.hour)), "minute": .int(Int64(date.minute)), "second": .int(Int64(date.second)),
             "microsecond": .int(microsecond), "timezone": .string(zone.identifier),
         ])
     }
@@ -247,6 +309,7 @@ enum RedBeatCodec {
             relative ? BeatSchedule.relativeEnd(start: lastRunAt, every: seconds, zone: zone) : lastRunAt + seconds
         case .crontab(let crontab): crontab.nextRun(after: lastRunAt, in: zone)
         case .solar(let solar): solar.nextEvent(after: lastRunAt)
+        case .rrule(let rule): rule.next(after: lastRunAt)
         }
     }
 }

@@ -1,0 +1,237 @@
+import CeleryProtocol
+import Foundation
+
+/// dateutil's `rrule` as celery-redbeat's `rrule` schedule keeps it: a frequency (`YEARLY` … `SECONDLY`) with an
+/// interval counted from `dtstart`, `count` and `until`, and the `bymonth`, `bymonthday` (negative from the month's
+/// end), `byweekday`, `byhour`, `byminute` and `bysecond` filters, with dateutil's defaults taken from `dtstart` where
+/// they are left out. RedBeat keeps `dtstart`'s UTC offset alone, so the rule runs on that fixed offset's wall clock,
+/// as dateutil runs it there. `bysetpos`, `byweekno`, `byyearday` and `byeaster` are not read here (such a rule is
+/// refused when it is read).
+public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
+    /// dateutil's frequencies, by its numbers.
+    public enum Frequency: Int, Sendable, Hashable, Comparable {
+        case yearly = 0, monthly, weekly, daily, hourly, minutely, secondly
+
+        public static func < (lhs: Frequency, rhs: Frequency) -> Bool { lhs.rawValue < rhs.rawValue }
+    }
+
+    public let frequency: Frequency
+    /// `dtstart`, whole Unix seconds.
+    public let start: Int64
+    /// `dtstart`'s UTC offset in seconds: the rule's wall clock.
+    public let offset: Int64
+    public let interval: Int
+    /// `wkst`: the first day of a week, 0 for Monday.
+    public let weekStart: Int
+    public let count: Int?
+    /// `until`, as a Unix time: no occurrence after it.
+    public let until: Double?
+    /// The filters, with dateutil's defaults from `dtstart`; `nil`: no filter.
+    public let months: Set<Int>?
+    public let monthDays: Set<Int>?
+    /// 0 for Monday, as dateutil counts them.
+    public let weekdays: Set<Int>?
+    public let hours: Set<Int>?
+    public let minutes: Set<Int>?
+    public let seconds: Set<Int>?
+
+    /// A rule as dateutil's `rrule(freq, dtstart, interval, wkst, count, until, bymonth, bymonthday, byweekday,
+    /// byhour, byminute, bysecond)` makes it, `dtstart` at the fixed UTC `offset` (seconds). Throws for values
+    /// dateutil refuses.
+    public init(
+        frequency: Frequency, start: Int64, offset: Int64 = 0, interval: Int = 1, weekStart: Int = 0, count: Int? = nil,
+        until: Double? = nil, months: Set<Int>? = nil, monthDays: Set<Int>? = nil, weekdays: Set<Int>? = nil,
+        hours: Set<Int>? = nil, minutes: Set<Int>? = nil, seconds: Set<Int>? = nil
+    ) throws(CeleryWorkerError) {
+        func check(_ values: Set<Int>?, _ range: ClosedRange<Int>, _ name: String) throws(CeleryWorkerError) {
+            guard let values else { return }
+            guard !values.isEmpty, values.allSatisfy({ range.contains($0) }) else {
+                throw CeleryWorkerError(code: .invalidConfiguration, message: "rrule: \(name) out of range")
+            }
+        }
+        guard interval > 0 else { throw CeleryWorkerError(code: .invalidConfiguration, message: "rrule: interval must be above 0") }
+        guard (0...6).contains(weekStart) else { throw CeleryWorkerError(code: .invalidConfiguration, message: "rrule: wkst out of range") }
+        try check(months, 1...12, "bymonth")
+        try check(monthDays, -31...31, "bymonthday")
+        if monthDays?.contains(0) == true { throw CeleryWorkerError(code: .invalidConfiguration, message: "rrule: bymonthday 0") }
+        try check(weekdays, 0...6, "byweekday")
+        try check(hours, 0...23, "byhour")
+        try check(minutes, 0...59, "byminute")
+        try check(seconds, 0...59, "bysecond")
+        self.frequency = frequency
+        self.start = start
+        self.offset = offset
+        self.interval = interval
+        self.weekStart = weekStart
+        self.count = count
+        self.until = until
+        let first = CivilDate(localSeconds: start + offset)
+        var (months, monthDays, weekdays) = (months, monthDays, weekdays)
+        // dateutil: without any day filter, a yearly rule keeps dtstart's month and day, a monthly one its day of the
+        // month, a weekly one its day of the week.
+        if monthDays == nil && weekdays == nil {
+            switch frequency {
+            case .yearly:
+                if months == nil { months = [first.month] }
+                monthDays = [first.day]
+            case .monthly: monthDays = [first.day]
+            case .weekly: weekdays = [first.pythonWeekday]
+            default: break
+            }
+        }
+        self.months = months
+        self.monthDays = monthDays
+        self.weekdays = weekdays
+        // And the units of time below the frequency's default to dtstart's.
+        self.hours = hours ?? (frequency < .hourly ? [first.hour] : nil)
+        self.minutes = minutes ?? (frequency < .minutely ? [first.minute] : nil)
+        self.seconds = seconds ?? (frequency < .secondly ? [first.second] : nil)
+    }
+
+    public var description: String {
+        "<rrule: freq: \(frequency.rawValue), dtstart: \(CeleryTimestamp.isoformat(unixSeconds: Double(start), offsetSeconds: Int(offset))), interval: \(interval)>"
+    }
+
+    static func daysInMonth(year: Int, month: Int) -> Int {
+        let (nextYear, nextMonth) = month == 12 ? (year + 1, 1) : (year, month + 1)
+        return CeleryTimestamp.daysFromCivil(year: nextYear, month: nextMonth, day: 1)
+            - CeleryTimestamp.daysFromCivil(year: year, month: month, day: 1)
+    }
+
+    /// Whether a day passes the day filters (each that is set must match, as in dateutil).
+    func dayMatches(_ fields: CivilDate) -> Bool {
+        if let months, !months.contains(fields.month) { return false }
+        if let weekdays, !weekdays.contains(fields.pythonWeekday) { return false }
+        if let monthDays {
+            let length = Self.daysInMonth(year: fields.year, month: fields.month)
+            if !monthDays.contains(fields.day) && !monthDays.contains(fields.day - length - 1) { return false }
+        }
+        return true
+    }
+
+    /// The period (of the frequency's unit) that a wall-clock time falls in, counted from dtstart's.
+    func unit(of wall: Int64) -> Int64 {
+        let fields = CivilDate(localSeconds: wall)
+        switch frequency {
+        case .yearly: return Int64(fields.year)
+        case .monthly: return Int64(fields.year) * 12 + Int64(fields.month - 1)
+        case .weekly: return Self.floorDivide(fields.days - Int64((fields.pythonWeekday - weekStart + 7) % 7) - weekOrigin, 7)
+        case .daily: return fields.days
+        case .hourly: return Self.floorDivide(wall, 3600)
+        case .minutely: return Self.floorDivide(wall, 60)
+        case .secondly: return wall
+        }
+    }
+
+    /// Whether the day filters leave any day of any year: no month of `months` has a day of `monthDays` (31 April,
+    /// 30 February) means none, where dateutil would look until the year 10000.
+    var canOccur: Bool {
+        guard let months, let monthDays else { return true }
+        let longest = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        return months.contains { month in monthDays.contains { abs($0) <= longest[month] } }
+    }
+
+    /// The first day (counted from 1970-01-01, a Thursday) of week 0: the first `wkst` day from then.
+    var weekOrigin: Int64 { Int64((weekStart + 4) % 7) }
+
+    static func floorDivide(_ value: Int64, _ divisor: Int64) -> Int64 {
+        value >= 0 ? value / divisor : (value - divisor + 1) / divisor
+    }
+
+    /// The occurrences in one period (by its unit number), as wall-clock seconds in order; `nil` past year 9999.
+    func occurrences(inUnit unit: Int64) -> [Int64]? {
+        let days: [Int64]
+        switch frequency {
+        case .yearly:
+            guard unit <= 9999 else { return nil }
+            let first = Int64(CeleryTimestamp.daysFromCivil(year: Int(unit), month: 1, day: 1))
+            days = Array(first..<Int64(CeleryTimestamp.daysFromCivil(year: Int(unit) + 1, month: 1, day: 1)))
+        case .monthly:
+            let (year, month) = (Int(Self.floorDivide(unit, 12)), Int(unit - Self.floorDivide(unit, 12) * 12) + 1)
+            guard year <= 9999 else { return nil }
+            if let months, !months.contains(month) { return [] }
+            let first = Int64(CeleryTimestamp.daysFromCivil(year: year, month: month, day: 1))
+            days = Array(first..<first + Int64(Self.daysInMonth(year: year, month: month)))
+        case .weekly:
+            days = Array(unit * 7 + weekOrigin..<unit * 7 + weekOrigin + 7)
+        case .daily:
+            days = [unit]
+        case .hourly: days = [Self.floorDivide(unit * 3600, 86_400)]
+        case .minutely: days = [Self.floorDivide(unit * 60, 86_400)]
+        case .secondly: days = [Self.floorDivide(unit, 86_400)]
+        }
+        guard let lastDay = days.last, lastDay < 2_932_897 else { return nil }  // 10000-01-01
+        var times: [Int64] = []
+        for day in days {
+            let fields = CivilDate(localSeconds: day * 86_400)
+            guard dayMatches(fields) else { continue }
+            switch frequency {
+            case .yearly, .monthly, .weekly, .daily:
+                for hour in (hours ?? []).sorted() {
+                    for minute in (minutes ?? []).sorted() {
+                        for second in (seconds ?? []).sorted() {
+                            times.append(day * 86_400 + Int64(hour * 3600 + minute * 60 + second))
+                        }
+                    }
+                }
+            case .hourly:
+                let hourStart = unit * 3600
+                let hour = Int((hourStart - day * 86_400) / 3600)
+                guard hours?.contains(hour) ?? true else { continue }
+                for minute in (minutes ?? []).sorted() {
+                    for second in (seconds ?? []).sorted() { times.append(hourStart + Int64(minute * 60 + second)) }
+                }
+            case .minutely:
+                let minuteStart = unit * 60
+                let time = CivilDate(localSeconds: minuteStart)
+                guard hours?.contains(time.hour) ?? true, minutes?.contains(time.minute) ?? true else { continue }
+                for second in (seconds ?? []).sorted() { times.append(minuteStart + Int64(second)) }
+            case .secondly:
+                let time = CivilDate(localSeconds: unit)
+                guard hours?.contains(time.hour) ?? true, minutes?.contains(time.minute) ?? true,
+                    seconds?.contains(time.second) ?? true
+                else { continue }
+                times.append(unit)
+            }
+        }
+        return times
+    }
+
+    /// dateutil's `rrule.after(time)`: the first occurrence strictly after a Unix time, `nil` when none comes (the
+    /// rule's `count` or `until` reached, or none before the year 10000). Occurrences are whole seconds.
+    public func next(after time: Double) -> Double? {
+        guard canOccur else { return nil }
+        let startWall = start + offset
+        let firstUnit = unit(of: startWall)
+        var index: Int64 = 0
+        if count == nil, time > Double(start) {
+            // Without a count, jump to the period that holds `time`.
+            let wall = Int64(time.rounded(.down)) + offset
+            index = (unit(of: wall) - firstUnit) / Int64(interval)
+        }
+        var found = 0
+        // A rule whose filters no period can meet would look for ever, as dateutil's does; this one gives up.
+        var budget = 5_000_000
+        while budget > 0 {
+            guard let times = occurrences(inUnit: firstUnit + index * Int64(interval)) else { return nil }
+            budget -= max(times.count, 1)
+            for wall in times where wall >= startWall {
+                let unixTime = Double(wall - offset)
+                if let until, unixTime > until { return nil }
+                found += 1
+                if let count, found > count { return nil }
+                if unixTime > time { return unixTime }
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    /// celery-redbeat's `rrule.is_due(last_run_at)` at `now`: due when the first occurrence after the last run has
+    /// come; the time to look again is the time to the occurrence after now (`.infinity` when none comes).
+    func isDue(lastRunAt: Double, now: Double) -> (due: Bool, next: Double) {
+        guard let next = next(after: lastRunAt) else { return (false, .infinity) }
+        guard next <= now else { return (false, next - now) }
+        return (true, self.next(after: now).map { max($0 - now, 0) } ?? .infinity)
+    }
+}
