@@ -13,7 +13,7 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from dateutil.rrule import FR, MO, SA, SU, TH, WE
+from dateutil.rrule import FR, MO, SA, SU, TH, TU, WE
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedules import rrule
 
@@ -42,6 +42,14 @@ RULES = [
     {"freq": "MONTHLY", "bymonthday": 31, "bymonth": [2, 4]},
     {"freq": "SECONDLY", "interval": 45, "byminute": [0, 1, 2]},
     {"freq": "MINUTELY", "interval": 90, "count": 40},
+    {"freq": "MONTHLY", "bysetpos": -1, "byweekday": FR, "byhour": 18, "byminute": 0},
+    {"freq": "MONTHLY", "bysetpos": [1, -1], "byweekday": [MO, TU, WE, TH, FR]},
+    {"freq": "DAILY", "bysetpos": [2, -1], "byhour": [6, 12, 18], "byminute": [0, 30]},
+    {"freq": "WEEKLY", "bysetpos": 3, "byweekday": [MO, WE, FR, SU], "count": 4},
+    {"freq": "HOURLY", "bysetpos": -2, "byminute": [5, 25, 45]},
+    {"freq": "YEARLY", "byyearday": [1, 100, -1], "byhour": 12},
+    {"freq": "MONTHLY", "byyearday": [32, 60, -300]},
+    {"freq": "DAILY", "byyearday": -1, "interval": 2},
 ]
 
 OFFSETS = [0, 60, -300, 330]

@@ -2,10 +2,10 @@ import CeleryProtocol
 import Foundation
 
 /// dateutil's `rrule` as celery-redbeat's `rrule` schedule keeps it: a frequency (`YEARLY` … `SECONDLY`) with an
-/// interval counted from `dtstart`, `count` and `until`, and the `bymonth`, `bymonthday` (negative from the month's
-/// end), `byweekday`, `byhour`, `byminute` and `bysecond` filters, with dateutil's defaults taken from `dtstart` where
-/// they are left out. RedBeat keeps `dtstart`'s UTC offset alone, so the rule runs on that fixed offset's wall clock,
-/// as dateutil runs it there. `bysetpos`, `byweekno`, `byyearday` and `byeaster` are not read here (such a rule is
+/// interval counted from `dtstart`, `count` and `until`, the `bymonth`, `bymonthday` and `byyearday` (negative from
+/// the end), `byweekday`, `byhour`, `byminute` and `bysecond` filters, with dateutil's defaults taken from `dtstart`
+/// where they are left out, and `bysetpos`. RedBeat keeps `dtstart`'s UTC offset alone, so the rule runs on that
+/// fixed offset's wall clock, as dateutil runs it there. `byweekno` and `byeaster` are not read here (such a rule is
 /// refused when it is read).
 public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     /// dateutil's frequencies, by its numbers.
@@ -34,6 +34,10 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     public let hours: Set<Int>?
     public let minutes: Set<Int>?
     public let seconds: Set<Int>?
+    /// `byyearday`: days of the year, negative from its end.
+    public let yearDays: Set<Int>?
+    /// `bysetpos`: which of each period's occurrences are kept, by position (1 the first, -1 the last).
+    public let positions: Set<Int>?
 
     /// A rule as dateutil's `rrule(freq, dtstart, interval, wkst, count, until, bymonth, bymonthday, byweekday,
     /// byhour, byminute, bysecond)` makes it, `dtstart` at the fixed UTC `offset` (seconds). Throws for values
@@ -41,7 +45,8 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     public init(
         frequency: Frequency, start: Int64, offset: Int64 = 0, interval: Int = 1, weekStart: Int = 0, count: Int? = nil,
         until: Double? = nil, months: Set<Int>? = nil, monthDays: Set<Int>? = nil, weekdays: Set<Int>? = nil,
-        hours: Set<Int>? = nil, minutes: Set<Int>? = nil, seconds: Set<Int>? = nil
+        hours: Set<Int>? = nil, minutes: Set<Int>? = nil, seconds: Set<Int>? = nil, yearDays: Set<Int>? = nil,
+        positions: Set<Int>? = nil
     ) throws(CeleryWorkerError) {
         func check(_ values: Set<Int>?, _ range: ClosedRange<Int>, _ name: String) throws(CeleryWorkerError) {
             guard let values else { return }
@@ -58,6 +63,11 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         try check(hours, 0...23, "byhour")
         try check(minutes, 0...59, "byminute")
         try check(seconds, 0...59, "bysecond")
+        try check(yearDays, -366...366, "byyearday")
+        try check(positions, -366...366, "bysetpos")
+        if yearDays?.contains(0) == true || positions?.contains(0) == true {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "rrule: byyearday and bysetpos exclude 0")
+        }
         self.frequency = frequency
         self.start = start
         self.offset = offset
@@ -69,7 +79,7 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         var (months, monthDays, weekdays) = (months, monthDays, weekdays)
         // dateutil: without any day filter, a yearly rule keeps dtstart's month and day, a monthly one its day of the
         // month, a weekly one its day of the week.
-        if monthDays == nil && weekdays == nil {
+        if monthDays == nil && weekdays == nil && yearDays == nil {
             switch frequency {
             case .yearly:
                 if months == nil { months = [first.month] }
@@ -86,6 +96,8 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         self.hours = hours ?? (frequency < .hourly ? [first.hour] : nil)
         self.minutes = minutes ?? (frequency < .minutely ? [first.minute] : nil)
         self.seconds = seconds ?? (frequency < .secondly ? [first.second] : nil)
+        self.yearDays = yearDays
+        self.positions = positions
     }
 
     public var description: String {
@@ -105,6 +117,12 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         if let monthDays {
             let length = Self.daysInMonth(year: fields.year, month: fields.month)
             if !monthDays.contains(fields.day) && !monthDays.contains(fields.day - length - 1) { return false }
+        }
+        if let yearDays {
+            let first = Int64(CeleryTimestamp.daysFromCivil(year: fields.year, month: 1, day: 1))
+            let length = Int(Int64(CeleryTimestamp.daysFromCivil(year: fields.year + 1, month: 1, day: 1)) - first)
+            let day = Int(fields.days - first) + 1
+            if !yearDays.contains(day) && !yearDays.contains(day - length - 1) { return false }
         }
         return true
     }
@@ -153,7 +171,9 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
             let first = Int64(CeleryTimestamp.daysFromCivil(year: year, month: month, day: 1))
             days = Array(first..<first + Int64(Self.daysInMonth(year: year, month: month)))
         case .weekly:
-            days = Array(unit * 7 + weekOrigin..<unit * 7 + weekOrigin + 7)
+            // dateutil's first week starts on dtstart's day (which bysetpos counts from).
+            let startDay = Self.floorDivide(start + offset, 86_400)
+            days = Array(max(unit * 7 + weekOrigin, startDay)..<unit * 7 + weekOrigin + 7)
         case .daily:
             days = [unit]
         case .hourly: days = [Self.floorDivide(unit * 3600, 86_400)]
@@ -194,7 +214,14 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
                 times.append(unit)
             }
         }
-        return times
+        guard let positions else { return times }
+        // dateutil's bysetpos: positions in the period's occurrences, those before dtstart included.
+        var kept = Set<Int64>()
+        for position in positions {
+            let index = position > 0 ? position - 1 : times.count + position
+            if times.indices.contains(index) { kept.insert(times[index]) }
+        }
+        return kept.sorted()
     }
 
     /// dateutil's `rrule.after(time)`: the first occurrence strictly after a Unix time, `nil` when none comes (the

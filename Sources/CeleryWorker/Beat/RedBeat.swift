@@ -192,7 +192,7 @@ enum RedBeatCodec {
     /// RedBeat's `rrule`: dateutil's arguments, `dtstart` and `until` as whole Unix seconds with their UTC offsets
     /// in minutes (`dtstart_tz`, `until_tz`).
     static func rrule(_ object: CeleryObject) throws(CeleryWorkerError) -> RecurrenceRule {
-        for unread in ["bysetpos", "byweekno", "byyearday", "byeaster"] where object[unread].map({ $0 != .null }) ?? false {
+        for unread in ["byweekno", "byeaster"] where object[unread].map({ $0 != .null }) ?? false {
             throw failure("its rrule has \(unread), which the Swift beat does not read")
         }
         let frequencies = ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY", "SECONDLY"]
@@ -239,7 +239,8 @@ enum RedBeatCodec {
                 offset: Int64(((object["dtstart_tz"]?.doubleValue ?? 0) * 60).rounded()), interval: try number("interval") ?? 1,
                 weekStart: try numbers("wkst")?.first ?? 0, count: try number("count"), until: until,
                 months: try numbers("bymonth"), monthDays: try numbers("bymonthday"), weekdays: try numbers("byweekday"),
-                hours: try numbers("byhour"), minutes: try numbers("byminute"), seconds: try numbers("bysecond"))
+                hours: try numbers("byhour"), minutes: try numbers("byminute"), seconds: try numbers("bysecond"),
+                yearDays: try numbers("byyearday"), positions: try numbers("bysetpos"))
         } catch {
             throw failure("its \(error.message)")
         }
