@@ -105,6 +105,19 @@ struct RedBeatTests {
         #expect(RedBeatCodec.score(every, lastRunAt: 1000, now: 1000.000_001, zone: .utc) == 1002)
         let cron = BeatSchedule.crontab(try Crontab(minute: "0", hour: "4"))
         #expect(RedBeatCodec.score(cron, lastRunAt: 0, now: 0.5, zone: .utc) == 4 * 3600 - 1)
+        // An entry that never ran is due at once, whatever its schedule, as RedBeat reads it (run on 0001-01-02).
+        let paris = try #require(CeleryTimeZone(identifier: "Europe/Paris"))
+        let now = 1_796_601_119.5
+        for schedule: BeatSchedule in [
+            every, .every(seconds: 3600, relative: true),
+            .crontab(try Crontab(minute: "0", hour: "4", dayOfWeek: "mon", dayOfMonth: "29", monthOfYear: "2")),
+            .solar(try SolarSchedule(event: "sunset", latitude: 48.85, longitude: 2.35)),
+        ] {
+            #expect(schedule.isDue(lastRunAt: BeatService.neverRun, now: now, zone: paris).due, "\(schedule)")
+        }
+        // ... unless beat_cron_starting_deadline finds no run within it.
+        let nightly = BeatSchedule.crontab(try Crontab(minute: "0", hour: "4"))
+        #expect(!nightly.isDue(lastRunAt: BeatService.neverRun, now: now, zone: .utc, startingDeadline: 60).due)
         let yearly = BeatSchedule.crontab(try Crontab(minute: "0", hour: "0", dayOfMonth: "30", monthOfYear: "1"))
         #expect(RedBeatCodec.score(yearly, lastRunAt: 0, now: 1, zone: .utc) == 29 * 86_400 - 1)
     }

@@ -7,9 +7,10 @@ extension BeatService {
     /// keys, takes RedBeat's lock (standing by while another beat, Swift or Python, holds it), then at every tick
     /// renews the lock, reads the entries due from Redis, records each run and sends it, as RedBeat does.
     ///
-    /// Where RedBeat is weak, it does better: an error from Redis is logged and the tick tried again a second later
-    /// (RedBeat's beat ends, unless `retry_period` is set); a lost lock puts the beat back to standing by (RedBeat's
-    /// ends with `LockNotOwnedError`); a standing-by beat tries the lock every 3 s (RedBeat's every
+    /// Where RedBeat is weak, it does better: an error from Redis is logged once and the tick tried again every second
+    /// (RedBeat's beat ends, unless `retry_period` is set), and once Redis answers again `beat_schedule` is stored again
+    /// (a Redis that came back empty gets it back); a lost lock puts the beat back to standing by (RedBeat's ends with
+    /// `LockNotOwnedError`); a standing-by beat tries the lock every 3 s (RedBeat's every
     /// `beat_max_loop_interval`); a run that cannot be sent is tried again every second until sent or due again
     /// (RedBeat's is given up); an entry it cannot read is logged once and left as it is, for a Python beat.
     func runRedBeat(_ redbeat: RedBeatConfiguration, until shutdown: ShutdownSignal, pidbox: BeatPidbox?) async {
@@ -56,13 +57,8 @@ extension BeatService {
         }
     }
 
-    /// The last run of an entry that never ran: RedBeat reads it as run on 0001-01-02, long overdue. An rrule is
-    /// asked from then, for its first occurrences; for the others eight years back finds a run of any crontab (a
-    /// 29 February too) and keeps `beat_cron_starting_deadline`.
-    static func neverRun(_ schedule: BeatSchedule, now: Double) -> Double {
-        if case .rrule = schedule { return -62_135_510_400 }
-        return now - 8 * 366 * 86_400
-    }
+    /// The last run of an entry that never ran, as RedBeat reads it: 0001-01-02 00:00 UTC, long overdue.
+    static let neverRun = -62_135_510_400.0
 
     /// Celery's `reprcall` of an entry's task: `tasks.add(2, 3, z=1)`.
     static func call(_ entry: BeatEntry) -> String {
@@ -137,7 +133,7 @@ extension BeatService {
                         let state =
                             stored.entry.enabled
                             ? stored.entry.schedule.isDue(
-                                lastRunAt: stored.lastRunAt ?? Self.neverRun(stored.entry.schedule, now: now), now: now,
+                                lastRunAt: stored.lastRunAt ?? Self.neverRun, now: now,
                                 zone: timezone, startingDeadline: beat.cronStartingDeadline)
                             : (due: false, next: 5)
                         if state.due {
