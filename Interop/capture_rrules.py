@@ -50,6 +50,14 @@ RULES = [
     {"freq": "YEARLY", "byyearday": [1, 100, -1], "byhour": 12},
     {"freq": "MONTHLY", "byyearday": [32, 60, -300]},
     {"freq": "DAILY", "byyearday": -1, "interval": 2},
+    {"freq": "YEARLY", "byweekno": [1, 20, -1], "byweekday": MO, "byhour": 9},
+    {"freq": "WEEKLY", "byweekno": 1, "wkst": SU, "byweekday": [MO, TU, WE, TH, FR, SA, SU], "start": "12-27"},
+    {"freq": "YEARLY", "byweekno": 53, "byweekday": [TH, FR]},
+    {"freq": "DAILY", "byweekno": [52, 53, 1], "byweekday": SU, "start": "12-20"},
+    {"freq": "MONTHLY", "byweekno": [-2], "wkst": TH},
+    {"freq": "YEARLY", "byeaster": 0, "byhour": 10},
+    {"freq": "DAILY", "byeaster": [-2, 1], "byminute": 15},
+    {"freq": "WEEKLY", "byeaster": [-100, 39], "start": "01-03"},
 ]
 
 OFFSETS = [0, 60, -300, 330]
@@ -68,9 +76,12 @@ def main():
             start = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=generator.randrange(0, 400 * 86400))
             if spec["freq"] == "YEARLY" and spec.get("bymonth") is None:
                 start = datetime(2024, 2, 29, 13, 7, 5, tzinfo=timezone.utc)
+            if "start" in spec:
+                month, day = spec["start"].split("-")
+                start = start.replace(year=2026, month=int(month), day=int(day))
             if spec.get("bymonthday") == [1, 15, 31]:
                 start = start.replace(day=31) if start.month in (1, 3, 5, 7, 8, 10, 12) else start
-            kwargs = {key: value for key, value in spec.items() if key != "until_days"}
+            kwargs = {key: value for key, value in spec.items() if key not in ("until_days", "start")}
             if "until_days" in spec:
                 kwargs["until"] = (start + timedelta(days=spec["until_days"])).astimezone(zone)
             made = rrule(dtstart=start.astimezone(zone), **kwargs)

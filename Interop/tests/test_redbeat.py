@@ -123,8 +123,8 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
                                                               tmp_path):
     """A worker with -B and RedBeat's scheduler sends what Python code saves with RedBeatSchedulerEntry, records each
     run where Python's RedBeat reads it, leaves a disabled entry unsent, sends an entry that never ran at once, drops
-    a key whose entry is gone, sends dateutil's rrule entries as RedBeat does, and leaves one it cannot read (an rrule
-    with byweekno) for a Python beat."""
+    a key whose entry is gone, sends dateutil's rrule entries as RedBeat does, and leaves one it cannot read (a
+    schedule of a kind it does not know) as it is."""
     config = write_config(tmp_path, "beat.json", {
         "beat_scheduler": "redbeat.RedBeatScheduler", "redbeat_redis_url": redis_urls["broker"],
         "beat_max_loop_interval": 1})
@@ -133,8 +133,10 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
     worker.wait_for_log("beat: Acquired lock")
     app = make_app(redbeat_redis_url=redis_urls["broker"])
     # An entry it cannot read, and a key whose entry is gone: neither stops the others.
-    RedBeatSchedulerEntry("week20", "tasks.add", rrule("YEARLY", byweekno=20), args=[0, 0], app=app).save()
-    broker_redis.zadd("redbeat::schedule", {"redbeat:week20": 1})  # due now
+    broker_redis.hset("redbeat:odd", "definition", json.dumps({
+        "name": "odd", "task": "tasks.add", "args": [], "kwargs": {}, "options": {},
+        "schedule": {"__type__": "lunar", "phase": "full"}, "enabled": True}))
+    broker_redis.zadd("redbeat::schedule", {"redbeat:odd": 1})  # due now
     broker_redis.zadd("redbeat::schedule", {"redbeat:ghost": 1})
     entry = RedBeatSchedulerEntry("dyn", "tasks.add", schedule(1.0), args=[5, 6], kwargs={"z": 7},
                                   options={"queue": "dynq"}, app=app).save()
@@ -153,9 +155,9 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
 
     worker.wait_for_log("beat: Failed to load redbeat:ghost, removing")
     assert broker_redis.zscore("redbeat::schedule", "redbeat:ghost") is None
-    worker.wait_for_log("beat: Cannot read the entry redbeat:week20: its rrule has byweekno")
-    assert worker.log.count("Cannot read the entry redbeat:week20") == 1
-    assert broker_redis.exists("redbeat:week20")
+    worker.wait_for_log("beat: Cannot read the entry redbeat:odd: its schedule is RedBeat's 'lunar'")
+    assert worker.log.count("Cannot read the entry redbeat:odd") == 1
+    assert broker_redis.exists("redbeat:odd")
 
     # Disabled: not sent.
     stored.enabled = False

@@ -3,10 +3,10 @@ import Foundation
 
 /// dateutil's `rrule` as celery-redbeat's `rrule` schedule keeps it: a frequency (`YEARLY` … `SECONDLY`) with an
 /// interval counted from `dtstart`, `count` and `until`, the `bymonth`, `bymonthday` and `byyearday` (negative from
-/// the end), `byweekday`, `byhour`, `byminute` and `bysecond` filters, with dateutil's defaults taken from `dtstart`
-/// where they are left out, and `bysetpos`. RedBeat keeps `dtstart`'s UTC offset alone, so the rule runs on that
-/// fixed offset's wall clock, as dateutil runs it there. `byweekno` and `byeaster` are not read here (such a rule is
-/// refused when it is read).
+/// the end), `byweekday`, `byweekno`, `byeaster`, `byhour`, `byminute` and `bysecond` filters, with dateutil's
+/// defaults taken from `dtstart` where they are left out, and `bysetpos`. RedBeat keeps `dtstart`'s UTC offset alone,
+/// so the rule runs on that fixed offset's wall clock, as dateutil runs it there. (RedBeat keeps a weekday without
+/// its `n`, so `byweekday=FR(-1)` reaches it as every Friday; `bysetpos` says the last.)
 public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     /// dateutil's frequencies, by its numbers.
     public enum Frequency: Int, Sendable, Hashable, Comparable {
@@ -38,6 +38,11 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     public let yearDays: Set<Int>?
     /// `bysetpos`: which of each period's occurrences are kept, by position (1 the first, -1 the last).
     public let positions: Set<Int>?
+    /// `byweekno`: week numbers as dateutil counts them (week 1 has at least four days of the year, weeks start on
+    /// `wkst`), negative from the year's end.
+    public let weekNumbers: Set<Int>?
+    /// `byeaster`: days from Western Easter.
+    public let easterOffsets: Set<Int>?
 
     /// A rule as dateutil's `rrule(freq, dtstart, interval, wkst, count, until, bymonth, bymonthday, byweekday,
     /// byhour, byminute, bysecond)` makes it, `dtstart` at the fixed UTC `offset` (seconds). Throws for values
@@ -46,7 +51,7 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         frequency: Frequency, start: Int64, offset: Int64 = 0, interval: Int = 1, weekStart: Int = 0, count: Int? = nil,
         until: Double? = nil, months: Set<Int>? = nil, monthDays: Set<Int>? = nil, weekdays: Set<Int>? = nil,
         hours: Set<Int>? = nil, minutes: Set<Int>? = nil, seconds: Set<Int>? = nil, yearDays: Set<Int>? = nil,
-        positions: Set<Int>? = nil
+        positions: Set<Int>? = nil, weekNumbers: Set<Int>? = nil, easterOffsets: Set<Int>? = nil
     ) throws(CeleryWorkerError) {
         func check(_ values: Set<Int>?, _ range: ClosedRange<Int>, _ name: String) throws(CeleryWorkerError) {
             guard let values else { return }
@@ -79,7 +84,10 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         var (months, monthDays, weekdays) = (months, monthDays, weekdays)
         // dateutil: without any day filter, a yearly rule keeps dtstart's month and day, a monthly one its day of the
         // month, a weekly one its day of the week.
-        if monthDays == nil && weekdays == nil && yearDays == nil {
+        try check(weekNumbers, -53...53, "byweekno")
+        if weekNumbers?.contains(0) == true { throw CeleryWorkerError(code: .invalidConfiguration, message: "rrule: byweekno 0") }
+        try check(easterOffsets, -366...366, "byeaster")
+        if monthDays == nil && weekdays == nil && yearDays == nil && weekNumbers == nil && easterOffsets == nil {
             switch frequency {
             case .yearly:
                 if months == nil { months = [first.month] }
@@ -98,6 +106,8 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         self.seconds = seconds ?? (frequency < .secondly ? [first.second] : nil)
         self.yearDays = yearDays
         self.positions = positions
+        self.weekNumbers = weekNumbers
+        self.easterOffsets = easterOffsets
     }
 
     public var description: String {
@@ -111,7 +121,12 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Whether a day passes the day filters (each that is set must match, as in dateutil).
-    func dayMatches(_ fields: CivilDate) -> Bool {
+    func dayMatches(_ fields: CivilDate, in masks: YearMasks?) -> Bool {
+        if let masks {
+            let index = Int(fields.days - masks.yearStart)
+            if weekNumbers != nil && !masks.weekNumbers.contains(index) { return false }
+            if easterOffsets != nil && !masks.easter.contains(index) { return false }
+        }
         if let months, !months.contains(fields.month) { return false }
         if let weekdays, !weekdays.contains(fields.pythonWeekday) { return false }
         if let monthDays {
@@ -139,6 +154,97 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         case .minutely: return Self.floorDivide(wall, 60)
         case .secondly: return wall
         }
+    }
+
+    /// A year's days (by index from its 1 January, the next January's first week included) that `byweekno` and
+    /// `byeaster` keep, as dateutil's `_iterinfo.rebuild` marks them.
+    struct YearMasks {
+        var yearStart: Int64
+        var weekNumbers: Set<Int> = []
+        var easter: Set<Int> = []
+    }
+
+    func yearMasks(year: Int) -> YearMasks {
+        let yearStart = Int64(CeleryTimestamp.daysFromCivil(year: year, month: 1, day: 1))
+        var masks = YearMasks(yearStart: yearStart)
+        let yearLength = CeleryTimestamp.daysFromCivil(year: year + 1, month: 1, day: 1) - Int(yearStart)
+        let yearWeekday = CivilDate(localSeconds: yearStart * 86_400).pythonWeekday
+        func weekday(_ index: Int) -> Int { (yearWeekday + index) % 7 }
+        func mod7(_ value: Int) -> Int { (value % 7 + 7) % 7 }
+        if let weekNumbers {
+            let firstWeekStart = mod7(7 - yearWeekday + weekStart)
+            var weekOne = firstWeekStart
+            let weekYearLength: Int
+            if weekOne >= 4 {
+                weekOne = 0
+                weekYearLength = yearLength + mod7(yearWeekday - weekStart)
+            } else {
+                weekYearLength = yearLength - weekOne
+            }
+            let weeks = weekYearLength / 7 + weekYearLength % 7 / 4
+            func mark(from first: Int) {
+                var index = first
+                for _ in 0..<7 {
+                    masks.weekNumbers.insert(index)
+                    index += 1
+                    if weekday(index) == weekStart { break }
+                }
+            }
+            for number in weekNumbers {
+                let week = number < 0 ? number + weeks + 1 : number
+                guard week > 0 && week <= weeks else { continue }
+                var index = weekOne
+                if week > 1 {
+                    index = weekOne + (week - 1) * 7
+                    if weekOne != firstWeekStart { index -= 7 - firstWeekStart }
+                }
+                mark(from: index)
+            }
+            if weekNumbers.contains(1) {
+                // Week 1 of the next year, where it starts in this one.
+                var index = weekOne + weeks * 7
+                if weekOne != firstWeekStart { index -= 7 - firstWeekStart }
+                if index < yearLength { mark(from: index) }
+            }
+            if weekOne != 0 {
+                // The days before week 1 belong to the last week of the year before (dateutil's reckoning, its use of
+                // this year's length included).
+                var lastWeeks = -1
+                if !weekNumbers.contains(-1) {
+                    let lastYearStart = CeleryTimestamp.daysFromCivil(year: year - 1, month: 1, day: 1)
+                    let lastYearWeekday = CivilDate(localSeconds: Int64(lastYearStart) * 86_400).pythonWeekday
+                    let lastYearLength = Int(yearStart) - lastYearStart
+                    if mod7(7 - lastYearWeekday + weekStart) >= 4 {
+                        lastWeeks = 52 + (lastYearLength + mod7(lastYearWeekday - weekStart)) % 7 / 4
+                    } else {
+                        lastWeeks = 52 + (yearLength - weekOne) % 7 / 4
+                    }
+                }
+                if weekNumbers.contains(lastWeeks) { masks.weekNumbers.formUnion(0..<weekOne) }
+            }
+        }
+        if let easterOffsets {
+            let easter = Int(Self.westernEaster(year: year) - yearStart)
+            for offset in easterOffsets {
+                // A Python list's index: a negative one counts from the end (the year's days and 7 more).
+                let index = easter + offset < 0 ? easter + offset + yearLength + 7 : easter + offset
+                if index >= 0 && index < yearLength + 7 { masks.easter.insert(index) }
+            }
+        }
+        return masks
+    }
+
+    /// dateutil's `easter(year)` (its method 3, the Western one), as a day counted from 1970-01-01.
+    static func westernEaster(year: Int) -> Int64 {
+        let golden = year % 19
+        let century = year / 100
+        let h = (century - century / 4 - (8 * century + 13) / 25 + 19 * golden + 15) % 30
+        let i = h - (h / 28) * (1 - (h / 28) * (29 / (h + 1)) * ((21 - golden) / 11))
+        let j = (year + year / 4 + i + 2 - century + century / 4) % 7
+        let p = i - j
+        let day = 1 + (p + 27 + (p + 6) / 40) % 31
+        let month = 3 + (p + 26) / 30
+        return Int64(CeleryTimestamp.daysFromCivil(year: year, month: month, day: day))
     }
 
     /// Whether the day filters leave any day of any year: no month of `months` has a day of `monthDays` (31 April,
@@ -182,9 +288,11 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         }
         guard let lastDay = days.last, lastDay < 2_932_897 else { return nil }  // 10000-01-01
         var times: [Int64] = []
+        // dateutil reckons byweekno and byeaster by the year the period starts in, a week running into January too.
+        let masks = weekNumbers == nil && easterOffsets == nil ? nil : yearMasks(year: CivilDate(localSeconds: days[0] * 86_400).year)
         for day in days {
             let fields = CivilDate(localSeconds: day * 86_400)
-            guard dayMatches(fields) else { continue }
+            guard dayMatches(fields, in: masks) else { continue }
             switch frequency {
             case .yearly, .monthly, .weekly, .daily:
                 for hour in (hours ?? []).sorted() {

@@ -192,9 +192,6 @@ enum RedBeatCodec {
     /// RedBeat's `rrule`: dateutil's arguments, `dtstart` and `until` as whole Unix seconds with their UTC offsets
     /// in minutes (`dtstart_tz`, `until_tz`).
     static func rrule(_ object: CeleryObject) throws(CeleryWorkerError) -> RecurrenceRule {
-        for unread in ["byweekno", "byeaster"] where object[unread].map({ $0 != .null }) ?? false {
-            throw failure("its rrule has \(unread), which the Swift beat does not read")
-        }
         let frequencies = ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY", "SECONDLY"]
         let frequency: RecurrenceRule.Frequency?
         switch object["freq"] {
@@ -240,7 +237,8 @@ enum RedBeatCodec {
                 weekStart: try numbers("wkst")?.first ?? 0, count: try number("count"), until: until,
                 months: try numbers("bymonth"), monthDays: try numbers("bymonthday"), weekdays: try numbers("byweekday"),
                 hours: try numbers("byhour"), minutes: try numbers("byminute"), seconds: try numbers("bysecond"),
-                yearDays: try numbers("byyearday"), positions: try numbers("bysetpos"))
+                yearDays: try numbers("byyearday"), positions: try numbers("bysetpos"), weekNumbers: try numbers("byweekno"),
+                easterOffsets: try numbers("byeaster"))
         } catch {
             throw failure("its \(error.message)")
         }
