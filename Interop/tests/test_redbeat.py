@@ -53,7 +53,8 @@ def popped(broker_redis, queue, timeout=10.0):
 
 def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls, broker_redis, tmp_path):
     """The same beat_schedule stored by Python's RedBeatScheduler and by the Swift beat (each under its own key
-    prefix): byte-identical definitions, the same statics, meta and scores; entries a removed static left are deleted;
+    prefix), with the app's time zone Europe/Paris: byte-identical definitions, the same statics, meta (last runs in
+    Paris time) and scores (crontabs read in Paris); entries a removed static left are deleted;
     and Python's RedBeat reads back the Swift beat's entries as its own."""
     entries = {
         "every3": {"task": "tasks.add", "schedule": 3.0, "args": [1, 2], "options": {"queue": "rbq", "priority": 3}},
@@ -67,11 +68,12 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
         broker_redis.hset(f"{prefix}gone", "definition", "{}")
         broker_redis.zadd(f"{prefix}:schedule", {f"{prefix}gone": 1})
     app = make_app(redbeat_redis_url=redis_urls["broker"], redbeat_key_prefix="py:", beat_schedule=entries,
-                   beat_max_loop_interval=5)
+                   beat_max_loop_interval=5, timezone="Europe/Paris")
     RedBeatScheduler(app=app)  # setup_schedule stores the entries
 
     config = write_config(tmp_path, "beat.json", {
         "beat_scheduler": "redbeat.RedBeatScheduler", "redbeat_key_prefix": "sw:", "beat_max_loop_interval": 5,
+        "timezone": "Europe/Paris",
         "beat_schedule": {
             "every3": entries["every3"],
             "cron": {"task": "tasks.add", "schedule": {"crontab": {"minute": "*/5", "hour": "1-23"}}, "args": [3, 4],
@@ -102,7 +104,8 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
         theirs = json.loads(broker_redis.hget(f"py:{name}", "meta"))
         assert list(ours) == list(theirs) == ["last_run_at"]
         assert list(ours["last_run_at"]) == list(theirs["last_run_at"])
-        assert ours["last_run_at"]["timezone"] == theirs["last_run_at"]["timezone"] == "UTC"
+        assert ours["last_run_at"]["timezone"] == theirs["last_run_at"]["timezone"] == "Europe/Paris"
+        assert abs(ours["last_run_at"]["hour"] - theirs["last_run_at"]["hour"]) in (0, 1, 23)
     assert abs(broker_redis.zscore("sw::schedule", "sw:cron") - broker_redis.zscore("py::schedule", "py:cron")) <= 1
     assert broker_redis.smembers("sw::statics") == broker_redis.smembers("py::statics") == {b"every3", b"cron", b"off"}
     for prefix in ("py:", "sw:"):
@@ -110,7 +113,7 @@ def test_the_schedule_is_stored_as_python_redbeat_stores_it(make_app, redis_urls
         assert broker_redis.zscore(f"{prefix}:schedule", f"{prefix}gone") is None
 
     # Python's RedBeat reads the Swift beat's entries as its own.
-    reader = make_app(redbeat_redis_url=redis_urls["broker"], redbeat_key_prefix="sw:")
+    reader = make_app(redbeat_redis_url=redis_urls["broker"], redbeat_key_prefix="sw:", timezone="Europe/Paris")
     cron = RedBeatSchedulerEntry.from_key("sw:cron", app=reader)
     assert cron.schedule == crontab(minute="*/5", hour="1-23")
     assert (cron.task, cron.args, cron.kwargs, cron.enabled) == ("tasks.add", [3, 4], {"z": 1}, True)
