@@ -15,7 +15,7 @@ from celery.schedules import crontab, schedule
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.schedules import rrule
 
-from conftest import INTEROP, WORKER_BINARY, eventually
+from conftest import INTEROP, WORKER_BINARY, answering, eventually
 from redisproc import RedisProcess
 
 
@@ -135,6 +135,12 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
                           "-l", "debug")
     worker.wait_for_log("beat: Acquired lock")
     app = make_app(redbeat_redis_url=redis_urls["broker"])
+    # `inspect conf` shows the scheduler and RedBeat's settings in effect (the URL's password masked, as Celery's).
+    node = answering(app, "celery@")
+    conf = app.control.inspect(timeout=2, destination=[node]).conf()[node]
+    assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert (conf["redbeat_key_prefix"], conf["redbeat_lock_key"], conf["redbeat_lock_timeout"]) == ("redbeat:", "redbeat::lock", 5)
+    assert conf["redbeat_redis_url"] == redis_urls["broker"]
     # An entry it cannot read, and a key whose entry is gone: neither stops the others.
     broker_redis.hset("redbeat:odd", "definition", json.dumps({
         "name": "odd", "task": "tasks.add", "args": [], "kwargs": {}, "options": {},

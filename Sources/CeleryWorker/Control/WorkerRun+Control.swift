@@ -529,6 +529,13 @@ extension WorkerRun {
             settings["beat_schedule_filename"] = .string(beat.scheduleFilename)
             settings["beat_max_loop_interval"] = Self.seconds(beat.maxLoopInterval)
             settings["beat_cron_starting_deadline"] = beat.cronStartingDeadline.map(Self.seconds) ?? .null
+            if let redbeat = beat.redbeat {
+                settings["beat_scheduler"] = "redbeat.RedBeatScheduler"
+                settings["redbeat_key_prefix"] = .string(redbeat.keyPrefix)
+                settings["redbeat_lock_key"] = redbeat.lockKey.map(CeleryValue.string) ?? .null
+                settings["redbeat_lock_timeout"] = Self.seconds(redbeat.lockTimeout ?? beat.maxLoopInterval * 5)
+                if let text = redbeat.redisURLText { settings["redbeat_redis_url"] = .string(RedisURL.censored(text)) }
+            }
         }
         return .object(settings)
     }
