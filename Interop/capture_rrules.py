@@ -58,6 +58,9 @@ RULES = [
     {"freq": "YEARLY", "byeaster": 0, "byhour": 10},
     {"freq": "DAILY", "byeaster": [-2, 1], "byminute": 15},
     {"freq": "WEEKLY", "byeaster": [-100, 39], "start": "01-03"},
+    {"freq": "SECONDLY", "interval": 7, "bymonth": 2, "bymonthday": 29},
+    {"freq": "MINUTELY", "bymonth": 12, "bymonthday": 25, "byhour": 7},
+    {"freq": "HOURLY", "interval": 5, "byweekno": 10, "byweekday": TU},
 ]
 
 OFFSETS = [0, 60, -300, 330]

@@ -15,14 +15,17 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         public static func < (lhs: Frequency, rhs: Frequency) -> Bool { lhs.rawValue < rhs.rawValue }
     }
 
+    /// `freq`: the unit of the periods the rule steps through.
     public let frequency: Frequency
     /// `dtstart`, whole Unix seconds.
     public let start: Int64
     /// `dtstart`'s UTC offset in seconds: the rule's wall clock.
     public let offset: Int64
+    /// `interval`: how many periods each step moves on.
     public let interval: Int
     /// `wkst`: the first day of a week, 0 for Monday.
     public let weekStart: Int
+    /// `count`: how many occurrences there are in all, from `dtstart`; `nil`: no end.
     public let count: Int?
     /// `until`, as a Unix time: no occurrence after it.
     public let until: Double?
@@ -263,7 +266,8 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The occurrences in one period (by its unit number), as wall-clock seconds in order; `nil` past year 9999.
-    func occurrences(inUnit unit: Int64) -> [Int64]? {
+    /// `masks` keeps each year's `byweekno` and `byeaster` days, made once per year as dateutil makes them.
+    func occurrences(inUnit unit: Int64, masks cache: inout [Int: YearMasks]) -> [Int64]? {
         let days: [Int64]
         switch frequency {
         case .yearly:
@@ -271,7 +275,7 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
             let first = Int64(CeleryTimestamp.daysFromCivil(year: Int(unit), month: 1, day: 1))
             days = Array(first..<Int64(CeleryTimestamp.daysFromCivil(year: Int(unit) + 1, month: 1, day: 1)))
         case .monthly:
-            let (year, month) = (Int(Self.floorDivide(unit, 12)), Int(unit - Self.floorDivide(unit, 12) * 12) + 1)
+            let (year, month) = Self.month(ofUnit: unit)
             guard year <= 9999 else { return nil }
             if let months, !months.contains(month) { return [] }
             let first = Int64(CeleryTimestamp.daysFromCivil(year: year, month: month, day: 1))
@@ -289,7 +293,12 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         guard let lastDay = days.last, lastDay < 2_932_897 else { return nil }  // 10000-01-01
         var times: [Int64] = []
         // dateutil reckons byweekno and byeaster by the year the period starts in, a week running into January too.
-        let masks = weekNumbers == nil && easterOffsets == nil ? nil : yearMasks(year: CivilDate(localSeconds: days[0] * 86_400).year)
+        var masks: YearMasks?
+        if weekNumbers != nil || easterOffsets != nil {
+            let year = CivilDate(localSeconds: days[0] * 86_400).year
+            masks = cache[year] ?? yearMasks(year: year)
+            cache[year] = masks
+        }
         for day in days {
             let fields = CivilDate(localSeconds: day * 86_400)
             guard dayMatches(fields, in: masks) else { continue }
@@ -344,11 +353,16 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
             let wall = Int64(time.rounded(.down)) + offset
             index = (unit(of: wall) - firstUnit) / Int64(interval)
         }
-        var found = 0
-        // A rule whose filters no period can meet would look for ever, as dateutil's does; this one gives up.
+        // dateutil looks up to the year 9999 for a rule its filters never meet; this one looks 400 years (a whole
+        // cycle of the calendar's leap years and weekdays) past `time`, as the crontab does, and at most this many
+        // periods.
+        let horizon = max(Int64(time.rounded(.down)), start) + offset + 146_097 * 86_400
         var budget = 5_000_000
+        var found = 0
+        var masks: [Int: YearMasks] = [:]
         while budget > 0 {
-            guard let times = occurrences(inUnit: firstUnit + index * Int64(interval)) else { return nil }
+            let unit = firstUnit + index * Int64(interval)
+            guard let times = occurrences(inUnit: unit, masks: &masks), wallStart(ofUnit: unit) <= horizon else { return nil }
             budget -= max(times.count, 1)
             for wall in times where wall >= startWall {
                 let unixTime = Double(wall - offset)
@@ -357,8 +371,50 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
                 if let count, found > count { return nil }
                 if unixTime > time { return unixTime }
             }
-            index += 1
+            // A period below a day that a day, hour or minute filter leaves empty: on to the next day, hour or
+            // minute that can match, as dateutil moves on.
+            if times.isEmpty, frequency >= .hourly, let boundary = nextBoundary(after: wallStart(ofUnit: unit), masks: &masks) {
+                let skipped = Self.floorDivide(self.unit(of: boundary) - firstUnit + Int64(interval) - 1, Int64(interval))
+                index = max(index + 1, skipped)
+            } else {
+                index += 1
+            }
         }
+        return nil
+    }
+
+    /// The year and month of a monthly period.
+    static func month(ofUnit unit: Int64) -> (year: Int, month: Int) {
+        (Int(floorDivide(unit, 12)), Int(unit - floorDivide(unit, 12) * 12) + 1)
+    }
+
+    /// Where a period starts, in wall-clock seconds.
+    func wallStart(ofUnit unit: Int64) -> Int64 {
+        switch frequency {
+        case .hourly: unit * 3600
+        case .minutely: unit * 60
+        case .secondly: unit
+        case .daily: unit * 86_400
+        case .weekly: unit * 7 * 86_400 + weekOrigin * 86_400
+        case .monthly:
+            Int64(CeleryTimestamp.daysFromCivil(year: Self.month(ofUnit: unit).year, month: Self.month(ofUnit: unit).month, day: 1)) * 86_400
+        case .yearly: Int64(CeleryTimestamp.daysFromCivil(year: Int(unit), month: 1, day: 1)) * 86_400
+        }
+    }
+
+    /// For a period below a day starting at `wall` that has no occurrence: the start of the next day when its day
+    /// fails the day filters, else of the next hour when its hour fails `byhour`, else of the next minute when its
+    /// minute fails `byminute`; `nil` when none of these failed.
+    func nextBoundary(after wall: Int64, masks cache: inout [Int: YearMasks]) -> Int64? {
+        let date = CivilDate(localSeconds: wall)
+        var masks: YearMasks?
+        if weekNumbers != nil || easterOffsets != nil {
+            masks = cache[date.year] ?? yearMasks(year: date.year)
+            cache[date.year] = masks
+        }
+        if !dayMatches(date, in: masks) { return (date.days + 1) * 86_400 }
+        if frequency >= .minutely, let hours, !hours.contains(date.hour) { return Self.floorDivide(wall, 3600) * 3600 + 3600 }
+        if frequency == .secondly, let minutes, !minutes.contains(date.minute) { return Self.floorDivide(wall, 60) * 60 + 60 }
         return nil
     }
 
