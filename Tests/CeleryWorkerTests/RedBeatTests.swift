@@ -191,6 +191,10 @@ struct RecurrenceRuleTests {
             for (key, value) in extra { rule[key] = value }
             #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.schedule(.object(rule)) }
         }
+        // Week 53 never falls in June: no occurrence, found within 400 years of the calendar, by the day or by the second.
+        for frequency: RecurrenceRule.Frequency in [.daily, .secondly] {
+            #expect(try RecurrenceRule(frequency: frequency, start: 0, months: [6], weekNumbers: [53]).next(after: 0) == nil)
+        }
         let named = try RedBeatCodec.schedule(.object(["__type__": "rrule", "freq": "daily", "dtstart": 0, "byhour": 4]))
         #expect(named == .rrule(try RecurrenceRule(frequency: .daily, start: 0, hours: [4])))
     }
