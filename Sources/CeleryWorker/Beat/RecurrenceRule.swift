@@ -29,11 +29,13 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     public let count: Int?
     /// `until`, as a Unix time: no occurrence after it.
     public let until: Double?
-    /// The filters, with dateutil's defaults from `dtstart`; `nil`: no filter.
+    /// `bymonth`, 1 to 12. This and the other filters hold dateutil's defaults from `dtstart`; `nil`: no filter.
     public let months: Set<Int>?
+    /// `bymonthday`: days of the month, negative from its end.
     public let monthDays: Set<Int>?
-    /// 0 for Monday, as dateutil counts them.
+    /// `byweekday`: 0 for Monday, as dateutil counts them.
     public let weekdays: Set<Int>?
+    /// `byhour`, `byminute` and `bysecond`.
     public let hours: Set<Int>?
     public let minutes: Set<Int>?
     public let seconds: Set<Int>?
@@ -113,6 +115,7 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
         self.easterOffsets = easterOffsets
     }
 
+    /// A short form of RedBeat's `repr`: the frequency's number, `dtstart` and the interval.
     public var description: String {
         "<rrule: freq: \(frequency.rawValue), dtstart: \(CeleryTimestamp.isoformat(unixSeconds: Double(start), offsetSeconds: Int(offset))), interval: \(interval)>"
     }

@@ -24,6 +24,8 @@ public struct RedBeatConfiguration: Sendable, Equatable {
     /// loop's longest interval, RedBeat's default.
     public var lockTimeout: Double?
 
+    /// RedBeat's settings; `lockKey` left out is RedBeat's `<prefix>:lock`, `.some(nil)` is no lock, and a key that
+    /// does not start with the prefix is put behind it, as RedBeat's `RedBeatConfig` does.
     public init(
         redisURLText: String? = nil, redisURL: RedisURL? = nil, keyPrefix: String = "redbeat:", lockKey: String?? = .none,
         lockTimeout: Double? = nil
