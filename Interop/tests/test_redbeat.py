@@ -192,6 +192,14 @@ def test_entries_python_saves_are_sent_by_an_embedded_redbeat(start_worker, make
     assert four.timestamp() - 2 <= broker_redis.zscore("redbeat::schedule", "redbeat:nightly") <= four.timestamp()
     assert popped(broker_redis, "cronq", timeout=2) is None
 
+    # A meta that cannot be read counts as none: the entry is sent at once, and its run writes a new meta.
+    RedBeatSchedulerEntry("healed", "tasks.add", schedule(3600), args=[4, 4], options={"queue": "healq"},
+                          app=app).save()
+    broker_redis.hset("redbeat:healed", "meta", "not json")
+    broker_redis.zadd("redbeat::schedule", {"redbeat:healed": 1})
+    assert popped(broker_redis, "healq") is not None, worker.log
+    assert RedBeatSchedulerEntry.from_key("redbeat:healed", app=app).total_run_count == 1
+
     # dateutil's rrule, as RedBeat keeps it: every 2 s from its start, 3 occurrences in all, the first of them the
     # start itself, before the entry's first last run (its creation): two are sent, then none, and it is scored -1.
     RedBeatSchedulerEntry("thrice", "tasks.add", rrule("SECONDLY", interval=2, count=3), args=[7, 7],

@@ -88,6 +88,11 @@ struct RedBeatTests {
         let never = try RedBeatCodec.stored(definition: definition, meta: Array(#"{"last_run_at": null}"#.utf8))
         #expect(never.lastRunAt == nil && never.totalRunCount == 0)
         #expect(try RedBeatCodec.stored(definition: definition, meta: nil).lastRunAt == nil)
+        // A meta that cannot be read counts as none (due at once), where RedBeat's beat stops.
+        for garbage in ["{", #"{"last_run_at": {"__type__": "datetime", "year": 0}}"#, "[]"] {
+            let unreadable = try RedBeatCodec.stored(definition: definition, meta: Array(garbage.utf8))
+            #expect(unreadable.lastRunAt == nil && unreadable.totalRunCount == 0, "\(garbage)")
+        }
         let rrule = Array(#"{"name": "r", "task": "t", "schedule": {"__type__": "rrule", "freq": 5}}"#.utf8)
         #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.stored(definition: rrule, meta: nil) }
         #expect(throws: CeleryWorkerError.self) { try RedBeatCodec.stored(definition: Array("{".utf8), meta: nil) }

@@ -143,12 +143,17 @@ enum RedBeatCodec {
             name: name, task: task, schedule: try schedule(scheduleValue), args: args, kwargs: kwargs, options: options,
             enabled: object["enabled"]?.boolValue ?? true)
         var stored = Stored(entry: entry, lastRunAt: nil, totalRunCount: 0)
-        if let meta, !meta.isEmpty {
-            guard case .object(let metaObject)? = try? CeleryJSON.decode(meta) else { throw failure("its meta is not a JSON object") }
-            if case .object(let tagged)? = metaObject["last_run_at"] { stored.lastRunAt = try unixTime(tagged) }
-            stored.totalRunCount = metaObject["total_run_count"]?.intValue ?? 0
-        }
+        (stored.lastRunAt, stored.totalRunCount) = lastRun(meta: meta)
         return stored
+    }
+
+    /// The last run and the run count a `meta` field records. A meta that cannot be read counts as none: the entry
+    /// is due at once, and its run writes a new meta (RedBeat's beat stops on it).
+    static func lastRun(meta: [UInt8]?) -> (lastRunAt: Double?, totalRunCount: Int) {
+        guard let meta, case .object(let object)? = try? CeleryJSON.decode(meta) else { return (nil, 0) }
+        var lastRunAt: Double?
+        if case .object(let tagged)? = object["last_run_at"] { lastRunAt = try? unixTime(tagged) }
+        return (lastRunAt, object["total_run_count"]?.intValue ?? 0)
     }
 
     /// A schedule from RedBeat's JSON: `interval`, `crontab` and `rrule` (see ``RecurrenceRule`` for what of dateutil's

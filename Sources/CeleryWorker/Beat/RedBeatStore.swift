@@ -40,7 +40,7 @@ struct RedBeatStore: Sendable {
             var lastRunAt: Double? = now
             if stored.first?.bytes != nil {
                 // RedBeat keeps the stored entry's last run, none if its meta has none.
-                lastRunAt = stored.count > 1 ? try Self.lastRun(meta: stored[1].bytes, key: key) : nil
+                lastRunAt = stored.count > 1 ? RedBeatCodec.lastRun(meta: stored[1].bytes).lastRunAt : nil
             }
             let definition = try RedBeatCodec.definition(of: entry)
             let score = RedBeatCodec.score(entry.schedule, lastRunAt: lastRunAt, now: WallClock.now(), zone: zone)
@@ -59,20 +59,6 @@ struct RedBeatStore: Sendable {
             ).check("SADD")
         }
         return removed
-    }
-
-    /// The last run a `meta` field records; `nil` for none.
-    static func lastRun(meta: [UInt8]?, key: String) throws(CeleryWorkerError) -> Double? {
-        guard let meta, !meta.isEmpty else { return nil }
-        guard case .object(let object)? = try? CeleryJSON.decode(meta) else {
-            throw RedBeatCodec.failure("\(key): its meta is not a JSON object")
-        }
-        guard case .object(let tagged)? = object["last_run_at"] else { return nil }
-        do throws(CeleryWorkerError) {
-            return try RedBeatCodec.unixTime(tagged)
-        } catch {
-            throw RedBeatCodec.failure("\(key): \(error.message)")
-        }
     }
 
     /// RedBeat's `schedule`: the keys due at `now` (whole seconds), and the first one due within `maxInterval` after.
