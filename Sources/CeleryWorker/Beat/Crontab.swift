@@ -40,9 +40,8 @@ public struct Crontab: Sendable, Hashable, CustomStringConvertible {
         daysOfWeek = try Self.field(dayOfWeek, count: 7, from: 0)
         daysOfMonth = try Self.field(dayOfMonth, count: 31, from: 1)
         monthsOfYear = try Self.field(monthOfYear, count: 12, from: 1)
-        let longest = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
         let days = daysOfMonth
-        guard monthsOfYear.contains(where: { month in days.contains { $0 <= longest[month] } }) else {
+        guard monthsOfYear.contains(where: { month in days.contains { $0 <= CivilDate.longestMonths[month] } }) else {
             throw Self.invalid(
                 "Invalid crontab: day_of_month '\(dayOfMonth)' never occurs in month_of_year '\(monthOfYear)'.")
         }
@@ -215,6 +214,9 @@ struct CivilDate: Equatable {
         weekday = Int(((days + 4) % 7 + 7) % 7)  // 1970-01-01 was a Thursday
         (year, month, day) = CeleryTimestamp.civil(fromDays: days)
     }
+
+    /// Each month's most days (a leap year's), by its number (index 0 unused).
+    static let longestMonths = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 
     /// The day of the week as Python's `weekday()` and dateutil count it: 0 is Monday.
     var pythonWeekday: Int { (weekday + 6) % 7 }

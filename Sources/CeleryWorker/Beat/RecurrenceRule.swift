@@ -257,8 +257,7 @@ public struct RecurrenceRule: Sendable, Hashable, CustomStringConvertible {
     /// 30 February) means none, where dateutil would look until the year 10000.
     var canOccur: Bool {
         guard let months, let monthDays else { return true }
-        let longest = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-        return months.contains { month in monthDays.contains { abs($0) <= longest[month] } }
+        return months.contains { month in monthDays.contains { abs($0) <= CivilDate.longestMonths[month] } }
     }
 
     /// The first day (counted from 1970-01-01, a Thursday) of week 0: the first `wkst` day from then.
