@@ -119,7 +119,7 @@ public final class BrokerMigration: Sendable {
     }
 
     /// Migrates from `source` to `destination`, calling `migrated` for each message published and `skipped` (with
-    /// why) for each message that is not kombu's envelope. Every message taken and not moved is given back before it
+    /// why) for each message that is not kombu's envelope or whose record in `unacked` failed. Every message taken and not moved is given back before it
     /// returns or throws.
     public func run(
         from source: RedisBroker, to destination: RedisBroker, migrated: (Progress) -> Void, skipped: (String) -> Void = { _ in }
@@ -140,7 +140,16 @@ public final class BrokerMigration: Sendable {
         do throws(CeleryWorkerError) {
             fetching: while !stopped.load(ordering: .relaxed) {
                 if let limit, summary.migrated >= limit { break }
-                let batch = try await source.fetch(queues: sourceQueues, limit: min(100, limit.map { $0 - summary.migrated } ?? 100))
+                var batch = try await source.fetch(queues: sourceQueues, limit: min(100, limit.map { $0 - summary.migrated } ?? 100))
+                // A blocking pop's record in `unacked` goes out on its own connection, unconfirmed; the ack or give-back
+                // on the other connection must not overtake it (it would then leave the record behind for good, or
+                // find nothing to give back). A message whose record is missing is given back as it was taken.
+                let unrecorded = await batch.recorded()
+                for (delivery, failure) in unrecorded {
+                    guard let index = batch.firstIndex(where: { $0.deliveryTag == delivery.deliveryTag }) else { continue }
+                    skipped("A message in '\(delivery.queue)' was not recorded in unacked (\(failure)): it is given back as it was taken.")
+                    batch[index].deliveryTag = nil
+                }
                 if batch.isEmpty {
                     if let timeout, ContinuousClock.now - lastMessage >= timeout { break }
                 } else {

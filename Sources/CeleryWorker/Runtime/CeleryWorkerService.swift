@@ -686,6 +686,8 @@ final class WorkerRun: Sendable {
         guard !requeued.isEmpty else { return }
         deliveries.removeAll(where: undeliverable)
         prefetch.release(requeued.count)
+        // Restoring looks the message up in `unacked`: its record (sent unconfirmed by a blocking pop) must be there.
+        warnUnrecorded(await requeued.recorded())
         for delivery in requeued {
             logger.warning("Requeuing undeliverable message for queue '\(delivery.queue)': No consumers.")
             do {
