@@ -258,11 +258,17 @@ def wait_idle(r_results, expected, timeout):
     return False
 
 
-def drain(kind, server, messages, acks_late, serializer, logdir):
+def fresh_databases(server):
+    """The broker's URL (database 1) and the backend's (0) on `server`, and a client of each, both emptied."""
     broker, backend = server.url(1), server.url(0)
     rb, rr = redis.Redis.from_url(broker), redis.Redis.from_url(backend)
     rb.flushdb()
     rr.flushdb()
+    return broker, backend, rb, rr
+
+
+def drain(kind, server, messages, acks_late, serializer, logdir):
+    broker, backend, rb, rr = fresh_databases(server)
     proc = start_worker(kind, broker, backend, acks_late, serializer, logdir)
     try:
         # Pre-filled: every message waits in a list nobody consumes, then one RENAME puts them all on the queue at

@@ -1,7 +1,10 @@
 """Celery events from the Swift worker, read by Python's own event receiver and `events.State` (what Flower and
 `celery events` use)."""
+import base64
+import json
 import socket
 import threading
+import time
 
 import pytest
 import redis as redis_lib
@@ -94,6 +97,40 @@ def test_worker_and_task_events_with_E(start_worker, make_app):
     assert worker_state.sw_ident == "swift-celery" and not worker_state.alive  # offline was the last event
     assert state.tasks[ok.id].state == "SUCCESS" and state.tasks[ok.id].name == "tasks.add"
     assert state.tasks[bad.id].state == "FAILURE"
+
+
+def test_task_events_go_out_in_batches_as_a_prefork_worker_sends_them(start_worker, make_app, broker_redis):
+    """Under load, task events go out as a Python prefork worker sends them: lists of at most 24 on `task.multi`,
+    several to a message; Python's receiver and `events.State` read every one, and every event of the worker comes
+    in clock order."""
+    app = make_app()
+    raw = broker_redis.pubsub()
+    raw.psubscribe("*celeryev*")
+    capture = Capture(app).start()
+    results = [app.send_task("tasks.add", (i, i)) for i in range(200)]  # waiting before the worker starts
+    worker = start_worker("-E", "-n", "batches@%h")
+    assert [result.get(timeout=30) for result in results] == [2 * i for i in range(200)]
+    capture.wait_for(lambda events: count(events, "task-succeeded", "batches@") == 200)
+    worker.stop()
+    capture.wait_for(lambda events: count(events, "worker-offline", "batches@") == 1)
+    events = [e for e in capture.stop() if e["hostname"].startswith("batches@")]
+    sizes, quiet = [], time.monotonic() + 2
+    while time.monotonic() < quiet:
+        message = raw.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage" and message["channel"].endswith(b"task.multi"):
+            envelope = json.loads(message["data"])
+            if envelope["headers"]["hostname"].startswith("batches@"):
+                sizes.append(len(json.loads(base64.b64decode(envelope["body"]))))
+            quiet = time.monotonic() + 2
+    raw.close()
+    assert sum(sizes) == 600 and max(sizes) <= 24 and max(sizes) > 1, sizes  # received, started, succeeded
+    assert [count(events, kind) for kind in ("task-received", "task-started", "task-succeeded")] == [200] * 3
+    clocks = [e["clock"] for e in events]
+    assert clocks == sorted(clocks) and len(set(clocks)) == len(clocks)
+    state = app.events.State()
+    for event in events:
+        state.event(event)
+    assert all(state.tasks[result.id].state == "SUCCESS" for result in results)
 
 
 def test_heartbeats_without_E_but_no_task_events(start_worker, make_app):

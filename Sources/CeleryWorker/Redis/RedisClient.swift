@@ -157,6 +157,19 @@ public final class RedisClient: Sendable {
         return try await lane.run { () throws(CeleryWorkerError) -> Result in try Self.once(connection, body) }
     }
 
+    /// Runs `body` on the client's thread without waiting for it: after every call queued before it, before any
+    /// queued after it. `body` gets `execute`, which sends commands in one round trip and returns their replies, as
+    /// ``pipeline(_:)`` does on a lane of its own (a connection found dead on first use is replaced and the commands
+    /// sent once more). On a shared lane, `body` blocks the event loop while it waits for replies.
+    func submit(_ body: @escaping @Sendable (_ execute: ([RedisCommand]) throws(CeleryWorkerError) -> [RedisReply]) -> Void) {
+        let connection = self.connection
+        lane.submit {
+            body { commands throws(CeleryWorkerError) in
+                try Self.once(connection) { connection throws(CeleryWorkerError) in try connection.execute(commands) }
+            }
+        }
+    }
+
     /// Runs `body` with the connection on the calling thread; a connection that was open but turns out dead is
     /// replaced and `body` runs once more (see ``pipeline(_:)``).
     private static func once<Result>(

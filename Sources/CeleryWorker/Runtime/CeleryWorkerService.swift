@@ -89,7 +89,7 @@ public final class CeleryWorkerService: Service {
             database: configuration.brokerURL.database, version: Self.version,
             sendsTaskEvents: configuration.sendTaskEvents, keyPrefix: configuration.brokerKeyPrefix,
             alsoLegacyTopic: configuration.brokerURL.isSentinel, exchange: configuration.eventExchange,
-            transport: configuration.brokerTransport)
+            transport: configuration.brokerTransport, logger: logger)
         self.init(
             configuration: configuration, registry: registry, logger: logger, broker: broker, backend: backend,
             events: events,
@@ -506,6 +506,7 @@ final class WorkerRun: Sendable {
         // Whatever was received but never started (queued for a slot, waiting for its ETA, still in a hand-off when
         // a cold shutdown cancelled the loops), and acks-late tasks a cold shutdown interrupted, go back to their queue.
         await giveBack(held.withLock { $0.unstarted })
+        await service.events?.flushTaskEvents()  // the last tasks' events, published before the process ends
         await saveState()  // Python's Persistent saves at shutdown
         if !signals.workerShutdown.isEmpty {
             let event = WorkerSignals.WorkerEvent(hostname: configuration.nodeName)
@@ -721,19 +722,19 @@ final class WorkerRun: Sendable {
         await events.sendWorkerEvent(type, active: active, processed: processed, frequency: interval)
     }
 
-    /// Counts the event in the metrics and, with task events on, sends it (`fields` are only worked out then).
-    /// Inlined: without task events (the default) it costs no async call.
+    /// Counts the event in the metrics and, with task events on, sends it (`fields` are only worked out then), without
+    /// waiting for Redis (see ``EventDispatcher``). Inlined: without task events (the default) it costs no call.
     @inline(__always)
-    func sendTaskEvent(_ type: String, _ message: CeleryTaskMessage, _ fields: @autoclosure () -> CeleryObject = [:]) async {
+    func sendTaskEvent(_ type: String, _ message: CeleryTaskMessage, _ fields: @autoclosure () -> CeleryObject = [:]) {
         service.metrics.count(event: type, task: message.name)
         guard let events = service.events, events.sendsTaskEvents else { return }
-        await send(taskEvent: type, message, fields(), with: events)
+        send(taskEvent: type, message, fields(), with: events)
     }
 
-    private func send(taskEvent type: String, _ message: CeleryTaskMessage, _ fields: CeleryObject, with events: EventDispatcher) async {
+    private func send(taskEvent type: String, _ message: CeleryTaskMessage, _ fields: CeleryObject, with events: EventDispatcher) {
         var all: CeleryObject = ["uuid": .string(message.id)]
         for (key, value) in fields { all[key] = value }
-        await events.sendTaskEvent(type, all)
+        events.sendTaskEvent(type, all)
     }
 
     // MARK: Visibility timeout

@@ -20,7 +20,7 @@ extension WorkerRun {
             }
             succeeded.withLock { $0.insert(message.id) }
         }
-        await sendTaskEvent("task-succeeded", message, ["result": "None", "runtime": .double(WallClock.now() - timeStart)])
+        sendTaskEvent("task-succeeded", message, ["result": "None", "runtime": .double(WallClock.now() - timeStart)])
         await carryOut(machine.finish(), for: job.delivery)
         return true
     }

@@ -143,7 +143,7 @@ extension WorkerRun {
                 type: "NotRegistered", arguments: [.string(message.name)],
                 module: "celery.exceptions")
             await store(failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil))
-            await sendTaskEvent("task-failed", message, ["exception": .string(failure.repr)])
+            sendTaskEvent("task-failed", message, ["exception": .string(failure.repr)])
             await discard(delivery)
             if sendsTaskSignals, !signals.taskUnknown.isEmpty {
                 let event = WorkerSignals.TaskUnknown(name: message.name, id: message.id, message: delivery.raw)
@@ -172,7 +172,7 @@ extension WorkerRun {
         if sendsTaskSignals, !signals.taskReceived.isEmpty {
             await WorkerSignals.send(signals.taskReceived, request(for: job), signal: "task_received", logger: logger)
         }
-        await sendTaskEvent(
+        sendTaskEvent(
             "task-received", message,
             [
                 "name": .string(message.name), "args": message.eventHeaders.argsRepr,
@@ -248,7 +248,7 @@ extension WorkerRun {
     private func revokeExpired(_ job: PreparedJob) async {
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)] (expired)")
         await storeRevoked(job, reason: "expired", children: [])
-        await sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": true])
+        sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": true])
     }
 
     /// A task revoked by id, or by one of its stamps (`revoke_by_stamped_headers`), is not run: REVOKED is stored,
@@ -274,7 +274,7 @@ extension WorkerRun {
     private func discardRevoked(_ job: PreparedJob, byHeader header: String? = nil) async {
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)]\(header.map { " (revoked by header: \($0))" } ?? "")")
         await storeRevoked(job, reason: "revoked", children: [])
-        await sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": false])
+        sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": false])
         await discard(job.delivery)
     }
 
@@ -332,7 +332,7 @@ extension WorkerRun {
             counters.withLock { $0.active -= 1 }
             running.withLock { $0.remove(job) }
         }
-        await sendTaskEvent("task-started", message)
+        sendTaskEvent("task-started", message)
         if machine.start() == .ack {
             // Acknowledged by the settler with other tasks' writes, usually with this task's own result. As in Celery,
             // an acknowledged message no longer counts against the prefetch limit: the slot is free at once (the
@@ -419,7 +419,7 @@ extension WorkerRun {
         if ending.stopReason == .terminated, !jobTasks.isCancelled {
             logger.info("Task \(job.displayName)[\(message.id)] terminated by a revoke")
             await storeRevoked(job, reason: "terminated", children: [])
-            await sendTaskEvent("task-revoked", message, ["terminated": true, "signum": 15, "expired": false])
+            sendTaskEvent("task-revoked", message, ["terminated": true, "signum": 15, "expired": false])
             await carryOut(machine.finish(), for: job.delivery)
             return holdsPrefetch
         }
@@ -460,9 +460,9 @@ extension WorkerRun {
                 if storesErrors(job) {
                     await store(failureDocument(message, queue: queue, exception: rejection.pythonException, traceback: nil))
                 }
-                await sendTaskEvent("task-failed", message, ["exception": .string(rejection.pythonException.repr)])
+                sendTaskEvent("task-failed", message, ["exception": .string(rejection.pythonException.repr)])
             }
-            await sendTaskEvent("task-rejected", message, ["requeue": .bool(rejection.requeue)])
+            sendTaskEvent("task-rejected", message, ["requeue": .bool(rejection.requeue)])
             if sendsTaskSignals { await postrun(.rejected, rejection.pythonException.value) }
             await carryOut(machine.reject(requeue: rejection.requeue), for: job.delivery)
             return holdsPrefetch
@@ -472,7 +472,7 @@ extension WorkerRun {
             // Python's reject_on_worker_lost: the message goes back to its queue, nothing is stored.
             logger.error("Task handler raised error: \(lost.pythonException.repr)")
             logger.warning("Task \(job.displayName)[\(message.id)] requeued: its pool process was lost (reject_on_worker_lost)")
-            await sendTaskEvent("task-rejected", message, ["requeue": true])
+            sendTaskEvent("task-rejected", message, ["requeue": true])
             if sendsTaskSignals { await postrun(.rejected, lost.pythonException.value) }
             await carryOut(machine.reject(requeue: true), for: job.delivery)
             return holdsPrefetch
@@ -495,7 +495,7 @@ extension WorkerRun {
             outcomeLogger.info(
                 "Task \(job.displayName)[\(message.id)] succeeded in \(runtime)s: \(PythonRepr.truncated(PythonRepr.repr(value)))")
             if configuration.deduplicateSuccessfulTasks { succeeded.withLock { $0.insert(message.id) } }
-            await sendTaskEvent(
+            sendTaskEvent(
                 "task-succeeded", message,
                 [
                     "result": .string(PythonRepr.truncated(PythonRepr.repr(value))), "runtime": .double(runtime),
@@ -546,7 +546,7 @@ extension WorkerRun {
             if let traceback {
                 outcomeLogger.error("Task \(job.displayName)[\(message.id)] raised unexpected: \(exception.repr)\n\(traceback)")
             }
-            await sendTaskEvent(
+            sendTaskEvent(
                 "task-failed", message, ["exception": .string(exception.repr), "traceback": traceback.map(CeleryValue.string) ?? .null])
             await chordPartReturn(job, state: .failure, result: exception.value)
             await sendErrbacks(of: job, exception: exception, traceback: traceback)
@@ -680,7 +680,7 @@ extension WorkerRun {
                 logger: logger)
         }
         logger.info("Task \(job.displayName)[\(message.id)] retry: \(reason)")
-        await sendTaskEvent(
+        sendTaskEvent(
             "task-retried", message,
             [
                 "exception": .string(cause?.repr ?? "None"),
