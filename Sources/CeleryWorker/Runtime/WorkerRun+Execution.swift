@@ -142,13 +142,20 @@ extension WorkerRun {
             let failure = CeleryExceptionInfo(
                 type: "NotRegistered", arguments: [.string(message.name)],
                 module: "celery.exceptions")
-            await store(failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil))
+            let document = failureDocument(message, queue: envelope.deliveryInfo.routingKey, exception: failure, traceback: nil)
             sendTaskEvent("task-failed", message, ["exception": .string(failure.repr)])
-            await discard(delivery)
-            if sendsTaskSignals, !signals.taskUnknown.isEmpty {
-                let event = WorkerSignals.TaskUnknown(name: message.name, id: message.id, message: delivery.raw)
-                await WorkerSignals.send(signals.taskUnknown, event, signal: "task_unknown", logger: logger)
+            guard sendsTaskSignals, !signals.taskUnknown.isEmpty else {
+                // In the settler's next batch, the FAILURE stored before the acknowledgement, as a task's result is:
+                // the receive loop goes on at once (a round trip for each would hold every message behind it).
+                settler.submit(document: service.backend == nil ? nil : document, ack: delivery)
+                prefetch.release()
+                return nil
             }
+            // `task_unknown` is sent once the FAILURE is stored and the message forgotten.
+            await store(document)
+            await discard(delivery)
+            let event = WorkerSignals.TaskUnknown(name: message.name, id: message.id, message: delivery.raw)
+            await WorkerSignals.send(signals.taskUnknown, event, signal: "task_unknown", logger: logger)
             return nil
         }
         var etaTime: Double?
