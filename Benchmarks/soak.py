@@ -5,13 +5,13 @@ that it stays flat (nothing that a task, a failure or a result leaves behind acc
     .venv/bin/python Benchmarks/soak.py --rounds 2 --tasks 200 --worker BINARY  # CI: checks that it still works
 
 For each pool (`--pools`, the thread pool, the solo pool and the process pool by default) it starts one worker with
-task events on (`-E`; `--no-task-events` leaves them off), then, each round, pre-fills N messages made by Celery's own producer and waits until every
-one of them has its result. The messages are a mix that takes the worker's main paths: `tasks.add` in JSON and in
-msgpack, `tasks.fail` (a FAILURE with its traceback), a task no worker has (FAILURE `NotRegistered`) and
-`tasks.echo` with a 2 KB argument (`--only-add`: every message a JSON `tasks.add`). After each round it waits a second and reads the resident memory (`VmRSS`) of
-the worker's process tree; at the end the peak (`VmHWM`). The same messages serve every round, each with new task
-ids and delivery tags. A message that gets no result within a minute of the last one that did ends the run with
-exit status 1: nothing may be lost.
+task events on (`-E`; `--no-task-events` leaves them off), then, each round, pre-fills N messages made by Celery's
+own producer and waits until every one of them has its result. The messages are a mix that takes the worker's main
+paths: `tasks.add` in JSON and in msgpack, `tasks.fail` (a FAILURE with its traceback), a task no worker has
+(FAILURE `NotRegistered`) and `tasks.echo` with a 2 KB argument (`--only KIND`: every message of one of those
+kinds). After each round it waits a second and reads the resident memory (`VmRSS`) of the worker's process tree; at
+the end the peak (`VmHWM`). The same messages serve every round, each with new task ids and delivery tags. A message
+that gets no result within a minute of the last one that did ends the run with exit status 1: nothing may be lost.
 """
 import argparse
 import json
@@ -32,13 +32,16 @@ from celery import Celery  # noqa: E402
 from drain import WORKER, fresh_databases, push_all, tree_memory  # noqa: E402
 from redisproc import RedisProcess  # noqa: E402
 
-# One round's mix, per ten messages: (task, args, kwargs, serializer).
-MIX = [("tasks.add", (2, 3), {}, "json")] * 4 + [("tasks.add", (4, 5), {}, "msgpack")] * 2 + [
-    ("tasks.fail", ("boom",), {}, "json"),
-    ("tasks.unknown_to_every_worker", (1,), {}, "json"),
-    ("tasks.echo", ("x" * 2048,), {"note": "soak"}, "json"),
-    ("tasks.add", (6, 7), {}, "json"),
-]
+# The kinds of message (task, args, kwargs, serializer), by the name `--only` takes.
+KINDS = {
+    "add": ("tasks.add", (2, 3), {}, "json"),
+    "add-msgpack": ("tasks.add", (4, 5), {}, "msgpack"),
+    "fail": ("tasks.fail", ("boom",), {}, "json"),
+    "unknown": ("tasks.unknown_to_every_worker", (1,), {}, "json"),
+    "echo-2k": ("tasks.echo", ("x" * 2048,), {"note": "soak"}, "json"),
+}
+# One round's mix, per ten messages.
+MIX = [KINDS["add"]] * 5 + [KINDS["add-msgpack"]] * 2 + [KINDS["fail"], KINDS["unknown"], KINDS["echo-2k"]]
 POOLS = {"threads": [], "solo": ["-P", "solo"], "process": ["-P", "process"]}
 
 
@@ -129,16 +132,16 @@ def main():
                         help=f"comma-separated, among {', '.join(POOLS)} (default: all three)")
     parser.add_argument("--acks-late", action="store_true", help="every worker with --acks-late")
     parser.add_argument("--no-task-events", action="store_true", help="every worker without -E")
-    parser.add_argument("--only-add", action="store_true",
-                        help="every message a JSON tasks.add, for the rate with and without task events")
+    parser.add_argument("--only", choices=KINDS,
+                        help="every message of one kind (for the rate of that kind, with and without task events)")
     parser.add_argument("--worker", default=WORKER, help="the swift-celery-worker binary (default: the release build)")
     options = parser.parse_args()
     pools = [name.strip() for name in options.pools.split(",") if name.strip()]
     unknown = [name for name in pools if name not in POOLS]
     if unknown or options.rounds < 1 or options.tasks < 1:
         parser.error(f"unknown pool {unknown[0]!r}" if unknown else "--rounds and --tasks must be 1 or more")
-    if options.only_add:
-        MIX[:] = MIX[:1]
+    if options.only:
+        MIX[:] = [KINDS[options.only]]
     server = RedisProcess().start()
     table, ok = {}, True
     try:
@@ -150,7 +153,7 @@ def main():
             ok = ok and done
     finally:
         server.stop()
-    print(f"\n{options.rounds} rounds of {options.tasks} messages ({'tasks.add' if options.only_add else 'the mix'}), "
+    print(f"\n{options.rounds} rounds of {options.tasks} messages ({options.only or 'the mix'}), "
           f"acks-late {'on' if options.acks_late else 'off'}, task events {'off' if options.no_task_events else 'on'}; "
           "resident memory of the worker's process tree (MB)")
     print(f"{'pool':<8} {'after 1':>8} {'after 2':>8} {'last':>8} {'peak':>8} {'last - 2nd':>11} {'tasks':>10}")

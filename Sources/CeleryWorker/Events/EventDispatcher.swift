@@ -12,9 +12,8 @@ import Synchronization
 /// `buffer_group=['task']`, flushed on the event loop's next turn or once 24 are waiting): the task that sends one
 /// never waits for Redis. The first event of an empty buffer has the events connection's thread publish the buffer;
 /// while it does, the events sent meanwhile gather, and it publishes them next, at most 24 to a message, every
-/// message of a turn in one round trip. Sending each event and waiting for its `PUBLISH` held the thread pool to
-/// 2 500 tasks/s with `-E`; with the buffer it drains 14 000 (22 500 without `-E`; the README's "Memory over a long
-/// run, and task events").
+/// message of a turn in one round trip. Sending each event and waiting for its `PUBLISH` held the worker to a
+/// fraction of its rate with `-E` (the README's "Memory over a long run, and task events" has the figures).
 /// When the events connection falls far behind (a stalled Redis), events beyond ``outboxLimit`` waiting are dropped
 /// and counted, and the count is logged once it catches up: memory stays bounded, and tasks never wait for events.
 final class EventDispatcher: Sendable {
