@@ -133,6 +133,53 @@ def test_task_events_go_out_in_batches_as_a_prefork_worker_sends_them(start_work
     assert all(state.tasks[result.id].state == "SUCCESS" for result in results)
 
 
+def kind_of(key, value):
+    return float if key == "utcoffset" and isinstance(value, int) else type(value)
+
+
+def test_task_multi_messages_are_a_prefork_workers_byte_for_byte(start_worker, start_python_worker, make_app,
+                                                                 broker_redis):
+    """A `task.multi` message of the Swift worker is a Python prefork worker's, byte for byte, but for what differs
+    by nature: the body's events, the hostname and the delivery tag; and each kind of event in it has the fields of
+    the prefork worker's, in the same order, with values of the same types."""
+    app = make_app()
+    last = newest_client(broker_redis)
+    raw = broker_redis.pubsub()
+    raw.psubscribe("*celeryev*")
+    assert eventually(lambda: raw.get_message(timeout=0.1) or new_subscribers(broker_redis, last) > 0, 15)
+    start_python_worker("-E", "-P", "prefork", "-c", "1", "-Q", "pyevents", "-n", "pymulti@%h")
+    start_worker("-E", "-n", "swiftmulti@%h")
+    assert app.send_task("tasks.add", (1, 2), queue="pyevents").get(timeout=20) == 3
+    assert app.send_task("tasks.add", (1, 2)).get(timeout=20) == 3
+    messages, quiet = {}, time.monotonic() + 3
+    while time.monotonic() < quiet and len(messages) < 2 * 3:
+        message = raw.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage" and message["channel"].endswith(b"task.multi"):
+            envelope = json.loads(message["data"])
+            hostname = envelope["headers"]["hostname"]
+            node = "python" if hostname.startswith("pymulti@") else "swift" if hostname.startswith("swiftmulti@") else None
+            if node:
+                data = message["data"]
+                for variable in (envelope["body"], envelope["properties"]["delivery_tag"], hostname):
+                    assert data.count(variable.encode()) == 1, data
+                    data = data.replace(variable.encode(), b"<>")
+                for event in json.loads(base64.b64decode(envelope["body"])):
+                    messages.setdefault(node, {}).setdefault(data, []).append(event)
+            quiet = time.monotonic() + 3
+    raw.close()
+    assert set(messages) == {"python", "swift"}, messages
+    assert list(messages["swift"]) == list(messages["python"]), messages  # one layout, the same bytes
+    kinds = {node: {event["type"]: event for events in layouts.values() for event in events}
+             for node, layouts in messages.items()}
+    assert {"task-received", "task-started", "task-succeeded"} <= set(kinds["python"])
+    for kind, python_event in kinds["python"].items():
+        swift_event = kinds["swift"][kind]
+        assert list(swift_event) == list(python_event), kind
+        # Celery 5.3 floors `utcoffset` to a whole number of hours (an int); 5.7, as the Swift worker, divides.
+        assert [kind_of(key, value) for key, value in swift_event.items()] == [
+            kind_of(key, value) for key, value in python_event.items()], (kind, swift_event, python_event)
+
+
 def test_heartbeats_without_E_but_no_task_events(start_worker, make_app):
     app = make_app()
     capture = Capture(app).start()

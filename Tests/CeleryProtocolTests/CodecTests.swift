@@ -1,3 +1,5 @@
+import Foundation
+import OrderedCollections
 import Testing
 
 @testable import CeleryProtocol
@@ -557,5 +559,52 @@ struct CodecTests {
             #expect(error.code == .invalidTaskMessage)
             #expect(error.taskID == nil)
         }
+    }
+}
+
+@Suite("Envelopes cut once around their body and delivery tag")
+struct EnvelopeTemplateTests {
+    @Test("base64 of every length and tail, as Foundation writes it")
+    func base64() {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0..<70 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            #expect(Base64.encode(bytes) == Array(Data(bytes).base64EncodedString().utf8), "\(length) bytes")
+            var appended = Array("prefix".utf8)
+            Base64.append(bytes[...], into: &appended)
+            #expect(appended == Array("prefix".utf8) + Array(Data(bytes).base64EncodedString().utf8))
+        }
+    }
+
+    @Test("a template writes the bytes of the whole envelope, whatever the body and the tag")
+    func sameBytes() throws {
+        let headers: OrderedDictionary<String, CeleryValue> = ["hostname": "w@h\u{e9}"]
+        let properties: OrderedDictionary<String, CeleryValue> = [
+            "delivery_mode": 1, "delivery_info": ["exchange": "celeryev", "routing_key": "task.multi"], "priority": 0,
+            "body_encoding": "base64", "delivery_tag": "", "after": "a tag's neighbour",
+        ]
+        let template = try #require(
+            KombuEnvelopeTemplate(contentType: "application/json", contentEncoding: "utf-8", headers: headers, properties: properties))
+        for (body, tag) in [("", "t"), ("[1]", "6e5b7ad1-0f0e-4d8c-9d7c-1c2d3e4f5a6b"), ("[{\"a\": \"\\u00e9\"}]", "a \"quoted\" tag\u{e9}")] {
+            var tagged = properties
+            tagged["delivery_tag"] = .string(tag)
+            let whole = KombuEnvelope(
+                body: Array(body.utf8), contentType: "application/json", contentEncoding: "utf-8", headers: headers, properties: tagged)
+            #expect(template.encoded(body: Array(body.utf8), deliveryTag: tag) == whole.encoded(), "\(body) \(tag)")
+        }
+    }
+
+    @Test("no template where the envelope cannot be cut: a compression header, no delivery tag, the marker elsewhere")
+    func refused() {
+        let properties: OrderedDictionary<String, CeleryValue> = ["body_encoding": "base64", "delivery_tag": ""]
+        #expect(
+            KombuEnvelopeTemplate(
+                contentType: "application/json", contentEncoding: "utf-8", headers: ["compression": "application/x-gzip"], properties: properties)
+                == nil)
+        #expect(KombuEnvelopeTemplate(contentType: "application/json", contentEncoding: "utf-8", headers: [:], properties: ["priority": 0]) == nil)
+        #expect(
+            KombuEnvelopeTemplate(
+                contentType: "application/json", contentEncoding: "utf-8", headers: ["x": "\u{1}kombu-delivery-tag\u{1}"], properties: properties)
+                == nil)
     }
 }

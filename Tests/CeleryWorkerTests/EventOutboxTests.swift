@@ -48,4 +48,91 @@ struct EventOutboxTests {
         #expect(log.contains(": WARNING/MainProcess] Dropped "), "\(log)")
         #expect(log.contains("task event(s): more than 50 were waiting to be published (the events connection fell behind)"))
     }
+
+    @Test("a task event's body is written straight out as the event's object would encode, in every field's form")
+    func sameBytesAsTheObject() throws {
+        let events = EventDispatcher(
+            client: RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1")), hostname: "celery@h\u{e9}te", database: 0,
+            version: "0", sendsTaskEvents: true)
+        let cases: [(String, CeleryObject)] = [
+            ("task-started", ["uuid": "0f0e"]),
+            (
+                "task-received",
+                [
+                    "uuid": "id", "name": "tasks.add", "args": "(2, 3)", "kwargs": "{}", "root_id": "r", "parent_id": nil, "retries": 0,
+                    "eta": nil, "expires": "2026-12-07T06:00:00+00:00",
+                ]
+            ),
+            ("task-succeeded", ["uuid": "id", "result": "'caf\u{e9}\n\"\\'", "runtime": .double(0.000123)]),
+            ("task-failed", ["uuid": "id", "exception": "ValueError('x')", "traceback": "Traceback\n  \u{1F600}\n"]),
+            (
+                "task-revoked",
+                [
+                    "uuid": "id", "terminated": true, "signum": 15, "expired": false,
+                    "big": .bigInt(try #require(CeleryBigInt("123456789012345678901234567890"))),
+                ]
+            ),
+            ("task-custom", ["uuid": "id", "nested": ["a": [1, 2.5, nil, "b"], "e": [:]], "bytes": .bytes([0xFF, 0])]),
+            // A field named as one of the event's own takes its place, as in the object.
+            ("task-odd", ["uuid": "id", "hostname": "other", "type": "shadowed", "clock": 7]),
+            ("task-empty", [:]),
+        ]
+        for (tick, (type, fields)) in cases.enumerated() {
+            let timestamp = 1_765_090_000.123456 + Double(tick)
+            var written: [UInt8] = []
+            events.appendTaskEvent(type, fields, timestamp: timestamp, tick: tick + 40, utcoffset: -1.5, into: &written)
+            let object = events.eventBody(type, fields, hostname: "celery@h\u{e9}te", timestamp: timestamp, tick: tick + 40, utcoffset: -1.5)
+            #expect(written == CeleryJSON.encode(object), "\(type): \(String(decoding: written, as: UTF8.self))")
+            // The task's id apart: first among the fields, or in its place among them when they name it too.
+            var withID: [UInt8] = []
+            var rest = fields
+            rest["uuid"] = nil
+            for given in [rest, fields] {
+                withID.removeAll()
+                events.appendTaskEvent(type, uuid: "given-id", given, timestamp: timestamp, tick: tick, utcoffset: 2, into: &withID)
+                var merged: CeleryObject = ["uuid": "given-id"]
+                for (key, value) in given { merged[key] = value }
+                let expected = events.eventBody(type, merged, hostname: "celery@h\u{e9}te", timestamp: timestamp, tick: tick, utcoffset: 2)
+                #expect(withID == CeleryJSON.encode(expected), "\(type): \(String(decoding: withID, as: UTF8.self))")
+            }
+        }
+    }
+
+    @Test("a task.multi message is the envelope every other event message gets, with its body and tag")
+    func taskMultiEnvelope() throws {
+        for exchange in ["celeryev", "my \"events\""] {
+            let events = EventDispatcher(
+                client: RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1")), hostname: "w@h", database: 0, version: "0",
+                sendsTaskEvents: true, exchange: exchange)
+            let body = Array(#"[{"type": "task-started"}]"#.utf8)
+            var (headers, properties) = EventDispatcher.envelope(hostname: "w@h", exchange: exchange, routingKey: "task.multi")
+            properties["delivery_tag"] = "tag-1"
+            let expected = KombuEnvelope(
+                body: body, contentType: "application/json", contentEncoding: "utf-8", headers: headers, properties: properties
+            ).encoded()
+            #expect(events.eventMessage(routingKey: "task.multi", json: body, deliveryTag: "tag-1") == expected)
+            let decoded = try KombuEnvelope(decoding: expected)
+            #expect(decoded.body == body && decoded.deliveryTag == "tag-1")
+            #expect(decoded.deliveryInfo.exchange == exchange && decoded.deliveryInfo.routingKey == "task.multi")
+        }
+    }
+
+    @Test("delivery tags are uuid4 text, every one different, and two workers' generators start apart")
+    func deliveryTags() {
+        var tags = DeliveryTags()
+        var other = DeliveryTags()
+        var seen = Set<String>()
+        let hex = Set("0123456789abcdef")
+        for _ in 0..<10_000 {
+            let tag = tags.next()
+            let groups = tag.split(separator: "-", omittingEmptySubsequences: false)
+            #expect(groups.map(\.count) == [8, 4, 4, 4, 12], "\(tag)")
+            #expect(tag.allSatisfy { $0 == "-" || hex.contains($0) }, "\(tag)")
+            #expect(groups[2].first == "4" && "89ab".contains(groups[3].first ?? "x"), "\(tag)")
+            #expect(UUID(uuidString: tag) != nil, "\(tag)")
+            seen.insert(tag)
+            seen.insert(other.next())
+        }
+        #expect(seen.count == 20_000)
+    }
 }

@@ -8,32 +8,46 @@ enum Base64 {
     }()
 
     static func encode(_ bytes: some Collection<UInt8>) -> [UInt8] {
-        let input = Array(bytes)
         var output: [UInt8] = []
-        output.reserveCapacity((input.count + 2) / 3 * 4)
-        var index = 0
-        while index + 3 <= input.count {
-            let chunk = UInt32(input[index]) << 16 | UInt32(input[index + 1]) << 8 | UInt32(input[index + 2])
-            output.append(alphabet[Int(chunk >> 18 & 63)])
-            output.append(alphabet[Int(chunk >> 12 & 63)])
-            output.append(alphabet[Int(chunk >> 6 & 63)])
-            output.append(alphabet[Int(chunk & 63)])
-            index += 3
-        }
-        let remaining = input.count - index
-        if remaining == 1 {
-            let chunk = UInt32(input[index]) << 16
-            output.append(alphabet[Int(chunk >> 18 & 63)])
-            output.append(alphabet[Int(chunk >> 12 & 63)])
-            output.append(contentsOf: "==".utf8)
-        } else if remaining == 2 {
-            let chunk = UInt32(input[index]) << 16 | UInt32(input[index + 1]) << 8
-            output.append(alphabet[Int(chunk >> 18 & 63)])
-            output.append(alphabet[Int(chunk >> 12 & 63)])
-            output.append(alphabet[Int(chunk >> 6 & 63)])
-            output.append(UInt8(ascii: "="))
-        }
+        append(bytes, into: &output)
         return output
+    }
+
+    /// Appends the base64 form of `bytes` to `output`.
+    static func append(_ bytes: some Collection<UInt8>, into output: inout [UInt8]) {
+        let appended = bytes.withContiguousStorageIfAvailable { append(buffer: $0, into: &output) }
+        if appended == nil { Array(bytes).withUnsafeBufferPointer { append(buffer: $0, into: &output) } }
+    }
+
+    private static func append(buffer input: UnsafeBufferPointer<UInt8>, into output: inout [UInt8]) {
+        let length = (input.count + 2) / 3 * 4
+        guard length > 0 else { return }
+        let start = output.count
+        output.append(contentsOf: repeatElement(0, count: length))
+        alphabet.withUnsafeBufferPointer { alphabet in
+            output.withUnsafeMutableBufferPointer { whole in
+                var out = start
+                var index = 0
+                while index + 3 <= input.count {
+                    let chunk = UInt32(input[index]) << 16 | UInt32(input[index + 1]) << 8 | UInt32(input[index + 2])
+                    whole[out] = alphabet[Int(chunk >> 18 & 63)]
+                    whole[out + 1] = alphabet[Int(chunk >> 12 & 63)]
+                    whole[out + 2] = alphabet[Int(chunk >> 6 & 63)]
+                    whole[out + 3] = alphabet[Int(chunk & 63)]
+                    index += 3
+                    out += 4
+                }
+                let remaining = input.count - index
+                if remaining > 0 {
+                    let second = remaining == 2 ? UInt32(input[index + 1]) << 8 : 0
+                    let chunk = UInt32(input[index]) << 16 | second
+                    whole[out] = alphabet[Int(chunk >> 18 & 63)]
+                    whole[out + 1] = alphabet[Int(chunk >> 12 & 63)]
+                    whole[out + 2] = remaining == 2 ? alphabet[Int(chunk >> 6 & 63)] : UInt8(ascii: "=")
+                    whole[out + 3] = UInt8(ascii: "=")
+                }
+            }
+        }
     }
 
     /// Decodes padded or unpadded base64; white space is not accepted. Returns `nil` for invalid input.

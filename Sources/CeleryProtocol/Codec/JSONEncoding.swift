@@ -102,7 +102,8 @@ extension CeleryJSON {
         output.append(UInt8(ascii: "}"))
     }
 
-    static func appendDouble(_ number: Double, into output: inout [UInt8]) {
+    /// Appends a float as Python's `json.dumps` writes it: the shortest round-trip form (`repr`), `NaN`, `Infinity`.
+    public static func appendDouble(_ number: Double, into output: inout [UInt8]) {
         if number.isNaN {
             output.append(contentsOf: "NaN".utf8)
         } else if number.isInfinite {
@@ -115,7 +116,8 @@ extension CeleryJSON {
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
-    static func appendString(_ text: String, into output: inout [UInt8]) {
+    /// Appends a string as Python's `json.dumps` writes it: quoted, every non-ASCII character escaped as `\uXXXX`.
+    public static func appendString(_ text: String, into output: inout [UInt8]) {
         output.append(UInt8(ascii: "\""))
         // Most strings (ids, names, dates) are printable ASCII with nothing to escape: copied in one go.
         // In place (a native string): `withUTF8`, which is mutating, would copy the string first.

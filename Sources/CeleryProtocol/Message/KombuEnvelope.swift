@@ -199,3 +199,66 @@ public struct DeliveryInfo: Sendable, Hashable {
         self.redelivered = redelivered
     }
 }
+
+/// The JSON document of messages that differ only in their body and their `delivery_tag` (event messages), cut
+/// once around those two: ``encoded(body:deliveryTag:)`` writes the bytes ``KombuEnvelope/encoded()`` writes for
+/// such a message, without building its headers and properties each time.
+public struct KombuEnvelopeTemplate: Sendable {
+    private let head: [UInt8]
+    private let middle: [UInt8]
+    private let tail: [UInt8]
+
+    /// A template for messages with these fields; `properties` must hold a `delivery_tag` (its value is replaced by
+    /// each message's). `nil` when the document cannot be cut around the body and the tag: a `compression` header
+    /// (the body would be compressed), no `delivery_tag`, or another field whose text holds the tag's marker.
+    public init?(
+        contentType: String, contentEncoding: String, headers: OrderedDictionary<String, CeleryValue>,
+        properties: OrderedDictionary<String, CeleryValue>
+    ) {
+        let marker = "\u{1}kombu-delivery-tag\u{1}"
+        guard headers["compression"] == nil, properties["delivery_tag"] != nil else { return nil }
+        var properties = properties
+        properties["delivery_tag"] = .string(marker)
+        let document = KombuEnvelope(
+            body: [], contentType: contentType, contentEncoding: contentEncoding, headers: headers, properties: properties
+        ).encoded()
+        let start = Array(#"{"body": ""#.utf8)
+        var encodedMarker: [UInt8] = []
+        CeleryJSON.appendString(marker, into: &encodedMarker)
+        // The body comes first, empty: `{"body": ""`; the marker, quoted, once after it.
+        guard document.starts(with: start + [UInt8(ascii: "\"")]) else { return nil }
+        let rest = document[start.count...]
+        let found = Self.ranges(of: encodedMarker, in: rest)
+        guard found.count == 1, let range = found.first else { return nil }
+        head = start
+        middle = Array(rest[..<range.lowerBound])
+        tail = Array(rest[range.upperBound...])
+    }
+
+    private static func ranges(of needle: [UInt8], in haystack: ArraySlice<UInt8>) -> [Range<Int>] {
+        guard !needle.isEmpty, haystack.count >= needle.count else { return [] }
+        var found: [Range<Int>] = []
+        var index = haystack.startIndex
+        while index + needle.count <= haystack.endIndex {
+            if haystack[index..<index + needle.count].elementsEqual(needle) {
+                found.append(index..<index + needle.count)
+                index += needle.count
+            } else {
+                index += 1
+            }
+        }
+        return found
+    }
+
+    /// The document of the message with this (serialized, uncompressed) body and delivery tag.
+    public func encoded(body: [UInt8], deliveryTag: String) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(head.count + (body.count + 2) / 3 * 4 + middle.count + deliveryTag.utf8.count + 2 + tail.count)
+        output += head
+        Base64.append(body, into: &output)
+        output += middle
+        CeleryJSON.appendString(deliveryTag, into: &output)
+        output += tail
+        return output
+    }
+}

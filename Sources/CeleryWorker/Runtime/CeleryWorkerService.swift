@@ -732,9 +732,7 @@ final class WorkerRun: Sendable {
     }
 
     private func send(taskEvent type: String, _ message: CeleryTaskMessage, _ fields: CeleryObject, with events: EventDispatcher) {
-        var all: CeleryObject = ["uuid": .string(message.id)]
-        for (key, value) in fields { all[key] = value }
-        events.sendTaskEvent(type, all)
+        events.sendTaskEvent(type, uuid: message.id, fields)
     }
 
     // MARK: Visibility timeout
