@@ -1,5 +1,5 @@
 """What a drain costs Redis: the Swift worker against one loopback redis-server, with Redis's own CPU per task and
-its per-command statistics (`INFO commandstats`), the numbers behind the README's "why" list.
+its per-command statistics (`INFO commandstats`), the numbers behind the "why" list in Benchmarks/README.md.
 
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3
     .venv/bin/python Benchmarks/redis_cost.py --tasks 20000 --runs 3 -- --prefetch-multiplier 16

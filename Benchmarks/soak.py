@@ -1,7 +1,7 @@
 """Memory over a long run: the Swift worker's resident memory, round after round of real Celery messages, to show
 that it stays flat (nothing that a task, a failure or a result leaves behind accumulates).
 
-    .venv/bin/python Benchmarks/soak.py --rounds 10 --tasks 50000               # the README's figures
+    .venv/bin/python Benchmarks/soak.py --rounds 10 --tasks 50000               # Benchmarks/README.md's figures
     .venv/bin/python Benchmarks/soak.py --rounds 2 --tasks 200 --worker BINARY  # CI: checks that it still works
 
 For each pool (`--pools`, the thread pool, the solo pool and the process pool by default) it starts one worker with

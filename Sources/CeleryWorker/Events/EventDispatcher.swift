@@ -14,8 +14,8 @@ import Synchronization
 /// meanwhile gather, and it publishes them next, at most 24 to a message, every message of a turn in one round trip.
 /// The messages are written straight from the events' fields into a `task.multi` envelope cut once
 /// (`KombuEnvelopeTemplate`), each with a tag of ``DeliveryTags``. Sending each event and waiting for its `PUBLISH`
-/// held the worker to a fraction of its rate with `-E` (the README's "Memory over a long run, and task events" has
-/// the figures).
+/// held the worker to a fraction of its rate with `-E` (`Benchmarks/README.md`, "Memory over a long run, and task
+/// events", has the figures).
 /// When the events connection falls far behind (a stalled Redis), events beyond ``outboxLimit`` waiting are dropped
 /// and counted, and the count is logged once it catches up: memory stays bounded, and tasks never wait for events.
 final class EventDispatcher: Sendable {
