@@ -10,13 +10,20 @@ struct PoolProtocolTests {
     func frames() throws {
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
-        let value: CeleryValue = ["raw": "{\"body\": \"e30=\"}", "hostname": "w@h", "meta": [1, 2.5, nil, "ü"]]
-        #expect(PoolFrames.write(value, to: fds[1]))
+        let value: CeleryValue = ["hostname": "w@h", "meta": [1, 2.5, nil, "ü"]]
+        // A job's message follows its frame as it is: quotes, non-ASCII and bytes that are not UTF-8 unchanged.
+        let raw = Array(#"{"body": "e30=", "headers": {"x": "\u00fc \" ü"}}"#.utf8) + [0xFF, 0x00]
+        #expect(PoolFrames.write(value, bytes: raw, to: fds[1]))
         #expect(PoolFrames.write(["ready": 7], to: fds[1]))
+        #expect(PoolFrames.write(["empty": true], bytes: [], to: fds[1]))
         close(fds[1])
         #expect(PoolFrames.read(from: fds[0]) == value)
+        #expect(PoolFrames.readBytes(from: fds[0]) == raw)
         #expect(PoolFrames.read(from: fds[0]) == ["ready": 7])
+        #expect(PoolFrames.read(from: fds[0]) == ["empty": true])
+        #expect(PoolFrames.readBytes(from: fds[0]) == [])
         #expect(PoolFrames.read(from: fds[0]) == nil)
+        #expect(PoolFrames.readBytes(from: fds[0]) == nil)
         close(fds[0])
     }
 

@@ -32,9 +32,11 @@ struct PoolChild {
         signal(SIGINT, SIG_IGN)
         signal(SIGUSR1, SIG_IGN)
         let shared = Shared()
-        let (jobs, continuation) = AsyncStream.makeStream(of: CeleryValue.self)
+        let (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
         let reader = Thread {
-            while let frame = PoolFrames.read(from: PoolFrames.jobDescriptor) { continuation.yield(frame) }
+            while let frame = PoolFrames.read(from: PoolFrames.jobDescriptor), let raw = PoolFrames.readBytes(from: PoolFrames.jobDescriptor) {
+                continuation.yield(Job(frame: frame, raw: raw))
+            }
             // The worker closed the pipe: it is stopping, or it died. Never outlive it in a task.
             if shared.busy.withLock({ $0 }) { _exit(1) }
             continuation.finish()
@@ -55,15 +57,16 @@ struct PoolChild {
             PoolFrames.write(["ready": .int(Int64(getpid()))], to: PoolFrames.outcomeDescriptor)
         }
         if ready {
-            for await frame in jobs {
-                shared.busy.withLock { $0 = true }
-                let outcome = await runJob(frame, executor: executor, shared: shared)
-                shared.current.withLock { $0 = (nil, false) }
-                shared.busy.withLock { $0 = false }
-                let written = await withTaskExecutorPreference(executor) {
-                    PoolFrames.write(outcome, to: PoolFrames.outcomeDescriptor)
+            // The loop runs on the task thread too: a job the reader hands over wakes that one thread, which decodes
+            // it, runs its body and writes its outcome, with no hop to the cooperative pool and back in between.
+            await withTaskExecutorPreference(executor) {
+                for await job in jobs {
+                    shared.busy.withLock { $0 = true }
+                    let outcome = await runJob(job, executor: executor, shared: shared)
+                    shared.current.withLock { $0 = (nil, false) }
+                    shared.busy.withLock { $0 = false }
+                    if !PoolFrames.write(outcome, to: PoolFrames.outcomeDescriptor) { break }
                 }
-                if !written { break }
             }
         }
         if !registry.signals.workerProcessShutdown.isEmpty {
@@ -76,11 +79,18 @@ struct PoolChild {
         executor.shutdown()
     }
 
-    private func runJob(_ frame: CeleryValue, executor: WorkerThreads, shared: Shared) async -> CeleryValue {
+    /// A job from the worker: its frame and the message, as the worker received it.
+    private struct Job: Sendable {
+        let frame: CeleryValue
+        let raw: [UInt8]
+    }
+
+    private func runJob(_ job: Job, executor: WorkerThreads, shared: Shared) async -> CeleryValue {
+        let frame = job.frame
         let envelope: KombuEnvelope
         let message: CeleryTaskMessage
         do {
-            envelope = try KombuEnvelope(decoding: Array((frame["raw"]?.stringValue ?? "").utf8))
+            envelope = try KombuEnvelope(decoding: job.raw)
             message = try configuration.taskMessage(envelope)
         } catch {
             let exception = CeleryExceptionInfo(type: "InvalidTaskError", arguments: [.string(error.message)], module: "celery.exceptions")

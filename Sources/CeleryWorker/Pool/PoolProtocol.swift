@@ -9,7 +9,9 @@ import CeleryProtocol
 /// The pipe protocol between the worker and its pool children (`--pool process`): each frame is a 4-byte
 /// big-endian length and a JSON value. The worker writes on the child's fd 3 and reads its fd 4.
 ///
-/// Worker → child: `{"raw": <the kombu envelope, as received>}`. Child → worker: `{"ready": pid}` once at start,
+/// Worker → child: `{"hostname": node}`, then the kombu envelope as received, in a frame of its own: its bytes as
+/// they are, not a JSON string (escaping and unescaping every quote of it cost the two sides more than the rest of
+/// the frame). Child → worker: `{"ready": pid}` once at start,
 /// `{"state": name, "meta": value}` for each `updateState`, `{"child": node}` for each task the body sends (its
 /// result's `children`), then one outcome for the job (see ``PoolOutcome``; a failure's `raised_repr` is its
 /// ``CeleryExceptionInfo/raisedRepr``).
@@ -19,12 +21,25 @@ enum PoolFrames {
     /// Frames above this size are refused (a corrupt length must not allocate gigabytes).
     static let maximumLength = 512 * 1024 * 1024
 
-    /// Writes one frame, blocking. Returns `false` when the other side is gone.
-    static func write(_ value: CeleryValue, to descriptor: Int32) -> Bool {
-        let body = CeleryJSON.encode(value)
-        let length = UInt32(body.count)
-        var frame: [UInt8] = [UInt8(length >> 24), UInt8((length >> 16) & 0xff), UInt8((length >> 8) & 0xff), UInt8(length & 0xff)]
-        frame.append(contentsOf: body)
+    /// Writes one frame, blocking, and with `bytes` a second frame of those bytes as they are (in the same write).
+    /// Returns `false` when the other side is gone.
+    static func write(_ value: CeleryValue, bytes: [UInt8]? = nil, to descriptor: Int32) -> Bool {
+        var frame: [UInt8] = [0, 0, 0, 0]
+        CeleryJSON.encode(value, into: &frame)
+        func putLength(_ length: Int, at offset: Int) {
+            let length = UInt32(length)
+            frame[offset] = UInt8(length >> 24)
+            frame[offset + 1] = UInt8((length >> 16) & 0xff)
+            frame[offset + 2] = UInt8((length >> 8) & 0xff)
+            frame[offset + 3] = UInt8(length & 0xff)
+        }
+        putLength(frame.count - 4, at: 0)
+        if let bytes {
+            let start = frame.count
+            frame += [0, 0, 0, 0]
+            putLength(bytes.count, at: start)
+            frame += bytes
+        }
         return frame.withUnsafeBytes { buffer -> Bool in
             var offset = 0
             while offset < buffer.count {
@@ -41,10 +56,16 @@ enum PoolFrames {
 
     /// Reads one frame, blocking. `nil` at end of file, on a read error or on a frame that is not JSON.
     static func read(from descriptor: Int32) -> CeleryValue? {
+        guard let body = readBytes(from: descriptor) else { return nil }
+        return try? CeleryJSON.decode(body)
+    }
+
+    /// Reads one frame's bytes as they are, blocking. `nil` at end of file or on a read error.
+    static func readBytes(from descriptor: Int32) -> [UInt8]? {
         guard let header = readExactly(4, from: descriptor) else { return nil }
         let length = header.reduce(0) { $0 << 8 | Int($1) }
-        guard length <= maximumLength, let body = readExactly(length, from: descriptor) else { return nil }
-        return try? CeleryJSON.decode(body)
+        guard length <= maximumLength else { return nil }
+        return readExactly(length, from: descriptor)
     }
 
     private static func readExactly(_ count: Int, from descriptor: Int32) -> [UInt8]? {

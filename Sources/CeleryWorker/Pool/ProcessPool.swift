@@ -164,11 +164,9 @@ final class ProcessPool: Sendable {
     private func run(
         _ job: PreparedJob, in child: PoolProcess, context: TaskContext, hardLimit: Double?, stop: StopRequest
     ) async -> Result<CeleryValue, any Error> {
-        let frame: CeleryValue = [
-            "raw": .string(String(decoding: job.delivery.raw, as: UTF8.self)), "hostname": .string(context.request.hostname),
-        ]
+        let frame: CeleryValue = ["hostname": .string(context.request.hostname)]
         writing.add(1, ordering: .relaxed)
-        let sent = PoolFrames.write(frame, to: child.input)
+        let sent = PoolFrames.write(frame, bytes: job.delivery.raw, to: child.input)
         writing.subtract(1, ordering: .relaxed)
         guard sent else { return ended(child) }
         written.withLock { written in
