@@ -31,7 +31,7 @@ import Synchronization
 /// the lead, and the demoted thread waits for the lead again once the job is done. So blocking bodies still run side
 /// by side, at most one per thread, while short ones cost no thread hop at all.
 ///
-/// `@unchecked Sendable`: `queue`, `idleQueue`, `watched`, `sleepers`, `polling`, `stopping`, `alive` and
+/// `@unchecked Sendable`: `queue`, `idleQueue`, `watched`, `rewatched`, `sleepers`, `polling`, `stopping`, `alive` and
 /// `leaderPresent` are only read or written with `mutex` held; `epoch` is atomic (written with `mutex` held); the
 /// pthread objects are created in `init` and never freed (a set lives as long as its owner, and its threads may
 /// still be finishing when the owner is released); the wake pipe is created in `init` and closed in `deinit`, which
@@ -54,6 +54,10 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     @exclusivity(unchecked) private var idleQueue = Deque<Item>()
     /// The sources polled when nothing is queued (``watch(_:)``): a handful at most, searched rather than hashed.
     @exclusivity(unchecked) private var watched: [any PolledSource] = []
+    /// Sources watched again while already watched, since the last poll that found some to drop: a poll that found
+    /// one awaiting nothing when it began does not drop it (a request written meanwhile, by a thread demoted since it
+    /// checked that it leads, awaits a reply that only a poll would read).
+    @exclusivity(unchecked) private var rewatched: [ObjectIdentifier] = []
     /// Whether the leader waits in `poll`: a push then writes to the wake pipe instead of signalling `condition`.
     @exclusivity(unchecked) private var polling = false
     /// A non-blocking pipe that wakes the leader from `poll` (read end, write end); only in an event-loop set
@@ -177,7 +181,11 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
     /// from its thread (``isEventLoopThread``).
     func watch(_ source: any PolledSource) {
         let wake = locked { () -> Bool in
-            if !watched.contains(where: { $0 === source }) { watched.append(source) }
+            if !watched.contains(where: { $0 === source }) {
+                watched.append(source)
+            } else if !rewatched.contains(ObjectIdentifier(source)) {
+                rewatched.append(ObjectIdentifier(source))
+            }
             // In leader mode the caller may have been demoted since it checked: the leader must poll this too.
             return leaders && wakeLeader()
         }
@@ -410,7 +418,10 @@ final class WorkerThreads: TaskExecutor, @unchecked Sendable {
         }
         if !buffers.done.isEmpty {
             locked {
-                watched.removeAll { source in buffers.done.contains(ObjectIdentifier(source)) }
+                watched.removeAll { source in
+                    buffers.done.contains(ObjectIdentifier(source)) && !rewatched.contains(ObjectIdentifier(source))
+                }
+                rewatched.removeAll(keepingCapacity: true)
             }
         }
     }
