@@ -125,4 +125,74 @@ struct WorkerThreadsTests {
         }
         #expect(signalled)
     }
+
+    @Test("a source watched again while a poll finds it awaiting nothing stays watched: the reply to its new request is read")
+    func watchedAgainDuringPoll() async throws {
+        let threads = WorkerThreads(count: 1, name: "test-rewatch", eventLoop: true)
+        defer { threads.shutdown() }
+        let source = try #require(PipeSource())
+        // The window, forced: the poll finds the source awaiting nothing, and before the poll ends a request is
+        // written and the source watched again (in leader mode, by a thread demoted since it checked that it leads).
+        source.whenFirstFoundIdle = { [threads] source in
+            source.request()
+            threads.watch(source)
+        }
+        threads.submit { threads.watch(source) }
+        for _ in 0..<2000 where source.replies == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        #expect(source.replies == 1)
+        #expect(source.idleChecks == 1)  // the window was reached, once
+    }
+}
+
+/// A ``PolledSource`` over a pipe: each ``request()`` writes a byte (its reply, readable at once) and is awaited
+/// until a pump reads it.
+///
+/// `@unchecked Sendable`: `whenFirstFoundIdle` is set before the source is first watched and read only by the set's
+/// one thread; the counts are in a `Mutex`.
+private final class PipeSource: PolledSource, @unchecked Sendable {
+    private let descriptors: (read: Int32, write: Int32)
+    private let counts = Mutex<(pending: Int, replies: Int, idleChecks: Int)>((0, 0, 0))
+    var whenFirstFoundIdle: ((PipeSource) -> Void)?
+
+    init?() {
+        var pair: [Int32] = [-1, -1]
+        guard pipe(&pair) == 0 else { return nil }
+        descriptors = (pair[0], pair[1])
+    }
+
+    deinit {
+        close(descriptors.read)
+        close(descriptors.write)
+    }
+
+    var replies: Int { counts.withLock { $0.replies } }
+    var idleChecks: Int { counts.withLock { $0.idleChecks } }
+
+    func request() {
+        counts.withLock { $0.pending += 1 }
+        var byte: UInt8 = 1
+        _ = write(descriptors.write, &byte, 1)
+    }
+
+    func awaited() -> (descriptor: Int32, deadline: ContinuousClock.Instant)? {
+        let (pending, idleChecks) = counts.withLock { counts in
+            if counts.pending == 0 { counts.idleChecks += 1 }
+            return (counts.pending, counts.idleChecks)
+        }
+        guard pending == 0 else { return (descriptors.read, .now + .seconds(5)) }
+        if idleChecks == 1 { whenFirstFoundIdle?(self) }
+        return nil
+    }
+
+    func pump() -> Bool {
+        var byte: UInt8 = 0
+        guard read(descriptors.read, &byte, 1) == 1 else { return true }
+        return counts.withLock { counts in
+            counts.pending -= 1
+            counts.replies += 1
+            return counts.pending > 0
+        }
+    }
+
+    func expire() {}
 }
