@@ -236,7 +236,8 @@ beat_schedule:
   noon: {{task: tasks.noop, schedule: {{solar: [solar_noon, 48.85, {longitude}]}}, options: {{queue: solarq}}}}
 """)
     worker = start_worker("--config", config, "-B", "-s", str(tmp_path / "schedule"), "-Q", "elsewhere", "-l", "debug")
-    assert f"<solar: solar_noon at latitude 48.85, longitude: {longitude}>" in worker.log
+    # Logged by beat's first tick, just after the worker logs that it is ready.
+    worker.wait_for_log(f"<solar: solar_noon at latitude 48.85, longitude: {longitude}>", timeout=3)
     message = None
     while message is None and time.time() < noon + 10:
         message = popped(broker_redis, "solarq", timeout=1)
