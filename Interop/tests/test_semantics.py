@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from conftest import eventually
+
 
 def test_countdown_never_runs_early(start_worker, make_app, backend_redis):
     worker = start_worker()
@@ -62,6 +64,23 @@ def test_expired_on_arrival_is_revoked_and_not_received(start_worker, make_app):
     with pytest.raises(TaskRevokedError):
         result.get(timeout=10)
     assert f"[{result.id}] received" not in worker.log
+
+
+def test_messages_expired_on_arrival_are_acknowledged_and_free_their_slots(start_worker, make_app, broker_redis):
+    """Three prefetch windows of messages that expired before they arrived: each is REVOKED and acknowledged (gone
+    from `unacked`, as Celery's `Request.revoked()` acknowledges it), and the task sent after them runs. Each used to
+    keep its prefetch slot and its `unacked` record, so a window of them stopped the worker."""
+    from celery.exceptions import TaskRevokedError
+
+    app = make_app()
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
+    expired = [app.tasks["tasks.add"].apply_async((i, i), expires=past) for i in range(24)]  # 3 windows of -c 2
+    start_worker("-c", "2")
+    assert app.tasks["tasks.add"].delay(40, 2).get(timeout=10) == 42
+    for result in expired:
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=10)
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0 and broker_redis.zcard("unacked_index") == 0)
 
 
 def test_retry_on_swift_only(start_worker, make_app):

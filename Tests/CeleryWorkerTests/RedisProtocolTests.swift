@@ -111,6 +111,40 @@ struct RESPReaderTests {
         let deepest = String(repeating: "*1\r\n", count: 7) + ":1\r\n"
         #expect(read(deepest) != .incomplete && read(deepest) != .invalid("No support for nested multi bulk replies with depth > 7"))
     }
+
+    @Test("damaged replies never trap; a reply read from them reads the same with bytes after it, and short of its end is incomplete")
+    func damaged() {
+        let replies = [
+            "+OK\r\n", "-ERR wrong\r\n", ":-12\r\n", "$3\r\nabc\r\n", "$-1\r\n", "*0\r\n",
+            "*3\r\n$5\r\nhello\r\n:42\r\n*2\r\n+OK\r\n$-1\r\n", "*2\r\n*2\r\n:1\r\n$0\r\n\r\n*1\r\n*1\r\n*1\r\n:7\r\n",
+        ].map { Array($0.utf8) }
+        let steering = Array("*$:+-\r\n0123456789".utf8) + [0x00, 0xFF]
+        var state: UInt64 = 7
+        func below(_ bound: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return bound <= 0 ? 0 : Int((state >> 33) % UInt64(bound))
+        }
+        var whole = 0
+        for round in 0..<30_000 {
+            var bytes = replies[round % replies.count]
+            for _ in 0...below(2) {
+                let at = below(bytes.count)
+                switch below(4) {
+                case 0: bytes[at] = steering[below(steering.count)]
+                case 1: bytes.insert(steering[below(steering.count)], at: at)
+                case 2: bytes.remove(at: at)
+                default: bytes.insert(contentsOf: String(below(1 << 20) - 1000).utf8, at: at)
+                }
+                if bytes.isEmpty { bytes = [0x2A] }
+            }
+            guard case .reply(let reply, let next) = read(bytes) else { continue }
+            whole += 1
+            #expect(next > 0 && next <= bytes.count, "\(bytes)")
+            #expect(read(bytes + Array("+more\r\n".utf8)) == .reply(reply, next: next), "\(bytes)")
+            #expect(read(Array(bytes.prefix(below(next)))) == .incomplete, "\(bytes)")
+        }
+        #expect(whole > 3000)
+    }
 }
 
 /// A one-connection TCP server on loopback that answers whatever it is sent with `replies`, each written on its own

@@ -409,6 +409,30 @@ public final class RedisBroker: Broker {
         -- class.
         local kombu_head = ', "properties": {"correlation_id": "'
         local kombu_tail = '^[^"\\]*", "reply_to": "[^"\\]*", "delivery_mode": %d+, "delivery_info": {"exchange": "([^"\\\1-\31\127-\255]*)", "routing_key": "([^"\\\1-\31\127-\255]*)"}, "priority": %d+, "body_encoding": "base64", "delivery_tag": "([^"\\\1-\31\127-\255]*)"}}$'
+        -- Whether a string is valid UTF-8. cjson passes any byte through: a tag that is not UTF-8 is not recorded
+        -- (kombu, which decodes the message as UTF-8 first, records nothing either), since the worker, which reads
+        -- the tag as text, could never remove it.
+        local function utf8(s)
+            if not string.find(s, '[\128-\255]') then return true end
+            local i, n = 1, #s
+            while i <= n do
+                local c = string.byte(s, i)
+                local length = c < 128 and 1 or c >= 194 and c <= 223 and 2 or c >= 224 and c <= 239 and 3
+                    or c >= 240 and c <= 244 and 4 or nil
+                if not length or i + length - 1 > n then return false end
+                for j = i + 1, i + length - 1 do
+                    local d = string.byte(s, j)
+                    if d < 128 or d > 191 then return false end
+                end
+                local d = string.byte(s, i + 1)
+                -- Overlong forms, surrogates and code points past U+10FFFF.
+                if (c == 224 and d < 160) or (c == 237 and d > 159) or (c == 240 and d < 144) or (c == 244 and d > 143) then
+                    return false
+                end
+                i = i + length
+            end
+            return true
+        end
         -- The tag, exchange and routing key kombu records for a message (the last two as JSON strings), or nil.
         local function record_fields(message)
             local at = string.find(message, kombu_head, -1024, true)
@@ -421,7 +445,7 @@ public final class RedisBroker: Broker {
             end
             local ok, decoded = pcall(cjson.decode, message)
             if not (ok and type(decoded) == 'table' and type(decoded.properties) == 'table'
-                and type(decoded.properties.delivery_tag) == 'string') then
+                and type(decoded.properties.delivery_tag) == 'string' and utf8(decoded.properties.delivery_tag)) then
                 return nil
             end
             local info = decoded.properties.delivery_info

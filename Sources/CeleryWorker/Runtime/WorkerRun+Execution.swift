@@ -173,7 +173,11 @@ extension WorkerRun {
         let job = PreparedJob(
             delivery: delivery, message: message, task: task, etaTime: etaTime, expiresTime: expiresTime,
             deliveryInfo: envelope.deliveryInfo)
-        if await revokeIfExpired(job) { return nil }
+        if await revokeIfExpired(job) {
+            // Acknowledged, as Celery's `Request.revoked()` does, and its prefetch slot freed.
+            await discard(delivery)
+            return nil
+        }
         if await discardIfRevoked(job) { return nil }
         logger.info("Task \(job.displayName)[\(message.id)] received")
         if sendsTaskSignals, !signals.taskReceived.isEmpty {
