@@ -135,6 +135,39 @@ def test_revoke_reserved_unknown_and_terminate(start_worker, make_app, backend_r
     assert app.tasks["tasks.add"].delay(2, 2).get(timeout=10) == 4  # still serving
 
 
+@pytest.mark.parametrize("held", ["reserved", "eta"])
+def test_a_revoked_task_gives_its_prefetch_slot_back_once(start_worker, make_app, broker_redis, held):
+    """A task revoked while it waits for a free slot (`reserved`), or for its ETA (which it waits for without a slot,
+    as in Celery), is discarded when its turn comes; the worker then holds no more messages than its prefetch window.
+    It gave its slot back twice (or, waiting for its ETA, one it did not hold), and each such revoke let the worker
+    hold one more message from then on."""
+    import datetime
+
+    worker = start_worker("-c", "1", "--prefetch-multiplier", "2", "--acks-late")
+    window = 2  # -c 1 (or the solo pool) times the multiplier
+    app = make_app()
+    if held == "reserved":
+        first = app.tasks["tasks.sleep"].delay(1)
+        revoked = app.tasks["tasks.add"].delay(1, 1)
+        worker.wait_for_log(f"[{revoked.id}] received")
+        app.control.revoke(revoked.id)
+        assert first.get(timeout=10) == 1
+    else:
+        eta = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
+        revoked = app.tasks["tasks.add"].apply_async((1, 1), eta=eta)
+        worker.wait_for_log(f"[{revoked.id}] received")
+        app.control.revoke(revoked.id)
+    worker.wait_for_log(f"Discarding revoked task: tasks.add[{revoked.id}]")
+    # One task runs for a while, acknowledged late: with it, the worker holds a window's worth of messages.
+    running = app.tasks["tasks.sleep"].delay(2)
+    waiting = [app.tasks["tasks.add"].delay(i, i) for i in range(6)]
+    worker.wait_for_log(f"Task tasks.sleep[{running.id}] received")
+    assert eventually(lambda: broker_redis.hlen("unacked") == window and broker_redis.llen("celery") == 6 - (window - 1))
+    time.sleep(0.5)  # a worker that gives back too many fetches more by now
+    assert broker_redis.hlen("unacked") == window
+    assert [result.get(timeout=10) for result in waiting] == [2 * i for i in range(6)]
+
+
 def test_registered_items_report_terminate_and_the_dump_aliases(start_worker, start_python_worker, make_app):
     """Answered as a Python worker answers them: `registered` with task info items (compared with a Python worker's
     reply for the same task), `report`, the `terminate` command, and the old `dump_*` names."""

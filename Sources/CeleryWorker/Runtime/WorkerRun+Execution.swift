@@ -240,11 +240,12 @@ extension WorkerRun {
         await WorkerSignals.send(signals.taskRejected, event, signal: "task_rejected", logger: logger)
     }
 
-    /// Forgets a message that will not run (Celery's reject without requeue).
-    func discard(_ delivery: BrokerDelivery) async {
+    /// Forgets a message that will not run (Celery's reject without requeue), and with `releasesPrefetch` gives back
+    /// the prefetch slot it took when it was fetched.
+    func discard(_ delivery: BrokerDelivery, releasesPrefetch: Bool = true) async {
         var machine = DeliveryStateMachine(acksLate: true)
         await carryOut(machine.discard(), for: delivery)
-        prefetch.release()
+        if releasesPrefetch { prefetch.release() }
     }
 
     /// Stores REVOKED `expired` for a job whose `expires` has passed, as Celery does; returns whether it did.
@@ -263,30 +264,31 @@ extension WorkerRun {
     }
 
     /// A task revoked by id, or by one of its stamps (`revoke_by_stamped_headers`), is not run: REVOKED is stored,
-    /// the message acknowledged, as in Python. Inlined: a job that is not revoked costs no async call, and its
-    /// stamps are only read once some were revoked.
+    /// the message acknowledged, as in Python; with `releasesPrefetch`, its prefetch slot is given back (on receipt:
+    /// a job about to run gives back its own, if it holds one). Inlined: a job that is not revoked costs no async
+    /// call, and its stamps are only read once some were revoked.
     @inline(__always)
-    private func discardIfRevoked(_ job: PreparedJob) async -> Bool {
+    private func discardIfRevoked(_ job: PreparedJob, releasesPrefetch: Bool = true) async -> Bool {
         let (byID, stampsRevoked) = revoked.withLock { ($0.contains(job.message.id), !$0.stamps.isEmpty) }
         if byID {
-            await discardRevoked(job)
+            await discardRevoked(job, releasesPrefetch: releasesPrefetch)
             return true
         }
         guard stampsRevoked else { return false }
-        return await discardIfRevokedByStamp(job)
+        return await discardIfRevokedByStamp(job, releasesPrefetch: releasesPrefetch)
     }
 
-    private func discardIfRevokedByStamp(_ job: PreparedJob) async -> Bool {
+    private func discardIfRevokedByStamp(_ job: PreparedJob, releasesPrefetch: Bool) async -> Bool {
         guard let (header, value) = revoked.withLock({ $0.revokingStamp(of: job.message) }) else { return false }
-        await discardRevoked(job, byHeader: PythonRepr.repr([header: value] as CeleryValue))
+        await discardRevoked(job, byHeader: PythonRepr.repr([header: value] as CeleryValue), releasesPrefetch: releasesPrefetch)
         return true
     }
 
-    private func discardRevoked(_ job: PreparedJob, byHeader header: String? = nil) async {
+    private func discardRevoked(_ job: PreparedJob, byHeader header: String? = nil, releasesPrefetch: Bool) async {
         logger.info("Discarding revoked task: \(job.displayName)[\(job.message.id)]\(header.map { " (revoked by header: \($0))" } ?? "")")
         await storeRevoked(job, reason: "revoked", children: [])
         sendTaskEvent("task-revoked", job.message, ["terminated": false, "signum": nil, "expired": false])
-        await discard(job.delivery)
+        await discard(job.delivery, releasesPrefetch: releasesPrefetch)
     }
 
     func storeRevoked(_ job: PreparedJob, reason: String, children: CeleryValue) async {
@@ -324,7 +326,8 @@ extension WorkerRun {
             await carryOut(.ack, for: job.delivery)
             return
         }
-        if await discardIfRevoked(job) { return }
+        // Its prefetch slot, if it holds one, is given back once, on the way out.
+        if await discardIfRevoked(job, releasesPrefetch: false) { return }
         var machine = DeliveryStateMachine(acksLate: job.task.options.acksLate ?? configuration.acksLate)
         held.withLock { $0.markStarted(job.delivery) }
         counters.withLock {
