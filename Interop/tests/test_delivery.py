@@ -219,3 +219,62 @@ def test_prefetch_limit_is_concurrency_times_multiplier(start_worker, make_app, 
     assert broker_redis.hlen("unacked") == 2  # one running, one reserved: prefetch_count = 1 x 2
     assert broker_redis.llen("celery") == 4
     assert [r.get(timeout=15) for r in results] == [2] + [0.2] * 5
+
+
+def test_the_prefetch_window_holds_after_every_way_a_message_can_end(start_worker, make_app, broker_redis):
+    """150 messages that end every way a message can (run, failed, retried, expired on arrival or while waiting,
+    revoked before or while running or while waiting for an ETA, unknown, not a message at all, rate limited),
+    shuffled: once they are all settled, nothing is left in the queue or in `unacked`, and the worker holds exactly
+    its window again (each kind that gave a slot back twice, or never, would show here). Messages expired on arrival
+    used to keep their slots, and stopped the worker once they filled its window."""
+    import datetime
+    import random
+
+    from conftest import slots
+
+    start_worker("-c", "2", "--prefetch-multiplier", "2", "--acks-late")
+    app = make_app()
+    rng = random.Random(20261207)
+
+    def now():
+        return datetime.datetime.now(datetime.timezone.utc)
+
+    def later(seconds):
+        return now() + datetime.timedelta(seconds=seconds)
+
+    for index in range(150):
+        kind = rng.randrange(11)
+        if kind == 0:
+            app.send_task("tasks.add", (index, index), expires=now() - datetime.timedelta(seconds=1))
+        elif kind == 1:
+            app.send_task("tasks.add", (index, index), eta=later(rng.random() * 2))
+        elif kind == 2:
+            app.control.revoke(app.send_task("tasks.add", (index, index), countdown=rng.random()).id)
+        elif kind == 3:
+            app.send_task("tasks.not_registered", (index,))
+        elif kind == 4:
+            broker_redis.lpush("celery", b"not a message")
+        elif kind == 5:
+            app.send_task("tasks.fail", ("x",))
+        elif kind == 6:
+            app.send_task("tasks.flaky", (2,))
+        elif kind == 7:
+            sleeping = app.send_task("tasks.sleep", (0.05,))
+            if rng.random() < 0.5:
+                app.control.revoke(sleeping.id, terminate=rng.random() < 0.5)
+        elif kind == 8:
+            app.send_task("tasks.add", (index, index), expires=later(rng.random() * 0.5))
+        elif kind == 9:
+            app.control.rate_limit("tasks.mul", rng.choice(["100/s", "20/s", "0"]))
+            app.send_task("tasks.mul", (index, 2))
+        else:
+            app.send_task("tasks.add", (index, index))
+    assert eventually(lambda: broker_redis.llen("celery") == 0 and broker_redis.hlen("unacked") == 0, timeout=60)
+    # Every slot busy for a while, acknowledged late: the worker holds its window, no more, no less.
+    running = [app.send_task("tasks.sleep", (3,)) for _ in range(slots(2))]
+    waiting = [app.send_task("tasks.add", (index, index)) for index in range(10)]
+    window = 2 * 2  # concurrency times the multiplier, with the solo pool too (as in Celery)
+    assert eventually(lambda: broker_redis.hlen("unacked") == window)
+    time.sleep(0.5)  # a worker that gives back too many fetches more by now
+    assert broker_redis.hlen("unacked") == window and broker_redis.llen("celery") == len(running) + len(waiting) - window
+    assert [result.get(timeout=20) for result in running + waiting] == [3] * len(running) + [2 * i for i in range(10)]
