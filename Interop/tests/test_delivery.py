@@ -242,34 +242,39 @@ def test_the_prefetch_window_holds_after_every_way_a_message_can_end(start_worke
     def later(seconds):
         return now() + datetime.timedelta(seconds=seconds)
 
+    sent = []
     for index in range(150):
         kind = rng.randrange(11)
         if kind == 0:
-            app.send_task("tasks.add", (index, index), expires=now() - datetime.timedelta(seconds=1))
+            sent.append(app.send_task("tasks.add", (index, index), expires=now() - datetime.timedelta(seconds=1)))
         elif kind == 1:
-            app.send_task("tasks.add", (index, index), eta=later(rng.random() * 2))
+            sent.append(app.send_task("tasks.add", (index, index), eta=later(rng.random() * 2)))
         elif kind == 2:
-            app.control.revoke(app.send_task("tasks.add", (index, index), countdown=rng.random()).id)
+            sent.append(app.send_task("tasks.add", (index, index), countdown=rng.random()))
+            app.control.revoke(sent[-1].id)
         elif kind == 3:
-            app.send_task("tasks.not_registered", (index,))
+            sent.append(app.send_task("tasks.not_registered", (index,)))
         elif kind == 4:
             broker_redis.lpush("celery", b"not a message")
         elif kind == 5:
-            app.send_task("tasks.fail", ("x",))
+            sent.append(app.send_task("tasks.fail", ("x",)))
         elif kind == 6:
-            app.send_task("tasks.flaky", (2,))
+            sent.append(app.send_task("tasks.flaky", (2,)))
         elif kind == 7:
-            sleeping = app.send_task("tasks.sleep", (0.05,))
+            sent.append(app.send_task("tasks.sleep", (0.05,)))
             if rng.random() < 0.5:
-                app.control.revoke(sleeping.id, terminate=rng.random() < 0.5)
+                app.control.revoke(sent[-1].id, terminate=rng.random() < 0.5)
         elif kind == 8:
-            app.send_task("tasks.add", (index, index), expires=later(rng.random() * 0.5))
+            sent.append(app.send_task("tasks.add", (index, index), expires=later(rng.random() * 0.5)))
         elif kind == 9:
             app.control.rate_limit("tasks.mul", rng.choice(["100/s", "20/s", "0"]))
-            app.send_task("tasks.mul", (index, 2))
+            sent.append(app.send_task("tasks.mul", (index, 2)))
         else:
-            app.send_task("tasks.add", (index, index))
+            sent.append(app.send_task("tasks.add", (index, index)))
     assert eventually(lambda: broker_redis.llen("celery") == 0 and broker_redis.hlen("unacked") == 0, timeout=60)
+    # Each task ended with a state stored (the unregistered ones' FAILURE too, where Python stores nothing).
+    states = {result.id: app.backend.get_task_meta(result.id)["status"] for result in sent}
+    assert {state for state in states.values()} <= {"SUCCESS", "FAILURE", "REVOKED"}, states
     # Every slot busy for a while, acknowledged late: the worker holds its window, no more, no less.
     running = [app.send_task("tasks.sleep", (3,)) for _ in range(slots(2))]
     waiting = [app.send_task("tasks.add", (index, index)) for index in range(10)]
