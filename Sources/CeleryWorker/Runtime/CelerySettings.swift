@@ -210,14 +210,80 @@ public struct CelerySettings: Sendable, Equatable {
         return try parse(text, source: path)
     }
 
+    /// How deeply a configuration file may nest, far beyond any real one; Yams reads ten times as deep, on any
+    /// thread's stack.
+    static let maximumNesting = 1000
+
+    /// At least how deeply `text` nests, and at most about twice that: the greatest sum, over its lines, of the
+    /// line's indentation, its leading `-`, `?` and `:` indicators (compact nested collections) and the flow
+    /// brackets (`[`, `{`) open at that point. Brackets inside quoted strings are counted too, which can only
+    /// overestimate. Each nesting level needs a deeper indentation, an indicator or a bracket.
+    static func nestingBound(_ text: String) -> Int {
+        var (deepest, flow, indent, indicators, atLineStart) = (0, 0, 0, 0, true)
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\n"):
+                (indent, indicators, atLineStart) = (0, 0, true)
+            case UInt8(ascii: " ") where atLineStart:
+                indent += 1
+            case UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: ":"):
+                if atLineStart { indicators += 1 }
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                (flow, atLineStart) = (flow + 1, false)
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                (flow, atLineStart) = (max(0, flow - 1), false)
+            default:
+                atLineStart = false
+            }
+            deepest = max(deepest, indent + indicators + flow)
+        }
+        return deepest
+    }
+
+    /// The first mapping key in `node`, depth first, that is not a scalar; `nil` when every key is one. Iterative: a
+    /// deeply nested document costs no stack.
+    private static func firstKeyNotAScalar(in node: Node) -> Node? {
+        var pending = [node]
+        while let next = pending.popLast() {
+            switch next {
+            case .scalar:
+                continue
+            case .sequence(let sequence):
+                pending.append(contentsOf: sequence)
+            case .mapping(let mapping):
+                for (key, value) in mapping {
+                    if key.scalar == nil { return key }
+                    pending.append(value)
+                }
+            }
+        }
+        return nil
+    }
+
     /// Parses configuration text; `source` names it in error messages.
     public static func parse(_ text: String, source: String) throws(CeleryWorkerError) -> CelerySettings {
         let document: Any?
         let root: Node?
+        // Yams reads nesting by recursion: thousands of levels would overflow the stack and end the worker.
+        guard Self.nestingBound(text) <= Self.maximumNesting else {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration,
+                message: "\(source) is not valid configuration: it nests deeper than \(Self.maximumNesting) levels")
+        }
         do {
-            document = try Yams.load(yaml: text)
-            // The same document as nodes, whose mappings keep their order (`task_routes` patterns are tried in it).
+            // The document as nodes, whose mappings keep their order (`task_routes` patterns are tried in it).
             root = try Yams.compose(yaml: text)
+            // Yams builds a mapping's values with a force-unwrap of each key as a string: a key that is a list or a
+            // mapping would end the worker. PyYAML refuses such a key too ("found unhashable key").
+            if let root, let key = Self.firstKeyNotAScalar(in: root) {
+                let place = key.mark.map { " (line \($0.line), column \($0.column))" } ?? ""
+                let kind = key.mapping == nil ? "list" : "mapping"
+                throw CeleryWorkerError(
+                    code: .invalidConfiguration, message: "\(source) is not valid configuration: a mapping key\(place) is a \(kind), not a string")
+            }
+            document = try Yams.load(yaml: text)
+        } catch let error as CeleryWorkerError {
+            throw error
         } catch {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "\(source) is not valid YAML: \(error)")
         }
