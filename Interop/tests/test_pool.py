@@ -1,6 +1,7 @@
 """The process pool (`--pool process`): hard time limits, terminate and crashes, as Python's prefork pool."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -316,9 +317,11 @@ def test_autoscale_grows_with_the_work_and_shrinks_back(start_worker, start_pyth
     assert stats("auto")["autoscaler"]["current"] == 3
     assert [r.get(timeout=10) for r in three] == [1, 1, 1]
     assert ends_apart(app, three) < 0.8  # on fewer children, some would end 1 s after the others
-    # No task for the keepalive: back to the minimum.
-    worker.wait_for_log("Scaling down 2 processes.", timeout=10)
-    assert eventually(lambda: len(children_of(worker.proc.pid)) == 1, 5)
+    # No task for the keepalive: back to the minimum. In one step, or, when a task still ran as the keepalive ran
+    # out (seen in CI, under load), in two: down to the tasks still held, then down to the minimum (as Python's
+    # autoscaler decides it too).
+    assert eventually(lambda: len(children_of(worker.proc.pid)) == 1, 10)
+    assert sum(int(count) for count in re.findall(r"Scaling down (\d+) processes\.", worker.log)) == 2, worker.log
     assert stats("auto")["autoscaler"] == {"max": 3, "min": 1, "current": 1, "qty": 0}
 
     destinations = list(nodes.values())

@@ -106,5 +106,8 @@ struct SettingsMutationTests {
         let deepest = "a: " + String(repeating: "[", count: 999) + String(repeating: "]", count: 999)
         #expect(try CelerySettings.parse(deepest, source: "deep.yaml").warnings == ["deep.yaml: unknown setting 'a' is ignored"])
         #expect(CelerySettings.nestingBound(Self.file) < 20)
+        // Dashes that open nothing: a document marker, a rule in a block string, a negative number.
+        let dashes = "---\nworker_log_format: |\n  " + String(repeating: "-", count: 2000) + "\n  -5 %(message)s\n"
+        #expect(try CelerySettings.parse(dashes, source: "deep.yaml").warnings == [])
     }
 }

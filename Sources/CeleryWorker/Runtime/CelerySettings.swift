@@ -215,19 +215,26 @@ public struct CelerySettings: Sendable, Equatable {
     static let maximumNesting = 1000
 
     /// At least how deeply `text` nests, and at most about twice that: the greatest sum, over its lines, of the
-    /// line's indentation, its leading `-`, `?` and `:` indicators (compact nested collections) and the flow
-    /// brackets (`[`, `{`) open at that point. Brackets inside quoted strings are counted too, which can only
-    /// overestimate. Each nesting level needs a deeper indentation, an indicator or a bracket.
+    /// line's indentation, its leading `-`, `?` and `:` indicators (each followed by a space: compact nested
+    /// collections; a line of dashes is no indicator) and the flow brackets (`[`, `{`) open at that point. Brackets
+    /// inside quoted strings are counted too, which can only overestimate. Each nesting level needs a deeper
+    /// indentation, an indicator or a bracket.
     static func nestingBound(_ text: String) -> Int {
-        var (deepest, flow, indent, indicators, atLineStart) = (0, 0, 0, 0, true)
+        let (newline, space) = (UInt8(ascii: "\n"), UInt8(ascii: " "))
+        var (deepest, flow, indent, indicators, atLineStart, indicator) = (0, 0, 0, 0, true, false)
         for byte in text.utf8 {
+            if indicator {
+                // Followed by a space or the line's end, it opens a collection; otherwise it began a scalar.
+                indicator = false
+                if byte == space || byte == newline { indicators += 1 } else { atLineStart = false }
+            }
             switch byte {
-            case UInt8(ascii: "\n"):
+            case newline:
                 (indent, indicators, atLineStart) = (0, 0, true)
-            case UInt8(ascii: " ") where atLineStart:
+            case space where atLineStart:
                 indent += 1
             case UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: ":"):
-                if atLineStart { indicators += 1 }
+                indicator = atLineStart
             case UInt8(ascii: "["), UInt8(ascii: "{"):
                 (flow, atLineStart) = (flow + 1, false)
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
