@@ -41,8 +41,8 @@ struct SettingsMutationTests {
         beat_cron_starting_deadline: 120
         """
 
-    @Test("3 000 damaged copies of a file with a setting of every kind")
-    func damagedFiles() throws {
+    @Test("300 damaged copies of a file with a setting of every kind")
+    func damagedFiles() async throws {
         let original = try CelerySettings.parse(Self.file, source: "every.yaml")
         #expect(original.beat.schedule?.count == 5 && original.taskRoutes != nil)
         let steering = Array(":-[]{}'\",#*?%/\n \t0123456789.e".utf8)
@@ -52,7 +52,9 @@ struct SettingsMutationTests {
             return bound <= 0 ? 0 : Int((state >> 33) % UInt64(bound))
         }
         var (read, refused) = (0, 0)
-        for _ in 0..<3_000 {
+        for round in 0..<300 {
+            // A thread of the cooperative pool is lent now and then to the suites that run meanwhile.
+            if round % 25 == 0 { await Task.yield() }
             var bytes = Array(Self.file.utf8)
             for _ in 0...below(3) {
                 let at = below(bytes.count)
@@ -72,7 +74,7 @@ struct SettingsMutationTests {
             }
         }
         // Both outcomes were reached many times: the edits land in values that still read and in ones that do not.
-        #expect(read > 300 && refused > 300, "\(read) read, \(refused) refused")
+        #expect(read > 30 && refused > 30, "\(read) read, \(refused) refused")
     }
 
     @Test("a key that is a list or a mapping is refused where it is (Yams would force-unwrap it as a string)")
