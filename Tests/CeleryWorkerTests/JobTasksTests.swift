@@ -147,8 +147,10 @@ struct JobRunnersTests {
         let all = seen.all
         #expect(all.count == 2)
         #expect(all.first?.cancelled == true)
+        // A task's cancellation is never undone, so an uncancelled second job ran in another task. Comparing the
+        // two tasks' identities would not show it: the first task has ended, and the next may be allocated at its
+        // address (it was, once in CI).
         #expect(all.last?.cancelled == false)
-        #expect(all.first?.task != all.last?.task)
         runners.close()
         await tasks.waitUntilIdle()
     }
