@@ -717,13 +717,13 @@ struct RedisResultBackendTests {
                 #expect(expires == 600 ? (590...600).contains(ttl) : ttl == -1, "\(key): \(ttl)")
             }
             #expect(try await backend.savedGroup(group) == header)
-            _ = try await backend.chordPartReturn(groupID: group, taskID: "p", groupIndex: 0, state: .success, result: 6)
+            _ = try await backend.chordPartReturn(groupID: group, taskID: "p", groupIndex: 0, state: .success, result: 6, token: "p")
             let late = Task {
                 try await Task.sleep(for: .milliseconds(300))
                 try await backend.store([CeleryResultDocument(taskID: "q", status: .success, result: 9)])
             }
             let completion = try #require(
-                try await backend.chordPartReturn(groupID: group, taskID: "x", groupIndex: 1, state: .success, result: 7))
+                try await backend.chordPartReturn(groupID: group, taskID: "x", groupIndex: 1, state: .success, result: 7, token: "x"))
             try await late.value
             // `q` is no part of this chord's count, so its stored result is read: here it arrives while the join waits.
             #expect(completion.missingTaskIDs().isEmpty && completion.storedResults.map(\.taskID) == ["q"])
@@ -747,12 +747,18 @@ extension RedisResultBackendTests {
         func key(_ suffix: String) -> RedisArgument { RedisArgument(backend.groupKey(group, suffix)) }
         try await backend.setChordSize(groupID: group, size: 2)
         #expect((100...120).contains(try #require(try await client.send(RedisCommand("TTL", key(".s"))).integer)))
-        #expect(try await backend.chordPartReturn(groupID: group, taskID: "b", groupIndex: 1, state: .success, result: 2) == nil)
+        #expect(try await backend.chordPartReturn(groupID: group, taskID: "b", groupIndex: 1, state: .success, result: 2, token: "b") == nil)
         #expect(try await client.send(RedisCommand("TYPE", key(".j"))) == .status("list"))
         #expect((100...120).contains(try #require(try await client.send(RedisCommand("TTL", key(".j"))).integer)))
         let completion = try #require(
-            try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1))
+            try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "a"))
         #expect(completion.join() == .results([2, 1]))  // in the order they finished, as Python's list
+        // The same call again (its reply lost to a Redis restart) counts nothing twice and keeps the claim it took;
+        // another worker's copy of the part finds the claim held.
+        let again = try #require(
+            try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "a"))
+        #expect(again.join() == .results([2, 1]) && again.token == "a")
+        #expect(try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "copy") == nil)
         #expect(try await backend.extendChordClaim(groupID: group, token: completion.token))
         #expect((15...21).contains(try #require(try await client.send(RedisCommand("TTL", key(".c"))).integer)))
         #expect(try await backend.extendChordClaim(groupID: group, token: "someone-else") == false)

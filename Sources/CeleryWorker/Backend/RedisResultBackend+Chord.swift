@@ -12,7 +12,9 @@ extension RedisResultBackend {
         keyPrefix + "celery-taskset-meta-" + groupID + suffix
     }
 
-    /// Celery 5.7's `CHORD_PART_RETURN_LUA`, unchanged.
+    /// Celery 5.7's `CHORD_PART_RETURN_LUA`, with one addition: a claim already held under this call's token counts
+    /// as taken, so a call whose reply was lost (Redis restarted) can be made again and still send the body. Python
+    /// workers counting parts of the same chord run Celery's script on the same keys; the two agree on every key.
     static let chordPartReturnScript = RedisScript(
         """
         local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -52,6 +54,8 @@ extension RedisResultBackend {
         local claimed = 0
         if size and readycount == tonumber(size) + tonumber(totaldiff or 0) then
             if redis.call('SET', ckey, claim_token, 'NX', 'EX', claim_expires) then
+                claimed = 1
+            elseif redis.call('GET', ckey) == claim_token then
                 claimed = 1
             end
         end
@@ -110,13 +114,12 @@ extension RedisResultBackend {
     }
 
     public func chordPartReturn(
-        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
+        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue, token: String
     ) async throws(CeleryWorkerError) -> ChordCompletion? {
         let entry = storedForm(
             try CeleryWorkerError.encoding { () throws(CeleryProtocolError) in
                 try serializer.encode([1, .string(taskID), .string(state.rawValue), result])
             })
-        let token = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let reply = try await client.evaluate(
             Self.chordPartReturnScript,
             keys: [".j", ".t", ".s", ".d", "", ".c"].map { RedisArgument(groupKey(groupID, $0)) },

@@ -11,9 +11,10 @@ public protocol ResultBackend: Sendable {
     /// `_get_task_meta()` reads it; `nil` when nothing is stored.
     func storedDocument(of taskID: String) async throws(CeleryWorkerError) -> CeleryValue?
     /// Records a chord header part; returns the completion when this part completes the chord and this worker
-    /// claimed sending the body.
+    /// claimed sending the body under `token`. A call repeated with the same token (its reply lost to a dropped
+    /// connection) records nothing twice and finds the claim it took still its own.
     func chordPartReturn(
-        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
+        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue, token: String
     ) async throws(CeleryWorkerError) -> ChordCompletion?
     /// Extends this worker's claim to send a chord's body for as long as sending may take, or takes it again when it
     /// expired while the chord's state is still there (Celery 5.7's step before it publishes the body); `false` when
@@ -69,7 +70,7 @@ extension ResultBackend {
     }
 
     public func chordPartReturn(
-        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue
+        groupID: String, taskID: String, groupIndex: Int?, state: TaskState, result: CeleryValue, token: String
     ) async throws(CeleryWorkerError) -> ChordCompletion? { nil }
     public func extendChordClaim(groupID: String, token: String) async throws(CeleryWorkerError) -> Bool { true }
     public func chordFinished(groupID: String, token: String) async throws(CeleryWorkerError) {}

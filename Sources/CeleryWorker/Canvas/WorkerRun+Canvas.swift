@@ -246,22 +246,32 @@ extension WorkerRun {
     private func returnChordPart(_ job: PreparedJob, state: TaskState, result: CeleryValue) async {
         let message = job.message
         guard let body = Signature(message.embed.chord), let groupID = message.groupID, let backend = service.backend else { return }
+        // Each step is tried again while the backend is unreachable, as result writes are: a chord whose last part
+        // met a Redis restart would otherwise never send its body. Every step can be repeated: the part is counted
+        // once, the claim is taken under one token for all tries, and a body sent twice (its reply lost) has one id.
+        let token = CanvasSender.newID()
         do {
             guard
-                let completion = try await backend.chordPartReturn(
-                    groupID: groupID, taskID: message.id, groupIndex: message.groupIndex, state: state, result: result)
+                let completion = try await retrying({ () throws(CeleryWorkerError) in
+                    try await backend.chordPartReturn(
+                        groupID: groupID, taskID: message.id, groupIndex: message.groupIndex, state: state, result: result,
+                        token: token)
+                })
             else { return }
             switch completion.join() {
             case .failed(let error):
                 logger.error("Chord '\(groupID)' raised: \(error.repr)")
                 try await failChord(job, groupID: groupID, body: body, error: error)
             case .results(let results):
-                guard try await backend.extendChordClaim(groupID: groupID, token: completion.token) else {
+                guard try await retrying({ () throws(CeleryWorkerError) in try await backend.extendChordClaim(groupID: groupID, token: token) })
+                else {
                     logger.warning("Chord callback for '\(groupID)' not published: dispatch claim is no longer owned by this worker")
                     return
                 }
                 do {
-                    try await canvas(for: job).apply(body, args: [results], options: lineage(message))
+                    try await retrying { () throws(CeleryWorkerError) in
+                        _ = try await canvas(for: job).apply(body, args: [results], options: lineage(message))
+                    }
                 } catch let error where error.code == .encodeError {
                     // Celery's on_chord_part_return: a body its serializer cannot write fails the chord.
                     let repr = TraceEncodeError(message: error.message).pythonException.repr
@@ -269,11 +279,22 @@ extension WorkerRun {
                     try await failChord(job, groupID: groupID, body: body, error: ChordCompletion.chordError("Callback error: \(repr)"))
                     return
                 }
-                try await backend.chordFinished(groupID: groupID, token: completion.token)
+                try await retrying { () throws(CeleryWorkerError) in try await backend.chordFinished(groupID: groupID, token: token) }
             }
         } catch {
             logger.error("Chord '\(groupID)' raised: \(error.message)")
         }
+    }
+
+    /// A step of a chord's completion, tried again as a result write is while the backend is unreachable.
+    private func retrying<Value>(_ step: () async throws(CeleryWorkerError) -> Value) async throws(CeleryWorkerError) -> Value {
+        var value: Value?
+        let outcome = await retryingResultWrite(unreachable: "Result backend") { () throws(CeleryWorkerError) in
+            value = try await step()
+        }
+        if let failure = outcome.failure { throw failure }
+        guard let value else { throw CeleryWorkerError(code: .unexpectedReply, message: "a chord step gave no value") }
+        return value
     }
 
     /// A failed chord, as Celery's `chord_error_from_stack`: the body's errbacks are sent and its `error` (a
@@ -292,7 +313,8 @@ extension WorkerRun {
                 traceback: "Traceback (most recent call last):\n  File \"<swift>\", line 0, in chord join\n\(error.tracebackLine)\n",
                 children: .array(children.arrayValue ?? []),
                 dateDone: dateDoneNow()))
-        try await service.backend?.chordFailed(groupID: groupID)
+        guard let backend = service.backend else { return }
+        try await retrying { () throws(CeleryWorkerError) in try await backend.chordFailed(groupID: groupID) }
     }
 
     /// Calls the new-style errbacks among `signatures`; returns the others, to send.
