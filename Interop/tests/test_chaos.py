@@ -15,7 +15,7 @@ import threading
 import time
 
 import redis as redis_lib
-from celery import Celery, chain, chord
+from celery import Celery, chain, chord, states
 
 from conftest import PythonWorker, WorkerProcess
 from redisproc import RedisProcess
@@ -61,14 +61,16 @@ class Chaos:
         self.queued_after = redis_lib.Redis.from_url(self.broker).llen("celery")
 
     def wait_for_results(self, ids, seconds=60, describe=lambda task_id: task_id):
-        """Waits until every id has a stored result; else fails, saying where the missing ones are (`describe`
-        names one)."""
+        """Waits until every id has a result stored in a ready state (not a task's RETRY); else fails, saying where
+        the missing ones are (`describe` names one)."""
         results = redis_lib.Redis.from_url(self.backend)
+        decode = Celery(backend=self.backend).backend.decode
         deadline = time.monotonic() + seconds
         missing = list(ids)
         while missing and time.monotonic() < deadline:
             values = results.mget([f"celery-task-meta-{task_id}" for task_id in missing])
-            missing = [task_id for task_id, raw in zip(missing, values) if raw is None]
+            missing = [task_id for task_id, raw in zip(missing, values)
+                       if raw is None or decode(raw)["status"] not in states.READY_STATES]
             time.sleep(0.5)
         if missing:
             broker_redis = redis_lib.Redis.from_url(self.broker)
@@ -78,7 +80,6 @@ class Chaos:
                                  f"{len(held & set(missing))} of them still in unacked, {queued} messages queued, "
                                  f"unacked holds {broker_redis.hlen('unacked')}, "
                                  f"sweep lock ttl {broker_redis.pttl('unacked_mutex')} ms; {self.events}")
-        decode = Celery(backend=self.backend).backend.decode
         return {task_id: decode(raw) for task_id, raw in
                 zip(ids, results.mget([f"celery-task-meta-{task_id}" for task_id in ids]))}
 
@@ -136,9 +137,61 @@ def test_kill_swift_workers_and_restart_redis(tmp_path):
     assert duplicates <= (chaos.kills + 1) * 16
 
 
-CANVASES = 150
+SENDS = 150
 BACKLOG = 2000
 BACKLOG_LIST = "celery\x06\x169"
+
+
+def chaos_while_sending(tmp_path, visibility, send):
+    """The chaos, while `send(producer, i)` is called every 30 ms for `SENDS` values of `i`; it returns what it sent
+    as `(task id, expected result, what to call it)`. Every task sent must end SUCCESS with its result. Returns the
+    chaos, what was sent and how much of the backlog was left when the chaos was done.
+
+    A backlog of tasks that sleep, at the lowest priority, keeps every worker busy throughout, so the Swift workers
+    always fetch with the script that pops and records at once. An idle worker blocks in `BRPOP` instead and records
+    what it pops straight after: a SIGKILL in between loses that message, as it does kombu's (README, "Delivery
+    guarantees"). What `send` sends goes at the default priority, ahead of the backlog."""
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "1234")))
+    server = RedisProcess().start()
+    chaos = Chaos(rng, server, tmp_path, visibility=visibility)
+    producer = Celery("producer", broker=chaos.broker, backend=chaos.backend)
+    producer.conf.task_serializer = "json"
+    with producer.producer_or_acquire() as publisher:
+        for _ in range(BACKLOG):
+            producer.send_task("tasks.sleep", (0.02,), priority=9, producer=publisher)
+    sent, refused = [], []
+
+    def sender():
+        # One that cannot be sent while Redis restarts (after kombu's retries) is left out.
+        for i in range(SENDS):
+            try:
+                sent.extend(send(producer, i))
+            except Exception as error:  # noqa: BLE001 - only counted
+                refused.append(repr(error))
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=sender)
+    try:
+        thread.start()
+        chaos.run()
+        backlog_after = redis_lib.Redis.from_url(chaos.broker).llen(BACKLOG_LIST)
+        thread.join()
+        assert backlog_after > 0, "the backlog ran out before the chaos ended: make it longer"
+        assert len(refused) < 10, refused
+        expected = {task_id: value for task_id, value, _ in sent}
+        names = {task_id: name for task_id, _, name in sent}
+        for task_id, document in chaos.wait_for_results(list(expected), describe=names.get).items():
+            assert document["status"] == "SUCCESS" and document["result"] == expected[task_id], document
+    finally:
+        thread.join()
+        chaos.stop()
+        server.stop()
+    print(f"\n{len(sent)} tasks followed ({len(refused)} not sent while Redis restarted), {len(chaos.swifts)} Swift "
+          f"processes, {chaos.kills} SIGKILLs, redis-server restarted once; {backlog_after} of the backlog left when the "
+          f"last kill was done")
+    return chaos, sent
+
+
 # Longer than a chord's claim to send its body (Celery 5.7: 6 s, and 21 s once the body is being sent). A part run
 # again after its worker was killed between the claim and the body's message finds the claim gone only then: a Python
 # worker gives up on a claim still held, and the chord's body would never be sent.
@@ -146,64 +199,35 @@ CANVAS_VISIBILITY = "25"
 
 
 def test_chords_and_chains_survive_killed_workers_and_a_redis_restart(tmp_path):
-    """Chords and chains whose steps the workers send themselves, sent while the same chaos goes on. Every chord's
-    body and every chain's last step must end with the right result, and each chord's body run at least once: a part
-    run again after its worker was killed is counted once (Celery 5.7's `.d` set), and the claim lets one worker send
-    the body.
+    """Chords and chains whose steps the workers send themselves, sent while the chaos goes on. Every chord's body
+    and every chain's last step must end with the right result, and each chord's body run at least once: a part run
+    again after its worker was killed is counted once (Celery 5.7's `.d` set), and the claim lets one worker send the
+    body."""
+    def send(producer, i):
+        add, mul, tsum = (producer.signature(f"tasks.{name}") for name in ("add", "mul", "tsum"))
+        body = chord([add.clone((i, j)) for j in range(4)], tsum.clone()).apply_async()
+        last = chain(add.clone((i, 1)), add.clone((10,)), mul.clone((2,))).apply_async()
+        return [(body.id, 4 * i + 6, f"the body of chord {body.parent.id} (parts {[r.id for r in body.parent.results]})"),
+                (last.id, (i + 11) * 2, f"the last of chain {[last.parent.parent.id, last.parent.id, last.id]}")]
 
-    A backlog of tasks that sleep, at the lowest priority, keeps every worker busy throughout, so the Swift workers
-    always fetch with the script that pops and records at once. An idle worker blocks in `BRPOP` instead and records
-    what it pops straight after: a SIGKILL in between loses that message, as it does kombu's (README, "Reliability").
-    The canvases go at the default priority, ahead of the backlog."""
-    rng = random.Random(int(os.environ.get("CHAOS_SEED", "1234")))
-    server = RedisProcess().start()
-    chaos = Chaos(rng, server, tmp_path, visibility=CANVAS_VISIBILITY)
-    producer = Celery("producer", broker=chaos.broker, backend=chaos.backend)
-    producer.conf.task_serializer = "json"
-    add, mul, tsum = (producer.signature(f"tasks.{name}") for name in ("add", "mul", "tsum"))
-    with producer.producer_or_acquire() as publisher:
-        for _ in range(BACKLOG):
-            producer.send_task("tasks.sleep", (0.02,), priority=9, producer=publisher)
-    expected, bodies, lasts, refused, kinds = {}, [], [], [], {}
-
-    def send():
-        # A chord and a chain every 30 ms, for about as long as the chaos lasts. One that cannot be sent while Redis
-        # restarts (after kombu's retries) is left out.
-        for i in range(CANVASES):
-            try:
-                body = chord([add.clone((i, j)) for j in range(4)], tsum.clone()).apply_async()
-                expected[body.id] = 4 * i + 6
-                bodies.append(body.id)
-                kinds[body.id] = f"the body of chord {body.parent.id} (parts {[r.id for r in body.parent.results]})"
-                last = chain(add.clone((i, 1)), add.clone((10,)), mul.clone((2,))).apply_async()
-                expected[last.id] = (i + 11) * 2
-                lasts.append(last.id)
-                kinds[last.id] = f"the last of chain {[last.parent.parent.id, last.parent.id, last.id]}"
-            except Exception as error:  # noqa: BLE001 - only counted
-                refused.append(repr(error))
-            time.sleep(0.03)
-
-    sender = threading.Thread(target=send)
-    try:
-        sender.start()
-        chaos.run()
-        backlog_after = redis_lib.Redis.from_url(chaos.broker).llen(BACKLOG_LIST)
-        sender.join()
-        assert backlog_after > 0, "the backlog ran out before the chaos ended: make it longer"
-        assert len(refused) < 10, refused
-        for task_id, document in chaos.wait_for_results(list(expected), describe=lambda task_id: kinds[task_id]).items():
-            assert document["status"] == "SUCCESS" and document["result"] == expected[task_id], document
-    finally:
-        sender.join()
-        chaos.stop()
-        server.stop()
-
+    chaos, sent = chaos_while_sending(tmp_path, CANVAS_VISIBILITY, send)
     body_runs, swift_runs, python_runs = chaos.runs(["tsum"])
     step_runs, _, _ = chaos.runs(["add", "mul"])
-    print(f"\n{len(bodies)} chords, {len(lasts)} chains ({len(refused)} refused while Redis restarted): "
-          f"{len(chaos.swifts)} Swift processes, {chaos.kills} SIGKILLs, redis-server restarted once; chord bodies "
-          f"run {swift_runs} times on Swift workers and {python_runs} on the Python worker; "
-          f"{sum(count - 1 for count in body_runs.values())} bodies run twice or more; {backlog_after} of the "
-          f"backlog left when the last kill was done")
-    assert set(bodies) <= set(body_runs)
-    assert set(lasts) <= set(step_runs)
+    print(f"chord bodies run {swift_runs} times on Swift workers and {python_runs} on the Python worker; "
+          f"{sum(count - 1 for count in body_runs.values())} bodies run twice or more")
+    assert {task_id for task_id, _, name in sent if name.startswith("the body")} <= set(body_runs)
+    assert {task_id for task_id, _, name in sent if name.startswith("the last")} <= set(step_runs)
+
+
+def test_retries_and_countdowns_survive_killed_workers_and_a_redis_restart(tmp_path):
+    """Tasks that retry (each message sent again by the worker, with a countdown) and tasks with a countdown (held
+    in `unacked` until their time, refreshed there by the worker that holds them), sent while the chaos goes on: each
+    must end SUCCESS with its result (a retried task's result is its number of retries)."""
+    def send(producer, i):
+        flaky = producer.send_task("tasks.flaky", (2, 0.2))
+        later = producer.send_task("tasks.add", (i, i), countdown=0.5 + (i % 6) * 0.5)
+        return [(flaky.id, 2, f"tasks.flaky {flaky.id}"), (later.id, 2 * i, f"tasks.add {later.id} (countdown)")]
+
+    chaos, _ = chaos_while_sending(tmp_path, VISIBILITY, send)
+    runs, swift_runs, python_runs = chaos.runs(["flaky", "add"])
+    print(f"{swift_runs} of them run to success on Swift workers, {python_runs} on the Python worker")

@@ -16,6 +16,8 @@ final class InMemoryBroker: Broker {
         var published: [[UInt8]] = []
         /// Records still being written, by tag: a delivery with one here comes with it unconfirmed.
         var pendingRecords: [String: PendingRecord] = [:]
+        /// How many publishes from now fail as on a connection Redis dropped.
+        var publishFailures = 0
     }
 
     let state = Mutex(State())
@@ -47,10 +49,16 @@ final class InMemoryBroker: Broker {
     }
 
     func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError) {
-        state.withLock {
-            $0.queue.append(envelope)
-            $0.published.append(envelope)
+        let fails = state.withLock { state in
+            guard state.publishFailures == 0 else {
+                state.publishFailures -= 1
+                return true
+            }
+            state.queue.append(envelope)
+            state.published.append(envelope)
+            return false
         }
+        if fails { throw CeleryWorkerError(code: .connectionLost, message: "reading replies: Connection reset by peer") }
     }
 
     func ack(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {

@@ -477,6 +477,17 @@ struct WorkerRuntimeTests {
         #expect(retries.first?.dateDone == nil)
     }
 
+    @Test("a retry sent while the broker is unreachable is sent again once it answers, as every message the worker sends")
+    func retryMeetsUnreachableBroker() async throws {
+        let (broker, backend) = try await Self.withWorker { broker, backend in
+            broker.state.withLock { $0.publishFailures = 1 }
+            broker.push(taskMessage("flaky", id: "fu", args: [1]))
+            try await Self.waitFor { backend.final("fu") != nil }
+        }
+        #expect(backend.final("fu")?.status == .success && backend.final("fu")?.result == 1)
+        #expect(broker.state.withLock { $0.published.count } == 1)
+    }
+
     @Test("exhausted retries fail with the cause, or MaxRetriesExceededError; autoretry uses the policy")
     func exhausted() async throws {
         let (_, backend) = try await Self.withWorker { broker, backend in

@@ -3,6 +3,25 @@ import CeleryProtocol
 /// What a Python worker does around a task's result for canvas: callbacks and the next chain step after success,
 /// the rest of the chain and the errbacks after a failure, and the chord join of header parts.
 extension WorkerRun {
+    /// Publishes a message the worker sends (a chain step, a callback, a chord's body, a retry …), tried again while
+    /// the broker is unreachable: 30 times, 1 to 32 s apart (where Celery's `task_publish_retry_policy` retries 3
+    /// times over 0.6 s).
+    static func publish(
+        _ encoded: [UInt8], queue: String, priority: Int, broker: any Broker, delays: RetryDelays
+    ) async throws(CeleryWorkerError) {
+        var attempt = 0
+        while true {
+            do throws(CeleryWorkerError) {
+                try await broker.publish(encoded, queue: queue, priority: priority)
+                return
+            } catch {
+                attempt += 1
+                guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }
+                try? await Task.sleep(for: .seconds(delays.delay(attempt: attempt)))
+            }
+        }
+    }
+
     /// Sends what this worker publishes on behalf of `job`: through the broker, retrying while Redis is unreachable,
     /// in the worker's `task_serializer` (as a Python worker sends them, whatever serializer the task's message
     /// came in), at its priority with `task_inherit_parent_priority`.
@@ -17,18 +36,8 @@ extension WorkerRun {
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 try await signals.publishing(envelope, queue: queue, logger: logger) { envelope throws(CeleryWorkerError) in
                     let encoded = try configuration.sealed(envelope).encoded()
-                    var attempt = 0
-                    while true {
-                        do throws(CeleryWorkerError) {
-                            try await broker.publish(encoded, queue: queue, priority: priority)
-                            await sentEvents?.sendTaskSent(envelope, queue: queue)
-                            return
-                        } catch {
-                            attempt += 1
-                            guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }
-                            try? await Task.sleep(for: .seconds(delays.delay(attempt: attempt)))
-                        }
-                    }
+                    try await Self.publish(encoded, queue: queue, priority: priority, broker: broker, delays: delays)
+                    await sentEvents?.sendTaskSent(envelope, queue: queue)
                 }
             },
             route: { exchange, routingKey, topic throws(CeleryWorkerError) in
@@ -269,9 +278,8 @@ extension WorkerRun {
                     return
                 }
                 do {
-                    try await retrying { () throws(CeleryWorkerError) in
-                        _ = try await canvas(for: job).apply(body, args: [results], options: lineage(message))
-                    }
+                    // Its publish is tried again while the broker is unreachable, as every message the worker sends.
+                    try await canvas(for: job).apply(body, args: [results], options: lineage(message))
                 } catch let error where error.code == .encodeError {
                     // Celery's on_chord_part_return: a body its serializer cannot write fails the chord.
                     let repr = TraceEncodeError(message: error.message).pythonException.repr

@@ -671,7 +671,9 @@ extension WorkerRun {
                     deliveryTag: UUID().uuidString.lowercased(), compression: configuration.taskCompression)
             }
             try await signals.publishing(envelope, queue: queue, logger: logger) { envelope throws(CeleryWorkerError) in
-                try await service.broker.publish(configuration.sealed(envelope).encoded(), queue: queue, priority: original.deliveryInfo.priority)
+                try await Self.publish(
+                    configuration.sealed(envelope).encoded(), queue: queue, priority: original.deliveryInfo.priority, broker: service.broker,
+                    delays: service.retryDelays)
                 if configuration.sendSentEvent { await service.events?.sendTaskSent(envelope, queue: queue) }
             }
         } catch {
