@@ -3,6 +3,7 @@
 The Swift worker consumes queue `swift`, a real Python worker queue `py`; each step names its queue, so every
 workflow below crosses between the two kinds of worker."""
 import json
+import time
 
 import pytest
 from celery import Celery, chain, chord, group
@@ -298,3 +299,22 @@ def test_what_a_worker_sends_is_in_its_task_serializer(start_configured, make_ap
     assert eventually(retry_held, timeout=10), held
     retry = next(message for message in held if message["headers"]["id"] == retried.id)
     assert retry["content-type"] == "application/json"
+
+
+def test_a_chord_whose_claim_holder_died_is_completed_once_the_claim_expires(start_worker, make_app, backend_redis):
+    """A worker that died holding the claim to send a chord's body (planted here: another token, 3 s to live) has
+    not sent it. The Swift worker that counts the last part waits for the claim to expire, takes it and sends the
+    body, once. Celery 5.7's worker gives up at once, and the body is sent only if a part comes back after the claim
+    expired (README, "Workflows")."""
+    worker = start_worker("-c", "4")
+    app = make_app()
+    header = [app.signature("tasks.add", args=(1, 1)), app.signature("tasks.add", args=(2, 2)).set(countdown=1.5)]
+    result = chord(header, app.signature("tasks.tsum")).apply_async()
+    claim = f"celery-taskset-meta-{result.parent.id}.c"
+    backend_redis.set(claim, "a-worker-that-died", px=3000)
+    started = time.monotonic()
+    assert result.get(timeout=15) == 6
+    assert time.monotonic() - started >= 2.5
+    worker.wait_for_log(f"Chord '{result.parent.id}': the claim to send its body expired unused; this worker sends it")
+    assert backend_redis.get(claim) == b"done"
+    assert worker.log.count(f"Task tasks.tsum[{result.id}] received") == 1

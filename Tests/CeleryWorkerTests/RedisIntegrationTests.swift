@@ -758,12 +758,30 @@ extension RedisResultBackendTests {
         let again = try #require(
             try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "a"))
         #expect(again.join() == .results([2, 1]) && again.token == "a")
-        #expect(try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "copy") == nil)
+        // Another worker's copy of the part waits while the claim is held, and gets nothing once the body was sent.
+        let copy = Task {
+            try await backend.chordPartReturn(groupID: group, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "copy")
+        }
+        try await Task.sleep(for: .milliseconds(100))
         #expect(try await backend.extendChordClaim(groupID: group, token: completion.token))
         #expect((15...21).contains(try #require(try await client.send(RedisCommand("TTL", key(".c"))).integer)))
         #expect(try await backend.extendChordClaim(groupID: group, token: "someone-else") == false)
         try await backend.chordFinished(groupID: group, token: completion.token)
         #expect(try await client.send(RedisCommand("GET", key(".c"))).text == "done")
+        #expect(try await copy.value == nil)
+        // A claim whose worker died before sending the body: the part that completes the chord (a copy, run again)
+        // waits until the claim expires, then takes it. Celery 5.7's worker gives up at once.
+        let orphan = "claim-held-by-the-dead"
+        try await backend.setChordSize(groupID: orphan, size: 2)
+        #expect(try await backend.chordPartReturn(groupID: orphan, taskID: "b", groupIndex: 1, state: .success, result: 2, token: "b") == nil)
+        try await client.send(RedisCommand("SET", RedisArgument(backend.groupKey(orphan, ".c")), "dead-worker", "PX", "400"))
+        let waited = ContinuousClock.now
+        let takeover = try #require(
+            try await backend.chordPartReturn(groupID: orphan, taskID: "a", groupIndex: 0, state: .success, result: 1, token: "late"))
+        #expect(ContinuousClock.now - waited >= .milliseconds(300))
+        #expect(takeover.join() == .results([2, 1]) && takeover.token == "late")
+        #expect(try await client.send(RedisCommand("GET", RedisArgument(backend.groupKey(orphan, ".c")))).text == "late")
+        try await backend.chordFinished(groupID: orphan, token: "late")
         // The join waits result_chord_join_timeout for a result that is never stored.
         let short = RedisResultBackend(client: client, chord: RedisResultBackend.ChordOptions(joinTimeout: 0.2))
         let started = ContinuousClock.now

@@ -1,5 +1,6 @@
 import CeleryProtocol
 import Foundation
+import Logging
 
 /// Chords on the Redis backend, with the keys and atomic steps of Celery 5.7's `RedisBackend`:
 /// `celery-taskset-meta-<group>.j` (a sorted set of `[1, id, state, result]` scored by `group_index`), `.t` (size
@@ -128,9 +129,13 @@ extension RedisResultBackend {
                 RedisArgument(groupIndex.map(String.init) ?? "+inf"), RedisArgument(chordExpires), RedisArgument(chordResultExpires),
                 RedisArgument(claimExpires), RedisArgument(token),
             ])
-        guard let fields = reply.array, fields.count == 4, let ready = fields[0].integer, ready >= 0,
-            fields[3].integer == 1
-        else { return nil }
+        guard let fields = reply.array, fields.count == 4, let ready = fields[0].integer, ready >= 0 else { return nil }
+        if fields[3].integer != 1 {
+            // Every part is counted, but another worker holds the claim to send the body.
+            guard let size = fields[2].text.flatMap({ Int($0) }), ready == size + (fields[1].text.flatMap { Int($0) } ?? 0),
+                try await outlastChordClaim(groupID: groupID, token: token)
+            else { return nil }
+        }
         let stored = try await client.send(
             RedisCommand(chord.ordered ? "ZRANGE" : "LRANGE", RedisArgument(groupKey(groupID, ".j")), "0", "-1"))
         var parts: [ChordCompletion.Part] = []
@@ -147,6 +152,45 @@ extension RedisResultBackend {
         completion.savedHeader = try await savedGroup(groupID)
         completion.storedResults = try await readyResults(of: completion.missingTaskIDs())
         return completion
+    }
+
+    static let logger = Logger(label: "celery.backends.redis")
+
+    /// A chord whose parts are all counted while another worker holds the claim to send its body: waits until that
+    /// worker is done (the claim turns `done`: `false`) or its claim expires with the chord's state still there, and
+    /// then takes the claim (`true`). Celery 5.7 gives up at once, so the body of a chord whose worker died holding
+    /// the claim is sent only if a part comes back after the claim expired: with a visibility timeout shorter than
+    /// the claim (6 s, 21 s while the body is sent), never. Bounded by the longest claim and a few seconds.
+    func outlastChordClaim(groupID: String, token: String) async throws(CeleryWorkerError) -> Bool {
+        let claimKey = RedisArgument(groupKey(groupID, ".c"))
+        let started = ContinuousClock.now
+        let deadline = started + .seconds(publishClaimExpires + 5)
+        var warned = false
+        while ContinuousClock.now < deadline {
+            let replies = try await client.pipeline([RedisCommand("GET", claimKey), RedisCommand("PTTL", claimKey)])
+            switch replies.first?.text {
+            case "done":
+                return false
+            case nil:
+                if try await extendChordClaim(groupID: groupID, token: token) {
+                    Self.logger.warning("Chord '\(groupID)': the claim to send its body expired unused; this worker sends it")
+                    return true
+                }
+                // Taken by another worker just now, or the chord is gone (failed, or finished without a marker).
+                let size = try await client.send(RedisCommand("EXISTS", RedisArgument(groupKey(groupID, ".s"))))
+                if size.integer != 1 { return false }
+            default:
+                // A worker alive and sending the body is done within milliseconds: only a longer wait is told.
+                if !warned, ContinuousClock.now - started > .seconds(1) {
+                    Self.logger.warning(
+                        "Chord '\(groupID)': another worker holds the claim to send its body; waiting until it is sent or the claim expires")
+                    warned = true
+                }
+            }
+            let remaining = replies.count == 2 ? replies[1].integer ?? 1000 : 1000
+            try? await Task.sleep(for: .milliseconds(min(max(remaining, 20), 1000)))
+        }
+        return false
     }
 
     /// The `GroupResult` tuple Celery saved under `celery-taskset-meta-<group>` (`{"result": as_tuple()}`), or
