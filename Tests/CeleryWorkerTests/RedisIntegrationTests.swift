@@ -100,6 +100,21 @@ struct RedisClientTests {
         #expect(last.last??.hasPrefix("ERR value is not an integer") == true)
     }
 
+    @Test("a client's message is sent again 3 times, after 0, 0.2 and 0.4 s, while the broker is unreachable, as Celery's publish retry policy does")
+    func clientPublishRetries() async throws {
+        let client = CeleryClient(brokerURL: try RedisURL(parsing: "redis://127.0.0.1:1/0"))
+        let started = ContinuousClock.now
+        do {
+            _ = try await client.send("tasks.add", args: [1, 2])
+            Issue.record("port 1 must refuse")
+        } catch {
+            #expect(error.code == .connectionFailed)
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed >= .milliseconds(600) && elapsed < .seconds(5))
+        await client.shutdown()
+    }
+
     @Test("an unreachable server is a connection error that names the address")
     func unreachable() async throws {
         let client = RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0"))

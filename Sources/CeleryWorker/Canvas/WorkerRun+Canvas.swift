@@ -4,22 +4,23 @@ import CeleryProtocol
 /// the rest of the chain and the errbacks after a failure, and the chord join of header parts.
 extension WorkerRun {
     /// Publishes a message the worker sends (a chain step, a callback, a chord's body, a retry …), tried again while
-    /// the broker is unreachable: 30 times, 1 to 32 s apart (where Celery's `task_publish_retry_policy` retries 3
-    /// times over 0.6 s).
+    /// the broker is unreachable (``whileUnreachable(delays:_:)``).
     static func publish(
         _ encoded: [UInt8], queue: String, priority: Int, broker: any Broker, delays: RetryDelays
     ) async throws(CeleryWorkerError) {
-        var attempt = 0
-        while true {
-            do throws(CeleryWorkerError) {
-                try await broker.publish(encoded, queue: queue, priority: priority)
-                return
-            } catch {
-                attempt += 1
-                guard error.isConnectionProblem, attempt <= 30, !Task.isCancelled else { throw error }
-                try? await Task.sleep(for: .seconds(delays.delay(attempt: attempt)))
-            }
+        try await whileUnreachable(delays: delays) { () throws(CeleryWorkerError) in
+            try await broker.publish(encoded, queue: queue, priority: priority)
         }
+    }
+
+    /// A step of sending a message on behalf of a task (the publish, and the writes and reads a chord or group needs
+    /// before it), tried again while Redis is unreachable: 30 times, 1 to 32 s apart, where Celery's
+    /// `task_publish_retry_policy` retries 3 times over 0.6 s. Only steps that can be repeated: a write whose reply
+    /// was lost is made again.
+    static func whileUnreachable<Value>(
+        delays: RetryDelays, _ step: () async throws(CeleryWorkerError) -> Value
+    ) async throws(CeleryWorkerError) -> Value {
+        try await untilReachable(retries: 30, delay: delays.delay(attempt:), step)
     }
 
     /// Sends what this worker publishes on behalf of `job`: through the broker, retrying while Redis is unreachable,
@@ -41,13 +42,22 @@ extension WorkerRun {
                 }
             },
             route: { exchange, routingKey, topic throws(CeleryWorkerError) in
-                try await (broker as? RedisBroker)?.boundQueues(exchange: exchange, routingKey: routingKey, topic: topic) ?? []
+                guard let redis = broker as? RedisBroker else { return [] }
+                return try await Self.whileUnreachable(delays: delays) { () throws(CeleryWorkerError) in
+                    try await redis.boundQueues(exchange: exchange, routingKey: routingKey, topic: topic)
+                }
             },
             setChordSize: { groupID, size throws(CeleryWorkerError) in
-                try await backend?.setChordSize(groupID: groupID, size: size)
+                guard let backend else { return }
+                try await Self.whileUnreachable(delays: delays) { () throws(CeleryWorkerError) in
+                    try await backend.setChordSize(groupID: groupID, size: size)
+                }
             },
             saveGroup: { groupID, result throws(CeleryWorkerError) in
-                try await backend?.saveGroup(groupID: groupID, result: result)
+                guard let backend else { return }
+                try await Self.whileUnreachable(delays: delays) { () throws(CeleryWorkerError) in
+                    try await backend.saveGroup(groupID: groupID, result: result)
+                }
             },
             origin: "gen\(Host.pid)@\(Host.name)", replyTo: oid, defaultQueue: configuration.defaultQueue,
             routes: configuration.taskRoutes, contentType: configuration.taskSerializer, compression: configuration.taskCompression,

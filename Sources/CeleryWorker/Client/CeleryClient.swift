@@ -182,6 +182,13 @@ public final class CeleryClient: Sendable {
         backend?.client.close()
     }
 
+    /// A step of sending a message (declaring its queue, publishing it), tried again as Python's `apply_async` does
+    /// with Celery's default `task_publish_retry_policy`: while the broker is unreachable, 3 times, after 0, 0.2 and
+    /// 0.4 s.
+    static func whilePublishing(_ step: () async throws(CeleryWorkerError) -> Void) async throws(CeleryWorkerError) {
+        try await untilReachable(retries: 3, delay: { 0.2 * Double($0 - 1) }, step)
+    }
+
     var sender: CanvasSender {
         let broker = self.broker
         let backend = self.backend
@@ -192,10 +199,20 @@ public final class CeleryClient: Sendable {
         return CanvasSender(
             publish: { envelope, queue, priority throws(CeleryWorkerError) in
                 // kombu declares a queue (its bindings) the first time a producer sends to it.
-                if declared.insert(queue) { try await broker.declare(queues: [queue]) }
+                if declared.insert(queue) {
+                    do throws(CeleryWorkerError) {
+                        try await Self.whilePublishing { () throws(CeleryWorkerError) in try await broker.declare(queues: [queue]) }
+                    } catch {
+                        declared.remove(queue)
+                        throw error
+                    }
+                }
                 try await signals.publishing(envelope, queue: queue, logger: Self.signalsLogger) { envelope throws(CeleryWorkerError) in
                     let sealed = try messageSigning?.seal(envelope) ?? envelope
-                    try await broker.publish(sealed.encoded(), queue: queue, priority: priority)
+                    let encoded = sealed.encoded()
+                    try await Self.whilePublishing { () throws(CeleryWorkerError) in
+                        try await broker.publish(encoded, queue: queue, priority: priority)
+                    }
                     await sentEvents?.sendTaskSent(envelope, queue: queue)
                 }
             },
@@ -296,5 +313,10 @@ final class DeclaredQueues: Sendable {
     /// Adds `queue`; returns whether it was new.
     func insert(_ queue: String) -> Bool {
         queues.withLock { $0.insert(queue).inserted }
+    }
+
+    /// Forgets `queue` (its declaration failed), so the next message to it declares it again.
+    func remove(_ queue: String) {
+        _ = queues.withLock { $0.remove(queue) }
     }
 }

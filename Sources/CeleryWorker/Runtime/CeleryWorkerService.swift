@@ -306,6 +306,28 @@ public final class CeleryWorkerService: Service {
     }
 }
 
+/// Runs `step` until it succeeds, trying again after `delay(attempt)` seconds (attempt 1, 2 …) while it fails for
+/// want of Redis (a connection refused, reset or timed out), at most `retries` times (`nil`: no limit), and not once
+/// the calling task is cancelled. `onRetry` is told each such error and the delay before the next try. Throws the
+/// error that ended the tries.
+func untilReachable<Value>(
+    retries: Int?, delay: (Int) -> Double, onRetry: (CeleryWorkerError, Double) -> Void = { _, _ in },
+    _ step: () async throws(CeleryWorkerError) -> Value
+) async throws(CeleryWorkerError) -> Value {
+    var attempt = 0
+    while true {
+        do {
+            return try await step()
+        } catch {
+            attempt += 1
+            guard error.isConnectionProblem, attempt <= retries ?? Int.max, !Task.isCancelled else { throw error }
+            let pause = delay(attempt)
+            onRetry(error, pause)
+            if pause > 0 { try? await Task.sleep(for: .milliseconds(Int64(pause * 1000))) }
+        }
+    }
+}
+
 /// Back-off for the worker's other Redis connections (result writes, remote control, messages it sends): 1, 2, 4,
 /// 8, 16, then 32 s between attempts. The consumer's follows Celery's (``BrokerConnectionRetry``).
 struct RetryDelays: Sendable {
@@ -1000,20 +1022,19 @@ final class WorkerRun: Sendable {
     private func retryingWhileUnreachable(
         retries: Int?, delay: (Int) -> Double, unreachable: String?, _ write: () async throws(CeleryWorkerError) -> Void
     ) async -> (failure: CeleryWorkerError?, retries: Int) {
-        var attempt = 0
-        while true {
-            do {
-                try await write()
-                return (nil, attempt)
-            } catch {
-                attempt += 1
-                guard error.isConnectionProblem, attempt <= retries ?? Int.max, !Task.isCancelled else { return (error, attempt - 1) }
-                let delay = delay(attempt)
-                if let unreachable {
-                    logger.warning("\(unreachable) unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
-                }
-                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
-            }
+        var attempts = 0
+        let logger = self.logger
+        func retrying(_ error: CeleryWorkerError, in delay: Double) {
+            attempts += 1
+            guard let unreachable else { return }
+            let seconds = CeleryWorkerService.format(seconds: delay)
+            logger.warning("\(unreachable) unreachable (\(error.message)); retrying in \(seconds) seconds")
+        }
+        do {
+            try await untilReachable(retries: retries, delay: delay, onRetry: retrying, write)
+            return (nil, attempts)
+        } catch {
+            return (error, attempts)
         }
     }
 }
