@@ -288,7 +288,8 @@ public struct CelerySettings: Sendable, Equatable {
                 throw CeleryWorkerError(
                     code: .invalidConfiguration, message: "\(source) is not valid configuration: a mapping key\(place) is a \(kind), not a string")
             }
-            document = try Yams.load(yaml: text)
+            // Built from the nodes already read, as `Yams.load` builds them (the text is read once).
+            document = root?.any
         } catch let error as CeleryWorkerError {
             throw error
         } catch {
