@@ -119,11 +119,8 @@ struct RESPReaderTests {
             "*3\r\n$5\r\nhello\r\n:42\r\n*2\r\n+OK\r\n$-1\r\n", "*2\r\n*2\r\n:1\r\n$0\r\n\r\n*1\r\n*1\r\n*1\r\n:7\r\n",
         ].map { Array($0.utf8) }
         let steering = Array("*$:+-\r\n0123456789".utf8) + [0x00, 0xFF]
-        var state: UInt64 = 7
-        func below(_ bound: Int) -> Int {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return bound <= 0 ? 0 : Int((state >> 33) % UInt64(bound))
-        }
+        var random = SeededRandom(state: 7)
+        func below(_ bound: Int) -> Int { random.below(bound) }
         var whole = 0
         for round in 0..<30_000 {
             var bytes = replies[round % replies.count]

@@ -46,11 +46,8 @@ struct SettingsMutationTests {
         let original = try CelerySettings.parse(Self.file, source: "every.yaml")
         #expect(original.beat.schedule?.count == 5 && original.taskRoutes != nil)
         let steering = Array(":-[]{}'\",#*?%/\n \t0123456789.e".utf8)
-        var state: UInt64 = 20_261_207
-        func below(_ bound: Int) -> Int {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return bound <= 0 ? 0 : Int((state >> 33) % UInt64(bound))
-        }
+        var random = SeededRandom(state: 20_261_207)
+        func below(_ bound: Int) -> Int { random.below(bound) }
         var (read, refused) = (0, 0)
         for round in 0..<300 {
             // A thread of the cooperative pool is lent now and then to the suites that run meanwhile.
