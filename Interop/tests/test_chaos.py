@@ -1,5 +1,6 @@
-"""Chaos: thousands of tasks, a Swift and a Python worker on one queue, the Swift worker SIGKILLed again and again,
-redis-server restarted once. Every task must end with its result; duplicates only where acks-late allows them.
+"""Chaos: thousands of tasks, a Swift and a Python worker on one queue, the Swift worker SIGKILLed (or shut down
+warm) again and again, redis-server restarted once. Every task must end with its result; duplicates only where
+acks-late allows them. The same with chords and chains, and with retries and countdowns, sent while it goes on.
 
 The Python worker joins after the Redis restart: kombu's consumer pops with BRPOP and records the message in
 `unacked` in a second round trip, so a Redis shutdown between the two loses that message on the Python side (a known
