@@ -306,13 +306,7 @@ extension WorkerRun {
 
     /// A step of a chord's completion, tried again as a result write is while the backend is unreachable.
     private func retrying<Value>(_ step: () async throws(CeleryWorkerError) -> Value) async throws(CeleryWorkerError) -> Value {
-        var value: Value?
-        let outcome = await retryingResultWrite(unreachable: "Result backend") { () throws(CeleryWorkerError) in
-            value = try await step()
-        }
-        if let failure = outcome.failure { throw failure }
-        guard let value else { throw CeleryWorkerError(code: .unexpectedReply, message: "a chord step gave no value") }
-        return value
+        try await retryingResultStep(unreachable: "Result backend", step)
     }
 
     /// A failed chord, as Celery's `chord_error_from_stack`: the body's errbacks are sent and its `error` (a

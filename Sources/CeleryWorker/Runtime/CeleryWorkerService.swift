@@ -1018,17 +1018,24 @@ final class WorkerRun: Sendable {
             retries: policy.retries, delay: { policy.delay(attempt: $0) }, unreachable: unreachable, write)
     }
 
+    /// A step that reads or writes the result backend, retried as ``ResultBackendRetry`` says (as a result write
+    /// is); throws the error that ended the tries.
+    func retryingResultStep<Value>(
+        unreachable: String, _ step: () async throws(CeleryWorkerError) -> Value
+    ) async throws(CeleryWorkerError) -> Value {
+        let policy = configuration.resultBackendRetry
+        return try await untilReachable(
+            retries: policy.retries, delay: { policy.delay(attempt: $0) }, onRetry: { warnUnreachable(unreachable, $0, $1) }, step)
+    }
+
     /// ``retryingWhileUnreachable(retries:unreachable:_:)`` with its own back-off; `retries` `nil` is no limit.
     private func retryingWhileUnreachable(
         retries: Int?, delay: (Int) -> Double, unreachable: String?, _ write: () async throws(CeleryWorkerError) -> Void
     ) async -> (failure: CeleryWorkerError?, retries: Int) {
         var attempts = 0
-        let logger = self.logger
         func retrying(_ error: CeleryWorkerError, in delay: Double) {
             attempts += 1
-            guard let unreachable else { return }
-            let seconds = CeleryWorkerService.format(seconds: delay)
-            logger.warning("\(unreachable) unreachable (\(error.message)); retrying in \(seconds) seconds")
+            if let unreachable { warnUnreachable(unreachable, error, delay) }
         }
         do {
             try await untilReachable(retries: retries, delay: delay, onRetry: retrying, write)
@@ -1036,6 +1043,11 @@ final class WorkerRun: Sendable {
         } catch {
             return (error, attempts)
         }
+    }
+
+    /// Logs that `what` is unreachable and when it is tried again.
+    private func warnUnreachable(_ what: String, _ error: CeleryWorkerError, _ delay: Double) {
+        logger.warning("\(what) unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
     }
 }
 
