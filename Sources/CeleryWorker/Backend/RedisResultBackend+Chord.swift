@@ -187,9 +187,12 @@ extension RedisResultBackend {
                     warned = true
                 }
             }
+            // A claim without an expiry (PTTL -1: not Celery's) is looked at once a second.
             let remaining = replies.count == 2 ? replies[1].integer ?? 1000 : 1000
-            try? await Task.sleep(for: .milliseconds(min(max(remaining, 20), 1000)))
+            try? await Task.sleep(for: .milliseconds(remaining < 0 ? 1000 : min(max(remaining, 20), 1000)))
         }
+        Self.logger.error(
+            "Chord '\(groupID)': the claim to send its body is still held after \(publishClaimExpires + 5) s; this worker does not send it")
         return false
     }
 
