@@ -5,7 +5,8 @@ acks-late allows them. The same with chords and chains, and with retries and cou
 The Python worker joins after the Redis restart: kombu's consumer pops with BRPOP and records the message in
 `unacked` in a second round trip, so a Redis shutdown between the two loses that message on the Python side (a known
 kombu window, seen in this test when Python consumed across the restart). The Swift worker pops and records in one
-script and is consuming while Redis restarts.
+script and is consuming while Redis restarts. An idle one waits for messages with Redis's client tracking and pops
+them with that script too (`test_idle_workers_killed_as_messages_arrive_lose_nothing`).
 """
 import json
 import os
@@ -160,22 +161,21 @@ BACKLOG = 2000
 BACKLOG_LIST = "celery\x06\x169"
 
 
-def chaos_while_sending(tmp_path, visibility, send):
+def chaos_while_sending(tmp_path, visibility, send, backlog=BACKLOG):
     """The chaos, while `send(producer, i)` is called every 30 ms for `SENDS` values of `i`; it returns what it sent
     as `(task id, expected result, what to call it)`. Every task sent must end SUCCESS with its result. Returns the
     chaos, what was sent and how much of the backlog was left when the chaos was done.
 
     A backlog of tasks that sleep, at the lowest priority, keeps every worker busy throughout, so the Swift workers
-    always fetch with the script that pops and records at once. An idle worker blocks in `BRPOP` instead and records
-    what it pops straight after: a SIGKILL in between loses that message, as it does kombu's (README, "Delivery
-    guarantees"). What `send` sends goes at the default priority, ahead of the backlog."""
+    fetch batches as a loaded worker does. With no backlog they are idle, and each message reaches a worker waiting
+    for one (README, "Delivery guarantees"). What `send` sends goes at the default priority, ahead of the backlog."""
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "1234")))
     server = RedisProcess().start()
     chaos = Chaos(rng, server, tmp_path, visibility=visibility)
     producer = Celery("producer", broker=chaos.broker, backend=chaos.backend)
     producer.conf.task_serializer = "json"
     with producer.producer_or_acquire() as publisher:
-        for _ in range(BACKLOG):
+        for _ in range(backlog):
             producer.send_task("tasks.sleep", (0.02,), priority=9, producer=publisher)
     sent, refused = [], []
 
@@ -194,7 +194,7 @@ def chaos_while_sending(tmp_path, visibility, send):
         chaos.run()
         backlog_after = redis_lib.Redis.from_url(chaos.broker).llen(BACKLOG_LIST)
         thread.join()
-        assert backlog_after > 0, "the backlog ran out before the chaos ended: make it longer"
+        assert backlog_after > 0 or not backlog, "the backlog ran out before the chaos ended: make it longer"
         assert len(refused) < 10, refused
         expected = {task_id: value for task_id, value, _ in sent}
         names = {task_id: name for task_id, _, name in sent}
@@ -249,3 +249,21 @@ def test_retries_and_countdowns_survive_killed_workers_and_a_redis_restart(tmp_p
     chaos, _ = chaos_while_sending(tmp_path, VISIBILITY, send)
     runs, swift_runs, python_runs = chaos.runs(["flaky", "add"])
     print(f"{swift_runs} of them run to success on Swift workers, {python_runs} on the Python worker")
+
+
+def test_idle_workers_killed_as_messages_arrive_lose_nothing(tmp_path):
+    """No backlog: the Swift workers are idle, and each task reaches one as it waits for messages, which it does
+    with Redis's client tracking; the script that then pops the message records it. Killed at random meanwhile, the
+    workers lose nothing. A worker waiting in `BRPOP` (kombu's, and the Swift worker's before the watch) that is killed
+    between the pop and its record loses that message."""
+    def send(producer, i):
+        result = producer.send_task("tasks.add", (i, i))
+        return [(result.id, 2 * i, f"tasks.add {result.id}")]
+
+    chaos, sent = chaos_while_sending(tmp_path, VISIBILITY, send, backlog=0)
+    runs, swift_runs, python_runs = chaos.runs(["add"])
+    print(f"{swift_runs} of them run on Swift workers, {python_runs} on the Python worker")
+    assert {task_id for task_id, _, _ in sent} <= set(runs)
+    assert swift_runs > 0
+    for worker in chaos.swifts:
+        assert "refused client tracking" not in worker.log

@@ -1,6 +1,7 @@
 """kombu's delivery contract with Swift and Python workers on the same Redis: nothing lost, bookkeeping shared."""
 import json
 import signal
+import threading
 import time
 
 import pytest
@@ -283,3 +284,37 @@ def test_the_prefetch_window_holds_after_every_way_a_message_can_end(start_worke
     time.sleep(0.5)  # a worker that gives back too many fetches more by now
     assert broker_redis.hlen("unacked") == window and broker_redis.llen("celery") == len(running) + len(waiting) - window
     assert [result.get(timeout=20) for result in running + waiting] == [3] * len(running) + [2 * i for i in range(10)]
+
+
+def test_an_idle_swift_worker_waits_without_brpop_and_pops_with_the_recording_script(start_worker, make_app,
+                                                                                      broker_redis):
+    """An idle worker waits for messages with Redis's client tracking, not in BRPOP: nothing leaves a list before the
+    script that records it in `unacked` takes it (a worker killed at any moment loses nothing). Each task below
+    reaches an idle worker; MONITOR sees it popped by that script, and no BRPOP at all."""
+    worker = start_worker("-c", "2", "--acks-late")
+    app = make_app()
+    time.sleep(0.5)
+    commands, stop = [], threading.Event()
+
+    def watch():
+        with broker_redis.monitor() as monitor:
+            while not stop.is_set():
+                commands.append(monitor.next_command())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    for i in range(5):
+        assert app.tasks["tasks.add"].delay(i, i).get(timeout=10) == 2 * i
+        time.sleep(0.2)
+    stop.set()
+    thread.join(timeout=5)
+    names = [command["command"].split(" ")[0].upper() for command in commands]
+    assert "BRPOP" not in names, [c["command"][:80] for c in commands if c["command"].upper().startswith("BRPOP")]
+    pushes = [i for i, command in enumerate(commands) if command["command"].startswith("LPUSH celery ")]
+    assert len(pushes) == 5, [command["command"][:40] for command in commands]
+    for push in pushes:
+        # The next command of the worker's fetch connection takes it: the recording script.
+        assert "EVALSHA" in names[push + 1:push + 20], names[push:push + 20]
+    assert "refused client tracking" not in worker.log
+    assert eventually(lambda: broker_redis.hlen("unacked") == 0)

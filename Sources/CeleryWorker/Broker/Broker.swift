@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Logging
 import Synchronization
 
 /// One message taken from a queue and recorded as unacknowledged.
@@ -197,9 +198,17 @@ public protocol Broker: Sendable {
     /// What the connects to the servers of a failover list (`redis://a;redis://b`) left to report, for the
     /// consumer's log, and forgets it.
     func takeFailovers() -> RedisURL.Failover.Log
+    /// Runs `body`, the worker's fetch loop, with whatever the broker needs while a worker consumes (the Redis
+    /// broker's watch on empty queues, ``RedisBroker/consuming(logger:_:)``); problems with it go to `logger`.
+    func consuming<Result, Failure: Error>(logger: Logger, _ body: () async throws(Failure) -> Result) async throws(Failure) -> Result
 }
 
 extension Broker {
+    public func consuming<Result, Failure: Error>(
+        logger: Logger, _ body: () async throws(Failure) -> Result
+    ) async throws(Failure) -> Result {
+        try await body()
+    }
     public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int { 0 }
     public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {}
     public func takeFailovers() -> RedisURL.Failover.Log { RedisURL.Failover.Log() }

@@ -1,4 +1,5 @@
 import CeleryProtocol
+import Logging
 import Synchronization
 
 /// kombu's Redis transport contract: queues are lists (`LPUSH` by producers, `BRPOP` by consumers) with priority
@@ -115,22 +116,105 @@ public final class RedisBroker: Broker {
             return (order.lists, order.brpop)
         }
         // Whatever is waiting is popped and recorded in `unacked` by one script: no moment exists in which a
-        // message is off its list but not yet recorded, so a worker killed at any point loses nothing. Skipped
-        // when the last blocking pop had to wait: the queues were empty a moment ago, and a message that came
-        // since is taken by the blocking pop at once (a second one then makes the next fetch use the script).
-        var popped: [BrokerDelivery] = []
-        if !waited.withLock({ $0 }) {
-            popped = try await popAndRecord(lists: lists, limit: max(1, limit))
-        }
-        if popped.isEmpty {
-            // Nothing waiting: block for the next message, recording it straight after (on the same connection, or
-            // on ``records`` when that is another).
-            popped = try await blockingPop(brpop)
+        // message is off its list but not yet recorded, so a worker killed at any point loses nothing. While the
+        // worker consumes, an idle fetch waits for a change to the lists without taking anything (``ListWatch``).
+        var popped: [BrokerDelivery]
+        if let watched = try await watchedFetch(lists: lists, limit: max(1, limit)) {
+            popped = watched
         } else {
-            waited.withLock { $0 = false }
+            // Without the watch: the script is skipped when the last blocking pop had to wait, as the queues were
+            // empty a moment ago, and a message that came since is taken by the blocking pop at once (a second one
+            // then makes the next fetch use the script).
+            popped = []
+            if !waited.withLock({ $0 }) {
+                popped = try await popAndRecord(lists: lists, limit: max(1, limit))
+            }
+            if popped.isEmpty {
+                // Nothing waiting: block for the next message, recording it straight after (on the same connection,
+                // or on ``records`` when that is another).
+                popped = try await blockingPop(brpop)
+            } else {
+                waited.withLock { $0 = false }
+            }
         }
         if let last = popped.last { rotation.withLock { $0.moveToEnd(last.queue) } }
         return popped
+    }
+
+    /// How the watch of an idle fetch stands (``ListWatch``): set while the worker consumes.
+    struct Tracking {
+        var watch: ListWatch?
+        /// The fetch connection's opening and the watch's subscription that `CLIENT TRACKING` was last turned on for.
+        var enabled: (opened: Int, subscription: Int)?
+        /// Whether the last fetch left every list watched (found empty, with tracking on): the next one waits for a
+        /// change before it looks.
+        var armed = false
+        /// Whether the last fetch took fewer messages than it asked for.
+        var short = true
+    }
+
+    private let tracking = Mutex(Tracking())
+
+    /// Runs `body`, the worker's fetch loop, with a ``ListWatch`` beside the fetch connection, so that an idle fetch
+    /// waits for a message without taking it off its list (see there). Fetches outside it block in `BRPOP`. A
+    /// refusal of client tracking by Redis is logged to `logger` (once).
+    public func consuming<Result, Failure: Error>(
+        logger: Logger, _ body: () async throws(Failure) -> Result
+    ) async throws(Failure) -> Result {
+        let watch = ListWatch(beside: blocking, logger: logger)
+        tracking.withLock { $0 = Tracking(watch: watch) }
+        defer {
+            tracking.withLock { $0 = Tracking() }
+            watch.close()
+        }
+        return try await body()
+    }
+
+    /// A fetch through the watch: the script pops and records what is waiting and, when that leaves the lists empty,
+    /// has Redis watch them; the next fetch then waits for a change (a second at most) before it runs the script
+    /// again. `nil` when there is no watch, it cannot subscribe, or tracking could not be turned on: the fetch then
+    /// blocks in `BRPOP`.
+    private func watchedFetch(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery]? {
+        guard let (watch, armed) = tracking.withLock({ state in state.watch.map { ($0, state.armed) } }) else { return nil }
+        if armed {
+            await watch.wait(for: .seconds(1))
+            tracking.withLock { $0.armed = false }
+        }
+        guard let subscription = await watch.subscription(), try await trackingOn(for: subscription, watch: watch) else { return nil }
+        // The lists are read to be watched only when the last fetch took fewer than it asked for: they may be empty.
+        // Under load each fetch takes a full batch, and reading them would only have Redis report every push.
+        let (popped, empty) = try await popAndRecord(lists: lists, limit: limit, watching: tracking.withLock { $0.short })
+        // Watched only if read on the connection tracking is on for (not on one reopened under it).
+        let opened = blocking.connection.openedCount
+        tracking.withLock { state in
+            state.short = popped.count < limit
+            state.armed = empty && state.short && opened != nil && opened == state.enabled?.opened
+        }
+        return popped
+    }
+
+    /// Turns `CLIENT TRACKING … REDIRECT` to `subscription` on for the fetch connection, unless it is on already
+    /// (a connection opened anew, or a new subscription, needs it again). `false` when Redis refused: the watch
+    /// subscribes anew when its client is gone (its connection broke, or it is on another server after a failover),
+    /// or closes for good when Redis does not offer tracking.
+    private func trackingOn(for subscription: ListWatch.Subscription, watch: ListWatch) async throws(CeleryWorkerError) -> Bool {
+        if let enabled = tracking.withLock({ $0.enabled }), enabled.opened == blocking.connection.openedCount,
+            enabled.subscription == subscription.number
+        {
+            return true
+        }
+        let command = RedisCommand("CLIENT", "TRACKING", "ON", "REDIRECT", RedisArgument(String(subscription.clientID)), "NOLOOP")
+        let reply = try await blocking.pipeline([command]).first ?? .null
+        guard case .status = reply, let opened = blocking.connection.openedCount else {
+            if case .error(let message) = reply, message.contains("redirect") {
+                watch.lost()
+            } else if case .error(let message) = reply {
+                watch.refuse("CLIENT TRACKING: \(message)")
+            }
+            return false
+        }
+        tracking.withLock { $0.enabled = (opened, subscription.number) }
+        return true
     }
 
     /// The order in which a fetch takes the queues, with the lists that makes and the `BRPOP` of them, built once
@@ -344,7 +428,19 @@ public final class RedisBroker: Broker {
         return (message, (request, selecting == nil ? 4 : 6))
     }
 
+    /// Pops and records up to `limit` messages (``popAndRecordScript``).
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
+        try await popAndRecord(lists: lists, limit: limit, watching: false).popped
+    }
+
+    /// Pops and records up to `limit` messages (``popAndRecordScript``); with `watching`, reads every list with
+    /// `LLEN` right after, in the same round trip, so that Redis tells the ``ListWatch`` of each list's next change
+    /// (the script's own reads would watch every key the script names, `unacked` too). `empty`: every list was
+    /// empty when it was read, so any message pushed since is reported. A list that was not empty shows that a
+    /// message came between the script and its `LLEN`.
+    private func popAndRecord(
+        lists: [String], limit: Int, watching: Bool
+    ) async throws(CeleryWorkerError) -> (popped: [BrokerDelivery], empty: Bool) {
         let receivedAt = WallClock.now()
         var arguments = RESPArguments(capacity: 128 + 32 * lists.count)
         arguments.append(unackedKey)
@@ -354,7 +450,10 @@ public final class RedisBroker: Broker {
         arguments.append(receivedAt)
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
         // (``fetchExecutor``), so a fetch costs no thread hop.
-        let reply = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count) { [arguments] in arguments }
+        let lengths = watching ? lists.map { RedisCommand("LLEN", RedisArgument($0)) } : []
+        let (reply, lengthReplies) = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count, then: lengths) {
+            [arguments] in arguments
+        }
         let items = reply.array ?? []
         var popped: [BrokerDelivery] = []
         popped.reserveCapacity(items.count / 3)
@@ -369,7 +468,7 @@ public final class RedisBroker: Broker {
                     raw: raw, queue: transport.queue(ofList: lists[Int(position) - 1], prefix: keyPrefix), receivedAt: receivedAt,
                     deliveryTag: items[index + 2].text))
         }
-        return popped
+        return (popped, watching && lengthReplies.allSatisfy { $0 == .integer(0) })
     }
 
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from

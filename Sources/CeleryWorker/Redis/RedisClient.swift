@@ -191,20 +191,31 @@ public final class RedisClient: Sendable {
     func evaluate(
         _ script: RedisScript, keyCount: Int, arguments makeArguments: @escaping @Sendable () -> RESPArguments
     ) async throws(CeleryWorkerError) -> RedisReply {
+        try await evaluate(script, keyCount: keyCount, then: [], arguments: makeArguments).script
+    }
+
+    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, and the commands `then` right after it in the
+    /// same round trip (again after the script's `EVAL`, when Redis did not know the script): the script's reply
+    /// (an error thrown), and theirs (errors returned).
+    func evaluate(
+        _ script: RedisScript, keyCount: Int, then commands: [RedisCommand],
+        arguments makeArguments: @escaping @Sendable () -> RESPArguments
+    ) async throws(CeleryWorkerError) -> (script: RedisReply, then: [RedisReply]) {
         guard sharesLane else {
             return try await withConnection { connection throws(CeleryWorkerError) in
-                try connection.evaluate(script, keyCount: keyCount, arguments: makeArguments())
+                try connection.evaluate(script, keyCount: keyCount, arguments: makeArguments(), then: commands)
             }
         }
         let arguments = makeArguments()
+        let following = commands.map(RedisConnection.resp)
         let evalsha = RedisConnection.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
-        var reply = try await request([evalsha, arguments.bytes], replies: 1).first
-        if case .error(let message)? = reply, message.hasPrefix("NOSCRIPT") {
+        var replies = try await request([evalsha, arguments.bytes] + following, replies: 1 + commands.count)
+        if case .error(let message)? = replies.first, message.hasPrefix("NOSCRIPT") {
             let eval = RedisConnection.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
-            reply = try await request([eval, arguments.bytes], replies: 1).first
+            replies = try await request([eval, arguments.bytes] + following, replies: 1 + commands.count)
         }
-        guard let reply else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
-        return try reply.check("EVALSHA")
+        guard let reply = replies.first else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
+        return (try reply.check("EVALSHA"), Array(replies.dropFirst()))
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

@@ -31,6 +31,9 @@ final class RedisConnection: @unchecked Sendable {
         var unreadDone = 0
         /// Since when a reply sent by ``send(_:replies:handle:)`` is awaited (or the last reply came); `nil`: none is.
         var awaitedSince: ContinuousClock.Instant?
+        /// How many times the connection was opened (its setup done): a change means a new connection, on which any
+        /// state a client set up on the old one (`CLIENT TRACKING`) is gone.
+        var opened = 0
 
         /// Adds a reply to `partial`, the first of `count` (then with room for them all: grown one by one, the four
         /// replies of a message's record took three allocations).
@@ -293,13 +296,24 @@ final class RedisConnection: @unchecked Sendable {
     /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments already
     /// written in Redis's protocol: the first `keyCount` of `arguments` are the keys.
     func evaluate(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
+        try evaluate(script, keyCount: keyCount, arguments: arguments, then: []).script
+    }
+
+    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, and `then` in the same round trip right after
+    /// it (sent again after the script's `EVAL` when Redis did not know the script): the script's reply (an error
+    /// thrown), and theirs (errors returned).
+    func evaluate(
+        _ script: RedisScript, keyCount: Int, arguments: RESPArguments, then commands: [RedisCommand]
+    ) throws(CeleryWorkerError) -> (script: RedisReply, then: [RedisReply]) {
+        let following = commands.map(Self.resp)
         let evalsha = Self.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
-        var reply = try execute(head: evalsha, body: arguments.bytes, name: "EVALSHA")
-        if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+        var replies = try execute(head: evalsha, body: arguments.bytes, name: "EVALSHA", then: following)
+        if case .error(let message)? = replies.first, message.hasPrefix("NOSCRIPT") {
             let eval = Self.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
-            reply = try execute(head: eval, body: arguments.bytes, name: "EVAL")
+            replies = try execute(head: eval, body: arguments.bytes, name: "EVAL", then: following)
         }
-        return try reply.check("EVALSHA")
+        guard let reply = replies.first else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
+        return (try reply.check("EVALSHA"), Array(replies.dropFirst()))
     }
 
     /// The start of an `EVALSHA` or `EVAL` command (`name`) whose keys and other arguments, `arguments`, follow:
@@ -314,24 +328,31 @@ final class RedisConnection: @unchecked Sendable {
         return head
     }
 
-    /// Sends one command already written in Redis's protocol, `head` then `body`, and reads its reply (an error reply
-    /// is returned, as by ``execute(_:)``).
-    private func execute(head: [UInt8], body: [UInt8], name: String) throws(CeleryWorkerError) -> RedisReply {
-        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> RedisReply in
+    /// Sends one command already written in Redis's protocol, `head` then `body`, and the commands `then` (written
+    /// too) after it, and reads their replies (error replies are returned, as by ``execute(_:)``).
+    private func execute(head: [UInt8], body: [UInt8], name: String, then following: [[UInt8]]) throws(CeleryWorkerError) -> [RedisReply] {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> [RedisReply] in
             let context = try connectedContext(&state)
             // Two appends make one command: hiredis only adds the bytes to its output buffer.
-            guard Self.append(head, to: context) == REDIS_OK, Self.append(body, to: context) == REDIS_OK else {
+            guard Self.append(head, to: context) == REDIS_OK, Self.append(body, to: context) == REDIS_OK,
+                following.allSatisfy({ Self.append($0, to: context) == REDIS_OK })
+            else {
                 let error = Self.error(from: context, code: .connectionLost, doing: name)
                 Self.close(&state)
                 throw error
             }
             try Self.readUnread(&state, context)
-            guard let reply = Self.awaitReply(context) else {
-                let error = Self.error(from: context, code: .connectionLost, doing: name)
-                Self.close(&state)
-                throw error
+            var replies: [RedisReply] = []
+            replies.reserveCapacity(1 + following.count)
+            for _ in 0...following.count {
+                guard let reply = Self.awaitReply(context) else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: name)
+                    Self.close(&state)
+                    throw error
+                }
+                replies.append(reply)
             }
-            return reply
+            return replies
         }
     }
 
@@ -359,10 +380,15 @@ final class RedisConnection: @unchecked Sendable {
                 return
             }
             // Flush the command: with nothing buffered to read, this writes and then blocks for the reply.
-            guard Self.awaitReply(context) != nil else {
+            guard let confirmation = Self.awaitReply(context) else {
                 fail(command)
                 if let failure { throw failure }
                 return
+            }
+            if case .error(let message) = confirmation {
+                // Refused (an ACL without the channel, say): not subscribed, and no message will ever come.
+                Self.close(&state)
+                throw CeleryWorkerError(code: .redisError, message: "\(command) \(pattern) refused: \(message)")
             }
             onSubscribed()
             let (seconds, attoseconds) = pollInterval.components
@@ -400,6 +426,82 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
+    /// Subscribes to `channel` and returns once the server confirmed it, leaving the connection to listen: read
+    /// it with ``heard(waiting:)`` alone from then on (until ``close()``).
+    func listen(to channel: String) throws(CeleryWorkerError) {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Void in
+            let context = try connectedContext(&state)
+            let subscribe = RedisCommand("SUBSCRIBE", RedisArgument(channel))
+            try Self.setUp(subscribe, on: context, &state, code: .connectionLost, doing: "SUBSCRIBE \(channel)") {
+                CeleryWorkerError(code: .redisError, message: "SUBSCRIBE \(channel) refused: \($0)")
+            }
+        }
+    }
+
+    /// Sends `command` on the connection being set up (`context`) and reads its reply. When that fails (an error of
+    /// `code`, saying what it was `doing`), or the reply is an error (`refused` makes the error thrown of its
+    /// message), the connection is closed.
+    private static func setUp(
+        _ command: RedisCommand, on context: Link, _ state: inout State, code: CeleryWorkerError.Code, doing action: String,
+        refused: (String) -> CeleryWorkerError
+    ) throws(CeleryWorkerError) {
+        guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {
+            let error = error(from: context, code: code, doing: action)
+            close(&state)
+            throw error
+        }
+        if case .error(let message) = reply {
+            close(&state)
+            throw refused(message)
+        }
+    }
+
+    /// How many messages came on a connection that ``listen(to:)``s: those already read, or else the first to come
+    /// within `timeout` (with what came with them). Throws, and closes the connection, when it broke.
+    func heard(waiting timeout: Duration) throws(CeleryWorkerError) -> Int {
+        try heard(readable: false, waiting: timeout)
+    }
+
+    /// How many messages came on a connection that ``listen(to:)``s and that `poll(2)` found readable: one read,
+    /// which does not block. Throws, and closes the connection, when it broke.
+    func heardNow() throws(CeleryWorkerError) -> Int {
+        try heard(readable: true, waiting: .zero)
+    }
+
+    private func heard(readable: Bool, waiting timeout: Duration) throws(CeleryWorkerError) -> Int {
+        try state.withLock { (state: inout State) throws(CeleryWorkerError) -> Int in
+            guard let context = state.context else {
+                throw CeleryWorkerError(code: .connectionLost, message: "the connection is closed")
+            }
+            func fail(_ doing: String) -> CeleryWorkerError {
+                let error = Self.error(from: context, code: .connectionLost, doing: doing)
+                Self.close(&state)
+                return error
+            }
+            let deadline = ContinuousClock.now + timeout
+            var read = !readable
+            while true {
+                if !read {
+                    if context.read() != REDIS_OK { throw fail("reading pub/sub messages") }
+                    read = true
+                }
+                var count = 0
+                while case .reply = Self.bufferedReply(context) { count += 1 }
+                if context.raw.pointee.err != 0 { throw fail("reading a pub/sub message") }
+                if count > 0 || readable { return count }
+                let (seconds, attoseconds) = max(.zero, deadline - .now).components
+                var descriptor = pollfd(fd: context.raw.pointee.fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+                if ready < 0, errno != EINTR { throw fail("waiting for pub/sub messages") }
+                if ready == 0 { return 0 }
+                read = ready < 0
+            }
+        }
+    }
+
+    /// The socket's descriptor while the connection is open.
+    var descriptor: Int32? { state.withLock { $0.context?.raw.pointee.fd } }
+
     /// Closes the connection; the next call re-opens it.
     func close() {
         state.withLock { Self.close(&$0) }
@@ -407,6 +509,9 @@ final class RedisConnection: @unchecked Sendable {
 
     /// Whether a context is open (it may still turn out broken on use).
     var isOpen: Bool { state.withLock { $0.context != nil } }
+
+    /// How many times the connection has been opened; `nil` while it is closed (the next call opens it anew).
+    var openedCount: Int? { state.withLock { $0.context == nil ? nil : $0.opened } }
 
     /// Closes the connection when nothing is awaited on it and the server has hung up on it (it restarted since the
     /// connection's last use), so the next write opens a new one. Without this, a write that is not waited for goes
@@ -546,16 +651,11 @@ final class RedisConnection: @unchecked Sendable {
         if url.database != 0 { setup.append(RedisCommand("SELECT", RedisArgument(url.database))) }
         if let name = url.clientName { setup.append(RedisCommand("CLIENT", "SETNAME", RedisArgument(name))) }
         for command in setup {
-            guard Self.append(command, to: context) == REDIS_OK, let reply = Self.awaitReply(context) else {
-                let error = Self.error(from: context, code: .connectionFailed, doing: "set up the connection to \(url)")
-                Self.close(&state)
-                throw error
-            }
-            if case .error(let message) = reply {
-                Self.close(&state)
-                throw CeleryWorkerError(code: .connectionFailed, message: "\(command.name) on \(url) failed: \(message)")
+            try Self.setUp(command, on: context, &state, code: .connectionFailed, doing: "set up the connection to \(url)") {
+                CeleryWorkerError(code: .connectionFailed, message: "\(command.name) on \(url) failed: \($0)")
             }
         }
+        state.opened += 1
         return context
     }
 

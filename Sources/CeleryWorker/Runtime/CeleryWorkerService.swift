@@ -589,8 +589,10 @@ final class WorkerRun: Sendable {
         var state = FetchState(
             gatherTarget: Self.gatherTarget(prefetchCount: configuration.prefetchCount, eventLoop: eventLoop),
             gatherBacklog: eventLoop ? 0 : configuration.slots)
-        while !shutdown.isTriggered, !Task.isCancelled {
-            if await fetchOnce(into: fetched, &state) == .stop { break }
+        await service.broker.consuming(logger: logger) {
+            while !shutdown.isTriggered, !Task.isCancelled {
+                if await fetchOnce(into: fetched, &state) == .stop { break }
+            }
         }
     }
 

@@ -1,0 +1,140 @@
+import CeleryProtocol
+import Logging
+import Synchronization
+import Testing
+
+@testable import CeleryWorker
+
+/// The watch on empty queues (``ListWatch``), in the broker's serialized suite: it shares that suite's database.
+extension RedisBrokerTests {
+    /// What a test logger was told, each line `<level>: <message>`.
+    final class LogLines: Sendable {
+        let lines = Mutex<[String]>([])
+
+        var logger: Logger {
+            Logger(label: "celery.test") { _ in Handler(lines: self) }
+        }
+
+        struct Handler: LogHandler {
+            let lines: LogLines
+            var metadata: Logger.Metadata = [:]
+            var logLevel: Logger.Level = .info
+
+            subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+                get { metadata[key] }
+                set { metadata[key] = newValue }
+            }
+
+            func log(
+                level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String,
+                function: String, line: UInt
+            ) {
+                lines.lines.withLock { $0.append("\(level): \(message)") }
+            }
+        }
+    }
+
+    /// The `CLIENT LIST` lines of the clients named `name`, each as its fields.
+    func clients(named name: String, on client: RedisClient) async throws -> [[String: String]] {
+        let list = try #require(try await client.send(RedisCommand("CLIENT", "LIST")).text)
+        return list.split(separator: "\n").map { line in
+            Dictionary(
+                line.split(separator: " ").compactMap { field -> (String, String)? in
+                    guard let equals = field.firstIndex(of: "=") else { return nil }
+                    return (String(field[..<equals]), String(field[field.index(after: equals)...]))
+                }, uniquingKeysWith: { first, _ in first })
+        }.filter { $0["name"] == name }
+    }
+
+    /// The first fetch that brings anything (an idle fetch returns empty after about a second, as `BRPOP` times out).
+    func firstDeliveries(_ broker: RedisBroker, queue: String) async throws -> [BrokerDelivery] {
+        for _ in 0..<30 {
+            let deliveries = try await broker.fetch(queues: [queue], limit: 4)
+            if !deliveries.isEmpty { return deliveries }
+        }
+        return []
+    }
+
+    @Test("while consuming, an idle fetch waits with client tracking on, not in BRPOP; one script pops and records what comes")
+    func watchedFetch() async throws {
+        let (_, client) = try await broker()
+        var url = client.url
+        let name = "watched-" + RedisBroker.randomToken()
+        url.clientName = name
+        let broker = RedisBroker(blocking: RedisClient(url: url), commands: client)
+        // A queue of its own: tracking does not tell databases apart, and other suites push to `celery`.
+        let queue = "watched-" + RedisBroker.randomToken()
+        let messages = [try fixture("v2-json-add.message.json"), try fixture("v2-msgpack-add.message.json")]
+        let log = LogLines()
+        try await broker.consuming(logger: log.logger) { () async throws -> Void in
+            // Nothing waiting: the script finds the lists empty and has Redis watch them.
+            #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+            async let fetched = firstDeliveries(broker, queue: queue)
+            try await Task.sleep(for: .milliseconds(300))
+            let named = try await clients(named: name, on: client)
+            let watch = try #require(named.first { $0["flags"] == "P" }, "the watch's connection: \(named)")
+            #expect(watch["cmd"] == "subscribe" && watch["sub"] == "1")
+            let fetcher = try #require(named.first { $0["flags"]?.contains("t") == true }, "the fetch connection: \(named)")
+            #expect(fetcher["redir"] == watch["id"])
+            #expect(fetcher["flags"]?.contains("b") == false && fetcher["cmd"] == "llen", "waiting, not blocked: \(fetcher)")
+            // Two messages in one push: one change, one script takes both.
+            try await client.send(RedisCommand("LPUSH", RedisArgument(queue), RedisArgument(messages[0]), RedisArgument(messages[1])))
+            let deliveries = try await fetched
+            #expect(deliveries.map(\.raw) == messages)
+            for delivery in deliveries {
+                #expect(delivery.pendingRecord == nil, "recorded by the script that popped it")
+                let tag = try #require(delivery.deliveryTag)
+                #expect(try await client.send(RedisCommand("HEXISTS", "unacked", RedisArgument(tag))) == .integer(1))
+            }
+            #expect(try await client.send(RedisCommand("LLEN", RedisArgument(queue))) == .integer(0))
+            // Fewer than asked for: the lists were left watched, and the next fetch waits for the next change.
+            async let next = firstDeliveries(broker, queue: queue)
+            try await Task.sleep(for: .milliseconds(200))
+            try await client.send(RedisCommand("LPUSH", RedisArgument(queue + Self.separator + "3"), RedisArgument(messages[0])))
+            #expect(try await next.map(\.queue) == [queue])
+        }
+        #expect(log.lines.withLock { $0 }.isEmpty)
+        // Once consuming ends, the watch's connection closes.
+        var open = try await clients(named: name, on: client).filter { $0["flags"] == "P" }
+        for _ in 0..<50 where !open.isEmpty {
+            try await Task.sleep(for: .milliseconds(20))
+            open = try await clients(named: name, on: client).filter { $0["flags"] == "P" }
+        }
+        #expect(open.isEmpty)
+    }
+
+    @Test(
+        "Redis that refuses what the watch needs: one warning, and idle fetches block in BRPOP as kombu's",
+        arguments: [
+            ("-client", "CLIENT ID"),  // no CLIENT at all
+            ("-client|tracking", "CLIENT TRACKING"),  // no tracking
+            ("resetchannels", "SUBSCRIBE __redis__:invalidate"),  // no channel
+        ])
+    func refusedWatch(rule: String, refused: String) async throws {
+        let (_, client) = try await broker()
+        let user = "no-watch-" + RedisBroker.randomToken()
+        try await client.send(RedisCommand("ACL", "SETUSER", RedisArgument(user), "reset", "on", ">secret", "~*", "&*", "+@all", RedisArgument(rule)))
+        var url = client.url
+        url.username = user
+        url.password = "secret"
+        let broker = RedisBroker(blocking: RedisClient(url: url), commands: client)
+        let queue = "refused-" + RedisBroker.randomToken()
+        let raw = try fixture("v2-json-add.message.json")
+        let log = LogLines()
+        try await broker.consuming(logger: log.logger) { () async throws -> Void in
+            #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+            async let fetched = firstDeliveries(broker, queue: queue)
+            try await Task.sleep(for: .milliseconds(300))
+            let list = try #require(try await client.send(RedisCommand("CLIENT", "LIST")).text)
+            let blocked = list.split(separator: "\n").filter { $0.contains("user=\(user)") && $0.contains("cmd=brpop") }
+            #expect(blocked.count == 1, "\(list)")
+            try await client.send(RedisCommand("LPUSH", RedisArgument(queue), RedisArgument(raw)))
+            #expect(try await fetched.map(\.raw) == [raw])
+            #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+        }
+        try await client.send(RedisCommand("ACL", "DELUSER", RedisArgument(user)))
+        let lines = log.lines.withLock { $0 }
+        #expect(lines.count == 1, "\(lines)")
+        #expect(lines.first?.hasPrefix("warning: Redis refused client tracking (\(refused)") == true, "\(lines)")
+    }
+}
