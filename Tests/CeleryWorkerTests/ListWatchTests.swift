@@ -46,6 +46,24 @@ extension RedisBrokerTests {
         }.filter { $0["name"] == name }
     }
 
+    /// A broker whose connections carry a name of their own, and a queue of its own (tracking does not tell
+    /// databases apart, and other suites push to `celery`).
+    func namedBroker(_ prefix: String) async throws -> (broker: RedisBroker, client: RedisClient, name: String, queue: String) {
+        let (_, client) = try await broker()
+        var url = client.url
+        url.clientName = prefix + "-" + RedisBroker.randomToken()
+        let broker = RedisBroker(blocking: RedisClient(url: url), commands: client)
+        return (broker, client, url.clientName ?? "", prefix + "-" + RedisBroker.randomToken())
+    }
+
+    /// The `CLIENT LIST` fields of the watch's connection and of the fetch connection of the broker named `name`.
+    func watchAndFetcher(named name: String, on client: RedisClient) async throws -> (watch: [String: String], fetcher: [String: String]) {
+        let named = try await clients(named: name, on: client)
+        let watch = try #require(named.first { $0["flags"] == "P" }, "the watch's connection: \(named)")
+        let fetcher = try #require(named.first { $0["flags"]?.contains("t") == true }, "the fetch connection: \(named)")
+        return (watch, fetcher)
+    }
+
     /// The first fetch that brings anything (an idle fetch returns empty after about a second, as `BRPOP` times out).
     func firstDeliveries(_ broker: RedisBroker, queue: String) async throws -> [BrokerDelivery] {
         for _ in 0..<30 {
@@ -57,13 +75,7 @@ extension RedisBrokerTests {
 
     @Test("while consuming, an idle fetch waits with client tracking on, not in BRPOP; one script pops and records what comes")
     func watchedFetch() async throws {
-        let (_, client) = try await broker()
-        var url = client.url
-        let name = "watched-" + RedisBroker.randomToken()
-        url.clientName = name
-        let broker = RedisBroker(blocking: RedisClient(url: url), commands: client)
-        // A queue of its own: tracking does not tell databases apart, and other suites push to `celery`.
-        let queue = "watched-" + RedisBroker.randomToken()
+        let (broker, client, name, queue) = try await namedBroker("watched")
         let messages = [try fixture("v2-json-add.message.json"), try fixture("v2-msgpack-add.message.json")]
         let log = LogLines()
         try await broker.consuming(logger: log.logger) { () async throws -> Void in
@@ -71,10 +83,8 @@ extension RedisBrokerTests {
             #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
             async let fetched = firstDeliveries(broker, queue: queue)
             try await Task.sleep(for: .milliseconds(300))
-            let named = try await clients(named: name, on: client)
-            let watch = try #require(named.first { $0["flags"] == "P" }, "the watch's connection: \(named)")
+            let (watch, fetcher) = try await watchAndFetcher(named: name, on: client)
             #expect(watch["cmd"] == "subscribe" && watch["sub"] == "1")
-            let fetcher = try #require(named.first { $0["flags"]?.contains("t") == true }, "the fetch connection: \(named)")
             #expect(fetcher["redir"] == watch["id"])
             #expect(fetcher["flags"]?.contains("b") == false && fetcher["cmd"] == "llen", "waiting, not blocked: \(fetcher)")
             // Two messages in one push: one change, one script takes both.
@@ -101,6 +111,49 @@ extension RedisBrokerTests {
             open = try await clients(named: name, on: client).filter { $0["flags"] == "P" }
         }
         #expect(open.isEmpty)
+    }
+
+    @Test("a watch whose connection is killed subscribes anew, and tracking follows it; so does a killed fetch connection")
+    func watchKilled() async throws {
+        let (broker, client, name, queue) = try await namedBroker("killed")
+        let raw = try fixture("v2-json-add.message.json")
+        func connections() async throws -> (watch: [String: String], fetcher: [String: String]) {
+            try await watchAndFetcher(named: name, on: client)
+        }
+        let log = LogLines()
+        try await broker.consuming(logger: log.logger) { () async throws -> Void in
+            #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+            let before = try await connections()
+            for victim in [before.watch, before.fetcher] {
+                try await client.send(RedisCommand("CLIENT", "KILL", "ID", RedisArgument(try #require(victim["id"]))))
+                // The fetch that notices (a broken wait, or a failed script, thrown as the worker's fetch loop sees
+                // it) is followed by one that works.
+                async let fetched = { () async throws -> [BrokerDelivery] in
+                    for _ in 0..<30 {
+                        do {
+                            let deliveries = try await broker.fetch(queues: [queue], limit: 4)
+                            if !deliveries.isEmpty { return deliveries }
+                        } catch let error as CeleryWorkerError where error.isConnectionProblem {
+                            continue
+                        }
+                    }
+                    return []
+                }()
+                try await Task.sleep(for: .milliseconds(300))
+                try await client.send(RedisCommand("LPUSH", RedisArgument(queue), RedisArgument(raw)))
+                #expect(try await fetched.map(\.raw) == [raw])
+                // The next fetch finds nothing, with tracking on where the kill made a new connection.
+                #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+                let after = try await connections()
+                #expect(after.fetcher["redir"] == after.watch["id"], "\(after)")
+                if victim["id"] == before.watch["id"] {
+                    #expect(after.watch["id"] != before.watch["id"] && after.fetcher["id"] == before.fetcher["id"])
+                } else {
+                    #expect(after.fetcher["id"] != before.fetcher["id"])
+                }
+            }
+        }
+        #expect(log.lines.withLock { $0 }.isEmpty)
     }
 
     @Test(

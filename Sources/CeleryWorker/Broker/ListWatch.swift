@@ -56,8 +56,14 @@ final class ListWatch: PolledSource, Sendable {
     }
 
     /// The subscription in place, or a new one; `nil` when Redis cannot be reached (tried again half a second later)
-    /// or refused the watch (not tried again).
-    func subscription() async -> Subscription? {
+    /// or refused the watch (not tried again). With `checkingHangUp` (the fetch connection was opened anew: Redis
+    /// may have restarted), a subscription whose connection the server closed is dropped first: its client id may
+    /// name another client now.
+    func subscription(checkingHangUp: Bool = false) async -> Subscription? {
+        if checkingHangUp {
+            connection.closeIfHungUp()
+            if connection.descriptor == nil { state.withLock { $0.subscription = nil } }
+        }
         let ready = state.withLock { state -> Subscription?? in
             if let subscription = state.subscription { return subscription }
             if state.refusal != nil { return .some(nil) }

@@ -180,7 +180,9 @@ public final class RedisBroker: Broker {
             await watch.wait(for: .seconds(1))
             tracking.withLock { $0.armed = false }
         }
-        guard let subscription = await watch.subscription(), try await trackingOn(for: subscription, watch: watch) else { return nil }
+        let reopened = tracking.withLock { $0.enabled?.opened } != blocking.connection.openedCount
+        guard let subscription = await watch.subscription(checkingHangUp: reopened), try await trackingOn(for: subscription, watch: watch)
+        else { return nil }
         // The lists are read to be watched only when the last fetch took fewer than it asked for: they may be empty.
         // Under load each fetch takes a full batch, and reading them would only have Redis report every push.
         let (popped, empty) = try await popAndRecord(lists: lists, limit: limit, watching: tracking.withLock { $0.short })
