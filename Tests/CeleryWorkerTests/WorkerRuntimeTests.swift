@@ -349,11 +349,20 @@ struct WorkerRuntimeTests {
                 "received f", "prerun f fail []", "prerun again f", "failure f ValueError('nope') stored=true true",
                 "postrun f FAILURE {'exc_type': 'ValueError', 'exc_message': ['nope'], 'exc_module': 'builtins'}",
             ], "\(lines)")
+        // The retry is published inside the task, as Celery publishes it, so its message can be received before the
+        // first run's postrun (as in Python, where they come from two processes); it is never received before the retry.
+        var retried = of("fl")
+        let receptions = retried.indices.filter { retried[$0] == "received fl" }
+        #expect(receptions.count == 2 && receptions.first == 0, "\(lines)")
+        if receptions.count == 2, let retry = retried.firstIndex(of: "retry fl 0 Retry in 0.05s") {
+            #expect(retry < receptions[1], "\(lines)")
+            retried.remove(at: receptions[1])
+        }
         #expect(
-            of("fl") == [
+            retried == [
                 "received fl", "prerun fl flaky [1]", "prerun again fl", "retry fl 0 Retry in 0.05s",
                 "postrun fl RETRY {'exc_type': 'Retry', 'exc_message': ['Retry in 0.05s'], 'exc_module': 'celery.exceptions'}",
-                "received fl", "prerun fl flaky [1]", "prerun again fl", "success fl 1 true", "postrun fl SUCCESS 1",
+                "prerun fl flaky [1]", "prerun again fl", "success fl 1 true", "postrun fl SUCCESS 1",
             ], "\(lines)")
         #expect(of("i").last?.hasPrefix("postrun i IGNORED") == true, "\(lines)")
         #expect(of("r").last?.hasPrefix("postrun r REJECTED") == true, "\(lines)")
@@ -510,11 +519,12 @@ struct WorkerRuntimeTests {
         let (_, backend) = try await Self.withWorker { broker, backend in
             broker.push(taskMessage("sleepy", id: "sl"))
             broker.push(taskMessage("stubborn", id: "st"))
-            broker.push(taskMessage("slow", id: "hdr", args: [5], extraHeaders: ["timelimit": [nil, 0.2]]))
+            broker.push(taskMessage("slow", id: "hdr", args: [20], extraHeaders: ["timelimit": [nil, 0.2]]))
             try await Self.waitFor { ["sl", "st", "hdr"].allSatisfy { backend.final($0) != nil } }
         }
-        // Cancelled, not run out (hdr's body sleeps 5 s); the bound leaves room for a loaded machine (3.03 s was seen).
-        #expect(ContinuousClock.now - started < .seconds(4.5))
+        // Cancelled, not run out (hdr's body sleeps 20 s); the bound leaves room for a loaded machine (3.03 s and, with
+        // a worker and strace running beside the tests, 4.95 s were seen).
+        #expect(ContinuousClock.now - started < .seconds(10))
         #expect(backend.final("sl")?.result == ["exc_type": "SoftTimeLimitExceeded", "exc_message": [], "exc_module": "billiard.exceptions"])
         #expect(backend.final("st")?.result == "caught")
         #expect(backend.final("hdr")?.result["exc_type"] == "SoftTimeLimitExceeded")
