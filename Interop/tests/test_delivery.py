@@ -314,7 +314,7 @@ def test_an_idle_swift_worker_waits_without_brpop_and_pops_with_the_recording_sc
     pushes = [i for i, command in enumerate(commands) if command["command"].startswith("LPUSH celery ")]
     assert len(pushes) == 5, [command["command"][:40] for command in commands]
     for push in pushes:
-        # The next command of the worker's fetch connection takes it: the recording script.
+        # The recording script follows it (MONITOR lists the script's own RPOP, ZADD and HSET after it).
         assert "EVALSHA" in names[push + 1:push + 20], names[push:push + 20]
     assert "refused client tracking" not in worker.log
     assert eventually(lambda: broker_redis.hlen("unacked") == 0)
