@@ -113,16 +113,11 @@ final class ListWatch: PolledSource, Sendable {
         connection.close()
     }
 
-    /// Drops the subscription (its connection broke, or tracking cannot name its client): the next fetch subscribes
-    /// anew.
+    /// Drops the subscription and closes its connection (it broke, tracking cannot name its client, or the worker
+    /// stopped consuming): the next fetch subscribes anew.
     func lost() {
         state.withLock { $0.subscription = nil }
         connection.close()
-    }
-
-    /// Closes the watch's connection.
-    func close() {
-        lost()
     }
 
     /// Waits until a watched list changed since the last wait, or `duration` passed. A change reported before this
@@ -163,8 +158,7 @@ final class ListWatch: PolledSource, Sendable {
         do throws(CeleryWorkerError) {
             heard = try connection.heardNow()
         } catch {
-            state.withLock { $0.subscription = nil }
-            connection.close()
+            lost()
             heard = 1
         }
         guard heard > 0 else { return true }

@@ -165,7 +165,7 @@ public final class RedisBroker: Broker {
         tracking.withLock { $0 = Tracking(watch: watch) }
         defer {
             tracking.withLock { $0 = Tracking() }
-            watch.close()
+            watch.lost()
         }
         return try await body()
     }
@@ -175,17 +175,21 @@ public final class RedisBroker: Broker {
     /// again. `nil` when there is no watch, it cannot subscribe, or tracking could not be turned on: the fetch then
     /// blocks in `BRPOP`.
     private func watchedFetch(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery]? {
-        guard let (watch, armed) = tracking.withLock({ state in state.watch.map { ($0, state.armed) } }) else { return nil }
+        guard
+            let (watch, armed, enabledOn, short) = tracking.withLock({ state in
+                state.watch.map { ($0, state.armed, state.enabled?.opened, state.short) }
+            })
+        else { return nil }
         if armed {
             await watch.wait(for: .seconds(1))
             tracking.withLock { $0.armed = false }
         }
-        let reopened = tracking.withLock { $0.enabled?.opened } != blocking.connection.openedCount
+        let reopened = enabledOn != blocking.connection.openedCount
         guard let subscription = await watch.subscription(checkingHangUp: reopened), try await trackingOn(for: subscription, watch: watch)
         else { return nil }
         // The lists are read to be watched only when the last fetch took fewer than it asked for: they may be empty.
         // Under load each fetch takes a full batch, and reading them would only have Redis report every push.
-        let (popped, empty) = try await popAndRecord(lists: lists, limit: limit, watching: tracking.withLock { $0.short })
+        let (popped, empty) = try await popAndRecord(lists: lists, limit: limit, watching: short)
         // Watched only if read on the connection tracking is on for (not on one reopened under it).
         let opened = blocking.connection.openedCount
         tracking.withLock { state in

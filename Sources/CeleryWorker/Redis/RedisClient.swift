@@ -208,11 +208,17 @@ public final class RedisClient: Sendable {
         }
         let arguments = makeArguments()
         let following = commands.map(RedisConnection.resp)
+        // The script, its arguments and whatever follows, as one list of parts (one array: this is every batch's path).
+        func parts(_ head: [UInt8]) -> [[UInt8]] {
+            var parts = [head, arguments.bytes]
+            if !following.isEmpty { parts.append(contentsOf: following) }
+            return parts
+        }
         let evalsha = RedisConnection.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
-        var replies = try await request([evalsha, arguments.bytes] + following, replies: 1 + commands.count)
+        var replies = try await request(parts(evalsha), replies: 1 + commands.count)
         if case .error(let message)? = replies.first, message.hasPrefix("NOSCRIPT") {
             let eval = RedisConnection.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
-            replies = try await request([eval, arguments.bytes] + following, replies: 1 + commands.count)
+            replies = try await request(parts(eval), replies: 1 + commands.count)
         }
         guard let reply = replies.first else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
         return (try reply.check("EVALSHA"), Array(replies.dropFirst()))

@@ -374,21 +374,10 @@ final class RedisConnection: @unchecked Sendable {
             let command = exact ? "SUBSCRIBE" : "PSUBSCRIBE"
             // The confirmations of any further patterns come as the first messages, which are not `pmessage`s.
             let subscription = RedisCommand(command, arguments: ([pattern] + alsoPatterns).map { RedisArgument($0) })
-            guard Self.append(subscription, to: context) == REDIS_OK else {
-                fail(command)
-                if let failure { throw failure }
-                return
-            }
-            // Flush the command: with nothing buffered to read, this writes and then blocks for the reply.
-            guard let confirmation = Self.awaitReply(context) else {
-                fail(command)
-                if let failure { throw failure }
-                return
-            }
-            if case .error(let message) = confirmation {
-                // Refused (an ACL without the channel, say): not subscribed, and no message will ever come.
-                Self.close(&state)
-                throw CeleryWorkerError(code: .redisError, message: "\(command) \(pattern) refused: \(message)")
+            // Flush the command: with nothing buffered to read, this writes and then blocks for the reply. Refused (an
+            // ACL without the channel, say): not subscribed, and no message would ever come.
+            try Self.setUp(subscription, on: context, &state, code: .connectionLost, doing: command) {
+                CeleryWorkerError(code: .redisError, message: "\(command) \(pattern) refused: \($0)")
             }
             onSubscribed()
             let (seconds, attoseconds) = pollInterval.components
