@@ -288,9 +288,11 @@ def test_the_prefetch_window_holds_after_every_way_a_message_can_end(start_worke
 
 def test_an_idle_swift_worker_waits_without_brpop_and_pops_with_the_recording_script(start_worker, make_app,
                                                                                       broker_redis):
-    """An idle worker waits for messages with Redis's client tracking, not in BRPOP: nothing leaves a list before the
-    script that records it in `unacked` takes it (a worker killed at any moment loses nothing). Each task below
-    reaches an idle worker; MONITOR sees it popped by that script, and no BRPOP at all."""
+    """An idle worker waits for messages in BLMOVE of the queue's list onto itself, which takes nothing off it, with
+    the script that pops and records behind it (and client tracking for the priority lists), not in BRPOP: nothing
+    leaves a list before the script that records it in `unacked` takes it (a worker killed at any moment loses
+    nothing). Each task below reaches an idle worker; MONITOR sees the worker blocked before the push, the message
+    popped by that script after it, and no BRPOP at all."""
     worker = start_worker("-c", "2", "--acks-late")
     app = make_app()
     time.sleep(0.5)
@@ -303,18 +305,32 @@ def test_an_idle_swift_worker_waits_without_brpop_and_pops_with_the_recording_sc
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    time.sleep(0.3)
+    time.sleep(1.3)  # an idle fetch's BLMOVE ends within a second, and MONITOR sees the next
     for i in range(5):
         assert app.tasks["tasks.add"].delay(i, i).get(timeout=10) == 2 * i
         time.sleep(0.2)
+    # One on a priority list, which the worker watches while it blocks on the queue's own: the watch unblocks it
+    # (MONITOR does not show CLIENT UNBLOCK; Redis counts it).
+    unblocks = broker_redis.info("commandstats").get("cmdstat_client|unblock", {}).get("calls", 0)
+    assert app.tasks["tasks.add"].apply_async((7, 7), priority=9).get(timeout=10) == 14
+    assert broker_redis.info("commandstats").get("cmdstat_client|unblock", {}).get("calls", 0) > unblocks
     stop.set()
     thread.join(timeout=5)
     names = [command["command"].split(" ")[0].upper() for command in commands]
     assert "BRPOP" not in names, [c["command"][:80] for c in commands if c["command"].upper().startswith("BRPOP")]
     pushes = [i for i, command in enumerate(commands) if command["command"].startswith("LPUSH celery ")]
     assert len(pushes) == 5, [command["command"][:40] for command in commands]
+    fetchers = {(c["client_address"], c["client_port"]) for c in commands if c["command"].startswith("BLMOVE ")}
+    assert len(fetchers) == 1, fetchers
+    fetcher = fetchers.pop()
     for push in pushes:
+        # Blocked before it: the fetch connection's last command before the push is its BLMOVE.
+        fetching = [c["command"] for c in commands[:push] if (c["client_address"], c["client_port"]) == fetcher]
+        assert fetching and fetching[-1].startswith("BLMOVE celery celery RIGHT RIGHT "), fetching[-3:]
         # The recording script follows it (MONITOR lists the script's own RPOP, ZADD and HSET after it).
         assert "EVALSHA" in names[push + 1:push + 20], names[push:push + 20]
-    assert "refused client tracking" not in worker.log
+    [prioritized] = [i for i, command in enumerate(commands) if command["command"].startswith("LPUSH celery\\x06")]
+    fetching = [c["command"] for c in commands[prioritized + 1:] if (c["client_address"], c["client_port"]) == fetcher]
+    assert fetching and fetching[0].startswith("EVALSHA "), fetching[:3]
+    assert "Redis refused" not in worker.log
     assert eventually(lambda: broker_redis.hlen("unacked") == 0)

@@ -34,8 +34,8 @@ extension RedisBrokerTests {
         }
     }
 
-    /// The `CLIENT LIST` lines of the clients named `name`, each as its fields.
-    func clients(named name: String, on client: RedisClient) async throws -> [[String: String]] {
+    /// The `CLIENT LIST` lines of the clients named `name` (or whose other `field` is `name`), each as its fields.
+    func clients(named name: String, on client: RedisClient, field: String = "name") async throws -> [[String: String]] {
         let list = try #require(try await client.send(RedisCommand("CLIENT", "LIST")).text)
         return list.split(separator: "\n").map { line in
             Dictionary(
@@ -43,7 +43,7 @@ extension RedisBrokerTests {
                     guard let equals = field.firstIndex(of: "=") else { return nil }
                     return (String(field[..<equals]), String(field[field.index(after: equals)...]))
                 }, uniquingKeysWith: { first, _ in first })
-        }.filter { $0["name"] == name }
+        }.filter { $0[field] == name }
     }
 
     /// A broker whose connections carry a name of their own, and a queue of its own (tracking does not tell
@@ -73,7 +73,18 @@ extension RedisBrokerTests {
         return []
     }
 
-    @Test("while consuming, an idle fetch waits with client tracking on, not in BRPOP; one script pops and records what comes")
+    /// How many times Redis has run `CLIENT UNBLOCK` (`INFO commandstats`).
+    func unblocks(on client: RedisClient) async throws -> Int {
+        let stats = try #require(try await client.send(RedisCommand("INFO", "commandstats")).text)
+        guard let line = stats.split(separator: "\r\n").first(where: { $0.hasPrefix("cmdstat_client|unblock:") }),
+            let calls = line.split(separator: ",").first?.split(separator: "=").last
+        else { return 0 }
+        return Int(calls) ?? 0
+    }
+
+    @Test(
+        "while consuming, an idle fetch blocks in BLMOVE with the script behind it, tracking on for the other lists; the script pops and records what comes"
+    )
     func watchedFetch() async throws {
         let (broker, client, name, queue) = try await namedBroker("watched")
         let messages = [try fixture("v2-json-add.message.json"), try fixture("v2-msgpack-add.message.json")]
@@ -86,8 +97,8 @@ extension RedisBrokerTests {
             let (watch, fetcher) = try await watchAndFetcher(named: name, on: client)
             #expect(watch["cmd"] == "subscribe" && watch["sub"] == "1")
             #expect(fetcher["redir"] == watch["id"])
-            #expect(fetcher["flags"]?.contains("b") == false && fetcher["cmd"] == "llen", "waiting, not blocked: \(fetcher)")
-            // Two messages in one push: one change, one script takes both.
+            #expect(fetcher["flags"]?.contains("b") == true && fetcher["cmd"] == "blmove", "blocked on the queue's list: \(fetcher)")
+            // Two messages in one push: the block ends, and the script behind it takes both.
             try await client.send(RedisCommand("LPUSH", RedisArgument(queue), RedisArgument(messages[0]), RedisArgument(messages[1])))
             let deliveries = try await fetched
             #expect(deliveries.map(\.raw) == messages)
@@ -97,11 +108,17 @@ extension RedisBrokerTests {
                 #expect(try await client.send(RedisCommand("HEXISTS", "unacked", RedisArgument(tag))) == .integer(1))
             }
             #expect(try await client.send(RedisCommand("LLEN", RedisArgument(queue))) == .integer(0))
-            // Fewer than asked for: the lists were left watched, and the next fetch waits for the next change.
+            // Fewer than asked for: the other lists were left watched, and a push to one has the watch unblock the
+            // next fetch (well before its BLMOVE's second is up).
+            let unblocked = try await unblocks(on: client)
             async let next = firstDeliveries(broker, queue: queue)
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(try await watchAndFetcher(named: name, on: client).fetcher["cmd"] == "blmove")
+            let pushed = ContinuousClock.now
             try await client.send(RedisCommand("LPUSH", RedisArgument(queue + Self.separator + "3"), RedisArgument(messages[0])))
             #expect(try await next.map(\.queue) == [queue])
+            #expect(ContinuousClock.now - pushed < .milliseconds(600))
+            #expect(try await unblocks(on: client) > unblocked)
         }
         #expect(log.lines.withLock { $0 }.isEmpty)
         // Once consuming ends, the watch's connection closes.
@@ -156,6 +173,17 @@ extension RedisBrokerTests {
         #expect(log.lines.withLock { $0 }.isEmpty)
     }
 
+    /// A broker whose fetch connection logs in as a new ACL user with every right but what `rule` takes away.
+    func limitedBroker(_ prefix: String, rule: String) async throws -> (broker: RedisBroker, client: RedisClient, user: String) {
+        let (_, client) = try await broker()
+        let user = prefix + RedisBroker.randomToken()
+        try await client.send(RedisCommand("ACL", "SETUSER", RedisArgument(user), "reset", "on", ">secret", "~*", "&*", "+@all", RedisArgument(rule)))
+        var url = client.url
+        url.username = user
+        url.password = "secret"
+        return (RedisBroker(blocking: RedisClient(url: url), commands: client), client, user)
+    }
+
     @Test(
         "Redis that refuses what the watch needs: one warning, and idle fetches block in BRPOP as kombu's",
         arguments: [
@@ -164,13 +192,7 @@ extension RedisBrokerTests {
             ("resetchannels", "SUBSCRIBE __redis__:invalidate"),  // no channel
         ])
     func refusedWatch(rule: String, refused: String) async throws {
-        let (_, client) = try await broker()
-        let user = "no-watch-" + RedisBroker.randomToken()
-        try await client.send(RedisCommand("ACL", "SETUSER", RedisArgument(user), "reset", "on", ">secret", "~*", "&*", "+@all", RedisArgument(rule)))
-        var url = client.url
-        url.username = user
-        url.password = "secret"
-        let broker = RedisBroker(blocking: RedisClient(url: url), commands: client)
+        let (broker, client, user) = try await limitedBroker("no-watch-", rule: rule)
         let queue = "refused-" + RedisBroker.randomToken()
         let raw = try fixture("v2-json-add.message.json")
         let log = LogLines()
@@ -189,5 +211,33 @@ extension RedisBrokerTests {
         let lines = log.lines.withLock { $0 }
         #expect(lines.count == 1, "\(lines)")
         #expect(lines.first?.hasPrefix("warning: Redis refused client tracking (\(refused)") == true, "\(lines)")
+    }
+
+    @Test(
+        "Redis that refuses BLMOVE or CLIENT UNBLOCK: one line, and idle fetches wait for the watch's report",
+        arguments: ["blmove", "client|unblock"])
+    func refusedBlock(command: String) async throws {
+        let (broker, client, user) = try await limitedBroker("no-block-", rule: "-" + command)
+        let queue = "unblocked-" + RedisBroker.randomToken()
+        let raw = try fixture("v2-json-add.message.json")
+        let log = LogLines()
+        try await broker.consuming(logger: log.logger) { () async throws -> Void in
+            // The second fetch is the first that would block.
+            #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+            #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
+            for list in [queue, queue + Self.separator + "6"] {
+                async let fetched = firstDeliveries(broker, queue: queue)
+                try await Task.sleep(for: .milliseconds(300))
+                let fetcher = try #require(try await clients(named: user, on: client, field: "user").first { $0["flags"]?.contains("t") == true })
+                #expect(fetcher["flags"]?.contains("b") == false && fetcher["cmd"] == "llen", "waiting, not blocked: \(fetcher)")
+                try await client.send(RedisCommand("LPUSH", RedisArgument(list), RedisArgument(raw)))
+                #expect(try await fetched.map(\.raw) == [raw])
+            }
+        }
+        try await client.send(RedisCommand("ACL", "DELUSER", RedisArgument(user)))
+        let lines = log.lines.withLock { $0 }
+        let refused = command == "blmove" ? "BLMOVE" : "CLIENT UNBLOCK"
+        #expect(lines.count == 1, "\(lines)")
+        #expect(lines.first?.hasPrefix("info: Redis refused \(refused): NOPERM") == true, "\(lines)")
     }
 }

@@ -144,11 +144,14 @@ public final class RedisBroker: Broker {
     /// How the watch of an idle fetch stands (``ListWatch``): set while the worker consumes.
     struct Tracking {
         var watch: ListWatch?
-        /// The fetch connection's opening and the watch's subscription that `CLIENT TRACKING` was last turned on for.
-        var enabled: (opened: Int, subscription: Int)?
+        /// The fetch connection's opening and the watch's subscription that `CLIENT TRACKING` was last turned on for,
+        /// and the fetch connection's client id.
+        var enabled: (opened: Int, subscription: Int, clientID: Int64)?
         /// Whether the last fetch left every list watched (found empty, with tracking on): the next one waits for a
         /// change before it looks.
         var armed = false
+        /// The first list of the last fetch: the one the next blocks on, unless the order changed since.
+        var firstList: String?
         /// Whether the last fetch took fewer messages than it asked for.
         var short = true
     }
@@ -174,53 +177,69 @@ public final class RedisBroker: Broker {
     /// has Redis watch them; the next fetch then waits for a change (a second at most) before it runs the script
     /// again. `nil` when there is no watch, it cannot subscribe, or tracking could not be turned on: the fetch then
     /// blocks in `BRPOP`.
+    ///
+    /// The wait is a blocking command: `BLMOVE` of the first list onto itself (which returns as soon as it has a
+    /// message and leaves it where it is), with the script behind it in the same write, so Redis pops and records
+    /// the message the moment it comes, with no round trip in between. The other lists (priorities, other queues)
+    /// are watched: a change to one has the watch unblock the fetch (``ListWatch/guarding(_:)``). Where Redis
+    /// refuses `BLMOVE` or `CLIENT UNBLOCK`, the fetch waits for the watch's report instead, and then runs the script.
     private func watchedFetch(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery]? {
-        guard
-            let (watch, armed, enabledOn, short) = tracking.withLock({ state in
-                state.watch.map { ($0, state.armed, state.enabled?.opened, state.short) }
-            })
-        else { return nil }
-        if armed {
+        guard let (watch, last) = tracking.withLock({ state in state.watch.map { ($0, state) } }) else { return nil }
+        let blocks = watch.unblocks
+        if last.armed, !blocks {
             await watch.wait(for: .seconds(1))
             tracking.withLock { $0.armed = false }
         }
-        let reopened = enabledOn != blocking.connection.openedCount
-        guard let subscription = await watch.subscription(checkingHangUp: reopened), try await trackingOn(for: subscription, watch: watch)
+        let reopened = last.enabled?.opened != blocking.connection.openedCount
+        guard let subscription = await watch.subscription(checkingHangUp: reopened),
+            let clientID = try await trackingOn(for: subscription, watch: watch)
         else { return nil }
         // The lists are read to be watched only when the last fetch took fewer than it asked for: they may be empty.
-        // Under load each fetch takes a full batch, and reading them would only have Redis report every push.
-        let (popped, empty) = try await popAndRecord(lists: lists, limit: limit, watching: short)
-        // Watched only if read on the connection tracking is on for (not on one reopened under it).
+        // Under load each fetch takes a full batch, and reading them would only have Redis report every push. The
+        // list blocked on is not watched: its pushes end the block.
+        let blockOn = last.armed && blocks && last.firstList == lists.first ? lists.first : nil
+        let watched = last.short ? (blocks ? Array(lists.dropFirst()) : lists) : nil
+        let (popped, empty, blocked) = try await popAndRecord(
+            lists: lists, limit: limit, watching: watched, blockingOn: blockOn.map { ($0, watch, clientID) })
+        if case .error(let message)? = blocked { watch.refuseBlocking("BLMOVE: \(message)") }
+        // Watched only if read on the connection tracking is on for (not on one reopened under it), with the watch
+        // subscribed all along, and as the next fetch waits (it waits for the watch alone once Redis refused
+        // blocking, and then the first list must be watched too).
         let opened = blocking.connection.openedCount
+        let held = watch.holds(subscription) && watch.unblocks == blocks
         tracking.withLock { state in
             state.short = popped.count < limit
-            state.armed = empty && state.short && opened != nil && opened == state.enabled?.opened
+            state.armed = empty && state.short && held && opened != nil && opened == state.enabled?.opened
+            state.firstList = lists.first
         }
         return popped
     }
 
     /// Turns `CLIENT TRACKING … REDIRECT` to `subscription` on for the fetch connection, unless it is on already
-    /// (a connection opened anew, or a new subscription, needs it again). `false` when Redis refused: the watch
-    /// subscribes anew when its client is gone (its connection broke, or it is on another server after a failover),
-    /// or closes for good when Redis does not offer tracking.
-    private func trackingOn(for subscription: ListWatch.Subscription, watch: ListWatch) async throws(CeleryWorkerError) -> Bool {
+    /// (a connection opened anew, or a new subscription, needs it again), and returns the fetch connection's client
+    /// id. `nil` when Redis refused: the watch subscribes anew when its client is gone (its connection broke, or it
+    /// is on another server after a failover), or closes for good when Redis does not offer tracking.
+    private func trackingOn(for subscription: ListWatch.Subscription, watch: ListWatch) async throws(CeleryWorkerError) -> Int64? {
         if let enabled = tracking.withLock({ $0.enabled }), enabled.opened == blocking.connection.openedCount,
             enabled.subscription == subscription.number
         {
-            return true
+            return enabled.clientID
         }
         let command = RedisCommand("CLIENT", "TRACKING", "ON", "REDIRECT", RedisArgument(String(subscription.clientID)), "NOLOOP")
-        let reply = try await blocking.pipeline([command]).first ?? .null
-        guard case .status = reply, let opened = blocking.connection.openedCount else {
+        let replies = try await blocking.pipeline([RedisCommand("CLIENT", "ID"), command])
+        let reply = replies.last ?? .null
+        guard case .status = reply, let clientID = replies.first?.integer, let opened = blocking.connection.openedCount else {
             if case .error(let message) = reply, message.contains("redirect") {
                 watch.lost()
             } else if case .error(let message) = reply {
                 watch.refuse("CLIENT TRACKING: \(message)")
+            } else if case .error(let message)? = replies.first {
+                watch.refuse("CLIENT ID: \(message)")
             }
-            return false
+            return nil
         }
-        tracking.withLock { $0.enabled = (opened, subscription.number) }
-        return true
+        tracking.withLock { $0.enabled = (opened, subscription.number, clientID) }
+        return clientID
     }
 
     /// The order in which a fetch takes the queues, with the lists that makes and the `BRPOP` of them, built once
@@ -436,17 +455,21 @@ public final class RedisBroker: Broker {
 
     /// Pops and records up to `limit` messages (``popAndRecordScript``).
     private func popAndRecord(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
-        try await popAndRecord(lists: lists, limit: limit, watching: false).popped
+        try await popAndRecord(lists: lists, limit: limit, watching: nil, blockingOn: nil).popped
     }
 
-    /// Pops and records up to `limit` messages (``popAndRecordScript``); with `watching`, reads every list with
-    /// `LLEN` right after, in the same round trip, so that Redis tells the ``ListWatch`` of each list's next change
-    /// (the script's own reads would watch every key the script names, `unacked` too). `empty`: every list was
-    /// empty when it was read, so any message pushed since is reported. A list that was not empty shows that a
-    /// message came between the script and its `LLEN`.
+    /// Pops and records up to `limit` messages (``popAndRecordScript``).
+    ///
+    /// With `watching`, reads each of those lists with `LLEN` right after, in the same round trip, so that Redis
+    /// tells the ``ListWatch`` of each one's next change (the script's own reads would watch every key the script
+    /// names, `unacked` too). `empty`: every one was empty when it was read, so any message pushed since is
+    /// reported. A list that was not empty shows that a message came between the script and its `LLEN`.
+    ///
+    /// With `blockingOn`, the script waits behind `BLMOVE` of that list onto itself (a second at most), the watch
+    /// unblocking it for a change to the others (see ``watchedFetch(lists:limit:)``); `blocked` is its reply.
     private func popAndRecord(
-        lists: [String], limit: Int, watching: Bool
-    ) async throws(CeleryWorkerError) -> (popped: [BrokerDelivery], empty: Bool) {
+        lists: [String], limit: Int, watching: [String]?, blockingOn: (list: String, watch: ListWatch, clientID: Int64)?
+    ) async throws(CeleryWorkerError) -> (popped: [BrokerDelivery], empty: Bool, blocked: RedisReply?) {
         let receivedAt = WallClock.now()
         var arguments = RESPArguments(capacity: 128 + 32 * lists.count)
         arguments.append(unackedKey)
@@ -456,10 +479,13 @@ public final class RedisBroker: Broker {
         arguments.append(receivedAt)
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
         // (``fetchExecutor``), so a fetch costs no thread hop.
-        let lengths = watching ? lists.map { RedisCommand("LLEN", RedisArgument($0)) } : []
-        let (reply, lengthReplies) = try await blocking.evaluate(Self.popAndRecordScript, keyCount: 2 + lists.count, then: lengths) {
-            [arguments] in arguments
-        }
+        let lengths = watching?.map { RedisCommand("LLEN", RedisArgument($0)) } ?? []
+        let move = blockingOn.map { RedisCommand("BLMOVE", RedisArgument($0.list), RedisArgument($0.list), "RIGHT", "RIGHT", "1") }
+        let guarding = blockingOn.map { $0.watch.guarding($0.clientID) }
+        defer { blockingOn?.watch.stopGuarding() }
+        let (blocked, reply, lengthReplies) = try await blocking.evaluate(
+            Self.popAndRecordScript, keyCount: 2 + lists.count, after: move, watching: guarding, then: lengths
+        ) { [arguments] in arguments }
         let items = reply.array ?? []
         var popped: [BrokerDelivery] = []
         popped.reserveCapacity(items.count / 3)
@@ -474,7 +500,7 @@ public final class RedisBroker: Broker {
                     raw: raw, queue: transport.queue(ofList: lists[Int(position) - 1], prefix: keyPrefix), receivedAt: receivedAt,
                     deliveryTag: items[index + 2].text))
         }
-        return (popped, watching && lengthReplies.allSatisfy { $0 == .integer(0) })
+        return (popped, watching != nil && lengthReplies.allSatisfy { $0 == .integer(0) }, blocked)
     }
 
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from

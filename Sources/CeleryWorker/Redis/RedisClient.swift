@@ -201,27 +201,46 @@ public final class RedisClient: Sendable {
         _ script: RedisScript, keyCount: Int, then commands: [RedisCommand],
         arguments makeArguments: @escaping @Sendable () -> RESPArguments
     ) async throws(CeleryWorkerError) -> (script: RedisReply, then: [RedisReply]) {
+        let replies = try await evaluate(script, keyCount: keyCount, after: nil, then: commands, arguments: makeArguments)
+        return (replies.script, replies.then)
+    }
+
+    /// Runs a Lua script as ``evaluate(_:keyCount:then:arguments:)`` does, behind the blocking command `blocking` in
+    /// the same write (see ``RedisConnection/evaluate(_:keyCount:arguments:after:watching:then:)``): `watching` is
+    /// served while it blocks, by the lane's event loop on a shared lane (told to watch it here), or else by the
+    /// connection's thread as it waits.
+    func evaluate(
+        _ script: RedisScript, keyCount: Int, after blocking: RedisCommand?, watching source: (any PolledSource)? = nil,
+        then commands: [RedisCommand], arguments makeArguments: @escaping @Sendable () -> RESPArguments
+    ) async throws(CeleryWorkerError) -> (blocking: RedisReply?, script: RedisReply, then: [RedisReply]) {
         guard sharesLane else {
             return try await withConnection { connection throws(CeleryWorkerError) in
-                try connection.evaluate(script, keyCount: keyCount, arguments: makeArguments(), then: commands)
+                try connection.evaluate(
+                    script, keyCount: keyCount, arguments: makeArguments(), after: blocking, watching: source, then: commands)
             }
         }
         let arguments = makeArguments()
         let following = commands.map(RedisConnection.resp)
         // The script, its arguments and whatever follows, as one list of parts (one array: this is every batch's path).
-        func parts(_ head: [UInt8]) -> [[UInt8]] {
-            var parts = [head, arguments.bytes]
+        func parts(_ head: [UInt8], after first: [UInt8]?) -> [[UInt8]] {
+            var parts = first.map { [$0, head, arguments.bytes] } ?? [head, arguments.bytes]
             if !following.isEmpty { parts.append(contentsOf: following) }
             return parts
         }
+        if let source {
+            let lane = self.lane
+            if lane.isEventLoopThread { lane.watch(source) } else { lane.submit { lane.watch(source) } }
+        }
         let evalsha = RedisConnection.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
-        var replies = try await request(parts(evalsha), replies: 1 + commands.count)
+        let first = blocking.map(RedisConnection.resp)
+        var replies = try await request(parts(evalsha, after: first), replies: (first == nil ? 1 : 2) + commands.count)
+        let blocked = first == nil || replies.isEmpty ? nil : replies.removeFirst()
         if case .error(let message)? = replies.first, message.hasPrefix("NOSCRIPT") {
             let eval = RedisConnection.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
-            replies = try await request(parts(eval), replies: 1 + commands.count)
+            replies = try await request(parts(eval, after: nil), replies: 1 + commands.count)
         }
         guard let reply = replies.first else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
-        return (try reply.check("EVALSHA"), Array(replies.dropFirst()))
+        return (blocked, try reply.check("EVALSHA"), Array(replies.dropFirst()))
     }
 
     /// Runs a Lua script by its SHA1 (`EVALSHA`), loading it with `EVAL` the first time or after a server restart.

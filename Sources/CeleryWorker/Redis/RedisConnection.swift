@@ -305,15 +305,30 @@ final class RedisConnection: @unchecked Sendable {
     func evaluate(
         _ script: RedisScript, keyCount: Int, arguments: RESPArguments, then commands: [RedisCommand]
     ) throws(CeleryWorkerError) -> (script: RedisReply, then: [RedisReply]) {
+        let replies = try evaluate(script, keyCount: keyCount, arguments: arguments, after: nil, then: commands)
+        return (replies.script, replies.then)
+    }
+
+    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:then:)`` does, behind the blocking command `blocking`
+    /// in the same write: Redis runs the script (and `then`) as soon as that command returns. While it blocks, the
+    /// thread also serves `watching` (its ``PolledSource/pump()`` when its descriptor is readable, its
+    /// ``PolledSource/expire()`` at its deadline), which may unblock it. `blocking`'s reply is returned, and is not
+    /// sent again when the script has to be sent again as `EVAL`.
+    func evaluate(
+        _ script: RedisScript, keyCount: Int, arguments: RESPArguments, after blocking: RedisCommand?,
+        watching source: (any PolledSource)? = nil, then commands: [RedisCommand]
+    ) throws(CeleryWorkerError) -> (blocking: RedisReply?, script: RedisReply, then: [RedisReply]) {
         let following = commands.map(Self.resp)
         let evalsha = Self.scriptHead("EVALSHA", script.digest, keyCount: keyCount, arguments: arguments)
-        var replies = try execute(head: evalsha, body: arguments.bytes, name: "EVALSHA", then: following)
+        var replies = try execute(
+            head: evalsha, body: arguments.bytes, name: "EVALSHA", then: following, after: blocking.map(Self.resp), watching: source)
+        let blocked = blocking == nil || replies.isEmpty ? nil : replies.removeFirst()
         if case .error(let message)? = replies.first, message.hasPrefix("NOSCRIPT") {
             let eval = Self.scriptHead("EVAL", script.source, keyCount: keyCount, arguments: arguments)
             replies = try execute(head: eval, body: arguments.bytes, name: "EVAL", then: following)
         }
         guard let reply = replies.first else { throw CeleryWorkerError(code: .unexpectedReply, message: "no reply to EVALSHA") }
-        return (try reply.check("EVALSHA"), Array(replies.dropFirst()))
+        return (blocked, try reply.check("EVALSHA"), Array(replies.dropFirst()))
     }
 
     /// The start of an `EVALSHA` or `EVAL` command (`name`) whose keys and other arguments, `arguments`, follow:
@@ -330,11 +345,17 @@ final class RedisConnection: @unchecked Sendable {
 
     /// Sends one command already written in Redis's protocol, `head` then `body`, and the commands `then` (written
     /// too) after it, and reads their replies (error replies are returned, as by ``execute(_:)``).
-    private func execute(head: [UInt8], body: [UInt8], name: String, then following: [[UInt8]]) throws(CeleryWorkerError) -> [RedisReply] {
+    /// With `blocking`, that command goes first, and its reply is awaited while `source` is served (see
+    /// ``evaluate(_:keyCount:arguments:after:watching:then:)``); it is the first of the replies returned.
+    private func execute(
+        head: [UInt8], body: [UInt8], name: String, then following: [[UInt8]], after blocking: [UInt8]? = nil,
+        watching source: (any PolledSource)? = nil
+    ) throws(CeleryWorkerError) -> [RedisReply] {
         try state.withLock { (state: inout State) throws(CeleryWorkerError) -> [RedisReply] in
             let context = try connectedContext(&state)
             // Two appends make one command: hiredis only adds the bytes to its output buffer.
-            guard Self.append(head, to: context) == REDIS_OK, Self.append(body, to: context) == REDIS_OK,
+            guard blocking.map({ Self.append($0, to: context) == REDIS_OK }) ?? true,
+                Self.append(head, to: context) == REDIS_OK, Self.append(body, to: context) == REDIS_OK,
                 following.allSatisfy({ Self.append($0, to: context) == REDIS_OK })
             else {
                 let error = Self.error(from: context, code: .connectionLost, doing: name)
@@ -343,7 +364,15 @@ final class RedisConnection: @unchecked Sendable {
             }
             try Self.readUnread(&state, context)
             var replies: [RedisReply] = []
-            replies.reserveCapacity(1 + following.count)
+            replies.reserveCapacity(2 + following.count)
+            if blocking != nil {
+                guard let reply = Self.awaitReply(context, serving: source, within: commandTimeout) else {
+                    let error = Self.error(from: context, code: .connectionLost, doing: name)
+                    Self.close(&state)
+                    throw error
+                }
+                replies.append(reply)
+            }
             for _ in 0...following.count {
                 guard let reply = Self.awaitReply(context) else {
                     let error = Self.error(from: context, code: .connectionLost, doing: name)
@@ -819,7 +848,12 @@ final class RedisConnection: @unchecked Sendable {
     /// The next reply, as `redisGetReply` gets it: one already read, or else the commands queued are written and
     /// the socket read (blocking, within the command timeout) until one has come whole. `nil` when that failed: the
     /// context says why.
-    private static func awaitReply(_ context: Link) -> RedisReply? {
+    ///
+    /// With `source`, the thread serves it meanwhile, as an event loop serves a ``PolledSource``, until it awaits
+    /// nothing more: one `poll(2)` waits for both, and gives up on the reply after `timeout`.
+    private static func awaitReply(
+        _ context: Link, serving source: (any PolledSource)? = nil, within timeout: Duration = .zero
+    ) -> RedisReply? {
         switch bufferedReply(context) {
         case .reply(let reply): return reply
         case .failed: return nil
@@ -829,7 +863,10 @@ final class RedisConnection: @unchecked Sendable {
         repeat {
             guard context.write(&written) == REDIS_OK else { return nil }
         } while written == 0
+        var source = source
+        let deadline = ContinuousClock.now + timeout
         while true {
+            if source != nil, !readable(context, serving: &source, until: deadline) { return nil }
             guard context.read() == REDIS_OK else { return nil }
             switch bufferedReply(context) {
             case .reply(let reply): return reply
@@ -837,6 +874,40 @@ final class RedisConnection: @unchecked Sendable {
             case .none: continue
             }
         }
+    }
+
+    /// Waits until `context`'s socket is readable, serving `source` meanwhile (set to `nil` once it awaits nothing
+    /// more, and then returns at once). `false`, with the context failed, when `deadline` passed or the wait failed.
+    private static func readable(_ context: Link, serving source: inout (any PolledSource)?, until deadline: ContinuousClock.Instant) -> Bool {
+        while let serving = source {
+            guard let awaited = serving.awaited() else {
+                source = nil
+                return true
+            }
+            var descriptors = [
+                pollfd(fd: context.raw.pointee.fd, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: awaited.descriptor, events: Int16(POLLIN), revents: 0),
+            ]
+            let now = ContinuousClock.now
+            guard now < deadline else {
+                fail(context, REDIS_ERR_IO, "Resource temporarily unavailable")
+                errno = EAGAIN
+                return false
+            }
+            let (seconds, attoseconds) = (min(deadline, awaited.deadline) - now).components
+            let milliseconds = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
+            if poll(&descriptors, 2, milliseconds) < 0, errno != EINTR {
+                fail(context, REDIS_ERR_IO, "waiting for a reply: \(String(cString: strerror(errno)))")
+                return false
+            }
+            if descriptors[0].revents != 0 { return true }
+            if descriptors[1].revents != 0 {
+                if !serving.pump() { source = nil }
+            } else if awaited.deadline <= .now {
+                serving.expire()
+            }
+        }
+        return true
     }
 
     private static func error(
