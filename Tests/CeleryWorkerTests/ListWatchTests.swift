@@ -99,6 +99,7 @@ extension RedisBrokerTests {
             #expect(fetcher["redir"] == watch["id"])
             #expect(fetcher["flags"]?.contains("b") == true && fetcher["cmd"] == "blmove", "blocked on the queue's list: \(fetcher)")
             // Two messages in one push: the block ends, and the script behind it takes both.
+            let pushedAt = WallClock.now()
             try await client.send(RedisCommand("LPUSH", RedisArgument(queue), RedisArgument(messages[0]), RedisArgument(messages[1])))
             let deliveries = try await fetched
             #expect(deliveries.map(\.raw) == messages)
@@ -106,6 +107,10 @@ extension RedisBrokerTests {
                 #expect(delivery.pendingRecord == nil, "recorded by the script that popped it")
                 let tag = try #require(delivery.deliveryTag)
                 #expect(try await client.send(RedisCommand("HEXISTS", "unacked", RedisArgument(tag))) == .integer(1))
+                // Indexed and received when it came, not when the fetch began to block (300 ms before).
+                let score = try #require(try await client.send(RedisCommand("ZSCORE", "unacked_index", RedisArgument(tag))).text)
+                #expect(try #require(Double(score)) >= pushedAt - 0.05, "\(score) against \(pushedAt)")
+                #expect(delivery.receivedAt >= pushedAt)
             }
             #expect(try await client.send(RedisCommand("LLEN", RedisArgument(queue))) == .integer(0))
             // Fewer than asked for: the other lists were left watched, and a push to one has the watch unblock the

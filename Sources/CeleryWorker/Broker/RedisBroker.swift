@@ -201,7 +201,10 @@ public final class RedisBroker: Broker {
         let watched = last.short ? (blocks ? Array(lists.dropFirst()) : lists) : nil
         let (popped, empty, blocked) = try await popAndRecord(
             lists: lists, limit: limit, watching: watched, blockingOn: blockOn.map { ($0, watch, clientID) })
-        if case .error(let message)? = blocked { watch.refuseBlocking("BLMOVE: \(message)") }
+        // Refused: an ACL, or a Redis before 6.2 (`ERR unknown command`). Not a failover's `UNBLOCKED`, say.
+        if case .error(let message)? = blocked, message.hasPrefix("NOPERM") || message.hasPrefix("ERR") {
+            watch.refuseBlocking("BLMOVE: \(message)")
+        }
         // Watched only if read on the connection tracking is on for (not on one reopened under it), with the watch
         // subscribed all along, and as the next fetch waits (it waits for the watch alone once Redis refused
         // blocking, and then the first list must be watched too).
@@ -470,13 +473,14 @@ public final class RedisBroker: Broker {
     private func popAndRecord(
         lists: [String], limit: Int, watching: [String]?, blockingOn: (list: String, watch: ListWatch, clientID: Int64)?
     ) async throws(CeleryWorkerError) -> (popped: [BrokerDelivery], empty: Bool, blocked: RedisReply?) {
-        let receivedAt = WallClock.now()
+        var receivedAt = WallClock.now()
         var arguments = RESPArguments(capacity: 128 + 32 * lists.count)
         arguments.append(unackedKey)
         arguments.append(unackedIndexKey)
         for list in lists { arguments.append(list) }
         arguments.append(limit)
-        arguments.append(receivedAt)
+        // Behind a block the script runs when a message comes, up to a second from now: it takes the time then.
+        if blockingOn == nil { arguments.append(receivedAt) } else { arguments.append("") }
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
         // (``fetchExecutor``), so a fetch costs no thread hop.
         let lengths = watching?.map { RedisCommand("LLEN", RedisArgument($0)) } ?? []
@@ -486,6 +490,7 @@ public final class RedisBroker: Broker {
         let (blocked, reply, lengthReplies) = try await blocking.evaluate(
             Self.popAndRecordScript, keyCount: 2 + lists.count, after: move, watching: guarding, then: lengths
         ) { [arguments] in arguments }
+        if blockingOn != nil { receivedAt = WallClock.now() }
         let items = reply.array ?? []
         var popped: [BrokerDelivery] = []
         popped.reserveCapacity(items.count / 3)
@@ -505,7 +510,7 @@ public final class RedisBroker: Broker {
 
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from
     /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
-    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`) exactly as kombu does. Returns `[list, message, tag, …]`, each
+    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`, or Redis's `TIME` when that is empty) exactly as kombu does. Returns `[list, message, tag, …]`, each
     /// list as its position among `KEYS[3…]` (1 for the first), the tag `false` (a nil reply) for a message recorded
     /// under none. When the batch cannot be recorded, its messages go back to their lists in their order and the
     /// script fails with Redis's error.
@@ -590,6 +595,10 @@ public final class RedisBroker: Broker {
         -- Recorded with one ZADD and one HSET for the whole batch. Counted as they fill (no `#` per append).
         local out, scores, records, popped, recorded = {}, {}, {}, 0, 0
         local score, lists = ARGV[2], #KEYS
+        if score == '' then
+            local now = redis.call('TIME')
+            score = now[1] .. '.' .. string.format('%06d', now[2])
+        end
         for _ = 1, tonumber(ARGV[1]) do
             local message, list
             for i = 3, lists do
