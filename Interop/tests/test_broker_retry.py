@@ -332,3 +332,47 @@ def test_a_worker_back_from_a_lost_connection_mingles_again_as_python_does(reque
     finally:
         stop_both(python, *([swift] if swift else []))
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_a_result_redis_refuses_for_want_of_memory_is_stored_once_it_has_room(request, tmp_path, redis_urls, kind):
+    """A result backend out of memory (`maxmemory` reached, `noeviction`) refuses the result's write with `OOM`. The
+    Swift worker keeps the result and tries again with the back-off it uses for an unreachable backend, and stores
+    it once Redis has room again. Python's Redis backend retries connection errors only: its result is lost, and the
+    task stays PENDING."""
+    from clientapp import make_app
+
+    backend = RedisProcess().start()
+    server = redis_lib.Redis.from_url(backend.url(0))
+    if kind == "swift":
+        worker = remember(request, WorkerProcess(["--broker", redis_urls["broker"], "--result-backend", backend.url(0),
+                                                  "-Q", "oomretry"], tmp_path / "swift.log"))
+    else:
+        worker = remember(request, PythonWorker(redis_urls["broker"], backend.url(0), tmp_path / "python.log",
+                                                "-Q", "oomretry"))
+    try:
+        worker.wait_ready()
+        app = make_app(redis_urls["broker"], backend.url(0))
+        result = app.send_task("tasks.sleep", (1.5,), queue="oomretry")
+        worker.wait_for_log(f"tasks.sleep[{result.id}] received")
+        used = server.info("memory")["used_memory"]
+        server.set("filler", b"x" * 4_000_000)
+        server.config_set("maxmemory-policy", "noeviction")
+        server.config_set("maxmemory", used + 1_000_000)
+        worker.wait_for_log("OOM command not allowed" if kind == "swift" else "OutOfMemoryError", timeout=10)
+        time.sleep(2)
+        assert server.get(f"celery-task-meta-{result.id}") is None
+        server.config_set("maxmemory", 0)
+        server.delete("filler")
+        if kind == "swift":
+            assert "Result backend cannot serve the request for now (EVALSHA: OOM command not allowed" in worker.log
+            worker.wait_for_log(f"Stored the result of {result.id} after", timeout=15)
+            assert result.get(timeout=5) == 1.5
+            assert "Cannot store the result" not in worker.log
+        else:
+            time.sleep(4)
+            assert server.get(f"celery-task-meta-{result.id}") is None
+            assert result.state == "PENDING"
+    finally:
+        worker.stop(signal.SIGKILL)
+        backend.stop()

@@ -5,8 +5,8 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
     /// What kind of failure this is.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         enum Base: Sendable, Hashable {
-            case invalidConfiguration, connectionFailed, connectionLost, timeout, redisError, unexpectedReply
-            case shutdown, encodeError
+            case invalidConfiguration, connectionFailed, connectionLost, timeout, redisError, redisUnavailable
+            case unexpectedReply, shutdown, encodeError
         }
 
         let base: Base
@@ -21,6 +21,10 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
         public static let timeout = Code(base: .timeout)
         /// Redis answered with an error reply.
         public static let redisError = Code(base: .redisError)
+        /// Redis answered with an error reply that says it cannot serve the command for now: out of memory
+        /// (`OOM`), loading its data (`LOADING`), busy with a script (`BUSY`), without its master or replicas
+        /// (`MASTERDOWN`, `NOREPLICAS`), unable to persist (`MISCONF`), or asking to try again (`TRYAGAIN`).
+        public static let redisUnavailable = Code(base: .redisUnavailable)
         /// Redis answered with a reply of a shape the command does not produce.
         public static let unexpectedReply = Code(base: .unexpectedReply)
         /// The worker is shutting down.
@@ -35,6 +39,7 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
             case .connectionLost: "Redis connection lost"
             case .timeout: "Redis timed out"
             case .redisError: "Redis error"
+            case .redisUnavailable: "Redis cannot serve the command for now"
             case .unexpectedReply: "unexpected Redis reply"
             case .shutdown: "worker shutting down"
             case .encodeError: "cannot encode"
@@ -55,6 +60,12 @@ public struct CeleryWorkerError: Error, Sendable, CustomStringConvertible {
     /// Whether the operation may succeed when tried again on a fresh connection.
     public var isConnectionProblem: Bool {
         code == .connectionFailed || code == .connectionLost || code == .timeout
+    }
+
+    /// Whether the operation may succeed when tried again later: a connection problem, or Redis refusing for now
+    /// (``Code/redisUnavailable``: out of memory, say, until keys expire or are evicted).
+    public var isTransient: Bool {
+        isConnectionProblem || code == .redisUnavailable
     }
 
     public var description: String { "\(code): \(message)" }

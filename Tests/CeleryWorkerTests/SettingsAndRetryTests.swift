@@ -1,5 +1,6 @@
 import CeleryProtocol
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CeleryWorker
@@ -530,6 +531,50 @@ struct RetryArithmeticTests {
         #expect(RetryPolicy.backoffInterval(factor: 3, retries: 2, maximum: 600, jitter: false, using: &generator) == 12)
         #expect(RetryPolicy.backoffInterval(factor: 0, retries: 5, maximum: 600, jitter: false, using: &generator) == 0)
         #expect(RetryPolicy.backoffInterval(factor: 1, retries: 200, maximum: 600, jitter: false, using: &generator) == 600)
+    }
+
+    @Test("Redis's replies that refuse for now (OOM, LOADING, BUSY …) are tried again, as a lost connection is; others are not")
+    func transientReplies() async {
+        func failure(_ reply: String) -> CeleryWorkerError? {
+            do {
+                _ = try RedisReply.error(reply).check("SETEX")
+                return nil
+            } catch {
+                return error
+            }
+        }
+        for reply in [
+            "OOM command not allowed when used memory > 'maxmemory'.", "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script.", "MASTERDOWN Link with MASTER is down", "TRYAGAIN Multiple keys request",
+            "NOREPLICAS Not enough good replicas to write.", "MISCONF Redis is configured to save RDB snapshots",
+        ] {
+            #expect(failure(reply)?.code == .redisUnavailable, "\(reply)")
+            #expect(failure(reply)?.isTransient == true && failure(reply)?.isConnectionProblem == false, "\(reply)")
+            #expect(failure(reply)?.message == "SETEX: \(reply)")
+        }
+        for reply in ["ERR wrong number of arguments", "WRONGTYPE Operation against a key", "BUSYGROUP Consumer Group name already exists", "NOPERM"]
+        {
+            #expect(failure(reply)?.code == .redisError && failure(reply)?.isTransient == false, "\(reply)")
+        }
+        // A step that fails for want of memory is tried again, and what it returns once Redis has room is returned.
+        let attempts = Mutex(0)
+        let value = try? await untilReachable(retries: 3, delay: { _ in 0 }) { () throws(CeleryWorkerError) -> Int in
+            let attempt = attempts.withLock { count -> Int in
+                count += 1
+                return count
+            }
+            if attempt < 3 { _ = try RedisReply.error("OOM command not allowed").check("EVALSHA") }
+            return attempt
+        }
+        #expect(value == 3)
+        // Any other error reply ends the tries at once.
+        let once = Mutex(0)
+        let refused = try? await untilReachable(retries: 3, delay: { _ in 0 }) { () throws(CeleryWorkerError) -> Int in
+            once.withLock { $0 += 1 }
+            _ = try RedisReply.error("WRONGTYPE Operation against a key").check("EVALSHA")
+            return 0
+        }
+        #expect(refused == nil && once.withLock { $0 } == 1)
     }
 
     @Test("full jitter stays between 0 and the back-off")

@@ -95,14 +95,14 @@ final class ListWatch: PolledSource, Sendable {
                 // Whether Redis lets this worker unblock its fetch (client 0 is none: nothing is unblocked).
                 return (clientID, try control.execute([RedisCommand("CLIENT", "UNBLOCK", "0")]).first ?? .null)
             }
-            if case .error(let message) = unblocking { refuseBlocking("CLIENT UNBLOCK: \(message)") }
+            if case .error(let message) = unblocking, Self.refuses(message) { refuseBlocking("CLIENT UNBLOCK: \(message)") }
             return state.withLock { state in
                 state.subscriptions += 1
                 state.retryAfter = nil
                 state.subscription = Subscription(clientID: clientID, number: state.subscriptions)
                 return state.subscription
             }
-        } catch  where error.isConnectionProblem {
+        } catch  where error.isTransient {
             connection.close()
             control.close()
             state.withLock { $0.retryAfter = .now + .milliseconds(500) }
@@ -197,9 +197,16 @@ final class ListWatch: PolledSource, Sendable {
                 return true
             }
         }
-        if case .error(let message) = reply { refuseBlocking("CLIENT UNBLOCK: \(message)") }
+        if case .error(let message) = reply, Self.refuses(message) { refuseBlocking("CLIENT UNBLOCK: \(message)") }
         stopGuarding()
         return false
+    }
+
+    /// Whether an error reply says Redis will not do it at all: an ACL (`NOPERM`), or a command or option it does not
+    /// know (`ERR`). Not one that refuses for now (``CeleryWorkerError/Code/redisUnavailable``), or a failover's
+    /// `UNBLOCKED`.
+    static func refuses(_ message: String) -> Bool {
+        message.hasPrefix("NOPERM") || message.hasPrefix("ERR")
     }
 
     /// Waits until a watched list changed since the last wait, or `duration` passed. A change reported before this

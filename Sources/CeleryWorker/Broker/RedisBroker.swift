@@ -201,8 +201,8 @@ public final class RedisBroker: Broker {
         let watched = last.short ? (blocks ? Array(lists.dropFirst()) : lists) : nil
         let (popped, empty, blocked) = try await popAndRecord(
             lists: lists, limit: limit, watching: watched, blockingOn: blockOn.map { ($0, watch, clientID) })
-        // Refused: an ACL, or a Redis before 6.2 (`ERR unknown command`). Not a failover's `UNBLOCKED`, say.
-        if case .error(let message)? = blocked, message.hasPrefix("NOPERM") || message.hasPrefix("ERR") {
+        // Refused: an ACL, or a Redis before 6.2 (`ERR unknown command`).
+        if case .error(let message)? = blocked, ListWatch.refuses(message) {
             watch.refuseBlocking("BLMOVE: \(message)")
         }
         // Watched only if read on the connection tracking is on for (not on one reopened under it), with the watch
@@ -234,9 +234,9 @@ public final class RedisBroker: Broker {
         guard case .status = reply, let clientID = replies.first?.integer, let opened = blocking.connection.openedCount else {
             if case .error(let message) = reply, message.contains("redirect") {
                 watch.lost()
-            } else if case .error(let message) = reply {
+            } else if case .error(let message) = reply, ListWatch.refuses(message) {
                 watch.refuse("CLIENT TRACKING: \(message)")
-            } else if case .error(let message)? = replies.first {
+            } else if case .error(let message)? = replies.first, ListWatch.refuses(message) {
                 watch.refuse("CLIENT ID: \(message)")
             }
             return nil

@@ -38,10 +38,14 @@ public enum RedisReply: Sendable, Hashable {
     @discardableResult
     public func check(_ context: @autoclosure () -> String) throws(CeleryWorkerError) -> RedisReply {
         if case .error(let message) = self {
-            throw CeleryWorkerError(code: .redisError, message: "\(context()): \(message)")
+            let unavailable = Self.unavailable.contains(message.prefix { $0 != " " })
+            throw CeleryWorkerError(code: unavailable ? .redisUnavailable : .redisError, message: "\(context()): \(message)")
         }
         return self
     }
+
+    /// The error codes of replies that say Redis cannot serve the command for now (``CeleryWorkerError/Code/redisUnavailable``).
+    static let unavailable: Set<Substring> = ["OOM", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "TRYAGAIN"]
 }
 
 /// One Redis command: the words of its argv, binary-safe.

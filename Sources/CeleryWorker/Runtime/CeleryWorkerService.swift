@@ -307,8 +307,9 @@ public final class CeleryWorkerService: Service {
 }
 
 /// Runs `step` until it succeeds, trying again after `delay(attempt)` seconds (attempt 1, 2 …) while it fails for
-/// want of Redis (a connection refused, reset or timed out), at most `retries` times (`nil`: no limit), and not once
-/// the calling task is cancelled. `onRetry` is told each such error and the delay before the next try. Throws the
+/// want of Redis (a connection refused, reset or timed out, or Redis refusing for now: out of memory, loading, …;
+/// ``CeleryWorkerError/isTransient``), at most `retries` times (`nil`: no limit), and not once the calling task is
+/// cancelled. `onRetry` is told each such error and the delay before the next try. Throws the
 /// error that ended the tries.
 func untilReachable<Value>(
     retries: Int?, delay: (Int) -> Double, onRetry: (CeleryWorkerError, Double) -> Void = { _, _ in },
@@ -320,7 +321,7 @@ func untilReachable<Value>(
             return try await step()
         } catch {
             attempt += 1
-            guard error.isConnectionProblem, attempt <= retries ?? Int.max, !Task.isCancelled else { throw error }
+            guard error.isTransient, attempt <= retries ?? Int.max, !Task.isCancelled else { throw error }
             let pause = delay(attempt)
             onRetry(error, pause)
             if pause > 0 { try? await Task.sleep(for: .milliseconds(Int64(pause * 1000))) }
@@ -1049,7 +1050,8 @@ final class WorkerRun: Sendable {
 
     /// Logs that `what` is unreachable and when it is tried again.
     private func warnUnreachable(_ what: String, _ error: CeleryWorkerError, _ delay: Double) {
-        logger.warning("\(what) unreachable (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
+        let state = error.code == .redisUnavailable ? "cannot serve the request for now" : "unreachable"
+        logger.warning("\(what) \(state) (\(error.message)); retrying in \(CeleryWorkerService.format(seconds: delay)) seconds")
     }
 }
 
