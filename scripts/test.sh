@@ -30,6 +30,7 @@ echo "==> benchmark, small form (checks that it runs; figures from a debug build
 .venv/bin/python Benchmarks/request_cost.py --tasks 64 --runs 1 --batches 1,8
 .venv/bin/python Benchmarks/relay_floor.py --tasks 200 --runs 1 --windows 8 --worker "$SWIFT_CELERY_WORKER"
 .venv/bin/python Benchmarks/soak.py --rounds 2 --tasks 200 --worker "$SWIFT_CELERY_WORKER"
+.venv/bin/python Benchmarks/herd.py --workers 2 --rate 100 --tasks 50 "$SWIFT_CELERY_WORKER"
 CODEC_CONFIGURATION=debug Benchmarks/codec.sh 200
 cc -O2 -Wall -Werror -o .build/wakeup Benchmarks/wakeup.c -lpthread
 if [ "$(nproc)" -ge 2 ]; then .build/wakeup 2000; else echo "wakeup.c: built; it needs two CPUs to run"; fi
