@@ -376,3 +376,37 @@ def test_a_result_redis_refuses_for_want_of_memory_is_stored_once_it_has_room(re
     finally:
         worker.stop(signal.SIGKILL)
         backend.stop()
+
+
+def test_an_idle_worker_on_a_broker_out_of_memory_waits_and_does_not_spin(request, tmp_path):
+    """Out of memory, Redis refuses `BLMOVE` (which may grow a list) at once. An idle Swift worker then waits for its
+    watch's report instead of blocking, until it has waited once, rather than fetch again and again: a handful of
+    scripts a second, not thousands. Once Redis has room it blocks again, and tasks run."""
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    client = redis_lib.Redis.from_url(server.url(1))
+    worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0)],
+                                             tmp_path / "swift.log"))
+    try:
+        worker.wait_ready()
+        app = make_app(server.url(1), server.url(0))
+        assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
+        used = client.info("memory")["used_memory"]
+        client.set("filler", b"x" * 4_000_000)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", used + 1_000_000)
+        client.config_resetstat()
+        time.sleep(2)
+        stats = client.info("commandstats")
+        assert stats.get("cmdstat_blmove", {}).get("rejected_calls", 0) >= 1, stats
+        assert stats.get("cmdstat_evalsha", {}).get("calls", 0) <= 20, stats
+        client.config_set("maxmemory", 0)
+        client.delete("filler")
+        assert app.tasks["tasks.add"].delay(2, 3).get(timeout=10) == 5
+        time.sleep(1.5)
+        blocked = [line for line in client.client_list() if line.get("cmd") == "blmove"]
+        assert len(blocked) == 1, client.client_list()
+    finally:
+        worker.stop(signal.SIGKILL)
+        server.stop()

@@ -154,6 +154,10 @@ public final class RedisBroker: Broker {
         var firstList: String?
         /// Whether the last fetch took fewer messages than it asked for.
         var short = true
+        /// Whether a block failed (Redis refused `BLMOVE` for now: out of memory, say) since the last wait for the
+        /// watch: until the next such wait, fetches wait for the watch rather than block, so a block that fails at
+        /// once cannot make the fetch loop spin.
+        var blockFailed = false
     }
 
     private let tracking = Mutex(Tracking())
@@ -185,8 +189,9 @@ public final class RedisBroker: Broker {
     /// refuses `BLMOVE` or `CLIENT UNBLOCK`, the fetch waits for the watch's report instead, and then runs the script.
     private func watchedFetch(lists: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery]? {
         guard let (watch, last) = tracking.withLock({ state in state.watch.map { ($0, state) } }) else { return nil }
-        let blocks = watch.unblocks
-        if last.armed, !blocks {
+        let blocks = watch.unblocks && !last.blockFailed
+        let waits = last.armed && !blocks
+        if waits {
             await watch.wait(for: .seconds(1))
             tracking.withLock { $0.armed = false }
         }
@@ -201,16 +206,21 @@ public final class RedisBroker: Broker {
         let watched = last.short ? (blocks ? Array(lists.dropFirst()) : lists) : nil
         let (popped, empty, blocked) = try await popAndRecord(
             lists: lists, limit: limit, watching: watched, blockingOn: blockOn.map { ($0, watch, clientID) })
-        // Refused: an ACL, or a Redis before 6.2 (`ERR unknown command`).
-        if case .error(let message)? = blocked, ListWatch.refuses(message) {
-            watch.refuseBlocking("BLMOVE: \(message)")
+        // Refused for good: an ACL, or a Redis before 6.2 (`ERR unknown command`). Refused for now (`OOM`): the next
+        // fetches wait for the watch, until one has.
+        var failed = false
+        if case .error(let message)? = blocked {
+            if ListWatch.refuses(message) { watch.refuseBlocking("BLMOVE: \(message)") }
+            failed = true
         }
+        let blockFailed = failed || (last.blockFailed && !waits)
         // Watched only if read on the connection tracking is on for (not on one reopened under it), with the watch
-        // subscribed all along, and as the next fetch waits (it waits for the watch alone once Redis refused
-        // blocking, and then the first list must be watched too).
+        // subscribed all along, and as the next fetch waits: when it waits for the watch alone, rather than block on
+        // the first list, that list must be watched too.
         let opened = blocking.connection.openedCount
-        let held = watch.holds(subscription) && watch.unblocks == blocks
+        let held = watch.holds(subscription) && (!blocks || (watch.unblocks && !blockFailed))
         tracking.withLock { state in
+            state.blockFailed = blockFailed
             state.short = popped.count < limit
             state.armed = empty && state.short && held && opened != nil && opened == state.enabled?.opened
             state.firstList = lists.first
