@@ -36,7 +36,7 @@ cc -O2 -Wall -Werror -o .build/wakeup Benchmarks/wakeup.c -lpthread
 if [ "$(nproc)" -ge 2 ]; then .build/wakeup 2000; else echo "wakeup.c: built; it needs two CPUs to run"; fi
 .venv/bin/python Benchmarks/redis_instructions.py --tasks 50 .
 
-echo "==> Interop tests against real Python Celery: five passes side by side (each starts its own redis-server)"
+echo "==> Interop tests against real Python Celery: six passes side by side (each starts its own redis-server)"
 # The passes spend most of their time waiting on workers, Redis and timeouts, not on the CPU: side by side they take
 # about as long as the longest one. So the files for Celery 5.3 and for 5.7 are each run in two halves, split by name
 # where the time splits about evenly (about 7 minutes each; one pass of all of them takes 14). Each writes its own log, printed whole when all are done. A pass still running
@@ -73,12 +73,17 @@ interop_pass solo env SWIFT_CELERY_POOL=solo ../.venv/bin/python -m pytest -m "n
     --ignore=tests/test_events.py --ignore=tests/test_metrics.py --ignore=tests/test_sentinel.py --ignore=tests/test_tls.py \
     --ignore=tests/test_worker_flags.py --ignore=tests/test_gossip.py --ignore=tests/test_beat.py --ignore=tests/test_redbeat.py \
     --ignore=tests/test_cli_control.py --ignore=tests/test_evdump.py
+# The process pool fetches on a thread of its own, not on the event loop the other pools share: the files about
+# fetching, losing the broker and finding it again run with it too (they once passed only on the shared loop).
+interop_pass process env SWIFT_CELERY_POOL=process ../.venv/bin/python -m pytest tests/test_delivery.py \
+    tests/test_chaos.py tests/test_broker_retry.py tests/test_sentinel.py
 wait
 
 status=0
 for pass in "celery53-1:Celery 5.3 (oldest supported), tests/test_[a-g]*" "celery53-2:Celery 5.3, the other files" \
     "celery57-1:Celery 5.7, tests/test_[a-g]*" "celery57-2:Celery 5.7, the other files" \
-    "solo:Celery 5.7, every Swift worker with the solo pool"; do
+    "solo:Celery 5.7, every Swift worker with the solo pool" \
+    "process:Celery 5.7, the Swift worker's fetching and reconnecting with the process pool"; do
     name=${pass%%:*}
     echo "==> Interop tests against ${pass#*:}"
     cat "$interop_logs/$name.log"

@@ -356,7 +356,8 @@ public final class RedisBroker: Broker {
 
     private func blockingPop(_ brpop: RedisCommand) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         if blocking.sharesLane { return try await blockingPopOnSharedLane(brpop) }
-        let (popped, place) = try await blocking.withConnection { [self] connection throws(CeleryWorkerError) -> ([BrokerDelivery], Int?) in
+        let (popped, place) = try await blocking.withConnection(retrying: false) {
+            [self] connection throws(CeleryWorkerError) -> ([BrokerDelivery], Int?) in
             let started = ContinuousClock.now
             let reply = try connection.execute([brpop])
             let database = self.records.url.database
@@ -492,13 +493,14 @@ public final class RedisBroker: Broker {
         // Behind a block the script runs when a message comes, up to a second from now: it takes the time then.
         if blockingOn == nil { arguments.append(receivedAt) } else { arguments.append("") }
         // On the blocking connection, which only fetching uses: the fetch loop runs on that connection's thread
-        // (``fetchExecutor``), so a fetch costs no thread hop.
+        // (``fetchExecutor``), so a fetch costs no thread hop. A lost connection is the consumer's to report, on
+        // every pool (not replaced at once for another try).
         let lengths = watching?.map { RedisCommand("LLEN", RedisArgument($0)) } ?? []
         let move = blockingOn.map { RedisCommand("BLMOVE", RedisArgument($0.list), RedisArgument($0.list), "RIGHT", "RIGHT", "1") }
         let guarding = blockingOn.map { $0.watch.guarding($0.clientID) }
         defer { blockingOn?.watch.stopGuarding() }
         let (blocked, reply, lengthReplies) = try await blocking.evaluate(
-            Self.popAndRecordScript, keyCount: 2 + lists.count, after: move, watching: guarding, then: lengths
+            Self.popAndRecordScript, keyCount: 2 + lists.count, after: move, watching: guarding, then: lengths, retrying: false
         ) { [arguments] in arguments }
         if blockingOn != nil { receivedAt = WallClock.now() }
         let items = reply.array ?? []

@@ -146,15 +146,19 @@ public final class RedisClient: Sendable {
 
     /// Runs `body` with the connection on the client's thread, for a sequence of commands that must follow each
     /// other with nothing in between (no thread hop, no other caller). Like ``pipeline(_:)``, a connection found dead
-    /// on first use is replaced and `body` runs again, so `body` must be safe to repeat.
+    /// on first use is replaced and `body` runs again, so `body` must be safe to repeat; not with `retrying` off
+    /// (the consumer's fetches, which report a lost connection as kombu's consumer does: logged, and given up on
+    /// when `broker_connection_retry` is off).
     func withConnection<Result: Sendable>(
-        _ body: @escaping @Sendable (RedisConnection) throws(CeleryWorkerError) -> Result
+        retrying: Bool = true, _ body: @escaping @Sendable (RedisConnection) throws(CeleryWorkerError) -> Result
     ) async throws(CeleryWorkerError) -> Result {
         let connection = self.connection
         // Runs even when the calling task is cancelled: a cold shutdown still needs Redis to give reserved messages
         // back. Every call is bounded by the socket timeouts. The lane is one thread that runs one body at a time to
         // its end, so no other caller's commands land in the middle of a sequence (between `WATCH` and `EXEC`).
-        return try await lane.run { () throws(CeleryWorkerError) -> Result in try Self.once(connection, body) }
+        return try await lane.run { () throws(CeleryWorkerError) -> Result in
+            retrying ? try Self.once(connection, body) : try body(connection)
+        }
     }
 
     /// Runs `body` on the client's thread without waiting for it: after every call queued before it, before any
@@ -208,13 +212,14 @@ public final class RedisClient: Sendable {
     /// Runs a Lua script as ``evaluate(_:keyCount:then:arguments:)`` does, behind the blocking command `blocking` in
     /// the same write (see ``RedisConnection/evaluate(_:keyCount:arguments:after:watching:then:)``): `watching` is
     /// served while it blocks, by the lane's event loop on a shared lane (told to watch it here), or else by the
-    /// connection's thread as it waits.
+    /// connection's thread as it waits. With `retrying` off, a connection found dead is not replaced for another
+    /// try on a lane of its own (``withConnection(retrying:_:)``), as on a shared lane once the request is written.
     func evaluate(
         _ script: RedisScript, keyCount: Int, after blocking: RedisCommand?, watching source: (any PolledSource)? = nil,
-        then commands: [RedisCommand], arguments makeArguments: @escaping @Sendable () -> RESPArguments
+        then commands: [RedisCommand], retrying: Bool = true, arguments makeArguments: @escaping @Sendable () -> RESPArguments
     ) async throws(CeleryWorkerError) -> (blocking: RedisReply?, script: RedisReply, then: [RedisReply]) {
         guard sharesLane else {
-            return try await withConnection { connection throws(CeleryWorkerError) in
+            return try await withConnection(retrying: retrying) { connection throws(CeleryWorkerError) in
                 try connection.evaluate(
                     script, keyCount: keyCount, arguments: makeArguments(), after: blocking, watching: source, then: commands)
             }

@@ -552,9 +552,11 @@ public struct CelerySettings: Sendable, Equatable {
                 + "reconnect, connect within broker_connection_timeout, and reconnect after any error")
         add(
             ["health_check_interval"],
-            "the worker drops any connection that gives no reply within 30 s, a waiting BRPOP's too, and reconnects")
+            "the worker drops any connection that gives no reply within 30 s, a waiting BLMOVE's or BRPOP's too, and reconnects")
         add(["max_connections"], "the worker keeps a fixed few connections to Redis")
-        add(["polling_interval", "brpop_timeout"], "the worker's BRPOP waits 1 s at a time, kombu's default, and never sleeps between them")
+        add(
+            ["polling_interval", "brpop_timeout"],
+            "an idle worker's BLMOVE (or BRPOP) waits 1 s at a time, kombu's default, and never sleeps between them")
         add(
             ["ack_emulation"],
             "the worker always records what it takes in unacked, so a message of a worker that died is redelivered, never lost")
