@@ -64,6 +64,17 @@ extension RedisBrokerTests {
         return (watch, fetcher)
     }
 
+    /// ``watchAndFetcher(named:on:)`` once the fetch connection is blocked in `BLMOVE` (looked for every 30 ms for
+    /// 3 s: the fetch may take a while to start on a busy machine), or as they stand after that.
+    func blockedFetcher(named name: String, on client: RedisClient) async throws -> (watch: [String: String], fetcher: [String: String]) {
+        for _ in 0..<100 {
+            try await Task.sleep(for: .milliseconds(30))
+            let connections = try await watchAndFetcher(named: name, on: client)
+            if connections.fetcher["cmd"] == "blmove" { return connections }
+        }
+        return try await watchAndFetcher(named: name, on: client)
+    }
+
     /// The first fetch that brings anything (an idle fetch returns empty after about a second, as `BRPOP` times out).
     func firstDeliveries(_ broker: RedisBroker, queue: String) async throws -> [BrokerDelivery] {
         for _ in 0..<30 {
@@ -93,8 +104,7 @@ extension RedisBrokerTests {
             // Nothing waiting: the script finds the lists empty and has Redis watch them.
             #expect(try await broker.fetch(queues: [queue], limit: 4).isEmpty)
             async let fetched = firstDeliveries(broker, queue: queue)
-            try await Task.sleep(for: .milliseconds(300))
-            let (watch, fetcher) = try await watchAndFetcher(named: name, on: client)
+            let (watch, fetcher) = try await blockedFetcher(named: name, on: client)
             #expect(watch["cmd"] == "subscribe" && watch["sub"] == "1")
             #expect(fetcher["redir"] == watch["id"])
             #expect(fetcher["flags"]?.contains("b") == true && fetcher["cmd"] == "blmove", "blocked on the queue's list: \(fetcher)")
@@ -117,8 +127,7 @@ extension RedisBrokerTests {
             // next fetch (well before its BLMOVE's second is up).
             let unblocked = try await unblocks(on: client)
             async let next = firstDeliveries(broker, queue: queue)
-            try await Task.sleep(for: .milliseconds(100))
-            #expect(try await watchAndFetcher(named: name, on: client).fetcher["cmd"] == "blmove")
+            #expect(try await blockedFetcher(named: name, on: client).fetcher["cmd"] == "blmove")
             let pushed = ContinuousClock.now
             try await client.send(RedisCommand("LPUSH", RedisArgument(queue + Self.separator + "3"), RedisArgument(messages[0])))
             #expect(try await next.map(\.queue) == [queue])
