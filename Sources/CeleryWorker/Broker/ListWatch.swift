@@ -114,14 +114,8 @@ final class ListWatch: PolledSource, Sendable {
 
     /// Redis refused what the watch needs (`reason`): said once, and the watch closes; fetches block in `BRPOP`.
     func refuse(_ reason: String) {
-        let first = state.withLock { state -> Bool in
-            defer {
-                state.refusal = state.refusal ?? reason
-                state.subscription = nil
-            }
-            return state.refusal == nil
-        }
-        if first {
+        state.withLock { $0.subscription = nil }
+        if firstTime(reason, in: \.refusal) {
             logger.warning(
                 "Redis refused client tracking (\(reason)): an idle worker waits for messages in BRPOP, as a Python worker does, and one killed as a message arrives can lose it."
             )
@@ -137,14 +131,18 @@ final class ListWatch: PolledSource, Sendable {
     /// Redis refused what blocking in `BLMOVE` needs (`reason`): said once, and fetches wait for the watch
     /// (``wait(for:)``) from then on, a round trip more per message picked up at idle.
     func refuseBlocking(_ reason: String) {
-        let first = state.withLock { state -> Bool in
-            defer { state.blockingRefusal = state.blockingRefusal ?? reason }
-            return state.blockingRefusal == nil
-        }
-        if first {
+        if firstTime(reason, in: \.blockingRefusal) {
             logger.info(
                 "Redis refused \(reason): an idle worker waits for the report of a change before it fetches, a round trip more per message than blocking in BLMOVE."
             )
+        }
+    }
+
+    /// Keeps `reason` in `refusal` unless one is kept there already; `true` the first time (the time to say it).
+    private func firstTime(_ reason: String, in refusal: WritableKeyPath<State, String?>) -> Bool {
+        state.withLock { state in
+            defer { state[keyPath: refusal] = state[keyPath: refusal] ?? reason }
+            return state[keyPath: refusal] == nil
         }
     }
 

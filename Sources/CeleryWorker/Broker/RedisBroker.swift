@@ -522,9 +522,9 @@ public final class RedisBroker: Broker {
 
     /// Pops up to `ARGV[1]` messages from the lists `KEYS[3…]` in consumption order (each pop starts again from
     /// the first list, so priorities hold) and records each tagged one in `unacked` (`KEYS[1]`) and
-    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`, or Redis's `TIME` when that is empty) exactly as kombu does. Returns `[list, message, tag, …]`, each
-    /// list as its position among `KEYS[3…]` (1 for the first), the tag `false` (a nil reply) for a message recorded
-    /// under none. When the batch cannot be recorded, its messages go back to their lists in their order and the
+    /// `unacked_index` (`KEYS[2]`, score `ARGV[2]`, or Redis's `TIME` when that is empty) exactly as kombu does.
+    /// Returns `[list, message, tag, …]`, each list as its position among `KEYS[3…]` (1 for the first), the tag
+    /// `false` (a nil reply) for a message recorded under none. When the batch cannot be recorded, its messages go back to their lists in their order and the
     /// script fails with Redis's error.
     static let popAndRecordScript = RedisScript(
         #"""

@@ -195,24 +195,17 @@ public final class RedisClient: Sendable {
     func evaluate(
         _ script: RedisScript, keyCount: Int, arguments makeArguments: @escaping @Sendable () -> RESPArguments
     ) async throws(CeleryWorkerError) -> RedisReply {
-        try await evaluate(script, keyCount: keyCount, then: [], arguments: makeArguments).script
+        try await evaluate(script, keyCount: keyCount, after: nil, then: [], arguments: makeArguments).script
     }
 
     /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, and the commands `then` right after it in the
     /// same round trip (again after the script's `EVAL`, when Redis did not know the script): the script's reply
     /// (an error thrown), and theirs (errors returned).
-    func evaluate(
-        _ script: RedisScript, keyCount: Int, then commands: [RedisCommand],
-        arguments makeArguments: @escaping @Sendable () -> RESPArguments
-    ) async throws(CeleryWorkerError) -> (script: RedisReply, then: [RedisReply]) {
-        let replies = try await evaluate(script, keyCount: keyCount, after: nil, then: commands, arguments: makeArguments)
-        return (replies.script, replies.then)
-    }
-
-    /// Runs a Lua script as ``evaluate(_:keyCount:then:arguments:)`` does, behind the blocking command `blocking` in
-    /// the same write (see ``RedisConnection/evaluate(_:keyCount:arguments:after:watching:then:)``): `watching` is
-    /// served while it blocks, by the lane's event loop on a shared lane (told to watch it here), or else by the
-    /// connection's thread as it waits. With `retrying` off, a connection found dead is not replaced for another
+    ///
+    /// With `blocking`, that command goes first, in the same write (see
+    /// ``RedisConnection/evaluate(_:keyCount:arguments:after:watching:then:)``): `watching` is served while it
+    /// blocks, by the lane's event loop on a shared lane (told to watch it here), or else by the connection's thread
+    /// as it waits. With `retrying` off, a connection found dead is not replaced for another
     /// try on a lane of its own (``withConnection(retrying:_:)``), as on a shared lane once the request is written.
     func evaluate(
         _ script: RedisScript, keyCount: Int, after blocking: RedisCommand?, watching source: (any PolledSource)? = nil,

@@ -296,24 +296,17 @@ final class RedisConnection: @unchecked Sendable {
     /// Runs a Lua script as ``evaluate(_:keys:arguments:)`` does, its keys and then its other arguments already
     /// written in Redis's protocol: the first `keyCount` of `arguments` are the keys.
     func evaluate(_ script: RedisScript, keyCount: Int, arguments: RESPArguments) throws(CeleryWorkerError) -> RedisReply {
-        try evaluate(script, keyCount: keyCount, arguments: arguments, then: []).script
+        try evaluate(script, keyCount: keyCount, arguments: arguments, after: nil, then: []).script
     }
 
-    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, and `then` in the same round trip right after
-    /// it (sent again after the script's `EVAL` when Redis did not know the script): the script's reply (an error
-    /// thrown), and theirs (errors returned).
-    func evaluate(
-        _ script: RedisScript, keyCount: Int, arguments: RESPArguments, then commands: [RedisCommand]
-    ) throws(CeleryWorkerError) -> (script: RedisReply, then: [RedisReply]) {
-        let replies = try evaluate(script, keyCount: keyCount, arguments: arguments, after: nil, then: commands)
-        return (replies.script, replies.then)
-    }
-
-    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:then:)`` does, behind the blocking command `blocking`
-    /// in the same write: Redis runs the script (and `then`) as soon as that command returns. While it blocks, the
-    /// thread also serves `watching` (its ``PolledSource/pump()`` when its descriptor is readable, its
-    /// ``PolledSource/expire()`` at its deadline), which may unblock it. `blocking`'s reply is returned, and is not
-    /// sent again when the script has to be sent again as `EVAL`.
+    /// Runs a Lua script as ``evaluate(_:keyCount:arguments:)`` does, and the commands `then` right after it in the
+    /// same round trip (sent again after the script's `EVAL` when Redis did not know the script): the script's reply
+    /// (an error thrown), and theirs (errors returned).
+    ///
+    /// With `blocking`, that command goes first, in the same write: Redis runs the script (and `then`) as soon as it
+    /// returns. While it blocks, the thread also serves `watching` (its ``PolledSource/pump()`` when its descriptor
+    /// is readable, its ``PolledSource/expire()`` at its deadline), which may unblock it. `blocking`'s reply is
+    /// returned, and is not sent again when the script has to be sent again as `EVAL`.
     func evaluate(
         _ script: RedisScript, keyCount: Int, arguments: RESPArguments, after blocking: RedisCommand?,
         watching source: (any PolledSource)? = nil, then commands: [RedisCommand]
