@@ -410,3 +410,40 @@ def test_an_idle_worker_on_a_broker_out_of_memory_waits_and_does_not_spin(reques
     finally:
         worker.stop(signal.SIGKILL)
         server.stop()
+
+
+def test_a_fetch_connection_redis_refuses_restarts_the_consumer_at_most_five_times_a_second(request, tmp_path):
+    """At `maxclients`, Redis refuses the connection the worker fetches on while its other connections still work:
+    each reconnection succeeds (the queues are declared on another connection) and is lost at the next fetch.
+    Celery's consumer counts its restarts (billiard's `restart_state`, 5 in 1 s): the sixth within a second logs
+    "Frequent restarts detected" and waits a second. The Swift worker does the same; before, it lost and regained
+    its connection about 400 times a second. Once Redis takes connections again, tasks run. (A Python worker showed
+    the same line by hand, but whether its reconnection finds a free slot depends on when it closes its old
+    connections, so it is not run here.)"""
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    client = redis_lib.Redis.from_url(server.url(1))
+    worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0)],
+                                             tmp_path / "swift.log"))
+    try:
+        worker.wait_ready()
+        app = make_app(server.url(1), server.url(0))
+        assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
+
+        def fetching():
+            return [c for c in client.client_list() if c["cmd"] in ("blmove", "brpop")]
+
+        assert eventually(fetching), client.client_list()
+        # Every connection there is now but the fetch's: Redis refuses the next one.
+        client.config_set("maxclients", len(client.client_list()) - 1)
+        client.client_kill_filter(_id=fetching()[0]["id"])
+        time.sleep(3)
+        client.config_set("maxclients", 10000)
+        losses = worker.log.count("Connection to broker lost")
+        assert "Frequent restarts detected: RestartFreqExceeded('5 in 1s')" in worker.log, worker.log
+        assert 6 <= losses <= 24, losses
+        assert app.tasks["tasks.add"].delay(2, 3).get(timeout=15) == 5
+    finally:
+        worker.stop(signal.SIGKILL)
+        server.stop()

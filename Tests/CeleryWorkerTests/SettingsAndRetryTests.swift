@@ -501,6 +501,17 @@ struct RetryArithmeticTests {
         }
     }
 
+    @Test("the consumer's restarts are counted as billiard's restart_state (5 in 1 s) counts them")
+    func restartFrequency() {
+        // billiard 4.2's `restart_state(maxR=5, maxT=1).step(now=100 + t)` at these times raised at 0.5 and 2.4.
+        let times = [0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.5, 1.6, 1.7, 1.8, 1.9, 2.4, 2.45, 3.0, 3.1, 3.2]
+        let start = ContinuousClock.now
+        var restarts = RestartFrequency()
+        let lines = times.map { restarts.step(at: start + .milliseconds(Int($0 * 1000))) }
+        let tooOften = "Frequent restarts detected: RestartFreqExceeded('5 in 1s')"
+        #expect(lines == times.map { [0.5, 2.4].contains($0) ? tooOften : nil })
+    }
+
     @Test("broker_connection_retry_on_startup decides on start (else broker_connection_retry, with Celery's warning)")
     func brokerConnectionRetryOnStartup() {
         let startupOff = BrokerConnectionRetry(retryOnStartup: false)

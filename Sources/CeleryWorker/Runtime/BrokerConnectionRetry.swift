@@ -75,3 +75,29 @@ public struct BrokerConnectionGivenUp: Error, Sendable, CustomStringConvertible 
 
     public var description: String { reason }
 }
+
+/// billiard's `restart_state` as Celery's consumer keeps it (`maxR=5, maxT=1`): a consumer that lost its broker
+/// connection a sixth time within a second of the first of those losses waits a second before it reconnects, with
+/// Celery's critical line. Each reconnection succeeds at once when Redis accepts the connection the consumer
+/// declares its queues on but refuses the one it fetches on (at `maxclients`, say); without the wait the consumer
+/// would lose and regain its connection hundreds of times a second.
+struct RestartFrequency {
+    private let most = 5
+    private let within: Duration = .seconds(1)
+    private var restarts = 0
+    private var since: ContinuousClock.Instant?
+
+    /// Counts a restart at `now`: Celery's critical line when there were too many (the consumer then waits a
+    /// second), else `nil`.
+    mutating func step(at now: ContinuousClock.Instant = .now) -> String? {
+        if let since, now - since >= within {
+            (self.since, restarts) = (now, 0)
+        } else if restarts >= most {
+            defer { restarts = 0 }
+            return "Frequent restarts detected: RestartFreqExceeded('\(restarts) in 1s')"
+        }
+        since = since ?? now
+        restarts += 1
+        return nil
+    }
+}

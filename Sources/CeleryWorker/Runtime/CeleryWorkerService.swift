@@ -571,6 +571,8 @@ final class WorkerRun: Sendable {
         var unreachable = 0
         /// Whether the last fetch found as many messages as it asked for.
         var busy = false
+        /// The connection's losses within the last second, as Celery's consumer counts its restarts.
+        var restarts = RestartFrequency()
     }
 
     /// How one fetch ended.
@@ -686,6 +688,10 @@ final class WorkerRun: Sendable {
             // Celery's consumer stops its heart as it restarts (worker-offline, if the event gets through) and starts it
             // again once connected (worker-online).
             await sendWorkerEvent("worker-offline")
+            if let tooOften = state.restarts.step() {
+                logger.critical("\(tooOften)")
+                _ = await shutdown.sleep(untilUnixTime: WallClock.now() + 1)
+            }
             return .nothing
         }
         let failedOver = service.logFailovers()
