@@ -1,6 +1,7 @@
 """Celery's broker connection settings (broker_connection_retry, broker_connection_retry_on_startup,
 broker_connection_max_retries, broker_connection_timeout), each beside a Python worker given the same settings."""
 import json
+import re
 import signal
 import subprocess
 import time
@@ -443,6 +444,8 @@ def test_a_fetch_connection_redis_refuses_restarts_the_consumer_at_most_five_tim
         losses = worker.log.count("Connection to broker lost")
         assert "Frequent restarts detected: RestartFreqExceeded('5 in 1s')" in worker.log, worker.log
         assert 6 <= losses <= 24, losses
+        # Redis's reason, as redis-py gives it (before, "Server closed the connection" or "Connection reset by peer").
+        assert re.search(r"Connection to broker lost\. .*\(.*: max number of clients reached\)$", worker.log, re.M), worker.log
         assert app.tasks["tasks.add"].delay(2, 3).get(timeout=15) == 5
     finally:
         worker.stop(signal.SIGKILL)

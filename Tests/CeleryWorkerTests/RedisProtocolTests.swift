@@ -205,4 +205,17 @@ struct RESPSocketTests {
         }
         #expect(!connection.isOpen)
     }
+
+    @Test("Redis's refusal of a connection at maxclients fails the request as a lost connection, in redis-py's words")
+    func tooManyClients() throws {
+        let server = try ScriptedServer(replies: [Array("-ERR max number of clients reached\r\n".utf8)])
+        let connection = RedisConnection(url: try RedisURL(parsing: "redis://127.0.0.1:\(server.port)"), commandTimeout: .seconds(5))
+        #expect {
+            _ = try connection.execute([RedisCommand("PING")])
+        } throws: { error in
+            guard let error = error as? CeleryWorkerError else { return false }
+            return error.isConnectionProblem && error.message.hasSuffix(": max number of clients reached")
+        }
+        #expect(!connection.isOpen)
+    }
 }

@@ -818,6 +818,12 @@ final class RedisConnection: @unchecked Sendable {
             // What was read is dropped from the buffer as hiredis's reader drops it (so the buffer is not moved for
             // every small reply).
             chiredis_reader_consume(reader, next)
+            if case .error(let message) = reply, message.hasPrefix(Self.tooManyClients) {
+                // Redis refused the connection as it accepted it (`maxclients`), and closes it: not an answer to the
+                // command, but a failed connection, as redis-py takes it (a `ConnectionError`), with redis-py's words.
+                fail(context, REDIS_ERR_OTHER, String(Self.tooManyClients.dropFirst(4)))
+                return .failed
+            }
             if case .error(let message) = reply, message.hasPrefix("READONLY") || message.hasPrefix("UNBLOCKED") {
                 // The server turned replica (a failover): the reply is handed on, and the connection's next write or
                 // read fails, so it is reopened (through the Sentinels, at the new master), as redis-py's Sentinel
@@ -827,6 +833,9 @@ final class RedisConnection: @unchecked Sendable {
             return .reply(reply)
         }
     }
+
+    /// What Redis sends a connection it refuses as it accepts it, at `maxclients`, before it closes it.
+    static let tooManyClients = "ERR max number of clients reached"
 
     /// Marks the context failed, as hiredis does: its error code and message.
     private static func fail(_ context: Link, _ code: Int32, _ problem: String) {
