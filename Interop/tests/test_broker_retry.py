@@ -450,3 +450,46 @@ def test_a_fetch_connection_redis_refuses_restarts_the_consumer_at_most_five_tim
     finally:
         worker.stop(signal.SIGKILL)
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_connections_redis_closes_when_idle_are_replaced_before_the_next_request(request, tmp_path, kind):
+    """Redis's `timeout` closes a client left idle that many seconds (here 1). A worker idle longer than that finds
+    its result, acknowledgement, sweep and unblocking connections closed: redis-py reconnects when its next command
+    finds its connection closed, and so does the Swift worker, before it writes. Before, the Swift worker wrote the
+    next request on the dead socket, found no reply, logged `Redis unreachable` and tried again a second later; its
+    visibility sweep failed, and a priority task waited for its fetch's `BLMOVE` to time out."""
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    client = redis_lib.Redis.from_url(server.url(1))
+    client.config_set("timeout", 1)
+    if kind == "swift":
+        worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0),
+                                                  "--visibility-timeout", "6"], tmp_path / "swift.log"))
+    else:
+        worker = remember(request, PythonWorker(server.url(1), server.url(0), tmp_path / "python.log", "-P", "solo",
+                                                env={"VISIBILITY_TIMEOUT": "6"}))
+    try:
+        worker.wait_ready()
+        app = make_app(server.url(1), server.url(0))
+        backend = redis_lib.Redis.from_url(server.url(0))
+        for number in range(4):
+            time.sleep(2.2)
+            started = time.monotonic()
+            # Every other one on a priority list, which the Swift worker's idle fetch is unblocked for.
+            result = app.send_task("tasks.add", (number, 1), priority=3 if number % 2 else None)
+            # Read with GET, not `result.get()`: Celery's result consumer itself sometimes waits in vain on a
+            # connection Redis closed while it was subscribed to nothing.
+            key = f"celery-task-meta-{result.id}"
+            assert eventually(lambda: backend.exists(key), timeout=10), (number, worker.log)
+            assert time.monotonic() - started < 0.5, (number, worker.log)
+            assert json.loads(backend.get(key))["result"] == number + 1
+        problems = [line for line in worker.log.splitlines() if "WARNING/" in line or "ERROR/" in line]
+        assert not problems, worker.log
+    finally:
+        if isinstance(worker, PythonWorker):
+            worker.kill_all()
+        else:
+            worker.stop(signal.SIGKILL)
+        server.stop()

@@ -199,6 +199,18 @@ struct SoloLaneTests {
         #expect(try await other.send(RedisCommand("GET", "hung-up")).text == "1")
     }
 
+    @Test(
+        "a request waited for goes out on a new connection when the server closed the idle one (Redis's timeout)",
+        .enabled(if: TestRedis.enabled))
+    func closedWhileIdle() async throws {
+        let (lane, client) = try Self.soloClient()
+        defer { lane.shutdown() }
+        try await Self.kill(connection: try await client.send(RedisCommand("CLIENT", "ID")).integer)
+        try await Task.sleep(for: RedisConnection.idleCheck + .milliseconds(100))
+        // Written to the dead socket, its reply would never come, and a request may not be sent twice once written.
+        #expect(try await client.send(RedisCommand("ECHO", "after the close")).text == "after the close")
+    }
+
     @Test("writes to a socket the server closed fail with an error, not SIGPIPE", .enabled(if: TestRedis.enabled))
     func brokenPipe() async throws {
         let connection = RedisConnection(url: try RedisURL(parsing: "\(try #require(TestRedis.base))/12"))

@@ -31,6 +31,8 @@ final class RedisConnection: @unchecked Sendable {
         var unreadDone = 0
         /// Since when a reply sent by ``send(_:replies:handle:)`` is awaited (or the last reply came); `nil`: none is.
         var awaitedSince: ContinuousClock.Instant?
+        /// When a request last went out (``connectedContext(_:)``), for ``idleCheck``.
+        var lastUsed: ContinuousClock.Instant?
         /// How many times the connection was opened (its setup done): a change means a new connection, on which any
         /// state a client set up on the old one (`CLIENT TRACKING`) is gone.
         var opened = 0
@@ -529,18 +531,25 @@ final class RedisConnection: @unchecked Sendable {
     /// out on the dead socket (the first write after the server's close succeeds) and is lost. One `poll(2)` that
     /// does not wait.
     func closeIfHungUp() {
-        state.withLock { state in
-            guard let context = state.context, state.unread.isEmpty else { return }
-            #if os(Linux)
-                let hangUp = Int16(0x2000 | POLLHUP | POLLERR)  // POLLRDHUP (Linux's; Glibc's module leaves it out)
-            #else
-                let hangUp = Int16(POLLHUP | POLLERR)
-            #endif
-            var socket = pollfd(fd: context.raw.pointee.fd, events: hangUp, revents: 0)
-            guard poll(&socket, 1, 0) == 1, socket.revents & hangUp != 0 else { return }
-            Self.close(&state, failure: CeleryWorkerError(code: .connectionLost, message: "the server closed the connection"))
-        }
+        state.withLock { Self.closeIfHungUp(&$0) }
     }
+
+    private static func closeIfHungUp(_ state: inout State) {
+        guard let context = state.context, state.unread.isEmpty else { return }
+        #if os(Linux)
+            let hangUp = Int16(0x2000 | POLLHUP | POLLERR)  // POLLRDHUP (Linux's; Glibc's module leaves it out)
+        #else
+            let hangUp = Int16(POLLHUP | POLLERR)
+        #endif
+        var socket = pollfd(fd: context.raw.pointee.fd, events: hangUp, revents: 0)
+        guard poll(&socket, 1, 0) == 1, socket.revents & hangUp != 0 else { return }
+        Self.close(&state, failure: CeleryWorkerError(code: .connectionLost, message: "the server closed the connection"))
+    }
+
+    /// How long a connection may go unused before a request checks that the server has not closed it. Redis closes a
+    /// client idle for its `timeout` (whole seconds, one at the least), so a connection used more often than this
+    /// cannot have been closed for that; under load no request pays for the check.
+    static let idleCheck: Duration = .milliseconds(500)
 
     private static func close(
         _ state: inout State,
@@ -573,6 +582,13 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private func connectedContext(_ state: inout State) throws(CeleryWorkerError) -> Link {
+        // A connection idle for a while may have been closed by the server meanwhile: for its `timeout`, or in a
+        // restart. A request written to it would go out on the dead socket (the first write after the server's close
+        // succeeds) and fail as its reply is read, when it can no longer be sent again safely; the connection is
+        // replaced before the write instead, as redis-py reconnects a connection its next command finds closed.
+        let now = ContinuousClock.now
+        if let lastUsed = state.lastUsed, now - lastUsed >= Self.idleCheck { Self.closeIfHungUp(&state) }
+        state.lastUsed = now
         guard let failover = url.failover else {
             if let context = state.context { return context }
             return try connect(to: url, &state)
