@@ -125,6 +125,31 @@ def test_several_queues_are_all_consumed(start_worker, make_app):
     assert [r.get(timeout=10) for r in ids] == [0, 2, 4, 6]
 
 
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_a_queue_whose_key_is_not_a_list_is_left_out_and_the_others_consumed(start_worker, start_python_worker, make_app,
+                                                                            broker_redis, kind):
+    """A key of another type where a queue's list should be (a string, here) makes every fetch of the lists fail
+    with `WRONGTYPE`. A Python worker stops (`Unrecoverable error`). The Swift worker logs the key, leaves it out of
+    its fetches for 10 seconds at a time and consumes the other queues, priorities included; once the key is a list
+    again (here: gone), its queue is consumed too."""
+    queues = [f"wrongtype-{kind}-a", f"wrongtype-{kind}-b"]
+    broker_redis.set(queues[1], "not a list")
+    app = make_app()
+    if kind == "python":
+        worker = start_python_worker("-Q", ",".join(queues), "-P", "solo", ready=False)
+        worker.wait_for_log("Unrecoverable error", timeout=15)
+        assert worker.proc.wait(timeout=15) != 0
+        return
+    worker = start_worker("-Q", ",".join(queues))
+    assert app.tasks["tasks.add"].apply_async((1, 2), queue=queues[0]).get(timeout=10) == 3
+    assert app.tasks["tasks.add"].apply_async((3, 4), queue=queues[0], priority=6).get(timeout=10) == 7
+    assert (f"consumer: Cannot fetch from '{queues[1]}': the key holds a string, not a list (WRONGTYPE); left out of "
+            "the fetches for 10 seconds, the other queues are consumed.") in worker.log
+    broker_redis.delete(queues[1])
+    assert app.tasks["tasks.add"].apply_async((5, 6), queue=queues[1]).get(timeout=15) == 11
+    assert "Unrecoverable" not in worker.log
+
+
 def test_early_ack_removes_the_message_before_the_task_runs(start_worker, make_app, broker_redis):
     worker = start_worker("-c", "1")
     app = make_app()

@@ -527,6 +527,16 @@ extension RedisBrokerTests {
         roundRobin.set(["b", "a"])
         roundRobin.moveToEnd("b")
         #expect(roundRobin.lists.prefix(2) == ["a", "b"])
+        // A list set aside (its key held another type) is left out, through rotations, until its time is up.
+        let now = ContinuousClock.now
+        roundRobin.setAside("b\u{6}\u{16}3", until: now + .seconds(10))
+        roundRobin.moveToEnd("a")
+        #expect(roundRobin.lists == ["b", "a", "a\u{6}\u{16}3", "b\u{6}\u{16}6", "a\u{6}\u{16}6", "b\u{6}\u{16}9", "a\u{6}\u{16}9"])
+        #expect(roundRobin.brpop.arguments.count == 2 + roundRobin.lists.count)
+        roundRobin.takeBack(at: now + .seconds(9))
+        #expect(roundRobin.lists.count == 7)
+        roundRobin.takeBack(at: now + .seconds(10))
+        #expect(roundRobin.lists.count == 8 && roundRobin.lists[2] == "b\u{6}\u{16}3")
     }
 
     @Test("restore of a message published to a named exchange follows the binding table")

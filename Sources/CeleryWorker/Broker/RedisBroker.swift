@@ -113,8 +113,53 @@ public final class RedisBroker: Broker {
     public func fetch(queues: [String], limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         let (lists, brpop) = rotation.withLock { order -> ([String], RedisCommand) in
             if order.queues != queues, Set(order.queues) != Set(queues) { order.set(queues) }
+            order.takeBack(at: .now)
             return (order.lists, order.brpop)
         }
+        guard !lists.isEmpty else {
+            // Every list is set aside: nothing to fetch from for now, a blocking pop's second.
+            try? await Task.sleep(for: .seconds(1))
+            return []
+        }
+        do {
+            return try await fetch(lists: lists, brpop: brpop, limit: limit)
+        } catch  where error.message.contains("WRONGTYPE") {
+            guard await setAsideWrongTypes(of: lists, error) else { throw error }
+            // Again, without them.
+            return try await fetch(queues: queues, limit: limit)
+        }
+    }
+
+    /// How long a list whose key holds something else than a list is left out of the fetches before it is tried
+    /// again.
+    static let wrongTypeSetAside: Duration = .seconds(10)
+
+    /// After a fetch failed on a key of another type than a list (`WRONGTYPE`: a string where a queue's list should
+    /// be, say): each of `lists` is checked (`TYPE`), and those of another type are set aside for
+    /// ``wrongTypeSetAside`` and logged as errors, so the fetches go on with the others. `false` when none was found,
+    /// or when there is no log to say it in (outside ``consuming(logger:_:)``): the error is then the fetch's. A
+    /// Python worker stops at such a key (`Unrecoverable error`); a fetch of every list at once would fail on it
+    /// again and again, and the healthy queues would wait too.
+    private func setAsideWrongTypes(of lists: [String], _ error: CeleryWorkerError) async -> Bool {
+        guard let logger = tracking.withLock({ $0.logger }),
+            let types = try? await commands.pipeline(lists.map { RedisCommand("TYPE", RedisArgument($0)) })
+        else { return false }
+        let wrong = zip(lists, types).compactMap { list, type in
+            type.text.flatMap { $0 == "list" || $0 == "none" ? nil : (list, $0) }
+        }
+        let until = ContinuousClock.now + Self.wrongTypeSetAside
+        rotation.withLock { order in
+            for (list, _) in wrong { order.setAside(list, until: until) }
+        }
+        for (list, type) in wrong {
+            logger.error(
+                "consumer: Cannot fetch from \(PythonRepr.repr(.string(list))): the key holds a \(type), not a list (WRONGTYPE); left out of the fetches for \(Self.wrongTypeSetAside.components.seconds) seconds, the other queues are consumed."
+            )
+        }
+        return !wrong.isEmpty
+    }
+
+    private func fetch(lists: [String], brpop: RedisCommand, limit: Int) async throws(CeleryWorkerError) -> [BrokerDelivery] {
         // Whatever is waiting is popped and recorded in `unacked` by one script: no moment exists in which a
         // message is off its list but not yet recorded, so a worker killed at any point loses nothing. While the
         // worker consumes, an idle fetch waits for a change to the lists without taking anything (``ListWatch``).
@@ -158,6 +203,8 @@ public final class RedisBroker: Broker {
         /// watch: until the next such wait, fetches wait for the watch rather than block, so a block that fails at
         /// once cannot make the fetch loop spin.
         var blockFailed = false
+        /// Where the broker logs what it does about a queue it cannot fetch from (``setAsideWrongTypes(of:_:)``).
+        var logger: Logger?
     }
 
     private let tracking = Mutex(Tracking())
@@ -169,7 +216,7 @@ public final class RedisBroker: Broker {
         logger: Logger, _ body: () async throws(Failure) -> Result
     ) async throws(Failure) -> Result {
         let watch = ListWatch(beside: blocking, logger: logger)
-        tracking.withLock { $0 = Tracking(watch: watch) }
+        tracking.withLock { $0 = Tracking(watch: watch, logger: logger) }
         defer {
             tracking.withLock { $0 = Tracking() }
             watch.lost()
@@ -264,19 +311,37 @@ public final class RedisBroker: Broker {
         let transport: RedisTransportOptions
         private(set) var queues: [String] = []
         /// Every priority list of the queues in consumption order, prefixed: the first step (kombu's highest
-        /// priority) of every queue, then the next, and so on.
+        /// priority) of every queue, then the next, and so on; without those set aside.
         private(set) var lists: [String] = []
         /// `BRPOP` of `lists`, with a timeout of one second.
         private(set) var brpop = RedisCommand([])
+        /// Lists left out of the fetches, each until when (their keys held another type than a list).
+        private(set) var asideUntil: [String: ContinuousClock.Instant] = [:]
 
         mutating func set(_ queues: [String]) {
             self.queues = queues
             lists = []
             let ordered = transport.consumptionOrder(queues)
             for step in transport.prioritySteps {
-                for queue in ordered { lists.append(transport.list(for: queue, priority: step, prefix: prefix)) }
+                for queue in ordered {
+                    let list = transport.list(for: queue, priority: step, prefix: prefix)
+                    if asideUntil[list] == nil { lists.append(list) }
+                }
             }
             brpop = RedisCommand("BRPOP", arguments: lists.map { RedisArgument($0) } + ["1"])
+        }
+
+        /// Leaves `list` out of the fetches until `until`.
+        mutating func setAside(_ list: String, until: ContinuousClock.Instant) {
+            asideUntil[list] = until
+            set(queues)
+        }
+
+        /// Takes back the lists set aside whose time is up.
+        mutating func takeBack(at now: ContinuousClock.Instant) {
+            guard !asideUntil.isEmpty, asideUntil.values.contains(where: { $0 <= now }) else { return }
+            asideUntil = asideUntil.filter { $0.value > now }
+            set(queues)
         }
 
         /// kombu's rotation: the queue that just delivered goes last (in round robin only).
