@@ -256,7 +256,7 @@ def test_rate_limit(start_worker, make_app, backend_redis):
 
     from celery.utils.time import maybe_iso8601
 
-    start_worker("-n", "rate@%h", "-c", "4")
+    worker = start_worker("-n", "rate@%h", "-c", "4")
     app = make_app()
     node = next(iter(app.control.inspect(timeout=1, limit=1).ping()))
     reply = app.control.rate_limit("tasks.add", "2/s", reply=True, destination=[node])
@@ -271,6 +271,12 @@ def test_rate_limit(start_worker, make_app, backend_redis):
     assert bad[0][node]["error"].startswith("Invalid rate limit string")
     unknown = app.control.rate_limit("tasks.nope", "1/s", reply=True, destination=[node])
     assert unknown == [{node: {"error": "unknown task"}}]
+    # A name that is not a string is logged as Python's `%s` writes it.
+    named = app.control.broadcast("rate_limit", arguments={"task_name": 5, "rate_limit": "1/s"}, reply=True,
+                                  destination=[node])
+    assert named == [{node: {"error": "unknown task"}}]
+    assert "Rate limit attempt for unknown task tasks.nope" in worker.log
+    assert "Rate limit attempt for unknown task 5" in worker.log
     off = app.control.rate_limit("tasks.add", 0, reply=True, destination=[node])
     assert off == [{node: {"ok": "rate limit disabled successfully"}}]
     results = [app.tasks["tasks.add"].delay(i, 1) for i in range(5)]

@@ -7,6 +7,12 @@ public enum PythonRepr {
         return output
     }
 
+    /// Python's `str()`: a string as it is, anything else as its `repr`.
+    public static func str(_ value: CeleryValue) -> String {
+        if case .string(let text) = value { return text }
+        return repr(value)
+    }
+
     /// The `repr` of a tuple of arguments: `()`, `('a',)`, `(2, 3)`.
     public static func tuple(_ values: [CeleryValue]) -> String {
         var output = "("

@@ -402,7 +402,7 @@ extension WorkerRun {
             return ["error": .string("Invalid rate limit string: \(error.message)")]
         }
         guard let name = arguments["task_name"]?.stringValue, service.registry[name] != nil else {
-            logger.error("Rate limit attempt for unknown task \(arguments["task_name"]?.stringValue ?? "None")")
+            logger.error("Rate limit attempt for unknown task \(PythonRepr.str(arguments["task_name"] ?? .null))")
             return ["error": "unknown task"]
         }
         // Python keeps the value as given (`task.rate_limit = rate_limit`) and `registered` shows its `str()`.
@@ -424,7 +424,7 @@ extension WorkerRun {
     /// Python's `time_limit`: new soft and hard limits for one task type (`None` falls back to the worker's).
     private func timeLimit(_ arguments: CeleryObject) -> CeleryValue {
         guard let name = arguments["task_name"]?.stringValue, service.registry[name] != nil else {
-            logger.error("Change time limit attempt for unknown task \(arguments["task_name"]?.stringValue ?? "None")")
+            logger.error("Change time limit attempt for unknown task \(PythonRepr.str(arguments["task_name"] ?? .null))")
             return ["error": "unknown task"]
         }
         let soft = arguments["soft"]?.doubleValue

@@ -30,10 +30,10 @@ public struct EventDump: Sendable {
         guard let stamp = fields.removeValue(forKey: "timestamp")?.doubleValue, stamp.isFinite,
             let rawType = fields.removeValue(forKey: "type"), let hostname = fields.removeValue(forKey: "hostname")
         else { return nil }
-        let type = Self.str(rawType).lowercased()
+        let type = PythonRepr.str(rawType).lowercased()
         // `str(datetime.fromtimestamp(timestamp, timezone.utc))`: isoformat with a space.
         let time = CeleryTimestamp.isoformat(unixSeconds: stamp).replacing("T", with: " ")
-        let head = "\(Self.str(hostname)) [\(time)] \(Self.humanized(type))"
+        let head = "\(PythonRepr.str(hostname)) [\(time)] \(Self.humanized(type))"
         // Python's `f'{…}{sep} {fields}'` and `f'{…}{sep} {task} {fields}'`: the colon only with fields, the spaces
         // always.
         guard type.hasPrefix("task-") else {
@@ -41,13 +41,13 @@ public struct EventDump: Sendable {
             return head + (list.isEmpty ? " " : ": ") + list
         }
         guard let uuid = fields.removeValue(forKey: "uuid") else { return nil }
-        let id = Self.str(uuid)
+        let id = PythonRepr.str(uuid)
         let task: String
         if type == "task-received" || type == "task-sent" {
             guard let name = fields.removeValue(forKey: "name"), let args = fields.removeValue(forKey: "args"),
                 let kwargs = fields.removeValue(forKey: "kwargs")
             else { return nil }
-            task = "\(Self.str(name))(\(id)) args=\(Self.str(args)) kwargs=\(Self.str(kwargs))"
+            task = "\(PythonRepr.str(name))(\(id)) args=\(PythonRepr.str(args)) kwargs=\(PythonRepr.str(kwargs))"
             remember(task, for: id)
         } else {
             task = recalled(id) ?? ""
@@ -73,7 +73,7 @@ public struct EventDump: Sendable {
     /// `key=value, key=value` in Python's key order (code points).
     static func fieldList(_ fields: CeleryObject) -> String {
         let keys = fields.keys.sorted { $0.unicodeScalars.lexicographicallyPrecedes($1.unicodeScalars) }
-        return keys.map { "\($0)=\(str(fields[$0] ?? .null))" }.joined(separator: ", ")
+        return keys.map { "\($0)=\(PythonRepr.str(fields[$0] ?? .null))" }.joined(separator: ", ")
     }
 
     /// Celery's `humanize_type`.
@@ -84,11 +84,5 @@ public struct EventDump: Sendable {
         case "worker-heartbeat": "heartbeat"
         default: type.replacing("-", with: " ")
         }
-    }
-
-    /// Python's `str()`: a string as it is, anything else as its `repr`.
-    static func str(_ value: CeleryValue) -> String {
-        if case .string(let text) = value { return text }
-        return PythonRepr.repr(value)
     }
 }
