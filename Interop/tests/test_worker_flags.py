@@ -519,3 +519,51 @@ def test_node_names_as_celery_makes_them(start_worker, make_app):
         assert f"{expected} ready." in worker.log
         assert make_app().control.ping(destination=[expected], timeout=2) == [{expected: {"ok": "pong"}}]
         worker.stop()
+
+
+def open_files_limit(soft, hard):
+    """A `preexec_fn` that sets the child's limit on open files (`ulimit -n`)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_too_few_open_files_stop_the_worker_with_a_line_that_says_so(redis_urls, kind):
+    """With `ulimit -n 12`, a Python worker stops: `Unrecoverable error: OSError(24, 'Too many open files')` (its
+    prefork pool; the solo pool says `Too many open files. Aborting...`). The Swift worker, which needs about two
+    dozen descriptors, does not start, with a line that says how many it has and needs, exit 1. Before, its
+    connections failed and reconnected without end, and Dispatch stopped it with SIGILL within seconds."""
+    env = {**os.environ, "CELERY_BROKER_URL": redis_urls["broker"], "CELERY_RESULT_BACKEND": redis_urls["backend"]}
+    if kind == "swift":
+        args, cwd = [str(WORKER_BINARY), "--broker", redis_urls["broker"], "--result-backend", redis_urls["backend"]], None
+    else:
+        celery = Path(sys.executable).with_name("celery")
+        args = [str(celery), "-A", "pytasks", "worker", "-l", "INFO", "--without-mingle", "--without-gossip"]
+        cwd = INTEROP / "pyworker"
+    done = subprocess.run(args, preexec_fn=open_files_limit(12, 12), capture_output=True, text=True, timeout=60,
+                          env=env, cwd=cwd)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Too many open files" in output, output
+    if kind == "swift":
+        assert ("CRITICAL/MainProcess] Too many open files. Aborting... The limit on open files (ulimit -n) is 12, and "
+                "this worker needs 32 at the least") in output, output
+
+
+def test_a_soft_open_files_limit_is_raised_to_the_hard_one(redis_urls, make_app, tmp_path):
+    """A soft limit on open files below what the worker needs, under a hard one that is not: the worker raises its
+    soft limit to the hard one, as Go programs do, and serves."""
+    log = tmp_path / "raised.log"
+    worker = subprocess.Popen([str(WORKER_BINARY), "--broker", redis_urls["broker"], "--result-backend",
+                               redis_urls["backend"], "-Q", "raisedlimit", "--logfile", str(log)],
+                              preexec_fn=open_files_limit(12, 4096), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        assert eventually(lambda: log.exists() and " ready." in log.read_text(), timeout=15), log.read_text()
+        limits = Path(f"/proc/{worker.pid}/limits").read_text()
+        assert any(line.startswith("Max open files") and line.split()[3:5] == ["4096", "4096"]
+                   for line in limits.splitlines()), limits
+        assert make_app().send_task("tasks.add", (2, 2), queue="raisedlimit").get(timeout=10) == 4
+    finally:
+        worker.kill()
+        worker.wait()

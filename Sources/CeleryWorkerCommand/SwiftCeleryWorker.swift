@@ -555,6 +555,12 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
                     Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
         }
         for warning in resolved.warnings { logger.warning("\(warning)") }
+        if let limit = OpenFilesLimit.raised(),
+            let refusal = OpenFilesLimit.refusal(limit: limit, needed: OpenFilesLimit.needed(by: configuration))
+        {
+            logger.critical("\(refusal)")
+            throw ExitCode(1)
+        }
         // After the banner, as Celery's worker redirects.
         redirectStandardOutput()
 

@@ -373,6 +373,9 @@ struct RedisURLTests {
         let timeout = RedisConnection.connectError("Connection timed out", to: "10.255.255.1:6379")
         #expect(timeout.message == "Timeout connecting to server" && timeout.code == .timeout)
         #expect(RedisConnection.connectError("odd", to: "h:1").message == "Error connecting to h:1. odd.")
+        #expect(
+            RedisConnection.connectError("Can't create socket: Too many open files", to: "127.0.0.1:6379").message
+                == "Error 24 connecting to 127.0.0.1:6379. Too many open files.")
     }
 }
 

@@ -954,8 +954,11 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     /// ``connectError(from:to:)`` for hiredis's text of the failure.
-    static func connectError(_ text: String, to address: String) -> CeleryWorkerError {
+    static func connectError(_ given: String, to address: String) -> CeleryWorkerError {
         func systemText(_ pointer: UnsafePointer<CChar>?) -> String? { pointer.map { String(cString: $0) } }
+        // hiredis names the call that failed before the system's text for some (`Can't create socket: Too many open
+        // files`); redis-py gives the system's text alone.
+        let text = given.range(of: ": ", options: .backwards).map { String(given[$0.upperBound...]) } ?? given
         if text == systemText(strerror(ETIMEDOUT)) || text == systemText(strerror(EINPROGRESS)) {
             return CeleryWorkerError(code: .timeout, message: "Timeout connecting to server")
         }
@@ -966,7 +969,7 @@ final class RedisConnection: @unchecked Sendable {
             ?? (-20 ... -1).first { systemText(gai_strerror(Int32($0))) == text }
         guard let number, !text.isEmpty else {
             return CeleryWorkerError(
-                code: .connectionFailed, message: "Error connecting to \(address). \(text.isEmpty ? "connection closed" : text).")
+                code: .connectionFailed, message: "Error connecting to \(address). \(given.isEmpty ? "connection closed" : given).")
         }
         return CeleryWorkerError(code: .connectionFailed, message: "Error \(number) connecting to \(address). \(text).")
     }
