@@ -876,8 +876,8 @@ public final class RedisBroker: Broker {
         var restored = 0
         do {
             let ceiling = WallClock.now() - visibilityTimeout
-            var range = RedisCommand(
-                "ZRANGE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "BYSCORE", "REV", "WITHSCORES")
+            // kombu's own command (not Redis 6.2's `ZRANGE … BYSCORE REV`): older servers serve it too.
+            var range = RedisCommand("ZREVRANGEBYSCORE", RedisArgument(unackedIndexKey), RedisArgument(ceiling), "0", "WITHSCORES")
             // kombu's `unacked_restore_limit`: at most that many, from the ceiling down, as kombu's ZREVRANGEBYSCORE.
             if let limit = transport.unackedRestoreLimit { range.arguments += [Array("LIMIT".utf8), Array("0".utf8), RedisArgument(limit).bytes] }
             let visible = try await commands.send(range)
