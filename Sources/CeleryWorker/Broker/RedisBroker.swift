@@ -124,7 +124,7 @@ public final class RedisBroker: Broker {
         do {
             return try await fetch(lists: lists, brpop: brpop, limit: limit)
         } catch  where error.message.contains("WRONGTYPE") {
-            guard await setAsideWrongTypes(of: lists, error) else { throw error }
+            guard await setAsideWrongTypes(of: lists) else { throw error }
             // Again, without them.
             return try await fetch(queues: queues, limit: limit)
         }
@@ -140,7 +140,7 @@ public final class RedisBroker: Broker {
     /// or when there is no log to say it in (outside ``consuming(logger:_:)``): the error is then the fetch's. A
     /// Python worker stops at such a key (`Unrecoverable error`); a fetch of every list at once would fail on it
     /// again and again, and the healthy queues would wait too.
-    private func setAsideWrongTypes(of lists: [String], _ error: CeleryWorkerError) async -> Bool {
+    private func setAsideWrongTypes(of lists: [String]) async -> Bool {
         guard let logger = tracking.withLock({ $0.logger }),
             let types = try? await commands.pipeline(lists.map { RedisCommand("TYPE", RedisArgument($0)) })
         else { return false }
@@ -203,7 +203,7 @@ public final class RedisBroker: Broker {
         /// watch: until the next such wait, fetches wait for the watch rather than block, so a block that fails at
         /// once cannot make the fetch loop spin.
         var blockFailed = false
-        /// Where the broker logs what it does about a queue it cannot fetch from (``setAsideWrongTypes(of:_:)``).
+        /// Where the broker logs what it does about a queue it cannot fetch from (``setAsideWrongTypes(of:)``).
         var logger: Logger?
     }
 
