@@ -485,7 +485,9 @@ def test_connections_redis_closes_when_idle_are_replaced_before_the_next_request
             assert eventually(lambda: backend.exists(key), timeout=10), (number, worker.log)
             assert time.monotonic() - started < 0.5, (number, worker.log)
             assert json.loads(backend.get(key))["result"] == number + 1
-        problems = [line for line in worker.log.splitlines() if "WARNING/" in line or "ERROR/" in line]
+        # (Celery 5.3 warns at start that broker_connection_retry will change meaning: not a problem here.)
+        problems = [line for line in worker.log.splitlines()
+                    if ("WARNING/" in line or "ERROR/" in line) and "DeprecationWarning" not in line]
         assert not problems, worker.log
     finally:
         if isinstance(worker, PythonWorker):
