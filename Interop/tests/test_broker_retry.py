@@ -1,5 +1,6 @@
 """Celery's broker connection settings (broker_connection_retry, broker_connection_retry_on_startup,
 broker_connection_max_retries, broker_connection_timeout), each beside a Python worker given the same settings."""
+import contextlib
 import json
 import re
 import signal
@@ -44,6 +45,33 @@ def stop_both(*workers):
             worker.kill_all()
         elif worker.alive():
             worker.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def on_own_redis(request, tmp_path, kind="swift", redis_config=None, swift_args=(), python_args=(), env=None):
+    """A worker (the Swift one, or with `kind` "python" a Python one) on a redis-server of its own, set up with
+    `redis_config` first: the broker on database 1, results on 0. Yields the server, a client of the broker's
+    database, the worker and an app once a first task ran; stops the worker and the server after."""
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    client = redis_lib.Redis.from_url(server.url(1))
+    for name, value in (redis_config or {}).items():
+        client.config_set(name, value)
+    if kind == "swift":
+        worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0),
+                                                  *swift_args], tmp_path / "swift.log"))
+    else:
+        worker = remember(request, PythonWorker(server.url(1), server.url(0), tmp_path / "python.log", *python_args,
+                                                env=env))
+    try:
+        worker.wait_ready()
+        app = make_app(server.url(1), server.url(0))
+        assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
+        yield server, client, worker, app
+    finally:
+        stop_both(worker)
+        server.stop()
 
 
 UNRECOVERABLE = "Unrecoverable error: OperationalError("
@@ -383,16 +411,7 @@ def test_an_idle_worker_on_a_broker_out_of_memory_waits_and_does_not_spin(reques
     """Out of memory, Redis refuses `BLMOVE` (which may grow a list) at once. An idle Swift worker then waits for its
     watch's report instead of blocking, until it has waited once, rather than fetch again and again: a handful of
     scripts a second, not thousands. Once Redis has room it blocks again, and tasks run."""
-    from clientapp import make_app
-
-    server = RedisProcess().start()
-    client = redis_lib.Redis.from_url(server.url(1))
-    worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0)],
-                                             tmp_path / "swift.log"))
-    try:
-        worker.wait_ready()
-        app = make_app(server.url(1), server.url(0))
-        assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
+    with on_own_redis(request, tmp_path) as (server, client, worker, app):
         used = client.info("memory")["used_memory"]
         client.set("filler", b"x" * 4_000_000)
         client.config_set("maxmemory-policy", "noeviction")
@@ -408,9 +427,6 @@ def test_an_idle_worker_on_a_broker_out_of_memory_waits_and_does_not_spin(reques
         time.sleep(1.5)
         blocked = [line for line in client.client_list() if line.get("cmd") == "blmove"]
         assert len(blocked) == 1, client.client_list()
-    finally:
-        worker.stop(signal.SIGKILL)
-        server.stop()
 
 
 def test_a_fetch_connection_redis_refuses_restarts_the_consumer_at_most_five_times_a_second(request, tmp_path):
@@ -421,17 +437,7 @@ def test_a_fetch_connection_redis_refuses_restarts_the_consumer_at_most_five_tim
     its connection about 400 times a second. Once Redis takes connections again, tasks run. (A Python worker showed
     the same line by hand, but whether its reconnection finds a free slot depends on when it closes its old
     connections, so it is not run here.)"""
-    from clientapp import make_app
-
-    server = RedisProcess().start()
-    client = redis_lib.Redis.from_url(server.url(1))
-    worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0)],
-                                             tmp_path / "swift.log"))
-    try:
-        worker.wait_ready()
-        app = make_app(server.url(1), server.url(0))
-        assert app.tasks["tasks.add"].delay(1, 2).get(timeout=10) == 3
-
+    with on_own_redis(request, tmp_path) as (server, client, worker, app):
         def fetching():
             return [c for c in client.client_list() if c["cmd"] in ("blmove", "brpop")]
 
@@ -447,9 +453,6 @@ def test_a_fetch_connection_redis_refuses_restarts_the_consumer_at_most_five_tim
         # Redis's reason, as redis-py gives it (before, "Server closed the connection" or "Connection reset by peer").
         assert re.search(r"Connection to broker lost\. .*\(.*: max number of clients reached\)$", worker.log, re.M), worker.log
         assert app.tasks["tasks.add"].delay(2, 3).get(timeout=15) == 5
-    finally:
-        worker.stop(signal.SIGKILL)
-        server.stop()
 
 
 @pytest.mark.parametrize("kind", ["swift", "python"])
@@ -459,20 +462,8 @@ def test_connections_redis_closes_when_idle_are_replaced_before_the_next_request
     finds its connection closed, and so does the Swift worker, before it writes. Before, the Swift worker wrote the
     next request on the dead socket, found no reply, logged `Redis unreachable` and tried again a second later; its
     visibility sweep failed, and a priority task waited for its fetch's `BLMOVE` to time out."""
-    from clientapp import make_app
-
-    server = RedisProcess().start()
-    client = redis_lib.Redis.from_url(server.url(1))
-    client.config_set("timeout", 1)
-    if kind == "swift":
-        worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0),
-                                                  "--visibility-timeout", "6"], tmp_path / "swift.log"))
-    else:
-        worker = remember(request, PythonWorker(server.url(1), server.url(0), tmp_path / "python.log", "-P", "solo",
-                                                env={"VISIBILITY_TIMEOUT": "6"}))
-    try:
-        worker.wait_ready()
-        app = make_app(server.url(1), server.url(0))
+    with on_own_redis(request, tmp_path, kind, redis_config={"timeout": 1}, swift_args=("--visibility-timeout", "6"),
+                      python_args=("-P", "solo"), env={"VISIBILITY_TIMEOUT": "6"}) as (server, client, worker, app):
         backend = redis_lib.Redis.from_url(server.url(0))
         for number in range(4):
             time.sleep(2.2)
@@ -489,9 +480,3 @@ def test_connections_redis_closes_when_idle_are_replaced_before_the_next_request
         problems = [line for line in worker.log.splitlines()
                     if ("WARNING/" in line or "ERROR/" in line) and "DeprecationWarning" not in line]
         assert not problems, worker.log
-    finally:
-        if isinstance(worker, PythonWorker):
-            worker.kill_all()
-        else:
-            worker.stop(signal.SIGKILL)
-        server.stop()

@@ -195,27 +195,29 @@ struct RESPSocketTests {
 
     @Test("bytes that are not Redis's protocol fail the request with a protocol error and close the connection")
     func malformed() throws {
-        let server = try ScriptedServer(replies: [Array("?bogus\r\n".utf8)])
-        let connection = RedisConnection(url: try RedisURL(parsing: "redis://127.0.0.1:\(server.port)"), commandTimeout: .seconds(5))
-        #expect {
-            _ = try connection.execute([RedisCommand("PING")])
-        } throws: { error in
-            guard let error = error as? CeleryWorkerError else { return false }
-            return error.code == .connectionLost && error.message.contains(#"Protocol error, got "?" as reply type byte"#)
-        }
-        #expect(!connection.isOpen)
+        let failure = try Self.failure(ofPingAnswered: "?bogus\r\n")
+        #expect(failure?.code == .connectionLost)
+        #expect(failure?.message.contains(#"Protocol error, got "?" as reply type byte"#) == true)
     }
 
     @Test("Redis's refusal of a connection at maxclients fails the request as a lost connection, in redis-py's words")
     func tooManyClients() throws {
-        let server = try ScriptedServer(replies: [Array("-ERR max number of clients reached\r\n".utf8)])
+        let failure = try Self.failure(ofPingAnswered: "-ERR max number of clients reached\r\n")
+        #expect(failure?.code == .connectionLost)
+        #expect(failure?.message.hasSuffix(": max number of clients reached") == true)
+    }
+
+    /// The error a `PING` fails with when a server answers it with `reply` and closes: `nil` when it does not fail.
+    /// The connection must be closed after it.
+    private static func failure(ofPingAnswered reply: String) throws -> CeleryWorkerError? {
+        let server = try ScriptedServer(replies: [Array(reply.utf8)])
         let connection = RedisConnection(url: try RedisURL(parsing: "redis://127.0.0.1:\(server.port)"), commandTimeout: .seconds(5))
-        #expect {
+        defer { #expect(!connection.isOpen) }
+        do throws(CeleryWorkerError) {
             _ = try connection.execute([RedisCommand("PING")])
-        } throws: { error in
-            guard let error = error as? CeleryWorkerError else { return false }
-            return error.isConnectionProblem && error.message.hasSuffix(": max number of clients reached")
+            return nil
+        } catch {
+            return error
         }
-        #expect(!connection.isOpen)
     }
 }
