@@ -527,6 +527,17 @@ extension RedisBrokerTests {
         roundRobin.set(["b", "a"])
         roundRobin.moveToEnd("b")
         #expect(roundRobin.lists.prefix(2) == ["a", "b"])
+        // The priority a restored message goes back with: kombu 5.7's `_get_message_priority` answered these (max 9).
+        let priorities: [(CeleryValue?, Int)] = [
+            (.string("x"), 0), (.int(1_000_000_000_000), 9), (.int(-7), 0), (.null, 0), (nil, 0), (.double(3.7), 3),
+            (.array([.int(1)]), 0), (.bool(true), 1), (.bool(false), 0), (.string("5"), 5), (.string(" 6 "), 6),
+            (.string("+2"), 2), (.string("4.0"), 0), (.double(-0.5), 0), (.double(9.99), 9), (.uint(.max), 9),
+            (.bigInt(try #require(CeleryBigInt("1000000000000000000000000000000"))), 9),
+            (.bigInt(try #require(CeleryBigInt("-1000000000000000000000000000000"))), 0), (.object([:]), 0), (.string(""), 0),
+        ]
+        for (given, expected) in priorities {
+            #expect(min(max(RedisBroker.restorePriority(given), 0), 9) == expected, "\(String(describing: given))")
+        }
         // A list set aside (its key held another type) is left out, through rotations, until its time is up.
         let now = ContinuousClock.now
         roundRobin.setAside("b\u{6}\u{16}3", until: now + .seconds(10))

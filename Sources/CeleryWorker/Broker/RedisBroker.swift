@@ -831,7 +831,7 @@ public final class RedisBroker: Broker {
         }
         var priority = 0
         if case .object(var properties)? = envelope["properties"] {
-            priority = properties["priority"]?.intValue ?? 0
+            priority = Self.restorePriority(properties["priority"])
             if case .object(var info)? = properties["delivery_info"] {
                 info["redelivered"] = true
                 properties["delivery_info"] = .object(info)
@@ -841,6 +841,20 @@ public final class RedisBroker: Broker {
         return RestoreRecord(
             envelope: CeleryJSON.encode(.object(envelope)), exchange: exchange, routingKey: routingKey,
             priority: priority)
+    }
+
+    /// kombu's `_get_message_priority`: `int()` of the message's priority, Python's (a float cut toward zero, a bool
+    /// as 0 or 1, a string of digits read), or 0 when it has none that `int()` takes. Clamped to the steps later.
+    static func restorePriority(_ value: CeleryValue?) -> Int {
+        switch value {
+        case .int(let number)?: Int(clamping: number)
+        case .uint?: .max
+        case .bigInt(let number)?: number.description.hasPrefix("-") ? .min : .max
+        case .bool(let flag)?: flag ? 1 : 0
+        case .double(let number)? where number.isFinite: Int(max(-100, min(100, number)).rounded(.towardZero))
+        case .string(let text)?: Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        default: 0
+        }
     }
 
     // MARK: Visibility timeout
