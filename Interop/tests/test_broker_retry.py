@@ -480,3 +480,18 @@ def test_connections_redis_closes_when_idle_are_replaced_before_the_next_request
         problems = [line for line in worker.log.splitlines()
                     if ("WARNING/" in line or "ERROR/" in line) and "DeprecationWarning" not in line]
         assert not problems, worker.log
+
+
+def test_a_broker_that_may_evict_its_keys_is_warned_about_at_start(request, tmp_path):
+    """A Redis with `maxmemory` set and a policy that evicts keys can drop a queue's list or `unacked` under memory
+    pressure, messages and all. Celery starts without a word; the Swift worker warns, names the setting that keeps
+    them, and serves. With `noeviction` (Redis's default policy) it says nothing."""
+    evicting = {"maxmemory": "100mb", "maxmemory-policy": "allkeys-lru"}
+    with on_own_redis(request, tmp_path, redis_config=evicting) as (server, client, worker, app):
+        assert ("WARNING/MainProcess] The broker's Redis may evict keys when it is full (maxmemory 104857600 bytes, "
+                "maxmemory-policy allkeys-lru): a queue's list or unacked evicted loses its messages. "
+                "maxmemory-policy noeviction keeps them") in worker.log, worker.log
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with on_own_redis(request, kept, redis_config={"maxmemory": "100mb"}) as (server, client, worker, app):
+        assert "may evict" not in worker.log, worker.log

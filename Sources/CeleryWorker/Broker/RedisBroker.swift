@@ -100,6 +100,21 @@ public final class RedisBroker: Broker {
         }
     }
 
+    /// Why Redis may drop this broker's messages when it runs short of memory: its `maxmemory` is set and its
+    /// `maxmemory-policy` evicts keys (`allkeys-lru`, `volatile-ttl`, …), so a queue's list or `unacked` can go,
+    /// messages and all. `nil` when it evicts nothing (`noeviction`, or no `maxmemory`), or when Redis does not say
+    /// (`CONFIG` refused or renamed).
+    public func evictionRisk() async -> String? {
+        guard
+            let replies = try? await commands.pipeline([
+                RedisCommand("CONFIG", "GET", "maxmemory-policy"), RedisCommand("CONFIG", "GET", "maxmemory"),
+            ]),
+            replies.count == 2, let policy = replies[0].array?.last?.text, let memory = replies[1].array?.last?.text,
+            policy != "noeviction", memory != "0"
+        else { return nil }
+        return "maxmemory \(memory) bytes, maxmemory-policy \(policy)"
+    }
+
     /// Celery's `--purge`: deletes every message waiting in `queues` and their priority lists (not those already
     /// delivered and unacknowledged), counting them as kombu's `_purge` does (`LLEN` and `DEL` per list, in one
     /// transaction). Returns how many were deleted.

@@ -475,6 +475,11 @@ final class WorkerRun: Sendable {
 
     func start() async {
         guard await service.declareQueues(shutdown: shutdown, giveUp: giveUp) else { return }
+        if let risk = await (service.broker as? RedisBroker)?.evictionRisk() {
+            logger.warning(
+                "The broker's Redis may evict keys when it is full (\(risk)): a queue's list or unacked evicted loses its messages. maxmemory-policy noeviction keeps them: Redis then refuses writes while it is full, and the worker retries them."
+            )
+        }
         await sweep()
         loadState()
         await mingle()
