@@ -59,6 +59,7 @@ public final class RedisBroker: Broker {
         rotation = Mutex(FetchOrder(prefix: keyPrefix, transport: transport))
         self.records = records ?? blocking
         self.idleAfter = idleAfter
+        blocking.connection.stopCheckingWhileIdle()
     }
 
     /// Where the worker's fetch loop runs: on the thread of the connection it fetches with, so each round trip

@@ -33,6 +33,8 @@ final class RedisConnection: @unchecked Sendable {
         var awaitedSince: ContinuousClock.Instant?
         /// When a request last went out (``connectedContext(_:)``), for ``idleCheck``.
         var lastUsed: ContinuousClock.Instant?
+        /// Whether a request checks a connection unused for ``idleCheck`` (``stopCheckingWhileIdle()``).
+        var checksWhileIdle = true
         /// How many times the connection was opened (its setup done): a change means a new connection, on which any
         /// state a client set up on the old one (`CLIENT TRACKING`) is gone.
         var opened = 0
@@ -546,6 +548,13 @@ final class RedisConnection: @unchecked Sendable {
         Self.close(&state, failure: CeleryWorkerError(code: .connectionLost, message: "the server closed the connection"))
     }
 
+    /// Leaves a close of the connection while it was unused to be found by the next request, which then fails: for the
+    /// consumer's fetch connection, whose loss is the consumer's (logged, then its queues declared again as kombu's
+    /// consumer does on revival, for a Redis that came back empty), not to be mended without a word.
+    func stopCheckingWhileIdle() {
+        state.withLock { $0.checksWhileIdle = false }
+    }
+
     /// How long a connection may go unused before a request checks that the server has not closed it. Redis closes a
     /// client idle for its `timeout` (whole seconds, one at the least), so a connection used more often than this
     /// cannot have been closed for that; under load no request pays for the check.
@@ -587,7 +596,7 @@ final class RedisConnection: @unchecked Sendable {
         // succeeds) and fail as its reply is read, when it can no longer be sent again safely; the connection is
         // replaced before the write instead, as redis-py reconnects a connection its next command finds closed.
         let now = ContinuousClock.now
-        if let lastUsed = state.lastUsed, now - lastUsed >= Self.idleCheck { Self.closeIfHungUp(&state) }
+        if state.checksWhileIdle, let lastUsed = state.lastUsed, now - lastUsed >= Self.idleCheck { Self.closeIfHungUp(&state) }
         state.lastUsed = now
         guard let failover = url.failover else {
             if let context = state.context { return context }
