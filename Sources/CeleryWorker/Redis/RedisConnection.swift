@@ -594,7 +594,8 @@ final class RedisConnection: @unchecked Sendable {
         // A connection idle for a while may have been closed by the server meanwhile: for its `timeout`, or in a
         // restart. A request written to it would go out on the dead socket (the first write after the server's close
         // succeeds) and fail as its reply is read, when it can no longer be sent again safely; the connection is
-        // replaced before the write instead, as redis-py reconnects a connection its next command finds closed.
+        // replaced before the write instead, as redis-py reconnects a connection its next command finds closed. Not
+        // the consumer's fetch connection (``stopCheckingWhileIdle()``), whose close the consumer must hear of.
         let now = ContinuousClock.now
         if state.checksWhileIdle, let lastUsed = state.lastUsed, now - lastUsed >= Self.idleCheck { Self.closeIfHungUp(&state) }
         state.lastUsed = now
