@@ -495,3 +495,63 @@ def test_a_broker_that_may_evict_its_keys_is_warned_about_at_start(request, tmp_
     kept.mkdir()
     with on_own_redis(request, kept, redis_config={"maxmemory": "100mb"}) as (server, client, worker, app):
         assert "may evict" not in worker.log, worker.log
+
+
+@pytest.mark.parametrize("kind,role,rule", [
+    ("swift", "broker", "-@scripting"), ("swift", "result backend", "-@scripting"), ("swift", "broker", "-evalsha"),
+    ("python", "broker", "-@scripting"),
+], ids=["swift-broker", "swift-backend", "swift-evalsha", "python"])
+def test_a_redis_that_refuses_scripts_stops_the_worker_at_start_with_a_line_that_says_so(request, tmp_path, kind, role,
+                                                                                         rule):
+    """A Redis user that may not run Lua scripts (an ACL without `@scripting`, or without `EVALSHA` alone). A Python
+    worker stops at its first visibility sweep, whose lock redis-py releases with a script (`Unrecoverable error`,
+    exit 1). The Swift worker fetches, acknowledges and stores with scripts: it does not start either, with a line
+    that says why and what to change (exit 1), where before it retried its fetch without end or, with only the result
+    backend's user refused, ran tasks and lost their results. The message waits in its queue, untouched, and runs
+    once the user may run scripts."""
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    admin = redis_lib.Redis.from_url(server.url(1))
+    admin.acl_setuser("noscripts", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", rule])
+    limited = f"redis://noscripts:pw@127.0.0.1:{server.port}"
+    broker, backend = server.url(1), server.url(0)
+    if kind == "python":
+        broker, backend = f"{limited}/1", f"{limited}/0"
+    elif role == "broker":
+        broker = f"{limited}/1"
+    else:
+        backend = f"{limited}/0"
+    app = make_app(server.url(1), server.url(0))
+    worker = None
+    try:
+        waiting = app.send_task("tasks.add", (2, 3), queue="noscripts")
+        if kind == "swift":
+            worker = remember(request, WorkerProcess(["--broker", broker, "--result-backend", backend, "-Q", "noscripts"],
+                                                     tmp_path / "refused.log"))
+            assert exit_status(worker, 30) == 1, worker.log
+            command = "evalsha" if rule == "-evalsha" else "eval"
+            assert critical_lines(worker.log) == [
+                f"The {role}'s Redis refuses Lua scripts ({command.upper()}: NOPERM this user has no permissions to run "
+                f"the '{command}' command). This worker fetches and acknowledges messages and stores results with "
+                "scripts: let its Redis user run EVAL and EVALSHA (ACL +@scripting), or give them back their names. "
+                "Aborting."], worker.log
+        else:
+            worker = remember(request, PythonWorker(broker, backend, tmp_path / "refused.log", "-Q", "noscripts"))
+            assert exit_status(worker, 30) == 1, worker.log
+            assert "Unrecoverable error: " in worker.log and "NoPermissionError" in worker.log, worker.log
+        assert " ready." not in worker.log, worker.log
+        assert admin.llen("noscripts") == 1 and admin.hlen("unacked") == 0
+        admin.acl_setuser("noscripts", enabled=True, commands=["+@all"])
+        if kind == "swift":
+            worker = remember(request, WorkerProcess(["--broker", broker, "--result-backend", backend, "-Q", "noscripts"],
+                                                     tmp_path / "swift.log"))
+        else:
+            worker = remember(request, PythonWorker(broker, backend, tmp_path / "python.log", "-Q", "noscripts"))
+        worker.wait_ready()
+        assert waiting.get(timeout=10) == 5
+        assert admin.llen("noscripts") == 0
+    finally:
+        if worker:
+            stop_both(worker)
+        server.stop()

@@ -228,6 +228,27 @@ extension RedisBrokerTests {
     }
 
     @Test(
+        "Redis that refuses scripts says so, in the reply to the command it refuses",
+        arguments: [("-@scripting", "EVAL"), ("-evalsha", "EVALSHA"), ("+@all", nil)])
+    func refusedScripts(rule: String, refused: String?) async throws {
+        let (_, client, user) = try await limitedBroker("no-scripts-", rule: rule)
+        var url = client.url
+        url.username = user
+        url.password = "secret"
+        let limited = RedisClient(url: url)
+        let refusal = await limited.scriptsRefused()
+        try await client.send(RedisCommand("ACL", "DELUSER", RedisArgument(user)))
+        if let refused {
+            let lower = refused.lowercased()
+            #expect(refusal == "\(refused): NOPERM this user has no permissions to run the '\(lower)' command")
+        } else {
+            #expect(refusal == nil)
+        }
+        // Redis that cannot be asked is not said to refuse: the worker's usual retries report it.
+        #expect(await RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0")).scriptsRefused() == nil)
+    }
+
+    @Test(
         "Redis that refuses BLMOVE or CLIENT UNBLOCK: one line, and idle fetches wait for the watch's report",
         arguments: ["blmove", "client|unblock"])
     func refusedBlock(command: String) async throws {

@@ -248,6 +248,22 @@ public final class RedisClient: Sendable {
         }
     }
 
+    /// Why this Redis will not run the worker's Lua scripts, with which it fetches, acknowledges and stores: the
+    /// error reply to `EVAL` or `EVALSHA` of an ACL that leaves them out (`NOPERM`) or of a server that renamed them
+    /// away (`ERR unknown command`). `nil` when both run, or when Redis cannot be asked now (the worker's usual
+    /// retries report that).
+    public func scriptsRefused() async -> String? {
+        let probe = RedisScript("return 1")
+        let commands = [RedisCommand("EVAL", RedisArgument(probe.source), "0"), RedisCommand("EVALSHA", RedisArgument(probe.digest), "0")]
+        guard let replies = try? await pipeline(commands) else { return nil }
+        for (command, reply) in zip(commands, replies) {
+            if case .error(let message) = reply, ListWatch.refuses(message) {
+                return "\(String(decoding: command.arguments[0], as: UTF8.self)): \(message)"
+            }
+        }
+        return nil
+    }
+
     /// Closes the connection; the next call opens a new one.
     public func close() {
         connection.close()

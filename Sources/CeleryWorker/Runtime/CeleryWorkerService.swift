@@ -475,6 +475,16 @@ final class WorkerRun: Sendable {
 
     func start() async {
         guard await service.declareQueues(shutdown: shutdown, giveUp: giveUp) else { return }
+        for (role, client) in [
+            ("broker", (service.broker as? RedisBroker)?.commands), ("result backend", (service.backend as? RedisResultBackend)?.client),
+        ] {
+            guard let client, let refusal = await client.scriptsRefused() else { continue }
+            // Nothing could be fetched, or no result stored: a worker that ran tasks would lose their results.
+            giveUp(
+                "The \(role)'s Redis refuses Lua scripts (\(refusal)). This worker fetches and acknowledges messages and stores results with scripts: let its Redis user run EVAL and EVALSHA (ACL +@scripting), or give them back their names. Aborting."
+            )
+            return
+        }
         if let risk = await (service.broker as? RedisBroker)?.evictionRisk() {
             logger.warning(
                 "The broker's Redis may evict keys when it is full (\(risk)): a queue's list or unacked evicted loses its messages. maxmemory-policy noeviction keeps them: Redis then refuses writes while it is full, and the worker retries them."
