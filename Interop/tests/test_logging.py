@@ -1,13 +1,15 @@
 """What tasks print, logged as a Python worker logs it (`worker_redirect_stdouts`, `worker_redirect_stdouts_level`),
 beside a Python worker given the same settings. The process pool's children are in test_pool.py."""
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 
 import pytest
 
-from conftest import WORKER_BINARY, eventually
+from conftest import INTEROP, WORKER_BINARY, WORKER_POOL, eventually
 
 
 def printed_records(worker, result):
@@ -96,3 +98,66 @@ def test_a_setup_logging_receiver_sets_logging_up_itself(start_worker, make_app,
     assert "INFO/MainProcess] beat: Starting..." in stderr
     assert {"level": "info", "logger": "celery.beat", "process": "MainProcess", "message": "beat: Starting..."} in \
         [json.loads(line) for line in beat_log.read_text().splitlines()]
+
+
+def worker_command(kind, queue, *args):
+    """The command line and working directory of a worker of `kind` ("swift" or "python") on `queue`."""
+    if kind == "swift":
+        return [str(WORKER_BINARY), "-Q", queue, *(["--pool", WORKER_POOL] if WORKER_POOL else []), *args], None
+    celery = os.path.join(os.path.dirname(sys.executable), "celery")
+    return [celery, "-A", "pytasks", "worker", "-l", "INFO", "-P", "solo", "--without-mingle", "--without-gossip",
+            "-Q", queue, *args], INTEROP / "pyworker"
+
+
+def worker_environment(redis_urls):
+    return {**os.environ, "CELERY_BROKER_URL": redis_urls["broker"], "CELERY_RESULT_BACKEND": redis_urls["backend"]}
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_a_log_file_on_a_full_disk_loses_lines_not_tasks(redis_urls, make_app, tmp_path, kind):
+    """`--logfile /dev/full`, whose every write fails with ENOSPC, as a log file on a full disk does. A Python
+    worker drops the lines and serves. The Swift worker stopped at its first line (Foundation's `FileHandle.write`
+    traps, SIGILL); now it drops them too, says so once on standard error, and serves."""
+    command, cwd = worker_command(kind, f"fulldisk{kind}", "--logfile", "/dev/full")
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as output:
+        worker = subprocess.Popen(command, cwd=cwd, env=worker_environment(redis_urls), stdout=output,
+                                  stderr=subprocess.STDOUT)
+    try:
+        app = make_app()
+        results = [app.send_task(name, args, queue=f"fulldisk{kind}")
+                   for name, args in (("tasks.add", (2, 3)), ("tasks.print", ("printed",)), ("tasks.log", ("logged",)))]
+        assert [result.get(timeout=20) for result in results] == [5, "printed", "logged"], stderr.read_text()
+        assert worker.poll() is None, stderr.read_text()
+    finally:
+        worker.kill()
+        worker.wait()
+    if kind == "swift":
+        report = "Cannot write to the log file /dev/full: No space left on device; its lines are lost until it can be\n"
+        assert report in stderr.read_text(), stderr.read_text()
+        assert "Fatal error" not in stderr.read_text(), stderr.read_text()
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_a_worker_whose_log_reader_is_gone_keeps_serving(redis_urls, make_app, kind):
+    """Standard output and error on a pipe whose reader is gone (a log collector that stopped, `| head -1`): every
+    write fails with EPIPE. A Python worker stops at its banner (`BrokenPipeError`, exit 1). The Swift worker ended
+    with SIGPIPE there, and with SIGILL (Foundation's `FileHandle.write` traps) once SIGPIPE was ignored; now it
+    drops what it cannot write and serves."""
+    command, cwd = worker_command(kind, f"noreader{kind}")
+    reader, writer = os.pipe()
+    os.close(reader)
+    worker = subprocess.Popen(command, cwd=cwd, env=worker_environment(redis_urls), stdout=writer, stderr=writer)
+    os.close(writer)
+    try:
+        if kind == "python":
+            assert worker.wait(timeout=30) == 1
+            return
+        result = make_app().send_task("tasks.add", (2, 3), queue=f"noreader{kind}")
+        assert result.get(timeout=20) == 5
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    finally:
+        worker.kill()
+        worker.wait()

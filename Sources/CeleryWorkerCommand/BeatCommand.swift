@@ -117,7 +117,7 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
             let banner = Self.banner(
                 version: WorkerCommand.version, broker: client.brokerURL.brokerDisplay, beat: beat,
                 logfile: files.logfile ?? "[stderr]", level: loglevel.uppercased(), redbeatRedis: redbeatRedis)
-            FileHandle.standardOutput.write(Data(banner.utf8))
+            StandardStream.output.write(banner)
         }
         let service = BeatService(
             configuration: beat, client: client, timezone: timezone, enableUTC: enableUTC, node: beat.hostname, signals: signals)

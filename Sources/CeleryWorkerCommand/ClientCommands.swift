@@ -51,10 +51,10 @@ struct ClientOptions: ParsableArguments {
         let environment = ProcessInfo.processInfo.environment
         let file = try settings()
         do {
-            for warning in file.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+            for warning in file.warnings { StandardStream.error.write("warning: \(warning)\n") }
             // As the worker: flags, then the environment, then the file.
             let urls = try SettledURLs(broker: broker, backend: resultBackend, file: file, environment: environment)
-            for warning in urls.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+            for warning in urls.warnings { StandardStream.error.write("warning: \(warning)\n") }
             func contentType(_ flag: String?, _ configured: CeleryContentType?) throws -> CeleryContentType {
                 guard let flag else { return configured ?? .json }
                 guard let type = CeleryContentType(name: flag) else {
@@ -192,7 +192,7 @@ struct CallCommand: AsyncParsableCommand {
             print(String(decoding: CeleryJSON.encode(value), as: UTF8.self))
             await client.shutdown()
         } catch let failure as TaskFailure {
-            FileHandle.standardError.write(Data("\(failure.state): \(failure.pythonException.tracebackLine)\n".utf8))
+            StandardStream.error.write("\(failure.state): \(failure.pythonException.tracebackLine)\n")
             throw ExitCode(1)
         }
     }

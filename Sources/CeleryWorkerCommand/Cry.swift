@@ -1,3 +1,4 @@
+import CeleryWorker
 import Foundation
 
 #if canImport(Glibc)
@@ -36,7 +37,7 @@ enum Cry {
     /// blocking file work, kept off the concurrency runtime's threads.
     static func say(tasks: @escaping @Sendable () -> [(name: String, id: String, seconds: Double)]) {
         Thread.detachNewThread {
-            FileHandle.standardError.write(Data("\n\(report(tasks: tasks()))\n".utf8))
+            StandardStream.error.write("\n\(report(tasks: tasks()))\n")
         }
     }
 

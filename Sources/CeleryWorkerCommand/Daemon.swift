@@ -1,4 +1,5 @@
 import ArgumentParser
+import CeleryWorker
 import Foundation
 
 #if canImport(Glibc)
@@ -40,7 +41,7 @@ enum Daemon {
             do {
                 try Privileges.drop(user: uid, group: gid)
             } catch {
-                FileHandle.standardError.write(Data("ERROR: \(error)\n".utf8))
+                StandardStream.error.write("ERROR: \(error)\n")
                 throw ExitCode(1)
             }
             if detach { try Daemon.detach(logfile: logfile, pidfile: pidfile, executable: executable) }
@@ -90,7 +91,7 @@ enum Daemon {
         if let logfile {
             let descriptor = open(logfile, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o666)
             guard descriptor >= 0 else {
-                FileHandle.standardError.write(Data("ERROR: Cannot open the log file \(logfile): \(String(cString: strerror(errno)))\n".utf8))
+                StandardStream.error.write("ERROR: Cannot open the log file \(logfile): \(String(cString: strerror(errno)))\n")
                 throw ExitCode(1)
             }
             close(descriptor)
@@ -101,18 +102,18 @@ enum Daemon {
         setenv(detachedVariable, "1", 1)
         let arguments = backgroundArguments(CommandLine.arguments).map { strdup($0) } + [nil]
         if let executable, access(executable, X_OK) != 0 {
-            FileHandle.standardError.write(Data("ERROR: Cannot run \(executable): \(String(cString: strerror(errno)))\n".utf8))
+            StandardStream.error.write("ERROR: Cannot run \(executable): \(String(cString: strerror(errno)))\n")
             throw ExitCode(1)
         }
         guard let program = strdup(executable ?? "/proc/self/exe") else { throw ExitCode(1) }
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)  // the exec closes it; its copies on 0, 1, 2 stay
         guard null >= 0 else {
-            FileHandle.standardError.write(Data("ERROR: Cannot open /dev/null: \(String(cString: strerror(errno)))\n".utf8))
+            StandardStream.error.write("ERROR: Cannot open /dev/null: \(String(cString: strerror(errno)))\n")
             throw ExitCode(1)
         }
         switch fork() {
         case -1:
-            FileHandle.standardError.write(Data("ERROR: Cannot detach (fork): \(String(cString: strerror(errno)))\n".utf8))
+            StandardStream.error.write("ERROR: Cannot detach (fork): \(String(cString: strerror(errno)))\n")
             throw ExitCode(1)
         case 0:
             break

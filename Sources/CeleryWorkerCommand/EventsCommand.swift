@@ -119,11 +119,11 @@ final class EventDumpService: Service, Sendable {
 
     /// A line on standard output, written at once (Celery's dumper flushes each, so that it can be piped).
     static func say(_ line: String) {
-        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        StandardStream.output.write(line + "\n")
     }
 
     /// A line on standard error, where Python's logging would print it.
     static func complain(_ line: String) {
-        FileHandle.standardError.write(Data((line + "\n").utf8))
+        StandardStream.error.write(line + "\n")
     }
 }

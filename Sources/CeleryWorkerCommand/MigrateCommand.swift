@@ -89,7 +89,7 @@ struct MigrateCommand: AsyncParsableCommand {
         var warnings = file.warnings
         let from = try SettledURLs.broker(source, file: file, warnings: &warnings)
         let to = try SettledURLs.broker(destination, file: file, warnings: &warnings)
-        for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+        for warning in warnings { StandardStream.error.write("warning: \(warning)\n") }
         let routes = routes(file: file)
         if from == to, let looped = routes.first(where: { $0.source == $0.destination }) {
             throw ValidationError(
@@ -118,8 +118,8 @@ struct MigrateCommand: AsyncParsableCommand {
         do {
             _ = try await migration.run(
                 from: sourceBroker, to: destinationBroker,
-                migrated: { progress in FileHandle.standardOutput.write(Data((progress.line + "\n").utf8)) },
-                skipped: { reason in FileHandle.standardError.write(Data("warning: \(reason)\n".utf8)) })
+                migrated: { progress in StandardStream.output.write((progress.line + "\n")) },
+                skipped: { reason in StandardStream.error.write("warning: \(reason)\n") })
         } catch {
             throw RemoteControlFailure(message: "Migration stopped: \(error.message)")
         }

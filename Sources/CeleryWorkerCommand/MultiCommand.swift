@@ -241,11 +241,11 @@ struct MultiTool {
     // MARK: Output
 
     private func say(_ text: String, newline: Bool = true) {
-        FileHandle.standardOutput.write(Data((newline ? text + "\n" : text).utf8))
+        StandardStream.output.write(newline ? text + "\n" : text)
     }
 
     private func carp(_ text: String) {
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        StandardStream.error.write(text + "\n")
     }
 
     private func note(_ text: String, newline: Bool = true) {

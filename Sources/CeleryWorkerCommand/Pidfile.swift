@@ -1,4 +1,5 @@
 import ArgumentParser
+import CeleryWorker
 import Foundation
 
 #if canImport(Glibc)
@@ -50,13 +51,12 @@ struct Pidfile {
 
     private static func alreadyRunning(_ path: String) -> ExitCode {
         let holder = (try? String(contentsOfFile: path, encoding: .utf8)).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-        FileHandle.standardError.write(
-            Data("ERROR: Pidfile (\(path)) already exists.\nSeems we're already running? (pid: \(holder ?? "?"))\n".utf8))
+        StandardStream.error.write("ERROR: Pidfile (\(path)) already exists.\nSeems we're already running? (pid: \(holder ?? "?"))\n")
         return ExitCode(73)
     }
 
     private static func failure(_ path: String) -> ExitCode {
-        FileHandle.standardError.write(Data("ERROR: Cannot create pidfile \(path): \(String(cString: strerror(errno)))\n".utf8))
+        StandardStream.error.write("ERROR: Cannot create pidfile \(path): \(String(cString: strerror(errno)))\n")
         return ExitCode(73)
     }
 
@@ -71,7 +71,7 @@ struct Pidfile {
     /// Celery's `remove_if_stale`: whether the file was removed because no running process holds it.
     private static func removeIfStale(_ path: String, ownPid: Int32) -> Bool {
         guard let pid = readPid(path) else {
-            FileHandle.standardError.write(Data("Broken pidfile found - Removing it.\n".utf8))
+            StandardStream.error.write("Broken pidfile found - Removing it.\n")
             unlink(path)
             return true
         }
@@ -80,7 +80,7 @@ struct Pidfile {
             return true
         }
         if kill(pid, 0) != 0, errno == ESRCH || errno == EPERM {
-            FileHandle.standardError.write(Data("Stale pidfile exists - Removing it.\n".utf8))
+            StandardStream.error.write("Stale pidfile exists - Removing it.\n")
             unlink(path)
             return true
         }

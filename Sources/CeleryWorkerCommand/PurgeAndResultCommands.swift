@@ -39,14 +39,13 @@ struct PurgeCommand: AsyncParsableCommand {
         let headline = names.count == 1 ? "queue" : "queues"
         if !force {
             // click.confirm, as Celery's purge asks.
-            FileHandle.standardOutput.write(
-                Data(
-                    ("WARNING:This will remove all tasks from \(headline): \(names.joined(separator: ", ")).\n"
-                        + "         There is no undo for this operation!\n\n(to skip this prompt use the -f option)\n"
-                        + "Are you sure you want to delete all tasks? [y/N]: ").utf8))
+            StandardStream.output.write(
+                ("WARNING:This will remove all tasks from \(headline): \(names.joined(separator: ", ")).\n"
+                    + "         There is no undo for this operation!\n\n(to skip this prompt use the -f option)\n"
+                    + "Are you sure you want to delete all tasks? [y/N]: "))
             let answer = (readLine() ?? "").trimmingCharacters(in: .whitespaces).lowercased()
             guard answer == "y" || answer == "yes" else {
-                FileHandle.standardError.write(Data("Aborted!\n".utf8))
+                StandardStream.error.write("Aborted!\n")
                 throw ExitCode(1)
             }
         }
@@ -63,7 +62,7 @@ struct PurgeCommand: AsyncParsableCommand {
             purged > 0
             ? "Purged \(purged) \(purged == 1 ? "message" : "messages") from \(names.count) known task \(headline).\n"
             : "No messages purged from \(names.count) \(headline).\n"
-        FileHandle.standardOutput.write(Data(text.utf8))
+        StandardStream.output.write(text)
     }
 }
 
@@ -99,14 +98,14 @@ struct ResultCommand: AsyncParsableCommand {
         await client.shutdown()
         switch outcome {
         case .success(let text):
-            FileHandle.standardOutput.write(Data((text + "\n").utf8))
+            StandardStream.output.write(text + "\n")
         case .failure(let failure as TaskFailure):
             // Celery's CLI lets get() raise: the traceback, ending in the exception's line, and exit 1. Here the
             // traceback is the one the worker stored.
             let exception = failure.pythonException
             let arguments = exception.arguments
             let line = "\(exception.type): \(arguments.count == 1 ? RemoteControlOptions.str(arguments[0]) : PythonRepr.tuple(arguments))\n"
-            FileHandle.standardError.write(Data((failure.traceback ?? line).utf8))
+            StandardStream.error.write(failure.traceback ?? line)
             throw ExitCode(1)
         case .failure(let error):
             throw error

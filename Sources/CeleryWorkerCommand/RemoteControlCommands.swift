@@ -60,14 +60,14 @@ struct RemoteControlOptions: ParsableArguments {
             text += "->  \(reply.node): \(ok ? "OK" : "ERROR")\n"
             if body, !shown.isEmpty { text += indent(shown, 4) + "\n" }
         }
-        FileHandle.standardOutput.write(Data(text.utf8))
+        StandardStream.output.write(text)
     }
 
     /// `\n1 node online.`, as Celery's `status` and `inspect` end (unless `--quiet`).
     func sayOnline(_ replies: [ControlReply]) {
         guard !quiet else { return }
         let count = Set(replies.map(\.node)).count
-        FileHandle.standardOutput.write(Data("\n\(count) \(count == 1 ? "node" : "nodes") online.\n".utf8))
+        StandardStream.output.write("\n\(count) \(count == 1 ? "node" : "nodes") online.\n")
     }
 
     /// The replies as Celery's `-j` prints them: one mapping of node to reply (`flatten_reply`), or, for `control`,
@@ -81,7 +81,7 @@ struct RemoteControlOptions: ParsableArguments {
         } else {
             value = .array(replies.map { .object([$0.node: $0.reply]) })
         }
-        FileHandle.standardOutput.write(Data(CeleryJSON.encode(value) + [UInt8(ascii: "\n")]))
+        StandardStream.output.write(CeleryJSON.encode(value) + [UInt8(ascii: "\n")])
     }
 
     /// Celery's `CLIContext.pretty` (without colours, as Celery prints to a pipe): a list as `* item` lines (`- empty
@@ -310,7 +310,7 @@ struct PanelInvocation: ParsableArguments {
     /// nodes) or `control` (a list of one-node mappings in JSON, no count) prints them.
     func run(_ kind: PanelCommand.Kind) async throws {
         guard !list, let command else {
-            FileHandle.standardOutput.write(Data(PanelCommand.listing(kind).utf8))
+            StandardStream.output.write(PanelCommand.listing(kind))
             return
         }
         let compiled = try PanelCommand.named(command, kind: kind).compile(arguments)

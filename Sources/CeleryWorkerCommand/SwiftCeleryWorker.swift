@@ -30,6 +30,9 @@ public enum CeleryWorkerProgram {
 
     /// Parses the command line, runs the command it names with `tasks`, and exits with its status (as `celery`'s).
     public static func main(tasks: TaskRegistry) async -> Never {
+        // As Python ignores it at start: a write to a pipe whose reader is gone (a log collector that stopped, `| head`)
+        // fails with `EPIPE` rather than ending the process without a word.
+        _ = signal(SIGPIPE, SIG_IGN)
         self.tasks.withLock { $0 = tasks }
         await SwiftCeleryWorker.main()
         exit(0)
@@ -70,7 +73,7 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
             let names = Set(configuration.subcommands.compactMap { $0.configuration.commandName })
             arguments = try GlobalOptions.rewritten(Array(CommandLine.arguments.dropFirst()), commands: names)
         } catch {
-            FileHandle.standardError.write(Data("Error: \(error.message)\n".utf8))
+            StandardStream.error.write("Error: \(error.message)\n")
             exit(withError: ExitCode(64))
         }
         do {
@@ -85,15 +88,14 @@ struct SwiftCeleryWorker: AsyncParsableCommand {
                 // Found as the command ran (a config file or URL the client reads then): shown with the command's
                 // usage, as ArgumentParser shows what `validate()` finds, not with the root command's.
                 let name = subcommand.configuration.commandName ?? ""
-                FileHandle.standardError.write(
-                    Data(
-                        "Error: \(error.message)\nUsage: \(usageString(for: subcommand))\n  See '\(configuration.commandName ?? "") \(name) --help' for more information.\n"
-                            .utf8))
+                StandardStream.error.write(
+                    "Error: \(error.message)\nUsage: \(usageString(for: subcommand))\n  See '\(configuration.commandName ?? "") \(name) --help' for more information.\n"
+                )
                 exit(withError: ExitCode(64))
             }
         } catch let failure as RemoteControlFailure {
             // Celery's CeleryCommandException: its message, and EX_UNAVAILABLE.
-            FileHandle.standardError.write(Data("Error: \(failure.message)\n".utf8))
+            StandardStream.error.write("Error: \(failure.message)\n")
             exit(withError: ExitCode(69))
         } catch {
             exit(withError: error)
@@ -545,14 +547,12 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
         }
 
         // As Celery's worker: its warning about root, the pid lock, then the purge, then the banner.
-        if let warning = Privileges.securityWarning { FileHandle.standardError.write(Data(warning.utf8)) }
+        if let warning = Privileges.securityWarning { StandardStream.error.write(warning) }
         let lock = try resolved.pidfile.map { try Pidfile.acquire($0) }
         defer { lock?.release() }
         if purge { await purgeQueues(configuration, logger: logger) }
         if !quiet {
-            FileHandle.standardOutput.write(
-                Data(
-                    Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version).utf8))
+            StandardStream.output.write(Banner.text(configuration: configuration, taskNames: registry.names, version: Self.version))
         }
         for warning in resolved.warnings { logger.warning("\(warning)") }
         if let limit = OpenFilesLimit.raised(),
@@ -634,7 +634,7 @@ extension WorkerCommand {
             do {
                 let count = try await broker.purge(queues: configuration.queues)
                 if count > 0 {
-                    FileHandle.standardOutput.write(Data("purge: Erased \(count) \(count == 1 ? "message" : "messages") from the queue.\n\n".utf8))
+                    StandardStream.output.write("purge: Erased \(count) \(count == 1 ? "message" : "messages") from the queue.\n\n")
                 }
                 return
             } catch {
@@ -743,7 +743,7 @@ final class SignalWatcher: Service {
                 case .cold:
                     throw ColdShutdown()
                 case .restart, .restartAfterShutdown:
-                    FileHandle.standardOutput.write(Data(ShutdownSignals.restartLine(arguments: CommandLine.arguments).utf8))
+                    StandardStream.output.write(ShutdownSignals.restartLine(arguments: CommandLine.arguments))
                     if reaction == .restart { await group.withLock { $0 }?.triggerGracefulShutdown() }
                 }
             }

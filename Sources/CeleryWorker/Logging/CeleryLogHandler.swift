@@ -10,14 +10,27 @@ import Synchronization
 /// `LoggingSystem.bootstrap { CeleryLogHandler(label: $0, sink: sink) }`.
 public struct CeleryLogHandler: LogHandler {
     /// Where lines go: standard error or a file, shared by every handler made from it.
+    ///
+    /// A line that cannot be written (a full disk, a reader of standard error that is gone) is dropped, and the
+    /// worker goes on, as Python's logging drops it. A file that cannot be written is reported once on standard error
+    /// (`Cannot write to the log file …: No space left on device; its lines are lost until it can be`), and again
+    /// after it could be written once more.
     public final class Sink: Sendable {
-        private let handle: Mutex<FileHandle>
+        /// The descriptor written to, and whether the last write to it failed.
+        private let state: Mutex<(descriptor: Int32, failing: Bool)>
+        /// The file's path, `nil` for standard error.
+        private let path: String?
 
         /// Lines go to standard error, as Celery's do.
-        public static let standardError = Sink(handle: FileHandle.standardError)
+        public static let standardError = Sink(descriptor: StandardStream.error.rawValue, path: nil)
 
-        init(handle: FileHandle) {
-            self.handle = Mutex(handle)
+        private init(descriptor: Int32, path: String?) {
+            self.state = Mutex((descriptor, false))
+            self.path = path
+        }
+
+        deinit {
+            if path != nil { close(state.withLock { $0.descriptor }) }
         }
 
         /// Appends to the file at `path`, creating it if needed. The file is opened with `O_APPEND`, as Python opens
@@ -29,13 +42,20 @@ public struct CeleryLogHandler: LogHandler {
                 throw CeleryWorkerError(
                     code: .invalidConfiguration, message: "cannot open log file \(path) for writing: \(String(cString: strerror(errno)))")
             }
-            self.init(handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true))
+            self.init(descriptor: descriptor, path: path)
         }
 
-        /// Writes `line` (ending in a newline) whole.
+        /// Writes `line` (ending in a newline) whole, or drops it when it cannot be written.
         public func write(_ line: String) {
-            let data = Data(line.utf8)
-            handle.withLock { $0.write(data) }
+            let failure = state.withLock { state -> Int32? in
+                let failure = StandardStream.write(Array(line.utf8), to: state.descriptor)
+                defer { state.failing = failure != nil }
+                return state.failing ? nil : failure
+            }
+            if let failure, let path {
+                StandardStream.error.write(
+                    "Cannot write to the log file \(path): \(String(cString: strerror(failure))); its lines are lost until it can be\n")
+            }
         }
     }
 

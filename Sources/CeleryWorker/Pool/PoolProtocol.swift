@@ -40,18 +40,7 @@ enum PoolFrames {
             putLength(bytes.count, at: start)
             frame += bytes
         }
-        return frame.withUnsafeBytes { buffer -> Bool in
-            var offset = 0
-            while offset < buffer.count {
-                let written = Glibc.write(descriptor, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                offset += written
-            }
-            return true
-        }
+        return StandardStream.write(frame, to: descriptor) == nil
     }
 
     /// Reads one frame, blocking. `nil` at end of file, on a read error or on a frame that is not JSON.
