@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INTEROP, WORKER_BINARY, answering, assert_detached, eventually
+from conftest import INTEROP, WORKER_BINARY, PythonWorker, WorkerProcess, answering, assert_detached, eventually, remember
 from test_events import Capture, count
 
 
@@ -371,8 +371,6 @@ def test_uid_and_gid_drop_privileges_as_celery_does(tmp_path, redis_urls, make_a
     import shutil
     import tempfile
 
-    from conftest import PythonWorker, WorkerProcess, remember
-
     if os.geteuid() != 0:
         pytest.skip("--uid needs a worker started as root (CI runs as root)")
     nobody = pwd.getpwnam("nobody")
@@ -567,3 +565,29 @@ def test_a_soft_open_files_limit_is_raised_to_the_hard_one(redis_urls, make_app,
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_the_broker_is_shown_as_kombu_shows_it(redis_urls, request, tmp_path):
+    """A user whose name needs quoting and a host in capitals: both workers log `Connected to
+    redis://us%40er:**@localhost:PORT/1`, and the Swift worker's banner shows the same (kombu's `as_url` quotes the
+    user and the host, so an IPv6 host is `%3A%3A1`; `urlparse` lowers the host)."""
+    import redis as redis_lib
+
+    admin = redis_lib.Redis.from_url(redis_urls["broker"])
+    admin.acl_setuser("us@er", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"])
+    port = redis_urls["server"].port
+    broker = f"redis://us%40er:pw@LOCALHOST:{port}/1"
+    swift = remember(request, WorkerProcess(["--broker", broker, "--result-backend", redis_urls["backend"], "-Q",
+                                             "shownurl", "-n", "shownurl@%h"], tmp_path / "swift.log"))
+    python = remember(request, PythonWorker(broker, redis_urls["backend"], tmp_path / "python.log", "-Q", "shownurl",
+                                            "-n", "pyshownurl@%h"))
+    try:
+        shown = f"redis://us%40er:**@localhost:{port}/1"
+        for worker in (swift, python):
+            worker.wait_ready()
+            assert f"INFO/MainProcess] Connected to {shown}\n" in worker.log, worker.log
+        assert f".> transport:   {shown}\n" in swift.stdout, swift.stdout
+    finally:
+        swift.stop(signal.SIGKILL)
+        python.kill_all()
+        admin.acl_deluser("us@er")

@@ -315,6 +315,9 @@ struct RedisURLTests {
         #expect(try RedisURL(parsing: "redis://127.0.0.1:6379/1").brokerDisplay == "redis://:**@127.0.0.1:6379/1")
         #expect(try RedisURL(parsing: "redis://user:secret@h/2").brokerDisplay == "redis://user:**@h:6379/2")
         #expect(try RedisURL(parsing: "rediss://:pw@h:6380/0").brokerDisplay == "rediss://:**@h:6380/0")
+        // Celery 5.7's lines for these (kombu's `as_url` quotes the user and host, and `urlparse` lowers the host).
+        #expect(try RedisURL(parsing: "redis://us%40er:pw@LOCALHOST:6399/0").brokerDisplay == "redis://us%40er:**@localhost:6399/0")
+        #expect(try RedisURL(parsing: "redis://[::1]:6441/0").brokerDisplay == "redis://:**@%3A%3A1:6441/0")
         #expect(try RedisURL(parsing: "redis+socket:///run/redis.sock?virtual_host=3").brokerDisplay == "redis+socket:///run/redis.sock")
         #expect(
             try RedisURL(parsing: "sentinel://a:26379/1;sentinel://b:26380/1").brokerDisplay == "sentinel://:**@a:26379/1")

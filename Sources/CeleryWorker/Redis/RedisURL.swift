@@ -212,15 +212,17 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// ``brokerDisplay`` with the password's `mask` (Celery's `conf` reply masks it with `********`).
     public func brokerDisplay(mask: String) -> String {
         if let failover { return failover.current.url(from: self).brokerDisplay(mask: mask) }
-        let credentials = "\(username ?? ""):\(mask)@"
+        // kombu's `as_url`: the user and host quoted (`quote(…, safe='')`: `us%40er`, an IPv6 host `%3A%3A1`), the
+        // host as `urlparse` gives it, in lower case.
+        let credentials = "\(Self.quoted(username ?? "")):\(mask)@"
         switch endpoint {
         case .tcp(let host, let port):
-            return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(Self.shown(host)):\(port)/\(database)"
+            return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(Self.quoted(host.lowercased())):\(port)/\(database)"
         case .unixSocket(let path):
             return "redis+socket://\(path)"
         case .sentinel(let nodes):
             guard let first = nodes.first else { return "sentinel://\(credentials)/\(database)" }
-            return "sentinel://\(credentials)\(Self.shown(first.host)):\(first.port)/\(database)"
+            return "sentinel://\(credentials)\(Self.quoted(first.host.lowercased())):\(first.port)/\(database)"
         }
     }
 
