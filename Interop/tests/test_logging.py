@@ -161,3 +161,28 @@ def test_a_worker_whose_log_reader_is_gone_keeps_serving(redis_urls, make_app, k
     finally:
         worker.kill()
         worker.wait()
+
+
+def close_standard_streams():
+    for descriptor in (0, 1, 2):
+        os.close(descriptor)
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_a_worker_started_with_its_standard_streams_closed_serves(redis_urls, make_app, kind):
+    """Standard input, output and error closed at start (`<&- >&- 2>&-`). A Python worker stops (exit 1). The Swift
+    worker puts `/dev/null` in their place before it opens anything, as daemons do, and serves; before, its event
+    loop's descriptors took those numbers, and its log lines were written into them."""
+    command, cwd = worker_command(kind, f"closedstreams{kind}")
+    worker = subprocess.Popen(command, cwd=cwd, env=worker_environment(redis_urls), preexec_fn=close_standard_streams)
+    try:
+        if kind == "python":
+            assert worker.wait(timeout=30) == 1
+            return
+        assert make_app().send_task("tasks.add", (2, 3), queue=f"closedstreams{kind}").get(timeout=20) == 5
+        assert [os.readlink(f"/proc/{worker.pid}/fd/{descriptor}") for descriptor in (0, 1, 2)] == ["/dev/null"] * 3
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    finally:
+        worker.kill()
+        worker.wait()

@@ -30,6 +30,12 @@ public enum CeleryWorkerProgram {
 
     /// Parses the command line, runs the command it names with `tasks`, and exits with its status (as `celery`'s).
     public static func main(tasks: TaskRegistry) async -> Never {
+        // Standard input, output or error closed at start (`>&-`, a careless daemon): `/dev/null` takes its number,
+        // as daemons do, or the first descriptors the worker opens (its event loop's, a Redis connection) would, and
+        // its log lines would be written into them.
+        for descriptor: Int32 in 0...2 where fcntl(descriptor, F_GETFD) < 0 {
+            _ = open("/dev/null", O_RDWR)
+        }
         // As Python ignores it at start: a write to a pipe whose reader is gone (a log collector that stopped, `| head`)
         // fails with `EPIPE` rather than ending the process without a word.
         _ = signal(SIGPIPE, SIG_IGN)
