@@ -240,9 +240,14 @@ def test_chords_and_chains_survive_killed_workers_and_a_redis_restart(tmp_path):
 def test_retries_and_countdowns_survive_killed_workers_and_a_redis_restart(tmp_path):
     """Tasks that retry (each message sent again by the worker, with a countdown) and tasks with a countdown (held
     in `unacked` until their time, refreshed there by the worker that holds them), sent while the chaos goes on: each
-    must end SUCCESS with its result (a retried task's result is its number of retries)."""
+    must end SUCCESS with its result (a retried task's result is its number of retries).
+
+    The retries wait a second: a Python worker sends the retry's message before it stores RETRY, and its guard against
+    overwriting a SUCCESS (a `GET`, then the write) is not atomic. With 0.2 s, the Swift worker once ran the retried
+    message and stored SUCCESS while a Python worker slowed by the CI machine was between the two, and its RETRY
+    replaced the SUCCESS for good (CI on 1fb2e34). The Swift worker stores RETRY with the guard in one script."""
     def send(producer, i):
-        flaky = producer.send_task("tasks.flaky", (2, 0.2))
+        flaky = producer.send_task("tasks.flaky", (2, 1.0))
         later = producer.send_task("tasks.add", (i, i), countdown=0.5 + (i % 6) * 0.5)
         return [(flaky.id, 2, f"tasks.flaky {flaky.id}"), (later.id, 2 * i, f"tasks.add {later.id} (countdown)")]
 
