@@ -95,7 +95,7 @@ final class ListWatch: PolledSource, Sendable {
                 // Whether Redis lets this worker unblock its fetch (client 0 is none: nothing is unblocked).
                 return (clientID, try control.execute([RedisCommand("CLIENT", "UNBLOCK", "0")]).first ?? .null)
             }
-            if case .error(let message) = unblocking, Self.refuses(message) { refuseBlocking("CLIENT UNBLOCK: \(message)") }
+            if case .error(let message) = unblocking, RedisReply.refuses(message) { refuseBlocking("CLIENT UNBLOCK: \(message)") }
             return state.withLock { state in
                 state.subscriptions += 1
                 state.retryAfter = nil
@@ -195,16 +195,9 @@ final class ListWatch: PolledSource, Sendable {
                 return true
             }
         }
-        if case .error(let message) = reply, Self.refuses(message) { refuseBlocking("CLIENT UNBLOCK: \(message)") }
+        if case .error(let message) = reply, RedisReply.refuses(message) { refuseBlocking("CLIENT UNBLOCK: \(message)") }
         stopGuarding()
         return false
-    }
-
-    /// Whether an error reply says Redis will not do it at all: an ACL (`NOPERM`), or a command or option it does not
-    /// know (`ERR`). Not one that refuses for now (``CeleryWorkerError/Code/redisUnavailable``), or a failover's
-    /// `UNBLOCKED`.
-    static func refuses(_ message: String) -> Bool {
-        message.hasPrefix("NOPERM") || message.hasPrefix("ERR")
     }
 
     /// Waits until a watched list changed since the last wait, or `duration` passed. A change reported before this

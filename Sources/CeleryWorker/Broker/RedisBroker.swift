@@ -273,7 +273,7 @@ public final class RedisBroker: Broker {
         // fetches wait for the watch, until one has.
         var failed = false
         if case .error(let message)? = blocked {
-            if ListWatch.refuses(message) { watch.refuseBlocking("BLMOVE: \(message)") }
+            if RedisReply.refuses(message) { watch.refuseBlocking("BLMOVE: \(message)") }
             failed = true
         }
         let blockFailed = failed || (last.blockFailed && !waits)
@@ -307,9 +307,9 @@ public final class RedisBroker: Broker {
         guard case .status = reply, let clientID = replies.first?.integer, let opened = blocking.connection.openedCount else {
             if case .error(let message) = reply, message.contains("redirect") {
                 watch.lost()
-            } else if case .error(let message) = reply, ListWatch.refuses(message) {
+            } else if case .error(let message) = reply, RedisReply.refuses(message) {
                 watch.refuse("CLIENT TRACKING: \(message)")
-            } else if case .error(let message)? = replies.first, ListWatch.refuses(message) {
+            } else if case .error(let message)? = replies.first, RedisReply.refuses(message) {
                 watch.refuse("CLIENT ID: \(message)")
             }
             return nil

@@ -257,7 +257,7 @@ public final class RedisClient: Sendable {
         let commands = [RedisCommand("EVAL", RedisArgument(probe.source), "0"), RedisCommand("EVALSHA", RedisArgument(probe.digest), "0")]
         guard let replies = try? await pipeline(commands) else { return nil }
         for (command, reply) in zip(commands, replies) {
-            if case .error(let message) = reply, ListWatch.refuses(message) {
+            if case .error(let message) = reply, RedisReply.refuses(message) {
                 return "\(String(decoding: command.arguments[0], as: UTF8.self)): \(message)"
             }
         }

@@ -44,6 +44,13 @@ public enum RedisReply: Sendable, Hashable {
         return self
     }
 
+    /// Whether an error reply says Redis will not do it at all: an ACL (`NOPERM`), or a command or option it does not
+    /// know (`ERR`). Not one that refuses for now (``CeleryWorkerError/Code/redisUnavailable``), or a failover's
+    /// `UNBLOCKED`.
+    static func refuses(_ message: String) -> Bool {
+        message.hasPrefix("NOPERM") || message.hasPrefix("ERR")
+    }
+
     /// The error codes of replies that say Redis cannot serve the command for now (``CeleryWorkerError/Code/redisUnavailable``).
     static let unavailable: Set<Substring> = ["OOM", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "TRYAGAIN"]
 }
