@@ -450,6 +450,27 @@ struct CelerySettingsTests {
         } catch {
             #expect(error.message.hasPrefix("fanout.yaml: setting 'task_queues': exchange type 'fanout' is not supported"))
         }
+        // What was read is shown as Python writes it, not as Swift's `[AnyHashable("a"): …]`; an option that is not
+        // read is named, whatever its value.
+        for (bad, message) in [
+            (
+                "task_queues: {a: {exchange: a, queue_arguments: {x-expires: 60000}}}",
+                "must be for queue 'a' only exchange, routing_key, binding_key and exchange_type, not 'queue_arguments', "
+                    + "got {'a': {'exchange': 'a', 'queue_arguments': {'x-expires': 60000}}}"
+            ),
+            (
+                "task_queues: {q: {exchange: [a, null, true, 1.5]}}",
+                "must be for queue 'q' a string for 'exchange', got {'q': {'exchange': ['a', None, True, 1.5]}}"
+            ),
+            ("worker_concurrency: four", "must be a whole number, got 'four'"),
+        ] {
+            do {
+                _ = try CelerySettings.parse(bad, source: "shown.yaml")
+                Issue.record("\(bad) must be refused")
+            } catch {
+                #expect(error.message.hasSuffix(message), "\(error.message)")
+            }
+        }
         // kombu's TopicExchange.key_to_pattern, as a Python worker stores it.
         #expect(QueueBinding(exchange: "m", routingKey: "feed.#", exchangeType: .topic).pattern == "^feed\\..*?$")
         #expect(QueueBinding(exchange: "m", routingKey: "*.a-b", exchangeType: .topic).pattern == "^[^\\.]+\\.a\\-b$")

@@ -332,9 +332,23 @@ public struct CelerySettings: Sendable, Equatable {
         var node: Node? = nil
 
         func fail(_ expected: String) -> CeleryWorkerError {
-            CeleryWorkerError(
-                code: .invalidConfiguration,
-                message: "\(source): setting '\(key)' must be \(expected), got '\(value)'")
+            let shown = node.flatMap(Self.celeryValue).map(PythonRepr.repr) ?? Self.repr(value)
+            return CeleryWorkerError(
+                code: .invalidConfiguration, message: "\(source): setting '\(key)' must be \(expected), got \(shown)")
+        }
+
+        /// A value read from the file as Python's `repr` writes it (`'text'`, `True`, `{'a': [1, None]}`), the keys
+        /// of a mapping sorted where the file's order is not known; not Swift's `[AnyHashable("a"): …]`.
+        static func repr(_ value: Any) -> String {
+            switch value {
+            case let text as String: PythonRepr.repr(.string(text))
+            case let flag as Bool: flag ? "True" : "False"
+            case is NSNull: "None"
+            case let list as [Any]: "[" + list.map(repr).joined(separator: ", ") + "]"
+            case let mapping as [AnyHashable: Any]:
+                "{" + mapping.map { "\(repr($0.key.base)): \(repr($0.value))" }.sorted().joined(separator: ", ") + "}"
+            default: "\(value)"
+            }
         }
 
         func string() throws(CeleryWorkerError) -> String {
@@ -1032,7 +1046,7 @@ extension CelerySettings.Field {
         guard let text = given as? String, let type = QueueBinding.ExchangeType(rawValue: text) else {
             throw CeleryWorkerError(
                 code: .invalidConfiguration,
-                message: "\(source): setting '\(key)': exchange type '\(given)' is not supported: direct or topic (a fanout "
+                message: "\(source): setting '\(key)': exchange type \(Self.repr(given)) is not supported: direct or topic (a fanout "
                     + "exchange's broadcast queues are not consumed by the Swift worker)")
         }
         return type
@@ -1047,14 +1061,16 @@ extension CelerySettings.Field {
             guard let options, options.null == nil else { return queue }
             guard case .mapping(let mapping) = options else { throw fail("for queue '\(name)' a mapping of its options") }
             for (optionKey, value) in mapping {
-                guard let option = optionKey.string, let text = value.string else {
-                    throw fail("for queue '\(name)' options with string values")
+                guard let option = optionKey.string else { throw fail("for queue '\(name)' options named by strings") }
+                func text() throws(CeleryWorkerError) -> String {
+                    guard let text = value.string else { throw fail("for queue '\(name)' a string for '\(option)'") }
+                    return text
                 }
                 switch option {
-                case "name": queue.name = text
-                case "exchange": queue.exchange = text
-                case "routing_key", "binding_key": queue.routingKey = text
-                case "exchange_type": queue.exchangeType = try exchangeType(text)
+                case "name": queue.name = try text()
+                case "exchange": queue.exchange = try text()
+                case "routing_key", "binding_key": queue.routingKey = try text()
+                case "exchange_type": queue.exchangeType = try exchangeType(try text())
                 default: throw fail("for queue '\(name)' only exchange, routing_key, binding_key and exchange_type, not '\(option)'")
                 }
             }
