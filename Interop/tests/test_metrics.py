@@ -62,5 +62,6 @@ def test_a_metrics_port_in_use_stops_the_worker_before_it_takes_work(start_worke
         taken.listen()
         worker = start_worker("--metrics-port", str(taken.getsockname()[1]), ready=False)
         assert worker.proc.wait(15) != 0
-    assert "cannot listen on 127.0.0.1" in worker.stdout
+    # The system's reason alone, not NIO's description of the failed call.
+    assert "cannot listen on 127.0.0.1: Address already in use (errno 98)." in worker.stdout, worker.stdout
     assert " ready." not in worker.log

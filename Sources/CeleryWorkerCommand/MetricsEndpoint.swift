@@ -1,3 +1,4 @@
+import CeleryWorker
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -15,7 +16,20 @@ final class MetricsEndpoint: Service {
         self.channel = channel
     }
 
+    /// Throws a system error as its reason alone (`Address already in use (errno 98)`), not NIO's description of it
+    /// (`bind(descriptor:ptr:bytes:): Address already in use) (errno: 98)`).
     static func bind(registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) async throws
+        -> MetricsEndpoint
+    {
+        do {
+            return try await listen(registry: registry, host: host, port: port, logger: logger)
+        } catch let error as IOError {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration, message: "\(String(cString: strerror(error.errnoCode))) (errno \(error.errnoCode))")
+        }
+    }
+
+    private static func listen(registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) async throws
         -> MetricsEndpoint
     {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)

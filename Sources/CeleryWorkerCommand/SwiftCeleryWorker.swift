@@ -580,8 +580,9 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
                 endpoint = try await MetricsEndpoint.bind(
                     registry: prometheus, host: metricsAddress, port: metricsPort, logger: logger)
             } catch {
-                logger.critical("Cannot serve metrics on \(metricsAddress):\(metricsPort): \(error)")
-                throw ValidationError("--metrics-port \(metricsPort): cannot listen on \(metricsAddress) (\(error)).")
+                let reason = (error as? CeleryWorkerError)?.message ?? "\(error)"
+                logger.critical("Cannot serve metrics on \(metricsAddress):\(metricsPort): \(reason)")
+                throw ValidationError("--metrics-port \(metricsPort): cannot listen on \(metricsAddress): \(reason).")
             }
             services.append(
                 .init(service: endpoint, successTerminationBehavior: .ignore, failureTerminationBehavior: .cancelGroup))
