@@ -149,6 +149,11 @@ def test_purge_and_result_as_celerys_cli(start_worker, make_app, redis_urls, bro
     for result in (done[0], done[2]):
         python, swift = results("--traceback", result.id)
         assert swift.returncode == python.returncode == 0 and swift.stdout == python.stdout, (python, swift)
+    # Without a result backend: Celery's NotImplementedError, in its words (Python shows its traceback).
+    python, swift = both(redis_urls, "result", done[0].id)
+    assert swift.returncode == python.returncode == 1, (python, swift)
+    assert "No result backend is configured.\nPlease see the documentation for more information.\n" in python.stderr
+    assert "No result backend is configured. Please see the documentation for more information." in swift.stderr
 
 
 def test_celerys_global_options_before_the_command(start_worker, make_app, redis_urls, tmp_path):

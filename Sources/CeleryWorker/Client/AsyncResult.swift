@@ -69,7 +69,9 @@ public struct AsyncResult: Sendable {
     }
 
     static let readyStates: Set<String> = ["SUCCESS", "FAILURE", "REVOKED"]
-    static let noBackend = CeleryWorkerError(code: .invalidConfiguration, message: "the client has no result backend")
+    /// Celery's `NotImplementedError` of a client without a result backend (its `DisabledBackend`), in its words.
+    static let noBackend = CeleryWorkerError(
+        code: .invalidConfiguration, message: "No result backend is configured. Please see the documentation for more information.")
 
     private static func readyDocument(_ bytes: [UInt8]?, _ serializer: CeleryContentType) -> CeleryValue? {
         guard let bytes, let document = try? CeleryResultDocument.decodeStored(bytes, serializer: serializer),
