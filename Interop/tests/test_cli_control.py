@@ -3,6 +3,7 @@ with Python's `celery status`, `celery inspect` and `celery control` against the
 the same words, the same output and the same exit statuses."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,19 @@ def test_a_client_commands_bad_settings_are_shown_with_its_own_usage(command, ar
     assert run.returncode == 64 and lines[0].startswith(message), run
     assert lines[1].startswith(f"Usage: swift-celery-worker {command[0]} "), run
     assert lines[2] == f"  See 'swift-celery-worker {command[0]} --help' for more information.", run
+
+
+def test_two_workers_of_one_name_are_warned_of_as_celerys_cli_does(start_worker, redis_urls):
+    """Two workers given one `-n`: `inspect` and `status` print both replies and count one node, and warn on standard
+    error as Celery's `flatten_reply` does (`DuplicateNodenameWarning: Received multiple replies from node name: …`)."""
+    for queue in ("dupname1", "dupname2"):
+        start_worker("-n", "dupname@%h", "-Q", queue)
+    warning = ("DuplicateNodenameWarning: Received multiple replies from node name: dupname@{}.\n"
+               "Please make sure you give each node a unique nodename using\nthe celery worker `-n` option.\n")
+    for command in (["inspect", "ping"], ["status"]):
+        python, swift = both(redis_urls, *command, "--timeout", "2")
+        assert swift.returncode == python.returncode == 0, (python, swift)
+        assert swift.stdout == python.stdout, (python.stdout, swift.stdout)
+        assert swift.stdout.count(f"dupname@{socket.gethostname()}: OK") == 2, swift.stdout
+        for stderr in (python.stderr, swift.stderr):
+            assert warning.format(socket.gethostname()) in stderr, stderr

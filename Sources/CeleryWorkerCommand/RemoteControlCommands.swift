@@ -63,6 +63,19 @@ struct RemoteControlOptions: ParsableArguments {
         StandardStream.output.write(text)
     }
 
+    /// The warning of Celery's `flatten_reply` (a `DuplicateNodenameWarning`, on standard error) where two replies
+    /// came from one node name: two workers were given one `-n`, and the mapping of nodes keeps one of them.
+    static func warnOfDuplicates(_ replies: [ControlReply]) {
+        var seen = Set<String>()
+        var duplicates = Set<String>()
+        for reply in replies where !seen.insert(reply.node).inserted { duplicates.insert(reply.node) }
+        guard !duplicates.isEmpty else { return }
+        StandardStream.error.write(
+            "DuplicateNodenameWarning: Received multiple replies from node \(duplicates.count == 1 ? "name" : "names"): "
+                + "\(duplicates.sorted().joined(separator: ", ")).\nPlease make sure you give each node a unique nodename using\n"
+                + "the celery worker `-n` option.\n")
+    }
+
     /// `\n1 node online.`, as Celery's `status` and `inspect` end (unless `--quiet`).
     func sayOnline(_ replies: [ControlReply]) {
         guard !quiet else { return }
@@ -282,6 +295,7 @@ struct StatusCommand: AsyncParsableCommand {
         } else {
             RemoteControlOptions.say(replies, body: false)
         }
+        RemoteControlOptions.warnOfDuplicates(replies)
         remote.sayOnline(replies)
     }
 }
@@ -315,6 +329,8 @@ struct PanelInvocation: ParsableArguments {
         }
         let compiled = try PanelCommand.named(command, kind: kind).compile(arguments)
         let replies = try await remote.send(command, arguments: compiled, client: options, what: "\(kind) \(command)")
+        // `inspect` flattens the replies into one mapping of nodes, as Celery's does; `control` keeps them all.
+        if kind == .inspect { RemoteControlOptions.warnOfDuplicates(replies) }
         if remote.json {
             RemoteControlOptions.sayJSON(replies, flattened: kind == .inspect)
             return
