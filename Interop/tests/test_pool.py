@@ -25,6 +25,46 @@ def children_of(pid: int) -> set:
     return found
 
 
+def running_children_of(pid: int) -> set:
+    """The children of `pid` that run (not zombies, whose exit nobody has reaped yet)."""
+    running = set()
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.add(child)
+        except OSError:
+            pass
+    return running
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_idle_children_killed_from_outside_are_replaced_and_no_task_is_lost(start_worker, start_python_worker, make_app,
+                                                                             kind):
+    """Both idle children of the pool SIGKILLed from outside (an operator, the OOM killer). Python's prefork pool logs
+    each (`Process 'ForkPoolWorker-1' pid:… exited with 'signal 9 (SIGKILL)'`) and starts another in its place within
+    a second. The Swift worker's pool does the same; before, it noticed a dead idle child only when it gave it a job,
+    which then failed with WorkerLostError, and the dead ones stayed zombies until then."""
+    queue = f"killedidle{kind}"
+    if kind == "swift":
+        worker = start_worker("-P", "process", "-c", "2", "-Q", queue)
+    else:
+        worker = start_python_worker("-P", "prefork", "-c", "2", "-Q", queue)
+    assert eventually(lambda: len(running_children_of(worker.proc.pid)) == 2, timeout=10)
+    killed = running_children_of(worker.proc.pid)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    for pid in killed:
+        worker.wait_for_log(f"ERROR/MainProcess] Process 'ForkPoolWorker-", timeout=10)
+        worker.wait_for_log(f" pid:{pid} exited with 'signal 9 (SIGKILL)'", timeout=10)
+    assert eventually(lambda: not children_of(worker.proc.pid) & killed
+                      and len(running_children_of(worker.proc.pid)) == 2, timeout=10), children_of(worker.proc.pid)
+    app = make_app()
+    results = [app.send_task("tasks.add", (i, i), queue=queue) for i in range(6)]
+    assert [result.get(timeout=15) for result in results] == [2 * i for i in range(6)], worker.log
+    assert "WorkerLostError" not in worker.log, worker.log
+
+
 def test_hard_time_limit_kills_a_task_that_never_yields(start_worker, make_app, backend_redis):
     from billiard.exceptions import TimeLimitExceeded
 

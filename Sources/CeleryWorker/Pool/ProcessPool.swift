@@ -148,8 +148,14 @@ final class ProcessPool: Sendable {
     func run(
         _ job: PreparedJob, context: TaskContext, hardLimit: Double?, stop: StopRequest
     ) async -> (Result<CeleryValue, any Error>, child: String?) {
+        var free = idle.withLock { $0.popLast() }
+        // One that exited since the supervisor last looked is replaced (the replacement is idle), not given the job.
+        while let exited = free, exited.exited() != nil {
+            _ = buried(exited)
+            free = idle.withLock { $0.popLast() }
+        }
         let child: PoolProcess
-        if let free = idle.withLock({ $0.popLast() }) {
+        if let free {
             child = free
         } else {
             do {
@@ -250,6 +256,17 @@ final class ProcessPool: Sendable {
 
     /// A child whose pipe closed: reaps it, logs how it ended, and says what that means for its task.
     private func ended(_ child: PoolProcess) -> Result<CeleryValue, any Error> {
+        let status = buried(child)
+        switch child.killedBecause {
+        case .timeLimit(let limit)?: return .failure(HardTimeLimitExceeded(limit: limit))
+        case .terminated?, .shutdown?: return .failure(CancellationError())
+        case nil: return .failure(WorkerLostError(exitDescription: status))
+        }
+    }
+
+    /// A child that exited: reaps it, drops it from the books, logs how it ended as billiard does, and starts one in
+    /// its place. Returns how it ended.
+    private func buried(_ child: PoolProcess) -> String {
         let status = child.reap()
         forget(child)
         if case .shutdown? = child.killedBecause {
@@ -259,11 +276,19 @@ final class ProcessPool: Sendable {
             logger.error("Process '\(child.name)' pid:\(child.pid) exited with '\(status)'")
         }
         replace(child)
-        switch child.killedBecause {
-        case .timeLimit(let limit)?: return .failure(HardTimeLimitExceeded(limit: limit))
-        case .terminated?, .shutdown?: return .failure(CancellationError())
-        case nil: return .failure(WorkerLostError(exitDescription: status))
+        return status
+    }
+
+    /// billiard's supervisor (`_join_exited_workers`): idle children that exited (killed from outside, say) are
+    /// reaped, logged and replaced, so that no job is given to a dead one and none is left a zombie. Call it on a
+    /// task thread (a replacement is spawned there).
+    func replaceExitedIdleChildren() {
+        let exited = idle.withLock { idle -> [PoolProcess] in
+            let exited = idle.filter { $0.exited() != nil }
+            idle.removeAll { child in exited.contains { $0 === child } }
+            return exited
         }
+        for child in exited { _ = buried(child) }
     }
 
     /// Stops every child: idle ones see their pipe close and exit; `kill` also sends `SIGKILL` (cold shutdown).
@@ -353,16 +378,34 @@ final class PoolProcess: Sendable {
     /// Waits for the child to exit (once) and describes how it ended, as billiard does: `exitcode 0`,
     /// `signal 9 (SIGKILL)`.
     func reap() -> String {
-        if let status = state.withLock({ $0.status }) { return status }
-        closeInput()
-        var raw: Int32 = 0
-        while waitpid(pid, &raw, 0) < 0, errno == EINTR {}
-        close(output)
-        let signalNumber = raw & 0x7f
-        let description =
-            signalNumber == 0 ? "exitcode \((raw >> 8) & 0xff)" : "signal \(signalNumber) (\(Self.signalName(signalNumber)))"
-        state.withLock { $0.status = description }
-        return description
+        reaped(waiting: true) ?? "exitcode 0"
+    }
+
+    /// How the child ended if it has exited (it is reaped then), without waiting; `nil` while it runs.
+    func exited() -> String? {
+        reaped(waiting: false)
+    }
+
+    /// Held while the child is reaped: a job's end and a shutdown may both reap it, and only the first waits for it
+    /// and closes its pipes.
+    private let reaping = Mutex(())
+
+    private func reaped(waiting: Bool) -> String? {
+        reaping.withLock { _ -> String? in
+            if let status = state.withLock({ $0.status }) { return status }
+            if waiting { closeInput() }  // an idle child exits when its job pipe closes
+            var raw: Int32 = 0
+            var reaped: Int32
+            repeat { reaped = waitpid(pid, &raw, waiting ? 0 : WNOHANG) } while reaped < 0 && errno == EINTR
+            guard reaped == pid || waiting else { return nil }
+            closeInput()
+            close(output)
+            let signalNumber = raw & 0x7f
+            let description =
+                signalNumber == 0 ? "exitcode \((raw >> 8) & 0xff)" : "signal \(signalNumber) (\(Self.signalName(signalNumber)))"
+            state.withLock { $0.status = description }
+            return description
+        }
     }
 
     static func signalName(_ number: Int32) -> String {

@@ -525,6 +525,12 @@ final class WorkerRun: Sendable {
             group.addTask {
                 await self.maintenanceLoop()
             }
+            if let pool = self.pool {
+                group.addTask(executorPreference: self.executor) {
+                    // billiard's supervisor, twice a second.
+                    while await self.shutdown.sleep(untilUnixTime: WallClock.now() + 0.5) { pool.replaceExitedIdleChildren() }
+                }
+            }
             group.addTask {
                 await self.heartbeatLoop()
             }
