@@ -150,8 +150,8 @@ final class ProcessPool: Sendable {
     ) async -> (Result<CeleryValue, any Error>, child: String?) {
         var free = idle.withLock { $0.popLast() }
         // One that exited since the supervisor last looked is replaced (the replacement is idle), not given the job.
-        while let exited = free, exited.exited() != nil {
-            _ = buried(exited)
+        while let dead = free, dead.exited() != nil {
+            _ = buried(dead)
             free = idle.withLock { $0.popLast() }
         }
         let child: PoolProcess
