@@ -189,7 +189,8 @@ def test_celerys_global_options_before_the_command(start_worker, make_app, redis
 @pytest.mark.parametrize("command", [["call", "tasks.add"], ["status"], ["inspect", "ping"], ["control", "shutdown"],
                                      ["purge", "-f"], ["result", "some-id"], ["events", "--dump"]])
 @pytest.mark.parametrize("args, message", [
-    (["--config", "/no/such/settings.yaml"], "Error: cannot read config file /no/such/settings.yaml"),
+    (["--config", "/no/such/settings.yaml"],
+     "Error: cannot read config file /no/such/settings.yaml: No such file or directory"),
     (["-b", "bogus://x"], "Error: invalid Redis URL 'bogus://x': scheme 'bogus' is not redis://"),
 ])
 def test_a_client_commands_bad_settings_are_shown_with_its_own_usage(command, args, message):

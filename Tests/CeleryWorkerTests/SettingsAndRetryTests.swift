@@ -471,6 +471,18 @@ struct CelerySettingsTests {
                 #expect(error.message.hasSuffix(message), "\(error.message)")
             }
         }
+        // A file that cannot be read says why in the system's words, not Foundation's ("NSCocoaErrorDomain error 256").
+        let notText = FileManager.default.temporaryDirectory.appendingPathComponent("settings-\(UUID().uuidString).yaml").path
+        #expect(FileManager.default.createFile(atPath: notText, contents: Data([0xff, 0xfe, 0x20])))
+        defer { try? FileManager.default.removeItem(atPath: notText) }
+        for (path, reason) in [("/", "Is a directory"), ("/no/such/settings.yaml", "No such file or directory"), (notText, "it is not UTF-8 text")] {
+            do {
+                _ = try CelerySettings.load(path: path)
+                Issue.record("\(path) must not be read")
+            } catch {
+                #expect(error.message == "cannot read config file \(path): \(reason)")
+            }
+        }
         // kombu's TopicExchange.key_to_pattern, as a Python worker stores it.
         #expect(QueueBinding(exchange: "m", routingKey: "feed.#", exchangeType: .topic).pattern == "^feed\\..*?$")
         #expect(QueueBinding(exchange: "m", routingKey: "*.a-b", exchangeType: .topic).pattern == "^[^\\.]+\\.a\\-b$")

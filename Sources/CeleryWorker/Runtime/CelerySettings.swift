@@ -201,11 +201,13 @@ public struct CelerySettings: Sendable, Equatable {
 
     /// Reads a YAML (or JSON) file.
     public static func load(path: String) throws(CeleryWorkerError) -> CelerySettings {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot read config file \(path): \(error.localizedDescription)")
+        let bytes: [UInt8]
+        switch FileBytes.read(path) {
+        case .success(let read): bytes = read
+        case .failure(let error): throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot read config file \(path): \(error)")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot read config file \(path): it is not UTF-8 text")
         }
         return try parse(text, source: path)
     }

@@ -295,10 +295,10 @@ public final class MessageSigning: @unchecked Sendable {
     }
 
     private static func read(_ path: String, _ setting: String) throws(CeleryWorkerError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw CeleryWorkerError(code: .invalidConfiguration, message: "\(setting): cannot read \(path)")
+        switch FileBytes.read(path) {
+        case .success(let bytes): return String(decoding: bytes, as: UTF8.self)
+        case .failure(let error): throw CeleryWorkerError(code: .invalidConfiguration, message: "\(setting): cannot read \(path): \(error)")
         }
-        return String(decoding: data, as: UTF8.self)
     }
 }
 
