@@ -351,10 +351,22 @@ def test_statedb_keeps_revoked_ids_across_restarts(start_worker, make_app, tmp_p
     assert app.send_task("tasks.add", (2, 2), queue="stateful").get(timeout=10) == 4
     assert second.stop() == 0
     assert revoked_id in json.loads((tmp_path / "stateful.state").read_text())["revoked"]
-    # A file that is not the worker's state is logged, and the worker starts without it.
-    (tmp_path / "stateful.state").write_bytes(b"\x00\x06\x15\x61 a shelve file")
+    # A file that is not the worker's state is logged, and the worker starts without it. The file is moved aside,
+    # not overwritten by the next save (a Python worker stops there, `dbm.error`, and leaves it as it is).
+    shelve = b"\x00\x06\x15\x61 a shelve file"
+    (tmp_path / "stateful.state").write_bytes(shelve)
     third = start_worker(*args)
-    third.wait_for_log("is not the Swift worker's JSON state")
+    third.wait_for_log(f"is not the Swift worker's JSON state (a Python worker's shelve file cannot be read); moved to "
+                       f"{tmp_path / 'stateful.state.unreadable'}, starting without it")
+    assert (tmp_path / "stateful.state.unreadable").read_bytes() == shelve
+    assert third.stop() == 0
+    assert json.loads((tmp_path / "stateful.state").read_text())["revoked"] == {}
+    # One that cannot be read at all (a directory) is left where it is, and nothing is left beside it.
+    (tmp_path / "dir.state").mkdir()
+    fourth = start_worker("-Q", "stateful", "-n", "statedir@%h", "--without-mingle", "--statedb", str(tmp_path / "dir.state"))
+    fourth.wait_for_log(f"statedb: cannot read state db {tmp_path / 'dir.state'}: Is a directory; starting without it")
+    assert fourth.stop() == 0
+    assert (tmp_path / "dir.state").is_dir() and not (tmp_path / "dir.state.tmp").exists()
 
 
 def status_ids(pid):

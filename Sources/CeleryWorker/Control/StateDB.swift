@@ -18,10 +18,13 @@ struct StateDB: Sendable {
     /// The file's contents; an empty state when there is no file yet. A file that is not the worker's JSON is an
     /// error that says so.
     func load() throws(CeleryWorkerError) -> Contents {
-        guard FileManager.default.fileExists(atPath: path) else { return Contents() }
-        guard let data = FileManager.default.contents(atPath: path),
-            case .object(let object)? = try? CeleryJSON.decode(Array(data))
-        else {
+        let bytes: [UInt8]
+        switch FileBytes.read(path) {
+        case .success(let read): bytes = read
+        case .failure(let error) where error.number == ENOENT: return Contents()
+        case .failure(let error): throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot read state db \(path): \(error)")
+        }
+        guard case .object(let object)? = try? CeleryJSON.decode(bytes) else {
             throw CeleryWorkerError(
                 code: .invalidConfiguration,
                 message: "state db \(path) is not the Swift worker's JSON state (a Python worker's shelve file cannot be read)")
@@ -47,8 +50,9 @@ struct StateDB: Sendable {
     static func replace(_ path: String, with bytes: [UInt8], naming what: String) throws(CeleryWorkerError) {
         let temporary = path + ".tmp"
         guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes)), rename(temporary, path) == 0 else {
-            throw CeleryWorkerError(
-                code: .invalidConfiguration, message: "cannot write \(what) \(path): \(String(cString: strerror(errno)))")
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)  // not left beside a path that cannot be written (a directory, say)
+            throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot write \(what) \(path): \(reason)")
         }
     }
 }
@@ -76,7 +80,15 @@ extension WorkerRun {
             service.events?.adjustClock(to: contents.clock)
             logger.info("statedb: loaded \(contents.revoked.count) revoked task ids from \(path)")
         } catch {
-            logger.error("statedb: \(error.message); starting without it")
+            // Not overwritten by the next save, as it would be: it may be a Python worker's shelve file, or another
+            // file given by mistake. A Python worker stops there (`dbm.error`), leaving it as it is.
+            let aside = path + ".unreadable"
+            var status = stat()
+            if lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, rename(path, aside) == 0 {
+                logger.error("statedb: \(error.message); moved to \(aside), starting without it")
+            } else {
+                logger.error("statedb: \(error.message); starting without it")
+            }
         }
     }
 
