@@ -65,6 +65,12 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses a URL, with an error that says what is wrong.
     public init(parsing text: String) throws(CeleryWorkerError) {
+        // Read past the white space around it: a value from the environment or a secret often ends in a newline,
+        // which Python reads past too (`int('0\n')` is database 0).
+        try self.init(trimmed: text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    private init(trimmed text: String) throws(CeleryWorkerError) {
         func invalid(_ why: String) -> CeleryWorkerError {
             CeleryWorkerError(code: .invalidConfiguration, message: "invalid Redis URL '\(RedisURL.masked(text))': \(why)")
         }
@@ -231,7 +237,9 @@ public struct RedisURL: Sendable, Hashable, CustomStringConvertible {
     /// it again, the password masked (`**`), the query left out, a port and a database only where the text has them
     /// (`redis://localhost` is `redis://localhost/`). Text without `://` is shown as it is; `nil` where kombu's parse
     /// fails (several Sentinels, a port that is not a number).
-    public static func sanitized(_ text: String) -> String? {
+    public static func sanitized(_ written: String) -> String? {
+        // Python's `urlsplit` drops every tab and line break first (a setting read from a secret ends in one).
+        let text = String(String.UnicodeScalarView(written.unicodeScalars.filter { !["\t", "\r", "\n"].contains($0) }))
         guard let (writtenScheme, authority, rest) = authoritySplit(text) else { return text }
         let scheme = writtenScheme.lowercased()
         var path = rest[..<(rest.firstIndex { "?#".contains($0) } ?? rest.endIndex)]
