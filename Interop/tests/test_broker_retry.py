@@ -555,3 +555,32 @@ def test_a_redis_that_refuses_scripts_stops_the_worker_at_start_with_a_line_that
         if worker:
             stop_both(worker)
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["swift", "python"])
+def test_a_result_redis_refuses_costs_only_that_result(request, tmp_path, kind):
+    """A result larger than Redis takes (`proto-max-bulk-len`, 1 MB here; a compressed message carries it in) is
+    refused, and lost with an error line. The results written with it are not: a Python worker writes each result
+    alone (it retries the refused one for about 20 s first, as a lost connection, and its solo pool waits
+    meanwhile); the Swift worker writes a batch in one script and, when Redis refuses the batch, writes each alone.
+    Before, the whole batch was lost."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    import redis as redis_lib
+
+    with on_own_redis(request, tmp_path, kind, redis_config={"proto-max-bulk-len": "1mb"},
+                      python_args=("-P", "solo")) as (server, client, worker, app):
+        # Sent while the worker is stopped, so that it fetches them together and writes their results in batches.
+        worker.proc.send_signal(signal.SIGSTOP)
+        small = [app.send_task("tasks.add", (i, 1)) for i in range(10)]
+        big = app.send_task("tasks.add", ("x" * 600_000, "y" * 600_000), compression="zlib")
+        small += [app.send_task("tasks.add", (i, 1)) for i in range(10, 20)]
+        worker.proc.send_signal(signal.SIGCONT)
+        assert [result.get(timeout=60) for result in small] == list(range(1, 21)), worker.log
+        if kind == "swift":
+            worker.wait_for_log(f"Cannot store the result of {big.id}: EVALSHA: ERR Protocol error: invalid bulk length")
+            with pytest.raises(CeleryTimeout):  # not stored (Python stores FAILURE: its write's ConnectionError)
+                big.get(timeout=2)
+        else:
+            with pytest.raises(redis_lib.exceptions.ConnectionError):
+                big.get(timeout=30)

@@ -787,7 +787,11 @@ extension WorkerRun {
         let outcome = await retryingResultWrite(unreachable: "Result backend") { () throws(CeleryWorkerError) in
             try await backend.store(documents)
         }
-        if let failure = outcome.failure {
+        if let failure = outcome.failure, documents.count > 1, !failure.isTransient {
+            // One document Redis refuses (one past its `proto-max-bulk-len`, say) must not cost the others theirs:
+            // each is written alone, as Python writes each result.
+            for document in documents { await store([document]) }
+        } else if let failure = outcome.failure {
             logger.error("Cannot store the result of \(names): \(failure.message)")
         } else if outcome.retries > 0 {
             logger.info("Stored the result of \(names) after \(outcome.retries) retries")
