@@ -48,7 +48,7 @@ public struct CeleryLogHandler: LogHandler {
         /// Writes `line` (ending in a newline) whole, or drops it when it cannot be written.
         public func write(_ line: String) {
             let failure = state.withLock { state -> Int32? in
-                let failure = StandardStream.write(Array(line.utf8), to: state.descriptor)
+                let failure = StandardStream.write(line, to: state.descriptor)
                 defer { state.failing = failure != nil }
                 return state.failing ? nil : failure
             }

@@ -40,7 +40,7 @@ enum PoolFrames {
             putLength(bytes.count, at: start)
             frame += bytes
         }
-        return StandardStream.write(frame, to: descriptor) == nil
+        return frame.withUnsafeBytes { StandardStream.write($0, to: descriptor) } == nil
     }
 
     /// Reads one frame, blocking. `nil` at end of file, on a read error or on a frame that is not JSON.
