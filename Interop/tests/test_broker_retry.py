@@ -563,8 +563,10 @@ def test_a_result_redis_refuses_costs_only_that_result(request, tmp_path, kind):
     refused, and lost with an error line. The results written with it are not: a Python worker writes each result
     alone (it retries the refused one for about 20 s first, as a lost connection, and its solo pool waits
     meanwhile); the Swift worker writes a batch in one script and, when Redis refuses the batch, writes each alone.
-    Before, the whole batch was lost."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
+    Before, the whole batch was lost. In place of the refused result, a Python worker stores FAILURE with its write's
+    `ConnectionError`; the Swift worker stores FAILURE at once, with Celery's `BackendStoreError` and Redis's reason.
+    Before, it stored nothing and `get()` waited for ever."""
+    from celery.exceptions import BackendStoreError
 
     import redis as redis_lib
 
@@ -578,9 +580,11 @@ def test_a_result_redis_refuses_costs_only_that_result(request, tmp_path, kind):
         worker.proc.send_signal(signal.SIGCONT)
         assert [result.get(timeout=60) for result in small] == list(range(1, 21)), worker.log
         if kind == "swift":
-            worker.wait_for_log(f"Cannot store the result of {big.id}: EVALSHA: ERR Protocol error: invalid bulk length")
-            with pytest.raises(CeleryTimeout):  # not stored (Python stores FAILURE: its write's ConnectionError)
+            worker.wait_for_log(f"Cannot store the result of {big.id}: EVALSHA: ERR Protocol error: invalid bulk length; "
+                                "storing FAILURE (BackendStoreError) in its place")
+            with pytest.raises(BackendStoreError, match="^failed to store result on the backend: .*invalid bulk length"):
                 big.get(timeout=2)
+            assert big.state == "FAILURE"
         else:
             with pytest.raises(redis_lib.exceptions.ConnectionError):
                 big.get(timeout=30)

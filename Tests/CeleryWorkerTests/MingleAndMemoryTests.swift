@@ -70,4 +70,26 @@ struct MingleAndMemoryTests {
         try Data("not json".utf8).write(to: URL(fileURLWithPath: path))
         #expect(throws: CeleryWorkerError.self) { try store.load() }
     }
+
+    @Test("A file replaced whole: the system's reason when it cannot be, and no .tmp file left")
+    func fileReplaced() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("replace-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/file"
+        let large = [UInt8](repeating: 7, count: 300_000)
+        #expect(throws: Never.self) { try FileBytes.replace(path, with: large).get() }
+        #expect(try FileBytes.read(path).get() == large)
+        #expect(throws: Never.self) { try FileBytes.replace(path, with: [1, 2]).get() }
+        #expect(try FileBytes.read(path).get() == [1, 2])
+        for (target, reason) in [(directory, "Is a directory"), (directory + "/no/such", "No such file or directory")] {
+            guard case .failure(let error) = FileBytes.replace(target, with: [1]) else {
+                Issue.record("\(target) was replaced")
+                continue
+            }
+            #expect(error.description == reason)
+            #expect(!FileManager.default.fileExists(atPath: target + ".tmp"))
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["file"])
+    }
 }

@@ -48,10 +48,7 @@ struct StateDB: Sendable {
     /// Writes `bytes` to a new file beside `path`, then renames it over `path`, so a crash leaves one or the other
     /// whole. `what` names the file in the error.
     static func replace(_ path: String, with bytes: [UInt8], naming what: String) throws(CeleryWorkerError) {
-        let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes)), rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temporary)  // not left beside a path that cannot be written (a directory, say)
+        if case .failure(let reason) = FileBytes.replace(path, with: bytes) {
             throw CeleryWorkerError(code: .invalidConfiguration, message: "cannot write \(what) \(path): \(reason)")
         }
     }

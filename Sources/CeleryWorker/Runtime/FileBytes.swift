@@ -2,7 +2,7 @@
     import Glibc
 #endif
 
-/// A whole file, read with the system's calls: a failure is the system's reason (`No such file or directory`, `Is a
+/// A whole file, read or replaced with the system's calls: a failure is the system's reason (`No such file or directory`, `Is a
 /// directory`), not Foundation's (`The operation could not be completed. (NSCocoaErrorDomain error 256.)`).
 enum FileBytes {
     static func read(_ path: String) -> Result<[UInt8], FileError> {
@@ -22,7 +22,33 @@ enum FileBytes {
         }
     }
 
-    /// The system's reason a file could not be read.
+    /// Replaces the file at `path` with `bytes` whole: written beside it (`PATH.tmp`) and renamed over it, so that a
+    /// reader (or a crash) never sees half of it. A failure leaves no `.tmp` file and is the system's reason (`No
+    /// space left on device`, `Is a directory`).
+    static func replace(_ path: String, with bytes: [UInt8]) -> Result<Void, FileError> {
+        let temporary = path + ".tmp"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
+        guard descriptor >= 0 else { return .failure(FileError(errno)) }
+        var failure: Int32?
+        bytes.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count, failure == nil {
+                let count = write(descriptor, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
+                if count > 0 {
+                    offset += count
+                } else if count < 0, errno != EINTR {
+                    failure = errno
+                }
+            }
+        }
+        if close(descriptor) != 0, failure == nil { failure = errno }
+        if failure == nil, rename(temporary, path) != 0 { failure = errno }
+        guard let failure else { return .success(()) }
+        unlink(temporary)  // not left beside a path that cannot be written (a directory, say)
+        return .failure(FileError(failure))
+    }
+
+    /// The system's reason a file could not be read or written.
     struct FileError: Error, CustomStringConvertible {
         let number: Int32
         init(_ number: Int32) { self.number = number }

@@ -791,12 +791,35 @@ extension WorkerRun {
             // One document Redis refuses (one past its `proto-max-bulk-len`, say) must not cost the others theirs:
             // each is written alone, as Python writes each result.
             for document in documents { await store([document]) }
+        } else if let failure = outcome.failure, let document = documents.first, !failure.isTransient, document.status.isReady,
+            !document.isStoreFailure
+        {
+            // Refused for good: FAILURE in its place, so that a caller's `get()` raises rather than waits for ever.
+            // Python's trace stores the error of its write too (after its retries), here Celery's `BackendStoreError`.
+            logger.error("Cannot store the result of \(names): \(failure.message); storing FAILURE (BackendStoreError) in its place")
+            var replacement = document
+            replacement.status = .failure
+            replacement.result = CeleryResultDocument.storeFailure(failure.message).value
+            replacement.traceback = nil
+            await store([replacement])
         } else if let failure = outcome.failure {
             logger.error("Cannot store the result of \(names): \(failure.message)")
         } else if outcome.retries > 0 {
             logger.info("Stored the result of \(names) after \(outcome.retries) retries")
         }
     }
+}
+
+extension CeleryResultDocument {
+    /// The exception stored in place of a result the backend refused for good: Celery's `BackendStoreError`, as its
+    /// backend raises it for a result it cannot write (`failed to store result on the backend`).
+    static func storeFailure(_ reason: String) -> CeleryExceptionInfo {
+        CeleryExceptionInfo(
+            type: "BackendStoreError", arguments: [.string("failed to store result on the backend: \(reason)")], module: "celery.exceptions")
+    }
+
+    /// Whether this is such a replacement, so that one refused too is not replaced again.
+    var isStoreFailure: Bool { status == .failure && result["exc_type"]?.stringValue == "BackendStoreError" }
 }
 
 /// Logger metadata keys, in one place.
