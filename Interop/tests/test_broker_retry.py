@@ -557,6 +557,52 @@ def test_a_redis_that_refuses_scripts_stops_the_worker_at_start_with_a_line_that
         server.stop()
 
 
+@pytest.mark.parametrize("kind, fault", [("swift", "database"), ("swift", "password"), ("python", "database")])
+def test_a_result_backend_that_refuses_the_connection_stops_the_worker_at_start(request, tmp_path, kind, fault):
+    """A result backend's URL that its Redis refuses: a database it does not have (`/4000`), or a wrong password. The
+    Swift worker does not start, with a line that says why (exit 1), and the message waits in its queue and runs once
+    the URL is mended. Before, it started, and retried each result's write for a quarter of an hour (holding a warm
+    shutdown meanwhile) before losing it. A Python worker starts and takes the message; at its result, its prefork
+    pool logs `Pool callback raised exception: …` and serves on (its solo pool stops there:
+    `Unrecoverable error`). The message is gone, and its result with it."""
+    from clientapp import make_app
+
+    server = RedisProcess().start()
+    admin = redis_lib.Redis.from_url(server.url(1))
+    admin.acl_setuser("results", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"])
+    backend = server.url(4000) if fault == "database" else f"redis://results:wrong@127.0.0.1:{server.port}/0"
+    app = make_app(server.url(1), server.url(0))
+    worker = None
+    try:
+        waiting = app.send_task("tasks.add", (2, 3), queue="refused")
+        if kind == "swift":
+            worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", backend, "-Q", "refused"],
+                                                     tmp_path / "refused.log"))
+            assert exit_status(worker, 30) == 1, worker.log
+            refusal = ("SELECT on redis://127.0.0.1:{port}/4000 failed: ERR DB index is out of range" if fault == "database"
+                       else "AUTH on redis://results:**@127.0.0.1:{port}/0 failed: WRONGPASS invalid username-password "
+                       "pair or user is disabled.").format(port=server.port)
+            assert critical_lines(worker.log) == [
+                f"The result backend's Redis refuses this worker's connection ({refusal}). Check its URL's password and "
+                "database number. Aborting."], worker.log
+            assert " ready." not in worker.log, worker.log
+            assert admin.llen("refused") == 1 and admin.hlen("unacked") == 0
+            worker = remember(request, WorkerProcess(["--broker", server.url(1), "--result-backend", server.url(0), "-Q",
+                                                      "refused"], tmp_path / "mended.log"))
+            worker.wait_ready()
+            assert waiting.get(timeout=10) == 5
+        else:
+            worker = remember(request, PythonWorker(server.url(1), backend, tmp_path / "refused.log", "-Q", "refused"))
+            worker.wait_for_log("Pool callback raised exception: ")  # 5.3: ResponseError('DB index is out of range')
+            assert "DB index is out of range" in worker.log, worker.log
+            assert waiting.state == "PENDING"
+        assert admin.llen("refused") == 0 and admin.hlen("unacked") == 0
+    finally:
+        if worker:
+            stop_both(worker)
+        server.stop()
+
+
 @pytest.mark.parametrize("kind", ["swift", "python"])
 def test_a_result_redis_refuses_costs_only_that_result(request, tmp_path, kind):
     """A result larger than Redis takes (`proto-max-bulk-len`, 1 MB here; a compressed message carries it in) is

@@ -236,16 +236,34 @@ extension RedisBrokerTests {
         url.username = user
         url.password = "secret"
         let limited = RedisClient(url: url)
-        let refusal = await limited.scriptsRefused()
+        let refusal = await limited.refusal()
         try await client.send(RedisCommand("ACL", "DELUSER", RedisArgument(user)))
         if let refused {
             let lower = refused.lowercased()
-            #expect(refusal == "\(refused): NOPERM this user has no permissions to run the '\(lower)' command")
+            #expect(refusal == .scripts("\(refused): NOPERM this user has no permissions to run the '\(lower)' command"))
         } else {
             #expect(refusal == nil)
         }
         // Redis that cannot be asked is not said to refuse: the worker's usual retries report it.
-        #expect(await RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0")).scriptsRefused() == nil)
+        #expect(await RedisClient(url: try RedisURL(parsing: "redis://127.0.0.1:1/0")).refusal() == nil)
+    }
+
+    @Test("Redis that refuses the connection as its URL configures it says so: a database it does not have, a wrong password")
+    func refusedConnection() async throws {
+        let (_, client) = try await broker()
+        let url = client.url
+        var missing = url
+        missing.database = 4096
+        #expect(
+            await RedisClient(url: missing).refusal() == .connection("SELECT on \(missing) failed: ERR DB index is out of range"))
+        var stranger = url
+        stranger.username = "no-such-user-" + RedisBroker.randomToken()
+        stranger.password = "secret"
+        guard case .connection(let reason)? = await RedisClient(url: stranger).refusal() else {
+            Issue.record("a wrong password was not said to be refused")
+            return
+        }
+        #expect(reason.hasPrefix("AUTH on \(stranger) failed: WRONGPASS"), "\(reason)")
     }
 
     @Test(

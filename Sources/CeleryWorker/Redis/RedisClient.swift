@@ -248,18 +248,33 @@ public final class RedisClient: Sendable {
         }
     }
 
-    /// Why this Redis will not run the worker's Lua scripts, with which it fetches, acknowledges and stores: the
-    /// error reply to `EVAL` or `EVALSHA` of an ACL that leaves them out (`NOPERM`) or of a server that renamed them
-    /// away (`ERR unknown command`). `nil` when both run, or when Redis cannot be asked now (the worker's usual
-    /// retries report that).
-    public func scriptsRefused() async -> String? {
+    /// Why this Redis will not serve the worker as its URL configures it, asked once at start.
+    public enum Refusal: Sendable, Equatable {
+        /// It refuses the connection itself: its setup (`AUTH`, `SELECT`) or the client's credentials were answered
+        /// with an error (a wrong password, a database it does not have, a password it asks for and was not given).
+        case connection(String)
+        /// It will not run the worker's Lua scripts, with which it fetches, acknowledges and stores: an ACL that
+        /// leaves out `EVAL` or `EVALSHA` (`NOPERM`), or a server that renamed them away (`ERR unknown command`).
+        case scripts(String)
+    }
+
+    /// Why this Redis will not serve the worker (``Refusal``), from the replies to a script run by `EVAL` and by
+    /// `EVALSHA`. `nil` when both run, or when Redis cannot be asked now (the worker's usual retries report that).
+    public func refusal() async -> Refusal? {
         let probe = RedisScript("return 1")
         let commands = [RedisCommand("EVAL", RedisArgument(probe.source), "0"), RedisCommand("EVALSHA", RedisArgument(probe.digest), "0")]
-        guard let replies = try? await pipeline(commands) else { return nil }
+        let replies: [RedisReply]
+        do {
+            replies = try await pipeline(commands)
+        } catch {
+            guard let refused = error.underlyingError as? RedisSetupRefused, RedisReply.refusesClient(refused.reply) else { return nil }
+            return .connection(error.message)
+        }
         for (command, reply) in zip(commands, replies) {
-            if case .error(let message) = reply, RedisReply.refuses(message) {
-                return "\(String(decoding: command.arguments[0], as: UTF8.self)): \(message)"
-            }
+            guard case .error(let message) = reply else { continue }
+            let said = "\(String(decoding: command.arguments[0], as: UTF8.self)): \(message)"
+            if RedisReply.refusesCredentials(message) { return .connection(said) }
+            if RedisReply.refuses(message) { return .scripts(said) }
         }
         return nil
     }

@@ -689,7 +689,8 @@ final class RedisConnection: @unchecked Sendable {
         if let name = url.clientName { setup.append(RedisCommand("CLIENT", "SETNAME", RedisArgument(name))) }
         for command in setup {
             try Self.setUp(command, on: context, &state, code: .connectionFailed, doing: "set up the connection to \(url)") {
-                CeleryWorkerError(code: .connectionFailed, message: "\(command.name) on \(url) failed: \($0)")
+                CeleryWorkerError(
+                    code: .connectionFailed, message: "\(command.name) on \(url) failed: \($0)", underlyingError: RedisSetupRefused(reply: $0))
             }
         }
         state.opened += 1

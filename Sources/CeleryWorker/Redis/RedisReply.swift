@@ -51,6 +51,17 @@ public enum RedisReply: Sendable, Hashable {
         message.hasPrefix("NOPERM") || message.hasPrefix("ERR")
     }
 
+    /// Whether an error reply says Redis will not serve this client as it identified itself: a password it asks for
+    /// and was not given (`NOAUTH`), or a wrong one (`WRONGPASS`).
+    static func refusesCredentials(_ message: String) -> Bool {
+        message.hasPrefix("NOAUTH") || message.hasPrefix("WRONGPASS")
+    }
+
+    /// Whether an error reply to a connection's setup (`AUTH`, `SELECT`) refuses it as configured, not for now.
+    static func refusesClient(_ message: String) -> Bool {
+        refuses(message) || refusesCredentials(message)
+    }
+
     /// The error codes of replies that say Redis cannot serve the command for now (``CeleryWorkerError/Code/redisUnavailable``).
     static let unavailable: Set<Substring> = ["OOM", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "TRYAGAIN"]
 }
@@ -89,4 +100,11 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
     public init(_ number: Double) { self.bytes = Array(number.description.utf8) }
     public init(stringLiteral value: String) { self.init(value) }
     public init(integerLiteral value: Int) { self.init(value) }
+}
+
+/// The server's error reply to a connection's setup (`AUTH`, `SELECT`, `CLIENT SETNAME`): it is up, and answered the
+/// connection as its URL configures it with an error (a wrong password, a database it does not have). Carried as the
+/// underlying error of the connection's failure.
+struct RedisSetupRefused: Error {
+    let reply: String
 }

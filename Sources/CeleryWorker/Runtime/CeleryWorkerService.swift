@@ -478,11 +478,18 @@ final class WorkerRun: Sendable {
         for (role, client) in [
             ("broker", (service.broker as? RedisBroker)?.commands), ("result backend", (service.backend as? RedisResultBackend)?.client),
         ] {
-            guard let client, let refusal = await client.scriptsRefused() else { continue }
-            // Nothing could be fetched, or no result stored: a worker that ran tasks would lose their results.
-            giveUp(
-                "The \(role)'s Redis refuses Lua scripts (\(refusal)). This worker fetches and acknowledges messages and stores results with scripts: let its Redis user run EVAL and EVALSHA (ACL +@scripting), or give them back their names. Aborting."
-            )
+            // Nothing could be fetched, or no result stored: a worker that ran tasks would lose their results. A
+            // Python worker stops at its first result (`Unrecoverable error: ResponseError('DB index is out of range')`).
+            switch await client?.refusal() {
+            case nil:
+                continue
+            case .connection(let reason)?:
+                giveUp("The \(role)'s Redis refuses this worker's connection (\(reason)). Check its URL's password and database number. Aborting.")
+            case .scripts(let reason)?:
+                giveUp(
+                    "The \(role)'s Redis refuses Lua scripts (\(reason)). This worker fetches and acknowledges messages and stores results with scripts: let its Redis user run EVAL and EVALSHA (ACL +@scripting), or give them back their names. Aborting."
+                )
+            }
             return
         }
         if let risk = await (service.broker as? RedisBroker)?.evictionRisk() {
