@@ -88,6 +88,25 @@ def test_exclude_queues(start_worker, make_app):
     assert done.returncode == 64 and "--exclude-queues leaves no queue to consume of a, b" in done.stderr
 
 
+def test_node_names_are_made_as_celerys_hostname_option_makes_them(start_worker):
+    """`-n` as Celery's own `Hostname` option turns it into a node name (`host_format(default_nodename(…))`): an empty
+    name or host is Celery's default, `%i`/`%I` the main process's index (`%%`, a percent sign in Celery 5.7 and
+    kept as written in 5.3, is the unit test's). An unknown `%x` is refused with Celery's words (a usage error, where
+    Celery's command prints a traceback). Before, `-n ""` was `celery@`, and `%i`, `%I`, `%%` and `%z` were kept as
+    written."""
+    from celery.bin.worker import Hostname
+
+    for pattern in ["", "w@", "@x", "w@%h.%i%I", "w@%n.%d"]:
+        expected = Hostname().convert(pattern, None, None)
+        worker = start_worker("-n", pattern)
+        assert f"{expected} ready." in worker.log, (pattern, expected, worker.log)
+        worker.stop()
+    with pytest.raises(ValueError, match=r"^Unknown format %z in string '%z@x'\.\nPossible causes: "):
+        Hostname().convert("%z@x", None, None)
+    done = subprocess.run([str(WORKER_BINARY), "-n", "%z@x"], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 64 and "Error: Unknown format %z in string '%z@x'." in done.stderr, done.stderr
+
+
 def test_without_heartbeat_and_heartbeat_interval(start_worker, make_app, start_python_worker):
     app = make_app()
     capture = Capture(app).start()

@@ -85,12 +85,11 @@ struct BeatCommand: AsyncParsableCommand, DaemonCommand {
             timezone = try CeleryTimeZone.app(named: file.timezone, enableUTC: file.enableUTC ?? true)
             configured = try file.beatConfiguration(
                 scheduleFilename: schedule, scheduler: scheduler, maxLoopInterval: maxInterval, remoteControl: remoteControl)
+            // As Celery's default_nodename: a bare host gets beat's name.
+            configured.hostname = try WorkerConfiguration.nodeName(expanding: hostname ?? "%h", name: "celerybeat")
         } catch {
             throw ValidationError(error.message)
         }
-        // As Celery's default_nodename: a bare host gets beat's name.
-        let node = hostname ?? "celerybeat@%h"
-        configured.hostname = WorkerConfiguration.nodeName(expanding: node.contains("@") ? node : "celerybeat@" + node)
         // Celery's daemon options fall back to beat_logfile, beat_pidfile, … (Celery 5.4 and later).
         let daemon = file.beatDaemon
         return (configured, timezone, file.enableUTC ?? true, (daemon, logfile ?? daemon.logfile, pidfile ?? daemon.pidfile))

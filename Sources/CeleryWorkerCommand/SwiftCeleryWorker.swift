@@ -410,6 +410,10 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
             warnings.append(
                 "--time-limit/task_time_limit is not enforced by the \(poolKind.rawValue) pool (a thread cannot be stopped): use --pool process.")
         }
+        var nodeName = WorkerConfiguration.defaultNodeName
+        if let hostname {
+            do { nodeName = try WorkerConfiguration.nodeName(expanding: hostname) } catch { throw ValidationError(error.message) }
+        }
         var configuration = WorkerConfiguration(
             brokerURL: brokerURL,
             resultBackendURL: backendURL,
@@ -422,7 +426,7 @@ struct WorkerCommand: AsyncParsableCommand, DaemonCommand {
             resultExpires: resultExpires,
             visibilityTimeout: visibilityTimeout,
             sendTaskEvents: taskEvents || (file.sendTaskEvents ?? false),
-            nodeName: hostname.map(WorkerConfiguration.nodeName(expanding:)) ?? WorkerConfiguration.defaultNodeName,
+            nodeName: nodeName,
             trackStarted: file.trackStarted ?? false,
             resultExtended: file.resultExtended ?? false,
             timezone: timezone,

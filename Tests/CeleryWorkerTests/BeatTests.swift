@@ -127,12 +127,21 @@ struct BeatTests {
     }
 
     @Test("node names as Celery's host_format(default_nodename(…)): a bare name is a host named celery")
-    func nodeNames() {
-        let host = String(WorkerConfiguration.nodeName(expanding: "x@%h").dropFirst(2))
-        #expect(WorkerConfiguration.nodeName(expanding: "worker1") == "celery@worker1")
-        #expect(WorkerConfiguration.nodeName(expanding: "w1@%h") == "w1@\(host)")
-        #expect(WorkerConfiguration.nodeName(expanding: "%h") == "celery@\(host)")
-        #expect(WorkerConfiguration.nodeName(expanding: "%n").hasPrefix("celery@"))
+    func nodeNames() throws {
+        let host = WorkerConfiguration.hostname
+        let short = String(host.split(separator: ".").first ?? "")
+        for (pattern, expected) in [
+            ("worker1", "celery@worker1"), ("w1@%h", "w1@\(host)"), ("%h", "celery@\(host)"), ("%n", "celery@\(short)"),
+            // Celery's default_nodename keeps this host for an empty one, and `celery` for an empty name.
+            ("", "celery@\(host)"), ("w@", "w@\(host)"), ("@x", "celery@x"),
+            // The main process's index, and a percent sign.
+            ("w@%h.%i", "w@\(host).0"), ("w%I@x", "w@x"), ("w%%@x", "w%@x"),
+        ] {
+            #expect(try WorkerConfiguration.nodeName(expanding: pattern) == expected, "\(pattern)")
+        }
+        #expect(try WorkerConfiguration.nodeName(expanding: "x", name: "celerybeat") == "celerybeat@x")
+        let error = #expect(throws: CeleryWorkerError.self) { try WorkerConfiguration.nodeName(expanding: "%z@x") }
+        #expect(error?.message == "Unknown format %z in string '%z@x'. Write %% for a percent sign.")
     }
 
     @Test("the app's time zone: timezone, else UTC; an unknown name is refused")

@@ -424,17 +424,22 @@ public struct WorkerConfiguration: Sendable {
     /// This machine's name, as Python's `socket.gethostname()`.
     public static var hostname: String { Host.name }
 
-    /// A node name as Celery's `-n` makes it (`host_format(default_nodename(pattern))`): a pattern without `@` names
-    /// the host, with `celery` as the name (`-n worker1` is `celery@worker1`); then `%h` is the host name, `%n` its
-    /// first label, `%d` the rest.
-    public static func nodeName(expanding pattern: String) -> String {
+    /// A node name as Celery's `-n` makes it (`host_format(default_nodename(pattern))`): the name part defaults to
+    /// `name` and the host part to this host (`-n worker1` is `celery@worker1`; `-n ""` and `-n w@` keep this host);
+    /// then `%h` is this host's name, `%n` its first label, `%d` the rest, `%i` `0` and `%I` nothing (the main
+    /// process's index), `%%` a percent sign. Another `%x` is Celery's error (`Unknown format %x in string …`).
+    public static func nodeName(expanding pattern: String, name: String = "celery") throws(CeleryWorkerError) -> String {
         let host = Host.name
+        let parts = pattern.split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false)
+        let nodeName = parts.count == 2 && !parts[0].isEmpty ? String(parts[0]) : name
+        let nodeHost = parts.last.flatMap { $0.isEmpty ? nil : String($0) } ?? host
         let short = host.split(separator: ".").first.map(String.init) ?? host
-        let domain = host.split(separator: ".").dropFirst().joined(separator: ".")
-        let named = pattern.contains("@") ? pattern : "celery@" + pattern
-        return named.replacingOccurrences(of: "%h", with: host)
-            .replacingOccurrences(of: "%n", with: short)
-            .replacingOccurrences(of: "%d", with: domain)
+        let (text, unknown) = nodeFormatted(nodeName + "@" + nodeHost, node: name + "@" + host, extra: ["n": short])
+        if let unknown {
+            throw CeleryWorkerError(
+                code: .invalidConfiguration, message: "Unknown format %\(unknown) in string '\(pattern)'. Write %% for a percent sign.")
+        }
+        return text
     }
 }
 
