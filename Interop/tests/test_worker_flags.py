@@ -380,11 +380,16 @@ def test_statedb_keeps_revoked_ids_across_restarts(start_worker, make_app, tmp_p
     assert (tmp_path / "stateful.state.unreadable").read_bytes() == shelve
     assert third.stop() == 0
     assert json.loads((tmp_path / "stateful.state").read_text())["revoked"] == {}
-    # One that cannot be read at all (a directory) is left where it is, and nothing is left beside it.
+    # The file is written at start, as Python's shelve creates it: a path that cannot be written (a directory, which
+    # is left where it is with nothing beside it; a directory that does not exist) stops the worker before it
+    # consumes, with a line that says why. A Python worker stops too where the directory does not exist
+    # (`FileNotFoundError`). Before, the Swift worker served, and lost the ids at its shutdown.
     (tmp_path / "dir.state").mkdir()
-    fourth = start_worker("-Q", "stateful", "-n", "statedir@%h", "--without-mingle", "--statedb", str(tmp_path / "dir.state"))
-    fourth.wait_for_log(f"statedb: cannot read state db {tmp_path / 'dir.state'}: Is a directory; starting without it")
-    assert fourth.stop() == 0
+    for path, reason in [(tmp_path / "dir.state", "Is a directory"), (tmp_path / "none" / "x.state", "No such file or directory")]:
+        refused = start_worker("-Q", "stateful", "-n", "statedir@%h", "--without-mingle", "--statedb", str(path), ready=False)
+        assert refused.proc.wait(timeout=20) == 1, refused.log
+        assert f"CRITICAL/MainProcess] statedb: cannot write state db {path}: {reason}. Give --statedb a path this worker can write. Aborting." in refused.log, refused.log
+        assert " ready." not in refused.log, refused.log
     assert (tmp_path / "dir.state").is_dir() and not (tmp_path / "dir.state.tmp").exists()
 
 

@@ -89,17 +89,21 @@ extension WorkerRun {
         }
     }
 
-    /// Writes `--statedb`, on a task thread (a file write blocks).
-    func saveState() async {
-        guard let path = configuration.stateDB else { return }
+    /// Writes `--statedb`, on a task thread (a file write blocks); a failure is logged (with `logged`), and its
+    /// reason returned.
+    @discardableResult
+    func saveState(logged: Bool = true) async -> String? {
+        guard let path = configuration.stateDB else { return nil }
         let contents = StateDB.Contents(
             revoked: revoked.withLock { $0.times() }, clock: service.events?.currentClock ?? 0)
         let logger = self.logger
-        await withTaskExecutorPreference(executor) {
+        return await withTaskExecutorPreference(executor) {
             do throws(CeleryWorkerError) {
                 try StateDB(path: path).save(contents)
+                return nil
             } catch {
-                logger.error("statedb: \(error.message)")
+                if logged { logger.error("statedb: \(error.message)") }
+                return error.message
             }
         }
     }

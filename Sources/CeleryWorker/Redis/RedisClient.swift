@@ -131,7 +131,8 @@ public final class RedisClient: Sendable {
     @discardableResult
     public func transaction(_ commands: [RedisCommand]) async throws(CeleryWorkerError) -> [RedisReply] {
         let replies = try await pipeline([RedisCommand("MULTI")] + commands + [RedisCommand("EXEC")])
-        for (reply, command) in zip(replies.dropLast(), [RedisCommand("MULTI")] + commands) {
+        try replies.first?.check("MULTI")
+        for (reply, command) in zip(replies.dropFirst().dropLast(), commands) {
             try reply.check("queueing \(command.name) in MULTI")
         }
         guard let exec = replies.last else {

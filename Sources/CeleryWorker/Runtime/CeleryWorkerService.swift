@@ -499,6 +499,12 @@ final class WorkerRun: Sendable {
         }
         await sweep()
         loadState()
+        // Written at once, as Python's shelve creates it at start: a path that cannot be written stops the worker now,
+        // not at its shutdown, when the ids it was kept for would be lost. A Python worker stops there too.
+        if let failure = await saveState(logged: false) {
+            giveUp("statedb: \(failure). Give --statedb a path this worker can write. Aborting.")
+            return
+        }
         await mingle()
         await sendWorkerEvent("worker-online")
         // With remote control, "ready." waits until its subscription is confirmed (the control loop logs it), as
