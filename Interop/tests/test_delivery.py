@@ -150,6 +150,30 @@ def test_a_queue_whose_key_is_not_a_list_is_left_out_and_the_others_consumed(sta
     assert "Unrecoverable" not in worker.log
 
 
+def test_an_unacked_record_that_is_not_kombus_is_set_aside_not_lost_and_python_workers_start_again(
+        start_worker, start_python_worker, make_app, broker_redis):
+    """A record in `unacked` that is not kombu's `[message, exchange, routing_key]` (written by hand, or cut short),
+    past the visibility timeout. kombu's restore raises on it and leaves it: a Python worker stops at its start's
+    sweep (`Unrecoverable error: JSONDecodeError(…)`), every time. The Swift worker's sweep logs it and leaves the
+    record in `unacked`, out of its index, so that no sweep meets it again: a Python worker then starts. Before, the
+    Swift worker deleted it and counted it as restored."""
+    broker_redis.hset("unacked", "cut-short", '[{"body": "e30=", "headers": {}')
+    broker_redis.zadd("unacked_index", {"cut-short": 1000})
+    stopped = start_python_worker("-P", "solo", ready=False)
+    stopped.wait_for_log("Unrecoverable error: JSONDecodeError", timeout=15)
+    assert stopped.proc.wait(timeout=15) != 0
+    worker = start_worker()
+    worker.wait_for_log("Cannot restore the unacknowledged message cut-short: its record is not kombu's [message, "
+                        "exchange, routing_key]. It is left in the unacked hash, out of its index, so that no sweep "
+                        "meets it again")
+    assert "Restored" not in worker.log, worker.log
+    assert broker_redis.hget("unacked", "cut-short") == b'[{"body": "e30=", "headers": {}'
+    assert broker_redis.zscore("unacked_index", "cut-short") is None
+    worker.stop()
+    start_python_worker("-P", "solo")
+    assert make_app().send_task("tasks.add", (1, 2)).get(timeout=10) == 3
+
+
 def test_early_ack_removes_the_message_before_the_task_runs(start_worker, make_app, broker_redis):
     worker = start_worker("-c", "1")
     app = make_app()

@@ -191,8 +191,8 @@ public protocol Broker: Sendable {
     /// Publishes a message to `queue` at its priority (`LPUSH`, as a Python producer does).
     func publish(_ envelope: [UInt8], queue: String, priority: Int) async throws(CeleryWorkerError)
     /// kombu's `restore_visible`: gives back every unacknowledged message (anyone's) received longer than
-    /// `visibilityTimeout` seconds ago, under the shared sweep lock. Returns how many it restored.
-    func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int
+    /// `visibilityTimeout` seconds ago, under the shared sweep lock.
+    func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> VisibilitySweep
     /// Marks deliveries this worker still holds as recently received, so no sweep restores live work.
     func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError)
     /// What the connects to the servers of a failover list (`redis://a;redis://b`) left to report, for the
@@ -209,7 +209,7 @@ extension Broker {
     ) async throws(Failure) -> Result {
         try await body()
     }
-    public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int { 0 }
+    public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> VisibilitySweep { VisibilitySweep() }
     public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {}
     public func takeFailovers() -> RedisURL.Failover.Log { RedisURL.Failover.Log() }
 }
@@ -271,4 +271,15 @@ public struct QueueBinding: Sendable, Hashable {
     public static func workerDirect(node: String) -> (queue: String, binding: QueueBinding) {
         (node + ".dq2", QueueBinding(exchange: "C.dq2", routingKey: node))
     }
+}
+
+/// What a visibility sweep (``Broker/restoreVisible(visibilityTimeout:)``) did.
+public struct VisibilitySweep: Sendable, Equatable {
+    /// How many messages went back to their queues.
+    public var restored = 0
+    /// The delivery tags of records that are not kombu's `[message, exchange, routing_key]`: left in `unacked`, out
+    /// of its index, so that no sweep meets them again.
+    public var unreadable: [String] = []
+
+    public init() {}
 }

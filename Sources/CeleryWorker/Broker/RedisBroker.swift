@@ -750,21 +750,26 @@ public final class RedisBroker: Broker {
     /// kombu's `restore_by_tag`: `WATCH unacked`, `HGET`, then in one transaction forget the tag and push the
     /// stored message back, marked redelivered, to the list for its queue and priority. Tried again when another
     /// client changed `unacked` in between (redis-py's `transaction` does the same).
-    func restore(tag: String, atFront: Bool) async throws(CeleryWorkerError) {
+    ///
+    /// A record that is not kombu's `[message, exchange, routing_key]` (written by hand, or cut short) cannot go back
+    /// to a queue: kombu's restore raises on it and leaves it, so that every Python worker's start stops there
+    /// (`Unrecoverable error: JSONDecodeError(…)`). Here it is left in `unacked` for an operator to look at, and only
+    /// its index entry goes, so that no sweep (a Python worker's either) meets it again: `false`.
+    @discardableResult
+    func restore(tag: String, atFront: Bool) async throws(CeleryWorkerError) -> Bool {
         let (unackedKey, unackedIndexKey, keyPrefix, transport) = (self.unackedKey, self.unackedIndexKey, self.keyPrefix, self.transport)
         for _ in 0..<10 {
             // WATCH … EXEC holds the connection throughout, so no other command can slip in and clear the WATCH.
-            let done = try await commands.withConnection { connection throws(CeleryWorkerError) -> Bool in
+            let done = try await commands.withConnection { connection throws(CeleryWorkerError) -> Bool? in
                 let watched = try connection.execute([
                     RedisCommand("WATCH", RedisArgument(unackedKey)),
                     RedisCommand("HGET", RedisArgument(unackedKey), RedisArgument(tag)),
                 ])
-                var batch = [
-                    RedisCommand("MULTI"),
-                    RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag)),
-                    RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag)),
-                ]
-                if watched.count == 2, let stored = watched[1].bytes, let record = Self.restoreRecord(stored) {
+                var batch = [RedisCommand("MULTI"), RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag))]
+                let stored = watched.count == 2 ? watched[1].bytes : nil
+                let record = stored.flatMap(Self.restoreRecord)
+                if stored == nil || record != nil { batch.append(RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag))) }
+                if let record {
                     let queues = try Self.lookup(
                         exchange: record.exchange, routingKey: record.routingKey, prefix: keyPrefix, transport: transport, on: connection)
                     for queue in queues {
@@ -776,9 +781,9 @@ public final class RedisBroker: Broker {
                 let replies = try connection.execute(batch)
                 for reply in replies { try reply.check("restoring \(tag)") }
                 // A nil EXEC reply means `unacked` changed under WATCH: read again and retry, as redis-py does.
-                return replies.last?.array != nil
+                return replies.last?.array == nil ? nil : stored == nil || record != nil
             }
-            if done { return }
+            if let done { return done }
         }
         throw CeleryWorkerError(code: .unexpectedReply, message: "could not restore \(tag): unacked kept changing")
     }
@@ -896,14 +901,14 @@ public final class RedisBroker: Broker {
         return 1
         """)
 
-    public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> Int {
+    public func restoreVisible(visibilityTimeout: Double) async throws(CeleryWorkerError) -> VisibilitySweep {
         let token = Self.randomToken()
         let locked = try await commands.send(
             RedisCommand(
                 "SET", RedisArgument(mutexKey), RedisArgument(token), "NX", "PX",
                 RedisArgument(Self.mutexExpireMilliseconds(visibilityTimeout: visibilityTimeout, expire: transport.unackedMutexExpire))))
-        guard locked == .status("OK") else { return 0 }  // another worker is sweeping
-        var restored = 0
+        guard locked == .status("OK") else { return VisibilitySweep() }  // another worker is sweeping
+        var sweep = VisibilitySweep()
         do {
             let ceiling = WallClock.now() - visibilityTimeout
             // kombu's own command (not Redis 6.2's `ZRANGE … BYSCORE REV`): older servers serve it too.
@@ -914,8 +919,11 @@ public final class RedisBroker: Broker {
             let entries = visible.array ?? []
             for index in stride(from: 0, to: entries.count - 1, by: 2) {
                 guard let tag = entries[index].text else { continue }
-                try await restore(tag: tag, atFront: true)
-                restored += 1
+                if try await restore(tag: tag, atFront: true) {
+                    sweep.restored += 1
+                } else {
+                    sweep.unreadable.append(tag)
+                }
             }
         } catch {
             _ = try? await commands.send(
@@ -923,7 +931,7 @@ public final class RedisBroker: Broker {
             throw error
         }
         try await commands.send(RedisCommand("EVAL", RedisArgument(Self.releaseScript.source), "1", RedisArgument(mutexKey), RedisArgument(token)))
-        return restored
+        return sweep
     }
 
     public func keepAlive(_ deliveries: [BrokerDelivery]) async throws(CeleryWorkerError) {

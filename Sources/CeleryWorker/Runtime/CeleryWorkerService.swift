@@ -830,10 +830,15 @@ final class WorkerRun: Sendable {
     /// died) go back to their queues.
     func sweep() async {
         do {
-            let restored = try await service.broker.restoreVisible(visibilityTimeout: configuration.visibilityTimeout)
-            if restored > 0 {
+            let sweep = try await service.broker.restoreVisible(visibilityTimeout: configuration.visibilityTimeout)
+            if sweep.restored > 0 {
                 logger.warning(
-                    "Restored \(restored) message(s) left unacknowledged for longer than the visibility timeout (\(configuration.visibilityTimeout)s)"
+                    "Restored \(sweep.restored) message(s) left unacknowledged for longer than the visibility timeout (\(configuration.visibilityTimeout)s)"
+                )
+            }
+            for tag in sweep.unreadable {
+                logger.error(
+                    "Cannot restore the unacknowledged message \(tag): its record is not kombu's [message, exchange, routing_key]. It is left in the unacked hash, out of its index, so that no sweep meets it again"
                 )
             }
         } catch {
