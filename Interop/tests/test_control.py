@@ -313,6 +313,9 @@ def test_inspect_conf(start_worker, start_python_worker, make_app, redis_urls):
     masked = redis_urls["broker"].replace("redis://", "redis://:********@", 1)
     assert conf[node]["broker_url"] == masked
     assert conf[node]["result_backend"] == backend.replace(":s3cret@", ":********@")
+    # A password where Redis asks for none is no refusal (Redis answers `AUTH <password>` with an error, and the
+    # connection is the default user's): results are stored, as a Python worker given it stores them.
+    assert app.send_task("tasks.add", (2, 3)).get(timeout=10) == 5
     if celery.VERSION >= (5, 7):
         start_python_worker("-n", "pyconf@%h", env={"CELERY_RESULT_BACKEND": backend})
         python = answering(app, "pyconf@")

@@ -261,6 +261,13 @@ extension RedisBrokerTests {
             return
         }
         #expect(reason.hasPrefix("AUTH on \(stranger) failed: WRONGPASS"), "\(reason)")
+        // A password where Redis asks for none is no refusal: Redis answers `AUTH <password>` with an error, and the
+        // connection is the default user's all the same (redis-py's `HELLO 3 AUTH default …` is taken there).
+        var needless = url
+        needless.password = "s3cret"
+        let asked = RedisClient(url: needless)
+        #expect(await asked.refusal() == nil)
+        #expect(try await asked.send(RedisCommand("PING")) == .status("PONG"))
     }
 
     @Test(

@@ -768,7 +768,8 @@ public final class RedisBroker: Broker {
                 var batch = [RedisCommand("MULTI"), RedisCommand("ZREM", RedisArgument(unackedIndexKey), RedisArgument(tag))]
                 let stored = watched.count == 2 ? watched[1].bytes : nil
                 let record = stored.flatMap(Self.restoreRecord)
-                if stored == nil || record != nil { batch.append(RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag))) }
+                let readable = stored == nil || record != nil  // a record gone meanwhile needs nothing more
+                if readable { batch.append(RedisCommand("HDEL", RedisArgument(unackedKey), RedisArgument(tag))) }
                 if let record {
                     let queues = try Self.lookup(
                         exchange: record.exchange, routingKey: record.routingKey, prefix: keyPrefix, transport: transport, on: connection)
@@ -781,7 +782,7 @@ public final class RedisBroker: Broker {
                 let replies = try connection.execute(batch)
                 for reply in replies { try reply.check("restoring \(tag)") }
                 // A nil EXEC reply means `unacked` changed under WATCH: read again and retry, as redis-py does.
-                return replies.last?.array == nil ? nil : stored == nil || record != nil
+                return replies.last?.array == nil ? nil : readable
             }
             if let done { return done }
         }

@@ -454,21 +454,30 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     /// Sends `command` on the connection being set up (`context`) and reads its reply. When that fails (an error of
-    /// `code`, saying what it was `doing`), or the reply is an error (`refused` makes the error thrown of its
-    /// message), the connection is closed.
+    /// `code`, saying what it was `doing`), or the reply is an error that it does not `accept` (`refused` makes the
+    /// error thrown of its message), the connection is closed.
     private static func setUp(
         _ command: RedisCommand, on context: Link, _ state: inout State, code: CeleryWorkerError.Code, doing action: String,
-        refused: (String) -> CeleryWorkerError
+        accepting accept: (String) -> Bool = { _ in false }, refused: (String) -> CeleryWorkerError
     ) throws(CeleryWorkerError) {
         guard append(command, to: context) == REDIS_OK, let reply = awaitReply(context) else {
             let error = error(from: context, code: code, doing: action)
             close(&state)
             throw error
         }
-        if case .error(let message) = reply {
+        if case .error(let message) = reply, !accept(message) {
             close(&state)
             throw refused(message)
         }
+    }
+
+    /// Whether the reply to `AUTH <password>` says that Redis asks for no password (its default user has `nopass`):
+    /// Redis 6 and later (`AUTH <password> called without any password configured …`) and Redis 5 (`Client sent
+    /// AUTH, but no password is set`). The connection is the default user's all the same. redis-py 8 (Celery 5.7's)
+    /// sends `HELLO 3 AUTH default <password>`, which such a server takes, so a Python worker given a password there
+    /// serves; so does this one.
+    static func asksForNoPassword(_ message: String) -> Bool {
+        message.contains("called without any password configured") || message.contains("Client sent AUTH, but no password is set")
     }
 
     /// How many messages came on a connection that ``listen(to:)``s: those already read, or else the first to come
@@ -688,7 +697,10 @@ final class RedisConnection: @unchecked Sendable {
         if url.database != 0 { setup.append(RedisCommand("SELECT", RedisArgument(url.database))) }
         if let name = url.clientName { setup.append(RedisCommand("CLIENT", "SETNAME", RedisArgument(name))) }
         for command in setup {
-            try Self.setUp(command, on: context, &state, code: .connectionFailed, doing: "set up the connection to \(url)") {
+            try Self.setUp(
+                command, on: context, &state, code: .connectionFailed, doing: "set up the connection to \(url)",
+                accepting: command.name == "AUTH" ? Self.asksForNoPassword : { _ in false }
+            ) {
                 CeleryWorkerError(
                     code: .connectionFailed, message: "\(command.name) on \(url) failed: \($0)", underlyingError: RedisSetupRefused(reply: $0))
             }

@@ -478,8 +478,8 @@ final class WorkerRun: Sendable {
         for (role, client) in [
             ("broker", (service.broker as? RedisBroker)?.commands), ("result backend", (service.backend as? RedisResultBackend)?.client),
         ] {
-            // Nothing could be fetched, or no result stored: a worker that ran tasks would lose their results. A
-            // Python worker stops at its first result (`Unrecoverable error: ResponseError('DB index is out of range')`).
+            // Nothing could be fetched, or no result stored: a worker that ran tasks would lose their results (as a
+            // Python worker given a backend database Redis does not have loses them, and its solo pool stops).
             switch await client?.refusal() {
             case nil:
                 continue

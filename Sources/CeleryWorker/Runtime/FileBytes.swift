@@ -2,8 +2,9 @@
     import Glibc
 #endif
 
-/// A whole file, read or replaced with the system's calls: a failure is the system's reason (`No such file or directory`, `Is a
-/// directory`), not Foundation's (`The operation could not be completed. (NSCocoaErrorDomain error 256.)`).
+/// A whole file, read or replaced with the system's calls: a failure is the system's reason (`No such file or
+/// directory`, `Is a directory`), not Foundation's (`The operation could not be completed. (NSCocoaErrorDomain error
+/// 256.)`).
 enum FileBytes {
     static func read(_ path: String) -> Result<[UInt8], FileError> {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
