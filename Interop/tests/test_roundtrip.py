@@ -130,8 +130,10 @@ def test_whoami_noop_and_progress(start_worker, make_app, backend_redis):
     seen = set()
     deadline = time.monotonic() + 10
     while not result.ready() and time.monotonic() < deadline:
-        if result.state == "PROGRESS":
-            seen.add(result.info["current"])
+        # One read: `state` then `info` read the result twice, and the task may end in between.
+        meta = app.backend.get_task_meta(result.id)
+        if meta["status"] == "PROGRESS":
+            seen.add(meta["result"]["current"])
         time.sleep(0.05)
     assert result.get(timeout=10) == 5
     assert seen and seen <= {0, 1, 2, 3, 4}
