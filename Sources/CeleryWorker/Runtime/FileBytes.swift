@@ -30,18 +30,7 @@ enum FileBytes {
         let temporary = path + ".tmp"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
         guard descriptor >= 0 else { return .failure(FileError(errno)) }
-        var failure: Int32?
-        bytes.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count, failure == nil {
-                let count = write(descriptor, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
-                if count > 0 {
-                    offset += count
-                } else if count < 0, errno != EINTR {
-                    failure = errno
-                }
-            }
-        }
+        var failure = bytes.withUnsafeBytes { StandardStream.write($0, to: descriptor) }
         if close(descriptor) != 0, failure == nil { failure = errno }
         if failure == nil, rename(temporary, path) != 0 { failure = errno }
         guard let failure else { return .success(()) }
